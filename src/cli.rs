@@ -1,0 +1,109 @@
+//! The command line, as clap parses it.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::exit::EXIT_CODES_HELP;
+
+const ENVIRONMENT_HELP: &str = "\
+Environment:
+  QDRANT_URL, QDRANT_API_KEY, QDRANT_CA_CERT   how to reach Qdrant
+  WQM_CONFIG_PATH, WQM_CONFIG_DIR              where the config file is
+  WQM_DATABASE_PATH, WQM_DATA_DIR              where the state database is
+  WQM_BACKUP__<KEY>[__<SUBKEY>]                override a backup.* config key
+  NO_COLOR                                     plain output";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "wqm",
+    version,
+    about = "Back up and restore workspace-qdrant-mcp: its Qdrant collections, SQLite state and configuration",
+    after_help = format!("{ENVIRONMENT_HELP}\n\n{EXIT_CODES_HELP}"),
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Config file to read instead of the discovered one.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Qdrant REST URL (overrides QDRANT_URL and qdrant.url).
+    #[arg(long, global = true, value_name = "URL")]
+    pub qdrant_url: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, inspect, validate and restore backups.
+    #[command(subcommand, arg_required_else_help = true, after_help = EXIT_CODES_HELP)]
+    Backup(BackupCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Display backup information.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Info(InfoArgs),
+    /// List all backups in a directory.
+    #[command(after_help = EXIT_CODES_HELP)]
+    List(ListArgs),
+    /// Validate backup structure, and with --check-files every file's integrity.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Validate(ValidateArgs),
+}
+
+/// Flags every command takes.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct OutputArgs {
+    /// Print one JSON document on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Show detailed output.
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// The backup directory.
+    pub path: PathBuf,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum SortKey {
+    /// By directory name, A to Z.
+    Name,
+    /// Newest first.
+    Timestamp,
+    /// Largest (bytes on disk) first.
+    Size,
+    /// Newest version first, compared semantically (0.10 after 0.9).
+    Version,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// The directory that holds backups.
+    pub directory: PathBuf,
+    /// Sort order.
+    #[arg(short, long, value_enum, default_value_t = SortKey::Timestamp)]
+    pub sort: SortKey,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The backup directory.
+    pub path: PathBuf,
+    /// Read every file: sizes, checksums, Qdrant snapshot archives, SQLite integrity.
+    #[arg(long)]
+    pub check_files: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}

@@ -1,0 +1,111 @@
+//! `wqm backup info PATH`: what a backup holds and whether this version can restore it.
+
+use anyhow::Result;
+use serde_json::{json, Value};
+
+use crate::cli::InfoArgs;
+use crate::compat;
+use crate::config::Settings;
+use crate::exit::ExitCode;
+use crate::layout::{self, BackupDir};
+use crate::output::{self, Ui};
+
+pub fn run(args: &InfoArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
+    let backup = BackupDir::open(&args.path)?;
+    let size = layout::disk_usage(&backup.path)?;
+    let m = &backup.manifest;
+    let compatibility = compat::report(&m.version, crate::VERSION);
+    let stale = crate::verify::staleness(
+        m,
+        settings.backup.validation.version_warning_threshold,
+        crate::now(),
+    );
+
+    if ui.json {
+        let mut document = serde_json::to_value(m)?;
+        let object = document.as_object_mut().expect("a manifest is an object");
+        object.insert("path".into(), json!(backup.path));
+        object.insert("format".into(), json!(m.format_name()));
+        object.insert("formatted_timestamp".into(), json!(m.formatted_timestamp()));
+        object.insert("size_bytes".into(), json!(size));
+        object.insert("stale_warning".into(), json!(stale));
+        object.insert(
+            "compatibility".into(),
+            match &compatibility {
+                Ok(report) => serde_json::to_value(report)?,
+                Err(e) => json!({ "status": Value::Null, "message": e.to_string(),
+                                  "backup_version": m.version, "current_version": crate::VERSION }),
+            },
+        );
+        ui.json(&document);
+        return Ok(ExitCode::Success);
+    }
+
+    ui.line(format!("Backup Information: {}", backup.path.display()));
+    ui.line(format!("Version: {}", m.version));
+    ui.line(format!("Timestamp: {}", m.formatted_timestamp()));
+    if let Some(description) = &m.description {
+        ui.line(format!("Description: {description}"));
+    }
+    let names = m.collection_names();
+    ui.line(format!("Collections: {}", names.len()));
+    if ui.verbose {
+        for name in &names {
+            match m.collections.as_ref().and_then(|c| c.count_of(name)) {
+                Some(count) => ui.line(format!("  - {name}: {count} documents")),
+                None => ui.line(format!("  - {name}")),
+            }
+        }
+    }
+    if let Some(total) = m.total_documents {
+        ui.line(format!("Total Documents: {total}"));
+    }
+    if m.partial_backup {
+        ui.line("Partial Backup: Yes");
+        if let Some(selected) = &m.selected_collections {
+            ui.line(format!("Selected: {}", selected.join(", ")));
+        }
+    }
+    if let Some(python) = &m.python_version {
+        ui.line(format!("Python Version: {python}"));
+    }
+    ui.line(format!("Format: {}", m.format_name()));
+    ui.line(format!("Size: {}", output::size(size)));
+    if !m.is_legacy() {
+        if let Some(algorithm) = m.checksum_algorithm {
+            ui.line(format!("Checksum Algorithm: {algorithm}"));
+        }
+        if let Some(compression) = m.compression {
+            ui.line(format!("Compression: {compression}"));
+        }
+        if let Some(qdrant) = &m.qdrant_version {
+            ui.line(format!("Qdrant Version: {qdrant}"));
+        }
+        if ui.verbose {
+            for database in &m.databases {
+                let schema = database
+                    .schema_version
+                    .map(|v| format!(" (schema {v})"))
+                    .unwrap_or_default();
+                ui.line(format!("Database: {}{schema}", database.file));
+            }
+            for file in &m.files {
+                ui.line(format!("File: {} {}", file.path, output::size(file.size)));
+            }
+        }
+    }
+    for note in &m.notes {
+        ui.line(format!("Note: {note}"));
+    }
+    match compatibility {
+        Ok(report) => {
+            ui.line(format!("Compatibility: {}", report.status));
+            ui.line(format!("  {}", report.message));
+        }
+        Err(e) => ui.line(format!("Compatibility: UNKNOWN ({e})")),
+    }
+    if let Some(warning) = stale {
+        ui.warn(warning);
+    }
+    Ok(ExitCode::Success)
+}

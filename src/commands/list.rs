@@ -1,0 +1,133 @@
+//! `wqm backup list DIR`: every backup directly in a directory, sorted.
+
+use std::cmp::Reverse;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::cli::{ListArgs, SortKey};
+use crate::compat::{self, Version};
+use crate::config::Settings;
+use crate::exit::{ExitCode, Failure};
+use crate::layout::{self, Found};
+use crate::output::{self, Ui};
+
+/// One backup as `list --json` prints it (the Python fields, then ours).
+#[derive(Serialize)]
+struct Item {
+    path: String,
+    name: String,
+    version: String,
+    timestamp: f64,
+    formatted_timestamp: String,
+    /// How many collections.
+    collections: usize,
+    total_documents: Option<u64>,
+    description: Option<String>,
+    format: String,
+    size_bytes: u64,
+    partial_backup: bool,
+    compatibility: Option<compat::Status>,
+    stale_warning: Option<String>,
+}
+
+pub fn run(args: &ListArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
+    let dir = &args.directory;
+    if !dir.is_dir() {
+        return Err(Failure::new(
+            ExitCode::Failure,
+            format!("Directory not found: {}", dir.display()),
+        )
+        .with_hint("pass the directory that holds the backups")
+        .into());
+    }
+    let mut scan =
+        layout::scan(dir).with_context(|| format!("cannot read directory `{}`", dir.display()))?;
+    for (path, problem) in &scan.problems {
+        ui.warn(format!("skipping `{}`: {problem}", path.display()));
+    }
+    sort(&mut scan.backups, args.sort);
+    let threshold = settings.backup.validation.version_warning_threshold;
+    let now = crate::now();
+    let items: Vec<Item> = scan
+        .backups
+        .iter()
+        .map(|found| {
+            let m = &found.backup.manifest;
+            Item {
+                path: found.backup.path.display().to_string(),
+                name: found.backup.name(),
+                version: m.version.clone(),
+                timestamp: m.timestamp,
+                formatted_timestamp: m.formatted_timestamp(),
+                collections: m.collection_names().len(),
+                total_documents: m.total_documents,
+                description: m.description.clone(),
+                format: m.format_name(),
+                size_bytes: found.size,
+                partial_backup: m.partial_backup,
+                compatibility: compat::check_compatibility(&m.version, crate::VERSION).ok(),
+                stale_warning: crate::verify::staleness(m, threshold, now),
+            }
+        })
+        .collect();
+
+    if ui.json {
+        ui.json(&items);
+        return Ok(ExitCode::Success);
+    }
+    if items.is_empty() {
+        ui.line(format!("No backups found in {}", dir.display()));
+        return Ok(ExitCode::Success);
+    }
+    for item in &items {
+        ui.line(&item.name);
+        ui.line(format!("  Version: {}", item.version));
+        ui.line(format!("  Timestamp: {}", item.formatted_timestamp));
+        let documents = item
+            .total_documents
+            .map(|n| format!(", {n} documents"))
+            .unwrap_or_default();
+        let partial = if item.partial_backup {
+            " (partial)"
+        } else {
+            ""
+        };
+        ui.line(format!(
+            "  Collections: {}{documents}{partial}",
+            item.collections
+        ));
+        ui.line(format!("  Size: {}", output::size(item.size_bytes)));
+        if let Some(description) = &item.description {
+            ui.line(format!("  Description: {description}"));
+        }
+        if let Some(warning) = &item.stale_warning {
+            ui.line(format!("  Warning: {warning}"));
+        }
+    }
+    ui.line(format!("{} backup(s) in {}", items.len(), dir.display()));
+    Ok(ExitCode::Success)
+}
+
+/// Name A→Z; timestamp, size and version newest/largest first. Ties fall back to the name.
+fn sort(backups: &mut [Found], key: SortKey) {
+    backups.sort_by_key(|f| f.backup.name());
+    match key {
+        SortKey::Name => {}
+        SortKey::Timestamp => backups.sort_by(|a, b| {
+            b.backup
+                .manifest
+                .timestamp
+                .total_cmp(&a.backup.manifest.timestamp)
+        }),
+        SortKey::Size => backups.sort_by_key(|f| Reverse(f.size)),
+        // Unparseable versions sort last.
+        SortKey::Version => backups.sort_by_key(|f| {
+            Reverse(
+                Version::parse(&f.backup.manifest.version)
+                    .ok()
+                    .map(|v| v.key()),
+            )
+        }),
+    }
+}

@@ -1,0 +1,40 @@
+//! One file per command; each only orchestrates the domain modules and prints.
+
+mod info;
+mod list;
+mod validate;
+
+use anyhow::Result;
+
+use crate::cli::{BackupCommand, Cli, Command};
+use crate::config::{Env, Overrides, Settings};
+use crate::exit::ExitCode;
+use crate::output::Ui;
+
+/// Runs the parsed command line; errors are reported by the caller through `ui`.
+pub fn dispatch(cli: Cli, ui: &Ui) -> Result<ExitCode> {
+    let overrides = Overrides {
+        config: cli.config.clone(),
+        qdrant_url: cli.qdrant_url.clone(),
+    };
+    let settings = Settings::load(&Env::from_process(), &overrides)?;
+    match cli.command {
+        Command::Backup(command) => match command {
+            BackupCommand::Info(args) => info::run(&args, &settings, ui),
+            BackupCommand::List(args) => list::run(&args, &settings, ui),
+            BackupCommand::Validate(args) => validate::run(&args, &settings, ui),
+        },
+    }
+}
+
+/// The `Ui` of a parsed command line.
+pub fn ui_for(cli: &Cli) -> Ui {
+    let output = match &cli.command {
+        Command::Backup(command) => match command {
+            BackupCommand::Info(args) => args.output,
+            BackupCommand::List(args) => args.output,
+            BackupCommand::Validate(args) => args.output,
+        },
+    };
+    Ui::new(output)
+}

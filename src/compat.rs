@@ -1,0 +1,677 @@
+//! Version compatibility: the Python `VersionValidator` algorithm, exactly, and the
+//! `backup.validation.*` policy that decides what a restore allows.
+
+use std::cmp::Ordering;
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::exit::{Classify, ExitCode};
+
+/// A version as the Python `parse_version` read it: MAJOR.MINOR from bare integers, PATCH from the
+/// leading digits of the third part; anything after that is a suffix the comparison ignores.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Version {
+    pub major: i64,
+    pub minor: i64,
+    pub patch: u64,
+    /// True when the string carries more than MAJOR.MINOR[.PATCH] (`0.2.1dev1`, `0.2.1-rc1`, `0.2.1.dev1`).
+    pub has_suffix: bool,
+}
+
+impl Version {
+    pub fn parse(text: &str) -> Result<Self, CompatError> {
+        let invalid = |detail: Option<String>| CompatError::InvalidVersion {
+            version: text.to_string(),
+            detail,
+        };
+        let parts: Vec<&str> = text.split('.').collect();
+        if parts.len() < 2 {
+            return Err(invalid(None));
+        }
+        let major = python_int(parts[0]).ok_or_else(|| invalid(Some(int_error(parts[0]))))?;
+        let minor = python_int(parts[1]).ok_or_else(|| invalid(Some(int_error(parts[1]))))?;
+        let third = parts.get(2).copied().unwrap_or("");
+        let digits = third.bytes().take_while(u8::is_ascii_digit).count();
+        // Python's int() of a long digit run never overflows; saturate instead.
+        let patch =
+            third[..digits]
+                .parse::<u64>()
+                .unwrap_or(if digits == 0 { 0 } else { u64::MAX });
+        let has_suffix = digits < third.len() || parts.len() > 3;
+        Ok(Version {
+            major,
+            minor,
+            patch,
+            has_suffix,
+        })
+    }
+
+    fn same_line(&self, other: &Version) -> bool {
+        self.major == other.major && self.minor == other.minor
+    }
+
+    /// The (major, minor, patch) order used to sort versions.
+    pub fn key(&self) -> (i64, i64, u64) {
+        (self.major, self.minor, self.patch)
+    }
+}
+
+/// Python's `int(s)`: optional surrounding whitespace, an optional sign, digits with single
+/// underscores between them.
+fn python_int(s: &str) -> Option<i64> {
+    let t = s.trim();
+    let (negative, digits) = match t.as_bytes().first() {
+        Some(b'-') => (true, &t[1..]),
+        Some(b'+') => (false, &t[1..]),
+        _ => (false, t),
+    };
+    let valid = !digits.is_empty()
+        && !digits.starts_with('_')
+        && !digits.ends_with('_')
+        && !digits.contains("__")
+        && digits.bytes().all(|b| b.is_ascii_digit() || b == b'_');
+    if !valid {
+        return None;
+    }
+    let value: i64 = digits.replace('_', "").parse().ok()?;
+    Some(if negative { -value } else { value })
+}
+
+fn int_error(part: &str) -> String {
+    format!("invalid literal for int() with base 10: '{part}'")
+}
+
+/// The compatibility status of the Python validator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Compatible,
+    Incompatible,
+    UpgradeAvailable,
+    Downgrade,
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Status::Compatible => "COMPATIBLE",
+            Status::Incompatible => "INCOMPATIBLE",
+            Status::UpgradeAvailable => "UPGRADE_AVAILABLE",
+            Status::Downgrade => "DOWNGRADE",
+        })
+    }
+}
+
+/// `check_compatibility(backup, current)`: MAJOR.MINOR must match; then the patch decides.
+pub fn check_compatibility(backup: &str, current: &str) -> Result<Status, CompatError> {
+    let b = Version::parse(backup)?;
+    let c = Version::parse(current)?;
+    Ok(status_of(&b, &c))
+}
+
+fn status_of(b: &Version, c: &Version) -> Status {
+    if !b.same_line(c) {
+        return Status::Incompatible;
+    }
+    match b.patch.cmp(&c.patch) {
+        Ordering::Equal => Status::Compatible,
+        Ordering::Less => Status::UpgradeAvailable,
+        Ordering::Greater => Status::Downgrade,
+    }
+}
+
+/// `get_compatibility_message`: one sentence naming both versions.
+pub fn compatibility_message(status: Status, backup: &str, current: &str) -> String {
+    match status {
+        Status::Compatible => format!("Backup version {backup} is compatible with current version {current}"),
+        Status::UpgradeAvailable => format!(
+            "Backup version {backup} is older than current version {current} (patch difference only)"
+        ),
+        Status::Downgrade => format!("Backup version {backup} is newer than current version {current}"),
+        Status::Incompatible => format!(
+            "Backup version {backup} is incompatible with current version {current} (major or minor version differs)"
+        ),
+    }
+}
+
+/// The status and its message, as `info`, `validate` and `list` report them.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub status: Status,
+    pub backup_version: String,
+    pub current_version: String,
+    pub message: String,
+}
+
+pub fn report(backup: &str, current: &str) -> Result<Report, CompatError> {
+    let status = check_compatibility(backup, current)?;
+    Ok(Report {
+        status,
+        backup_version: backup.to_string(),
+        current_version: current.to_string(),
+        message: compatibility_message(status, backup, current),
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompatError {
+    #[error("Invalid version format: {version}{}", detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default())]
+    InvalidVersion {
+        version: String,
+        detail: Option<String>,
+    },
+    #[error("Backup version {backup} is incompatible with current version {current}\n{detail}")]
+    Incompatible {
+        backup: String,
+        current: String,
+        /// "Major version mismatch: 1 vs 0" or "Minor version mismatch: 0.2 vs 0.3".
+        detail: String,
+        hint: String,
+    },
+    #[error("Cannot restore from newer backup version {backup} to older system version {current}\nBackup is {patches} patch version(s) newer")]
+    Downgrade {
+        backup: String,
+        current: String,
+        patches: u64,
+        /// The backup is a newer minor version let through by `allow_minor_downgrade`.
+        minor: bool,
+    },
+    #[error(
+        "Backup version {backup} is a development version; restoring it onto {current} is disabled"
+    )]
+    DevVersion { backup: String, current: String },
+}
+
+impl Classify for CompatError {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            CompatError::InvalidVersion { .. } => ExitCode::InvalidBackup,
+            _ => ExitCode::Incompatible,
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        Some(match self {
+            CompatError::InvalidVersion { .. } => {
+                "the manifest's `version` must look like MAJOR.MINOR.PATCH".to_string()
+            }
+            CompatError::Incompatible { hint, .. } => hint.clone(),
+            CompatError::Downgrade { minor: false, .. } => "Use --allow-downgrade to restore from newer backup (may cause issues), or set `backup.validation.allow_patch_downgrade: true`; create a safety backup first".to_string(),
+            CompatError::Downgrade { minor: true, .. } => "Use --allow-downgrade to restore from a newer minor version (allowed by `backup.validation.allow_minor_downgrade`); create a safety backup first".to_string(),
+            CompatError::DevVersion { .. } => {
+                "set `backup.validation.allow_dev_versions: true` to restore development versions".to_string()
+            }
+        })
+    }
+}
+
+/// The `backup.validation.*` keys that bear on versions, plus `--allow-downgrade`.
+#[derive(Clone, Debug, Default)]
+pub struct Policy {
+    pub strict_version_check: bool,
+    pub allow_dev_versions: bool,
+    pub allow_patch_downgrade: bool,
+    pub allow_minor_downgrade: bool,
+    /// The `--allow-downgrade` flag.
+    pub allow_downgrade: bool,
+}
+
+/// What a restore may do with a backup of a given version.
+#[derive(Debug)]
+pub enum Decision {
+    /// Restore as is; the notes are printed as warnings.
+    Proceed {
+        status: Status,
+        notes: Vec<String>,
+    },
+    /// The backup is an older MAJOR.MINOR with a registered migration path.
+    Migrate {
+        status: Status,
+    },
+    Refuse(CompatError),
+}
+
+/// Applies the policy of `wqm-design.md` ("Versions") on top of the Python status.
+/// `has_migration_path` answers whether registered migrations lead from the backup's version
+/// to the current one.
+pub fn decide(
+    backup: &str,
+    current: &str,
+    policy: &Policy,
+    has_migration_path: impl Fn(&Version, &Version) -> bool,
+) -> Decision {
+    let (b, c) = match (Version::parse(backup), Version::parse(current)) {
+        (Ok(b), Ok(c)) => (b, c),
+        (Err(e), _) | (_, Err(e)) => return Decision::Refuse(e),
+    };
+    if b.has_suffix && !policy.allow_dev_versions {
+        return Decision::Refuse(CompatError::DevVersion {
+            backup: backup.to_string(),
+            current: current.to_string(),
+        });
+    }
+    let status = status_of(&b, &c);
+    let downgrade = |minor: bool| {
+        let allowed = policy.allow_downgrade || (!minor && policy.allow_patch_downgrade);
+        if allowed {
+            Decision::Proceed {
+                status: Status::Downgrade,
+                notes: vec![format!(
+                    "Restoring newer backup version {backup} onto older system version {current}; newer versions may have changed the data format"
+                )],
+            }
+        } else {
+            Decision::Refuse(CompatError::Downgrade {
+                backup: backup.to_string(),
+                current: current.to_string(),
+                patches: b.patch.saturating_sub(c.patch),
+                minor,
+            })
+        }
+    };
+    match status {
+        Status::Compatible => Decision::Proceed {
+            status,
+            notes: Vec::new(),
+        },
+        Status::UpgradeAvailable => Decision::Proceed {
+            status,
+            notes: vec![compatibility_message(status, backup, current)],
+        },
+        Status::Downgrade => downgrade(false),
+        Status::Incompatible => {
+            let newer = (b.major, b.minor) > (c.major, c.minor);
+            if newer && b.major == c.major && policy.allow_minor_downgrade {
+                return downgrade(true);
+            }
+            if !newer && has_migration_path(&b, &c) {
+                return Decision::Migrate { status };
+            }
+            if !newer && b.major == c.major && !policy.strict_version_check {
+                return Decision::Proceed {
+                    status,
+                    notes: vec![format!(
+                        "Backup version {backup} is an older minor version than {current} and no migration path exists; restoring anyway because `backup.validation.strict_version_check` is false"
+                    )],
+                };
+            }
+            Decision::Refuse(incompatible(backup, current, &b, &c, newer))
+        }
+    }
+}
+
+fn incompatible(backup: &str, current: &str, b: &Version, c: &Version, newer: bool) -> CompatError {
+    let detail = if b.major != c.major {
+        format!("Major version mismatch: {} vs {}", b.major, c.major)
+    } else {
+        format!(
+            "Minor version mismatch: {}.{} vs {}.{}",
+            b.major, b.minor, c.major, c.minor
+        )
+    };
+    let same_major = b.major == c.major;
+    let hint = match (newer, same_major) {
+        (true, true) => format!("upgrade wqm to {}.{}.x, or set `backup.validation.allow_minor_downgrade: true` and pass --allow-downgrade (dangerous)", b.major, b.minor),
+        (true, false) => format!("upgrade wqm to {}.{}.x to restore this backup", b.major, b.minor),
+        (false, true) => format!("no migration path from {backup} to {current} (see `wqm backup migrations`); find a backup from the {}.{} series, or set `backup.validation.strict_version_check: false` to restore it anyway", c.major, c.minor),
+        (false, false) => format!("no migration path from {backup} to {current} (see `wqm backup migrations`); find a backup from the {}.{} series", c.major, c.minor),
+    };
+    CompatError::Incompatible {
+        backup: backup.to_string(),
+        current: current.to_string(),
+        detail,
+        hint,
+    }
+}
+
+/// `validate_compatibility(meta, current, allow_downgrade)` of the Python version: refuses
+/// INCOMPATIBLE always and DOWNGRADE unless allowed.
+pub fn validate_compatibility(
+    backup: &str,
+    current: &str,
+    allow_downgrade: bool,
+) -> Result<Status, CompatError> {
+    let policy = Policy {
+        strict_version_check: true,
+        allow_dev_versions: true,
+        allow_downgrade,
+        ..Policy::default()
+    };
+    match decide(backup, current, &policy, |_, _| false) {
+        Decision::Proceed { status, .. } | Decision::Migrate { status } => Ok(status),
+        Decision::Refuse(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &str) -> (i64, i64, u64) {
+        Version::parse(s).unwrap().key()
+    }
+
+    #[test]
+    fn parses_like_python() {
+        assert_eq!(v("0.2.1"), (0, 2, 1));
+        assert_eq!(v("0.2.1dev1"), (0, 2, 1));
+        assert_eq!(v("0.2.1.dev1"), (0, 2, 1));
+        assert_eq!(v("0.2.1-rc1"), (0, 2, 1));
+        assert_eq!(v("0.2.1+local"), (0, 2, 1));
+        assert_eq!(v("0.2.dev1"), (0, 2, 0));
+        assert_eq!(v("0.2"), (0, 2, 0));
+        assert_eq!(v("1.0"), (1, 0, 0));
+        assert_eq!(v(" 0.2.1"), (0, 2, 1));
+        assert_eq!(v("-1.2.3"), (-1, 2, 3));
+        assert_eq!(v("1_0.2.3"), (10, 2, 3));
+        for bad in [
+            "invalid", "v0.2.1", "0.2rc1.0", "0..1", "", "1", "_1.2.3", "1__0.2.3",
+        ] {
+            let err = Version::parse(bad).unwrap_err();
+            assert!(
+                err.to_string().starts_with("Invalid version format: "),
+                "{bad}: {err}"
+            );
+        }
+        assert_eq!(
+            Version::parse("invalid").unwrap_err().to_string(),
+            "Invalid version format: invalid"
+        );
+        assert!(Version::parse("0.2.1dev1").unwrap().has_suffix);
+        assert!(Version::parse("0.2.1.dev1").unwrap().has_suffix);
+        assert!(!Version::parse("0.2.1").unwrap().has_suffix);
+        assert!(!Version::parse("0.2").unwrap().has_suffix);
+    }
+
+    #[test]
+    fn python_status_cases() {
+        use Status::*;
+        let cases = [
+            ("0.2.1", "0.2.1", Compatible),
+            ("0.2.0", "0.2.1", UpgradeAvailable),
+            ("0.2.1", "0.2.2", UpgradeAvailable),
+            ("0.2.2", "0.2.1", Downgrade),
+            ("0.1.0", "0.2.0", Incompatible),
+            ("1.0.0", "2.0.0", Incompatible),
+            ("0.3.0", "0.2.1", Incompatible),
+            ("1.0.0", "0.2.1", Incompatible),
+            ("0.1.0", "0.2.1", Incompatible),
+            ("0.2.1dev1", "0.2.1", Compatible),
+            ("0.2.1dev1", "0.2.1dev2", Compatible),
+            ("1.0", "1.0.0", Compatible),
+        ];
+        for (backup, current, expected) in cases {
+            assert_eq!(
+                check_compatibility(backup, current).unwrap(),
+                expected,
+                "{backup} on {current}"
+            );
+        }
+    }
+
+    #[test]
+    fn messages_name_both_versions() {
+        let m = |s, b, c| compatibility_message(s, b, c);
+        assert!(m(Status::Compatible, "0.2.1", "0.2.1")
+            .contains("is compatible with current version 0.2.1"));
+        let older = m(Status::UpgradeAvailable, "0.2.1", "0.2.2");
+        assert!(older.contains("0.2.1") && older.contains("0.2.2") && older.contains("older"));
+        assert!(m(Status::Downgrade, "0.2.2", "0.2.1").contains("is newer than"));
+        let inc = m(Status::Incompatible, "0.1.0", "0.2.1");
+        assert!(inc.contains("incompatible") && inc.contains("major or minor"));
+    }
+
+    #[test]
+    fn validate_compatibility_like_python() {
+        assert_eq!(
+            validate_compatibility("0.2.1", "0.2.1", false).unwrap(),
+            Status::Compatible
+        );
+        assert_eq!(
+            validate_compatibility("0.2.0", "0.2.1", false).unwrap(),
+            Status::UpgradeAvailable
+        );
+        let down = validate_compatibility("0.2.2", "0.2.1", false).unwrap_err();
+        assert!(down.to_string().contains("newer backup version"), "{down}");
+        assert!(down
+            .to_string()
+            .contains("Backup is 1 patch version(s) newer"));
+        assert_eq!(
+            validate_compatibility("0.2.2", "0.2.1", true).unwrap(),
+            Status::Downgrade
+        );
+        match validate_compatibility("0.1.0", "0.2.1", true).unwrap_err() {
+            CompatError::Incompatible {
+                backup,
+                current,
+                detail,
+                ..
+            } => {
+                assert_eq!((backup.as_str(), current.as_str()), ("0.1.0", "0.2.1"));
+                assert_eq!(detail, "Minor version mismatch: 0.1 vs 0.2");
+            }
+            other => panic!("{other}"),
+        }
+        let major = validate_compatibility("1.0.0", "2.0.0", false).unwrap_err();
+        assert!(
+            major.to_string().contains("Major version mismatch: 1 vs 2"),
+            "{major}"
+        );
+        assert!(major
+            .to_string()
+            .starts_with("Backup version 1.0.0 is incompatible with current version 2.0.0"));
+    }
+
+    /// What `decide` answers, in short: "ok", "warn", "migrate", or the refusal's exit code.
+    fn outcome(d: Decision) -> String {
+        match d {
+            Decision::Proceed { notes, status } if notes.is_empty() => format!("ok {status}"),
+            Decision::Proceed { status, .. } => format!("warn {status}"),
+            Decision::Migrate { .. } => "migrate".to_string(),
+            Decision::Refuse(e) => format!("refuse {}", e.exit_code().code()),
+        }
+    }
+
+    #[test]
+    fn policy_table() {
+        struct Row {
+            backup: &'static str,
+            current: &'static str,
+            policy: Policy,
+            migration: bool,
+            expect: &'static str,
+        }
+        let strict = Policy {
+            strict_version_check: true,
+            ..Policy::default()
+        };
+        let with = |f: fn(&mut Policy)| {
+            let mut p = strict.clone();
+            f(&mut p);
+            p
+        };
+        let rows = [
+            Row {
+                backup: "0.3.0",
+                current: "0.3.0",
+                policy: strict.clone(),
+                migration: false,
+                expect: "ok COMPATIBLE",
+            },
+            Row {
+                backup: "0.3.0",
+                current: "0.3.2",
+                policy: strict.clone(),
+                migration: false,
+                expect: "warn UPGRADE_AVAILABLE",
+            },
+            Row {
+                backup: "0.3.2",
+                current: "0.3.0",
+                policy: strict.clone(),
+                migration: false,
+                expect: "refuse 4",
+            },
+            Row {
+                backup: "0.3.2",
+                current: "0.3.0",
+                policy: with(|p| p.allow_downgrade = true),
+                migration: false,
+                expect: "warn DOWNGRADE",
+            },
+            Row {
+                backup: "0.3.2",
+                current: "0.3.0",
+                policy: with(|p| p.allow_patch_downgrade = true),
+                migration: false,
+                expect: "warn DOWNGRADE",
+            },
+            // A newer minor is INCOMPATIBLE unless allow_minor_downgrade, which makes it a downgrade.
+            Row {
+                backup: "0.4.0",
+                current: "0.3.0",
+                policy: with(|p| p.allow_downgrade = true),
+                migration: false,
+                expect: "refuse 4",
+            },
+            Row {
+                backup: "0.4.0",
+                current: "0.3.0",
+                policy: with(|p| p.allow_minor_downgrade = true),
+                migration: false,
+                expect: "refuse 4",
+            },
+            Row {
+                backup: "0.4.0",
+                current: "0.3.0",
+                policy: with(|p| {
+                    p.allow_minor_downgrade = true;
+                    p.allow_downgrade = true
+                }),
+                migration: false,
+                expect: "warn DOWNGRADE",
+            },
+            Row {
+                backup: "0.4.0",
+                current: "0.3.0",
+                policy: with(|p| {
+                    p.allow_minor_downgrade = true;
+                    p.allow_patch_downgrade = true
+                }),
+                migration: false,
+                expect: "refuse 4",
+            },
+            Row {
+                backup: "1.0.0",
+                current: "0.3.0",
+                policy: with(|p| {
+                    p.allow_minor_downgrade = true;
+                    p.allow_downgrade = true
+                }),
+                migration: false,
+                expect: "refuse 4",
+            },
+            // Older minor: migrate when a path exists; else refuse, or warn when not strict.
+            Row {
+                backup: "0.2.0",
+                current: "0.3.0",
+                policy: strict.clone(),
+                migration: true,
+                expect: "migrate",
+            },
+            Row {
+                backup: "0.2.0",
+                current: "0.3.0",
+                policy: strict.clone(),
+                migration: false,
+                expect: "refuse 4",
+            },
+            Row {
+                backup: "0.2.0",
+                current: "0.3.0",
+                policy: Policy::default(),
+                migration: false,
+                expect: "warn INCOMPATIBLE",
+            },
+            Row {
+                backup: "0.2.0",
+                current: "1.0.0",
+                policy: Policy::default(),
+                migration: false,
+                expect: "refuse 4",
+            },
+            Row {
+                backup: "0.2.0",
+                current: "1.0.0",
+                policy: strict.clone(),
+                migration: true,
+                expect: "migrate",
+            },
+            // Development versions need allow_dev_versions.
+            Row {
+                backup: "0.3.0dev1",
+                current: "0.3.0",
+                policy: strict.clone(),
+                migration: false,
+                expect: "refuse 4",
+            },
+            Row {
+                backup: "0.3.0dev1",
+                current: "0.3.0",
+                policy: with(|p| p.allow_dev_versions = true),
+                migration: false,
+                expect: "ok COMPATIBLE",
+            },
+            Row {
+                backup: "0.3.0",
+                current: "0.3.0dev1",
+                policy: strict.clone(),
+                migration: false,
+                expect: "ok COMPATIBLE",
+            },
+            // Unparseable versions are an invalid backup.
+            Row {
+                backup: "v0.3.0",
+                current: "0.3.0",
+                policy: strict.clone(),
+                migration: false,
+                expect: "refuse 3",
+            },
+        ];
+        for row in rows {
+            let got = outcome(decide(row.backup, row.current, &row.policy, |_, _| {
+                row.migration
+            }));
+            assert_eq!(
+                got, row.expect,
+                "{} on {} with {:?}",
+                row.backup, row.current, row.policy
+            );
+        }
+    }
+
+    #[test]
+    fn refusals_name_both_versions_and_the_way_out() {
+        let refuse = |b, c, p: &Policy| match decide(b, c, p, |_, _| false) {
+            Decision::Refuse(e) => (e.to_string(), e.hint().unwrap()),
+            other => panic!("{other:?}"),
+        };
+        let strict = Policy {
+            strict_version_check: true,
+            ..Policy::default()
+        };
+        let (msg, hint) = refuse("0.3.2", "0.3.0", &strict);
+        assert!(msg.contains("0.3.2") && msg.contains("0.3.0"));
+        assert!(hint.contains("--allow-downgrade") && hint.contains("allow_patch_downgrade"));
+        let (msg, hint) = refuse("0.4.0", "0.3.0", &strict);
+        assert!(msg.contains("0.4.0") && msg.contains("0.3.0"));
+        assert!(hint.contains("allow_minor_downgrade"));
+        let (msg, hint) = refuse("0.2.0", "0.3.0", &strict);
+        assert!(msg.contains("0.2.0") && msg.contains("0.3.0"));
+        assert!(hint.contains("strict_version_check"));
+        let (msg, hint) = refuse("0.3.0dev1", "0.3.0", &strict);
+        assert!(msg.contains("0.3.0dev1") && msg.contains("0.3.0"));
+        assert!(hint.contains("allow_dev_versions"));
+    }
+}

@@ -1,0 +1,133 @@
+//! Exit codes, and how an error chain maps to one and to a hint for the user.
+
+use std::fmt;
+
+/// The documented exit codes of `wqm` (README, `wqm --help`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitCode {
+    Success = 0,
+    /// A runtime failure: I/O, Qdrant unreachable, a declined confirmation, ...
+    Failure = 1,
+    /// A usage or configuration error, or a prompt was needed without a terminal.
+    Usage = 2,
+    /// The backup is missing, invalid or corrupt.
+    InvalidBackup = 3,
+    /// The backup's version is incompatible, or a downgrade was refused.
+    Incompatible = 4,
+    /// A restore conflict: a collection already exists.
+    Conflict = 5,
+    /// Verification after a restore failed.
+    VerificationFailed = 6,
+    /// Interrupted (Ctrl-C).
+    Interrupted = 130,
+}
+
+impl ExitCode {
+    pub fn code(self) -> i32 {
+        self as i32
+    }
+}
+
+/// The text `wqm --help` and the README show for the exit codes.
+pub const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0    success
+  1    runtime failure (I/O, Qdrant unreachable, declined confirmation, ...)
+  2    usage or configuration error, or a prompt needed with no terminal
+  3    the backup is missing, invalid or corrupt
+  4    version incompatible, or downgrade refused
+  5    restore conflict (a collection already exists)
+  6    verification after restore failed
+  130  interrupted (Ctrl-C)";
+
+/// An error that knows its exit code and what the user can do about it.
+pub trait Classify {
+    fn exit_code(&self) -> ExitCode;
+
+    fn hint(&self) -> Option<String> {
+        None
+    }
+}
+
+/// A command-level error with an explicit exit code and hint.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: ExitCode,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl Failure {
+    pub fn new(code: ExitCode, message: impl Into<String>) -> Self {
+        Failure {
+            code,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+impl Classify for Failure {
+    fn exit_code(&self) -> ExitCode {
+        self.code
+    }
+
+    fn hint(&self) -> Option<String> {
+        self.hint.clone()
+    }
+}
+
+/// The user pressed Ctrl-C.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted")]
+pub struct Interrupted;
+
+impl Classify for Interrupted {
+    fn exit_code(&self) -> ExitCode {
+        ExitCode::Interrupted
+    }
+}
+
+/// Finds the first error in the chain that knows its exit code; the rest are runtime failures.
+pub fn classify(error: &anyhow::Error) -> (ExitCode, Option<String>) {
+    for cause in error.chain() {
+        if let Some(found) = classify_one(cause) {
+            return found;
+        }
+    }
+    (ExitCode::Failure, None)
+}
+
+fn classify_one(cause: &(dyn std::error::Error + 'static)) -> Option<(ExitCode, Option<String>)> {
+    macro_rules! try_types {
+        ($($ty:ty),+ $(,)?) => {
+            $(
+                if let Some(e) = cause.downcast_ref::<$ty>() {
+                    return Some((e.exit_code(), e.hint()));
+                }
+            )+
+        };
+    }
+    try_types!(
+        Failure,
+        Interrupted,
+        crate::config::ConfigError,
+        crate::manifest::ManifestError,
+        crate::compat::CompatError,
+        crate::layout::LayoutError,
+    );
+    None
+}

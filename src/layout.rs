@@ -1,0 +1,676 @@
+//! The backup directory on disk: its layout, safe names, private permissions, the staged
+//! writer that makes a backup appear only when complete, and finding backups in a directory.
+//!
+//! ```text
+//! <backup>/metadata/manifest.json        written last; no manifest, no backup
+//! <backup>/collections/<name>.snapshot[.zst]
+//! <backup>/sqlite/state.db[.zst]          (and search.db, graph.db)
+//! <backup>/config/config.yaml
+//! ```
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::{Component, Path, PathBuf};
+
+use crate::checksum::{Algorithm, Digester, HashingWriter};
+use crate::compress::{Compression, Encoder};
+use crate::exit::{Classify, ExitCode};
+use crate::manifest::{FileEntry, FileKind, Manifest, ManifestError};
+
+pub const METADATA_DIR: &str = "metadata";
+pub const MANIFEST_PATH: &str = "metadata/manifest.json";
+pub const COLLECTIONS_DIR: &str = "collections";
+pub const SQLITE_DIR: &str = "sqlite";
+pub const CONFIG_DIR: &str = "config";
+/// Subdirectories every backup has (the Python layout).
+pub const REQUIRED_DIRS: [&str; 3] = [METADATA_DIR, COLLECTIONS_DIR, SQLITE_DIR];
+
+const STAGING_SUFFIX: &str = ".wqm-staging";
+const REPLACED_SUFFIX: &str = ".wqm-replaced";
+const LOCK_SUFFIX: &str = ".wqm-lock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    #[error("Backup directory not found: {}", path.display())]
+    NotFound { path: PathBuf },
+    #[error("Invalid backup directory structure: `{}` is not a directory", path.display())]
+    NotADirectory { path: PathBuf },
+    #[error("Backup directory already exists: {}", path.display())]
+    AlreadyExists { path: PathBuf },
+    #[error("another wqm is writing `{}` (lock `{}` is held)", path.display(), lock.display())]
+    Busy { path: PathBuf, lock: PathBuf },
+    #[error("unsafe name `{name}` in the manifest: {reason}")]
+    UnsafeName { name: String, reason: &'static str },
+    #[error("{action} `{}`: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+impl LayoutError {
+    fn io<'p>(action: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> LayoutError + 'p {
+        move |source| LayoutError::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+impl Classify for LayoutError {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            LayoutError::NotFound { .. }
+            | LayoutError::NotADirectory { .. }
+            | LayoutError::UnsafeName { .. } => ExitCode::InvalidBackup,
+            LayoutError::AlreadyExists { .. }
+            | LayoutError::Busy { .. }
+            | LayoutError::Io { .. } => ExitCode::Failure,
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        match self {
+            LayoutError::AlreadyExists { .. } => Some("Use --force to overwrite (the old backup is kept until the new one is complete), or choose another path".to_string()),
+            LayoutError::Busy { .. } => Some("wait for the other run to finish; runs into different targets can go at the same time".to_string()),
+            LayoutError::NotFound { .. } => Some("check the path; `wqm backup list DIR` shows the backups in a directory".to_string()),
+            LayoutError::Io { source, .. } if source.raw_os_error() == Some(28) => {
+                Some("the disk is full: free space or choose another target; nothing partial was left behind".to_string())
+            }
+            _ => None,
+        }
+    }
+}
+
+// ---- names -----------------------------------------------------------------------------------
+
+/// A collection name from a manifest or from Qdrant, before it becomes part of a path.
+pub fn check_name(name: &str) -> Result<(), LayoutError> {
+    let reason = if name.is_empty() {
+        Some("empty")
+    } else if name.contains('/') || name.contains('\\') {
+        Some("contains a path separator")
+    } else if name == "." || name == ".." || name.contains("..") {
+        Some("contains `..`")
+    } else if name.contains('\0') {
+        Some("contains NUL")
+    } else if name.starts_with('.') {
+        Some("starts with `.`")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(LayoutError::UnsafeName {
+            name: name.to_string(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// A `files[].path` of a manifest: relative, `/`-separated, inside the backup.
+pub fn check_relative_path(path: &str) -> Result<(), LayoutError> {
+    let unsafe_path = |reason| {
+        Err(LayoutError::UnsafeName {
+            name: path.to_string(),
+            reason,
+        })
+    };
+    if path.contains('\0') {
+        return unsafe_path("contains NUL");
+    }
+    if path.contains('\\') {
+        return unsafe_path("contains a backslash");
+    }
+    if path.is_empty() || Path::new(path).is_absolute() {
+        return unsafe_path("is not a relative path");
+    }
+    if !Path::new(path)
+        .components()
+        .all(|c| matches!(c, Component::Normal(_)))
+    {
+        return unsafe_path("leaves the backup directory");
+    }
+    Ok(())
+}
+
+/// `collections/<name>.snapshot[.zst]`.
+pub fn snapshot_path(collection: &str, compression: Compression) -> String {
+    format!(
+        "{COLLECTIONS_DIR}/{collection}.snapshot{}",
+        compression.extension()
+    )
+}
+
+/// `sqlite/<file>[.zst]`.
+pub fn database_path(file_name: &str, compression: Compression) -> String {
+    format!("{SQLITE_DIR}/{file_name}{}", compression.extension())
+}
+
+/// `collections/<name>.config.json` of a legacy Python backup.
+pub fn legacy_collection_config_path(collection: &str) -> String {
+    format!("{COLLECTIONS_DIR}/{collection}.config.json")
+}
+
+/// Hidden entries (staging directories, locks) are never backups.
+pub fn is_hidden(name: &str) -> bool {
+    name.starts_with('.')
+}
+
+// ---- permissions -----------------------------------------------------------------------------
+
+/// Backups hold vectors, payloads and configuration: only the owner may read them.
+pub fn create_private_dir_all(path: &Path) -> io::Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(path)
+}
+
+fn create_private_file(path: &Path) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
+}
+
+/// Makes a rename or a new entry in `dir` durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    File::open(dir)?.sync_all()?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+// ---- writing a backup ------------------------------------------------------------------------
+
+/// A backup being written in a hidden sibling of its target. Dropped without `commit`, it
+/// removes itself, so a failed or interrupted run leaves nothing `list` or `validate` accepts.
+pub struct Staging {
+    target: PathBuf,
+    dir: PathBuf,
+    _lock: File,
+    committed: bool,
+}
+
+/// Hidden sibling names of a target: `.NAME.wqm-staging`, `.NAME.wqm-lock`, ...
+fn sibling(target: &Path, suffix: &str) -> PathBuf {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    target.with_file_name(format!(".{name}{suffix}"))
+}
+
+impl Staging {
+    /// Takes the target's lock and prepares the staging directory. Fails before any work when
+    /// the target exists and `replace` is false, or when another run holds the lock.
+    pub fn begin(target: &Path, replace: bool) -> Result<Self, LayoutError> {
+        if target.exists() && !replace {
+            return Err(LayoutError::AlreadyExists {
+                path: target.to_path_buf(),
+            });
+        }
+        if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
+            create_private_dir_all(parent).map_err(LayoutError::io("cannot create", parent))?;
+        }
+        let lock_path = sibling(target, LOCK_SUFFIX);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(LayoutError::io("cannot create the lock", &lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(LayoutError::Busy {
+                    path: target.to_path_buf(),
+                    lock: lock_path,
+                })
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(LayoutError::io("cannot lock", &lock_path)(e))
+            }
+        }
+        // Holding the lock, anything left in the staging place is a dead run's.
+        let dir = sibling(target, STAGING_SUFFIX);
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(LayoutError::io(
+                "cannot remove the stale staging directory",
+                &dir,
+            ))?;
+        }
+        for sub in REQUIRED_DIRS {
+            let path = dir.join(sub);
+            create_private_dir_all(&path).map_err(LayoutError::io("cannot create", &path))?;
+        }
+        Ok(Staging {
+            target: target.to_path_buf(),
+            dir,
+            _lock: lock,
+            committed: false,
+        })
+    }
+
+    /// The staging directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// Opens `rel` (see `check_relative_path`) for streaming content into it.
+    pub fn create_file(
+        &self,
+        rel: &str,
+        kind: FileKind,
+        compression: Compression,
+        algorithm: Algorithm,
+    ) -> Result<FileSink, LayoutError> {
+        check_relative_path(rel)?;
+        let path = self.dir.join(rel);
+        if let Some(parent) = path.parent() {
+            create_private_dir_all(parent).map_err(LayoutError::io("cannot create", parent))?;
+        }
+        let file = create_private_file(&path).map_err(LayoutError::io("cannot create", &path))?;
+        let stored = HashingWriter::new(BufWriter::with_capacity(1 << 20, file), &[algorithm]);
+        Ok(FileSink {
+            rel: rel.to_string(),
+            path: path.clone(),
+            kind,
+            compression,
+            algorithm,
+            content: Digester::new(&[Algorithm::Sha256]),
+            writer: compression
+                .encoder(stored)
+                .map_err(LayoutError::io("cannot start compressing", &path))?,
+        })
+    }
+
+    /// Writes the manifest last, makes everything durable and moves the backup into place.
+    /// With `replace`, an existing backup at the target is removed only after that.
+    pub fn commit(mut self, manifest: &Manifest) -> Result<PathBuf, LayoutError> {
+        let manifest_path = self.dir.join(MANIFEST_PATH);
+        manifest
+            .save(&manifest_path)
+            .map_err(LayoutError::io("cannot write", &manifest_path))?;
+        for sub in [METADATA_DIR, COLLECTIONS_DIR, SQLITE_DIR, CONFIG_DIR] {
+            let path = self.dir.join(sub);
+            if path.is_dir() {
+                sync_dir(&path).map_err(LayoutError::io("cannot sync", &path))?;
+            }
+        }
+        sync_dir(&self.dir).map_err(LayoutError::io("cannot sync", &self.dir))?;
+        let parent = self
+            .target
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let replaced = sibling(&self.target, REPLACED_SUFFIX);
+        let had_old = self.target.exists();
+        if had_old {
+            if replaced.exists() {
+                fs::remove_dir_all(&replaced)
+                    .map_err(LayoutError::io("cannot remove", &replaced))?;
+            }
+            fs::rename(&self.target, &replaced).map_err(LayoutError::io(
+                "cannot move the old backup aside",
+                &self.target,
+            ))?;
+        }
+        fs::rename(&self.dir, &self.target).map_err(LayoutError::io(
+            "cannot move the new backup into place",
+            &self.target,
+        ))?;
+        self.committed = true;
+        sync_dir(&parent).map_err(LayoutError::io("cannot sync", &parent))?;
+        if had_old {
+            fs::remove_dir_all(&replaced).map_err(LayoutError::io(
+                "cannot remove the replaced backup",
+                &replaced,
+            ))?;
+        }
+        Ok(self.target.clone())
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Streams one file into a staged backup: hashes the content (sha256), compresses, hashes the
+/// stored bytes with the configured algorithm, and writes, all in one pass.
+pub struct FileSink {
+    rel: String,
+    path: PathBuf,
+    kind: FileKind,
+    compression: Compression,
+    algorithm: Algorithm,
+    content: Digester,
+    writer: Encoder<HashingWriter<BufWriter<File>>>,
+}
+
+impl FileSink {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Flushes, fsyncs and describes the file for the manifest.
+    pub fn finish(self) -> Result<FileEntry, LayoutError> {
+        let io = |action| LayoutError::io(action, &self.path);
+        let stored = self.writer.finish().map_err(io("cannot finish writing"))?;
+        let (buffered, stored_digests) = stored.into_parts();
+        let file = buffered
+            .into_inner()
+            .map_err(|e| io("cannot write")(e.into_error()))?;
+        file.sync_all().map_err(io("cannot sync"))?;
+        let content = self.content.finish();
+        Ok(FileEntry {
+            path: self.rel,
+            kind: self.kind,
+            size: stored_digests.bytes,
+            compression: self.compression,
+            checksum: stored_digests.get(self.algorithm),
+            content_size: content.bytes,
+            content_sha256: content
+                .get(Algorithm::Sha256)
+                .map(|c| c.value)
+                .unwrap_or_default(),
+        })
+    }
+}
+
+impl Write for FileSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.writer.write(buf)?;
+        self.content.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.writer.flush()
+    }
+}
+
+// ---- reading backups -------------------------------------------------------------------------
+
+/// Bytes of all regular files under `path`, symlinks not followed.
+pub fn disk_usage(path: &Path) -> io::Result<u64> {
+    let mut total = 0;
+    let mut pending = vec![path.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in fs::read_dir(&dir)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else if kind.is_file() {
+                total += entry.metadata()?.len();
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// A backup directory and its manifest.
+#[derive(Debug)]
+pub struct BackupDir {
+    pub path: PathBuf,
+    pub manifest: Manifest,
+}
+
+impl BackupDir {
+    /// Opens an existing backup: the directory must exist and its manifest must parse.
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        ensure_backup_dir(path)?;
+        let manifest = Manifest::load(&path.join(MANIFEST_PATH))?;
+        Ok(BackupDir {
+            path: path.to_path_buf(),
+            manifest,
+        })
+    }
+
+    pub fn name(&self) -> String {
+        self.path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| self.path.display().to_string())
+    }
+}
+
+/// Fails unless `path` is an existing directory.
+pub fn ensure_backup_dir(path: &Path) -> Result<(), LayoutError> {
+    match fs::metadata(path) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(LayoutError::NotADirectory {
+            path: path.to_path_buf(),
+        }),
+        Err(_) => Err(LayoutError::NotFound {
+            path: path.to_path_buf(),
+        }),
+    }
+}
+
+/// A backup found by `scan`.
+#[derive(Debug)]
+pub struct Found {
+    pub backup: BackupDir,
+    pub size: u64,
+}
+
+/// What `scan` saw in a directory.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub backups: Vec<Found>,
+    /// Entries that look like backups but cannot be read, with the reason.
+    pub problems: Vec<(PathBuf, String)>,
+}
+
+/// Every backup directly in `dir`: new and legacy. Hidden entries (staging, locks) are skipped;
+/// directories that have `metadata/` but no readable manifest are reported, not dropped.
+pub fn scan(dir: &Path) -> io::Result<Scan> {
+    let mut scan = Scan::default();
+    let mut entries: Vec<_> = fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        if is_hidden(&name) || !path.is_dir() {
+            continue;
+        }
+        let manifest_path = path.join(MANIFEST_PATH);
+        if !manifest_path.exists() && !path.join(METADATA_DIR).exists() {
+            continue;
+        }
+        match Manifest::load(&manifest_path) {
+            Ok(manifest) => {
+                let size = disk_usage(&path).unwrap_or(0);
+                scan.backups.push(Found {
+                    backup: BackupDir { path, manifest },
+                    size,
+                });
+            }
+            Err(e @ ManifestError::Missing { .. }) => scan
+                .problems
+                .push((path, format!("incomplete backup: {e}"))),
+            Err(e) => scan.problems.push((path, e.to_string())),
+        }
+    }
+    Ok(scan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn names_that_could_escape_are_refused() {
+        for ok in ["projects", "my-notes_2", "a.b"] {
+            check_name(ok).unwrap();
+        }
+        for bad in ["", "a/b", "a\\b", "..", ".", "a..b", "nul\0", ".hidden"] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+        check_relative_path("collections/a.snapshot").unwrap();
+        for bad in [
+            "/etc/passwd",
+            "../x",
+            "collections/../../x",
+            "a\\b",
+            "",
+            "./a",
+            "a\0b",
+        ] {
+            assert!(check_relative_path(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn staged_backup_appears_only_on_commit() {
+        let root = tempfile::tempdir().unwrap();
+        let target = root.path().join("b1");
+        let staging = Staging::begin(&target, false).unwrap();
+        let mut sink = staging
+            .create_file(
+                "sqlite/state.db.zst",
+                FileKind::SqliteDatabase,
+                Compression::Zstd,
+                Algorithm::Md5,
+            )
+            .unwrap();
+        sink.write_all(b"hello world").unwrap();
+        let entry = sink.finish().unwrap();
+        assert_eq!(entry.content_size, 11);
+        assert_eq!(
+            entry.content_sha256,
+            "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9"
+        );
+        let stored = fs::read(staging.dir().join("sqlite/state.db.zst")).unwrap();
+        assert_eq!(entry.size, stored.len() as u64);
+        assert_eq!(
+            entry.checksum.as_ref().unwrap(),
+            &crate::checksum::digest(&stored, &[Algorithm::Md5])
+                .get(Algorithm::Md5)
+                .unwrap()
+        );
+        let mut plain = Vec::new();
+        Compression::Zstd
+            .decoder(&stored[..])
+            .unwrap()
+            .read_to_end(&mut plain)
+            .unwrap();
+        assert_eq!(plain, b"hello world");
+
+        assert!(!target.exists());
+        assert!(
+            scan(root.path()).unwrap().backups.is_empty(),
+            "staging is hidden"
+        );
+        // A second writer for the same target fails fast.
+        assert!(matches!(
+            Staging::begin(&target, true),
+            Err(LayoutError::Busy { .. })
+        ));
+
+        let mut manifest = Manifest::new("0.3.0", 1.0);
+        manifest.files.push(entry);
+        staging.commit(&manifest).unwrap();
+        assert!(target.join(MANIFEST_PATH).is_file());
+        let found = scan(root.path()).unwrap();
+        assert_eq!(found.backups.len(), 1);
+        assert_eq!(found.backups[0].backup.manifest, manifest);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&target), 0o700);
+            assert_eq!(mode(&target.join("sqlite")), 0o700);
+            assert_eq!(mode(&target.join("sqlite/state.db.zst")), 0o600);
+            assert_eq!(mode(&target.join(MANIFEST_PATH)), 0o600);
+        }
+    }
+
+    #[test]
+    fn an_abandoned_staging_leaves_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let target = root.path().join("b");
+        {
+            let staging = Staging::begin(&target, false).unwrap();
+            let mut sink = staging
+                .create_file(
+                    "collections/a.snapshot",
+                    FileKind::CollectionSnapshot,
+                    Compression::None,
+                    Algorithm::Sha256,
+                )
+                .unwrap();
+            sink.write_all(b"partial").unwrap();
+        }
+        let names: Vec<_> = fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, [".b.wqm-lock"]);
+    }
+
+    #[test]
+    fn existing_targets_need_replace_and_survive_until_commit() {
+        let root = tempfile::tempdir().unwrap();
+        let target = root.path().join("b");
+        Staging::begin(&target, false)
+            .unwrap()
+            .commit(&Manifest::new("0.3.0", 1.0))
+            .unwrap();
+        assert!(matches!(
+            Staging::begin(&target, false),
+            Err(LayoutError::AlreadyExists { .. })
+        ));
+        let staging = Staging::begin(&target, true).unwrap();
+        assert_eq!(
+            BackupDir::open(&target).unwrap().manifest.timestamp,
+            1.0,
+            "old backup intact while staging"
+        );
+        staging.commit(&Manifest::new("0.3.0", 2.0)).unwrap();
+        assert_eq!(BackupDir::open(&target).unwrap().manifest.timestamp, 2.0);
+        assert!(!sibling(&target, REPLACED_SUFFIX).exists());
+    }
+
+    #[test]
+    fn scan_reports_unreadable_backups_and_skips_other_things() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        Staging::begin(&r.join("good"), false)
+            .unwrap()
+            .commit(&Manifest::new("0.3.0", 1.0))
+            .unwrap();
+        fs::create_dir_all(r.join("broken/metadata")).unwrap();
+        fs::write(r.join("broken/metadata/manifest.json"), "{").unwrap();
+        fs::create_dir_all(r.join("incomplete/metadata")).unwrap();
+        fs::create_dir_all(r.join("not-a-backup/stuff")).unwrap();
+        fs::create_dir_all(r.join(".hidden/metadata")).unwrap();
+        fs::write(r.join("file.txt"), "x").unwrap();
+        let found = scan(r).unwrap();
+        assert_eq!(found.backups.len(), 1);
+        let problems: Vec<_> = found
+            .problems
+            .iter()
+            .map(|(p, _)| p.file_name().unwrap().to_str().unwrap())
+            .collect();
+        assert_eq!(problems, ["broken", "incomplete"]);
+    }
+}

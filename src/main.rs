@@ -1,0 +1,3 @@
+fn main() {
+    std::process::exit(wqm::run(std::env::args_os()));
+}

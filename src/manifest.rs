@@ -1,0 +1,478 @@
+//! `metadata/manifest.json`: the record of what a backup holds (schema in `docs/manifest.md`).
+//!
+//! Format 1 is a superset of the earlier Python manifest: every Python field keeps its name and
+//! meaning, so old tooling keeps reading new backups, and old backups (no `format_version`) still load.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::checksum::Checksum;
+use crate::compress::Compression;
+use crate::exit::{Classify, ExitCode};
+
+/// The manifest format this wqm writes and the newest it reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("Backup manifest is missing or invalid: `{}` does not exist", path.display())]
+    Missing { path: PathBuf },
+    #[error("Backup manifest is missing or invalid: cannot read `{}`: {source}", path.display())]
+    Unreadable { path: PathBuf, source: io::Error },
+    #[error("Backup manifest is missing or invalid: `{}`: {reason}", path.display())]
+    Invalid { path: PathBuf, reason: String },
+    #[error("Backup manifest `{}` has format_version {found}, newer than the {supported} this wqm reads", path.display())]
+    NewerFormat {
+        path: PathBuf,
+        found: u64,
+        supported: u32,
+    },
+}
+
+impl Classify for ManifestError {
+    fn exit_code(&self) -> ExitCode {
+        ExitCode::InvalidBackup
+    }
+
+    fn hint(&self) -> Option<String> {
+        Some(match self {
+            ManifestError::NewerFormat { .. } => {
+                "this backup was written by a newer wqm; upgrade wqm to read it".to_string()
+            }
+            _ => "run `wqm backup validate PATH --verbose` for details, or pick an earlier backup with `wqm backup list DIR --sort timestamp`".to_string(),
+        })
+    }
+}
+
+/// `collections` of the Python manifest: a name → point count map, or (oldest form) a list of names.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Collections {
+    Counts(BTreeMap<String, u64>),
+    Names(Vec<String>),
+}
+
+impl Collections {
+    pub fn names(&self) -> Vec<&str> {
+        match self {
+            Collections::Counts(map) => map.keys().map(String::as_str).collect(),
+            Collections::Names(names) => names.iter().map(String::as_str).collect(),
+        }
+    }
+
+    pub fn count_of(&self, name: &str) -> Option<u64> {
+        match self {
+            Collections::Counts(map) => map.get(name).copied(),
+            Collections::Names(_) => None,
+        }
+    }
+}
+
+/// What a stored file holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileKind {
+    /// A Qdrant collection snapshot (an uncompressed tar before our compression).
+    CollectionSnapshot,
+    /// A SQLite database copied with SQLite's online backup API.
+    SqliteDatabase,
+    /// The configuration file, byte for byte.
+    Config,
+}
+
+/// One stored file of a format-1 backup.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Relative to the backup directory, `/`-separated.
+    pub path: String,
+    pub kind: FileKind,
+    /// Bytes on disk.
+    pub size: u64,
+    pub compression: Compression,
+    /// Of the stored bytes, with `checksum_algorithm`; null when that is `none`.
+    pub checksum: Option<Checksum>,
+    /// Size of the original (uncompressed) content.
+    pub content_size: u64,
+    /// sha256 of the original content; Qdrant verifies snapshot uploads with it.
+    pub content_sha256: String,
+}
+
+/// Per-collection facts recorded with `include_collection_stats` (the point count is always kept).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CollectionDetails {
+    /// Exact point count at snapshot time.
+    pub points_count: u64,
+    /// The stored snapshot, a `files[].path`.
+    pub snapshot: String,
+    /// `config.params` of the collection: vectors, sparse_vectors, shard_number, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<Value>,
+    /// The collection's payload index schema.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_schema: Option<Value>,
+    /// Aliases pointing at this collection (snapshots do not hold them).
+    #[serde(default)]
+    pub aliases: Vec<String>,
+}
+
+/// A SQLite database in the backup.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DatabaseDetails {
+    /// `state.db`, `search.db` or `graph.db`.
+    pub name: String,
+    /// The stored file, a `files[].path`.
+    pub file: String,
+    /// `MAX(version)` of its schema table, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_version: Option<i64>,
+}
+
+/// Host facts recorded with `include_system_info`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SystemInfo {
+    pub hostname: String,
+    pub os: String,
+    pub arch: String,
+    pub wqm_version: String,
+}
+
+/// `metadata/manifest.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Absent in legacy (Python) manifests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format_version: Option<u32>,
+    /// The product version that wrote the backup.
+    pub version: String,
+    /// Epoch seconds (float), as Python's `time.time()`.
+    pub timestamp: f64,
+    #[serde(default)]
+    pub collections: Option<Collections>,
+    #[serde(default)]
+    pub total_documents: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub python_version: Option<String>,
+    #[serde(default)]
+    pub during_operations: bool,
+    #[serde(default)]
+    pub partial_backup: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selected_collections: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_path: Option<String>,
+
+    // Format 1 additions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qdrant_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<Compression>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum_algorithm: Option<crate::checksum::Algorithm>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileEntry>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub collection_details: BTreeMap<String, CollectionDetails>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub databases: Vec<DatabaseDetails>,
+    /// Things an operator should know about this backup ("no state DB found at ...").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_info: Option<SystemInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_metadata: Option<Map<String, Value>>,
+
+    /// Keys this version does not know; kept so a rewrite loses nothing (Python's `additional_metadata`).
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl Manifest {
+    /// A new format-1 manifest with the given product version and time.
+    pub fn new(version: impl Into<String>, timestamp: f64) -> Self {
+        Manifest {
+            format_version: Some(FORMAT_VERSION),
+            version: version.into(),
+            timestamp,
+            collections: None,
+            total_documents: None,
+            database_version: None,
+            python_version: None,
+            during_operations: false,
+            partial_backup: false,
+            selected_collections: None,
+            description: None,
+            created_by: None,
+            backup_path: None,
+            qdrant_version: None,
+            compression: None,
+            checksum_algorithm: None,
+            files: Vec::new(),
+            collection_details: BTreeMap::new(),
+            databases: Vec::new(),
+            notes: Vec::new(),
+            system_info: None,
+            custom_metadata: None,
+            extra: Map::new(),
+        }
+    }
+
+    /// A manifest without `format_version` was written by the earlier Python wqm.
+    pub fn is_legacy(&self) -> bool {
+        self.format_version.is_none()
+    }
+
+    /// `wqm/1` for format 1, `legacy` for Python backups.
+    pub fn format_name(&self) -> String {
+        match self.format_version {
+            Some(v) => format!("wqm/{v}"),
+            None => "legacy".to_string(),
+        }
+    }
+
+    /// Names of the collections the backup holds.
+    pub fn collection_names(&self) -> Vec<&str> {
+        self.collections
+            .as_ref()
+            .map(Collections::names)
+            .unwrap_or_default()
+    }
+
+    pub fn file(&self, path: &str) -> Option<&FileEntry> {
+        self.files.iter().find(|f| f.path == path)
+    }
+
+    /// Bytes of all stored files the manifest lists.
+    pub fn stored_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+
+    /// `timestamp` as Python's `format_timestamp()` printed it: UTC ISO 8601 with `+00:00`.
+    pub fn formatted_timestamp(&self) -> String {
+        format_timestamp(self.timestamp)
+    }
+
+    /// Parses manifest text; `path` only names the file in errors.
+    pub fn from_json(text: &str, path: &Path) -> Result<Self, ManifestError> {
+        let invalid = |reason: String| ManifestError::Invalid {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let value: Value = serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let object = value
+            .as_object()
+            .ok_or_else(|| invalid("expected a JSON object".to_string()))?;
+        // Check the format first: a newer format may change any other field.
+        match object.get("format_version") {
+            None => {}
+            Some(Value::Number(n)) if n.as_u64().is_some() => {
+                let found = n.as_u64().unwrap_or_default();
+                if found > u64::from(FORMAT_VERSION) {
+                    return Err(ManifestError::NewerFormat {
+                        path: path.to_path_buf(),
+                        found,
+                        supported: FORMAT_VERSION,
+                    });
+                }
+                if found == 0 {
+                    return Err(invalid("`format_version` must be 1 or more".to_string()));
+                }
+            }
+            Some(other) => {
+                return Err(invalid(format!(
+                    "`format_version` must be a positive integer, found {other}"
+                )))
+            }
+        }
+        serde_json::from_value(value).map_err(|e| invalid(e.to_string()))
+    }
+
+    /// Reads `path` (a `metadata/manifest.json`).
+    pub fn load(path: &Path) -> Result<Self, ManifestError> {
+        let text = fs::read_to_string(path).map_err(|source| {
+            if source.kind() == io::ErrorKind::NotFound {
+                ManifestError::Missing {
+                    path: path.to_path_buf(),
+                }
+            } else if source.kind() == io::ErrorKind::InvalidData {
+                ManifestError::Invalid {
+                    path: path.to_path_buf(),
+                    reason: "not UTF-8 text".to_string(),
+                }
+            } else {
+                ManifestError::Unreadable {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            }
+        })?;
+        Self::from_json(&text, path)
+    }
+
+    pub fn to_json(&self) -> String {
+        let mut text = serde_json::to_string_pretty(self).expect("a manifest always serializes");
+        text.push('\n');
+        text
+    }
+
+    /// Writes the manifest atomically (temp file, fsync, rename, fsync of the directory),
+    /// creating missing parent directories.
+    pub fn save(&self, path: &Path) -> io::Result<()> {
+        write_atomic(path, self.to_json().as_bytes())
+    }
+}
+
+/// Formats epoch seconds as `2009-02-13T23:31:30+00:00`.
+pub fn format_timestamp(timestamp: f64) -> String {
+    let seconds = timestamp.floor() as i64;
+    chrono::DateTime::from_timestamp(seconds, 0)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%S+00:00").to_string())
+        .unwrap_or_else(|| format!("{timestamp} (out of range)"))
+}
+
+/// Replaces `path` with `bytes` so that readers see the old file or the new one, never a mix.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    crate::layout::create_private_dir_all(dir)?;
+    // tempfile creates the file with mode 0600.
+    let mut temp = tempfile::Builder::new()
+        .prefix(".wqm-")
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    temp.write_all(bytes)?;
+    temp.as_file().sync_all()?;
+    temp.persist(path).map_err(|e| e.error)?;
+    crate::layout::sync_dir(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PYTHON_EXAMPLE: &str = r#"{"version": "0.3.0", "timestamp": 1761037200.123456, "collections": {"a": 120, "b": 30},
+ "total_documents": 150, "python_version": "3.12.9", "during_operations": false,
+ "partial_backup": true, "selected_collections": ["a", "b"], "description": "pre-upgrade"}"#;
+
+    fn parse(text: &str) -> Result<Manifest, ManifestError> {
+        Manifest::from_json(text, Path::new("m.json"))
+    }
+
+    #[test]
+    fn reads_the_python_manifest() {
+        let m = parse(PYTHON_EXAMPLE).unwrap();
+        assert!(m.is_legacy());
+        assert_eq!(m.version, "0.3.0");
+        assert_eq!(m.collection_names(), ["a", "b"]);
+        assert_eq!(m.collections.as_ref().unwrap().count_of("a"), Some(120));
+        assert_eq!(m.total_documents, Some(150));
+        assert!(m.partial_backup);
+        assert_eq!(
+            m.selected_collections.as_deref(),
+            Some(&["a".to_string(), "b".to_string()][..])
+        );
+        assert_eq!(m.python_version.as_deref(), Some("3.12.9"));
+        assert_eq!(m.description.as_deref(), Some("pre-upgrade"));
+    }
+
+    #[test]
+    fn minimal_manifest_has_no_collections() {
+        let m = parse(r#"{"version": "0.2.1", "timestamp": 1}"#).unwrap();
+        assert_eq!(m.collections, None);
+        assert_eq!(m.total_documents, None);
+        assert!(!m.partial_backup && !m.during_operations);
+    }
+
+    #[test]
+    fn collections_may_be_a_list_of_names() {
+        let m =
+            parse(r#"{"version": "0.2.1", "timestamp": 1, "collections": ["x", "y"]}"#).unwrap();
+        assert_eq!(m.collection_names(), ["x", "y"]);
+        assert_eq!(m.collections.unwrap().count_of("x"), None);
+    }
+
+    #[test]
+    fn unknown_keys_survive_a_round_trip() {
+        let m = parse(r#"{"version": "0.2.1", "timestamp": 1, "custom_key": "v", "number": 42}"#)
+            .unwrap();
+        assert_eq!(m.extra.get("number"), Some(&Value::from(42)));
+        let again = parse(&m.to_json()).unwrap();
+        assert_eq!(again.extra.get("custom_key"), Some(&Value::from("v")));
+    }
+
+    #[test]
+    fn unset_optional_fields_are_left_out_but_flags_stay() {
+        let json = Manifest::new("0.3.0", 1.0).to_json();
+        assert!(!json.contains("python_version"));
+        assert!(!json.contains("database_version"));
+        assert!(json.contains("\"during_operations\": false"));
+        assert!(json.contains("\"partial_backup\": false"));
+        assert!(json.contains("\"format_version\": 1"));
+    }
+
+    #[test]
+    fn rejects_broken_manifests() {
+        let missing_version = parse(r#"{"timestamp": 1}"#).unwrap_err();
+        assert!(
+            missing_version
+                .to_string()
+                .contains("missing field `version`"),
+            "{missing_version}"
+        );
+        assert!(parse("{not json")
+            .unwrap_err()
+            .to_string()
+            .starts_with("Backup manifest is missing or invalid"));
+        assert!(parse("[1]").is_err());
+        assert!(parse(r#"{"version": "0.3.0", "timestamp": 1, "format_version": "1"}"#).is_err());
+        assert!(parse(r#"{"version": "0.3.0", "timestamp": 1, "format_version": 0}"#).is_err());
+    }
+
+    #[test]
+    fn refuses_a_newer_format() {
+        let err = parse(r#"{"version": "9.0.0", "timestamp": 1, "format_version": 2, "files": 7}"#)
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            ManifestError::NewerFormat {
+                found: 2,
+                supported: 1,
+                ..
+            }
+        ));
+        assert!(err.to_string().contains("format_version 2"));
+    }
+
+    #[test]
+    fn formats_timestamps_like_python() {
+        assert_eq!(format_timestamp(1234567890.0), "2009-02-13T23:31:30+00:00");
+        assert_eq!(format_timestamp(1234567890.9), "2009-02-13T23:31:30+00:00");
+    }
+
+    #[test]
+    fn save_creates_parents_and_load_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/metadata/manifest.json");
+        let mut m = Manifest::new("0.3.0", 1761037200.5);
+        m.description = Some("d".into());
+        m.save(&path).unwrap();
+        assert_eq!(Manifest::load(&path).unwrap(), m);
+        assert!(matches!(
+            Manifest::load(&dir.path().join("nope.json")),
+            Err(ManifestError::Missing { .. })
+        ));
+    }
+}

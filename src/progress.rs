@@ -1,0 +1,70 @@
+//! Progress reporting and interruption, as seen from domain code.
+//!
+//! Domain code reports through the `Progress` trait; the terminal implementation (bars on a
+//! TTY, plain lines otherwise) lives in `output`. Ctrl-C sets a flag that long loops check
+//! through `check_interrupted` or by reading through a `Metered` reader.
+
+use std::io::{self, Read};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::exit::Interrupted;
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Called by the Ctrl-C handler.
+pub fn set_interrupted() {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+pub fn is_interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+pub fn check_interrupted() -> Result<(), Interrupted> {
+    if is_interrupted() {
+        Err(Interrupted)
+    } else {
+        Ok(())
+    }
+}
+
+/// Receives what a long operation is doing.
+pub trait Progress: Sync {
+    /// A transfer of `total` bytes (when known) named `label` starts.
+    fn begin(&self, _label: &str, _total: Option<u64>) {}
+    /// `bytes` more were moved.
+    fn advance(&self, _bytes: u64) {}
+    /// The current transfer ended.
+    fn end(&self) {}
+    /// A step worth telling in `--verbose` mode.
+    fn step(&self, _message: &str) {}
+}
+
+/// Reports nothing.
+pub struct Silent;
+
+impl Progress for Silent {}
+
+/// Reads through to `inner`, advancing `progress` and stopping when Ctrl-C was pressed.
+pub struct Metered<'a, T> {
+    inner: T,
+    progress: &'a dyn Progress,
+}
+
+impl<'a, T> Metered<'a, T> {
+    pub fn new(inner: T, progress: &'a dyn Progress) -> Self {
+        Metered { inner, progress }
+    }
+}
+
+impl<T: Read> Read for Metered<'_, T> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if is_interrupted() {
+            // Not ErrorKind::Interrupted alone: std retries those; the payload makes it final.
+            return Err(io::Error::other(Interrupted));
+        }
+        let n = self.inner.read(buf)?;
+        self.progress.advance(n as u64);
+        Ok(n)
+    }
+}

@@ -1,0 +1,117 @@
+//! SQLite databases of workspace-qdrant: checking copies without touching them.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+/// The databases of the data directory that a backup holds, in the order they are backed up.
+pub const DATABASE_FILES: [&str; 3] = ["state.db", "search.db", "graph.db"];
+
+/// Tables whose `MAX(version)` is the schema version of each store.
+const VERSION_TABLES: [&str; 3] = [
+    "schema_version",
+    "search_schema_version",
+    "graph_schema_version",
+];
+
+/// Opens a database file read-only as immutable: SQLite creates no `-wal`/`-shm` beside it and
+/// takes no locks, so checking a backup never modifies it.
+pub fn open_immutable(path: &Path) -> rusqlite::Result<Connection> {
+    let mut uri = String::from("file:");
+    for c in path.to_string_lossy().chars() {
+        match c {
+            '%' => uri.push_str("%25"),
+            '?' => uri.push_str("%3f"),
+            '#' => uri.push_str("%23"),
+            c => uri.push(c),
+        }
+    }
+    uri.push_str("?immutable=1");
+    Connection::open_with_flags(
+        uri,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+}
+
+/// `PRAGMA integrity_check`: the problems it reports (empty when the database is sound).
+pub fn integrity_problems(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut statement = conn.prepare("PRAGMA integrity_check")?;
+    let rows = statement.query_map([], |row| row.get::<_, String>(0))?;
+    let mut problems = Vec::new();
+    for row in rows {
+        let row = row?;
+        if row != "ok" {
+            problems.push(row);
+        }
+    }
+    Ok(problems)
+}
+
+/// `MAX(version)` of the store's schema-version table, if it has one.
+pub fn schema_version(conn: &Connection) -> rusqlite::Result<Option<i64>> {
+    for table in VERSION_TABLES {
+        let exists: bool = conn.query_row(
+            "SELECT EXISTS(SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
+            [table],
+            |row| row.get(0),
+        )?;
+        if exists {
+            return conn
+                .query_row(
+                    &format!("SELECT MAX(version) FROM \"{table}\""),
+                    [],
+                    |row| row.get::<_, Option<i64>>(0),
+                )
+                .optional()
+                .map(Option::flatten);
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checks_a_copy_without_creating_files_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("we?ird#name%.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "PRAGMA journal_mode=WAL; CREATE TABLE schema_version(version INTEGER, applied_at TEXT);
+                 INSERT INTO schema_version VALUES (48, 'x'), (49, 'y');",
+            )
+            .unwrap();
+        }
+        let before: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        let conn = open_immutable(&path).unwrap();
+        assert_eq!(integrity_problems(&conn).unwrap(), Vec::<String>::new());
+        assert_eq!(schema_version(&conn).unwrap(), Some(49));
+        drop(conn);
+        let after: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(before, after);
+    }
+
+    #[test]
+    fn a_store_without_a_version_table_has_no_version() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t(x)").unwrap();
+        assert_eq!(schema_version(&conn).unwrap(), None);
+        conn.execute_batch("CREATE TABLE search_schema_version(version INTEGER)")
+            .unwrap();
+        assert_eq!(schema_version(&conn).unwrap(), None);
+        conn.execute_batch("INSERT INTO search_schema_version VALUES (8)")
+            .unwrap();
+        assert_eq!(schema_version(&conn).unwrap(), Some(8));
+    }
+}

@@ -1,0 +1,666 @@
+//! Auditing a backup directory: every problem is collected with a severity instead of stopping
+//! at the first. `validate` prints the report; `create` and `restore` use the same checks.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::checksum::{Algorithm, Digests, HashingReader};
+use crate::compat;
+use crate::exit::Interrupted;
+use crate::layout::{self, MANIFEST_PATH, REQUIRED_DIRS};
+use crate::manifest::{Collections, FileEntry, FileKind, Manifest};
+use crate::progress::{self, Metered, Progress};
+use crate::snapshot;
+use crate::sqlite;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// A check that passed (shown with `--verbose`).
+    Ok,
+    Info,
+    Warning,
+    Error,
+}
+
+/// Which check a finding comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Check {
+    Structure,
+    Manifest,
+    Version,
+    Compatibility,
+    Contents,
+    Size,
+    Checksum,
+    Snapshot,
+    Database,
+    Config,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Finding {
+    pub severity: Severity,
+    pub check: Check,
+    /// The file concerned, relative to the backup, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    pub message: String,
+}
+
+/// How deep to look.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Read every file: sizes, checksums, snapshot archives, database integrity.
+    pub check_files: bool,
+    /// The running product version, for the compatibility status.
+    pub current_version: String,
+    /// `backup.validation.version_warning_threshold`: warn about backups older than this many days.
+    pub warn_after_days: u32,
+    /// Epoch seconds now.
+    pub now: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub path: PathBuf,
+    #[serde(skip)]
+    pub manifest: Option<Manifest>,
+    pub compatibility: Option<compat::Report>,
+    pub checked_files: bool,
+    pub findings: Vec<Finding>,
+}
+
+impl Report {
+    pub fn count(&self, severity: Severity) -> usize {
+        self.findings
+            .iter()
+            .filter(|f| f.severity == severity)
+            .count()
+    }
+
+    pub fn is_valid(&self) -> bool {
+        self.count(Severity::Error) == 0
+    }
+
+    /// True when every error is a version incompatibility (exit 4 rather than 3).
+    pub fn only_incompatible(&self) -> bool {
+        let mut errors = self
+            .findings
+            .iter()
+            .filter(|f| f.severity == Severity::Error)
+            .peekable();
+        errors.peek().is_some() && errors.all(|f| f.check == Check::Compatibility)
+    }
+
+    fn add(
+        &mut self,
+        severity: Severity,
+        check: Check,
+        file: Option<&str>,
+        message: impl Into<String>,
+    ) {
+        self.findings.push(Finding {
+            severity,
+            check,
+            file: file.map(str::to_string),
+            message: message.into(),
+        });
+    }
+}
+
+/// Audits the backup at `path`. Only Ctrl-C stops it early.
+pub fn audit(
+    path: &Path,
+    options: &Options,
+    progress: &dyn Progress,
+) -> Result<Report, Interrupted> {
+    let mut report = Report {
+        path: path.to_path_buf(),
+        manifest: None,
+        compatibility: None,
+        checked_files: options.check_files,
+        findings: Vec::new(),
+    };
+    if let Err(e) = layout::ensure_backup_dir(path) {
+        report.add(Severity::Error, Check::Structure, None, e.to_string());
+        return Ok(report);
+    }
+    let missing: Vec<&str> = REQUIRED_DIRS
+        .into_iter()
+        .filter(|d| !path.join(d).is_dir())
+        .collect();
+    if missing.is_empty() {
+        report.add(
+            Severity::Ok,
+            Check::Structure,
+            None,
+            "Directory structure (metadata/, collections/, sqlite/)",
+        );
+    } else {
+        let list = missing
+            .iter()
+            .map(|d| format!("`{d}/`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        report.add(
+            Severity::Error,
+            Check::Structure,
+            None,
+            format!("Invalid backup directory structure: missing {list}"),
+        );
+    }
+
+    let manifest = match Manifest::load(&path.join(MANIFEST_PATH)) {
+        Ok(m) => m,
+        Err(e) => {
+            report.add(
+                Severity::Error,
+                Check::Manifest,
+                Some(MANIFEST_PATH),
+                e.to_string(),
+            );
+            return Ok(report);
+        }
+    };
+    let format = match manifest.format_version {
+        Some(v) => format!("format {v}"),
+        None => "legacy Python format".to_string(),
+    };
+    report.add(
+        Severity::Ok,
+        Check::Manifest,
+        Some(MANIFEST_PATH),
+        format!("Manifest is valid ({format})"),
+    );
+    check_version(&mut report, &manifest, &options.current_version);
+    if let Some(warning) = staleness(&manifest, options.warn_after_days, options.now) {
+        report.add(Severity::Warning, Check::Manifest, None, warning);
+    }
+
+    if manifest.is_legacy() {
+        check_legacy(&mut report, path, &manifest, options)?;
+    } else {
+        check_contents(&mut report, path, &manifest);
+        if options.check_files {
+            for entry in &manifest.files {
+                if layout::check_relative_path(&entry.path).is_ok()
+                    && path.join(&entry.path).is_file()
+                {
+                    check_file(&mut report, path, entry, progress)?;
+                }
+            }
+        }
+    }
+    report.manifest = Some(manifest);
+    Ok(report)
+}
+
+/// A warning when the backup is older than `threshold_days` (0 turns the warning off).
+pub fn staleness(manifest: &Manifest, threshold_days: u32, now: f64) -> Option<String> {
+    let age_days = (now - manifest.timestamp) / 86_400.0;
+    (threshold_days > 0 && age_days > f64::from(threshold_days)).then(|| {
+        format!(
+            "Backup is {} days old, older than `backup.validation.version_warning_threshold` ({threshold_days} days)",
+            age_days.floor()
+        )
+    })
+}
+
+fn check_version(report: &mut Report, manifest: &Manifest, current: &str) {
+    match compat::report(&manifest.version, current) {
+        Err(e) => report.add(Severity::Error, Check::Version, None, e.to_string()),
+        Ok(compat) => {
+            report.add(
+                Severity::Ok,
+                Check::Version,
+                None,
+                format!("Version format is valid ({})", manifest.version),
+            );
+            let severity = match compat.status {
+                compat::Status::Compatible => Severity::Ok,
+                compat::Status::UpgradeAvailable => Severity::Info,
+                compat::Status::Downgrade => Severity::Warning,
+                compat::Status::Incompatible => Severity::Error,
+            };
+            let message = if compat.status == compat::Status::Incompatible {
+                format!(
+                    "Incompatible backup version: {}\nCurrent system version: {current}\nMajor or minor version mismatch detected",
+                    manifest.version
+                )
+            } else {
+                format!("Compatibility {}: {}", compat.status, compat.message)
+            };
+            report.add(severity, Check::Compatibility, None, message);
+            report.compatibility = Some(compat);
+        }
+    }
+}
+
+/// Format 1: the manifest's own consistency, every listed file present with its size, and no
+/// file the manifest does not list.
+fn check_contents(report: &mut Report, root: &Path, manifest: &Manifest) {
+    let errors_before = report.count(Severity::Error);
+    let mut listed = BTreeSet::new();
+    for entry in &manifest.files {
+        if let Err(e) = layout::check_relative_path(&entry.path) {
+            report.add(
+                Severity::Error,
+                Check::Manifest,
+                Some(&entry.path),
+                e.to_string(),
+            );
+            continue;
+        }
+        if !listed.insert(entry.path.as_str()) {
+            report.add(
+                Severity::Error,
+                Check::Manifest,
+                Some(&entry.path),
+                "listed twice in the manifest",
+            );
+            continue;
+        }
+        match fs::symlink_metadata(root.join(&entry.path)) {
+            Err(_) => report.add(Severity::Error, Check::Contents, Some(&entry.path), "missing: listed in the manifest but not in the backup"),
+            Ok(meta) if !meta.is_file() => report.add(Severity::Error, Check::Contents, Some(&entry.path), "not a regular file"),
+            Ok(meta) if meta.len() != entry.size => report.add(
+                Severity::Error,
+                Check::Size,
+                Some(&entry.path),
+                format!("size mismatch: the manifest says {} bytes, the file has {} (truncated or replaced)", entry.size, meta.len()),
+            ),
+            Ok(_) => {}
+        }
+    }
+
+    for name in manifest.collection_names() {
+        if let Err(e) = layout::check_name(name) {
+            report.add(Severity::Error, Check::Manifest, None, e.to_string());
+            continue;
+        }
+        let Some(details) = manifest.collection_details.get(name) else {
+            report.add(
+                Severity::Error,
+                Check::Manifest,
+                None,
+                format!("collection `{name}` has no entry in `collection_details`"),
+            );
+            continue;
+        };
+        match manifest.file(&details.snapshot) {
+            Some(f) if f.kind == FileKind::CollectionSnapshot => {}
+            _ => report.add(
+                Severity::Error,
+                Check::Manifest,
+                None,
+                format!(
+                    "the snapshot of collection `{name}` (`{}`) is not among the manifest's files",
+                    details.snapshot
+                ),
+            ),
+        }
+        let counted = manifest.collections.as_ref().and_then(|c| c.count_of(name));
+        if counted.is_some_and(|n| n != details.points_count) {
+            report.add(
+                Severity::Error,
+                Check::Manifest,
+                None,
+                format!(
+                    "collection `{name}`: `collections` says {} points, `collection_details` {}",
+                    counted.unwrap_or_default(),
+                    details.points_count
+                ),
+            );
+        }
+    }
+    for database in &manifest.databases {
+        if manifest
+            .file(&database.file)
+            .is_none_or(|f| f.kind != FileKind::SqliteDatabase)
+        {
+            report.add(
+                Severity::Error,
+                Check::Manifest,
+                None,
+                format!(
+                    "database `{}` (`{}`) is not among the manifest's files",
+                    database.name, database.file
+                ),
+            );
+        }
+    }
+    if let (Some(total), Some(Collections::Counts(counts))) =
+        (manifest.total_documents, &manifest.collections)
+    {
+        let sum: u64 = counts.values().sum();
+        if sum != total {
+            report.add(
+                Severity::Warning,
+                Check::Manifest,
+                None,
+                format!("`total_documents` is {total} but the collections add up to {sum}"),
+            );
+        }
+    }
+    if manifest.partial_backup && manifest.selected_collections.is_none() {
+        report.add(
+            Severity::Warning,
+            Check::Manifest,
+            None,
+            "a partial backup without `selected_collections`",
+        );
+    }
+
+    listed.insert(MANIFEST_PATH);
+    for unexpected in files_not_in(root, &listed) {
+        report.add(
+            Severity::Error,
+            Check::Contents,
+            Some(&unexpected),
+            "unexpected file: not listed in the manifest",
+        );
+    }
+    if report.count(Severity::Error) == errors_before {
+        report.add(
+            Severity::Ok,
+            Check::Contents,
+            None,
+            format!(
+                "All {} files listed in the manifest are present with their sizes",
+                manifest.files.len()
+            ),
+        );
+    }
+}
+
+/// Every file (or symlink) under `root` whose relative path is not in `expected`.
+fn files_not_in(root: &Path, expected: &BTreeSet<&str>) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut pending = vec![PathBuf::new()];
+    while let Some(rel_dir) = pending.pop() {
+        let Ok(entries) = fs::read_dir(root.join(&rel_dir)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let rel = rel_dir.join(entry.file_name());
+            let rel_text = rel.to_string_lossy().replace('\\', "/");
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => pending.push(rel),
+                _ if expected.contains(rel_text.as_str()) => {}
+                _ => found.push(rel_text),
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// What reading one stored file showed.
+struct Reading {
+    stored: Digests,
+    content: Option<Digests>,
+    /// The content check (snapshot, database, config) failed with this message.
+    problem: Option<(Check, String)>,
+}
+
+/// Reads a stored file once: hashes the stored bytes, decompresses, hashes the content and
+/// checks it as its kind requires.
+fn read_file(
+    path: &Path,
+    entry: &FileEntry,
+    algorithm: Algorithm,
+    progress: &dyn Progress,
+) -> io::Result<Reading> {
+    let file = File::open(path)?;
+    progress.begin(&entry.path, Some(entry.size));
+    let mut stored = HashingReader::new(Metered::new(file, progress), &[algorithm]);
+    let mut problem;
+    let content = match entry.compression.decoder(&mut stored) {
+        Err(e) => {
+            problem = Some((Check::Checksum, format!("cannot decompress: {e}")));
+            None
+        }
+        Ok(decoder) => {
+            let mut content = HashingReader::new(decoder, &[Algorithm::Sha256]);
+            problem = check_content(entry, path, &mut content).err();
+            match content.finish() {
+                Ok(digests) => Some(digests),
+                Err(e) if progress::is_interrupted() => return Err(e),
+                Err(e) => {
+                    problem.get_or_insert((Check::Checksum, format!("cannot decompress: {e}")));
+                    None
+                }
+            }
+        }
+    };
+    let stored = stored.finish();
+    progress.end();
+    Ok(Reading {
+        stored: stored?,
+        content,
+        problem,
+    })
+}
+
+/// The kind-specific check of a file's original content, read from `content`.
+fn check_content(
+    entry: &FileEntry,
+    stored_path: &Path,
+    content: &mut impl Read,
+) -> Result<(), (Check, String)> {
+    match entry.kind {
+        FileKind::CollectionSnapshot => snapshot::inspect(content)
+            .map(drop)
+            .map_err(|e| (Check::Snapshot, format!("not a valid Qdrant snapshot: {e}"))),
+        FileKind::Config => {
+            let mut text = String::new();
+            content
+                .read_to_string(&mut text)
+                .map_err(|e| (Check::Config, format!("cannot read the configuration: {e}")))?;
+            serde_yaml::from_str::<serde_yaml::Value>(&text)
+                .map(drop)
+                .map_err(|e| {
+                    (
+                        Check::Config,
+                        format!("the configuration is not valid YAML: {e}"),
+                    )
+                })
+        }
+        FileKind::SqliteDatabase => {
+            // SQLite needs a file it can seek in: the stored file itself, or a decompressed copy.
+            let copy;
+            let db_path = if entry.compression == crate::compress::Compression::None {
+                io::copy(content, &mut io::sink()).map_err(|e| (Check::Database, e.to_string()))?;
+                stored_path
+            } else {
+                copy = decompressed_copy(content)
+                    .map_err(|e| (Check::Database, format!("cannot decompress: {e}")))?;
+                copy.path()
+            };
+            database_problems(db_path).map_err(|m| (Check::Database, m))
+        }
+    }
+}
+
+fn decompressed_copy(content: &mut impl Read) -> io::Result<tempfile::NamedTempFile> {
+    let mut copy = tempfile::Builder::new()
+        .prefix("wqm-check-")
+        .suffix(".db")
+        .tempfile()?;
+    io::copy(content, copy.as_file_mut())?;
+    Ok(copy)
+}
+
+/// `PRAGMA integrity_check` of a database file, opened immutable.
+fn database_problems(path: &Path) -> Result<(), String> {
+    let conn =
+        sqlite::open_immutable(path).map_err(|e| format!("not a readable SQLite database: {e}"))?;
+    match sqlite::integrity_problems(&conn) {
+        Ok(problems) if problems.is_empty() => Ok(()),
+        Ok(problems) => Err(format!(
+            "PRAGMA integrity_check failed: {}",
+            problems.join("; ")
+        )),
+        Err(e) => Err(format!("PRAGMA integrity_check failed: {e}")),
+    }
+}
+
+fn check_file(
+    report: &mut Report,
+    root: &Path,
+    entry: &FileEntry,
+    progress: &dyn Progress,
+) -> Result<(), Interrupted> {
+    let algorithm = entry
+        .checksum
+        .as_ref()
+        .map_or(Algorithm::None, |c| c.algorithm);
+    let reading = match read_file(&root.join(&entry.path), entry, algorithm, progress) {
+        Ok(r) => r,
+        Err(_) if progress::is_interrupted() => return Err(Interrupted),
+        Err(e) => {
+            report.add(
+                Severity::Error,
+                Check::Contents,
+                Some(&entry.path),
+                format!("cannot read: {e}"),
+            );
+            return Ok(());
+        }
+    };
+    progress::check_interrupted()?;
+    let errors_before = report.count(Severity::Error);
+    let mut stored_matches = true;
+    if let Some(expected) = &entry.checksum {
+        let actual = reading
+            .stored
+            .get(expected.algorithm)
+            .map(|c| c.value)
+            .unwrap_or_default();
+        if actual != expected.value {
+            stored_matches = false;
+            report.add(
+                Severity::Error,
+                Check::Checksum,
+                Some(&entry.path),
+                format!(
+                    "checksum mismatch ({}): the manifest says {}, the file has {actual}",
+                    expected.algorithm, expected.value
+                ),
+            );
+        }
+    }
+    // A damaged stored file also changes its content; say so only when nothing else did.
+    if let Some(content) = reading.content.as_ref().filter(|_| stored_matches) {
+        let sha = content
+            .get(Algorithm::Sha256)
+            .map(|c| c.value)
+            .unwrap_or_default();
+        if sha != entry.content_sha256 || content.bytes != entry.content_size {
+            report.add(Severity::Error, Check::Checksum, Some(&entry.path), format!("content sha256 mismatch: the manifest says {} ({} bytes), the content has {sha} ({} bytes)", entry.content_sha256, entry.content_size, content.bytes));
+        }
+    }
+    if let Some((check, message)) = reading.problem {
+        report.add(Severity::Error, check, Some(&entry.path), message);
+    }
+    if report.count(Severity::Error) == errors_before {
+        let what = match entry.kind {
+            FileKind::CollectionSnapshot => "a readable Qdrant snapshot",
+            FileKind::SqliteDatabase => "a sound SQLite database",
+            FileKind::Config => "readable YAML",
+        };
+        let checksum = entry
+            .checksum
+            .as_ref()
+            .map_or("no checksum recorded".to_string(), |c| {
+                format!("{} matches", c.algorithm)
+            });
+        report.add(
+            Severity::Ok,
+            Check::Checksum,
+            Some(&entry.path),
+            format!("{checksum}, sha256 matches, {what}"),
+        );
+    }
+    Ok(())
+}
+
+/// Legacy Python backups: `collections/<name>.config.json` per collection and, when present,
+/// `sqlite/state.db`. Nothing carries a checksum.
+fn check_legacy(
+    report: &mut Report,
+    root: &Path,
+    manifest: &Manifest,
+    options: &Options,
+) -> Result<(), Interrupted> {
+    let mut expected: BTreeSet<String> = BTreeSet::from([MANIFEST_PATH.to_string()]);
+    for name in manifest.collection_names() {
+        if let Err(e) = layout::check_name(name) {
+            report.add(Severity::Error, Check::Manifest, None, e.to_string());
+            continue;
+        }
+        let rel = layout::legacy_collection_config_path(name);
+        if !root.join(&rel).is_file() {
+            report.add(
+                Severity::Warning,
+                Check::Contents,
+                Some(&rel),
+                "missing collection metadata (legacy backups never held vectors)",
+            );
+        } else if options.check_files {
+            if let Err(e) = fs::read(root.join(&rel))
+                .map_err(|e| e.to_string())
+                .and_then(|b| {
+                    serde_json::from_slice::<serde_json::Value>(&b).map_err(|e| e.to_string())
+                })
+            {
+                report.add(
+                    Severity::Error,
+                    Check::Contents,
+                    Some(&rel),
+                    format!("not valid JSON: {e}"),
+                );
+            }
+        }
+        expected.insert(rel);
+    }
+    let state_db = format!("{}/state.db", layout::SQLITE_DIR);
+    if root.join(&state_db).is_file() {
+        if options.check_files {
+            progress::check_interrupted()?;
+            match database_problems(&root.join(&state_db)) {
+                Ok(()) => report.add(
+                    Severity::Ok,
+                    Check::Database,
+                    Some(&state_db),
+                    "a sound SQLite database",
+                ),
+                Err(m) => report.add(Severity::Error, Check::Database, Some(&state_db), m),
+            }
+        }
+        expected.insert(state_db);
+    } else {
+        report.add(
+            Severity::Info,
+            Check::Contents,
+            Some(&state_db),
+            "no state database in this backup",
+        );
+    }
+    let expected: BTreeSet<&str> = expected.iter().map(String::as_str).collect();
+    for unexpected in files_not_in(root, &expected) {
+        report.add(
+            Severity::Warning,
+            Check::Contents,
+            Some(&unexpected),
+            "unexpected file: not part of a legacy backup",
+        );
+    }
+    Ok(())
+}

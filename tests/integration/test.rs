@@ -1,0 +1,134 @@
+//! A builder that runs `wqm` in a clean environment and checks stdout, stderr and the exit
+//! status exactly. Unset expectations mean "empty" for stdout/stderr and 0 for the status.
+//! `{TMP}` in expectations stands for the test's temporary directory.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use tempfile::TempDir;
+
+pub struct Test {
+    tempdir: TempDir,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    stdout: Expect,
+    stderr: Expect,
+    status: i32,
+}
+
+enum Expect {
+    Exactly(String),
+    Check(Box<dyn Fn(&str)>),
+}
+
+impl Test {
+    pub fn new() -> Self {
+        let tempdir = tempfile::Builder::new()
+            .prefix("wqm-test-")
+            .tempdir()
+            .unwrap();
+        std::fs::create_dir_all(tempdir.path().join("home")).unwrap();
+        Test {
+            tempdir,
+            args: Vec::new(),
+            env: Vec::new(),
+            stdout: Expect::Exactly(String::new()),
+            stderr: Expect::Exactly(String::new()),
+            status: 0,
+        }
+    }
+
+    /// A path inside the test's temporary directory.
+    pub fn join(&self, rel: &str) -> PathBuf {
+        self.tempdir.path().join(rel)
+    }
+
+    pub fn tmp(&self) -> String {
+        self.tempdir.path().display().to_string()
+    }
+
+    /// Arguments, split on whitespace; `{TMP}` is replaced.
+    pub fn args(mut self, args: &str) -> Self {
+        let tmp = self.tmp();
+        self.args
+            .extend(args.split_whitespace().map(|a| a.replace("{TMP}", &tmp)));
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        let value = value.replace("{TMP}", &self.tmp());
+        self.env.push((key.to_string(), value));
+        self
+    }
+
+    pub fn stdout(mut self, expected: &str) -> Self {
+        self.stdout = Expect::Exactly(expected.replace("{TMP}", &self.tmp()));
+        self
+    }
+
+    pub fn stdout_with(mut self, check: impl Fn(&str) + 'static) -> Self {
+        self.stdout = Expect::Check(Box::new(check));
+        self
+    }
+
+    /// stdout must be one JSON document; `check` inspects it.
+    pub fn stdout_json(self, check: impl Fn(&serde_json::Value) + 'static) -> Self {
+        self.stdout_with(move |text| {
+            let value: serde_json::Value = serde_json::from_str(text)
+                .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{text}"));
+            check(&value);
+        })
+    }
+
+    pub fn stderr(mut self, expected: &str) -> Self {
+        self.stderr = Expect::Exactly(expected.replace("{TMP}", &self.tmp()));
+        self
+    }
+
+    pub fn stderr_with(mut self, check: impl Fn(&str) + 'static) -> Self {
+        self.stderr = Expect::Check(Box::new(check));
+        self
+    }
+
+    pub fn status(mut self, status: i32) -> Self {
+        self.status = status;
+        self
+    }
+
+    /// Runs `wqm` and checks everything; returns the output and keeps the tempdir alive.
+    pub fn run(self) -> (Output, TempDir) {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wqm"));
+        command
+            .args(&self.args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.tempdir.path().join("home"))
+            .current_dir(self.tempdir.path());
+        for (k, v) in &self.env {
+            command.env(k, v);
+        }
+        let output = command.output().expect("wqm runs");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        let context = format!(
+            "wqm {}\n--- status: {:?}\n--- stdout:\n{stdout}\n--- stderr:\n{stderr}",
+            self.args.join(" "),
+            output.status.code()
+        );
+        check("stdout", &self.stdout, &stdout, &context);
+        check("stderr", &self.stderr, &stderr, &context);
+        assert_eq!(
+            output.status.code(),
+            Some(self.status),
+            "exit status\n{context}"
+        );
+        (output, self.tempdir)
+    }
+}
+
+fn check(stream: &str, expected: &Expect, actual: &str, context: &str) {
+    match expected {
+        Expect::Exactly(text) => assert_eq!(actual, text, "{stream} differs\n{context}"),
+        Expect::Check(f) => f(actual),
+    }
+}

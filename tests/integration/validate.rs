@@ -1,0 +1,430 @@
+//! `wqm backup validate`: every corruption is found, named, and exits 3.
+
+use std::fs;
+
+use wqm::checksum::Algorithm;
+use wqm::compress::Compression;
+
+use crate::fixtures::{self, Spec};
+use crate::test::Test;
+
+#[test]
+fn a_good_backup_validates() {
+    for compression in [Compression::None, Compression::Zstd] {
+        for algorithm in [
+            Algorithm::Xxhash64,
+            Algorithm::Sha256,
+            Algorithm::Md5,
+            Algorithm::None,
+        ] {
+            let t = Test::new();
+            fixtures::backup(
+                &t.join("b"),
+                &Spec {
+                    compression,
+                    algorithm,
+                    ..Spec::default()
+                },
+            );
+            t.args("backup validate {TMP}/b --check-files")
+                .stdout("Backup validation successful: {TMP}/b\n")
+                .run();
+        }
+    }
+}
+
+#[test]
+fn verbose_shows_every_check() {
+    let t = Test::new();
+    fixtures::backup(
+        &t.join("b"),
+        &Spec {
+            compression: Compression::Zstd,
+            ..Spec::default()
+        },
+    );
+    t.args("backup validate {TMP}/b --check-files --verbose")
+        .stdout(
+            "✓ Directory structure (metadata/, collections/, sqlite/)\n\
+             ✓ metadata/manifest.json: Manifest is valid (format 1)\n\
+             ✓ Version format is valid (0.3.0)\n\
+             ✓ Compatibility COMPATIBLE: Backup version 0.3.0 is compatible with current version 0.3.0\n\
+             ✓ All 4 files listed in the manifest are present with their sizes\n\
+             ✓ collections/small-named.snapshot.zst: xxhash64 matches, sha256 matches, a readable Qdrant snapshot\n\
+             ✓ collections/small-plain.snapshot.zst: xxhash64 matches, sha256 matches, a readable Qdrant snapshot\n\
+             ✓ sqlite/state.db.zst: xxhash64 matches, sha256 matches, a sound SQLite database\n\
+             ✓ config/config.yaml: xxhash64 matches, sha256 matches, readable YAML\n\
+             Backup validation successful: {TMP}/b\n",
+        )
+        .run();
+}
+
+#[test]
+fn check_files_leaves_the_backup_untouched() {
+    let t = Test::new();
+    fixtures::backup(&t.join("b"), &Spec::default());
+    let listing = |t: &Test| {
+        let mut all: Vec<_> = walk(&t.join("b"))
+            .into_iter()
+            .map(|p| (p.clone(), fs::read(&p).unwrap()))
+            .collect();
+        all.sort();
+        all
+    };
+    let before = listing(&t);
+    let t = t
+        .args("backup validate {TMP}/b --check-files")
+        .stdout("Backup validation successful: {TMP}/b\n");
+    let (_, dir) = t.run();
+    let mut after: Vec<_> = walk(&dir.path().join("b"))
+        .into_iter()
+        .map(|p| (p.clone(), fs::read(&p).unwrap()))
+        .collect();
+    after.sort();
+    assert_eq!(before, after);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// Runs `validate --check-files` on a damaged backup: exit 3, and every `expected` line printed.
+fn detects(damage: impl FnOnce(&std::path::Path), spec: Spec, expected: &[&str]) {
+    let t = Test::new();
+    fixtures::backup(&t.join("b"), &spec);
+    damage(&t.join("b"));
+    let expected: Vec<String> = expected.iter().map(|e| e.to_string()).collect();
+    t.args("backup validate {TMP}/b --check-files")
+        .status(3)
+        .stdout_with(move |out| {
+            for line in &expected {
+                assert!(
+                    out.lines().any(|l| l.starts_with(line.as_str())),
+                    "expected a line starting with {line:?} in:\n{out}"
+                );
+            }
+            assert!(!out.contains("successful"), "{out}");
+        })
+        .stderr_with(|err| {
+            assert!(
+                err.starts_with("wqm: error: Backup validation failed: "),
+                "{err}"
+            );
+            assert!(err.contains("hint: restore from another backup"), "{err}");
+        })
+        .run();
+}
+
+#[test]
+fn a_flipped_byte_in_each_kind_of_file_is_found() {
+    for compression in [Compression::None, Compression::Zstd] {
+        let ext = compression.extension();
+        let snapshot = format!("collections/small-plain.snapshot{ext}");
+        let db = format!("sqlite/state.db{ext}");
+        for (file, expected) in [
+            (
+                snapshot.as_str(),
+                format!("✗ {snapshot}: checksum mismatch (xxhash64)"),
+            ),
+            (db.as_str(), format!("✗ {db}: checksum mismatch (xxhash64)")),
+            (
+                "config/config.yaml",
+                "✗ config/config.yaml: checksum mismatch (xxhash64)".to_string(),
+            ),
+        ] {
+            let file = file.to_string();
+            detects(
+                move |b| fixtures::flip_byte(&b.join(&file)),
+                Spec {
+                    compression,
+                    ..Spec::default()
+                },
+                &[&expected],
+            );
+        }
+    }
+}
+
+#[test]
+fn a_flipped_byte_is_found_even_without_a_checksum_algorithm() {
+    // With `checksum_algorithm: none`, the sha256 of the content still catches it.
+    detects(
+        |b| fixtures::flip_byte(&b.join("collections/small-named.snapshot")),
+        Spec {
+            algorithm: Algorithm::None,
+            ..Spec::default()
+        },
+        &["✗ collections/small-named.snapshot: content sha256 mismatch"],
+    );
+    detects(
+        |b| fixtures::flip_byte(&b.join("sqlite/state.db.zst")),
+        Spec {
+            algorithm: Algorithm::None,
+            compression: Compression::Zstd,
+            ..Spec::default()
+        },
+        &["✗ sqlite/state.db.zst: "],
+    );
+}
+
+#[test]
+fn a_truncated_file_is_found() {
+    detects(
+        |b| fixtures::truncate(&b.join("collections/small-named.snapshot")),
+        Spec::default(),
+        &["✗ collections/small-named.snapshot: size mismatch: the manifest says 206336 bytes, the file has 103168"],
+    );
+    detects(
+        |b| fixtures::truncate(&b.join("collections/small-named.snapshot.zst")),
+        Spec {
+            compression: Compression::Zstd,
+            ..Spec::default()
+        },
+        &["✗ collections/small-named.snapshot.zst: size mismatch"],
+    );
+}
+
+#[test]
+fn a_missing_file_is_found() {
+    detects(
+        |b| fs::remove_file(b.join("sqlite/state.db")).unwrap(),
+        Spec::default(),
+        &["✗ sqlite/state.db: missing: listed in the manifest but not in the backup"],
+    );
+}
+
+#[test]
+fn an_extra_file_is_found() {
+    detects(
+        |b| fs::write(b.join("collections/stray.snapshot"), b"?").unwrap(),
+        Spec::default(),
+        &["✗ collections/stray.snapshot: unexpected file: not listed in the manifest"],
+    );
+}
+
+#[test]
+fn a_broken_manifest_is_found() {
+    detects(
+        |b| fs::write(b.join("metadata/manifest.json"), "{\"version\": \"0.3.0\",").unwrap(),
+        Spec::default(),
+        &["✗ metadata/manifest.json: Backup manifest is missing or invalid: "],
+    );
+    let t = Test::new();
+    fixtures::backup(&t.join("b"), &Spec::default());
+    fixtures::edit_manifest(&t.join("b"), |m| {
+        m.as_object_mut().unwrap().remove("version");
+    });
+    t.args("backup validate {TMP}/b")
+        .status(3)
+        .stdout_with(|out| {
+            assert!(
+                out.starts_with(
+                    "✗ metadata/manifest.json: Backup manifest is missing or invalid: `"
+                ),
+                "{out}"
+            );
+            assert!(out.contains("missing field `version`"), "{out}");
+        })
+        .stderr_with(|err| {
+            assert!(
+                err.starts_with("wqm: error: Backup validation failed"),
+                "{err}"
+            )
+        })
+        .run();
+    detects(
+        |b| fixtures::edit_manifest(b, |m| m["format_version"] = 2.into()),
+        Spec::default(),
+        &["✗ metadata/manifest.json: Backup manifest `"],
+    );
+}
+
+#[test]
+fn a_manifest_naming_a_path_outside_the_backup_is_refused() {
+    detects(
+        |b| fixtures::edit_manifest(b, |m| m["files"][0]["path"] = "../../etc/passwd".into()),
+        Spec::default(),
+        &["✗ ../../etc/passwd: unsafe name `../../etc/passwd` in the manifest: leaves the backup directory"],
+    );
+}
+
+#[test]
+fn a_damaged_snapshot_with_a_matching_checksum_is_still_found() {
+    // Rewrite the manifest's checksums after damaging the tar: only the structure check can tell.
+    let t = Test::new();
+    fixtures::backup(
+        &t.join("b"),
+        &Spec {
+            algorithm: Algorithm::None,
+            ..Spec::default()
+        },
+    );
+    let snapshot = t.join("b/collections/small-plain.snapshot");
+    let mut bytes = fs::read(&snapshot).unwrap();
+    bytes[0] ^= 0x01; // the first header's name: its header checksum no longer matches
+    fs::write(&snapshot, &bytes).unwrap();
+    let sha = wqm::checksum::digest(&bytes, &[Algorithm::Sha256])
+        .get(Algorithm::Sha256)
+        .unwrap()
+        .value;
+    fixtures::edit_manifest(&t.join("b"), |m| {
+        for f in m["files"].as_array_mut().unwrap() {
+            if f["path"] == "collections/small-plain.snapshot" {
+                f["content_sha256"] = sha.clone().into();
+            }
+        }
+    });
+    t.args("backup validate {TMP}/b --check-files")
+        .status(3)
+        .stdout_with(|out| {
+            assert!(
+                out.contains("✗ collections/small-plain.snapshot: not a valid Qdrant snapshot: "),
+                "{out}"
+            )
+        })
+        .stderr_with(|err| {
+            assert!(
+                err.starts_with("wqm: error: Backup validation failed"),
+                "{err}"
+            )
+        })
+        .run();
+}
+
+#[test]
+fn structure_problems_are_found_without_check_files() {
+    let t = Test::new();
+    fs::create_dir_all(t.join("empty")).unwrap();
+    t.args("backup validate {TMP}/empty")
+        .status(3)
+        .stdout(
+            "✗ Invalid backup directory structure: missing `metadata/`, `collections/`, `sqlite/`\n\
+             ✗ metadata/manifest.json: Backup manifest is missing or invalid: `{TMP}/empty/metadata/manifest.json` does not exist\n",
+        )
+        .stderr(
+            "wqm: error: Backup validation failed: {TMP}/empty (2 errors, 0 warnings)\n\
+             hint: run with --check-files --verbose to read every file\n",
+        )
+        .run();
+    Test::new()
+        .args("backup validate {TMP}/nope --json")
+        .status(3)
+        .stdout_json(|v| {
+            assert_eq!(v["valid"], false);
+            assert_eq!(v["findings"][0]["severity"], "error");
+            assert_eq!(
+                v["findings"][0]["message"].as_str().unwrap(),
+                format!(
+                    "Backup directory not found: {}",
+                    v["path"].as_str().unwrap()
+                )
+            );
+        })
+        .stderr_with(|err| {
+            assert!(
+                err.starts_with("wqm: error: Backup validation failed: "),
+                "{err}"
+            )
+        })
+        .run();
+}
+
+#[test]
+fn versions_incompatible_is_exit_4_and_a_downgrade_only_warns() {
+    let t = Test::new();
+    fixtures::backup(&t.join("b"), &Spec::default());
+    fixtures::edit_manifest(&t.join("b"), |m| m["version"] = "0.2.1".into());
+    t.args("backup validate {TMP}/b")
+        .status(4)
+        .stdout("✗ Incompatible backup version: 0.2.1\n  Current system version: 0.3.0\n  Major or minor version mismatch detected\n")
+        .stderr_with(|err| assert!(err.starts_with("wqm: error: Backup validation failed: "), "{err}"))
+        .run();
+
+    let t = Test::new();
+    fixtures::backup(&t.join("b"), &Spec::default());
+    fixtures::edit_manifest(&t.join("b"), |m| m["version"] = "0.3.7".into());
+    t.args("backup validate {TMP}/b --check-files")
+        .stdout(
+            "⚠ Compatibility DOWNGRADE: Backup version 0.3.7 is newer than current version 0.3.0\n\
+             Backup validation successful: {TMP}/b\n",
+        )
+        .run();
+}
+
+#[test]
+fn json_report_lists_findings_with_severities() {
+    let t = Test::new();
+    fixtures::backup(&t.join("b"), &Spec::default());
+    fixtures::flip_byte(&t.join("b/sqlite/state.db"));
+    t.args("backup validate {TMP}/b --check-files --json")
+        .status(3)
+        .stdout_json(|v| {
+            assert_eq!(v["valid"], false);
+            assert_eq!(v["checked_files"], true);
+            assert!(v["errors"].as_u64().unwrap() >= 1);
+            assert_eq!(v["format"], "wqm/1");
+            assert_eq!(v["compatibility"]["status"], "compatible");
+            let errors: Vec<_> = v["findings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|f| f["severity"] == "error")
+                .collect();
+            assert_eq!(errors[0]["file"], "sqlite/state.db");
+            assert_eq!(errors[0]["check"], "checksum");
+        })
+        .stderr_with(|err| {
+            assert!(
+                err.contains(" error") && err.contains(", 0 warnings)"),
+                "{err}"
+            )
+        })
+        .run();
+}
+
+#[test]
+fn a_legacy_backup_validates_and_its_database_is_checked() {
+    let t = Test::new();
+    fixtures::legacy_backup(&t.join("old"));
+    t.env("WQM_BACKUP__VALIDATION__VERSION_WARNING_THRESHOLD", "0")
+        .args("backup validate {TMP}/old --check-files -v")
+        .stdout(
+            "✓ Directory structure (metadata/, collections/, sqlite/)\n\
+             ✓ metadata/manifest.json: Manifest is valid (legacy Python format)\n\
+             ✓ Version format is valid (0.3.0)\n\
+             ✓ Compatibility COMPATIBLE: Backup version 0.3.0 is compatible with current version 0.3.0\n\
+             ✓ sqlite/state.db: a sound SQLite database\n\
+             Backup validation successful: {TMP}/old\n",
+        )
+        .run();
+
+    let t = Test::new();
+    fixtures::legacy_backup(&t.join("old"));
+    // Damage the header of the database's fourth page (4096-byte pages).
+    let db = t.join("old/sqlite/state.db");
+    let mut bytes = fs::read(&db).unwrap();
+    for b in &mut bytes[3 * 4096..3 * 4096 + 8] {
+        *b = 0xff;
+    }
+    fs::write(&db, bytes).unwrap();
+    t.env("WQM_BACKUP__VALIDATION__VERSION_WARNING_THRESHOLD", "0")
+        .args("backup validate {TMP}/old --check-files")
+        .status(3)
+        .stdout_with(|out| assert!(out.starts_with("✗ sqlite/state.db: "), "{out}"))
+        .stderr_with(|err| {
+            assert!(
+                err.starts_with("wqm: error: Backup validation failed"),
+                "{err}"
+            )
+        })
+        .run();
+}
