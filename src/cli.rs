@@ -44,6 +44,9 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum BackupCommand {
+    /// Create a system backup: Qdrant collections, the state database and the config.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Create(CreateArgs),
     /// Display backup information.
     #[command(after_help = EXIT_CODES_HELP)]
     Info(InfoArgs),
@@ -64,6 +67,23 @@ pub struct OutputArgs {
     /// Show detailed output.
     #[arg(short, long)]
     pub verbose: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Where to write the backup (default: `backup.default_backup_directory`/backup-YYYYMMDD-HHMMSS).
+    pub path: Option<PathBuf>,
+    /// Backup description.
+    #[arg(short, long)]
+    pub description: Option<String>,
+    /// Comma-separated collection names (a partial backup).
+    #[arg(short, long, value_delimiter = ',', value_name = "NAMES")]
+    pub collections: Option<Vec<String>>,
+    /// Replace an existing backup at PATH, once the new one is complete.
+    #[arg(short, long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Debug, Args)]

@@ -144,6 +144,7 @@ pub struct BackupSettings {
     pub validation: ValidationSettings,
     pub verification: VerificationSettings,
     pub metadata: MetadataSettings,
+    pub transfer: TransferSettings,
 }
 
 impl Default for BackupSettings {
@@ -157,6 +158,7 @@ impl Default for BackupSettings {
             validation: ValidationSettings::default(),
             verification: VerificationSettings::default(),
             metadata: MetadataSettings::default(),
+            transfer: TransferSettings::default(),
         }
     }
 }
@@ -219,6 +221,42 @@ impl Default for MetadataSettings {
             include_collection_stats: true,
             include_system_info: true,
             custom_metadata: serde_json::Map::new(),
+        }
+    }
+}
+
+/// Timeouts and retries of transfers to and from Qdrant (seconds).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransferSettings {
+    pub connect_timeout: u64,
+    /// Seconds without a byte before a transfer is abandoned (a download is then resumed).
+    pub read_timeout: u64,
+    /// Seconds Qdrant may take to create or restore a snapshot (it sends nothing meanwhile).
+    pub operation_timeout: u64,
+    /// How many times a dropped download is resumed from where it stopped.
+    pub retries: u32,
+}
+
+impl Default for TransferSettings {
+    fn default() -> Self {
+        TransferSettings {
+            connect_timeout: 10,
+            read_timeout: 120,
+            operation_timeout: 3600,
+            retries: 3,
+        }
+    }
+}
+
+impl TransferSettings {
+    pub fn timeouts(&self) -> crate::qdrant::Timeouts {
+        use std::time::Duration;
+        crate::qdrant::Timeouts {
+            connect: Duration::from_secs(self.connect_timeout),
+            read_idle: Duration::from_secs(self.read_timeout),
+            operation: Duration::from_secs(self.operation_timeout),
+            retries: self.retries,
         }
     }
 }

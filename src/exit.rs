@@ -128,6 +128,7 @@ fn classify_one(cause: &(dyn std::error::Error + 'static)) -> Option<(ExitCode, 
         crate::manifest::ManifestError,
         crate::compat::CompatError,
         crate::layout::LayoutError,
+        crate::qdrant::QdrantError,
     );
     None
 }

@@ -37,6 +37,8 @@ pub enum LayoutError {
     NotADirectory { path: PathBuf },
     #[error("Backup directory already exists: {}", path.display())]
     AlreadyExists { path: PathBuf },
+    #[error("`{}` exists and is not a wqm backup; refusing to replace it", path.display())]
+    NotABackup { path: PathBuf },
     #[error("another wqm is writing `{}` (lock `{}` is held)", path.display(), lock.display())]
     Busy { path: PathBuf, lock: PathBuf },
     #[error("unsafe name `{name}` in the manifest: {reason}")]
@@ -66,6 +68,7 @@ impl Classify for LayoutError {
             | LayoutError::NotADirectory { .. }
             | LayoutError::UnsafeName { .. } => ExitCode::InvalidBackup,
             LayoutError::AlreadyExists { .. }
+            | LayoutError::NotABackup { .. }
             | LayoutError::Busy { .. }
             | LayoutError::Io { .. } => ExitCode::Failure,
         }
@@ -74,6 +77,7 @@ impl Classify for LayoutError {
     fn hint(&self) -> Option<String> {
         match self {
             LayoutError::AlreadyExists { .. } => Some("Use --force to overwrite (the old backup is kept until the new one is complete), or choose another path".to_string()),
+            LayoutError::NotABackup { .. } => Some("choose a new path, or a directory that holds a backup".to_string()),
             LayoutError::Busy { .. } => Some("wait for the other run to finish; runs into different targets can go at the same time".to_string()),
             LayoutError::NotFound { .. } => Some("check the path; `wqm backup list DIR` shows the backups in a directory".to_string()),
             LayoutError::Io { source, .. } if source.raw_os_error() == Some(28) => {
@@ -211,10 +215,20 @@ impl Staging {
     /// Takes the target's lock and prepares the staging directory. Fails before any work when
     /// the target exists and `replace` is false, or when another run holds the lock.
     pub fn begin(target: &Path, replace: bool) -> Result<Self, LayoutError> {
-        if target.exists() && !replace {
-            return Err(LayoutError::AlreadyExists {
-                path: target.to_path_buf(),
-            });
+        if target.exists() {
+            if !replace {
+                return Err(LayoutError::AlreadyExists {
+                    path: target.to_path_buf(),
+                });
+            }
+            // --force replaces a backup, never an arbitrary directory.
+            let is_backup = Manifest::load(&target.join(MANIFEST_PATH)).is_ok();
+            let is_empty_dir = fs::read_dir(target).is_ok_and(|mut d| d.next().is_none());
+            if !is_backup && !is_empty_dir {
+                return Err(LayoutError::NotABackup {
+                    path: target.to_path_buf(),
+                });
+            }
         }
         if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
             create_private_dir_all(parent).map_err(LayoutError::io("cannot create", parent))?;
@@ -295,13 +309,23 @@ impl Staging {
         })
     }
 
-    /// Writes the manifest last, makes everything durable and moves the backup into place.
-    /// With `replace`, an existing backup at the target is removed only after that.
-    pub fn commit(mut self, manifest: &Manifest) -> Result<PathBuf, LayoutError> {
-        let manifest_path = self.dir.join(MANIFEST_PATH);
+    /// Writes the manifest (atomically); the last file of a backup.
+    pub fn write_manifest(&self, manifest: &Manifest) -> Result<(), LayoutError> {
+        let path = self.dir.join(MANIFEST_PATH);
         manifest
-            .save(&manifest_path)
-            .map_err(LayoutError::io("cannot write", &manifest_path))?;
+            .save(&path)
+            .map_err(LayoutError::io("cannot write", &path))
+    }
+
+    /// Makes everything durable and moves the backup into place. An existing backup at the
+    /// target is removed only after the new one is in place.
+    pub fn commit(mut self) -> Result<PathBuf, LayoutError> {
+        let manifest_path = self.dir.join(MANIFEST_PATH);
+        if !manifest_path.is_file() {
+            return Err(LayoutError::io("no manifest at", &manifest_path)(
+                io::Error::from(io::ErrorKind::NotFound),
+            ));
+        }
         for sub in [METADATA_DIR, COLLECTIONS_DIR, SQLITE_DIR, CONFIG_DIR] {
             let path = self.dir.join(sub);
             if path.is_dir() {
@@ -517,6 +541,13 @@ mod tests {
     use super::*;
     use std::io::Read;
 
+    fn finish(staging: Staging, timestamp: f64) {
+        staging
+            .write_manifest(&Manifest::new("0.3.0", timestamp))
+            .unwrap();
+        staging.commit().unwrap();
+    }
+
     #[test]
     fn names_that_could_escape_are_refused() {
         for ok in ["projects", "my-notes_2", "a.b"] {
@@ -588,7 +619,8 @@ mod tests {
 
         let mut manifest = Manifest::new("0.3.0", 1.0);
         manifest.files.push(entry);
-        staging.commit(&manifest).unwrap();
+        staging.write_manifest(&manifest).unwrap();
+        staging.commit().unwrap();
         assert!(target.join(MANIFEST_PATH).is_file());
         let found = scan(root.path()).unwrap();
         assert_eq!(found.backups.len(), 1);
@@ -631,10 +663,7 @@ mod tests {
     fn existing_targets_need_replace_and_survive_until_commit() {
         let root = tempfile::tempdir().unwrap();
         let target = root.path().join("b");
-        Staging::begin(&target, false)
-            .unwrap()
-            .commit(&Manifest::new("0.3.0", 1.0))
-            .unwrap();
+        finish(Staging::begin(&target, false).unwrap(), 1.0);
         assert!(matches!(
             Staging::begin(&target, false),
             Err(LayoutError::AlreadyExists { .. })
@@ -645,19 +674,32 @@ mod tests {
             1.0,
             "old backup intact while staging"
         );
-        staging.commit(&Manifest::new("0.3.0", 2.0)).unwrap();
+        finish(staging, 2.0);
         assert_eq!(BackupDir::open(&target).unwrap().manifest.timestamp, 2.0);
         assert!(!sibling(&target, REPLACED_SUFFIX).exists());
+    }
+
+    #[test]
+    fn force_never_replaces_something_that_is_not_a_backup() {
+        let root = tempfile::tempdir().unwrap();
+        let target = root.path().join("home");
+        fs::create_dir_all(target.join("documents")).unwrap();
+        assert!(matches!(
+            Staging::begin(&target, true),
+            Err(LayoutError::NotABackup { .. })
+        ));
+        assert!(target.join("documents").is_dir());
+        let empty = root.path().join("empty");
+        fs::create_dir_all(&empty).unwrap();
+        finish(Staging::begin(&empty, true).unwrap(), 1.0);
+        assert!(empty.join(MANIFEST_PATH).is_file());
     }
 
     #[test]
     fn scan_reports_unreadable_backups_and_skips_other_things() {
         let root = tempfile::tempdir().unwrap();
         let r = root.path();
-        Staging::begin(&r.join("good"), false)
-            .unwrap()
-            .commit(&Manifest::new("0.3.0", 1.0))
-            .unwrap();
+        finish(Staging::begin(&r.join("good"), false).unwrap(), 1.0);
         fs::create_dir_all(r.join("broken/metadata")).unwrap();
         fs::write(r.join("broken/metadata/manifest.json"), "{").unwrap();
         fs::create_dir_all(r.join("incomplete/metadata")).unwrap();

@@ -3,6 +3,7 @@
 //! `run` is the whole program; `main.rs` only calls it. See `docs/architecture.md` for how the
 //! modules fit together.
 
+pub mod backup;
 pub mod checksum;
 pub mod cli;
 mod commands;
@@ -14,6 +15,7 @@ pub mod layout;
 pub mod manifest;
 pub mod output;
 pub mod progress;
+pub mod qdrant;
 pub mod snapshot;
 pub mod sqlite;
 pub mod verify;
@@ -66,7 +68,7 @@ where
         }
     };
     runtime.spawn(watch_ctrl_c());
-    let code = match commands::dispatch(cli, &ui) {
+    let code = match commands::dispatch(cli, &ui, &runtime) {
         Ok(code) => code,
         Err(error) => ui.fail(&error),
     };

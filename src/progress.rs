@@ -20,6 +20,13 @@ pub fn is_interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
+/// Completes when Ctrl-C was pressed, for `select!` against a wait that might never end.
+pub async fn interrupted() {
+    while !is_interrupted() {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 pub fn check_interrupted() -> Result<(), Interrupted> {
     if is_interrupted() {
         Err(Interrupted)

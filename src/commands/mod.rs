@@ -1,5 +1,6 @@
 //! One file per command; each only orchestrates the domain modules and prints.
 
+mod create;
 mod info;
 mod list;
 mod validate;
@@ -12,7 +13,7 @@ use crate::exit::ExitCode;
 use crate::output::Ui;
 
 /// Runs the parsed command line; errors are reported by the caller through `ui`.
-pub fn dispatch(cli: Cli, ui: &Ui) -> Result<ExitCode> {
+pub fn dispatch(cli: Cli, ui: &Ui, runtime: &tokio::runtime::Runtime) -> Result<ExitCode> {
     let overrides = Overrides {
         config: cli.config.clone(),
         qdrant_url: cli.qdrant_url.clone(),
@@ -20,6 +21,7 @@ pub fn dispatch(cli: Cli, ui: &Ui) -> Result<ExitCode> {
     let settings = Settings::load(&Env::from_process(), &overrides)?;
     match cli.command {
         Command::Backup(command) => match command {
+            BackupCommand::Create(args) => runtime.block_on(create::run(&args, &settings, ui)),
             BackupCommand::Info(args) => info::run(&args, &settings, ui),
             BackupCommand::List(args) => list::run(&args, &settings, ui),
             BackupCommand::Validate(args) => validate::run(&args, &settings, ui),
@@ -31,6 +33,7 @@ pub fn dispatch(cli: Cli, ui: &Ui) -> Result<ExitCode> {
 pub fn ui_for(cli: &Cli) -> Ui {
     let output = match &cli.command {
         Command::Backup(command) => match command {
+            BackupCommand::Create(args) => args.output,
             BackupCommand::Info(args) => args.output,
             BackupCommand::List(args) => args.output,
             BackupCommand::Validate(args) => args.output,

@@ -147,7 +147,8 @@ pub fn backup(target: &Path, spec: &Spec) -> Manifest {
         );
         manifest.files.push(entry);
     }
-    staging.commit(&manifest).unwrap();
+    staging.write_manifest(&manifest).unwrap();
+    staging.commit().unwrap();
     manifest
 }
 

@@ -1,8 +1,10 @@
 //! The integration suite: one test binary that runs the real `wqm` binary.
 
+mod create;
 mod fixtures;
 mod info;
 mod list;
+mod qdrant_double;
 mod surface;
 mod test;
 mod validate;

@@ -129,6 +129,10 @@ impl Test {
 fn check(stream: &str, expected: &Expect, actual: &str, context: &str) {
     match expected {
         Expect::Exactly(text) => assert_eq!(actual, text, "{stream} differs\n{context}"),
-        Expect::Check(f) => f(actual),
+        Expect::Check(f) => {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(actual))).is_err() {
+                panic!("{stream} check failed\n{context}");
+            }
+        }
     }
 }

@@ -1,0 +1,477 @@
+//! Creating a backup: Qdrant snapshots streamed to disk, consistent SQLite copies, the config,
+//! and the manifest last; staged, verified, then renamed into place.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{anyhow, Context, Result};
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::checksum::Algorithm;
+use crate::compress::Compression;
+use crate::config::Settings;
+use crate::exit::{ExitCode, Failure};
+use crate::layout::{self, FileSink, Staging};
+use crate::manifest::{
+    CollectionDetails, Collections, DatabaseDetails, FileEntry, FileKind, Manifest, SystemInfo,
+};
+use crate::progress::{self, Progress};
+use crate::qdrant::{self, AsyncSink, Client, SnapshotDescription};
+use crate::sqlite;
+use crate::verify::{self, Severity};
+
+/// What to back up, and where.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub target: PathBuf,
+    /// Replace an existing backup at `target` (only once the new one is complete).
+    pub replace: bool,
+    pub description: Option<String>,
+    /// Back up only these collections (a partial backup).
+    pub collections: Option<Vec<String>>,
+}
+
+/// One stored item, as the summary reports it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Item {
+    pub path: String,
+    /// Points of a collection, schema version of a database.
+    pub detail: String,
+    pub size: u64,
+    pub content_size: u64,
+}
+
+/// What `create` made.
+#[derive(Debug)]
+pub struct Outcome {
+    pub path: PathBuf,
+    pub manifest: Manifest,
+    pub items: Vec<Item>,
+    pub seconds: f64,
+    /// Snapshots that could not be deleted from the server (with the command that deletes each).
+    pub leftovers: Vec<String>,
+}
+
+/// Checks everything that can be checked before writing, then writes the backup.
+pub async fn create(
+    client: &Client,
+    settings: &Settings,
+    request: &Request,
+    progress: &dyn Progress,
+) -> Result<Outcome> {
+    let started = Instant::now();
+    let timestamp = crate::now();
+    if !settings.backup.enabled {
+        return Err(Failure::new(
+            ExitCode::Usage,
+            "Backups are disabled: `backup.enabled` is false",
+        )
+        .with_hint("set `backup.enabled: true` in the config (or WQM_BACKUP__ENABLED=true)")
+        .into());
+    }
+    if request.target.exists() && !request.replace {
+        return Err(layout::LayoutError::AlreadyExists {
+            path: request.target.clone(),
+        }
+        .into());
+    }
+
+    progress.step(&format!("connecting to Qdrant at {}", client.display_url()));
+    let server = client.server_info().await?;
+    if let Some(peers) = client.cluster_peers().await? {
+        return Err(Failure::new(
+            ExitCode::Failure,
+            format!("Qdrant at {} runs in cluster mode ({peers} peers); a collection snapshot holds only one node's shards, so the backup would silently lack data", client.display_url()),
+        )
+        .with_hint("cluster backups are not supported yet; back up each node's storage with Qdrant's own tools meanwhile")
+        .into());
+    }
+    let available = client.list_collections().await?;
+    let collections = select(&available, request.collections.as_deref())?;
+    for name in &collections {
+        layout::check_name(name)
+            .with_context(|| format!("collection `{name}` cannot be stored under its name"))?;
+    }
+    let aliases = client.aliases().await?;
+
+    let staging = Staging::begin(&request.target, request.replace)?;
+    progress.step(&format!("staging in {}", staging.dir().display()));
+    let backup = &settings.backup;
+    let compression = Compression::from_setting(backup.compression);
+    let algorithm = backup.verification.checksum_algorithm;
+
+    let mut manifest = Manifest::new(crate::VERSION, timestamp);
+    manifest.description = request.description.clone();
+    manifest.qdrant_version = Some(server.version.clone());
+    manifest.compression = Some(compression);
+    manifest.checksum_algorithm = Some(algorithm);
+    if let Some(selected) = &request.collections {
+        manifest.partial_backup = true;
+        manifest.selected_collections = Some(selected.clone());
+    }
+    let mut items = Vec::new();
+    let mut leftovers = Vec::new();
+    let mut counts = BTreeMap::new();
+
+    for name in &collections {
+        progress::check_interrupted()?;
+        let info = client.collection_info(name).await?;
+        let count_before = client.exact_count(name).await?;
+        let rel = layout::snapshot_path(name, compression);
+        let (entry, leftover) = snapshot_collection(
+            client,
+            &staging,
+            name,
+            &rel,
+            compression,
+            algorithm,
+            progress,
+        )
+        .await?;
+        leftovers.extend(leftover);
+        let count_after = client.exact_count(name).await?;
+        if count_after != count_before {
+            // Points changed while the snapshot was taken: its exact count lies in between.
+            manifest.during_operations = true;
+            manifest.notes.push(format!(
+                "collection `{name}` changed during the backup ({count_before} points before the snapshot, {count_after} after)"
+            ));
+        }
+        let stats = backup.metadata.include_collection_stats;
+        manifest.collection_details.insert(
+            name.clone(),
+            CollectionDetails {
+                points_count: count_before,
+                snapshot: rel.clone(),
+                params: stats.then(|| info.config.params.clone()),
+                payload_schema: stats.then(|| info.payload_schema.clone()),
+                aliases: aliases
+                    .iter()
+                    .filter(|a| &a.collection_name == name)
+                    .map(|a| a.alias_name.clone())
+                    .collect(),
+            },
+        );
+        items.push(Item {
+            path: rel,
+            detail: format!("{count_before} points"),
+            size: entry.size,
+            content_size: entry.content_size,
+        });
+        manifest.files.push(entry);
+        counts.insert(name.clone(), count_before);
+    }
+    manifest.total_documents = Some(counts.values().sum());
+    manifest.collections = Some(Collections::Counts(counts));
+
+    back_up_databases(
+        &staging,
+        settings,
+        compression,
+        algorithm,
+        &mut manifest,
+        &mut items,
+        progress,
+    )?;
+    match &settings.config_file {
+        Some(config) => {
+            progress::check_interrupted()?;
+            let rel = format!("{}/config.yaml", layout::CONFIG_DIR);
+            let file = fs::File::open(config)
+                .with_context(|| format!("cannot read the config file `{}`", config.display()))?;
+            let entry = store(
+                &staging,
+                &rel,
+                FileKind::Config,
+                Compression::None,
+                algorithm,
+                file,
+            )?;
+            items.push(Item {
+                path: rel,
+                detail: format!("from {}", config.display()),
+                size: entry.size,
+                content_size: entry.content_size,
+            });
+            manifest.files.push(entry);
+        }
+        None => manifest
+            .notes
+            .push("no configuration file was found; the backup holds no config".to_string()),
+    }
+    if backup.metadata.include_system_info {
+        manifest.system_info = Some(SystemInfo {
+            hostname: gethostname::gethostname().to_string_lossy().into_owned(),
+            os: std::env::consts::OS.to_string(),
+            arch: std::env::consts::ARCH.to_string(),
+            wqm_version: crate::VERSION.to_string(),
+        });
+    }
+    if !backup.metadata.custom_metadata.is_empty() {
+        manifest.custom_metadata = Some(backup.metadata.custom_metadata.clone());
+    }
+
+    progress::check_interrupted()?;
+    staging.write_manifest(&manifest)?;
+    if backup.verification.verify_after_backup {
+        verify_staged(&staging, progress)?;
+    }
+    let path = staging.commit()?;
+    Ok(Outcome {
+        path,
+        manifest,
+        items,
+        seconds: started.elapsed().as_secs_f64(),
+        leftovers,
+    })
+}
+
+/// All collections, or the requested ones (all of which must exist).
+fn select(available: &[String], requested: Option<&[String]>) -> Result<Vec<String>> {
+    let Some(requested) = requested else {
+        return Ok(available.to_vec());
+    };
+    let missing: Vec<&str> = requested
+        .iter()
+        .filter(|r| !available.contains(r))
+        .map(String::as_str)
+        .collect();
+    if !missing.is_empty() {
+        return Err(Failure::new(
+            ExitCode::Usage,
+            format!("Collections not found: {}", missing.join(", ")),
+        )
+        .with_hint(format!(
+            "the server has: {}",
+            if available.is_empty() {
+                "no collections".to_string()
+            } else {
+                available.join(", ")
+            }
+        ))
+        .into());
+    }
+    Ok(requested.to_vec())
+}
+
+/// Creates a snapshot on the server, streams it into the backup and deletes it from the
+/// server, also when the download failed. Returns the stored file and, when the server copy
+/// could not be deleted, the command that deletes it.
+async fn snapshot_collection(
+    client: &Client,
+    staging: &Staging,
+    collection: &str,
+    rel: &str,
+    compression: Compression,
+    algorithm: Algorithm,
+    progress: &dyn Progress,
+) -> Result<(FileEntry, Option<String>)> {
+    progress.step(&format!("creating a snapshot of `{collection}`"));
+    // Even after Ctrl-C this waits for Qdrant: the snapshot it is making must be deleted.
+    let snapshot = client.create_snapshot(collection).await?;
+    progress.step(&format!("downloading `{}`", snapshot.name));
+    let sink = staging.create_file(rel, FileKind::CollectionSnapshot, compression, algorithm)?;
+    let downloaded = download_into(client, collection, &snapshot, sink, progress).await;
+    let leftover = match client.delete_snapshot(collection, &snapshot.name).await {
+        Ok(()) => None,
+        Err(e) => Some(format!(
+            "could not delete snapshot `{}` of `{collection}` from Qdrant ({e}); delete it with: curl -X DELETE '{}/collections/{collection}/snapshots/{}' -H 'api-key: $QDRANT_API_KEY'",
+            snapshot.name,
+            client.display_url(),
+            snapshot.name
+        )),
+    };
+    Ok((downloaded?, leftover))
+}
+
+/// Hands downloaded chunks to the thread that hashes, compresses and writes them, so the
+/// network and the disk work at the same time. Memory is bounded by the channel.
+struct ChannelSink<'a> {
+    sender: mpsc::Sender<Bytes>,
+    progress: &'a dyn Progress,
+}
+
+impl AsyncSink for ChannelSink<'_> {
+    async fn deliver(&mut self, chunk: Bytes) -> Result<()> {
+        self.progress.advance(chunk.len() as u64);
+        self.sender
+            .send(chunk)
+            .await
+            .map_err(|_| anyhow!("the file writer stopped"))
+    }
+}
+
+const CHANNEL_CHUNKS: usize = 64;
+
+async fn download_into(
+    client: &Client,
+    collection: &str,
+    snapshot: &SnapshotDescription,
+    mut sink: FileSink,
+    progress: &dyn Progress,
+) -> Result<FileEntry> {
+    let (sender, mut receiver) = mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
+    let writer = tokio::task::spawn_blocking(move || -> Result<FileEntry> {
+        while let Some(chunk) = receiver.blocking_recv() {
+            sink.write_all(&chunk)
+                .with_context(|| format!("cannot write `{}`", sink.path().display()))?;
+        }
+        Ok(sink.finish()?)
+    });
+    progress.begin(collection, snapshot.size);
+    let downloaded = client
+        .download_snapshot(collection, &snapshot.name, ChannelSink { sender, progress })
+        .await;
+    progress.end();
+    // The writer's own error (a full disk, say) explains a stopped download better.
+    let written = writer
+        .await
+        .map_err(|e| anyhow!("the file writer panicked: {e}"))?;
+    let bytes = downloaded?;
+    let entry = written?;
+    if let Some(size) = snapshot.size.filter(|&size| size != bytes) {
+        return Err(qdrant::QdrantError::Transfer {
+            name: snapshot.name.clone(),
+            attempts: 1,
+            reason: format!("received {bytes} bytes, Qdrant announced {size}"),
+        }
+        .into());
+    }
+    if let Some(expected) = &snapshot.checksum {
+        if !expected.trim().eq_ignore_ascii_case(&entry.content_sha256) {
+            return Err(qdrant::QdrantError::ChecksumMismatch {
+                name: snapshot.name.clone(),
+                expected: expected.clone(),
+                actual: entry.content_sha256.clone(),
+            }
+            .into());
+        }
+    }
+    Ok(entry)
+}
+
+/// Streams `reader` into the backup at `rel`.
+fn store(
+    staging: &Staging,
+    rel: &str,
+    kind: FileKind,
+    compression: Compression,
+    algorithm: Algorithm,
+    mut reader: impl io::Read,
+) -> Result<FileEntry> {
+    let mut sink = staging.create_file(rel, kind, compression, algorithm)?;
+    io::copy(&mut reader, &mut sink)
+        .with_context(|| format!("cannot write `{}`", sink.path().display()))?;
+    Ok(sink.finish()?)
+}
+
+/// `state.db` and, beside it, `search.db` and `graph.db`: each copied with SQLite's online
+/// backup API into the staging directory, then stored (compressed, hashed) as `sqlite/<file>`.
+fn back_up_databases(
+    staging: &Staging,
+    settings: &Settings,
+    compression: Compression,
+    algorithm: Algorithm,
+    manifest: &mut Manifest,
+    items: &mut Vec<Item>,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let state_db = &settings.state_db;
+    if !state_db.is_file() {
+        manifest.notes.push(format!(
+            "no state database at `{}`; the backup holds no SQLite state",
+            state_db.display()
+        ));
+        return Ok(());
+    }
+    let dir = state_db.parent().unwrap_or(Path::new("."));
+    let sources = sqlite::DATABASE_FILES.iter().map(|name| {
+        let path = if *name == "state.db" {
+            state_db.clone()
+        } else {
+            dir.join(name)
+        };
+        (*name, path)
+    });
+    for (name, source) in sources.filter(|(_, path)| path.is_file()) {
+        progress::check_interrupted()?;
+        progress.step(&format!("copying `{}`", source.display()));
+        let copy = staging
+            .dir()
+            .join(layout::SQLITE_DIR)
+            .join(format!(".{name}.copy"));
+        sqlite::backup_to(&source, &copy)
+            .with_context(|| format!("cannot copy the database `{}`", source.display()))?;
+        let schema_version = sqlite::open_immutable(&copy)
+            .and_then(|c| sqlite::schema_version(&c))
+            .unwrap_or(None);
+        let rel = layout::database_path(name, compression);
+        let file =
+            fs::File::open(&copy).with_context(|| format!("cannot read `{}`", copy.display()))?;
+        let entry = store(
+            staging,
+            &rel,
+            FileKind::SqliteDatabase,
+            compression,
+            algorithm,
+            file,
+        )?;
+        fs::remove_file(&copy).with_context(|| format!("cannot remove `{}`", copy.display()))?;
+        let detail =
+            schema_version.map_or("no schema version".to_string(), |v| format!("schema {v}"));
+        items.push(Item {
+            path: rel.clone(),
+            detail,
+            size: entry.size,
+            content_size: entry.content_size,
+        });
+        manifest.databases.push(DatabaseDetails {
+            name: name.to_string(),
+            file: rel,
+            schema_version,
+        });
+        manifest.files.push(entry);
+    }
+    Ok(())
+}
+
+/// `verify_after_backup`: re-reads every staged file and checks it before the backup is renamed
+/// into place.
+fn verify_staged(staging: &Staging, progress: &dyn Progress) -> Result<()> {
+    progress.step("verifying the new backup");
+    let options = verify::Options {
+        check_files: true,
+        current_version: crate::VERSION.to_string(),
+        warn_after_days: 0,
+        now: crate::now(),
+    };
+    let report = verify::audit(staging.dir(), &options, progress)?;
+    if let Some(problem) = report
+        .findings
+        .iter()
+        .find(|f| f.severity == Severity::Error)
+    {
+        let file = problem
+            .file
+            .as_ref()
+            .map(|f| format!("{f}: "))
+            .unwrap_or_default();
+        return Err(Failure::new(
+            ExitCode::Failure,
+            format!(
+                "the new backup failed verification: {file}{}",
+                problem.message
+            ),
+        )
+        .with_hint(
+            "nothing was kept; check the disk (and its free space), then run the command again",
+        )
+        .into());
+    }
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! `wqm backup create [PATH]`: back up Qdrant collections, the state database and the config.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use serde_json::json;
+
+use crate::backup::{self, Request};
+use crate::cli::CreateArgs;
+use crate::config::Settings;
+use crate::exit::{ExitCode, Failure};
+use crate::output::{self, Ui};
+use crate::qdrant::Client;
+
+pub async fn run(args: &CreateArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
+    let request = Request {
+        target: target(args, settings)?,
+        replace: args.force,
+        description: args.description.clone(),
+        collections: selected(args)?,
+    };
+    let qdrant = &settings.qdrant;
+    let client = Client::new(
+        &qdrant.url,
+        qdrant.api_key.as_deref(),
+        qdrant.ca_cert.as_deref(),
+        settings.backup.transfer.timeouts(),
+    )?;
+    let progress = ui.progress();
+    let outcome = backup::create(&client, settings, &request, &progress).await?;
+    for leftover in &outcome.leftovers {
+        ui.warn(leftover);
+    }
+
+    let m = &outcome.manifest;
+    let stored: u64 = outcome.items.iter().map(|i| i.size).sum();
+    if ui.json {
+        ui.json(&json!({
+            "path": outcome.path,
+            "version": m.version,
+            "timestamp": m.timestamp,
+            "formatted_timestamp": m.formatted_timestamp(),
+            "collections": m.collections,
+            "total_documents": m.total_documents,
+            "partial_backup": m.partial_backup,
+            "selected_collections": m.selected_collections,
+            "qdrant_version": m.qdrant_version,
+            "compression": m.compression,
+            "checksum_algorithm": m.checksum_algorithm,
+            "files": outcome.items,
+            "size_bytes": stored,
+            "seconds": outcome.seconds,
+            "notes": m.notes,
+            "leftover_snapshots": outcome.leftovers,
+        }));
+        return Ok(ExitCode::Success);
+    }
+    if ui.interactive || ui.verbose {
+        for item in &outcome.items {
+            ui.line(format!(
+                "  {}: {}, {}",
+                item.path,
+                item.detail,
+                output::size(item.size)
+            ));
+        }
+    }
+    for note in &m.notes {
+        ui.line(format!("Note: {note}"));
+    }
+    ui.line(format!(
+        "Backup created: {} ({} collections, {} points, {} in {:.1} s)",
+        outcome.path.display(),
+        m.collection_names().len(),
+        m.total_documents.unwrap_or_default(),
+        indicatif::BinaryBytes(stored),
+        outcome.seconds
+    ));
+    Ok(ExitCode::Success)
+}
+
+/// PATH, or a new `backup-YYYYMMDD-HHMMSS` in `backup.default_backup_directory`.
+fn target(args: &CreateArgs, settings: &Settings) -> Result<PathBuf> {
+    if let Some(path) = &args.path {
+        return Ok(path.clone());
+    }
+    match &settings.backup.default_backup_directory {
+        Some(dir) => Ok(dir.join(
+            chrono::Local::now()
+                .format("backup-%Y%m%d-%H%M%S")
+                .to_string(),
+        )),
+        None => Err(Failure::new(
+            ExitCode::Usage,
+            "PATH is required: `backup.default_backup_directory` is not set",
+        )
+        .with_hint("pass a PATH, or set `backup.default_backup_directory` in the config")
+        .into()),
+    }
+}
+
+/// `--collections a,b`: trimmed, without duplicates, none empty.
+fn selected(args: &CreateArgs) -> Result<Option<Vec<String>>> {
+    let Some(names) = &args.collections else {
+        return Ok(None);
+    };
+    let mut selected: Vec<String> = Vec::new();
+    for name in names.iter().map(|n| n.trim()) {
+        if name.is_empty() {
+            return Err(
+                Failure::new(ExitCode::Usage, "--collections holds an empty name")
+                    .with_hint("separate names with commas: --collections a,b")
+                    .into(),
+            );
+        }
+        if !selected.iter().any(|s| s == name) {
+            selected.push(name.to_string());
+        }
+    }
+    Ok(Some(selected))
+}

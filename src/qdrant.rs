@@ -1,0 +1,688 @@
+//! Qdrant's REST API, as wqm uses it: reqwest over rustls, streamed bodies, no total timeouts.
+//!
+//! Why REST and not `qdrant-client` (gRPC): gRPC cannot download, upload or recover a snapshot,
+//! so the bytes would go over REST anyway; gRPC needs a second port many deployments do not
+//! expose; and its 5 s default timeout kills large snapshot creation. See `docs/architecture.md`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::header::{
+    HeaderMap, HeaderValue, ACCEPT_ENCODING, CONTENT_RANGE, ETAG, IF_RANGE, RANGE,
+};
+use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::exit::{Classify, ExitCode};
+use crate::progress;
+
+/// Timeouts and retries of the connection to Qdrant (`backup.transfer.*`).
+#[derive(Clone, Debug)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// How long a transfer may go without a byte before it is abandoned (and resumed).
+    pub read_idle: Duration,
+    /// How long Qdrant may take to create or recover a snapshot (it sends nothing meanwhile).
+    pub operation: Duration,
+    /// How many times a dropped download is resumed.
+    pub retries: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QdrantError {
+    #[error("Failed to connect to Qdrant at {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("Qdrant at {url} rejected the request ({status}): {message}")]
+    Unauthorized {
+        url: String,
+        status: u16,
+        message: String,
+    },
+    #[error("Qdrant refused the request (403 Forbidden): {message}")]
+    Forbidden { message: String },
+    #[error("Not found on Qdrant: {message}")]
+    NotFound { message: String },
+    #[error("Qdrant failed ({status}): {message}")]
+    Server { status: u16, message: String },
+    #[error("Qdrant answered {status}: {message}")]
+    Status { status: u16, message: String },
+    #[error("Qdrant did not answer within {seconds} s ({what})")]
+    Timeout { what: String, seconds: u64 },
+    #[error("unexpected answer from Qdrant ({what}): {reason}")]
+    Protocol { what: String, reason: String },
+    #[error("the download of `{name}` failed after {attempts} attempts: {reason}")]
+    Transfer {
+        name: String,
+        attempts: u32,
+        reason: String,
+    },
+    #[error("the downloaded snapshot `{name}` does not match Qdrant's checksum (expected sha256 {expected}, got {actual})")]
+    ChecksumMismatch {
+        name: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("cannot read the CA certificate file `{}`: {reason}", path.display())]
+    CaCert { path: PathBuf, reason: String },
+    #[error("invalid Qdrant URL `{url}`: {reason}")]
+    BadUrl { url: String, reason: String },
+}
+
+impl Classify for QdrantError {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            QdrantError::CaCert { .. } | QdrantError::BadUrl { .. } => ExitCode::Usage,
+            _ => ExitCode::Failure,
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        Some(match self {
+            QdrantError::Connect { .. } => "start Qdrant, or point wqm at it with QDRANT_URL (or --qdrant-url, or `qdrant.url` in the config)".to_string(),
+            QdrantError::Unauthorized { .. } => "set QDRANT_API_KEY (or `qdrant.api_key`) to an API key of this Qdrant server".to_string(),
+            QdrantError::Forbidden { .. } => "the API key lacks rights: creating and deleting snapshots needs write access, restoring needs a manage (full) key; a read-only key is not enough".to_string(),
+            QdrantError::Timeout { .. } => "Qdrant may be overloaded; raise `backup.transfer.read_timeout` or `backup.transfer.operation_timeout` if it is just slow".to_string(),
+            QdrantError::Transfer { .. } | QdrantError::ChecksumMismatch { .. } => "check the network and Qdrant's logs, then run the command again; nothing partial was kept".to_string(),
+            QdrantError::Server { .. } => "see Qdrant's log; free disk space on the server if it is full".to_string(),
+            _ => return None,
+        })
+    }
+}
+
+/// `GET /`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct ServerInfo {
+    pub version: String,
+    #[serde(default)]
+    pub commit: Option<String>,
+}
+
+/// `GET /collections/{c}` (the parts wqm uses).
+#[derive(Clone, Debug, Deserialize)]
+pub struct CollectionInfo {
+    pub status: String,
+    #[serde(default)]
+    pub points_count: Option<u64>,
+    pub config: CollectionConfig,
+    #[serde(default)]
+    pub payload_schema: Value,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct CollectionConfig {
+    pub params: Value,
+}
+
+/// An alias from `GET /aliases`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct Alias {
+    pub alias_name: String,
+    pub collection_name: String,
+}
+
+/// A snapshot as Qdrant describes it.
+#[derive(Clone, Debug, Deserialize)]
+pub struct SnapshotDescription {
+    pub name: String,
+    #[serde(default)]
+    pub size: Option<u64>,
+    /// sha256 of the snapshot, kept by Qdrant beside it (absent on S3 storage).
+    #[serde(default)]
+    pub checksum: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Envelope<T> {
+    result: T,
+}
+
+#[derive(Deserialize)]
+struct CollectionList {
+    collections: Vec<Named>,
+}
+
+#[derive(Deserialize)]
+struct Named {
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct AliasList {
+    aliases: Vec<Alias>,
+}
+
+#[derive(Deserialize)]
+struct Count {
+    count: u64,
+}
+
+#[derive(Deserialize)]
+struct ClusterStatus {
+    status: String,
+    #[serde(default)]
+    peers: serde_json::Map<String, Value>,
+}
+
+/// A client of one Qdrant server.
+pub struct Client {
+    http: reqwest::Client,
+    base: Url,
+    timeouts: Timeouts,
+}
+
+impl Client {
+    pub fn new(
+        url: &str,
+        api_key: Option<&str>,
+        ca_cert: Option<&Path>,
+        timeouts: Timeouts,
+    ) -> Result<Self, QdrantError> {
+        let bad_url = |reason: String| QdrantError::BadUrl {
+            url: redact(url),
+            reason,
+        };
+        let mut base = Url::parse(url).map_err(|e| bad_url(e.to_string()))?;
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err(bad_url("the scheme must be http or https".to_string()));
+        }
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        // reqwest is built without a TLS crypto provider; rustls' ring provider is ours.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut headers = HeaderMap::new();
+        // Qdrant may compress responses; a snapshot must arrive byte for byte.
+        headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        if let Some(key) = api_key {
+            let mut value = HeaderValue::from_str(key)
+                .map_err(|_| bad_url("the API key is not a valid header value".to_string()))?;
+            value.set_sensitive(true);
+            headers.insert("api-key", value);
+        }
+        let mut builder = reqwest::Client::builder()
+            .default_headers(headers)
+            .connect_timeout(timeouts.connect)
+            .user_agent(concat!("wqm/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = ca_cert {
+            let ca_error = |reason: String| QdrantError::CaCert {
+                path: path.to_path_buf(),
+                reason,
+            };
+            let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_error(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(ca_error("no PEM certificate in the file".to_string()));
+            }
+            builder = builder.tls_certs_merge(certs);
+        }
+        let http = builder.build().map_err(|e| bad_url(e.to_string()))?;
+        Ok(Client {
+            http,
+            base,
+            timeouts,
+        })
+    }
+
+    /// The server's URL without any password, for messages.
+    pub fn display_url(&self) -> String {
+        redact(self.base.as_str().trim_end_matches('/'))
+    }
+
+    fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .expect("http URLs have paths")
+            .pop_if_empty()
+            .extend(segments);
+        url
+    }
+
+    fn request(&self, method: Method, segments: &[&str]) -> RequestBuilder {
+        self.http.request(method, self.url(segments))
+    }
+
+    /// Sends a request and waits for the response head, mapping failures to `QdrantError`.
+    async fn send(
+        &self,
+        request: RequestBuilder,
+        what: &str,
+        limit: Duration,
+    ) -> Result<Response, QdrantError> {
+        let response = match tokio::time::timeout(limit, request.send()).await {
+            Err(_) => {
+                return Err(QdrantError::Timeout {
+                    what: what.to_string(),
+                    seconds: limit.as_secs(),
+                })
+            }
+            Ok(Err(e)) if e.is_connect() => {
+                return Err(QdrantError::Connect {
+                    url: self.display_url(),
+                    reason: error_chain(&e),
+                })
+            }
+            Ok(Err(e)) => {
+                return Err(QdrantError::Protocol {
+                    what: what.to_string(),
+                    reason: error_chain(&e),
+                })
+            }
+            Ok(Ok(response)) => response,
+        };
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status();
+        let body = tokio::time::timeout(self.timeouts.read_idle, response.text())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        Err(self.status_error(status, &body))
+    }
+
+    fn status_error(&self, status: StatusCode, body: &str) -> QdrantError {
+        let message = error_message(body);
+        match status {
+            StatusCode::UNAUTHORIZED => QdrantError::Unauthorized {
+                url: self.display_url(),
+                status: 401,
+                message,
+            },
+            StatusCode::FORBIDDEN => QdrantError::Forbidden { message },
+            StatusCode::NOT_FOUND => QdrantError::NotFound { message },
+            s if s.is_server_error() => QdrantError::Server {
+                status: s.as_u16(),
+                message,
+            },
+            s => QdrantError::Status {
+                status: s.as_u16(),
+                message,
+            },
+        }
+    }
+
+    /// A JSON call whose `result` is `T`.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        request: RequestBuilder,
+        what: &str,
+        limit: Duration,
+    ) -> Result<T, QdrantError> {
+        let response = self.send(request, what, limit).await?;
+        let body = tokio::time::timeout(self.timeouts.read_idle, response.bytes())
+            .await
+            .map_err(|_| QdrantError::Timeout {
+                what: what.to_string(),
+                seconds: self.timeouts.read_idle.as_secs(),
+            })?
+            .map_err(|e| QdrantError::Protocol {
+                what: what.to_string(),
+                reason: error_chain(&e),
+            })?;
+        serde_json::from_slice::<Envelope<T>>(&body)
+            .map(|e| e.result)
+            .map_err(|e| QdrantError::Protocol {
+                what: what.to_string(),
+                reason: e.to_string(),
+            })
+    }
+
+    async fn get<T: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        what: &str,
+    ) -> Result<T, QdrantError> {
+        self.call(
+            self.request(Method::GET, segments),
+            what,
+            self.timeouts.read_idle,
+        )
+        .await
+    }
+
+    /// `GET /`: the server version (needs no key).
+    pub async fn server_info(&self) -> Result<ServerInfo, QdrantError> {
+        let what = "server version";
+        let response = self
+            .send(
+                self.request(Method::GET, &[]),
+                what,
+                self.timeouts.read_idle,
+            )
+            .await?;
+        let body = response.bytes().await.map_err(|e| QdrantError::Protocol {
+            what: what.into(),
+            reason: error_chain(&e),
+        })?;
+        serde_json::from_slice(&body).map_err(|e| QdrantError::Protocol {
+            what: what.into(),
+            reason: e.to_string(),
+        })
+    }
+
+    pub async fn list_collections(&self) -> Result<Vec<String>, QdrantError> {
+        let list: CollectionList = self.get(&["collections"], "list collections").await?;
+        let mut names: Vec<String> = list.collections.into_iter().map(|c| c.name).collect();
+        names.sort();
+        Ok(names)
+    }
+
+    pub async fn collection_info(&self, collection: &str) -> Result<CollectionInfo, QdrantError> {
+        self.get(
+            &["collections", collection],
+            &format!("collection `{collection}`"),
+        )
+        .await
+    }
+
+    /// The exact number of points (`count` with `exact: true`; `points_count` is approximate).
+    pub async fn exact_count(&self, collection: &str) -> Result<u64, QdrantError> {
+        let request = self
+            .request(
+                Method::POST,
+                &["collections", collection, "points", "count"],
+            )
+            .json(&serde_json::json!({ "exact": true }));
+        let count: Count = self
+            .call(
+                request,
+                &format!("count of `{collection}`"),
+                self.timeouts.operation,
+            )
+            .await?;
+        Ok(count.count)
+    }
+
+    pub async fn aliases(&self) -> Result<Vec<Alias>, QdrantError> {
+        let list: AliasList = self.get(&["aliases"], "list aliases").await?;
+        Ok(list.aliases)
+    }
+
+    /// The peers of a cluster, or `None` when Qdrant runs as a single node.
+    pub async fn cluster_peers(&self) -> Result<Option<usize>, QdrantError> {
+        let status: ClusterStatus = self.get(&["cluster"], "cluster status").await?;
+        Ok((status.status == "enabled").then_some(status.peers.len()))
+    }
+
+    /// `POST /collections/{c}/snapshots?wait=true`: Qdrant sends nothing until the snapshot is done.
+    pub async fn create_snapshot(
+        &self,
+        collection: &str,
+    ) -> Result<SnapshotDescription, QdrantError> {
+        let request = self
+            .request(Method::POST, &["collections", collection, "snapshots"])
+            .query(&[("wait", "true")]);
+        self.call(
+            request,
+            &format!("create a snapshot of `{collection}`"),
+            self.timeouts.operation,
+        )
+        .await
+    }
+
+    pub async fn list_snapshots(
+        &self,
+        collection: &str,
+    ) -> Result<Vec<SnapshotDescription>, QdrantError> {
+        self.get(
+            &["collections", collection, "snapshots"],
+            &format!("snapshots of `{collection}`"),
+        )
+        .await
+    }
+
+    pub async fn delete_snapshot(&self, collection: &str, name: &str) -> Result<(), QdrantError> {
+        let request = self
+            .request(
+                Method::DELETE,
+                &["collections", collection, "snapshots", name],
+            )
+            .query(&[("wait", "true")]);
+        self.call::<Value>(
+            request,
+            &format!("delete snapshot `{name}`"),
+            self.timeouts.operation,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Streams a snapshot to `deliver`, chunk by chunk. A dropped or stalled connection is
+    /// resumed with `Range` from the last byte delivered, up to `retries` times. Returns the
+    /// number of bytes delivered. Stops with `Interrupted` on Ctrl-C.
+    pub async fn download_snapshot(
+        &self,
+        collection: &str,
+        name: &str,
+        mut deliver: impl AsyncSink,
+    ) -> anyhow::Result<u64> {
+        let segments = ["collections", collection, "snapshots", name];
+        let what = format!("download snapshot `{name}`");
+        let mut offset: u64 = 0;
+        let mut etag: Option<HeaderValue> = None;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let mut request = self.request(Method::GET, &segments);
+            if offset > 0 {
+                request = request.header(RANGE, format!("bytes={offset}-"));
+                if let Some(tag) = &etag {
+                    request = request.header(IF_RANGE, tag.clone());
+                }
+            }
+            let outcome = async {
+                let response = self.send(request, &what, self.timeouts.read_idle).await?;
+                let resumed = response.status() == StatusCode::PARTIAL_CONTENT;
+                if offset > 0 && resumed && !content_range_starts_at(response.headers(), offset) {
+                    return Err(QdrantError::Protocol {
+                        what: what.clone(),
+                        reason: "the resumed download starts at the wrong byte".into(),
+                    }
+                    .into());
+                }
+                if etag.is_none() {
+                    etag = response.headers().get(ETAG).cloned();
+                }
+                // A server that ignores Range sends everything again: skip what we have.
+                let mut skip = if resumed { 0 } else { offset };
+                self.stream_body(response, &mut skip, &mut offset, &mut deliver, &what)
+                    .await
+            }
+            .await;
+            match outcome {
+                Ok(()) => return Ok(offset),
+                Err(e) if e.downcast_ref::<crate::exit::Interrupted>().is_some() => return Err(e),
+                Err(e) if is_resumable(&e) && attempts <= self.timeouts.retries => {
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempts))).await;
+                }
+                Err(e) => {
+                    return Err(if is_resumable(&e) {
+                        QdrantError::Transfer {
+                            name: name.to_string(),
+                            attempts,
+                            reason: format!("{e:#}"),
+                        }
+                        .into()
+                    } else {
+                        e
+                    })
+                }
+            }
+        }
+    }
+
+    async fn stream_body(
+        &self,
+        mut response: Response,
+        skip: &mut u64,
+        offset: &mut u64,
+        deliver: &mut impl AsyncSink,
+        what: &str,
+    ) -> anyhow::Result<()> {
+        loop {
+            let chunk = tokio::select! {
+                _ = progress::interrupted() => return Err(crate::exit::Interrupted.into()),
+                chunk = tokio::time::timeout(self.timeouts.read_idle, response.chunk()) => chunk,
+            };
+            let chunk = chunk
+                .map_err(|_| {
+                    Resumable(format!(
+                        "no data for {} s",
+                        self.timeouts.read_idle.as_secs()
+                    ))
+                })?
+                .map_err(|e| Resumable(format!("the connection broke: {}", error_chain(&e))))?;
+            let Some(mut chunk) = chunk else {
+                return Ok(());
+            };
+            if *skip > 0 {
+                let n = (*skip).min(chunk.len() as u64);
+                *skip -= n;
+                chunk = chunk.slice(n as usize..);
+            }
+            if !chunk.is_empty() {
+                *offset += chunk.len() as u64;
+                deliver
+                    .deliver(chunk)
+                    .await
+                    .map_err(|e| e.context(what.to_string()))?;
+            }
+        }
+    }
+}
+
+/// Receives downloaded chunks (in practice: hands them to the thread that writes the file).
+pub trait AsyncSink {
+    fn deliver(&mut self, chunk: Bytes) -> impl std::future::Future<Output = anyhow::Result<()>>;
+}
+
+/// A transfer that broke and can be resumed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Resumable(String);
+
+fn is_resumable(error: &anyhow::Error) -> bool {
+    error.downcast_ref::<Resumable>().is_some()
+        || matches!(
+            error.downcast_ref::<QdrantError>(),
+            Some(
+                QdrantError::Timeout { .. }
+                    | QdrantError::Server { .. }
+                    | QdrantError::Protocol { .. }
+                    | QdrantError::Connect { .. }
+            )
+        )
+}
+
+fn content_range_starts_at(headers: &HeaderMap, offset: u64) -> bool {
+    headers
+        .get(CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("bytes "))
+        .and_then(|v| v.split('-').next())
+        .and_then(|start| start.parse::<u64>().ok())
+        == Some(offset)
+}
+
+/// Qdrant's error bodies: JSON `{"status":{"error":"…"}}`, or plain text from the auth layer.
+pub fn error_message(body: &str) -> String {
+    let from_json = serde_json::from_str::<Value>(body).ok().and_then(|v| {
+        v.get("status")
+            .and_then(|s| s.get("error"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    });
+    let text = from_json.unwrap_or_else(|| body.trim().to_string());
+    if text.is_empty() {
+        "(no message)".to_string()
+    } else {
+        text
+    }
+}
+
+/// An error and its sources on one line (reqwest's own message alone says little).
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// A URL without its password.
+pub fn redact(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_both_error_body_shapes() {
+        assert_eq!(
+            error_message(
+                r#"{"status":{"error":"Not found: Collection `nope` doesn't exist!"},"time":0.1}"#
+            ),
+            "Not found: Collection `nope` doesn't exist!"
+        );
+        assert_eq!(
+            error_message("Must provide an API key or an Authorization bearer token"),
+            "Must provide an API key or an Authorization bearer token"
+        );
+        assert_eq!(error_message(""), "(no message)");
+    }
+
+    #[test]
+    fn urls_are_built_with_escaped_segments_and_passwords_are_hidden() {
+        let timeouts = Timeouts {
+            connect: Duration::from_secs(1),
+            read_idle: Duration::from_secs(1),
+            operation: Duration::from_secs(1),
+            retries: 0,
+        };
+        let client = Client::new(
+            "http://u:secret@127.0.0.1:6333/base",
+            None,
+            None,
+            timeouts.clone(),
+        )
+        .unwrap();
+        assert_eq!(
+            client.url(&["collections", "a b/c"]).as_str(),
+            "http://u:secret@127.0.0.1:6333/base/collections/a%20b%2Fc"
+        );
+        assert_eq!(client.display_url(), "http://u:***@127.0.0.1:6333/base");
+        assert!(Client::new("ftp://x", None, None, timeouts.clone()).is_err());
+        assert!(Client::new("not a url", None, None, timeouts).is_err());
+    }
+
+    #[test]
+    fn content_range_must_start_where_we_stopped() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CONTENT_RANGE,
+            HeaderValue::from_static("bytes 1000-182783/182784"),
+        );
+        assert!(content_range_starts_at(&headers, 1000));
+        assert!(!content_range_starts_at(&headers, 999));
+    }
+}
