@@ -5,6 +5,8 @@ mod fixtures;
 mod info;
 mod list;
 mod qdrant_double;
+mod real_qdrant;
+mod real_server;
 mod surface;
 mod test;
 mod validate;

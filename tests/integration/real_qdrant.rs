@@ -1,0 +1,372 @@
+//! A real Qdrant server for tests: started from `WQM_TEST_QDRANT_BIN` on 127.0.0.1 with its own
+//! storage (one per test), or the one at `WQM_TEST_QDRANT_URL` (shared: tests take turns and
+//! clean up). Tests that use it carry `#[cfg_attr(not(real_qdrant), ignore = ...)]`.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub const SKIP: &str = "needs a real Qdrant: set WQM_TEST_QDRANT_BIN or WQM_TEST_QDRANT_URL";
+
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The CA that signed `cert`, for the harness's own client.
+    pub ca: PathBuf,
+}
+
+/// Serialises tests on a shared external server.
+static SHARED: Mutex<()> = Mutex::new(());
+
+/// Options for starting a server.
+#[derive(Default)]
+pub struct Options {
+    pub api_key: Option<String>,
+    pub read_only_key: Option<String>,
+    /// Serve https with these PEM files.
+    pub tls: Option<Tls>,
+}
+
+pub struct Server {
+    rest: Rest,
+    child: Option<Child>,
+    /// The server's own directory (storage, snapshots) when we started it.
+    pub dir: Option<tempfile::TempDir>,
+    _shared: Option<MutexGuard<'static, ()>>,
+}
+
+/// REST calls to a server, usable from any thread (each has its own small runtime).
+pub struct Rest {
+    pub url: String,
+    pub api_key: Option<String>,
+    ca: Option<PathBuf>,
+    runtime: tokio::runtime::Runtime,
+    http: reqwest::Client,
+}
+
+impl std::ops::Deref for Server {
+    type Target = Rest;
+
+    fn deref(&self) -> &Rest {
+        &self.rest
+    }
+}
+
+impl Rest {
+    fn new(url: String, api_key: Option<String>, ca: Option<PathBuf>) -> Rest {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Rest {
+            http: client(ca.as_deref()),
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+            url,
+            api_key,
+            ca,
+        }
+    }
+
+    /// Another handle on the same server, for another thread.
+    pub fn handle(&self) -> Rest {
+        Rest::new(self.url.clone(), self.api_key.clone(), self.ca.clone())
+    }
+
+    /// A REST call with the server's key; returns the status and the JSON body (or Null).
+    pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.runtime.block_on(async {
+            let mut request = self
+                .http
+                .request(method.parse().unwrap(), format!("{}{path}", self.url));
+            if let Some(key) = &self.api_key {
+                request = request.header("api-key", key);
+            }
+            if let Some(body) = body {
+                request = request.json(&body);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let text = response.text().await.unwrap();
+            (
+                status,
+                serde_json::from_str(&text).unwrap_or(Value::String(text)),
+            )
+        })
+    }
+
+    /// A REST call that must succeed; returns `result`.
+    pub fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (status, value) = self.call(method, path, body);
+        assert_eq!(status, 200, "{method} {path}: {value}");
+        value["result"].clone()
+    }
+
+    pub fn collections(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.ok("GET", "/collections", None)["collections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        names
+    }
+
+    pub fn exact_count(&self, collection: &str) -> u64 {
+        self.ok(
+            "POST",
+            &format!("/collections/{collection}/points/count"),
+            Some(json!({"exact": true})),
+        )["count"]
+            .as_u64()
+            .unwrap()
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Server {
+    pub fn start() -> Server {
+        Self::start_with(Options::default())
+    }
+
+    pub fn start_with(options: Options) -> Server {
+        if let Some(url) = std::env::var("WQM_TEST_QDRANT_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+        {
+            assert!(
+                options.tls.is_none() && options.api_key.is_none(),
+                "an external server cannot be reconfigured"
+            );
+            let guard = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+            let server = Server {
+                rest: Rest::new(url, std::env::var("WQM_TEST_QDRANT_API_KEY").ok(), None),
+                child: None,
+                dir: None,
+                _shared: Some(guard),
+            };
+            server.delete_all_collections();
+            return server;
+        }
+        let bin = std::env::var("WQM_TEST_QDRANT_BIN").expect(SKIP);
+        let dir = tempfile::Builder::new()
+            .prefix("wqm-qdrant-")
+            .tempdir()
+            .unwrap();
+        let (http_port, grpc_port, p2p_port) = (free_port(), free_port(), free_port());
+        let mut command = Command::new(&bin);
+        command
+            .arg("--disable-telemetry")
+            .current_dir(dir.path())
+            .env("QDRANT__SERVICE__HOST", "127.0.0.1")
+            .env("QDRANT__SERVICE__HTTP_PORT", http_port.to_string())
+            .env("QDRANT__SERVICE__GRPC_PORT", grpc_port.to_string())
+            .env("QDRANT__CLUSTER__P2P__PORT", p2p_port.to_string())
+            .env("QDRANT__STORAGE__STORAGE_PATH", dir.path().join("storage"))
+            .env(
+                "QDRANT__STORAGE__SNAPSHOTS_PATH",
+                dir.path().join("snapshots"),
+            )
+            .env("QDRANT__STORAGE__TEMP_PATH", dir.path().join("tmp"))
+            .env("QDRANT__TELEMETRY_DISABLED", "true")
+            .env("QDRANT__LOG_LEVEL", "WARN")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("qdrant.log")).unwrap());
+        if let Some(key) = &options.api_key {
+            command.env("QDRANT__SERVICE__API_KEY", key);
+        }
+        if let Some(key) = &options.read_only_key {
+            command.env("QDRANT__SERVICE__READ_ONLY_API_KEY", key);
+        }
+        let scheme = match &options.tls {
+            Some(tls) => {
+                command
+                    .env("QDRANT__SERVICE__ENABLE_TLS", "true")
+                    .env("QDRANT__TLS__CERT", &tls.cert)
+                    .env("QDRANT__TLS__KEY", &tls.key);
+                "https"
+            }
+            None => "http",
+        };
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+        let ca = options.tls.as_ref().map(|tls| tls.ca.clone());
+        let server = Server {
+            rest: Rest::new(
+                format!("{scheme}://127.0.0.1:{http_port}"),
+                options.api_key.clone(),
+                ca,
+            ),
+            child: Some(child),
+            dir: Some(dir),
+            _shared: None,
+        };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = self.runtime.block_on(async {
+                self.http
+                    .get(format!("{}/readyz", self.url))
+                    .send()
+                    .await
+                    .map(|r| r.status().is_success())
+            });
+            if ready.unwrap_or(false) {
+                return;
+            }
+            if Instant::now() > deadline {
+                let log = self.dir.as_ref().map(|d| {
+                    std::fs::read_to_string(d.path().join("qdrant.log")).unwrap_or_default()
+                });
+                panic!(
+                    "Qdrant did not become ready at {}; log:\n{}",
+                    self.url,
+                    log.unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn delete_all_collections(&self) {
+        for name in self.collections() {
+            self.ok("DELETE", &format!("/collections/{name}"), None);
+        }
+    }
+
+    /// Snapshots the server lists for `collection`, and `.snapshot` files in its snapshot
+    /// directory (when we started it).
+    pub fn snapshots_left(&self) -> Vec<String> {
+        let mut left: Vec<String> = Vec::new();
+        for name in self.collections() {
+            for s in self
+                .ok("GET", &format!("/collections/{name}/snapshots"), None)
+                .as_array()
+                .unwrap()
+            {
+                left.push(format!("{name}/{}", s["name"].as_str().unwrap()));
+            }
+        }
+        if let Some(dir) = &self.dir {
+            left.extend(files_named(&dir.path().join("snapshots"), ".snapshot"));
+        }
+        left.sort();
+        left.dedup();
+        left
+    }
+}
+
+fn files_named(dir: &Path, suffix: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(files_named(&path, suffix));
+        } else if path.to_string_lossy().ends_with(suffix) {
+            found.push(path.display().to_string());
+        }
+    }
+    found
+}
+
+fn client(ca: Option<&Path>) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder();
+    if let Some(ca) = ca {
+        builder = builder.tls_certs_merge(
+            reqwest::Certificate::from_pem_bundle(&std::fs::read(ca).unwrap()).unwrap(),
+        );
+    }
+    builder.build().unwrap()
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        } else {
+            self.delete_all_collections();
+        }
+    }
+}
+
+const DIM: usize = 16;
+
+/// A deterministic vector for point `id`.
+pub fn vector(id: u64, salt: u64) -> Vec<f32> {
+    (0..DIM)
+        .map(|i| (((id * 31 + i as u64 * 17 + salt * 7) % 97) as f32) / 97.0 + 0.01)
+        .collect()
+}
+
+/// The collections of a real workspace-qdrant-mcp: `projects`, `libraries` (named dense +
+/// sparse vectors), `rules` (one unnamed vector), `scratchpad`; keyword payload indexes, and the
+/// alias `current-project` → `projects`.
+pub fn workspace(server: &Server) {
+    let named = json!({
+        "vectors": {"dense": {"size": DIM, "distance": "Cosine"}},
+        "sparse_vectors": {"keywords": {}}
+    });
+    for (name, config, points) in [
+        ("projects", named.clone(), 300u64),
+        ("libraries", named.clone(), 150),
+        (
+            "rules",
+            json!({"vectors": {"size": DIM, "distance": "Dot"}}),
+            20,
+        ),
+        ("scratchpad", named, 30),
+    ] {
+        server.ok("PUT", &format!("/collections/{name}"), Some(config));
+        server.ok(
+            "PUT",
+            &format!("/collections/{name}/index?wait=true"),
+            Some(json!({"field_name": "tenant_id", "field_schema": "keyword"})),
+        );
+        upsert(server, name, 0..points, 0);
+    }
+    server.ok(
+        "POST",
+        "/collections/aliases",
+        Some(json!({"actions": [{"create_alias": {"collection_name": "projects", "alias_name": "current-project"}}]})),
+    );
+}
+
+/// Upserts points `ids` into `collection` (named or unnamed vectors as the collection has).
+pub fn upsert(server: &Rest, collection: &str, ids: std::ops::Range<u64>, salt: u64) {
+    let unnamed = collection == "rules";
+    let points: Vec<Value> = ids
+        .map(|id| {
+            let vector = if unnamed {
+                json!(vector(id, salt))
+            } else {
+                json!({"dense": vector(id, salt), "keywords": {"indices": [id % 50, 100 + id % 7], "values": [0.5, 0.25]}})
+            };
+            json!({"id": id, "vector": vector, "payload": {"tenant_id": format!("tenant-{}", id % 3), "text": format!("chunk {id} of {collection}"), "salt": salt}})
+        })
+        .collect();
+    server.ok(
+        "PUT",
+        &format!("/collections/{collection}/points?wait=true"),
+        Some(json!({"points": points})),
+    );
+}

@@ -1,0 +1,301 @@
+//! Against a real Qdrant (see `real_qdrant`): collections named as workspace-qdrant-mcp names
+//! them, with named and sparse vectors, payload indexes and an alias, and a state DB built from
+//! the real v49 schema in WAL mode.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use wqm::manifest::Manifest;
+
+use crate::fixtures;
+use crate::real_qdrant::{self, Options, Server, Tls};
+use crate::test::Test;
+
+fn manifest(backup: &Path) -> Manifest {
+    Manifest::load(&backup.join("metadata/manifest.json")).unwrap()
+}
+
+fn validates(backup: &Path) {
+    Test::new()
+        .args(&format!(
+            "backup validate {} --check-files",
+            backup.display()
+        ))
+        .stdout(&format!(
+            "Backup validation successful: {}\n",
+            backup.display()
+        ))
+        .run();
+}
+
+/// A test directory with a state DB of the real schema (WAL mode, a live writer) in `data/`.
+fn with_state_db(t: &Test) -> rusqlite::Connection {
+    fs::create_dir_all(t.join("data")).unwrap();
+    fixtures::state_db(&t.join("data/state.db"));
+    let live = rusqlite::Connection::open(t.join("data/state.db")).unwrap();
+    live.execute_batch("PRAGMA wal_autocheckpoint=0; UPDATE db_maintenance SET id = id;")
+        .unwrap();
+    live
+}
+
+#[test]
+#[cfg_attr(
+    not(real_qdrant),
+    ignore = "needs a real Qdrant: set WQM_TEST_QDRANT_BIN or WQM_TEST_QDRANT_URL"
+)]
+fn backs_up_a_workspace_and_leaves_no_snapshot_on_the_server() {
+    let server = Server::start();
+    real_qdrant::workspace(&server);
+    let t = Test::new();
+    let _live = with_state_db(&t);
+    let (_, tmp) = t
+        .env("QDRANT_URL", &server.url)
+        .env("WQM_DATA_DIR", "{TMP}/data")
+        .args("backup create {TMP}/b --json")
+        .stdout_json(|v| {
+            assert_eq!(v["collections"], serde_json::json!({"libraries": 150, "projects": 300, "rules": 20, "scratchpad": 30}));
+            assert_eq!(v["total_documents"], 500);
+        })
+        .run();
+    let b = tmp.path().join("b");
+    let m = manifest(&b);
+    assert_eq!(m.qdrant_version.as_deref(), Some("1.18.3"));
+    assert_eq!(
+        m.collection_details["projects"].aliases,
+        ["current-project"]
+    );
+    let params = m.collection_details["projects"].params.as_ref().unwrap();
+    assert_eq!(params["vectors"]["dense"]["size"], 16);
+    assert!(params["sparse_vectors"]["keywords"].is_object());
+    assert_eq!(
+        m.collection_details["rules"]
+            .payload_schema
+            .as_ref()
+            .unwrap()["tenant_id"]["data_type"],
+        "keyword"
+    );
+    assert_eq!(m.databases[0].schema_version, Some(49));
+    assert!(!m.during_operations);
+    validates(&b);
+    assert_eq!(server.snapshots_left(), Vec::<String>::new());
+}
+
+#[test]
+#[cfg_attr(
+    not(real_qdrant),
+    ignore = "needs a real Qdrant: set WQM_TEST_QDRANT_BIN or WQM_TEST_QDRANT_URL"
+)]
+fn a_partial_backup_holds_only_the_chosen_collections() {
+    let server = Server::start();
+    real_qdrant::workspace(&server);
+    let (_, tmp) = Test::new()
+        .env("QDRANT_URL", &server.url)
+        .args("backup create {TMP}/p --collections rules,scratchpad")
+        .stdout_with(|o| {
+            assert!(
+                o.contains("Backup created: ") && o.contains("(2 collections, 50 points, "),
+                "{o}"
+            )
+        })
+        .run();
+    let p = tmp.path().join("p");
+    let m = manifest(&p);
+    assert!(m.partial_backup);
+    assert_eq!(
+        m.selected_collections.as_deref(),
+        Some(&["rules".to_string(), "scratchpad".to_string()][..])
+    );
+    let mut stored: Vec<String> = fs::read_dir(p.join("collections"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    stored.sort();
+    assert_eq!(stored, ["rules.snapshot.zst", "scratchpad.snapshot.zst"]);
+    validates(&p);
+    assert_eq!(server.snapshots_left(), Vec::<String>::new());
+}
+
+#[test]
+#[cfg_attr(
+    not(real_qdrant),
+    ignore = "needs a real Qdrant: set WQM_TEST_QDRANT_BIN or WQM_TEST_QDRANT_URL"
+)]
+fn a_backup_taken_while_points_are_upserted_is_valid() {
+    let server = Server::start();
+    real_qdrant::workspace(&server);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (server, stop) = (server.handle(), stop.clone());
+        std::thread::spawn(move || {
+            let mut next = 10_000;
+            while !stop.load(Ordering::Relaxed) {
+                real_qdrant::upsert(&server, "projects", next..next + 50, 1);
+                real_qdrant::upsert(&server, "projects", 0..50, next);
+                next += 50;
+            }
+            next
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let (_, tmp) = Test::new()
+        .env("QDRANT_URL", &server.url)
+        .env("WQM_BACKUP__COMPRESSION", "false")
+        .args("backup create {TMP}/b")
+        .stdout_with(|o| assert!(o.contains("Backup created: "), "{o}"))
+        .run();
+    stop.store(true, Ordering::Relaxed);
+    let written = writer.join().unwrap();
+    assert!(written > 10_050, "the writer ran during the backup");
+    let b = tmp.path().join("b");
+    validates(&b);
+    let m = manifest(&b);
+    let recorded = m.collection_details["projects"].points_count;
+    assert!((300..=server.exact_count("projects")).contains(&recorded), "{recorded}");
+    assert_eq!(server.snapshots_left(), Vec::<String>::new());
+}
+
+#[test]
+#[cfg_attr(
+    not(real_qdrant),
+    ignore = "needs a real Qdrant: set WQM_TEST_QDRANT_BIN or WQM_TEST_QDRANT_URL"
+)]
+fn api_keys_are_sent_and_a_read_only_key_is_explained() {
+    if std::env::var_os("WQM_TEST_QDRANT_BIN").is_none() {
+        eprintln!("skipped: needs WQM_TEST_QDRANT_BIN to start a server with API keys");
+        return;
+    }
+    let server = Server::start_with(Options {
+        api_key: Some("s3cret".into()),
+        read_only_key: Some("reader".into()),
+        ..Options::default()
+    });
+    real_qdrant::workspace(&server);
+    Test::new()
+        .env("QDRANT_URL", &server.url)
+        .args("backup create {TMP}/b")
+        .status(1)
+        .stderr_with(|e| assert!(e.contains("rejected the request (401): Must provide an API key or an Authorization bearer token\nhint: set QDRANT_API_KEY"), "{e}"))
+        .run();
+    Test::new()
+        .env("QDRANT_URL", &server.url)
+        .env("QDRANT_API_KEY", "reader")
+        .args("backup create {TMP}/b")
+        .status(1)
+        .stderr_with(|e| assert!(e.starts_with("wqm: error: Qdrant refused the request (403 Forbidden): Forbidden: Global manage access is required\n"), "{e}"))
+        .run();
+    let (_, tmp) = Test::new()
+        .env("QDRANT_URL", &server.url)
+        .env("QDRANT_API_KEY", "s3cret")
+        .args("backup create {TMP}/b")
+        .stdout_with(|o| assert!(o.contains("Backup created: "), "{o}"))
+        .run();
+    assert!(
+        !fs::read_to_string(tmp.path().join("b/metadata/manifest.json"))
+            .unwrap()
+            .contains("s3cret")
+    );
+    assert_eq!(server.snapshots_left(), Vec::<String>::new());
+}
+
+#[test]
+#[cfg_attr(
+    not(real_qdrant),
+    ignore = "needs a real Qdrant: set WQM_TEST_QDRANT_BIN or WQM_TEST_QDRANT_URL"
+)]
+fn https_with_a_private_ca() {
+    if std::env::var_os("WQM_TEST_QDRANT_BIN").is_none() {
+        eprintln!("skipped: needs WQM_TEST_QDRANT_BIN to start a server with TLS");
+        return;
+    }
+    let certs = tempfile::tempdir().unwrap();
+    let d = certs.path();
+    let openssl = |args: &[&str]| {
+        let status = Command::new("openssl")
+            .args(args)
+            .current_dir(d)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            status.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=wqm test CA",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    fs::write(d.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    let tls = Tls {
+        cert: d.join("server.pem"),
+        key: d.join("server.key"),
+        ca: d.join("ca.pem"),
+    };
+    let server = Server::start_with(Options {
+        tls: Some(tls),
+        ..Options::default()
+    });
+    real_qdrant::workspace(&server);
+    assert!(server.url.starts_with("https://"));
+    Test::new()
+        .env("QDRANT_URL", &server.url)
+        .args("backup create {TMP}/b")
+        .status(1)
+        .stderr_with(|e| {
+            assert!(
+                e.starts_with("wqm: error: Failed to connect to Qdrant at https://127.0.0.1:"),
+                "{e}"
+            )
+        })
+        .run();
+    let (_, tmp) = Test::new()
+        .env("QDRANT_URL", &server.url)
+        .env("QDRANT_CA_CERT", d.join("ca.pem").to_str().unwrap())
+        .args("backup create {TMP}/b --collections rules")
+        .stdout_with(|o| assert!(o.contains("Backup created: "), "{o}"))
+        .run();
+    validates(&tmp.path().join("b"));
+}
