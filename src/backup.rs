@@ -260,8 +260,8 @@ fn select(available: &[String], requested: Option<&[String]>) -> Result<Vec<Stri
 }
 
 /// Creates a snapshot on the server, streams it into the backup and deletes it from the
-/// server, also when the download failed. Returns the stored file and, when the server copy
-/// could not be deleted, the command that deletes it.
+/// server, also when anything failed. Returns the stored file and, when the server copy could
+/// not be deleted, a warning with the command that deletes it.
 async fn snapshot_collection(
     client: &Client,
     staging: &Staging,
@@ -275,18 +275,44 @@ async fn snapshot_collection(
     // Even after Ctrl-C this waits for Qdrant: the snapshot it is making must be deleted.
     let snapshot = client.create_snapshot(collection).await?;
     progress.step(&format!("downloading `{}`", snapshot.name));
-    let sink = staging.create_file(rel, FileKind::CollectionSnapshot, compression, algorithm)?;
-    let downloaded = download_into(client, collection, &snapshot, sink, progress).await;
-    let leftover = match client.delete_snapshot(collection, &snapshot.name).await {
-        Ok(()) => None,
-        Err(e) => Some(format!(
+    // Fires (or is dropped) when the download is over, done or failed.
+    let (download_over, when_download_over) = tokio::sync::oneshot::channel::<()>();
+    let transfer = async {
+        let download_over = download_over;
+        let sink =
+            staging.create_file(rel, FileKind::CollectionSnapshot, compression, algorithm)?;
+        let (sender, receiver) = mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
+        let writer = spawn_writer(sink, receiver);
+        progress.begin(collection, snapshot.size);
+        let downloaded = client
+            .download_snapshot(collection, &snapshot.name, ChannelSink { sender, progress })
+            .await;
+        progress.end();
+        let _ = download_over.send(());
+        let written = writer
+            .await
+            .map_err(|e| anyhow!("the file writer panicked: {e}"))?;
+        // The writer's own error (a full disk, say) explains a stopped download better.
+        let entry = written?;
+        let bytes = downloaded?;
+        check_download(&snapshot, bytes, &entry)?;
+        Ok::<_, anyhow::Error>(entry)
+    };
+    // The server's copy is deleted while the writer syncs the file to disk.
+    let delete_after_transfer = async {
+        let _ = when_download_over.await;
+        client.delete_snapshot(collection, &snapshot.name).await
+    };
+    let (stored, deleted) = tokio::join!(transfer, delete_after_transfer);
+    let leftover = deleted.err().map(|e| {
+        format!(
             "could not delete snapshot `{}` of `{collection}` from Qdrant ({e}); delete it with: curl -X DELETE '{}/collections/{collection}/snapshots/{}' -H 'api-key: $QDRANT_API_KEY'",
             snapshot.name,
             client.display_url(),
             snapshot.name
-        )),
-    };
-    Ok((downloaded?, leftover))
+        )
+    });
+    Ok((stored?, leftover))
 }
 
 /// Hands downloaded chunks to the thread that hashes, compresses and writes them, so the
@@ -306,34 +332,24 @@ impl AsyncSink for ChannelSink<'_> {
     }
 }
 
-const CHANNEL_CHUNKS: usize = 64;
+/// Chunks in flight between the network and the file writer (hyper hands out up to ~400 KiB each).
+const CHANNEL_CHUNKS: usize = 8;
 
-async fn download_into(
-    client: &Client,
-    collection: &str,
-    snapshot: &SnapshotDescription,
+fn spawn_writer(
     mut sink: FileSink,
-    progress: &dyn Progress,
-) -> Result<FileEntry> {
-    let (sender, mut receiver) = mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
-    let writer = tokio::task::spawn_blocking(move || -> Result<FileEntry> {
+    mut receiver: mpsc::Receiver<Bytes>,
+) -> tokio::task::JoinHandle<Result<FileEntry>> {
+    tokio::task::spawn_blocking(move || -> Result<FileEntry> {
         while let Some(chunk) = receiver.blocking_recv() {
             sink.write_all(&chunk)
                 .with_context(|| format!("cannot write `{}`", sink.path().display()))?;
         }
         Ok(sink.finish()?)
-    });
-    progress.begin(collection, snapshot.size);
-    let downloaded = client
-        .download_snapshot(collection, &snapshot.name, ChannelSink { sender, progress })
-        .await;
-    progress.end();
-    // The writer's own error (a full disk, say) explains a stopped download better.
-    let written = writer
-        .await
-        .map_err(|e| anyhow!("the file writer panicked: {e}"))?;
-    let bytes = downloaded?;
-    let entry = written?;
+    })
+}
+
+/// The download matches what Qdrant announced: its size and its sha256.
+fn check_download(snapshot: &SnapshotDescription, bytes: u64, entry: &FileEntry) -> Result<()> {
     if let Some(size) = snapshot.size.filter(|&size| size != bytes) {
         return Err(qdrant::QdrantError::Transfer {
             name: snapshot.name.clone(),
@@ -352,7 +368,7 @@ async fn download_into(
             .into());
         }
     }
-    Ok(entry)
+    Ok(())
 }
 
 /// Streams `reader` into the backup at `rel`.
@@ -445,7 +461,7 @@ fn back_up_databases(
 fn verify_staged(staging: &Staging, progress: &dyn Progress) -> Result<()> {
     progress.step("verifying the new backup");
     let options = verify::Options {
-        check_files: true,
+        depth: verify::Depth::Checksums,
         current_version: crate::VERSION.to_string(),
         warn_after_days: 0,
         now: crate::now(),

@@ -295,6 +295,11 @@ impl Staging {
             create_private_dir_all(parent).map_err(LayoutError::io("cannot create", parent))?;
         }
         let file = create_private_file(&path).map_err(LayoutError::io("cannot create", &path))?;
+        let file = WritebackFile {
+            file,
+            written: 0,
+            scheduled: 0,
+        };
         let stored = HashingWriter::new(BufWriter::with_capacity(1 << 20, file), &[algorithm]);
         Ok(FileSink {
             rel: rel.to_string(),
@@ -384,7 +389,7 @@ pub struct FileSink {
     compression: Compression,
     algorithm: Algorithm,
     content: Digester,
-    writer: Encoder<HashingWriter<BufWriter<File>>>,
+    writer: Encoder<HashingWriter<BufWriter<WritebackFile>>>,
 }
 
 impl FileSink {
@@ -400,7 +405,7 @@ impl FileSink {
         let file = buffered
             .into_inner()
             .map_err(|e| io("cannot write")(e.into_error()))?;
-        file.sync_all().map_err(io("cannot sync"))?;
+        file.file.sync_all().map_err(io("cannot sync"))?;
         let content = self.content.finish();
         Ok(FileEntry {
             path: self.rel,
@@ -428,6 +433,49 @@ impl Write for FileSink {
         self.writer.flush()
     }
 }
+
+/// Writeback is started every this many bytes.
+const WRITEBACK_EVERY: u64 = 8 << 20;
+
+/// A file that asks the kernel to start writing its pages to disk every few MiB while it is
+/// being written, so the final fsync waits for the tail only, not for the whole file.
+struct WritebackFile {
+    file: File,
+    written: u64,
+    scheduled: u64,
+}
+
+impl Write for WritebackFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        if self.written - self.scheduled >= WRITEBACK_EVERY {
+            start_writeback(&self.file, self.scheduled, self.written - self.scheduled);
+            self.scheduled = self.written;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: the descriptor is open for the duration of the call, which only schedules
+    // writeback of the range; a failure is harmless (the final fsync still runs).
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 
 // ---- reading backups -------------------------------------------------------------------------
 

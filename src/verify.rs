@@ -53,11 +53,21 @@ pub struct Finding {
     pub message: String,
 }
 
+/// How much of each file to read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Depth {
+    /// Structure, manifest and sizes only; no file is read.
+    Structure,
+    /// Read each file once for its recorded checksum (the content sha256 when there is none).
+    Checksums,
+    /// Also decompress and check every content: snapshot archives, database integrity, YAML.
+    Full,
+}
+
 /// How deep to look.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// Read every file: sizes, checksums, snapshot archives, database integrity.
-    pub check_files: bool,
+    pub depth: Depth,
     /// The running product version, for the compatibility status.
     pub current_version: String,
     /// `backup.validation.version_warning_threshold`: warn about backups older than this many days.
@@ -124,7 +134,7 @@ pub fn audit(
         path: path.to_path_buf(),
         manifest: None,
         compatibility: None,
-        checked_files: options.check_files,
+        checked_files: options.depth != Depth::Structure,
         findings: Vec::new(),
     };
     if let Err(e) = layout::ensure_backup_dir(path) {
@@ -187,12 +197,12 @@ pub fn audit(
         check_legacy(&mut report, path, &manifest, options)?;
     } else {
         check_contents(&mut report, path, &manifest);
-        if options.check_files {
+        if options.depth != Depth::Structure {
             for entry in &manifest.files {
                 if layout::check_relative_path(&entry.path).is_ok()
                     && path.join(&entry.path).is_file()
                 {
-                    check_file(&mut report, path, entry, progress)?;
+                    check_file(&mut report, path, entry, options.depth, progress)?;
                 }
             }
         }
@@ -415,20 +425,26 @@ fn read_file(
     path: &Path,
     entry: &FileEntry,
     algorithm: Algorithm,
+    depth: Depth,
     progress: &dyn Progress,
 ) -> io::Result<Reading> {
     let file = File::open(path)?;
     progress.begin(&entry.path, Some(entry.size));
     let mut stored = HashingReader::new(Metered::new(file, progress), &[algorithm]);
-    let mut problem;
+    let mut problem = None;
+    // The stored checksum alone vouches for the file, unless there is none or we check it all.
+    let read_content = depth == Depth::Full || algorithm == Algorithm::None;
     let content = match entry.compression.decoder(&mut stored) {
+        _ if !read_content => None,
         Err(e) => {
             problem = Some((Check::Checksum, format!("cannot decompress: {e}")));
             None
         }
         Ok(decoder) => {
             let mut content = HashingReader::new(decoder, &[Algorithm::Sha256]);
-            problem = check_content(entry, path, &mut content).err();
+            if depth == Depth::Full {
+                problem = check_content(entry, path, &mut content).err();
+            }
             match content.finish() {
                 Ok(digests) => Some(digests),
                 Err(e) if progress::is_interrupted() => return Err(e),
@@ -515,13 +531,14 @@ fn check_file(
     report: &mut Report,
     root: &Path,
     entry: &FileEntry,
+    depth: Depth,
     progress: &dyn Progress,
 ) -> Result<(), Interrupted> {
     let algorithm = entry
         .checksum
         .as_ref()
         .map_or(Algorithm::None, |c| c.algorithm);
-    let reading = match read_file(&root.join(&entry.path), entry, algorithm, progress) {
+    let reading = match read_file(&root.join(&entry.path), entry, algorithm, depth, progress) {
         Ok(r) => r,
         Err(_) if progress::is_interrupted() => return Err(Interrupted),
         Err(e) => {
@@ -570,22 +587,29 @@ fn check_file(
         report.add(Severity::Error, check, Some(&entry.path), message);
     }
     if report.count(Severity::Error) == errors_before {
-        let what = match entry.kind {
-            FileKind::CollectionSnapshot => "a readable Qdrant snapshot",
-            FileKind::SqliteDatabase => "a sound SQLite database",
-            FileKind::Config => "readable YAML",
-        };
-        let checksum = entry
+        let mut passed: Vec<String> = entry
             .checksum
-            .as_ref()
-            .map_or("no checksum recorded".to_string(), |c| {
-                format!("{} matches", c.algorithm)
-            });
+            .iter()
+            .map(|c| format!("{} matches", c.algorithm))
+            .collect();
+        if reading.content.is_some() {
+            passed.push("sha256 matches".to_string());
+        }
+        if depth == Depth::Full {
+            passed.push(
+                match entry.kind {
+                    FileKind::CollectionSnapshot => "a readable Qdrant snapshot",
+                    FileKind::SqliteDatabase => "a sound SQLite database",
+                    FileKind::Config => "readable YAML",
+                }
+                .to_string(),
+            );
+        }
         report.add(
             Severity::Ok,
             Check::Checksum,
             Some(&entry.path),
-            format!("{checksum}, sha256 matches, {what}"),
+            passed.join(", "),
         );
     }
     Ok(())
@@ -613,7 +637,7 @@ fn check_legacy(
                 Some(&rel),
                 "missing collection metadata (legacy backups never held vectors)",
             );
-        } else if options.check_files {
+        } else if options.depth != Depth::Structure {
             if let Err(e) = fs::read(root.join(&rel))
                 .map_err(|e| e.to_string())
                 .and_then(|b| {
@@ -632,7 +656,7 @@ fn check_legacy(
     }
     let state_db = format!("{}/state.db", layout::SQLITE_DIR);
     if root.join(&state_db).is_file() {
-        if options.check_files {
+        if options.depth != Depth::Structure {
             progress::check_interrupted()?;
             match database_problems(&root.join(&state_db)) {
                 Ok(()) => report.add(

@@ -10,7 +10,11 @@ use crate::verify::{self, Severity};
 
 pub fn run(args: &ValidateArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
     let options = verify::Options {
-        check_files: args.check_files,
+        depth: if args.check_files {
+            verify::Depth::Full
+        } else {
+            verify::Depth::Structure
+        },
         current_version: crate::VERSION.to_string(),
         warn_after_days: settings.backup.validation.version_warning_threshold,
         now: crate::now(),

@@ -153,7 +153,10 @@ fn a_backup_taken_while_points_are_upserted_is_valid() {
     validates(&b);
     let m = manifest(&b);
     let recorded = m.collection_details["projects"].points_count;
-    assert!((300..=server.exact_count("projects")).contains(&recorded), "{recorded}");
+    assert!(
+        (300..=server.exact_count("projects")).contains(&recorded),
+        "{recorded}"
+    );
     assert_eq!(server.snapshots_left(), Vec::<String>::new());
 }
 

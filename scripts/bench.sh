@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Benchmarks `wqm backup create` against the plain curl path (create the snapshot, download it,
+# delete it) on the real Qdrant server, in one run, with peak RSS. Not a test: run it by hand and
+# copy the table into docs/performance.md.
+#
+#   scripts/bench.sh            # 140000 x 1024-dim points (a ~580 MB snapshot), 3 runs each
+#   BENCH_POINTS=20000 BENCH_RUNS=1 scripts/bench.sh    # a quick look
+#
+# The collection is built once and kept in ~/.cache/wqm-bench (the server reuses its storage).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+points=${BENCH_POINTS:-140000}
+dim=${BENCH_DIM:-1024}
+runs=${BENCH_RUNS:-3}
+cache=${XDG_CACHE_HOME:-$HOME/.cache}/wqm-bench
+out=$(mktemp -d "${TMPDIR:-/tmp}/wqm-bench.XXXXXX")
+
+cargo build --release --locked --quiet
+wqm=$PWD/target/release/wqm
+mkdir -p "$cache"
+eval "$(../shared/bin/qdrant-serve --storage "$cache/storage-$points-$dim")"
+trap 'kill $QDRANT_PID 2>/dev/null; rm -rf "$out"' EXIT
+echo "loading $points x $dim points (once per machine)..." >&2
+python3 scripts/bench_load.py "$QDRANT_URL" bench "$points" "$dim"
+
+# `time_of NAME COMMAND...`: wall seconds and peak RSS (KiB) of the command, appended to $out/NAME.
+time_of() {
+  local name=$1; shift
+  /usr/bin/time -f '%e %M' -o "$out/$name.time" "$@" >/dev/null
+  cat "$out/$name.time" >> "$out/$name.all"
+}
+
+curl_path() {
+  local name
+  name=$(curl -sS -X POST "$QDRANT_URL/collections/bench/snapshots?wait=true" | jq -r .result.name)
+  curl -sS -H 'Accept-Encoding: identity' -o "$out/curl.snapshot" "$QDRANT_URL/collections/bench/snapshots/$name"
+  curl -sS -X DELETE "$QDRANT_URL/collections/bench/snapshots/$name?wait=true" >/dev/null
+}
+export -f curl_path
+export QDRANT_URL out
+
+wqm_create() { # wqm_create LABEL ENV...
+  local label=$1; shift
+  rm -rf "$out/$label"
+  time_of "$label" env WQM_DATA_DIR="$out/no-data" QDRANT_URL="$QDRANT_URL" "$@" "$wqm" backup create "$out/$label"
+}
+
+for i in $(seq "$runs"); do
+  echo "run $i/$runs" >&2
+  time_of curl bash -c curl_path
+  wqm_create wqm-plain WQM_BACKUP__COMPRESSION=false WQM_BACKUP__VERIFICATION__VERIFY_AFTER_BACKUP=false
+  wqm_create wqm-plain-verified WQM_BACKUP__COMPRESSION=false
+  wqm_create wqm-zstd WQM_BACKUP__VERIFICATION__VERIFY_AFTER_BACKUP=false
+  wqm_create wqm-zstd-verified
+done
+
+snapshot=$(stat -c %s "$out/curl.snapshot")
+stored=$(stat -c %s "$out/wqm-zstd/collections/bench.snapshot.zst")
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+base=$(cut -d' ' -f1 "$out/curl.all" | median)
+echo
+echo "Snapshot: $snapshot bytes ($points points x $dim dims); zstd: $stored bytes. $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'). Median of $runs runs."
+echo
+echo "| path | wall (s) | vs curl | peak RSS (MiB) |"
+echo "|---|---|---|---|"
+for label in curl wqm-plain wqm-plain-verified wqm-zstd wqm-zstd-verified; do
+  wall=$(cut -d' ' -f1 "$out/$label.all" | median)
+  rss=$(cut -d' ' -f2 "$out/$label.all" | sort -n | tail -1)
+  ratio=$(awk -v a="$wall" -v b="$base" 'BEGIN {printf "%.2fx", a / b}')
+  echo "| $label | $wall | $ratio | $(awk -v k="$rss" 'BEGIN {printf "%.1f", k / 1024}') |"
+done

@@ -1,0 +1,47 @@
+#!/usr/bin/env python3
+"""Fills a Qdrant collection with random dense vectors for the benchmark (idempotent).
+
+usage: bench_load.py URL COLLECTION POINTS DIM
+Vectors are random floats, as incompressible as real embeddings; HNSW indexing is off so the
+load is quick and the snapshot holds plain vector storage.
+"""
+import json
+import random
+import sys
+import urllib.request
+
+url, name, points, dim = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+
+
+def call(method, path, body=None):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url + path, data=data, method=method, headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as e:
+        return e.code, None
+
+
+status, info = call("GET", f"/collections/{name}")
+if status == 200:
+    _, count = call("POST", f"/collections/{name}/points/count", {"exact": True})
+    if count["result"]["count"] == points:
+        sys.exit(0)
+    call("DELETE", f"/collections/{name}")
+call("PUT", f"/collections/{name}", {
+    "vectors": {"size": dim, "distance": "Cosine", "on_disk": True},
+    "hnsw_config": {"m": 0},
+    "optimizers_config": {"indexing_threshold": 0},
+})
+rng = random.Random(42)
+batch = 500
+for start in range(0, points, batch):
+    ids = range(start, min(points, start + batch))
+    body = {"points": [{"id": i, "vector": [round(rng.uniform(-1, 1), 6) for _ in range(dim)],
+                        "payload": {"n": i, "tenant_id": f"t{i % 7}"}} for i in ids]}
+    status, _ = call("PUT", f"/collections/{name}/points?wait=true", body)
+    if status != 200:
+        sys.exit(f"upsert failed with {status}")
+    if start % 20000 == 0:
+        print(f"  loaded {start + len(ids)}/{points}", file=sys.stderr)
