@@ -453,6 +453,70 @@ impl Client {
         .map(drop)
     }
 
+    /// `POST /collections/{c}/snapshots/upload?wait=true&priority=snapshot&checksum=…`: recovers
+    /// the collection (creating it, or replacing the data of an existing one with the same
+    /// vector configuration) from `body`, a multipart stream of `length` bytes. Qdrant verifies
+    /// the sha256 and keeps the uploaded file as `file_name` (delete it afterwards).
+    pub async fn upload_snapshot(
+        &self,
+        collection: &str,
+        file_name: &str,
+        body: reqwest::Body,
+        length: u64,
+        sha256: &str,
+    ) -> Result<(), QdrantError> {
+        let part = reqwest::multipart::Part::stream_with_length(body, length)
+            .file_name(file_name.to_string())
+            .mime_str("application/octet-stream")
+            .map_err(|e| QdrantError::Protocol {
+                what: "upload".into(),
+                reason: e.to_string(),
+            })?;
+        let form = reqwest::multipart::Form::new().part("snapshot", part);
+        let request = self
+            .request(
+                Method::POST,
+                &["collections", collection, "snapshots", "upload"],
+            )
+            .query(&[
+                ("wait", "true"),
+                ("priority", "snapshot"),
+                ("checksum", sha256),
+            ])
+            .multipart(form);
+        self.call::<Value>(
+            request,
+            &format!("restore `{collection}` from its snapshot"),
+            self.timeouts.operation,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Creates `alias` → `collection`, replacing an alias of that name in the same request.
+    pub async fn set_alias(
+        &self,
+        alias: &str,
+        collection: &str,
+        replace: bool,
+    ) -> Result<(), QdrantError> {
+        let mut actions = Vec::new();
+        if replace {
+            actions.push(serde_json::json!({ "delete_alias": { "alias_name": alias } }));
+        }
+        actions.push(serde_json::json!({ "create_alias": { "collection_name": collection, "alias_name": alias } }));
+        let request = self
+            .request(Method::POST, &["collections", "aliases"])
+            .json(&serde_json::json!({ "actions": actions }));
+        self.call::<Value>(
+            request,
+            &format!("create alias `{alias}`"),
+            self.timeouts.operation,
+        )
+        .await
+        .map(drop)
+    }
+
     /// Streams a snapshot to `deliver`, chunk by chunk. A dropped or stalled connection is
     /// resumed with `Range` from the last byte delivered, up to `retries` times. Returns the
     /// number of bytes delivered. Stops with `Interrupted` on Ctrl-C.

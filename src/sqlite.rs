@@ -1,6 +1,11 @@
-//! SQLite databases of workspace-qdrant: checking copies without touching them.
+//! SQLite databases of workspace-qdrant: consistent copies, checks that never touch a backup,
+//! and putting a database in place of the live one.
 
-use std::path::Path;
+pub mod merge;
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
 
 use rusqlite::backup::{Backup, StepResult};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
@@ -78,6 +83,71 @@ pub fn integrity_problems(conn: &Connection) -> rusqlite::Result<Vec<String>> {
         }
     }
     Ok(problems)
+}
+
+/// `PRAGMA foreign_key_check`: one line per violation (empty when there is none).
+pub fn foreign_key_problems(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut statement = conn.prepare("PRAGMA foreign_key_check")?;
+    let rows = statement.query_map([], |row| {
+        Ok(format!(
+            "row {} of `{}` points at a missing row of `{}`",
+            row.get::<_, Option<i64>>(1)?
+                .map_or("?".to_string(), |r| r.to_string()),
+            row.get::<_, String>(0)?,
+            row.get::<_, String>(2)?
+        ))
+    })?;
+    rows.collect()
+}
+
+/// Deletes what a restore must never bring back (see `merge::NEVER_RESTORED`).
+pub fn remove_unrestorable_rows(conn: &Connection) -> rusqlite::Result<usize> {
+    let exists: bool = conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
+        [merge::NEVER_RESTORED],
+        |row| row.get(0),
+    )?;
+    if !exists {
+        return Ok(0);
+    }
+    conn.execute(&format!("DELETE FROM \"{}\"", merge::NEVER_RESTORED), [])
+}
+
+/// Whether the live database has a row in `merge::NEVER_RESTORED` (the daemon would then wipe
+/// `projects`, `libraries` and `images` at its next start).
+pub fn has_unrestorable_rows(path: &Path) -> rusqlite::Result<bool> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    conn.query_row(
+        &format!("SELECT EXISTS(SELECT 1 FROM \"{}\")", merge::NEVER_RESTORED),
+        [],
+        |row| row.get(0),
+    )
+    .or(Ok(false))
+}
+
+/// The `-wal` and `-shm` files that belong to a database.
+pub fn sidecars(path: &Path) -> [PathBuf; 2] {
+    let with = |suffix: &str| {
+        let mut name = path.as_os_str().to_os_string();
+        name.push(suffix);
+        PathBuf::from(name)
+    };
+    [with("-wal"), with("-shm")]
+}
+
+/// Puts `staged` (a complete database in the same directory) in place of `live`: synced,
+/// the live one's `-wal`/`-shm` removed first (SQLite would replay a stale WAL into the new
+/// file), then an atomic rename and a sync of the directory. The daemon must be stopped.
+pub fn replace_live(staged: &Path, live: &Path) -> io::Result<()> {
+    fs::File::open(staged)?.sync_all()?;
+    for sidecar in sidecars(live) {
+        match fs::remove_file(&sidecar) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    fs::rename(staged, live)?;
+    crate::layout::sync_dir(live.parent().unwrap_or(Path::new(".")))
 }
 
 /// `MAX(version)` of the store's schema-version table, if it has one.
