@@ -32,8 +32,14 @@ pub struct Request {
     /// Replace an existing backup at `target` (only once the new one is complete).
     pub replace: bool,
     pub description: Option<String>,
-    /// Back up only these collections (a partial backup).
+    /// Back up only these collections (all when `None`).
     pub collections: Option<Vec<String>>,
+    /// Record the backup as partial: on restore its state database merges instead of replacing.
+    pub partial: bool,
+    /// Include the SQLite databases.
+    pub databases: bool,
+    /// Include the configuration file.
+    pub config: bool,
 }
 
 /// One stored item, as the summary reports it.
@@ -110,9 +116,9 @@ pub async fn create(
     manifest.qdrant_version = Some(server.version.clone());
     manifest.compression = Some(compression);
     manifest.checksum_algorithm = Some(algorithm);
-    if let Some(selected) = &request.collections {
+    if request.partial {
         manifest.partial_backup = true;
-        manifest.selected_collections = Some(selected.clone());
+        manifest.selected_collections = Some(collections.clone());
     }
     let mut items = Vec::new();
     let mut leftovers = Vec::new();
@@ -147,6 +153,7 @@ pub async fn create(
             name.clone(),
             CollectionDetails {
                 points_count: count_before,
+                points_count_after: (count_after != count_before).then_some(count_after),
                 snapshot: rel.clone(),
                 params: stats.then(|| info.config.params.clone()),
                 payload_schema: stats.then(|| info.payload_schema.clone()),

@@ -47,6 +47,9 @@ pub enum BackupCommand {
     /// Create a system backup: Qdrant collections, the state database and the config.
     #[command(after_help = EXIT_CODES_HELP)]
     Create(CreateArgs),
+    /// Restore from a backup: plan, confirm, safety backup, collections, state database, verify.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Restore(RestoreArgs),
     /// Display backup information.
     #[command(after_help = EXIT_CODES_HELP)]
     Info(InfoArgs),
@@ -56,6 +59,9 @@ pub enum BackupCommand {
     /// Validate backup structure, and with --check-files every file's integrity.
     #[command(after_help = EXIT_CODES_HELP)]
     Validate(ValidateArgs),
+    /// List the registered version migrations.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Migrations(MigrationsArgs),
 }
 
 /// Flags every command takes.
@@ -82,6 +88,38 @@ pub struct CreateArgs {
     /// Replace an existing backup at PATH, once the new one is complete.
     #[arg(short, long)]
     pub force: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The backup directory.
+    pub path: PathBuf,
+    /// Show the restore plan and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask for confirmation.
+    #[arg(short, long)]
+    pub force: bool,
+    /// Allow restoring a backup from a newer patch version.
+    #[arg(long)]
+    pub allow_downgrade: bool,
+    /// Replace collections that already exist (a safety backup of them is taken first).
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Also replace the configuration file with the backup's.
+    #[arg(long)]
+    pub with_config: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrationsArgs {
+    /// Only the migrations a backup of this version needs to reach this wqm's version.
+    #[arg(long, value_name = "VERSION")]
+    pub from: Option<String>,
     #[command(flatten)]
     pub output: OutputArgs,
 }

@@ -145,6 +145,7 @@ pub struct BackupSettings {
     pub verification: VerificationSettings,
     pub metadata: MetadataSettings,
     pub transfer: TransferSettings,
+    pub daemon: DaemonSettings,
 }
 
 impl Default for BackupSettings {
@@ -159,6 +160,7 @@ impl Default for BackupSettings {
             verification: VerificationSettings::default(),
             metadata: MetadataSettings::default(),
             transfer: TransferSettings::default(),
+            daemon: DaemonSettings::default(),
         }
     }
 }
@@ -261,6 +263,34 @@ impl TransferSettings {
     }
 }
 
+/// How restore finds, stops and starts the workspace-qdrant daemon (memexd).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DaemonSettings {
+    /// A shell command that exits 0 when the daemon runs (besides the `daemon.lock` check).
+    pub status_command: Option<String>,
+    /// A shell command that stops the daemon (e.g. `systemctl --user stop memexd`).
+    pub stop_command: Option<String>,
+    /// A shell command that starts it again.
+    pub start_command: Option<String>,
+    /// Where the started daemon accepts connections (its gRPC address).
+    pub address: String,
+    /// Seconds to wait for the daemon to stop, or to accept connections after a start.
+    pub timeout: u64,
+}
+
+impl Default for DaemonSettings {
+    fn default() -> Self {
+        DaemonSettings {
+            status_command: None,
+            stop_command: None,
+            start_command: None,
+            address: "127.0.0.1:50051".to_string(),
+            timeout: 30,
+        }
+    }
+}
+
 // ---- the `qdrant:` section (shared; only our keys are read) ----------------------------------
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -301,6 +331,8 @@ pub struct Settings {
     pub qdrant: QdrantSettings,
     /// The config file read, if any; `create` copies it into the backup.
     pub config_file: Option<PathBuf>,
+    /// Where `restore --with-config` writes: the config file read, else the default place.
+    pub config_target: Option<PathBuf>,
     /// workspace-qdrant's data directory (holds `daemon.lock`, `search.db`, `graph.db`).
     pub data_dir: PathBuf,
     /// The SQLite state database.
@@ -357,6 +389,9 @@ impl Settings {
         Ok(Settings {
             backup,
             qdrant,
+            config_target: config_file
+                .clone()
+                .or_else(|| config_dir(env).map(|d| d.join("config.yaml"))),
             config_file,
             data_dir,
             state_db,
@@ -383,20 +418,27 @@ pub fn discover_config_file(
             Err(ConfigError::NotFound { path, from })
         };
     }
-    let dir = match env.path("WQM_CONFIG_DIR") {
-        Some(dir) => dir,
-        None => match env.path("XDG_CONFIG_HOME") {
-            Some(xdg) => xdg.join("workspace-qdrant"),
-            None => match env.home() {
-                Ok(home) => home.join(".config/workspace-qdrant"),
-                Err(_) => return Ok(None),
-            },
-        },
+    let Some(dir) = config_dir(env) else {
+        return Ok(None);
     };
     Ok(["config.yaml", "config.yml"]
         .iter()
         .map(|name| dir.join(name))
         .find(|p| p.is_file()))
+}
+
+/// `WQM_CONFIG_DIR` > `$XDG_CONFIG_HOME/workspace-qdrant` > `~/.config/workspace-qdrant`.
+fn config_dir(env: &Env) -> Option<PathBuf> {
+    env.path("WQM_CONFIG_DIR")
+        .or_else(|| {
+            env.path("XDG_CONFIG_HOME")
+                .map(|xdg| xdg.join("workspace-qdrant"))
+        })
+        .or_else(|| {
+            env.home()
+                .ok()
+                .map(|home| home.join(".config/workspace-qdrant"))
+        })
 }
 
 fn read_config_file(path: &Path) -> Result<(FileConfig, Value), ConfigError> {

@@ -129,6 +129,7 @@ fn classify_one(cause: &(dyn std::error::Error + 'static)) -> Option<(ExitCode, 
         crate::compat::CompatError,
         crate::layout::LayoutError,
         crate::qdrant::QdrantError,
+        crate::daemon::DaemonError,
     );
     None
 }

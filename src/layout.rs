@@ -477,6 +477,24 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
 #[cfg(not(target_os = "linux"))]
 fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 
+/// Bytes available to an unprivileged user on the filesystem of `path`.
+#[cfg(unix)]
+pub fn available_space(path: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c_path` is a valid NUL-terminated string and `stats` a writable statvfs.
+    let result = unsafe { libc::statvfs(c_path.as_ptr(), stats.as_mut_ptr()) };
+    if result != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statvfs succeeded, so it filled `stats`.
+    let stats = unsafe { stats.assume_init() };
+    // The field types differ between platforms (u32 on some), hence the casts.
+    #[allow(clippy::unnecessary_cast)]
+    Ok(stats.f_bavail as u64 * stats.f_frsize as u64)
+}
+
 // ---- reading backups -------------------------------------------------------------------------
 
 /// Bytes of all regular files under `path`, symlinks not followed.
@@ -725,6 +743,14 @@ mod tests {
         finish(staging, 2.0);
         assert_eq!(BackupDir::open(&target).unwrap().manifest.timestamp, 2.0);
         assert!(!sibling(&target, REPLACED_SUFFIX).exists());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn available_space_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(available_space(dir.path()).unwrap() > 0);
+        assert!(available_space(&dir.path().join("missing")).is_err());
     }
 
     #[test]

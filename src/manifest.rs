@@ -105,8 +105,12 @@ pub struct FileEntry {
 /// Per-collection facts recorded with `include_collection_stats` (the point count is always kept).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CollectionDetails {
-    /// Exact point count at snapshot time.
+    /// Exact point count just before the snapshot.
     pub points_count: u64,
+    /// Exact count just after, when it differed: points changed during the snapshot, whose
+    /// count lies between the two.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub points_count_after: Option<u64>,
     /// The stored snapshot, a `files[].path`.
     pub snapshot: String,
     /// `config.params` of the collection: vectors, sparse_vectors, shard_number, ...

@@ -13,11 +13,15 @@ use crate::output::{self, Ui};
 use crate::qdrant::Client;
 
 pub async fn run(args: &CreateArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
+    let collections = selected(args)?;
     let request = Request {
         target: target(args, settings)?,
         replace: args.force,
         description: args.description.clone(),
-        collections: selected(args)?,
+        partial: collections.is_some(),
+        collections,
+        databases: true,
+        config: true,
     };
     let qdrant = &settings.qdrant;
     let client = Client::new(

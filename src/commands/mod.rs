@@ -3,6 +3,8 @@
 mod create;
 mod info;
 mod list;
+mod migrations;
+mod restore;
 mod validate;
 
 use anyhow::Result;
@@ -22,9 +24,11 @@ pub fn dispatch(cli: Cli, ui: &Ui, runtime: &tokio::runtime::Runtime) -> Result<
     match cli.command {
         Command::Backup(command) => match command {
             BackupCommand::Create(args) => runtime.block_on(create::run(&args, &settings, ui)),
+            BackupCommand::Restore(args) => runtime.block_on(restore::run(&args, &settings, ui)),
             BackupCommand::Info(args) => info::run(&args, &settings, ui),
             BackupCommand::List(args) => list::run(&args, &settings, ui),
             BackupCommand::Validate(args) => validate::run(&args, &settings, ui),
+            BackupCommand::Migrations(args) => migrations::run(&args, ui),
         },
     }
 }
@@ -34,9 +38,11 @@ pub fn ui_for(cli: &Cli) -> Ui {
     let output = match &cli.command {
         Command::Backup(command) => match command {
             BackupCommand::Create(args) => args.output,
+            BackupCommand::Restore(args) => args.output,
             BackupCommand::Info(args) => args.output,
             BackupCommand::List(args) => args.output,
             BackupCommand::Validate(args) => args.output,
+            BackupCommand::Migrations(args) => args.output,
         },
     };
     Ui::new(output)

@@ -344,17 +344,16 @@ fn assign_new_keys(conn: &Connection, tables: &[Table]) -> rusqlite::Result<usiz
                 |r| r.get(0),
             )
             .unwrap_or(0);
-        let mut next: i64 = conn.query_row(
+        let next: i64 = conn.query_row(
             &format!("SELECT MAX(COALESCE((SELECT MAX({k}) FROM main.{t}), 0), COALESCE((SELECT MAX({k}) FROM backup.{t}), 0), ?2) + 1"),
             params![table.name, sequence],
             |r| r.get(0),
         )?;
-        for old in colliding {
+        for (old, new) in colliding.into_iter().zip(next..) {
             conn.execute(
                 "INSERT INTO temp.wqm_map VALUES (?1, ?2, ?3)",
-                params![table.name, old, next],
+                params![table.name, old, new],
             )?;
-            next += 1;
             remapped += 1;
         }
     }

@@ -96,6 +96,7 @@ pub fn backup(target: &Path, spec: &Spec) -> Manifest {
             name.to_string(),
             CollectionDetails {
                 points_count: *points,
+                points_count_after: None,
                 snapshot: rel,
                 params: Some(params),
                 payload_schema: Some(

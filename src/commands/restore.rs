@@ -1,0 +1,329 @@
+//! `wqm backup restore PATH`: plan, confirm, apply, verify.
+
+use std::io::IsTerminal;
+
+use anyhow::Result;
+use serde_json::json;
+
+use crate::cli::RestoreArgs;
+use crate::config::Settings;
+use crate::exit::{self, ExitCode, Failure};
+use crate::output::{self, Ui};
+use crate::qdrant::Client;
+use crate::restore::{self, AliasAction, CollectionAction, DatabaseAction, Plan, Request};
+
+pub async fn run(args: &RestoreArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
+    let request = Request {
+        path: args.path.clone(),
+        allow_downgrade: args.allow_downgrade,
+        overwrite: args.overwrite,
+        with_config: args.with_config,
+    };
+    let qdrant = &settings.qdrant;
+    let client = Client::new(
+        &qdrant.url,
+        qdrant.api_key.as_deref(),
+        qdrant.ca_cert.as_deref(),
+        settings.backup.transfer.timeouts(),
+    )?;
+    let progress = ui.progress();
+    let plan = restore::plan(&client, settings, &request, &progress).await?;
+
+    if args.dry_run {
+        if ui.json {
+            ui.json(&json!({ "dry_run": true, "plan": plan }));
+        } else {
+            print_plan(ui, &plan);
+            ui.line("Dry-run complete. No changes made.");
+        }
+        return Ok(match plan.blocker() {
+            Some(blocker) => {
+                ui.error_lines(&blocker.message, blocker.hint.as_deref());
+                blocker.code
+            }
+            None => ExitCode::Success,
+        });
+    }
+    if let Some(blocker) = plan.blocker() {
+        if !ui.json {
+            print_plan(ui, &plan);
+        }
+        return Err(restore::blocked(blocker));
+    }
+    if !plan.changes_anything() {
+        ui.line(format!("Nothing to restore from {}", plan.backup.display()));
+        return Ok(ExitCode::Success);
+    }
+    if !ui.json {
+        print_plan(ui, &plan);
+    }
+    if !args.force {
+        confirm(&plan)?;
+    }
+
+    match restore::execute(&client, settings, &plan, &progress).await {
+        Ok(outcome) => {
+            let verified = outcome.verified();
+            if ui.json {
+                ui.json(&json!({ "plan": plan, "result": outcome, "verified": verified }));
+            } else {
+                for step in &outcome.journal.done {
+                    ui.line(format!("✓ {step}"));
+                }
+                ui.line("Verification:");
+                for row in &outcome.verification {
+                    let mark = if row.ok { "✓" } else { "✗" };
+                    ui.line(format!(
+                        "  {mark} {}: expected {}, found {}",
+                        row.what, row.expected, row.actual
+                    ));
+                }
+            }
+            if !verified {
+                ui.error_lines(
+                    &format!(
+                        "Verification after restore failed: {}",
+                        plan.backup.display()
+                    ),
+                    Some(&way_back_hint(&outcome.journal, &plan)),
+                );
+                return Ok(ExitCode::VerificationFailed);
+            }
+            ui.line(format!(
+                "Restore completed from {} in {:.1} s",
+                plan.backup.display(),
+                outcome.seconds
+            ));
+            Ok(ExitCode::Success)
+        }
+        Err(stopped) => {
+            let (code, hint) = exit::classify(&stopped.error);
+            ui.error_lines(&format!("{:#}", stopped.error), hint.as_deref());
+            report_stop(ui, &stopped.journal, &plan);
+            if ui.json {
+                ui.json(&json!({
+                    "plan": plan,
+                    "error": { "message": format!("{:#}", stopped.error), "hint": hint, "exit_code": code.code() },
+                    "journal": stopped.journal,
+                    "way_back": restore::way_back(&stopped.journal, &plan),
+                }));
+            }
+            Ok(code)
+        }
+    }
+}
+
+/// Asks on the terminal; never waits for input that cannot come.
+fn confirm(plan: &Plan) -> Result<()> {
+    if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
+        return Err(Failure::new(
+            ExitCode::Usage,
+            "Confirmation needed, but there is no terminal to ask on",
+        )
+        .with_hint(
+            "pass --force to restore without a prompt (review the plan first with --dry-run)",
+        )
+        .into());
+    }
+    let collections = plan.restored_collections().count();
+    let prompt = format!(
+        "Restore {collections} collection(s){} from {}?",
+        if plan
+            .databases
+            .iter()
+            .any(|d| d.action != DatabaseAction::Keep)
+        {
+            " and the state database"
+        } else {
+            ""
+        },
+        plan.backup.display()
+    );
+    let yes = dialoguer::Confirm::new()
+        .with_prompt(prompt)
+        .default(false)
+        .interact_on(&console::Term::stderr())?;
+    if !yes {
+        return Err(
+            Failure::new(ExitCode::Failure, "Restore cancelled; nothing was changed").into(),
+        );
+    }
+    Ok(())
+}
+
+fn way_back_hint(journal: &restore::Journal, plan: &Plan) -> String {
+    match restore::way_back(journal, plan) {
+        Some(command) => format!("to put back what was there before: {command}"),
+        None => "no safety backup was taken".to_string(),
+    }
+}
+
+/// What a restore that stopped part-way did, did not do, and how to go back.
+fn report_stop(ui: &Ui, journal: &restore::Journal, plan: &Plan) {
+    if journal.done.is_empty() {
+        ui.warn("nothing was changed");
+        return;
+    }
+    let mut lines = vec!["the restore stopped part-way. Done:".to_string()];
+    lines.extend(journal.done.iter().map(|d| format!("  ✓ {d}")));
+    if !journal.changed {
+        lines.push("Nothing of the live system was changed yet.".to_string());
+    }
+    if journal.daemon_stopped {
+        lines.push("The daemon was stopped and is left stopped; start it once the system is back in order.".to_string());
+    }
+    if journal.changed {
+        lines.push(way_back_hint(journal, plan));
+        if !journal.created.is_empty() {
+            lines.push(format!(
+                "Collections this restore created (not in the safety backup): {}; delete them with `curl -X DELETE <QDRANT_URL>/collections/<name>` if you go back",
+                journal.created.join(", ")
+            ));
+        }
+    }
+    ui.warn(lines.join("\n"));
+}
+
+fn print_plan(ui: &Ui, plan: &Plan) {
+    let kind = if plan.partial { "partial" } else { "full" };
+    ui.line(format!("Restore plan: {}", plan.backup.display()));
+    ui.line(format!(
+        "  Backup: version {} ({}), created {}, {kind}",
+        plan.version, plan.format, plan.formatted_timestamp
+    ));
+    if let Some(compat) = &plan.compatibility {
+        ui.line(format!(
+            "  Compatibility: {}: {}",
+            compat.status, compat.message
+        ));
+    }
+    if plan.migrations.is_empty() {
+        ui.line("  Migrations: none");
+    } else {
+        ui.line("  Migrations:");
+        for step in &plan.migrations {
+            ui.line(format!("    {}: {}", step.migration, step.description));
+            for warning in &step.warnings {
+                ui.line(format!("      ⚠ {warning}"));
+            }
+        }
+    }
+    if plan.collections.is_empty() {
+        ui.line("  Collections: none");
+    } else {
+        ui.line("  Collections:");
+        for c in &plan.collections {
+            let action = match c.action {
+                CollectionAction::Create => "create",
+                CollectionAction::Overwrite => "overwrite",
+                CollectionAction::Conflict => "conflict",
+            };
+            let reason = c
+                .reason
+                .as_ref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default();
+            ui.line(format!(
+                "    {action:<10}{} ({} points, {}){reason}",
+                c.name,
+                c.points,
+                indicatif::BinaryBytes(c.bytes)
+            ));
+        }
+    }
+    for alias in &plan.aliases {
+        let action = match &alias.action {
+            AliasAction::Create => "create".to_string(),
+            AliasAction::Repoint { from } => format!("repoint (from {from})"),
+            AliasAction::Keep => "keep".to_string(),
+        };
+        ui.line(format!(
+            "  Alias: {} → {} ({action})",
+            alias.alias, alias.collection
+        ));
+    }
+    if plan.databases.is_empty() {
+        ui.line("  Databases: none in the backup; the live ones are kept");
+    }
+    for d in &plan.databases {
+        let action = match d.action {
+            DatabaseAction::Replace => "replace",
+            DatabaseAction::Merge => "merge the rows of the restored collections into",
+            DatabaseAction::Keep => "keep",
+        };
+        let schema = |v: Option<i64>| v.map_or("-".to_string(), |v| format!("v{v}"));
+        ui.line(format!(
+            "  Database {}: {action} {} (backup schema {}, live schema {})",
+            d.name,
+            d.live.display(),
+            schema(d.backup_schema),
+            if d.live_exists {
+                schema(d.live_schema)
+            } else {
+                "none".to_string()
+            }
+        ));
+    }
+    let target = plan
+        .config
+        .target
+        .as_ref()
+        .map_or("-".to_string(), |t| t.display().to_string());
+    ui.line(match (plan.config.in_backup, plan.config.replace) {
+        (false, _) => "  Config: none in the backup; kept".to_string(),
+        (true, true) => format!("  Config: replace {target}"),
+        (true, false) => format!("  Config: kept (--with-config replaces {target})"),
+    });
+    ui.line(
+        match (&plan.daemon.running, plan.daemon.will_stop_and_start) {
+            (None, _) => "  Daemon: not running".to_string(),
+            (Some(why), true) => {
+                format!("  Daemon: running ({why}); stopped before and started after the restore")
+            }
+            (Some(why), false) => {
+                format!("  Daemon: running ({why}) and no `backup.daemon.stop_command` to stop it")
+            }
+        },
+    );
+    ui.line(match &plan.safety_backup {
+        Some(s) => {
+            let mut parts = Vec::new();
+            if !s.collections.is_empty() {
+                parts.push(format!("collections {}", s.collections.join(", ")));
+            }
+            if s.databases {
+                parts.push("databases".to_string());
+            }
+            if s.config {
+                parts.push("config".to_string());
+            }
+            format!(
+                "  Safety backup: {} ({})",
+                s.path.display(),
+                parts.join("; ")
+            )
+        }
+        None => {
+            "  Safety backup: none (nothing the restore changes exists yet, or it is turned off)"
+                .to_string()
+        }
+    });
+    let free = plan.disk_free_bytes.map_or("unknown".to_string(), |f| {
+        indicatif::BinaryBytes(f).to_string()
+    });
+    ui.line(format!(
+        "  Disk: needs about {}, {free} free",
+        indicatif::BinaryBytes(plan.disk_needed_bytes)
+    ));
+    ui.line(format!(
+        "  Estimated time: about {} s ({} to upload)",
+        plan.estimated_seconds,
+        output::size(plan.bytes_to_upload)
+    ));
+    for warning in &plan.warnings {
+        ui.line(format!("  ⚠ {}", warning.replace('\n', "\n    ")));
+    }
+    for blocker in &plan.blockers {
+        ui.line(format!("  ✗ {}", blocker.message.replace('\n', "\n    ")));
+    }
+}
