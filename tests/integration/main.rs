@@ -7,6 +7,7 @@ mod list;
 mod qdrant_double;
 mod real_qdrant;
 mod real_server;
+mod restore;
 mod surface;
 mod test;
 mod validate;

@@ -50,12 +50,39 @@ pub struct Faults {
     pub cluster: bool,
     /// Delay before answering `POST …/snapshots`.
     pub create_delay: Option<Duration>,
+    /// Status and JSON error message for `POST …/snapshots/upload` of these collections.
+    pub upload_error: Option<(String, u16, String)>,
+    /// Break the connection half-way through reading the upload of this collection.
+    pub upload_die: Option<String>,
+    /// Delay before answering an upload.
+    pub upload_delay: Option<Duration>,
+    /// Added to the point count of every collection restored by upload.
+    pub count_offset: i64,
 }
 
 pub struct Collection {
     pub info: Value,
-    pub snapshot: &'static [u8],
+    pub snapshot: Bytes,
     pub points: u64,
+}
+
+impl Collection {
+    /// The real fixture collection whose snapshot is `bytes`.
+    pub fn from_fixture(bytes: &'static [u8]) -> Collection {
+        if bytes == fixtures::SMALL_PLAIN {
+            Collection {
+                info: recorded("collection info (single unnamed vector)")["result"].clone(),
+                snapshot: Bytes::from_static(bytes),
+                points: 200,
+            }
+        } else {
+            Collection {
+                info: recorded("collection info (named dense + sparse vectors)")["result"].clone(),
+                snapshot: Bytes::from_static(bytes),
+                points: 120,
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -63,7 +90,7 @@ pub struct State {
     pub collections: BTreeMap<String, Collection>,
     pub aliases: Vec<(String, String)>,
     /// (collection, snapshot name) → bytes.
-    pub snapshots: BTreeMap<(String, String), &'static [u8]>,
+    pub snapshots: BTreeMap<(String, String), Bytes>,
     pub api_key: Option<String>,
     pub read_only_key: Option<String>,
     pub faults: Faults,
@@ -99,25 +126,36 @@ fn recorded(name: &str) -> Value {
 impl Double {
     /// The two real fixture collections (`small-named` with the alias `notes`, `small-plain`).
     pub fn start() -> Self {
+        Self::with_collections(
+            &[
+                ("small-named", fixtures::SMALL_NAMED),
+                ("small-plain", fixtures::SMALL_PLAIN),
+            ],
+            &[("notes", "small-named")],
+        )
+    }
+
+    /// Collections named as given, each holding a real fixture snapshot, and aliases.
+    pub fn with_collections(
+        collections: &[(&str, &'static [u8])],
+        aliases: &[(&str, &str)],
+    ) -> Self {
         let mut state = State::default();
-        state.collections.insert(
-            "small-plain".into(),
-            Collection {
-                info: recorded("collection info (single unnamed vector)")["result"].clone(),
-                snapshot: fixtures::SMALL_PLAIN,
-                points: 200,
-            },
-        );
-        state.collections.insert(
-            "small-named".into(),
-            Collection {
-                info: recorded("collection info (named dense + sparse vectors)")["result"].clone(),
-                snapshot: fixtures::SMALL_NAMED,
-                points: 120,
-            },
-        );
-        state.aliases.push(("notes".into(), "small-named".into()));
+        for (name, bytes) in collections {
+            state
+                .collections
+                .insert(name.to_string(), Collection::from_fixture(bytes));
+        }
+        state.aliases = aliases
+            .iter()
+            .map(|(a, c)| (a.to_string(), c.to_string()))
+            .collect();
         Self::with_state(state)
+    }
+
+    /// A server with no collections.
+    pub fn empty() -> Self {
+        Self::with_state(State::default())
     }
 
     pub fn with_state(state: State) -> Self {
@@ -235,7 +273,7 @@ fn not_found_collection(name: &str) -> Response<Body> {
 async fn handle(
     state: Arc<Mutex<State>>,
     request: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
+) -> Result<Response<Body>, std::io::Error> {
     let method = request.method().as_str().to_string();
     let path = request.uri().path().to_string();
     let query = request.uri().query().unwrap_or("").to_string();
@@ -249,6 +287,13 @@ async fn handle(
         .get("api-key")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let content_type = request
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let mut body = request.into_body();
     {
         let mut s = state.lock().unwrap();
         let mut line = format!("{method} {path}");
@@ -353,7 +398,8 @@ async fn handle(
             let Some(collection) = s.collections.get(*name) else {
                 return Ok(not_found_collection(name));
             };
-            let bytes = collection.snapshot;
+            let bytes = collection.snapshot.clone();
+            let size = bytes.len();
             s.snapshot_counter += 1;
             let snapshot = format!(
                 "{name}-{PEER_ID}-2026-11-26-04-48-{:02}.snapshot",
@@ -362,12 +408,12 @@ async fn handle(
             let checksum = if s.faults.wrong_checksum {
                 "0".repeat(64)
             } else {
-                hex(&Sha256::digest(bytes))
+                hex(&Sha256::digest(&bytes))
             };
             s.snapshots
                 .insert((name.to_string(), snapshot.clone()), bytes);
             ok(
-                json!({"name": snapshot, "creation_time": "2026-11-26T04:48:18", "size": bytes.len(), "checksum": checksum}),
+                json!({"name": snapshot, "creation_time": "2026-11-26T04:48:18", "size": size, "checksum": checksum}),
             )
         }
         ("GET", ["collections", name, "snapshots", snapshot]) => {
@@ -375,7 +421,7 @@ async fn handle(
             match s
                 .snapshots
                 .get(&(name.to_string(), snapshot.to_string()))
-                .copied()
+                .cloned()
             {
                 None => text(404, &format!("Not found: Snapshot {snapshot} not found")),
                 Some(bytes) => download(&mut s, bytes, range.as_deref()),
@@ -395,9 +441,161 @@ async fn handle(
                 error(404, &format!("Not found: Snapshot {snapshot} not found"))
             }
         }
+        ("POST", ["collections", name, "snapshots", "upload"]) => {
+            return upload(&state, name, &query, &content_type, &mut body).await
+        }
+        ("POST", ["collections", "aliases"]) => {
+            let actions = read_json(&mut body).await?;
+            let mut s = state.lock().unwrap();
+            for action in actions["actions"].as_array().cloned().unwrap_or_default() {
+                if let Some(delete) = action.get("delete_alias") {
+                    let alias = delete["alias_name"].as_str().unwrap_or_default();
+                    if !s.aliases.iter().any(|(a, _)| a == alias) {
+                        return Ok(error(
+                            404,
+                            &format!("Not found: Alias {alias} does not exists!"),
+                        ));
+                    }
+                    s.aliases.retain(|(a, _)| a != alias);
+                }
+                if let Some(create) = action.get("create_alias") {
+                    let alias = create["alias_name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
+                    let collection = create["collection_name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
+                    s.aliases.retain(|(a, _)| a != &alias);
+                    s.aliases.push((alias, collection));
+                }
+            }
+            ok(json!(true))
+        }
         _ => text(404, ""),
     };
     Ok(response)
+}
+
+async fn read_json(body: &mut Incoming) -> Result<Value, std::io::Error> {
+    let bytes = body
+        .collect()
+        .await
+        .map_err(std::io::Error::other)?
+        .to_bytes();
+    Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+/// `POST /collections/{c}/snapshots/upload?wait=true&priority=snapshot&checksum=…`, multipart
+/// field `snapshot`: verifies the checksum, recovers the collection from the (fixture) bytes
+/// and keeps the uploaded file among the collection's snapshots, as Qdrant does.
+async fn upload(
+    state: &Arc<Mutex<State>>,
+    name: &str,
+    query: &str,
+    content_type: &str,
+    body: &mut Incoming,
+) -> Result<Response<Body>, std::io::Error> {
+    let (die, delay, failure) = {
+        let s = state.lock().unwrap();
+        let failure = s
+            .faults
+            .upload_error
+            .clone()
+            .filter(|(c, _, _)| c == name)
+            .map(|(_, status, message)| (status, message));
+        (
+            s.faults.upload_die.as_deref() == Some(name),
+            s.faults.upload_delay,
+            failure,
+        )
+    };
+    if die {
+        let _ = body.frame().await;
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "injected: the server died during the upload",
+        ));
+    }
+    let data = body
+        .collect()
+        .await
+        .map_err(std::io::Error::other)?
+        .to_bytes();
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
+    if let Some((status, message)) = failure {
+        return Ok(error(status, &message));
+    }
+    let boundary = content_type
+        .split("boundary=")
+        .nth(1)
+        .unwrap_or_default()
+        .trim_matches('"')
+        .to_string();
+    let (file_name, snapshot) =
+        multipart_file(&data, &boundary).expect("a multipart body with one file");
+    let actual = hex(&Sha256::digest(&snapshot));
+    let given = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("checksum="))
+        .unwrap_or_default();
+    if !given.is_empty() && given != actual {
+        return Ok(error(
+            400,
+            &format!("Checksum mismatch: expected {actual}, actual {given}"),
+        ));
+    }
+    let fixture = [fixtures::SMALL_PLAIN, fixtures::SMALL_NAMED]
+        .into_iter()
+        .find(|f| *f == &snapshot[..]);
+    let Some(fixture) = fixture else {
+        return Ok(error(
+            500,
+            "Service internal error: failed to unpack the snapshot",
+        ));
+    };
+    let mut s = state.lock().unwrap();
+    let mut restored = Collection::from_fixture(fixture);
+    if let Some(existing) = s.collections.get(name) {
+        if existing.info["config"]["params"]["vectors"]
+            != restored.info["config"]["params"]["vectors"]
+        {
+            return Ok(error(
+                400,
+                "Bad request: Snapshot is not compatible with existing collection: vectors differ",
+            ));
+        }
+    }
+    restored.points = (restored.points as i64 + s.faults.count_offset) as u64;
+    s.collections.insert(name.to_string(), restored);
+    s.snapshots
+        .insert((name.to_string(), file_name), Bytes::from(snapshot));
+    Ok(ok(json!(true)))
+}
+
+/// The file name and content of the first file part of a multipart body.
+fn multipart_file(data: &[u8], boundary: &str) -> Option<(String, Vec<u8>)> {
+    let find = |haystack: &[u8], needle: &[u8], from: usize| {
+        haystack[from..]
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .map(|p| p + from)
+    };
+    let start = find(data, format!("--{boundary}").as_bytes(), 0)?;
+    let headers_end = find(data, b"\r\n\r\n", start)?;
+    let headers = String::from_utf8_lossy(&data[start..headers_end]).into_owned();
+    let file_name = headers
+        .split("filename=\"")
+        .nth(1)?
+        .split('"')
+        .next()?
+        .to_string();
+    let content_start = headers_end + 4;
+    let end = find(data, format!("\r\n--{boundary}").as_bytes(), content_start)?;
+    Some((file_name, data[content_start..end].to_vec()))
 }
 
 fn ok_raw(body: Value) -> Response<Body> {
@@ -405,7 +603,7 @@ fn ok_raw(body: Value) -> Response<Body> {
 }
 
 /// A snapshot download with `Range` support and the configured fault.
-fn download(s: &mut State, bytes: &'static [u8], range: Option<&str>) -> Response<Body> {
+fn download(s: &mut State, bytes: Bytes, range: Option<&str>) -> Response<Body> {
     let total = bytes.len() as u64;
     let start = range
         .filter(|_| !s.faults.ignore_range)
@@ -420,7 +618,7 @@ fn download(s: &mut State, bytes: &'static [u8], range: Option<&str>) -> Respons
         }
         _ => None,
     };
-    let body = &bytes[start as usize..];
+    let body = bytes.slice(start as usize..);
     let mut builder = Response::builder()
         .header("content-type", "application/octet-stream")
         .header("accept-ranges", "bytes")
@@ -434,7 +632,10 @@ fn download(s: &mut State, bytes: &'static [u8], range: Option<&str>) -> Respons
     } else {
         builder.status(StatusCode::OK)
     };
-    let chunks: Vec<Bytes> = body.chunks(16 * 1024).map(Bytes::from_static).collect();
+    let chunks: Vec<Bytes> = (0..body.len())
+        .step_by(16 * 1024)
+        .map(|i| body.slice(i..(i + 16 * 1024).min(body.len())))
+        .collect();
     let frames: BoxStream<'static, Result<Frame<Bytes>, std::io::Error>> = match fault {
         None => stream::iter(chunks.into_iter().map(|c| Ok(Frame::data(c)))).boxed(),
         Some(fault) => {
@@ -443,9 +644,7 @@ fn download(s: &mut State, bytes: &'static [u8], range: Option<&str>) -> Respons
                 | DownloadFault::Truncate { after }
                 | DownloadFault::Stall { after } => after as usize,
             };
-            let head = Bytes::from_static(
-                &bytes[start as usize..(start as usize + after).min(bytes.len())],
-            );
+            let head = bytes.slice(start as usize..(start as usize + after).min(bytes.len()));
             let first = stream::once(async move { Ok(Frame::data(head)) });
             // Pause first, so the head and the first bytes reach the client before the fault.
             let pause = || tokio::time::sleep(Duration::from_millis(100));

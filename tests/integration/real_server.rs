@@ -302,3 +302,177 @@ fn https_with_a_private_ca() {
         .run();
     validates(&tmp.path().join("b"));
 }
+
+/// Every point of `collection` (ids, vectors, payloads), sorted by id.
+fn points(server: &Server, collection: &str) -> Vec<serde_json::Value> {
+    let mut all = server.ok(
+        "POST",
+        &format!("/collections/{collection}/points/scroll"),
+        Some(serde_json::json!({"limit": 10_000, "with_payload": true, "with_vector": true})),
+    )["points"]
+        .as_array()
+        .unwrap()
+        .clone();
+    all.sort_by_key(|p| p["id"].as_u64());
+    all
+}
+
+/// What must come back after a restore: points, payload index schema, vector config, aliases.
+fn fingerprint(server: &Server) -> serde_json::Value {
+    let mut collections = serde_json::Map::new();
+    for name in server.collections() {
+        let info = server.ok("GET", &format!("/collections/{name}"), None);
+        collections.insert(
+            name.clone(),
+            serde_json::json!({
+                "points": points(server, &name),
+                "payload_schema": info["payload_schema"],
+                "params": info["config"]["params"],
+            }),
+        );
+    }
+    serde_json::json!({"collections": collections, "aliases": server.ok("GET", "/aliases", None)})
+}
+
+fn table(db: &Path, sql: &str) -> Vec<String> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut statement = conn.prepare(sql).unwrap();
+    let n = statement.column_count();
+    statement
+        .query_map([], |r| {
+            Ok((0..n)
+                .map(|i| format!("{:?}", r.get_ref(i).unwrap()))
+                .collect::<Vec<_>>()
+                .join("|"))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[test]
+#[cfg_attr(
+    not(real_qdrant),
+    ignore = "needs a real Qdrant: set WQM_TEST_QDRANT_BIN or WQM_TEST_QDRANT_URL"
+)]
+fn a_workspace_comes_back_exactly() {
+    let server = Server::start();
+    real_qdrant::workspace(&server);
+    let t = Test::new();
+    drop(with_state_db(&t));
+    let db = t.join("data/state.db");
+    let rows_before = table(&db, "SELECT * FROM tracked_files ORDER BY file_id");
+    let before = fingerprint(&server);
+    let (_, tmp) = t
+        .env("QDRANT_URL", &server.url)
+        .env("WQM_DATA_DIR", "{TMP}/data")
+        .args("backup create {TMP}/b")
+        .stdout_with(|o| assert!(o.contains("Backup created"), "{o}"))
+        .run();
+
+    // Restoring onto the existing collections is a conflict that touches nothing.
+    let (_, tmp) = Test::in_dir(tmp)
+        .env("QDRANT_URL", &server.url)
+        .env("WQM_DATA_DIR", "{TMP}/data")
+        .args("backup restore {TMP}/b --force")
+        .status(5)
+        .stdout_with(|_| {})
+        .stderr_with(|e| {
+            assert!(
+                e.starts_with("wqm: error: Restore failed: Collection libraries already exists\n"),
+                "{e}"
+            )
+        })
+        .run();
+    assert_eq!(fingerprint(&server), before);
+
+    // Lose everything: collections, aliases and the state database's rows.
+    for name in server.collections() {
+        server.ok("DELETE", &format!("/collections/{name}"), None);
+    }
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch(
+            "DELETE FROM qdrant_chunks; DELETE FROM indexed_content; DELETE FROM tracked_files;",
+        )
+        .unwrap();
+
+    let (_, tmp) = Test::in_dir(tmp)
+        .env("QDRANT_URL", &server.url)
+        .env("WQM_DATA_DIR", "{TMP}/data")
+        .args("backup restore {TMP}/b --dry-run")
+        .stdout_with(|o| assert!(o.ends_with("Dry-run complete. No changes made.\n"), "{o}"))
+        .run();
+    assert!(server.collections().is_empty(), "a dry run changes nothing");
+
+    let (_, tmp) = Test::in_dir(tmp)
+        .env("QDRANT_URL", &server.url)
+        .env("WQM_DATA_DIR", "{TMP}/data")
+        .args("backup restore {TMP}/b --force")
+        .stdout_with(|o| assert!(o.contains("Restore completed"), "{o}"))
+        .run();
+    assert_eq!(fingerprint(&server), before);
+    assert_eq!(
+        table(&db, "SELECT * FROM tracked_files ORDER BY file_id"),
+        rows_before
+    );
+    assert_eq!(
+        server.snapshots_left(),
+        Vec::<String>::new(),
+        "no snapshot or uploaded file stays on the server"
+    );
+    drop(tmp);
+}
+
+#[test]
+#[cfg_attr(
+    not(real_qdrant),
+    ignore = "needs a real Qdrant: set WQM_TEST_QDRANT_BIN or WQM_TEST_QDRANT_URL"
+)]
+fn a_partial_restore_leaves_other_collections_and_rows_alone() {
+    let server = Server::start();
+    real_qdrant::workspace(&server);
+    let t = Test::new();
+    drop(with_state_db(&t));
+    let db = t.join("data/state.db");
+    let (_, tmp) = t
+        .env("QDRANT_URL", &server.url)
+        .env("WQM_DATA_DIR", "{TMP}/data")
+        .args("backup create {TMP}/p --collections projects")
+        .stdout_with(|_| {})
+        .run();
+    let projects_before = fingerprint(&server)["collections"]["projects"].clone();
+    // Afterwards: libraries changes (on the server and in the database), projects is lost.
+    real_qdrant::upsert(&server, "libraries", 1000..1010, 9);
+    rusqlite::Connection::open(&db).unwrap().execute_batch("UPDATE tracked_files SET chunk_count = 9 WHERE collection = 'libraries'; DELETE FROM qdrant_chunks WHERE file_id = 1; DELETE FROM indexed_content WHERE file_id = 1; DELETE FROM tracked_files WHERE file_id = 1;").unwrap();
+    let libraries_after = fingerprint(&server)["collections"]["libraries"].clone();
+    let library_rows = table(
+        &db,
+        "SELECT * FROM tracked_files WHERE collection = 'libraries'",
+    );
+    server.ok("DELETE", "/collections/projects", None);
+
+    let (_, tmp) = Test::in_dir(tmp)
+        .env("QDRANT_URL", &server.url)
+        .env("WQM_DATA_DIR", "{TMP}/data")
+        .args("backup restore {TMP}/p --force")
+        .stdout_with(|o| assert!(o.contains("Restore completed"), "{o}"))
+        .run();
+    let now = fingerprint(&server);
+    assert_eq!(now["collections"]["projects"], projects_before);
+    assert_eq!(
+        now["collections"]["libraries"], libraries_after,
+        "other collections are left alone"
+    );
+    assert_eq!(
+        table(
+            &db,
+            "SELECT * FROM tracked_files WHERE collection = 'libraries'"
+        ),
+        library_rows,
+        "other rows are left alone"
+    );
+    assert_eq!(table(&db, "SELECT COUNT(*) FROM tracked_files WHERE file_id = 1 AND relative_path = 'src/rust/common/src/hashing.rs'"), ["Integer(1)"], "the projects row is back");
+    assert_eq!(server.snapshots_left(), Vec::<String>::new());
+    drop(tmp);
+}

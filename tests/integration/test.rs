@@ -23,10 +23,16 @@ enum Expect {
 
 impl Test {
     pub fn new() -> Self {
-        let tempdir = tempfile::Builder::new()
-            .prefix("wqm-test-")
-            .tempdir()
-            .unwrap();
+        Self::in_dir(
+            tempfile::Builder::new()
+                .prefix("wqm-test-")
+                .tempdir()
+                .unwrap(),
+        )
+    }
+
+    /// Another command, in the temporary directory of an earlier one.
+    pub fn in_dir(tempdir: TempDir) -> Self {
         std::fs::create_dir_all(tempdir.path().join("home")).unwrap();
         Test {
             tempdir,

@@ -1,0 +1,663 @@
+//! `wqm backup restore` against the Qdrant test double: every phase, refusal and fault.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use crate::fixtures;
+use crate::qdrant_double::{Double, Faults};
+use crate::test::Test;
+
+/// A test directory with a live state DB in `data/` and a backup in `b` of the double's
+/// collections (`small-named` with alias `notes`, `small-plain`) and that DB.
+fn scene(double: &Double, create_args: &str) -> TempDir {
+    let t = Test::new();
+    fs::create_dir_all(t.join("data")).unwrap();
+    fixtures::state_db(&t.join("data/state.db"));
+    let (_, tmp) = t
+        .env("QDRANT_URL", &double.url)
+        .env("WQM_DATA_DIR", "{TMP}/data")
+        .args(&format!("backup create {{TMP}}/b {create_args}"))
+        .stdout_with(|o| assert!(o.contains("Backup created: "), "{o}"))
+        .run();
+    tmp
+}
+
+/// The server lost everything.
+fn lose_everything(double: &Double) {
+    let mut state = double.state();
+    state.collections.clear();
+    state.aliases.clear();
+}
+
+/// `wqm` in the scene's directory, pointed at the double and the live data directory.
+fn wqm(tmp: TempDir, double: &Double, args: &str) -> Test {
+    Test::in_dir(tmp)
+        .env("QDRANT_URL", &double.url)
+        .env("WQM_DATA_DIR", "{TMP}/data")
+        .args(args)
+}
+
+fn count(db: &Path, sql: &str) -> i64 {
+    rusqlite::Connection::open(db)
+        .unwrap()
+        .query_row(sql, [], |r| r.get(0))
+        .unwrap()
+}
+
+fn uploads(double: &Double) -> Vec<String> {
+    double
+        .requests()
+        .into_iter()
+        .filter(|r| r.contains("/snapshots/upload"))
+        .collect()
+}
+
+fn safety_backups(dir: &Path) -> Vec<String> {
+    let mut found: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("safety-"))
+        .collect();
+    found.sort();
+    found
+}
+
+#[test]
+fn restores_collections_aliases_and_the_state_database() {
+    let double = Double::start();
+    let tmp = scene(&double, "");
+    lose_everything(&double);
+    let db = tmp.path().join("data/state.db");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch(
+            "DELETE FROM qdrant_chunks; DELETE FROM indexed_content; DELETE FROM tracked_files;",
+        )
+        .unwrap();
+    let (_, tmp) = wqm(tmp, &double, "backup restore {TMP}/b --force")
+        .stdout_with(|out| {
+            assert!(out.starts_with("Restore plan: "), "{out}");
+            assert!(out.contains("    create    small-named (120 points, "), "{out}");
+            assert!(out.contains("  Alias: notes → small-named (create)\n"), "{out}");
+            assert!(out.contains("✓ collection `small-named` restored\n✓ collection `small-plain` restored\n"), "{out}");
+            assert!(out.contains("✓ alias `notes` → `small-named`\n"), "{out}");
+            assert!(out.contains("  ✓ collection `small-plain`: expected 200 points, not red, found 200 points, green\n"), "{out}");
+            assert!(out.contains("  ✓ alias `notes`: expected → small-named, found → small-named\n"), "{out}");
+            assert!(out.contains("Restore completed from "), "{out}");
+        })
+        .run();
+    let state = double.state();
+    assert_eq!(
+        state.collections.keys().collect::<Vec<_>>(),
+        ["small-named", "small-plain"]
+    );
+    assert_eq!(
+        state.aliases,
+        [("notes".to_string(), "small-named".to_string())]
+    );
+    drop(state);
+    assert!(
+        double.snapshots_left().is_empty(),
+        "uploaded files are deleted: {:?}",
+        double.snapshots_left()
+    );
+    let sha = wqm::checksum::digest(fixtures::SMALL_NAMED, &[wqm::checksum::Algorithm::Sha256])
+        .get(wqm::checksum::Algorithm::Sha256)
+        .unwrap()
+        .value;
+    assert!(uploads(&double).contains(&format!("POST /collections/small-named/snapshots/upload?wait=true&priority=snapshot&checksum={sha}")), "{:?}", uploads(&double));
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM tracked_files"),
+        7,
+        "the state database is the backup's again"
+    );
+    assert!(!tmp.path().join("data/state.db-wal").exists());
+    // The live database was saved first.
+    let safety = safety_backups(tmp.path());
+    assert_eq!(safety.len(), 1);
+    let safety_path = tmp.path().join(&safety[0]);
+    assert_eq!(
+        count(
+            &copy_out(&safety_path, "sqlite/state.db.zst", tmp.path()),
+            "SELECT COUNT(*) FROM tracked_files"
+        ),
+        0
+    );
+    Test::new()
+        .args(&format!(
+            "backup validate {} --check-files",
+            safety_path.display()
+        ))
+        .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
+        .run();
+}
+
+/// Decompresses a database out of a backup for inspection.
+fn copy_out(backup: &Path, rel: &str, dir: &Path) -> std::path::PathBuf {
+    let out = dir.join("inspect.db");
+    fs::write(
+        &out,
+        zstd::decode_all(&fs::read(backup.join(rel)).unwrap()[..]).unwrap(),
+    )
+    .unwrap();
+    out
+}
+
+#[test]
+fn dry_run_shows_the_plan_and_changes_nothing() {
+    let double = Double::start();
+    let tmp = scene(&double, "");
+    let db_before = fs::read(tmp.path().join("data/state.db")).unwrap();
+    let (_, tmp) = wqm(tmp, &double, "backup restore {TMP}/b --dry-run")
+        .status(5)
+        .stdout_with(|out| {
+            assert!(out.contains("    conflict  small-named (120 points, "), "{out}");
+            assert!(out.contains("  ✗ Restore failed: Collection small-named already exists\n    Restore failed: Collection small-plain already exists\n"), "{out}");
+            assert!(out.ends_with("Dry-run complete. No changes made.\n"), "{out}");
+        })
+        .stderr(
+            "wqm: error: Restore failed: Collection small-named already exists\nRestore failed: Collection small-plain already exists\n\
+             hint: --overwrite replaces existing collections (after a safety backup of them); or delete them first\n",
+        )
+        .run();
+    lose_everything(&double);
+    let (_, tmp) = wqm(tmp, &double, "backup restore {TMP}/b --dry-run --json")
+        .stdout_json(|v| {
+            assert_eq!(v["dry_run"], true);
+            let plan = &v["plan"];
+            assert_eq!(plan["collections"][0]["action"], "create");
+            assert_eq!(plan["databases"][0]["action"], "replace");
+            assert_eq!(plan["aliases"][0]["alias"], "notes");
+            assert!(plan["safety_backup"]["path"]
+                .as_str()
+                .unwrap()
+                .contains("safety-"));
+            assert_eq!(plan["blockers"], serde_json::json!([]));
+            assert!(plan["estimated_seconds"].as_u64().unwrap() >= 1);
+        })
+        .run();
+    assert!(uploads(&double).is_empty());
+    assert_eq!(
+        fs::read(tmp.path().join("data/state.db")).unwrap(),
+        db_before
+    );
+    assert!(safety_backups(tmp.path()).is_empty());
+}
+
+#[test]
+fn existing_collections_conflict_with_exit_5_and_nothing_is_touched() {
+    let double = Double::start();
+    let tmp = scene(&double, "");
+    let (_, tmp) = wqm(tmp, &double, "backup restore {TMP}/b --force")
+        .status(5)
+        .stdout_with(|o| assert!(o.starts_with("Restore plan: "), "{o}"))
+        .stderr_with(|e| assert!(e.starts_with("wqm: error: Restore failed: Collection small-named already exists\nRestore failed: Collection small-plain already exists\n"), "{e}"))
+        .run();
+    assert!(uploads(&double).is_empty());
+    assert!(safety_backups(tmp.path()).is_empty());
+}
+
+#[test]
+fn overwrite_saves_the_existing_collections_first() {
+    let double = Double::start();
+    let tmp = scene(&double, "");
+    let (_, tmp) = wqm(tmp, &double, "backup restore {TMP}/b --force --overwrite")
+        .stdout_with(|o| {
+            assert!(o.contains("    overwrite small-named"), "{o}");
+            assert!(o.contains("  Alias: notes → small-named (keep)\n"), "{o}");
+            assert!(o.contains("✓ safety backup: "), "{o}");
+        })
+        .run();
+    let safety = tmp.path().join(&safety_backups(tmp.path())[0]);
+    let m = wqm::manifest::Manifest::load(&safety.join("metadata/manifest.json")).unwrap();
+    assert_eq!(m.collection_names(), ["small-named", "small-plain"]);
+    assert!(
+        !m.partial_backup,
+        "a safety backup restores the state database whole"
+    );
+    assert_eq!(
+        m.description.as_deref(),
+        Some(
+            format!(
+                "Safety backup before restoring {}",
+                tmp.path().join("b").display()
+            )
+            .as_str()
+        )
+    );
+}
+
+#[test]
+fn overwrite_refuses_a_collection_with_a_different_vector_config() {
+    let double = Double::start();
+    let tmp = scene(&double, "");
+    double.state().collections.insert(
+        "small-plain".into(),
+        crate::qdrant_double::Collection::from_fixture(fixtures::SMALL_NAMED),
+    );
+    wqm(tmp, &double, "backup restore {TMP}/b --force --overwrite")
+        .status(5)
+        .stdout_with(|_| {})
+        .stderr_with(|e| assert!(e.starts_with("wqm: error: Restore failed: Collection small-plain exists with a different vector configuration"), "{e}"))
+        .run();
+    assert!(uploads(&double).is_empty());
+}
+
+#[test]
+fn without_a_terminal_it_asks_for_force_instead_of_hanging() {
+    let double = Double::start();
+    let tmp = scene(&double, "");
+    lose_everything(&double);
+    wqm(tmp, &double, "backup restore {TMP}/b")
+        .status(2)
+        .stdout_with(|o| assert!(o.starts_with("Restore plan: "), "{o}"))
+        .stderr("wqm: error: Confirmation needed, but there is no terminal to ask on\nhint: pass --force to restore without a prompt (review the plan first with --dry-run)\n")
+        .run();
+    assert!(uploads(&double).is_empty());
+}
+
+#[test]
+fn the_version_policy_decides() {
+    let double = Double::start();
+    let tmp = scene(&double, "");
+    lose_everything(&double);
+    fixtures::edit_manifest(&tmp.path().join("b"), |m| m["version"] = "0.3.7".into());
+    let (_, tmp) = wqm(tmp, &double, "backup restore {TMP}/b --force")
+        .status(4)
+        .stdout_with(|_| {})
+        .stderr(
+            "wqm: error: Cannot restore from newer backup version 0.3.7 to older system version 0.3.0\nBackup is 7 patch version(s) newer\n\
+             hint: Use --allow-downgrade to restore from newer backup (may cause issues), or set `backup.validation.allow_patch_downgrade: true`; create a safety backup first\n",
+        )
+        .run();
+    let (_, tmp) = wqm(
+        tmp,
+        &double,
+        "backup restore {TMP}/b --force --allow-downgrade",
+    )
+    .stdout_with(|o| {
+        assert!(
+            o.contains("⚠ Restoring newer backup version 0.3.7 onto older system version 0.3.0")
+                && o.contains("Restore completed"),
+            "{o}"
+        )
+    })
+    .run();
+    lose_everything(&double);
+    fixtures::edit_manifest(&tmp.path().join("b"), |m| m["version"] = "0.4.0".into());
+    wqm(tmp, &double, "backup restore {TMP}/b --force --allow-downgrade")
+        .status(4)
+        .stdout_with(|_| {})
+        .stderr_with(|e| {
+            assert!(e.starts_with("wqm: error: Backup version 0.4.0 is incompatible with current version 0.3.0\nMinor version mismatch: 0.4 vs 0.3\n"), "{e}");
+            assert!(e.contains("allow_minor_downgrade"), "{e}");
+        })
+        .run();
+}
+
+#[test]
+fn a_damaged_backup_is_refused_before_anything_changes() {
+    let double = Double::start();
+    let tmp = scene(&double, "");
+    lose_everything(&double);
+    fixtures::flip_byte(&tmp.path().join("b/collections/small-plain.snapshot.zst"));
+    let (_, tmp) = wqm(tmp, &double, "backup restore {TMP}/b --force")
+        .status(3)
+        .stdout_with(|_| {})
+        .stderr_with(|e| {
+            assert!(
+                e.starts_with("wqm: error: Backup validation failed: "),
+                "{e}"
+            );
+            assert!(
+                e.contains("collections/small-plain.snapshot.zst: checksum mismatch (xxhash64)"),
+                "{e}"
+            );
+        })
+        .run();
+    assert!(uploads(&double).is_empty());
+    assert!(safety_backups(tmp.path()).is_empty());
+}
+
+#[test]
+fn an_upload_that_breaks_stops_the_restore_and_says_how_to_go_back() {
+    let double = Double::start();
+    let tmp = scene(&double, "");
+    lose_everything(&double);
+    double.state().faults = Faults {
+        upload_die: Some("small-plain".into()),
+        ..Faults::default()
+    };
+    let db_before = fs::read(tmp.path().join("data/state.db")).unwrap();
+    let (_, tmp) = wqm(tmp, &double, "backup restore {TMP}/b --force")
+        .status(1)
+        .stdout_with(|_| {})
+        .stderr_with(|e| {
+            assert!(
+                e.starts_with("wqm: error: restoring collection `small-plain` failed: "),
+                "{e}"
+            );
+            assert!(
+                e.contains(
+                    "wqm: warning: the restore stopped part-way. Done:\n  ✓ safety backup: "
+                ),
+                "{e}"
+            );
+            assert!(
+                e.contains("\n  ✓ collection `small-named` restored\n"),
+                "{e}"
+            );
+            assert!(
+                e.contains("to put back what was there before: wqm backup restore ")
+                    && e.contains("/safety-")
+                    && e.contains(" --force --overwrite\n"),
+                "{e}"
+            );
+            assert!(
+                e.contains(
+                    "Collections this restore created (not in the safety backup): small-named;"
+                ),
+                "{e}"
+            );
+        })
+        .run();
+    assert_eq!(
+        fs::read(tmp.path().join("data/state.db")).unwrap(),
+        db_before,
+        "the database was not reached"
+    );
+    assert_eq!(safety_backups(tmp.path()).len(), 1);
+}
+
+#[test]
+fn a_server_error_during_upload_is_reported_with_its_message() {
+    let double = Double::start();
+    let tmp = scene(&double, "");
+    lose_everything(&double);
+    double.state().faults = Faults {
+        upload_error: Some((
+            "small-named".into(),
+            500,
+            "Service internal error: No space left on device".into(),
+        )),
+        ..Faults::default()
+    };
+    wqm(tmp, &double, "backup restore {TMP}/b --force")
+        .status(1)
+        .stdout_with(|_| {})
+        .stderr_with(|e| assert!(e.starts_with("wqm: error: restoring collection `small-named` failed: Qdrant failed (500): Service internal error: No space left on device\n"), "{e}"))
+        .run();
+    assert!(double.snapshots_left().is_empty());
+}
+
+#[test]
+fn a_count_that_does_not_match_after_restore_exits_6() {
+    let double = Double::start();
+    let tmp = scene(&double, "");
+    lose_everything(&double);
+    double.state().faults = Faults {
+        count_offset: -1,
+        ..Faults::default()
+    };
+    wqm(tmp, &double, "backup restore {TMP}/b --force")
+        .status(6)
+        .stdout_with(|o| assert!(o.contains("  ✗ collection `small-named`: expected 120 points, not red, found 119 points, green\n"), "{o}"))
+        .stderr_with(|e| {
+            assert!(e.starts_with("wqm: error: Verification after restore failed: "), "{e}");
+            assert!(e.contains("hint: to put back what was there before: wqm backup restore "), "{e}");
+        })
+        .run();
+}
+
+#[test]
+fn a_partial_backup_merges_only_the_rows_of_its_collections() {
+    let double = Double::with_collections(
+        &[
+            ("projects", fixtures::SMALL_NAMED),
+            ("libraries", fixtures::SMALL_PLAIN),
+        ],
+        &[],
+    );
+    let tmp = scene(&double, "--collections projects");
+    let db = tmp.path().join("data/state.db");
+    // Since the backup: projects lost a file, libraries gained a chunk.
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch(
+            "DELETE FROM qdrant_chunks WHERE file_id = 3; DELETE FROM tracked_files WHERE file_id = 3;
+             UPDATE tracked_files SET chunk_count = 3 WHERE file_id = 5;
+             INSERT INTO qdrant_chunks (file_id, point_id, chunk_index, content_hash, chunk_type, start_line, end_line, created_at) VALUES (5, 'new-point', 2, 'h', 'text_chunk', 8, 9, 't');",
+        )
+        .unwrap();
+    double.state().collections.remove("projects");
+    let (_, tmp) = wqm(tmp, &double, "backup restore {TMP}/b --force")
+        .stdout_with(|o| {
+            assert!(
+                o.contains("Database state.db: merge the rows of the restored collections into "),
+                "{o}"
+            );
+            assert!(o.contains("Restore completed"), "{o}");
+        })
+        .run();
+    assert!(double.state().collections.contains_key("projects"));
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM tracked_files WHERE file_id = 3"),
+        1,
+        "the projects file is back"
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT chunk_count FROM tracked_files WHERE file_id = 5"
+        ),
+        3,
+        "libraries rows are the live ones"
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM qdrant_chunks WHERE point_id = 'new-point'"
+        ),
+        1
+    );
+    drop(tmp);
+}
+
+#[test]
+fn the_daemon_is_stopped_and_started_around_the_restore() {
+    let double = Double::start();
+    let tmp = scene(&double, "");
+    lose_everything(&double);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    fs::write(tmp.path().join("running"), "").unwrap();
+    let with_daemon = |t: Test| {
+        t.env(
+            "WQM_BACKUP__DAEMON__STATUS_COMMAND",
+            "test -e {TMP}/running",
+        )
+        .env("WQM_BACKUP__DAEMON__ADDRESS", &address)
+        .env("WQM_BACKUP__DAEMON__TIMEOUT", "2")
+    };
+    let (_, tmp) = with_daemon(wqm(tmp, &double, "backup restore {TMP}/b --force"))
+        .status(1)
+        .stdout_with(|o| {
+            assert!(
+                o.contains("  ✗ Cannot restore while daemon is running (`test -e "),
+                "{o}"
+            )
+        })
+        .stderr_with(|e| {
+            assert!(
+                e.starts_with("wqm: error: Cannot restore while daemon is running (`test -e "),
+                "{e}"
+            );
+            assert!(e.contains("hint: stop the daemon first"), "{e}");
+        })
+        .run();
+    assert!(uploads(&double).is_empty());
+    let (_, tmp) = with_daemon(wqm(tmp, &double, "backup restore {TMP}/b --force"))
+        .env("WQM_BACKUP__DAEMON__STOP_COMMAND", "rm {TMP}/running")
+        .env("WQM_BACKUP__DAEMON__START_COMMAND", "touch {TMP}/running")
+        .stdout_with(|o| {
+            assert!(o.contains("  Daemon: running (`test -e "), "{o}");
+            assert!(
+                o.contains("✓ daemon stopped\n") && o.contains("✓ daemon started\n"),
+                "{o}"
+            );
+        })
+        .run();
+    assert!(tmp.path().join("running").exists());
+    lose_everything(&double);
+    drop(listener);
+    with_daemon(wqm(tmp, &double, "backup restore {TMP}/b --force"))
+        .env("WQM_BACKUP__DAEMON__STOP_COMMAND", "rm {TMP}/running")
+        .env("WQM_BACKUP__DAEMON__START_COMMAND", "touch {TMP}/running")
+        .status(1)
+        .stdout_with(|_| {})
+        .stderr_with(|e| {
+            assert!(e.starts_with("wqm: error: Daemon connection failed during restore: nothing accepts connections at "), "{e}");
+            assert!(e.contains("hint: check daemon status (`wqm service status`), restart it (`wqm service restart`)"), "{e}");
+        })
+        .run();
+}
+
+#[test]
+fn a_legacy_python_backup_restores_its_state_database_through_a_migration() {
+    let double = Double::empty();
+    let t = Test::new();
+    fixtures::legacy_backup(&t.join("old"));
+    fs::create_dir_all(t.join("data")).unwrap();
+    let (_, tmp) = t
+        .env("QDRANT_URL", &double.url)
+        .env("WQM_DATA_DIR", "{TMP}/data")
+        .env("WQM_BACKUP__VALIDATION__VERSION_WARNING_THRESHOLD", "0")
+        .args("backup restore {TMP}/old --force")
+        .stdout_with(|o| {
+            assert!(o.contains("  Migrations:\n    0.2 → 0.3 python-era-backup: Convert a backup of the earlier Python wqm"), "{o}");
+            assert!(o.contains("      ⚠ collections a, b have no vector data in this backup and are not restored\n"), "{o}");
+            assert!(o.contains("  Database state.db: replace "), "{o}");
+            assert!(o.contains("Restore completed"), "{o}");
+        })
+        .run();
+    assert_eq!(
+        count(
+            &tmp.path().join("data/state.db"),
+            "SELECT MAX(version) FROM schema_version"
+        ),
+        49
+    );
+    assert!(uploads(&double).is_empty());
+    assert!(
+        fs::read_dir(tmp.path().join("old")).unwrap().count() == 3,
+        "the backup itself is untouched"
+    );
+}
+
+#[test]
+fn with_config_replaces_the_config_file() {
+    let double = Double::start();
+    let t = Test::new();
+    fs::write(
+        t.join("config.yaml"),
+        "backup:\n  compression: true\n# original\n",
+    )
+    .unwrap();
+    let (_, tmp) = t
+        .env("QDRANT_URL", &double.url)
+        .env("WQM_CONFIG_PATH", "{TMP}/config.yaml")
+        .args("backup create {TMP}/b")
+        .stdout_with(|_| {})
+        .run();
+    fs::write(
+        tmp.path().join("config.yaml"),
+        "backup:\n  compression: false\n",
+    )
+    .unwrap();
+    lose_everything(&double);
+    let (_, tmp) = wqm(tmp, &double, "backup restore {TMP}/b --force --with-config")
+        .env("WQM_CONFIG_PATH", "{TMP}/config.yaml")
+        .stdout_with(|o| {
+            assert!(
+                o.contains("✓ config `") && o.contains("config.yaml` replaced"),
+                "{o}"
+            )
+        })
+        .run();
+    assert_eq!(
+        fs::read_to_string(tmp.path().join("config.yaml")).unwrap(),
+        "backup:\n  compression: true\n# original\n"
+    );
+}
+
+#[test]
+fn ctrl_c_during_an_upload_stops_and_says_how_to_go_back() {
+    let double = Double::start();
+    let tmp = scene(&double, "");
+    lose_everything(&double);
+    double.state().faults = Faults {
+        upload_delay: Some(Duration::from_secs(5)),
+        ..Faults::default()
+    };
+    let child = Command::new(env!("CARGO_BIN_EXE_wqm"))
+        .args(["backup", "restore", "--force"])
+        .arg(tmp.path().join("b"))
+        .env_clear()
+        .env("HOME", tmp.path())
+        .env("QDRANT_URL", &double.url)
+        .env("WQM_DATA_DIR", tmp.path().join("data"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while uploads(&double).is_empty() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("wqm: error: restoring collection `small-named` failed: interrupted\n"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("to put back what was there before: wqm backup restore "),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn migrations_are_listed() {
+    Test::new()
+        .args("backup migrations")
+        .stdout_with(|o| assert!(o.starts_with("0.2 → 0.3 python-era-backup (not reversible)\n  Convert a backup of the earlier Python wqm"), "{o}"))
+        .run();
+    Test::new()
+        .args("backup migrations --from 0.2.5 --json")
+        .stdout_json(|v| {
+            assert_eq!(v[0]["id"], "python-era-backup");
+            assert_eq!(v[0]["from"], "0.2");
+            assert_eq!(v[0]["to"], "0.3");
+        })
+        .run();
+    Test::new()
+        .args("backup migrations --from 0.3.0")
+        .stdout("No migrations needed\n")
+        .run();
+    Test::new()
+        .args("backup migrations --from 0.1.0")
+        .status(4)
+        .stderr("wqm: error: No migration path from 0.1 to 0.3\nhint: `wqm backup migrations` lists every registered migration\n")
+        .run();
+}
