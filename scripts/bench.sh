@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmarks `wqm backup create` against the plain curl path (create the snapshot, download it,
-# delete it) on the real Qdrant server, in one run, with peak RSS. Not a test: run it by hand and
-# copy the table into docs/performance.md.
+# delete it) and `wqm backup restore` against a curl upload of the same snapshot, on the real
+# Qdrant server, in one run, with peak RSS. Not a test: run it by hand and copy the tables into
+# docs/performance.md.
 #
 #   scripts/bench.sh            # 140000 x 1024-dim points (a ~580 MB snapshot), 3 runs each
 #   BENCH_POINTS=20000 BENCH_RUNS=1 scripts/bench.sh    # a quick look
@@ -24,8 +25,10 @@ echo "loading $points x $dim points (once per machine)..." >&2
 python3 scripts/bench_load.py "$QDRANT_URL" bench "$points" "$dim"
 
 # `time_of NAME COMMAND...`: wall seconds and peak RSS (KiB) of the command, appended to $out/NAME.
+# `sync` first, so the previous run's writeback does not slow this one down.
 time_of() {
   local name=$1; shift
+  sync
   /usr/bin/time -f '%e %M' -o "$out/$name.time" "$@" >/dev/null
   cat "$out/$name.time" >> "$out/$name.all"
 }
@@ -41,12 +44,26 @@ export QDRANT_URL out
 
 wqm_create() { # wqm_create LABEL ENV...
   local label=$1; shift
-  rm -rf "$out/$label"
+  rm -rf "${out:?}/$label"
   time_of "$label" env WQM_DATA_DIR="$out/no-data" QDRANT_URL="$QDRANT_URL" "$@" "$wqm" backup create "$out/$label"
 }
 
+curl_upload() {
+  curl -sS -X DELETE "$QDRANT_URL/collections/bench" >/dev/null
+  curl -sS -F "snapshot=@$out/curl.snapshot;filename=bench-upload.snapshot" \
+    "$QDRANT_URL/collections/bench/snapshots/upload?wait=true&priority=snapshot&checksum=$(cat "$out/curl.sha256")" >/dev/null
+  curl -sS -X DELETE "$QDRANT_URL/collections/bench/snapshots/bench-upload.snapshot?wait=true" >/dev/null
+}
+export -f curl_upload
+
+wqm_restore() { # wqm_restore LABEL BACKUP ENV...
+  local label=$1 backup=$2; shift 2
+  curl -sS -X DELETE "$QDRANT_URL/collections/bench" >/dev/null
+  time_of "$label" env WQM_DATA_DIR="$out/no-data" QDRANT_URL="$QDRANT_URL" "$@" "$wqm" backup restore "$out/$backup" --force
+}
+
 for i in $(seq "$runs"); do
-  echo "run $i/$runs" >&2
+  echo "create run $i/$runs" >&2
   time_of curl bash -c curl_path
   wqm_create wqm-plain WQM_BACKUP__COMPRESSION=false WQM_BACKUP__VERIFICATION__VERIFY_AFTER_BACKUP=false
   wqm_create wqm-plain-verified WQM_BACKUP__COMPRESSION=false
@@ -54,18 +71,39 @@ for i in $(seq "$runs"); do
   wqm_create wqm-zstd-verified
 done
 
+sha256sum "$out/curl.snapshot" | cut -d' ' -f1 > "$out/curl.sha256"
+for i in $(seq "$runs"); do
+  echo "restore run $i/$runs" >&2
+  # The curl path deletes the collection first too, inside the timed command.
+  time_of curl-upload bash -c curl_upload
+  wqm_restore restore-plain wqm-plain WQM_BACKUP__VERIFICATION__VERIFY_BEFORE_RESTORE=false
+  wqm_restore restore-plain-verified wqm-plain
+  wqm_restore restore-zstd wqm-zstd WQM_BACKUP__VERIFICATION__VERIFY_BEFORE_RESTORE=false
+  wqm_restore restore-zstd-verified wqm-zstd
+done
+
 snapshot=$(stat -c %s "$out/curl.snapshot")
 stored=$(stat -c %s "$out/wqm-zstd/collections/bench.snapshot.zst")
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-base=$(cut -d' ' -f1 "$out/curl.all" | median)
 echo
 echo "Snapshot: $snapshot bytes ($points points x $dim dims); zstd: $stored bytes. $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'). Median of $runs runs."
 echo
-echo "| path | wall (s) | vs curl | peak RSS (MiB) |"
-echo "|---|---|---|---|"
-for label in curl wqm-plain wqm-plain-verified wqm-zstd wqm-zstd-verified; do
-  wall=$(cut -d' ' -f1 "$out/$label.all" | median)
-  rss=$(cut -d' ' -f2 "$out/$label.all" | sort -n | tail -1)
-  ratio=$(awk -v a="$wall" -v b="$base" 'BEGIN {printf "%.2fx", a / b}')
-  echo "| $label | $wall | $ratio | $(awk -v k="$rss" 'BEGIN {printf "%.1f", k / 1024}') |"
-done
+table() { # table BASELINE LABEL...
+  local base
+  base=$(cut -d' ' -f1 "$out/$1.all" | median)
+  echo "| path | wall (s) | vs $1 | peak RSS (MiB) |"
+  echo "|---|---|---|---|"
+  for label in "$@"; do
+    wall=$(cut -d' ' -f1 "$out/$label.all" | median)
+    rss=$(cut -d' ' -f2 "$out/$label.all" | sort -n | tail -1)
+    ratio=$(awk -v a="$wall" -v b="$base" 'BEGIN {printf "%.2fx", a / b}')
+    echo "| $label | $wall | $ratio | $(awk -v k="$rss" 'BEGIN {printf "%.1f", k / 1024}') |"
+  done
+}
+echo "Create (snapshot, download, delete):"
+echo
+table curl wqm-plain wqm-plain-verified wqm-zstd wqm-zstd-verified
+echo
+echo "Restore (upload, recover, delete the uploaded file):"
+echo
+table curl-upload restore-plain restore-plain-verified restore-zstd restore-zstd-verified

@@ -1143,13 +1143,20 @@ async fn verify_restore(client: &Client, plan: &Plan) -> Result<Vec<Verified>> {
             &database.live,
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
         )
-        .and_then(|c| sqlite::integrity_problems(&c))
+        .and_then(|c| {
+            Ok([
+                sqlite::integrity_problems(&c)?,
+                sqlite::foreign_key_problems(&c)?,
+            ]
+            .concat())
+        })
         .unwrap_or_else(|e| vec![e.to_string()]);
+        let sound = "integrity and foreign keys ok";
         rows.push(Verified {
             what: format!("database `{}`", database.live.display()),
-            expected: "integrity ok".to_string(),
+            expected: sound.to_string(),
             actual: if problems.is_empty() {
-                "integrity ok".to_string()
+                sound.to_string()
             } else {
                 problems.join("; ")
             },
