@@ -40,6 +40,13 @@ pub enum Command {
     /// Create, inspect, validate and restore backups.
     #[command(subcommand, arg_required_else_help = true, after_help = EXIT_CODES_HELP)]
     Backup(BackupCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) of wqm.
+    Manpage,
 }
 
 #[derive(Debug, Subcommand)]
@@ -59,6 +66,9 @@ pub enum BackupCommand {
     /// Validate backup structure, and with --check-files every file's integrity.
     #[command(after_help = EXIT_CODES_HELP)]
     Validate(ValidateArgs),
+    /// Delete old backups by retention rules; never the newest valid one, never one being written.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Prune(PruneArgs),
     /// List the registered version migrations.
     #[command(after_help = EXIT_CODES_HELP)]
     Migrations(MigrationsArgs),
@@ -71,8 +81,11 @@ pub struct OutputArgs {
     #[arg(long)]
     pub json: bool,
     /// Show detailed output.
-    #[arg(short, long)]
+    #[arg(short, long, conflicts_with = "quiet")]
     pub verbose: bool,
+    /// Print nothing but errors.
+    #[arg(short, long)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -151,6 +164,35 @@ pub struct ListArgs {
     /// Sort order.
     #[arg(short, long, value_enum, default_value_t = SortKey::Timestamp)]
     pub sort: SortKey,
+    /// Validate every backup fully (as `validate --check-files`) instead of the cheap checks.
+    #[arg(long)]
+    pub check: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// The directory that holds backups (default: `backup.default_backup_directory`).
+    pub directory: Option<PathBuf>,
+    /// Keep backups made within DAYS of the newest one (default: `backup.retention_days`; 0: off).
+    #[arg(long, value_name = "DAYS")]
+    pub keep_within: Option<u32>,
+    /// Keep the N newest backups.
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<u32>,
+    /// Keep the newest backup of each of the last N days that have backups.
+    #[arg(long, value_name = "N")]
+    pub keep_daily: Option<u32>,
+    /// Keep the newest backup of each of the last N weeks that have backups.
+    #[arg(long, value_name = "N")]
+    pub keep_weekly: Option<u32>,
+    /// Keep the newest backup of each of the last N months that have backups.
+    #[arg(long, value_name = "N")]
+    pub keep_monthly: Option<u32>,
+    /// Show what would be deleted and why each kept backup stays; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     #[command(flatten)]
     pub output: OutputArgs,
 }

@@ -17,6 +17,7 @@ pub mod manifest;
 pub mod migrations;
 pub mod output;
 pub mod progress;
+pub mod prune;
 pub mod qdrant;
 pub mod restore;
 pub mod snapshot;

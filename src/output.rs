@@ -17,6 +17,8 @@ use crate::progress::Progress;
 pub struct Ui {
     pub json: bool,
     pub verbose: bool,
+    /// Nothing but errors (and the JSON document when asked for).
+    pub quiet: bool,
     /// stderr is a terminal: progress bars and prompts are possible.
     pub interactive: bool,
 }
@@ -30,13 +32,14 @@ impl Ui {
         Ui {
             json: args.json,
             verbose: args.verbose,
+            quiet: args.quiet,
             interactive: io::stderr().is_terminal(),
         }
     }
 
     /// A result line on stdout (text mode only).
     pub fn line(&self, text: impl AsRef<str>) {
-        if !self.json {
+        if !self.json && !self.quiet {
             let mut out = io::stdout().lock();
             let _ = writeln!(out, "{}", text.as_ref());
         }
@@ -49,6 +52,9 @@ impl Ui {
     }
 
     pub fn warn(&self, text: impl AsRef<str>) {
+        if self.quiet {
+            return;
+        }
         let _ = writeln!(io::stderr().lock(), "wqm: warning: {}", text.as_ref());
     }
 
@@ -76,7 +82,7 @@ impl Ui {
     /// Progress for long operations: bars on a terminal, `--verbose` steps as plain lines.
     pub fn progress(&self) -> TerminalProgress {
         TerminalProgress {
-            bars: self.interactive,
+            bars: self.interactive && !self.quiet,
             verbose: self.verbose,
             bar: Mutex::new(None),
         }

@@ -35,12 +35,8 @@ pub struct Timeouts {
 pub enum QdrantError {
     #[error("Failed to connect to Qdrant at {url}: {reason}")]
     Connect { url: String, reason: String },
-    #[error("Qdrant at {url} rejected the request ({status}): {message}")]
-    Unauthorized {
-        url: String,
-        status: u16,
-        message: String,
-    },
+    #[error("Qdrant at {url} rejected the request (401): {message}")]
+    Unauthorized { url: String, message: String },
     #[error("Qdrant refused the request (403 Forbidden): {message}")]
     Forbidden { message: String },
     #[error("Not found on Qdrant: {message}")]
@@ -291,7 +287,6 @@ impl Client {
         match status {
             StatusCode::UNAUTHORIZED => QdrantError::Unauthorized {
                 url: self.display_url(),
-                status: 401,
                 message,
             },
             StatusCode::FORBIDDEN => QdrantError::Forbidden { message },

@@ -282,21 +282,7 @@ pub async fn plan(
         now: crate::now(),
     };
     let report = verify::audit(&backup.path, &options, progress)?;
-    let errors: Vec<String> = report
-        .findings
-        .iter()
-        .filter(|f| f.severity == Severity::Error && f.check != Check::Compatibility)
-        .map(|f| {
-            format!(
-                "{}{}",
-                f.file
-                    .as_ref()
-                    .map(|p| format!("{p}: "))
-                    .unwrap_or_default(),
-                f.message
-            )
-        })
-        .collect();
+    let errors = report.damage();
     if !errors.is_empty() {
         plan.block(
             ExitCode::InvalidBackup,

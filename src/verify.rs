@@ -94,6 +94,25 @@ impl Report {
             .count()
     }
 
+    /// Every error except version incompatibility, as `file: message` lines: what makes a
+    /// backup damaged, whatever version reads it.
+    pub fn damage(&self) -> Vec<String> {
+        self.findings
+            .iter()
+            .filter(|f| f.severity == Severity::Error && f.check != Check::Compatibility)
+            .map(|f| {
+                format!(
+                    "{}{}",
+                    f.file
+                        .as_ref()
+                        .map(|p| format!("{p}: "))
+                        .unwrap_or_default(),
+                    f.message
+                )
+            })
+            .collect()
+    }
+
     pub fn is_valid(&self) -> bool {
         self.count(Severity::Error) == 0
     }

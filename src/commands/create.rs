@@ -69,11 +69,14 @@ pub async fn run(args: &CreateArgs, settings: &Settings, ui: &Ui) -> Result<Exit
             ));
         }
     }
-    for note in &m.notes {
-        ui.line(format!("Note: {note}"));
-    }
+    // One line, for cron: the notes ride along.
+    let notes = if m.notes.is_empty() {
+        String::new()
+    } else {
+        format!("; note: {}", m.notes.join("; "))
+    };
     ui.line(format!(
-        "Backup created: {} ({} collections, {} points, {} in {:.1} s)",
+        "Backup created: {} ({} collections, {} points, {} in {:.1} s){notes}",
         outcome.path.display(),
         m.collection_names().len(),
         m.total_documents.unwrap_or_default(),

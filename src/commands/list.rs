@@ -11,6 +11,7 @@ use crate::config::Settings;
 use crate::exit::{ExitCode, Failure};
 use crate::layout::{self, Found};
 use crate::output::{self, Ui};
+use crate::verify;
 
 /// One backup as `list --json` prints it (the Python fields, then ours).
 #[derive(Serialize)]
@@ -29,6 +30,10 @@ struct Item {
     partial_backup: bool,
     compatibility: Option<compat::Status>,
     stale_warning: Option<String>,
+    age_days: u64,
+    /// No damage found by the cheap checks (all checks with `--check`).
+    valid: bool,
+    problems: Vec<String>,
 }
 
 pub fn run(args: &ListArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
@@ -49,28 +54,40 @@ pub fn run(args: &ListArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
     sort(&mut scan.backups, args.sort);
     let threshold = settings.backup.validation.version_warning_threshold;
     let now = crate::now();
-    let items: Vec<Item> = scan
-        .backups
-        .iter()
-        .map(|found| {
-            let m = &found.backup.manifest;
-            Item {
-                path: found.backup.path.display().to_string(),
-                name: found.backup.name(),
-                version: m.version.clone(),
-                timestamp: m.timestamp,
-                formatted_timestamp: m.formatted_timestamp(),
-                collections: m.collection_names().len(),
-                total_documents: m.total_documents,
-                description: m.description.clone(),
-                format: m.format_name(),
-                size_bytes: found.size,
-                partial_backup: m.partial_backup,
-                compatibility: compat::check_compatibility(&m.version, crate::VERSION).ok(),
-                stale_warning: crate::verify::staleness(m, threshold, now),
-            }
-        })
-        .collect();
+    let options = verify::Options {
+        depth: if args.check {
+            verify::Depth::Full
+        } else {
+            verify::Depth::Structure
+        },
+        current_version: crate::VERSION.to_string(),
+        warn_after_days: 0,
+        now,
+    };
+    let progress = ui.progress();
+    let mut items = Vec::new();
+    for found in &scan.backups {
+        let m = &found.backup.manifest;
+        let problems = verify::audit(&found.backup.path, &options, &progress)?.damage();
+        items.push(Item {
+            path: found.backup.path.display().to_string(),
+            name: found.backup.name(),
+            version: m.version.clone(),
+            timestamp: m.timestamp,
+            formatted_timestamp: m.formatted_timestamp(),
+            collections: m.collection_names().len(),
+            total_documents: m.total_documents,
+            description: m.description.clone(),
+            format: m.format_name(),
+            size_bytes: found.size,
+            partial_backup: m.partial_backup,
+            compatibility: compat::check_compatibility(&m.version, crate::VERSION).ok(),
+            stale_warning: crate::verify::staleness(m, threshold, now),
+            age_days: ((now - m.timestamp).max(0.0) / 86_400.0) as u64,
+            valid: problems.is_empty(),
+            problems,
+        });
+    }
 
     if ui.json {
         ui.json(&items);
@@ -97,7 +114,19 @@ pub fn run(args: &ListArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
             "  Collections: {}{documents}{partial}",
             item.collections
         ));
+        ui.line(format!("  Age: {} days", item.age_days));
         ui.line(format!("  Size: {}", output::size(item.size_bytes)));
+        ui.line(match item.problems.first() {
+            None => "  Valid: yes".to_string(),
+            Some(first) => format!(
+                "  Valid: no ({first}{})",
+                if item.problems.len() > 1 {
+                    format!("; {} more", item.problems.len() - 1)
+                } else {
+                    String::new()
+                }
+            ),
+        });
         if let Some(description) = &item.description {
             ui.line(format!("  Description: {description}"));
         }

@@ -4,12 +4,14 @@ mod create;
 mod info;
 mod list;
 mod migrations;
+mod prune;
+mod reference;
 mod restore;
 mod validate;
 
 use anyhow::Result;
 
-use crate::cli::{BackupCommand, Cli, Command};
+use crate::cli::{BackupCommand, Cli, Command, OutputArgs};
 use crate::config::{Env, Overrides, Settings};
 use crate::exit::ExitCode;
 use crate::output::Ui;
@@ -20,16 +22,20 @@ pub fn dispatch(cli: Cli, ui: &Ui, runtime: &tokio::runtime::Runtime) -> Result<
         config: cli.config.clone(),
         qdrant_url: cli.qdrant_url.clone(),
     };
+    let command = match cli.command {
+        Command::Completions { shell } => return reference::completions(shell),
+        Command::Manpage => return reference::manpage(),
+        Command::Backup(command) => command,
+    };
     let settings = Settings::load(&Env::from_process(), &overrides)?;
-    match cli.command {
-        Command::Backup(command) => match command {
-            BackupCommand::Create(args) => runtime.block_on(create::run(&args, &settings, ui)),
-            BackupCommand::Restore(args) => runtime.block_on(restore::run(&args, &settings, ui)),
-            BackupCommand::Info(args) => info::run(&args, &settings, ui),
-            BackupCommand::List(args) => list::run(&args, &settings, ui),
-            BackupCommand::Validate(args) => validate::run(&args, &settings, ui),
-            BackupCommand::Migrations(args) => migrations::run(&args, ui),
-        },
+    match command {
+        BackupCommand::Create(args) => runtime.block_on(create::run(&args, &settings, ui)),
+        BackupCommand::Restore(args) => runtime.block_on(restore::run(&args, &settings, ui)),
+        BackupCommand::Info(args) => info::run(&args, &settings, ui),
+        BackupCommand::List(args) => list::run(&args, &settings, ui),
+        BackupCommand::Validate(args) => validate::run(&args, &settings, ui),
+        BackupCommand::Prune(args) => prune::run(&args, &settings, ui),
+        BackupCommand::Migrations(args) => migrations::run(&args, ui),
     }
 }
 
@@ -42,7 +48,13 @@ pub fn ui_for(cli: &Cli) -> Ui {
             BackupCommand::Info(args) => args.output,
             BackupCommand::List(args) => args.output,
             BackupCommand::Validate(args) => args.output,
+            BackupCommand::Prune(args) => args.output,
             BackupCommand::Migrations(args) => args.output,
+        },
+        Command::Completions { .. } | Command::Manpage => OutputArgs {
+            json: false,
+            verbose: false,
+            quiet: false,
         },
     };
     Ui::new(output)

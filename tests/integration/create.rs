@@ -44,15 +44,16 @@ fn backs_up_every_collection_and_leaves_no_snapshot_on_the_server() {
         .env("QDRANT_URL", &double.url)
         .args("backup create {TMP}/b --description nightly")
         .stdout_with(|out| {
-            assert!(out.starts_with("Note: no state database at `"), "{out}");
+            // Not on a terminal: one summary line, the notes included.
+            assert_eq!(out.lines().count(), 1, "{out}");
             assert!(
-                out.contains(
-                    "\nNote: no configuration file was found; the backup holds no config\n"
-                ),
+                out.starts_with("Backup created: ")
+                    && out.contains("/b (2 collections, 320 points, "),
                 "{out}"
             );
+            assert!(out.contains("; note: no state database at `"), "{out}");
             assert!(
-                out.contains("Backup created: ") && out.contains("/b (2 collections, 320 points, "),
+                out.ends_with("; no configuration file was found; the backup holds no config\n"),
                 "{out}"
             );
         })
@@ -100,6 +101,33 @@ fn backs_up_every_collection_and_leaves_no_snapshot_on_the_server() {
     Test::new()
         .args(&format!("backup validate {} --check-files", b.display()))
         .stdout(&format!("Backup validation successful: {}\n", b.display()))
+        .run();
+}
+
+#[test]
+fn quiet_prints_nothing_and_verbose_shows_each_step() {
+    let double = Double::start();
+    Test::new()
+        .env("QDRANT_URL", &double.url)
+        .args("backup create {TMP}/b --quiet")
+        .run();
+    Test::new()
+        .env("QDRANT_URL", &double.url)
+        .args("backup create {TMP}/b --verbose")
+        .stdout_with(|out| {
+            assert!(
+                out.starts_with("  collections/small-named.snapshot.zst: 120 points, "),
+                "{out}"
+            );
+            assert!(out.contains("\nBackup created: "), "{out}");
+        })
+        .stderr_with(|err| {
+            assert!(
+                err.contains("  creating a snapshot of `small-named`\n"),
+                "{err}"
+            );
+            assert!(err.contains("  verifying the new backup\n"), "{err}");
+        })
         .run();
 }
 

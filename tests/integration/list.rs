@@ -72,7 +72,7 @@ fn text_lists_every_backup_with_its_version() {
             );
             assert!(
                 out.contains(&format!(
-                    "  Collections: 0, 0 documents\n  Size: {}\n  Description: test backup\nb\n",
+                    "  Collections: 0, 0 documents\n  Age: 0 days\n  Size: {}\n  Valid: yes\n  Description: test backup\nb\n",
                     wqm::output::size(a)
                 )),
                 "{out}"
@@ -157,5 +157,53 @@ fn a_missing_directory_is_an_error() {
         .args("backup list {TMP}/nope")
         .status(1)
         .stderr("wqm: error: Directory not found: {TMP}/nope\nhint: pass the directory that holds the backups\n")
+        .run();
+}
+
+#[test]
+fn health_is_shown_cheaply_and_fully_with_check() {
+    let t = Test::new();
+    fixtures::backup(
+        &t.join("dir/good"),
+        &Spec {
+            timestamp: wqm::now() - 3.5 * 86_400.0,
+            ..Spec::default()
+        },
+    );
+    fixtures::backup(&t.join("dir/truncated"), &Spec::default());
+    fixtures::truncate(&t.join("dir/truncated/sqlite/state.db"));
+    fixtures::backup(&t.join("dir/flipped"), &Spec::default());
+    fixtures::flip_byte(&t.join("dir/flipped/collections/small-plain.snapshot"));
+    let (_, tmp) = t
+        .args("backup list {TMP}/dir --json --sort name")
+        .stdout_json(|v| {
+            let by_name = |n: &str| {
+                v.as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|i| i["name"] == n)
+                    .unwrap()
+                    .clone()
+            };
+            assert_eq!(by_name("good")["age_days"], 3);
+            assert_eq!(by_name("good")["valid"], true);
+            assert_eq!(
+                by_name("truncated")["valid"],
+                false,
+                "a size mismatch is a cheap check"
+            );
+            assert_eq!(
+                by_name("flipped")["valid"],
+                true,
+                "a flipped byte needs --check"
+            );
+        })
+        .run();
+    Test::in_dir(tmp)
+        .args("backup list {TMP}/dir --check --sort name")
+        .stdout_with(|out| {
+            assert!(out.contains("flipped\n") && out.contains("  Valid: no (collections/small-plain.snapshot: checksum mismatch (xxhash64)"), "{out}");
+            assert!(out.contains("  Valid: no (sqlite/state.db: size mismatch"), "{out}");
+        })
         .run();
 }

@@ -1,9 +1,12 @@
 //! The integration suite: one test binary that runs the real `wqm` binary.
 
 mod create;
+mod docs;
 mod fixtures;
 mod info;
 mod list;
+mod operations;
+mod prune;
 mod qdrant_double;
 mod real_qdrant;
 mod real_server;

@@ -1,0 +1,87 @@
+//! `wqm backup prune [DIR]`: delete old backups by retention rules.
+
+use anyhow::Result;
+use serde_json::json;
+
+use crate::cli::PruneArgs;
+use crate::config::Settings;
+use crate::exit::{ExitCode, Failure};
+use crate::output::Ui;
+use crate::prune::{self, Policy};
+
+pub fn run(args: &PruneArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
+    let dir = match args
+        .directory
+        .clone()
+        .or_else(|| settings.backup.default_backup_directory.clone())
+    {
+        Some(dir) => dir,
+        None => return Err(Failure::new(
+            ExitCode::Usage,
+            "DIR is required: `backup.default_backup_directory` is not set",
+        )
+        .with_hint(
+            "pass the directory that holds the backups, or set `backup.default_backup_directory`",
+        )
+        .into()),
+    };
+    if !dir.is_dir() {
+        return Err(Failure::new(
+            ExitCode::Failure,
+            format!("Directory not found: {}", dir.display()),
+        )
+        .with_hint("pass the directory that holds the backups")
+        .into());
+    }
+    let policy = Policy {
+        within_days: Some(args.keep_within.unwrap_or(settings.backup.retention_days)),
+        last: args.keep_last,
+        daily: args.keep_daily,
+        weekly: args.keep_weekly,
+        monthly: args.keep_monthly,
+    };
+    let outcome = prune::prune(&dir, &policy, args.dry_run)?;
+
+    if ui.json {
+        ui.json(&json!({ "directory": dir, "dry_run": args.dry_run, "policy": policy, "kept": outcome.kept, "removed": outcome.removed, "skipped": outcome.skipped }));
+        return Ok(ExitCode::Success);
+    }
+    let verb = if args.dry_run {
+        "Would remove"
+    } else {
+        "Removed"
+    };
+    if args.dry_run || ui.interactive || ui.verbose {
+        for removed in &outcome.removed {
+            ui.line(format!(
+                "{verb} {} ({})",
+                removed.name, removed.formatted_timestamp
+            ));
+        }
+        for kept in &outcome.kept {
+            ui.line(format!(
+                "Keep {} ({}): {}",
+                kept.name,
+                kept.formatted_timestamp,
+                kept.reasons.join(", ")
+            ));
+        }
+        for skipped in &outcome.skipped {
+            ui.line(format!("Skip {}: {}", skipped.name, skipped.reason));
+        }
+    }
+    let (removed, kept, skipped) = (
+        outcome.removed.len(),
+        outcome.kept.len(),
+        outcome.skipped.len(),
+    );
+    if args.dry_run {
+        ui.line(format!("Dry-run: {removed} backup(s) would be removed, {kept} kept, {skipped} other entries left alone. Nothing was deleted."));
+    } else {
+        ui.line(format!(
+            "Pruned {}: removed {removed}, kept {kept}, left alone {skipped}",
+            dir.display()
+        ));
+    }
+    Ok(ExitCode::Success)
+}

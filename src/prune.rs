@@ -1,0 +1,448 @@
+//! Retention: which backups in a directory to keep, as restic's `forget` decides (a backup kept
+//! by any rule is kept), and deleting the rest safely.
+//!
+//! Only directories that are wqm backups (a manifest that parses, legacy ones too) are ever
+//! deleted; never the newest valid backup, never one being written (hidden staging directories,
+//! held locks), never anything reached through a symlink. A deletion renames the backup to a
+//! hidden name first, so `list` never sees a half-deleted backup.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, TryLockError};
+use std::path::{Path, PathBuf};
+
+use chrono::{Datelike, Local, TimeZone};
+use serde::Serialize;
+
+use crate::layout::{self, MANIFEST_PATH};
+use crate::manifest::Manifest;
+use crate::verify;
+
+const DELETING_SUFFIX: &str = ".wqm-deleting";
+
+/// The keep rules; `None` (or 0) turns a rule off.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Policy {
+    /// Keep backups made within this many days of the newest backup.
+    pub within_days: Option<u32>,
+    /// Keep the newest N backups.
+    pub last: Option<u32>,
+    /// Keep the newest backup of each of the last N days that have backups.
+    pub daily: Option<u32>,
+    /// ... of each of the last N ISO weeks.
+    pub weekly: Option<u32>,
+    /// ... of each of the last N months.
+    pub monthly: Option<u32>,
+}
+
+/// A backup prune may delete.
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    pub name: String,
+    pub path: PathBuf,
+    pub timestamp: f64,
+    /// Its structure and manifest pass the cheap checks.
+    pub valid: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Kept {
+    pub name: String,
+    pub formatted_timestamp: String,
+    pub reasons: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Removed {
+    pub name: String,
+    pub formatted_timestamp: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Skipped {
+    pub name: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Outcome {
+    pub kept: Vec<Kept>,
+    pub removed: Vec<Removed>,
+    /// Entries of the directory that prune does not touch, with why.
+    pub skipped: Vec<Skipped>,
+}
+
+/// Why each backup stays (empty: it goes). `candidates` in any order.
+pub fn decide(candidates: &[Candidate], policy: &Policy) -> Vec<Vec<String>> {
+    let mut order: Vec<usize> = (0..candidates.len()).collect();
+    order.sort_by(|&a, &b| {
+        candidates[b]
+            .timestamp
+            .total_cmp(&candidates[a].timestamp)
+            .then_with(|| candidates[a].name.cmp(&candidates[b].name))
+    });
+    let mut reasons = vec![Vec::new(); candidates.len()];
+    let active = |n: Option<u32>| n.filter(|&n| n > 0);
+
+    if let Some(last) = active(policy.last) {
+        for (rank, &i) in order.iter().take(last as usize).enumerate() {
+            reasons[i].push(format!("last {}", rank + 1));
+        }
+    }
+    let local = |t: f64| Local.timestamp_opt(t.floor() as i64, 0).single();
+    type Bucket = fn(&chrono::DateTime<Local>) -> (i32, u32);
+    let buckets: [(&str, Option<u32>, Bucket); 3] = [
+        ("daily", policy.daily, |t| (t.year(), t.ordinal())),
+        ("weekly", policy.weekly, |t| {
+            (t.iso_week().year(), t.iso_week().week())
+        }),
+        ("monthly", policy.monthly, |t| (t.year(), t.month())),
+    ];
+    for (label, count, bucket_of) in buckets {
+        let Some(count) = active(count) else { continue };
+        let mut seen = BTreeSet::new();
+        for &i in &order {
+            let Some(time) = local(candidates[i].timestamp) else {
+                continue;
+            };
+            if seen.len() as u32 == count {
+                break;
+            }
+            if seen.insert(bucket_of(&time)) {
+                reasons[i].push(format!("{label} #{}", seen.len()));
+            }
+        }
+    }
+    if let (Some(days), Some(&newest)) = (active(policy.within_days), order.first()) {
+        let since = candidates[newest].timestamp - f64::from(days) * 86_400.0;
+        for &i in &order {
+            if candidates[i].timestamp >= since {
+                reasons[i].push(format!("within {days} days of the newest"));
+            }
+        }
+    }
+    if let Some(&newest_valid) = order.iter().find(|&&i| candidates[i].valid) {
+        reasons[newest_valid].push("the newest valid backup".to_string());
+    }
+    reasons
+}
+
+/// Finds the backups directly in `dir` and what prune must leave alone.
+pub fn survey(dir: &Path) -> std::io::Result<(Vec<Candidate>, Vec<Skipped>)> {
+    let mut candidates = Vec::new();
+    let mut skipped = Vec::new();
+    let mut entries: Vec<_> = fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        let kind = entry.file_type()?;
+        let skip = |reason: &str| Skipped {
+            name: name.clone(),
+            reason: reason.to_string(),
+        };
+        if layout::is_hidden(&name) {
+            if kind.is_dir() && !name.ends_with(DELETING_SUFFIX) {
+                skipped.push(skip("hidden (a backup being written, or not wqm's)"));
+            }
+            continue;
+        }
+        if kind.is_symlink() {
+            skipped.push(skip("a symlink; prune never follows symlinks"));
+            continue;
+        }
+        if !kind.is_dir() {
+            continue;
+        }
+        if lock_held(&path) {
+            skipped.push(skip("being written (its lock is held)"));
+            continue;
+        }
+        let manifest = match Manifest::load(&path.join(MANIFEST_PATH)) {
+            Ok(m) => m,
+            Err(e) => {
+                skipped.push(skip(&format!("not a wqm backup ({e})")));
+                continue;
+            }
+        };
+        let options = verify::Options {
+            depth: verify::Depth::Structure,
+            current_version: crate::VERSION.to_string(),
+            warn_after_days: 0,
+            now: 0.0,
+        };
+        let valid = verify::audit(&path, &options, &crate::progress::Silent)
+            .is_ok_and(|r| r.damage().is_empty());
+        candidates.push(Candidate {
+            name,
+            path,
+            timestamp: manifest.timestamp,
+            valid,
+        });
+    }
+    Ok((candidates, skipped))
+}
+
+fn lock_path(backup: &Path) -> PathBuf {
+    let name = backup
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    backup.with_file_name(format!(".{name}.wqm-lock"))
+}
+
+fn lock_held(backup: &Path) -> bool {
+    let Ok(file) = File::options()
+        .read(true)
+        .write(true)
+        .open(lock_path(backup))
+    else {
+        return false;
+    };
+    match file.try_lock() {
+        Ok(()) => {
+            let _ = file.unlock();
+            false
+        }
+        Err(TryLockError::WouldBlock) => true,
+        Err(TryLockError::Error(_)) => false,
+    }
+}
+
+/// Applies `policy` to the backups in `dir`; with `dry_run` nothing is deleted.
+pub fn prune(dir: &Path, policy: &Policy, dry_run: bool) -> anyhow::Result<Outcome> {
+    let (candidates, skipped) = survey(dir)?;
+    let reasons = decide(&candidates, policy);
+    let mut outcome = Outcome {
+        skipped,
+        ..Outcome::default()
+    };
+    let mut order: Vec<usize> = (0..candidates.len()).collect();
+    order.sort_by(|&a, &b| candidates[b].timestamp.total_cmp(&candidates[a].timestamp));
+    for i in order {
+        let candidate = &candidates[i];
+        let formatted_timestamp = crate::manifest::format_timestamp(candidate.timestamp);
+        if !reasons[i].is_empty() {
+            outcome.kept.push(Kept {
+                name: candidate.name.clone(),
+                formatted_timestamp,
+                reasons: reasons[i].clone(),
+            });
+            continue;
+        }
+        if !dry_run {
+            crate::progress::check_interrupted()?;
+            if !remove(&candidate.path)? {
+                outcome.skipped.push(Skipped {
+                    name: candidate.name.clone(),
+                    reason: "began being written while prune ran".to_string(),
+                });
+                continue;
+            }
+        }
+        outcome.removed.push(Removed {
+            name: candidate.name.clone(),
+            formatted_timestamp,
+        });
+    }
+    if !dry_run {
+        remove_leftovers(dir);
+    }
+    Ok(outcome)
+}
+
+/// Deletes a backup: under its lock, renamed to a hidden name first (atomic for `list`), then
+/// removed. False when another run holds the lock.
+fn remove(path: &Path) -> anyhow::Result<bool> {
+    let lock_path = lock_path(path);
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => return Ok(false),
+        Err(TryLockError::Error(e)) => return Err(e.into()),
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let doomed = path.with_file_name(format!(".{name}{DELETING_SUFFIX}"));
+    fs::rename(path, &doomed)?;
+    fs::remove_dir_all(&doomed)?;
+    drop(lock);
+    let _ = fs::remove_file(&lock_path);
+    Ok(true)
+}
+
+/// Finishes deletions an earlier run could not complete.
+fn remove_leftovers(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.')
+            && name.ends_with(DELETING_SUFFIX)
+            && entry.file_type().is_ok_and(|t| t.is_dir())
+        {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Backups at these local times ("YYYY-MM-DD HH:MM"), named by their index; `invalid` ones fail the cheap checks.
+    fn candidates(times: &[&str], invalid: &[usize]) -> Vec<Candidate> {
+        times
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let naive = chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M").unwrap();
+                let timestamp = Local
+                    .from_local_datetime(&naive)
+                    .single()
+                    .unwrap()
+                    .timestamp() as f64;
+                Candidate {
+                    name: format!("b{i}"),
+                    path: PathBuf::from(format!("b{i}")),
+                    timestamp,
+                    valid: !invalid.contains(&i),
+                }
+            })
+            .collect()
+    }
+
+    fn kept(times: &[&str], invalid: &[usize], policy: Policy) -> Vec<usize> {
+        decide(&candidates(times, invalid), &policy)
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| !r.is_empty())
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    const TIMES: [&str; 8] = [
+        "2026-11-26 02:00", // 0: Thu
+        "2026-11-25 14:00", // 1: Wed, later that day
+        "2026-11-25 02:00", // 2: Wed
+        "2026-11-22 02:00", // 3: Sun (previous ISO week)
+        "2026-11-16 02:00", // 4: Mon
+        "2026-10-31 02:00", // 5: October
+        "2026-10-01 02:00", // 6: October
+        "2026-08-15 02:00", // 7: August
+    ];
+
+    #[test]
+    fn each_rule_alone() {
+        let none = Policy::default();
+        assert_eq!(
+            kept(&TIMES, &[], none.clone()),
+            [0],
+            "with no rule only the newest valid backup stays"
+        );
+        assert_eq!(
+            kept(
+                &TIMES,
+                &[],
+                Policy {
+                    last: Some(3),
+                    ..none.clone()
+                }
+            ),
+            [0, 1, 2]
+        );
+        assert_eq!(
+            kept(
+                &TIMES,
+                &[],
+                Policy {
+                    daily: Some(3),
+                    ..none.clone()
+                }
+            ),
+            [0, 1, 3]
+        );
+        assert_eq!(
+            kept(
+                &TIMES,
+                &[],
+                Policy {
+                    weekly: Some(2),
+                    ..none.clone()
+                }
+            ),
+            [0, 3]
+        );
+        assert_eq!(
+            kept(
+                &TIMES,
+                &[],
+                Policy {
+                    monthly: Some(3),
+                    ..none.clone()
+                }
+            ),
+            [0, 5, 7]
+        );
+        assert_eq!(
+            kept(
+                &TIMES,
+                &[],
+                Policy {
+                    within_days: Some(10),
+                    ..none.clone()
+                }
+            ),
+            [0, 1, 2, 3, 4]
+        );
+        assert_eq!(
+            kept(
+                &TIMES,
+                &[],
+                Policy {
+                    within_days: Some(0),
+                    last: Some(0),
+                    ..none
+                }
+            ),
+            [0],
+            "0 turns a rule off"
+        );
+    }
+
+    #[test]
+    fn rules_combine_a_backup_kept_by_any_is_kept() {
+        let policy = Policy {
+            last: Some(1),
+            daily: Some(2),
+            weekly: Some(3),
+            monthly: Some(4),
+            within_days: None,
+        };
+        assert_eq!(kept(&TIMES, &[], policy), [0, 1, 3, 5, 7]);
+    }
+
+    #[test]
+    fn the_newest_valid_backup_always_survives() {
+        // The two newest are broken: the third stays even though no rule keeps it.
+        assert_eq!(
+            kept(
+                &TIMES,
+                &[0, 1],
+                Policy {
+                    last: Some(1),
+                    ..Policy::default()
+                }
+            ),
+            [0, 2]
+        );
+        let reasons = decide(&candidates(&TIMES, &[0, 1]), &Policy::default());
+        assert_eq!(reasons[2], ["the newest valid backup"]);
+    }
+}

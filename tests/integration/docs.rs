@@ -1,0 +1,131 @@
+//! The user guide stays true: every flag, every config key, every error message it documents.
+
+use std::fs;
+use std::path::Path;
+
+use clap::CommandFactory;
+
+fn doc(rel: &str) -> String {
+    fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(rel))
+        .unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+/// All Rust source of the crate, concatenated.
+fn source() -> String {
+    fn walk(dir: &Path, out: &mut String) {
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push_str(&fs::read_to_string(&path).unwrap());
+            }
+        }
+    }
+    let mut out = String::new();
+    walk(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut out);
+    out
+}
+
+#[test]
+fn every_command_has_a_page_with_every_flag() {
+    let cli = wqm::cli::Cli::command();
+    let backup = cli.find_subcommand("backup").unwrap();
+    for command in backup.get_subcommands() {
+        let page = doc(&format!("docs/commands/{}.md", command.get_name()));
+        for arg in command.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if [
+                "help",
+                "version",
+                "config",
+                "qdrant-url",
+                "json",
+                "verbose",
+                "quiet",
+            ]
+            .contains(&long)
+            {
+                // Common to every command: documented once, in docs/commands/README.md.
+                continue;
+            }
+            assert!(
+                page.contains(&format!("`--{long}")),
+                "docs/commands/{}.md does not document --{long}",
+                command.get_name()
+            );
+        }
+    }
+    let common = doc("docs/commands/README.md");
+    for long in ["config", "qdrant-url", "json", "verbose", "quiet"] {
+        assert!(
+            common.contains(&format!("`--{long}")),
+            "docs/commands/README.md does not document --{long}"
+        );
+    }
+    let reference = doc("docs/commands/reference.md");
+    assert!(reference.contains("wqm completions") && reference.contains("wqm manpage"));
+}
+
+#[test]
+fn the_configuration_reference_lists_exactly_the_real_keys() {
+    let page = doc("docs/configuration.md");
+    let known = wqm::config::schema_paths();
+    for key in &known {
+        assert!(
+            page.contains(&format!("`{key}`")),
+            "docs/configuration.md does not document {key}"
+        );
+    }
+    let is_key = |s: &&str| {
+        s.starts_with("backup.")
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c == '_' || c == '.')
+    };
+    for documented in page.split('`').skip(1).step_by(2).filter(is_key) {
+        assert!(
+            known.iter().any(|k| k == documented),
+            "docs/configuration.md documents {documented}, which does not exist"
+        );
+    }
+}
+
+#[test]
+fn every_documented_message_is_one_wqm_prints() {
+    let source = source();
+    let page = doc("docs/troubleshooting.md");
+    let headings: Vec<&str> = page
+        .lines()
+        .filter_map(|l| l.strip_prefix("### "))
+        .collect();
+    assert!(headings.len() > 40, "{} messages", headings.len());
+    let missing: Vec<String> = headings
+        .iter()
+        .flat_map(|heading| {
+            heading
+                .split('…')
+                .map(str::trim)
+                .filter(|f| f.len() > 2)
+                .map(move |f| (heading, f))
+        })
+        .filter(|(_, fragment)| !source.contains(fragment))
+        .map(|(heading, fragment)| format!("`{fragment}` (of `{heading}`)"))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/troubleshooting.md has messages wqm does not print:\n{}",
+        missing.join("\n")
+    );
+}
+
+#[test]
+fn the_readme_lists_the_exit_codes_of_the_help() {
+    let readme = doc("README.md");
+    for line in wqm::exit::EXIT_CODES_HELP.lines().skip(1) {
+        let code = line.split_whitespace().next().unwrap();
+        assert!(
+            readme.contains(&format!("| {code} |")),
+            "README lacks exit code {code}"
+        );
+    }
+}
