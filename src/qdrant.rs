@@ -224,6 +224,17 @@ impl Client {
         })
     }
 
+    /// A client of the Qdrant the settings name.
+    pub fn from_settings(settings: &crate::config::Settings) -> Result<Self, QdrantError> {
+        let qdrant = &settings.qdrant;
+        Self::new(
+            &qdrant.url,
+            qdrant.api_key.as_deref(),
+            qdrant.ca_cert.as_deref(),
+            settings.backup.transfer.timeouts(),
+        )
+    }
+
     /// The server's URL without any password, for messages.
     pub fn display_url(&self) -> String {
         redact(self.base.as_str().trim_end_matches('/'))

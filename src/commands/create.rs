@@ -23,13 +23,7 @@ pub async fn run(args: &CreateArgs, settings: &Settings, ui: &Ui) -> Result<Exit
         databases: true,
         config: true,
     };
-    let qdrant = &settings.qdrant;
-    let client = Client::new(
-        &qdrant.url,
-        qdrant.api_key.as_deref(),
-        qdrant.ca_cert.as_deref(),
-        settings.backup.transfer.timeouts(),
-    )?;
+    let client = Client::from_settings(settings)?;
     let progress = ui.progress();
     let outcome = backup::create(&client, settings, &request, &progress).await?;
     for leftover in &outcome.leftovers {

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::cli::{ListArgs, SortKey};
 use crate::compat::{self, Version};
 use crate::config::Settings;
-use crate::exit::{ExitCode, Failure};
+use crate::exit::ExitCode;
 use crate::layout::{self, Found};
 use crate::output::{self, Ui};
 use crate::verify;
@@ -38,14 +38,7 @@ struct Item {
 
 pub fn run(args: &ListArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
     let dir = &args.directory;
-    if !dir.is_dir() {
-        return Err(Failure::new(
-            ExitCode::Failure,
-            format!("Directory not found: {}", dir.display()),
-        )
-        .with_hint("pass the directory that holds the backups")
-        .into());
-    }
+    super::backups_dir(dir)?;
     let mut scan =
         layout::scan(dir).with_context(|| format!("cannot read directory `{}`", dir.display()))?;
     for (path, problem) in &scan.problems {

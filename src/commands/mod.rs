@@ -39,6 +39,19 @@ pub fn dispatch(cli: Cli, ui: &Ui, runtime: &tokio::runtime::Runtime) -> Result<
     }
 }
 
+/// The directory of backups `list` and `prune` work in must exist.
+fn backups_dir(dir: &std::path::Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    Err(crate::exit::Failure::new(
+        ExitCode::Failure,
+        format!("Directory not found: {}", dir.display()),
+    )
+    .with_hint("pass the directory that holds the backups")
+    .into())
+}
+
 /// The `Ui` of a parsed command line.
 pub fn ui_for(cli: &Cli) -> Ui {
     let output = match &cli.command {

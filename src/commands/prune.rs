@@ -25,14 +25,7 @@ pub fn run(args: &PruneArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
         )
         .into()),
     };
-    if !dir.is_dir() {
-        return Err(Failure::new(
-            ExitCode::Failure,
-            format!("Directory not found: {}", dir.display()),
-        )
-        .with_hint("pass the directory that holds the backups")
-        .into());
-    }
+    super::backups_dir(&dir)?;
     let policy = Policy {
         within_days: Some(args.keep_within.unwrap_or(settings.backup.retention_days)),
         last: args.keep_last,

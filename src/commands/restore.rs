@@ -19,13 +19,7 @@ pub async fn run(args: &RestoreArgs, settings: &Settings, ui: &Ui) -> Result<Exi
         overwrite: args.overwrite,
         with_config: args.with_config,
     };
-    let qdrant = &settings.qdrant;
-    let client = Client::new(
-        &qdrant.url,
-        qdrant.api_key.as_deref(),
-        qdrant.ca_cert.as_deref(),
-        settings.backup.transfer.timeouts(),
-    )?;
+    let client = Client::from_settings(settings)?;
     let progress = ui.progress();
     let plan = restore::plan(&client, settings, &request, &progress).await?;
 

@@ -2,7 +2,6 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use wqm::manifest::Manifest;
@@ -645,34 +644,12 @@ fn interrupt(faults: Faults, env: &[(&str, &str)], when: impl Fn(&Double) -> boo
     let double = Double::start();
     double.state().faults = faults;
     let tmp = tempfile::tempdir().unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_wqm"));
-    command
-        .args(["backup", "create"])
-        .arg(tmp.path().join("b"))
-        .env_clear()
-        .env("HOME", tmp.path())
-        .env("QDRANT_URL", &double.url)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    let child = command.spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !when(&double) {
-        assert!(
-            Instant::now() < deadline,
-            "the moment never came: {:?}",
-            double.requests()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(100));
-    Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
+    let target = tmp.path().join("b");
+    let mut command =
+        crate::test::wqm_command(tmp.path(), &["backup", "create", target.to_str().unwrap()]);
+    command.env("QDRANT_URL", &double.url);
+    command.envs(env.iter().copied());
+    let output = crate::test::interrupted(command, || when(&double));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(130), "{stderr}");
     assert!(stderr.starts_with("wqm: interrupted; cleaning up (press Ctrl-C again to quit at once)\nwqm: error: interrupted\n"), "{stderr}");

@@ -2,8 +2,7 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tempfile::TempDir;
 
@@ -603,28 +602,15 @@ fn ctrl_c_during_an_upload_stops_and_says_how_to_go_back() {
         upload_delay: Some(Duration::from_secs(5)),
         ..Faults::default()
     };
-    let child = Command::new(env!("CARGO_BIN_EXE_wqm"))
-        .args(["backup", "restore", "--force"])
-        .arg(tmp.path().join("b"))
-        .env_clear()
-        .env("HOME", tmp.path())
+    let backup = tmp.path().join("b");
+    let mut command = crate::test::wqm_command(
+        tmp.path(),
+        &["backup", "restore", "--force", backup.to_str().unwrap()],
+    );
+    command
         .env("QDRANT_URL", &double.url)
-        .env("WQM_DATA_DIR", tmp.path().join("data"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while uploads(&double).is_empty() {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(200));
-    Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
+        .env("WQM_DATA_DIR", tmp.path().join("data"));
+    let output = crate::test::interrupted(command, || !uploads(&double).is_empty());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(130), "{stderr}");
     assert!(

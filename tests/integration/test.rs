@@ -2,8 +2,10 @@
 //! status exactly. Unset expectations mean "empty" for stdout/stderr and 0 for the status.
 //! `{TMP}` in expectations stands for the test's temporary directory.
 
+use std::path::Path;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
@@ -141,4 +143,35 @@ fn check(stream: &str, expected: &Expect, actual: &str, context: &str) {
             }
         }
     }
+}
+
+/// `wqm ARGS` in a clean environment with `HOME` set, for tests that drive the process themselves.
+pub fn wqm_command(home: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wqm"));
+    command.args(args).env_clear().env("HOME", home);
+    command
+}
+
+/// Starts `command`, presses Ctrl-C (SIGINT) once `ready` says so, and returns what it printed.
+pub fn interrupted(mut command: Command, ready: impl Fn() -> bool) -> Output {
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ready() {
+        assert!(
+            Instant::now() < deadline,
+            "the moment to interrupt never came"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(150));
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    child.wait_with_output().unwrap()
 }
