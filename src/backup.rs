@@ -13,15 +13,17 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::checksum::Algorithm;
+use crate::cluster;
 use crate::compress::Compression;
 use crate::config::Settings;
 use crate::exit::{ExitCode, Failure};
 use crate::layout::{self, FileSink, Staging};
 use crate::manifest::{
-    CollectionDetails, Collections, DatabaseDetails, FileEntry, FileKind, Manifest, SystemInfo,
+    CollectionDetails, Collections, DatabaseDetails, FileEntry, FileKind, Manifest, ShardDetails,
+    SystemInfo,
 };
 use crate::progress::{self, Progress};
-use crate::qdrant::{self, AsyncSink, Client, SnapshotDescription};
+use crate::qdrant::{self, AsyncSink, Client, Scope, SnapshotDescription};
 use crate::sqlite;
 use crate::verify::{self, Severity};
 
@@ -63,6 +65,13 @@ pub struct Outcome {
     pub leftovers: Vec<String>,
 }
 
+/// Where each collection's data comes from: one snapshot of the whole collection (a single
+/// node), or one snapshot per shard, each from a node holding an active replica (a cluster).
+enum Source {
+    Collection,
+    Shards(Vec<(cluster::Shard, u64)>),
+}
+
 /// Checks everything that can be checked before writing, then writes the backup.
 pub async fn create(
     client: &Client,
@@ -89,14 +98,7 @@ pub async fn create(
 
     progress.step(&format!("connecting to Qdrant at {}", client.display_url()));
     let server = client.server_info().await?;
-    if let Some(peers) = client.cluster_peers().await? {
-        return Err(Failure::new(
-            ExitCode::Failure,
-            format!("Qdrant at {} runs in cluster mode ({peers} peers); a collection snapshot holds only one node's shards, so the backup would silently lack data", client.display_url()),
-        )
-        .with_hint("cluster backups are not supported yet; back up each node's storage with Qdrant's own tools meanwhile")
-        .into());
-    }
+    let topology = cluster::topology(client, settings).await?;
     let available = client.list_collections().await?;
     let collections = select(&available, request.collections.as_deref())?;
     for name in &collections {
@@ -104,6 +106,14 @@ pub async fn create(
             .with_context(|| format!("collection `{name}` cannot be stored under its name"))?;
     }
     let aliases = client.aliases().await?;
+    // In a cluster, every shard needs an active replica on a reachable node before anything is written.
+    let mut sources = Vec::new();
+    for name in &collections {
+        sources.push(match &topology {
+            None => Source::Collection,
+            Some(topology) => Source::Shards(shard_sources(client, topology, name).await?),
+        });
+    }
 
     let staging = Staging::begin(&request.target, request.replace)?;
     progress.step(&format!("staging in {}", staging.dir().display()));
@@ -123,69 +133,130 @@ pub async fn create(
     let mut items = Vec::new();
     let mut leftovers = Vec::new();
     let mut counts = BTreeMap::new();
+    let stored = Stored {
+        staging: &staging,
+        compression,
+        algorithm,
+        progress,
+    };
 
-    for name in &collections {
+    for (name, source) in collections.iter().zip(sources) {
         progress::check_interrupted()?;
         let info = client.collection_info(name).await?;
         let count_before = client.exact_count(name).await?;
-        let rel = layout::snapshot_path(name, compression);
-        let (entry, leftover) = snapshot_collection(
-            client,
-            &staging,
-            name,
-            &rel,
-            compression,
-            algorithm,
-            progress,
-        )
-        .await?;
-        leftovers.extend(leftover);
+        let mut details = CollectionDetails {
+            points_count: count_before,
+            points_count_after: None,
+            snapshot: String::new(),
+            shards: Vec::new(),
+            config: None,
+            params: backup
+                .metadata
+                .include_collection_stats
+                .then(|| info.config.params.clone()),
+            payload_schema: backup
+                .metadata
+                .include_collection_stats
+                .then(|| info.payload_schema.clone()),
+            aliases: aliases
+                .iter()
+                .filter(|a| &a.collection_name == name)
+                .map(|a| a.alias_name.clone())
+                .collect(),
+        };
+        match source {
+            Source::Collection => {
+                let rel = layout::snapshot_path(name, compression);
+                let (entry, leftover) = stored
+                    .snapshot(
+                        client,
+                        Scope::Collection(name),
+                        &rel,
+                        FileKind::CollectionSnapshot,
+                    )
+                    .await?;
+                leftovers.extend(leftover);
+                items.push(Item {
+                    path: rel.clone(),
+                    detail: format!("{count_before} points"),
+                    size: entry.size,
+                    content_size: entry.content_size,
+                });
+                manifest.files.push(entry);
+                details.snapshot = rel;
+            }
+            Source::Shards(shards) => {
+                // Re-creating a sharded collection needs its whole configuration and payload schema.
+                details.config = Some(info.config.whole());
+                details.payload_schema = Some(info.payload_schema.clone());
+                for (shard, peer) in shards {
+                    progress::check_interrupted()?;
+                    let node = topology
+                        .as_ref()
+                        .and_then(|t| t.node(peer))
+                        .expect("sources are reachable nodes");
+                    let points_count = node.shard_exact_count(name, shard.id).await?;
+                    let snapshot_timestamp = crate::now();
+                    let rel = layout::shard_snapshot_path(name, shard.id, compression);
+                    let (entry, leftover) = stored
+                        .snapshot(
+                            node,
+                            Scope::Shard(name, shard.id),
+                            &rel,
+                            FileKind::ShardSnapshot,
+                        )
+                        .await?;
+                    leftovers.extend(leftover);
+                    items.push(Item {
+                        path: rel.clone(),
+                        detail: format!(
+                            "shard {}, {points_count} points, from peer {peer}",
+                            shard.id
+                        ),
+                        size: entry.size,
+                        content_size: entry.content_size,
+                    });
+                    manifest.files.push(entry);
+                    details.shards.push(ShardDetails {
+                        id: shard.id,
+                        key: shard.key.clone(),
+                        points_count,
+                        snapshot: rel,
+                        peer_id: peer,
+                        node: node.display_url(),
+                        snapshot_timestamp,
+                    });
+                }
+            }
+        }
         let count_after = client.exact_count(name).await?;
         if count_after != count_before {
             // Points changed while the snapshot was taken: its exact count lies in between.
             manifest.during_operations = true;
-            manifest.notes.push(format!(
-                "collection `{name}` changed during the backup ({count_before} points before the snapshot, {count_after} after)"
-            ));
+            details.points_count_after = Some(count_after);
+            manifest.notes.push(format!("collection `{name}` changed during the backup ({count_before} points before the snapshot, {count_after} after)"));
         }
-        let stats = backup.metadata.include_collection_stats;
-        manifest.collection_details.insert(
-            name.clone(),
-            CollectionDetails {
-                points_count: count_before,
-                points_count_after: (count_after != count_before).then_some(count_after),
-                snapshot: rel.clone(),
-                params: stats.then(|| info.config.params.clone()),
-                payload_schema: stats.then(|| info.payload_schema.clone()),
-                aliases: aliases
-                    .iter()
-                    .filter(|a| &a.collection_name == name)
-                    .map(|a| a.alias_name.clone())
-                    .collect(),
-            },
-        );
-        items.push(Item {
-            path: rel,
-            detail: format!("{count_before} points"),
-            size: entry.size,
-            content_size: entry.content_size,
-        });
-        manifest.files.push(entry);
+        manifest.collection_details.insert(name.clone(), details);
         counts.insert(name.clone(), count_before);
     }
     manifest.total_documents = Some(counts.values().sum());
     manifest.collections = Some(Collections::Counts(counts));
+    if topology.is_some() {
+        manifest.notes.push("taken from a cluster shard by shard: each shard is consistent in itself, the shards are not from one instant".to_string());
+    }
 
-    back_up_databases(
-        &staging,
-        settings,
-        compression,
-        algorithm,
-        &mut manifest,
-        &mut items,
-        progress,
-    )?;
-    match &settings.config_file {
+    if request.databases {
+        back_up_databases(
+            &staging,
+            settings,
+            compression,
+            algorithm,
+            &mut manifest,
+            &mut items,
+            progress,
+        )?;
+    }
+    match settings.config_file.as_ref().filter(|_| request.config) {
         Some(config) => {
             progress::check_interrupted()?;
             let rel = format!("{}/config.yaml", layout::CONFIG_DIR);
@@ -207,9 +278,10 @@ pub async fn create(
             });
             manifest.files.push(entry);
         }
-        None => manifest
+        None if request.config => manifest
             .notes
             .push("no configuration file was found; the backup holds no config".to_string()),
+        None => {}
     }
     if backup.metadata.include_system_info {
         manifest.system_info = Some(SystemInfo {
@@ -236,6 +308,27 @@ pub async fn create(
         seconds: started.elapsed().as_secs_f64(),
         leftovers,
     })
+}
+
+/// Each shard of `collection` with the reachable node that holds an active replica of it.
+async fn shard_sources(
+    entry: &Client,
+    topology: &cluster::Topology,
+    collection: &str,
+) -> Result<Vec<(cluster::Shard, u64)>> {
+    let mut sources = Vec::new();
+    for shard in cluster::shards(entry, collection).await? {
+        let Some(peer) = shard.active_on(topology) else {
+            return Err(cluster::ClusterError::NoActiveReplica {
+                collection: collection.to_string(),
+                shard: shard.id,
+                replicas: shard.describe_replicas(topology),
+            }
+            .into());
+        };
+        sources.push((shard, peer));
+    }
+    Ok(sources)
 }
 
 /// All collections, or the requested ones (all of which must exist).
@@ -266,60 +359,77 @@ fn select(available: &[String], requested: Option<&[String]>) -> Result<Vec<Stri
     Ok(requested.to_vec())
 }
 
-/// Creates a snapshot on the server, streams it into the backup and deletes it from the
-/// server, also when anything failed. Returns the stored file and, when the server copy could
-/// not be deleted, a warning with the command that deletes it.
-async fn snapshot_collection(
-    client: &Client,
-    staging: &Staging,
-    collection: &str,
-    rel: &str,
+/// Where snapshots are stored, and how.
+struct Stored<'a> {
+    staging: &'a Staging,
     compression: Compression,
     algorithm: Algorithm,
-    progress: &dyn Progress,
-) -> Result<(FileEntry, Option<String>)> {
-    progress.step(&format!("creating a snapshot of `{collection}`"));
-    // Even after Ctrl-C this waits for Qdrant: the snapshot it is making must be deleted.
-    let snapshot = client.create_snapshot(collection).await?;
-    progress.step(&format!("downloading `{}`", snapshot.name));
-    // Fires (or is dropped) when the download is over, done or failed.
-    let (download_over, when_download_over) = tokio::sync::oneshot::channel::<()>();
-    let transfer = async {
-        let download_over = download_over;
-        let sink =
-            staging.create_file(rel, FileKind::CollectionSnapshot, compression, algorithm)?;
-        let (sender, receiver) = mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
-        let writer = spawn_writer(sink, receiver);
-        progress.begin(collection, snapshot.size);
-        let downloaded = client
-            .download_snapshot(collection, &snapshot.name, ChannelSink { sender, progress })
-            .await;
-        progress.end();
-        let _ = download_over.send(());
-        let written = writer
-            .await
-            .map_err(|e| anyhow!("the file writer panicked: {e}"))?;
-        // The writer's own error (a full disk, say) explains a stopped download better.
-        let entry = written?;
-        let bytes = downloaded?;
-        check_download(&snapshot, bytes, &entry)?;
-        Ok::<_, anyhow::Error>(entry)
-    };
-    // The server's copy is deleted while the writer syncs the file to disk.
-    let delete_after_transfer = async {
-        let _ = when_download_over.await;
-        client.delete_snapshot(collection, &snapshot.name).await
-    };
-    let (stored, deleted) = tokio::join!(transfer, delete_after_transfer);
-    let leftover = deleted.err().map(|e| {
-        format!(
-            "could not delete snapshot `{}` of `{collection}` from Qdrant ({e}); delete it with: curl -X DELETE '{}/collections/{collection}/snapshots/{}' -H 'api-key: $QDRANT_API_KEY'",
-            snapshot.name,
-            client.display_url(),
-            snapshot.name
-        )
-    });
-    Ok((stored?, leftover))
+    progress: &'a dyn Progress,
+}
+
+impl Stored<'_> {
+    /// Creates a snapshot of `scope` on `client`'s node, streams it into the backup at `rel`
+    /// and deletes it from the node, also when anything failed. Returns the stored file and,
+    /// when the server copy could not be deleted, a warning with the command that deletes it.
+    async fn snapshot(
+        &self,
+        client: &Client,
+        scope: Scope<'_>,
+        rel: &str,
+        kind: FileKind,
+    ) -> Result<(FileEntry, Option<String>)> {
+        let progress = self.progress;
+        progress.step(&format!(
+            "creating a snapshot of {scope} on {}",
+            client.display_url()
+        ));
+        // Even after Ctrl-C this waits for Qdrant: the snapshot it is making must be deleted.
+        let snapshot = client.create_snapshot(scope).await?;
+        progress.step(&format!("downloading `{}`", snapshot.name));
+        // Fires (or is dropped) when the download is over, done or failed.
+        let (download_over, when_download_over) = tokio::sync::oneshot::channel::<()>();
+        let transfer = async {
+            let download_over = download_over;
+            let sink = self
+                .staging
+                .create_file(rel, kind, self.compression, self.algorithm)?;
+            let (sender, receiver) = mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
+            let writer = spawn_writer(sink, receiver);
+            progress.begin(&scope.to_string(), snapshot.size);
+            let downloaded = client
+                .download_snapshot(scope, &snapshot.name, ChannelSink { sender, progress })
+                .await;
+            progress.end();
+            let _ = download_over.send(());
+            let written = writer
+                .await
+                .map_err(|e| anyhow!("the file writer panicked: {e}"))?;
+            // The writer's own error (a full disk, say) explains a stopped download better.
+            let entry = written?;
+            let bytes = downloaded?;
+            check_download(&snapshot, bytes, &entry)?;
+            Ok::<_, anyhow::Error>(entry)
+        };
+        // The server's copy is deleted while the writer syncs the file to disk.
+        let delete_after_transfer = async {
+            let _ = when_download_over.await;
+            client.delete_snapshot(scope, &snapshot.name).await
+        };
+        let (stored, deleted) = tokio::join!(transfer, delete_after_transfer);
+        let leftover = deleted.err().map(|e| {
+            let path = match scope {
+                Scope::Collection(c) => format!("collections/{c}"),
+                Scope::Shard(c, id) => format!("collections/{c}/shards/{id}"),
+            };
+            format!(
+                "could not delete snapshot `{}` of {scope} from Qdrant ({e}); delete it with: curl -X DELETE '{}/{path}/snapshots/{}' -H 'api-key: $QDRANT_API_KEY'",
+                snapshot.name,
+                client.display_url(),
+                snapshot.name
+            )
+        });
+        Ok((stored?, leftover))
+    }
 }
 
 /// Hands downloaded chunks to the thread that hashes, compresses and writes them, so the

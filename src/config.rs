@@ -298,6 +298,7 @@ struct QdrantFile {
     url: Option<String>,
     api_key: Option<String>,
     ca_cert: Option<PathBuf>,
+    nodes: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -315,6 +316,8 @@ pub struct QdrantSettings {
     pub api_key: Option<String>,
     /// A PEM file of extra trusted CA certificates for https.
     pub ca_cert: Option<PathBuf>,
+    /// REST URLs of every node of a cluster (`url` is the entry point).
+    pub nodes: Vec<String>,
 }
 
 /// Flags that override settings.
@@ -373,6 +376,17 @@ impl Settings {
                 .path("QDRANT_CA_CERT")
                 .or(qdrant_file.ca_cert)
                 .map(|p| expand_tilde(&p, home.as_deref())),
+            nodes: env
+                .get("QDRANT_NODES")
+                .map(|list| {
+                    list.split(',')
+                        .map(str::trim)
+                        .filter(|u| !u.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                })
+                .or(qdrant_file.nodes)
+                .unwrap_or_default(),
         };
 
         let data_dir = match env.path("WQM_DATA_DIR") {

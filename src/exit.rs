@@ -130,6 +130,7 @@ fn classify_one(cause: &(dyn std::error::Error + 'static)) -> Option<(ExitCode, 
         crate::layout::LayoutError,
         crate::qdrant::QdrantError,
         crate::daemon::DaemonError,
+        crate::cluster::ClusterError,
     );
     None
 }

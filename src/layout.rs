@@ -148,6 +148,14 @@ pub fn snapshot_path(collection: &str, compression: Compression) -> String {
     )
 }
 
+/// `collections/<name>/shard-<id>.snapshot[.zst]`.
+pub fn shard_snapshot_path(collection: &str, shard: u32, compression: Compression) -> String {
+    format!(
+        "{COLLECTIONS_DIR}/{collection}/shard-{shard}.snapshot{}",
+        compression.extension()
+    )
+}
+
 /// `sqlite/<file>[.zst]`.
 pub fn database_path(file_name: &str, compression: Compression) -> String {
     format!("{SQLITE_DIR}/{file_name}{}", compression.extension())

@@ -6,6 +6,7 @@
 pub mod backup;
 pub mod checksum;
 pub mod cli;
+pub mod cluster;
 mod commands;
 pub mod compat;
 pub mod compress;

@@ -79,6 +79,8 @@ impl Collections {
 pub enum FileKind {
     /// A Qdrant collection snapshot (an uncompressed tar before our compression).
     CollectionSnapshot,
+    /// A Qdrant shard snapshot (one shard of a collection of a cluster; the per-shard layout).
+    ShardSnapshot,
     /// A SQLite database copied with SQLite's online backup API.
     SqliteDatabase,
     /// The configuration file, byte for byte.
@@ -111,8 +113,16 @@ pub struct CollectionDetails {
     /// count lies between the two.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub points_count_after: Option<u64>,
-    /// The stored snapshot, a `files[].path`.
+    /// The stored snapshot, a `files[].path` (empty when the collection is stored by shards).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub snapshot: String,
+    /// The shards of a collection backed up from a cluster, one snapshot each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<ShardDetails>,
+    /// The whole collection configuration (`params`, `hnsw_config`, `optimizer_config`, ...),
+    /// recorded for sharded collections, which a restore must create before loading shards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<Value>,
     /// `config.params` of the collection: vectors, sparse_vectors, shard_number, ...
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub params: Option<Value>,
@@ -122,6 +132,35 @@ pub struct CollectionDetails {
     /// Aliases pointing at this collection (snapshots do not hold them).
     #[serde(default)]
     pub aliases: Vec<String>,
+}
+
+/// One shard of a collection backed up from a cluster.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShardDetails {
+    pub id: u32,
+    /// Its shard key (custom sharding).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<Value>,
+    /// Exact point count of the shard when its snapshot was taken.
+    pub points_count: u64,
+    /// The stored shard snapshot, a `files[].path`.
+    pub snapshot: String,
+    /// The peer whose replica was snapshotted, and its REST URL.
+    pub peer_id: u64,
+    pub node: String,
+    /// When this shard's snapshot was taken (epoch seconds): shards are not taken at one instant.
+    pub snapshot_timestamp: f64,
+}
+
+impl CollectionDetails {
+    /// The files holding the collection's data: its snapshot, or its shard snapshots.
+    pub fn snapshot_files(&self) -> Vec<&str> {
+        if self.shards.is_empty() {
+            vec![self.snapshot.as_str()]
+        } else {
+            self.shards.iter().map(|s| s.snapshot.as_str()).collect()
+        }
+    }
 }
 
 /// A SQLite database in the backup.

@@ -4,6 +4,7 @@
 //! so the bytes would go over REST anyway; gRPC needs a second port many deployments do not
 //! expose; and its 5 s default timeout kills large snapshot creation. See `docs/architecture.md`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -110,6 +111,18 @@ pub struct CollectionInfo {
 #[derive(Clone, Debug, Deserialize)]
 pub struct CollectionConfig {
     pub params: Value,
+    /// `hnsw_config`, `optimizer_config`, `wal_config`, `quantization_config`, ...
+    #[serde(flatten)]
+    pub rest: serde_json::Map<String, Value>,
+}
+
+impl CollectionConfig {
+    /// The whole configuration, as Qdrant reports it.
+    pub fn whole(&self) -> Value {
+        let mut whole = self.rest.clone();
+        whole.insert("params".to_string(), self.params.clone());
+        Value::Object(whole)
+    }
 }
 
 /// An alias from `GET /aliases`.
@@ -155,14 +168,95 @@ struct Count {
     count: u64,
 }
 
-#[derive(Deserialize)]
-struct ClusterStatus {
-    status: String,
+/// `GET /cluster`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct ClusterStatus {
+    /// `enabled` or `disabled`.
+    pub status: String,
+    /// This node's peer id.
     #[serde(default)]
-    peers: serde_json::Map<String, Value>,
+    pub peer_id: Option<u64>,
+    /// Peer id → `{ "uri": "http://host:p2p-port/" }`.
+    #[serde(default)]
+    pub peers: BTreeMap<String, Peer>,
+}
+
+impl ClusterStatus {
+    pub fn enabled(&self) -> bool {
+        self.status == "enabled"
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Peer {
+    pub uri: String,
+}
+
+/// `GET /collections/{c}/cluster`, as seen by one node.
+#[derive(Clone, Debug, Deserialize)]
+pub struct CollectionCluster {
+    pub peer_id: u64,
+    #[serde(default)]
+    pub local_shards: Vec<LocalShard>,
+    #[serde(default)]
+    pub remote_shards: Vec<RemoteShard>,
+    #[serde(default)]
+    pub shard_transfers: Vec<Value>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct LocalShard {
+    pub shard_id: u32,
+    #[serde(default)]
+    pub shard_key: Option<Value>,
+    #[serde(default)]
+    pub points_count: u64,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct RemoteShard {
+    pub shard_id: u32,
+    #[serde(default)]
+    pub shard_key: Option<Value>,
+    pub peer_id: u64,
+    pub state: String,
+}
+
+/// What a snapshot call works on: a whole collection, or one shard of it.
+#[derive(Clone, Copy, Debug)]
+pub enum Scope<'a> {
+    Collection(&'a str),
+    Shard(&'a str, u32),
+}
+
+impl Scope<'_> {
+    fn path(&self, tail: &[&str]) -> Vec<String> {
+        let mut segments = match self {
+            Scope::Collection(c) => vec!["collections".to_string(), c.to_string()],
+            Scope::Shard(c, id) => vec![
+                "collections".to_string(),
+                c.to_string(),
+                "shards".to_string(),
+                id.to_string(),
+            ],
+        };
+        segments.extend(tail.iter().map(|s| s.to_string()));
+        segments
+    }
+}
+
+impl std::fmt::Display for Scope<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scope::Collection(c) => write!(f, "`{c}`"),
+            Scope::Shard(c, id) => write!(f, "shard {id} of `{c}`"),
+        }
+    }
 }
 
 /// A client of one Qdrant server.
+#[derive(Clone, Debug)]
 pub struct Client {
     http: reqwest::Client,
     base: Url,
@@ -202,6 +296,9 @@ impl Client {
         let mut builder = reqwest::Client::builder()
             .default_headers(headers)
             .connect_timeout(timeouts.connect)
+            // Qdrant closes idle keep-alive connections after a few seconds; reusing one it is
+            // closing fails the request, so idle connections are dropped first.
+            .pool_idle_timeout(Duration::from_secs(2))
             .user_agent(concat!("wqm/", env!("CARGO_PKG_VERSION")));
         if let Some(path) = ca_cert {
             let ca_error = |reason: String| QdrantError::CaCert {
@@ -235,22 +332,27 @@ impl Client {
         )
     }
 
+    /// The base URL (with any password: not for messages).
+    pub fn base_url(&self) -> &Url {
+        &self.base
+    }
+
     /// The server's URL without any password, for messages.
     pub fn display_url(&self) -> String {
         redact(self.base.as_str().trim_end_matches('/'))
     }
 
-    fn url(&self, segments: &[&str]) -> Url {
+    fn endpoint<S: AsRef<str>>(&self, segments: &[S]) -> Url {
         let mut url = self.base.clone();
         url.path_segments_mut()
             .expect("http URLs have paths")
             .pop_if_empty()
-            .extend(segments);
+            .extend(segments.iter().map(AsRef::as_ref));
         url
     }
 
-    fn request(&self, method: Method, segments: &[&str]) -> RequestBuilder {
-        self.http.request(method, self.url(segments))
+    fn request<S: AsRef<str>>(&self, method: Method, segments: &[S]) -> RequestBuilder {
+        self.http.request(method, self.endpoint(segments))
     }
 
     /// Sends a request and waits for the response head, mapping failures to `QdrantError`.
@@ -357,7 +459,7 @@ impl Client {
         let what = "server version";
         let response = self
             .send(
-                self.request(Method::GET, &[]),
+                self.request::<&str>(Method::GET, &[]),
                 what,
                 self.timeouts.read_idle,
             )
@@ -410,45 +512,117 @@ impl Client {
         Ok(list.aliases)
     }
 
-    /// The peers of a cluster, or `None` when Qdrant runs as a single node.
-    pub async fn cluster_peers(&self) -> Result<Option<usize>, QdrantError> {
-        let status: ClusterStatus = self.get(&["cluster"], "cluster status").await?;
-        Ok((status.status == "enabled").then_some(status.peers.len()))
+    /// `GET /cluster`: whether Qdrant runs distributed, this node's peer id, and its peers.
+    pub async fn cluster_status(&self) -> Result<ClusterStatus, QdrantError> {
+        self.get(&["cluster"], "cluster status").await
     }
 
-    /// `POST /collections/{c}/snapshots?wait=true`: Qdrant sends nothing until the snapshot is done.
-    pub async fn create_snapshot(
+    /// `GET /collections/{c}/cluster`: the shards this node holds and where the others are.
+    pub async fn collection_cluster(
         &self,
         collection: &str,
+    ) -> Result<CollectionCluster, QdrantError> {
+        self.get(
+            &["collections", collection, "cluster"],
+            &format!("shards of `{collection}`"),
+        )
+        .await
+    }
+
+    /// The exact number of points of one shard this node holds.
+    pub async fn shard_exact_count(
+        &self,
+        collection: &str,
+        shard: u32,
+    ) -> Result<u64, QdrantError> {
+        let id = shard.to_string();
+        let request = self
+            .request(
+                Method::POST,
+                &["collections", collection, "shards", &id, "points", "count"],
+            )
+            .json(&serde_json::json!({ "exact": true }));
+        let count: Count = self
+            .call(
+                request,
+                &format!("count of shard {shard} of `{collection}`"),
+                self.timeouts.operation,
+            )
+            .await?;
+        Ok(count.count)
+    }
+
+    /// `PUT /collections/{c}` with `body` (the create-collection request).
+    pub async fn create_collection(
+        &self,
+        collection: &str,
+        body: &Value,
+    ) -> Result<(), QdrantError> {
+        let request = self
+            .request(Method::PUT, &["collections", collection])
+            .json(body);
+        self.call::<Value>(
+            request,
+            &format!("create collection `{collection}`"),
+            self.timeouts.operation,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// `PUT /collections/{c}/shards`: the shards of a custom-sharding key.
+    pub async fn create_shard_key(&self, collection: &str, key: &Value) -> Result<(), QdrantError> {
+        let request = self
+            .request(Method::PUT, &["collections", collection, "shards"])
+            .json(&serde_json::json!({ "shard_key": key }));
+        self.call::<Value>(
+            request,
+            &format!("create shard key {key} of `{collection}`"),
+            self.timeouts.operation,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// `PUT /collections/{c}/index?wait=true`: a payload index.
+    pub async fn create_payload_index(
+        &self,
+        collection: &str,
+        field: &str,
+        schema: &Value,
+    ) -> Result<(), QdrantError> {
+        let request = self
+            .request(Method::PUT, &["collections", collection, "index"])
+            .query(&[("wait", "true")])
+            .json(&serde_json::json!({ "field_name": field, "field_schema": schema }));
+        self.call::<Value>(
+            request,
+            &format!("create payload index `{field}` of `{collection}`"),
+            self.timeouts.operation,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// `POST {scope}/snapshots?wait=true`: Qdrant sends nothing until the snapshot is done.
+    pub async fn create_snapshot(
+        &self,
+        scope: Scope<'_>,
     ) -> Result<SnapshotDescription, QdrantError> {
         let request = self
-            .request(Method::POST, &["collections", collection, "snapshots"])
+            .request(Method::POST, &scope.path(&["snapshots"]))
             .query(&[("wait", "true")]);
         self.call(
             request,
-            &format!("create a snapshot of `{collection}`"),
+            &format!("create a snapshot of {scope}"),
             self.timeouts.operation,
         )
         .await
     }
 
-    pub async fn list_snapshots(
-        &self,
-        collection: &str,
-    ) -> Result<Vec<SnapshotDescription>, QdrantError> {
-        self.get(
-            &["collections", collection, "snapshots"],
-            &format!("snapshots of `{collection}`"),
-        )
-        .await
-    }
-
-    pub async fn delete_snapshot(&self, collection: &str, name: &str) -> Result<(), QdrantError> {
+    pub async fn delete_snapshot(&self, scope: Scope<'_>, name: &str) -> Result<(), QdrantError> {
         let request = self
-            .request(
-                Method::DELETE,
-                &["collections", collection, "snapshots", name],
-            )
+            .request(Method::DELETE, &scope.path(&["snapshots", name]))
             .query(&[("wait", "true")]);
         self.call::<Value>(
             request,
@@ -459,13 +633,14 @@ impl Client {
         .map(drop)
     }
 
-    /// `POST /collections/{c}/snapshots/upload?wait=true&priority=snapshot&checksum=…`: recovers
-    /// the collection (creating it, or replacing the data of an existing one with the same
-    /// vector configuration) from `body`, a multipart stream of `length` bytes. Qdrant verifies
-    /// the sha256 and keeps the uploaded file as `file_name` (delete it afterwards).
+    /// `POST {scope}/snapshots/upload?wait=true&priority=snapshot&checksum=…`: recovers the
+    /// collection or shard (creating a missing collection, or replacing the data of an existing
+    /// one with the same vector configuration) from `body`, a multipart stream of `length` bytes.
+    /// Qdrant verifies the sha256; it keeps an uploaded collection snapshot as `file_name`
+    /// (delete it afterwards).
     pub async fn upload_snapshot(
         &self,
-        collection: &str,
+        scope: Scope<'_>,
         file_name: &str,
         body: reqwest::Body,
         length: u64,
@@ -480,10 +655,7 @@ impl Client {
             })?;
         let form = reqwest::multipart::Form::new().part("snapshot", part);
         let request = self
-            .request(
-                Method::POST,
-                &["collections", collection, "snapshots", "upload"],
-            )
+            .request(Method::POST, &scope.path(&["snapshots", "upload"]))
             .query(&[
                 ("wait", "true"),
                 ("priority", "snapshot"),
@@ -492,7 +664,7 @@ impl Client {
             .multipart(form);
         self.call::<Value>(
             request,
-            &format!("restore `{collection}` from its snapshot"),
+            &format!("restore {scope} from its snapshot"),
             self.timeouts.operation,
         )
         .await
@@ -528,11 +700,11 @@ impl Client {
     /// number of bytes delivered. Stops with `Interrupted` on Ctrl-C.
     pub async fn download_snapshot(
         &self,
-        collection: &str,
+        scope: Scope<'_>,
         name: &str,
         mut deliver: impl AsyncSink,
     ) -> anyhow::Result<u64> {
-        let segments = ["collections", collection, "snapshots", name];
+        let segments = scope.path(&["snapshots", name]);
         let what = format!("download snapshot `{name}`");
         let mut offset: u64 = 0;
         let mut etag: Option<HeaderValue> = None;
@@ -737,7 +909,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            client.url(&["collections", "a b/c"]).as_str(),
+            client.endpoint(&["collections", "a b/c"]).as_str(),
             "http://u:secret@127.0.0.1:6333/base/collections/a%20b%2Fc"
         );
         assert_eq!(client.display_url(), "http://u:***@127.0.0.1:6333/base");

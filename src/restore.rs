@@ -19,6 +19,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::backup;
+use crate::cluster;
 use crate::compat::{self, Decision, Policy};
 use crate::compress::Compression;
 use crate::config::Settings;
@@ -28,7 +29,7 @@ use crate::layout::{self, BackupDir};
 use crate::manifest::{FileKind, Manifest};
 use crate::migrations::{self, Migration, Staged};
 use crate::progress::{self, Progress};
-use crate::qdrant::{Client, QdrantError};
+use crate::qdrant::{Client, QdrantError, Scope};
 use crate::sqlite;
 use crate::verify::{self, Check, Severity};
 
@@ -59,6 +60,8 @@ pub struct CollectionPlan {
     pub points: u64,
     /// Bytes to upload (the uncompressed snapshot).
     pub bytes: u64,
+    /// Shard snapshots to load (0: one collection snapshot).
+    pub shards: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
@@ -115,6 +118,13 @@ pub struct DaemonPlan {
 }
 
 #[derive(Clone, Debug, Serialize)]
+pub struct ClusterPlan {
+    pub nodes: usize,
+    /// Configured nodes that do not answer.
+    pub down: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
 pub struct SafetyPlan {
     pub path: PathBuf,
     pub collections: Vec<String>,
@@ -155,6 +165,8 @@ pub struct Plan {
     pub databases: Vec<DatabasePlan>,
     pub config: ConfigPlan,
     pub daemon: DaemonPlan,
+    /// The Qdrant restored into is a cluster of this many reachable nodes.
+    pub cluster: Option<ClusterPlan>,
     pub safety_backup: Option<SafetyPlan>,
     pub disk_free_bytes: Option<u64>,
     pub disk_needed_bytes: u64,
@@ -169,6 +181,8 @@ pub struct Plan {
     manifest: Manifest,
     #[serde(skip)]
     chain: Vec<&'static Migration>,
+    #[serde(skip)]
+    topology: Option<cluster::Topology>,
 }
 
 impl Plan {
@@ -256,6 +270,7 @@ pub async fn plan(
             running: None,
             will_stop_and_start: false,
         },
+        cluster: None,
         safety_backup: None,
         disk_free_bytes: None,
         disk_needed_bytes: 0,
@@ -266,6 +281,7 @@ pub async fn plan(
         manifest: original.clone(),
         original,
         chain: Vec::new(),
+        topology: None,
     };
 
     // 1. Validation: structure, manifest, files (and their checksums), versions.
@@ -348,8 +364,18 @@ pub async fn plan(
     // 2. Qdrant: what exists, what conflicts.
     progress.step(&format!("asking Qdrant at {}", client.display_url()));
     let server = client.server_info().await?;
-    if let Some(peers) = client.cluster_peers().await? {
-        plan.block(ExitCode::Failure, format!("Qdrant at {} runs in cluster mode ({peers} peers); restoring into a cluster is not supported yet", client.display_url()), None);
+    plan.topology = cluster::topology(client, settings).await?;
+    if let Some(topology) = &plan.topology {
+        plan.cluster = Some(ClusterPlan {
+            nodes: topology.nodes.len(),
+            down: topology.down.clone(),
+        });
+        if !topology.down.is_empty() {
+            plan.warnings.push(format!(
+                "nodes that do not answer: {}",
+                topology.down.join(", ")
+            ));
+        }
     }
     if let Some(recorded) = &plan.manifest.qdrant_version {
         if minor_line(recorded) != minor_line(&server.version) {
@@ -414,17 +440,26 @@ async fn plan_collections(
 ) -> Result<()> {
     let mut conflicts = Vec::new();
     for (name, details) in &plan.manifest.collection_details {
-        let bytes = plan
-            .manifest
-            .file(&details.snapshot)
-            .map_or(0, |f| f.content_size);
+        let bytes = details
+            .snapshot_files()
+            .iter()
+            .filter_map(|f| plan.manifest.file(f))
+            .map(|f| f.content_size)
+            .sum();
         let mut entry = CollectionPlan {
             name: name.clone(),
             action: CollectionAction::Create,
             points: details.points_count,
             bytes,
+            shards: details.shards.len(),
             reason: None,
         };
+        if custom_sharding(details) && plan.topology.is_none() {
+            plan.warnings.push(format!(
+                "`{name}` uses custom sharding, which a single Qdrant node cannot do: its {} shards are restored as automatic sharding (queries that name a shard key must drop it)",
+                details.shards.len()
+            ));
+        }
         if existing.contains(name) {
             if !request.overwrite {
                 entry.action = CollectionAction::Conflict;
@@ -462,6 +497,10 @@ async fn plan_collections(
         plan.block(ExitCode::Conflict, conflicts.join("\n"), Some(hint));
     }
     Ok(())
+}
+
+fn custom_sharding(details: &crate::manifest::CollectionDetails) -> bool {
+    details.shards.iter().any(|s| s.key.is_some())
 }
 
 fn plan_aliases(plan: &mut Plan, existing: &[crate::qdrant::Alias]) {
@@ -840,18 +879,34 @@ async fn apply(
         replacements.push((replacement, database));
     }
 
+    let mut shard_targets = BTreeMap::new();
     for collection in plan.restored_collections() {
         progress::check_interrupted()?;
         let details = &plan.manifest.collection_details[&collection.name];
-        let entry = plan
-            .manifest
-            .file(&details.snapshot)
-            .ok_or_else(|| anyhow!("no file for `{}`", collection.name))?;
         progress.step(&format!("restoring collection `{}`", collection.name));
         journal.changed = true;
-        upload(client, &plan.backup, entry, &collection.name, progress)
+        let restored = if details.shards.is_empty() {
+            let entry = plan
+                .manifest
+                .file(&details.snapshot)
+                .ok_or_else(|| anyhow!("no file for `{}`", collection.name))?;
+            upload(
+                client,
+                &plan.backup,
+                entry,
+                Scope::Collection(&collection.name),
+                progress,
+            )
             .await
-            .with_context(|| format!("restoring collection `{}` failed", collection.name))?;
+        } else {
+            let timeout = Duration::from_secs(settings.backup.transfer.operation_timeout);
+            restore_shards(client, plan, collection, timeout, progress)
+                .await
+                .map(|targets| {
+                    shard_targets.insert(collection.name.clone(), targets);
+                })
+        };
+        restored.with_context(|| format!("restoring collection `{}` failed", collection.name))?;
         if collection.action == CollectionAction::Create {
             journal.created.push(collection.name.clone());
         }
@@ -914,7 +969,7 @@ async fn apply(
     }
 
     progress.step("verifying");
-    verify_restore(client, plan).await
+    verify_restore(client, plan, &shard_targets).await
 }
 
 /// Decompresses each database the restore needs into `dir`, applies the migrations to the
@@ -967,6 +1022,187 @@ fn stage_databases(
     Ok(migrated.databases)
 }
 
+/// Restores a collection stored by shards: creates it (with its shard keys and payload
+/// indexes) unless it exists, loads each shard snapshot into a node holding a replica of that
+/// shard, and in a cluster waits until every replica is active. Returns, for each shard of the
+/// backup, the id of the shard it went into.
+async fn restore_shards(
+    client: &Client,
+    plan: &Plan,
+    collection: &CollectionPlan,
+    timeout: Duration,
+    progress: &dyn Progress,
+) -> Result<Vec<(u32, u32)>> {
+    let name = collection.name.as_str();
+    let details = &plan.manifest.collection_details[name];
+    let topology = plan.topology.as_ref();
+    let custom = custom_sharding(details);
+    if collection.action == CollectionAction::Create {
+        let config = details
+            .config
+            .as_ref()
+            .ok_or_else(|| anyhow!("the backup does not record the configuration of `{name}`"))?;
+        client
+            .create_collection(
+                name,
+                &create_request(config, details.shards.len(), custom && topology.is_some()),
+            )
+            .await?;
+        if custom && topology.is_some() {
+            let mut keys: Vec<&Value> = Vec::new();
+            for key in details.shards.iter().filter_map(|s| s.key.as_ref()) {
+                if !keys.contains(&key) {
+                    client.create_shard_key(name, key).await?;
+                    keys.push(key);
+                }
+            }
+        }
+        if let Some(Value::Object(schema)) = &details.payload_schema {
+            for (field, index) in schema {
+                client
+                    .create_payload_index(name, field, &index_schema(index))
+                    .await?;
+            }
+        }
+    }
+    let live = cluster::shards(client, name).await?;
+    let targets: Vec<u32> = if custom && topology.is_some() {
+        details
+            .shards
+            .iter()
+            .map(|s| {
+                live.iter()
+                    .find(|l| l.key == s.key)
+                    .map(|l| l.id)
+                    .ok_or_else(|| anyhow!("`{name}` has no shard for key {:?}", s.key))
+            })
+            .collect::<Result<_>>()?
+    } else if custom {
+        // A single node cannot shard by key: the shards become automatic shards 0..n.
+        (0..details.shards.len() as u32).collect()
+    } else {
+        details.shards.iter().map(|s| s.id).collect()
+    };
+    for (shard, &target) in details.shards.iter().zip(&targets) {
+        progress::check_interrupted()?;
+        let node = node_holding(client, topology, &live, name, target)?;
+        let entry = plan
+            .manifest
+            .file(&shard.snapshot)
+            .ok_or_else(|| anyhow!("no file for shard {} of `{name}`", shard.id))?;
+        upload(
+            node,
+            &plan.backup,
+            entry,
+            Scope::Shard(name, target),
+            progress,
+        )
+        .await?;
+    }
+    if topology.is_some() {
+        progress.step(&format!(
+            "waiting for every replica of `{name}` to be active"
+        ));
+        wait_until_active(client, name, timeout).await?;
+    }
+    Ok(details.shards.iter().map(|s| s.id).zip(targets).collect())
+}
+
+/// The node to load shard `id` into: one holding a replica of it (the only node when single).
+fn node_holding<'a>(
+    client: &'a Client,
+    topology: Option<&'a cluster::Topology>,
+    live: &[cluster::Shard],
+    name: &str,
+    id: u32,
+) -> Result<&'a Client> {
+    let Some(topology) = topology else {
+        return Ok(client);
+    };
+    live.iter()
+        .find(|s| s.id == id)
+        .and_then(|s| s.held_by(topology))
+        .and_then(|peer| topology.node(peer))
+        .ok_or_else(|| {
+            cluster::ClusterError::NoReplicaToRestore {
+                collection: name.to_string(),
+                shard: id,
+            }
+            .into()
+        })
+}
+
+/// The create-collection request that re-creates a collection from its recorded configuration.
+fn create_request(config: &Value, shards: usize, custom_sharding: bool) -> Value {
+    let params = &config["params"];
+    let mut request = serde_json::Map::new();
+    let present = |v: &&Value| !v.is_null();
+    for key in [
+        "vectors",
+        "sparse_vectors",
+        "shard_number",
+        "replication_factor",
+        "write_consistency_factor",
+        "on_disk_payload",
+    ] {
+        if let Some(value) = params.get(key).filter(present) {
+            request.insert(key.to_string(), value.clone());
+        }
+    }
+    if custom_sharding {
+        request.insert("sharding_method".to_string(), Value::from("custom"));
+    } else if params.get("sharding_method").and_then(Value::as_str) == Some("custom") {
+        request.insert("shard_number".to_string(), Value::from(shards));
+    }
+    for (reported, accepted) in [
+        ("hnsw_config", "hnsw_config"),
+        ("optimizer_config", "optimizers_config"),
+        ("wal_config", "wal_config"),
+        ("quantization_config", "quantization_config"),
+    ] {
+        if let Some(value) = config.get(reported).filter(present) {
+            request.insert(accepted.to_string(), value.clone());
+        }
+    }
+    Value::Object(request)
+}
+
+/// A payload index as `payload_schema` reports it (`{"data_type": "keyword", "params": …}`), as
+/// the create-index request takes it.
+fn index_schema(reported: &Value) -> Value {
+    let data_type = reported.get("data_type").cloned().unwrap_or(Value::Null);
+    match reported.get("params") {
+        Some(Value::Object(params)) => {
+            let mut schema = params.clone();
+            schema.insert("type".to_string(), data_type);
+            Value::Object(schema)
+        }
+        _ => data_type,
+    }
+}
+
+/// Waits until every replica of every shard of `name` is active and no transfer runs.
+async fn wait_until_active(client: &Client, name: &str, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        progress::check_interrupted()?;
+        let view = client.collection_cluster(name).await?;
+        let settled = view.shard_transfers.is_empty()
+            && view.local_shards.iter().all(|s| s.state == "Active")
+            && view.remote_shards.iter().all(|s| s.state == "Active");
+        if settled {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "the replicas of `{name}` did not all become active within {} s",
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// (name, file in the backup, compression) of each database the backup holds.
 fn database_sources(manifest: &Manifest, backup: &Path) -> Vec<(String, PathBuf, Compression)> {
     if manifest.is_legacy() {
@@ -994,7 +1230,7 @@ async fn upload(
     client: &Client,
     backup: &Path,
     entry: &crate::manifest::FileEntry,
-    collection: &str,
+    scope: Scope<'_>,
     progress: &dyn Progress,
 ) -> Result<()> {
     let path = backup.join(&entry.path);
@@ -1033,10 +1269,15 @@ async fn upload(
     let body = reqwest::Body::wrap_stream(futures_util::stream::poll_fn(move |cx| {
         receiver.poll_recv(cx)
     }));
-    let file_name = format!("wqm-restore-{collection}-{}.snapshot", std::process::id());
-    progress.begin(collection, Some(entry.content_size));
+    let file_name = match scope {
+        Scope::Collection(c) => format!("wqm-restore-{c}-{}.snapshot", std::process::id()),
+        Scope::Shard(c, id) => {
+            format!("wqm-restore-{c}-shard-{id}-{}.snapshot", std::process::id())
+        }
+    };
+    progress.begin(&scope.to_string(), Some(entry.content_size));
     let uploading = client.upload_snapshot(
-        collection,
+        scope,
         &file_name,
         body,
         entry.content_size,
@@ -1057,8 +1298,8 @@ async fn upload(
     };
     progress.end();
     reader.abort();
-    // Qdrant keeps the uploaded file among the collection's snapshots: delete it.
-    match client.delete_snapshot(collection, &file_name).await {
+    // Qdrant keeps an uploaded collection snapshot among the collection's snapshots: delete it.
+    match client.delete_snapshot(scope, &file_name).await {
         Ok(()) | Err(QdrantError::NotFound { .. }) => {}
         Err(e) if result.is_ok() => {
             return Err(anyhow::Error::from(e)
@@ -1071,7 +1312,11 @@ async fn upload(
 
 /// Every restored collection exists with the manifest's exact point count and is not red;
 /// every alias is there; each replaced database passes `PRAGMA integrity_check`.
-async fn verify_restore(client: &Client, plan: &Plan) -> Result<Vec<Verified>> {
+async fn verify_restore(
+    client: &Client,
+    plan: &Plan,
+    shard_targets: &BTreeMap<String, Vec<(u32, u32)>>,
+) -> Result<Vec<Verified>> {
     let mut rows = Vec::new();
     for collection in plan.restored_collections() {
         let details = &plan.manifest.collection_details[&collection.name];
@@ -1103,6 +1348,29 @@ async fn verify_restore(client: &Client, plan: &Plan) -> Result<Vec<Verified>> {
                 ok: false,
             }),
             Err(e) => return Err(e.into()),
+        }
+        // Shard by shard, unless points changed while the backup was taken.
+        let targets = shard_targets
+            .get(&collection.name)
+            .filter(|_| details.points_count_after.is_none());
+        if let Some(targets) = targets {
+            let live = cluster::shards(client, &collection.name).await?;
+            for (shard, (_, target)) in details.shards.iter().zip(targets) {
+                let node = node_holding(
+                    client,
+                    plan.topology.as_ref(),
+                    &live,
+                    &collection.name,
+                    *target,
+                )?;
+                let count = node.shard_exact_count(&collection.name, *target).await?;
+                rows.push(Verified {
+                    what: format!("shard {target} of `{}`", collection.name),
+                    expected: format!("{} points", shard.points_count),
+                    actual: format!("{count} points"),
+                    ok: count == shard.points_count,
+                });
+            }
         }
     }
     let aliases = client.aliases().await?;

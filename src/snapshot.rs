@@ -62,6 +62,29 @@ struct ShardSeen {
 
 /// Reads a collection snapshot from `reader` to its end and checks its structure.
 pub fn inspect(reader: impl Read) -> Result<Summary, SnapshotError> {
+    inspect_layout(reader, Layout::Collection)
+}
+
+/// Reads a shard snapshot (one shard's layout at the archive root, as
+/// `POST /collections/{c}/shards/{id}/snapshots` makes it) to its end and checks it.
+pub fn inspect_shard(reader: impl Read) -> Result<ShardSummary, SnapshotError> {
+    let summary = inspect_layout(reader, Layout::Shard)?;
+    Ok(summary
+        .shards
+        .into_iter()
+        .next()
+        .expect("a shard snapshot has its one shard"))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// Shard directories, then `config.json` and `version.info`.
+    Collection,
+    /// One shard's files at the root.
+    Shard,
+}
+
+fn inspect_layout(reader: impl Read, layout: Layout) -> Result<Summary, SnapshotError> {
     let mut archive = Archive::new(reader);
     let mut shards: BTreeMap<u32, ShardSeen> = BTreeMap::new();
     let mut storage_version = None;
@@ -70,10 +93,19 @@ pub fn inspect(reader: impl Read) -> Result<Summary, SnapshotError> {
         let mut entry = entry.map_err(SnapshotError::Tar)?;
         let path = entry_path(&entry)?;
         check_entry_type(&entry, &path)?;
-        let mut parts = path.split('/').filter(|p| !p.is_empty());
-        let first = parts.next().unwrap_or_default();
+        if path.is_empty() {
+            continue;
+        }
+        let mut parts = path.split('/').filter(|p| !p.is_empty()).peekable();
+        let shard = match layout {
+            Layout::Shard => Some(0),
+            Layout::Collection => parts.peek().and_then(|first| first.parse::<u32>().ok()),
+        };
+        if shard.is_some() && layout == Layout::Collection {
+            parts.next();
+        }
         let rest: Vec<&str> = parts.collect();
-        if let Ok(shard) = first.parse::<u32>() {
+        if let Some(shard) = shard {
             let seen = shards.entry(shard).or_default();
             match rest.as_slice() {
                 ["segments", name] if name.ends_with(".tar") => {
@@ -118,8 +150,13 @@ pub fn inspect(reader: impl Read) -> Result<Summary, SnapshotError> {
     // Read the tar's trailing padding too, so a hash over the stream covers every byte.
     io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(SnapshotError::Tar)?;
 
-    let config = config.ok_or(SnapshotError::Missing("config.json"))?;
-    let storage_version = storage_version.ok_or(SnapshotError::Missing("version.info"))?;
+    let (config, storage_version) = match layout {
+        Layout::Shard => (serde_json::Value::Null, String::new()),
+        Layout::Collection => (
+            config.ok_or(SnapshotError::Missing("config.json"))?,
+            storage_version.ok_or(SnapshotError::Missing("version.info"))?,
+        ),
+    };
     if shards.is_empty() {
         return Err(SnapshotError::NoShards);
     }

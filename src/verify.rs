@@ -322,17 +322,20 @@ fn check_contents(report: &mut Report, root: &Path, manifest: &Manifest) {
             );
             continue;
         };
-        match manifest.file(&details.snapshot) {
-            Some(f) if f.kind == FileKind::CollectionSnapshot => {}
-            _ => report.add(
-                Severity::Error,
-                Check::Manifest,
-                None,
-                format!(
-                    "the snapshot of collection `{name}` (`{}`) is not among the manifest's files",
-                    details.snapshot
-                ),
-            ),
+        let wanted = if details.shards.is_empty() {
+            FileKind::CollectionSnapshot
+        } else {
+            FileKind::ShardSnapshot
+        };
+        for snapshot in details.snapshot_files() {
+            if manifest.file(snapshot).is_none_or(|f| f.kind != wanted) {
+                report.add(
+                    Severity::Error,
+                    Check::Manifest,
+                    None,
+                    format!("the snapshot of collection `{name}` (`{snapshot}`) is not among the manifest's files"),
+                );
+            }
         }
         let counted = manifest.collections.as_ref().and_then(|c| c.count_of(name));
         if counted.is_some_and(|n| n != details.points_count) {
@@ -493,6 +496,12 @@ fn check_content(
         FileKind::CollectionSnapshot => snapshot::inspect(content)
             .map(drop)
             .map_err(|e| (Check::Snapshot, format!("not a valid Qdrant snapshot: {e}"))),
+        FileKind::ShardSnapshot => snapshot::inspect_shard(content).map(drop).map_err(|e| {
+            (
+                Check::Snapshot,
+                format!("not a valid Qdrant shard snapshot: {e}"),
+            )
+        }),
         FileKind::Config => {
             let mut text = String::new();
             content
@@ -618,6 +627,7 @@ fn check_file(
             passed.push(
                 match entry.kind {
                     FileKind::CollectionSnapshot => "a readable Qdrant snapshot",
+                    FileKind::ShardSnapshot => "a readable Qdrant shard snapshot",
                     FileKind::SqliteDatabase => "a sound SQLite database",
                     FileKind::Config => "readable YAML",
                 }

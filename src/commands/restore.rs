@@ -217,8 +217,13 @@ fn print_plan(ui: &Ui, plan: &Plan) {
                 .as_ref()
                 .map(|r| format!(": {r}"))
                 .unwrap_or_default();
+            let shards = if c.shards > 0 {
+                format!("{} shards, ", c.shards)
+            } else {
+                String::new()
+            };
             ui.line(format!(
-                "    {action:<10}{} ({} points, {}){reason}",
+                "    {action:<10}{} ({} points, {shards}{}){reason}",
                 c.name,
                 c.points,
                 indicatif::BinaryBytes(c.bytes)

@@ -98,6 +98,8 @@ pub fn backup(target: &Path, spec: &Spec) -> Manifest {
                 points_count: *points,
                 points_count_after: None,
                 snapshot: rel,
+                shards: vec![],
+                config: None,
                 params: Some(params),
                 payload_schema: Some(
                     serde_json::json!({"tag": {"data_type": "keyword", "points": points}}),

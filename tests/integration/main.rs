@@ -8,6 +8,7 @@ mod list;
 mod operations;
 mod prune;
 mod qdrant_double;
+mod real_cluster;
 mod real_qdrant;
 mod real_server;
 mod restore;

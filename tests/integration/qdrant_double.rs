@@ -355,9 +355,10 @@ async fn handle(
         }
         ("GET", ["cluster"]) => {
             if state.lock().unwrap().faults.cluster {
-                ok(
-                    json!({"status": "enabled", "peer_id": PEER_ID, "peers": {"1": {"uri": "http://10.0.0.1:6335/"}, "2": {"uri": "http://10.0.0.2:6335/"}}, "raft_info": {}}),
-                )
+                ok(json!({"status": "enabled", "peer_id": PEER_ID, "peers": {
+                        PEER_ID.to_string(): {"uri": "http://127.0.0.1:16335/"},
+                        "1": {"uri": "http://127.0.0.1:16336/"},
+                        "2": {"uri": "http://127.0.0.1:16337/"}}, "raft_info": {}}))
             } else {
                 ok_raw(recorded("cluster info (single node, cluster disabled)"))
             }

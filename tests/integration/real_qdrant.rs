@@ -29,10 +29,15 @@ pub struct Options {
     pub read_only_key: Option<String>,
     /// Serve https with these PEM files.
     pub tls: Option<Tls>,
+    /// Run in distributed mode: `Some(None)` starts a cluster, `Some(Some(port))` joins the
+    /// node whose p2p port that is.
+    pub cluster: Option<Option<u16>>,
 }
 
 pub struct Server {
     rest: Rest,
+    /// Its peer-to-peer port (0 for an external server).
+    pub p2p_port: u16,
     child: Option<Child>,
     /// The server's own directory (storage, snapshots) when we started it.
     pub dir: Option<tempfile::TempDir>,
@@ -150,8 +155,13 @@ impl Server {
                 "an external server cannot be reconfigured"
             );
             let guard = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+            assert!(
+                options.cluster.is_none(),
+                "an external server cannot form a cluster"
+            );
             let server = Server {
                 rest: Rest::new(url, std::env::var("WQM_TEST_QDRANT_API_KEY").ok(), None),
+                p2p_port: 0,
                 child: None,
                 dir: None,
                 _shared: Some(guard),
@@ -189,6 +199,17 @@ impl Server {
         if let Some(key) = &options.read_only_key {
             command.env("QDRANT__SERVICE__READ_ONLY_API_KEY", key);
         }
+        if let Some(join) = options.cluster {
+            command
+                .env("QDRANT__CLUSTER__ENABLED", "true")
+                .arg("--uri")
+                .arg(format!("http://127.0.0.1:{p2p_port}"));
+            if let Some(first) = join {
+                command
+                    .arg("--bootstrap")
+                    .arg(format!("http://127.0.0.1:{first}"));
+            }
+        }
         let scheme = match &options.tls {
             Some(tls) => {
                 command
@@ -209,6 +230,7 @@ impl Server {
                 options.api_key.clone(),
                 ca,
             ),
+            p2p_port,
             child: Some(child),
             dir: Some(dir),
             _shared: None,
@@ -289,7 +311,8 @@ fn files_named(dir: &Path, suffix: &str) -> Vec<String> {
 }
 
 fn client(ca: Option<&Path>) -> reqwest::Client {
-    let mut builder = reqwest::Client::builder();
+    // No reuse of idle connections: Qdrant closes them after a few seconds.
+    let mut builder = reqwest::Client::builder().pool_max_idle_per_host(0);
     if let Some(ca) = ca {
         builder = builder.tls_certs_merge(
             reqwest::Certificate::from_pem_bundle(&std::fs::read(ca).unwrap()).unwrap(),
@@ -369,4 +392,100 @@ pub fn upsert(server: &Rest, collection: &str, ids: std::ops::Range<u64>, salt: 
         &format!("/collections/{collection}/points?wait=true"),
         Some(json!({"points": points})),
     );
+}
+
+/// A cluster of real Qdrant nodes on 127.0.0.1.
+pub struct Cluster {
+    nodes: Vec<Option<Server>>,
+}
+
+impl Cluster {
+    pub fn start(size: usize) -> Cluster {
+        let first = Server::start_with(Options {
+            cluster: Some(None),
+            ..Options::default()
+        });
+        let port = first.p2p_port;
+        let mut nodes = vec![Some(first)];
+        for _ in 1..size {
+            nodes.push(Some(Server::start_with(Options {
+                cluster: Some(Some(port)),
+                ..Options::default()
+            })));
+        }
+        let cluster = Cluster { nodes };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while cluster.node(0).ok("GET", "/cluster", None)["peers"]
+            .as_object()
+            .map_or(0, |p| p.len())
+            < size
+        {
+            assert!(Instant::now() < deadline, "the cluster did not form");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        cluster
+    }
+
+    pub fn node(&self, index: usize) -> &Server {
+        self.nodes[index].as_ref().expect("a running node")
+    }
+
+    pub fn running(&self) -> impl Iterator<Item = &Server> {
+        self.nodes.iter().flatten()
+    }
+
+    /// The REST URL of every node.
+    pub fn all_urls(&self) -> Vec<String> {
+        self.nodes.iter().flatten().map(|n| n.url.clone()).collect()
+    }
+
+    /// Kills node `index`.
+    pub fn stop(&mut self, index: usize) {
+        self.nodes[index] = None;
+    }
+
+    /// Shard snapshots and uploaded files left on any running node (in its snapshots directory).
+    pub fn snapshots_left(&self) -> Vec<String> {
+        self.running()
+            .flat_map(|n| {
+                files_named(
+                    &n.dir.as_ref().unwrap().path().join("snapshots"),
+                    ".snapshot",
+                )
+            })
+            .collect()
+    }
+}
+
+/// Every point of `collection` (ids, vectors, payloads), sorted by id.
+pub fn points(server: &Rest, collection: &str) -> Vec<Value> {
+    let mut all = server.ok(
+        "POST",
+        &format!("/collections/{collection}/points/scroll"),
+        Some(json!({"limit": 10_000, "with_payload": true, "with_vector": true})),
+    )["points"]
+        .as_array()
+        .unwrap()
+        .clone();
+    all.sort_by_key(|p| p["id"].as_u64());
+    all
+}
+
+/// What must come back after a restore: points, payload index schema, vector config, aliases.
+pub fn fingerprint(server: &Rest) -> Value {
+    let mut collections = serde_json::Map::new();
+    for name in server.collections() {
+        let info = server.ok("GET", &format!("/collections/{name}"), None);
+        let params = &info["config"]["params"];
+        collections.insert(
+            name.clone(),
+            json!({
+                "points": points(server, &name),
+                "payload_schema": info["payload_schema"],
+                "vectors": params["vectors"],
+                "sparse_vectors": params["sparse_vectors"],
+            }),
+        );
+    }
+    json!({"collections": collections, "aliases": server.ok("GET", "/aliases", None)})
 }

@@ -303,37 +303,6 @@ fn https_with_a_private_ca() {
     validates(&tmp.path().join("b"));
 }
 
-/// Every point of `collection` (ids, vectors, payloads), sorted by id.
-fn points(server: &Server, collection: &str) -> Vec<serde_json::Value> {
-    let mut all = server.ok(
-        "POST",
-        &format!("/collections/{collection}/points/scroll"),
-        Some(serde_json::json!({"limit": 10_000, "with_payload": true, "with_vector": true})),
-    )["points"]
-        .as_array()
-        .unwrap()
-        .clone();
-    all.sort_by_key(|p| p["id"].as_u64());
-    all
-}
-
-/// What must come back after a restore: points, payload index schema, vector config, aliases.
-fn fingerprint(server: &Server) -> serde_json::Value {
-    let mut collections = serde_json::Map::new();
-    for name in server.collections() {
-        let info = server.ok("GET", &format!("/collections/{name}"), None);
-        collections.insert(
-            name.clone(),
-            serde_json::json!({
-                "points": points(server, &name),
-                "payload_schema": info["payload_schema"],
-                "params": info["config"]["params"],
-            }),
-        );
-    }
-    serde_json::json!({"collections": collections, "aliases": server.ok("GET", "/aliases", None)})
-}
-
 fn table(db: &Path, sql: &str) -> Vec<String> {
     let conn = rusqlite::Connection::open(db).unwrap();
     let mut statement = conn.prepare(sql).unwrap();
@@ -362,7 +331,7 @@ fn a_workspace_comes_back_exactly() {
     drop(with_state_db(&t));
     let db = t.join("data/state.db");
     let rows_before = table(&db, "SELECT * FROM tracked_files ORDER BY file_id");
-    let before = fingerprint(&server);
+    let before = real_qdrant::fingerprint(&server);
     let (_, tmp) = t
         .env("QDRANT_URL", &server.url)
         .env("WQM_DATA_DIR", "{TMP}/data")
@@ -384,7 +353,7 @@ fn a_workspace_comes_back_exactly() {
             )
         })
         .run();
-    assert_eq!(fingerprint(&server), before);
+    assert_eq!(real_qdrant::fingerprint(&server), before);
 
     // Lose everything: collections, aliases and the state database's rows.
     for name in server.collections() {
@@ -411,7 +380,7 @@ fn a_workspace_comes_back_exactly() {
         .args("backup restore {TMP}/b --force")
         .stdout_with(|o| assert!(o.contains("Restore completed"), "{o}"))
         .run();
-    assert_eq!(fingerprint(&server), before);
+    assert_eq!(real_qdrant::fingerprint(&server), before);
     assert_eq!(
         table(&db, "SELECT * FROM tracked_files ORDER BY file_id"),
         rows_before
@@ -441,11 +410,11 @@ fn a_partial_restore_leaves_other_collections_and_rows_alone() {
         .args("backup create {TMP}/p --collections projects")
         .stdout_with(|_| {})
         .run();
-    let projects_before = fingerprint(&server)["collections"]["projects"].clone();
+    let projects_before = real_qdrant::fingerprint(&server)["collections"]["projects"].clone();
     // Afterwards: libraries changes (on the server and in the database), projects is lost.
     real_qdrant::upsert(&server, "libraries", 1000..1010, 9);
     rusqlite::Connection::open(&db).unwrap().execute_batch("UPDATE tracked_files SET chunk_count = 9 WHERE collection = 'libraries'; DELETE FROM qdrant_chunks WHERE file_id = 1; DELETE FROM indexed_content WHERE file_id = 1; DELETE FROM tracked_files WHERE file_id = 1;").unwrap();
-    let libraries_after = fingerprint(&server)["collections"]["libraries"].clone();
+    let libraries_after = real_qdrant::fingerprint(&server)["collections"]["libraries"].clone();
     let library_rows = table(
         &db,
         "SELECT * FROM tracked_files WHERE collection = 'libraries'",
@@ -458,7 +427,7 @@ fn a_partial_restore_leaves_other_collections_and_rows_alone() {
         .args("backup restore {TMP}/p --force")
         .stdout_with(|o| assert!(o.contains("Restore completed"), "{o}"))
         .run();
-    let now = fingerprint(&server);
+    let now = real_qdrant::fingerprint(&server);
     assert_eq!(now["collections"]["projects"], projects_before);
     assert_eq!(
         now["collections"]["libraries"], libraries_after,
