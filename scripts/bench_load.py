@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Fills a Qdrant collection with random dense vectors for the benchmark (idempotent).
 
-usage: bench_load.py URL COLLECTION POINTS DIM
+usage: bench_load.py URL COLLECTION POINTS DIM [SHARDS REPLICAS]
 Vectors are random floats, as incompressible as real embeddings; HNSW indexing is off so the
 load is quick and the snapshot holds plain vector storage.
 """
@@ -11,6 +11,8 @@ import sys
 import urllib.request
 
 url, name, points, dim = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+shards = int(sys.argv[5]) if len(sys.argv) > 5 else 1
+replicas = int(sys.argv[6]) if len(sys.argv) > 6 else 1
 
 
 def call(method, path, body=None):
@@ -33,6 +35,8 @@ call("PUT", f"/collections/{name}", {
     "vectors": {"size": dim, "distance": "Cosine", "on_disk": True},
     "hnsw_config": {"m": 0},
     "optimizers_config": {"indexing_threshold": 0},
+    "shard_number": shards,
+    "replication_factor": replicas,
 })
 rng = random.Random(42)
 batch = 500

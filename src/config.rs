@@ -934,6 +934,26 @@ mod tests {
     }
 
     #[test]
+    fn cluster_nodes_come_from_the_file_or_the_environment() {
+        let s = load_file("qdrant:\n  nodes: [\"http://a:6333\", \"http://b:6333\"]\n").unwrap();
+        assert_eq!(s.qdrant.nodes, ["http://a:6333", "http://b:6333"]);
+        let s = load_with(
+            &[
+                ("HOME", "/h"),
+                ("QDRANT_NODES", " http://x:6333, ,http://y:6333 "),
+            ],
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.qdrant.nodes, ["http://x:6333", "http://y:6333"]);
+        assert!(load_with(&[("HOME", "/h")], Overrides::default())
+            .unwrap()
+            .qdrant
+            .nodes
+            .is_empty());
+    }
+
+    #[test]
     fn bad_environment_overrides_name_the_variable() {
         let err = load_with(
             &[("HOME", "/h"), ("WQM_BACKUP__COMPRESION", "false")],

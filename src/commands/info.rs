@@ -55,6 +55,25 @@ pub fn run(args: &InfoArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
                 Some(count) => ui.line(format!("  - {name}: {count} documents")),
                 None => ui.line(format!("  - {name}")),
             }
+            // A collection backed up from a cluster: its shards, each from one node at its own time.
+            for shard in m
+                .collection_details
+                .get(*name)
+                .map_or(&[][..], |d| &d.shards[..])
+            {
+                let key = shard
+                    .key
+                    .as_ref()
+                    .map(|k| format!(" key {k}"))
+                    .unwrap_or_default();
+                ui.line(format!(
+                    "      shard {}{key}: {} points, from peer {} at {}",
+                    shard.id,
+                    shard.points_count,
+                    shard.peer_id,
+                    crate::manifest::format_timestamp(shard.snapshot_timestamp)
+                ));
+            }
         }
     }
     if let Some(total) = m.total_documents {
