@@ -97,10 +97,7 @@ fn backs_up_every_collection_and_leaves_no_snapshot_on_the_server() {
         "{requests:?}"
     );
 
-    Test::new()
-        .args(&format!("backup validate {} --check-files", b.display()))
-        .stdout(&format!("Backup validation successful: {}\n", b.display()))
-        .run();
+    crate::test::validates(&b);
 }
 
 #[test]

@@ -103,16 +103,7 @@ fn a_cluster_is_backed_up_and_restored_shard_by_shard() {
     assert!(backup
         .join("collections/projects/shard-0.snapshot.zst")
         .is_file());
-    Test::new()
-        .args(&format!(
-            "backup validate {} --check-files",
-            backup.display()
-        ))
-        .stdout(&format!(
-            "Backup validation successful: {}\n",
-            backup.display()
-        ))
-        .run();
+    crate::test::validates(&backup);
     assert_eq!(
         cluster.snapshots_left(),
         Vec::<String>::new(),
@@ -189,16 +180,7 @@ fn one_node_down_is_fine_two_are_not() {
         .stdout_json(|v| assert_eq!(v["collections"], json!({"projects": 300, "rules": 65})))
         .run();
     let backup = tmp.path().join("one-down");
-    Test::new()
-        .args(&format!(
-            "backup validate {} --check-files",
-            backup.display()
-        ))
-        .stdout(&format!(
-            "Backup validation successful: {}\n",
-            backup.display()
-        ))
-        .run();
+    crate::test::validates(&backup);
 
     cluster.stop(1);
     let (_, tmp) = wqm(Test::in_dir(tmp), &cluster, &nodes)

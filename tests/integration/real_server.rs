@@ -18,19 +18,6 @@ fn manifest(backup: &Path) -> Manifest {
     Manifest::load(&backup.join("metadata/manifest.json")).unwrap()
 }
 
-fn validates(backup: &Path) {
-    Test::new()
-        .args(&format!(
-            "backup validate {} --check-files",
-            backup.display()
-        ))
-        .stdout(&format!(
-            "Backup validation successful: {}\n",
-            backup.display()
-        ))
-        .run();
-}
-
 /// A test directory with a state DB of the real schema (WAL mode, a live writer) in `data/`.
 fn with_state_db(t: &Test) -> rusqlite::Connection {
     fs::create_dir_all(t.join("data")).unwrap();
@@ -79,7 +66,7 @@ fn backs_up_a_workspace_and_leaves_no_snapshot_on_the_server() {
     );
     assert_eq!(m.databases[0].schema_version, Some(49));
     assert!(!m.during_operations);
-    validates(&b);
+    crate::test::validates(&b);
     assert_eq!(server.snapshots_left(), Vec::<String>::new());
 }
 
@@ -114,7 +101,7 @@ fn a_partial_backup_holds_only_the_chosen_collections() {
         .collect();
     stored.sort();
     assert_eq!(stored, ["rules.snapshot.zst", "scratchpad.snapshot.zst"]);
-    validates(&p);
+    crate::test::validates(&p);
     assert_eq!(server.snapshots_left(), Vec::<String>::new());
 }
 
@@ -150,7 +137,7 @@ fn a_backup_taken_while_points_are_upserted_is_valid() {
     let written = writer.join().unwrap();
     assert!(written > 10_050, "the writer ran during the backup");
     let b = tmp.path().join("b");
-    validates(&b);
+    crate::test::validates(&b);
     let m = manifest(&b);
     let recorded = m.collection_details["projects"].points_count;
     assert!(
@@ -300,7 +287,7 @@ fn https_with_a_private_ca() {
         .args("backup create {TMP}/b --collections rules")
         .stdout_with(|o| assert!(o.contains("Backup created: "), "{o}"))
         .run();
-    validates(&tmp.path().join("b"));
+    crate::test::validates(&tmp.path().join("b"));
 }
 
 fn table(db: &Path, sql: &str) -> Vec<String> {

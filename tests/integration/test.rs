@@ -175,3 +175,17 @@ pub fn interrupted(mut command: Command, ready: impl Fn() -> bool) -> Output {
     assert!(kill.success());
     child.wait_with_output().unwrap()
 }
+
+/// `wqm backup validate BACKUP --check-files` succeeds.
+pub fn validates(backup: &Path) {
+    Test::new()
+        .args(&format!(
+            "backup validate {} --check-files",
+            backup.display()
+        ))
+        .stdout(&format!(
+            "Backup validation successful: {}\n",
+            backup.display()
+        ))
+        .run();
+}
