@@ -216,10 +216,6 @@ impl<W: Write> HashingWriter<W> {
         }
     }
 
-    pub fn get_mut(&mut self) -> &mut W {
-        &mut self.inner
-    }
-
     pub fn into_parts(self) -> (W, Digests) {
         (self.inner, self.digester.finish())
     }

@@ -325,28 +325,28 @@ fn incompatible(backup: &str, current: &str, b: &Version, c: &Version, newer: bo
     }
 }
 
-/// `validate_compatibility(meta, current, allow_downgrade)` of the Python version: refuses
-/// INCOMPATIBLE always and DOWNGRADE unless allowed.
-pub fn validate_compatibility(
-    backup: &str,
-    current: &str,
-    allow_downgrade: bool,
-) -> Result<Status, CompatError> {
-    let policy = Policy {
-        strict_version_check: true,
-        allow_dev_versions: true,
-        allow_downgrade,
-        ..Policy::default()
-    };
-    match decide(backup, current, &policy, |_, _| false) {
-        Decision::Proceed { status, .. } | Decision::Migrate { status } => Ok(status),
-        Decision::Refuse(e) => Err(e),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `validate_compatibility(meta, current, allow_downgrade)` of the Python version: refuses
+    /// INCOMPATIBLE always and DOWNGRADE unless allowed.
+    fn validate_compatibility(
+        backup: &str,
+        current: &str,
+        allow_downgrade: bool,
+    ) -> Result<Status, CompatError> {
+        let policy = Policy {
+            strict_version_check: true,
+            allow_dev_versions: true,
+            allow_downgrade,
+            ..Policy::default()
+        };
+        match decide(backup, current, &policy, |_, _| false) {
+            Decision::Proceed { status, .. } | Decision::Migrate { status } => Ok(status),
+            Decision::Refuse(e) => Err(e),
+        }
+    }
 
     fn v(s: &str) -> (i64, i64, u64) {
         Version::parse(s).unwrap().key()

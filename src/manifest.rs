@@ -296,11 +296,6 @@ impl Manifest {
         self.files.iter().find(|f| f.path == path)
     }
 
-    /// Bytes of all stored files the manifest lists.
-    pub fn stored_bytes(&self) -> u64 {
-        self.files.iter().map(|f| f.size).sum()
-    }
-
     /// `timestamp` as Python's `format_timestamp()` printed it: UTC ISO 8601 with `+00:00`.
     pub fn formatted_timestamp(&self) -> String {
         format_timestamp(self.timestamp)
