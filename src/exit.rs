@@ -108,8 +108,17 @@ pub fn classify(error: &anyhow::Error) -> (ExitCode, Option<String>) {
             return found;
         }
     }
-    (ExitCode::Failure, None)
+    let disk_full = error
+        .chain()
+        .filter_map(|c| c.downcast_ref::<std::io::Error>())
+        .any(|e| e.kind() == std::io::ErrorKind::StorageFull);
+    let hint = disk_full.then(|| DISK_FULL_HINT.to_string());
+    (ExitCode::Failure, hint)
 }
+
+/// What to do when a disk filled up; nothing partial is ever left behind.
+pub const DISK_FULL_HINT: &str =
+    "the disk is full: free space or choose another target; nothing partial was left behind";
 
 fn classify_one(cause: &(dyn std::error::Error + 'static)) -> Option<(ExitCode, Option<String>)> {
     macro_rules! try_types {

@@ -80,8 +80,8 @@ impl Classify for LayoutError {
             LayoutError::NotABackup { .. } => Some("choose a new path, or a directory that holds a backup".to_string()),
             LayoutError::Busy { .. } => Some("wait for the other run to finish; runs into different targets can go at the same time".to_string()),
             LayoutError::NotFound { .. } => Some("check the path; `wqm backup list DIR` shows the backups in a directory".to_string()),
-            LayoutError::Io { source, .. } if source.raw_os_error() == Some(28) => {
-                Some("the disk is full: free space or choose another target; nothing partial was left behind".to_string())
+            LayoutError::Io { source, .. } if source.kind() == io::ErrorKind::StorageFull => {
+                Some(crate::exit::DISK_FULL_HINT.to_string())
             }
             _ => None,
         }

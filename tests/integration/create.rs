@@ -694,3 +694,44 @@ fn ctrl_c_during_a_download_leaves_nothing() {
         },
     );
 }
+
+#[test]
+fn a_full_disk_fails_cleanly_and_says_so() {
+    // A 64 KiB tmpfs in a private mount namespace: an uncompressed 206 KB snapshot cannot fit.
+    let namespaces = std::process::Command::new("unshare")
+        .args(["-rm", "true"])
+        .status();
+    if !namespaces.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: `unshare -rm` is not available to mount a small filesystem");
+        return;
+    }
+    let double = Double::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let small = tmp.path().join("small");
+    fs::create_dir(&small).unwrap();
+    let script = format!(
+        "mount -t tmpfs -o size=64k tmpfs {small} && {wqm} backup create {small}/b; status=$?; ls -A {small}; exit $status",
+        small = small.display(),
+        wqm = env!("CARGO_BIN_EXE_wqm")
+    );
+    let output = std::process::Command::new("unshare")
+        .args(["-rm", "sh", "-c", &script])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", tmp.path())
+        .env("QDRANT_URL", &double.url)
+        .env("WQM_BACKUP__COMPRESSION", "false")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.starts_with("wqm: error: cannot write `"), "{stderr}");
+    assert!(stderr.contains("No space left on device"), "{stderr}");
+    assert!(stderr.ends_with("hint: the disk is full: free space or choose another target; nothing partial was left behind\n"), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        ".b.wqm-lock\n",
+        "only the lock file is left"
+    );
+    assert!(double.snapshots_left().is_empty());
+}
