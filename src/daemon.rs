@@ -1,7 +1,6 @@
 //! The workspace-qdrant daemon (memexd): whether it runs, and stopping and starting it around
 //! a restore with the configured commands.
 
-use std::fs::{File, TryLockError};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::process::Command;
@@ -40,16 +39,8 @@ impl Classify for DaemonError {
 /// Whether the daemon runs, and how we know.
 pub fn running(settings: &DaemonSettings, data_dir: &Path) -> Option<String> {
     let lock = data_dir.join("daemon.lock");
-    if let Ok(file) = File::options().read(true).write(true).open(&lock) {
-        match file.try_lock() {
-            Err(TryLockError::WouldBlock) => {
-                return Some(format!("`{}` is locked", lock.display()))
-            }
-            Ok(()) => {
-                let _ = file.unlock();
-            }
-            Err(TryLockError::Error(_)) => {}
-        }
+    if crate::layout::lock_is_held(&lock) {
+        return Some(format!("`{}` is locked", lock.display()));
     }
     let command = settings.status_command.as_deref()?;
     let status = shell(command).ok()?;
@@ -160,7 +151,7 @@ mod tests {
     fn a_held_lock_or_a_successful_status_command_means_running() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(running(&settings(None), dir.path()), None);
-        let lock = File::create(dir.path().join("daemon.lock")).unwrap();
+        let lock = std::fs::File::create(dir.path().join("daemon.lock")).unwrap();
         assert_eq!(
             running(&settings(None), dir.path()),
             None,

@@ -211,12 +211,39 @@ pub struct Staging {
 }
 
 /// Hidden sibling names of a target: `.NAME.wqm-staging`, `.NAME.wqm-lock`, ...
-fn sibling(target: &Path, suffix: &str) -> PathBuf {
+pub fn sibling(target: &Path, suffix: &str) -> PathBuf {
     let name = target
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     target.with_file_name(format!(".{name}{suffix}"))
+}
+
+/// `.NAME.wqm-lock`: held by whoever writes (or deletes) the backup `target`.
+pub fn lock_path(target: &Path) -> PathBuf {
+    sibling(target, LOCK_SUFFIX)
+}
+
+/// Takes the lock file's exclusive lock without waiting: `None` when another holds it.
+pub fn try_lock(lock: &Path) -> io::Result<Option<File>> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(lock)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(fs::TryLockError::WouldBlock) => Ok(None),
+        Err(fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
+/// Whether someone holds the lock of an existing lock file (a missing file is not held).
+pub fn lock_is_held(lock: &Path) -> bool {
+    let Ok(file) = OpenOptions::new().read(true).write(true).open(lock) else {
+        return false;
+    };
+    matches!(file.try_lock(), Err(fs::TryLockError::WouldBlock))
 }
 
 impl Staging {
@@ -241,25 +268,13 @@ impl Staging {
         if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
             create_private_dir_all(parent).map_err(LayoutError::io("cannot create", parent))?;
         }
-        let lock_path = sibling(target, LOCK_SUFFIX);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(LayoutError::io("cannot create the lock", &lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                return Err(LayoutError::Busy {
-                    path: target.to_path_buf(),
-                    lock: lock_path,
-                })
-            }
-            Err(fs::TryLockError::Error(e)) => {
-                return Err(LayoutError::io("cannot lock", &lock_path)(e))
-            }
-        }
+        let lock_path = lock_path(target);
+        let lock = try_lock(&lock_path)
+            .map_err(LayoutError::io("cannot lock", &lock_path))?
+            .ok_or_else(|| LayoutError::Busy {
+                path: target.to_path_buf(),
+                lock: lock_path.clone(),
+            })?;
         // Holding the lock, anything left in the staging place is a dead run's.
         let dir = sibling(target, STAGING_SUFFIX);
         if dir.exists() {

@@ -7,7 +7,7 @@
 //! hidden name first, so `list` never sees a half-deleted backup.
 
 use std::collections::BTreeSet;
-use std::fs::{self, File, TryLockError};
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use chrono::{Datelike, Local, TimeZone};
@@ -153,7 +153,7 @@ pub fn survey(dir: &Path) -> std::io::Result<(Vec<Candidate>, Vec<Skipped>)> {
         if !kind.is_dir() {
             continue;
         }
-        if lock_held(&path) {
+        if layout::lock_is_held(&layout::lock_path(&path)) {
             skipped.push(skip("being written (its lock is held)"));
             continue;
         }
@@ -180,32 +180,6 @@ pub fn survey(dir: &Path) -> std::io::Result<(Vec<Candidate>, Vec<Skipped>)> {
         });
     }
     Ok((candidates, skipped))
-}
-
-fn lock_path(backup: &Path) -> PathBuf {
-    let name = backup
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    backup.with_file_name(format!(".{name}.wqm-lock"))
-}
-
-fn lock_held(backup: &Path) -> bool {
-    let Ok(file) = File::options()
-        .read(true)
-        .write(true)
-        .open(lock_path(backup))
-    else {
-        return false;
-    };
-    match file.try_lock() {
-        Ok(()) => {
-            let _ = file.unlock();
-            false
-        }
-        Err(TryLockError::WouldBlock) => true,
-        Err(TryLockError::Error(_)) => false,
-    }
 }
 
 /// Applies `policy` to the backups in `dir`; with `dry_run` nothing is deleted.
@@ -253,22 +227,11 @@ pub fn prune(dir: &Path, policy: &Policy, dry_run: bool) -> anyhow::Result<Outco
 /// Deletes a backup: under its lock, renamed to a hidden name first (atomic for `list`), then
 /// removed. False when another run holds the lock.
 fn remove(path: &Path) -> anyhow::Result<bool> {
-    let lock_path = lock_path(path);
-    let lock = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)?;
-    match lock.try_lock() {
-        Ok(()) => {}
-        Err(TryLockError::WouldBlock) => return Ok(false),
-        Err(TryLockError::Error(e)) => return Err(e.into()),
-    }
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let doomed = path.with_file_name(format!(".{name}{DELETING_SUFFIX}"));
+    let lock_path = layout::lock_path(path);
+    let Some(lock) = layout::try_lock(&lock_path)? else {
+        return Ok(false);
+    };
+    let doomed = layout::sibling(path, DELETING_SUFFIX);
     fs::rename(path, &doomed)?;
     fs::remove_dir_all(&doomed)?;
     drop(lock);
