@@ -423,22 +423,21 @@ impl Client {
         limit: Duration,
     ) -> Result<T, QdrantError> {
         let response = self.send(request, what, limit).await?;
-        let body = tokio::time::timeout(self.timeouts.read_idle, response.bytes())
-            .await
-            .map_err(|_| QdrantError::Timeout {
-                what: what.to_string(),
-                seconds: self.timeouts.read_idle.as_secs(),
-            })?
-            .map_err(|e| QdrantError::Protocol {
-                what: what.to_string(),
-                reason: error_chain(&e),
-            })?;
+        let body = self.body(response, what).await?;
         serde_json::from_slice::<Envelope<T>>(&body)
             .map(|e| e.result)
             .map_err(|e| QdrantError::Protocol {
                 what: what.to_string(),
                 reason: e.to_string(),
             })
+    }
+
+    /// A call that changes something: its `result` (`true`, or null for shard uploads) says
+    /// nothing more; it may take as long as Qdrant's operations take.
+    async fn act(&self, request: RequestBuilder, what: &str) -> Result<(), QdrantError> {
+        self.call::<Value>(request, what, self.timeouts.operation)
+            .await
+            .map(drop)
     }
 
     async fn get<T: DeserializeOwned>(
@@ -454,7 +453,21 @@ impl Client {
         .await
     }
 
-    /// `GET /`: the server version (needs no key).
+    /// A response's whole (small, JSON) body, with the read-idle timeout.
+    async fn body(&self, response: Response, what: &str) -> Result<Bytes, QdrantError> {
+        tokio::time::timeout(self.timeouts.read_idle, response.bytes())
+            .await
+            .map_err(|_| QdrantError::Timeout {
+                what: what.to_string(),
+                seconds: self.timeouts.read_idle.as_secs(),
+            })?
+            .map_err(|e| QdrantError::Protocol {
+                what: what.to_string(),
+                reason: error_chain(&e),
+            })
+    }
+
+    /// `GET /`: the server version (needs no key; the body has no `result` envelope).
     pub async fn server_info(&self) -> Result<ServerInfo, QdrantError> {
         let what = "server version";
         let response = self
@@ -464,10 +477,7 @@ impl Client {
                 self.timeouts.read_idle,
             )
             .await?;
-        let body = response.bytes().await.map_err(|e| QdrantError::Protocol {
-            what: what.into(),
-            reason: error_chain(&e),
-        })?;
+        let body = self.body(response, what).await?;
         serde_json::from_slice(&body).map_err(|e| QdrantError::Protocol {
             what: what.into(),
             reason: e.to_string(),
@@ -561,13 +571,8 @@ impl Client {
         let request = self
             .request(Method::PUT, &["collections", collection])
             .json(body);
-        self.call::<Value>(
-            request,
-            &format!("create collection `{collection}`"),
-            self.timeouts.operation,
-        )
-        .await
-        .map(drop)
+        self.act(request, &format!("create collection `{collection}`"))
+            .await
     }
 
     /// `PUT /collections/{c}/shards`: the shards of a custom-sharding key.
@@ -575,13 +580,11 @@ impl Client {
         let request = self
             .request(Method::PUT, &["collections", collection, "shards"])
             .json(&serde_json::json!({ "shard_key": key }));
-        self.call::<Value>(
+        self.act(
             request,
             &format!("create shard key {key} of `{collection}`"),
-            self.timeouts.operation,
         )
         .await
-        .map(drop)
     }
 
     /// `PUT /collections/{c}/index?wait=true`: a payload index.
@@ -595,13 +598,11 @@ impl Client {
             .request(Method::PUT, &["collections", collection, "index"])
             .query(&[("wait", "true")])
             .json(&serde_json::json!({ "field_name": field, "field_schema": schema }));
-        self.call::<Value>(
+        self.act(
             request,
             &format!("create payload index `{field}` of `{collection}`"),
-            self.timeouts.operation,
         )
         .await
-        .map(drop)
     }
 
     /// `POST {scope}/snapshots?wait=true`: Qdrant sends nothing until the snapshot is done.
@@ -624,13 +625,8 @@ impl Client {
         let request = self
             .request(Method::DELETE, &scope.path(&["snapshots", name]))
             .query(&[("wait", "true")]);
-        self.call::<Value>(
-            request,
-            &format!("delete snapshot `{name}`"),
-            self.timeouts.operation,
-        )
-        .await
-        .map(drop)
+        self.act(request, &format!("delete snapshot `{name}`"))
+            .await
     }
 
     /// `POST {scope}/snapshots/upload?wait=true&priority=snapshot&checksum=…`: recovers the
@@ -662,13 +658,8 @@ impl Client {
                 ("checksum", sha256),
             ])
             .multipart(form);
-        self.call::<Value>(
-            request,
-            &format!("restore {scope} from its snapshot"),
-            self.timeouts.operation,
-        )
-        .await
-        .map(drop)
+        self.act(request, &format!("restore {scope} from its snapshot"))
+            .await
     }
 
     /// Creates `alias` → `collection`, replacing an alias of that name in the same request.
@@ -686,13 +677,7 @@ impl Client {
         let request = self
             .request(Method::POST, &["collections", "aliases"])
             .json(&serde_json::json!({ "actions": actions }));
-        self.call::<Value>(
-            request,
-            &format!("create alias `{alias}`"),
-            self.timeouts.operation,
-        )
-        .await
-        .map(drop)
+        self.act(request, &format!("create alias `{alias}`")).await
     }
 
     /// Streams a snapshot to `deliver`, chunk by chunk. A dropped or stalled connection is
