@@ -232,9 +232,7 @@ fn live_path(settings: &Settings, name: &str) -> PathBuf {
 }
 
 fn live_schema(path: &Path) -> Option<i64> {
-    let conn =
-        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .ok()?;
+    let conn = sqlite::open_read_only(path).ok()?;
     sqlite::schema_version(&conn).ok().flatten()
 }
 
@@ -1393,18 +1391,15 @@ async fn verify_restore(
         .iter()
         .filter(|d| d.action != DatabaseAction::Keep)
     {
-        let problems = rusqlite::Connection::open_with_flags(
-            &database.live,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .and_then(|c| {
-            Ok([
-                sqlite::integrity_problems(&c)?,
-                sqlite::foreign_key_problems(&c)?,
-            ]
-            .concat())
-        })
-        .unwrap_or_else(|e| vec![e.to_string()]);
+        let problems = sqlite::open_read_only(&database.live)
+            .and_then(|c| {
+                Ok([
+                    sqlite::integrity_problems(&c)?,
+                    sqlite::foreign_key_problems(&c)?,
+                ]
+                .concat())
+            })
+            .unwrap_or_else(|e| vec![e.to_string()]);
         let sound = "integrity and foreign keys ok";
         rows.push(Verified {
             what: format!("database `{}`", database.live.display()),

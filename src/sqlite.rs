@@ -113,10 +113,15 @@ pub fn remove_unrestorable_rows(conn: &Connection) -> rusqlite::Result<usize> {
     conn.execute(&format!("DELETE FROM \"{}\"", merge::NEVER_RESTORED), [])
 }
 
+/// Opens a live database for reading (it may be in WAL mode, with a daemon writing).
+pub fn open_read_only(path: &Path) -> rusqlite::Result<Connection> {
+    Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+}
+
 /// Whether the live database has a row in `merge::NEVER_RESTORED` (the daemon would then wipe
 /// `projects`, `libraries` and `images` at its next start).
 pub fn has_unrestorable_rows(path: &Path) -> rusqlite::Result<bool> {
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let conn = open_read_only(path)?;
     conn.query_row(
         &format!("SELECT EXISTS(SELECT 1 FROM \"{}\")", merge::NEVER_RESTORED),
         [],
