@@ -82,14 +82,14 @@ fn quote(name: &str) -> String {
 }
 
 fn read_schema(conn: &Connection, db: &str) -> rusqlite::Result<Vec<Table>> {
-    let mut names: Vec<String> = conn
+    let names: Vec<String> = conn
         .prepare(&format!(
             "SELECT name FROM {db}.sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND sql NOT LIKE 'CREATE VIRTUAL%' ORDER BY name"
         ))?
         .query_map([], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
-    names.retain(|n: &String| !n.is_empty());
     let mut tables = Vec::new();
+    let mut primary_keys: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for name in names {
         let mut columns = Vec::new();
         let mut keys = Vec::new();
@@ -109,6 +109,10 @@ fn read_schema(conn: &Connection, db: &str) -> rusqlite::Result<Vec<Table>> {
             [(_, column, kind)] if kind == "INTEGER" => Some(column.clone()),
             _ => None,
         };
+        primary_keys.insert(
+            name.clone(),
+            keys.into_iter().map(|(_, column, _)| column).collect(),
+        );
         let mut grouped: BTreeMap<i64, ForeignKey> = BTreeMap::new();
         let mut statement =
             conn.prepare(&format!("PRAGMA {db}.foreign_key_list({})", quote(&name)))?;
@@ -134,19 +138,6 @@ fn read_schema(conn: &Connection, db: &str) -> rusqlite::Result<Vec<Table>> {
         });
     }
     // A foreign key without target columns points at the parent's primary key.
-    let primary_keys: BTreeMap<String, Vec<String>> = tables
-        .iter()
-        .map(|t| {
-            let mut statement =
-                conn.prepare(&format!("PRAGMA {db}.table_info({})", quote(&t.name)))?;
-            let mut keys: Vec<(i64, String)> = statement
-                .query_map([], |r| Ok((r.get::<_, i64>(5)?, r.get::<_, String>(1)?)))?
-                .collect::<Result<_, _>>()?;
-            keys.retain(|(pk, _)| *pk > 0);
-            keys.sort();
-            Ok((t.name.clone(), keys.into_iter().map(|(_, c)| c).collect()))
-        })
-        .collect::<rusqlite::Result<_>>()?;
     for table in &mut tables {
         for fk in &mut table.foreign_keys {
             if fk.to.is_empty() {
