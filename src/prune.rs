@@ -153,8 +153,8 @@ pub fn survey(dir: &Path) -> std::io::Result<(Vec<Candidate>, Vec<Skipped>)> {
         if !kind.is_dir() {
             continue;
         }
-        if layout::lock_is_held(&layout::lock_path(&path)) {
-            skipped.push(skip("being written (its lock is held)"));
+        if layout::being_written(&path) {
+            skipped.push(skip("being written (its staging directory is locked)"));
             continue;
         }
         let manifest = match Manifest::load(&path.join(MANIFEST_PATH)) {
@@ -224,18 +224,15 @@ pub fn prune(dir: &Path, policy: &Policy, dry_run: bool) -> anyhow::Result<Outco
     Ok(outcome)
 }
 
-/// Deletes a backup: under its lock, renamed to a hidden name first (atomic for `list`), then
-/// removed. False when another run holds the lock.
+/// Deletes a backup: renamed to a hidden name first (atomic for `list`), then removed. False
+/// when a run began writing it (a `--force` replacing it) since the survey.
 fn remove(path: &Path) -> anyhow::Result<bool> {
-    let lock_path = layout::lock_path(path);
-    let Some(lock) = layout::try_lock(&lock_path)? else {
+    if layout::being_written(path) {
         return Ok(false);
-    };
+    }
     let doomed = layout::sibling(path, DELETING_SUFFIX);
     fs::rename(path, &doomed)?;
     fs::remove_dir_all(&doomed)?;
-    drop(lock);
-    let _ = fs::remove_file(&lock_path);
     Ok(true)
 }
 

@@ -19,6 +19,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::backup;
+use crate::cleanup::{self, Cleaned};
 use crate::cluster;
 use crate::compat::{self, Decision, Policy};
 use crate::compress::Compression;
@@ -32,6 +33,7 @@ use crate::progress::{self, Progress};
 use crate::qdrant::{Client, QdrantError, Scope};
 use crate::sqlite;
 use crate::verify::{self, Check, Severity};
+use crate::workdir::{Record, WorkDir};
 
 /// Qdrant restored a 321 MB snapshot by upload in 6.4 s on a 2-core machine: plan with 50 MB/s.
 const RESTORE_BYTES_PER_SECOND: u64 = 50_000_000;
@@ -718,6 +720,8 @@ pub struct Journal {
     pub daemon_stopped: bool,
     /// Whether anything changed yet.
     pub changed: bool,
+    /// Dead runs found and cleaned up first.
+    pub cleaned: Vec<Cleaned>,
 }
 
 /// A restore that stopped after it began changing things.
@@ -769,14 +773,12 @@ pub async fn execute(
     }
 }
 
-/// Staged databases beside the live ones; removed when dropped.
-struct Scratch {
-    dir: PathBuf,
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.dir);
+impl Journal {
+    /// A step that changed the live system: reported, and recorded on disk before the next.
+    fn done(&mut self, work: &WorkDir, text: String) -> Result<()> {
+        work.record(&Record::Done { text: text.clone() })?;
+        self.done.push(text);
+        Ok(())
     }
 }
 
@@ -795,12 +797,21 @@ async fn apply(
         .to_path_buf();
     layout::create_private_dir_all(&data_dir)
         .with_context(|| format!("cannot create `{}`", data_dir.display()))?;
-    let scratch = Scratch {
-        dir: data_dir.join(format!(".wqm-restore-{}", std::process::id())),
-    };
-    layout::create_private_dir_all(&scratch.dir)
-        .with_context(|| format!("cannot create `{}`", scratch.dir.display()))?;
-    let staged = stage_databases(plan, &scratch.dir, progress)?;
+    // A restore that died here left uploaded copies on the server and staged databases.
+    for cleaned in cleanup::dead_runs(&[data_dir.as_path()], settings).await {
+        journal.cleaned.push(cleaned);
+    }
+    // The journal (fsynced per step) lets the next run report and finish what a killed one did.
+    let work = WorkDir::create(
+        &data_dir.join(cleanup::RESTORE_WORK_DIR),
+        Record::Run {
+            command: "restore".to_string(),
+            path: plan.backup.clone(),
+            pid: std::process::id(),
+            started: crate::now(),
+        },
+    )?;
+    let staged = stage_databases(plan, work.path(), progress)?;
 
     if let Some(safety) = &plan.safety_backup {
         progress::check_interrupted()?;
@@ -817,20 +828,28 @@ async fn apply(
             databases: safety.databases,
             config: safety.config,
         };
-        backup::create(client, settings, &request, progress)
+        let outcome = backup::create(client, settings, &request, progress)
             .await
             .context("the safety backup failed; nothing was changed")?;
+        journal.cleaned.extend(outcome.cleaned);
+        // Only a complete safety backup is ever named as the way back.
+        work.record(&Record::SafetyBackup {
+            path: safety.path.clone(),
+        })?;
         journal.safety_backup = Some(safety.path.clone());
         journal
             .done
             .push(format!("safety backup: {}", safety.path.display()));
+        crate::failpoint::hit("restore:safety-done")?;
     }
 
     if plan.daemon.will_stop_and_start {
         progress.step("stopping the daemon");
+        work.record(&Record::DaemonStopped { stopped: true })?;
         daemon::stop(&settings.backup.daemon, &settings.data_dir)?;
         journal.daemon_stopped = true;
-        journal.done.push("daemon stopped".to_string());
+        journal.done(&work, "daemon stopped".to_string())?;
+        crate::failpoint::hit("restore:daemon-stopped")?;
     }
 
     // With the daemon stopped, merge the live rows and the backup's into a staged copy.
@@ -849,7 +868,7 @@ async fn apply(
                     "merging rows of the restored collections into a copy of `{}`",
                     database.live.display()
                 ));
-                let merged = scratch.dir.join(format!("{}.merged", database.name));
+                let merged = work.path().join(format!("{}.merged", database.name));
                 sqlite::backup_to(&database.live, &merged)
                     .with_context(|| format!("cannot copy `{}`", database.live.display()))?;
                 let collections: Vec<String> = plan
@@ -893,12 +912,13 @@ async fn apply(
                 &plan.backup,
                 entry,
                 Scope::Collection(&collection.name),
+                &work,
                 progress,
             )
             .await
         } else {
             let timeout = Duration::from_secs(settings.backup.transfer.operation_timeout);
-            restore_shards(client, plan, collection, timeout, progress)
+            restore_shards(client, plan, collection, timeout, &work, progress)
                 .await
                 .map(|targets| {
                     shard_targets.insert(collection.name.clone(), targets);
@@ -908,9 +928,7 @@ async fn apply(
         if collection.action == CollectionAction::Create {
             journal.created.push(collection.name.clone());
         }
-        journal
-            .done
-            .push(format!("collection `{}` restored", collection.name));
+        journal.done(&work, format!("collection `{}` restored", collection.name))?;
     }
 
     for (replacement, database) in &replacements {
@@ -919,15 +937,19 @@ async fn apply(
         journal.changed = true;
         sqlite::replace_live(replacement, &database.live)
             .with_context(|| format!("cannot replace `{}`", database.live.display()))?;
-        journal.done.push(format!(
-            "`{}` {}",
-            database.live.display(),
-            if database.action == DatabaseAction::Merge {
-                "merged"
-            } else {
-                "replaced"
-            }
-        ));
+        journal.done(
+            &work,
+            format!(
+                "`{}` {}",
+                database.live.display(),
+                if database.action == DatabaseAction::Merge {
+                    "merged"
+                } else {
+                    "replaced"
+                }
+            ),
+        )?;
+        crate::failpoint::hit("restore:database-replaced")?;
     }
 
     for alias in plan
@@ -939,9 +961,11 @@ async fn apply(
         client
             .set_alias(&alias.alias, &alias.collection, replace)
             .await?;
-        journal
-            .done
-            .push(format!("alias `{}` → `{}`", alias.alias, alias.collection));
+        journal.done(
+            &work,
+            format!("alias `{}` → `{}`", alias.alias, alias.collection),
+        )?;
+        crate::failpoint::hit("restore:alias-set")?;
     }
 
     if let (true, Some(entry), Some(target)) = (
@@ -954,16 +978,16 @@ async fn apply(
         journal.changed = true;
         crate::manifest::write_atomic(target, &bytes)
             .with_context(|| format!("cannot write `{}`", target.display()))?;
-        journal
-            .done
-            .push(format!("config `{}` replaced", target.display()));
+        journal.done(&work, format!("config `{}` replaced", target.display()))?;
     }
 
     if journal.daemon_stopped {
+        crate::failpoint::hit("restore:before-daemon-start")?;
         progress.step("starting the daemon");
         daemon::start(&settings.backup.daemon)?;
+        work.record(&Record::DaemonStopped { stopped: false })?;
         journal.daemon_stopped = false;
-        journal.done.push("daemon started".to_string());
+        journal.done(&work, "daemon started".to_string())?;
     }
 
     progress.step("verifying");
@@ -994,8 +1018,8 @@ fn stage_databases(
         let file =
             File::open(&source).with_context(|| format!("cannot read `{}`", source.display()))?;
         let mut reader = compression.decoder(BufReader::new(file))?;
-        let mut out =
-            File::create(&copy).with_context(|| format!("cannot write `{}`", copy.display()))?;
+        let mut out = layout::create_private_file(&copy)
+            .with_context(|| format!("cannot write `{}`", copy.display()))?;
         io::copy(&mut reader, &mut out)
             .with_context(|| format!("cannot stage `{}`", source.display()))?;
         staged.insert(name, copy);
@@ -1029,6 +1053,7 @@ async fn restore_shards(
     plan: &Plan,
     collection: &CollectionPlan,
     timeout: Duration,
+    work: &WorkDir,
     progress: &dyn Progress,
 ) -> Result<Vec<(u32, u32)>> {
     let name = collection.name.as_str();
@@ -1093,6 +1118,7 @@ async fn restore_shards(
             &plan.backup,
             entry,
             Scope::Shard(name, target),
+            work,
             progress,
         )
         .await?;
@@ -1229,6 +1255,7 @@ async fn upload(
     backup: &Path,
     entry: &crate::manifest::FileEntry,
     scope: Scope<'_>,
+    work: &WorkDir,
     progress: &dyn Progress,
 ) -> Result<()> {
     let path = backup.join(&entry.path);
@@ -1273,6 +1300,12 @@ async fn upload(
             format!("wqm-restore-{c}-shard-{id}-{}.snapshot", std::process::id())
         }
     };
+    let place = backup::place_of(client, scope);
+    work.record(&Record::UploadStarted {
+        place: place.clone(),
+        name: file_name.clone(),
+    })?;
+    crate::failpoint::hit("restore:uploading")?;
     progress.begin(&scope.to_string(), Some(entry.content_size));
     let uploading = client.upload_snapshot(
         scope,
@@ -1296,9 +1329,15 @@ async fn upload(
     };
     progress.end();
     reader.abort();
+    crate::failpoint::hit("restore:uploaded")?;
     // Qdrant keeps an uploaded collection snapshot among the collection's snapshots: delete it.
     match client.delete_snapshot(scope, &file_name).await {
-        Ok(()) | Err(QdrantError::NotFound { .. }) => {}
+        Ok(()) | Err(QdrantError::NotFound { .. }) => {
+            work.record(&Record::UploadDeleted {
+                place,
+                name: file_name.clone(),
+            })?;
+        }
         Err(e) if result.is_ok() => {
             return Err(anyhow::Error::from(e)
                 .context(format!("cannot delete the uploaded snapshot `{file_name}`")))

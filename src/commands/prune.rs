@@ -3,13 +3,14 @@
 use anyhow::Result;
 use serde_json::json;
 
+use crate::cleanup;
 use crate::cli::PruneArgs;
 use crate::config::Settings;
 use crate::exit::{ExitCode, Failure};
 use crate::output::Ui;
 use crate::prune::{self, Policy};
 
-pub fn run(args: &PruneArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
+pub async fn run(args: &PruneArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
     let dir = match args
         .directory
         .clone()
@@ -33,6 +34,9 @@ pub fn run(args: &PruneArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
         weekly: args.keep_weekly,
         monthly: args.keep_monthly,
     };
+    if !args.dry_run {
+        super::report_cleaned(ui, &cleanup::dead_runs(&[dir.as_path()], settings).await);
+    }
     let outcome = prune::prune(&dir, &policy, args.dry_run)?;
 
     if ui.json {

@@ -55,7 +55,15 @@ pub async fn run(args: &RestoreArgs, settings: &Settings, ui: &Ui) -> Result<Exi
         confirm(&plan)?;
     }
 
-    match restore::execute(&client, settings, &plan, &progress).await {
+    let result = restore::execute(&client, settings, &plan, &progress).await;
+    super::report_cleaned(
+        ui,
+        match &result {
+            Ok(outcome) => &outcome.journal.cleaned,
+            Err(stopped) => &stopped.journal.cleaned,
+        },
+    );
+    match result {
         Ok(outcome) => {
             let verified = outcome.verified();
             if ui.json {

@@ -20,6 +20,7 @@ pub fn run(args: &ValidateArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode
         now: crate::now(),
     };
     let progress = ui.progress();
+    crate::layout::refuse_unfinished(&args.path)?;
     let report = verify::audit(&args.path, &options, &progress)?;
     let errors = report.count(Severity::Error);
     let warnings = report.count(Severity::Warning);

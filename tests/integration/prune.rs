@@ -46,7 +46,7 @@ fn mix() -> (TempDir, wqm::layout::Staging) {
     fs::write(dir.join("photos/cat.jpg"), "meow").unwrap();
     fixtures::backup(&tmp.path().join("elsewhere"), &spec("2019-01-01 00:00"));
     std::os::unix::fs::symlink(tmp.path().join("elsewhere"), dir.join("link")).unwrap();
-    // A run writing into `writing` (with --force) holds its lock.
+    // A run writing into `writing` (with --force) holds its staging directory's lock.
     let writer = wqm::layout::Staging::begin(&dir.join("writing"), true).unwrap();
     (tmp, writer)
 }
@@ -60,9 +60,8 @@ fn entries(dir: &Path) -> Vec<String> {
     names
 }
 
-const UNTOUCHABLE: [&str; 7] = [
-    ".old.wqm-staging",
-    ".writing.wqm-lock",
+/// Prune also cleans up after dead runs: `.old.wqm-staging`, whose lock nobody holds, goes.
+const UNTOUCHABLE: [&str; 5] = [
     ".writing.wqm-staging",
     "corrupt",
     "link",
@@ -78,15 +77,13 @@ fn remains(args: &str, backups: &[&str]) {
         .chain(UNTOUCHABLE.iter())
         .map(|s| s.to_string())
         .collect();
-    // Every lock prune took was released and removed with its backup.
     expected.sort();
     let (_, tmp) = Test::in_dir(tmp)
         .env("WQM_BACKUP__VALIDATION__VERSION_WARNING_THRESHOLD", "0")
         .args(&format!("backup prune {{TMP}}/dir {args}"))
         .stdout_with(|o| assert!(o.starts_with("Pruned "), "{o}"))
         .run();
-    let mut left = entries(&tmp.path().join("dir"));
-    left.retain(|n| !(n.starts_with('.') && n.ends_with(".wqm-lock") && n != ".writing.wqm-lock"));
+    let left = entries(&tmp.path().join("dir"));
     assert_eq!(left, expected, "prune {args}");
     assert!(
         tmp.path()
@@ -141,7 +138,7 @@ fn dry_run_deletes_nothing_and_says_why_each_stays() {
              Skip corrupt: not a wqm backup (Backup manifest is missing or invalid: `{TMP}/dir/corrupt/metadata/manifest.json`: key must be a string at line 1 column 2)\n\
              Skip link: a symlink; prune never follows symlinks\n\
              Skip photos: not a wqm backup (Backup manifest is missing or invalid: `{TMP}/dir/photos/metadata/manifest.json` does not exist)\n\
-             Skip writing: being written (its lock is held)\n\
+             Skip writing: being written (its staging directory is locked)\n\
              Dry-run: 5 backup(s) would be removed, 2 kept, 6 other entries left alone. Nothing was deleted.\n",
         )
         .run();
@@ -166,7 +163,7 @@ fn json_reports_every_decision() {
                     .iter()
                     .find(|s| s["name"] == "writing")
                     .unwrap()["reason"],
-                "being written (its lock is held)"
+                "being written (its staging directory is locked)"
             );
         })
         .run();

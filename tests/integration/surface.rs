@@ -39,7 +39,10 @@ fn help_documents_exit_codes_and_environment() {
         .args("--help")
         .stdout_with(|out| {
             assert!(out.contains("Exit codes:\n  0    success\n"), "{out}");
-            assert!(out.contains("130  interrupted (Ctrl-C)"), "{out}");
+            assert!(
+                out.contains("130  interrupted (Ctrl-C, SIGINT), after cleaning up"),
+                "{out}"
+            );
             assert!(out.contains("QDRANT_URL, QDRANT_API_KEY"), "{out}");
         })
         .run();
