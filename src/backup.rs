@@ -315,6 +315,7 @@ pub async fn create(
     progress::check_interrupted()?;
     crate::failpoint::hit("create:manifest")?;
     staging.write_manifest(&manifest)?;
+    crate::failpoint::hit("create:verifying")?;
     if backup.verification.verify_after_backup {
         verify_staged(&staging, progress)?;
     }

@@ -41,7 +41,7 @@ impl Cleaned {
     /// One paragraph for the operator.
     pub fn report(&self) -> String {
         let mut text = format!(
-            "cleaned up after a {} that died ({}):",
+            "cleaned up after a dead run: {}, in `{}`:",
             self.run,
             self.path.display()
         );

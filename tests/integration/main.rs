@@ -2,6 +2,7 @@
 
 mod create;
 mod docs;
+mod faults;
 mod fixtures;
 mod info;
 mod list;
