@@ -636,6 +636,21 @@ impl Client {
         .await
     }
 
+    /// `POST /collections/aliases` with no actions: succeeds only with a key that may write
+    /// (the access uploads need), and changes nothing.
+    pub async fn probe_write(&self) -> Result<(), QdrantError> {
+        let request = self
+            .request(Method::POST, &["collections", "aliases"])
+            .json(&serde_json::json!({ "actions": [] }));
+        self.call::<Value>(
+            request,
+            "check that the key may write",
+            self.timeouts.read_idle,
+        )
+        .await
+        .map(drop)
+    }
+
     /// `GET {scope}/snapshots`.
     pub async fn list_snapshots(
         &self,

@@ -389,6 +389,7 @@ pub async fn plan(
     let aliases = client.aliases().await?;
     plan_collections(&mut plan, client, &existing, request).await?;
     plan_aliases(&mut plan, &aliases);
+    plan_write_access(&mut plan, client).await?;
     plan_databases(&mut plan, settings);
     plan_config(&mut plan, settings, request);
 
@@ -415,6 +416,32 @@ pub async fn plan(
         + 2 * plan.restored_collections().count() as u64
         + 1;
     Ok(plan)
+}
+
+/// Restoring collections or aliases needs a key that may write (Qdrant's manage access): a
+/// read-only key lists and downloads but gets 403 on upload, which would come after the safety
+/// backup. An empty alias update needs the same access and changes nothing: the probe.
+async fn plan_write_access(plan: &mut Plan, client: &Client) -> Result<()> {
+    let writes = plan.restored_collections().next().is_some()
+        || plan.aliases.iter().any(|a| a.action != AliasAction::Keep);
+    if !writes {
+        return Ok(());
+    }
+    match client.probe_write().await {
+        Ok(()) => Ok(()),
+        Err(QdrantError::Forbidden { message }) => {
+            plan.block(
+                ExitCode::Failure,
+                format!(
+                    "The API key cannot write to Qdrant at {}: {message}",
+                    client.display_url()
+                ),
+                Some("a restore needs a key with write (manage) access: set QDRANT_API_KEY or `qdrant.api_key`; a read-only key can only list and download".to_string()),
+            );
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn minor_line(version: &str) -> Option<(i64, i64)> {

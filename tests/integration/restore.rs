@@ -647,3 +647,34 @@ fn migrations_are_listed() {
         .stderr("wqm: error: No migration path from 0.1 to 0.3\nhint: `wqm backup migrations` lists every registered migration\n")
         .run();
 }
+
+#[test]
+fn a_read_only_key_is_found_by_the_plan_before_anything_changes() {
+    let double = Double::start();
+    let tmp = scene(&double, "");
+    lose_everything(&double);
+    double.state().api_key = Some("writer".into());
+    double.state().read_only_key = Some("reader".into());
+    let (_, tmp) = wqm(tmp, &double, "backup restore {TMP}/b --dry-run")
+        .env("QDRANT_API_KEY", "reader")
+        .status(1)
+        .stdout_with(|o| assert!(o.ends_with("Dry-run complete. No changes made.\n"), "{o}"))
+        .stderr_with(|e| {
+            assert!(e.starts_with("wqm: error: The API key cannot write to Qdrant at http://127.0.0.1:"), "{e}");
+            assert!(e.ends_with("\nhint: a restore needs a key with write (manage) access: set QDRANT_API_KEY or `qdrant.api_key`; a read-only key can only list and download\n"), "{e}");
+        })
+        .run();
+    // Without --dry-run it stops at the plan too: no safety backup, no upload.
+    let (_, tmp) = wqm(tmp, &double, "backup restore {TMP}/b --force")
+        .env("QDRANT_API_KEY", "reader")
+        .status(1)
+        .stdout_with(|_| {})
+        .stderr_with(|e| assert!(e.contains("The API key cannot write"), "{e}"))
+        .run();
+    assert!(uploads(&double).is_empty());
+    assert!(safety_backups(tmp.path()).is_empty());
+    wqm(tmp, &double, "backup restore {TMP}/b --dry-run")
+        .env("QDRANT_API_KEY", "writer")
+        .stdout_with(|o| assert!(o.ends_with("Dry-run complete. No changes made.\n"), "{o}"))
+        .run();
+}
