@@ -749,6 +749,8 @@ pub struct Journal {
     pub changed: bool,
     /// Dead runs found and cleaned up first.
     pub cleaned: Vec<Cleaned>,
+    /// Parts whose state the failure left unknown.
+    pub uncertain: Vec<String>,
 }
 
 /// A restore that stopped after it began changing things.
@@ -951,6 +953,13 @@ async fn apply(
                     shard_targets.insert(collection.name.clone(), targets);
                 })
         };
+        if restored.is_err() {
+            // Qdrant may have swapped the collection in and then failed to answer (or died).
+            journal.uncertain.push(format!(
+                "collection `{}`: Qdrant may have restored it before the failure; check it, or rerun the restore with --overwrite",
+                collection.name
+            ));
+        }
         restored.with_context(|| format!("restoring collection `{}` failed", collection.name))?;
         if collection.action == CollectionAction::Create {
             journal.created.push(collection.name.clone());

@@ -162,12 +162,13 @@ fn way_back_hint(journal: &restore::Journal, plan: &Plan) -> String {
 
 /// What a restore that stopped part-way did, did not do, and how to go back.
 fn report_stop(ui: &Ui, journal: &restore::Journal, plan: &Plan) {
-    if journal.done.is_empty() {
+    if journal.done.is_empty() && journal.uncertain.is_empty() {
         ui.warn("nothing was changed");
         return;
     }
     let mut lines = vec!["the restore stopped part-way. Done:".to_string()];
     lines.extend(journal.done.iter().map(|d| format!("  ✓ {d}")));
+    lines.extend(journal.uncertain.iter().map(|d| format!("  ? {d}")));
     if !journal.changed {
         lines.push("Nothing of the live system was changed yet.".to_string());
     }

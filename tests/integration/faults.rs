@@ -441,3 +441,133 @@ fn a_restore_killed_after_replacing_the_database_reports_every_step_on_the_next_
     assert!(double.snapshots_left().is_empty());
     assert!(!tmp.path().join("data/.wqm-restore").exists());
 }
+
+/// `wqm ARGS` against a real server with `failpoints` set; waits for it to end.
+fn run_real(tmp: &Path, url: &str, failpoints: &str, args: &[&str]) -> Output {
+    let mut command = test::wqm_command(tmp, args);
+    command
+        .env("QDRANT_URL", url)
+        .env("WQM_DATA_DIR", tmp.join("data"))
+        .env("WQM_FAILPOINTS", failpoints);
+    command.output().unwrap()
+}
+
+#[test]
+#[cfg_attr(
+    not(real_qdrant),
+    ignore = "needs a real Qdrant: set WQM_TEST_QDRANT_BIN or WQM_TEST_QDRANT_URL"
+)]
+fn real_server_kill_9_of_wqm_at_each_phase_leaves_nothing_after_the_next_run() {
+    use crate::real_qdrant::{self, Server};
+    let server = Server::start();
+    real_qdrant::workspace(&server);
+    let before = real_qdrant::fingerprint(&server);
+    let tmp = tempfile::tempdir().unwrap();
+    fs::create_dir(tmp.path().join("data")).unwrap();
+    fixtures::state_db(&tmp.path().join("data/state.db"));
+    let target = tmp.path().join("b");
+    for point in [
+        "create:snapshot-made",
+        "create:downloading",
+        "create:downloaded",
+        "create:databases",
+        "create:manifest",
+        "create:verifying",
+    ] {
+        let output = run_real(
+            tmp.path(),
+            &server.url,
+            &format!("{point}=kill"),
+            &["backup", "create", target.to_str().unwrap()],
+        );
+        assert!(killed(&output), "{point}");
+        assert!(!target.exists(), "{point}: no backup appears");
+        let left = server.snapshots_left();
+        let cleaned = run_real(
+            tmp.path(),
+            &server.url,
+            "",
+            &["backup", "cleanup", tmp.path().to_str().unwrap()],
+        );
+        let out = String::from_utf8_lossy(&cleaned.stdout);
+        assert!(cleaned.status.success(), "{point}: {out}");
+        for snapshot in &left {
+            let name = snapshot.rsplit('/').next().unwrap();
+            assert!(
+                out.contains(&format!("deleted snapshot `{name}`")),
+                "{point}: {out}"
+            );
+        }
+        assert_eq!(server.snapshots_left(), Vec::<String>::new(), "{point}");
+        assert_eq!(ls_a(tmp.path()), ["data"], "{point}");
+    }
+    // A complete backup, then a restore killed at each phase; the next run cleans up and a
+    // rerun completes it.
+    let output = run_real(
+        tmp.path(),
+        &server.url,
+        "",
+        &["backup", "create", target.to_str().unwrap()],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for point in [
+        "restore:uploading",
+        "restore:uploaded",
+        "restore:database-replaced",
+    ] {
+        let output = run_real(
+            tmp.path(),
+            &server.url,
+            &format!("{point}=kill"),
+            &[
+                "backup",
+                "restore",
+                target.to_str().unwrap(),
+                "--force",
+                "--overwrite",
+            ],
+        );
+        assert!(
+            killed(&output),
+            "{point}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let cleaned = run_real(
+            tmp.path(),
+            &server.url,
+            "",
+            &["backup", "cleanup", tmp.path().to_str().unwrap()],
+        );
+        let out = String::from_utf8_lossy(&cleaned.stdout);
+        assert!(cleaned.status.success(), "{point}: {out}");
+        assert!(
+            out.contains("the way back: wqm backup restore "),
+            "{point}: {out}"
+        );
+        assert_eq!(server.snapshots_left(), Vec::<String>::new(), "{point}");
+        assert!(!tmp.path().join("data/.wqm-restore").exists(), "{point}");
+    }
+    let output = run_real(
+        tmp.path(),
+        &server.url,
+        "",
+        &[
+            "backup",
+            "restore",
+            target.to_str().unwrap(),
+            "--force",
+            "--overwrite",
+        ],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(real_qdrant::fingerprint(&server), before);
+    assert_eq!(server.snapshots_left(), Vec::<String>::new());
+}
