@@ -580,6 +580,7 @@ fn verify_staged(staging: &Staging, progress: &dyn Progress) -> Result<()> {
     let options = verify::Options {
         depth: verify::Depth::Checksums,
         current_version: crate::VERSION.to_string(),
+        policy: crate::compat::Policy::default(),
         warn_after_days: 0,
         now: crate::now(),
     };

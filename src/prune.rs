@@ -195,6 +195,7 @@ pub fn survey(dir: &Path) -> std::io::Result<(Vec<Candidate>, Vec<Skipped>)> {
         let options = verify::Options {
             depth: verify::Depth::Structure,
             current_version: crate::VERSION.to_string(),
+            policy: crate::compat::Policy::default(),
             warn_after_days: 0,
             now: 0.0,
         };

@@ -254,7 +254,7 @@ pub async fn plan(
         format: original.format_name(),
         formatted_timestamp: original.formatted_timestamp(),
         partial: original.partial_backup,
-        compatibility: compat::report(&original.version, crate::VERSION).ok(),
+        compatibility: None,
         migrations: Vec::new(),
         collections: Vec::new(),
         aliases: Vec::new(),
@@ -289,9 +289,11 @@ pub async fn plan(
     } else {
         verify::Depth::Structure
     };
+    let policy = Policy::new(validation, request.allow_downgrade);
     let options = verify::Options {
         depth,
         current_version: crate::VERSION.to_string(),
+        policy: policy.clone(),
         warn_after_days: validation.version_warning_threshold,
         now: crate::now(),
     };
@@ -312,17 +314,9 @@ pub async fn plan(
             .map(|f| f.message.clone()),
     );
 
-    let policy = Policy {
-        strict_version_check: validation.strict_version_check,
-        allow_dev_versions: validation.allow_dev_versions,
-        allow_patch_downgrade: validation.allow_patch_downgrade,
-        allow_minor_downgrade: validation.allow_minor_downgrade,
-        allow_downgrade: request.allow_downgrade,
-    };
-    let has_path = |b: &compat::Version, c: &compat::Version| {
-        migrations::path((b.major, b.minor), (c.major, c.minor)).is_some()
-    };
-    match compat::decide(&plan.original.version, crate::VERSION, &policy, has_path) {
+    let decision = migrations::decide(&plan.original.version, crate::VERSION, &policy);
+    plan.compatibility = compat::report(&plan.original.version, crate::VERSION, &decision).ok();
+    match decision {
         Decision::Refuse(e) => {
             let hint = crate::exit::Classify::hint(&e);
             plan.block(crate::exit::Classify::exit_code(&e), e.to_string(), hint);

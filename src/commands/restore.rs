@@ -188,7 +188,7 @@ fn print_plan(ui: &Ui, plan: &Plan) {
     if let Some(compat) = &plan.compatibility {
         ui.line(format!(
             "  Compatibility: {}: {}",
-            compat.status, compat.message
+            compat.verdict, compat.message
         ));
     }
     if plan.migrations.is_empty() {
