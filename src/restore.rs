@@ -128,7 +128,9 @@ pub struct ClusterPlan {
 pub struct SafetyPlan {
     pub path: PathBuf,
     pub collections: Vec<String>,
-    pub databases: bool,
+    /// The live databases the restore replaces or merges into (file names): exactly what the
+    /// safety backup holds of them.
+    pub databases: Vec<String>,
     pub config: bool,
 }
 
@@ -600,12 +602,22 @@ fn plan_safety_backup(plan: &mut Plan, settings: &Settings) {
         .filter(|c| c.action == CollectionAction::Overwrite)
         .map(|c| c.name.clone())
         .collect();
-    let databases = plan
+    let databases: Vec<String> = plan
         .databases
         .iter()
-        .any(|d| d.action != DatabaseAction::Keep && d.live_exists);
+        .filter(|d| d.action != DatabaseAction::Keep && d.live_exists)
+        .map(|d| d.name.clone())
+        .collect();
     let config = plan.config.replace && plan.config.target.as_ref().is_some_and(|t| t.is_file());
-    if collections.is_empty() && !databases && !config {
+    if collections.is_empty() && databases.is_empty() && !config {
+        return;
+    }
+    if !settings.backup.enabled {
+        plan.block(
+            ExitCode::Usage,
+            "Backups are disabled: `backup.enabled` is false, and this restore needs a safety backup of what it replaces",
+            Some("set `backup.enabled: true`, or `backup.auto_backup_before_restore: false` to restore without a safety backup".to_string()),
+        );
         return;
     }
     let dir = settings
@@ -666,7 +678,7 @@ fn plan_disk(plan: &mut Plan, settings: &Settings) {
         let databases: u64 = plan
             .databases
             .iter()
-            .filter(|d| s.databases && d.action != DatabaseAction::Keep)
+            .filter(|d| s.databases.contains(&d.name))
             .map(|d| fs::metadata(&d.live).map_or(0, |m| m.len()))
             .sum();
         collections + databases
@@ -808,7 +820,11 @@ async fn apply(
             )),
             collections: Some(safety.collections.clone()),
             partial: false,
-            databases: safety.databases,
+            databases: if safety.databases.is_empty() {
+                backup::Databases::None
+            } else {
+                backup::Databases::Only(safety.databases.clone())
+            },
             config: safety.config,
         };
         backup::create(client, settings, &request, progress)

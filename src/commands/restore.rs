@@ -290,8 +290,8 @@ fn print_plan(ui: &Ui, plan: &Plan) {
             if !s.collections.is_empty() {
                 parts.push(format!("collections {}", s.collections.join(", ")));
             }
-            if s.databases {
-                parts.push("databases".to_string());
+            if !s.databases.is_empty() {
+                parts.push(format!("databases {}", s.databases.join(", ")));
             }
             if s.config {
                 parts.push("config".to_string());

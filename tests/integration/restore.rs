@@ -520,7 +520,7 @@ fn the_daemon_is_stopped_and_started_around_the_restore() {
         .stdout_with(|_| {})
         .stderr_with(|e| {
             assert!(e.starts_with("wqm: error: Daemon connection failed during restore: nothing accepts connections at "), "{e}");
-            assert!(e.contains("hint: check daemon status (`wqm service status`), restart it (`wqm service restart`)"), "{e}");
+            assert!(e.contains("hint: the restored data is in place; start the daemon with your `backup.daemon.start_command`, workspace-qdrant-mcp's own service command"), "{e}");
         })
         .run();
 }
@@ -645,5 +645,141 @@ fn migrations_are_listed() {
         .args("backup migrations --from 0.1.0")
         .status(4)
         .stderr("wqm: error: No migration path from 0.1 to 0.3\nhint: `wqm backup migrations` lists every registered migration\n")
+        .run();
+}
+
+fn other_db(path: &Path) {
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .execute_batch("CREATE TABLE docs(id INTEGER PRIMARY KEY, body TEXT); INSERT INTO docs(body) VALUES ('x');")
+        .unwrap();
+}
+
+fn database_names(backup: &Path) -> Vec<String> {
+    wqm::manifest::Manifest::load(&backup.join("metadata/manifest.json"))
+        .unwrap()
+        .databases
+        .into_iter()
+        .map(|d| d.name)
+        .collect()
+}
+
+#[test]
+fn the_safety_backup_holds_exactly_the_databases_the_plan_names() {
+    // The backup holds state.db only; the live search.db is not touched, so it is not saved.
+    let double = Double::start();
+    let tmp = scene(&double, "");
+    lose_everything(&double);
+    other_db(&tmp.path().join("data/search.db"));
+    let (_, tmp) = wqm(tmp, &double, "backup restore {TMP}/b --force")
+        .stdout_with(|o| {
+            assert!(o.contains(" (databases state.db)\n"), "{o}");
+            assert!(o.contains("Restore completed"), "{o}");
+        })
+        .run();
+    let safety = tmp.path().join(&safety_backups(tmp.path())[0]);
+    assert_eq!(database_names(&safety), ["state.db"]);
+
+    // The live state.db is gone, search.db will be replaced: the safety backup saves search.db.
+    let double = Double::start();
+    let t = Test::new();
+    fs::create_dir_all(t.join("data")).unwrap();
+    fixtures::state_db(&t.join("data/state.db"));
+    other_db(&t.join("data/search.db"));
+    let (_, tmp) = t
+        .env("QDRANT_URL", &double.url)
+        .env("WQM_DATA_DIR", "{TMP}/data")
+        .args("backup create {TMP}/b")
+        .stdout_with(|_| {})
+        .run();
+    lose_everything(&double);
+    fs::remove_file(tmp.path().join("data/state.db")).unwrap();
+    let (_, tmp) = wqm(tmp, &double, "backup restore {TMP}/b --force")
+        .stdout_with(|o| {
+            assert!(o.contains(" (databases search.db)\n"), "{o}");
+            assert!(o.contains("Restore completed"), "{o}");
+        })
+        .run();
+    let safety = tmp.path().join(&safety_backups(tmp.path())[0]);
+    assert_eq!(database_names(&safety), ["search.db"]);
+}
+
+#[test]
+fn backups_disabled_refuses_a_restore_that_needs_a_safety_backup_in_the_plan() {
+    let page = fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/configuration.md"
+    ))
+    .unwrap();
+    assert!(page.contains("| `backup.enabled` | `true` | `false` makes `create` refuse, and a restore that needs a safety backup"));
+    let double = Double::start();
+    let tmp = scene(&double, "");
+    lose_everything(&double);
+    let message = "Backups are disabled: `backup.enabled` is false, and this restore needs a safety backup of what it replaces";
+    let (_, tmp) = wqm(tmp, &double, "backup restore {TMP}/b --dry-run")
+        .env("WQM_BACKUP__ENABLED", "false")
+        .status(2)
+        .stdout_with(move |o| assert!(o.contains(&format!("  ✗ {message}\n")), "{o}"))
+        .stderr(&format!("wqm: error: {message}\nhint: set `backup.enabled: true`, or `backup.auto_backup_before_restore: false` to restore without a safety backup\n"))
+        .run();
+    let (_, tmp) = wqm(tmp, &double, "backup restore {TMP}/b --force")
+        .env("WQM_BACKUP__ENABLED", "false")
+        .status(2)
+        .stdout_with(|_| {})
+        .stderr_with(move |e| assert!(e.starts_with(&format!("wqm: error: {message}\n")), "{e}"))
+        .run();
+    assert!(uploads(&double).is_empty() && safety_backups(tmp.path()).is_empty());
+    // Without a safety backup, as the hint says, it restores.
+    wqm(tmp, &double, "backup restore {TMP}/b --force")
+        .env("WQM_BACKUP__ENABLED", "false")
+        .env("WQM_BACKUP__AUTO_BACKUP_BEFORE_RESTORE", "false")
+        .stdout_with(|o| assert!(o.contains("Restore completed"), "{o}"))
+        .run();
+}
+
+/// `backup.validation.check_schema_compatibility` governs the schema check only; vector
+/// configurations are compared whatever it says, as docs/configuration.md states.
+#[test]
+fn check_schema_compatibility_governs_the_schema_check_and_not_the_vector_config() {
+    let page = fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/configuration.md"
+    ))
+    .unwrap();
+    assert!(page.contains("| `backup.validation.check_schema_compatibility` | `true` | compare state database schema versions before a restore: refuse a backup schema newer than the live one, and a partial restore whose schema differs. Collections' vector configurations are compared whatever this says"));
+
+    let double = Double::start();
+    let tmp = scene(&double, "");
+    lose_everything(&double);
+    let live = tmp.path().join("data/state.db");
+    let newest = count(&live, "SELECT MAX(version) FROM schema_version");
+    rusqlite::Connection::open(&live)
+        .unwrap()
+        .execute_batch(&format!(
+            "DELETE FROM schema_version WHERE version = {newest}"
+        ))
+        .unwrap();
+    let (_, tmp) = wqm(tmp, &double, "backup restore {TMP}/b --dry-run")
+        .status(4)
+        .stdout_with(|_| {})
+        .stderr_with(move |e| assert!(e.starts_with(&format!("wqm: error: The backup's state database schema v{newest} is newer than the live one")), "{e}"))
+        .run();
+    let (_, tmp) = wqm(tmp, &double, "backup restore {TMP}/b --dry-run")
+        .env(
+            "WQM_BACKUP__VALIDATION__CHECK_SCHEMA_COMPATIBILITY",
+            "false",
+        )
+        .stdout_with(|o| assert!(o.ends_with("Dry-run complete. No changes made.\n"), "{o}"))
+        .run();
+
+    double.state().collections.insert(
+        "small-plain".into(),
+        crate::qdrant_double::Collection::from_fixture(fixtures::SMALL_NAMED),
+    );
+    wqm(tmp, &double, "backup restore {TMP}/b --dry-run --overwrite")
+        .env("WQM_BACKUP__VALIDATION__CHECK_SCHEMA_COMPATIBILITY", "false")
+        .status(5)
+        .stdout_with(|_| {})
+        .stderr_with(|e| assert!(e.starts_with("wqm: error: Restore failed: Collection small-plain exists with a different vector configuration"), "{e}"))
         .run();
 }
