@@ -35,7 +35,6 @@ pub struct Migration {
     #[serde(serialize_with = "line")]
     pub to: Line,
     pub description: &'static str,
-    pub reversible: bool,
     /// It converts legacy (Python, format-less) manifests; every legacy backup goes through it.
     pub converts_legacy: bool,
     #[serde(skip)]
@@ -63,7 +62,6 @@ pub static REGISTRY: &[Migration] = &[Migration {
     from: (0, 2),
     to: (0, 3),
     description: "Convert a backup of the earlier Python wqm (no format_version) to format 1: its state database is restored; its collections held no vectors and cannot be",
-    reversible: false,
     converts_legacy: true,
     warnings: python_era_warnings,
     apply: python_era,

@@ -480,6 +480,7 @@ fn an_unreachable_qdrant_is_explained() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     drop(listener);
+    let started = Instant::now();
     let (_, tmp) = Test::new()
         .env("QDRANT_URL", &format!("http://127.0.0.1:{port}"))
         .args("backup create {TMP}/b")
@@ -489,6 +490,11 @@ fn an_unreachable_qdrant_is_explained() {
             assert!(err.ends_with("\nhint: start Qdrant, or point wqm at it with QDRANT_URL (or --qdrant-url, or `qdrant.url` in the config)\n"), "{err}");
         })
         .run();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "it says so within seconds, not after retries: {:?}",
+        started.elapsed()
+    );
     nothing_written(tmp.path(), "b");
 }
 
@@ -734,4 +740,22 @@ fn a_full_disk_fails_cleanly_and_says_so() {
         "only the lock file is left"
     );
     assert!(double.snapshots_left().is_empty());
+}
+
+/// Aliases are recorded whatever `include_collection_stats` says, as config.example.yaml states.
+#[test]
+fn aliases_are_recorded_even_without_collection_stats() {
+    let example =
+        fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.yaml")).unwrap();
+    assert!(example.contains("# Record per-collection vector configuration and payload schema in the manifest (a\n    # collection's aliases are always recorded: restore re-creates them).\n    include_collection_stats: true"));
+    let double = Double::start();
+    let (_, tmp) = Test::new()
+        .env("QDRANT_URL", &double.url)
+        .env("WQM_BACKUP__METADATA__INCLUDE_COLLECTION_STATS", "false")
+        .args("backup create {TMP}/b --quiet")
+        .run();
+    let m = manifest(&tmp.path().join("b"));
+    let details = &m.collection_details["small-named"];
+    assert!(details.params.is_none() && details.payload_schema.is_none());
+    assert_eq!(details.aliases, ["notes"]);
 }

@@ -627,7 +627,14 @@ fn ctrl_c_during_an_upload_stops_and_says_how_to_go_back() {
 fn migrations_are_listed() {
     Test::new()
         .args("backup migrations")
-        .stdout_with(|o| assert!(o.starts_with("0.2 → 0.3 python-era-backup (not reversible)\n  Convert a backup of the earlier Python wqm"), "{o}"))
+        .stdout_with(|o| {
+            assert!(
+                o.starts_with(
+                    "0.2 → 0.3 python-era-backup\n  Convert a backup of the earlier Python wqm"
+                ),
+                "{o}"
+            )
+        })
         .run();
     Test::new()
         .args("backup migrations --from 0.2.5 --json")
@@ -635,6 +642,10 @@ fn migrations_are_listed() {
             assert_eq!(v[0]["id"], "python-era-backup");
             assert_eq!(v[0]["from"], "0.2");
             assert_eq!(v[0]["to"], "0.3");
+            assert!(
+                v[0].get("reversible").is_none(),
+                "nothing runs a migration backwards"
+            );
         })
         .run();
     Test::new()
@@ -664,8 +675,38 @@ fn database_names(backup: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The README's verification sentence: the recorded count, or the range when points were
+/// written while the snapshot was taken.
+#[test]
+fn verification_accepts_the_recorded_range_of_a_snapshot_taken_during_writes() {
+    let readme = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    assert!(readme.contains("every restored collection exists with the point count the manifest records (or,\n   when points were written while its snapshot was taken, a count between `points_count` and\n   `points_count_after`)"));
+    let double = Double::start();
+    let tmp = scene(&double, "");
+    lose_everything(&double);
+    // small-plain holds 200 points: recorded as 198 before the snapshot and 203 after.
+    fixtures::edit_manifest(&tmp.path().join("b"), |m| {
+        m["collections"]["small-plain"] = 198.into();
+        m["total_documents"] = (120 + 198).into();
+        m["during_operations"] = true.into();
+        let details = &mut m["collection_details"]["small-plain"];
+        details["points_count"] = 198.into();
+        details["points_count_after"] = 203.into();
+    });
+    wqm(tmp, &double, "backup restore {TMP}/b --force")
+        .stdout_with(|o| {
+            assert!(o.contains("  ✓ collection `small-plain`: expected 198..=203 points, not red, found 200 points, green\n"), "{o}");
+            assert!(o.contains("Restore completed"), "{o}");
+        })
+        .run();
+}
+
 #[test]
 fn the_safety_backup_holds_exactly_the_databases_the_plan_names() {
+    let readme = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    assert!(readme.contains(
+        "the live databases it replaces or merges into (only those; the\n   plan names them)"
+    ));
     // The backup holds state.db only; the live search.db is not touched, so it is not saved.
     let double = Double::start();
     let tmp = scene(&double, "");
