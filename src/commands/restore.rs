@@ -133,10 +133,24 @@ fn confirm(plan: &Plan) -> Result<()> {
         },
         plan.backup.display()
     );
-    let yes = dialoguer::Confirm::new()
+    let term = console::Term::stderr();
+    let yes = match dialoguer::Confirm::new()
         .with_prompt(prompt)
         .default(false)
-        .interact_on(&console::Term::stderr())?;
+        .interact_on(&term)
+    {
+        Ok(yes) => yes,
+        // Ctrl-C at the prompt: dialoguer leaves the cursor hidden and says "read interrupted".
+        Err(dialoguer::Error::IO(e)) if e.kind() == std::io::ErrorKind::Interrupted => {
+            let _ = term.show_cursor();
+            return Err(Failure::new(
+                ExitCode::Interrupted,
+                "Restore cancelled (Ctrl-C); nothing was changed",
+            )
+            .into());
+        }
+        Err(e) => return Err(e.into()),
+    };
     if !yes {
         return Err(
             Failure::new(ExitCode::Failure, "Restore cancelled; nothing was changed").into(),

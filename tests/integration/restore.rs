@@ -12,7 +12,7 @@ use crate::test::Test;
 
 /// A test directory with a live state DB in `data/` and a backup in `b` of the double's
 /// collections (`small-named` with alias `notes`, `small-plain`) and that DB.
-fn scene(double: &Double, create_args: &str) -> TempDir {
+pub fn scene(double: &Double, create_args: &str) -> TempDir {
     let t = Test::new();
     fs::create_dir_all(t.join("data")).unwrap();
     fixtures::state_db(&t.join("data/state.db"));
@@ -26,7 +26,7 @@ fn scene(double: &Double, create_args: &str) -> TempDir {
 }
 
 /// The server lost everything.
-fn lose_everything(double: &Double) {
+pub fn lose_everything(double: &Double) {
     let mut state = double.state();
     state.collections.clear();
     state.aliases.clear();
@@ -47,7 +47,7 @@ fn count(db: &Path, sql: &str) -> i64 {
         .unwrap()
 }
 
-fn uploads(double: &Double) -> Vec<String> {
+pub fn uploads(double: &Double) -> Vec<String> {
     double
         .requests()
         .into_iter()
@@ -55,7 +55,7 @@ fn uploads(double: &Double) -> Vec<String> {
         .collect()
 }
 
-fn safety_backups(dir: &Path) -> Vec<String> {
+pub fn safety_backups(dir: &Path) -> Vec<String> {
     let mut found: Vec<String> = fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
