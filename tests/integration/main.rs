@@ -13,6 +13,7 @@ mod real_cluster;
 mod real_qdrant;
 mod real_server;
 mod restore;
+mod seed;
 mod surface;
 mod terminal;
 mod test;

@@ -104,11 +104,21 @@ impl Terminal {
     }
 
     /// Waits for the child to end; returns its status and everything the terminal showed.
-    pub fn finish(mut self) -> (ExitStatus, String) {
+    pub fn finish(self) -> (ExitStatus, String) {
+        self.finish_answering("", b"")
+    }
+
+    /// As [`Terminal::finish`], typing `keys` once if `prompt` appears meanwhile.
+    pub fn finish_answering(mut self, prompt: &str, keys: &[u8]) -> (ExitStatus, String) {
         let deadline = Instant::now() + Duration::from_secs(60);
+        let mut answered = prompt.is_empty();
         let status = loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 break status;
+            }
+            if !answered && self.screen().contains(prompt) {
+                self.type_keys(keys);
+                answered = true;
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
