@@ -13,6 +13,7 @@ mod real_cluster;
 mod real_qdrant;
 mod real_server;
 mod restore;
+mod sample;
 mod seed;
 mod surface;
 mod terminal;
