@@ -171,7 +171,8 @@ pub struct Report {
     /// The Python validator's status.
     pub status: Status,
     pub verdict: Verdict,
-    /// Whether restore goes ahead as configured (without `--allow-downgrade`).
+    /// Whether restore goes ahead under the policy decided with (for `info`, `list` and
+    /// `validate`: the configuration, without `--allow-downgrade`).
     pub restorable: bool,
     pub backup_version: String,
     pub current_version: String,
@@ -764,5 +765,56 @@ mod tests {
         let (msg, hint) = refuse("0.3.0dev1", "0.3.0", &strict);
         assert!(msg.contains("0.3.0dev1") && msg.contains("0.3.0"));
         assert!(hint.contains("allow_dev_versions"));
+    }
+
+    #[test]
+    fn the_report_says_what_restore_does() {
+        let policy = Policy {
+            strict_version_check: true,
+            ..Policy::default()
+        };
+        let verdict = |backup: &str, policy: &Policy, path: bool| {
+            let decision = decide(backup, "0.3.0", policy, |_, _| path);
+            let r = report(backup, "0.3.0", &decision).unwrap();
+            (r.verdict, r.restorable)
+        };
+        assert_eq!(
+            verdict("0.3.0", &policy, false),
+            (Verdict::Compatible, true)
+        );
+        assert_eq!(
+            verdict("0.2.1", &policy, true),
+            (Verdict::MigrationAvailable, true)
+        );
+        assert_eq!(
+            verdict("0.2.1", &policy, false),
+            (Verdict::Incompatible, false)
+        );
+        assert_eq!(
+            verdict("0.3.1", &policy, false),
+            (Verdict::Downgrade, false)
+        );
+        assert_eq!(
+            verdict("0.3.0.dev1", &policy, false),
+            (Verdict::DevVersion, false)
+        );
+        let lenient = Policy {
+            allow_dev_versions: true,
+            allow_patch_downgrade: true,
+            ..Policy::default()
+        };
+        assert_eq!(
+            verdict("0.3.0.dev1", &lenient, false),
+            (Verdict::Compatible, true)
+        );
+        assert_eq!(
+            verdict("0.3.1", &lenient, false),
+            (Verdict::Downgrade, true)
+        );
+        assert_eq!(
+            verdict("0.2.1", &lenient, false),
+            (Verdict::Incompatible, true),
+            "strict_version_check: false restores anyway"
+        );
     }
 }
