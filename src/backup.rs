@@ -40,10 +40,20 @@ pub struct Request {
     pub collections: Option<Vec<String>>,
     /// Record the backup as partial: on restore its state database merges instead of replacing.
     pub partial: bool,
-    /// Include the SQLite databases.
-    pub databases: bool,
+    /// Which SQLite databases to include.
+    pub databases: Databases,
     /// Include the configuration file.
     pub config: bool,
+}
+
+/// Which of the SQLite databases (`state.db` and, beside it, `search.db`, `graph.db`) a backup holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Databases {
+    None,
+    /// Every one that exists, when `state.db` does.
+    All,
+    /// Exactly these files that exist (a restore's safety backup: what the restore replaces).
+    Only(Vec<String>),
 }
 
 /// One stored item, as the summary reports it.
@@ -261,10 +271,11 @@ pub async fn create(
         manifest.notes.push("taken from a cluster shard by shard: each shard is consistent in itself, the shards are not from one instant".to_string());
     }
 
-    if request.databases {
+    if request.databases != Databases::None {
         crate::failpoint::hit("create:databases")?;
         back_up_databases(
             &staging,
+            &request.databases,
             settings,
             compression,
             algorithm,
@@ -574,8 +585,11 @@ fn store(
 
 /// `state.db` and, beside it, `search.db` and `graph.db`: each copied with SQLite's online
 /// backup API into the staging directory, then stored (compressed, hashed) as `sqlite/<file>`.
+// One more argument than clippy likes: which databases, beside what every stored file needs.
+#[allow(clippy::too_many_arguments)]
 fn back_up_databases(
     staging: &Staging,
+    wanted: &Databases,
     settings: &Settings,
     compression: Compression,
     algorithm: Algorithm,
@@ -584,7 +598,7 @@ fn back_up_databases(
     progress: &dyn Progress,
 ) -> Result<()> {
     let state_db = &settings.state_db;
-    if !state_db.is_file() {
+    if *wanted == Databases::All && !state_db.is_file() {
         manifest.notes.push(format!(
             "no state database at `{}`; the backup holds no SQLite state",
             state_db.display()
@@ -600,7 +614,11 @@ fn back_up_databases(
         };
         (*name, path)
     });
-    for (name, source) in sources.filter(|(_, path)| path.is_file()) {
+    let wanted = |name: &str| match wanted {
+        Databases::Only(names) => names.iter().any(|n| n == name),
+        _ => true,
+    };
+    for (name, source) in sources.filter(|(name, path)| wanted(name) && path.is_file()) {
         progress::check_interrupted()?;
         progress.step(&format!("copying `{}`", source.display()));
         let copy = staging
@@ -649,6 +667,7 @@ fn verify_staged(staging: &Staging, progress: &dyn Progress) -> Result<()> {
     let options = verify::Options {
         depth: verify::Depth::Checksums,
         current_version: crate::VERSION.to_string(),
+        policy: crate::compat::Policy::default(),
         warn_after_days: 0,
         now: crate::now(),
     };

@@ -32,8 +32,6 @@ use std::ffi::OsString;
 
 use clap::Parser;
 
-use crate::exit::ExitCode;
-
 /// The product version: what `wqm --version` prints and new manifests record.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -51,16 +49,10 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let cli = match cli::Cli::try_parse_from(args) {
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let cli = match cli::Cli::try_parse_from(&args) {
         Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::Usage.code()
-            } else {
-                ExitCode::Success.code()
-            };
-        }
+        Err(e) => return output::parse_failure(&e, &args).code(),
     };
     let ui = commands::ui_for(&cli);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -130,7 +130,9 @@ pub struct ClusterPlan {
 pub struct SafetyPlan {
     pub path: PathBuf,
     pub collections: Vec<String>,
-    pub databases: bool,
+    /// The live databases the restore replaces or merges into (file names): exactly what the
+    /// safety backup holds of them.
+    pub databases: Vec<String>,
     pub config: bool,
 }
 
@@ -256,7 +258,7 @@ pub async fn plan(
         format: original.format_name(),
         formatted_timestamp: original.formatted_timestamp(),
         partial: original.partial_backup,
-        compatibility: compat::report(&original.version, crate::VERSION).ok(),
+        compatibility: None,
         migrations: Vec::new(),
         collections: Vec::new(),
         aliases: Vec::new(),
@@ -291,9 +293,11 @@ pub async fn plan(
     } else {
         verify::Depth::Structure
     };
+    let policy = Policy::new(validation, request.allow_downgrade);
     let options = verify::Options {
         depth,
         current_version: crate::VERSION.to_string(),
+        policy: policy.clone(),
         warn_after_days: validation.version_warning_threshold,
         now: crate::now(),
     };
@@ -314,17 +318,9 @@ pub async fn plan(
             .map(|f| f.message.clone()),
     );
 
-    let policy = Policy {
-        strict_version_check: validation.strict_version_check,
-        allow_dev_versions: validation.allow_dev_versions,
-        allow_patch_downgrade: validation.allow_patch_downgrade,
-        allow_minor_downgrade: validation.allow_minor_downgrade,
-        allow_downgrade: request.allow_downgrade,
-    };
-    let has_path = |b: &compat::Version, c: &compat::Version| {
-        migrations::path((b.major, b.minor), (c.major, c.minor)).is_some()
-    };
-    match compat::decide(&plan.original.version, crate::VERSION, &policy, has_path) {
+    let decision = migrations::decide(&plan.original.version, crate::VERSION, &policy);
+    plan.compatibility = compat::report(&plan.original.version, crate::VERSION, &decision).ok();
+    match decision {
         Decision::Refuse(e) => {
             let hint = crate::exit::Classify::hint(&e);
             plan.block(crate::exit::Classify::exit_code(&e), e.to_string(), hint);
@@ -635,12 +631,22 @@ fn plan_safety_backup(plan: &mut Plan, settings: &Settings) {
         .filter(|c| c.action == CollectionAction::Overwrite)
         .map(|c| c.name.clone())
         .collect();
-    let databases = plan
+    let databases: Vec<String> = plan
         .databases
         .iter()
-        .any(|d| d.action != DatabaseAction::Keep && d.live_exists);
+        .filter(|d| d.action != DatabaseAction::Keep && d.live_exists)
+        .map(|d| d.name.clone())
+        .collect();
     let config = plan.config.replace && plan.config.target.as_ref().is_some_and(|t| t.is_file());
-    if collections.is_empty() && !databases && !config {
+    if collections.is_empty() && databases.is_empty() && !config {
+        return;
+    }
+    if !settings.backup.enabled {
+        plan.block(
+            ExitCode::Usage,
+            "Backups are disabled: `backup.enabled` is false, and this restore needs a safety backup of what it replaces",
+            Some("set `backup.enabled: true`, or `backup.auto_backup_before_restore: false` to restore without a safety backup".to_string()),
+        );
         return;
     }
     let dir = settings
@@ -701,7 +707,7 @@ fn plan_disk(plan: &mut Plan, settings: &Settings) {
         let databases: u64 = plan
             .databases
             .iter()
-            .filter(|d| s.databases && d.action != DatabaseAction::Keep)
+            .filter(|d| s.databases.contains(&d.name))
             .map(|d| fs::metadata(&d.live).map_or(0, |m| m.len()))
             .sum();
         collections + databases
@@ -854,7 +860,11 @@ async fn apply(
             )),
             collections: Some(safety.collections.clone()),
             partial: false,
-            databases: safety.databases,
+            databases: if safety.databases.is_empty() {
+                backup::Databases::None
+            } else {
+                backup::Databases::Only(safety.databases.clone())
+            },
             config: safety.config,
         };
         let outcome = backup::create(client, settings, &request, progress)

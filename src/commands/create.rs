@@ -20,7 +20,7 @@ pub async fn run(args: &CreateArgs, settings: &Settings, ui: &Ui) -> Result<Exit
         description: args.description.clone(),
         partial: collections.is_some(),
         collections,
-        databases: true,
+        databases: crate::backup::Databases::All,
         config: true,
     };
     let client = Client::from_settings(settings)?;

@@ -28,12 +28,14 @@ pub async fn run(args: &PruneArgs, settings: &Settings, ui: &Ui) -> Result<ExitC
     };
     super::backups_dir(&dir)?;
     let policy = Policy {
-        within_days: Some(args.keep_within.unwrap_or(settings.backup.retention_days)),
+        within_days: args.keep_within,
         last: args.keep_last,
         daily: args.keep_daily,
         weekly: args.keep_weekly,
         monthly: args.keep_monthly,
-    };
+        default_applied: false,
+    }
+    .or_default(settings.backup.retention_days);
     if !args.dry_run {
         super::report_cleaned(ui, &cleanup::dead_runs(&[dir.as_path()], settings).await);
     }
@@ -49,6 +51,7 @@ pub async fn run(args: &PruneArgs, settings: &Settings, ui: &Ui) -> Result<ExitC
         "Removed"
     };
     if args.dry_run || ui.interactive || ui.verbose {
+        ui.line(rules_line(&policy));
         for removed in &outcome.removed {
             ui.line(format!(
                 "{verb} {} ({})",
@@ -81,4 +84,28 @@ pub async fn run(args: &PruneArgs, settings: &Settings, ui: &Ui) -> Result<ExitC
         ));
     }
     Ok(ExitCode::Success)
+}
+
+/// Which rules decided, and whether the default applied.
+fn rules_line(policy: &Policy) -> String {
+    if policy.default_applied {
+        return format!(
+            "Rules: --keep-within {} from `backup.retention_days` (no keep rule given)",
+            policy.within_days.unwrap_or_default()
+        );
+    }
+    let rules: Vec<String> = [
+        ("within", policy.within_days),
+        ("last", policy.last),
+        ("daily", policy.daily),
+        ("weekly", policy.weekly),
+        ("monthly", policy.monthly),
+    ]
+    .into_iter()
+    .filter_map(|(rule, n)| n.map(|n| format!("--keep-{rule} {n}")))
+    .collect();
+    format!(
+        "Rules: {} (`backup.retention_days` does not apply: keep rules were given)",
+        rules.join(" ")
+    )
 }

@@ -141,10 +141,24 @@ fn confirm(plan: &Plan) -> Result<()> {
         },
         plan.backup.display()
     );
-    let yes = dialoguer::Confirm::new()
+    let term = console::Term::stderr();
+    let yes = match dialoguer::Confirm::new()
         .with_prompt(prompt)
         .default(false)
-        .interact_on(&console::Term::stderr())?;
+        .interact_on(&term)
+    {
+        Ok(yes) => yes,
+        // Ctrl-C at the prompt: dialoguer leaves the cursor hidden and says "read interrupted".
+        Err(dialoguer::Error::IO(e)) if e.kind() == std::io::ErrorKind::Interrupted => {
+            let _ = term.show_cursor();
+            return Err(Failure::new(
+                ExitCode::Interrupted,
+                "Restore cancelled (Ctrl-C); nothing was changed",
+            )
+            .into());
+        }
+        Err(e) => return Err(e.into()),
+    };
     if !yes {
         return Err(
             Failure::new(ExitCode::Failure, "Restore cancelled; nothing was changed").into(),
@@ -197,7 +211,7 @@ fn print_plan(ui: &Ui, plan: &Plan) {
     if let Some(compat) = &plan.compatibility {
         ui.line(format!(
             "  Compatibility: {}: {}",
-            compat.status, compat.message
+            compat.verdict, compat.message
         ));
     }
     if plan.migrations.is_empty() {
@@ -299,8 +313,8 @@ fn print_plan(ui: &Ui, plan: &Plan) {
             if !s.collections.is_empty() {
                 parts.push(format!("collections {}", s.collections.join(", ")));
             }
-            if s.databases {
-                parts.push("databases".to_string());
+            if !s.databases.is_empty() {
+                parts.push(format!("databases {}", s.databases.join(", ")));
             }
             if s.config {
                 parts.push("config".to_string());

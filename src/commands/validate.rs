@@ -16,6 +16,7 @@ pub fn run(args: &ValidateArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode
             verify::Depth::Structure
         },
         current_version: crate::VERSION.to_string(),
+        policy: crate::compat::Policy::new(&settings.backup.validation, false),
         warn_after_days: settings.backup.validation.version_warning_threshold,
         now: crate::now(),
     };

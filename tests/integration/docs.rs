@@ -268,3 +268,51 @@ fn same_database(live: &Path, backup: &Path) {
         "the restored database differs from the backup's"
     );
 }
+
+/// Every `wqm …` a message, hint or page names is a command this wqm has (no `wqm service …`).
+#[test]
+fn every_wqm_command_named_in_a_hint_or_page_exists() {
+    let cli = wqm::cli::Cli::command();
+    let mut texts = vec![("src".to_string(), source())];
+    for page in [
+        "README.md",
+        "config.example.yaml",
+        "docs/configuration.md",
+        "docs/troubleshooting.md",
+        "docs/operations.md",
+    ] {
+        texts.push((page.to_string(), doc(page)));
+    }
+    for entry in fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/commands")).unwrap()
+    {
+        let path = entry.unwrap().path();
+        texts.push((
+            path.display().to_string(),
+            fs::read_to_string(&path).unwrap(),
+        ));
+    }
+    let mut checked = 0;
+    for (name, text) in &texts {
+        for (at, _) in text.match_indices("`wqm ") {
+            let rest = &text[at + 5..];
+            let words: Vec<&str> = rest[..rest.find('`').unwrap()].split_whitespace().collect();
+            let mut command = &cli;
+            for word in words
+                .iter()
+                .take_while(|w| w.chars().all(|c| c.is_ascii_lowercase()))
+            {
+                if !command.has_subcommands() {
+                    break;
+                }
+                command = command.find_subcommand(word).unwrap_or_else(|| {
+                    panic!(
+                        "{name} names `wqm {}`: `{word}` is no command of this wqm",
+                        words.join(" ")
+                    )
+                });
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 20, "{checked} commands named");
+}
