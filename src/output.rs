@@ -17,7 +17,8 @@ use crate::progress::Progress;
 pub struct Ui {
     pub json: bool,
     pub verbose: bool,
-    /// Nothing but errors (and the JSON document when asked for).
+    /// Nothing but errors, the warnings that need action (`warn_action`), and the JSON document
+    /// when asked for.
     pub quiet: bool,
     /// stderr is a terminal: progress bars and prompts are possible.
     pub interactive: bool,
@@ -56,6 +57,13 @@ impl Ui {
             return;
         }
         let _ = writeln!(io::stderr().lock(), "wqm: warning: {}", text.as_ref());
+    }
+
+    /// A warning the operator must act on (a snapshot left on the server, the way back after a
+    /// failed restore, a journal of a dead run cleaned up): always on stderr, even with `--quiet`
+    /// and `--json`, so cron mails it; marked `wqm: action needed:`.
+    pub fn warn_action(&self, text: impl AsRef<str>) {
+        let _ = writeln!(io::stderr().lock(), "wqm: action needed: {}", text.as_ref());
     }
 
     /// Reports a failure on stderr (and as JSON on stdout with `--json`); returns its exit code.

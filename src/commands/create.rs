@@ -27,8 +27,14 @@ pub async fn run(args: &CreateArgs, settings: &Settings, ui: &Ui) -> Result<Exit
     let progress = ui.progress();
     let outcome = backup::create(&client, settings, &request, &progress).await?;
     for leftover in &outcome.leftovers {
-        ui.warn(leftover);
+        ui.warn_action(leftover);
     }
+    // The backup is complete either way; a snapshot left on the server needs someone to act.
+    let code = if outcome.leftovers.is_empty() {
+        ExitCode::Success
+    } else {
+        ExitCode::ActionNeeded
+    };
 
     let m = &outcome.manifest;
     let stored: u64 = outcome.items.iter().map(|i| i.size).sum();
@@ -51,7 +57,7 @@ pub async fn run(args: &CreateArgs, settings: &Settings, ui: &Ui) -> Result<Exit
             "notes": m.notes,
             "leftover_snapshots": outcome.leftovers,
         }));
-        return Ok(ExitCode::Success);
+        return Ok(code);
     }
     if ui.interactive || ui.verbose {
         for item in &outcome.items {
@@ -77,7 +83,7 @@ pub async fn run(args: &CreateArgs, settings: &Settings, ui: &Ui) -> Result<Exit
         indicatif::BinaryBytes(stored),
         outcome.seconds
     ));
-    Ok(ExitCode::Success)
+    Ok(code)
 }
 
 /// PATH, or a new `backup-YYYYMMDD-HHMMSS` in `backup.default_backup_directory`.

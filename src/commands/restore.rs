@@ -175,7 +175,7 @@ fn report_stop(ui: &Ui, journal: &restore::Journal, plan: &Plan) {
             ));
         }
     }
-    ui.warn(lines.join("\n"));
+    ui.warn_action(lines.join("\n"));
 }
 
 fn print_plan(ui: &Ui, plan: &Plan) {

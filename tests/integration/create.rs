@@ -406,12 +406,12 @@ fn a_snapshot_that_cannot_be_deleted_is_reported_with_the_command_that_deletes_i
             ..Faults::default()
         },
         &[],
-        0,
+        7,
         |err| {
             let lines: Vec<&str> = err.lines().collect();
             assert_eq!(lines.len(), 2, "{err}");
             assert!(
-                lines[0].starts_with("wqm: warning: could not delete snapshot `small-named-"),
+                lines[0].starts_with("wqm: action needed: could not delete snapshot `small-named-"),
                 "{err}"
             );
             assert!(
@@ -422,6 +422,33 @@ fn a_snapshot_that_cannot_be_deleted_is_reported_with_the_command_that_deletes_i
     );
     assert!(tmp.path().join("b/metadata/manifest.json").is_file());
     assert_eq!(double.snapshots_left().len(), 2);
+}
+
+#[test]
+fn quiet_still_reports_a_leftover_snapshot_on_stderr_and_exits_7() {
+    let double = Double::start();
+    double.state().faults.delete_error = true;
+    let (_, tmp) = Test::new()
+        .env("QDRANT_URL", &double.url)
+        .args("backup create {TMP}/b --quiet")
+        .status(7)
+        .stderr_with(|err| {
+            assert_eq!(err.lines().count(), 2, "{err}");
+            assert!(
+                err.lines()
+                    .all(|l| l.starts_with("wqm: action needed: could not delete snapshot `")),
+                "{err}"
+            );
+        })
+        .run();
+    // The backup itself is complete.
+    Test::new()
+        .args(&format!(
+            "backup validate {} --check-files",
+            tmp.path().join("b").display()
+        ))
+        .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
+        .run();
 }
 
 #[test]
