@@ -24,6 +24,7 @@ use crate::manifest::{
 };
 use crate::progress::{self, Progress};
 use crate::qdrant::{self, AsyncSink, Client, Scope, SnapshotDescription};
+use crate::secrets;
 use crate::sqlite;
 use crate::verify::{self, Severity};
 
@@ -260,23 +261,38 @@ pub async fn create(
         Some(config) => {
             progress::check_interrupted()?;
             let rel = format!("{}/config.yaml", layout::CONFIG_DIR);
-            let file = fs::File::open(config)
+            let text = fs::read_to_string(config)
                 .with_context(|| format!("cannot read the config file `{}`", config.display()))?;
+            // No secret leaves the machine: only the secret values are replaced in the copy.
+            let redacted = secrets::redact_config(&text);
+            if redacted.rewritten {
+                manifest.notes.push("the config copy was written out anew to leave its secrets out (its layout is beyond editing in place): comments and formatting were not kept".to_string());
+            }
             let entry = store(
                 &staging,
                 &rel,
                 FileKind::Config,
                 Compression::None,
                 algorithm,
-                file,
+                io::Cursor::new(redacted.text.into_bytes()),
             )?;
+            let detail = if redacted.redactions.is_empty() {
+                format!("from {}", config.display())
+            } else {
+                format!(
+                    "from {}, {} secret(s) left out",
+                    config.display(),
+                    redacted.redactions.len()
+                )
+            };
             items.push(Item {
                 path: rel,
-                detail: format!("from {}", config.display()),
+                detail,
                 size: entry.size,
                 content_size: entry.content_size,
             });
             manifest.files.push(entry);
+            manifest.config_redacted = redacted.redactions;
         }
         None if request.config => manifest
             .notes
@@ -292,7 +308,11 @@ pub async fn create(
         });
     }
     if !backup.metadata.custom_metadata.is_empty() {
-        manifest.custom_metadata = Some(backup.metadata.custom_metadata.clone());
+        let mut custom = serde_json::Value::Object(backup.metadata.custom_metadata.clone());
+        secrets::redact_json(&mut custom);
+        if let serde_json::Value::Object(custom) = custom {
+            manifest.custom_metadata = Some(custom);
+        }
     }
 
     progress::check_interrupted()?;

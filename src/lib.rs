@@ -21,6 +21,7 @@ pub mod progress;
 pub mod prune;
 pub mod qdrant;
 pub mod restore;
+pub mod secrets;
 pub mod snapshot;
 pub mod sqlite;
 pub mod verify;

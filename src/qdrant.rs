@@ -848,15 +848,9 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// A URL without its password.
+/// A URL without its userinfo (user and password).
 pub fn redact(url: &str) -> String {
-    match Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        _ => url.to_string(),
-    }
+    crate::secrets::mask_userinfo(url)
 }
 
 #[cfg(test)]
@@ -897,7 +891,10 @@ mod tests {
             client.endpoint(&["collections", "a b/c"]).as_str(),
             "http://u:secret@127.0.0.1:6333/base/collections/a%20b%2Fc"
         );
-        assert_eq!(client.display_url(), "http://u:***@127.0.0.1:6333/base");
+        assert_eq!(
+            client.display_url(),
+            "http://REDACTED-BY-WQM@127.0.0.1:6333/base"
+        );
         assert!(Client::new("ftp://x", None, None, timeouts.clone()).is_err());
         assert!(Client::new("not a url", None, None, timeouts).is_err());
     }

@@ -108,6 +108,8 @@ pub struct ConfigPlan {
     pub in_backup: bool,
     pub replace: bool,
     pub target: Option<PathBuf>,
+    /// Secrets the backup left out (`qdrant.api_key`, …): the live file's values are kept.
+    pub keeps_live: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -263,6 +265,7 @@ pub async fn plan(
             in_backup: false,
             replace: false,
             target: None,
+            keeps_live: Vec::new(),
         },
         daemon: DaemonPlan {
             running: None,
@@ -588,6 +591,27 @@ fn plan_config(plan: &mut Plan, settings: &Settings, request: &Request) {
         plan.warnings
             .push("--with-config: the backup holds no configuration file".to_string());
     }
+    if plan.config.replace {
+        let live = live_config(settings);
+        let redactions = &plan.manifest.config_redacted;
+        let missing = crate::secrets::missing_in_live(redactions, live.as_deref());
+        plan.config.keeps_live = redactions
+            .iter()
+            .filter(|r| !missing.contains(r))
+            .map(ToString::to_string)
+            .collect();
+        for redaction in missing {
+            plan.warnings.push(format!(
+                "the backup left out the secret {redaction} and the live config has none: it is written empty; set it in `{}`",
+                settings.config_target.as_deref().unwrap_or(Path::new("-")).display()
+            ));
+        }
+    }
+}
+
+/// The live config file's text, whose secrets a restored config keeps.
+fn live_config(settings: &Settings) -> Option<String> {
+    fs::read_to_string(settings.config_target.as_ref()?).ok()
 }
 
 fn config_entry(manifest: &Manifest) -> Option<&crate::manifest::FileEntry> {
@@ -949,10 +973,16 @@ async fn apply(
         config_entry(&plan.manifest),
         plan.config.target.as_ref(),
     ) {
-        let bytes = fs::read(plan.backup.join(&entry.path))
+        let text = fs::read_to_string(plan.backup.join(&entry.path))
             .with_context(|| format!("cannot read `{}`", entry.path))?;
+        // The secrets the backup left out come from the live file.
+        let text = crate::secrets::restore_config(
+            &text,
+            &plan.manifest.config_redacted,
+            live_config(settings).as_deref(),
+        );
         journal.changed = true;
-        crate::manifest::write_atomic(target, &bytes)
+        crate::manifest::write_atomic(target, text.as_bytes())
             .with_context(|| format!("cannot write `{}`", target.display()))?;
         journal
             .done

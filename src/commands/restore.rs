@@ -270,7 +270,11 @@ fn print_plan(ui: &Ui, plan: &Plan) {
         .map_or("-".to_string(), |t| t.display().to_string());
     ui.line(match (plan.config.in_backup, plan.config.replace) {
         (false, _) => "  Config: none in the backup; kept".to_string(),
-        (true, true) => format!("  Config: replace {target}"),
+        (true, true) if plan.config.keeps_live.is_empty() => format!("  Config: replace {target}"),
+        (true, true) => format!(
+            "  Config: replace {target}, keeping its values of the secrets the backup left out: {}",
+            plan.config.keeps_live.join(", ")
+        ),
         (true, false) => format!("  Config: kept (--with-config replaces {target})"),
     });
     ui.line(

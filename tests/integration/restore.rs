@@ -647,3 +647,116 @@ fn migrations_are_listed() {
         .stderr("wqm: error: No migration path from 0.1 to 0.3\nhint: `wqm backup migrations` lists every registered migration\n")
         .run();
 }
+
+/// Every file under `dir`, as bytes.
+fn all_bytes(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(all_bytes(&path));
+        } else {
+            out.push((path.clone(), fs::read(&path).unwrap()));
+        }
+    }
+    out
+}
+
+#[test]
+fn secrets_stay_out_of_a_backup_and_restore_keeps_the_live_ones() {
+    let double = Double::start();
+    let t = Test::new();
+    let port = double.url.rsplit(':').next().unwrap().to_string();
+    let config = format!(
+        "# the shared config\n# api_key: an-old-key-commented-out\nqdrant:\n  url: \"http://admin:hunter2@127.0.0.1:{port}\"  # with a password\n  api_key: s3cr3t-api-key\n  timeout: 30s\nembedding:\n  hf_token: hf-t0ken\nbackup:\n  metadata:\n    custom_metadata:\n      environment: production\n      webhook_password: hook-pw\n"
+    );
+    fs::write(t.join("config.yaml"), &config).unwrap();
+    let secrets = [
+        "hunter2",
+        "s3cr3t",
+        "hf-t0ken",
+        "hook-pw",
+        "an-old-key",
+        "admin",
+    ];
+    let (_, tmp) = t
+        .env("WQM_CONFIG_PATH", "{TMP}/config.yaml")
+        .args("backup create {TMP}/b --json --verbose")
+        .stdout_json(move |v| {
+            let text = v.to_string();
+            for secret in secrets {
+                assert!(!text.contains(secret), "{secret} in {text}");
+            }
+        })
+        .stderr_with(move |e| {
+            assert!(
+                e.contains("connecting to Qdrant at http://REDACTED-BY-WQM@127.0.0.1:"),
+                "{e}"
+            );
+            for secret in secrets {
+                assert!(!e.contains(secret), "{secret} in {e}");
+            }
+        })
+        .run();
+    let b = tmp.path().join("b");
+    for (path, bytes) in all_bytes(&b) {
+        let text = String::from_utf8_lossy(&bytes);
+        for secret in secrets {
+            assert!(!text.contains(secret), "{secret} in {}", path.display());
+        }
+    }
+    // Only the secret values changed: comments and layout are kept.
+    let copy = fs::read_to_string(b.join("config/config.yaml")).unwrap();
+    assert_eq!(
+        copy,
+        config
+            .replace("an-old-key-commented-out", "REDACTED-BY-WQM")
+            .replace("admin:hunter2@", "REDACTED-BY-WQM@")
+            .replace("s3cr3t-api-key", "REDACTED-BY-WQM")
+            .replace("hf-t0ken", "REDACTED-BY-WQM")
+            .replace("hook-pw", "REDACTED-BY-WQM")
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(b.join("metadata/manifest.json")).unwrap()).unwrap();
+    assert_eq!(
+        manifest["config_redacted"],
+        serde_json::json!([
+            {"key": "qdrant.url", "part": "userinfo"},
+            {"key": "qdrant.api_key", "part": "value"},
+            {"key": "embedding.hf_token", "part": "value"},
+            {"key": "backup.metadata.custom_metadata.webhook_password", "part": "value"},
+        ])
+    );
+    assert_eq!(
+        manifest["custom_metadata"],
+        serde_json::json!({"environment": "production", "webhook_password": "REDACTED-BY-WQM"})
+    );
+
+    // The live config has moved on (a new key, another password); restoring the backup's config
+    // keeps the live secrets and says so; the hf_token the live file lacks is left empty.
+    let live = format!(
+        "qdrant:\n  url: \"http://admin:n3w-pw@127.0.0.1:{port}\"\n  api_key: live-api-key\n"
+    );
+    fs::write(tmp.path().join("config.yaml"), &live).unwrap();
+    lose_everything(&double);
+    let (_, tmp) = Test::in_dir(tmp)
+        .env("WQM_CONFIG_PATH", "{TMP}/config.yaml")
+        .env("WQM_DATA_DIR", "{TMP}/data")
+        .args("backup restore {TMP}/b --force --with-config")
+        .stdout_with(|o| {
+            assert!(o.contains(", keeping its values of the secrets the backup left out: the URL userinfo of `qdrant.url`, `qdrant.api_key`\n"), "{o}");
+            assert!(o.contains("  ⚠ the backup left out the secret `embedding.hf_token` and the live config has none: it is written empty; set it in `"), "{o}");
+            assert!(o.contains("✓ config `"), "{o}");
+            assert!(!o.contains("n3w-pw") && !o.contains("live-api-key"), "{o}");
+        })
+        .run();
+    assert_eq!(
+        fs::read_to_string(tmp.path().join("config.yaml")).unwrap(),
+        config
+            .replace("an-old-key-commented-out", "REDACTED-BY-WQM")
+            .replace("admin:hunter2@", "admin:n3w-pw@")
+            .replace("s3cr3t-api-key", "\"live-api-key\"")
+            .replace("hf-t0ken", "null")
+            .replace("hook-pw", "null")
+    );
+}
