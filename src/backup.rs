@@ -16,6 +16,7 @@ use crate::checksum::Algorithm;
 use crate::cluster;
 use crate::compress::Compression;
 use crate::config::Settings;
+use crate::daemon;
 use crate::exit::{ExitCode, Failure};
 use crate::layout::{self, FileSink, Staging};
 use crate::manifest::{
@@ -127,6 +128,8 @@ pub async fn create(
     manifest.qdrant_version = Some(server.version.clone());
     manifest.compression = Some(compression);
     manifest.checksum_algorithm = Some(algorithm);
+    // Informational: the online copies are consistent whether the daemon runs or not.
+    manifest.daemon_running = Some(daemon::running(&backup.daemon, &settings.data_dir).is_some());
     if request.partial {
         manifest.partial_backup = true;
         manifest.selected_collections = Some(collections.clone());

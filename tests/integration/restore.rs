@@ -466,14 +466,63 @@ fn a_partial_backup_merges_only_the_rows_of_its_collections() {
     drop(tmp);
 }
 
+/// A daemon's gRPC port for tests: it accepts connections while `file` exists, closing
+/// `close_delay` after the file goes (as a daemon takes a moment to exit), until dropped.
+struct PortDaemon {
+    address: String,
+    quit: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PortDaemon {
+    fn follow(file: std::path::PathBuf, close_delay: Duration) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let quit = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let (address, quit) = (address.clone(), quit.clone());
+            std::thread::spawn(move || {
+                let mut listener = file.exists().then_some(listener);
+                while !quit.load(std::sync::atomic::Ordering::Relaxed) {
+                    match (&listener, file.exists()) {
+                        (Some(_), false) => {
+                            std::thread::sleep(close_delay);
+                            listener = None;
+                        }
+                        (None, true) => {
+                            listener = Some(std::net::TcpListener::bind(&address).unwrap())
+                        }
+                        _ => {}
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+        };
+        PortDaemon {
+            address,
+            quit,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for PortDaemon {
+    fn drop(&mut self) {
+        self.quit.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 #[test]
 fn the_daemon_is_stopped_and_started_around_the_restore() {
     let double = Double::start();
     let tmp = scene(&double, "");
     lose_everything(&double);
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = listener.local_addr().unwrap().to_string();
     fs::write(tmp.path().join("running"), "").unwrap();
+    let port = PortDaemon::follow(tmp.path().join("running"), Duration::ZERO);
+    let address = port.address.clone();
     let with_daemon = |t: Test| {
         t.env(
             "WQM_BACKUP__DAEMON__STATUS_COMMAND",
@@ -486,13 +535,14 @@ fn the_daemon_is_stopped_and_started_around_the_restore() {
         .status(1)
         .stdout_with(|o| {
             assert!(
-                o.contains("  ✗ Cannot restore while daemon is running (`test -e "),
+                o.contains("  ✗ Cannot restore while daemon is running (127.0.0.1:"),
                 "{o}"
-            )
+            );
+            assert!(o.contains(" accepts connections; `test -e "), "{o}");
         })
         .stderr_with(|e| {
             assert!(
-                e.starts_with("wqm: error: Cannot restore while daemon is running (`test -e "),
+                e.starts_with("wqm: error: Cannot restore while daemon is running (127.0.0.1:"),
                 "{e}"
             );
             assert!(e.contains("hint: stop the daemon first"), "{e}");
@@ -503,7 +553,7 @@ fn the_daemon_is_stopped_and_started_around_the_restore() {
         .env("WQM_BACKUP__DAEMON__STOP_COMMAND", "rm {TMP}/running")
         .env("WQM_BACKUP__DAEMON__START_COMMAND", "touch {TMP}/running")
         .stdout_with(|o| {
-            assert!(o.contains("  Daemon: running (`test -e "), "{o}");
+            assert!(o.contains("  Daemon: running (127.0.0.1:"), "{o}");
             assert!(
                 o.contains("✓ daemon stopped\n") && o.contains("✓ daemon started\n"),
                 "{o}"
@@ -512,7 +562,7 @@ fn the_daemon_is_stopped_and_started_around_the_restore() {
         .run();
     assert!(tmp.path().join("running").exists());
     lose_everything(&double);
-    drop(listener);
+    drop(port);
     with_daemon(wqm(tmp, &double, "backup restore {TMP}/b --force"))
         .env("WQM_BACKUP__DAEMON__STOP_COMMAND", "rm {TMP}/running")
         .env("WQM_BACKUP__DAEMON__START_COMMAND", "touch {TMP}/running")
@@ -759,4 +809,123 @@ fn secrets_stay_out_of_a_backup_and_restore_keeps_the_live_ones() {
             .replace("hf-t0ken", "null")
             .replace("hook-pw", "null")
     );
+}
+
+/// A running process named `memexd` (a copy of `sleep`); killed and reaped when dropped.
+struct FakeMemexd(std::process::Child, TempDir);
+
+impl FakeMemexd {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("memexd");
+        fs::copy("/bin/sleep", &bin).unwrap();
+        let child = std::process::Command::new(&bin).arg("120").spawn().unwrap();
+        FakeMemexd(child, dir)
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for FakeMemexd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_running_memexd_or_its_open_port_is_seen_and_blocks_the_restore() {
+    let double = Double::start();
+    let memexd = FakeMemexd::start();
+    let pid = memexd.pid();
+    // `create` records that the daemon ran (the copies are consistent either way).
+    let t = Test::new();
+    fs::create_dir_all(t.join("data")).unwrap();
+    fixtures::state_db(&t.join("data/state.db"));
+    let (_, tmp) = t
+        .env("QDRANT_URL", &double.url)
+        .env("WQM_DATA_DIR", "{TMP}/data")
+        .env("WQM_BACKUP__DAEMON__PROCESS_NAME", "memexd")
+        .args("backup create {TMP}/b")
+        .stdout_with(|_| {})
+        .run();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(tmp.path().join("b/metadata/manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["daemon_running"], true);
+    lose_everything(&double);
+    let db_before = fs::read(tmp.path().join("data/state.db")).unwrap();
+
+    // The process alone (no lock, no status command) blocks the restore, naming its pid.
+    let (_, tmp) = wqm(tmp, &double, "backup restore {TMP}/b --force")
+        .env("WQM_BACKUP__DAEMON__PROCESS_NAME", "memexd")
+        .status(1)
+        .stdout_with(move |o| {
+            assert!(o.contains(&format!("  Daemon: running (process `memexd` runs as pid {pid}) and no `backup.daemon.stop_command` to stop it\n")), "{o}");
+        })
+        .stderr_with(move |e| {
+            assert!(e.starts_with(&format!("wqm: error: Cannot restore while daemon is running (process `memexd` runs as pid {pid})\nhint: stop the daemon first")), "{e}");
+        })
+        .run();
+    drop(memexd);
+
+    // So does its gRPC port answering.
+    fs::write(tmp.path().join("up"), "").unwrap();
+    let port = PortDaemon::follow(tmp.path().join("up"), Duration::from_millis(800));
+    let address = port.address.clone();
+    let (_, tmp) = wqm(tmp, &double, "backup restore {TMP}/b --force --dry-run")
+        .env("WQM_BACKUP__DAEMON__ADDRESS", &address)
+        .status(1)
+        .stdout_with({
+            let address = address.clone();
+            move |o| assert!(o.contains(&format!("  Daemon: running ({address} accepts connections) and no `backup.daemon.stop_command`")), "{o}")
+        })
+        .stderr_with(|e| assert!(e.starts_with("wqm: error: Cannot restore while daemon is running ("), "{e}"))
+        .run();
+    assert!(uploads(&double).is_empty());
+    assert_eq!(
+        fs::read(tmp.path().join("data/state.db")).unwrap(),
+        db_before
+    );
+
+    // A stop command that leaves the port open: wqm waits (bounded) and refuses to go on.
+    let (_, tmp) = wqm(tmp, &double, "backup restore {TMP}/b --force")
+        .env("WQM_BACKUP__DAEMON__ADDRESS", &address)
+        .env("WQM_BACKUP__DAEMON__STOP_COMMAND", "exit 0")
+        .env("WQM_BACKUP__DAEMON__TIMEOUT", "1")
+        .status(1)
+        .stdout_with(|_| {})
+        .stderr_with(|e| {
+            assert!(
+                e.starts_with("wqm: error: the daemon still runs 1 s after `exit 0`"),
+                "{e}"
+            )
+        })
+        .run();
+    assert!(uploads(&double).is_empty());
+    assert_eq!(
+        fs::read(tmp.path().join("data/state.db")).unwrap(),
+        db_before
+    );
+
+    // A stop command after which the port closes only a moment later, and a start command after
+    // which it opens again: the restore waits for both and completes.
+    let (_, tmp) = wqm(tmp, &double, "backup restore {TMP}/b --force")
+        .env("WQM_BACKUP__DAEMON__ADDRESS", &address)
+        .env("WQM_BACKUP__DAEMON__STOP_COMMAND", "rm {TMP}/up")
+        .env("WQM_BACKUP__DAEMON__START_COMMAND", "touch {TMP}/up")
+        .env("WQM_BACKUP__DAEMON__TIMEOUT", "10")
+        .stdout_with(|o| {
+            assert!(
+                o.contains("✓ daemon stopped\n")
+                    && o.contains("✓ daemon started\n")
+                    && o.contains("Restore completed"),
+                "{o}"
+            )
+        })
+        .run();
+    assert!(tmp.path().join("up").exists());
+    assert_eq!(uploads(&double).len(), 2);
 }
