@@ -234,12 +234,15 @@ impl Default for MetadataSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct TransferSettings {
     pub connect_timeout: u64,
-    /// Seconds without a byte before a transfer is abandoned (a download is then resumed).
+    /// Seconds without a byte before a transfer is abandoned (a download is then resumed), and
+    /// that a recovering Qdrant may go without answering.
     pub read_timeout: u64,
-    /// Seconds Qdrant may take to create or restore a snapshot (it sends nothing meanwhile).
+    /// Seconds Qdrant may take to create a snapshot (it sends nothing meanwhile).
     pub operation_timeout: u64,
-    /// How many times a dropped download is resumed from where it stopped.
+    /// A dropped download is resumed at least this many times in a row without progress ...
     pub retries: u32,
+    /// ... and for at least this many seconds (backoff 0.25 s doubling to 8 s).
+    pub retry_timeout: u64,
 }
 
 impl Default for TransferSettings {
@@ -249,6 +252,7 @@ impl Default for TransferSettings {
             read_timeout: 120,
             operation_timeout: 3600,
             retries: 3,
+            retry_timeout: 60,
         }
     }
 }
@@ -261,6 +265,7 @@ impl TransferSettings {
             read_idle: Duration::from_secs(self.read_timeout),
             operation: Duration::from_secs(self.operation_timeout),
             retries: self.retries,
+            retry_for: Duration::from_secs(self.retry_timeout),
         }
     }
 }

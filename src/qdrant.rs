@@ -6,7 +6,9 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use reqwest::header::{
@@ -26,11 +28,18 @@ pub struct Timeouts {
     pub connect: Duration,
     /// How long a transfer may go without a byte before it is abandoned (and resumed).
     pub read_idle: Duration,
-    /// How long Qdrant may take to create or recover a snapshot (it sends nothing meanwhile).
+    /// How long Qdrant may take to create a snapshot (it sends nothing meanwhile). Recovering
+    /// one from an upload has no limit while Qdrant answers.
     pub operation: Duration,
-    /// How many times a dropped download is resumed.
+    /// A dropped download is resumed at least this many times in a row without progress ...
     pub retries: u32,
+    /// ... and for at least this long (with exponential backoff), so Qdrant can restart.
+    pub retry_for: Duration,
 }
+
+/// The first pause before a retry; it doubles up to `MAX_BACKOFF`.
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(8);
 
 #[derive(Debug, thiserror::Error)]
 pub enum QdrantError {
@@ -355,33 +364,41 @@ impl Client {
         self.http.request(method, self.endpoint(segments))
     }
 
-    /// Sends a request and waits for the response head, mapping failures to `QdrantError`.
+    /// Sends a request and waits (up to `limit`) for the response head, mapping failures to
+    /// `QdrantError`.
     async fn send(
         &self,
         request: RequestBuilder,
         what: &str,
         limit: Duration,
     ) -> Result<Response, QdrantError> {
-        let response = match tokio::time::timeout(limit, request.send()).await {
-            Err(_) => {
-                return Err(QdrantError::Timeout {
-                    what: what.to_string(),
-                    seconds: limit.as_secs(),
-                })
-            }
-            Ok(Err(e)) if e.is_connect() => {
+        tokio::time::timeout(limit, self.send_untimed(request, what))
+            .await
+            .map_err(|_| QdrantError::Timeout {
+                what: what.to_string(),
+                seconds: limit.as_secs(),
+            })?
+    }
+
+    async fn send_untimed(
+        &self,
+        request: RequestBuilder,
+        what: &str,
+    ) -> Result<Response, QdrantError> {
+        let response = match request.send().await {
+            Err(e) if e.is_connect() => {
                 return Err(QdrantError::Connect {
                     url: self.display_url(),
                     reason: error_chain(&e),
                 })
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 return Err(QdrantError::Protocol {
                     what: what.to_string(),
                     reason: error_chain(&e),
                 })
             }
-            Ok(Ok(response)) => response,
+            Ok(response) => response,
         };
         if response.status().is_success() {
             return Ok(response);
@@ -621,34 +638,58 @@ impl Client {
         .await
     }
 
+    /// Deleting a file is quick: a Qdrant silent for `read_idle` is not waited for longer.
     pub async fn delete_snapshot(&self, scope: Scope<'_>, name: &str) -> Result<(), QdrantError> {
         let request = self
             .request(Method::DELETE, &scope.path(&["snapshots", name]))
             .query(&[("wait", "true")]);
-        self.act(request, &format!("delete snapshot `{name}`"))
-            .await
+        self.call::<Value>(
+            request,
+            &format!("delete snapshot `{name}`"),
+            self.timeouts.read_idle,
+        )
+        .await
+        .map(drop)
     }
 
     /// `POST {scope}/snapshots/upload?wait=true&priority=snapshot&checksum=…`: recovers the
     /// collection or shard (creating a missing collection, or replacing the data of an existing
-    /// one with the same vector configuration) from `body`, a multipart stream of `length` bytes.
-    /// Qdrant verifies the sha256; it keeps an uploaded collection snapshot as `file_name`
-    /// (delete it afterwards).
-    pub async fn upload_snapshot(
+    /// one with the same vector configuration) from `body`, a stream of `length` bytes sent as
+    /// multipart. Qdrant verifies the sha256; it keeps an uploaded collection snapshot as
+    /// `file_name` (delete it afterwards).
+    ///
+    /// No total timeout: while the body is sent, `read_idle` without a byte taken abandons it;
+    /// once sent, wqm waits as long as Qdrant recovers, that is as long as it answers
+    /// `GET /healthz` on another connection (silence for `read_idle` abandons it).
+    pub async fn upload_snapshot<S>(
         &self,
         scope: Scope<'_>,
         file_name: &str,
-        body: reqwest::Body,
+        body: S,
         length: u64,
         sha256: &str,
-    ) -> Result<(), QdrantError> {
-        let part = reqwest::multipart::Part::stream_with_length(body, length)
-            .file_name(file_name.to_string())
-            .mime_str("application/octet-stream")
-            .map_err(|e| QdrantError::Protocol {
-                what: "upload".into(),
-                reason: e.to_string(),
-            })?;
+    ) -> Result<(), QdrantError>
+    where
+        S: futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static,
+    {
+        use futures_util::StreamExt;
+        let taken = Arc::new(AtomicU64::new(0));
+        let counter = taken.clone();
+        let counted = body.inspect(move |chunk| {
+            if let Ok(chunk) = chunk {
+                counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            }
+        });
+        let part = reqwest::multipart::Part::stream_with_length(
+            reqwest::Body::wrap_stream(counted),
+            length,
+        )
+        .file_name(file_name.to_string())
+        .mime_str("application/octet-stream")
+        .map_err(|e| QdrantError::Protocol {
+            what: "upload".into(),
+            reason: e.to_string(),
+        })?;
         let form = reqwest::multipart::Form::new().part("snapshot", part);
         let request = self
             .request(Method::POST, &scope.path(&["snapshots", "upload"]))
@@ -658,8 +699,72 @@ impl Client {
                 ("checksum", sha256),
             ])
             .multipart(form);
-        self.act(request, &format!("restore {scope} from its snapshot"))
-            .await
+        let what = format!("restore {scope} from its snapshot");
+        let response = self.send_watched(request, &what, &taken, length).await?;
+        let body = self.body(response, &what).await?;
+        serde_json::from_slice::<Envelope<Value>>(&body)
+            .map(drop)
+            .map_err(|e| QdrantError::Protocol {
+                what,
+                reason: e.to_string(),
+            })
+    }
+
+    /// Sends a request whose body reports the bytes taken in `taken`, and waits for the answer
+    /// with no total timeout: the body must keep moving (`read_idle`), and once it is all sent,
+    /// Qdrant must keep answering `GET /healthz` while it works on it.
+    async fn send_watched(
+        &self,
+        request: RequestBuilder,
+        what: &str,
+        taken: &AtomicU64,
+        length: u64,
+    ) -> Result<Response, QdrantError> {
+        let idle = self.timeouts.read_idle;
+        let tick = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+        let sending = self.send_untimed(request, what);
+        tokio::pin!(sending);
+        let (mut seen, mut moved) = (0, Instant::now());
+        let mut answered = Instant::now();
+        loop {
+            tokio::select! {
+                result = &mut sending => return result,
+                _ = tokio::time::sleep(tick) => {}
+            }
+            let now = taken.load(Ordering::Relaxed);
+            if now != seen {
+                (seen, moved) = (now, Instant::now());
+                answered = Instant::now();
+            }
+            if now < length {
+                if moved.elapsed() > idle {
+                    return Err(QdrantError::Timeout {
+                        what: format!("{what}: Qdrant took no byte of the upload"),
+                        seconds: idle.as_secs(),
+                    });
+                }
+                continue;
+            }
+            // Everything is sent and Qdrant recovers: fine for as long as it answers.
+            tokio::select! {
+                result = &mut sending => return result,
+                alive = self.answers(tick) => if alive {
+                    answered = Instant::now();
+                },
+            }
+            if answered.elapsed() > idle {
+                return Err(QdrantError::Timeout {
+                    what: format!("{what}: Qdrant stopped answering while it recovered"),
+                    seconds: idle.as_secs(),
+                });
+            }
+        }
+    }
+
+    /// Whether Qdrant answers `GET /healthz` within `limit` (any HTTP answer counts).
+    async fn answers(&self, limit: Duration) -> bool {
+        let probe = self.http.get(self.endpoint(&["healthz"])).send();
+        matches!(tokio::time::timeout(limit, probe).await, Ok(Ok(_)))
     }
 
     /// Creates `alias` → `collection`, replacing an alias of that name in the same request.
@@ -680,9 +785,11 @@ impl Client {
         self.act(request, &format!("create alias `{alias}`")).await
     }
 
-    /// Streams a snapshot to `deliver`, chunk by chunk. A dropped or stalled connection is
-    /// resumed with `Range` from the last byte delivered, up to `retries` times. Returns the
-    /// number of bytes delivered. Stops with `Interrupted` on Ctrl-C.
+    /// Streams a snapshot to `deliver`, chunk by chunk. A dropped or stalled connection (or a
+    /// Qdrant that cannot be reached) is resumed with `Range` from the last byte delivered, with
+    /// exponential backoff, until `retries` attempts and `retry_for` have passed without a byte
+    /// arriving, so a restarting Qdrant is waited for. Returns the number of bytes delivered.
+    /// Stops with `Interrupted` on Ctrl-C.
     pub async fn download_snapshot(
         &self,
         scope: Scope<'_>,
@@ -694,8 +801,13 @@ impl Client {
         let mut offset: u64 = 0;
         let mut etag: Option<HeaderValue> = None;
         let mut attempts = 0;
+        // Failed attempts in a row without a byte, since when, and the next pause.
+        let mut failures = 0;
+        let mut failing_since: Option<Instant> = None;
+        let mut backoff = FIRST_BACKOFF;
         loop {
             attempts += 1;
+            let before = offset;
             let mut request = self.request(Method::GET, &segments);
             if offset > 0 {
                 request = request.header(RANGE, format!("bytes={offset}-"));
@@ -725,21 +837,29 @@ impl Client {
             match outcome {
                 Ok(()) => return Ok(offset),
                 Err(e) if e.downcast_ref::<crate::exit::Interrupted>().is_some() => return Err(e),
-                Err(e) if is_resumable(&e) && attempts <= self.timeouts.retries => {
-                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempts))).await;
-                }
-                Err(e) => {
-                    return Err(if is_resumable(&e) {
-                        QdrantError::Transfer {
+                Err(e) if is_resumable(&e) => {
+                    if offset > before {
+                        (failures, failing_since, backoff) = (0, None, FIRST_BACKOFF);
+                    }
+                    failures += 1;
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    if failures > self.timeouts.retries
+                        && since.elapsed() >= self.timeouts.retry_for
+                    {
+                        return Err(QdrantError::Transfer {
                             name: name.to_string(),
                             attempts,
                             reason: format!("{e:#}"),
                         }
-                        .into()
-                    } else {
-                        e
-                    })
+                        .into());
+                    }
+                    tokio::select! {
+                        _ = progress::interrupted() => return Err(crate::exit::Interrupted.into()),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
+                Err(e) => return Err(e),
             }
         }
     }
@@ -879,6 +999,7 @@ mod tests {
             read_idle: Duration::from_secs(1),
             operation: Duration::from_secs(1),
             retries: 0,
+            retry_for: Duration::ZERO,
         };
         let client = Client::new(
             "http://u:secret@127.0.0.1:6333/base",
@@ -897,6 +1018,42 @@ mod tests {
         );
         assert!(Client::new("ftp://x", None, None, timeouts.clone()).is_err());
         assert!(Client::new("not a url", None, None, timeouts).is_err());
+    }
+
+    #[tokio::test]
+    async fn an_upload_that_qdrant_stops_taking_is_abandoned_after_the_idle_timeout() {
+        // A server that accepts the connection and never reads: the socket buffers fill up.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let timeouts = Timeouts {
+            connect: Duration::from_secs(1),
+            read_idle: Duration::from_millis(700),
+            operation: Duration::from_secs(3600),
+            retries: 0,
+            retry_for: Duration::ZERO,
+        };
+        let client = Client::new(&url, None, None, timeouts).unwrap();
+        const CHUNKS: u64 = 256;
+        let chunk = Bytes::from(vec![0u8; 1 << 20]);
+        let body = futures_util::stream::iter((0..CHUNKS).map(move |_| Ok(chunk.clone())));
+        let started = Instant::now();
+        let err = client
+            .upload_snapshot(
+                Scope::Collection("c"),
+                "c.snapshot",
+                body,
+                CHUNKS << 20,
+                "0",
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("(restore `c` from its snapshot: Qdrant took no byte of the upload)"),
+            "{err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
+        drop(listener);
     }
 
     #[test]

@@ -1294,9 +1294,7 @@ async fn upload(
             }
         }
     });
-    let body = reqwest::Body::wrap_stream(futures_util::stream::poll_fn(move |cx| {
-        receiver.poll_recv(cx)
-    }));
+    let body = futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx));
     let file_name = match scope {
         Scope::Collection(c) => format!("wqm-restore-{c}-{}.snapshot", std::process::id()),
         Scope::Shard(c, id) => {

@@ -332,19 +332,57 @@ fn a_stalled_download_times_out_and_resumes() {
 }
 
 #[test]
-fn a_download_that_keeps_failing_gives_up_cleanly() {
+fn a_qdrant_restart_mid_download_is_waited_for_and_the_download_resumed() {
+    let started = Instant::now();
     let (double, tmp) = with_faults(
         Faults {
-            download: Some((DownloadFault::Die { after: 1000 }, 100)),
+            download: Some((DownloadFault::Die { after: 50_000 }, 1)),
+            // Longer than the whole retry budget of earlier versions (~1.5 s).
+            outage: Some(Duration::from_secs(4)),
             ..Faults::default()
         },
-        &[("WQM_BACKUP__TRANSFER__RETRIES", "2")],
+        &[],
+        0,
+        |err| assert_eq!(err, ""),
+    );
+    assert!(started.elapsed() >= Duration::from_secs(4));
+    let requests = double.requests();
+    assert!(
+        requests.iter().any(|r| r.ends_with("[bytes=50000-]")),
+        "{requests:?}"
+    );
+    crate::test::validates(&tmp.path().join("b"));
+    assert!(double.snapshots_left().is_empty());
+}
+
+#[test]
+fn a_download_that_keeps_failing_gives_up_cleanly() {
+    let started = Instant::now();
+    let (double, tmp) = with_faults(
+        Faults {
+            // No byte arrives: every attempt counts.
+            download: Some((DownloadFault::Die { after: 0 }, 100)),
+            ..Faults::default()
+        },
+        &[
+            ("WQM_BACKUP__TRANSFER__RETRIES", "2"),
+            ("WQM_BACKUP__TRANSFER__RETRY_TIMEOUT", "2"),
+        ],
         1,
         |err| {
-            assert!(err.starts_with("wqm: error: the download of `small-named-409846322439763-2026-11-26-04-48-01.snapshot` failed after 3 attempts: the connection broke: "), "{err}");
+            assert!(err.starts_with("wqm: error: the download of `small-named-409846322439763-2026-11-26-04-48-01.snapshot` failed after "), "{err}");
+            assert!(err.contains(" attempts: the connection broke: "), "{err}");
             assert!(err.contains("\nhint: check the network and Qdrant's logs, then run the command again; nothing partial was kept\n"), "{err}");
         },
     );
+    // At least `retry_timeout` passed, with backoff (not 100 attempts at once).
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    let attempts = double
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("GET /collections/small-named/snapshots/"))
+        .count();
+    assert!((3..10).contains(&attempts), "{attempts}");
     nothing_written(tmp.path(), "b");
     assert!(
         double.snapshots_left().is_empty(),

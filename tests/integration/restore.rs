@@ -644,6 +644,42 @@ fn with_config_replaces_the_config_file() {
 }
 
 #[test]
+fn a_recovery_is_waited_for_as_long_as_qdrant_answers_and_no_longer() {
+    let double = Double::start();
+    let tmp = scene(&double, "");
+    lose_everything(&double);
+    // Recovery takes 3 s, more than the operation timeout and the read timeout: Qdrant answers
+    // its health check meanwhile, so wqm waits.
+    double.state().faults = Faults {
+        upload_delay: Some(Duration::from_secs(3)),
+        ..Faults::default()
+    };
+    let (_, tmp) = wqm(tmp, &double, "backup restore {TMP}/b --force")
+        .env("WQM_BACKUP__TRANSFER__OPERATION_TIMEOUT", "1")
+        .env("WQM_BACKUP__TRANSFER__READ_TIMEOUT", "1")
+        .stdout_with(|o| assert!(o.contains("Restore completed"), "{o}"))
+        .run();
+    assert!(double.requests().iter().any(|r| r == "GET /healthz"));
+
+    // A Qdrant that stops answering altogether while it recovers is given up on.
+    lose_everything(&double);
+    double.state().faults = Faults {
+        hang_after_upload: true,
+        ..Faults::default()
+    };
+    let started = std::time::Instant::now();
+    wqm(tmp, &double, "backup restore {TMP}/b --force")
+        .env("WQM_BACKUP__TRANSFER__READ_TIMEOUT", "1")
+        .status(1)
+        .stdout_with(|_| {})
+        .stderr_with(|e| {
+            assert!(e.starts_with("wqm: error: restoring collection `small-named` failed: Qdrant did not answer within 1 s (restore `small-named` from its snapshot: Qdrant stopped answering while it recovered)\n"), "{e}");
+        })
+        .run();
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+#[test]
 fn ctrl_c_during_an_upload_stops_and_says_how_to_go_back() {
     let double = Double::start();
     let tmp = scene(&double, "");
