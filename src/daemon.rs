@@ -232,7 +232,11 @@ mod tests {
     }
 
     /// A running process named `name` (a copy of `sleep`), reaped when dropped.
-    struct FakeDaemon(std::process::Child, tempfile::TempDir);
+    struct FakeDaemon {
+        child: std::process::Child,
+        // Holds the binary's copy.
+        _dir: tempfile::TempDir,
+    }
 
     impl FakeDaemon {
         fn start(name: &str) -> Self {
@@ -240,14 +244,14 @@ mod tests {
             let bin = dir.path().join(name);
             std::fs::copy("/bin/sleep", &bin).unwrap();
             let child = Command::new(&bin).arg("60").spawn().unwrap();
-            FakeDaemon(child, dir)
+            FakeDaemon { child, _dir: dir }
         }
     }
 
     impl Drop for FakeDaemon {
         fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 
@@ -258,7 +262,7 @@ mod tests {
         s.process_name = "memexd".to_string();
         assert_eq!(running(&s, dir.path()), None);
         let fake = FakeDaemon::start("memexd");
-        let pid = fake.0.id();
+        let pid = fake.child.id();
         let seen = running(&s, dir.path()).unwrap();
         assert!(
             seen.contains(&format!("process `memexd` runs as pid {pid}")),

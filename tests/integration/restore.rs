@@ -848,7 +848,11 @@ fn secrets_stay_out_of_a_backup_and_restore_keeps_the_live_ones() {
 }
 
 /// A running process named `memexd` (a copy of `sleep`); killed and reaped when dropped.
-struct FakeMemexd(std::process::Child, TempDir);
+struct FakeMemexd {
+    child: std::process::Child,
+    // Holds the binary's copy.
+    _dir: TempDir,
+}
 
 impl FakeMemexd {
     fn start() -> Self {
@@ -856,18 +860,18 @@ impl FakeMemexd {
         let bin = dir.path().join("memexd");
         fs::copy("/bin/sleep", &bin).unwrap();
         let child = std::process::Command::new(&bin).arg("120").spawn().unwrap();
-        FakeMemexd(child, dir)
+        FakeMemexd { child, _dir: dir }
     }
 
     fn pid(&self) -> u32 {
-        self.0.id()
+        self.child.id()
     }
 }
 
 impl Drop for FakeMemexd {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
