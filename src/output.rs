@@ -152,7 +152,7 @@ impl Progress for TerminalProgress {
 
     fn step(&self, message: &str) {
         if self.verbose {
-            let line = format!("  {message}");
+            let line = format!("  {}", mask_userinfo(message));
             match self.bar.lock().expect("progress lock").as_ref() {
                 Some(bar) => bar.println(line),
                 None => {
