@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,50 @@ pub struct Timeouts {
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(8);
 
+/// Retries of something that failed because Qdrant could not be reached: at least `retries`
+/// attempts and at least `retry_for`, with exponential backoff; Ctrl-C ends them.
+struct Patience<'a> {
+    timeouts: &'a Timeouts,
+    since: Instant,
+    failures: u32,
+    backoff: Duration,
+}
+
+impl<'a> Patience<'a> {
+    fn new(timeouts: &'a Timeouts) -> Self {
+        Patience {
+            timeouts,
+            since: Instant::now(),
+            failures: 0,
+            backoff: FIRST_BACKOFF,
+        }
+    }
+
+    /// Progress was made: the count starts again.
+    fn reset(&mut self) {
+        *self = Patience::new(self.timeouts);
+    }
+
+    /// After a failure: waits and returns true when another attempt is due.
+    async fn another_try(&mut self) -> bool {
+        if self.failures == 0 {
+            self.since = Instant::now();
+        }
+        self.failures += 1;
+        let patient = self.failures <= self.timeouts.retries
+            || self.since.elapsed() < self.timeouts.retry_for;
+        if !patient || progress::is_interrupted() {
+            return false;
+        }
+        tokio::select! {
+            _ = progress::interrupted() => return false,
+            _ = tokio::time::sleep(self.backoff) => {}
+        }
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        true
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum QdrantError {
     #[error("Failed to connect to Qdrant at {url}: {reason}")]
@@ -59,6 +103,8 @@ pub enum QdrantError {
     Timeout { what: String, seconds: u64 },
     #[error("unexpected answer from Qdrant ({what}): {reason}")]
     Protocol { what: String, reason: String },
+    #[error("the connection to Qdrant broke ({what}): {reason}")]
+    Dropped { what: String, reason: String },
     #[error("the download of `{name}` failed after {attempts} attempts: {reason}")]
     Transfer {
         name: String,
@@ -93,6 +139,7 @@ impl Classify for QdrantError {
             QdrantError::Timeout { .. } => "Qdrant may be overloaded; raise `backup.transfer.read_timeout` or `backup.transfer.operation_timeout` if it is just slow".to_string(),
             QdrantError::Transfer { .. } | QdrantError::ChecksumMismatch { .. } => "check the network and Qdrant's logs, then run the command again; nothing partial was kept".to_string(),
             QdrantError::Server { .. } => "see Qdrant's log; free disk space on the server if it is full".to_string(),
+            QdrantError::Dropped { .. } => "Qdrant stopped or restarted for longer than wqm waits (`backup.transfer.retry_timeout`); see Qdrant's log, then run the command again".to_string(),
             _ => return None,
         })
     }
@@ -270,6 +317,9 @@ pub struct Client {
     http: reqwest::Client,
     base: Url,
     timeouts: Timeouts,
+    /// Qdrant answered once: from then on a refused connection means it restarts, and is
+    /// retried (before, it fails at once: a wrong URL should not take a minute to report).
+    reached: Arc<AtomicBool>,
 }
 
 impl Client {
@@ -327,6 +377,7 @@ impl Client {
             http,
             base,
             timeouts,
+            reached: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -380,26 +431,40 @@ impl Client {
             })?
     }
 
+    /// Sends a request. A refused connection (nothing reached Qdrant, so any request is safe to
+    /// send again) to a Qdrant that answered before is retried with backoff, for at least
+    /// `retries` attempts and `retry_for`, so a restarting Qdrant is waited for.
     async fn send_untimed(
         &self,
         request: RequestBuilder,
         what: &str,
     ) -> Result<Response, QdrantError> {
-        let response = match request.send().await {
-            Err(e) if e.is_connect() => {
-                return Err(QdrantError::Connect {
-                    url: self.display_url(),
-                    reason: error_chain(&e),
-                })
+        let mut request = request;
+        let mut patience = Patience::new(&self.timeouts);
+        let response = loop {
+            let again = request
+                .try_clone()
+                .filter(|_| self.reached.load(Ordering::Relaxed));
+            match request.send().await {
+                Err(e) if e.is_connect() => match again {
+                    Some(next) if patience.another_try().await => request = next,
+                    _ => {
+                        return Err(QdrantError::Connect {
+                            url: self.display_url(),
+                            reason: error_chain(&e),
+                        })
+                    }
+                },
+                Err(e) => {
+                    return Err(QdrantError::Dropped {
+                        what: what.to_string(),
+                        reason: error_chain(&e),
+                    })
+                }
+                Ok(response) => break response,
             }
-            Err(e) => {
-                return Err(QdrantError::Protocol {
-                    what: what.to_string(),
-                    reason: error_chain(&e),
-                })
-            }
-            Ok(response) => response,
         };
+        self.reached.store(true, Ordering::Relaxed);
         if response.status().is_success() {
             return Ok(response);
         }
@@ -457,13 +522,31 @@ impl Client {
             .map(drop)
     }
 
+    /// A call that changes nothing (a GET, a count): when the connection breaks under it after
+    /// Qdrant answered once, it is sent again, patiently (Qdrant may be restarting).
+    async fn read_only<T: DeserializeOwned>(
+        &self,
+        request: impl Fn() -> RequestBuilder,
+        what: &str,
+        limit: Duration,
+    ) -> Result<T, QdrantError> {
+        let mut patience = Patience::new(&self.timeouts);
+        loop {
+            match self.call(request(), what, limit).await {
+                Err(QdrantError::Dropped { .. })
+                    if self.reached.load(Ordering::Relaxed) && patience.another_try().await => {}
+                result => return result,
+            }
+        }
+    }
+
     async fn get<T: DeserializeOwned>(
         &self,
         segments: &[&str],
         what: &str,
     ) -> Result<T, QdrantError> {
-        self.call(
-            self.request(Method::GET, segments),
+        self.read_only(
+            || self.request(Method::GET, segments),
             what,
             self.timeouts.read_idle,
         )
@@ -478,7 +561,7 @@ impl Client {
                 what: what.to_string(),
                 seconds: self.timeouts.read_idle.as_secs(),
             })?
-            .map_err(|e| QdrantError::Protocol {
+            .map_err(|e| QdrantError::Dropped {
                 what: what.to_string(),
                 reason: error_chain(&e),
             })
@@ -518,14 +601,15 @@ impl Client {
 
     /// The exact number of points (`count` with `exact: true`; `points_count` is approximate).
     pub async fn exact_count(&self, collection: &str) -> Result<u64, QdrantError> {
-        let request = self
-            .request(
+        let request = || {
+            self.request(
                 Method::POST,
                 &["collections", collection, "points", "count"],
             )
-            .json(&serde_json::json!({ "exact": true }));
+            .json(&serde_json::json!({ "exact": true }))
+        };
         let count: Count = self
-            .call(
+            .read_only(
                 request,
                 &format!("count of `{collection}`"),
                 self.timeouts.operation,
@@ -563,14 +647,15 @@ impl Client {
         shard: u32,
     ) -> Result<u64, QdrantError> {
         let id = shard.to_string();
-        let request = self
-            .request(
+        let request = || {
+            self.request(
                 Method::POST,
                 &["collections", collection, "shards", &id, "points", "count"],
             )
-            .json(&serde_json::json!({ "exact": true }));
+            .json(&serde_json::json!({ "exact": true }))
+        };
         let count: Count = self
-            .call(
+            .read_only(
                 request,
                 &format!("count of shard {shard} of `{collection}`"),
                 self.timeouts.operation,
@@ -801,10 +886,7 @@ impl Client {
         let mut offset: u64 = 0;
         let mut etag: Option<HeaderValue> = None;
         let mut attempts = 0;
-        // Failed attempts in a row without a byte, since when, and the next pause.
-        let mut failures = 0;
-        let mut failing_since: Option<Instant> = None;
-        let mut backoff = FIRST_BACKOFF;
+        let mut patience = Patience::new(&self.timeouts);
         loop {
             attempts += 1;
             let before = offset;
@@ -839,13 +921,10 @@ impl Client {
                 Err(e) if e.downcast_ref::<crate::exit::Interrupted>().is_some() => return Err(e),
                 Err(e) if is_resumable(&e) => {
                     if offset > before {
-                        (failures, failing_since, backoff) = (0, None, FIRST_BACKOFF);
+                        patience.reset();
                     }
-                    failures += 1;
-                    let since = *failing_since.get_or_insert_with(Instant::now);
-                    if failures > self.timeouts.retries
-                        && since.elapsed() >= self.timeouts.retry_for
-                    {
+                    if !patience.another_try().await {
+                        progress::check_interrupted()?;
                         return Err(QdrantError::Transfer {
                             name: name.to_string(),
                             attempts,
@@ -853,11 +932,6 @@ impl Client {
                         }
                         .into());
                     }
-                    tokio::select! {
-                        _ = progress::interrupted() => return Err(crate::exit::Interrupted.into()),
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
                 Err(e) => return Err(e),
             }
@@ -922,6 +996,7 @@ fn is_resumable(error: &anyhow::Error) -> bool {
                 QdrantError::Timeout { .. }
                     | QdrantError::Server { .. }
                     | QdrantError::Protocol { .. }
+                    | QdrantError::Dropped { .. }
                     | QdrantError::Connect { .. }
             )
         )
