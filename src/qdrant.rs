@@ -139,7 +139,7 @@ impl Classify for QdrantError {
             QdrantError::Timeout { .. } => "Qdrant may be overloaded; raise `backup.transfer.read_timeout` or `backup.transfer.operation_timeout` if it is just slow".to_string(),
             QdrantError::Transfer { .. } | QdrantError::ChecksumMismatch { .. } => "check the network and Qdrant's logs, then run the command again; nothing partial was kept".to_string(),
             QdrantError::Server { .. } => "see Qdrant's log; free disk space on the server if it is full".to_string(),
-            QdrantError::Dropped { .. } => "Qdrant stopped or restarted for longer than wqm waits (`backup.transfer.retry_timeout`); see Qdrant's log, then run the command again".to_string(),
+            QdrantError::Dropped { .. } => "Qdrant stopped, restarted or dropped the connection (calls that change nothing are retried for `backup.transfer.retry_timeout`, an upload is not); see Qdrant's log, then run the command again".to_string(),
             _ => return None,
         })
     }
