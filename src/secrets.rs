@@ -418,7 +418,8 @@ fn edit_in_place(text: &str) -> String {
         // A commented-out secret (`# api_key: abc`) is a secret too.
         let inner = scrubbed.trim_start_matches('#').trim_start();
         if let Some((key, at)) = split_key(inner) {
-            if is_secret_key(&key) && !inner[at..].trim().is_empty() {
+            let looks_like_a_key = !key.contains(char::is_whitespace);
+            if looks_like_a_key && is_secret_key(&key) && !inner[at..].trim().is_empty() {
                 let head = scrubbed.len() - inner.len() + at;
                 scrubbed = format!("{} {MARKER}", &scrubbed[..head]);
             }
@@ -669,6 +670,18 @@ backup:
         );
         for secret in ["hunter2", "s3cr3t", "pw@", "abc", "12345", "old-commented"] {
             assert!(!r.text.contains(secret), "{secret}");
+        }
+    }
+
+    #[test]
+    fn a_file_without_secrets_is_kept_byte_for_byte() {
+        for text in [
+            include_str!("../config.example.yaml"),
+            "# The token: see the docs\nqdrant:\n  url: http://localhost:6333\n",
+        ] {
+            let r = redact_config(text);
+            assert_eq!(r.text, text);
+            assert!(r.redactions.is_empty() && !r.rewritten);
         }
     }
 
