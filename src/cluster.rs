@@ -282,6 +282,7 @@ mod tests {
             read_idle: std::time::Duration::from_secs(1),
             operation: std::time::Duration::from_secs(1),
             retries: 0,
+            retry_for: std::time::Duration::ZERO,
         };
         let client = || Client::new("http://127.0.0.1:1", None, None, timeouts.clone()).unwrap();
         let topology = Topology {

@@ -19,6 +19,9 @@ pub enum ExitCode {
     Conflict = 5,
     /// Verification after a restore failed.
     VerificationFailed = 6,
+    /// The command completed, but left something the operator must act on (a snapshot it could
+    /// not delete from the Qdrant server); the `wqm: action needed:` lines on stderr say what.
+    ActionNeeded = 7,
     /// Hung up (SIGHUP).
     HangUp = 129,
     /// Interrupted (Ctrl-C, SIGINT).
@@ -43,6 +46,7 @@ Exit codes:
   4    version incompatible, or downgrade refused
   5    restore conflict (a collection already exists)
   6    verification after restore failed
+  7    completed, but action is needed (e.g. a snapshot left on the Qdrant server; see stderr)
   129  hung up (SIGHUP), after cleaning up
   130  interrupted (Ctrl-C, SIGINT), after cleaning up
   143  terminated (SIGTERM), after cleaning up";

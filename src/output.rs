@@ -12,13 +12,16 @@ use serde::Serialize;
 use crate::cli::OutputArgs;
 use crate::exit::{self, ExitCode};
 use crate::progress::Progress;
+// Whatever reaches the screen or a log, a URL's userinfo never does.
+use crate::secrets::mask_userinfo;
 
 /// How a command talks to the user.
 #[derive(Clone, Copy, Debug)]
 pub struct Ui {
     pub json: bool,
     pub verbose: bool,
-    /// Nothing but errors (and the JSON document when asked for).
+    /// Nothing but errors, the warnings that need action (`warn_action`), and the JSON document
+    /// when asked for.
     pub quiet: bool,
     /// stderr is a terminal: progress bars and prompts are possible.
     pub interactive: bool,
@@ -42,21 +45,36 @@ impl Ui {
     pub fn line(&self, text: impl AsRef<str>) {
         if !self.json && !self.quiet {
             let mut out = io::stdout().lock();
-            let _ = writeln!(out, "{}", text.as_ref());
+            let _ = writeln!(out, "{}", mask_userinfo(text.as_ref()));
         }
     }
 
     /// The command's one JSON document.
     pub fn json<T: Serialize>(&self, value: &T) {
         let text = serde_json::to_string_pretty(value).expect("results always serialize");
-        let _ = writeln!(io::stdout().lock(), "{text}");
+        let _ = writeln!(io::stdout().lock(), "{}", mask_userinfo(&text));
     }
 
     pub fn warn(&self, text: impl AsRef<str>) {
         if self.quiet {
             return;
         }
-        let _ = writeln!(io::stderr().lock(), "wqm: warning: {}", text.as_ref());
+        let _ = writeln!(
+            io::stderr().lock(),
+            "wqm: warning: {}",
+            mask_userinfo(text.as_ref())
+        );
+    }
+
+    /// A warning the operator must act on (a snapshot left on the server, the way back after a
+    /// failed restore, a journal of a dead run cleaned up): always on stderr, even with `--quiet`
+    /// and `--json`, so cron mails it; marked `wqm: action needed:`.
+    pub fn warn_action(&self, text: impl AsRef<str>) {
+        let _ = writeln!(
+            io::stderr().lock(),
+            "wqm: action needed: {}",
+            mask_userinfo(text.as_ref())
+        );
     }
 
     /// Reports a failure on stderr (and as JSON on stdout with `--json`); returns its exit code.
@@ -74,9 +92,9 @@ impl Ui {
     /// `wqm: error: …` and `hint: …` on stderr.
     pub fn error_lines(&self, message: &str, hint: Option<&str>) {
         let mut err = io::stderr().lock();
-        let _ = writeln!(err, "wqm: error: {message}");
+        let _ = writeln!(err, "wqm: error: {}", mask_userinfo(message));
         if let Some(hint) = hint {
-            let _ = writeln!(err, "hint: {hint}");
+            let _ = writeln!(err, "hint: {}", mask_userinfo(hint));
         }
     }
 
@@ -135,7 +153,7 @@ impl Progress for TerminalProgress {
 
     fn step(&self, message: &str) {
         if self.verbose {
-            let line = format!("  {message}");
+            let line = format!("  {}", mask_userinfo(message));
             match self.bar.lock().expect("progress lock").as_ref() {
                 Some(bar) => bar.println(line),
                 None => {

@@ -551,7 +551,7 @@ mod tests {
         drop(dir); // as if killed: the lock is released, the directory stays
         assert_eq!(
             dead_in(root.path(), &[".wqm-staging"]).unwrap(),
-            [path.clone()]
+            std::slice::from_ref(&path)
         );
         assert!(dead_in(root.path(), &[".wqm-restore"]).unwrap().is_empty());
         assert!(matches!(
