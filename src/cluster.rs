@@ -12,8 +12,9 @@ use std::collections::BTreeMap;
 use reqwest::Url;
 use serde_json::Value;
 
+use crate::config::Timeouts;
 use crate::exit::{Classify, ExitCode};
-use crate::qdrant::{Client, ClusterStatus, QdrantError, Timeouts};
+use crate::qdrant::{Client, ClusterStatus, QdrantError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {

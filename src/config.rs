@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_yaml::{Mapping, Value};
@@ -229,6 +230,21 @@ impl Default for MetadataSettings {
     }
 }
 
+/// Timeouts and retries of the connection to Qdrant (`backup.transfer.*`).
+#[derive(Clone, Debug)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// How long a transfer may go without a byte before it is abandoned (and resumed).
+    pub read_idle: Duration,
+    /// How long Qdrant may take to create a snapshot (it sends nothing meanwhile). Recovering
+    /// one from an upload has no limit while Qdrant answers.
+    pub operation: Duration,
+    /// A dropped download is resumed at least this many times in a row without progress ...
+    pub retries: u32,
+    /// ... and for at least this long (with exponential backoff), so Qdrant can restart.
+    pub retry_for: Duration,
+}
+
 /// Timeouts and retries of transfers to and from Qdrant (seconds).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -258,9 +274,8 @@ impl Default for TransferSettings {
 }
 
 impl TransferSettings {
-    pub fn timeouts(&self) -> crate::qdrant::Timeouts {
-        use std::time::Duration;
-        crate::qdrant::Timeouts {
+    pub fn timeouts(&self) -> Timeouts {
+        Timeouts {
             connect: Duration::from_secs(self.connect_timeout),
             read_idle: Duration::from_secs(self.read_timeout),
             operation: Duration::from_secs(self.operation_timeout),

@@ -17,25 +17,12 @@ use reqwest::header::{
 use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
+
+use crate::config::Timeouts;
 use serde_json::Value;
 
 use crate::exit::{Classify, ExitCode};
 use crate::progress;
-
-/// Timeouts and retries of the connection to Qdrant (`backup.transfer.*`).
-#[derive(Clone, Debug)]
-pub struct Timeouts {
-    pub connect: Duration,
-    /// How long a transfer may go without a byte before it is abandoned (and resumed).
-    pub read_idle: Duration,
-    /// How long Qdrant may take to create a snapshot (it sends nothing meanwhile). Recovering
-    /// one from an upload has no limit while Qdrant answers.
-    pub operation: Duration,
-    /// A dropped download is resumed at least this many times in a row without progress ...
-    pub retries: u32,
-    /// ... and for at least this long (with exponential backoff), so Qdrant can restart.
-    pub retry_for: Duration,
-}
 
 /// The first pause before a retry; it doubles up to `MAX_BACKOFF`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);

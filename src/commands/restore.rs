@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::cli::RestoreArgs;
 use crate::config::Settings;
-use crate::exit::{self, ExitCode, Failure};
+use crate::exit::{ExitCode, Failure};
 use crate::output::{self, Ui};
 use crate::qdrant::Client;
 use crate::restore::{self, AliasAction, CollectionAction, DatabaseAction, Plan, Request};
@@ -100,7 +100,7 @@ pub async fn run(args: &RestoreArgs, settings: &Settings, ui: &Ui) -> Result<Exi
             Ok(ExitCode::Success)
         }
         Err(stopped) => {
-            let (code, hint) = exit::classify(&stopped.error);
+            let (code, hint) = crate::output::classify(&stopped.error);
             ui.error_lines(&format!("{:#}", stopped.error), hint.as_deref());
             report_stop(ui, &stopped.journal, &plan);
             if ui.json {
