@@ -16,6 +16,7 @@ pub mod exit;
 pub mod layout;
 pub mod manifest;
 pub mod migrations;
+pub mod names;
 pub mod output;
 pub mod progress;
 pub mod prune;
@@ -23,6 +24,7 @@ pub mod qdrant;
 pub mod restore;
 pub mod snapshot;
 pub mod sqlite;
+pub mod store;
 pub mod verify;
 
 use std::ffi::OsString;
