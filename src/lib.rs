@@ -13,6 +13,8 @@ pub mod compress;
 pub mod config;
 pub mod daemon;
 pub mod exit;
+#[doc(hidden)]
+pub mod hostile;
 pub mod layout;
 pub mod manifest;
 pub mod migrations;

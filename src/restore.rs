@@ -963,6 +963,11 @@ async fn apply(
             .open_entry(entry)
             .and_then(|f| f.take(entry.size).read_to_end(&mut bytes))
             .map_err(|e| damaged(&entry.path, format!("cannot read: {e}")))?;
+        // What `validate --check-files` checks of it, before it becomes the live configuration.
+        std::str::from_utf8(&bytes)
+            .map_err(|_| "not UTF-8 text".to_string())
+            .and_then(verify::check_config_text)
+            .map_err(|problem| damaged(&entry.path, problem))?;
         journal.changed = true;
         crate::manifest::write_atomic(target, &bytes)
             .with_context(|| format!("cannot write `{}`", target.display()))?;

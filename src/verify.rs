@@ -488,14 +488,7 @@ fn check_content(entry: &FileEntry, content: &mut impl Read) -> Result<(), (Chec
                 .take(MAX_MANIFEST_BYTES)
                 .read_to_string(&mut text)
                 .map_err(|e| (Check::Config, format!("cannot read the configuration: {e}")))?;
-            serde_yaml::from_str::<serde_yaml::Value>(&text)
-                .map(drop)
-                .map_err(|e| {
-                    (
-                        Check::Config,
-                        format!("the configuration is not valid YAML: {e}"),
-                    )
-                })
+            check_config_text(&text).map_err(|e| (Check::Config, e))
         }
         FileKind::SqliteDatabase => {
             // SQLite needs a file it can seek in, and opens it by path: a private copy of the
@@ -505,6 +498,38 @@ fn check_content(entry: &FileEntry, content: &mut impl Read) -> Result<(), (Chec
             database_problems(copy.path()).map_err(|m| (Check::Database, m))
         }
     }
+}
+
+/// Deepest `[`/`{` nesting a configuration may have: YAML's parser takes time quadratic in
+/// it, and a real configuration has a few levels.
+const MAX_CONFIG_NESTING: usize = 64;
+
+/// The configuration copy of a backup is YAML (checked by `validate --check-files`, and by
+/// `restore --with-config` before it is put in place). Nesting is counted first, so a crafted
+/// file cannot keep the parser busy for minutes.
+pub fn check_config_text(text: &str) -> Result<(), String> {
+    let (mut depth, mut quote, mut comment, mut escaped) = (0usize, None, false, false);
+    for c in text.chars() {
+        match (quote, c) {
+            _ if comment => comment = c != '\n',
+            (Some('"'), '\\') => escaped = !escaped,
+            (Some(q), _) if c == q && !escaped => quote = None,
+            (Some(_), _) => escaped = false,
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '#') => comment = true,
+            (None, '[' | '{') => depth += 1,
+            (None, ']' | '}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        if depth > MAX_CONFIG_NESTING {
+            return Err(format!(
+                "the configuration nests `[`/`{{` more than {MAX_CONFIG_NESTING} levels deep"
+            ));
+        }
+    }
+    serde_yaml::from_str::<serde_yaml::Value>(text)
+        .map(drop)
+        .map_err(|e| format!("the configuration is not valid YAML: {e}"))
 }
 
 /// A small file of the backup (a legacy `config.json`), read no further than a manifest may be.
@@ -707,4 +732,30 @@ fn check_legacy(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deeply_nested_configurations_are_refused_before_parsing() {
+        check_config_text("qdrant:\n  url: http://[::1]:6333\nbackup: {a: [1, 2]}\n").unwrap();
+        check_config_text(&format!(
+            "a: \"{}\" # {}\n",
+            "[".repeat(500),
+            "{".repeat(500)
+        ))
+        .unwrap();
+        let deep = format!(
+            "backup: {}{}\n",
+            "[".repeat(1_000_000),
+            "]".repeat(1_000_000)
+        );
+        let started = std::time::Instant::now();
+        let err = check_config_text(&deep).unwrap_err();
+        assert!(err.contains("more than 64 levels"), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        assert!(check_config_text("a: [\n").is_err());
+    }
 }

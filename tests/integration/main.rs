@@ -3,6 +3,7 @@
 mod create;
 mod docs;
 mod fixtures;
+mod hostile;
 mod info;
 mod list;
 mod operations;
