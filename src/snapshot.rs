@@ -491,6 +491,19 @@ mod tests {
     }
 
     #[test]
+    fn a_huge_json_member_is_read_no_further_than_the_limit() {
+        let size = MAX_JSON_BYTES + 1024;
+        let stream = io::Cursor::new(header("config.json", b'0', size))
+            .chain(io::repeat(b' ').take(size))
+            .chain(io::repeat(0).take(1024 + 2048));
+        let err = inspect(stream).unwrap_err();
+        assert!(
+            matches!(&err, SnapshotError::TooLarge { path, .. } if path == "config.json"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn the_guard_follows_long_names_pax_sizes_and_real_snapshots() {
         let mut builder = tar::Builder::new(Vec::new());
         for i in 0..3 {

@@ -774,3 +774,40 @@ fn a_huge_manifest_is_refused_before_planning() {
         })
         .run();
 }
+
+/// Content that differs from the manifest's `content_sha256` while the stored checksum agrees:
+/// the snapshot upload and the database staging check it as they read (exit 3 naming the file),
+/// instead of Qdrant refusing the upload (exit 1) or the database being restored unchecked.
+#[test]
+fn content_that_differs_from_the_manifest_is_an_invalid_backup() {
+    for file in [
+        "collections/small-plain.snapshot.zst",
+        "sqlite/state.db.zst",
+    ] {
+        let double = Double::start();
+        let tmp = scene(&double, "");
+        lose_everything(&double);
+        fixtures::edit_manifest(&tmp.path().join("b"), |m| {
+            for f in m["files"].as_array_mut().unwrap() {
+                if f["path"] == file {
+                    f["content_sha256"] = "0".repeat(64).into();
+                }
+            }
+        });
+        let expected = format!("the backup's `{file}` is damaged: content sha256 mismatch");
+        let (_, tmp) = wqm(tmp, &double, "backup restore {TMP}/b --force")
+            .status(3)
+            .stdout_with(|out| assert!(out.starts_with("Restore plan: "), "{out}"))
+            .stderr_with(move |err| assert!(err.contains(&expected), "{err}"))
+            .run();
+        assert!(!double.state().collections.contains_key("small-plain"));
+        assert_eq!(
+            count(
+                &tmp.path().join("data/state.db"),
+                "SELECT COUNT(*) FROM tracked_files"
+            ),
+            7,
+            "the live database is untouched"
+        );
+    }
+}
