@@ -10,8 +10,6 @@ use std::path::{Path, PathBuf};
 pub const MAX_NAME_BYTES: usize = 255;
 /// Longest `files[].path`, in bytes.
 pub const MAX_PATH_BYTES: usize = 1024;
-/// The top-level directories a stored file may be in.
-pub const STORED_DIRS: [&str; 3] = ["collections", "sqlite", "config"];
 
 /// Why a name was refused.
 pub type Reason = &'static str;
@@ -73,10 +71,10 @@ impl<'a> EntryPath<'a> {
         for part in &parts {
             check_component(part)?;
         }
-        let in_layout = match parts.as_slice() {
-            ["collections", _] | ["collections", _, _] | ["sqlite", _] | ["config", _] => true,
-            _ => false,
-        };
+        let in_layout = matches!(
+            parts.as_slice(),
+            ["collections", _] | ["collections", _, _] | ["sqlite", _] | ["config", _]
+        );
         if !in_layout {
             return Err("is not in the backup layout (`collections/`, `sqlite/`, `config/`)");
         }

@@ -425,7 +425,7 @@ fn pax_size(records: &[u8]) -> Option<u64> {
     text.lines()
         .filter_map(|line| line.split_once(' ').map(|(_, record)| record))
         .filter_map(|record| record.strip_prefix("size="))
-        .last()
+        .next_back()
         .and_then(|n| n.trim().parse().ok())
 }
 
