@@ -13,6 +13,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::checksum::Algorithm;
+use crate::cleanup::{self, Cleaned};
 use crate::cluster;
 use crate::compress::Compression;
 use crate::config::Settings;
@@ -26,6 +27,7 @@ use crate::progress::{self, Progress};
 use crate::qdrant::{self, AsyncSink, Client, Scope, SnapshotDescription};
 use crate::sqlite;
 use crate::verify::{self, Severity};
+use crate::workdir::{Place, Record};
 
 /// What to back up, and where.
 #[derive(Clone, Debug)]
@@ -38,10 +40,20 @@ pub struct Request {
     pub collections: Option<Vec<String>>,
     /// Record the backup as partial: on restore its state database merges instead of replacing.
     pub partial: bool,
-    /// Include the SQLite databases.
-    pub databases: bool,
+    /// Which SQLite databases to include.
+    pub databases: Databases,
     /// Include the configuration file.
     pub config: bool,
+}
+
+/// Which of the SQLite databases (`state.db` and, beside it, `search.db`, `graph.db`) a backup holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Databases {
+    None,
+    /// Every one that exists, when `state.db` does.
+    All,
+    /// Exactly these files that exist (a restore's safety backup: what the restore replaces).
+    Only(Vec<String>),
 }
 
 /// One stored item, as the summary reports it.
@@ -63,6 +75,17 @@ pub struct Outcome {
     pub seconds: f64,
     /// Snapshots that could not be deleted from the server (with the command that deletes each).
     pub leftovers: Vec<String>,
+    /// Dead runs found in the backups directory and cleaned up first.
+    pub cleaned: Vec<Cleaned>,
+}
+
+/// The directory a backup is in (`.` for a bare name).
+pub fn parent_dir(target: &Path) -> PathBuf {
+    target
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf()
 }
 
 /// Where each collection's data comes from: one snapshot of the whole collection (a single
@@ -115,6 +138,9 @@ pub async fn create(
         });
     }
 
+    // Runs that died here left snapshots on the server and staging directories: clean them first.
+    let backups_dir = parent_dir(&request.target);
+    let cleaned = cleanup::dead_runs(&[backups_dir.as_path()], settings).await;
     let staging = Staging::begin(&request.target, request.replace)?;
     progress.step(&format!("staging in {}", staging.dir().display()));
     let backup = &settings.backup;
@@ -245,9 +271,11 @@ pub async fn create(
         manifest.notes.push("taken from a cluster shard by shard: each shard is consistent in itself, the shards are not from one instant".to_string());
     }
 
-    if request.databases {
+    if request.databases != Databases::None {
+        crate::failpoint::hit("create:databases")?;
         back_up_databases(
             &staging,
+            &request.databases,
             settings,
             compression,
             algorithm,
@@ -296,7 +324,9 @@ pub async fn create(
     }
 
     progress::check_interrupted()?;
+    crate::failpoint::hit("create:manifest")?;
     staging.write_manifest(&manifest)?;
+    crate::failpoint::hit("create:verifying")?;
     if backup.verification.verify_after_backup {
         verify_staged(&staging, progress)?;
     }
@@ -307,6 +337,7 @@ pub async fn create(
         items,
         seconds: started.elapsed().as_secs_f64(),
         leftovers,
+        cleaned,
     })
 }
 
@@ -383,8 +414,30 @@ impl Stored<'_> {
             "creating a snapshot of {scope} on {}",
             client.display_url()
         ));
+        let journal = self.staging.journal();
+        let place = place_of(client, scope);
+        journal.record(&Record::SnapshotRequested {
+            place: place.clone(),
+            at: crate::now(),
+        })?;
         // Even after Ctrl-C this waits for Qdrant: the snapshot it is making must be deleted.
-        let snapshot = client.create_snapshot(scope).await?;
+        let snapshot = match client.create_snapshot(scope).await {
+            Ok(snapshot) => snapshot,
+            Err(e) => {
+                // An error answer means no snapshot; a lost connection or a timeout may not.
+                if e.is_answer() {
+                    journal.record(&Record::SnapshotRefused {
+                        place: place.clone(),
+                    })?;
+                }
+                return Err(e.into());
+            }
+        };
+        journal.record(&Record::SnapshotMade {
+            place: place.clone(),
+            name: snapshot.name.clone(),
+        })?;
+        crate::failpoint::hit("create:snapshot-made")?;
         progress.step(&format!("downloading `{}`", snapshot.name));
         // Fires (or is dropped) when the download is over, done or failed.
         let (download_over, when_download_over) = tokio::sync::oneshot::channel::<()>();
@@ -397,7 +450,15 @@ impl Stored<'_> {
             let writer = spawn_writer(sink, receiver);
             progress.begin(&scope.to_string(), snapshot.size);
             let downloaded = client
-                .download_snapshot(scope, &snapshot.name, ChannelSink { sender, progress })
+                .download_snapshot(
+                    scope,
+                    &snapshot.name,
+                    ChannelSink {
+                        sender,
+                        progress,
+                        delivered: 0,
+                    },
+                )
                 .await;
             progress.end();
             let _ = download_over.send(());
@@ -413,22 +474,36 @@ impl Stored<'_> {
         // The server's copy is deleted while the writer syncs the file to disk.
         let delete_after_transfer = async {
             let _ = when_download_over.await;
-            client.delete_snapshot(scope, &snapshot.name).await
+            crate::failpoint::hit("create:downloaded")?;
+            client.delete_snapshot(scope, &snapshot.name).await?;
+            journal.record(&Record::SnapshotDeleted {
+                place: place.clone(),
+                name: snapshot.name.clone(),
+            })?;
+            Ok::<_, anyhow::Error>(())
         };
         let (stored, deleted) = tokio::join!(transfer, delete_after_transfer);
         let leftover = deleted.err().map(|e| {
-            let path = match scope {
-                Scope::Collection(c) => format!("collections/{c}"),
-                Scope::Shard(c, id) => format!("collections/{c}/shards/{id}"),
-            };
             format!(
-                "could not delete snapshot `{}` of {scope} from Qdrant ({e}); delete it with: curl -X DELETE '{}/{path}/snapshots/{}' -H 'api-key: $QDRANT_API_KEY'",
+                "could not delete snapshot `{}` of {scope} from Qdrant ({e:#}); delete it with: {}",
                 snapshot.name,
-                client.display_url(),
-                snapshot.name
+                client.delete_command(scope, &snapshot.name)
             )
         });
         Ok((stored?, leftover))
+    }
+}
+
+/// Where a snapshot call goes, as a journal records it (no password).
+pub(crate) fn place_of(client: &Client, scope: Scope<'_>) -> Place {
+    let (collection, shard) = match scope {
+        Scope::Collection(c) => (c, None),
+        Scope::Shard(c, id) => (c, Some(id)),
+    };
+    Place {
+        node: client.display_url(),
+        collection: collection.to_string(),
+        shard,
     }
 }
 
@@ -437,10 +512,15 @@ impl Stored<'_> {
 struct ChannelSink<'a> {
     sender: mpsc::Sender<Bytes>,
     progress: &'a dyn Progress,
+    delivered: u64,
 }
 
 impl AsyncSink for ChannelSink<'_> {
     async fn deliver(&mut self, chunk: Bytes) -> Result<()> {
+        if self.delivered == 0 {
+            crate::failpoint::hit("create:downloading")?;
+        }
+        self.delivered += chunk.len() as u64;
         self.progress.advance(chunk.len() as u64);
         self.sender
             .send(chunk)
@@ -505,8 +585,11 @@ fn store(
 
 /// `state.db` and, beside it, `search.db` and `graph.db`: each copied with SQLite's online
 /// backup API into the staging directory, then stored (compressed, hashed) as `sqlite/<file>`.
+// One more argument than clippy likes: which databases, beside what every stored file needs.
+#[allow(clippy::too_many_arguments)]
 fn back_up_databases(
     staging: &Staging,
+    wanted: &Databases,
     settings: &Settings,
     compression: Compression,
     algorithm: Algorithm,
@@ -515,7 +598,7 @@ fn back_up_databases(
     progress: &dyn Progress,
 ) -> Result<()> {
     let state_db = &settings.state_db;
-    if !state_db.is_file() {
+    if *wanted == Databases::All && !state_db.is_file() {
         manifest.notes.push(format!(
             "no state database at `{}`; the backup holds no SQLite state",
             state_db.display()
@@ -531,7 +614,11 @@ fn back_up_databases(
         };
         (*name, path)
     });
-    for (name, source) in sources.filter(|(_, path)| path.is_file()) {
+    let wanted = |name: &str| match wanted {
+        Databases::Only(names) => names.iter().any(|n| n == name),
+        _ => true,
+    };
+    for (name, source) in sources.filter(|(name, path)| wanted(name) && path.is_file()) {
         progress::check_interrupted()?;
         progress.step(&format!("copying `{}`", source.display()));
         let copy = staging
@@ -580,6 +667,7 @@ fn verify_staged(staging: &Staging, progress: &dyn Progress) -> Result<()> {
     let options = verify::Options {
         depth: verify::Depth::Checksums,
         current_version: crate::VERSION.to_string(),
+        policy: crate::compat::Policy::default(),
         warn_after_days: 0,
         now: crate::now(),
     };

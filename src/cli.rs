@@ -72,6 +72,10 @@ pub enum BackupCommand {
     /// List the registered version migrations.
     #[command(after_help = EXIT_CODES_HELP)]
     Migrations(MigrationsArgs),
+    /// Clean up after runs that died: delete what they left on the Qdrant server, remove their
+    /// working directories, report what a dead restore had done and the way back.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Cleanup(CleanupArgs),
 }
 
 /// Flags every command takes.
@@ -193,6 +197,15 @@ pub struct PruneArgs {
     /// Show what would be deleted and why each kept backup stays; delete nothing.
     #[arg(long)]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    /// The directory that holds backups (default: `backup.default_backup_directory`); the data
+    /// directory, where restores work, is always looked at too.
+    pub directory: Option<PathBuf>,
     #[command(flatten)]
     pub output: OutputArgs,
 }

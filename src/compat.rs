@@ -135,22 +135,101 @@ pub fn compatibility_message(status: Status, backup: &str, current: &str) -> Str
     }
 }
 
-/// The status and its message, as `info`, `validate` and `list` report them.
+/// What a restore does with a backup under the current settings: the one verdict `info`,
+/// `list`, `validate` and `restore` all show.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Compatible,
+    UpgradeAvailable,
+    /// An older MAJOR.MINOR that restore migrates.
+    MigrationAvailable,
+    /// Newer: restore needs `--allow-downgrade` (or proceeds, when the settings allow it).
+    Downgrade,
+    /// Restore needs `backup.validation.allow_dev_versions`.
+    DevVersion,
+    Incompatible,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Verdict::Compatible => "COMPATIBLE",
+            Verdict::UpgradeAvailable => "UPGRADE_AVAILABLE",
+            Verdict::MigrationAvailable => "MIGRATION_AVAILABLE",
+            Verdict::Downgrade => "DOWNGRADE",
+            Verdict::DevVersion => "DEV_VERSION",
+            Verdict::Incompatible => "INCOMPATIBLE",
+        })
+    }
+}
+
+/// The compatibility as `info`, `validate`, `list` and the restore plan report it: the Python
+/// status, and the verdict and message of what restore would do.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
+    /// The Python validator's status.
     pub status: Status,
+    pub verdict: Verdict,
+    /// Whether restore goes ahead under the policy decided with (for `info`, `list` and
+    /// `validate`: the configuration, without `--allow-downgrade`).
+    pub restorable: bool,
     pub backup_version: String,
     pub current_version: String,
     pub message: String,
 }
 
-pub fn report(backup: &str, current: &str) -> Result<Report, CompatError> {
+/// The report of `decision` (what [`decide`] said about `backup` on `current`).
+pub fn report(backup: &str, current: &str, decision: &Decision) -> Result<Report, CompatError> {
     let status = check_compatibility(backup, current)?;
+    let python = compatibility_message(status, backup, current);
+    let (verdict, restorable, message) = match decision {
+        Decision::Proceed { status: Status::Incompatible, notes } => (
+            Verdict::Incompatible,
+            true,
+            notes.first().cloned().unwrap_or(python),
+        ),
+        Decision::Proceed { status, .. } => (
+            match status {
+                Status::Compatible => Verdict::Compatible,
+                Status::UpgradeAvailable => Verdict::UpgradeAvailable,
+                _ => Verdict::Downgrade,
+            },
+            true,
+            python,
+        ),
+        Decision::Migrate { .. } => (
+            Verdict::MigrationAvailable,
+            true,
+            format!("Backup version {backup} is older than current version {current}; restore migrates it (`wqm backup migrations --from {backup}` lists the steps)"),
+        ),
+        Decision::Refuse(CompatError::Downgrade { .. }) => (
+            Verdict::Downgrade,
+            false,
+            format!("{python}; restore needs --allow-downgrade"),
+        ),
+        Decision::Refuse(CompatError::DevVersion { .. }) => (
+            Verdict::DevVersion,
+            false,
+            format!("Backup version {backup} is a development version; restore needs `backup.validation.allow_dev_versions: true`"),
+        ),
+        Decision::Refuse(CompatError::InvalidVersion { version, detail }) => {
+            return Err(CompatError::InvalidVersion {
+                version: version.clone(),
+                detail: detail.clone(),
+            })
+        }
+        Decision::Refuse(CompatError::Incompatible { .. }) => {
+            (Verdict::Incompatible, false, python)
+        }
+    };
     Ok(Report {
         status,
+        verdict,
+        restorable,
         backup_version: backup.to_string(),
         current_version: current.to_string(),
-        message: compatibility_message(status, backup, current),
+        message,
     })
 }
 
@@ -215,6 +294,19 @@ pub struct Policy {
     pub allow_minor_downgrade: bool,
     /// The `--allow-downgrade` flag.
     pub allow_downgrade: bool,
+}
+
+impl Policy {
+    /// The configured policy; `allow_downgrade` is the `--allow-downgrade` flag.
+    pub fn new(validation: &crate::config::ValidationSettings, allow_downgrade: bool) -> Self {
+        Policy {
+            strict_version_check: validation.strict_version_check,
+            allow_dev_versions: validation.allow_dev_versions,
+            allow_patch_downgrade: validation.allow_patch_downgrade,
+            allow_minor_downgrade: validation.allow_minor_downgrade,
+            allow_downgrade,
+        }
+    }
 }
 
 /// What a restore may do with a backup of a given version.
@@ -673,5 +765,56 @@ mod tests {
         let (msg, hint) = refuse("0.3.0dev1", "0.3.0", &strict);
         assert!(msg.contains("0.3.0dev1") && msg.contains("0.3.0"));
         assert!(hint.contains("allow_dev_versions"));
+    }
+
+    #[test]
+    fn the_report_says_what_restore_does() {
+        let policy = Policy {
+            strict_version_check: true,
+            ..Policy::default()
+        };
+        let verdict = |backup: &str, policy: &Policy, path: bool| {
+            let decision = decide(backup, "0.3.0", policy, |_, _| path);
+            let r = report(backup, "0.3.0", &decision).unwrap();
+            (r.verdict, r.restorable)
+        };
+        assert_eq!(
+            verdict("0.3.0", &policy, false),
+            (Verdict::Compatible, true)
+        );
+        assert_eq!(
+            verdict("0.2.1", &policy, true),
+            (Verdict::MigrationAvailable, true)
+        );
+        assert_eq!(
+            verdict("0.2.1", &policy, false),
+            (Verdict::Incompatible, false)
+        );
+        assert_eq!(
+            verdict("0.3.1", &policy, false),
+            (Verdict::Downgrade, false)
+        );
+        assert_eq!(
+            verdict("0.3.0.dev1", &policy, false),
+            (Verdict::DevVersion, false)
+        );
+        let lenient = Policy {
+            allow_dev_versions: true,
+            allow_patch_downgrade: true,
+            ..Policy::default()
+        };
+        assert_eq!(
+            verdict("0.3.0.dev1", &lenient, false),
+            (Verdict::Compatible, true)
+        );
+        assert_eq!(
+            verdict("0.3.1", &lenient, false),
+            (Verdict::Downgrade, true)
+        );
+        assert_eq!(
+            verdict("0.2.1", &lenient, false),
+            (Verdict::Incompatible, true),
+            "strict_version_check: false restores anyway"
+        );
     }
 }

@@ -29,9 +29,9 @@ impl Classify for DaemonError {
     fn hint(&self) -> Option<String> {
         Some(match self {
             DaemonError::Running { .. } | DaemonError::StopFailed { .. } | DaemonError::StillRunning { .. } => {
-                "stop the daemon first (e.g. `wqm service stop` or `systemctl --user stop memexd`), or set `backup.daemon.stop_command` and `backup.daemon.start_command` so restore can do it".to_string()
+                "stop the daemon first with workspace-qdrant-mcp's own service command (its CLI's `service stop`; this wqm has no `service` command) or `systemctl --user stop memexd`, or set `backup.daemon.stop_command` and `backup.daemon.start_command` so restore can do it".to_string()
             }
-            DaemonError::NotReady { .. } => "check daemon status (`wqm service status`), restart it (`wqm service restart`); the restored data is in place".to_string(),
+            DaemonError::NotReady { .. } => "the restored data is in place; start the daemon with your `backup.daemon.start_command`, workspace-qdrant-mcp's own service command (its CLI's `service start`; this wqm has no `service` command) or `systemctl --user start memexd`, and check it with `backup.daemon.status_command`".to_string(),
         })
     }
 }

@@ -1,6 +1,7 @@
 //! Exit codes, and how an error chain maps to one and to a hint for the user.
 
 use std::fmt;
+use std::sync::atomic::{AtomicI32, Ordering};
 
 /// The documented exit codes of `wqm` (README, `wqm --help`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,8 +19,12 @@ pub enum ExitCode {
     Conflict = 5,
     /// Verification after a restore failed.
     VerificationFailed = 6,
-    /// Interrupted (Ctrl-C).
+    /// Hung up (SIGHUP).
+    HangUp = 129,
+    /// Interrupted (Ctrl-C, SIGINT).
     Interrupted = 130,
+    /// Terminated (SIGTERM, as systemd stops a service).
+    Terminated = 143,
 }
 
 impl ExitCode {
@@ -38,7 +43,9 @@ Exit codes:
   4    version incompatible, or downgrade refused
   5    restore conflict (a collection already exists)
   6    verification after restore failed
-  130  interrupted (Ctrl-C)";
+  129  hung up (SIGHUP), after cleaning up
+  130  interrupted (Ctrl-C, SIGINT), after cleaning up
+  143  terminated (SIGTERM), after cleaning up";
 
 /// An error that knows its exit code and what the user can do about it.
 pub trait Classify {
@@ -90,14 +97,31 @@ impl Classify for Failure {
     }
 }
 
-/// The user pressed Ctrl-C.
+/// The user pressed Ctrl-C, or the process got SIGTERM or SIGHUP.
 #[derive(Debug, thiserror::Error)]
 #[error("interrupted")]
 pub struct Interrupted;
 
+/// The signal that stopped the run; 0 until one arrives.
+static SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+/// Records the signal that asked the run to stop (the first one wins).
+pub fn record_signal(signal: i32) {
+    let _ = SIGNAL.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst);
+}
+
+/// What a run stopped by the recorded signal exits with: 128 + the signal's number.
+pub fn signal_exit_code() -> ExitCode {
+    match SIGNAL.load(Ordering::SeqCst) {
+        1 => ExitCode::HangUp,
+        15 => ExitCode::Terminated,
+        _ => ExitCode::Interrupted,
+    }
+}
+
 impl Classify for Interrupted {
     fn exit_code(&self) -> ExitCode {
-        ExitCode::Interrupted
+        signal_exit_code()
     }
 }
 
@@ -140,6 +164,7 @@ fn classify_one(cause: &(dyn std::error::Error + 'static)) -> Option<(ExitCode, 
         crate::qdrant::QdrantError,
         crate::daemon::DaemonError,
         crate::cluster::ClusterError,
+        crate::workdir::WorkDirError,
     );
     None
 }

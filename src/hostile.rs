@@ -79,7 +79,6 @@ pub fn version(data: &[u8]) {
     if let Ok(version) = compat::Version::parse(backup) {
         let _ = version.key();
     }
-    let _ = compat::report(backup, current);
     let policy = compat::Policy {
         strict_version_check: data.first().is_some_and(|b| b & 1 == 1),
         allow_dev_versions: data.first().is_some_and(|b| b & 2 == 2),
@@ -87,7 +86,8 @@ pub fn version(data: &[u8]) {
         allow_minor_downgrade: data.first().is_some_and(|b| b & 8 == 8),
         allow_downgrade: data.first().is_some_and(|b| b & 16 == 16),
     };
-    let _ = compat::decide(backup, current, &policy, |_, _| true);
+    // The verdict restore, validate, info and list give, with the real migration registry.
+    let _ = crate::migrations::verdict(backup, current, &policy);
 }
 
 /// A collection or shard snapshot as `validate --check-files` and every restore read it: the

@@ -17,6 +17,7 @@ use crate::compress::{Compression, Encoder};
 use crate::exit::{Classify, ExitCode};
 use crate::manifest::{FileEntry, FileKind, Manifest, ManifestError};
 use crate::store::BackupDir;
+use crate::workdir::{self, Record, WorkDir, WorkDirError};
 
 pub const METADATA_DIR: &str = "metadata";
 pub const MANIFEST_PATH: &str = "metadata/manifest.json";
@@ -26,9 +27,11 @@ pub const CONFIG_DIR: &str = "config";
 /// Subdirectories every backup has (the Python layout).
 pub const REQUIRED_DIRS: [&str; 3] = [METADATA_DIR, COLLECTIONS_DIR, SQLITE_DIR];
 
-const STAGING_SUFFIX: &str = ".wqm-staging";
-const REPLACED_SUFFIX: &str = ".wqm-replaced";
-const LOCK_SUFFIX: &str = ".wqm-lock";
+pub const STAGING_SUFFIX: &str = ".wqm-staging";
+/// Inside a staging directory: the backup being written.
+const STAGED_BACKUP_DIR: &str = "backup";
+/// Inside a staging directory: the backup `--force` replaced, until it is removed.
+const REPLACED_DIR: &str = "replaced";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
@@ -36,12 +39,16 @@ pub enum LayoutError {
     NotFound { path: PathBuf },
     #[error("Invalid backup directory structure: `{}` is not a directory", path.display())]
     NotADirectory { path: PathBuf },
+    #[error("`{}` is the staging directory of an unfinished backup, not a backup", path.display())]
+    Unfinished { path: PathBuf },
     #[error("Backup directory already exists: {}", path.display())]
     AlreadyExists { path: PathBuf },
     #[error("`{}` exists and is not a wqm backup; refusing to replace it", path.display())]
     NotABackup { path: PathBuf },
-    #[error("another wqm is writing `{}` (lock `{}` is held)", path.display(), lock.display())]
+    #[error("another wqm is writing `{}` (its staging directory `{}` is locked)", path.display(), lock.display())]
     Busy { path: PathBuf, lock: PathBuf },
+    #[error(transparent)]
+    Work(WorkDirError),
     #[error("unsafe name `{name}` in the manifest: {reason}")]
     UnsafeName { name: String, reason: &'static str },
     #[error("{action} `{}`: {source}", path.display())]
@@ -65,8 +72,10 @@ impl LayoutError {
 impl Classify for LayoutError {
     fn exit_code(&self) -> ExitCode {
         match self {
+            LayoutError::Work(e) => e.exit_code(),
             LayoutError::NotFound { .. }
             | LayoutError::NotADirectory { .. }
+            | LayoutError::Unfinished { .. }
             | LayoutError::UnsafeName { .. } => ExitCode::InvalidBackup,
             LayoutError::AlreadyExists { .. }
             | LayoutError::NotABackup { .. }
@@ -77,9 +86,11 @@ impl Classify for LayoutError {
 
     fn hint(&self) -> Option<String> {
         match self {
+            LayoutError::Work(e) => e.hint(),
             LayoutError::AlreadyExists { .. } => Some("Use --force to overwrite (the old backup is kept until the new one is complete), or choose another path".to_string()),
             LayoutError::NotABackup { .. } => Some("choose a new path, or a directory that holds a backup".to_string()),
             LayoutError::Busy { .. } => Some("wait for the other run to finish; runs into different targets can go at the same time".to_string()),
+            LayoutError::Unfinished { .. } => Some("its run is still going or died before the backup was complete; use the finished backup beside it, and `wqm backup cleanup DIR` to remove a dead run's leftovers".to_string()),
             LayoutError::NotFound { .. } => Some("check the path; `wqm backup list DIR` shows the backups in a directory".to_string()),
             LayoutError::Io { source, .. } if source.kind() == io::ErrorKind::StorageFull => {
                 Some(crate::exit::DISK_FULL_HINT.to_string())
@@ -153,7 +164,7 @@ pub fn create_private_dir_all(path: &Path) -> io::Result<()> {
     builder.create(path)
 }
 
-fn create_private_file(path: &Path) -> io::Result<File> {
+pub(crate) fn create_private_file(path: &Path) -> io::Result<File> {
     let mut options = OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -172,16 +183,17 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 
 // ---- writing a backup ------------------------------------------------------------------------
 
-/// A backup being written in a hidden sibling of its target. Dropped without `commit`, it
-/// removes itself, so a failed or interrupted run leaves nothing `list` or `validate` accepts.
+/// A backup being written in a hidden sibling of its target, `.NAME.wqm-staging`: a working
+/// directory (lock, journal) whose `backup/` becomes the backup. Dropped without `commit`, it
+/// removes itself, so a failed or interrupted run leaves nothing `list` or `validate` accepts;
+/// a killed run leaves it for the next run's cleanup, which its journal guides.
 pub struct Staging {
     target: PathBuf,
+    work: WorkDir,
     dir: PathBuf,
-    _lock: File,
-    committed: bool,
 }
 
-/// Hidden sibling names of a target: `.NAME.wqm-staging`, `.NAME.wqm-lock`, ...
+/// Hidden sibling names of a target: `.NAME.wqm-staging`, ...
 pub fn sibling(target: &Path, suffix: &str) -> PathBuf {
     let name = target
         .file_name()
@@ -190,9 +202,24 @@ pub fn sibling(target: &Path, suffix: &str) -> PathBuf {
     target.with_file_name(format!(".{name}{suffix}"))
 }
 
-/// `.NAME.wqm-lock`: held by whoever writes (or deletes) the backup `target`.
-pub fn lock_path(target: &Path) -> PathBuf {
-    sibling(target, LOCK_SUFFIX)
+/// `.NAME.wqm-staging`: where the backup `target` is being written.
+pub fn staging_path(target: &Path) -> PathBuf {
+    sibling(target, STAGING_SUFFIX)
+}
+
+/// Whether a live run is writing the backup `target` (a `create`, or a `--force` replacing it).
+pub fn being_written(target: &Path) -> bool {
+    workdir::is_live(&staging_path(target))
+}
+
+/// Whether `path` is, or is inside, a staging directory: never a backup, even when the run
+/// that made it died after writing its manifest.
+pub fn is_staging(path: &Path) -> bool {
+    path.components().any(|c| {
+        let name = c.as_os_str().to_string_lossy();
+        let base = name.split(".new-").next().unwrap_or(&name);
+        name.starts_with('.') && base.ends_with(STAGING_SUFFIX)
+    })
 }
 
 /// Takes the lock file's exclusive lock without waiting: `None` when another holds it.
@@ -218,8 +245,9 @@ pub fn lock_is_held(lock: &Path) -> bool {
 }
 
 impl Staging {
-    /// Takes the target's lock and prepares the staging directory. Fails before any work when
-    /// the target exists and `replace` is false, or when another run holds the lock.
+    /// Takes the target's staging directory and prepares it. Fails before any work when the
+    /// target exists and `replace` is false, when another run is writing the target, or when
+    /// a dead run's staging directory has not been cleaned up.
     pub fn begin(target: &Path, replace: bool) -> Result<Self, LayoutError> {
         if target.exists() {
             if !replace {
@@ -239,40 +267,40 @@ impl Staging {
         if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
             create_private_dir_all(parent).map_err(LayoutError::io("cannot create", parent))?;
         }
-        let lock_path = lock_path(target);
-        let lock = try_lock(&lock_path)
-            .map_err(LayoutError::io("cannot lock", &lock_path))?
-            .ok_or_else(|| LayoutError::Busy {
+        let staging = staging_path(target);
+        let run = Record::Run {
+            command: "create".to_string(),
+            path: target.to_path_buf(),
+            pid: std::process::id(),
+            started: crate::now(),
+        };
+        let work = WorkDir::create(&staging, run).map_err(|e| match e {
+            WorkDirError::Busy { .. } => LayoutError::Busy {
                 path: target.to_path_buf(),
-                lock: lock_path.clone(),
-            })?;
-        // Holding the lock, anything left in the staging place is a dead run's.
-        let dir = sibling(target, STAGING_SUFFIX);
-        if dir.exists() {
-            fs::remove_dir_all(&dir).map_err(LayoutError::io(
-                "cannot remove the stale staging directory",
-                &dir,
-            ))?;
-        }
+                lock: staging.clone(),
+            },
+            other => LayoutError::Work(other),
+        })?;
+        let dir = work.path().join(STAGED_BACKUP_DIR);
         for sub in REQUIRED_DIRS {
             let path = dir.join(sub);
             create_private_dir_all(&path).map_err(LayoutError::io("cannot create", &path))?;
         }
         Ok(Staging {
             target: target.to_path_buf(),
+            work,
             dir,
-            _lock: lock,
-            committed: false,
         })
     }
 
-    /// The staging directory.
+    /// The directory the backup is written in.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    pub fn target(&self) -> &Path {
-        &self.target
+    /// The run's journal: what it asked Qdrant to make.
+    pub fn journal(&self) -> &WorkDir {
+        &self.work
     }
 
     /// Opens `rel` (see `check_relative_path`) for streaming content into it.
@@ -317,8 +345,9 @@ impl Staging {
     }
 
     /// Makes everything durable and moves the backup into place. An existing backup at the
-    /// target is removed only after the new one is in place.
-    pub fn commit(mut self) -> Result<PathBuf, LayoutError> {
+    /// target is swapped out in one atomic step (see `swap_into_place`), so a crash at any
+    /// instant leaves the old or the new backup under the name.
+    pub fn commit(self) -> Result<PathBuf, LayoutError> {
         let manifest_path = self.dir.join(MANIFEST_PATH);
         if !manifest_path.is_file() {
             return Err(LayoutError::io("no manifest at", &manifest_path)(
@@ -332,46 +361,80 @@ impl Staging {
             }
         }
         sync_dir(&self.dir).map_err(LayoutError::io("cannot sync", &self.dir))?;
+        crate::failpoint::hit("create:before-rename")
+            .map_err(LayoutError::io("failpoint", &self.dir))?;
         let parent = self
             .target
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."))
             .to_path_buf();
-        let replaced = sibling(&self.target, REPLACED_SUFFIX);
-        let had_old = self.target.exists();
-        if had_old {
-            if replaced.exists() {
-                fs::remove_dir_all(&replaced)
-                    .map_err(LayoutError::io("cannot remove", &replaced))?;
-            }
-            fs::rename(&self.target, &replaced).map_err(LayoutError::io(
-                "cannot move the old backup aside",
+        let replaced = if fs::symlink_metadata(&self.target).is_ok() {
+            swap_into_place(&self.dir, &self.target, self.work.path())?;
+            true
+        } else {
+            fs::rename(&self.dir, &self.target).map_err(LayoutError::io(
+                "cannot move the new backup into place",
                 &self.target,
             ))?;
-        }
-        fs::rename(&self.dir, &self.target).map_err(LayoutError::io(
-            "cannot move the new backup into place",
-            &self.target,
-        ))?;
-        self.committed = true;
+            false
+        };
         sync_dir(&parent).map_err(LayoutError::io("cannot sync", &parent))?;
-        if had_old {
-            fs::remove_dir_all(&replaced).map_err(LayoutError::io(
-                "cannot remove the replaced backup",
-                &replaced,
-            ))?;
+        if replaced {
+            // The old backup is now inside the staging directory, which goes with it.
+            crate::failpoint::hit("create:replaced-not-removed")
+                .map_err(LayoutError::io("failpoint", &self.dir))?;
         }
-        Ok(self.target.clone())
+        let target = self.target.clone();
+        drop(self);
+        Ok(target)
     }
 }
 
-impl Drop for Staging {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = fs::remove_dir_all(&self.dir);
-        }
+/// Puts the backup at `new` in place of the one at `target`; the old one ends up inside `work`.
+/// On Linux one `renameat2(RENAME_EXCHANGE)` swaps the two directories atomically. Where that
+/// is not available (other systems, filesystems without it) the old backup is first moved into
+/// `work` and the new one renamed into place: a crash between the two leaves the old backup
+/// inside the dead run's staging directory, and nothing under the name.
+fn swap_into_place(new: &Path, target: &Path, work: &Path) -> Result<(), LayoutError> {
+    if exchange(new, target).is_ok() {
+        return Ok(());
     }
+    let aside = work.join(REPLACED_DIR);
+    fs::rename(target, &aside)
+        .map_err(LayoutError::io("cannot move the old backup aside", target))?;
+    fs::rename(new, target).map_err(LayoutError::io(
+        "cannot move the new backup into place",
+        target,
+    ))
+}
+
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
+    let (a, b) = (c(a)?, c(b)?);
+    // SAFETY: both are valid NUL-terminated paths; the call only renames.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exchange(_a: &Path, _b: &Path) -> io::Result<()> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
 }
 
 /// Streams one file into a staged backup: hashes the content (sha256), compresses, hashes the
@@ -507,6 +570,18 @@ pub fn disk_usage(path: &Path) -> io::Result<u64> {
         }
     }
     Ok(total)
+}
+
+/// Refuses a path given as a backup that is (inside) a staging directory: the run that made it
+/// is still going or died, whatever its manifest says.
+pub fn refuse_unfinished(path: &Path) -> Result<(), LayoutError> {
+    let resolved = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    if is_staging(&resolved) {
+        return Err(LayoutError::Unfinished {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(())
 }
 
 /// Fails unless `path` is an existing directory.
@@ -690,7 +765,7 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
-        assert_eq!(names, [".b.wqm-lock"]);
+        assert!(names.is_empty(), "{names:?}");
     }
 
     #[test]
@@ -710,7 +785,42 @@ mod tests {
         );
         finish(staging, 2.0);
         assert_eq!(BackupDir::open(&target).unwrap().manifest.timestamp, 2.0);
-        assert!(!sibling(&target, REPLACED_SUFFIX).exists());
+        assert!(
+            !staging_path(&target).exists(),
+            "the old backup went with the staging dir"
+        );
+    }
+
+    #[test]
+    fn a_staging_directory_is_never_a_backup() {
+        let root = tempfile::tempdir().unwrap();
+        let target = root.path().join("b");
+        let staging = Staging::begin(&target, false).unwrap();
+        staging
+            .write_manifest(&Manifest::new("0.3.0", 1.0))
+            .unwrap();
+        for path in [staging_path(&target), staging.dir().to_path_buf()] {
+            assert!(is_staging(&path), "{}", path.display());
+            assert!(matches!(
+                refuse_unfinished(&path),
+                Err(LayoutError::Unfinished { .. })
+            ));
+        }
+        assert!(!is_staging(&target));
+        assert!(is_staging(Path::new("/x/.b.wqm-staging.new-12/backup")));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn exchange_swaps_two_directories_in_one_step() {
+        let root = tempfile::tempdir().unwrap();
+        let (a, b) = (root.path().join("a"), root.path().join("b"));
+        fs::create_dir(&a).unwrap();
+        fs::write(a.join("new"), "").unwrap();
+        fs::create_dir(&b).unwrap();
+        fs::write(b.join("old"), "").unwrap();
+        exchange(&a, &b).unwrap();
+        assert!(b.join("new").exists() && a.join("old").exists());
     }
 
     #[cfg(unix)]

@@ -5,6 +5,7 @@
 
 pub mod backup;
 pub mod checksum;
+pub mod cleanup;
 pub mod cli;
 pub mod cluster;
 mod commands;
@@ -13,6 +14,7 @@ pub mod compress;
 pub mod config;
 pub mod daemon;
 pub mod exit;
+pub mod failpoint;
 #[doc(hidden)]
 pub mod hostile;
 pub mod layout;
@@ -28,12 +30,11 @@ pub mod snapshot;
 pub mod sqlite;
 pub mod store;
 pub mod verify;
+pub mod workdir;
 
 use std::ffi::OsString;
 
 use clap::Parser;
-
-use crate::exit::ExitCode;
 
 /// The product version: what `wqm --version` prints and new manifests record.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -52,16 +53,10 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let cli = match cli::Cli::try_parse_from(args) {
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let cli = match cli::Cli::try_parse_from(&args) {
         Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::Usage.code()
-            } else {
-                ExitCode::Success.code()
-            };
-        }
+        Err(e) => return output::parse_failure(&e, &args).code(),
     };
     let ui = commands::ui_for(&cli);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -76,7 +71,7 @@ where
                 .code()
         }
     };
-    runtime.spawn(watch_ctrl_c());
+    runtime.spawn(watch_signals());
     let code = match commands::dispatch(cli, &ui, &runtime) {
         Ok(code) => code,
         Err(error) => ui.fail(&error),
@@ -84,13 +79,65 @@ where
     code.code()
 }
 
-/// The first Ctrl-C asks the running command to stop and clean up; a second one exits at once.
-async fn watch_ctrl_c() {
-    if tokio::signal::ctrl_c().await.is_ok() {
-        progress::set_interrupted();
-        eprintln!("wqm: interrupted; cleaning up (press Ctrl-C again to quit at once)");
-        if tokio::signal::ctrl_c().await.is_ok() {
-            std::process::exit(ExitCode::Interrupted.code());
+/// The first SIGINT, SIGTERM or SIGHUP asks the running command to stop and clean up (it then
+/// exits 130, 143 or 129); a second one exits at once, saying what is left for the next run.
+async fn watch_signals() {
+    let Some(mut signals) = Signals::install() else {
+        return;
+    };
+    let (number, what) = signals.next().await;
+    exit::record_signal(number);
+    progress::set_interrupted();
+    eprintln!("wqm: {what}; cleaning up (press Ctrl-C again to quit at once)");
+    signals.next().await;
+    for left in workdir::live() {
+        eprintln!(
+            "wqm: quitting before the cleanup finished: `{}` is left for the next run (or `wqm backup cleanup`)",
+            left.display()
+        );
+    }
+    std::process::exit(exit::signal_exit_code().code());
+}
+
+/// The stop signals, each with its number and how the run reports it.
+#[cfg(unix)]
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn install() -> Option<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Some(Signals {
+            interrupt: signal(SignalKind::interrupt()).ok()?,
+            terminate: signal(SignalKind::terminate()).ok()?,
+            hangup: signal(SignalKind::hangup()).ok()?,
+        })
+    }
+
+    async fn next(&mut self) -> (i32, &'static str) {
+        tokio::select! {
+            _ = self.interrupt.recv() => (libc::SIGINT, "interrupted"),
+            _ = self.terminate.recv() => (libc::SIGTERM, "terminated (SIGTERM)"),
+            _ = self.hangup.recv() => (libc::SIGHUP, "hung up (SIGHUP)"),
         }
+    }
+}
+
+#[cfg(not(unix))]
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn install() -> Option<Self> {
+        Some(Signals)
+    }
+
+    async fn next(&mut self) -> (i32, &'static str) {
+        let _ = tokio::signal::ctrl_c().await;
+        (2, "interrupted")
     }
 }

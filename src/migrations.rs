@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use crate::compat::Version;
+use crate::compat::{self, Version};
 use crate::manifest::{DatabaseDetails, Manifest, FORMAT_VERSION};
 use crate::sqlite;
 
@@ -35,7 +35,6 @@ pub struct Migration {
     #[serde(serialize_with = "line")]
     pub to: Line,
     pub description: &'static str,
-    pub reversible: bool,
     /// It converts legacy (Python, format-less) manifests; every legacy backup goes through it.
     pub converts_legacy: bool,
     #[serde(skip)]
@@ -63,7 +62,6 @@ pub static REGISTRY: &[Migration] = &[Migration {
     from: (0, 2),
     to: (0, 3),
     description: "Convert a backup of the earlier Python wqm (no format_version) to format 1: its state database is restored; its collections held no vectors and cannot be",
-    reversible: false,
     converts_legacy: true,
     warnings: python_era_warnings,
     apply: python_era,
@@ -122,6 +120,24 @@ fn python_era(staged: &mut Staged) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// What a restore of a backup of `version` does on `current` under `policy`: `compat::decide`
+/// with the registered migration paths. The one decision restore acts on and `info`, `list`
+/// and `validate` report.
+pub fn decide(version: &str, current: &str, policy: &compat::Policy) -> compat::Decision {
+    compat::decide(version, current, policy, |b, c| {
+        path((b.major, b.minor), (c.major, c.minor)).is_some()
+    })
+}
+
+/// [`decide`]'s verdict as a report.
+pub fn verdict(
+    version: &str,
+    current: &str,
+    policy: &compat::Policy,
+) -> Result<compat::Report, compat::CompatError> {
+    compat::report(version, current, &decide(version, current, policy))
 }
 
 /// The shortest chain of registered migrations from `from` to `to` (empty when equal).

@@ -1,6 +1,7 @@
 //! Everything the user sees: results on stdout (text or one JSON document), warnings and errors
 //! on stderr, progress bars only on a terminal.
 
+use std::ffi::OsString;
 use std::io::{self, IsTerminal, Write};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -143,6 +144,38 @@ impl Progress for TerminalProgress {
             }
         }
     }
+}
+
+/// What a command line clap cannot parse ends as: `--version` prints the bare version (so that
+/// `$(wqm --version)` is one), help goes to stdout, and usage errors go to stderr as clap words
+/// them and, when `--json` is among the arguments, also as the JSON error document every
+/// command prints. Returns the exit code.
+pub fn parse_failure(error: &clap::Error, args: &[OsString]) -> ExitCode {
+    if error.kind() == clap::error::ErrorKind::DisplayVersion {
+        let _ = writeln!(io::stdout().lock(), "{}", crate::VERSION);
+        return ExitCode::Success;
+    }
+    let _ = error.print();
+    if !error.use_stderr() {
+        return ExitCode::Success;
+    }
+    let code = ExitCode::Usage;
+    if args.iter().skip(1).any(|a| a == "--json") {
+        let rendered = error.render().to_string();
+        let (message, rest) = rendered.split_once("\n\n").unwrap_or((&rendered, ""));
+        let message = message.trim().trim_start_matches("error: ");
+        let hint = rest.trim();
+        let document = serde_json::json!({
+            "error": {
+                "message": message,
+                "hint": (!hint.is_empty()).then_some(hint),
+                "exit_code": code.code(),
+            }
+        });
+        let text = serde_json::to_string_pretty(&document).expect("JSON always serializes");
+        let _ = writeln!(io::stdout().lock(), "{text}");
+    }
+    code
 }
 
 /// `1.2 MiB (1234567 bytes)`.

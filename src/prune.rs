@@ -21,6 +21,8 @@ const DELETING_SUFFIX: &str = ".wqm-deleting";
 /// The keep rules; `None` (or 0) turns a rule off.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Policy {
+    /// `within_days` is `backup.retention_days`, applied because no keep rule was given.
+    pub default_applied: bool,
     /// Keep backups made within this many days of the newest backup.
     pub within_days: Option<u32>,
     /// Keep the newest N backups.
@@ -31,6 +33,28 @@ pub struct Policy {
     pub weekly: Option<u32>,
     /// ... of each of the last N months.
     pub monthly: Option<u32>,
+}
+
+impl Policy {
+    /// As restic's `forget`: the rules given replace the default; `retention_days` (as
+    /// `within_days`) applies only when no rule is given at all.
+    pub fn or_default(self, retention_days: u32) -> Policy {
+        let given = [
+            self.within_days,
+            self.last,
+            self.daily,
+            self.weekly,
+            self.monthly,
+        ];
+        if given.iter().any(Option::is_some) {
+            return self;
+        }
+        Policy {
+            within_days: Some(retention_days),
+            default_applied: true,
+            ..self
+        }
+    }
 }
 
 /// A backup prune may delete.
@@ -115,7 +139,11 @@ pub fn decide(candidates: &[Candidate], policy: &Policy) -> Vec<Vec<String>> {
         let since = candidates[newest].timestamp - f64::from(days) * 86_400.0;
         for &i in &order {
             if candidates[i].timestamp >= since {
-                reasons[i].push(format!("within {days} days of the newest"));
+                reasons[i].push(if policy.default_applied {
+                    format!("within {days} days of the newest (`backup.retention_days`)")
+                } else {
+                    format!("within {days} days of the newest")
+                });
             }
         }
     }
@@ -152,8 +180,8 @@ pub fn survey(dir: &Path) -> std::io::Result<(Vec<Candidate>, Vec<Skipped>)> {
         if !kind.is_dir() {
             continue;
         }
-        if layout::lock_is_held(&layout::lock_path(&path)) {
-            skipped.push(skip("being written (its lock is held)"));
+        if layout::being_written(&path) {
+            skipped.push(skip("being written (its staging directory is locked)"));
             continue;
         }
         let manifest = match crate::store::BackupDir::read_manifest(&path) {
@@ -166,6 +194,7 @@ pub fn survey(dir: &Path) -> std::io::Result<(Vec<Candidate>, Vec<Skipped>)> {
         let options = verify::Options {
             depth: verify::Depth::Structure,
             current_version: crate::VERSION.to_string(),
+            policy: crate::compat::Policy::default(),
             warn_after_days: 0,
             now: 0.0,
         };
@@ -223,18 +252,15 @@ pub fn prune(dir: &Path, policy: &Policy, dry_run: bool) -> anyhow::Result<Outco
     Ok(outcome)
 }
 
-/// Deletes a backup: under its lock, renamed to a hidden name first (atomic for `list`), then
-/// removed. False when another run holds the lock.
+/// Deletes a backup: renamed to a hidden name first (atomic for `list`), then removed. False
+/// when a run began writing it (a `--force` replacing it) since the survey.
 fn remove(path: &Path) -> anyhow::Result<bool> {
-    let lock_path = layout::lock_path(path);
-    let Some(lock) = layout::try_lock(&lock_path)? else {
+    if layout::being_written(path) {
         return Ok(false);
-    };
+    }
     let doomed = layout::sibling(path, DELETING_SUFFIX);
     fs::rename(path, &doomed)?;
     fs::remove_dir_all(&doomed)?;
-    drop(lock);
-    let _ = fs::remove_file(&lock_path);
     Ok(true)
 }
 
@@ -386,8 +412,33 @@ mod tests {
             weekly: Some(3),
             monthly: Some(4),
             within_days: None,
+            default_applied: false,
         };
         assert_eq!(kept(&TIMES, &[], policy), [0, 1, 3, 5, 7]);
+    }
+
+    #[test]
+    fn retention_days_applies_only_when_no_rule_is_given() {
+        let none = Policy::default().or_default(30);
+        assert_eq!((none.within_days, none.default_applied), (Some(30), true));
+        let given = Policy {
+            last: Some(3),
+            weekly: Some(2),
+            ..Policy::default()
+        }
+        .or_default(30);
+        assert_eq!((given.within_days, given.default_applied), (None, false));
+        let zero = Policy {
+            within_days: Some(0),
+            ..Policy::default()
+        }
+        .or_default(30);
+        assert_eq!((zero.within_days, zero.default_applied), (Some(0), false));
+        let reasons = decide(&candidates(&TIMES, &[]), &Policy::default().or_default(1));
+        assert_eq!(
+            reasons[1],
+            ["within 1 days of the newest (`backup.retention_days`)"]
+        );
     }
 
     #[test]

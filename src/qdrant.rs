@@ -68,6 +68,21 @@ pub enum QdrantError {
     BadUrl { url: String, reason: String },
 }
 
+impl QdrantError {
+    /// Whether Qdrant itself answered with this error (so it did not do what was asked), as
+    /// opposed to a connection or a wait that ended without an answer.
+    pub fn is_answer(&self) -> bool {
+        matches!(
+            self,
+            QdrantError::Unauthorized { .. }
+                | QdrantError::Forbidden { .. }
+                | QdrantError::NotFound { .. }
+                | QdrantError::Server { .. }
+                | QdrantError::Status { .. }
+        )
+    }
+}
+
 impl Classify for QdrantError {
     fn exit_code(&self) -> ExitCode {
         match self {
@@ -619,6 +634,44 @@ impl Client {
             self.timeouts.operation,
         )
         .await
+    }
+
+    /// `POST /collections/aliases` with no actions: succeeds only with a key that may write
+    /// (the access uploads need), and changes nothing.
+    pub async fn probe_write(&self) -> Result<(), QdrantError> {
+        let request = self
+            .request(Method::POST, &["collections", "aliases"])
+            .json(&serde_json::json!({ "actions": [] }));
+        self.call::<Value>(
+            request,
+            "check that the key may write",
+            self.timeouts.read_idle,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// `GET {scope}/snapshots`.
+    pub async fn list_snapshots(
+        &self,
+        scope: Scope<'_>,
+    ) -> Result<Vec<SnapshotDescription>, QdrantError> {
+        self.call(
+            self.request(Method::GET, &scope.path(&["snapshots"])),
+            &format!("list the snapshots of {scope}"),
+            self.timeouts.read_idle,
+        )
+        .await
+    }
+
+    /// The `curl` command that deletes the snapshot `name` of `scope` on this server, for an
+    /// operator when wqm could not.
+    pub fn delete_command(&self, scope: Scope<'_>, name: &str) -> String {
+        let path = scope.path(&["snapshots", name]).join("/");
+        format!(
+            "curl -X DELETE '{}/{path}' -H \"api-key: $QDRANT_API_KEY\"",
+            self.display_url()
+        )
     }
 
     pub async fn delete_snapshot(&self, scope: Scope<'_>, name: &str) -> Result<(), QdrantError> {

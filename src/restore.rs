@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 
 use crate::backup;
 use crate::checksum::{Algorithm, Digests, HashingReader};
+use crate::cleanup::{self, Cleaned};
 use crate::cluster;
 use crate::compat::{self, Decision, Policy};
 use crate::compress::Compression;
@@ -35,6 +36,7 @@ use crate::qdrant::{Client, QdrantError, Scope};
 use crate::sqlite;
 use crate::store::BackupDir;
 use crate::verify::{self, Check, Severity};
+use crate::workdir::{Record, WorkDir};
 
 /// Qdrant restored a 321 MB snapshot by upload in 6.4 s on a 2-core machine: plan with 50 MB/s.
 const RESTORE_BYTES_PER_SECOND: u64 = 50_000_000;
@@ -131,7 +133,9 @@ pub struct ClusterPlan {
 pub struct SafetyPlan {
     pub path: PathBuf,
     pub collections: Vec<String>,
-    pub databases: bool,
+    /// The live databases the restore replaces or merges into (file names): exactly what the
+    /// safety backup holds of them.
+    pub databases: Vec<String>,
     pub config: bool,
 }
 
@@ -248,7 +252,7 @@ pub async fn plan(
         format: original.format_name(),
         formatted_timestamp: original.formatted_timestamp(),
         partial: original.partial_backup,
-        compatibility: compat::report(&original.version, crate::VERSION).ok(),
+        compatibility: None,
         migrations: Vec::new(),
         collections: Vec::new(),
         aliases: Vec::new(),
@@ -284,9 +288,11 @@ pub async fn plan(
     } else {
         verify::Depth::Structure
     };
+    let policy = Policy::new(validation, request.allow_downgrade);
     let options = verify::Options {
         depth,
         current_version: crate::VERSION.to_string(),
+        policy: policy.clone(),
         warn_after_days: validation.version_warning_threshold,
         now: crate::now(),
     };
@@ -307,17 +313,9 @@ pub async fn plan(
             .map(|f| f.message.clone()),
     );
 
-    let policy = Policy {
-        strict_version_check: validation.strict_version_check,
-        allow_dev_versions: validation.allow_dev_versions,
-        allow_patch_downgrade: validation.allow_patch_downgrade,
-        allow_minor_downgrade: validation.allow_minor_downgrade,
-        allow_downgrade: request.allow_downgrade,
-    };
-    let has_path = |b: &compat::Version, c: &compat::Version| {
-        migrations::path((b.major, b.minor), (c.major, c.minor)).is_some()
-    };
-    match compat::decide(&plan.original.version, crate::VERSION, &policy, has_path) {
+    let decision = migrations::decide(&plan.original.version, crate::VERSION, &policy);
+    plan.compatibility = compat::report(&plan.original.version, crate::VERSION, &decision).ok();
+    match decision {
         Decision::Refuse(e) => {
             let hint = crate::exit::Classify::hint(&e);
             plan.block(crate::exit::Classify::exit_code(&e), e.to_string(), hint);
@@ -382,6 +380,7 @@ pub async fn plan(
     let aliases = client.aliases().await?;
     plan_collections(&mut plan, client, &existing, request).await?;
     plan_aliases(&mut plan, &aliases);
+    plan_write_access(&mut plan, client).await?;
     plan_databases(&mut plan, settings);
     plan_config(&mut plan, settings, request);
 
@@ -408,6 +407,32 @@ pub async fn plan(
         + 2 * plan.restored_collections().count() as u64
         + 1;
     Ok(plan)
+}
+
+/// Restoring collections or aliases needs a key that may write (Qdrant's manage access): a
+/// read-only key lists and downloads but gets 403 on upload, which would come after the safety
+/// backup. An empty alias update needs the same access and changes nothing: the probe.
+async fn plan_write_access(plan: &mut Plan, client: &Client) -> Result<()> {
+    let writes = plan.restored_collections().next().is_some()
+        || plan.aliases.iter().any(|a| a.action != AliasAction::Keep);
+    if !writes {
+        return Ok(());
+    }
+    match client.probe_write().await {
+        Ok(()) => Ok(()),
+        Err(QdrantError::Forbidden { message }) => {
+            plan.block(
+                ExitCode::Failure,
+                format!(
+                    "The API key cannot write to Qdrant at {}: {message}",
+                    client.display_url()
+                ),
+                Some("a restore needs a key with write (manage) access: set QDRANT_API_KEY or `qdrant.api_key`; a read-only key can only list and download".to_string()),
+            );
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn minor_line(version: &str) -> Option<(i64, i64)> {
@@ -615,12 +640,22 @@ fn plan_safety_backup(plan: &mut Plan, settings: &Settings) {
         .filter(|c| c.action == CollectionAction::Overwrite)
         .map(|c| c.name.clone())
         .collect();
-    let databases = plan
+    let databases: Vec<String> = plan
         .databases
         .iter()
-        .any(|d| d.action != DatabaseAction::Keep && d.live_exists);
+        .filter(|d| d.action != DatabaseAction::Keep && d.live_exists)
+        .map(|d| d.name.clone())
+        .collect();
     let config = plan.config.replace && plan.config.target.as_ref().is_some_and(|t| t.is_file());
-    if collections.is_empty() && !databases && !config {
+    if collections.is_empty() && databases.is_empty() && !config {
+        return;
+    }
+    if !settings.backup.enabled {
+        plan.block(
+            ExitCode::Usage,
+            "Backups are disabled: `backup.enabled` is false, and this restore needs a safety backup of what it replaces",
+            Some("set `backup.enabled: true`, or `backup.auto_backup_before_restore: false` to restore without a safety backup".to_string()),
+        );
         return;
     }
     let dir = settings
@@ -681,7 +716,7 @@ fn plan_disk(plan: &mut Plan, settings: &Settings) {
         let databases: u64 = plan
             .databases
             .iter()
-            .filter(|d| s.databases && d.action != DatabaseAction::Keep)
+            .filter(|d| s.databases.contains(&d.name))
             .map(|d| fs::metadata(&d.live).map_or(0, |m| m.len()))
             .sum();
         collections + databases
@@ -727,6 +762,10 @@ pub struct Journal {
     pub daemon_stopped: bool,
     /// Whether anything changed yet.
     pub changed: bool,
+    /// Dead runs found and cleaned up first.
+    pub cleaned: Vec<Cleaned>,
+    /// Parts whose state the failure left unknown.
+    pub uncertain: Vec<String>,
 }
 
 /// A restore that stopped after it began changing things.
@@ -778,14 +817,12 @@ pub async fn execute(
     }
 }
 
-/// Staged databases beside the live ones; removed when dropped.
-struct Scratch {
-    dir: PathBuf,
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.dir);
+impl Journal {
+    /// A step that changed the live system: reported, and recorded on disk before the next.
+    fn done(&mut self, work: &WorkDir, text: String) -> Result<()> {
+        work.record(&Record::Done { text: text.clone() })?;
+        self.done.push(text);
+        Ok(())
     }
 }
 
@@ -804,12 +841,21 @@ async fn apply(
         .to_path_buf();
     layout::create_private_dir_all(&data_dir)
         .with_context(|| format!("cannot create `{}`", data_dir.display()))?;
-    let scratch = Scratch {
-        dir: data_dir.join(format!(".wqm-restore-{}", std::process::id())),
-    };
-    layout::create_private_dir_all(&scratch.dir)
-        .with_context(|| format!("cannot create `{}`", scratch.dir.display()))?;
-    let staged = stage_databases(plan, &scratch.dir, progress)?;
+    // A restore that died here left uploaded copies on the server and staged databases.
+    for cleaned in cleanup::dead_runs(&[data_dir.as_path()], settings).await {
+        journal.cleaned.push(cleaned);
+    }
+    // The journal (fsynced per step) lets the next run report and finish what a killed one did.
+    let work = WorkDir::create(
+        &data_dir.join(cleanup::RESTORE_WORK_DIR),
+        Record::Run {
+            command: "restore".to_string(),
+            path: plan.backup.clone(),
+            pid: std::process::id(),
+            started: crate::now(),
+        },
+    )?;
+    let staged = stage_databases(plan, work.path(), progress)?;
 
     if let Some(safety) = &plan.safety_backup {
         progress::check_interrupted()?;
@@ -823,23 +869,35 @@ async fn apply(
             )),
             collections: Some(safety.collections.clone()),
             partial: false,
-            databases: safety.databases,
+            databases: if safety.databases.is_empty() {
+                backup::Databases::None
+            } else {
+                backup::Databases::Only(safety.databases.clone())
+            },
             config: safety.config,
         };
-        backup::create(client, settings, &request, progress)
+        let outcome = backup::create(client, settings, &request, progress)
             .await
             .context("the safety backup failed; nothing was changed")?;
+        journal.cleaned.extend(outcome.cleaned);
+        // Only a complete safety backup is ever named as the way back.
+        work.record(&Record::SafetyBackup {
+            path: safety.path.clone(),
+        })?;
         journal.safety_backup = Some(safety.path.clone());
         journal
             .done
             .push(format!("safety backup: {}", safety.path.display()));
+        crate::failpoint::hit("restore:safety-done")?;
     }
 
     if plan.daemon.will_stop_and_start {
         progress.step("stopping the daemon");
+        work.record(&Record::DaemonStopped { stopped: true })?;
         daemon::stop(&settings.backup.daemon, &settings.data_dir)?;
         journal.daemon_stopped = true;
-        journal.done.push("daemon stopped".to_string());
+        journal.done(&work, "daemon stopped".to_string())?;
+        crate::failpoint::hit("restore:daemon-stopped")?;
     }
 
     // With the daemon stopped, merge the live rows and the backup's into a staged copy.
@@ -858,7 +916,7 @@ async fn apply(
                     "merging rows of the restored collections into a copy of `{}`",
                     database.live.display()
                 ));
-                let merged = scratch.dir.join(format!("{}.merged", database.name));
+                let merged = work.path().join(format!("{}.merged", database.name));
                 sqlite::backup_to(&database.live, &merged)
                     .with_context(|| format!("cannot copy `{}`", database.live.display()))?;
                 let collections: Vec<String> = plan
@@ -902,24 +960,30 @@ async fn apply(
                 &plan.source,
                 entry,
                 Scope::Collection(&collection.name),
+                &work,
                 progress,
             )
             .await
         } else {
             let timeout = Duration::from_secs(settings.backup.transfer.operation_timeout);
-            restore_shards(client, plan, collection, timeout, progress)
+            restore_shards(client, plan, collection, timeout, &work, progress)
                 .await
                 .map(|targets| {
                     shard_targets.insert(collection.name.clone(), targets);
                 })
         };
+        if restored.is_err() {
+            // Qdrant may have swapped the collection in and then failed to answer (or died).
+            journal.uncertain.push(format!(
+                "collection `{}`: Qdrant may have restored it before the failure; check it, or rerun the restore with --overwrite",
+                collection.name
+            ));
+        }
         restored.with_context(|| format!("restoring collection `{}` failed", collection.name))?;
         if collection.action == CollectionAction::Create {
             journal.created.push(collection.name.clone());
         }
-        journal
-            .done
-            .push(format!("collection `{}` restored", collection.name));
+        journal.done(&work, format!("collection `{}` restored", collection.name))?;
     }
 
     for (replacement, database) in &replacements {
@@ -928,15 +992,19 @@ async fn apply(
         journal.changed = true;
         sqlite::replace_live(replacement, &database.live)
             .with_context(|| format!("cannot replace `{}`", database.live.display()))?;
-        journal.done.push(format!(
-            "`{}` {}",
-            database.live.display(),
-            if database.action == DatabaseAction::Merge {
-                "merged"
-            } else {
-                "replaced"
-            }
-        ));
+        journal.done(
+            &work,
+            format!(
+                "`{}` {}",
+                database.live.display(),
+                if database.action == DatabaseAction::Merge {
+                    "merged"
+                } else {
+                    "replaced"
+                }
+            ),
+        )?;
+        crate::failpoint::hit("restore:database-replaced")?;
     }
 
     for alias in plan
@@ -948,9 +1016,11 @@ async fn apply(
         client
             .set_alias(&alias.alias, &alias.collection, replace)
             .await?;
-        journal
-            .done
-            .push(format!("alias `{}` → `{}`", alias.alias, alias.collection));
+        journal.done(
+            &work,
+            format!("alias `{}` → `{}`", alias.alias, alias.collection),
+        )?;
+        crate::failpoint::hit("restore:alias-set")?;
     }
 
     if let (true, Some(entry), Some(target)) = (
@@ -971,16 +1041,16 @@ async fn apply(
         journal.changed = true;
         crate::manifest::write_atomic(target, &bytes)
             .with_context(|| format!("cannot write `{}`", target.display()))?;
-        journal
-            .done
-            .push(format!("config `{}` replaced", target.display()));
+        journal.done(&work, format!("config `{}` replaced", target.display()))?;
     }
 
     if journal.daemon_stopped {
+        crate::failpoint::hit("restore:before-daemon-start")?;
         progress.step("starting the daemon");
         daemon::start(&settings.backup.daemon)?;
+        work.record(&Record::DaemonStopped { stopped: false })?;
         journal.daemon_stopped = false;
-        journal.done.push("daemon started".to_string());
+        journal.done(&work, "daemon started".to_string())?;
     }
 
     progress.step("verifying");
@@ -1053,8 +1123,8 @@ fn stage_database(source: &BackupDir, entry: Option<&FileEntry>, copy: &Path) ->
         .decoder(BufReader::new(file))
         .map_err(|e| damaged(rel, format!("cannot decompress: {e}")))?;
     let mut content = HashingReader::new(decoder, &[Algorithm::Sha256]);
-    let mut out =
-        File::create(copy).with_context(|| format!("cannot write `{}`", copy.display()))?;
+    let mut out = layout::create_private_file(copy)
+        .with_context(|| format!("cannot write `{}`", copy.display()))?;
     let mut buffer = vec![0u8; 256 * 1024];
     loop {
         let n = match content.read(&mut buffer) {
@@ -1111,6 +1181,7 @@ async fn restore_shards(
     plan: &Plan,
     collection: &CollectionPlan,
     timeout: Duration,
+    work: &WorkDir,
     progress: &dyn Progress,
 ) -> Result<Vec<(u32, u32)>> {
     let name = collection.name.as_str();
@@ -1175,6 +1246,7 @@ async fn restore_shards(
             &plan.source,
             entry,
             Scope::Shard(name, target),
+            work,
             progress,
         )
         .await?;
@@ -1310,6 +1382,7 @@ async fn upload(
     source: &BackupDir,
     entry: &FileEntry,
     scope: Scope<'_>,
+    work: &WorkDir,
     progress: &dyn Progress,
 ) -> Result<()> {
     let file = source
@@ -1333,6 +1406,12 @@ async fn upload(
             format!("wqm-restore-{c}-shard-{id}-{}.snapshot", std::process::id())
         }
     };
+    let place = backup::place_of(client, scope);
+    work.record(&Record::UploadStarted {
+        place: place.clone(),
+        name: file_name.clone(),
+    })?;
+    crate::failpoint::hit("restore:uploading")?;
     progress.begin(&scope.to_string(), Some(entry.content_size));
     let mut uploading = Box::pin(client.upload_snapshot(
         scope,
@@ -1362,9 +1441,15 @@ async fn upload(
         Err(e) if result.is_ok() => Err(anyhow!("reading `{}` failed: {e}", entry.path)),
         _ => result,
     };
+    crate::failpoint::hit("restore:uploaded")?;
     // Qdrant keeps an uploaded collection snapshot among the collection's snapshots: delete it.
     match client.delete_snapshot(scope, &file_name).await {
-        Ok(()) | Err(QdrantError::NotFound { .. }) => {}
+        Ok(()) | Err(QdrantError::NotFound { .. }) => {
+            work.record(&Record::UploadDeleted {
+                place,
+                name: file_name.clone(),
+            })?;
+        }
         Err(e) if result.is_ok() => {
             return Err(anyhow::Error::from(e)
                 .context(format!("cannot delete the uploaded snapshot `{file_name}`")))

@@ -38,6 +38,7 @@ pub enum Kind {
 impl BackupDir {
     /// Opens an existing backup: the directory must exist and its manifest must parse.
     pub fn open(path: &Path) -> anyhow::Result<Self> {
+        layout::refuse_unfinished(path)?;
         layout::ensure_backup_dir(path)?;
         let manifest = Self::read_manifest(path)?;
         Ok(BackupDir {

@@ -70,6 +70,8 @@ pub struct Options {
     pub depth: Depth,
     /// The running product version, for the compatibility status.
     pub current_version: String,
+    /// The version policy restore applies, for the compatibility verdict.
+    pub policy: compat::Policy,
     /// `backup.validation.version_warning_threshold`: warn about backups older than this many days.
     pub warn_after_days: u32,
     /// Epoch seconds now.
@@ -207,7 +209,12 @@ pub fn audit(
         Some(MANIFEST_PATH),
         format!("Manifest is valid ({format})"),
     );
-    check_version(&mut report, &manifest, &options.current_version);
+    check_version(
+        &mut report,
+        &manifest,
+        &options.current_version,
+        &options.policy,
+    );
     if let Some(warning) = staleness(&manifest, options.warn_after_days, options.now) {
         report.add(Severity::Warning, Check::Manifest, None, warning);
     }
@@ -243,8 +250,11 @@ pub fn staleness(manifest: &Manifest, threshold_days: u32, now: f64) -> Option<S
     })
 }
 
-fn check_version(report: &mut Report, manifest: &Manifest, current: &str) {
-    match compat::report(&manifest.version, current) {
+/// The compatibility finding says what restore would do: an error only when restore refuses
+/// whatever the flags, a warning when it needs a flag or setting (or proceeds despite a
+/// mismatch).
+fn check_version(report: &mut Report, manifest: &Manifest, current: &str, policy: &compat::Policy) {
+    match crate::migrations::verdict(&manifest.version, current, policy) {
         Err(e) => report.add(Severity::Error, Check::Version, None, e.to_string()),
         Ok(compat) => {
             report.add(
@@ -253,19 +263,21 @@ fn check_version(report: &mut Report, manifest: &Manifest, current: &str) {
                 None,
                 format!("Version format is valid ({})", manifest.version),
             );
-            let severity = match compat.status {
-                compat::Status::Compatible => Severity::Ok,
-                compat::Status::UpgradeAvailable => Severity::Info,
-                compat::Status::Downgrade => Severity::Warning,
-                compat::Status::Incompatible => Severity::Error,
+            let severity = match (compat.verdict, compat.restorable) {
+                (compat::Verdict::Compatible, _) => Severity::Ok,
+                (compat::Verdict::UpgradeAvailable | compat::Verdict::MigrationAvailable, _) => {
+                    Severity::Info
+                }
+                (compat::Verdict::Incompatible, false) => Severity::Error,
+                _ => Severity::Warning,
             };
-            let message = if compat.status == compat::Status::Incompatible {
+            let message = if severity == Severity::Error {
                 format!(
                     "Incompatible backup version: {}\nCurrent system version: {current}\nMajor or minor version mismatch detected",
                     manifest.version
                 )
             } else {
-                format!("Compatibility {}: {}", compat.status, compat.message)
+                format!("Compatibility {}: {}", compat.verdict, compat.message)
             };
             report.add(severity, Check::Compatibility, None, message);
             report.compatibility = Some(compat);

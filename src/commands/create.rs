@@ -20,12 +20,13 @@ pub async fn run(args: &CreateArgs, settings: &Settings, ui: &Ui) -> Result<Exit
         description: args.description.clone(),
         partial: collections.is_some(),
         collections,
-        databases: true,
+        databases: crate::backup::Databases::All,
         config: true,
     };
     let client = Client::from_settings(settings)?;
     let progress = ui.progress();
     let outcome = backup::create(&client, settings, &request, &progress).await?;
+    super::report_cleaned(ui, &outcome.cleaned);
     for leftover in &outcome.leftovers {
         ui.warn(leftover);
     }
@@ -50,6 +51,7 @@ pub async fn run(args: &CreateArgs, settings: &Settings, ui: &Ui) -> Result<Exit
             "seconds": outcome.seconds,
             "notes": m.notes,
             "leftover_snapshots": outcome.leftovers,
+            "cleaned_up": outcome.cleaned,
         }));
         return Ok(ExitCode::Success);
     }

@@ -15,7 +15,8 @@ pub fn run(args: &InfoArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
     let backup = BackupDir::open(&args.path)?;
     let size = layout::disk_usage(&backup.path)?;
     let m = &backup.manifest;
-    let compatibility = compat::report(&m.version, crate::VERSION);
+    let policy = compat::Policy::new(&settings.backup.validation, false);
+    let compatibility = crate::migrations::verdict(&m.version, crate::VERSION, &policy);
     let stale = crate::verify::staleness(
         m,
         settings.backup.validation.version_warning_threshold,
@@ -119,7 +120,7 @@ pub fn run(args: &InfoArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
     }
     match compatibility {
         Ok(report) => {
-            ui.line(format!("Compatibility: {}", report.status));
+            ui.line(format!("Compatibility: {}", report.verdict));
             ui.line(format!("  {}", report.message));
         }
         Err(e) => ui.line(format!("Compatibility: UNKNOWN ({e})")),

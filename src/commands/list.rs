@@ -28,7 +28,12 @@ struct Item {
     format: String,
     size_bytes: u64,
     partial_backup: bool,
+    /// The Python status.
     compatibility: Option<compat::Status>,
+    /// What restore would do with it, as configured (`info` and `validate` say the same).
+    verdict: Option<compat::Verdict>,
+    restorable: Option<bool>,
+    compatibility_message: Option<String>,
     stale_warning: Option<String>,
     age_days: u64,
     /// No damage found by the cheap checks (all checks with `--check`).
@@ -54,6 +59,7 @@ pub fn run(args: &ListArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
             verify::Depth::Structure
         },
         current_version: crate::VERSION.to_string(),
+        policy: crate::compat::Policy::new(&settings.backup.validation, false),
         warn_after_days: 0,
         now,
     };
@@ -61,7 +67,9 @@ pub fn run(args: &ListArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
     let mut items = Vec::new();
     for found in &scan.backups {
         let m = &found.backup.manifest;
-        let problems = verify::audit(&found.backup.path, &options, &progress)?.damage();
+        let audit = verify::audit(&found.backup.path, &options, &progress)?;
+        let problems = audit.damage();
+        let compatibility = audit.compatibility;
         items.push(Item {
             path: found.backup.path.display().to_string(),
             name: found.backup.name(),
@@ -74,7 +82,10 @@ pub fn run(args: &ListArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
             format: m.format_name(),
             size_bytes: found.size,
             partial_backup: m.partial_backup,
-            compatibility: compat::check_compatibility(&m.version, crate::VERSION).ok(),
+            compatibility: compatibility.as_ref().map(|c| c.status),
+            verdict: compatibility.as_ref().map(|c| c.verdict),
+            restorable: compatibility.as_ref().map(|c| c.restorable),
+            compatibility_message: compatibility.map(|c| c.message),
             stale_warning: crate::verify::staleness(m, threshold, now),
             age_days: ((now - m.timestamp).max(0.0) / 86_400.0) as u64,
             valid: problems.is_empty(),
@@ -93,6 +104,9 @@ pub fn run(args: &ListArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
     for item in &items {
         ui.line(&item.name);
         ui.line(format!("  Version: {}", item.version));
+        if let Some(verdict) = item.verdict {
+            ui.line(format!("  Compatibility: {verdict}"));
+        }
         ui.line(format!("  Timestamp: {}", item.formatted_timestamp));
         let documents = item
             .total_documents

@@ -39,12 +39,7 @@ pub fn run(args: &MigrationsArgs, ui: &Ui) -> Result<ExitCode> {
         ui.line("No migrations needed");
     }
     for migration in listed {
-        let reversible = if migration.reversible {
-            "reversible"
-        } else {
-            "not reversible"
-        };
-        ui.line(format!("{} ({reversible})", migration.label()));
+        ui.line(migration.label());
         ui.line(format!("  {}", migration.description));
     }
     Ok(ExitCode::Success)

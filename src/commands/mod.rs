@@ -1,5 +1,6 @@
 //! One file per command; each only orchestrates the domain modules and prints.
 
+mod cleanup;
 mod create;
 mod info;
 mod list;
@@ -34,7 +35,8 @@ pub fn dispatch(cli: Cli, ui: &Ui, runtime: &tokio::runtime::Runtime) -> Result<
         BackupCommand::Info(args) => info::run(&args, &settings, ui),
         BackupCommand::List(args) => list::run(&args, &settings, ui),
         BackupCommand::Validate(args) => validate::run(&args, &settings, ui),
-        BackupCommand::Prune(args) => prune::run(&args, &settings, ui),
+        BackupCommand::Prune(args) => runtime.block_on(prune::run(&args, &settings, ui)),
+        BackupCommand::Cleanup(args) => runtime.block_on(cleanup::run(&args, &settings, ui)),
         BackupCommand::Migrations(args) => migrations::run(&args, ui),
     }
 }
@@ -52,6 +54,14 @@ fn backups_dir(dir: &std::path::Path) -> Result<()> {
     .into())
 }
 
+/// Reports each dead run that was cleaned up: on stderr, also with `--quiet`, since an
+/// operator may have to act on it (start the daemon, put a safety backup back).
+fn report_cleaned(ui: &Ui, cleaned: &[crate::cleanup::Cleaned]) {
+    for run in cleaned {
+        ui.warn(run.report());
+    }
+}
+
 /// The `Ui` of a parsed command line.
 pub fn ui_for(cli: &Cli) -> Ui {
     let output = match &cli.command {
@@ -63,6 +73,7 @@ pub fn ui_for(cli: &Cli) -> Ui {
             BackupCommand::Validate(args) => args.output,
             BackupCommand::Prune(args) => args.output,
             BackupCommand::Migrations(args) => args.output,
+            BackupCommand::Cleanup(args) => args.output,
         },
         Command::Completions { .. } | Command::Manpage => OutputArgs {
             json: false,

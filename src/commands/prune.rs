@@ -3,13 +3,14 @@
 use anyhow::Result;
 use serde_json::json;
 
+use crate::cleanup;
 use crate::cli::PruneArgs;
 use crate::config::Settings;
 use crate::exit::{ExitCode, Failure};
 use crate::output::Ui;
 use crate::prune::{self, Policy};
 
-pub fn run(args: &PruneArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
+pub async fn run(args: &PruneArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
     let dir = match args
         .directory
         .clone()
@@ -27,12 +28,17 @@ pub fn run(args: &PruneArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
     };
     super::backups_dir(&dir)?;
     let policy = Policy {
-        within_days: Some(args.keep_within.unwrap_or(settings.backup.retention_days)),
+        within_days: args.keep_within,
         last: args.keep_last,
         daily: args.keep_daily,
         weekly: args.keep_weekly,
         monthly: args.keep_monthly,
-    };
+        default_applied: false,
+    }
+    .or_default(settings.backup.retention_days);
+    if !args.dry_run {
+        super::report_cleaned(ui, &cleanup::dead_runs(&[dir.as_path()], settings).await);
+    }
     let outcome = prune::prune(&dir, &policy, args.dry_run)?;
 
     if ui.json {
@@ -45,6 +51,7 @@ pub fn run(args: &PruneArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
         "Removed"
     };
     if args.dry_run || ui.interactive || ui.verbose {
+        ui.line(rules_line(&policy));
         for removed in &outcome.removed {
             ui.line(format!(
                 "{verb} {} ({})",
@@ -77,4 +84,28 @@ pub fn run(args: &PruneArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
         ));
     }
     Ok(ExitCode::Success)
+}
+
+/// Which rules decided, and whether the default applied.
+fn rules_line(policy: &Policy) -> String {
+    if policy.default_applied {
+        return format!(
+            "Rules: --keep-within {} from `backup.retention_days` (no keep rule given)",
+            policy.within_days.unwrap_or_default()
+        );
+    }
+    let rules: Vec<String> = [
+        ("within", policy.within_days),
+        ("last", policy.last),
+        ("daily", policy.daily),
+        ("weekly", policy.weekly),
+        ("monthly", policy.monthly),
+    ]
+    .into_iter()
+    .filter_map(|(rule, n)| n.map(|n| format!("--keep-{rule} {n}")))
+    .collect();
+    format!(
+        "Rules: {} (`backup.retention_days` does not apply: keep rules were given)",
+        rules.join(" ")
+    )
 }

@@ -55,7 +55,15 @@ pub async fn run(args: &RestoreArgs, settings: &Settings, ui: &Ui) -> Result<Exi
         confirm(&plan)?;
     }
 
-    match restore::execute(&client, settings, &plan, &progress).await {
+    let result = restore::execute(&client, settings, &plan, &progress).await;
+    super::report_cleaned(
+        ui,
+        match &result {
+            Ok(outcome) => &outcome.journal.cleaned,
+            Err(stopped) => &stopped.journal.cleaned,
+        },
+    );
+    match result {
         Ok(outcome) => {
             let verified = outcome.verified();
             if ui.json {
@@ -133,10 +141,24 @@ fn confirm(plan: &Plan) -> Result<()> {
         },
         plan.backup.display()
     );
-    let yes = dialoguer::Confirm::new()
+    let term = console::Term::stderr();
+    let yes = match dialoguer::Confirm::new()
         .with_prompt(prompt)
         .default(false)
-        .interact_on(&console::Term::stderr())?;
+        .interact_on(&term)
+    {
+        Ok(yes) => yes,
+        // Ctrl-C at the prompt: dialoguer leaves the cursor hidden and says "read interrupted".
+        Err(dialoguer::Error::IO(e)) if e.kind() == std::io::ErrorKind::Interrupted => {
+            let _ = term.show_cursor();
+            return Err(Failure::new(
+                ExitCode::Interrupted,
+                "Restore cancelled (Ctrl-C); nothing was changed",
+            )
+            .into());
+        }
+        Err(e) => return Err(e.into()),
+    };
     if !yes {
         return Err(
             Failure::new(ExitCode::Failure, "Restore cancelled; nothing was changed").into(),
@@ -154,12 +176,13 @@ fn way_back_hint(journal: &restore::Journal, plan: &Plan) -> String {
 
 /// What a restore that stopped part-way did, did not do, and how to go back.
 fn report_stop(ui: &Ui, journal: &restore::Journal, plan: &Plan) {
-    if journal.done.is_empty() {
+    if journal.done.is_empty() && journal.uncertain.is_empty() {
         ui.warn("nothing was changed");
         return;
     }
     let mut lines = vec!["the restore stopped part-way. Done:".to_string()];
     lines.extend(journal.done.iter().map(|d| format!("  ✓ {d}")));
+    lines.extend(journal.uncertain.iter().map(|d| format!("  ? {d}")));
     if !journal.changed {
         lines.push("Nothing of the live system was changed yet.".to_string());
     }
@@ -188,7 +211,7 @@ fn print_plan(ui: &Ui, plan: &Plan) {
     if let Some(compat) = &plan.compatibility {
         ui.line(format!(
             "  Compatibility: {}: {}",
-            compat.status, compat.message
+            compat.verdict, compat.message
         ));
     }
     if plan.migrations.is_empty() {
@@ -290,8 +313,8 @@ fn print_plan(ui: &Ui, plan: &Plan) {
             if !s.collections.is_empty() {
                 parts.push(format!("collections {}", s.collections.join(", ")));
             }
-            if s.databases {
-                parts.push("databases".to_string());
+            if !s.databases.is_empty() {
+                parts.push(format!("databases {}", s.databases.join(", ")));
             }
             if s.config {
                 parts.push("config".to_string());

@@ -16,10 +16,12 @@ pub fn run(args: &ValidateArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode
             verify::Depth::Structure
         },
         current_version: crate::VERSION.to_string(),
+        policy: crate::compat::Policy::new(&settings.backup.validation, false),
         warn_after_days: settings.backup.validation.version_warning_threshold,
         now: crate::now(),
     };
     let progress = ui.progress();
+    crate::layout::refuse_unfinished(&args.path)?;
     let report = verify::audit(&args.path, &options, &progress)?;
     let errors = report.count(Severity::Error);
     let warnings = report.count(Severity::Warning);

@@ -67,7 +67,7 @@ fn text_lists_every_backup_with_its_version() {
     t.args("backup list {TMP}/dir --sort name")
         .stdout_with(move |out| {
             assert!(
-                out.starts_with("a\n  Version: 0.3.9\n  Timestamp: "),
+                out.starts_with("a\n  Version: 0.3.9\n  Compatibility: DOWNGRADE\n  Timestamp: "),
                 "{out}"
             );
             assert!(

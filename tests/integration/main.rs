@@ -2,17 +2,22 @@
 
 mod create;
 mod docs;
+mod faults;
 mod fixtures;
 mod hostile;
 mod info;
 mod list;
 mod operations;
 mod prune;
+mod pty;
 mod qdrant_double;
 mod real_cluster;
 mod real_qdrant;
 mod real_server;
 mod restore;
+mod sample;
+mod seed;
 mod surface;
+mod terminal;
 mod test;
 mod validate;

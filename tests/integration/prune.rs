@@ -46,7 +46,7 @@ fn mix() -> (TempDir, wqm::layout::Staging) {
     fs::write(dir.join("photos/cat.jpg"), "meow").unwrap();
     fixtures::backup(&tmp.path().join("elsewhere"), &spec("2019-01-01 00:00"));
     std::os::unix::fs::symlink(tmp.path().join("elsewhere"), dir.join("link")).unwrap();
-    // A run writing into `writing` (with --force) holds its lock.
+    // A run writing into `writing` (with --force) holds its staging directory's lock.
     let writer = wqm::layout::Staging::begin(&dir.join("writing"), true).unwrap();
     (tmp, writer)
 }
@@ -60,9 +60,8 @@ fn entries(dir: &Path) -> Vec<String> {
     names
 }
 
-const UNTOUCHABLE: [&str; 7] = [
-    ".old.wqm-staging",
-    ".writing.wqm-lock",
+/// Prune also cleans up after dead runs: `.old.wqm-staging`, whose lock nobody holds, goes.
+const UNTOUCHABLE: [&str; 5] = [
     ".writing.wqm-staging",
     "corrupt",
     "link",
@@ -78,15 +77,13 @@ fn remains(args: &str, backups: &[&str]) {
         .chain(UNTOUCHABLE.iter())
         .map(|s| s.to_string())
         .collect();
-    // Every lock prune took was released and removed with its backup.
     expected.sort();
     let (_, tmp) = Test::in_dir(tmp)
         .env("WQM_BACKUP__VALIDATION__VERSION_WARNING_THRESHOLD", "0")
         .args(&format!("backup prune {{TMP}}/dir {args}"))
         .stdout_with(|o| assert!(o.starts_with("Pruned "), "{o}"))
         .run();
-    let mut left = entries(&tmp.path().join("dir"));
-    left.retain(|n| !(n.starts_with('.') && n.ends_with(".wqm-lock") && n != ".writing.wqm-lock"));
+    let left = entries(&tmp.path().join("dir"));
     assert_eq!(left, expected, "prune {args}");
     assert!(
         tmp.path()
@@ -129,7 +126,8 @@ fn dry_run_deletes_nothing_and_says_why_each_stays() {
         .env("WQM_BACKUP__VALIDATION__VERSION_WARNING_THRESHOLD", "0")
         .args("backup prune {TMP}/dir --keep-within 0 --keep-last 2 --dry-run")
         .stdout(
-            "Would remove v1 (2026-06-29T02:00:00+00:00)\n\
+            "Rules: --keep-within 0 --keep-last 2 (`backup.retention_days` does not apply: keep rules were given)\n\
+             Would remove v1 (2026-06-29T02:00:00+00:00)\n\
              Would remove v2 (2026-06-20T02:00:00+00:00)\n\
              Would remove v3 (2026-05-21T02:00:00+00:00)\n\
              Would remove v4 (2026-03-22T02:00:00+00:00)\n\
@@ -141,12 +139,78 @@ fn dry_run_deletes_nothing_and_says_why_each_stays() {
              Skip corrupt: not a wqm backup (Backup manifest is missing or invalid: `{TMP}/dir/corrupt/metadata/manifest.json`: key must be a string at line 1 column 2)\n\
              Skip link: a symlink; prune never follows symlinks\n\
              Skip photos: not a wqm backup (Backup manifest is missing or invalid: `{TMP}/dir/photos/metadata/manifest.json` does not exist)\n\
-             Skip writing: being written (its lock is held)\n\
+             Skip writing: being written (its staging directory is locked)\n\
              Dry-run: 5 backup(s) would be removed, 2 kept, 6 other entries left alone. Nothing was deleted.\n",
         )
         .run();
     assert_eq!(entries(&tmp.path().join("dir")), before);
     drop(writer);
+}
+
+/// 17 nightly backups ending on Sunday 2026-06-28.
+fn nightly(count: i64) -> TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    let last = chrono::NaiveDate::from_ymd_opt(2026, 6, 28).unwrap();
+    for back in 0..count {
+        let day = last - chrono::Duration::days(back);
+        fixtures::backup(
+            &tmp.path()
+                .join(format!("dir/backup-{}", day.format("%Y%m%d"))),
+            &Spec {
+                timestamp: at(&format!("{} 12:00", day.format("%Y-%m-%d"))),
+                collections: vec![],
+                ..Spec::default()
+            },
+        );
+    }
+    tmp
+}
+
+#[test]
+fn explicit_rules_replace_retention_days_as_in_restic() {
+    // --keep-last 3 keeps Sun, Sat, Fri; --keep-weekly 2 adds the Sunday before. The default
+    // `backup.retention_days` (30) would keep all 17: it must not join explicit rules.
+    let (_, tmp) = Test::in_dir(nightly(17))
+        .env("WQM_BACKUP__VALIDATION__VERSION_WARNING_THRESHOLD", "0")
+        .args("backup prune {TMP}/dir --keep-last 3 --keep-weekly 2 --dry-run --json")
+        .stdout_json(|v| {
+            let kept: Vec<String> = v["kept"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| format!("{}: {}", k["name"].as_str().unwrap(), k["reasons"]))
+                .collect();
+            assert_eq!(
+                kept,
+                [
+                    r#"backup-20260628: ["last 1","weekly #1","the newest valid backup"]"#,
+                    r#"backup-20260627: ["last 2"]"#,
+                    r#"backup-20260626: ["last 3"]"#,
+                    r#"backup-20260621: ["weekly #2"]"#,
+                ]
+            );
+            assert_eq!(v["removed"].as_array().unwrap().len(), 13);
+            assert_eq!(v["policy"]["within_days"], serde_json::Value::Null);
+            assert_eq!(v["policy"]["default_applied"], false);
+        })
+        .run();
+    // With no rule at all, the default applies, and the output says so.
+    Test::in_dir(tmp)
+        .env("WQM_BACKUP__RETENTION_DAYS", "2")
+        .env("WQM_BACKUP__VALIDATION__VERSION_WARNING_THRESHOLD", "0")
+        .args("backup prune {TMP}/dir --dry-run")
+        .stdout_with(|o| {
+            assert!(
+                o.starts_with("Rules: --keep-within 2 from `backup.retention_days` (no keep rule given)\n"),
+                "{o}"
+            );
+            assert!(
+                o.contains("Keep backup-20260626 (2026-06-26T12:00:00+00:00): within 2 days of the newest (`backup.retention_days`)\n"),
+                "{o}"
+            );
+            assert!(o.ends_with("Dry-run: 14 backup(s) would be removed, 3 kept, 0 other entries left alone. Nothing was deleted.\n"), "{o}");
+        })
+        .run();
 }
 
 #[test]
@@ -166,7 +230,7 @@ fn json_reports_every_decision() {
                     .iter()
                     .find(|s| s["name"] == "writing")
                     .unwrap()["reason"],
-                "being written (its lock is held)"
+                "being written (its staging directory is locked)"
             );
         })
         .run();

@@ -96,7 +96,6 @@ pub struct State {
     pub faults: Faults,
     /// "METHOD /path?query [range]" of every request, in order.
     pub requests: Vec<String>,
-    snapshot_counter: u32,
 }
 
 pub struct Double {
@@ -388,34 +387,10 @@ async fn handle(
             ok(json!(list))
         }
         ("POST", ["collections", name, "snapshots"]) => {
-            let delay = state.lock().unwrap().faults.create_delay;
-            if let Some(delay) = delay {
-                tokio::time::sleep(delay).await;
-            }
-            let mut s = state.lock().unwrap();
-            if let Some((status, message)) = &s.faults.create_error {
-                return Ok(error(*status, message));
-            }
-            let Some(collection) = s.collections.get(*name) else {
-                return Ok(not_found_collection(name));
-            };
-            let bytes = collection.snapshot.clone();
-            let size = bytes.len();
-            s.snapshot_counter += 1;
-            let snapshot = format!(
-                "{name}-{PEER_ID}-2026-11-26-04-48-{:02}.snapshot",
-                s.snapshot_counter
-            );
-            let checksum = if s.faults.wrong_checksum {
-                "0".repeat(64)
-            } else {
-                hex(&Sha256::digest(&bytes))
-            };
-            s.snapshots
-                .insert((name.to_string(), snapshot.clone()), bytes);
-            ok(
-                json!({"name": snapshot, "creation_time": "2026-11-26T04:48:18", "size": size, "checksum": checksum}),
-            )
+            // As in Qdrant, the snapshot is a server task: a client that goes away does not stop it.
+            let (state, name) = (state.clone(), name.to_string());
+            let made = tokio::spawn(async move { make_snapshot(&state, &name).await });
+            made.await.expect("the snapshot task ends")
         }
         ("GET", ["collections", name, "snapshots", snapshot]) => {
             let mut s = state.lock().unwrap();
@@ -486,6 +461,39 @@ async fn read_json(body: &mut Incoming) -> Result<Value, std::io::Error> {
         .map_err(std::io::Error::other)?
         .to_bytes();
     Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+/// `POST /collections/{c}/snapshots?wait=true`: named as Qdrant names them, by the second it
+/// started (a second snapshot in the same second replaces the first, as in Qdrant).
+async fn make_snapshot(state: &Mutex<State>, name: &str) -> Response<Body> {
+    let delay = state.lock().unwrap().faults.create_delay;
+    let started = chrono::Utc::now();
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
+    let mut s = state.lock().unwrap();
+    if let Some((status, message)) = &s.faults.create_error {
+        return error(*status, message);
+    }
+    let Some(collection) = s.collections.get(name) else {
+        return not_found_collection(name);
+    };
+    let bytes = collection.snapshot.clone();
+    let size = bytes.len();
+    let snapshot = format!(
+        "{name}-{PEER_ID}-{}.snapshot",
+        started.format("%Y-%m-%d-%H-%M-%S")
+    );
+    let checksum = if s.faults.wrong_checksum {
+        "0".repeat(64)
+    } else {
+        hex(&Sha256::digest(&bytes))
+    };
+    s.snapshots
+        .insert((name.to_string(), snapshot.clone()), bytes);
+    ok(
+        json!({"name": snapshot, "creation_time": "2026-11-26T04:48:18", "size": size, "checksum": checksum}),
+    )
 }
 
 /// `POST /collections/{c}/snapshots/upload?wait=true&priority=snapshot&checksum=…`, multipart

@@ -266,7 +266,7 @@ impl Server {
         }
     }
 
-    fn delete_all_collections(&self) {
+    pub fn delete_all_collections(&self) {
         for name in self.collections() {
             self.ok("DELETE", &format!("/collections/{name}"), None);
         }

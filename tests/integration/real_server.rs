@@ -187,6 +187,24 @@ fn api_keys_are_sent_and_a_read_only_key_is_explained() {
             .unwrap()
             .contains("s3cret")
     );
+    // The plan proves the key may write, so a dry run already says a read-only key will not do.
+    Test::in_dir(tmp)
+        .env("QDRANT_URL", &server.url)
+        .env("QDRANT_API_KEY", "reader")
+        .args("backup restore {TMP}/b --dry-run --overwrite --json")
+        .status(1)
+        .stderr_with(|e| assert!(e.contains("The API key cannot write"), "{e}"))
+        .stdout_json(|v| {
+            let blocker = &v["plan"]["blockers"][0];
+            assert!(
+                blocker["message"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with(": Forbidden: Global manage access is required"),
+                "{blocker}"
+            );
+        })
+        .run();
     assert_eq!(server.snapshots_left(), Vec::<String>::new());
 }
 

@@ -12,7 +12,7 @@ use crate::test::Test;
 
 /// A test directory with a live state DB in `data/` and a backup in `b` of the double's
 /// collections (`small-named` with alias `notes`, `small-plain`) and that DB.
-fn scene(double: &Double, create_args: &str) -> TempDir {
+pub fn scene(double: &Double, create_args: &str) -> TempDir {
     let t = Test::new();
     fs::create_dir_all(t.join("data")).unwrap();
     fixtures::state_db(&t.join("data/state.db"));
@@ -26,7 +26,7 @@ fn scene(double: &Double, create_args: &str) -> TempDir {
 }
 
 /// The server lost everything.
-fn lose_everything(double: &Double) {
+pub fn lose_everything(double: &Double) {
     let mut state = double.state();
     state.collections.clear();
     state.aliases.clear();
@@ -47,7 +47,7 @@ fn count(db: &Path, sql: &str) -> i64 {
         .unwrap()
 }
 
-fn uploads(double: &Double) -> Vec<String> {
+pub fn uploads(double: &Double) -> Vec<String> {
     double
         .requests()
         .into_iter()
@@ -55,7 +55,7 @@ fn uploads(double: &Double) -> Vec<String> {
         .collect()
 }
 
-fn safety_backups(dir: &Path) -> Vec<String> {
+pub fn safety_backups(dir: &Path) -> Vec<String> {
     let mut found: Vec<String> = fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -350,6 +350,11 @@ fn an_upload_that_breaks_stops_the_restore_and_says_how_to_go_back() {
                 e.contains("\n  ✓ collection `small-named` restored\n"),
                 "{e}"
             );
+            // The broken upload may or may not have been applied: the report says so.
+            assert!(
+                e.contains("\n  ? collection `small-plain`: Qdrant may have restored it before the failure; check it, or rerun the restore with --overwrite\n"),
+                "{e}"
+            );
             assert!(
                 e.contains("to put back what was there before: wqm backup restore ")
                     && e.contains("/safety-")
@@ -520,7 +525,7 @@ fn the_daemon_is_stopped_and_started_around_the_restore() {
         .stdout_with(|_| {})
         .stderr_with(|e| {
             assert!(e.starts_with("wqm: error: Daemon connection failed during restore: nothing accepts connections at "), "{e}");
-            assert!(e.contains("hint: check daemon status (`wqm service status`), restart it (`wqm service restart`)"), "{e}");
+            assert!(e.contains("hint: the restored data is in place; start the daemon with your `backup.daemon.start_command`, workspace-qdrant-mcp's own service command"), "{e}");
         })
         .run();
 }
@@ -627,7 +632,14 @@ fn ctrl_c_during_an_upload_stops_and_says_how_to_go_back() {
 fn migrations_are_listed() {
     Test::new()
         .args("backup migrations")
-        .stdout_with(|o| assert!(o.starts_with("0.2 → 0.3 python-era-backup (not reversible)\n  Convert a backup of the earlier Python wqm"), "{o}"))
+        .stdout_with(|o| {
+            assert!(
+                o.starts_with(
+                    "0.2 → 0.3 python-era-backup\n  Convert a backup of the earlier Python wqm"
+                ),
+                "{o}"
+            )
+        })
         .run();
     Test::new()
         .args("backup migrations --from 0.2.5 --json")
@@ -635,6 +647,10 @@ fn migrations_are_listed() {
             assert_eq!(v[0]["id"], "python-era-backup");
             assert_eq!(v[0]["from"], "0.2");
             assert_eq!(v[0]["to"], "0.3");
+            assert!(
+                v[0].get("reversible").is_none(),
+                "nothing runs a migration backwards"
+            );
         })
         .run();
     Test::new()
@@ -645,6 +661,203 @@ fn migrations_are_listed() {
         .args("backup migrations --from 0.1.0")
         .status(4)
         .stderr("wqm: error: No migration path from 0.1 to 0.3\nhint: `wqm backup migrations` lists every registered migration\n")
+        .run();
+}
+
+#[test]
+fn a_read_only_key_is_found_by_the_plan_before_anything_changes() {
+    let double = Double::start();
+    let tmp = scene(&double, "");
+    lose_everything(&double);
+    double.state().api_key = Some("writer".into());
+    double.state().read_only_key = Some("reader".into());
+    let (_, tmp) = wqm(tmp, &double, "backup restore {TMP}/b --dry-run")
+        .env("QDRANT_API_KEY", "reader")
+        .status(1)
+        .stdout_with(|o| assert!(o.ends_with("Dry-run complete. No changes made.\n"), "{o}"))
+        .stderr_with(|e| {
+            assert!(e.starts_with("wqm: error: The API key cannot write to Qdrant at http://127.0.0.1:"), "{e}");
+            assert!(e.ends_with("\nhint: a restore needs a key with write (manage) access: set QDRANT_API_KEY or `qdrant.api_key`; a read-only key can only list and download\n"), "{e}");
+        })
+        .run();
+    // Without --dry-run it stops at the plan too: no safety backup, no upload.
+    let (_, tmp) = wqm(tmp, &double, "backup restore {TMP}/b --force")
+        .env("QDRANT_API_KEY", "reader")
+        .status(1)
+        .stdout_with(|_| {})
+        .stderr_with(|e| assert!(e.contains("The API key cannot write"), "{e}"))
+        .run();
+    assert!(uploads(&double).is_empty());
+    assert!(safety_backups(tmp.path()).is_empty());
+    wqm(tmp, &double, "backup restore {TMP}/b --dry-run")
+        .env("QDRANT_API_KEY", "writer")
+        .stdout_with(|o| assert!(o.ends_with("Dry-run complete. No changes made.\n"), "{o}"))
+        .run();
+}
+
+fn other_db(path: &Path) {
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .execute_batch("CREATE TABLE docs(id INTEGER PRIMARY KEY, body TEXT); INSERT INTO docs(body) VALUES ('x');")
+        .unwrap();
+}
+
+fn database_names(backup: &Path) -> Vec<String> {
+    wqm::manifest::Manifest::load(&backup.join("metadata/manifest.json"))
+        .unwrap()
+        .databases
+        .into_iter()
+        .map(|d| d.name)
+        .collect()
+}
+
+/// The README's verification sentence: the recorded count, or the range when points were
+/// written while the snapshot was taken.
+#[test]
+fn verification_accepts_the_recorded_range_of_a_snapshot_taken_during_writes() {
+    let readme = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    assert!(readme.contains("every restored collection exists with the point count the manifest records (or,\n   when points were written while its snapshot was taken, a count between `points_count` and\n   `points_count_after`)"));
+    let double = Double::start();
+    let tmp = scene(&double, "");
+    lose_everything(&double);
+    // small-plain holds 200 points: recorded as 198 before the snapshot and 203 after.
+    fixtures::edit_manifest(&tmp.path().join("b"), |m| {
+        m["collections"]["small-plain"] = 198.into();
+        m["total_documents"] = (120 + 198).into();
+        m["during_operations"] = true.into();
+        let details = &mut m["collection_details"]["small-plain"];
+        details["points_count"] = 198.into();
+        details["points_count_after"] = 203.into();
+    });
+    wqm(tmp, &double, "backup restore {TMP}/b --force")
+        .stdout_with(|o| {
+            assert!(o.contains("  ✓ collection `small-plain`: expected 198..=203 points, not red, found 200 points, green\n"), "{o}");
+            assert!(o.contains("Restore completed"), "{o}");
+        })
+        .run();
+}
+
+#[test]
+fn the_safety_backup_holds_exactly_the_databases_the_plan_names() {
+    let readme = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    assert!(readme.contains(
+        "the live databases it replaces or merges into (only those; the\n   plan names them)"
+    ));
+    // The backup holds state.db only; the live search.db is not touched, so it is not saved.
+    let double = Double::start();
+    let tmp = scene(&double, "");
+    lose_everything(&double);
+    other_db(&tmp.path().join("data/search.db"));
+    let (_, tmp) = wqm(tmp, &double, "backup restore {TMP}/b --force")
+        .stdout_with(|o| {
+            assert!(o.contains(" (databases state.db)\n"), "{o}");
+            assert!(o.contains("Restore completed"), "{o}");
+        })
+        .run();
+    let safety = tmp.path().join(&safety_backups(tmp.path())[0]);
+    assert_eq!(database_names(&safety), ["state.db"]);
+
+    // The live state.db is gone, search.db will be replaced: the safety backup saves search.db.
+    let double = Double::start();
+    let t = Test::new();
+    fs::create_dir_all(t.join("data")).unwrap();
+    fixtures::state_db(&t.join("data/state.db"));
+    other_db(&t.join("data/search.db"));
+    let (_, tmp) = t
+        .env("QDRANT_URL", &double.url)
+        .env("WQM_DATA_DIR", "{TMP}/data")
+        .args("backup create {TMP}/b")
+        .stdout_with(|_| {})
+        .run();
+    lose_everything(&double);
+    fs::remove_file(tmp.path().join("data/state.db")).unwrap();
+    let (_, tmp) = wqm(tmp, &double, "backup restore {TMP}/b --force")
+        .stdout_with(|o| {
+            assert!(o.contains(" (databases search.db)\n"), "{o}");
+            assert!(o.contains("Restore completed"), "{o}");
+        })
+        .run();
+    let safety = tmp.path().join(&safety_backups(tmp.path())[0]);
+    assert_eq!(database_names(&safety), ["search.db"]);
+}
+
+#[test]
+fn backups_disabled_refuses_a_restore_that_needs_a_safety_backup_in_the_plan() {
+    let page = fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/configuration.md"
+    ))
+    .unwrap();
+    assert!(page.contains("| `backup.enabled` | `true` | `false` makes `create` refuse, and a restore that needs a safety backup"));
+    let double = Double::start();
+    let tmp = scene(&double, "");
+    lose_everything(&double);
+    let message = "Backups are disabled: `backup.enabled` is false, and this restore needs a safety backup of what it replaces";
+    let (_, tmp) = wqm(tmp, &double, "backup restore {TMP}/b --dry-run")
+        .env("WQM_BACKUP__ENABLED", "false")
+        .status(2)
+        .stdout_with(move |o| assert!(o.contains(&format!("  ✗ {message}\n")), "{o}"))
+        .stderr(&format!("wqm: error: {message}\nhint: set `backup.enabled: true`, or `backup.auto_backup_before_restore: false` to restore without a safety backup\n"))
+        .run();
+    let (_, tmp) = wqm(tmp, &double, "backup restore {TMP}/b --force")
+        .env("WQM_BACKUP__ENABLED", "false")
+        .status(2)
+        .stdout_with(|_| {})
+        .stderr_with(move |e| assert!(e.starts_with(&format!("wqm: error: {message}\n")), "{e}"))
+        .run();
+    assert!(uploads(&double).is_empty() && safety_backups(tmp.path()).is_empty());
+    // Without a safety backup, as the hint says, it restores.
+    wqm(tmp, &double, "backup restore {TMP}/b --force")
+        .env("WQM_BACKUP__ENABLED", "false")
+        .env("WQM_BACKUP__AUTO_BACKUP_BEFORE_RESTORE", "false")
+        .stdout_with(|o| assert!(o.contains("Restore completed"), "{o}"))
+        .run();
+}
+
+/// `backup.validation.check_schema_compatibility` governs the schema check only; vector
+/// configurations are compared whatever it says, as docs/configuration.md states.
+#[test]
+fn check_schema_compatibility_governs_the_schema_check_and_not_the_vector_config() {
+    let page = fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/configuration.md"
+    ))
+    .unwrap();
+    assert!(page.contains("| `backup.validation.check_schema_compatibility` | `true` | compare state database schema versions before a restore: refuse a backup schema newer than the live one, and a partial restore whose schema differs. Collections' vector configurations are compared whatever this says"));
+
+    let double = Double::start();
+    let tmp = scene(&double, "");
+    lose_everything(&double);
+    let live = tmp.path().join("data/state.db");
+    let newest = count(&live, "SELECT MAX(version) FROM schema_version");
+    rusqlite::Connection::open(&live)
+        .unwrap()
+        .execute_batch(&format!(
+            "DELETE FROM schema_version WHERE version = {newest}"
+        ))
+        .unwrap();
+    let (_, tmp) = wqm(tmp, &double, "backup restore {TMP}/b --dry-run")
+        .status(4)
+        .stdout_with(|_| {})
+        .stderr_with(move |e| assert!(e.starts_with(&format!("wqm: error: The backup's state database schema v{newest} is newer than the live one")), "{e}"))
+        .run();
+    let (_, tmp) = wqm(tmp, &double, "backup restore {TMP}/b --dry-run")
+        .env(
+            "WQM_BACKUP__VALIDATION__CHECK_SCHEMA_COMPATIBILITY",
+            "false",
+        )
+        .stdout_with(|o| assert!(o.ends_with("Dry-run complete. No changes made.\n"), "{o}"))
+        .run();
+
+    double.state().collections.insert(
+        "small-plain".into(),
+        crate::qdrant_double::Collection::from_fixture(fixtures::SMALL_NAMED),
+    );
+    wqm(tmp, &double, "backup restore {TMP}/b --dry-run --overwrite")
+        .env("WQM_BACKUP__VALIDATION__CHECK_SCHEMA_COMPATIBILITY", "false")
+        .status(5)
+        .stdout_with(|_| {})
+        .stderr_with(|e| assert!(e.starts_with("wqm: error: Restore failed: Collection small-plain exists with a different vector configuration"), "{e}"))
         .run();
 }
 

@@ -3,8 +3,43 @@
 use crate::test::Test;
 
 #[test]
-fn version_is_the_product_version() {
-    Test::new().args("--version").stdout("wqm 0.3.0\n").run();
+fn version_is_the_bare_product_version() {
+    // Bare, so that `$(wqm --version)` is a version (the seed's recipes use it in paths).
+    Test::new().args("--version").stdout("0.3.0\n").run();
+    Test::new().args("-V").stdout("0.3.0\n").run();
+    Test::new()
+        .args("backup info --version")
+        .stdout("0.3.0\n")
+        .run();
+}
+
+#[test]
+fn usage_errors_are_one_json_document_with_json() {
+    for args in [
+        "backup frobnicate --json",
+        "backup info --json",
+        "backup list --json --sort nope {TMP}",
+        "--json backup validate {TMP} --no-such-flag",
+    ] {
+        Test::new()
+            .args(args)
+            .status(2)
+            .stderr_with(|e| assert!(e.starts_with("error: "), "{e}"))
+            .stdout_json(|v| {
+                let error = &v["error"];
+                assert_eq!(error["exit_code"], 2);
+                let message = error["message"].as_str().unwrap();
+                assert!(!message.is_empty() && !message.starts_with("error:"), "{v}");
+                assert!(error["hint"].as_str().unwrap().contains("--help"), "{v}");
+            })
+            .run();
+    }
+    // Without --json stdout stays empty.
+    Test::new()
+        .args("backup frobnicate")
+        .status(2)
+        .stderr_with(|_| {})
+        .run();
 }
 
 #[test]
@@ -39,7 +74,10 @@ fn help_documents_exit_codes_and_environment() {
         .args("--help")
         .stdout_with(|out| {
             assert!(out.contains("Exit codes:\n  0    success\n"), "{out}");
-            assert!(out.contains("130  interrupted (Ctrl-C)"), "{out}");
+            assert!(
+                out.contains("130  interrupted (Ctrl-C, SIGINT), after cleaning up"),
+                "{out}"
+            );
             assert!(out.contains("QDRANT_URL, QDRANT_API_KEY"), "{out}");
         })
         .run();

@@ -153,7 +153,13 @@ pub fn wqm_command(home: &Path, args: &[&str]) -> Command {
 }
 
 /// Starts `command`, presses Ctrl-C (SIGINT) once `ready` says so, and returns what it printed.
-pub fn interrupted(mut command: Command, ready: impl Fn() -> bool) -> Output {
+pub fn interrupted(command: Command, ready: impl Fn() -> bool) -> Output {
+    signalled(command, &["INT"], ready)
+}
+
+/// Starts `command`, sends it each of `signals` (`INT`, `TERM`, `HUP`, `KILL`; 150 ms apart)
+/// once `ready` says so, and returns what it printed.
+pub fn signalled(mut command: Command, signals: &[&str], ready: impl Fn() -> bool) -> Output {
     let child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -167,12 +173,14 @@ pub fn interrupted(mut command: Command, ready: impl Fn() -> bool) -> Output {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    std::thread::sleep(Duration::from_millis(150));
-    let kill = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    for signal in signals {
+        std::thread::sleep(Duration::from_millis(150));
+        let kill = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+    }
     child.wait_with_output().unwrap()
 }
 
@@ -186,6 +194,18 @@ pub fn validates(backup: &Path) {
         .stdout(&format!(
             "Backup validation successful: {}\n",
             backup.display()
+        ))
+        .run();
+}
+
+/// `validate` refuses a staging directory as a backup, whatever it holds (exit 3).
+pub fn refuses_as_unfinished(staged: &Path) {
+    Test::new()
+        .args(&format!("backup validate {} --check-files", staged.display()))
+        .status(3)
+        .stderr(&format!(
+            "wqm: error: `{}` is the staging directory of an unfinished backup, not a backup\nhint: its run is still going or died before the backup was complete; use the finished backup beside it, and `wqm backup cleanup DIR` to remove a dead run's leftovers\n",
+            staged.display()
         ))
         .run();
 }

@@ -509,12 +509,13 @@ fn structure_problems_are_found_without_check_files() {
 
 #[test]
 fn versions_incompatible_is_exit_4_and_a_downgrade_only_warns() {
+    // 0.1 has no migration path: restore refuses it, whatever the flags.
     let t = Test::new();
     fixtures::backup(&t.join("b"), &Spec::default());
-    fixtures::edit_manifest(&t.join("b"), |m| m["version"] = "0.2.1".into());
+    fixtures::edit_manifest(&t.join("b"), |m| m["version"] = "0.1.4".into());
     t.args("backup validate {TMP}/b")
         .status(4)
-        .stdout("✗ Incompatible backup version: 0.2.1\n  Current system version: 0.3.0\n  Major or minor version mismatch detected\n")
+        .stdout("✗ Incompatible backup version: 0.1.4\n  Current system version: 0.3.0\n  Major or minor version mismatch detected\n")
         .stderr_with(|err| assert!(err.starts_with("wqm: error: Backup validation failed: "), "{err}"))
         .run();
 
@@ -523,9 +524,95 @@ fn versions_incompatible_is_exit_4_and_a_downgrade_only_warns() {
     fixtures::edit_manifest(&t.join("b"), |m| m["version"] = "0.3.7".into());
     t.args("backup validate {TMP}/b --check-files")
         .stdout(
-            "⚠ Compatibility DOWNGRADE: Backup version 0.3.7 is newer than current version 0.3.0\n\
+            "⚠ Compatibility DOWNGRADE: Backup version 0.3.7 is newer than current version 0.3.0; restore needs --allow-downgrade\n\
              Backup validation successful: {TMP}/b\n",
         )
+        .run();
+}
+
+/// `validate`, `info` and `list` say what restore would do (the decision restore acts on).
+#[test]
+fn one_verdict_a_migrated_legacy_backup_and_a_dev_version() {
+    let t = Test::new();
+    fixtures::legacy_backup(&t.join("dir/old"));
+    fixtures::edit_manifest(&t.join("dir/old"), |m| m["version"] = "0.2.1".into());
+    fixtures::backup(&t.join("dir/dev"), &Spec::default());
+    fixtures::edit_manifest(&t.join("dir/dev"), |m| m["version"] = "0.3.0.dev2".into());
+    let migrates = "Backup version 0.2.1 is older than current version 0.3.0; restore migrates it (`wqm backup migrations --from 0.2.1` lists the steps)";
+    let dev = "Backup version 0.3.0.dev2 is a development version; restore needs `backup.validation.allow_dev_versions: true`";
+    let (_, tmp) = t
+        .env("WQM_BACKUP__VALIDATION__VERSION_WARNING_THRESHOLD", "0")
+        .args("backup validate {TMP}/dir/old -v")
+        .stdout_with(move |o| {
+            assert!(
+                o.contains(&format!(
+                    "ℹ Compatibility MIGRATION_AVAILABLE: {migrates}\n"
+                )),
+                "{o}"
+            );
+            assert!(o.contains("\nBackup validation successful: "), "{o}");
+        })
+        .run();
+    let (_, tmp) = Test::in_dir(tmp)
+        .env("WQM_BACKUP__VALIDATION__VERSION_WARNING_THRESHOLD", "0")
+        .args("backup validate {TMP}/dir/dev")
+        .stdout(&format!(
+            "⚠ Compatibility DEV_VERSION: {dev}\nBackup validation successful: {{TMP}}/dir/dev\n"
+        ))
+        .run();
+    // Allowed by the setting, the same backup is simply compatible.
+    let (_, tmp) = Test::in_dir(tmp)
+        .env("WQM_BACKUP__VALIDATION__ALLOW_DEV_VERSIONS", "true")
+        .args("backup validate {TMP}/dir/dev")
+        .stdout("Backup validation successful: {TMP}/dir/dev\n")
+        .run();
+    let (_, tmp) = Test::in_dir(tmp)
+        .env("WQM_BACKUP__VALIDATION__VERSION_WARNING_THRESHOLD", "0")
+        .args("backup info {TMP}/dir/old")
+        .stdout_with(move |o| {
+            assert!(
+                o.ends_with(&format!(
+                    "Compatibility: MIGRATION_AVAILABLE\n  {migrates}\n"
+                )),
+                "{o}"
+            )
+        })
+        .run();
+    let (_, tmp) = Test::in_dir(tmp)
+        .env("WQM_BACKUP__VALIDATION__VERSION_WARNING_THRESHOLD", "0")
+        .args("backup info {TMP}/dir/dev --json")
+        .stdout_json(move |v| {
+            assert_eq!(v["compatibility"]["verdict"], "dev_version");
+            assert_eq!(v["compatibility"]["restorable"], false);
+            assert_eq!(v["compatibility"]["message"], dev);
+        })
+        .run();
+    let (_, tmp) = Test::in_dir(tmp)
+        .env("WQM_BACKUP__VALIDATION__VERSION_WARNING_THRESHOLD", "0")
+        .args("backup list {TMP}/dir --sort name")
+        .stdout_with(|o| {
+            assert!(
+                o.starts_with("dev\n  Version: 0.3.0.dev2\n  Compatibility: DEV_VERSION\n"),
+                "{o}"
+            );
+            assert!(
+                o.contains("old\n  Version: 0.2.1\n  Compatibility: MIGRATION_AVAILABLE\n"),
+                "{o}"
+            );
+        })
+        .run();
+    Test::in_dir(tmp)
+        .env("WQM_BACKUP__VALIDATION__VERSION_WARNING_THRESHOLD", "0")
+        .args("backup list {TMP}/dir --json --sort name")
+        .stdout_json(move |v| {
+            assert_eq!(
+                v[1]["compatibility"], "incompatible",
+                "the Python status stays"
+            );
+            assert_eq!(v[1]["verdict"], "migration_available");
+            assert_eq!(v[1]["restorable"], true);
+            assert_eq!(v[1]["compatibility_message"], migrates);
+        })
         .run();
 }
 

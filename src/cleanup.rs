@@ -1,0 +1,369 @@
+//! Cleaning up after runs that died: every `create`, `restore`, `prune` and `wqm backup
+//! cleanup` looks for working directories whose lock nobody holds (see `workdir`), deletes on
+//! the Qdrant server exactly what their journals say was made and not removed, reports what a
+//! dead restore had done and how to go back, and removes the directory.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::config::Settings;
+use crate::layout;
+use crate::qdrant::{Client, QdrantError, Scope};
+use crate::workdir::{self, ObjectKind, Outstanding, Record};
+
+/// Working directories of `create` (beside the backups) and of `restore` (in the data dir).
+pub const RUN_SUFFIXES: [&str; 2] = [layout::STAGING_SUFFIX, RESTORE_WORK_DIR];
+/// `<data dir>/.wqm-restore`: a restore's staged databases and journal.
+pub const RESTORE_WORK_DIR: &str = ".wqm-restore";
+/// Lock files beside each backup, left by wqm 0.3.0 before locks moved into staging dirs.
+const LEGACY_LOCK_SUFFIX: &str = ".wqm-lock";
+/// A snapshot asked for this recently may still be in the making: keep its journal and look
+/// again on the next run instead of concluding it was never made.
+const STILL_IN_THE_MAKING_SECONDS: f64 = 600.0;
+/// Qdrant names snapshots by the second it started them; allow this much around the request.
+const NAME_TIME_SLACK_SECONDS: f64 = 3.0;
+
+/// What was found and done for one dead run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Cleaned {
+    pub path: PathBuf,
+    /// `create` or `restore`, and what it worked on.
+    pub run: String,
+    /// Each thing done or left, one line each.
+    pub lines: Vec<String>,
+    /// Everything is gone (false: the directory stays so a later run can finish).
+    pub complete: bool,
+}
+
+impl Cleaned {
+    /// One paragraph for the operator.
+    pub fn report(&self) -> String {
+        let mut text = format!(
+            "cleaned up after a dead run: {}, in `{}`:",
+            self.run,
+            self.path.display()
+        );
+        for line in &self.lines {
+            text.push_str("\n  ");
+            text.push_str(line);
+        }
+        if !self.complete {
+            text.push_str(&format!(
+                "\n  not finished; `{}` stays for the next run (or `wqm backup cleanup`)",
+                self.path.display()
+            ));
+        }
+        text
+    }
+}
+
+/// Cleans up every dead run in each of `dirs`, and removes wqm 0.3.0's stale lock files.
+/// Runs that left nothing to do or tell (no server object, no restore step) are removed
+/// without a report.
+pub async fn dead_runs(dirs: &[&Path], settings: &Settings) -> Vec<Cleaned> {
+    let mut cleaned = Vec::new();
+    for dir in dirs {
+        remove_legacy_locks(dir);
+        let Ok(dead) = workdir::dead_in(dir, &RUN_SUFFIXES) else {
+            continue;
+        };
+        for path in dead {
+            if let Some(done) = clean(&path, settings).await {
+                if !done.lines.is_empty() || !done.complete {
+                    cleaned.push(done);
+                }
+            }
+        }
+    }
+    cleaned
+}
+
+/// Cleans one dead run's directory; `None` when another process got to it first.
+async fn clean(path: &Path, settings: &Settings) -> Option<Cleaned> {
+    // Whoever holds the dead run's lock cleans it; a second cleaner leaves it alone.
+    let _lock = layout::try_lock(&path.join(workdir::LOCK_FILE)).ok()??;
+    let records = workdir::read_journal(path).unwrap_or_default();
+    let run = records
+        .iter()
+        .find_map(|r| match r {
+            Record::Run {
+                command,
+                path,
+                pid,
+                started,
+            } => Some(format!(
+                "`{command} {}` (pid {pid}, started {})",
+                path.display(),
+                crate::manifest::format_timestamp(*started)
+            )),
+            _ => None,
+        })
+        .unwrap_or_else(|| "wqm run".to_string());
+    let mut lines = Vec::new();
+    let mut complete = true;
+    for object in workdir::outstanding(&records) {
+        let (line, removed) = remove(&object, settings).await;
+        lines.push(line);
+        complete &= removed;
+    }
+    lines.extend(restore_report(&records));
+    if complete {
+        if let Err(e) = fs::remove_dir_all(path) {
+            lines.push(format!("cannot remove `{}`: {e}", path.display()));
+            complete = false;
+        }
+    }
+    Some(Cleaned {
+        path: path.to_path_buf(),
+        run,
+        lines,
+        complete,
+    })
+}
+
+/// What a dead restore had changed, and the way back.
+fn restore_report(records: &[Record]) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut safety = None;
+    let mut daemon_stopped = false;
+    for record in records {
+        match record {
+            Record::Done { text } => lines.push(format!("the restore had done: {text}")),
+            Record::SafetyBackup { path } => safety = Some(path.clone()),
+            Record::DaemonStopped { stopped } => daemon_stopped = *stopped,
+            _ => {}
+        }
+    }
+    if daemon_stopped {
+        lines.push(
+            "the restore had stopped the daemon and did not start it again: start it".to_string(),
+        );
+    }
+    let changed = records
+        .iter()
+        .any(|r| matches!(r, Record::Done { .. } | Record::UploadStarted { .. }));
+    if changed {
+        lines.push(match safety {
+            Some(path) => format!(
+                "the way back: wqm backup restore {} --force --overwrite",
+                path.display()
+            ),
+            None => "no safety backup was complete; rerun the restore to finish it".to_string(),
+        });
+    }
+    lines
+}
+
+/// Removes one object from the server; the line says what happened, the flag whether it is gone.
+async fn remove(object: &Outstanding, settings: &Settings) -> (String, bool) {
+    let place = &object.place;
+    let scope = match place.shard {
+        Some(id) => Scope::Shard(&place.collection, id),
+        None => Scope::Collection(&place.collection),
+    };
+    let Some(client) = client_for(&place.node, settings) else {
+        return (
+            format!(
+                "{} of {scope} on {} was left, and that server is not configured (`qdrant.url`, `qdrant.nodes`); delete it by hand",
+                describe(&object.kind),
+                place.node
+            ),
+            false,
+        );
+    };
+    let name = match &object.kind {
+        ObjectKind::Snapshot(name) | ObjectKind::Upload(name) => name.clone(),
+        ObjectKind::SnapshotRequested { at } => match requested_snapshot(&client, scope, *at).await
+        {
+            Ok(Some(name)) => name,
+            Ok(None) if crate::now() - at < STILL_IN_THE_MAKING_SECONDS => {
+                return (
+                    format!(
+                        "a snapshot of {scope} asked for at {} may still be in the making on {}; run `wqm backup cleanup` again later",
+                        crate::manifest::format_timestamp(*at),
+                        place.node
+                    ),
+                    false,
+                )
+            }
+            Ok(None) => {
+                return (
+                    format!(
+                        "no snapshot of {scope} from {} is on {}: nothing to delete",
+                        crate::manifest::format_timestamp(*at),
+                        place.node
+                    ),
+                    true,
+                )
+            }
+            Err(e) => return (format!("cannot list the snapshots of {scope}: {e}"), false),
+        },
+    };
+    match client.delete_snapshot(scope, &name).await {
+        Ok(()) => (
+            format!("deleted snapshot `{name}` of {scope} from {}", place.node),
+            true,
+        ),
+        Err(QdrantError::NotFound { .. }) => (
+            format!("snapshot `{name}` of {scope} was already gone"),
+            true,
+        ),
+        Err(e) => (
+            format!(
+                "could not delete snapshot `{name}` of {scope} ({e}); delete it with: {}",
+                client.delete_command(scope, &name)
+            ),
+            false,
+        ),
+    }
+}
+
+fn describe(kind: &ObjectKind) -> String {
+    match kind {
+        ObjectKind::Snapshot(name) => format!("snapshot `{name}`"),
+        ObjectKind::Upload(name) => format!("uploaded copy `{name}`"),
+        ObjectKind::SnapshotRequested { at } => format!(
+            "a snapshot asked for at {}",
+            crate::manifest::format_timestamp(*at)
+        ),
+    }
+}
+
+/// A client for `node` (a URL as journals record it, without password), when it is the
+/// configured server or one of the configured cluster nodes: wqm sends its key nowhere else.
+fn client_for(node: &str, settings: &Settings) -> Option<Client> {
+    let qdrant = &settings.qdrant;
+    std::iter::once(&qdrant.url)
+        .chain(&qdrant.nodes)
+        .filter_map(|url| {
+            Client::new(
+                url,
+                qdrant.api_key.as_deref(),
+                qdrant.ca_cert.as_deref(),
+                settings.backup.transfer.timeouts(),
+            )
+            .ok()
+        })
+        .find(|client| client.display_url() == node)
+}
+
+/// The snapshot of `scope` Qdrant started within a few seconds of `at`: the name
+/// `{collection}-{peer}-{YYYY-MM-DD-HH-MM-SS}.snapshot` carries the second it began (UTC).
+async fn requested_snapshot(
+    client: &Client,
+    scope: Scope<'_>,
+    at: f64,
+) -> Result<Option<String>, QdrantError> {
+    let collection = match scope {
+        Scope::Collection(c) | Scope::Shard(c, _) => c,
+    };
+    let snapshots = match client.list_snapshots(scope).await {
+        Ok(snapshots) => snapshots,
+        Err(QdrantError::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    Ok(snapshots
+        .into_iter()
+        .map(|s| s.name)
+        .find(|name| made_near(name, collection, at)))
+}
+
+fn made_near(name: &str, collection: &str, at: f64) -> bool {
+    let Some(rest) = name
+        .strip_prefix(collection)
+        .and_then(|r| r.strip_prefix('-'))
+        .and_then(|r| r.strip_suffix(".snapshot"))
+    else {
+        return false;
+    };
+    let Some(stamp) = rest.len().checked_sub(19).and_then(|i| rest.get(i..)) else {
+        return false;
+    };
+    chrono::NaiveDateTime::parse_from_str(stamp, "%Y-%m-%d-%H-%M-%S")
+        .map(|t| (t.and_utc().timestamp() as f64 - at).abs() <= NAME_TIME_SLACK_SECONDS)
+        .unwrap_or(false)
+}
+
+/// wqm 0.3.0 left `.NAME.wqm-lock` beside every backup; nobody holding one means it is stale.
+fn remove_legacy_locks(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        if name.starts_with('.')
+            && name.ends_with(LEGACY_LOCK_SUFFIX)
+            && entry.file_type().is_ok_and(|t| t.is_file())
+            && !layout::lock_is_held(&path)
+        {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_requested_snapshot_is_recognised_by_its_name_and_second() {
+        let at = chrono::NaiveDateTime::parse_from_str("2026-11-29-10-00-00", "%Y-%m-%d-%H-%M-%S")
+            .unwrap()
+            .and_utc()
+            .timestamp() as f64;
+        assert!(made_near(
+            "projects-123-2026-11-29-10-00-01.snapshot",
+            "projects",
+            at
+        ));
+        assert!(made_near(
+            "projects-123-2026-11-29-09-59-58.snapshot",
+            "projects",
+            at
+        ));
+        assert!(!made_near(
+            "projects-123-2026-11-29-10-00-09.snapshot",
+            "projects",
+            at
+        ));
+        assert!(!made_near(
+            "projects-x-123-2026-11-29-10-00-00.snapshot.tmp",
+            "projects",
+            at
+        ));
+        assert!(!made_near(
+            "other-123-2026-11-29-10-00-00.snapshot",
+            "projects",
+            at
+        ));
+        assert!(!made_near("projects-.snapshot", "projects", at));
+    }
+
+    #[test]
+    fn a_dead_restore_reports_what_it_did_and_the_way_back() {
+        let records = vec![
+            Record::SafetyBackup {
+                path: PathBuf::from("/b/safety"),
+            },
+            Record::DaemonStopped { stopped: true },
+            Record::Done {
+                text: "collection `a` restored".to_string(),
+            },
+        ];
+        assert_eq!(
+            restore_report(&records),
+            [
+                "the restore had done: collection `a` restored",
+                "the restore had stopped the daemon and did not start it again: start it",
+                "the way back: wqm backup restore /b/safety --force --overwrite",
+            ]
+        );
+        assert!(
+            restore_report(&records[..1]).is_empty(),
+            "nothing changed yet"
+        );
+    }
+}

@@ -1,0 +1,573 @@
+//! Fault injection: wqm killed (`kill -9`), terminated or hung up at each phase boundary of
+//! `create` and `restore` (failpoints, compiled into debug builds: see `src/failpoint.rs`). For
+//! each: nothing that `list` or `validate` accepts unless it completed, a staging directory never
+//! validates, and after the next run nothing is left on the server.
+
+use std::fs;
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use crate::fixtures;
+use crate::qdrant_double::{Double, Faults};
+use crate::test::{self, Test};
+
+/// Entries of `dir`, sorted, hidden ones included (`ls -A`), but for the tests' own `home`.
+fn ls_a(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "home")
+        .collect();
+    names.sort();
+    names
+}
+
+/// `wqm ARGS` against the double in `tmp`, with `failpoints` set; waits for it to end.
+fn run_with(tmp: &Path, double: &Double, failpoints: &str, args: &[&str]) -> Output {
+    let mut command = test::wqm_command(tmp, args);
+    command
+        .env("QDRANT_URL", &double.url)
+        .env("WQM_DATA_DIR", tmp.join("data"))
+        .env("WQM_FAILPOINTS", failpoints);
+    command.output().unwrap()
+}
+
+fn killed(output: &Output) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    output.status.signal() == Some(9)
+}
+
+fn wait_for(what: &str, ready: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ready() {
+        assert!(Instant::now() < deadline, "{what} never happened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `wqm backup cleanup DIR` against the double: its stdout.
+fn cleanup(tmp: TempDir, double: &Double, expect: impl Fn(&str) + 'static) -> TempDir {
+    let (_, tmp) = Test::in_dir(tmp)
+        .env("QDRANT_URL", &double.url)
+        .env("WQM_DATA_DIR", "{TMP}/data")
+        .args("backup cleanup {TMP}")
+        .stdout_with(expect)
+        .run();
+    tmp
+}
+
+fn backup(tmp: TempDir, double: &Double, name: &str, description: &str) -> TempDir {
+    let (_, tmp) = Test::in_dir(tmp)
+        .env("QDRANT_URL", &double.url)
+        .env("WQM_DATA_DIR", "{TMP}/data")
+        .args(&format!("backup create {{TMP}}/{name} -d {description}"))
+        .stdout_with(|o| assert!(o.starts_with("Backup created: "), "{o}"))
+        .run();
+    tmp
+}
+
+fn description(backup: &Path) -> String {
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(backup.join("metadata/manifest.json")).unwrap()).unwrap();
+    manifest["description"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn kill_9_while_qdrant_makes_the_snapshot_orphans_nothing_after_the_next_run() {
+    let double = Double::start();
+    double.state().faults = Faults {
+        create_delay: Some(Duration::from_millis(800)),
+        ..Faults::default()
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let target = tmp.path().join("b");
+    let command = test::wqm_command(tmp.path(), &["backup", "create", target.to_str().unwrap()]);
+    let mut command = command;
+    command.env("QDRANT_URL", &double.url);
+    let output = test::signalled(command, &["KILL"], || {
+        double
+            .requests()
+            .iter()
+            .any(|r| r.starts_with("POST") && r.contains("/snapshots"))
+    });
+    assert!(killed(&output));
+    // Qdrant finishes the snapshot nobody will download.
+    wait_for("the snapshot", || double.snapshots_left().len() == 1);
+    assert_eq!(ls_a(tmp.path()), [".b.wqm-staging"]);
+    let tmp = cleanup(tmp, &double, |out| {
+        assert!(
+            out.contains("cleaned up after a dead run: `create "),
+            "{out}"
+        );
+        assert!(out.contains("  deleted snapshot `small-named-"), "{out}");
+        assert!(out.ends_with("; 0 not finished\n"), "{out}");
+    });
+    assert!(double.snapshots_left().is_empty());
+    assert!(ls_a(tmp.path()).is_empty());
+}
+
+#[test]
+fn kill_9_mid_download_is_cleaned_up_by_the_next_create() {
+    let double = Double::start();
+    let tmp = tempfile::tempdir().unwrap();
+    fs::create_dir(tmp.path().join("data")).unwrap();
+    let output = run_with(
+        tmp.path(),
+        &double,
+        "create:downloading=kill",
+        &["backup", "create", tmp.path().join("b1").to_str().unwrap()],
+    );
+    assert!(killed(&output));
+    assert_eq!(double.snapshots_left().len(), 1, "the dead run's snapshot");
+    test::refuses_as_unfinished(&tmp.path().join(".b1.wqm-staging/backup"));
+
+    let (_, tmp) = Test::in_dir(tmp)
+        .env("QDRANT_URL", &double.url)
+        .args("backup create {TMP}/b2")
+        .stdout_with(|o| assert!(o.starts_with("Backup created: "), "{o}"))
+        .stderr_with(|e| {
+            assert!(
+                e.starts_with("wqm: warning: cleaned up after a dead run: `create "),
+                "{e}"
+            );
+            assert!(e.contains("/b1` (pid "), "{e}");
+            assert!(e.contains("\n  deleted snapshot `small-named-"), "{e}");
+        })
+        .run();
+    assert!(double.snapshots_left().is_empty());
+    assert_eq!(ls_a(tmp.path()), ["b2", "data"]);
+}
+
+#[test]
+fn a_snapshot_qdrant_could_not_delete_is_retried_by_the_next_run() {
+    let double = Double::start();
+    double.state().faults.delete_error = true;
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, tmp) = Test::in_dir(tmp)
+        .env("QDRANT_URL", &double.url)
+        .args("backup create {TMP}/b1")
+        .stdout_with(|o| assert!(o.starts_with("Backup created: "), "{o}"))
+        .stderr_with(|e| assert!(e.contains("could not delete snapshot"), "{e}"))
+        .run();
+    assert_eq!(double.snapshots_left().len(), 2);
+    assert!(tmp.path().join(".b1.wqm-staging/journal.jsonl").is_file());
+    assert!(!tmp.path().join(".b1.wqm-staging/backup").exists());
+    double.state().faults.delete_error = false;
+    let tmp = cleanup(tmp, &double, |out| {
+        assert_eq!(out.matches("  deleted snapshot `").count(), 2, "{out}")
+    });
+    assert!(double.snapshots_left().is_empty());
+    assert_eq!(ls_a(tmp.path()), ["b1"]);
+}
+
+#[test]
+fn sigterm_and_sighup_take_the_clean_path() {
+    for (signal, code, said) in [
+        ("TERM", 143, "wqm: terminated (SIGTERM); cleaning up"),
+        ("HUP", 129, "wqm: hung up (SIGHUP); cleaning up"),
+    ] {
+        let double = Double::start();
+        double.state().faults = Faults {
+            create_delay: Some(Duration::from_millis(500)),
+            ..Faults::default()
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let mut command = test::wqm_command(
+            tmp.path(),
+            &["backup", "create", tmp.path().join("b").to_str().unwrap()],
+        );
+        command.env("QDRANT_URL", &double.url);
+        let output = test::signalled(command, &[signal], || {
+            double.requests().iter().any(|r| r.starts_with("POST"))
+        });
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(code), "{stderr}");
+        assert!(stderr.starts_with(said), "{stderr}");
+        // It waited for the snapshot Qdrant was making, and deleted it.
+        assert!(double.snapshots_left().is_empty(), "{signal}");
+        assert!(ls_a(tmp.path()).is_empty(), "{signal}");
+    }
+}
+
+#[test]
+fn a_failpoint_term_mid_download_exits_143_leaving_nothing() {
+    let double = Double::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let output = run_with(
+        tmp.path(),
+        &double,
+        "create:downloading=term",
+        &["backup", "create", tmp.path().join("b").to_str().unwrap()],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(143), "{stderr}");
+    assert!(double.snapshots_left().is_empty());
+    assert!(ls_a(tmp.path()).is_empty(), "{:?}", ls_a(tmp.path()));
+}
+
+#[test]
+fn a_second_signal_quits_at_once_and_says_what_is_left() {
+    let double = Double::start();
+    double.state().faults = Faults {
+        create_delay: Some(Duration::from_secs(3)),
+        ..Faults::default()
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut command = test::wqm_command(
+        tmp.path(),
+        &["backup", "create", tmp.path().join("b").to_str().unwrap()],
+    );
+    command.env("QDRANT_URL", &double.url);
+    let started = Instant::now();
+    let output = test::signalled(command, &["INT", "INT"], || {
+        double.requests().iter().any(|r| r.starts_with("POST"))
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "it did not wait"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "wqm: quitting before the cleanup finished: `{}` is left for the next run (or `wqm backup cleanup`)\n",
+            tmp.path().join(".b.wqm-staging").display()
+        )),
+        "{stderr}"
+    );
+    wait_for("the snapshot", || double.snapshots_left().len() == 1);
+    cleanup(tmp, &double, |out| {
+        assert!(out.contains("  deleted snapshot `small-named-"), "{out}")
+    });
+    assert!(double.snapshots_left().is_empty());
+}
+
+#[test]
+fn force_swaps_atomically_whenever_it_is_killed() {
+    let double = Double::start();
+    let tmp = backup(tempfile::tempdir().unwrap(), &double, "b", "old");
+    let b = tmp.path().join("b");
+    // Killed just before the swap: the old backup is whole under the name.
+    let output = run_with(
+        tmp.path(),
+        &double,
+        "create:before-rename=kill",
+        &[
+            "backup",
+            "create",
+            b.to_str().unwrap(),
+            "--force",
+            "-d",
+            "new",
+        ],
+    );
+    assert!(killed(&output));
+    assert_eq!(description(&b), "old");
+    test::validates(&b);
+    test::refuses_as_unfinished(&tmp.path().join(".b.wqm-staging/backup"));
+    // Killed just after it: the new one is.
+    let output = run_with(
+        tmp.path(),
+        &double,
+        "create:replaced-not-removed=kill",
+        &[
+            "backup",
+            "create",
+            b.to_str().unwrap(),
+            "--force",
+            "-d",
+            "new",
+        ],
+    );
+    assert!(killed(&output));
+    assert_eq!(description(&b), "new");
+    test::validates(&b);
+    let tmp = cleanup(tmp, &double, |_| {});
+    assert_eq!(ls_a(tmp.path()), ["b"]);
+    assert!(double.snapshots_left().is_empty());
+}
+
+#[test]
+fn a_backup_killed_while_verifying_never_validates() {
+    let double = Double::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let output = run_with(
+        tmp.path(),
+        &double,
+        "create:verifying=kill",
+        &["backup", "create", tmp.path().join("b").to_str().unwrap()],
+    );
+    assert!(killed(&output));
+    let staged = tmp.path().join(".b.wqm-staging/backup");
+    assert!(staged.join("metadata/manifest.json").is_file());
+    test::refuses_as_unfinished(&staged);
+    Test::new()
+        .env("QDRANT_URL", &double.url)
+        .args(&format!("backup restore {} --dry-run", staged.display()))
+        .status(3)
+        .stderr_with(|e| {
+            assert!(
+                e.contains("is the staging directory of an unfinished backup, not a backup"),
+                "{e}"
+            )
+        })
+        .run();
+    Test::new()
+        .args(&format!("backup list {}", tmp.path().display()))
+        .stdout_with(|o| assert!(!o.contains("wqm-staging"), "{o}"))
+        .run();
+}
+
+/// A backup of the double's collections and a live state DB in `data/`, then the server loses
+/// everything, so a restore uploads both collections and replaces the database.
+fn restore_scene(double: &Double) -> TempDir {
+    let t = Test::new();
+    fs::create_dir_all(t.join("data")).unwrap();
+    fixtures::state_db(&t.join("data/state.db"));
+    let (_, tmp) = t
+        .env("QDRANT_URL", &double.url)
+        .env("WQM_DATA_DIR", "{TMP}/data")
+        .args("backup create {TMP}/b")
+        .stdout_with(|o| assert!(o.contains("Backup created: "), "{o}"))
+        .run();
+    let mut state = double.state();
+    state.collections.clear();
+    state.aliases.clear();
+    drop(state);
+    tmp
+}
+
+#[test]
+fn a_restore_killed_after_an_upload_leaves_no_copy_after_the_next_run_and_says_the_way_back() {
+    let double = Double::start();
+    let tmp = restore_scene(&double);
+    let output = run_with(
+        tmp.path(),
+        &double,
+        "restore:uploaded=kill",
+        &[
+            "backup",
+            "restore",
+            tmp.path().join("b").to_str().unwrap(),
+            "--force",
+        ],
+    );
+    assert!(
+        killed(&output),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let left = double.snapshots_left();
+    assert!(
+        left.len() == 1 && left[0].contains("/wqm-restore-"),
+        "{left:?}"
+    );
+    let work = tmp.path().join("data/.wqm-restore");
+    assert!(work.join("journal.jsonl").is_file());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            fs::metadata(&work).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+    }
+    let safety: Vec<String> = ls_a(tmp.path())
+        .into_iter()
+        .filter(|n| n.starts_with("safety-"))
+        .collect();
+    assert_eq!(safety.len(), 1, "the safety backup was complete");
+    let way_back = format!(
+        "  the way back: wqm backup restore {} --force --overwrite\n",
+        tmp.path().join(&safety[0]).display()
+    );
+    let tmp = cleanup(tmp, &double, move |out| {
+        assert!(
+            out.contains("cleaned up after a dead run: `restore "),
+            "{out}"
+        );
+        assert!(
+            out.contains("  deleted snapshot `wqm-restore-small-named-"),
+            "{out}"
+        );
+        assert!(out.contains(&way_back), "{out}");
+    });
+    assert!(double.snapshots_left().is_empty());
+    assert!(!tmp.path().join("data/.wqm-restore").exists());
+}
+
+#[test]
+fn a_restore_killed_after_replacing_the_database_reports_every_step_on_the_next_run() {
+    let double = Double::start();
+    let tmp = restore_scene(&double);
+    let output = run_with(
+        tmp.path(),
+        &double,
+        "restore:database-replaced=kill",
+        &[
+            "backup",
+            "restore",
+            tmp.path().join("b").to_str().unwrap(),
+            "--force",
+        ],
+    );
+    assert!(killed(&output));
+    let state_db = tmp.path().join("data/state.db");
+    // The rerun completes it: the collections are back, so --overwrite.
+    let (_, tmp) = Test::in_dir(tmp)
+        .env("QDRANT_URL", &double.url)
+        .env("WQM_DATA_DIR", "{TMP}/data")
+        .args("backup restore {TMP}/b --force --overwrite")
+        .stdout_with(|o| assert!(o.contains("Restore completed from "), "{o}"))
+        .stderr_with(move |e| {
+            assert!(e.contains("cleaned up after a dead run: `restore "), "{e}");
+            assert!(
+                e.contains("  the restore had done: collection `small-named` restored\n"),
+                "{e}"
+            );
+            assert!(
+                e.contains(&format!(
+                    "  the restore had done: `{}` replaced\n",
+                    state_db.display()
+                )),
+                "{e}"
+            );
+            assert!(e.contains("  the way back: wqm backup restore "), "{e}");
+        })
+        .run();
+    assert!(double.snapshots_left().is_empty());
+    assert!(!tmp.path().join("data/.wqm-restore").exists());
+}
+
+/// `wqm ARGS` against a real server with `failpoints` set; waits for it to end.
+fn run_real(tmp: &Path, url: &str, failpoints: &str, args: &[&str]) -> Output {
+    let mut command = test::wqm_command(tmp, args);
+    command
+        .env("QDRANT_URL", url)
+        .env("WQM_DATA_DIR", tmp.join("data"))
+        .env("WQM_FAILPOINTS", failpoints);
+    command.output().unwrap()
+}
+
+#[test]
+#[cfg_attr(
+    not(real_qdrant),
+    ignore = "needs a real Qdrant: set WQM_TEST_QDRANT_BIN or WQM_TEST_QDRANT_URL"
+)]
+fn real_server_kill_9_of_wqm_at_each_phase_leaves_nothing_after_the_next_run() {
+    use crate::real_qdrant::{self, Server};
+    let server = Server::start();
+    real_qdrant::workspace(&server);
+    let before = real_qdrant::fingerprint(&server);
+    let tmp = tempfile::tempdir().unwrap();
+    fs::create_dir(tmp.path().join("data")).unwrap();
+    fixtures::state_db(&tmp.path().join("data/state.db"));
+    let target = tmp.path().join("b");
+    for point in [
+        "create:snapshot-made",
+        "create:downloading",
+        "create:downloaded",
+        "create:databases",
+        "create:manifest",
+        "create:verifying",
+    ] {
+        let output = run_real(
+            tmp.path(),
+            &server.url,
+            &format!("{point}=kill"),
+            &["backup", "create", target.to_str().unwrap()],
+        );
+        assert!(killed(&output), "{point}");
+        assert!(!target.exists(), "{point}: no backup appears");
+        let left = server.snapshots_left();
+        let cleaned = run_real(
+            tmp.path(),
+            &server.url,
+            "",
+            &["backup", "cleanup", tmp.path().to_str().unwrap()],
+        );
+        let out = String::from_utf8_lossy(&cleaned.stdout);
+        assert!(cleaned.status.success(), "{point}: {out}");
+        for snapshot in &left {
+            let name = snapshot.rsplit('/').next().unwrap();
+            assert!(
+                out.contains(&format!("deleted snapshot `{name}`")),
+                "{point}: {out}"
+            );
+        }
+        assert_eq!(server.snapshots_left(), Vec::<String>::new(), "{point}");
+        assert_eq!(ls_a(tmp.path()), ["data"], "{point}");
+    }
+    // A complete backup, then a restore killed at each phase; the next run cleans up and a
+    // rerun completes it.
+    let output = run_real(
+        tmp.path(),
+        &server.url,
+        "",
+        &["backup", "create", target.to_str().unwrap()],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for point in [
+        "restore:uploading",
+        "restore:uploaded",
+        "restore:database-replaced",
+    ] {
+        let output = run_real(
+            tmp.path(),
+            &server.url,
+            &format!("{point}=kill"),
+            &[
+                "backup",
+                "restore",
+                target.to_str().unwrap(),
+                "--force",
+                "--overwrite",
+            ],
+        );
+        assert!(
+            killed(&output),
+            "{point}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let cleaned = run_real(
+            tmp.path(),
+            &server.url,
+            "",
+            &["backup", "cleanup", tmp.path().to_str().unwrap()],
+        );
+        let out = String::from_utf8_lossy(&cleaned.stdout);
+        assert!(cleaned.status.success(), "{point}: {out}");
+        assert!(
+            out.contains("the way back: wqm backup restore "),
+            "{point}: {out}"
+        );
+        assert_eq!(server.snapshots_left(), Vec::<String>::new(), "{point}");
+        assert!(!tmp.path().join("data/.wqm-restore").exists(), "{point}");
+    }
+    let output = run_real(
+        tmp.path(),
+        &server.url,
+        "",
+        &[
+            "backup",
+            "restore",
+            target.to_str().unwrap(),
+            "--force",
+            "--overwrite",
+        ],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(real_qdrant::fingerprint(&server), before);
+    assert_eq!(server.snapshots_left(), Vec::<String>::new());
+}

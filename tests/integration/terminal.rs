@@ -1,0 +1,117 @@
+//! What only a terminal shows: progress bars that appear and end cleanly, and the restore
+//! prompt (`y`, `n`, Enter, Ctrl-C), on a real pseudo-terminal against the Qdrant test double.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::pty::Terminal;
+use crate::qdrant_double::{Double, Faults};
+use crate::restore::{lose_everything, safety_backups, scene, uploads};
+
+fn restore_on_a_terminal(tmp: &Path, double: &Double) -> Terminal {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wqm"));
+    command
+        .args(["backup", "restore"])
+        .arg(tmp.join("b"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", tmp.join("home"))
+        .env("TERM", "xterm")
+        .env("QDRANT_URL", &double.url)
+        .env("WQM_DATA_DIR", tmp.join("data"))
+        .current_dir(tmp);
+    Terminal::spawn(command)
+}
+
+const PROMPT: &str = "Restore 2 collection(s) and the state database from ";
+
+#[test]
+fn y_restores_and_the_progress_bars_appear_and_end_cleanly() {
+    let double = Double::start();
+    let tmp = scene(&double, "");
+    lose_everything(&double);
+    // Slow uploads, so the bars are drawn more than once.
+    double.state().faults = Faults {
+        upload_delay: Some(Duration::from_millis(700)),
+        ..Faults::default()
+    };
+    let mut terminal = restore_on_a_terminal(tmp.path(), &double);
+    terminal.wait_for("[y/N]");
+    terminal.type_keys(b"y");
+    let (status, screen) = terminal.finish();
+    assert!(status.success(), "{screen}");
+    assert!(screen.contains(PROMPT), "{screen}");
+    assert!(
+        screen.contains("? yes\r\n"),
+        "the answer is shown: {screen}"
+    );
+    // The upload bars were drawn, full at the end...
+    for (name, size) in [("small-named", "201.50 KiB"), ("small-plain", "178.50 KiB")] {
+        let full = format!("`{name}`            [==============================] {size}/{size} ");
+        assert!(screen.contains(&full), "{full:?} never drawn:\n{screen:?}");
+    }
+    // ...and every bar line was cleared before anything else was printed on the terminal.
+    let mut bars = 0;
+    for (at, _) in screen.match_indices(" eta ") {
+        let line = &screen[at..screen[at..].find('\n').map_or(screen.len(), |n| at + n)];
+        assert!(
+            line.contains("\r\u{1b}[2K"),
+            "a bar left behind: {line:?}\n{screen:?}"
+        );
+        bars += 1;
+    }
+    assert!(bars >= 4, "{screen:?}");
+    let results = &screen[screen.find("✓ safety backup: ").unwrap()..];
+    assert!(
+        !results.contains(" eta "),
+        "bars after the results: {results:?}"
+    );
+    assert!(
+        results.ends_with("s\r\n") && results.contains("Restore completed from "),
+        "{results:?}"
+    );
+    assert_eq!(uploads(&double).len(), 2);
+}
+
+#[test]
+fn n_and_enter_cancel_and_change_nothing() {
+    for keys in [&b"n"[..], b"\r"] {
+        let double = Double::start();
+        let tmp = scene(&double, "");
+        lose_everything(&double);
+        let mut terminal = restore_on_a_terminal(tmp.path(), &double);
+        terminal.wait_for("[y/N]");
+        terminal.type_keys(keys);
+        let (status, screen) = terminal.finish();
+        assert_eq!(status.code(), Some(1), "{keys:?}: {screen}");
+        assert!(screen.contains("? no\r\n"), "{screen:?}");
+        assert!(
+            screen.contains("wqm: error: Restore cancelled; nothing was changed"),
+            "{screen}"
+        );
+        assert!(uploads(&double).is_empty());
+        assert!(safety_backups(tmp.path()).is_empty());
+    }
+}
+
+#[test]
+fn ctrl_c_at_the_prompt_changes_nothing() {
+    let double = Double::start();
+    let tmp = scene(&double, "");
+    lose_everything(&double);
+    let mut terminal = restore_on_a_terminal(tmp.path(), &double);
+    terminal.wait_for("[y/N]");
+    terminal.type_keys(b"\x03");
+    let (status, screen) = terminal.finish();
+    assert_eq!(status.code(), Some(130), "{screen}");
+    assert!(
+        screen.ends_with("wqm: error: Restore cancelled (Ctrl-C); nothing was changed\r\n"),
+        "{screen:?}"
+    );
+    // The prompt hid the cursor; it is shown again.
+    let hidden = screen.rfind("\u{1b}[?25l").unwrap();
+    assert!(screen[hidden..].contains("\u{1b}[?25h"), "{screen:?}");
+    assert!(uploads(&double).is_empty());
+    assert!(safety_backups(tmp.path()).is_empty());
+}
