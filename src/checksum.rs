@@ -148,6 +148,11 @@ impl Digester {
         }
     }
 
+    /// Bytes hashed so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
     pub fn finish(self) -> Digests {
         Digests {
             bytes: self.bytes,

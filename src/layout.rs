@@ -10,12 +10,13 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use crate::checksum::{Algorithm, Digester, HashingWriter};
 use crate::compress::{Compression, Encoder};
 use crate::exit::{Classify, ExitCode};
 use crate::manifest::{FileEntry, FileKind, Manifest, ManifestError};
+use crate::store::BackupDir;
 use crate::workdir::{self, Record, WorkDir, WorkDirError};
 
 pub const METADATA_DIR: &str = "metadata";
@@ -101,54 +102,24 @@ impl Classify for LayoutError {
 
 // ---- names -----------------------------------------------------------------------------------
 
-/// A collection name from a manifest or from Qdrant, before it becomes part of a path.
+/// A collection name from a manifest or from Qdrant, before it becomes part of a path
+/// (`names::check_collection_name`).
 pub fn check_name(name: &str) -> Result<(), LayoutError> {
-    let reason = if name.is_empty() {
-        Some("empty")
-    } else if name.contains('/') || name.contains('\\') {
-        Some("contains a path separator")
-    } else if name == "." || name == ".." || name.contains("..") {
-        Some("contains `..`")
-    } else if name.contains('\0') {
-        Some("contains NUL")
-    } else if name.starts_with('.') {
-        Some("starts with `.`")
-    } else {
-        None
-    };
-    match reason {
-        Some(reason) => Err(LayoutError::UnsafeName {
-            name: name.to_string(),
-            reason,
-        }),
-        None => Ok(()),
-    }
+    crate::names::check_collection_name(name).map_err(|reason| LayoutError::UnsafeName {
+        name: crate::names::shown(name),
+        reason,
+    })
 }
 
-/// A `files[].path` of a manifest: relative, `/`-separated, inside the backup.
+/// A `files[].path` of a manifest: relative, `/`-separated, inside the backup layout
+/// (`names::EntryPath`).
 pub fn check_relative_path(path: &str) -> Result<(), LayoutError> {
-    let unsafe_path = |reason| {
-        Err(LayoutError::UnsafeName {
-            name: path.to_string(),
+    crate::names::EntryPath::parse(path)
+        .map(drop)
+        .map_err(|reason| LayoutError::UnsafeName {
+            name: crate::names::shown(path),
             reason,
         })
-    };
-    if path.contains('\0') {
-        return unsafe_path("contains NUL");
-    }
-    if path.contains('\\') {
-        return unsafe_path("contains a backslash");
-    }
-    if path.is_empty() || Path::new(path).is_absolute() {
-        return unsafe_path("is not a relative path");
-    }
-    if !Path::new(path)
-        .components()
-        .all(|c| matches!(c, Component::Normal(_)))
-    {
-        return unsafe_path("leaves the backup directory");
-    }
-    Ok(())
 }
 
 /// `collections/<name>.snapshot[.zst]`.
@@ -285,7 +256,7 @@ impl Staging {
                 });
             }
             // --force replaces a backup, never an arbitrary directory.
-            let is_backup = Manifest::load(&target.join(MANIFEST_PATH)).is_ok();
+            let is_backup = BackupDir::read_manifest(target).is_ok();
             let is_empty_dir = fs::read_dir(target).is_ok_and(|mut d| d.next().is_none());
             if !is_backup && !is_empty_dir {
                 return Err(LayoutError::NotABackup {
@@ -601,33 +572,6 @@ pub fn disk_usage(path: &Path) -> io::Result<u64> {
     Ok(total)
 }
 
-/// A backup directory and its manifest.
-#[derive(Debug)]
-pub struct BackupDir {
-    pub path: PathBuf,
-    pub manifest: Manifest,
-}
-
-impl BackupDir {
-    /// Opens an existing backup: the directory must exist and its manifest must parse.
-    pub fn open(path: &Path) -> anyhow::Result<Self> {
-        refuse_unfinished(path)?;
-        ensure_backup_dir(path)?;
-        let manifest = Manifest::load(&path.join(MANIFEST_PATH))?;
-        Ok(BackupDir {
-            path: path.to_path_buf(),
-            manifest,
-        })
-    }
-
-    pub fn name(&self) -> String {
-        self.path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| self.path.display().to_string())
-    }
-}
-
 /// Refuses a path given as a backup that is (inside) a staging directory: the run that made it
 /// is still going or died, whatever its manifest says.
 pub fn refuse_unfinished(path: &Path) -> Result<(), LayoutError> {
@@ -684,7 +628,7 @@ pub fn scan(dir: &Path) -> io::Result<Scan> {
         if !manifest_path.exists() && !path.join(METADATA_DIR).exists() {
             continue;
         }
-        match Manifest::load(&manifest_path) {
+        match BackupDir::read_manifest(&path) {
             Ok(manifest) => {
                 let size = disk_usage(&path).unwrap_or(0);
                 scan.backups.push(Found {

@@ -15,9 +15,12 @@ pub mod config;
 pub mod daemon;
 pub mod exit;
 pub mod failpoint;
+#[doc(hidden)]
+pub mod hostile;
 pub mod layout;
 pub mod manifest;
 pub mod migrations;
+pub mod names;
 pub mod output;
 pub mod progress;
 pub mod prune;
@@ -26,6 +29,7 @@ pub mod restore;
 pub mod secrets;
 pub mod snapshot;
 pub mod sqlite;
+pub mod store;
 pub mod verify;
 pub mod workdir;
 

@@ -4,8 +4,7 @@
 //! meaning, so old tooling keeps reading new backups, and old backups (no `format_version`) still load.
 
 use std::collections::BTreeMap;
-use std::fs;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -14,9 +13,14 @@ use serde_json::{Map, Value};
 use crate::checksum::Checksum;
 use crate::compress::Compression;
 use crate::exit::{Classify, ExitCode};
+use crate::names::{self, Database, EntryPath};
 
 /// The manifest format this wqm writes and the newest it reads.
 pub const FORMAT_VERSION: u32 = 1;
+
+/// The largest manifest wqm reads (`docs/manifest.md`): a backup of thousands of collections
+/// or shards needs a few MiB; anything larger is refused before it is parsed.
+pub const MAX_MANIFEST_BYTES: u64 = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -342,29 +346,119 @@ impl Manifest {
                 )))
             }
         }
-        serde_json::from_value(value).map_err(|e| invalid(e.to_string()))
+        let manifest: Manifest =
+            serde_json::from_value(value).map_err(|e| invalid(e.to_string()))?;
+        manifest.check_names().map_err(invalid)?;
+        Ok(manifest)
     }
 
-    /// Reads `path` (a `metadata/manifest.json`).
-    pub fn load(path: &Path) -> Result<Self, ManifestError> {
-        let text = fs::read_to_string(path).map_err(|source| {
-            if source.kind() == io::ErrorKind::NotFound {
-                ManifestError::Missing {
-                    path: path.to_path_buf(),
-                }
-            } else if source.kind() == io::ErrorKind::InvalidData {
-                ManifestError::Invalid {
-                    path: path.to_path_buf(),
-                    reason: "not UTF-8 text".to_string(),
-                }
-            } else {
-                ManifestError::Unreadable {
-                    path: path.to_path_buf(),
-                    source,
-                }
-            }
+    /// Reads a manifest from `reader` (its text is at most `MAX_MANIFEST_BYTES`); `path` only
+    /// names the file in errors.
+    pub fn read_from(reader: impl Read, path: &Path) -> Result<Self, ManifestError> {
+        let mut bytes = Vec::new();
+        reader
+            .take(MAX_MANIFEST_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|source| ManifestError::Unreadable {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+            return Err(too_large(path));
+        }
+        let text = String::from_utf8(bytes).map_err(|_| ManifestError::Invalid {
+            path: path.to_path_buf(),
+            reason: "not UTF-8 text".to_string(),
         })?;
         Self::from_json(&text, path)
+    }
+
+    /// Every name the manifest carries, checked before any of them is used: collection and
+    /// alias names, database names, stored file paths. The error names the field.
+    pub fn check_names(&self) -> Result<(), String> {
+        let unsafe_field = |field: String, value: &str, reason: names::Reason| {
+            Err(format!(
+                "`{field}` is unsafe: `{}` {reason}",
+                names::shown(value)
+            ))
+        };
+        let collection = |field: String, name: &str| match names::check_collection_name(name) {
+            Ok(()) => Ok(()),
+            Err(reason) => unsafe_field(field, name, reason),
+        };
+        let entry_path = |field: String, path: &str| match EntryPath::parse(path) {
+            Ok(_) => Ok(()),
+            Err(reason) => unsafe_field(field, path, reason),
+        };
+        match &self.collections {
+            Some(Collections::Counts(counts)) => {
+                for name in counts.keys() {
+                    collection(format!("collections.{}", names::shown(name)), name)?;
+                }
+            }
+            Some(Collections::Names(list)) => {
+                for (i, name) in list.iter().enumerate() {
+                    collection(format!("collections[{i}]"), name)?;
+                }
+            }
+            None => {}
+        }
+        for (i, name) in self.selected_collections.iter().flatten().enumerate() {
+            collection(format!("selected_collections[{i}]"), name)?;
+        }
+        for (name, details) in &self.collection_details {
+            let field = format!("collection_details.{}", names::shown(name));
+            collection(field.clone(), name)?;
+            for (i, alias) in details.aliases.iter().enumerate() {
+                collection(format!("{field}.aliases[{i}]"), alias)?;
+            }
+            if !details.snapshot.is_empty() {
+                entry_path(format!("{field}.snapshot"), &details.snapshot)?;
+            }
+            for (i, shard) in details.shards.iter().enumerate() {
+                entry_path(format!("{field}.shards[{i}].snapshot"), &shard.snapshot)?;
+            }
+        }
+        for (i, database) in self.databases.iter().enumerate() {
+            if let Err(reason) = Database::parse(&database.name) {
+                return unsafe_field(format!("databases[{i}].name"), &database.name, reason);
+            }
+            entry_path(format!("databases[{i}].file"), &database.file)?;
+        }
+        for (i, file) in self.files.iter().enumerate() {
+            entry_path(format!("files[{i}].path"), &file.path)?;
+        }
+        Ok(())
+    }
+
+    /// Reads the manifest file at `path`, which must be a regular file (a symlink is refused,
+    /// never followed) of at most `MAX_MANIFEST_BYTES`. `store::BackupDir::read_manifest` reads a
+    /// backup's own manifest with every component of its path checked.
+    pub fn load(path: &Path) -> Result<Self, ManifestError> {
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NOFOLLOW);
+        let file = options.open(path).map_err(|e| {
+            #[cfg(unix)]
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                return ManifestError::Invalid {
+                    path: path.to_path_buf(),
+                    reason: "is a symbolic link; wqm never follows links in a backup".to_string(),
+                };
+            }
+            load_error(path, e)
+        })?;
+        Self::read_opened(file, path)
+    }
+
+    /// Reads an opened manifest file: its size is checked before a byte is parsed.
+    pub fn read_opened(file: std::fs::File, path: &Path) -> Result<Self, ManifestError> {
+        let len = file.metadata().map_err(|e| load_error(path, e))?.len();
+        if len > MAX_MANIFEST_BYTES {
+            return Err(too_large(path));
+        }
+        Self::read_from(io::BufReader::new(file), path)
     }
 
     pub fn to_json(&self) -> String {
@@ -377,6 +471,33 @@ impl Manifest {
     /// creating missing parent directories.
     pub fn save(&self, path: &Path) -> io::Result<()> {
         write_atomic(path, self.to_json().as_bytes())
+    }
+}
+
+/// An error opening a manifest, as the manifest error it is.
+pub fn load_error(path: &Path, source: io::Error) -> ManifestError {
+    match source.kind() {
+        io::ErrorKind::NotFound => ManifestError::Missing {
+            path: path.to_path_buf(),
+        },
+        io::ErrorKind::InvalidData => ManifestError::Invalid {
+            path: path.to_path_buf(),
+            reason: source.to_string(),
+        },
+        _ => ManifestError::Unreadable {
+            path: path.to_path_buf(),
+            source,
+        },
+    }
+}
+
+fn too_large(path: &Path) -> ManifestError {
+    ManifestError::Invalid {
+        path: path.to_path_buf(),
+        reason: format!(
+            "larger than {} MiB, the most a manifest may have; not read",
+            MAX_MANIFEST_BYTES >> 20
+        ),
     }
 }
 

@@ -102,11 +102,12 @@ fn python_era(staged: &mut Staged) -> Result<()> {
     manifest.databases.clear();
     let file = format!("{}/state.db", crate::layout::SQLITE_DIR);
     let in_backup = staged.backup_dir.join(&file);
-    let db = staged
-        .databases
-        .get("state.db")
-        .cloned()
-        .or_else(|| in_backup.is_file().then_some(in_backup));
+    let db = staged.databases.get("state.db").cloned().or_else(|| {
+        // A plain file of the backup, not a link (SQLite opens it by path).
+        let stat = crate::store::stat_in(&staged.backup_dir, &file);
+        stat.is_ok_and(|s| s.kind == crate::store::Kind::File)
+            .then_some(in_backup)
+    });
     if let Some(db) = db {
         let conn = sqlite::open_immutable(&db).context("cannot open the legacy state database")?;
         let Some(schema_version) = sqlite::schema_version(&conn)? else {

@@ -13,8 +13,7 @@ use std::path::{Path, PathBuf};
 use chrono::{Datelike, Local, TimeZone};
 use serde::Serialize;
 
-use crate::layout::{self, MANIFEST_PATH};
-use crate::manifest::Manifest;
+use crate::layout;
 use crate::verify;
 
 const DELETING_SUFFIX: &str = ".wqm-deleting";
@@ -185,7 +184,7 @@ pub fn survey(dir: &Path) -> std::io::Result<(Vec<Candidate>, Vec<Skipped>)> {
             skipped.push(skip("being written (its staging directory is locked)"));
             continue;
         }
-        let manifest = match Manifest::load(&path.join(MANIFEST_PATH)) {
+        let manifest = match crate::store::BackupDir::read_manifest(&path) {
             Ok(m) => m,
             Err(e) => {
                 skipped.push(skip(&format!("not a wqm backup ({e})")));

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,19 +19,22 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::backup;
+use crate::checksum::{Algorithm, Digests, HashingReader};
 use crate::cleanup::{self, Cleaned};
 use crate::cluster;
 use crate::compat::{self, Decision, Policy};
 use crate::compress::Compression;
 use crate::config::Settings;
 use crate::daemon;
-use crate::exit::{ExitCode, Interrupted};
-use crate::layout::{self, BackupDir};
-use crate::manifest::{FileKind, Manifest};
+use crate::exit::{ExitCode, Failure, Interrupted};
+use crate::layout;
+use crate::manifest::{FileEntry, FileKind, Manifest};
 use crate::migrations::{self, Migration, Staged};
+use crate::names::{self, Database};
 use crate::progress::{self, Progress};
 use crate::qdrant::{Client, QdrantError, Scope};
 use crate::sqlite;
+use crate::store::BackupDir;
 use crate::verify::{self, Check, Severity};
 use crate::workdir::{Record, WorkDir};
 
@@ -182,6 +185,9 @@ pub struct Plan {
     pub blockers: Vec<Blocker>,
     #[serde(skip)]
     original: Manifest,
+    /// Where every file of the backup is read from.
+    #[serde(skip)]
+    source: BackupDir,
     /// The manifest after the migrations (computed on the manifest alone).
     #[serde(skip)]
     manifest: Manifest,
@@ -224,19 +230,6 @@ impl Plan {
     }
 }
 
-/// Where a database of the backup goes in the live data directory.
-fn live_path(settings: &Settings, name: &str) -> PathBuf {
-    if name == "state.db" {
-        settings.state_db.clone()
-    } else {
-        settings
-            .state_db
-            .parent()
-            .unwrap_or(Path::new("."))
-            .join(name)
-    }
-}
-
 fn live_schema(path: &Path) -> Option<i64> {
     let conn = sqlite::open_read_only(path).ok()?;
     sqlite::schema_version(&conn).ok().flatten()
@@ -251,10 +244,11 @@ pub async fn plan(
 ) -> Result<Plan> {
     let backup = BackupDir::open(&request.path)?;
     let original = backup.manifest.clone();
+    let backup_path = backup.path.clone();
     let validation = &settings.backup.validation;
 
     let mut plan = Plan {
-        backup: backup.path.clone(),
+        backup: backup_path.clone(),
         version: original.version.clone(),
         current_version: crate::VERSION.to_string(),
         format: original.format_name(),
@@ -285,6 +279,7 @@ pub async fn plan(
         blockers: Vec::new(),
         manifest: original.clone(),
         original,
+        source: backup,
         chain: Vec::new(),
         topology: None,
     };
@@ -304,12 +299,12 @@ pub async fn plan(
         warn_after_days: validation.version_warning_threshold,
         now: crate::now(),
     };
-    let report = verify::audit(&backup.path, &options, progress)?;
+    let report = verify::audit(&backup_path, &options, progress)?;
     let errors = report.damage();
     if !errors.is_empty() {
         plan.block(
             ExitCode::InvalidBackup,
-            format!("Backup validation failed: {}\n{}", backup.path.display(), errors.join("\n")),
+            format!("Backup validation failed: {}\n{}", backup_path.display(), errors.join("\n")),
             Some("restore another backup (`wqm backup list DIR`); `wqm backup validate PATH --check-files` shows every problem".to_string()),
         );
     }
@@ -344,7 +339,7 @@ pub async fn plan(
     let mut staged = Staged {
         manifest: plan.original.clone(),
         databases: BTreeMap::new(),
-        backup_dir: backup.path.clone(),
+        backup_dir: backup_path,
     };
     match migrations::apply(&plan.chain, &mut staged) {
         Ok(()) => plan.manifest = staged.manifest,
@@ -555,7 +550,21 @@ fn plan_aliases(plan: &mut Plan, existing: &[crate::qdrant::Alias]) {
 fn plan_databases(plan: &mut Plan, settings: &Settings) {
     let check = settings.backup.validation.check_schema_compatibility;
     for database in plan.manifest.databases.clone() {
-        let live = live_path(settings, &database.name);
+        // The live file comes from the settings; the manifest's name only picks which one.
+        let live = match Database::parse(&database.name) {
+            Ok(known) => known.live_path(&settings.state_db),
+            Err(reason) => {
+                plan.block(
+                    ExitCode::InvalidBackup,
+                    format!(
+                        "the backup's database `{}` {reason}",
+                        names::shown(&database.name)
+                    ),
+                    None,
+                );
+                continue;
+            }
+        };
         let live_exists = live.is_file();
         let live_schema = live_exists.then(|| live_schema(&live)).flatten();
         let action = match (plan.partial, database.name.as_str(), live_exists) {
@@ -975,7 +984,7 @@ async fn apply(
                 .ok_or_else(|| anyhow!("no file for `{}`", collection.name))?;
             upload(
                 client,
-                &plan.backup,
+                &plan.source,
                 entry,
                 Scope::Collection(&collection.name),
                 &work,
@@ -1046,11 +1055,19 @@ async fn apply(
         config_entry(&plan.manifest),
         plan.config.target.as_ref(),
     ) {
-        let text = fs::read_to_string(plan.backup.join(&entry.path))
-            .with_context(|| format!("cannot read `{}`", entry.path))?;
+        let mut bytes = Vec::new();
+        plan.source
+            .open_entry(entry)
+            .and_then(|f| f.take(entry.size).read_to_end(&mut bytes))
+            .map_err(|e| damaged(&entry.path, format!("cannot read: {e}")))?;
+        // What `validate --check-files` checks of it, before it becomes the live configuration.
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| "not UTF-8 text".to_string())
+            .and_then(|text| verify::check_config_text(text).map(|()| text))
+            .map_err(|problem| damaged(&entry.path, problem))?;
         // The secrets the backup left out come from the live file.
         let text = crate::secrets::restore_config(
-            &text,
+            text,
             &plan.manifest.config_redacted,
             live_config(settings).as_deref(),
         );
@@ -1087,21 +1104,17 @@ fn stage_databases(
         .filter(|d| d.action != DatabaseAction::Keep)
         .map(|d| d.name.as_str())
         .collect();
-    for (name, source, compression) in database_sources(&plan.original, &plan.backup) {
-        if !wanted.contains(&name.as_str()) {
+    for (database, entry) in database_sources(&plan.original) {
+        let name = database.file_name();
+        if !wanted.contains(&name) {
             continue;
         }
         progress::check_interrupted()?;
         progress.step(&format!("staging `{name}`"));
-        let copy = dir.join(&name);
-        let file =
-            File::open(&source).with_context(|| format!("cannot read `{}`", source.display()))?;
-        let mut reader = compression.decoder(BufReader::new(file))?;
-        let mut out = layout::create_private_file(&copy)
-            .with_context(|| format!("cannot write `{}`", copy.display()))?;
-        io::copy(&mut reader, &mut out)
-            .with_context(|| format!("cannot stage `{}`", source.display()))?;
-        staged.insert(name, copy);
+        // The copy's name is the known database's, never one from the manifest.
+        let copy = dir.join(name);
+        stage_database(&plan.source, entry, &copy)?;
+        staged.insert(name.to_string(), copy);
     }
     let mut migrated = Staged {
         manifest: plan.original.clone(),
@@ -1113,14 +1126,83 @@ fn stage_databases(
         let conn = rusqlite::Connection::open(path)?;
         sqlite::remove_unrestorable_rows(&conn)?;
         let problems = sqlite::integrity_problems(&conn)?;
-        anyhow::ensure!(
-            problems.is_empty(),
-            "the staged copy `{}` fails PRAGMA integrity_check: {}",
-            path.display(),
-            problems.join("; ")
-        );
+        if !problems.is_empty() {
+            return Err(damaged(
+                &path.display().to_string(),
+                format!(
+                    "its staged copy fails PRAGMA integrity_check: {}",
+                    problems.join("; ")
+                ),
+            ));
+        }
     }
     Ok(migrated.databases)
+}
+
+/// A legacy backup's plain copy of the state database.
+const LEGACY_STATE_DB: &str = "sqlite/state.db";
+
+/// Decompresses one stored database into `copy`, checking its content against the manifest
+/// as it goes (what `validate --check-files` checks, in the same pass).
+fn stage_database(source: &BackupDir, entry: Option<&FileEntry>, copy: &Path) -> Result<()> {
+    let rel = entry.map_or(LEGACY_STATE_DB, |e| e.path.as_str());
+    let file = match entry {
+        Some(entry) => source.open_entry(entry),
+        None => source.open_file(LEGACY_STATE_DB),
+    }
+    .map_err(|e| damaged(rel, format!("cannot read: {e}")))?;
+    let compression = entry.map_or(Compression::None, |e| e.compression);
+    let decoder = compression
+        .decoder(BufReader::new(file))
+        .map_err(|e| damaged(rel, format!("cannot decompress: {e}")))?;
+    let mut content = HashingReader::new(decoder, &[Algorithm::Sha256]);
+    let mut out = layout::create_private_file(copy)
+        .with_context(|| format!("cannot write `{}`", copy.display()))?;
+    let mut buffer = vec![0u8; 256 * 1024];
+    loop {
+        let n = match content.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(damaged(rel, format!("cannot decompress: {e}"))),
+        };
+        out.write_all(&buffer[..n])
+            .with_context(|| format!("cannot write `{}`", copy.display()))?;
+    }
+    out.sync_all()
+        .with_context(|| format!("cannot write `{}`", copy.display()))?;
+    let digests = content
+        .finish()
+        .map_err(|e| damaged(rel, format!("cannot decompress: {e}")))?;
+    if let Some(entry) = entry {
+        content_matches(entry, &digests).map_err(|problem| damaged(rel, problem))?;
+    }
+    Ok(())
+}
+
+/// The content read matches the manifest's `content_size` and `content_sha256`.
+fn content_matches(entry: &FileEntry, digests: &Digests) -> Result<(), String> {
+    let sha = digests
+        .get(Algorithm::Sha256)
+        .map(|c| c.value)
+        .unwrap_or_default();
+    if digests.bytes != entry.content_size || sha != entry.content_sha256 {
+        return Err(format!(
+            "content sha256 mismatch: the manifest says {} ({} bytes), the content has {sha} ({} bytes)",
+            entry.content_sha256, entry.content_size, digests.bytes
+        ));
+    }
+    Ok(())
+}
+
+/// A file of the backup that turned out damaged or unsafe while it was read: exit 3.
+fn damaged(rel: &str, problem: impl std::fmt::Display) -> anyhow::Error {
+    Failure::new(
+        ExitCode::InvalidBackup,
+        format!("the backup's `{}` is damaged: {problem}", names::shown(rel)),
+    )
+    .with_hint("restore another backup (`wqm backup list DIR`); `wqm backup validate PATH --check-files` shows every problem")
+    .into()
 }
 
 /// Restores a collection stored by shards: creates it (with its shard keys and payload
@@ -1194,7 +1276,7 @@ async fn restore_shards(
             .ok_or_else(|| anyhow!("no file for shard {} of `{name}`", shard.id))?;
         upload(
             node,
-            &plan.backup,
+            &plan.source,
             entry,
             Scope::Shard(name, target),
             work,
@@ -1306,71 +1388,49 @@ async fn wait_until_active(client: &Client, name: &str, timeout: Duration) -> Re
     }
 }
 
-/// (name, file in the backup, compression) of each database the backup holds.
-fn database_sources(manifest: &Manifest, backup: &Path) -> Vec<(String, PathBuf, Compression)> {
+/// Each database the backup holds and its stored file (`None`: a legacy backup's plain
+/// `sqlite/state.db`, staged when the restore wants it and it is there).
+fn database_sources(manifest: &Manifest) -> Vec<(Database, Option<&FileEntry>)> {
     if manifest.is_legacy() {
-        let path = backup.join(layout::SQLITE_DIR).join("state.db");
-        return if path.is_file() {
-            vec![("state.db".to_string(), path, Compression::None)]
-        } else {
-            Vec::new()
-        };
+        return vec![(Database::State, None)];
     }
     manifest
         .databases
         .iter()
         .filter_map(|d| {
-            manifest
-                .file(&d.file)
-                .map(|f| (d.name.clone(), backup.join(&f.path), f.compression))
+            Some((
+                Database::parse(&d.name).ok()?,
+                Some(manifest.file(&d.file)?),
+            ))
         })
         .collect()
 }
 
 /// Uploads a collection snapshot streamed from disk (decompressed on the fly, constant memory),
-/// then deletes the uploaded copy Qdrant keeps.
+/// then deletes the uploaded copy Qdrant keeps. The stream passes `validate --check-files`'
+/// checks on its way (`Inspected`): a damaged or hostile snapshot fails the upload with exit 3
+/// before Qdrant has received all of it.
 async fn upload(
     client: &Client,
-    backup: &Path,
-    entry: &crate::manifest::FileEntry,
+    source: &BackupDir,
+    entry: &FileEntry,
     scope: Scope<'_>,
     work: &WorkDir,
     progress: &dyn Progress,
 ) -> Result<()> {
-    let path = backup.join(&entry.path);
-    let file = File::open(&path).with_context(|| format!("cannot read `{}`", path.display()))?;
-    let compression = entry.compression;
+    let file = source
+        .open_entry(entry)
+        .map_err(|e| damaged(&entry.path, format!("cannot read: {e}")))?;
     let sent = Arc::new(AtomicU64::new(0));
     let (sender, mut receiver) = mpsc::channel::<io::Result<Bytes>>(8);
-    let counter = sent.clone();
-    let reader = tokio::task::spawn_blocking(move || {
-        let mut decoder = match compression.decoder(BufReader::new(file)) {
-            Ok(d) => d,
-            Err(e) => {
-                let _ = sender.blocking_send(Err(e));
-                return;
-            }
-        };
-        loop {
-            let mut buffer = vec![0u8; 256 * 1024];
-            match decoder.read(&mut buffer) {
-                Ok(0) => return,
-                Ok(n) => {
-                    buffer.truncate(n);
-                    counter.fetch_add(n as u64, Ordering::Relaxed);
-                    if sender.blocking_send(Ok(Bytes::from(buffer))).is_err() {
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    let _ = sender.blocking_send(Err(e));
-                    return;
-                }
-            }
-        }
-    });
+    let stream = Inspected {
+        entry: entry.clone(),
+        sender,
+        sent: sent.clone(),
+    };
+    let reader = tokio::task::spawn_blocking(move || stream.run(file));
     let body = futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx));
+    // The upload's file name is built from a checked collection name and a number only.
     let file_name = match scope {
         Scope::Collection(c) => format!("wqm-restore-{c}-{}.snapshot", std::process::id()),
         Scope::Shard(c, id) => {
@@ -1384,14 +1444,13 @@ async fn upload(
     })?;
     crate::failpoint::hit("restore:uploading")?;
     progress.begin(&scope.to_string(), Some(entry.content_size));
-    let uploading = client.upload_snapshot(
+    let mut uploading = Box::pin(client.upload_snapshot(
         scope,
         &file_name,
         body,
         entry.content_size,
         &entry.content_sha256,
-    );
-    tokio::pin!(uploading);
+    ));
     let mut reported = 0;
     let result = loop {
         tokio::select! {
@@ -1405,7 +1464,14 @@ async fn upload(
         }
     };
     progress.end();
-    reader.abort();
+    // Dropping the request drops the body: a reader still sending stops at once.
+    drop(uploading);
+    let checked = reader.await;
+    let result = match checked {
+        Ok(Err(Problem::Damaged(problem))) => Err(damaged(&entry.path, problem)),
+        Err(e) if result.is_ok() => Err(anyhow!("reading `{}` failed: {e}", entry.path)),
+        _ => result,
+    };
     crate::failpoint::hit("restore:uploaded")?;
     // Qdrant keeps an uploaded collection snapshot among the collection's snapshots: delete it.
     match client.delete_snapshot(scope, &file_name).await {
@@ -1422,6 +1488,136 @@ async fn upload(
         Err(_) => {}
     }
     result
+}
+
+/// How much decompressed snapshot is sent at a time; the last piece waits for the check.
+const UPLOAD_CHUNK: usize = 256 * 1024;
+
+/// Why reading a snapshot for an upload stopped.
+enum Problem {
+    /// The backup's file is damaged or unsafe (exit 3).
+    Damaged(String),
+    /// The upload ended first (it failed or was interrupted); its own error is reported.
+    Stopped,
+}
+
+/// A stored snapshot on its way to Qdrant, read once: decompressed, checked as `validate
+/// --check-files` checks it (`snapshot::inspect`: tar structure, member paths and types, nested
+/// segments, sizes), hashed and counted against the manifest — and sent on as it is read.
+struct Inspected {
+    entry: FileEntry,
+    sender: mpsc::Sender<io::Result<Bytes>>,
+    sent: Arc<AtomicU64>,
+}
+
+impl Inspected {
+    fn run(self, file: File) -> Result<(), Problem> {
+        let sender = self.sender.clone();
+        let outcome = self.check_and_send(file);
+        if let Err(Problem::Damaged(problem)) = &outcome {
+            // An error in the body aborts the request: Qdrant never gets a complete stream.
+            let _ = sender.blocking_send(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                problem.clone(),
+            )));
+        }
+        outcome
+    }
+
+    fn check_and_send(self, file: File) -> Result<(), Problem> {
+        let decoder = self
+            .entry
+            .compression
+            .decoder(BufReader::new(file))
+            .map_err(|e| Problem::Damaged(format!("cannot decompress: {e}")))?;
+        let mut tee = Tee {
+            inner: BufReader::with_capacity(UPLOAD_CHUNK, decoder),
+            sender: self.sender,
+            sent: self.sent,
+            pending: Vec::with_capacity(UPLOAD_CHUNK),
+            content: crate::checksum::Digester::new(&[Algorithm::Sha256]),
+            limit: self.entry.content_size,
+            failed: None,
+        };
+        let inspected = match self.entry.kind {
+            FileKind::ShardSnapshot => crate::snapshot::inspect_shard(&mut tee).map(drop),
+            _ => crate::snapshot::inspect(&mut tee).map(drop),
+        };
+        let drained = inspected
+            .as_ref()
+            .ok()
+            .map(|()| io::copy(&mut tee, &mut io::sink()));
+        if let Some(failed) = tee.failed.take() {
+            return Err(failed);
+        }
+        if let Err(e) = inspected {
+            return Err(Problem::Damaged(format!(
+                "not a valid Qdrant snapshot: {e}"
+            )));
+        }
+        if let Some(Err(e)) = drained {
+            return Err(Problem::Damaged(format!("cannot decompress: {e}")));
+        }
+        let digests = tee.content.finish();
+        content_matches(&self.entry, &digests).map_err(Problem::Damaged)?;
+        let last = std::mem::take(&mut tee.pending);
+        tee.sent.fetch_add(last.len() as u64, Ordering::Relaxed);
+        tee.sender
+            .blocking_send(Ok(Bytes::from(last)))
+            .map_err(|_| Problem::Stopped)
+    }
+}
+
+/// Passes what it reads on to the upload, a chunk at a time, keeping the latest back.
+struct Tee<R> {
+    inner: R,
+    sender: mpsc::Sender<io::Result<Bytes>>,
+    sent: Arc<AtomicU64>,
+    pending: Vec<u8>,
+    content: crate::checksum::Digester,
+    /// The manifest's `content_size`: no more is sent.
+    limit: u64,
+    /// Why reading stopped, when it was not the archive's fault.
+    failed: Option<Problem>,
+}
+
+impl<R: Read> Tee<R> {
+    fn fail(&mut self, problem: Problem) -> io::Error {
+        let message = match &problem {
+            Problem::Damaged(m) => m.clone(),
+            Problem::Stopped => "the upload stopped".to_string(),
+        };
+        self.failed.get_or_insert(problem);
+        io::Error::other(message)
+    }
+}
+
+impl<R: Read> Read for Tee<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = match self.inner.read(buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
+            Err(e) => return Err(self.fail(Problem::Damaged(format!("cannot decompress: {e}")))),
+        };
+        self.content.update(&buf[..n]);
+        if self.content.bytes() > self.limit {
+            let problem = format!(
+                "the content is longer than the manifest's {} bytes",
+                self.limit
+            );
+            return Err(self.fail(Problem::Damaged(problem)));
+        }
+        self.pending.extend_from_slice(&buf[..n]);
+        if self.pending.len() >= 2 * UPLOAD_CHUNK {
+            let rest = self.pending.split_off(UPLOAD_CHUNK);
+            let chunk = std::mem::replace(&mut self.pending, rest);
+            self.sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            if self.sender.blocking_send(Ok(Bytes::from(chunk))).is_err() {
+                return Err(self.fail(Problem::Stopped));
+            }
+        }
+        Ok(n)
+    }
 }
 
 /// Every restored collection exists with the manifest's exact point count and is not red;

@@ -2,7 +2,6 @@
 //! at the first. `validate` prints the report; `create` and `restore` use the same checks.
 
 use std::collections::BTreeSet;
-use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
@@ -12,10 +11,11 @@ use crate::checksum::{Algorithm, Digests, HashingReader};
 use crate::compat;
 use crate::exit::Interrupted;
 use crate::layout::{self, MANIFEST_PATH, REQUIRED_DIRS};
-use crate::manifest::{Collections, FileEntry, FileKind, Manifest};
+use crate::manifest::{Collections, FileEntry, FileKind, Manifest, MAX_MANIFEST_BYTES};
 use crate::progress::{self, Metered, Progress};
 use crate::snapshot;
 use crate::sqlite;
+use crate::store::{self, BackupDir, Kind};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -164,7 +164,7 @@ pub fn audit(
     }
     let missing: Vec<&str> = REQUIRED_DIRS
         .into_iter()
-        .filter(|d| !path.join(d).is_dir())
+        .filter(|d| !store::stat_in(path, d).is_ok_and(|s| s.kind == Kind::Dir))
         .collect();
     if missing.is_empty() {
         report.add(
@@ -187,7 +187,7 @@ pub fn audit(
         );
     }
 
-    let manifest = match Manifest::load(&path.join(MANIFEST_PATH)) {
+    let manifest = match BackupDir::read_manifest(path) {
         Ok(m) => m,
         Err(e) => {
             report.add(
@@ -219,21 +219,23 @@ pub fn audit(
         report.add(Severity::Warning, Check::Manifest, None, warning);
     }
 
-    if manifest.is_legacy() {
-        check_legacy(&mut report, path, &manifest, options)?;
+    let backup = BackupDir {
+        path: path.to_path_buf(),
+        manifest,
+    };
+    if backup.manifest.is_legacy() {
+        check_legacy(&mut report, &backup, options)?;
     } else {
-        check_contents(&mut report, path, &manifest);
+        check_contents(&mut report, &backup);
         if options.depth != Depth::Structure {
-            for entry in &manifest.files {
-                if layout::check_relative_path(&entry.path).is_ok()
-                    && path.join(&entry.path).is_file()
-                {
-                    check_file(&mut report, path, entry, options.depth, progress)?;
+            for entry in &backup.manifest.files {
+                if backup.stat(&entry.path).is_ok_and(|s| s.kind == Kind::File) {
+                    check_file(&mut report, &backup, entry, options.depth, progress)?;
                 }
             }
         }
     }
-    report.manifest = Some(manifest);
+    report.manifest = Some(backup.manifest);
     Ok(report)
 }
 
@@ -284,20 +286,12 @@ fn check_version(report: &mut Report, manifest: &Manifest, current: &str, policy
 }
 
 /// Format 1: the manifest's own consistency, every listed file present with its size, and no
-/// file the manifest does not list.
-fn check_contents(report: &mut Report, root: &Path, manifest: &Manifest) {
+/// file the manifest does not list. (Every name in it was checked when it was parsed.)
+fn check_contents(report: &mut Report, backup: &BackupDir) {
+    let manifest = &backup.manifest;
     let errors_before = report.count(Severity::Error);
     let mut listed = BTreeSet::new();
     for entry in &manifest.files {
-        if let Err(e) = layout::check_relative_path(&entry.path) {
-            report.add(
-                Severity::Error,
-                Check::Manifest,
-                Some(&entry.path),
-                e.to_string(),
-            );
-            continue;
-        }
         if !listed.insert(entry.path.as_str()) {
             report.add(
                 Severity::Error,
@@ -307,14 +301,16 @@ fn check_contents(report: &mut Report, root: &Path, manifest: &Manifest) {
             );
             continue;
         }
-        match fs::symlink_metadata(root.join(&entry.path)) {
-            Err(_) => report.add(Severity::Error, Check::Contents, Some(&entry.path), "missing: listed in the manifest but not in the backup"),
-            Ok(meta) if !meta.is_file() => report.add(Severity::Error, Check::Contents, Some(&entry.path), "not a regular file"),
-            Ok(meta) if meta.len() != entry.size => report.add(
+        match backup.stat(&entry.path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => report.add(Severity::Error, Check::Contents, Some(&entry.path), "missing: listed in the manifest but not in the backup"),
+            Err(e) => report.add(Severity::Error, Check::Contents, Some(&entry.path), format!("cannot be read: {e}")),
+            Ok(stat) if stat.kind == Kind::Symlink => report.add(Severity::Error, Check::Contents, Some(&entry.path), "a symbolic link: wqm never follows links in a backup"),
+            Ok(stat) if stat.kind != Kind::File => report.add(Severity::Error, Check::Contents, Some(&entry.path), "not a regular file"),
+            Ok(stat) if stat.len != entry.size => report.add(
                 Severity::Error,
                 Check::Size,
                 Some(&entry.path),
-                format!("size mismatch: the manifest says {} bytes, the file has {} (truncated or replaced)", entry.size, meta.len()),
+                format!("size mismatch: the manifest says {} bytes, the file has {} (truncated or replaced)", entry.size, stat.len),
             ),
             Ok(_) => {}
         }
@@ -402,7 +398,7 @@ fn check_contents(report: &mut Report, root: &Path, manifest: &Manifest) {
     }
 
     listed.insert(MANIFEST_PATH);
-    for unexpected in files_not_in(root, &listed) {
+    for unexpected in files_not_in(backup, &listed) {
         report.add(
             Severity::Error,
             Check::Contents,
@@ -423,26 +419,13 @@ fn check_contents(report: &mut Report, root: &Path, manifest: &Manifest) {
     }
 }
 
-/// Every file (or symlink) under `root` whose relative path is not in `expected`.
-fn files_not_in(root: &Path, expected: &BTreeSet<&str>) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut pending = vec![PathBuf::new()];
-    while let Some(rel_dir) = pending.pop() {
-        let Ok(entries) = fs::read_dir(root.join(&rel_dir)) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let rel = rel_dir.join(entry.file_name());
-            let rel_text = rel.to_string_lossy().replace('\\', "/");
-            match entry.file_type() {
-                Ok(t) if t.is_dir() => pending.push(rel),
-                _ if expected.contains(rel_text.as_str()) => {}
-                _ => found.push(rel_text),
-            }
-        }
-    }
-    found.sort();
-    found
+/// Every file (or symlink) in the backup whose relative path is not in `expected`.
+fn files_not_in(backup: &BackupDir, expected: &BTreeSet<&str>) -> Vec<String> {
+    backup
+        .list()
+        .into_iter()
+        .filter(|rel| !expected.contains(rel.as_str()))
+        .collect()
 }
 
 /// What reading one stored file showed.
@@ -456,13 +439,13 @@ struct Reading {
 /// Reads a stored file once: hashes the stored bytes, decompresses, hashes the content and
 /// checks it as its kind requires.
 fn read_file(
-    path: &Path,
+    backup: &BackupDir,
     entry: &FileEntry,
     algorithm: Algorithm,
     depth: Depth,
     progress: &dyn Progress,
 ) -> io::Result<Reading> {
-    let file = File::open(path)?;
+    let file = backup.open_entry(entry)?;
     progress.begin(&entry.path, Some(entry.size));
     let mut stored = HashingReader::new(Metered::new(file, progress), &[algorithm]);
     let mut problem = None;
@@ -477,7 +460,7 @@ fn read_file(
         Ok(decoder) => {
             let mut content = HashingReader::new(decoder, &[Algorithm::Sha256]);
             if depth == Depth::Full {
-                problem = check_content(entry, path, &mut content).err();
+                problem = check_content(entry, &mut content).err();
             }
             match content.finish() {
                 Ok(digests) => Some(digests),
@@ -499,11 +482,7 @@ fn read_file(
 }
 
 /// The kind-specific check of a file's original content, read from `content`.
-fn check_content(
-    entry: &FileEntry,
-    stored_path: &Path,
-    content: &mut impl Read,
-) -> Result<(), (Check, String)> {
+fn check_content(entry: &FileEntry, content: &mut impl Read) -> Result<(), (Check, String)> {
     match entry.kind {
         FileKind::CollectionSnapshot => snapshot::inspect(content)
             .map(drop)
@@ -516,32 +495,63 @@ fn check_content(
         }),
         FileKind::Config => {
             let mut text = String::new();
+            // A configuration file is small; a huge one is read no further than this.
             content
+                .take(MAX_MANIFEST_BYTES)
                 .read_to_string(&mut text)
                 .map_err(|e| (Check::Config, format!("cannot read the configuration: {e}")))?;
-            serde_yaml::from_str::<serde_yaml::Value>(&text)
-                .map(drop)
-                .map_err(|e| {
-                    (
-                        Check::Config,
-                        format!("the configuration is not valid YAML: {e}"),
-                    )
-                })
+            check_config_text(&text).map_err(|e| (Check::Config, e))
         }
         FileKind::SqliteDatabase => {
-            // SQLite needs a file it can seek in: the stored file itself, or a decompressed copy.
-            let copy;
-            let db_path = if entry.compression == crate::compress::Compression::None {
-                io::copy(content, &mut io::sink()).map_err(|e| (Check::Database, e.to_string()))?;
-                stored_path
-            } else {
-                copy = decompressed_copy(content)
-                    .map_err(|e| (Check::Database, format!("cannot decompress: {e}")))?;
-                copy.path()
-            };
-            database_problems(db_path).map_err(|m| (Check::Database, m))
+            // SQLite needs a file it can seek in, and opens it by path: a private copy of the
+            // content, never the stored file (a path SQLite would resolve, links and all).
+            let copy = decompressed_copy(content)
+                .map_err(|e| (Check::Database, format!("cannot decompress: {e}")))?;
+            database_problems(copy.path()).map_err(|m| (Check::Database, m))
         }
     }
+}
+
+/// Deepest `[`/`{` nesting a configuration may have: YAML's parser takes time quadratic in
+/// it, and a real configuration has a few levels.
+const MAX_CONFIG_NESTING: usize = 64;
+
+/// The configuration copy of a backup is YAML (checked by `validate --check-files`, and by
+/// `restore --with-config` before it is put in place). Nesting is counted first, so a crafted
+/// file cannot keep the parser busy for minutes.
+pub fn check_config_text(text: &str) -> Result<(), String> {
+    let (mut depth, mut quote, mut comment, mut escaped) = (0usize, None, false, false);
+    for c in text.chars() {
+        match (quote, c) {
+            _ if comment => comment = c != '\n',
+            (Some('"'), '\\') => escaped = !escaped,
+            (Some(q), _) if c == q && !escaped => quote = None,
+            (Some(_), _) => escaped = false,
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '#') => comment = true,
+            (None, '[' | '{') => depth += 1,
+            (None, ']' | '}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        if depth > MAX_CONFIG_NESTING {
+            return Err(format!(
+                "the configuration nests `[`/`{{` more than {MAX_CONFIG_NESTING} levels deep"
+            ));
+        }
+    }
+    serde_yaml::from_str::<serde_yaml::Value>(text)
+        .map(drop)
+        .map_err(|e| format!("the configuration is not valid YAML: {e}"))
+}
+
+/// A small file of the backup (a legacy `config.json`), read no further than a manifest may be.
+fn read_small(backup: &BackupDir, rel: &str) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    backup
+        .open_file(rel)?
+        .take(MAX_MANIFEST_BYTES)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 fn decompressed_copy(content: &mut impl Read) -> io::Result<tempfile::NamedTempFile> {
@@ -569,7 +579,7 @@ fn database_problems(path: &Path) -> Result<(), String> {
 
 fn check_file(
     report: &mut Report,
-    root: &Path,
+    backup: &BackupDir,
     entry: &FileEntry,
     depth: Depth,
     progress: &dyn Progress,
@@ -578,7 +588,7 @@ fn check_file(
         .checksum
         .as_ref()
         .map_or(Algorithm::None, |c| c.algorithm);
-    let reading = match read_file(&root.join(&entry.path), entry, algorithm, depth, progress) {
+    let reading = match read_file(backup, entry, algorithm, depth, progress) {
         Ok(r) => r,
         Err(_) if progress::is_interrupted() => return Err(Interrupted),
         Err(e) => {
@@ -660,10 +670,11 @@ fn check_file(
 /// `sqlite/state.db`. Nothing carries a checksum.
 fn check_legacy(
     report: &mut Report,
-    root: &Path,
-    manifest: &Manifest,
+    backup: &BackupDir,
     options: &Options,
 ) -> Result<(), Interrupted> {
+    let manifest = &backup.manifest;
+    let is_file = |rel: &str| backup.stat(rel).is_ok_and(|s| s.kind == Kind::File);
     let mut expected: BTreeSet<String> = BTreeSet::from([MANIFEST_PATH.to_string()]);
     for name in manifest.collection_names() {
         if let Err(e) = layout::check_name(name) {
@@ -671,7 +682,7 @@ fn check_legacy(
             continue;
         }
         let rel = layout::legacy_collection_config_path(name);
-        if !root.join(&rel).is_file() {
+        if !is_file(&rel) {
             report.add(
                 Severity::Warning,
                 Check::Contents,
@@ -679,7 +690,7 @@ fn check_legacy(
                 "missing collection metadata (legacy backups never held vectors)",
             );
         } else if options.depth != Depth::Structure {
-            if let Err(e) = fs::read(root.join(&rel))
+            if let Err(e) = read_small(backup, &rel)
                 .map_err(|e| e.to_string())
                 .and_then(|b| {
                     serde_json::from_slice::<serde_json::Value>(&b).map_err(|e| e.to_string())
@@ -696,10 +707,15 @@ fn check_legacy(
         expected.insert(rel);
     }
     let state_db = format!("{}/state.db", layout::SQLITE_DIR);
-    if root.join(&state_db).is_file() {
+    if is_file(&state_db) {
         if options.depth != Depth::Structure {
             progress::check_interrupted()?;
-            match database_problems(&root.join(&state_db)) {
+            let checked = backup
+                .open_file(&state_db)
+                .and_then(|mut file| decompressed_copy(&mut file))
+                .map_err(|e| format!("cannot read: {e}"))
+                .and_then(|copy| database_problems(copy.path()));
+            match checked {
                 Ok(()) => report.add(
                     Severity::Ok,
                     Check::Database,
@@ -719,7 +735,7 @@ fn check_legacy(
         );
     }
     let expected: BTreeSet<&str> = expected.iter().map(String::as_str).collect();
-    for unexpected in files_not_in(root, &expected) {
+    for unexpected in files_not_in(backup, &expected) {
         report.add(
             Severity::Warning,
             Check::Contents,
@@ -728,4 +744,30 @@ fn check_legacy(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deeply_nested_configurations_are_refused_before_parsing() {
+        check_config_text("qdrant:\n  url: http://[::1]:6333\nbackup: {a: [1, 2]}\n").unwrap();
+        check_config_text(&format!(
+            "a: \"{}\" # {}\n",
+            "[".repeat(500),
+            "{".repeat(500)
+        ))
+        .unwrap();
+        let deep = format!(
+            "backup: {}{}\n",
+            "[".repeat(1_000_000),
+            "]".repeat(1_000_000)
+        );
+        let started = std::time::Instant::now();
+        let err = check_config_text(&deep).unwrap_err();
+        assert!(err.contains("more than 64 levels"), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        assert!(check_config_text("a: [\n").is_err());
+    }
 }

@@ -7,8 +7,9 @@ use crate::cli::InfoArgs;
 use crate::compat;
 use crate::config::Settings;
 use crate::exit::ExitCode;
-use crate::layout::{self, BackupDir};
+use crate::layout;
 use crate::output::{self, Ui};
+use crate::store::BackupDir;
 
 pub fn run(args: &InfoArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
     let backup = BackupDir::open(&args.path)?;

@@ -213,3 +213,67 @@ pub fn edit_manifest(backup: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     edit(&mut value);
     fs::write(&path, serde_json::to_string_pretty(&value).unwrap()).unwrap();
 }
+
+/// Replaces the stored file `rel` with `stored` and makes the manifest agree with it (size and
+/// checksum of the stored bytes; the recorded content is left as it was): damage no checksum
+/// can see.
+pub fn replace_stored(backup: &Path, rel: &str, stored: &[u8]) {
+    fs::write(backup.join(rel), stored).unwrap();
+    edit_manifest(backup, |m| {
+        let algorithm: Algorithm = serde_json::from_value(m["checksum_algorithm"].clone()).unwrap();
+        let checksum = wqm::checksum::digest(stored, &[algorithm]).get(algorithm);
+        let entry = m["files"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .find(|f| f["path"] == rel)
+            .unwrap();
+        entry["size"] = stored.len().into();
+        entry["checksum"] = serde_json::to_value(checksum).unwrap();
+    });
+}
+
+/// Replaces the content of `rel` (compressed as the backup compresses) and makes the manifest
+/// agree with it entirely: a hostile backup that every checksum vouches for.
+pub fn replace_content(backup: &Path, rel: &str, content: &[u8]) {
+    let compression = if rel.ends_with(".zst") {
+        Compression::Zstd
+    } else {
+        Compression::None
+    };
+    let mut encoder = compression.encoder(Vec::new()).unwrap();
+    encoder.write_all(content).unwrap();
+    let stored = encoder.finish().unwrap();
+    replace_stored(backup, rel, &stored);
+    let sha = wqm::checksum::digest(content, &[Algorithm::Sha256])
+        .get(Algorithm::Sha256)
+        .unwrap()
+        .value;
+    edit_manifest(backup, |m| {
+        let entry = m["files"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .find(|f| f["path"] == rel)
+            .unwrap();
+        entry["content_size"] = content.len().into();
+        entry["content_sha256"] = sha.into();
+    });
+}
+
+/// `snapshot` with an extra member named `member` (written raw: `tar` itself refuses to write
+/// `..` or absolute names) before its first entry.
+pub fn with_member(snapshot: &[u8], member: &str) -> Vec<u8> {
+    let mut header = tar::Header::new_old();
+    header.as_old_mut().name[..member.len()].copy_from_slice(member.as_bytes());
+    header.set_size(5);
+    header.set_mode(0o644);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_cksum();
+    let mut out = header.as_bytes().to_vec();
+    let mut data = b"evil\n".to_vec();
+    data.resize(512, 0);
+    out.extend_from_slice(&data);
+    out.extend_from_slice(snapshot);
+    out
+}

@@ -4,6 +4,7 @@ mod create;
 mod docs;
 mod faults;
 mod fixtures;
+mod hostile;
 mod info;
 mod list;
 mod operations;

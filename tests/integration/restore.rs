@@ -1182,3 +1182,167 @@ fn a_running_memexd_or_its_open_port_is_seen_and_blocks_the_restore() {
     assert!(tmp.path().join("up").exists());
     assert_eq!(uploads(&double).len(), 2);
 }
+
+/// The stored path of `collection`'s snapshot in the scene's backup.
+fn snapshot_file(tmp: &TempDir, collection: &str) -> String {
+    let m = wqm::manifest::Manifest::load(&tmp.path().join("b/metadata/manifest.json")).unwrap();
+    m.collection_details[collection].snapshot.clone()
+}
+
+/// A manifest's `databases[].name` only picks one of the known databases: a crafted name
+/// (relative or absolute) is refused before anything is planned, and the file it names is
+/// never touched — neither by `restore --force` nor accepted by `validate --check-files`.
+#[test]
+fn a_database_name_from_the_manifest_never_becomes_a_path() {
+    let double = Double::start();
+    for name in ["../victim/precious.txt", "{TMP}/elsewhere.txt"] {
+        let tmp = scene(&double, "");
+        let root = tmp.path().display().to_string();
+        let name = name.replace("{TMP}", &root);
+        let victim = if name.starts_with('/') {
+            std::path::PathBuf::from(&name)
+        } else {
+            tmp.path().join("data").join(&name)
+        };
+        fs::create_dir_all(victim.parent().unwrap()).unwrap();
+        fs::write(&victim, "precious").unwrap();
+        fixtures::edit_manifest(&tmp.path().join("b"), |m| {
+            m["databases"][0]["name"] = name.clone().into()
+        });
+        let tmp = Test::in_dir(tmp)
+            .args("backup validate {TMP}/b --check-files")
+            .status(3)
+            .stdout_with(|out| assert!(out.contains("`databases[0].name` is unsafe: "), "{out}"))
+            .stderr_with(|err| {
+                assert!(
+                    err.starts_with("wqm: error: Backup validation failed"),
+                    "{err}"
+                )
+            })
+            .run()
+            .1;
+        let (_, tmp) = wqm(tmp, &double, "backup restore {TMP}/b --force")
+            .status(3)
+            .stderr_with(|err| {
+                assert!(
+                    err.contains("`databases[0].name` is unsafe: ")
+                        && err.contains("is not a database wqm restores"),
+                    "{err}"
+                )
+            })
+            .run();
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+        assert!(safety_backups(tmp.path()).is_empty(), "nothing was planned");
+    }
+}
+
+/// A snapshot whose tar has a `../` or absolute member, with a manifest that vouches for it:
+/// a plain restore finds it while uploading (the stream passes `validate --check-files`'
+/// check), fails with exit 3 naming the file and the member, and Qdrant never gets all of it.
+#[test]
+fn a_snapshot_member_outside_the_archive_stops_the_upload() {
+    for member in ["../../evil", "/etc/evil"] {
+        let double = Double::start();
+        let tmp = scene(&double, "");
+        lose_everything(&double);
+        let rel = snapshot_file(&tmp, "small-plain");
+        fixtures::replace_content(
+            &tmp.path().join("b"),
+            &rel,
+            &fixtures::with_member(fixtures::SMALL_PLAIN, member),
+        );
+        let expected = format!(
+            "the backup's `{rel}` is damaged: not a valid Qdrant snapshot: entry `{member}` has an unsafe path"
+        );
+        wqm(tmp, &double, "backup restore {TMP}/b --force")
+            .status(3)
+            .stdout_with(|out| assert!(out.starts_with("Restore plan: "), "{out}"))
+            .stderr_with(move |err| assert!(err.contains(&expected), "{err}"))
+            .run();
+        assert!(
+            !double.state().collections.contains_key("small-plain"),
+            "the hostile snapshot was not restored"
+        );
+        assert!(
+            double.snapshots_left().is_empty(),
+            "{:?}",
+            double.snapshots_left()
+        );
+    }
+}
+
+/// A truncated `.zst` whose manifest agrees with it (size and checksum of the stored bytes):
+/// exit 3 naming the file, not a failure blamed on Qdrant.
+#[test]
+fn a_truncated_compressed_snapshot_is_an_invalid_backup() {
+    let double = Double::start();
+    let tmp = scene(&double, "");
+    lose_everything(&double);
+    let rel = snapshot_file(&tmp, "small-plain");
+    assert!(rel.ends_with(".zst"), "{rel}");
+    let stored = fs::read(tmp.path().join("b").join(&rel)).unwrap();
+    fixtures::replace_stored(&tmp.path().join("b"), &rel, &stored[..stored.len() / 2]);
+    let expected = format!("the backup's `{rel}` is damaged: cannot decompress: ");
+    wqm(tmp, &double, "backup restore {TMP}/b --force")
+        .status(3)
+        .stdout_with(|out| assert!(out.starts_with("Restore plan: "), "{out}"))
+        .stderr_with(move |err| assert!(err.contains(&expected), "{err}"))
+        .run();
+    assert!(!double.state().collections.contains_key("small-plain"));
+}
+
+/// A 50 MB manifest is refused before it is parsed or anything is planned.
+#[test]
+fn a_huge_manifest_is_refused_before_planning() {
+    let double = Double::start();
+    let tmp = scene(&double, "");
+    fixtures::edit_manifest(&tmp.path().join("b"), |m| {
+        m["notes"] = serde_json::json!(vec!["x".repeat(1000); 50_000]);
+    });
+    wqm(tmp, &double, "backup restore {TMP}/b --dry-run")
+        .status(3)
+        .stderr_with(|err| {
+            assert!(
+                err.contains("larger than 16 MiB, the most a manifest may have; not read"),
+                "{err}"
+            )
+        })
+        .run();
+}
+
+/// Content that differs from the manifest's `content_sha256` while the stored checksum agrees:
+/// the snapshot upload and the database staging check it as they read (exit 3 naming the file),
+/// instead of Qdrant refusing the upload (exit 1) or the database being restored unchecked.
+#[test]
+fn content_that_differs_from_the_manifest_is_an_invalid_backup() {
+    for file in [
+        "collections/small-plain.snapshot.zst",
+        "sqlite/state.db.zst",
+    ] {
+        let double = Double::start();
+        let tmp = scene(&double, "");
+        lose_everything(&double);
+        fixtures::edit_manifest(&tmp.path().join("b"), |m| {
+            for f in m["files"].as_array_mut().unwrap() {
+                if f["path"] == file {
+                    f["content_sha256"] = "0".repeat(64).into();
+                }
+            }
+        });
+        let expected = format!("the backup's `{file}` is damaged: content sha256 mismatch");
+        let (_, tmp) = wqm(tmp, &double, "backup restore {TMP}/b --force")
+            .status(3)
+            .stdout_with(|out| assert!(out.starts_with("Restore plan: "), "{out}"))
+            .stderr_with(move |err| assert!(err.contains(&expected), "{err}"))
+            .run();
+        assert!(!double.state().collections.contains_key("small-plain"));
+        assert_eq!(
+            count(
+                &tmp.path().join("data/state.db"),
+                "SELECT COUNT(*) FROM tracked_files"
+            ),
+            7,
+            "the live database is untouched"
+        );
+    }
+}

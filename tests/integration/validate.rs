@@ -248,13 +248,182 @@ fn a_broken_manifest_is_found() {
     );
 }
 
+/// Every name a manifest carries is checked when it is read: `validate` refuses it without
+/// `--check-files` too, naming the field, with exit 3.
 #[test]
-fn a_manifest_naming_a_path_outside_the_backup_is_refused() {
+fn unsafe_names_in_the_manifest_are_refused_with_the_field_named() {
+    type Edit = fn(&mut serde_json::Value);
+    let long = "x".repeat(300);
+    let cases: Vec<(&str, Edit, String)> = vec![
+        (
+            "files[0].path",
+            |m| m["files"][0]["path"] = "../../etc/passwd".into(),
+            "`../../etc/passwd` leaves the backup directory".into(),
+        ),
+        (
+            "files[0].path",
+            |m| m["files"][0]["path"] = "/etc/passwd".into(),
+            "`/etc/passwd` is an absolute path".into(),
+        ),
+        (
+            "files[0].path",
+            |m| m["files"][0]["path"] = "metadata/x".into(),
+            "`metadata/x` is not in the backup layout".into(),
+        ),
+        (
+            "databases[0].name",
+            |m| m["databases"][0]["name"] = "../../victim/precious.txt".into(),
+            "`../../victim/precious.txt` is not a database wqm restores".into(),
+        ),
+        (
+            "databases[0].name",
+            |m| m["databases"][0]["name"] = "/tmp/victim".into(),
+            "`/tmp/victim` is not a database wqm restores".into(),
+        ),
+        (
+            "databases[0].file",
+            |m| m["databases"][0]["file"] = "sqlite/../../x".into(),
+            "`sqlite/../../x` leaves the backup directory".into(),
+        ),
+        (
+            "collections.a\\u{1b}[2Jb",
+            |m| {
+                m["collections"]["a\u{1b}[2Jb"] = 1.into();
+            },
+            "contains a control character".into(),
+        ),
+        (
+            "collection_details.small-named.aliases[0]",
+            |m| m["collection_details"]["small-named"]["aliases"][0] = "../notes".into(),
+            "`../notes` contains a path separator".into(),
+        ),
+        (
+            "collection_details.small-named.snapshot",
+            |m| m["collection_details"]["small-named"]["snapshot"] = "/x".into(),
+            "`/x` is an absolute path".into(),
+        ),
+        (
+            "selected_collections[0]",
+            |m| m["selected_collections"] = serde_json::json!(["a\0b"]),
+            "contains NUL".into(),
+        ),
+        (
+            "collections.xxxx",
+            |m| {
+                m["collections"]["x".repeat(300)] = 1.into();
+            },
+            format!("`{}…` is longer than 255 bytes", &long[..80]),
+        ),
+    ];
+    for (field, edit, reason) in cases {
+        let t = Test::new();
+        fixtures::backup(&t.join("b"), &Spec::default());
+        fixtures::edit_manifest(&t.join("b"), edit);
+        let expected = format!("{field}` is unsafe: ");
+        let field = field.to_string();
+        t.args("backup validate {TMP}/b")
+            .status(3)
+            .stdout_with(move |out| {
+                assert!(
+                    out.starts_with(
+                        "✗ metadata/manifest.json: Backup manifest is missing or invalid: `"
+                    ),
+                    "{out}"
+                );
+                if !field.starts_with("collections.xxxx") {
+                    assert!(out.contains(&expected), "{field}: {out}");
+                }
+                assert!(out.contains(&reason), "{reason}: {out}");
+                assert!(
+                    !out.contains('\u{1b}'),
+                    "control characters are escaped: {out:?}"
+                );
+            })
+            .stderr_with(|err| {
+                assert!(
+                    err.starts_with("wqm: error: Backup validation failed"),
+                    "{err}"
+                )
+            })
+            .run();
+    }
+}
+
+/// No link inside a backup is followed: not the manifest, not a stored file, not a directory.
+#[cfg(unix)]
+#[test]
+fn links_inside_a_backup_are_refused() {
+    use std::os::unix::fs::symlink;
+    // The manifest is a link to a manifest outside.
+    let t = Test::new();
+    fixtures::backup(&t.join("b"), &Spec::default());
+    fs::rename(t.join("b/metadata/manifest.json"), t.join("outside.json")).unwrap();
+    symlink(t.join("outside.json"), t.join("b/metadata/manifest.json")).unwrap();
+    t.args("backup validate {TMP}/b")
+        .status(3)
+        .stdout_with(|out| {
+            assert!(
+                out.starts_with(
+                    "✗ metadata/manifest.json: Backup manifest is missing or invalid: "
+                ),
+                "{out}"
+            );
+            assert!(out.contains("symbolic link"), "{out}");
+        })
+        .stderr_with(|err| {
+            assert!(
+                err.starts_with("wqm: error: Backup validation failed"),
+                "{err}"
+            )
+        })
+        .run();
+    // A stored file is a link to the same bytes elsewhere: size and checksum would match.
     detects(
-        |b| fixtures::edit_manifest(b, |m| m["files"][0]["path"] = "../../etc/passwd".into()),
+        |b| {
+            let file = b.join("sqlite/state.db");
+            fs::rename(&file, b.join("../state.db")).unwrap();
+            symlink(b.join("../state.db"), &file).unwrap();
+        },
         Spec::default(),
-        &["✗ ../../etc/passwd: unsafe name `../../etc/passwd` in the manifest: leaves the backup directory"],
+        &["✗ sqlite/state.db: a symbolic link: wqm never follows links in a backup"],
     );
+    // A directory is a link to a copy of itself elsewhere.
+    detects(
+        |b| {
+            fs::rename(b.join("collections"), b.join("../elsewhere")).unwrap();
+            symlink(b.join("../elsewhere"), b.join("collections")).unwrap();
+        },
+        Spec::default(),
+        &[
+            "✗ Invalid backup directory structure: missing `collections/`",
+            "✗ collections/small-named.snapshot: cannot be read: `collections/small-named.snapshot` is a symbolic link or passes through one",
+        ],
+    );
+}
+
+/// A manifest over 16 MiB is refused before it is parsed (exit 3), however it is padded.
+#[test]
+fn a_huge_manifest_is_refused_before_it_is_parsed() {
+    let t = Test::new();
+    fixtures::backup(&t.join("b"), &Spec::default());
+    fixtures::edit_manifest(&t.join("b"), |m| {
+        m["description"] = "x".repeat(50 << 20).into();
+    });
+    t.args("backup validate {TMP}/b")
+        .status(3)
+        .stdout_with(|out| {
+            assert!(
+                out.contains("larger than 16 MiB, the most a manifest may have; not read"),
+                "{out}"
+            )
+        })
+        .stderr_with(|err| {
+            assert!(
+                err.starts_with("wqm: error: Backup validation failed"),
+                "{err}"
+            )
+        })
+        .run();
 }
 
 #[test]

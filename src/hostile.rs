@@ -1,0 +1,122 @@
+//! Entry points for hostile input: each takes arbitrary bytes, runs one parser wqm points at
+//! untrusted data, and checks what must hold whatever the bytes are. The fuzz targets in
+//! `fuzz/` call these, and so do the property and regression tests (`tests/integration/
+//! hostile.rs`), so a crash a fuzzer finds becomes a test of the same function. None may
+//! panic, and none may allocate more than a bounded amount.
+
+use std::io::Read;
+use std::path::Path;
+
+use crate::compat;
+use crate::config::{Env, Overrides, Settings};
+use crate::manifest::{Manifest, MAX_MANIFEST_BYTES};
+use crate::names::{self, Database, EntryPath};
+use crate::snapshot;
+
+/// A manifest, as `validate`, `info`, `list` and `restore` read one: bounded, every name
+/// checked. An accepted manifest names only paths inside the backup and known databases, and
+/// survives being written and read again.
+pub fn manifest(data: &[u8]) {
+    let path = Path::new("fuzz/metadata/manifest.json");
+    let Ok(manifest) = Manifest::read_from(data, path) else {
+        return;
+    };
+    assert!(data.len() as u64 <= MAX_MANIFEST_BYTES);
+    for file in &manifest.files {
+        let entry = EntryPath::parse(&file.path).expect("accepted paths are safe");
+        let joined = Path::new("/backup").join(entry.as_str());
+        assert!(joined.starts_with("/backup/"));
+        assert!(!joined
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir)));
+    }
+    for database in &manifest.databases {
+        Database::parse(&database.name).expect("accepted databases are known");
+    }
+    for name in manifest
+        .collection_names()
+        .into_iter()
+        .chain(manifest.collection_details.keys().map(String::as_str))
+    {
+        names::check_collection_name(name).expect("accepted collection names are safe");
+    }
+    let again = Manifest::from_json(&manifest.to_json(), path).expect("a manifest reparses");
+    assert_eq!(again.files, manifest.files);
+    assert_eq!(again.databases, manifest.databases);
+}
+
+/// A configuration file (the copy a backup holds, which `restore --with-config` puts in
+/// place): checking it is quick and loading one that passes never panics.
+pub fn config(data: &[u8]) {
+    // `validate --check-files` and `restore --with-config` check a backup's configuration
+    // first; only one that passes would ever be loaded.
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if crate::verify::check_config_text(text).is_err() {
+        return;
+    }
+    let Ok(dir) = tempfile::tempdir() else {
+        return;
+    };
+    let file = dir.path().join("config.yaml");
+    if std::fs::write(&file, data).is_err() {
+        return;
+    }
+    let home = dir.path().display().to_string();
+    let env = Env::from_pairs([("HOME", home.as_str())]);
+    let overrides = Overrides {
+        config: Some(file),
+        qdrant_url: None,
+    };
+    let _ = Settings::load(&env, &overrides);
+}
+
+/// A version string from a manifest: parsing, comparing and the restore decision.
+pub fn version(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let (backup, current) = text.split_once('\n').unwrap_or((&text, crate::VERSION));
+    if let Ok(version) = compat::Version::parse(backup) {
+        let _ = version.key();
+    }
+    let policy = compat::Policy {
+        strict_version_check: data.first().is_some_and(|b| b & 1 == 1),
+        allow_dev_versions: data.first().is_some_and(|b| b & 2 == 2),
+        allow_patch_downgrade: data.first().is_some_and(|b| b & 4 == 4),
+        allow_minor_downgrade: data.first().is_some_and(|b| b & 8 == 8),
+        allow_downgrade: data.first().is_some_and(|b| b & 16 == 16),
+    };
+    // The verdict restore, validate, info and list give, with the real migration registry.
+    let _ = crate::migrations::verdict(backup, current, &policy);
+}
+
+/// A collection or shard snapshot as `validate --check-files` and every restore read it: the
+/// whole stream is read, no member outside the archive is accepted.
+pub fn snapshot(data: &[u8]) {
+    if let Ok(summary) = snapshot::inspect(data) {
+        assert!(!summary.shards.is_empty());
+    }
+    let _ = snapshot::inspect_shard(data);
+    // Accepted archives hold no member that leaves the archive.
+    if snapshot::inspect(data).is_ok() || snapshot::inspect_shard(data).is_ok() {
+        let mut archive = tar::Archive::new(data);
+        if let Ok(entries) = archive.entries() {
+            for entry in entries.flatten() {
+                if let Ok(path) = entry.path() {
+                    assert!(!path.is_absolute(), "{}", path.display());
+                    assert!(!path
+                        .components()
+                        .any(|c| matches!(c, std::path::Component::ParentDir)));
+                }
+            }
+        }
+    }
+}
+
+/// The same as `snapshot`, for a zstd-compressed stream, the way a backup stores it.
+pub fn compressed_snapshot(data: &[u8]) {
+    if let Ok(decoder) = crate::compress::Compression::Zstd.decoder(data) {
+        // A small stream can expand a lot: read no more than a bounded amount.
+        let _ = snapshot::inspect(decoder.take(64 << 20));
+    }
+}

@@ -1,0 +1,399 @@
+//! The storage seam, read side: how a backup's entries are opened, looked at and listed. Every
+//! read of a backup file goes through `BackupDir` (verify, restore, info), and one rule holds
+//! here: **no symlink inside a backup is ever followed** — each component of an entry's path is
+//! opened with `O_NOFOLLOW` (`openat`, one directory at a time), so a link anywhere, the
+//! manifest included, is refused instead of leading outside. A chunk store would implement the
+//! same operations (read the manifest, open an entry, list) over its own storage.
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::layout::{self, MANIFEST_PATH};
+use crate::manifest::{self, FileEntry, Manifest, ManifestError};
+use crate::names::EntryPath;
+
+/// A backup directory and its manifest.
+#[derive(Debug)]
+pub struct BackupDir {
+    pub path: PathBuf,
+    pub manifest: Manifest,
+}
+
+/// What `stat` tells about an entry (the entry itself, never what a link points at).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stat {
+    pub kind: Kind,
+    pub len: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+    Other,
+}
+
+impl BackupDir {
+    /// Opens an existing backup: the directory must exist and its manifest must parse.
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        layout::refuse_unfinished(path)?;
+        layout::ensure_backup_dir(path)?;
+        let manifest = Self::read_manifest(path)?;
+        Ok(BackupDir {
+            path: path.to_path_buf(),
+            manifest,
+        })
+    }
+
+    /// Reads `metadata/manifest.json` of the backup at `root`: no link followed, its size
+    /// checked before it is read (`manifest::MAX_MANIFEST_BYTES`), every name in it checked.
+    pub fn read_manifest(root: &Path) -> Result<Manifest, ManifestError> {
+        let path = root.join(MANIFEST_PATH);
+        let file = open_in(root, MANIFEST_PATH).map_err(|e| manifest::load_error(&path, e))?;
+        Manifest::read_opened(file, &path)
+    }
+
+    pub fn name(&self) -> String {
+        self.path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| self.path.display().to_string())
+    }
+
+    /// Opens a stored file for reading: a regular file reached without following any link.
+    pub fn open_entry(&self, entry: &FileEntry) -> io::Result<File> {
+        let path =
+            EntryPath::parse(&entry.path).map_err(|reason| unsafe_path(&entry.path, reason))?;
+        open_in(&self.path, path.as_str())
+    }
+
+    /// Opens a file of the fixed layout (a legacy backup's `sqlite/state.db`, ...).
+    pub fn open_file(&self, rel: &str) -> io::Result<File> {
+        open_in(&self.path, rel)
+    }
+
+    /// The entry at `rel` itself (a link is reported as a link).
+    pub fn stat(&self, rel: &str) -> io::Result<Stat> {
+        stat_in(&self.path, rel)
+    }
+
+    /// Every entry that is not a directory (files, links, anything else), relative and
+    /// `/`-separated, sorted. Directories are walked without following links.
+    pub fn list(&self) -> Vec<String> {
+        list_in(&self.path)
+    }
+}
+
+fn unsafe_path(rel: &str, reason: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("`{}` {reason}; not read", crate::names::shown(rel)),
+    )
+}
+
+fn symlink_refused(rel: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "`{}` is a symbolic link or passes through one; wqm never follows links in a backup",
+            crate::names::shown(rel)
+        ),
+    )
+}
+
+/// `rel` split into its directories and its last component.
+fn split(rel: &str) -> io::Result<(Vec<&str>, &str)> {
+    let mut parts: Vec<&str> = rel.split('/').collect();
+    let last = parts.pop().unwrap_or_default();
+    if last.is_empty()
+        || parts
+            .iter()
+            .any(|p| p.is_empty() || *p == ".." || *p == ".")
+    {
+        return Err(unsafe_path(rel, "is not a path inside the backup"));
+    }
+    Ok((parts, last))
+}
+
+#[cfg(unix)]
+mod sys {
+    use std::ffi::CString;
+    use std::fs::File;
+    use std::io;
+    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Path;
+
+    fn c_string(name: &str) -> io::Result<CString> {
+        CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "contains NUL"))
+    }
+
+    /// The backup's root directory (given by the user; it may itself be reached by a link).
+    pub fn open_root(root: &Path) -> io::Result<File> {
+        let path = CString::new(root.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "contains NUL"))?;
+        // SAFETY: a valid NUL-terminated path; the descriptor is owned by the File at once.
+        let fd = unsafe {
+            libc::open(
+                path.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a new descriptor nobody else owns.
+        Ok(unsafe { File::from_raw_fd(fd) })
+    }
+
+    /// Opens `name` in `dir` without following a link there; `directory` demands a directory.
+    pub fn open_at(dir: &File, name: &str, directory: bool) -> io::Result<File> {
+        let name = c_string(name)?;
+        // O_NONBLOCK: opening a FIFO planted in a backup must not hang (no effect on files).
+        let flags = libc::O_RDONLY
+            | libc::O_NOFOLLOW
+            | libc::O_CLOEXEC
+            | if directory {
+                libc::O_DIRECTORY
+            } else {
+                libc::O_NONBLOCK
+            };
+        // SAFETY: `dir` is an open directory and `name` a valid NUL-terminated string.
+        let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a new descriptor nobody else owns.
+        Ok(unsafe { File::from_raw_fd(fd) })
+    }
+
+    /// `fstatat(AT_SYMLINK_NOFOLLOW)`: the kind and size of `name` in `dir` itself.
+    pub fn stat_at(dir: &File, name: &str) -> io::Result<(u32, u64)> {
+        let name = c_string(name)?;
+        let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: valid descriptor, NUL-terminated name and a writable stat buffer.
+        let result = unsafe {
+            libc::fstatat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                stat.as_mut_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if result != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fstatat succeeded, so it filled `stat`.
+        let stat = unsafe { stat.assume_init() };
+        // The field types differ between platforms, hence the casts.
+        #[allow(clippy::unnecessary_cast)]
+        Ok((stat.st_mode as u32, stat.st_size as u64))
+    }
+
+    pub fn is_symlink_error(e: &io::Error) -> bool {
+        // O_NOFOLLOW on a link: ELOOP (Linux, BSDs) or EMLINK (FreeBSD's documented value).
+        matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::EMLINK))
+    }
+
+    pub fn kind(mode: u32) -> super::Kind {
+        #[allow(clippy::unnecessary_cast)]
+        match mode & libc::S_IFMT as u32 {
+            m if m == libc::S_IFREG as u32 => super::Kind::File,
+            m if m == libc::S_IFDIR as u32 => super::Kind::Dir,
+            m if m == libc::S_IFLNK as u32 => super::Kind::Symlink,
+            _ => super::Kind::Other,
+        }
+    }
+}
+
+/// The directory holding `rel`'s last component, reached without following links.
+#[cfg(unix)]
+fn parent_dir(root: &Path, rel: &str, dirs: &[&str]) -> io::Result<File> {
+    let mut dir = sys::open_root(root)?;
+    for part in dirs {
+        // O_DIRECTORY|O_NOFOLLOW on a link fails with ELOOP or ENOTDIR: look at what it was.
+        dir = sys::open_at(&dir, part, true).map_err(|e| {
+            let link = sys::is_symlink_error(&e)
+                || sys::stat_at(&dir, part).is_ok_and(|(mode, _)| sys::kind(mode) == Kind::Symlink);
+            if link {
+                symlink_refused(rel)
+            } else {
+                e
+            }
+        })?;
+    }
+    Ok(dir)
+}
+
+/// Opens `rel` under `root` for reading: every component a real directory, the last a regular
+/// file, no link followed.
+#[cfg(unix)]
+pub fn open_in(root: &Path, rel: &str) -> io::Result<File> {
+    let (dirs, last) = split(rel)?;
+    let dir = parent_dir(root, rel, &dirs)?;
+    let file = sys::open_at(&dir, last, false).map_err(|e| {
+        if sys::is_symlink_error(&e) {
+            symlink_refused(rel)
+        } else {
+            e
+        }
+    })?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("`{}` is not a regular file", crate::names::shown(rel)),
+        ));
+    }
+    Ok(file)
+}
+
+/// The entry `rel` under `root` itself; a link in a directory above it is an error.
+#[cfg(unix)]
+pub fn stat_in(root: &Path, rel: &str) -> io::Result<Stat> {
+    let (dirs, last) = split(rel)?;
+    let dir = parent_dir(root, rel, &dirs)?;
+    let (mode, len) = sys::stat_at(&dir, last)?;
+    Ok(Stat {
+        kind: sys::kind(mode),
+        len,
+    })
+}
+
+/// Elsewhere: each component is looked at (`symlink_metadata`) before the file is opened.
+#[cfg(not(unix))]
+pub fn open_in(root: &Path, rel: &str) -> io::Result<File> {
+    let stat = stat_in(root, rel)?;
+    match stat.kind {
+        Kind::File => File::open(root.join(rel)),
+        Kind::Symlink => Err(symlink_refused(rel)),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("`{}` is not a regular file", crate::names::shown(rel)),
+        )),
+    }
+}
+
+#[cfg(not(unix))]
+pub fn stat_in(root: &Path, rel: &str) -> io::Result<Stat> {
+    let (dirs, last) = split(rel)?;
+    let mut path = root.to_path_buf();
+    for part in dirs {
+        path.push(part);
+        if !fs::symlink_metadata(&path)?.is_dir() {
+            return Err(symlink_refused(rel));
+        }
+    }
+    path.push(last);
+    let meta = fs::symlink_metadata(&path)?;
+    let kind = if meta.is_symlink() {
+        Kind::Symlink
+    } else if meta.is_dir() {
+        Kind::Dir
+    } else if meta.is_file() {
+        Kind::File
+    } else {
+        Kind::Other
+    };
+    Ok(Stat {
+        kind,
+        len: meta.len(),
+    })
+}
+
+/// Every non-directory entry under `root`, relative, sorted; links are listed, not followed.
+pub fn list_in(root: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut pending = vec![PathBuf::new()];
+    while let Some(rel_dir) = pending.pop() {
+        let Ok(entries) = fs::read_dir(root.join(&rel_dir)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let rel = rel_dir.join(entry.file_name());
+            let rel_text = rel.to_string_lossy().replace('\\', "/");
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => pending.push(rel),
+                _ => found.push(rel_text),
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn links_are_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("b");
+        let outside = dir.path().join("outside");
+        fs::create_dir_all(root.join("collections")).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join("secret"), "secret").unwrap();
+        fs::write(root.join("collections/a.snapshot"), "data").unwrap();
+        symlink(
+            outside.join("secret"),
+            root.join("collections/link.snapshot"),
+        )
+        .unwrap();
+        symlink(&outside, root.join("sqlite")).unwrap();
+
+        let mut text = String::new();
+        open_in(&root, "collections/a.snapshot")
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
+        assert_eq!(text, "data");
+        for linked in ["collections/link.snapshot", "sqlite/secret"] {
+            let err = open_in(&root, linked).unwrap_err();
+            assert!(err.to_string().contains("symbolic link"), "{linked}: {err}");
+        }
+        assert_eq!(
+            stat_in(&root, "collections/link.snapshot").unwrap().kind,
+            Kind::Symlink
+        );
+        assert!(stat_in(&root, "sqlite/secret").is_err());
+        assert_eq!(
+            stat_in(&root, "collections/a.snapshot").unwrap(),
+            Stat {
+                kind: Kind::File,
+                len: 4
+            }
+        );
+        assert!(open_in(&root, "collections").is_err(), "a directory");
+        assert!(open_in(&root, "../outside/secret").is_err());
+        assert_eq!(
+            list_in(&root),
+            [
+                "collections/a.snapshot",
+                "collections/link.snapshot",
+                "sqlite"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_fifo_does_not_hang_the_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("sqlite")).unwrap();
+        let fifo = std::ffi::CString::new(
+            dir.path()
+                .join("sqlite/state.db")
+                .to_str()
+                .unwrap()
+                .as_bytes(),
+        )
+        .unwrap();
+        // SAFETY: a valid path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let err = open_in(dir.path(), "sqlite/state.db").unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+    }
+}
