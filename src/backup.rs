@@ -19,7 +19,7 @@ use crate::compress::Compression;
 use crate::config::Settings;
 use crate::daemon;
 use crate::exit::{ExitCode, Failure};
-use crate::layout::{self, FileSink, Staging};
+use crate::layout;
 use crate::manifest::{
     CollectionDetails, Collections, DatabaseDetails, FileEntry, FileKind, Manifest, ShardDetails,
     SystemInfo,
@@ -28,6 +28,7 @@ use crate::progress::{self, Progress};
 use crate::qdrant::{self, AsyncSink, Client, Scope, SnapshotDescription};
 use crate::secrets;
 use crate::sqlite;
+use crate::store::{FileSink, Staging};
 use crate::verify::{self, Severity};
 use crate::workdir::{Place, Record};
 
@@ -687,13 +688,7 @@ fn back_up_databases(
 /// into place.
 fn verify_staged(staging: &Staging, progress: &dyn Progress) -> Result<()> {
     progress.step("verifying the new backup");
-    let options = verify::Options {
-        depth: verify::Depth::Checksums,
-        current_version: crate::VERSION.to_string(),
-        policy: crate::compat::Policy::default(),
-        warn_after_days: 0,
-        now: crate::now(),
-    };
+    let options = verify::Options::new(verify::Depth::Checksums, Default::default());
     let report = verify::audit(staging.dir(), &options, progress)?;
     if let Some(problem) = report
         .findings

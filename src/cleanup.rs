@@ -83,7 +83,7 @@ pub async fn dead_runs(dirs: &[&Path], settings: &Settings) -> Vec<Cleaned> {
 /// Cleans one dead run's directory; `None` when another process got to it first.
 async fn clean(path: &Path, settings: &Settings) -> Option<Cleaned> {
     // Whoever holds the dead run's lock cleans it; a second cleaner leaves it alone.
-    let _lock = layout::try_lock(&path.join(workdir::LOCK_FILE)).ok()??;
+    let _lock = crate::fs::try_lock(&path.join(workdir::LOCK_FILE)).ok()??;
     let records = workdir::read_journal(path).unwrap_or_default();
     let run = records
         .iter()
@@ -297,7 +297,7 @@ fn remove_legacy_locks(dir: &Path) {
         if name.starts_with('.')
             && name.ends_with(LEGACY_LOCK_SUFFIX)
             && entry.file_type().is_ok_and(|t| t.is_file())
-            && !layout::lock_is_held(&path)
+            && !crate::fs::lock_is_held(&path)
         {
             let _ = fs::remove_file(path);
         }

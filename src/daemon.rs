@@ -42,7 +42,7 @@ impl Classify for DaemonError {
 pub fn running(settings: &DaemonSettings, data_dir: &Path) -> Option<String> {
     let mut signs = Vec::new();
     let lock = data_dir.join("daemon.lock");
-    if crate::layout::lock_is_held(&lock) {
+    if crate::fs::lock_is_held(&lock) {
         signs.push(format!("`{}` is locked", lock.display()));
     }
     let pids = processes_named(&settings.process_name);

@@ -15,6 +15,7 @@ pub mod config;
 pub mod daemon;
 pub mod exit;
 pub mod failpoint;
+pub mod fs;
 #[doc(hidden)]
 pub mod hostile;
 pub mod layout;

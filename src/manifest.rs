@@ -4,7 +4,7 @@
 //! meaning, so old tooling keeps reading new backups, and old backups (no `format_version`) still load.
 
 use std::collections::BTreeMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -470,7 +470,7 @@ impl Manifest {
     /// Writes the manifest atomically (temp file, fsync, rename, fsync of the directory),
     /// creating missing parent directories.
     pub fn save(&self, path: &Path) -> io::Result<()> {
-        write_atomic(path, self.to_json().as_bytes())
+        crate::fs::write_atomic(path, self.to_json().as_bytes())
     }
 }
 
@@ -507,24 +507,6 @@ pub fn format_timestamp(timestamp: f64) -> String {
     chrono::DateTime::from_timestamp(seconds, 0)
         .map(|t| t.format("%Y-%m-%dT%H:%M:%S+00:00").to_string())
         .unwrap_or_else(|| format!("{timestamp} (out of range)"))
-}
-
-/// Replaces `path` with `bytes` so that readers see the old file or the new one, never a mix.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    crate::layout::create_private_dir_all(dir)?;
-    // tempfile creates the file with mode 0600.
-    let mut temp = tempfile::Builder::new()
-        .prefix(".wqm-")
-        .suffix(".tmp")
-        .tempfile_in(dir)?;
-    temp.write_all(bytes)?;
-    temp.as_file().sync_all()?;
-    temp.persist(path).map_err(|e| e.error)?;
-    crate::layout::sync_dir(dir)
 }
 
 #[cfg(test)]

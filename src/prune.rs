@@ -14,6 +14,7 @@ use chrono::{Datelike, Local, TimeZone};
 use serde::Serialize;
 
 use crate::layout;
+use crate::store::{self, Seen};
 use crate::verify;
 
 const DELETING_SUFFIX: &str = ".wqm-deleting";
@@ -153,59 +154,34 @@ pub fn decide(candidates: &[Candidate], policy: &Policy) -> Vec<Vec<String>> {
     reasons
 }
 
-/// Finds the backups directly in `dir` and what prune must leave alone.
+/// The backups directly in `dir` (the one scanner's rule) and what prune must leave alone.
 pub fn survey(dir: &Path) -> std::io::Result<(Vec<Candidate>, Vec<Skipped>)> {
     let mut candidates = Vec::new();
     let mut skipped = Vec::new();
-    let mut entries: Vec<_> = fs::read_dir(dir)?.collect::<Result<_, _>>()?;
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let path = entry.path();
-        let kind = entry.file_type()?;
-        let skip = |reason: &str| Skipped {
-            name: name.clone(),
-            reason: reason.to_string(),
-        };
-        if layout::is_hidden(&name) {
-            if kind.is_dir() && !name.ends_with(DELETING_SUFFIX) {
-                skipped.push(skip("hidden (a backup being written, or not wqm's)"));
+    let options = verify::Options::new(verify::Depth::Structure, Default::default());
+    for entry in store::scan(dir)?.entries {
+        match entry.seen {
+            Seen::Backup(found) => {
+                let valid = verify::audit(&entry.path, &options, &crate::progress::Silent)
+                    .is_ok_and(|r| r.damage().is_empty());
+                candidates.push(Candidate {
+                    name: entry.name,
+                    path: entry.path,
+                    timestamp: found.backup.manifest.timestamp,
+                    valid,
+                });
             }
-            continue;
+            // Its own half-deleted backups are finished by `remove_leftovers`, not listed.
+            Seen::Other(_) if entry.name.ends_with(DELETING_SUFFIX) => {}
+            Seen::Other(reason) => skipped.push(Skipped {
+                name: entry.name,
+                reason,
+            }),
+            Seen::Unreadable(reason) => skipped.push(Skipped {
+                name: entry.name,
+                reason: format!("not a wqm backup ({reason})"),
+            }),
         }
-        if kind.is_symlink() {
-            skipped.push(skip("a symlink; prune never follows symlinks"));
-            continue;
-        }
-        if !kind.is_dir() {
-            continue;
-        }
-        if layout::being_written(&path) {
-            skipped.push(skip("being written (its staging directory is locked)"));
-            continue;
-        }
-        let manifest = match crate::store::BackupDir::read_manifest(&path) {
-            Ok(m) => m,
-            Err(e) => {
-                skipped.push(skip(&format!("not a wqm backup ({e})")));
-                continue;
-            }
-        };
-        let options = verify::Options {
-            depth: verify::Depth::Structure,
-            current_version: crate::VERSION.to_string(),
-            policy: crate::compat::Policy::default(),
-            warn_after_days: 0,
-            now: 0.0,
-        };
-        let valid = verify::audit(&path, &options, &crate::progress::Silent)
-            .is_ok_and(|r| r.damage().is_empty());
-        candidates.push(Candidate {
-            name,
-            path,
-            timestamp: manifest.timestamp,
-            valid,
-        });
     }
     Ok((candidates, skipped))
 }

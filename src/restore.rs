@@ -27,7 +27,6 @@ use crate::compress::Compression;
 use crate::config::Settings;
 use crate::daemon;
 use crate::exit::{ExitCode, Failure, Interrupted};
-use crate::layout;
 use crate::manifest::{FileEntry, FileKind, Manifest};
 use crate::migrations::{self, Migration, Staged};
 use crate::names::{self, Database};
@@ -292,13 +291,8 @@ pub async fn plan(
         verify::Depth::Structure
     };
     let policy = Policy::new(validation, request.allow_downgrade);
-    let options = verify::Options {
-        depth,
-        current_version: crate::VERSION.to_string(),
-        policy: policy.clone(),
-        warn_after_days: validation.version_warning_threshold,
-        now: crate::now(),
-    };
+    let options = verify::Options::new(depth, policy.clone())
+        .warning_after(validation.version_warning_threshold);
     let report = verify::audit(&backup_path, &options, progress)?;
     let errors = report.damage();
     if !errors.is_empty() {
@@ -762,7 +756,7 @@ fn plan_disk(plan: &mut Plan, settings: &Settings) {
 
 #[cfg(unix)]
 fn available_space(path: &Path) -> io::Result<u64> {
-    layout::available_space(path)
+    crate::fs::available_space(path)
 }
 
 #[cfg(not(unix))]
@@ -865,7 +859,7 @@ async fn apply(
         .parent()
         .unwrap_or(Path::new("."))
         .to_path_buf();
-    layout::create_private_dir_all(&data_dir)
+    crate::fs::create_private_dir_all(&data_dir)
         .with_context(|| format!("cannot create `{}`", data_dir.display()))?;
     // A restore that died here left uploaded copies on the server and staged databases.
     for cleaned in cleanup::dead_runs(&[data_dir.as_path()], settings).await {
@@ -1072,7 +1066,7 @@ async fn apply(
             live_config(settings).as_deref(),
         );
         journal.changed = true;
-        crate::manifest::write_atomic(target, text.as_bytes())
+        crate::fs::write_atomic(target, text.as_bytes())
             .with_context(|| format!("cannot write `{}`", target.display()))?;
         journal.done(&work, format!("config `{}` replaced", target.display()))?;
     }
@@ -1156,7 +1150,7 @@ fn stage_database(source: &BackupDir, entry: Option<&FileEntry>, copy: &Path) ->
         .decoder(BufReader::new(file))
         .map_err(|e| damaged(rel, format!("cannot decompress: {e}")))?;
     let mut content = HashingReader::new(decoder, &[Algorithm::Sha256]);
-    let mut out = layout::create_private_file(copy)
+    let mut out = crate::fs::create_private_file(copy)
         .with_context(|| format!("cannot write `{}`", copy.display()))?;
     let mut buffer = vec![0u8; 256 * 1024];
     loop {

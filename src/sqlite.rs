@@ -152,7 +152,7 @@ pub fn replace_live(staged: &Path, live: &Path) -> io::Result<()> {
         }
     }
     fs::rename(staged, live)?;
-    crate::layout::sync_dir(live.parent().unwrap_or(Path::new(".")))
+    crate::fs::sync_dir(live.parent().unwrap_or(Path::new(".")))
 }
 
 /// `MAX(version)` of the store's schema-version table, if it has one.

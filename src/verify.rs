@@ -78,6 +78,27 @@ pub struct Options {
     pub now: f64,
 }
 
+impl Options {
+    /// Checks by the running wqm, as of now, under `policy`; no age warning.
+    pub fn new(depth: Depth, policy: compat::Policy) -> Self {
+        Options {
+            depth,
+            current_version: crate::VERSION.to_string(),
+            policy,
+            warn_after_days: 0,
+            now: crate::now(),
+        }
+    }
+
+    /// Also warn about backups older than `days` (`backup.validation.version_warning_threshold`).
+    pub fn warning_after(self, days: u32) -> Self {
+        Options {
+            warn_after_days: days,
+            ..self
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub path: PathBuf,

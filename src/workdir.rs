@@ -259,16 +259,16 @@ impl WorkDir {
             // Our pid's, from a process long gone: nobody else builds under this name.
             fs::remove_dir_all(&fresh).map_err(io_error("cannot remove", &fresh))?;
         }
-        crate::layout::create_private_dir_all(&fresh).map_err(io_error("cannot create", &fresh))?;
+        crate::fs::create_private_dir_all(&fresh).map_err(io_error("cannot create", &fresh))?;
         let built = (|| {
             let lock_path = fresh.join(LOCK_FILE);
-            let lock = crate::layout::try_lock(&lock_path)
+            let lock = crate::fs::try_lock(&lock_path)
                 .map_err(io_error("cannot lock", &lock_path))?
                 .ok_or_else(|| WorkDirError::Busy {
                     path: path.to_path_buf(),
                 })?;
             let journal_path = fresh.join(JOURNAL_FILE);
-            let journal = crate::layout::create_private_file(&journal_path)
+            let journal = crate::fs::create_private_file(&journal_path)
                 .map_err(io_error("cannot create", &journal_path))?;
             let dir = WorkDir {
                 path: fresh.clone(),
@@ -298,7 +298,7 @@ impl WorkDir {
             });
         }
         let parent = parent_of(path);
-        crate::layout::sync_dir(&parent).map_err(io_error("cannot sync", &parent))?;
+        crate::fs::sync_dir(&parent).map_err(io_error("cannot sync", &parent))?;
         dir.path = path.to_path_buf();
         dir.keep = false;
         if let Ok(mut live) = LIVE.lock() {
@@ -375,7 +375,7 @@ fn parent_of(path: &Path) -> PathBuf {
 
 /// Whether a live process holds the lock of the working directory `dir`.
 pub fn is_live(dir: &Path) -> bool {
-    crate::layout::lock_is_held(&dir.join(LOCK_FILE))
+    crate::fs::lock_is_held(&dir.join(LOCK_FILE))
 }
 
 /// Working directories in `dir` whose names end with one of `suffixes` (or are being built

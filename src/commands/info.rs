@@ -7,13 +7,12 @@ use crate::cli::InfoArgs;
 use crate::compat;
 use crate::config::Settings;
 use crate::exit::ExitCode;
-use crate::layout;
 use crate::output::{self, Ui};
 use crate::store::BackupDir;
 
 pub fn run(args: &InfoArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
     let backup = BackupDir::open(&args.path)?;
-    let size = layout::disk_usage(&backup.path)?;
+    let size = crate::fs::disk_usage(&backup.path)?;
     let m = &backup.manifest;
     let policy = compat::Policy::new(&settings.backup.validation, false);
     let compatibility = crate::migrations::verdict(&m.version, crate::VERSION, &policy);

@@ -9,8 +9,8 @@ use crate::cli::{ListArgs, SortKey};
 use crate::compat::{self, Version};
 use crate::config::Settings;
 use crate::exit::ExitCode;
-use crate::layout::{self, Found};
 use crate::output::{self, Ui};
+use crate::store::{self, Found, Seen};
 use crate::verify;
 
 /// One backup as `list --json` prints it (the Python fields, then ours).
@@ -44,28 +44,29 @@ struct Item {
 pub fn run(args: &ListArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
     let dir = &args.directory;
     super::backups_dir(dir)?;
-    let mut scan =
-        layout::scan(dir).with_context(|| format!("cannot read directory `{}`", dir.display()))?;
-    for (path, problem) in &scan.problems {
-        ui.warn(format!("skipping `{}`: {problem}", path.display()));
+    let scan =
+        store::scan(dir).with_context(|| format!("cannot read directory `{}`", dir.display()))?;
+    for entry in &scan.entries {
+        if let Seen::Unreadable(problem) = &entry.seen {
+            ui.warn(format!("skipping `{}`: {problem}", entry.path.display()));
+        }
     }
-    sort(&mut scan.backups, args.sort);
+    let mut backups: Vec<&Found> = scan.backups().collect();
+    sort(&mut backups, args.sort);
     let threshold = settings.backup.validation.version_warning_threshold;
-    let now = crate::now();
-    let options = verify::Options {
-        depth: if args.check {
-            verify::Depth::Full
-        } else {
-            verify::Depth::Structure
-        },
-        current_version: crate::VERSION.to_string(),
-        policy: crate::compat::Policy::new(&settings.backup.validation, false),
-        warn_after_days: 0,
-        now,
+    let depth = if args.check {
+        verify::Depth::Full
+    } else {
+        verify::Depth::Structure
     };
+    let options = verify::Options::new(
+        depth,
+        crate::compat::Policy::new(&settings.backup.validation, false),
+    );
+    let now = options.now;
     let progress = ui.progress();
     let mut items = Vec::new();
-    for found in &scan.backups {
+    for found in backups {
         let m = &found.backup.manifest;
         let audit = verify::audit(&found.backup.path, &options, &progress)?;
         let problems = audit.damage();
@@ -146,7 +147,7 @@ pub fn run(args: &ListArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
 }
 
 /// Name A→Z; timestamp, size and version newest/largest first. Ties fall back to the name.
-fn sort(backups: &mut [Found], key: SortKey) {
+fn sort(backups: &mut [&Found], key: SortKey) {
     backups.sort_by_key(|f| f.backup.name());
     match key {
         SortKey::Name => {}

@@ -9,17 +9,14 @@ use crate::output::Ui;
 use crate::verify::{self, Severity};
 
 pub fn run(args: &ValidateArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
-    let options = verify::Options {
-        depth: if args.check_files {
-            verify::Depth::Full
-        } else {
-            verify::Depth::Structure
-        },
-        current_version: crate::VERSION.to_string(),
-        policy: crate::compat::Policy::new(&settings.backup.validation, false),
-        warn_after_days: settings.backup.validation.version_warning_threshold,
-        now: crate::now(),
+    let depth = if args.check_files {
+        verify::Depth::Full
+    } else {
+        verify::Depth::Structure
     };
+    let validation = &settings.backup.validation;
+    let options = verify::Options::new(depth, crate::compat::Policy::new(validation, false))
+        .warning_after(validation.version_warning_threshold);
     let progress = ui.progress();
     crate::layout::refuse_unfinished(&args.path)?;
     let report = verify::audit(&args.path, &options, &progress)?;

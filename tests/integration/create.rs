@@ -701,7 +701,7 @@ fn databases_and_config_are_backed_up() {
 fn another_run_writing_the_same_target_makes_create_fail_fast() {
     let double = Double::start();
     let t = Test::new();
-    let held = wqm::layout::Staging::begin(&t.join("b"), false).unwrap();
+    let held = wqm::store::Staging::begin(&t.join("b"), false).unwrap();
     t.env("QDRANT_URL", &double.url)
         .args("backup create {TMP}/b")
         .status(1)

@@ -8,10 +8,11 @@ use std::path::Path;
 
 use wqm::checksum::Algorithm;
 use wqm::compress::Compression;
-use wqm::layout::{self, Staging};
+use wqm::layout;
 use wqm::manifest::{
     CollectionDetails, Collections, DatabaseDetails, FileKind, Manifest, SystemInfo,
 };
+use wqm::store::Staging;
 
 pub const SMALL_PLAIN: &[u8] = include_bytes!("../fixtures/qdrant/small-plain.snapshot");
 pub const SMALL_NAMED: &[u8] = include_bytes!("../fixtures/qdrant/small-named.snapshot");

@@ -16,7 +16,7 @@ fn shows_a_new_backup() {
             ..Spec::default()
         },
     );
-    let size = wqm::layout::disk_usage(&t.join("b")).unwrap();
+    let size = wqm::fs::disk_usage(&t.join("b")).unwrap();
     let expected = format!(
         "Backup Information: {{TMP}}/b\n\
          Version: 0.3.0\n\

@@ -63,7 +63,7 @@ fn sorts_as_asked() {
 fn text_lists_every_backup_with_its_version() {
     let t = Test::new();
     three(&t);
-    let a = wqm::layout::disk_usage(&t.join("dir/a")).unwrap();
+    let a = wqm::fs::disk_usage(&t.join("dir/a")).unwrap();
     t.args("backup list {TMP}/dir --sort name")
         .stdout_with(move |out| {
             assert!(
@@ -137,7 +137,7 @@ fn staging_directories_are_never_listed_and_unreadable_entries_are_reported() {
     let t = Test::new();
     fixtures::backup(&t.join("dir/good"), &Spec::default());
     // A run that is still writing: its staging directory is hidden.
-    let writing = wqm::layout::Staging::begin(&t.join("dir/writing"), false).unwrap();
+    let writing = wqm::store::Staging::begin(&t.join("dir/writing"), false).unwrap();
     std::fs::create_dir_all(t.join("dir/broken/metadata")).unwrap();
     std::fs::write(
         t.join("dir/broken/metadata/manifest.json"),

@@ -18,7 +18,7 @@ fn at(utc: &str) -> f64 {
 /// A backup directory holding a mix: valid backups, a broken one (the newest), a legacy one, a
 /// corrupt manifest, a staging directory, a backup being written, a non-backup directory and a
 /// symlink to a backup elsewhere. Returns the tempdir and the held writer.
-fn mix() -> (TempDir, wqm::layout::Staging) {
+fn mix() -> (TempDir, wqm::store::Staging) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("dir");
     let spec = |when: &str| Spec {
@@ -47,7 +47,7 @@ fn mix() -> (TempDir, wqm::layout::Staging) {
     fixtures::backup(&tmp.path().join("elsewhere"), &spec("2019-01-01 00:00"));
     std::os::unix::fs::symlink(tmp.path().join("elsewhere"), dir.join("link")).unwrap();
     // A run writing into `writing` (with --force) holds its staging directory's lock.
-    let writer = wqm::layout::Staging::begin(&dir.join("writing"), true).unwrap();
+    let writer = wqm::store::Staging::begin(&dir.join("writing"), true).unwrap();
     (tmp, writer)
 }
 
@@ -137,7 +137,7 @@ fn dry_run_deletes_nothing_and_says_why_each_stays() {
              Skip .old.wqm-staging: hidden (a backup being written, or not wqm's)\n\
              Skip .writing.wqm-staging: hidden (a backup being written, or not wqm's)\n\
              Skip corrupt: not a wqm backup (Backup manifest is missing or invalid: `{TMP}/dir/corrupt/metadata/manifest.json`: key must be a string at line 1 column 2)\n\
-             Skip link: a symlink; prune never follows symlinks\n\
+             Skip link: a symlink; wqm never follows symlinks\n\
              Skip photos: not a wqm backup (Backup manifest is missing or invalid: `{TMP}/dir/photos/metadata/manifest.json` does not exist)\n\
              Skip writing: being written (its staging directory is locked)\n\
              Dry-run: 5 backup(s) would be removed, 2 kept, 6 other entries left alone. Nothing was deleted.\n",

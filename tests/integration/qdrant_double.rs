@@ -287,6 +287,18 @@ async fn handle(
     state: Arc<Mutex<State>>,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, std::io::Error> {
+    // A server that is down answers nothing, also on a connection kept alive from before.
+    if state
+        .lock()
+        .unwrap()
+        .down_until
+        .is_some_and(|t| std::time::Instant::now() < t)
+    {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "injected: the server is down",
+        ));
+    }
     let method = request.method().as_str().to_string();
     let path = request.uri().path().to_string();
     let query = request.uri().query().unwrap_or("").to_string();

@@ -13,6 +13,9 @@ use crate::layout::{self, MANIFEST_PATH};
 use crate::manifest::{self, FileEntry, Manifest, ManifestError};
 use crate::names::EntryPath;
 
+mod staging;
+pub use staging::{FileSink, Staging};
+
 /// A backup directory and its manifest.
 #[derive(Debug)]
 pub struct BackupDir {
@@ -323,11 +326,139 @@ pub fn list_in(root: &Path) -> Vec<String> {
     found
 }
 
+// ---- a directory of backups ------------------------------------------------------------------
+
+/// A backup found by `scan`, with its size on disk.
+#[derive(Debug)]
+pub struct Found {
+    pub backup: BackupDir,
+    pub size: u64,
+}
+
+/// What `scan` made of one entry of a backups directory.
+#[derive(Debug)]
+pub enum Seen {
+    Backup(Box<Found>),
+    /// Looks like a backup (it has `metadata/`) but its manifest cannot be read.
+    Unreadable(String),
+    /// Not a backup, or not one to touch: the reason.
+    Other(String),
+}
+
+#[derive(Debug)]
+pub struct Entry {
+    pub name: String,
+    pub path: PathBuf,
+    pub seen: Seen,
+}
+
+/// Every entry directly in a backups directory, by name, and what it is.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub entries: Vec<Entry>,
+}
+
+impl Scan {
+    pub fn backups(&self) -> impl Iterator<Item = &Found> {
+        self.entries.iter().filter_map(|e| match &e.seen {
+            Seen::Backup(found) => Some(&**found),
+            _ => None,
+        })
+    }
+}
+
+/// The one scanner of a backups directory (`list`, `prune`). One rule for what is a backup:
+/// a directory (never a symlink: none is followed) that is not hidden (staging and working
+/// directories are) and not being written, whose manifest reads. Plain files are left out.
+pub fn scan(dir: &Path) -> io::Result<Scan> {
+    let mut listed: Vec<_> = fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    listed.sort_by_key(|e| e.file_name());
+    let mut scan = Scan::default();
+    for entry in listed {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        let kind = entry.file_type()?;
+        let seen = if layout::is_hidden(&name) {
+            if !kind.is_dir() {
+                continue;
+            }
+            Seen::Other("hidden (a backup being written, or not wqm's)".to_string())
+        } else if kind.is_symlink() {
+            Seen::Other("a symlink; wqm never follows symlinks".to_string())
+        } else if !kind.is_dir() {
+            continue;
+        } else if layout::being_written(&path) {
+            Seen::Other("being written (its staging directory is locked)".to_string())
+        } else {
+            match BackupDir::read_manifest(&path) {
+                Ok(manifest) => Seen::Backup(Box::new(Found {
+                    size: crate::fs::disk_usage(&path).unwrap_or(0),
+                    backup: BackupDir {
+                        path: path.clone(),
+                        manifest,
+                    },
+                })),
+                Err(e) if !path.join(layout::METADATA_DIR).is_dir() => {
+                    Seen::Other(format!("not a wqm backup ({e})"))
+                }
+                Err(e @ ManifestError::Missing { .. }) => {
+                    Seen::Unreadable(format!("incomplete backup: {e}"))
+                }
+                Err(e) => Seen::Unreadable(e.to_string()),
+            }
+        };
+        scan.entries.push(Entry { name, path, seen });
+    }
+    Ok(scan)
+}
+
 #[cfg(all(test, unix))]
 mod tests {
     use super::*;
     use std::io::Read;
     use std::os::unix::fs::symlink;
+
+    #[test]
+    fn scan_reports_unreadable_backups_and_skips_other_things() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        let staging = Staging::begin(&r.join("good"), false).unwrap();
+        staging
+            .write_manifest(&Manifest::new("0.3.0", 1.0))
+            .unwrap();
+        staging.commit().unwrap();
+        fs::create_dir_all(r.join("broken/metadata")).unwrap();
+        fs::write(r.join("broken/metadata/manifest.json"), "{").unwrap();
+        fs::create_dir_all(r.join("incomplete/metadata")).unwrap();
+        fs::create_dir_all(r.join("not-a-backup/stuff")).unwrap();
+        fs::create_dir_all(r.join(".hidden/metadata")).unwrap();
+        fs::write(r.join("file.txt"), "x").unwrap();
+        symlink(r.join("good"), r.join("link")).unwrap();
+        let found = scan(r).unwrap();
+        let seen: Vec<(&str, &str)> = found
+            .entries
+            .iter()
+            .map(|e| {
+                let what = match &e.seen {
+                    Seen::Backup(_) => "backup",
+                    Seen::Unreadable(_) => "unreadable",
+                    Seen::Other(_) => "other",
+                };
+                (e.name.as_str(), what)
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (".hidden", "other"),
+                ("broken", "unreadable"),
+                ("good", "backup"),
+                ("incomplete", "unreadable"),
+                ("link", "other"),
+                ("not-a-backup", "other"),
+            ]
+        );
+    }
 
     #[test]
     fn links_are_never_followed() {

@@ -1,0 +1,157 @@
+//! File-system primitives every module may use, importing no other module of wqm: private
+//! directories and files (`0700`/`0600`), durable renames (`sync_dir`), atomic replacement of a
+//! small file, advisory locks, free space and disk usage.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::Path;
+
+/// Backups hold vectors, payloads and configuration: only the owner may read them.
+pub fn create_private_dir_all(path: &Path) -> io::Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(path)
+}
+
+/// A new file only the owner may read (fails if it exists).
+pub fn create_private_file(path: &Path) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
+}
+
+/// Makes a rename or a new entry in `dir` durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    File::open(dir)?.sync_all()?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+/// Replaces `path` with `bytes` so that readers see the old file or the new one, never a mix.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    create_private_dir_all(dir)?;
+    // tempfile creates the file with mode 0600.
+    let mut temp = tempfile::Builder::new()
+        .prefix(".wqm-")
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    temp.write_all(bytes)?;
+    temp.as_file().sync_all()?;
+    temp.persist(path).map_err(|e| e.error)?;
+    sync_dir(dir)
+}
+
+/// Takes the lock file's exclusive lock without waiting: `None` when another holds it.
+pub fn try_lock(lock: &Path) -> io::Result<Option<File>> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(lock)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(fs::TryLockError::WouldBlock) => Ok(None),
+        Err(fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
+/// Whether someone holds the lock of an existing lock file (a missing file is not held).
+pub fn lock_is_held(lock: &Path) -> bool {
+    let Ok(file) = OpenOptions::new().read(true).write(true).open(lock) else {
+        return false;
+    };
+    matches!(file.try_lock(), Err(fs::TryLockError::WouldBlock))
+}
+
+/// Bytes available to an unprivileged user on the filesystem of `path`.
+#[cfg(unix)]
+pub fn available_space(path: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c_path` is a valid NUL-terminated string and `stats` a writable statvfs.
+    let result = unsafe { libc::statvfs(c_path.as_ptr(), stats.as_mut_ptr()) };
+    if result != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statvfs succeeded, so it filled `stats`.
+    let stats = unsafe { stats.assume_init() };
+    // The field types differ between platforms (u32 on some), hence the casts.
+    #[allow(clippy::unnecessary_cast)]
+    Ok(stats.f_bavail as u64 * stats.f_frsize as u64)
+}
+
+#[cfg(not(unix))]
+pub fn available_space(_path: &Path) -> io::Result<u64> {
+    Err(io::Error::other("not supported"))
+}
+
+/// Bytes of all regular files under `path`, symlinks not followed.
+pub fn disk_usage(path: &Path) -> io::Result<u64> {
+    let mut total = 0;
+    let mut pending = vec![path.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in fs::read_dir(&dir)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else if kind.is_file() {
+                total += entry.metadata()?.len();
+            }
+        }
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn available_space_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(available_space(dir.path()).unwrap() > 0);
+        assert!(available_space(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn a_replaced_file_is_whole_and_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/file");
+        write_atomic(&path, b"one").unwrap();
+        write_atomic(&path, b"two").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&path), 0o600);
+            assert_eq!(mode(&dir.path().join("sub")), 0o700);
+        }
+        assert_eq!(disk_usage(dir.path()).unwrap(), 3);
+    }
+
+    #[test]
+    fn a_lock_is_held_until_its_file_is_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lock");
+        assert!(!lock_is_held(&path));
+        let held = try_lock(&path).unwrap().unwrap();
+        assert!(lock_is_held(&path));
+        assert!(try_lock(&path).unwrap().is_none());
+        drop(held);
+        assert!(!lock_is_held(&path));
+    }
+}

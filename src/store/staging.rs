@@ -1,0 +1,500 @@
+//! The storage seam, write side: a backup is written in a hidden sibling of its target
+//! (`.NAME.wqm-staging/backup`, see `layout::staging_path`), each entry streamed through a
+//! `FileSink` (content sha256, compression, the configured checksum of the stored bytes, all in
+//! one pass), the manifest last; `commit` moves it into place atomically. A chunk store would
+//! implement `create_file` over its own storage.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use crate::checksum::{Algorithm, Digester, HashingWriter};
+use crate::compress::{Compression, Encoder};
+use crate::fs::{create_private_dir_all, create_private_file, sync_dir};
+use crate::layout::{
+    check_relative_path, staging_path, LayoutError, COLLECTIONS_DIR, CONFIG_DIR, MANIFEST_PATH,
+    METADATA_DIR, REPLACED_DIR, REQUIRED_DIRS, SQLITE_DIR, STAGED_BACKUP_DIR,
+};
+use crate::manifest::{FileEntry, FileKind, Manifest};
+use crate::workdir::{Record, WorkDir, WorkDirError};
+
+use super::BackupDir;
+
+/// A backup being written in a hidden sibling of its target, `.NAME.wqm-staging`: a working
+/// directory (lock, journal) whose `backup/` becomes the backup. Dropped without `commit`, it
+/// removes itself, so a failed or interrupted run leaves nothing `list` or `validate` accepts;
+/// a killed run leaves it for the next run's cleanup, which its journal guides.
+pub struct Staging {
+    target: PathBuf,
+    work: WorkDir,
+    dir: PathBuf,
+}
+
+impl Staging {
+    /// Takes the target's staging directory and prepares it. Fails before any work when the
+    /// target exists and `replace` is false, when another run is writing the target, or when
+    /// a dead run's staging directory has not been cleaned up.
+    pub fn begin(target: &Path, replace: bool) -> Result<Self, LayoutError> {
+        if target.exists() {
+            if !replace {
+                return Err(LayoutError::AlreadyExists {
+                    path: target.to_path_buf(),
+                });
+            }
+            // --force replaces a backup, never an arbitrary directory.
+            let is_backup = BackupDir::read_manifest(target).is_ok();
+            let is_empty_dir = fs::read_dir(target).is_ok_and(|mut d| d.next().is_none());
+            if !is_backup && !is_empty_dir {
+                return Err(LayoutError::NotABackup {
+                    path: target.to_path_buf(),
+                });
+            }
+        }
+        if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
+            create_private_dir_all(parent).map_err(LayoutError::io("cannot create", parent))?;
+        }
+        let staging = staging_path(target);
+        let run = Record::Run {
+            command: "create".to_string(),
+            path: target.to_path_buf(),
+            pid: std::process::id(),
+            started: crate::now(),
+        };
+        let work = WorkDir::create(&staging, run).map_err(|e| match e {
+            WorkDirError::Busy { .. } => LayoutError::Busy {
+                path: target.to_path_buf(),
+                lock: staging.clone(),
+            },
+            other => LayoutError::Work(other),
+        })?;
+        let dir = work.path().join(STAGED_BACKUP_DIR);
+        for sub in REQUIRED_DIRS {
+            let path = dir.join(sub);
+            create_private_dir_all(&path).map_err(LayoutError::io("cannot create", &path))?;
+        }
+        Ok(Staging {
+            target: target.to_path_buf(),
+            work,
+            dir,
+        })
+    }
+
+    /// The directory the backup is written in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The run's journal: what it asked Qdrant to make.
+    pub fn journal(&self) -> &WorkDir {
+        &self.work
+    }
+
+    /// Opens `rel` (see `check_relative_path`) for streaming content into it.
+    pub fn create_file(
+        &self,
+        rel: &str,
+        kind: FileKind,
+        compression: Compression,
+        algorithm: Algorithm,
+    ) -> Result<FileSink, LayoutError> {
+        check_relative_path(rel)?;
+        let path = self.dir.join(rel);
+        if let Some(parent) = path.parent() {
+            create_private_dir_all(parent).map_err(LayoutError::io("cannot create", parent))?;
+        }
+        let file = create_private_file(&path).map_err(LayoutError::io("cannot create", &path))?;
+        let file = WritebackFile {
+            file,
+            written: 0,
+            scheduled: 0,
+        };
+        let stored = HashingWriter::new(BufWriter::with_capacity(1 << 20, file), &[algorithm]);
+        Ok(FileSink {
+            rel: rel.to_string(),
+            path: path.clone(),
+            kind,
+            compression,
+            algorithm,
+            content: Digester::new(&[Algorithm::Sha256]),
+            writer: compression
+                .encoder(stored)
+                .map_err(LayoutError::io("cannot start compressing", &path))?,
+        })
+    }
+
+    /// Writes the manifest (atomically); the last file of a backup.
+    pub fn write_manifest(&self, manifest: &Manifest) -> Result<(), LayoutError> {
+        let path = self.dir.join(MANIFEST_PATH);
+        manifest
+            .save(&path)
+            .map_err(LayoutError::io("cannot write", &path))
+    }
+
+    /// Makes everything durable and moves the backup into place. An existing backup at the
+    /// target is swapped out in one atomic step (see `swap_into_place`), so a crash at any
+    /// instant leaves the old or the new backup under the name.
+    pub fn commit(self) -> Result<PathBuf, LayoutError> {
+        let manifest_path = self.dir.join(MANIFEST_PATH);
+        if !manifest_path.is_file() {
+            return Err(LayoutError::io("no manifest at", &manifest_path)(
+                io::Error::from(io::ErrorKind::NotFound),
+            ));
+        }
+        for sub in [METADATA_DIR, COLLECTIONS_DIR, SQLITE_DIR, CONFIG_DIR] {
+            let path = self.dir.join(sub);
+            if path.is_dir() {
+                sync_dir(&path).map_err(LayoutError::io("cannot sync", &path))?;
+            }
+        }
+        sync_dir(&self.dir).map_err(LayoutError::io("cannot sync", &self.dir))?;
+        crate::failpoint::hit("create:before-rename")
+            .map_err(LayoutError::io("failpoint", &self.dir))?;
+        let parent = self
+            .target
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let replaced = if fs::symlink_metadata(&self.target).is_ok() {
+            swap_into_place(&self.dir, &self.target, self.work.path())?;
+            true
+        } else {
+            fs::rename(&self.dir, &self.target).map_err(LayoutError::io(
+                "cannot move the new backup into place",
+                &self.target,
+            ))?;
+            false
+        };
+        sync_dir(&parent).map_err(LayoutError::io("cannot sync", &parent))?;
+        if replaced {
+            // The old backup is now inside the staging directory, which goes with it.
+            crate::failpoint::hit("create:replaced-not-removed")
+                .map_err(LayoutError::io("failpoint", &self.dir))?;
+        }
+        let target = self.target.clone();
+        drop(self);
+        Ok(target)
+    }
+}
+
+/// Puts the backup at `new` in place of the one at `target`; the old one ends up inside `work`.
+/// On Linux one `renameat2(RENAME_EXCHANGE)` swaps the two directories atomically. Where that
+/// is not available (other systems, filesystems without it) the old backup is first moved into
+/// `work` and the new one renamed into place: a crash between the two leaves the old backup
+/// inside the dead run's staging directory, and nothing under the name.
+fn swap_into_place(new: &Path, target: &Path, work: &Path) -> Result<(), LayoutError> {
+    if exchange(new, target).is_ok() {
+        return Ok(());
+    }
+    let aside = work.join(REPLACED_DIR);
+    fs::rename(target, &aside)
+        .map_err(LayoutError::io("cannot move the old backup aside", target))?;
+    fs::rename(new, target).map_err(LayoutError::io(
+        "cannot move the new backup into place",
+        target,
+    ))
+}
+
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
+    let (a, b) = (c(a)?, c(b)?);
+    // SAFETY: both are valid NUL-terminated paths; the call only renames.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exchange(_a: &Path, _b: &Path) -> io::Result<()> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}
+
+/// Streams one file into a staged backup: hashes the content (sha256), compresses, hashes the
+/// stored bytes with the configured algorithm, and writes, all in one pass.
+pub struct FileSink {
+    rel: String,
+    path: PathBuf,
+    kind: FileKind,
+    compression: Compression,
+    algorithm: Algorithm,
+    content: Digester,
+    writer: Encoder<HashingWriter<BufWriter<WritebackFile>>>,
+}
+
+impl FileSink {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Flushes, fsyncs and describes the file for the manifest.
+    pub fn finish(self) -> Result<FileEntry, LayoutError> {
+        let io = |action| LayoutError::io(action, &self.path);
+        let stored = self.writer.finish().map_err(io("cannot finish writing"))?;
+        let (buffered, stored_digests) = stored.into_parts();
+        let file = buffered
+            .into_inner()
+            .map_err(|e| io("cannot write")(e.into_error()))?;
+        file.file.sync_all().map_err(io("cannot sync"))?;
+        let content = self.content.finish();
+        Ok(FileEntry {
+            path: self.rel,
+            kind: self.kind,
+            size: stored_digests.bytes,
+            compression: self.compression,
+            checksum: stored_digests.get(self.algorithm),
+            content_size: content.bytes,
+            content_sha256: content
+                .get(Algorithm::Sha256)
+                .map(|c| c.value)
+                .unwrap_or_default(),
+        })
+    }
+}
+
+impl Write for FileSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.writer.write(buf)?;
+        self.content.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.writer.flush()
+    }
+}
+
+/// Writeback is started every this many bytes.
+const WRITEBACK_EVERY: u64 = 8 << 20;
+
+/// A file that asks the kernel to start writing its pages to disk every few MiB while it is
+/// being written, so the final fsync waits for the tail only, not for the whole file.
+struct WritebackFile {
+    file: File,
+    written: u64,
+    scheduled: u64,
+}
+
+impl Write for WritebackFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        if self.written - self.scheduled >= WRITEBACK_EVERY {
+            start_writeback(&self.file, self.scheduled, self.written - self.scheduled);
+            self.scheduled = self.written;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: the descriptor is open for the duration of the call, which only schedules
+    // writeback of the range; a failure is harmless (the final fsync still runs).
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::{is_staging, refuse_unfinished, LayoutError};
+    use std::io::Read;
+
+    fn finish(staging: Staging, timestamp: f64) {
+        staging
+            .write_manifest(&Manifest::new("0.3.0", timestamp))
+            .unwrap();
+        staging.commit().unwrap();
+    }
+
+    #[test]
+    fn staged_backup_appears_only_on_commit() {
+        let root = tempfile::tempdir().unwrap();
+        let target = root.path().join("b1");
+        let staging = Staging::begin(&target, false).unwrap();
+        let mut sink = staging
+            .create_file(
+                "sqlite/state.db.zst",
+                FileKind::SqliteDatabase,
+                Compression::Zstd,
+                Algorithm::Md5,
+            )
+            .unwrap();
+        sink.write_all(b"hello world").unwrap();
+        let entry = sink.finish().unwrap();
+        assert_eq!(entry.content_size, 11);
+        assert_eq!(
+            entry.content_sha256,
+            "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9"
+        );
+        let stored = fs::read(staging.dir().join("sqlite/state.db.zst")).unwrap();
+        assert_eq!(entry.size, stored.len() as u64);
+        assert_eq!(
+            entry.checksum.as_ref().unwrap(),
+            &crate::checksum::digest(&stored, &[Algorithm::Md5])
+                .get(Algorithm::Md5)
+                .unwrap()
+        );
+        let mut plain = Vec::new();
+        Compression::Zstd
+            .decoder(&stored[..])
+            .unwrap()
+            .read_to_end(&mut plain)
+            .unwrap();
+        assert_eq!(plain, b"hello world");
+
+        assert!(!target.exists());
+        assert!(
+            crate::store::scan(root.path())
+                .unwrap()
+                .backups()
+                .next()
+                .is_none(),
+            "staging is hidden"
+        );
+        // A second writer for the same target fails fast.
+        assert!(matches!(
+            Staging::begin(&target, true),
+            Err(LayoutError::Busy { .. })
+        ));
+
+        let mut manifest = Manifest::new("0.3.0", 1.0);
+        manifest.files.push(entry);
+        staging.write_manifest(&manifest).unwrap();
+        staging.commit().unwrap();
+        assert!(target.join(MANIFEST_PATH).is_file());
+        let found = crate::store::scan(root.path()).unwrap();
+        let backups: Vec<_> = found.backups().collect();
+        assert_eq!(backups.len(), 1);
+        assert_eq!(backups[0].backup.manifest, manifest);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&target), 0o700);
+            assert_eq!(mode(&target.join("sqlite")), 0o700);
+            assert_eq!(mode(&target.join("sqlite/state.db.zst")), 0o600);
+            assert_eq!(mode(&target.join(MANIFEST_PATH)), 0o600);
+        }
+    }
+
+    #[test]
+    fn an_abandoned_staging_leaves_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let target = root.path().join("b");
+        {
+            let staging = Staging::begin(&target, false).unwrap();
+            let mut sink = staging
+                .create_file(
+                    "collections/a.snapshot",
+                    FileKind::CollectionSnapshot,
+                    Compression::None,
+                    Algorithm::Sha256,
+                )
+                .unwrap();
+            sink.write_all(b"partial").unwrap();
+        }
+        let names: Vec<_> = fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.is_empty(), "{names:?}");
+    }
+
+    #[test]
+    fn existing_targets_need_replace_and_survive_until_commit() {
+        let root = tempfile::tempdir().unwrap();
+        let target = root.path().join("b");
+        finish(Staging::begin(&target, false).unwrap(), 1.0);
+        assert!(matches!(
+            Staging::begin(&target, false),
+            Err(LayoutError::AlreadyExists { .. })
+        ));
+        let staging = Staging::begin(&target, true).unwrap();
+        assert_eq!(
+            BackupDir::open(&target).unwrap().manifest.timestamp,
+            1.0,
+            "old backup intact while staging"
+        );
+        finish(staging, 2.0);
+        assert_eq!(BackupDir::open(&target).unwrap().manifest.timestamp, 2.0);
+        assert!(
+            !staging_path(&target).exists(),
+            "the old backup went with the staging dir"
+        );
+    }
+
+    #[test]
+    fn a_staging_directory_is_never_a_backup() {
+        let root = tempfile::tempdir().unwrap();
+        let target = root.path().join("b");
+        let staging = Staging::begin(&target, false).unwrap();
+        staging
+            .write_manifest(&Manifest::new("0.3.0", 1.0))
+            .unwrap();
+        for path in [staging_path(&target), staging.dir().to_path_buf()] {
+            assert!(is_staging(&path), "{}", path.display());
+            assert!(matches!(
+                refuse_unfinished(&path),
+                Err(LayoutError::Unfinished { .. })
+            ));
+        }
+        assert!(!is_staging(&target));
+        assert!(is_staging(Path::new("/x/.b.wqm-staging.new-12/backup")));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn exchange_swaps_two_directories_in_one_step() {
+        let root = tempfile::tempdir().unwrap();
+        let (a, b) = (root.path().join("a"), root.path().join("b"));
+        fs::create_dir(&a).unwrap();
+        fs::write(a.join("new"), "").unwrap();
+        fs::create_dir(&b).unwrap();
+        fs::write(b.join("old"), "").unwrap();
+        exchange(&a, &b).unwrap();
+        assert!(b.join("new").exists() && a.join("old").exists());
+    }
+
+    #[test]
+    fn force_never_replaces_something_that_is_not_a_backup() {
+        let root = tempfile::tempdir().unwrap();
+        let target = root.path().join("home");
+        fs::create_dir_all(target.join("documents")).unwrap();
+        assert!(matches!(
+            Staging::begin(&target, true),
+            Err(LayoutError::NotABackup { .. })
+        ));
+        assert!(target.join("documents").is_dir());
+        let empty = root.path().join("empty");
+        fs::create_dir_all(&empty).unwrap();
+        finish(Staging::begin(&empty, true).unwrap(), 1.0);
+        assert!(empty.join(MANIFEST_PATH).is_file());
+    }
+}
