@@ -174,7 +174,7 @@ pub async fn create(
     for (name, source) in collections.iter().zip(sources) {
         progress::check_interrupted()?;
         let info = client.collection_info(name).await?;
-        let count_before = client.exact_count(name).await?;
+        let count_before = client.exact_count(Scope::Collection(name)).await?;
         let mut details = CollectionDetails {
             points_count: count_before,
             points_count_after: None,
@@ -226,7 +226,7 @@ pub async fn create(
                         .as_ref()
                         .and_then(|t| t.node(peer))
                         .expect("sources are reachable nodes");
-                    let points_count = node.shard_exact_count(name, shard.id).await?;
+                    let points_count = node.exact_count(Scope::Shard(name, shard.id)).await?;
                     let snapshot_timestamp = crate::now();
                     let rel = layout::shard_snapshot_path(name, shard.id, compression);
                     let (entry, leftover) = stored
@@ -260,7 +260,7 @@ pub async fn create(
                 }
             }
         }
-        let count_after = client.exact_count(name).await?;
+        let count_after = client.exact_count(Scope::Collection(name)).await?;
         if count_after != count_before {
             // Points changed while the snapshot was taken: its exact count lies in between.
             manifest.during_operations = true;

@@ -192,7 +192,7 @@ pub struct Shard {
 }
 
 impl Shard {
-    /// A reachable node holding an active replica, preferring `preferred`.
+    /// A reachable node holding an active replica, the entry node when it holds one.
     pub fn active_on(&self, topology: &Topology) -> Option<u64> {
         let mut active = self
             .replicas

@@ -198,7 +198,7 @@ pub fn report(backup: &str, current: &str, decision: &Decision) -> Result<Report
             true,
             python,
         ),
-        Decision::Migrate { .. } => (
+        Decision::Migrate => (
             Verdict::MigrationAvailable,
             true,
             format!("Backup version {backup} is older than current version {current}; restore migrates it (`wqm backup migrations --from {backup}` lists the steps)"),
@@ -318,9 +318,7 @@ pub enum Decision {
         notes: Vec<String>,
     },
     /// The backup is an older MAJOR.MINOR with a registered migration path.
-    Migrate {
-        status: Status,
-    },
+    Migrate,
     Refuse(CompatError),
 }
 
@@ -378,7 +376,7 @@ pub fn decide(
                 return downgrade(true);
             }
             if !newer && has_migration_path(&b, &c) {
-                return Decision::Migrate { status };
+                return Decision::Migrate;
             }
             if !newer && b.major == c.major && !policy.strict_version_check {
                 return Decision::Proceed {
@@ -435,7 +433,8 @@ mod tests {
             ..Policy::default()
         };
         match decide(backup, current, &policy, |_, _| false) {
-            Decision::Proceed { status, .. } | Decision::Migrate { status } => Ok(status),
+            Decision::Proceed { status, .. } => Ok(status),
+            Decision::Migrate => Ok(Status::Incompatible),
             Decision::Refuse(e) => Err(e),
         }
     }

@@ -3,36 +3,36 @@
 //! `run` is the whole program; `main.rs` only calls it. See `docs/architecture.md` for how the
 //! modules fit together.
 
-pub mod backup;
+pub(crate) mod backup;
 pub mod checksum;
-pub mod cleanup;
+pub(crate) mod cleanup;
 pub mod cli;
-pub mod cluster;
+pub(crate) mod cluster;
 mod commands;
-pub mod compat;
+pub(crate) mod compat;
 pub mod compress;
 pub mod config;
-pub mod daemon;
+pub(crate) mod daemon;
 pub mod exit;
-pub mod failpoint;
+pub(crate) mod failpoint;
 pub mod fs;
 #[doc(hidden)]
 pub mod hostile;
 pub mod layout;
 pub mod manifest;
-pub mod migrations;
-pub mod names;
+pub(crate) mod migrations;
+pub(crate) mod names;
 pub mod output;
-pub mod progress;
-pub mod prune;
-pub mod qdrant;
-pub mod restore;
-pub mod secrets;
+pub(crate) mod progress;
+pub(crate) mod prune;
+pub(crate) mod qdrant;
+pub(crate) mod restore;
+pub(crate) mod secrets;
 pub mod snapshot;
-pub mod sqlite;
+pub(crate) mod sqlite;
 pub mod store;
-pub mod verify;
-pub mod workdir;
+pub(crate) mod verify;
+pub(crate) mod workdir;
 
 use std::ffi::OsString;
 

@@ -16,12 +16,13 @@ use crate::sqlite;
 /// A MAJOR.MINOR line of the product.
 pub type Line = (i64, i64);
 
-/// What a migration works on: the backup's manifest and its databases, staged outside the backup.
-/// When a restore is only being planned, `databases` is empty and a migration may change the
-/// manifest alone (it may read the backup, never write it).
-pub struct Staged {
+/// What a migration works on: a working copy of the backup's manifest and of its databases
+/// (decompressed into the restore's working directory), never the backup itself. When a restore
+/// is only being planned, `databases` is empty and a migration may change the manifest alone (it
+/// may read the backup, never write it).
+pub struct WorkingCopy {
     pub manifest: Manifest,
-    /// Staged copies of the backup's databases, by name (`state.db`, ...).
+    /// WorkingCopy copies of the backup's databases, by name (`state.db`, ...).
     pub databases: BTreeMap<String, PathBuf>,
     /// The backup itself, read-only.
     pub backup_dir: PathBuf,
@@ -40,7 +41,7 @@ pub struct Migration {
     #[serde(skip)]
     pub warnings: fn(&Manifest) -> Vec<String>,
     #[serde(skip)]
-    pub apply: fn(&mut Staged) -> Result<()>,
+    pub apply: fn(&mut WorkingCopy) -> Result<()>,
 }
 
 fn line<S: serde::Serializer>(line: &Line, serializer: S) -> Result<S::Ok, S::Error> {
@@ -82,7 +83,7 @@ fn python_era_warnings(manifest: &Manifest) -> Vec<String> {
     warnings
 }
 
-fn python_era(staged: &mut Staged) -> Result<()> {
+fn python_era(staged: &mut WorkingCopy) -> Result<()> {
     let manifest = &mut staged.manifest;
     if !manifest.is_legacy() {
         return Ok(());
@@ -186,7 +187,7 @@ pub fn for_backup(manifest: &Manifest, current: &str) -> Result<Vec<&'static Mig
 }
 
 /// Applies `chain` in order to `staged`.
-pub fn apply(chain: &[&Migration], staged: &mut Staged) -> Result<()> {
+pub fn apply(chain: &[&Migration], staged: &mut WorkingCopy) -> Result<()> {
     for migration in chain {
         (migration.apply)(staged)
             .with_context(|| format!("migration {} failed", migration.label()))?;
@@ -239,7 +240,7 @@ mod tests {
             .unwrap();
         let legacy = Manifest::from_json(r#"{"version": "0.2.1", "timestamp": 1, "collections": {"a": 1}, "total_documents": 1}"#, std::path::Path::new("m")).unwrap();
         assert_eq!(python_era_warnings(&legacy).len(), 2);
-        let mut staged = Staged {
+        let mut staged = WorkingCopy {
             manifest: legacy,
             databases: BTreeMap::from([("state.db".to_string(), db.clone())]),
             backup_dir: dir.path().join("nowhere"),
@@ -255,7 +256,7 @@ mod tests {
             .unwrap()
             .execute_batch("CREATE TABLE t(x)")
             .unwrap();
-        let mut staged = Staged {
+        let mut staged = WorkingCopy {
             manifest: Manifest::from_json(
                 r#"{"version": "0.3.0", "timestamp": 1}"#,
                 std::path::Path::new("m"),

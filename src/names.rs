@@ -84,11 +84,6 @@ impl<'a> EntryPath<'a> {
     pub fn as_str(&self) -> &'a str {
         self.0
     }
-
-    /// The components, each a checked name.
-    pub fn components(&self) -> impl Iterator<Item = &'a str> {
-        self.0.split('/')
-    }
 }
 
 /// A database a backup may hold. The live file it replaces comes from the settings, never from

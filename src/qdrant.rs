@@ -108,6 +108,8 @@ pub enum QdrantError {
     CaCert { path: PathBuf, reason: String },
     #[error("invalid Qdrant URL `{url}`: {reason}")]
     BadUrl { url: String, reason: String },
+    #[error("the API key cannot be sent: it is not a valid HTTP header value")]
+    BadApiKey,
 }
 
 impl QdrantError {
@@ -128,7 +130,9 @@ impl QdrantError {
 impl Classify for QdrantError {
     fn exit_code(&self) -> ExitCode {
         match self {
-            QdrantError::CaCert { .. } | QdrantError::BadUrl { .. } => ExitCode::Usage,
+            QdrantError::CaCert { .. } | QdrantError::BadUrl { .. } | QdrantError::BadApiKey => {
+                ExitCode::Usage
+            }
             _ => ExitCode::Failure,
         }
     }
@@ -141,6 +145,7 @@ impl Classify for QdrantError {
             QdrantError::Timeout { .. } => "Qdrant may be overloaded; raise `backup.transfer.read_timeout` or `backup.transfer.operation_timeout` if it is just slow".to_string(),
             QdrantError::Transfer { .. } | QdrantError::ChecksumMismatch { .. } => "check the network and Qdrant's logs, then run the command again; nothing partial was kept".to_string(),
             QdrantError::Server { .. } => "see Qdrant's log; free disk space on the server if it is full".to_string(),
+            QdrantError::BadApiKey => "check QDRANT_API_KEY (or `qdrant.api_key`): a stray newline or a character outside visible ASCII is the usual cause".to_string(),
             QdrantError::Dropped { .. } => "Qdrant stopped, restarted or dropped the connection (calls that change nothing are retried for `backup.transfer.retry_timeout`, an upload is not); see Qdrant's log, then run the command again".to_string(),
             _ => return None,
         })
@@ -151,16 +156,12 @@ impl Classify for QdrantError {
 #[derive(Clone, Debug, Deserialize)]
 pub struct ServerInfo {
     pub version: String,
-    #[serde(default)]
-    pub commit: Option<String>,
 }
 
 /// `GET /collections/{c}` (the parts wqm uses).
 #[derive(Clone, Debug, Deserialize)]
 pub struct CollectionInfo {
     pub status: String,
-    #[serde(default)]
-    pub points_count: Option<u64>,
     pub config: CollectionConfig,
     #[serde(default)]
     pub payload_schema: Value,
@@ -267,8 +268,6 @@ pub struct LocalShard {
     pub shard_id: u32,
     #[serde(default)]
     pub shard_key: Option<Value>,
-    #[serde(default)]
-    pub points_count: u64,
     pub state: String,
 }
 
@@ -349,8 +348,7 @@ impl Client {
         // Qdrant may compress responses; a snapshot must arrive byte for byte.
         headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
         if let Some(key) = api_key {
-            let mut value = HeaderValue::from_str(key)
-                .map_err(|_| bad_url("the API key is not a valid header value".to_string()))?;
+            let mut value = HeaderValue::from_str(key).map_err(|_| QdrantError::BadApiKey)?;
             value.set_sensitive(true);
             headers.insert("api-key", value);
         }
@@ -602,18 +600,15 @@ impl Client {
     }
 
     /// The exact number of points (`count` with `exact: true`; `points_count` is approximate).
-    pub async fn exact_count(&self, collection: &str) -> Result<u64, QdrantError> {
+    pub async fn exact_count(&self, scope: Scope<'_>) -> Result<u64, QdrantError> {
         let request = || {
-            self.request(
-                Method::POST,
-                &["collections", collection, "points", "count"],
-            )
-            .json(&serde_json::json!({ "exact": true }))
+            self.request(Method::POST, &scope.path(&["points", "count"]))
+                .json(&serde_json::json!({ "exact": true }))
         };
         let count: Count = self
             .read_only(
                 request,
-                &format!("count of `{collection}`"),
+                &format!("count of {scope}"),
                 self.timeouts.operation,
             )
             .await?;
@@ -640,30 +635,6 @@ impl Client {
             &format!("shards of `{collection}`"),
         )
         .await
-    }
-
-    /// The exact number of points of one shard this node holds.
-    pub async fn shard_exact_count(
-        &self,
-        collection: &str,
-        shard: u32,
-    ) -> Result<u64, QdrantError> {
-        let id = shard.to_string();
-        let request = || {
-            self.request(
-                Method::POST,
-                &["collections", collection, "shards", &id, "points", "count"],
-            )
-            .json(&serde_json::json!({ "exact": true }))
-        };
-        let count: Count = self
-            .read_only(
-                request,
-                &format!("count of shard {shard} of `{collection}`"),
-                self.timeouts.operation,
-            )
-            .await?;
-        Ok(count.count)
     }
 
     /// `PUT /collections/{c}` with `body` (the create-collection request).

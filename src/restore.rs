@@ -28,7 +28,7 @@ use crate::config::Settings;
 use crate::daemon;
 use crate::exit::{ExitCode, Failure, Interrupted};
 use crate::manifest::{FileEntry, FileKind, Manifest};
-use crate::migrations::{self, Migration, Staged};
+use crate::migrations::{self, Migration, WorkingCopy};
 use crate::names::{self, Database};
 use crate::progress::{self, Progress};
 use crate::qdrant::{Client, QdrantError, Scope};
@@ -330,7 +330,7 @@ pub async fn plan(
             Err(e) => plan.block(ExitCode::Incompatible, format!("{e:#}"), None),
         }
     }
-    let mut staged = Staged {
+    let mut staged = WorkingCopy {
         manifest: plan.original.clone(),
         databases: BTreeMap::new(),
         backup_dir: backup_path,
@@ -1110,7 +1110,7 @@ fn stage_databases(
         stage_database(&plan.source, entry, &copy)?;
         staged.insert(name.to_string(), copy);
     }
-    let mut migrated = Staged {
+    let mut migrated = WorkingCopy {
         manifest: plan.original.clone(),
         databases: staged,
         backup_dir: plan.backup.clone(),
@@ -1637,7 +1637,9 @@ async fn verify_restore(
         };
         match client.collection_info(&collection.name).await {
             Ok(info) => {
-                let count = client.exact_count(&collection.name).await?;
+                let count = client
+                    .exact_count(Scope::Collection(&collection.name))
+                    .await?;
                 rows.push(Verified {
                     what: format!("collection `{}`", collection.name),
                     expected: format!("{expected}, not red"),
@@ -1667,7 +1669,9 @@ async fn verify_restore(
                     &collection.name,
                     *target,
                 )?;
-                let count = node.shard_exact_count(&collection.name, *target).await?;
+                let count = node
+                    .exact_count(Scope::Shard(&collection.name, *target))
+                    .await?;
                 rows.push(Verified {
                     what: format!("shard {target} of `{}`", collection.name),
                     expected: format!("{} points", shard.points_count),

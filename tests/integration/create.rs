@@ -824,3 +824,14 @@ fn aliases_are_recorded_even_without_collection_stats() {
     assert!(details.params.is_none() && details.payload_schema.is_none());
     assert_eq!(details.aliases, ["notes"]);
 }
+
+#[test]
+fn an_api_key_that_cannot_be_sent_is_a_usage_error_about_the_key() {
+    Test::new()
+        .env("QDRANT_URL", "http://127.0.0.1:1")
+        .env("QDRANT_API_KEY", "line\nbreak")
+        .args("backup create {TMP}/b")
+        .status(2)
+        .stderr("wqm: error: the API key cannot be sent: it is not a valid HTTP header value\nhint: check QDRANT_API_KEY (or `qdrant.api_key`): a stray newline or a character outside visible ASCII is the usual cause\n")
+        .run();
+}
