@@ -183,20 +183,11 @@ fn the_by_hand_restore_recipe_runs_as_written() {
     }
     fs::write(tmp.path().join("data/state.db"), b"not the backup's").unwrap();
     restore_by_hand(&tmp.path().join("b"), &double.url, &tmp.path().join("data"));
-    let state = double.state();
-    assert_eq!(
-        state.collections.keys().collect::<Vec<_>>(),
-        ["small-named", "small-plain"]
-    );
-    assert_eq!(
-        state.aliases,
-        [("notes".to_string(), "small-named".to_string())]
-    );
+    double.assert_holds_the_fixtures();
     assert!(
-        state.snapshots.is_empty(),
+        double.snapshots_left().is_empty(),
         "the uploaded copies are deleted"
     );
-    drop(state);
     same_database(&tmp.path().join("data/state.db"), &tmp.path().join("b"));
 
     // A damaged file stops it before anything is uploaded.

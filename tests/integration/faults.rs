@@ -321,6 +321,17 @@ fn a_backup_killed_while_verifying_never_validates() {
         .run();
 }
 
+/// `wqm backup restore b --force` in `tmp` with `failpoints` set; waits for it to end.
+fn restore_with(tmp: &Path, double: &Double, failpoints: &str) -> Output {
+    let backup = tmp.join("b");
+    run_with(
+        tmp,
+        double,
+        failpoints,
+        &["backup", "restore", backup.to_str().unwrap(), "--force"],
+    )
+}
+
 /// A backup of the double's collections and a live state DB in `data/`, then the server loses
 /// everything, so a restore uploads both collections and replaces the database.
 fn restore_scene(double: &Double) -> TempDir {
@@ -344,17 +355,7 @@ fn restore_scene(double: &Double) -> TempDir {
 fn a_restore_killed_after_an_upload_leaves_no_copy_after_the_next_run_and_says_the_way_back() {
     let double = Double::start();
     let tmp = restore_scene(&double);
-    let output = run_with(
-        tmp.path(),
-        &double,
-        "restore:uploaded=kill",
-        &[
-            "backup",
-            "restore",
-            tmp.path().join("b").to_str().unwrap(),
-            "--force",
-        ],
-    );
+    let output = restore_with(tmp.path(), &double, "restore:uploaded=kill");
     assert!(
         killed(&output),
         "{}",
@@ -403,17 +404,7 @@ fn a_restore_killed_after_an_upload_leaves_no_copy_after_the_next_run_and_says_t
 fn a_restore_killed_after_replacing_the_database_reports_every_step_on_the_next_run() {
     let double = Double::start();
     let tmp = restore_scene(&double);
-    let output = run_with(
-        tmp.path(),
-        &double,
-        "restore:database-replaced=kill",
-        &[
-            "backup",
-            "restore",
-            tmp.path().join("b").to_str().unwrap(),
-            "--force",
-        ],
-    );
+    let output = restore_with(tmp.path(), &double, "restore:database-replaced=kill");
     assert!(killed(&output));
     let state_db = tmp.path().join("data/state.db");
     // The rerun completes it: the collections are back, so --overwrite.
@@ -614,17 +605,7 @@ fn an_uploaded_copy_qdrant_could_not_delete_is_deleted_by_the_next_run() {
 fn sigterm_during_a_restore_upload_exits_143_and_leaves_no_private_copy() {
     let double = Double::start();
     let tmp = restore_scene(&double);
-    let output = run_with(
-        tmp.path(),
-        &double,
-        "restore:uploading=term",
-        &[
-            "backup",
-            "restore",
-            tmp.path().join("b").to_str().unwrap(),
-            "--force",
-        ],
-    );
+    let output = restore_with(tmp.path(), &double, "restore:uploading=term");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(143), "{stderr}");
     assert!(

@@ -215,6 +215,19 @@ impl Double {
         self.state.lock().unwrap()
     }
 
+    /// The server holds the two fixture collections again, and the alias `notes`.
+    pub fn assert_holds_the_fixtures(&self) {
+        let state = self.state();
+        assert_eq!(
+            state.collections.keys().collect::<Vec<_>>(),
+            ["small-named", "small-plain"]
+        );
+        assert_eq!(
+            state.aliases,
+            [("notes".to_string(), "small-named".to_string())]
+        );
+    }
+
     /// Snapshots left on the server.
     pub fn snapshots_left(&self) -> Vec<String> {
         self.state()

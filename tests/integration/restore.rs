@@ -89,16 +89,7 @@ fn restores_collections_aliases_and_the_state_database() {
             assert!(out.contains("Restore completed from "), "{out}");
         })
         .run();
-    let state = double.state();
-    assert_eq!(
-        state.collections.keys().collect::<Vec<_>>(),
-        ["small-named", "small-plain"]
-    );
-    assert_eq!(
-        state.aliases,
-        [("notes".to_string(), "small-named".to_string())]
-    );
-    drop(state);
+    double.assert_holds_the_fixtures();
     assert!(
         double.snapshots_left().is_empty(),
         "uploaded files are deleted: {:?}",
