@@ -141,16 +141,6 @@ pub struct SafetyPlan {
     pub config: bool,
 }
 
-/// A reason the restore cannot go ahead, with the exit code it ends with.
-#[derive(Clone, Debug, Serialize)]
-pub struct Blocker {
-    #[serde(skip)]
-    pub code: ExitCode,
-    pub exit_code: i32,
-    pub message: String,
-    pub hint: Option<String>,
-}
-
 #[derive(Clone, Debug, Serialize)]
 pub struct MigrationStep {
     pub migration: String,
@@ -182,7 +172,8 @@ pub struct Plan {
     pub bytes_to_upload: u64,
     pub estimated_seconds: u64,
     pub warnings: Vec<String>,
-    pub blockers: Vec<Blocker>,
+    /// Each reason the restore cannot go ahead, with the exit code it ends with.
+    pub blockers: Vec<Failure>,
     #[serde(skip)]
     original: Manifest,
     /// Where every file of the backup is read from.
@@ -199,14 +190,13 @@ pub struct Plan {
 
 impl Plan {
     /// The first problem that stops the restore.
-    pub fn blocker(&self) -> Option<&Blocker> {
+    pub fn blocker(&self) -> Option<&Failure> {
         self.blockers.first()
     }
 
     fn block(&mut self, code: ExitCode, message: impl Into<String>, hint: Option<String>) {
-        self.blockers.push(Blocker {
+        self.blockers.push(Failure {
             code,
-            exit_code: code.code(),
             message: message.into(),
             hint,
         });
@@ -242,56 +232,87 @@ pub async fn plan(
     request: &Request,
     progress: &dyn Progress,
 ) -> Result<Plan> {
-    let backup = BackupDir::open(&request.path)?;
-    let original = backup.manifest.clone();
-    let backup_path = backup.path.clone();
-    let validation = &settings.backup.validation;
+    let mut plan = Plan::new(BackupDir::open(&request.path)?);
+    let policy = Policy::new(&settings.backup.validation, request.allow_downgrade);
+    // 1. The backup: structure, manifest, files (and their checksums), versions.
+    plan_validation(&mut plan, settings, &policy, progress)?;
+    plan_versions(&mut plan, &policy);
+    // 2. Qdrant: the server, what exists, what conflicts.
+    progress.step(&format!("asking Qdrant at {}", client.display_url()));
+    plan_cluster(&mut plan, client, settings).await?;
+    let existing = client.list_collections().await?;
+    let aliases = client.aliases().await?;
+    plan_collections(&mut plan, client, &existing, request).await?;
+    plan_aliases(&mut plan, &aliases);
+    plan_write_access(&mut plan, client).await?;
+    // 3. This machine: databases, config, the daemon, the safety backup, disk space, time.
+    plan_databases(&mut plan, settings);
+    plan_config(&mut plan, settings, request);
+    plan_daemon(&mut plan, settings);
+    plan_safety_backup(&mut plan, settings);
+    plan_disk(&mut plan, settings);
+    plan_time(&mut plan);
+    Ok(plan)
+}
 
-    let mut plan = Plan {
-        backup: backup_path.clone(),
-        version: original.version.clone(),
-        current_version: crate::VERSION.to_string(),
-        format: original.format_name(),
-        formatted_timestamp: original.formatted_timestamp(),
-        partial: original.partial_backup,
-        compatibility: None,
-        migrations: Vec::new(),
-        collections: Vec::new(),
-        aliases: Vec::new(),
-        databases: Vec::new(),
-        config: ConfigPlan {
-            in_backup: false,
-            replace: false,
-            target: None,
-            keeps_live: Vec::new(),
-        },
-        daemon: DaemonPlan {
-            running: None,
-            will_stop_and_start: false,
-        },
-        cluster: None,
-        safety_backup: None,
-        disk_free_bytes: None,
-        disk_needed_bytes: 0,
-        bytes_to_upload: 0,
-        estimated_seconds: 0,
-        warnings: Vec::new(),
-        blockers: Vec::new(),
-        manifest: original.clone(),
-        original,
-        source: backup,
-        chain: Vec::new(),
-        topology: None,
-    };
+impl Plan {
+    /// A plan that does nothing yet, for the backup in `source`.
+    fn new(source: BackupDir) -> Plan {
+        let original = source.manifest.clone();
+        Plan {
+            backup: source.path.clone(),
+            version: original.version.clone(),
+            current_version: crate::VERSION.to_string(),
+            format: original.format_name(),
+            formatted_timestamp: original.formatted_timestamp(),
+            partial: original.partial_backup,
+            compatibility: None,
+            migrations: Vec::new(),
+            collections: Vec::new(),
+            aliases: Vec::new(),
+            databases: Vec::new(),
+            config: ConfigPlan {
+                in_backup: false,
+                replace: false,
+                target: None,
+                keeps_live: Vec::new(),
+            },
+            daemon: DaemonPlan {
+                running: None,
+                will_stop_and_start: false,
+            },
+            cluster: None,
+            safety_backup: None,
+            disk_free_bytes: None,
+            disk_needed_bytes: 0,
+            bytes_to_upload: 0,
+            estimated_seconds: 0,
+            warnings: Vec::new(),
+            blockers: Vec::new(),
+            manifest: original.clone(),
+            original,
+            source,
+            chain: Vec::new(),
+            topology: None,
+        }
+    }
+}
 
-    // 1. Validation: structure, manifest, files (and their checksums), versions.
+/// `verify::audit` of the backup (at checksum depth with `verify_before_restore`): damage blocks
+/// the restore, warnings are passed on (compatibility is `plan_versions`').
+fn plan_validation(
+    plan: &mut Plan,
+    settings: &Settings,
+    policy: &Policy,
+    progress: &dyn Progress,
+) -> Result<()> {
     progress.step("validating the backup");
+    let validation = &settings.backup.validation;
     let depth = if settings.backup.verification.verify_before_restore {
         verify::Depth::Checksums
     } else {
         verify::Depth::Structure
     };
-    let policy = Policy::new(validation, request.allow_downgrade);
     let options = verify::Options {
         depth,
         current_version: crate::VERSION.to_string(),
@@ -299,12 +320,12 @@ pub async fn plan(
         warn_after_days: validation.version_warning_threshold,
         now: crate::now(),
     };
-    let report = verify::audit(&backup_path, &options, progress)?;
+    let report = verify::audit(&plan.backup, &options, progress)?;
     let errors = report.damage();
     if !errors.is_empty() {
         plan.block(
             ExitCode::InvalidBackup,
-            format!("Backup validation failed: {}\n{}", backup_path.display(), errors.join("\n")),
+            format!("Backup validation failed: {}\n{}", plan.backup.display(), errors.join("\n")),
             Some("restore another backup (`wqm backup list DIR`); `wqm backup validate PATH --check-files` shows every problem".to_string()),
         );
     }
@@ -315,8 +336,13 @@ pub async fn plan(
             .filter(|f| f.severity == Severity::Warning && f.check != Check::Compatibility)
             .map(|f| f.message.clone()),
     );
+    Ok(())
+}
 
-    let decision = migrations::decide(&plan.original.version, crate::VERSION, &policy);
+/// The backup's version against this one (`compat::decide` with the policy), the migration
+/// chain, and the chain applied to the manifest alone (the databases are migrated when unpacked).
+fn plan_versions(plan: &mut Plan, policy: &Policy) {
+    let decision = migrations::decide(&plan.original.version, crate::VERSION, policy);
     plan.compatibility = compat::report(&plan.original.version, crate::VERSION, &decision).ok();
     match decision {
         Decision::Refuse(e) => {
@@ -336,13 +362,13 @@ pub async fn plan(
             Err(e) => plan.block(ExitCode::Incompatible, format!("{e:#}"), None),
         }
     }
-    let mut staged = Staged {
+    let mut migrated = Staged {
         manifest: plan.original.clone(),
         databases: BTreeMap::new(),
-        backup_dir: backup_path,
+        backup_dir: plan.backup.clone(),
     };
-    match migrations::apply(&plan.chain, &mut staged) {
-        Ok(()) => plan.manifest = staged.manifest,
+    match migrations::apply(&plan.chain, &mut migrated) {
+        Ok(()) => plan.manifest = migrated.manifest,
         Err(e) => plan.block(ExitCode::InvalidBackup, format!("{e:#}"), None),
     }
     plan.migrations = plan
@@ -354,9 +380,11 @@ pub async fn plan(
             warnings: (m.warnings)(&plan.original),
         })
         .collect();
+}
 
-    // 2. Qdrant: what exists, what conflicts.
-    progress.step(&format!("asking Qdrant at {}", client.display_url()));
+/// The server restored into: its version against the snapshots', and its cluster (the nodes,
+/// those that do not answer).
+async fn plan_cluster(plan: &mut Plan, client: &Client, settings: &Settings) -> Result<()> {
     let server = client.server_info().await?;
     plan.topology = cluster::topology(client, settings).await?;
     if let Some(topology) = &plan.topology {
@@ -379,37 +407,36 @@ pub async fn plan(
             ));
         }
     }
-    let existing = client.list_collections().await?;
-    let aliases = client.aliases().await?;
-    plan_collections(&mut plan, client, &existing, request).await?;
-    plan_aliases(&mut plan, &aliases);
-    plan_write_access(&mut plan, client).await?;
-    plan_databases(&mut plan, settings);
-    plan_config(&mut plan, settings, request);
+    Ok(())
+}
 
-    // 3. The daemon, the safety backup, disk space, time.
+/// A running daemon is stopped and started again when `backup.daemon.stop_command` says how;
+/// without one it blocks the restore.
+fn plan_daemon(plan: &mut Plan, settings: &Settings) {
     plan.daemon.running = daemon::running(&settings.backup.daemon, &settings.data_dir);
-    if let Some(reason) = &plan.daemon.running {
-        if settings.backup.daemon.stop_command.is_some() {
-            plan.daemon.will_stop_and_start = true;
-        } else {
-            let error = daemon::DaemonError::Running {
-                reason: reason.clone(),
-            };
-            plan.block(
-                ExitCode::Failure,
-                error.to_string(),
-                crate::exit::Classify::hint(&error),
-            );
-        }
+    let Some(reason) = &plan.daemon.running else {
+        return;
+    };
+    if settings.backup.daemon.stop_command.is_some() {
+        plan.daemon.will_stop_and_start = true;
+    } else {
+        let error = daemon::DaemonError::Running {
+            reason: reason.clone(),
+        };
+        plan.block(
+            ExitCode::Failure,
+            error.to_string(),
+            crate::exit::Classify::hint(&error),
+        );
     }
-    plan_safety_backup(&mut plan, settings);
-    plan_disk(&mut plan, settings);
+}
+
+/// Bytes to upload and a time estimate from them.
+fn plan_time(plan: &mut Plan) {
     plan.bytes_to_upload = plan.restored_collections().map(|c| c.bytes).sum();
     plan.estimated_seconds = plan.bytes_to_upload / RESTORE_BYTES_PER_SECOND
         + 2 * plan.restored_collections().count() as u64
         + 1;
-    Ok(plan)
 }
 
 /// Restoring collections or aliases needs a key that may write (Qdrant's manage access): a
@@ -567,35 +594,13 @@ fn plan_databases(plan: &mut Plan, settings: &Settings) {
         };
         let live_exists = live.is_file();
         let live_schema = live_exists.then(|| live_schema(&live)).flatten();
-        let action = match (plan.partial, database.name.as_str(), live_exists) {
-            (true, "state.db", true) => DatabaseAction::Merge,
-            (true, "state.db", false) => DatabaseAction::Replace,
-            (true, _, _) => {
-                plan.warnings.push(format!(
-                    "`{}` is left as it is in a partial restore; the daemon reconciles it",
-                    database.name
-                ));
-                DatabaseAction::Keep
-            }
-            (false, _, _) => DatabaseAction::Replace,
-        };
-        if check && database.name == "state.db" {
-            if let (Some(backup), Some(current)) = (database.schema_version, live_schema) {
-                if action == DatabaseAction::Merge && backup != current {
-                    plan.block(
-                        ExitCode::Incompatible,
-                        format!("A partial restore merges rows and needs the same state database schema: the backup has v{backup}, the live database v{current}"),
-                        Some("restore the full backup, or set `backup.validation.check_schema_compatibility: false` (unsafe)".to_string()),
-                    );
-                } else if backup > current {
-                    plan.block(
-                        ExitCode::Incompatible,
-                        format!("The backup's state database schema v{backup} is newer than the live one (v{current})"),
-                        Some("upgrade workspace-qdrant first, or set `backup.validation.check_schema_compatibility: false` (unsafe)".to_string()),
-                    );
-                } else if backup < current {
-                    plan.warnings.push(format!("the backup's state database has schema v{backup}, older than the live v{current}; the daemon migrates it forward at its next start"));
-                }
+        let schemas = (database.schema_version, live_schema);
+        let (action, findings) =
+            decide_database(plan.partial, &database.name, live_exists, check, schemas);
+        for finding in findings {
+            match finding {
+                Finding::Warning(warning) => plan.warnings.push(warning),
+                Finding::Blocker(failure) => plan.blockers.push(failure),
             }
         }
         if action == DatabaseAction::Merge && sqlite::has_unrestorable_rows(&live).unwrap_or(false)
@@ -614,6 +619,60 @@ fn plan_databases(plan: &mut Plan, settings: &Settings) {
             live_schema,
         });
     }
+}
+
+/// Something the plan of one database says beside its action.
+#[derive(Debug)]
+enum Finding {
+    Warning(String),
+    Blocker(Failure),
+}
+
+/// `plan_databases`' decision table, from its inputs alone: what the restore does with the
+/// backup's database `name` (the backup partial or not, a live file or not), and what the schema
+/// versions `(backup, live)` say about it when `check_schema` (`check_schema_compatibility`).
+fn decide_database(
+    partial: bool,
+    name: &str,
+    live_exists: bool,
+    check_schema: bool,
+    (backup, live): (Option<i64>, Option<i64>),
+) -> (DatabaseAction, Vec<Finding>) {
+    let mut findings = Vec::new();
+    let action = match (partial, name, live_exists) {
+        (true, "state.db", true) => DatabaseAction::Merge,
+        (true, "state.db", false) => DatabaseAction::Replace,
+        (true, _, _) => {
+            findings.push(Finding::Warning(format!(
+                "`{name}` is left as it is in a partial restore; the daemon reconciles it"
+            )));
+            DatabaseAction::Keep
+        }
+        (false, _, _) => DatabaseAction::Replace,
+    };
+    let (Some(backup), Some(current)) = (backup, live) else {
+        return (action, findings);
+    };
+    if !check_schema || name != "state.db" {
+        return (action, findings);
+    }
+    let incompatible = |message: String, hint: &str| {
+        Finding::Blocker(Failure::new(ExitCode::Incompatible, message).with_hint(hint))
+    };
+    if action == DatabaseAction::Merge && backup != current {
+        findings.push(incompatible(
+            format!("A partial restore merges rows and needs the same state database schema: the backup has v{backup}, the live database v{current}"),
+            "restore the full backup, or set `backup.validation.check_schema_compatibility: false` (unsafe)",
+        ));
+    } else if backup > current {
+        findings.push(incompatible(
+            format!("The backup's state database schema v{backup} is newer than the live one (v{current})"),
+            "upgrade workspace-qdrant first, or set `backup.validation.check_schema_compatibility: false` (unsafe)",
+        ));
+    } else if backup < current {
+        findings.push(Finding::Warning(format!("the backup's state database has schema v{backup}, older than the live v{current}; the daemon migrates it forward at its next start")));
+    }
+    (action, findings)
 }
 
 fn plan_config(plan: &mut Plan, settings: &Settings, request: &Request) {
@@ -1741,11 +1800,155 @@ pub fn way_back(journal: &Journal, plan: &Plan) -> Option<String> {
     ))
 }
 
-/// A plan's blocker as an error with its exit code.
-pub fn blocked(blocker: &Blocker) -> anyhow::Error {
-    let mut failure = crate::exit::Failure::new(blocker.code, blocker.message.clone());
-    if let Some(hint) = &blocker.hint {
-        failure = failure.with_hint(hint.clone());
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn create_request_keeps_what_the_create_call_takes_under_the_names_it_takes() {
+        let vectors = json!({"size": 4, "distance": "Cosine"});
+        let config = json!({
+            "params": {
+                "vectors": vectors,
+                "sparse_vectors": null,
+                "shard_number": 2,
+                "replication_factor": 1,
+                "write_consistency_factor": 1,
+                "on_disk_payload": true,
+                "read_fan_out_factor": null
+            },
+            "hnsw_config": {"m": 16},
+            "optimizer_config": {"indexing_threshold": 1000},
+            "wal_config": {"wal_capacity_mb": 32},
+            "quantization_config": null,
+            "strict_mode_config": {"enabled": false}
+        });
+        assert_eq!(
+            create_request(&config, 2, false),
+            json!({
+                "vectors": vectors,
+                "shard_number": 2,
+                "replication_factor": 1,
+                "write_consistency_factor": 1,
+                "on_disk_payload": true,
+                "hnsw_config": {"m": 16},
+                "optimizers_config": {"indexing_threshold": 1000},
+                "wal_config": {"wal_capacity_mb": 32}
+            })
+        );
     }
-    failure.into()
+
+    #[test]
+    fn create_request_shards_by_key_in_a_cluster_and_automatically_on_one_node() {
+        let vectors = json!({"size": 4, "distance": "Dot"});
+        let config = json!({
+            "params": {"vectors": vectors, "shard_number": 1, "sharding_method": "custom"}
+        });
+        assert_eq!(
+            create_request(&config, 3, true),
+            json!({"vectors": vectors, "shard_number": 1, "sharding_method": "custom"})
+        );
+        // A single node cannot shard by key: as many automatic shards as the backup has.
+        assert_eq!(
+            create_request(&config, 3, false),
+            json!({"vectors": vectors, "shard_number": 3})
+        );
+    }
+
+    #[test]
+    fn index_schema_is_the_data_type_or_its_params_with_the_type() {
+        assert_eq!(
+            index_schema(&json!({"data_type": "keyword", "points": 3})),
+            json!("keyword")
+        );
+        assert_eq!(
+            index_schema(&json!({
+                "data_type": "integer",
+                "params": {"type": "ignored", "lookup": true, "range": false},
+                "points": 3
+            })),
+            json!({"type": "integer", "lookup": true, "range": false})
+        );
+        assert_eq!(index_schema(&json!({"points": 0})), Value::Null);
+    }
+
+    /// The action and the findings, warnings as `W: …`, blockers as `B<code>: …`.
+    fn decided(
+        partial: bool,
+        name: &str,
+        live_exists: bool,
+        check: bool,
+        schemas: (Option<i64>, Option<i64>),
+    ) -> (DatabaseAction, Vec<String>) {
+        let (action, findings) = decide_database(partial, name, live_exists, check, schemas);
+        let findings = findings
+            .into_iter()
+            .map(|f| match f {
+                Finding::Warning(w) => format!("W: {w}"),
+                Finding::Blocker(b) => format!("B{}: {}", b.code.code(), b.message),
+            })
+            .collect();
+        (action, findings)
+    }
+
+    #[test]
+    fn a_full_backup_replaces_every_database_and_a_partial_one_merges_the_state_database() {
+        use DatabaseAction::{Keep, Merge, Replace};
+        let same = (Some(5), Some(5));
+        for (partial, name, live_exists, action) in [
+            (false, "state.db", true, Replace),
+            (false, "state.db", false, Replace),
+            (false, "search.db", true, Replace),
+            (true, "state.db", true, Merge),
+            (true, "state.db", false, Replace),
+        ] {
+            let expected = (action, Vec::<String>::new());
+            assert_eq!(
+                decided(partial, name, live_exists, true, same),
+                expected,
+                "{partial} {name} {live_exists}"
+            );
+        }
+        let (action, findings) = decided(true, "graph.db", true, true, same);
+        assert_eq!(action, Keep);
+        assert_eq!(
+            findings,
+            ["W: `graph.db` is left as it is in a partial restore; the daemon reconciles it"]
+        );
+    }
+
+    #[test]
+    fn the_state_database_schema_decides_what_may_be_restored() {
+        let blocker = |f: &[String]| f.len() == 1 && f[0].starts_with("B4: ");
+        let warning = |f: &[String]| f.len() == 1 && f[0].starts_with("W: ");
+        // A merge needs the same schema, older or newer.
+        assert!(blocker(
+            &decided(true, "state.db", true, true, (Some(4), Some(5))).1
+        ));
+        assert!(blocker(
+            &decided(true, "state.db", true, true, (Some(6), Some(5))).1
+        ));
+        // A replacement may go back (the daemon migrates forward), never forward.
+        assert!(blocker(
+            &decided(false, "state.db", true, true, (Some(6), Some(5))).1
+        ));
+        assert!(warning(
+            &decided(false, "state.db", true, true, (Some(4), Some(5))).1
+        ));
+        // Not checked: turned off, a version unknown, or another database.
+        assert!(decided(true, "state.db", true, false, (Some(4), Some(5)))
+            .1
+            .is_empty());
+        assert!(decided(false, "state.db", true, true, (None, Some(5)))
+            .1
+            .is_empty());
+        assert!(decided(false, "state.db", true, true, (Some(6), None))
+            .1
+            .is_empty());
+        assert!(decided(false, "search.db", true, true, (Some(6), Some(5)))
+            .1
+            .is_empty());
+    }
 }

@@ -42,7 +42,7 @@ pub async fn run(args: &RestoreArgs, settings: &Settings, ui: &Ui) -> Result<Exi
         if !ui.json {
             print_plan(ui, &plan);
         }
-        return Err(restore::blocked(blocker));
+        return Err(blocker.clone().into());
     }
     if !plan.changes_anything() {
         ui.line(format!("Nothing to restore from {}", plan.backup.display()));
