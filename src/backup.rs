@@ -591,7 +591,9 @@ pub(crate) fn place_of(client: &Client, scope: Scope<'_>) -> Place {
 }
 
 /// Hands downloaded chunks to the thread that hashes, compresses and writes them, so the
-/// network and the disk work at the same time. Memory is bounded by the channel.
+/// network and the disk work at the same time. Memory is bounded by the channel. Progress
+/// advances here, on the async side that holds it (a restore's upload, whose bytes never pass an
+/// async side it could borrow, counts them instead: see `restore::upload`).
 struct ChannelSink<'a> {
     sender: mpsc::Sender<Bytes>,
     progress: &'a dyn Progress,

@@ -761,14 +761,14 @@ fn plan_safety_backup(plan: &mut Plan, settings: &Settings) {
     });
 }
 
-/// Local space: staged database copies beside the live ones, and the safety backup.
+/// Local space: unpacked database copies beside the live ones, and the safety backup.
 fn plan_disk(plan: &mut Plan, settings: &Settings) {
     let database_bytes: u64 = plan
         .databases
         .iter()
         .filter(|d| d.action != DatabaseAction::Keep)
         .map(|d| {
-            let staged = plan
+            let unpacked = plan
                 .manifest
                 .file(
                     &plan
@@ -781,7 +781,7 @@ fn plan_disk(plan: &mut Plan, settings: &Settings) {
                 )
                 .map_or(0, |f| f.content_size);
             let live = fs::metadata(&d.live).map_or(0, |m| m.len());
-            staged
+            unpacked
                 + if d.action == DatabaseAction::Merge {
                     live
                 } else {
@@ -911,6 +911,7 @@ impl Journal {
     }
 }
 
+/// The steps of a restore, in the order of "Restore, in order" (module doc).
 async fn apply(
     client: &Client,
     settings: &Settings,
@@ -918,39 +919,81 @@ async fn apply(
     progress: &dyn Progress,
     journal: &mut Journal,
 ) -> Result<Vec<Verified>> {
-    // Stage the backup's databases (decompressed, migrated, stripped) before anything changes.
-    let data_dir = settings
+    let work = open_work_dir(settings, plan, journal).await?;
+    let mut run = Restoring {
+        client,
+        settings,
+        plan,
+        progress,
+        work,
+        journal,
+    };
+    // Unpacked before anything changes: a damaged database stops the restore here.
+    let unpacked = unpack_databases(plan, run.work.path(), progress)?;
+    run.safety_backup().await?;
+    run.stop_daemon()?;
+    let replacements = run.merge_databases(&unpacked)?;
+    let shard_targets = run.restore_collections().await?;
+    run.replace_databases(&replacements)?;
+    run.set_aliases().await?;
+    run.replace_config()?;
+    run.start_daemon()?;
+    progress.step("verifying");
+    verify_restore(client, plan, &shard_targets).await
+}
+
+/// Makes the restore's working directory beside the state database (`.wqm-restore`: lock,
+/// journal), after cleaning up what dead restores left there.
+async fn open_work_dir(settings: &Settings, plan: &Plan, journal: &mut Journal) -> Result<WorkDir> {
+    // Where the live state database is, which need not be `data_dir` (`WQM_STATE_DB`).
+    let state_dir = settings
         .state_db
         .parent()
         .unwrap_or(Path::new("."))
         .to_path_buf();
-    layout::create_private_dir_all(&data_dir)
-        .with_context(|| format!("cannot create `{}`", data_dir.display()))?;
-    // A restore that died here left uploaded copies on the server and staged databases.
-    for cleaned in cleanup::dead_runs(&[data_dir.as_path()], settings).await {
+    layout::create_private_dir_all(&state_dir)
+        .with_context(|| format!("cannot create `{}`", state_dir.display()))?;
+    // A restore that died here left uploaded copies on the server and unpacked databases.
+    for cleaned in cleanup::dead_runs(&[state_dir.as_path()], settings).await {
         journal.cleaned.push(cleaned);
     }
     // The journal (fsynced per step) lets the next run report and finish what a killed one did.
-    let work = WorkDir::create(
-        &data_dir.join(cleanup::RESTORE_WORK_DIR),
+    Ok(WorkDir::create(
+        &state_dir.join(cleanup::RESTORE_WORK_DIR),
         Record::Run {
             command: "restore".to_string(),
             path: plan.backup.clone(),
             pid: std::process::id(),
             started: crate::now(),
         },
-    )?;
-    let staged = stage_databases(plan, work.path(), progress)?;
+    )?)
+}
 
-    if let Some(safety) = &plan.safety_backup {
+/// A restore under way: what it restores with, its working directory and its journal.
+struct Restoring<'a> {
+    client: &'a Client,
+    settings: &'a Settings,
+    plan: &'a Plan,
+    progress: &'a dyn Progress,
+    work: WorkDir,
+    journal: &'a mut Journal,
+}
+
+impl<'a> Restoring<'a> {
+    /// `backup::create` of what the restore replaces; only a complete one is named as the way back.
+    async fn safety_backup(&mut self) -> Result<()> {
+        let Some(safety) = &self.plan.safety_backup else {
+            return Ok(());
+        };
         progress::check_interrupted()?;
-        progress.step(&format!("safety backup into {}", safety.path.display()));
+        self.progress
+            .step(&format!("safety backup into {}", safety.path.display()));
         let request = backup::Request {
             target: safety.path.clone(),
             replace: false,
             description: Some(format!(
                 "Safety backup before restoring {}",
-                plan.backup.display()
+                self.plan.backup.display()
             )),
             collections: Some(safety.collections.clone()),
             partial: false,
@@ -961,159 +1004,192 @@ async fn apply(
             },
             config: safety.config,
         };
-        let outcome = backup::create(client, settings, &request, progress)
+        let outcome = backup::create(self.client, self.settings, &request, self.progress)
             .await
             .context("the safety backup failed; nothing was changed")?;
-        journal.cleaned.extend(outcome.cleaned);
-        journal.leftovers.extend(outcome.leftovers);
-        // Only a complete safety backup is ever named as the way back.
-        work.record(&Record::SafetyBackup {
+        self.journal.cleaned.extend(outcome.cleaned);
+        self.journal.leftovers.extend(outcome.leftovers);
+        self.work.record(&Record::SafetyBackup {
             path: safety.path.clone(),
         })?;
-        journal.safety_backup = Some(safety.path.clone());
-        journal
+        self.journal.safety_backup = Some(safety.path.clone());
+        self.journal
             .done
             .push(format!("safety backup: {}", safety.path.display()));
         crate::failpoint::hit("restore:safety-done")?;
+        Ok(())
     }
 
-    if plan.daemon.will_stop_and_start {
-        progress.step("stopping the daemon");
-        work.record(&Record::DaemonStopped { stopped: true })?;
-        daemon::stop(&settings.backup.daemon, &settings.data_dir)?;
-        journal.daemon_stopped = true;
-        journal.done(&work, "daemon stopped".to_string())?;
+    fn stop_daemon(&mut self) -> Result<()> {
+        if !self.plan.daemon.will_stop_and_start {
+            return Ok(());
+        }
+        self.progress.step("stopping the daemon");
+        self.work.record(&Record::DaemonStopped { stopped: true })?;
+        daemon::stop(&self.settings.backup.daemon, &self.settings.data_dir)?;
+        self.journal.daemon_stopped = true;
+        self.journal
+            .done(&self.work, "daemon stopped".to_string())?;
         crate::failpoint::hit("restore:daemon-stopped")?;
+        Ok(())
     }
 
-    // With the daemon stopped, merge the live rows and the backup's into a staged copy.
-    let mut replacements: Vec<(PathBuf, &DatabasePlan)> = Vec::new();
-    for database in plan
-        .databases
-        .iter()
-        .filter(|d| d.action != DatabaseAction::Keep)
-    {
-        let from_backup = staged
-            .get(&database.name)
-            .ok_or_else(|| anyhow!("`{}` was not staged", database.name))?;
-        let replacement = match database.action {
-            DatabaseAction::Merge => {
-                progress.step(&format!(
-                    "merging rows of the restored collections into a copy of `{}`",
+    /// With the daemon stopped, merges the live rows and the backup's into a copy of the live
+    /// database (`sqlite::merge`) for each database the plan merges. Returns, for each database
+    /// the restore replaces or merges into, the file that takes its place.
+    fn merge_databases(
+        &self,
+        unpacked: &BTreeMap<String, PathBuf>,
+    ) -> Result<Vec<(PathBuf, &'a DatabasePlan)>> {
+        let plan = self.plan;
+        let mut replacements = Vec::new();
+        for database in plan
+            .databases
+            .iter()
+            .filter(|d| d.action != DatabaseAction::Keep)
+        {
+            let from_backup = unpacked
+                .get(&database.name)
+                .ok_or_else(|| anyhow!("`{}` was not unpacked", database.name))?;
+            let replacement = match database.action {
+                DatabaseAction::Merge => self.merge_database(database, from_backup)?,
+                _ => from_backup.clone(),
+            };
+            replacements.push((replacement, database));
+        }
+        Ok(replacements)
+    }
+
+    /// The rows of the restored collections from `from_backup`, merged into a copy of the live
+    /// database; returns the copy.
+    fn merge_database(&self, database: &DatabasePlan, from_backup: &Path) -> Result<PathBuf> {
+        self.progress.step(&format!(
+            "merging rows of the restored collections into a copy of `{}`",
+            database.live.display()
+        ));
+        let merged = self.work.path().join(format!("{}.merged", database.name));
+        sqlite::backup_to(&database.live, &merged)
+            .with_context(|| format!("cannot copy `{}`", database.live.display()))?;
+        let collections: Vec<String> = self
+            .plan
+            .manifest
+            .collection_names()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let report = sqlite::merge::merge_collections(&merged, from_backup, &collections)
+            .with_context(|| {
+                format!(
+                    "cannot merge the backup's rows into `{}`",
                     database.live.display()
-                ));
-                let merged = work.path().join(format!("{}.merged", database.name));
-                sqlite::backup_to(&database.live, &merged)
-                    .with_context(|| format!("cannot copy `{}`", database.live.display()))?;
-                let collections: Vec<String> = plan
+                )
+            })?;
+        self.progress.step(&format!(
+            "merge: {} rows replaced, {} keys renumbered",
+            report.inserted.values().sum::<usize>(),
+            report.remapped
+        ));
+        Ok(merged)
+    }
+
+    /// Uploads each collection the plan restores (by shards when stored so). Returns, per
+    /// collection stored by shards, where each shard went (see `restore_shards`).
+    async fn restore_collections(&mut self) -> Result<BTreeMap<String, Vec<(u32, u32)>>> {
+        let (client, plan, progress) = (self.client, self.plan, self.progress);
+        let mut shard_targets = BTreeMap::new();
+        for collection in plan.restored_collections() {
+            progress::check_interrupted()?;
+            let details = &plan.manifest.collection_details[&collection.name];
+            progress.step(&format!("restoring collection `{}`", collection.name));
+            self.journal.changed = true;
+            let restored = if details.shards.is_empty() {
+                let entry = plan
                     .manifest
-                    .collection_names()
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect();
-                let report = sqlite::merge::merge_collections(&merged, from_backup, &collections)
-                    .with_context(|| {
-                    format!(
-                        "cannot merge the backup's rows into `{}`",
-                        database.live.display()
-                    )
-                })?;
-                progress.step(&format!(
-                    "merge: {} rows replaced, {} keys renumbered",
-                    report.inserted.values().sum::<usize>(),
-                    report.remapped
+                    .file(&details.snapshot)
+                    .ok_or_else(|| anyhow!("no file for `{}`", collection.name))?;
+                let scope = Scope::Collection(&collection.name);
+                upload(client, &plan.source, entry, scope, &self.work, progress).await
+            } else {
+                let timeout = Duration::from_secs(self.settings.backup.transfer.operation_timeout);
+                restore_shards(client, plan, collection, timeout, &self.work, progress)
+                    .await
+                    .map(|targets| {
+                        shard_targets.insert(collection.name.clone(), targets);
+                    })
+            };
+            if restored.is_err() {
+                // Qdrant may have swapped the collection in and then failed to answer (or died).
+                self.journal.uncertain.push(format!(
+                    "collection `{}`: Qdrant may have restored it before the failure; check it, or rerun the restore with --overwrite",
+                    collection.name
                 ));
-                merged
             }
-            _ => from_backup.clone(),
-        };
-        replacements.push((replacement, database));
-    }
-
-    let mut shard_targets = BTreeMap::new();
-    for collection in plan.restored_collections() {
-        progress::check_interrupted()?;
-        let details = &plan.manifest.collection_details[&collection.name];
-        progress.step(&format!("restoring collection `{}`", collection.name));
-        journal.changed = true;
-        let restored = if details.shards.is_empty() {
-            let entry = plan
-                .manifest
-                .file(&details.snapshot)
-                .ok_or_else(|| anyhow!("no file for `{}`", collection.name))?;
-            upload(
-                client,
-                &plan.source,
-                entry,
-                Scope::Collection(&collection.name),
-                &work,
-                progress,
-            )
-            .await
-        } else {
-            let timeout = Duration::from_secs(settings.backup.transfer.operation_timeout);
-            restore_shards(client, plan, collection, timeout, &work, progress)
-                .await
-                .map(|targets| {
-                    shard_targets.insert(collection.name.clone(), targets);
-                })
-        };
-        if restored.is_err() {
-            // Qdrant may have swapped the collection in and then failed to answer (or died).
-            journal.uncertain.push(format!(
-                "collection `{}`: Qdrant may have restored it before the failure; check it, or rerun the restore with --overwrite",
-                collection.name
-            ));
+            restored
+                .with_context(|| format!("restoring collection `{}` failed", collection.name))?;
+            if collection.action == CollectionAction::Create {
+                self.journal.created.push(collection.name.clone());
+            }
+            self.journal.done(
+                &self.work,
+                format!("collection `{}` restored", collection.name),
+            )?;
         }
-        restored.with_context(|| format!("restoring collection `{}` failed", collection.name))?;
-        if collection.action == CollectionAction::Create {
-            journal.created.push(collection.name.clone());
+        Ok(shard_targets)
+    }
+
+    /// Puts each replacement (unpacked, or merged) in place of its live database
+    /// (`sqlite::replace_live`).
+    fn replace_databases(&mut self, replacements: &[(PathBuf, &DatabasePlan)]) -> Result<()> {
+        for (replacement, database) in replacements {
+            progress::check_interrupted()?;
+            self.progress
+                .step(&format!("putting `{}` in place", database.live.display()));
+            self.journal.changed = true;
+            sqlite::replace_live(replacement, &database.live)
+                .with_context(|| format!("cannot replace `{}`", database.live.display()))?;
+            let how = if database.action == DatabaseAction::Merge {
+                "merged"
+            } else {
+                "replaced"
+            };
+            self.journal
+                .done(&self.work, format!("`{}` {how}", database.live.display()))?;
+            crate::failpoint::hit("restore:database-replaced")?;
         }
-        journal.done(&work, format!("collection `{}` restored", collection.name))?;
+        Ok(())
     }
 
-    for (replacement, database) in &replacements {
-        progress::check_interrupted()?;
-        progress.step(&format!("putting `{}` in place", database.live.display()));
-        journal.changed = true;
-        sqlite::replace_live(replacement, &database.live)
-            .with_context(|| format!("cannot replace `{}`", database.live.display()))?;
-        journal.done(
-            &work,
-            format!(
-                "`{}` {}",
-                database.live.display(),
-                if database.action == DatabaseAction::Merge {
-                    "merged"
-                } else {
-                    "replaced"
-                }
-            ),
-        )?;
-        crate::failpoint::hit("restore:database-replaced")?;
+    async fn set_aliases(&mut self) -> Result<()> {
+        for alias in self
+            .plan
+            .aliases
+            .iter()
+            .filter(|a| a.action != AliasAction::Keep)
+        {
+            let replace = matches!(alias.action, AliasAction::Repoint { .. });
+            self.client
+                .set_alias(&alias.alias, &alias.collection, replace)
+                .await?;
+            self.journal.done(
+                &self.work,
+                format!("alias `{}` → `{}`", alias.alias, alias.collection),
+            )?;
+            crate::failpoint::hit("restore:alias-set")?;
+        }
+        Ok(())
     }
 
-    for alias in plan
-        .aliases
-        .iter()
-        .filter(|a| a.action != AliasAction::Keep)
-    {
-        let replace = matches!(alias.action, AliasAction::Repoint { .. });
-        client
-            .set_alias(&alias.alias, &alias.collection, replace)
-            .await?;
-        journal.done(
-            &work,
-            format!("alias `{}` → `{}`", alias.alias, alias.collection),
-        )?;
-        crate::failpoint::hit("restore:alias-set")?;
-    }
-
-    if let (true, Some(entry), Some(target)) = (
-        plan.config.replace,
-        config_entry(&plan.manifest),
-        plan.config.target.as_ref(),
-    ) {
+    /// Writes the backup's config (checked as `validate --check-files` checks it, the secrets
+    /// it left out taken from the live file) over the live one, when the plan says so.
+    fn replace_config(&mut self) -> Result<()> {
+        let plan = self.plan;
+        let (true, Some(entry), Some(target)) = (
+            plan.config.replace,
+            config_entry(&plan.manifest),
+            plan.config.target.as_ref(),
+        ) else {
+            return Ok(());
+        };
         let mut bytes = Vec::new();
         plan.source
             .open_entry(entry)
@@ -1128,35 +1204,46 @@ async fn apply(
         let text = crate::secrets::restore_config(
             text,
             &plan.manifest.config_redacted,
-            live_config(settings).as_deref(),
+            live_config(self.settings).as_deref(),
         );
-        journal.changed = true;
+        self.journal.changed = true;
         crate::manifest::write_atomic(target, text.as_bytes())
             .with_context(|| format!("cannot write `{}`", target.display()))?;
-        journal.done(&work, format!("config `{}` replaced", target.display()))?;
+        self.journal.done(
+            &self.work,
+            format!("config `{}` replaced", target.display()),
+        )?;
+        Ok(())
     }
 
-    if journal.daemon_stopped {
+    /// Starts the daemon this restore stopped.
+    fn start_daemon(&mut self) -> Result<()> {
+        if !self.journal.daemon_stopped {
+            return Ok(());
+        }
         crate::failpoint::hit("restore:before-daemon-start")?;
-        progress.step("starting the daemon");
-        daemon::start(&settings.backup.daemon)?;
-        work.record(&Record::DaemonStopped { stopped: false })?;
-        journal.daemon_stopped = false;
-        journal.done(&work, "daemon started".to_string())?;
+        self.progress.step("starting the daemon");
+        daemon::start(&self.settings.backup.daemon)?;
+        self.work
+            .record(&Record::DaemonStopped { stopped: false })?;
+        self.journal.daemon_stopped = false;
+        self.journal
+            .done(&self.work, "daemon started".to_string())?;
+        Ok(())
     }
-
-    progress.step("verifying");
-    verify_restore(client, plan, &shard_targets).await
 }
 
-/// Decompresses each database the restore needs into `dir`, applies the migrations to the
-/// copies and removes the rows a restore never brings back.
-fn stage_databases(
+/// Unpacks each database the restore needs into `dir`, the restore's working directory. An
+/// *unpacked* database is the backup's copy decompressed there (checked against the manifest),
+/// migrated, stripped of the rows a restore never brings back and integrity-checked: what
+/// replaces, or merges into, the live one. (`migrations::Staged` holds the same copies while the
+/// migrations run.)
+fn unpack_databases(
     plan: &Plan,
     dir: &Path,
     progress: &dyn Progress,
 ) -> Result<BTreeMap<String, PathBuf>> {
-    let mut staged = BTreeMap::new();
+    let mut unpacked = BTreeMap::new();
     let wanted: Vec<&str> = plan
         .databases
         .iter()
@@ -1169,15 +1256,15 @@ fn stage_databases(
             continue;
         }
         progress::check_interrupted()?;
-        progress.step(&format!("staging `{name}`"));
+        progress.step(&format!("unpacking `{name}`"));
         // The copy's name is the known database's, never one from the manifest.
         let copy = dir.join(name);
-        stage_database(&plan.source, entry, &copy)?;
-        staged.insert(name.to_string(), copy);
+        unpack_database(&plan.source, entry, &copy)?;
+        unpacked.insert(name.to_string(), copy);
     }
     let mut migrated = Staged {
         manifest: plan.original.clone(),
-        databases: staged,
+        databases: unpacked,
         backup_dir: plan.backup.clone(),
     };
     migrations::apply(&plan.chain, &mut migrated)?;
@@ -1189,7 +1276,7 @@ fn stage_databases(
             return Err(damaged(
                 &path.display().to_string(),
                 format!(
-                    "its staged copy fails PRAGMA integrity_check: {}",
+                    "its unpacked copy fails PRAGMA integrity_check: {}",
                     problems.join("; ")
                 ),
             ));
@@ -1203,7 +1290,7 @@ const LEGACY_STATE_DB: &str = "sqlite/state.db";
 
 /// Decompresses one stored database into `copy`, checking its content against the manifest
 /// as it goes (what `validate --check-files` checks, in the same pass).
-fn stage_database(source: &BackupDir, entry: Option<&FileEntry>, copy: &Path) -> Result<()> {
+fn unpack_database(source: &BackupDir, entry: Option<&FileEntry>, copy: &Path) -> Result<()> {
     let rel = entry.map_or(LEGACY_STATE_DB, |e| e.path.as_str());
     let file = match entry {
         Some(entry) => source.open_entry(entry),
@@ -1281,32 +1368,7 @@ async fn restore_shards(
     let topology = plan.topology.as_ref();
     let custom = custom_sharding(details);
     if collection.action == CollectionAction::Create {
-        let config = details
-            .config
-            .as_ref()
-            .ok_or_else(|| anyhow!("the backup does not record the configuration of `{name}`"))?;
-        client
-            .create_collection(
-                name,
-                &create_request(config, details.shards.len(), custom && topology.is_some()),
-            )
-            .await?;
-        if custom && topology.is_some() {
-            let mut keys: Vec<&Value> = Vec::new();
-            for key in details.shards.iter().filter_map(|s| s.key.as_ref()) {
-                if !keys.contains(&key) {
-                    client.create_shard_key(name, key).await?;
-                    keys.push(key);
-                }
-            }
-        }
-        if let Some(Value::Object(schema)) = &details.payload_schema {
-            for (field, index) in schema {
-                client
-                    .create_payload_index(name, field, &index_schema(index))
-                    .await?;
-            }
-        }
+        recreate_collection(client, name, details, custom && topology.is_some()).await?;
     }
     let live = cluster::shards(client, name).await?;
     let targets: Vec<u32> = if custom && topology.is_some() {
@@ -1350,6 +1412,40 @@ async fn restore_shards(
         wait_until_active(client, name, timeout).await?;
     }
     Ok(details.shards.iter().map(|s| s.id).zip(targets).collect())
+}
+
+/// Creates collection `name` as the backup recorded it (`create_request`), with its shard keys
+/// when it is sharded by key in a cluster (`by_key`), and its payload indexes.
+async fn recreate_collection(
+    client: &Client,
+    name: &str,
+    details: &crate::manifest::CollectionDetails,
+    by_key: bool,
+) -> Result<()> {
+    let config = details
+        .config
+        .as_ref()
+        .ok_or_else(|| anyhow!("the backup does not record the configuration of `{name}`"))?;
+    client
+        .create_collection(name, &create_request(config, details.shards.len(), by_key))
+        .await?;
+    if by_key {
+        let mut keys: Vec<&Value> = Vec::new();
+        for key in details.shards.iter().filter_map(|s| s.key.as_ref()) {
+            if !keys.contains(&key) {
+                client.create_shard_key(name, key).await?;
+                keys.push(key);
+            }
+        }
+    }
+    if let Some(Value::Object(schema)) = &details.payload_schema {
+        for (field, index) in schema {
+            client
+                .create_payload_index(name, field, &index_schema(index))
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 /// The node to load shard `id` into: one holding a replica of it (the only node when single).
@@ -1448,7 +1544,7 @@ async fn wait_until_active(client: &Client, name: &str, timeout: Duration) -> Re
 }
 
 /// Each database the backup holds and its stored file (`None`: a legacy backup's plain
-/// `sqlite/state.db`, staged when the restore wants it and it is there).
+/// `sqlite/state.db`, unpacked when the restore wants it and it is there).
 fn database_sources(manifest: &Manifest) -> Vec<(Database, Option<&FileEntry>)> {
     if manifest.is_legacy() {
         return vec![(Database::State, None)];
@@ -1480,6 +1576,11 @@ async fn upload(
     let file = source
         .open_entry(entry)
         .map_err(|e| damaged(&entry.path, format!("cannot read: {e}")))?;
+    // The download's bridge (`backup::ChannelSink`) advances `progress` as each chunk passes on
+    // the async side. Here the bytes pass only through the blocking reader thread and the body
+    // stream reqwest owns, both `'static`, so neither can borrow `&dyn Progress`: they count into
+    // `sent`, which this task reports every 100 ms. One scheme for both would need an owned
+    // (`Arc`) progress throughout; memory is bounded by the channel either way.
     let sent = Arc::new(AtomicU64::new(0));
     let (sender, mut receiver) = mpsc::channel::<io::Result<Bytes>>(8);
     let stream = Inspected {
@@ -1489,13 +1590,7 @@ async fn upload(
     };
     let reader = tokio::task::spawn_blocking(move || stream.run(file));
     let body = futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx));
-    // The upload's file name is built from a checked collection name and a number only.
-    let file_name = match scope {
-        Scope::Collection(c) => format!("wqm-restore-{c}-{}.snapshot", std::process::id()),
-        Scope::Shard(c, id) => {
-            format!("wqm-restore-{c}-shard-{id}-{}.snapshot", std::process::id())
-        }
-    };
+    let file_name = upload_name(scope);
     let place = backup::place_of(client, scope);
     work.record(&Record::UploadStarted {
         place: place.clone(),
@@ -1547,6 +1642,17 @@ async fn upload(
         Err(_) => {}
     }
     result
+}
+
+/// The name an upload of `scope` gets on the server: built from a checked collection name and
+/// numbers only.
+fn upload_name(scope: Scope<'_>) -> String {
+    match scope {
+        Scope::Collection(c) => format!("wqm-restore-{c}-{}.snapshot", std::process::id()),
+        Scope::Shard(c, id) => {
+            format!("wqm-restore-{c}-shard-{id}-{}.snapshot", std::process::id())
+        }
+    }
 }
 
 /// How much decompressed snapshot is sent at a time; the last piece waits for the check.
@@ -1688,102 +1794,120 @@ async fn verify_restore(
 ) -> Result<Vec<Verified>> {
     let mut rows = Vec::new();
     for collection in plan.restored_collections() {
-        let details = &plan.manifest.collection_details[&collection.name];
-        let low = details
-            .points_count
-            .min(details.points_count_after.unwrap_or(details.points_count));
-        let high = details
-            .points_count
-            .max(details.points_count_after.unwrap_or(details.points_count));
-        let expected = if low == high {
-            format!("{low} points")
-        } else {
-            format!("{low}..={high} points")
-        };
-        match client.collection_info(&collection.name).await {
-            Ok(info) => {
-                let count = client.exact_count(&collection.name).await?;
-                rows.push(Verified {
-                    what: format!("collection `{}`", collection.name),
-                    expected: format!("{expected}, not red"),
-                    actual: format!("{count} points, {}", info.status),
-                    ok: (low..=high).contains(&count) && info.status != "red",
-                });
-            }
-            Err(QdrantError::NotFound { .. }) => rows.push(Verified {
-                what: format!("collection `{}`", collection.name),
-                expected,
-                actual: "missing".to_string(),
-                ok: false,
-            }),
-            Err(e) => return Err(e.into()),
-        }
-        // Shard by shard, unless points changed while the backup was taken.
-        let targets = shard_targets
-            .get(&collection.name)
-            .filter(|_| details.points_count_after.is_none());
-        if let Some(targets) = targets {
-            let live = cluster::shards(client, &collection.name).await?;
-            for (shard, (_, target)) in details.shards.iter().zip(targets) {
-                let node = node_holding(
-                    client,
-                    plan.topology.as_ref(),
-                    &live,
-                    &collection.name,
-                    *target,
-                )?;
-                let count = node.shard_exact_count(&collection.name, *target).await?;
-                rows.push(Verified {
-                    what: format!("shard {target} of `{}`", collection.name),
-                    expected: format!("{} points", shard.points_count),
-                    actual: format!("{count} points"),
-                    ok: count == shard.points_count,
-                });
-            }
-        }
+        let targets = shard_targets.get(&collection.name);
+        rows.extend(verify_collection(client, plan, &collection.name, targets).await?);
     }
-    let aliases = client.aliases().await?;
-    for alias in &plan.aliases {
-        let actual = aliases
-            .iter()
-            .find(|a| a.alias_name == alias.alias)
-            .map(|a| a.collection_name.clone());
-        rows.push(Verified {
-            what: format!("alias `{}`", alias.alias),
-            expected: format!("→ {}", alias.collection),
-            actual: actual
-                .clone()
-                .map_or("missing".to_string(), |c| format!("→ {c}")),
-            ok: actual.as_deref() == Some(alias.collection.as_str()),
-        });
+    rows.extend(verify_aliases(client, plan).await?);
+    rows.extend(verify_databases(plan));
+    Ok(rows)
+}
+
+/// Collection `name` (and, when it was restored by shards to `targets`, each shard): its exact
+/// point count within what the backup recorded, and not red.
+async fn verify_collection(
+    client: &Client,
+    plan: &Plan,
+    name: &str,
+    targets: Option<&Vec<(u32, u32)>>,
+) -> Result<Vec<Verified>> {
+    let mut rows = Vec::new();
+    let details = &plan.manifest.collection_details[name];
+    let after = details.points_count_after.unwrap_or(details.points_count);
+    let low = details.points_count.min(after);
+    let high = details.points_count.max(after);
+    let expected = if low == high {
+        format!("{low} points")
+    } else {
+        format!("{low}..={high} points")
+    };
+    match client.collection_info(name).await {
+        Ok(info) => {
+            let count = client.exact_count(name).await?;
+            rows.push(Verified {
+                what: format!("collection `{name}`"),
+                expected: format!("{expected}, not red"),
+                actual: format!("{count} points, {}", info.status),
+                ok: (low..=high).contains(&count) && info.status != "red",
+            });
+        }
+        Err(QdrantError::NotFound { .. }) => rows.push(Verified {
+            what: format!("collection `{name}`"),
+            expected,
+            actual: "missing".to_string(),
+            ok: false,
+        }),
+        Err(e) => return Err(e.into()),
     }
-    for database in plan
-        .databases
-        .iter()
-        .filter(|d| d.action != DatabaseAction::Keep)
-    {
-        let problems = sqlite::open_read_only(&database.live)
-            .and_then(|c| {
-                Ok([
-                    sqlite::integrity_problems(&c)?,
-                    sqlite::foreign_key_problems(&c)?,
-                ]
-                .concat())
-            })
-            .unwrap_or_else(|e| vec![e.to_string()]);
-        let sound = "integrity and foreign keys ok";
+    // Shard by shard, unless points changed while the backup was taken.
+    let Some(targets) = targets.filter(|_| details.points_count_after.is_none()) else {
+        return Ok(rows);
+    };
+    let live = cluster::shards(client, name).await?;
+    for (shard, (_, target)) in details.shards.iter().zip(targets) {
+        let node = node_holding(client, plan.topology.as_ref(), &live, name, *target)?;
+        let count = node.shard_exact_count(name, *target).await?;
         rows.push(Verified {
-            what: format!("database `{}`", database.live.display()),
-            expected: sound.to_string(),
-            actual: if problems.is_empty() {
-                sound.to_string()
-            } else {
-                problems.join("; ")
-            },
-            ok: problems.is_empty(),
+            what: format!("shard {target} of `{name}`"),
+            expected: format!("{} points", shard.points_count),
+            actual: format!("{count} points"),
+            ok: count == shard.points_count,
         });
     }
     Ok(rows)
+}
+
+/// Each alias of the plan points at its collection.
+async fn verify_aliases(client: &Client, plan: &Plan) -> Result<Vec<Verified>> {
+    let aliases = client.aliases().await?;
+    Ok(plan
+        .aliases
+        .iter()
+        .map(|alias| {
+            let actual = aliases
+                .iter()
+                .find(|a| a.alias_name == alias.alias)
+                .map(|a| a.collection_name.clone());
+            Verified {
+                what: format!("alias `{}`", alias.alias),
+                expected: format!("→ {}", alias.collection),
+                actual: actual
+                    .clone()
+                    .map_or("missing".to_string(), |c| format!("→ {c}")),
+                ok: actual.as_deref() == Some(alias.collection.as_str()),
+            }
+        })
+        .collect())
+}
+
+/// Each database the restore replaced or merged into passes `PRAGMA integrity_check` and
+/// `foreign_key_check`.
+fn verify_databases(plan: &Plan) -> Vec<Verified> {
+    plan.databases
+        .iter()
+        .filter(|d| d.action != DatabaseAction::Keep)
+        .map(|database| {
+            let problems = sqlite::open_read_only(&database.live)
+                .and_then(|c| {
+                    Ok([
+                        sqlite::integrity_problems(&c)?,
+                        sqlite::foreign_key_problems(&c)?,
+                    ]
+                    .concat())
+                })
+                .unwrap_or_else(|e| vec![e.to_string()]);
+            let sound = "integrity and foreign keys ok";
+            Verified {
+                what: format!("database `{}`", database.live.display()),
+                expected: sound.to_string(),
+                actual: if problems.is_empty() {
+                    sound.to_string()
+                } else {
+                    problems.join("; ")
+                },
+                ok: problems.is_empty(),
+            }
+        })
+        .collect()
 }
 
 /// The command that puts the safety backup back.
