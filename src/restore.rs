@@ -805,14 +805,15 @@ fn plan_disk(plan: &mut Plan, settings: &Settings) {
         collections + databases
     });
     plan.disk_needed_bytes = database_bytes + safety_bytes;
-    let data_dir = settings.state_db.parent().unwrap_or(Path::new("."));
-    let probe = existing_ancestor(data_dir);
+    // The unpacked copies go beside the live state database (and `data_dir` may be elsewhere).
+    let state_dir = settings.state_db.parent().unwrap_or(Path::new("."));
+    let probe = existing_ancestor(state_dir);
     plan.disk_free_bytes = probe.as_deref().and_then(|p| available_space(p).ok());
     if let Some(free) = plan.disk_free_bytes {
         if free < plan.disk_needed_bytes {
             plan.block(
                 ExitCode::Failure,
-                format!("Not enough disk space: the restore needs about {} bytes at `{}`, {free} are free", plan.disk_needed_bytes, data_dir.display()),
+                format!("Not enough disk space: the restore needs about {} bytes at `{}`, {free} are free", plan.disk_needed_bytes, state_dir.display()),
                 Some("free disk space, or set `backup.default_backup_directory` to a disk with room for the safety backup".to_string()),
             );
         }
