@@ -98,7 +98,19 @@ enum Source {
     Shards(Vec<(cluster::Shard, u64)>),
 }
 
-/// Checks everything that can be checked before writing, then writes the backup.
+/// What the checks before writing found on the server.
+struct Survey {
+    qdrant_version: String,
+    /// The cluster, when the server is one.
+    topology: Option<cluster::Topology>,
+    /// The collections to back up, each with where its data comes from.
+    collections: Vec<(String, Source)>,
+    aliases: Vec<qdrant::Alias>,
+}
+
+/// Checks everything that can be checked before writing, then writes the backup: each
+/// collection (in a cluster: each shard), the databases, the config, and the manifest last;
+/// verified, then renamed into place.
 pub async fn create(
     client: &Client,
     settings: &Settings,
@@ -107,6 +119,61 @@ pub async fn create(
 ) -> Result<Outcome> {
     let started = Instant::now();
     let timestamp = crate::now();
+    check_request(settings, request)?;
+    let survey = survey(client, settings, request, progress).await?;
+
+    // Runs that died here left snapshots on the server and staging directories: clean them first.
+    let backups_dir = parent_dir(&request.target);
+    let cleaned = cleanup::dead_runs(&[backups_dir.as_path()], settings).await;
+    let staging = Staging::begin(&request.target, request.replace)?;
+    progress.step(&format!("staging in {}", staging.dir().display()));
+    let mut writing = Writing::begin(&staging, settings, request, &survey, timestamp, progress);
+    let mut counts = BTreeMap::new();
+    for (name, source) in &survey.collections {
+        progress::check_interrupted()?;
+        let points = writing
+            .back_up_collection(client, &survey, name, source)
+            .await?;
+        counts.insert(name.clone(), points);
+    }
+    writing.manifest.total_documents = Some(counts.values().sum());
+    writing.manifest.collections = Some(Collections::Counts(counts));
+    if survey.topology.is_some() {
+        writing.manifest.notes.push("taken from a cluster shard by shard: each shard is consistent in itself, the shards are not from one instant".to_string());
+    }
+    if request.databases != Databases::None {
+        crate::failpoint::hit("create:databases")?;
+        writing.back_up_databases(&request.databases, settings)?;
+    }
+    writing.back_up_config(settings, request)?;
+    add_metadata(&mut writing.manifest, settings);
+    let Writing {
+        manifest,
+        items,
+        leftovers,
+        ..
+    } = writing;
+
+    progress::check_interrupted()?;
+    crate::failpoint::hit("create:manifest")?;
+    staging.write_manifest(&manifest)?;
+    crate::failpoint::hit("create:verifying")?;
+    if settings.backup.verification.verify_after_backup {
+        verify_staged(&staging, progress)?;
+    }
+    let path = staging.commit()?;
+    Ok(Outcome {
+        path,
+        manifest,
+        items,
+        seconds: started.elapsed().as_secs_f64(),
+        leftovers,
+        cleaned,
+    })
+}
+
+/// What the request and the settings alone forbid.
+fn check_request(settings: &Settings, request: &Request) -> Result<()> {
     if !settings.backup.enabled {
         return Err(Failure::new(
             ExitCode::Usage,
@@ -121,217 +188,50 @@ pub async fn create(
         }
         .into());
     }
+    Ok(())
+}
 
+/// Asks the server what there is to back up (reading only): its version, the cluster, the
+/// collections (each storable under its name) and their aliases, and in a cluster a node with
+/// an active replica for every shard.
+async fn survey(
+    client: &Client,
+    settings: &Settings,
+    request: &Request,
+    progress: &dyn Progress,
+) -> Result<Survey> {
     progress.step(&format!("connecting to Qdrant at {}", client.display_url()));
     let server = client.server_info().await?;
     let topology = cluster::topology(client, settings).await?;
     let available = client.list_collections().await?;
-    let collections = select(&available, request.collections.as_deref())?;
-    for name in &collections {
+    let names = select(&available, request.collections.as_deref())?;
+    for name in &names {
         layout::check_name(name)
             .with_context(|| format!("collection `{name}` cannot be stored under its name"))?;
     }
     let aliases = client.aliases().await?;
     // In a cluster, every shard needs an active replica on a reachable node before anything is written.
-    let mut sources = Vec::new();
-    for name in &collections {
-        sources.push(match &topology {
+    let mut collections = Vec::new();
+    for name in names {
+        let source = match &topology {
             None => Source::Collection,
-            Some(topology) => Source::Shards(shard_sources(client, topology, name).await?),
-        });
-    }
-
-    // Runs that died here left snapshots on the server and staging directories: clean them first.
-    let backups_dir = parent_dir(&request.target);
-    let cleaned = cleanup::dead_runs(&[backups_dir.as_path()], settings).await;
-    let staging = Staging::begin(&request.target, request.replace)?;
-    progress.step(&format!("staging in {}", staging.dir().display()));
-    let backup = &settings.backup;
-    let compression = Compression::from_setting(backup.compression);
-    let algorithm = backup.verification.checksum_algorithm;
-
-    let mut manifest = Manifest::new(crate::VERSION, timestamp);
-    manifest.description = request.description.clone();
-    manifest.qdrant_version = Some(server.version.clone());
-    manifest.compression = Some(compression);
-    manifest.checksum_algorithm = Some(algorithm);
-    // Informational: the online copies are consistent whether the daemon runs or not.
-    manifest.daemon_running = Some(daemon::running(&backup.daemon, &settings.data_dir).is_some());
-    if request.partial {
-        manifest.partial_backup = true;
-        manifest.selected_collections = Some(collections.clone());
-    }
-    let mut items = Vec::new();
-    let mut leftovers = Vec::new();
-    let mut counts = BTreeMap::new();
-    let stored = Stored {
-        staging: &staging,
-        compression,
-        algorithm,
-        progress,
-    };
-
-    for (name, source) in collections.iter().zip(sources) {
-        progress::check_interrupted()?;
-        let info = client.collection_info(name).await?;
-        let count_before = client.exact_count(Scope::Collection(name)).await?;
-        let mut details = CollectionDetails {
-            points_count: count_before,
-            points_count_after: None,
-            snapshot: String::new(),
-            shards: Vec::new(),
-            config: None,
-            params: backup
-                .metadata
-                .include_collection_stats
-                .then(|| info.config.params.clone()),
-            payload_schema: backup
-                .metadata
-                .include_collection_stats
-                .then(|| info.payload_schema.clone()),
-            aliases: aliases
-                .iter()
-                .filter(|a| &a.collection_name == name)
-                .map(|a| a.alias_name.clone())
-                .collect(),
+            Some(topology) => Source::Shards(shard_sources(client, topology, &name).await?),
         };
-        match source {
-            Source::Collection => {
-                let rel = layout::snapshot_path(name, compression);
-                let (entry, leftover) = stored
-                    .snapshot(
-                        client,
-                        Scope::Collection(name),
-                        &rel,
-                        FileKind::CollectionSnapshot,
-                    )
-                    .await?;
-                leftovers.extend(leftover);
-                items.push(Item {
-                    path: rel.clone(),
-                    detail: format!("{count_before} points"),
-                    size: entry.size,
-                    content_size: entry.content_size,
-                });
-                manifest.files.push(entry);
-                details.snapshot = rel;
-            }
-            Source::Shards(shards) => {
-                // Re-creating a sharded collection needs its whole configuration and payload schema.
-                details.config = Some(info.config.whole());
-                details.payload_schema = Some(info.payload_schema.clone());
-                for (shard, peer) in shards {
-                    progress::check_interrupted()?;
-                    let node = topology
-                        .as_ref()
-                        .and_then(|t| t.node(peer))
-                        .expect("sources are reachable nodes");
-                    let points_count = node.exact_count(Scope::Shard(name, shard.id)).await?;
-                    let snapshot_timestamp = crate::now();
-                    let rel = layout::shard_snapshot_path(name, shard.id, compression);
-                    let (entry, leftover) = stored
-                        .snapshot(
-                            node,
-                            Scope::Shard(name, shard.id),
-                            &rel,
-                            FileKind::ShardSnapshot,
-                        )
-                        .await?;
-                    leftovers.extend(leftover);
-                    items.push(Item {
-                        path: rel.clone(),
-                        detail: format!(
-                            "shard {}, {points_count} points, from peer {peer}",
-                            shard.id
-                        ),
-                        size: entry.size,
-                        content_size: entry.content_size,
-                    });
-                    manifest.files.push(entry);
-                    details.shards.push(ShardDetails {
-                        id: shard.id,
-                        key: shard.key.clone(),
-                        points_count,
-                        snapshot: rel,
-                        peer_id: peer,
-                        node: node.display_url(),
-                        snapshot_timestamp,
-                    });
-                }
-            }
-        }
-        let count_after = client.exact_count(Scope::Collection(name)).await?;
-        if count_after != count_before {
-            // Points changed while the snapshot was taken: its exact count lies in between.
-            manifest.during_operations = true;
-            details.points_count_after = Some(count_after);
-            manifest.notes.push(format!("collection `{name}` changed during the backup ({count_before} points before the snapshot, {count_after} after)"));
-        }
-        manifest.collection_details.insert(name.clone(), details);
-        counts.insert(name.clone(), count_before);
+        collections.push((name, source));
     }
-    manifest.total_documents = Some(counts.values().sum());
-    manifest.collections = Some(Collections::Counts(counts));
-    if topology.is_some() {
-        manifest.notes.push("taken from a cluster shard by shard: each shard is consistent in itself, the shards are not from one instant".to_string());
-    }
+    Ok(Survey {
+        qdrant_version: server.version,
+        topology,
+        collections,
+        aliases,
+    })
+}
 
-    if request.databases != Databases::None {
-        crate::failpoint::hit("create:databases")?;
-        back_up_databases(
-            &staging,
-            &request.databases,
-            settings,
-            compression,
-            algorithm,
-            &mut manifest,
-            &mut items,
-            progress,
-        )?;
-    }
-    match settings.config_file.as_ref().filter(|_| request.config) {
-        Some(config) => {
-            progress::check_interrupted()?;
-            let rel = format!("{}/config.yaml", layout::CONFIG_DIR);
-            let text = fs::read_to_string(config)
-                .with_context(|| format!("cannot read the config file `{}`", config.display()))?;
-            // No secret leaves the machine: only the secret values are replaced in the copy.
-            let redacted = secrets::redact_config(&text);
-            if redacted.rewritten {
-                manifest.notes.push("the config copy was written out anew to leave its secrets out (its layout is beyond editing in place): comments and formatting were not kept".to_string());
-            }
-            let entry = store(
-                &staging,
-                &rel,
-                FileKind::Config,
-                Compression::None,
-                algorithm,
-                io::Cursor::new(redacted.text.into_bytes()),
-            )?;
-            let detail = if redacted.redactions.is_empty() {
-                format!("from {}", config.display())
-            } else {
-                format!(
-                    "from {}, {} secret(s) left out",
-                    config.display(),
-                    redacted.redactions.len()
-                )
-            };
-            items.push(Item {
-                path: rel,
-                detail,
-                size: entry.size,
-                content_size: entry.content_size,
-            });
-            manifest.files.push(entry);
-            manifest.config_redacted = redacted.redactions;
-        }
-        None if request.config => manifest
-            .notes
-            .push("no configuration file was found; the backup holds no config".to_string()),
-        None => {}
-    }
-    if backup.metadata.include_system_info {
+/// The manifest's metadata beside the files: the system it was taken on, the custom metadata
+/// (with its secrets left out).
+fn add_metadata(manifest: &mut Manifest, settings: &Settings) {
+    let metadata = &settings.backup.metadata;
+    if metadata.include_system_info {
         manifest.system_info = Some(SystemInfo {
             hostname: gethostname::gethostname().to_string_lossy().into_owned(),
             os: std::env::consts::OS.to_string(),
@@ -339,30 +239,13 @@ pub async fn create(
             wqm_version: crate::VERSION.to_string(),
         });
     }
-    if !backup.metadata.custom_metadata.is_empty() {
-        let mut custom = serde_json::Value::Object(backup.metadata.custom_metadata.clone());
+    if !metadata.custom_metadata.is_empty() {
+        let mut custom = serde_json::Value::Object(metadata.custom_metadata.clone());
         secrets::redact_json(&mut custom);
         if let serde_json::Value::Object(custom) = custom {
             manifest.custom_metadata = Some(custom);
         }
     }
-
-    progress::check_interrupted()?;
-    crate::failpoint::hit("create:manifest")?;
-    staging.write_manifest(&manifest)?;
-    crate::failpoint::hit("create:verifying")?;
-    if backup.verification.verify_after_backup {
-        verify_staged(&staging, progress)?;
-    }
-    let path = staging.commit()?;
-    Ok(Outcome {
-        path,
-        manifest,
-        items,
-        seconds: started.elapsed().as_secs_f64(),
-        leftovers,
-        cleaned,
-    })
 }
 
 /// Each shard of `collection` with the reachable node that holds an active replica of it.
@@ -414,15 +297,179 @@ fn select(available: &[String], requested: Option<&[String]>) -> Result<Vec<Stri
     Ok(requested.to_vec())
 }
 
-/// Where snapshots are stored, and how.
-struct Stored<'a> {
+/// The backup being written: where its files go and how they are stored, and what it holds so
+/// far (the manifest, the summary's items, the snapshots left on a server).
+struct Writing<'a> {
     staging: &'a Staging,
     compression: Compression,
     algorithm: Algorithm,
+    /// `backup.metadata.include_collection_stats`.
+    collection_stats: bool,
     progress: &'a dyn Progress,
+    manifest: Manifest,
+    items: Vec<Item>,
+    leftovers: Vec<String>,
 }
 
-impl Stored<'_> {
+impl<'a> Writing<'a> {
+    /// An empty backup in `staging`, its manifest saying how it is stored and what it is of.
+    fn begin(
+        staging: &'a Staging,
+        settings: &Settings,
+        request: &Request,
+        survey: &Survey,
+        timestamp: f64,
+        progress: &'a dyn Progress,
+    ) -> Self {
+        let backup = &settings.backup;
+        let compression = Compression::from_setting(backup.compression);
+        let algorithm = backup.verification.checksum_algorithm;
+        let mut manifest = Manifest::new(crate::VERSION, timestamp);
+        manifest.description = request.description.clone();
+        manifest.qdrant_version = Some(survey.qdrant_version.clone());
+        manifest.compression = Some(compression);
+        manifest.checksum_algorithm = Some(algorithm);
+        // Informational: the online copies are consistent whether the daemon runs or not.
+        manifest.daemon_running =
+            Some(daemon::running(&backup.daemon, &settings.data_dir).is_some());
+        if request.partial {
+            manifest.partial_backup = true;
+            manifest.selected_collections =
+                Some(survey.collections.iter().map(|(n, _)| n.clone()).collect());
+        }
+        Writing {
+            staging,
+            compression,
+            algorithm,
+            collection_stats: backup.metadata.include_collection_stats,
+            progress,
+            manifest,
+            items: Vec::new(),
+            leftovers: Vec::new(),
+        }
+    }
+
+    /// A stored file: into the manifest, and into the summary with `detail`.
+    fn record(&mut self, entry: FileEntry, detail: String) {
+        self.items.push(Item {
+            path: entry.path.clone(),
+            detail,
+            size: entry.size,
+            content_size: entry.content_size,
+        });
+        self.manifest.files.push(entry);
+    }
+
+    /// One collection: one snapshot of it, or one per shard (with the configuration that
+    /// re-creates it), between two exact counts that tell whether points changed meanwhile.
+    /// Returns the count before.
+    async fn back_up_collection(
+        &mut self,
+        client: &Client,
+        survey: &Survey,
+        name: &str,
+        source: &Source,
+    ) -> Result<u64> {
+        let info = client.collection_info(name).await?;
+        let count_before = client.exact_count(Scope::Collection(name)).await?;
+        let stats = self.collection_stats;
+        let mut details = CollectionDetails {
+            points_count: count_before,
+            points_count_after: None,
+            snapshot: String::new(),
+            shards: Vec::new(),
+            config: None,
+            params: stats.then(|| info.config.params.clone()),
+            payload_schema: stats.then(|| info.payload_schema.clone()),
+            aliases: survey
+                .aliases
+                .iter()
+                .filter(|a| a.collection_name == name)
+                .map(|a| a.alias_name.clone())
+                .collect(),
+        };
+        match source {
+            Source::Collection => {
+                let rel = layout::snapshot_path(name, self.compression);
+                let scope = Scope::Collection(name);
+                let kind = FileKind::CollectionSnapshot;
+                let detail = format!("{count_before} points");
+                self.back_up_snapshot(client, scope, &rel, kind, detail)
+                    .await?;
+                details.snapshot = rel;
+            }
+            Source::Shards(shards) => {
+                // Re-creating a sharded collection needs its whole configuration and payload schema.
+                details.config = Some(info.config.whole());
+                details.payload_schema = Some(info.payload_schema.clone());
+                for (shard, peer) in shards {
+                    progress::check_interrupted()?;
+                    let topology = survey.topology.as_ref();
+                    let node = topology
+                        .and_then(|t| t.node(*peer))
+                        .expect("sources are reachable nodes");
+                    let shard = self.back_up_shard(node, name, shard, *peer).await?;
+                    details.shards.push(shard);
+                }
+            }
+        }
+        let count_after = client.exact_count(Scope::Collection(name)).await?;
+        if count_after != count_before {
+            // Points changed while the snapshot was taken: its exact count lies in between.
+            self.manifest.during_operations = true;
+            details.points_count_after = Some(count_after);
+            self.manifest.notes.push(format!("collection `{name}` changed during the backup ({count_before} points before the snapshot, {count_after} after)"));
+        }
+        self.manifest
+            .collection_details
+            .insert(name.to_string(), details);
+        Ok(count_before)
+    }
+
+    /// One shard of `name`, from `node` (peer `peer`), which holds an active replica of it.
+    async fn back_up_shard(
+        &mut self,
+        node: &Client,
+        name: &str,
+        shard: &cluster::Shard,
+        peer: u64,
+    ) -> Result<ShardDetails> {
+        let points_count = node.exact_count(Scope::Shard(name, shard.id)).await?;
+        let snapshot_timestamp = crate::now();
+        let rel = layout::shard_snapshot_path(name, shard.id, self.compression);
+        let detail = format!(
+            "shard {}, {points_count} points, from peer {peer}",
+            shard.id
+        );
+        let scope = Scope::Shard(name, shard.id);
+        self.back_up_snapshot(node, scope, &rel, FileKind::ShardSnapshot, detail)
+            .await?;
+        Ok(ShardDetails {
+            id: shard.id,
+            key: shard.key.clone(),
+            points_count,
+            snapshot: rel,
+            peer_id: peer,
+            node: node.display_url(),
+            snapshot_timestamp,
+        })
+    }
+
+    /// A snapshot of `scope` made on `client`'s node, stored at `rel` and recorded.
+    async fn back_up_snapshot(
+        &mut self,
+        client: &Client,
+        scope: Scope<'_>,
+        rel: &str,
+        kind: FileKind,
+        detail: String,
+    ) -> Result<()> {
+        let (entry, leftover) = self.snapshot(client, scope, rel, kind).await?;
+        self.leftovers.extend(leftover);
+        self.record(entry, detail);
+        Ok(())
+    }
+
     /// Creates a snapshot of `scope` on `client`'s node, streams it into the backup at `rel`
     /// and deletes it from the node, also when anything failed. Returns the stored file and,
     /// when the server copy could not be deleted, a warning with the command that deletes it.
@@ -465,36 +512,7 @@ impl Stored<'_> {
         progress.step(&format!("downloading `{}`", snapshot.name));
         // Fires (or is dropped) when the download is over, done or failed.
         let (download_over, when_download_over) = tokio::sync::oneshot::channel::<()>();
-        let transfer = async {
-            let download_over = download_over;
-            let sink = self
-                .staging
-                .create_file(rel, kind, self.compression, self.algorithm)?;
-            let (sender, receiver) = mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
-            let writer = spawn_writer(sink, receiver);
-            progress.begin(&scope.to_string(), snapshot.size);
-            let downloaded = client
-                .download_snapshot(
-                    scope,
-                    &snapshot.name,
-                    ChannelSink {
-                        sender,
-                        progress,
-                        delivered: 0,
-                    },
-                )
-                .await;
-            progress.end();
-            let _ = download_over.send(());
-            let written = writer
-                .await
-                .map_err(|e| anyhow!("the file writer panicked: {e}"))?;
-            // The writer's own error (a full disk, say) explains a stopped download better.
-            let entry = written?;
-            let bytes = downloaded?;
-            check_download(&snapshot, bytes, &entry)?;
-            Ok::<_, anyhow::Error>(entry)
-        };
+        let transfer = self.download(client, scope, &snapshot, rel, kind, download_over);
         // The server's copy is deleted while the writer syncs the file to disk.
         let delete_after_transfer = async {
             let _ = when_download_over.await;
@@ -516,6 +534,48 @@ impl Stored<'_> {
         });
         Ok((stored?, leftover))
     }
+
+    /// Streams snapshot `snapshot` of `scope` from `client`'s node into the backup at `rel`
+    /// (see `ChannelSink`), says when the download is over on `download_over`, and checks the
+    /// file against what Qdrant announced.
+    async fn download(
+        &self,
+        client: &Client,
+        scope: Scope<'_>,
+        snapshot: &SnapshotDescription,
+        rel: &str,
+        kind: FileKind,
+        download_over: tokio::sync::oneshot::Sender<()>,
+    ) -> Result<FileEntry> {
+        let progress = self.progress;
+        let sink = self
+            .staging
+            .create_file(rel, kind, self.compression, self.algorithm)?;
+        let (sender, receiver) = mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
+        let writer = spawn_writer(sink, receiver);
+        progress.begin(&scope.to_string(), snapshot.size);
+        let downloaded = client
+            .download_snapshot(
+                scope,
+                &snapshot.name,
+                ChannelSink {
+                    sender,
+                    progress,
+                    delivered: 0,
+                },
+            )
+            .await;
+        progress.end();
+        let _ = download_over.send(());
+        let written = writer
+            .await
+            .map_err(|e| anyhow!("the file writer panicked: {e}"))?;
+        // The writer's own error (a full disk, say) explains a stopped download better.
+        let entry = written?;
+        let bytes = downloaded?;
+        check_download(snapshot, bytes, &entry)?;
+        Ok(entry)
+    }
 }
 
 /// Where a snapshot call goes, as a journal records it (no password).
@@ -532,7 +592,9 @@ pub(crate) fn place_of(client: &Client, scope: Scope<'_>) -> Place {
 }
 
 /// Hands downloaded chunks to the thread that hashes, compresses and writes them, so the
-/// network and the disk work at the same time. Memory is bounded by the channel.
+/// network and the disk work at the same time. Memory is bounded by the channel. Progress
+/// advances here, on the async side that holds it (a restore's upload, whose bytes never pass an
+/// async side it could borrow, counts them instead: see `restore::upload`).
 struct ChannelSink<'a> {
     sender: mpsc::Sender<Bytes>,
     progress: &'a dyn Progress,
@@ -592,96 +654,124 @@ fn check_download(snapshot: &SnapshotDescription, bytes: u64, entry: &FileEntry)
     Ok(())
 }
 
-/// Streams `reader` into the backup at `rel`.
-fn store(
-    staging: &Staging,
-    rel: &str,
-    kind: FileKind,
-    compression: Compression,
-    algorithm: Algorithm,
-    mut reader: impl io::Read,
-) -> Result<FileEntry> {
-    let mut sink = staging.create_file(rel, kind, compression, algorithm)?;
-    io::copy(&mut reader, &mut sink)
-        .with_context(|| format!("cannot write `{}`", sink.path().display()))?;
-    Ok(sink.finish()?)
-}
-
-/// `state.db` and, beside it, `search.db` and `graph.db`: each copied with SQLite's online
-/// backup API into the staging directory, then stored (compressed, hashed) as `sqlite/<file>`.
-// One more argument than clippy likes: which databases, beside what every stored file needs.
-#[allow(clippy::too_many_arguments)]
-fn back_up_databases(
-    staging: &Staging,
-    wanted: &Databases,
-    settings: &Settings,
-    compression: Compression,
-    algorithm: Algorithm,
-    manifest: &mut Manifest,
-    items: &mut Vec<Item>,
-    progress: &dyn Progress,
-) -> Result<()> {
-    let state_db = &settings.state_db;
-    if *wanted == Databases::All && !state_db.is_file() {
-        manifest.notes.push(format!(
-            "no state database at `{}`; the backup holds no SQLite state",
-            state_db.display()
-        ));
-        return Ok(());
+impl Writing<'_> {
+    /// Streams `reader` into the backup at `rel`.
+    fn store(
+        &self,
+        rel: &str,
+        kind: FileKind,
+        compression: Compression,
+        mut reader: impl io::Read,
+    ) -> Result<FileEntry> {
+        let mut sink = self
+            .staging
+            .create_file(rel, kind, compression, self.algorithm)?;
+        io::copy(&mut reader, &mut sink)
+            .with_context(|| format!("cannot write `{}`", sink.path().display()))?;
+        Ok(sink.finish()?)
     }
-    let dir = state_db.parent().unwrap_or(Path::new("."));
-    let sources = sqlite::DATABASE_FILES.iter().map(|name| {
-        let path = if *name == "state.db" {
-            state_db.clone()
-        } else {
-            dir.join(name)
+
+    /// `state.db` and, beside it, `search.db` and `graph.db`: each copied with SQLite's online
+    /// backup API into the staging directory, then stored (compressed, hashed) as `sqlite/<file>`.
+    fn back_up_databases(&mut self, wanted: &Databases, settings: &Settings) -> Result<()> {
+        let state_db = &settings.state_db;
+        if *wanted == Databases::All && !state_db.is_file() {
+            self.manifest.notes.push(format!(
+                "no state database at `{}`; the backup holds no SQLite state",
+                state_db.display()
+            ));
+            return Ok(());
+        }
+        let dir = state_db.parent().unwrap_or(Path::new("."));
+        let sources = sqlite::DATABASE_FILES.iter().map(|name| {
+            let path = if *name == "state.db" {
+                state_db.clone()
+            } else {
+                dir.join(name)
+            };
+            (*name, path)
+        });
+        let wanted = |name: &str| match wanted {
+            Databases::Only(names) => names.iter().any(|n| n == name),
+            _ => true,
         };
-        (*name, path)
-    });
-    let wanted = |name: &str| match wanted {
-        Databases::Only(names) => names.iter().any(|n| n == name),
-        _ => true,
-    };
-    for (name, source) in sources.filter(|(name, path)| wanted(name) && path.is_file()) {
-        progress::check_interrupted()?;
-        progress.step(&format!("copying `{}`", source.display()));
-        let copy = staging
+        for (name, source) in sources.filter(|(name, path)| wanted(name) && path.is_file()) {
+            progress::check_interrupted()?;
+            self.back_up_database(name, &source)?;
+        }
+        Ok(())
+    }
+
+    /// One database, `name` at `source`: an online copy beside the backup's files, stored, then
+    /// removed.
+    fn back_up_database(&mut self, name: &str, source: &Path) -> Result<()> {
+        self.progress
+            .step(&format!("copying `{}`", source.display()));
+        let copy = self
+            .staging
             .dir()
             .join(layout::SQLITE_DIR)
             .join(format!(".{name}.copy"));
-        sqlite::backup_to(&source, &copy)
+        sqlite::backup_to(source, &copy)
             .with_context(|| format!("cannot copy the database `{}`", source.display()))?;
         let schema_version = sqlite::open_immutable(&copy)
             .and_then(|c| sqlite::schema_version(&c))
             .unwrap_or(None);
-        let rel = layout::database_path(name, compression);
+        let rel = layout::database_path(name, self.compression);
         let file =
             fs::File::open(&copy).with_context(|| format!("cannot read `{}`", copy.display()))?;
-        let entry = store(
-            staging,
-            &rel,
-            FileKind::SqliteDatabase,
-            compression,
-            algorithm,
-            file,
-        )?;
+        let entry = self.store(&rel, FileKind::SqliteDatabase, self.compression, file)?;
         fs::remove_file(&copy).with_context(|| format!("cannot remove `{}`", copy.display()))?;
         let detail =
             schema_version.map_or("no schema version".to_string(), |v| format!("schema {v}"));
-        items.push(Item {
-            path: rel.clone(),
-            detail,
-            size: entry.size,
-            content_size: entry.content_size,
-        });
-        manifest.databases.push(DatabaseDetails {
+        self.record(entry, detail);
+        self.manifest.databases.push(DatabaseDetails {
             name: name.to_string(),
             file: rel,
             schema_version,
         });
-        manifest.files.push(entry);
+        Ok(())
     }
-    Ok(())
+
+    /// The config file, when the request wants it and there is one, with its secrets replaced
+    /// (`secrets::redact_config`).
+    fn back_up_config(&mut self, settings: &Settings, request: &Request) -> Result<()> {
+        let Some(config) = settings.config_file.as_ref().filter(|_| request.config) else {
+            if request.config {
+                self.manifest.notes.push(
+                    "no configuration file was found; the backup holds no config".to_string(),
+                );
+            }
+            return Ok(());
+        };
+        progress::check_interrupted()?;
+        let rel = format!("{}/config.yaml", layout::CONFIG_DIR);
+        let text = fs::read_to_string(config)
+            .with_context(|| format!("cannot read the config file `{}`", config.display()))?;
+        // No secret leaves the machine: only the secret values are replaced in the copy.
+        let redacted = secrets::redact_config(&text);
+        if redacted.rewritten {
+            self.manifest.notes.push("the config copy was written out anew to leave its secrets out (its layout is beyond editing in place): comments and formatting were not kept".to_string());
+        }
+        let entry = self.store(
+            &rel,
+            FileKind::Config,
+            Compression::None,
+            io::Cursor::new(redacted.text.into_bytes()),
+        )?;
+        let detail = if redacted.redactions.is_empty() {
+            format!("from {}", config.display())
+        } else {
+            format!(
+                "from {}, {} secret(s) left out",
+                config.display(),
+                redacted.redactions.len()
+            )
+        };
+        self.record(entry, detail);
+        self.manifest.config_redacted = redacted.redactions;
+        Ok(())
+    }
 }
 
 /// `verify_after_backup`: re-reads every staged file and checks it before the backup is renamed

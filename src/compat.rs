@@ -559,7 +559,7 @@ mod tests {
         match d {
             Decision::Proceed { notes, status } if notes.is_empty() => format!("ok {status}"),
             Decision::Proceed { status, .. } => format!("warn {status}"),
-            Decision::Migrate { .. } => "migrate".to_string(),
+            Decision::Migrate => "migrate".to_string(),
             Decision::Refuse(e) => format!("refuse {}", e.exit_code().code()),
         }
     }

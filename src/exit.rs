@@ -38,6 +38,13 @@ impl ExitCode {
     }
 }
 
+/// As its number, which is what a JSON reader compares with the process's exit status.
+impl serde::Serialize for ExitCode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_i32(self.code())
+    }
+}
+
 /// The text `wqm --help` and the README show for the exit codes.
 pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
@@ -62,9 +69,11 @@ pub trait Classify {
     }
 }
 
-/// A command-level error with an explicit exit code and hint.
-#[derive(Debug)]
+/// A command-level error with an explicit exit code and hint; also a reason a restore plan
+/// cannot go ahead (its `blockers`, as JSON `{"exit_code", "message", "hint"}`).
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct Failure {
+    #[serde(rename = "exit_code")]
     pub code: ExitCode,
     pub message: String,
     pub hint: Option<String>,
@@ -134,3 +143,23 @@ impl Classify for Interrupted {
 /// What to do when a disk filled up; nothing partial is ever left behind.
 pub const DISK_FULL_HINT: &str =
     "the disk is full: free space or choose another target; nothing partial was left behind";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_serializes_as_a_restore_plans_blocker() {
+        let failure = Failure::new(ExitCode::Conflict, "Collection `a` already exists")
+            .with_hint("--overwrite");
+        assert_eq!(
+            serde_json::to_value(&failure).unwrap(),
+            serde_json::json!({"exit_code": 5, "message": "Collection `a` already exists", "hint": "--overwrite"})
+        );
+        let bare = Failure::new(ExitCode::InvalidBackup, "damaged");
+        assert_eq!(
+            serde_json::to_string(&bare).unwrap(),
+            r#"{"exit_code":3,"message":"damaged","hint":null}"#
+        );
+    }
+}

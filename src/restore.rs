@@ -140,16 +140,6 @@ pub struct SafetyPlan {
     pub config: bool,
 }
 
-/// A reason the restore cannot go ahead, with the exit code it ends with.
-#[derive(Clone, Debug, Serialize)]
-pub struct Blocker {
-    #[serde(skip)]
-    pub code: ExitCode,
-    pub exit_code: i32,
-    pub message: String,
-    pub hint: Option<String>,
-}
-
 #[derive(Clone, Debug, Serialize)]
 pub struct MigrationStep {
     pub migration: String,
@@ -181,7 +171,8 @@ pub struct Plan {
     pub bytes_to_upload: u64,
     pub estimated_seconds: u64,
     pub warnings: Vec<String>,
-    pub blockers: Vec<Blocker>,
+    /// Each reason the restore cannot go ahead, with the exit code it ends with.
+    pub blockers: Vec<Failure>,
     #[serde(skip)]
     original: Manifest,
     /// Where every file of the backup is read from.
@@ -198,14 +189,13 @@ pub struct Plan {
 
 impl Plan {
     /// The first problem that stops the restore.
-    pub fn blocker(&self) -> Option<&Blocker> {
+    pub fn blocker(&self) -> Option<&Failure> {
         self.blockers.first()
     }
 
     fn block(&mut self, code: ExitCode, message: impl Into<String>, hint: Option<String>) {
-        self.blockers.push(Blocker {
+        self.blockers.push(Failure {
             code,
-            exit_code: code.code(),
             message: message.into(),
             hint,
         });
@@ -241,64 +231,95 @@ pub async fn plan(
     request: &Request,
     progress: &dyn Progress,
 ) -> Result<Plan> {
-    let backup = BackupDir::open(&request.path)?;
-    let original = backup.manifest.clone();
-    let backup_path = backup.path.clone();
-    let validation = &settings.backup.validation;
+    let mut plan = Plan::new(BackupDir::open(&request.path)?);
+    let policy = Policy::new(&settings.backup.validation, request.allow_downgrade);
+    // 1. The backup: structure, manifest, files (and their checksums), versions.
+    plan_validation(&mut plan, settings, &policy, progress)?;
+    plan_versions(&mut plan, &policy);
+    // 2. Qdrant: the server, what exists, what conflicts.
+    progress.step(&format!("asking Qdrant at {}", client.display_url()));
+    plan_cluster(&mut plan, client, settings).await?;
+    let existing = client.list_collections().await?;
+    let aliases = client.aliases().await?;
+    plan_collections(&mut plan, client, &existing, request).await?;
+    plan_aliases(&mut plan, &aliases);
+    plan_write_access(&mut plan, client).await?;
+    // 3. This machine: databases, config, the daemon, the safety backup, disk space, time.
+    plan_databases(&mut plan, settings);
+    plan_config(&mut plan, settings, request);
+    plan_daemon(&mut plan, settings);
+    plan_safety_backup(&mut plan, settings);
+    plan_disk(&mut plan, settings);
+    plan_time(&mut plan);
+    Ok(plan)
+}
 
-    let mut plan = Plan {
-        backup: backup_path.clone(),
-        version: original.version.clone(),
-        current_version: crate::VERSION.to_string(),
-        format: original.format_name(),
-        formatted_timestamp: original.formatted_timestamp(),
-        partial: original.partial_backup,
-        compatibility: None,
-        migrations: Vec::new(),
-        collections: Vec::new(),
-        aliases: Vec::new(),
-        databases: Vec::new(),
-        config: ConfigPlan {
-            in_backup: false,
-            replace: false,
-            target: None,
-            keeps_live: Vec::new(),
-        },
-        daemon: DaemonPlan {
-            running: None,
-            will_stop_and_start: false,
-        },
-        cluster: None,
-        safety_backup: None,
-        disk_free_bytes: None,
-        disk_needed_bytes: 0,
-        bytes_to_upload: 0,
-        estimated_seconds: 0,
-        warnings: Vec::new(),
-        blockers: Vec::new(),
-        manifest: original.clone(),
-        original,
-        source: backup,
-        chain: Vec::new(),
-        topology: None,
-    };
+impl Plan {
+    /// A plan that does nothing yet, for the backup in `source`.
+    fn new(source: BackupDir) -> Plan {
+        let original = source.manifest.clone();
+        Plan {
+            backup: source.path.clone(),
+            version: original.version.clone(),
+            current_version: crate::VERSION.to_string(),
+            format: original.format_name(),
+            formatted_timestamp: original.formatted_timestamp(),
+            partial: original.partial_backup,
+            compatibility: None,
+            migrations: Vec::new(),
+            collections: Vec::new(),
+            aliases: Vec::new(),
+            databases: Vec::new(),
+            config: ConfigPlan {
+                in_backup: false,
+                replace: false,
+                target: None,
+                keeps_live: Vec::new(),
+            },
+            daemon: DaemonPlan {
+                running: None,
+                will_stop_and_start: false,
+            },
+            cluster: None,
+            safety_backup: None,
+            disk_free_bytes: None,
+            disk_needed_bytes: 0,
+            bytes_to_upload: 0,
+            estimated_seconds: 0,
+            warnings: Vec::new(),
+            blockers: Vec::new(),
+            manifest: original.clone(),
+            original,
+            source,
+            chain: Vec::new(),
+            topology: None,
+        }
+    }
+}
 
-    // 1. Validation: structure, manifest, files (and their checksums), versions.
+/// `verify::audit` of the backup (at checksum depth with `verify_before_restore`): damage blocks
+/// the restore, warnings are passed on (compatibility is `plan_versions`').
+fn plan_validation(
+    plan: &mut Plan,
+    settings: &Settings,
+    policy: &Policy,
+    progress: &dyn Progress,
+) -> Result<()> {
     progress.step("validating the backup");
+    let validation = &settings.backup.validation;
     let depth = if settings.backup.verification.verify_before_restore {
         verify::Depth::Checksums
     } else {
         verify::Depth::Structure
     };
-    let policy = Policy::new(validation, request.allow_downgrade);
     let options = verify::Options::new(depth, policy.clone())
         .warning_after(validation.version_warning_threshold);
-    let report = verify::audit(&backup_path, &options, progress)?;
+    let report = verify::audit(&plan.backup, &options, progress)?;
     let errors = report.damage();
     if !errors.is_empty() {
         plan.block(
             ExitCode::InvalidBackup,
-            format!("Backup validation failed: {}\n{}", backup_path.display(), errors.join("\n")),
+            format!("Backup validation failed: {}\n{}", plan.backup.display(), errors.join("\n")),
             Some("restore another backup (`wqm backup list DIR`); `wqm backup validate PATH --check-files` shows every problem".to_string()),
         );
     }
@@ -309,8 +330,13 @@ pub async fn plan(
             .filter(|f| f.severity == Severity::Warning && f.check != Check::Compatibility)
             .map(|f| f.message.clone()),
     );
+    Ok(())
+}
 
-    let decision = migrations::decide(&plan.original.version, crate::VERSION, &policy);
+/// The backup's version against this one (`compat::decide` with the policy), the migration
+/// chain, and the chain applied to the manifest alone (the databases are migrated when unpacked).
+fn plan_versions(plan: &mut Plan, policy: &Policy) {
+    let decision = migrations::decide(&plan.original.version, crate::VERSION, policy);
     plan.compatibility = compat::report(&plan.original.version, crate::VERSION, &decision).ok();
     match decision {
         Decision::Refuse(e) => {
@@ -318,7 +344,7 @@ pub async fn plan(
             plan.block(crate::exit::Classify::exit_code(&e), e.to_string(), hint);
         }
         Decision::Proceed { notes, .. } => plan.warnings.extend(notes),
-        Decision::Migrate { .. } => {}
+        Decision::Migrate => {}
     }
     if plan
         .blockers
@@ -330,13 +356,13 @@ pub async fn plan(
             Err(e) => plan.block(ExitCode::Incompatible, format!("{e:#}"), None),
         }
     }
-    let mut staged = WorkingCopy {
+    let mut migrated = WorkingCopy {
         manifest: plan.original.clone(),
         databases: BTreeMap::new(),
-        backup_dir: backup_path,
+        backup_dir: plan.backup.clone(),
     };
-    match migrations::apply(&plan.chain, &mut staged) {
-        Ok(()) => plan.manifest = staged.manifest,
+    match migrations::apply(&plan.chain, &mut migrated) {
+        Ok(()) => plan.manifest = migrated.manifest,
         Err(e) => plan.block(ExitCode::InvalidBackup, format!("{e:#}"), None),
     }
     plan.migrations = plan
@@ -348,9 +374,11 @@ pub async fn plan(
             warnings: (m.warnings)(&plan.original),
         })
         .collect();
+}
 
-    // 2. Qdrant: what exists, what conflicts.
-    progress.step(&format!("asking Qdrant at {}", client.display_url()));
+/// The server restored into: its version against the snapshots', and its cluster (the nodes,
+/// those that do not answer).
+async fn plan_cluster(plan: &mut Plan, client: &Client, settings: &Settings) -> Result<()> {
     let server = client.server_info().await?;
     plan.topology = cluster::topology(client, settings).await?;
     if let Some(topology) = &plan.topology {
@@ -373,37 +401,36 @@ pub async fn plan(
             ));
         }
     }
-    let existing = client.list_collections().await?;
-    let aliases = client.aliases().await?;
-    plan_collections(&mut plan, client, &existing, request).await?;
-    plan_aliases(&mut plan, &aliases);
-    plan_write_access(&mut plan, client).await?;
-    plan_databases(&mut plan, settings);
-    plan_config(&mut plan, settings, request);
+    Ok(())
+}
 
-    // 3. The daemon, the safety backup, disk space, time.
+/// A running daemon is stopped and started again when `backup.daemon.stop_command` says how;
+/// without one it blocks the restore.
+fn plan_daemon(plan: &mut Plan, settings: &Settings) {
     plan.daemon.running = daemon::running(&settings.backup.daemon, &settings.data_dir);
-    if let Some(reason) = &plan.daemon.running {
-        if settings.backup.daemon.stop_command.is_some() {
-            plan.daemon.will_stop_and_start = true;
-        } else {
-            let error = daemon::DaemonError::Running {
-                reason: reason.clone(),
-            };
-            plan.block(
-                ExitCode::Failure,
-                error.to_string(),
-                crate::exit::Classify::hint(&error),
-            );
-        }
+    let Some(reason) = &plan.daemon.running else {
+        return;
+    };
+    if settings.backup.daemon.stop_command.is_some() {
+        plan.daemon.will_stop_and_start = true;
+    } else {
+        let error = daemon::DaemonError::Running {
+            reason: reason.clone(),
+        };
+        plan.block(
+            ExitCode::Failure,
+            error.to_string(),
+            crate::exit::Classify::hint(&error),
+        );
     }
-    plan_safety_backup(&mut plan, settings);
-    plan_disk(&mut plan, settings);
+}
+
+/// Bytes to upload and a time estimate from them.
+fn plan_time(plan: &mut Plan) {
     plan.bytes_to_upload = plan.restored_collections().map(|c| c.bytes).sum();
     plan.estimated_seconds = plan.bytes_to_upload / RESTORE_BYTES_PER_SECOND
         + 2 * plan.restored_collections().count() as u64
         + 1;
-    Ok(plan)
 }
 
 /// Restoring collections or aliases needs a key that may write (Qdrant's manage access): a
@@ -561,35 +588,13 @@ fn plan_databases(plan: &mut Plan, settings: &Settings) {
         };
         let live_exists = live.is_file();
         let live_schema = live_exists.then(|| live_schema(&live)).flatten();
-        let action = match (plan.partial, database.name.as_str(), live_exists) {
-            (true, "state.db", true) => DatabaseAction::Merge,
-            (true, "state.db", false) => DatabaseAction::Replace,
-            (true, _, _) => {
-                plan.warnings.push(format!(
-                    "`{}` is left as it is in a partial restore; the daemon reconciles it",
-                    database.name
-                ));
-                DatabaseAction::Keep
-            }
-            (false, _, _) => DatabaseAction::Replace,
-        };
-        if check && database.name == "state.db" {
-            if let (Some(backup), Some(current)) = (database.schema_version, live_schema) {
-                if action == DatabaseAction::Merge && backup != current {
-                    plan.block(
-                        ExitCode::Incompatible,
-                        format!("A partial restore merges rows and needs the same state database schema: the backup has v{backup}, the live database v{current}"),
-                        Some("restore the full backup, or set `backup.validation.check_schema_compatibility: false` (unsafe)".to_string()),
-                    );
-                } else if backup > current {
-                    plan.block(
-                        ExitCode::Incompatible,
-                        format!("The backup's state database schema v{backup} is newer than the live one (v{current})"),
-                        Some("upgrade workspace-qdrant first, or set `backup.validation.check_schema_compatibility: false` (unsafe)".to_string()),
-                    );
-                } else if backup < current {
-                    plan.warnings.push(format!("the backup's state database has schema v{backup}, older than the live v{current}; the daemon migrates it forward at its next start"));
-                }
+        let schemas = (database.schema_version, live_schema);
+        let (action, findings) =
+            decide_database(plan.partial, &database.name, live_exists, check, schemas);
+        for finding in findings {
+            match finding {
+                Finding::Warning(warning) => plan.warnings.push(warning),
+                Finding::Blocker(failure) => plan.blockers.push(failure),
             }
         }
         if action == DatabaseAction::Merge && sqlite::has_unrestorable_rows(&live).unwrap_or(false)
@@ -608,6 +613,60 @@ fn plan_databases(plan: &mut Plan, settings: &Settings) {
             live_schema,
         });
     }
+}
+
+/// Something the plan of one database says beside its action.
+#[derive(Debug)]
+enum Finding {
+    Warning(String),
+    Blocker(Failure),
+}
+
+/// `plan_databases`' decision table, from its inputs alone: what the restore does with the
+/// backup's database `name` (the backup partial or not, a live file or not), and what the schema
+/// versions `(backup, live)` say about it when `check_schema` (`check_schema_compatibility`).
+fn decide_database(
+    partial: bool,
+    name: &str,
+    live_exists: bool,
+    check_schema: bool,
+    (backup, live): (Option<i64>, Option<i64>),
+) -> (DatabaseAction, Vec<Finding>) {
+    let mut findings = Vec::new();
+    let action = match (partial, name, live_exists) {
+        (true, "state.db", true) => DatabaseAction::Merge,
+        (true, "state.db", false) => DatabaseAction::Replace,
+        (true, _, _) => {
+            findings.push(Finding::Warning(format!(
+                "`{name}` is left as it is in a partial restore; the daemon reconciles it"
+            )));
+            DatabaseAction::Keep
+        }
+        (false, _, _) => DatabaseAction::Replace,
+    };
+    let (Some(backup), Some(current)) = (backup, live) else {
+        return (action, findings);
+    };
+    if !check_schema || name != "state.db" {
+        return (action, findings);
+    }
+    let incompatible = |message: String, hint: &str| {
+        Finding::Blocker(Failure::new(ExitCode::Incompatible, message).with_hint(hint))
+    };
+    if action == DatabaseAction::Merge && backup != current {
+        findings.push(incompatible(
+            format!("A partial restore merges rows and needs the same state database schema: the backup has v{backup}, the live database v{current}"),
+            "restore the full backup, or set `backup.validation.check_schema_compatibility: false` (unsafe)",
+        ));
+    } else if backup > current {
+        findings.push(incompatible(
+            format!("The backup's state database schema v{backup} is newer than the live one (v{current})"),
+            "upgrade workspace-qdrant first, or set `backup.validation.check_schema_compatibility: false` (unsafe)",
+        ));
+    } else if backup < current {
+        findings.push(Finding::Warning(format!("the backup's state database has schema v{backup}, older than the live v{current}; the daemon migrates it forward at its next start")));
+    }
+    (action, findings)
 }
 
 fn plan_config(plan: &mut Plan, settings: &Settings, request: &Request) {
@@ -696,14 +755,14 @@ fn plan_safety_backup(plan: &mut Plan, settings: &Settings) {
     });
 }
 
-/// Local space: staged database copies beside the live ones, and the safety backup.
+/// Local space: unpacked database copies beside the live ones, and the safety backup.
 fn plan_disk(plan: &mut Plan, settings: &Settings) {
     let database_bytes: u64 = plan
         .databases
         .iter()
         .filter(|d| d.action != DatabaseAction::Keep)
         .map(|d| {
-            let staged = plan
+            let unpacked = plan
                 .manifest
                 .file(
                     &plan
@@ -716,7 +775,7 @@ fn plan_disk(plan: &mut Plan, settings: &Settings) {
                 )
                 .map_or(0, |f| f.content_size);
             let live = fs::metadata(&d.live).map_or(0, |m| m.len());
-            staged
+            unpacked
                 + if d.action == DatabaseAction::Merge {
                     live
                 } else {
@@ -740,14 +799,15 @@ fn plan_disk(plan: &mut Plan, settings: &Settings) {
         collections + databases
     });
     plan.disk_needed_bytes = database_bytes + safety_bytes;
-    let data_dir = settings.state_db.parent().unwrap_or(Path::new("."));
-    let probe = existing_ancestor(data_dir);
+    // The unpacked copies go beside the live state database (and `data_dir` may be elsewhere).
+    let state_dir = settings.state_db.parent().unwrap_or(Path::new("."));
+    let probe = existing_ancestor(state_dir);
     plan.disk_free_bytes = probe.as_deref().and_then(|p| available_space(p).ok());
     if let Some(free) = plan.disk_free_bytes {
         if free < plan.disk_needed_bytes {
             plan.block(
                 ExitCode::Failure,
-                format!("Not enough disk space: the restore needs about {} bytes at `{}`, {free} are free", plan.disk_needed_bytes, data_dir.display()),
+                format!("Not enough disk space: the restore needs about {} bytes at `{}`, {free} are free", plan.disk_needed_bytes, state_dir.display()),
                 Some("free disk space, or set `backup.default_backup_directory` to a disk with room for the safety backup".to_string()),
             );
         }
@@ -846,6 +906,7 @@ impl Journal {
     }
 }
 
+/// The steps of a restore, in the order of "Restore, in order" (module doc).
 async fn apply(
     client: &Client,
     settings: &Settings,
@@ -853,39 +914,81 @@ async fn apply(
     progress: &dyn Progress,
     journal: &mut Journal,
 ) -> Result<Vec<Verified>> {
-    // Stage the backup's databases (decompressed, migrated, stripped) before anything changes.
-    let data_dir = settings
+    let work = open_work_dir(settings, plan, journal).await?;
+    let mut run = Restoring {
+        client,
+        settings,
+        plan,
+        progress,
+        work,
+        journal,
+    };
+    // Unpacked before anything changes: a damaged database stops the restore here.
+    let unpacked = unpack_databases(plan, run.work.path(), progress)?;
+    run.safety_backup().await?;
+    run.stop_daemon()?;
+    let replacements = run.merge_databases(&unpacked)?;
+    let shard_targets = run.restore_collections().await?;
+    run.replace_databases(&replacements)?;
+    run.set_aliases().await?;
+    run.replace_config()?;
+    run.start_daemon()?;
+    progress.step("verifying");
+    verify_restore(client, plan, &shard_targets).await
+}
+
+/// Makes the restore's working directory beside the state database (`.wqm-restore`: lock,
+/// journal), after cleaning up what dead restores left there.
+async fn open_work_dir(settings: &Settings, plan: &Plan, journal: &mut Journal) -> Result<WorkDir> {
+    // Where the live state database is, which need not be `data_dir` (`WQM_STATE_DB`).
+    let state_dir = settings
         .state_db
         .parent()
         .unwrap_or(Path::new("."))
         .to_path_buf();
-    crate::fs::create_private_dir_all(&data_dir)
-        .with_context(|| format!("cannot create `{}`", data_dir.display()))?;
-    // A restore that died here left uploaded copies on the server and staged databases.
-    for cleaned in cleanup::dead_runs(&[data_dir.as_path()], settings).await {
+    crate::fs::create_private_dir_all(&state_dir)
+        .with_context(|| format!("cannot create `{}`", state_dir.display()))?;
+    // A restore that died here left uploaded copies on the server and unpacked databases.
+    for cleaned in cleanup::dead_runs(&[state_dir.as_path()], settings).await {
         journal.cleaned.push(cleaned);
     }
     // The journal (fsynced per step) lets the next run report and finish what a killed one did.
-    let work = WorkDir::create(
-        &data_dir.join(cleanup::RESTORE_WORK_DIR),
+    Ok(WorkDir::create(
+        &state_dir.join(cleanup::RESTORE_WORK_DIR),
         Record::Run {
             command: "restore".to_string(),
             path: plan.backup.clone(),
             pid: std::process::id(),
             started: crate::now(),
         },
-    )?;
-    let staged = stage_databases(plan, work.path(), progress)?;
+    )?)
+}
 
-    if let Some(safety) = &plan.safety_backup {
+/// A restore under way: what it restores with, its working directory and its journal.
+struct Restoring<'a> {
+    client: &'a Client,
+    settings: &'a Settings,
+    plan: &'a Plan,
+    progress: &'a dyn Progress,
+    work: WorkDir,
+    journal: &'a mut Journal,
+}
+
+impl<'a> Restoring<'a> {
+    /// `backup::create` of what the restore replaces; only a complete one is named as the way back.
+    async fn safety_backup(&mut self) -> Result<()> {
+        let Some(safety) = &self.plan.safety_backup else {
+            return Ok(());
+        };
         progress::check_interrupted()?;
-        progress.step(&format!("safety backup into {}", safety.path.display()));
+        self.progress
+            .step(&format!("safety backup into {}", safety.path.display()));
         let request = backup::Request {
             target: safety.path.clone(),
             replace: false,
             description: Some(format!(
                 "Safety backup before restoring {}",
-                plan.backup.display()
+                self.plan.backup.display()
             )),
             collections: Some(safety.collections.clone()),
             partial: false,
@@ -896,159 +999,192 @@ async fn apply(
             },
             config: safety.config,
         };
-        let outcome = backup::create(client, settings, &request, progress)
+        let outcome = backup::create(self.client, self.settings, &request, self.progress)
             .await
             .context("the safety backup failed; nothing was changed")?;
-        journal.cleaned.extend(outcome.cleaned);
-        journal.leftovers.extend(outcome.leftovers);
-        // Only a complete safety backup is ever named as the way back.
-        work.record(&Record::SafetyBackup {
+        self.journal.cleaned.extend(outcome.cleaned);
+        self.journal.leftovers.extend(outcome.leftovers);
+        self.work.record(&Record::SafetyBackup {
             path: safety.path.clone(),
         })?;
-        journal.safety_backup = Some(safety.path.clone());
-        journal
+        self.journal.safety_backup = Some(safety.path.clone());
+        self.journal
             .done
             .push(format!("safety backup: {}", safety.path.display()));
         crate::failpoint::hit("restore:safety-done")?;
+        Ok(())
     }
 
-    if plan.daemon.will_stop_and_start {
-        progress.step("stopping the daemon");
-        work.record(&Record::DaemonStopped { stopped: true })?;
-        daemon::stop(&settings.backup.daemon, &settings.data_dir)?;
-        journal.daemon_stopped = true;
-        journal.done(&work, "daemon stopped".to_string())?;
+    fn stop_daemon(&mut self) -> Result<()> {
+        if !self.plan.daemon.will_stop_and_start {
+            return Ok(());
+        }
+        self.progress.step("stopping the daemon");
+        self.work.record(&Record::DaemonStopped { stopped: true })?;
+        daemon::stop(&self.settings.backup.daemon, &self.settings.data_dir)?;
+        self.journal.daemon_stopped = true;
+        self.journal
+            .done(&self.work, "daemon stopped".to_string())?;
         crate::failpoint::hit("restore:daemon-stopped")?;
+        Ok(())
     }
 
-    // With the daemon stopped, merge the live rows and the backup's into a staged copy.
-    let mut replacements: Vec<(PathBuf, &DatabasePlan)> = Vec::new();
-    for database in plan
-        .databases
-        .iter()
-        .filter(|d| d.action != DatabaseAction::Keep)
-    {
-        let from_backup = staged
-            .get(&database.name)
-            .ok_or_else(|| anyhow!("`{}` was not staged", database.name))?;
-        let replacement = match database.action {
-            DatabaseAction::Merge => {
-                progress.step(&format!(
-                    "merging rows of the restored collections into a copy of `{}`",
+    /// With the daemon stopped, merges the live rows and the backup's into a copy of the live
+    /// database (`sqlite::merge`) for each database the plan merges. Returns, for each database
+    /// the restore replaces or merges into, the file that takes its place.
+    fn merge_databases(
+        &self,
+        unpacked: &BTreeMap<String, PathBuf>,
+    ) -> Result<Vec<(PathBuf, &'a DatabasePlan)>> {
+        let plan = self.plan;
+        let mut replacements = Vec::new();
+        for database in plan
+            .databases
+            .iter()
+            .filter(|d| d.action != DatabaseAction::Keep)
+        {
+            let from_backup = unpacked
+                .get(&database.name)
+                .ok_or_else(|| anyhow!("`{}` was not unpacked", database.name))?;
+            let replacement = match database.action {
+                DatabaseAction::Merge => self.merge_database(database, from_backup)?,
+                _ => from_backup.clone(),
+            };
+            replacements.push((replacement, database));
+        }
+        Ok(replacements)
+    }
+
+    /// The rows of the restored collections from `from_backup`, merged into a copy of the live
+    /// database; returns the copy.
+    fn merge_database(&self, database: &DatabasePlan, from_backup: &Path) -> Result<PathBuf> {
+        self.progress.step(&format!(
+            "merging rows of the restored collections into a copy of `{}`",
+            database.live.display()
+        ));
+        let merged = self.work.path().join(format!("{}.merged", database.name));
+        sqlite::backup_to(&database.live, &merged)
+            .with_context(|| format!("cannot copy `{}`", database.live.display()))?;
+        let collections: Vec<String> = self
+            .plan
+            .manifest
+            .collection_names()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let report = sqlite::merge::merge_collections(&merged, from_backup, &collections)
+            .with_context(|| {
+                format!(
+                    "cannot merge the backup's rows into `{}`",
                     database.live.display()
-                ));
-                let merged = work.path().join(format!("{}.merged", database.name));
-                sqlite::backup_to(&database.live, &merged)
-                    .with_context(|| format!("cannot copy `{}`", database.live.display()))?;
-                let collections: Vec<String> = plan
+                )
+            })?;
+        self.progress.step(&format!(
+            "merge: {} rows replaced, {} keys renumbered",
+            report.inserted.values().sum::<usize>(),
+            report.remapped
+        ));
+        Ok(merged)
+    }
+
+    /// Uploads each collection the plan restores (by shards when stored so). Returns, per
+    /// collection stored by shards, where each shard went (see `restore_shards`).
+    async fn restore_collections(&mut self) -> Result<BTreeMap<String, Vec<(u32, u32)>>> {
+        let (client, plan, progress) = (self.client, self.plan, self.progress);
+        let mut shard_targets = BTreeMap::new();
+        for collection in plan.restored_collections() {
+            progress::check_interrupted()?;
+            let details = &plan.manifest.collection_details[&collection.name];
+            progress.step(&format!("restoring collection `{}`", collection.name));
+            self.journal.changed = true;
+            let restored = if details.shards.is_empty() {
+                let entry = plan
                     .manifest
-                    .collection_names()
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect();
-                let report = sqlite::merge::merge_collections(&merged, from_backup, &collections)
-                    .with_context(|| {
-                    format!(
-                        "cannot merge the backup's rows into `{}`",
-                        database.live.display()
-                    )
-                })?;
-                progress.step(&format!(
-                    "merge: {} rows replaced, {} keys renumbered",
-                    report.inserted.values().sum::<usize>(),
-                    report.remapped
+                    .file(&details.snapshot)
+                    .ok_or_else(|| anyhow!("no file for `{}`", collection.name))?;
+                let scope = Scope::Collection(&collection.name);
+                upload(client, &plan.source, entry, scope, &self.work, progress).await
+            } else {
+                let timeout = Duration::from_secs(self.settings.backup.transfer.operation_timeout);
+                restore_shards(client, plan, collection, timeout, &self.work, progress)
+                    .await
+                    .map(|targets| {
+                        shard_targets.insert(collection.name.clone(), targets);
+                    })
+            };
+            if restored.is_err() {
+                // Qdrant may have swapped the collection in and then failed to answer (or died).
+                self.journal.uncertain.push(format!(
+                    "collection `{}`: Qdrant may have restored it before the failure; check it, or rerun the restore with --overwrite",
+                    collection.name
                 ));
-                merged
             }
-            _ => from_backup.clone(),
-        };
-        replacements.push((replacement, database));
-    }
-
-    let mut shard_targets = BTreeMap::new();
-    for collection in plan.restored_collections() {
-        progress::check_interrupted()?;
-        let details = &plan.manifest.collection_details[&collection.name];
-        progress.step(&format!("restoring collection `{}`", collection.name));
-        journal.changed = true;
-        let restored = if details.shards.is_empty() {
-            let entry = plan
-                .manifest
-                .file(&details.snapshot)
-                .ok_or_else(|| anyhow!("no file for `{}`", collection.name))?;
-            upload(
-                client,
-                &plan.source,
-                entry,
-                Scope::Collection(&collection.name),
-                &work,
-                progress,
-            )
-            .await
-        } else {
-            let timeout = Duration::from_secs(settings.backup.transfer.operation_timeout);
-            restore_shards(client, plan, collection, timeout, &work, progress)
-                .await
-                .map(|targets| {
-                    shard_targets.insert(collection.name.clone(), targets);
-                })
-        };
-        if restored.is_err() {
-            // Qdrant may have swapped the collection in and then failed to answer (or died).
-            journal.uncertain.push(format!(
-                "collection `{}`: Qdrant may have restored it before the failure; check it, or rerun the restore with --overwrite",
-                collection.name
-            ));
+            restored
+                .with_context(|| format!("restoring collection `{}` failed", collection.name))?;
+            if collection.action == CollectionAction::Create {
+                self.journal.created.push(collection.name.clone());
+            }
+            self.journal.done(
+                &self.work,
+                format!("collection `{}` restored", collection.name),
+            )?;
         }
-        restored.with_context(|| format!("restoring collection `{}` failed", collection.name))?;
-        if collection.action == CollectionAction::Create {
-            journal.created.push(collection.name.clone());
+        Ok(shard_targets)
+    }
+
+    /// Puts each replacement (unpacked, or merged) in place of its live database
+    /// (`sqlite::replace_live`).
+    fn replace_databases(&mut self, replacements: &[(PathBuf, &DatabasePlan)]) -> Result<()> {
+        for (replacement, database) in replacements {
+            progress::check_interrupted()?;
+            self.progress
+                .step(&format!("putting `{}` in place", database.live.display()));
+            self.journal.changed = true;
+            sqlite::replace_live(replacement, &database.live)
+                .with_context(|| format!("cannot replace `{}`", database.live.display()))?;
+            let how = if database.action == DatabaseAction::Merge {
+                "merged"
+            } else {
+                "replaced"
+            };
+            self.journal
+                .done(&self.work, format!("`{}` {how}", database.live.display()))?;
+            crate::failpoint::hit("restore:database-replaced")?;
         }
-        journal.done(&work, format!("collection `{}` restored", collection.name))?;
+        Ok(())
     }
 
-    for (replacement, database) in &replacements {
-        progress::check_interrupted()?;
-        progress.step(&format!("putting `{}` in place", database.live.display()));
-        journal.changed = true;
-        sqlite::replace_live(replacement, &database.live)
-            .with_context(|| format!("cannot replace `{}`", database.live.display()))?;
-        journal.done(
-            &work,
-            format!(
-                "`{}` {}",
-                database.live.display(),
-                if database.action == DatabaseAction::Merge {
-                    "merged"
-                } else {
-                    "replaced"
-                }
-            ),
-        )?;
-        crate::failpoint::hit("restore:database-replaced")?;
+    async fn set_aliases(&mut self) -> Result<()> {
+        for alias in self
+            .plan
+            .aliases
+            .iter()
+            .filter(|a| a.action != AliasAction::Keep)
+        {
+            let replace = matches!(alias.action, AliasAction::Repoint { .. });
+            self.client
+                .set_alias(&alias.alias, &alias.collection, replace)
+                .await?;
+            self.journal.done(
+                &self.work,
+                format!("alias `{}` → `{}`", alias.alias, alias.collection),
+            )?;
+            crate::failpoint::hit("restore:alias-set")?;
+        }
+        Ok(())
     }
 
-    for alias in plan
-        .aliases
-        .iter()
-        .filter(|a| a.action != AliasAction::Keep)
-    {
-        let replace = matches!(alias.action, AliasAction::Repoint { .. });
-        client
-            .set_alias(&alias.alias, &alias.collection, replace)
-            .await?;
-        journal.done(
-            &work,
-            format!("alias `{}` → `{}`", alias.alias, alias.collection),
-        )?;
-        crate::failpoint::hit("restore:alias-set")?;
-    }
-
-    if let (true, Some(entry), Some(target)) = (
-        plan.config.replace,
-        config_entry(&plan.manifest),
-        plan.config.target.as_ref(),
-    ) {
+    /// Writes the backup's config (checked as `validate --check-files` checks it, the secrets
+    /// it left out taken from the live file) over the live one, when the plan says so.
+    fn replace_config(&mut self) -> Result<()> {
+        let plan = self.plan;
+        let (true, Some(entry), Some(target)) = (
+            plan.config.replace,
+            config_entry(&plan.manifest),
+            plan.config.target.as_ref(),
+        ) else {
+            return Ok(());
+        };
         let mut bytes = Vec::new();
         plan.source
             .open_entry(entry)
@@ -1063,35 +1199,46 @@ async fn apply(
         let text = crate::secrets::restore_config(
             text,
             &plan.manifest.config_redacted,
-            live_config(settings).as_deref(),
+            live_config(self.settings).as_deref(),
         );
-        journal.changed = true;
+        self.journal.changed = true;
         crate::fs::write_atomic(target, text.as_bytes())
             .with_context(|| format!("cannot write `{}`", target.display()))?;
-        journal.done(&work, format!("config `{}` replaced", target.display()))?;
+        self.journal.done(
+            &self.work,
+            format!("config `{}` replaced", target.display()),
+        )?;
+        Ok(())
     }
 
-    if journal.daemon_stopped {
+    /// Starts the daemon this restore stopped.
+    fn start_daemon(&mut self) -> Result<()> {
+        if !self.journal.daemon_stopped {
+            return Ok(());
+        }
         crate::failpoint::hit("restore:before-daemon-start")?;
-        progress.step("starting the daemon");
-        daemon::start(&settings.backup.daemon)?;
-        work.record(&Record::DaemonStopped { stopped: false })?;
-        journal.daemon_stopped = false;
-        journal.done(&work, "daemon started".to_string())?;
+        self.progress.step("starting the daemon");
+        daemon::start(&self.settings.backup.daemon)?;
+        self.work
+            .record(&Record::DaemonStopped { stopped: false })?;
+        self.journal.daemon_stopped = false;
+        self.journal
+            .done(&self.work, "daemon started".to_string())?;
+        Ok(())
     }
-
-    progress.step("verifying");
-    verify_restore(client, plan, &shard_targets).await
 }
 
-/// Decompresses each database the restore needs into `dir`, applies the migrations to the
-/// copies and removes the rows a restore never brings back.
-fn stage_databases(
+/// Unpacks each database the restore needs into `dir`, the restore's working directory. An
+/// *unpacked* database is the backup's copy decompressed there (checked against the manifest),
+/// migrated, stripped of the rows a restore never brings back and integrity-checked: what
+/// replaces, or merges into, the live one. (`migrations::WorkingCopy` holds the same copies while the
+/// migrations run.)
+fn unpack_databases(
     plan: &Plan,
     dir: &Path,
     progress: &dyn Progress,
 ) -> Result<BTreeMap<String, PathBuf>> {
-    let mut staged = BTreeMap::new();
+    let mut unpacked = BTreeMap::new();
     let wanted: Vec<&str> = plan
         .databases
         .iter()
@@ -1104,15 +1251,15 @@ fn stage_databases(
             continue;
         }
         progress::check_interrupted()?;
-        progress.step(&format!("staging `{name}`"));
+        progress.step(&format!("unpacking `{name}`"));
         // The copy's name is the known database's, never one from the manifest.
         let copy = dir.join(name);
-        stage_database(&plan.source, entry, &copy)?;
-        staged.insert(name.to_string(), copy);
+        unpack_database(&plan.source, entry, &copy)?;
+        unpacked.insert(name.to_string(), copy);
     }
     let mut migrated = WorkingCopy {
         manifest: plan.original.clone(),
-        databases: staged,
+        databases: unpacked,
         backup_dir: plan.backup.clone(),
     };
     migrations::apply(&plan.chain, &mut migrated)?;
@@ -1124,7 +1271,7 @@ fn stage_databases(
             return Err(damaged(
                 &path.display().to_string(),
                 format!(
-                    "its staged copy fails PRAGMA integrity_check: {}",
+                    "its unpacked copy fails PRAGMA integrity_check: {}",
                     problems.join("; ")
                 ),
             ));
@@ -1138,7 +1285,7 @@ const LEGACY_STATE_DB: &str = "sqlite/state.db";
 
 /// Decompresses one stored database into `copy`, checking its content against the manifest
 /// as it goes (what `validate --check-files` checks, in the same pass).
-fn stage_database(source: &BackupDir, entry: Option<&FileEntry>, copy: &Path) -> Result<()> {
+fn unpack_database(source: &BackupDir, entry: Option<&FileEntry>, copy: &Path) -> Result<()> {
     let rel = entry.map_or(LEGACY_STATE_DB, |e| e.path.as_str());
     let file = match entry {
         Some(entry) => source.open_entry(entry),
@@ -1216,32 +1363,7 @@ async fn restore_shards(
     let topology = plan.topology.as_ref();
     let custom = custom_sharding(details);
     if collection.action == CollectionAction::Create {
-        let config = details
-            .config
-            .as_ref()
-            .ok_or_else(|| anyhow!("the backup does not record the configuration of `{name}`"))?;
-        client
-            .create_collection(
-                name,
-                &create_request(config, details.shards.len(), custom && topology.is_some()),
-            )
-            .await?;
-        if custom && topology.is_some() {
-            let mut keys: Vec<&Value> = Vec::new();
-            for key in details.shards.iter().filter_map(|s| s.key.as_ref()) {
-                if !keys.contains(&key) {
-                    client.create_shard_key(name, key).await?;
-                    keys.push(key);
-                }
-            }
-        }
-        if let Some(Value::Object(schema)) = &details.payload_schema {
-            for (field, index) in schema {
-                client
-                    .create_payload_index(name, field, &index_schema(index))
-                    .await?;
-            }
-        }
+        recreate_collection(client, name, details, custom && topology.is_some()).await?;
     }
     let live = cluster::shards(client, name).await?;
     let targets: Vec<u32> = if custom && topology.is_some() {
@@ -1285,6 +1407,40 @@ async fn restore_shards(
         wait_until_active(client, name, timeout).await?;
     }
     Ok(details.shards.iter().map(|s| s.id).zip(targets).collect())
+}
+
+/// Creates collection `name` as the backup recorded it (`create_request`), with its shard keys
+/// when it is sharded by key in a cluster (`by_key`), and its payload indexes.
+async fn recreate_collection(
+    client: &Client,
+    name: &str,
+    details: &crate::manifest::CollectionDetails,
+    by_key: bool,
+) -> Result<()> {
+    let config = details
+        .config
+        .as_ref()
+        .ok_or_else(|| anyhow!("the backup does not record the configuration of `{name}`"))?;
+    client
+        .create_collection(name, &create_request(config, details.shards.len(), by_key))
+        .await?;
+    if by_key {
+        let mut keys: Vec<&Value> = Vec::new();
+        for key in details.shards.iter().filter_map(|s| s.key.as_ref()) {
+            if !keys.contains(&key) {
+                client.create_shard_key(name, key).await?;
+                keys.push(key);
+            }
+        }
+    }
+    if let Some(Value::Object(schema)) = &details.payload_schema {
+        for (field, index) in schema {
+            client
+                .create_payload_index(name, field, &index_schema(index))
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 /// The node to load shard `id` into: one holding a replica of it (the only node when single).
@@ -1383,7 +1539,7 @@ async fn wait_until_active(client: &Client, name: &str, timeout: Duration) -> Re
 }
 
 /// Each database the backup holds and its stored file (`None`: a legacy backup's plain
-/// `sqlite/state.db`, staged when the restore wants it and it is there).
+/// `sqlite/state.db`, unpacked when the restore wants it and it is there).
 fn database_sources(manifest: &Manifest) -> Vec<(Database, Option<&FileEntry>)> {
     if manifest.is_legacy() {
         return vec![(Database::State, None)];
@@ -1415,6 +1571,11 @@ async fn upload(
     let file = source
         .open_entry(entry)
         .map_err(|e| damaged(&entry.path, format!("cannot read: {e}")))?;
+    // The download's bridge (`backup::ChannelSink`) advances `progress` as each chunk passes on
+    // the async side. Here the bytes pass only through the blocking reader thread and the body
+    // stream reqwest owns, both `'static`, so neither can borrow `&dyn Progress`: they count into
+    // `sent`, which this task reports every 100 ms. One scheme for both would need an owned
+    // (`Arc`) progress throughout; memory is bounded by the channel either way.
     let sent = Arc::new(AtomicU64::new(0));
     let (sender, mut receiver) = mpsc::channel::<io::Result<Bytes>>(8);
     let stream = Inspected {
@@ -1424,13 +1585,7 @@ async fn upload(
     };
     let reader = tokio::task::spawn_blocking(move || stream.run(file));
     let body = futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx));
-    // The upload's file name is built from a checked collection name and a number only.
-    let file_name = match scope {
-        Scope::Collection(c) => format!("wqm-restore-{c}-{}.snapshot", std::process::id()),
-        Scope::Shard(c, id) => {
-            format!("wqm-restore-{c}-shard-{id}-{}.snapshot", std::process::id())
-        }
-    };
+    let file_name = upload_name(scope);
     let place = backup::place_of(client, scope);
     work.record(&Record::UploadStarted {
         place: place.clone(),
@@ -1482,6 +1637,17 @@ async fn upload(
         Err(_) => {}
     }
     result
+}
+
+/// The name an upload of `scope` gets on the server: built from a checked collection name and
+/// numbers only.
+fn upload_name(scope: Scope<'_>) -> String {
+    match scope {
+        Scope::Collection(c) => format!("wqm-restore-{c}-{}.snapshot", std::process::id()),
+        Scope::Shard(c, id) => {
+            format!("wqm-restore-{c}-shard-{id}-{}.snapshot", std::process::id())
+        }
+    }
 }
 
 /// How much decompressed snapshot is sent at a time; the last piece waits for the check.
@@ -1623,106 +1789,120 @@ async fn verify_restore(
 ) -> Result<Vec<Verified>> {
     let mut rows = Vec::new();
     for collection in plan.restored_collections() {
-        let details = &plan.manifest.collection_details[&collection.name];
-        let low = details
-            .points_count
-            .min(details.points_count_after.unwrap_or(details.points_count));
-        let high = details
-            .points_count
-            .max(details.points_count_after.unwrap_or(details.points_count));
-        let expected = if low == high {
-            format!("{low} points")
-        } else {
-            format!("{low}..={high} points")
-        };
-        match client.collection_info(&collection.name).await {
-            Ok(info) => {
-                let count = client
-                    .exact_count(Scope::Collection(&collection.name))
-                    .await?;
-                rows.push(Verified {
-                    what: format!("collection `{}`", collection.name),
-                    expected: format!("{expected}, not red"),
-                    actual: format!("{count} points, {}", info.status),
-                    ok: (low..=high).contains(&count) && info.status != "red",
-                });
-            }
-            Err(QdrantError::NotFound { .. }) => rows.push(Verified {
-                what: format!("collection `{}`", collection.name),
-                expected,
-                actual: "missing".to_string(),
-                ok: false,
-            }),
-            Err(e) => return Err(e.into()),
-        }
-        // Shard by shard, unless points changed while the backup was taken.
-        let targets = shard_targets
-            .get(&collection.name)
-            .filter(|_| details.points_count_after.is_none());
-        if let Some(targets) = targets {
-            let live = cluster::shards(client, &collection.name).await?;
-            for (shard, (_, target)) in details.shards.iter().zip(targets) {
-                let node = node_holding(
-                    client,
-                    plan.topology.as_ref(),
-                    &live,
-                    &collection.name,
-                    *target,
-                )?;
-                let count = node
-                    .exact_count(Scope::Shard(&collection.name, *target))
-                    .await?;
-                rows.push(Verified {
-                    what: format!("shard {target} of `{}`", collection.name),
-                    expected: format!("{} points", shard.points_count),
-                    actual: format!("{count} points"),
-                    ok: count == shard.points_count,
-                });
-            }
-        }
+        let targets = shard_targets.get(&collection.name);
+        rows.extend(verify_collection(client, plan, &collection.name, targets).await?);
     }
-    let aliases = client.aliases().await?;
-    for alias in &plan.aliases {
-        let actual = aliases
-            .iter()
-            .find(|a| a.alias_name == alias.alias)
-            .map(|a| a.collection_name.clone());
-        rows.push(Verified {
-            what: format!("alias `{}`", alias.alias),
-            expected: format!("→ {}", alias.collection),
-            actual: actual
-                .clone()
-                .map_or("missing".to_string(), |c| format!("→ {c}")),
-            ok: actual.as_deref() == Some(alias.collection.as_str()),
-        });
+    rows.extend(verify_aliases(client, plan).await?);
+    rows.extend(verify_databases(plan));
+    Ok(rows)
+}
+
+/// Collection `name` (and, when it was restored by shards to `targets`, each shard): its exact
+/// point count within what the backup recorded, and not red.
+async fn verify_collection(
+    client: &Client,
+    plan: &Plan,
+    name: &str,
+    targets: Option<&Vec<(u32, u32)>>,
+) -> Result<Vec<Verified>> {
+    let mut rows = Vec::new();
+    let details = &plan.manifest.collection_details[name];
+    let after = details.points_count_after.unwrap_or(details.points_count);
+    let low = details.points_count.min(after);
+    let high = details.points_count.max(after);
+    let expected = if low == high {
+        format!("{low} points")
+    } else {
+        format!("{low}..={high} points")
+    };
+    match client.collection_info(name).await {
+        Ok(info) => {
+            let count = client.exact_count(Scope::Collection(name)).await?;
+            rows.push(Verified {
+                what: format!("collection `{name}`"),
+                expected: format!("{expected}, not red"),
+                actual: format!("{count} points, {}", info.status),
+                ok: (low..=high).contains(&count) && info.status != "red",
+            });
+        }
+        Err(QdrantError::NotFound { .. }) => rows.push(Verified {
+            what: format!("collection `{name}`"),
+            expected,
+            actual: "missing".to_string(),
+            ok: false,
+        }),
+        Err(e) => return Err(e.into()),
     }
-    for database in plan
-        .databases
-        .iter()
-        .filter(|d| d.action != DatabaseAction::Keep)
-    {
-        let problems = sqlite::open_read_only(&database.live)
-            .and_then(|c| {
-                Ok([
-                    sqlite::integrity_problems(&c)?,
-                    sqlite::foreign_key_problems(&c)?,
-                ]
-                .concat())
-            })
-            .unwrap_or_else(|e| vec![e.to_string()]);
-        let sound = "integrity and foreign keys ok";
+    // Shard by shard, unless points changed while the backup was taken.
+    let Some(targets) = targets.filter(|_| details.points_count_after.is_none()) else {
+        return Ok(rows);
+    };
+    let live = cluster::shards(client, name).await?;
+    for (shard, (_, target)) in details.shards.iter().zip(targets) {
+        let node = node_holding(client, plan.topology.as_ref(), &live, name, *target)?;
+        let count = node.exact_count(Scope::Shard(name, *target)).await?;
         rows.push(Verified {
-            what: format!("database `{}`", database.live.display()),
-            expected: sound.to_string(),
-            actual: if problems.is_empty() {
-                sound.to_string()
-            } else {
-                problems.join("; ")
-            },
-            ok: problems.is_empty(),
+            what: format!("shard {target} of `{name}`"),
+            expected: format!("{} points", shard.points_count),
+            actual: format!("{count} points"),
+            ok: count == shard.points_count,
         });
     }
     Ok(rows)
+}
+
+/// Each alias of the plan points at its collection.
+async fn verify_aliases(client: &Client, plan: &Plan) -> Result<Vec<Verified>> {
+    let aliases = client.aliases().await?;
+    Ok(plan
+        .aliases
+        .iter()
+        .map(|alias| {
+            let actual = aliases
+                .iter()
+                .find(|a| a.alias_name == alias.alias)
+                .map(|a| a.collection_name.clone());
+            Verified {
+                what: format!("alias `{}`", alias.alias),
+                expected: format!("→ {}", alias.collection),
+                actual: actual
+                    .clone()
+                    .map_or("missing".to_string(), |c| format!("→ {c}")),
+                ok: actual.as_deref() == Some(alias.collection.as_str()),
+            }
+        })
+        .collect())
+}
+
+/// Each database the restore replaced or merged into passes `PRAGMA integrity_check` and
+/// `foreign_key_check`.
+fn verify_databases(plan: &Plan) -> Vec<Verified> {
+    plan.databases
+        .iter()
+        .filter(|d| d.action != DatabaseAction::Keep)
+        .map(|database| {
+            let problems = sqlite::open_read_only(&database.live)
+                .and_then(|c| {
+                    Ok([
+                        sqlite::integrity_problems(&c)?,
+                        sqlite::foreign_key_problems(&c)?,
+                    ]
+                    .concat())
+                })
+                .unwrap_or_else(|e| vec![e.to_string()]);
+            let sound = "integrity and foreign keys ok";
+            Verified {
+                what: format!("database `{}`", database.live.display()),
+                expected: sound.to_string(),
+                actual: if problems.is_empty() {
+                    sound.to_string()
+                } else {
+                    problems.join("; ")
+                },
+                ok: problems.is_empty(),
+            }
+        })
+        .collect()
 }
 
 /// The command that puts the safety backup back.
@@ -1739,11 +1919,155 @@ pub fn way_back(journal: &Journal, plan: &Plan) -> Option<String> {
     ))
 }
 
-/// A plan's blocker as an error with its exit code.
-pub fn blocked(blocker: &Blocker) -> anyhow::Error {
-    let mut failure = crate::exit::Failure::new(blocker.code, blocker.message.clone());
-    if let Some(hint) = &blocker.hint {
-        failure = failure.with_hint(hint.clone());
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn create_request_keeps_what_the_create_call_takes_under_the_names_it_takes() {
+        let vectors = json!({"size": 4, "distance": "Cosine"});
+        let config = json!({
+            "params": {
+                "vectors": vectors,
+                "sparse_vectors": null,
+                "shard_number": 2,
+                "replication_factor": 1,
+                "write_consistency_factor": 1,
+                "on_disk_payload": true,
+                "read_fan_out_factor": null
+            },
+            "hnsw_config": {"m": 16},
+            "optimizer_config": {"indexing_threshold": 1000},
+            "wal_config": {"wal_capacity_mb": 32},
+            "quantization_config": null,
+            "strict_mode_config": {"enabled": false}
+        });
+        assert_eq!(
+            create_request(&config, 2, false),
+            json!({
+                "vectors": vectors,
+                "shard_number": 2,
+                "replication_factor": 1,
+                "write_consistency_factor": 1,
+                "on_disk_payload": true,
+                "hnsw_config": {"m": 16},
+                "optimizers_config": {"indexing_threshold": 1000},
+                "wal_config": {"wal_capacity_mb": 32}
+            })
+        );
     }
-    failure.into()
+
+    #[test]
+    fn create_request_shards_by_key_in_a_cluster_and_automatically_on_one_node() {
+        let vectors = json!({"size": 4, "distance": "Dot"});
+        let config = json!({
+            "params": {"vectors": vectors, "shard_number": 1, "sharding_method": "custom"}
+        });
+        assert_eq!(
+            create_request(&config, 3, true),
+            json!({"vectors": vectors, "shard_number": 1, "sharding_method": "custom"})
+        );
+        // A single node cannot shard by key: as many automatic shards as the backup has.
+        assert_eq!(
+            create_request(&config, 3, false),
+            json!({"vectors": vectors, "shard_number": 3})
+        );
+    }
+
+    #[test]
+    fn index_schema_is_the_data_type_or_its_params_with_the_type() {
+        assert_eq!(
+            index_schema(&json!({"data_type": "keyword", "points": 3})),
+            json!("keyword")
+        );
+        assert_eq!(
+            index_schema(&json!({
+                "data_type": "integer",
+                "params": {"type": "ignored", "lookup": true, "range": false},
+                "points": 3
+            })),
+            json!({"type": "integer", "lookup": true, "range": false})
+        );
+        assert_eq!(index_schema(&json!({"points": 0})), Value::Null);
+    }
+
+    /// The action and the findings, warnings as `W: …`, blockers as `B<code>: …`.
+    fn decided(
+        partial: bool,
+        name: &str,
+        live_exists: bool,
+        check: bool,
+        schemas: (Option<i64>, Option<i64>),
+    ) -> (DatabaseAction, Vec<String>) {
+        let (action, findings) = decide_database(partial, name, live_exists, check, schemas);
+        let findings = findings
+            .into_iter()
+            .map(|f| match f {
+                Finding::Warning(w) => format!("W: {w}"),
+                Finding::Blocker(b) => format!("B{}: {}", b.code.code(), b.message),
+            })
+            .collect();
+        (action, findings)
+    }
+
+    #[test]
+    fn a_full_backup_replaces_every_database_and_a_partial_one_merges_the_state_database() {
+        use DatabaseAction::{Keep, Merge, Replace};
+        let same = (Some(5), Some(5));
+        for (partial, name, live_exists, action) in [
+            (false, "state.db", true, Replace),
+            (false, "state.db", false, Replace),
+            (false, "search.db", true, Replace),
+            (true, "state.db", true, Merge),
+            (true, "state.db", false, Replace),
+        ] {
+            let expected = (action, Vec::<String>::new());
+            assert_eq!(
+                decided(partial, name, live_exists, true, same),
+                expected,
+                "{partial} {name} {live_exists}"
+            );
+        }
+        let (action, findings) = decided(true, "graph.db", true, true, same);
+        assert_eq!(action, Keep);
+        assert_eq!(
+            findings,
+            ["W: `graph.db` is left as it is in a partial restore; the daemon reconciles it"]
+        );
+    }
+
+    #[test]
+    fn the_state_database_schema_decides_what_may_be_restored() {
+        let blocker = |f: &[String]| f.len() == 1 && f[0].starts_with("B4: ");
+        let warning = |f: &[String]| f.len() == 1 && f[0].starts_with("W: ");
+        // A merge needs the same schema, older or newer.
+        assert!(blocker(
+            &decided(true, "state.db", true, true, (Some(4), Some(5))).1
+        ));
+        assert!(blocker(
+            &decided(true, "state.db", true, true, (Some(6), Some(5))).1
+        ));
+        // A replacement may go back (the daemon migrates forward), never forward.
+        assert!(blocker(
+            &decided(false, "state.db", true, true, (Some(6), Some(5))).1
+        ));
+        assert!(warning(
+            &decided(false, "state.db", true, true, (Some(4), Some(5))).1
+        ));
+        // Not checked: turned off, a version unknown, or another database.
+        assert!(decided(true, "state.db", true, false, (Some(4), Some(5)))
+            .1
+            .is_empty());
+        assert!(decided(false, "state.db", true, true, (None, Some(5)))
+            .1
+            .is_empty());
+        assert!(decided(false, "state.db", true, true, (Some(6), None))
+            .1
+            .is_empty());
+        assert!(decided(false, "search.db", true, true, (Some(6), Some(5)))
+            .1
+            .is_empty());
+    }
 }

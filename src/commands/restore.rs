@@ -42,7 +42,7 @@ pub async fn run(args: &RestoreArgs, settings: &Settings, ui: &Ui) -> Result<Exi
         if !ui.json {
             print_plan(ui, &plan);
         }
-        return Err(restore::blocked(blocker));
+        return Err(blocker.clone().into());
     }
     if !plan.changes_anything() {
         ui.line(format!("Nothing to restore from {}", plan.backup.display()));
@@ -64,56 +64,62 @@ pub async fn run(args: &RestoreArgs, settings: &Settings, ui: &Ui) -> Result<Exi
     for leftover in &journal.leftovers {
         ui.warn_action(leftover);
     }
-    match result {
-        Ok(outcome) => {
-            let verified = outcome.verified();
-            if ui.json {
-                ui.json(&json!({ "plan": plan, "result": outcome, "verified": verified }));
-            } else {
-                for step in &outcome.journal.done {
-                    ui.line(format!("✓ {step}"));
-                }
-                ui.line("Verification:");
-                for row in &outcome.verification {
-                    let mark = if row.ok { "✓" } else { "✗" };
-                    ui.line(format!(
-                        "  {mark} {}: expected {}, found {}",
-                        row.what, row.expected, row.actual
-                    ));
-                }
-            }
-            if !verified {
-                ui.error_lines(
-                    &format!(
-                        "Verification after restore failed: {}",
-                        plan.backup.display()
-                    ),
-                    Some(&way_back_hint(&outcome.journal, &plan)),
-                );
-                return Ok(ExitCode::VerificationFailed);
-            }
-            ui.line(format!(
-                "Restore completed from {} in {:.1} s",
-                plan.backup.display(),
-                outcome.seconds
-            ));
-            Ok(ExitCode::Success)
+    Ok(match result {
+        Ok(outcome) => report_outcome(ui, &plan, &outcome),
+        Err(stopped) => report_stopped(ui, &plan, &stopped),
+    })
+}
+
+/// A restore that ran to the end: what it did and the verification; exit 6 when that failed.
+fn report_outcome(ui: &Ui, plan: &Plan, outcome: &restore::Outcome) -> ExitCode {
+    let verified = outcome.verified();
+    if ui.json {
+        ui.json(&json!({ "plan": plan, "result": outcome, "verified": verified }));
+    } else {
+        for step in &outcome.journal.done {
+            ui.line(format!("✓ {step}"));
         }
-        Err(stopped) => {
-            let (code, hint) = crate::output::classify(&stopped.error);
-            ui.error_lines(&format!("{:#}", stopped.error), hint.as_deref());
-            report_stop(ui, &stopped.journal, &plan);
-            if ui.json {
-                ui.json(&json!({
-                    "plan": plan,
-                    "error": { "message": format!("{:#}", stopped.error), "hint": hint, "exit_code": code.code() },
-                    "journal": stopped.journal,
-                    "way_back": restore::way_back(&stopped.journal, &plan),
-                }));
-            }
-            Ok(code)
+        ui.line("Verification:");
+        for row in &outcome.verification {
+            let mark = if row.ok { "✓" } else { "✗" };
+            ui.line(format!(
+                "  {mark} {}: expected {}, found {}",
+                row.what, row.expected, row.actual
+            ));
         }
     }
+    if !verified {
+        ui.error_lines(
+            &format!(
+                "Verification after restore failed: {}",
+                plan.backup.display()
+            ),
+            Some(&way_back_hint(&outcome.journal, plan)),
+        );
+        return ExitCode::VerificationFailed;
+    }
+    ui.line(format!(
+        "Restore completed from {} in {:.1} s",
+        plan.backup.display(),
+        outcome.seconds
+    ));
+    ExitCode::Success
+}
+
+/// A restore that stopped part-way: the error, what was done, and the way back.
+fn report_stopped(ui: &Ui, plan: &Plan, stopped: &restore::Stopped) -> ExitCode {
+    let (code, hint) = crate::output::classify(&stopped.error);
+    ui.error_lines(&format!("{:#}", stopped.error), hint.as_deref());
+    report_stop(ui, &stopped.journal, plan);
+    if ui.json {
+        ui.json(&json!({
+            "plan": plan,
+            "error": { "message": format!("{:#}", stopped.error), "hint": hint, "exit_code": code.code() },
+            "journal": stopped.journal,
+            "way_back": restore::way_back(&stopped.journal, plan),
+        }));
+    }
+    code
 }
 
 /// Asks on the terminal; never waits for input that cannot come.
@@ -228,6 +234,19 @@ fn print_plan(ui: &Ui, plan: &Plan) {
             }
         }
     }
+    print_collections(ui, plan);
+    print_databases(ui, plan);
+    print_machine(ui, plan);
+    for warning in &plan.warnings {
+        ui.line(format!("  ⚠ {}", warning.replace('\n', "\n    ")));
+    }
+    for blocker in &plan.blockers {
+        ui.line(format!("  ✗ {}", blocker.message.replace('\n', "\n    ")));
+    }
+}
+
+/// The plan's collections and aliases.
+fn print_collections(ui: &Ui, plan: &Plan) {
     if plan.collections.is_empty() {
         ui.line("  Collections: none");
     } else {
@@ -267,6 +286,10 @@ fn print_plan(ui: &Ui, plan: &Plan) {
             alias.alias, alias.collection
         ));
     }
+}
+
+/// The plan's databases and config.
+fn print_databases(ui: &Ui, plan: &Plan) {
     if plan.databases.is_empty() {
         ui.line("  Databases: none in the backup; the live ones are kept");
     }
@@ -303,6 +326,10 @@ fn print_plan(ui: &Ui, plan: &Plan) {
         ),
         (true, false) => format!("  Config: kept (--with-config replaces {target})"),
     });
+}
+
+/// The plan's daemon, safety backup, disk space and time.
+fn print_machine(ui: &Ui, plan: &Plan) {
     ui.line(
         match (&plan.daemon.running, plan.daemon.will_stop_and_start) {
             (None, _) => "  Daemon: not running".to_string(),
@@ -349,10 +376,4 @@ fn print_plan(ui: &Ui, plan: &Plan) {
         plan.estimated_seconds,
         output::size(plan.bytes_to_upload)
     ));
-    for warning in &plan.warnings {
-        ui.line(format!("  ⚠ {}", warning.replace('\n', "\n    ")));
-    }
-    for blocker in &plan.blockers {
-        ui.line(format!("  ✗ {}", blocker.message.replace('\n', "\n    ")));
-    }
 }
