@@ -17,6 +17,7 @@ use crate::cleanup::{self, Cleaned};
 use crate::cluster;
 use crate::compress::Compression;
 use crate::config::Settings;
+use crate::daemon;
 use crate::exit::{ExitCode, Failure};
 use crate::layout::{self, FileSink, Staging};
 use crate::manifest::{
@@ -25,6 +26,7 @@ use crate::manifest::{
 };
 use crate::progress::{self, Progress};
 use crate::qdrant::{self, AsyncSink, Client, Scope, SnapshotDescription};
+use crate::secrets;
 use crate::sqlite;
 use crate::verify::{self, Severity};
 use crate::workdir::{Place, Record};
@@ -152,6 +154,8 @@ pub async fn create(
     manifest.qdrant_version = Some(server.version.clone());
     manifest.compression = Some(compression);
     manifest.checksum_algorithm = Some(algorithm);
+    // Informational: the online copies are consistent whether the daemon runs or not.
+    manifest.daemon_running = Some(daemon::running(&backup.daemon, &settings.data_dir).is_some());
     if request.partial {
         manifest.partial_backup = true;
         manifest.selected_collections = Some(collections.clone());
@@ -288,23 +292,38 @@ pub async fn create(
         Some(config) => {
             progress::check_interrupted()?;
             let rel = format!("{}/config.yaml", layout::CONFIG_DIR);
-            let file = fs::File::open(config)
+            let text = fs::read_to_string(config)
                 .with_context(|| format!("cannot read the config file `{}`", config.display()))?;
+            // No secret leaves the machine: only the secret values are replaced in the copy.
+            let redacted = secrets::redact_config(&text);
+            if redacted.rewritten {
+                manifest.notes.push("the config copy was written out anew to leave its secrets out (its layout is beyond editing in place): comments and formatting were not kept".to_string());
+            }
             let entry = store(
                 &staging,
                 &rel,
                 FileKind::Config,
                 Compression::None,
                 algorithm,
-                file,
+                io::Cursor::new(redacted.text.into_bytes()),
             )?;
+            let detail = if redacted.redactions.is_empty() {
+                format!("from {}", config.display())
+            } else {
+                format!(
+                    "from {}, {} secret(s) left out",
+                    config.display(),
+                    redacted.redactions.len()
+                )
+            };
             items.push(Item {
                 path: rel,
-                detail: format!("from {}", config.display()),
+                detail,
                 size: entry.size,
                 content_size: entry.content_size,
             });
             manifest.files.push(entry);
+            manifest.config_redacted = redacted.redactions;
         }
         None if request.config => manifest
             .notes
@@ -320,7 +339,11 @@ pub async fn create(
         });
     }
     if !backup.metadata.custom_metadata.is_empty() {
-        manifest.custom_metadata = Some(backup.metadata.custom_metadata.clone());
+        let mut custom = serde_json::Value::Object(backup.metadata.custom_metadata.clone());
+        secrets::redact_json(&mut custom);
+        if let serde_json::Value::Object(custom) = custom {
+            manifest.custom_metadata = Some(custom);
+        }
     }
 
     progress::check_interrupted()?;
@@ -485,7 +508,7 @@ impl Stored<'_> {
         let (stored, deleted) = tokio::join!(transfer, delete_after_transfer);
         let leftover = deleted.err().map(|e| {
             format!(
-                "could not delete snapshot `{}` of {scope} from Qdrant ({e:#}); delete it with: {}",
+                "could not delete snapshot `{}` of {scope} from Qdrant ({e:#}); the next wqm run on this directory (or `wqm backup cleanup`) deletes it, or delete it with: {}",
                 snapshot.name,
                 client.delete_command(scope, &snapshot.name)
             )

@@ -87,7 +87,7 @@ pub struct OutputArgs {
     /// Show detailed output.
     #[arg(short, long, conflicts_with = "quiet")]
     pub verbose: bool,
-    /// Print nothing but errors.
+    /// Print nothing but errors and the warnings that need action.
     #[arg(short, long)]
     pub quiet: bool,
 }

@@ -12,8 +12,9 @@ use std::collections::BTreeMap;
 use reqwest::Url;
 use serde_json::Value;
 
+use crate::config::Timeouts;
 use crate::exit::{Classify, ExitCode};
-use crate::qdrant::{Client, ClusterStatus, QdrantError, Timeouts};
+use crate::qdrant::{Client, ClusterStatus, QdrantError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -282,6 +283,7 @@ mod tests {
             read_idle: std::time::Duration::from_secs(1),
             operation: std::time::Duration::from_secs(1),
             retries: 0,
+            retry_for: std::time::Duration::ZERO,
         };
         let client = || Client::new("http://127.0.0.1:1", None, None, timeouts.clone()).unwrap();
         let topology = Topology {

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_yaml::{Mapping, Value};
@@ -16,6 +17,8 @@ use crate::checksum::Algorithm;
 use crate::exit::{Classify, ExitCode};
 
 pub const DEFAULT_QDRANT_URL: &str = "http://localhost:6333";
+/// Where upstream's daemon (memexd) serves gRPC unless `grpc.host`/`grpc.port` say otherwise.
+pub const DEFAULT_DAEMON_ADDRESS: &str = "127.0.0.1:50051";
 /// Environment variables `WQM_BACKUP__<KEY>[__<SUBKEY>]` override `backup.<key>[.<subkey>]`.
 pub const BACKUP_ENV_PREFIX: &str = "WQM_BACKUP__";
 
@@ -227,17 +230,35 @@ impl Default for MetadataSettings {
     }
 }
 
+/// Timeouts and retries of the connection to Qdrant (`backup.transfer.*`).
+#[derive(Clone, Debug)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// How long a transfer may go without a byte before it is abandoned (and resumed).
+    pub read_idle: Duration,
+    /// How long Qdrant may take to create a snapshot (it sends nothing meanwhile). Recovering
+    /// one from an upload has no limit while Qdrant answers.
+    pub operation: Duration,
+    /// A dropped download is resumed at least this many times in a row without progress ...
+    pub retries: u32,
+    /// ... and for at least this long (with exponential backoff), so Qdrant can restart.
+    pub retry_for: Duration,
+}
+
 /// Timeouts and retries of transfers to and from Qdrant (seconds).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TransferSettings {
     pub connect_timeout: u64,
-    /// Seconds without a byte before a transfer is abandoned (a download is then resumed).
+    /// Seconds without a byte before a transfer is abandoned (a download is then resumed), and
+    /// that a recovering Qdrant may go without answering.
     pub read_timeout: u64,
-    /// Seconds Qdrant may take to create or restore a snapshot (it sends nothing meanwhile).
+    /// Seconds Qdrant may take to create a snapshot (it sends nothing meanwhile).
     pub operation_timeout: u64,
-    /// How many times a dropped download is resumed from where it stopped.
+    /// A dropped download is resumed at least this many times in a row without progress ...
     pub retries: u32,
+    /// ... and for at least this many seconds (backoff 0.25 s doubling to 8 s).
+    pub retry_timeout: u64,
 }
 
 impl Default for TransferSettings {
@@ -247,18 +268,19 @@ impl Default for TransferSettings {
             read_timeout: 120,
             operation_timeout: 3600,
             retries: 3,
+            retry_timeout: 60,
         }
     }
 }
 
 impl TransferSettings {
-    pub fn timeouts(&self) -> crate::qdrant::Timeouts {
-        use std::time::Duration;
-        crate::qdrant::Timeouts {
+    pub fn timeouts(&self) -> Timeouts {
+        Timeouts {
             connect: Duration::from_secs(self.connect_timeout),
             read_idle: Duration::from_secs(self.read_timeout),
             operation: Duration::from_secs(self.operation_timeout),
             retries: self.retries,
+            retry_for: Duration::from_secs(self.retry_timeout),
         }
     }
 }
@@ -273,8 +295,12 @@ pub struct DaemonSettings {
     pub stop_command: Option<String>,
     /// A shell command that starts it again.
     pub start_command: Option<String>,
-    /// Where the started daemon accepts connections (its gRPC address).
+    /// The daemon's gRPC address: it runs while something accepts connections there, and a
+    /// started daemon is ready once something does. Unset: upstream's `grpc.host`:`grpc.port`
+    /// of the same file, else 127.0.0.1:50051.
     pub address: String,
+    /// The daemon's process name: it runs while a process of this name does.
+    pub process_name: String,
     /// Seconds to wait for the daemon to stop, or to accept connections after a start.
     pub timeout: u64,
 }
@@ -285,7 +311,8 @@ impl Default for DaemonSettings {
             status_command: None,
             stop_command: None,
             start_command: None,
-            address: "127.0.0.1:50051".to_string(),
+            address: DEFAULT_DAEMON_ADDRESS.to_string(),
+            process_name: "memexd".to_string(),
             timeout: 30,
         }
     }
@@ -307,6 +334,32 @@ struct FileConfig {
     backup: Option<BackupSettings>,
     #[serde(default)]
     qdrant: Option<QdrantFile>,
+    /// Upstream's `grpc:` section (`host`, `port`): where memexd listens.
+    #[serde(default)]
+    grpc: Option<Value>,
+}
+
+/// `grpc.host`:`grpc.port` of upstream's config, when the file sets either.
+fn upstream_grpc_address(grpc: Option<&Value>) -> Option<String> {
+    let grpc = grpc?.as_mapping()?;
+    let text = |key: &str| match grpc.get(key)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    let (host, port) = (text("host"), text("port"));
+    if host.is_none() && port.is_none() {
+        return None;
+    }
+    let (default_host, default_port) = DEFAULT_DAEMON_ADDRESS.rsplit_once(':')?;
+    let host = host.unwrap_or_else(|| default_host.to_string());
+    let port = port.unwrap_or_else(|| default_port.to_string());
+    // An IPv6 host needs brackets in a socket address.
+    Some(if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    })
 }
 
 /// How to reach Qdrant.
@@ -354,6 +407,15 @@ impl Settings {
         let mut tree = backup_tree;
         for (name, raw) in env.with_prefix(BACKUP_ENV_PREFIX) {
             backup = apply_env_override(&mut tree, name, raw)?;
+        }
+        let address_set = tree
+            .get("daemon")
+            .and_then(|d| d.get("address"))
+            .is_some_and(|a| !a.is_null());
+        if !address_set {
+            if let Some(address) = upstream_grpc_address(file.grpc.as_ref()) {
+                backup.daemon.address = address;
+            }
         }
         let home = env.home().ok();
         backup.default_backup_directory = backup
@@ -931,6 +993,46 @@ mod tests {
         .unwrap();
         assert_eq!(s.qdrant.url, "http://flag:6333");
         assert_eq!(s.qdrant.api_key.as_deref(), Some("file-key"));
+    }
+
+    #[test]
+    fn the_daemon_address_follows_upstreams_grpc_section_unless_set() {
+        assert_eq!(
+            load_file("").unwrap().backup.daemon.address,
+            DEFAULT_DAEMON_ADDRESS
+        );
+        assert_eq!(
+            load_file("grpc:\n  host: 127.0.0.1\n  port: 50052\n")
+                .unwrap()
+                .backup
+                .daemon
+                .address,
+            "127.0.0.1:50052"
+        );
+        assert_eq!(
+            load_file("grpc:\n  port: \"50053\"\n")
+                .unwrap()
+                .backup
+                .daemon
+                .address,
+            "127.0.0.1:50053"
+        );
+        assert_eq!(
+            load_file("grpc:\n  host: \"::1\"\n")
+                .unwrap()
+                .backup
+                .daemon
+                .address,
+            "[::1]:50051"
+        );
+        assert_eq!(
+            load_file("grpc:\n  port: 50052\nbackup:\n  daemon:\n    address: 127.0.0.1:6000\n")
+                .unwrap()
+                .backup
+                .daemon
+                .address,
+            "127.0.0.1:6000"
+        );
     }
 
     #[test]

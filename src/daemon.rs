@@ -36,15 +36,102 @@ impl Classify for DaemonError {
     }
 }
 
-/// Whether the daemon runs, and how we know.
+/// Whether the daemon runs, and how we know: its lock file is locked, a process of its name
+/// runs (with its pid), something accepts connections at its gRPC address, or the status
+/// command says so. Upstream's memexd does not take `daemon.lock`, so the other signs count.
 pub fn running(settings: &DaemonSettings, data_dir: &Path) -> Option<String> {
+    let mut signs = Vec::new();
     let lock = data_dir.join("daemon.lock");
     if crate::layout::lock_is_held(&lock) {
-        return Some(format!("`{}` is locked", lock.display()));
+        signs.push(format!("`{}` is locked", lock.display()));
     }
-    let command = settings.status_command.as_deref()?;
-    let status = shell(command).ok()?;
-    status.success.then(|| format!("`{command}` says so"))
+    let pids = processes_named(&settings.process_name);
+    if !pids.is_empty() {
+        let list: Vec<String> = pids.iter().map(u32::to_string).collect();
+        signs.push(format!(
+            "process `{}` runs as pid {}",
+            settings.process_name,
+            list.join(", ")
+        ));
+    }
+    if accepts_connections(&settings.address) {
+        signs.push(format!("{} accepts connections", settings.address));
+    }
+    if let Some(command) = settings.status_command.as_deref() {
+        if shell(command).is_ok_and(|status| status.success) {
+            signs.push(format!("`{command}` says so"));
+        }
+    }
+    (!signs.is_empty()).then(|| signs.join("; "))
+}
+
+/// Whether something accepts a TCP connection at `address` (within half a second).
+fn accepts_connections(address: &str) -> bool {
+    address
+        .to_socket_addrs()
+        .map(|mut addrs| {
+            addrs.any(|a| TcpStream::connect_timeout(&a, Duration::from_millis(500)).is_ok())
+        })
+        .unwrap_or(false)
+}
+
+/// The pids of the processes named `name` (other than this one). Linux: `/proc/<pid>/comm`, or
+/// the file name of the first `cmdline` argument (`comm` keeps only 15 bytes).
+#[cfg(target_os = "linux")]
+fn processes_named(name: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let own = std::process::id();
+    let mut pids: Vec<u32> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != own)
+        .filter(|pid| {
+            let dir = Path::new("/proc").join(pid.to_string());
+            // A zombie (exited, not yet reaped) does not run.
+            let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
+            let state = stat
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.chars().next());
+            if matches!(state, None | Some('Z' | 'X')) {
+                return false;
+            }
+            let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+            if comm.trim_end_matches('\n') == name {
+                return true;
+            }
+            let cmdline = std::fs::read(dir.join("cmdline")).unwrap_or_default();
+            let first = cmdline.split(|&b| b == 0).next().unwrap_or_default();
+            Path::new(&*String::from_utf8_lossy(first))
+                .file_name()
+                .is_some_and(|f| f == name)
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// Other Unixes have no `/proc` to read: `pgrep -x NAME` (no pgrep: none found).
+#[cfg(all(unix, not(target_os = "linux")))]
+fn processes_named(name: &str) -> Vec<u32> {
+    let own = std::process::id();
+    Command::new("pgrep")
+        .arg("-x")
+        .arg(name)
+        .output()
+        .map(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .filter(|&pid| pid != own)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(not(unix))]
+fn processes_named(_name: &str) -> Vec<u32> {
+    Vec::new()
 }
 
 struct Outcome {
@@ -66,7 +153,8 @@ fn shell(command: &str) -> std::io::Result<Outcome> {
     })
 }
 
-/// Stops the daemon with `stop_command` and waits until it no longer runs.
+/// Stops the daemon with `stop_command` and waits (up to `timeout` seconds) until no sign of it
+/// is left: lock free, no process of its name, its address closed, the status command failing.
 pub fn stop(settings: &DaemonSettings, data_dir: &Path) -> Result<(), DaemonError> {
     let Some(command) = settings.stop_command.as_deref() else {
         let reason = running(settings, data_dir).unwrap_or_default();
@@ -113,14 +201,7 @@ pub fn start(settings: &DaemonSettings) -> Result<(), DaemonError> {
     }
     let deadline = Instant::now() + Duration::from_secs(settings.timeout);
     loop {
-        let reachable = settings
-            .address
-            .to_socket_addrs()
-            .map(|mut addrs| {
-                addrs.any(|a| TcpStream::connect_timeout(&a, Duration::from_millis(500)).is_ok())
-            })
-            .unwrap_or(false);
-        if reachable {
+        if accepts_connections(&settings.address) {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -139,12 +220,92 @@ pub fn start(settings: &DaemonSettings) -> Result<(), DaemonError> {
 mod tests {
     use super::*;
 
+    /// Settings that see no daemon unless a test starts one: a closed port, an unused name.
     fn settings(status: Option<&str>) -> DaemonSettings {
         DaemonSettings {
             status_command: status.map(str::to_string),
             timeout: 2,
+            address: "127.0.0.1:1".to_string(),
+            process_name: "wqm-test-none".to_string(),
             ..DaemonSettings::default()
         }
+    }
+
+    /// A running process named `name` (a copy of `sleep`), reaped when dropped.
+    struct FakeDaemon {
+        child: std::process::Child,
+        // Holds the binary's copy.
+        _dir: tempfile::TempDir,
+    }
+
+    impl FakeDaemon {
+        fn start(name: &str) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let bin = dir.path().join(name);
+            std::fs::copy("/bin/sleep", &bin).unwrap();
+            let child = Command::new(&bin).arg("60").spawn().unwrap();
+            FakeDaemon { child, _dir: dir }
+        }
+    }
+
+    impl Drop for FakeDaemon {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    #[test]
+    fn a_process_of_the_daemons_name_is_seen_with_its_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings(None);
+        s.process_name = "memexd".to_string();
+        assert_eq!(running(&s, dir.path()), None);
+        let fake = FakeDaemon::start("memexd");
+        let pid = fake.child.id();
+        let seen = running(&s, dir.path()).unwrap();
+        assert!(
+            seen.contains(&format!("process `memexd` runs as pid {pid}")),
+            "{seen}"
+        );
+        drop(fake);
+        assert_eq!(running(&s, dir.path()), None, "a reaped process is gone");
+    }
+
+    #[test]
+    fn an_open_grpc_port_means_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut s = settings(None);
+        s.address = listener.local_addr().unwrap().to_string();
+        assert_eq!(
+            running(&s, dir.path()),
+            Some(format!("{} accepts connections", s.address))
+        );
+        drop(listener);
+        assert_eq!(running(&s, dir.path()), None);
+    }
+
+    #[test]
+    fn stop_waits_until_the_process_is_gone_and_the_port_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut s = settings(None);
+        s.address = listener.local_addr().unwrap().to_string();
+        s.timeout = 1;
+        s.stop_command = Some("true".into());
+        let err = stop(&s, dir.path()).unwrap_err();
+        assert!(matches!(err, DaemonError::StillRunning { .. }), "{err}");
+        // The port closes a moment after the stop command returned: stop waits for it.
+        s.timeout = 10;
+        let closer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(700));
+            drop(listener);
+        });
+        let started = Instant::now();
+        stop(&s, dir.path()).unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(600));
+        closer.join().unwrap();
     }
 
     #[test]

@@ -1,4 +1,6 @@
-//! Exit codes, and how an error chain maps to one and to a hint for the user.
+//! Exit codes, and the `Classify` trait through which each module's errors say theirs (and a
+//! hint). A leaf: it imports no other module; the edge (`output::classify`) maps an error chain
+//! to a code.
 
 use std::fmt;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -19,6 +21,9 @@ pub enum ExitCode {
     Conflict = 5,
     /// Verification after a restore failed.
     VerificationFailed = 6,
+    /// The command completed, but left something the operator must act on (a snapshot it could
+    /// not delete from the Qdrant server); the `wqm: action needed:` lines on stderr say what.
+    ActionNeeded = 7,
     /// Hung up (SIGHUP).
     HangUp = 129,
     /// Interrupted (Ctrl-C, SIGINT).
@@ -43,6 +48,7 @@ Exit codes:
   4    version incompatible, or downgrade refused
   5    restore conflict (a collection already exists)
   6    verification after restore failed
+  7    completed, but action is needed (e.g. a snapshot left on the Qdrant server; see stderr)
   129  hung up (SIGHUP), after cleaning up
   130  interrupted (Ctrl-C, SIGINT), after cleaning up
   143  terminated (SIGTERM), after cleaning up";
@@ -125,46 +131,6 @@ impl Classify for Interrupted {
     }
 }
 
-/// Finds the first error in the chain that knows its exit code; the rest are runtime failures.
-pub fn classify(error: &anyhow::Error) -> (ExitCode, Option<String>) {
-    for cause in error.chain() {
-        if let Some(found) = classify_one(cause) {
-            return found;
-        }
-    }
-    let disk_full = error
-        .chain()
-        .filter_map(|c| c.downcast_ref::<std::io::Error>())
-        .any(|e| e.kind() == std::io::ErrorKind::StorageFull);
-    let hint = disk_full.then(|| DISK_FULL_HINT.to_string());
-    (ExitCode::Failure, hint)
-}
-
 /// What to do when a disk filled up; nothing partial is ever left behind.
 pub const DISK_FULL_HINT: &str =
     "the disk is full: free space or choose another target; nothing partial was left behind";
-
-fn classify_one(cause: &(dyn std::error::Error + 'static)) -> Option<(ExitCode, Option<String>)> {
-    macro_rules! try_types {
-        ($($ty:ty),+ $(,)?) => {
-            $(
-                if let Some(e) = cause.downcast_ref::<$ty>() {
-                    return Some((e.exit_code(), e.hint()));
-                }
-            )+
-        };
-    }
-    try_types!(
-        Failure,
-        Interrupted,
-        crate::config::ConfigError,
-        crate::manifest::ManifestError,
-        crate::compat::CompatError,
-        crate::layout::LayoutError,
-        crate::qdrant::QdrantError,
-        crate::daemon::DaemonError,
-        crate::cluster::ClusterError,
-        crate::workdir::WorkDirError,
-    );
-    None
-}

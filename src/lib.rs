@@ -26,6 +26,7 @@ pub mod progress;
 pub mod prune;
 pub mod qdrant;
 pub mod restore;
+pub mod secrets;
 pub mod snapshot;
 pub mod sqlite;
 pub mod store;
@@ -87,8 +88,12 @@ async fn watch_signals() {
     };
     let (number, what) = signals.next().await;
     exit::record_signal(number);
+    // A prompt that saw Ctrl-C itself has said what happened already.
+    let handled = progress::is_interrupted();
     progress::set_interrupted();
-    eprintln!("wqm: {what}; cleaning up (press Ctrl-C again to quit at once)");
+    if !handled {
+        eprintln!("wqm: {what}; cleaning up (press Ctrl-C again to quit at once)");
+    }
     signals.next().await;
     for left in workdir::live() {
         eprintln!(

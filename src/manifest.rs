@@ -239,6 +239,13 @@ pub struct Manifest {
     pub system_info: Option<SystemInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub custom_metadata: Option<Map<String, Value>>,
+    /// The secrets replaced by a marker in `config/config.yaml` (restore keeps the live values).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub config_redacted: Vec<crate::secrets::Redaction>,
+    /// Whether the daemon ran while the backup was made (informational: the copies are
+    /// consistent either way). Absent when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daemon_running: Option<bool>,
 
     /// Keys this version does not know; kept so a rewrite loses nothing (Python's `additional_metadata`).
     #[serde(flatten)]
@@ -271,6 +278,8 @@ impl Manifest {
             notes: Vec::new(),
             system_info: None,
             custom_metadata: None,
+            config_redacted: Vec::new(),
+            daemon_running: None,
             extra: Map::new(),
         }
     }

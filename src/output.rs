@@ -10,15 +10,18 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 use crate::cli::OutputArgs;
-use crate::exit::{self, ExitCode};
+use crate::exit::{self, Classify, ExitCode};
 use crate::progress::Progress;
+// Whatever reaches the screen or a log, a URL's userinfo never does.
+use crate::secrets::mask_userinfo;
 
 /// How a command talks to the user.
 #[derive(Clone, Copy, Debug)]
 pub struct Ui {
     pub json: bool,
     pub verbose: bool,
-    /// Nothing but errors (and the JSON document when asked for).
+    /// Nothing but errors, the warnings that need action (`warn_action`), and the JSON document
+    /// when asked for.
     pub quiet: bool,
     /// stderr is a terminal: progress bars and prompts are possible.
     pub interactive: bool,
@@ -42,26 +45,41 @@ impl Ui {
     pub fn line(&self, text: impl AsRef<str>) {
         if !self.json && !self.quiet {
             let mut out = io::stdout().lock();
-            let _ = writeln!(out, "{}", text.as_ref());
+            let _ = writeln!(out, "{}", mask_userinfo(text.as_ref()));
         }
     }
 
     /// The command's one JSON document.
     pub fn json<T: Serialize>(&self, value: &T) {
         let text = serde_json::to_string_pretty(value).expect("results always serialize");
-        let _ = writeln!(io::stdout().lock(), "{text}");
+        let _ = writeln!(io::stdout().lock(), "{}", mask_userinfo(&text));
     }
 
     pub fn warn(&self, text: impl AsRef<str>) {
         if self.quiet {
             return;
         }
-        let _ = writeln!(io::stderr().lock(), "wqm: warning: {}", text.as_ref());
+        let _ = writeln!(
+            io::stderr().lock(),
+            "wqm: warning: {}",
+            mask_userinfo(text.as_ref())
+        );
+    }
+
+    /// A warning the operator must act on (a snapshot left on the server, the way back after a
+    /// failed restore, a journal of a dead run cleaned up): always on stderr, even with `--quiet`
+    /// and `--json`, so cron mails it; marked `wqm: action needed:`.
+    pub fn warn_action(&self, text: impl AsRef<str>) {
+        let _ = writeln!(
+            io::stderr().lock(),
+            "wqm: action needed: {}",
+            mask_userinfo(text.as_ref())
+        );
     }
 
     /// Reports a failure on stderr (and as JSON on stdout with `--json`); returns its exit code.
     pub fn fail(&self, error: &anyhow::Error) -> ExitCode {
-        let (code, hint) = exit::classify(error);
+        let (code, hint) = classify(error);
         self.error_lines(&format!("{error:#}"), hint.as_deref());
         if self.json {
             self.json(&serde_json::json!({
@@ -74,9 +92,9 @@ impl Ui {
     /// `wqm: error: …` and `hint: …` on stderr.
     pub fn error_lines(&self, message: &str, hint: Option<&str>) {
         let mut err = io::stderr().lock();
-        let _ = writeln!(err, "wqm: error: {message}");
+        let _ = writeln!(err, "wqm: error: {}", mask_userinfo(message));
         if let Some(hint) = hint {
-            let _ = writeln!(err, "hint: {hint}");
+            let _ = writeln!(err, "hint: {}", mask_userinfo(hint));
         }
     }
 
@@ -135,7 +153,7 @@ impl Progress for TerminalProgress {
 
     fn step(&self, message: &str) {
         if self.verbose {
-            let line = format!("  {message}");
+            let line = format!("  {}", mask_userinfo(message));
             match self.bar.lock().expect("progress lock").as_ref() {
                 Some(bar) => bar.println(line),
                 None => {
@@ -181,4 +199,165 @@ pub fn parse_failure(error: &clap::Error, args: &[OsString]) -> ExitCode {
 /// `1.2 MiB (1234567 bytes)`.
 pub fn size(bytes: u64) -> String {
     format!("{} ({bytes} bytes)", indicatif::BinaryBytes(bytes))
+}
+
+// ---- exit codes of errors -------------------------------------------------------------------
+
+/// Finds the first error in the chain that knows its exit code (`exit::Classify`); the rest are
+/// runtime failures. The edge's job: the domain modules only say what each of their errors means.
+pub fn classify(error: &anyhow::Error) -> (ExitCode, Option<String>) {
+    for cause in error.chain() {
+        if let Some(found) = classify_one(cause) {
+            return found;
+        }
+    }
+    let disk_full = error
+        .chain()
+        .filter_map(|c| c.downcast_ref::<std::io::Error>())
+        .any(|e| e.kind() == std::io::ErrorKind::StorageFull);
+    let hint = disk_full.then(|| exit::DISK_FULL_HINT.to_string());
+    (ExitCode::Failure, hint)
+}
+
+fn classify_one(cause: &(dyn std::error::Error + 'static)) -> Option<(ExitCode, Option<String>)> {
+    macro_rules! try_types {
+        ($($ty:ty),+ $(,)?) => {
+            $(
+                if let Some(e) = cause.downcast_ref::<$ty>() {
+                    return Some((e.exit_code(), e.hint()));
+                }
+            )+
+        };
+    }
+    // Every type with `impl Classify` is listed here; a test (below) holds the list to the source.
+    try_types!(
+        exit::Failure,
+        exit::Interrupted,
+        crate::config::ConfigError,
+        crate::manifest::ManifestError,
+        crate::compat::CompatError,
+        crate::layout::LayoutError,
+        crate::qdrant::QdrantError,
+        crate::daemon::DaemonError,
+        crate::cluster::ClusterError,
+        crate::workdir::WorkDirError,
+    );
+    None
+}
+
+#[cfg(test)]
+mod classify_tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn code_of(error: impl std::error::Error + Send + Sync + 'static) -> ExitCode {
+        // As the commands see them: inside an anyhow chain, under context.
+        classify(&anyhow::Error::new(error).context("while doing something")).0
+    }
+
+    /// One of each error type (and each distinct code a type gives), with its documented code.
+    #[test]
+    fn every_error_type_exits_with_its_documented_code() {
+        use crate::{cluster, compat, config, daemon, layout, manifest, qdrant, workdir};
+        let path = PathBuf::from("x");
+        let cases: Vec<(ExitCode, ExitCode)> = vec![
+            (
+                code_of(exit::Failure::new(ExitCode::Conflict, "c")),
+                ExitCode::Conflict,
+            ),
+            (code_of(exit::Interrupted), ExitCode::Interrupted),
+            (code_of(config::ConfigError::NoHome), ExitCode::Usage),
+            (
+                code_of(manifest::ManifestError::Missing { path: path.clone() }),
+                ExitCode::InvalidBackup,
+            ),
+            (
+                code_of(compat::CompatError::DevVersion {
+                    backup: "0.3.0.dev1".into(),
+                    current: "0.3.0".into(),
+                }),
+                ExitCode::Incompatible,
+            ),
+            (
+                code_of(layout::LayoutError::NotFound { path: path.clone() }),
+                ExitCode::InvalidBackup,
+            ),
+            (
+                code_of(layout::LayoutError::AlreadyExists { path: path.clone() }),
+                ExitCode::Failure,
+            ),
+            (
+                code_of(qdrant::QdrantError::BadUrl {
+                    url: "u".into(),
+                    reason: "r".into(),
+                }),
+                ExitCode::Usage,
+            ),
+            (
+                code_of(qdrant::QdrantError::Server {
+                    status: 500,
+                    message: "m".into(),
+                }),
+                ExitCode::Failure,
+            ),
+            (
+                code_of(daemon::DaemonError::Running { reason: "r".into() }),
+                ExitCode::Failure,
+            ),
+            (
+                code_of(cluster::ClusterError::Stranger {
+                    url: "u".into(),
+                    peer: "p".into(),
+                }),
+                ExitCode::Usage,
+            ),
+            (
+                code_of(workdir::WorkDirError::Busy { path: path.clone() }),
+                ExitCode::Failure,
+            ),
+            (code_of(std::io::Error::other("plain")), ExitCode::Failure),
+        ];
+        for (i, (actual, expected)) in cases.into_iter().enumerate() {
+            assert_eq!(actual, expected, "case {i}");
+        }
+    }
+
+    /// A new error type with `impl Classify` must be listed in `classify_one`, or it would exit 1.
+    #[test]
+    fn every_classified_type_is_listed() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let this = std::fs::read_to_string(root.join("output.rs")).unwrap();
+        let listed = this
+            .split("try_types!(")
+            .nth(1)
+            .and_then(|s| s.split(");").next())
+            .unwrap()
+            .to_string();
+        let mut pending = vec![root];
+        let mut found = 0;
+        while let Some(dir) = pending.pop() {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    pending.push(path);
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).unwrap();
+                for line in text.lines() {
+                    let Some(rest) = line.trim().strip_prefix("impl Classify for ") else {
+                        continue;
+                    };
+                    let ty = rest.trim_end_matches(" {").trim();
+                    found += 1;
+                    assert!(
+                        listed.contains(&format!("::{ty},")),
+                        "`{ty}` ({}) implements Classify but `classify_one` does not list it",
+                        path.display()
+                    );
+                }
+            }
+        }
+        assert!(found >= 10, "{found}");
+    }
 }

@@ -6,7 +6,9 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use reqwest::header::{
@@ -15,21 +17,59 @@ use reqwest::header::{
 use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
+
+use crate::config::Timeouts;
 use serde_json::Value;
 
 use crate::exit::{Classify, ExitCode};
 use crate::progress;
 
-/// Timeouts and retries of the connection to Qdrant (`backup.transfer.*`).
-#[derive(Clone, Debug)]
-pub struct Timeouts {
-    pub connect: Duration,
-    /// How long a transfer may go without a byte before it is abandoned (and resumed).
-    pub read_idle: Duration,
-    /// How long Qdrant may take to create or recover a snapshot (it sends nothing meanwhile).
-    pub operation: Duration,
-    /// How many times a dropped download is resumed.
-    pub retries: u32,
+/// The first pause before a retry; it doubles up to `MAX_BACKOFF`.
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(8);
+
+/// Retries of something that failed because Qdrant could not be reached: at least `retries`
+/// attempts and at least `retry_for`, with exponential backoff; Ctrl-C ends them.
+struct Patience<'a> {
+    timeouts: &'a Timeouts,
+    since: Instant,
+    failures: u32,
+    backoff: Duration,
+}
+
+impl<'a> Patience<'a> {
+    fn new(timeouts: &'a Timeouts) -> Self {
+        Patience {
+            timeouts,
+            since: Instant::now(),
+            failures: 0,
+            backoff: FIRST_BACKOFF,
+        }
+    }
+
+    /// Progress was made: the count starts again.
+    fn reset(&mut self) {
+        *self = Patience::new(self.timeouts);
+    }
+
+    /// After a failure: waits and returns true when another attempt is due.
+    async fn another_try(&mut self) -> bool {
+        if self.failures == 0 {
+            self.since = Instant::now();
+        }
+        self.failures += 1;
+        let patient = self.failures <= self.timeouts.retries
+            || self.since.elapsed() < self.timeouts.retry_for;
+        if !patient || progress::is_interrupted() {
+            return false;
+        }
+        tokio::select! {
+            _ = progress::interrupted() => return false,
+            _ = tokio::time::sleep(self.backoff) => {}
+        }
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        true
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +90,8 @@ pub enum QdrantError {
     Timeout { what: String, seconds: u64 },
     #[error("unexpected answer from Qdrant ({what}): {reason}")]
     Protocol { what: String, reason: String },
+    #[error("the connection to Qdrant broke ({what}): {reason}")]
+    Dropped { what: String, reason: String },
     #[error("the download of `{name}` failed after {attempts} attempts: {reason}")]
     Transfer {
         name: String,
@@ -99,6 +141,7 @@ impl Classify for QdrantError {
             QdrantError::Timeout { .. } => "Qdrant may be overloaded; raise `backup.transfer.read_timeout` or `backup.transfer.operation_timeout` if it is just slow".to_string(),
             QdrantError::Transfer { .. } | QdrantError::ChecksumMismatch { .. } => "check the network and Qdrant's logs, then run the command again; nothing partial was kept".to_string(),
             QdrantError::Server { .. } => "see Qdrant's log; free disk space on the server if it is full".to_string(),
+            QdrantError::Dropped { .. } => "Qdrant stopped, restarted or dropped the connection (calls that change nothing are retried for `backup.transfer.retry_timeout`, an upload is not); see Qdrant's log, then run the command again".to_string(),
             _ => return None,
         })
     }
@@ -276,6 +319,9 @@ pub struct Client {
     http: reqwest::Client,
     base: Url,
     timeouts: Timeouts,
+    /// Qdrant answered once: from then on a refused connection means it restarts, and is
+    /// retried (before, it fails at once: a wrong URL should not take a minute to report).
+    reached: Arc<AtomicBool>,
 }
 
 impl Client {
@@ -333,6 +379,7 @@ impl Client {
             http,
             base,
             timeouts,
+            reached: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -370,34 +417,56 @@ impl Client {
         self.http.request(method, self.endpoint(segments))
     }
 
-    /// Sends a request and waits for the response head, mapping failures to `QdrantError`.
+    /// Sends a request and waits (up to `limit`) for the response head, mapping failures to
+    /// `QdrantError`.
     async fn send(
         &self,
         request: RequestBuilder,
         what: &str,
         limit: Duration,
     ) -> Result<Response, QdrantError> {
-        let response = match tokio::time::timeout(limit, request.send()).await {
-            Err(_) => {
-                return Err(QdrantError::Timeout {
-                    what: what.to_string(),
-                    seconds: limit.as_secs(),
-                })
+        tokio::time::timeout(limit, self.send_untimed(request, what))
+            .await
+            .map_err(|_| QdrantError::Timeout {
+                what: what.to_string(),
+                seconds: limit.as_secs(),
+            })?
+    }
+
+    /// Sends a request. A refused connection (nothing reached Qdrant, so any request is safe to
+    /// send again) to a Qdrant that answered before is retried with backoff, for at least
+    /// `retries` attempts and `retry_for`, so a restarting Qdrant is waited for.
+    async fn send_untimed(
+        &self,
+        request: RequestBuilder,
+        what: &str,
+    ) -> Result<Response, QdrantError> {
+        let mut request = request;
+        let mut patience = Patience::new(&self.timeouts);
+        let response = loop {
+            let again = request
+                .try_clone()
+                .filter(|_| self.reached.load(Ordering::Relaxed));
+            match request.send().await {
+                Err(e) if e.is_connect() => match again {
+                    Some(next) if patience.another_try().await => request = next,
+                    _ => {
+                        return Err(QdrantError::Connect {
+                            url: self.display_url(),
+                            reason: error_chain(&e),
+                        })
+                    }
+                },
+                Err(e) => {
+                    return Err(QdrantError::Dropped {
+                        what: what.to_string(),
+                        reason: error_chain(&e),
+                    })
+                }
+                Ok(response) => break response,
             }
-            Ok(Err(e)) if e.is_connect() => {
-                return Err(QdrantError::Connect {
-                    url: self.display_url(),
-                    reason: error_chain(&e),
-                })
-            }
-            Ok(Err(e)) => {
-                return Err(QdrantError::Protocol {
-                    what: what.to_string(),
-                    reason: error_chain(&e),
-                })
-            }
-            Ok(Ok(response)) => response,
         };
+        self.reached.store(true, Ordering::Relaxed);
         if response.status().is_success() {
             return Ok(response);
         }
@@ -455,13 +524,31 @@ impl Client {
             .map(drop)
     }
 
+    /// A call that changes nothing (a GET, a count): when the connection breaks under it after
+    /// Qdrant answered once, it is sent again, patiently (Qdrant may be restarting).
+    async fn read_only<T: DeserializeOwned>(
+        &self,
+        request: impl Fn() -> RequestBuilder,
+        what: &str,
+        limit: Duration,
+    ) -> Result<T, QdrantError> {
+        let mut patience = Patience::new(&self.timeouts);
+        loop {
+            match self.call(request(), what, limit).await {
+                Err(QdrantError::Dropped { .. })
+                    if self.reached.load(Ordering::Relaxed) && patience.another_try().await => {}
+                result => return result,
+            }
+        }
+    }
+
     async fn get<T: DeserializeOwned>(
         &self,
         segments: &[&str],
         what: &str,
     ) -> Result<T, QdrantError> {
-        self.call(
-            self.request(Method::GET, segments),
+        self.read_only(
+            || self.request(Method::GET, segments),
             what,
             self.timeouts.read_idle,
         )
@@ -476,7 +563,7 @@ impl Client {
                 what: what.to_string(),
                 seconds: self.timeouts.read_idle.as_secs(),
             })?
-            .map_err(|e| QdrantError::Protocol {
+            .map_err(|e| QdrantError::Dropped {
                 what: what.to_string(),
                 reason: error_chain(&e),
             })
@@ -516,14 +603,15 @@ impl Client {
 
     /// The exact number of points (`count` with `exact: true`; `points_count` is approximate).
     pub async fn exact_count(&self, collection: &str) -> Result<u64, QdrantError> {
-        let request = self
-            .request(
+        let request = || {
+            self.request(
                 Method::POST,
                 &["collections", collection, "points", "count"],
             )
-            .json(&serde_json::json!({ "exact": true }));
+            .json(&serde_json::json!({ "exact": true }))
+        };
         let count: Count = self
-            .call(
+            .read_only(
                 request,
                 &format!("count of `{collection}`"),
                 self.timeouts.operation,
@@ -561,14 +649,15 @@ impl Client {
         shard: u32,
     ) -> Result<u64, QdrantError> {
         let id = shard.to_string();
-        let request = self
-            .request(
+        let request = || {
+            self.request(
                 Method::POST,
                 &["collections", collection, "shards", &id, "points", "count"],
             )
-            .json(&serde_json::json!({ "exact": true }));
+            .json(&serde_json::json!({ "exact": true }))
+        };
         let count: Count = self
-            .call(
+            .read_only(
                 request,
                 &format!("count of shard {shard} of `{collection}`"),
                 self.timeouts.operation,
@@ -674,34 +763,58 @@ impl Client {
         )
     }
 
+    /// Deleting a file is quick: a Qdrant silent for `read_idle` is not waited for longer.
     pub async fn delete_snapshot(&self, scope: Scope<'_>, name: &str) -> Result<(), QdrantError> {
         let request = self
             .request(Method::DELETE, &scope.path(&["snapshots", name]))
             .query(&[("wait", "true")]);
-        self.act(request, &format!("delete snapshot `{name}`"))
-            .await
+        self.call::<Value>(
+            request,
+            &format!("delete snapshot `{name}`"),
+            self.timeouts.read_idle,
+        )
+        .await
+        .map(drop)
     }
 
     /// `POST {scope}/snapshots/upload?wait=true&priority=snapshot&checksum=…`: recovers the
     /// collection or shard (creating a missing collection, or replacing the data of an existing
-    /// one with the same vector configuration) from `body`, a multipart stream of `length` bytes.
-    /// Qdrant verifies the sha256; it keeps an uploaded collection snapshot as `file_name`
-    /// (delete it afterwards).
-    pub async fn upload_snapshot(
+    /// one with the same vector configuration) from `body`, a stream of `length` bytes sent as
+    /// multipart. Qdrant verifies the sha256; it keeps an uploaded collection snapshot as
+    /// `file_name` (delete it afterwards).
+    ///
+    /// No total timeout: while the body is sent, `read_idle` without a byte taken abandons it;
+    /// once sent, wqm waits as long as Qdrant recovers, that is as long as it answers
+    /// `GET /healthz` on another connection (silence for `read_idle` abandons it).
+    pub async fn upload_snapshot<S>(
         &self,
         scope: Scope<'_>,
         file_name: &str,
-        body: reqwest::Body,
+        body: S,
         length: u64,
         sha256: &str,
-    ) -> Result<(), QdrantError> {
-        let part = reqwest::multipart::Part::stream_with_length(body, length)
-            .file_name(file_name.to_string())
-            .mime_str("application/octet-stream")
-            .map_err(|e| QdrantError::Protocol {
-                what: "upload".into(),
-                reason: e.to_string(),
-            })?;
+    ) -> Result<(), QdrantError>
+    where
+        S: futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static,
+    {
+        use futures_util::StreamExt;
+        let taken = Arc::new(AtomicU64::new(0));
+        let counter = taken.clone();
+        let counted = body.inspect(move |chunk| {
+            if let Ok(chunk) = chunk {
+                counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            }
+        });
+        let part = reqwest::multipart::Part::stream_with_length(
+            reqwest::Body::wrap_stream(counted),
+            length,
+        )
+        .file_name(file_name.to_string())
+        .mime_str("application/octet-stream")
+        .map_err(|e| QdrantError::Protocol {
+            what: "upload".into(),
+            reason: e.to_string(),
+        })?;
         let form = reqwest::multipart::Form::new().part("snapshot", part);
         let request = self
             .request(Method::POST, &scope.path(&["snapshots", "upload"]))
@@ -711,8 +824,72 @@ impl Client {
                 ("checksum", sha256),
             ])
             .multipart(form);
-        self.act(request, &format!("restore {scope} from its snapshot"))
-            .await
+        let what = format!("restore {scope} from its snapshot");
+        let response = self.send_watched(request, &what, &taken, length).await?;
+        let body = self.body(response, &what).await?;
+        serde_json::from_slice::<Envelope<Value>>(&body)
+            .map(drop)
+            .map_err(|e| QdrantError::Protocol {
+                what,
+                reason: e.to_string(),
+            })
+    }
+
+    /// Sends a request whose body reports the bytes taken in `taken`, and waits for the answer
+    /// with no total timeout: the body must keep moving (`read_idle`), and once it is all sent,
+    /// Qdrant must keep answering `GET /healthz` while it works on it.
+    async fn send_watched(
+        &self,
+        request: RequestBuilder,
+        what: &str,
+        taken: &AtomicU64,
+        length: u64,
+    ) -> Result<Response, QdrantError> {
+        let idle = self.timeouts.read_idle;
+        let tick = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+        let sending = self.send_untimed(request, what);
+        tokio::pin!(sending);
+        let (mut seen, mut moved) = (0, Instant::now());
+        let mut answered = Instant::now();
+        loop {
+            tokio::select! {
+                result = &mut sending => return result,
+                _ = tokio::time::sleep(tick) => {}
+            }
+            let now = taken.load(Ordering::Relaxed);
+            if now != seen {
+                (seen, moved) = (now, Instant::now());
+                answered = Instant::now();
+            }
+            if now < length {
+                if moved.elapsed() > idle {
+                    return Err(QdrantError::Timeout {
+                        what: format!("{what}: Qdrant took no byte of the upload"),
+                        seconds: idle.as_secs(),
+                    });
+                }
+                continue;
+            }
+            // Everything is sent and Qdrant recovers: fine for as long as it answers.
+            tokio::select! {
+                result = &mut sending => return result,
+                alive = self.answers(tick) => if alive {
+                    answered = Instant::now();
+                },
+            }
+            if answered.elapsed() > idle {
+                return Err(QdrantError::Timeout {
+                    what: format!("{what}: Qdrant stopped answering while it recovered"),
+                    seconds: idle.as_secs(),
+                });
+            }
+        }
+    }
+
+    /// Whether Qdrant answers `GET /healthz` within `limit` (any HTTP answer counts).
+    async fn answers(&self, limit: Duration) -> bool {
+        let probe = self.http.get(self.endpoint(&["healthz"])).send();
+        matches!(tokio::time::timeout(limit, probe).await, Ok(Ok(_)))
     }
 
     /// Creates `alias` → `collection`, replacing an alias of that name in the same request.
@@ -733,9 +910,11 @@ impl Client {
         self.act(request, &format!("create alias `{alias}`")).await
     }
 
-    /// Streams a snapshot to `deliver`, chunk by chunk. A dropped or stalled connection is
-    /// resumed with `Range` from the last byte delivered, up to `retries` times. Returns the
-    /// number of bytes delivered. Stops with `Interrupted` on Ctrl-C.
+    /// Streams a snapshot to `deliver`, chunk by chunk. A dropped or stalled connection (or a
+    /// Qdrant that cannot be reached) is resumed with `Range` from the last byte delivered, with
+    /// exponential backoff, until `retries` attempts and `retry_for` have passed without a byte
+    /// arriving, so a restarting Qdrant is waited for. Returns the number of bytes delivered.
+    /// Stops with `Interrupted` on Ctrl-C.
     pub async fn download_snapshot(
         &self,
         scope: Scope<'_>,
@@ -747,8 +926,10 @@ impl Client {
         let mut offset: u64 = 0;
         let mut etag: Option<HeaderValue> = None;
         let mut attempts = 0;
+        let mut patience = Patience::new(&self.timeouts);
         loop {
             attempts += 1;
+            let before = offset;
             let mut request = self.request(Method::GET, &segments);
             if offset > 0 {
                 request = request.header(RANGE, format!("bytes={offset}-"));
@@ -778,21 +959,21 @@ impl Client {
             match outcome {
                 Ok(()) => return Ok(offset),
                 Err(e) if e.downcast_ref::<crate::exit::Interrupted>().is_some() => return Err(e),
-                Err(e) if is_resumable(&e) && attempts <= self.timeouts.retries => {
-                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempts))).await;
-                }
-                Err(e) => {
-                    return Err(if is_resumable(&e) {
-                        QdrantError::Transfer {
+                Err(e) if is_resumable(&e) => {
+                    if offset > before {
+                        patience.reset();
+                    }
+                    if !patience.another_try().await {
+                        progress::check_interrupted()?;
+                        return Err(QdrantError::Transfer {
                             name: name.to_string(),
                             attempts,
                             reason: format!("{e:#}"),
                         }
-                        .into()
-                    } else {
-                        e
-                    })
+                        .into());
+                    }
                 }
+                Err(e) => return Err(e),
             }
         }
     }
@@ -855,6 +1036,7 @@ fn is_resumable(error: &anyhow::Error) -> bool {
                 QdrantError::Timeout { .. }
                     | QdrantError::Server { .. }
                     | QdrantError::Protocol { .. }
+                    | QdrantError::Dropped { .. }
                     | QdrantError::Connect { .. }
             )
         )
@@ -901,15 +1083,9 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// A URL without its password.
+/// A URL without its userinfo (user and password).
 pub fn redact(url: &str) -> String {
-    match Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        _ => url.to_string(),
-    }
+    crate::secrets::mask_userinfo(url)
 }
 
 #[cfg(test)]
@@ -938,6 +1114,7 @@ mod tests {
             read_idle: Duration::from_secs(1),
             operation: Duration::from_secs(1),
             retries: 0,
+            retry_for: Duration::ZERO,
         };
         let client = Client::new(
             "http://u:secret@127.0.0.1:6333/base",
@@ -950,9 +1127,48 @@ mod tests {
             client.endpoint(&["collections", "a b/c"]).as_str(),
             "http://u:secret@127.0.0.1:6333/base/collections/a%20b%2Fc"
         );
-        assert_eq!(client.display_url(), "http://u:***@127.0.0.1:6333/base");
+        assert_eq!(
+            client.display_url(),
+            "http://REDACTED-BY-WQM@127.0.0.1:6333/base"
+        );
         assert!(Client::new("ftp://x", None, None, timeouts.clone()).is_err());
         assert!(Client::new("not a url", None, None, timeouts).is_err());
+    }
+
+    #[tokio::test]
+    async fn an_upload_that_qdrant_stops_taking_is_abandoned_after_the_idle_timeout() {
+        // A server that accepts the connection and never reads: the socket buffers fill up.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let timeouts = Timeouts {
+            connect: Duration::from_secs(1),
+            read_idle: Duration::from_millis(700),
+            operation: Duration::from_secs(3600),
+            retries: 0,
+            retry_for: Duration::ZERO,
+        };
+        let client = Client::new(&url, None, None, timeouts).unwrap();
+        const CHUNKS: u64 = 256;
+        let chunk = Bytes::from(vec![0u8; 1 << 20]);
+        let body = futures_util::stream::iter((0..CHUNKS).map(move |_| Ok(chunk.clone())));
+        let started = Instant::now();
+        let err = client
+            .upload_snapshot(
+                Scope::Collection("c"),
+                "c.snapshot",
+                body,
+                CHUNKS << 20,
+                "0",
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("(restore `c` from its snapshot: Qdrant took no byte of the upload)"),
+            "{err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
+        drop(listener);
     }
 
     #[test]

@@ -113,6 +113,8 @@ pub struct ConfigPlan {
     pub in_backup: bool,
     pub replace: bool,
     pub target: Option<PathBuf>,
+    /// Secrets the backup left out (`qdrant.api_key`, …): the live file's values are kept.
+    pub keeps_live: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -261,6 +263,7 @@ pub async fn plan(
             in_backup: false,
             replace: false,
             target: None,
+            keeps_live: Vec::new(),
         },
         daemon: DaemonPlan {
             running: None,
@@ -622,6 +625,27 @@ fn plan_config(plan: &mut Plan, settings: &Settings, request: &Request) {
         plan.warnings
             .push("--with-config: the backup holds no configuration file".to_string());
     }
+    if plan.config.replace {
+        let live = live_config(settings);
+        let redactions = &plan.manifest.config_redacted;
+        let missing = crate::secrets::missing_in_live(redactions, live.as_deref());
+        plan.config.keeps_live = redactions
+            .iter()
+            .filter(|r| !missing.contains(r))
+            .map(ToString::to_string)
+            .collect();
+        for redaction in missing {
+            plan.warnings.push(format!(
+                "the backup left out the secret {redaction} and the live config has none: it is written empty; set it in `{}`",
+                settings.config_target.as_deref().unwrap_or(Path::new("-")).display()
+            ));
+        }
+    }
+}
+
+/// The live config file's text, whose secrets a restored config keeps.
+fn live_config(settings: &Settings) -> Option<String> {
+    fs::read_to_string(settings.config_target.as_ref()?).ok()
 }
 
 fn config_entry(manifest: &Manifest) -> Option<&crate::manifest::FileEntry> {
@@ -766,6 +790,8 @@ pub struct Journal {
     pub cleaned: Vec<Cleaned>,
     /// Parts whose state the failure left unknown.
     pub uncertain: Vec<String>,
+    /// Snapshots the safety backup could not delete from the server.
+    pub leftovers: Vec<String>,
 }
 
 /// A restore that stopped after it began changing things.
@@ -880,6 +906,7 @@ async fn apply(
             .await
             .context("the safety backup failed; nothing was changed")?;
         journal.cleaned.extend(outcome.cleaned);
+        journal.leftovers.extend(outcome.leftovers);
         // Only a complete safety backup is ever named as the way back.
         work.record(&Record::SafetyBackup {
             path: safety.path.clone(),
@@ -1034,12 +1061,18 @@ async fn apply(
             .and_then(|f| f.take(entry.size).read_to_end(&mut bytes))
             .map_err(|e| damaged(&entry.path, format!("cannot read: {e}")))?;
         // What `validate --check-files` checks of it, before it becomes the live configuration.
-        std::str::from_utf8(&bytes)
+        let text = std::str::from_utf8(&bytes)
             .map_err(|_| "not UTF-8 text".to_string())
-            .and_then(verify::check_config_text)
+            .and_then(|text| verify::check_config_text(text).map(|()| text))
             .map_err(|problem| damaged(&entry.path, problem))?;
+        // The secrets the backup left out come from the live file.
+        let text = crate::secrets::restore_config(
+            text,
+            &plan.manifest.config_redacted,
+            live_config(settings).as_deref(),
+        );
         journal.changed = true;
-        crate::manifest::write_atomic(target, &bytes)
+        crate::manifest::write_atomic(target, text.as_bytes())
             .with_context(|| format!("cannot write `{}`", target.display()))?;
         journal.done(&work, format!("config `{}` replaced", target.display()))?;
     }
@@ -1396,9 +1429,7 @@ async fn upload(
         sent: sent.clone(),
     };
     let reader = tokio::task::spawn_blocking(move || stream.run(file));
-    let body = reqwest::Body::wrap_stream(futures_util::stream::poll_fn(move |cx| {
-        receiver.poll_recv(cx)
-    }));
+    let body = futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx));
     // The upload's file name is built from a checked collection name and a number only.
     let file_name = match scope {
         Scope::Collection(c) => format!("wqm-restore-{c}-{}.snapshot", std::process::id()),

@@ -40,7 +40,7 @@ pub async fn run(args: &CleanupArgs, settings: &Settings, ui: &Ui) -> Result<Exi
     }
     // Something is still on a server or on disk: the operator has to look.
     Ok(if unfinished > 0 {
-        ExitCode::Failure
+        ExitCode::ActionNeeded
     } else {
         ExitCode::Success
     })

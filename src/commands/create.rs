@@ -28,8 +28,14 @@ pub async fn run(args: &CreateArgs, settings: &Settings, ui: &Ui) -> Result<Exit
     let outcome = backup::create(&client, settings, &request, &progress).await?;
     super::report_cleaned(ui, &outcome.cleaned);
     for leftover in &outcome.leftovers {
-        ui.warn(leftover);
+        ui.warn_action(leftover);
     }
+    // The backup is complete either way; a snapshot left on the server needs someone to act.
+    let code = if outcome.leftovers.is_empty() {
+        ExitCode::Success
+    } else {
+        ExitCode::ActionNeeded
+    };
 
     let m = &outcome.manifest;
     let stored: u64 = outcome.items.iter().map(|i| i.size).sum();
@@ -53,7 +59,7 @@ pub async fn run(args: &CreateArgs, settings: &Settings, ui: &Ui) -> Result<Exit
             "leftover_snapshots": outcome.leftovers,
             "cleaned_up": outcome.cleaned,
         }));
-        return Ok(ExitCode::Success);
+        return Ok(code);
     }
     if ui.interactive || ui.verbose {
         for item in &outcome.items {
@@ -79,7 +85,7 @@ pub async fn run(args: &CreateArgs, settings: &Settings, ui: &Ui) -> Result<Exit
         indicatif::BinaryBytes(stored),
         outcome.seconds
     ));
-    Ok(ExitCode::Success)
+    Ok(code)
 }
 
 /// PATH, or a new `backup-YYYYMMDD-HHMMSS` in `backup.default_backup_directory`.

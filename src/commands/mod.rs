@@ -58,7 +58,7 @@ fn backups_dir(dir: &std::path::Path) -> Result<()> {
 /// operator may have to act on it (start the daemon, put a safety backup back).
 fn report_cleaned(ui: &Ui, cleaned: &[crate::cleanup::Cleaned]) {
     for run in cleaned {
-        ui.warn(run.report());
+        ui.warn_action(run.report());
     }
 }
 

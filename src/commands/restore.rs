@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::cli::RestoreArgs;
 use crate::config::Settings;
-use crate::exit::{self, ExitCode, Failure};
+use crate::exit::{ExitCode, Failure};
 use crate::output::{self, Ui};
 use crate::qdrant::Client;
 use crate::restore::{self, AliasAction, CollectionAction, DatabaseAction, Plan, Request};
@@ -56,13 +56,14 @@ pub async fn run(args: &RestoreArgs, settings: &Settings, ui: &Ui) -> Result<Exi
     }
 
     let result = restore::execute(&client, settings, &plan, &progress).await;
-    super::report_cleaned(
-        ui,
-        match &result {
-            Ok(outcome) => &outcome.journal.cleaned,
-            Err(stopped) => &stopped.journal.cleaned,
-        },
-    );
+    let journal = match &result {
+        Ok(outcome) => &outcome.journal,
+        Err(stopped) => &stopped.journal,
+    };
+    super::report_cleaned(ui, &journal.cleaned);
+    for leftover in &journal.leftovers {
+        ui.warn_action(leftover);
+    }
     match result {
         Ok(outcome) => {
             let verified = outcome.verified();
@@ -99,7 +100,7 @@ pub async fn run(args: &RestoreArgs, settings: &Settings, ui: &Ui) -> Result<Exi
             Ok(ExitCode::Success)
         }
         Err(stopped) => {
-            let (code, hint) = exit::classify(&stopped.error);
+            let (code, hint) = crate::output::classify(&stopped.error);
             ui.error_lines(&format!("{:#}", stopped.error), hint.as_deref());
             report_stop(ui, &stopped.journal, &plan);
             if ui.json {
@@ -150,6 +151,8 @@ fn confirm(plan: &Plan) -> Result<()> {
         Ok(yes) => yes,
         // Ctrl-C at the prompt: dialoguer leaves the cursor hidden and says "read interrupted".
         Err(dialoguer::Error::IO(e)) if e.kind() == std::io::ErrorKind::Interrupted => {
+            // Handled here: the signal watcher has nothing to clean up or say.
+            crate::progress::set_interrupted();
             let _ = term.show_cursor();
             return Err(Failure::new(
                 ExitCode::Interrupted,
@@ -198,7 +201,7 @@ fn report_stop(ui: &Ui, journal: &restore::Journal, plan: &Plan) {
             ));
         }
     }
-    ui.warn(lines.join("\n"));
+    ui.warn_action(lines.join("\n"));
 }
 
 fn print_plan(ui: &Ui, plan: &Plan) {
@@ -293,7 +296,11 @@ fn print_plan(ui: &Ui, plan: &Plan) {
         .map_or("-".to_string(), |t| t.display().to_string());
     ui.line(match (plan.config.in_backup, plan.config.replace) {
         (false, _) => "  Config: none in the backup; kept".to_string(),
-        (true, true) => format!("  Config: replace {target}"),
+        (true, true) if plan.config.keeps_live.is_empty() => format!("  Config: replace {target}"),
+        (true, true) => format!(
+            "  Config: replace {target}, keeping its values of the secrets the backup left out: {}",
+            plan.config.keeps_live.join(", ")
+        ),
         (true, false) => format!("  Config: kept (--with-config replaces {target})"),
     });
     ui.line(

@@ -329,26 +329,60 @@ fn a_stalled_download_times_out_and_resumes() {
 }
 
 #[test]
-fn a_download_that_keeps_failing_gives_up_cleanly() {
+fn a_qdrant_restart_mid_download_is_waited_for_and_the_download_resumed() {
+    let started = Instant::now();
     let (double, tmp) = with_faults(
         Faults {
-            download: Some((DownloadFault::Die { after: 1000 }, 100)),
+            download: Some((DownloadFault::Die { after: 50_000 }, 1)),
+            // Longer than the whole retry budget of earlier versions (~1.5 s).
+            outage: Some(Duration::from_secs(4)),
             ..Faults::default()
         },
-        &[("WQM_BACKUP__TRANSFER__RETRIES", "2")],
+        &[],
+        0,
+        |err| assert_eq!(err, ""),
+    );
+    assert!(started.elapsed() >= Duration::from_secs(4));
+    let requests = double.requests();
+    assert!(
+        requests.iter().any(|r| r.ends_with("[bytes=50000-]")),
+        "{requests:?}"
+    );
+    crate::test::validates(&tmp.path().join("b"));
+    assert!(double.snapshots_left().is_empty());
+}
+
+#[test]
+fn a_download_that_keeps_failing_gives_up_cleanly() {
+    let started = Instant::now();
+    let (double, tmp) = with_faults(
+        Faults {
+            // No byte arrives: every attempt counts.
+            download: Some((DownloadFault::Die { after: 0 }, 100)),
+            ..Faults::default()
+        },
+        &[
+            ("WQM_BACKUP__TRANSFER__RETRIES", "2"),
+            ("WQM_BACKUP__TRANSFER__RETRY_TIMEOUT", "2"),
+        ],
         1,
         |err| {
             assert!(
                 err.starts_with("wqm: error: the download of `small-named-409846322439763-"),
                 "{err}"
             );
-            assert!(
-                err.contains(".snapshot` failed after 3 attempts: the connection broke: "),
-                "{err}"
-            );
+            assert!(err.contains(" attempts: the connection broke: "), "{err}");
             assert!(err.contains("\nhint: check the network and Qdrant's logs, then run the command again; nothing partial was kept\n"), "{err}");
         },
     );
+    // At least `retry_timeout` passed, with backoff (not 100 attempts at once).
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    let attempts = double
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("GET /collections/small-named/snapshots/"))
+        .count();
+    assert!((3..10).contains(&attempts), "{attempts}");
     nothing_written(tmp.path(), "b");
     assert!(
         double.snapshots_left().is_empty(),
@@ -410,12 +444,12 @@ fn a_snapshot_that_cannot_be_deleted_is_reported_with_the_command_that_deletes_i
             ..Faults::default()
         },
         &[],
-        0,
+        7,
         |err| {
             let lines: Vec<&str> = err.lines().collect();
             assert_eq!(lines.len(), 2, "{err}");
             assert!(
-                lines[0].starts_with("wqm: warning: could not delete snapshot `small-named-"),
+                lines[0].starts_with("wqm: action needed: could not delete snapshot `small-named-"),
                 "{err}"
             );
             assert!(
@@ -426,6 +460,33 @@ fn a_snapshot_that_cannot_be_deleted_is_reported_with_the_command_that_deletes_i
     );
     assert!(tmp.path().join("b/metadata/manifest.json").is_file());
     assert_eq!(double.snapshots_left().len(), 2);
+}
+
+#[test]
+fn quiet_still_reports_a_leftover_snapshot_on_stderr_and_exits_7() {
+    let double = Double::start();
+    double.state().faults.delete_error = true;
+    let (_, tmp) = Test::new()
+        .env("QDRANT_URL", &double.url)
+        .args("backup create {TMP}/b --quiet")
+        .status(7)
+        .stderr_with(|err| {
+            assert_eq!(err.lines().count(), 2, "{err}");
+            assert!(
+                err.lines()
+                    .all(|l| l.starts_with("wqm: action needed: could not delete snapshot `")),
+                "{err}"
+            );
+        })
+        .run();
+    // The backup itself is complete.
+    Test::new()
+        .args(&format!(
+            "backup validate {} --check-files",
+            tmp.path().join("b").display()
+        ))
+        .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
+        .run();
 }
 
 #[test]

@@ -130,7 +130,7 @@ fn kill_9_mid_download_is_cleaned_up_by_the_next_create() {
         .stdout_with(|o| assert!(o.starts_with("Backup created: "), "{o}"))
         .stderr_with(|e| {
             assert!(
-                e.starts_with("wqm: warning: cleaned up after a dead run: `create "),
+                e.starts_with("wqm: action needed: cleaned up after a dead run: `create "),
                 "{e}"
             );
             assert!(e.contains("/b1` (pid "), "{e}");
@@ -148,8 +148,8 @@ fn a_snapshot_qdrant_could_not_delete_is_retried_by_the_next_run() {
     let tmp = tempfile::tempdir().unwrap();
     let (_, tmp) = Test::in_dir(tmp)
         .env("QDRANT_URL", &double.url)
-        .args("backup create {TMP}/b1")
-        .stdout_with(|o| assert!(o.starts_with("Backup created: "), "{o}"))
+        .args("backup create {TMP}/b1 --quiet")
+        .status(7)
         .stderr_with(|e| assert!(e.contains("could not delete snapshot"), "{e}"))
         .run();
     assert_eq!(double.snapshots_left().len(), 2);
@@ -570,4 +570,95 @@ fn real_server_kill_9_of_wqm_at_each_phase_leaves_nothing_after_the_next_run() {
     );
     assert_eq!(real_qdrant::fingerprint(&server), before);
     assert_eq!(server.snapshots_left(), Vec::<String>::new());
+}
+
+#[test]
+fn an_uploaded_copy_qdrant_could_not_delete_is_deleted_by_the_next_run() {
+    let double = Double::start();
+    let tmp = restore_scene(&double);
+    double.state().faults.delete_error = true;
+    let (_, tmp) = Test::in_dir(tmp)
+        .env("QDRANT_URL", &double.url)
+        .env("WQM_DATA_DIR", "{TMP}/data")
+        .args("backup restore {TMP}/b --force --quiet")
+        .status(1)
+        .stderr_with(|e| {
+            assert!(
+                e.contains("cannot delete the uploaded snapshot `wqm-restore-small-named-"),
+                "{e}"
+            );
+            assert!(
+                e.contains("wqm: action needed: the restore stopped part-way."),
+                "{e}"
+            );
+        })
+        .run();
+    let left = double.snapshots_left();
+    assert!(left.iter().all(|s| s.contains("/wqm-restore-")), "{left:?}");
+    assert!(
+        tmp.path().join("data/.wqm-restore/journal.jsonl").is_file(),
+        "the journal stays"
+    );
+    double.state().faults.delete_error = false;
+    let tmp = cleanup(tmp, &double, |out| {
+        assert!(
+            out.contains("  deleted snapshot `wqm-restore-small-named-"),
+            "{out}"
+        )
+    });
+    assert!(double.snapshots_left().is_empty());
+    assert!(!tmp.path().join("data/.wqm-restore").exists());
+}
+
+#[test]
+fn sigterm_during_a_restore_upload_exits_143_and_leaves_no_private_copy() {
+    let double = Double::start();
+    let tmp = restore_scene(&double);
+    let output = run_with(
+        tmp.path(),
+        &double,
+        "restore:uploading=term",
+        &[
+            "backup",
+            "restore",
+            tmp.path().join("b").to_str().unwrap(),
+            "--force",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(143), "{stderr}");
+    assert!(
+        stderr.contains("the way back") || stderr.contains("to put back what was there before"),
+        "{stderr}"
+    );
+    assert!(
+        !tmp.path().join("data/.wqm-restore").exists(),
+        "{:?}",
+        ls_a(&tmp.path().join("data"))
+    );
+    assert!(
+        double.snapshots_left().is_empty(),
+        "{:?}",
+        double.snapshots_left()
+    );
+}
+
+#[test]
+fn a_backups_directory_holds_only_backups() {
+    let double = Double::start();
+    let tmp = tempfile::tempdir().unwrap();
+    // wqm 0.3.0 left a lock file beside every backup; nobody holds this one.
+    fs::write(tmp.path().join(".old.wqm-lock"), "").unwrap();
+    let tmp = backup(tmp, &double, "b1", "one");
+    let tmp = backup(tmp, &double, "b2", "two");
+    let (_, tmp) = Test::in_dir(tmp)
+        .env("QDRANT_URL", &double.url)
+        .args("backup create {TMP}/b2 --force")
+        .stdout_with(|o| assert!(o.starts_with("Backup created: "), "{o}"))
+        .run();
+    let (_, tmp) = Test::in_dir(tmp)
+        .args("backup prune {TMP} --keep-last 1")
+        .stdout_with(|o| assert!(o.starts_with("Pruned "), "{o}"))
+        .run();
+    assert_eq!(ls_a(tmp.path()), ["b2"]);
 }

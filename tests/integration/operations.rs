@@ -37,6 +37,7 @@ fn shell(line: &str, home: &Path, double: &Double) -> Output {
         .env_clear()
         .env("PATH", format!("{}:/usr/bin:/bin", bin_dir.display()))
         .env("HOME", home)
+        .envs(crate::test::NO_DAEMON)
         .env("QDRANT_URL", &double.url)
         .env("WQM_DATA_DIR", home.join("data"))
         .env("WQM_BACKUP__DEFAULT_BACKUP_DIRECTORY", home.join("backups"))

@@ -58,6 +58,11 @@ pub struct Faults {
     pub upload_delay: Option<Duration>,
     /// Added to the point count of every collection restored by upload.
     pub count_offset: i64,
+    /// When a download fault fires, the server also goes away this long (every new connection
+    /// is dropped at once), as a Qdrant restart would, then comes back.
+    pub outage: Option<Duration>,
+    /// After reading an upload, the server hangs: no request is ever answered again.
+    pub hang_after_upload: bool,
 }
 
 pub struct Collection {
@@ -96,6 +101,10 @@ pub struct State {
     pub faults: Faults,
     /// "METHOD /path?query [range]" of every request, in order.
     pub requests: Vec<String>,
+    /// Connections are dropped until then (`Faults::outage`).
+    down_until: Option<std::time::Instant>,
+    /// Nothing is answered any more (`Faults::hang_after_upload`).
+    hung: bool,
 }
 
 pub struct Double {
@@ -176,6 +185,11 @@ impl Double {
                         _ = &mut shutdown_rx => break,
                         accepted = listener.accept() => {
                             let Ok((stream, _)) = accepted else { continue };
+                            let down = shared.lock().unwrap().down_until.is_some_and(|t| std::time::Instant::now() < t);
+                            if down {
+                                drop(stream);
+                                continue;
+                            }
                             let state = shared.clone();
                             tokio::spawn(async move {
                                 let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
@@ -293,6 +307,9 @@ async fn handle(
         .unwrap_or("")
         .to_string();
     let mut body = request.into_body();
+    if state.lock().unwrap().hung {
+        std::future::pending::<()>().await;
+    }
     {
         let mut s = state.lock().unwrap();
         let mut line = format!("{method} {path}");
@@ -314,6 +331,10 @@ async fn handle(
 
     if segments.is_empty() && method == "GET" {
         return Ok(ok_raw(recorded("server version (no key needed)")));
+    }
+    // Health checks need no key, as on the real server.
+    if segments == ["healthz"] && method == "GET" {
+        return Ok(text(200, "healthz check passed"));
     }
     // The auth layer answers in plain text, as the real server does.
     {
@@ -532,6 +553,14 @@ async fn upload(
         .await
         .map_err(std::io::Error::other)?
         .to_bytes();
+    let hang = {
+        let mut s = state.lock().unwrap();
+        s.hung = s.faults.hang_after_upload;
+        s.hung
+    };
+    if hang {
+        std::future::pending::<()>().await;
+    }
     if let Some(delay) = delay {
         tokio::time::sleep(delay).await;
     }
@@ -627,6 +656,9 @@ fn download(s: &mut State, bytes: Bytes, range: Option<&str>) -> Response<Body> 
         }
         _ => None,
     };
+    if let (Some(_), Some(outage)) = (fault, s.faults.outage) {
+        s.down_until = Some(std::time::Instant::now() + outage);
+    }
     let body = bytes.slice(start as usize..);
     let mut builder = Response::builder()
         .header("content-type", "application/octet-stream")

@@ -39,6 +39,8 @@ pub struct Server {
     /// Its peer-to-peer port (0 for an external server).
     pub p2p_port: u16,
     child: Option<Child>,
+    /// Starts it again (`restart`).
+    respawn: Option<Box<dyn Fn() -> Child + Send + Sync>>,
     /// The server's own directory (storage, snapshots) when we started it.
     pub dir: Option<tempfile::TempDir>,
     _shared: Option<MutexGuard<'static, ()>>,
@@ -163,6 +165,7 @@ impl Server {
                 rest: Rest::new(url, std::env::var("WQM_TEST_QDRANT_API_KEY").ok(), None),
                 p2p_port: 0,
                 child: None,
+                respawn: None,
                 dir: None,
                 _shared: Some(guard),
             };
@@ -175,54 +178,72 @@ impl Server {
             .tempdir()
             .unwrap();
         let (http_port, grpc_port, p2p_port) = (free_port(), free_port(), free_port());
-        let mut command = Command::new(&bin);
-        command
-            .arg("--disable-telemetry")
-            .current_dir(dir.path())
-            .env("QDRANT__SERVICE__HOST", "127.0.0.1")
-            .env("QDRANT__SERVICE__HTTP_PORT", http_port.to_string())
-            .env("QDRANT__SERVICE__GRPC_PORT", grpc_port.to_string())
-            .env("QDRANT__CLUSTER__P2P__PORT", p2p_port.to_string())
-            .env("QDRANT__STORAGE__STORAGE_PATH", dir.path().join("storage"))
-            .env(
-                "QDRANT__STORAGE__SNAPSHOTS_PATH",
-                dir.path().join("snapshots"),
-            )
-            .env("QDRANT__STORAGE__TEMP_PATH", dir.path().join("tmp"))
-            .env("QDRANT__TELEMETRY_DISABLED", "true")
-            .env("QDRANT__LOG_LEVEL", "WARN")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("qdrant.log")).unwrap());
-        if let Some(key) = &options.api_key {
-            command.env("QDRANT__SERVICE__API_KEY", key);
-        }
-        if let Some(key) = &options.read_only_key {
-            command.env("QDRANT__SERVICE__READ_ONLY_API_KEY", key);
-        }
-        if let Some(join) = options.cluster {
+        let scheme = if options.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let home = dir.path().to_path_buf();
+        let (api_key, read_only_key, cluster) = (
+            options.api_key.clone(),
+            options.read_only_key.clone(),
+            options.cluster,
+        );
+        let tls = options
+            .tls
+            .as_ref()
+            .map(|tls| (tls.cert.clone(), tls.key.clone()));
+        // Starts the server on its directory and ports (again, after `restart`).
+        let spawn = move || {
+            let mut command = Command::new(&bin);
             command
-                .env("QDRANT__CLUSTER__ENABLED", "true")
-                .arg("--uri")
-                .arg(format!("http://127.0.0.1:{p2p_port}"));
-            if let Some(first) = join {
-                command
-                    .arg("--bootstrap")
-                    .arg(format!("http://127.0.0.1:{first}"));
+                .arg("--disable-telemetry")
+                .current_dir(&home)
+                .env("QDRANT__SERVICE__HOST", "127.0.0.1")
+                .env("QDRANT__SERVICE__HTTP_PORT", http_port.to_string())
+                .env("QDRANT__SERVICE__GRPC_PORT", grpc_port.to_string())
+                .env("QDRANT__CLUSTER__P2P__PORT", p2p_port.to_string())
+                .env("QDRANT__STORAGE__STORAGE_PATH", home.join("storage"))
+                .env("QDRANT__STORAGE__SNAPSHOTS_PATH", home.join("snapshots"))
+                .env("QDRANT__STORAGE__TEMP_PATH", home.join("tmp"))
+                .env("QDRANT__TELEMETRY_DISABLED", "true")
+                .env("QDRANT__LOG_LEVEL", "WARN")
+                .stdout(Stdio::null())
+                .stderr(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(home.join("qdrant.log"))
+                        .unwrap(),
+                );
+            if let Some(key) = &api_key {
+                command.env("QDRANT__SERVICE__API_KEY", key);
             }
-        }
-        let scheme = match &options.tls {
-            Some(tls) => {
+            if let Some(key) = &read_only_key {
+                command.env("QDRANT__SERVICE__READ_ONLY_API_KEY", key);
+            }
+            if let Some(join) = cluster {
+                command
+                    .env("QDRANT__CLUSTER__ENABLED", "true")
+                    .arg("--uri")
+                    .arg(format!("http://127.0.0.1:{p2p_port}"));
+                if let Some(first) = join {
+                    command
+                        .arg("--bootstrap")
+                        .arg(format!("http://127.0.0.1:{first}"));
+                }
+            }
+            if let Some((cert, key)) = &tls {
                 command
                     .env("QDRANT__SERVICE__ENABLE_TLS", "true")
-                    .env("QDRANT__TLS__CERT", &tls.cert)
-                    .env("QDRANT__TLS__KEY", &tls.key);
-                "https"
+                    .env("QDRANT__TLS__CERT", cert)
+                    .env("QDRANT__TLS__KEY", key);
             }
-            None => "http",
+            command
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"))
         };
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+        let child = spawn();
         let ca = options.tls.as_ref().map(|tls| tls.ca.clone());
         let server = Server {
             rest: Rest::new(
@@ -232,11 +253,25 @@ impl Server {
             ),
             p2p_port,
             child: Some(child),
+            respawn: Some(Box::new(spawn)),
             dir: Some(dir),
             _shared: None,
         };
         server.wait_ready();
         server
+    }
+
+    /// Kills the server (`kill -9`); `start_again` brings it back.
+    pub fn kill(&mut self) {
+        let child = self.child.as_mut().expect("a server we started");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Starts a killed server again on the same storage and ports.
+    pub fn start_again(&mut self) {
+        self.child = Some((self.respawn.as_ref().expect("a server we started"))());
+        self.wait_ready();
     }
 
     fn wait_ready(&self) {

@@ -147,6 +147,105 @@ fn a_backup_taken_while_points_are_upserted_is_valid() {
     assert_eq!(server.snapshots_left(), Vec::<String>::new());
 }
 
+/// Files under `dir` (recursively) whose name contains `part`, with their sizes.
+fn files_with(dir: &Path, part: &str) -> Vec<(std::path::PathBuf, u64)> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(files_with(&path, part));
+        } else if path.to_string_lossy().contains(part) {
+            found.push((path.clone(), entry.metadata().map(|m| m.len()).unwrap_or(0)));
+        }
+    }
+    found
+}
+
+#[test]
+#[cfg_attr(
+    not(real_qdrant),
+    ignore = "needs a real Qdrant: set WQM_TEST_QDRANT_BIN or WQM_TEST_QDRANT_URL"
+)]
+fn qdrant_killed_and_restarted_mid_download_is_waited_for() {
+    if std::env::var_os("WQM_TEST_QDRANT_BIN").is_none() {
+        eprintln!("skipped: needs WQM_TEST_QDRANT_BIN to kill and restart a server");
+        return;
+    }
+    let mut server = Server::start();
+    // A collection whose snapshot is large enough (~40 MB) to be killed in the middle of.
+    server.ok(
+        "PUT",
+        "/collections/big",
+        Some(serde_json::json!({"vectors": {"size": 4, "distance": "Dot"}})),
+    );
+    for batch in 0..8u64 {
+        let points: Vec<serde_json::Value> = (0..50u64)
+            .map(|i| {
+                let id = batch * 50 + i;
+                // Incompressible text, so the stored file grows as the download goes.
+                let text: String = (0..100_000u64)
+                    .map(|j| char::from(b'a' + ((id * 7919 + j * j * 31 + j / 3) % 26) as u8))
+                    .collect();
+                serde_json::json!({"id": id, "vector": [1.0, 0.5, 0.25, id as f32], "payload": {"text": text}})
+            })
+            .collect();
+        server.ok(
+            "PUT",
+            "/collections/big/points?wait=true",
+            Some(serde_json::json!({ "points": points })),
+        );
+    }
+    let t = Test::new();
+    let target = t.join("b");
+    let mut command = crate::test::wqm_command(
+        &t.join("home"),
+        &["backup", "create", target.to_str().unwrap()],
+    );
+    command
+        .env("QDRANT_URL", &server.url)
+        .env("WQM_DATA_DIR", t.join("data"))
+        // Uncompressed, the stored file grows with every chunk downloaded.
+        .env("WQM_BACKUP__COMPRESSION", "false")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = command.spawn().unwrap();
+    // Once the download has begun (the stored file grows), kill Qdrant and keep it down for
+    // longer than the whole retry budget of earlier versions (~1.5 s).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let downloading = files_with(&t.join(""), ".snapshot")
+            .iter()
+            .any(|(_, size)| *size > 0);
+        if downloading {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the download never began"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    server.kill();
+    let at_kill: u64 = files_with(&t.join(""), ".snapshot")
+        .iter()
+        .map(|(_, size)| size)
+        .sum();
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    server.start_again();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let stored = files_with(&target, "big.snapshot");
+    assert_eq!(stored.len(), 1);
+    assert!(
+        at_kill < stored[0].1,
+        "killed mid-download: {at_kill} of {} bytes",
+        stored[0].1
+    );
+    crate::test::validates(&target);
+    assert_eq!(server.snapshots_left(), Vec::<String>::new());
+}
+
 #[test]
 #[cfg_attr(
     not(real_qdrant),

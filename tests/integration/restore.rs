@@ -332,9 +332,9 @@ fn an_upload_that_breaks_stops_the_restore_and_says_how_to_go_back() {
         ..Faults::default()
     };
     let db_before = fs::read(tmp.path().join("data/state.db")).unwrap();
-    let (_, tmp) = wqm(tmp, &double, "backup restore {TMP}/b --force")
+    // Even with --quiet (as cron runs it) the way back reaches stderr.
+    let (_, tmp) = wqm(tmp, &double, "backup restore {TMP}/b --force --quiet")
         .status(1)
-        .stdout_with(|_| {})
         .stderr_with(|e| {
             assert!(
                 e.starts_with("wqm: error: restoring collection `small-plain` failed: "),
@@ -342,7 +342,7 @@ fn an_upload_that_breaks_stops_the_restore_and_says_how_to_go_back() {
             );
             assert!(
                 e.contains(
-                    "wqm: warning: the restore stopped part-way. Done:\n  ✓ safety backup: "
+                    "wqm: action needed: the restore stopped part-way. Done:\n  ✓ safety backup: "
                 ),
                 "{e}"
             );
@@ -471,14 +471,63 @@ fn a_partial_backup_merges_only_the_rows_of_its_collections() {
     drop(tmp);
 }
 
+/// A daemon's gRPC port for tests: it accepts connections while `file` exists, closing
+/// `close_delay` after the file goes (as a daemon takes a moment to exit), until dropped.
+struct PortDaemon {
+    address: String,
+    quit: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PortDaemon {
+    fn follow(file: std::path::PathBuf, close_delay: Duration) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let quit = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let (address, quit) = (address.clone(), quit.clone());
+            std::thread::spawn(move || {
+                let mut listener = file.exists().then_some(listener);
+                while !quit.load(std::sync::atomic::Ordering::Relaxed) {
+                    match (&listener, file.exists()) {
+                        (Some(_), false) => {
+                            std::thread::sleep(close_delay);
+                            listener = None;
+                        }
+                        (None, true) => {
+                            listener = Some(std::net::TcpListener::bind(&address).unwrap())
+                        }
+                        _ => {}
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+        };
+        PortDaemon {
+            address,
+            quit,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for PortDaemon {
+    fn drop(&mut self) {
+        self.quit.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 #[test]
 fn the_daemon_is_stopped_and_started_around_the_restore() {
     let double = Double::start();
     let tmp = scene(&double, "");
     lose_everything(&double);
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = listener.local_addr().unwrap().to_string();
     fs::write(tmp.path().join("running"), "").unwrap();
+    let port = PortDaemon::follow(tmp.path().join("running"), Duration::ZERO);
+    let address = port.address.clone();
     let with_daemon = |t: Test| {
         t.env(
             "WQM_BACKUP__DAEMON__STATUS_COMMAND",
@@ -491,13 +540,14 @@ fn the_daemon_is_stopped_and_started_around_the_restore() {
         .status(1)
         .stdout_with(|o| {
             assert!(
-                o.contains("  ✗ Cannot restore while daemon is running (`test -e "),
+                o.contains("  ✗ Cannot restore while daemon is running (127.0.0.1:"),
                 "{o}"
-            )
+            );
+            assert!(o.contains(" accepts connections; `test -e "), "{o}");
         })
         .stderr_with(|e| {
             assert!(
-                e.starts_with("wqm: error: Cannot restore while daemon is running (`test -e "),
+                e.starts_with("wqm: error: Cannot restore while daemon is running (127.0.0.1:"),
                 "{e}"
             );
             assert!(e.contains("hint: stop the daemon first"), "{e}");
@@ -508,7 +558,7 @@ fn the_daemon_is_stopped_and_started_around_the_restore() {
         .env("WQM_BACKUP__DAEMON__STOP_COMMAND", "rm {TMP}/running")
         .env("WQM_BACKUP__DAEMON__START_COMMAND", "touch {TMP}/running")
         .stdout_with(|o| {
-            assert!(o.contains("  Daemon: running (`test -e "), "{o}");
+            assert!(o.contains("  Daemon: running (127.0.0.1:"), "{o}");
             assert!(
                 o.contains("✓ daemon stopped\n") && o.contains("✓ daemon started\n"),
                 "{o}"
@@ -517,7 +567,7 @@ fn the_daemon_is_stopped_and_started_around_the_restore() {
         .run();
     assert!(tmp.path().join("running").exists());
     lose_everything(&double);
-    drop(listener);
+    drop(port);
     with_daemon(wqm(tmp, &double, "backup restore {TMP}/b --force"))
         .env("WQM_BACKUP__DAEMON__STOP_COMMAND", "rm {TMP}/running")
         .env("WQM_BACKUP__DAEMON__START_COMMAND", "touch {TMP}/running")
@@ -596,6 +646,42 @@ fn with_config_replaces_the_config_file() {
         fs::read_to_string(tmp.path().join("config.yaml")).unwrap(),
         "backup:\n  compression: true\n# original\n"
     );
+}
+
+#[test]
+fn a_recovery_is_waited_for_as_long_as_qdrant_answers_and_no_longer() {
+    let double = Double::start();
+    let tmp = scene(&double, "");
+    lose_everything(&double);
+    // Recovery takes 3 s, more than the operation timeout and the read timeout: Qdrant answers
+    // its health check meanwhile, so wqm waits.
+    double.state().faults = Faults {
+        upload_delay: Some(Duration::from_secs(3)),
+        ..Faults::default()
+    };
+    let (_, tmp) = wqm(tmp, &double, "backup restore {TMP}/b --force")
+        .env("WQM_BACKUP__TRANSFER__OPERATION_TIMEOUT", "1")
+        .env("WQM_BACKUP__TRANSFER__READ_TIMEOUT", "1")
+        .stdout_with(|o| assert!(o.contains("Restore completed"), "{o}"))
+        .run();
+    assert!(double.requests().iter().any(|r| r == "GET /healthz"));
+
+    // A Qdrant that stops answering altogether while it recovers is given up on.
+    lose_everything(&double);
+    double.state().faults = Faults {
+        hang_after_upload: true,
+        ..Faults::default()
+    };
+    let started = std::time::Instant::now();
+    wqm(tmp, &double, "backup restore {TMP}/b --force")
+        .env("WQM_BACKUP__TRANSFER__READ_TIMEOUT", "1")
+        .status(1)
+        .stdout_with(|_| {})
+        .stderr_with(|e| {
+            assert!(e.starts_with("wqm: error: restoring collection `small-named` failed: Qdrant did not answer within 1 s (restore `small-named` from its snapshot: Qdrant stopped answering while it recovered)\n"), "{e}");
+        })
+        .run();
+    assert!(started.elapsed() < Duration::from_secs(30));
 }
 
 #[test]
@@ -859,6 +945,242 @@ fn check_schema_compatibility_governs_the_schema_check_and_not_the_vector_config
         .stdout_with(|_| {})
         .stderr_with(|e| assert!(e.starts_with("wqm: error: Restore failed: Collection small-plain exists with a different vector configuration"), "{e}"))
         .run();
+}
+
+/// Every file under `dir`, as bytes.
+fn all_bytes(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(all_bytes(&path));
+        } else {
+            out.push((path.clone(), fs::read(&path).unwrap()));
+        }
+    }
+    out
+}
+
+#[test]
+fn secrets_stay_out_of_a_backup_and_restore_keeps_the_live_ones() {
+    let double = Double::start();
+    let t = Test::new();
+    let port = double.url.rsplit(':').next().unwrap().to_string();
+    let config = format!(
+        "# the shared config\n# api_key: an-old-key-commented-out\nqdrant:\n  url: \"http://admin:hunter2@127.0.0.1:{port}\"  # with a password\n  api_key: s3cr3t-api-key\n  timeout: 30s\nembedding:\n  hf_token: hf-t0ken\nbackup:\n  metadata:\n    custom_metadata:\n      environment: production\n      webhook_password: hook-pw\n"
+    );
+    fs::write(t.join("config.yaml"), &config).unwrap();
+    let secrets = [
+        "hunter2",
+        "s3cr3t",
+        "hf-t0ken",
+        "hook-pw",
+        "an-old-key",
+        "admin",
+    ];
+    let (_, tmp) = t
+        .env("WQM_CONFIG_PATH", "{TMP}/config.yaml")
+        .args("backup create {TMP}/b --json --verbose")
+        .stdout_json(move |v| {
+            let text = v.to_string();
+            for secret in secrets {
+                assert!(!text.contains(secret), "{secret} in {text}");
+            }
+        })
+        .stderr_with(move |e| {
+            assert!(
+                e.contains("connecting to Qdrant at http://REDACTED-BY-WQM@127.0.0.1:"),
+                "{e}"
+            );
+            for secret in secrets {
+                assert!(!e.contains(secret), "{secret} in {e}");
+            }
+        })
+        .run();
+    let b = tmp.path().join("b");
+    for (path, bytes) in all_bytes(&b) {
+        let text = String::from_utf8_lossy(&bytes);
+        for secret in secrets {
+            assert!(!text.contains(secret), "{secret} in {}", path.display());
+        }
+    }
+    // Only the secret values changed: comments and layout are kept.
+    let copy = fs::read_to_string(b.join("config/config.yaml")).unwrap();
+    assert_eq!(
+        copy,
+        config
+            .replace("an-old-key-commented-out", "REDACTED-BY-WQM")
+            .replace("admin:hunter2@", "REDACTED-BY-WQM@")
+            .replace("s3cr3t-api-key", "REDACTED-BY-WQM")
+            .replace("hf-t0ken", "REDACTED-BY-WQM")
+            .replace("hook-pw", "REDACTED-BY-WQM")
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(b.join("metadata/manifest.json")).unwrap()).unwrap();
+    assert_eq!(
+        manifest["config_redacted"],
+        serde_json::json!([
+            {"key": "qdrant.url", "part": "userinfo"},
+            {"key": "qdrant.api_key", "part": "value"},
+            {"key": "embedding.hf_token", "part": "value"},
+            {"key": "backup.metadata.custom_metadata.webhook_password", "part": "value"},
+        ])
+    );
+    assert_eq!(
+        manifest["custom_metadata"],
+        serde_json::json!({"environment": "production", "webhook_password": "REDACTED-BY-WQM"})
+    );
+
+    // The live config has moved on (a new key, another password); restoring the backup's config
+    // keeps the live secrets and says so; the hf_token the live file lacks is left empty.
+    let live = format!(
+        "qdrant:\n  url: \"http://admin:n3w-pw@127.0.0.1:{port}\"\n  api_key: live-api-key\n"
+    );
+    fs::write(tmp.path().join("config.yaml"), &live).unwrap();
+    lose_everything(&double);
+    let (_, tmp) = Test::in_dir(tmp)
+        .env("WQM_CONFIG_PATH", "{TMP}/config.yaml")
+        .env("WQM_DATA_DIR", "{TMP}/data")
+        .args("backup restore {TMP}/b --force --with-config")
+        .stdout_with(|o| {
+            assert!(o.contains(", keeping its values of the secrets the backup left out: the URL userinfo of `qdrant.url`, `qdrant.api_key`\n"), "{o}");
+            assert!(o.contains("  ⚠ the backup left out the secret `embedding.hf_token` and the live config has none: it is written empty; set it in `"), "{o}");
+            assert!(o.contains("✓ config `"), "{o}");
+            assert!(!o.contains("n3w-pw") && !o.contains("live-api-key"), "{o}");
+        })
+        .run();
+    assert_eq!(
+        fs::read_to_string(tmp.path().join("config.yaml")).unwrap(),
+        config
+            .replace("an-old-key-commented-out", "REDACTED-BY-WQM")
+            .replace("admin:hunter2@", "admin:n3w-pw@")
+            .replace("s3cr3t-api-key", "\"live-api-key\"")
+            .replace("hf-t0ken", "null")
+            .replace("hook-pw", "null")
+    );
+}
+
+/// A running process named `memexd` (a copy of `sleep`); killed and reaped when dropped.
+struct FakeMemexd {
+    child: std::process::Child,
+    // Holds the binary's copy.
+    _dir: TempDir,
+}
+
+impl FakeMemexd {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("memexd");
+        fs::copy("/bin/sleep", &bin).unwrap();
+        let child = std::process::Command::new(&bin).arg("120").spawn().unwrap();
+        FakeMemexd { child, _dir: dir }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for FakeMemexd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_running_memexd_or_its_open_port_is_seen_and_blocks_the_restore() {
+    let double = Double::start();
+    let memexd = FakeMemexd::start();
+    let pid = memexd.pid();
+    // `create` records that the daemon ran (the copies are consistent either way).
+    let t = Test::new();
+    fs::create_dir_all(t.join("data")).unwrap();
+    fixtures::state_db(&t.join("data/state.db"));
+    let (_, tmp) = t
+        .env("QDRANT_URL", &double.url)
+        .env("WQM_DATA_DIR", "{TMP}/data")
+        .env("WQM_BACKUP__DAEMON__PROCESS_NAME", "memexd")
+        .args("backup create {TMP}/b")
+        .stdout_with(|_| {})
+        .run();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(tmp.path().join("b/metadata/manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["daemon_running"], true);
+    lose_everything(&double);
+    let db_before = fs::read(tmp.path().join("data/state.db")).unwrap();
+
+    // The process alone (no lock, no status command) blocks the restore, naming its pid.
+    let (_, tmp) = wqm(tmp, &double, "backup restore {TMP}/b --force")
+        .env("WQM_BACKUP__DAEMON__PROCESS_NAME", "memexd")
+        .status(1)
+        .stdout_with(move |o| {
+            assert!(o.contains(&format!("  Daemon: running (process `memexd` runs as pid {pid}) and no `backup.daemon.stop_command` to stop it\n")), "{o}");
+        })
+        .stderr_with(move |e| {
+            assert!(e.starts_with(&format!("wqm: error: Cannot restore while daemon is running (process `memexd` runs as pid {pid})\nhint: stop the daemon first")), "{e}");
+        })
+        .run();
+    drop(memexd);
+
+    // So does its gRPC port answering.
+    fs::write(tmp.path().join("up"), "").unwrap();
+    let port = PortDaemon::follow(tmp.path().join("up"), Duration::from_millis(800));
+    let address = port.address.clone();
+    let (_, tmp) = wqm(tmp, &double, "backup restore {TMP}/b --force --dry-run")
+        .env("WQM_BACKUP__DAEMON__ADDRESS", &address)
+        .status(1)
+        .stdout_with({
+            let address = address.clone();
+            move |o| assert!(o.contains(&format!("  Daemon: running ({address} accepts connections) and no `backup.daemon.stop_command`")), "{o}")
+        })
+        .stderr_with(|e| assert!(e.starts_with("wqm: error: Cannot restore while daemon is running ("), "{e}"))
+        .run();
+    assert!(uploads(&double).is_empty());
+    assert_eq!(
+        fs::read(tmp.path().join("data/state.db")).unwrap(),
+        db_before
+    );
+
+    // A stop command that leaves the port open: wqm waits (bounded) and refuses to go on.
+    let (_, tmp) = wqm(tmp, &double, "backup restore {TMP}/b --force")
+        .env("WQM_BACKUP__DAEMON__ADDRESS", &address)
+        .env("WQM_BACKUP__DAEMON__STOP_COMMAND", "exit 0")
+        .env("WQM_BACKUP__DAEMON__TIMEOUT", "1")
+        .status(1)
+        .stdout_with(|_| {})
+        .stderr_with(|e| {
+            assert!(
+                e.starts_with("wqm: error: the daemon still runs 1 s after `exit 0`"),
+                "{e}"
+            )
+        })
+        .run();
+    assert!(uploads(&double).is_empty());
+    assert_eq!(
+        fs::read(tmp.path().join("data/state.db")).unwrap(),
+        db_before
+    );
+
+    // A stop command after which the port closes only a moment later, and a start command after
+    // which it opens again: the restore waits for both and completes.
+    let (_, tmp) = wqm(tmp, &double, "backup restore {TMP}/b --force")
+        .env("WQM_BACKUP__DAEMON__ADDRESS", &address)
+        .env("WQM_BACKUP__DAEMON__STOP_COMMAND", "rm {TMP}/up")
+        .env("WQM_BACKUP__DAEMON__START_COMMAND", "touch {TMP}/up")
+        .env("WQM_BACKUP__DAEMON__TIMEOUT", "10")
+        .stdout_with(|o| {
+            assert!(
+                o.contains("✓ daemon stopped\n")
+                    && o.contains("✓ daemon started\n")
+                    && o.contains("Restore completed"),
+                "{o}"
+            )
+        })
+        .run();
+    assert!(tmp.path().join("up").exists());
+    assert_eq!(uploads(&double).len(), 2);
 }
 
 /// The stored path of `collection`'s snapshot in the scene's backup.

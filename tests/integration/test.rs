@@ -9,6 +9,12 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+/// No test sees a daemon unless it starts one: a closed port, a process name nothing has.
+pub const NO_DAEMON: [(&str, &str); 2] = [
+    ("WQM_BACKUP__DAEMON__ADDRESS", "127.0.0.1:1"),
+    ("WQM_BACKUP__DAEMON__PROCESS_NAME", "wqm-test-no-daemon"),
+];
+
 pub struct Test {
     tempdir: TempDir,
     args: Vec<String>,
@@ -111,6 +117,7 @@ impl Test {
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", self.tempdir.path().join("home"))
+            .envs(NO_DAEMON)
             .current_dir(self.tempdir.path());
         for (k, v) in &self.env {
             command.env(k, v);
@@ -148,7 +155,11 @@ fn check(stream: &str, expected: &Expect, actual: &str, context: &str) {
 /// `wqm ARGS` in a clean environment with `HOME` set, for tests that drive the process themselves.
 pub fn wqm_command(home: &Path, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_wqm"));
-    command.args(args).env_clear().env("HOME", home);
+    command
+        .args(args)
+        .env_clear()
+        .env("HOME", home)
+        .envs(NO_DAEMON);
     command
 }
 
