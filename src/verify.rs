@@ -311,8 +311,40 @@ fn check_version(report: &mut Report, manifest: &Manifest, current: &str, policy
 fn check_contents(report: &mut Report, backup: &BackupDir) {
     let manifest = &backup.manifest;
     let errors_before = report.count(Severity::Error);
+    let mut listed = check_listed_files(report, backup);
+    for name in manifest.collection_names() {
+        check_collection_entry(report, manifest, name);
+    }
+    check_databases_listed(report, manifest);
+    check_totals(report, manifest);
+
+    listed.insert(MANIFEST_PATH);
+    for unexpected in files_not_in(backup, &listed) {
+        report.add(
+            Severity::Error,
+            Check::Contents,
+            Some(&unexpected),
+            "unexpected file: not listed in the manifest",
+        );
+    }
+    if report.count(Severity::Error) == errors_before {
+        report.add(
+            Severity::Ok,
+            Check::Contents,
+            None,
+            format!(
+                "All {} files listed in the manifest are present with their sizes",
+                manifest.files.len()
+            ),
+        );
+    }
+}
+
+/// Each file the manifest lists, once, as a regular file of the listed size; returns the
+/// listed paths.
+fn check_listed_files<'a>(report: &mut Report, backup: &'a BackupDir) -> BTreeSet<&'a str> {
     let mut listed = BTreeSet::new();
-    for entry in &manifest.files {
+    for entry in &backup.manifest.files {
         if !listed.insert(entry.path.as_str()) {
             report.add(
                 Severity::Error,
@@ -336,50 +368,57 @@ fn check_contents(report: &mut Report, backup: &BackupDir) {
             Ok(_) => {}
         }
     }
+    listed
+}
 
-    for name in manifest.collection_names() {
-        if let Err(e) = layout::check_name(name) {
-            report.add(Severity::Error, Check::Manifest, None, e.to_string());
-            continue;
-        }
-        let Some(details) = manifest.collection_details.get(name) else {
+/// One collection: a safe name, its `collection_details`, its snapshots among the files (of
+/// the kind its shards call for) and the same point count in both places.
+fn check_collection_entry(report: &mut Report, manifest: &Manifest, name: &str) {
+    if let Err(e) = layout::check_name(name) {
+        report.add(Severity::Error, Check::Manifest, None, e.to_string());
+        return;
+    }
+    let Some(details) = manifest.collection_details.get(name) else {
+        report.add(
+            Severity::Error,
+            Check::Manifest,
+            None,
+            format!("collection `{name}` has no entry in `collection_details`"),
+        );
+        return;
+    };
+    let wanted = if details.shards.is_empty() {
+        FileKind::CollectionSnapshot
+    } else {
+        FileKind::ShardSnapshot
+    };
+    for snapshot in details.snapshot_files() {
+        if manifest.file(snapshot).is_none_or(|f| f.kind != wanted) {
             report.add(
                 Severity::Error,
                 Check::Manifest,
                 None,
-                format!("collection `{name}` has no entry in `collection_details`"),
-            );
-            continue;
-        };
-        let wanted = if details.shards.is_empty() {
-            FileKind::CollectionSnapshot
-        } else {
-            FileKind::ShardSnapshot
-        };
-        for snapshot in details.snapshot_files() {
-            if manifest.file(snapshot).is_none_or(|f| f.kind != wanted) {
-                report.add(
-                    Severity::Error,
-                    Check::Manifest,
-                    None,
-                    format!("the snapshot of collection `{name}` (`{snapshot}`) is not among the manifest's files"),
-                );
-            }
-        }
-        let counted = manifest.collections.as_ref().and_then(|c| c.count_of(name));
-        if counted.is_some_and(|n| n != details.points_count) {
-            report.add(
-                Severity::Error,
-                Check::Manifest,
-                None,
-                format!(
-                    "collection `{name}`: `collections` says {} points, `collection_details` {}",
-                    counted.unwrap_or_default(),
-                    details.points_count
-                ),
+                format!("the snapshot of collection `{name}` (`{snapshot}`) is not among the manifest's files"),
             );
         }
     }
+    let counted = manifest.collections.as_ref().and_then(|c| c.count_of(name));
+    if counted.is_some_and(|n| n != details.points_count) {
+        report.add(
+            Severity::Error,
+            Check::Manifest,
+            None,
+            format!(
+                "collection `{name}`: `collections` says {} points, `collection_details` {}",
+                counted.unwrap_or_default(),
+                details.points_count
+            ),
+        );
+    }
+}
+
+/// Every database the manifest names is among its files, as a SQLite database.
+fn check_databases_listed(report: &mut Report, manifest: &Manifest) {
     for database in &manifest.databases {
         if manifest
             .file(&database.file)
@@ -396,6 +435,11 @@ fn check_contents(report: &mut Report, backup: &BackupDir) {
             );
         }
     }
+}
+
+/// Warnings only: a total that disagrees with the per-collection counts, and a partial backup
+/// that does not say what it selected.
+fn check_totals(report: &mut Report, manifest: &Manifest) {
     if let (Some(total), Some(Collections::Counts(counts))) =
         (manifest.total_documents, &manifest.collections)
     {
@@ -415,27 +459,6 @@ fn check_contents(report: &mut Report, backup: &BackupDir) {
             Check::Manifest,
             None,
             "a partial backup without `selected_collections`",
-        );
-    }
-
-    listed.insert(MANIFEST_PATH);
-    for unexpected in files_not_in(backup, &listed) {
-        report.add(
-            Severity::Error,
-            Check::Contents,
-            Some(&unexpected),
-            "unexpected file: not listed in the manifest",
-        );
-    }
-    if report.count(Severity::Error) == errors_before {
-        report.add(
-            Severity::Ok,
-            Check::Contents,
-            None,
-            format!(
-                "All {} files listed in the manifest are present with their sizes",
-                manifest.files.len()
-            ),
         );
     }
 }
