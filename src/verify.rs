@@ -183,6 +183,29 @@ pub fn audit(
         report.add(Severity::Error, Check::Structure, None, e.to_string());
         return Ok(report);
     }
+    check_structure(&mut report, path);
+    // Without a manifest there is nothing more to compare the backup with.
+    let Some(manifest) = check_manifest(&mut report, path, options) else {
+        return Ok(report);
+    };
+    let backup = BackupDir {
+        path: path.to_path_buf(),
+        manifest,
+    };
+    if backup.manifest.is_legacy() {
+        check_legacy(&mut report, &backup, options)?;
+    } else {
+        check_contents(&mut report, &backup);
+        if options.depth != Depth::Structure {
+            check_files(&mut report, &backup, options.depth, progress)?;
+        }
+    }
+    report.manifest = Some(backup.manifest);
+    Ok(report)
+}
+
+/// The directories every backup has.
+fn check_structure(report: &mut Report, path: &Path) {
     let missing: Vec<&str> = REQUIRED_DIRS
         .into_iter()
         .filter(|d| !store::stat_in(path, d).is_ok_and(|s| s.kind == Kind::Dir))
@@ -207,7 +230,10 @@ pub fn audit(
             format!("Invalid backup directory structure: missing {list}"),
         );
     }
+}
 
+/// Reads the manifest and checks its version and age; `None` when it cannot be read.
+fn check_manifest(report: &mut Report, path: &Path, options: &Options) -> Option<Manifest> {
     let manifest = match BackupDir::read_manifest(path) {
         Ok(m) => m,
         Err(e) => {
@@ -217,7 +243,7 @@ pub fn audit(
                 Some(MANIFEST_PATH),
                 e.to_string(),
             );
-            return Ok(report);
+            return None;
         }
     };
     let format = match manifest.format_version {
@@ -230,34 +256,27 @@ pub fn audit(
         Some(MANIFEST_PATH),
         format!("Manifest is valid ({format})"),
     );
-    check_version(
-        &mut report,
-        &manifest,
-        &options.current_version,
-        &options.policy,
-    );
+    check_version(report, &manifest, &options.current_version, &options.policy);
     if let Some(warning) = staleness(&manifest, options.warn_after_days, options.now) {
         report.add(Severity::Warning, Check::Manifest, None, warning);
     }
+    Some(manifest)
+}
 
-    let backup = BackupDir {
-        path: path.to_path_buf(),
-        manifest,
-    };
-    if backup.manifest.is_legacy() {
-        check_legacy(&mut report, &backup, options)?;
-    } else {
-        check_contents(&mut report, &backup);
-        if options.depth != Depth::Structure {
-            for entry in &backup.manifest.files {
-                if backup.stat(&entry.path).is_ok_and(|s| s.kind == Kind::File) {
-                    check_file(&mut report, &backup, entry, options.depth, progress)?;
-                }
-            }
+/// Reads every listed file that is there as a regular file (check_contents already reported
+/// the others).
+fn check_files(
+    report: &mut Report,
+    backup: &BackupDir,
+    depth: Depth,
+    progress: &dyn Progress,
+) -> Result<(), Interrupted> {
+    for entry in &backup.manifest.files {
+        if backup.stat(&entry.path).is_ok_and(|s| s.kind == Kind::File) {
+            check_file(report, backup, entry, depth, progress)?;
         }
     }
-    report.manifest = Some(backup.manifest);
-    Ok(report)
+    Ok(())
 }
 
 /// A warning when the backup is older than `threshold_days` (0 turns the warning off).
