@@ -640,6 +640,8 @@ fn database_problems(path: &Path) -> Result<(), String> {
     }
 }
 
+/// One listed file read through: its stored checksum, its content's sha256 and size, and (at
+/// full depth) its content checked as its kind requires.
 fn check_file(
     report: &mut Report,
     backup: &BackupDir,
@@ -666,26 +668,7 @@ fn check_file(
     };
     progress::check_interrupted()?;
     let errors_before = report.count(Severity::Error);
-    let mut stored_matches = true;
-    if let Some(expected) = &entry.checksum {
-        let actual = reading
-            .stored
-            .get(expected.algorithm)
-            .map(|c| c.value)
-            .unwrap_or_default();
-        if actual != expected.value {
-            stored_matches = false;
-            report.add(
-                Severity::Error,
-                Check::Checksum,
-                Some(&entry.path),
-                format!(
-                    "checksum mismatch ({}): the manifest says {}, the file has {actual}",
-                    expected.algorithm, expected.value
-                ),
-            );
-        }
-    }
+    let stored_matches = check_stored_checksum(report, entry, &reading);
     // A damaged stored file also changes its content; say so only when nothing else did.
     if let Some(content) = reading.content.as_ref().filter(|_| stored_matches) {
         let sha = content
@@ -696,37 +679,68 @@ fn check_file(
             report.add(Severity::Error, Check::Checksum, Some(&entry.path), format!("content sha256 mismatch: the manifest says {} ({} bytes), the content has {sha} ({} bytes)", entry.content_sha256, entry.content_size, content.bytes));
         }
     }
+    let content_read = reading.content.is_some();
     if let Some((check, message)) = reading.problem {
         report.add(Severity::Error, check, Some(&entry.path), message);
     }
     if report.count(Severity::Error) == errors_before {
-        let mut passed: Vec<String> = entry
-            .checksum
-            .iter()
-            .map(|c| format!("{} matches", c.algorithm))
-            .collect();
-        if reading.content.is_some() {
-            passed.push("sha256 matches".to_string());
-        }
-        if depth == Depth::Full {
-            passed.push(
-                match entry.kind {
-                    FileKind::CollectionSnapshot => "a readable Qdrant snapshot",
-                    FileKind::ShardSnapshot => "a readable Qdrant shard snapshot",
-                    FileKind::SqliteDatabase => "a sound SQLite database",
-                    FileKind::Config => "readable YAML",
-                }
-                .to_string(),
-            );
-        }
         report.add(
             Severity::Ok,
             Check::Checksum,
             Some(&entry.path),
-            passed.join(", "),
+            passed_checks(entry, content_read, depth),
         );
     }
     Ok(())
+}
+
+/// Whether the stored bytes match the manifest's checksum (true when it lists none).
+fn check_stored_checksum(report: &mut Report, entry: &FileEntry, reading: &Reading) -> bool {
+    let Some(expected) = &entry.checksum else {
+        return true;
+    };
+    let actual = reading
+        .stored
+        .get(expected.algorithm)
+        .map(|c| c.value)
+        .unwrap_or_default();
+    if actual == expected.value {
+        return true;
+    }
+    report.add(
+        Severity::Error,
+        Check::Checksum,
+        Some(&entry.path),
+        format!(
+            "checksum mismatch ({}): the manifest says {}, the file has {actual}",
+            expected.algorithm, expected.value
+        ),
+    );
+    false
+}
+
+/// What a file that passed was checked for, e.g. `sha256 matches, a sound SQLite database`.
+fn passed_checks(entry: &FileEntry, content_read: bool, depth: Depth) -> String {
+    let mut passed: Vec<String> = entry
+        .checksum
+        .iter()
+        .map(|c| format!("{} matches", c.algorithm))
+        .collect();
+    if content_read {
+        passed.push("sha256 matches".to_string());
+    }
+    if depth == Depth::Full {
+        passed.push(
+            match entry.kind {
+                FileKind::CollectionSnapshot => "a readable Qdrant snapshot",
+                FileKind::ShardSnapshot => "a readable Qdrant shard snapshot",
+                FileKind::SqliteDatabase => "a sound SQLite database",
+                FileKind::Config => "readable YAML",
+            }
+            .to_string(),
+        );
+    }
+    passed.join(", ")
 }
 
 /// Legacy Python backups: `collections/<name>.config.json` per collection and, when present,
