@@ -214,48 +214,84 @@ fn path_of(stack: &[Level]) -> String {
 /// text can be scrubbed too. Flow collections, block scalars and the like are skipped (the
 /// caller checks the result against the parsed file).
 fn scan(text: &str) -> (Vec<Entry>, Vec<(usize, usize)>) {
-    let mut entries = Vec::new();
-    let mut comments = Vec::new();
-    let mut stack: Vec<Level> = Vec::new();
+    let mut scanner = Scanner::default();
     let mut offset = 0;
-    let mut block_scalar_indent: Option<usize> = None;
     for line in text.split_inclusive('\n') {
-        let start = offset;
+        scanner.line(line, offset);
         offset += line.len();
+    }
+    (scanner.entries, scanner.comments)
+}
+
+/// What `scan` found so far and where it is in the tree, carried from line to line.
+#[derive(Default)]
+struct Scanner {
+    entries: Vec<Entry>,
+    comments: Vec<(usize, usize)>,
+    /// The keys and sequence items that enclose the current line.
+    stack: Vec<Level>,
+    /// Inside a `|` or `>` block scalar whose key sits at this indent: its lines are skipped.
+    block_scalar_indent: Option<usize>,
+}
+
+impl Scanner {
+    /// One line, which starts at byte `start` of the text.
+    fn line(&mut self, line: &str, start: usize) {
         let body = line.trim_end_matches(['\n', '\r']);
+        let line_end = start + body.len();
         let indent = body.len() - body.trim_start_matches(' ').len();
         let content = &body[indent..];
-        if let Some(block) = block_scalar_indent {
+        if let Some(block) = self.block_scalar_indent {
             if content.is_empty() || indent > block {
-                continue;
+                return;
             }
-            block_scalar_indent = None;
+            self.block_scalar_indent = None;
         }
         if content.is_empty() || content == "---" || content == "..." {
-            continue;
+            return;
         }
         if content.starts_with('#') {
-            comments.push((start + indent, start + body.len()));
-            continue;
+            self.comments.push((start + indent, line_end));
+            return;
         }
+        let (column, content) = self.enter_items(indent, content);
+        if content.is_empty() {
+            return;
+        }
+        // `content` is what is left at the end of the line.
+        let content_at = line_end - content.len();
+        match split_key(content) {
+            Some((key, value_offset)) => self.key_value(
+                column,
+                key,
+                &content[value_offset..],
+                content_at + value_offset,
+                line_end,
+            ),
+            None => self.item_value(content, content_at, line_end),
+        }
+    }
+
+    /// Steps over the `- ` items that begin a line, possibly several (`- - a`): returns the
+    /// column and the content after them.
+    fn enter_items<'a>(&mut self, indent: usize, content: &'a str) -> (usize, &'a str) {
         let mut column = indent;
         let mut content = content;
-        // `- ` items, possibly several on one line (`- - a`).
         while content == "-" || content.starts_with("- ") {
-            while stack.last().is_some_and(|l| {
+            while self.stack.last().is_some_and(|l| {
                 level_indent(l) > column || matches!(l, Level::Key(i, _) if *i == column)
             }) {
-                stack.pop();
+                self.stack.pop();
             }
-            let index = match stack.last() {
+            let index = match self.stack.last() {
                 Some(Level::Item(i, n)) if *i == column => {
                     let next = n + 1;
-                    stack.pop();
+                    self.stack.pop();
                     next
                 }
                 _ => 0,
             };
-            stack.push(Level::Item(column, index));
+            self.stack.push(Level::Item(column, index));
             let after = content[1..].trim_start_matches(' ');
             column += content.len() - after.len();
             content = after;
@@ -263,61 +299,58 @@ fn scan(text: &str) -> (Vec<Entry>, Vec<(usize, usize)>) {
                 break;
             }
         }
-        if content.is_empty() {
-            continue;
+        (column, content)
+    }
+
+    /// `key: value` at `column`, the value starting at byte `value_at`: a scalar entry, or the
+    /// start of a nested block (or a block scalar, skipped).
+    fn key_value(
+        &mut self,
+        column: usize,
+        key: String,
+        value: &str,
+        value_at: usize,
+        line_end: usize,
+    ) {
+        while self.stack.last().is_some_and(|l| level_indent(l) >= column) {
+            self.stack.pop();
         }
-        let value_at = |from: usize| start + (body.len() - content.len()) + from;
-        match split_key(content) {
-            Some((key, value_offset)) => {
-                while stack.last().is_some_and(|l| level_indent(l) >= column) {
-                    stack.pop();
-                }
-                let value = &content[value_offset..];
-                let trimmed = value.trim_start_matches(' ');
-                let lead = value.len() - trimmed.len();
-                if trimmed.is_empty() || trimmed.starts_with('#') {
-                    stack.push(Level::Key(column, key));
-                    if trimmed.starts_with('#') {
-                        comments.push((value_at(value_offset + lead), start + body.len()));
-                    }
-                    continue;
-                }
-                if trimmed.starts_with(['|', '>']) {
-                    block_scalar_indent = Some(column);
-                    continue;
-                }
-                if let Some(len) = scalar_len(trimmed) {
-                    let from = value_offset + lead;
-                    entries.push(Entry {
-                        path: join(&path_of(&stack), &key),
-                        key: Some(key),
-                        start: value_at(from),
-                        end: value_at(from + len),
-                    });
-                    push_comment(
-                        &mut comments,
-                        trimmed,
-                        len,
-                        value_at(from),
-                        start + body.len(),
-                    );
-                }
+        let trimmed = value.trim_start_matches(' ');
+        let at = value_at + (value.len() - trimmed.len());
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            self.stack.push(Level::Key(column, key));
+            if trimmed.starts_with('#') {
+                self.comments.push((at, line_end));
             }
-            None => {
-                // A scalar sequence item.
-                if let (Some(len), Some(Level::Item(..))) = (scalar_len(content), stack.last()) {
-                    entries.push(Entry {
-                        path: path_of(&stack),
-                        key: None,
-                        start: value_at(0),
-                        end: value_at(len),
-                    });
-                    push_comment(&mut comments, content, len, value_at(0), start + body.len());
-                }
-            }
+            return;
+        }
+        if trimmed.starts_with(['|', '>']) {
+            self.block_scalar_indent = Some(column);
+            return;
+        }
+        if let Some(len) = scalar_len(trimmed) {
+            self.entries.push(Entry {
+                path: join(&path_of(&self.stack), &key),
+                key: Some(key),
+                start: at,
+                end: at + len,
+            });
+            push_comment(&mut self.comments, trimmed, len, at, line_end);
         }
     }
-    (entries, comments)
+
+    /// A scalar sequence item starting at byte `at`.
+    fn item_value(&mut self, content: &str, at: usize, line_end: usize) {
+        if let (Some(len), Some(Level::Item(..))) = (scalar_len(content), self.stack.last()) {
+            self.entries.push(Entry {
+                path: path_of(&self.stack),
+                key: None,
+                start: at,
+                end: at + len,
+            });
+            push_comment(&mut self.comments, content, len, at, line_end);
+        }
+    }
 }
 
 fn push_comment(

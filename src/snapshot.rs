@@ -89,8 +89,7 @@ enum Layout {
 fn inspect_layout(reader: impl Read, layout: Layout) -> Result<Summary, SnapshotError> {
     let mut archive = Archive::new(Guard::new(reader));
     let mut shards: BTreeMap<u32, ShardSeen> = BTreeMap::new();
-    let mut storage_version = None;
-    let mut config = None;
+    let mut top = TopLevel::default();
     for entry in archive.entries().map_err(SnapshotError::Tar)? {
         let mut entry = entry.map_err(SnapshotError::Tar)?;
         let path = entry_path(&entry)?;
@@ -98,57 +97,12 @@ fn inspect_layout(reader: impl Read, layout: Layout) -> Result<Summary, Snapshot
         if path.is_empty() {
             continue;
         }
-        let mut parts = path.split('/').filter(|p| !p.is_empty()).peekable();
-        let shard = match layout {
-            Layout::Shard => Some(0),
-            Layout::Collection => parts.peek().and_then(|first| first.parse::<u32>().ok()),
-        };
-        if shard.is_some() && layout == Layout::Collection {
-            parts.next();
-        }
-        let rest: Vec<&str> = parts.collect();
-        if let Some(shard) = shard {
-            let seen = shards.entry(shard).or_default();
-            match rest.as_slice() {
-                ["segments", name] if name.ends_with(".tar") => {
-                    check_segment(&mut entry, &path)?;
-                    seen.segments += 1;
-                }
-                ["replica_state.json"] => {
-                    let state = read_json(&mut entry, &path)?;
-                    seen.replica_state = Some(
-                        state
-                            .get("is_local")
-                            .and_then(|v| v.as_bool())
-                            .unwrap_or(true),
-                    );
-                }
-                ["shard_config.json"] => {
-                    read_json(&mut entry, &path)?;
-                    seen.shard_config = true;
-                }
-                _ => {}
-            }
-            continue;
-        }
-        match path.as_str() {
-            "version.info" => {
-                let mut text = String::new();
-                entry
-                    .by_ref()
-                    .take(MAX_JSON_BYTES)
-                    .read_to_string(&mut text)
-                    .map_err(|e| SnapshotError::BadJson {
-                        path: path.clone(),
-                        reason: e.to_string(),
-                    })?;
-                storage_version = Some(text.trim().to_string());
-            }
-            "config.json" => config = Some(read_json(&mut entry, &path)?),
-            "shard_key_mapping.json" | "payload_index.json" => {
-                read_json(&mut entry, &path)?;
-            }
-            _ => {}
+        match split_shard(&path, layout) {
+            Some((shard, rest)) => shards
+                .entry(shard)
+                .or_default()
+                .read(&mut entry, &path, &rest)?,
+            None => top.read(&mut entry, &path)?,
         }
     }
     // Read the tar's trailing padding too, so a hash over the stream covers every byte.
@@ -157,20 +111,78 @@ fn inspect_layout(reader: impl Read, layout: Layout) -> Result<Summary, Snapshot
     let (config, storage_version) = match layout {
         Layout::Shard => (serde_json::Value::Null, String::new()),
         Layout::Collection => (
-            config.ok_or(SnapshotError::Missing("config.json"))?,
-            storage_version.ok_or(SnapshotError::Missing("version.info"))?,
+            top.config.ok_or(SnapshotError::Missing("config.json"))?,
+            top.storage_version
+                .ok_or(SnapshotError::Missing("version.info"))?,
         ),
     };
     if shards.is_empty() {
         return Err(SnapshotError::NoShards);
     }
-    let mut summaries = Vec::new();
-    for (id, seen) in shards {
-        let is_local = seen.replica_state.ok_or(SnapshotError::ShardIncomplete {
+    let shards = shards
+        .into_iter()
+        .map(|(id, seen)| seen.summary(id))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Summary {
+        storage_version,
+        params: config.get("params").cloned().unwrap_or_default(),
+        shards,
+    })
+}
+
+/// The shard an entry belongs to and its path inside the shard; `None` for a collection's
+/// own files (a shard snapshot has only its one shard, numbered 0 here).
+fn split_shard(path: &str, layout: Layout) -> Option<(u32, Vec<&str>)> {
+    let mut parts = path.split('/').filter(|p| !p.is_empty()).peekable();
+    let shard = match layout {
+        Layout::Shard => 0,
+        Layout::Collection => {
+            let shard = parts.peek()?.parse::<u32>().ok()?;
+            parts.next();
+            shard
+        }
+    };
+    Some((shard, parts.collect()))
+}
+
+impl ShardSeen {
+    /// Checks one entry of the shard (`rest` is its path inside the shard) and notes what it is.
+    fn read(
+        &mut self,
+        entry: &mut impl Read,
+        path: &str,
+        rest: &[&str],
+    ) -> Result<(), SnapshotError> {
+        match rest {
+            ["segments", name] if name.ends_with(".tar") => {
+                check_segment(entry, path)?;
+                self.segments += 1;
+            }
+            ["replica_state.json"] => {
+                let state = read_json(entry, path)?;
+                self.replica_state = Some(
+                    state
+                        .get("is_local")
+                        .and_then(|v| v.as_bool())
+                        .unwrap_or(true),
+                );
+            }
+            ["shard_config.json"] => {
+                read_json(entry, path)?;
+                self.shard_config = true;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A shard Qdrant can restore on a single node: both state files, and its data local.
+    fn summary(self, id: u32) -> Result<ShardSummary, SnapshotError> {
+        let is_local = self.replica_state.ok_or(SnapshotError::ShardIncomplete {
             shard: id,
             file: "replica_state.json",
         })?;
-        if !seen.shard_config {
+        if !self.shard_config {
             return Err(SnapshotError::ShardIncomplete {
                 shard: id,
                 file: "shard_config.json",
@@ -179,17 +191,44 @@ fn inspect_layout(reader: impl Read, layout: Layout) -> Result<Summary, Snapshot
         if !is_local {
             return Err(SnapshotError::RemoteShard { shard: id });
         }
-        summaries.push(ShardSummary {
+        Ok(ShardSummary {
             id,
-            segments: seen.segments,
+            segments: self.segments,
             is_local,
-        });
+        })
     }
-    Ok(Summary {
-        storage_version,
-        params: config.get("params").cloned().unwrap_or_default(),
-        shards: summaries,
-    })
+}
+
+/// A collection snapshot's own files, outside the shard directories.
+#[derive(Default)]
+struct TopLevel {
+    storage_version: Option<String>,
+    config: Option<serde_json::Value>,
+}
+
+impl TopLevel {
+    /// Checks one top-level entry; the JSON files must parse, `version.info` is kept as text.
+    fn read(&mut self, entry: &mut impl Read, path: &str) -> Result<(), SnapshotError> {
+        match path {
+            "version.info" => {
+                let mut text = String::new();
+                entry
+                    .take(MAX_JSON_BYTES)
+                    .read_to_string(&mut text)
+                    .map_err(|e| SnapshotError::BadJson {
+                        path: path.to_string(),
+                        reason: e.to_string(),
+                    })?;
+                self.storage_version = Some(text.trim().to_string());
+            }
+            "config.json" => self.config = Some(read_json(entry, path)?),
+            "shard_key_mapping.json" | "payload_index.json" => {
+                read_json(entry, path)?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
 }
 
 fn entry_path<R: Read>(entry: &tar::Entry<R>) -> Result<String, SnapshotError> {

@@ -183,6 +183,29 @@ pub fn audit(
         report.add(Severity::Error, Check::Structure, None, e.to_string());
         return Ok(report);
     }
+    check_structure(&mut report, path);
+    // Without a manifest there is nothing more to compare the backup with.
+    let Some(manifest) = check_manifest(&mut report, path, options) else {
+        return Ok(report);
+    };
+    let backup = BackupDir {
+        path: path.to_path_buf(),
+        manifest,
+    };
+    if backup.manifest.is_legacy() {
+        check_legacy(&mut report, &backup, options)?;
+    } else {
+        check_contents(&mut report, &backup);
+        if options.depth != Depth::Structure {
+            check_files(&mut report, &backup, options.depth, progress)?;
+        }
+    }
+    report.manifest = Some(backup.manifest);
+    Ok(report)
+}
+
+/// The directories every backup has.
+fn check_structure(report: &mut Report, path: &Path) {
     let missing: Vec<&str> = REQUIRED_DIRS
         .into_iter()
         .filter(|d| !store::stat_in(path, d).is_ok_and(|s| s.kind == Kind::Dir))
@@ -207,7 +230,10 @@ pub fn audit(
             format!("Invalid backup directory structure: missing {list}"),
         );
     }
+}
 
+/// Reads the manifest and checks its version and age; `None` when it cannot be read.
+fn check_manifest(report: &mut Report, path: &Path, options: &Options) -> Option<Manifest> {
     let manifest = match BackupDir::read_manifest(path) {
         Ok(m) => m,
         Err(e) => {
@@ -217,7 +243,7 @@ pub fn audit(
                 Some(MANIFEST_PATH),
                 e.to_string(),
             );
-            return Ok(report);
+            return None;
         }
     };
     let format = match manifest.format_version {
@@ -230,34 +256,27 @@ pub fn audit(
         Some(MANIFEST_PATH),
         format!("Manifest is valid ({format})"),
     );
-    check_version(
-        &mut report,
-        &manifest,
-        &options.current_version,
-        &options.policy,
-    );
+    check_version(report, &manifest, &options.current_version, &options.policy);
     if let Some(warning) = staleness(&manifest, options.warn_after_days, options.now) {
         report.add(Severity::Warning, Check::Manifest, None, warning);
     }
+    Some(manifest)
+}
 
-    let backup = BackupDir {
-        path: path.to_path_buf(),
-        manifest,
-    };
-    if backup.manifest.is_legacy() {
-        check_legacy(&mut report, &backup, options)?;
-    } else {
-        check_contents(&mut report, &backup);
-        if options.depth != Depth::Structure {
-            for entry in &backup.manifest.files {
-                if backup.stat(&entry.path).is_ok_and(|s| s.kind == Kind::File) {
-                    check_file(&mut report, &backup, entry, options.depth, progress)?;
-                }
-            }
+/// Reads every listed file that is there as a regular file (check_contents already reported
+/// the others).
+fn check_files(
+    report: &mut Report,
+    backup: &BackupDir,
+    depth: Depth,
+    progress: &dyn Progress,
+) -> Result<(), Interrupted> {
+    for entry in &backup.manifest.files {
+        if backup.stat(&entry.path).is_ok_and(|s| s.kind == Kind::File) {
+            check_file(report, backup, entry, depth, progress)?;
         }
     }
-    report.manifest = Some(backup.manifest);
-    Ok(report)
+    Ok(())
 }
 
 /// A warning when the backup is older than `threshold_days` (0 turns the warning off).
@@ -311,8 +330,40 @@ fn check_version(report: &mut Report, manifest: &Manifest, current: &str, policy
 fn check_contents(report: &mut Report, backup: &BackupDir) {
     let manifest = &backup.manifest;
     let errors_before = report.count(Severity::Error);
+    let mut listed = check_listed_files(report, backup);
+    for name in manifest.collection_names() {
+        check_collection_entry(report, manifest, name);
+    }
+    check_databases_listed(report, manifest);
+    check_totals(report, manifest);
+
+    listed.insert(MANIFEST_PATH);
+    for unexpected in files_not_in(backup, &listed) {
+        report.add(
+            Severity::Error,
+            Check::Contents,
+            Some(&unexpected),
+            "unexpected file: not listed in the manifest",
+        );
+    }
+    if report.count(Severity::Error) == errors_before {
+        report.add(
+            Severity::Ok,
+            Check::Contents,
+            None,
+            format!(
+                "All {} files listed in the manifest are present with their sizes",
+                manifest.files.len()
+            ),
+        );
+    }
+}
+
+/// Each file the manifest lists, once, as a regular file of the listed size; returns the
+/// listed paths.
+fn check_listed_files<'a>(report: &mut Report, backup: &'a BackupDir) -> BTreeSet<&'a str> {
     let mut listed = BTreeSet::new();
-    for entry in &manifest.files {
+    for entry in &backup.manifest.files {
         if !listed.insert(entry.path.as_str()) {
             report.add(
                 Severity::Error,
@@ -336,50 +387,57 @@ fn check_contents(report: &mut Report, backup: &BackupDir) {
             Ok(_) => {}
         }
     }
+    listed
+}
 
-    for name in manifest.collection_names() {
-        if let Err(e) = layout::check_name(name) {
-            report.add(Severity::Error, Check::Manifest, None, e.to_string());
-            continue;
-        }
-        let Some(details) = manifest.collection_details.get(name) else {
+/// One collection: a safe name, its `collection_details`, its snapshots among the files (of
+/// the kind its shards call for) and the same point count in both places.
+fn check_collection_entry(report: &mut Report, manifest: &Manifest, name: &str) {
+    if let Err(e) = layout::check_name(name) {
+        report.add(Severity::Error, Check::Manifest, None, e.to_string());
+        return;
+    }
+    let Some(details) = manifest.collection_details.get(name) else {
+        report.add(
+            Severity::Error,
+            Check::Manifest,
+            None,
+            format!("collection `{name}` has no entry in `collection_details`"),
+        );
+        return;
+    };
+    let wanted = if details.shards.is_empty() {
+        FileKind::CollectionSnapshot
+    } else {
+        FileKind::ShardSnapshot
+    };
+    for snapshot in details.snapshot_files() {
+        if manifest.file(snapshot).is_none_or(|f| f.kind != wanted) {
             report.add(
                 Severity::Error,
                 Check::Manifest,
                 None,
-                format!("collection `{name}` has no entry in `collection_details`"),
-            );
-            continue;
-        };
-        let wanted = if details.shards.is_empty() {
-            FileKind::CollectionSnapshot
-        } else {
-            FileKind::ShardSnapshot
-        };
-        for snapshot in details.snapshot_files() {
-            if manifest.file(snapshot).is_none_or(|f| f.kind != wanted) {
-                report.add(
-                    Severity::Error,
-                    Check::Manifest,
-                    None,
-                    format!("the snapshot of collection `{name}` (`{snapshot}`) is not among the manifest's files"),
-                );
-            }
-        }
-        let counted = manifest.collections.as_ref().and_then(|c| c.count_of(name));
-        if counted.is_some_and(|n| n != details.points_count) {
-            report.add(
-                Severity::Error,
-                Check::Manifest,
-                None,
-                format!(
-                    "collection `{name}`: `collections` says {} points, `collection_details` {}",
-                    counted.unwrap_or_default(),
-                    details.points_count
-                ),
+                format!("the snapshot of collection `{name}` (`{snapshot}`) is not among the manifest's files"),
             );
         }
     }
+    let counted = manifest.collections.as_ref().and_then(|c| c.count_of(name));
+    if counted.is_some_and(|n| n != details.points_count) {
+        report.add(
+            Severity::Error,
+            Check::Manifest,
+            None,
+            format!(
+                "collection `{name}`: `collections` says {} points, `collection_details` {}",
+                counted.unwrap_or_default(),
+                details.points_count
+            ),
+        );
+    }
+}
+
+/// Every database the manifest names is among its files, as a SQLite database.
+fn check_databases_listed(report: &mut Report, manifest: &Manifest) {
     for database in &manifest.databases {
         if manifest
             .file(&database.file)
@@ -396,6 +454,11 @@ fn check_contents(report: &mut Report, backup: &BackupDir) {
             );
         }
     }
+}
+
+/// Warnings only: a total that disagrees with the per-collection counts, and a partial backup
+/// that does not say what it selected.
+fn check_totals(report: &mut Report, manifest: &Manifest) {
     if let (Some(total), Some(Collections::Counts(counts))) =
         (manifest.total_documents, &manifest.collections)
     {
@@ -415,27 +478,6 @@ fn check_contents(report: &mut Report, backup: &BackupDir) {
             Check::Manifest,
             None,
             "a partial backup without `selected_collections`",
-        );
-    }
-
-    listed.insert(MANIFEST_PATH);
-    for unexpected in files_not_in(backup, &listed) {
-        report.add(
-            Severity::Error,
-            Check::Contents,
-            Some(&unexpected),
-            "unexpected file: not listed in the manifest",
-        );
-    }
-    if report.count(Severity::Error) == errors_before {
-        report.add(
-            Severity::Ok,
-            Check::Contents,
-            None,
-            format!(
-                "All {} files listed in the manifest are present with their sizes",
-                manifest.files.len()
-            ),
         );
     }
 }
@@ -598,6 +640,8 @@ fn database_problems(path: &Path) -> Result<(), String> {
     }
 }
 
+/// One listed file read through: its stored checksum, its content's sha256 and size, and (at
+/// full depth) its content checked as its kind requires.
 fn check_file(
     report: &mut Report,
     backup: &BackupDir,
@@ -624,26 +668,7 @@ fn check_file(
     };
     progress::check_interrupted()?;
     let errors_before = report.count(Severity::Error);
-    let mut stored_matches = true;
-    if let Some(expected) = &entry.checksum {
-        let actual = reading
-            .stored
-            .get(expected.algorithm)
-            .map(|c| c.value)
-            .unwrap_or_default();
-        if actual != expected.value {
-            stored_matches = false;
-            report.add(
-                Severity::Error,
-                Check::Checksum,
-                Some(&entry.path),
-                format!(
-                    "checksum mismatch ({}): the manifest says {}, the file has {actual}",
-                    expected.algorithm, expected.value
-                ),
-            );
-        }
-    }
+    let stored_matches = check_stored_checksum(report, entry, &reading);
     // A damaged stored file also changes its content; say so only when nothing else did.
     if let Some(content) = reading.content.as_ref().filter(|_| stored_matches) {
         let sha = content
@@ -654,37 +679,68 @@ fn check_file(
             report.add(Severity::Error, Check::Checksum, Some(&entry.path), format!("content sha256 mismatch: the manifest says {} ({} bytes), the content has {sha} ({} bytes)", entry.content_sha256, entry.content_size, content.bytes));
         }
     }
+    let content_read = reading.content.is_some();
     if let Some((check, message)) = reading.problem {
         report.add(Severity::Error, check, Some(&entry.path), message);
     }
     if report.count(Severity::Error) == errors_before {
-        let mut passed: Vec<String> = entry
-            .checksum
-            .iter()
-            .map(|c| format!("{} matches", c.algorithm))
-            .collect();
-        if reading.content.is_some() {
-            passed.push("sha256 matches".to_string());
-        }
-        if depth == Depth::Full {
-            passed.push(
-                match entry.kind {
-                    FileKind::CollectionSnapshot => "a readable Qdrant snapshot",
-                    FileKind::ShardSnapshot => "a readable Qdrant shard snapshot",
-                    FileKind::SqliteDatabase => "a sound SQLite database",
-                    FileKind::Config => "readable YAML",
-                }
-                .to_string(),
-            );
-        }
         report.add(
             Severity::Ok,
             Check::Checksum,
             Some(&entry.path),
-            passed.join(", "),
+            passed_checks(entry, content_read, depth),
         );
     }
     Ok(())
+}
+
+/// Whether the stored bytes match the manifest's checksum (true when it lists none).
+fn check_stored_checksum(report: &mut Report, entry: &FileEntry, reading: &Reading) -> bool {
+    let Some(expected) = &entry.checksum else {
+        return true;
+    };
+    let actual = reading
+        .stored
+        .get(expected.algorithm)
+        .map(|c| c.value)
+        .unwrap_or_default();
+    if actual == expected.value {
+        return true;
+    }
+    report.add(
+        Severity::Error,
+        Check::Checksum,
+        Some(&entry.path),
+        format!(
+            "checksum mismatch ({}): the manifest says {}, the file has {actual}",
+            expected.algorithm, expected.value
+        ),
+    );
+    false
+}
+
+/// What a file that passed was checked for, e.g. `sha256 matches, a sound SQLite database`.
+fn passed_checks(entry: &FileEntry, content_read: bool, depth: Depth) -> String {
+    let mut passed: Vec<String> = entry
+        .checksum
+        .iter()
+        .map(|c| format!("{} matches", c.algorithm))
+        .collect();
+    if content_read {
+        passed.push("sha256 matches".to_string());
+    }
+    if depth == Depth::Full {
+        passed.push(
+            match entry.kind {
+                FileKind::CollectionSnapshot => "a readable Qdrant snapshot",
+                FileKind::ShardSnapshot => "a readable Qdrant shard snapshot",
+                FileKind::SqliteDatabase => "a sound SQLite database",
+                FileKind::Config => "readable YAML",
+            }
+            .to_string(),
+        );
+    }
+    passed.join(", ")
 }
 
 /// Legacy Python backups: `collections/<name>.config.json` per collection and, when present,

@@ -7,42 +7,72 @@ use crate::cli::InfoArgs;
 use crate::compat;
 use crate::config::Settings;
 use crate::exit::ExitCode;
+use crate::manifest::Manifest;
 use crate::output::{self, Ui};
 use crate::store::BackupDir;
 
+/// What `info` found out about a backup beyond its manifest.
+struct Findings<'a> {
+    backup: &'a BackupDir,
+    size: u64,
+    compatibility: Result<compat::Report, compat::CompatError>,
+    stale: Option<String>,
+}
+
 pub fn run(args: &InfoArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
     let backup = BackupDir::open(&args.path)?;
-    let size = crate::fs::disk_usage(&backup.path)?;
     let m = &backup.manifest;
     let policy = compat::Policy::new(&settings.backup.validation, false);
-    let compatibility = crate::migrations::verdict(&m.version, crate::VERSION, &policy);
-    let stale = crate::verify::staleness(
-        m,
-        settings.backup.validation.version_warning_threshold,
-        crate::now(),
-    );
+    let findings = Findings {
+        backup: &backup,
+        size: crate::fs::disk_usage(&backup.path)?,
+        compatibility: crate::migrations::verdict(&m.version, crate::VERSION, &policy),
+        stale: crate::verify::staleness(
+            m,
+            settings.backup.validation.version_warning_threshold,
+            crate::now(),
+        ),
+    };
 
     if ui.json {
-        let mut document = serde_json::to_value(m)?;
-        let object = document.as_object_mut().expect("a manifest is an object");
-        object.insert("path".into(), json!(backup.path));
-        object.insert("format".into(), json!(m.format_name()));
-        object.insert("formatted_timestamp".into(), json!(m.formatted_timestamp()));
-        object.insert("size_bytes".into(), json!(size));
-        object.insert("stale_warning".into(), json!(stale));
-        object.insert(
-            "compatibility".into(),
-            match &compatibility {
-                Ok(report) => serde_json::to_value(report)?,
-                Err(e) => json!({ "status": Value::Null, "message": e.to_string(),
-                                  "backup_version": m.version, "current_version": crate::VERSION }),
-            },
-        );
-        ui.json(&document);
+        ui.json(&json_document(&findings)?);
         return Ok(ExitCode::Success);
     }
+    print_summary(&findings, ui);
+    print_contents(m, ui);
+    print_format(&findings, ui);
+    print_verdict(findings, ui);
+    Ok(ExitCode::Success)
+}
 
-    ui.line(format!("Backup Information: {}", backup.path.display()));
+/// The manifest as it is stored, plus what `info` adds to it.
+fn json_document(findings: &Findings) -> Result<Value> {
+    let m = &findings.backup.manifest;
+    let mut document = serde_json::to_value(m)?;
+    let object = document.as_object_mut().expect("a manifest is an object");
+    object.insert("path".into(), json!(findings.backup.path));
+    object.insert("format".into(), json!(m.format_name()));
+    object.insert("formatted_timestamp".into(), json!(m.formatted_timestamp()));
+    object.insert("size_bytes".into(), json!(findings.size));
+    object.insert("stale_warning".into(), json!(findings.stale));
+    object.insert(
+        "compatibility".into(),
+        match &findings.compatibility {
+            Ok(report) => serde_json::to_value(report)?,
+            Err(e) => json!({ "status": Value::Null, "message": e.to_string(),
+                              "backup_version": m.version, "current_version": crate::VERSION }),
+        },
+    );
+    Ok(document)
+}
+
+/// Where, when and what: path, version, timestamp, description and the collections.
+fn print_summary(findings: &Findings, ui: &Ui) {
+    let m = &findings.backup.manifest;
+    ui.line(format!(
+        "Backup Information: {}",
+        findings.backup.path.display()
+    ));
     ui.line(format!("Version: {}", m.version));
     ui.line(format!("Timestamp: {}", m.formatted_timestamp()));
     if let Some(description) = &m.description {
@@ -52,31 +82,40 @@ pub fn run(args: &InfoArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
     ui.line(format!("Collections: {}", names.len()));
     if ui.verbose {
         for name in &names {
-            match m.collections.as_ref().and_then(|c| c.count_of(name)) {
-                Some(count) => ui.line(format!("  - {name}: {count} documents")),
-                None => ui.line(format!("  - {name}")),
-            }
-            // A collection backed up from a cluster: its shards, each from one node at its own time.
-            for shard in m
-                .collection_details
-                .get(*name)
-                .map_or(&[][..], |d| &d.shards[..])
-            {
-                let key = shard
-                    .key
-                    .as_ref()
-                    .map(|k| format!(" key {k}"))
-                    .unwrap_or_default();
-                ui.line(format!(
-                    "      shard {}{key}: {} points, from peer {} at {}",
-                    shard.id,
-                    shard.points_count,
-                    shard.peer_id,
-                    crate::manifest::format_timestamp(shard.snapshot_timestamp)
-                ));
-            }
+            print_collection(m, name, ui);
         }
     }
+}
+
+/// One collection with its document count and, from a cluster, its shards.
+fn print_collection(m: &Manifest, name: &str, ui: &Ui) {
+    match m.collections.as_ref().and_then(|c| c.count_of(name)) {
+        Some(count) => ui.line(format!("  - {name}: {count} documents")),
+        None => ui.line(format!("  - {name}")),
+    }
+    // A collection backed up from a cluster: its shards, each from one node at its own time.
+    for shard in m
+        .collection_details
+        .get(name)
+        .map_or(&[][..], |d| &d.shards[..])
+    {
+        let key = shard
+            .key
+            .as_ref()
+            .map(|k| format!(" key {k}"))
+            .unwrap_or_default();
+        ui.line(format!(
+            "      shard {}{key}: {} points, from peer {} at {}",
+            shard.id,
+            shard.points_count,
+            shard.peer_id,
+            crate::manifest::format_timestamp(shard.snapshot_timestamp)
+        ));
+    }
+}
+
+/// Document totals, a partial backup's selection and the Python version that wrote it.
+fn print_contents(m: &Manifest, ui: &Ui) {
     if let Some(total) = m.total_documents {
         ui.line(format!("Total Documents: {total}"));
     }
@@ -89,43 +128,53 @@ pub fn run(args: &InfoArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
     if let Some(python) = &m.python_version {
         ui.line(format!("Python Version: {python}"));
     }
+}
+
+/// Format and size; a current-format backup also its checksums, compression, Qdrant and files.
+fn print_format(findings: &Findings, ui: &Ui) {
+    let m = &findings.backup.manifest;
     ui.line(format!("Format: {}", m.format_name()));
-    ui.line(format!("Size: {}", output::size(size)));
-    if !m.is_legacy() {
-        if let Some(algorithm) = m.checksum_algorithm {
-            ui.line(format!("Checksum Algorithm: {algorithm}"));
+    ui.line(format!("Size: {}", output::size(findings.size)));
+    // A legacy backup records none of the rest.
+    if m.is_legacy() {
+        return;
+    }
+    if let Some(algorithm) = m.checksum_algorithm {
+        ui.line(format!("Checksum Algorithm: {algorithm}"));
+    }
+    if let Some(compression) = m.compression {
+        ui.line(format!("Compression: {compression}"));
+    }
+    if let Some(qdrant) = &m.qdrant_version {
+        ui.line(format!("Qdrant Version: {qdrant}"));
+    }
+    if ui.verbose {
+        for database in &m.databases {
+            let schema = database
+                .schema_version
+                .map(|v| format!(" (schema {v})"))
+                .unwrap_or_default();
+            ui.line(format!("Database: {}{schema}", database.file));
         }
-        if let Some(compression) = m.compression {
-            ui.line(format!("Compression: {compression}"));
-        }
-        if let Some(qdrant) = &m.qdrant_version {
-            ui.line(format!("Qdrant Version: {qdrant}"));
-        }
-        if ui.verbose {
-            for database in &m.databases {
-                let schema = database
-                    .schema_version
-                    .map(|v| format!(" (schema {v})"))
-                    .unwrap_or_default();
-                ui.line(format!("Database: {}{schema}", database.file));
-            }
-            for file in &m.files {
-                ui.line(format!("File: {} {}", file.path, output::size(file.size)));
-            }
+        for file in &m.files {
+            ui.line(format!("File: {} {}", file.path, output::size(file.size)));
         }
     }
-    for note in &m.notes {
+}
+
+/// Notes, whether this version can restore the backup, and a stale backup's warning.
+fn print_verdict(findings: Findings, ui: &Ui) {
+    for note in &findings.backup.manifest.notes {
         ui.line(format!("Note: {note}"));
     }
-    match compatibility {
+    match findings.compatibility {
         Ok(report) => {
             ui.line(format!("Compatibility: {}", report.verdict));
             ui.line(format!("  {}", report.message));
         }
         Err(e) => ui.line(format!("Compatibility: UNKNOWN ({e})")),
     }
-    if let Some(warning) = stale {
+    if let Some(warning) = findings.stale {
         ui.warn(warning);
     }
-    Ok(ExitCode::Success)
 }

@@ -8,9 +8,10 @@ use serde::Serialize;
 use crate::cli::{ListArgs, SortKey};
 use crate::compat::{self, Version};
 use crate::config::Settings;
-use crate::exit::ExitCode;
+use crate::exit::{ExitCode, Interrupted};
 use crate::output::{self, Ui};
-use crate::store::{self, Found, Seen};
+use crate::progress::Progress;
+use crate::store::{self, Found, Scan, Seen};
 use crate::verify;
 
 /// One backup as `list --json` prints it (the Python fields, then ours).
@@ -46,14 +47,9 @@ pub fn run(args: &ListArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
     super::backups_dir(dir)?;
     let scan =
         store::scan(dir).with_context(|| format!("cannot read directory `{}`", dir.display()))?;
-    for entry in &scan.entries {
-        if let Seen::Unreadable(problem) = &entry.seen {
-            ui.warn(format!("skipping `{}`: {problem}", entry.path.display()));
-        }
-    }
+    warn_unreadable(&scan, ui);
     let mut backups: Vec<&Found> = scan.backups().collect();
     sort(&mut backups, args.sort);
-    let threshold = settings.backup.validation.version_warning_threshold;
     let depth = if args.check {
         verify::Depth::Full
     } else {
@@ -63,15 +59,51 @@ pub fn run(args: &ListArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
         depth,
         crate::compat::Policy::new(&settings.backup.validation, false),
     );
-    let now = options.now;
+    let threshold = settings.backup.validation.version_warning_threshold;
     let progress = ui.progress();
-    let mut items = Vec::new();
-    for found in backups {
+    let items = backups
+        .into_iter()
+        .map(|found| Item::of(found, &options, &progress, threshold))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    if ui.json {
+        ui.json(&items);
+        return Ok(ExitCode::Success);
+    }
+    if items.is_empty() {
+        ui.line(format!("No backups found in {}", dir.display()));
+        return Ok(ExitCode::Success);
+    }
+    for item in &items {
+        item.print(ui);
+    }
+    ui.line(format!("{} backup(s) in {}", items.len(), dir.display()));
+    Ok(ExitCode::Success)
+}
+
+/// An entry that looks like a backup but cannot be read is skipped, not fatal, so say so.
+fn warn_unreadable(scan: &Scan, ui: &Ui) {
+    for entry in &scan.entries {
+        if let Seen::Unreadable(problem) = &entry.seen {
+            ui.warn(format!("skipping `{}`: {problem}", entry.path.display()));
+        }
+    }
+}
+
+impl Item {
+    /// Audits one backup (as deep as `options` say) and describes it.
+    fn of(
+        found: &Found,
+        options: &verify::Options,
+        progress: &dyn Progress,
+        threshold: u32,
+    ) -> Result<Item, Interrupted> {
         let m = &found.backup.manifest;
-        let audit = verify::audit(&found.backup.path, &options, &progress)?;
+        let now = options.now;
+        let audit = verify::audit(&found.backup.path, options, progress)?;
         let problems = audit.damage();
         let compatibility = audit.compatibility;
-        items.push(Item {
+        Ok(Item {
             path: found.backup.path.display().to_string(),
             name: found.backup.name(),
             version: m.version.clone(),
@@ -91,59 +123,55 @@ pub fn run(args: &ListArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
             age_days: ((now - m.timestamp).max(0.0) / 86_400.0) as u64,
             valid: problems.is_empty(),
             problems,
-        });
+        })
     }
 
-    if ui.json {
-        ui.json(&items);
-        return Ok(ExitCode::Success);
-    }
-    if items.is_empty() {
-        ui.line(format!("No backups found in {}", dir.display()));
-        return Ok(ExitCode::Success);
-    }
-    for item in &items {
-        ui.line(&item.name);
-        ui.line(format!("  Version: {}", item.version));
-        if let Some(verdict) = item.verdict {
+    /// The human-readable block for one backup.
+    fn print(&self, ui: &Ui) {
+        ui.line(&self.name);
+        ui.line(format!("  Version: {}", self.version));
+        if let Some(verdict) = self.verdict {
             ui.line(format!("  Compatibility: {verdict}"));
         }
-        ui.line(format!("  Timestamp: {}", item.formatted_timestamp));
-        let documents = item
+        ui.line(format!("  Timestamp: {}", self.formatted_timestamp));
+        let documents = self
             .total_documents
             .map(|n| format!(", {n} documents"))
             .unwrap_or_default();
-        let partial = if item.partial_backup {
+        let partial = if self.partial_backup {
             " (partial)"
         } else {
             ""
         };
         ui.line(format!(
             "  Collections: {}{documents}{partial}",
-            item.collections
+            self.collections
         ));
-        ui.line(format!("  Age: {} days", item.age_days));
-        ui.line(format!("  Size: {}", output::size(item.size_bytes)));
-        ui.line(match item.problems.first() {
+        ui.line(format!("  Age: {} days", self.age_days));
+        ui.line(format!("  Size: {}", output::size(self.size_bytes)));
+        ui.line(self.validity());
+        if let Some(description) = &self.description {
+            ui.line(format!("  Description: {description}"));
+        }
+        if let Some(warning) = &self.stale_warning {
+            ui.line(format!("  Warning: {warning}"));
+        }
+    }
+
+    /// `Valid: yes`, or the first problem and how many more there are.
+    fn validity(&self) -> String {
+        match self.problems.first() {
             None => "  Valid: yes".to_string(),
             Some(first) => format!(
                 "  Valid: no ({first}{})",
-                if item.problems.len() > 1 {
-                    format!("; {} more", item.problems.len() - 1)
+                if self.problems.len() > 1 {
+                    format!("; {} more", self.problems.len() - 1)
                 } else {
                     String::new()
                 }
             ),
-        });
-        if let Some(description) = &item.description {
-            ui.line(format!("  Description: {description}"));
-        }
-        if let Some(warning) = &item.stale_warning {
-            ui.line(format!("  Warning: {warning}"));
         }
     }
-    ui.line(format!("{} backup(s) in {}", items.len(), dir.display()));
-    Ok(ExitCode::Success)
 }
 
 /// Name A→Z; timestamp, size and version newest/largest first. Ties fall back to the name.

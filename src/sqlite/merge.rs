@@ -160,8 +160,66 @@ pub fn merge_collections(
     conn.execute_batch("PRAGMA foreign_keys = OFF;")?;
     conn.execute("ATTACH DATABASE ?1 AS backup", [source.to_string_lossy()])?;
     let tables = read_schema(&conn, "main")?;
-    let backup_tables = read_schema(&conn, "backup")?;
-    for table in &tables {
+    check_mergeable(&conn, &tables, &read_schema(&conn, "backup")?)?;
+
+    // Triggers would change rows this merge must leave alone: set them aside meanwhile.
+    let triggers: Vec<(String, String)> = conn
+        .prepare(
+            "SELECT name, sql FROM main.sqlite_master WHERE type = 'trigger' AND sql IS NOT NULL",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+
+    let transaction = conn.unchecked_transaction()?;
+    for (name, _) in &triggers {
+        conn.execute_batch(&format!("DROP TRIGGER main.{}", quote(name)))?;
+    }
+    mark_restored_rows(&conn, collections, &tables)?;
+    let report = replace_owned_rows(&conn, &tables)?;
+    for (_, sql) in &triggers {
+        conn.execute_batch(sql)?;
+    }
+    conn.execute_batch(
+        "DROP TABLE temp.wqm_collections; DROP TABLE temp.wqm_owned; DROP TABLE temp.wqm_map;",
+    )?;
+    transaction.commit()?;
+    conn.execute_batch("DETACH DATABASE backup; PRAGMA foreign_keys = ON;")?;
+    check_merged(&conn)?;
+    Ok(report)
+}
+
+/// Creates the merge's scratch tables and marks, in both databases, the rows that belong to
+/// `collections`.
+fn mark_restored_rows(
+    conn: &Connection,
+    collections: &[String],
+    tables: &[Table],
+) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "CREATE TEMP TABLE wqm_collections(name TEXT PRIMARY KEY);
+         CREATE TEMP TABLE wqm_owned(db TEXT NOT NULL, tbl TEXT NOT NULL, rid INTEGER NOT NULL, PRIMARY KEY (db, tbl, rid)) WITHOUT ROWID;
+         CREATE TEMP TABLE wqm_map(tbl TEXT NOT NULL, old INTEGER NOT NULL, new INTEGER NOT NULL, PRIMARY KEY (tbl, old)) WITHOUT ROWID;",
+    )?;
+    for name in collections {
+        conn.execute(
+            "INSERT OR IGNORE INTO temp.wqm_collections VALUES (?1)",
+            [name],
+        )?;
+    }
+    for db in ["main", "backup"] {
+        mark_owned(conn, db, tables)?;
+    }
+    Ok(())
+}
+
+/// Both databases have the same tables with the same columns, and every table has a rowid
+/// (the merge tracks rows by it).
+fn check_mergeable(
+    conn: &Connection,
+    tables: &[Table],
+    backup_tables: &[Table],
+) -> Result<(), MergeError> {
+    for table in tables {
         match backup_tables.iter().find(|b| b.name == table.name) {
             Some(b) if b.columns == table.columns => {}
             Some(b) => {
@@ -178,7 +236,7 @@ pub fn merge_collections(
             }
         }
     }
-    for table in &tables {
+    for table in tables {
         let has_rowid = conn
             .prepare(&format!(
                 "SELECT rowid FROM main.{} LIMIT 0",
@@ -189,36 +247,14 @@ pub fn merge_collections(
             return Err(MergeError::WithoutRowid(table.name.clone()));
         }
     }
+    Ok(())
+}
 
-    // Triggers would change rows this merge must leave alone: set them aside meanwhile.
-    let triggers: Vec<(String, String)> = conn
-        .prepare(
-            "SELECT name, sql FROM main.sqlite_master WHERE type = 'trigger' AND sql IS NOT NULL",
-        )?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
-
-    let transaction = conn.unchecked_transaction()?;
-    for (name, _) in &triggers {
-        conn.execute_batch(&format!("DROP TRIGGER main.{}", quote(name)))?;
-    }
-    conn.execute_batch(
-        "CREATE TEMP TABLE wqm_collections(name TEXT PRIMARY KEY);
-         CREATE TEMP TABLE wqm_owned(db TEXT NOT NULL, tbl TEXT NOT NULL, rid INTEGER NOT NULL, PRIMARY KEY (db, tbl, rid)) WITHOUT ROWID;
-         CREATE TEMP TABLE wqm_map(tbl TEXT NOT NULL, old INTEGER NOT NULL, new INTEGER NOT NULL, PRIMARY KEY (tbl, old)) WITHOUT ROWID;",
-    )?;
-    for name in collections {
-        conn.execute(
-            "INSERT OR IGNORE INTO temp.wqm_collections VALUES (?1)",
-            [name],
-        )?;
-    }
-    for db in ["main", "backup"] {
-        mark_owned(&conn, db, &tables)?;
-    }
-
+/// With the owned rows marked: deletes the live ones, gives the backup's colliding keys new
+/// values, and inserts the backup's (never `NEVER_RESTORED`'s).
+fn replace_owned_rows(conn: &Connection, tables: &[Table]) -> Result<Report, MergeError> {
     let mut report = Report::default();
-    for table in &tables {
+    for table in tables {
         let removed = conn.execute(
             &format!("DELETE FROM main.{} WHERE rowid IN (SELECT rid FROM temp.wqm_owned WHERE db = 'main' AND tbl = ?1)", quote(&table.name)),
             [&table.name],
@@ -227,37 +263,33 @@ pub fn merge_collections(
             report.removed.insert(table.name.clone(), removed);
         }
     }
-    report.remapped = assign_new_keys(&conn, &tables)?;
+    report.remapped = assign_new_keys(conn, tables)?;
     for table in tables.iter().filter(|t| t.name != NEVER_RESTORED) {
-        let inserted = insert_owned(&conn, table, &tables)?;
+        let inserted = insert_owned(conn, table, tables)?;
         if inserted > 0 {
             report.inserted.insert(table.name.clone(), inserted);
         }
     }
-    for (_, sql) in &triggers {
-        conn.execute_batch(sql)?;
-    }
-    conn.execute_batch(
-        "DROP TABLE temp.wqm_collections; DROP TABLE temp.wqm_owned; DROP TABLE temp.wqm_map;",
-    )?;
-    transaction.commit()?;
-    conn.execute_batch("DETACH DATABASE backup; PRAGMA foreign_keys = ON;")?;
+    Ok(report)
+}
 
-    let violations = super::foreign_key_problems(&conn)?;
+/// The merged database passes SQLite's own foreign-key and integrity checks.
+fn check_merged(conn: &Connection) -> Result<(), MergeError> {
+    let violations = super::foreign_key_problems(conn)?;
     if !violations.is_empty() {
         return Err(MergeError::Check(format!(
             "PRAGMA foreign_key_check reports: {}",
             violations.join("; ")
         )));
     }
-    let problems = super::integrity_problems(&conn)?;
+    let problems = super::integrity_problems(conn)?;
     if !problems.is_empty() {
         return Err(MergeError::Check(format!(
             "PRAGMA integrity_check reports: {}",
             problems.join("; ")
         )));
     }
-    Ok(report)
+    Ok(())
 }
 
 /// Marks, in `db`, the rows of the restored collections and (to a fixpoint) every row whose
