@@ -643,3 +643,100 @@ fn a_backups_directory_holds_only_backups() {
         .run();
     assert_eq!(ls_a(tmp.path()), ["b2"]);
 }
+
+/// `sqlite3 DB .dump`: the schema and every row, for comparing two states exactly.
+fn dump(db: &Path) -> String {
+    let out = std::process::Command::new("sqlite3")
+        .arg(db)
+        .arg(".dump")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+#[cfg_attr(
+    not(real_qdrant),
+    ignore = "needs a real Qdrant: set WQM_TEST_QDRANT_BIN or WQM_TEST_QDRANT_URL"
+)]
+fn real_server_the_printed_way_back_returns_the_old_state_exactly() {
+    use crate::real_qdrant::{self, Server};
+    let server = Server::start();
+    real_qdrant::workspace(&server);
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("data/state.db");
+    fs::create_dir(tmp.path().join("data")).unwrap();
+    fixtures::state_db(&db);
+    let backup = tmp.path().join("b");
+    let output = run_real(
+        tmp.path(),
+        &server.url,
+        "",
+        &["backup", "create", backup.to_str().unwrap()],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // The system moves on: new points, a row gone. This is the state to come back to.
+    real_qdrant::upsert(&server, "projects", 1000..1040, 7);
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute(
+            "DELETE FROM tracked_files WHERE file_id = (SELECT min(file_id) FROM tracked_files)",
+            [],
+        )
+        .unwrap();
+    let (points_before, rows_before) = (real_qdrant::fingerprint(&server), dump(&db));
+
+    // A restore of the older backup dies after replacing the database.
+    let output = run_real(
+        tmp.path(),
+        &server.url,
+        "restore:database-replaced=kill",
+        &[
+            "backup",
+            "restore",
+            backup.to_str().unwrap(),
+            "--force",
+            "--overwrite",
+        ],
+    );
+    assert!(
+        killed(&output),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_ne!(
+        dump(&db),
+        rows_before,
+        "the restore got as far as the database"
+    );
+
+    // The next run tells the way back; run it as printed.
+    let cleaned = run_real(
+        tmp.path(),
+        &server.url,
+        "",
+        &["backup", "cleanup", tmp.path().to_str().unwrap()],
+    );
+    let out = String::from_utf8_lossy(&cleaned.stdout).into_owned();
+    let command = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("the way back: wqm "))
+        .unwrap_or_else(|| panic!("no way back in: {out}"))
+        .to_string();
+    let args: Vec<&str> = command.split_whitespace().collect();
+    let output = run_real(tmp.path(), &server.url, "", &args);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(real_qdrant::fingerprint(&server), points_before);
+    assert_eq!(dump(&db), rows_before);
+    assert_eq!(server.snapshots_left(), Vec::<String>::new());
+}
