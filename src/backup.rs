@@ -82,15 +82,6 @@ pub struct Outcome {
     pub cleaned: Vec<Cleaned>,
 }
 
-/// The directory a backup is in (`.` for a bare name).
-pub fn parent_dir(target: &Path) -> PathBuf {
-    target
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_path_buf()
-}
-
 /// Where each collection's data comes from: one snapshot of the whole collection (a single
 /// node), or one snapshot per shard, each from a node holding an active replica (a cluster).
 enum Source {
@@ -123,8 +114,8 @@ pub async fn create(
     let survey = survey(client, settings, request, progress).await?;
 
     // Runs that died here left snapshots on the server and staging directories: clean them first.
-    let backups_dir = parent_dir(&request.target);
-    let cleaned = cleanup::dead_runs(&[backups_dir.as_path()], settings).await;
+    let backups_dir = crate::fs::parent_dir(&request.target);
+    let cleaned = cleanup::dead_runs(&[backups_dir], settings).await;
     let staging = Staging::begin(&request.target, request.replace)?;
     progress.step(&format!("staging in {}", staging.dir().display()));
     let mut writing = Writing::begin(&staging, settings, request, &survey, timestamp, progress);

@@ -161,13 +161,13 @@ pub fn survey(dir: &Path) -> std::io::Result<(Vec<Candidate>, Vec<Skipped>)> {
     let options = verify::Options::new(verify::Depth::Structure, Default::default());
     for entry in store::scan(dir)?.entries {
         match entry.seen {
-            Seen::Backup(found) => {
+            Seen::Backup(backup) => {
                 let valid = verify::audit(&entry.path, &options, &crate::progress::Silent)
                     .is_ok_and(|r| r.damage().is_empty());
                 candidates.push(Candidate {
                     name: entry.name,
                     path: entry.path,
-                    timestamp: found.backup.manifest.timestamp,
+                    timestamp: backup.manifest.timestamp,
                     valid,
                 });
             }

@@ -19,7 +19,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::backup;
-use crate::checksum::{Algorithm, Digests, HashingReader};
+use crate::checksum::{Algorithm, HashingReader};
 use crate::cleanup::{self, Cleaned};
 use crate::cluster;
 use crate::compat::{self, Decision, Policy};
@@ -802,7 +802,9 @@ fn plan_disk(plan: &mut Plan, settings: &Settings) {
     // The unpacked copies go beside the live state database (and `data_dir` may be elsewhere).
     let state_dir = settings.state_db.parent().unwrap_or(Path::new("."));
     let probe = existing_ancestor(state_dir);
-    plan.disk_free_bytes = probe.as_deref().and_then(|p| available_space(p).ok());
+    plan.disk_free_bytes = probe
+        .as_deref()
+        .and_then(|p| crate::fs::available_space(p).ok());
     if let Some(free) = plan.disk_free_bytes {
         if free < plan.disk_needed_bytes {
             plan.block(
@@ -812,16 +814,6 @@ fn plan_disk(plan: &mut Plan, settings: &Settings) {
             );
         }
     }
-}
-
-#[cfg(unix)]
-fn available_space(path: &Path) -> io::Result<u64> {
-    crate::fs::available_space(path)
-}
-
-#[cfg(not(unix))]
-fn available_space(_path: &Path) -> io::Result<u64> {
-    Err(io::Error::other("not supported"))
 }
 
 fn existing_ancestor(path: &Path) -> Option<PathBuf> {
@@ -1316,22 +1308,7 @@ fn unpack_database(source: &BackupDir, entry: Option<&FileEntry>, copy: &Path) -
         .finish()
         .map_err(|e| damaged(rel, format!("cannot decompress: {e}")))?;
     if let Some(entry) = entry {
-        content_matches(entry, &digests).map_err(|problem| damaged(rel, problem))?;
-    }
-    Ok(())
-}
-
-/// The content read matches the manifest's `content_size` and `content_sha256`.
-fn content_matches(entry: &FileEntry, digests: &Digests) -> Result<(), String> {
-    let sha = digests
-        .get(Algorithm::Sha256)
-        .map(|c| c.value)
-        .unwrap_or_default();
-    if digests.bytes != entry.content_size || sha != entry.content_sha256 {
-        return Err(format!(
-            "content sha256 mismatch: the manifest says {} ({} bytes), the content has {sha} ({} bytes)",
-            entry.content_sha256, entry.content_size, digests.bytes
-        ));
+        verify::content_matches(entry, &digests).map_err(|problem| damaged(rel, problem))?;
     }
     Ok(())
 }
@@ -1719,7 +1696,7 @@ impl Inspected {
             return Err(Problem::Damaged(format!("cannot decompress: {e}")));
         }
         let digests = tee.content.finish();
-        content_matches(&self.entry, &digests).map_err(Problem::Damaged)?;
+        verify::content_matches(&self.entry, &digests).map_err(Problem::Damaged)?;
         let last = std::mem::take(&mut tee.pending);
         tee.sent.fetch_add(last.len() as u64, Ordering::Relaxed);
         tee.sender

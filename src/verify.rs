@@ -671,12 +671,8 @@ fn check_file(
     let stored_matches = check_stored_checksum(report, entry, &reading);
     // A damaged stored file also changes its content; say so only when nothing else did.
     if let Some(content) = reading.content.as_ref().filter(|_| stored_matches) {
-        let sha = content
-            .get(Algorithm::Sha256)
-            .map(|c| c.value)
-            .unwrap_or_default();
-        if sha != entry.content_sha256 || content.bytes != entry.content_size {
-            report.add(Severity::Error, Check::Checksum, Some(&entry.path), format!("content sha256 mismatch: the manifest says {} ({} bytes), the content has {sha} ({} bytes)", entry.content_sha256, entry.content_size, content.bytes));
+        if let Err(problem) = content_matches(entry, content) {
+            report.add(Severity::Error, Check::Checksum, Some(&entry.path), problem);
         }
     }
     let content_read = reading.content.is_some();
@@ -819,6 +815,21 @@ fn check_legacy(
             Some(&unexpected),
             "unexpected file: not part of a legacy backup",
         );
+    }
+    Ok(())
+}
+
+/// The content read (decompressed) is the one the manifest describes: its size and sha256.
+pub(crate) fn content_matches(entry: &FileEntry, digests: &Digests) -> Result<(), String> {
+    let sha = digests
+        .get(Algorithm::Sha256)
+        .map(|c| c.value)
+        .unwrap_or_default();
+    if digests.bytes != entry.content_size || sha != entry.content_sha256 {
+        return Err(format!(
+            "content sha256 mismatch: the manifest says {} ({} bytes), the content has {sha} ({} bytes)",
+            entry.content_sha256, entry.content_size, digests.bytes
+        ));
     }
     Ok(())
 }

@@ -297,8 +297,8 @@ impl WorkDir {
                 io_error("cannot create", path)(e)
             });
         }
-        let parent = parent_of(path);
-        crate::fs::sync_dir(&parent).map_err(io_error("cannot sync", &parent))?;
+        let parent = crate::fs::parent_dir(path);
+        crate::fs::sync_dir(parent).map_err(io_error("cannot sync", parent))?;
         dir.path = path.to_path_buf();
         dir.keep = false;
         if let Ok(mut live) = LIVE.lock() {
@@ -364,13 +364,6 @@ static LIVE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 /// This process's working directories, as they are now.
 pub fn live() -> Vec<PathBuf> {
     LIVE.lock().map(|l| l.clone()).unwrap_or_default()
-}
-
-fn parent_of(path: &Path) -> PathBuf {
-    path.parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_path_buf()
 }
 
 /// Whether a live process holds the lock of the working directory `dir`.

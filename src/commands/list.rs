@@ -11,7 +11,7 @@ use crate::config::Settings;
 use crate::exit::{ExitCode, Interrupted};
 use crate::output::{self, Ui};
 use crate::progress::Progress;
-use crate::store::{self, Found, Scan, Seen};
+use crate::store::{self, BackupDir, Scan, Seen};
 use crate::verify;
 
 /// One backup as `list --json` prints it (the Python fields, then ours).
@@ -42,13 +42,26 @@ struct Item {
     problems: Vec<String>,
 }
 
+/// A backup of the directory and its size on disk.
+struct Found<'a> {
+    backup: &'a BackupDir,
+    size: u64,
+}
+
 pub fn run(args: &ListArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
     let dir = &args.directory;
     super::backups_dir(dir)?;
     let scan =
         store::scan(dir).with_context(|| format!("cannot read directory `{}`", dir.display()))?;
     warn_unreadable(&scan, ui);
-    let mut backups: Vec<&Found> = scan.backups().collect();
+    // Sizes on disk are a walk of each backup: only `list` needs them.
+    let mut backups: Vec<Found> = scan
+        .backups()
+        .map(|backup| Found {
+            size: crate::fs::disk_usage(&backup.path).unwrap_or(0),
+            backup,
+        })
+        .collect();
     sort(&mut backups, args.sort);
     let depth = if args.check {
         verify::Depth::Full
@@ -63,7 +76,7 @@ pub fn run(args: &ListArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
     let progress = ui.progress();
     let items = backups
         .into_iter()
-        .map(|found| Item::of(found, &options, &progress, threshold))
+        .map(|found| Item::of(&found, &options, &progress, threshold))
         .collect::<Result<Vec<_>, _>>()?;
 
     if ui.json {
@@ -93,7 +106,7 @@ fn warn_unreadable(scan: &Scan, ui: &Ui) {
 impl Item {
     /// Audits one backup (as deep as `options` say) and describes it.
     fn of(
-        found: &Found,
+        found: &Found<'_>,
         options: &verify::Options,
         progress: &dyn Progress,
         threshold: u32,
@@ -175,7 +188,7 @@ impl Item {
 }
 
 /// Name A→Z; timestamp, size and version newest/largest first. Ties fall back to the name.
-fn sort(backups: &mut [&Found], key: SortKey) {
+fn sort(backups: &mut [Found<'_>], key: SortKey) {
     backups.sort_by_key(|f| f.backup.name());
     match key {
         SortKey::Name => {}

@@ -328,17 +328,10 @@ pub fn list_in(root: &Path) -> Vec<String> {
 
 // ---- a directory of backups ------------------------------------------------------------------
 
-/// A backup found by `scan`, with its size on disk.
-#[derive(Debug)]
-pub struct Found {
-    pub backup: BackupDir,
-    pub size: u64,
-}
-
 /// What `scan` made of one entry of a backups directory.
 #[derive(Debug)]
 pub enum Seen {
-    Backup(Box<Found>),
+    Backup(Box<BackupDir>),
     /// Looks like a backup (it has `metadata/`) but its manifest cannot be read.
     Unreadable(String),
     /// Not a backup, or not one to touch: the reason.
@@ -359,7 +352,7 @@ pub struct Scan {
 }
 
 impl Scan {
-    pub fn backups(&self) -> impl Iterator<Item = &Found> {
+    pub fn backups(&self) -> impl Iterator<Item = &BackupDir> {
         self.entries.iter().filter_map(|e| match &e.seen {
             Seen::Backup(found) => Some(&**found),
             _ => None,
@@ -391,12 +384,9 @@ pub fn scan(dir: &Path) -> io::Result<Scan> {
             Seen::Other("being written (its staging directory is locked)".to_string())
         } else {
             match BackupDir::read_manifest(&path) {
-                Ok(manifest) => Seen::Backup(Box::new(Found {
-                    size: crate::fs::disk_usage(&path).unwrap_or(0),
-                    backup: BackupDir {
-                        path: path.clone(),
-                        manifest,
-                    },
+                Ok(manifest) => Seen::Backup(Box::new(BackupDir {
+                    path: path.clone(),
+                    manifest,
                 })),
                 Err(e) if !path.join(layout::METADATA_DIR).is_dir() => {
                     Seen::Other(format!("not a wqm backup ({e})"))

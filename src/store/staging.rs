@@ -50,9 +50,8 @@ impl Staging {
                 });
             }
         }
-        if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
-            create_private_dir_all(parent).map_err(LayoutError::io("cannot create", parent))?;
-        }
+        let parent = crate::fs::parent_dir(target);
+        create_private_dir_all(parent).map_err(LayoutError::io("cannot create", parent))?;
         let staging = staging_path(target);
         let run = Record::Run {
             command: "create".to_string(),
@@ -149,12 +148,7 @@ impl Staging {
         sync_dir(&self.dir).map_err(LayoutError::io("cannot sync", &self.dir))?;
         crate::failpoint::hit("create:before-rename")
             .map_err(LayoutError::io("failpoint", &self.dir))?;
-        let parent = self
-            .target
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
-            .to_path_buf();
+        let parent = crate::fs::parent_dir(&self.target).to_path_buf();
         let replaced = if fs::symlink_metadata(&self.target).is_ok() {
             swap_into_place(&self.dir, &self.target, self.work.path())?;
             true
@@ -392,7 +386,7 @@ mod tests {
         let found = crate::store::scan(root.path()).unwrap();
         let backups: Vec<_> = found.backups().collect();
         assert_eq!(backups.len(), 1);
-        assert_eq!(backups[0].backup.manifest, manifest);
+        assert_eq!(backups[0].manifest, manifest);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
