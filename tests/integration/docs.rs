@@ -167,20 +167,8 @@ fn restore_by_hand(backup: &Path, url: &str, data_dir: &Path) {
 fn the_by_hand_restore_recipe_runs_as_written() {
     use crate::qdrant_double::Double;
     let double = Double::start();
-    let t = crate::test::Test::new();
-    fs::create_dir_all(t.join("data")).unwrap();
-    crate::fixtures::state_db(&t.join("data/state.db"));
-    let (_, tmp) = t
-        .env("QDRANT_URL", &double.url)
-        .env("WQM_DATA_DIR", "{TMP}/data")
-        .args("backup create {TMP}/b")
-        .stdout_with(|_| {})
-        .run();
-    {
-        let mut state = double.state();
-        state.collections.clear();
-        state.aliases.clear();
-    }
+    let tmp = crate::restore::scene(&double, "");
+    crate::restore::lose_everything(&double);
     fs::write(tmp.path().join("data/state.db"), b"not the backup's").unwrap();
     restore_by_hand(&tmp.path().join("b"), &double.url, &tmp.path().join("data"));
     double.assert_holds_the_fixtures();
@@ -243,16 +231,10 @@ fn same_database(live: &Path, backup: &Path) {
     let bytes =
         zstd::decode_all(fs::File::open(backup.join("sqlite/state.db.zst")).unwrap()).unwrap();
     fs::write(&copy, bytes).unwrap();
-    let dump = |db: &Path| {
-        let out = std::process::Command::new("sqlite3")
-            .arg(db)
-            .arg(".dump")
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        String::from_utf8(out.stdout).unwrap()
-    };
-    let (expected, actual) = (dump(&copy), dump(live));
+    let (expected, actual) = (
+        crate::test::sqlite_dump(&copy),
+        crate::test::sqlite_dump(live),
+    );
     assert!(expected.len() > 1000, "a real dump");
     assert!(
         actual == expected,

@@ -25,14 +25,29 @@ fn ls_a(dir: &Path) -> Vec<String> {
     names
 }
 
-/// `wqm ARGS` against the double in `tmp`, with `failpoints` set; waits for it to end.
-fn run_with(tmp: &Path, double: &Double, failpoints: &str, args: &[&str]) -> Output {
+/// `wqm ARGS` in `tmp` against the Qdrant at `url` (the double or a real server), with
+/// `failpoints` set; waits for it to end.
+fn run_with(tmp: &Path, url: &str, failpoints: &str, args: &[&str]) -> Output {
     let mut command = test::wqm_command(tmp, args);
     command
-        .env("QDRANT_URL", &double.url)
+        .env("QDRANT_URL", url)
         .env("WQM_DATA_DIR", tmp.join("data"))
         .env("WQM_FAILPOINTS", failpoints);
     command.output().unwrap()
+}
+
+/// `wqm backup create TMP/b` against the double, sent `signals` once Qdrant is asked for a
+/// snapshot.
+fn create_signalled(double: &Double, tmp: &Path, signals: &[&str]) -> Output {
+    let target = tmp.join("b");
+    let mut command = test::wqm_command(tmp, &["backup", "create", target.to_str().unwrap()]);
+    command.env("QDRANT_URL", &double.url);
+    test::signalled(command, signals, || {
+        double
+            .requests()
+            .iter()
+            .any(|r| r.starts_with("POST") && r.contains("/snapshots"))
+    })
 }
 
 fn killed(output: &Output) -> bool {
@@ -83,16 +98,7 @@ fn kill_9_while_qdrant_makes_the_snapshot_orphans_nothing_after_the_next_run() {
         ..Faults::default()
     };
     let tmp = tempfile::tempdir().unwrap();
-    let target = tmp.path().join("b");
-    let command = test::wqm_command(tmp.path(), &["backup", "create", target.to_str().unwrap()]);
-    let mut command = command;
-    command.env("QDRANT_URL", &double.url);
-    let output = test::signalled(command, &["KILL"], || {
-        double
-            .requests()
-            .iter()
-            .any(|r| r.starts_with("POST") && r.contains("/snapshots"))
-    });
+    let output = create_signalled(&double, tmp.path(), &["KILL"]);
     assert!(killed(&output));
     // Qdrant finishes the snapshot nobody will download.
     wait_for("the snapshot", || double.snapshots_left().len() == 1);
@@ -116,7 +122,7 @@ fn kill_9_mid_download_is_cleaned_up_by_the_next_create() {
     fs::create_dir(tmp.path().join("data")).unwrap();
     let output = run_with(
         tmp.path(),
-        &double,
+        &double.url,
         "create:downloading=kill",
         &["backup", "create", tmp.path().join("b1").to_str().unwrap()],
     );
@@ -175,14 +181,7 @@ fn sigterm_and_sighup_take_the_clean_path() {
             ..Faults::default()
         };
         let tmp = tempfile::tempdir().unwrap();
-        let mut command = test::wqm_command(
-            tmp.path(),
-            &["backup", "create", tmp.path().join("b").to_str().unwrap()],
-        );
-        command.env("QDRANT_URL", &double.url);
-        let output = test::signalled(command, &[signal], || {
-            double.requests().iter().any(|r| r.starts_with("POST"))
-        });
+        let output = create_signalled(&double, tmp.path(), &[signal]);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(code), "{stderr}");
         assert!(stderr.starts_with(said), "{stderr}");
@@ -198,7 +197,7 @@ fn a_failpoint_term_mid_download_exits_143_leaving_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let output = run_with(
         tmp.path(),
-        &double,
+        &double.url,
         "create:downloading=term",
         &["backup", "create", tmp.path().join("b").to_str().unwrap()],
     );
@@ -216,15 +215,8 @@ fn a_second_signal_quits_at_once_and_says_what_is_left() {
         ..Faults::default()
     };
     let tmp = tempfile::tempdir().unwrap();
-    let mut command = test::wqm_command(
-        tmp.path(),
-        &["backup", "create", tmp.path().join("b").to_str().unwrap()],
-    );
-    command.env("QDRANT_URL", &double.url);
     let started = Instant::now();
-    let output = test::signalled(command, &["INT", "INT"], || {
-        double.requests().iter().any(|r| r.starts_with("POST"))
-    });
+    let output = create_signalled(&double, tmp.path(), &["INT", "INT"]);
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "it did not wait"
@@ -253,7 +245,7 @@ fn force_swaps_atomically_whenever_it_is_killed() {
     // Killed just before the swap: the old backup is whole under the name.
     let output = run_with(
         tmp.path(),
-        &double,
+        &double.url,
         "create:before-rename=kill",
         &[
             "backup",
@@ -271,7 +263,7 @@ fn force_swaps_atomically_whenever_it_is_killed() {
     // Killed just after it: the new one is.
     let output = run_with(
         tmp.path(),
-        &double,
+        &double.url,
         "create:replaced-not-removed=kill",
         &[
             "backup",
@@ -296,7 +288,7 @@ fn a_backup_killed_while_verifying_never_validates() {
     let tmp = tempfile::tempdir().unwrap();
     let output = run_with(
         tmp.path(),
-        &double,
+        &double.url,
         "create:verifying=kill",
         &["backup", "create", tmp.path().join("b").to_str().unwrap()],
     );
@@ -326,7 +318,7 @@ fn restore_with(tmp: &Path, double: &Double, failpoints: &str) -> Output {
     let backup = tmp.join("b");
     run_with(
         tmp,
-        double,
+        &double.url,
         failpoints,
         &["backup", "restore", backup.to_str().unwrap(), "--force"],
     )
@@ -335,19 +327,8 @@ fn restore_with(tmp: &Path, double: &Double, failpoints: &str) -> Output {
 /// A backup of the double's collections and a live state DB in `data/`, then the server loses
 /// everything, so a restore uploads both collections and replaces the database.
 fn restore_scene(double: &Double) -> TempDir {
-    let t = Test::new();
-    fs::create_dir_all(t.join("data")).unwrap();
-    fixtures::state_db(&t.join("data/state.db"));
-    let (_, tmp) = t
-        .env("QDRANT_URL", &double.url)
-        .env("WQM_DATA_DIR", "{TMP}/data")
-        .args("backup create {TMP}/b")
-        .stdout_with(|o| assert!(o.contains("Backup created: "), "{o}"))
-        .run();
-    let mut state = double.state();
-    state.collections.clear();
-    state.aliases.clear();
-    drop(state);
+    let tmp = crate::restore::scene(double, "");
+    crate::restore::lose_everything(double);
     tmp
 }
 
@@ -433,16 +414,6 @@ fn a_restore_killed_after_replacing_the_database_reports_every_step_on_the_next_
     assert!(!tmp.path().join("data/.wqm-restore").exists());
 }
 
-/// `wqm ARGS` against a real server with `failpoints` set; waits for it to end.
-fn run_real(tmp: &Path, url: &str, failpoints: &str, args: &[&str]) -> Output {
-    let mut command = test::wqm_command(tmp, args);
-    command
-        .env("QDRANT_URL", url)
-        .env("WQM_DATA_DIR", tmp.join("data"))
-        .env("WQM_FAILPOINTS", failpoints);
-    command.output().unwrap()
-}
-
 #[test]
 #[cfg_attr(
     not(real_qdrant),
@@ -465,7 +436,7 @@ fn real_server_kill_9_of_wqm_at_each_phase_leaves_nothing_after_the_next_run() {
         "create:manifest",
         "create:verifying",
     ] {
-        let output = run_real(
+        let output = run_with(
             tmp.path(),
             &server.url,
             &format!("{point}=kill"),
@@ -474,7 +445,7 @@ fn real_server_kill_9_of_wqm_at_each_phase_leaves_nothing_after_the_next_run() {
         assert!(killed(&output), "{point}");
         assert!(!target.exists(), "{point}: no backup appears");
         let left = server.snapshots_left();
-        let cleaned = run_real(
+        let cleaned = run_with(
             tmp.path(),
             &server.url,
             "",
@@ -494,7 +465,7 @@ fn real_server_kill_9_of_wqm_at_each_phase_leaves_nothing_after_the_next_run() {
     }
     // A complete backup, then a restore killed at each phase; the next run cleans up and a
     // rerun completes it.
-    let output = run_real(
+    let output = run_with(
         tmp.path(),
         &server.url,
         "",
@@ -510,7 +481,7 @@ fn real_server_kill_9_of_wqm_at_each_phase_leaves_nothing_after_the_next_run() {
         "restore:uploaded",
         "restore:database-replaced",
     ] {
-        let output = run_real(
+        let output = run_with(
             tmp.path(),
             &server.url,
             &format!("{point}=kill"),
@@ -527,7 +498,7 @@ fn real_server_kill_9_of_wqm_at_each_phase_leaves_nothing_after_the_next_run() {
             "{point}: {}",
             String::from_utf8_lossy(&output.stderr)
         );
-        let cleaned = run_real(
+        let cleaned = run_with(
             tmp.path(),
             &server.url,
             "",
@@ -542,7 +513,7 @@ fn real_server_kill_9_of_wqm_at_each_phase_leaves_nothing_after_the_next_run() {
         assert_eq!(server.snapshots_left(), Vec::<String>::new(), "{point}");
         assert!(!tmp.path().join("data/.wqm-restore").exists(), "{point}");
     }
-    let output = run_real(
+    let output = run_with(
         tmp.path(),
         &server.url,
         "",
@@ -644,17 +615,6 @@ fn a_backups_directory_holds_only_backups() {
     assert_eq!(ls_a(tmp.path()), ["b2"]);
 }
 
-/// `sqlite3 DB .dump`: the schema and every row, for comparing two states exactly.
-fn dump(db: &Path) -> String {
-    let out = std::process::Command::new("sqlite3")
-        .arg(db)
-        .arg(".dump")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap()
-}
-
 #[test]
 #[cfg_attr(
     not(real_qdrant),
@@ -669,7 +629,7 @@ fn real_server_the_printed_way_back_returns_the_old_state_exactly() {
     fs::create_dir(tmp.path().join("data")).unwrap();
     fixtures::state_db(&db);
     let backup = tmp.path().join("b");
-    let output = run_real(
+    let output = run_with(
         tmp.path(),
         &server.url,
         "",
@@ -690,10 +650,10 @@ fn real_server_the_printed_way_back_returns_the_old_state_exactly() {
             [],
         )
         .unwrap();
-    let (points_before, rows_before) = (real_qdrant::fingerprint(&server), dump(&db));
+    let (points_before, rows_before) = (real_qdrant::fingerprint(&server), test::sqlite_dump(&db));
 
     // A restore of the older backup dies after replacing the database.
-    let output = run_real(
+    let output = run_with(
         tmp.path(),
         &server.url,
         "restore:database-replaced=kill",
@@ -711,13 +671,13 @@ fn real_server_the_printed_way_back_returns_the_old_state_exactly() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert_ne!(
-        dump(&db),
+        test::sqlite_dump(&db),
         rows_before,
         "the restore got as far as the database"
     );
 
     // The next run tells the way back; run it as printed.
-    let cleaned = run_real(
+    let cleaned = run_with(
         tmp.path(),
         &server.url,
         "",
@@ -730,13 +690,13 @@ fn real_server_the_printed_way_back_returns_the_old_state_exactly() {
         .unwrap_or_else(|| panic!("no way back in: {out}"))
         .to_string();
     let args: Vec<&str> = command.split_whitespace().collect();
-    let output = run_real(tmp.path(), &server.url, "", &args);
+    let output = run_with(tmp.path(), &server.url, "", &args);
     assert!(
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
     assert_eq!(real_qdrant::fingerprint(&server), points_before);
-    assert_eq!(dump(&db), rows_before);
+    assert_eq!(test::sqlite_dump(&db), rows_before);
     assert_eq!(server.snapshots_left(), Vec::<String>::new());
 }

@@ -215,6 +215,16 @@ pub fn edit_manifest(backup: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     fs::write(&path, serde_json::to_string_pretty(&value).unwrap()).unwrap();
 }
 
+/// The manifest's `files[]` entry of `rel`.
+fn file_entry<'m>(manifest: &'m mut serde_json::Value, rel: &str) -> &'m mut serde_json::Value {
+    manifest["files"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|f| f["path"] == rel)
+        .unwrap()
+}
+
 /// Replaces the stored file `rel` with `stored` and makes the manifest agree with it (size and
 /// checksum of the stored bytes; the recorded content is left as it was): damage no checksum
 /// can see.
@@ -223,12 +233,7 @@ pub fn replace_stored(backup: &Path, rel: &str, stored: &[u8]) {
     edit_manifest(backup, |m| {
         let algorithm: Algorithm = serde_json::from_value(m["checksum_algorithm"].clone()).unwrap();
         let checksum = wqm::checksum::digest(stored, &[algorithm]).get(algorithm);
-        let entry = m["files"]
-            .as_array_mut()
-            .unwrap()
-            .iter_mut()
-            .find(|f| f["path"] == rel)
-            .unwrap();
+        let entry = file_entry(m, rel);
         entry["size"] = stored.len().into();
         entry["checksum"] = serde_json::to_value(checksum).unwrap();
     });
@@ -251,12 +256,7 @@ pub fn replace_content(backup: &Path, rel: &str, content: &[u8]) {
         .unwrap()
         .value;
     edit_manifest(backup, |m| {
-        let entry = m["files"]
-            .as_array_mut()
-            .unwrap()
-            .iter_mut()
-            .find(|f| f["path"] == rel)
-            .unwrap();
+        let entry = file_entry(m, rel);
         entry["content_size"] = content.len().into();
         entry["content_sha256"] = sha.into();
     });

@@ -220,3 +220,14 @@ pub fn refuses_as_unfinished(staged: &Path) {
         ))
         .run();
 }
+
+/// `sqlite3 DB .dump`: the schema and every row, for comparing two states exactly.
+pub fn sqlite_dump(db: &Path) -> String {
+    let out = Command::new("sqlite3")
+        .arg(db)
+        .arg(".dump")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}
