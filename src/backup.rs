@@ -28,6 +28,7 @@ use crate::progress::{self, Progress};
 use crate::qdrant::{self, AsyncSink, Client, Scope, SnapshotDescription};
 use crate::secrets;
 use crate::sqlite;
+use crate::store::chunks::{self, Added};
 use crate::store::{FileSink, Staging};
 use crate::verify::{self, Severity};
 use crate::workdir::{Place, Record};
@@ -47,6 +48,8 @@ pub struct Request {
     pub databases: Databases,
     /// Include the configuration file.
     pub config: bool,
+    /// Store snapshots and databases in the chunk store of the target's directory.
+    pub incremental: bool,
 }
 
 /// Which of the SQLite databases (`state.db` and, beside it, `search.db`, `graph.db`) a backup holds.
@@ -80,6 +83,8 @@ pub struct Outcome {
     pub leftovers: Vec<String>,
     /// Dead runs found in the backups directory and cleaned up first.
     pub cleaned: Vec<Cleaned>,
+    /// What an incremental backup added to the chunk store.
+    pub chunks_added: Option<Added>,
 }
 
 /// Where each collection's data comes from: one snapshot of the whole collection (a single
@@ -116,7 +121,10 @@ pub async fn create(
     // Runs that died here left snapshots on the server and staging directories: clean them first.
     let backups_dir = crate::fs::parent_dir(&request.target);
     let cleaned = cleanup::dead_runs(&[backups_dir], settings).await;
-    let staging = Staging::begin(&request.target, request.replace)?;
+    let mut staging = Staging::begin(&request.target, request.replace)?;
+    if request.incremental {
+        staging.use_chunk_store(chunks::DEFAULT_AVERAGE)?;
+    }
     progress.step(&format!("staging in {}", staging.dir().display()));
     let mut writing = Writing::begin(&staging, settings, request, &survey, timestamp, progress);
     let mut counts = BTreeMap::new();
@@ -152,6 +160,7 @@ pub async fn create(
     if settings.backup.verification.verify_after_backup {
         verify_staged(&staging, progress)?;
     }
+    let chunks_added = request.incremental.then(|| staging.chunks_added());
     let path = staging.commit()?;
     Ok(Outcome {
         path,
@@ -160,6 +169,7 @@ pub async fn create(
         seconds: started.elapsed().as_secs_f64(),
         leftovers,
         cleaned,
+        chunks_added,
     })
 }
 
@@ -313,9 +323,16 @@ impl<'a> Writing<'a> {
         progress: &'a dyn Progress,
     ) -> Self {
         let backup = &settings.backup;
-        let compression = Compression::from_setting(backup.compression);
+        let compression = if request.incremental {
+            Compression::Chunks
+        } else {
+            Compression::from_setting(backup.compression)
+        };
         let algorithm = backup.verification.checksum_algorithm;
         let mut manifest = Manifest::new(crate::VERSION, timestamp);
+        if request.incremental {
+            manifest.format_version = Some(crate::manifest::CHUNKED_FORMAT);
+        }
         manifest.description = request.description.clone();
         manifest.qdrant_version = Some(survey.qdrant_version.clone());
         manifest.compression = Some(compression);
@@ -767,7 +784,7 @@ impl Writing<'_> {
 
 /// `verify_after_backup`: re-reads every staged file and checks it before the backup is renamed
 /// into place.
-fn verify_staged(staging: &Staging, progress: &dyn Progress) -> Result<()> {
+pub(crate) fn verify_staged(staging: &Staging, progress: &dyn Progress) -> Result<()> {
     progress.step("verifying the new backup");
     let options = verify::Options::new(verify::Depth::Checksums, Default::default());
     let report = verify::audit(staging.dir(), &options, progress)?;

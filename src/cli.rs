@@ -66,6 +66,9 @@ pub enum BackupCommand {
     /// Validate backup structure, and with --check-files every file's integrity.
     #[command(after_help = EXIT_CODES_HELP)]
     Validate(ValidateArgs),
+    /// Write a self-contained copy of a backup (an incremental one without its chunk store).
+    #[command(after_help = EXIT_CODES_HELP)]
+    Export(ExportArgs),
     /// Delete old backups by retention rules; never the newest valid one, never one being written.
     #[command(after_help = EXIT_CODES_HELP)]
     Prune(PruneArgs),
@@ -105,6 +108,10 @@ pub struct CreateArgs {
     /// Replace an existing backup at PATH, once the new one is complete.
     #[arg(short, long)]
     pub force: bool,
+    /// Store only what changed: chunks shared with the other backups of the directory
+    /// (`backup.incremental`).
+    #[arg(long)]
+    pub incremental: bool,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -197,6 +204,16 @@ pub struct PruneArgs {
     /// Show what would be deleted and why each kept backup stays; delete nothing.
     #[arg(long)]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The backup to export.
+    pub backup: PathBuf,
+    /// Where to write the copy (must not exist).
+    pub dest: PathBuf,
     #[command(flatten)]
     pub output: OutputArgs,
 }

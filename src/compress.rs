@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// zstd level 1: on vector data it compresses as well as the default level 3 at twice the
 /// speed, which keeps it close to the speed of a local Qdrant download (docs/performance.md).
-const ZSTD_LEVEL: i32 = 1;
+pub(crate) const ZSTD_LEVEL: i32 = 1;
 /// Small jobs keep multi-threaded compression's memory near 15 MiB (the default job size
 /// took it past 60 MiB).
 const ZSTD_JOB_SIZE: u32 = 1 << 20;
@@ -19,6 +19,9 @@ pub enum Compression {
     #[default]
     None,
     Zstd,
+    /// The stored file is an index of zstd-compressed chunks in the chunk store beside the
+    /// backup (an incremental backup, `store::chunks`); only the store reads or writes it.
+    Chunks,
 }
 
 impl Compression {
@@ -36,14 +39,17 @@ impl Compression {
         match self {
             Compression::None => "",
             Compression::Zstd => ".zst",
+            Compression::Chunks => ".chunks",
         }
     }
 
-    /// Wraps a reader of stored bytes so it yields the original bytes.
+    /// Wraps a reader of stored bytes so it yields the original bytes (a chunked file is read
+    /// through its store: `store::BackupDir::decode`).
     pub fn decoder<'a, R: Read + 'a>(self, reader: R) -> io::Result<Box<dyn Read + 'a>> {
         Ok(match self {
             Compression::None => Box::new(reader),
             Compression::Zstd => Box::new(zstd::Decoder::with_buffer(BufReader::new(reader))?),
+            Compression::Chunks => return Err(needs_store()),
         })
     }
 
@@ -61,8 +67,13 @@ impl Compression {
                 }
                 Encoder::Zstd(encoder)
             }
+            Compression::Chunks => return Err(needs_store()),
         })
     }
+}
+
+fn needs_store() -> io::Error {
+    io::Error::other("a chunked file is read and written through its chunk store")
 }
 
 impl fmt::Display for Compression {
@@ -70,6 +81,7 @@ impl fmt::Display for Compression {
         f.write_str(match self {
             Compression::None => "none",
             Compression::Zstd => "zstd",
+            Compression::Chunks => "chunks",
         })
     }
 }

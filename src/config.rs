@@ -144,6 +144,9 @@ pub struct BackupSettings {
     pub retention_days: u32,
     /// zstd-compress snapshots and databases.
     pub compression: bool,
+    /// Incremental backups: snapshots and databases go to the chunk store of the backups
+    /// directory, so a backup stores only what changed since the others.
+    pub incremental: bool,
     pub validation: ValidationSettings,
     pub verification: VerificationSettings,
     pub metadata: MetadataSettings,
@@ -159,6 +162,7 @@ impl Default for BackupSettings {
             default_backup_directory: None,
             retention_days: 30,
             compression: true,
+            incremental: false,
             validation: ValidationSettings::default(),
             verification: VerificationSettings::default(),
             metadata: MetadataSettings::default(),

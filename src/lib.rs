@@ -14,6 +14,7 @@ pub mod compress;
 pub mod config;
 pub(crate) mod daemon;
 pub mod exit;
+pub(crate) mod export;
 pub(crate) mod failpoint;
 pub mod fs;
 #[doc(hidden)]

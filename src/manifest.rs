@@ -15,8 +15,13 @@ use crate::compress::Compression;
 use crate::exit::{Classify, ExitCode};
 use crate::names::{self, Database, EntryPath};
 
-/// The manifest format this wqm writes and the newest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The manifest format of a full backup (what wqm 0.3 reads too).
+pub const FULL_FORMAT: u32 = 1;
+/// The format of an incremental backup, whose files may be chunk indexes (`compression:
+/// chunks`): older wqm versions refuse it instead of misreading it.
+pub const CHUNKED_FORMAT: u32 = 2;
+/// The newest manifest format this wqm reads.
+pub const FORMAT_VERSION: u32 = CHUNKED_FORMAT;
 
 /// The largest manifest wqm reads (`docs/manifest.md`): a backup of thousands of collections
 /// or shards needs a few MiB; anything larger is refused before it is parsed.
@@ -256,7 +261,7 @@ impl Manifest {
     /// A new format-1 manifest with the given product version and time.
     pub fn new(version: impl Into<String>, timestamp: f64) -> Self {
         Manifest {
-            format_version: Some(FORMAT_VERSION),
+            format_version: Some(FULL_FORMAT),
             version: version.into(),
             timestamp,
             collections: None,
@@ -593,17 +598,17 @@ mod tests {
 
     #[test]
     fn refuses_a_newer_format() {
-        let err = parse(r#"{"version": "9.0.0", "timestamp": 1, "format_version": 2, "files": 7}"#)
+        let err = parse(r#"{"version": "9.0.0", "timestamp": 1, "format_version": 3, "files": 7}"#)
             .unwrap_err();
         assert!(matches!(
             err,
             ManifestError::NewerFormat {
-                found: 2,
-                supported: 1,
+                found: 3,
+                supported: 2,
                 ..
             }
         ));
-        assert!(err.to_string().contains("format_version 2"));
+        assert!(err.to_string().contains("format_version 3"));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::compat::{self, Version};
-use crate::manifest::{DatabaseDetails, Manifest, FORMAT_VERSION};
+use crate::manifest::{DatabaseDetails, Manifest, FULL_FORMAT};
 use crate::sqlite;
 
 /// A MAJOR.MINOR line of the product.
@@ -92,7 +92,7 @@ fn python_era(staged: &mut WorkingCopy) -> Result<()> {
     if (version.major, version.minor) < (0, 3) {
         manifest.version = "0.3.0".to_string();
     }
-    manifest.format_version = Some(FORMAT_VERSION);
+    manifest.format_version = Some(FULL_FORMAT);
     manifest.notes.push(format!(
         "converted from a legacy Python backup; its collections ({}) held no vectors",
         manifest.collection_names().join(", ")

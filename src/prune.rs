@@ -6,7 +6,7 @@
 //! held locks), never anything reached through a symlink. A deletion renames the backup to a
 //! hidden name first, so `list` never sees a half-deleted backup.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -14,6 +14,7 @@ use chrono::{Datelike, Local, TimeZone};
 use serde::Serialize;
 
 use crate::layout;
+use crate::store::chunks::{self, ChunkId, ChunkStore, Collected};
 use crate::store::{self, Seen};
 use crate::verify;
 
@@ -93,6 +94,19 @@ pub struct Outcome {
     pub removed: Vec<Removed>,
     /// Entries of the directory that prune does not touch, with why.
     pub skipped: Vec<Skipped>,
+    /// The chunk store's garbage collection, when the directory has a store.
+    pub chunks: Option<Garbage>,
+}
+
+/// What became of the chunk store's unreferenced chunks.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Garbage {
+    Collected(Collected),
+    /// Another run (a create, a restore, a validate) holds the store: nothing was deleted.
+    Busy,
+    /// Something might need chunks nobody can name: nothing was deleted.
+    Refused(String),
 }
 
 /// Why each backup stays (empty: it goes). `candidates` in any order.
@@ -225,7 +239,59 @@ pub fn prune(dir: &Path, policy: &Policy, dry_run: bool) -> anyhow::Result<Outco
     if !dry_run {
         remove_leftovers(dir);
     }
+    let removed: BTreeSet<&str> = outcome.removed.iter().map(|r| r.name.as_str()).collect();
+    outcome.chunks = collect_chunks(dir, &removed, dry_run);
     Ok(outcome)
+}
+
+/// Deletes the chunks no remaining backup references (with `dry_run`, counts those that would
+/// go once the `removed` backups are gone). Holds the store exclusively, so no create or reader
+/// runs meanwhile, and reads every remaining backup's indexes under that lock: a chunk is only
+/// deleted when nothing that exists can reference it.
+fn collect_chunks(dir: &Path, removed: &BTreeSet<&str>, dry_run: bool) -> Option<Garbage> {
+    if !ChunkStore::exists_in(dir) {
+        return None;
+    }
+    let store = match ChunkStore::try_exclusive(dir) {
+        Ok(Some(store)) => store,
+        Ok(None) => return Some(Garbage::Busy),
+        Err(e) => return Some(Garbage::Refused(e.to_string())),
+    };
+    let referenced = match referenced_chunks(dir, removed) {
+        Ok(referenced) => referenced,
+        Err(reason) => return Some(Garbage::Refused(reason)),
+    };
+    Some(
+        match chunks::collect_garbage(&store, &referenced, dry_run) {
+            Ok(collected) => Garbage::Collected(collected),
+            Err(e) => Garbage::Refused(format!("stopped part-way: {e}")),
+        },
+    )
+}
+
+/// Every chunk the backups of `dir` (but `removed`) reference; an error when a backup's
+/// manifest or index cannot be read, since it may need any chunk.
+fn referenced_chunks(dir: &Path, removed: &BTreeSet<&str>) -> Result<HashSet<ChunkId>, String> {
+    let scan = store::scan(dir).map_err(|e| format!("cannot read `{}`: {e}", dir.display()))?;
+    let mut referenced = HashSet::new();
+    for entry in &scan.entries {
+        match &entry.seen {
+            Seen::Unreadable(reason) => {
+                return Err(format!(
+                    "`{}` looks like a backup but cannot be read ({reason}); it may need chunks",
+                    entry.name
+                ))
+            }
+            Seen::Backup(backup) if !removed.contains(entry.name.as_str()) => {
+                chunks::visit_chunks(backup, |line| {
+                    referenced.insert(line.id);
+                })
+                .map_err(|e| format!("cannot read the chunk indexes of `{}`: {e}", entry.name))?;
+            }
+            _ => {}
+        }
+    }
+    Ok(referenced)
 }
 
 /// Deletes a backup: renamed to a hidden name first (atomic for `list`), then removed. False

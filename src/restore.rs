@@ -5,7 +5,7 @@
 //! the safety backup back.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,7 +23,6 @@ use crate::checksum::{Algorithm, HashingReader};
 use crate::cleanup::{self, Cleaned};
 use crate::cluster;
 use crate::compat::{self, Decision, Policy};
-use crate::compress::Compression;
 use crate::config::Settings;
 use crate::daemon;
 use crate::exit::{ExitCode, Failure, Interrupted};
@@ -990,6 +989,10 @@ impl<'a> Restoring<'a> {
                 backup::Databases::Only(safety.databases.clone())
             },
             config: safety.config,
+            // Incremental where the backups beside it are.
+            incremental: crate::store::chunks::ChunkStore::exists_in(crate::fs::parent_dir(
+                &safety.path,
+            )),
         };
         let outcome = backup::create(self.client, self.settings, &request, self.progress)
             .await
@@ -1179,8 +1182,8 @@ impl<'a> Restoring<'a> {
         };
         let mut bytes = Vec::new();
         plan.source
-            .open_entry(entry)
-            .and_then(|f| f.take(entry.size).read_to_end(&mut bytes))
+            .open_content(entry)
+            .and_then(|f| f.take(entry.content_size).read_to_end(&mut bytes))
             .map_err(|e| damaged(&entry.path, format!("cannot read: {e}")))?;
         // What `validate --check-files` checks of it, before it becomes the live configuration.
         let text = std::str::from_utf8(&bytes)
@@ -1279,15 +1282,13 @@ const LEGACY_STATE_DB: &str = "sqlite/state.db";
 /// as it goes (what `validate --check-files` checks, in the same pass).
 fn unpack_database(source: &BackupDir, entry: Option<&FileEntry>, copy: &Path) -> Result<()> {
     let rel = entry.map_or(LEGACY_STATE_DB, |e| e.path.as_str());
-    let file = match entry {
-        Some(entry) => source.open_entry(entry),
-        None => source.open_file(LEGACY_STATE_DB),
+    let decoder: Box<dyn Read> = match entry {
+        Some(entry) => source.open_content(entry).map(|r| r as Box<dyn Read>),
+        None => source
+            .open_file(LEGACY_STATE_DB)
+            .map(|f| Box::new(BufReader::new(f)) as Box<dyn Read>),
     }
     .map_err(|e| damaged(rel, format!("cannot read: {e}")))?;
-    let compression = entry.map_or(Compression::None, |e| e.compression);
-    let decoder = compression
-        .decoder(BufReader::new(file))
-        .map_err(|e| damaged(rel, format!("cannot decompress: {e}")))?;
     let mut content = HashingReader::new(decoder, &[Algorithm::Sha256]);
     let mut out = crate::fs::create_private_file(copy)
         .with_context(|| format!("cannot write `{}`", copy.display()))?;
@@ -1545,8 +1546,8 @@ async fn upload(
     work: &WorkDir,
     progress: &dyn Progress,
 ) -> Result<()> {
-    let file = source
-        .open_entry(entry)
+    let content = source
+        .open_content(entry)
         .map_err(|e| damaged(&entry.path, format!("cannot read: {e}")))?;
     // The download's bridge (`backup::ChannelSink`) advances `progress` as each chunk passes on
     // the async side. Here the bytes pass only through the blocking reader thread and the body
@@ -1560,7 +1561,7 @@ async fn upload(
         sender,
         sent: sent.clone(),
     };
-    let reader = tokio::task::spawn_blocking(move || stream.run(file));
+    let reader = tokio::task::spawn_blocking(move || stream.run(content));
     let body = futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx));
     let file_name = upload_name(scope);
     let place = backup::place_of(client, scope);
@@ -1648,9 +1649,9 @@ struct Inspected {
 }
 
 impl Inspected {
-    fn run(self, file: File) -> Result<(), Problem> {
+    fn run(self, content: Box<dyn Read + Send>) -> Result<(), Problem> {
         let sender = self.sender.clone();
-        let outcome = self.check_and_send(file);
+        let outcome = self.check_and_send(content);
         if let Err(Problem::Damaged(problem)) = &outcome {
             // An error in the body aborts the request: Qdrant never gets a complete stream.
             let _ = sender.blocking_send(Err(io::Error::new(
@@ -1661,12 +1662,7 @@ impl Inspected {
         outcome
     }
 
-    fn check_and_send(self, file: File) -> Result<(), Problem> {
-        let decoder = self
-            .entry
-            .compression
-            .decoder(BufReader::new(file))
-            .map_err(|e| Problem::Damaged(format!("cannot decompress: {e}")))?;
+    fn check_and_send(self, decoder: Box<dyn Read + Send>) -> Result<(), Problem> {
         let mut tee = Tee {
             inner: BufReader::with_capacity(UPLOAD_CHUNK, decoder),
             sender: self.sender,

@@ -1,20 +1,23 @@
 //! Auditing a backup directory: every problem is collected with a severity instead of stopping
 //! at the first. `validate` prints the report; `create` and `restore` use the same checks.
 
-use std::collections::BTreeSet;
-use std::io::{self, Read};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
 use crate::checksum::{Algorithm, Digests, HashingReader};
 use crate::compat;
+use crate::compress::Compression;
 use crate::exit::Interrupted;
 use crate::layout::{self, MANIFEST_PATH, REQUIRED_DIRS};
 use crate::manifest::{Collections, FileEntry, FileKind, Manifest, MAX_MANIFEST_BYTES};
 use crate::progress::{self, Metered, Progress};
 use crate::snapshot;
 use crate::sqlite;
+use crate::store::chunks::{self, ChunkId, ChunkProblem, ChunkStore, IndexReader};
 use crate::store::{self, BackupDir, Kind};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -76,6 +79,32 @@ pub struct Options {
     pub warn_after_days: u32,
     /// Epoch seconds now.
     pub now: f64,
+    /// The chunks this run has read, shared by every audit made with these options.
+    pub chunks: ChunkTally,
+}
+
+/// The chunks a run has read and what each showed (`None`: sound), so that `validate` and
+/// `list --check-files` read each chunk once however many files and backups share it.
+#[derive(Clone, Debug, Default)]
+pub struct ChunkTally(Arc<Mutex<HashMap<ChunkId, Option<ChunkProblem>>>>);
+
+impl ChunkTally {
+    /// What reading `id` showed, reading it only when this run has not yet.
+    fn check(
+        &self,
+        id: &ChunkId,
+        read: impl FnOnce() -> Option<ChunkProblem>,
+    ) -> (Option<ChunkProblem>, bool) {
+        if let Some(known) = self.0.lock().expect("tally lock").get(id) {
+            return (known.clone(), false);
+        }
+        let found = read();
+        self.0
+            .lock()
+            .expect("tally lock")
+            .insert(*id, found.clone());
+        (found, true)
+    }
 }
 
 impl Options {
@@ -87,6 +116,7 @@ impl Options {
             policy,
             warn_after_days: 0,
             now: crate::now(),
+            chunks: ChunkTally::default(),
         }
     }
 
@@ -196,8 +226,9 @@ pub fn audit(
         check_legacy(&mut report, &backup, options)?;
     } else {
         check_contents(&mut report, &backup);
+        check_chunk_store(&mut report, &backup);
         if options.depth != Depth::Structure {
-            check_files(&mut report, &backup, options.depth, progress)?;
+            check_files(&mut report, &backup, options, progress)?;
         }
     }
     report.manifest = Some(backup.manifest);
@@ -268,15 +299,187 @@ fn check_manifest(report: &mut Report, path: &Path, options: &Options) -> Option
 fn check_files(
     report: &mut Report,
     backup: &BackupDir,
-    depth: Depth,
+    options: &Options,
     progress: &dyn Progress,
 ) -> Result<(), Interrupted> {
     for entry in &backup.manifest.files {
-        if backup.stat(&entry.path).is_ok_and(|s| s.kind == Kind::File) {
-            check_file(report, backup, entry, depth, progress)?;
+        if !backup.stat(&entry.path).is_ok_and(|s| s.kind == Kind::File) {
+            continue;
+        }
+        if entry.compression != Compression::Chunks {
+            check_file(report, backup, entry, options.depth, progress)?;
+            continue;
+        }
+        let sound = check_chunked_file(report, backup, entry, &options.chunks, progress)?;
+        // A small file's content is checked as well (read again); a snapshot's chunks, each
+        // matching its name, are the bytes Qdrant sent (restore inspects them as it uploads).
+        let small = matches!(entry.kind, FileKind::SqliteDatabase | FileKind::Config);
+        if sound && small && options.depth == Depth::Full {
+            check_file(report, backup, entry, options.depth, progress)?;
         }
     }
     Ok(())
+}
+
+/// An incremental backup needs the chunk store beside it.
+fn check_chunk_store(report: &mut Report, backup: &BackupDir) {
+    let chunked = backup
+        .manifest
+        .files
+        .iter()
+        .any(|f| f.compression == Compression::Chunks);
+    if chunked {
+        if let Err(e) = backup.chunk_store() {
+            report.add(Severity::Error, Check::Contents, None, e.to_string());
+        }
+    }
+}
+
+/// What reading a chunked file's index and chunks showed.
+struct ChunkReading {
+    /// Of the index as stored.
+    stored: Digests,
+    chunks: u64,
+    /// Chunks read now (the others were read earlier in this run).
+    read: u64,
+    /// The chunks' lengths added up.
+    content_size: u64,
+    bad: Vec<(ChunkId, ChunkProblem)>,
+}
+
+/// A chunked file: its index against the manifest's checksum, every chunk it names against
+/// its own name (each chunk once per run), and the chunks' lengths against the content size.
+/// Returns whether all of it was sound.
+fn check_chunked_file(
+    report: &mut Report,
+    backup: &BackupDir,
+    entry: &FileEntry,
+    tally: &ChunkTally,
+    progress: &dyn Progress,
+) -> Result<bool, Interrupted> {
+    let algorithm = entry
+        .checksum
+        .as_ref()
+        .map_or(Algorithm::None, |c| c.algorithm);
+    let reading = match read_chunks(backup, entry, algorithm, tally, progress) {
+        Ok(r) => r,
+        Err(_) if progress::is_interrupted() => return Err(Interrupted),
+        Err(e) => {
+            report.add(
+                Severity::Error,
+                Check::Contents,
+                Some(&entry.path),
+                format!("cannot read: {e}"),
+            );
+            return Ok(false);
+        }
+    };
+    let errors_before = report.count(Severity::Error);
+    let stored = Reading {
+        stored: reading.stored,
+        content: None,
+        problem: None,
+    };
+    if check_stored_checksum(report, entry, &stored) && reading.content_size != entry.content_size {
+        report.add(
+            Severity::Error,
+            Check::Size,
+            Some(&entry.path),
+            format!(
+                "its chunks add up to {} bytes, the manifest says {}",
+                reading.content_size, entry.content_size
+            ),
+        );
+    }
+    report_bad_chunks(report, backup, entry, &reading.bad);
+    let sound = report.count(Severity::Error) == errors_before;
+    if sound {
+        report.add(
+            Severity::Ok,
+            Check::Checksum,
+            Some(&entry.path),
+            format!(
+                "index checksum, and {} chunks each matching its sha256 ({} read now, the others earlier in this run)",
+                reading.chunks, reading.read
+            ),
+        );
+    }
+    Ok(sound)
+}
+
+fn read_chunks(
+    backup: &BackupDir,
+    entry: &FileEntry,
+    algorithm: Algorithm,
+    tally: &ChunkTally,
+    progress: &dyn Progress,
+) -> io::Result<ChunkReading> {
+    let store: Arc<ChunkStore> = backup.chunk_store()?;
+    let mut stored = HashingReader::new(backup.open_entry(entry)?, &[algorithm]);
+    let mut index = IndexReader::new(BufReader::new(&mut stored))?;
+    let mut reading = ChunkReading {
+        stored: crate::checksum::digest(&[], &[]),
+        chunks: 0,
+        read: 0,
+        content_size: 0,
+        bad: Vec::new(),
+    };
+    progress.begin(&entry.path, Some(entry.content_size));
+    let mut buffer = Vec::new();
+    let result = (|| {
+        while let Some(line) = index.next_line()? {
+            if progress::is_interrupted() {
+                return Err(io::Error::from(io::ErrorKind::Interrupted));
+            }
+            let (problem, read_now) = tally.check(&line.id, || {
+                store.read_chunk(&line.id, line.len, &mut buffer).err()
+            });
+            reading.chunks += 1;
+            reading.read += u64::from(read_now);
+            reading.content_size += line.len as u64;
+            if let Some(problem) = problem {
+                reading.bad.push((line.id, problem));
+            }
+            progress.advance(line.len as u64);
+        }
+        Ok(())
+    })();
+    progress.end();
+    result?;
+    drop(index);
+    reading.stored = stored.finish()?;
+    Ok(reading)
+}
+
+/// One error per missing or damaged chunk, naming the chunk's file in the store and every
+/// backup of the directory that needs it.
+fn report_bad_chunks(
+    report: &mut Report,
+    backup: &BackupDir,
+    entry: &FileEntry,
+    bad: &[(ChunkId, ChunkProblem)],
+) {
+    if bad.is_empty() {
+        return;
+    }
+    let ids: HashSet<ChunkId> = bad.iter().map(|(id, _)| *id).collect();
+    let users = chunks::backups_using(backup.backups_dir(), &ids);
+    let mut reported = HashSet::new();
+    for (id, problem) in bad {
+        if !reported.insert(*id) {
+            continue;
+        }
+        let needed_by = users
+            .get(id)
+            .map(|names| names.join(", "))
+            .unwrap_or_default();
+        report.add(
+            Severity::Error,
+            Check::Checksum,
+            Some(&entry.path),
+            format!("chunk `{id}` {problem}; backups that need it: {needed_by}"),
+        );
+    }
 }
 
 /// A warning when the backup is older than `threshold_days` (0 turns the warning off).
@@ -514,7 +717,7 @@ fn read_file(
     let mut problem = None;
     // The stored checksum alone vouches for the file, unless there is none or we check it all.
     let read_content = depth == Depth::Full || algorithm == Algorithm::None;
-    let content = match entry.compression.decoder(&mut stored) {
+    let content = match backup.decode(entry, &mut stored) {
         _ if !read_content => None,
         Err(e) => {
             problem = Some((Check::Checksum, format!("cannot decompress: {e}")));

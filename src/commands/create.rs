@@ -22,6 +22,7 @@ pub async fn run(args: &CreateArgs, settings: &Settings, ui: &Ui) -> Result<Exit
         collections,
         databases: crate::backup::Databases::All,
         config: true,
+        incremental: args.incremental || settings.backup.incremental,
     };
     let client = Client::from_settings(settings)?;
     let progress = ui.progress();
@@ -58,6 +59,10 @@ pub async fn run(args: &CreateArgs, settings: &Settings, ui: &Ui) -> Result<Exit
             "notes": m.notes,
             "leftover_snapshots": outcome.leftovers,
             "cleaned_up": outcome.cleaned,
+            "chunk_store": outcome.chunks_added.map(|added| json!({
+                "chunks_added": added.chunks,
+                "bytes_added": added.bytes,
+            })),
         }));
         return Ok(code);
     }
@@ -77,12 +82,19 @@ pub async fn run(args: &CreateArgs, settings: &Settings, ui: &Ui) -> Result<Exit
     } else {
         format!("; note: {}", m.notes.join("; "))
     };
+    // An incremental backup's own files are indexes: what it cost is what it added.
+    let size = match outcome.chunks_added {
+        Some(added) => format!(
+            "{} new in the chunk store",
+            indicatif::BinaryBytes(added.bytes + stored)
+        ),
+        None => indicatif::BinaryBytes(stored).to_string(),
+    };
     ui.line(format!(
-        "Backup created: {} ({} collections, {} points, {} in {:.1} s){notes}",
+        "Backup created: {} ({} collections, {} points, {size} in {:.1} s){notes}",
         outcome.path.display(),
         m.collection_names().len(),
         m.total_documents.unwrap_or_default(),
-        indicatif::BinaryBytes(stored),
         outcome.seconds
     ));
     Ok(code)

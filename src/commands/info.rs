@@ -1,20 +1,24 @@
 //! `wqm backup info PATH`: what a backup holds and whether this version can restore it.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
 use crate::cli::InfoArgs;
 use crate::compat;
+use crate::compress::Compression;
 use crate::config::Settings;
 use crate::exit::ExitCode;
 use crate::manifest::Manifest;
 use crate::output::{self, Ui};
+use crate::store::chunks::{self, Usage};
 use crate::store::BackupDir;
 
 /// What `info` found out about a backup beyond its manifest.
 struct Findings<'a> {
     backup: &'a BackupDir,
     size: u64,
+    /// An incremental backup's share of the chunk store.
+    chunks: Option<Usage>,
     compatibility: Result<compat::Report, compat::CompatError>,
     stale: Option<String>,
 }
@@ -26,6 +30,7 @@ pub fn run(args: &InfoArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
     let findings = Findings {
         backup: &backup,
         size: crate::fs::disk_usage(&backup.path)?,
+        chunks: chunk_usage(&backup)?,
         compatibility: crate::migrations::verdict(&m.version, crate::VERSION, &policy),
         stale: crate::verify::staleness(
             m,
@@ -45,6 +50,20 @@ pub fn run(args: &InfoArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
     Ok(ExitCode::Success)
 }
 
+/// What an incremental backup holds in the chunk store (`None` for a full backup).
+fn chunk_usage(backup: &BackupDir) -> Result<Option<Usage>> {
+    if backup.manifest.compression != Some(Compression::Chunks) {
+        return Ok(None);
+    }
+    let usage = chunks::usage(backup).with_context(|| {
+        format!(
+            "cannot read the chunk indexes of `{}`",
+            backup.path.display()
+        )
+    })?;
+    Ok(Some(usage))
+}
+
 /// The manifest as it is stored, plus what `info` adds to it.
 fn json_document(findings: &Findings) -> Result<Value> {
     let m = &findings.backup.manifest;
@@ -54,6 +73,9 @@ fn json_document(findings: &Findings) -> Result<Value> {
     object.insert("format".into(), json!(m.format_name()));
     object.insert("formatted_timestamp".into(), json!(m.formatted_timestamp()));
     object.insert("size_bytes".into(), json!(findings.size));
+    if let Some(usage) = &findings.chunks {
+        object.insert("chunk_store".into(), serde_json::to_value(usage)?);
+    }
     object.insert("stale_warning".into(), json!(findings.stale));
     object.insert(
         "compatibility".into(),
@@ -135,6 +157,15 @@ fn print_format(findings: &Findings, ui: &Ui) {
     let m = &findings.backup.manifest;
     ui.line(format!("Format: {}", m.format_name()));
     ui.line(format!("Size: {}", output::size(findings.size)));
+    if let Some(usage) = &findings.chunks {
+        ui.line(format!(
+            "Incremental: {} of content in {} chunks ({} stored, {} of it held by this backup alone)",
+            output::size(usage.logical_bytes),
+            usage.chunks,
+            output::size(usage.referenced_bytes),
+            output::size(usage.unique_bytes)
+        ));
+    }
     // A legacy backup records none of the rest.
     if m.is_legacy() {
         return;

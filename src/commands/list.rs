@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::cli::{ListArgs, SortKey};
 use crate::compat::{self, Version};
+use crate::compress::Compression;
 use crate::config::Settings;
 use crate::exit::{ExitCode, Interrupted};
 use crate::output::{self, Ui};
@@ -28,6 +29,10 @@ struct Item {
     description: Option<String>,
     format: String,
     size_bytes: u64,
+    /// An incremental backup: its data is in the directory's chunk store, and this is its
+    /// content's size (`wqm backup info` tells what it alone holds there).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    incremental_content_bytes: Option<u64>,
     partial_backup: bool,
     /// The Python status.
     compatibility: Option<compat::Status>,
@@ -127,6 +132,8 @@ impl Item {
             description: m.description.clone(),
             format: m.format_name(),
             size_bytes: found.size,
+            incremental_content_bytes: (m.compression == Some(Compression::Chunks))
+                .then(|| m.files.iter().map(|f| f.content_size).sum()),
             partial_backup: m.partial_backup,
             compatibility: compatibility.as_ref().map(|c| c.status),
             verdict: compatibility.as_ref().map(|c| c.verdict),
@@ -161,7 +168,14 @@ impl Item {
             self.collections
         ));
         ui.line(format!("  Age: {} days", self.age_days));
-        ui.line(format!("  Size: {}", output::size(self.size_bytes)));
+        match self.incremental_content_bytes {
+            Some(content) => ui.line(format!(
+                "  Size: {} (incremental: {} of content, in the chunk store)",
+                output::size(self.size_bytes),
+                output::size(content)
+            )),
+            None => ui.line(format!("  Size: {}", output::size(self.size_bytes))),
+        }
         ui.line(self.validity());
         if let Some(description) = &self.description {
             ui.line(format!("  Description: {description}"));

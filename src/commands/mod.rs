@@ -2,6 +2,7 @@
 
 mod cleanup;
 mod create;
+mod export;
 mod info;
 mod list;
 mod migrations;
@@ -35,6 +36,7 @@ pub fn dispatch(cli: Cli, ui: &Ui, runtime: &tokio::runtime::Runtime) -> Result<
         BackupCommand::Info(args) => info::run(&args, &settings, ui),
         BackupCommand::List(args) => list::run(&args, &settings, ui),
         BackupCommand::Validate(args) => validate::run(&args, &settings, ui),
+        BackupCommand::Export(args) => export::run(&args, &settings, ui),
         BackupCommand::Prune(args) => runtime.block_on(prune::run(&args, &settings, ui)),
         BackupCommand::Cleanup(args) => runtime.block_on(cleanup::run(&args, &settings, ui)),
         BackupCommand::Migrations(args) => migrations::run(&args, ui),
@@ -71,6 +73,7 @@ pub fn ui_for(cli: &Cli) -> Ui {
             BackupCommand::Info(args) => args.output,
             BackupCommand::List(args) => args.output,
             BackupCommand::Validate(args) => args.output,
+            BackupCommand::Export(args) => args.output,
             BackupCommand::Prune(args) => args.output,
             BackupCommand::Migrations(args) => args.output,
             BackupCommand::Cleanup(args) => args.output,

@@ -8,7 +8,7 @@ use crate::cli::PruneArgs;
 use crate::config::Settings;
 use crate::exit::{ExitCode, Failure};
 use crate::output::Ui;
-use crate::prune::{self, Policy};
+use crate::prune::{self, Garbage, Policy};
 
 pub async fn run(args: &PruneArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
     let dir = match args
@@ -42,7 +42,7 @@ pub async fn run(args: &PruneArgs, settings: &Settings, ui: &Ui) -> Result<ExitC
     let outcome = prune::prune(&dir, &policy, args.dry_run)?;
 
     if ui.json {
-        ui.json(&json!({ "directory": dir, "dry_run": args.dry_run, "policy": policy, "kept": outcome.kept, "removed": outcome.removed, "skipped": outcome.skipped }));
+        ui.json(&json!({ "directory": dir, "dry_run": args.dry_run, "policy": policy, "kept": outcome.kept, "removed": outcome.removed, "skipped": outcome.skipped, "chunk_store": outcome.chunks }));
         return Ok(ExitCode::Success);
     }
     let verb = if args.dry_run {
@@ -75,6 +75,13 @@ pub async fn run(args: &PruneArgs, settings: &Settings, ui: &Ui) -> Result<ExitC
         outcome.kept.len(),
         outcome.skipped.len(),
     );
+    match &outcome.chunks {
+        Some(Garbage::Refused(reason)) => {
+            ui.warn(format!("chunk store: no chunk deleted: {reason}"))
+        }
+        Some(garbage) => ui.line(garbage_line(garbage, args.dry_run)),
+        None => {}
+    }
     if args.dry_run {
         ui.line(format!("Dry-run: {removed} backup(s) would be removed, {kept} kept, {skipped} other entries left alone. Nothing was deleted."));
     } else {
@@ -84,6 +91,22 @@ pub async fn run(args: &PruneArgs, settings: &Settings, ui: &Ui) -> Result<ExitC
         ));
     }
     Ok(ExitCode::Success)
+}
+
+/// What the chunk store's garbage collection did (or would do).
+fn garbage_line(garbage: &Garbage, dry_run: bool) -> String {
+    match garbage {
+        Garbage::Collected(c) => format!(
+            "Chunk store: {} {} unreferenced chunks ({}), {} chunks ({}) still referenced",
+            if dry_run { "would delete" } else { "deleted" },
+            c.chunks_deleted,
+            indicatif::BinaryBytes(c.bytes_freed),
+            c.chunks_kept,
+            indicatif::BinaryBytes(c.bytes_kept)
+        ),
+        Garbage::Busy => "Chunk store: in use by another wqm run (a create, restore or validate); no chunk deleted, the next prune collects them".to_string(),
+        Garbage::Refused(reason) => format!("Chunk store: no chunk deleted: {reason}"),
+    }
 }
 
 /// Which rules decided, and whether the default applied.

@@ -6,14 +6,17 @@
 //! same operations (read the manifest, open an entry, list) over its own storage.
 
 use std::fs::{self, File};
-use std::io;
+use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 
+use crate::compress::Compression;
 use crate::layout::{self, MANIFEST_PATH};
 use crate::manifest::{self, FileEntry, Manifest, ManifestError};
 use crate::names::EntryPath;
 
+pub mod chunks;
 mod staging;
+use chunks::{ChunkReader, ChunkStore};
 pub use staging::{FileSink, Staging};
 
 /// A backup directory and its manifest.
@@ -70,6 +73,49 @@ impl BackupDir {
         let path =
             EntryPath::parse(&entry.path).map_err(|reason| unsafe_path(&entry.path, reason))?;
         open_in(&self.path, path.as_str())
+    }
+
+    /// Wraps a reader of `entry`'s stored bytes (from `open_entry`) so it yields the content:
+    /// decompressed, or for a chunked file its chunks from the store beside the backup, each
+    /// checked against its name as it is read.
+    pub fn decode<'a, R: Read + 'a>(
+        &self,
+        entry: &FileEntry,
+        stored: R,
+    ) -> io::Result<Box<dyn Read + 'a>> {
+        match entry.compression {
+            Compression::Chunks => Ok(Box::new(ChunkReader::new(
+                self.chunk_store()?,
+                BufReader::new(stored),
+            )?)),
+            compression => compression.decoder(stored),
+        }
+    }
+
+    /// `entry`'s content, read from the backup as `decode` reads it, for another thread.
+    pub fn open_content(&self, entry: &FileEntry) -> io::Result<Box<dyn Read + Send>> {
+        let file = BufReader::new(self.open_entry(entry)?);
+        Ok(match entry.compression {
+            Compression::None => Box::new(file),
+            Compression::Zstd => Box::new(zstd::Decoder::with_buffer(file)?),
+            Compression::Chunks => Box::new(ChunkReader::new(self.chunk_store()?, file)?),
+        })
+    }
+
+    /// The chunk store of the backups beside this one, held shared while the result lives.
+    pub fn chunk_store(&self) -> io::Result<std::sync::Arc<ChunkStore>> {
+        ChunkStore::open_for_reading(self.backups_dir())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+    }
+
+    /// The directory this backup belongs to (a staged backup: the one its target will be in).
+    pub fn backups_dir(&self) -> &Path {
+        let parent = crate::fs::parent_dir(&self.path);
+        if layout::is_staging(parent) {
+            crate::fs::parent_dir(parent)
+        } else {
+            parent
+        }
     }
 
     /// Opens a file of the fixed layout (a legacy backup's `sqlite/state.db`, ...).
@@ -372,7 +418,8 @@ pub fn scan(dir: &Path) -> io::Result<Scan> {
         let path = entry.path();
         let kind = entry.file_type()?;
         let seen = if layout::is_hidden(&name) {
-            if !kind.is_dir() {
+            // The chunk store holds the incremental backups' data; it is no backup itself.
+            if !kind.is_dir() || name == chunks::STORE_DIR {
                 continue;
             }
             Seen::Other("hidden (a backup being written, or not wqm's)".to_string())

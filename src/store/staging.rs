@@ -7,6 +7,8 @@
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crate::checksum::{Algorithm, Digester, HashingWriter};
 use crate::compress::{Compression, Encoder};
@@ -18,6 +20,7 @@ use crate::layout::{
 use crate::manifest::{FileEntry, FileKind, Manifest};
 use crate::workdir::{Record, WorkDir, WorkDirError};
 
+use super::chunks::{Added, ChunkError, ChunkStore, ChunkWriter};
 use super::BackupDir;
 
 /// A backup being written in a hidden sibling of its target, `.NAME.wqm-staging`: a working
@@ -28,6 +31,21 @@ pub struct Staging {
     target: PathBuf,
     work: WorkDir,
     dir: PathBuf,
+    chunks: Option<Chunks>,
+}
+
+/// An incremental backup's share of the chunk store: the store (held shared for the whole run),
+/// the run's temporary directory there, and what the run added.
+struct Chunks {
+    store: Arc<ChunkStore>,
+    temp: tempfile::TempDir,
+    added: Arc<AddedTotal>,
+}
+
+#[derive(Default)]
+struct AddedTotal {
+    chunks: AtomicU64,
+    bytes: AtomicU64,
 }
 
 impl Staging {
@@ -75,6 +93,28 @@ impl Staging {
             target: target.to_path_buf(),
             work,
             dir,
+            chunks: None,
+        })
+    }
+
+    /// Makes this an incremental backup: files created with `Compression::Chunks` go to the
+    /// chunk store of the target's directory (made with `avg_size` chunks when there is none),
+    /// which this run holds shared until it ends, so no garbage collection runs meanwhile.
+    pub fn use_chunk_store(&mut self, avg_size: usize) -> Result<(), ChunkError> {
+        let store = ChunkStore::open_for_writing(crate::fs::parent_dir(&self.target), avg_size)?;
+        self.chunks = Some(Chunks {
+            temp: store.temp_dir()?,
+            store,
+            added: Arc::default(),
+        });
+        Ok(())
+    }
+
+    /// What this run added to the chunk store so far.
+    pub fn chunks_added(&self) -> Added {
+        self.chunks.as_ref().map_or_else(Added::default, |c| Added {
+            chunks: c.added.chunks.load(Ordering::Relaxed),
+            bytes: c.added.bytes.load(Ordering::Relaxed),
         })
     }
 
@@ -108,6 +148,18 @@ impl Staging {
             scheduled: 0,
         };
         let stored = HashingWriter::new(BufWriter::with_capacity(1 << 20, file), &[algorithm]);
+        let body = match (compression, &self.chunks) {
+            (Compression::Chunks, Some(chunks)) => Body::Chunked(
+                ChunkWriter::new(chunks.store.clone(), chunks.temp.path(), stored)
+                    .map_err(LayoutError::io("cannot start writing", &path))?,
+                chunks.added.clone(),
+            ),
+            _ => Body::Encoded(
+                compression
+                    .encoder(stored)
+                    .map_err(LayoutError::io("cannot start compressing", &path))?,
+            ),
+        };
         Ok(FileSink {
             rel: rel.to_string(),
             path: path.clone(),
@@ -115,9 +167,7 @@ impl Staging {
             compression,
             algorithm,
             content: Digester::new(&[Algorithm::Sha256]),
-            writer: compression
-                .encoder(stored)
-                .map_err(LayoutError::io("cannot start compressing", &path))?,
+            body,
         })
     }
 
@@ -217,8 +267,9 @@ fn exchange(_a: &Path, _b: &Path) -> io::Result<()> {
     Err(io::Error::from(io::ErrorKind::Unsupported))
 }
 
-/// Streams one file into a staged backup: hashes the content (sha256), compresses, hashes the
-/// stored bytes with the configured algorithm, and writes, all in one pass.
+/// Streams one file into a staged backup: hashes the content (sha256), compresses (or cuts into
+/// chunks for the chunk store), hashes the stored bytes with the configured algorithm, and
+/// writes, all in one pass.
 pub struct FileSink {
     rel: String,
     path: PathBuf,
@@ -226,7 +277,38 @@ pub struct FileSink {
     compression: Compression,
     algorithm: Algorithm,
     content: Digester,
-    writer: Encoder<HashingWriter<BufWriter<WritebackFile>>>,
+    body: Body,
+}
+
+/// The stored bytes of a file, hashed as they are written.
+type Stored = HashingWriter<BufWriter<WritebackFile>>;
+
+enum Body {
+    /// The content itself, compressed or not.
+    Encoded(Encoder<Stored>),
+    /// The content's chunks go to the store; the file holds their index.
+    Chunked(ChunkWriter<Stored>, Arc<AddedTotal>),
+}
+
+impl Body {
+    fn finish(self) -> io::Result<Stored> {
+        match self {
+            Body::Encoded(encoder) => encoder.finish(),
+            Body::Chunked(writer, total) => {
+                let (stored, added) = writer.finish()?;
+                total.chunks.fetch_add(added.chunks, Ordering::Relaxed);
+                total.bytes.fetch_add(added.bytes, Ordering::Relaxed);
+                Ok(stored)
+            }
+        }
+    }
+
+    fn writer(&mut self) -> &mut dyn Write {
+        match self {
+            Body::Encoded(encoder) => encoder,
+            Body::Chunked(writer, _) => writer,
+        }
+    }
 }
 
 impl FileSink {
@@ -237,7 +319,7 @@ impl FileSink {
     /// Flushes, fsyncs and describes the file for the manifest.
     pub fn finish(self) -> Result<FileEntry, LayoutError> {
         let io = |action| LayoutError::io(action, &self.path);
-        let stored = self.writer.finish().map_err(io("cannot finish writing"))?;
+        let stored = self.body.finish().map_err(io("cannot finish writing"))?;
         let (buffered, stored_digests) = stored.into_parts();
         let file = buffered
             .into_inner()
@@ -261,13 +343,13 @@ impl FileSink {
 
 impl Write for FileSink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.writer.write(buf)?;
+        let n = self.body.writer().write(buf)?;
         self.content.update(&buf[..n]);
         Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.writer.flush()
+        self.body.writer().flush()
     }
 }
 

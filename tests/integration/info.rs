@@ -145,11 +145,11 @@ fn a_missing_backup_or_manifest_is_exit_3() {
 fn a_newer_manifest_format_is_refused_clearly() {
     let t = Test::new();
     fixtures::backup(&t.join("b"), &Spec::default());
-    fixtures::edit_manifest(&t.join("b"), |m| m["format_version"] = 2.into());
+    fixtures::edit_manifest(&t.join("b"), |m| m["format_version"] = 3.into());
     t.args("backup info {TMP}/b --json")
         .status(3)
         .stderr(
-            "wqm: error: Backup manifest `{TMP}/b/metadata/manifest.json` has format_version 2, newer than the 1 this wqm reads\n\
+            "wqm: error: Backup manifest `{TMP}/b/metadata/manifest.json` has format_version 3, newer than the 2 this wqm reads\n\
              hint: this backup was written by a newer wqm; upgrade wqm to read it\n",
         )
         .stdout_json(|v| assert_eq!(v["error"]["exit_code"], 3))

@@ -5,6 +5,7 @@ mod docs;
 mod faults;
 mod fixtures;
 mod hostile;
+mod incremental;
 mod info;
 mod list;
 mod operations;

@@ -242,7 +242,7 @@ fn a_broken_manifest_is_found() {
         })
         .run();
     detects(
-        |b| fixtures::edit_manifest(b, |m| m["format_version"] = 2.into()),
+        |b| fixtures::edit_manifest(b, |m| m["format_version"] = 3.into()),
         Spec::default(),
         &["✗ metadata/manifest.json: Backup manifest `"],
     );

@@ -1,0 +1,170 @@
+//! `export`: a self-contained copy of one backup — today's full layout, each file compressed as
+//! configured — so an incremental night can be moved, archived or handed over without the
+//! chunk store it reads from. Every file's content is checked against the manifest on the way.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use crate::checksum::{Algorithm, HashingReader};
+use crate::compress::Compression;
+use crate::config::Settings;
+use crate::exit::{ExitCode, Failure};
+use crate::manifest::{FileEntry, Manifest, FULL_FORMAT};
+use crate::progress::{self, Metered, Progress};
+use crate::store::{BackupDir, Staging};
+
+/// What `export` wrote.
+#[derive(Debug)]
+pub struct Outcome {
+    pub path: PathBuf,
+    pub manifest: Manifest,
+    /// Bytes written (the new backup's files).
+    pub size: u64,
+}
+
+/// Writes the backup at `source` as a full backup at `target` (which must not exist).
+pub fn export(
+    source: &Path,
+    target: &Path,
+    settings: &Settings,
+    progress: &dyn Progress,
+) -> Result<Outcome> {
+    let backup = BackupDir::open(source)?;
+    if backup.manifest.is_legacy() {
+        return Err(Failure::new(
+            ExitCode::Usage,
+            format!(
+                "`{}` is a legacy backup: it is self-contained already",
+                source.display()
+            ),
+        )
+        .with_hint("copy it as it is (`cp -a`)")
+        .into());
+    }
+    let staging = Staging::begin(target, false)?;
+    let compression = Compression::from_setting(settings.backup.compression);
+    let algorithm = settings.backup.verification.checksum_algorithm;
+    let mut manifest = backup.manifest.clone();
+    manifest.format_version = Some(FULL_FORMAT);
+    manifest.compression = Some(compression);
+    manifest.checksum_algorithm = Some(algorithm);
+    manifest.files.clear();
+    let mut moved = BTreeMap::new();
+    for entry in &backup.manifest.files {
+        progress::check_interrupted()?;
+        // A chunked file becomes a compressed one; the others keep how they were stored.
+        let stored_as = match entry.compression {
+            Compression::Chunks => compression,
+            other => other,
+        };
+        let rel = format!(
+            "{}{}",
+            entry
+                .path
+                .strip_suffix(entry.compression.extension())
+                .unwrap_or(&entry.path),
+            stored_as.extension()
+        );
+        let copied = copy_entry(
+            &backup, entry, &staging, &rel, stored_as, algorithm, progress,
+        )?;
+        moved.insert(entry.path.clone(), rel);
+        manifest.files.push(copied);
+    }
+    rename_references(&mut manifest, &moved);
+    staging.write_manifest(&manifest)?;
+    if settings.backup.verification.verify_after_backup {
+        crate::backup::verify_staged(&staging, progress)?;
+    }
+    let size = manifest.files.iter().map(|f| f.size).sum();
+    let path = staging.commit()?;
+    Ok(Outcome {
+        path,
+        manifest,
+        size,
+    })
+}
+
+/// Streams one file's content into the new backup at `rel`, checking it against the manifest.
+fn copy_entry(
+    backup: &BackupDir,
+    entry: &FileEntry,
+    staging: &Staging,
+    rel: &str,
+    compression: Compression,
+    algorithm: Algorithm,
+    progress: &dyn Progress,
+) -> Result<FileEntry> {
+    let damaged = |problem: String| -> anyhow::Error {
+        Failure::new(
+            ExitCode::InvalidBackup,
+            format!(
+                "the backup's `{}` is damaged: {problem}",
+                crate::names::shown(&entry.path)
+            ),
+        )
+        .with_hint(
+            "`wqm backup validate PATH --check-files` shows every problem; export another backup",
+        )
+        .into()
+    };
+    let content = backup
+        .open_content(entry)
+        .map_err(|e| damaged(format!("cannot read: {e}")))?;
+    let mut sink = staging.create_file(rel, entry.kind, compression, algorithm)?;
+    progress.begin(&entry.path, Some(entry.content_size));
+    let mut reader = HashingReader::new(Metered::new(content, progress), &[Algorithm::Sha256]);
+    let copied = copy(&mut reader, &mut sink);
+    progress.end();
+    progress::check_interrupted()?;
+    copied.map_err(|e| match e {
+        Copy::Read(e) => damaged(format!("cannot read: {e}")),
+        Copy::Write(e) => anyhow::Error::from(e).context(format!("cannot write `{rel}`")),
+    })?;
+    let digests = reader
+        .finish()
+        .map_err(|e| damaged(format!("cannot read: {e}")))?;
+    crate::verify::content_matches(entry, &digests).map_err(damaged)?;
+    sink.finish()
+        .with_context(|| format!("cannot write `{rel}`"))
+}
+
+enum Copy {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// `io::copy`, telling a read error (the backup's) from a write error (the disk's).
+fn copy(reader: &mut impl Read, writer: &mut impl io::Write) -> Result<(), Copy> {
+    let mut buffer = vec![0u8; 256 * 1024];
+    loop {
+        let n = match reader.read(&mut buffer) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Copy::Read(e)),
+        };
+        writer.write_all(&buffer[..n]).map_err(Copy::Write)?;
+    }
+}
+
+/// Points the manifest's references to files (collections, shards, databases) at their new paths.
+fn rename_references(manifest: &mut Manifest, moved: &BTreeMap<String, String>) {
+    let rename = |path: &mut String| {
+        if let Some(new) = moved.get(path.as_str()) {
+            path.clone_from(new);
+        }
+    };
+    for details in manifest.collection_details.values_mut() {
+        rename(&mut details.snapshot);
+        for shard in &mut details.shards {
+            rename(&mut shard.snapshot);
+        }
+    }
+    for database in &mut manifest.databases {
+        rename(&mut database.file);
+    }
+}

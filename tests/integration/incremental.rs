@@ -1,0 +1,587 @@
+//! Incremental backups and their chunk store (`create --incremental`), against the Qdrant test
+//! double; nights with real churn are restored from the real server at the end.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+use wqm::manifest::Manifest;
+
+use crate::fixtures;
+use crate::qdrant_double::Double;
+use crate::real_qdrant::{self, Server};
+use crate::restore::lose_everything;
+use crate::test::{self, Test};
+
+fn manifest(backup: &Path) -> Manifest {
+    Manifest::load(&backup.join("metadata/manifest.json")).unwrap()
+}
+
+/// A test directory with a live state DB in `data/`.
+fn workspace() -> TempDir {
+    let tmp = tempfile::Builder::new()
+        .prefix("wqm-test-")
+        .tempdir()
+        .unwrap();
+    fs::create_dir_all(tmp.path().join("data")).unwrap();
+    fixtures::state_db(&tmp.path().join("data/state.db"));
+    tmp
+}
+
+/// `wqm ARGS` in the test's directory, pointed at `url` and the live data directory.
+fn wqm(t: Test, url: &str, args: &str) -> Test {
+    t.env("QDRANT_URL", url)
+        .env("WQM_DATA_DIR", "{TMP}/data")
+        .args(args)
+}
+
+/// `create --incremental --json` of `backups/NAME` (and `extra` flags): its JSON summary.
+fn night(tmp: TempDir, url: &str, name: &str, extra: &str) -> (Value, TempDir) {
+    let (output, tmp) = wqm(
+        Test::in_dir(tmp),
+        url,
+        &format!("backup create {{TMP}}/backups/{name} --incremental --json {extra}"),
+    )
+    .stdout_with(|_| {})
+    .run();
+    (serde_json::from_slice(&output.stdout).unwrap(), tmp)
+}
+
+/// Every chunk file in the store of `dir`.
+fn chunk_files(dir: &Path) -> BTreeSet<PathBuf> {
+    let mut found = BTreeSet::new();
+    for fan in fs::read_dir(dir.join(".wqm-chunks/chunks")).unwrap() {
+        for chunk in fs::read_dir(fan.unwrap().path()).unwrap() {
+            found.insert(chunk.unwrap().path());
+        }
+    }
+    found
+}
+
+/// The store's file of the first chunk of `rel` in `backup`.
+fn first_chunk(backup: &Path, rel: &str) -> PathBuf {
+    let index = fs::read_to_string(backup.join(rel)).unwrap();
+    let id = index.lines().nth(1).unwrap().split(' ').next().unwrap();
+    backup
+        .parent()
+        .unwrap()
+        .join(format!(".wqm-chunks/chunks/{}/{id}", &id[..2]))
+}
+
+fn validate(tmp: TempDir, backup: &str) -> TempDir {
+    Test::in_dir(tmp)
+        .args(&format!("backup validate {{TMP}}/{backup} --check-files"))
+        .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
+        .run()
+        .1
+}
+
+#[test]
+fn nights_share_their_chunks_and_every_command_works_on_them() {
+    let double = Double::start();
+    let (first, tmp) = night(workspace(), &double.url, "n1", "");
+    let added = &first["chunk_store"];
+    assert!(added["chunks_added"].as_u64().unwrap() >= 3, "{first}");
+    let (second, tmp) = night(tmp, &double.url, "n2", "");
+    // The same collections again: only the database copy may differ (its header).
+    assert!(
+        second["chunk_store"]["bytes_added"].as_u64().unwrap()
+            < added["bytes_added"].as_u64().unwrap() / 10,
+        "{second}"
+    );
+    let backups = tmp.path().join("backups");
+    let m = manifest(&backups.join("n2"));
+    assert_eq!(m.format_version, Some(2));
+    assert_eq!(
+        m.files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(),
+        [
+            "collections/small-named.snapshot.chunks",
+            "collections/small-plain.snapshot.chunks",
+            "sqlite/state.db.chunks",
+        ]
+    );
+    assert_eq!(
+        m.collection_details["small-plain"].snapshot,
+        m.files[1].path
+    );
+
+    let tmp = validate(tmp, "backups/n1");
+    let tmp = validate(tmp, "backups/n2");
+    let (_, tmp) = Test::in_dir(tmp)
+        .args("backup info {TMP}/backups/n2 --json")
+        .stdout_json(|v| {
+            let usage = &v["chunk_store"];
+            assert_eq!(
+                usage["logical_bytes"].as_u64().unwrap(),
+                (fixtures::SMALL_NAMED.len() + fixtures::SMALL_PLAIN.len()) as u64
+                    + v["files"][2]["content_size"].as_u64().unwrap()
+            );
+            assert!(
+                usage["unique_bytes"].as_u64().unwrap()
+                    < usage["referenced_bytes"].as_u64().unwrap() / 10,
+                "{usage}"
+            );
+        })
+        .run();
+    // The store is no backup: `list` shows the two nights only, each with its content's size.
+    let (_, tmp) = Test::in_dir(tmp)
+        .args("backup list {TMP}/backups --json")
+        .stdout_json(|v| {
+            let names: Vec<&str> = v
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b["name"].as_str().unwrap())
+                .collect();
+            assert_eq!(names, ["n2", "n1"], "newest first");
+            assert!(v[0]["incremental_content_bytes"].as_u64().unwrap() > 300_000);
+            assert!(v.as_array().unwrap().iter().all(|b| b["valid"] == true));
+        })
+        .run();
+
+    // Night 2 restores everything, streamed from the chunks.
+    lose_everything(&double);
+    let db = tmp.path().join("data/state.db");
+    let rows = test::sqlite_dump(&db);
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("DELETE FROM qdrant_chunks;")
+        .unwrap();
+    let (_, tmp) = wqm(
+        Test::in_dir(tmp),
+        &double.url,
+        "backup restore {TMP}/backups/n2 --force",
+    )
+    .stdout_with(|o| assert!(o.contains("Restore completed"), "{o}"))
+    .run();
+    double.assert_holds_the_fixtures();
+    assert_eq!(test::sqlite_dump(&tmp.path().join("data/state.db")), rows);
+}
+
+#[test]
+fn a_damaged_or_missing_chunk_names_every_backup_that_needs_it() {
+    let double = Double::start();
+    let (_, tmp) = night(workspace(), &double.url, "n1", "");
+    let (_, tmp) = night(tmp, &double.url, "n2", "");
+    let backups = tmp.path().join("backups");
+    let chunk = first_chunk(
+        &backups.join("n2"),
+        "collections/small-plain.snapshot.chunks",
+    );
+    let id = chunk.file_name().unwrap().to_string_lossy().into_owned();
+    fixtures::flip_byte(&chunk);
+    let needed = format!("chunk `{id}` is damaged: ");
+    let (_, tmp) = Test::in_dir(tmp)
+        .args("backup validate {TMP}/backups/n2 --check-files")
+        .status(3)
+        .stdout_with(move |o| {
+            assert!(o.contains(&needed), "{o}");
+            assert!(o.contains("backups that need it: n1, n2\n"), "{o}");
+        })
+        .stderr_with(|e| assert!(e.starts_with("wqm: error: Backup validation failed"), "{e}"))
+        .run();
+    // `list --check` reads the damaged chunk once and finds both nights broken.
+    let (_, tmp) = Test::in_dir(tmp)
+        .args("backup list {TMP}/backups --check --json")
+        .stdout_json(|v| {
+            for backup in v.as_array().unwrap() {
+                assert_eq!(backup["valid"], false, "{backup}");
+            }
+        })
+        .run();
+    // A restore refuses it before touching anything.
+    lose_everything(&double);
+    let (_, tmp) = wqm(
+        Test::in_dir(tmp),
+        &double.url,
+        "backup restore {TMP}/backups/n2 --force",
+    )
+    .status(3)
+    .stdout_with(|_| {})
+    .stderr_with(|e| assert!(e.contains("is damaged"), "{e}"))
+    .run();
+    assert!(double.state().collections.is_empty());
+
+    // A missing chunk is said to be missing; the next night stores it again, repairing both.
+    fs::remove_file(&chunk).unwrap();
+    let (_, tmp) = Test::in_dir(tmp)
+        .args("backup validate {TMP}/backups/n1 --check-files")
+        .status(3)
+        .stdout_with(move |o| {
+            assert!(
+                o.contains(&format!(
+                    "chunk `{id}` is missing from the chunk store; backups that need it: n1, n2"
+                )),
+                "{o}"
+            )
+        })
+        .stderr_with(|_| {})
+        .run();
+    drop(double);
+    let double = Double::start();
+    let (_, tmp) = night(tmp, &double.url, "n3", "");
+    let tmp = validate(tmp, "backups/n1");
+    validate(tmp, "backups/n2");
+}
+
+#[test]
+fn prune_deletes_exactly_the_chunks_no_remaining_backup_needs() {
+    let double = Double::start();
+    let (_, tmp) = night(workspace(), &double.url, "n1", "");
+    let (_, tmp) = night(tmp, &double.url, "n2", "--collections small-plain");
+    let backups = tmp.path().join("backups");
+    let before = chunk_files(&backups);
+    let only_n1 = first_chunk(
+        &backups.join("n1"),
+        "collections/small-named.snapshot.chunks",
+    );
+    let (_, tmp) = Test::in_dir(tmp)
+        .args("backup prune {TMP}/backups --keep-last 1 --dry-run --json")
+        .stdout_json(|v| {
+            let gc = &v["chunk_store"]["collected"];
+            assert!(gc["chunks_deleted"].as_u64().unwrap() >= 1, "{v}");
+        })
+        .run();
+    assert_eq!(chunk_files(&backups), before, "a dry run deletes nothing");
+    let (_, tmp) = Test::in_dir(tmp)
+        .args("backup prune {TMP}/backups --keep-last 1")
+        .stdout_with(|o| {
+            assert!(o.contains("Chunk store: deleted "), "{o}");
+            assert!(o.starts_with("Pruned ") || o.contains("\nPruned "), "{o}");
+        })
+        .run();
+    let after = chunk_files(&backups);
+    assert!(!after.contains(&only_n1));
+    assert!(after.len() < before.len() && after.is_subset(&before));
+    let tmp = validate(tmp, "backups/n2");
+    // Nothing more to collect.
+    Test::in_dir(tmp)
+        .args("backup prune {TMP}/backups --keep-last 1 --json")
+        .stdout_json(|v| assert_eq!(v["chunk_store"]["collected"]["chunks_deleted"], 0, "{v}"))
+        .run();
+}
+
+#[test]
+fn an_export_restores_without_the_chunk_store() {
+    let double = Double::start();
+    let (_, tmp) = night(workspace(), &double.url, "n1", "");
+    let (_, tmp) = Test::in_dir(tmp)
+        .args("backup export {TMP}/backups/n1 {TMP}/away/n1")
+        .stdout_with(|o| assert!(o.starts_with("Backup exported: "), "{o}"))
+        .run();
+    fs::remove_dir_all(tmp.path().join("backups/.wqm-chunks")).unwrap();
+    let (_, tmp) = Test::in_dir(tmp)
+        .args("backup validate {TMP}/backups/n1")
+        .status(3)
+        .stdout_with(|o| assert!(o.contains("no chunk store at `"), "{o}"))
+        .stderr_with(|_| {})
+        .run();
+    let away = tmp.path().join("away/n1");
+    let m = manifest(&away);
+    assert_eq!(m.format_version, Some(1));
+    assert_eq!(m.files[0].path, "collections/small-named.snapshot.zst");
+    assert_eq!(
+        m.collection_details["small-named"].snapshot,
+        m.files[0].path
+    );
+    assert_eq!(m.databases[0].file, "sqlite/state.db.zst");
+    let tmp = validate(tmp, "away/n1");
+    lose_everything(&double);
+    wqm(
+        Test::in_dir(tmp),
+        &double.url,
+        "backup restore {TMP}/away/n1 --force",
+    )
+    .stdout_with(|o| assert!(o.contains("Restore completed"), "{o}"))
+    .run();
+    double.assert_holds_the_fixtures();
+}
+
+/// `wqm ARGS` in `tmp` against `url` with `failpoints`; waits for it to end.
+fn run_with(tmp: &Path, url: &str, failpoints: &str, args: &[&str]) -> std::process::Output {
+    let mut command = test::wqm_command(tmp, args);
+    command
+        .env("QDRANT_URL", url)
+        .env("WQM_DATA_DIR", tmp.join("data"))
+        .env("WQM_FAILPOINT_DIR", tmp)
+        .env("WQM_FAILPOINTS", failpoints);
+    command.output().unwrap()
+}
+
+fn killed(output: &std::process::Output) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    output.status.signal() == Some(9)
+}
+
+#[test]
+fn a_create_killed_while_storing_chunks_leaves_every_backup_valid() {
+    let double = Double::start();
+    let (_, tmp) = night(workspace(), &double.url, "n1", "--collections small-plain");
+    let backups = tmp.path().join("backups");
+    let before = chunk_files(&backups);
+    let target = backups.join("n2");
+    let output = run_with(
+        tmp.path(),
+        &double.url,
+        "create:chunk-stored=kill",
+        &[
+            "backup",
+            "create",
+            target.to_str().unwrap(),
+            "--incremental",
+        ],
+    );
+    assert!(killed(&output), "{output:?}");
+    assert!(
+        chunk_files(&backups).len() > before.len(),
+        "it stored a chunk"
+    );
+    let tmp = validate(tmp, "backups/n1");
+    // The next prune cleans up after the dead run and collects its orphaned chunks.
+    let (_, tmp) = wqm(
+        Test::in_dir(tmp),
+        &double.url,
+        "backup prune {TMP}/backups --keep-last 5",
+    )
+    .stdout_with(|o| assert!(o.contains("Chunk store: deleted "), "{o}"))
+    .stderr_with(|_| {})
+    .run();
+    assert_eq!(chunk_files(&backups), before);
+    validate(tmp, "backups/n1");
+}
+
+#[test]
+fn a_prune_killed_while_collecting_leaves_the_kept_backups_valid() {
+    let double = Double::start();
+    let (_, tmp) = night(workspace(), &double.url, "n1", "");
+    let (_, tmp) = night(tmp, &double.url, "n2", "--collections small-plain");
+    let backups = tmp.path().join("backups");
+    let before = chunk_files(&backups).len();
+    let output = run_with(
+        tmp.path(),
+        &double.url,
+        "prune:chunk-deleted=kill",
+        &[
+            "backup",
+            "prune",
+            backups.to_str().unwrap(),
+            "--keep-last",
+            "1",
+        ],
+    );
+    assert!(killed(&output), "{output:?}");
+    assert_eq!(
+        chunk_files(&backups).len(),
+        before - 1,
+        "killed after one deletion"
+    );
+    let tmp = validate(tmp, "backups/n2");
+    let (_, tmp) = Test::in_dir(tmp)
+        .args("backup prune {TMP}/backups --keep-last 1")
+        .stdout_with(|o| assert!(o.contains("Chunk store: deleted "), "{o}"))
+        .run();
+    validate(tmp, "backups/n2");
+}
+
+#[test]
+fn a_running_create_holds_the_store_against_garbage_collection() {
+    let double = Double::start();
+    let (_, tmp) = night(workspace(), &double.url, "n1", "");
+    let (_, tmp) = night(tmp, &double.url, "n2", "--collections small-plain");
+    let backups = tmp.path().join("backups");
+    // n3 shares n1's chunks of `small-named` and waits before writing its manifest.
+    let mut create = test::wqm_command(
+        tmp.path(),
+        &[
+            "backup",
+            "create",
+            backups.join("n3").to_str().unwrap(),
+            "--incremental",
+        ],
+    );
+    create
+        .env("QDRANT_URL", &double.url)
+        .env("WQM_DATA_DIR", tmp.path().join("data"))
+        .env("WQM_FAILPOINT_DIR", tmp.path())
+        .env("WQM_FAILPOINTS", "create:manifest=wait");
+    let child = create.spawn().unwrap();
+    let marker = tmp.path().join("create-manifest");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !marker.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the create never reached its manifest"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (_, tmp) = Test::in_dir(tmp)
+        .args("backup prune {TMP}/backups --keep-last 1")
+        .stdout_with(|o| {
+            assert!(
+                o.contains("Chunk store: in use by another wqm run (a create, restore or validate); no chunk deleted"),
+                "{o}"
+            )
+        })
+        .run();
+    assert!(!backups.join("n1").exists(), "n1 itself was pruned");
+    fs::remove_file(&marker).unwrap();
+    assert!(child.wait_with_output().unwrap().status.success());
+    let tmp = validate(tmp, "backups/n3");
+    validate(tmp, "backups/n2");
+}
+
+/// The state database's rows, for comparing nights.
+fn rows(db: &Path) -> String {
+    test::sqlite_dump(db)
+}
+
+#[test]
+#[cfg_attr(
+    not(real_qdrant),
+    ignore = "needs a real Qdrant: set WQM_TEST_QDRANT_BIN or WQM_TEST_QDRANT_URL"
+)]
+fn nights_with_churn_each_come_back_exactly_from_the_real_server() {
+    let server = Server::start();
+    real_qdrant::workspace(&server);
+    real_qdrant::upsert(&server.handle(), "projects", 300..3000, 0);
+    let mut tmp = workspace();
+    let db = tmp.path().join("data/state.db");
+    let mut nights = Vec::new();
+    for night_number in 1..=3u64 {
+        if night_number > 1 {
+            // ~1 % new points, ~1 % edited payloads, ~0.25 % deleted, and new rows.
+            let start = 3000 + night_number * 30;
+            real_qdrant::upsert(
+                &server.handle(),
+                "projects",
+                start..start + 30,
+                night_number,
+            );
+            real_qdrant::upsert(&server.handle(), "projects", 100..130, night_number);
+            server.ok(
+                "POST",
+                "/collections/projects/points/delete?wait=true",
+                Some(serde_json::json!({"points": [night_number * 7, night_number * 7 + 1]})),
+            );
+            rusqlite::Connection::open(&db)
+                .unwrap()
+                .execute("DELETE FROM qdrant_chunks WHERE rowid IN (SELECT rowid FROM qdrant_chunks LIMIT 1)", [])
+                .unwrap();
+        }
+        let name = format!("n{night_number}");
+        let (summary, next) = night(tmp, &server.url, &name, "");
+        tmp = next;
+        nights.push((name, real_qdrant::fingerprint(&server), rows(&db), summary));
+    }
+    let added = |i: usize| nights[i].3["chunk_store"]["bytes_added"].as_u64().unwrap();
+    // Small collections change by a large fraction; the benchmark measures real proportions.
+    assert!(
+        added(2) < added(0),
+        "night 3 added {} of {}",
+        added(2),
+        added(0)
+    );
+    for (name, fingerprint, db_rows, _) in &nights {
+        tmp = validate(tmp, &format!("backups/{name}"));
+        server.delete_all_collections();
+        let (_, next) = wqm(
+            Test::in_dir(tmp),
+            &server.url,
+            &format!("backup restore {{TMP}}/backups/{name} --force"),
+        )
+        .stdout_with(|o| assert!(o.contains("Restore completed"), "{o}"))
+        .stderr_with(|_| {})
+        .run();
+        tmp = next;
+        assert_eq!(&real_qdrant::fingerprint(&server), fingerprint, "{name}");
+        assert_eq!(&rows(&db), db_rows, "{name}");
+    }
+    assert!(server.snapshots_left().is_empty());
+}
+
+const GUIDE: &str = include_str!("../../docs/incremental.md");
+
+/// The offsite line of docs/incremental.md, as written (its destination under `offsite`).
+fn offsite_line(offsite: &Path) -> String {
+    let from = GUIDE.find("## Offsite copies").unwrap();
+    let start = GUIDE[from..].find("```sh\n").unwrap() + from + "```sh\n".len();
+    let line = GUIDE[start..].lines().next().unwrap();
+    assert!(line.starts_with("rsync -a "), "{line}");
+    line.replace("/mnt/offsite", offsite.to_str().unwrap())
+}
+
+#[test]
+fn the_offsite_recipe_copies_only_new_chunks_and_the_copy_restores() {
+    if std::process::Command::new("rsync")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: rsync is not installed (`.ci/run` installs it); the offsite recipe was not run");
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let double = Double::start();
+    let home = workspace();
+    let (_, home) = night(home, &double.url, "n1", "");
+    let offsite = tempfile::tempdir().unwrap();
+    // The recipe's `~/backups/` is the test directory's `backups/`.
+    let copy = |home: &Path| {
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(offsite_line(offsite.path()))
+            .env("HOME", home)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    fs::create_dir_all(offsite.path().join("wqm-backups")).unwrap();
+    copy(home.path());
+    let copied = offsite.path().join("wqm-backups");
+    let inodes = |dir: &Path| -> Vec<(PathBuf, u64)> {
+        chunk_files(dir)
+            .into_iter()
+            .map(|p| {
+                let inode = fs::metadata(&p).unwrap().ino();
+                (p, inode)
+            })
+            .collect()
+    };
+    let first = inodes(&copied);
+    let (_, home) = night(home, &double.url, "n2", "");
+    copy(home.path());
+    // Every chunk copied the first time is the same file now: rsync left it alone.
+    let second = inodes(&copied);
+    assert!(first.iter().all(|chunk| second.contains(chunk)));
+    assert_eq!(
+        chunk_files(&copied).len(),
+        chunk_files(&home.path().join("backups")).len()
+    );
+    // The copy is a backups directory: it validates and restores.
+    let at = |tmp: TempDir, rel: &str| -> TempDir {
+        let target = copied.join(rel);
+        Test::in_dir(tmp)
+            .args(&format!(
+                "backup validate {} --check-files",
+                target.display()
+            ))
+            .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
+            .run()
+            .1
+    };
+    let home = at(home, "n1");
+    let home = at(home, "n2");
+    lose_everything(&double);
+    wqm(
+        Test::in_dir(home),
+        &double.url,
+        &format!("backup restore {} --force", copied.join("n2").display()),
+    )
+    .stdout_with(|o| assert!(o.contains("Restore completed"), "{o}"))
+    .run();
+    double.assert_holds_the_fixtures();
+}
