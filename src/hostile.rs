@@ -120,3 +120,18 @@ pub fn compressed_snapshot(data: &[u8]) {
         let _ = snapshot::inspect(decoder.take(64 << 20));
     }
 }
+
+/// A chunk index (`store::chunks`), as restore, validate, prune and export read one: line by
+/// line, each accepted line naming a chunk by 64 hex digits (a path inside the store, nothing
+/// else) of a length a chunk may have, and no line read without bound.
+pub fn chunk_index(data: &[u8]) {
+    use crate::store::chunks::IndexReader;
+    let Ok(mut index) = IndexReader::new(data) else {
+        return;
+    };
+    while let Ok(Some(line)) = index.next_line() {
+        let name = line.id.to_string();
+        assert!(name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert!(line.len >= 1 && line.len <= 16 << 20);
+    }
+}

@@ -587,10 +587,19 @@ struct ChunkSink<W: Write> {
     index: W,
     compressor: zstd::bulk::Compressor<'static>,
     compressed: Vec<u8>,
+    /// New chunks written in the temporary directory, not yet fsynced nor named, and their
+    /// stored sizes (a chunk met again meanwhile is not written twice).
+    unsynced: Vec<(ChunkId, File)>,
+    in_flight: std::collections::HashMap<ChunkId, u64>,
     /// Fan-out directories that got a new name, to sync before the index may name them.
     touched: BTreeSet<PathBuf>,
     added: Added,
 }
+
+/// New chunks are fsynced this many at a time, on `SYNC_THREADS` threads: the filesystem
+/// commits concurrent fsyncs together, where one at a time each waits for its own commit.
+const SYNC_BATCH: usize = 64;
+const SYNC_THREADS: usize = 8;
 
 impl<W: Write> ChunkWriter<W> {
     pub fn new(store: Arc<ChunkStore>, temp: &Path, mut index: W) -> io::Result<Self> {
@@ -603,6 +612,8 @@ impl<W: Write> ChunkWriter<W> {
                 index,
                 compressor: zstd::bulk::Compressor::new(crate::compress::ZSTD_LEVEL)?,
                 compressed: Vec::new(),
+                unsynced: Vec::new(),
+                in_flight: Default::default(),
                 touched: BTreeSet::new(),
                 added: Added::default(),
             },
@@ -614,6 +625,7 @@ impl<W: Write> ChunkWriter<W> {
     pub fn finish(mut self) -> io::Result<(W, Added)> {
         let sink = &mut self.sink;
         self.chunker.finish(&mut |chunk| sink.store_chunk(chunk))?;
+        sink.land()?;
         for dir in &sink.touched {
             sync_dir(dir)?;
         }
@@ -627,36 +639,64 @@ impl<W: Write> ChunkWriter<W> {
 impl<W: Write> ChunkSink<W> {
     fn store_chunk(&mut self, chunk: &[u8]) -> io::Result<()> {
         let id = ChunkId::of(chunk);
-        let stored = match self.store.stored_size(&id) {
+        let known = self.in_flight.get(&id).copied();
+        let stored = match known.or_else(|| self.store.stored_size(&id)) {
             Some(size) => size,
             None => self.put(&id, chunk)?,
         };
-        writeln!(self.index, "{id} {} {stored}", chunk.len())
+        writeln!(self.index, "{id} {} {stored}", chunk.len())?;
+        if self.unsynced.len() >= SYNC_BATCH {
+            self.land()?;
+        }
+        Ok(())
     }
 
-    /// Writes a new chunk: compressed into the run's temporary directory, fsynced, renamed to
-    /// its name (a concurrent run storing the same chunk renames identical bytes over it).
+    /// Writes a new chunk, compressed, into the run's temporary directory; `land` makes it
+    /// durable and gives it its name.
     fn put(&mut self, id: &ChunkId, chunk: &[u8]) -> io::Result<u64> {
         self.compressed.clear();
         self.compressed
             .reserve(zstd::zstd_safe::compress_bound(chunk.len()));
         self.compressor
             .compress_to_buffer(chunk, &mut self.compressed)?;
-        let temp = self.temp.join(id.to_string());
-        let mut file = create_private_file(&temp)?;
+        let mut file = create_private_file(&self.temp.join(id.to_string()))?;
         file.write_all(&self.compressed)?;
-        file.sync_all()?;
-        let target = self.store.root.join(id.rel());
-        let dir = crate::fs::parent_dir(&target).to_path_buf();
-        if !self.touched.contains(&dir) && !dir.is_dir() {
-            create_private_dir_all(&dir)?;
-        }
-        fs::rename(&temp, &target)?;
-        crate::failpoint::hit("create:chunk-stored")?;
-        self.touched.insert(dir);
+        let stored = self.compressed.len() as u64;
+        self.unsynced.push((*id, file));
+        self.in_flight.insert(*id, stored);
         self.added.chunks += 1;
-        self.added.bytes += self.compressed.len() as u64;
-        Ok(self.compressed.len() as u64)
+        self.added.bytes += stored;
+        Ok(stored)
+    }
+
+    /// Fsyncs the new chunks (several at once), then renames each to its name (a concurrent
+    /// run storing the same chunk renames identical bytes over it): a name always holds a
+    /// whole chunk.
+    fn land(&mut self) -> io::Result<()> {
+        let batch = std::mem::take(&mut self.unsynced);
+        let per_thread = batch.len().div_ceil(SYNC_THREADS).max(1);
+        std::thread::scope(|scope| {
+            let syncing: Vec<_> = batch
+                .chunks(per_thread)
+                .map(|part| scope.spawn(move || part.iter().try_for_each(|(_, f)| f.sync_all())))
+                .collect();
+            syncing.into_iter().try_for_each(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err(io::Error::other("panicked")))
+            })
+        })?;
+        for (id, _) in &batch {
+            let target = self.store.root.join(id.rel());
+            let dir = crate::fs::parent_dir(&target).to_path_buf();
+            if !self.touched.contains(&dir) && !dir.is_dir() {
+                create_private_dir_all(&dir)?;
+            }
+            fs::rename(self.temp.join(id.to_string()), &target)?;
+            crate::failpoint::hit("create:chunk-stored")?;
+            self.touched.insert(dir);
+        }
+        self.in_flight.clear();
+        Ok(())
     }
 }
 

@@ -30,6 +30,7 @@ fn kept_inputs_replay_without_a_panic() {
     replay("config", hostile::config);
     replay("version", hostile::version);
     replay("snapshot", hostile::snapshot);
+    replay("chunk_index", hostile::chunk_index);
 }
 
 /// Names as an attacker would write them.
@@ -125,6 +126,20 @@ proptest! {
         }
         bytes.truncate(cut.max(1).min(bytes.len()));
         hostile::snapshot(&bytes);
+    }
+
+    /// Chunk indexes: a real header, then lines almost right or entirely wrong.
+    #[test]
+    fn chunk_indexes(lines in proptest::collection::vec(
+        prop_oneof![
+            "[0-9a-f]{64} [0-9]{1,9} [0-9]{1,9}",
+            "[0-9a-fA-F./]{0,70} -?[0-9]{0,25} [0-9 ]{0,30}",
+            "\\PC{0,200}",
+        ],
+        0..8,
+    )) {
+        let text = format!("wqm-chunk-index 1\n{}\n", lines.join("\n"));
+        hostile::chunk_index(text.as_bytes());
     }
 
     #[test]

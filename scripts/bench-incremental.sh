@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Incremental backups over nights of churn, on the real Qdrant server, beside restic over the
+# same nights' uncompressed snapshots, in one run. Not a test: run it by hand and copy the tables
+# into docs/performance.md.
+#
+#   scripts/bench-incremental.sh                          # 40000 points, 30 nights
+#   BENCH_POINTS=8000 BENCH_NIGHTS=5 scripts/bench-incremental.sh   # a quick look
+#
+# Each night: ~1 % new points, ~1 % payloads edited, ~0.25 % deleted (scripts/bench_incremental.py),
+# rows of the state database touched; then `wqm backup create --incremental`, and restic backs up
+# the same night's snapshot (downloaded with curl) and database. At the end: full vs incremental
+# create and restore times on the same data, and the store at 32–256 KiB average chunks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+points=${BENCH_POINTS:-40000}
+nights=${BENCH_NIGHTS:-30}
+runs=${BENCH_RUNS:-3}
+out=$(mktemp -d "${TMPDIR:-/tmp}/wqm-bench-inc.XXXXXX")
+command -v restic >/dev/null || { echo "restic is needed (apt-get install restic)" >&2; exit 1; }
+
+cargo build --release --locked --quiet --example chunk_sizes
+cargo build --release --locked --quiet
+wqm=$PWD/target/release/wqm
+eval "$(../shared/bin/qdrant-serve --storage "$out/storage")"
+trap 'kill $QDRANT_PID 2>/dev/null; rm -rf "$out"' EXIT
+export QDRANT_URL WQM_DATA_DIR=$out/data WQM_BACKUP__DAEMON__PROCESS_NAME=wqm-bench-no-daemon
+export RESTIC_PASSWORD=bench RESTIC_REPOSITORY=$out/restic
+
+echo "loading $points points..." >&2
+python3 scripts/bench_incremental.py load "$QDRANT_URL" projects "$points"
+mkdir -p "$out/data" "$out/restic-in" "$out/nights"
+sqlite3 "$out/data/state.db" < tests/fixtures/state-db/schema.sql
+sqlite3 "$out/data/state.db" < tests/fixtures/state-db/sample-data.sql
+restic init --repository-version 2 -q
+
+# `time_of NAME COMMAND...`: wall seconds and peak RSS (KiB), appended to $out/NAME.all;
+# the command's stdout goes to $out/NAME.out.
+time_of() {
+  local name=$1; shift
+  sync
+  /usr/bin/time -f '%e %M' -o "$out/$name.time" "$@" > "$out/$name.out"
+  cat "$out/$name.time" >> "$out/$name.all"
+}
+bytes() { du -sb "$@" | awk '{s += $1} END {print s}'; }
+night_name() { printf 'night-%02d' "$1"; }
+
+time_of full-first "$wqm" backup create "$out/full/first"
+full_size=$(bytes "$out/full/first")
+
+printf '| night | wqm added | wqm store total | restic repository | create s | RSS MiB |\n|---|---|---|---|---|---|\n' > "$out/nights.md"
+for n in $(seq "$nights"); do
+  if [ "$n" -gt 1 ]; then
+    python3 scripts/bench_incremental.py churn "$QDRANT_URL" projects "$points" "$n"
+    sqlite3 "$out/data/state.db" "UPDATE tracked_files SET file_mtime = datetime('now'), chunk_count = chunk_count + 1 WHERE file_id % 7 = $n % 7;"
+  fi
+  name=$(night_name "$n")
+  time_of inc-night "$wqm" backup create "$out/inc/$name" --incremental --json
+  added=$(jq .chunk_store.bytes_added "$out/inc-night.out")
+  # The same night for restic: the uncompressed snapshot (curl) and a copy of the database.
+  snap=$(curl -sS -X POST "$QDRANT_URL/collections/projects/snapshots?wait=true" | jq -r .result.name)
+  curl -sS -o "$out/nights/$name.snapshot" "$QDRANT_URL/collections/projects/snapshots/$snap"
+  curl -sS -X DELETE "$QDRANT_URL/collections/projects/snapshots/$snap?wait=true" >/dev/null
+  cp "$out/nights/$name.snapshot" "$out/restic-in/projects.snapshot"
+  sqlite3 "$out/data/state.db" ".backup '$out/restic-in/state.db'"
+  restic backup -q "$out/restic-in"
+  read -r seconds rss < "$out/inc-night.time"
+  printf '| %d | %.1f MiB | %.1f MiB | %.1f MiB | %s | %d |\n' "$n" \
+    "$(echo "$added / 1048576" | bc -l)" "$(echo "$(bytes "$out/inc") / 1048576" | bc -l)" \
+    "$(echo "$(bytes "$out/restic") / 1048576" | bc -l)" "$seconds" $((rss / 1024)) >> "$out/nights.md"
+  echo "night $n: added $added bytes in $seconds s" >&2
+done
+
+# Create and restore on the same (last night's) data: full vs incremental, pair by pair.
+for i in $(seq "$runs"); do
+  rm -rf "$out/full/last-$i"
+  time_of full-create "$wqm" backup create "$out/full/last-$i"
+  time_of inc-create "$wqm" backup create "$out/inc/extra-$i" --incremental
+done
+restore() { # restore LABEL BACKUP
+  time_of "$1" env WQM_BACKUP__AUTO_BACKUP_BEFORE_RESTORE=false "$wqm" backup restore "$2" --force --overwrite
+}
+for i in $(seq "$runs"); do
+  restore restore-full "$out/full/last-1"
+  restore restore-night-1 "$out/inc/$(night_name 1)"
+  restore restore-night-last "$out/inc/$(night_name "$nights")"
+done
+for i in $(seq "$runs"); do rm -rf "$out/inc/extra-$i"; done
+store_size=$(bytes "$out/inc")
+restic_size=$(bytes "$out/restic")
+
+median() { sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+stat_of() { # stat_of NAME: "median-seconds max-RSS-MiB"
+  echo "$(cut -d' ' -f1 "$out/$1.all" | median) $(( $(cut -d' ' -f2 "$out/$1.all" | sort -n | tail -1) / 1024 ))"
+}
+echo
+echo "## $nights nights of ${points}-point churn ($(date -u +%F), $(nproc) cores)"
+echo
+cat "$out/nights.md"
+echo
+echo "| | bytes | × one full compressed backup |"
+echo "|---|---|---|"
+echo "| one full backup (zstd), night 1 | $full_size | 1.00 |"
+echo "| wqm: $nights incremental nights (store + backups) | $store_size | $(echo "scale=3; $store_size / $full_size" | bc) |"
+echo "| restic 0.14 repository, same nights (uncompressed snapshots + db, its zstd) | $restic_size | $(echo "scale=3; $restic_size / $full_size" | bc) |"
+echo
+echo "| command, same data | median s | peak RSS MiB |"
+echo "|---|---|---|"
+for name in full-create inc-create inc-night restore-full restore-night-1 restore-night-last; do
+  read -r s r <<< "$(stat_of "$name")"
+  echo "| $name | $s | $r |"
+done
+echo
+echo "Average chunk size over the $nights nights' snapshots:"
+echo
+target/release/examples/chunk_sizes "$out"/nights/*.snapshot
