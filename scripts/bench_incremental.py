@@ -4,11 +4,14 @@ dense 384-dim (Cosine) + sparse `keywords`, a `tag` payload index.
 
 usage: bench_incremental.py load URL COLLECTION POINTS
        bench_incremental.py churn URL COLLECTION POINTS NIGHT
-`churn` is one night: ~1 % new points, the payload of ~1 % edited, ~0.25 % deleted.
+`churn` is one night: ~1 % new points, the payload of ~1 % edited, ~0.25 % deleted (each night
+deletes its own ids of the lower half and edits ids of the upper half, which are never deleted).
+Both wait until the collection is green (optimized), as a nightly backup finds it.
 """
 import json
 import random
 import sys
+import time
 import urllib.request
 
 mode, url, name, points = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
@@ -37,20 +40,29 @@ def upsert(ids, rng):
              {"points": [point(i, rng) for i in ids[start:start + 500]]})
 
 
+def settle():
+    for _ in range(600):
+        if call("GET", f"/collections/{name}")["result"]["status"] == "green":
+            return
+        time.sleep(0.5)
+    sys.exit("the collection never became green")
+
+
 if mode == "load":
     call("PUT", f"/collections/{name}", {"vectors": {"dense": {"size": 384, "distance": "Cosine"}},
                                          "sparse_vectors": {"keywords": {}}})
     call("PUT", f"/collections/{name}/index?wait=true", {"field_name": "tag", "field_schema": "keyword"})
     upsert(range(points), random.Random(1))
+    settle()
 elif mode == "churn":
     night = int(sys.argv[5])
     rng = random.Random(1000 + night)
-    new = points // 100
+    new, deleted = points // 100, points // 400
     upsert(range(points + (night - 1) * new, points + night * new), rng)
-    existing = [p for p in range(points) if p % 97 != night % 97]
     call("POST", f"/collections/{name}/points/payload?wait=true",
-         {"payload": {"edited": night}, "points": rng.sample(existing, points // 100)})
+         {"payload": {"edited": night}, "points": rng.sample(range(points // 2, points), new)})
     call("POST", f"/collections/{name}/points/delete?wait=true",
-         {"points": rng.sample(existing, points // 400)})
+         {"points": list(range((night - 1) * deleted, night * deleted))})
+    settle()
 else:
     sys.exit(__doc__)

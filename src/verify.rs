@@ -83,8 +83,8 @@ pub struct Options {
     pub chunks: ChunkTally,
 }
 
-/// The chunks a run has read and what each showed (`None`: sound), so that `validate` and
-/// `list --check-files` read each chunk once however many files and backups share it.
+/// The chunks a run has read and what each showed (`None`: sound), so that `validate
+/// --check-files` and `list --check` read each chunk once however many files and backups share it.
 #[derive(Clone, Debug, Default)]
 pub struct ChunkTally(Arc<Mutex<HashMap<ChunkId, Option<ChunkProblem>>>>);
 
@@ -335,10 +335,9 @@ fn check_chunk_store(report: &mut Report, backup: &BackupDir) {
     }
 }
 
-/// What reading a chunked file's index and chunks showed.
+/// What reading a chunked file's chunks showed.
+#[derive(Default)]
 struct ChunkReading {
-    /// Of the index as stored.
-    stored: Digests,
     chunks: u64,
     /// Chunks read now (the others were read earlier in this run).
     read: u64,
@@ -361,7 +360,7 @@ fn check_chunked_file(
         .checksum
         .as_ref()
         .map_or(Algorithm::None, |c| c.algorithm);
-    let reading = match read_chunks(backup, entry, algorithm, tally, progress) {
+    let (index, reading) = match read_chunks(backup, entry, algorithm, tally, progress) {
         Ok(r) => r,
         Err(_) if progress::is_interrupted() => return Err(Interrupted),
         Err(e) => {
@@ -376,7 +375,7 @@ fn check_chunked_file(
     };
     let errors_before = report.count(Severity::Error);
     let stored = Reading {
-        stored: reading.stored,
+        stored: index,
         content: None,
         problem: None,
     };
@@ -407,23 +406,19 @@ fn check_chunked_file(
     Ok(sound)
 }
 
+/// Reads a chunked file's index (returning its digests as stored) and each chunk it names
+/// that this run has not read yet.
 fn read_chunks(
     backup: &BackupDir,
     entry: &FileEntry,
     algorithm: Algorithm,
     tally: &ChunkTally,
     progress: &dyn Progress,
-) -> io::Result<ChunkReading> {
+) -> io::Result<(Digests, ChunkReading)> {
     let store: Arc<ChunkStore> = backup.chunk_store()?;
     let mut stored = HashingReader::new(backup.open_entry(entry)?, &[algorithm]);
     let mut index = IndexReader::new(BufReader::new(&mut stored))?;
-    let mut reading = ChunkReading {
-        stored: crate::checksum::digest(&[], &[]),
-        chunks: 0,
-        read: 0,
-        content_size: 0,
-        bad: Vec::new(),
-    };
+    let mut reading = ChunkReading::default();
     progress.begin(&entry.path, Some(entry.content_size));
     let mut buffer = Vec::new();
     let result = (|| {
@@ -447,8 +442,7 @@ fn read_chunks(
     progress.end();
     result?;
     drop(index);
-    reading.stored = stored.finish()?;
-    Ok(reading)
+    Ok((stored.finish()?, reading))
 }
 
 /// One error per missing or damaged chunk, naming the chunk's file in the store and every

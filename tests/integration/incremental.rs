@@ -485,22 +485,57 @@ fn nights_with_churn_each_come_back_exactly_from_the_real_server() {
         added(2),
         added(0)
     );
-    for (name, fingerprint, db_rows, _) in &nights {
-        tmp = validate(tmp, &format!("backups/{name}"));
+    // Each night comes back exactly (no safety backups: the directory holds the nights only).
+    let restore = |tmp: TempDir, backup: &str, night: usize| -> TempDir {
         server.delete_all_collections();
-        let (_, next) = wqm(
+        let (_, tmp) = wqm(
             Test::in_dir(tmp),
             &server.url,
-            &format!("backup restore {{TMP}}/backups/{name} --force"),
+            &format!("backup restore {{TMP}}/{backup} --force"),
         )
+        .env("WQM_BACKUP__AUTO_BACKUP_BEFORE_RESTORE", "false")
         .stdout_with(|o| assert!(o.contains("Restore completed"), "{o}"))
         .stderr_with(|_| {})
         .run();
-        tmp = next;
+        let (name, fingerprint, db_rows, _) = &nights[night];
         assert_eq!(&real_qdrant::fingerprint(&server), fingerprint, "{name}");
         assert_eq!(&rows(&db), db_rows, "{name}");
+        tmp
+    };
+    for (night, (name, ..)) in nights.iter().enumerate() {
+        tmp = validate(tmp, &format!("backups/{name}"));
+        tmp = restore(tmp, &format!("backups/{name}"), night);
     }
     assert!(server.snapshots_left().is_empty());
+
+    // Night 1 exported; then pruned with its chunks: the kept nights stay whole.
+    let (_, tmp) = Test::in_dir(tmp)
+        .args("backup export {TMP}/backups/n1 {TMP}/away/n1")
+        .stdout_with(|o| assert!(o.starts_with("Backup exported: "), "{o}"))
+        .run();
+    let (_, tmp) = Test::in_dir(tmp)
+        .args("backup prune {TMP}/backups --keep-last 2")
+        .stdout_with(|o| assert!(o.contains("Chunk store: deleted "), "{o}"))
+        .run();
+    let tmp = validate(tmp, "backups/n2");
+    let tmp = validate(tmp, "backups/n3");
+    let tmp = restore(tmp, "backups/n3", 2);
+
+    // A damaged chunk of night 3's snapshot is found and named.
+    let backups = tmp.path().join("backups");
+    let chunk = first_chunk(&backups.join("n3"), "collections/projects.snapshot.chunks");
+    fixtures::flip_byte(&chunk);
+    let (_, tmp) = Test::in_dir(tmp)
+        .args("backup validate {TMP}/backups/n3 --check-files")
+        .status(3)
+        .stdout_with(|o| assert!(o.contains("is damaged: ") && o.contains("n3"), "{o}"))
+        .stderr_with(|_| {})
+        .run();
+
+    // The export restores night 1 exactly with the store gone.
+    fs::remove_dir_all(backups.join(".wqm-chunks")).unwrap();
+    let tmp = validate(tmp, "away/n1");
+    restore(tmp, "away/n1", 0);
 }
 
 const GUIDE: &str = include_str!("../../docs/incremental.md");
