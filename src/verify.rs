@@ -356,22 +356,9 @@ fn check_chunked_file(
     tally: &ChunkTally,
     progress: &dyn Progress,
 ) -> Result<bool, Interrupted> {
-    let algorithm = entry
-        .checksum
-        .as_ref()
-        .map_or(Algorithm::None, |c| c.algorithm);
-    let (index, reading) = match read_chunks(backup, entry, algorithm, tally, progress) {
-        Ok(r) => r,
-        Err(_) if progress::is_interrupted() => return Err(Interrupted),
-        Err(e) => {
-            report.add(
-                Severity::Error,
-                Check::Contents,
-                Some(&entry.path),
-                format!("cannot read: {e}"),
-            );
-            return Ok(false);
-        }
+    let read = |algorithm| read_chunks(backup, entry, algorithm, tally, progress);
+    let Some((index, reading)) = read_or_report(report, entry, read)? else {
+        return Ok(false);
     };
     let errors_before = report.count(Severity::Error);
     let stored = Reading {
@@ -837,6 +824,32 @@ fn database_problems(path: &Path) -> Result<(), String> {
     }
 }
 
+/// Reads a listed file with `read` (given the algorithm of its stored checksum); a file that
+/// cannot be read is a finding (`None`), and only Ctrl-C stops the audit.
+fn read_or_report<T>(
+    report: &mut Report,
+    entry: &FileEntry,
+    read: impl FnOnce(Algorithm) -> io::Result<T>,
+) -> Result<Option<T>, Interrupted> {
+    let algorithm = entry
+        .checksum
+        .as_ref()
+        .map_or(Algorithm::None, |c| c.algorithm);
+    match read(algorithm) {
+        Ok(reading) => Ok(Some(reading)),
+        Err(_) if progress::is_interrupted() => Err(Interrupted),
+        Err(e) => {
+            report.add(
+                Severity::Error,
+                Check::Contents,
+                Some(&entry.path),
+                format!("cannot read: {e}"),
+            );
+            Ok(None)
+        }
+    }
+}
+
 /// One listed file read through: its stored checksum, its content's sha256 and size, and (at
 /// full depth) its content checked as its kind requires.
 fn check_file(
@@ -846,22 +859,9 @@ fn check_file(
     depth: Depth,
     progress: &dyn Progress,
 ) -> Result<(), Interrupted> {
-    let algorithm = entry
-        .checksum
-        .as_ref()
-        .map_or(Algorithm::None, |c| c.algorithm);
-    let reading = match read_file(backup, entry, algorithm, depth, progress) {
-        Ok(r) => r,
-        Err(_) if progress::is_interrupted() => return Err(Interrupted),
-        Err(e) => {
-            report.add(
-                Severity::Error,
-                Check::Contents,
-                Some(&entry.path),
-                format!("cannot read: {e}"),
-            );
-            return Ok(());
-        }
+    let read = |algorithm| read_file(backup, entry, algorithm, depth, progress);
+    let Some(reading) = read_or_report(report, entry, read)? else {
+        return Ok(());
     };
     progress::check_interrupted()?;
     let errors_before = report.count(Severity::Error);

@@ -27,7 +27,7 @@ fn ls_a(dir: &Path) -> Vec<String> {
 
 /// `wqm ARGS` in `tmp` against the Qdrant at `url` (the double or a real server), with
 /// `failpoints` set; waits for it to end.
-fn run_with(tmp: &Path, url: &str, failpoints: &str, args: &[&str]) -> Output {
+pub fn run_with(tmp: &Path, url: &str, failpoints: &str, args: &[&str]) -> Output {
     let mut command = test::wqm_command(tmp, args);
     command
         .env("QDRANT_URL", url)
@@ -50,7 +50,7 @@ fn create_signalled(double: &Double, tmp: &Path, signals: &[&str]) -> Output {
     })
 }
 
-fn killed(output: &Output) -> bool {
+pub fn killed(output: &Output) -> bool {
     use std::os::unix::process::ExitStatusExt;
     output.status.signal() == Some(9)
 }

@@ -11,6 +11,7 @@ use tempfile::TempDir;
 
 use wqm::manifest::Manifest;
 
+use crate::faults::{killed, run_with};
 use crate::fixtures;
 use crate::qdrant_double::Double;
 use crate::real_qdrant::{self, Server};
@@ -228,11 +229,17 @@ fn a_damaged_or_missing_chunk_names_every_backup_that_needs_it() {
     validate(tmp, "backups/n2");
 }
 
+/// Night 1 of both collections, night 2 of `small-plain` only: `small-named`'s chunks are
+/// night 1's alone.
+fn two_nights(double: &Double) -> TempDir {
+    let (_, tmp) = night(workspace(), &double.url, "n1", "");
+    night(tmp, &double.url, "n2", "--collections small-plain").1
+}
+
 #[test]
 fn prune_deletes_exactly_the_chunks_no_remaining_backup_needs() {
     let double = Double::start();
-    let (_, tmp) = night(workspace(), &double.url, "n1", "");
-    let (_, tmp) = night(tmp, &double.url, "n2", "--collections small-plain");
+    let tmp = two_nights(&double);
     let backups = tmp.path().join("backups");
     let before = chunk_files(&backups);
     let only_n1 = first_chunk(
@@ -301,22 +308,6 @@ fn an_export_restores_without_the_chunk_store() {
     double.assert_holds_the_fixtures();
 }
 
-/// `wqm ARGS` in `tmp` against `url` with `failpoints`; waits for it to end.
-fn run_with(tmp: &Path, url: &str, failpoints: &str, args: &[&str]) -> std::process::Output {
-    let mut command = test::wqm_command(tmp, args);
-    command
-        .env("QDRANT_URL", url)
-        .env("WQM_DATA_DIR", tmp.join("data"))
-        .env("WQM_FAILPOINT_DIR", tmp)
-        .env("WQM_FAILPOINTS", failpoints);
-    command.output().unwrap()
-}
-
-fn killed(output: &std::process::Output) -> bool {
-    use std::os::unix::process::ExitStatusExt;
-    output.status.signal() == Some(9)
-}
-
 #[test]
 fn a_create_killed_while_storing_chunks_leaves_every_backup_valid() {
     let double = Double::start();
@@ -357,8 +348,7 @@ fn a_create_killed_while_storing_chunks_leaves_every_backup_valid() {
 #[test]
 fn a_prune_killed_while_collecting_leaves_the_kept_backups_valid() {
     let double = Double::start();
-    let (_, tmp) = night(workspace(), &double.url, "n1", "");
-    let (_, tmp) = night(tmp, &double.url, "n2", "--collections small-plain");
+    let tmp = two_nights(&double);
     let backups = tmp.path().join("backups");
     let before = chunk_files(&backups).len();
     let output = run_with(
@@ -390,8 +380,7 @@ fn a_prune_killed_while_collecting_leaves_the_kept_backups_valid() {
 #[test]
 fn a_running_create_holds_the_store_against_garbage_collection() {
     let double = Double::start();
-    let (_, tmp) = night(workspace(), &double.url, "n1", "");
-    let (_, tmp) = night(tmp, &double.url, "n2", "--collections small-plain");
+    let tmp = two_nights(&double);
     let backups = tmp.path().join("backups");
     // n3 shares n1's chunks of `small-named` and waits before writing its manifest.
     let mut create = test::wqm_command(

@@ -1,0 +1,82 @@
+//! Which chunks the backups of a directory use, and what a backup holds alone.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::io;
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::{ChunkId, IndexLine, IndexReader};
+use crate::store::BackupDir;
+
+/// Calls `visit` with every chunk line of every chunked file of `backup`, in order. An index
+/// that cannot be read is an error: nobody can tell which chunks it needs.
+pub fn visit_chunks(backup: &BackupDir, mut visit: impl FnMut(&IndexLine)) -> io::Result<()> {
+    for entry in &backup.manifest.files {
+        if entry.compression != crate::compress::Compression::Chunks {
+            continue;
+        }
+        let file = backup.open_entry(entry)?;
+        let mut index = IndexReader::new(io::BufReader::new(file))?;
+        while let Some(line) = index.next_line()? {
+            visit(&line);
+        }
+    }
+    Ok(())
+}
+
+/// What an incremental backup occupies in the chunk store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    /// Its chunked files' content, as a full backup would hold it uncompressed.
+    pub logical_bytes: u64,
+    /// Distinct chunks it references, and their stored (compressed) size.
+    pub chunks: u64,
+    pub referenced_bytes: u64,
+    /// What only it references: what deleting it (and a garbage collection) would free.
+    pub unique_bytes: u64,
+}
+
+/// What `backup` occupies in the chunk store beside it, shared or alone.
+pub fn usage(backup: &BackupDir) -> io::Result<Usage> {
+    let mut own: HashMap<ChunkId, u64> = HashMap::new();
+    let mut usage = Usage::default();
+    visit_chunks(backup, |line| {
+        usage.logical_bytes += line.len as u64;
+        own.insert(line.id, line.stored);
+    })?;
+    usage.chunks = own.len() as u64;
+    usage.referenced_bytes = own.values().sum();
+    for other in crate::store::scan(backup.backups_dir())?.backups() {
+        if other.name() != backup.name() {
+            // An unreadable index shares nothing that can be counted.
+            let _ = visit_chunks(other, |line| {
+                own.remove(&line.id);
+            });
+        }
+    }
+    usage.unique_bytes = own.values().sum();
+    Ok(usage)
+}
+
+/// Which backups of `dir` need each of `ids`, by name.
+pub fn backups_using(dir: &Path, ids: &HashSet<ChunkId>) -> BTreeMap<ChunkId, Vec<String>> {
+    let mut users: BTreeMap<ChunkId, Vec<String>> = BTreeMap::new();
+    let Ok(scan) = crate::store::scan(dir) else {
+        return users;
+    };
+    for backup in scan.backups() {
+        let mut found = BTreeSet::new();
+        let visited = visit_chunks(backup, |line| {
+            if ids.contains(&line.id) {
+                found.insert(line.id);
+            }
+        });
+        // A backup whose index cannot be read is broken already, and says so when validated.
+        let _ = visited;
+        for id in found {
+            users.entry(id).or_default().push(backup.name());
+        }
+    }
+    users
+}
