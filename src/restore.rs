@@ -1185,6 +1185,8 @@ impl<'a> Restoring<'a> {
             .open_content(entry)
             .and_then(|f| f.take(entry.content_size).read_to_end(&mut bytes))
             .map_err(|e| damaged(&entry.path, format!("cannot read: {e}")))?;
+        let digests = crate::checksum::digest(&bytes, &[Algorithm::Sha256]);
+        verify::content_matches(entry, &digests).map_err(|p| damaged(&entry.path, p))?;
         // What `validate --check-files` checks of it, before it becomes the live configuration.
         let text = std::str::from_utf8(&bytes)
             .map_err(|_| "not UTF-8 text".to_string())

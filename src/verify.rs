@@ -17,7 +17,9 @@ use crate::manifest::{Collections, FileEntry, FileKind, Manifest, MAX_MANIFEST_B
 use crate::progress::{self, Metered, Progress};
 use crate::snapshot;
 use crate::sqlite;
-use crate::store::chunks::{self, ChunkId, ChunkProblem, ChunkStore, IndexReader};
+use crate::store::chunks::{
+    self, ChunkBuffer, ChunkId, ChunkProblem, ChunkStore, IndexLine, IndexReader,
+};
 use crate::store::{self, BackupDir, Kind};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -89,23 +91,59 @@ pub struct Options {
 pub struct ChunkTally(Arc<Mutex<HashMap<ChunkId, Option<ChunkProblem>>>>);
 
 impl ChunkTally {
-    /// What reading `id` showed, reading it only when this run has not yet.
-    fn check(
-        &self,
-        id: &ChunkId,
-        read: impl FnOnce() -> Option<ChunkProblem>,
-    ) -> (Option<ChunkProblem>, bool) {
-        if let Some(known) = self.0.lock().expect("tally lock").get(id) {
-            return (known.clone(), false);
-        }
-        let found = read();
+    /// Reads and checks the chunks of `lines` this run has not read yet, on `threads` threads
+    /// (decompressing and hashing is the work); returns how many it read.
+    fn read_new(&self, store: &ChunkStore, lines: &[IndexLine], threads: usize) -> u64 {
+        let new: Vec<&IndexLine> = {
+            let known = self.0.lock().expect("tally lock");
+            let mut seen = HashSet::new();
+            lines
+                .iter()
+                .filter(|l| !known.contains_key(&l.id) && seen.insert(l.id))
+                .collect()
+        };
+        let per_thread = new.len().div_ceil(threads).max(1);
+        let found: Vec<(ChunkId, Option<ChunkProblem>)> = std::thread::scope(|scope| {
+            let reading: Vec<_> = new
+                .chunks(per_thread)
+                .map(|part| {
+                    scope.spawn(move || {
+                        let mut buffer = ChunkBuffer::default();
+                        part.iter()
+                            .map(|l| {
+                                (
+                                    l.id,
+                                    store.read_chunk(&l.id, l.len, true, &mut buffer).err(),
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            reading
+                .into_iter()
+                .flat_map(|t| t.join().expect("a chunk check panicked"))
+                .collect()
+        });
+        let mut known = self.0.lock().expect("tally lock");
+        let read = found.len() as u64;
+        known.extend(found);
+        read
+    }
+
+    /// What reading `id` showed (after `read_new`).
+    fn problem(&self, id: &ChunkId) -> Option<ChunkProblem> {
         self.0
             .lock()
             .expect("tally lock")
-            .insert(*id, found.clone());
-        (found, true)
+            .get(id)
+            .cloned()
+            .flatten()
     }
 }
+
+/// Chunks checked at a time (on every core).
+const CHECK_BATCH: usize = 64;
 
 impl Options {
     /// Checks by the running wqm, as of now, under `policy`; no age warning.
@@ -407,24 +445,31 @@ fn read_chunks(
     let mut index = IndexReader::new(BufReader::new(&mut stored))?;
     let mut reading = ChunkReading::default();
     progress.begin(&entry.path, Some(entry.content_size));
-    let mut buffer = Vec::new();
-    let result = (|| {
-        while let Some(line) = index.next_line()? {
-            if progress::is_interrupted() {
-                return Err(io::Error::from(io::ErrorKind::Interrupted));
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut batch = Vec::with_capacity(CHECK_BATCH);
+    let result = (|| loop {
+        batch.clear();
+        while batch.len() < CHECK_BATCH {
+            match index.next_line()? {
+                Some(line) => batch.push(line),
+                None => break,
             }
-            let (problem, read_now) = tally.check(&line.id, || {
-                store.read_chunk(&line.id, line.len, &mut buffer).err()
-            });
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        if progress::is_interrupted() {
+            return Err(io::Error::from(io::ErrorKind::Interrupted));
+        }
+        reading.read += tally.read_new(&store, &batch, threads);
+        for line in &batch {
             reading.chunks += 1;
-            reading.read += u64::from(read_now);
             reading.content_size += line.len as u64;
-            if let Some(problem) = problem {
+            if let Some(problem) = tally.problem(&line.id) {
                 reading.bad.push((line.id, problem));
             }
             progress.advance(line.len as u64);
         }
-        Ok(())
     })();
     progress.end();
     result?;

@@ -289,41 +289,49 @@ impl ChunkStore {
             .map(|s| s.len)
     }
 
-    /// Reads chunk `id` of `len` bytes into `out` and checks it: its size, and its content
-    /// against its name. Never reads more than `len` bytes of content (nor a stored file larger
-    /// than `len` can compress to).
+    /// Reads chunk `id` of `len` bytes into `buffer.content` and checks its size and (with
+    /// `check_name`) its content against its name. Never reads more than `len` bytes of content
+    /// (nor a stored file larger than `len` can compress to).
     pub fn read_chunk(
         &self,
         id: &ChunkId,
         len: usize,
-        out: &mut Vec<u8>,
+        check_name: bool,
+        buffer: &mut ChunkBuffer,
     ) -> Result<(), ChunkProblem> {
+        let damaged = |what: &str, e: io::Error| ChunkProblem::Damaged(format!("{what}: {e}"));
         let file = super::open_in(&self.root, &id.rel()).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => ChunkProblem::Missing,
-            _ => ChunkProblem::Damaged(format!("cannot read: {e}")),
+            _ => damaged("cannot read", e),
         })?;
         let bound = zstd::zstd_safe::compress_bound(len) as u64;
-        let mut compressed = Vec::new();
+        buffer.compressed.clear();
         file.take(bound + 1)
-            .read_to_end(&mut compressed)
-            .map_err(|e| ChunkProblem::Damaged(format!("cannot read: {e}")))?;
-        if compressed.len() as u64 > bound {
+            .read_to_end(&mut buffer.compressed)
+            .map_err(|e| damaged("cannot read", e))?;
+        if buffer.compressed.len() as u64 > bound {
             return Err(ChunkProblem::Damaged(format!(
                 "its stored file is larger than {len} bytes can compress to"
             )));
         }
-        out.clear();
-        out.reserve(len);
-        zstd::bulk::Decompressor::new()
-            .and_then(|mut d| d.decompress_to_buffer(&compressed, out))
-            .map_err(|e| ChunkProblem::Damaged(format!("cannot decompress: {e}")))?;
-        if out.len() != len {
+        buffer.content.clear();
+        buffer.content.reserve(len);
+        let decompressor = match &mut buffer.decompressor {
+            Some(d) => d,
+            empty => empty.insert(
+                zstd::bulk::Decompressor::new().map_err(|e| damaged("cannot decompress", e))?,
+            ),
+        };
+        decompressor
+            .decompress_to_buffer(&buffer.compressed, &mut buffer.content)
+            .map_err(|e| damaged("cannot decompress", e))?;
+        if buffer.content.len() != len {
             return Err(ChunkProblem::Damaged(format!(
                 "holds {} bytes, its index says {len}",
-                out.len()
+                buffer.content.len()
             )));
         }
-        if ChunkId::of(out) != *id {
+        if check_name && ChunkId::of(&buffer.content) != *id {
             return Err(ChunkProblem::Damaged(
                 "its content does not match its name (sha256)".to_string(),
             ));
@@ -340,6 +348,15 @@ impl ChunkStore {
             .tempdir_in(&tmp)
             .map_err(io_error(&tmp))
     }
+}
+
+/// What reading chunks reuses from one to the next: the content read, the stored bytes, and the
+/// decompression context.
+#[derive(Default)]
+pub struct ChunkBuffer {
+    pub content: Vec<u8>,
+    compressed: Vec<u8>,
+    decompressor: Option<zstd::bulk::Decompressor<'static>>,
 }
 
 /// Why a chunk could not be used.

@@ -1,25 +1,29 @@
-//! Reading a chunked file: its chunks in order, each checked against its name.
+//! Reading a chunked file: its chunks in order.
 
 use std::io::{self, BufRead, Read};
 use std::sync::Arc;
 
-use super::{ChunkId, ChunkProblem, ChunkStore, IndexReader};
+use super::{ChunkBuffer, ChunkId, ChunkProblem, ChunkStore, IndexReader};
 
 /// A chunked file's content: its index read line by line from `index`, each chunk read from the
-/// store and checked against its name as it comes. Memory: one chunk.
+/// store as it comes, its length checked and (with `check_names`) its content against its name.
+/// A reader that does not check names must check the whole content against the manifest's
+/// sha256, as every restore and export does. Memory: one chunk.
 pub struct ChunkReader<R> {
     store: Arc<ChunkStore>,
     index: IndexReader<R>,
-    current: Vec<u8>,
+    check_names: bool,
+    buffer: ChunkBuffer,
     position: usize,
 }
 
 impl<R: BufRead> ChunkReader<R> {
-    pub fn new(store: Arc<ChunkStore>, index: R) -> io::Result<Self> {
+    pub fn new(store: Arc<ChunkStore>, index: R, check_names: bool) -> io::Result<Self> {
         Ok(ChunkReader {
             store,
             index: IndexReader::new(index)?,
-            current: Vec::new(),
+            check_names,
+            buffer: ChunkBuffer::default(),
             position: 0,
         })
     }
@@ -27,17 +31,18 @@ impl<R: BufRead> ChunkReader<R> {
 
 impl<R: BufRead> Read for ChunkReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.position == self.current.len() {
+        while self.position == self.buffer.content.len() {
             let Some(line) = self.index.next_line()? else {
                 return Ok(0);
             };
             self.position = 0;
             self.store
-                .read_chunk(&line.id, line.len, &mut self.current)
+                .read_chunk(&line.id, line.len, self.check_names, &mut self.buffer)
                 .map_err(|problem| chunk_error(&line.id, &problem))?;
         }
-        let n = buf.len().min(self.current.len() - self.position);
-        buf[..n].copy_from_slice(&self.current[self.position..self.position + n]);
+        let content = &self.buffer.content;
+        let n = buf.len().min(content.len() - self.position);
+        buf[..n].copy_from_slice(&content[self.position..self.position + n]);
         self.position += n;
         Ok(n)
     }

@@ -73,7 +73,7 @@ fn chunks_round_trip_and_are_stored_once() {
     assert_eq!(again, index);
     assert_eq!(added_again, Added::default(), "nothing stored twice");
     let mut read = Vec::new();
-    ChunkReader::new(store.clone(), &index[..])
+    ChunkReader::new(store.clone(), &index[..], true)
         .unwrap()
         .read_to_end(&mut read)
         .unwrap();
@@ -86,13 +86,13 @@ fn chunks_round_trip_and_are_stored_once() {
     let mut other = Vec::new();
     zstd::stream::copy_encode(&b"something else"[..], &mut other, 1).unwrap();
     fs::write(&path, other).unwrap();
-    let err = ChunkReader::new(store.clone(), &index[..])
+    let err = ChunkReader::new(store.clone(), &index[..], true)
         .unwrap()
         .read_to_end(&mut Vec::new())
         .unwrap_err();
     assert!(err.to_string().contains(&first.id.to_string()), "{err}");
     fs::remove_file(&path).unwrap();
-    let err = ChunkReader::new(store.clone(), &index[..])
+    let err = ChunkReader::new(store.clone(), &index[..], true)
         .unwrap()
         .read_to_end(&mut Vec::new())
         .unwrap_err();
