@@ -161,6 +161,12 @@ fn nights_share_their_chunks_and_every_command_works_on_them() {
     .run();
     double.assert_holds_the_fixtures();
     assert_eq!(test::sqlite_dump(&tmp.path().join("data/state.db")), rows);
+    // The safety backup it took of the live database went beside the nights: incremental too.
+    let safety = crate::restore::safety_backups(&backups);
+    assert_eq!(safety.len(), 1, "{safety:?}");
+    let m = manifest(&backups.join(&safety[0]));
+    assert_eq!(m.compression, Some(wqm::compress::Compression::Chunks));
+    validate(tmp, &format!("backups/{}", safety[0]));
 }
 
 #[test]
@@ -249,6 +255,11 @@ fn prune_deletes_exactly_the_chunks_no_remaining_backup_needs() {
     let (_, tmp) = Test::in_dir(tmp)
         .args("backup prune {TMP}/backups --keep-last 1 --dry-run --json")
         .stdout_json(|v| {
+            assert_eq!(
+                v["skipped"],
+                serde_json::json!([]),
+                "the store is no backup: {v}"
+            );
             let gc = &v["chunk_store"]["collected"];
             assert!(gc["chunks_deleted"].as_u64().unwrap() >= 1, "{v}");
         })
