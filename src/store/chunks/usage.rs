@@ -48,7 +48,7 @@ pub fn usage(backup: &BackupDir) -> io::Result<Usage> {
     usage.chunks = own.len() as u64;
     usage.referenced_bytes = own.values().sum();
     for other in crate::store::scan(backup.backups_dir())?.backups() {
-        if other.name() != backup.name() {
+        if other.path != backup.path {
             // An unreadable index shares nothing that can be counted.
             let _ = visit_chunks(other, |line| {
                 own.remove(&line.id);
@@ -67,13 +67,12 @@ pub fn backups_using(dir: &Path, ids: &HashSet<ChunkId>) -> BTreeMap<ChunkId, Ve
     };
     for backup in scan.backups() {
         let mut found = BTreeSet::new();
-        let visited = visit_chunks(backup, |line| {
+        // A backup whose index cannot be read is broken already, and says so when validated.
+        let _ = visit_chunks(backup, |line| {
             if ids.contains(&line.id) {
                 found.insert(line.id);
             }
         });
-        // A backup whose index cannot be read is broken already, and says so when validated.
-        let _ = visited;
         for id in found {
             users.entry(id).or_default().push(backup.name());
         }
