@@ -259,6 +259,9 @@ pub struct TransferSettings {
     pub retries: u32,
     /// ... and for at least this many seconds (backoff 0.25 s doubling to 8 s).
     pub retry_timeout: u64,
+    /// Send the content's sha256 with each upload (`?checksum=`) so that Qdrant verifies it
+    /// before recovering (wqm checks the stored file on its way either way).
+    pub checksum: bool,
 }
 
 impl Default for TransferSettings {
@@ -269,6 +272,7 @@ impl Default for TransferSettings {
             operation_timeout: 3600,
             retries: 3,
             retry_timeout: 60,
+            checksum: true,
         }
     }
 }

@@ -24,7 +24,7 @@ use crate::cleanup::{self, Cleaned};
 use crate::cluster;
 use crate::compat::{self, Decision, Policy};
 use crate::compress::Compression;
-use crate::config::Settings;
+use crate::config::{Settings, TransferSettings};
 use crate::daemon;
 use crate::exit::{ExitCode, Failure, Interrupted};
 use crate::manifest::{FileEntry, FileKind, Manifest};
@@ -1083,6 +1083,7 @@ impl<'a> Restoring<'a> {
     /// collection stored by shards, where each shard went (see `restore_shards`).
     async fn restore_collections(&mut self) -> Result<BTreeMap<String, Vec<(u32, u32)>>> {
         let (client, plan, progress) = (self.client, self.plan, self.progress);
+        let transfer = &self.settings.backup.transfer;
         let mut shard_targets = BTreeMap::new();
         for collection in plan.restored_collections() {
             progress::check_interrupted()?;
@@ -1095,10 +1096,18 @@ impl<'a> Restoring<'a> {
                     .file(&details.snapshot)
                     .ok_or_else(|| anyhow!("no file for `{}`", collection.name))?;
                 let scope = Scope::Collection(&collection.name);
-                upload(client, &plan.source, entry, scope, &self.work, progress).await
+                upload(
+                    client,
+                    &plan.source,
+                    entry,
+                    scope,
+                    transfer,
+                    &self.work,
+                    progress,
+                )
+                .await
             } else {
-                let timeout = Duration::from_secs(self.settings.backup.transfer.operation_timeout);
-                restore_shards(client, plan, collection, timeout, &self.work, progress)
+                restore_shards(client, plan, collection, transfer, &self.work, progress)
                     .await
                     .map(|targets| {
                         shard_targets.insert(collection.name.clone(), targets);
@@ -1331,7 +1340,7 @@ async fn restore_shards(
     client: &Client,
     plan: &Plan,
     collection: &CollectionPlan,
-    timeout: Duration,
+    transfer: &TransferSettings,
     work: &WorkDir,
     progress: &dyn Progress,
 ) -> Result<Vec<(u32, u32)>> {
@@ -1372,6 +1381,7 @@ async fn restore_shards(
             &plan.source,
             entry,
             Scope::Shard(name, target),
+            transfer,
             work,
             progress,
         )
@@ -1381,6 +1391,7 @@ async fn restore_shards(
         progress.step(&format!(
             "waiting for every replica of `{name}` to be active"
         ));
+        let timeout = Duration::from_secs(transfer.operation_timeout);
         wait_until_active(client, name, timeout).await?;
     }
     Ok(details.shards.iter().map(|s| s.id).zip(targets).collect())
@@ -1542,6 +1553,7 @@ async fn upload(
     source: &BackupDir,
     entry: &FileEntry,
     scope: Scope<'_>,
+    transfer: &TransferSettings,
     work: &WorkDir,
     progress: &dyn Progress,
 ) -> Result<()> {
@@ -1575,7 +1587,7 @@ async fn upload(
         &file_name,
         body,
         entry.content_size,
-        &entry.content_sha256,
+        transfer.checksum.then_some(entry.content_sha256.as_str()),
     ));
     let mut reported = 0;
     let result = loop {

@@ -66,6 +66,25 @@ pub fn safety_backups(dir: &Path) -> Vec<String> {
 }
 
 #[test]
+fn the_server_side_checksum_is_sent_unless_turned_off() {
+    let double = Double::start();
+    let tmp = scene(&double, "");
+    lose_everything(&double);
+    wqm(tmp, &double, "backup restore {TMP}/b --force")
+        .env("WQM_BACKUP__TRANSFER__CHECKSUM", "false")
+        .stdout_with(|out| assert!(out.contains("Restore completed from "), "{out}"))
+        .run();
+    double.assert_holds_the_fixtures();
+    let sent = uploads(&double);
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert!(
+        sent.iter()
+            .all(|u| u.ends_with("?wait=true&priority=snapshot")),
+        "no `checksum=` with `backup.transfer.checksum: false`: {sent:?}"
+    );
+}
+
+#[test]
 fn restores_collections_aliases_and_the_state_database() {
     let double = Double::start();
     let tmp = scene(&double, "");
