@@ -263,10 +263,14 @@ async fn survey(
     let aliases = client.aliases().await?;
     // In a cluster, every shard needs an active replica on a reachable node before anything is written.
     let mut collections = Vec::new();
+    // Shards taken from each node so far: the next goes to the least busy node holding it.
+    let mut taken = BTreeMap::new();
     for name in names {
         let source = match &topology {
             None => Source::Collection,
-            Some(topology) => Source::Shards(shard_sources(client, topology, &name).await?),
+            Some(topology) => {
+                Source::Shards(shard_sources(client, topology, &name, &mut taken).await?)
+            }
         };
         collections.push((name, source));
     }
@@ -299,15 +303,17 @@ fn add_metadata(manifest: &mut Manifest, settings: &Settings) {
     }
 }
 
-/// Each shard of `collection` with the reachable node that holds an active replica of it.
+/// Each shard of `collection` with a reachable node that holds an active replica of it, the
+/// least busy so far (`taken`: shards taken from each node, updated).
 async fn shard_sources(
     entry: &Client,
     topology: &cluster::Topology,
     collection: &str,
+    taken: &mut BTreeMap<u64, usize>,
 ) -> Result<Vec<(cluster::Shard, u64)>> {
     let mut sources = Vec::new();
     for shard in cluster::shards(entry, collection).await? {
-        let Some(peer) = shard.active_on(topology) else {
+        let Some(peer) = shard.active_on(topology, taken) else {
             return Err(cluster::ClusterError::NoActiveReplica {
                 collection: collection.to_string(),
                 shard: shard.id,
@@ -315,6 +321,7 @@ async fn shard_sources(
             }
             .into());
         };
+        *taken.entry(peer).or_default() += 1;
         sources.push((shard, peer));
     }
     Ok(sources)
@@ -623,7 +630,7 @@ impl<'a> Writing<'a> {
         // making must be deleted.
         let made = client.create_snapshot(scope).await;
         // The node may make the next one while this one downloads.
-        turn.made();
+        turn.release_node();
         let making = turn.since.elapsed().as_secs_f64();
         let snapshot = match made {
             Ok(snapshot) => snapshot,
@@ -747,7 +754,7 @@ type FetchedShard = (
 
 /// The results in order, or the first failure that is not `Stopped` (a transfer stopped
 /// because of another's failure reports that one).
-fn first_failure<T>(results: Vec<Result<T>>) -> Result<Vec<T>> {
+pub(crate) fn first_failure<T>(results: Vec<Result<T>>) -> Result<Vec<T>> {
     if results.iter().any(Result::is_err) {
         let mut errors = results.into_iter().filter_map(Result::err);
         let first = errors.next().expect("one failed");
@@ -785,8 +792,9 @@ pub(crate) struct Turn<'a> {
 }
 
 impl Turn<'_> {
-    /// The snapshot is made: the node may make the next.
-    fn made(&mut self) {
+    /// The node may start the next: this snapshot is made (create), or this upload is all sent
+    /// (restore).
+    pub(crate) fn release_node(&mut self) {
         self.making = None;
     }
 }
