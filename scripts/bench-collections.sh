@@ -116,8 +116,8 @@ table() { # table BASELINE LABEL...
 }
 echo "Create (5 snapshots made, downloaded, synced, deleted):"
 echo
-table curl-loop curl-loop wqm-plain-p1 wqm-plain-p2 wqm-plain-p3 wqm-defaults-p1 wqm-defaults
+table curl-loop wqm-plain-p1 wqm-plain-p2 wqm-plain-p3 wqm-defaults-p1 wqm-defaults
 echo
 echo "Restore (5 uploads, each recovered and its uploaded copy deleted):"
 echo
-table curl-uploads curl-uploads restore-plain-p1 restore-plain-p2 restore-defaults-p1 restore-defaults
+table curl-uploads restore-plain-p1 restore-plain-p2 restore-defaults-p1 restore-defaults
