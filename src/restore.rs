@@ -1115,9 +1115,14 @@ impl<'a> Restoring<'a> {
         self.journal.changed = !collections.is_empty();
         let jobs = collections.iter().map(|collection| async {
             let began = Cell::new(false);
-            let result = lanes
-                .run(uploads.restore_collection(collection, &began))
-                .await;
+            let restore = async {
+                let targets = uploads.restore_collection(collection, &began).await?;
+                // On disk as soon as it is done, so a crash meanwhile is reported right.
+                let text = format!("collection `{}` restored", collection.name);
+                uploads.work.record(&Record::Done { text })?;
+                Ok(targets)
+            };
+            let result = lanes.run(restore).await;
             (began.get(), result)
         });
         let results = futures_util::future::join_all(jobs).await;
@@ -1131,8 +1136,10 @@ impl<'a> Restoring<'a> {
                     if collection.action == CollectionAction::Create {
                         self.journal.created.push(name.clone());
                     }
+                    // Recorded on disk when it was done; reported in the plan's order.
                     self.journal
-                        .done(&self.work, format!("collection `{name}` restored"))?;
+                        .done
+                        .push(format!("collection `{name}` restored"));
                 }
                 Err(e) if e.is::<backup::Stopped>() || (!began && failure.is_some()) => {}
                 Err(e) => {
