@@ -1423,3 +1423,36 @@ fn the_json_result_says_where_the_time_went() {
         })
         .run();
 }
+
+#[test]
+fn a_failed_upload_stops_the_others_but_one_all_sent_is_waited_for() {
+    let double = Double::start();
+    let tmp = scene(&double, "");
+    lose_everything(&double);
+    {
+        let mut state = double.state();
+        // `small-named` is all sent and slow to recover when `small-plain`'s upload breaks.
+        state.faults.upload_delay = Some(Duration::from_millis(1500));
+        state.faults.upload_die = Some("small-plain".into());
+    }
+    wqm(tmp, &double, "backup restore {TMP}/b --force")
+        .status(1)
+        .stdout_with(|_| {})
+        .stderr_with(|err| {
+            assert!(
+                err.starts_with("wqm: error: restoring collection `small-plain` failed: "),
+                "{err}"
+            );
+            assert!(
+                err.contains("\n  ✓ collection `small-named` restored\n  ? collection `small-plain`: Qdrant may have restored it"),
+                "{err}"
+            );
+        })
+        .run();
+    let state = double.state();
+    assert!(
+        state.collections.contains_key("small-named"),
+        "the upload that was all sent was waited for"
+    );
+    assert!(!state.collections.contains_key("small-plain"));
+}
