@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Times `wqm backup create` and `wqm backup restore` of the same collection on a three-node
-# Qdrant cluster (3 shards, 2 replicas) and on a single node, on 127.0.0.1. Not a test: run it by
-# hand and copy the table into docs/performance.md.
+# Times `wqm backup create` and `wqm backup restore` of the same data on a three-node Qdrant
+# cluster (3 shards, 2 replicas per collection) and on a single node, on 127.0.0.1: five
+# collections (`projects`, `libraries`, `rules`, `scratchpad`, `images`) of 20000 points, 384-dim
+# dense + sparse vectors. Not a test: run it on a quiet machine and copy the table into
+# docs/performance.md.
 #
-#   scripts/bench-cluster.sh                          # 30000 x 512-dim points, 3 runs
-#   BENCH_POINTS=5000 BENCH_RUNS=1 scripts/bench-cluster.sh
+#   scripts/bench-cluster.sh                          # 5 x 20000 x 384, 3 runs
+#   BENCH_POINTS=2000 BENCH_RUNS=1 scripts/bench-cluster.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-points=${BENCH_POINTS:-30000}
-dim=${BENCH_DIM:-512}
+points=${BENCH_POINTS:-20000}
+dim=${BENCH_DIM:-384}
+names=(projects libraries rules scratchpad images)
 runs=${BENCH_RUNS:-3}
 bin=$(../shared/bin/qdrant-path)
 work=$(mktemp -d "${TMPDIR:-/tmp}/wqm-bench-cluster.XXXXXX")
@@ -16,7 +19,7 @@ pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; rm -rf "$work"' EXIT
 
 cargo build --release --locked --quiet
-wqm=$PWD/target/release/wqm
+wqm=${CARGO_TARGET_DIR:-$PWD/target}/release/wqm
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 
 # node NAME HTTP_PORT [cluster: P2P_PORT [BOOTSTRAP_P2P_PORT]]
@@ -33,7 +36,9 @@ node() {
     args+=(--uri "http://127.0.0.1:$p2p")
     [ -n "$boot" ] && args+=(--bootstrap "http://127.0.0.1:$boot")
   fi
-  (cd "$work/$name" && env "${env[@]}" "$bin" "${args[@]}" > log 2>&1) &
+  # `exec`: the pid is the server's, so the trap stops it (a server left running would also keep
+  # holding any lock the caller took with `flock`).
+  (cd "$work/$name" && exec env "${env[@]}" "$bin" "${args[@]}" > log 2>&1) &
   pids+=($!)
   until curl -fsS "http://127.0.0.1:$http/readyz" >/dev/null 2>&1; do sleep 0.1; done
 }
@@ -45,9 +50,11 @@ h3=$(free_port); node n3 "$h3" "$(free_port)" "$p1"
 until [ "$(curl -fsS "http://127.0.0.1:$h1/cluster" | jq '.result.peers | length')" = 3 ]; do sleep 0.2; done
 nodes="http://127.0.0.1:$h1,http://127.0.0.1:$h2,http://127.0.0.1:$h3"
 
-echo "loading $points x $dim points twice..." >&2
-python3 scripts/bench_load.py "http://127.0.0.1:$single" bench "$points" "$dim"
-python3 scripts/bench_load.py "http://127.0.0.1:$h1" bench "$points" "$dim" 3 2
+echo "loading 5 x $points x $dim points twice..." >&2
+for name in "${names[@]}"; do
+  python3 scripts/bench_load.py "http://127.0.0.1:$single" "$name" "$points" "$dim" 1 1 sparse
+  python3 scripts/bench_load.py "http://127.0.0.1:$h1" "$name" "$points" "$dim" 3 2 sparse
+done
 
 # measure LABEL URL COMMAND...: wall seconds, appended to $work/LABEL
 measure() {
@@ -62,17 +69,28 @@ for i in $(seq "$runs"); do
     if [ $target = single ]; then url=http://127.0.0.1:$single; extra=(); else url=http://127.0.0.1:$h1; extra=(QDRANT_NODES=$nodes); fi
     rm -rf "$work/backup-$target"
     measure "$target-create" env QDRANT_URL="$url" "${extra[@]}" WQM_DATA_DIR="$work/none" "$wqm" backup create "$work/backup-$target"
-    curl -fsS -X DELETE "$url/collections/bench" >/dev/null
+    for name in "${names[@]}"; do curl -fsS -X DELETE "$url/collections/$name" >/dev/null; done
     measure "$target-restore" env QDRANT_URL="$url" "${extra[@]}" WQM_DATA_DIR="$work/none" "$wqm" backup restore "$work/backup-$target" --force
+  done
+  # The cluster with one snapshot in flight (as before issue 13) and with three (one per node).
+  for p in 1 3; do
+    rm -rf "$work/backup-p$p"
+    measure "cluster-create-p$p" env QDRANT_URL="http://127.0.0.1:$h1" QDRANT_NODES="$nodes" WQM_BACKUP__TRANSFER__PARALLEL=$p WQM_DATA_DIR="$work/none" "$wqm" backup create "$work/backup-p$p"
   done
 done
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 size=$(du -sb "$work/backup-single" | cut -f1)
 echo
-echo "$points points x $dim dims; backup of the single node: $size bytes. Median of $runs runs."
+echo "5 collections x $points points x $dim dims (dense + sparse); backup of the single node: $size bytes. Median of $runs runs."
 echo
+sc=$(median < "$work/single-create"); cc=$(median < "$work/cluster-create")
 echo "| Qdrant | create (s) | restore (s) |"
 echo "|---|---|---|"
-echo "| single node | $(median < "$work/single-create") | $(median < "$work/single-restore") |"
-echo "| 3 nodes, 3 shards x 2 replicas | $(median < "$work/cluster-create") | $(median < "$work/cluster-restore") |"
+echo "| single node | $sc | $(median < "$work/single-restore") |"
+ratio() { awk -v a="$1" -v b="$sc" 'BEGIN {printf "%.2fx", a / b}'; }
+echo "| 3 nodes, 3 shards x 2 replicas | $cc ($(ratio "$cc")) | $(median < "$work/cluster-restore") |"
+for p in 1 3; do
+  c=$(median < "$work/cluster-create-p$p")
+  echo "| 3 nodes, parallel $p | $c ($(ratio "$c")) | |"
+done

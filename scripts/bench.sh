@@ -17,7 +17,7 @@ cache=${XDG_CACHE_HOME:-$HOME/.cache}/wqm-bench
 out=$(mktemp -d "${TMPDIR:-/tmp}/wqm-bench.XXXXXX")
 
 cargo build --release --locked --quiet
-wqm=$PWD/target/release/wqm
+wqm=${CARGO_TARGET_DIR:-$PWD/target}/release/wqm
 mkdir -p "$cache"
 eval "$(../shared/bin/qdrant-serve --storage "$cache/storage-$points-$dim")"
 trap 'kill $QDRANT_PID 2>/dev/null; rm -rf "$out"' EXIT

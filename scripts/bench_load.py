@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Fills a Qdrant collection with random dense vectors for the benchmark (idempotent).
 
-usage: bench_load.py URL COLLECTION POINTS DIM [SHARDS REPLICAS]
+usage: bench_load.py URL COLLECTION POINTS DIM [SHARDS REPLICAS [sparse]]
 Vectors are random floats, as incompressible as real embeddings; HNSW indexing is off so the
-load is quick and the snapshot holds plain vector storage.
+load is quick and the snapshot holds plain vector storage. With `sparse`, the collection is
+shaped as workspace-qdrant-mcp makes them: a named dense vector `dense` and a sparse vector
+`keywords` (20 random terms per point).
 """
 import json
 import random
@@ -13,6 +15,7 @@ import urllib.request
 url, name, points, dim = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 shards = int(sys.argv[5]) if len(sys.argv) > 5 else 1
 replicas = int(sys.argv[6]) if len(sys.argv) > 6 else 1
+sparse = len(sys.argv) > 7 and sys.argv[7] == "sparse"
 
 
 def call(method, path, body=None):
@@ -31,18 +34,29 @@ if status == 200:
     if count["result"]["count"] == points:
         sys.exit(0)
     call("DELETE", f"/collections/{name}")
+dense = {"size": dim, "distance": "Cosine", "on_disk": True}
 call("PUT", f"/collections/{name}", {
-    "vectors": {"size": dim, "distance": "Cosine", "on_disk": True},
+    **({"vectors": {"dense": dense}, "sparse_vectors": {"keywords": {}}} if sparse else {"vectors": dense}),
     "hnsw_config": {"m": 0},
     "optimizers_config": {"indexing_threshold": 0},
     "shard_number": shards,
     "replication_factor": replicas,
 })
 rng = random.Random(42)
+
+
+def vector():
+    floats = [round(rng.uniform(-1, 1), 6) for _ in range(dim)]
+    if not sparse:
+        return floats
+    terms = sorted(rng.sample(range(30000), 20))
+    return {"dense": floats, "keywords": {"indices": terms, "values": [round(rng.random(), 4) for _ in terms]}}
+
+
 batch = 500
 for start in range(0, points, batch):
     ids = range(start, min(points, start + batch))
-    body = {"points": [{"id": i, "vector": [round(rng.uniform(-1, 1), 6) for _ in range(dim)],
+    body = {"points": [{"id": i, "vector": vector(),
                         "payload": {"n": i, "tenant_id": f"t{i % 7}"}} for i in ids]}
     status, _ = call("PUT", f"/collections/{name}/points?wait=true", body)
     if status != 200:

@@ -5,12 +5,13 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
 use bytes::Bytes;
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore, SemaphorePermit};
 
 use crate::checksum::Algorithm;
 use crate::cleanup::{self, Cleaned};
@@ -70,6 +71,55 @@ pub struct Item {
     pub detail: String,
     pub size: u64,
     pub content_size: u64,
+    /// A snapshot's times: waiting for its turn, being made on the server, downloading.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<SnapshotTimes>,
+}
+
+/// Seconds a snapshot spent in each step (`backup.transfer.parallel` overlaps them across
+/// snapshots).
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct SnapshotTimes {
+    /// When its turn came, counted from the start of the snapshots phase.
+    pub started: f64,
+    /// Until its turn came (a slot among `parallel`, and its node free to make one).
+    pub waiting: f64,
+    /// Qdrant making it.
+    pub making: f64,
+    /// Downloading, hashing, compressing and writing it (and deleting it from the server).
+    pub downloading: f64,
+}
+
+/// A phase of a command and the seconds it took.
+#[derive(Clone, Debug, Serialize)]
+pub struct Phase {
+    pub phase: String,
+    pub seconds: f64,
+}
+
+/// Times the phases of a command, one after another.
+pub struct Phases {
+    since: Instant,
+    pub done: Vec<Phase>,
+}
+
+impl Phases {
+    pub fn start() -> Self {
+        Phases {
+            since: Instant::now(),
+            done: Vec::new(),
+        }
+    }
+
+    /// The phase `name` ended now (it began when the previous one ended).
+    pub fn end(&mut self, name: &str) {
+        let now = Instant::now();
+        self.done.push(Phase {
+            phase: name.to_string(),
+            seconds: (now - self.since).as_secs_f64(),
+        });
+        self.since = now;
+    }
 }
 
 /// What `create` made.
@@ -79,6 +129,8 @@ pub struct Outcome {
     pub manifest: Manifest,
     pub items: Vec<Item>,
     pub seconds: f64,
+    /// Where the time went, phase by phase.
+    pub phases: Vec<Phase>,
     /// Snapshots that could not be deleted from the server (with the command that deletes each).
     pub leftovers: Vec<String>,
     /// Dead runs found in the backups directory and cleaned up first.
@@ -114,26 +166,29 @@ pub async fn create(
     progress: &dyn Progress,
 ) -> Result<Outcome> {
     let started = Instant::now();
+    let mut phases = Phases::start();
     let timestamp = crate::now();
     check_request(settings, request)?;
     let survey = survey(client, settings, request, progress).await?;
+    phases.end("survey");
 
     // Runs that died here left snapshots on the server and staging directories: clean them first.
     let backups_dir = crate::fs::parent_dir(&request.target);
     let cleaned = cleanup::dead_runs(&[backups_dir], settings).await;
+    phases.end("cleanup");
     let mut staging = Staging::begin(&request.target, request.replace)?;
     if request.incremental {
         staging.use_chunk_store(chunks::DEFAULT_AVERAGE)?;
     }
     progress.step(&format!("staging in {}", staging.dir().display()));
     let mut writing = Writing::begin(&staging, settings, request, &survey, timestamp, progress);
+    let lanes = Lanes::new(settings.backup.transfer.parallel.get());
+    let fetched = writing.fetch_collections(client, &survey, &lanes).await?;
+    phases.end("snapshots");
     let mut counts = BTreeMap::new();
-    for (name, source) in &survey.collections {
-        progress::check_interrupted()?;
-        let points = writing
-            .back_up_collection(client, &survey, name, source)
-            .await?;
-        counts.insert(name.clone(), points);
+    for collection in fetched {
+        counts.insert(collection.name.clone(), collection.details.points_count);
+        writing.record_collection(collection);
     }
     writing.manifest.total_documents = Some(counts.values().sum());
     writing.manifest.collections = Some(Collections::Counts(counts));
@@ -143,6 +198,7 @@ pub async fn create(
     if request.databases != Databases::None {
         crate::failpoint::hit("create:databases")?;
         writing.back_up_databases(&request.databases, settings)?;
+        phases.end("databases");
     }
     writing.back_up_config(settings, request)?;
     add_metadata(&mut writing.manifest, settings);
@@ -156,17 +212,21 @@ pub async fn create(
     progress::check_interrupted()?;
     crate::failpoint::hit("create:manifest")?;
     staging.write_manifest(&manifest)?;
+    phases.end("config and manifest");
     crate::failpoint::hit("create:verifying")?;
     if settings.backup.verification.verify_after_backup {
         verify_staged(&staging, progress)?;
+        phases.end("verify");
     }
     let chunks_added = request.incremental.then(|| staging.chunks_added());
     let path = staging.commit()?;
+    phases.end("commit");
     Ok(Outcome {
         path,
         manifest,
         items,
         seconds: started.elapsed().as_secs_f64(),
+        phases: phases.done,
         leftovers,
         cleaned,
         chunks_added,
@@ -213,10 +273,14 @@ async fn survey(
     let aliases = client.aliases().await?;
     // In a cluster, every shard needs an active replica on a reachable node before anything is written.
     let mut collections = Vec::new();
+    // Shards taken from each node so far: the next goes to the least busy node holding it.
+    let mut taken = BTreeMap::new();
     for name in names {
         let source = match &topology {
             None => Source::Collection,
-            Some(topology) => Source::Shards(shard_sources(client, topology, &name).await?),
+            Some(topology) => {
+                Source::Shards(shard_sources(client, topology, &name, &mut taken).await?)
+            }
         };
         collections.push((name, source));
     }
@@ -249,15 +313,17 @@ fn add_metadata(manifest: &mut Manifest, settings: &Settings) {
     }
 }
 
-/// Each shard of `collection` with the reachable node that holds an active replica of it.
+/// Each shard of `collection` with a reachable node that holds an active replica of it, the
+/// least busy so far (`taken`: shards taken from each node, updated).
 async fn shard_sources(
     entry: &Client,
     topology: &cluster::Topology,
     collection: &str,
+    taken: &mut BTreeMap<u64, usize>,
 ) -> Result<Vec<(cluster::Shard, u64)>> {
     let mut sources = Vec::new();
     for shard in cluster::shards(entry, collection).await? {
-        let Some(peer) = shard.active_on(topology) else {
+        let Some(peer) = shard.active_on(topology, taken) else {
             return Err(cluster::ClusterError::NoActiveReplica {
                 collection: collection.to_string(),
                 shard: shard.id,
@@ -265,6 +331,7 @@ async fn shard_sources(
             }
             .into());
         };
+        *taken.entry(peer).or_default() += 1;
         sources.push((shard, peer));
     }
     Ok(sources)
@@ -358,31 +425,58 @@ impl<'a> Writing<'a> {
     }
 
     /// A stored file: into the manifest, and into the summary with `detail`.
-    fn record(&mut self, entry: FileEntry, detail: String) {
+    fn record(&mut self, entry: FileEntry, detail: String, seconds: Option<SnapshotTimes>) {
         self.items.push(Item {
             path: entry.path.clone(),
             detail,
             size: entry.size,
             content_size: entry.content_size,
+            seconds,
         });
         self.manifest.files.push(entry);
     }
 
-    /// One collection: one snapshot of it, or one per shard (with the configuration that
-    /// re-creates it), between two exact counts that tell whether points changed meanwhile.
-    /// Returns the count before.
-    async fn back_up_collection(
-        &mut self,
+    /// Every collection's snapshots, fetched side by side as `lanes` allows, in the survey's
+    /// order. A failure stops the others (each deletes its server snapshot as it stops) and is
+    /// the one reported.
+    async fn fetch_collections(
+        &self,
+        client: &Client,
+        survey: &Survey,
+        lanes: &Lanes,
+    ) -> Result<Vec<Fetched>> {
+        // Described first, so that each job's first wait is for its turn: turns are granted in
+        // the order they are asked for, which is the survey's.
+        let mut described = Vec::new();
+        for (name, source) in &survey.collections {
+            described.push(
+                self.describe_collection(client, survey, name, source)
+                    .await?,
+            );
+        }
+        let jobs = survey
+            .collections
+            .iter()
+            .zip(described)
+            .map(|((name, source), details)| {
+                lanes.run(self.fetch_collection(client, name, source, details, survey, lanes))
+            });
+        first_failure(futures_util::future::join_all(jobs).await)
+    }
+
+    /// What the manifest records of collection `name` besides its snapshots (and, stored by
+    /// shards, its configuration and its exact count before them).
+    async fn describe_collection(
+        &self,
         client: &Client,
         survey: &Survey,
         name: &str,
         source: &Source,
-    ) -> Result<u64> {
+    ) -> Result<CollectionDetails> {
         let info = client.collection_info(name).await?;
-        let count_before = client.exact_count(Scope::Collection(name)).await?;
         let stats = self.collection_stats;
         let mut details = CollectionDetails {
-            points_count: count_before,
+            points_count: 0,
             points_count_after: None,
             snapshot: String::new(),
             shards: Vec::new(),
@@ -396,52 +490,109 @@ impl<'a> Writing<'a> {
                 .map(|a| a.alias_name.clone())
                 .collect(),
         };
+        if let Source::Shards(_) = source {
+            details.points_count = client.exact_count(Scope::Collection(name)).await?;
+            // Re-creating a sharded collection needs its whole configuration and payload schema.
+            details.config = Some(info.config.whole());
+            details.payload_schema = Some(info.payload_schema.clone());
+        }
+        Ok(details)
+    }
+
+    /// One collection (`details` from `describe_collection`): one snapshot of it, or one per
+    /// shard, between two exact counts that tell whether points changed meanwhile. Its first
+    /// wait is for a turn (`Lanes::turn`).
+    #[allow(clippy::too_many_arguments)]
+    async fn fetch_collection(
+        &self,
+        client: &Client,
+        name: &str,
+        source: &Source,
+        mut details: CollectionDetails,
+        survey: &Survey,
+        lanes: &Lanes,
+    ) -> Result<Fetched> {
+        let mut files = Vec::new();
+        let mut leftovers = Vec::new();
         match source {
             Source::Collection => {
+                let waiting = Instant::now();
+                let mut turn = lanes.turn(client).await?;
+                // Counted with the server's turn held: just before the snapshot is made.
+                details.points_count = client.exact_count(Scope::Collection(name)).await?;
                 let rel = layout::snapshot_path(name, self.compression);
                 let scope = Scope::Collection(name);
                 let kind = FileKind::CollectionSnapshot;
-                let detail = format!("{count_before} points");
-                self.back_up_snapshot(client, scope, &rel, kind, detail)
+                let (entry, leftover, mut times) = self
+                    .snapshot(client, scope, &rel, kind, &mut turn, lanes)
                     .await?;
+                times.waiting = (turn.since - waiting).as_secs_f64();
+                times.started = (turn.since - lanes.since).as_secs_f64();
+                let detail = format!("{} points", details.points_count);
+                files.push((entry, detail, times));
+                leftovers.extend(leftover);
                 details.snapshot = rel;
             }
             Source::Shards(shards) => {
-                // Re-creating a sharded collection needs its whole configuration and payload schema.
-                details.config = Some(info.config.whole());
-                details.payload_schema = Some(info.payload_schema.clone());
-                for (shard, peer) in shards {
-                    progress::check_interrupted()?;
-                    let topology = survey.topology.as_ref();
+                let topology = survey.topology.as_ref();
+                let jobs = shards.iter().map(|(shard, peer)| {
                     let node = topology
                         .and_then(|t| t.node(*peer))
                         .expect("sources are reachable nodes");
-                    let shard = self.back_up_shard(node, name, shard, *peer).await?;
+                    lanes.run(self.fetch_shard(node, name, shard, *peer, lanes))
+                });
+                for fetched in first_failure(futures_util::future::join_all(jobs).await)? {
+                    let (shard, entry, detail, times, leftover) = fetched;
                     details.shards.push(shard);
+                    files.push((entry, detail, times));
+                    leftovers.extend(leftover);
                 }
             }
         }
         let count_after = client.exact_count(Scope::Collection(name)).await?;
-        if count_after != count_before {
+        if count_after != details.points_count {
             // Points changed while the snapshot was taken: its exact count lies in between.
-            self.manifest.during_operations = true;
             details.points_count_after = Some(count_after);
-            self.manifest.notes.push(format!("collection `{name}` changed during the backup ({count_before} points before the snapshot, {count_after} after)"));
         }
-        self.manifest
-            .collection_details
-            .insert(name.to_string(), details);
-        Ok(count_before)
+        Ok(Fetched {
+            name: name.to_string(),
+            details,
+            files,
+            leftovers,
+        })
+    }
+
+    /// A fetched collection into the manifest and the summary.
+    fn record_collection(&mut self, fetched: Fetched) {
+        let Fetched {
+            name,
+            details,
+            files,
+            leftovers,
+        } = fetched;
+        if let Some(after) = details.points_count_after {
+            self.manifest.during_operations = true;
+            let before = details.points_count;
+            self.manifest.notes.push(format!("collection `{name}` changed during the backup ({before} points before the snapshot, {after} after)"));
+        }
+        for (entry, detail, times) in files {
+            self.record(entry, detail, Some(times));
+        }
+        self.leftovers.extend(leftovers);
+        self.manifest.collection_details.insert(name, details);
     }
 
     /// One shard of `name`, from `node` (peer `peer`), which holds an active replica of it.
-    async fn back_up_shard(
-        &mut self,
+    async fn fetch_shard(
+        &self,
         node: &Client,
         name: &str,
         shard: &cluster::Shard,
         peer: u64,
-    ) -> Result<ShardDetails> {
+        lanes: &Lanes,
+    ) -> Result<FetchedShard> {
+        let waiting = Instant::now();
+        let mut turn = lanes.turn(node).await?;
         let points_count = node.exact_count(Scope::Shard(name, shard.id)).await?;
         let snapshot_timestamp = crate::now();
         let rel = layout::shard_snapshot_path(name, shard.id, self.compression);
@@ -450,9 +601,13 @@ impl<'a> Writing<'a> {
             shard.id
         );
         let scope = Scope::Shard(name, shard.id);
-        self.back_up_snapshot(node, scope, &rel, FileKind::ShardSnapshot, detail)
+        let kind = FileKind::ShardSnapshot;
+        let (entry, leftover, mut times) = self
+            .snapshot(node, scope, &rel, kind, &mut turn, lanes)
             .await?;
-        Ok(ShardDetails {
+        times.waiting = (turn.since - waiting).as_secs_f64();
+        times.started = (turn.since - lanes.since).as_secs_f64();
+        let details = ShardDetails {
             id: shard.id,
             key: shard.key.clone(),
             points_count,
@@ -460,34 +615,23 @@ impl<'a> Writing<'a> {
             peer_id: peer,
             node: node.display_url(),
             snapshot_timestamp,
-        })
+        };
+        Ok((details, entry, detail, times, leftover))
     }
 
-    /// A snapshot of `scope` made on `client`'s node, stored at `rel` and recorded.
-    async fn back_up_snapshot(
-        &mut self,
-        client: &Client,
-        scope: Scope<'_>,
-        rel: &str,
-        kind: FileKind,
-        detail: String,
-    ) -> Result<()> {
-        let (entry, leftover) = self.snapshot(client, scope, rel, kind).await?;
-        self.leftovers.extend(leftover);
-        self.record(entry, detail);
-        Ok(())
-    }
-
-    /// Creates a snapshot of `scope` on `client`'s node, streams it into the backup at `rel`
-    /// and deletes it from the node, also when anything failed. Returns the stored file and,
-    /// when the server copy could not be deleted, a warning with the command that deletes it.
+    /// Creates a snapshot of `scope` on `client`'s node (its turn to make one: `turn`), streams
+    /// it into the backup at `rel` and deletes it from the node, also when anything failed or
+    /// another transfer stopped this one. Returns the stored file, when the server copy could
+    /// not be deleted a warning with the command that deletes it, and the times it took.
     async fn snapshot(
         &self,
         client: &Client,
         scope: Scope<'_>,
         rel: &str,
         kind: FileKind,
-    ) -> Result<(FileEntry, Option<String>)> {
+        turn: &mut Turn<'_>,
+        lanes: &Lanes,
+    ) -> Result<(FileEntry, Option<String>, SnapshotTimes)> {
         let progress = self.progress;
         progress.step(&format!(
             "creating a snapshot of {scope} on {}",
@@ -499,8 +643,13 @@ impl<'a> Writing<'a> {
             place: place.clone(),
             at: crate::now(),
         })?;
-        // Even after Ctrl-C this waits for Qdrant: the snapshot it is making must be deleted.
-        let snapshot = match client.create_snapshot(scope).await {
+        // Even after Ctrl-C (or another failure) this waits for Qdrant: the snapshot it is
+        // making must be deleted.
+        let made = client.create_snapshot(scope).await;
+        // The node may make the next one while this one downloads.
+        turn.release_node();
+        let making = turn.since.elapsed().as_secs_f64();
+        let snapshot = match made {
             Ok(snapshot) => snapshot,
             Err(e) => {
                 // An error answer means no snapshot; a lost connection or a timeout may not.
@@ -518,9 +667,10 @@ impl<'a> Writing<'a> {
         })?;
         crate::failpoint::hit("create:snapshot-made")?;
         progress.step(&format!("downloading `{}`", snapshot.name));
+        let downloading = Instant::now();
         // Fires (or is dropped) when the download is over, done or failed.
         let (download_over, when_download_over) = tokio::sync::oneshot::channel::<()>();
-        let transfer = self.download(client, scope, &snapshot, rel, kind, download_over);
+        let transfer = self.download(client, scope, &snapshot, rel, kind, download_over, lanes);
         // The server's copy is deleted while the writer syncs the file to disk.
         let delete_after_transfer = async {
             let _ = when_download_over.await;
@@ -540,12 +690,19 @@ impl<'a> Writing<'a> {
                 client.delete_command(scope, &snapshot.name)
             )
         });
-        Ok((stored?, leftover))
+        let times = SnapshotTimes {
+            started: 0.0,
+            waiting: 0.0,
+            making,
+            downloading: downloading.elapsed().as_secs_f64(),
+        };
+        Ok((stored?, leftover, times))
     }
 
     /// Streams snapshot `snapshot` of `scope` from `client`'s node into the backup at `rel`
     /// (see `ChannelSink`), says when the download is over on `download_over`, and checks the
-    /// file against what Qdrant announced.
+    /// file against what Qdrant announced. Stops when another transfer failed.
+    #[allow(clippy::too_many_arguments)]
     async fn download(
         &self,
         client: &Client,
@@ -554,6 +711,7 @@ impl<'a> Writing<'a> {
         rel: &str,
         kind: FileKind,
         download_over: tokio::sync::oneshot::Sender<()>,
+        lanes: &Lanes,
     ) -> Result<FileEntry> {
         let progress = self.progress;
         let sink = self
@@ -561,28 +719,160 @@ impl<'a> Writing<'a> {
             .create_file(rel, kind, self.compression, self.algorithm)?;
         let (sender, receiver) = mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
         let writer = spawn_writer(sink, receiver);
-        progress.begin(&scope.to_string(), snapshot.size);
-        let downloaded = client
-            .download_snapshot(
-                scope,
-                &snapshot.name,
-                ChannelSink {
-                    sender,
-                    progress,
-                    delivered: 0,
-                },
-            )
-            .await;
-        progress.end();
+        let bar = progress.begin_transfer(&scope.to_string(), snapshot.size);
+        let downloading = client.download_snapshot(
+            scope,
+            &snapshot.name,
+            ChannelSink {
+                sender,
+                progress,
+                bar,
+                delivered: 0,
+            },
+        );
+        let downloaded = tokio::select! {
+            downloaded = downloading => downloaded,
+            () = lanes.until_stopped() => Err(Stopped.into()),
+        };
+        progress.end_transfer(bar);
         let _ = download_over.send(());
         let written = writer
             .await
             .map_err(|e| anyhow!("the file writer panicked: {e}"))?;
+        let bytes = match downloaded {
+            Err(e) if e.is::<Stopped>() => return Err(e),
+            downloaded => downloaded,
+        };
         // The writer's own error (a full disk, say) explains a stopped download better.
         let entry = written?;
-        let bytes = downloaded?;
+        let bytes = bytes?;
         check_download(snapshot, bytes, &entry)?;
         Ok(entry)
+    }
+}
+
+/// A collection's snapshots, fetched: what the manifest and the summary record of it.
+struct Fetched {
+    name: String,
+    details: CollectionDetails,
+    /// Each stored file, its summary detail and its times.
+    files: Vec<(FileEntry, String, SnapshotTimes)>,
+    leftovers: Vec<String>,
+}
+
+/// A shard's snapshot, fetched: its manifest details, file, summary detail, times, leftover.
+type FetchedShard = (
+    ShardDetails,
+    FileEntry,
+    String,
+    SnapshotTimes,
+    Option<String>,
+);
+
+/// The results in order, or the first failure that is not `Stopped` (a transfer stopped
+/// because of another's failure reports that one).
+pub(crate) fn first_failure<T>(results: Vec<Result<T>>) -> Result<Vec<T>> {
+    if results.iter().any(Result::is_err) {
+        let mut errors = results.into_iter().filter_map(Result::err);
+        let first = errors.next().expect("one failed");
+        return Err(std::iter::once(first)
+            .chain(errors)
+            .reduce(|chosen, e| if chosen.is::<Stopped>() { e } else { chosen })
+            .expect("one failed"));
+    }
+    Ok(results
+        .into_iter()
+        .map(|r| r.expect("none failed"))
+        .collect())
+}
+
+/// How snapshots are scheduled (`backup.transfer.parallel`): at most `parallel` in flight
+/// (being made or downloading), and on each node at most one being made. So a server makes the
+/// next snapshot while the previous one downloads, and holds at most `parallel` of wqm's
+/// snapshots at once (making one takes about twice its size of temporary space); in a cluster,
+/// the nodes work side by side. A failure anywhere stops the others, each deleting its server
+/// snapshot as it stops.
+pub(crate) struct Lanes {
+    in_flight: Semaphore,
+    /// One permit per node (by URL): making a snapshot.
+    making: std::sync::Mutex<BTreeMap<String, Arc<Semaphore>>>,
+    stop: watch::Sender<bool>,
+    since: Instant,
+}
+
+/// A snapshot's turn: a slot among `parallel` and, until `made`, its node's permit to make one.
+pub(crate) struct Turn<'a> {
+    _slot: SemaphorePermit<'a>,
+    making: Option<OwnedSemaphorePermit>,
+    /// When the turn came.
+    since: Instant,
+}
+
+impl Turn<'_> {
+    /// The node may start the next: this snapshot is made (create), or this upload is all sent
+    /// (restore).
+    pub(crate) fn release_node(&mut self) {
+        self.making = None;
+    }
+}
+
+/// This transfer stopped because another failed (never the error reported).
+#[derive(Debug, thiserror::Error)]
+#[error("stopped because another transfer failed")]
+pub(crate) struct Stopped;
+
+impl Lanes {
+    pub(crate) fn new(parallel: usize) -> Self {
+        Lanes {
+            in_flight: Semaphore::new(parallel),
+            making: Default::default(),
+            stop: watch::Sender::new(false),
+            since: Instant::now(),
+        }
+    }
+
+    /// Waits for a turn on `node`: its permit to make a snapshot first (so a slot is not held
+    /// while the node is busy), then a slot. Fails when another transfer failed or on Ctrl-C.
+    pub(crate) async fn turn(&self, node: &Client) -> Result<Turn<'_>> {
+        let making = self
+            .making
+            .lock()
+            .expect("lanes lock")
+            .entry(node.display_url())
+            .or_insert_with(|| Arc::new(Semaphore::new(1)))
+            .clone();
+        let permits = async {
+            let making = making.acquire_owned().await;
+            let slot = self.in_flight.acquire().await;
+            (making, slot)
+        };
+        tokio::select! {
+            () = self.until_stopped() => Err(Stopped.into()),
+            _ = progress::interrupted() => Err(crate::exit::Interrupted.into()),
+            (making, slot) = permits => Ok(Turn {
+                _slot: slot.expect("the semaphore is never closed"),
+                making: Some(making.expect("the semaphore is never closed")),
+                since: Instant::now(),
+            }),
+        }
+    }
+
+    /// Completes once a transfer failed.
+    pub(crate) async fn until_stopped(&self) {
+        let mut stop = self.stop.subscribe();
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    }
+
+    /// Runs `job`; its failure stops the others.
+    pub(crate) async fn run<T>(
+        &self,
+        job: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let result = job.await;
+        if result.as_ref().is_err_and(|e| !e.is::<Stopped>()) {
+            self.stop.send_replace(true);
+        }
+        result
     }
 }
 
@@ -606,6 +896,8 @@ pub(crate) fn place_of(client: &Client, scope: Scope<'_>) -> Place {
 struct ChannelSink<'a> {
     sender: mpsc::Sender<Bytes>,
     progress: &'a dyn Progress,
+    /// This download's bar (`Progress::begin_transfer`).
+    bar: usize,
     delivered: u64,
 }
 
@@ -615,7 +907,7 @@ impl AsyncSink for ChannelSink<'_> {
             crate::failpoint::hit("create:downloading")?;
         }
         self.delivered += chunk.len() as u64;
-        self.progress.advance(chunk.len() as u64);
+        self.progress.advance_transfer(self.bar, chunk.len() as u64);
         self.sender
             .send(chunk)
             .await
@@ -732,7 +1024,7 @@ impl Writing<'_> {
         fs::remove_file(&copy).with_context(|| format!("cannot remove `{}`", copy.display()))?;
         let detail =
             schema_version.map_or("no schema version".to_string(), |v| format!("schema {v}"));
-        self.record(entry, detail);
+        self.record(entry, detail, None);
         self.manifest.databases.push(DatabaseDetails {
             name: name.to_string(),
             file: rel,
@@ -776,7 +1068,7 @@ impl Writing<'_> {
                 redacted.redactions.len()
             )
         };
-        self.record(entry, detail);
+        self.record(entry, detail, None);
         self.manifest.config_redacted = redacted.redactions;
         Ok(())
     }

@@ -192,19 +192,20 @@ pub struct Shard {
 }
 
 impl Shard {
-    /// A reachable node holding an active replica, the entry node when it holds one.
-    pub fn active_on(&self, topology: &Topology) -> Option<u64> {
-        let mut active = self
-            .replicas
+    /// A reachable node holding an active replica: of those, the one with the fewest shards
+    /// taken from it so far (`taken`, by peer), so the nodes share the work; on a tie the entry
+    /// node, then the first listed.
+    pub fn active_on(&self, topology: &Topology, taken: &BTreeMap<u64, usize>) -> Option<u64> {
+        self.replicas
             .iter()
-            .filter(|(peer, state)| state == "Active" && topology.node(*peer).is_some());
-        let first = active.next()?.0;
-        Some(
-            active
-                .map(|r| r.0)
-                .find(|p| *p == topology.entry_peer)
-                .unwrap_or(first),
-        )
+            .filter(|(peer, state)| state == "Active" && topology.node(*peer).is_some())
+            .map(|r| r.0)
+            .enumerate()
+            .min_by_key(|&(listed, peer)| {
+                let load = taken.get(&peer).copied().unwrap_or(0);
+                (load, peer != topology.entry_peer, listed)
+            })
+            .map(|(_, peer)| peer)
     }
 
     /// Any reachable node holding a replica (to restore into).
@@ -296,16 +297,22 @@ mod tests {
             key: None,
             replicas: replicas.iter().map(|(p, s)| (*p, s.to_string())).collect(),
         };
+        let none = BTreeMap::new();
         assert_eq!(
-            shard(&[(2, "Active"), (1, "Active")]).active_on(&topology),
+            shard(&[(2, "Active"), (1, "Active")]).active_on(&topology, &none),
             Some(1)
         );
         assert_eq!(
-            shard(&[(2, "Active"), (1, "Dead")]).active_on(&topology),
+            shard(&[(2, "Active"), (1, "Active")]).active_on(&topology, &BTreeMap::from([(1, 1)])),
+            Some(2),
+            "the node that gave fewer shards so far"
+        );
+        assert_eq!(
+            shard(&[(2, "Active"), (1, "Dead")]).active_on(&topology, &BTreeMap::from([(2, 5)])),
             Some(2)
         );
         assert_eq!(
-            shard(&[(3, "Active"), (1, "Dead")]).active_on(&topology),
+            shard(&[(3, "Active"), (1, "Dead")]).active_on(&topology, &none),
             None,
             "peer 3 is unreachable"
         );

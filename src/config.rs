@@ -263,6 +263,12 @@ pub struct TransferSettings {
     pub retries: u32,
     /// ... and for at least this many seconds (backoff 0.25 s doubling to 8 s).
     pub retry_timeout: u64,
+    /// Send the content's sha256 with each upload (`?checksum=`) so that Qdrant verifies it
+    /// before recovering (wqm checks the stored file on its way either way).
+    pub checksum: bool,
+    /// Snapshots in flight at once: being made on a server (at most one per node) or
+    /// downloading; on restore, uploads at once (at most one per node).
+    pub parallel: std::num::NonZeroUsize,
 }
 
 impl Default for TransferSettings {
@@ -273,6 +279,8 @@ impl Default for TransferSettings {
             operation_timeout: 3600,
             retries: 3,
             retry_timeout: 60,
+            checksum: true,
+            parallel: std::num::NonZeroUsize::new(2).expect("2 is not zero"),
         }
     }
 }

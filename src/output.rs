@@ -1,12 +1,14 @@
 //! Everything the user sees: results on stdout (text or one JSON document), warnings and errors
 //! on stderr, progress bars only on a terminal.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::{self, IsTerminal, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 use crate::cli::OutputArgs;
@@ -103,7 +105,10 @@ impl Ui {
         TerminalProgress {
             bars: self.interactive && !self.quiet,
             verbose: self.verbose,
+            screen: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
             bar: Mutex::new(None),
+            transfers: Mutex::new(BTreeMap::new()),
+            next: AtomicUsize::new(1),
         }
     }
 }
@@ -112,18 +117,17 @@ impl Ui {
 pub struct TerminalProgress {
     bars: bool,
     verbose: bool,
+    /// Where every bar is drawn, one line each.
+    screen: MultiProgress,
     bar: Mutex<Option<ProgressBar>>,
+    /// Transfers running side by side (`begin_transfer`), by id.
+    transfers: Mutex<BTreeMap<usize, ProgressBar>>,
+    next: AtomicUsize,
 }
 
-impl Progress for TerminalProgress {
-    fn begin(&self, label: &str, total: Option<u64>) {
-        if !self.bars {
-            return;
-        }
-        let bar = match total {
-            Some(total) => ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr()),
-            None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
-        };
+impl TerminalProgress {
+    fn new_bar(&self, label: &str, total: Option<u64>) -> ProgressBar {
+        let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::hidden());
         let template = if total.is_some() {
             "{msg:24!} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}"
         } else {
@@ -135,8 +139,22 @@ impl Progress for TerminalProgress {
                 .progress_chars("=> "),
         );
         bar.set_message(label.to_string());
+        let bar = self.screen.add(bar);
         bar.enable_steady_tick(Duration::from_millis(200));
-        *self.bar.lock().expect("progress lock") = Some(bar);
+        bar
+    }
+
+    fn showing(&self) -> bool {
+        self.bar.lock().expect("progress lock").is_some()
+            || !self.transfers.lock().expect("progress lock").is_empty()
+    }
+}
+
+impl Progress for TerminalProgress {
+    fn begin(&self, label: &str, total: Option<u64>) {
+        if self.bars {
+            *self.bar.lock().expect("progress lock") = Some(self.new_bar(label, total));
+        }
     }
 
     fn advance(&self, bytes: u64) {
@@ -151,14 +169,37 @@ impl Progress for TerminalProgress {
         }
     }
 
+    fn begin_transfer(&self, label: &str, total: Option<u64>) -> usize {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        if self.bars {
+            let bar = self.new_bar(label, total);
+            self.transfers
+                .lock()
+                .expect("progress lock")
+                .insert(id, bar);
+        }
+        id
+    }
+
+    fn advance_transfer(&self, id: usize, bytes: u64) {
+        if let Some(bar) = self.transfers.lock().expect("progress lock").get(&id) {
+            bar.inc(bytes);
+        }
+    }
+
+    fn end_transfer(&self, id: usize) {
+        if let Some(bar) = self.transfers.lock().expect("progress lock").remove(&id) {
+            bar.finish_and_clear();
+        }
+    }
+
     fn step(&self, message: &str) {
         if self.verbose {
             let line = format!("  {}", mask_userinfo(message));
-            match self.bar.lock().expect("progress lock").as_ref() {
-                Some(bar) => bar.println(line),
-                None => {
-                    let _ = writeln!(io::stderr().lock(), "{line}");
-                }
+            if self.showing() {
+                let _ = self.screen.println(line);
+            } else {
+                let _ = writeln!(io::stderr().lock(), "{line}");
             }
         }
     }

@@ -43,6 +43,18 @@ pub trait Progress: Sync {
     fn advance(&self, _bytes: u64) {}
     /// The current transfer ended.
     fn end(&self) {}
+    /// A transfer that may run beside others (snapshots downloading or uploading side by
+    /// side), each shown on its own; returns its id for `advance_transfer` and `end_transfer`.
+    fn begin_transfer(&self, label: &str, total: Option<u64>) -> usize {
+        self.begin(label, total);
+        0
+    }
+    fn advance_transfer(&self, _id: usize, bytes: u64) {
+        self.advance(bytes);
+    }
+    fn end_transfer(&self, _id: usize) {
+        self.end();
+    }
     /// A step worth telling in `--verbose` mode.
     fn step(&self, _message: &str) {}
 }

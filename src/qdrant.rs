@@ -748,10 +748,10 @@ impl Client {
         .map(drop)
     }
 
-    /// `POST {scope}/snapshots/upload?wait=true&priority=snapshot&checksum=…`: recovers the
+    /// `POST {scope}/snapshots/upload?wait=true&priority=snapshot[&checksum=…]`: recovers the
     /// collection or shard (creating a missing collection, or replacing the data of an existing
     /// one with the same vector configuration) from `body`, a stream of `length` bytes sent as
-    /// multipart. Qdrant verifies the sha256; it keeps an uploaded collection snapshot as
+    /// multipart (sized: `Content-Length` is set). Qdrant verifies `sha256` when given; it keeps an uploaded collection snapshot as
     /// `file_name` (delete it afterwards).
     ///
     /// No total timeout: while the body is sent, `read_idle` without a byte taken abandons it;
@@ -763,7 +763,7 @@ impl Client {
         file_name: &str,
         body: S,
         length: u64,
-        sha256: &str,
+        sha256: Option<&str>,
     ) -> Result<(), QdrantError>
     where
         S: futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static,
@@ -787,13 +787,14 @@ impl Client {
             reason: e.to_string(),
         })?;
         let form = reqwest::multipart::Form::new().part("snapshot", part);
+        let mut query = vec![("wait", "true"), ("priority", "snapshot")];
+        // Qdrant then hashes the whole upload before recovering it (`backup.transfer.checksum`).
+        if let Some(sha256) = sha256 {
+            query.push(("checksum", sha256));
+        }
         let request = self
             .request(Method::POST, &scope.path(&["snapshots", "upload"]))
-            .query(&[
-                ("wait", "true"),
-                ("priority", "snapshot"),
-                ("checksum", sha256),
-            ])
+            .query(&query)
             .multipart(form);
         let what = format!("restore {scope} from its snapshot");
         let response = self.send_watched(request, &what, &taken, length).await?;
@@ -1129,7 +1130,7 @@ mod tests {
                 "c.snapshot",
                 body,
                 CHUNKS << 20,
-                "0",
+                Some("0"),
             )
             .await
             .unwrap_err();

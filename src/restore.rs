@@ -4,6 +4,7 @@
 //! plan is confirmed; after the safety backup, a failure reports what was done and how to put
 //! the safety backup back.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, BufReader, Read, Write};
@@ -23,7 +24,7 @@ use crate::checksum::{Algorithm, HashingReader};
 use crate::cleanup::{self, Cleaned};
 use crate::cluster;
 use crate::compat::{self, Decision, Policy};
-use crate::config::Settings;
+use crate::config::{Settings, TransferSettings};
 use crate::daemon;
 use crate::exit::{ExitCode, Failure, Interrupted};
 use crate::manifest::{FileEntry, FileKind, Manifest};
@@ -860,6 +861,8 @@ pub struct Outcome {
     pub journal: Journal,
     pub verification: Vec<Verified>,
     pub seconds: f64,
+    /// Where the time went, step by step.
+    pub phases: Vec<backup::Phase>,
 }
 
 impl Outcome {
@@ -877,12 +880,14 @@ pub async fn execute(
 ) -> Result<Outcome, Stopped> {
     let started = Instant::now();
     let mut journal = Journal::default();
-    let result = apply(client, settings, plan, progress, &mut journal).await;
+    let mut phases = backup::Phases::start();
+    let result = apply(client, settings, plan, progress, &mut journal, &mut phases).await;
     match result {
         Ok(verification) => Ok(Outcome {
             journal,
             verification,
             seconds: started.elapsed().as_secs_f64(),
+            phases: phases.done,
         }),
         Err(error) => Err(Stopped { error, journal }),
     }
@@ -904,8 +909,10 @@ async fn apply(
     plan: &Plan,
     progress: &dyn Progress,
     journal: &mut Journal,
+    phases: &mut backup::Phases,
 ) -> Result<Vec<Verified>> {
     let work = open_work_dir(settings, plan, journal).await?;
+    phases.end("cleanup");
     let mut run = Restoring {
         client,
         settings,
@@ -916,16 +923,23 @@ async fn apply(
     };
     // Unpacked before anything changes: a damaged database stops the restore here.
     let unpacked = unpack_databases(plan, run.work.path(), progress)?;
+    phases.end("unpack databases");
     run.safety_backup().await?;
+    phases.end("safety backup");
     run.stop_daemon()?;
     let replacements = run.merge_databases(&unpacked)?;
+    phases.end("stop daemon, merge databases");
     let shard_targets = run.restore_collections().await?;
+    phases.end("collections");
     run.replace_databases(&replacements)?;
     run.set_aliases().await?;
     run.replace_config()?;
     run.start_daemon()?;
+    phases.end("databases, aliases, config, start daemon");
     progress.step("verifying");
-    verify_restore(client, plan, &shard_targets).await
+    let verified = verify_restore(client, plan, &shard_targets).await;
+    phases.end("verify");
+    verified
 }
 
 /// Makes the restore's working directory beside the state database (`.wqm-restore`: lock,
@@ -1082,49 +1096,71 @@ impl<'a> Restoring<'a> {
         Ok(merged)
     }
 
-    /// Uploads each collection the plan restores (by shards when stored so). Returns, per
-    /// collection stored by shards, where each shard went (see `restore_shards`).
+    /// Uploads each collection the plan restores (by shards when stored so), side by side as
+    /// `backup.transfer.parallel` allows (`backup::Lanes`: one upload being sent per node, the
+    /// next one sent while Qdrant recovers the previous). A failure stops the uploads not yet
+    /// all sent. Returns, per collection stored by shards, where each shard went (see
+    /// `restore_shards`).
     async fn restore_collections(&mut self) -> Result<BTreeMap<String, Vec<(u32, u32)>>> {
         let (client, plan, progress) = (self.client, self.plan, self.progress);
-        let mut shard_targets = BTreeMap::new();
-        for collection in plan.restored_collections() {
-            progress::check_interrupted()?;
-            let details = &plan.manifest.collection_details[&collection.name];
-            progress.step(&format!("restoring collection `{}`", collection.name));
-            self.journal.changed = true;
-            let restored = if details.shards.is_empty() {
-                let entry = plan
-                    .manifest
-                    .file(&details.snapshot)
-                    .ok_or_else(|| anyhow!("no file for `{}`", collection.name))?;
-                let scope = Scope::Collection(&collection.name);
-                upload(client, &plan.source, entry, scope, &self.work, progress).await
-            } else {
-                let timeout = Duration::from_secs(self.settings.backup.transfer.operation_timeout);
-                restore_shards(client, plan, collection, timeout, &self.work, progress)
-                    .await
-                    .map(|targets| {
-                        shard_targets.insert(collection.name.clone(), targets);
-                    })
+        let transfer = &self.settings.backup.transfer;
+        progress::check_interrupted()?;
+        let collections: Vec<&CollectionPlan> = plan.restored_collections().collect();
+        let lanes = backup::Lanes::new(transfer.parallel.get());
+        let uploads = Uploads {
+            client,
+            plan,
+            transfer,
+            work: &self.work,
+            progress,
+            lanes: &lanes,
+        };
+        self.journal.changed = !collections.is_empty();
+        let jobs = collections.iter().map(|collection| async {
+            let began = Cell::new(false);
+            let restore = async {
+                let targets = uploads.restore_collection(collection, &began).await?;
+                // On disk as soon as it is done, so a crash meanwhile is reported right.
+                let text = format!("collection `{}` restored", collection.name);
+                uploads.work.record(&Record::Done { text })?;
+                Ok(targets)
             };
-            if restored.is_err() {
-                // Qdrant may have swapped the collection in and then failed to answer (or died).
-                self.journal.uncertain.push(format!(
-                    "collection `{}`: Qdrant may have restored it before the failure; check it, or rerun the restore with --overwrite",
-                    collection.name
-                ));
+            let result = lanes.run(restore).await;
+            (began.get(), result)
+        });
+        let results = futures_util::future::join_all(jobs).await;
+        let mut shard_targets = BTreeMap::new();
+        let mut failure = None;
+        for (collection, (began, result)) in collections.iter().zip(results) {
+            let name = &collection.name;
+            match result {
+                Ok(targets) => {
+                    shard_targets.extend(targets.map(|t| (name.clone(), t)));
+                    if collection.action == CollectionAction::Create {
+                        self.journal.created.push(name.clone());
+                    }
+                    // Recorded on disk when it was done; reported in the plan's order.
+                    self.journal
+                        .done
+                        .push(format!("collection `{name}` restored"));
+                }
+                Err(e) if e.is::<backup::Stopped>() || (!began && failure.is_some()) => {}
+                Err(e) => {
+                    if began {
+                        // Qdrant may have swapped the collection in and then failed to answer (or died).
+                        self.journal.uncertain.push(format!(
+                            "collection `{name}`: Qdrant may have restored it before the failure; check it, or rerun the restore with --overwrite"
+                        ));
+                    }
+                    failure
+                        .get_or_insert(e.context(format!("restoring collection `{name}` failed")));
+                }
             }
-            restored
-                .with_context(|| format!("restoring collection `{}` failed", collection.name))?;
-            if collection.action == CollectionAction::Create {
-                self.journal.created.push(collection.name.clone());
-            }
-            self.journal.done(
-                &self.work,
-                format!("collection `{}` restored", collection.name),
-            )?;
         }
-        Ok(shard_targets)
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(shard_targets),
+        }
     }
 
     /// Puts each replacement (unpacked, or merged) in place of its live database
@@ -1326,67 +1362,105 @@ fn damaged(rel: &str, problem: impl std::fmt::Display) -> anyhow::Error {
     .into()
 }
 
-/// Restores a collection stored by shards: creates it (with its shard keys and payload
-/// indexes) unless it exists, loads each shard snapshot into a node holding a replica of that
-/// shard, and in a cluster waits until every replica is active. Returns, for each shard of the
-/// backup, the id of the shard it went into.
-async fn restore_shards(
-    client: &Client,
-    plan: &Plan,
-    collection: &CollectionPlan,
-    timeout: Duration,
-    work: &WorkDir,
-    progress: &dyn Progress,
-) -> Result<Vec<(u32, u32)>> {
-    let name = collection.name.as_str();
-    let details = &plan.manifest.collection_details[name];
-    let topology = plan.topology.as_ref();
-    let custom = custom_sharding(details);
-    if collection.action == CollectionAction::Create {
-        recreate_collection(client, name, details, custom && topology.is_some()).await?;
-    }
-    let live = cluster::shards(client, name).await?;
-    let targets: Vec<u32> = if custom && topology.is_some() {
-        details
-            .shards
-            .iter()
-            .map(|s| {
-                live.iter()
-                    .find(|l| l.key == s.key)
-                    .map(|l| l.id)
-                    .ok_or_else(|| anyhow!("`{name}` has no shard for key {:?}", s.key))
-            })
-            .collect::<Result<_>>()?
-    } else if custom {
-        // A single node cannot shard by key: the shards become automatic shards 0..n.
-        (0..details.shards.len() as u32).collect()
-    } else {
-        details.shards.iter().map(|s| s.id).collect()
-    };
-    for (shard, &target) in details.shards.iter().zip(&targets) {
-        progress::check_interrupted()?;
-        let node = node_holding(client, topology, &live, name, target)?;
-        let entry = plan
+/// What the uploads of a restore share: where they go, what from, and how they are paced.
+struct Uploads<'a> {
+    client: &'a Client,
+    plan: &'a Plan,
+    transfer: &'a TransferSettings,
+    work: &'a WorkDir,
+    progress: &'a dyn Progress,
+    lanes: &'a backup::Lanes,
+}
+
+impl Uploads<'_> {
+    /// One collection: its snapshot uploaded, or its shards (`restore_shards`). `began` says
+    /// whether it got as far as changing anything. Returns where its shards went.
+    async fn restore_collection(
+        &self,
+        collection: &CollectionPlan,
+        began: &Cell<bool>,
+    ) -> Result<Option<Vec<(u32, u32)>>> {
+        let name = collection.name.as_str();
+        let details = &self.plan.manifest.collection_details[name];
+        if !details.shards.is_empty() {
+            return self.restore_shards(collection, began).await.map(Some);
+        }
+        let entry = self
+            .plan
             .manifest
-            .file(&shard.snapshot)
-            .ok_or_else(|| anyhow!("no file for shard {} of `{name}`", shard.id))?;
-        upload(
-            node,
-            &plan.source,
-            entry,
-            Scope::Shard(name, target),
-            work,
-            progress,
-        )
-        .await?;
+            .file(&details.snapshot)
+            .ok_or_else(|| anyhow!("no file for `{name}`"))?;
+        let mut turn = self.lanes.turn(self.client).await?;
+        began.set(true);
+        self.progress
+            .step(&format!("restoring collection `{name}`"));
+        self.upload(self.client, entry, Scope::Collection(name), &mut turn)
+            .await?;
+        Ok(None)
     }
-    if topology.is_some() {
-        progress.step(&format!(
-            "waiting for every replica of `{name}` to be active"
-        ));
-        wait_until_active(client, name, timeout).await?;
+
+    /// Restores a collection stored by shards: creates it (with its shard keys and payload
+    /// indexes) unless it exists, loads each shard snapshot into a node holding a replica of
+    /// that shard (shards on different nodes side by side, one at a time per node), and in a
+    /// cluster waits until every replica is active. Returns, for each shard of the backup, the
+    /// id of the shard it went into.
+    async fn restore_shards(
+        &self,
+        collection: &CollectionPlan,
+        began: &Cell<bool>,
+    ) -> Result<Vec<(u32, u32)>> {
+        let (client, plan) = (self.client, self.plan);
+        let name = collection.name.as_str();
+        let details = &plan.manifest.collection_details[name];
+        let topology = plan.topology.as_ref();
+        let custom = custom_sharding(details);
+        began.set(true);
+        self.progress
+            .step(&format!("restoring collection `{name}` by shards"));
+        if collection.action == CollectionAction::Create {
+            recreate_collection(client, name, details, custom && topology.is_some()).await?;
+        }
+        let live = cluster::shards(client, name).await?;
+        let targets: Vec<u32> = if custom && topology.is_some() {
+            details
+                .shards
+                .iter()
+                .map(|s| {
+                    live.iter()
+                        .find(|l| l.key == s.key)
+                        .map(|l| l.id)
+                        .ok_or_else(|| anyhow!("`{name}` has no shard for key {:?}", s.key))
+                })
+                .collect::<Result<_>>()?
+        } else if custom {
+            // A single node cannot shard by key: the shards become automatic shards 0..n.
+            (0..details.shards.len() as u32).collect()
+        } else {
+            details.shards.iter().map(|s| s.id).collect()
+        };
+        let live = &live;
+        let jobs = details.shards.iter().zip(&targets).map(|(shard, &target)| {
+            self.lanes.run(async move {
+                let node = node_holding(client, topology, live, name, target)?;
+                let entry = plan
+                    .manifest
+                    .file(&shard.snapshot)
+                    .ok_or_else(|| anyhow!("no file for shard {} of `{name}`", shard.id))?;
+                let mut turn = self.lanes.turn(node).await?;
+                self.upload(node, entry, Scope::Shard(name, target), &mut turn)
+                    .await
+            })
+        });
+        backup::first_failure(futures_util::future::join_all(jobs).await)?;
+        if topology.is_some() {
+            self.progress.step(&format!(
+                "waiting for every replica of `{name}` to be active"
+            ));
+            let timeout = Duration::from_secs(self.transfer.operation_timeout);
+            wait_until_active(client, name, timeout).await?;
+        }
+        Ok(details.shards.iter().map(|s| s.id).zip(targets).collect())
     }
-    Ok(details.shards.iter().map(|s| s.id).zip(targets).collect())
 }
 
 /// Creates collection `name` as the backup recorded it (`create_request`), with its shard keys
@@ -1536,17 +1610,45 @@ fn database_sources(manifest: &Manifest) -> Vec<(Database, Option<&FileEntry>)> 
         .collect()
 }
 
-/// Uploads a collection snapshot streamed from disk (decompressed on the fly, constant memory),
-/// then deletes the uploaded copy Qdrant keeps. The stream passes `validate --check-files`'
-/// checks on its way (`Inspected`): a damaged or hostile snapshot fails the upload with exit 3
-/// before Qdrant has received all of it.
+impl Uploads<'_> {
+    /// Uploads a collection snapshot streamed from disk (decompressed on the fly, constant
+    /// memory) to `client`'s node in its turn (released once all is sent, so the node may take
+    /// the next while it recovers this one), then deletes the uploaded copy Qdrant keeps. The
+    /// stream passes `validate --check-files`' checks on its way (`Inspected`): a damaged or
+    /// hostile snapshot fails the upload with exit 3 before Qdrant has received all of it. Another
+    /// upload's failure stops this one while it is still being sent.
+    async fn upload(
+        &self,
+        client: &Client,
+        entry: &FileEntry,
+        scope: Scope<'_>,
+        turn: &mut backup::Turn<'_>,
+    ) -> Result<()> {
+        upload(
+            client,
+            &self.plan.source,
+            entry,
+            scope,
+            self.transfer,
+            self.work,
+            self.progress,
+            (turn, self.lanes),
+        )
+        .await
+    }
+}
+
+/// `Uploads::upload`.
+#[allow(clippy::too_many_arguments)]
 async fn upload(
     client: &Client,
     source: &BackupDir,
     entry: &FileEntry,
     scope: Scope<'_>,
+    transfer: &TransferSettings,
     work: &WorkDir,
     progress: &dyn Progress,
+    (turn, lanes): (&mut backup::Turn<'_>, &backup::Lanes),
 ) -> Result<()> {
     let content = source
         .open_content(entry)
@@ -1572,27 +1674,33 @@ async fn upload(
         name: file_name.clone(),
     })?;
     crate::failpoint::hit("restore:uploading")?;
-    progress.begin(&scope.to_string(), Some(entry.content_size));
+    let bar = progress.begin_transfer(&scope.to_string(), Some(entry.content_size));
     let mut uploading = Box::pin(client.upload_snapshot(
         scope,
         &file_name,
         body,
         entry.content_size,
-        &entry.content_sha256,
+        transfer.checksum.then_some(entry.content_sha256.as_str()),
     ));
     let mut reported = 0;
     let result = loop {
+        let all_sent = sent.load(Ordering::Relaxed) == entry.content_size;
         tokio::select! {
             result = &mut uploading => break result.map_err(anyhow::Error::from),
             _ = progress::interrupted() => break Err(Interrupted.into()),
+            // Once all is sent Qdrant recovers it: that is waited for, whatever else failed.
+            () = lanes.until_stopped(), if !all_sent => break Err(backup::Stopped.into()),
             _ = tokio::time::sleep(Duration::from_millis(100)) => {
                 let now = sent.load(Ordering::Relaxed);
-                progress.advance(now - reported);
+                progress.advance_transfer(bar, now - reported);
                 reported = now;
+                if reported == entry.content_size {
+                    turn.release_node();
+                }
             }
         }
     };
-    progress.end();
+    progress.end_transfer(bar);
     // Dropping the request drops the body: a reader still sending stops at once.
     drop(uploading);
     let checked = reader.await;
@@ -1664,9 +1772,9 @@ impl Inspected {
         outcome
     }
 
-    fn check_and_send(self, decoder: Box<dyn Read + Send>) -> Result<(), Problem> {
+    fn check_and_send(self, content: Box<dyn Read + Send>) -> Result<(), Problem> {
         let mut tee = Tee {
-            inner: BufReader::with_capacity(UPLOAD_CHUNK, decoder),
+            inner: BufReader::with_capacity(UPLOAD_CHUNK, content),
             sender: self.sender,
             sent: self.sent,
             pending: Vec::with_capacity(UPLOAD_CHUNK),

@@ -56,6 +56,7 @@ pub async fn run(args: &CreateArgs, settings: &Settings, ui: &Ui) -> Result<Exit
             "files": outcome.items,
             "size_bytes": stored,
             "seconds": outcome.seconds,
+            "phases": outcome.phases,
             "notes": m.notes,
             "leftover_snapshots": outcome.leftovers,
             "cleaned_up": outcome.cleaned,

@@ -21,7 +21,9 @@ pub async fn run(args: &RestoreArgs, settings: &Settings, ui: &Ui) -> Result<Exi
     };
     let client = Client::from_settings(settings)?;
     let progress = ui.progress();
+    let planning = std::time::Instant::now();
     let plan = restore::plan(&client, settings, &request, &progress).await?;
+    let plan_seconds = planning.elapsed().as_secs_f64();
 
     if args.dry_run {
         if ui.json {
@@ -65,16 +67,16 @@ pub async fn run(args: &RestoreArgs, settings: &Settings, ui: &Ui) -> Result<Exi
         ui.warn_action(leftover);
     }
     Ok(match result {
-        Ok(outcome) => report_outcome(ui, &plan, &outcome),
+        Ok(outcome) => report_outcome(ui, &plan, &outcome, plan_seconds),
         Err(stopped) => report_stopped(ui, &plan, &stopped),
     })
 }
 
 /// A restore that ran to the end: what it did and the verification; exit 6 when that failed.
-fn report_outcome(ui: &Ui, plan: &Plan, outcome: &restore::Outcome) -> ExitCode {
+fn report_outcome(ui: &Ui, plan: &Plan, outcome: &restore::Outcome, plan_seconds: f64) -> ExitCode {
     let verified = outcome.verified();
     if ui.json {
-        ui.json(&json!({ "plan": plan, "result": outcome, "verified": verified }));
+        ui.json(&json!({ "plan": plan, "plan_seconds": plan_seconds, "result": outcome, "verified": verified }));
     } else {
         for step in &outcome.journal.done {
             ui.line(format!("✓ {step}"));

@@ -835,3 +835,100 @@ fn an_api_key_that_cannot_be_sent_is_a_usage_error_about_the_key() {
         .stderr("wqm: error: the API key cannot be sent: it is not a valid HTTP header value\nhint: check QDRANT_API_KEY (or `qdrant.api_key`): a stray newline or a character outside visible ASCII is the usual cause\n")
         .run();
 }
+
+/// Where `wanted` first appears among the double's requests.
+fn position(requests: &[String], wanted: impl Fn(&str) -> bool) -> usize {
+    requests
+        .iter()
+        .position(|r| wanted(r))
+        .unwrap_or_else(|| panic!("no such request: {requests:?}"))
+}
+
+#[test]
+fn the_next_snapshot_is_made_while_the_previous_one_downloads_and_the_order_stays() {
+    // `small-named`'s download is slow: `small-plain` is made, and downloaded, meanwhile.
+    for (parallel, pipelined) in [("2", true), ("1", false)] {
+        let double = Double::start();
+        double.state().faults.download_delay_for =
+            Some(("small-named".into(), Duration::from_millis(600)));
+        let (_, tmp) = Test::new()
+            .env("QDRANT_URL", &double.url)
+            .env("WQM_BACKUP__TRANSFER__PARALLEL", parallel)
+            .args("backup create {TMP}/b --json")
+            .stdout_json(|doc| {
+                let phases: Vec<&str> = doc["phases"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| p["phase"].as_str().unwrap())
+                    .collect();
+                assert!(phases.contains(&"snapshots"), "{doc}");
+                let slow = &doc["files"][0];
+                assert_eq!(slow["path"], "collections/small-named.snapshot.zst");
+                assert!(
+                    slow["seconds"]["downloading"].as_f64().unwrap() >= 0.6,
+                    "{doc}"
+                );
+            })
+            .run();
+        let requests = double.requests();
+        let next_made = position(&requests, |r| {
+            r == "POST /collections/small-plain/snapshots?wait=true"
+        });
+        let first_deleted = position(&requests, |r| {
+            r.starts_with("DELETE /collections/small-named/snapshots/")
+        });
+        assert_eq!(next_made < first_deleted, pipelined, "{requests:?}");
+        // The manifest and the summary keep the collections' order, whichever finished first.
+        let m = manifest(&tmp.path().join("b"));
+        let paths: Vec<&str> = m.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "collections/small-named.snapshot.zst",
+                "collections/small-plain.snapshot.zst"
+            ]
+        );
+        assert!(double.snapshots_left().is_empty());
+        crate::test::validates(&tmp.path().join("b"));
+    }
+}
+
+#[test]
+fn a_failure_in_one_pipelined_collection_stops_the_others_and_deletes_every_snapshot() {
+    // `small-named` is downloading (slowly) when `small-plain`'s snapshot fails.
+    let started = Instant::now();
+    let (double, tmp) = with_faults(
+        Faults {
+            download_delay_for: Some(("small-named".into(), Duration::from_secs(5))),
+            create_error_for: Some((
+                "small-plain".into(),
+                500,
+                "Service internal error: No space left on device (os error 28)".into(),
+            )),
+            ..Faults::default()
+        },
+        &[],
+        1,
+        |err| {
+            assert!(
+                err.starts_with("wqm: error: Qdrant failed (500): Service internal error: No space left on device (os error 28)\n"),
+                "the failure reported is the one that happened, not the stop it caused: {err}"
+            )
+        },
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the slow download was stopped, not waited for"
+    );
+    nothing_written(tmp.path(), "b");
+    let requests = double.requests();
+    position(&requests, |r| {
+        r.starts_with("DELETE /collections/small-named/snapshots/")
+    });
+    assert!(
+        double.snapshots_left().is_empty(),
+        "{:?}",
+        double.snapshots_left()
+    );
+}

@@ -32,7 +32,11 @@ pub fn run_with(tmp: &Path, url: &str, failpoints: &str, args: &[&str]) -> Outpu
     command
         .env("QDRANT_URL", url)
         .env("WQM_DATA_DIR", tmp.join("data"))
-        .env("WQM_FAILPOINTS", failpoints);
+        .env("WQM_FAILPOINTS", failpoints)
+        // One snapshot at a time: a kill at a phase of one collection then never lands while the
+        // next one's request is on its way, which leaves a snapshot that cleanup cannot tell from
+        // one still in the making for ten minutes (`cleanup::STILL_IN_THE_MAKING_SECONDS`).
+        .env("WQM_BACKUP__TRANSFER__PARALLEL", "1");
     command.output().unwrap()
 }
 

@@ -50,6 +50,10 @@ pub struct Faults {
     pub cluster: bool,
     /// Delay before answering `POST …/snapshots`.
     pub create_delay: Option<Duration>,
+    /// `POST …/snapshots` of this collection fails with this status and JSON error message.
+    pub create_error_for: Option<(String, u16, String)>,
+    /// Delay before answering a snapshot download of this collection.
+    pub download_delay_for: Option<(String, Duration)>,
     /// Status and JSON error message for `POST …/snapshots/upload` of these collections.
     pub upload_error: Option<(String, u16, String)>,
     /// Break the connection half-way through reading the upload of this collection.
@@ -439,6 +443,10 @@ async fn handle(
             made.await.expect("the snapshot task ends")
         }
         ("GET", ["collections", name, "snapshots", snapshot]) => {
+            let delay = state.lock().unwrap().faults.download_delay_for.clone();
+            if let Some((_, delay)) = delay.filter(|(c, _)| c == name) {
+                tokio::time::sleep(delay).await;
+            }
             let mut s = state.lock().unwrap();
             match s
                 .snapshots
@@ -519,6 +527,9 @@ async fn make_snapshot(state: &Mutex<State>, name: &str) -> Response<Body> {
     }
     let mut s = state.lock().unwrap();
     if let Some((status, message)) = &s.faults.create_error {
+        return error(*status, message);
+    }
+    if let Some((_, status, message)) = s.faults.create_error_for.as_ref().filter(|f| f.0 == name) {
         return error(*status, message);
     }
     let Some(collection) = s.collections.get(name) else {

@@ -234,3 +234,52 @@ fn a_single_node_backup_restores_into_a_cluster() {
     assert_eq!(real_qdrant::fingerprint(cluster.node(0)), before);
     assert_eq!(cluster.snapshots_left(), Vec::<String>::new());
 }
+
+#[test]
+#[cfg_attr(
+    not(real_qdrant),
+    ignore = "needs a real Qdrant: set WQM_TEST_QDRANT_BIN or WQM_TEST_QDRANT_URL"
+)]
+fn shards_on_different_nodes_are_snapshotted_side_by_side() {
+    if !needs_a_binary() {
+        return;
+    }
+    let cluster = Cluster::start(3);
+    let nodes = cluster.all_urls();
+    cluster_workspace(cluster.node(0));
+    let making = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let seen = making.clone();
+    let (_, tmp) = wqm(Test::new(), &cluster, &nodes)
+        .env("WQM_BACKUP__TRANSFER__PARALLEL", "3")
+        .args("backup create {TMP}/c --json")
+        .stdout_json(move |v| {
+            for file in v["files"].as_array().unwrap() {
+                let t = &file["seconds"];
+                let started = t["started"].as_f64().unwrap();
+                let made = started + t["making"].as_f64().unwrap();
+                let detail = file["detail"].as_str().unwrap().to_string();
+                let peer = detail.rsplit("from peer ").next().unwrap().to_string();
+                seen.borrow_mut().push((peer, started, made));
+            }
+        })
+        .run();
+    let making = making.borrow();
+    assert_eq!(making.len(), 5, "{making:?}");
+    // Two nodes were making snapshots at the same time; one node never made two at once.
+    let together = |a: &(String, f64, f64), b: &(String, f64, f64)| a.1 < b.2 && b.1 < a.2;
+    let pairs: Vec<_> = making
+        .iter()
+        .enumerate()
+        .flat_map(|(i, a)| making[i + 1..].iter().map(move |b| (a, b)))
+        .collect();
+    assert!(
+        pairs.iter().any(|(a, b)| a.0 != b.0 && together(a, b)),
+        "{making:?}"
+    );
+    assert!(
+        !pairs.iter().any(|(a, b)| a.0 == b.0 && together(a, b)),
+        "{making:?}"
+    );
+    crate::test::validates(&tmp.path().join("c"));
+    assert_eq!(cluster.snapshots_left(), Vec::<String>::new());
+}

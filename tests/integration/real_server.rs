@@ -549,3 +549,59 @@ fn a_partial_restore_leaves_other_collections_and_rows_alone() {
     assert_eq!(server.snapshots_left(), Vec::<String>::new());
     drop(tmp);
 }
+
+/// Each snapshot's (`started`, end) in seconds from the `--json` summary of a create.
+fn snapshot_spans(summary: &serde_json::Value) -> Vec<(String, f64, f64)> {
+    summary["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["seconds"].is_object())
+        .map(|f| {
+            let t = &f["seconds"];
+            let started = t["started"].as_f64().unwrap();
+            let end = started + t["making"].as_f64().unwrap() + t["downloading"].as_f64().unwrap();
+            (f["path"].as_str().unwrap().to_string(), started, end)
+        })
+        .collect()
+}
+
+#[test]
+#[cfg_attr(
+    not(real_qdrant),
+    ignore = "needs a real Qdrant: set WQM_TEST_QDRANT_BIN or WQM_TEST_QDRANT_URL"
+)]
+fn the_next_collection_is_snapshotted_while_the_previous_one_downloads() {
+    let server = Server::start();
+    real_qdrant::workspace(&server);
+    for (parallel, pipelined) in [("2", true), ("1", false)] {
+        let spans = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let seen = spans.clone();
+        let (_, tmp) = Test::new()
+            .env("QDRANT_URL", &server.url)
+            .env("WQM_BACKUP__TRANSFER__PARALLEL", parallel)
+            .args("backup create {TMP}/b --json")
+            .stdout_json(move |v| *seen.borrow_mut() = snapshot_spans(v))
+            .run();
+        let spans = spans.borrow();
+        let paths: Vec<&str> = spans.iter().map(|s| s.0.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "collections/libraries.snapshot.zst",
+                "collections/projects.snapshot.zst",
+                "collections/rules.snapshot.zst",
+                "collections/scratchpad.snapshot.zst"
+            ],
+            "the collections' order, whichever finished first"
+        );
+        for pair in spans.windows(2) {
+            let overlapped = pair[1].1 < pair[0].2;
+            assert_eq!(overlapped, pipelined, "parallel {parallel}: {spans:?}");
+        }
+        let m = manifest(&tmp.path().join("b"));
+        assert_eq!(m.total_documents, Some(500));
+        crate::test::validates(&tmp.path().join("b"));
+        assert_eq!(server.snapshots_left(), Vec::<String>::new());
+    }
+}

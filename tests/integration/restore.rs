@@ -66,6 +66,25 @@ pub fn safety_backups(dir: &Path) -> Vec<String> {
 }
 
 #[test]
+fn the_server_side_checksum_is_sent_unless_turned_off() {
+    let double = Double::start();
+    let tmp = scene(&double, "");
+    lose_everything(&double);
+    wqm(tmp, &double, "backup restore {TMP}/b --force")
+        .env("WQM_BACKUP__TRANSFER__CHECKSUM", "false")
+        .stdout_with(|out| assert!(out.contains("Restore completed from "), "{out}"))
+        .run();
+    double.assert_holds_the_fixtures();
+    let sent = uploads(&double);
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert!(
+        sent.iter()
+            .all(|u| u.ends_with("?wait=true&priority=snapshot")),
+        "no `checksum=` with `backup.transfer.checksum: false`: {sent:?}"
+    );
+}
+
+#[test]
 fn restores_collections_aliases_and_the_state_database() {
     let double = Double::start();
     let tmp = scene(&double, "");
@@ -1336,4 +1355,104 @@ fn content_that_differs_from_the_manifest_is_an_invalid_backup() {
             "the live database is untouched"
         );
     }
+}
+
+#[test]
+fn the_next_upload_is_sent_while_qdrant_recovers_the_previous_one() {
+    for (parallel, pipelined) in [("2", true), ("1", false)] {
+        let double = Double::start();
+        let tmp = scene(&double, "");
+        lose_everything(&double);
+        // Qdrant takes its time over each recovery, after reading the whole upload.
+        double.state().faults.upload_delay = Some(Duration::from_millis(700));
+        wqm(tmp, &double, "backup restore {TMP}/b --force")
+            .env("WQM_BACKUP__TRANSFER__PARALLEL", parallel)
+            .stdout_with(|out| {
+                assert!(
+                    out.contains("✓ collection `small-named` restored\n✓ collection `small-plain` restored\n"),
+                    "the journal keeps the collections' order: {out}"
+                );
+                assert!(out.contains("Restore completed from "), "{out}");
+            })
+            .run();
+        double.assert_holds_the_fixtures();
+        let requests = double.requests();
+        let at = |wanted: &str| {
+            requests
+                .iter()
+                .position(|r| r.starts_with(wanted))
+                .unwrap_or_else(|| panic!("no `{wanted}`: {requests:?}"))
+        };
+        let second_sent = at("POST /collections/small-plain/snapshots/upload");
+        let first_answered = at("DELETE /collections/small-named/snapshots/wqm-restore-");
+        assert_eq!(
+            second_sent < first_answered,
+            pipelined,
+            "parallel {parallel}: {requests:?}"
+        );
+        assert!(double.snapshots_left().is_empty());
+    }
+}
+
+#[test]
+fn the_json_result_says_where_the_time_went() {
+    let double = Double::start();
+    let tmp = scene(&double, "");
+    lose_everything(&double);
+    wqm(tmp, &double, "backup restore {TMP}/b --force --json")
+        .stdout_json(|doc| {
+            assert!(doc["plan_seconds"].as_f64().unwrap() > 0.0, "{doc}");
+            let phases: Vec<&str> = doc["result"]["phases"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["phase"].as_str().unwrap())
+                .collect();
+            assert_eq!(
+                phases,
+                [
+                    "cleanup",
+                    "unpack databases",
+                    "safety backup",
+                    "stop daemon, merge databases",
+                    "collections",
+                    "databases, aliases, config, start daemon",
+                    "verify"
+                ]
+            );
+        })
+        .run();
+}
+
+#[test]
+fn a_failed_upload_stops_the_others_but_one_all_sent_is_waited_for() {
+    let double = Double::start();
+    let tmp = scene(&double, "");
+    lose_everything(&double);
+    {
+        let mut state = double.state();
+        // `small-named` is all sent and slow to recover when `small-plain`'s upload breaks.
+        state.faults.upload_delay = Some(Duration::from_millis(1500));
+        state.faults.upload_die = Some("small-plain".into());
+    }
+    wqm(tmp, &double, "backup restore {TMP}/b --force")
+        .status(1)
+        .stdout_with(|_| {})
+        .stderr_with(|err| {
+            assert!(
+                err.starts_with("wqm: error: restoring collection `small-plain` failed: "),
+                "{err}"
+            );
+            assert!(
+                err.contains("\n  ✓ collection `small-named` restored\n  ? collection `small-plain`: Qdrant may have restored it"),
+                "{err}"
+            );
+        })
+        .run();
+    let state = double.state();
+    assert!(
+        state.collections.contains_key("small-named"),
+        "the upload that was all sent was waited for"
+    );
+    assert!(!state.collections.contains_key("small-plain"));
 }
