@@ -100,6 +100,37 @@ fn chunks_round_trip_and_are_stored_once() {
 }
 
 #[test]
+fn files_written_side_by_side_may_store_the_same_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ChunkStore::open_for_writing(dir.path(), 4096).unwrap();
+    let temp = store.temp_dir().unwrap();
+    // Zeros, as Qdrant's sparse page files hold: the same chunks in every file.
+    let data = vec![0u8; 300_000];
+    let indexes: Vec<Vec<u8>> = std::thread::scope(|scope| {
+        let writers: Vec<_> = (0..4)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut writer =
+                        ChunkWriter::new(store.clone(), temp.path(), Vec::new()).unwrap();
+                    for piece in data.chunks(1000) {
+                        writer.write_all(piece).unwrap();
+                    }
+                    writer.finish().unwrap().0
+                })
+            })
+            .collect();
+        writers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    assert!(indexes.iter().all(|index| index == &indexes[0]));
+    let mut read = Vec::new();
+    ChunkReader::new(store.clone(), &indexes[0][..], true)
+        .unwrap()
+        .read_to_end(&mut read)
+        .unwrap();
+    assert_eq!(read, data);
+}
+
+#[test]
 fn hostile_indexes_are_refused() {
     let id = ChunkId::of(b"x").to_string();
     for bad in [

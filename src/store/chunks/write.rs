@@ -27,7 +27,9 @@ pub struct ChunkWriter<W: Write> {
 /// Where a `ChunkWriter`'s chunks go: the store, and a line of the index each.
 struct ChunkSink<W: Write> {
     store: Arc<ChunkStore>,
-    temp: PathBuf,
+    /// This file's own directory in the run's temporary directory: files written side by side
+    /// (a pipelined create) may store the same new chunk at the same moment.
+    temp: tempfile::TempDir,
     index: W,
     compressor: zstd::bulk::Compressor<'static>,
     compressed: Vec<u8>,
@@ -52,7 +54,7 @@ impl<W: Write> ChunkWriter<W> {
             chunker: Chunker::new(store.params()),
             sink: ChunkSink {
                 store,
-                temp: temp.to_path_buf(),
+                temp: tempfile::Builder::new().prefix("file-").tempdir_in(temp)?,
                 index,
                 compressor: zstd::bulk::Compressor::new(crate::compress::ZSTD_LEVEL)?,
                 compressed: Vec::new(),
@@ -95,7 +97,7 @@ impl<W: Write> ChunkSink<W> {
         Ok(())
     }
 
-    /// Writes a new chunk, compressed, into the run's temporary directory; `land` makes it
+    /// Writes a new chunk, compressed, into this file's temporary directory; `land` makes it
     /// durable and gives it its name.
     fn put(&mut self, id: &ChunkId, chunk: &[u8]) -> io::Result<u64> {
         self.compressed.clear();
@@ -103,7 +105,7 @@ impl<W: Write> ChunkSink<W> {
             .reserve(zstd::zstd_safe::compress_bound(chunk.len()));
         self.compressor
             .compress_to_buffer(chunk, &mut self.compressed)?;
-        let mut file = create_private_file(&self.temp.join(id.to_string()))?;
+        let mut file = create_private_file(&self.temp.path().join(id.to_string()))?;
         file.write_all(&self.compressed)?;
         let stored = self.compressed.len() as u64;
         self.unsynced.push((*id, file));
@@ -135,7 +137,7 @@ impl<W: Write> ChunkSink<W> {
             if !self.touched.contains(&dir) && !dir.is_dir() {
                 create_private_dir_all(&dir)?;
             }
-            fs::rename(self.temp.join(id.to_string()), &target)?;
+            fs::rename(self.temp.path().join(id.to_string()), &target)?;
             crate::failpoint::hit("create:chunk-stored")?;
             self.touched.insert(dir);
         }
