@@ -9,6 +9,7 @@
 #   BENCH_POINTS=2000 BENCH_RUNS=1 scripts/bench-cluster.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/bench-lib.sh
 points=${BENCH_POINTS:-20000}
 dim=${BENCH_DIM:-384}
 names=(projects libraries rules scratchpad images)
@@ -79,7 +80,6 @@ for i in $(seq "$runs"); do
   done
 done
 
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 size=$(du -sb "$work/backup-single" | cut -f1)
 echo
 echo "5 collections x $points points x $dim dims (dense + sparse); backup of the single node: $size bytes. Median of $runs runs."

@@ -21,6 +21,7 @@ runs=${BENCH_RUNS:-3}
 names=(projects libraries rules scratchpad images)
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/wqm-bench
 out=$(mktemp -d "${TMPDIR:-/tmp}/wqm-bench-collections.XXXXXX")
+. scripts/bench-lib.sh
 
 cargo build --release --locked --quiet
 wqm=${CARGO_TARGET_DIR:-$PWD/target}/release/wqm
@@ -32,14 +33,6 @@ for name in "${names[@]}"; do
   python3 scripts/bench_load.py "$QDRANT_URL" "$name" "$points" "$dim" 1 1 sparse
 done
 
-# `time_of NAME COMMAND...`: wall seconds and peak RSS (KiB), appended to $out/NAME.all.
-# `sync` first, so the previous run's writeback does not slow this one down.
-time_of() {
-  local name=$1; shift
-  sync
-  /usr/bin/time -f '%e %M' -o "$out/$name.time" "$@" >/dev/null
-  cat "$out/$name.time" >> "$out/$name.all"
-}
 
 curl_loop() {
   mkdir -p "$out/curl"
@@ -98,22 +91,9 @@ for i in $(seq "$runs"); do
 done
 
 snapshots=$(du -cb "$out"/curl/*.snapshot | tail -1 | cut -f1)
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo
 echo "5 collections x $points points x $dim dims (dense + sparse): $snapshots bytes of snapshots. $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'). Median of $runs runs."
 echo
-table() { # table BASELINE LABEL...
-  local base
-  base=$(cut -d' ' -f1 "$out/$1.all" | median)
-  echo "| path | wall (s) | vs $1 | peak RSS (MiB) |"
-  echo "|---|---|---|---|"
-  for label in "$@"; do
-    wall=$(cut -d' ' -f1 "$out/$label.all" | median)
-    rss=$(cut -d' ' -f2 "$out/$label.all" | sort -n | tail -1)
-    ratio=$(awk -v a="$wall" -v b="$base" 'BEGIN {printf "%.2fx", a / b}')
-    echo "| $label | $wall | $ratio | $(awk -v k="$rss" 'BEGIN {printf "%.1f", k / 1024}') |"
-  done
-}
 echo "Create (5 snapshots made, downloaded, synced, deleted):"
 echo
 table curl-loop wqm-plain-p1 wqm-plain-p2 wqm-plain-p3 wqm-defaults-p1 wqm-defaults

@@ -16,6 +16,7 @@ points=${BENCH_POINTS:-40000}
 nights=${BENCH_NIGHTS:-30}
 runs=${BENCH_RUNS:-3}
 out=$(mktemp -d "${TMPDIR:-/tmp}/wqm-bench-inc.XXXXXX")
+. scripts/bench-lib.sh
 command -v restic >/dev/null || { echo "restic is needed (apt-get install restic)" >&2; exit 1; }
 
 cargo build --release --locked --quiet --example chunk_sizes
@@ -33,14 +34,6 @@ sqlite3 "$out/data/state.db" < tests/fixtures/state-db/schema.sql
 sqlite3 "$out/data/state.db" < tests/fixtures/state-db/sample-data.sql
 restic init --repository-version 2 -q
 
-# `time_of NAME COMMAND...`: wall seconds and peak RSS (KiB), appended to $out/NAME.all;
-# the command's stdout goes to $out/NAME.out.
-time_of() {
-  local name=$1; shift
-  sync
-  /usr/bin/time -f '%e %M' -o "$out/$name.time" "$@" > "$out/$name.out"
-  cat "$out/$name.time" >> "$out/$name.all"
-}
 # Bytes as files hold them, and as the filesystem allocates them (blocks: one file per chunk
 # costs a partly filled block, which a pack-based store like restic's does not pay).
 bytes() { du -sb "$@" | awk '{s += $1} END {print s}'; }
@@ -94,7 +87,6 @@ full_alloc=$(allocated "$out/full/first")
 store_alloc=$(allocated "$out/inc")
 restic_alloc=$(allocated "$out/restic")
 
-median() { sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 stat_of() { # stat_of NAME: "median-seconds max-RSS-MiB"
   echo "$(cut -d' ' -f1 "$out/$1.all" | median) $(( $(cut -d' ' -f2 "$out/$1.all" | sort -n | tail -1) / 1024 ))"
 }

@@ -15,6 +15,7 @@ dim=${BENCH_DIM:-1024}
 runs=${BENCH_RUNS:-3}
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/wqm-bench
 out=$(mktemp -d "${TMPDIR:-/tmp}/wqm-bench.XXXXXX")
+. scripts/bench-lib.sh
 
 cargo build --release --locked --quiet
 wqm=${CARGO_TARGET_DIR:-$PWD/target}/release/wqm
@@ -24,14 +25,6 @@ trap 'kill $QDRANT_PID 2>/dev/null; rm -rf "$out"' EXIT
 echo "loading $points x $dim points (once per machine)..." >&2
 python3 scripts/bench_load.py "$QDRANT_URL" bench "$points" "$dim"
 
-# `time_of NAME COMMAND...`: wall seconds and peak RSS (KiB) of the command, appended to $out/NAME.
-# `sync` first, so the previous run's writeback does not slow this one down.
-time_of() {
-  local name=$1; shift
-  sync
-  /usr/bin/time -f '%e %M' -o "$out/$name.time" "$@" >/dev/null
-  cat "$out/$name.time" >> "$out/$name.all"
-}
 
 curl_path() {
   local name
@@ -84,22 +77,9 @@ done
 
 snapshot=$(stat -c %s "$out/curl.snapshot")
 stored=$(stat -c %s "$out/wqm-zstd/collections/bench.snapshot.zst")
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo
 echo "Snapshot: $snapshot bytes ($points points x $dim dims); zstd: $stored bytes. $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'). Median of $runs runs."
 echo
-table() { # table BASELINE LABEL...
-  local base
-  base=$(cut -d' ' -f1 "$out/$1.all" | median)
-  echo "| path | wall (s) | vs $1 | peak RSS (MiB) |"
-  echo "|---|---|---|---|"
-  for label in "$@"; do
-    wall=$(cut -d' ' -f1 "$out/$label.all" | median)
-    rss=$(cut -d' ' -f2 "$out/$label.all" | sort -n | tail -1)
-    ratio=$(awk -v a="$wall" -v b="$base" 'BEGIN {printf "%.2fx", a / b}')
-    echo "| $label | $wall | $ratio | $(awk -v k="$rss" 'BEGIN {printf "%.1f", k / 1024}') |"
-  done
-}
 echo "Create (snapshot, download, delete):"
 echo
 table curl wqm-plain wqm-plain-verified wqm-zstd wqm-zstd-verified
