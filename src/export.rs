@@ -3,7 +3,6 @@
 //! chunk store it reads from. Every file's content is checked against the manifest on the way.
 
 use std::collections::BTreeMap;
-use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -12,6 +11,7 @@ use crate::checksum::{Algorithm, HashingReader};
 use crate::compress::Compression;
 use crate::config::Settings;
 use crate::exit::{ExitCode, Failure};
+use crate::fs::{copy_apart, CopyError};
 use crate::manifest::{FileEntry, Manifest, FULL_FORMAT};
 use crate::progress::{self, Metered, Progress};
 use crate::store::{BackupDir, Staging};
@@ -117,12 +117,12 @@ fn copy_entry(
     let mut sink = staging.create_file(rel, entry.kind, compression, algorithm)?;
     progress.begin(&entry.path, Some(entry.content_size));
     let mut reader = HashingReader::new(Metered::new(content, progress), &[Algorithm::Sha256]);
-    let copied = copy(&mut reader, &mut sink);
+    let copied = copy_apart(&mut reader, &mut sink);
     progress.end();
     progress::check_interrupted()?;
     copied.map_err(|e| match e {
-        Copy::Read(e) => damaged(format!("cannot read: {e}")),
-        Copy::Write(e) => anyhow::Error::from(e).context(format!("cannot write `{rel}`")),
+        CopyError::Read(e) => damaged(format!("cannot read: {e}")),
+        CopyError::Write(e) => anyhow::Error::from(e).context(format!("cannot write `{rel}`")),
     })?;
     let digests = reader
         .finish()
@@ -130,25 +130,6 @@ fn copy_entry(
     crate::verify::content_matches(entry, &digests).map_err(damaged)?;
     sink.finish()
         .with_context(|| format!("cannot write `{rel}`"))
-}
-
-enum Copy {
-    Read(io::Error),
-    Write(io::Error),
-}
-
-/// `io::copy`, telling a read error (the backup's) from a write error (the disk's).
-fn copy(reader: &mut impl Read, writer: &mut impl io::Write) -> Result<(), Copy> {
-    let mut buffer = vec![0u8; 256 * 1024];
-    loop {
-        let n = match reader.read(&mut buffer) {
-            Ok(0) => return Ok(()),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Copy::Read(e)),
-        };
-        writer.write_all(&buffer[..n]).map_err(Copy::Write)?;
-    }
 }
 
 /// Points the manifest's references to files (collections, shards, databases) at their new paths.

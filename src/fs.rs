@@ -3,8 +3,29 @@
 //! small file, advisory locks, free space and disk usage.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::Path;
+
+/// Which side of a copy failed: reading (the backup's fault) or writing (the disk's).
+#[derive(Debug)]
+pub enum CopyError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// `io::copy` in 256 KiB pieces, telling a read error from a write error.
+pub fn copy_apart(reader: &mut impl Read, writer: &mut impl Write) -> Result<(), CopyError> {
+    let mut buffer = vec![0u8; 256 * 1024];
+    loop {
+        let n = match reader.read(&mut buffer) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CopyError::Read(e)),
+        };
+        writer.write_all(&buffer[..n]).map_err(CopyError::Write)?;
+    }
+}
 
 /// Backups hold vectors, payloads and configuration: only the owner may read them.
 pub fn create_private_dir_all(path: &Path) -> io::Result<()> {

@@ -7,7 +7,7 @@
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,6 +27,7 @@ use crate::compat::{self, Decision, Policy};
 use crate::config::{Settings, TransferSettings};
 use crate::daemon;
 use crate::exit::{ExitCode, Failure, Interrupted};
+use crate::fs::CopyError;
 use crate::manifest::{FileEntry, FileKind, Manifest};
 use crate::migrations::{self, Migration, WorkingCopy};
 use crate::names::{self, Database};
@@ -1330,17 +1331,12 @@ fn unpack_database(source: &BackupDir, entry: Option<&FileEntry>, copy: &Path) -
     let mut content = HashingReader::new(decoder, &[Algorithm::Sha256]);
     let mut out = crate::fs::create_private_file(copy)
         .with_context(|| format!("cannot write `{}`", copy.display()))?;
-    let mut buffer = vec![0u8; 256 * 1024];
-    loop {
-        let n = match content.read(&mut buffer) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(damaged(rel, format!("cannot decompress: {e}"))),
-        };
-        out.write_all(&buffer[..n])
-            .with_context(|| format!("cannot write `{}`", copy.display()))?;
-    }
+    crate::fs::copy_apart(&mut content, &mut out).map_err(|e| match e {
+        CopyError::Read(e) => damaged(rel, format!("cannot decompress: {e}")),
+        CopyError::Write(e) => {
+            anyhow::Error::from(e).context(format!("cannot write `{}`", copy.display()))
+        }
+    })?;
     out.sync_all()
         .with_context(|| format!("cannot write `{}`", copy.display()))?;
     let digests = content

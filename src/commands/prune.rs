@@ -76,9 +76,8 @@ pub async fn run(args: &PruneArgs, settings: &Settings, ui: &Ui) -> Result<ExitC
         outcome.skipped.len(),
     );
     match &outcome.chunks {
-        Some(Garbage::Refused(reason)) => {
-            ui.warn(format!("chunk store: no chunk deleted: {reason}"))
-        }
+        // Refused: something may need chunks nobody can name, which an operator should see.
+        Some(garbage @ Garbage::Refused(_)) => ui.warn(garbage_line(garbage, args.dry_run)),
         Some(garbage) => ui.line(garbage_line(garbage, args.dry_run)),
         None => {}
     }
@@ -105,7 +104,7 @@ fn garbage_line(garbage: &Garbage, dry_run: bool) -> String {
             indicatif::BinaryBytes(c.bytes_kept)
         ),
         Garbage::Busy => "Chunk store: in use by another wqm run (a create, restore or validate); no chunk deleted, the next prune collects them".to_string(),
-        Garbage::Refused(reason) => format!("Chunk store: no chunk deleted: {reason}"),
+        Garbage::Refused(reason) => format!("chunk store: no chunk deleted: {reason}"),
     }
 }
 

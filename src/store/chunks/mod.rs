@@ -269,16 +269,8 @@ impl ChunkStore {
         })
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     pub fn params(&self) -> &Params {
         &self.params
-    }
-
-    pub fn contains(&self, id: &ChunkId) -> bool {
-        super::stat_in(&self.root, &id.rel()).is_ok_and(|s| s.kind == super::Kind::File)
     }
 
     /// The stored (compressed) size of a chunk, when it is there.
