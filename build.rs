@@ -1,13 +1,44 @@
-//! Marks the build with `real_qdrant` when a real Qdrant server is available to the tests
-//! (`WQM_TEST_QDRANT_BIN` or `WQM_TEST_QDRANT_URL`), so the real-server tests show as ignored,
-//! with the reason, when it is not.
+//! Marks the build with what the tests that need something outside the crate can use, so they
+//! show as ignored, with the reason, when it is missing (never as passed):
+//! - `real_qdrant`: a real Qdrant server (`WQM_TEST_QDRANT_BIN` or `WQM_TEST_QDRANT_URL`);
+//! - `real_qdrant_bin`: a Qdrant binary the tests start themselves (`WQM_TEST_QDRANT_BIN`), for
+//!   what a shared server cannot do (kill and restart it, API keys, TLS, clusters);
+//! - `mount_namespaces`: `WQM_TEST_UNSHARE` set, which `.ci/run` does when `unshare -rm` works
+//!   (a tiny filesystem mounted in a private namespace, to fill a disk);
+//! - `rsync`: an `rsync` on `PATH` (the offsite recipe, run as written).
 
 fn main() {
-    println!("cargo::rustc-check-cfg=cfg(real_qdrant)");
-    println!("cargo::rerun-if-env-changed=WQM_TEST_QDRANT_BIN");
-    println!("cargo::rerun-if-env-changed=WQM_TEST_QDRANT_URL");
+    for cfg in [
+        "real_qdrant",
+        "real_qdrant_bin",
+        "mount_namespaces",
+        "rsync",
+    ] {
+        println!("cargo::rustc-check-cfg=cfg({cfg})");
+    }
+    for var in [
+        "WQM_TEST_QDRANT_BIN",
+        "WQM_TEST_QDRANT_URL",
+        "WQM_TEST_UNSHARE",
+        "PATH",
+    ] {
+        println!("cargo::rerun-if-env-changed={var}");
+    }
     let set = |name| std::env::var_os(name).is_some_and(|v| !v.is_empty());
     if set("WQM_TEST_QDRANT_BIN") || set("WQM_TEST_QDRANT_URL") {
         println!("cargo::rustc-cfg=real_qdrant");
+    }
+    if set("WQM_TEST_QDRANT_BIN") {
+        println!("cargo::rustc-cfg=real_qdrant_bin");
+    }
+    if set("WQM_TEST_UNSHARE") {
+        println!("cargo::rustc-cfg=mount_namespaces");
+    }
+    let on_path = |program: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(program).is_file()))
+    };
+    if on_path("rsync") {
+        println!("cargo::rustc-cfg=rsync");
     }
 }

@@ -60,14 +60,25 @@ Exit codes:
   130  interrupted (Ctrl-C, SIGINT), after cleaning up
   143  terminated (SIGTERM), after cleaning up";
 
-/// An error that knows its exit code and what the user can do about it.
-pub trait Classify {
+/// An error that knows its exit code and what the user can do about it. Only a type in the
+/// edge's registry (`output::classify`'s list) can implement it: the list implements
+/// `Registered` for each, so an error type left out of it does not compile, and one in it that
+/// does not implement `Classify` does not either.
+pub trait Classify: Registered {
     fn exit_code(&self) -> ExitCode;
 
     fn hint(&self) -> Option<String> {
         None
     }
 }
+
+/// Implemented only by `output::classify`'s list of error types: the proof that `classify`
+/// looks for a type when it walks an error chain. Never implement it by hand.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` implements `Classify` but is not in the registry of error types",
+    note = "add `{Self}` to the `registry!` list in src/output.rs, or it would exit 1"
+)]
+pub trait Registered {}
 
 /// A command-level error with an explicit exit code and hint; also a reason a restore plan
 /// cannot go ahead (its `blockers`, as JSON `{"exit_code", "message", "hint"}`).

@@ -50,10 +50,7 @@ pub fn manifest(data: &[u8]) {
 pub fn config(data: &[u8]) {
     // `validate --check-files` and `restore --with-config` check a backup's configuration
     // first; only one that passes would ever be loaded.
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    if crate::verify::check_config_text(text).is_err() {
+    if config_refusal(data).is_some() {
         return;
     }
     let Ok(dir) = tempfile::tempdir() else {
@@ -70,6 +67,14 @@ pub fn config(data: &[u8]) {
         qdrant_url: None,
     };
     let _ = Settings::load(&env, &overrides);
+}
+
+/// Why the check of a backup's configuration refuses these bytes, if it does.
+pub fn config_refusal(data: &[u8]) -> Option<String> {
+    match std::str::from_utf8(data) {
+        Err(e) => Some(format!("the configuration is not UTF-8: {e}")),
+        Ok(text) => crate::verify::check_config_text(text).err(),
+    }
 }
 
 /// A version string from a manifest: parsing, comparing and the restore decision.

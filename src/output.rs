@@ -12,7 +12,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 use crate::cli::OutputArgs;
-use crate::exit::{self, Classify, ExitCode};
+use crate::exit::{self, ExitCode};
 use crate::progress::Progress;
 // Whatever reaches the screen or a log, a URL's userinfo never does.
 use crate::secrets::mask_userinfo;
@@ -246,9 +246,16 @@ pub fn size(bytes: u64) -> String {
 
 /// Finds the first error in the chain that knows its exit code (`exit::Classify`); the rest are
 /// runtime failures. The edge's job: the domain modules only say what each of their errors means.
+/// An error kept inside an `io::Error` (a domain error passed through an `io::Result`) counts.
 pub fn classify(error: &anyhow::Error) -> (ExitCode, Option<String>) {
     for cause in error.chain() {
         if let Some(found) = classify_one(cause) {
+            return found;
+        }
+        let inner = cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(|e| e.get_ref());
+        if let Some(found) = inner.and_then(|inner| classify_one(inner)) {
             return found;
         }
     }
@@ -260,31 +267,39 @@ pub fn classify(error: &anyhow::Error) -> (ExitCode, Option<String>) {
     (ExitCode::Failure, hint)
 }
 
-fn classify_one(cause: &(dyn std::error::Error + 'static)) -> Option<(ExitCode, Option<String>)> {
-    macro_rules! try_types {
-        ($($ty:ty),+ $(,)?) => {
+/// The registry of error types that know their exit code: `classify_one` tries each, and each
+/// gets `exit::Registered`, without which `impl Classify` does not compile.
+macro_rules! registry {
+    ($($ty:ty),+ $(,)?) => {
+        $(impl exit::Registered for $ty {})+
+
+        fn classify_one(
+            cause: &(dyn std::error::Error + 'static),
+        ) -> Option<(ExitCode, Option<String>)> {
             $(
                 if let Some(e) = cause.downcast_ref::<$ty>() {
-                    return Some((e.exit_code(), e.hint()));
+                    return Some((exit::Classify::exit_code(e), exit::Classify::hint(e)));
                 }
             )+
-        };
-    }
-    // Every type with `impl Classify` is listed here; a test (below) holds the list to the source.
-    try_types!(
-        exit::Failure,
-        exit::Interrupted,
-        crate::config::ConfigError,
-        crate::manifest::ManifestError,
-        crate::compat::CompatError,
-        crate::layout::LayoutError,
-        crate::qdrant::QdrantError,
-        crate::daemon::DaemonError,
-        crate::cluster::ClusterError,
-        crate::workdir::WorkDirError,
-    );
-    None
+            None
+        }
+    };
 }
+
+registry!(
+    exit::Failure,
+    exit::Interrupted,
+    crate::config::ConfigError,
+    crate::manifest::ManifestError,
+    crate::compat::CompatError,
+    crate::layout::LayoutError,
+    crate::qdrant::QdrantError,
+    crate::daemon::DaemonError,
+    crate::cluster::ClusterError,
+    crate::workdir::WorkDirError,
+    crate::store::chunks::ChunkError,
+    crate::verify::AuditError,
+);
 
 #[cfg(test)]
 mod classify_tests {
@@ -300,7 +315,8 @@ mod classify_tests {
     /// One of each error type (and each distinct code a type gives), with its documented code.
     #[test]
     fn every_error_type_exits_with_its_documented_code() {
-        use crate::{cluster, compat, config, daemon, layout, manifest, qdrant, workdir};
+        use crate::store::chunks;
+        use crate::{cluster, compat, config, daemon, layout, manifest, qdrant, verify, workdir};
         let path = PathBuf::from("x");
         let cases: Vec<(ExitCode, ExitCode)> = vec![
             (
@@ -357,6 +373,36 @@ mod classify_tests {
                 code_of(workdir::WorkDirError::Busy { path: path.clone() }),
                 ExitCode::Failure,
             ),
+            (
+                code_of(chunks::ChunkError::NoStore { path: path.clone() }),
+                ExitCode::InvalidBackup,
+            ),
+            (
+                code_of(chunks::ChunkError::Locked { path: path.clone() }),
+                ExitCode::Failure,
+            ),
+            (
+                code_of(chunks::ChunkError::Interrupted { path: path.clone() }),
+                ExitCode::Interrupted,
+            ),
+            (
+                code_of(verify::AuditError::StoreBusy(chunks::ChunkError::Locked {
+                    path: path.clone(),
+                })),
+                ExitCode::Failure,
+            ),
+            (
+                code_of(verify::AuditError::Interrupted(exit::Interrupted)),
+                ExitCode::Interrupted,
+            ),
+            // A domain error passed through an `io::Result` keeps its code.
+            (
+                code_of(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    chunks::ChunkError::NoStore { path: path.clone() },
+                )),
+                ExitCode::InvalidBackup,
+            ),
             (code_of(std::io::Error::other("plain")), ExitCode::Failure),
         ];
         for (i, (actual, expected)) in cases.into_iter().enumerate() {
@@ -364,41 +410,18 @@ mod classify_tests {
         }
     }
 
-    /// A new error type with `impl Classify` must be listed in `classify_one`, or it would exit 1.
+    /// The hint travels with the code: a busy store says what holds it.
     #[test]
-    fn every_classified_type_is_listed() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-        let this = std::fs::read_to_string(root.join("output.rs")).unwrap();
-        let listed = this
-            .split("try_types!(")
-            .nth(1)
-            .and_then(|s| s.split(");").next())
-            .unwrap()
-            .to_string();
-        let mut pending = vec![root];
-        let mut found = 0;
-        while let Some(dir) = pending.pop() {
-            for entry in std::fs::read_dir(dir).unwrap() {
-                let path = entry.unwrap().path();
-                if path.is_dir() {
-                    pending.push(path);
-                    continue;
-                }
-                let text = std::fs::read_to_string(&path).unwrap();
-                for line in text.lines() {
-                    let Some(rest) = line.trim().strip_prefix("impl Classify for ") else {
-                        continue;
-                    };
-                    let ty = rest.trim_end_matches(" {").trim();
-                    found += 1;
-                    assert!(
-                        listed.contains(&format!("::{ty},")),
-                        "`{ty}` ({}) implements Classify but `classify_one` does not list it",
-                        path.display()
-                    );
-                }
-            }
-        }
-        assert!(found >= 10, "{found}");
+    fn a_locked_chunk_store_says_what_holds_it() {
+        let error = anyhow::Error::new(crate::store::chunks::ChunkError::Locked {
+            path: PathBuf::from("/b/.wqm-chunks"),
+        })
+        .context("cannot make the backup incremental");
+        let (code, hint) = classify(&error);
+        assert_eq!(code, ExitCode::Failure);
+        assert_eq!(
+            hint.as_deref(),
+            Some("a `wqm backup prune` is collecting chunks there; run again when it is done")
+        );
     }
 }

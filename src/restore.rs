@@ -460,8 +460,10 @@ async fn plan_write_access(plan: &mut Plan, client: &Client) -> Result<()> {
     }
 }
 
-fn minor_line(version: &str) -> Option<(i64, i64)> {
-    compat::Version::parse(version)
+/// A Qdrant server's MAJOR.MINOR: Qdrant's versions are semver (wqm's own follow the Python
+/// rules of `compat`).
+fn minor_line(version: &str) -> Option<(u64, u64)> {
+    semver::Version::parse(version)
         .ok()
         .map(|v| (v.major, v.minor))
 }
@@ -2089,6 +2091,16 @@ mod tests {
             })
             .collect();
         (action, findings)
+    }
+
+    #[test]
+    fn qdrant_versions_are_compared_by_their_semver_minor_line() {
+        assert_eq!(minor_line("1.18.3"), Some((1, 18)));
+        assert_eq!(minor_line("1.18.0-rc.1"), minor_line("1.18.3"));
+        assert_ne!(minor_line("1.17.9"), minor_line("1.18.3"));
+        // Not semver: no line, so no warning either way.
+        assert_eq!(minor_line("1.18"), None);
+        assert_eq!(minor_line("0.3.0.dev1"), None);
     }
 
     #[test]

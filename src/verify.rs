@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::checksum::{Algorithm, Digests, HashingReader};
 use crate::compat;
 use crate::compress::Compression;
-use crate::exit::Interrupted;
+use crate::exit::{Classify, ExitCode, Interrupted};
 use crate::layout::{self, MANIFEST_PATH, REQUIRED_DIRS};
 use crate::manifest::{Collections, FileEntry, FileKind, Manifest, MAX_MANIFEST_BYTES};
 use crate::progress::{self, Metered, Progress};
@@ -239,7 +239,7 @@ pub fn audit(
     path: &Path,
     options: &Options,
     progress: &dyn Progress,
-) -> Result<Report, Interrupted> {
+) -> Result<Report, AuditError> {
     let mut report = Report {
         path: path.to_path_buf(),
         manifest: None,
@@ -264,7 +264,7 @@ pub fn audit(
         check_legacy(&mut report, &backup, options)?;
     } else {
         check_contents(&mut report, &backup);
-        check_chunk_store(&mut report, &backup);
+        check_chunk_store(&mut report, &backup)?;
         if options.depth != Depth::Structure {
             check_files(&mut report, &backup, options, progress)?;
         }
@@ -359,18 +359,48 @@ fn check_files(
     Ok(())
 }
 
+/// Why an audit stopped without a verdict on the backup.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error(transparent)]
+    Interrupted(#[from] Interrupted),
+    /// The chunk store could not be held (a garbage collection has it past the wait, or the wait
+    /// was interrupted): that says nothing about the backup, so it is no finding.
+    #[error(transparent)]
+    StoreBusy(chunks::ChunkError),
+}
+
+impl Classify for AuditError {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            AuditError::Interrupted(e) => e.exit_code(),
+            AuditError::StoreBusy(e) => e.exit_code(),
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        match self {
+            AuditError::Interrupted(e) => e.hint(),
+            AuditError::StoreBusy(e) => e.hint(),
+        }
+    }
+}
+
 /// An incremental backup needs the chunk store beside it.
-fn check_chunk_store(report: &mut Report, backup: &BackupDir) {
+fn check_chunk_store(report: &mut Report, backup: &BackupDir) -> Result<(), AuditError> {
     let chunked = backup
         .manifest
         .files
         .iter()
         .any(|f| f.compression == Compression::Chunks);
     if chunked {
-        if let Err(e) = backup.chunk_store() {
-            report.add(Severity::Error, Check::Contents, None, e.to_string());
+        match ChunkStore::open_for_reading(backup.backups_dir()) {
+            Ok(_) => {}
+            Err(e) if e.is_busy() => return Err(AuditError::StoreBusy(e)),
+            Err(e) => report.add(Severity::Error, Check::Contents, None, e.to_string()),
         }
     }
+    Ok(())
 }
 
 /// What reading a chunked file's chunks showed.

@@ -9,7 +9,7 @@ use crate::cli::{ListArgs, SortKey};
 use crate::compat::{self, Version};
 use crate::compress::Compression;
 use crate::config::Settings;
-use crate::exit::{ExitCode, Interrupted};
+use crate::exit::ExitCode;
 use crate::output::{self, Ui};
 use crate::progress::Progress;
 use crate::store::{self, BackupDir, Scan, Seen};
@@ -115,7 +115,7 @@ impl Item {
         options: &verify::Options,
         progress: &dyn Progress,
         threshold: u32,
-    ) -> Result<Item, Interrupted> {
+    ) -> Result<Item, verify::AuditError> {
         let m = &found.backup.manifest;
         let now = options.now;
         let audit = verify::audit(&found.backup.path, options, progress)?;

@@ -108,8 +108,15 @@ impl BackupDir {
 
     /// The chunk store of the backups beside this one, held shared while the result lives.
     pub fn chunk_store(&self) -> io::Result<std::sync::Arc<ChunkStore>> {
-        ChunkStore::open_for_reading(self.backups_dir())
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+        ChunkStore::open_for_reading(self.backups_dir()).map_err(|e| {
+            let kind = if e.is_busy() {
+                io::ErrorKind::WouldBlock
+            } else {
+                io::ErrorKind::InvalidData
+            };
+            // The `ChunkError` stays inside, so its exit code and hint reach the edge.
+            io::Error::new(kind, e)
+        })
     }
 
     /// The directory this backup belongs to (a staged backup: the one its target will be in).

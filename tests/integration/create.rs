@@ -767,15 +767,12 @@ fn ctrl_c_during_a_download_leaves_nothing() {
 }
 
 #[test]
+#[cfg_attr(
+    not(mount_namespaces),
+    ignore = "needs WQM_TEST_UNSHARE: `unshare -rm` to mount a small filesystem (`.ci/run` sets it)"
+)]
 fn a_full_disk_fails_cleanly_and_says_so() {
     // A 64 KiB tmpfs in a private mount namespace: an uncompressed 206 KB snapshot cannot fit.
-    let namespaces = std::process::Command::new("unshare")
-        .args(["-rm", "true"])
-        .status();
-    if !namespaces.is_ok_and(|s| s.success()) {
-        eprintln!("skipped: `unshare -rm` is not available to mount a small filesystem");
-        return;
-    }
     let double = Double::start();
     let tmp = tempfile::tempdir().unwrap();
     let small = tmp.path().join("small");

@@ -179,7 +179,14 @@ fn deeply_nested_json_is_an_error() {
 #[test]
 fn deeply_nested_yaml_is_refused_quickly() {
     let deep_yaml = format!("backup: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+    let started = std::time::Instant::now();
+    let err = hostile::config_refusal(deep_yaml.as_bytes()).unwrap();
+    assert!(err.contains("more than 64 levels deep"), "{err}");
     hostile::config(deep_yaml.as_bytes());
+    // Parsed, 100 000 levels take minutes (the parser's time grows with the square of the
+    // depth); refused by depth, milliseconds. The bound leaves room for a loaded debug build.
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
 }
 
 /// ...YAML aliases expanding a billion times (serde_yaml's expansion limit)...

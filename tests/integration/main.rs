@@ -18,6 +18,7 @@ mod real_server;
 mod restore;
 mod sample;
 mod seed;
+mod store_lock;
 mod surface;
 mod terminal;
 mod test;

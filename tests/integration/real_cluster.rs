@@ -38,16 +38,6 @@ fn cluster_workspace(node: &Rest) {
     }
 }
 
-fn needs_a_binary() -> bool {
-    let has = std::env::var_os("WQM_TEST_QDRANT_BIN").is_some_and(|v| !v.is_empty());
-    if !has {
-        eprintln!(
-            "skipped: a cluster needs WQM_TEST_QDRANT_BIN (WQM_TEST_QDRANT_URL names one server)"
-        );
-    }
-    has
-}
-
 /// `wqm` pointed at node 0 with every node listed.
 fn wqm(t: Test, cluster: &Cluster, nodes: &[String]) -> Test {
     t.env("QDRANT_URL", &cluster.node(0).url)
@@ -60,13 +50,10 @@ fn shard_count(manifest: &wqm::manifest::Manifest, collection: &str) -> usize {
 
 #[test]
 #[cfg_attr(
-    not(real_qdrant),
-    ignore = "needs a real Qdrant: set WQM_TEST_QDRANT_BIN or WQM_TEST_QDRANT_URL"
+    not(real_qdrant_bin),
+    ignore = "needs WQM_TEST_QDRANT_BIN: a server this test starts itself (a cluster of three)"
 )]
 fn a_cluster_is_backed_up_and_restored_shard_by_shard() {
-    if !needs_a_binary() {
-        return;
-    }
     let cluster = Cluster::start(3);
     let nodes = cluster.all_urls();
     cluster_workspace(cluster.node(0));
@@ -164,13 +151,10 @@ fn a_cluster_is_backed_up_and_restored_shard_by_shard() {
 
 #[test]
 #[cfg_attr(
-    not(real_qdrant),
-    ignore = "needs a real Qdrant: set WQM_TEST_QDRANT_BIN or WQM_TEST_QDRANT_URL"
+    not(real_qdrant_bin),
+    ignore = "needs WQM_TEST_QDRANT_BIN: a server this test starts itself (a cluster of three)"
 )]
 fn one_node_down_is_fine_two_are_not() {
-    if !needs_a_binary() {
-        return;
-    }
     let mut cluster = Cluster::start(3);
     let nodes = cluster.all_urls();
     cluster_workspace(cluster.node(0));
@@ -210,13 +194,10 @@ fn one_node_down_is_fine_two_are_not() {
 
 #[test]
 #[cfg_attr(
-    not(real_qdrant),
-    ignore = "needs a real Qdrant: set WQM_TEST_QDRANT_BIN or WQM_TEST_QDRANT_URL"
+    not(real_qdrant_bin),
+    ignore = "needs WQM_TEST_QDRANT_BIN: a server this test starts itself (a cluster of three)"
 )]
 fn a_single_node_backup_restores_into_a_cluster() {
-    if !needs_a_binary() {
-        return;
-    }
     let single = Server::start();
     real_qdrant::workspace(&single);
     let before = real_qdrant::fingerprint(&single);
@@ -237,13 +218,10 @@ fn a_single_node_backup_restores_into_a_cluster() {
 
 #[test]
 #[cfg_attr(
-    not(real_qdrant),
-    ignore = "needs a real Qdrant: set WQM_TEST_QDRANT_BIN or WQM_TEST_QDRANT_URL"
+    not(real_qdrant_bin),
+    ignore = "needs WQM_TEST_QDRANT_BIN: a server this test starts itself (a cluster of three)"
 )]
 fn shards_on_different_nodes_are_snapshotted_side_by_side() {
-    if !needs_a_binary() {
-        return;
-    }
     let cluster = Cluster::start(3);
     let nodes = cluster.all_urls();
     cluster_workspace(cluster.node(0));

@@ -163,14 +163,10 @@ fn files_with(dir: &Path, part: &str) -> Vec<(std::path::PathBuf, u64)> {
 
 #[test]
 #[cfg_attr(
-    not(real_qdrant),
-    ignore = "needs a real Qdrant: set WQM_TEST_QDRANT_BIN or WQM_TEST_QDRANT_URL"
+    not(real_qdrant_bin),
+    ignore = "needs WQM_TEST_QDRANT_BIN: a server this test starts itself (to kill and restart it)"
 )]
 fn qdrant_killed_and_restarted_mid_download_is_waited_for() {
-    if std::env::var_os("WQM_TEST_QDRANT_BIN").is_none() {
-        eprintln!("skipped: needs WQM_TEST_QDRANT_BIN to kill and restart a server");
-        return;
-    }
     let mut server = Server::start();
     // A collection whose snapshot is large enough (~40 MB) to be killed in the middle of.
     server.ok(
@@ -248,14 +244,10 @@ fn qdrant_killed_and_restarted_mid_download_is_waited_for() {
 
 #[test]
 #[cfg_attr(
-    not(real_qdrant),
-    ignore = "needs a real Qdrant: set WQM_TEST_QDRANT_BIN or WQM_TEST_QDRANT_URL"
+    not(real_qdrant_bin),
+    ignore = "needs WQM_TEST_QDRANT_BIN: a server this test starts itself (with API keys)"
 )]
 fn api_keys_are_sent_and_a_read_only_key_is_explained() {
-    if std::env::var_os("WQM_TEST_QDRANT_BIN").is_none() {
-        eprintln!("skipped: needs WQM_TEST_QDRANT_BIN to start a server with API keys");
-        return;
-    }
     let server = Server::start_with(Options {
         api_key: Some("s3cret".into()),
         read_only_key: Some("reader".into()),
@@ -309,14 +301,10 @@ fn api_keys_are_sent_and_a_read_only_key_is_explained() {
 
 #[test]
 #[cfg_attr(
-    not(real_qdrant),
-    ignore = "needs a real Qdrant: set WQM_TEST_QDRANT_BIN or WQM_TEST_QDRANT_URL"
+    not(real_qdrant_bin),
+    ignore = "needs WQM_TEST_QDRANT_BIN: a server this test starts itself (with TLS)"
 )]
 fn https_with_a_private_ca() {
-    if std::env::var_os("WQM_TEST_QDRANT_BIN").is_none() {
-        eprintln!("skipped: needs WQM_TEST_QDRANT_BIN to start a server with TLS");
-        return;
-    }
     let certs = tempfile::tempdir().unwrap();
     let d = certs.path();
     let openssl = |args: &[&str]| {

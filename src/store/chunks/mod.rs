@@ -50,8 +50,21 @@ pub enum ChunkError {
     NotAStore { path: PathBuf, reason: String },
     #[error("the chunk store `{}` stayed locked by a garbage collection for {} s", path.display(), LOCK_WAIT.as_secs())]
     Locked { path: PathBuf },
+    #[error("interrupted while waiting for the chunk store `{}`", path.display())]
+    Interrupted { path: PathBuf },
     #[error("cannot use the chunk store `{}`: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
+}
+
+impl ChunkError {
+    /// The store could not be held (a garbage collection has it, or the wait was interrupted):
+    /// nothing is known about the backups in it.
+    pub fn is_busy(&self) -> bool {
+        matches!(
+            self,
+            ChunkError::Locked { .. } | ChunkError::Interrupted { .. }
+        )
+    }
 }
 
 impl crate::exit::Classify for ChunkError {
@@ -60,6 +73,7 @@ impl crate::exit::Classify for ChunkError {
         match self {
             ChunkError::NoStore { .. } | ChunkError::NotAStore { .. } => ExitCode::InvalidBackup,
             ChunkError::Locked { .. } | ChunkError::Io { .. } => ExitCode::Failure,
+            ChunkError::Interrupted { .. } => crate::exit::signal_exit_code(),
         }
     }
 
@@ -69,7 +83,7 @@ impl crate::exit::Classify for ChunkError {
             ChunkError::NotAStore { .. } => "move that directory away; the next incremental backup makes a new store".to_string(),
             ChunkError::Locked { .. } => "a `wqm backup prune` is collecting chunks there; run again when it is done".to_string(),
             ChunkError::Io { source, .. } if source.kind() == io::ErrorKind::StorageFull => crate::exit::DISK_FULL_HINT.to_string(),
-            ChunkError::Io { .. } => return None,
+            ChunkError::Io { .. } | ChunkError::Interrupted { .. } => return None,
         })
     }
 }
@@ -419,10 +433,7 @@ fn lock(path: &Path, access: Access) -> Result<File, ChunkError> {
             return Err(ChunkError::Locked { path: root });
         }
         if crate::progress::is_interrupted() {
-            return Err(io_error(&root)(io::Error::new(
-                io::ErrorKind::Interrupted,
-                "interrupted while waiting for the chunk store",
-            )));
+            return Err(ChunkError::Interrupted { path: root });
         }
         std::thread::sleep(Duration::from_millis(100));
     }
