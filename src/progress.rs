@@ -1,30 +1,33 @@
 //! Progress reporting and interruption, as seen from domain code.
 //!
 //! Domain code reports through the `Progress` trait; the terminal implementation (bars on a
-//! TTY, plain lines otherwise) lives in `output`. Ctrl-C sets a flag that long loops check
-//! through `check_interrupted` or by reading through a `Metered` reader.
+//! TTY, plain lines otherwise) lives in `output`. Ctrl-C cancels the run's token, which long
+//! loops check through `check_interrupted` or by reading through a `Metered` reader, and waits
+//! race with `interrupted()`.
 
 use std::io::{self, Read};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::LazyLock;
+
+use tokio_util::sync::CancellationToken;
 
 use crate::exit::Interrupted;
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+/// The run's cancellation: cancelled once, by the first stop signal (or a prompt that saw
+/// Ctrl-C); waits complete at once, without polling.
+static CANCEL: LazyLock<CancellationToken> = LazyLock::new(CancellationToken::new);
 
-/// Called by the Ctrl-C handler.
+/// Called by the signal watcher (and a prompt that saw Ctrl-C).
 pub fn set_interrupted() {
-    INTERRUPTED.store(true, Ordering::SeqCst);
+    CANCEL.cancel();
 }
 
 pub fn is_interrupted() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
+    CANCEL.is_cancelled()
 }
 
-/// Completes when Ctrl-C was pressed, for `select!` against a wait that might never end.
+/// Completes when the run is asked to stop, for `select!` against a wait that might never end.
 pub async fn interrupted() {
-    while !is_interrupted() {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    CANCEL.cancelled().await
 }
 
 pub fn check_interrupted() -> Result<(), Interrupted> {
