@@ -280,7 +280,7 @@ fn classify_one(cause: &(dyn std::error::Error + 'static)) -> Option<(ExitCode, 
         crate::layout::LayoutError,
         crate::qdrant::QdrantError,
         crate::daemon::DaemonError,
-        crate::cluster::ClusterError,
+        crate::qdrant::cluster::ClusterError,
         crate::workdir::WorkDirError,
     );
     None
@@ -300,7 +300,8 @@ mod classify_tests {
     /// One of each error type (and each distinct code a type gives), with its documented code.
     #[test]
     fn every_error_type_exits_with_its_documented_code() {
-        use crate::{cluster, compat, config, daemon, layout, manifest, qdrant, workdir};
+        use crate::qdrant::{self, cluster};
+        use crate::{compat, config, daemon, layout, manifest, workdir};
         let path = PathBuf::from("x");
         let cases: Vec<(ExitCode, ExitCode)> = vec![
             (
