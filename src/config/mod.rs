@@ -1119,7 +1119,7 @@ mod tests {
 
     #[test]
     fn the_example_config_documents_every_key_with_its_default() {
-        let text = include_str!("../config.example.yaml");
+        let text = include_str!("../../config.example.yaml");
         let document: Value = serde_yaml::from_str(text).unwrap();
         let example: BackupSettings = serde_yaml::from_value(document["backup"].clone()).unwrap();
         assert_eq!(example, BackupSettings::default());
