@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use serde_yaml::{Mapping, Value};
+use serde_norway::{Mapping, Value};
 
 use super::parse::{split_serde_message, suggest, ConfigError, Origin};
 use super::schema::{schema_paths, BackupSettings};
@@ -90,7 +90,8 @@ pub(super) fn apply_env_override(
             origin,
         });
     }
-    let value: Value = serde_yaml::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()));
+    let value: Value =
+        serde_norway::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()));
     let mut node = &mut *tree;
     for (i, segment) in segments.iter().enumerate() {
         let map = match node {
@@ -108,7 +109,7 @@ pub(super) fn apply_env_override(
         }
         node = entry;
     }
-    serde_yaml::from_value(tree.clone()).map_err(|e| ConfigError::InvalidValue {
+    serde_norway::from_value(tree.clone()).map_err(|e| ConfigError::InvalidValue {
         key: key.clone(),
         message: split_serde_message(&e.to_string()).1,
         origin,

@@ -12,7 +12,7 @@ mod schema;
 
 use std::path::PathBuf;
 
-use serde_yaml::{Mapping, Value};
+use serde_norway::{Mapping, Value};
 
 pub use discovery::discover_config_file;
 pub use env::{Env, Overrides, BACKUP_ENV_PREFIX};

@@ -6,7 +6,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use serde_yaml::{Mapping, Value};
+use serde_norway::{Mapping, Value};
 
 use super::schema::{schema, schema_paths, BackupSettings};
 use crate::exit::{Classify, ExitCode};
@@ -100,7 +100,7 @@ pub(super) fn read_config_file(path: &Path) -> Result<(FileConfig, Value), Confi
     let document: Value = if text.trim().is_empty() {
         Value::Null
     } else {
-        serde_yaml::from_str(&text).map_err(|e| ConfigError::Syntax {
+        serde_norway::from_str(&text).map_err(|e| ConfigError::Syntax {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?
@@ -117,9 +117,9 @@ pub(super) fn read_config_file(path: &Path) -> Result<(FileConfig, Value), Confi
     let typed: Result<FileConfig, _> = if document.is_null() {
         Ok(FileConfig::default())
     } else {
-        serde_yaml::from_str(&text)
+        serde_norway::from_str(&text)
     };
-    let line = |e: &serde_yaml::Error| e.location().map(|l| l.line());
+    let line = |e: &serde_norway::Error| e.location().map(|l| l.line());
     if let Some((key, suggestion)) = find_unknown_key(&backup_tree) {
         let line = typed.as_ref().err().and_then(line);
         return Err(ConfigError::UnknownKey {
@@ -145,7 +145,7 @@ pub(super) fn read_config_file(path: &Path) -> Result<(FileConfig, Value), Confi
     Ok((typed, backup_tree))
 }
 
-/// serde_yaml says `backup.compression: invalid type: ... at line 3 column 16`; split off the key
+/// serde_norway says `backup.compression: invalid type: ... at line 3 column 16`; split off the key
 /// and the location (reported separately).
 pub(super) fn split_serde_message(message: &str) -> (String, String) {
     let without_location = match message.rfind(" at line ") {
@@ -168,7 +168,7 @@ fn find_unknown_key(tree: &Value) -> Option<(String, Option<String>)> {
         for (k, v) in map {
             let name = match k {
                 Value::String(s) => s.clone(),
-                other => serde_yaml::to_string(other)
+                other => serde_norway::to_string(other)
                     .unwrap_or_default()
                     .trim()
                     .to_string(),

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_yaml::Value;
+use serde_norway::Value;
 
 use crate::checksum::Algorithm;
 
@@ -211,7 +211,7 @@ impl Default for DaemonSettings {
 
 /// The default `backup:` section as a YAML tree: the single source of the valid key names.
 pub(super) fn schema() -> Value {
-    serde_yaml::to_value(BackupSettings::default()).expect("defaults serialize")
+    serde_norway::to_value(BackupSettings::default()).expect("defaults serialize")
 }
 
 /// Every valid key, as `backup.a` and `backup.a.b`. A mapping whose default is empty
@@ -240,8 +240,8 @@ mod tests {
     #[test]
     fn the_example_config_documents_every_key_with_its_default() {
         let text = include_str!("../../config.example.yaml");
-        let document: Value = serde_yaml::from_str(text).unwrap();
-        let example: BackupSettings = serde_yaml::from_value(document["backup"].clone()).unwrap();
+        let document: Value = serde_norway::from_str(text).unwrap();
+        let example: BackupSettings = serde_norway::from_value(document["backup"].clone()).unwrap();
         assert_eq!(example, BackupSettings::default());
         let mut documented = Vec::new();
         fn walk(v: &Value, prefix: &str, out: &mut Vec<String>) {
