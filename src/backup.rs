@@ -15,7 +15,6 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore, SemaphorePermit}
 
 use crate::checksum::Algorithm;
 use crate::cleanup::{self, Cleaned};
-use crate::cluster;
 use crate::compress::Compression;
 use crate::config::Settings;
 use crate::daemon;
@@ -26,6 +25,7 @@ use crate::manifest::{
     SystemInfo,
 };
 use crate::progress::{self, Progress};
+use crate::qdrant::cluster;
 use crate::qdrant::{self, AsyncSink, Client, Scope, SnapshotDescription};
 use crate::secrets;
 use crate::sqlite;

@@ -7,7 +7,6 @@ pub(crate) mod backup;
 pub mod checksum;
 pub(crate) mod cleanup;
 pub mod cli;
-pub(crate) mod cluster;
 mod commands;
 pub(crate) mod compat;
 pub mod compress;

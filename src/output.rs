@@ -295,7 +295,7 @@ registry!(
     crate::layout::LayoutError,
     crate::qdrant::QdrantError,
     crate::daemon::DaemonError,
-    crate::cluster::ClusterError,
+    crate::qdrant::cluster::ClusterError,
     crate::workdir::WorkDirError,
     crate::store::chunks::ChunkError,
     crate::verify::AuditError,
@@ -315,8 +315,9 @@ mod classify_tests {
     /// One of each error type (and each distinct code a type gives), with its documented code.
     #[test]
     fn every_error_type_exits_with_its_documented_code() {
+        use crate::qdrant::cluster;
         use crate::store::chunks;
-        use crate::{cluster, compat, config, daemon, layout, manifest, qdrant, verify, workdir};
+        use crate::{compat, config, daemon, layout, manifest, qdrant, verify, workdir};
         let path = PathBuf::from("x");
         let cases: Vec<(ExitCode, ExitCode)> = vec![
             (

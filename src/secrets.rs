@@ -7,7 +7,7 @@
 //! left alone), and the userinfo (`user:password@`) of any URL.
 
 use serde::{Deserialize, Serialize};
-use serde_yaml::Value;
+use serde_norway::Value;
 
 /// What replaces a secret in a backup's config copy (a plain YAML scalar, valid in a URL too).
 pub const MARKER: &str = "REDACTED-BY-WQM";
@@ -63,7 +63,7 @@ pub struct Redacted {
 /// block-style YAML (then only the secret values change); otherwise the parsed file is written
 /// out anew. A text that is not YAML is returned with URL userinfo masked only.
 pub fn redact_config(text: &str) -> Redacted {
-    let Ok(original) = serde_yaml::from_str::<Value>(text) else {
+    let Ok(original) = serde_norway::from_str::<Value>(text) else {
         return Redacted {
             text: mask_userinfo(text),
             redactions: Vec::new(),
@@ -76,7 +76,7 @@ pub fn redact_config(text: &str) -> Redacted {
 
     let edited = edit_in_place(text);
     // The edit is trusted only when it parses to exactly the redacted tree.
-    if serde_yaml::from_str::<Value>(&edited).ok().as_ref() == Some(&expected) {
+    if serde_norway::from_str::<Value>(&edited).ok().as_ref() == Some(&expected) {
         return Redacted {
             text: edited,
             redactions,
@@ -84,7 +84,7 @@ pub fn redact_config(text: &str) -> Redacted {
         };
     }
     Redacted {
-        text: serde_yaml::to_string(&expected).unwrap_or_default(),
+        text: serde_norway::to_string(&expected).unwrap_or_default(),
         redactions,
         rewritten: true,
     }
@@ -130,7 +130,7 @@ fn redact_tree(value: &mut Value, path: String, out: &mut Vec<Redaction>) {
 fn key_text(key: &Value) -> String {
     match key {
         Value::String(s) => s.clone(),
-        other => serde_yaml::to_string(other)
+        other => serde_norway::to_string(other)
             .unwrap_or_default()
             .trim()
             .to_string(),
@@ -369,7 +369,7 @@ fn push_comment(
 fn split_key(content: &str) -> Option<(String, usize)> {
     let (key, after) = if let Some(quote @ ('"' | '\'')) = content.chars().next() {
         let len = quoted_len(content, quote)?;
-        let inner = serde_yaml::from_str::<String>(&content[..len]).ok()?;
+        let inner = serde_norway::from_str::<String>(&content[..len]).ok()?;
         (inner, len)
     } else {
         let colon = content
@@ -426,7 +426,7 @@ fn quoted_len(value: &str, quote: char) -> Option<usize> {
 
 /// The scalar a YAML value text stands for, as the parser reads it.
 fn scalar_value(raw: &str) -> Option<Value> {
-    serde_yaml::from_str::<Value>(raw).ok()
+    serde_norway::from_str::<Value>(raw).ok()
 }
 
 /// Edits only the secret values of `text` (and secrets in comments).
@@ -481,7 +481,7 @@ fn edit_in_place(text: &str) -> String {
 /// is written as `null` (a URL without userinfo): see [`missing_in_live`].
 pub fn restore_config(backup: &str, redactions: &[Redaction], live: Option<&str>) -> String {
     let fills = live_fills(redactions, live);
-    let Ok(mut expected) = serde_yaml::from_str::<Value>(backup) else {
+    let Ok(mut expected) = serde_norway::from_str::<Value>(backup) else {
         return backup.to_string();
     };
     for (redaction, fill) in &fills {
@@ -510,10 +510,10 @@ pub fn restore_config(backup: &str, redactions: &[Redaction], live: Option<&str>
         at = end;
     }
     out.push_str(&backup[at..]);
-    if serde_yaml::from_str::<Value>(&out).ok().as_ref() == Some(&expected) {
+    if serde_norway::from_str::<Value>(&out).ok().as_ref() == Some(&expected) {
         return out;
     }
-    serde_yaml::to_string(&expected).unwrap_or(out)
+    serde_norway::to_string(&expected).unwrap_or(out)
 }
 
 /// The redactions the live config has no value for (restored as null or without userinfo).
@@ -530,7 +530,7 @@ fn live_fills<'a>(
     redactions: &'a [Redaction],
     live: Option<&str>,
 ) -> Vec<(&'a Redaction, Option<Value>)> {
-    let live_tree = live.and_then(|t| serde_yaml::from_str::<Value>(t).ok());
+    let live_tree = live.and_then(|t| serde_norway::from_str::<Value>(t).ok());
     redactions
         .iter()
         .map(|redaction| {
@@ -567,7 +567,7 @@ fn yaml_scalar(value: &Value) -> String {
     match value {
         Value::Null => "null".to_string(),
         Value::String(s) => serde_json::to_string(s).unwrap_or_default(),
-        other => serde_yaml::to_string(other)
+        other => serde_norway::to_string(other)
             .unwrap_or_default()
             .trim_end()
             .to_string(),
@@ -725,7 +725,7 @@ backup:
         let r = redact_config(text);
         assert!(r.rewritten);
         assert!(!r.text.contains("flow-secret"));
-        let tree: Value = serde_yaml::from_str(&r.text).unwrap();
+        let tree: Value = serde_norway::from_str(&r.text).unwrap();
         assert_eq!(tree["qdrant"]["api_key"], MARKER);
         assert_eq!(tree["qdrant"]["url"], "http://localhost:6333");
     }

@@ -861,7 +861,7 @@ pub fn check_config_text(text: &str) -> Result<(), String> {
             ));
         }
     }
-    serde_yaml::from_str::<serde_yaml::Value>(text)
+    serde_norway::from_str::<serde_norway::Value>(text)
         .map(drop)
         .map_err(|e| format!("the configuration is not valid YAML: {e}"))
 }

@@ -189,7 +189,7 @@ fn deeply_nested_yaml_is_refused_quickly() {
     assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
 }
 
-/// ...YAML aliases expanding a billion times (serde_yaml's expansion limit)...
+/// ...YAML aliases expanding a billion times (the YAML parser's expansion limit)...
 #[test]
 fn a_billion_laughs_config_is_harmless() {
     let laughs = "a: &a [x,x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e,*e]\ng: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f,*f]\nh: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g,*g]\ni: [*h,*h,*h,*h,*h,*h,*h,*h,*h,*h]\n";

@@ -12,9 +12,11 @@ use std::collections::BTreeMap;
 use reqwest::Url;
 use serde_json::Value;
 
+use super::api::ClusterStatus;
+use super::error::QdrantError;
+use super::Client;
 use crate::config::Timeouts;
 use crate::exit::{Classify, ExitCode};
-use crate::qdrant::{Client, ClusterStatus, QdrantError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
