@@ -22,7 +22,8 @@ pub type Line = (i64, i64);
 /// may read the backup, never write it).
 pub struct WorkingCopy {
     pub manifest: Manifest,
-    /// WorkingCopy copies of the backup's databases, by name (`state.db`, ...).
+    /// The unpacked copies of the backup's databases (in the restore's working directory), by
+    /// name (`state.db`, ...).
     pub databases: BTreeMap<String, PathBuf>,
     /// The backup itself, read-only.
     pub backup_dir: PathBuf,
