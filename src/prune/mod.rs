@@ -1,0 +1,314 @@
+//! Retention: which backups in a directory to keep, as restic's `forget` decides (a backup kept
+//! by any rule is kept), and deleting the rest safely.
+//!
+//! Only directories that are wqm backups (a manifest that parses, legacy ones too) are ever
+//! deleted; never the newest valid backup, never one being written (hidden staging directories,
+//! held locks), never anything reached through a symlink. A deletion renames the backup to a
+//! hidden name first, so `list` never sees a half-deleted backup.
+
+use std::collections::{BTreeSet, HashSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use chrono::Local;
+use serde::Serialize;
+
+use crate::layout;
+use crate::store::chunks::{self, ChunkId, ChunkStore, Collected};
+use crate::store::{self, Seen};
+use crate::verify;
+
+mod duration;
+mod policy;
+
+pub use duration::Span;
+pub use policy::{decide, Count, Policy, Reason};
+
+const DELETING_SUFFIX: &str = ".wqm-deleting";
+
+/// How `restore` names its safety backups (in local time; `-N` is added when taken).
+pub const SAFETY_NAME: &str = "safety-%Y%m%d-%H%M%S";
+
+/// A name `restore` gives its safety backups: `safety-YYYYMMDD-HHMMSS`, maybe with `-N`.
+pub fn is_safety_backup(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("safety-") else {
+        return false;
+    };
+    let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
+    let mut parts = rest.split('-');
+    let (Some(date), Some(time), counter, None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    digits(date, 8)
+        && digits(time, 6)
+        && counter.is_none_or(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The rules of the two groups of backups in a directory, each decided on its own (as restic's
+/// `forget` decides per group): restore's safety backups never push a backup out of a count.
+#[derive(Clone, Debug, Serialize)]
+pub struct Policies {
+    pub backups: Policy,
+    pub safety: Policy,
+}
+
+/// A backup prune may delete.
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    pub name: String,
+    pub path: PathBuf,
+    pub timestamp: f64,
+    /// Its structure and manifest pass the cheap checks.
+    pub valid: bool,
+    /// A safety backup of a restore (`is_safety_backup`).
+    pub safety: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Kept {
+    pub name: String,
+    pub formatted_timestamp: String,
+    pub safety_backup: bool,
+    pub reasons: Vec<Reason>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Removed {
+    pub name: String,
+    pub formatted_timestamp: String,
+    pub safety_backup: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Skipped {
+    pub name: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Outcome {
+    pub kept: Vec<Kept>,
+    pub removed: Vec<Removed>,
+    /// Backups dated after now (a clock set ahead, here or where they were made): kept, and
+    /// counted by no rule.
+    pub future_dated: Vec<String>,
+    /// Entries of the directory that prune does not touch, with why.
+    pub skipped: Vec<Skipped>,
+    /// The chunk store's garbage collection, when the directory has a store.
+    pub chunks: Option<Garbage>,
+}
+
+/// What became of the chunk store's unreferenced chunks.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Garbage {
+    Collected(Collected),
+    /// Another run (a create, a restore, a validate) holds the store: nothing was deleted.
+    Busy,
+    /// Something might need chunks nobody can name: nothing was deleted.
+    Refused(String),
+}
+
+/// The backups directly in `dir` (the one scanner's rule) and what prune must leave alone.
+pub fn survey(dir: &Path) -> std::io::Result<(Vec<Candidate>, Vec<Skipped>)> {
+    let mut candidates = Vec::new();
+    let mut skipped = Vec::new();
+    let options = verify::Options::new(verify::Depth::Structure, Default::default());
+    for entry in store::scan(dir)?.entries {
+        match entry.seen {
+            Seen::Backup(backup) => {
+                let valid = verify::audit(&entry.path, &options, &crate::progress::Silent)
+                    .is_ok_and(|r| r.damage().is_empty());
+                candidates.push(Candidate {
+                    safety: is_safety_backup(&entry.name),
+                    name: entry.name,
+                    path: entry.path,
+                    timestamp: backup.manifest.timestamp,
+                    valid,
+                });
+            }
+            // Its own half-deleted backups are finished by `remove_leftovers`, not listed.
+            Seen::Other(_) if entry.name.ends_with(DELETING_SUFFIX) => {}
+            Seen::Other(reason) => skipped.push(Skipped {
+                name: entry.name,
+                reason,
+            }),
+            Seen::Unreadable(reason) => skipped.push(Skipped {
+                name: entry.name,
+                reason: format!("not a wqm backup ({reason})"),
+            }),
+        }
+    }
+    Ok((candidates, skipped))
+}
+
+/// Applies `policies` to the backups in `dir`, as of `now` (seconds since the epoch, local
+/// time for the calendar); with `dry_run` nothing is deleted.
+pub fn prune(dir: &Path, policies: &Policies, now: f64, dry_run: bool) -> anyhow::Result<Outcome> {
+    let (candidates, skipped) = survey(dir)?;
+    let mut reasons = vec![Vec::new(); candidates.len()];
+    for (safety, policy) in [(false, &policies.backups), (true, &policies.safety)] {
+        let group: Vec<usize> = (0..candidates.len())
+            .filter(|&i| candidates[i].safety == safety)
+            .collect();
+        let members: Vec<Candidate> = group.iter().map(|&i| candidates[i].clone()).collect();
+        for (i, why) in group.into_iter().zip(decide(&members, policy, now, &Local)) {
+            reasons[i] = why;
+        }
+    }
+    let mut outcome = Outcome {
+        skipped,
+        ..Outcome::default()
+    };
+    let mut order: Vec<usize> = (0..candidates.len()).collect();
+    order.sort_by(|&a, &b| candidates[b].timestamp.total_cmp(&candidates[a].timestamp));
+    for i in order {
+        let candidate = &candidates[i];
+        let formatted_timestamp = crate::manifest::format_timestamp(candidate.timestamp);
+        if reasons[i].contains(&Reason::Future) {
+            outcome.future_dated.push(candidate.name.clone());
+        }
+        if !reasons[i].is_empty() {
+            outcome.kept.push(Kept {
+                name: candidate.name.clone(),
+                formatted_timestamp,
+                safety_backup: candidate.safety,
+                reasons: reasons[i].clone(),
+            });
+            continue;
+        }
+        if !dry_run {
+            crate::progress::check_interrupted()?;
+            if !remove(&candidate.path)? {
+                outcome.skipped.push(Skipped {
+                    name: candidate.name.clone(),
+                    reason: "began being written while prune ran".to_string(),
+                });
+                continue;
+            }
+        }
+        outcome.removed.push(Removed {
+            name: candidate.name.clone(),
+            formatted_timestamp,
+            safety_backup: candidate.safety,
+        });
+    }
+    if !dry_run {
+        remove_leftovers(dir);
+    }
+    let removed: BTreeSet<&str> = outcome.removed.iter().map(|r| r.name.as_str()).collect();
+    outcome.chunks = collect_chunks(dir, &removed, dry_run);
+    Ok(outcome)
+}
+
+/// Deletes the chunks no remaining backup references (with `dry_run`, counts those that would
+/// go once the `removed` backups are gone). Holds the store exclusively, so no create or reader
+/// runs meanwhile, and reads every remaining backup's indexes under that lock: a chunk is only
+/// deleted when nothing that exists can reference it.
+fn collect_chunks(dir: &Path, removed: &BTreeSet<&str>, dry_run: bool) -> Option<Garbage> {
+    if !ChunkStore::exists_in(dir) {
+        return None;
+    }
+    let store = match ChunkStore::try_exclusive(dir) {
+        Ok(Some(store)) => store,
+        Ok(None) => return Some(Garbage::Busy),
+        Err(e) => return Some(Garbage::Refused(e.to_string())),
+    };
+    let referenced = match referenced_chunks(dir, removed) {
+        Ok(referenced) => referenced,
+        Err(reason) => return Some(Garbage::Refused(reason)),
+    };
+    Some(
+        match chunks::collect_garbage(&store, &referenced, dry_run) {
+            Ok(collected) => Garbage::Collected(collected),
+            Err(e) => Garbage::Refused(format!("stopped part-way: {e}")),
+        },
+    )
+}
+
+/// Every chunk the backups of `dir` (but `removed`) reference; an error when a backup's
+/// manifest or index cannot be read, since it may need any chunk.
+fn referenced_chunks(dir: &Path, removed: &BTreeSet<&str>) -> Result<HashSet<ChunkId>, String> {
+    let scan = store::scan(dir).map_err(|e| format!("cannot read `{}`: {e}", dir.display()))?;
+    let mut referenced = HashSet::new();
+    for entry in &scan.entries {
+        match &entry.seen {
+            Seen::Unreadable(reason) => {
+                return Err(format!(
+                    "`{}` looks like a backup but cannot be read ({reason}); it may need chunks",
+                    entry.name
+                ))
+            }
+            Seen::Backup(backup) if !removed.contains(entry.name.as_str()) => {
+                chunks::visit_chunks(backup, |line| {
+                    referenced.insert(line.id);
+                })
+                .map_err(|e| format!("cannot read the chunk indexes of `{}`: {e}", entry.name))?;
+            }
+            _ => {}
+        }
+    }
+    Ok(referenced)
+}
+
+/// Deletes a backup: renamed to a hidden name first (atomic for `list`), then removed. False
+/// when a run began writing it (a `--force` replacing it) since the survey.
+fn remove(path: &Path) -> anyhow::Result<bool> {
+    if layout::being_written(path) {
+        return Ok(false);
+    }
+    let doomed = layout::sibling(path, DELETING_SUFFIX);
+    fs::rename(path, &doomed)?;
+    fs::remove_dir_all(&doomed)?;
+    Ok(true)
+}
+
+/// Finishes deletions an earlier run could not complete.
+fn remove_leftovers(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.')
+            && name.ends_with(DELETING_SUFFIX)
+            && entry.file_type().is_ok_and(|t| t.is_dir())
+        {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safety_backups_are_known_by_the_name_restore_gives_them() {
+        let made = chrono::Local::now().format(SAFETY_NAME).to_string();
+        for name in [
+            made.as_str(),
+            "safety-20261203-141500",
+            "safety-20261203-141500-12",
+        ] {
+            assert!(is_safety_backup(name), "{name}");
+        }
+        for name in [
+            "backup-20261203-141500",
+            "safety-2026120-141500",
+            "safety-20261203-141500-",
+            "safety-20261203-141500-1-2",
+            "safety-20261203-14150x",
+            "safety-net",
+            "my-safety-20261203-141500",
+        ] {
+            assert!(!is_safety_backup(name), "{name}");
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "restic_tests.rs"]
+mod restic_tests;
