@@ -310,5 +310,4 @@ mod tests {
 }
 
 #[cfg(test)]
-#[path = "restic_tests.rs"]
 mod restic_tests;
