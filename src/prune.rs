@@ -1,10 +1,11 @@
-//! Retention: which backups in a directory to keep, as restic's `forget` decides (a backup kept
-//! by any rule is kept), and deleting the rest safely.
+//! Retention: which backups in a directory to keep, as restic's `forget` decides (`policy`), and
+//! deleting the rest safely. Restore's safety backups are a group of their own, with their own
+//! rules; backups dated in the future are kept and counted by no rule.
 //!
 //! Only directories that are wqm backups (a manifest that parses, legacy ones too) are ever
-//! deleted; never the newest valid backup, never one being written (hidden staging directories,
-//! held locks), never anything reached through a symlink. A deletion renames the backup to a
-//! hidden name first, so `list` never sees a half-deleted backup.
+//! deleted; never the newest valid backup (of each group), never one being written (hidden
+//! staging directories, held locks), never anything reached through a symlink. A deletion renames
+//! the backup to a hidden name first, so `list` never sees a half-deleted backup.
 
 use std::collections::{BTreeSet, HashSet};
 use std::fs;
