@@ -262,8 +262,8 @@ pub fn decide<Tz: TimeZone>(
     }
     let at = |t: f64| {
         let seconds = t.floor();
-        zone.timestamp_opt(seconds as i64, ((t - seconds) * 1e9) as u32)
-            .single()
+        let nanos = (((t - seconds) * 1e9) as u32).min(999_999_999);
+        zone.timestamp_opt(seconds as i64, nanos).single()
     };
     let newest = present.first().and_then(|&i| at(candidates[i].timestamp));
     let since = |span: Option<Span>| {
