@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::exit::EXIT_CODES_HELP;
+use crate::prune::{Count, Policy, Span};
 
 const ENVIRONMENT_HELP: &str = "\
 Environment:
@@ -70,8 +71,8 @@ pub enum BackupCommand {
     #[command(after_help = EXIT_CODES_HELP)]
     Export(ExportArgs),
     /// Delete old backups by retention rules; never the newest valid one, never one being written.
-    #[command(after_help = EXIT_CODES_HELP)]
-    Prune(PruneArgs),
+    #[command(after_help = format!("{PRUNE_HELP}\n\n{EXIT_CODES_HELP}"))]
+    Prune(Box<PruneArgs>),
     /// List the registered version migrations.
     #[command(after_help = EXIT_CODES_HELP)]
     Migrations(MigrationsArgs),
@@ -182,30 +183,107 @@ pub struct ListArgs {
     pub output: OutputArgs,
 }
 
+/// The keep rules `--keep-none` stands against.
+const KEEP_RULES: [&str; 12] = [
+    "keep_last",
+    "keep_hourly",
+    "keep_daily",
+    "keep_weekly",
+    "keep_monthly",
+    "keep_yearly",
+    "keep_within",
+    "keep_within_hourly",
+    "keep_within_daily",
+    "keep_within_weekly",
+    "keep_within_monthly",
+    "keep_within_yearly",
+];
+
 #[derive(Debug, Args)]
 pub struct PruneArgs {
     /// The directory that holds backups (default: `backup.default_backup_directory`).
     pub directory: Option<PathBuf>,
-    /// Keep backups made within DAYS of the newest one (default: `backup.retention_days`; 0: off).
-    #[arg(long, value_name = "DAYS")]
-    pub keep_within: Option<u32>,
-    /// Keep the N newest backups.
-    #[arg(long, value_name = "N")]
-    pub keep_last: Option<u32>,
+    /// Keep the N newest backups (a number, or `unlimited`).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub keep_last: Option<Count>,
+    /// Keep the newest backup of each of the last N hours that have backups.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub keep_hourly: Option<Count>,
     /// Keep the newest backup of each of the last N days that have backups.
-    #[arg(long, value_name = "N")]
-    pub keep_daily: Option<u32>,
-    /// Keep the newest backup of each of the last N weeks that have backups.
-    #[arg(long, value_name = "N")]
-    pub keep_weekly: Option<u32>,
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub keep_daily: Option<Count>,
+    /// Keep the newest backup of each of the last N ISO weeks that have backups.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub keep_weekly: Option<Count>,
     /// Keep the newest backup of each of the last N months that have backups.
-    #[arg(long, value_name = "N")]
-    pub keep_monthly: Option<u32>,
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub keep_monthly: Option<Count>,
+    /// Keep the newest backup of each of the last N years that have backups.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub keep_yearly: Option<Count>,
+    /// Keep backups made within DURATION before the newest backup: `1y2m3d4h`, or a number of
+    /// days; 0: off (default: `backup.retention_days` days, when no keep rule is given).
+    #[arg(long, value_name = "DURATION", allow_negative_numbers = true)]
+    pub keep_within: Option<Span>,
+    /// Keep the newest backup of each hour within DURATION before the newest backup.
+    #[arg(long, value_name = "DURATION", allow_negative_numbers = true)]
+    pub keep_within_hourly: Option<Span>,
+    /// Keep the newest backup of each day within DURATION before the newest backup.
+    #[arg(long, value_name = "DURATION", allow_negative_numbers = true)]
+    pub keep_within_daily: Option<Span>,
+    /// Keep the newest backup of each ISO week within DURATION before the newest backup.
+    #[arg(long, value_name = "DURATION", allow_negative_numbers = true)]
+    pub keep_within_weekly: Option<Span>,
+    /// Keep the newest backup of each month within DURATION before the newest backup.
+    #[arg(long, value_name = "DURATION", allow_negative_numbers = true)]
+    pub keep_within_monthly: Option<Span>,
+    /// Keep the newest backup of each year within DURATION before the newest backup.
+    #[arg(long, value_name = "DURATION", allow_negative_numbers = true)]
+    pub keep_within_yearly: Option<Span>,
+    /// Keep no backup by rule: remove all but the newest valid one. Without it, rules that keep
+    /// nothing are refused.
+    #[arg(long, conflicts_with_all = KEEP_RULES)]
+    pub keep_none: bool,
+    /// Keep the N newest safety backups (default: `backup.safety_retention.keep_last`).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub keep_safety_last: Option<Count>,
+    /// Keep the safety backups made within DURATION before the newest one (default:
+    /// `backup.safety_retention.keep_within_days` days).
+    #[arg(long, value_name = "DURATION", allow_negative_numbers = true)]
+    pub keep_safety_within: Option<Span>,
     /// Show what would be deleted and why each kept backup stays; delete nothing.
     #[arg(long)]
     pub dry_run: bool,
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+const PRUNE_HELP: &str = "\
+Rules combine as restic's `forget` combines them: a backup kept by any rule is kept, and a
+count with room left also keeps the oldest backup. Time is measured from the newest backup not
+dated in the future; backups dated in the future are kept and counted by no rule. Restore's
+safety backups (`safety-YYYYMMDD-HHMMSS`) are a group of their own, kept by
+`backup.safety_retention` or the --keep-safety-* rules.";
+
+impl PruneArgs {
+    /// The keep rules given for the backups (not yet the default).
+    pub fn policy(&self) -> Policy {
+        Policy {
+            default_applied: false,
+            last: self.keep_last,
+            hourly: self.keep_hourly,
+            daily: self.keep_daily,
+            weekly: self.keep_weekly,
+            monthly: self.keep_monthly,
+            yearly: self.keep_yearly,
+            within: self.keep_within,
+            within_hourly: self.keep_within_hourly,
+            within_daily: self.keep_within_daily,
+            within_weekly: self.keep_within_weekly,
+            within_monthly: self.keep_within_monthly,
+            within_yearly: self.keep_within_yearly,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

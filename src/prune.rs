@@ -1,16 +1,17 @@
-//! Retention: which backups in a directory to keep, as restic's `forget` decides (a backup kept
-//! by any rule is kept), and deleting the rest safely.
+//! Retention: which backups in a directory to keep, as restic's `forget` decides (`policy`), and
+//! deleting the rest safely. Restore's safety backups are a group of their own, with their own
+//! rules; backups dated in the future are kept and counted by no rule.
 //!
 //! Only directories that are wqm backups (a manifest that parses, legacy ones too) are ever
-//! deleted; never the newest valid backup, never one being written (hidden staging directories,
-//! held locks), never anything reached through a symlink. A deletion renames the backup to a
-//! hidden name first, so `list` never sees a half-deleted backup.
+//! deleted; never the newest valid backup (of each group), never one being written (hidden
+//! staging directories, held locks), never anything reached through a symlink. A deletion renames
+//! the backup to a hidden name first, so `list` never sees a half-deleted backup.
 
 use std::collections::{BTreeSet, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use chrono::{Datelike, Local, TimeZone};
+use chrono::Local;
 use serde::Serialize;
 
 use crate::layout;
@@ -18,45 +19,40 @@ use crate::store::chunks::{self, ChunkId, ChunkStore, Collected};
 use crate::store::{self, Seen};
 use crate::verify;
 
+mod duration;
+mod policy;
+
+pub use duration::Span;
+pub use policy::{decide, Count, Policy, Reason};
+
 const DELETING_SUFFIX: &str = ".wqm-deleting";
 
-/// The keep rules; `None` (or 0) turns a rule off.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Policy {
-    /// `within_days` is `backup.retention_days`, applied because no keep rule was given.
-    pub default_applied: bool,
-    /// Keep backups made within this many days of the newest backup.
-    pub within_days: Option<u32>,
-    /// Keep the newest N backups.
-    pub last: Option<u32>,
-    /// Keep the newest backup of each of the last N days that have backups.
-    pub daily: Option<u32>,
-    /// ... of each of the last N ISO weeks.
-    pub weekly: Option<u32>,
-    /// ... of each of the last N months.
-    pub monthly: Option<u32>,
+/// How `restore` names its safety backups (in local time; `-N` is added when taken).
+pub const SAFETY_NAME: &str = "safety-%Y%m%d-%H%M%S";
+
+/// A name `restore` gives its safety backups: `safety-YYYYMMDD-HHMMSS`, maybe with `-N`.
+pub fn is_safety_backup(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("safety-") else {
+        return false;
+    };
+    let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
+    let mut parts = rest.split('-');
+    let (Some(date), Some(time), counter, None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    digits(date, 8)
+        && digits(time, 6)
+        && counter.is_none_or(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()))
 }
 
-impl Policy {
-    /// As restic's `forget`: the rules given replace the default; `retention_days` (as
-    /// `within_days`) applies only when no rule is given at all.
-    pub fn or_default(self, retention_days: u32) -> Policy {
-        let given = [
-            self.within_days,
-            self.last,
-            self.daily,
-            self.weekly,
-            self.monthly,
-        ];
-        if given.iter().any(Option::is_some) {
-            return self;
-        }
-        Policy {
-            within_days: Some(retention_days),
-            default_applied: true,
-            ..self
-        }
-    }
+/// The rules of the two groups of backups in a directory, each decided on its own (as restic's
+/// `forget` decides per group): restore's safety backups never push a backup out of a count.
+#[derive(Clone, Debug, Serialize)]
+pub struct Policies {
+    pub backups: Policy,
+    pub safety: Policy,
 }
 
 /// A backup prune may delete.
@@ -67,19 +63,23 @@ pub struct Candidate {
     pub timestamp: f64,
     /// Its structure and manifest pass the cheap checks.
     pub valid: bool,
+    /// A safety backup of a restore (`is_safety_backup`).
+    pub safety: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Kept {
     pub name: String,
     pub formatted_timestamp: String,
-    pub reasons: Vec<String>,
+    pub safety_backup: bool,
+    pub reasons: Vec<Reason>,
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Removed {
     pub name: String,
     pub formatted_timestamp: String,
+    pub safety_backup: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -92,6 +92,9 @@ pub struct Skipped {
 pub struct Outcome {
     pub kept: Vec<Kept>,
     pub removed: Vec<Removed>,
+    /// Backups dated after now (a clock set ahead, here or where they were made): kept, and
+    /// counted by no rule.
+    pub future_dated: Vec<String>,
     /// Entries of the directory that prune does not touch, with why.
     pub skipped: Vec<Skipped>,
     /// The chunk store's garbage collection, when the directory has a store.
@@ -109,65 +112,6 @@ pub enum Garbage {
     Refused(String),
 }
 
-/// Why each backup stays (empty: it goes). `candidates` in any order.
-pub fn decide(candidates: &[Candidate], policy: &Policy) -> Vec<Vec<String>> {
-    let mut order: Vec<usize> = (0..candidates.len()).collect();
-    order.sort_by(|&a, &b| {
-        candidates[b]
-            .timestamp
-            .total_cmp(&candidates[a].timestamp)
-            .then_with(|| candidates[a].name.cmp(&candidates[b].name))
-    });
-    let mut reasons = vec![Vec::new(); candidates.len()];
-    let active = |n: Option<u32>| n.filter(|&n| n > 0);
-
-    if let Some(last) = active(policy.last) {
-        for (rank, &i) in order.iter().take(last as usize).enumerate() {
-            reasons[i].push(format!("last {}", rank + 1));
-        }
-    }
-    let local = |t: f64| Local.timestamp_opt(t.floor() as i64, 0).single();
-    type Bucket = fn(&chrono::DateTime<Local>) -> (i32, u32);
-    let buckets: [(&str, Option<u32>, Bucket); 3] = [
-        ("daily", policy.daily, |t| (t.year(), t.ordinal())),
-        ("weekly", policy.weekly, |t| {
-            (t.iso_week().year(), t.iso_week().week())
-        }),
-        ("monthly", policy.monthly, |t| (t.year(), t.month())),
-    ];
-    for (label, count, bucket_of) in buckets {
-        let Some(count) = active(count) else { continue };
-        let mut seen = BTreeSet::new();
-        for &i in &order {
-            let Some(time) = local(candidates[i].timestamp) else {
-                continue;
-            };
-            if seen.len() as u32 == count {
-                break;
-            }
-            if seen.insert(bucket_of(&time)) {
-                reasons[i].push(format!("{label} #{}", seen.len()));
-            }
-        }
-    }
-    if let (Some(days), Some(&newest)) = (active(policy.within_days), order.first()) {
-        let since = candidates[newest].timestamp - f64::from(days) * 86_400.0;
-        for &i in &order {
-            if candidates[i].timestamp >= since {
-                reasons[i].push(if policy.default_applied {
-                    format!("within {days} days of the newest (`backup.retention_days`)")
-                } else {
-                    format!("within {days} days of the newest")
-                });
-            }
-        }
-    }
-    if let Some(&newest_valid) = order.iter().find(|&&i| candidates[i].valid) {
-        reasons[newest_valid].push("the newest valid backup".to_string());
-    }
-    reasons
-}
-
 /// The backups directly in `dir` (the one scanner's rule) and what prune must leave alone.
 pub fn survey(dir: &Path) -> std::io::Result<(Vec<Candidate>, Vec<Skipped>)> {
     let mut candidates = Vec::new();
@@ -179,6 +123,7 @@ pub fn survey(dir: &Path) -> std::io::Result<(Vec<Candidate>, Vec<Skipped>)> {
                 let valid = verify::audit(&entry.path, &options, &crate::progress::Silent)
                     .is_ok_and(|r| r.damage().is_empty());
                 candidates.push(Candidate {
+                    safety: is_safety_backup(&entry.name),
                     name: entry.name,
                     path: entry.path,
                     timestamp: backup.manifest.timestamp,
@@ -200,10 +145,20 @@ pub fn survey(dir: &Path) -> std::io::Result<(Vec<Candidate>, Vec<Skipped>)> {
     Ok((candidates, skipped))
 }
 
-/// Applies `policy` to the backups in `dir`; with `dry_run` nothing is deleted.
-pub fn prune(dir: &Path, policy: &Policy, dry_run: bool) -> anyhow::Result<Outcome> {
+/// Applies `policies` to the backups in `dir`, as of `now` (seconds since the epoch, local
+/// time for the calendar); with `dry_run` nothing is deleted.
+pub fn prune(dir: &Path, policies: &Policies, now: f64, dry_run: bool) -> anyhow::Result<Outcome> {
     let (candidates, skipped) = survey(dir)?;
-    let reasons = decide(&candidates, policy);
+    let mut reasons = vec![Vec::new(); candidates.len()];
+    for (safety, policy) in [(false, &policies.backups), (true, &policies.safety)] {
+        let group: Vec<usize> = (0..candidates.len())
+            .filter(|&i| candidates[i].safety == safety)
+            .collect();
+        let members: Vec<Candidate> = group.iter().map(|&i| candidates[i].clone()).collect();
+        for (i, why) in group.into_iter().zip(decide(&members, policy, now, &Local)) {
+            reasons[i] = why;
+        }
+    }
     let mut outcome = Outcome {
         skipped,
         ..Outcome::default()
@@ -213,10 +168,14 @@ pub fn prune(dir: &Path, policy: &Policy, dry_run: bool) -> anyhow::Result<Outco
     for i in order {
         let candidate = &candidates[i];
         let formatted_timestamp = crate::manifest::format_timestamp(candidate.timestamp);
+        if reasons[i].contains(&Reason::Future) {
+            outcome.future_dated.push(candidate.name.clone());
+        }
         if !reasons[i].is_empty() {
             outcome.kept.push(Kept {
                 name: candidate.name.clone(),
                 formatted_timestamp,
+                safety_backup: candidate.safety,
                 reasons: reasons[i].clone(),
             });
             continue;
@@ -234,6 +193,7 @@ pub fn prune(dir: &Path, policy: &Policy, dry_run: bool) -> anyhow::Result<Outco
         outcome.removed.push(Removed {
             name: candidate.name.clone(),
             formatted_timestamp,
+            safety_backup: candidate.safety,
         });
     }
     if !dry_run {
@@ -326,178 +286,29 @@ fn remove_leftovers(dir: &Path) {
 mod tests {
     use super::*;
 
-    /// Backups at these local times ("YYYY-MM-DD HH:MM"), named by their index; `invalid` ones fail the cheap checks.
-    fn candidates(times: &[&str], invalid: &[usize]) -> Vec<Candidate> {
-        times
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                let naive = chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M").unwrap();
-                let timestamp = Local
-                    .from_local_datetime(&naive)
-                    .single()
-                    .unwrap()
-                    .timestamp() as f64;
-                Candidate {
-                    name: format!("b{i}"),
-                    path: PathBuf::from(format!("b{i}")),
-                    timestamp,
-                    valid: !invalid.contains(&i),
-                }
-            })
-            .collect()
-    }
-
-    fn kept(times: &[&str], invalid: &[usize], policy: Policy) -> Vec<usize> {
-        decide(&candidates(times, invalid), &policy)
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| !r.is_empty())
-            .map(|(i, _)| i)
-            .collect()
-    }
-
-    const TIMES: [&str; 8] = [
-        "2026-11-26 02:00", // 0: Thu
-        "2026-11-25 14:00", // 1: Wed, later that day
-        "2026-11-25 02:00", // 2: Wed
-        "2026-11-22 02:00", // 3: Sun (previous ISO week)
-        "2026-11-16 02:00", // 4: Mon
-        "2026-10-31 02:00", // 5: October
-        "2026-10-01 02:00", // 6: October
-        "2026-08-15 02:00", // 7: August
-    ];
-
     #[test]
-    fn each_rule_alone() {
-        let none = Policy::default();
-        assert_eq!(
-            kept(&TIMES, &[], none.clone()),
-            [0],
-            "with no rule only the newest valid backup stays"
-        );
-        assert_eq!(
-            kept(
-                &TIMES,
-                &[],
-                Policy {
-                    last: Some(3),
-                    ..none.clone()
-                }
-            ),
-            [0, 1, 2]
-        );
-        assert_eq!(
-            kept(
-                &TIMES,
-                &[],
-                Policy {
-                    daily: Some(3),
-                    ..none.clone()
-                }
-            ),
-            [0, 1, 3]
-        );
-        assert_eq!(
-            kept(
-                &TIMES,
-                &[],
-                Policy {
-                    weekly: Some(2),
-                    ..none.clone()
-                }
-            ),
-            [0, 3]
-        );
-        assert_eq!(
-            kept(
-                &TIMES,
-                &[],
-                Policy {
-                    monthly: Some(3),
-                    ..none.clone()
-                }
-            ),
-            [0, 5, 7]
-        );
-        assert_eq!(
-            kept(
-                &TIMES,
-                &[],
-                Policy {
-                    within_days: Some(10),
-                    ..none.clone()
-                }
-            ),
-            [0, 1, 2, 3, 4]
-        );
-        assert_eq!(
-            kept(
-                &TIMES,
-                &[],
-                Policy {
-                    within_days: Some(0),
-                    last: Some(0),
-                    ..none
-                }
-            ),
-            [0],
-            "0 turns a rule off"
-        );
-    }
-
-    #[test]
-    fn rules_combine_a_backup_kept_by_any_is_kept() {
-        let policy = Policy {
-            last: Some(1),
-            daily: Some(2),
-            weekly: Some(3),
-            monthly: Some(4),
-            within_days: None,
-            default_applied: false,
-        };
-        assert_eq!(kept(&TIMES, &[], policy), [0, 1, 3, 5, 7]);
-    }
-
-    #[test]
-    fn retention_days_applies_only_when_no_rule_is_given() {
-        let none = Policy::default().or_default(30);
-        assert_eq!((none.within_days, none.default_applied), (Some(30), true));
-        let given = Policy {
-            last: Some(3),
-            weekly: Some(2),
-            ..Policy::default()
+    fn safety_backups_are_known_by_the_name_restore_gives_them() {
+        let made = chrono::Local::now().format(SAFETY_NAME).to_string();
+        for name in [
+            made.as_str(),
+            "safety-20261203-141500",
+            "safety-20261203-141500-12",
+        ] {
+            assert!(is_safety_backup(name), "{name}");
         }
-        .or_default(30);
-        assert_eq!((given.within_days, given.default_applied), (None, false));
-        let zero = Policy {
-            within_days: Some(0),
-            ..Policy::default()
+        for name in [
+            "backup-20261203-141500",
+            "safety-2026120-141500",
+            "safety-20261203-141500-",
+            "safety-20261203-141500-1-2",
+            "safety-20261203-14150x",
+            "safety-net",
+            "my-safety-20261203-141500",
+        ] {
+            assert!(!is_safety_backup(name), "{name}");
         }
-        .or_default(30);
-        assert_eq!((zero.within_days, zero.default_applied), (Some(0), false));
-        let reasons = decide(&candidates(&TIMES, &[]), &Policy::default().or_default(1));
-        assert_eq!(
-            reasons[1],
-            ["within 1 days of the newest (`backup.retention_days`)"]
-        );
-    }
-
-    #[test]
-    fn the_newest_valid_backup_always_survives() {
-        // The two newest are broken: the third stays even though no rule keeps it.
-        assert_eq!(
-            kept(
-                &TIMES,
-                &[0, 1],
-                Policy {
-                    last: Some(1),
-                    ..Policy::default()
-                }
-            ),
-            [0, 2]
-        );
-        let reasons = decide(&candidates(&TIMES, &[0, 1]), &Policy::default());
-        assert_eq!(reasons[2], ["the newest valid backup"]);
     }
 }
+
+#[cfg(test)]
+mod restic_tests;

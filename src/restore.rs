@@ -744,7 +744,7 @@ fn plan_safety_backup(plan: &mut Plan, settings: &Settings) {
         .clone()
         .unwrap_or_else(|| plan.backup.parent().unwrap_or(Path::new(".")).to_path_buf());
     let name = chrono::Local::now()
-        .format("safety-%Y%m%d-%H%M%S")
+        .format(crate::prune::SAFETY_NAME)
         .to_string();
     let path = std::iter::once(dir.join(&name))
         .chain((1..).map(|n| dir.join(format!("{name}-{n}"))))

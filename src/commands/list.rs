@@ -34,6 +34,9 @@ struct Item {
     #[serde(skip_serializing_if = "Option::is_none")]
     incremental_content_bytes: Option<u64>,
     partial_backup: bool,
+    /// A safety backup `restore` made (`safety-YYYYMMDD-HHMMSS`): `prune` keeps these by
+    /// `backup.safety_retention`, apart from the other backups.
+    safety_backup: bool,
     /// The Python status.
     compatibility: Option<compat::Status>,
     /// What restore would do with it, as configured (`info` and `validate` say the same).
@@ -135,6 +138,7 @@ impl Item {
             incremental_content_bytes: (m.compression == Some(Compression::Chunks))
                 .then(|| m.files.iter().map(|f| f.content_size).sum()),
             partial_backup: m.partial_backup,
+            safety_backup: crate::prune::is_safety_backup(&found.backup.name()),
             compatibility: compatibility.as_ref().map(|c| c.status),
             verdict: compatibility.as_ref().map(|c| c.verdict),
             restorable: compatibility.as_ref().map(|c| c.restorable),
@@ -149,6 +153,9 @@ impl Item {
     /// The human-readable block for one backup.
     fn print(&self, ui: &Ui) {
         ui.line(&self.name);
+        if self.safety_backup {
+            ui.line("  Kind: safety backup (made by a restore; `prune` keeps these by `backup.safety_retention`)");
+        }
         ui.line(format!("  Version: {}", self.version));
         if let Some(verdict) = self.verdict {
             ui.line(format!("  Compatibility: {verdict}"));

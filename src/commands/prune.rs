@@ -8,7 +8,7 @@ use crate::cli::PruneArgs;
 use crate::config::Settings;
 use crate::exit::{ExitCode, Failure};
 use crate::output::Ui;
-use crate::prune::{self, Garbage, Policy};
+use crate::prune::{self, Count, Garbage, Policies, Policy, Span};
 
 pub async fn run(args: &PruneArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
     let dir = match args
@@ -27,22 +27,25 @@ pub async fn run(args: &PruneArgs, settings: &Settings, ui: &Ui) -> Result<ExitC
         .into()),
     };
     super::backups_dir(&dir)?;
-    let policy = Policy {
-        within_days: args.keep_within,
-        last: args.keep_last,
-        daily: args.keep_daily,
-        weekly: args.keep_weekly,
-        monthly: args.keep_monthly,
-        default_applied: false,
-    }
-    .or_default(settings.backup.retention_days);
+    let policies = policies(args, settings)?;
     if !args.dry_run {
         super::report_cleaned(ui, &cleanup::dead_runs(&[dir.as_path()], settings).await);
     }
-    let outcome = prune::prune(&dir, &policy, args.dry_run)?;
+    let outcome = prune::prune(&dir, &policies, crate::now(), args.dry_run)?;
+    for name in &outcome.future_dated {
+        let when = outcome
+            .kept
+            .iter()
+            .find(|k| &k.name == name)
+            .map(|k| k.formatted_timestamp.as_str())
+            .unwrap_or_default();
+        ui.warn(format!(
+            "`{name}` is dated {when}, in the future: kept, and counted by no keep rule; check the clock of this machine and of the one that made it"
+        ));
+    }
 
     if ui.json {
-        ui.json(&json!({ "directory": dir, "dry_run": args.dry_run, "policy": policy, "kept": outcome.kept, "removed": outcome.removed, "skipped": outcome.skipped, "chunk_store": outcome.chunks }));
+        ui.json(&json!({ "directory": dir, "dry_run": args.dry_run, "policy": policies.backups, "safety_policy": policies.safety, "kept": outcome.kept, "removed": outcome.removed, "future_dated": outcome.future_dated, "skipped": outcome.skipped, "chunk_store": outcome.chunks }));
         return Ok(ExitCode::Success);
     }
     let verb = if args.dry_run {
@@ -51,19 +54,29 @@ pub async fn run(args: &PruneArgs, settings: &Settings, ui: &Ui) -> Result<ExitC
         "Removed"
     };
     if args.dry_run || ui.interactive || ui.verbose {
-        ui.line(rules_line(&policy));
+        ui.line(rules_line(&policies.backups));
+        let safety = |is: bool| if is { ", a safety backup" } else { "" };
+        if outcome.kept.iter().any(|k| k.safety_backup)
+            || outcome.removed.iter().any(|r| r.safety_backup)
+        {
+            ui.line(safety_rules_line(args, &policies.safety));
+        }
         for removed in &outcome.removed {
             ui.line(format!(
-                "{verb} {} ({})",
-                removed.name, removed.formatted_timestamp
+                "{verb} {} ({}{})",
+                removed.name,
+                removed.formatted_timestamp,
+                safety(removed.safety_backup)
             ));
         }
         for kept in &outcome.kept {
+            let reasons: Vec<String> = kept.reasons.iter().map(ToString::to_string).collect();
             ui.line(format!(
-                "Keep {} ({}): {}",
+                "Keep {} ({}{}): {}",
                 kept.name,
                 kept.formatted_timestamp,
-                kept.reasons.join(", ")
+                safety(kept.safety_backup),
+                reasons.join(", ")
             ));
         }
         for skipped in &outcome.skipped {
@@ -108,26 +121,81 @@ fn garbage_line(garbage: &Garbage, dry_run: bool) -> String {
     }
 }
 
+/// The rules of both groups: the flags given, else `backup.retention_days` (backups) and
+/// `backup.safety_retention` (safety backups). Rules that keep no backup are refused without
+/// `--keep-none`, as restic's `forget` refuses an empty policy.
+fn policies(args: &PruneArgs, settings: &Settings) -> Result<Policies> {
+    let backups = if args.keep_none {
+        Policy::default()
+    } else {
+        args.policy().or_default(settings.backup.retention_days)
+    };
+    if backups.is_empty() && !args.keep_none {
+        let given = if backups.default_applied {
+            "`backup.retention_days` is 0 and no keep rule was given"
+        } else {
+            "the keep rules given keep nothing"
+        };
+        return Err(Failure::new(
+            ExitCode::Usage,
+            format!("{given}: prune would remove every backup but the newest valid one; nothing was removed"),
+        )
+        .with_hint("give a keep rule (e.g. `--keep-daily 7 --keep-weekly 4`), or `--keep-none` to remove all but the newest valid backup")
+        .into());
+    }
+    let safety = if args.keep_safety_last.is_some() || args.keep_safety_within.is_some() {
+        Policy {
+            last: args.keep_safety_last,
+            within: args.keep_safety_within,
+            ..Policy::default()
+        }
+    } else {
+        let config = &settings.backup.safety_retention;
+        Policy {
+            last: Some(Count::N(config.keep_last)),
+            within: Some(Span::days(config.keep_within_days)),
+            ..Policy::default()
+        }
+    };
+    Ok(Policies { backups, safety })
+}
+
 /// Which rules decided, and whether the default applied.
 fn rules_line(policy: &Policy) -> String {
+    if policy.is_empty() {
+        return "Rules: --keep-none (only the newest valid backup stays)".to_string();
+    }
     if policy.default_applied {
         return format!(
             "Rules: --keep-within {} from `backup.retention_days` (no keep rule given)",
-            policy.within_days.unwrap_or_default()
+            policy.within.unwrap_or_default()
         );
     }
-    let rules: Vec<String> = [
-        ("within", policy.within_days),
-        ("last", policy.last),
-        ("daily", policy.daily),
-        ("weekly", policy.weekly),
-        ("monthly", policy.monthly),
-    ]
-    .into_iter()
-    .filter_map(|(rule, n)| n.map(|n| format!("--keep-{rule} {n}")))
-    .collect();
     format!(
         "Rules: {} (`backup.retention_days` does not apply: keep rules were given)",
-        rules.join(" ")
+        flags(policy, "keep")
     )
+}
+
+/// The rules of the safety backups, and where they come from.
+fn safety_rules_line(args: &PruneArgs, policy: &Policy) -> String {
+    let from = if args.keep_safety_last.is_some() || args.keep_safety_within.is_some() {
+        ""
+    } else {
+        " from `backup.safety_retention`"
+    };
+    format!("Safety backups: {}{from}", flags(policy, "keep-safety"))
+}
+
+/// A policy as the flags that give it (`--keep-daily 7 --keep-within 1m`).
+fn flags(policy: &Policy, prefix: &str) -> String {
+    let counts = policy.counts().into_iter().filter_map(|(period, count)| {
+        let rule = period.map_or("last", |p| p.name());
+        Some(format!("--{prefix}-{rule} {}", count?))
+    });
+    let spans = policy.spans().into_iter().filter_map(|(period, span)| {
+        let rule = period.map_or("within".to_string(), |p| format!("within-{}", p.name()));
+        Some(format!("--{prefix}-{rule} {}", span?))
+    });
+    counts.chain(spans).collect::<Vec<_>>().join(" ")
 }

@@ -21,6 +21,8 @@ pub struct BackupSettings {
     /// Where `create` without PATH writes, and where safety backups go.
     pub default_backup_directory: Option<PathBuf>,
     pub retention_days: u32,
+    /// `prune`'s rules for the safety backups `restore` makes.
+    pub safety_retention: SafetyRetentionSettings,
     /// zstd-compress snapshots and databases.
     pub compression: bool,
     /// Incremental backups: snapshots and databases go to the chunk store of the backups
@@ -40,6 +42,7 @@ impl Default for BackupSettings {
             auto_backup_before_restore: true,
             default_backup_directory: None,
             retention_days: 30,
+            safety_retention: SafetyRetentionSettings::default(),
             compression: true,
             incremental: false,
             validation: ValidationSettings::default(),
@@ -47,6 +50,26 @@ impl Default for BackupSettings {
             metadata: MetadataSettings::default(),
             transfer: TransferSettings::default(),
             daemon: DaemonSettings::default(),
+        }
+    }
+}
+
+/// How many of restore's safety backups `prune` keeps (`backup.safety_retention.*`); a safety
+/// backup kept by either rule stays, and so does the newest valid one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SafetyRetentionSettings {
+    /// Keep the newest N.
+    pub keep_last: u32,
+    /// Keep those made within this many days before the newest one.
+    pub keep_within_days: u32,
+}
+
+impl Default for SafetyRetentionSettings {
+    fn default() -> Self {
+        SafetyRetentionSettings {
+            keep_last: 3,
+            keep_within_days: 7,
         }
     }
 }

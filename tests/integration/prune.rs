@@ -97,7 +97,7 @@ fn remains(args: &str, backups: &[&str]) {
 #[test]
 fn each_combination_of_rules_keeps_exactly_the_right_backups() {
     // With no rule, only the newest *valid* backup survives (`broken` is newer but broken).
-    remains("--keep-within 0", &["v0"]);
+    remains("--keep-none", &["v0"]);
     // The default --keep-within is backup.retention_days (30), counted from the newest backup.
     remains("", &["broken", "v0", "v1", "v2"]);
     remains("--keep-within 12", &["broken", "v0", "v1", "v2"]);
@@ -116,6 +116,18 @@ fn each_combination_of_rules_keeps_exactly_the_right_backups() {
         "--keep-within 0 --keep-monthly 12",
         &["broken", "legacy", "v0", "v3", "v4"],
     );
+    // restic's other rules: years, hours, unlimited counts, calendar durations.
+    remains("--keep-yearly 5", &["broken", "legacy", "v0"]);
+    remains("--keep-hourly 2", &["broken", "v0"]);
+    remains(
+        "--keep-monthly unlimited",
+        &["broken", "legacy", "v0", "v3", "v4"],
+    );
+    remains("--keep-within 1m", &["broken", "v0", "v1", "v2"]);
+    remains(
+        "--keep-within 1m1d --keep-within-monthly 1y",
+        &["broken", "legacy", "v0", "v1", "v2", "v3", "v4"],
+    );
 }
 
 #[test]
@@ -126,7 +138,7 @@ fn dry_run_deletes_nothing_and_says_why_each_stays() {
         .env("WQM_BACKUP__VALIDATION__VERSION_WARNING_THRESHOLD", "0")
         .args("backup prune {TMP}/dir --keep-within 0 --keep-last 2 --dry-run")
         .stdout(
-            "Rules: --keep-within 0 --keep-last 2 (`backup.retention_days` does not apply: keep rules were given)\n\
+            "Rules: --keep-last 2 --keep-within 0 (`backup.retention_days` does not apply: keep rules were given)\n\
              Would remove v1 (2026-06-29T02:00:00+00:00)\n\
              Would remove v2 (2026-06-20T02:00:00+00:00)\n\
              Would remove v3 (2026-05-21T02:00:00+00:00)\n\
@@ -190,7 +202,8 @@ fn explicit_rules_replace_retention_days_as_in_restic() {
                 ]
             );
             assert_eq!(v["removed"].as_array().unwrap().len(), 13);
-            assert_eq!(v["policy"]["within_days"], serde_json::Value::Null);
+            assert_eq!(v["policy"]["within"], serde_json::Value::Null);
+            assert_eq!(v["policy"]["last"], 3);
             assert_eq!(v["policy"]["default_applied"], false);
         })
         .run();
@@ -201,14 +214,16 @@ fn explicit_rules_replace_retention_days_as_in_restic() {
         .args("backup prune {TMP}/dir --dry-run")
         .stdout_with(|o| {
             assert!(
-                o.starts_with("Rules: --keep-within 2 from `backup.retention_days` (no keep rule given)\n"),
+                o.starts_with("Rules: --keep-within 2d from `backup.retention_days` (no keep rule given)\n"),
                 "{o}"
             );
+            // As restic: strictly after the newest minus 2 days, so not the backup of 06-26 12:00.
             assert!(
-                o.contains("Keep backup-20260626 (2026-06-26T12:00:00+00:00): within 2 days of the newest (`backup.retention_days`)\n"),
+                o.contains("Keep backup-20260627 (2026-06-27T12:00:00+00:00): within 2d of the newest (`backup.retention_days`)\n"),
                 "{o}"
             );
-            assert!(o.ends_with("Dry-run: 14 backup(s) would be removed, 3 kept, 0 other entries left alone. Nothing was deleted.\n"), "{o}");
+            assert!(o.contains("Would remove backup-20260626 "), "{o}");
+            assert!(o.ends_with("Dry-run: 15 backup(s) would be removed, 2 kept, 0 other entries left alone. Nothing was deleted.\n"), "{o}");
         })
         .run();
 }
@@ -242,12 +257,243 @@ fn the_directory_defaults_to_the_default_backup_directory() {
     let (tmp, writer) = mix();
     Test::in_dir(tmp)
         .env("WQM_BACKUP__DEFAULT_BACKUP_DIRECTORY", "{TMP}/dir")
-        .args("backup prune --keep-within 0 --quiet")
+        .args("backup prune --keep-none --quiet")
         .run();
     drop(writer);
     Test::new()
         .args("backup prune")
         .status(2)
         .stderr("wqm: error: DIR is required: `backup.default_backup_directory` is not set\nhint: pass the directory that holds the backups, or set `backup.default_backup_directory`\n")
+        .run();
+}
+
+/// Backups named after their age in days before now (negative: dated in the future).
+fn aged(days_ago: &[(&str, f64)]) -> TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    let now = wqm::now();
+    for (name, days) in days_ago {
+        fixtures::backup(
+            &tmp.path().join("dir").join(name),
+            &Spec {
+                timestamp: now - days * 86_400.0,
+                collections: vec![],
+                ..Spec::default()
+            },
+        );
+    }
+    tmp
+}
+
+#[test]
+fn a_backup_dated_in_the_future_makes_no_other_one_old() {
+    // Another machine's clock a year ahead: plain prune (`backup.retention_days`, 30) and
+    // --keep-within measure from yesterday's backup, the newest one not in the future.
+    let backups = [
+        ("ahead", -365.0),
+        ("yesterday", 1.0),
+        ("last-week", 7.0),
+        ("old", 60.0),
+    ];
+    let warned = |e: &str| {
+        assert!(
+            e.starts_with("wqm: warning: `ahead` is dated ")
+                && e.ends_with(", in the future: kept, and counted by no keep rule; check the clock of this machine and of the one that made it\n")
+                && e.lines().count() == 1,
+            "{e}"
+        );
+    };
+    let (_, tmp) = Test::in_dir(aged(&backups))
+        .args("backup prune {TMP}/dir")
+        .stdout_with(|o| assert!(o.starts_with("Pruned "), "{o}"))
+        .stderr_with(warned)
+        .run();
+    assert_eq!(
+        entries(&tmp.path().join("dir")),
+        ["ahead", "last-week", "yesterday"]
+    );
+    Test::in_dir(aged(&backups))
+        .args("backup prune {TMP}/dir --keep-within 3d --keep-last 1 --json")
+        .stderr_with(warned)
+        .stdout_json(|v| {
+            assert_eq!(v["future_dated"], serde_json::json!(["ahead"]));
+            let kept: Vec<String> = v["kept"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| format!("{}: {}", k["name"].as_str().unwrap(), k["reasons"]))
+                .collect();
+            assert_eq!(
+                kept,
+                [
+                    r#"ahead: ["dated in the future"]"#,
+                    r#"yesterday: ["within 3d of the newest","last 1","the newest valid backup"]"#,
+                ]
+            );
+        })
+        .run();
+}
+
+#[test]
+fn rules_that_keep_nothing_are_refused_unless_keep_none() {
+    let refused = "wqm: error: the keep rules given keep nothing: prune would remove every backup but the newest valid one; nothing was removed\nhint: give a keep rule (e.g. `--keep-daily 7 --keep-weekly 4`), or `--keep-none` to remove all but the newest valid backup\n";
+    let (_, tmp) = Test::in_dir(nightly(3))
+        .args("backup prune {TMP}/dir --keep-within 0 --keep-daily 0")
+        .status(2)
+        .stderr(refused)
+        .run();
+    let (_, tmp) = Test::in_dir(tmp)
+        .env("WQM_BACKUP__RETENTION_DAYS", "0")
+        .args("backup prune {TMP}/dir")
+        .status(2)
+        .stderr_with(|e| {
+            assert!(
+                e.starts_with("wqm: error: `backup.retention_days` is 0 and no keep rule was given: prune would remove"),
+                "{e}"
+            )
+        })
+        .run();
+    assert_eq!(entries(&tmp.path().join("dir")).len(), 3, "nothing removed");
+    // restic refuses negative counts: `unlimited` keeps all.
+    let (_, tmp) = Test::in_dir(tmp)
+        .args("backup prune {TMP}/dir --keep-last -1")
+        .status(2)
+        .stderr_with(|e| assert!(e.contains("`-1` is negative; `unlimited` keeps all"), "{e}"))
+        .run();
+    let (_, tmp) = Test::in_dir(tmp)
+        .args("backup prune {TMP}/dir --keep-none --keep-last 1")
+        .status(2)
+        .stderr_with(|e| assert!(e.contains("cannot be used with"), "{e}"))
+        .run();
+    let (_, tmp) = Test::in_dir(tmp)
+        .env("WQM_BACKUP__RETENTION_DAYS", "0")
+        .args("backup prune {TMP}/dir --keep-none --dry-run")
+        .stdout_with(|o| {
+            assert!(
+                o.starts_with("Rules: --keep-none (only the newest valid backup stays)\n"),
+                "{o}"
+            )
+        })
+        .run();
+    Test::in_dir(tmp)
+        .args("backup prune {TMP}/dir --keep-none --quiet")
+        .run()
+        .1
+        .path()
+        .join("dir")
+        .read_dir()
+        .map(|d| assert_eq!(d.count(), 1))
+        .unwrap();
+}
+
+/// `nightly(17)`, and the safety backups an afternoon of failing restores left on its last day
+/// (30, from 14:00), one three days before and one a month before.
+fn with_safety_backups() -> TempDir {
+    let tmp = nightly(17);
+    let mut safety: Vec<(String, String)> = (0..30)
+        .map(|m| {
+            (
+                format!("safety-20260628-14{m:02}00"),
+                format!("2026-06-28 14:{m:02}"),
+            )
+        })
+        .collect();
+    safety.push(("safety-20260625-090000".into(), "2026-06-25 09:00".into()));
+    safety.push(("safety-20260528-090000-1".into(), "2026-05-28 09:00".into()));
+    for (name, when) in safety {
+        fixtures::backup(
+            &tmp.path().join("dir").join(name),
+            &Spec {
+                timestamp: at(&when),
+                collections: vec![],
+                description: Some("Safety backup before restoring x".into()),
+                ..Spec::default()
+            },
+        );
+    }
+    tmp
+}
+
+#[test]
+fn safety_backups_have_their_own_retention() {
+    // The 32 safety backups take no room from --keep-last: the two newest nightly backups stay.
+    // `backup.safety_retention` (the newest 3, and 7 days before the newest) keeps the
+    // afternoon's and the one of 06-25, not the month-old one.
+    let (_, tmp) = Test::in_dir(with_safety_backups())
+        .args("backup prune {TMP}/dir --keep-last 2")
+        .stdout_with(|o| assert!(o.starts_with("Pruned "), "{o}"))
+        .run();
+    let left = entries(&tmp.path().join("dir"));
+    let nightly: Vec<&String> = left.iter().filter(|n| n.starts_with("backup-")).collect();
+    assert_eq!(nightly, ["backup-20260627", "backup-20260628"]);
+    assert_eq!(left.len(), 2 + 31, "{left:?}");
+    assert!(!left.contains(&"safety-20260528-090000-1".to_string()));
+    // Rules for them replace `backup.safety_retention`; the output says which applied.
+    let (_, tmp) = Test::in_dir(tmp)
+        .env("WQM_BACKUP__SAFETY_RETENTION__KEEP_WITHIN_DAYS", "1")
+        .args("backup prune {TMP}/dir --keep-last 2 --dry-run")
+        .stdout_with(|o| {
+            assert!(o.contains("\nSafety backups: --keep-safety-last 3 --keep-safety-within 1d from `backup.safety_retention`\n"), "{o}");
+            assert!(o.contains("\nWould remove safety-20260625-090000 (2026-06-25T09:00:00+00:00, a safety backup)\n"), "{o}");
+            assert!(o.contains("\nKeep safety-20260628-142900 (2026-06-28T14:29:00+00:00, a safety backup): within 1d of the newest, last 1, the newest valid backup\n"), "{o}");
+        })
+        .run();
+    let (_, tmp) = Test::in_dir(tmp)
+        .args("backup prune {TMP}/dir --keep-last 2 --keep-safety-last 2 --json")
+        .stdout_json(|v| {
+            assert_eq!(v["safety_policy"]["last"], 2);
+            assert_eq!(v["safety_policy"]["within"], serde_json::Value::Null);
+            let safety = |list: &str| {
+                v[list]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|b| b["safety_backup"] == true)
+                    .count()
+            };
+            assert_eq!((safety("kept"), safety("removed")), (2, 29));
+        })
+        .run();
+    assert_eq!(entries(&tmp.path().join("dir")).len(), 4);
+}
+
+#[test]
+fn list_says_which_backups_are_safety_backups() {
+    let tmp = nightly(1);
+    fixtures::backup(
+        &tmp.path().join("dir/safety-20260628-140000"),
+        &Spec {
+            timestamp: at("2026-06-28 14:00"),
+            collections: vec![],
+            ..Spec::default()
+        },
+    );
+    let (_, tmp) = Test::in_dir(tmp)
+        .env("WQM_BACKUP__VALIDATION__VERSION_WARNING_THRESHOLD", "0")
+        .args("backup list {TMP}/dir --json")
+        .stdout_json(|v| {
+            let kinds: Vec<(&str, bool)> = v
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| {
+                    (
+                        b["name"].as_str().unwrap(),
+                        b["safety_backup"].as_bool().unwrap(),
+                    )
+                })
+                .collect();
+            assert_eq!(
+                kinds,
+                [("safety-20260628-140000", true), ("backup-20260628", false)]
+            );
+        })
+        .run();
+    Test::in_dir(tmp)
+        .env("WQM_BACKUP__VALIDATION__VERSION_WARNING_THRESHOLD", "0")
+        .args("backup list {TMP}/dir")
+        .stdout_with(|o| {
+            assert!(o.starts_with("safety-20260628-140000\n  Kind: safety backup (made by a restore; `prune` keeps these by `backup.safety_retention`)\n  Version: "), "{o}");
+            assert_eq!(o.matches("Kind:").count(), 1, "{o}");
+        })
         .run();
 }
