@@ -282,6 +282,7 @@ fn classify_one(cause: &(dyn std::error::Error + 'static)) -> Option<(ExitCode, 
         crate::daemon::DaemonError,
         crate::cluster::ClusterError,
         crate::workdir::WorkDirError,
+        crate::store::chunks::ChunkError,
     );
     None
 }
@@ -357,6 +358,14 @@ mod classify_tests {
                 code_of(workdir::WorkDirError::Busy { path: path.clone() }),
                 ExitCode::Failure,
             ),
+            (
+                code_of(crate::store::chunks::ChunkError::Link { path: path.clone() }),
+                ExitCode::InvalidBackup,
+            ),
+            (
+                code_of(crate::store::chunks::ChunkError::Locked { path: path.clone() }),
+                ExitCode::Failure,
+            ),
             (code_of(std::io::Error::other("plain")), ExitCode::Failure),
         ];
         for (i, (actual, expected)) in cases.into_iter().enumerate() {
@@ -386,7 +395,14 @@ mod classify_tests {
                 }
                 let text = std::fs::read_to_string(&path).unwrap();
                 for line in text.lines() {
-                    let Some(rest) = line.trim().strip_prefix("impl Classify for ") else {
+                    // `impl Classify for X`, or with a path: `impl crate::exit::Classify for X`.
+                    let Some(rest) = line
+                        .trim()
+                        .strip_prefix("impl ")
+                        .and_then(|r| r.split_once("Classify for "))
+                        .filter(|(path, _)| path.is_empty() || path.ends_with("::"))
+                        .map(|(_, rest)| rest)
+                    else {
                         continue;
                     };
                     let ty = rest.trim_end_matches(" {").trim();
