@@ -136,7 +136,7 @@ fn chunk_leftovers(removed: chunks::Removed) -> Cleaned {
         "removed the chunk store it was making".to_string()
     } else {
         format!(
-            "removed its temporary chunks in the chunk store: {} files ({} bytes), named by no backup",
+            "removed its temporary directory in the chunk store: {} unnamed chunk file(s), {} bytes, that no backup needs",
             removed.files, removed.bytes
         )
     };

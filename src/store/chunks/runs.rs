@@ -104,7 +104,7 @@ impl ChunkStore {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Removed {
     pub path: PathBuf,
-    /// Files removed (temporary chunks, a lock) and their bytes.
+    /// Files removed (a run's: its temporary chunks) and their bytes.
     pub files: u64,
     pub bytes: u64,
 }
@@ -156,7 +156,8 @@ pub fn remove_dead(dir: &Path) -> Vec<Removed> {
         if let Ok((files, bytes)) = tmp.remove_tree(&entry.name) {
             removed.push(Removed {
                 path: ChunkStore::path_in(dir).join(TMP_DIR).join(&entry.name),
-                files,
+                // Its lock is no chunk.
+                files: files.saturating_sub(1),
                 bytes,
             });
         }
@@ -206,7 +207,7 @@ mod tests {
         let removed = remove_dead(dir.path());
         let paths: Vec<&Path> = removed.iter().map(|r| r.path.as_path()).collect();
         assert_eq!(paths, [half.as_path(), dead.as_path()]);
-        assert_eq!((removed[1].files, removed[1].bytes), (2, 1000));
+        assert_eq!((removed[1].files, removed[1].bytes), (1, 1000));
         assert!(!dead.exists() && !half.exists());
         assert!(live.path().is_dir(), "a live run's directory stays");
         assert!(mine.is_dir(), "a store being made by a live process stays");
