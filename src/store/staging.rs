@@ -141,7 +141,7 @@ impl Staging {
         };
         let stored = HashingWriter::new(BufWriter::with_capacity(1 << 20, file), &[algorithm]);
         let body = match (compression, &self.chunks) {
-            (Compression::Chunks, Some(chunks)) => Body::Chunked(
+            (Compression::Chunks, Some(chunks)) => Body::Chunked(Box::new(
                 ChunkWriter::new(
                     chunks.store.clone(),
                     chunks.run.clone(),
@@ -149,7 +149,7 @@ impl Staging {
                     stored,
                 )
                 .map_err(LayoutError::io("cannot start writing", &path))?,
-            ),
+            )),
             _ => Body::Encoded(
                 compression
                     .encoder(stored)
@@ -299,21 +299,21 @@ enum Body {
     /// The content itself, compressed or not.
     Encoded(Encoder<Stored>),
     /// The content's chunks go to the store; the file holds their index.
-    Chunked(ChunkWriter<Stored>),
+    Chunked(Box<ChunkWriter<Stored>>),
 }
 
 impl Body {
     fn finish(self) -> io::Result<Stored> {
         match self {
             Body::Encoded(encoder) => encoder.finish(),
-            Body::Chunked(writer) => writer.finish(),
+            Body::Chunked(writer) => (*writer).finish(),
         }
     }
 
     fn writer(&mut self) -> &mut dyn Write {
         match self {
             Body::Encoded(encoder) => encoder,
-            Body::Chunked(writer) => writer,
+            Body::Chunked(writer) => &mut **writer,
         }
     }
 }
