@@ -110,6 +110,15 @@ impl Staging {
             .map_or_else(Added::default, |c| c.run.added())
     }
 
+    /// The chunks of the store this run compared with its data and found whole (see
+    /// `chunks::Run::found_sound`).
+    pub fn chunks_found_sound(&self) -> std::collections::HashSet<super::chunks::ChunkId> {
+        self.chunks
+            .as_ref()
+            .map(|c| c.run.found_sound())
+            .unwrap_or_default()
+    }
+
     /// The directory the backup is written in.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -31,6 +31,8 @@ pub struct Added {
 #[derive(Debug, Default)]
 pub struct Run {
     checked: Mutex<HashSet<ChunkId>>,
+    /// Those of `checked` found whole (not stored again by this run).
+    found_sound: Mutex<HashSet<ChunkId>>,
     reused_dirs: Mutex<BTreeSet<PathBuf>>,
     added: Mutex<Added>,
 }
@@ -38,6 +40,12 @@ pub struct Run {
 impl Run {
     pub fn added(&self) -> Added {
         self.added.lock().expect("run lock").clone()
+    }
+
+    /// The chunks this run found in the store and compared, byte for byte, with the data it
+    /// backed up: its verification need not read them again.
+    pub fn found_sound(&self) -> HashSet<ChunkId> {
+        self.found_sound.lock().expect("run lock").clone()
     }
 
     /// Makes the names of the chunks this run reused durable: another run renamed them, and
@@ -166,7 +174,9 @@ impl<W: Write> ChunkSink<W> {
                     }
                 });
             match found {
-                Ok(()) => {}
+                Ok(()) => {
+                    self.run.found_sound.lock().expect("run lock").insert(*id);
+                }
                 Err(ChunkProblem::Missing) => return Ok(None),
                 Err(ChunkProblem::Damaged(_)) => {
                     self.quarantine(id)?;
