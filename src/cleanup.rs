@@ -1,7 +1,8 @@
 //! Cleaning up after runs that died: every `create`, `restore`, `prune` and `wqm backup
 //! cleanup` looks for working directories whose lock nobody holds (see `workdir`), deletes on
 //! the Qdrant server exactly what their journals say was made and not removed, reports what a
-//! dead restore had done and how to go back, and removes the directory.
+//! dead restore had done and how to go back, and removes the directory. What a dead
+//! `create --incremental` left in the chunk store goes too (`chunks::remove_dead`).
 
 use std::fs;
 use std::path::{Path, PathBuf};
