@@ -257,7 +257,8 @@ impl ChunkStore {
     /// Opens the store of `dir` for a create, making it (with `avg_size` chunks) when there is
     /// none. Waits while a garbage collection holds it.
     pub fn open_for_writing(dir: &Path, avg_size: usize) -> Result<Arc<Self>, ChunkError> {
-        if !Self::exists_in(dir) {
+        // Only where nothing is: a link or a file there is refused by `open`, not replaced.
+        if std::fs::symlink_metadata(Self::path_in(dir)).is_err() {
             runs::make_store(dir, &Params::with_average(avg_size))?;
         }
         Self::open(dir, Access::Shared).map(Arc::new)

@@ -313,6 +313,11 @@ fn no_part_of_the_store_may_be_a_link_and_garbage_collection_follows_none() {
     write_once(&store, &content(50_000, 9));
     drop(store);
     let root = dir.path().join(STORE_DIR);
+    // The store itself a link: a create refuses it rather than making one through it.
+    let elsewhere = tempfile::tempdir().unwrap();
+    symlink(&root, elsewhere.path().join(STORE_DIR)).unwrap();
+    let err = ChunkStore::open_for_writing(elsewhere.path(), 4096).unwrap_err();
+    assert!(matches!(err, ChunkError::Link { .. }), "{err}");
     for part in ["tmp", "chunks"] {
         let aside = root.join(format!("{part}.real"));
         fs::rename(root.join(part), &aside).unwrap();
