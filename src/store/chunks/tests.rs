@@ -302,6 +302,10 @@ fn store_json_evolves_by_features() {
     assert!(err.to_string().contains("at most 262144 bytes"), "{err}");
 }
 
+fn store_again(dir: &std::path::Path) -> Arc<ChunkStore> {
+    ChunkStore::open_for_writing(dir, 4096).unwrap()
+}
+
 #[test]
 fn no_part_of_the_store_may_be_a_link_and_garbage_collection_follows_none() {
     let dir = tempfile::tempdir().unwrap();
@@ -332,6 +336,29 @@ fn no_part_of_the_store_may_be_a_link_and_garbage_collection_follows_none() {
         fs::remove_file(root.join(part)).unwrap();
         fs::rename(&aside, root.join(part)).unwrap();
     }
+    // A fan-out directory replaced by a link: a create writes nothing through it.
+    let data = content(20_000, 11);
+    let (index, _) = write_once(&store_again(dir.path()), &data);
+    let fan = root
+        .join("chunks")
+        .join(&index_lines(&index)[0].id.to_string()[..2]);
+    fs::rename(&fan, root.join("fan.real")).unwrap();
+    let elsewhere_fan = tempfile::tempdir().unwrap();
+    symlink(elsewhere_fan.path(), &fan).unwrap();
+    let store = store_again(dir.path());
+    let temp = store.temp_dir().unwrap();
+    let mut writer =
+        ChunkWriter::new(store.clone(), Arc::default(), temp.path(), Vec::new()).unwrap();
+    writer.write_all(&data).unwrap();
+    let err = writer.finish().unwrap_err();
+    assert!(
+        err.to_string().contains("never writes through links"),
+        "{err}"
+    );
+    assert_eq!(fs::read_dir(elsewhere_fan.path()).unwrap().count(), 0);
+    drop((temp, store));
+    fs::remove_file(&fan).unwrap();
+    fs::rename(root.join("fan.real"), &fan).unwrap();
     // A link as a fan-out directory, stray files and directories: reported, left alone.
     symlink(outside.path(), root.join("chunks/cd")).unwrap();
     fs::write(root.join("chunks/notes.txt"), "x").unwrap();

@@ -243,8 +243,8 @@ impl<W: Write> ChunkSink<W> {
         for (id, _) in &batch {
             let target = self.store.root.join(id.rel());
             let dir = crate::fs::parent_dir(&target).to_path_buf();
-            if !self.touched.contains(&dir) && !dir.is_dir() {
-                create_private_dir_all(&dir)?;
+            if !self.touched.contains(&dir) {
+                fan_out_dir(&dir)?;
             }
             fs::rename(self.temp.path().join(id.to_string()), &target)?;
             crate::failpoint::hit("create:chunk-stored")?;
@@ -256,6 +256,23 @@ impl<W: Write> ChunkSink<W> {
             }
         }
         Ok(())
+    }
+}
+
+/// Makes sure the fan-out directory `dir` is a real directory (made when missing): a rename
+/// through a link planted there would put the chunk outside the store.
+fn fan_out_dir(dir: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(dir) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "`{}` is not a directory (a link?); wqm never writes through links in the chunk store",
+                dir.display()
+            ),
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => create_private_dir_all(dir),
+        Err(e) => Err(e),
     }
 }
 
