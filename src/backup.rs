@@ -1078,7 +1078,8 @@ impl Writing<'_> {
 /// into place.
 pub(crate) fn verify_staged(staging: &Staging, progress: &dyn Progress) -> Result<()> {
     progress.step("verifying the new backup");
-    let options = verify::Options::new(verify::Depth::Checksums, Default::default());
+    let mut options = verify::Options::new(verify::Depth::Checksums, Default::default());
+    options.chunks = verify::ChunkTally::known_sound(staging.chunks_found_sound());
     let report = verify::audit(staging.dir(), &options, progress)?;
     if let Some(problem) = report
         .findings

@@ -1,7 +1,8 @@
 //! Cleaning up after runs that died: every `create`, `restore`, `prune` and `wqm backup
 //! cleanup` looks for working directories whose lock nobody holds (see `workdir`), deletes on
 //! the Qdrant server exactly what their journals say was made and not removed, reports what a
-//! dead restore had done and how to go back, and removes the directory.
+//! dead restore had done and how to go back, and removes the directory. What a dead
+//! `create --incremental` left in the chunk store goes too (`chunks::remove_dead`).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use serde::Serialize;
 use crate::config::Settings;
 use crate::layout;
 use crate::qdrant::{Client, QdrantError, Scope};
+use crate::store::chunks;
 use crate::workdir::{self, ObjectKind, Outstanding, Record};
 
 /// Working directories of `create` (beside the backups) and of `restore` (in the data dir).
@@ -66,6 +68,7 @@ pub async fn dead_runs(dirs: &[&Path], settings: &Settings) -> Vec<Cleaned> {
     let mut cleaned = Vec::new();
     for dir in dirs {
         remove_legacy_locks(dir);
+        cleaned.extend(chunks::remove_dead(dir).into_iter().map(chunk_leftovers));
         let Ok(dead) = workdir::dead_in(dir, &RUN_SUFFIXES) else {
             continue;
         };
@@ -121,6 +124,29 @@ async fn clean(path: &Path, settings: &Settings) -> Option<Cleaned> {
         lines,
         complete,
     })
+}
+
+/// What a dead `create --incremental` left in (or beside) the chunk store, now removed: its
+/// temporary chunks (never named, so no backup needs them), or a store it was making.
+fn chunk_leftovers(removed: chunks::Removed) -> Cleaned {
+    let making = removed
+        .path
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with(chunks::STORE_DIR));
+    let line = if making {
+        "removed the chunk store it was making".to_string()
+    } else {
+        format!(
+            "removed its temporary directory in the chunk store: {} unnamed chunk file(s), {} bytes, that no backup needs",
+            removed.files, removed.bytes
+        )
+    };
+    Cleaned {
+        path: removed.path,
+        run: "`create --incremental`".to_string(),
+        lines: vec![line],
+        complete: true,
+    }
 }
 
 /// What a dead restore had changed, and the way back.

@@ -137,6 +137,6 @@ pub fn chunk_index(data: &[u8]) {
     while let Ok(Some(line)) = index.next_line() {
         let name = line.id.to_string();
         assert!(name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()));
-        assert!(line.len >= 1 && line.len <= 16 << 20);
+        assert!(line.len >= 1 && line.len <= crate::store::chunks::LARGEST_CHUNK);
     }
 }

@@ -404,6 +404,10 @@ mod classify_tests {
                 )),
                 ExitCode::InvalidBackup,
             ),
+            (
+                code_of(chunks::ChunkError::Link { path: path.clone() }),
+                ExitCode::InvalidBackup,
+            ),
             (code_of(std::io::Error::other("plain")), ExitCode::Failure),
         ];
         for (i, (actual, expected)) in cases.into_iter().enumerate() {

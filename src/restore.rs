@@ -1219,10 +1219,9 @@ impl<'a> Restoring<'a> {
         ) else {
             return Ok(());
         };
-        let mut bytes = Vec::new();
-        plan.source
-            .open_content(entry)
-            .and_then(|f| f.take(entry.content_size).read_to_end(&mut bytes))
+        let bytes = plan
+            .source
+            .read_small_content(entry, crate::manifest::MAX_MANIFEST_BYTES)
             .map_err(|e| damaged(&entry.path, format!("cannot read: {e}")))?;
         let digests = crate::checksum::digest(&bytes, &[Algorithm::Sha256]);
         verify::content_matches(entry, &digests).map_err(|p| damaged(&entry.path, p))?;

@@ -31,6 +31,11 @@ pub async fn run(args: &CreateArgs, settings: &Settings, ui: &Ui) -> Result<Exit
     for leftover in &outcome.leftovers {
         ui.warn_action(leftover);
     }
+    if let Some(repaired) = outcome.chunks_added.as_ref().map(|a| &a.repaired) {
+        if !repaired.is_empty() {
+            ui.warn(repaired_line(&outcome.path, repaired));
+        }
+    }
     // The backup is complete either way; a snapshot left on the server needs someone to act.
     let code = if outcome.leftovers.is_empty() {
         ExitCode::Success
@@ -60,9 +65,10 @@ pub async fn run(args: &CreateArgs, settings: &Settings, ui: &Ui) -> Result<Exit
             "notes": m.notes,
             "leftover_snapshots": outcome.leftovers,
             "cleaned_up": outcome.cleaned,
-            "chunk_store": outcome.chunks_added.map(|added| json!({
+            "chunk_store": outcome.chunks_added.as_ref().map(|added| json!({
                 "chunks_added": added.chunks,
                 "bytes_added": added.bytes,
+                "chunks_repaired": added.repaired.iter().map(|id| id.to_string()).collect::<Vec<_>>(),
             })),
         }));
         return Ok(code);
@@ -84,7 +90,7 @@ pub async fn run(args: &CreateArgs, settings: &Settings, ui: &Ui) -> Result<Exit
         format!("; note: {}", m.notes.join("; "))
     };
     // An incremental backup's own files are indexes: what it cost is what it added.
-    let size = match outcome.chunks_added {
+    let size = match &outcome.chunks_added {
         Some(added) => format!(
             "{} new in the chunk store",
             indicatif::BinaryBytes(added.bytes + stored)
@@ -99,6 +105,19 @@ pub async fn run(args: &CreateArgs, settings: &Settings, ui: &Ui) -> Result<Exit
         outcome.seconds
     ));
     Ok(code)
+}
+
+/// The damaged chunks of the store this backup needed, moved aside and stored again.
+fn repaired_line(backup: &std::path::Path, repaired: &[crate::store::chunks::ChunkId]) -> String {
+    let dir = crate::fs::parent_dir(backup);
+    let ids: Vec<String> = repaired.iter().map(|id| format!("`{id}`")).collect();
+    format!(
+        "the chunk store held {} damaged chunk(s) this backup needed ({}): each was moved to `{}` and stored again from this backup's data, so every backup naming it is whole again; other backups may still name damaged data: `wqm backup list {} --check` finds them",
+        repaired.len(),
+        ids.join(", "),
+        crate::store::chunks::ChunkStore::path_in(dir).join("quarantine").display(),
+        dir.display()
+    )
 }
 
 /// PATH, or a new `backup-YYYYMMDD-HHMMSS` in `backup.default_backup_directory`.

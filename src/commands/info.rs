@@ -10,7 +10,7 @@ use crate::config::Settings;
 use crate::exit::ExitCode;
 use crate::manifest::Manifest;
 use crate::output::{self, Ui};
-use crate::store::chunks::{self, Usage};
+use crate::store::chunks::{self, ChunkStore, Usage};
 use crate::store::BackupDir;
 
 /// What `info` found out about a backup beyond its manifest.
@@ -50,11 +50,14 @@ pub fn run(args: &InfoArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
     Ok(ExitCode::Success)
 }
 
-/// What an incremental backup holds in the chunk store (`None` for a full backup).
+/// What an incremental backup holds in the chunk store (`None` for a full backup). Without a
+/// store it can use beside it, the backup cannot be restored: that is an error (exit 3), as
+/// for `validate`, not sizes of a store that is gone.
 fn chunk_usage(backup: &BackupDir) -> Result<Option<Usage>> {
     if backup.manifest.compression != Some(Compression::Chunks) {
         return Ok(None);
     }
+    ChunkStore::check_in(backup.backups_dir())?;
     let usage = chunks::usage(backup).with_context(|| {
         format!(
             "cannot read the chunk indexes of `{}`",

@@ -109,12 +109,20 @@ pub async fn run(args: &PruneArgs, settings: &Settings, ui: &Ui) -> Result<ExitC
 fn garbage_line(garbage: &Garbage, dry_run: bool) -> String {
     match garbage {
         Garbage::Collected(c) => format!(
-            "Chunk store: {} {} unreferenced chunks ({}), {} chunks ({}) still referenced",
+            "Chunk store: {} {} unreferenced chunks ({}), {} chunks ({}) still referenced{}",
             if dry_run { "would delete" } else { "deleted" },
             c.chunks_deleted,
             indicatif::BinaryBytes(c.bytes_freed),
             c.chunks_kept,
-            indicatif::BinaryBytes(c.bytes_kept)
+            indicatif::BinaryBytes(c.bytes_kept),
+            if c.strays.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; left alone what wqm did not put there: `{}`",
+                    c.strays.join("`, `")
+                )
+            }
         ),
         Garbage::Busy => "Chunk store: in use by another wqm run (a create, restore or validate); no chunk deleted, the next prune collects them".to_string(),
         Garbage::Refused(reason) => format!("chunk store: no chunk deleted: {reason}"),

@@ -96,14 +96,43 @@ impl BackupDir {
     /// `entry`'s content, read from the backup, for another thread. Its chunks are not checked
     /// one by one against their names: the caller checks the whole content against the
     /// manifest's sha256 as it reads (a restore before Qdrant gets the last piece), which
-    /// catches the same damage without a second sha256 pass.
+    /// catches the same damage without a second sha256 pass. A chunked file yields no more
+    /// than the manifest's `content_size`: an index naming more is an error.
     pub fn open_content(&self, entry: &FileEntry) -> io::Result<Box<dyn Read + Send>> {
         let file = BufReader::new(self.open_entry(entry)?);
         Ok(match entry.compression {
             Compression::None => Box::new(file),
             Compression::Zstd => Box::new(zstd::Decoder::with_buffer(file)?),
-            Compression::Chunks => Box::new(ChunkReader::new(self.chunk_store()?, file, false)?),
+            Compression::Chunks => Box::new(AtMost {
+                inner: ChunkReader::new(self.chunk_store()?, file, false)?,
+                size: entry.content_size,
+                read: 0,
+            }),
         })
+    }
+
+    /// A small file's whole content (a configuration), at most `limit` bytes however large
+    /// the manifest says it is, and never more than the manifest's `content_size`: memory is
+    /// bounded before the caller checks its sha256.
+    pub fn read_small_content(&self, entry: &FileEntry, limit: u64) -> io::Result<Vec<u8>> {
+        if entry.content_size > limit {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "its manifest says {} bytes, more than the {limit} wqm reads of such a file",
+                    entry.content_size
+                ),
+            ));
+        }
+        let mut bytes = Vec::new();
+        // One byte more than the manifest says, to tell a longer content from an exact one.
+        self.open_content(entry)?
+            .take(entry.content_size + 1)
+            .read_to_end(&mut bytes)?;
+        if bytes.len() as u64 > entry.content_size {
+            return Err(longer_than(entry.content_size));
+        }
+        Ok(bytes)
     }
 
     /// The chunk store of the backups beside this one, held shared while the result lives.
@@ -144,6 +173,51 @@ impl BackupDir {
     pub fn list(&self) -> Vec<String> {
         list_in(&self.path)
     }
+}
+
+/// A chunked file's content, refused past the size the manifest gives it: a hostile index may
+/// name one chunk a million times.
+struct AtMost<R> {
+    inner: R,
+    size: u64,
+    read: u64,
+}
+
+impl<R: Read> Read for AtMost<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        if self.read > self.size {
+            return Err(longer_than(self.size));
+        }
+        Ok(n)
+    }
+}
+
+fn longer_than(size: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("its content is longer than the {size} bytes its manifest says"),
+    )
+}
+
+/// Makes the entries of `dir` durable (`fs::sync_dir`); unit tests see which directories were
+/// synced, on their own thread (`take_synced`).
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    #[cfg(test)]
+    SYNCED.with(|synced| synced.borrow_mut().push(dir.to_path_buf()));
+    crate::fs::sync_dir(dir)
+}
+
+#[cfg(test)]
+thread_local! {
+    static SYNCED: std::cell::RefCell<Vec<PathBuf>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The directories this thread synced since the last call.
+#[cfg(test)]
+pub(crate) fn take_synced() -> Vec<PathBuf> {
+    SYNCED.with(|synced| std::mem::take(&mut *synced.borrow_mut()))
 }
 
 fn unsafe_path(rel: &str, reason: &str) -> io::Error {

@@ -7,12 +7,11 @@
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::checksum::{Algorithm, Digester, HashingWriter};
 use crate::compress::{Compression, Encoder};
-use crate::fs::{create_private_dir_all, create_private_file, sync_dir};
+use crate::fs::{create_private_dir_all, create_private_file};
 use crate::layout::{
     check_relative_path, staging_path, LayoutError, COLLECTIONS_DIR, CONFIG_DIR, MANIFEST_PATH,
     METADATA_DIR, REPLACED_DIR, REQUIRED_DIRS, SQLITE_DIR, STAGED_BACKUP_DIR,
@@ -20,8 +19,8 @@ use crate::layout::{
 use crate::manifest::{FileEntry, FileKind, Manifest};
 use crate::workdir::{Record, WorkDir, WorkDirError};
 
-use super::chunks::{Added, ChunkError, ChunkStore, ChunkWriter};
-use super::BackupDir;
+use super::chunks::{Added, ChunkError, ChunkStore, ChunkWriter, Run, RunTemp};
+use super::{sync_dir, BackupDir};
 
 /// A backup being written in a hidden sibling of its target, `.NAME.wqm-staging`: a working
 /// directory (lock, journal) whose `backup/` becomes the backup. Dropped without `commit`, it
@@ -35,17 +34,11 @@ pub struct Staging {
 }
 
 /// An incremental backup's share of the chunk store: the store (held shared for the whole run),
-/// the run's temporary directory there, and what the run added.
+/// the run's temporary directory there, and what its files share (`chunks::Run`).
 struct Chunks {
     store: Arc<ChunkStore>,
-    temp: tempfile::TempDir,
-    added: Arc<AddedTotal>,
-}
-
-#[derive(Default)]
-struct AddedTotal {
-    chunks: AtomicU64,
-    bytes: AtomicU64,
+    temp: RunTemp,
+    run: Arc<Run>,
 }
 
 impl Staging {
@@ -105,17 +98,25 @@ impl Staging {
         self.chunks = Some(Chunks {
             temp: store.temp_dir()?,
             store,
-            added: Arc::default(),
+            run: Arc::default(),
         });
         Ok(())
     }
 
-    /// What this run added to the chunk store so far.
+    /// What this run added to the chunk store so far, and the damaged chunks it stored again.
     pub fn chunks_added(&self) -> Added {
-        self.chunks.as_ref().map_or_else(Added::default, |c| Added {
-            chunks: c.added.chunks.load(Ordering::Relaxed),
-            bytes: c.added.bytes.load(Ordering::Relaxed),
-        })
+        self.chunks
+            .as_ref()
+            .map_or_else(Added::default, |c| c.run.added())
+    }
+
+    /// The chunks of the store this run compared with its data and found whole (see
+    /// `chunks::Run::found_sound`).
+    pub fn chunks_found_sound(&self) -> std::collections::HashSet<super::chunks::ChunkId> {
+        self.chunks
+            .as_ref()
+            .map(|c| c.run.found_sound())
+            .unwrap_or_default()
     }
 
     /// The directory the backup is written in.
@@ -149,11 +150,15 @@ impl Staging {
         };
         let stored = HashingWriter::new(BufWriter::with_capacity(1 << 20, file), &[algorithm]);
         let body = match (compression, &self.chunks) {
-            (Compression::Chunks, Some(chunks)) => Body::Chunked(
-                ChunkWriter::new(chunks.store.clone(), chunks.temp.path(), stored)
-                    .map_err(LayoutError::io("cannot start writing", &path))?,
-                chunks.added.clone(),
-            ),
+            (Compression::Chunks, Some(chunks)) => Body::Chunked(Box::new(
+                ChunkWriter::new(
+                    chunks.store.clone(),
+                    chunks.run.clone(),
+                    chunks.temp.path(),
+                    stored,
+                )
+                .map_err(LayoutError::io("cannot start writing", &path))?,
+            )),
             _ => Body::Encoded(
                 compression
                     .encoder(stored)
@@ -171,9 +176,16 @@ impl Staging {
         })
     }
 
-    /// Writes the manifest (atomically); the last file of a backup.
+    /// Writes the manifest (atomically); the last file of a backup. Every chunk the backup
+    /// reused is durable under its name first.
     pub fn write_manifest(&self, manifest: &Manifest) -> Result<(), LayoutError> {
         let path = self.dir.join(MANIFEST_PATH);
+        if let Some(chunks) = &self.chunks {
+            chunks
+                .run
+                .sync_reused()
+                .map_err(LayoutError::io("cannot sync the chunk store of", &path))?;
+        }
         manifest
             .save(&path)
             .map_err(LayoutError::io("cannot write", &path))
@@ -192,6 +204,15 @@ impl Staging {
         for sub in [METADATA_DIR, COLLECTIONS_DIR, SQLITE_DIR, CONFIG_DIR] {
             let path = self.dir.join(sub);
             if path.is_dir() {
+                sync_dir(&path).map_err(LayoutError::io("cannot sync", &path))?;
+            }
+        }
+        // A cluster backup's shards: `collections/<name>/shard-<id>.snapshot…`.
+        let collections = self.dir.join(COLLECTIONS_DIR);
+        for entry in fs::read_dir(&collections).into_iter().flatten() {
+            let entry = entry.map_err(LayoutError::io("cannot read", &collections))?;
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                let path = entry.path();
                 sync_dir(&path).map_err(LayoutError::io("cannot sync", &path))?;
             }
         }
@@ -287,26 +308,21 @@ enum Body {
     /// The content itself, compressed or not.
     Encoded(Encoder<Stored>),
     /// The content's chunks go to the store; the file holds their index.
-    Chunked(ChunkWriter<Stored>, Arc<AddedTotal>),
+    Chunked(Box<ChunkWriter<Stored>>),
 }
 
 impl Body {
     fn finish(self) -> io::Result<Stored> {
         match self {
             Body::Encoded(encoder) => encoder.finish(),
-            Body::Chunked(writer, total) => {
-                let (stored, added) = writer.finish()?;
-                total.chunks.fetch_add(added.chunks, Ordering::Relaxed);
-                total.bytes.fetch_add(added.bytes, Ordering::Relaxed);
-                Ok(stored)
-            }
+            Body::Chunked(writer) => (*writer).finish(),
         }
     }
 
     fn writer(&mut self) -> &mut dyn Write {
         match self {
             Body::Encoded(encoder) => encoder,
-            Body::Chunked(writer, _) => writer,
+            Body::Chunked(writer) => &mut **writer,
         }
     }
 }
@@ -556,6 +572,96 @@ mod tests {
         fs::write(b.join("old"), "").unwrap();
         exchange(&a, &b).unwrap();
         assert!(b.join("new").exists() && a.join("old").exists());
+    }
+
+    /// The fan-out directory of each chunk an index names.
+    fn fan_dirs(store: &Path, index: &str) -> std::collections::BTreeSet<PathBuf> {
+        index
+            .lines()
+            .skip(1)
+            .map(|line| store.join("chunks").join(&line[..2]))
+            .collect()
+    }
+
+    #[test]
+    fn chunks_another_run_stored_are_durable_before_the_manifest_names_them() {
+        let root = tempfile::tempdir().unwrap();
+        let store_dir = root.path().join(crate::store::chunks::STORE_DIR);
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7919 % 251) as u8).collect();
+        // Another run stores the chunks (and may die before syncing their directories).
+        let mut other = Staging::begin(&root.path().join("other"), false).unwrap();
+        other.use_chunk_store(4096).unwrap();
+        let mut sink = other
+            .create_file(
+                "sqlite/state.db.chunks",
+                FileKind::SqliteDatabase,
+                Compression::Chunks,
+                Algorithm::Sha256,
+            )
+            .unwrap();
+        sink.write_all(&data).unwrap();
+        sink.finish().unwrap();
+        drop(other);
+        crate::store::take_synced();
+
+        let mut staging = Staging::begin(&root.path().join("b"), false).unwrap();
+        staging.use_chunk_store(4096).unwrap();
+        let mut sink = staging
+            .create_file(
+                "sqlite/state.db.chunks",
+                FileKind::SqliteDatabase,
+                Compression::Chunks,
+                Algorithm::Sha256,
+            )
+            .unwrap();
+        sink.write_all(&data).unwrap();
+        sink.finish().unwrap();
+        assert_eq!(staging.chunks_added().chunks, 0, "every chunk reused");
+        assert!(
+            crate::store::take_synced().is_empty(),
+            "nothing new to sync per file"
+        );
+        staging
+            .write_manifest(&Manifest::new("0.3.0", 1.0))
+            .unwrap();
+        let synced: std::collections::BTreeSet<PathBuf> =
+            crate::store::take_synced().into_iter().collect();
+        let index = fs::read_to_string(staging.dir().join("sqlite/state.db.chunks")).unwrap();
+        let needed = fan_dirs(&store_dir, &index);
+        assert!(needed.len() > 5, "{needed:?}");
+        assert_eq!(synced, needed, "each reused chunk's directory, once");
+    }
+
+    #[test]
+    fn commit_syncs_a_cluster_backups_collection_directories() {
+        let root = tempfile::tempdir().unwrap();
+        let staging = Staging::begin(&root.path().join("b"), false).unwrap();
+        for rel in [
+            "collections/a/shard-0.snapshot",
+            "collections/b/shard-1.snapshot",
+        ] {
+            let mut sink = staging
+                .create_file(
+                    rel,
+                    FileKind::ShardSnapshot,
+                    Compression::None,
+                    Algorithm::Sha256,
+                )
+                .unwrap();
+            sink.write_all(b"shard").unwrap();
+            sink.finish().unwrap();
+        }
+        staging
+            .write_manifest(&Manifest::new("0.3.0", 1.0))
+            .unwrap();
+        let dir = staging.dir().to_path_buf();
+        crate::store::take_synced();
+        staging.commit().unwrap();
+        let synced = crate::store::take_synced();
+        for name in ["a", "b"] {
+            let shards = dir.join("collections").join(name);
+            assert!(synced.contains(&shards), "{shards:?} not in {synced:?}");
+        }
     }
 
     #[test]

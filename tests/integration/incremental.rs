@@ -23,7 +23,7 @@ fn manifest(backup: &Path) -> Manifest {
 }
 
 /// A test directory with a live state DB in `data/`.
-fn workspace() -> TempDir {
+pub(crate) fn workspace() -> TempDir {
     let tmp = tempfile::Builder::new()
         .prefix("wqm-test-")
         .tempdir()
@@ -34,14 +34,14 @@ fn workspace() -> TempDir {
 }
 
 /// `wqm ARGS` in the test's directory, pointed at `url` and the live data directory.
-fn wqm(t: Test, url: &str, args: &str) -> Test {
+pub(crate) fn wqm(t: Test, url: &str, args: &str) -> Test {
     t.env("QDRANT_URL", url)
         .env("WQM_DATA_DIR", "{TMP}/data")
         .args(args)
 }
 
 /// `create --incremental --json` of `backups/NAME` (and `extra` flags): its JSON summary.
-fn night(tmp: TempDir, url: &str, name: &str, extra: &str) -> (Value, TempDir) {
+pub(crate) fn night(tmp: TempDir, url: &str, name: &str, extra: &str) -> (Value, TempDir) {
     let (output, tmp) = wqm(
         Test::in_dir(tmp),
         url,
@@ -53,7 +53,7 @@ fn night(tmp: TempDir, url: &str, name: &str, extra: &str) -> (Value, TempDir) {
 }
 
 /// Every chunk file in the store of `dir`.
-fn chunk_files(dir: &Path) -> BTreeSet<PathBuf> {
+pub(crate) fn chunk_files(dir: &Path) -> BTreeSet<PathBuf> {
     let mut found = BTreeSet::new();
     for fan in fs::read_dir(dir.join(".wqm-chunks/chunks")).unwrap() {
         for chunk in fs::read_dir(fan.unwrap().path()).unwrap() {
@@ -64,7 +64,7 @@ fn chunk_files(dir: &Path) -> BTreeSet<PathBuf> {
 }
 
 /// The store's file of the first chunk of `rel` in `backup`.
-fn first_chunk(backup: &Path, rel: &str) -> PathBuf {
+pub(crate) fn first_chunk(backup: &Path, rel: &str) -> PathBuf {
     let index = fs::read_to_string(backup.join(rel)).unwrap();
     let id = index.lines().nth(1).unwrap().split(' ').next().unwrap();
     backup
@@ -73,7 +73,7 @@ fn first_chunk(backup: &Path, rel: &str) -> PathBuf {
         .join(format!(".wqm-chunks/chunks/{}/{id}", &id[..2]))
 }
 
-fn validate(tmp: TempDir, backup: &str) -> TempDir {
+pub(crate) fn validate(tmp: TempDir, backup: &str) -> TempDir {
     Test::in_dir(tmp)
         .args(&format!("backup validate {{TMP}}/{backup} --check-files"))
         .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
@@ -237,7 +237,7 @@ fn a_damaged_or_missing_chunk_names_every_backup_that_needs_it() {
 
 /// Night 1 of both collections, night 2 of `small-plain` only: `small-named`'s chunks are
 /// night 1's alone.
-pub fn two_nights(double: &Double) -> TempDir {
+pub(crate) fn two_nights(double: &Double) -> TempDir {
     let (_, tmp) = night(workspace(), &double.url, "n1", "");
     night(tmp, &double.url, "n2", "--collections small-plain").1
 }

@@ -1,5 +1,6 @@
 //! The integration suite: one test binary that runs the real `wqm` binary.
 
+mod chunk_store;
 mod create;
 mod docs;
 mod faults;

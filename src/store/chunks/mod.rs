@@ -5,16 +5,18 @@
 //! order) where the file itself would be. Why this is safe (see docs/architecture.md):
 //!
 //! - A chunk file is complete before it has its name: written in `tmp/`, fsynced, renamed. A name
-//!   in `chunks/` therefore always holds its whole content, and a chunk already there is never
-//!   compressed or written again.
-//! - Chunks never change and are only deleted by garbage collection (`collect_garbage`), which
-//!   holds the store's lock exclusively; every `create` holds it shared for its whole run (and
-//!   readers while they read), so no chunk a run relies on can go while it runs.
+//!   in `chunks/` therefore always holds its whole content. A chunk already there is not
+//!   compressed or written again, but read once per run and compared with the new data: a
+//!   damaged one is moved to `quarantine/` and stored again (`write.rs`).
+//! - Chunks are only deleted by garbage collection (`collect_garbage`), which holds the store's
+//!   lock exclusively; every `create` holds it shared for its whole run (and readers while they
+//!   read), so no chunk a run relies on can go while it runs. Nothing in the store is reached
+//!   through a link (`at.rs`).
 //! - Every chunk read is checked against its name, and a file's content against the manifest's
 //!   sha256, so damage anywhere is found, never restored.
 
 use std::fmt;
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,7 +25,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::checksum::{sha256, to_hex};
-use crate::fs::{create_private_dir_all, create_private_file, sync_dir};
+use crate::exit::{Classify, ExitCode};
 
 /// The chunk store's directory in a backups directory.
 pub const STORE_DIR: &str = ".wqm-chunks";
@@ -31,14 +33,23 @@ const PARAMS_FILE: &str = "store.json";
 const LOCK_FILE: &str = "lock";
 const CHUNKS_DIR: &str = "chunks";
 const TMP_DIR: &str = "tmp";
+/// Damaged chunks moved aside when a run stored them again (`write.rs`).
+const QUARANTINE_DIR: &str = "quarantine";
+/// The format of a store whose `required_features` this wqm knows (or has none).
 const FORMAT: u32 = 1;
+/// A store needing features raises its format to this, so that a wqm from before features
+/// (which reads format 1 only) refuses it too.
+const FEATURES_FORMAT: u32 = 2;
+/// Features a store may require that this wqm implements: none yet. A future one (pack files,
+/// another hash) is listed in the store's `required_features` and refused by this wqm.
+const KNOWN_REQUIRED: [&str; 0] = [];
 
 /// The average chunk size (min = avg/4, max = avg×4), chosen by measurement on real Qdrant
 /// snapshots (docs/performance.md): smaller chunks share more between nights, larger ones cost
 /// fewer files.
 pub const DEFAULT_AVERAGE: usize = 64 * 1024;
-/// The largest chunk any index may name: FastCDC's own upper bound on a maximum.
-const LARGEST_CHUNK: usize = fastcdc::v2020::MAXIMUM_MAX;
+/// The largest chunk a store may cut and an index may name: the default store's maximum.
+pub const LARGEST_CHUNK: usize = DEFAULT_AVERAGE * 4;
 /// How long a run waits for a garbage collection holding the store to finish.
 const LOCK_WAIT: Duration = Duration::from_secs(600);
 
@@ -48,6 +59,13 @@ pub enum ChunkError {
     NoStore { path: PathBuf },
     #[error("`{}` is not a wqm chunk store: {reason}", path.display())]
     NotAStore { path: PathBuf, reason: String },
+    #[error("`{}` is a symbolic link: wqm never follows links in the chunk store", path.display())]
+    Link { path: PathBuf },
+    #[error("the chunk store `{}` needs features this wqm does not know: `{}`", path.display(), features.join("`, `"))]
+    NewerStore {
+        path: PathBuf,
+        features: Vec<String>,
+    },
     #[error("the chunk store `{}` stayed locked by a garbage collection for {} s", path.display(), LOCK_WAIT.as_secs())]
     Locked { path: PathBuf },
     #[error("interrupted while waiting for the chunk store `{}`", path.display())]
@@ -67,11 +85,13 @@ impl ChunkError {
     }
 }
 
-impl crate::exit::Classify for ChunkError {
-    fn exit_code(&self) -> crate::exit::ExitCode {
-        use crate::exit::ExitCode;
+impl Classify for ChunkError {
+    fn exit_code(&self) -> ExitCode {
         match self {
-            ChunkError::NoStore { .. } | ChunkError::NotAStore { .. } => ExitCode::InvalidBackup,
+            ChunkError::NoStore { .. }
+            | ChunkError::NotAStore { .. }
+            | ChunkError::Link { .. }
+            | ChunkError::NewerStore { .. } => ExitCode::InvalidBackup,
             ChunkError::Locked { .. } | ChunkError::Io { .. } => ExitCode::Failure,
             ChunkError::Interrupted { .. } => crate::exit::signal_exit_code(),
         }
@@ -81,6 +101,8 @@ impl crate::exit::Classify for ChunkError {
         Some(match self {
             ChunkError::NoStore { .. } => "an incremental backup moves with its whole directory (`rsync -a DIR/ DEST/`); to move one backup alone, `wqm backup export BACKUP DEST` first".to_string(),
             ChunkError::NotAStore { .. } => "move that directory away; the next incremental backup makes a new store".to_string(),
+            ChunkError::Link { .. } => "put the directory the link points to in its place (`mv`), or remove the link; wqm reads and deletes nothing through it".to_string(),
+            ChunkError::NewerStore { .. } => "the store was written by a newer wqm; upgrade wqm to use it".to_string(),
             ChunkError::Locked { .. } => "a `wqm backup prune` is collecting chunks there; run again when it is done".to_string(),
             ChunkError::Io { source, .. } if source.kind() == io::ErrorKind::StorageFull => crate::exit::DISK_FULL_HINT.to_string(),
             ChunkError::Io { .. } | ChunkError::Interrupted { .. } => return None,
@@ -136,8 +158,10 @@ impl fmt::Debug for ChunkId {
 }
 
 /// How files are cut, fixed when the store is made: every backup in it must cut alike to share.
+/// Read from `store.json`; the format evolves by features, so old stores read unchanged.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Params {
+    /// 1, or 2 when `required_features` is not empty.
     pub format: u32,
     /// `fastcdc-2020` (normalization level 1, the crate's default gear table).
     pub chunker: String,
@@ -147,6 +171,12 @@ pub struct Params {
     /// How chunks are named and stored.
     pub hash: String,
     pub compression: String,
+    /// What a reader must implement to use the store: one it does not know refuses the store.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub required_features: Vec<String>,
+    /// What the store has that a reader may ignore.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub optional_features: Vec<String>,
 }
 
 impl Params {
@@ -159,15 +189,27 @@ impl Params {
             max_size: avg_size * 4,
             hash: "sha256".to_string(),
             compression: "zstd".to_string(),
+            required_features: Vec::new(),
+            optional_features: Vec::new(),
         }
     }
 
-    /// What this wqm can cut with: FastCDC's bounds, its known algorithm and storage.
+    /// The features of `required_features` this wqm does not implement.
+    fn unknown_features(&self) -> Vec<String> {
+        self.required_features
+            .iter()
+            .filter(|f| !KNOWN_REQUIRED.contains(&f.as_str()))
+            .cloned()
+            .collect()
+    }
+
+    /// What this wqm can cut with: FastCDC's bounds (chunks of at most `LARGEST_CHUNK`), its
+    /// known algorithm and storage.
     fn check(&self) -> Result<(), String> {
         use fastcdc::v2020 as cdc;
-        if self.format != FORMAT {
+        if self.format != FORMAT && self.format != FEATURES_FORMAT {
             return Err(format!(
-                "store format {} (this wqm reads {FORMAT})",
+                "store format {} (this wqm reads {FORMAT} and {FEATURES_FORMAT})",
                 self.format
             ));
         }
@@ -184,7 +226,7 @@ impl Params {
         }
         let sizes_ok = (cdc::MINIMUM_MIN..=cdc::MINIMUM_MAX).contains(&self.min_size)
             && (cdc::AVERAGE_MIN..=cdc::AVERAGE_MAX).contains(&self.avg_size)
-            && (cdc::MAXIMUM_MIN..=cdc::MAXIMUM_MAX).contains(&self.max_size)
+            && (cdc::MAXIMUM_MIN..=LARGEST_CHUNK).contains(&self.max_size)
             && self.min_size <= self.avg_size
             && self.avg_size <= self.max_size
             && [self.min_size, self.avg_size, self.max_size]
@@ -192,7 +234,7 @@ impl Params {
                 .all(|s| s % 2 == 0);
         if !sizes_ok {
             return Err(format!(
-                "chunk sizes {}/{}/{} outside FastCDC's bounds",
+                "chunk sizes {}/{}/{} outside FastCDC's bounds (chunks of at most {LARGEST_CHUNK} bytes)",
                 self.min_size, self.avg_size, self.max_size
             ));
         }
@@ -223,14 +265,15 @@ impl ChunkStore {
 
     /// Whether `dir` has a chunk store (a real directory, not a link).
     pub fn exists_in(dir: &Path) -> bool {
-        fs::symlink_metadata(Self::path_in(dir)).is_ok_and(|m| m.is_dir())
+        std::fs::symlink_metadata(Self::path_in(dir)).is_ok_and(|m| m.is_dir())
     }
 
     /// Opens the store of `dir` for a create, making it (with `avg_size` chunks) when there is
     /// none. Waits while a garbage collection holds it.
     pub fn open_for_writing(dir: &Path, avg_size: usize) -> Result<Arc<Self>, ChunkError> {
-        if !Self::exists_in(dir) {
-            make_store(dir, &Params::with_average(avg_size))?;
+        // Only where nothing is: a link or a file there is refused by `open`, not replaced.
+        if std::fs::symlink_metadata(Self::path_in(dir)).is_err() {
+            runs::make_store(dir, &Params::with_average(avg_size))?;
         }
         Self::open(dir, Access::Shared).map(Arc::new)
     }
@@ -250,32 +293,78 @@ impl ChunkStore {
         }
     }
 
-    fn open(dir: &Path, access: Access) -> Result<Self, ChunkError> {
+    /// Checks the store of `dir` as opening it would, without taking its lock: it is there,
+    /// no part of it is a link, and this wqm can read it.
+    pub fn check_in(dir: &Path) -> Result<Params, ChunkError> {
+        Ok(Self::inspect(dir)?.1)
+    }
+
+    /// The store's directory, opened, and its parameters: every part a real directory or file.
+    fn inspect(dir: &Path) -> Result<(at::Dir, Params), ChunkError> {
         let root = Self::path_in(dir);
         let not_a_store = |reason: String| ChunkError::NotAStore {
             path: root.clone(),
             reason,
         };
-        match fs::symlink_metadata(&root) {
+        let store = match at::Dir::open(&root) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(ChunkError::NoStore { path: root })
             }
-            Err(e) => return Err(io_error(&root)(e)),
-            Ok(m) if !m.is_dir() => {
-                return Err(not_a_store(
-                    "not a directory (links are never followed)".into(),
-                ))
+            Err(_) if std::fs::symlink_metadata(&root).is_ok_and(|m| m.is_symlink()) => {
+                return Err(ChunkError::Link { path: root })
             }
-            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOTDIR.raw_os_error()) => {
+                return Err(not_a_store("not a directory".into()))
+            }
+            Err(e) => return Err(io_error(&root)(e)),
+            Ok(store) => store,
+        };
+        // Every part is what it should be (or absent: `tmp` and `quarantine` come when needed).
+        for (part, kind) in [
+            (PARAMS_FILE, at::Kind::File),
+            (LOCK_FILE, at::Kind::File),
+            (CHUNKS_DIR, at::Kind::Dir),
+            (TMP_DIR, at::Kind::Dir),
+            (QUARANTINE_DIR, at::Kind::Dir),
+        ] {
+            match store.kind(part) {
+                Ok(at::Kind::Symlink) => {
+                    return Err(ChunkError::Link {
+                        path: root.join(part),
+                    })
+                }
+                Ok(found) if found != kind => {
+                    return Err(not_a_store(format!("`{part}` is not a {kind:?}")))
+                }
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(io_error(&root.join(part))(e))
+                }
+                _ => {}
+            }
         }
         let mut text = String::new();
-        super::open_in(&root, PARAMS_FILE)
+        store
+            .open_file(PARAMS_FILE)
             .and_then(|f| f.take(64 * 1024).read_to_string(&mut text))
             .map_err(|e| not_a_store(format!("cannot read `{PARAMS_FILE}`: {e}")))?;
         let params: Params = serde_json::from_str(&text)
             .map_err(|e| not_a_store(format!("`{PARAMS_FILE}`: {e}")))?;
+        let unknown = params.unknown_features();
+        if !unknown.is_empty() {
+            return Err(ChunkError::NewerStore {
+                path: root,
+                features: unknown,
+            });
+        }
         params.check().map_err(not_a_store)?;
-        let lock = lock(&root.join(LOCK_FILE), access)?;
+        Ok((store, params))
+    }
+
+    fn open(dir: &Path, access: Access) -> Result<Self, ChunkError> {
+        let (store, params) = Self::inspect(dir)?;
+        let root = Self::path_in(dir);
+        let lock_file = store.open_file(LOCK_FILE).map_err(io_error(&root))?;
+        let lock = lock(lock_file, &root, access)?;
         Ok(ChunkStore {
             root,
             params,
@@ -297,15 +386,21 @@ impl ChunkStore {
 
     /// Reads chunk `id` of `len` bytes into `buffer.content` and checks its size and (with
     /// `check_name`) its content against its name. Never reads more than `len` bytes of content
-    /// (nor a stored file larger than `len` can compress to).
+    /// (nor a stored file larger than `len` can compress to). Returns the stored size.
     pub fn read_chunk(
         &self,
         id: &ChunkId,
         len: usize,
         check_name: bool,
         buffer: &mut ChunkBuffer,
-    ) -> Result<(), ChunkProblem> {
+    ) -> Result<u64, ChunkProblem> {
         let damaged = |what: &str, e: io::Error| ChunkProblem::Damaged(format!("{what}: {e}"));
+        if len > self.params.max_size {
+            return Err(ChunkProblem::Damaged(format!(
+                "its index says {len} bytes, more than the store's chunks may have ({})",
+                self.params.max_size
+            )));
+        }
         let file = super::open_in(&self.root, &id.rel()).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => ChunkProblem::Missing,
             _ => damaged("cannot read", e),
@@ -342,17 +437,7 @@ impl ChunkStore {
                 "its content does not match its name (sha256)".to_string(),
             ));
         }
-        Ok(())
-    }
-
-    /// A private directory for one run's chunks while they are written.
-    pub fn temp_dir(&self) -> Result<tempfile::TempDir, ChunkError> {
-        let tmp = self.root.join(TMP_DIR);
-        create_private_dir_all(&tmp).map_err(io_error(&tmp))?;
-        tempfile::Builder::new()
-            .prefix("run-")
-            .tempdir_in(&tmp)
-            .map_err(io_error(&tmp))
+        Ok(buffer.compressed.len() as u64)
     }
 }
 
@@ -381,42 +466,9 @@ impl fmt::Display for ChunkProblem {
     }
 }
 
-/// Makes the store in `dir` (in a temporary directory renamed into place, so a store is never
-/// seen half made; a concurrent run that made it first wins).
-fn make_store(dir: &Path, params: &Params) -> Result<(), ChunkError> {
-    let root = ChunkStore::path_in(dir);
-    create_private_dir_all(dir).map_err(io_error(dir))?;
-    let temp = dir.join(format!("{STORE_DIR}.new-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&temp);
-    let made = (|| {
-        create_private_dir_all(&temp.join(CHUNKS_DIR))?;
-        create_private_dir_all(&temp.join(TMP_DIR))?;
-        create_private_file(&temp.join(LOCK_FILE))?;
-        let text = serde_json::to_string_pretty(params).map_err(io::Error::other)?;
-        crate::fs::write_atomic(&temp.join(PARAMS_FILE), text.as_bytes())?;
-        sync_dir(&temp)
-    })();
-    if let Err(e) = made {
-        let _ = fs::remove_dir_all(&temp);
-        return Err(io_error(&root)(e));
-    }
-    if fs::rename(&temp, &root).is_err() {
-        // Another run made it meanwhile (a rename onto a non-empty directory fails).
-        let _ = fs::remove_dir_all(&temp);
-        if !ChunkStore::exists_in(dir) {
-            return Err(io_error(&root)(io::Error::other("cannot create it")));
-        }
-    }
-    sync_dir(dir).map_err(io_error(dir))
-}
-
-/// Takes the store's lock; a shared one waits (Ctrl-C stops the wait) while a garbage
-/// collection holds it exclusively.
-fn lock(path: &Path, access: Access) -> Result<File, ChunkError> {
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .open(path)
-        .map_err(io_error(path))?;
+/// Takes the store's lock on `file`; a shared one waits (Ctrl-C stops the wait) while a
+/// garbage collection holds it exclusively.
+fn lock(file: File, root: &Path, access: Access) -> Result<File, ChunkError> {
     let started = Instant::now();
     loop {
         let result = match access {
@@ -425,24 +477,29 @@ fn lock(path: &Path, access: Access) -> Result<File, ChunkError> {
         };
         match result {
             Ok(()) => return Ok(file),
-            Err(fs::TryLockError::Error(e)) => return Err(io_error(path)(e)),
-            Err(fs::TryLockError::WouldBlock) => {}
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_error(root)(e)),
+            Err(std::fs::TryLockError::WouldBlock) => {}
         }
-        let root = crate::fs::parent_dir(path).to_path_buf();
         if access == Access::Exclusive || started.elapsed() > LOCK_WAIT {
-            return Err(ChunkError::Locked { path: root });
+            return Err(ChunkError::Locked {
+                path: root.to_path_buf(),
+            });
         }
         if crate::progress::is_interrupted() {
-            return Err(ChunkError::Interrupted { path: root });
+            return Err(ChunkError::Interrupted {
+                path: root.to_path_buf(),
+            });
         }
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
+mod at;
 mod cut;
 mod gc;
 mod index;
 mod read;
+mod runs;
 mod usage;
 mod write;
 
@@ -450,8 +507,9 @@ pub use cut::Chunker;
 pub use gc::{collect_garbage, Collected};
 pub use index::{IndexLine, IndexReader};
 pub use read::{chunk_error, ChunkReader};
+pub use runs::{remove_dead, Removed, RunTemp};
 pub use usage::{backups_using, usage, visit_chunks, Usage};
-pub use write::{Added, ChunkWriter};
+pub use write::{Added, ChunkWriter, Run};
 
 #[cfg(test)]
 mod tests;

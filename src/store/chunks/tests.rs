@@ -1,6 +1,7 @@
 use std::collections::HashSet;
 use std::fs;
 use std::io::{Read, Write};
+use std::os::unix::fs::symlink;
 
 use super::*;
 
@@ -19,6 +20,24 @@ fn content(len: usize, seed: u64) -> Vec<u8> {
             }
         })
         .collect()
+}
+
+/// `data` written as one file of a run of its own: its index and what the run added.
+fn write_once(store: &Arc<ChunkStore>, data: &[u8]) -> (Vec<u8>, Added) {
+    write_in(store, &Arc::new(Run::default()), data)
+}
+
+/// `data` written as one file of `run`.
+fn write_in(store: &Arc<ChunkStore>, run: &Arc<Run>, data: &[u8]) -> (Vec<u8>, Added) {
+    let temp = store.temp_dir().unwrap();
+    let mut writer = ChunkWriter::new(store.clone(), run.clone(), temp.path(), Vec::new()).unwrap();
+    writer.write_all(data).unwrap();
+    (writer.finish().unwrap(), run.added())
+}
+
+fn index_lines(index: &[u8]) -> Vec<IndexLine> {
+    let mut reader = IndexReader::new(index).unwrap();
+    std::iter::from_fn(|| reader.next_line().unwrap()).collect()
 }
 
 fn cut(params: &Params, data: &[u8], pieces: usize) -> Vec<usize> {
@@ -63,9 +82,11 @@ fn chunks_round_trip_and_are_stored_once() {
     let data = content(200_000, 1);
     let write = |data: &[u8]| {
         let temp = store.temp_dir().unwrap();
-        let mut writer = ChunkWriter::new(store.clone(), temp.path(), Vec::new()).unwrap();
+        let run = Arc::new(Run::default());
+        let mut writer =
+            ChunkWriter::new(store.clone(), run.clone(), temp.path(), Vec::new()).unwrap();
         writer.write_all(data).unwrap();
-        writer.finish().unwrap()
+        (writer.finish().unwrap(), run.added())
     };
     let (index, added) = write(&data);
     assert!(added.chunks > 10 && added.bytes > 0, "{added:?}");
@@ -106,16 +127,18 @@ fn files_written_side_by_side_may_store_the_same_chunks() {
     let temp = store.temp_dir().unwrap();
     // Zeros, as Qdrant's sparse page files hold: the same chunks in every file.
     let data = vec![0u8; 300_000];
+    let run = Arc::new(Run::default());
     let indexes: Vec<Vec<u8>> = std::thread::scope(|scope| {
         let writers: Vec<_> = (0..4)
             .map(|_| {
                 scope.spawn(|| {
                     let mut writer =
-                        ChunkWriter::new(store.clone(), temp.path(), Vec::new()).unwrap();
+                        ChunkWriter::new(store.clone(), run.clone(), temp.path(), Vec::new())
+                            .unwrap();
                     for piece in data.chunks(1000) {
                         writer.write_all(piece).unwrap();
                     }
-                    writer.finish().unwrap().0
+                    writer.finish().unwrap()
                 })
             })
             .collect();
@@ -139,6 +162,7 @@ fn hostile_indexes_are_refused() {
         &format!("wqm-chunk-index 1\n{id} 1\n"),
         &format!("wqm-chunk-index 1\n{id} 0 1\n"),
         &format!("wqm-chunk-index 1\n{id} 99999999999 1\n"),
+        &format!("wqm-chunk-index 1\n{id} 262145 1\n"),
         "wqm-chunk-index 1\n../../etc/passwd 1 1\n",
         &format!("wqm-chunk-index 1\n{} 1 1\n", id.to_uppercase()),
         &format!("wqm-chunk-index 1\n{id} 1 1"),
@@ -156,10 +180,7 @@ fn hostile_indexes_are_refused() {
 fn a_collection_keeps_referenced_chunks_only() {
     let dir = tempfile::tempdir().unwrap();
     let store = ChunkStore::open_for_writing(dir.path(), 4096).unwrap();
-    let temp = store.temp_dir().unwrap();
-    let mut writer = ChunkWriter::new(store.clone(), temp.path(), Vec::new()).unwrap();
-    writer.write_all(&content(100_000, 3)).unwrap();
-    let (index, added) = writer.finish().unwrap();
+    let (index, added) = write_once(&store, &content(100_000, 3));
     let mut lines = IndexReader::new(&index[..]).unwrap();
     let kept = lines.next_line().unwrap().unwrap().id;
     assert!(
@@ -201,3 +222,274 @@ fn a_store_that_is_not_one_is_refused() {
         "{err}"
     );
 }
+
+/// xorshift64*: a fixed, simple generator, so the input below never changes.
+fn golden_input(len: usize) -> Vec<u8> {
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..len)
+        .map(|_| {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
+        })
+        .collect()
+}
+
+/// Where the store cuts a fixed input, computed once with `fastcdc` 5.0.0 and written down: a
+/// crate or code change that moves a cut point would stop every new backup sharing chunks with
+/// the old ones, so it fails here instead.
+#[test]
+fn cut_points_are_the_golden_ones() {
+    let data = golden_input(1 << 20);
+    let lens = cut(&Params::with_average(DEFAULT_AVERAGE), &data, 10_000);
+    assert_eq!(lens, GOLDEN_DEFAULT);
+    let lens = cut(&Params::with_average(4096), &data[..64 * 1024], 999);
+    assert_eq!(lens, GOLDEN_SMALL);
+    let first = ChunkId::of(&data[..GOLDEN_DEFAULT[0]]);
+    assert_eq!(first.to_string(), GOLDEN_FIRST_ID);
+}
+
+#[test]
+fn store_json_evolves_by_features() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join(STORE_DIR);
+    ChunkStore::open_for_writing(dir.path(), DEFAULT_AVERAGE).unwrap();
+    // What this wqm writes is today's format, unchanged.
+    let written = fs::read_to_string(store_dir.join(PARAMS_FILE)).unwrap();
+    let today = r#"{
+  "format": 1,
+  "chunker": "fastcdc-2020",
+  "min_size": 16384,
+  "avg_size": 65536,
+  "max_size": 262144,
+  "hash": "sha256",
+  "compression": "zstd"
+}"#;
+    assert_eq!(written, today);
+    let with = |extra: &str, format: u32| {
+        let text = today
+            .replace("\"format\": 1", &format!("\"format\": {format}"))
+            .replace("\"zstd\"", &format!("\"zstd\"{extra}"));
+        fs::write(store_dir.join(PARAMS_FILE), text).unwrap();
+        ChunkStore::open_for_reading(dir.path()).map(|s| s.params().clone())
+    };
+    assert!(with("", 1).is_ok());
+    let optional = with(r#", "optional_features": ["pack-index-cache"]"#, 1).unwrap();
+    assert_eq!(optional.optional_features, ["pack-index-cache"]);
+    let err = with(r#", "required_features": ["pack-files"]"#, 2).unwrap_err();
+    assert!(matches!(err, ChunkError::NewerStore { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .ends_with("needs features this wqm does not know: `pack-files`"),
+        "{err}"
+    );
+    assert!(with("", 3)
+        .unwrap_err()
+        .to_string()
+        .contains("store format 3"));
+    // Chunks larger than the store's maximum are refused in the parameters and in an index.
+    let err = with("", 1)
+        .and_then(|_| {
+            fs::write(
+                store_dir.join(PARAMS_FILE),
+                today.replace("262144", "524288"),
+            )
+            .unwrap();
+            ChunkStore::open_for_reading(dir.path()).map(drop)
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("at most 262144 bytes"), "{err}");
+}
+
+fn store_again(dir: &std::path::Path) -> Arc<ChunkStore> {
+    ChunkStore::open_for_writing(dir, 4096).unwrap()
+}
+
+#[test]
+fn no_part_of_the_store_may_be_a_link_and_garbage_collection_follows_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    fs::create_dir_all(outside.path().join("ab")).unwrap();
+    fs::write(outside.path().join("precious"), "keep").unwrap();
+    fs::write(outside.path().join("ab/precious"), "keep").unwrap();
+    let store = ChunkStore::open_for_writing(dir.path(), 4096).unwrap();
+    write_once(&store, &content(50_000, 9));
+    drop(store);
+    let root = dir.path().join(STORE_DIR);
+    // The store itself a link: a create refuses it rather than making one through it.
+    let elsewhere = tempfile::tempdir().unwrap();
+    symlink(&root, elsewhere.path().join(STORE_DIR)).unwrap();
+    let err = ChunkStore::open_for_writing(elsewhere.path(), 4096).unwrap_err();
+    assert!(matches!(err, ChunkError::Link { .. }), "{err}");
+    for part in ["tmp", "chunks"] {
+        let aside = root.join(format!("{part}.real"));
+        fs::rename(root.join(part), &aside).unwrap();
+        symlink(outside.path(), root.join(part)).unwrap();
+        let err = ChunkStore::try_exclusive(dir.path()).unwrap_err();
+        assert!(matches!(err, ChunkError::Link { .. }), "{part}: {err}");
+        assert!(
+            err.to_string()
+                .contains(&format!("{part}` is a symbolic link")),
+            "{err}"
+        );
+        fs::remove_file(root.join(part)).unwrap();
+        fs::rename(&aside, root.join(part)).unwrap();
+    }
+    // A fan-out directory replaced by a link: a create writes nothing through it.
+    let data = content(20_000, 11);
+    let (index, _) = write_once(&store_again(dir.path()), &data);
+    let fan = root
+        .join("chunks")
+        .join(&index_lines(&index)[0].id.to_string()[..2]);
+    fs::rename(&fan, root.join("fan.real")).unwrap();
+    let elsewhere_fan = tempfile::tempdir().unwrap();
+    symlink(elsewhere_fan.path(), &fan).unwrap();
+    let store = store_again(dir.path());
+    let temp = store.temp_dir().unwrap();
+    let mut writer =
+        ChunkWriter::new(store.clone(), Arc::default(), temp.path(), Vec::new()).unwrap();
+    writer.write_all(&data).unwrap();
+    let err = writer.finish().unwrap_err();
+    assert!(
+        err.to_string().contains("never writes through links"),
+        "{err}"
+    );
+    assert_eq!(fs::read_dir(elsewhere_fan.path()).unwrap().count(), 0);
+    drop((temp, store));
+    fs::remove_file(&fan).unwrap();
+    fs::rename(root.join("fan.real"), &fan).unwrap();
+    // A link as a fan-out directory, stray files and directories: reported, left alone.
+    symlink(outside.path(), root.join("chunks/cd")).unwrap();
+    fs::write(root.join("chunks/notes.txt"), "x").unwrap();
+    fs::create_dir_all(root.join("tmp/someone-elses")).unwrap();
+    fs::write(root.join("tmp/stray"), "x").unwrap();
+    fs::create_dir_all(root.join("tmp/run-dead/file-1")).unwrap();
+    fs::write(root.join("tmp/run-dead/file-1/x"), "x").unwrap();
+    symlink(outside.path(), root.join("tmp/run-dead/link")).unwrap();
+    let exclusive = ChunkStore::try_exclusive(dir.path()).unwrap().unwrap();
+    let collected = collect_garbage(&exclusive, &HashSet::new(), false).unwrap();
+    assert!(collected.chunks_deleted > 3, "{collected:?}");
+    assert_eq!(
+        collected.strays,
+        [
+            "chunks/cd",
+            "chunks/notes.txt",
+            "tmp/someone-elses",
+            "tmp/stray"
+        ]
+    );
+    assert!(!root.join("tmp/run-dead").exists());
+    assert_eq!(
+        fs::read_to_string(outside.path().join("precious")).unwrap(),
+        "keep"
+    );
+    assert_eq!(
+        fs::read_to_string(outside.path().join("ab/precious")).unwrap(),
+        "keep"
+    );
+    // The strays do not stop the next collection.
+    let again = collect_garbage(&exclusive, &HashSet::new(), false).unwrap();
+    assert_eq!((again.chunks_deleted, again.strays.len()), (0, 4));
+}
+
+#[test]
+fn a_damaged_chunk_is_quarantined_and_stored_again_by_the_next_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ChunkStore::open_for_writing(dir.path(), 4096).unwrap();
+    let data = content(100_000, 5);
+    let (index, _) = write_once(&store, &data);
+    let lines = index_lines(&index);
+    let damaged = lines[2].id;
+    let path = store.root.join(damaged.rel());
+    let mut bytes = fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    fs::write(&path, &bytes).unwrap();
+    assert!(store
+        .read_chunk(&damaged, lines[2].len, true, &mut ChunkBuffer::default())
+        .is_err());
+
+    let run = Arc::new(Run::default());
+    let (again, added) = write_in(&store, &run, &data);
+    assert_eq!(again, index, "the same index");
+    assert_eq!(added.repaired, [damaged]);
+    // What the run compared and found whole, its verification may skip; not what it stored.
+    let sound: HashSet<ChunkId> = lines
+        .iter()
+        .map(|l| l.id)
+        .filter(|id| *id != damaged)
+        .collect();
+    assert_eq!(run.found_sound(), sound);
+    assert_eq!((added.chunks, added.bytes), (1, lines[2].stored));
+    assert_eq!(
+        fs::read(store.root.join(QUARANTINE_DIR).join(damaged.to_string())).unwrap(),
+        bytes,
+        "the damaged file is kept aside"
+    );
+    let mut read = Vec::new();
+    ChunkReader::new(store.clone(), &index[..], true)
+        .unwrap()
+        .read_to_end(&mut read)
+        .unwrap();
+    assert_eq!(read, data);
+    // Sound now: the next run reads it and stores nothing.
+    let (_, added) = write_once(&store, &data);
+    assert_eq!(added, Added::default());
+}
+
+#[test]
+fn a_chunked_config_is_read_no_further_than_its_manifest_says() {
+    use crate::manifest::{FileEntry, FileKind, Manifest};
+    let dir = tempfile::tempdir().unwrap();
+    let store = ChunkStore::open_for_writing(dir.path(), 4096).unwrap();
+    let (index, _) = write_once(&store, &[b'a'; 3000]);
+    let line = index_lines(&index)[0];
+    // A hostile index naming its one chunk a thousand times.
+    let mut hostile = String::from("wqm-chunk-index 1\n");
+    for _ in 0..1000 {
+        hostile.push_str(&format!("{} {} {}\n", line.id, line.len, line.stored));
+    }
+    let backup_path = dir.path().join("b");
+    fs::create_dir_all(backup_path.join("config")).unwrap();
+    fs::write(backup_path.join("config/config.yaml.chunks"), &hostile).unwrap();
+    let entry = |content_size| FileEntry {
+        path: "config/config.yaml.chunks".into(),
+        kind: FileKind::Config,
+        size: hostile.len() as u64,
+        compression: crate::compress::Compression::Chunks,
+        checksum: None,
+        content_size,
+        content_sha256: String::new(),
+    };
+    let backup = crate::store::BackupDir {
+        path: backup_path,
+        manifest: Manifest::new("0.3.0", 1.0),
+    };
+    drop(store);
+    let err = backup
+        .read_small_content(&entry(3000), 1 << 20)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("longer than the 3000 bytes"),
+        "{err}"
+    );
+    let err = backup
+        .read_small_content(&entry(3_000_000), 1 << 20)
+        .unwrap_err();
+    assert!(err.to_string().contains("more than the 1048576"), "{err}");
+    let err = backup
+        .open_content(&entry(6000))
+        .and_then(|r| std::io::copy(&mut { r }, &mut std::io::sink()))
+        .unwrap_err();
+    assert!(err.to_string().contains("longer than the"), "{err}");
+}
+
+const GOLDEN_DEFAULT: [usize; 14] = [
+    92783, 30828, 85001, 143402, 32738, 105704, 91723, 62302, 82529, 93835, 65974, 81609, 70489,
+    9659,
+];
+const GOLDEN_SMALL: [usize; 15] = [
+    2791, 5120, 1808, 2517, 7759, 2583, 5472, 1450, 2889, 1474, 9559, 5365, 5308, 7824, 3617,
+];
+const GOLDEN_FIRST_ID: &str = "2a5a20f687cb3b0208688ecf51135641e1b24c4a9ea814cad4fd489f339f06bd";

@@ -1,20 +1,60 @@
 //! Writing a chunked file: chunks into the store, the index into the backup.
+//!
+//! A chunk the store has already is not written again, but it is read once per run and compared
+//! with the data in hand (decompressed, byte for byte): a damaged one would otherwise be named
+//! by every later backup and fail each of them. One found damaged is moved aside into
+//! `quarantine/` (a hard link, so its name never goes missing) and stored again from the new
+//! data over its name, which repairs every backup that names it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::index::INDEX_HEADER;
-use super::{ChunkId, ChunkStore, Chunker, CHUNKS_DIR};
-use crate::fs::{create_private_dir_all, create_private_file, sync_dir};
+use super::{ChunkBuffer, ChunkId, ChunkProblem, ChunkStore, Chunker, CHUNKS_DIR, QUARANTINE_DIR};
+use crate::fs::{create_private_dir_all, create_private_file};
+use crate::store::sync_dir;
 
-/// What a run added to the store.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What a run added to the store, and the damaged chunks it stored again.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Added {
     pub chunks: u64,
     pub bytes: u64,
+    pub repaired: Vec<ChunkId>,
+}
+
+/// What the files of one run share: the chunks it has compared already (each is read once per
+/// run), the fan-out directories of the chunks it reused (made durable once, before the
+/// manifest: `sync_reused`), and what it added.
+#[derive(Debug, Default)]
+pub struct Run {
+    checked: Mutex<HashSet<ChunkId>>,
+    /// Those of `checked` found whole (not stored again by this run).
+    found_sound: Mutex<HashSet<ChunkId>>,
+    reused_dirs: Mutex<BTreeSet<PathBuf>>,
+    added: Mutex<Added>,
+}
+
+impl Run {
+    pub fn added(&self) -> Added {
+        self.added.lock().expect("run lock").clone()
+    }
+
+    /// The chunks this run found in the store and compared, byte for byte, with the data it
+    /// backed up: its verification need not read them again.
+    pub fn found_sound(&self) -> HashSet<ChunkId> {
+        self.found_sound.lock().expect("run lock").clone()
+    }
+
+    /// Makes the names of the chunks this run reused durable: another run renamed them, and
+    /// may have died before syncing their directories. Each directory once per run, after the
+    /// last file was written and before the manifest names any of them.
+    pub fn sync_reused(&self) -> io::Result<()> {
+        let dirs = std::mem::take(&mut *self.reused_dirs.lock().expect("run lock"));
+        dirs.iter().try_for_each(|dir| sync_dir(dir))
+    }
 }
 
 /// Cuts the content written to it into chunks, stores the chunks the store lacks (compressed,
@@ -27,19 +67,22 @@ pub struct ChunkWriter<W: Write> {
 /// Where a `ChunkWriter`'s chunks go: the store, and a line of the index each.
 struct ChunkSink<W: Write> {
     store: Arc<ChunkStore>,
+    run: Arc<Run>,
     /// This file's own directory in the run's temporary directory: files written side by side
     /// (a pipelined create) may store the same new chunk at the same moment.
     temp: tempfile::TempDir,
     index: W,
     compressor: zstd::bulk::Compressor<'static>,
     compressed: Vec<u8>,
+    stored: ChunkBuffer,
     /// New chunks written in the temporary directory, not yet fsynced nor named, and their
     /// stored sizes (a chunk met again meanwhile is not written twice).
     unsynced: Vec<(ChunkId, File)>,
     in_flight: HashMap<ChunkId, u64>,
+    /// Stored sizes of the chunks this file found sound in the store.
+    sound: HashMap<ChunkId, u64>,
     /// Fan-out directories that got a new name, to sync before the index may name them.
     touched: BTreeSet<PathBuf>,
-    added: Added,
 }
 
 /// New chunks are fsynced this many at a time, on `SYNC_THREADS` threads: the filesystem
@@ -48,27 +91,34 @@ const SYNC_BATCH: usize = 64;
 const SYNC_THREADS: usize = 8;
 
 impl<W: Write> ChunkWriter<W> {
-    pub fn new(store: Arc<ChunkStore>, temp: &Path, mut index: W) -> io::Result<Self> {
+    pub fn new(
+        store: Arc<ChunkStore>,
+        run: Arc<Run>,
+        temp: &Path,
+        mut index: W,
+    ) -> io::Result<Self> {
         writeln!(index, "{INDEX_HEADER}")?;
         Ok(ChunkWriter {
             chunker: Chunker::new(store.params()),
             sink: ChunkSink {
                 store,
+                run,
                 temp: tempfile::Builder::new().prefix("file-").tempdir_in(temp)?,
                 index,
                 compressor: zstd::bulk::Compressor::new(crate::compress::ZSTD_LEVEL)?,
                 compressed: Vec::new(),
+                stored: ChunkBuffer::default(),
                 unsynced: Vec::new(),
                 in_flight: HashMap::new(),
+                sound: HashMap::new(),
                 touched: BTreeSet::new(),
-                added: Added::default(),
             },
         })
     }
 
     /// Stores the last chunks, makes every new chunk's name durable and returns the index
-    /// writer and what was added.
-    pub fn finish(mut self) -> io::Result<(W, Added)> {
+    /// writer.
+    pub fn finish(mut self) -> io::Result<W> {
         let sink = &mut self.sink;
         self.chunker.finish(&mut |chunk| sink.store_chunk(chunk))?;
         sink.land()?;
@@ -78,23 +128,81 @@ impl<W: Write> ChunkWriter<W> {
         if !sink.touched.is_empty() {
             sync_dir(&sink.store.root.join(CHUNKS_DIR))?;
         }
-        Ok((self.sink.index, self.sink.added))
+        Ok(self.sink.index)
     }
 }
 
 impl<W: Write> ChunkSink<W> {
     fn store_chunk(&mut self, chunk: &[u8]) -> io::Result<()> {
         let id = ChunkId::of(chunk);
-        let known = self.in_flight.get(&id).copied();
-        let stored = match known.or_else(|| self.store.stored_size(&id)) {
+        let known = self
+            .in_flight
+            .get(&id)
+            .or_else(|| self.sound.get(&id))
+            .copied();
+        let stored = match known {
             Some(size) => size,
-            None => self.put(&id, chunk)?,
+            None => match self.reuse(&id, chunk)? {
+                Some(size) => size,
+                None => self.put(&id, chunk)?,
+            },
         };
         writeln!(self.index, "{id} {} {stored}", chunk.len())?;
         if self.unsynced.len() >= SYNC_BATCH {
             self.land()?;
         }
         Ok(())
+    }
+
+    /// The stored size of `id` when the store holds it whole: compared with `chunk` the first
+    /// time this run meets it (the stored size alone after that). `None` when it must be
+    /// stored: missing, or damaged (then moved to `quarantine/` first).
+    fn reuse(&mut self, id: &ChunkId, chunk: &[u8]) -> io::Result<Option<u64>> {
+        let Some(size) = self.store.stored_size(id) else {
+            return Ok(None);
+        };
+        let first = self.run.checked.lock().expect("run lock").insert(*id);
+        if first {
+            let found = self
+                .store
+                .read_chunk(id, chunk.len(), false, &mut self.stored)
+                .and_then(|_| {
+                    if self.stored.content == chunk {
+                        Ok(())
+                    } else {
+                        Err(ChunkProblem::Damaged("its content differs".into()))
+                    }
+                });
+            match found {
+                Ok(()) => {
+                    self.run.found_sound.lock().expect("run lock").insert(*id);
+                }
+                Err(ChunkProblem::Missing) => return Ok(None),
+                Err(ChunkProblem::Damaged(_)) => {
+                    self.quarantine(id)?;
+                    self.run.added.lock().expect("run lock").repaired.push(*id);
+                    return Ok(None);
+                }
+            }
+        }
+        let target = self.store.root.join(id.rel());
+        let dir = crate::fs::parent_dir(&target).to_path_buf();
+        self.run.reused_dirs.lock().expect("run lock").insert(dir);
+        self.sound.insert(*id, size);
+        Ok(Some(size))
+    }
+
+    /// Keeps the damaged file of `id` as `quarantine/<id>` (a second link to it: its name in
+    /// `chunks/` stays until the new copy is renamed over it). One copy is enough evidence: a
+    /// chunk already there is left as it is.
+    fn quarantine(&self, id: &ChunkId) -> io::Result<()> {
+        let dir = self.store.root.join(QUARANTINE_DIR);
+        create_private_dir_all(&dir)?;
+        match fs::hard_link(self.store.root.join(id.rel()), dir.join(id.to_string())) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            other => other,
+        }?;
+        sync_dir(&dir)
     }
 
     /// Writes a new chunk, compressed, into this file's temporary directory; `land` makes it
@@ -110,8 +218,9 @@ impl<W: Write> ChunkSink<W> {
         let stored = self.compressed.len() as u64;
         self.unsynced.push((*id, file));
         self.in_flight.insert(*id, stored);
-        self.added.chunks += 1;
-        self.added.bytes += stored;
+        let mut added = self.run.added.lock().expect("run lock");
+        added.chunks += 1;
+        added.bytes += stored;
         Ok(stored)
     }
 
@@ -134,15 +243,36 @@ impl<W: Write> ChunkSink<W> {
         for (id, _) in &batch {
             let target = self.store.root.join(id.rel());
             let dir = crate::fs::parent_dir(&target).to_path_buf();
-            if !self.touched.contains(&dir) && !dir.is_dir() {
-                create_private_dir_all(&dir)?;
+            if !self.touched.contains(&dir) {
+                fan_out_dir(&dir)?;
             }
             fs::rename(self.temp.path().join(id.to_string()), &target)?;
             crate::failpoint::hit("create:chunk-stored")?;
             self.touched.insert(dir);
         }
-        self.in_flight.clear();
+        for (id, _) in &batch {
+            if let Some(size) = self.in_flight.remove(id) {
+                self.sound.insert(*id, size);
+            }
+        }
         Ok(())
+    }
+}
+
+/// Makes sure the fan-out directory `dir` is a real directory (made when missing): a rename
+/// through a link planted there would put the chunk outside the store.
+fn fan_out_dir(dir: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(dir) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "`{}` is not a directory (a link?); wqm never writes through links in the chunk store",
+                dir.display()
+            ),
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => create_private_dir_all(dir),
+        Err(e) => Err(e),
     }
 }
 

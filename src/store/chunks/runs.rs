@@ -1,0 +1,220 @@
+//! What runs leave in and beside the store while they work: a store being made
+//! (`.wqm-chunks.new-<pid>`) and each run's temporary chunks (`tmp/run-*`), and removing what
+//! dead runs left, which needs no store lock: a run's temporary directory is locked by its run
+//! for as long as the process lives, and a store being made belongs to its maker while it lives.
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::{at, io_error, ChunkError, ChunkStore, Params, CHUNKS_DIR, LOCK_FILE, PARAMS_FILE};
+use super::{STORE_DIR, TMP_DIR};
+use crate::fs::{create_private_dir_all, create_private_file};
+
+/// A store being made: `.wqm-chunks.new-<pid of its maker>`.
+const NEW_STORE_INFIX: &str = ".new-";
+/// A run's temporary directory in `tmp/`, once its lock is held (before: `.new-run-*`).
+const RUN_PREFIX: &str = "run-";
+const NEW_RUN_PREFIX: &str = ".new-run-";
+
+/// Makes the store in `dir` (in a temporary directory renamed into place, so a store is never
+/// seen half made; a concurrent run that made it first wins).
+pub(super) fn make_store(dir: &Path, params: &Params) -> Result<(), ChunkError> {
+    let root = ChunkStore::path_in(dir);
+    create_private_dir_all(dir).map_err(io_error(dir))?;
+    let temp = dir.join(format!(
+        "{STORE_DIR}{NEW_STORE_INFIX}{}",
+        std::process::id()
+    ));
+    // Our pid's: left by a process long gone, nobody else builds under this name.
+    let _ = fs::remove_dir_all(&temp);
+    let made = (|| {
+        create_private_dir_all(&temp.join(CHUNKS_DIR))?;
+        create_private_dir_all(&temp.join(TMP_DIR))?;
+        create_private_file(&temp.join(LOCK_FILE))?;
+        let text = serde_json::to_string_pretty(params).map_err(io::Error::other)?;
+        crate::fs::write_atomic(&temp.join(PARAMS_FILE), text.as_bytes())?;
+        crate::failpoint::hit("create:store-made")?;
+        crate::fs::sync_dir(&temp)
+    })();
+    if let Err(e) = made {
+        let _ = fs::remove_dir_all(&temp);
+        return Err(io_error(&root)(e));
+    }
+    if fs::rename(&temp, &root).is_err() {
+        // Another run made it meanwhile (a rename onto a non-empty directory fails).
+        let _ = fs::remove_dir_all(&temp);
+        if !ChunkStore::exists_in(dir) {
+            return Err(io_error(&root)(io::Error::other("cannot create it")));
+        }
+    }
+    crate::fs::sync_dir(dir).map_err(io_error(dir))
+}
+
+/// A run's own directory in the store's `tmp/`, holding its new chunks until they are named.
+/// It is made under a `.new-run-*` name and renamed to `run-*` only once its lock is held, so a
+/// `run-*` whose lock is free is a dead run's; dropped, it is removed.
+#[derive(Debug)]
+pub struct RunTemp {
+    path: PathBuf,
+    _lock: File,
+}
+
+impl RunTemp {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for RunTemp {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+impl ChunkStore {
+    /// A private, locked directory for one run's chunks while they are written.
+    pub fn temp_dir(&self) -> Result<RunTemp, ChunkError> {
+        let tmp = self.root.join(TMP_DIR);
+        create_private_dir_all(&tmp).map_err(io_error(&tmp))?;
+        let fresh = tempfile::Builder::new()
+            .prefix(NEW_RUN_PREFIX)
+            .tempdir_in(&tmp)
+            .map_err(io_error(&tmp))?;
+        let lock_path = fresh.path().join(LOCK_FILE);
+        let lock = create_private_file(&lock_path).map_err(io_error(&lock_path))?;
+        lock.try_lock()
+            .map_err(|e| io_error(&lock_path)(io::Error::other(e.to_string())))?;
+        let name = fresh
+            .path()
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix(NEW_RUN_PREFIX))
+            .map(|suffix| format!("{RUN_PREFIX}{suffix}"))
+            .ok_or_else(|| io_error(&tmp)(io::Error::other("unexpected temporary name")))?;
+        let path = tmp.join(name);
+        fs::rename(fresh.path(), &path).map_err(io_error(&path))?;
+        // The directory is `RunTemp`'s now, under its new name.
+        let _ = fresh.keep();
+        Ok(RunTemp { path, _lock: lock })
+    }
+}
+
+/// What a cleanup removed of dead runs' leftovers in a store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Removed {
+    pub path: PathBuf,
+    /// Files removed (a run's: its temporary chunks) and their bytes.
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// Removes what dead runs left in the backups directory `dir`: each dead run's temporary
+/// chunks in the store (unnamed, so no backup can need them) and a store whose maker died
+/// while making it. A live run's are left alone; so is a temporary directory without a lock
+/// (from a wqm before these locks, perhaps still running), which garbage collection removes.
+/// Best effort: what cannot be removed stays for `prune`.
+pub fn remove_dead(dir: &Path) -> Vec<Removed> {
+    let mut removed = Vec::new();
+    let Ok(backups) = at::Dir::open(dir) else {
+        return removed;
+    };
+    for entry in backups.entries().unwrap_or_default() {
+        let maker = entry
+            .name
+            .strip_prefix(STORE_DIR)
+            .and_then(|rest| rest.strip_prefix(NEW_STORE_INFIX))
+            .and_then(|pid| pid.parse::<u32>().ok());
+        let dead = maker.is_some_and(|pid| !crate::workdir::process_alive(pid));
+        if dead && entry.kind == at::Kind::Dir {
+            if let Ok((files, bytes)) = backups.remove_tree(&entry.name) {
+                removed.push(Removed {
+                    path: dir.join(&entry.name),
+                    files,
+                    bytes,
+                });
+            }
+        }
+    }
+    let Ok(tmp) = backups
+        .open_dir(STORE_DIR)
+        .and_then(|store| store.open_dir(TMP_DIR))
+    else {
+        return removed;
+    };
+    for entry in tmp.entries().unwrap_or_default() {
+        if !entry.name.starts_with(RUN_PREFIX) || entry.kind != at::Kind::Dir {
+            continue;
+        }
+        let Ok(run) = tmp.open_dir(&entry.name) else {
+            continue;
+        };
+        // Held while the tree goes, so no run can take it meanwhile.
+        let Ok(Some(_lock)) = run.try_lock(LOCK_FILE) else {
+            continue;
+        };
+        if let Ok((files, bytes)) = tmp.remove_tree(&entry.name) {
+            removed.push(Removed {
+                path: ChunkStore::path_in(dir).join(TMP_DIR).join(&entry.name),
+                // Its lock is no chunk.
+                files: files.saturating_sub(1),
+                bytes,
+            });
+        }
+    }
+    removed
+}
+
+/// Whether `name` in `tmp/` is a run's temporary directory (garbage collection, which holds the
+/// store exclusively, removes every one: no run is alive).
+pub(super) fn is_run_dir(name: &str) -> bool {
+    name.starts_with(RUN_PREFIX) || name.starts_with(NEW_RUN_PREFIX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::chunks::ChunkWriter;
+    use std::io::Write;
+
+    #[test]
+    fn a_dead_runs_temporary_chunks_and_half_made_store_are_removed_a_live_ones_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open_for_writing(dir.path(), 4096).unwrap();
+        let live = store.temp_dir().unwrap();
+        let name = live.path().file_name().unwrap().to_str().unwrap();
+        assert!(name.starts_with(RUN_PREFIX), "{name}");
+        // A dead run's, as a killed process leaves it: its lock free, a chunk never named.
+        let dead = ChunkStore::path_in(dir.path())
+            .join(TMP_DIR)
+            .join("run-dead");
+        fs::create_dir_all(dead.join("file-1")).unwrap();
+        fs::write(dead.join(LOCK_FILE), "").unwrap();
+        fs::write(dead.join("file-1/chunk"), vec![1u8; 1000]).unwrap();
+        // A store made by a process that is gone (pid 2^31-2 runs nowhere), and one being
+        // made by a live process (this one).
+        let half = dir.path().join(format!("{STORE_DIR}.new-2147483646"));
+        fs::create_dir_all(half.join("chunks")).unwrap();
+        let mine = dir
+            .path()
+            .join(format!("{STORE_DIR}.new-{}", std::process::id()));
+        fs::create_dir_all(&mine).unwrap();
+
+        let mut writer =
+            ChunkWriter::new(store.clone(), Default::default(), live.path(), Vec::new()).unwrap();
+        writer.write_all(&[7u8; 50_000]).unwrap();
+
+        let removed = remove_dead(dir.path());
+        let paths: Vec<&Path> = removed.iter().map(|r| r.path.as_path()).collect();
+        assert_eq!(paths, [half.as_path(), dead.as_path()]);
+        assert_eq!((removed[1].files, removed[1].bytes), (1, 1000));
+        assert!(!dead.exists() && !half.exists());
+        assert!(live.path().is_dir(), "a live run's directory stays");
+        assert!(mine.is_dir(), "a store being made by a live process stays");
+        writer.finish().unwrap();
+        assert!(remove_dead(dir.path()).is_empty());
+        let path = live.path().to_path_buf();
+        drop(live);
+        assert!(!path.exists(), "an ended run removes its directory");
+    }
+}

@@ -1,0 +1,224 @@
+//! The chunk store on its worst days: links planted in it, a damaged chunk every night shares,
+//! runs killed while making it or storing chunks, the store deleted.
+
+use std::fs;
+use std::os::unix::fs::symlink;
+
+use crate::faults::{killed, run_with};
+use crate::fixtures;
+use crate::incremental::{chunk_files, first_chunk, night, two_nights, validate, workspace, wqm};
+use crate::qdrant_double::Double;
+use crate::test::Test;
+
+#[test]
+fn garbage_collection_never_follows_a_link() {
+    let double = Double::start();
+    let mut tmp = two_nights(&double);
+    let backups = tmp.path().join("backups");
+    let store = backups.join(".wqm-chunks");
+    // A directory outside the backups directory, holding what a store's parts would.
+    let outside = tmp.path().join("outside");
+    fs::create_dir_all(outside.join("ab")).unwrap();
+    fs::create_dir_all(outside.join("run-x")).unwrap();
+    fs::write(outside.join("ab/precious"), "keep").unwrap();
+    fs::write(outside.join("run-x/precious"), "keep").unwrap();
+    fs::write(outside.join("precious"), "keep").unwrap();
+    let files = ["ab/precious", "run-x/precious", "precious"];
+    for part in ["tmp", "chunks"] {
+        let real = store.join(format!("{part}.real"));
+        fs::rename(store.join(part), &real).unwrap();
+        symlink(&outside, store.join(part)).unwrap();
+        let link = store.join(part).display().to_string();
+        let (_, back) = Test::in_dir(tmp)
+            .args("backup prune {TMP}/backups --keep-last 1")
+            .stdout_with(|o| assert!(o.contains("Pruned "), "{o}"))
+            .stderr(&format!(
+                "wqm: warning: chunk store: no chunk deleted: `{link}` is a symbolic link: wqm never follows links in the chunk store\n"
+            ))
+            .run();
+        tmp = back;
+        for file in files {
+            assert_eq!(
+                fs::read_to_string(outside.join(file)).unwrap(),
+                "keep",
+                "{part}: {file}"
+            );
+        }
+        fs::remove_file(store.join(part)).unwrap();
+        fs::rename(&real, store.join(part)).unwrap();
+    }
+    // A stray file and directory in `tmp/` and in a fan-out directory: reported, skipped, and
+    // the collection goes on (every later one too).
+    fs::create_dir_all(store.join("tmp/not-wqms")).unwrap();
+    let fan = chunk_files(&backups).into_iter().next().unwrap();
+    let fan = fan.parent().unwrap().to_path_buf();
+    fs::write(fan.join("notes.txt"), "x").unwrap();
+    let fan_name = fan.file_name().unwrap().to_string_lossy().into_owned();
+    for _ in 0..2 {
+        let expected = format!("chunks/{fan_name}/notes.txt");
+        let (_, back) = Test::in_dir(tmp)
+            .args("backup prune {TMP}/backups --keep-last 1 --json")
+            .stdout_json(move |v| {
+                let gc = &v["chunk_store"]["collected"];
+                assert_eq!(
+                    gc["strays"],
+                    serde_json::json!([expected, "tmp/not-wqms"]),
+                    "{v}"
+                );
+            })
+            .run();
+        tmp = back;
+    }
+    assert!(fan.join("notes.txt").is_file() && store.join("tmp/not-wqms").is_dir());
+    validate(tmp, "backups/n2");
+}
+
+/// The chunk id of a chunk file's path.
+fn id_of(chunk: &std::path::Path) -> String {
+    chunk.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+#[test]
+fn a_damaged_chunk_the_next_night_needs_is_stored_again_by_it() {
+    let double = Double::start();
+    // n1: both collections; n2: `small-plain` only.
+    let tmp = two_nights(&double);
+    let backups = tmp.path().join("backups");
+    let shared = first_chunk(
+        &backups.join("n2"),
+        "collections/small-plain.snapshot.chunks",
+    );
+    let only_n1 = first_chunk(
+        &backups.join("n1"),
+        "collections/small-named.snapshot.chunks",
+    );
+    fixtures::flip_byte(&shared);
+    fixtures::flip_byte(&only_n1);
+    let (shared_id, only_n1_id) = (id_of(&shared), id_of(&only_n1));
+    let damaged = fs::read(&shared).unwrap();
+
+    // The next night needs the shared chunk: it finds it damaged, puts it aside, stores it again.
+    let expected = format!(
+        "wqm: warning: the chunk store held 1 damaged chunk(s) this backup needed (`{shared_id}`): each was moved to `{}` and stored again from this backup's data, so every backup naming it is whole again; other backups may still name damaged data: `wqm backup list {} --check` finds them\n",
+        backups.join(".wqm-chunks/quarantine").display(),
+        backups.display()
+    );
+    let (output, tmp) = wqm(
+        Test::in_dir(tmp),
+        &double.url,
+        "backup create {TMP}/backups/n3 --incremental --collections small-plain --json",
+    )
+    .stdout_with(|_| {})
+    .stderr(&expected)
+    .run();
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        summary["chunk_store"]["chunks_repaired"],
+        serde_json::json!([shared_id])
+    );
+    assert_eq!(
+        fs::read(backups.join(".wqm-chunks/quarantine").join(&shared_id)).unwrap(),
+        damaged
+    );
+    let tmp = validate(tmp, "backups/n3");
+    let tmp = validate(tmp, "backups/n2");
+    // n1 still names a damaged chunk no later night needed: validate says so, by name.
+    let needed = format!("chunk `{only_n1_id}` is damaged: ");
+    Test::in_dir(tmp)
+        .args("backup validate {TMP}/backups/n1 --check-files")
+        .status(3)
+        .stdout_with(move |o| {
+            assert!(o.contains(&needed), "{o}");
+            assert!(o.contains("backups that need it: n1\n"), "{o}");
+            assert!(!o.contains(&shared_id), "{o}");
+        })
+        .stderr_with(|e| assert!(e.starts_with("wqm: error: Backup validation failed"), "{e}"))
+        .run();
+}
+
+#[test]
+fn info_on_an_incremental_backup_whose_store_is_gone_says_it_cannot_be_restored() {
+    let double = Double::start();
+    let (_, tmp) = night(workspace(), &double.url, "n1", "");
+    let store = tmp.path().join("backups/.wqm-chunks");
+    fs::remove_dir_all(&store).unwrap();
+    Test::in_dir(tmp)
+        .args("backup info {TMP}/backups/n1")
+        .status(3)
+        .stdout("")
+        .stderr(&format!(
+            "wqm: error: no chunk store at `{}`: incremental backups read their data from the `.wqm-chunks` directory beside them\nhint: an incremental backup moves with its whole directory (`rsync -a DIR/ DEST/`); to move one backup alone, `wqm backup export BACKUP DEST` first\n",
+            store.display()
+        ))
+        .run();
+}
+
+#[test]
+fn what_a_killed_create_left_in_the_store_goes_with_the_next_run() {
+    let double = Double::start();
+    let tmp = workspace();
+    let backups = tmp.path().join("backups");
+    // Killed while making the store: its half-made store stays beside the backups.
+    let output = run_with(
+        tmp.path(),
+        &double.url,
+        "create:store-made=kill",
+        &[
+            "backup",
+            "create",
+            backups.join("n0").to_str().unwrap(),
+            "--incremental",
+        ],
+    );
+    assert!(killed(&output), "{output:?}");
+    let half: Vec<String> = fs::read_dir(&backups)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".wqm-chunks.new-"))
+        .collect();
+    assert_eq!(half.len(), 1, "{half:?}");
+    let (_, tmp) = wqm(
+        Test::in_dir(tmp),
+        &double.url,
+        "backup create {TMP}/backups/n1 --incremental --collections small-plain",
+    )
+    .stdout_with(|o| assert!(o.starts_with("Backup created: "), "{o}"))
+    .stderr_with(|e| assert!(e.contains("removed the chunk store it was making"), "{e}"))
+    .run();
+    assert!(!backups.join(&half[0]).exists());
+
+    // Killed while storing chunks: its temporary chunks stay in `tmp/` until `cleanup`.
+    let output = run_with(
+        tmp.path(),
+        &double.url,
+        "create:chunk-stored=kill",
+        &[
+            "backup",
+            "create",
+            backups.join("n2").to_str().unwrap(),
+            "--incremental",
+        ],
+    );
+    assert!(killed(&output), "{output:?}");
+    let runs = || {
+        fs::read_dir(backups.join(".wqm-chunks/tmp"))
+            .unwrap()
+            .count()
+    };
+    assert_eq!(runs(), 1, "the dead run's temporary directory");
+    let (_, tmp) = wqm(
+        Test::in_dir(tmp),
+        &double.url,
+        "backup cleanup {TMP}/backups",
+    )
+    .stdout_with(|o| {
+        assert!(
+            o.contains("removed its temporary directory in the chunk store: "),
+            "{o}"
+        );
+        assert!(o.contains("Cleaned up after 1 dead run(s)"), "{o}");
+    })
+    .run();
+    assert_eq!(runs(), 0);
+    validate(tmp, "backups/n1");
+}
