@@ -69,6 +69,11 @@ pub struct CollectionPlan {
     pub shards: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Qdrant lists the collection but cannot load it (its answer to reading it): a dirty
+    /// shard after Qdrant died while recovering a snapshot, say. `--overwrite` replaces it; no
+    /// safety backup can hold it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -496,6 +501,7 @@ async fn plan_collections(
             bytes,
             shards: details.shards.len(),
             reason: None,
+            unreadable: None,
         };
         if custom_sharding(details) && plan.topology.is_none() {
             plan.warnings.push(format!(
@@ -504,12 +510,29 @@ async fn plan_collections(
             ));
         }
         if existing.contains(name) {
+            let live = match client.collection_info(name).await {
+                Ok(live) => Some(live),
+                // Listed, but Qdrant cannot load it: what it held cannot be read any more.
+                Err(QdrantError::Server { status, message }) => {
+                    let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
+                    entry.unreadable = Some(format!("Qdrant cannot load it ({status}: {message})"));
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            };
             if !request.overwrite {
                 entry.action = CollectionAction::Conflict;
-                entry.reason = Some("already exists".to_string());
-                conflicts.push(format!("Restore failed: Collection {name} already exists"));
-            } else {
-                let live = client.collection_info(name).await?;
+                let reason = match &entry.unreadable {
+                    Some(unreadable) => format!("already exists, but {unreadable}"),
+                    None => "already exists".to_string(),
+                };
+                conflicts.push(format!("Restore failed: Collection {name} {reason}"));
+                entry.reason = Some(reason);
+            } else if let Some(unreadable) = &entry.unreadable {
+                entry.action = CollectionAction::Overwrite;
+                entry.reason = Some(format!("{unreadable}: replaced by the backup's copy"));
+                plan.warnings.push(format!("`{name}` exists but {unreadable}: the restore replaces it, and what it held can be in no safety backup (Qdrant cannot read it); if the backup's vector configuration differs from it, Qdrant refuses the upload"));
+            } else if let Some(live) = live {
                 match &details.params {
                     Some(params) if vector_config(params) != vector_config(&live.config.params) => {
                         entry.action = CollectionAction::Conflict;
@@ -715,7 +738,8 @@ fn plan_safety_backup(plan: &mut Plan, settings: &Settings) {
     let collections: Vec<String> = plan
         .collections
         .iter()
-        .filter(|c| c.action == CollectionAction::Overwrite)
+        // Qdrant cannot make a snapshot of a collection it cannot load (the plan warns of it).
+        .filter(|c| c.action == CollectionAction::Overwrite && c.unreadable.is_none())
         .map(|c| c.name.clone())
         .collect();
     let databases: Vec<String> = plan
@@ -1009,9 +1033,16 @@ impl<'a> Restoring<'a> {
                 &safety.path,
             )),
         };
-        let outcome = backup::create(self.client, self.settings, &request, self.progress)
-            .await
-            .context("the safety backup failed; nothing was changed")?;
+        let outcome =
+            match backup::create(self.client, self.settings, &request, self.progress).await {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    let staging = crate::layout::staging_path(&safety.path);
+                    let left = cleanup::left_on_server(&staging, self.settings);
+                    self.journal.leftovers.extend(left);
+                    return Err(e.context("the safety backup failed; nothing was changed"));
+                }
+            };
         self.journal.cleaned.extend(outcome.cleaned);
         self.journal.leftovers.extend(outcome.leftovers);
         self.work.record(&Record::SafetyBackup {

@@ -704,3 +704,122 @@ fn real_server_the_printed_way_back_returns_the_old_state_exactly() {
     assert_eq!(test::sqlite_dump(&db), rows_before);
     assert_eq!(server.snapshots_left(), Vec::<String>::new());
 }
+
+/// `wqm ARGS` in `tmp` against the double, with the live data directory `tmp/data`.
+fn wqm_in(tmp: TempDir, double: &Double, args: &str) -> Test {
+    Test::in_dir(tmp)
+        .env("QDRANT_URL", &double.url)
+        .env("WQM_DATA_DIR", "{TMP}/data")
+        .args(args)
+}
+
+/// The dirty shard's answer, as Qdrant 1.18.3 words it (recorded: `exchanges.json`).
+const DIRTY: &str = "Qdrant cannot load it (500: Service internal error: 1 of 1 read operations failed: Service internal error: Failed to Get Info, Dirty shard - shard is not fully initialized)";
+
+#[test]
+fn a_collection_qdrant_cannot_load_is_replaced_by_overwrite_and_by_the_way_back() {
+    let double = Double::start();
+    let tmp = crate::restore::scene(&double, "");
+    // A restore (--overwrite) dies after its first upload; Qdrant dies too, right after it
+    // swapped the collection in, and comes back with it as a dirty shard.
+    let output = run_with(
+        tmp.path(),
+        &double.url,
+        "restore:uploaded=kill",
+        &[
+            "backup",
+            "restore",
+            tmp.path().join("b").to_str().unwrap(),
+            "--force",
+            "--overwrite",
+        ],
+    );
+    assert!(killed(&output));
+    double.state().faults.dirty = Some("small-named".to_string());
+    let safety = crate::restore::safety_backups(tmp.path());
+    assert_eq!(safety.len(), 1);
+
+    // Without --overwrite: a conflict that says what Qdrant answered.
+    let (_, tmp) = wqm_in(tmp, &double, "backup restore {TMP}/b --dry-run")
+        .status(5)
+        .stdout_with(|o| {
+            assert!(
+                o.contains(&format!(
+                    "small-named (120 points, 201.50 KiB): already exists, but {DIRTY}\n"
+                )),
+                "{o}"
+            )
+        })
+        .stderr_with(|e| {
+            assert!(
+                e.contains(&format!(
+                    "Restore failed: Collection small-named already exists, but {DIRTY}\n"
+                )),
+                "{e}"
+            )
+        })
+        .run();
+
+    // The way back, as the next run prints it, works from that state.
+    let out = String::from_utf8_lossy(
+        &run_with(
+            tmp.path(),
+            &double.url,
+            "",
+            &["backup", "cleanup", tmp.path().to_str().unwrap()],
+        )
+        .stdout,
+    )
+    .into_owned();
+    let way_back = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("the way back: "))
+        .unwrap_or_else(|| panic!("no way back in: {out}"))
+        .to_string();
+    assert!(way_back.contains(&safety[0]), "{way_back}");
+    let args = way_back
+        .strip_prefix("wqm ")
+        .unwrap()
+        .replace(tmp.path().to_str().unwrap(), "{TMP}");
+    let (_, tmp) = wqm_in(tmp, &double, &args)
+        .stdout_with(|o| {
+            assert!(
+                o.contains(&format!("overwrite small-named (120 points, 201.50 KiB): {DIRTY}: replaced by the backup's copy\n")),
+                "{o}"
+            );
+            assert!(
+                o.contains("  ⚠ `small-named` exists but Qdrant cannot load it (500: "),
+                "{o}"
+            );
+            assert!(o.contains("what it held can be in no safety backup (Qdrant cannot read it)"), "{o}");
+            assert!(o.contains("Restore completed from "), "{o}");
+        })
+        .run();
+    assert!(
+        double.state().faults.dirty.is_none(),
+        "the upload replaced it"
+    );
+    double.assert_holds_the_fixtures();
+    assert!(
+        double.snapshots_left().is_empty(),
+        "{:?}",
+        double.snapshots_left()
+    );
+    // The way back's own safety backup holds what Qdrant could read.
+    let newest = crate::restore::safety_backups(tmp.path()).pop().unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &fs::read(tmp.path().join(newest).join("metadata/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        manifest["collections"],
+        serde_json::json!({"small-plain": 200})
+    );
+
+    // A rerun with --overwrite from the same state works too.
+    double.state().faults.dirty = Some("small-plain".to_string());
+    wqm_in(tmp, &double, "backup restore {TMP}/b --force --overwrite")
+        .stdout_with(|o| assert!(o.contains("Restore completed from "), "{o}"))
+        .run();
+    double.assert_holds_the_fixtures();
+}
