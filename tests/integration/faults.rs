@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use crate::fixtures;
-use crate::qdrant_double::{Double, Faults};
+use crate::qdrant_double::{Double, DownloadFault, Faults};
 use crate::test::{self, Test};
 
 /// Entries of `dir`, sorted, hidden ones included (`ls -A`), but for the tests' own `home`.
@@ -822,4 +822,54 @@ fn a_collection_qdrant_cannot_load_is_replaced_by_overwrite_and_by_the_way_back(
         .stdout_with(|o| assert!(o.contains("Restore completed from "), "{o}"))
         .run();
     double.assert_holds_the_fixtures();
+}
+
+#[test]
+fn qdrant_gone_mid_download_for_longer_than_the_retry_time_says_what_stays_on_the_server() {
+    let double = Double::start();
+    double.state().faults = Faults {
+        download: Some((DownloadFault::Die { after: 50_000 }, 1)),
+        // Longer than the retry time below: the download and the delete both give up.
+        outage: Some(Duration::from_secs(3)),
+        ..Faults::default()
+    };
+    let url = double.url.clone();
+    let (_, tmp) = Test::new()
+        .env("QDRANT_URL", &double.url)
+        .env("WQM_BACKUP__TRANSFER__PARALLEL", "1")
+        .env("WQM_BACKUP__TRANSFER__RETRIES", "1")
+        .env("WQM_BACKUP__TRANSFER__RETRY_TIMEOUT", "1")
+        .args("backup create {TMP}/b --quiet")
+        .status(1)
+        .stderr_with(move |e| {
+            let (action, error) = e.split_once("wqm: error: ").unwrap();
+            assert!(
+                action.starts_with("wqm: action needed: snapshot `small-named-409846322439763-"),
+                "{e}"
+            );
+            assert!(
+                action.contains(&format!(
+                    ".snapshot` of `small-named` is left on Qdrant at {url}: the run could not delete it; the next wqm run in `"
+                )),
+                "{e}"
+            );
+            assert!(action.contains("` (or `wqm backup cleanup "), "{e}");
+            assert!(
+                action.contains(&format!(
+                    "deletes it, or delete it now with: curl -X DELETE '{url}/collections/small-named/snapshots/small-named-"
+                )),
+                "{e}"
+            );
+            assert!(error.starts_with("the download of `small-named-"), "{e}");
+        })
+        .run();
+    assert_eq!(double.snapshots_left().len(), 1);
+    assert!(!tmp.path().join("b").exists());
+    // Once Qdrant is back, the next run deletes it.
+    std::thread::sleep(Duration::from_secs(3));
+    let tmp = cleanup(tmp, &double, |out| {
+        assert!(out.contains("  deleted snapshot `small-named-"), "{out}")
+    });
+    assert!(double.snapshots_left().is_empty());
+    assert!(ls_a(tmp.path()).is_empty(), "{:?}", ls_a(tmp.path()));
 }
