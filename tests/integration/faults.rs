@@ -873,3 +873,94 @@ fn qdrant_gone_mid_download_for_longer_than_the_retry_time_says_what_stays_on_th
     assert!(double.snapshots_left().is_empty());
     assert!(ls_a(tmp.path()).is_empty(), "{:?}", ls_a(tmp.path()));
 }
+
+#[test]
+#[cfg_attr(
+    not(real_qdrant),
+    ignore = "needs a real Qdrant: set WQM_TEST_QDRANT_BIN or WQM_TEST_QDRANT_URL"
+)]
+fn real_server_the_way_back_replaces_a_dirty_shard_qdrant_left_when_killed_mid_recovery() {
+    use crate::real_qdrant::{self, Server};
+    if std::env::var_os("WQM_TEST_QDRANT_BIN").is_none() {
+        eprintln!("skipped: needs WQM_TEST_QDRANT_BIN to kill and restart a server");
+        return;
+    }
+    let mut server = Server::start();
+    real_qdrant::workspace(&server);
+    let tmp = tempfile::tempdir().unwrap();
+    fs::create_dir(tmp.path().join("data")).unwrap();
+    fixtures::state_db(&tmp.path().join("data/state.db"));
+    let backup = tmp.path().join("b");
+    let output = run_with(
+        tmp.path(),
+        &server.url,
+        "",
+        &["backup", "create", backup.to_str().unwrap()],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // The system moves on; this is the state the way back must return to.
+    real_qdrant::upsert(&server, "libraries", 1000..1040, 7);
+    let before = real_qdrant::fingerprint(&server);
+
+    // A restore of the older backup dies right after Qdrant swapped `libraries` in (the first
+    // upload) ...
+    let output = run_with(
+        tmp.path(),
+        &server.url,
+        "restore:uploaded=kill",
+        &[
+            "backup",
+            "restore",
+            backup.to_str().unwrap(),
+            "--force",
+            "--overwrite",
+        ],
+    );
+    assert!(killed(&output));
+    // ... and so does Qdrant, in the middle of swapping it in: it leaves the flag file it keeps
+    // while a shard is being replaced (what `kill -9` of Qdrant during a snapshot recovery left
+    // in the runs that recorded its 500 answers), and comes back with a dirty shard.
+    server.kill();
+    let storage = server.dir.as_ref().unwrap().path().join("storage");
+    fs::write(
+        storage.join("collections/libraries/shard_0.initializing"),
+        "",
+    )
+    .unwrap();
+    server.start_again();
+    let (status, body) = server.call("GET", "/collections/libraries", None);
+    assert_eq!(status, 500, "{body}");
+    assert!(body.to_string().contains("Dirty shard"), "{body}");
+
+    // The way back, as the next run prints it, works from that state.
+    let cleaned = run_with(
+        tmp.path(),
+        &server.url,
+        "",
+        &["backup", "cleanup", tmp.path().to_str().unwrap()],
+    );
+    let out = String::from_utf8_lossy(&cleaned.stdout).into_owned();
+    let command = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("the way back: wqm "))
+        .unwrap_or_else(|| panic!("no way back in: {out}"))
+        .to_string();
+    let args: Vec<&str> = command.split_whitespace().collect();
+    let output = run_with(tmp.path(), &server.url, "", &args);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("`libraries` exists but Qdrant cannot load it (500: "),
+        "{stdout}"
+    );
+    assert_eq!(real_qdrant::fingerprint(&server), before);
+    assert_eq!(server.snapshots_left(), Vec::<String>::new());
+}
