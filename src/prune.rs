@@ -18,7 +18,8 @@ use crate::store::chunks::{self, ChunkId, ChunkStore, Collected};
 use crate::store::{self, Seen};
 use crate::verify;
 
-const DELETING_SUFFIX: &str = ".wqm-deleting";
+/// A backup being deleted: renamed to this hidden name first.
+pub(crate) const DELETING_SUFFIX: &str = ".wqm-deleting";
 
 /// The keep rules; `None` (or 0) turns a rule off.
 #[derive(Clone, Debug, Default, Serialize)]

@@ -855,12 +855,17 @@ pub struct Journal {
     /// Collections this restore created (a safety backup cannot hold them).
     pub created: Vec<String>,
     pub daemon_stopped: bool,
-    /// Whether anything changed yet.
+    /// Whether anything changed yet (or may have: an upload Qdrant got all of).
     pub changed: bool,
+    /// The safety backup, removed because the restore stopped before changing anything.
+    pub safety_backup_removed: Option<PathBuf>,
     /// Dead runs found and cleaned up first.
     pub cleaned: Vec<Cleaned>,
     /// Parts whose state the failure left unknown.
     pub uncertain: Vec<String>,
+    /// Parts the failure stopped before they changed anything (an upload Qdrant did not get
+    /// all of).
+    pub unchanged: Vec<String>,
     /// Snapshots the safety backup could not delete from the server.
     pub leftovers: Vec<String>,
 }
@@ -951,20 +956,67 @@ async fn apply(
     phases.end("unpack databases");
     run.safety_backup().await?;
     phases.end("safety backup");
-    run.stop_daemon()?;
-    let replacements = run.merge_databases(&unpacked)?;
-    phases.end("stop daemon, merge databases");
-    let shard_targets = run.restore_collections().await?;
-    phases.end("collections");
-    run.replace_databases(&replacements)?;
-    run.set_aliases().await?;
-    run.replace_config()?;
-    run.start_daemon()?;
-    phases.end("databases, aliases, config, start daemon");
+    let changed = run.change(&unpacked, phases).await;
+    if changed.is_err() {
+        run.remove_unneeded_safety_backup();
+    }
+    let shard_targets = changed?;
     progress.step("verifying");
     let verified = verify_restore(client, plan, &shard_targets).await;
     phases.end("verify");
     verified
+}
+
+impl Restoring<'_> {
+    /// The steps that change the live system, after the safety backup. Returns where each
+    /// shard went (`restore_collections`).
+    async fn change(
+        &mut self,
+        unpacked: &BTreeMap<String, PathBuf>,
+        phases: &mut backup::Phases,
+    ) -> Result<BTreeMap<String, Vec<(u32, u32)>>> {
+        self.stop_daemon()?;
+        let replacements = self.merge_databases(unpacked)?;
+        phases.end("stop daemon, merge databases");
+        let shard_targets = self.restore_collections().await?;
+        phases.end("collections");
+        self.replace_databases(&replacements)?;
+        self.set_aliases().await?;
+        self.replace_config()?;
+        self.start_daemon()?;
+        phases.end("databases, aliases, config, start daemon");
+        Ok(shard_targets)
+    }
+
+    /// A restore that stopped before it changed anything on the live system (a backup found
+    /// damaged while it was uploaded, say) needs no way back: its safety backup would only pile
+    /// up with each retry, so it goes (renamed to a hidden name first, as `prune` deletes).
+    /// It stays when anything changed or may have (an upload Qdrant got all of), and when the
+    /// run's journal still names something on the server (the next run reports the way back).
+    fn remove_unneeded_safety_backup(&mut self) {
+        if self.journal.changed || !self.journal.uncertain.is_empty() {
+            return;
+        }
+        let Some(path) = self.journal.safety_backup.clone() else {
+            return;
+        };
+        let left_on_server = crate::workdir::read_journal(self.work.path())
+            .map(|records| !crate::workdir::outstanding(&records).is_empty())
+            .unwrap_or(true);
+        if left_on_server {
+            return;
+        }
+        let doomed = crate::layout::sibling(&path, crate::prune::DELETING_SUFFIX);
+        if fs::rename(&path, &doomed).is_err() {
+            return;
+        }
+        // Half removed, it is hidden; the next prune finishes it.
+        let _ = fs::remove_dir_all(&doomed);
+        let done = format!("safety backup: {}", path.display());
+        self.journal.done.retain(|d| *d != done);
+        self.journal.safety_backup = None;
+        self.journal.safety_backup_removed = Some(path);
+    }
 }
 
 /// Makes the restore's working directory beside the state database (`.wqm-restore`: lock,
@@ -1147,7 +1199,6 @@ impl<'a> Restoring<'a> {
             progress,
             lanes: &lanes,
         };
-        self.journal.changed = !collections.is_empty();
         let jobs = collections.iter().map(|collection| async {
             let began = Cell::new(false);
             let restore = async {
@@ -1167,6 +1218,7 @@ impl<'a> Restoring<'a> {
             let name = &collection.name;
             match result {
                 Ok(targets) => {
+                    self.journal.changed = true;
                     shard_targets.extend(targets.map(|t| (name.clone(), t)));
                     if collection.action == CollectionAction::Create {
                         self.journal.created.push(name.clone());
@@ -1180,8 +1232,13 @@ impl<'a> Restoring<'a> {
                 Err(e) => {
                     if began {
                         // Qdrant may have swapped the collection in and then failed to answer (or died).
+                        self.journal.changed = true;
                         self.journal.uncertain.push(format!(
                             "collection `{name}`: Qdrant may have restored it before the failure; check it, or rerun the restore with --overwrite"
+                        ));
+                    } else {
+                        self.journal.unchanged.push(format!(
+                            "collection `{name}`: not restored, left as it was (Qdrant did not get all of its snapshot)"
                         ));
                     }
                     failure
@@ -1401,7 +1458,8 @@ struct Uploads<'a> {
 
 impl Uploads<'_> {
     /// One collection: its snapshot uploaded, or its shards (`restore_shards`). `began` says
-    /// whether it got as far as changing anything. Returns where its shards went.
+    /// whether it got as far as Qdrant may have changed anything (an upload Qdrant got all of,
+    /// a collection created). Returns where its shards went.
     async fn restore_collection(
         &self,
         collection: &CollectionPlan,
@@ -1418,11 +1476,16 @@ impl Uploads<'_> {
             .file(&details.snapshot)
             .ok_or_else(|| anyhow!("no file for `{name}`"))?;
         let mut turn = self.lanes.turn(self.client).await?;
-        began.set(true);
         self.progress
             .step(&format!("restoring collection `{name}`"));
-        self.upload(self.client, entry, Scope::Collection(name), &mut turn)
-            .await?;
+        self.upload(
+            self.client,
+            entry,
+            Scope::Collection(name),
+            &mut turn,
+            began,
+        )
+        .await?;
         Ok(None)
     }
 
@@ -1474,7 +1537,7 @@ impl Uploads<'_> {
                     .file(&shard.snapshot)
                     .ok_or_else(|| anyhow!("no file for shard {} of `{name}`", shard.id))?;
                 let mut turn = self.lanes.turn(node).await?;
-                self.upload(node, entry, Scope::Shard(name, target), &mut turn)
+                self.upload(node, entry, Scope::Shard(name, target), &mut turn, began)
                     .await
             })
         });
@@ -1650,6 +1713,7 @@ impl Uploads<'_> {
         entry: &FileEntry,
         scope: Scope<'_>,
         turn: &mut backup::Turn<'_>,
+        received: &Cell<bool>,
     ) -> Result<()> {
         upload(
             client,
@@ -1659,13 +1723,13 @@ impl Uploads<'_> {
             self.transfer,
             self.work,
             self.progress,
-            (turn, self.lanes),
+            (turn, self.lanes, received),
         )
         .await
     }
 }
 
-/// `Uploads::upload`.
+/// `Uploads::upload`; sets `received` once all of the snapshot was handed to Qdrant.
 #[allow(clippy::too_many_arguments)]
 async fn upload(
     client: &Client,
@@ -1675,7 +1739,7 @@ async fn upload(
     transfer: &TransferSettings,
     work: &WorkDir,
     progress: &dyn Progress,
-    (turn, lanes): (&mut backup::Turn<'_>, &backup::Lanes),
+    (turn, lanes, received): (&mut backup::Turn<'_>, &backup::Lanes, &Cell<bool>),
 ) -> Result<()> {
     let content = source
         .open_content(entry)
@@ -1730,6 +1794,11 @@ async fn upload(
     progress.end_transfer(bar);
     // Dropping the request drops the body: a reader still sending stops at once.
     drop(uploading);
+    // Qdrant never recovers a snapshot it did not get all of (the last piece waits for the
+    // checks), so an upload that ended short of it changed nothing.
+    if sent.load(Ordering::Relaxed) == entry.content_size {
+        received.set(true);
+    }
     let checked = reader.await;
     let result = match checked {
         Ok(Err(Problem::Damaged(problem))) => Err(damaged(&entry.path, problem)),
