@@ -282,6 +282,7 @@ fn classify_one(cause: &(dyn std::error::Error + 'static)) -> Option<(ExitCode, 
         crate::daemon::DaemonError,
         crate::cluster::ClusterError,
         crate::workdir::WorkDirError,
+        crate::backup::DatabaseCopyError,
     );
     None
 }
