@@ -360,9 +360,12 @@ fn an_upload_that_breaks_stops_the_restore_and_says_how_to_go_back() {
                 e.contains("\n  ✓ collection `small-named` restored\n"),
                 "{e}"
             );
-            // The upload broke before Qdrant got all of it: it cannot have been applied.
+            // The broken upload was not applied (wqm had not handed all of it over when the
+            // connection broke) or may have been (it had: the small fixture fits in the upload's
+            // channel, so this depends on timing); the report says which, never "untouched".
             assert!(
-                e.contains("\n  ✗ collection `small-plain`: not restored, left as it was (Qdrant did not get all of its snapshot)\n"),
+                e.contains("\n  ✗ collection `small-plain`: not restored, left as it was (Qdrant did not get all of its snapshot)\n")
+                    || e.contains("\n  ? collection `small-plain`: Qdrant may have restored it before the failure; check it, or rerun the restore with --overwrite\n"),
                 "{e}"
             );
             assert!(
@@ -1443,8 +1446,10 @@ fn a_failed_upload_stops_the_others_but_one_all_sent_is_waited_for() {
                 err.starts_with("wqm: error: restoring collection `small-plain` failed: "),
                 "{err}"
             );
+            // Not applied, or maybe applied, as the upload was handed over (see above).
             assert!(
-                err.contains("\n  ✓ collection `small-named` restored\n  ✗ collection `small-plain`: not restored, left as it was"),
+                err.contains("\n  ✓ collection `small-named` restored\n  ✗ collection `small-plain`: not restored, left as it was")
+                    || err.contains("\n  ✓ collection `small-named` restored\n  ? collection `small-plain`: Qdrant may have restored it"),
                 "{err}"
             );
         })
