@@ -18,7 +18,7 @@ use crate::cleanup::{self, Cleaned};
 use crate::compress::Compression;
 use crate::config::Settings;
 use crate::daemon;
-use crate::exit::{ExitCode, Failure};
+use crate::exit::{Classify, ExitCode, Failure};
 use crate::layout;
 use crate::manifest::{
     CollectionDetails, Collections, DatabaseDetails, FileEntry, FileKind, Manifest, ShardDetails,
@@ -369,6 +369,8 @@ fn select(available: &[String], requested: Option<&[String]>) -> Result<Vec<Stri
 /// far (the manifest, the summary's items, the snapshots left on a server).
 struct Writing<'a> {
     staging: &'a Staging,
+    /// Where the backup goes (`Request::target`).
+    target: &'a Path,
     compression: Compression,
     algorithm: Algorithm,
     /// `backup.metadata.include_collection_stats`.
@@ -384,7 +386,7 @@ impl<'a> Writing<'a> {
     fn begin(
         staging: &'a Staging,
         settings: &Settings,
-        request: &Request,
+        request: &'a Request,
         survey: &Survey,
         timestamp: f64,
         progress: &'a dyn Progress,
@@ -414,6 +416,7 @@ impl<'a> Writing<'a> {
         }
         Writing {
             staging,
+            target: &request.target,
             compression,
             algorithm,
             collection_stats: backup.metadata.include_collection_stats,
@@ -1012,15 +1015,27 @@ impl Writing<'_> {
             .dir()
             .join(layout::SQLITE_DIR)
             .join(format!(".{name}.copy"));
-        sqlite::backup_to(source, &copy)
-            .with_context(|| format!("cannot copy the database `{}`", source.display()))?;
+        if let Err(e) = sqlite::backup_to(source, &copy) {
+            let full = matches!(&e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull);
+            return Err(self.database_failed("copy", source, &copy, e.to_string(), full));
+        }
         let schema_version = sqlite::open_immutable(&copy)
             .and_then(|c| sqlite::schema_version(&c))
             .unwrap_or(None);
         let rel = layout::database_path(name, self.compression);
-        let file =
-            fs::File::open(&copy).with_context(|| format!("cannot read `{}`", copy.display()))?;
-        let entry = self.store(&rel, FileKind::SqliteDatabase, self.compression, file)?;
+        let stored = fs::File::open(&copy)
+            .with_context(|| format!("cannot read `{}`", copy.display()))
+            .and_then(|file| self.store(&rel, FileKind::SqliteDatabase, self.compression, file));
+        let entry = match stored {
+            Ok(entry) => entry,
+            Err(e) => {
+                let full = e
+                    .chain()
+                    .filter_map(|c| c.downcast_ref::<io::Error>())
+                    .any(|e| e.kind() == io::ErrorKind::StorageFull);
+                return Err(self.database_failed("store", source, &copy, format!("{e:#}"), full));
+            }
+        };
         fs::remove_file(&copy).with_context(|| format!("cannot remove `{}`", copy.display()))?;
         let detail =
             schema_version.map_or("no schema version".to_string(), |v| format!("schema {v}"));
@@ -1031,6 +1046,30 @@ impl Writing<'_> {
             schema_version,
         });
         Ok(())
+    }
+
+    /// A database `step` (`copy`, `store`) failed: the error says which file, where, and how
+    /// much room is left there once its partial copy is gone.
+    fn database_failed(
+        &self,
+        step: &'static str,
+        database: &Path,
+        copy: &Path,
+        reason: String,
+        full: bool,
+    ) -> anyhow::Error {
+        let _ = fs::remove_file(copy);
+        let dir = crate::fs::parent_dir(self.target).to_path_buf();
+        DatabaseCopyError {
+            step,
+            database: database.to_path_buf(),
+            target: self.target.to_path_buf(),
+            free: crate::fs::available_space(&dir).ok(),
+            dir,
+            reason,
+            full,
+        }
+        .into()
     }
 
     /// The config file, when the request wants it and there is one, with its secrets replaced
@@ -1071,6 +1110,42 @@ impl Writing<'_> {
         self.record(entry, detail, None);
         self.manifest.config_redacted = redacted.redactions;
         Ok(())
+    }
+}
+
+/// A database could not be copied into the backup (SQLite's online copy, or storing that copy).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {step} the database `{}` for the backup `{}`: {reason}", database.display(), target.display())]
+pub struct DatabaseCopyError {
+    step: &'static str,
+    database: PathBuf,
+    target: PathBuf,
+    /// The directory the backup is written in, and the bytes free there after the failure.
+    dir: PathBuf,
+    free: Option<u64>,
+    reason: String,
+    /// The disk was full.
+    full: bool,
+}
+
+impl Classify for DatabaseCopyError {
+    fn exit_code(&self) -> ExitCode {
+        ExitCode::Failure
+    }
+
+    fn hint(&self) -> Option<String> {
+        let dir = self.dir.display();
+        let free = self.free.map_or("free space unknown".to_string(), |f| {
+            format!("{f} bytes free")
+        });
+        Some(if self.full {
+            format!("the disk of `{dir}` is full ({free} there now): free space there or write the backup to another disk, then run the command again; nothing partial was left behind")
+        } else {
+            format!(
+                "check that `{}` can be read and `{dir}` written ({free} there), then run the command again; nothing partial was left behind",
+                self.database.display()
+            )
+        })
     }
 }
 

@@ -182,6 +182,47 @@ fn restore_report(records: &[Record]) -> Vec<String> {
     lines
 }
 
+/// What a run that just failed left on a Qdrant server, as its working directory's journal
+/// (which stays, see `workdir::WorkDir`) names it: one `action needed` line per object, saying
+/// what is left, where, and what removes it (the next run in the directory, or `wqm backup
+/// cleanup`; a `curl` command for a snapshot of a configured server).
+pub fn left_on_server(work_dir: &Path, settings: &Settings) -> Vec<String> {
+    let Ok(records) = workdir::read_journal(work_dir) else {
+        return Vec::new();
+    };
+    let dir = crate::fs::parent_dir(work_dir);
+    workdir::outstanding(&records)
+        .iter()
+        .map(|object| {
+            let place = &object.place;
+            let scope = match place.shard {
+                Some(id) => Scope::Shard(&place.collection, id),
+                None => Scope::Collection(&place.collection),
+            };
+            let left = match object.kind {
+                ObjectKind::SnapshotRequested { .. } => "may be left",
+                _ => "is left",
+            };
+            let mut line = format!(
+                "{} of {scope} {left} on Qdrant at {}: the run could not delete it; the next wqm run in `{}` (or `wqm backup cleanup {}`) deletes it",
+                describe(&object.kind),
+                place.node,
+                dir.display(),
+                dir.display()
+            );
+            if let (ObjectKind::Snapshot(name) | ObjectKind::Upload(name), Some(client)) =
+                (&object.kind, client_for(&place.node, settings))
+            {
+                line.push_str(&format!(
+                    ", or delete it now with: {}",
+                    client.delete_command(scope, name)
+                ));
+            }
+            line
+        })
+        .collect()
+}
+
 /// Removes one object from the server; the line says what happened, the flag whether it is gone.
 async fn remove(object: &Outstanding, settings: &Settings) -> (String, bool) {
     let place = &object.place;

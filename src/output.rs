@@ -299,6 +299,7 @@ registry!(
     crate::workdir::WorkDirError,
     crate::store::chunks::ChunkError,
     crate::verify::AuditError,
+    crate::backup::DatabaseCopyError,
 );
 
 #[cfg(test)]

@@ -25,7 +25,8 @@ mod policy;
 pub use duration::Span;
 pub use policy::{decide, Count, Policy, Reason};
 
-const DELETING_SUFFIX: &str = ".wqm-deleting";
+/// A backup being deleted: renamed to this hidden name first.
+pub(crate) const DELETING_SUFFIX: &str = ".wqm-deleting";
 
 /// How `restore` names its safety backups (in local time; `-N` is added when taken).
 pub const SAFETY_NAME: &str = "safety-%Y%m%d-%H%M%S";

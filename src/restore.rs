@@ -69,6 +69,11 @@ pub struct CollectionPlan {
     pub shards: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Qdrant lists the collection but cannot load it (its answer to reading it): a dirty
+    /// shard after Qdrant died while recovering a snapshot, say. `--overwrite` replaces it; no
+    /// safety backup can hold it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -498,6 +503,7 @@ async fn plan_collections(
             bytes,
             shards: details.shards.len(),
             reason: None,
+            unreadable: None,
         };
         if custom_sharding(details) && plan.topology.is_none() {
             plan.warnings.push(format!(
@@ -506,12 +512,29 @@ async fn plan_collections(
             ));
         }
         if existing.contains(name) {
+            let live = match client.collection_info(name).await {
+                Ok(live) => Some(live),
+                // Listed, but Qdrant cannot load it: what it held cannot be read any more.
+                Err(QdrantError::Server { status, message }) => {
+                    let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
+                    entry.unreadable = Some(format!("Qdrant cannot load it ({status}: {message})"));
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            };
             if !request.overwrite {
                 entry.action = CollectionAction::Conflict;
-                entry.reason = Some("already exists".to_string());
-                conflicts.push(format!("Restore failed: Collection {name} already exists"));
-            } else {
-                let live = client.collection_info(name).await?;
+                let reason = match &entry.unreadable {
+                    Some(unreadable) => format!("already exists, but {unreadable}"),
+                    None => "already exists".to_string(),
+                };
+                conflicts.push(format!("Restore failed: Collection {name} {reason}"));
+                entry.reason = Some(reason);
+            } else if let Some(unreadable) = &entry.unreadable {
+                entry.action = CollectionAction::Overwrite;
+                entry.reason = Some(format!("{unreadable}: replaced by the backup's copy"));
+                plan.warnings.push(format!("`{name}` exists but {unreadable}: the restore replaces it, and what it held can be in no safety backup (Qdrant cannot read it); if the backup's vector configuration differs from it, Qdrant refuses the upload"));
+            } else if let Some(live) = live {
                 match &details.params {
                     Some(params) if vector_config(params) != vector_config(&live.config.params) => {
                         entry.action = CollectionAction::Conflict;
@@ -717,7 +740,8 @@ fn plan_safety_backup(plan: &mut Plan, settings: &Settings) {
     let collections: Vec<String> = plan
         .collections
         .iter()
-        .filter(|c| c.action == CollectionAction::Overwrite)
+        // Qdrant cannot make a snapshot of a collection it cannot load (the plan warns of it).
+        .filter(|c| c.action == CollectionAction::Overwrite && c.unreadable.is_none())
         .map(|c| c.name.clone())
         .collect();
     let databases: Vec<String> = plan
@@ -833,12 +857,17 @@ pub struct Journal {
     /// Collections this restore created (a safety backup cannot hold them).
     pub created: Vec<String>,
     pub daemon_stopped: bool,
-    /// Whether anything changed yet.
+    /// Whether anything changed yet (or may have: an upload Qdrant got all of).
     pub changed: bool,
+    /// The safety backup, removed because the restore stopped before changing anything.
+    pub safety_backup_removed: Option<PathBuf>,
     /// Dead runs found and cleaned up first.
     pub cleaned: Vec<Cleaned>,
     /// Parts whose state the failure left unknown.
     pub uncertain: Vec<String>,
+    /// Parts the failure stopped before they changed anything (an upload Qdrant did not get
+    /// all of).
+    pub unchanged: Vec<String>,
     /// Snapshots the safety backup could not delete from the server.
     pub leftovers: Vec<String>,
 }
@@ -929,20 +958,67 @@ async fn apply(
     phases.end("unpack databases");
     run.safety_backup().await?;
     phases.end("safety backup");
-    run.stop_daemon()?;
-    let replacements = run.merge_databases(&unpacked)?;
-    phases.end("stop daemon, merge databases");
-    let shard_targets = run.restore_collections().await?;
-    phases.end("collections");
-    run.replace_databases(&replacements)?;
-    run.set_aliases().await?;
-    run.replace_config()?;
-    run.start_daemon()?;
-    phases.end("databases, aliases, config, start daemon");
+    let changed = run.change(&unpacked, phases).await;
+    if changed.is_err() {
+        run.remove_unneeded_safety_backup();
+    }
+    let shard_targets = changed?;
     progress.step("verifying");
     let verified = verify_restore(client, plan, &shard_targets).await;
     phases.end("verify");
     verified
+}
+
+impl Restoring<'_> {
+    /// The steps that change the live system, after the safety backup. Returns where each
+    /// shard went (`restore_collections`).
+    async fn change(
+        &mut self,
+        unpacked: &BTreeMap<String, PathBuf>,
+        phases: &mut backup::Phases,
+    ) -> Result<BTreeMap<String, Vec<(u32, u32)>>> {
+        self.stop_daemon()?;
+        let replacements = self.merge_databases(unpacked)?;
+        phases.end("stop daemon, merge databases");
+        let shard_targets = self.restore_collections().await?;
+        phases.end("collections");
+        self.replace_databases(&replacements)?;
+        self.set_aliases().await?;
+        self.replace_config()?;
+        self.start_daemon()?;
+        phases.end("databases, aliases, config, start daemon");
+        Ok(shard_targets)
+    }
+
+    /// A restore that stopped before it changed anything on the live system (a backup found
+    /// damaged while it was uploaded, say) needs no way back: its safety backup would only pile
+    /// up with each retry, so it goes (renamed to a hidden name first, as `prune` deletes).
+    /// It stays when anything changed or may have (an upload Qdrant got all of), and when the
+    /// run's journal still names something on the server (the next run reports the way back).
+    fn remove_unneeded_safety_backup(&mut self) {
+        if self.journal.changed || !self.journal.uncertain.is_empty() {
+            return;
+        }
+        let Some(path) = self.journal.safety_backup.clone() else {
+            return;
+        };
+        let left_on_server = crate::workdir::read_journal(self.work.path())
+            .map(|records| !crate::workdir::outstanding(&records).is_empty())
+            .unwrap_or(true);
+        if left_on_server {
+            return;
+        }
+        let doomed = crate::layout::sibling(&path, crate::prune::DELETING_SUFFIX);
+        if fs::rename(&path, &doomed).is_err() {
+            return;
+        }
+        // Half removed, it is hidden; the next prune finishes it.
+        let _ = fs::remove_dir_all(&doomed);
+        let done = format!("safety backup: {}", path.display());
+        self.journal.done.retain(|d| *d != done);
+        self.journal.safety_backup = None;
+        self.journal.safety_backup_removed = Some(path);
+    }
 }
 
 /// Makes the restore's working directory beside the state database (`.wqm-restore`: lock,
@@ -1011,9 +1087,16 @@ impl<'a> Restoring<'a> {
                 &safety.path,
             )),
         };
-        let outcome = backup::create(self.client, self.settings, &request, self.progress)
-            .await
-            .context("the safety backup failed; nothing was changed")?;
+        let outcome =
+            match backup::create(self.client, self.settings, &request, self.progress).await {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    let staging = crate::layout::staging_path(&safety.path);
+                    let left = cleanup::left_on_server(&staging, self.settings);
+                    self.journal.leftovers.extend(left);
+                    return Err(e.context("the safety backup failed; nothing was changed"));
+                }
+            };
         self.journal.cleaned.extend(outcome.cleaned);
         self.journal.leftovers.extend(outcome.leftovers);
         self.work.record(&Record::SafetyBackup {
@@ -1118,7 +1201,6 @@ impl<'a> Restoring<'a> {
             progress,
             lanes: &lanes,
         };
-        self.journal.changed = !collections.is_empty();
         let jobs = collections.iter().map(|collection| async {
             let began = Cell::new(false);
             let restore = async {
@@ -1138,6 +1220,7 @@ impl<'a> Restoring<'a> {
             let name = &collection.name;
             match result {
                 Ok(targets) => {
+                    self.journal.changed = true;
                     shard_targets.extend(targets.map(|t| (name.clone(), t)));
                     if collection.action == CollectionAction::Create {
                         self.journal.created.push(name.clone());
@@ -1151,8 +1234,13 @@ impl<'a> Restoring<'a> {
                 Err(e) => {
                     if began {
                         // Qdrant may have swapped the collection in and then failed to answer (or died).
+                        self.journal.changed = true;
                         self.journal.uncertain.push(format!(
                             "collection `{name}`: Qdrant may have restored it before the failure; check it, or rerun the restore with --overwrite"
+                        ));
+                    } else {
+                        self.journal.unchanged.push(format!(
+                            "collection `{name}`: not restored, left as it was (Qdrant did not get all of its snapshot)"
                         ));
                     }
                     failure
@@ -1371,7 +1459,8 @@ struct Uploads<'a> {
 
 impl Uploads<'_> {
     /// One collection: its snapshot uploaded, or its shards (`restore_shards`). `began` says
-    /// whether it got as far as changing anything. Returns where its shards went.
+    /// whether it got as far as Qdrant may have changed anything (an upload Qdrant got all of,
+    /// a collection created). Returns where its shards went.
     async fn restore_collection(
         &self,
         collection: &CollectionPlan,
@@ -1388,11 +1477,16 @@ impl Uploads<'_> {
             .file(&details.snapshot)
             .ok_or_else(|| anyhow!("no file for `{name}`"))?;
         let mut turn = self.lanes.turn(self.client).await?;
-        began.set(true);
         self.progress
             .step(&format!("restoring collection `{name}`"));
-        self.upload(self.client, entry, Scope::Collection(name), &mut turn)
-            .await?;
+        self.upload(
+            self.client,
+            entry,
+            Scope::Collection(name),
+            &mut turn,
+            began,
+        )
+        .await?;
         Ok(None)
     }
 
@@ -1444,7 +1538,7 @@ impl Uploads<'_> {
                     .file(&shard.snapshot)
                     .ok_or_else(|| anyhow!("no file for shard {} of `{name}`", shard.id))?;
                 let mut turn = self.lanes.turn(node).await?;
-                self.upload(node, entry, Scope::Shard(name, target), &mut turn)
+                self.upload(node, entry, Scope::Shard(name, target), &mut turn, began)
                     .await
             })
         });
@@ -1620,6 +1714,7 @@ impl Uploads<'_> {
         entry: &FileEntry,
         scope: Scope<'_>,
         turn: &mut backup::Turn<'_>,
+        received: &Cell<bool>,
     ) -> Result<()> {
         upload(
             client,
@@ -1629,13 +1724,13 @@ impl Uploads<'_> {
             self.transfer,
             self.work,
             self.progress,
-            (turn, self.lanes),
+            (turn, self.lanes, received),
         )
         .await
     }
 }
 
-/// `Uploads::upload`.
+/// `Uploads::upload`; sets `received` once all of the snapshot was handed to Qdrant.
 #[allow(clippy::too_many_arguments)]
 async fn upload(
     client: &Client,
@@ -1645,7 +1740,7 @@ async fn upload(
     transfer: &TransferSettings,
     work: &WorkDir,
     progress: &dyn Progress,
-    (turn, lanes): (&mut backup::Turn<'_>, &backup::Lanes),
+    (turn, lanes, received): (&mut backup::Turn<'_>, &backup::Lanes, &Cell<bool>),
 ) -> Result<()> {
     let content = source
         .open_content(entry)
@@ -1700,6 +1795,11 @@ async fn upload(
     progress.end_transfer(bar);
     // Dropping the request drops the body: a reader still sending stops at once.
     drop(uploading);
+    // Qdrant never recovers a snapshot it did not get all of (the last piece waits for the
+    // checks), so an upload that ended short of it changed nothing.
+    if sent.load(Ordering::Relaxed) == entry.content_size {
+        received.set(true);
+    }
     let checked = reader.await;
     let result = match checked {
         Ok(Err(Problem::Damaged(problem))) => Err(damaged(&entry.path, problem)),

@@ -26,7 +26,17 @@ pub async fn run(args: &CreateArgs, settings: &Settings, ui: &Ui) -> Result<Exit
     };
     let client = Client::from_settings(settings)?;
     let progress = ui.progress();
-    let outcome = backup::create(&client, settings, &request, &progress).await?;
+    let outcome = match backup::create(&client, settings, &request, &progress).await {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            // Nothing partial stays on disk, but a server may keep what could not be deleted.
+            let staging = crate::layout::staging_path(&request.target);
+            for left in crate::cleanup::left_on_server(&staging, settings) {
+                ui.warn_action(left);
+            }
+            return Err(e);
+        }
+    };
     super::report_cleaned(ui, &outcome.cleaned);
     for leftover in &outcome.leftovers {
         ui.warn_action(leftover);

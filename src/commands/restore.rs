@@ -188,19 +188,38 @@ fn way_back_hint(journal: &restore::Journal, plan: &Plan) -> String {
 /// What a restore that stopped part-way did, did not do, and how to go back.
 fn report_stop(ui: &Ui, journal: &restore::Journal, plan: &Plan) {
     if journal.done.is_empty() && journal.uncertain.is_empty() {
-        ui.warn("nothing was changed");
+        match &journal.safety_backup_removed {
+            Some(path) => ui.warn(format!(
+                "nothing was changed; the safety backup `{}` was removed (it held what is still there)",
+                path.display()
+            )),
+            None => ui.warn("nothing was changed"),
+        }
         return;
     }
     let mut lines = vec!["the restore stopped part-way. Done:".to_string()];
     lines.extend(journal.done.iter().map(|d| format!("  ✓ {d}")));
     lines.extend(journal.uncertain.iter().map(|d| format!("  ? {d}")));
+    lines.extend(journal.unchanged.iter().map(|d| format!("  ✗ {d}")));
     if !journal.changed {
         lines.push("Nothing of the live system was changed yet.".to_string());
     }
     if journal.daemon_stopped {
         lines.push("The daemon was stopped and is left stopped; start it once the system is back in order.".to_string());
     }
+    if let Some(path) = &journal.safety_backup_removed {
+        lines.push(format!(
+            "The safety backup `{}` was removed: it held what is still there.",
+            path.display()
+        ));
+    }
     if journal.changed {
+        if let (false, Some(safety)) = (journal.uncertain.is_empty(), &journal.safety_backup) {
+            lines.push(format!(
+                "The safety backup `{}` is kept: Qdrant may have restored a collection, and it holds what was there before.",
+                safety.display()
+            ));
+        }
         lines.push(way_back_hint(journal, plan));
         if !journal.created.is_empty() {
             lines.push(format!(

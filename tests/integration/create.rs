@@ -929,3 +929,67 @@ fn a_failure_in_one_pipelined_collection_stops_the_others_and_deletes_every_snap
         double.snapshots_left()
     );
 }
+
+#[test]
+#[cfg_attr(
+    not(mount_namespaces),
+    ignore = "needs WQM_TEST_UNSHARE: `unshare -rm` to mount a small filesystem (`.ci/run` sets it)"
+)]
+fn a_database_that_cannot_be_copied_or_stored_says_which_where_and_what_to_do() {
+    let double = Double::empty();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    fs::create_dir(&data).unwrap();
+    let db = data.join("state.db");
+    crate::fixtures::state_db(&db);
+    // 600 KB that no compression shrinks, in a rollback-journal database (so the copy's peak
+    // is its size, not twice that through a WAL).
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("PRAGMA journal_mode=DELETE; CREATE TABLE bulk(b BLOB); INSERT INTO bulk VALUES (randomblob(600000));")
+        .unwrap();
+    // Too small for the copy; room for the copy but not for storing it as well.
+    let bytes = fs::metadata(&db).unwrap().len();
+    for (size, step) in [(bytes / 2, "copy"), (bytes * 3 / 2, "store")] {
+        let size = format!("{}k", size / 1024);
+        let small = tmp.path().join(format!("small-{size}"));
+        fs::create_dir(&small).unwrap();
+        let script = format!(
+            "mount -t tmpfs -o size={size} tmpfs {small} && {wqm} backup create {small}/b; status=$?; ls -A {small}; exit $status",
+            small = small.display(),
+            wqm = env!("CARGO_BIN_EXE_wqm")
+        );
+        let output = std::process::Command::new("unshare")
+            .args(["-rm", "sh", "-c", &script])
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", tmp.path())
+            .env("QDRANT_URL", &double.url)
+            .env("WQM_DATA_DIR", &data)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{step}: {stderr}");
+        assert!(
+            stderr.starts_with(&format!(
+                "wqm: error: cannot {step} the database `{}` for the backup `{}/b`: ",
+                db.display(),
+                small.display()
+            )),
+            "{step}: {stderr}"
+        );
+        let hint = stderr.lines().last().unwrap();
+        assert!(
+            hint.starts_with(&format!(
+                "hint: the disk of `{}` is full (",
+                small.display()
+            )) && hint.ends_with(" bytes free there now): free space there or write the backup to another disk, then run the command again; nothing partial was left behind"),
+            "{step}: {stderr}"
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout),
+            "",
+            "{step}: nothing is left"
+        );
+    }
+}

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use crate::fixtures;
-use crate::qdrant_double::{Double, Faults};
+use crate::qdrant_double::{Double, DownloadFault, Faults};
 use crate::test::{self, Test};
 
 /// Entries of `dir`, sorted, hidden ones included (`ls -A`), but for the tests' own `home`.
@@ -702,5 +702,261 @@ fn real_server_the_printed_way_back_returns_the_old_state_exactly() {
     );
     assert_eq!(real_qdrant::fingerprint(&server), points_before);
     assert_eq!(test::sqlite_dump(&db), rows_before);
+    assert_eq!(server.snapshots_left(), Vec::<String>::new());
+}
+
+/// `wqm ARGS` in `tmp` against the double, with the live data directory `tmp/data`.
+fn wqm_in(tmp: TempDir, double: &Double, args: &str) -> Test {
+    Test::in_dir(tmp)
+        .env("QDRANT_URL", &double.url)
+        .env("WQM_DATA_DIR", "{TMP}/data")
+        .args(args)
+}
+
+/// The dirty shard's answer, as Qdrant 1.18.3 words it (recorded: `exchanges.json`).
+const DIRTY: &str = "Qdrant cannot load it (500: Service internal error: 1 of 1 read operations failed: Service internal error: Failed to Get Info, Dirty shard - shard is not fully initialized)";
+
+#[test]
+fn a_collection_qdrant_cannot_load_is_replaced_by_overwrite_and_by_the_way_back() {
+    let double = Double::start();
+    let tmp = crate::restore::scene(&double, "");
+    // A restore (--overwrite) dies after its first upload; Qdrant dies too, right after it
+    // swapped the collection in, and comes back with it as a dirty shard.
+    let output = run_with(
+        tmp.path(),
+        &double.url,
+        "restore:uploaded=kill",
+        &[
+            "backup",
+            "restore",
+            tmp.path().join("b").to_str().unwrap(),
+            "--force",
+            "--overwrite",
+        ],
+    );
+    assert!(killed(&output));
+    double.state().faults.dirty = Some("small-named".to_string());
+    let safety = crate::restore::safety_backups(tmp.path());
+    assert_eq!(safety.len(), 1);
+
+    // Without --overwrite: a conflict that says what Qdrant answered.
+    let (_, tmp) = wqm_in(tmp, &double, "backup restore {TMP}/b --dry-run")
+        .status(5)
+        .stdout_with(|o| {
+            assert!(
+                o.contains(&format!(
+                    "small-named (120 points, 201.50 KiB): already exists, but {DIRTY}\n"
+                )),
+                "{o}"
+            )
+        })
+        .stderr_with(|e| {
+            assert!(
+                e.contains(&format!(
+                    "Restore failed: Collection small-named already exists, but {DIRTY}\n"
+                )),
+                "{e}"
+            )
+        })
+        .run();
+
+    // The way back, as the next run prints it, works from that state.
+    let out = String::from_utf8_lossy(
+        &run_with(
+            tmp.path(),
+            &double.url,
+            "",
+            &["backup", "cleanup", tmp.path().to_str().unwrap()],
+        )
+        .stdout,
+    )
+    .into_owned();
+    let way_back = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("the way back: "))
+        .unwrap_or_else(|| panic!("no way back in: {out}"))
+        .to_string();
+    assert!(way_back.contains(&safety[0]), "{way_back}");
+    let args = way_back
+        .strip_prefix("wqm ")
+        .unwrap()
+        .replace(tmp.path().to_str().unwrap(), "{TMP}");
+    let (_, tmp) = wqm_in(tmp, &double, &args)
+        .stdout_with(|o| {
+            assert!(
+                o.contains(&format!("overwrite small-named (120 points, 201.50 KiB): {DIRTY}: replaced by the backup's copy\n")),
+                "{o}"
+            );
+            assert!(
+                o.contains("  ⚠ `small-named` exists but Qdrant cannot load it (500: "),
+                "{o}"
+            );
+            assert!(o.contains("what it held can be in no safety backup (Qdrant cannot read it)"), "{o}");
+            assert!(o.contains("Restore completed from "), "{o}");
+        })
+        .run();
+    assert!(
+        double.state().faults.dirty.is_none(),
+        "the upload replaced it"
+    );
+    double.assert_holds_the_fixtures();
+    assert!(
+        double.snapshots_left().is_empty(),
+        "{:?}",
+        double.snapshots_left()
+    );
+    // The way back's own safety backup holds what Qdrant could read.
+    let newest = crate::restore::safety_backups(tmp.path()).pop().unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &fs::read(tmp.path().join(newest).join("metadata/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        manifest["collections"],
+        serde_json::json!({"small-plain": 200})
+    );
+
+    // A rerun with --overwrite from the same state works too.
+    double.state().faults.dirty = Some("small-plain".to_string());
+    wqm_in(tmp, &double, "backup restore {TMP}/b --force --overwrite")
+        .stdout_with(|o| assert!(o.contains("Restore completed from "), "{o}"))
+        .run();
+    double.assert_holds_the_fixtures();
+}
+
+#[test]
+fn qdrant_gone_mid_download_for_longer_than_the_retry_time_says_what_stays_on_the_server() {
+    let double = Double::start();
+    double.state().faults = Faults {
+        download: Some((DownloadFault::Die { after: 50_000 }, 1)),
+        // Longer than the retry time below: the download and the delete both give up.
+        outage: Some(Duration::from_secs(3)),
+        ..Faults::default()
+    };
+    let url = double.url.clone();
+    let (_, tmp) = Test::new()
+        .env("QDRANT_URL", &double.url)
+        .env("WQM_BACKUP__TRANSFER__PARALLEL", "1")
+        .env("WQM_BACKUP__TRANSFER__RETRIES", "1")
+        .env("WQM_BACKUP__TRANSFER__RETRY_TIMEOUT", "1")
+        .args("backup create {TMP}/b --quiet")
+        .status(1)
+        .stderr_with(move |e| {
+            let (action, error) = e.split_once("wqm: error: ").unwrap();
+            assert!(
+                action.starts_with("wqm: action needed: snapshot `small-named-409846322439763-"),
+                "{e}"
+            );
+            assert!(
+                action.contains(&format!(
+                    ".snapshot` of `small-named` is left on Qdrant at {url}: the run could not delete it; the next wqm run in `"
+                )),
+                "{e}"
+            );
+            assert!(action.contains("` (or `wqm backup cleanup "), "{e}");
+            assert!(
+                action.contains(&format!(
+                    "deletes it, or delete it now with: curl -X DELETE '{url}/collections/small-named/snapshots/small-named-"
+                )),
+                "{e}"
+            );
+            assert!(error.starts_with("the download of `small-named-"), "{e}");
+        })
+        .run();
+    assert_eq!(double.snapshots_left().len(), 1);
+    assert!(!tmp.path().join("b").exists());
+    // Once Qdrant is back, the next run deletes it.
+    std::thread::sleep(Duration::from_secs(3));
+    let tmp = cleanup(tmp, &double, |out| {
+        assert!(out.contains("  deleted snapshot `small-named-"), "{out}")
+    });
+    assert!(double.snapshots_left().is_empty());
+    assert!(ls_a(tmp.path()).is_empty(), "{:?}", ls_a(tmp.path()));
+}
+
+#[test]
+#[cfg_attr(
+    not(real_qdrant_bin),
+    ignore = "needs WQM_TEST_QDRANT_BIN: a server this test starts itself (to kill and restart it)"
+)]
+fn real_server_the_way_back_replaces_a_dirty_shard_qdrant_left_when_killed_mid_recovery() {
+    use crate::real_qdrant::{self, Server};
+    let mut server = Server::start();
+    real_qdrant::workspace(&server);
+    let tmp = tempfile::tempdir().unwrap();
+    fs::create_dir(tmp.path().join("data")).unwrap();
+    fixtures::state_db(&tmp.path().join("data/state.db"));
+    let backup = tmp.path().join("b");
+    let output = run_with(
+        tmp.path(),
+        &server.url,
+        "",
+        &["backup", "create", backup.to_str().unwrap()],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // The system moves on; this is the state the way back must return to.
+    real_qdrant::upsert(&server, "libraries", 1000..1040, 7);
+    let before = real_qdrant::fingerprint(&server);
+
+    // A restore of the older backup dies right after Qdrant swapped `libraries` in (the first
+    // upload) ...
+    let output = run_with(
+        tmp.path(),
+        &server.url,
+        "restore:uploaded=kill",
+        &[
+            "backup",
+            "restore",
+            backup.to_str().unwrap(),
+            "--force",
+            "--overwrite",
+        ],
+    );
+    assert!(killed(&output));
+    // ... and so does Qdrant, in the middle of swapping it in: it leaves the flag file it keeps
+    // while a shard is being replaced (what `kill -9` of Qdrant during a snapshot recovery left
+    // in the runs that recorded its 500 answers), and comes back with a dirty shard.
+    server.kill();
+    let storage = server.dir.as_ref().unwrap().path().join("storage");
+    fs::write(
+        storage.join("collections/libraries/shard_0.initializing"),
+        "",
+    )
+    .unwrap();
+    server.start_again();
+    let (status, body) = server.call("GET", "/collections/libraries", None);
+    assert_eq!(status, 500, "{body}");
+    assert!(body.to_string().contains("Dirty shard"), "{body}");
+
+    // The way back, as the next run prints it, works from that state.
+    let cleaned = run_with(
+        tmp.path(),
+        &server.url,
+        "",
+        &["backup", "cleanup", tmp.path().to_str().unwrap()],
+    );
+    let out = String::from_utf8_lossy(&cleaned.stdout).into_owned();
+    let command = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("the way back: wqm "))
+        .unwrap_or_else(|| panic!("no way back in: {out}"))
+        .to_string();
+    let args: Vec<&str> = command.split_whitespace().collect();
+    let output = run_with(tmp.path(), &server.url, "", &args);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("`libraries` exists but Qdrant cannot load it (500: "),
+        "{stdout}"
+    );
+    assert_eq!(real_qdrant::fingerprint(&server), before);
     assert_eq!(server.snapshots_left(), Vec::<String>::new());
 }

@@ -67,6 +67,10 @@ pub struct Faults {
     pub outage: Option<Duration>,
     /// After reading an upload, the server hangs: no request is ever answered again.
     pub hang_after_upload: bool,
+    /// This collection is a dirty shard (Qdrant died while recovering a snapshot into it):
+    /// reading it, counting it and snapshotting it fail with Qdrant's recorded 500; an upload
+    /// into it replaces it, as in Qdrant.
+    pub dirty: Option<String>,
 }
 
 pub struct Collection {
@@ -116,6 +120,26 @@ pub struct Double {
     pub state: Arc<Mutex<State>>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+fn is_dirty(state: &Mutex<State>, name: &str) -> bool {
+    state.lock().unwrap().faults.dirty.as_deref() == Some(name)
+}
+
+/// A recorded response (status and body) by exchange name.
+fn recorded_response(name: &str) -> Response<Body> {
+    let exchanges: Value = serde_json::from_str(EXCHANGES).unwrap();
+    let exchange = exchanges
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .unwrap_or_else(|| panic!("no exchange {name}"));
+    let response = &exchange["response"];
+    json_response(
+        response["status"].as_u64().unwrap() as u16,
+        response["body"].clone(),
+    )
 }
 
 /// A recorded response body by exchange name.
@@ -412,6 +436,15 @@ async fn handle(
                 ok_raw(recorded("cluster info (single node, cluster disabled)"))
             }
         }
+        ("GET", ["collections", name]) if is_dirty(&state, name) => recorded_response(
+            "collection info of a dirty shard (Qdrant killed during a snapshot recovery) -> 500",
+        ),
+        ("POST", ["collections", name, "points", "count"]) if is_dirty(&state, name) => {
+            recorded_response("exact count of a dirty shard -> 500")
+        }
+        ("POST", ["collections", name, "snapshots"]) if is_dirty(&state, name) => {
+            recorded_response("create snapshot of a dirty shard -> 500")
+        }
         ("GET", ["collections", name]) => {
             let s = state.lock().unwrap();
             match s.collections.get(*name) {
@@ -644,6 +677,9 @@ async fn upload(
         }
     }
     restored.points = (restored.points as i64 + s.faults.count_offset) as u64;
+    if s.faults.dirty.as_deref() == Some(name) {
+        s.faults.dirty = None;
+    }
     s.collections.insert(name.to_string(), restored);
     s.snapshots
         .insert((name.to_string(), file_name), Bytes::from(snapshot));

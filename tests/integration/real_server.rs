@@ -161,14 +161,8 @@ fn files_with(dir: &Path, part: &str) -> Vec<(std::path::PathBuf, u64)> {
     found
 }
 
-#[test]
-#[cfg_attr(
-    not(real_qdrant_bin),
-    ignore = "needs WQM_TEST_QDRANT_BIN: a server this test starts itself (to kill and restart it)"
-)]
-fn qdrant_killed_and_restarted_mid_download_is_waited_for() {
-    let mut server = Server::start();
-    // A collection whose snapshot is large enough (~40 MB) to be killed in the middle of.
+/// A collection `big` whose snapshot is large enough (~40 MB) to be killed in the middle of.
+fn big_collection(server: &Server) {
     server.ok(
         "PUT",
         "/collections/big",
@@ -191,6 +185,86 @@ fn qdrant_killed_and_restarted_mid_download_is_waited_for() {
             Some(serde_json::json!({ "points": points })),
         );
     }
+}
+
+/// Waits until a snapshot file under `dir` has bytes: a download has begun.
+fn wait_until_downloading(dir: &Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !files_with(dir, ".snapshot")
+        .iter()
+        .any(|(_, size)| *size > 0)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the download never began"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+#[test]
+#[cfg_attr(
+    not(real_qdrant_bin),
+    ignore = "needs WQM_TEST_QDRANT_BIN: a server this test starts itself (to kill and restart it)"
+)]
+fn qdrant_killed_mid_download_and_not_back_in_time_says_what_stays_on_the_server() {
+    let mut server = Server::start();
+    big_collection(&server);
+    let t = Test::new();
+    let target = t.join("b");
+    let mut command = crate::test::wqm_command(
+        &t.join("home"),
+        &["backup", "create", target.to_str().unwrap()],
+    );
+    command
+        .env("QDRANT_URL", &server.url)
+        .env("WQM_DATA_DIR", t.join("data"))
+        .env("WQM_BACKUP__COMPRESSION", "false")
+        .env("WQM_BACKUP__TRANSFER__RETRIES", "1")
+        .env("WQM_BACKUP__TRANSFER__RETRY_TIMEOUT", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = command.spawn().unwrap();
+    wait_until_downloading(&t.join(""));
+    // Killed mid-download, and back only after wqm gave up.
+    server.kill();
+    let output = child.wait_with_output().unwrap();
+    server.start_again();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let left = server.snapshots_left();
+    let name = left
+        .iter()
+        .find_map(|s| s.strip_prefix("big/"))
+        .unwrap_or_else(|| panic!("no snapshot of `big` left: {left:?}"));
+    assert!(
+        stderr.starts_with(&format!(
+            "wqm: action needed: snapshot `{name}` of `big` is left on Qdrant at {}: the run could not delete it; the next wqm run in `{}` (or `wqm backup cleanup {}`) deletes it, or delete it now with: curl -X DELETE ",
+            server.url,
+            t.join("").display().to_string().trim_end_matches('/'),
+            t.join("").display().to_string().trim_end_matches('/'),
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("\nwqm: error: "), "{stderr}");
+    assert!(!target.exists());
+    // The next run deletes it.
+    let (_, _t) = t
+        .env("QDRANT_URL", &server.url)
+        .args("backup cleanup {TMP}")
+        .stdout_with(move |o| assert!(o.contains("  deleted snapshot `"), "{o}"))
+        .run();
+    assert_eq!(server.snapshots_left(), Vec::<String>::new());
+}
+
+#[test]
+#[cfg_attr(
+    not(real_qdrant_bin),
+    ignore = "needs WQM_TEST_QDRANT_BIN: a server this test starts itself (to kill and restart it)"
+)]
+fn qdrant_killed_and_restarted_mid_download_is_waited_for() {
+    let mut server = Server::start();
+    big_collection(&server);
     let t = Test::new();
     let target = t.join("b");
     let mut command = crate::test::wqm_command(
@@ -207,20 +281,7 @@ fn qdrant_killed_and_restarted_mid_download_is_waited_for() {
     let child = command.spawn().unwrap();
     // Once the download has begun (the stored file grows), kill Qdrant and keep it down for
     // longer than the whole retry budget of earlier versions (~1.5 s).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let downloading = files_with(&t.join(""), ".snapshot")
-            .iter()
-            .any(|(_, size)| *size > 0);
-        if downloading {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the download never began"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
+    wait_until_downloading(&t.join(""));
     server.kill();
     let at_kill: u64 = files_with(&t.join(""), ".snapshot")
         .iter()
