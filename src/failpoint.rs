@@ -14,6 +14,7 @@ use std::io;
 /// Reached the failpoint `name`; does what `WQM_FAILPOINTS` says for it, if anything.
 #[cfg(debug_assertions)]
 pub fn hit(name: &str) -> io::Result<()> {
+    use rustix::process::{getpid, kill_process as kill, Signal};
     let Ok(spec) = std::env::var("WQM_FAILPOINTS") else {
         return Ok(());
     };
@@ -24,13 +25,11 @@ pub fn hit(name: &str) -> io::Result<()> {
     match action.as_deref() {
         None => Ok(()),
         Some("kill") => {
-            // SAFETY: sends a signal to this very process.
-            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+            let _ = kill(getpid(), Signal::KILL);
             unreachable!("SIGKILL cannot be caught")
         }
         Some("term") => {
-            // SAFETY: sends a signal to this very process.
-            unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+            let _ = kill(getpid(), Signal::TERM);
             // Give the signal watcher a moment to set the flag the work checks.
             std::thread::sleep(std::time::Duration::from_millis(200));
             Ok(())

@@ -101,19 +101,8 @@ pub fn lock_is_held(lock: &Path) -> bool {
 /// Bytes available to an unprivileged user on the filesystem of `path`.
 #[cfg(unix)]
 pub fn available_space(path: &Path) -> io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: `c_path` is a valid NUL-terminated string and `stats` a writable statvfs.
-    let result = unsafe { libc::statvfs(c_path.as_ptr(), stats.as_mut_ptr()) };
-    if result != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: statvfs succeeded, so it filled `stats`.
-    let stats = unsafe { stats.assume_init() };
-    // The field types differ between platforms (u32 on some), hence the casts.
-    #[allow(clippy::unnecessary_cast)]
-    Ok(stats.f_bavail as u64 * stats.f_frsize as u64)
+    let stats = rustix::fs::statvfs(path)?;
+    Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
 }
 
 #[cfg(not(unix))]

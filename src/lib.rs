@@ -125,10 +125,11 @@ impl Signals {
     }
 
     async fn next(&mut self) -> (i32, &'static str) {
+        use rustix::process::Signal;
         tokio::select! {
-            _ = self.interrupt.recv() => (libc::SIGINT, "interrupted"),
-            _ = self.terminate.recv() => (libc::SIGTERM, "terminated (SIGTERM)"),
-            _ = self.hangup.recv() => (libc::SIGHUP, "hung up (SIGHUP)"),
+            _ = self.interrupt.recv() => (Signal::INT.as_raw(), "interrupted"),
+            _ = self.terminate.recv() => (Signal::TERM.as_raw(), "terminated (SIGTERM)"),
+            _ = self.hangup.recv() => (Signal::HUP.as_raw(), "hung up (SIGHUP)"),
         }
     }
 }

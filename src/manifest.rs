@@ -443,10 +443,13 @@ impl Manifest {
         let mut options = std::fs::OpenOptions::new();
         options.read(true);
         #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NOFOLLOW);
+        std::os::unix::fs::OpenOptionsExt::custom_flags(
+            &mut options,
+            rustix::fs::OFlags::NOFOLLOW.bits() as i32,
+        );
         let file = options.open(path).map_err(|e| {
             #[cfg(unix)]
-            if e.raw_os_error() == Some(libc::ELOOP) {
+            if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
                 return ManifestError::Invalid {
                     path: path.to_path_buf(),
                     reason: "is a symbolic link; wqm never follows links in a backup".to_string(),

@@ -14,6 +14,7 @@ use crate::layout::{self, MANIFEST_PATH};
 use crate::manifest::{self, FileEntry, Manifest, ManifestError};
 use crate::names::EntryPath;
 
+pub(crate) mod at;
 pub mod chunks;
 mod staging;
 use chunks::{ChunkReader, ChunkStore};
@@ -33,13 +34,7 @@ pub struct Stat {
     pub len: u64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    File,
-    Dir,
-    Symlink,
-    Other,
-}
+pub use at::Kind;
 
 impl BackupDir {
     /// Opens an existing backup: the directory must exist and its manifest must parse.
@@ -251,114 +246,27 @@ fn split(rel: &str) -> io::Result<(Vec<&str>, &str)> {
     Ok((parts, last))
 }
 
-#[cfg(unix)]
-mod sys {
-    use std::ffi::CString;
-    use std::fs::File;
-    use std::io;
-    use std::os::fd::{AsRawFd, FromRawFd};
-    use std::os::unix::ffi::OsStrExt;
-    use std::path::Path;
-
-    fn c_string(name: &str) -> io::Result<CString> {
-        CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "contains NUL"))
-    }
-
-    /// The backup's root directory (given by the user; it may itself be reached by a link).
-    pub fn open_root(root: &Path) -> io::Result<File> {
-        let path = CString::new(root.as_os_str().as_bytes())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "contains NUL"))?;
-        // SAFETY: a valid NUL-terminated path; the descriptor is owned by the File at once.
-        let fd = unsafe {
-            libc::open(
-                path.as_ptr(),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a new descriptor nobody else owns.
-        Ok(unsafe { File::from_raw_fd(fd) })
-    }
-
-    /// Opens `name` in `dir` without following a link there; `directory` demands a directory.
-    pub fn open_at(dir: &File, name: &str, directory: bool) -> io::Result<File> {
-        let name = c_string(name)?;
-        // O_NONBLOCK: opening a FIFO planted in a backup must not hang (no effect on files).
-        let flags = libc::O_RDONLY
-            | libc::O_NOFOLLOW
-            | libc::O_CLOEXEC
-            | if directory {
-                libc::O_DIRECTORY
-            } else {
-                libc::O_NONBLOCK
-            };
-        // SAFETY: `dir` is an open directory and `name` a valid NUL-terminated string.
-        let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a new descriptor nobody else owns.
-        Ok(unsafe { File::from_raw_fd(fd) })
-    }
-
-    /// `fstatat(AT_SYMLINK_NOFOLLOW)`: the kind and size of `name` in `dir` itself.
-    pub fn stat_at(dir: &File, name: &str) -> io::Result<(u32, u64)> {
-        let name = c_string(name)?;
-        let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
-        // SAFETY: valid descriptor, NUL-terminated name and a writable stat buffer.
-        let result = unsafe {
-            libc::fstatat(
-                dir.as_raw_fd(),
-                name.as_ptr(),
-                stat.as_mut_ptr(),
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        };
-        if result != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fstatat succeeded, so it filled `stat`.
-        let stat = unsafe { stat.assume_init() };
-        // The field types differ between platforms, hence the casts.
-        #[allow(clippy::unnecessary_cast)]
-        Ok((stat.st_mode as u32, stat.st_size as u64))
-    }
-
-    pub fn is_symlink_error(e: &io::Error) -> bool {
-        // O_NOFOLLOW on a link: ELOOP (Linux, BSDs) or EMLINK (FreeBSD's documented value).
-        matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::EMLINK))
-    }
-
-    pub fn kind(mode: u32) -> super::Kind {
-        #[allow(clippy::unnecessary_cast)]
-        match mode & libc::S_IFMT as u32 {
-            m if m == libc::S_IFREG as u32 => super::Kind::File,
-            m if m == libc::S_IFDIR as u32 => super::Kind::Dir,
-            m if m == libc::S_IFLNK as u32 => super::Kind::Symlink,
-            _ => super::Kind::Other,
-        }
-    }
-}
-
 /// The directory holding `rel`'s last component, reached without following links.
 #[cfg(unix)]
-fn parent_dir(root: &Path, rel: &str, dirs: &[&str]) -> io::Result<File> {
-    let mut dir = sys::open_root(root)?;
+fn parent_dir(root: &Path, rel: &str, dirs: &[&str]) -> io::Result<at::Dir> {
+    let mut dir = at::Dir::open_given(root)?;
     for part in dirs {
-        // O_DIRECTORY|O_NOFOLLOW on a link fails with ELOOP or ENOTDIR: look at what it was.
-        dir = sys::open_at(&dir, part, true).map_err(|e| {
-            let link = sys::is_symlink_error(&e)
-                || sys::stat_at(&dir, part).is_ok_and(|(mode, _)| sys::kind(mode) == Kind::Symlink);
-            if link {
-                symlink_refused(rel)
-            } else {
-                e
-            }
-        })?;
+        dir = dir.open_dir(part).map_err(|e| in_backup(e, rel))?;
     }
     Ok(dir)
+}
+
+/// An error of `at::Dir` said in a backup's terms: the whole path, and why links are refused.
+#[cfg(unix)]
+fn in_backup(e: io::Error, rel: &str) -> io::Error {
+    match at::refusal(&e) {
+        Some(at::Refused::Link(_)) => symlink_refused(rel),
+        Some(at::Refused::NotAFile(_)) => io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("`{}` is not a regular file", crate::names::shown(rel)),
+        ),
+        None => e,
+    }
 }
 
 /// Opens `rel` under `root` for reading: every component a real directory, the last a regular
@@ -367,20 +275,7 @@ fn parent_dir(root: &Path, rel: &str, dirs: &[&str]) -> io::Result<File> {
 pub fn open_in(root: &Path, rel: &str) -> io::Result<File> {
     let (dirs, last) = split(rel)?;
     let dir = parent_dir(root, rel, &dirs)?;
-    let file = sys::open_at(&dir, last, false).map_err(|e| {
-        if sys::is_symlink_error(&e) {
-            symlink_refused(rel)
-        } else {
-            e
-        }
-    })?;
-    if !file.metadata()?.is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("`{}` is not a regular file", crate::names::shown(rel)),
-        ));
-    }
-    Ok(file)
+    dir.open_file(last).map_err(|e| in_backup(e, rel))
 }
 
 /// The entry `rel` under `root` itself; a link in a directory above it is an error.
@@ -388,11 +283,8 @@ pub fn open_in(root: &Path, rel: &str) -> io::Result<File> {
 pub fn stat_in(root: &Path, rel: &str) -> io::Result<Stat> {
     let (dirs, last) = split(rel)?;
     let dir = parent_dir(root, rel, &dirs)?;
-    let (mode, len) = sys::stat_at(&dir, last)?;
-    Ok(Stat {
-        kind: sys::kind(mode),
-        len,
-    })
+    let (kind, len) = dir.stat(last)?;
+    Ok(Stat { kind, len })
 }
 
 /// Elsewhere: each component is looked at (`symlink_metadata`) before the file is opened.
@@ -636,17 +528,14 @@ mod tests {
     fn a_fifo_does_not_hang_the_reader() {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir_all(dir.path().join("sqlite")).unwrap();
-        let fifo = std::ffi::CString::new(
-            dir.path()
-                .join("sqlite/state.db")
-                .to_str()
-                .unwrap()
-                .as_bytes(),
+        let fifo = dir.path().join("sqlite/state.db");
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
         )
         .unwrap();
-        // SAFETY: a valid path.
-        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
         let err = open_in(dir.path(), "sqlite/state.db").unwrap_err();
-        assert!(err.to_string().contains("not a regular file"), "{err}");
+        assert_eq!(err.to_string(), "`sqlite/state.db` is not a regular file");
     }
 }

@@ -8,7 +8,8 @@ use std::io;
 
 use serde::Serialize;
 
-use super::{at, runs, ChunkId, ChunkStore, CHUNKS_DIR, TMP_DIR};
+use super::{runs, ChunkId, ChunkStore, CHUNKS_DIR, TMP_DIR};
+use crate::store::at;
 
 /// What a garbage collection found and did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]

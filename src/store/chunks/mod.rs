@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checksum::{sha256, to_hex};
 use crate::exit::{Classify, ExitCode};
+use crate::store::at;
 
 /// The chunk store's directory in a backups directory.
 pub const STORE_DIR: &str = ".wqm-chunks";
@@ -494,7 +495,6 @@ fn lock(file: File, root: &Path, access: Access) -> Result<File, ChunkError> {
     }
 }
 
-mod at;
 mod cut;
 mod gc;
 mod index;

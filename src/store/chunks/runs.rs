@@ -7,9 +7,10 @@ use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::{at, io_error, ChunkError, ChunkStore, Params, CHUNKS_DIR, LOCK_FILE, PARAMS_FILE};
+use super::{io_error, ChunkError, ChunkStore, Params, CHUNKS_DIR, LOCK_FILE, PARAMS_FILE};
 use super::{STORE_DIR, TMP_DIR};
 use crate::fs::{create_private_dir_all, create_private_file};
+use crate::store::at;
 
 /// A store being made: `.wqm-chunks.new-<pid of its maker>`.
 const NEW_STORE_INFIX: &str = ".new-";

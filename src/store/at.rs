@@ -1,7 +1,8 @@
-//! The chunk store's file-system walk: every step relative to an open directory, never following
-//! a link (`openat` with `O_NOFOLLOW`, `fstatat`/`unlinkat` on the entry itself). Garbage
-//! collection and the cleanup of dead runs' temporary chunks delete only through these, so a
-//! link planted anywhere in the store (`chunks`, `tmp`, a fan-out directory) leads nowhere.
+//! Walking backups and the chunk store: every step relative to an open directory, never following
+//! a link (`openat` with `O_NOFOLLOW`, `fstatat`/`unlinkat` on the entry itself). Reading a
+//! backup's files, garbage collection and the cleanup of dead runs' temporary chunks go only
+//! through these, so a link planted anywhere (in a backup, `chunks`, `tmp`, a fan-out directory)
+//! leads nowhere.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -42,13 +43,30 @@ fn flags(directory: bool) -> OFlags {
     }
 }
 
+/// Why an entry was not opened: the caller names it in its own terms (`refusal`).
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error("`{0}` is a symbolic link; wqm never follows links")]
+    Link(String),
+    #[error("`{0}` is not a regular file")]
+    NotAFile(String),
+}
+
+impl Refused {
+    fn into_io(self) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, self)
+    }
+}
+
+/// The `Refused` inside an error of `Dir`, if that is why it failed.
+pub fn refusal(e: &io::Error) -> Option<&Refused> {
+    e.get_ref()?.downcast_ref()
+}
+
 /// `open` on a link with `O_NOFOLLOW`: ELOOP (Linux), EMLINK (FreeBSD); `O_DIRECTORY` on one
 /// may say ENOTDIR instead, hence the look at the entry itself.
 fn link_refused(name: &str) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidData,
-        format!("`{name}` is a symbolic link; wqm never follows links in the chunk store"),
-    )
+    Refused::Link(name.to_string()).into_io()
 }
 
 impl Dir {
@@ -66,6 +84,13 @@ impl Dir {
         Ok(Dir(fd))
     }
 
+    /// The directory a user named (a backup's root): links on the way there are the user's
+    /// choice and followed.
+    pub fn open_given(path: &Path) -> io::Result<Dir> {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        Ok(Dir(rustix::fs::openat(CWD, path, flags, Mode::empty())?))
+    }
+
     /// The directory `name` in this one, not through a link.
     pub fn open_dir(&self, name: &str) -> io::Result<Dir> {
         rustix::fs::openat(&self.0, name, flags(true), Mode::empty())
@@ -80,10 +105,7 @@ impl Dir {
                 .map_err(|e| self.refused(name, e))?,
         );
         if !file.metadata()?.is_file() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("`{name}` is not a regular file"),
-            ));
+            return Err(Refused::NotAFile(name.to_string()).into_io());
         }
         Ok(file)
     }
@@ -101,7 +123,8 @@ impl Dir {
         Ok(self.stat(name)?.0)
     }
 
-    fn stat(&self, name: &str) -> io::Result<(Kind, u64)> {
+    /// What `name` in this directory is, itself, and its size.
+    pub fn stat(&self, name: &str) -> io::Result<(Kind, u64)> {
         let stat = rustix::fs::statat(&self.0, name, AtFlags::SYMLINK_NOFOLLOW)?;
         let kind = match FileType::from_raw_mode(stat.st_mode) {
             FileType::RegularFile => Kind::File,
