@@ -37,6 +37,10 @@ pub struct Cleaned {
     pub lines: Vec<String>,
     /// Everything is gone (false: the directory stays so a later run can finish).
     pub complete: bool,
+    /// The operator may have to act on it (what a dead run did on a server or to the live
+    /// system); a dead run's unnamed chunks, removed, are only worth a note.
+    #[serde(skip)]
+    pub needs_action: bool,
 }
 
 impl Cleaned {
@@ -123,6 +127,7 @@ async fn clean(path: &Path, settings: &Settings) -> Option<Cleaned> {
         run,
         lines,
         complete,
+        needs_action: true,
     })
 }
 
@@ -146,6 +151,7 @@ fn chunk_leftovers(removed: chunks::Removed) -> Cleaned {
         run: "`create --incremental`".to_string(),
         lines: vec![line],
         complete: true,
+        needs_action: false,
     }
 }
 

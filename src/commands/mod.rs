@@ -57,10 +57,15 @@ fn backups_dir(dir: &std::path::Path) -> Result<()> {
 }
 
 /// Reports each dead run that was cleaned up: on stderr, also with `--quiet`, since an
-/// operator may have to act on it (start the daemon, put a safety backup back).
+/// operator may have to act on it (start the daemon, put a safety backup back); what needs no
+/// action (a dead run's unnamed chunks, removed) is a warning.
 fn report_cleaned(ui: &Ui, cleaned: &[crate::cleanup::Cleaned]) {
     for run in cleaned {
-        ui.warn_action(run.report());
+        if run.needs_action {
+            ui.warn_action(run.report());
+        } else {
+            ui.warn(run.report());
+        }
     }
 }
 

@@ -183,7 +183,13 @@ fn what_a_killed_create_left_in_the_store_goes_with_the_next_run() {
         "backup create {TMP}/backups/n1 --incremental --collections small-plain",
     )
     .stdout_with(|o| assert!(o.starts_with("Backup created: "), "{o}"))
-    .stderr_with(|e| assert!(e.contains("removed the chunk store it was making"), "{e}"))
+    .stderr_with(|e| {
+        assert!(
+            e.starts_with("wqm: warning: cleaned up after a dead run: `create --incremental`")
+                && e.contains("removed the chunk store it was making"),
+            "{e}"
+        )
+    })
     .run();
     assert!(!backups.join(&half[0]).exists());
 

@@ -372,7 +372,7 @@ fn a_download_that_keeps_failing_gives_up_cleanly() {
                 "{err}"
             );
             assert!(err.contains(" attempts: the connection broke: "), "{err}");
-            assert!(err.contains("\nhint: check the network and Qdrant's logs, then run the command again; nothing partial was kept\n"), "{err}");
+            assert!(err.contains("\nhint: check the network and Qdrant's logs, then run the command again; nothing partial was kept on disk\n"), "{err}");
         },
     );
     // At least `retry_timeout` passed, with backoff (not 100 attempts at once).
