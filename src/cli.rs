@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::exit::EXIT_CODES_HELP;
 use crate::prune::{Count, Policy, Span};
+use crate::store::chunks::Subset;
 
 const ENVIRONMENT_HELP: &str = "\
 Environment:
@@ -312,6 +313,12 @@ pub struct ValidateArgs {
     /// Read every file: sizes, checksums, Qdrant snapshot archives, SQLite integrity.
     #[arg(long)]
     pub check_files: bool,
+    /// As --check-files, but read only part of an incremental backup's chunks: `n/t` (group n
+    /// of t: run 1/t .. t/t on successive nights to read every chunk once per cycle), `N%` (a
+    /// random share) or a size such as `500M` (a random share of about that much); the others
+    /// are looked up, every index is checked.
+    #[arg(long, value_name = "SUBSET", value_parser = clap::value_parser!(Subset))]
+    pub read_data_subset: Option<Subset>,
     #[command(flatten)]
     pub output: OutputArgs,
 }

@@ -4,6 +4,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
@@ -18,7 +19,7 @@ use crate::progress::{self, Metered, Progress};
 use crate::snapshot;
 use crate::sqlite;
 use crate::store::chunks::{
-    self, ChunkBuffer, ChunkId, ChunkProblem, ChunkStore, IndexLine, IndexReader,
+    self, ChunkBuffer, ChunkId, ChunkProblem, ChunkStore, IndexLine, IndexReader, Selection,
 };
 use crate::store::{self, BackupDir, Kind};
 
@@ -85,33 +86,59 @@ pub struct Options {
     pub chunks: ChunkTally,
 }
 
-/// The chunks a run has read and what each showed (`None`: sound), so that `validate
-/// --check-files` and `list --check` read each chunk once however many files and backups share it.
+/// The chunks a run has checked and what each showed (`None`: sound), so that `validate
+/// --check-files` and `list --check` read each chunk once however many files and backups share
+/// it; with a `Selection` (`--read-data-subset`) only the chunks it picks are read, the others
+/// looked up.
 #[derive(Clone, Debug, Default)]
-pub struct ChunkTally(Arc<Mutex<HashMap<ChunkId, Option<ChunkProblem>>>>);
+pub struct ChunkTally {
+    checked: Arc<Mutex<HashMap<ChunkId, Option<ChunkProblem>>>>,
+    selection: Option<Selection>,
+    /// Chunks read, and chunks only looked up, by this run.
+    read: Arc<AtomicU64>,
+    looked_up: Arc<AtomicU64>,
+}
 
 impl ChunkTally {
     /// A tally that knows `ids` sound already: a create compared them with the data it backed
     /// up, byte for byte, so its verification does not read them a second time.
     pub fn known_sound(ids: HashSet<ChunkId>) -> Self {
-        ChunkTally(Arc::new(Mutex::new(
-            ids.into_iter().map(|id| (id, None)).collect(),
-        )))
+        ChunkTally {
+            checked: Arc::new(Mutex::new(ids.into_iter().map(|id| (id, None)).collect())),
+            ..ChunkTally::default()
+        }
     }
 
-    /// Reads and checks the chunks of `lines` this run has not read yet, on `threads` threads
-    /// (decompressing and hashing is the work); returns how many it read.
-    fn read_new(&self, store: &ChunkStore, lines: &[IndexLine], threads: usize) -> u64 {
-        let new: Vec<&IndexLine> = {
-            let known = self.0.lock().expect("tally lock");
+    /// A tally that reads only the chunks `selection` picks and looks the others up.
+    pub fn reading(selection: Selection) -> Self {
+        ChunkTally {
+            selection: Some(selection),
+            ..ChunkTally::default()
+        }
+    }
+
+    /// How many chunks this run read, and how many it only looked up.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.read.load(Ordering::Relaxed),
+            self.looked_up.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Checks the chunks of `lines` this run has not checked yet, reading them on `threads`
+    /// threads (decompressing and hashing is the work) or, those a selection leaves out, looking
+    /// them up; returns how many it read and how many it looked up.
+    fn read_new(&self, store: &ChunkStore, lines: &[IndexLine], threads: usize) -> (u64, u64) {
+        let (new, unread): (Vec<&IndexLine>, Vec<&IndexLine>) = {
+            let known = self.checked.lock().expect("tally lock");
             let mut seen = HashSet::new();
             lines
                 .iter()
                 .filter(|l| !known.contains_key(&l.id) && seen.insert(l.id))
-                .collect()
+                .partition(|l| self.selection.as_ref().is_none_or(|s| s.reads(&l.id)))
         };
         let per_thread = new.len().div_ceil(threads).max(1);
-        let found: Vec<(ChunkId, Option<ChunkProblem>)> = std::thread::scope(|scope| {
+        let mut found: Vec<(ChunkId, Option<ChunkProblem>)> = std::thread::scope(|scope| {
             let reading: Vec<_> = new
                 .chunks(per_thread)
                 .map(|part| {
@@ -133,15 +160,20 @@ impl ChunkTally {
                 .flat_map(|t| t.join().expect("a chunk check panicked"))
                 .collect()
         });
-        let mut known = self.0.lock().expect("tally lock");
         let read = found.len() as u64;
-        known.extend(found);
-        read
+        found.extend(unread.iter().map(|l| {
+            let missing = store.stored_size(&l.id).is_none();
+            (l.id, missing.then_some(ChunkProblem::Missing))
+        }));
+        self.read.fetch_add(read, Ordering::Relaxed);
+        self.looked_up
+            .fetch_add(unread.len() as u64, Ordering::Relaxed);
+        self.checked.lock().expect("tally lock").extend(found);
+        (read, unread.len() as u64)
     }
 
-    /// What reading `id` showed (after `read_new`).
     fn problem(&self, id: &ChunkId) -> Option<ChunkProblem> {
-        self.0
+        self.checked
             .lock()
             .expect("tally lock")
             .get(id)
@@ -417,6 +449,8 @@ struct ChunkReading {
     chunks: u64,
     /// Chunks read now (the others were read earlier in this run).
     read: u64,
+    /// Chunks looked up now, not read (`--read-data-subset` left them for another run).
+    looked_up: u64,
     /// The chunks' lengths added up.
     content_size: u64,
     bad: Vec<(ChunkId, ChunkProblem)>,
@@ -460,10 +494,17 @@ fn check_chunked_file(
             Severity::Ok,
             Check::Checksum,
             Some(&entry.path),
-            format!(
-                "index checksum, and {} chunks each matching its sha256 ({} read now, the others earlier in this run)",
-                reading.chunks, reading.read
-            ),
+            if tally.selection.is_some() {
+                format!(
+                    "index checksum, and {} chunks: {} read now, each matching its sha256, {} there but left for another run (`--read-data-subset`), the others checked earlier in this run",
+                    reading.chunks, reading.read, reading.looked_up
+                )
+            } else {
+                format!(
+                    "index checksum, and {} chunks each matching its sha256 ({} read now, the others earlier in this run)",
+                    reading.chunks, reading.read
+                )
+            },
         );
     }
     Ok(sound)
@@ -499,7 +540,9 @@ fn read_chunks(
         if progress::is_interrupted() {
             return Err(io::Error::from(io::ErrorKind::Interrupted));
         }
-        reading.read += tally.read_new(&store, &batch, threads);
+        let (read, looked_up) = tally.read_new(&store, &batch, threads);
+        reading.read += read;
+        reading.looked_up += looked_up;
         for line in &batch {
             reading.chunks += 1;
             reading.content_size += line.len as u64;

@@ -228,3 +228,108 @@ fn what_a_killed_create_left_in_the_store_goes_with_the_next_run() {
     assert_eq!(runs(), 0);
     validate(tmp, "backups/n1");
 }
+
+/// `validate BACKUP --read-data-subset n/t --json`: whether it found the backup valid, its exit
+/// code, the chunks it read and looked up, and its stdout.
+fn validate_subset(
+    home: &std::path::Path,
+    backup: &std::path::Path,
+    subset: &str,
+) -> (i32, u64, u64, String) {
+    let output = crate::test::wqm_command(
+        home,
+        &[
+            "backup",
+            "validate",
+            backup.to_str().unwrap(),
+            "--read-data-subset",
+            subset,
+            "--json",
+        ],
+    )
+    .output()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let counts = &v["read_data_subset"];
+    (
+        output.status.code().unwrap(),
+        counts["chunks_read"].as_u64().unwrap(),
+        counts["chunks_looked_up"].as_u64().unwrap(),
+        stdout,
+    )
+}
+
+#[test]
+fn a_rotating_subset_reads_every_chunk_once_per_cycle_and_finds_what_is_damaged() {
+    let double = Double::start();
+    let tmp = two_nights(&double);
+    let backups = tmp.path().join("backups");
+    let n1 = backups.join("n1");
+    let damaged = first_chunk(&n1, "collections/small-named.snapshot.chunks");
+    let id = damaged.file_name().unwrap().to_string_lossy().into_owned();
+    fixtures::flip_byte(&damaged);
+    let mut read_in_cycle = 0;
+    let mut found_by = Vec::new();
+    let mut all = None;
+    for n in 1..=4 {
+        let (code, read, looked_up, stdout) = validate_subset(tmp.path(), &n1, &format!("{n}/4"));
+        // Every chunk is checked by every run: read, or looked up.
+        assert_eq!(*all.get_or_insert(read + looked_up), read + looked_up);
+        read_in_cycle += read;
+        if code == 3 {
+            assert!(
+                stdout.contains(&format!("chunk `{id}` is damaged")),
+                "{stdout}"
+            );
+            found_by.push(n);
+        } else {
+            assert_eq!(code, 0, "{stdout}");
+        }
+    }
+    assert_eq!(
+        read_in_cycle,
+        all.unwrap(),
+        "the cycle read each chunk once"
+    );
+    assert_eq!(found_by.len(), 1, "{found_by:?}");
+
+    // A missing chunk is found whatever the subset: the chunks not read are looked up.
+    fs::remove_file(&damaged).unwrap();
+    for n in 1..=4 {
+        let (code, _, _, stdout) = validate_subset(tmp.path(), &n1, &format!("{n}/4"));
+        assert_eq!(code, 3, "{stdout}");
+        assert!(
+            stdout.contains(&format!("chunk `{id}` is missing")),
+            "{stdout}"
+        );
+    }
+}
+
+#[test]
+fn a_random_subset_reads_part_of_the_chunks_and_says_so() {
+    let double = Double::start();
+    let tmp = two_nights(&double);
+    let n1 = tmp.path().join("backups/n1");
+    let (code, read, looked_up, stdout) = validate_subset(tmp.path(), &n1, "100%");
+    assert_eq!((code, looked_up), (0, 0), "{stdout}");
+    let (code, some, rest, stdout) = validate_subset(tmp.path(), &n1, "30%");
+    assert_eq!(code, 0, "{stdout}");
+    assert_eq!(some + rest, read);
+    assert!(some < read && rest > 0, "{some} of {read}");
+    let (code, _, _, stdout) = validate_subset(tmp.path(), &n1, "1K");
+    assert_eq!(code, 0, "{stdout}");
+    Test::new()
+        .args(&format!(
+            "backup validate {} --read-data-subset 0/4",
+            n1.display()
+        ))
+        .status(2)
+        .stderr_with(|e| {
+            assert!(
+                e.contains("`0/4` is not a subset: n must be from 1 to t"),
+                "{e}"
+            )
+        })
+        .run();
+}

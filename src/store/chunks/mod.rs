@@ -500,6 +500,7 @@ mod gc;
 mod index;
 mod read;
 mod runs;
+mod subset;
 mod usage;
 mod write;
 
@@ -508,6 +509,7 @@ pub use gc::{collect_garbage, Collected};
 pub use index::{IndexLine, IndexReader};
 pub use read::{chunk_error, ChunkReader};
 pub use runs::{remove_dead, Removed, RunTemp};
+pub use subset::{Selection, Subset};
 pub use usage::{backups_using, usage, visit_chunks, Usage};
 pub use write::{Added, ChunkWriter, Run};
 
