@@ -299,6 +299,9 @@ registry!(
     crate::workdir::WorkDirError,
     crate::store::chunks::ChunkError,
     crate::verify::AuditError,
+    crate::backend::BackendError,
+    crate::backend::LocationError,
+    crate::backend::lock::LockError,
 );
 
 #[cfg(test)]
@@ -316,7 +319,9 @@ mod classify_tests {
     #[test]
     fn every_error_type_exits_with_its_documented_code() {
         use crate::store::chunks;
-        use crate::{cluster, compat, config, daemon, layout, manifest, qdrant, verify, workdir};
+        use crate::{
+            backend, cluster, compat, config, daemon, layout, manifest, qdrant, verify, workdir,
+        };
         let path = PathBuf::from("x");
         let cases: Vec<(ExitCode, ExitCode)> = vec![
             (
@@ -394,6 +399,72 @@ mod classify_tests {
             (
                 code_of(verify::AuditError::Interrupted(exit::Interrupted)),
                 ExitCode::Interrupted,
+            ),
+            (
+                code_of(backend::BackendError::NotFound {
+                    repository: "r".into(),
+                    name: "n".into(),
+                }),
+                ExitCode::InvalidBackup,
+            ),
+            (
+                code_of(backend::BackendError::AlreadyExists {
+                    repository: "r".into(),
+                    name: "n".into(),
+                }),
+                ExitCode::Failure,
+            ),
+            (
+                code_of(backend::BackendError::Unauthorized {
+                    endpoint: "e".into(),
+                    bucket: "b".into(),
+                    reason: "r".into(),
+                }),
+                ExitCode::Usage,
+            ),
+            (
+                code_of(backend::BackendError::NoSuchBucket {
+                    endpoint: "e".into(),
+                    bucket: "b".into(),
+                }),
+                ExitCode::Usage,
+            ),
+            (
+                code_of(backend::BackendError::Unreachable {
+                    endpoint: "e".into(),
+                    bucket: "b".into(),
+                    reason: "r".into(),
+                }),
+                ExitCode::Usage,
+            ),
+            (
+                code_of(backend::BackendError::Io {
+                    what: "cannot write",
+                    path: "p".into(),
+                    source: std::io::Error::other("x"),
+                }),
+                ExitCode::Failure,
+            ),
+            (
+                code_of(backend::Location::parse("s3:bucket").unwrap_err()),
+                ExitCode::Usage,
+            ),
+            (
+                code_of(backend::lock::LockError::Locked {
+                    repository: "r".into(),
+                    holder: "h".into(),
+                }),
+                ExitCode::Failure,
+            ),
+            // A lock's backend failure keeps the backend's code.
+            (
+                code_of(backend::lock::LockError::Backend(
+                    backend::BackendError::NoSuchBucket {
+                        endpoint: "e".into(),
+                        bucket: "b".into(),
+                    },
+                )),
+                ExitCode::Usage,
             ),
             // A domain error passed through an `io::Result` keeps its code.
             (

@@ -1,5 +1,7 @@
 //! The integration suite: one test binary that runs the real `wqm` binary.
 
+mod backend;
+mod backend_lock;
 mod create;
 mod docs;
 mod faults;
