@@ -107,6 +107,25 @@ impl S3Backend {
             .map_err(|e| self.error("checking the bucket", "", e))
     }
 
+    /// Whether the server honours `If-None-Match: *` (SeaweedFS and AWS do; rclone's `serve s3`
+    /// 1.75 ignores it and overwrites): writes a probe object under `.wqm-backend/probe/` twice
+    /// and removes it. Without it `save_new` cannot refuse a taken name, so a repository must
+    /// not be written there (the commands ask once, when a repository is made).
+    pub async fn supports_conditional_put(&self) -> Result<bool, BackendError> {
+        let probe = format!("{RESERVED}/probe/{}", super::random_id());
+        self.put_small(&probe, Bytes::from_static(b"1").into(), PutMode::Create)
+            .await?;
+        let second = self
+            .put_small(&probe, Bytes::from_static(b"2").into(), PutMode::Create)
+            .await;
+        let _ = self.store.delete(&self.path(&probe)?).await;
+        match second {
+            Ok(()) => Ok(false),
+            Err(BackendError::AlreadyExists { .. }) => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
     pub fn bucket(&self) -> &str {
         &self.bucket
     }
@@ -381,6 +400,31 @@ impl S3Backend {
     }
 }
 
+/// The bytes of `range` out of a stream of a whole object.
+fn slice(whole: ByteStream, range: Range<u64>) -> ByteStream {
+    futures_util::stream::unfold((whole, 0u64), move |(mut whole, mut at)| {
+        let range = range.clone();
+        async move {
+            while at < range.end {
+                let piece = match whole.next().await? {
+                    Ok(piece) => piece,
+                    Err(e) => return Some((Err(e), (whole, range.end))),
+                };
+                let (start, end) = (at, at + piece.len() as u64);
+                at = end;
+                let keep_from = range.start.clamp(start, end) - start;
+                let keep_to = range.end.clamp(start, end) - start;
+                if keep_to > keep_from {
+                    let kept = piece.slice(keep_from as usize..keep_to as usize);
+                    return Some((Ok(kept), (whole, at)));
+                }
+            }
+            None
+        }
+    })
+    .boxed()
+}
+
 /// Reads up to `PART_SIZE` bytes; `true` when the stream ended.
 async fn read_part(data: &mut ByteStream) -> std::io::Result<(PutPayload, bool)> {
     let mut part = PutPayloadMut::new();
@@ -544,6 +588,23 @@ impl Backend for S3Backend {
                 .into_stream()
                 .map(|piece| piece.map_err(std::io::Error::other))
                 .boxed()),
+            // A server that ignores `Range` (rclone's `serve s3` does) sends the whole object,
+            // which object_store refuses: read it whole and keep the range.
+            Err(e) if range.is_some() && e.to_string().contains("non-partial response") => {
+                let range = range.expect("checked");
+                let whole = self
+                    .store
+                    .get(&path)
+                    .await
+                    .map_err(|e| self.error("reading", name.as_str(), e))?;
+                Ok(slice(
+                    whole
+                        .into_stream()
+                        .map(|p| p.map_err(std::io::Error::other))
+                        .boxed(),
+                    range,
+                ))
+            }
             Err(e) => {
                 // A range that starts at or past the end: the bytes that exist are none.
                 if let Some(range) = range {
@@ -649,6 +710,35 @@ impl Backend for S3Backend {
         match self.store.delete(&record_path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.error("removing the upload record", &upload.id, e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_range_is_cut_out_of_a_whole_object() {
+        let pieces = || {
+            futures_util::stream::iter(
+                [&b"abc"[..], b"", b"defg", b"h"].map(|p| Ok(Bytes::from_static(p))),
+            )
+            .boxed()
+        };
+        for (range, expected) in [
+            (0..8, "abcdefgh"),
+            (1..2, "b"),
+            (2..5, "cde"),
+            (3..7, "defg"),
+            (7..100, "h"),
+            (8..10, ""),
+            (50..60, ""),
+        ] {
+            let got = crate::backend::collect(slice(pieces(), range.clone()))
+                .await
+                .unwrap();
+            assert_eq!(String::from_utf8(got).unwrap(), expected, "{range:?}");
         }
     }
 }

@@ -589,6 +589,22 @@ async fn s3_wrong_credentials_are_unauthorized() {
     ));
 }
 
+/// The server `.ci/run` starts honours conditional writes; the probe says so and leaves
+/// nothing behind. (rclone's `serve s3` 1.75 answers `false`: it overwrites.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(real_s3), ignore = "needs a real S3 server (see NEEDS_S3)")]
+async fn s3_conditional_writes_are_probed() {
+    let bucket = std::env::var("S3_BUCKET").unwrap();
+    let settings = S3Options::default().resolve().unwrap();
+    let prefix = format!("test-{}", backend::random_id());
+    let backend = S3Backend::open(&bucket, &prefix, &settings).unwrap();
+    assert!(backend.supports_conditional_put().await.unwrap());
+    assert_eq!(names(&backend, "").await, Vec::<String>::new());
+    let everything = S3Backend::open(&bucket, "", &settings).unwrap();
+    let probes = everything.list(&prefix).await.unwrap();
+    assert!(probes.is_empty(), "{probes:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(not(real_s3), ignore = "needs a real S3 server (see NEEDS_S3)")]
 async fn s3_a_missing_bucket_is_named() {
