@@ -29,13 +29,24 @@ use super::{Backend, BackendError, ByteStream, Name, ObjectInfo, Unfinished, RES
 pub const PART_SIZE: usize = 8 * 1024 * 1024;
 
 /// A bucket and a prefix in it.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct S3Backend {
     store: Arc<AmazonS3>,
     bucket: String,
     /// `""` or a prefix without a trailing `/`.
     prefix: String,
     endpoint: String,
+}
+
+/// Bucket, prefix and endpoint; the client (which holds the credentials) is left out.
+impl std::fmt::Debug for S3Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Backend")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What `.wqm-backend/uploads/ID` holds about a multipart upload.
@@ -717,6 +728,24 @@ impl Backend for S3Backend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_credential_shows_in_debug_or_description() {
+        let settings = Resolved {
+            endpoint: Some("http://127.0.0.1:9".into()),
+            region: "us-east-1".into(),
+            access_key_id: "AKIDEXAMPLE".into(),
+            secret_access_key: super::super::Secret::new("s3cr3t-value"),
+            session_token: Some(super::super::Secret::new("t0ken-value")),
+        };
+        let backend = S3Backend::open("bucket", "a/b/", &settings).unwrap();
+        let shown = format!("{backend:?} {}", backend.describe());
+        assert_eq!(backend.describe(), "s3://bucket/a/b at http://127.0.0.1:9");
+        assert!(
+            !shown.contains("s3cr3t") && !shown.contains("t0ken"),
+            "{shown}"
+        );
+    }
 
     #[tokio::test]
     async fn a_range_is_cut_out_of_a_whole_object() {
