@@ -49,7 +49,7 @@ pub struct LockInfo {
     /// When the run took it.
     pub started: f64,
     pub exclusive: bool,
-    /// What the run is (`create`, `prune`, ...), for the message that names it.
+    /// What the run is (`backup create`, `backup prune`, ...), for the message that names it.
     pub command: String,
     pub version: String,
 }
@@ -385,7 +385,7 @@ mod tests {
             time,
             started: time,
             exclusive: false,
-            command: "create".into(),
+            command: "backup create".into(),
             version: "0.3.0".into(),
         }
     }
@@ -411,7 +411,7 @@ mod tests {
         let mut held = info("h1", 42, 0.0);
         assert_eq!(
             held.describe(),
-            "`wqm create` (pid 42 on `h1`, since 1970-01-01 00:00:00 UTC) holds a shared lock"
+            "`wqm backup create` (pid 42 on `h1`, since 1970-01-01 00:00:00 UTC) holds a shared lock"
         );
         held.exclusive = true;
         assert!(held.describe().ends_with("holds an exclusive lock"));

@@ -36,7 +36,7 @@ async fn planted(
         time,
         started: time,
         exclusive,
-        command: "prune".into(),
+        command: "backup prune".into(),
         version: "0.3.0".into(),
     };
     let object = format!("locks/{}", backend::random_id());
@@ -66,10 +66,10 @@ fn assert_locked(result: Result<Lock, LockError>) -> String {
 }
 
 async fn shared_locks_go_together(backend: Arc<dyn Backend>) {
-    let first = Lock::acquire(backend.clone(), false, "create")
+    let first = Lock::acquire(backend.clone(), false, "backup create")
         .await
         .unwrap();
-    let second = Lock::acquire(backend.clone(), false, "restore")
+    let second = Lock::acquire(backend.clone(), false, "backup restore")
         .await
         .unwrap();
     assert_eq!(lock_names(&*backend).await.len(), 2);
@@ -77,7 +77,7 @@ async fn shared_locks_go_together(backend: Arc<dyn Backend>) {
     let info: LockInfo = serde_json::from_slice(&held).unwrap();
     assert_eq!(
         (info.pid, info.exclusive, info.command.as_str()),
-        (std::process::id(), false, "create")
+        (std::process::id(), false, "backup create")
     );
     assert_eq!(info.host, lock::hostname());
     first.release().await.unwrap();
@@ -86,25 +86,27 @@ async fn shared_locks_go_together(backend: Arc<dyn Backend>) {
 }
 
 async fn an_exclusive_lock_goes_alone(backend: Arc<dyn Backend>) {
-    let shared = Lock::acquire(backend.clone(), false, "create")
+    let shared = Lock::acquire(backend.clone(), false, "backup create")
         .await
         .unwrap();
-    let refused = assert_locked(Lock::acquire(backend.clone(), true, "prune").await);
+    let refused = assert_locked(Lock::acquire(backend.clone(), true, "backup prune").await);
     assert!(
-        refused.contains("`wqm create`") && refused.contains("holds a shared lock"),
+        refused.contains("`wqm backup create`") && refused.contains("holds a shared lock"),
         "{refused}"
     );
     // The refused run backed out: only the shared lock is there.
     assert_eq!(lock_names(&*backend).await, [shared.name().to_string()]);
     shared.release().await.unwrap();
 
-    let exclusive = Lock::acquire(backend.clone(), true, "prune").await.unwrap();
-    let refused = assert_locked(Lock::acquire(backend.clone(), false, "create").await);
+    let exclusive = Lock::acquire(backend.clone(), true, "backup prune")
+        .await
+        .unwrap();
+    let refused = assert_locked(Lock::acquire(backend.clone(), false, "backup create").await);
     assert!(refused.contains("holds an exclusive lock"), "{refused}");
-    assert_locked(Lock::acquire(backend.clone(), true, "prune").await);
+    assert_locked(Lock::acquire(backend.clone(), true, "backup prune").await);
     assert_eq!(lock_names(&*backend).await, [exclusive.name().to_string()]);
     exclusive.release().await.unwrap();
-    Lock::acquire(backend.clone(), false, "create")
+    Lock::acquire(backend.clone(), false, "backup create")
         .await
         .unwrap()
         .release()
@@ -121,7 +123,9 @@ async fn an_old_lock_is_stale(backend: Arc<dyn Backend>) {
         true,
     )
     .await;
-    let exclusive = Lock::acquire(backend.clone(), true, "prune").await.unwrap();
+    let exclusive = Lock::acquire(backend.clone(), true, "backup prune")
+        .await
+        .unwrap();
     exclusive.release().await.unwrap();
     let removed = lock::remove_stale(&*backend, Timing::default())
         .await
@@ -136,7 +140,7 @@ async fn a_dead_process_of_this_host_is_stale_at_once(backend: Arc<dyn Backend>)
     let dead = child.id();
     child.wait().unwrap();
     planted(&*backend, &lock::hostname(), dead, Duration::ZERO, true).await;
-    Lock::acquire(backend.clone(), true, "prune")
+    Lock::acquire(backend.clone(), true, "backup prune")
         .await
         .unwrap()
         .release()
@@ -159,9 +163,9 @@ async fn a_fresh_lock_of_another_host_is_respected(backend: Arc<dyn Backend>) {
         false,
     )
     .await;
-    let refused = assert_locked(Lock::acquire(backend.clone(), true, "prune").await);
+    let refused = assert_locked(Lock::acquire(backend.clone(), true, "backup prune").await);
     assert!(refused.contains("`other-host`"), "{refused}");
-    Lock::acquire(backend.clone(), false, "create")
+    Lock::acquire(backend.clone(), false, "backup create")
         .await
         .unwrap()
         .release()
@@ -179,7 +183,7 @@ async fn a_held_lock_stays_fresh(backend: Arc<dyn Backend>) {
         refresh_every: Duration::from_millis(300),
         stale_after: Duration::from_secs(2),
     };
-    let held = Lock::acquire_with(backend.clone(), false, "create", timing)
+    let held = Lock::acquire_with(backend.clone(), false, "backup create", timing)
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -188,7 +192,7 @@ async fn a_held_lock_stays_fresh(backend: Arc<dyn Backend>) {
     assert!(info.time > info.started + 1.0, "{info:?}");
     held.check().unwrap();
     // Still respected, by timing and as another host would judge it.
-    assert_locked(Lock::acquire_with(backend.clone(), true, "prune", timing).await);
+    assert_locked(Lock::acquire_with(backend.clone(), true, "backup prune", timing).await);
     assert!(lock::remove_stale(&*backend, timing)
         .await
         .unwrap()
@@ -201,7 +205,7 @@ async fn a_lock_removed_as_stale_is_lost(backend: Arc<dyn Backend>) {
         refresh_every: Duration::from_millis(200),
         stale_after: Duration::from_secs(60),
     };
-    let held = Lock::acquire_with(backend.clone(), false, "create", timing)
+    let held = Lock::acquire_with(backend.clone(), false, "backup create", timing)
         .await
         .unwrap();
     backend.remove(held.name()).await.unwrap();
@@ -225,7 +229,9 @@ async fn a_lock_removed_as_stale_is_lost(backend: Arc<dyn Backend>) {
 }
 
 async fn a_dropped_lock_is_released(backend: Arc<dyn Backend>) {
-    let held = Lock::acquire(backend.clone(), true, "prune").await.unwrap();
+    let held = Lock::acquire(backend.clone(), true, "backup prune")
+        .await
+        .unwrap();
     drop(held);
     for _ in 0..100 {
         if lock_names(&*backend).await.is_empty() {
