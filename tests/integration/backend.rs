@@ -56,6 +56,7 @@ conformance!(
     a_failed_save_leaves_nothing_visible,
     a_dropped_save_leaves_nothing_visible,
     a_killed_save_is_found_and_aborted,
+    unusual_names_round_trip,
 );
 
 pub fn local(dir: &std::path::Path) -> Arc<dyn Backend> {
@@ -478,6 +479,52 @@ async fn a_killed_save_is_found_and_aborted(backend: Arc<dyn Backend>) {
     assert!(backend.unfinished().await.unwrap().is_empty());
     // Aborting again is no error.
     backend.abort(upload).await.unwrap();
+}
+
+/// Names with spaces, non-ASCII letters and punctuation come back from `list` exactly as saved
+/// (S3 keys are URL-encoded on the wire), and bad names never reach a backend.
+async fn unusual_names_round_trip(backend: Arc<dyn Backend>) {
+    let unusual = [
+        "a b/c d",
+        "ünï/çødé",
+        "per%cent",
+        "plus+eq=amp&",
+        "semi;colon,comma",
+        "quote'd(paren)",
+        "star*tilde~",
+        "x/.hidden",
+        "dots..in..name",
+    ];
+    for text in unusual {
+        backend
+            .save(&name(text), backend::once(text.as_bytes().to_vec()))
+            .await
+            .unwrap();
+    }
+    let mut expected: Vec<String> = unusual.iter().map(|s| s.to_string()).collect();
+    expected.sort();
+    assert_eq!(names(&*backend, "").await, expected);
+    for text in unusual {
+        assert_eq!(
+            load(&*backend, &name(text), None).await,
+            text.as_bytes(),
+            "{text}"
+        );
+        assert_eq!(backend.stat(&name(text)).await.unwrap().name, text);
+    }
+    for bad in [
+        "../up",
+        "/abs",
+        "a//b",
+        "a\\b",
+        ".wqm-backend/tmp/x",
+        "a\0b",
+    ] {
+        assert!(
+            matches!(Name::new(bad), Err(BackendError::BadName { .. })),
+            "{bad:?}"
+        );
+    }
 }
 
 // ---- what only one backend has -------------------------------------------------------------
