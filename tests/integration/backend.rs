@@ -34,7 +34,7 @@ macro_rules! conformance {
         mod s3 {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                #[cfg_attr(not(real_s3), ignore = "needs a real S3 server (see NEEDS_S3)")]
+                #[cfg_attr(not(real_s3), ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them")]
                 async fn $check() {
                     super::$check(crate::backend::s3().await).await;
                 }
@@ -601,7 +601,10 @@ async fn local_objects_are_private() {
 
 /// Wrong credentials are refused naming the endpoint and bucket, never the secret.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(real_s3), ignore = "needs a real S3 server (see NEEDS_S3)")]
+#[cfg_attr(
+    not(real_s3),
+    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+)]
 async fn s3_wrong_credentials_are_unauthorized() {
     let bucket = std::env::var("S3_BUCKET").unwrap();
     let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap();
@@ -639,7 +642,10 @@ async fn s3_wrong_credentials_are_unauthorized() {
 /// The server `.ci/run` starts honours conditional writes; the probe says so and leaves
 /// nothing behind. (rclone's `serve s3` 1.75 answers `false`: it overwrites.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(real_s3), ignore = "needs a real S3 server (see NEEDS_S3)")]
+#[cfg_attr(
+    not(real_s3),
+    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+)]
 async fn s3_conditional_writes_are_probed() {
     let bucket = std::env::var("S3_BUCKET").unwrap();
     let settings = S3Options::default().resolve().unwrap();
@@ -653,7 +659,10 @@ async fn s3_conditional_writes_are_probed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(real_s3), ignore = "needs a real S3 server (see NEEDS_S3)")]
+#[cfg_attr(
+    not(real_s3),
+    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+)]
 async fn s3_a_missing_bucket_is_named() {
     let settings = S3Options::default().resolve().unwrap();
     let backend = S3Backend::open("no-such-bucket-wqm", "p", &settings).unwrap();
