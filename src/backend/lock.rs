@@ -70,18 +70,17 @@ impl LockInfo {
 
     fn describe(&self) -> String {
         let kind = if self.exclusive {
-            "exclusive"
+            "an exclusive"
         } else {
-            "shared"
+            "a shared"
         };
         let since = chrono::DateTime::from_timestamp(self.started as i64, 0)
             .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
             .unwrap_or_default();
         format!(
-            "`wqm {}` (pid {} on `{}`, since {since}) holds an {kind} lock",
+            "`wqm {}` (pid {} on `{}`, since {since}) holds {kind} lock",
             self.command, self.pid, self.host
         )
-        .replace("an shared", "a shared")
     }
 }
 
