@@ -5,7 +5,9 @@
 //!   what a shared server cannot do (kill and restart it, API keys, TLS, clusters);
 //! - `mount_namespaces`: `WQM_TEST_UNSHARE` set, which `.ci/run` does when `unshare -rm` works
 //!   (a tiny filesystem mounted in a private namespace, to fill a disk);
-//! - `rsync`: an `rsync` on `PATH` (the offsite recipe, run as written).
+//! - `rsync`: an `rsync` on `PATH` (the offsite recipe, run as written);
+//! - `real_s3`: a real S3 server (`WQM_TEST_S3`, with the `AWS_*` variables and `S3_BUCKET` that
+//!   `/work/shared/bin/s3-serve` prints) for the S3 half of the backend conformance suite.
 
 fn main() {
     for cfg in [
@@ -13,6 +15,7 @@ fn main() {
         "real_qdrant_bin",
         "mount_namespaces",
         "rsync",
+        "real_s3",
     ] {
         println!("cargo::rustc-check-cfg=cfg({cfg})");
     }
@@ -20,6 +23,7 @@ fn main() {
         "WQM_TEST_QDRANT_BIN",
         "WQM_TEST_QDRANT_URL",
         "WQM_TEST_UNSHARE",
+        "WQM_TEST_S3",
         "PATH",
     ] {
         println!("cargo::rerun-if-env-changed={var}");
@@ -30,6 +34,9 @@ fn main() {
     }
     if set("WQM_TEST_QDRANT_BIN") {
         println!("cargo::rustc-cfg=real_qdrant_bin");
+    }
+    if set("WQM_TEST_S3") {
+        println!("cargo::rustc-cfg=real_s3");
     }
     if set("WQM_TEST_UNSHARE") {
         println!("cargo::rustc-cfg=mount_namespaces");

@@ -3,6 +3,7 @@
 //! `run` is the whole program; `main.rs` only calls it. See `docs/architecture.md` for how the
 //! modules fit together.
 
+pub mod backend;
 pub(crate) mod backup;
 pub mod checksum;
 pub(crate) mod cleanup;

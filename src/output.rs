@@ -300,6 +300,9 @@ registry!(
     crate::store::chunks::ChunkError,
     crate::verify::AuditError,
     crate::backup::DatabaseCopyError,
+    crate::backend::BackendError,
+    crate::backend::LocationError,
+    crate::backend::lock::LockError,
 );
 
 #[cfg(test)]
@@ -318,7 +321,7 @@ mod classify_tests {
     fn every_error_type_exits_with_its_documented_code() {
         use crate::qdrant::cluster;
         use crate::store::chunks;
-        use crate::{compat, config, daemon, layout, manifest, qdrant, verify, workdir};
+        use crate::{backend, compat, config, daemon, layout, manifest, qdrant, verify, workdir};
         let path = PathBuf::from("x");
         let cases: Vec<(ExitCode, ExitCode)> = vec![
             (
@@ -396,6 +399,72 @@ mod classify_tests {
             (
                 code_of(verify::AuditError::Interrupted(exit::Interrupted)),
                 ExitCode::Interrupted,
+            ),
+            (
+                code_of(backend::BackendError::NotFound {
+                    repository: "r".into(),
+                    name: "n".into(),
+                }),
+                ExitCode::InvalidBackup,
+            ),
+            (
+                code_of(backend::BackendError::AlreadyExists {
+                    repository: "r".into(),
+                    name: "n".into(),
+                }),
+                ExitCode::Failure,
+            ),
+            (
+                code_of(backend::BackendError::Unauthorized {
+                    endpoint: "e".into(),
+                    bucket: "b".into(),
+                    reason: "r".into(),
+                }),
+                ExitCode::Usage,
+            ),
+            (
+                code_of(backend::BackendError::NoSuchBucket {
+                    endpoint: "e".into(),
+                    bucket: "b".into(),
+                }),
+                ExitCode::Usage,
+            ),
+            (
+                code_of(backend::BackendError::Unreachable {
+                    endpoint: "e".into(),
+                    bucket: "b".into(),
+                    reason: "r".into(),
+                }),
+                ExitCode::Usage,
+            ),
+            (
+                code_of(backend::BackendError::Io {
+                    what: "cannot write",
+                    path: "p".into(),
+                    source: std::io::Error::other("x"),
+                }),
+                ExitCode::Failure,
+            ),
+            (
+                code_of(backend::Location::parse("s3:bucket").unwrap_err()),
+                ExitCode::Usage,
+            ),
+            (
+                code_of(backend::lock::LockError::Locked {
+                    repository: "r".into(),
+                    holder: "h".into(),
+                }),
+                ExitCode::Failure,
+            ),
+            // A lock's backend failure keeps the backend's code.
+            (
+                code_of(backend::lock::LockError::Backend(
+                    backend::BackendError::NoSuchBucket {
+                        endpoint: "e".into(),
+                        bucket: "b".into(),
+                    },
+                )),
+                ExitCode::Usage,
             ),
             // A domain error passed through an `io::Result` keeps its code.
             (

@@ -1,5 +1,7 @@
 //! The integration suite: one test binary that runs the real `wqm` binary.
 
+mod backend;
+mod backend_lock;
 mod chunk_store;
 mod create;
 mod docs;

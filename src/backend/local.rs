@@ -1,0 +1,559 @@
+//! A repository in a local directory. Every object is reached from the root's descriptor one
+//! component at a time (`openat` with `O_NOFOLLOW`), so a symbolic link anywhere inside is
+//! refused, never followed. A save writes a private temporary file in `.wqm-backend/tmp/`,
+//! fsyncs it, renames it into place (`RENAME_NOREPLACE` for `save_new`) and fsyncs the
+//! directory: a reader sees the old object or the whole new one, and after a crash at most a
+//! temporary file is left, which `unfinished` reports.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::ops::Range;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::stream::{self, StreamExt};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+
+use super::{Backend, BackendError, ByteStream, Name, ObjectInfo, Unfinished, RESERVED};
+
+/// How much one read of a loaded file hands over.
+const READ_PIECE: usize = 256 * 1024;
+
+/// A local directory holding a repository.
+#[derive(Clone, Debug)]
+pub struct LocalBackend {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    root: PathBuf,
+}
+
+impl LocalBackend {
+    /// The repository in `root`, made (private, `0700`) when missing.
+    pub fn open(root: &Path) -> Result<Self, BackendError> {
+        crate::fs::create_private_dir_all(root).map_err(|source| BackendError::Io {
+            what: "cannot create the repository directory",
+            path: root.display().to_string(),
+            source,
+        })?;
+        let backend = LocalBackend {
+            inner: Arc::new(Inner {
+                root: root.to_path_buf(),
+            }),
+        };
+        backend.inner.root_fd()?;
+        Ok(backend)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// Runs blocking file work on tokio's blocking threads.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Inner) -> Result<T, BackendError> + Send + 'static,
+    ) -> Result<T, BackendError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || work(&inner))
+            .await
+            .map_err(|e| BackendError::Other {
+                repository: self.describe(),
+                what: "a file operation".to_string(),
+                reason: e.to_string(),
+            })?
+    }
+
+    async fn save_mode(
+        &self,
+        name: &Name,
+        mut data: ByteStream,
+        replace: bool,
+    ) -> Result<u64, BackendError> {
+        let temp = self.blocking(|inner| inner.create_temp()).await?;
+        let mut temp = Some(temp);
+        let mut written = 0u64;
+        while let Some(piece) = data.next().await {
+            let piece = piece.map_err(|source| BackendError::Io {
+                what: "the data to save failed",
+                path: self.inner.shown(name.as_str()),
+                source,
+            })?;
+            written += piece.len() as u64;
+            let mut current = temp
+                .take()
+                .expect("the temporary file is back after each write");
+            current = self
+                .blocking(move |inner| {
+                    current
+                        .file
+                        .write_all(&piece)
+                        .map_err(|e| inner.io("cannot write", RESERVED, e))?;
+                    Ok(current)
+                })
+                .await?;
+            temp = Some(current);
+        }
+        let temp = temp.expect("the temporary file is back after each write");
+        let name = name.clone();
+        self.blocking(move |inner| inner.commit(temp, &name, replace))
+            .await?;
+        Ok(written)
+    }
+}
+
+/// A temporary file being written; removed when dropped unless it was renamed into place.
+struct Temp {
+    tmp_dir: OwnedFd,
+    name: String,
+    file: File,
+    done: bool,
+}
+
+impl Drop for Temp {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = rustix::fs::unlinkat(&self.tmp_dir, self.name.as_str(), AtFlags::empty());
+        }
+    }
+}
+
+impl Inner {
+    fn shown(&self, name: &str) -> String {
+        self.root.join(name).display().to_string()
+    }
+
+    fn io(&self, what: &'static str, name: &str, source: io::Error) -> BackendError {
+        BackendError::Io {
+            what,
+            path: self.shown(name),
+            source,
+        }
+    }
+
+    fn not_found(&self, name: &str) -> BackendError {
+        BackendError::NotFound {
+            repository: self.root.display().to_string(),
+            name: name.to_string(),
+        }
+    }
+
+    fn root_fd(&self) -> Result<OwnedFd, BackendError> {
+        rustix::fs::open(
+            &self.root,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| self.io("cannot open the repository directory", "", e.into()))
+    }
+
+    /// The directory `dirs` below the root, each component a real directory (made, `0700`,
+    /// when `create`). `Ok(None)` when one is missing and not made.
+    fn dir(
+        &self,
+        dirs: &[&str],
+        create: bool,
+        name: &str,
+    ) -> Result<Option<OwnedFd>, BackendError> {
+        let mut dir = self.root_fd()?;
+        for part in dirs {
+            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            let next = match rustix::fs::openat(&dir, *part, flags, Mode::empty()) {
+                Err(rustix::io::Errno::NOENT) if create => {
+                    match rustix::fs::mkdirat(&dir, *part, Mode::from_raw_mode(0o700)) {
+                        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                        Err(e) => {
+                            return Err(self.io("cannot create a directory for", name, e.into()))
+                        }
+                    }
+                    rustix::fs::fsync(&dir).map_err(|e| self.io("cannot sync", name, e.into()))?;
+                    rustix::fs::openat(&dir, *part, flags, Mode::empty())
+                }
+                other => other,
+            };
+            dir = match next {
+                Ok(fd) => fd,
+                Err(rustix::io::Errno::NOENT) => return Ok(None),
+                Err(e) => return Err(self.through_link(&dir, part, name, e)),
+            };
+        }
+        Ok(Some(dir))
+    }
+
+    /// A failed open of `part` in `dir`: a link there is refused as such.
+    fn through_link(
+        &self,
+        dir: &OwnedFd,
+        part: &str,
+        name: &str,
+        e: rustix::io::Errno,
+    ) -> BackendError {
+        let link = e == rustix::io::Errno::LOOP
+            || rustix::fs::statat(dir, part, AtFlags::SYMLINK_NOFOLLOW)
+                .is_ok_and(|s| FileType::from_raw_mode(s.st_mode) == FileType::Symlink);
+        if link {
+            BackendError::Other {
+                repository: self.root.display().to_string(),
+                what: format!("reading `{name}`"),
+                reason: format!(
+                    "`{part}` is a symbolic link; wqm never follows links in a repository"
+                ),
+            }
+        } else if e == rustix::io::Errno::NOTDIR {
+            self.not_found(name)
+        } else {
+            self.io("cannot open", name, e.into())
+        }
+    }
+
+    /// The directory holding `name`'s last component, and that component.
+    fn parent<'n>(
+        &self,
+        name: &'n Name,
+        create: bool,
+    ) -> Result<(Option<OwnedFd>, &'n str), BackendError> {
+        let mut parts: Vec<&str> = name.as_str().split('/').collect();
+        let last = parts.pop().expect("a name has a component");
+        Ok((self.dir(&parts, create, name.as_str())?, last))
+    }
+
+    fn tmp_dir(&self) -> Result<OwnedFd, BackendError> {
+        Ok(self
+            .dir(&[RESERVED, "tmp"], true, RESERVED)?
+            .expect("made when missing"))
+    }
+
+    fn create_temp(&self) -> Result<Temp, BackendError> {
+        let tmp_dir = self.tmp_dir()?;
+        let name = super::random_id();
+        let fd = rustix::fs::openat(
+            &tmp_dir,
+            name.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| self.io("cannot create a temporary file in", RESERVED, e.into()))?;
+        Ok(Temp {
+            tmp_dir,
+            name,
+            file: File::from(fd),
+            done: false,
+        })
+    }
+
+    /// fsync, rename into place (never over an object when `!replace`), fsync the directory.
+    fn commit(&self, mut temp: Temp, name: &Name, replace: bool) -> Result<(), BackendError> {
+        temp.file
+            .sync_all()
+            .map_err(|e| self.io("cannot sync", name.as_str(), e))?;
+        let (dir, last) = self.parent(name, true)?;
+        let dir = dir.expect("made when missing");
+        let renamed = if replace {
+            rustix::fs::renameat(&temp.tmp_dir, temp.name.as_str(), &dir, last)
+        } else {
+            rename_noreplace(&temp.tmp_dir, temp.name.as_str(), &dir, last)
+        };
+        match renamed {
+            Ok(()) => temp.done = true,
+            Err(rustix::io::Errno::EXIST) if !replace => {
+                return Err(BackendError::AlreadyExists {
+                    repository: self.root.display().to_string(),
+                    name: name.to_string(),
+                })
+            }
+            Err(e) if e == rustix::io::Errno::ISDIR || e == rustix::io::Errno::NOTEMPTY => {
+                return Err(self.io("a directory is in the way of", name.as_str(), e.into()))
+            }
+            Err(e) => return Err(self.io("cannot rename into place", name.as_str(), e.into())),
+        }
+        rustix::fs::fsync(&dir)
+            .map_err(|e| self.io("cannot sync the directory of", name.as_str(), e.into()))
+    }
+
+    /// The regular file `name`, opened without following a link, and its size.
+    fn open(&self, name: &Name) -> Result<(File, u64), BackendError> {
+        let (dir, last) = self.parent(name, false)?;
+        let dir = dir.ok_or_else(|| self.not_found(name.as_str()))?;
+        // O_NONBLOCK: a FIFO planted in a repository must not hang the open.
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+        let fd = match rustix::fs::openat(&dir, last, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) => return Err(self.not_found(name.as_str())),
+            Err(e) => return Err(self.through_link(&dir, last, name.as_str(), e)),
+        };
+        let file = File::from(fd);
+        let meta = file
+            .metadata()
+            .map_err(|e| self.io("cannot read", name.as_str(), e))?;
+        if meta.is_dir() {
+            // A directory holds objects; it is none itself.
+            return Err(self.not_found(name.as_str()));
+        }
+        if !meta.is_file() {
+            return Err(self.not_a_file(name.as_str()));
+        }
+        Ok((file, meta.len()))
+    }
+
+    fn not_a_file(&self, name: &str) -> BackendError {
+        BackendError::Other {
+            repository: self.root.display().to_string(),
+            what: format!("reading `{name}`"),
+            reason: "it is not a regular file".to_string(),
+        }
+    }
+
+    fn stat(&self, name: &Name) -> Result<ObjectInfo, BackendError> {
+        let (dir, last) = self.parent(name, false)?;
+        let dir = dir.ok_or_else(|| self.not_found(name.as_str()))?;
+        let stat = match rustix::fs::statat(&dir, last, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) => stat,
+            Err(rustix::io::Errno::NOENT) => return Err(self.not_found(name.as_str())),
+            Err(e) => return Err(self.io("cannot stat", name.as_str(), e.into())),
+        };
+        match FileType::from_raw_mode(stat.st_mode) {
+            FileType::RegularFile => Ok(ObjectInfo {
+                name: name.to_string(),
+                size: stat.st_size as u64,
+            }),
+            FileType::Directory => Err(self.not_found(name.as_str())),
+            FileType::Symlink => {
+                Err(self.through_link(&dir, last, name.as_str(), rustix::io::Errno::LOOP))
+            }
+            _ => Err(self.not_a_file(name.as_str())),
+        }
+    }
+
+    fn remove(&self, name: &Name) -> Result<(), BackendError> {
+        let (dir, last) = self.parent(name, false)?;
+        let Some(dir) = dir else { return Ok(()) };
+        match rustix::fs::unlinkat(&dir, last, AtFlags::empty()) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(self.io("cannot remove", name.as_str(), e.into())),
+        }
+        rustix::fs::fsync(&dir)
+            .map_err(|e| self.io("cannot sync the directory of", name.as_str(), e.into()))
+    }
+
+    /// Every regular file under the root whose name starts with `prefix`; links and the
+    /// backend's own directory are skipped, directories not on the prefix's way not entered.
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError> {
+        let mut found = Vec::new();
+        let mut pending = vec![(self.root_fd()?, String::new())];
+        while let Some((dir, path)) = pending.pop() {
+            let entries = rustix::fs::Dir::read_from(&dir)
+                .map_err(|e| self.io("cannot list", &path, e.into()))?;
+            for entry in entries {
+                let entry = entry.map_err(|e| self.io("cannot list", &path, e.into()))?;
+                let Ok(file_name) = entry.file_name().to_str() else {
+                    continue; // Not UTF-8: not a name wqm writes.
+                };
+                if file_name == "."
+                    || file_name == ".."
+                    || (path.is_empty() && file_name == RESERVED)
+                {
+                    continue;
+                }
+                let name = format!("{path}{file_name}");
+                let stat = match rustix::fs::statat(&dir, file_name, AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(stat) => stat,
+                    Err(rustix::io::Errno::NOENT) => continue, // Removed meanwhile.
+                    Err(e) => return Err(self.io("cannot stat", &name, e.into())),
+                };
+                match FileType::from_raw_mode(stat.st_mode) {
+                    FileType::RegularFile if name.starts_with(prefix) => found.push(ObjectInfo {
+                        name,
+                        size: stat.st_size as u64,
+                    }),
+                    FileType::Directory => {
+                        let below = format!("{name}/");
+                        if below.starts_with(prefix) || prefix.starts_with(&below) {
+                            let flags = OFlags::RDONLY
+                                | OFlags::DIRECTORY
+                                | OFlags::NOFOLLOW
+                                | OFlags::CLOEXEC;
+                            match rustix::fs::openat(&dir, file_name, flags, Mode::empty()) {
+                                Ok(fd) => pending.push((fd, below)),
+                                Err(rustix::io::Errno::NOENT) => {}
+                                Err(e) => return Err(self.io("cannot list", &name, e.into())),
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    fn unfinished(&self) -> Result<Vec<Unfinished>, BackendError> {
+        let Some(dir) = self.dir(&[RESERVED, "tmp"], false, RESERVED)? else {
+            return Ok(Vec::new());
+        };
+        let mut found = Vec::new();
+        let entries = rustix::fs::Dir::read_from(&dir)
+            .map_err(|e| self.io("cannot list", RESERVED, e.into()))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| self.io("cannot list", RESERVED, e.into()))?;
+            let Ok(id) = entry.file_name().to_str() else {
+                continue;
+            };
+            if !is_id(id) {
+                continue;
+            }
+            let Ok(stat) = rustix::fs::statat(&dir, id, AtFlags::SYMLINK_NOFOLLOW) else {
+                continue;
+            };
+            found.push(Unfinished {
+                id: id.to_string(),
+                name: None,
+                started: stat.st_mtime as f64,
+            });
+        }
+        Ok(found)
+    }
+
+    fn abort(&self, upload: &Unfinished) -> Result<(), BackendError> {
+        if !is_id(&upload.id) {
+            return Err(BackendError::BadName {
+                name: crate::names::shown(&upload.id),
+                reason: "is not the id of a temporary file",
+            });
+        }
+        let Some(dir) = self.dir(&[RESERVED, "tmp"], false, RESERVED)? else {
+            return Ok(());
+        };
+        match rustix::fs::unlinkat(&dir, upload.id.as_str(), AtFlags::empty()) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+            Err(e) => Err(self.io("cannot remove a temporary file in", RESERVED, e.into())),
+        }
+    }
+}
+
+/// A temporary file's name: what `random_id` makes.
+fn is_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn rename_noreplace(
+    from_dir: impl AsFd,
+    from: &str,
+    to_dir: impl AsFd,
+    to: &str,
+) -> rustix::io::Result<()> {
+    rustix::fs::renameat_with(
+        from_dir,
+        from,
+        to_dir,
+        to,
+        rustix::fs::RenameFlags::NOREPLACE,
+    )
+}
+
+/// Elsewhere: a hard link fails when the name is taken; then the temporary name goes.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn rename_noreplace(
+    from_dir: impl AsFd,
+    from: &str,
+    to_dir: impl AsFd,
+    to: &str,
+) -> rustix::io::Result<()> {
+    rustix::fs::linkat(&from_dir, from, &to_dir, to, AtFlags::empty())?;
+    rustix::fs::unlinkat(&from_dir, from, AtFlags::empty())
+}
+
+#[async_trait::async_trait]
+impl Backend for LocalBackend {
+    fn describe(&self) -> String {
+        self.inner.root.display().to_string()
+    }
+
+    async fn save(&self, name: &Name, data: ByteStream) -> Result<u64, BackendError> {
+        self.save_mode(name, data, true).await
+    }
+
+    async fn save_new(&self, name: &Name, data: Bytes) -> Result<(), BackendError> {
+        self.save_mode(name, super::once(data), false)
+            .await
+            .map(|_| ())
+    }
+
+    async fn load(
+        &self,
+        name: &Name,
+        range: Option<Range<u64>>,
+    ) -> Result<ByteStream, BackendError> {
+        let name = name.clone();
+        let (file, left) = self
+            .blocking(move |inner| {
+                let (mut file, size) = inner.open(&name)?;
+                let range = range.unwrap_or(0..size);
+                let start = range.start.min(size);
+                let end = range.end.clamp(start, size);
+                file.seek(SeekFrom::Start(start))
+                    .map_err(|e| inner.io("cannot read", name.as_str(), e))?;
+                Ok((file, end - start))
+            })
+            .await?;
+        let pieces = stream::try_unfold((file, left), |(mut file, left)| async move {
+            if left == 0 {
+                return Ok(None);
+            }
+            let (file, piece) = tokio::task::spawn_blocking(move || {
+                let want = (left as usize).min(READ_PIECE);
+                let mut buffer = vec![0u8; want];
+                let mut got = 0;
+                while got < want {
+                    match file.read(&mut buffer[got..]) {
+                        Ok(0) => break,
+                        Ok(n) => got += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                if got < want {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the file shrank while it was read",
+                    ));
+                }
+                buffer.truncate(got);
+                Ok((file, Bytes::from(buffer)))
+            })
+            .await
+            .map_err(io::Error::other)??;
+            let left = left - piece.len() as u64;
+            Ok(Some((piece, (file, left))))
+        });
+        Ok(pieces.boxed())
+    }
+
+    async fn stat(&self, name: &Name) -> Result<ObjectInfo, BackendError> {
+        let name = name.clone();
+        self.blocking(move |inner| inner.stat(&name)).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError> {
+        let prefix = prefix.to_string();
+        self.blocking(move |inner| inner.list(&prefix)).await
+    }
+
+    async fn remove(&self, name: &Name) -> Result<(), BackendError> {
+        let name = name.clone();
+        self.blocking(move |inner| inner.remove(&name)).await
+    }
+
+    async fn unfinished(&self) -> Result<Vec<Unfinished>, BackendError> {
+        self.blocking(|inner| inner.unfinished()).await
+    }
+
+    async fn abort(&self, upload: &Unfinished) -> Result<(), BackendError> {
+        let upload = upload.clone();
+        self.blocking(move |inner| inner.abort(&upload)).await
+    }
+}

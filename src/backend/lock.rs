@@ -1,0 +1,418 @@
+//! Lock objects in a repository (as restic's): every run that reads or writes holds one for its
+//! whole life — shared for create, restore, export, validate and copy, exclusive for prune's
+//! garbage collection. A lock is `locks/<random id>`, JSON `{host, pid, time, exclusive, ...}`,
+//! rewritten with a new `time` every `Timing::refresh_every` (5 minutes) by a task of its own.
+//!
+//! Acquiring writes the run's own lock object first (`save_new`), then lists every lock: if one
+//! conflicts (an exclusive one, or any when ours is exclusive) and is not stale, ours is
+//! removed and the run backs out. Two runs racing both see each other and both back out, never
+//! both go ahead. A lock is **stale** when its time is older than `Timing::stale_after`
+//! (30 minutes: six missed refreshes), or at once when it belongs to this host and its process
+//! is gone. Stale locks are ignored by `acquire` and removed by `remove_stale` (cleanup).
+//! A run whose own lock could not be refreshed, or was removed by another as stale, is told by
+//! `Lock::check` and must stop.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Backend, BackendError, Name};
+use crate::exit::{Classify, ExitCode};
+
+/// Where lock objects live in a repository.
+pub const LOCKS: &str = "locks/";
+
+/// How often a held lock is refreshed, and when a lock counts as abandoned.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub refresh_every: Duration,
+    pub stale_after: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            refresh_every: Duration::from_secs(5 * 60),
+            stale_after: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+/// What a lock object holds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LockInfo {
+    pub host: String,
+    pub pid: u32,
+    /// When it was written or last refreshed, seconds since the epoch.
+    pub time: f64,
+    /// When the run took it.
+    pub started: f64,
+    pub exclusive: bool,
+    /// What the run is (`backup create`, `backup prune`, ...), for the message that names it.
+    pub command: String,
+    pub version: String,
+}
+
+impl LockInfo {
+    /// Whether the lock no longer protects anything: not refreshed for `stale_after`, or held by
+    /// a process of this host that is gone.
+    pub fn is_stale(&self, now: f64, timing: Timing) -> bool {
+        if now - self.time > timing.stale_after.as_secs_f64() {
+            return true;
+        }
+        self.host == hostname() && self.pid != std::process::id() && !process_alive(self.pid)
+    }
+
+    fn conflicts_with(&self, exclusive: bool) -> bool {
+        exclusive || self.exclusive
+    }
+
+    fn describe(&self) -> String {
+        let kind = if self.exclusive {
+            "an exclusive"
+        } else {
+            "a shared"
+        };
+        let since = chrono::DateTime::from_timestamp(self.started as i64, 0)
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+            .unwrap_or_default();
+        format!(
+            "`wqm {}` (pid {} on `{}`, since {since}) holds {kind} lock",
+            self.command, self.pid, self.host
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("`{repository}` is in use: {holder}")]
+    Locked { repository: String, holder: String },
+    #[error("lock `{name}` in `{repository}` cannot be read ({reason}); another run may hold it")]
+    Unreadable {
+        repository: String,
+        name: String,
+        reason: String,
+    },
+    #[error("this run's lock on `{repository}` was lost ({reason}); it stopped so that a prune cannot remove what it uses")]
+    Lost { repository: String, reason: String },
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+impl Classify for LockError {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            LockError::Backend(e) => e.exit_code(),
+            _ => ExitCode::Failure,
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        match self {
+            LockError::Locked { .. } => Some(
+                "run again when it is done; a lock of a run that died is ignored once stale (30 minutes without refresh, at once for a dead process of this host), and `wqm backup cleanup` removes it".to_string(),
+            ),
+            LockError::Unreadable { .. } => Some(
+                "if no wqm run is using the repository, remove the lock object".to_string(),
+            ),
+            LockError::Lost { .. } => Some("run it again".to_string()),
+            LockError::Backend(e) => e.hint(),
+        }
+    }
+}
+
+/// A lock this run holds; refreshed by a task until released or dropped (dropping removes the
+/// lock object on a task of its own, as a last resort: call `release`).
+#[derive(Debug)]
+pub struct Lock {
+    backend: Arc<dyn Backend>,
+    name: Name,
+    info: LockInfo,
+    lost: Arc<Mutex<Option<String>>>,
+    refresher: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Lock {
+    /// Takes a shared or exclusive lock on the repository, with the default timing.
+    pub async fn acquire(
+        backend: Arc<dyn Backend>,
+        exclusive: bool,
+        command: &str,
+    ) -> Result<Lock, LockError> {
+        Self::acquire_with(backend, exclusive, command, Timing::default()).await
+    }
+
+    pub async fn acquire_with(
+        backend: Arc<dyn Backend>,
+        exclusive: bool,
+        command: &str,
+        timing: Timing,
+    ) -> Result<Lock, LockError> {
+        // Refuse early, before writing anything, when a live conflicting lock is there.
+        check_others(backend.as_ref(), None, exclusive, timing).await?;
+        let now = crate::now();
+        let info = LockInfo {
+            host: hostname(),
+            pid: std::process::id(),
+            time: now,
+            started: now,
+            exclusive,
+            command: command.to_string(),
+            version: crate::VERSION.to_string(),
+        };
+        let name = Name::new(format!("{LOCKS}{}", super::random_id()))?;
+        backend.save_new(&name, to_json(&info).into()).await?;
+        if let Err(e) = check_others(backend.as_ref(), Some(&name), exclusive, timing).await {
+            let _ = backend.remove(&name).await;
+            return Err(e);
+        }
+        let lost = Arc::new(Mutex::new(None));
+        let refresher = tokio::spawn(refresh_loop(
+            backend.clone(),
+            name.clone(),
+            info.clone(),
+            lost.clone(),
+            timing,
+        ));
+        Ok(Lock {
+            backend,
+            name,
+            info,
+            lost,
+            refresher: Some(refresher),
+        })
+    }
+
+    pub fn name(&self) -> &Name {
+        &self.name
+    }
+
+    pub fn info(&self) -> &LockInfo {
+        &self.info
+    }
+
+    /// `Lost` when a refresh failed or found the lock removed: the run must stop.
+    pub fn check(&self) -> Result<(), LockError> {
+        match self.lost.lock().expect("lock state").clone() {
+            Some(reason) => Err(LockError::Lost {
+                repository: self.backend.describe(),
+                reason,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Rewrites the lock with the current time now (the refresher does it on its own).
+    pub async fn refresh(&self) -> Result<(), LockError> {
+        refresh_once(self.backend.as_ref(), &self.name, &self.info).await?;
+        self.check()
+    }
+
+    /// Stops refreshing and removes the lock object.
+    pub async fn release(mut self) -> Result<(), BackendError> {
+        if let Some(refresher) = self.refresher.take() {
+            refresher.abort();
+            let _ = refresher.await;
+        }
+        self.backend.remove(&self.name).await
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        if let Some(refresher) = self.refresher.take() {
+            refresher.abort();
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let (backend, name) = (self.backend.clone(), self.name.clone());
+                runtime.spawn(async move {
+                    let _ = refresher.await;
+                    let _ = backend.remove(&name).await;
+                });
+            }
+        }
+    }
+}
+
+async fn refresh_loop(
+    backend: Arc<dyn Backend>,
+    name: Name,
+    info: LockInfo,
+    lost: Arc<Mutex<Option<String>>>,
+    timing: Timing,
+) {
+    loop {
+        tokio::time::sleep(timing.refresh_every).await;
+        if let Err(e) = refresh_once(backend.as_ref(), &name, &info).await {
+            *lost.lock().expect("lock state") = Some(e.to_string());
+            return;
+        }
+    }
+}
+
+/// Rewrites `name` with a new time, unless it is gone (another run removed it as stale).
+async fn refresh_once(
+    backend: &dyn Backend,
+    name: &Name,
+    info: &LockInfo,
+) -> Result<(), LockError> {
+    match backend.stat(name).await {
+        Ok(_) => {}
+        Err(e) if e.is_not_found() => {
+            return Err(LockError::Lost {
+                repository: backend.describe(),
+                reason: format!("`{name}` was removed by another run as stale"),
+            })
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let mut info = info.clone();
+    info.time = crate::now();
+    backend.save(name, super::once(to_json(&info))).await?;
+    Ok(())
+}
+
+fn to_json(info: &LockInfo) -> Vec<u8> {
+    serde_json::to_vec_pretty(info).expect("a lock always serializes")
+}
+
+/// Every lock object of the repository with what it holds (`Err` for one that cannot be read).
+pub async fn list(
+    backend: &dyn Backend,
+) -> Result<Vec<(Name, Result<LockInfo, String>)>, BackendError> {
+    let mut found = Vec::new();
+    for object in backend.list(LOCKS).await? {
+        let Ok(name) = Name::new(object.name) else {
+            continue;
+        };
+        let bytes = match backend.load(&name, None).await {
+            Ok(data) => super::collect(data).await,
+            Err(e) if e.is_not_found() => continue, // Released meanwhile.
+            Err(e) => return Err(e),
+        };
+        let info = match bytes {
+            Ok(bytes) => serde_json::from_slice::<LockInfo>(&bytes).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        found.push((name, info));
+    }
+    Ok(found)
+}
+
+/// Refuses when a live lock other than `own` conflicts with a lock of this kind.
+async fn check_others(
+    backend: &dyn Backend,
+    own: Option<&Name>,
+    exclusive: bool,
+    timing: Timing,
+) -> Result<(), LockError> {
+    let now = crate::now();
+    for (name, info) in list(backend).await? {
+        if Some(&name) == own {
+            continue;
+        }
+        match info {
+            Ok(info) if info.is_stale(now, timing) || !info.conflicts_with(exclusive) => {}
+            Ok(info) => {
+                return Err(LockError::Locked {
+                    repository: backend.describe(),
+                    holder: info.describe(),
+                })
+            }
+            Err(reason) => {
+                return Err(LockError::Unreadable {
+                    repository: backend.describe(),
+                    name: name.to_string(),
+                    reason,
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes every stale lock; returns what each was, for the run to say so.
+pub async fn remove_stale(
+    backend: &dyn Backend,
+    timing: Timing,
+) -> Result<Vec<LockInfo>, BackendError> {
+    let now = crate::now();
+    let mut removed = Vec::new();
+    for (name, info) in list(backend).await? {
+        if let Ok(info) = info {
+            if info.is_stale(now, timing) {
+                backend.remove(&name).await?;
+                removed.push(info);
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// This host's name, as locks record it.
+pub fn hostname() -> String {
+    gethostname::gethostname().to_string_lossy().into_owned()
+}
+
+/// Whether a process with this pid exists here (one we may not signal exists too).
+#[cfg(unix)]
+fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks that the process exists and may be signalled.
+    let result = unsafe { libc::kill(pid, 0) };
+    result == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+#[cfg(not(unix))]
+fn process_alive(_pid: u32) -> bool {
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(host: &str, pid: u32, time: f64) -> LockInfo {
+        LockInfo {
+            host: host.into(),
+            pid,
+            time,
+            started: time,
+            exclusive: false,
+            command: "backup create".into(),
+            version: "0.3.0".into(),
+        }
+    }
+
+    #[test]
+    fn staleness_is_age_or_a_dead_process_of_this_host() {
+        let timing = Timing::default();
+        let now = 10_000.0;
+        let me = std::process::id();
+        assert!(!info("elsewhere", 1, now - 1799.0).is_stale(now, timing));
+        assert!(info("elsewhere", 1, now - 1801.0).is_stale(now, timing));
+        assert!(!info(&hostname(), me, now).is_stale(now, timing));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        assert!(info(&hostname(), dead, now).is_stale(now, timing));
+        // Another host's pid means nothing here.
+        assert!(!info("elsewhere", dead, now).is_stale(now, timing));
+    }
+
+    #[test]
+    fn a_holder_is_described_for_the_user() {
+        let mut held = info("h1", 42, 0.0);
+        assert_eq!(
+            held.describe(),
+            "`wqm backup create` (pid 42 on `h1`, since 1970-01-01 00:00:00 UTC) holds a shared lock"
+        );
+        held.exclusive = true;
+        assert!(held.describe().ends_with("holds an exclusive lock"));
+    }
+}
