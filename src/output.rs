@@ -299,6 +299,7 @@ registry!(
     crate::workdir::WorkDirError,
     crate::store::chunks::ChunkError,
     crate::verify::AuditError,
+    crate::crypto::CryptoError,
 );
 
 #[cfg(test)]
@@ -395,6 +396,37 @@ mod classify_tests {
             (
                 code_of(verify::AuditError::Interrupted(exit::Interrupted)),
                 ExitCode::Interrupted,
+            ),
+            (
+                code_of(crate::crypto::CryptoError::WrongPassword),
+                ExitCode::Usage,
+            ),
+            (
+                code_of(crate::crypto::CryptoError::Damaged {
+                    what: "chunk/ab".into(),
+                }),
+                ExitCode::InvalidBackup,
+            ),
+            (
+                code_of(crate::crypto::CryptoError::KdfParams {
+                    what: "keys/k".into(),
+                    reason: "r".into(),
+                }),
+                ExitCode::InvalidBackup,
+            ),
+            (
+                code_of(crate::crypto::CryptoError::Random { reason: "r".into() }),
+                ExitCode::Failure,
+            ),
+            // As a `DecryptingReader` reports damage: inside the `io::Error` of a read.
+            (
+                code_of(
+                    crate::crypto::CryptoError::Truncated {
+                        what: "manifest/b".into(),
+                    }
+                    .into_io(),
+                ),
+                ExitCode::InvalidBackup,
             ),
             // A domain error passed through an `io::Result` keeps its code.
             (

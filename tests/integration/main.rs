@@ -1,6 +1,7 @@
 //! The integration suite: one test binary that runs the real `wqm` binary.
 
 mod create;
+mod crypto;
 mod docs;
 mod faults;
 mod fixtures;
