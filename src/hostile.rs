@@ -140,3 +140,43 @@ pub fn chunk_index(data: &[u8]) {
         assert!(line.len >= 1 && line.len <= crate::store::chunks::LARGEST_CHUNK);
     }
 }
+
+/// A key object, as opening an encrypted repository reads each one before asking Argon2id for
+/// anything: bounded, and whatever passes asks for bounded work. Opening one that parses with a
+/// password never panics.
+pub fn key_object(data: &[u8]) {
+    let Ok(object) = crate::crypto::KeyObject::parse(data, "keys/fuzz") else {
+        return;
+    };
+    assert!(data.len() <= crate::crypto::KEY_OBJECT_LIMIT);
+    object
+        .params()
+        .check()
+        .expect("accepted parameters are bounded");
+    // Only cheap parameters are tried: the bound, not the fuzzer, limits the work.
+    if object.params().memory_kib <= 64 && object.params().iterations <= 2 {
+        let _ = object.unwrap_master(&crate::crypto::Password::new("fuzz"));
+    }
+}
+
+/// An encrypted object, as every read of an encrypted repository decrypts one: any bytes are
+/// refused with an error naming the object, never a panic, and nothing unauthenticated comes
+/// out (bytes not made by this key never decrypt).
+pub fn encrypted_object(data: &[u8]) {
+    use std::sync::OnceLock;
+    static KEY: OnceLock<crate::crypto::MasterKey> = OnceLock::new();
+    let key = KEY.get_or_init(|| crate::crypto::MasterKey::generate().expect("randomness"));
+    let identity = crate::crypto::Identity::file("fuzz", "object");
+    // Give the bytes this key's header, so the segments are what gets tested.
+    let mut object = data.to_vec();
+    if object.len() >= crate::crypto::HEADER_LEN {
+        object[..8].copy_from_slice(&crate::crypto::MAGIC);
+        object[8] = 1;
+        object[9..25].copy_from_slice(&key.id());
+    }
+    for bytes in [data, &object[..]] {
+        let error = crate::crypto::decrypt(key, &identity, bytes)
+            .expect_err("bytes not made with this key never decrypt");
+        assert!(error.to_string().contains("`file/fuzz/object`"), "{error}");
+    }
+}

@@ -12,6 +12,9 @@ mod commands;
 pub(crate) mod compat;
 pub mod compress;
 pub mod config;
+/// Encryption at rest (issue 21): keys, the encrypted object format and keyed chunk names; the
+/// repository layer wires it in next.
+pub mod crypto;
 pub(crate) mod daemon;
 pub mod exit;
 pub(crate) mod export;

@@ -303,6 +303,7 @@ registry!(
     crate::backend::BackendError,
     crate::backend::LocationError,
     crate::backend::lock::LockError,
+    crate::crypto::CryptoError,
 );
 
 #[cfg(test)]
@@ -476,6 +477,37 @@ mod classify_tests {
             ),
             (
                 code_of(chunks::ChunkError::Link { path: path.clone() }),
+                ExitCode::InvalidBackup,
+            ),
+            (
+                code_of(crate::crypto::CryptoError::WrongPassword),
+                ExitCode::Usage,
+            ),
+            (
+                code_of(crate::crypto::CryptoError::Damaged {
+                    what: "chunk/ab".into(),
+                }),
+                ExitCode::InvalidBackup,
+            ),
+            (
+                code_of(crate::crypto::CryptoError::KdfParams {
+                    what: "keys/k".into(),
+                    reason: "r".into(),
+                }),
+                ExitCode::InvalidBackup,
+            ),
+            (
+                code_of(crate::crypto::CryptoError::Random { reason: "r".into() }),
+                ExitCode::Failure,
+            ),
+            // As a `DecryptingReader` reports damage: inside the `io::Error` of a read.
+            (
+                code_of(
+                    crate::crypto::CryptoError::Truncated {
+                        what: "manifest/b".into(),
+                    }
+                    .into_io(),
+                ),
                 ExitCode::InvalidBackup,
             ),
             (code_of(std::io::Error::other("plain")), ExitCode::Failure),

@@ -227,3 +227,53 @@ fn absurd_sizes_are_errors() {
         assert!(wqm::snapshot::inspect(&bytes[..]).is_err());
     }
 }
+
+/// A genuine key object with a few bytes changed, cut, or replaced by anything.
+fn key_object_bytes() -> impl Strategy<Value = Vec<u8>> {
+    use wqm::crypto::{KdfParams, KeyLabel, KeyObject, MasterKey, Password};
+    let label = KeyLabel {
+        created: "2026-12-04T00:00:00Z".into(),
+        host: "h".into(),
+        username: None,
+    };
+    let genuine = KeyObject::new(
+        &MasterKey::generate().unwrap(),
+        &Password::new("pw"),
+        KdfParams::FOR_TESTS,
+        label,
+    )
+    .unwrap()
+    .to_json();
+    prop_oneof![
+        (
+            proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+            any::<prop::sample::Index>(),
+        )
+            .prop_map(move |(flips, cut)| {
+                let mut bytes = genuine.clone();
+                for (at, value) in flips {
+                    let i = at.index(bytes.len());
+                    bytes[i] = value;
+                }
+                bytes.truncate(cut.index(bytes.len()) + 1);
+                bytes
+            }),
+        "\\{\"version\":1,\"kdf\":\\{\"name\":\"argon2id\",\"params\":\\{\"m_kib\":[0-9]{1,12},\"t\":[0-9]{1,12},\"p\":[0-9]{1,4}\\},\"salt\":\"[A-Za-z0-9+/=]{0,30}\"\\},\"created\":\"x\",\"host\":\"h\",\"key_id\":\"[0-9a-f]{32}\",\"wrapped\":\"[A-Za-z0-9+/=]{0,170}\"\\}"
+            .prop_map(String::into_bytes),
+        proptest::collection::vec(any::<u8>(), 0..600),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn key_objects(bytes in key_object_bytes()) {
+        hostile::key_object(&bytes);
+    }
+
+    #[test]
+    fn encrypted_objects(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+        hostile::encrypted_object(&bytes);
+    }
+}

@@ -4,6 +4,7 @@ mod backend;
 mod backend_lock;
 mod chunk_store;
 mod create;
+mod crypto;
 mod docs;
 mod faults;
 mod fixtures;
