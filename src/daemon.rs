@@ -234,7 +234,7 @@ mod tests {
     /// A running process named `name` (a copy of `sleep`), reaped when dropped.
     struct FakeDaemon {
         child: std::process::Child,
-        // Holds the binary's copy.
+        // Holds the link to the binary.
         _dir: tempfile::TempDir,
     }
 
@@ -242,7 +242,10 @@ mod tests {
         fn start(name: &str) -> Self {
             let dir = tempfile::tempdir().unwrap();
             let bin = dir.path().join(name);
-            std::fs::copy("/bin/sleep", &bin).unwrap();
+            // A link, not a copy: a copy is open for writing while other tests fork, and
+            // exec'ing it then fails with "Text file busy". The kernel names the process after
+            // the path it was started by, so it still runs as `name`.
+            std::os::unix::fs::symlink("/bin/sleep", &bin).unwrap();
             let child = Command::new(&bin).arg("60").spawn().unwrap();
             FakeDaemon { child, _dir: dir }
         }
