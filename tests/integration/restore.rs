@@ -1076,7 +1076,7 @@ fn secrets_stay_out_of_a_backup_and_restore_keeps_the_live_ones() {
 /// A running process named `memexd` (a copy of `sleep`); killed and reaped when dropped.
 struct FakeMemexd {
     child: std::process::Child,
-    // Holds the binary's copy.
+    // Holds the link to the binary.
     _dir: TempDir,
 }
 
@@ -1084,7 +1084,9 @@ impl FakeMemexd {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let bin = dir.path().join("memexd");
-        fs::copy("/bin/sleep", &bin).unwrap();
+        // A link, not a copy (a copy open for writing while another test forks fails to exec
+        // with "Text file busy"); the process is named after the path it was started by.
+        std::os::unix::fs::symlink("/bin/sleep", &bin).unwrap();
         let child = std::process::Command::new(&bin).arg("120").spawn().unwrap();
         FakeMemexd { child, _dir: dir }
     }
