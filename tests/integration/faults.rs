@@ -627,23 +627,8 @@ fn a_backups_directory_holds_only_backups() {
 fn real_server_the_printed_way_back_returns_the_old_state_exactly() {
     use crate::real_qdrant::{self, Server};
     let server = Server::start();
-    real_qdrant::workspace(&server);
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, backup) = backed_up_workspace(&server);
     let db = tmp.path().join("data/state.db");
-    fs::create_dir(tmp.path().join("data")).unwrap();
-    fixtures::state_db(&db);
-    let backup = tmp.path().join("b");
-    let output = run_with(
-        tmp.path(),
-        &server.url,
-        "",
-        &["backup", "create", backup.to_str().unwrap()],
-    );
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
 
     // The system moves on: new points, a row gone. This is the state to come back to.
     real_qdrant::upsert(&server, "projects", 1000..1040, 7);
@@ -882,22 +867,7 @@ fn qdrant_gone_mid_download_for_longer_than_the_retry_time_says_what_stays_on_th
 fn real_server_the_way_back_replaces_a_dirty_shard_qdrant_left_when_killed_mid_recovery() {
     use crate::real_qdrant::{self, Server};
     let mut server = Server::start();
-    real_qdrant::workspace(&server);
-    let tmp = tempfile::tempdir().unwrap();
-    fs::create_dir(tmp.path().join("data")).unwrap();
-    fixtures::state_db(&tmp.path().join("data/state.db"));
-    let backup = tmp.path().join("b");
-    let output = run_with(
-        tmp.path(),
-        &server.url,
-        "",
-        &["backup", "create", backup.to_str().unwrap()],
-    );
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let (tmp, backup) = backed_up_workspace(&server);
     // The system moves on; this is the state the way back must return to.
     real_qdrant::upsert(&server, "libraries", 1000..1040, 7);
     let before = real_qdrant::fingerprint(&server);
@@ -959,4 +929,27 @@ fn real_server_the_way_back_replaces_a_dirty_shard_qdrant_left_when_killed_mid_r
     );
     assert_eq!(real_qdrant::fingerprint(&server), before);
     assert_eq!(server.snapshots_left(), Vec::<String>::new());
+}
+
+/// The real workspace on `server` and a live state database, backed up to `TMP/b`.
+fn backed_up_workspace(
+    server: &crate::real_qdrant::Server,
+) -> (tempfile::TempDir, std::path::PathBuf) {
+    crate::real_qdrant::workspace(server);
+    let tmp = tempfile::tempdir().unwrap();
+    fs::create_dir(tmp.path().join("data")).unwrap();
+    fixtures::state_db(&tmp.path().join("data/state.db"));
+    let backup = tmp.path().join("b");
+    let output = run_with(
+        tmp.path(),
+        &server.url,
+        "",
+        &["backup", "create", backup.to_str().unwrap()],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (tmp, backup)
 }
