@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::checksum::{Algorithm, Digests, HashingReader};
 use crate::compat;
 use crate::compress::Compression;
-use crate::exit::{Classify, ExitCode, Interrupted};
+use crate::exit::{Classify, ExitCode, Failure, Interrupted};
 use crate::layout::{self, MANIFEST_PATH, REQUIRED_DIRS};
 use crate::manifest::{Collections, FileEntry, FileKind, Manifest, MAX_MANIFEST_BYTES};
 use crate::progress::{self, Metered, Progress};
@@ -20,7 +20,7 @@ use crate::sqlite;
 use crate::store::chunks::{
     self, ChunkBuffer, ChunkId, ChunkProblem, ChunkStore, IndexLine, IndexReader,
 };
-use crate::store::{self, BackupDir, Kind};
+use crate::store::{self, BackupDir, Kind, Staging};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -279,6 +279,38 @@ pub fn audit(
     }
     report.manifest = Some(backup.manifest);
     Ok(report)
+}
+
+/// `verify_after_backup`: re-reads every staged file and checks it before the backup is renamed
+/// into place.
+pub(crate) fn verify_staged(staging: &Staging, progress: &dyn Progress) -> anyhow::Result<()> {
+    progress.step("verifying the new backup");
+    let mut options = Options::new(Depth::Checksums, Default::default());
+    options.chunks = ChunkTally::known_sound(staging.chunks_found_sound());
+    let report = audit(staging.dir(), &options, progress)?;
+    if let Some(problem) = report
+        .findings
+        .iter()
+        .find(|f| f.severity == Severity::Error)
+    {
+        let file = problem
+            .file
+            .as_ref()
+            .map(|f| format!("{f}: "))
+            .unwrap_or_default();
+        return Err(Failure::new(
+            ExitCode::Failure,
+            format!(
+                "the new backup failed verification: {file}{}",
+                problem.message
+            ),
+        )
+        .with_hint(
+            "nothing was kept; check the disk (and its free space), then run the command again",
+        )
+        .into());
+    }
+    Ok(())
 }
 
 /// The directories every backup has.

@@ -24,6 +24,7 @@ use crate::daemon;
 use crate::progress::{self, Progress};
 use crate::qdrant::Client;
 use crate::sqlite;
+use crate::transfer;
 use crate::verify;
 use crate::workdir::{Record, WorkDir};
 
@@ -36,7 +37,7 @@ pub async fn execute(
 ) -> Result<Outcome, Stopped> {
     let started = Instant::now();
     let mut journal = Journal::default();
-    let mut phases = backup::Phases::start();
+    let mut phases = transfer::Phases::start();
     let result = apply(client, settings, plan, progress, &mut journal, &mut phases).await;
     match result {
         Ok(verification) => Ok(Outcome {
@@ -56,7 +57,7 @@ async fn apply(
     plan: &Plan,
     progress: &dyn Progress,
     journal: &mut Journal,
-    phases: &mut backup::Phases,
+    phases: &mut transfer::Phases,
 ) -> Result<Vec<Verified>> {
     let work = open_work_dir(settings, plan, journal).await?;
     phases.end("cleanup");
@@ -90,7 +91,7 @@ impl Restoring<'_> {
     async fn change(
         &mut self,
         unpacked: &BTreeMap<String, PathBuf>,
-        phases: &mut backup::Phases,
+        phases: &mut transfer::Phases,
     ) -> Result<BTreeMap<String, Vec<(u32, u32)>>> {
         self.stop_daemon()?;
         let replacements = self.merge_databases(unpacked)?;
@@ -298,7 +299,7 @@ impl<'a> Restoring<'a> {
     }
 
     /// Uploads each collection the plan restores (by shards when stored so), side by side as
-    /// `backup.transfer.parallel` allows (`backup::Lanes`: one upload being sent per node, the
+    /// `backup.transfer.parallel` allows (`transfer::Lanes`: one upload being sent per node, the
     /// next one sent while Qdrant recovers the previous). A failure stops the uploads not yet
     /// all sent. Returns, per collection stored by shards, where each shard went (see
     /// `restore_shards`).
@@ -307,7 +308,7 @@ impl<'a> Restoring<'a> {
         let transfer = &self.settings.backup.transfer;
         progress::check_interrupted()?;
         let collections: Vec<&CollectionPlan> = plan.restored_collections().collect();
-        let lanes = backup::Lanes::new(transfer.parallel.get());
+        let lanes = transfer::Lanes::new(transfer.parallel.get());
         let uploads = Uploads {
             client,
             plan,
@@ -345,7 +346,7 @@ impl<'a> Restoring<'a> {
                         .done
                         .push(format!("collection `{name}` restored"));
                 }
-                Err(e) if e.is::<backup::Stopped>() || (!began && failure.is_some()) => {}
+                Err(e) if e.is::<transfer::Stopped>() || (!began && failure.is_some()) => {}
                 Err(e) => {
                     if began {
                         // Qdrant may have swapped the collection in and then failed to answer (or died).

@@ -5,7 +5,7 @@
 //!
 //! `plan` (reading only) works out the `Plan`; `apply` carries it out (`execute`), with `unpack`
 //! (the backup's databases, checked and migrated), `upload` (the collections, paced by
-//! `backup::Lanes`) and `check` (each snapshot checked as it is sent); `verify` checks the
+//! `transfer::Lanes`) and `check` (each snapshot checked as it is sent); `verify` checks the
 //! result; `report` is what the command reports of it.
 
 mod apply;

@@ -7,8 +7,8 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::{Plan, Verified};
-use crate::backup;
 use crate::cleanup::Cleaned;
+use crate::transfer;
 use crate::workdir::{Record, WorkDir};
 
 /// What was done so far, for the report when a restore stops part-way.
@@ -47,7 +47,7 @@ pub struct Outcome {
     pub verification: Vec<Verified>,
     pub seconds: f64,
     /// Where the time went, step by step.
-    pub phases: Vec<backup::Phase>,
+    pub phases: Vec<transfer::Phase>,
 }
 
 impl Outcome {

@@ -1,5 +1,5 @@
 //! The collections' uploads: a collection snapshot, or a collection re-created and its shards
-//! loaded each into a node holding it, paced by `backup::Lanes`.
+//! loaded each into a node holding it, paced by `transfer::Lanes`.
 
 use std::cell::Cell;
 use std::io;
@@ -15,7 +15,6 @@ use tokio::sync::mpsc;
 use super::check::{damaged, Inspected, Problem};
 use super::plan::custom_sharding;
 use super::{CollectionAction, CollectionPlan, Plan};
-use crate::backup;
 use crate::config::TransferSettings;
 use crate::exit::Interrupted;
 use crate::manifest::FileEntry;
@@ -23,6 +22,7 @@ use crate::progress::{self, Progress};
 use crate::qdrant::cluster;
 use crate::qdrant::{Client, QdrantError, Scope};
 use crate::store::BackupDir;
+use crate::transfer;
 use crate::workdir::{Record, WorkDir};
 
 /// What the uploads of a restore share: where they go, what from, and how they are paced.
@@ -32,7 +32,7 @@ pub(super) struct Uploads<'a> {
     pub(super) transfer: &'a TransferSettings,
     pub(super) work: &'a WorkDir,
     pub(super) progress: &'a dyn Progress,
-    pub(super) lanes: &'a backup::Lanes,
+    pub(super) lanes: &'a transfer::Lanes,
 }
 
 impl Uploads<'_> {
@@ -120,7 +120,7 @@ impl Uploads<'_> {
                     .await
             })
         });
-        backup::first_failure(futures_util::future::join_all(jobs).await)?;
+        transfer::first_failure(futures_util::future::join_all(jobs).await)?;
         if topology.is_some() {
             self.progress.step(&format!(
                 "waiting for every replica of `{name}` to be active"
@@ -273,7 +273,7 @@ impl Uploads<'_> {
         client: &Client,
         entry: &FileEntry,
         scope: Scope<'_>,
-        turn: &mut backup::Turn<'_>,
+        turn: &mut transfer::Turn<'_>,
         received: &Cell<bool>,
     ) -> Result<()> {
         upload(
@@ -300,12 +300,12 @@ async fn upload(
     transfer: &TransferSettings,
     work: &WorkDir,
     progress: &dyn Progress,
-    (turn, lanes, received): (&mut backup::Turn<'_>, &backup::Lanes, &Cell<bool>),
+    (turn, lanes, received): (&mut transfer::Turn<'_>, &transfer::Lanes, &Cell<bool>),
 ) -> Result<()> {
     let content = source
         .open_content(entry)
         .map_err(|e| damaged(&entry.path, format!("cannot read: {e}")))?;
-    // The download's bridge (`backup::ChannelSink`) advances `progress` as each chunk passes on
+    // The download's bridge (`ChannelSink`, in `backup::download`) advances `progress` as each chunk passes on
     // the async side. Here the bytes pass only through the blocking reader thread and the body
     // stream reqwest owns, both `'static`, so neither can borrow `&dyn Progress`: they count into
     // `sent`, which this task reports every 100 ms. One scheme for both would need an owned
@@ -320,7 +320,7 @@ async fn upload(
     let reader = tokio::task::spawn_blocking(move || stream.run(content));
     let body = futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx));
     let file_name = upload_name(scope);
-    let place = backup::place_of(client, scope);
+    let place = transfer::place_of(client, scope);
     work.record(&Record::UploadStarted {
         place: place.clone(),
         name: file_name.clone(),
@@ -341,7 +341,7 @@ async fn upload(
             result = &mut uploading => break result.map_err(anyhow::Error::from),
             _ = progress::interrupted() => break Err(Interrupted.into()),
             // Once all is sent Qdrant recovers it: that is waited for, whatever else failed.
-            () = lanes.until_stopped(), if !all_sent => break Err(backup::Stopped.into()),
+            () = lanes.until_stopped(), if !all_sent => break Err(transfer::Stopped.into()),
             _ = tokio::time::sleep(Duration::from_millis(100)) => {
                 let now = sent.load(Ordering::Relaxed);
                 progress.advance_transfer(bar, now - reported);
