@@ -1,5 +1,5 @@
 //! What creating and restoring share in moving snapshots: how transfers are paced (`Lanes`, a
-//! `Turn` each), the stop of the others when one fails (`Stopped`, `first_failure`), where a
+//! `Turn` each), the stop of the others when one fails (`OtherFailed`, `first_failure`), where a
 //! snapshot call goes as a journal records it (`place_of`), and the time of each phase (`Phases`).
 
 use std::collections::BTreeMap;
@@ -46,7 +46,7 @@ impl Phases {
     }
 }
 
-/// The results in order, or the first failure that is not `Stopped` (a transfer stopped
+/// The results in order, or the first failure that is not `OtherFailed` (a transfer stopped
 /// because of another's failure reports that one).
 pub(crate) fn first_failure<T>(results: Vec<Result<T>>) -> Result<Vec<T>> {
     if results.iter().any(Result::is_err) {
@@ -54,7 +54,13 @@ pub(crate) fn first_failure<T>(results: Vec<Result<T>>) -> Result<Vec<T>> {
         let first = errors.next().expect("one failed");
         return Err(std::iter::once(first)
             .chain(errors)
-            .reduce(|chosen, e| if chosen.is::<Stopped>() { e } else { chosen })
+            .reduce(|chosen, e| {
+                if chosen.is::<OtherFailed>() {
+                    e
+                } else {
+                    chosen
+                }
+            })
             .expect("one failed"));
     }
     Ok(results
@@ -96,7 +102,7 @@ impl Turn<'_> {
 /// This transfer stopped because another failed (never the error reported).
 #[derive(Debug, thiserror::Error)]
 #[error("stopped because another transfer failed")]
-pub(crate) struct Stopped;
+pub(crate) struct OtherFailed;
 
 impl Lanes {
     pub(crate) fn new(parallel: usize) -> Self {
@@ -124,7 +130,7 @@ impl Lanes {
             (making, slot)
         };
         tokio::select! {
-            () = self.until_stopped() => Err(Stopped.into()),
+            () = self.until_stopped() => Err(OtherFailed.into()),
             _ = progress::interrupted() => Err(crate::exit::Interrupted.into()),
             (making, slot) = permits => Ok(Turn {
                 _slot: slot.expect("the semaphore is never closed"),
@@ -146,7 +152,7 @@ impl Lanes {
         job: impl std::future::Future<Output = Result<T>>,
     ) -> Result<T> {
         let result = job.await;
-        if result.as_ref().is_err_and(|e| !e.is::<Stopped>()) {
+        if result.as_ref().is_err_and(|e| !e.is::<OtherFailed>()) {
             self.stop.send_replace(true);
         }
         result

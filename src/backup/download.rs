@@ -14,7 +14,7 @@ use crate::manifest::{FileEntry, FileKind};
 use crate::progress::Progress;
 use crate::qdrant::{self, AsyncSink, Client, Scope, SnapshotDescription};
 use crate::store::FileSink;
-use crate::transfer::{place_of, Lanes, Stopped, Turn};
+use crate::transfer::{place_of, Lanes, OtherFailed, Turn};
 use crate::workdir::Record;
 
 impl Writing<'_> {
@@ -131,7 +131,7 @@ impl Writing<'_> {
         );
         let downloaded = tokio::select! {
             downloaded = downloading => downloaded,
-            () = lanes.until_stopped() => Err(Stopped.into()),
+            () = lanes.until_stopped() => Err(OtherFailed.into()),
         };
         progress.end_transfer(bar);
         let _ = download_over.send(());
@@ -139,7 +139,7 @@ impl Writing<'_> {
             .await
             .map_err(|e| anyhow!("the file writer panicked: {e}"))?;
         let bytes = match downloaded {
-            Err(e) if e.is::<Stopped>() => return Err(e),
+            Err(e) if e.is::<OtherFailed>() => return Err(e),
             downloaded => downloaded,
         };
         // The writer's own error (a full disk, say) explains a stopped download better.

@@ -11,7 +11,7 @@ use anyhow::{anyhow, Context, Result};
 
 use super::check::damaged;
 use super::plan::{config_entry, live_config};
-use super::report::{Journal, Outcome, Stopped};
+use super::report::{Outcome, Steps, Unfinished};
 use super::unpack::unpack_databases;
 use super::upload::Uploads;
 use super::verify::{verify_restore, Verified};
@@ -34,19 +34,19 @@ pub async fn execute(
     settings: &Settings,
     plan: &Plan,
     progress: &dyn Progress,
-) -> Result<Outcome, Stopped> {
+) -> Result<Outcome, Unfinished> {
     let started = Instant::now();
-    let mut journal = Journal::default();
+    let mut steps = Steps::default();
     let mut phases = transfer::Phases::start();
-    let result = apply(client, settings, plan, progress, &mut journal, &mut phases).await;
+    let result = apply(client, settings, plan, progress, &mut steps, &mut phases).await;
     match result {
         Ok(verification) => Ok(Outcome {
-            journal,
+            steps,
             verification,
             seconds: started.elapsed().as_secs_f64(),
             phases: phases.done,
         }),
-        Err(error) => Err(Stopped { error, journal }),
+        Err(error) => Err(Unfinished { error, steps }),
     }
 }
 
@@ -56,10 +56,10 @@ async fn apply(
     settings: &Settings,
     plan: &Plan,
     progress: &dyn Progress,
-    journal: &mut Journal,
+    steps: &mut Steps,
     phases: &mut transfer::Phases,
 ) -> Result<Vec<Verified>> {
-    let work = open_work_dir(settings, plan, journal).await?;
+    let work = open_work_dir(settings, plan, steps).await?;
     phases.end("cleanup");
     let mut run = Restoring {
         client,
@@ -67,7 +67,7 @@ async fn apply(
         plan,
         progress,
         work,
-        journal,
+        steps,
     };
     // Unpacked before anything changes: a damaged database stops the restore here.
     let unpacked = unpack_databases(plan, run.work.path(), progress)?;
@@ -112,10 +112,10 @@ impl Restoring<'_> {
     /// It stays when anything changed or may have (an upload Qdrant got all of), and when the
     /// run's journal still names something on the server (the next run reports the way back).
     fn remove_unneeded_safety_backup(&mut self) {
-        if self.journal.changed || !self.journal.uncertain.is_empty() {
+        if self.steps.changed || !self.steps.uncertain.is_empty() {
             return;
         }
-        let Some(path) = self.journal.safety_backup.clone() else {
+        let Some(path) = self.steps.safety_backup.clone() else {
             return;
         };
         let left_on_server = crate::workdir::read_journal(self.work.path())
@@ -131,15 +131,15 @@ impl Restoring<'_> {
         // Half removed, it is hidden; the next prune finishes it.
         let _ = fs::remove_dir_all(&doomed);
         let done = format!("safety backup: {}", path.display());
-        self.journal.done.retain(|d| *d != done);
-        self.journal.safety_backup = None;
-        self.journal.safety_backup_removed = Some(path);
+        self.steps.done.retain(|d| *d != done);
+        self.steps.safety_backup = None;
+        self.steps.safety_backup_removed = Some(path);
     }
 }
 
 /// Makes the restore's working directory beside the state database (`.wqm-restore`: lock,
 /// journal), after cleaning up what dead restores left there.
-async fn open_work_dir(settings: &Settings, plan: &Plan, journal: &mut Journal) -> Result<WorkDir> {
+async fn open_work_dir(settings: &Settings, plan: &Plan, steps: &mut Steps) -> Result<WorkDir> {
     // Where the live state database is, which need not be `data_dir` (`WQM_STATE_DB`).
     let state_dir = settings
         .state_db
@@ -150,7 +150,7 @@ async fn open_work_dir(settings: &Settings, plan: &Plan, journal: &mut Journal) 
         .with_context(|| format!("cannot create `{}`", state_dir.display()))?;
     // A restore that died here left uploaded copies on the server and unpacked databases.
     for cleaned in cleanup::dead_runs(&[state_dir.as_path()], settings).await {
-        journal.cleaned.push(cleaned);
+        steps.cleaned.push(cleaned);
     }
     // The journal (fsynced per step) lets the next run report and finish what a killed one did.
     Ok(WorkDir::create(
@@ -164,14 +164,15 @@ async fn open_work_dir(settings: &Settings, plan: &Plan, journal: &mut Journal) 
     )?)
 }
 
-/// A restore under way: what it restores with, its working directory and its journal.
+/// A restore under way: what it restores with, its working directory (with the on-disk journal)
+/// and the steps it took.
 struct Restoring<'a> {
     client: &'a Client,
     settings: &'a Settings,
     plan: &'a Plan,
     progress: &'a dyn Progress,
     work: WorkDir,
-    journal: &'a mut Journal,
+    steps: &'a mut Steps,
 }
 
 impl<'a> Restoring<'a> {
@@ -209,17 +210,17 @@ impl<'a> Restoring<'a> {
                 Err(e) => {
                     let staging = crate::layout::staging_path(&safety.path);
                     let left = cleanup::left_on_server(&staging, self.settings);
-                    self.journal.leftovers.extend(left);
+                    self.steps.leftovers.extend(left);
                     return Err(e.context("the safety backup failed; nothing was changed"));
                 }
             };
-        self.journal.cleaned.extend(outcome.cleaned);
-        self.journal.leftovers.extend(outcome.leftovers);
+        self.steps.cleaned.extend(outcome.cleaned);
+        self.steps.leftovers.extend(outcome.leftovers);
         self.work.record(&Record::SafetyBackup {
             path: safety.path.clone(),
         })?;
-        self.journal.safety_backup = Some(safety.path.clone());
-        self.journal
+        self.steps.safety_backup = Some(safety.path.clone());
+        self.steps
             .done
             .push(format!("safety backup: {}", safety.path.display()));
         crate::failpoint::hit("restore:safety-done")?;
@@ -231,11 +232,10 @@ impl<'a> Restoring<'a> {
             return Ok(());
         }
         self.progress.step("stopping the daemon");
-        self.work.record(&Record::DaemonStopped { stopped: true })?;
+        self.work.record(&Record::DaemonStopped)?;
         daemon::stop(&self.settings.backup.daemon, &self.settings.data_dir)?;
-        self.journal.daemon_stopped = true;
-        self.journal
-            .done(&self.work, "daemon stopped".to_string())?;
+        self.steps.daemon_stopped = true;
+        self.steps.done(&self.work, "daemon stopped".to_string())?;
         crate::failpoint::hit("restore:daemon-stopped")?;
         Ok(())
     }
@@ -336,26 +336,26 @@ impl<'a> Restoring<'a> {
             let name = &collection.name;
             match result {
                 Ok(targets) => {
-                    self.journal.changed = true;
+                    self.steps.changed = true;
                     shard_targets.extend(targets.map(|t| (name.clone(), t)));
                     if collection.action == CollectionAction::Create {
-                        self.journal.created.push(name.clone());
+                        self.steps.created.push(name.clone());
                     }
                     // Recorded on disk when it was done; reported in the plan's order.
-                    self.journal
+                    self.steps
                         .done
                         .push(format!("collection `{name}` restored"));
                 }
-                Err(e) if e.is::<transfer::Stopped>() || (!began && failure.is_some()) => {}
+                Err(e) if e.is::<transfer::OtherFailed>() || (!began && failure.is_some()) => {}
                 Err(e) => {
                     if began {
                         // Qdrant may have swapped the collection in and then failed to answer (or died).
-                        self.journal.changed = true;
-                        self.journal.uncertain.push(format!(
+                        self.steps.changed = true;
+                        self.steps.uncertain.push(format!(
                             "collection `{name}`: Qdrant may have restored it before the failure; check it, or rerun the restore with --overwrite"
                         ));
                     } else {
-                        self.journal.unchanged.push(format!(
+                        self.steps.unchanged.push(format!(
                             "collection `{name}`: not restored, left as it was (Qdrant did not get all of its snapshot)"
                         ));
                     }
@@ -377,7 +377,7 @@ impl<'a> Restoring<'a> {
             progress::check_interrupted()?;
             self.progress
                 .step(&format!("putting `{}` in place", database.live.display()));
-            self.journal.changed = true;
+            self.steps.changed = true;
             sqlite::replace_live(replacement, &database.live)
                 .with_context(|| format!("cannot replace `{}`", database.live.display()))?;
             let how = if database.action == DatabaseAction::Merge {
@@ -385,7 +385,7 @@ impl<'a> Restoring<'a> {
             } else {
                 "replaced"
             };
-            self.journal
+            self.steps
                 .done(&self.work, format!("`{}` {how}", database.live.display()))?;
             crate::failpoint::hit("restore:database-replaced")?;
         }
@@ -403,7 +403,7 @@ impl<'a> Restoring<'a> {
             self.client
                 .set_alias(&alias.alias, &alias.collection, replace)
                 .await?;
-            self.journal.done(
+            self.steps.done(
                 &self.work,
                 format!("alias `{}` → `{}`", alias.alias, alias.collection),
             )?;
@@ -440,10 +440,10 @@ impl<'a> Restoring<'a> {
             &plan.manifest.config_redacted,
             live_config(self.settings).as_deref(),
         );
-        self.journal.changed = true;
+        self.steps.changed = true;
         crate::fs::write_atomic(target, text.as_bytes())
             .with_context(|| format!("cannot write `{}`", target.display()))?;
-        self.journal.done(
+        self.steps.done(
             &self.work,
             format!("config `{}` replaced", target.display()),
         )?;
@@ -452,17 +452,15 @@ impl<'a> Restoring<'a> {
 
     /// Starts the daemon this restore stopped.
     fn start_daemon(&mut self) -> Result<()> {
-        if !self.journal.daemon_stopped {
+        if !self.steps.daemon_stopped {
             return Ok(());
         }
         crate::failpoint::hit("restore:before-daemon-start")?;
         self.progress.step("starting the daemon");
         daemon::start(&self.settings.backup.daemon)?;
-        self.work
-            .record(&Record::DaemonStopped { stopped: false })?;
-        self.journal.daemon_stopped = false;
-        self.journal
-            .done(&self.work, "daemon started".to_string())?;
+        self.work.record(&Record::DaemonStarted)?;
+        self.steps.daemon_stopped = false;
+        self.steps.done(&self.work, "daemon started".to_string())?;
         Ok(())
     }
 }

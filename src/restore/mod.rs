@@ -29,7 +29,7 @@ use crate::store::BackupDir;
 
 pub use apply::execute;
 pub use plan::plan;
-pub use report::{way_back, Journal, Outcome, Stopped};
+pub use report::{way_back, Outcome, Steps, Unfinished};
 pub use verify::Verified;
 
 /// What to restore, and how.

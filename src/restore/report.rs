@@ -11,9 +11,10 @@ use crate::cleanup::Cleaned;
 use crate::transfer;
 use crate::workdir::{Record, WorkDir};
 
-/// What was done so far, for the report when a restore stops part-way.
+/// The steps a restore took so far, in memory, for the report when it stops part-way (what it
+/// must find again after a crash is in its working directory's on-disk journal, `workdir`).
 #[derive(Debug, Default, Serialize)]
-pub struct Journal {
+pub struct Steps {
     pub done: Vec<String>,
     pub safety_backup: Option<PathBuf>,
     /// Collections this restore created (a safety backup cannot hold them).
@@ -34,16 +35,18 @@ pub struct Journal {
     pub leftovers: Vec<String>,
 }
 
-/// A restore that stopped after it began changing things.
+/// A restore that did not finish (it failed, or was interrupted), and the steps it took.
 #[derive(Debug)]
-pub struct Stopped {
+pub struct Unfinished {
     pub error: anyhow::Error,
-    pub journal: Journal,
+    pub steps: Steps,
 }
 
 #[derive(Debug, Serialize)]
 pub struct Outcome {
-    pub journal: Journal,
+    /// (`journal` in the JSON output, as before.)
+    #[serde(rename = "journal")]
+    pub steps: Steps,
     pub verification: Vec<Verified>,
     pub seconds: f64,
     /// Where the time went, step by step.
@@ -56,7 +59,7 @@ impl Outcome {
     }
 }
 
-impl Journal {
+impl Steps {
     /// A step that changed the live system: reported, and recorded on disk before the next.
     pub(super) fn done(&mut self, work: &WorkDir, text: String) -> Result<()> {
         work.record(&Record::Done { text: text.clone() })?;
@@ -66,8 +69,8 @@ impl Journal {
 }
 
 /// The command that puts the safety backup back.
-pub fn way_back(journal: &Journal, plan: &Plan) -> Option<String> {
-    let safety = journal.safety_backup.as_ref()?;
+pub fn way_back(steps: &Steps, plan: &Plan) -> Option<String> {
+    let safety = steps.safety_backup.as_ref()?;
     let config = if plan.safety_backup.as_ref().is_some_and(|s| s.config) {
         " --with-config"
     } else {

@@ -341,7 +341,7 @@ async fn upload(
             result = &mut uploading => break result.map_err(anyhow::Error::from),
             _ = progress::interrupted() => break Err(Interrupted.into()),
             // Once all is sent Qdrant recovers it: that is waited for, whatever else failed.
-            () = lanes.until_stopped(), if !all_sent => break Err(transfer::Stopped.into()),
+            () = lanes.until_stopped(), if !all_sent => break Err(transfer::OtherFailed.into()),
             _ = tokio::time::sleep(Duration::from_millis(100)) => {
                 let now = sent.load(Ordering::Relaxed);
                 progress.advance_transfer(bar, now - reported);
