@@ -164,7 +164,8 @@ fn restore_report(records: &[Record]) -> Vec<String> {
         match record {
             Record::Done { text } => lines.push(format!("the restore had done: {text}")),
             Record::SafetyBackup { path } => safety = Some(path.clone()),
-            Record::DaemonStopped { stopped } => daemon_stopped = *stopped,
+            Record::DaemonStopped => daemon_stopped = true,
+            Record::DaemonStarted => daemon_stopped = false,
             _ => {}
         }
     }
@@ -421,7 +422,7 @@ mod tests {
             Record::SafetyBackup {
                 path: PathBuf::from("/b/safety"),
             },
-            Record::DaemonStopped { stopped: true },
+            Record::DaemonStopped,
             Record::Done {
                 text: "collection `a` restored".to_string(),
             },

@@ -77,7 +77,7 @@ pub fn export(
     rename_references(&mut manifest, &moved);
     staging.write_manifest(&manifest)?;
     if settings.backup.verification.verify_after_backup {
-        crate::backup::verify_staged(&staging, progress)?;
+        crate::verify::verify_staged(&staging, progress)?;
     }
     let size = manifest.files.iter().map(|f| f.size).sum();
     let path = staging.commit()?;

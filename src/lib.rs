@@ -35,6 +35,7 @@ pub(crate) mod secrets;
 pub mod snapshot;
 pub(crate) mod sqlite;
 pub mod store;
+pub(crate) mod transfer;
 pub(crate) mod verify;
 pub(crate) mod workdir;
 

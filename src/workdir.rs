@@ -133,8 +133,32 @@ pub enum Record {
     Done { text: String },
     /// The safety backup of a restore is complete at `path`.
     SafetyBackup { path: PathBuf },
-    /// A restore stopped the daemon (true) or started it again (false).
-    DaemonStopped { stopped: bool },
+    /// A restore stopped the daemon.
+    DaemonStopped,
+    /// A restore started again the daemon it had stopped. (wqm 0.3.0 wrote this as a
+    /// `daemon-stopped` line with `"stopped": false`, which `read_journal` still reads as this.)
+    DaemonStarted,
+}
+
+impl Record {
+    /// One journal line, or `None` when it is not one (torn, or not wqm's).
+    fn parse(line: &str) -> Option<Record> {
+        let record = serde_json::from_str(line).ok()?;
+        if record != Record::DaemonStopped {
+            return Some(record);
+        }
+        /// wqm 0.3.0's `{"op": "daemon-stopped", "stopped": BOOL}`: `false` meant started again.
+        #[derive(Deserialize)]
+        struct Wqm030 {
+            stopped: Option<bool>,
+        }
+        match serde_json::from_str(line) {
+            Ok(Wqm030 {
+                stopped: Some(false),
+            }) => Some(Record::DaemonStarted),
+            _ => Some(record),
+        }
+    }
 }
 
 /// A server object a journal says was (or may have been) made and not yet removed.
@@ -192,7 +216,8 @@ pub fn outstanding(records: &[Record]) -> Vec<Outstanding> {
             Record::Run { .. }
             | Record::Done { .. }
             | Record::SafetyBackup { .. }
-            | Record::DaemonStopped { .. } => {}
+            | Record::DaemonStopped
+            | Record::DaemonStarted => {}
         }
     }
     open
@@ -211,10 +236,7 @@ pub fn read_journal(dir: &Path) -> io::Result<Vec<Record>> {
     file.take(MAX_JOURNAL_BYTES)
         .read_to_string(&mut text)
         .map_err(|e| io::Error::new(e.kind(), format!("cannot read `{}`: {e}", path.display())))?;
-    Ok(text
-        .lines()
-        .filter_map(|line| serde_json::from_str(line).ok())
-        .collect())
+    Ok(text.lines().filter_map(Record::parse).collect())
 }
 
 fn open_no_follow(path: &Path) -> io::Result<File> {
@@ -574,5 +596,26 @@ mod tests {
         file.write_all(b"{\"op\":\"snapshot-made\",\"node\":")
             .unwrap();
         assert_eq!(read_journal(&path).unwrap(), [run()]);
+    }
+
+    #[test]
+    fn the_daemon_records_read_back_and_so_do_those_of_wqm_0_3_0() {
+        for record in [Record::DaemonStopped, Record::DaemonStarted] {
+            let line = serde_json::to_string(&record).unwrap();
+            assert_eq!(Record::parse(&line), Some(record));
+        }
+        assert_eq!(
+            serde_json::to_string(&Record::DaemonStarted).unwrap(),
+            r#"{"op":"daemon-started"}"#
+        );
+        // What wqm 0.3.0 wrote for both: `stopped: false` was the daemon started again.
+        assert_eq!(
+            Record::parse(r#"{"op":"daemon-stopped","stopped":true}"#),
+            Some(Record::DaemonStopped)
+        );
+        assert_eq!(
+            Record::parse(r#"{"op":"daemon-stopped","stopped":false}"#),
+            Some(Record::DaemonStarted)
+        );
     }
 }

@@ -58,17 +58,17 @@ pub async fn run(args: &RestoreArgs, settings: &Settings, ui: &Ui) -> Result<Exi
     }
 
     let result = restore::execute(&client, settings, &plan, &progress).await;
-    let journal = match &result {
-        Ok(outcome) => &outcome.journal,
-        Err(stopped) => &stopped.journal,
+    let steps = match &result {
+        Ok(outcome) => &outcome.steps,
+        Err(unfinished) => &unfinished.steps,
     };
-    super::report_cleaned(ui, &journal.cleaned);
-    for leftover in &journal.leftovers {
+    super::report_cleaned(ui, &steps.cleaned);
+    for leftover in &steps.leftovers {
         ui.warn_action(leftover);
     }
     Ok(match result {
         Ok(outcome) => report_outcome(ui, &plan, &outcome, plan_seconds),
-        Err(stopped) => report_stopped(ui, &plan, &stopped),
+        Err(unfinished) => report_unfinished(ui, &plan, &unfinished),
     })
 }
 
@@ -78,7 +78,7 @@ fn report_outcome(ui: &Ui, plan: &Plan, outcome: &restore::Outcome, plan_seconds
     if ui.json {
         ui.json(&json!({ "plan": plan, "plan_seconds": plan_seconds, "result": outcome, "verified": verified }));
     } else {
-        for step in &outcome.journal.done {
+        for step in &outcome.steps.done {
             ui.line(format!("✓ {step}"));
         }
         ui.line("Verification:");
@@ -96,7 +96,7 @@ fn report_outcome(ui: &Ui, plan: &Plan, outcome: &restore::Outcome, plan_seconds
                 "Verification after restore failed: {}",
                 plan.backup.display()
             ),
-            Some(&way_back_hint(&outcome.journal, plan)),
+            Some(&way_back_hint(&outcome.steps, plan)),
         );
         return ExitCode::VerificationFailed;
     }
@@ -109,16 +109,16 @@ fn report_outcome(ui: &Ui, plan: &Plan, outcome: &restore::Outcome, plan_seconds
 }
 
 /// A restore that stopped part-way: the error, what was done, and the way back.
-fn report_stopped(ui: &Ui, plan: &Plan, stopped: &restore::Stopped) -> ExitCode {
-    let (code, hint) = crate::output::classify(&stopped.error);
-    ui.error_lines(&format!("{:#}", stopped.error), hint.as_deref());
-    report_stop(ui, &stopped.journal, plan);
+fn report_unfinished(ui: &Ui, plan: &Plan, unfinished: &restore::Unfinished) -> ExitCode {
+    let (code, hint) = crate::output::classify(&unfinished.error);
+    ui.error_lines(&format!("{:#}", unfinished.error), hint.as_deref());
+    report_stop(ui, &unfinished.steps, plan);
     if ui.json {
         ui.json(&json!({
             "plan": plan,
-            "error": { "message": format!("{:#}", stopped.error), "hint": hint, "exit_code": code.code() },
-            "journal": stopped.journal,
-            "way_back": restore::way_back(&stopped.journal, plan),
+            "error": { "message": format!("{:#}", unfinished.error), "hint": hint, "exit_code": code.code() },
+            "journal": unfinished.steps,
+            "way_back": restore::way_back(&unfinished.steps, plan),
         }));
     }
     code
@@ -178,17 +178,17 @@ fn confirm(plan: &Plan) -> Result<()> {
     Ok(())
 }
 
-fn way_back_hint(journal: &restore::Journal, plan: &Plan) -> String {
-    match restore::way_back(journal, plan) {
+fn way_back_hint(steps: &restore::Steps, plan: &Plan) -> String {
+    match restore::way_back(steps, plan) {
         Some(command) => format!("to put back what was there before: {command}"),
         None => "no safety backup was taken".to_string(),
     }
 }
 
 /// What a restore that stopped part-way did, did not do, and how to go back.
-fn report_stop(ui: &Ui, journal: &restore::Journal, plan: &Plan) {
-    if journal.done.is_empty() && journal.uncertain.is_empty() {
-        match &journal.safety_backup_removed {
+fn report_stop(ui: &Ui, steps: &restore::Steps, plan: &Plan) {
+    if steps.done.is_empty() && steps.uncertain.is_empty() {
+        match &steps.safety_backup_removed {
             Some(path) => ui.warn(format!(
                 "nothing was changed; the safety backup `{}` was removed (it held what is still there)",
                 path.display()
@@ -198,33 +198,33 @@ fn report_stop(ui: &Ui, journal: &restore::Journal, plan: &Plan) {
         return;
     }
     let mut lines = vec!["the restore stopped part-way. Done:".to_string()];
-    lines.extend(journal.done.iter().map(|d| format!("  ✓ {d}")));
-    lines.extend(journal.uncertain.iter().map(|d| format!("  ? {d}")));
-    lines.extend(journal.unchanged.iter().map(|d| format!("  ✗ {d}")));
-    if !journal.changed {
+    lines.extend(steps.done.iter().map(|d| format!("  ✓ {d}")));
+    lines.extend(steps.uncertain.iter().map(|d| format!("  ? {d}")));
+    lines.extend(steps.unchanged.iter().map(|d| format!("  ✗ {d}")));
+    if !steps.changed {
         lines.push("Nothing of the live system was changed yet.".to_string());
     }
-    if journal.daemon_stopped {
+    if steps.daemon_stopped {
         lines.push("The daemon was stopped and is left stopped; start it once the system is back in order.".to_string());
     }
-    if let Some(path) = &journal.safety_backup_removed {
+    if let Some(path) = &steps.safety_backup_removed {
         lines.push(format!(
             "The safety backup `{}` was removed: it held what is still there.",
             path.display()
         ));
     }
-    if journal.changed {
-        if let (false, Some(safety)) = (journal.uncertain.is_empty(), &journal.safety_backup) {
+    if steps.changed {
+        if let (false, Some(safety)) = (steps.uncertain.is_empty(), &steps.safety_backup) {
             lines.push(format!(
                 "The safety backup `{}` is kept: Qdrant may have restored a collection, and it holds what was there before.",
                 safety.display()
             ));
         }
-        lines.push(way_back_hint(journal, plan));
-        if !journal.created.is_empty() {
+        lines.push(way_back_hint(steps, plan));
+        if !steps.created.is_empty() {
             lines.push(format!(
                 "Collections this restore created (not in the safety backup): {}; delete them with `curl -X DELETE <QDRANT_URL>/collections/<name>` if you go back",
-                journal.created.join(", ")
+                steps.created.join(", ")
             ));
         }
     }

@@ -1,0 +1,217 @@
+//! Restoring a backup, plan first, then apply: validate → plan → (confirm, at the edge) → safety
+//! backup → stop the daemon → collections → databases → aliases → config → start the daemon →
+//! verify. Nothing is written before the plan is confirmed; after the safety backup, a failure
+//! reports what was done and how to put the safety backup back.
+//!
+//! `plan` (reading only) works out the `Plan`; `apply` carries it out (`execute`), with `unpack`
+//! (the backup's databases, checked and migrated), `upload` (the collections, paced by
+//! `transfer::Lanes`) and `check` (each snapshot checked as it is sent); `verify` checks the
+//! result; `report` is what the command reports of it.
+
+mod apply;
+mod check;
+mod plan;
+mod report;
+mod unpack;
+mod upload;
+mod verify;
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::compat;
+use crate::exit::{ExitCode, Failure};
+use crate::manifest::Manifest;
+use crate::migrations::Migration;
+use crate::qdrant::cluster;
+use crate::store::BackupDir;
+
+pub use apply::execute;
+pub use plan::plan;
+pub use report::{way_back, Outcome, Steps, Unfinished};
+pub use verify::Verified;
+
+/// What to restore, and how.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub path: PathBuf,
+    pub allow_downgrade: bool,
+    pub overwrite: bool,
+    pub with_config: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CollectionAction {
+    Create,
+    Overwrite,
+    Conflict,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CollectionPlan {
+    pub name: String,
+    pub action: CollectionAction,
+    pub points: u64,
+    /// Bytes to upload (the uncompressed snapshot).
+    pub bytes: u64,
+    /// Shard snapshots to load (0: one collection snapshot).
+    pub shards: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Qdrant lists the collection but cannot load it (its answer to reading it): a dirty
+    /// shard after Qdrant died while recovering a snapshot, say. `--overwrite` replaces it; no
+    /// safety backup can hold it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "action")]
+pub enum AliasAction {
+    Create,
+    /// The alias exists and points at another collection.
+    Repoint {
+        from: String,
+    },
+    Keep,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AliasPlan {
+    pub alias: String,
+    pub collection: String,
+    #[serde(flatten)]
+    pub action: AliasAction,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DatabaseAction {
+    Replace,
+    Merge,
+    Keep,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DatabasePlan {
+    pub name: String,
+    pub action: DatabaseAction,
+    pub live: PathBuf,
+    pub live_exists: bool,
+    pub backup_schema: Option<i64>,
+    pub live_schema: Option<i64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ConfigPlan {
+    pub in_backup: bool,
+    pub replace: bool,
+    pub target: Option<PathBuf>,
+    /// Secrets the backup left out (`qdrant.api_key`, …): the live file's values are kept.
+    pub keeps_live: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DaemonPlan {
+    /// Why we think the daemon runs; `None` when it does not.
+    pub running: Option<String>,
+    pub will_stop_and_start: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ClusterPlan {
+    pub nodes: usize,
+    /// Configured nodes that do not answer.
+    pub down: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SafetyPlan {
+    pub path: PathBuf,
+    pub collections: Vec<String>,
+    /// The live databases the restore replaces or merges into (file names): exactly what the
+    /// safety backup holds of them.
+    pub databases: Vec<String>,
+    pub config: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MigrationStep {
+    pub migration: String,
+    pub description: String,
+    pub warnings: Vec<String>,
+}
+
+/// Everything a restore would do, as `--dry-run` shows it.
+#[derive(Debug, Serialize)]
+pub struct Plan {
+    pub backup: PathBuf,
+    pub version: String,
+    pub current_version: String,
+    pub format: String,
+    pub formatted_timestamp: String,
+    pub partial: bool,
+    pub compatibility: Option<compat::Report>,
+    pub migrations: Vec<MigrationStep>,
+    pub collections: Vec<CollectionPlan>,
+    pub aliases: Vec<AliasPlan>,
+    pub databases: Vec<DatabasePlan>,
+    pub config: ConfigPlan,
+    pub daemon: DaemonPlan,
+    /// The Qdrant restored into is a cluster of this many reachable nodes.
+    pub cluster: Option<ClusterPlan>,
+    pub safety_backup: Option<SafetyPlan>,
+    pub disk_free_bytes: Option<u64>,
+    pub disk_needed_bytes: u64,
+    pub bytes_to_upload: u64,
+    pub estimated_seconds: u64,
+    pub warnings: Vec<String>,
+    /// Each reason the restore cannot go ahead, with the exit code it ends with.
+    pub blockers: Vec<Failure>,
+    #[serde(skip)]
+    original: Manifest,
+    /// Where every file of the backup is read from.
+    #[serde(skip)]
+    source: BackupDir,
+    /// The manifest after the migrations (computed on the manifest alone).
+    #[serde(skip)]
+    manifest: Manifest,
+    #[serde(skip)]
+    chain: Vec<&'static Migration>,
+    #[serde(skip)]
+    topology: Option<cluster::Topology>,
+}
+
+impl Plan {
+    /// The first problem that stops the restore.
+    pub fn blocker(&self) -> Option<&Failure> {
+        self.blockers.first()
+    }
+
+    fn block(&mut self, code: ExitCode, message: impl Into<String>, hint: Option<String>) {
+        self.blockers.push(Failure {
+            code,
+            message: message.into(),
+            hint,
+        });
+    }
+
+    /// Collections the restore uploads.
+    pub fn restored_collections(&self) -> impl Iterator<Item = &CollectionPlan> {
+        self.collections
+            .iter()
+            .filter(|c| c.action != CollectionAction::Conflict)
+    }
+
+    /// Whether the restore changes anything at all.
+    pub fn changes_anything(&self) -> bool {
+        self.restored_collections().next().is_some()
+            || self
+                .databases
+                .iter()
+                .any(|d| d.action != DatabaseAction::Keep)
+            || self.config.replace
+    }
+}

@@ -1,0 +1,124 @@
+//! The backup's databases unpacked for a restore: decompressed and checked against the manifest,
+//! migrated, stripped of the rows a restore never brings back, integrity-checked.
+
+use std::collections::BTreeMap;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use super::check::damaged;
+use super::{DatabaseAction, Plan};
+use crate::checksum::{Algorithm, HashingReader};
+use crate::fs::CopyError;
+use crate::manifest::{FileEntry, Manifest};
+use crate::migrations::{self, WorkingCopy};
+use crate::names::Database;
+use crate::progress::{self, Progress};
+use crate::sqlite;
+use crate::store::BackupDir;
+use crate::verify;
+
+/// Unpacks each database the restore needs into `dir`, the restore's working directory. An
+/// *unpacked* database is the backup's copy decompressed there (checked against the manifest),
+/// migrated, stripped of the rows a restore never brings back and integrity-checked: what
+/// replaces, or merges into, the live one. (`migrations::WorkingCopy` holds the same copies while the
+/// migrations run.)
+pub(super) fn unpack_databases(
+    plan: &Plan,
+    dir: &Path,
+    progress: &dyn Progress,
+) -> Result<BTreeMap<String, PathBuf>> {
+    let mut unpacked = BTreeMap::new();
+    let wanted: Vec<&str> = plan
+        .databases
+        .iter()
+        .filter(|d| d.action != DatabaseAction::Keep)
+        .map(|d| d.name.as_str())
+        .collect();
+    for (database, entry) in database_sources(&plan.original) {
+        let name = database.file_name();
+        if !wanted.contains(&name) {
+            continue;
+        }
+        progress::check_interrupted()?;
+        progress.step(&format!("unpacking `{name}`"));
+        // The copy's name is the known database's, never one from the manifest.
+        let copy = dir.join(name);
+        unpack_database(&plan.source, entry, &copy)?;
+        unpacked.insert(name.to_string(), copy);
+    }
+    let mut migrated = WorkingCopy {
+        manifest: plan.original.clone(),
+        databases: unpacked,
+        backup_dir: plan.backup.clone(),
+    };
+    migrations::apply(&plan.chain, &mut migrated)?;
+    for path in migrated.databases.values() {
+        let conn = rusqlite::Connection::open(path)?;
+        sqlite::remove_unrestorable_rows(&conn)?;
+        let problems = sqlite::integrity_problems(&conn)?;
+        if !problems.is_empty() {
+            return Err(damaged(
+                &path.display().to_string(),
+                format!(
+                    "its unpacked copy fails PRAGMA integrity_check: {}",
+                    problems.join("; ")
+                ),
+            ));
+        }
+    }
+    Ok(migrated.databases)
+}
+
+/// A legacy backup's plain copy of the state database.
+const LEGACY_STATE_DB: &str = "sqlite/state.db";
+
+/// Decompresses one stored database into `copy`, checking its content against the manifest
+/// as it goes (what `validate --check-files` checks, in the same pass).
+fn unpack_database(source: &BackupDir, entry: Option<&FileEntry>, copy: &Path) -> Result<()> {
+    let rel = entry.map_or(LEGACY_STATE_DB, |e| e.path.as_str());
+    let decoder: Box<dyn Read> = match entry {
+        Some(entry) => source.open_content(entry).map(|r| r as Box<dyn Read>),
+        None => source
+            .open_file(LEGACY_STATE_DB)
+            .map(|f| Box::new(BufReader::new(f)) as Box<dyn Read>),
+    }
+    .map_err(|e| damaged(rel, format!("cannot read: {e}")))?;
+    let mut content = HashingReader::new(decoder, &[Algorithm::Sha256]);
+    let mut out = crate::fs::create_private_file(copy)
+        .with_context(|| format!("cannot write `{}`", copy.display()))?;
+    crate::fs::copy_apart(&mut content, &mut out).map_err(|e| match e {
+        CopyError::Read(e) => damaged(rel, format!("cannot decompress: {e}")),
+        CopyError::Write(e) => {
+            anyhow::Error::from(e).context(format!("cannot write `{}`", copy.display()))
+        }
+    })?;
+    out.sync_all()
+        .with_context(|| format!("cannot write `{}`", copy.display()))?;
+    let digests = content
+        .finish()
+        .map_err(|e| damaged(rel, format!("cannot decompress: {e}")))?;
+    if let Some(entry) = entry {
+        verify::content_matches(entry, &digests).map_err(|problem| damaged(rel, problem))?;
+    }
+    Ok(())
+}
+
+/// Each database the backup holds and its stored file (`None`: a legacy backup's plain
+/// `sqlite/state.db`, unpacked when the restore wants it and it is there).
+fn database_sources(manifest: &Manifest) -> Vec<(Database, Option<&FileEntry>)> {
+    if manifest.is_legacy() {
+        return vec![(Database::State, None)];
+    }
+    manifest
+        .databases
+        .iter()
+        .filter_map(|d| {
+            Some((
+                Database::parse(&d.name).ok()?,
+                Some(manifest.file(&d.file)?),
+            ))
+        })
+        .collect()
+}

@@ -1,0 +1,225 @@
+//! The chunk store an incremental backup names: every chunk its indexes name read and checked
+//! once per run (`ChunkTally`).
+
+use std::collections::{HashMap, HashSet};
+use std::io::{self, BufReader};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::{AuditError, Check, Report, Severity};
+use crate::checksum::{Algorithm, Digests, HashingReader};
+use crate::compress::Compression;
+use crate::manifest::FileEntry;
+use crate::progress::{self, Progress};
+use crate::store::chunks::{
+    self, ChunkBuffer, ChunkId, ChunkProblem, ChunkStore, IndexLine, IndexReader, Selection,
+};
+use crate::store::BackupDir;
+
+/// The chunks a run has checked and what each showed (`None`: sound), so that `validate
+/// --check-files` and `list --check` read each chunk once however many files and backups share
+/// it; with a `Selection` (`--read-data-subset`) only the chunks it picks are read, the others
+/// looked up.
+#[derive(Clone, Debug, Default)]
+pub struct ChunkTally {
+    checked: Arc<Mutex<HashMap<ChunkId, Option<ChunkProblem>>>>,
+    pub(super) selection: Option<Selection>,
+    /// Chunks read, and chunks only looked up, by this run.
+    read: Arc<AtomicU64>,
+    looked_up: Arc<AtomicU64>,
+}
+
+impl ChunkTally {
+    /// A tally that knows `ids` sound already: a create compared them with the data it backed
+    /// up, byte for byte, so its verification does not read them a second time.
+    pub fn known_sound(ids: HashSet<ChunkId>) -> Self {
+        ChunkTally {
+            checked: Arc::new(Mutex::new(ids.into_iter().map(|id| (id, None)).collect())),
+            ..ChunkTally::default()
+        }
+    }
+
+    /// A tally that reads only the chunks `selection` picks and looks the others up.
+    pub fn reading(selection: Selection) -> Self {
+        ChunkTally {
+            selection: Some(selection),
+            ..ChunkTally::default()
+        }
+    }
+
+    /// How many chunks this run read, and how many it only looked up.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.read.load(Ordering::Relaxed),
+            self.looked_up.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Checks the chunks of `lines` this run has not checked yet, reading them on `threads`
+    /// threads (decompressing and hashing is the work) or, those a selection leaves out, looking
+    /// them up; returns how many it read and how many it looked up.
+    fn read_new(&self, store: &ChunkStore, lines: &[IndexLine], threads: usize) -> (u64, u64) {
+        let (new, unread): (Vec<&IndexLine>, Vec<&IndexLine>) = {
+            let known = self.checked.lock().expect("tally lock");
+            let mut seen = HashSet::new();
+            lines
+                .iter()
+                .filter(|l| !known.contains_key(&l.id) && seen.insert(l.id))
+                .partition(|l| self.selection.as_ref().is_none_or(|s| s.reads(&l.id)))
+        };
+        let per_thread = new.len().div_ceil(threads).max(1);
+        let mut found: Vec<(ChunkId, Option<ChunkProblem>)> = std::thread::scope(|scope| {
+            let reading: Vec<_> = new
+                .chunks(per_thread)
+                .map(|part| {
+                    scope.spawn(move || {
+                        let mut buffer = ChunkBuffer::default();
+                        part.iter()
+                            .map(|l| {
+                                (
+                                    l.id,
+                                    store.read_chunk(&l.id, l.len, true, &mut buffer).err(),
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            reading
+                .into_iter()
+                .flat_map(|t| t.join().expect("a chunk check panicked"))
+                .collect()
+        });
+        let read = found.len() as u64;
+        found.extend(unread.iter().map(|l| {
+            let missing = store.stored_size(&l.id).is_none();
+            (l.id, missing.then_some(ChunkProblem::Missing))
+        }));
+        self.read.fetch_add(read, Ordering::Relaxed);
+        self.looked_up
+            .fetch_add(unread.len() as u64, Ordering::Relaxed);
+        self.checked.lock().expect("tally lock").extend(found);
+        (read, unread.len() as u64)
+    }
+
+    fn problem(&self, id: &ChunkId) -> Option<ChunkProblem> {
+        self.checked
+            .lock()
+            .expect("tally lock")
+            .get(id)
+            .cloned()
+            .flatten()
+    }
+}
+
+/// Chunks checked at a time (on every core).
+const CHECK_BATCH: usize = 64;
+
+/// An incremental backup needs the chunk store beside it.
+pub(super) fn check_chunk_store(report: &mut Report, backup: &BackupDir) -> Result<(), AuditError> {
+    let chunked = backup
+        .manifest
+        .files
+        .iter()
+        .any(|f| f.compression == Compression::Chunks);
+    if chunked {
+        match ChunkStore::open_for_reading(backup.backups_dir()) {
+            Ok(_) => {}
+            Err(e) if e.is_busy() => return Err(AuditError::StoreBusy(e)),
+            Err(e) => report.add(Severity::Error, Check::Contents, None, e.to_string()),
+        }
+    }
+    Ok(())
+}
+
+/// What reading a chunked file's chunks showed.
+#[derive(Default)]
+pub(super) struct ChunkReading {
+    pub(super) chunks: u64,
+    /// Chunks read now (the others were read earlier in this run).
+    pub(super) read: u64,
+    /// Chunks looked up now, not read (`--read-data-subset` left them for another run).
+    pub(super) looked_up: u64,
+    /// The chunks' lengths added up.
+    pub(super) content_size: u64,
+    pub(super) bad: Vec<(ChunkId, ChunkProblem)>,
+}
+
+/// Reads a chunked file's index (returning its digests as stored) and each chunk it names
+/// that this run has not read yet.
+pub(super) fn read_chunks(
+    backup: &BackupDir,
+    entry: &FileEntry,
+    algorithm: Algorithm,
+    tally: &ChunkTally,
+    progress: &dyn Progress,
+) -> io::Result<(Digests, ChunkReading)> {
+    let store: Arc<ChunkStore> = backup.chunk_store()?;
+    let mut stored = HashingReader::new(backup.open_entry(entry)?, &[algorithm]);
+    let mut index = IndexReader::new(BufReader::new(&mut stored))?;
+    let mut reading = ChunkReading::default();
+    progress.begin(&entry.path, Some(entry.content_size));
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut batch = Vec::with_capacity(CHECK_BATCH);
+    let result = (|| loop {
+        batch.clear();
+        while batch.len() < CHECK_BATCH {
+            match index.next_line()? {
+                Some(line) => batch.push(line),
+                None => break,
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        if progress::is_interrupted() {
+            return Err(io::Error::from(io::ErrorKind::Interrupted));
+        }
+        let (read, looked_up) = tally.read_new(&store, &batch, threads);
+        reading.read += read;
+        reading.looked_up += looked_up;
+        for line in &batch {
+            reading.chunks += 1;
+            reading.content_size += line.len as u64;
+            if let Some(problem) = tally.problem(&line.id) {
+                reading.bad.push((line.id, problem));
+            }
+            progress.advance(line.len as u64);
+        }
+    })();
+    progress.end();
+    result?;
+    drop(index);
+    Ok((stored.finish()?, reading))
+}
+
+/// One error per missing or damaged chunk, naming the chunk's file in the store and every
+/// backup of the directory that needs it.
+pub(super) fn report_bad_chunks(
+    report: &mut Report,
+    backup: &BackupDir,
+    entry: &FileEntry,
+    bad: &[(ChunkId, ChunkProblem)],
+) {
+    if bad.is_empty() {
+        return;
+    }
+    let ids: HashSet<ChunkId> = bad.iter().map(|(id, _)| *id).collect();
+    let users = chunks::backups_using(backup.backups_dir(), &ids);
+    let mut reported = HashSet::new();
+    for (id, problem) in bad {
+        if !reported.insert(*id) {
+            continue;
+        }
+        let needed_by = users
+            .get(id)
+            .map(|names| names.join(", "))
+            .unwrap_or_default();
+        report.add(
+            Severity::Error,
+            Check::Checksum,
+            Some(&entry.path),
+            format!("chunk `{id}` {problem}; backups that need it: {needed_by}"),
+        );
+    }
+}
