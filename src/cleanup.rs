@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::config::Settings;
-use crate::layout;
+use crate::format::layout;
 use crate::qdrant::{Client, QdrantError, Scope};
 use crate::store::chunks;
 use crate::workdir::{self, ObjectKind, Outstanding, Record};
@@ -103,7 +103,7 @@ async fn clean(path: &Path, settings: &Settings) -> Option<Cleaned> {
             } => Some(format!(
                 "`{command} {}` (pid {pid}, started {})",
                 path.display(),
-                crate::manifest::format_timestamp(*started)
+                crate::format::manifest::format_timestamp(*started)
             )),
             _ => None,
         })
@@ -256,7 +256,7 @@ async fn remove(object: &Outstanding, settings: &Settings) -> (String, bool) {
                 return (
                     format!(
                         "a snapshot of {scope} asked for at {} may still be in the making on {}; run `wqm backup cleanup` again later",
-                        crate::manifest::format_timestamp(*at),
+                        crate::format::manifest::format_timestamp(*at),
                         place.node
                     ),
                     false,
@@ -266,7 +266,7 @@ async fn remove(object: &Outstanding, settings: &Settings) -> (String, bool) {
                 return (
                     format!(
                         "no snapshot of {scope} from {} is on {}: nothing to delete",
-                        crate::manifest::format_timestamp(*at),
+                        crate::format::manifest::format_timestamp(*at),
                         place.node
                     ),
                     true,
@@ -300,7 +300,7 @@ fn describe(kind: &ObjectKind) -> String {
         ObjectKind::Upload(name) => format!("uploaded copy `{name}`"),
         ObjectKind::SnapshotRequested { at } => format!(
             "a snapshot asked for at {}",
-            crate::manifest::format_timestamp(*at)
+            crate::format::manifest::format_timestamp(*at)
         ),
     }
 }

@@ -11,8 +11,8 @@ use crate::checksum::{Algorithm, HashingReader};
 use crate::compress::Compression;
 use crate::config::Settings;
 use crate::exit::{ExitCode, Failure};
+use crate::format::manifest::{FileEntry, Manifest, FULL_FORMAT};
 use crate::fs::{copy_apart, CopyError};
-use crate::manifest::{FileEntry, Manifest, FULL_FORMAT};
 use crate::progress::{self, Metered, Progress};
 use crate::store::{BackupDir, Staging};
 
@@ -103,7 +103,7 @@ fn copy_entry(
             ExitCode::InvalidBackup,
             format!(
                 "the backup's `{}` is damaged: {problem}",
-                crate::names::shown(&entry.path)
+                crate::format::names::shown(&entry.path)
             ),
         )
         .with_hint(

@@ -7,10 +7,10 @@
 use std::io::Read;
 use std::path::Path;
 
-use crate::compat;
 use crate::config::{Env, Overrides, Settings};
-use crate::manifest::{Manifest, MAX_MANIFEST_BYTES};
-use crate::names::{self, Database, EntryPath};
+use crate::format::compat;
+use crate::format::manifest::{Manifest, MAX_MANIFEST_BYTES};
+use crate::format::names::{self, Database, EntryPath};
 use crate::snapshot;
 
 /// A manifest, as `validate`, `info`, `list` and `restore` read one: bounded, every name
@@ -92,7 +92,7 @@ pub fn version(data: &[u8]) {
         allow_downgrade: data.first().is_some_and(|b| b & 16 == 16),
     };
     // The verdict restore, validate, info and list give, with the real migration registry.
-    let _ = crate::migrations::verdict(backup, current, &policy);
+    let _ = crate::format::migrations::verdict(backup, current, &policy);
 }
 
 /// A collection or shard snapshot as `validate --check-files` and every restore read it: the

@@ -9,7 +9,6 @@ pub mod checksum;
 pub(crate) mod cleanup;
 pub mod cli;
 mod commands;
-pub(crate) mod compat;
 pub mod compress;
 pub mod config;
 /// Encryption at rest (issue 21): keys, the encrypted object format and keyed chunk names; the
@@ -19,13 +18,10 @@ pub(crate) mod daemon;
 pub mod exit;
 pub(crate) mod export;
 pub(crate) mod failpoint;
+pub mod format;
 pub mod fs;
 #[doc(hidden)]
 pub mod hostile;
-pub mod layout;
-pub mod manifest;
-pub(crate) mod migrations;
-pub(crate) mod names;
 pub mod output;
 pub(crate) mod progress;
 pub(crate) mod prune;

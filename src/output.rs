@@ -290,9 +290,9 @@ registry!(
     exit::Failure,
     exit::Interrupted,
     crate::config::ConfigError,
-    crate::manifest::ManifestError,
-    crate::compat::CompatError,
-    crate::layout::LayoutError,
+    crate::format::manifest::ManifestError,
+    crate::format::compat::CompatError,
+    crate::format::layout::LayoutError,
     crate::qdrant::QdrantError,
     crate::daemon::DaemonError,
     crate::qdrant::cluster::ClusterError,
@@ -320,9 +320,10 @@ mod classify_tests {
     /// One of each error type (and each distinct code a type gives), with its documented code.
     #[test]
     fn every_error_type_exits_with_its_documented_code() {
+        use crate::format::{compat, layout, manifest};
         use crate::qdrant::cluster;
         use crate::store::chunks;
-        use crate::{backend, compat, config, daemon, layout, manifest, qdrant, verify, workdir};
+        use crate::{backend, config, daemon, qdrant, verify, workdir};
         let path = PathBuf::from("x");
         let cases: Vec<(ExitCode, ExitCode)> = vec![
             (

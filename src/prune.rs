@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use chrono::Local;
 use serde::Serialize;
 
-use crate::layout;
+use crate::format::layout;
 use crate::store::chunks::{self, ChunkId, ChunkStore, Collected};
 use crate::store::{self, Seen};
 use crate::verify;
@@ -168,7 +168,7 @@ pub fn prune(dir: &Path, policies: &Policies, now: f64, dry_run: bool) -> anyhow
     order.sort_by(|&a, &b| candidates[b].timestamp.total_cmp(&candidates[a].timestamp));
     for i in order {
         let candidate = &candidates[i];
-        let formatted_timestamp = crate::manifest::format_timestamp(candidate.timestamp);
+        let formatted_timestamp = crate::format::manifest::format_timestamp(candidate.timestamp);
         if reasons[i].contains(&Reason::Future) {
             outcome.future_dated.push(candidate.name.clone());
         }

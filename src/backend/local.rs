@@ -420,7 +420,7 @@ impl Inner {
     fn abort(&self, upload: &Unfinished) -> Result<(), BackendError> {
         if !is_id(&upload.id) {
             return Err(BackendError::BadName {
-                name: crate::names::shown(&upload.id),
+                name: crate::format::names::shown(&upload.id),
                 reason: "is not the id of a temporary file",
             });
         }

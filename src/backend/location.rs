@@ -41,7 +41,7 @@ impl Location {
     /// else is a local path.
     pub fn parse(given: &str) -> Result<Self, LocationError> {
         let bad = |reason: &str| LocationError::BadS3 {
-            given: crate::names::shown(given),
+            given: crate::format::names::shown(given),
             reason: reason.to_string(),
         };
         if let Some(rest) = strip_prefix_ignore_case(given, "s3://") {
@@ -71,7 +71,7 @@ impl Location {
                     .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
             {
                 return Err(LocationError::UnsupportedScheme {
-                    given: crate::names::shown(given),
+                    given: crate::format::names::shown(given),
                     scheme: scheme.to_string(),
                 });
             }

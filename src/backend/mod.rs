@@ -133,7 +133,7 @@ impl Name {
         match Self::check(&name) {
             Ok(()) => Ok(Name(name)),
             Err(reason) => Err(BackendError::BadName {
-                name: crate::names::shown(&name),
+                name: crate::format::names::shown(&name),
                 reason,
             }),
         }

@@ -149,7 +149,7 @@ impl S3Backend {
             (false, false) => format!("{}/{name}", self.prefix),
         };
         Path::parse(&key).map_err(|e| BackendError::BadName {
-            name: crate::names::shown(name),
+            name: crate::format::names::shown(name),
             reason: if e.to_string().contains("empty") {
                 "has an empty component"
             } else {
@@ -697,7 +697,7 @@ impl Backend for S3Backend {
     async fn abort(&self, upload: &Unfinished) -> Result<(), BackendError> {
         if upload.id.len() != 32 || !upload.id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(BackendError::BadName {
-                name: crate::names::shown(&upload.id),
+                name: crate::format::names::shown(&upload.id),
                 reason: "is not the id of an upload record",
             });
         }

@@ -10,8 +10,8 @@ use super::writing::Writing;
 use super::Databases;
 use crate::config::Settings;
 use crate::exit::{Classify, ExitCode};
-use crate::layout;
-use crate::manifest::{DatabaseDetails, FileKind};
+use crate::format::layout;
+use crate::format::manifest::{DatabaseDetails, FileKind};
 use crate::progress;
 use crate::sqlite;
 

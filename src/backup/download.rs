@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use super::writing::Writing;
 use super::SnapshotTimes;
-use crate::manifest::{FileEntry, FileKind};
+use crate::format::manifest::{FileEntry, FileKind};
 use crate::progress::Progress;
 use crate::qdrant::{self, AsyncSink, Client, Scope, SnapshotDescription};
 use crate::store::FileSink;

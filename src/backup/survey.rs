@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use super::Request;
 use crate::config::Settings;
 use crate::exit::{ExitCode, Failure};
-use crate::layout;
+use crate::format::layout;
 use crate::progress::Progress;
 use crate::qdrant::cluster;
 use crate::qdrant::{self, Client};

@@ -12,8 +12,8 @@ use crate::checksum::Algorithm;
 use crate::compress::Compression;
 use crate::config::Settings;
 use crate::daemon;
-use crate::layout;
-use crate::manifest::{FileEntry, FileKind, Manifest, SystemInfo};
+use crate::format::layout;
+use crate::format::manifest::{FileEntry, FileKind, Manifest, SystemInfo};
 use crate::progress::{self, Progress};
 use crate::secrets;
 use crate::store::Staging;
@@ -53,7 +53,7 @@ impl<'a> Writing<'a> {
         let algorithm = backup.verification.checksum_algorithm;
         let mut manifest = Manifest::new(crate::VERSION, timestamp);
         if request.incremental {
-            manifest.format_version = Some(crate::manifest::CHUNKED_FORMAT);
+            manifest.format_version = Some(crate::format::manifest::CHUNKED_FORMAT);
         }
         manifest.description = request.description.clone();
         manifest.qdrant_version = Some(survey.qdrant_version.clone());

@@ -30,7 +30,7 @@ pub async fn run(args: &CreateArgs, settings: &Settings, ui: &Ui) -> Result<Exit
         Ok(outcome) => outcome,
         Err(e) => {
             // Nothing partial stays on disk, but a server may keep what could not be deleted.
-            let staging = crate::layout::staging_path(&request.target);
+            let staging = crate::format::layout::staging_path(&request.target);
             for left in crate::cleanup::left_on_server(&staging, settings) {
                 ui.warn_action(left);
             }

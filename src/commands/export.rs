@@ -9,7 +9,7 @@ use crate::exit::ExitCode;
 use crate::output::Ui;
 
 pub fn run(args: &ExportArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
-    crate::layout::refuse_unfinished(&args.backup)?;
+    crate::format::layout::refuse_unfinished(&args.backup)?;
     let progress = ui.progress();
     let outcome = crate::export::export(&args.backup, &args.dest, settings, &progress)?;
     let m = &outcome.manifest;

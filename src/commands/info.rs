@@ -4,11 +4,11 @@ use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
 use crate::cli::InfoArgs;
-use crate::compat;
 use crate::compress::Compression;
 use crate::config::Settings;
 use crate::exit::ExitCode;
-use crate::manifest::Manifest;
+use crate::format::compat;
+use crate::format::manifest::Manifest;
 use crate::output::{self, Ui};
 use crate::store::chunks::{self, ChunkStore, Usage};
 use crate::store::BackupDir;
@@ -31,7 +31,7 @@ pub fn run(args: &InfoArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
         backup: &backup,
         size: crate::fs::disk_usage(&backup.path)?,
         chunks: chunk_usage(&backup)?,
-        compatibility: crate::migrations::verdict(&m.version, crate::VERSION, &policy),
+        compatibility: crate::format::migrations::verdict(&m.version, crate::VERSION, &policy),
         stale: crate::verify::staleness(
             m,
             settings.backup.validation.version_warning_threshold,
@@ -134,7 +134,7 @@ fn print_collection(m: &Manifest, name: &str, ui: &Ui) {
             shard.id,
             shard.points_count,
             shard.peer_id,
-            crate::manifest::format_timestamp(shard.snapshot_timestamp)
+            crate::format::manifest::format_timestamp(shard.snapshot_timestamp)
         ));
     }
 }

@@ -6,10 +6,10 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::cli::{ListArgs, SortKey};
-use crate::compat::{self, Version};
 use crate::compress::Compression;
 use crate::config::Settings;
 use crate::exit::ExitCode;
+use crate::format::compat::{self, Version};
 use crate::output::{self, Ui};
 use crate::progress::Progress;
 use crate::store::{self, BackupDir, Scan, Seen};
@@ -78,7 +78,7 @@ pub fn run(args: &ListArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
     };
     let options = verify::Options::new(
         depth,
-        crate::compat::Policy::new(&settings.backup.validation, false),
+        crate::format::compat::Policy::new(&settings.backup.validation, false),
     );
     let threshold = settings.backup.validation.version_warning_threshold;
     let progress = ui.progress();

@@ -3,9 +3,9 @@
 use anyhow::Result;
 
 use crate::cli::MigrationsArgs;
-use crate::compat::Version;
 use crate::exit::{ExitCode, Failure};
-use crate::migrations::{self, Migration, REGISTRY};
+use crate::format::compat::Version;
+use crate::format::migrations::{self, Migration, REGISTRY};
 use crate::output::Ui;
 
 pub fn run(args: &MigrationsArgs, ui: &Ui) -> Result<ExitCode> {

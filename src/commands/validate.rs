@@ -20,9 +20,10 @@ pub fn run(args: &ValidateArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode
         verify::Depth::Structure
     };
     let validation = &settings.backup.validation;
-    let mut options = verify::Options::new(depth, crate::compat::Policy::new(validation, false))
-        .warning_after(validation.version_warning_threshold);
-    crate::layout::refuse_unfinished(&args.path)?;
+    let mut options =
+        verify::Options::new(depth, crate::format::compat::Policy::new(validation, false))
+            .warning_after(validation.version_warning_threshold);
+    crate::format::layout::refuse_unfinished(&args.path)?;
     if let Some(subset) = args.read_data_subset {
         options.chunks =
             verify::ChunkTally::reading(Selection::new(subset, chunk_bytes(&args.path)));

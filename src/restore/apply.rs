@@ -124,7 +124,7 @@ impl Restoring<'_> {
         if left_on_server {
             return;
         }
-        let doomed = crate::layout::sibling(&path, crate::prune::DELETING_SUFFIX);
+        let doomed = crate::format::layout::sibling(&path, crate::prune::DELETING_SUFFIX);
         if fs::rename(&path, &doomed).is_err() {
             return;
         }
@@ -208,7 +208,7 @@ impl<'a> Restoring<'a> {
             match backup::create(self.client, self.settings, &request, self.progress).await {
                 Ok(outcome) => outcome,
                 Err(e) => {
-                    let staging = crate::layout::staging_path(&safety.path);
+                    let staging = crate::format::layout::staging_path(&safety.path);
                     let left = cleanup::left_on_server(&staging, self.settings);
                     self.steps.leftovers.extend(left);
                     return Err(e.context("the safety backup failed; nothing was changed"));
@@ -425,7 +425,7 @@ impl<'a> Restoring<'a> {
         };
         let bytes = plan
             .source
-            .read_small_content(entry, crate::manifest::MAX_MANIFEST_BYTES)
+            .read_small_content(entry, crate::format::manifest::MAX_MANIFEST_BYTES)
             .map_err(|e| damaged(&entry.path, format!("cannot read: {e}")))?;
         let digests = crate::checksum::digest(&bytes, &[Algorithm::Sha256]);
         verify::content_matches(entry, &digests).map_err(|p| damaged(&entry.path, p))?;

@@ -10,8 +10,8 @@ use tokio::sync::mpsc;
 
 use crate::checksum::Algorithm;
 use crate::exit::{ExitCode, Failure};
-use crate::manifest::{FileEntry, FileKind};
-use crate::names;
+use crate::format::manifest::{FileEntry, FileKind};
+use crate::format::names;
 use crate::verify;
 
 /// A file of the backup that turned out damaged or unsafe while it was read: exit 3.

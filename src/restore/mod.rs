@@ -20,10 +20,10 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::compat;
 use crate::exit::{ExitCode, Failure};
-use crate::manifest::Manifest;
-use crate::migrations::Migration;
+use crate::format::compat;
+use crate::format::manifest::Manifest;
+use crate::format::migrations::Migration;
 use crate::qdrant::cluster;
 use crate::store::BackupDir;
 

@@ -17,7 +17,7 @@ use super::plan::custom_sharding;
 use super::{CollectionAction, CollectionPlan, Plan};
 use crate::config::TransferSettings;
 use crate::exit::Interrupted;
-use crate::manifest::FileEntry;
+use crate::format::manifest::FileEntry;
 use crate::progress::{self, Progress};
 use crate::qdrant::cluster;
 use crate::qdrant::{Client, QdrantError, Scope};
@@ -137,7 +137,7 @@ impl Uploads<'_> {
 async fn recreate_collection(
     client: &Client,
     name: &str,
-    details: &crate::manifest::CollectionDetails,
+    details: &crate::format::manifest::CollectionDetails,
     by_key: bool,
 ) -> Result<()> {
     let config = details

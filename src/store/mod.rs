@@ -10,9 +10,9 @@ use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use crate::compress::Compression;
-use crate::layout::{self, MANIFEST_PATH};
-use crate::manifest::{self, FileEntry, Manifest, ManifestError};
-use crate::names::EntryPath;
+use crate::format::layout::{self, MANIFEST_PATH};
+use crate::format::manifest::{self, FileEntry, Manifest, ManifestError};
+use crate::format::names::EntryPath;
 
 pub(crate) mod at;
 pub mod chunks;
@@ -218,7 +218,7 @@ pub(crate) fn take_synced() -> Vec<PathBuf> {
 fn unsafe_path(rel: &str, reason: &str) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
-        format!("`{}` {reason}; not read", crate::names::shown(rel)),
+        format!("`{}` {reason}; not read", crate::format::names::shown(rel)),
     )
 }
 
@@ -227,7 +227,7 @@ fn symlink_refused(rel: &str) -> io::Error {
         io::ErrorKind::InvalidData,
         format!(
             "`{}` is a symbolic link or passes through one; wqm never follows links in a backup",
-            crate::names::shown(rel)
+            crate::format::names::shown(rel)
         ),
     )
 }
@@ -263,7 +263,10 @@ fn in_backup(e: io::Error, rel: &str) -> io::Error {
         Some(at::Refused::Link(_)) => symlink_refused(rel),
         Some(at::Refused::NotAFile(_)) => io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("`{}` is not a regular file", crate::names::shown(rel)),
+            format!(
+                "`{}` is not a regular file",
+                crate::format::names::shown(rel)
+            ),
         ),
         None => e,
     }
@@ -296,7 +299,10 @@ pub fn open_in(root: &Path, rel: &str) -> io::Result<File> {
         Kind::Symlink => Err(symlink_refused(rel)),
         _ => Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("`{}` is not a regular file", crate::names::shown(rel)),
+            format!(
+                "`{}` is not a regular file",
+                crate::format::names::shown(rel)
+            ),
         )),
     }
 }

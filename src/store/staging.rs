@@ -11,12 +11,12 @@ use std::sync::Arc;
 
 use crate::checksum::{Algorithm, Digester, HashingWriter};
 use crate::compress::{Compression, Encoder};
-use crate::fs::{create_private_dir_all, create_private_file};
-use crate::layout::{
+use crate::format::layout::{
     check_relative_path, staging_path, LayoutError, COLLECTIONS_DIR, CONFIG_DIR, MANIFEST_PATH,
     METADATA_DIR, REPLACED_DIR, REQUIRED_DIRS, SQLITE_DIR, STAGED_BACKUP_DIR,
 };
-use crate::manifest::{FileEntry, FileKind, Manifest};
+use crate::format::manifest::{FileEntry, FileKind, Manifest};
+use crate::fs::{create_private_dir_all, create_private_file};
 use crate::workdir::{Record, WorkDir, WorkDirError};
 
 use super::chunks::{Added, ChunkError, ChunkStore, ChunkWriter, Run, RunTemp};
@@ -399,7 +399,7 @@ fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout::{is_staging, refuse_unfinished, LayoutError};
+    use crate::format::layout::{is_staging, refuse_unfinished, LayoutError};
     use std::io::Read;
 
     fn finish(staging: Staging, timestamp: f64) {

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use super::{AuditError, Check, Report, Severity};
 use crate::checksum::{Algorithm, Digests, HashingReader};
 use crate::compress::Compression;
-use crate::manifest::FileEntry;
+use crate::format::manifest::FileEntry;
 use crate::progress::{self, Progress};
 use crate::store::chunks::{
     self, ChunkBuffer, ChunkId, ChunkProblem, ChunkStore, IndexLine, IndexReader, Selection,

@@ -9,7 +9,7 @@ use super::{Check, Depth, Options, Report, Severity};
 use crate::checksum::{Algorithm, Digests, HashingReader};
 use crate::compress::Compression;
 use crate::exit::Interrupted;
-use crate::manifest::{FileEntry, FileKind, MAX_MANIFEST_BYTES};
+use crate::format::manifest::{FileEntry, FileKind, MAX_MANIFEST_BYTES};
 use crate::progress::{self, Metered, Progress};
 use crate::snapshot;
 use crate::sqlite;

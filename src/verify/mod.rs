@@ -14,10 +14,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::compat;
 use crate::exit::{Classify, ExitCode, Failure, Interrupted};
-use crate::layout;
-use crate::manifest::Manifest;
+use crate::format::compat;
+use crate::format::layout;
+use crate::format::manifest::Manifest;
 use crate::progress::Progress;
 use crate::store::chunks;
 use crate::store::{BackupDir, Staging};

@@ -7,10 +7,10 @@ use std::path::Path;
 
 use super::files::{database_problems, decompressed_copy, read_small};
 use super::{Check, Depth, Options, Report, Severity};
-use crate::compat;
 use crate::exit::Interrupted;
-use crate::layout::{self, MANIFEST_PATH, REQUIRED_DIRS};
-use crate::manifest::{Collections, FileKind, Manifest};
+use crate::format::compat;
+use crate::format::layout::{self, MANIFEST_PATH, REQUIRED_DIRS};
+use crate::format::manifest::{Collections, FileKind, Manifest};
 use crate::progress;
 use crate::store::{self, BackupDir, Kind};
 
@@ -92,7 +92,7 @@ pub fn staleness(manifest: &Manifest, threshold_days: u32, now: f64) -> Option<S
 /// whatever the flags, a warning when it needs a flag or setting (or proceeds despite a
 /// mismatch).
 fn check_version(report: &mut Report, manifest: &Manifest, current: &str, policy: &compat::Policy) {
-    match crate::migrations::verdict(&manifest.version, current, policy) {
+    match crate::format::migrations::verdict(&manifest.version, current, policy) {
         Err(e) => report.add(Severity::Error, Check::Version, None, e.to_string()),
         Ok(compat) => {
             report.add(

@@ -4,7 +4,7 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use wqm::manifest::Manifest;
+use wqm::format::manifest::Manifest;
 
 use crate::fixtures;
 use crate::qdrant_double::{Double, DownloadFault, Faults};

@@ -8,8 +8,8 @@ use std::path::Path;
 
 use wqm::checksum::Algorithm;
 use wqm::compress::Compression;
-use wqm::layout;
-use wqm::manifest::{
+use wqm::format::layout;
+use wqm::format::manifest::{
     CollectionDetails, Collections, DatabaseDetails, FileKind, Manifest, SystemInfo,
 };
 use wqm::store::Staging;
@@ -163,7 +163,7 @@ fn write(
     compression: Compression,
     algorithm: Algorithm,
     bytes: &[u8],
-) -> wqm::manifest::FileEntry {
+) -> wqm::format::manifest::FileEntry {
     let mut sink = staging
         .create_file(rel, kind, compression, algorithm)
         .unwrap();

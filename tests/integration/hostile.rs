@@ -157,7 +157,7 @@ fn a_50_mb_manifest_is_refused() {
         vec!["\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\""; 1_200_000].join(",")
     );
     assert!(huge.len() > 50_000_000);
-    let err = wqm::manifest::Manifest::read_from(huge.as_bytes(), Path::new("m.json"))
+    let err = wqm::format::manifest::Manifest::read_from(huge.as_bytes(), Path::new("m.json"))
         .unwrap_err()
         .to_string();
     assert!(err.contains("larger than 16 MiB"), "{err}");

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tempfile::TempDir;
 
-use wqm::manifest::Manifest;
+use wqm::format::manifest::Manifest;
 
 use crate::faults::{killed, run_with};
 use crate::fixtures;

@@ -44,7 +44,7 @@ fn wqm(t: Test, cluster: &Cluster, nodes: &[String]) -> Test {
         .env("QDRANT_NODES", &nodes.join(","))
 }
 
-fn shard_count(manifest: &wqm::manifest::Manifest, collection: &str) -> usize {
+fn shard_count(manifest: &wqm::format::manifest::Manifest, collection: &str) -> usize {
     manifest.collection_details[collection].shards.len()
 }
 
@@ -63,7 +63,7 @@ fn a_cluster_is_backed_up_and_restored_shard_by_shard() {
         .stdout_json(|v| assert_eq!(v["collections"], json!({"projects": 300, "rules": 65})))
         .run();
     let backup = tmp.path().join("c");
-    let m = wqm::manifest::Manifest::load(&backup.join("metadata/manifest.json")).unwrap();
+    let m = wqm::format::manifest::Manifest::load(&backup.join("metadata/manifest.json")).unwrap();
     assert_eq!(shard_count(&m, "projects"), 3);
     let rules = &m.collection_details["rules"];
     assert_eq!(

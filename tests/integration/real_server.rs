@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use wqm::manifest::Manifest;
+use wqm::format::manifest::Manifest;
 
 use crate::fixtures;
 use crate::real_qdrant::{self, Options, Server, Tls};

@@ -222,7 +222,7 @@ fn overwrite_saves_the_existing_collections_first() {
         })
         .run();
     let safety = tmp.path().join(&safety_backups(tmp.path())[0]);
-    let m = wqm::manifest::Manifest::load(&safety.join("metadata/manifest.json")).unwrap();
+    let m = wqm::format::manifest::Manifest::load(&safety.join("metadata/manifest.json")).unwrap();
     assert_eq!(m.collection_names(), ["small-named", "small-plain"]);
     assert!(
         !m.partial_backup,
@@ -802,7 +802,7 @@ fn other_db(path: &Path) {
 }
 
 fn database_names(backup: &Path) -> Vec<String> {
-    wqm::manifest::Manifest::load(&backup.join("metadata/manifest.json"))
+    wqm::format::manifest::Manifest::load(&backup.join("metadata/manifest.json"))
         .unwrap()
         .databases
         .into_iter()
@@ -1200,7 +1200,8 @@ fn a_running_memexd_or_its_open_port_is_seen_and_blocks_the_restore() {
 
 /// The stored path of `collection`'s snapshot in the scene's backup.
 fn snapshot_file(tmp: &TempDir, collection: &str) -> String {
-    let m = wqm::manifest::Manifest::load(&tmp.path().join("b/metadata/manifest.json")).unwrap();
+    let m = wqm::format::manifest::Manifest::load(&tmp.path().join("b/metadata/manifest.json"))
+        .unwrap();
     m.collection_details[collection].snapshot.clone()
 }
 

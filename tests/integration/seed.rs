@@ -192,9 +192,10 @@ fn the_seeds_recipes_run_as_written() {
             assert!(screen.contains("  Version: 0.3.0"), "{line}: {screen}");
         }
         if line.contains("backup-$(wqm --version)") {
-            let m =
-                wqm::manifest::Manifest::load(&backups.join("backup-0.3.0/metadata/manifest.json"))
-                    .unwrap_or_else(|e| panic!("{line}: {e}\n{screen}"));
+            let m = wqm::format::manifest::Manifest::load(
+                &backups.join("backup-0.3.0/metadata/manifest.json"),
+            )
+            .unwrap_or_else(|e| panic!("{line}: {e}\n{screen}"));
             assert_eq!(m.description.as_deref(), Some("System backup at v0.3.0"));
         }
         if line.contains("xargs -I {} wqm backup validate {}") {

@@ -101,7 +101,9 @@ pub(super) async fn plan_collections(
     Ok(())
 }
 
-pub(in crate::restore) fn custom_sharding(details: &crate::manifest::CollectionDetails) -> bool {
+pub(in crate::restore) fn custom_sharding(
+    details: &crate::format::manifest::CollectionDetails,
+) -> bool {
     details.shards.iter().any(|s| s.key.is_some())
 }
 

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use crate::config::Settings;
 use crate::exit::{ExitCode, Failure};
-use crate::names::{self, Database};
+use crate::format::names::{self, Database};
 use crate::restore::{DatabaseAction, DatabasePlan, Plan};
 use crate::sqlite;
 

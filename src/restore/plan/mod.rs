@@ -16,12 +16,12 @@ use super::{
     AliasAction, ClusterPlan, CollectionAction, ConfigPlan, DaemonPlan, DatabaseAction,
     MigrationStep, Plan, Request, SafetyPlan,
 };
-use crate::compat::{self, Decision, Policy};
 use crate::config::Settings;
 use crate::daemon;
 use crate::exit::ExitCode;
-use crate::manifest::{FileKind, Manifest};
-use crate::migrations::{self, WorkingCopy};
+use crate::format::compat::{self, Decision, Policy};
+use crate::format::manifest::{FileKind, Manifest};
+use crate::format::migrations::{self, WorkingCopy};
 use crate::progress::Progress;
 use crate::qdrant::cluster;
 use crate::qdrant::{Client, QdrantError};
@@ -311,7 +311,7 @@ pub(super) fn live_config(settings: &Settings) -> Option<String> {
     fs::read_to_string(settings.config_target.as_ref()?).ok()
 }
 
-pub(super) fn config_entry(manifest: &Manifest) -> Option<&crate::manifest::FileEntry> {
+pub(super) fn config_entry(manifest: &Manifest) -> Option<&crate::format::manifest::FileEntry> {
     manifest.files.iter().find(|f| f.kind == FileKind::Config)
 }
 

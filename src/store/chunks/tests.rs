@@ -440,7 +440,7 @@ fn a_damaged_chunk_is_quarantined_and_stored_again_by_the_next_run() {
 
 #[test]
 fn a_chunked_config_is_read_no_further_than_its_manifest_says() {
-    use crate::manifest::{FileEntry, FileKind, Manifest};
+    use crate::format::manifest::{FileEntry, FileKind, Manifest};
     let dir = tempfile::tempdir().unwrap();
     let store = ChunkStore::open_for_writing(dir.path(), 4096).unwrap();
     let (index, _) = write_once(&store, &[b'a'; 3000]);

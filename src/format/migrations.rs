@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use crate::compat::{self, Version};
-use crate::manifest::{DatabaseDetails, Manifest, FULL_FORMAT};
+use crate::format::compat::{self, Version};
+use crate::format::manifest::{DatabaseDetails, Manifest, FULL_FORMAT};
 use crate::sqlite;
 
 /// A MAJOR.MINOR line of the product.
@@ -102,7 +102,7 @@ fn python_era(staged: &mut WorkingCopy) -> Result<()> {
     manifest.total_documents = None;
     manifest.selected_collections = None;
     manifest.databases.clear();
-    let file = format!("{}/state.db", crate::layout::SQLITE_DIR);
+    let file = format!("{}/state.db", crate::format::layout::SQLITE_DIR);
     let in_backup = staged.backup_dir.join(&file);
     let db = staged.databases.get("state.db").cloned().or_else(|| {
         // A plain file of the backup, not a link (SQLite opens it by path).

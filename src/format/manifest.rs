@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use crate::checksum::Checksum;
 use crate::compress::Compression;
 use crate::exit::{Classify, ExitCode};
-use crate::names::{self, Database, EntryPath};
+use crate::format::names::{self, Database, EntryPath};
 
 /// The manifest format of a full backup (what wqm 0.3 reads too).
 pub const FULL_FORMAT: u32 = 1;

@@ -105,8 +105,8 @@ impl Classify for LayoutError {
 /// A collection name from a manifest or from Qdrant, before it becomes part of a path
 /// (`names::check_collection_name`).
 pub fn check_name(name: &str) -> Result<(), LayoutError> {
-    crate::names::check_collection_name(name).map_err(|reason| LayoutError::UnsafeName {
-        name: crate::names::shown(name),
+    crate::format::names::check_collection_name(name).map_err(|reason| LayoutError::UnsafeName {
+        name: crate::format::names::shown(name),
         reason,
     })
 }
@@ -114,10 +114,10 @@ pub fn check_name(name: &str) -> Result<(), LayoutError> {
 /// A `files[].path` of a manifest: relative, `/`-separated, inside the backup layout
 /// (`names::EntryPath`).
 pub fn check_relative_path(path: &str) -> Result<(), LayoutError> {
-    crate::names::EntryPath::parse(path)
+    crate::format::names::EntryPath::parse(path)
         .map(drop)
         .map_err(|reason| LayoutError::UnsafeName {
-            name: crate::names::shown(path),
+            name: crate::format::names::shown(path),
             reason,
         })
 }
