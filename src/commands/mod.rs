@@ -30,6 +30,10 @@ pub fn dispatch(cli: Cli, ui: &Ui, runtime: &tokio::runtime::Runtime) -> Result<
         Command::Backup(command) => command,
     };
     let settings = Settings::load(&Env::from_process(), &overrides)?;
+    let default_dir = settings.backup.default_backup_directory.as_deref();
+    for path in command.paths().into_iter().chain(default_dir) {
+        local_only(path)?;
+    }
     match command {
         BackupCommand::Create(args) => runtime.block_on(create::run(&args, &settings, ui)),
         BackupCommand::Restore(args) => runtime.block_on(restore::run(&args, &settings, ui)),
@@ -40,6 +44,24 @@ pub fn dispatch(cli: Cli, ui: &Ui, runtime: &tokio::runtime::Runtime) -> Result<
         BackupCommand::Prune(args) => runtime.block_on(prune::run(&args, &settings, ui)),
         BackupCommand::Cleanup(args) => runtime.block_on(cleanup::run(&args, &settings, ui)),
         BackupCommand::Migrations(args) => migrations::run(&args, ui),
+    }
+}
+
+/// A backup path or backups directory must be a local one: an `s3://` location is refused before
+/// anything is done (it would otherwise be a local directory named `s3:`), and so is any other
+/// `SCHEME://`.
+fn local_only(path: &std::path::Path) -> Result<()> {
+    let Some(given) = path.to_str() else {
+        return Ok(());
+    };
+    match crate::backend::Location::parse(given)? {
+        crate::backend::Location::Local(_) => Ok(()),
+        remote => Err(crate::exit::Failure::new(
+            ExitCode::Usage,
+            format!("`{remote}` is an S3 location: this wqm keeps backups in local directories only"),
+        )
+        .with_hint("back up to a local directory, then copy it offsite as docs/incremental.md shows (`rsync -a DIR/ DEST/`)")
+        .into()),
     }
 }
 

@@ -162,3 +162,58 @@ fn a_missing_named_config_file_is_an_error() {
         })
         .run();
 }
+
+/// An S3 location is refused before anything is done (it used to become a local directory named
+/// `s3:`), wherever a backup path or backups directory is taken, and so is a mistyped one.
+#[test]
+fn an_s3_location_is_refused_before_anything_is_done() {
+    let double = crate::qdrant_double::Double::start();
+    let (_, tmp) = Test::new()
+        .env("QDRANT_URL", &double.url)
+        .args("backup create s3://bucket/n1")
+        .status(2)
+        .stderr_with(|e| {
+            assert_eq!(
+                e,
+                "wqm: error: `s3://bucket/n1` is an S3 location: this wqm keeps backups in local directories only\nhint: back up to a local directory, then copy it offsite as docs/incremental.md shows (`rsync -a DIR/ DEST/`)\n"
+            )
+        })
+        .run();
+    assert!(!tmp.path().join("s3:").exists());
+    assert!(double.requests().is_empty(), "Qdrant was asked nothing");
+    for args in [
+        "backup info s3://bucket/n1",
+        "backup list s3://bucket",
+        "backup validate s3://bucket/n1",
+        "backup restore s3://bucket/n1 --dry-run",
+        "backup prune s3://bucket --keep-last 1",
+        "backup export {TMP}/b s3://bucket/e",
+        "backup cleanup s3://bucket",
+    ] {
+        Test::new()
+            .args(args)
+            .status(2)
+            .stderr_with(|e| assert!(e.contains("is an S3 location"), "{e}"))
+            .run();
+    }
+    Test::new()
+        .args("backup create s3:bucket/n1")
+        .status(2)
+        .stderr_with(|e| {
+            assert!(
+                e.starts_with("wqm: error: `s3:bucket/n1` is not a valid S3 location: an S3 location starts with `s3://`"),
+                "{e}"
+            )
+        })
+        .run();
+    let t = Test::new();
+    std::fs::write(
+        t.join("c.yaml"),
+        "backup:\n  default_backup_directory: s3://bucket/nightly\n",
+    )
+    .unwrap();
+    t.args("--config {TMP}/c.yaml backup prune --keep-last 1")
+        .status(2)
+        .stderr_with(|e| assert!(e.contains("`s3://bucket/nightly` is an S3 location"), "{e}"))
+        .run();
+}
