@@ -130,7 +130,9 @@ pub async fn create(
     phases.end("cleanup");
     let mut staging = Staging::begin(&request.target, request.replace)?;
     if request.incremental {
-        staging.use_chunk_store(chunks::DEFAULT_AVERAGE)?;
+        // Blocking work (it may wait up to 10 minutes for a garbage collection's lock) runs
+        // off the async workers, as the other blocking steps below do.
+        tokio::task::block_in_place(|| staging.use_chunk_store(chunks::DEFAULT_AVERAGE))?;
     }
     progress.step(&format!("staging in {}", staging.dir().display()));
     let mut writing = Writing::begin(&staging, settings, request, &survey, timestamp, progress);
@@ -149,7 +151,7 @@ pub async fn create(
     }
     if request.databases != Databases::None {
         crate::failpoint::hit("create:databases")?;
-        writing.back_up_databases(&request.databases, settings)?;
+        tokio::task::block_in_place(|| writing.back_up_databases(&request.databases, settings))?;
         phases.end("databases");
     }
     writing.back_up_config(settings, request)?;
@@ -167,7 +169,7 @@ pub async fn create(
     phases.end("config and manifest");
     crate::failpoint::hit("create:verifying")?;
     if settings.backup.verification.verify_after_backup {
-        verify_staged(&staging, progress)?;
+        tokio::task::block_in_place(|| verify_staged(&staging, progress))?;
         phases.end("verify");
     }
     let chunks_added = request.incremental.then(|| staging.chunks_added());

@@ -126,7 +126,8 @@ fn plan_validation(
     };
     let options = verify::Options::new(depth, policy.clone())
         .warning_after(validation.version_warning_threshold);
-    let report = verify::audit(&plan.backup, &options, progress)?;
+    // Reading the whole backup blocks: off the async workers.
+    let report = tokio::task::block_in_place(|| verify::audit(&plan.backup, &options, progress))?;
     let errors = report.damage();
     if !errors.is_empty() {
         plan.block(
