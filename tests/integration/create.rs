@@ -776,21 +776,11 @@ fn a_full_disk_fails_cleanly_and_says_so() {
     let double = Double::start();
     let tmp = tempfile::tempdir().unwrap();
     let small = tmp.path().join("small");
-    fs::create_dir(&small).unwrap();
-    let script = format!(
-        "mount -t tmpfs -o size=64k tmpfs {small} && {wqm} backup create {small}/b; status=$?; ls -A {small}; exit $status",
-        small = small.display(),
-        wqm = env!("CARGO_BIN_EXE_wqm")
-    );
-    let output = std::process::Command::new("unshare")
-        .args(["-rm", "sh", "-c", &script])
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .env("HOME", tmp.path())
-        .env("QDRANT_URL", &double.url)
-        .env("WQM_BACKUP__COMPRESSION", "false")
-        .output()
-        .unwrap();
+    let output = create_on_a_small_disk(tmp.path(), &small, "64k", |command| {
+        command
+            .env("QDRANT_URL", &double.url)
+            .env("WQM_BACKUP__COMPRESSION", "false");
+    });
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.starts_with("wqm: error: cannot write `"), "{stderr}");
@@ -953,21 +943,11 @@ fn a_database_that_cannot_be_copied_or_stored_says_which_where_and_what_to_do() 
     for (size, step) in [(bytes / 2, "copy"), (bytes * 3 / 2, "store")] {
         let size = format!("{}k", size / 1024);
         let small = tmp.path().join(format!("small-{size}"));
-        fs::create_dir(&small).unwrap();
-        let script = format!(
-            "mount -t tmpfs -o size={size} tmpfs {small} && {wqm} backup create {small}/b; status=$?; ls -A {small}; exit $status",
-            small = small.display(),
-            wqm = env!("CARGO_BIN_EXE_wqm")
-        );
-        let output = std::process::Command::new("unshare")
-            .args(["-rm", "sh", "-c", &script])
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .env("HOME", tmp.path())
-            .env("QDRANT_URL", &double.url)
-            .env("WQM_DATA_DIR", &data)
-            .output()
-            .unwrap();
+        let output = create_on_a_small_disk(tmp.path(), &small, &size, |command| {
+            command
+                .env("QDRANT_URL", &double.url)
+                .env("WQM_DATA_DIR", &data);
+        });
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(1), "{step}: {stderr}");
         assert!(
@@ -992,4 +972,28 @@ fn a_database_that_cannot_be_copied_or_stored_says_which_where_and_what_to_do() 
             "{step}: nothing is left"
         );
     }
+}
+
+/// `wqm backup create SMALL/b`, with `SMALL` a tmpfs of `size` mounted in a private mount
+/// namespace (`unshare -rm`); `ls -A SMALL` after it goes to stdout. `env` adds the variables.
+fn create_on_a_small_disk(
+    home: &Path,
+    small: &Path,
+    size: &str,
+    env: impl FnOnce(&mut std::process::Command),
+) -> std::process::Output {
+    fs::create_dir(small).unwrap();
+    let script = format!(
+        "mount -t tmpfs -o size={size} tmpfs {small} && {wqm} backup create {small}/b; status=$?; ls -A {small}; exit $status",
+        small = small.display(),
+        wqm = env!("CARGO_BIN_EXE_wqm")
+    );
+    let mut command = std::process::Command::new("unshare");
+    command
+        .args(["-rm", "sh", "-c", &script])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", home);
+    env(&mut command);
+    command.output().unwrap()
 }

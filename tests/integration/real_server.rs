@@ -161,6 +161,25 @@ fn files_with(dir: &Path, part: &str) -> Vec<(std::path::PathBuf, u64)> {
     found
 }
 
+/// The collection `big` on `server`, and `wqm backup create TMP/b` of it, uncompressed (so the
+/// stored file grows with every piece downloaded), its output piped: to be spawned.
+fn create_of_big(server: &Server) -> (Test, std::path::PathBuf, std::process::Command) {
+    big_collection(server);
+    let t = Test::new();
+    let target = t.join("b");
+    let mut command = crate::test::wqm_command(
+        &t.join("home"),
+        &["backup", "create", target.to_str().unwrap()],
+    );
+    command
+        .env("QDRANT_URL", &server.url)
+        .env("WQM_DATA_DIR", t.join("data"))
+        .env("WQM_BACKUP__COMPRESSION", "false")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    (t, target, command)
+}
+
 /// A collection `big` whose snapshot is large enough (~40 MB) to be killed in the middle of.
 fn big_collection(server: &Server) {
     server.ok(
@@ -209,21 +228,10 @@ fn wait_until_downloading(dir: &Path) {
 )]
 fn qdrant_killed_mid_download_and_not_back_in_time_says_what_stays_on_the_server() {
     let mut server = Server::start();
-    big_collection(&server);
-    let t = Test::new();
-    let target = t.join("b");
-    let mut command = crate::test::wqm_command(
-        &t.join("home"),
-        &["backup", "create", target.to_str().unwrap()],
-    );
+    let (t, target, mut command) = create_of_big(&server);
     command
-        .env("QDRANT_URL", &server.url)
-        .env("WQM_DATA_DIR", t.join("data"))
-        .env("WQM_BACKUP__COMPRESSION", "false")
         .env("WQM_BACKUP__TRANSFER__RETRIES", "1")
-        .env("WQM_BACKUP__TRANSFER__RETRY_TIMEOUT", "1")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
+        .env("WQM_BACKUP__TRANSFER__RETRY_TIMEOUT", "1");
     let child = command.spawn().unwrap();
     wait_until_downloading(&t.join(""));
     // Killed mid-download, and back only after wqm gave up.
@@ -264,20 +272,7 @@ fn qdrant_killed_mid_download_and_not_back_in_time_says_what_stays_on_the_server
 )]
 fn qdrant_killed_and_restarted_mid_download_is_waited_for() {
     let mut server = Server::start();
-    big_collection(&server);
-    let t = Test::new();
-    let target = t.join("b");
-    let mut command = crate::test::wqm_command(
-        &t.join("home"),
-        &["backup", "create", target.to_str().unwrap()],
-    );
-    command
-        .env("QDRANT_URL", &server.url)
-        .env("WQM_DATA_DIR", t.join("data"))
-        // Uncompressed, the stored file grows with every chunk downloaded.
-        .env("WQM_BACKUP__COMPRESSION", "false")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
+    let (t, target, mut command) = create_of_big(&server);
     let child = command.spawn().unwrap();
     // Once the download has begun (the stored file grows), kill Qdrant and keep it down for
     // longer than the whole retry budget of earlier versions (~1.5 s).
