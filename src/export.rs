@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use crate::checksum::Algorithm;
-use crate::compress::Compression;
+use crate::compress::{Compression, Stored};
 use crate::config::Settings;
 use crate::exit::{ExitCode, Failure};
 use crate::fs::{copy_apart, CopyError};
@@ -45,7 +45,7 @@ pub fn export(
         .into());
     }
     let staging = Staging::begin(target, false)?;
-    let compression = Compression::from_setting(settings.backup.compression);
+    let compression = Stored::Plain(Compression::from_setting(settings.backup.compression));
     let algorithm = settings.backup.verification.checksum_algorithm;
     let mut manifest = backup.manifest.clone();
     manifest.format_version = Some(FULL_FORMAT);
@@ -57,7 +57,7 @@ pub fn export(
         progress::check_interrupted()?;
         // A chunked file becomes a compressed one; the others keep how they were stored.
         let stored_as = match entry.compression {
-            Compression::Chunks => compression,
+            Stored::Chunked => compression,
             other => other,
         };
         let rel = format!(
@@ -94,7 +94,7 @@ fn copy_entry(
     entry: &FileEntry,
     staging: &Staging,
     rel: &str,
-    compression: Compression,
+    compression: Stored,
     algorithm: Algorithm,
     progress: &dyn Progress,
 ) -> Result<FileEntry> {

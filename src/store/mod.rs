@@ -10,7 +10,7 @@ use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use crate::checksum::{Algorithm, Digester};
-use crate::compress::Compression;
+use crate::compress::{Compression, Stored};
 use crate::layout::{self, MANIFEST_PATH};
 use crate::manifest::{self, FileEntry, Manifest, ManifestError};
 use crate::names::EntryPath;
@@ -80,12 +80,12 @@ impl BackupDir {
         stored: R,
     ) -> io::Result<Box<dyn Read + 'a>> {
         match entry.compression {
-            Compression::Chunks => Ok(Box::new(ChunkReader::new(
+            Stored::Chunked => Ok(Box::new(ChunkReader::new(
                 self.chunk_store()?,
                 BufReader::new(stored),
                 true,
             )?)),
-            compression => compression.decoder(stored),
+            Stored::Plain(compression) => compression.decoder(stored),
         }
     }
 
@@ -100,11 +100,9 @@ impl BackupDir {
         let opened = || -> io::Result<Box<dyn Read + Send>> {
             let file = BufReader::new(self.open_entry(entry)?);
             Ok(match entry.compression {
-                Compression::None => Box::new(file),
-                Compression::Zstd => Box::new(zstd::Decoder::with_buffer(file)?),
-                Compression::Chunks => {
-                    Box::new(ChunkReader::new(self.chunk_store()?, file, false)?)
-                }
+                Stored::Plain(Compression::None) => Box::new(file),
+                Stored::Plain(Compression::Zstd) => Box::new(zstd::Decoder::with_buffer(file)?),
+                Stored::Chunked => Box::new(ChunkReader::new(self.chunk_store()?, file, false)?),
             })
         };
         let inner = opened().map_err(|e| Damaged::new(&entry.path, format!("cannot read: {e}")))?;
@@ -609,7 +607,7 @@ mod tests {
             path: rel.into(),
             kind: crate::manifest::FileKind::CollectionSnapshot,
             size: stored.len() as u64,
-            compression,
+            compression: compression.into(),
             checksum: None,
             content_size: content.len() as u64,
             content_sha256: crate::checksum::digest(content, &[Algorithm::Sha256])
