@@ -12,16 +12,14 @@ pub(crate) const ZSTD_LEVEL: i32 = 1;
 /// took it past 60 MiB).
 const ZSTD_JOB_SIZE: u32 = 1 << 20;
 
-/// How one file of a backup is stored.
+/// A compression codec: how a plainly stored file's bytes are encoded. (A chunked file is no
+/// compression: `Stored::Chunked`, read and written only through its chunk store.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
     #[default]
     None,
     Zstd,
-    /// The stored file is an index of zstd-compressed chunks in the chunk store beside the
-    /// backup (an incremental backup, `store::chunks`); only the store reads or writes it.
-    Chunks,
 }
 
 impl Compression {
@@ -39,17 +37,14 @@ impl Compression {
         match self {
             Compression::None => "",
             Compression::Zstd => ".zst",
-            Compression::Chunks => ".chunks",
         }
     }
 
-    /// Wraps a reader of stored bytes so it yields the original bytes (a chunked file is read
-    /// through its store: `store::BackupDir::decode`).
+    /// Wraps a reader of stored bytes so it yields the original bytes.
     pub fn decoder<'a, R: Read + 'a>(self, reader: R) -> io::Result<Box<dyn Read + 'a>> {
         Ok(match self {
             Compression::None => Box::new(reader),
             Compression::Zstd => Box::new(zstd::Decoder::with_buffer(BufReader::new(reader))?),
-            Compression::Chunks => return Err(needs_store()),
         })
     }
 
@@ -67,22 +62,85 @@ impl Compression {
                 }
                 Encoder::Zstd(encoder)
             }
-            Compression::Chunks => return Err(needs_store()),
         })
     }
 }
 
-fn needs_store() -> io::Error {
-    io::Error::other("a chunked file is read and written through its chunk store")
-}
-
 impl fmt::Display for Compression {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        Stored::Plain(*self).fmt(f)
+    }
+}
+
+/// How one file of a backup is stored (the manifest's `compression`: `"none"`, `"zstd"` or
+/// `"chunks"`): plainly, with a codec, or as an index of chunks in the chunk store beside the
+/// backup (an incremental backup, `store::chunks`). Only `Plain` has a decoder: a chunked file
+/// cannot be decoded as a compression.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StoredName", into = "StoredName")]
+pub enum Stored {
+    Plain(Compression),
+    Chunked,
+}
+
+impl Default for Stored {
+    fn default() -> Self {
+        Stored::Plain(Compression::None)
+    }
+}
+
+impl From<Compression> for Stored {
+    fn from(compression: Compression) -> Self {
+        Stored::Plain(compression)
+    }
+}
+
+impl Stored {
+    /// The suffix added to a stored file's name.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Stored::Plain(compression) => compression.extension(),
+            Stored::Chunked => ".chunks",
+        }
+    }
+}
+
+impl fmt::Display for Stored {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Compression::None => "none",
-            Compression::Zstd => "zstd",
-            Compression::Chunks => "chunks",
+            Stored::Plain(Compression::None) => "none",
+            Stored::Plain(Compression::Zstd) => "zstd",
+            Stored::Chunked => "chunks",
         })
+    }
+}
+
+/// `Stored`'s names in a manifest, as wqm always wrote them.
+#[derive(Clone, Copy, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum StoredName {
+    None,
+    Zstd,
+    Chunks,
+}
+
+impl From<StoredName> for Stored {
+    fn from(name: StoredName) -> Self {
+        match name {
+            StoredName::None => Stored::Plain(Compression::None),
+            StoredName::Zstd => Stored::Plain(Compression::Zstd),
+            StoredName::Chunks => Stored::Chunked,
+        }
+    }
+}
+
+impl From<Stored> for StoredName {
+    fn from(stored: Stored) -> Self {
+        match stored {
+            Stored::Plain(Compression::None) => StoredName::None,
+            Stored::Plain(Compression::Zstd) => StoredName::Zstd,
+            Stored::Chunked => StoredName::Chunks,
+        }
     }
 }
 
@@ -149,5 +207,21 @@ mod tests {
         assert_eq!(encoder.finish().unwrap(), b"abc");
         assert_eq!(Compression::from_setting(true).extension(), ".zst");
         assert_eq!(Compression::from_setting(false).extension(), "");
+    }
+
+    #[test]
+    fn stored_keeps_the_manifests_names() {
+        for (stored, name) in [
+            (Stored::Plain(Compression::None), "none"),
+            (Stored::Plain(Compression::Zstd), "zstd"),
+            (Stored::Chunked, "chunks"),
+        ] {
+            let json = format!("\"{name}\"");
+            assert_eq!(serde_json::to_string(&stored).unwrap(), json);
+            assert_eq!(serde_json::from_str::<Stored>(&json).unwrap(), stored);
+            assert_eq!(stored.to_string(), name);
+        }
+        assert_eq!(Stored::Chunked.extension(), ".chunks");
+        assert!(serde_json::from_str::<Stored>("\"lz4\"").is_err());
     }
 }

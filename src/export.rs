@@ -7,14 +7,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::checksum::{Algorithm, HashingReader};
-use crate::compress::Compression;
+use crate::checksum::Algorithm;
+use crate::compress::{Compression, Stored};
 use crate::config::Settings;
 use crate::exit::{ExitCode, Failure};
 use crate::format::manifest::{FileEntry, Manifest, FULL_FORMAT};
 use crate::fs::{copy_apart, CopyError};
 use crate::progress::{self, Metered, Progress};
-use crate::store::{BackupDir, Staging};
+use crate::store::{BackupDir, Damaged, Staging};
 
 /// What `export` wrote.
 #[derive(Debug)]
@@ -45,7 +45,7 @@ pub fn export(
         .into());
     }
     let staging = Staging::begin(target, false)?;
-    let compression = Compression::from_setting(settings.backup.compression);
+    let compression = Stored::Plain(Compression::from_setting(settings.backup.compression));
     let algorithm = settings.backup.verification.checksum_algorithm;
     let mut manifest = backup.manifest.clone();
     manifest.format_version = Some(FULL_FORMAT);
@@ -57,7 +57,7 @@ pub fn export(
         progress::check_interrupted()?;
         // A chunked file becomes a compressed one; the others keep how they were stored.
         let stored_as = match entry.compression {
-            Compression::Chunks => compression,
+            Stored::Chunked => compression,
             other => other,
         };
         let rel = format!(
@@ -94,40 +94,21 @@ fn copy_entry(
     entry: &FileEntry,
     staging: &Staging,
     rel: &str,
-    compression: Compression,
+    compression: Stored,
     algorithm: Algorithm,
     progress: &dyn Progress,
 ) -> Result<FileEntry> {
-    let damaged = |problem: String| -> anyhow::Error {
-        Failure::new(
-            ExitCode::InvalidBackup,
-            format!(
-                "the backup's `{}` is damaged: {problem}",
-                crate::format::names::shown(&entry.path)
-            ),
-        )
-        .with_hint(
-            "`wqm backup validate PATH --check-files` shows every problem; export another backup",
-        )
-        .into()
-    };
-    let content = backup
-        .open_content(entry)
-        .map_err(|e| damaged(format!("cannot read: {e}")))?;
+    let content = backup.open_checked(entry)?;
     let mut sink = staging.create_file(rel, entry.kind, compression, algorithm)?;
     progress.begin(&entry.path, Some(entry.content_size));
-    let mut reader = HashingReader::new(Metered::new(content, progress), &[Algorithm::Sha256]);
-    let copied = copy_apart(&mut reader, &mut sink);
+    // Checked against the manifest as it is read: at its end, it matched (`open_checked`).
+    let copied = copy_apart(&mut Metered::new(content, progress), &mut sink);
     progress.end();
     progress::check_interrupted()?;
     copied.map_err(|e| match e {
-        CopyError::Read(e) => damaged(format!("cannot read: {e}")),
+        CopyError::Read(e) => Damaged::from_read(&entry.path, e).into(),
         CopyError::Write(e) => anyhow::Error::from(e).context(format!("cannot write `{rel}`")),
     })?;
-    let digests = reader
-        .finish()
-        .map_err(|e| damaged(format!("cannot read: {e}")))?;
-    crate::verify::content_matches(entry, &digests).map_err(damaged)?;
     sink.finish()
         .with_context(|| format!("cannot write `{rel}`"))
 }

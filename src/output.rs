@@ -298,6 +298,7 @@ registry!(
     crate::qdrant::cluster::ClusterError,
     crate::workdir::WorkDirError,
     crate::store::chunks::ChunkError,
+    crate::store::Damaged,
     crate::verify::AuditError,
     crate::backup::DatabaseCopyError,
     crate::backend::BackendError,
@@ -401,6 +402,10 @@ mod classify_tests {
             (
                 code_of(verify::AuditError::Interrupted(exit::Interrupted)),
                 ExitCode::Interrupted,
+            ),
+            (
+                code_of(crate::store::Damaged::new("collections/a.snapshot", "x")),
+                ExitCode::InvalidBackup,
             ),
             (
                 code_of(backend::BackendError::NotFound {

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use super::survey::Survey;
 use super::{Item, Request, SnapshotTimes};
 use crate::checksum::Algorithm;
-use crate::compress::Compression;
+use crate::compress::{Compression, Stored};
 use crate::config::Settings;
 use crate::daemon;
 use crate::format::layout;
@@ -24,7 +24,7 @@ pub(super) struct Writing<'a> {
     pub(super) staging: &'a Staging,
     /// Where the backup goes (`Request::target`).
     pub(super) target: &'a Path,
-    pub(super) compression: Compression,
+    pub(super) compression: Stored,
     pub(super) algorithm: Algorithm,
     /// `backup.metadata.include_collection_stats`.
     pub(super) collection_stats: bool,
@@ -46,9 +46,9 @@ impl<'a> Writing<'a> {
     ) -> Self {
         let backup = &settings.backup;
         let compression = if request.incremental {
-            Compression::Chunks
+            Stored::Chunked
         } else {
-            Compression::from_setting(backup.compression)
+            Stored::Plain(Compression::from_setting(backup.compression))
         };
         let algorithm = backup.verification.checksum_algorithm;
         let mut manifest = Manifest::new(crate::VERSION, timestamp);
@@ -102,7 +102,7 @@ impl<'a> Writing<'a> {
         &self,
         rel: &str,
         kind: FileKind,
-        compression: Compression,
+        compression: Stored,
         mut reader: impl io::Read,
     ) -> Result<FileEntry> {
         let mut sink = self
@@ -136,7 +136,7 @@ impl<'a> Writing<'a> {
         let entry = self.store(
             &rel,
             FileKind::Config,
-            Compression::None,
+            Stored::Plain(Compression::None),
             io::Cursor::new(redacted.text.into_bytes()),
         )?;
         let detail = if redacted.redactions.is_empty() {

@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
 use crate::cli::InfoArgs;
-use crate::compress::Compression;
+use crate::compress::Stored;
 use crate::config::Settings;
 use crate::exit::ExitCode;
 use crate::format::compat;
@@ -54,7 +54,7 @@ pub fn run(args: &InfoArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
 /// store it can use beside it, the backup cannot be restored: that is an error (exit 3), as
 /// for `validate`, not sizes of a store that is gone.
 fn chunk_usage(backup: &BackupDir) -> Result<Option<Usage>> {
-    if backup.manifest.compression != Some(Compression::Chunks) {
+    if backup.manifest.compression != Some(Stored::Chunked) {
         return Ok(None);
     }
     ChunkStore::check_in(backup.backups_dir())?;

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::cli::{ListArgs, SortKey};
-use crate::compress::Compression;
+use crate::compress::Stored;
 use crate::config::Settings;
 use crate::exit::ExitCode;
 use crate::format::compat::{self, Version};
@@ -135,7 +135,7 @@ impl Item {
             description: m.description.clone(),
             format: m.format_name(),
             size_bytes: found.size,
-            incremental_content_bytes: (m.compression == Some(Compression::Chunks))
+            incremental_content_bytes: (m.compression == Some(Stored::Chunked))
                 .then(|| m.files.iter().map(|f| f.content_size).sum()),
             partial_backup: m.partial_backup,
             safety_backup: crate::prune::is_safety_backup(&found.backup.name()),

@@ -12,7 +12,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::compress::Compression;
+use crate::compress::Stored;
 use crate::exit::{Classify, ExitCode};
 use crate::workdir::{self, WorkDirError};
 
@@ -123,7 +123,7 @@ pub fn check_relative_path(path: &str) -> Result<(), LayoutError> {
 }
 
 /// `collections/<name>.snapshot[.zst]`.
-pub fn snapshot_path(collection: &str, compression: Compression) -> String {
+pub fn snapshot_path(collection: &str, compression: Stored) -> String {
     format!(
         "{COLLECTIONS_DIR}/{collection}.snapshot{}",
         compression.extension()
@@ -131,7 +131,7 @@ pub fn snapshot_path(collection: &str, compression: Compression) -> String {
 }
 
 /// `collections/<name>/shard-<id>.snapshot[.zst]`.
-pub fn shard_snapshot_path(collection: &str, shard: u32, compression: Compression) -> String {
+pub fn shard_snapshot_path(collection: &str, shard: u32, compression: Stored) -> String {
     format!(
         "{COLLECTIONS_DIR}/{collection}/shard-{shard}.snapshot{}",
         compression.extension()
@@ -139,7 +139,7 @@ pub fn shard_snapshot_path(collection: &str, shard: u32, compression: Compressio
 }
 
 /// `sqlite/<file>[.zst]`.
-pub fn database_path(file_name: &str, compression: Compression) -> String {
+pub fn database_path(file_name: &str, compression: Stored) -> String {
     format!("{SQLITE_DIR}/{file_name}{}", compression.extension())
 }
 

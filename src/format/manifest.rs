@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::checksum::Checksum;
-use crate::compress::Compression;
+use crate::compress::Stored;
 use crate::exit::{Classify, ExitCode};
 use crate::format::names::{self, Database, EntryPath};
 
@@ -104,7 +104,7 @@ pub struct FileEntry {
     pub kind: FileKind,
     /// Bytes on disk.
     pub size: u64,
-    pub compression: Compression,
+    pub compression: Stored,
     /// Of the stored bytes, with `checksum_algorithm`; null when that is `none`.
     pub checksum: Option<Checksum>,
     /// Size of the original (uncompressed) content.
@@ -228,7 +228,7 @@ pub struct Manifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qdrant_version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub compression: Option<Compression>,
+    pub compression: Option<Stored>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum_algorithm: Option<crate::checksum::Algorithm>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

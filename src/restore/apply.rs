@@ -17,7 +17,6 @@ use super::upload::Uploads;
 use super::verify::{verify_restore, Verified};
 use super::{AliasAction, CollectionAction, CollectionPlan, DatabaseAction, DatabasePlan, Plan};
 use crate::backup;
-use crate::checksum::Algorithm;
 use crate::cleanup;
 use crate::config::Settings;
 use crate::daemon;
@@ -423,12 +422,10 @@ impl<'a> Restoring<'a> {
         ) else {
             return Ok(());
         };
+        // Checked against the manifest as it is read (`open_checked`).
         let bytes = plan
             .source
-            .read_small_content(entry, crate::format::manifest::MAX_MANIFEST_BYTES)
-            .map_err(|e| damaged(&entry.path, format!("cannot read: {e}")))?;
-        let digests = crate::checksum::digest(&bytes, &[Algorithm::Sha256]);
-        verify::content_matches(entry, &digests).map_err(|p| damaged(&entry.path, p))?;
+            .read_small_content(entry, crate::format::manifest::MAX_MANIFEST_BYTES)?;
         // What `validate --check-files` checks of it, before it becomes the live configuration.
         let text = std::str::from_utf8(&bytes)
             .map_err(|_| "not UTF-8 text".to_string())

@@ -1,5 +1,6 @@
-//! The content check of a snapshot on its way to Qdrant: read once, checked as `validate
-//! --check-files` checks it, hashed, and sent on as it is read; the last piece only once it passed.
+//! The content check of a snapshot on its way to Qdrant: read once (`BackupDir::open_checked`:
+//! hashed and compared with the manifest), checked as `validate --check-files` checks it, and
+//! sent on as it is read; the last piece only once it passed.
 
 use std::io::{self, BufReader, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,20 +9,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::checksum::Algorithm;
-use crate::exit::{ExitCode, Failure};
-use crate::format::manifest::{FileEntry, FileKind};
-use crate::format::names;
-use crate::verify;
+use crate::format::manifest::FileKind;
+use crate::store::{Checked, Damaged};
 
 /// A file of the backup that turned out damaged or unsafe while it was read: exit 3.
 pub(super) fn damaged(rel: &str, problem: impl std::fmt::Display) -> anyhow::Error {
-    Failure::new(
-        ExitCode::InvalidBackup,
-        format!("the backup's `{}` is damaged: {problem}", names::shown(rel)),
-    )
-    .with_hint("restore another backup (`wqm backup list DIR`); `wqm backup validate PATH --check-files` shows every problem")
-    .into()
+    Damaged::new(rel, problem).into()
 }
 
 /// How much decompressed snapshot is sent at a time; the last piece waits for the check.
@@ -30,48 +23,48 @@ const UPLOAD_CHUNK: usize = 256 * 1024;
 /// Why reading a snapshot for an upload stopped.
 pub(super) enum Problem {
     /// The backup's file is damaged or unsafe (exit 3).
-    Damaged(String),
+    Damaged(Damaged),
     /// The upload ended first (it failed or was interrupted); its own error is reported.
     Stopped,
 }
 
-/// A stored snapshot on its way to Qdrant, read once: decompressed, checked as `validate
-/// --check-files` checks it (`snapshot::inspect`: tar structure, member paths and types, nested
-/// segments, sizes), hashed and counted against the manifest — and sent on as it is read.
+/// A stored snapshot on its way to Qdrant, read once: checked against the manifest
+/// (`open_checked`), checked as `validate --check-files` checks it (`snapshot::inspect`: tar
+/// structure, member paths and types, nested segments, sizes) — and sent on as it is read.
 pub(super) struct Inspected {
-    pub(super) entry: FileEntry,
     pub(super) sender: mpsc::Sender<io::Result<Bytes>>,
     pub(super) sent: Arc<AtomicU64>,
 }
 
 impl Inspected {
-    pub(super) fn run(self, content: Box<dyn Read + Send>) -> Result<(), Problem> {
+    pub(super) fn run(self, content: Checked) -> Result<(), Problem> {
         let sender = self.sender.clone();
         let outcome = self.check_and_send(content);
-        if let Err(Problem::Damaged(problem)) = &outcome {
+        if let Err(Problem::Damaged(damaged)) = &outcome {
             // An error in the body aborts the request: Qdrant never gets a complete stream.
             let _ = sender.blocking_send(Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                problem.clone(),
+                damaged.problem.clone(),
             )));
         }
         outcome
     }
 
-    fn check_and_send(self, content: Box<dyn Read + Send>) -> Result<(), Problem> {
+    fn check_and_send(self, content: Checked) -> Result<(), Problem> {
+        let entry = content.entry().clone();
         let mut tee = Tee {
             inner: BufReader::with_capacity(UPLOAD_CHUNK, content),
             sender: self.sender,
             sent: self.sent,
             pending: Vec::with_capacity(UPLOAD_CHUNK),
-            content: crate::checksum::Digester::new(&[Algorithm::Sha256]),
-            limit: self.entry.content_size,
+            path: entry.path.clone(),
             failed: None,
         };
-        let inspected = match self.entry.kind {
+        let inspected = match entry.kind {
             FileKind::ShardSnapshot => crate::snapshot::inspect_shard(&mut tee).map(drop),
             _ => crate::snapshot::inspect(&mut tee).map(drop),
         };
+        // To the end, where `open_checked` compares the content with the manifest.
         let drained = inspected
             .as_ref()
             .ok()
@@ -80,15 +73,14 @@ impl Inspected {
             return Err(failed);
         }
         if let Err(e) = inspected {
-            return Err(Problem::Damaged(format!(
-                "not a valid Qdrant snapshot: {e}"
+            return Err(Problem::Damaged(Damaged::new(
+                &entry.path,
+                format!("not a valid Qdrant snapshot: {e}"),
             )));
         }
         if let Some(Err(e)) = drained {
-            return Err(Problem::Damaged(format!("cannot decompress: {e}")));
+            return Err(Problem::Damaged(Damaged::from_read(&entry.path, e)));
         }
-        let digests = tee.content.finish();
-        verify::content_matches(&self.entry, &digests).map_err(Problem::Damaged)?;
         let last = std::mem::take(&mut tee.pending);
         tee.sent.fetch_add(last.len() as u64, Ordering::Relaxed);
         tee.sender
@@ -103,9 +95,8 @@ struct Tee<R> {
     sender: mpsc::Sender<io::Result<Bytes>>,
     sent: Arc<AtomicU64>,
     pending: Vec<u8>,
-    content: crate::checksum::Digester,
-    /// The manifest's `content_size`: no more is sent.
-    limit: u64,
+    /// The entry's path in the backup.
+    path: String,
     /// Why reading stopped, when it was not the archive's fault.
     failed: Option<Problem>,
 }
@@ -113,7 +104,7 @@ struct Tee<R> {
 impl<R: Read> Tee<R> {
     fn fail(&mut self, problem: Problem) -> io::Error {
         let message = match &problem {
-            Problem::Damaged(m) => m.clone(),
+            Problem::Damaged(damaged) => damaged.problem.clone(),
             Problem::Stopped => "the upload stopped".to_string(),
         };
         self.failed.get_or_insert(problem);
@@ -126,16 +117,11 @@ impl<R: Read> Read for Tee<R> {
         let n = match self.inner.read(buf) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
-            Err(e) => return Err(self.fail(Problem::Damaged(format!("cannot decompress: {e}")))),
+            Err(e) => {
+                let damaged = Damaged::from_read(&self.path, e);
+                return Err(self.fail(Problem::Damaged(damaged)));
+            }
         };
-        self.content.update(&buf[..n]);
-        if self.content.bytes() > self.limit {
-            let problem = format!(
-                "the content is longer than the manifest's {} bytes",
-                self.limit
-            );
-            return Err(self.fail(Problem::Damaged(problem)));
-        }
         self.pending.extend_from_slice(&buf[..n]);
         if self.pending.len() >= 2 * UPLOAD_CHUNK {
             let rest = self.pending.split_off(UPLOAD_CHUNK);

@@ -9,15 +9,13 @@ use anyhow::{Context, Result};
 
 use super::check::damaged;
 use super::{DatabaseAction, Plan};
-use crate::checksum::{Algorithm, HashingReader};
 use crate::format::manifest::{FileEntry, Manifest};
 use crate::format::migrations::{self, WorkingCopy};
 use crate::format::names::Database;
 use crate::fs::CopyError;
 use crate::progress::{self, Progress};
 use crate::sqlite;
-use crate::store::BackupDir;
-use crate::verify;
+use crate::store::{BackupDir, Damaged};
 
 /// Unpacks each database the restore needs into `dir`, the restore's working directory. An
 /// *unpacked* database is the backup's copy decompressed there (checked against the manifest),
@@ -75,33 +73,28 @@ pub(super) fn unpack_databases(
 const LEGACY_STATE_DB: &str = "sqlite/state.db";
 
 /// Decompresses one stored database into `copy`, checking its content against the manifest
-/// as it goes (what `validate --check-files` checks, in the same pass).
+/// as it goes (`BackupDir::open_checked`: what `validate --check-files` checks, in the same pass).
 fn unpack_database(source: &BackupDir, entry: Option<&FileEntry>, copy: &Path) -> Result<()> {
     let rel = entry.map_or(LEGACY_STATE_DB, |e| e.path.as_str());
-    let decoder: Box<dyn Read> = match entry {
-        Some(entry) => source.open_content(entry).map(|r| r as Box<dyn Read>),
-        None => source
-            .open_file(LEGACY_STATE_DB)
-            .map(|f| Box::new(BufReader::new(f)) as Box<dyn Read>),
-    }
-    .map_err(|e| damaged(rel, format!("cannot read: {e}")))?;
-    let mut content = HashingReader::new(decoder, &[Algorithm::Sha256]);
+    let mut content: Box<dyn Read> = match entry {
+        Some(entry) => Box::new(source.open_checked(entry)?),
+        // A legacy backup's plain copy: its manifest describes no content to check.
+        None => Box::new(BufReader::new(
+            source
+                .open_file(LEGACY_STATE_DB)
+                .map_err(|e| damaged(rel, format!("cannot read: {e}")))?,
+        )),
+    };
     let mut out = crate::fs::create_private_file(copy)
         .with_context(|| format!("cannot write `{}`", copy.display()))?;
     crate::fs::copy_apart(&mut content, &mut out).map_err(|e| match e {
-        CopyError::Read(e) => damaged(rel, format!("cannot decompress: {e}")),
+        CopyError::Read(e) => Damaged::from_read(rel, e).into(),
         CopyError::Write(e) => {
             anyhow::Error::from(e).context(format!("cannot write `{}`", copy.display()))
         }
     })?;
     out.sync_all()
         .with_context(|| format!("cannot write `{}`", copy.display()))?;
-    let digests = content
-        .finish()
-        .map_err(|e| damaged(rel, format!("cannot decompress: {e}")))?;
-    if let Some(entry) = entry {
-        verify::content_matches(entry, &digests).map_err(|problem| damaged(rel, problem))?;
-    }
     Ok(())
 }
 

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::check::{damaged, Inspected, Problem};
+use super::check::{Inspected, Problem};
 use super::plan::custom_sharding;
 use super::{CollectionAction, CollectionPlan, Plan};
 use crate::config::TransferSettings;
@@ -302,9 +302,7 @@ async fn upload(
     progress: &dyn Progress,
     (turn, lanes, received): (&mut transfer::Turn<'_>, &transfer::Lanes, &Cell<bool>),
 ) -> Result<()> {
-    let content = source
-        .open_content(entry)
-        .map_err(|e| damaged(&entry.path, format!("cannot read: {e}")))?;
+    let content = source.open_checked(entry)?;
     // The download's bridge (`ChannelSink`, in `backup::download`) advances `progress` as each chunk passes on
     // the async side. Here the bytes pass only through the blocking reader thread and the body
     // stream reqwest owns, both `'static`, so neither can borrow `&dyn Progress`: they count into
@@ -313,7 +311,6 @@ async fn upload(
     let sent = Arc::new(AtomicU64::new(0));
     let (sender, mut receiver) = mpsc::channel::<io::Result<Bytes>>(8);
     let stream = Inspected {
-        entry: entry.clone(),
         sender,
         sent: sent.clone(),
     };
@@ -362,7 +359,7 @@ async fn upload(
     }
     let checked = reader.await;
     let result = match checked {
-        Ok(Err(Problem::Damaged(problem))) => Err(damaged(&entry.path, problem)),
+        Ok(Err(Problem::Damaged(damaged))) => Err(damaged.into()),
         Err(e) if result.is_ok() => Err(anyhow!("reading `{}` failed: {e}", entry.path)),
         _ => result,
     };

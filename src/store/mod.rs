@@ -9,7 +9,8 @@ use std::fs::{self, File};
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use crate::compress::Compression;
+use crate::checksum::{Algorithm, Digester};
+use crate::compress::{Compression, Stored};
 use crate::format::layout::{self, MANIFEST_PATH};
 use crate::format::manifest::{self, FileEntry, Manifest, ManifestError};
 use crate::format::names::EntryPath;
@@ -79,54 +80,56 @@ impl BackupDir {
         stored: R,
     ) -> io::Result<Box<dyn Read + 'a>> {
         match entry.compression {
-            Compression::Chunks => Ok(Box::new(ChunkReader::new(
+            Stored::Chunked => Ok(Box::new(ChunkReader::new(
                 self.chunk_store()?,
                 BufReader::new(stored),
                 true,
             )?)),
-            compression => compression.decoder(stored),
+            Stored::Plain(compression) => compression.decoder(stored),
         }
     }
 
-    /// `entry`'s content, read from the backup, for another thread. Its chunks are not checked
-    /// one by one against their names: the caller checks the whole content against the
-    /// manifest's sha256 as it reads (a restore before Qdrant gets the last piece), which
-    /// catches the same damage without a second sha256 pass. A chunked file yields no more
-    /// than the manifest's `content_size`: an index naming more is an error.
-    pub fn open_content(&self, entry: &FileEntry) -> io::Result<Box<dyn Read + Send>> {
-        let file = BufReader::new(self.open_entry(entry)?);
-        Ok(match entry.compression {
-            Compression::None => Box::new(file),
-            Compression::Zstd => Box::new(zstd::Decoder::with_buffer(file)?),
-            Compression::Chunks => Box::new(AtMost {
-                inner: ChunkReader::new(self.chunk_store()?, file, false)?,
-                size: entry.content_size,
-                read: 0,
-            }),
+    /// The one checked reader of an entry's content (restore, export): the content as the
+    /// manifest describes it — decompressed, or a chunked file's chunks in order from the store
+    /// beside the backup — hashed while it is read, refused past the manifest's `content_size`
+    /// (a hostile index may name one chunk a million times), and at its end compared with the
+    /// manifest's size and sha256. Reaching the end (`read` returning 0) means it matched; every
+    /// problem is one `Damaged` (inside the `io::Error`: `Damaged::from_read`). A chunk is not
+    /// checked against its name as well: the whole content's sha256 catches the same damage.
+    pub fn open_checked(&self, entry: &FileEntry) -> Result<Checked, Damaged> {
+        let opened = || -> io::Result<Box<dyn Read + Send>> {
+            let file = BufReader::new(self.open_entry(entry)?);
+            Ok(match entry.compression {
+                Stored::Plain(Compression::None) => Box::new(file),
+                Stored::Plain(Compression::Zstd) => Box::new(zstd::Decoder::with_buffer(file)?),
+                Stored::Chunked => Box::new(ChunkReader::new(self.chunk_store()?, file, false)?),
+            })
+        };
+        let inner = opened().map_err(|e| Damaged::new(&entry.path, format!("cannot read: {e}")))?;
+        Ok(Checked {
+            inner,
+            entry: entry.clone(),
+            content: Digester::new(&[Algorithm::Sha256]),
+            matched: false,
         })
     }
 
-    /// A small file's whole content (a configuration), at most `limit` bytes however large
-    /// the manifest says it is, and never more than the manifest's `content_size`: memory is
-    /// bounded before the caller checks its sha256.
-    pub fn read_small_content(&self, entry: &FileEntry, limit: u64) -> io::Result<Vec<u8>> {
+    /// A small file's whole content (a configuration), checked (`open_checked`), at most
+    /// `limit` bytes however large the manifest says it is: memory is bounded before it is read.
+    pub fn read_small_content(&self, entry: &FileEntry, limit: u64) -> Result<Vec<u8>, Damaged> {
         if entry.content_size > limit {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
+            return Err(Damaged::new(
+                &entry.path,
                 format!(
-                    "its manifest says {} bytes, more than the {limit} wqm reads of such a file",
+                    "cannot read: its manifest says {} bytes, more than the {limit} wqm reads of such a file",
                     entry.content_size
                 ),
             ));
         }
         let mut bytes = Vec::new();
-        // One byte more than the manifest says, to tell a longer content from an exact one.
-        self.open_content(entry)?
-            .take(entry.content_size + 1)
-            .read_to_end(&mut bytes)?;
-        if bytes.len() as u64 > entry.content_size {
-            return Err(longer_than(entry.content_size));
-        }
+        self.open_checked(entry)?
+            .read_to_end(&mut bytes)
+            .map_err(|e| Damaged::from_read(&entry.path, e))?;
         Ok(bytes)
     }
 
@@ -170,30 +173,96 @@ impl BackupDir {
     }
 }
 
-/// A chunked file's content, refused past the size the manifest gives it: a hostile index may
-/// name one chunk a million times.
-struct AtMost<R> {
-    inner: R,
-    size: u64,
-    read: u64,
+/// A file of a backup found damaged or unsafe while it was read (exit 3): what `open_checked`
+/// reports, whatever went wrong (unreadable, not decompressible, a damaged chunk, too long,
+/// another size or sha256 than the manifest's).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the backup's `{}` is damaged: {problem}",
+    crate::format::names::shown(path)
+)]
+pub struct Damaged {
+    /// The entry's path in the backup.
+    pub path: String,
+    pub problem: String,
 }
 
-impl<R: Read> Read for AtMost<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.read += n as u64;
-        if self.read > self.size {
-            return Err(longer_than(self.size));
+impl Damaged {
+    pub fn new(path: &str, problem: impl std::fmt::Display) -> Self {
+        Damaged {
+            path: path.to_string(),
+            problem: problem.to_string(),
         }
-        Ok(n)
+    }
+
+    /// The damage a `Checked` read reported, or any other error reading `path` as the reason
+    /// it cannot be read.
+    pub fn from_read(path: &str, e: io::Error) -> Self {
+        match e.downcast::<Damaged>() {
+            Ok(damaged) => damaged,
+            Err(e) => Damaged::new(path, format!("cannot read: {e}")),
+        }
     }
 }
 
-fn longer_than(size: u64) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidData,
-        format!("its content is longer than the {size} bytes its manifest says"),
-    )
+impl crate::exit::Classify for Damaged {
+    fn exit_code(&self) -> crate::exit::ExitCode {
+        crate::exit::ExitCode::InvalidBackup
+    }
+
+    fn hint(&self) -> Option<String> {
+        Some("use another backup (`wqm backup list DIR`); `wqm backup validate PATH --check-files` shows every problem".to_string())
+    }
+}
+
+/// An entry's content being read by `open_checked`: `Send`, so another thread may read it.
+pub struct Checked {
+    inner: Box<dyn Read + Send>,
+    entry: FileEntry,
+    content: Digester,
+    matched: bool,
+}
+
+impl Checked {
+    /// The manifest's entry this content is checked against.
+    pub fn entry(&self) -> &FileEntry {
+        &self.entry
+    }
+
+    fn damage(&self, problem: impl std::fmt::Display) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            Damaged::new(&self.entry.path, problem),
+        )
+    }
+}
+
+impl Read for Checked {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() || self.matched {
+            return Ok(0);
+        }
+        let n = match self.inner.read(buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
+            Err(e) => return Err(self.damage(format!("cannot decompress: {e}"))),
+        };
+        if n == 0 {
+            let digests = std::mem::replace(&mut self.content, Digester::new(&[])).finish();
+            crate::verify::content_matches(&self.entry, &digests)
+                .map_err(|problem| self.damage(problem))?;
+            self.matched = true;
+            return Ok(0);
+        }
+        self.content.update(&buf[..n]);
+        if self.content.bytes() > self.entry.content_size {
+            return Err(self.damage(format!(
+                "its content is longer than the {} bytes its manifest says",
+                self.entry.content_size
+            )));
+        }
+        Ok(n)
+    }
 }
 
 /// Makes the entries of `dir` durable (`fs::sync_dir`); unit tests see which directories were
@@ -527,6 +596,161 @@ mod tests {
                 "collections/link.snapshot",
                 "sqlite"
             ]
+        );
+    }
+
+    /// A backup holding `stored` at `rel`, and the entry the manifest gives it: `content` is
+    /// what the manifest says the content is.
+    fn backup_with(
+        rel: &str,
+        compression: Compression,
+        stored: &[u8],
+        content: &[u8],
+    ) -> (tempfile::TempDir, BackupDir, FileEntry) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b");
+        let file = path.join(rel);
+        fs::create_dir_all(file.parent().unwrap()).unwrap();
+        fs::write(&file, stored).unwrap();
+        let entry = FileEntry {
+            path: rel.into(),
+            kind: crate::format::manifest::FileKind::CollectionSnapshot,
+            size: stored.len() as u64,
+            compression: compression.into(),
+            checksum: None,
+            content_size: content.len() as u64,
+            content_sha256: crate::checksum::digest(content, &[Algorithm::Sha256])
+                .get(Algorithm::Sha256)
+                .unwrap()
+                .value,
+        };
+        let backup = BackupDir {
+            path,
+            manifest: Manifest::new("0.3.0", 1.0),
+        };
+        (dir, backup, entry)
+    }
+
+    /// All of `entry`'s checked content, or the damage reported.
+    fn read_checked(backup: &BackupDir, entry: &FileEntry) -> Result<Vec<u8>, Damaged> {
+        let mut content = Vec::new();
+        backup
+            .open_checked(entry)?
+            .read_to_end(&mut content)
+            .map_err(|e| Damaged::from_read(&entry.path, e))?;
+        Ok(content)
+    }
+
+    fn zstd(content: &[u8]) -> Vec<u8> {
+        zstd::encode_all(content, 1).unwrap()
+    }
+
+    const CONTENT: &[u8] = b"the content of a snapshot, as the manifest describes it";
+
+    #[test]
+    fn open_checked_yields_sound_content() {
+        for (compression, stored) in [
+            (Compression::None, CONTENT.to_vec()),
+            (Compression::Zstd, zstd(CONTENT)),
+        ] {
+            let (_dir, backup, entry) = backup_with("collections/a", compression, &stored, CONTENT);
+            assert_eq!(
+                read_checked(&backup, &entry).unwrap(),
+                CONTENT,
+                "{compression}"
+            );
+            // Once it matched, the end stays the end.
+            let mut reader = backup.open_checked(&entry).unwrap();
+            io::copy(&mut reader, &mut io::sink()).unwrap();
+            assert_eq!(reader.read(&mut [0; 8]).unwrap(), 0);
+        }
+    }
+
+    #[test]
+    fn open_checked_reports_one_flipped_byte() {
+        let mut flipped = CONTENT.to_vec();
+        flipped[7] ^= 1;
+        for (compression, stored) in [
+            (Compression::None, flipped.clone()),
+            (Compression::Zstd, zstd(&flipped)),
+        ] {
+            let (_dir, backup, entry) = backup_with("collections/a", compression, &stored, CONTENT);
+            let damaged = read_checked(&backup, &entry).unwrap_err();
+            assert_eq!(damaged.path, "collections/a");
+            assert!(
+                damaged.to_string().starts_with(
+                    "the backup's `collections/a` is damaged: content sha256 mismatch"
+                ),
+                "{damaged}"
+            );
+        }
+    }
+
+    #[test]
+    fn open_checked_reports_truncated_content() {
+        let short = &CONTENT[..CONTENT.len() - 5];
+        let (_dir, backup, entry) = backup_with("collections/a", Compression::None, short, CONTENT);
+        let damaged = read_checked(&backup, &entry).unwrap_err();
+        assert!(
+            damaged.problem.contains("content sha256 mismatch"),
+            "{damaged}"
+        );
+        assert!(
+            damaged.problem.contains("the content has")
+                && damaged
+                    .problem
+                    .ends_with(&format!("({} bytes)", short.len())),
+            "{damaged}"
+        );
+        // A zstd stream cut short cannot be decompressed.
+        let stored = zstd(CONTENT);
+        let cut = &stored[..stored.len() - 3];
+        let (_dir, backup, entry) =
+            backup_with("collections/a.zst", Compression::Zstd, cut, CONTENT);
+        let damaged = read_checked(&backup, &entry).unwrap_err();
+        assert!(
+            damaged.problem.starts_with("cannot decompress: "),
+            "{damaged}"
+        );
+    }
+
+    #[test]
+    fn open_checked_refuses_content_longer_than_the_manifest_says() {
+        let mut longer = CONTENT.to_vec();
+        longer.extend_from_slice(b" and more");
+        let (_dir, backup, entry) =
+            backup_with("collections/a", Compression::None, &longer, CONTENT);
+        let damaged = read_checked(&backup, &entry).unwrap_err();
+        assert_eq!(
+            damaged.problem,
+            format!(
+                "its content is longer than the {} bytes its manifest says",
+                CONTENT.len()
+            )
+        );
+        // Never more than the manifest's size is handed on, however it is read.
+        let mut reader = backup.open_checked(&entry).unwrap();
+        let mut handed = 0;
+        let mut buf = [0; 4];
+        while let Ok(n @ 1..) = reader.read(&mut buf) {
+            handed += n;
+        }
+        assert!(handed <= CONTENT.len(), "{handed}");
+    }
+
+    #[test]
+    fn open_checked_reports_an_entry_it_cannot_open_as_damage() {
+        let (_dir, backup, mut entry) =
+            backup_with("collections/a", Compression::None, CONTENT, CONTENT);
+        entry.path = "collections/missing".into();
+        let Err(damaged) = backup.open_checked(&entry) else {
+            panic!("opened a missing file");
+        };
+        assert!(damaged.problem.starts_with("cannot read: "), "{damaged}");
+        let error = anyhow::Error::new(damaged);
+        assert_eq!(
+            crate::output::classify(&error).0,
+            crate::exit::ExitCode::InvalidBackup
         );
     }
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::checksum::{Algorithm, Digester, HashingWriter};
-use crate::compress::{Compression, Encoder};
+use crate::compress::{self, Encoder};
 use crate::format::layout::{
     check_relative_path, staging_path, LayoutError, COLLECTIONS_DIR, CONFIG_DIR, MANIFEST_PATH,
     METADATA_DIR, REPLACED_DIR, REQUIRED_DIRS, SQLITE_DIR, STAGED_BACKUP_DIR,
@@ -90,7 +90,7 @@ impl Staging {
         })
     }
 
-    /// Makes this an incremental backup: files created with `Compression::Chunks` go to the
+    /// Makes this an incremental backup: files created as `Stored::Chunked` go to the
     /// chunk store of the target's directory (made with `avg_size` chunks when there is none),
     /// which this run holds shared until it ends, so no garbage collection runs meanwhile.
     pub fn use_chunk_store(&mut self, avg_size: usize) -> Result<(), ChunkError> {
@@ -134,7 +134,7 @@ impl Staging {
         &self,
         rel: &str,
         kind: FileKind,
-        compression: Compression,
+        compression: compress::Stored,
         algorithm: Algorithm,
     ) -> Result<FileSink, LayoutError> {
         check_relative_path(rel)?;
@@ -150,7 +150,7 @@ impl Staging {
         };
         let stored = HashingWriter::new(BufWriter::with_capacity(1 << 20, file), &[algorithm]);
         let body = match (compression, &self.chunks) {
-            (Compression::Chunks, Some(chunks)) => Body::Chunked(Box::new(
+            (compress::Stored::Chunked, Some(chunks)) => Body::Chunked(Box::new(
                 ChunkWriter::new(
                     chunks.store.clone(),
                     chunks.run.clone(),
@@ -159,7 +159,13 @@ impl Staging {
                 )
                 .map_err(LayoutError::io("cannot start writing", &path))?,
             )),
-            _ => Body::Encoded(
+            (compress::Stored::Chunked, None) => {
+                let needs_store = io::Error::other(
+                    "a chunked file is written through its chunk store (`use_chunk_store`)",
+                );
+                return Err(LayoutError::io("cannot start writing", &path)(needs_store));
+            }
+            (compress::Stored::Plain(compression), _) => Body::Encoded(
                 compression
                     .encoder(stored)
                     .map_err(LayoutError::io("cannot start compressing", &path))?,
@@ -278,7 +284,7 @@ pub struct FileSink {
     rel: String,
     path: PathBuf,
     kind: FileKind,
-    compression: Compression,
+    compression: compress::Stored,
     algorithm: Algorithm,
     content: Digester,
     body: Body,
@@ -418,7 +424,7 @@ mod tests {
             .create_file(
                 "sqlite/state.db.zst",
                 FileKind::SqliteDatabase,
-                Compression::Zstd,
+                compress::Stored::Plain(compress::Compression::Zstd),
                 Algorithm::Md5,
             )
             .unwrap();
@@ -438,7 +444,7 @@ mod tests {
                 .unwrap()
         );
         let mut plain = Vec::new();
-        Compression::Zstd
+        compress::Compression::Zstd
             .decoder(&stored[..])
             .unwrap()
             .read_to_end(&mut plain)
@@ -490,7 +496,7 @@ mod tests {
                 .create_file(
                     "collections/a.snapshot",
                     FileKind::CollectionSnapshot,
-                    Compression::None,
+                    compress::Stored::Plain(compress::Compression::None),
                     Algorithm::Sha256,
                 )
                 .unwrap();
@@ -579,7 +585,7 @@ mod tests {
             .create_file(
                 "sqlite/state.db.chunks",
                 FileKind::SqliteDatabase,
-                Compression::Chunks,
+                compress::Stored::Chunked,
                 Algorithm::Sha256,
             )
             .unwrap();
@@ -594,7 +600,7 @@ mod tests {
             .create_file(
                 "sqlite/state.db.chunks",
                 FileKind::SqliteDatabase,
-                Compression::Chunks,
+                compress::Stored::Chunked,
                 Algorithm::Sha256,
             )
             .unwrap();
@@ -628,7 +634,7 @@ mod tests {
                 .create_file(
                     rel,
                     FileKind::ShardSnapshot,
-                    Compression::None,
+                    compress::Stored::Plain(compress::Compression::None),
                     Algorithm::Sha256,
                 )
                 .unwrap();

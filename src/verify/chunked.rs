@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use super::{AuditError, Check, Report, Severity};
 use crate::checksum::{Algorithm, Digests, HashingReader};
-use crate::compress::Compression;
+use crate::compress::Stored;
 use crate::format::manifest::FileEntry;
 use crate::progress::{self, Progress};
 use crate::store::chunks::{
@@ -121,7 +121,7 @@ pub(super) fn check_chunk_store(report: &mut Report, backup: &BackupDir) -> Resu
         .manifest
         .files
         .iter()
-        .any(|f| f.compression == Compression::Chunks);
+        .any(|f| f.compression == Stored::Chunked);
     if chunked {
         match ChunkStore::open_for_reading(backup.backups_dir()) {
             Ok(_) => {}

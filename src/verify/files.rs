@@ -7,7 +7,7 @@ use std::path::Path;
 use super::chunked::{read_chunks, report_bad_chunks, ChunkTally};
 use super::{Check, Depth, Options, Report, Severity};
 use crate::checksum::{Algorithm, Digests, HashingReader};
-use crate::compress::Compression;
+use crate::compress::Stored;
 use crate::exit::Interrupted;
 use crate::format::manifest::{FileEntry, FileKind, MAX_MANIFEST_BYTES};
 use crate::progress::{self, Metered, Progress};
@@ -27,7 +27,7 @@ pub(super) fn check_files(
         if !backup.stat(&entry.path).is_ok_and(|s| s.kind == Kind::File) {
             continue;
         }
-        if entry.compression != Compression::Chunks {
+        if entry.compression != Stored::Chunked {
             check_file(report, backup, entry, options.depth, progress)?;
             continue;
         }

@@ -71,7 +71,7 @@ pub fn backup(target: &Path, spec: &Spec) -> Manifest {
     let staging = Staging::begin(target, false).unwrap();
     let mut manifest = Manifest::new(spec.version.clone(), spec.timestamp);
     manifest.description = spec.description.clone();
-    manifest.compression = Some(spec.compression);
+    manifest.compression = Some(spec.compression.into());
     manifest.checksum_algorithm = Some(spec.algorithm);
     manifest.qdrant_version = Some("1.18.3".to_string());
     manifest.system_info = Some(SystemInfo {
@@ -83,7 +83,7 @@ pub fn backup(target: &Path, spec: &Spec) -> Manifest {
 
     let mut counts = BTreeMap::new();
     for (name, bytes, points) in &spec.collections {
-        let rel = layout::snapshot_path(name, spec.compression);
+        let rel = layout::snapshot_path(name, spec.compression.into());
         let entry = write(
             &staging,
             &rel,
@@ -122,7 +122,7 @@ pub fn backup(target: &Path, spec: &Spec) -> Manifest {
         let scratch = tempfile::tempdir().unwrap();
         let db = scratch.path().join("state.db");
         state_db(&db);
-        let rel = layout::database_path("state.db", spec.compression);
+        let rel = layout::database_path("state.db", spec.compression.into());
         let entry = write(
             &staging,
             &rel,
@@ -165,7 +165,7 @@ fn write(
     bytes: &[u8],
 ) -> wqm::format::manifest::FileEntry {
     let mut sink = staging
-        .create_file(rel, kind, compression, algorithm)
+        .create_file(rel, kind, compression.into(), algorithm)
         .unwrap();
     sink.write_all(bytes).unwrap();
     sink.finish().unwrap()

@@ -165,7 +165,7 @@ fn nights_share_their_chunks_and_every_command_works_on_them() {
     let safety = crate::restore::safety_backups(&backups);
     assert_eq!(safety.len(), 1, "{safety:?}");
     let m = manifest(&backups.join(&safety[0]));
-    assert_eq!(m.compression, Some(wqm::compress::Compression::Chunks));
+    assert_eq!(m.compression, Some(wqm::compress::Stored::Chunked));
     validate(tmp, &format!("backups/{}", safety[0]));
 }
 

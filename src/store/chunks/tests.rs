@@ -457,7 +457,7 @@ fn a_chunked_config_is_read_no_further_than_its_manifest_says() {
         path: "config/config.yaml.chunks".into(),
         kind: FileKind::Config,
         size: hostile.len() as u64,
-        compression: crate::compress::Compression::Chunks,
+        compression: crate::compress::Stored::Chunked,
         checksum: None,
         content_size,
         content_sha256: String::new(),
@@ -478,11 +478,69 @@ fn a_chunked_config_is_read_no_further_than_its_manifest_says() {
         .read_small_content(&entry(3_000_000), 1 << 20)
         .unwrap_err();
     assert!(err.to_string().contains("more than the 1048576"), "{err}");
-    let err = backup
-        .open_content(&entry(6000))
-        .and_then(|r| std::io::copy(&mut { r }, &mut std::io::sink()))
-        .unwrap_err();
+    let mut reader = backup.open_checked(&entry(6000)).unwrap();
+    let err = std::io::copy(&mut reader, &mut std::io::sink()).unwrap_err();
     assert!(err.to_string().contains("longer than the"), "{err}");
+}
+
+#[test]
+fn open_checked_reads_a_chunked_entry_in_order() {
+    use crate::checksum::{digest, Algorithm};
+    use crate::format::manifest::{FileEntry, FileKind, Manifest};
+    let dir = tempfile::tempdir().unwrap();
+    let store = ChunkStore::open_for_writing(dir.path(), 4096).unwrap();
+    let content: Vec<u8> = (0..300_000u32)
+        .flat_map(|i| (i % 251).to_le_bytes())
+        .collect();
+    let (index, _) = write_once(&store, &content);
+    assert!(index_lines(&index).len() > 1, "more than one chunk");
+    let backup_path = dir.path().join("b");
+    fs::create_dir_all(backup_path.join("collections")).unwrap();
+    fs::write(backup_path.join("collections/a.snapshot.chunks"), &index).unwrap();
+    let sha256 = |bytes: &[u8]| {
+        digest(bytes, &[Algorithm::Sha256])
+            .get(Algorithm::Sha256)
+            .unwrap()
+            .value
+    };
+    let entry = FileEntry {
+        path: "collections/a.snapshot.chunks".into(),
+        kind: FileKind::CollectionSnapshot,
+        size: index.len() as u64,
+        compression: crate::compress::Stored::Chunked,
+        checksum: None,
+        content_size: content.len() as u64,
+        content_sha256: sha256(&content),
+    };
+    let backup = crate::store::BackupDir {
+        path: backup_path,
+        manifest: Manifest::new("0.3.0", 1.0),
+    };
+    drop(store);
+    let mut read = Vec::new();
+    backup
+        .open_checked(&entry)
+        .unwrap()
+        .read_to_end(&mut read)
+        .unwrap();
+    assert!(read == content, "the chunks, in order");
+    // The same chunks under a manifest that describes other content: damage, at the end.
+    let mut other = content.clone();
+    other[123_456] ^= 1;
+    let wrong = FileEntry {
+        content_sha256: sha256(&other),
+        ..entry
+    };
+    let err = backup
+        .open_checked(&wrong)
+        .unwrap()
+        .read_to_end(&mut Vec::new())
+        .unwrap_err();
+    let damaged = crate::store::Damaged::from_read(&wrong.path, err);
+    assert!(
+        damaged.problem.starts_with("content sha256 mismatch"),
+        "{damaged}"
+    );
 }
 
 const GOLDEN_DEFAULT: [usize; 14] = [

@@ -13,7 +13,7 @@ use crate::store::BackupDir;
 /// that cannot be read is an error: nobody can tell which chunks it needs.
 pub fn visit_chunks(backup: &BackupDir, mut visit: impl FnMut(&IndexLine)) -> io::Result<()> {
     for entry in &backup.manifest.files {
-        if entry.compression != crate::compress::Compression::Chunks {
+        if entry.compression != crate::compress::Stored::Chunked {
             continue;
         }
         let file = backup.open_entry(entry)?;
