@@ -81,6 +81,7 @@ pub fn run(args: &ListArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
         crate::format::compat::Policy::new(&settings.backup.validation, false),
     );
     let threshold = settings.backup.validation.version_warning_threshold;
+    warn_future_dated(&backups, options.now, ui);
     let progress = ui.progress();
     let items = backups
         .into_iter()
@@ -100,6 +101,21 @@ pub fn run(args: &ListArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
     }
     ui.line(format!("{} backup(s) in {}", items.len(), dir.display()));
     Ok(ExitCode::Success)
+}
+
+/// A backup dated after now (another machine's clock, or this one's set back) shows an age of 0
+/// days; say what it is, as `prune` does.
+fn warn_future_dated(backups: &[Found], now: f64, ui: &Ui) {
+    for found in backups {
+        let manifest = &found.backup.manifest;
+        if manifest.timestamp > now {
+            ui.warn(format!(
+                "`{}` is dated {}, in the future: prune keeps it, and counts it by no keep rule; check the clock of this machine and of the one that made it",
+                found.backup.name(),
+                manifest.formatted_timestamp()
+            ));
+        }
+    }
 }
 
 /// An entry that looks like a backup but cannot be read is skipped, not fatal, so say so.

@@ -497,3 +497,20 @@ fn list_says_which_backups_are_safety_backups() {
         })
         .run();
 }
+
+/// `list` shows a future-dated backup with an age of 0 days; it says what it is, as prune does.
+#[test]
+fn list_warns_about_a_backup_dated_in_the_future() {
+    Test::in_dir(aged(&[("ahead", -365.0), ("yesterday", 1.0)]))
+        .args("backup list {TMP}/dir")
+        .stdout_with(|o| assert!(o.contains("yesterday"), "{o}"))
+        .stderr_with(|e| {
+            assert!(
+                e.starts_with("wqm: warning: `ahead` is dated ")
+                    && e.ends_with(", in the future: prune keeps it, and counts it by no keep rule; check the clock of this machine and of the one that made it\n")
+                    && e.lines().count() == 1,
+                "{e}"
+            )
+        })
+        .run();
+}
