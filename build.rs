@@ -7,7 +7,7 @@
 //!   (a tiny filesystem mounted in a private namespace, to fill a disk);
 //! - `rsync`: an `rsync` on `PATH` (the offsite recipe, run as written);
 //! - `real_s3`: a real S3 server (`WQM_TEST_S3`, with the `AWS_*` variables and `S3_BUCKET` that
-//!   `/work/shared/bin/s3-serve` prints) for the S3 half of the backend conformance suite.
+//!   `../shared/bin/s3-serve` prints) for the S3 half of the backend conformance suite.
 
 fn main() {
     for cfg in [

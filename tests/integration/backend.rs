@@ -1,6 +1,6 @@
 //! The backend conformance suite (as restic's backend tests): every check is one generic
 //! function over `Arc<dyn Backend>`, run against the local directory always and against a real
-//! S3 server (SeaweedFS, `/work/shared/bin/s3-serve`, started by `.ci/run`) when `WQM_TEST_S3`
+//! S3 server (SeaweedFS, `../shared/bin/s3-serve`, started by `.ci/run`) when `WQM_TEST_S3`
 //! is set. Each S3 test works under a random prefix of the shared bucket. The lock tests run
 //! the same way (`backend_lock.rs`).
 
