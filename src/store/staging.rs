@@ -573,28 +573,9 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn chunks_another_run_stored_are_durable_before_the_manifest_names_them() {
-        let root = tempfile::tempdir().unwrap();
-        let store_dir = root.path().join(crate::store::chunks::STORE_DIR);
-        let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7919 % 251) as u8).collect();
-        // Another run stores the chunks (and may die before syncing their directories).
-        let mut other = Staging::begin(&root.path().join("other"), false).unwrap();
-        other.use_chunk_store(4096).unwrap();
-        let mut sink = other
-            .create_file(
-                "sqlite/state.db.chunks",
-                FileKind::SqliteDatabase,
-                compress::Stored::Chunked,
-                Algorithm::Sha256,
-            )
-            .unwrap();
-        sink.write_all(&data).unwrap();
-        sink.finish().unwrap();
-        drop(other);
-        crate::store::take_synced();
-
-        let mut staging = Staging::begin(&root.path().join("b"), false).unwrap();
+    /// An incremental backup of `target` being written, holding `data` as its state database.
+    fn incremental_with(target: &Path, data: &[u8]) -> Staging {
+        let mut staging = Staging::begin(target, false).unwrap();
         staging.use_chunk_store(4096).unwrap();
         let mut sink = staging
             .create_file(
@@ -604,8 +585,21 @@ mod tests {
                 Algorithm::Sha256,
             )
             .unwrap();
-        sink.write_all(&data).unwrap();
+        sink.write_all(data).unwrap();
         sink.finish().unwrap();
+        staging
+    }
+
+    #[test]
+    fn chunks_another_run_stored_are_durable_before_the_manifest_names_them() {
+        let root = tempfile::tempdir().unwrap();
+        let store_dir = root.path().join(crate::store::chunks::STORE_DIR);
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7919 % 251) as u8).collect();
+        // Another run stores the chunks (and may die before syncing their directories).
+        drop(incremental_with(&root.path().join("other"), &data));
+        crate::store::take_synced();
+
+        let staging = incremental_with(&root.path().join("b"), &data);
         assert_eq!(staging.chunks_added().chunks, 0, "every chunk reused");
         assert!(
             crate::store::take_synced().is_empty(),

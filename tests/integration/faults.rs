@@ -666,20 +666,7 @@ fn real_server_the_printed_way_back_returns_the_old_state_exactly() {
     );
 
     // The next run tells the way back; run it as printed.
-    let cleaned = run_with(
-        tmp.path(),
-        &server.url,
-        "",
-        &["backup", "cleanup", tmp.path().to_str().unwrap()],
-    );
-    let out = String::from_utf8_lossy(&cleaned.stdout).into_owned();
-    let command = out
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("the way back: wqm "))
-        .unwrap_or_else(|| panic!("no way back in: {out}"))
-        .to_string();
-    let args: Vec<&str> = command.split_whitespace().collect();
-    let output = run_with(tmp.path(), &server.url, "", &args);
+    let output = run_the_way_back(tmp.path(), &server.url);
     assert!(
         output.status.success(),
         "{}",
@@ -903,20 +890,7 @@ fn real_server_the_way_back_replaces_a_dirty_shard_qdrant_left_when_killed_mid_r
     assert!(body.to_string().contains("Dirty shard"), "{body}");
 
     // The way back, as the next run prints it, works from that state.
-    let cleaned = run_with(
-        tmp.path(),
-        &server.url,
-        "",
-        &["backup", "cleanup", tmp.path().to_str().unwrap()],
-    );
-    let out = String::from_utf8_lossy(&cleaned.stdout).into_owned();
-    let command = out
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("the way back: wqm "))
-        .unwrap_or_else(|| panic!("no way back in: {out}"))
-        .to_string();
-    let args: Vec<&str> = command.split_whitespace().collect();
-    let output = run_with(tmp.path(), &server.url, "", &args);
+    let output = run_the_way_back(tmp.path(), &server.url);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -952,4 +926,17 @@ fn backed_up_workspace(
         String::from_utf8_lossy(&output.stderr)
     );
     (tmp, backup)
+}
+
+/// `wqm backup cleanup TMP`, then the way back it prints, run as printed: its output.
+fn run_the_way_back(tmp: &Path, url: &str) -> Output {
+    let cleaned = run_with(tmp, url, "", &["backup", "cleanup", tmp.to_str().unwrap()]);
+    let out = String::from_utf8_lossy(&cleaned.stdout).into_owned();
+    let command = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("the way back: wqm "))
+        .unwrap_or_else(|| panic!("no way back in: {out}"))
+        .to_string();
+    let args: Vec<&str> = command.split_whitespace().collect();
+    run_with(tmp, url, "", &args)
 }
