@@ -8,7 +8,7 @@ use crate::cli::ValidateArgs;
 use crate::config::Settings;
 use crate::exit::ExitCode;
 use crate::output::Ui;
-use crate::store::chunks::{self, Selection};
+use crate::store::chunks::{self, Selection, Subset};
 use crate::store::BackupDir;
 use crate::verify::{self, Severity};
 
@@ -25,8 +25,12 @@ pub fn run(args: &ValidateArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode
             .warning_after(validation.version_warning_threshold);
     crate::format::layout::refuse_unfinished(&args.path)?;
     if let Some(subset) = args.read_data_subset {
-        options.chunks =
-            verify::ChunkTally::reading(Selection::new(subset, chunk_bytes(&args.path)));
+        // Only a size needs the total it is a share of (a pass over the indexes).
+        let total = match subset {
+            Subset::Size(_) => chunk_bytes(&args.path),
+            _ => 0,
+        };
+        options.chunks = verify::ChunkTally::reading(Selection::new(subset, total));
     }
     let progress = ui.progress();
     let report = verify::audit(&args.path, &options, &progress)?;
