@@ -73,6 +73,7 @@ pub fn export(
         )?;
         moved.insert(entry.path.clone(), rel);
         manifest.files.push(copied);
+        crate::failpoint::hit("export:file-copied")?;
     }
     rename_references(&mut manifest, &moved);
     staging.write_manifest(&manifest)?;

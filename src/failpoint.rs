@@ -1,5 +1,5 @@
-//! Failpoints for the fault-injection tests: named places at the phase boundaries of `create`
-//! and `restore` where a test makes wqm die, fail or wait. Compiled into debug builds only
+//! Failpoints for the fault-injection tests: named places at the phase boundaries of `create`,
+//! `restore`, `export` and `prune` where a test makes wqm die, fail or wait. Compiled into debug builds only
 //! (what `cargo test` runs); in a release build `hit` does nothing.
 //!
 //! `WQM_FAILPOINTS="create:snapshot-made=kill;restore:uploaded=error"`, actions:

@@ -298,6 +298,7 @@ registry!(
     crate::qdrant::cluster::ClusterError,
     crate::workdir::WorkDirError,
     crate::store::chunks::ChunkError,
+    crate::store::lock::RepoLockError,
     crate::store::Damaged,
     crate::verify::AuditError,
     crate::backup::DatabaseCopyError,
@@ -392,6 +393,27 @@ mod classify_tests {
             (
                 code_of(chunks::ChunkError::Interrupted { path: path.clone() }),
                 ExitCode::Interrupted,
+            ),
+            (
+                code_of(crate::store::lock::RepoLockError::Locked {
+                    path: path.clone(),
+                    holder: "h".into(),
+                }),
+                ExitCode::Failure,
+            ),
+            (
+                code_of(crate::store::lock::RepoLockError::Interrupted { path: path.clone() }),
+                ExitCode::Interrupted,
+            ),
+            (
+                code_of(crate::store::lock::RepoLockError::Lock {
+                    path: path.clone(),
+                    source: backend::lock::LockError::Backend(backend::BackendError::NotFound {
+                        name: "n".into(),
+                        repository: "r".into(),
+                    }),
+                }),
+                ExitCode::InvalidBackup,
             ),
             (
                 code_of(verify::AuditError::StoreBusy(chunks::ChunkError::Locked {
@@ -523,18 +545,20 @@ mod classify_tests {
         }
     }
 
-    /// The hint travels with the code: a busy store says what holds it.
+    /// The hint travels with the code: a locked directory says how a dead run's lock goes.
     #[test]
-    fn a_locked_chunk_store_says_what_holds_it() {
-        let error = anyhow::Error::new(crate::store::chunks::ChunkError::Locked {
-            path: PathBuf::from("/b/.wqm-chunks"),
+    fn a_locked_backups_directory_says_how_a_dead_runs_lock_goes() {
+        let error = anyhow::Error::new(crate::store::lock::RepoLockError::Locked {
+            path: PathBuf::from("/b"),
+            holder: "`wqm backup prune` (pid 1 on `h`, since now) holds an exclusive lock".into(),
         })
         .context("cannot make the backup incremental");
         let (code, hint) = classify(&error);
         assert_eq!(code, ExitCode::Failure);
-        assert_eq!(
-            hint.as_deref(),
-            Some("a `wqm backup prune` is collecting chunks there; run again when it is done")
+        assert!(
+            hint.as_deref()
+                .is_some_and(|h| h.contains("`wqm backup cleanup DIR` removes it")),
+            "{hint:?}"
         );
     }
 }

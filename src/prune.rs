@@ -14,8 +14,10 @@ use std::path::{Path, PathBuf};
 use chrono::Local;
 use serde::Serialize;
 
+use crate::backend::lock::LockError;
 use crate::format::layout;
 use crate::store::chunks::{self, ChunkId, ChunkStore, Collected};
+use crate::store::lock::RepoLock;
 use crate::store::{self, Seen};
 use crate::verify;
 
@@ -107,7 +109,7 @@ pub struct Outcome {
 #[serde(rename_all = "snake_case")]
 pub enum Garbage {
     Collected(Collected),
-    /// Another run (a create, a restore, a validate) holds the store: nothing was deleted.
+    /// A wqm older than lock objects is using the store: nothing was deleted.
     Busy,
     /// Something might need chunks nobody can name: nothing was deleted.
     Refused(String),
@@ -149,6 +151,13 @@ pub fn survey(dir: &Path) -> std::io::Result<(Vec<Candidate>, Vec<Skipped>)> {
 /// Applies `policies` to the backups in `dir`, as of `now` (seconds since the epoch, local
 /// time for the calendar); with `dry_run` nothing is deleted.
 pub fn prune(dir: &Path, policies: &Policies, now: f64, dry_run: bool) -> anyhow::Result<Outcome> {
+    // Held for the whole run, before the survey: no create or reader runs while backups and
+    // chunks are deleted (a create replacing a backup, a restore between two of its files), and
+    // none begins until prune is done. A dry run deletes nothing and only reads.
+    let lock = match dry_run {
+        false => RepoLock::exclusive(dir, "backup prune")?,
+        true => RepoLock::shared(dir, "backup prune --dry-run")?,
+    };
     let (candidates, skipped) = survey(dir)?;
     let mut reasons = vec![Vec::new(); candidates.len()];
     for (safety, policy) in [(false, &policies.backups), (true, &policies.safety)] {
@@ -183,6 +192,7 @@ pub fn prune(dir: &Path, policies: &Policies, now: f64, dry_run: bool) -> anyhow
         }
         if !dry_run {
             crate::progress::check_interrupted()?;
+            lock.check()?;
             if !remove(&candidate.path)? {
                 outcome.skipped.push(Skipped {
                     name: candidate.name.clone(),
@@ -201,33 +211,40 @@ pub fn prune(dir: &Path, policies: &Policies, now: f64, dry_run: bool) -> anyhow
         remove_leftovers(dir);
     }
     let removed: BTreeSet<&str> = outcome.removed.iter().map(|r| r.name.as_str()).collect();
-    outcome.chunks = collect_chunks(dir, &removed, dry_run);
+    outcome.chunks = collect_chunks(dir, &removed, dry_run, &lock)?;
     Ok(outcome)
 }
 
 /// Deletes the chunks no remaining backup references (with `dry_run`, counts those that would
-/// go once the `removed` backups are gone). Holds the store exclusively, so no create or reader
-/// runs meanwhile, and reads every remaining backup's indexes under that lock: a chunk is only
-/// deleted when nothing that exists can reference it.
-fn collect_chunks(dir: &Path, removed: &BTreeSet<&str>, dry_run: bool) -> Option<Garbage> {
+/// go once the `removed` backups are gone). With the directory locked exclusively, so no create
+/// or reader runs meanwhile, it reads every remaining backup's indexes: a chunk is only deleted
+/// when nothing that exists can reference it. A lost lock (another run may have begun) stops
+/// the run before anything is deleted.
+fn collect_chunks(
+    dir: &Path,
+    removed: &BTreeSet<&str>,
+    dry_run: bool,
+    lock: &RepoLock,
+) -> Result<Option<Garbage>, LockError> {
     if !ChunkStore::exists_in(dir) {
-        return None;
+        return Ok(None);
     }
     let store = match ChunkStore::try_exclusive(dir) {
         Ok(Some(store)) => store,
-        Ok(None) => return Some(Garbage::Busy),
-        Err(e) => return Some(Garbage::Refused(e.to_string())),
+        Ok(None) => return Ok(Some(Garbage::Busy)),
+        Err(e) => return Ok(Some(Garbage::Refused(e.to_string()))),
     };
     let referenced = match referenced_chunks(dir, removed) {
         Ok(referenced) => referenced,
-        Err(reason) => return Some(Garbage::Refused(reason)),
+        Err(reason) => return Ok(Some(Garbage::Refused(reason))),
     };
-    Some(
+    lock.check()?;
+    Ok(Some(
         match chunks::collect_garbage(&store, &referenced, dry_run) {
             Ok(collected) => Garbage::Collected(collected),
             Err(e) => Garbage::Refused(format!("stopped part-way: {e}")),
         },
-    )
+    ))
 }
 
 /// Every chunk the backups of `dir` (but `removed`) reference; an error when a backup's

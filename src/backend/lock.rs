@@ -1,6 +1,6 @@
 //! Lock objects in a repository (as restic's): every run that reads or writes holds one for its
 //! whole life — shared for create, restore, export, validate and copy, exclusive for prune's
-//! garbage collection. A lock is `locks/<random id>`, JSON `{host, pid, time, exclusive, ...}`,
+//! garbage collection. A lock is `.wqm-locks/<random id>`, JSON `{host, pid, time, exclusive, ...}`,
 //! rewritten with a new `time` every `Timing::refresh_every` (5 minutes) by a task of its own.
 //!
 //! Acquiring writes the run's own lock object first (`save_new`), then lists every lock: if one
@@ -20,8 +20,9 @@ use serde::{Deserialize, Serialize};
 use super::{Backend, BackendError, Name};
 use crate::exit::{Classify, ExitCode};
 
-/// Where lock objects live in a repository.
-pub const LOCKS: &str = "locks/";
+/// Where lock objects live in a repository: hidden, so that no backup can be named so and
+/// `list` never shows it.
+pub const LOCKS: &str = ".wqm-locks/";
 
 /// How often a held lock is refreshed, and when a lock counts as abandoned.
 #[derive(Clone, Copy, Debug)]

@@ -27,6 +27,7 @@ use crate::format::manifest::{Collections, Manifest};
 use crate::progress::{self, Progress};
 use crate::qdrant::Client;
 use crate::store::chunks::{self, Added};
+use crate::store::lock::RepoLock;
 use crate::store::Staging;
 use crate::transfer::{Lanes, Phase, Phases};
 use crate::verify::verify_staged;
@@ -124,14 +125,20 @@ pub async fn create(
     let survey = survey(client, settings, request, progress).await?;
     phases.end("survey");
 
-    // Runs that died here left snapshots on the server and staging directories: clean them first.
+    // Held until the backup is in place, before its staging directory exists: no prune deletes
+    // or collects meanwhile, so the chunks of a backup a `--force` replaces stay until the new
+    // one is committed, and every chunk this run reuses stays.
     let backups_dir = crate::fs::parent_dir(&request.target);
+    crate::fs::create_private_dir_all(backups_dir)
+        .map_err(layout::LayoutError::io("cannot create", backups_dir))?;
+    let repo_lock = RepoLock::shared(backups_dir, "backup create")?;
+    // Runs that died here left snapshots on the server and staging directories: clean them first.
     let cleaned = cleanup::dead_runs(&[backups_dir], settings).await;
     phases.end("cleanup");
     let mut staging = Staging::begin(&request.target, request.replace)?;
     if request.incremental {
-        // Blocking work (it may wait up to 10 minutes for a garbage collection's lock) runs
-        // off the async workers, as the other blocking steps below do.
+        // Blocking work (it may wait for an older wqm using the store) runs off the async
+        // workers, as the other blocking steps below do.
         tokio::task::block_in_place(|| staging.use_chunk_store(chunks::DEFAULT_AVERAGE))?;
     }
     progress.step(&format!("staging in {}", staging.dir().display()));
@@ -173,6 +180,9 @@ pub async fn create(
         phases.end("verify");
     }
     let chunks_added = request.incremental.then(|| staging.chunks_added());
+    // A run suspended past its lock's stale time may have been overtaken by a prune: it must
+    // not put a backup in place whose chunks may be gone.
+    repo_lock.check()?;
     let path = staging.commit()?;
     phases.end("commit");
     Ok(Outcome {

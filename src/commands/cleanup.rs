@@ -3,11 +3,13 @@
 use anyhow::Result;
 use serde_json::json;
 
+use crate::backend::lock::LockInfo;
 use crate::cleanup;
 use crate::cli::CleanupArgs;
 use crate::config::Settings;
 use crate::exit::ExitCode;
 use crate::output::Ui;
+use crate::store::lock as repo_lock;
 
 pub async fn run(args: &CleanupArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
     let mut dirs = Vec::new();
@@ -22,11 +24,23 @@ pub async fn run(args: &CleanupArgs, settings: &Settings, ui: &Ui) -> Result<Exi
     dirs.push(settings.data_dir.as_path());
     let cleaned = cleanup::dead_runs(&dirs, settings).await;
     let unfinished = cleaned.iter().filter(|c| !c.complete).count();
+    // The backups directory's locks that protect nothing any more (the data directory has none).
+    let stale_locks = match args
+        .directory
+        .as_ref()
+        .or(settings.backup.default_backup_directory.as_ref())
+    {
+        Some(dir) => repo_lock::remove_stale(dir).await?,
+        None => Vec::new(),
+    };
     if ui.json {
-        ui.json(&json!({ "directories": dirs, "cleaned": cleaned, "unfinished": unfinished }));
+        ui.json(&json!({ "directories": dirs, "cleaned": cleaned, "unfinished": unfinished, "stale_locks_removed": stale_locks }));
     } else {
         for run in &cleaned {
             ui.line(run.report());
+        }
+        for lock in &stale_locks {
+            ui.line(stale_line(lock));
         }
         let looked = dirs
             .iter()
@@ -44,4 +58,20 @@ pub async fn run(args: &CleanupArgs, settings: &Settings, ui: &Ui) -> Result<Exi
     } else {
         ExitCode::Success
     })
+}
+
+/// A stale lock removed: whose it was and when it was last refreshed.
+fn stale_line(lock: &LockInfo) -> String {
+    let kind = if lock.exclusive {
+        "exclusive"
+    } else {
+        "shared"
+    };
+    let refreshed = chrono::DateTime::from_timestamp(lock.time as i64, 0)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_default();
+    format!(
+        "Removed a stale {kind} lock of `wqm {}` (pid {} on `{}`, last refreshed {refreshed})",
+        lock.command, lock.pid, lock.host
+    )
 }

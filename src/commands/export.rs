@@ -7,9 +7,12 @@ use crate::cli::ExportArgs;
 use crate::config::Settings;
 use crate::exit::ExitCode;
 use crate::output::Ui;
+use crate::store::lock::RepoLock;
 
 pub fn run(args: &ExportArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
     crate::format::layout::refuse_unfinished(&args.backup)?;
+    // Held while every file is read: no prune deletes the backup or its chunks meanwhile.
+    let _lock = RepoLock::shared(crate::fs::parent_dir(&args.backup), "backup export")?;
     let progress = ui.progress();
     let outcome = crate::export::export(&args.backup, &args.dest, settings, &progress)?;
     let m = &outcome.manifest;

@@ -11,6 +11,7 @@ use crate::format::compat;
 use crate::format::manifest::Manifest;
 use crate::output::{self, Ui};
 use crate::store::chunks::{self, ChunkStore, Usage};
+use crate::store::lock::RepoLock;
 use crate::store::BackupDir;
 
 /// What `info` found out about a backup beyond its manifest.
@@ -57,6 +58,8 @@ fn chunk_usage(backup: &BackupDir) -> Result<Option<Usage>> {
     if backup.manifest.compression != Some(Stored::Chunked) {
         return Ok(None);
     }
+    // Held while the indexes are read: no prune deletes them or their chunks meanwhile.
+    let _lock = RepoLock::shared(backup.backups_dir(), "backup info")?;
     ChunkStore::check_in(backup.backups_dir())?;
     let usage = chunks::usage(backup).with_context(|| {
         format!(

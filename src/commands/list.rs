@@ -12,6 +12,7 @@ use crate::exit::ExitCode;
 use crate::format::compat::{self, Version};
 use crate::output::{self, Ui};
 use crate::progress::Progress;
+use crate::store::lock::RepoLock;
 use crate::store::{self, BackupDir, Scan, Seen};
 use crate::verify;
 
@@ -59,6 +60,11 @@ struct Found<'a> {
 pub fn run(args: &ListArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
     let dir = &args.directory;
     super::backups_dir(dir)?;
+    // Reading every backup's chunks (`--check`) is a reader's run: no prune meanwhile.
+    let _lock = match args.check {
+        true => Some(RepoLock::shared(dir, "backup list --check")?),
+        false => None,
+    };
     let scan =
         store::scan(dir).with_context(|| format!("cannot read directory `{}`", dir.display()))?;
     warn_unreadable(&scan, ui);

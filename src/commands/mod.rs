@@ -30,6 +30,8 @@ pub fn dispatch(cli: Cli, ui: &Ui, runtime: &tokio::runtime::Runtime) -> Result<
         Command::Backup(command) => command,
     };
     let settings = Settings::load(&Env::from_process(), &overrides)?;
+    // Every command may lock its backups directory, whose lock a task refreshes.
+    let _runtime = runtime.enter();
     let default_dir = settings.backup.default_backup_directory.as_deref();
     for path in command.paths().into_iter().chain(default_dir) {
         local_only(path)?;

@@ -124,7 +124,7 @@ fn garbage_line(garbage: &Garbage, dry_run: bool) -> String {
                 )
             }
         ),
-        Garbage::Busy => "Chunk store: in use by another wqm run (a create, restore or validate); no chunk deleted, the next prune collects them".to_string(),
+        Garbage::Busy => "Chunk store: in use by a wqm older than lock objects; no chunk deleted, the next prune collects them".to_string(),
         Garbage::Refused(reason) => format!("chunk store: no chunk deleted: {reason}"),
     }
 }

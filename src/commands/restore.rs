@@ -11,6 +11,7 @@ use crate::exit::{ExitCode, Failure};
 use crate::output::{self, Ui};
 use crate::qdrant::Client;
 use crate::restore::{self, AliasAction, CollectionAction, DatabaseAction, Plan, Request};
+use crate::store::lock::RepoLock;
 
 pub async fn run(args: &RestoreArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
     let request = Request {
@@ -20,6 +21,9 @@ pub async fn run(args: &RestoreArgs, settings: &Settings, ui: &Ui) -> Result<Exi
         with_config: args.with_config,
     };
     let client = Client::from_settings(settings)?;
+    // Held from the plan (which reads and checks the backup) to the end of the restore: no
+    // prune deletes the backup or its chunks between two of its files.
+    let _lock = RepoLock::shared(crate::fs::parent_dir(&args.path), "backup restore")?;
     let progress = ui.progress();
     let planning = std::time::Instant::now();
     let plan = restore::plan(&client, settings, &request, &progress).await?;

@@ -9,6 +9,7 @@ use crate::config::Settings;
 use crate::exit::ExitCode;
 use crate::output::Ui;
 use crate::store::chunks::{self, Selection, Subset};
+use crate::store::lock::RepoLock;
 use crate::store::BackupDir;
 use crate::verify::{self, Severity};
 
@@ -24,6 +25,8 @@ pub fn run(args: &ValidateArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode
         verify::Options::new(depth, crate::format::compat::Policy::new(validation, false))
             .warning_after(validation.version_warning_threshold);
     crate::format::layout::refuse_unfinished(&args.path)?;
+    // Held while every file is read: no prune deletes the backup or its chunks meanwhile.
+    let _lock = RepoLock::shared(crate::fs::parent_dir(&args.path), "backup validate")?;
     if let Some(subset) = args.read_data_subset {
         // Only a size needs the total it is a share of (a pass over the indexes).
         let total = match subset {

@@ -191,10 +191,25 @@ impl Dir {
         }
     }
 
+    /// The regular file `name` in this one, not through a link, opened for writing so that it
+    /// can be locked anywhere: NFS emulates `flock` with byte-range locks, which a read-only
+    /// descriptor cannot take.
+    pub fn open_for_lock(&self, name: &str) -> io::Result<File> {
+        let writable = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+        let file = File::from(
+            rustix::fs::openat(&self.0, name, writable, Mode::empty())
+                .map_err(|e| self.refused(name, e))?,
+        );
+        if !file.metadata()?.is_file() {
+            return Err(Refused::NotAFile(name.to_string()).into_io());
+        }
+        Ok(file)
+    }
+
     /// Takes the exclusive lock of the regular file `name` here without waiting: `None` when
     /// another process holds it. The lock lasts as long as the returned file.
     pub fn try_lock(&self, name: &str) -> io::Result<Option<File>> {
-        let file = self.open_file(name)?;
+        let file = self.open_for_lock(name)?;
         match file.try_lock() {
             Ok(()) => Ok(Some(file)),
             Err(std::fs::TryLockError::WouldBlock) => Ok(None),

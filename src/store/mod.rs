@@ -17,6 +17,7 @@ use crate::format::names::EntryPath;
 
 pub(crate) mod at;
 pub mod chunks;
+pub mod lock;
 mod staging;
 use chunks::{ChunkReader, ChunkStore};
 pub use staging::{FileSink, Staging};
@@ -458,6 +459,12 @@ impl Scan {
     }
 }
 
+/// Whether `name` in a backups directory is one of wqm's own parts of it, never a backup.
+fn is_repository_part(name: &str) -> bool {
+    let locks = crate::backend::lock::LOCKS.trim_end_matches('/');
+    [chunks::STORE_DIR, locks, crate::backend::RESERVED].contains(&name)
+}
+
 /// The one scanner of a backups directory (`list`, `prune`). One rule for what is a backup:
 /// a directory (never a symlink: none is followed) that is not hidden (staging and working
 /// directories are) and not being written, whose manifest reads. Plain files are left out.
@@ -470,8 +477,9 @@ pub fn scan(dir: &Path) -> io::Result<Scan> {
         let path = entry.path();
         let kind = entry.file_type()?;
         let seen = if layout::is_hidden(&name) {
-            // The chunk store holds the incremental backups' data; it is no backup itself.
-            if !kind.is_dir() || name == chunks::STORE_DIR {
+            // The chunk store holds the incremental backups' data, the others the runs' locks
+            // and the local backend's temporary files: none is a backup.
+            if !kind.is_dir() || is_repository_part(&name) {
                 continue;
             }
             Seen::Other("hidden (a backup being written, or not wqm's)".to_string())
@@ -521,6 +529,10 @@ mod tests {
         fs::create_dir_all(r.join("incomplete/metadata")).unwrap();
         fs::create_dir_all(r.join("not-a-backup/stuff")).unwrap();
         fs::create_dir_all(r.join(".hidden/metadata")).unwrap();
+        // wqm's own parts of the directory are not listed at all.
+        for part in [".wqm-chunks", ".wqm-locks", ".wqm-backend"] {
+            fs::create_dir_all(r.join(part).join("metadata")).unwrap();
+        }
         fs::write(r.join("file.txt"), "x").unwrap();
         symlink(r.join("good"), r.join("link")).unwrap();
         let found = scan(r).unwrap();

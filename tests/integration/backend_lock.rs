@@ -39,7 +39,7 @@ async fn planted(
         command: "backup prune".into(),
         version: "0.3.0".into(),
     };
-    let object = format!("locks/{}", backend::random_id());
+    let object = format!("{}{}", lock::LOCKS, backend::random_id());
     backend
         .save_new(&name(&object), serde_json::to_vec(&info).unwrap().into())
         .await

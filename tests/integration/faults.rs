@@ -19,7 +19,7 @@ fn ls_a(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n != "home")
+        .filter(|n| n != "home" && n != ".wqm-locks" && n != ".wqm-backend")
         .collect();
     names.sort();
     names
@@ -616,7 +616,12 @@ fn a_backups_directory_holds_only_backups() {
         .args("backup prune {TMP} --keep-last 1")
         .stdout_with(|o| assert!(o.starts_with("Pruned "), "{o}"))
         .run();
+    // Beside the backups only the runs' locks, none left once they ended, and the place their
+    // lock objects are written before they are renamed, empty.
     assert_eq!(ls_a(tmp.path()), ["b2"]);
+    assert!(tmp.path().join(".wqm-locks").is_dir());
+    assert!(ls_a(&tmp.path().join(".wqm-locks")).is_empty());
+    assert!(ls_a(&tmp.path().join(".wqm-backend/tmp")).is_empty());
 }
 
 #[test]

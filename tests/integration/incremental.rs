@@ -4,7 +4,6 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tempfile::TempDir;
@@ -385,52 +384,6 @@ fn a_prune_killed_while_collecting_leaves_the_kept_backups_valid() {
         .args("backup prune {TMP}/backups --keep-last 1")
         .stdout_with(|o| assert!(o.contains("Chunk store: deleted "), "{o}"))
         .run();
-    validate(tmp, "backups/n2");
-}
-
-#[test]
-fn a_running_create_holds_the_store_against_garbage_collection() {
-    let double = Double::start();
-    let tmp = two_nights(&double);
-    let backups = tmp.path().join("backups");
-    // n3 shares n1's chunks of `small-named` and waits before writing its manifest.
-    let mut create = test::wqm_command(
-        tmp.path(),
-        &[
-            "backup",
-            "create",
-            backups.join("n3").to_str().unwrap(),
-            "--incremental",
-        ],
-    );
-    create
-        .env("QDRANT_URL", &double.url)
-        .env("WQM_DATA_DIR", tmp.path().join("data"))
-        .env("WQM_FAILPOINT_DIR", tmp.path())
-        .env("WQM_FAILPOINTS", "create:manifest=wait");
-    let child = create.spawn().unwrap();
-    let marker = tmp.path().join("create-manifest");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !marker.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the create never reached its manifest"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let (_, tmp) = Test::in_dir(tmp)
-        .args("backup prune {TMP}/backups --keep-last 1")
-        .stdout_with(|o| {
-            assert!(
-                o.contains("Chunk store: in use by another wqm run (a create, restore or validate); no chunk deleted"),
-                "{o}"
-            )
-        })
-        .run();
-    assert!(!backups.join("n1").exists(), "n1 itself was pruned");
-    fs::remove_file(&marker).unwrap();
-    assert!(child.wait_with_output().unwrap().status.success());
-    let tmp = validate(tmp, "backups/n3");
     validate(tmp, "backups/n2");
 }
 

@@ -8,10 +8,10 @@
 //!   in `chunks/` therefore always holds its whole content. A chunk already there is not
 //!   compressed or written again, but read once per run and compared with the new data: a
 //!   damaged one is moved to `quarantine/` and stored again (`write.rs`).
-//! - Chunks are only deleted by garbage collection (`collect_garbage`), which holds the store's
-//!   lock exclusively; every `create` holds it shared for its whole run (and readers while they
-//!   read), so no chunk a run relies on can go while it runs. Nothing in the store is reached
-//!   through a link (`at.rs`).
+//! - Chunks are only deleted by garbage collection (`collect_garbage`), which runs in `prune`
+//!   with the backups directory locked exclusively (`store::lock`); every create and reader
+//!   holds that lock shared for its whole run, so no chunk a run relies on can go while it
+//!   runs. Nothing in the store is reached through a link (`at.rs`).
 //! - Every chunk read is checked against its name, and a file's content against the manifest's
 //!   sha256, so damage anywhere is found, never restored.
 
@@ -31,6 +31,8 @@ use crate::store::at;
 /// The chunk store's directory in a backups directory.
 pub const STORE_DIR: &str = ".wqm-chunks";
 const PARAMS_FILE: &str = "store.json";
+/// The `flock` file of stores made before lock objects (`legacy_lock`), and of each run's
+/// temporary directory (`runs.rs`).
 const LOCK_FILE: &str = "lock";
 const CHUNKS_DIR: &str = "chunks";
 const TMP_DIR: &str = "tmp";
@@ -41,9 +43,12 @@ const FORMAT: u32 = 1;
 /// A store needing features raises its format to this, so that a wqm from before features
 /// (which reads format 1 only) refuses it too.
 const FEATURES_FORMAT: u32 = 2;
-/// Features a store may require that this wqm implements: none yet. A future one (pack files,
-/// another hash) is listed in the store's `required_features` and refused by this wqm.
-const KNOWN_REQUIRED: [&str; 0] = [];
+/// The store is guarded by the lock objects of its backups directory (`store::lock`), not by
+/// `flock` on its `lock` file: a wqm that only knows the `flock` must not use it.
+const LOCK_OBJECTS: &str = "lock-objects";
+/// Features a store may require that this wqm implements. A future one (pack files, another
+/// hash) is listed in the store's `required_features` and refused by this wqm.
+const KNOWN_REQUIRED: [&str; 1] = [LOCK_OBJECTS];
 
 /// The average chunk size (min = avg/4, max = avg×4), chosen by measurement on real Qdrant
 /// snapshots (docs/performance.md): smaller chunks share more between nights, larger ones cost
@@ -51,8 +56,7 @@ const KNOWN_REQUIRED: [&str; 0] = [];
 pub const DEFAULT_AVERAGE: usize = 64 * 1024;
 /// The largest chunk a store may cut and an index may name: the default store's maximum.
 pub const LARGEST_CHUNK: usize = DEFAULT_AVERAGE * 4;
-/// How long a run waits for a garbage collection holding the store to finish.
-const LOCK_WAIT: Duration = Duration::from_secs(600);
+use crate::store::lock::LOCK_WAIT;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChunkError {
@@ -67,7 +71,7 @@ pub enum ChunkError {
         path: PathBuf,
         features: Vec<String>,
     },
-    #[error("the chunk store `{}` stayed locked by a garbage collection for {} s", path.display(), LOCK_WAIT.as_secs())]
+    #[error("the chunk store `{}` stayed locked by a garbage collection of an older wqm for {} s", path.display(), LOCK_WAIT.as_secs())]
     Locked { path: PathBuf },
     #[error("interrupted while waiting for the chunk store `{}`", path.display())]
     Interrupted { path: PathBuf },
@@ -76,8 +80,8 @@ pub enum ChunkError {
 }
 
 impl ChunkError {
-    /// The store could not be held (a garbage collection has it, or the wait was interrupted):
-    /// nothing is known about the backups in it.
+    /// The store could not be held (an older wqm collects garbage in it, or the wait was
+    /// interrupted): nothing is known about the backups in it.
     pub fn is_busy(&self) -> bool {
         matches!(
             self,
@@ -104,7 +108,7 @@ impl Classify for ChunkError {
             ChunkError::NotAStore { .. } => "move that directory away; the next incremental backup makes a new store".to_string(),
             ChunkError::Link { .. } => "put the directory the link points to in its place (`mv`), or remove the link; wqm reads and deletes nothing through it".to_string(),
             ChunkError::NewerStore { .. } => "the store was written by a newer wqm; upgrade wqm to use it".to_string(),
-            ChunkError::Locked { .. } => "a `wqm backup prune` is collecting chunks there; run again when it is done".to_string(),
+            ChunkError::Locked { .. } => "a `wqm backup prune` of a wqm older than lock objects is collecting chunks there; run again when it is done".to_string(),
             ChunkError::Io { source, .. } if source.kind() == io::ErrorKind::StorageFull => crate::exit::DISK_FULL_HINT.to_string(),
             ChunkError::Io { .. } | ChunkError::Interrupted { .. } => return None,
         })
@@ -181,16 +185,17 @@ pub struct Params {
 }
 
 impl Params {
+    /// A new store's: it needs lock objects (`LOCK_OBJECTS`), so format 2.
     pub fn with_average(avg_size: usize) -> Self {
         Params {
-            format: FORMAT,
+            format: FEATURES_FORMAT,
             chunker: "fastcdc-2020".to_string(),
             min_size: avg_size / 4,
             avg_size,
             max_size: avg_size * 4,
             hash: "sha256".to_string(),
             compression: "zstd".to_string(),
-            required_features: Vec::new(),
+            required_features: vec![LOCK_OBJECTS.to_string()],
             optional_features: Vec::new(),
         }
     }
@@ -243,13 +248,15 @@ impl Params {
     }
 }
 
-/// An open chunk store, with its lock held (shared by creates and readers, exclusive by the
-/// garbage collection) until it is dropped.
+/// An open chunk store. Whoever opens one holds its backups directory's lock (`store::lock`):
+/// shared to write or read chunks, exclusive to collect garbage.
 #[derive(Debug)]
 pub struct ChunkStore {
     root: PathBuf,
     params: Params,
-    _lock: File,
+    /// The `flock` of a store made before lock objects, held while the store is open
+    /// (`legacy_lock`).
+    _legacy_lock: Option<File>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -270,7 +277,7 @@ impl ChunkStore {
     }
 
     /// Opens the store of `dir` for a create, making it (with `avg_size` chunks) when there is
-    /// none. Waits while a garbage collection holds it.
+    /// none. Waits while an older wqm collects garbage in a store made before lock objects.
     pub fn open_for_writing(dir: &Path, avg_size: usize) -> Result<Arc<Self>, ChunkError> {
         // Only where nothing is: a link or a file there is refused by `open`, not replaced.
         if std::fs::symlink_metadata(Self::path_in(dir)).is_err() {
@@ -279,13 +286,14 @@ impl ChunkStore {
         Self::open(dir, Access::Shared).map(Arc::new)
     }
 
-    /// Opens the store of `dir` to read chunks. Waits while a garbage collection holds it.
+    /// Opens the store of `dir` to read chunks. Waits while an older wqm collects garbage in a
+    /// store made before lock objects.
     pub fn open_for_reading(dir: &Path) -> Result<Arc<Self>, ChunkError> {
         Self::open(dir, Access::Shared).map(Arc::new)
     }
 
-    /// The store of `dir` for garbage collection, when nothing else uses it; `None` when a
-    /// create or a reader holds it.
+    /// The store of `dir` for garbage collection (its directory locked exclusively); `None`
+    /// when an older wqm is using a store made before lock objects.
     pub fn try_exclusive(dir: &Path) -> Result<Option<Self>, ChunkError> {
         match Self::open(dir, Access::Exclusive) {
             Ok(store) => Ok(Some(store)),
@@ -294,8 +302,8 @@ impl ChunkStore {
         }
     }
 
-    /// Checks the store of `dir` as opening it would, without taking its lock: it is there,
-    /// no part of it is a link, and this wqm can read it.
+    /// Checks the store of `dir` as opening it would, without taking any lock: it is there, no
+    /// part of it is a link, and this wqm can read it.
     pub fn check_in(dir: &Path) -> Result<Params, ChunkError> {
         Ok(Self::inspect(dir)?.1)
     }
@@ -362,14 +370,16 @@ impl ChunkStore {
     }
 
     fn open(dir: &Path, access: Access) -> Result<Self, ChunkError> {
-        let (store, params) = Self::inspect(dir)?;
+        let (store, mut params) = Self::inspect(dir)?;
         let root = Self::path_in(dir);
-        let lock_file = store.open_file(LOCK_FILE).map_err(io_error(&root))?;
-        let lock = lock(lock_file, &root, access)?;
+        let legacy_lock = match params.required_features.iter().any(|f| f == LOCK_OBJECTS) {
+            true => None,
+            false => legacy_lock(&store, &root, &mut params, access)?,
+        };
         Ok(ChunkStore {
             root,
             params,
-            _lock: lock,
+            _legacy_lock: legacy_lock,
         })
     }
 
@@ -467,8 +477,41 @@ impl fmt::Display for ChunkProblem {
     }
 }
 
-/// Takes the store's lock on `file`; a shared one waits (Ctrl-C stops the wait) while a
-/// garbage collection holds it exclusively.
+/// A store made before lock objects (without `LOCK_OBJECTS`) may be used by an older wqm, which
+/// guards it with `flock` on its `lock` file only and does not see lock objects. So this wqm
+/// takes that `flock` too, as the older one did (shared to write or read chunks, waiting while a
+/// garbage collection holds it; exclusive to collect garbage, `Locked` at once otherwise), but
+/// on a descriptor opened for writing: NFS emulates `flock` with byte-range locks, which a
+/// read-only descriptor cannot take. Once a garbage collection holds it exclusively (no older
+/// run is using the store) it adds `LOCK_OBJECTS` to the store's `required_features`: from then
+/// on an older wqm refuses the store, and no run takes the `flock` again. A store without a
+/// `lock` file, or on a read-only file system, needs none: no older wqm can open or change it.
+fn legacy_lock(
+    store: &at::Dir,
+    root: &Path,
+    params: &mut Params,
+    access: Access,
+) -> Result<Option<File>, ChunkError> {
+    let file = match store.open_for_lock(LOCK_FILE) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::EROFS) => return Ok(None),
+        other => other.map_err(io_error(&root.join(LOCK_FILE)))?,
+    };
+    let file = lock(file, root, access)?;
+    if access == Access::Exclusive {
+        params.required_features.push(LOCK_OBJECTS.to_string());
+        params.format = FEATURES_FORMAT;
+        let text = serde_json::to_string_pretty(params).map_err(io::Error::other);
+        text.and_then(|text| crate::fs::write_atomic(&root.join(PARAMS_FILE), text.as_bytes()))
+            .map_err(io_error(root))?;
+    }
+    // Held while the store is open: an older run that read `store.json` before it changed may
+    // be waiting for it.
+    Ok(Some(file))
+}
+
+/// Takes the `flock` of a store made before lock objects on `file`; a shared one waits (Ctrl-C
+/// stops the wait) while an older garbage collection holds it exclusively.
 fn lock(file: File, root: &Path, access: Access) -> Result<File, ChunkError> {
     let started = Instant::now();
     loop {

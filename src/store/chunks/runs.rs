@@ -32,7 +32,6 @@ pub(super) fn make_store(dir: &Path, params: &Params) -> Result<(), ChunkError> 
     let made = (|| {
         create_private_dir_all(&temp.join(CHUNKS_DIR))?;
         create_private_dir_all(&temp.join(TMP_DIR))?;
-        create_private_file(&temp.join(LOCK_FILE))?;
         let text = serde_json::to_string_pretty(params).map_err(io::Error::other)?;
         crate::fs::write_atomic(&temp.join(PARAMS_FILE), text.as_bytes())?;
         crate::failpoint::hit("create:store-made")?;

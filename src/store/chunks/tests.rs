@@ -183,10 +183,7 @@ fn a_collection_keeps_referenced_chunks_only() {
     let (index, added) = write_once(&store, &content(100_000, 3));
     let mut lines = IndexReader::new(&index[..]).unwrap();
     let kept = lines.next_line().unwrap().unwrap().id;
-    assert!(
-        ChunkStore::try_exclusive(dir.path()).unwrap().is_none(),
-        "a writer holds the store"
-    );
+    // (Writers and the collection exclude each other by the directory's lock, `store::lock`.)
     drop(store);
     let exclusive = ChunkStore::try_exclusive(dir.path()).unwrap().unwrap();
     let referenced = HashSet::from([kept]);
@@ -255,8 +252,23 @@ fn store_json_evolves_by_features() {
     let dir = tempfile::tempdir().unwrap();
     let store_dir = dir.path().join(STORE_DIR);
     ChunkStore::open_for_writing(dir.path(), DEFAULT_AVERAGE).unwrap();
-    // What this wqm writes is today's format, unchanged.
+    // What this wqm writes: format 2, needing lock objects (a wqm that only knows the store's
+    // `flock` refuses it).
     let written = fs::read_to_string(store_dir.join(PARAMS_FILE)).unwrap();
+    let made = r#"{
+  "format": 2,
+  "chunker": "fastcdc-2020",
+  "min_size": 16384,
+  "avg_size": 65536,
+  "max_size": 262144,
+  "hash": "sha256",
+  "compression": "zstd",
+  "required_features": [
+    "lock-objects"
+  ]
+}"#;
+    assert_eq!(written, made);
+    // A store made before lock objects (format 1, no feature) still reads.
     let today = r#"{
   "format": 1,
   "chunker": "fastcdc-2020",
@@ -266,7 +278,6 @@ fn store_json_evolves_by_features() {
   "hash": "sha256",
   "compression": "zstd"
 }"#;
-    assert_eq!(written, today);
     let with = |extra: &str, format: u32| {
         let text = today
             .replace("\"format\": 1", &format!("\"format\": {format}"))
