@@ -52,6 +52,8 @@ pub fn export(
     manifest.compression = Some(compression);
     manifest.checksum_algorithm = Some(algorithm);
     manifest.files.clear();
+    // A full copy names no chunk.
+    manifest.chunk_refs = None;
     let mut moved = BTreeMap::new();
     for entry in &backup.manifest.files {
         progress::check_interrupted()?;

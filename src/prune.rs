@@ -7,7 +7,7 @@
 //! staging directories, held locks), never anything reached through a symlink. A deletion renames
 //! the backup to a hidden name first, so `list` never sees a half-deleted backup.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::backend::lock::LockError;
 use crate::format::layout;
-use crate::store::chunks::{self, ChunkId, ChunkStore, Collected};
+use crate::store::chunks::{self, ChunkStore, Collected, Refs};
 use crate::store::lock::RepoLock;
 use crate::store::{self, Seen};
 use crate::verify;
@@ -216,8 +216,10 @@ pub fn prune(dir: &Path, policies: &Policies, now: f64, dry_run: bool) -> anyhow
 }
 
 /// Deletes the chunks no remaining backup references (with `dry_run`, counts those that would
-/// go once the `removed` backups are gone). With the directory locked exclusively, so no create
-/// or reader runs meanwhile, it reads every remaining backup's indexes: a chunk is only deleted
+/// go once the `removed` backups are gone). Every remaining backup's references are read, and
+/// the store listed, before the store itself is held exclusively (an old store's `flock`; the
+/// directory's lock object, `lock`, is exclusive for the whole prune). Holding it, the backups
+/// are scanned again and those made or replaced since are read too, so a chunk is only deleted
 /// when nothing that exists can reference it. A lost lock (another run may have begun) stops
 /// the run before anything is deleted.
 fn collect_chunks(
@@ -229,47 +231,89 @@ fn collect_chunks(
     if !ChunkStore::exists_in(dir) {
         return Ok(None);
     }
+    let mut referenced = Referenced::default();
+    if let Err(reason) = referenced.read(dir, removed) {
+        return Ok(Some(Garbage::Refused(reason)));
+    }
+    let found = match chunks::find_unreferenced(dir, &referenced.refs) {
+        Ok(found) => found,
+        Err(e) => return Ok(Some(Garbage::Refused(e.to_string()))),
+    };
+    if let Err(e) = crate::failpoint::hit("prune:listed") {
+        return Ok(Some(Garbage::Refused(e.to_string())));
+    }
     let store = match ChunkStore::try_exclusive(dir) {
         Ok(Some(store)) => store,
         Ok(None) => return Ok(Some(Garbage::Busy)),
         Err(e) => return Ok(Some(Garbage::Refused(e.to_string()))),
     };
-    let referenced = match referenced_chunks(dir, removed) {
-        Ok(referenced) => referenced,
-        Err(reason) => return Ok(Some(Garbage::Refused(reason))),
-    };
+    if let Err(reason) = referenced.read(dir, removed) {
+        return Ok(Some(Garbage::Refused(reason)));
+    }
     lock.check()?;
     Ok(Some(
-        match chunks::collect_garbage(&store, &referenced, dry_run) {
+        match chunks::collect_garbage(&store, found, &referenced.refs, dry_run) {
             Ok(collected) => Garbage::Collected(collected),
             Err(e) => Garbage::Refused(format!("stopped part-way: {e}")),
         },
     ))
 }
 
-/// Every chunk the backups of `dir` (but `removed`) reference; an error when a backup's
-/// manifest or index cannot be read, since it may need any chunk.
-fn referenced_chunks(dir: &Path, removed: &BTreeSet<&str>) -> Result<HashSet<ChunkId>, String> {
-    let scan = store::scan(dir).map_err(|e| format!("cannot read `{}`: {e}", dir.display()))?;
-    let mut referenced = HashSet::new();
-    for entry in &scan.entries {
-        match &entry.seen {
-            Seen::Unreadable(reason) => {
-                return Err(format!(
+/// The chunks the backups of a directory reference, and which backups (as found: the directory
+/// and the manifest) they were read from.
+#[derive(Default)]
+struct Referenced {
+    refs: Refs,
+    read: HashMap<String, (u64, String)>,
+}
+
+impl Referenced {
+    /// Adds the references of every backup of `dir` (but `removed`) not read before as it is
+    /// now; an error when a backup's manifest or references cannot be read, since it may need
+    /// any chunk. A backup gone since it was read leaves its references: they only keep more.
+    fn read(&mut self, dir: &Path, removed: &BTreeSet<&str>) -> Result<(), String> {
+        let scan = store::scan(dir).map_err(|e| format!("cannot read `{}`: {e}", dir.display()))?;
+        for entry in &scan.entries {
+            match &entry.seen {
+                Seen::Unreadable(reason) => {
+                    return Err(format!(
                     "`{}` looks like a backup but cannot be read ({reason}); it may need chunks",
                     entry.name
                 ))
+                }
+                Seen::Backup(backup) if !removed.contains(entry.name.as_str()) => {
+                    let found = as_found(backup)
+                        .map_err(|e| format!("cannot read `{}`: {e}", entry.name))?;
+                    if self.read.get(&entry.name) == Some(&found) {
+                        continue;
+                    }
+                    let refs = chunks::backup_refs(backup).map_err(|e| {
+                        format!("cannot read the chunk indexes of `{}`: {e}", entry.name)
+                    })?;
+                    self.refs.extend(&refs);
+                    self.read.insert(entry.name.clone(), found);
+                }
+                _ => {}
             }
-            Seen::Backup(backup) if !removed.contains(entry.name.as_str()) => {
-                chunks::visit_chunks(backup, |line| {
-                    referenced.insert(line.id);
-                })
-                .map_err(|e| format!("cannot read the chunk indexes of `{}`: {e}", entry.name))?;
-            }
-            _ => {}
         }
+        Ok(())
     }
-    Ok(referenced)
+}
+
+/// A backup as found: its directory's inode (a backup replaced by `create --force` is another
+/// directory) and its manifest's xxhash64 (its time, its files and their sizes).
+fn as_found(backup: &store::BackupDir) -> std::io::Result<(u64, String)> {
+    use std::os::unix::fs::MetadataExt;
+    let inode = fs::symlink_metadata(&backup.path)?.ino();
+    let manifest = crate::checksum::digest(
+        backup.manifest.to_json().as_bytes(),
+        &[crate::checksum::Algorithm::Xxhash64],
+    );
+    let hash = manifest
+        .get(crate::checksum::Algorithm::Xxhash64)
+        .map(|c| c.value)
+        .unwrap_or_default();
+    Ok((inode, hash))
 }
 
 /// Deletes a backup: renamed to a hidden name first (atomic for `list`), then removed. False

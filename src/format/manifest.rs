@@ -193,6 +193,13 @@ pub struct SystemInfo {
     pub wqm_version: String,
 }
 
+/// `metadata/chunk-refs`: how many references it holds and the sha256 of the whole file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRefs {
+    pub count: u64,
+    pub sha256: String,
+}
+
 /// `metadata/manifest.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -251,6 +258,10 @@ pub struct Manifest {
     /// consistent either way). Absent when unknown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub daemon_running: Option<bool>,
+    /// The reference list of an incremental backup (`metadata/chunk-refs`), which garbage
+    /// collection reads instead of the indexes while it matches this record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_refs: Option<ChunkRefs>,
 
     /// Keys this version does not know; kept so a rewrite loses nothing (Python's `additional_metadata`).
     #[serde(flatten)]
@@ -285,6 +296,7 @@ impl Manifest {
             custom_metadata: None,
             config_redacted: Vec::new(),
             daemon_running: None,
+            chunk_refs: None,
             extra: Map::new(),
         }
     }

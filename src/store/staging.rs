@@ -183,7 +183,8 @@ impl Staging {
     }
 
     /// Writes the manifest (atomically); the last file of a backup. Every chunk the backup
-    /// reused is durable under its name first.
+    /// reused is durable under its name first, and so is an incremental backup's reference
+    /// list (`metadata/chunk-refs`), which the manifest records.
     pub fn write_manifest(&self, manifest: &Manifest) -> Result<(), LayoutError> {
         let path = self.dir.join(MANIFEST_PATH);
         if let Some(chunks) = &self.chunks {
@@ -191,6 +192,13 @@ impl Staging {
                 .run
                 .sync_reused()
                 .map_err(LayoutError::io("cannot sync the chunk store of", &path))?;
+        }
+        // An incremental backup's reference list, durable before the manifest records it.
+        let mut manifest = manifest.clone();
+        if self.chunks.is_some() {
+            let refs = self.dir.join(super::chunks::REFS_PATH);
+            manifest.chunk_refs = super::chunks::write_refs(&self.dir, &manifest)
+                .map_err(LayoutError::io("cannot write", &refs))?;
         }
         manifest
             .save(&path)

@@ -223,3 +223,33 @@ pub(super) fn report_bad_chunks(
         );
     }
 }
+
+/// An incremental backup's reference list (`metadata/chunk-refs`) against its indexes. Garbage
+/// collection keeps what the list names, so one naming less than the indexes is an error; one it
+/// does not use (missing, damaged, not the manifest's record) only costs the collection a read
+/// of the indexes. An unreadable index is reported by the file checks.
+pub(super) fn check_refs(report: &mut Report, backup: &BackupDir) {
+    if backup.manifest.chunk_refs.is_none() {
+        return;
+    }
+    let path = Some(chunks::REFS_PATH);
+    match (chunks::read_refs(backup), chunks::refs_from_indexes(backup)) {
+        (Err(reason), _) => report.add(
+            Severity::Warning,
+            Check::Contents,
+            path,
+            format!("the chunk reference list is not used ({reason}): garbage collection reads the indexes instead"),
+        ),
+        (Ok(Some(list)), Ok(indexes)) if list != indexes => report.add(
+            Severity::Error,
+            Check::Contents,
+            path,
+            format!(
+                "the chunk reference list does not name exactly the chunks the indexes name ({} against {}): a garbage collection could delete chunks this backup needs; delete the file (garbage collection then reads the indexes)",
+                list.len(),
+                indexes.len()
+            ),
+        ),
+        _ => {}
+    }
+}

@@ -22,8 +22,8 @@ use crate::progress::Progress;
 use crate::store::chunks;
 use crate::store::{BackupDir, Staging};
 
-use chunked::check_chunk_store;
 pub use chunked::ChunkTally;
+use chunked::{check_chunk_store, check_refs};
 pub use files::check_config_text;
 use files::check_files;
 pub(crate) use files::content_matches;
@@ -215,6 +215,7 @@ pub fn audit(
         check_chunk_store(&mut report, &backup)?;
         if options.depth != Depth::Structure {
             check_files(&mut report, &backup, options, progress)?;
+            check_refs(&mut report, &backup);
         }
     }
     report.manifest = Some(backup.manifest);

@@ -136,6 +136,10 @@ pub(super) fn check_contents(report: &mut Report, backup: &BackupDir) {
     check_totals(report, manifest);
 
     listed.insert(MANIFEST_PATH);
+    // An incremental backup's reference list (checked against the indexes by `check_refs`).
+    if manifest.chunk_refs.is_some() {
+        listed.insert(store::chunks::REFS_PATH);
+    }
     for unexpected in files_not_in(backup, &listed) {
         report.add(
             Severity::Error,

@@ -8,6 +8,7 @@ mod crypto;
 mod docs;
 mod faults;
 mod fixtures;
+mod gc;
 mod hostile;
 mod incremental;
 mod info;

@@ -1,14 +1,16 @@
-//! Garbage collection: deleting the chunks no backup references. Every step is relative to an
+//! Garbage collection: deleting the chunks no backup references. The store is listed before
+//! its lock is taken (`find_unreferenced`) and only what is still unreferenced under the lock is
+//! deleted (`collect_garbage`), so creates wait for the deletions, not for the listing. Every step is relative to an
 //! open directory and follows no link (`at.rs`): a link planted as `chunks`, `tmp` or a fan-out
 //! directory refuses the collection, and anything in the store wqm did not put there is
 //! reported and left alone instead of stopping every later collection.
 
-use std::collections::HashSet;
 use std::io;
+use std::path::Path;
 
 use serde::Serialize;
 
-use super::{runs, ChunkId, ChunkStore, CHUNKS_DIR, TMP_DIR};
+use super::{runs, ChunkError, ChunkId, ChunkStore, Refs, CHUNKS_DIR, TMP_DIR};
 use crate::store::at;
 
 /// What a garbage collection found and did.
@@ -23,45 +25,90 @@ pub struct Collected {
     pub strays: Vec<String>,
 }
 
-/// Deletes every chunk not in `referenced`, and every run's temporary chunks. Only with the
+/// The chunks a store held when it was listed that no backup read by then named: what a
+/// collection may delete once it holds the store.
+#[derive(Debug, Default)]
+pub struct Unreferenced {
+    /// Each chunk and its stored size, in the order listed (by fan-out directory).
+    chunks: Vec<(ChunkId, u64)>,
+    kept: u64,
+    bytes_kept: u64,
+    strays: Vec<String>,
+}
+
+/// Lists the chunk store of `dir` without its lock (creates and readers go on meanwhile),
+/// keeping the chunks `referenced` does not name. Safe unlocked: chunks only appear meanwhile
+/// (never listed, so never deleted by this collection), and only a collection removes one.
+pub fn find_unreferenced(dir: &Path, referenced: &Refs) -> Result<Unreferenced, ChunkError> {
+    ChunkStore::check_in(dir)?;
+    let root = ChunkStore::path_in(dir);
+    let listed = (|| {
+        let mut found = Unreferenced::default();
+        let chunks = at::Dir::open(&root)?.open_dir(CHUNKS_DIR)?;
+        for fan in chunks.entries()? {
+            let is_fan = fan.name.len() == 2 && fan.name.bytes().all(|b| b.is_ascii_hexdigit());
+            if !is_fan || fan.kind != at::Kind::Dir {
+                found.strays.push(format!("{CHUNKS_DIR}/{}", fan.name));
+                continue;
+            }
+            for chunk in chunks.open_dir(&fan.name)?.entries()? {
+                let id = ChunkId::parse(&chunk.name).filter(|id| {
+                    id.to_string().starts_with(&fan.name) && chunk.kind == at::Kind::File
+                });
+                match id {
+                    None => found
+                        .strays
+                        .push(format!("{CHUNKS_DIR}/{}/{}", fan.name, chunk.name)),
+                    Some(id) if referenced.contains(&id) => {
+                        found.kept += 1;
+                        found.bytes_kept += chunk.len;
+                    }
+                    Some(id) => found.chunks.push((id, chunk.len)),
+                }
+            }
+        }
+        Ok(found)
+    })();
+    listed.map_err(|source| ChunkError::Io { path: root, source })
+}
+
+/// Deletes the chunks `found` listed that `referenced` (now every backup's references, those
+/// made since the listing too) does not name, and every run's temporary chunks. Only with the
 /// store held exclusively: no create or reader is running, so nothing unreferenced now can
 /// become referenced. A crash part-way leaves some unreferenced chunks, collected next time.
 pub fn collect_garbage(
     store: &ChunkStore,
-    referenced: &HashSet<ChunkId>,
+    found: Unreferenced,
+    referenced: &Refs,
     dry_run: bool,
 ) -> io::Result<Collected> {
-    let mut collected = Collected::default();
+    let mut collected = Collected {
+        chunks_kept: found.kept,
+        bytes_kept: found.bytes_kept,
+        strays: found.strays,
+        ..Collected::default()
+    };
     let root = at::Dir::open(&store.root)?;
     let chunks = root.open_dir(CHUNKS_DIR)?;
-    for fan in chunks.entries()? {
-        let is_fan = fan.name.len() == 2 && fan.name.bytes().all(|b| b.is_ascii_hexdigit());
-        if !is_fan || fan.kind != at::Kind::Dir {
-            collected.strays.push(format!("{CHUNKS_DIR}/{}", fan.name));
+    let mut fan_dir: Option<(String, at::Dir)> = None;
+    for (id, len) in found.chunks {
+        if referenced.contains(&id) {
+            collected.chunks_kept += 1;
+            collected.bytes_kept += len;
             continue;
         }
-        let fan_dir = chunks.open_dir(&fan.name)?;
-        for chunk in fan_dir.entries()? {
-            let id = ChunkId::parse(&chunk.name)
-                .filter(|id| id.to_string().starts_with(&fan.name) && chunk.kind == at::Kind::File);
-            let Some(id) = id else {
-                collected
-                    .strays
-                    .push(format!("{CHUNKS_DIR}/{}/{}", fan.name, chunk.name));
-                continue;
-            };
-            if referenced.contains(&id) {
-                collected.chunks_kept += 1;
-                collected.bytes_kept += chunk.len;
-                continue;
+        if !dry_run {
+            let name = id.to_string();
+            let fan = &name[..2];
+            if fan_dir.as_ref().is_none_or(|(open, _)| open != fan) {
+                fan_dir = Some((fan.to_string(), chunks.open_dir(fan)?));
             }
-            if !dry_run {
-                fan_dir.remove_file(&chunk.name)?;
-                crate::failpoint::hit("prune:chunk-deleted")?;
-            }
-            collected.chunks_deleted += 1;
-            collected.bytes_freed += chunk.len;
+            let (_, dir) = fan_dir.as_ref().expect("opened above");
+            dir.remove_file(&name)?;
+            crate::failpoint::hit("prune:chunk-deleted")?;
         }
+        collected.chunks_deleted += 1;
+        collected.bytes_freed += len;
     }
     let tmp = match root.open_dir(TMP_DIR) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(collected),

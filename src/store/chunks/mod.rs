@@ -542,15 +542,17 @@ mod cut;
 mod gc;
 mod index;
 mod read;
+mod refs;
 mod runs;
 mod subset;
 mod usage;
 mod write;
 
 pub use cut::Chunker;
-pub use gc::{collect_garbage, Collected};
+pub use gc::{collect_garbage, find_unreferenced, Collected, Unreferenced};
 pub use index::{IndexLine, IndexReader};
 pub use read::{chunk_error, ChunkReader};
+pub use refs::{backup_refs, read_refs, refs_from_indexes, write_refs, Refs, REFS_PATH};
 pub use runs::{remove_dead, Removed, RunTemp};
 pub use subset::{Selection, Subset};
 pub use usage::{backups_using, usage, visit_chunks, Usage};

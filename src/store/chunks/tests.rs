@@ -186,18 +186,17 @@ fn a_collection_keeps_referenced_chunks_only() {
     // (Writers and the collection exclude each other by the directory's lock, `store::lock`.)
     drop(store);
     let exclusive = ChunkStore::try_exclusive(dir.path()).unwrap().unwrap();
-    let referenced = HashSet::from([kept]);
-    let dry = collect_garbage(&exclusive, &referenced, true).unwrap();
+    let referenced = Refs::of(&[kept]);
+    let collect = |dry_run| {
+        let found = find_unreferenced(dir.path(), &referenced).unwrap();
+        collect_garbage(&exclusive, found, &referenced, dry_run).unwrap()
+    };
+    let dry = collect(true);
     assert_eq!(dry.chunks_deleted + 1, added.chunks);
-    let done = collect_garbage(&exclusive, &referenced, false).unwrap();
+    let done = collect(false);
     assert_eq!(done, dry);
     assert!(exclusive.stored_size(&kept).is_some());
-    assert_eq!(
-        collect_garbage(&exclusive, &referenced, false)
-            .unwrap()
-            .chunks_deleted,
-        0
-    );
+    assert_eq!(collect(false).chunks_deleted, 0);
 }
 
 #[test]
@@ -379,7 +378,12 @@ fn no_part_of_the_store_may_be_a_link_and_garbage_collection_follows_none() {
     fs::write(root.join("tmp/run-dead/file-1/x"), "x").unwrap();
     symlink(outside.path(), root.join("tmp/run-dead/link")).unwrap();
     let exclusive = ChunkStore::try_exclusive(dir.path()).unwrap().unwrap();
-    let collected = collect_garbage(&exclusive, &HashSet::new(), false).unwrap();
+    let none = Refs::default();
+    let collect = || {
+        let found = find_unreferenced(dir.path(), &none).unwrap();
+        collect_garbage(&exclusive, found, &none, false).unwrap()
+    };
+    let collected = collect();
     assert!(collected.chunks_deleted > 3, "{collected:?}");
     assert_eq!(
         collected.strays,
@@ -400,7 +404,7 @@ fn no_part_of_the_store_may_be_a_link_and_garbage_collection_follows_none() {
         "keep"
     );
     // The strays do not stop the next collection.
-    let again = collect_garbage(&exclusive, &HashSet::new(), false).unwrap();
+    let again = collect();
     assert_eq!((again.chunks_deleted, again.strays.len()), (0, 4));
 }
 
