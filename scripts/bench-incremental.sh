@@ -23,7 +23,7 @@ command -v restic >/dev/null || { echo "restic is needed (apt-get install restic
 
 cargo build --release --locked --quiet --example chunk_sizes
 cargo build --release --locked --quiet
-wqm=$PWD/target/release/wqm
+wqm=${CARGO_TARGET_DIR:-$PWD/target}/release/wqm
 eval "$(../shared/bin/qdrant-serve --storage "$out/storage")"
 trap 'kill $QDRANT_PID 2>/dev/null; rm -rf "$out"' EXIT
 export QDRANT_URL WQM_DATA_DIR=$out/data WQM_BACKUP__DAEMON__PROCESS_NAME=wqm-bench-no-daemon
@@ -125,4 +125,4 @@ done
 echo
 echo "Average chunk size over the $nights nights' snapshots:"
 echo
-target/release/examples/chunk_sizes "$out"/nights/*.snapshot
+"${CARGO_TARGET_DIR:-target}"/release/examples/chunk_sizes "$out"/nights/*.snapshot
