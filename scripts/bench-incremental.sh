@@ -42,9 +42,6 @@ bytes() { du -sb "$@" | awk '{s += $1} END {print s}'; }
 allocated() { du -s --block-size=1 "$@" | awk '{s += $1} END {print s}'; }
 night_name() { printf 'night-%02d' "$1"; }
 
-create full-first "$out/full/first"
-full_size=$(bytes "$out/full/first")
-
 # `create LABEL TARGET ARGS...`: a timed create (JSON out) whose file reads go to $out/LABEL.io
 # and, with its verify phase's seconds, are appended to $out/LABEL.reads as `rchar verify-s`.
 create() {
@@ -53,6 +50,9 @@ create() {
   echo "$(cut -d' ' -f1 "$out/$label.io") $(jq '[.phases[] | select(.phase == "verify") | .seconds] | add // 0' "$out/$label.out")" >> "$out/$label.reads"
 }
 mib() { echo "scale=1; $1 / 1048576" | bc; }
+
+create full-first "$out/full/first"
+full_size=$(bytes "$out/full/first")
 
 printf '| night | wqm added | wqm store total | restic repository | create s | verify s | files read MiB | RSS MiB |\n|---|---|---|---|---|---|---|---|\n' > "$out/nights.md"
 for n in $(seq "$nights"); do
