@@ -47,7 +47,7 @@ night_name() { printf 'night-%02d' "$1"; }
 create() {
   local label=$1 target=$2; shift 2
   time_of "$label" python3 scripts/io_of.py "$out/$label.io" "$wqm" backup create "$target" --json "$@"
-  echo "$(cut -d' ' -f1 "$out/$label.io") $(jq '[.phases[] | select(.phase == "verify") | .seconds] | add // 0' "$out/$label.out")" >> "$out/$label.reads"
+  echo "$(cut -d' ' -f1 "$out/$label.io") $(jq '[.phases[] | select(.phase == "verify") | .seconds] | add // 0 | . * 1000 | round / 1000' "$out/$label.out")" >> "$out/$label.reads"
 }
 mib() { echo "scale=1; $1 / 1048576" | bc; }
 
