@@ -6,6 +6,11 @@
 #
 #   scripts/bench.sh            # 140000 x 1024-dim points (a ~580 MB snapshot), 3 runs each
 #   BENCH_POINTS=20000 BENCH_RUNS=1 scripts/bench.sh    # a quick look
+#   BENCH_ONLY=create BENCH_RUNS=5 scripts/bench.sh       # the creates alone
+#
+# Each run's steps are printed at the end as well: curl's (making the snapshot, downloading,
+# deleting) and wqm's (its phases, and the snapshot's making and downloading), to see where
+# the runs differ.
 #
 # The collection is built once and kept in ~/.cache/wqm-bench (the server reuses its storage).
 set -euo pipefail
@@ -27,10 +32,15 @@ python3 scripts/bench_load.py "$QDRANT_URL" bench "$points" "$dim"
 
 
 curl_path() {
-  local name
+  local name t0 t1 t2
+  t0=$(date +%s.%N)
   name=$(curl -sS -X POST "$QDRANT_URL/collections/bench/snapshots?wait=true" | jq -r .result.name)
+  t1=$(date +%s.%N)
   curl -sS -H 'Accept-Encoding: identity' -o "$out/curl.snapshot" "$QDRANT_URL/collections/bench/snapshots/$name"
+  t2=$(date +%s.%N)
   curl -sS -X DELETE "$QDRANT_URL/collections/bench/snapshots/$name?wait=true" >/dev/null
+  awk -v a="$t0" -v b="$t1" -v c="$t2" -v d="$(date +%s.%N)" \
+    'BEGIN {printf "making %.2f, downloading %.2f, deleting %.2f\n", b - a, c - b, d - c}' >> "$out/curl.steps"
 }
 export -f curl_path
 export QDRANT_URL out
@@ -38,7 +48,10 @@ export QDRANT_URL out
 wqm_create() { # wqm_create LABEL ENV...
   local label=$1; shift
   rm -rf "${out:?}/$label"
-  time_of "$label" env WQM_DATA_DIR="$out/no-data" QDRANT_URL="$QDRANT_URL" "$@" "$wqm" backup create "$out/$label"
+  time_of "$label" env WQM_DATA_DIR="$out/no-data" QDRANT_URL="$QDRANT_URL" "$@" "$wqm" backup create "$out/$label" --json
+  jq -r '[(.files[] | select(.seconds) | "making \(.seconds.making * 100 | round / 100), downloading \(.seconds.downloading * 100 | round / 100)"),
+          (.phases[] | select(.seconds >= 0.01) | "\(.phase) \(.seconds * 100 | round / 100)")] | join(", ")' \
+    "$out/$label.out" >> "$out/$label.steps"
 }
 
 curl_upload() {
@@ -65,7 +78,8 @@ for i in $(seq "$runs"); do
 done
 
 sha256sum "$out/curl.snapshot" | cut -d' ' -f1 > "$out/curl.sha256"
-for i in $(seq "$runs"); do
+[ "${BENCH_ONLY:-}" = create ] && runs_restore=0 || runs_restore=$runs
+for i in $(seq "$runs_restore"); do
   echo "restore run $i/$runs" >&2
   # The curl path deletes the collection first too, inside the timed command.
   time_of curl-upload bash -c curl_upload
@@ -83,6 +97,14 @@ echo
 echo "Create (snapshot, download, delete):"
 echo
 table curl wqm-plain wqm-plain-verified wqm-zstd wqm-zstd-verified
+echo
+echo "Each create run (wall s: steps):"
+echo
+for label in curl wqm-plain wqm-plain-verified wqm-zstd wqm-zstd-verified; do
+  paste -d'|' <(cut -d' ' -f1 "$out/$label.all") "$out/$label.steps" |
+    awk -F'|' -v label="$label" '{printf "- %s: %s s (%s)\n", label, $1, $2}'
+done
+[ "$runs_restore" -gt 0 ] || exit 0
 echo
 echo "Restore (upload, recover, delete the uploaded file):"
 echo

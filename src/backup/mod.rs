@@ -26,11 +26,11 @@ use crate::format::layout;
 use crate::format::manifest::{Collections, Manifest};
 use crate::progress::{self, Progress};
 use crate::qdrant::Client;
-use crate::store::chunks::{self, Added};
+use crate::store::chunks::{self, Added, Selection, Subset};
 use crate::store::lock::RepoLock;
 use crate::store::Staging;
 use crate::transfer::{Lanes, Phase, Phases};
-use crate::verify::verify_staged;
+use crate::verify::{verify_staged, Verified};
 
 pub use databases::DatabaseCopyError;
 use survey::survey;
@@ -107,6 +107,10 @@ pub struct Outcome {
     pub cleaned: Vec<Cleaned>,
     /// What an incremental backup added to the chunk store.
     pub chunks_added: Option<Added>,
+    /// How many chunks found in the store an incremental backup compared with its data.
+    pub chunks_compared: Option<u64>,
+    /// What `verify_after_backup` read of the chunk store (when it ran).
+    pub verified: Option<Verified>,
 }
 
 /// Checks everything that can be checked before writing, then writes the backup: each
@@ -140,6 +144,8 @@ pub async fn create(
         // Blocking work (it may wait for an older wqm using the store) runs off the async
         // workers, as the other blocking steps below do.
         tokio::task::block_in_place(|| staging.use_chunk_store(chunks::DEFAULT_AVERAGE))?;
+        let cycle = settings.backup.verification.compare_reused_cycle;
+        staging.compare_reused(night_share(timestamp, cycle));
     }
     progress.step(&format!("staging in {}", staging.dir().display()));
     let mut writing = Writing::begin(&staging, settings, request, &survey, timestamp, progress);
@@ -175,11 +181,15 @@ pub async fn create(
     staging.write_manifest(&manifest)?;
     phases.end("config and manifest");
     crate::failpoint::hit("create:verifying")?;
+    let mut verified = None;
     if settings.backup.verification.verify_after_backup {
-        tokio::task::block_in_place(|| verify_staged(&staging, progress))?;
+        verified = Some(tokio::task::block_in_place(|| {
+            verify_staged(&staging, progress)
+        })?);
         phases.end("verify");
     }
     let chunks_added = request.incremental.then(|| staging.chunks_added());
+    let chunks_compared = request.incremental.then(|| staging.chunks_compared());
     // A run suspended past its lock's stale time may have been overtaken by a prune: it must
     // not put a backup in place whose chunks may be gone.
     repo_lock.check()?;
@@ -194,7 +204,18 @@ pub async fn create(
         leftovers,
         cleaned,
         chunks_added,
+        chunks_compared,
+        verified,
     })
+}
+
+/// The reused chunks a create at `timestamp` compares with its data: group `day % cycle + 1`
+/// of `cycle` (by UTC day), so nightly creates compare every chunk once per `cycle` days.
+fn night_share(timestamp: f64, cycle: std::num::NonZeroU32) -> Selection {
+    let t = cycle.get();
+    let day = (timestamp / 86_400.0).floor() as u64;
+    let n = (day % u64::from(t)) as u32 + 1;
+    Selection::new(Subset::Group { n, t }, 0)
 }
 
 /// What the request and the settings alone forbid.
@@ -214,4 +235,33 @@ fn check_request(settings: &Settings, request: &Request) -> Result<()> {
         .into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nightly_creates_compare_each_group_of_the_cycle_in_turn() {
+        let cycle = std::num::NonZeroU32::new(7).unwrap();
+        let ids: Vec<chunks::ChunkId> = (0..2000u32)
+            .map(|i| chunks::ChunkId::of(&i.to_le_bytes()))
+            .collect();
+        let mut times_compared = vec![0; ids.len()];
+        // Seven nights from 23:30 UTC on: each night's group, every chunk once.
+        let start = 20_000.0 * 86_400.0 + 84_600.0;
+        for night in 0..7 {
+            let share = night_share(start + f64::from(night) * 86_400.0, cycle);
+            for (count, id) in times_compared.iter_mut().zip(&ids) {
+                *count += u32::from(share.reads(id));
+            }
+        }
+        assert!(times_compared.iter().all(|&c| c == 1));
+        // Two creates the same day compare the same group; a cycle of 1 compares everything.
+        let once = night_share(start, cycle);
+        let again = night_share(start + 60.0, cycle);
+        assert!(ids.iter().all(|id| once.reads(id) == again.reads(id)));
+        let every = night_share(start, std::num::NonZeroU32::MIN);
+        assert!(ids.iter().all(|id| every.reads(id)));
+    }
 }

@@ -79,7 +79,9 @@ pub async fn run(args: &CreateArgs, settings: &Settings, ui: &Ui) -> Result<Exit
                 "chunks_added": added.chunks,
                 "bytes_added": added.bytes,
                 "chunks_repaired": added.repaired.iter().map(|id| id.to_string()).collect::<Vec<_>>(),
+                "chunks_compared": outcome.chunks_compared,
             })),
+            "verify": outcome.verified,
         }));
         return Ok(code);
     }

@@ -105,6 +105,9 @@ pub struct VerificationSettings {
     pub verify_after_backup: bool,
     pub verify_before_restore: bool,
     pub checksum_algorithm: Algorithm,
+    /// An incremental create compares 1/N of the chunks it reuses with its data (a rotating
+    /// group by day), so each is compared once every N days; 1: all of them every night.
+    pub compare_reused_cycle: std::num::NonZeroU32,
 }
 
 impl Default for VerificationSettings {
@@ -113,6 +116,7 @@ impl Default for VerificationSettings {
             verify_after_backup: true,
             verify_before_restore: true,
             checksum_algorithm: Algorithm::Xxhash64,
+            compare_reused_cycle: std::num::NonZeroU32::new(7).expect("7 is not zero"),
         }
     }
 }

@@ -19,7 +19,7 @@ use crate::format::manifest::{FileEntry, FileKind, Manifest};
 use crate::fs::{create_private_dir_all, create_private_file};
 use crate::workdir::{Record, WorkDir, WorkDirError};
 
-use super::chunks::{Added, ChunkError, ChunkStore, ChunkWriter, Run, RunTemp};
+use super::chunks::{Added, ChunkError, ChunkStore, ChunkWriter, Run, RunTemp, Selection};
 use super::{sync_dir, BackupDir};
 
 /// A backup being written in a hidden sibling of its target, `.NAME.wqm-staging`: a working
@@ -110,12 +110,25 @@ impl Staging {
             .map_or_else(Added::default, |c| c.run.added())
     }
 
-    /// The chunks of the store this run compared with its data and found whole (see
-    /// `chunks::Run::found_sound`).
-    pub fn chunks_found_sound(&self) -> std::collections::HashSet<super::chunks::ChunkId> {
+    /// Compares only the reused chunks `share` picks with the data (see `chunks::Run`); set
+    /// before the first file is written.
+    pub fn compare_reused(&mut self, share: Selection) {
+        if let Some(chunks) = &mut self.chunks {
+            chunks.run = Arc::new(Run::comparing(share));
+        }
+    }
+
+    /// How many chunks found in the store this run compared with its data.
+    pub fn chunks_compared(&self) -> u64 {
+        self.chunks.as_ref().map_or(0, |c| c.run.compared())
+    }
+
+    /// The chunks this run stored, new or repaired (see `chunks::Run::written`): all that its
+    /// verification reads of the store.
+    pub fn chunks_written(&self) -> std::collections::HashSet<super::chunks::ChunkId> {
         self.chunks
             .as_ref()
-            .map(|c| c.run.found_sound())
+            .map(|c| c.run.written())
             .unwrap_or_default()
     }
 

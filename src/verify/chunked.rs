@@ -18,25 +18,32 @@ use crate::store::BackupDir;
 
 /// The chunks a run has checked and what each showed (`None`: sound), so that `validate
 /// --check-files` and `list --check` read each chunk once however many files and backups share
-/// it; with a `Selection` (`--read-data-subset`) only the chunks it picks are read, the others
-/// looked up.
+/// it; with a `Selection` (`--read-data-subset`) only the chunks it picks are read, and a
+/// create's verification reads only the chunks it wrote (`only`): the others are looked up.
 #[derive(Clone, Debug, Default)]
 pub struct ChunkTally {
     checked: Arc<Mutex<HashMap<ChunkId, Option<ChunkProblem>>>>,
     pub(super) selection: Option<Selection>,
+    only: Option<Arc<HashSet<ChunkId>>>,
     /// Chunks read, and chunks only looked up, by this run.
     read: Arc<AtomicU64>,
     looked_up: Arc<AtomicU64>,
 }
 
 impl ChunkTally {
-    /// A tally that knows `ids` sound already: a create compared them with the data it backed
-    /// up, byte for byte, so its verification does not read them a second time.
-    pub fn known_sound(ids: HashSet<ChunkId>) -> Self {
+    /// A tally that reads only `written` (the chunks a create stored) and looks the others up:
+    /// they were in the store before the run, which compared its share of them with its data.
+    pub fn reading_only(written: HashSet<ChunkId>) -> Self {
         ChunkTally {
-            checked: Arc::new(Mutex::new(ids.into_iter().map(|id| (id, None)).collect())),
+            only: Some(Arc::new(written)),
             ..ChunkTally::default()
         }
+    }
+
+    /// Whether this run reads chunk `id` (rather than only looking it up).
+    fn reads(&self, id: &ChunkId) -> bool {
+        self.selection.as_ref().is_none_or(|s| s.reads(id))
+            && self.only.as_ref().is_none_or(|only| only.contains(id))
     }
 
     /// A tally that reads only the chunks `selection` picks and looks the others up.
@@ -65,7 +72,7 @@ impl ChunkTally {
             lines
                 .iter()
                 .filter(|l| !known.contains_key(&l.id) && seen.insert(l.id))
-                .partition(|l| self.selection.as_ref().is_none_or(|s| s.reads(&l.id)))
+                .partition(|l| self.reads(&l.id))
         };
         let per_thread = new.len().div_ceil(threads).max(1);
         let mut found: Vec<(ChunkId, Option<ChunkProblem>)> = std::thread::scope(|scope| {
@@ -100,6 +107,16 @@ impl ChunkTally {
             .fetch_add(unread.len() as u64, Ordering::Relaxed);
         self.checked.lock().expect("tally lock").extend(found);
         (read, unread.len() as u64)
+    }
+
+    /// The chunks this run read and found damaged (not those found missing).
+    pub fn damaged(&self) -> Vec<ChunkId> {
+        let checked = self.checked.lock().expect("tally lock");
+        checked
+            .iter()
+            .filter(|(_, problem)| matches!(problem, Some(ChunkProblem::Damaged(_))))
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     fn problem(&self, id: &ChunkId) -> Option<ChunkProblem> {

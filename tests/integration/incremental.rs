@@ -569,3 +569,209 @@ fn the_offsite_recipe_copies_only_new_chunks_and_the_copy_restores() {
     .run();
     double.assert_holds_the_fixtures();
 }
+
+/// The distinct chunks the indexes of `backup` name.
+fn named_chunks(backup: &Path) -> BTreeSet<String> {
+    manifest(backup)
+        .files
+        .iter()
+        .flat_map(|f| {
+            let index = fs::read_to_string(backup.join(&f.path)).unwrap();
+            let ids: Vec<String> = index
+                .lines()
+                .skip(1)
+                .map(|l| l.split(' ').next().unwrap().to_string())
+                .collect();
+            ids
+        })
+        .collect()
+}
+
+/// Adds 300 kB of fresh rows to the live state database: the next night stores new chunks.
+fn grow_state_db(tmp: &Path) {
+    rusqlite::Connection::open(tmp.join("data/state.db"))
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE IF NOT EXISTS growth (b BLOB);
+             INSERT INTO growth VALUES (randomblob(100000)), (randomblob(100000)), (randomblob(100000));",
+        )
+        .unwrap();
+}
+
+fn file_names(paths: &BTreeSet<PathBuf>) -> BTreeSet<String> {
+    paths
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn a_nights_verification_reads_back_what_it_stored_and_only_looks_up_what_it_reused() {
+    let double = Double::start();
+    let (first, mut tmp) = night(workspace(), &double.url, "n1", "");
+    let backups = tmp.path().join("backups");
+    let stored = chunk_files(&backups).len();
+    assert_eq!(
+        first["verify"],
+        serde_json::json!({"chunks_read": stored, "chunks_looked_up": 0}),
+        "{first}"
+    );
+    assert_eq!(first["chunk_store"]["chunks_compared"], 0, "{first}");
+
+    for (name, cycle) in [("n2", None), ("n3", Some(1))] {
+        grow_state_db(tmp.path());
+        let before = file_names(&chunk_files(&backups));
+        let mut create = wqm(
+            Test::in_dir(tmp),
+            &double.url,
+            &format!("backup create {{TMP}}/backups/{name} --incremental --json"),
+        );
+        if let Some(cycle) = cycle {
+            create = create.env(
+                "WQM_BACKUP__VERIFICATION__COMPARE_REUSED_CYCLE",
+                &cycle.to_string(),
+            );
+        }
+        let (output, back) = create.stdout_with(|_| {}).run();
+        tmp = back;
+        let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+        let named = named_chunks(&backups.join(name));
+        let new = named.difference(&before).count();
+        let reused: Vec<&String> = named.intersection(&before).collect();
+        assert!(new > 0 && reused.len() > 3, "{summary}");
+        // It reads back the chunks it stored, and only looks up the ones it reused.
+        assert_eq!(
+            summary["verify"],
+            serde_json::json!({"chunks_read": new, "chunks_looked_up": reused.len()}),
+            "{name}: {summary}"
+        );
+        // It compared its share of the reused chunks: today's group of 7 by default, all of
+        // them with a cycle of 1.
+        let t = cycle.unwrap_or(7);
+        let day = (manifest(&backups.join(name)).timestamp / 86_400.0).floor() as u64;
+        let share = reused
+            .iter()
+            .filter(|id| u64::from(u32::from_str_radix(&id[..8], 16).unwrap()) % t == day % t)
+            .count();
+        assert_eq!(
+            summary["chunk_store"]["chunks_compared"], share,
+            "{name}: {summary}"
+        );
+        tmp = validate(tmp, &format!("backups/{name}"));
+    }
+}
+
+/// `create --incremental --json` of `backups/NAME` comparing none of the chunks it reuses
+/// (a cycle too long for any group to come round), stopped before its verification to let
+/// `damage` change what it wrote.
+fn night_damaged(tmp: &Path, url: &str, name: &str, damage: impl FnOnce()) -> std::process::Output {
+    let backups = tmp.join("backups");
+    let mut create = test::wqm_command(
+        tmp,
+        &[
+            "backup",
+            "create",
+            backups.join(name).to_str().unwrap(),
+            "--incremental",
+        ],
+    );
+    create
+        .env("QDRANT_URL", url)
+        .env("WQM_DATA_DIR", tmp.join("data"))
+        .env(
+            "WQM_BACKUP__VERIFICATION__COMPARE_REUSED_CYCLE",
+            "4000000000",
+        )
+        .env("WQM_FAILPOINT_DIR", tmp)
+        .env("WQM_FAILPOINTS", "create:verifying=wait")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = create.spawn().unwrap();
+    let marker = tmp.join("create-verifying");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !marker.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the create never reached its verification"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    damage();
+    fs::remove_file(&marker).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_nights_verification_finds_a_damaged_chunk_or_index_it_wrote_and_the_next_night_stores_the_chunk_again(
+) {
+    let double = Double::start();
+    let (_, tmp) = night(workspace(), &double.url, "n1", "");
+    let backups = tmp.path().join("backups");
+
+    // A chunk the night stored, damaged before its verification: the run fails, keeps
+    // nothing, and takes the chunk's name away.
+    grow_state_db(tmp.path());
+    let before = chunk_files(&backups);
+    let mut damaged = None;
+    let output = night_damaged(tmp.path(), &double.url, "n2", || {
+        let new = chunk_files(&backups);
+        // One of the new rows' chunks, not the first (the copy's header may differ next time).
+        let index = backups.join(".n2.wqm-staging/backup/sqlite/state.db.chunks");
+        let chunk = fs::read_to_string(index)
+            .unwrap()
+            .lines()
+            .skip(2)
+            .map(|l| {
+                let id = l.split(' ').next().unwrap();
+                backups.join(format!(".wqm-chunks/chunks/{}/{id}", &id[..2]))
+            })
+            .find(|chunk| new.contains(chunk) && !before.contains(chunk))
+            .unwrap();
+        fixtures::flip_byte(&chunk);
+        damaged = Some(chunk);
+    });
+    let chunk = damaged.unwrap();
+    let id = id_of(&chunk);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the new backup failed verification: sqlite/state.db.chunks: chunk `")
+            && stderr.contains(&format!("`{id}` is damaged")),
+        "{stderr}"
+    );
+    assert!(!backups.join("n2").exists());
+    assert!(!chunk.exists(), "set aside");
+    assert!(backups.join(".wqm-chunks/quarantine").join(&id).is_file());
+    // The next night, which compares nothing it reuses, finds it missing and stores it again.
+    let (_, tmp) = wqm(
+        Test::in_dir(tmp),
+        &double.url,
+        "backup create {TMP}/backups/n2 --incremental",
+    )
+    .env(
+        "WQM_BACKUP__VERIFICATION__COMPARE_REUSED_CYCLE",
+        "4000000000",
+    )
+    .stdout_with(|_| {})
+    .run();
+    assert!(chunk.is_file());
+    let tmp = validate(tmp, "backups/n2");
+
+    // An index it wrote, damaged before its verification.
+    let staged = backups.join(".n3.wqm-staging/backup/sqlite/state.db.chunks");
+    let output = night_damaged(tmp.path(), &double.url, "n3", || {
+        fixtures::flip_byte(&staged)
+    });
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the new backup failed verification: sqlite/state.db.chunks: "),
+        "{stderr}"
+    );
+    assert!(!backups.join("n3").exists());
+    validate(tmp, "backups/n2");
+}
+
+fn id_of(chunk: &Path) -> String {
+    chunk.file_name().unwrap().to_string_lossy().into_owned()
+}

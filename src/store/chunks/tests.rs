@@ -409,6 +409,50 @@ fn no_part_of_the_store_may_be_a_link_and_garbage_collection_follows_none() {
 }
 
 #[test]
+fn a_run_compares_only_its_share_of_the_chunks_it_reuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ChunkStore::open_for_writing(dir.path(), 4096).unwrap();
+    let data = content(300_000, 11);
+    let (index, _) = write_once(&store, &data);
+    let distinct: HashSet<ChunkId> = index_lines(&index).iter().map(|l| l.id).collect();
+    assert!(distinct.len() > 20, "{}", distinct.len());
+    // Damage every chunk: a run compares (and so repairs) exactly the ones its share picks,
+    // and only looks the others up.
+    for id in &distinct {
+        let path = store.root.join(id.rel());
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[0] ^= 1;
+        fs::write(&path, &bytes).unwrap();
+    }
+    let mut compared = HashSet::new();
+    for n in 1..=3 {
+        let share = Selection::new(Subset::Group { n, t: 3 }, 0);
+        let picked: HashSet<ChunkId> = distinct
+            .iter()
+            .filter(|id| share.reads(id))
+            .copied()
+            .collect();
+        let run = Arc::new(Run::comparing(share));
+        let (again, added) = write_in(&store, &run, &data);
+        assert_eq!(again, index, "the same index");
+        assert_eq!(run.compared(), picked.len() as u64, "group {n}");
+        assert_eq!(
+            added.repaired.iter().copied().collect::<HashSet<_>>(),
+            picked
+        );
+        assert_eq!(run.written(), picked, "what it stored: the repaired ones");
+        compared.extend(picked);
+    }
+    assert_eq!(compared, distinct, "a cycle compares every chunk");
+    let mut read = Vec::new();
+    ChunkReader::new(store.clone(), &index[..], true)
+        .unwrap()
+        .read_to_end(&mut read)
+        .unwrap();
+    assert_eq!(read, data, "every chunk whole again");
+}
+
+#[test]
 fn a_damaged_chunk_is_quarantined_and_stored_again_by_the_next_run() {
     let dir = tempfile::tempdir().unwrap();
     let store = ChunkStore::open_for_writing(dir.path(), 4096).unwrap();
@@ -429,13 +473,10 @@ fn a_damaged_chunk_is_quarantined_and_stored_again_by_the_next_run() {
     let (again, added) = write_in(&store, &run, &data);
     assert_eq!(again, index, "the same index");
     assert_eq!(added.repaired, [damaged]);
-    // What the run compared and found whole, its verification may skip; not what it stored.
-    let sound: HashSet<ChunkId> = lines
-        .iter()
-        .map(|l| l.id)
-        .filter(|id| *id != damaged)
-        .collect();
-    assert_eq!(run.found_sound(), sound);
+    // It compared every chunk it found; its verification reads back only what it stored.
+    let distinct: HashSet<ChunkId> = lines.iter().map(|l| l.id).collect();
+    assert_eq!(run.compared(), distinct.len() as u64);
+    assert_eq!(run.written(), HashSet::from([damaged]));
     assert_eq!((added.chunks, added.bytes), (1, lines[2].stored));
     assert_eq!(
         fs::read(store.root.join(QUARANTINE_DIR).join(damaged.to_string())).unwrap(),

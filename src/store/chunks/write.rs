@@ -1,10 +1,12 @@
 //! Writing a chunked file: chunks into the store, the index into the backup.
 //!
-//! A chunk the store has already is not written again, but it is read once per run and compared
-//! with the data in hand (decompressed, byte for byte): a damaged one would otherwise be named
-//! by every later backup and fail each of them. One found damaged is moved aside into
-//! `quarantine/` (a hard link, so its name never goes missing) and stored again from the new
-//! data over its name, which repairs every backup that names it.
+//! A chunk the store has already is not written again. The run's share of them (`Run::compare`,
+//! a rotating group: every chunk over a cycle of nights) is read and compared with the data in
+//! hand (decompressed, byte for byte): a damaged one would otherwise be named by every later
+//! backup and fail each of them. One found damaged is moved aside into `quarantine/` (a hard
+//! link, so its name never goes missing) and stored again from the new data over its name,
+//! which repairs every backup that names it. The others cost a lookup: a night reads what
+//! changed and its share of the rest, not every chunk of the backup.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{self, File};
@@ -13,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::index::INDEX_HEADER;
-use super::{ChunkBuffer, ChunkId, ChunkProblem, ChunkStore, Chunker, CHUNKS_DIR, QUARANTINE_DIR};
+use super::{ChunkBuffer, ChunkId, ChunkProblem, ChunkStore, Chunker, Selection};
+use super::{CHUNKS_DIR, QUARANTINE_DIR};
 use crate::fs::{create_private_dir_all, create_private_file};
 use crate::store::sync_dir;
 
@@ -25,27 +28,43 @@ pub struct Added {
     pub repaired: Vec<ChunkId>,
 }
 
-/// What the files of one run share: the chunks it has compared already (each is read once per
-/// run), the fan-out directories of the chunks it reused (made durable once, before the
-/// manifest: `sync_reused`), and what it added.
+/// What the files of one run share: which reused chunks it compares with its data (all of them
+/// unless `compare` picks a share), the chunks it has met in the store already (each is looked
+/// at once per run), the chunks it wrote (what its verification reads back), the fan-out
+/// directories of the chunks it reused (made durable once, before the manifest:
+/// `sync_reused`), and what it added.
 #[derive(Debug, Default)]
 pub struct Run {
+    compare: Option<Selection>,
     checked: Mutex<HashSet<ChunkId>>,
-    /// Those of `checked` found whole (not stored again by this run).
-    found_sound: Mutex<HashSet<ChunkId>>,
+    compared: Mutex<u64>,
+    written: Mutex<HashSet<ChunkId>>,
     reused_dirs: Mutex<BTreeSet<PathBuf>>,
     added: Mutex<Added>,
 }
 
 impl Run {
+    /// A run that compares only the reused chunks `compare` picks (the others are looked up).
+    pub fn comparing(compare: Selection) -> Self {
+        Run {
+            compare: Some(compare),
+            ..Run::default()
+        }
+    }
+
     pub fn added(&self) -> Added {
         self.added.lock().expect("run lock").clone()
     }
 
-    /// The chunks this run found in the store and compared, byte for byte, with the data it
-    /// backed up: its verification need not read them again.
-    pub fn found_sound(&self) -> HashSet<ChunkId> {
-        self.found_sound.lock().expect("run lock").clone()
+    /// How many chunks found in the store this run compared with its data.
+    pub fn compared(&self) -> u64 {
+        *self.compared.lock().expect("run lock")
+    }
+
+    /// The chunks this run stored (new, or repaired): what its verification reads back. Every
+    /// other chunk its indexes name was in the store before, and needs only to be there still.
+    pub fn written(&self) -> HashSet<ChunkId> {
+        self.written.lock().expect("run lock").clone()
     }
 
     /// Makes the names of the chunks this run reused durable: another run renamed them, and
@@ -79,7 +98,7 @@ struct ChunkSink<W: Write> {
     /// stored sizes (a chunk met again meanwhile is not written twice).
     unsynced: Vec<(ChunkId, File)>,
     in_flight: HashMap<ChunkId, u64>,
-    /// Stored sizes of the chunks this file found sound in the store.
+    /// Stored sizes of the chunks this file found in the store (compared or not) or stored.
     sound: HashMap<ChunkId, u64>,
     /// Fan-out directories that got a new name, to sync before the index may name them.
     touched: BTreeSet<PathBuf>,
@@ -154,15 +173,17 @@ impl<W: Write> ChunkSink<W> {
         Ok(())
     }
 
-    /// The stored size of `id` when the store holds it whole: compared with `chunk` the first
-    /// time this run meets it (the stored size alone after that). `None` when it must be
-    /// stored: missing, or damaged (then moved to `quarantine/` first).
+    /// The stored size of `id` when the store holds it: compared with `chunk` the first time
+    /// this run meets it when the run's share picks it (the stored size alone otherwise, and
+    /// after that). `None` when it must be stored: missing, or found damaged (then moved to
+    /// `quarantine/` first).
     fn reuse(&mut self, id: &ChunkId, chunk: &[u8]) -> io::Result<Option<u64>> {
         let Some(size) = self.store.stored_size(id) else {
             return Ok(None);
         };
         let first = self.run.checked.lock().expect("run lock").insert(*id);
-        if first {
+        if first && self.run.compare.as_ref().is_none_or(|s| s.reads(id)) {
+            *self.run.compared.lock().expect("run lock") += 1;
             let found = self
                 .store
                 .read_chunk(id, chunk.len(), false, &mut self.stored)
@@ -174,9 +195,7 @@ impl<W: Write> ChunkSink<W> {
                     }
                 });
             match found {
-                Ok(()) => {
-                    self.run.found_sound.lock().expect("run lock").insert(*id);
-                }
+                Ok(()) => {}
                 Err(ChunkProblem::Missing) => return Ok(None),
                 Err(ChunkProblem::Damaged(_)) => {
                     self.quarantine(id)?;
@@ -192,17 +211,10 @@ impl<W: Write> ChunkSink<W> {
         Ok(Some(size))
     }
 
-    /// Keeps the damaged file of `id` as `quarantine/<id>` (a second link to it: its name in
-    /// `chunks/` stays until the new copy is renamed over it). One copy is enough evidence: a
-    /// chunk already there is left as it is.
+    /// Keeps the damaged file of `id` as `quarantine/<id>` (its name in `chunks/` stays until
+    /// the new copy is renamed over it).
     fn quarantine(&self, id: &ChunkId) -> io::Result<()> {
-        let dir = self.store.root.join(QUARANTINE_DIR);
-        create_private_dir_all(&dir)?;
-        match fs::hard_link(self.store.root.join(id.rel()), dir.join(id.to_string())) {
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-            other => other,
-        }?;
-        sync_dir(&dir)
+        quarantine(&self.store.root, id)
     }
 
     /// Writes a new chunk, compressed, into this file's temporary directory; `land` makes it
@@ -218,6 +230,7 @@ impl<W: Write> ChunkSink<W> {
         let stored = self.compressed.len() as u64;
         self.unsynced.push((*id, file));
         self.in_flight.insert(*id, stored);
+        self.run.written.lock().expect("run lock").insert(*id);
         let mut added = self.run.added.lock().expect("run lock");
         added.chunks += 1;
         added.bytes += stored;
@@ -256,6 +269,31 @@ impl<W: Write> ChunkSink<W> {
             }
         }
         Ok(())
+    }
+}
+
+/// Keeps the file of chunk `id` of the store at `root` as `quarantine/<id>` (a second link to
+/// it). One copy is enough evidence: a chunk already there is left as it is.
+fn quarantine(root: &Path, id: &ChunkId) -> io::Result<()> {
+    let dir = root.join(QUARANTINE_DIR);
+    create_private_dir_all(&dir)?;
+    match fs::hard_link(root.join(id.rel()), dir.join(id.to_string())) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        other => other,
+    }?;
+    sync_dir(&dir)
+}
+
+impl ChunkStore {
+    /// Moves the damaged chunk `id` into `quarantine/` and takes its name away, so the next run
+    /// that needs it finds it missing and stores it again. For a chunk a run stored and its
+    /// verification found damaged: the run failed, and a later run, which compares only its
+    /// share of the chunks it reuses, might otherwise name it as it is.
+    pub fn set_aside(&self, id: &ChunkId) -> io::Result<()> {
+        quarantine(&self.root, id)?;
+        let target = self.root.join(id.rel());
+        fs::remove_file(&target)?;
+        sync_dir(crate::fs::parent_dir(&target))
     }
 }
 
