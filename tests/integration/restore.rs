@@ -1626,3 +1626,45 @@ fn a_restore_that_stops_before_changing_anything_leaves_no_safety_backup_behind(
         .run();
     assert_eq!(safety_backups(tmp.path()).len(), 1);
 }
+
+/// A restore that stops before it changed anything (here: the second collection's snapshot is
+/// found damaged while the first streams) starts the daemon it stopped again.
+#[test]
+fn a_damaged_backup_found_during_the_upload_starts_the_stopped_daemon_again() {
+    let double = Double::start();
+    let tmp = scene(&double, "");
+    lose_everything(&double);
+    fixtures::flip_byte(&tmp.path().join("b/collections/small-plain.snapshot.zst"));
+    fs::write(tmp.path().join("running"), "").unwrap();
+    let port = PortDaemon::follow(tmp.path().join("running"), Duration::ZERO);
+    let (_, tmp) = wqm(tmp, &double, "backup restore {TMP}/b --force")
+        .env("WQM_BACKUP__TRANSFER__PARALLEL", "1")
+        .env(
+            "WQM_BACKUP__DAEMON__STATUS_COMMAND",
+            "test -e {TMP}/running",
+        )
+        .env("WQM_BACKUP__DAEMON__ADDRESS", &port.address)
+        .env("WQM_BACKUP__DAEMON__TIMEOUT", "2")
+        .env("WQM_BACKUP__DAEMON__STOP_COMMAND", "rm {TMP}/running")
+        .env("WQM_BACKUP__DAEMON__START_COMMAND", "touch {TMP}/running")
+        .status(3)
+        .stdout_with(|_| {})
+        .stderr_with(|e| {
+            assert!(
+                e.starts_with("wqm: error: Backup validation failed: "),
+                "{e}"
+            );
+            assert!(
+                e.contains("  ✓ daemon stopped\n  ✓ daemon started\n"),
+                "{e}"
+            );
+            assert!(
+                e.contains("Nothing of the live system was changed yet."),
+                "{e}"
+            );
+            assert!(!e.contains("left stopped"), "{e}");
+        })
+        .run();
+    assert!(tmp.path().join("running").exists());
+    assert!(double.state().collections.is_empty());
+}
