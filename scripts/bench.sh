@@ -6,6 +6,7 @@
 #
 #   scripts/bench.sh            # 140000 x 1024-dim points (a ~580 MB snapshot), 3 runs each
 #   BENCH_POINTS=20000 BENCH_RUNS=1 scripts/bench.sh    # a quick look
+#   BENCH_POINTS=70000 BENCH_RUNS=5 BENCH_CREATE_RUNS=1 scripts/bench.sh   # restores, median of 5
 #   BENCH_ONLY=create BENCH_RUNS=5 scripts/bench.sh       # the creates alone
 #
 # Each run's steps are printed at the end as well: curl's (making the snapshot, downloading,
@@ -18,6 +19,8 @@ cd "$(dirname "$0")/.."
 points=${BENCH_POINTS:-140000}
 dim=${BENCH_DIM:-1024}
 runs=${BENCH_RUNS:-3}
+# The creates also make the backups the restores read: at least one run.
+create_runs=${BENCH_CREATE_RUNS:-$runs}
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/wqm-bench
 out=$(mktemp -d "${TMPDIR:-/tmp}/wqm-bench.XXXXXX")
 . scripts/bench-lib.sh
@@ -68,8 +71,8 @@ wqm_restore() { # wqm_restore LABEL BACKUP ENV...
   time_of "$label" env WQM_DATA_DIR="$out/no-data" QDRANT_URL="$QDRANT_URL" "$@" "$wqm" backup restore "$out/$backup" --force
 }
 
-for i in $(seq "$runs"); do
-  echo "create run $i/$runs" >&2
+for i in $(seq "$create_runs"); do
+  echo "create run $i/$create_runs" >&2
   time_of curl bash -c curl_path
   wqm_create wqm-plain WQM_BACKUP__COMPRESSION=false WQM_BACKUP__VERIFICATION__VERIFY_AFTER_BACKUP=false
   wqm_create wqm-plain-verified WQM_BACKUP__COMPRESSION=false
@@ -92,7 +95,7 @@ done
 snapshot=$(stat -c %s "$out/curl.snapshot")
 stored=$(stat -c %s "$out/wqm-zstd/collections/bench.snapshot.zst")
 echo
-echo "Snapshot: $snapshot bytes ($points points x $dim dims); zstd: $stored bytes. $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'). Median of $runs runs."
+echo "Snapshot: $snapshot bytes ($points points x $dim dims); zstd: $stored bytes. $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'). Median of $runs runs ($create_runs of the creates)."
 echo
 echo "Create (snapshot, download, delete):"
 echo

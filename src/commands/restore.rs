@@ -19,6 +19,7 @@ pub async fn run(args: &RestoreArgs, settings: &Settings, ui: &Ui) -> Result<Exi
         allow_downgrade: args.allow_downgrade,
         overwrite: args.overwrite,
         with_config: args.with_config,
+        dry_run: args.dry_run,
     };
     let client = Client::from_settings(settings)?;
     // Held from the plan (which reads and checks the backup) to the end of the restore: no

@@ -5,12 +5,14 @@ use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
 
 use super::check::damaged;
-use super::plan::{config_entry, live_config};
+use super::plan::{audit_files, config_entry, live_config};
+use super::precheck::Precheck;
 use super::report::{Outcome, Steps, Unfinished};
 use super::unpack::unpack_databases;
 use super::upload::Uploads;
@@ -23,6 +25,7 @@ use crate::daemon;
 use crate::progress::{self, Progress};
 use crate::qdrant::Client;
 use crate::sqlite;
+use crate::store::Damaged;
 use crate::transfer;
 use crate::verify;
 use crate::workdir::{Record, WorkDir};
@@ -45,7 +48,31 @@ pub async fn execute(
             seconds: started.elapsed().as_secs_f64(),
             phases: phases.done,
         }),
-        Err(error) => Err(Unfinished { error, steps }),
+        Err(error) => {
+            let error = refusal(plan, progress, &steps, error);
+            Err(Unfinished { error, steps })
+        }
+    }
+}
+
+/// A backup found damaged before the restore changed anything (`verify_before_restore`, checked
+/// beside the first upload) is refused as the plan refuses one: every file read for its
+/// checksum, every problem listed. Content that differs from its manifest while its stored
+/// checksum agrees (which the audit trusts) keeps the error that found it.
+fn refusal(
+    plan: &Plan,
+    progress: &dyn Progress,
+    steps: &Steps,
+    error: anyhow::Error,
+) -> anyhow::Error {
+    let damaged = error.chain().any(|e| e.is::<Damaged>());
+    let unchanged = !steps.changed && steps.uncertain.is_empty();
+    if !(plan.precheck_deferred && damaged && unchanged) {
+        return error;
+    }
+    match audit_files(&plan.backup, progress) {
+        Ok(Some(refusal)) => refusal.into(),
+        _ => error,
     }
 }
 
@@ -60,6 +87,10 @@ async fn apply(
 ) -> Result<Vec<Verified>> {
     let work = open_work_dir(settings, plan, steps).await?;
     phases.end("cleanup");
+    // Dropped when the restore ends, which stops its reading.
+    let precheck = plan
+        .precheck_deferred
+        .then(|| Precheck::for_backup(&plan.source));
     let mut run = Restoring {
         client,
         settings,
@@ -67,6 +98,7 @@ async fn apply(
         progress,
         work,
         steps,
+        precheck: precheck.as_ref().map(|p| &p.0),
     };
     // Unpacked before anything changes: a damaged database stops the restore here.
     let unpacked = unpack_databases(plan, run.work.path(), progress)?;
@@ -76,6 +108,7 @@ async fn apply(
     let changed = run.change(&unpacked, phases).await;
     if changed.is_err() {
         run.remove_unneeded_safety_backup();
+        run.restart_unneeded_stop();
     }
     let shard_targets = changed?;
     progress.step("verifying");
@@ -97,6 +130,11 @@ impl Restoring<'_> {
         phases.end("stop daemon, merge databases");
         let shard_targets = self.restore_collections().await?;
         phases.end("collections");
+        if let Some(precheck) = self.precheck {
+            // Passed already when a collection was uploaded.
+            self.progress.step("checking the backup");
+            precheck.wait().await?;
+        }
         self.replace_databases(&replacements)?;
         self.set_aliases().await?;
         self.replace_config()?;
@@ -133,6 +171,16 @@ impl Restoring<'_> {
         self.steps.done.retain(|d| *d != done);
         self.steps.safety_backup = None;
         self.steps.safety_backup_removed = Some(path);
+    }
+
+    /// A restore that stopped before it changed anything (a backup found damaged while the
+    /// first upload streamed, say) starts the daemon it stopped again: the live system is as it
+    /// was. When that fails, the report says the daemon is left stopped.
+    fn restart_unneeded_stop(&mut self) {
+        if self.steps.changed || !self.steps.uncertain.is_empty() {
+            return;
+        }
+        let _ = self.start_daemon();
     }
 }
 
@@ -172,6 +220,8 @@ struct Restoring<'a> {
     progress: &'a dyn Progress,
     work: WorkDir,
     steps: &'a mut Steps,
+    /// `verify_before_restore`, checked beside the first upload.
+    precheck: Option<&'a Arc<Precheck>>,
 }
 
 impl<'a> Restoring<'a> {
@@ -315,6 +365,7 @@ impl<'a> Restoring<'a> {
             work: &self.work,
             progress,
             lanes: &lanes,
+            precheck: self.precheck,
         };
         let jobs = collections.iter().map(|collection| async {
             let began = Cell::new(false);

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use super::precheck::{Precheck, Refused};
 use crate::format::manifest::FileKind;
 use crate::store::{Checked, Damaged};
 
@@ -34,15 +35,19 @@ pub(super) enum Problem {
 pub(super) struct Inspected {
     pub(super) sender: mpsc::Sender<io::Result<Bytes>>,
     pub(super) sent: Arc<AtomicU64>,
+    /// `verify_before_restore`: the last piece also waits until the whole backup passed.
+    pub(super) precheck: Option<Arc<Precheck>>,
 }
 
 impl Inspected {
     pub(super) fn run(self, content: Checked) -> Result<(), Problem> {
-        let sender = self.sender.clone();
         let outcome = self.check_and_send(content);
         if let Err(Problem::Damaged(damaged)) = &outcome {
+            if let Some(precheck) = &self.precheck {
+                precheck.fail(damaged);
+            }
             // An error in the body aborts the request: Qdrant never gets a complete stream.
-            let _ = sender.blocking_send(Err(io::Error::new(
+            let _ = self.sender.blocking_send(Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 damaged.problem.clone(),
             )));
@@ -50,12 +55,12 @@ impl Inspected {
         outcome
     }
 
-    fn check_and_send(self, content: Checked) -> Result<(), Problem> {
+    fn check_and_send(&self, content: Checked) -> Result<(), Problem> {
         let entry = content.entry().clone();
         let mut tee = Tee {
             inner: BufReader::with_capacity(UPLOAD_CHUNK, content),
-            sender: self.sender,
-            sent: self.sent,
+            sender: self.sender.clone(),
+            sent: self.sent.clone(),
             pending: Vec::with_capacity(UPLOAD_CHUNK),
             path: entry.path.clone(),
             failed: None,
@@ -80,6 +85,16 @@ impl Inspected {
         }
         if let Some(Err(e)) = drained {
             return Err(Problem::Damaged(Damaged::from_read(&entry.path, e)));
+        }
+        if let Some(precheck) = &self.precheck {
+            precheck.passed(&entry.path);
+            let sender = &tee.sender;
+            precheck
+                .wait_blocking(|| sender.is_closed())
+                .map_err(|refused| match refused {
+                    Refused::Damaged(damaged) => Problem::Damaged(damaged),
+                    Refused::Cancelled => Problem::Stopped,
+                })?;
         }
         let last = std::mem::take(&mut tee.pending);
         tee.sent.fetch_add(last.len() as u64, Ordering::Relaxed);

@@ -5,12 +5,14 @@
 //!
 //! `plan` (reading only) works out the `Plan`; `apply` carries it out (`execute`), with `unpack`
 //! (the backup's databases, checked and migrated), `upload` (the collections, paced by
-//! `transfer::Lanes`) and `check` (each snapshot checked as it is sent); `verify` checks the
-//! result; `report` is what the command reports of it.
+//! `transfer::Lanes`), `check` (each snapshot checked as it is sent) and `precheck`
+//! (`verify_before_restore` beside the first upload); `verify` checks the result; `report` is
+//! what the command reports of it.
 
 mod apply;
 mod check;
 mod plan;
+mod precheck;
 mod report;
 mod unpack;
 mod upload;
@@ -39,6 +41,8 @@ pub struct Request {
     pub allow_downgrade: bool,
     pub overwrite: bool,
     pub with_config: bool,
+    /// Only the plan is wanted (`--dry-run`): `verify_before_restore` reads the files in it.
+    pub dry_run: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -178,6 +182,9 @@ pub struct Plan {
     /// The manifest after the migrations (computed on the manifest alone).
     #[serde(skip)]
     manifest: Manifest,
+    /// `verify_before_restore` is left to `apply`, beside the first upload (`Precheck`).
+    #[serde(skip)]
+    precheck_deferred: bool,
     #[serde(skip)]
     chain: Vec<&'static Migration>,
     #[serde(skip)]

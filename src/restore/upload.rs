@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 
 use super::check::{Inspected, Problem};
 use super::plan::custom_sharding;
+use super::precheck::Precheck;
 use super::{CollectionAction, CollectionPlan, Plan};
 use crate::config::TransferSettings;
 use crate::exit::Interrupted;
@@ -33,6 +34,8 @@ pub(super) struct Uploads<'a> {
     pub(super) work: &'a WorkDir,
     pub(super) progress: &'a dyn Progress,
     pub(super) lanes: &'a transfer::Lanes,
+    /// `verify_before_restore`: what every held-back last piece also waits for.
+    pub(super) precheck: Option<&'a Arc<Precheck>>,
 }
 
 impl Uploads<'_> {
@@ -83,6 +86,12 @@ impl Uploads<'_> {
         let details = &plan.manifest.collection_details[name];
         let topology = plan.topology.as_ref();
         let custom = custom_sharding(details);
+        if let (CollectionAction::Create, Some(precheck)) = (collection.action, self.precheck) {
+            // Creating the collection changes the server before any upload could hold back a
+            // last piece: the whole backup is checked first.
+            self.progress.step("checking the backup");
+            precheck.wait().await?;
+        }
         began.set(true);
         self.progress
             .step(&format!("restoring collection `{name}` by shards"));
@@ -285,6 +294,7 @@ impl Uploads<'_> {
             self.work,
             self.progress,
             (turn, self.lanes, received),
+            self.precheck,
         )
         .await
     }
@@ -301,8 +311,13 @@ async fn upload(
     work: &WorkDir,
     progress: &dyn Progress,
     (turn, lanes, received): (&mut transfer::Turn<'_>, &transfer::Lanes, &Cell<bool>),
+    precheck: Option<&Arc<Precheck>>,
 ) -> Result<()> {
     let content = source.open_checked(entry)?;
+    if let Some(precheck) = precheck {
+        // This upload checks its snapshot; the rest of the backup is checked meanwhile.
+        precheck.claim(&entry.path);
+    }
     // The download's bridge (`ChannelSink`, in `backup::download`) advances `progress` as each chunk passes on
     // the async side. Here the bytes pass only through the blocking reader thread and the body
     // stream reqwest owns, both `'static`, so neither can borrow `&dyn Progress`: they count into
@@ -313,6 +328,7 @@ async fn upload(
     let stream = Inspected {
         sender,
         sent: sent.clone(),
+        precheck: precheck.cloned(),
     };
     let reader = tokio::task::spawn_blocking(move || stream.run(content));
     let body = futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx));

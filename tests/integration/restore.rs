@@ -328,8 +328,102 @@ fn a_damaged_backup_is_refused_before_anything_changes() {
             );
         })
         .run();
-    assert!(uploads(&double).is_empty());
+    // Checked as it streamed: Qdrant never got all of it, so nothing was restored.
+    assert!(double.state().collections.is_empty());
+    assert!(double.snapshots_left().is_empty());
     assert!(safety_backups(tmp.path()).is_empty());
+}
+
+/// The points of each collection the double holds.
+fn points(double: &Double) -> Vec<(String, u64)> {
+    let state = double.state();
+    state
+        .collections
+        .iter()
+        .map(|(name, c)| (name.clone(), c.points))
+        .collect()
+}
+
+/// `verify_before_restore` does not read the first upload's snapshot beforehand: the upload
+/// checks it as it streams and holds its last piece back, so damage at its very end is found
+/// before Qdrant has all of it, and the collection is left as it was.
+#[test]
+fn a_first_snapshot_damaged_at_its_end_is_refused_with_its_collection_unchanged() {
+    let double = Double::start();
+    let tmp = scene(&double, "");
+    let path = tmp.path().join("b/collections/small-named.snapshot.zst");
+    let mut bytes = fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x55;
+    fs::write(&path, bytes).unwrap();
+    let before = points(&double);
+    // A collection restored from here on would show it.
+    double.state().faults.count_offset = 1000;
+    let (_, tmp) = wqm(tmp, &double, "backup restore {TMP}/b --force --overwrite")
+        .env("WQM_BACKUP__TRANSFER__PARALLEL", "1")
+        .status(3)
+        .stdout_with(|_| {})
+        .stderr_with(|e| {
+            assert!(
+                e.starts_with("wqm: error: Backup validation failed: "),
+                "{e}"
+            );
+            assert!(
+                e.contains("collections/small-named.snapshot.zst: checksum mismatch (xxhash64)"),
+                "{e}"
+            );
+            assert!(
+                e.contains("wqm: warning: nothing was changed; the safety backup `"),
+                "{e}"
+            );
+        })
+        .run();
+    // The upload began (the snapshot was not read before it) and was cut short.
+    let uploads = uploads(&double);
+    assert_eq!(uploads.len(), 1, "{uploads:?}");
+    assert!(
+        uploads[0].contains("/collections/small-named/"),
+        "{uploads:?}"
+    );
+    assert_eq!(points(&double), before);
+    double.assert_holds_the_fixtures();
+    assert!(double.snapshots_left().is_empty());
+    assert!(safety_backups(tmp.path()).is_empty());
+}
+
+/// What the first upload does not read itself (the next collection's snapshot, a database) is
+/// checked while it streams, and its last piece waits for that: damage there is refused before
+/// Qdrant has all of the first snapshot.
+#[test]
+fn a_damaged_second_collection_or_database_is_refused_before_the_first_upload_completes() {
+    for damaged in [
+        "collections/small-plain.snapshot.zst",
+        "sqlite/state.db.zst",
+    ] {
+        let double = Double::start();
+        let tmp = scene(&double, "");
+        fixtures::flip_byte(&tmp.path().join("b").join(damaged));
+        let live = fs::read(tmp.path().join("data/state.db")).unwrap();
+        let before = points(&double);
+        double.state().faults.count_offset = 1000;
+        let (_, tmp) = wqm(tmp, &double, "backup restore {TMP}/b --force --overwrite")
+            .env("WQM_BACKUP__TRANSFER__PARALLEL", "1")
+            .status(3)
+            .stdout_with(|_| {})
+            .stderr_with(move |e| {
+                assert!(
+                    e.starts_with("wqm: error: Backup validation failed: "),
+                    "{e}"
+                );
+                assert!(e.contains(&format!("{damaged}: checksum mismatch")), "{e}");
+            })
+            .run();
+        assert_eq!(points(&double), before, "{damaged}");
+        double.assert_holds_the_fixtures();
+        assert!(double.snapshots_left().is_empty());
+        assert_eq!(fs::read(tmp.path().join("data/state.db")).unwrap(), live);
+        assert!(safety_backups(tmp.path()).is_empty());
+    }
 }
 
 #[test]
@@ -1532,4 +1626,46 @@ fn a_restore_that_stops_before_changing_anything_leaves_no_safety_backup_behind(
         })
         .run();
     assert_eq!(safety_backups(tmp.path()).len(), 1);
+}
+
+/// A restore that stops before it changed anything (here: the second collection's snapshot is
+/// found damaged while the first streams) starts the daemon it stopped again.
+#[test]
+fn a_damaged_backup_found_during_the_upload_starts_the_stopped_daemon_again() {
+    let double = Double::start();
+    let tmp = scene(&double, "");
+    lose_everything(&double);
+    fixtures::flip_byte(&tmp.path().join("b/collections/small-plain.snapshot.zst"));
+    fs::write(tmp.path().join("running"), "").unwrap();
+    let port = PortDaemon::follow(tmp.path().join("running"), Duration::ZERO);
+    let (_, tmp) = wqm(tmp, &double, "backup restore {TMP}/b --force")
+        .env("WQM_BACKUP__TRANSFER__PARALLEL", "1")
+        .env(
+            "WQM_BACKUP__DAEMON__STATUS_COMMAND",
+            "test -e {TMP}/running",
+        )
+        .env("WQM_BACKUP__DAEMON__ADDRESS", &port.address)
+        .env("WQM_BACKUP__DAEMON__TIMEOUT", "2")
+        .env("WQM_BACKUP__DAEMON__STOP_COMMAND", "rm {TMP}/running")
+        .env("WQM_BACKUP__DAEMON__START_COMMAND", "touch {TMP}/running")
+        .status(3)
+        .stdout_with(|_| {})
+        .stderr_with(|e| {
+            assert!(
+                e.starts_with("wqm: error: Backup validation failed: "),
+                "{e}"
+            );
+            assert!(
+                e.contains("  ✓ daemon stopped\n  ✓ daemon started\n"),
+                "{e}"
+            );
+            assert!(
+                e.contains("Nothing of the live system was changed yet."),
+                "{e}"
+            );
+            assert!(!e.contains("left stopped"), "{e}");
+        })
+        .run();
+    assert!(tmp.path().join("running").exists());
+    assert!(double.state().collections.is_empty());
 }

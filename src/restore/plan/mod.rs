@@ -18,7 +18,7 @@ use super::{
 };
 use crate::config::Settings;
 use crate::daemon;
-use crate::exit::ExitCode;
+use crate::exit::{ExitCode, Failure};
 use crate::format::compat::{self, Decision, Policy};
 use crate::format::manifest::{FileKind, Manifest};
 use crate::format::migrations::{self, WorkingCopy};
@@ -45,8 +45,12 @@ pub async fn plan(
 ) -> Result<Plan> {
     let mut plan = Plan::new(BackupDir::open(&request.path)?);
     let policy = Policy::new(&settings.backup.validation, request.allow_downgrade);
-    // 1. The backup: structure, manifest, files (and their checksums), versions.
-    plan_validation(&mut plan, settings, &policy, progress)?;
+    // 1. The backup: structure, manifest, files (and their checksums), versions. With
+    // `verify_before_restore` the files are read here only for a dry run (which shows what is
+    // damaged) and a legacy backup; otherwise beside the first upload (`Precheck`).
+    let verify_files = settings.backup.verification.verify_before_restore;
+    let files_now = verify_files && (request.dry_run || plan.original.is_legacy());
+    plan_validation(&mut plan, settings, &policy, progress, files_now)?;
     plan_versions(&mut plan, &policy);
     // 2. Qdrant: the server, what exists, what conflicts.
     progress.step(&format!("asking Qdrant at {}", client.display_url()));
@@ -54,6 +58,9 @@ pub async fn plan(
     let existing = client.list_collections().await?;
     let aliases = client.aliases().await?;
     plan_collections(&mut plan, client, &existing, request).await?;
+    if verify_files && !files_now {
+        plan_precheck(&mut plan, progress)?;
+    }
     plan_aliases(&mut plan, &aliases);
     plan_write_access(&mut plan, client).await?;
     // 3. This machine: databases, config, the daemon, the safety backup, disk space, time.
@@ -103,23 +110,25 @@ impl Plan {
             manifest: original.clone(),
             original,
             source,
+            precheck_deferred: false,
             chain: Vec::new(),
             topology: None,
         }
     }
 }
 
-/// `verify::audit` of the backup (at checksum depth with `verify_before_restore`): damage blocks
-/// the restore, warnings are passed on (compatibility is `plan_versions`').
+/// `verify::audit` of the backup (reading every file for its checksum when `files`): damage
+/// blocks the restore, warnings are passed on (compatibility is `plan_versions`').
 fn plan_validation(
     plan: &mut Plan,
     settings: &Settings,
     policy: &Policy,
     progress: &dyn Progress,
+    files: bool,
 ) -> Result<()> {
     progress.step("validating the backup");
     let validation = &settings.backup.validation;
-    let depth = if settings.backup.verification.verify_before_restore {
+    let depth = if files {
         verify::Depth::Checksums
     } else {
         verify::Depth::Structure
@@ -130,11 +139,8 @@ fn plan_validation(
     let report = tokio::task::block_in_place(|| verify::audit(&plan.backup, &options, progress))?;
     let errors = report.damage();
     if !errors.is_empty() {
-        plan.block(
-            ExitCode::InvalidBackup,
-            format!("Backup validation failed: {}\n{}", plan.backup.display(), errors.join("\n")),
-            Some("restore another backup (`wqm backup list DIR`); `wqm backup validate PATH --check-files` shows every problem".to_string()),
-        );
+        plan.blockers
+            .push(validation_failure(&plan.backup, &errors));
     }
     plan.warnings.extend(
         report
@@ -144,6 +150,42 @@ fn plan_validation(
             .map(|f| f.message.clone()),
     );
     Ok(())
+}
+
+/// `verify_before_restore` of a backup whose structure passed: beside the first upload when
+/// the restore uploads a collection (`Precheck`: its snapshot is read once, the rest meanwhile),
+/// or here, every file read for its checksum, when it restores none.
+fn plan_precheck(plan: &mut Plan, progress: &dyn Progress) -> Result<()> {
+    if plan.blocker().is_some() {
+        return Ok(());
+    }
+    if plan.restored_collections().next().is_some() {
+        plan.precheck_deferred = true;
+        return Ok(());
+    }
+    if let Some(refusal) = audit_files(&plan.backup, progress)? {
+        plan.blockers.push(refusal);
+    }
+    Ok(())
+}
+
+/// Every file of the backup at `backup` read for its checksum: the refusal, when it is damaged.
+pub(super) fn audit_files(backup: &Path, progress: &dyn Progress) -> Result<Option<Failure>> {
+    progress.step("checking the backup's files");
+    // Damage only: compatibility is `plan_versions`', warnings the structure audit's.
+    let options = verify::Options::new(verify::Depth::Checksums, Policy::default());
+    let report = tokio::task::block_in_place(|| verify::audit(backup, &options, progress))?;
+    let errors = report.damage();
+    Ok((!errors.is_empty()).then(|| validation_failure(backup, &errors)))
+}
+
+/// The refusal of a damaged backup, its `errors` listed (`verify::Report::damage`).
+pub(super) fn validation_failure(backup: &Path, errors: &[String]) -> Failure {
+    Failure {
+        code: ExitCode::InvalidBackup,
+        message: format!("Backup validation failed: {}\n{}", backup.display(), errors.join("\n")),
+        hint: Some("restore another backup (`wqm backup list DIR`); `wqm backup validate PATH --check-files` shows every problem".to_string()),
+    }
 }
 
 /// The backup's version against this one (`compat::decide` with the policy), the migration
