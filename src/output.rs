@@ -304,6 +304,7 @@ registry!(
     crate::backend::BackendError,
     crate::backend::LocationError,
     crate::backend::lock::LockError,
+    crate::backup::remote::TargetTaken,
     crate::crypto::CryptoError,
 );
 
@@ -471,6 +472,13 @@ mod classify_tests {
                         bucket: "b".into(),
                     },
                 )),
+                ExitCode::Usage,
+            ),
+            (
+                code_of(crate::backup::remote::TargetTaken::Backup {
+                    repository: "r".into(),
+                    target: "t".into(),
+                }),
                 ExitCode::Usage,
             ),
             // A domain error passed through an `io::Result` keeps its code.

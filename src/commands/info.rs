@@ -10,7 +10,7 @@ use crate::exit::ExitCode;
 use crate::format::compat;
 use crate::format::manifest::Manifest;
 use crate::output::{self, Ui};
-use crate::store::chunks::{self, ChunkStore, Usage};
+use crate::store::chunks::{self, Usage};
 use crate::store::BackupDir;
 
 /// What `info` found out about a backup beyond its manifest.
@@ -23,13 +23,18 @@ struct Findings<'a> {
     stale: Option<String>,
 }
 
-pub fn run(args: &InfoArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
-    let backup = BackupDir::open(&args.path)?;
+pub fn run(
+    args: &InfoArgs,
+    settings: &Settings,
+    ui: &Ui,
+    handle: &tokio::runtime::Handle,
+) -> Result<ExitCode> {
+    let backup = BackupDir::open_at(&super::backup_place(&args.path, settings, handle)?)?;
     let m = &backup.manifest;
     let policy = compat::Policy::new(&settings.backup.validation, false);
     let findings = Findings {
         backup: &backup,
-        size: crate::fs::disk_usage(&backup.path)?,
+        size: backup.size()?,
         chunks: chunk_usage(&backup)?,
         compatibility: crate::format::migrations::verdict(&m.version, crate::VERSION, &policy),
         stale: crate::verify::staleness(
@@ -57,7 +62,7 @@ fn chunk_usage(backup: &BackupDir) -> Result<Option<Usage>> {
     if backup.manifest.compression != Some(Stored::Chunked) {
         return Ok(None);
     }
-    ChunkStore::check_in(backup.backups_dir())?;
+    backup.open_chunk_store()?;
     let usage = chunks::usage(backup).with_context(|| {
         format!(
             "cannot read the chunk indexes of `{}`",

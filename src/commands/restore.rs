@@ -12,9 +12,15 @@ use crate::output::{self, Ui};
 use crate::qdrant::Client;
 use crate::restore::{self, AliasAction, CollectionAction, DatabaseAction, Plan, Request};
 
-pub async fn run(args: &RestoreArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
+pub async fn run(
+    args: &RestoreArgs,
+    settings: &Settings,
+    ui: &Ui,
+    handle: &tokio::runtime::Handle,
+) -> Result<ExitCode> {
+    // An S3 server that cannot be used stops the run here, before Qdrant is asked anything.
     let request = Request {
-        path: args.path.clone(),
+        place: super::backup_place(&args.path, settings, handle)?,
         allow_downgrade: args.allow_downgrade,
         overwrite: args.overwrite,
         with_config: args.with_config,
