@@ -72,9 +72,9 @@ pub fn dispatch(cli: Cli, ui: &Ui, runtime: &tokio::runtime::Runtime) -> Result<
     }
 }
 
-/// A backup path or backups directory must be a local one: an `s3://` location is refused before
-/// anything is done (it would otherwise be a local directory named `s3:`), and so is any other
-/// `SCHEME://`.
+/// Where a command (or `backup.default_backup_directory`) takes no `s3://` location yet, one is
+/// refused before anything is done (it would otherwise be a local directory named `s3:`), and so
+/// is any other `SCHEME://`.
 fn local_only(path: &std::path::Path) -> Result<()> {
     let Some(given) = path.to_str() else {
         return Ok(());
@@ -83,7 +83,7 @@ fn local_only(path: &std::path::Path) -> Result<()> {
         crate::backend::Location::Local(_) => Ok(()),
         remote => Err(crate::exit::Failure::new(
             ExitCode::Usage,
-            format!("`{remote}` is an S3 location: this wqm keeps backups in local directories only"),
+            format!("`{remote}` is an S3 location: here this wqm takes local directories only (`create`, `info`, `list`, `validate` and `restore` take `s3://` paths)"),
         )
         .with_hint("back up to a local directory, then copy it offsite as docs/incremental.md shows (`rsync -a DIR/ DEST/`)")
         .into()),
