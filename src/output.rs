@@ -305,6 +305,7 @@ registry!(
     crate::backend::BackendError,
     crate::backend::LocationError,
     crate::backend::lock::LockError,
+    crate::backup::remote::TargetTaken,
     crate::crypto::CryptoError,
 );
 
@@ -493,6 +494,13 @@ mod classify_tests {
                         bucket: "b".into(),
                     },
                 )),
+                ExitCode::Usage,
+            ),
+            (
+                code_of(crate::backup::remote::TargetTaken::Backup {
+                    repository: "r".into(),
+                    target: "t".into(),
+                }),
                 ExitCode::Usage,
             ),
             // A domain error passed through an `io::Result` keeps its code.

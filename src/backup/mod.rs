@@ -9,6 +9,7 @@
 mod databases;
 mod download;
 mod fetch;
+pub mod remote;
 mod survey;
 mod writing;
 

@@ -2,31 +2,56 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde_json::json;
 
+use crate::backend::Location;
 use crate::backup::{self, Request};
 use crate::cli::CreateArgs;
 use crate::config::Settings;
 use crate::exit::{ExitCode, Failure};
 use crate::output::{self, Ui};
 use crate::qdrant::Client;
+use crate::store::Remote;
 
-pub async fn run(args: &CreateArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
+pub async fn run(
+    args: &CreateArgs,
+    settings: &Settings,
+    ui: &Ui,
+    handle: &tokio::runtime::Handle,
+) -> Result<ExitCode> {
     let collections = selected(args)?;
+    let incremental = args.incremental || settings.backup.incremental;
+    let target = target(args, settings)?;
+    // To S3: the server is asked (and dead runs' leftovers removed) before Qdrant is.
+    let sending = match super::location(&target)? {
+        Location::Local(_) => None,
+        Location::S3 { bucket, prefix } => Some(
+            to_s3(
+                super::remote_backup(&target, &bucket, &prefix, settings, handle)?,
+                args.force,
+                incremental,
+                ui,
+            )
+            .await?,
+        ),
+    };
     let request = Request {
-        target: target(args, settings)?,
+        target: match &sending {
+            None => target,
+            Some(s) => s.staged.path().join(&s.name),
+        },
         replace: args.force,
         description: args.description.clone(),
         partial: collections.is_some(),
         collections,
         databases: crate::backup::Databases::All,
         config: true,
-        incremental: args.incremental || settings.backup.incremental,
+        incremental,
     };
     let client = Client::from_settings(settings)?;
     let progress = ui.progress();
-    let outcome = match backup::create(&client, settings, &request, &progress).await {
+    let mut outcome = match backup::create(&client, settings, &request, &progress).await {
         Ok(outcome) => outcome,
         Err(e) => {
             // Nothing partial stays on disk, but a server may keep what could not be deleted.
@@ -37,6 +62,11 @@ pub async fn run(args: &CreateArgs, settings: &Settings, ui: &Ui) -> Result<Exit
             return Err(e);
         }
     };
+    if let Some(sending) = &sending {
+        let backend = sending.repository.backend();
+        backup::remote::send(backend, &outcome.path, &sending.name, &progress).await?;
+        outcome.path = sending.repository.shown(&sending.name);
+    }
     super::report_cleaned(ui, &outcome.cleaned);
     for leftover in &outcome.leftovers {
         ui.warn_action(leftover);
@@ -117,6 +147,65 @@ pub async fn run(args: &CreateArgs, settings: &Settings, ui: &Ui) -> Result<Exit
         outcome.seconds
     ));
     Ok(code)
+}
+
+/// A full backup on its way to S3: made and checked in a local temporary directory as any
+/// backup, then sent (`backup::remote::send`), the manifest last.
+struct Sending {
+    repository: Remote,
+    name: String,
+    /// Removed with everything in it when the run ends.
+    staged: tempfile::TempDir,
+}
+
+/// Checks what a create to S3 needs before anything is made: no `--force` or `--incremental`
+/// there yet (exit 2), this host's dead runs' leftovers removed, and the name free.
+async fn to_s3(
+    (repository, name): (Remote, String),
+    force: bool,
+    incremental: bool,
+    ui: &Ui,
+) -> Result<Sending> {
+    let refuse = |what: &str, hint: &str| -> anyhow::Error {
+        Failure::new(
+            ExitCode::Usage,
+            format!("{what} is not supported for a backup on S3 yet"),
+        )
+        .with_hint(hint)
+        .into()
+    };
+    if force {
+        return Err(refuse(
+            "`--force`",
+            "choose a new name; remove the old backup's objects by hand if it must go",
+        ));
+    }
+    if incremental {
+        return Err(refuse(
+            "an incremental backup (`--incremental` or `backup.incremental`)",
+            "make a full backup to S3, or an incremental one locally and copy the directory (docs/incremental.md)",
+        ));
+    }
+    let backend = repository.backend();
+    for removed in backup::remote::clean_dead_runs(backend).await? {
+        ui.warn(format!(
+            "removed what a killed run left of `{}` in `{}`: {} object(s), {} unfinished upload(s)",
+            removed.target,
+            repository.shown_root(),
+            removed.objects,
+            removed.uploads
+        ));
+    }
+    backup::remote::check_free(backend, &name).await?;
+    let staged = tempfile::Builder::new()
+        .prefix(".wqm-s3-")
+        .tempdir()
+        .context("cannot make a temporary directory for the backup on its way to S3")?;
+    Ok(Sending {
+        repository,
+        name,
+        staged,
+    })
 }
 
 /// The damaged chunks of the store this backup needed, moved aside and stored again.

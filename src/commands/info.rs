@@ -10,7 +10,7 @@ use crate::exit::ExitCode;
 use crate::format::compat;
 use crate::format::manifest::Manifest;
 use crate::output::{self, Ui};
-use crate::store::chunks::{self, ChunkStore, Usage};
+use crate::store::chunks::{self, Usage};
 use crate::store::lock::RepoLock;
 use crate::store::BackupDir;
 
@@ -24,13 +24,18 @@ struct Findings<'a> {
     stale: Option<String>,
 }
 
-pub fn run(args: &InfoArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
-    let backup = BackupDir::open(&args.path)?;
+pub fn run(
+    args: &InfoArgs,
+    settings: &Settings,
+    ui: &Ui,
+    handle: &tokio::runtime::Handle,
+) -> Result<ExitCode> {
+    let backup = BackupDir::open_at(&super::backup_place(&args.path, settings, handle)?)?;
     let m = &backup.manifest;
     let policy = compat::Policy::new(&settings.backup.validation, false);
     let findings = Findings {
         backup: &backup,
-        size: crate::fs::disk_usage(&backup.path)?,
+        size: backup.size()?,
         chunks: chunk_usage(&backup)?,
         compatibility: crate::format::migrations::verdict(&m.version, crate::VERSION, &policy),
         stale: crate::verify::staleness(
@@ -58,9 +63,13 @@ fn chunk_usage(backup: &BackupDir) -> Result<Option<Usage>> {
     if backup.manifest.compression != Some(Stored::Chunked) {
         return Ok(None);
     }
-    // Held while the indexes are read: no prune deletes them or their chunks meanwhile.
-    let _lock = RepoLock::shared(backup.backups_dir(), "backup info")?;
-    ChunkStore::check_in(backup.backups_dir())?;
+    // Held while the indexes are read: no prune deletes them or their chunks meanwhile (a
+    // remote repository has no lock objects yet: nothing prunes there).
+    let _lock = match backup.local_backups_dir() {
+        Some(dir) => Some(RepoLock::shared(dir, "backup info")?),
+        None => None,
+    };
+    backup.open_chunk_store()?;
     let usage = chunks::usage(backup).with_context(|| {
         format!(
             "cannot read the chunk indexes of `{}`",

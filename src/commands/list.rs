@@ -57,22 +57,30 @@ struct Found<'a> {
     size: u64,
 }
 
-pub fn run(args: &ListArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
+pub fn run(
+    args: &ListArgs,
+    settings: &Settings,
+    ui: &Ui,
+    handle: &tokio::runtime::Handle,
+) -> Result<ExitCode> {
     let dir = &args.directory;
-    super::backups_dir(dir)?;
+    let repository = super::repository(dir, settings, handle)?;
     // Reading every backup's chunks (`--check`) is a reader's run: no prune meanwhile.
-    let _lock = match args.check {
-        true => Some(RepoLock::shared(dir, "backup list --check")?),
-        false => None,
-    };
-    let scan =
-        store::scan(dir).with_context(|| format!("cannot read directory `{}`", dir.display()))?;
+    let mut _lock = None;
+    if let store::Repository::Local(dir) = &repository {
+        super::backups_dir(dir)?;
+        if args.check {
+            _lock = Some(RepoLock::shared(dir, "backup list --check")?);
+        }
+    }
+    let scan = store::scan_at(&repository)
+        .with_context(|| format!("cannot read directory `{}`", dir.display()))?;
     warn_unreadable(&scan, ui);
     // Sizes on disk are a walk of each backup: only `list` needs them.
     let mut backups: Vec<Found> = scan
         .backups()
         .map(|backup| Found {
-            size: crate::fs::disk_usage(&backup.path).unwrap_or(0),
+            size: backup.size().unwrap_or(0),
             backup,
         })
         .collect();
@@ -143,7 +151,7 @@ impl Item {
     ) -> Result<Item, verify::AuditError> {
         let m = &found.backup.manifest;
         let now = options.now;
-        let audit = verify::audit(&found.backup.path, options, progress)?;
+        let audit = verify::audit_at(&found.backup.place(), options, progress)?;
         let problems = audit.damage();
         let compatibility = audit.compatibility;
         Ok(Item {

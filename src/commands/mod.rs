@@ -11,7 +11,15 @@ mod reference;
 mod restore;
 mod validate;
 
+use std::path::Path;
+use std::sync::Arc;
+
 use anyhow::Result;
+use tokio::runtime::Handle;
+
+use crate::backend::s3::S3Backend;
+use crate::backend::Location;
+use crate::store::{Place, Remote, Repository};
 
 use crate::cli::{BackupCommand, Cli, Command, OutputArgs};
 use crate::config::{Env, Overrides, Settings};
@@ -33,15 +41,32 @@ pub fn dispatch(cli: Cli, ui: &Ui, runtime: &tokio::runtime::Runtime) -> Result<
     // Every command may lock its backups directory, whose lock a task refreshes.
     let _runtime = runtime.enter();
     let default_dir = settings.backup.default_backup_directory.as_deref();
-    for path in command.paths().into_iter().chain(default_dir) {
+    // These commands take `s3://` paths; the others do not yet.
+    let reads_remote = matches!(
+        command,
+        BackupCommand::Create(_)
+            | BackupCommand::Restore(_)
+            | BackupCommand::Info(_)
+            | BackupCommand::List(_)
+            | BackupCommand::Validate(_)
+    );
+    let given = if reads_remote {
+        Vec::new()
+    } else {
+        command.paths()
+    };
+    for path in given.into_iter().chain(default_dir) {
         local_only(path)?;
     }
+    let handle = runtime.handle();
     match command {
-        BackupCommand::Create(args) => runtime.block_on(create::run(&args, &settings, ui)),
-        BackupCommand::Restore(args) => runtime.block_on(restore::run(&args, &settings, ui)),
-        BackupCommand::Info(args) => info::run(&args, &settings, ui),
-        BackupCommand::List(args) => list::run(&args, &settings, ui),
-        BackupCommand::Validate(args) => validate::run(&args, &settings, ui),
+        BackupCommand::Create(args) => runtime.block_on(create::run(&args, &settings, ui, handle)),
+        BackupCommand::Restore(args) => {
+            runtime.block_on(restore::run(&args, &settings, ui, handle))
+        }
+        BackupCommand::Info(args) => info::run(&args, &settings, ui, handle),
+        BackupCommand::List(args) => list::run(&args, &settings, ui, handle),
+        BackupCommand::Validate(args) => validate::run(&args, &settings, ui, handle),
         BackupCommand::Export(args) => export::run(&args, &settings, ui),
         BackupCommand::Prune(args) => runtime.block_on(prune::run(&args, &settings, ui)),
         BackupCommand::Cleanup(args) => runtime.block_on(cleanup::run(&args, &settings, ui)),
@@ -49,9 +74,9 @@ pub fn dispatch(cli: Cli, ui: &Ui, runtime: &tokio::runtime::Runtime) -> Result<
     }
 }
 
-/// A backup path or backups directory must be a local one: an `s3://` location is refused before
-/// anything is done (it would otherwise be a local directory named `s3:`), and so is any other
-/// `SCHEME://`.
+/// Where a command (or `backup.default_backup_directory`) takes no `s3://` location yet, one is
+/// refused before anything is done (it would otherwise be a local directory named `s3:`), and so
+/// is any other `SCHEME://`.
 fn local_only(path: &std::path::Path) -> Result<()> {
     let Some(given) = path.to_str() else {
         return Ok(());
@@ -60,11 +85,77 @@ fn local_only(path: &std::path::Path) -> Result<()> {
         crate::backend::Location::Local(_) => Ok(()),
         remote => Err(crate::exit::Failure::new(
             ExitCode::Usage,
-            format!("`{remote}` is an S3 location: this wqm keeps backups in local directories only"),
+            format!("`{remote}` is an S3 location: here this wqm takes local directories only (`create`, `info`, `list`, `validate` and `restore` take `s3://` paths)"),
         )
         .with_hint("back up to a local directory, then copy it offsite as docs/incremental.md shows (`rsync -a DIR/ DEST/`)")
         .into()),
     }
+}
+
+/// The backup at `path`: a local directory, or `s3://BUCKET/PREFIX/NAME`, a backup of the
+/// repository `s3://BUCKET/PREFIX` whose server was asked once (`S3Backend::check`), so wrong
+/// credentials, a missing bucket or an unreachable endpoint stop the run before anything else.
+fn backup_place(path: &Path, settings: &Settings, handle: &Handle) -> Result<Place> {
+    match location(path)? {
+        Location::Local(path) => Ok(Place::Local(path)),
+        Location::S3 { bucket, prefix } => {
+            let (repository, name) = remote_backup(path, &bucket, &prefix, settings, handle)?;
+            Ok(Place::Remote(tokio::task::block_in_place(|| {
+                repository.backup(&name)
+            })?))
+        }
+    }
+}
+
+/// `s3://BUCKET/PREFIX/NAME` as the repository `s3://BUCKET/PREFIX` (checked as `remote`
+/// does) and the backup's name in it.
+fn remote_backup(
+    path: &Path,
+    bucket: &str,
+    prefix: &str,
+    settings: &Settings,
+    handle: &Handle,
+) -> Result<(Remote, String)> {
+    let (parent, name) = prefix.rsplit_once('/').unwrap_or(("", prefix));
+    if name.is_empty() || crate::format::layout::is_hidden(name) {
+        return Err(crate::exit::Failure::new(
+            ExitCode::Usage,
+            format!("`{}` names no backup", path.display()),
+        )
+        .with_hint("write `s3://BUCKET/PREFIX/NAME`; `wqm backup list s3://BUCKET/PREFIX` shows the backups there")
+        .into());
+    }
+    Ok((remote(bucket, parent, settings, handle)?, name.to_string()))
+}
+
+/// The backups directory at `dir`: a local one, or an S3 repository (checked as for a backup).
+fn repository(dir: &Path, settings: &Settings, handle: &Handle) -> Result<Repository> {
+    match location(dir)? {
+        Location::Local(path) => Ok(Repository::Local(path)),
+        Location::S3 { bucket, prefix } => Ok(Repository::Remote(remote(
+            &bucket, &prefix, settings, handle,
+        )?)),
+    }
+}
+
+fn location(path: &Path) -> Result<Location> {
+    match path.to_str() {
+        Some(given) => Ok(Location::parse(given)?),
+        None => Ok(Location::Local(path.to_path_buf())),
+    }
+}
+
+/// The repository `s3://bucket/prefix`, its server asked once before anything else is done.
+fn remote(bucket: &str, prefix: &str, settings: &Settings, handle: &Handle) -> Result<Remote> {
+    let resolved = settings.backup.s3.options().resolve()?;
+    let backend = S3Backend::open(bucket, prefix, &resolved)?;
+    tokio::task::block_in_place(|| handle.block_on(backend.check()))?;
+    let shown = Location::S3 {
+        bucket: bucket.to_string(),
+        prefix: prefix.to_string(),
+    }
+    .to_string();
+    Ok(Remote::new(Arc::new(backend), handle.clone(), shown))
 }
 
 /// The directory of backups `list` and `prune` work in must exist.

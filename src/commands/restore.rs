@@ -12,10 +12,17 @@ use crate::output::{self, Ui};
 use crate::qdrant::Client;
 use crate::restore::{self, AliasAction, CollectionAction, DatabaseAction, Plan, Request};
 use crate::store::lock::RepoLock;
+use crate::store::Place;
 
-pub async fn run(args: &RestoreArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
+pub async fn run(
+    args: &RestoreArgs,
+    settings: &Settings,
+    ui: &Ui,
+    handle: &tokio::runtime::Handle,
+) -> Result<ExitCode> {
+    // An S3 server that cannot be used stops the run here, before Qdrant is asked anything.
     let request = Request {
-        path: args.path.clone(),
+        place: super::backup_place(&args.path, settings, handle)?,
         allow_downgrade: args.allow_downgrade,
         overwrite: args.overwrite,
         with_config: args.with_config,
@@ -24,7 +31,14 @@ pub async fn run(args: &RestoreArgs, settings: &Settings, ui: &Ui) -> Result<Exi
     let client = Client::from_settings(settings)?;
     // Held from the plan (which reads and checks the backup) to the end of the restore: no
     // prune deletes the backup or its chunks between two of its files.
-    let _lock = RepoLock::shared(crate::fs::parent_dir(&args.path), "backup restore")?;
+    // (A remote repository has no lock objects yet: nothing prunes there.)
+    let _lock = match &request.place {
+        Place::Local(path) => Some(RepoLock::shared(
+            crate::fs::parent_dir(path),
+            "backup restore",
+        )?),
+        Place::Remote(_) => None,
+    };
     let progress = ui.progress();
     let planning = std::time::Instant::now();
     let plan = restore::plan(&client, settings, &request, &progress).await?;

@@ -10,10 +10,15 @@ use crate::exit::ExitCode;
 use crate::output::Ui;
 use crate::store::chunks::{self, Selection, Subset};
 use crate::store::lock::RepoLock;
-use crate::store::BackupDir;
+use crate::store::{BackupDir, Place};
 use crate::verify::{self, Severity};
 
-pub fn run(args: &ValidateArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
+pub fn run(
+    args: &ValidateArgs,
+    settings: &Settings,
+    ui: &Ui,
+    handle: &tokio::runtime::Handle,
+) -> Result<ExitCode> {
     let reads_files = args.check_files || args.read_data_subset.is_some();
     let depth = if reads_files {
         verify::Depth::Full
@@ -24,19 +29,26 @@ pub fn run(args: &ValidateArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode
     let mut options =
         verify::Options::new(depth, crate::format::compat::Policy::new(validation, false))
             .warning_after(validation.version_warning_threshold);
-    crate::format::layout::refuse_unfinished(&args.path)?;
+    let place = super::backup_place(&args.path, settings, handle)?;
     // Held while every file is read: no prune deletes the backup or its chunks meanwhile.
-    let _lock = RepoLock::shared(crate::fs::parent_dir(&args.path), "backup validate")?;
+    let mut _lock = None;
+    if let Place::Local(path) = &place {
+        crate::format::layout::refuse_unfinished(path)?;
+        _lock = Some(RepoLock::shared(
+            crate::fs::parent_dir(path),
+            "backup validate",
+        )?);
+    }
     if let Some(subset) = args.read_data_subset {
         // Only a size needs the total it is a share of (a pass over the indexes).
         let total = match subset {
-            Subset::Size(_) => chunk_bytes(&args.path),
+            Subset::Size(_) => chunk_bytes(&place),
             _ => 0,
         };
         options.chunks = verify::ChunkTally::reading(Selection::new(subset, total));
     }
     let progress = ui.progress();
-    let report = verify::audit(&args.path, &options, &progress)?;
+    let report = verify::audit_at(&place, &options, &progress)?;
     let errors = report.count(Severity::Error);
     let warnings = report.count(Severity::Warning);
 
@@ -118,8 +130,8 @@ pub fn run(args: &ValidateArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode
 
 /// The distinct chunk content an incremental backup names (what a `--read-data-subset SIZE` is a
 /// share of); 0 when it cannot be read, which the audit then reports.
-fn chunk_bytes(path: &std::path::Path) -> u64 {
-    let Ok(backup) = BackupDir::open(path) else {
+fn chunk_bytes(place: &Place) -> u64 {
+    let Ok(backup) = BackupDir::open_at(place) else {
         return 0;
     };
     let mut seen = std::collections::HashSet::new();

@@ -33,6 +33,7 @@ pub struct BackupSettings {
     pub metadata: MetadataSettings,
     pub transfer: TransferSettings,
     pub daemon: DaemonSettings,
+    pub s3: S3Settings,
 }
 
 impl Default for BackupSettings {
@@ -50,6 +51,7 @@ impl Default for BackupSettings {
             metadata: MetadataSettings::default(),
             transfer: TransferSettings::default(),
             daemon: DaemonSettings::default(),
+            s3: S3Settings::default(),
         }
     }
 }
@@ -232,6 +234,31 @@ impl Default for DaemonSettings {
             address: DEFAULT_DAEMON_ADDRESS.to_string(),
             process_name: "memexd".to_string(),
             timeout: 30,
+        }
+    }
+}
+
+/// How `s3://` locations are reached (`backup.s3.*`): each set value wins over the AWS chain
+/// (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_PROFILE`, `~/.aws/{config,credentials}`). Credentials
+/// are not settings: they come from that chain only, never from wqm's config file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Settings {
+    /// The server (`https://…`, or `http://…` for one on this machine); unset: AWS itself.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// The profile of `~/.aws/credentials` and `~/.aws/config` to take credentials from.
+    pub profile: Option<String>,
+}
+
+impl S3Settings {
+    /// The options an S3 client is built with: these settings, the rest from the AWS chain.
+    pub fn options(&self) -> crate::backend::S3Options {
+        crate::backend::S3Options {
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            profile: self.profile.clone(),
+            ..Default::default()
         }
     }
 }

@@ -37,7 +37,8 @@ pub use verify::Verified;
 /// What to restore, and how.
 #[derive(Clone, Debug)]
 pub struct Request {
-    pub path: PathBuf,
+    /// The backup: a local directory or a remote repository's.
+    pub place: crate::store::Place,
     pub allow_downgrade: bool,
     pub overwrite: bool,
     pub with_config: bool,

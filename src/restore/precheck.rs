@@ -66,6 +66,7 @@ impl Precheck {
             source: BackupDir {
                 path: source.path.clone(),
                 manifest: source.manifest.clone(),
+                remote: source.remote.clone(),
             },
             files: source.manifest.files.clone(),
             state: Mutex::default(),

@@ -18,15 +18,44 @@ use crate::format::names::EntryPath;
 pub(crate) mod at;
 pub mod chunks;
 pub mod lock;
+mod remote;
 mod staging;
-use chunks::{ChunkReader, ChunkStore};
+use chunks::{ChunkError, ChunkReader, ChunkStore};
+pub use remote::{Remote, RemoteBackup};
 pub use staging::{FileSink, Staging};
 
 /// A backup directory and its manifest.
 #[derive(Debug)]
 pub struct BackupDir {
+    /// Where it is: a local directory, or as shown for a remote one (`s3://bucket/prefix/NAME`).
     pub path: PathBuf,
     pub manifest: Manifest,
+    /// A backup on a backend: every read goes there, `path` only names it.
+    pub remote: Option<RemoteBackup>,
+}
+
+/// Where a backup the user named is.
+#[derive(Clone, Debug)]
+pub enum Place {
+    Local(PathBuf),
+    Remote(RemoteBackup),
+}
+
+impl Place {
+    /// The backup as a path to show.
+    pub fn shown(&self) -> PathBuf {
+        match self {
+            Place::Local(path) => path.clone(),
+            Place::Remote(remote) => remote.shown(),
+        }
+    }
+}
+
+/// Where the backups of a directory are.
+#[derive(Clone, Debug)]
+pub enum Repository {
+    Local(PathBuf),
+    Remote(Remote),
 }
 
 /// What `stat` tells about an entry (the entry itself, never what a link points at).
@@ -47,7 +76,58 @@ impl BackupDir {
         Ok(BackupDir {
             path: path.to_path_buf(),
             manifest,
+            remote: None,
         })
+    }
+
+    /// Opens the backup at `place`: locally as `open`; remotely its manifest must be there (a
+    /// name without one is no backup, or one still being written).
+    pub fn open_at(place: &Place) -> anyhow::Result<Self> {
+        match place {
+            Place::Local(path) => Self::open(path),
+            Place::Remote(remote) => {
+                if !remote.exists() {
+                    return Err(layout::LayoutError::NotFound {
+                        path: remote.shown(),
+                    }
+                    .into());
+                }
+                Ok(Self::remote(remote.clone(), Self::read_manifest_at(place)?))
+            }
+        }
+    }
+
+    fn remote(remote: RemoteBackup, manifest: Manifest) -> Self {
+        BackupDir {
+            path: remote.shown(),
+            manifest,
+            remote: Some(remote),
+        }
+    }
+
+    /// The manifest of the backup at `place` (`read_manifest` for a local one).
+    pub fn read_manifest_at(place: &Place) -> Result<Manifest, ManifestError> {
+        match place {
+            Place::Local(path) => Self::read_manifest(path),
+            Place::Remote(remote) => remote.repository.read_manifest(&remote.name),
+        }
+    }
+
+    /// Where this backup is.
+    pub fn place(&self) -> Place {
+        match &self.remote {
+            None => Place::Local(self.path.clone()),
+            Some(remote) => Place::Remote(remote.clone()),
+        }
+    }
+
+    /// The bytes the backup occupies (its own files; an incremental backup's chunks are
+    /// beside it).
+    pub fn size(&self) -> io::Result<u64> {
+        match &self.remote {
+            None => crate::fs::disk_usage(&self.path),
+            Some(remote) => Ok(remote.size()),
+        }
     }
 
     /// Reads `metadata/manifest.json` of the backup at `root`: no link followed, its size
@@ -66,10 +146,10 @@ impl BackupDir {
     }
 
     /// Opens a stored file for reading: a regular file reached without following any link.
-    pub fn open_entry(&self, entry: &FileEntry) -> io::Result<File> {
+    pub fn open_entry(&self, entry: &FileEntry) -> io::Result<Box<dyn Read + Send>> {
         let path =
             EntryPath::parse(&entry.path).map_err(|reason| unsafe_path(&entry.path, reason))?;
-        open_in(&self.path, path.as_str())
+        self.open_file(path.as_str())
     }
 
     /// Wraps a reader of `entry`'s stored bytes (from `open_entry`) so it yields the content:
@@ -136,7 +216,7 @@ impl BackupDir {
 
     /// The chunk store of the backups beside this one, held shared while the result lives.
     pub fn chunk_store(&self) -> io::Result<std::sync::Arc<ChunkStore>> {
-        ChunkStore::open_for_reading(self.backups_dir()).map_err(|e| {
+        self.open_chunk_store().map_err(|e| {
             let kind = if e.is_busy() {
                 io::ErrorKind::WouldBlock
             } else {
@@ -147,8 +227,30 @@ impl BackupDir {
         })
     }
 
+    /// The chunk store of the backups beside this one (`chunk_store` with the store's error).
+    pub fn open_chunk_store(&self) -> Result<std::sync::Arc<ChunkStore>, ChunkError> {
+        match &self.remote {
+            None => ChunkStore::open_for_reading(self.backups_dir()),
+            Some(remote) => ChunkStore::open_remote(&remote.repository),
+        }
+    }
+
+    /// The backups beside this one (in its directory, or its remote repository).
+    pub fn siblings(&self) -> io::Result<Scan> {
+        match &self.remote {
+            None => scan(self.backups_dir()),
+            Some(remote) => scan_remote(&remote.repository),
+        }
+    }
+
+    /// The local directory this backup belongs to, whose lock its readers hold; `None` for a
+    /// backup in a remote repository.
+    pub fn local_backups_dir(&self) -> Option<&Path> {
+        self.remote.is_none().then(|| self.backups_dir())
+    }
+
     /// The directory this backup belongs to (a staged backup: the one its target will be in).
-    pub fn backups_dir(&self) -> &Path {
+    fn backups_dir(&self) -> &Path {
         let parent = crate::fs::parent_dir(&self.path);
         if layout::is_staging(parent) {
             crate::fs::parent_dir(parent)
@@ -158,19 +260,32 @@ impl BackupDir {
     }
 
     /// Opens a file of the fixed layout (a legacy backup's `sqlite/state.db`, ...).
-    pub fn open_file(&self, rel: &str) -> io::Result<File> {
-        open_in(&self.path, rel)
+    pub fn open_file(&self, rel: &str) -> io::Result<Box<dyn Read + Send>> {
+        match &self.remote {
+            None => Ok(Box::new(open_in(&self.path, rel)?)),
+            Some(remote) => {
+                split(rel)?;
+                remote.open(rel)
+            }
+        }
     }
 
-    /// The entry at `rel` itself (a link is reported as a link).
+    /// The entry at `rel` itself (a link is reported as a link; remotely, a name with objects
+    /// under it is a directory).
     pub fn stat(&self, rel: &str) -> io::Result<Stat> {
-        stat_in(&self.path, rel)
+        match &self.remote {
+            None => stat_in(&self.path, rel),
+            Some(remote) => remote.stat(rel),
+        }
     }
 
     /// Every entry that is not a directory (files, links, anything else), relative and
     /// `/`-separated, sorted. Directories are walked without following links.
     pub fn list(&self) -> Vec<String> {
-        list_in(&self.path)
+        match &self.remote {
+            None => list_in(&self.path),
+            Some(remote) => remote.list(),
+        }
     }
 }
 
@@ -494,6 +609,7 @@ pub fn scan(dir: &Path) -> io::Result<Scan> {
                 Ok(manifest) => Seen::Backup(Box::new(BackupDir {
                     path: path.clone(),
                     manifest,
+                    remote: None,
                 })),
                 Err(e) if !path.join(layout::METADATA_DIR).is_dir() => {
                     Seen::Other(format!("not a wqm backup ({e})"))
@@ -507,6 +623,46 @@ pub fn scan(dir: &Path) -> io::Result<Scan> {
         scan.entries.push(Entry { name, path, seen });
     }
     Ok(scan)
+}
+
+/// `scan` of a repository on a backend: one listing, grouped by the first component of each
+/// name. A backup is a name, not hidden, with a manifest that reads; a name with objects but
+/// no manifest is no backup (a killed run's, or one being written: the manifest is written
+/// last).
+pub fn scan_remote(repository: &Remote) -> io::Result<Scan> {
+    let mut names: std::collections::BTreeMap<String, bool> = Default::default();
+    for object in repository.list("")? {
+        let (first, rest) = object.name.split_once('/').unwrap_or((&object.name, ""));
+        if layout::is_hidden(first) || rest.is_empty() {
+            continue;
+        }
+        *names.entry(first.to_string()).or_default() |= rest == MANIFEST_PATH;
+    }
+    let mut scan = Scan::default();
+    for (name, has_manifest) in names {
+        let path = repository.shown(&name);
+        let seen = if !has_manifest {
+            Seen::Other("no manifest: not a backup, or one being written".to_string())
+        } else {
+            match repository.read_manifest(&name) {
+                Ok(manifest) => match repository.backup(&name) {
+                    Ok(backup) => Seen::Backup(Box::new(BackupDir::remote(backup, manifest))),
+                    Err(e) => Seen::Unreadable(e.to_string()),
+                },
+                Err(e) => Seen::Unreadable(e.to_string()),
+            }
+        };
+        scan.entries.push(Entry { name, path, seen });
+    }
+    Ok(scan)
+}
+
+/// `scan` of a local directory or a remote repository.
+pub fn scan_at(repository: &Repository) -> io::Result<Scan> {
+    match repository {
+        Repository::Local(dir) => scan(dir),
+        Repository::Remote(remote) => scan_remote(remote),
+    }
 }
 
 #[cfg(all(test, unix))]
@@ -639,6 +795,7 @@ mod tests {
         let backup = BackupDir {
             path,
             manifest: Manifest::new("0.3.0", 1.0),
+            remote: None,
         };
         (dir, backup, entry)
     }

@@ -140,7 +140,7 @@ pub(super) fn check_chunk_store(report: &mut Report, backup: &BackupDir) -> Resu
         .iter()
         .any(|f| f.compression == Stored::Chunked);
     if chunked {
-        match ChunkStore::open_for_reading(backup.backups_dir()) {
+        match backup.open_chunk_store() {
             Ok(_) => {}
             Err(e) if e.is_busy() => return Err(AuditError::StoreBusy(e)),
             Err(e) => report.add(Severity::Error, Check::Contents, None, e.to_string()),
@@ -222,7 +222,7 @@ pub(super) fn report_bad_chunks(
         return;
     }
     let ids: HashSet<ChunkId> = bad.iter().map(|(id, _)| *id).collect();
-    let users = chunks::backups_using(backup.backups_dir(), &ids);
+    let users = chunks::backups_using(backup, &ids);
     let mut reported = HashSet::new();
     for (id, problem) in bad {
         if !reported.insert(*id) {

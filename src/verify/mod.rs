@@ -20,7 +20,7 @@ use crate::format::layout;
 use crate::format::manifest::Manifest;
 use crate::progress::Progress;
 use crate::store::chunks;
-use crate::store::{BackupDir, Staging};
+use crate::store::{BackupDir, Place, Staging};
 
 pub use chunked::ChunkTally;
 use chunked::{check_chunk_store, check_refs};
@@ -188,25 +188,63 @@ pub fn audit(
     options: &Options,
     progress: &dyn Progress,
 ) -> Result<Report, AuditError> {
+    audit_at(&Place::Local(path.to_path_buf()), options, progress)
+}
+
+/// Audits the backup at `place`, local or remote. Only Ctrl-C stops it early.
+pub fn audit_at(
+    place: &Place,
+    options: &Options,
+    progress: &dyn Progress,
+) -> Result<Report, AuditError> {
     let mut report = Report {
-        path: path.to_path_buf(),
+        path: place.shown(),
         manifest: None,
         compatibility: None,
         checked_files: options.depth != Depth::Structure,
         findings: Vec::new(),
     };
-    if let Err(e) = layout::ensure_backup_dir(path) {
-        report.add(Severity::Error, Check::Structure, None, e.to_string());
-        return Ok(report);
+    match place {
+        Place::Local(path) => {
+            if let Err(e) = layout::ensure_backup_dir(path) {
+                report.add(Severity::Error, Check::Structure, None, e.to_string());
+                return Ok(report);
+            }
+            check_structure(&mut report, path);
+        }
+        Place::Remote(remote) => {
+            if !remote.exists() {
+                let e = layout::LayoutError::NotFound {
+                    path: remote.shown(),
+                };
+                report.add(Severity::Error, Check::Structure, None, e.to_string());
+                return Ok(report);
+            }
+            // Object storage has no directories: an empty one of the local layout is simply
+            // absent, and every object the manifest names is checked below.
+            report.add(
+                Severity::Ok,
+                Check::Structure,
+                None,
+                "Object layout (directories are implied by the objects' names)",
+            );
+        }
     }
-    check_structure(&mut report, path);
     // Without a manifest there is nothing more to compare the backup with.
-    let Some(manifest) = check_manifest(&mut report, path, options) else {
+    let Some(manifest) = check_manifest(&mut report, place, options) else {
         return Ok(report);
     };
-    let backup = BackupDir {
-        path: path.to_path_buf(),
-        manifest,
+    let backup = match place {
+        Place::Local(path) => BackupDir {
+            path: path.to_path_buf(),
+            manifest,
+            remote: None,
+        },
+        Place::Remote(remote) => BackupDir {
+            path: remote.shown(),
+            manifest,
+            remote: Some(remote.clone()),
+        },
     };
     if backup.manifest.is_legacy() {
         check_legacy(&mut report, &backup, options)?;
@@ -284,6 +322,7 @@ fn set_aside_damaged(report: &Report, tally: &ChunkTally) {
     let backup = BackupDir {
         path: report.path.clone(),
         manifest,
+        remote: None,
     };
     if let Ok(store) = backup.chunk_store() {
         for id in &damaged {

@@ -45,10 +45,10 @@ pub(super) fn check_structure(report: &mut Report, path: &Path) {
 /// Reads the manifest and checks its version and age; `None` when it cannot be read.
 pub(super) fn check_manifest(
     report: &mut Report,
-    path: &Path,
+    place: &store::Place,
     options: &Options,
 ) -> Option<Manifest> {
-    let manifest = match BackupDir::read_manifest(path) {
+    let manifest = match BackupDir::read_manifest_at(place) {
         Ok(m) => m,
         Err(e) => {
             report.add(

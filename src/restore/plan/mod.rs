@@ -43,7 +43,7 @@ pub async fn plan(
     request: &Request,
     progress: &dyn Progress,
 ) -> Result<Plan> {
-    let mut plan = Plan::new(BackupDir::open(&request.path)?);
+    let mut plan = Plan::new(BackupDir::open_at(&request.place)?);
     let policy = Policy::new(&settings.backup.validation, request.allow_downgrade);
     // 1. The backup: structure, manifest, files (and their checksums), versions. With
     // `verify_before_restore` the files are read here only for a dry run (which shows what is
@@ -136,7 +136,8 @@ fn plan_validation(
     let options = verify::Options::new(depth, policy.clone())
         .warning_after(validation.version_warning_threshold);
     // Reading the whole backup blocks: off the async workers.
-    let report = tokio::task::block_in_place(|| verify::audit(&plan.backup, &options, progress))?;
+    let place = plan.source.place();
+    let report = tokio::task::block_in_place(|| verify::audit_at(&place, &options, progress))?;
     let errors = report.damage();
     if !errors.is_empty() {
         plan.blockers
@@ -389,11 +390,22 @@ fn plan_safety_backup(plan: &mut Plan, settings: &Settings) {
         );
         return;
     }
-    let dir = settings
-        .backup
-        .default_backup_directory
-        .clone()
-        .unwrap_or_else(|| plan.backup.parent().unwrap_or(Path::new(".")).to_path_buf());
+    let beside = match plan.source.remote {
+        None => Some(plan.backup.parent().unwrap_or(Path::new(".")).to_path_buf()),
+        // Safety backups are written locally: beside a backup on S3 is no place for one.
+        Some(_) => None,
+    };
+    let Some(dir) = settings.backup.default_backup_directory.clone().or(beside) else {
+        plan.block(
+            ExitCode::Usage,
+            format!(
+                "This restore needs a safety backup of what it replaces, and `{}` is on S3, where wqm does not write safety backups",
+                plan.backup.display()
+            ),
+            Some("set `backup.default_backup_directory` to a local directory for them, or `backup.auto_backup_before_restore: false` to restore without one".to_string()),
+        );
+        return;
+    };
     let name = chrono::Local::now()
         .format(crate::prune::SAFETY_NAME)
         .to_string();

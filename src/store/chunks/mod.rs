@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checksum::{sha256, to_hex};
 use crate::exit::{Classify, ExitCode};
-use crate::store::at;
+use crate::store::{at, Remote};
 
 /// The chunk store's directory in a backups directory.
 pub const STORE_DIR: &str = ".wqm-chunks";
@@ -257,6 +257,8 @@ pub struct ChunkStore {
     /// The `flock` of a store made before lock objects, held while the store is open
     /// (`legacy_lock`).
     _legacy_lock: Option<File>,
+    /// A store on a backend: chunks are read from there, `root` only names it.
+    remote: Option<Remote>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -356,16 +358,7 @@ impl ChunkStore {
             .open_file(PARAMS_FILE)
             .and_then(|f| f.take(64 * 1024).read_to_string(&mut text))
             .map_err(|e| not_a_store(format!("cannot read `{PARAMS_FILE}`: {e}")))?;
-        let params: Params = serde_json::from_str(&text)
-            .map_err(|e| not_a_store(format!("`{PARAMS_FILE}`: {e}")))?;
-        let unknown = params.unknown_features();
-        if !unknown.is_empty() {
-            return Err(ChunkError::NewerStore {
-                path: root,
-                features: unknown,
-            });
-        }
-        params.check().map_err(not_a_store)?;
+        let params = Self::parse_params(&root, &text)?;
         Ok((store, params))
     }
 
@@ -380,7 +373,52 @@ impl ChunkStore {
             root,
             params,
             _legacy_lock: legacy_lock,
+            remote: None,
         })
+    }
+
+    /// The store of a repository on a backend, to read chunks: `.wqm-chunks/store.json` read
+    /// and checked as locally.
+    pub fn open_remote(repository: &Remote) -> Result<Arc<Self>, ChunkError> {
+        let root = repository.shown(STORE_DIR);
+        let rel = format!("{STORE_DIR}/{PARAMS_FILE}");
+        let mut text = String::new();
+        let read = repository
+            .open(&rel)
+            .and_then(|f| f.take(64 * 1024).read_to_string(&mut text));
+        match read {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(ChunkError::NoStore { path: root })
+            }
+            Err(e) => return Err(io_error(&root)(e)),
+            Ok(_) => {}
+        }
+        let params = Self::parse_params(&root, &text)?;
+        Ok(Arc::new(ChunkStore {
+            root,
+            params,
+            _legacy_lock: None,
+            remote: Some(repository.clone()),
+        }))
+    }
+
+    /// `store.json`'s text, checked: this wqm knows its features and can cut with it.
+    fn parse_params(root: &Path, text: &str) -> Result<Params, ChunkError> {
+        let not_a_store = |reason: String| ChunkError::NotAStore {
+            path: root.to_path_buf(),
+            reason,
+        };
+        let params: Params =
+            serde_json::from_str(text).map_err(|e| not_a_store(format!("`{PARAMS_FILE}`: {e}")))?;
+        let unknown = params.unknown_features();
+        if !unknown.is_empty() {
+            return Err(ChunkError::NewerStore {
+                path: root.to_path_buf(),
+                features: unknown,
+            });
+        }
+        params.check().map_err(not_a_store)?;
+        Ok(params)
     }
 
     pub fn params(&self) -> &Params {
@@ -389,6 +427,9 @@ impl ChunkStore {
 
     /// The stored (compressed) size of a chunk, when it is there.
     pub fn stored_size(&self, id: &ChunkId) -> Option<u64> {
+        if let Some(remote) = &self.remote {
+            return remote.size(&format!("{STORE_DIR}/{}", id.rel())).ok();
+        }
         super::stat_in(&self.root, &id.rel())
             .ok()
             .filter(|s| s.kind == super::Kind::File)
@@ -412,7 +453,13 @@ impl ChunkStore {
                 self.params.max_size
             )));
         }
-        let file = super::open_in(&self.root, &id.rel()).map_err(|e| match e.kind() {
+        let file: Box<dyn Read> = match &self.remote {
+            None => super::open_in(&self.root, &id.rel()).map(|f| Box::new(f) as Box<dyn Read>),
+            Some(remote) => remote
+                .open(&format!("{STORE_DIR}/{}", id.rel()))
+                .map(|f| Box::new(f) as Box<dyn Read>),
+        }
+        .map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => ChunkProblem::Missing,
             _ => damaged("cannot read", e),
         })?;

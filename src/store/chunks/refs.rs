@@ -126,6 +126,7 @@ pub fn write_refs(dir: &Path, manifest: &Manifest) -> io::Result<Option<ChunkRef
     let staged = BackupDir {
         path: dir.to_path_buf(),
         manifest: manifest.clone(),
+        remote: None,
     };
     if !staged
         .manifest

@@ -521,6 +521,7 @@ fn a_chunked_config_is_read_no_further_than_its_manifest_says() {
     let backup = crate::store::BackupDir {
         path: backup_path,
         manifest: Manifest::new("0.3.0", 1.0),
+        remote: None,
     };
     drop(store);
     let err = backup
@@ -571,6 +572,7 @@ fn open_checked_reads_a_chunked_entry_in_order() {
     let backup = crate::store::BackupDir {
         path: backup_path,
         manifest: Manifest::new("0.3.0", 1.0),
+        remote: None,
     };
     drop(store);
     let mut read = Vec::new();

@@ -2,7 +2,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io;
-use std::path::Path;
 
 use serde::Serialize;
 
@@ -47,7 +46,7 @@ pub fn usage(backup: &BackupDir) -> io::Result<Usage> {
     })?;
     usage.chunks = own.len() as u64;
     usage.referenced_bytes = own.values().sum();
-    for other in crate::store::scan(backup.backups_dir())?.backups() {
+    for other in backup.siblings()?.backups() {
         if other.path != backup.path {
             // An unreadable index shares nothing that can be counted.
             let _ = visit_chunks(other, |line| {
@@ -59,10 +58,10 @@ pub fn usage(backup: &BackupDir) -> io::Result<Usage> {
     Ok(usage)
 }
 
-/// Which backups of `dir` need each of `ids`, by name.
-pub fn backups_using(dir: &Path, ids: &HashSet<ChunkId>) -> BTreeMap<ChunkId, Vec<String>> {
+/// Which backups beside `backup` (itself included) need each of `ids`, by name.
+pub fn backups_using(backup: &BackupDir, ids: &HashSet<ChunkId>) -> BTreeMap<ChunkId, Vec<String>> {
     let mut users: BTreeMap<ChunkId, Vec<String>> = BTreeMap::new();
-    let Ok(scan) = crate::store::scan(dir) else {
+    let Ok(scan) = backup.siblings() else {
         return users;
     };
     for backup in scan.backups() {

@@ -1,0 +1,236 @@
+//! A full backup sent to a repository on a `Backend` (S3), committed without rename: every
+//! object of the backup is written first, its manifest last with `save_new`, so until the
+//! manifest is there `list`, `validate` and `restore` see no backup (`store::scan_remote`).
+//!
+//! A run record `.wqm-runs/<id>` (host, pid, start, target) is written before the first object
+//! and removed after the commit: a killed run's record is how the next run (or `cleanup`)
+//! finds the objects it left and its unfinished multipart uploads, and removes them.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::{self, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
+
+use crate::backend::{Backend, BackendError, ByteStream, Name};
+use crate::format::layout::MANIFEST_PATH;
+use crate::progress::Progress;
+
+/// Where run records live in a repository.
+pub const RUNS_DIR: &str = ".wqm-runs";
+/// How much of a file is read at a time while it is sent (the backend cuts parts from it).
+const PIECE: usize = 1 << 20;
+
+/// What `.wqm-runs/<id>` says about a run sending a backup.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub host: String,
+    pub pid: u32,
+    pub started: f64,
+    /// The backup's name in the repository.
+    pub target: String,
+}
+
+/// A killed run's leftovers, removed (`clean_dead_runs`).
+#[derive(Debug)]
+pub struct Removed {
+    pub target: String,
+    pub objects: usize,
+    pub uploads: usize,
+}
+
+/// Whether the name `target` is free in the repository: no object at all under it. A backup
+/// there is refused (no `--force` on S3 yet); objects without a manifest are a killed or
+/// running send's.
+pub async fn check_free(backend: &dyn Backend, target: &str) -> Result<(), TargetTaken> {
+    let objects = backend
+        .list(&format!("{target}/"))
+        .await
+        .map_err(TargetTaken::Backend)?;
+    if objects.is_empty() {
+        return Ok(());
+    }
+    let manifest = format!("{target}/{MANIFEST_PATH}");
+    let repository = backend.describe();
+    if objects.iter().any(|o| o.name == manifest) {
+        Err(TargetTaken::Backup {
+            repository,
+            target: target.to_string(),
+        })
+    } else {
+        Err(TargetTaken::Unfinished {
+            repository,
+            target: target.to_string(),
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TargetTaken {
+    #[error("a backup `{target}` already exists in `{repository}`")]
+    Backup { repository: String, target: String },
+    #[error("`{target}` in `{repository}` holds objects of an unfinished backup (a run that is still sending it, or one that was killed)")]
+    Unfinished { repository: String, target: String },
+    #[error(transparent)]
+    Backend(BackendError),
+}
+
+impl crate::exit::Classify for TargetTaken {
+    fn exit_code(&self) -> crate::exit::ExitCode {
+        match self {
+            TargetTaken::Backend(e) => e.exit_code(),
+            _ => crate::exit::ExitCode::Usage,
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        match self {
+            TargetTaken::Backup { .. } => Some("choose another name: `--force` does not replace a backup on S3 yet".to_string()),
+            TargetTaken::Unfinished { .. } => Some("once that run is over, the next `create` to this repository removes what it left (a killed run of another host: remove the objects under that name by hand)".to_string()),
+            TargetTaken::Backend(e) => e.hint(),
+        }
+    }
+}
+
+/// Sends the committed local backup `local` as `target`: the run record, every file but the
+/// manifest (streamed, bounded memory), then the manifest with `save_new`, then the record
+/// removed. On failure what was sent is removed; a killed run leaves it to `clean_dead_runs`.
+pub async fn send(
+    backend: &dyn Backend,
+    local: &Path,
+    target: &str,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let record = Name::new(format!("{RUNS_DIR}/{}", crate::backend::random_id()))?;
+    let text = serde_json::to_vec(&RunRecord {
+        host: crate::backend::lock::hostname(),
+        pid: std::process::id(),
+        started: crate::now(),
+        target: target.to_string(),
+    })?;
+    backend.save_new(&record, Bytes::from(text)).await?;
+    let sent = send_objects(backend, local, target, progress).await;
+    if sent.is_err() {
+        // Best effort: what is left is found by the record.
+        if remove_under(backend, target).await.is_ok() {
+            let _ = backend.remove(&record).await;
+        }
+        return sent;
+    }
+    backend.remove(&record).await?;
+    Ok(())
+}
+
+async fn send_objects(
+    backend: &dyn Backend,
+    local: &Path,
+    target: &str,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let files = crate::store::list_in(local);
+    for rel in files.iter().filter(|rel| rel.as_str() != MANIFEST_PATH) {
+        crate::progress::check_interrupted()?;
+        progress.step(&format!("sending `{rel}`"));
+        let file = crate::store::open_in(local, rel)
+            .with_context(|| format!("cannot read `{}`", local.join(rel).display()))?;
+        let name = Name::new(format!("{target}/{rel}"))?;
+        backend
+            .save(&name, file_stream(tokio::fs::File::from_std(file)))
+            .await?;
+    }
+    crate::failpoint::hit("create:s3-before-manifest")?;
+    crate::progress::check_interrupted()?;
+    let manifest = std::fs::read(local.join(MANIFEST_PATH))
+        .with_context(|| format!("cannot read `{}`", local.join(MANIFEST_PATH).display()))?;
+    let name = Name::new(format!("{target}/{MANIFEST_PATH}"))?;
+    backend.save_new(&name, Bytes::from(manifest)).await?;
+    Ok(())
+}
+
+/// A file's bytes as they are read, a piece at a time.
+fn file_stream(file: tokio::fs::File) -> ByteStream {
+    stream::unfold(Some(file), |file| async move {
+        let mut file = file?;
+        let mut piece = BytesMut::with_capacity(PIECE);
+        while piece.len() < PIECE {
+            match file.read_buf(&mut piece).await {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => return Some((Err(e), None)),
+            }
+        }
+        if piece.is_empty() {
+            None
+        } else {
+            Some((Ok(piece.freeze()), Some(file)))
+        }
+    })
+    .boxed()
+}
+
+/// Removes every object under `target/`; returns how many.
+async fn remove_under(backend: &dyn Backend, target: &str) -> Result<usize, BackendError> {
+    let objects = backend.list(&format!("{target}/")).await?;
+    for object in &objects {
+        backend.remove(&Name::new(object.name.clone())?).await?;
+    }
+    Ok(objects.len())
+}
+
+/// Removes what this host's dead runs left: for each run record whose process is gone, the
+/// objects of its target when it has no manifest (never a committed backup), the multipart
+/// uploads it left under it, and the record. Another host's records are left alone: whether
+/// that run lives cannot be told from here.
+pub async fn clean_dead_runs(backend: &dyn Backend) -> Result<Vec<Removed>, BackendError> {
+    let host = crate::backend::lock::hostname();
+    let mut removed = Vec::new();
+    for object in backend.list(&format!("{RUNS_DIR}/")).await? {
+        let name = Name::new(object.name.clone())?;
+        let text = crate::backend::collect(backend.load(&name, None).await?)
+            .await
+            .map_err(|e| BackendError::Other {
+                repository: backend.describe(),
+                what: format!("reading `{name}`"),
+                reason: e.to_string(),
+            })?;
+        let Ok(record) = serde_json::from_slice::<RunRecord>(&text) else {
+            continue;
+        };
+        if record.host != host || crate::backend::lock::process_alive(record.pid) {
+            continue;
+        }
+        let target = Name::new(record.target.clone())?;
+        let manifest = Name::new(format!("{target}/{MANIFEST_PATH}"))?;
+        let committed = match backend.stat(&manifest).await {
+            Ok(_) => true,
+            Err(e) if e.is_not_found() => false,
+            Err(e) => return Err(e),
+        };
+        let objects = if committed {
+            0
+        } else {
+            remove_under(backend, target.as_str()).await?
+        };
+        let mut uploads = 0;
+        let under = format!("{target}/");
+        for upload in backend.unfinished().await? {
+            if upload
+                .name
+                .as_deref()
+                .is_some_and(|n| n.starts_with(&under))
+            {
+                backend.abort(&upload).await?;
+                uploads += 1;
+            }
+        }
+        backend.remove(&name).await?;
+        removed.push(Removed {
+            target: record.target,
+            objects,
+            uploads,
+        });
+    }
+    Ok(removed)
+}

@@ -1,0 +1,209 @@
+//! Backups on a `Backend` (S3): the read side. A repository there keeps exactly the local layout
+//! as object names under its prefix (`NAME/metadata/manifest.json`, `NAME/collections/…`,
+//! `.wqm-chunks/store.json`, `.wqm-chunks/chunks/ab/<sha256>`), so a copy of a local backups
+//! directory made object by object (rclone, `aws s3 sync`) is a repository, and the other way
+//! round. Directories do not exist there: one is implied by the names under it.
+//!
+//! The read seam is blocking (decompression, hashing, SQLite copies), the backend async: every
+//! wait here leaves the runtime's workers alone (`block_in_place`, a no-op off the runtime), so
+//! a read may come from the main thread inside `block_on`, a worker, or a blocking thread.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::runtime::Handle;
+
+use super::{Kind, Stat};
+use crate::backend::{Backend, BackendError, BlockingReader, Name, ObjectInfo};
+use crate::format::layout::MANIFEST_PATH;
+use crate::format::manifest::{self, Manifest, ManifestError};
+
+/// A backups directory on a backend (a bucket and prefix).
+#[derive(Clone)]
+pub struct Remote {
+    backend: Arc<dyn Backend>,
+    handle: Handle,
+    /// How the user wrote it (`s3://bucket/prefix`): the start of every path shown.
+    shown: String,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote")
+            .field("backend", &self.backend)
+            .field("shown", &self.shown)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether `e` is a backend's "no such object".
+fn not_found(e: BackendError) -> io::Error {
+    let kind = if e.is_not_found() {
+        io::ErrorKind::NotFound
+    } else {
+        io::ErrorKind::Other
+    };
+    // The `BackendError` stays inside, so its exit code and hint reach the edge.
+    io::Error::new(kind, e)
+}
+
+impl Remote {
+    /// The repository `shown` (as the user wrote it) on `backend`, read through `handle`'s
+    /// runtime.
+    pub fn new(backend: Arc<dyn Backend>, handle: Handle, shown: String) -> Self {
+        Remote {
+            backend,
+            handle,
+            shown,
+        }
+    }
+
+    /// Runs `work` to its end from blocking code, wherever that runs.
+    fn wait<T>(&self, work: impl std::future::Future<Output = T>) -> T {
+        tokio::task::block_in_place(|| self.handle.block_on(work))
+    }
+
+    /// `rel` (a name in the repository) as a path to show.
+    pub fn shown(&self, rel: &str) -> PathBuf {
+        PathBuf::from(format!("{}/{rel}", self.shown))
+    }
+
+    /// The backend the repository is on.
+    pub fn backend(&self) -> &dyn Backend {
+        &*self.backend
+    }
+
+    /// The repository as the user wrote it.
+    pub fn shown_root(&self) -> &str {
+        &self.shown
+    }
+
+    /// The object `rel`, read as it arrives. A name that is not a valid object name is
+    /// `InvalidData`, as a path that leaves a local backup is.
+    pub fn open(&self, rel: &str) -> io::Result<Box<dyn Read + Send>> {
+        let name = Name::new(rel).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let data = self
+            .wait(self.backend.load(&name, None))
+            .map_err(not_found)?;
+        Ok(Box::new(Blocking(BlockingReader::new(
+            self.handle.clone(),
+            data,
+        ))))
+    }
+
+    /// The size of the object `rel`.
+    pub fn size(&self, rel: &str) -> io::Result<u64> {
+        let name = Name::new(rel).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        Ok(self.wait(self.backend.stat(&name)).map_err(not_found)?.size)
+    }
+
+    /// Every object under `prefix` (`""`: all, `"dir/"`), by name.
+    pub fn list(&self, prefix: &str) -> io::Result<Vec<ObjectInfo>> {
+        self.wait(self.backend.list(prefix)).map_err(not_found)
+    }
+
+    /// The manifest of the backup `name`: its size checked before it is read, every name in it
+    /// checked.
+    pub fn read_manifest(&self, name: &str) -> Result<Manifest, ManifestError> {
+        let rel = format!("{name}/{MANIFEST_PATH}");
+        let path = self.shown(&rel);
+        let size = self
+            .size(&rel)
+            .map_err(|e| manifest::load_error(&path, e))?;
+        if size > manifest::MAX_MANIFEST_BYTES {
+            // `read_from` says it is too large, reading no more than its limit.
+            return Manifest::read_from(io::repeat(b' ').take(size), &path);
+        }
+        let reader = self
+            .open(&rel)
+            .map_err(|e| manifest::load_error(&path, e))?;
+        Manifest::read_from(reader, &path)
+    }
+
+    /// The backup `name` of this repository, its objects listed once (a backup is immutable once
+    /// its manifest is there).
+    pub fn backup(&self, name: &str) -> io::Result<RemoteBackup> {
+        let prefix = format!("{name}/");
+        let objects = self
+            .list(&prefix)?
+            .into_iter()
+            .filter_map(|o| Some((o.name.strip_prefix(&prefix)?.to_string(), o.size)))
+            .collect();
+        Ok(RemoteBackup {
+            repository: self.clone(),
+            name: name.to_string(),
+            objects: Arc::new(objects),
+        })
+    }
+}
+
+/// A `BlockingReader` that may be read on a runtime's thread too.
+struct Blocking(BlockingReader);
+
+impl Read for Blocking {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        tokio::task::block_in_place(|| self.0.read(buf))
+    }
+}
+
+/// One backup of a `Remote` repository and the objects it has (names relative to it).
+#[derive(Clone, Debug)]
+pub struct RemoteBackup {
+    pub repository: Remote,
+    pub name: String,
+    objects: Arc<BTreeMap<String, u64>>,
+}
+
+impl RemoteBackup {
+    /// Where the backup is, as a path to show (`s3://bucket/prefix/NAME`).
+    pub fn shown(&self) -> PathBuf {
+        self.repository.shown(&self.name)
+    }
+
+    /// Whether the backup has any object at all.
+    pub fn exists(&self) -> bool {
+        !self.objects.is_empty()
+    }
+
+    pub fn open(&self, rel: &str) -> io::Result<Box<dyn Read + Send>> {
+        self.repository.open(&format!("{}/{rel}", self.name))
+    }
+
+    /// An object is a file; a name with objects under it a directory.
+    pub fn stat(&self, rel: &str) -> io::Result<Stat> {
+        if let Some(&len) = self.objects.get(rel) {
+            return Ok(Stat {
+                kind: Kind::File,
+                len,
+            });
+        }
+        let under = format!("{rel}/");
+        match self.objects.range(under.clone()..).next() {
+            Some((name, _)) if name.starts_with(&under) => Ok(Stat {
+                kind: Kind::Dir,
+                len: 0,
+            }),
+            _ => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "`{}` does not exist",
+                    self.repository
+                        .shown(&format!("{}/{rel}", self.name))
+                        .display()
+                ),
+            )),
+        }
+    }
+
+    /// Every object, relative, sorted.
+    pub fn list(&self) -> Vec<String> {
+        self.objects.keys().cloned().collect()
+    }
+
+    /// The bytes of all its objects.
+    pub fn size(&self) -> u64 {
+        self.objects.values().sum()
+    }
+}

@@ -1,0 +1,145 @@
+//! `create s3://BUCKET/PREFIX/NAME`: a full backup sent to the real SeaweedFS, its manifest
+//! last; what a killed run left is removed by the next one.
+
+use std::process::Command;
+
+use crate::backend::NEEDS_S3;
+use crate::faults::killed;
+use crate::incremental::{workspace, wqm};
+use crate::qdrant_double::Double;
+use crate::restore::lose_everything;
+use crate::s3_read::{fresh_prefix, with_s3};
+use crate::test::{self, Test};
+
+#[test]
+#[cfg_attr(
+    not(real_s3),
+    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+)]
+fn a_backup_created_on_s3_is_listed_validated_and_restored() {
+    let double = Double::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (backend, url) = fresh_prefix(&runtime);
+    let shown = format!("{url}/first");
+    let (_, tmp) = with_s3(wqm(
+        Test::in_dir(workspace()),
+        &double.url,
+        &format!("backup create {url}/first --json"),
+    ))
+    .env("TMPDIR", "{TMP}")
+    .stdout_json(move |v| assert_eq!(v["path"], shown.as_str(), "{v}"))
+    .run();
+    // Nothing of the local copy it was made in is left.
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".wqm-s3-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    let runs = runtime.block_on(backend.list(".wqm-runs/")).unwrap();
+    assert!(runs.is_empty(), "{runs:?}");
+    let (_, tmp) = with_s3(Test::in_dir(tmp))
+        .args(&format!("backup validate {url}/first --check-files"))
+        .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
+        .run();
+    lose_everything(&double);
+    let (_, tmp) = with_s3(wqm(
+        Test::in_dir(tmp),
+        &double.url,
+        &format!("backup restore {url}/first --force"),
+    ))
+    .env("WQM_BACKUP__DEFAULT_BACKUP_DIRECTORY", "{TMP}/safety")
+    .stdout_with(|o| assert!(o.contains("Restore completed"), "{o}"))
+    .run();
+    double.assert_holds_the_fixtures();
+
+    // The name is taken; `--force` and `--incremental` are refused before Qdrant is asked.
+    let asked = double.state().requests.len();
+    let mut tmp = tmp;
+    for (flags, said) in [
+        ("", "already exists"),
+        ("--force", "`--force` is not supported"),
+        ("--incremental", "incremental backup"),
+    ] {
+        tmp = with_s3(wqm(
+            Test::in_dir(tmp),
+            &double.url,
+            &format!("backup create {url}/first {flags}"),
+        ))
+        .status(2)
+        .stderr_with(move |e| assert!(e.contains(said), "{e}"))
+        .run()
+        .1;
+    }
+    assert_eq!(double.state().requests.len(), asked);
+}
+
+#[test]
+#[cfg_attr(
+    not(real_s3),
+    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+)]
+fn a_killed_create_is_never_a_backup_and_the_next_run_removes_it() {
+    let double = Double::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (backend, url) = fresh_prefix(&runtime);
+    let tmp = workspace();
+    let mut command: Command = test::wqm_command(
+        &tmp.path().join("home"),
+        &["backup", "create", &format!("{url}/killed")],
+    );
+    command
+        .env("QDRANT_URL", &double.url)
+        .env("WQM_DATA_DIR", tmp.path().join("data"))
+        .env("TMPDIR", tmp.path())
+        .env("WQM_FAILPOINTS", "create:s3-before-manifest=kill");
+    for key in [
+        "AWS_ENDPOINT_URL",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_REGION",
+    ] {
+        command.env(key, std::env::var(key).expect(NEEDS_S3));
+    }
+    let output = command.output().unwrap();
+    assert!(killed(&output), "{output:?}");
+    let objects = runtime.block_on(backend.list("killed/")).unwrap();
+    assert!(!objects.is_empty(), "the files were sent before the kill");
+    // No manifest: no backup, for every reader.
+    let (_, tmp) = with_s3(Test::in_dir(tmp))
+        .args(&format!("backup list {url}"))
+        .stdout(&format!("No backups found in {url}\n"))
+        .run();
+    let (_, tmp) = with_s3(Test::in_dir(tmp))
+        .args(&format!("backup validate {url}/killed"))
+        .status(3)
+        .stdout_with(|_| {})
+        .stderr_with(|_| {})
+        .run();
+    // The next create to the repository removes it, saying so.
+    let (_, tmp) = with_s3(wqm(
+        Test::in_dir(tmp),
+        &double.url,
+        &format!("backup create {url}/next"),
+    ))
+    .stdout_with(|o| assert!(o.starts_with("Backup created: s3://"), "{o}"))
+    .stderr_with(|e| {
+        assert!(
+            e.contains("removed what a killed run left of `killed`"),
+            "{e}"
+        )
+    })
+    .run();
+    assert!(runtime
+        .block_on(backend.list("killed/"))
+        .unwrap()
+        .is_empty());
+    assert!(runtime
+        .block_on(backend.list(".wqm-runs/"))
+        .unwrap()
+        .is_empty());
+    with_s3(Test::in_dir(tmp))
+        .args(&format!("backup list {url} --json"))
+        .stdout_json(|v| assert_eq!(v.as_array().unwrap().len(), 1, "{v}"))
+        .run();
+}
