@@ -131,6 +131,11 @@ pub struct Lock {
     name: Name,
     info: LockInfo,
     lost: Arc<Mutex<Option<String>>>,
+    /// Held across each write of the lock object, and set once it is released: a refresh
+    /// already writing finishes before the release removes the object (aborting the task would
+    /// not stop a local save's blocking rename, which could bring the lock back after its
+    /// removal), and none starts after.
+    released: Arc<tokio::sync::Mutex<bool>>,
     refresher: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -169,11 +174,13 @@ impl Lock {
             return Err(e);
         }
         let lost = Arc::new(Mutex::new(None));
+        let released = Arc::new(tokio::sync::Mutex::new(false));
         let refresher = tokio::spawn(refresh_loop(
             backend.clone(),
             name.clone(),
             info.clone(),
             lost.clone(),
+            released.clone(),
             timing,
         ));
         Ok(Lock {
@@ -181,6 +188,7 @@ impl Lock {
             name,
             info,
             lost,
+            released,
             refresher: Some(refresher),
         })
     }
@@ -206,30 +214,56 @@ impl Lock {
 
     /// Rewrites the lock with the current time now (the refresher does it on its own).
     pub async fn refresh(&self) -> Result<(), LockError> {
-        refresh_once(self.backend.as_ref(), &self.name, &self.info).await?;
+        let released = self.released.lock().await;
+        if !*released {
+            refresh_once(self.backend.as_ref(), &self.name, &self.info).await?;
+        }
         self.check()
     }
 
     /// Stops refreshing and removes the lock object.
     pub async fn release(mut self) -> Result<(), BackendError> {
-        if let Some(refresher) = self.refresher.take() {
-            refresher.abort();
-            let _ = refresher.await;
-        }
-        self.backend.remove(&self.name).await
+        let refresher = self.refresher.take();
+        release(
+            self.backend.clone(),
+            self.name.clone(),
+            self.released.clone(),
+            refresher,
+        )
+        .await
     }
+}
+
+/// Waits for a refresh under way to finish writing, stops the refresher, removes the object.
+async fn release(
+    backend: Arc<dyn Backend>,
+    name: Name,
+    released: Arc<tokio::sync::Mutex<bool>>,
+    refresher: Option<tokio::task::JoinHandle<()>>,
+) -> Result<(), BackendError> {
+    let mut released = released.lock().await;
+    *released = true;
+    if let Some(refresher) = refresher {
+        refresher.abort();
+        let _ = refresher.await;
+    }
+    backend.remove(&name).await
 }
 
 impl Drop for Lock {
     fn drop(&mut self) {
         if let Some(refresher) = self.refresher.take() {
-            refresher.abort();
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                let (backend, name) = (self.backend.clone(), self.name.clone());
-                runtime.spawn(async move {
-                    let _ = refresher.await;
-                    let _ = backend.remove(&name).await;
-                });
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    let (backend, name) = (self.backend.clone(), self.name.clone());
+                    runtime.spawn(release(
+                        backend,
+                        name,
+                        self.released.clone(),
+                        Some(refresher),
+                    ));
+                }
+                Err(_) => refresher.abort(),
             }
         }
     }
@@ -240,10 +274,15 @@ async fn refresh_loop(
     name: Name,
     info: LockInfo,
     lost: Arc<Mutex<Option<String>>>,
+    released: Arc<tokio::sync::Mutex<bool>>,
     timing: Timing,
 ) {
     loop {
         tokio::time::sleep(timing.refresh_every).await;
+        let released = released.lock().await;
+        if *released {
+            return;
+        }
         if let Err(e) = refresh_once(backend.as_ref(), &name, &info).await {
             *lost.lock().expect("lock state") = Some(e.to_string());
             return;
@@ -377,6 +416,76 @@ pub(crate) fn process_alive(_pid: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::{ByteStream, ObjectInfo, Unfinished};
+    use bytes::Bytes;
+    use std::ops::Range;
+
+    /// A local backend whose `save` of an existing object writes it a while later, on a task
+    /// of its own that the caller merely awaits: as a local save's blocking rename goes on
+    /// after the task awaiting it was aborted.
+    #[derive(Debug)]
+    struct SlowSaves(Arc<dyn Backend>);
+
+    #[async_trait::async_trait]
+    impl Backend for SlowSaves {
+        fn describe(&self) -> String {
+            self.0.describe()
+        }
+        async fn save(&self, name: &Name, data: ByteStream) -> Result<u64, BackendError> {
+            let (inner, name) = (self.0.clone(), name.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                inner.save(&name, data).await
+            })
+            .await
+            .expect("the save task")
+        }
+        async fn save_new(&self, name: &Name, data: Bytes) -> Result<(), BackendError> {
+            self.0.save_new(name, data).await
+        }
+        async fn load(
+            &self,
+            name: &Name,
+            range: Option<Range<u64>>,
+        ) -> Result<ByteStream, BackendError> {
+            self.0.load(name, range).await
+        }
+        async fn stat(&self, name: &Name) -> Result<ObjectInfo, BackendError> {
+            self.0.stat(name).await
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError> {
+            self.0.list(prefix).await
+        }
+        async fn remove(&self, name: &Name) -> Result<(), BackendError> {
+            self.0.remove(name).await
+        }
+        async fn unfinished(&self) -> Result<Vec<Unfinished>, BackendError> {
+            self.0.unfinished().await
+        }
+        async fn abort(&self, upload: &Unfinished) -> Result<(), BackendError> {
+            self.0.abort(upload).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refresh_under_way_cannot_bring_a_released_lock_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let local: Arc<dyn Backend> =
+            Arc::new(crate::backend::local::LocalBackend::open(dir.path()).unwrap());
+        let backend: Arc<dyn Backend> = Arc::new(SlowSaves(local.clone()));
+        let timing = Timing {
+            refresh_every: Duration::from_millis(50),
+            stale_after: Duration::from_secs(60),
+        };
+        let lock = Lock::acquire_with(backend, false, "backup create", timing)
+            .await
+            .unwrap();
+        // The first refresh is writing (it takes 300 ms) when the lock is released.
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        lock.release().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(local.list(LOCKS).await.unwrap(), Vec::new());
+    }
 
     fn info(host: &str, pid: u32, time: f64) -> LockInfo {
         LockInfo {
