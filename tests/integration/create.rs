@@ -986,8 +986,9 @@ fn create_on_a_small_disk(
     env: impl FnOnce(&mut std::process::Command),
 ) -> std::process::Output {
     fs::create_dir(small).unwrap();
+    // Prints what is left on the small disk but the directory lock's empty parts.
     let script = format!(
-        "mount -t tmpfs -o size={size} tmpfs {small} && {wqm} backup create {small}/b; status=$?; ls -A {small}; exit $status",
+        "mount -t tmpfs -o size={size} tmpfs {small} && {wqm} backup create {small}/b; status=$?; find {small} -mindepth 1 -not -path {small}/.wqm-locks -not -path {small}/.wqm-backend -not -path {small}/.wqm-backend/tmp; exit $status",
         small = small.display(),
         wqm = env!("CARGO_BIN_EXE_wqm")
     );

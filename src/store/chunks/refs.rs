@@ -158,7 +158,8 @@ pub fn read_refs(backup: &BackupDir) -> Result<Option<Refs>, String> {
         .and_then(|n| n.checked_add(HEADER.len() as u64))
         .ok_or("the manifest records an impossible count")?;
     let mut bytes = Vec::new();
-    crate::store::open_in(&backup.path, REFS_PATH)
+    backup
+        .open_file(REFS_PATH)
         .and_then(|f| f.take(size + 1).read_to_end(&mut bytes))
         .map_err(|e| format!("cannot read it: {e}"))?;
     if bytes.len() as u64 != size {
