@@ -9,19 +9,22 @@ use std::fs::{self, File};
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use crate::checksum::{Algorithm, Digester};
 use crate::compress::{Compression, Stored};
 use crate::format::layout::{self, MANIFEST_PATH};
 use crate::format::manifest::{self, FileEntry, Manifest, ManifestError};
 use crate::format::names::EntryPath;
 
 pub(crate) mod at;
+mod checked;
 pub mod chunks;
 pub mod lock;
 mod remote;
+mod scan;
 mod staging;
+pub use checked::{Checked, Damaged};
 use chunks::{ChunkError, ChunkReader, ChunkStore};
 pub use remote::{Remote, RemoteBackup};
+pub use scan::{scan, scan_at, scan_remote, Entry, Scan, Seen};
 pub use staging::{FileSink, Staging};
 
 /// A backup directory and its manifest.
@@ -187,12 +190,7 @@ impl BackupDir {
             })
         };
         let inner = opened().map_err(|e| Damaged::new(&entry.path, format!("cannot read: {e}")))?;
-        Ok(Checked {
-            inner,
-            entry: entry.clone(),
-            content: Digester::new(&[Algorithm::Sha256]),
-            matched: false,
-        })
+        Ok(Checked::new(inner, entry))
     }
 
     /// A small file's whole content (a configuration), checked (`open_checked`), at most
@@ -286,98 +284,6 @@ impl BackupDir {
             None => list_in(&self.path),
             Some(remote) => remote.list(),
         }
-    }
-}
-
-/// A file of a backup found damaged or unsafe while it was read (exit 3): what `open_checked`
-/// reports, whatever went wrong (unreadable, not decompressible, a damaged chunk, too long,
-/// another size or sha256 than the manifest's).
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "the backup's `{}` is damaged: {problem}",
-    crate::format::names::shown(path)
-)]
-pub struct Damaged {
-    /// The entry's path in the backup.
-    pub path: String,
-    pub problem: String,
-}
-
-impl Damaged {
-    pub fn new(path: &str, problem: impl std::fmt::Display) -> Self {
-        Damaged {
-            path: path.to_string(),
-            problem: problem.to_string(),
-        }
-    }
-
-    /// The damage a `Checked` read reported, or any other error reading `path` as the reason
-    /// it cannot be read.
-    pub fn from_read(path: &str, e: io::Error) -> Self {
-        match e.downcast::<Damaged>() {
-            Ok(damaged) => damaged,
-            Err(e) => Damaged::new(path, format!("cannot read: {e}")),
-        }
-    }
-}
-
-impl crate::exit::Classify for Damaged {
-    fn exit_code(&self) -> crate::exit::ExitCode {
-        crate::exit::ExitCode::InvalidBackup
-    }
-
-    fn hint(&self) -> Option<String> {
-        Some("use another backup (`wqm backup list DIR`); `wqm backup validate PATH --check-files` shows every problem".to_string())
-    }
-}
-
-/// An entry's content being read by `open_checked`: `Send`, so another thread may read it.
-pub struct Checked {
-    inner: Box<dyn Read + Send>,
-    entry: FileEntry,
-    content: Digester,
-    matched: bool,
-}
-
-impl Checked {
-    /// The manifest's entry this content is checked against.
-    pub fn entry(&self) -> &FileEntry {
-        &self.entry
-    }
-
-    fn damage(&self, problem: impl std::fmt::Display) -> io::Error {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            Damaged::new(&self.entry.path, problem),
-        )
-    }
-}
-
-impl Read for Checked {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if buf.is_empty() || self.matched {
-            return Ok(0);
-        }
-        let n = match self.inner.read(buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
-            Err(e) => return Err(self.damage(format!("cannot decompress: {e}"))),
-        };
-        if n == 0 {
-            let digests = std::mem::replace(&mut self.content, Digester::new(&[])).finish();
-            crate::verify::content_matches(&self.entry, &digests)
-                .map_err(|problem| self.damage(problem))?;
-            self.matched = true;
-            return Ok(0);
-        }
-        self.content.update(&buf[..n]);
-        if self.content.bytes() > self.entry.content_size {
-            return Err(self.damage(format!(
-                "its content is longer than the {} bytes its manifest says",
-                self.entry.content_size
-            )));
-        }
-        Ok(n)
     }
 }
 
@@ -540,134 +446,10 @@ pub fn list_in(root: &Path) -> Vec<String> {
     found
 }
 
-// ---- a directory of backups ------------------------------------------------------------------
-
-/// What `scan` made of one entry of a backups directory.
-#[derive(Debug)]
-pub enum Seen {
-    Backup(Box<BackupDir>),
-    /// Looks like a backup (it has `metadata/`) but its manifest cannot be read.
-    Unreadable(String),
-    /// Not a backup, or not one to touch: the reason.
-    Other(String),
-}
-
-#[derive(Debug)]
-pub struct Entry {
-    pub name: String,
-    pub path: PathBuf,
-    pub seen: Seen,
-}
-
-/// Every entry directly in a backups directory, by name, and what it is.
-#[derive(Debug, Default)]
-pub struct Scan {
-    pub entries: Vec<Entry>,
-}
-
-impl Scan {
-    pub fn backups(&self) -> impl Iterator<Item = &BackupDir> {
-        self.entries.iter().filter_map(|e| match &e.seen {
-            Seen::Backup(found) => Some(&**found),
-            _ => None,
-        })
-    }
-}
-
-/// Whether `name` in a backups directory is one of wqm's own parts of it, never a backup.
-fn is_repository_part(name: &str) -> bool {
-    let locks = crate::backend::lock::LOCKS.trim_end_matches('/');
-    [chunks::STORE_DIR, locks, crate::backend::RESERVED].contains(&name)
-}
-
-/// The one scanner of a backups directory (`list`, `prune`). One rule for what is a backup:
-/// a directory (never a symlink: none is followed) that is not hidden (staging and working
-/// directories are) and not being written, whose manifest reads. Plain files are left out.
-pub fn scan(dir: &Path) -> io::Result<Scan> {
-    let mut listed: Vec<_> = fs::read_dir(dir)?.collect::<Result<_, _>>()?;
-    listed.sort_by_key(|e| e.file_name());
-    let mut scan = Scan::default();
-    for entry in listed {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let path = entry.path();
-        let kind = entry.file_type()?;
-        let seen = if layout::is_hidden(&name) {
-            // The chunk store holds the incremental backups' data, the others the runs' locks
-            // and the local backend's temporary files: none is a backup.
-            if !kind.is_dir() || is_repository_part(&name) {
-                continue;
-            }
-            Seen::Other("hidden (a backup being written, or not wqm's)".to_string())
-        } else if kind.is_symlink() {
-            Seen::Other("a symlink; wqm never follows symlinks".to_string())
-        } else if !kind.is_dir() {
-            continue;
-        } else if layout::being_written(&path) {
-            Seen::Other("being written (its staging directory is locked)".to_string())
-        } else {
-            match BackupDir::read_manifest(&path) {
-                Ok(manifest) => Seen::Backup(Box::new(BackupDir {
-                    path: path.clone(),
-                    manifest,
-                    remote: None,
-                })),
-                Err(e) if !path.join(layout::METADATA_DIR).is_dir() => {
-                    Seen::Other(format!("not a wqm backup ({e})"))
-                }
-                Err(e @ ManifestError::Missing { .. }) => {
-                    Seen::Unreadable(format!("incomplete backup: {e}"))
-                }
-                Err(e) => Seen::Unreadable(e.to_string()),
-            }
-        };
-        scan.entries.push(Entry { name, path, seen });
-    }
-    Ok(scan)
-}
-
-/// `scan` of a repository on a backend: one listing, grouped by the first component of each
-/// name. A backup is a name, not hidden, with a manifest that reads; a name with objects but
-/// no manifest is no backup (a killed run's, or one being written: the manifest is written
-/// last).
-pub fn scan_remote(repository: &Remote) -> io::Result<Scan> {
-    let mut names: std::collections::BTreeMap<String, bool> = Default::default();
-    for object in repository.list("")? {
-        let (first, rest) = object.name.split_once('/').unwrap_or((&object.name, ""));
-        if layout::is_hidden(first) || rest.is_empty() {
-            continue;
-        }
-        *names.entry(first.to_string()).or_default() |= rest == MANIFEST_PATH;
-    }
-    let mut scan = Scan::default();
-    for (name, has_manifest) in names {
-        let path = repository.shown(&name);
-        let seen = if !has_manifest {
-            Seen::Other("no manifest: not a backup, or one being written".to_string())
-        } else {
-            match repository.read_manifest(&name) {
-                Ok(manifest) => match repository.backup(&name) {
-                    Ok(backup) => Seen::Backup(Box::new(BackupDir::remote(backup, manifest))),
-                    Err(e) => Seen::Unreadable(e.to_string()),
-                },
-                Err(e) => Seen::Unreadable(e.to_string()),
-            }
-        };
-        scan.entries.push(Entry { name, path, seen });
-    }
-    Ok(scan)
-}
-
-/// `scan` of a local directory or a remote repository.
-pub fn scan_at(repository: &Repository) -> io::Result<Scan> {
-    match repository {
-        Repository::Local(dir) => scan(dir),
-        Repository::Remote(remote) => scan_remote(remote),
-    }
-}
-
 #[cfg(all(test, unix))]
 mod tests {
     use super::*;
+    use crate::checksum::Algorithm;
     use std::io::Read;
     use std::os::unix::fs::symlink;
 

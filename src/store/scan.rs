@@ -1,0 +1,132 @@
+//! The one scanner of a backups directory, local or on a backend: what in it is a backup.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::{chunks, BackupDir, Remote, Repository};
+use crate::format::layout::{self, MANIFEST_PATH};
+use crate::format::manifest::ManifestError;
+
+/// What `scan` made of one entry of a backups directory.
+#[derive(Debug)]
+pub enum Seen {
+    Backup(Box<BackupDir>),
+    /// Looks like a backup (it has `metadata/`) but its manifest cannot be read.
+    Unreadable(String),
+    /// Not a backup, or not one to touch: the reason.
+    Other(String),
+}
+
+#[derive(Debug)]
+pub struct Entry {
+    pub name: String,
+    pub path: PathBuf,
+    pub seen: Seen,
+}
+
+/// Every entry directly in a backups directory, by name, and what it is.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub entries: Vec<Entry>,
+}
+
+impl Scan {
+    pub fn backups(&self) -> impl Iterator<Item = &BackupDir> {
+        self.entries.iter().filter_map(|e| match &e.seen {
+            Seen::Backup(found) => Some(&**found),
+            _ => None,
+        })
+    }
+}
+
+/// Whether `name` in a backups directory is one of wqm's own parts of it, never a backup.
+fn is_repository_part(name: &str) -> bool {
+    let locks = crate::backend::lock::LOCKS.trim_end_matches('/');
+    [chunks::STORE_DIR, locks, crate::backend::RESERVED].contains(&name)
+}
+
+/// The one scanner of a backups directory (`list`, `prune`). One rule for what is a backup:
+/// a directory (never a symlink: none is followed) that is not hidden (staging and working
+/// directories are) and not being written, whose manifest reads. Plain files are left out.
+pub fn scan(dir: &Path) -> io::Result<Scan> {
+    let mut listed: Vec<_> = fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    listed.sort_by_key(|e| e.file_name());
+    let mut scan = Scan::default();
+    for entry in listed {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        let kind = entry.file_type()?;
+        let seen = if layout::is_hidden(&name) {
+            // The chunk store holds the incremental backups' data, the others the runs' locks
+            // and the local backend's temporary files: none is a backup.
+            if !kind.is_dir() || is_repository_part(&name) {
+                continue;
+            }
+            Seen::Other("hidden (a backup being written, or not wqm's)".to_string())
+        } else if kind.is_symlink() {
+            Seen::Other("a symlink; wqm never follows symlinks".to_string())
+        } else if !kind.is_dir() {
+            continue;
+        } else if layout::being_written(&path) {
+            Seen::Other("being written (its staging directory is locked)".to_string())
+        } else {
+            match BackupDir::read_manifest(&path) {
+                Ok(manifest) => Seen::Backup(Box::new(BackupDir {
+                    path: path.clone(),
+                    manifest,
+                    remote: None,
+                })),
+                Err(e) if !path.join(layout::METADATA_DIR).is_dir() => {
+                    Seen::Other(format!("not a wqm backup ({e})"))
+                }
+                Err(e @ ManifestError::Missing { .. }) => {
+                    Seen::Unreadable(format!("incomplete backup: {e}"))
+                }
+                Err(e) => Seen::Unreadable(e.to_string()),
+            }
+        };
+        scan.entries.push(Entry { name, path, seen });
+    }
+    Ok(scan)
+}
+
+/// `scan` of a repository on a backend: one listing, grouped by the first component of each
+/// name. A backup is a name, not hidden, with a manifest that reads; a name with objects but
+/// no manifest is no backup (a killed run's, or one being written: the manifest is written
+/// last).
+pub fn scan_remote(repository: &Remote) -> io::Result<Scan> {
+    let mut names: std::collections::BTreeMap<String, bool> = Default::default();
+    for object in repository.list("")? {
+        let (first, rest) = object.name.split_once('/').unwrap_or((&object.name, ""));
+        if layout::is_hidden(first) || rest.is_empty() {
+            continue;
+        }
+        *names.entry(first.to_string()).or_default() |= rest == MANIFEST_PATH;
+    }
+    let mut scan = Scan::default();
+    for (name, has_manifest) in names {
+        let path = repository.shown(&name);
+        let seen = if !has_manifest {
+            Seen::Other("no manifest: not a backup, or one being written".to_string())
+        } else {
+            match repository.read_manifest(&name) {
+                Ok(manifest) => match repository.backup(&name) {
+                    Ok(backup) => Seen::Backup(Box::new(BackupDir::remote(backup, manifest))),
+                    Err(e) => Seen::Unreadable(e.to_string()),
+                },
+                Err(e) => Seen::Unreadable(e.to_string()),
+            }
+        };
+        scan.entries.push(Entry { name, path, seen });
+    }
+    Ok(scan)
+}
+
+/// `scan` of a local directory or a remote repository.
+pub fn scan_at(repository: &Repository) -> io::Result<Scan> {
+    match repository {
+        Repository::Local(dir) => scan(dir),
+        Repository::Remote(remote) => scan_remote(remote),
+    }
+}
