@@ -75,9 +75,7 @@ impl LockInfo {
         } else {
             "a shared"
         };
-        let since = chrono::DateTime::from_timestamp(self.started as i64, 0)
-            .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
-            .unwrap_or_default();
+        let since = shown_time(self.started);
         format!(
             "`wqm {}` (pid {} on `{}`, since {since}) holds {kind} lock",
             self.command, self.pid, self.host
@@ -310,6 +308,13 @@ async fn refresh_once(
     info.time = crate::now();
     backend.save(name, super::once(to_json(&info))).await?;
     Ok(())
+}
+
+/// A lock's time (seconds since the epoch) as shown to the user, in UTC.
+pub fn shown_time(seconds: f64) -> String {
+    chrono::DateTime::from_timestamp(seconds as i64, 0)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_default()
 }
 
 fn to_json(info: &LockInfo) -> Vec<u8> {

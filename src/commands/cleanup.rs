@@ -67,9 +67,7 @@ fn stale_line(lock: &LockInfo) -> String {
     } else {
         "shared"
     };
-    let refreshed = chrono::DateTime::from_timestamp(lock.time as i64, 0)
-        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
-        .unwrap_or_default();
+    let refreshed = crate::backend::lock::shown_time(lock.time);
     format!(
         "Removed a stale {kind} lock of `wqm {}` (pid {} on `{}`, last refreshed {refreshed})",
         lock.command, lock.pid, lock.host
