@@ -316,8 +316,9 @@ pub struct ExportArgs {
 
 #[derive(Debug, Args)]
 pub struct CleanupArgs {
-    /// The directory that holds backups (default: `backup.default_backup_directory`); the data
-    /// directory, where restores work, is always looked at too.
+    /// The directory that holds backups, or `s3://BUCKET/PREFIX` (default:
+    /// `backup.default_backup_directory`); the data directory, where restores work, is always
+    /// looked at too.
     pub directory: Option<PathBuf>,
     #[command(flatten)]
     pub output: OutputArgs,

@@ -34,7 +34,7 @@ pub struct RunRecord {
 }
 
 /// A killed run's leftovers, removed (`clean_dead_runs`).
-#[derive(Debug)]
+#[derive(Debug, Serialize)]
 pub struct Removed {
     pub target: String,
     pub objects: usize,

@@ -4,37 +4,54 @@ use anyhow::Result;
 use serde_json::json;
 
 use crate::backend::lock::LockInfo;
+use crate::backup;
 use crate::cleanup;
 use crate::cli::CleanupArgs;
 use crate::config::Settings;
 use crate::exit::ExitCode;
 use crate::output::Ui;
 use crate::store::lock as repo_lock;
+use crate::store::Repository;
 
-pub async fn run(args: &CleanupArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
-    let mut dirs = Vec::new();
-    if let Some(dir) = args
+pub async fn run(
+    args: &CleanupArgs,
+    settings: &Settings,
+    ui: &Ui,
+    handle: &tokio::runtime::Handle,
+) -> Result<ExitCode> {
+    let given = args
         .directory
         .as_ref()
-        .or(settings.backup.default_backup_directory.as_ref())
-    {
-        super::backups_dir(dir)?;
-        dirs.push(dir.as_path());
+        .or(settings.backup.default_backup_directory.as_ref());
+    let mut looked = Vec::new();
+    let mut dirs = Vec::new();
+    // On S3 (no lock objects there yet): what this host's killed creates left.
+    let mut remote_runs_removed = Vec::new();
+    let mut local_dir = None;
+    if let Some(dir) = given {
+        match super::repository(dir, settings, handle)? {
+            Repository::Local(dir) => {
+                super::backups_dir(&dir)?;
+                local_dir = Some(dir);
+            }
+            Repository::Remote(remote) => {
+                remote_runs_removed = backup::remote::clean_dead_runs(remote.backend()).await?;
+                looked.push(format!("`{}`", remote.shown_root()));
+            }
+        }
     }
+    dirs.extend(local_dir.as_deref());
     dirs.push(settings.data_dir.as_path());
+    looked.extend(dirs.iter().map(|d| format!("`{}`", d.display())));
     let cleaned = cleanup::dead_runs(&dirs, settings).await;
     let unfinished = cleaned.iter().filter(|c| !c.complete).count();
     // The backups directory's locks that protect nothing any more (the data directory has none).
-    let stale_locks = match args
-        .directory
-        .as_ref()
-        .or(settings.backup.default_backup_directory.as_ref())
-    {
+    let stale_locks = match &local_dir {
         Some(dir) => repo_lock::remove_stale(dir).await?,
         None => Vec::new(),
     };
     if ui.json {
-        ui.json(&json!({ "directories": dirs, "cleaned": cleaned, "unfinished": unfinished, "stale_locks_removed": stale_locks }));
+        ui.json(&json!({ "directories": dirs, "cleaned": cleaned, "unfinished": unfinished, "stale_locks_removed": stale_locks, "remote_runs_removed": remote_runs_removed }));
     } else {
         for run in &cleaned {
             ui.line(run.report());
@@ -42,11 +59,13 @@ pub async fn run(args: &CleanupArgs, settings: &Settings, ui: &Ui) -> Result<Exi
         for lock in &stale_locks {
             ui.line(stale_line(lock));
         }
-        let looked = dirs
-            .iter()
-            .map(|d| format!("`{}`", d.display()))
-            .collect::<Vec<_>>()
-            .join(" and ");
+        for removed in &remote_runs_removed {
+            ui.line(format!(
+                "Removed what a killed run left of `{}`: {} object(s), {} unfinished upload(s)",
+                removed.target, removed.objects, removed.uploads
+            ));
+        }
+        let looked = looked.join(" and ");
         ui.line(match cleaned.len() {
             0 => format!("No dead runs in {looked}"),
             n => format!("Cleaned up after {n} dead run(s) in {looked}; {unfinished} not finished"),

@@ -49,6 +49,7 @@ pub fn dispatch(cli: Cli, ui: &Ui, runtime: &tokio::runtime::Runtime) -> Result<
             | BackupCommand::Info(_)
             | BackupCommand::List(_)
             | BackupCommand::Validate(_)
+            | BackupCommand::Cleanup(_)
     );
     let given = if reads_remote {
         Vec::new()
@@ -69,7 +70,9 @@ pub fn dispatch(cli: Cli, ui: &Ui, runtime: &tokio::runtime::Runtime) -> Result<
         BackupCommand::Validate(args) => validate::run(&args, &settings, ui, handle),
         BackupCommand::Export(args) => export::run(&args, &settings, ui),
         BackupCommand::Prune(args) => runtime.block_on(prune::run(&args, &settings, ui)),
-        BackupCommand::Cleanup(args) => runtime.block_on(cleanup::run(&args, &settings, ui)),
+        BackupCommand::Cleanup(args) => {
+            runtime.block_on(cleanup::run(&args, &settings, ui, handle))
+        }
         BackupCommand::Migrations(args) => migrations::run(&args, ui),
     }
 }
@@ -85,7 +88,7 @@ fn local_only(path: &std::path::Path) -> Result<()> {
         crate::backend::Location::Local(_) => Ok(()),
         remote => Err(crate::exit::Failure::new(
             ExitCode::Usage,
-            format!("`{remote}` is an S3 location: here this wqm takes local directories only (`create`, `info`, `list`, `validate` and `restore` take `s3://` paths)"),
+            format!("`{remote}` is an S3 location: here this wqm takes local directories only (`create`, `info`, `list`, `validate`, `restore` and `cleanup` take `s3://` paths)"),
         )
         .with_hint("back up to a local directory, then copy it offsite as docs/incremental.md shows (`rsync -a DIR/ DEST/`)")
         .into()),

@@ -1,7 +1,11 @@
 //! `create s3://BUCKET/PREFIX/NAME`: a full backup sent to the real SeaweedFS, its manifest
-//! last; what a killed run left is removed by the next one.
+//! last; what a killed run left is removed by the next one or by `cleanup`.
 
 use std::process::Command;
+use std::sync::Arc;
+
+use tempfile::TempDir;
+use wqm::backend::Backend;
 
 use crate::backend::NEEDS_S3;
 use crate::faults::killed;
@@ -74,16 +78,14 @@ fn a_backup_created_on_s3_is_listed_validated_and_restored() {
     assert_eq!(double.state().requests.len(), asked);
 }
 
-#[test]
-#[cfg_attr(
-    not(real_s3),
-    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
-)]
-fn a_killed_create_is_never_a_backup_and_the_next_run_removes_it() {
-    let double = Double::start();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (backend, url) = fresh_prefix(&runtime);
-    let tmp = workspace();
+/// A `create` to a fresh prefix killed after sending its files, before its manifest: the
+/// objects it left, under `killed/`.
+fn killed_create(
+    double: &Double,
+    tmp: &TempDir,
+    runtime: &tokio::runtime::Runtime,
+) -> (Arc<dyn Backend>, String) {
+    let (backend, url) = fresh_prefix(runtime);
     let mut command: Command = test::wqm_command(
         &tmp.path().join("home"),
         &["backup", "create", &format!("{url}/killed")],
@@ -105,6 +107,19 @@ fn a_killed_create_is_never_a_backup_and_the_next_run_removes_it() {
     assert!(killed(&output), "{output:?}");
     let objects = runtime.block_on(backend.list("killed/")).unwrap();
     assert!(!objects.is_empty(), "the files were sent before the kill");
+    (backend, url)
+}
+
+#[test]
+#[cfg_attr(
+    not(real_s3),
+    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+)]
+fn a_killed_create_is_never_a_backup_and_the_next_run_removes_it() {
+    let double = Double::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let tmp = workspace();
+    let (backend, url) = killed_create(&double, &tmp, &runtime);
     // No manifest: no backup, for every reader.
     let (_, tmp) = with_s3(Test::in_dir(tmp))
         .args(&format!("backup list {url}"))
@@ -141,5 +156,36 @@ fn a_killed_create_is_never_a_backup_and_the_next_run_removes_it() {
     with_s3(Test::in_dir(tmp))
         .args(&format!("backup list {url} --json"))
         .stdout_json(|v| assert_eq!(v.as_array().unwrap().len(), 1, "{v}"))
+        .run();
+}
+
+#[test]
+#[cfg_attr(
+    not(real_s3),
+    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+)]
+fn cleanup_removes_what_a_killed_create_left_on_s3() {
+    let double = Double::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let tmp = workspace();
+    let (backend, url) = killed_create(&double, &tmp, &runtime);
+    let (_, tmp) = with_s3(Test::in_dir(tmp))
+        .args(&format!("backup cleanup {url}"))
+        .stdout_with(|o| {
+            assert!(
+                o.starts_with("Removed what a killed run left of `killed`: "),
+                "{o}"
+            )
+        })
+        .run();
+    for prefix in ["killed/", ".wqm-runs/"] {
+        assert!(
+            runtime.block_on(backend.list(prefix)).unwrap().is_empty(),
+            "{prefix}"
+        );
+    }
+    with_s3(Test::in_dir(tmp))
+        .args(&format!("backup cleanup {url} --json"))
+        .stdout_json(|v| assert_eq!(v["remote_runs_removed"], serde_json::json!([]), "{v}"))
         .run();
 }

@@ -182,6 +182,7 @@ fn an_s3_location_is_refused_before_anything_is_done() {
         "backup list s3://bucket",
         "backup validate s3://bucket/n1",
         "backup restore s3://bucket/n1 --dry-run",
+        "backup cleanup s3://bucket",
     ] {
         Test::new()
             .args(args)
@@ -192,7 +193,6 @@ fn an_s3_location_is_refused_before_anything_is_done() {
     for args in [
         "backup prune s3://bucket --keep-last 1",
         "backup export {TMP}/b s3://bucket/e",
-        "backup cleanup s3://bucket",
     ] {
         Test::new()
             .args(args)
