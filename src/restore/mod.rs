@@ -24,7 +24,7 @@ use serde::Serialize;
 
 use crate::exit::{ExitCode, Failure};
 use crate::format::compat;
-use crate::format::manifest::Manifest;
+use crate::format::manifest::{CollectionDetails, Manifest};
 use crate::format::migrations::Migration;
 use crate::qdrant::cluster;
 use crate::store::BackupDir;
@@ -70,6 +70,10 @@ pub struct CollectionPlan {
     /// safety backup can hold it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unreadable: Option<String>,
+    /// What the backup's manifest says of it (shards, aliases, counts): carried here so the
+    /// steps after the plan need no lookup by name.
+    #[serde(skip)]
+    pub details: CollectionDetails,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

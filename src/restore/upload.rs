@@ -48,7 +48,7 @@ impl Uploads<'_> {
         began: &Cell<bool>,
     ) -> Result<Option<Vec<(u32, u32)>>> {
         let name = collection.name.as_str();
-        let details = &self.plan.manifest.collection_details[name];
+        let details = &collection.details;
         if !details.shards.is_empty() {
             return self.restore_shards(collection, began).await.map(Some);
         }
@@ -83,7 +83,7 @@ impl Uploads<'_> {
     ) -> Result<Vec<(u32, u32)>> {
         let (client, plan) = (self.client, self.plan);
         let name = collection.name.as_str();
-        let details = &plan.manifest.collection_details[name];
+        let details = &collection.details;
         let topology = plan.topology.as_ref();
         let custom = custom_sharding(details);
         if let (CollectionAction::Create, Some(precheck)) = (collection.action, self.precheck) {

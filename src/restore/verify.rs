@@ -7,7 +7,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::upload::node_holding;
-use super::{DatabaseAction, Plan};
+use super::{CollectionPlan, DatabaseAction, Plan};
 use crate::qdrant::cluster;
 use crate::qdrant::{Client, QdrantError, Scope};
 use crate::sqlite;
@@ -31,23 +31,23 @@ pub(super) async fn verify_restore(
     let mut rows = Vec::new();
     for collection in plan.restored_collections() {
         let targets = shard_targets.get(&collection.name);
-        rows.extend(verify_collection(client, plan, &collection.name, targets).await?);
+        rows.extend(verify_collection(client, plan, collection, targets).await?);
     }
     rows.extend(verify_aliases(client, plan).await?);
     rows.extend(verify_databases(plan));
     Ok(rows)
 }
 
-/// Collection `name` (and, when it was restored by shards to `targets`, each shard): its exact
-/// point count within what the backup recorded, and not red.
+/// A restored collection (and, when it was restored by shards to `targets`, each shard): its
+/// exact point count within what the backup recorded, and not red.
 async fn verify_collection(
     client: &Client,
     plan: &Plan,
-    name: &str,
+    collection: &CollectionPlan,
     targets: Option<&Vec<(u32, u32)>>,
 ) -> Result<Vec<Verified>> {
     let mut rows = Vec::new();
-    let details = &plan.manifest.collection_details[name];
+    let (name, details) = (collection.name.as_str(), &collection.details);
     let after = details.points_count_after.unwrap_or(details.points_count);
     let low = details.points_count.min(after);
     let high = details.points_count.max(after);

@@ -38,6 +38,7 @@ pub(super) async fn plan_collections(
             shards: details.shards.len(),
             reason: None,
             unreadable: None,
+            details: details.clone(),
         };
         if custom_sharding(details) && plan.topology.is_none() {
             plan.warnings.push(format!(
@@ -108,12 +109,12 @@ pub(in crate::restore) fn custom_sharding(
 }
 
 pub(super) fn plan_aliases(plan: &mut Plan, existing: &[crate::qdrant::Alias]) {
-    let restored: Vec<String> = plan
+    let restored: Vec<(String, Vec<String>)> = plan
         .restored_collections()
-        .map(|c| c.name.clone())
+        .map(|c| (c.name.clone(), c.details.aliases.clone()))
         .collect();
-    for name in &restored {
-        for alias in &plan.manifest.collection_details[name].aliases {
+    for (name, aliases) in &restored {
+        for alias in aliases {
             let action = match existing.iter().find(|a| &a.alias_name == alias) {
                 Some(a) if &a.collection_name == name => AliasAction::Keep,
                 Some(a) => AliasAction::Repoint {
