@@ -25,7 +25,6 @@ use serde::Serialize;
 use crate::exit::{ExitCode, Failure};
 use crate::format::compat;
 use crate::format::manifest::{CollectionDetails, Manifest};
-use crate::format::migrations::Migration;
 use crate::qdrant::cluster;
 use crate::store::BackupDir;
 
@@ -179,19 +178,16 @@ pub struct Plan {
     pub warnings: Vec<String>,
     /// Each reason the restore cannot go ahead, with the exit code it ends with.
     pub blockers: Vec<Failure>,
-    #[serde(skip)]
-    original: Manifest,
     /// Where every file of the backup is read from.
     #[serde(skip)]
     source: BackupDir,
-    /// The manifest after the migrations (computed on the manifest alone).
+    /// The backup's manifest after the migrations: what the restore works from (the backup's own,
+    /// `source.manifest`, says only where its files are).
     #[serde(skip)]
     manifest: Manifest,
     /// `verify_before_restore` is left to `apply`, beside the first upload (`Precheck`).
     #[serde(skip)]
     precheck_deferred: bool,
-    #[serde(skip)]
-    chain: Vec<&'static Migration>,
     #[serde(skip)]
     topology: Option<cluster::Topology>,
 }
