@@ -24,7 +24,7 @@ use serde::Serialize;
 
 use crate::exit::{ExitCode, Failure};
 use crate::format::compat;
-use crate::format::manifest::{CollectionDetails, Manifest};
+use crate::format::manifest::{CollectionDetails, FileEntry, Manifest};
 use crate::qdrant::cluster;
 use crate::store::BackupDir;
 
@@ -73,6 +73,10 @@ pub struct CollectionPlan {
     /// steps after the plan need no lookup by name.
     #[serde(skip)]
     pub details: CollectionDetails,
+    /// The manifest's entries of its snapshot files (`CollectionDetails::snapshot_files`: the
+    /// collection's one, or one per shard in the shards' order).
+    #[serde(skip)]
+    pub snapshots: Vec<FileEntry>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -110,6 +114,9 @@ pub struct DatabasePlan {
     pub live_exists: bool,
     pub backup_schema: Option<i64>,
     pub live_schema: Option<i64>,
+    /// The size of the backup's copy once unpacked (its manifest entry's `content_size`).
+    #[serde(skip)]
+    pub unpacked_bytes: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -52,10 +52,9 @@ impl Uploads<'_> {
         if !details.shards.is_empty() {
             return self.restore_shards(collection, began).await.map(Some);
         }
-        let entry = self
-            .plan
-            .manifest
-            .file(&details.snapshot)
+        let entry = collection
+            .snapshots
+            .first()
             .ok_or_else(|| anyhow!("no file for `{name}`"))?;
         let mut turn = self.lanes.turn(self.client).await?;
         self.progress
@@ -117,18 +116,19 @@ impl Uploads<'_> {
             details.shards.iter().map(|s| s.id).collect()
         };
         let live = &live;
-        let jobs = details.shards.iter().zip(&targets).map(|(shard, &target)| {
-            self.lanes.run(async move {
-                let node = node_holding(client, topology, live, name, target)?;
-                let entry = plan
-                    .manifest
-                    .file(&shard.snapshot)
-                    .ok_or_else(|| anyhow!("no file for shard {} of `{name}`", shard.id))?;
-                let mut turn = self.lanes.turn(node).await?;
-                self.upload(node, entry, Scope::Shard(name, target), &mut turn, began)
-                    .await
-            })
-        });
+        // The plan holds one entry per shard, in the shards' order (or blocked the restore).
+        let jobs = collection
+            .snapshots
+            .iter()
+            .zip(&targets)
+            .map(|(entry, &target)| {
+                self.lanes.run(async move {
+                    let node = node_holding(client, topology, live, name, target)?;
+                    let mut turn = self.lanes.turn(node).await?;
+                    self.upload(node, entry, Scope::Shard(name, target), &mut turn, began)
+                        .await
+                })
+            });
         transfer::first_failure(futures_util::future::join_all(jobs).await)?;
         if topology.is_some() {
             self.progress.step(&format!(

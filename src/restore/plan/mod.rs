@@ -425,20 +425,8 @@ fn plan_disk(plan: &mut Plan, settings: &Settings) {
         .iter()
         .filter(|d| d.action != DatabaseAction::Keep)
         .map(|d| {
-            let unpacked = plan
-                .manifest
-                .file(
-                    &plan
-                        .manifest
-                        .databases
-                        .iter()
-                        .find(|m| m.name == d.name)
-                        .map(|m| m.file.clone())
-                        .unwrap_or_default(),
-                )
-                .map_or(0, |f| f.content_size);
             let live = fs::metadata(&d.live).map_or(0, |m| m.len());
-            unpacked
+            d.unpacked_bytes
                 + if d.action == DatabaseAction::Merge {
                     live
                 } else {
