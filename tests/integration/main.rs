@@ -13,6 +13,7 @@ mod hostile;
 mod incremental;
 mod info;
 mod list;
+mod loopback;
 mod operations;
 mod prune;
 mod pty;

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,6 +17,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::fixtures;
+use crate::loopback::Server;
 
 const EXCHANGES: &str = include_str!("../fixtures/qdrant/exchanges.json");
 const PEER_ID: u64 = 409846322439763;
@@ -118,8 +118,7 @@ pub struct State {
 pub struct Double {
     pub url: String,
     pub state: Arc<Mutex<State>>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: Server,
 }
 
 fn is_dirty(state: &Mutex<State>, name: &str) -> bool {
@@ -196,46 +195,20 @@ impl Double {
 
     pub fn with_state(state: State) -> Self {
         let state = Arc::new(Mutex::new(state));
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
-        let shared = state.clone();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                ready_tx.send(listener.local_addr().unwrap()).unwrap();
-                let mut shutdown_rx = shutdown_rx;
-                loop {
-                    tokio::select! {
-                        _ = &mut shutdown_rx => break,
-                        accepted = listener.accept() => {
-                            let Ok((stream, _)) = accepted else { continue };
-                            let down = shared.lock().unwrap().down_until.is_some_and(|t| std::time::Instant::now() < t);
-                            if down {
-                                drop(stream);
-                                continue;
-                            }
-                            let state = shared.clone();
-                            tokio::spawn(async move {
-                                let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
-                                let _ = hyper::server::conn::http1::Builder::new()
-                                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                                    .await;
-                            });
-                        }
-                    }
-                }
-            });
-        });
-        let addr: SocketAddr = ready_rx.recv().unwrap();
+        let (watched, served) = (state.clone(), state.clone());
+        // A server that is down answers no new connection.
+        let down = move || {
+            watched
+                .lock()
+                .unwrap()
+                .down_until
+                .is_some_and(|t| std::time::Instant::now() < t)
+        };
+        let server = Server::start(down, move |req| handle(served.clone(), req));
         Double {
-            url: format!("http://{addr}"),
+            url: server.url.clone(),
             state,
-            shutdown: Some(shutdown_tx),
-            thread: Some(thread),
+            _server: server,
         }
     }
 
@@ -267,17 +240,6 @@ impl Double {
 
     pub fn requests(&self) -> Vec<String> {
         self.state().requests.clone()
-    }
-}
-
-impl Drop for Double {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use tempfile::TempDir;
+
 use crate::backend::NEEDS_S3;
 use crate::incremental::{workspace, wqm};
 use crate::qdrant_double::Double;
@@ -22,6 +24,32 @@ fn through(proxy: &Proxy, t: Test) -> Test {
     with_s3(t).env("AWS_ENDPOINT_URL", &proxy.url)
 }
 
+/// `wqm backup create TARGET` of the double's collections, in `tmp` (a new workspace when
+/// `None`), through the proxy.
+fn create_through(proxy: &Proxy, double: &Double, tmp: Option<TempDir>, target: &str) -> Test {
+    let t = Test::in_dir(tmp.unwrap_or_else(workspace));
+    through(
+        proxy,
+        wqm(t, &double.url, &format!("backup create {target}")),
+    )
+    .env("TMPDIR", "{TMP}")
+}
+
+/// Runs `t`, which must say it created the backup.
+fn created(t: Test) -> TempDir {
+    t.stdout_with(|o| assert!(o.starts_with("Backup created: s3://"), "{o}"))
+        .run()
+        .1
+}
+
+/// `backup validate BACKUP --check-files` passes.
+fn validates(tmp: TempDir, backup: &str) {
+    with_s3(Test::in_dir(tmp))
+        .args(&format!("backup validate {backup} --check-files"))
+        .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
+        .run();
+}
+
 #[test]
 #[cfg_attr(
     not(real_s3),
@@ -35,17 +63,8 @@ fn slow_down_is_retried_with_backoff() {
         slow_down: 3,
         ..Faults::default()
     });
-    let (_, tmp) = through(
-        &proxy,
-        wqm(
-            Test::in_dir(workspace()),
-            &double.url,
-            &format!("backup create {url}/first"),
-        ),
-    )
-    .env("TMPDIR", "{TMP}")
-    .stdout_with(|o| assert!(o.starts_with("Backup created: s3://"), "{o}"))
-    .run();
+    let t = create_through(&proxy, &double, None, &format!("{url}/first"));
+    let tmp = created(t);
     proxy.seen(|seen| {
         // The first write was answered `SlowDown` three times, each time retried later (100 ms,
         // then more: the client's backoff), then passed.
@@ -68,10 +87,7 @@ fn slow_down_is_retried_with_backoff() {
             "{path} never passed"
         );
     });
-    with_s3(Test::in_dir(tmp))
-        .args(&format!("backup validate {url}/first --check-files"))
-        .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
-        .run();
+    validates(tmp, &format!("{url}/first"));
 }
 
 #[test]
@@ -88,22 +104,10 @@ fn a_server_gone_for_a_moment_mid_upload_is_waited_for() {
         gone_for: Some(Duration::from_millis(500)),
         ..Faults::default()
     });
-    let (_, tmp) = through(
-        &proxy,
-        wqm(
-            Test::in_dir(workspace()),
-            &double.url,
-            &format!("backup create {url}/first"),
-        ),
-    )
-    .env("TMPDIR", "{TMP}")
-    .stdout_with(|o| assert!(o.starts_with("Backup created: s3://"), "{o}"))
-    .run();
+    let t = create_through(&proxy, &double, None, &format!("{url}/first"));
+    let tmp = created(t);
     assert_eq!(proxy.seen(|s| s.cut.len()), 1);
-    with_s3(Test::in_dir(tmp))
-        .args(&format!("backup validate {url}/first --check-files"))
-        .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
-        .run();
+    validates(tmp, &format!("{url}/first"));
 }
 
 #[test]
@@ -120,19 +124,12 @@ fn a_server_gone_for_good_mid_upload_fails_cleanly_and_the_next_run_removes_what
         gone_for: None,
         ..Faults::default()
     });
-    let (_, tmp) = through(
-        &proxy,
-        wqm(
-            Test::in_dir(workspace()),
-            &double.url,
-            &format!("backup create {url}/first"),
-        ),
-    )
-    .env("TMPDIR", "{TMP}")
-    .status(1)
-    .stdout_with(|o| assert_eq!(o, ""))
-    .stderr_with(|e| assert!(e.starts_with("wqm: error: "), "{e}"))
-    .run();
+    let t = create_through(&proxy, &double, None, &format!("{url}/first"));
+    let (_, tmp) = t
+        .status(1)
+        .stdout_with(|o| assert_eq!(o, ""))
+        .stderr_with(|e| assert!(e.starts_with("wqm: error: "), "{e}"))
+        .run();
     // Its snapshots are there, its run record too, but no manifest: no backup.
     let left = runtime.block_on(backend.list("first/")).unwrap();
     assert!(
@@ -153,23 +150,13 @@ fn a_server_gone_for_good_mid_upload_fails_cleanly_and_the_next_run_removes_what
         .stdout(&format!("No backups found in {url}\n"))
         .run();
     // The next create removes what the failed one left, saying so.
-    let (_, _tmp) = through(
-        &proxy,
-        wqm(
-            Test::in_dir(tmp),
-            &double.url,
-            &format!("backup create {url}/next"),
-        ),
-    )
-    .env("TMPDIR", "{TMP}")
-    .stdout_with(|o| assert!(o.starts_with("Backup created: s3://"), "{o}"))
-    .stderr_with(|e| {
+    let next = create_through(&proxy, &double, Some(tmp), &format!("{url}/next"));
+    created(next.stderr_with(|e| {
         assert!(
             e.contains("removed what a killed run left of `first`"),
             "{e}"
         )
-    })
-    .run();
+    }));
     for prefix in ["first/", ".wqm-runs/"] {
         assert!(
             runtime.block_on(backend.list(prefix)).unwrap().is_empty(),

@@ -5,7 +5,6 @@
 //! while or for good. Binds 127.0.0.1 only.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,6 +12,8 @@ use bytes::Bytes;
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
+
+use crate::loopback::Server;
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
 
@@ -66,8 +67,7 @@ pub struct Proxy {
     /// The proxy's endpoint, for `AWS_ENDPOINT_URL`.
     pub url: String,
     state: Arc<Mutex<State>>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: Server,
 }
 
 impl Proxy {
@@ -83,50 +83,16 @@ impl Proxy {
             gone: None,
         }));
         let upstream = upstream.trim_end_matches('/').to_string();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (shutdown_tx, mut shutdown_rx) = tokio::sync::oneshot::channel::<()>();
-        let shared = state.clone();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                ready_tx.send(listener.local_addr().unwrap()).unwrap();
-                let client = reqwest::Client::builder()
-                    .no_proxy()
-                    .build()
-                    .unwrap();
-                loop {
-                    tokio::select! {
-                        _ = &mut shutdown_rx => break,
-                        accepted = listener.accept() => {
-                            let Ok((stream, _)) = accepted else { continue };
-                            if shared.lock().unwrap().is_gone() {
-                                drop(stream);
-                                continue;
-                            }
-                            let (state, client, upstream) = (shared.clone(), client.clone(), upstream.clone());
-                            tokio::spawn(async move {
-                                let service = hyper::service::service_fn(move |req| {
-                                    forward(state.clone(), client.clone(), upstream.clone(), req)
-                                });
-                                let _ = hyper::server::conn::http1::Builder::new()
-                                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                                    .await;
-                            });
-                        }
-                    }
-                }
-            });
-        });
-        let addr: SocketAddr = ready_rx.recv().unwrap();
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let (watched, served) = (state.clone(), state.clone());
+        let server = Server::start(
+            move || watched.lock().unwrap().is_gone(),
+            move |req| forward(served.clone(), client.clone(), upstream.clone(), req),
+        );
         Proxy {
-            url: format!("http://{addr}"),
+            url: server.url.clone(),
             state,
-            shutdown: Some(shutdown_tx),
-            thread: Some(thread),
+            _server: server,
         }
     }
 
@@ -137,17 +103,6 @@ impl Proxy {
 
     pub fn seen<T>(&self, look: impl FnOnce(&Seen) -> T) -> T {
         look(&self.state.lock().unwrap().seen)
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

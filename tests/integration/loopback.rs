@@ -1,0 +1,76 @@
+//! An HTTP/1 server on 127.0.0.1 for the in-tree doubles (the Qdrant double, the S3 fault proxy):
+//! its own thread and runtime, a task per connection, connections dropped unanswered while
+//! `refuse()` says so (a server that is down), stopped when dropped.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use hyper::body::{Body, Incoming};
+use hyper::{Request, Response};
+
+pub struct Server {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    pub fn start<H, F, B>(refuse: impl Fn() -> bool + Send + 'static, handle: H) -> Server
+    where
+        H: Fn(Request<Incoming>) -> F + Clone + Send + 'static,
+        F: Future<Output = Result<Response<B>, std::io::Error>> + Send + 'static,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (shutdown_tx, mut shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                ready_tx.send(listener.local_addr().unwrap()).unwrap();
+                loop {
+                    tokio::select! {
+                        _ = &mut shutdown_rx => break,
+                        accepted = listener.accept() => {
+                            let Ok((stream, _)) = accepted else { continue };
+                            if refuse() {
+                                drop(stream);
+                                continue;
+                            }
+                            let handle = handle.clone();
+                            tokio::spawn(async move {
+                                let service = hyper::service::service_fn(handle);
+                                let _ = hyper::server::conn::http1::Builder::new()
+                                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                                    .await;
+                            });
+                        }
+                    }
+                }
+            });
+        });
+        let addr: SocketAddr = ready_rx.recv().unwrap();
+        Server {
+            url: format!("http://{addr}"),
+            shutdown: Some(shutdown_tx),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
