@@ -17,6 +17,7 @@ use tokio::io::AsyncReadExt;
 use crate::backend::{Backend, BackendError, ByteStream, Name};
 use crate::format::layout::MANIFEST_PATH;
 use crate::progress::Progress;
+use crate::store::lock::RepoLock;
 
 /// Where run records live in a repository.
 pub const RUNS_DIR: &str = ".wqm-runs";
@@ -97,10 +98,13 @@ impl crate::exit::Classify for TargetTaken {
 /// Sends the committed local backup `local` as `target`: the run record, every file but the
 /// manifest (streamed, bounded memory), then the manifest with `save_new`, then the record
 /// removed. On failure what was sent is removed; a killed run leaves it to `clean_dead_runs`.
+/// `lock` (the repository's, held by the caller) is checked before the manifest: a run whose
+/// lock was lost does not commit.
 pub async fn send(
     backend: &dyn Backend,
     local: &Path,
     target: &str,
+    lock: &RepoLock,
     progress: &dyn Progress,
 ) -> Result<()> {
     let record = Name::new(format!("{RUNS_DIR}/{}", crate::backend::random_id()))?;
@@ -111,7 +115,7 @@ pub async fn send(
         target: target.to_string(),
     })?;
     backend.save_new(&record, Bytes::from(text)).await?;
-    let sent = send_objects(backend, local, target, progress).await;
+    let sent = send_objects(backend, local, target, lock, progress).await;
     if sent.is_err() {
         // Best effort: what is left is found by the record.
         if remove_under(backend, target).await.is_ok() {
@@ -127,6 +131,7 @@ async fn send_objects(
     backend: &dyn Backend,
     local: &Path,
     target: &str,
+    lock: &RepoLock,
     progress: &dyn Progress,
 ) -> Result<()> {
     let files = crate::store::list_in(local);
@@ -142,6 +147,7 @@ async fn send_objects(
     }
     crate::failpoint::hit("create:s3-before-manifest")?;
     crate::progress::check_interrupted()?;
+    lock.check()?;
     let manifest = std::fs::read(local.join(MANIFEST_PATH))
         .with_context(|| format!("cannot read `{}`", local.join(MANIFEST_PATH).display()))?;
     let name = Name::new(format!("{target}/{MANIFEST_PATH}"))?;

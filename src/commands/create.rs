@@ -12,6 +12,7 @@ use crate::config::Settings;
 use crate::exit::{ExitCode, Failure};
 use crate::output::{self, Ui};
 use crate::qdrant::Client;
+use crate::store::lock::RepoLock;
 use crate::store::Remote;
 
 pub async fn run(
@@ -64,7 +65,8 @@ pub async fn run(
     };
     if let Some(sending) = &sending {
         let backend = sending.repository.backend();
-        backup::remote::send(backend, &outcome.path, &sending.name, &progress).await?;
+        let (local, lock) = (&outcome.path, &sending.lock);
+        backup::remote::send(backend, local, &sending.name, lock, &progress).await?;
         outcome.path = sending.repository.shown(&sending.name);
     }
     super::report_cleaned(ui, &outcome.cleaned);
@@ -156,10 +158,14 @@ struct Sending {
     name: String,
     /// Removed with everything in it when the run ends.
     staged: tempfile::TempDir,
+    /// The repository's shared lock, held from before the dead runs are cleaned up to the end:
+    /// no prune runs meanwhile.
+    lock: RepoLock,
 }
 
 /// Checks what a create to S3 needs before anything is made: no `--force` or `--incremental`
-/// there yet (exit 2), this host's dead runs' leftovers removed, and the name free.
+/// there yet (exit 2), the repository's shared lock, this host's dead runs' leftovers removed,
+/// and the name free.
 async fn to_s3(
     (repository, name): (Remote, String),
     force: bool,
@@ -186,6 +192,7 @@ async fn to_s3(
             "make a full backup to S3, or an incremental one locally and copy the directory (docs/incremental.md)",
         ));
     }
+    let lock = RepoLock::shared(&repository, "backup create")?;
     let backend = repository.backend();
     for removed in backup::remote::clean_dead_runs(backend).await? {
         ui.warn(format!(
@@ -205,6 +212,7 @@ async fn to_s3(
         repository,
         name,
         staged,
+        lock,
     })
 }
 

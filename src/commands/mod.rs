@@ -19,6 +19,7 @@ use tokio::runtime::Handle;
 
 use crate::backend::s3::S3Backend;
 use crate::backend::Location;
+use crate::store::lock::RepoLock;
 use crate::store::{Place, Remote, Repository};
 
 use crate::cli::{BackupCommand, Cli, Command, OutputArgs};
@@ -106,6 +107,31 @@ fn backup_place(path: &Path, settings: &Settings, handle: &Handle) -> Result<Pla
             Ok(Place::Remote(tokio::task::block_in_place(|| {
                 repository.backup(&name)
             })?))
+        }
+    }
+}
+
+/// The backup at `path` (as `backup_place`) with its repository's shared lock held for the run
+/// `command`. On S3 the lock is taken before the backup's objects are listed, so no prune
+/// deletes any of them between the listing and the reads.
+fn locked_place(
+    path: &Path,
+    settings: &Settings,
+    handle: &Handle,
+    command: &str,
+) -> Result<(Place, RepoLock)> {
+    match location(path)? {
+        Location::Local(path) => {
+            // A staging directory is refused, not waited for.
+            crate::format::layout::refuse_unfinished(&path)?;
+            let lock = RepoLock::shared(crate::fs::parent_dir(&path), command)?;
+            Ok((Place::Local(path), lock))
+        }
+        Location::S3 { bucket, prefix } => {
+            let (repository, name) = remote_backup(path, &bucket, &prefix, settings, handle)?;
+            let lock = RepoLock::shared(&repository, command)?;
+            let backup = tokio::task::block_in_place(|| repository.backup(&name))?;
+            Ok((Place::Remote(backup), lock))
         }
     }
 }

@@ -241,12 +241,6 @@ impl BackupDir {
         }
     }
 
-    /// The local directory this backup belongs to, whose lock its readers hold; `None` for a
-    /// backup in a remote repository.
-    pub fn local_backups_dir(&self) -> Option<&Path> {
-        self.remote.is_none().then(|| self.backups_dir())
-    }
-
     /// The directory this backup belongs to (a staged backup: the one its target will be in).
     fn backups_dir(&self) -> &Path {
         let parent = crate::fs::parent_dir(&self.path);

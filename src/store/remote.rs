@@ -75,6 +75,11 @@ impl Remote {
         &*self.backend
     }
 
+    /// The backend, to hold on to (the repository's lock refreshes through it).
+    pub fn shared_backend(&self) -> Arc<dyn Backend> {
+        self.backend.clone()
+    }
+
     /// The repository as the user wrote it.
     pub fn shown_root(&self) -> &str {
         &self.shown

@@ -173,12 +173,17 @@ fn cleanup_removes_what_a_killed_create_left_on_s3() {
         .args(&format!("backup cleanup {url}"))
         .stdout_with(|o| {
             assert!(
-                o.starts_with("Removed what a killed run left of `killed`: "),
+                o.contains("\nRemoved what a killed run left of `killed`: "),
                 "{o}"
-            )
+            );
+            // Its lock, of a process of this host that is gone, is stale at once.
+            assert!(
+                o.starts_with("Removed a stale shared lock of `wqm backup create` (pid "),
+                "{o}"
+            );
         })
         .run();
-    for prefix in ["killed/", ".wqm-runs/"] {
+    for prefix in ["killed/", ".wqm-runs/", ".wqm-locks/"] {
         assert!(
             runtime.block_on(backend.list(prefix)).unwrap().is_empty(),
             "{prefix}"
