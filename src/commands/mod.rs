@@ -51,6 +51,7 @@ pub fn dispatch(cli: Cli, ui: &Ui, runtime: &tokio::runtime::Runtime) -> Result<
             | BackupCommand::List(_)
             | BackupCommand::Validate(_)
             | BackupCommand::Cleanup(_)
+            | BackupCommand::Prune(_)
     );
     let given = if reads_remote {
         Vec::new()
@@ -70,7 +71,7 @@ pub fn dispatch(cli: Cli, ui: &Ui, runtime: &tokio::runtime::Runtime) -> Result<
         BackupCommand::List(args) => list::run(&args, &settings, ui, handle),
         BackupCommand::Validate(args) => validate::run(&args, &settings, ui, handle),
         BackupCommand::Export(args) => export::run(&args, &settings, ui),
-        BackupCommand::Prune(args) => runtime.block_on(prune::run(&args, &settings, ui)),
+        BackupCommand::Prune(args) => runtime.block_on(prune::run(&args, &settings, ui, handle)),
         BackupCommand::Cleanup(args) => {
             runtime.block_on(cleanup::run(&args, &settings, ui, handle))
         }
@@ -89,7 +90,7 @@ fn local_only(path: &std::path::Path) -> Result<()> {
         crate::backend::Location::Local(_) => Ok(()),
         remote => Err(crate::exit::Failure::new(
             ExitCode::Usage,
-            format!("`{remote}` is an S3 location: here this wqm takes local directories only (`create`, `info`, `list`, `validate`, `restore` and `cleanup` take `s3://` paths)"),
+            format!("`{remote}` is an S3 location: here this wqm takes local directories only (`create`, `info`, `list`, `validate`, `restore`, `prune` and `cleanup` take `s3://` paths)"),
         )
         .with_hint("back up to a local directory, then copy it offsite as docs/incremental.md shows (`rsync -a DIR/ DEST/`)")
         .into()),

@@ -61,6 +61,16 @@ pub enum Repository {
     Remote(Remote),
 }
 
+impl Repository {
+    /// The repository as a path to show (`s3://bucket/prefix` for a remote one).
+    pub fn shown(&self) -> PathBuf {
+        match self {
+            Repository::Local(dir) => dir.clone(),
+            Repository::Remote(remote) => PathBuf::from(remote.shown_root()),
+        }
+    }
+}
+
 /// What `stat` tells about an entry (the entry itself, never what a link points at).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stat {

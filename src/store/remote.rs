@@ -109,6 +109,20 @@ impl Remote {
         self.wait(self.backend.list(prefix)).map_err(not_found)
     }
 
+    /// Writes the small object `rel` (replacing one there).
+    pub fn put(&self, rel: &str, bytes: Vec<u8>) -> io::Result<()> {
+        let name = Name::new(rel).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        self.wait(self.backend.save(&name, crate::backend::once(bytes)))
+            .map(drop)
+            .map_err(not_found)
+    }
+
+    /// Removes the object `rel` (one already gone is no error).
+    pub fn remove(&self, rel: &str) -> io::Result<()> {
+        let name = Name::new(rel).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        self.wait(self.backend.remove(&name)).map_err(not_found)
+    }
+
     /// The manifest of the backup `name`: its size checked before it is read, every name in it
     /// checked.
     pub fn read_manifest(&self, name: &str) -> Result<Manifest, ManifestError> {

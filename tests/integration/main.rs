@@ -22,6 +22,7 @@ mod real_qdrant;
 mod real_server;
 mod restore;
 mod s3_lock;
+mod s3_prune;
 mod s3_read;
 mod s3_write;
 mod sample;

@@ -120,7 +120,7 @@ pub(crate) fn locks(
     not(real_s3),
     ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
 )]
-fn a_create_on_s3_holds_a_shared_lock_that_keeps_an_exclusive_one_off() {
+fn a_create_on_s3_holds_a_shared_lock_that_keeps_a_prune_off() {
     let double = Double::start();
     let tmp = workspace();
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -150,9 +150,30 @@ fn a_create_on_s3_holds_a_shared_lock_that_keeps_an_exclusive_one_off() {
             other => panic!("{other:?}"),
         }
     });
+    // A prune waits for it, then goes ahead.
+    let mut prune = s3_command(
+        tmp.path(),
+        &double.url,
+        &["backup", "prune", &url, "--keep-last", "1"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        prune.try_wait().unwrap().is_none(),
+        "the prune did not wait for the create's lock"
+    );
     resume(tmp.path(), "create:s3-before-manifest");
     let (code, _, stderr) = finished(create);
     assert_eq!(code, 0, "{stderr}");
+    let (code, stdout, stderr) = finished(prune);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains(&format!("Pruned {url}: removed 0, kept 1")),
+        "{stdout}"
+    );
     assert_eq!(locks(&runtime, &backend), Vec::new(), "released at the end");
 }
 
