@@ -42,23 +42,12 @@ pub fn dispatch(cli: Cli, ui: &Ui, runtime: &tokio::runtime::Runtime) -> Result<
     // Every command may lock its backups directory, whose lock a task refreshes.
     let _runtime = runtime.enter();
     let default_dir = settings.backup.default_backup_directory.as_deref();
-    // These commands take `s3://` paths; the others do not yet.
-    let reads_remote = matches!(
-        command,
-        BackupCommand::Create(_)
-            | BackupCommand::Restore(_)
-            | BackupCommand::Info(_)
-            | BackupCommand::List(_)
-            | BackupCommand::Validate(_)
-            | BackupCommand::Cleanup(_)
-            | BackupCommand::Prune(_)
-    );
-    let given = if reads_remote {
-        Vec::new()
-    } else {
-        command.paths()
+    // Every command takes `s3://` paths but for export's DEST, which is written locally.
+    let local: Vec<&Path> = match &command {
+        BackupCommand::Export(args) => vec![args.dest.as_path()],
+        _ => Vec::new(),
     };
-    for path in given.into_iter().chain(default_dir) {
+    for path in local.into_iter().chain(default_dir) {
         local_only(path)?;
     }
     let handle = runtime.handle();
@@ -70,7 +59,7 @@ pub fn dispatch(cli: Cli, ui: &Ui, runtime: &tokio::runtime::Runtime) -> Result<
         BackupCommand::Info(args) => info::run(&args, &settings, ui, handle),
         BackupCommand::List(args) => list::run(&args, &settings, ui, handle),
         BackupCommand::Validate(args) => validate::run(&args, &settings, ui, handle),
-        BackupCommand::Export(args) => export::run(&args, &settings, ui),
+        BackupCommand::Export(args) => export::run(&args, &settings, ui, handle),
         BackupCommand::Prune(args) => runtime.block_on(prune::run(&args, &settings, ui, handle)),
         BackupCommand::Cleanup(args) => {
             runtime.block_on(cleanup::run(&args, &settings, ui, handle))
@@ -79,9 +68,9 @@ pub fn dispatch(cli: Cli, ui: &Ui, runtime: &tokio::runtime::Runtime) -> Result<
     }
 }
 
-/// Where a command (or `backup.default_backup_directory`) takes no `s3://` location yet, one is
-/// refused before anything is done (it would otherwise be a local directory named `s3:`), and so
-/// is any other `SCHEME://`.
+/// Where a command writes only locally (export's DEST), an `s3://` location is refused before
+/// anything is done (it would otherwise be a local directory named `s3:`), and so is any other
+/// `SCHEME://`.
 fn local_only(path: &std::path::Path) -> Result<()> {
     let Some(given) = path.to_str() else {
         return Ok(());
@@ -90,9 +79,9 @@ fn local_only(path: &std::path::Path) -> Result<()> {
         crate::backend::Location::Local(_) => Ok(()),
         remote => Err(crate::exit::Failure::new(
             ExitCode::Usage,
-            format!("`{remote}` is an S3 location: here this wqm takes local directories only (`create`, `info`, `list`, `validate`, `restore`, `prune` and `cleanup` take `s3://` paths)"),
+            format!("`{remote}` is an S3 location: `export` writes its copy to a local directory (it reads a backup on S3: `wqm backup export s3://BUCKET/PREFIX/NAME DIR`)"),
         )
-        .with_hint("back up to a local directory, then copy it offsite as docs/incremental.md shows (`rsync -a DIR/ DEST/`)")
+        .with_hint("export to a local directory, then copy it to S3 object by object (`rclone copy DIR s3:BUCKET/PREFIX/NAME`)")
         .into()),
     }
 }

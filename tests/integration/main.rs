@@ -21,6 +21,7 @@ mod real_cluster;
 mod real_qdrant;
 mod real_server;
 mod restore;
+mod s3_export;
 mod s3_lock;
 mod s3_prune;
 mod s3_read;
