@@ -43,12 +43,13 @@ pub fn dispatch(cli: Cli, ui: &Ui, runtime: &tokio::runtime::Runtime) -> Result<
     let _runtime = runtime.enter();
     let default_dir = settings.backup.default_backup_directory.as_deref();
     // Every command takes `s3://` paths but for export's DEST, which is written locally.
-    let local: Vec<&Path> = match &command {
-        BackupCommand::Export(args) => vec![args.dest.as_path()],
-        _ => Vec::new(),
-    };
-    for path in local.into_iter().chain(default_dir) {
-        local_only(path)?;
+    if let BackupCommand::Export(args) = &command {
+        local_only(&args.dest)?;
+    }
+    // `backup.default_backup_directory` is a local directory or `s3://BUCKET/PREFIX`; `s3:`
+    // without `//` and other schemes are refused before anything is done.
+    if let Some(dir) = default_dir {
+        location(dir)?;
     }
     let handle = runtime.handle();
     match command {

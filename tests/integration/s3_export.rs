@@ -57,7 +57,10 @@ fn an_incremental_backup_on_s3_exports_to_a_self_contained_local_one() {
     assert_eq!(code, 0, "{stderr}");
     let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(summary["source"], source.as_str(), "{summary}");
-    assert_eq!(summary["compression"], "zstd", "a full copy, no chunks: {summary}");
+    assert_eq!(
+        summary["compression"], "zstd",
+        "a full copy, no chunks: {summary}"
+    );
     assert_eq!(locks(&runtime, &backend), Vec::new(), "released at the end");
     // Whole without any chunk store: none is beside it.
     assert!(!tmp.path().join("away/.wqm-chunks").exists());

@@ -212,8 +212,20 @@ fn an_s3_location_is_refused_before_anything_is_done() {
         "backup:\n  default_backup_directory: s3://bucket/nightly\n",
     )
     .unwrap();
-    t.args("--config {TMP}/c.yaml backup prune --keep-last 1")
+    // The repository there is used (and its server asked first).
+    let (_, t) = t
+        .args("--config {TMP}/c.yaml backup prune --keep-last 1")
         .status(2)
-        .stderr_with(|e| assert!(e.contains("`s3://bucket/nightly` is an S3 location"), "{e}"))
+        .stderr_with(|e| assert!(e.contains("no S3 credentials"), "{e}"))
+        .run();
+    std::fs::write(
+        t.path().join("c.yaml"),
+        "backup:\n  default_backup_directory: s3:bucket/nightly\n",
+    )
+    .unwrap();
+    Test::in_dir(t)
+        .args("--config {TMP}/c.yaml backup list {TMP}")
+        .status(2)
+        .stderr_with(|e| assert!(e.contains("an S3 location starts with `s3://`"), "{e}"))
         .run();
 }
