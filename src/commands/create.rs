@@ -25,7 +25,7 @@ pub async fn run(
     let incremental = args.incremental || settings.backup.incremental;
     let target = target(args, settings)?;
     // To S3: the server is asked (and dead runs' leftovers removed) before Qdrant is.
-    let sending = match super::location(&target)? {
+    let mut sending = match super::location(&target)? {
         Location::Local(_) => None,
         Location::S3 { bucket, prefix } => Some(
             to_s3(
@@ -63,10 +63,10 @@ pub async fn run(
             return Err(e);
         }
     };
-    if let Some(sending) = &sending {
+    if let Some(sending) = &mut sending {
         let backend = sending.repository.backend();
-        let (local, lock) = (&outcome.path, &sending.lock);
-        backup::remote::send(backend, local, &sending.name, lock, &progress).await?;
+        let target = (sending.name.as_str(), &mut sending.claim);
+        backup::remote::send(backend, &outcome.path, target, &sending.lock, &progress).await?;
         outcome.path = sending.repository.shown(&sending.name);
     }
     super::report_cleaned(ui, &outcome.cleaned);
@@ -158,6 +158,8 @@ struct Sending {
     name: String,
     /// Removed with everything in it when the run ends.
     staged: tempfile::TempDir,
+    /// The run's claim on the name (its run record), released before the lock.
+    claim: backup::remote::Claim,
     /// The repository's shared lock, held from before the dead runs are cleaned up to the end:
     /// no prune runs meanwhile.
     lock: RepoLock,
@@ -165,7 +167,7 @@ struct Sending {
 
 /// Checks what a create to S3 needs before anything is made: no `--force` or `--incremental`
 /// there yet (exit 2), the repository's shared lock, this host's dead runs' leftovers removed,
-/// and the name free.
+/// and the name claimed (no other run sends it) and free.
 async fn to_s3(
     (repository, name): (Remote, String),
     force: bool,
@@ -203,7 +205,7 @@ async fn to_s3(
             removed.uploads
         ));
     }
-    backup::remote::check_free(backend, &name).await?;
+    let claim = backup::remote::claim(repository.shared_backend(), &name).await?;
     let staged = tempfile::Builder::new()
         .prefix(".wqm-s3-")
         .tempdir()
@@ -212,6 +214,7 @@ async fn to_s3(
         repository,
         name,
         staged,
+        claim,
         lock,
     })
 }

@@ -293,3 +293,50 @@ fn a_stale_lock_on_s3_holds_no_run_off_cleanup_removes_it_and_every_run_releases
         .run();
     assert_eq!(locks(&runtime, &backend), Vec::new());
 }
+
+#[test]
+#[cfg_attr(
+    not(real_s3),
+    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+)]
+fn two_creates_of_one_name_on_s3_never_write_over_each_other() {
+    let double = Double::start();
+    let tmp = workspace();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (backend, url) = fresh_prefix(&runtime);
+    let target = format!("{url}/same");
+    // The first has claimed the name and is still making the backup locally: nothing of it is
+    // on S3 but its run record.
+    let first = paused_at(
+        tmp.path(),
+        s3_command(tmp.path(), &double.url, &["backup", "create", &target]),
+        "create:databases",
+    );
+    assert_eq!(runtime.block_on(backend.list("same/")).unwrap(), Vec::new());
+    let (_, tmp) = with_s3(wqm(
+        Test::in_dir(tmp),
+        &double.url,
+        &format!("backup create {target}"),
+    ))
+    .env("TMPDIR", "{TMP}")
+    .status(2)
+    .stderr_with(|e| {
+        assert!(e.contains("`same` in `s3://"), "{e}");
+        assert!(e.contains("is taken by an unfinished backup"), "{e}");
+    })
+    .run();
+    let records = runtime.block_on(backend.list(".wqm-runs/")).unwrap();
+    assert_eq!(records.len(), 1, "the first run's claim stays: {records:?}");
+    resume(tmp.path(), "create:databases");
+    let (code, _, stderr) = finished(first);
+    assert_eq!(code, 0, "{stderr}");
+    with_s3(Test::in_dir(tmp))
+        .args(&format!("backup validate {target} --check-files"))
+        .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
+        .run();
+    assert_eq!(
+        runtime.block_on(backend.list(".wqm-runs/")).unwrap(),
+        Vec::new()
+    );
+    assert_eq!(locks(&runtime, &backend), Vec::new());
+}
