@@ -195,16 +195,7 @@ async fn to_s3(
         ));
     }
     let lock = RepoLock::shared(&repository, "backup create")?;
-    let backend = repository.backend();
-    for removed in backup::remote::clean_dead_runs(backend).await? {
-        ui.warn(format!(
-            "removed what a killed run left of `{}` in `{}`: {} object(s), {} unfinished upload(s)",
-            removed.target,
-            repository.shown_root(),
-            removed.objects,
-            removed.uploads
-        ));
-    }
+    super::clean_remote_runs(&repository, ui).await?;
     let claim = backup::remote::claim(repository.shared_backend(), &name).await?;
     let staged = tempfile::Builder::new()
         .prefix(".wqm-s3-")

@@ -204,6 +204,21 @@ fn report_cleaned(ui: &Ui, cleaned: &[crate::cleanup::Cleaned]) {
     }
 }
 
+/// Removes what this host's killed creates left in the repository on S3
+/// (`backup::remote::clean_dead_runs`), a warning line each.
+async fn clean_remote_runs(repository: &Remote, ui: &Ui) -> Result<()> {
+    for removed in crate::backup::remote::clean_dead_runs(repository.backend()).await? {
+        ui.warn(format!(
+            "removed what a killed run left of `{}` in `{}`: {} object(s), {} unfinished upload(s)",
+            removed.target,
+            repository.shown_root(),
+            removed.objects,
+            removed.uploads
+        ));
+    }
+    Ok(())
+}
+
 /// The `Ui` of a parsed command line.
 pub fn ui_for(cli: &Cli) -> Ui {
     let output = match &cli.command {

@@ -39,8 +39,14 @@ pub async fn run(
         super::backups_dir(dir)?;
     }
     let policies = policies(args, settings)?;
-    if let (Repository::Local(dir), false) = (&repository, args.dry_run) {
-        super::report_cleaned(ui, &cleanup::dead_runs(&[dir.as_path()], settings).await);
+    // Dead runs are cleaned up first, as `cleanup` does: locally the working directories, on S3
+    // what this host's killed creates left.
+    match (&repository, args.dry_run) {
+        (_, true) => {}
+        (Repository::Local(dir), false) => {
+            super::report_cleaned(ui, &cleanup::dead_runs(&[dir.as_path()], settings).await)
+        }
+        (Repository::Remote(remote), false) => super::clean_remote_runs(remote, ui).await?,
     }
     let outcome = prune::prune(&repository, &policies, crate::now(), args.dry_run)?;
     for name in &outcome.future_dated {

@@ -170,3 +170,42 @@ fn prune_on_s3_deletes_backups_manifest_first_and_the_chunks_no_kept_backup_name
         Vec::<String>::new()
     );
 }
+
+#[test]
+#[cfg_attr(
+    not(real_s3),
+    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+)]
+fn prune_on_s3_first_removes_what_this_hosts_killed_creates_left() {
+    let double = Double::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let tmp = workspace();
+    let (backend, url) = crate::s3_write::killed_create(&double, &tmp, &runtime);
+    // A dry run only reads: the killed run's objects are left alone, and said so.
+    let (_, tmp) = with_s3(Test::in_dir(tmp))
+        .args(&format!(
+            "backup prune {url} --keep-last 1 --dry-run --json"
+        ))
+        .stdout_json(|v| {
+            assert_eq!(v["skipped"][0]["name"], "killed", "{v}");
+        })
+        .run();
+    assert!(!objects(&runtime, &backend, "killed/").is_empty());
+    with_s3(Test::in_dir(tmp))
+        .args(&format!("backup prune {url} --keep-last 1 --json"))
+        .stdout_json(|v| assert_eq!(v["skipped"], serde_json::json!([]), "{v}"))
+        .stderr_with(|e| {
+            assert!(
+                e.contains("wqm: warning: removed what a killed run left of `killed` in `s3://"),
+                "{e}"
+            )
+        })
+        .run();
+    for prefix in ["killed/", ".wqm-runs/"] {
+        assert_eq!(
+            objects(&runtime, &backend, prefix),
+            Vec::<String>::new(),
+            "{prefix}"
+        );
+    }
+}

@@ -80,7 +80,7 @@ fn a_backup_created_on_s3_is_listed_validated_and_restored() {
 
 /// A `create` to a fresh prefix killed after sending its files, before its manifest: the
 /// objects it left, under `killed/`.
-fn killed_create(
+pub(crate) fn killed_create(
     double: &Double,
     tmp: &TempDir,
     runtime: &tokio::runtime::Runtime,
