@@ -83,23 +83,6 @@ pub enum BackupCommand {
     Cleanup(CleanupArgs),
 }
 
-impl BackupCommand {
-    /// Every backup path or backups directory given on the command line.
-    pub fn paths(&self) -> Vec<&std::path::Path> {
-        match self {
-            BackupCommand::Create(args) => args.path.iter().map(PathBuf::as_path).collect(),
-            BackupCommand::Restore(args) => vec![args.path.as_path()],
-            BackupCommand::Info(args) => vec![args.path.as_path()],
-            BackupCommand::List(args) => vec![args.directory.as_path()],
-            BackupCommand::Validate(args) => vec![args.path.as_path()],
-            BackupCommand::Export(args) => vec![args.backup.as_path(), args.dest.as_path()],
-            BackupCommand::Prune(args) => args.directory.iter().map(PathBuf::as_path).collect(),
-            BackupCommand::Cleanup(args) => args.directory.iter().map(PathBuf::as_path).collect(),
-            BackupCommand::Migrations(_) => Vec::new(),
-        }
-    }
-}
-
 /// Flags every command takes.
 #[derive(Debug, Args, Clone, Copy)]
 pub struct OutputArgs {

@@ -14,7 +14,7 @@ use crate::exit::{ExitCode, Failure};
 use crate::format::manifest::{FileEntry, Manifest, FULL_FORMAT};
 use crate::fs::{copy_apart, CopyError};
 use crate::progress::{self, Metered, Progress};
-use crate::store::{BackupDir, Damaged, Staging};
+use crate::store::{BackupDir, Damaged, Place, Staging};
 
 /// What `export` wrote.
 #[derive(Debug)]
@@ -25,20 +25,21 @@ pub struct Outcome {
     pub size: u64,
 }
 
-/// Writes the backup at `source` as a full backup at `target` (which must not exist).
+/// Writes the backup at `source` (a local directory, or a backup on S3) as a full backup at the
+/// local `target` (which must not exist).
 pub fn export(
-    source: &Path,
+    source: &Place,
     target: &Path,
     settings: &Settings,
     progress: &dyn Progress,
 ) -> Result<Outcome> {
-    let backup = BackupDir::open(source)?;
+    let backup = BackupDir::open_at(source)?;
     if backup.manifest.is_legacy() {
         return Err(Failure::new(
             ExitCode::Usage,
             format!(
                 "`{}` is a legacy backup: it is self-contained already",
-                source.display()
+                source.shown().display()
             ),
         )
         .with_hint("copy it as it is (`cp -a`)")

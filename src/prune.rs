@@ -5,7 +5,8 @@
 //! Only directories that are wqm backups (a manifest that parses, legacy ones too) are ever
 //! deleted; never the newest valid backup (of each group), never one being written (hidden
 //! staging directories, held locks), never anything reached through a symlink. A deletion renames
-//! the backup to a hidden name first, so `list` never sees a half-deleted backup.
+//! the backup to a hidden name first, so `list` never sees a half-deleted backup; on S3 it
+//! removes the manifest first (`remote`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
@@ -18,11 +19,12 @@ use crate::backend::lock::LockError;
 use crate::format::layout;
 use crate::store::chunks::{self, ChunkStore, Collected, Refs};
 use crate::store::lock::RepoLock;
-use crate::store::{self, Seen};
+use crate::store::{self, Repository, Seen};
 use crate::verify;
 
 mod duration;
 mod policy;
+mod remote;
 
 pub use duration::Span;
 pub use policy::{decide, Count, Policy, Reason};
@@ -115,15 +117,16 @@ pub enum Garbage {
     Refused(String),
 }
 
-/// The backups directly in `dir` (the one scanner's rule) and what prune must leave alone.
-pub fn survey(dir: &Path) -> std::io::Result<(Vec<Candidate>, Vec<Skipped>)> {
+/// The backups directly in the repository (the one scanner's rule) and what prune must leave
+/// alone.
+pub fn survey(repository: &Repository) -> std::io::Result<(Vec<Candidate>, Vec<Skipped>)> {
     let mut candidates = Vec::new();
     let mut skipped = Vec::new();
     let options = verify::Options::new(verify::Depth::Structure, Default::default());
-    for entry in store::scan(dir)?.entries {
+    for entry in store::scan_at(repository)?.entries {
         match entry.seen {
             Seen::Backup(backup) => {
-                let valid = verify::audit(&entry.path, &options, &crate::progress::Silent)
+                let valid = verify::audit_at(&backup.place(), &options, &crate::progress::Silent)
                     .is_ok_and(|r| r.damage().is_empty());
                 candidates.push(Candidate {
                     safety: is_safety_backup(&entry.name),
@@ -148,17 +151,26 @@ pub fn survey(dir: &Path) -> std::io::Result<(Vec<Candidate>, Vec<Skipped>)> {
     Ok((candidates, skipped))
 }
 
-/// Applies `policies` to the backups in `dir`, as of `now` (seconds since the epoch, local
-/// time for the calendar); with `dry_run` nothing is deleted.
-pub fn prune(dir: &Path, policies: &Policies, now: f64, dry_run: bool) -> anyhow::Result<Outcome> {
+/// Applies `policies` to the backups of the repository (a local directory or `s3://`), as of
+/// `now` (seconds since the epoch, local time for the calendar); with `dry_run` nothing is
+/// deleted.
+pub fn prune(
+    repository: &Repository,
+    policies: &Policies,
+    now: f64,
+    dry_run: bool,
+) -> anyhow::Result<Outcome> {
     // Held for the whole run, before the survey: no create or reader runs while backups and
     // chunks are deleted (a create replacing a backup, a restore between two of its files), and
     // none begins until prune is done. A dry run deletes nothing and only reads.
     let lock = match dry_run {
-        false => RepoLock::exclusive(dir, "backup prune")?,
-        true => RepoLock::shared(dir, "backup prune --dry-run")?,
+        false => RepoLock::exclusive(repository, "backup prune")?,
+        true => RepoLock::shared(repository, "backup prune --dry-run")?,
     };
-    let (candidates, skipped) = survey(dir)?;
+    if let (Repository::Remote(remote), false) = (repository, dry_run) {
+        remote::finish_deletions(remote)?;
+    }
+    let (candidates, skipped) = survey(repository)?;
     let mut reasons = vec![Vec::new(); candidates.len()];
     for (safety, policy) in [(false, &policies.backups), (true, &policies.safety)] {
         let group: Vec<usize> = (0..candidates.len())
@@ -193,7 +205,14 @@ pub fn prune(dir: &Path, policies: &Policies, now: f64, dry_run: bool) -> anyhow
         if !dry_run {
             crate::progress::check_interrupted()?;
             lock.check()?;
-            if !remove(&candidate.path)? {
+            let removed = match repository {
+                Repository::Local(_) => remove(&candidate.path)?,
+                Repository::Remote(remote) => {
+                    remote::remove(remote, &candidate.name)?;
+                    true
+                }
+            };
+            if !removed {
                 outcome.skipped.push(Skipped {
                     name: candidate.name.clone(),
                     reason: "began being written while prune ran".to_string(),
@@ -207,11 +226,11 @@ pub fn prune(dir: &Path, policies: &Policies, now: f64, dry_run: bool) -> anyhow
             safety_backup: candidate.safety,
         });
     }
-    if !dry_run {
+    if let (Repository::Local(dir), false) = (repository, dry_run) {
         remove_leftovers(dir);
     }
     let removed: BTreeSet<&str> = outcome.removed.iter().map(|r| r.name.as_str()).collect();
-    outcome.chunks = collect_chunks(dir, &removed, dry_run, &lock)?;
+    outcome.chunks = collect_chunks(repository, &removed, dry_run, &lock)?;
     Ok(outcome)
 }
 
@@ -223,31 +242,31 @@ pub fn prune(dir: &Path, policies: &Policies, now: f64, dry_run: bool) -> anyhow
 /// when nothing that exists can reference it. A lost lock (another run may have begun) stops
 /// the run before anything is deleted.
 fn collect_chunks(
-    dir: &Path,
+    repository: &Repository,
     removed: &BTreeSet<&str>,
     dry_run: bool,
     lock: &RepoLock,
 ) -> Result<Option<Garbage>, LockError> {
-    if !ChunkStore::exists_in(dir) {
+    if !ChunkStore::exists_at(repository) {
         return Ok(None);
     }
     let mut referenced = Referenced::default();
-    if let Err(reason) = referenced.read(dir, removed) {
+    if let Err(reason) = referenced.read(repository, removed) {
         return Ok(Some(Garbage::Refused(reason)));
     }
-    let found = match chunks::find_unreferenced(dir, &referenced.refs) {
+    let found = match chunks::find_unreferenced_at(repository, &referenced.refs) {
         Ok(found) => found,
         Err(e) => return Ok(Some(Garbage::Refused(e.to_string()))),
     };
     if let Err(e) = crate::failpoint::hit("prune:listed") {
         return Ok(Some(Garbage::Refused(e.to_string())));
     }
-    let store = match ChunkStore::try_exclusive(dir) {
+    let store = match ChunkStore::try_exclusive_at(repository) {
         Ok(Some(store)) => store,
         Ok(None) => return Ok(Some(Garbage::Busy)),
         Err(e) => return Ok(Some(Garbage::Refused(e.to_string()))),
     };
-    if let Err(reason) = referenced.read(dir, removed) {
+    if let Err(reason) = referenced.read(repository, removed) {
         return Ok(Some(Garbage::Refused(reason)));
     }
     lock.check()?;
@@ -271,8 +290,9 @@ impl Referenced {
     /// Adds the references of every backup of `dir` (but `removed`) not read before as it is
     /// now; an error when a backup's manifest or references cannot be read, since it may need
     /// any chunk. A backup gone since it was read leaves its references: they only keep more.
-    fn read(&mut self, dir: &Path, removed: &BTreeSet<&str>) -> Result<(), String> {
-        let scan = store::scan(dir).map_err(|e| format!("cannot read `{}`: {e}", dir.display()))?;
+    fn read(&mut self, repository: &Repository, removed: &BTreeSet<&str>) -> Result<(), String> {
+        let scan = store::scan_at(repository)
+            .map_err(|e| format!("cannot read `{}`: {e}", repository.shown().display()))?;
         for entry in &scan.entries {
             match &entry.seen {
                 Seen::Unreadable(reason) => {
@@ -301,10 +321,14 @@ impl Referenced {
 }
 
 /// A backup as found: its directory's inode (a backup replaced by `create --force` is another
-/// directory) and its manifest's xxhash64 (its time, its files and their sizes).
+/// directory; on S3, where nothing replaces a backup, 0) and its manifest's xxhash64 (its time,
+/// its files and their sizes).
 fn as_found(backup: &store::BackupDir) -> std::io::Result<(u64, String)> {
     use std::os::unix::fs::MetadataExt;
-    let inode = fs::symlink_metadata(&backup.path)?.ino();
+    let inode = match backup.remote {
+        None => fs::symlink_metadata(&backup.path)?.ino(),
+        Some(_) => 0,
+    };
     let manifest = crate::checksum::digest(
         backup.manifest.to_json().as_bytes(),
         &[crate::checksum::Algorithm::Xxhash64],

@@ -2,11 +2,15 @@
 //! object of the backup is written first, its manifest last with `save_new`, so until the
 //! manifest is there `list`, `validate` and `restore` see no backup (`store::scan_remote`).
 //!
-//! A run record `.wqm-runs/<id>` (host, pid, start, target) is written before the first object
-//! and removed after the commit: a killed run's record is how the next run (or `cleanup`)
-//! finds the objects it left and its unfinished multipart uploads, and removes them.
+//! The run record `.wqm-runs/NAME` (host, pid, start, target), written with `save_new` before
+//! anything else (`claim`), is the run's claim on the name: of two runs sending the same name
+//! one gets it, the other is refused before it writes anything, so no run ever writes over, or
+//! removes, another's objects. It is removed when the run ends; a killed run's record is how
+//! the next run (or `cleanup`) finds the objects it left and its unfinished multipart uploads,
+//! and removes them.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use bytes::{Bytes, BytesMut};
@@ -17,6 +21,7 @@ use tokio::io::AsyncReadExt;
 use crate::backend::{Backend, BackendError, ByteStream, Name};
 use crate::format::layout::MANIFEST_PATH;
 use crate::progress::Progress;
+use crate::store::lock::RepoLock;
 
 /// Where run records live in a repository.
 pub const RUNS_DIR: &str = ".wqm-runs";
@@ -41,10 +46,76 @@ pub struct Removed {
     pub uploads: usize,
 }
 
+/// A run's claim on a name of the repository (its run record `.wqm-runs/NAME`): held until
+/// dropped, which removes the record unless `keep` was called (what it names is left for
+/// `clean_dead_runs`).
+pub struct Claim {
+    backend: Arc<dyn Backend>,
+    record: Name,
+    handle: tokio::runtime::Handle,
+    keep: bool,
+}
+
+impl std::fmt::Debug for Claim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Claim")
+            .field("record", &self.record)
+            .finish()
+    }
+}
+
+impl Claim {
+    /// Leaves the record for a later cleanup (what it names could not be removed).
+    fn keep(&mut self) {
+        self.keep = true;
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if !self.keep {
+            // Removed now, not on a task the ending process may never run.
+            let (backend, record) = (&self.backend, &self.record);
+            let _ = tokio::task::block_in_place(|| self.handle.block_on(backend.remove(record)));
+        }
+    }
+}
+
+/// Claims the name `target` for this run: its run record written with `save_new` (a record
+/// there is another run's, sending it or killed), then the name checked free (`check_free`).
+/// Needs the tokio runtime.
+pub async fn claim(backend: Arc<dyn Backend>, target: &str) -> Result<Claim, TargetTaken> {
+    let record = Name::new(format!("{RUNS_DIR}/{target}")).map_err(TargetTaken::Backend)?;
+    let text = serde_json::to_vec(&RunRecord {
+        host: crate::backend::lock::hostname(),
+        pid: std::process::id(),
+        started: crate::now(),
+        target: target.to_string(),
+    })
+    .expect("a run record always serializes");
+    match backend.save_new(&record, Bytes::from(text)).await {
+        Ok(()) => {}
+        Err(BackendError::AlreadyExists { .. }) => {
+            return Err(TargetTaken::Unfinished {
+                repository: backend.describe(),
+                target: target.to_string(),
+            })
+        }
+        Err(e) => return Err(TargetTaken::Backend(e)),
+    }
+    let claim = Claim {
+        backend,
+        record,
+        handle: tokio::runtime::Handle::current(),
+        keep: false,
+    };
+    check_free(claim.backend.as_ref(), target).await?;
+    Ok(claim)
+}
+
 /// Whether the name `target` is free in the repository: no object at all under it. A backup
-/// there is refused (no `--force` on S3 yet); objects without a manifest are a killed or
-/// running send's.
-pub async fn check_free(backend: &dyn Backend, target: &str) -> Result<(), TargetTaken> {
+/// there is refused (no `--force` on S3 yet); objects without a manifest are a killed run's.
+async fn check_free(backend: &dyn Backend, target: &str) -> Result<(), TargetTaken> {
     let objects = backend
         .list(&format!("{target}/"))
         .await
@@ -71,7 +142,7 @@ pub async fn check_free(backend: &dyn Backend, target: &str) -> Result<(), Targe
 pub enum TargetTaken {
     #[error("a backup `{target}` already exists in `{repository}`")]
     Backup { repository: String, target: String },
-    #[error("`{target}` in `{repository}` holds objects of an unfinished backup (a run that is still sending it, or one that was killed)")]
+    #[error("`{target}` in `{repository}` is taken by an unfinished backup (a run that is still sending it, or what one that was killed left)")]
     Unfinished { repository: String, target: String },
     #[error(transparent)]
     Backend(BackendError),
@@ -88,45 +159,37 @@ impl crate::exit::Classify for TargetTaken {
     fn hint(&self) -> Option<String> {
         match self {
             TargetTaken::Backup { .. } => Some("choose another name: `--force` does not replace a backup on S3 yet".to_string()),
-            TargetTaken::Unfinished { .. } => Some("once that run is over, the next `create` to this repository removes what it left (a killed run of another host: remove the objects under that name by hand)".to_string()),
+            TargetTaken::Unfinished { .. } => Some("once that run is over, the next `create` to this repository removes what it left (a killed run of another host: remove its record `.wqm-runs/NAME` and the objects under the name by hand)".to_string()),
             TargetTaken::Backend(e) => e.hint(),
         }
     }
 }
 
-/// Sends the committed local backup `local` as `target`: the run record, every file but the
-/// manifest (streamed, bounded memory), then the manifest with `save_new`, then the record
-/// removed. On failure what was sent is removed; a killed run leaves it to `clean_dead_runs`.
+/// Sends the committed local backup `local` as `claim`ed `target`: every file but the manifest
+/// (streamed, bounded memory), then the manifest with `save_new`. On failure what was sent is
+/// removed (when that fails too, the claim's record is kept, for `clean_dead_runs`); a killed
+/// run leaves it all to `clean_dead_runs`. `lock` (the repository's, held by the caller) is
+/// checked before the manifest: a run whose lock was lost does not commit.
 pub async fn send(
     backend: &dyn Backend,
     local: &Path,
-    target: &str,
+    (target, claim): (&str, &mut Claim),
+    lock: &RepoLock,
     progress: &dyn Progress,
 ) -> Result<()> {
-    let record = Name::new(format!("{RUNS_DIR}/{}", crate::backend::random_id()))?;
-    let text = serde_json::to_vec(&RunRecord {
-        host: crate::backend::lock::hostname(),
-        pid: std::process::id(),
-        started: crate::now(),
-        target: target.to_string(),
-    })?;
-    backend.save_new(&record, Bytes::from(text)).await?;
-    let sent = send_objects(backend, local, target, progress).await;
-    if sent.is_err() {
-        // Best effort: what is left is found by the record.
-        if remove_under(backend, target).await.is_ok() {
-            let _ = backend.remove(&record).await;
-        }
-        return sent;
+    let sent = send_objects(backend, local, target, lock, progress).await;
+    // Best effort: what is left is found by the record.
+    if sent.is_err() && remove_under(backend, target).await.is_err() {
+        claim.keep();
     }
-    backend.remove(&record).await?;
-    Ok(())
+    sent
 }
 
 async fn send_objects(
     backend: &dyn Backend,
     local: &Path,
     target: &str,
+    lock: &RepoLock,
     progress: &dyn Progress,
 ) -> Result<()> {
     let files = crate::store::list_in(local);
@@ -142,6 +205,7 @@ async fn send_objects(
     }
     crate::failpoint::hit("create:s3-before-manifest")?;
     crate::progress::check_interrupted()?;
+    lock.check()?;
     let manifest = std::fs::read(local.join(MANIFEST_PATH))
         .with_context(|| format!("cannot read `{}`", local.join(MANIFEST_PATH).display()))?;
     let name = Name::new(format!("{target}/{MANIFEST_PATH}"))?;

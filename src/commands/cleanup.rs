@@ -25,29 +25,32 @@ pub async fn run(
         .or(settings.backup.default_backup_directory.as_ref());
     let mut looked = Vec::new();
     let mut dirs = Vec::new();
-    // On S3 (no lock objects there yet): what this host's killed creates left.
+    // On S3: what this host's killed creates left.
     let mut remote_runs_removed = Vec::new();
     let mut local_dir = None;
-    if let Some(dir) = given {
-        match super::repository(dir, settings, handle)? {
-            Repository::Local(dir) => {
-                super::backups_dir(&dir)?;
-                local_dir = Some(dir);
-            }
-            Repository::Remote(remote) => {
-                remote_runs_removed = backup::remote::clean_dead_runs(remote.backend()).await?;
-                looked.push(format!("`{}`", remote.shown_root()));
-            }
+    let repository = match given {
+        Some(dir) => Some(super::repository(dir, settings, handle)?),
+        None => None,
+    };
+    match &repository {
+        Some(Repository::Local(dir)) => {
+            super::backups_dir(dir)?;
+            local_dir = Some(dir.as_path());
         }
+        Some(Repository::Remote(remote)) => {
+            remote_runs_removed = backup::remote::clean_dead_runs(remote.backend()).await?;
+            looked.push(format!("`{}`", remote.shown_root()));
+        }
+        None => {}
     }
-    dirs.extend(local_dir.as_deref());
+    dirs.extend(local_dir);
     dirs.push(settings.data_dir.as_path());
     looked.extend(dirs.iter().map(|d| format!("`{}`", d.display())));
     let cleaned = cleanup::dead_runs(&dirs, settings).await;
     let unfinished = cleaned.iter().filter(|c| !c.complete).count();
-    // The backups directory's locks that protect nothing any more (the data directory has none).
-    let stale_locks = match &local_dir {
-        Some(dir) => repo_lock::remove_stale(dir).await?,
+    // The repository's locks that protect nothing any more (the data directory has none).
+    let stale_locks = match &repository {
+        Some(repository) => repo_lock::remove_stale(repository).await?,
         None => Vec::new(),
     };
     if ui.json {

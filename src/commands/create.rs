@@ -12,6 +12,7 @@ use crate::config::Settings;
 use crate::exit::{ExitCode, Failure};
 use crate::output::{self, Ui};
 use crate::qdrant::Client;
+use crate::store::lock::RepoLock;
 use crate::store::Remote;
 
 pub async fn run(
@@ -24,7 +25,7 @@ pub async fn run(
     let incremental = args.incremental || settings.backup.incremental;
     let target = target(args, settings)?;
     // To S3: the server is asked (and dead runs' leftovers removed) before Qdrant is.
-    let sending = match super::location(&target)? {
+    let mut sending = match super::location(&target)? {
         Location::Local(_) => None,
         Location::S3 { bucket, prefix } => Some(
             to_s3(
@@ -62,9 +63,10 @@ pub async fn run(
             return Err(e);
         }
     };
-    if let Some(sending) = &sending {
+    if let Some(sending) = &mut sending {
         let backend = sending.repository.backend();
-        backup::remote::send(backend, &outcome.path, &sending.name, &progress).await?;
+        let target = (sending.name.as_str(), &mut sending.claim);
+        backup::remote::send(backend, &outcome.path, target, &sending.lock, &progress).await?;
         outcome.path = sending.repository.shown(&sending.name);
     }
     super::report_cleaned(ui, &outcome.cleaned);
@@ -156,10 +158,16 @@ struct Sending {
     name: String,
     /// Removed with everything in it when the run ends.
     staged: tempfile::TempDir,
+    /// The run's claim on the name (its run record), released before the lock.
+    claim: backup::remote::Claim,
+    /// The repository's shared lock, held from before the dead runs are cleaned up to the end:
+    /// no prune runs meanwhile.
+    lock: RepoLock,
 }
 
 /// Checks what a create to S3 needs before anything is made: no `--force` or `--incremental`
-/// there yet (exit 2), this host's dead runs' leftovers removed, and the name free.
+/// there yet (exit 2), the repository's shared lock, this host's dead runs' leftovers removed,
+/// and the name claimed (no other run sends it) and free.
 async fn to_s3(
     (repository, name): (Remote, String),
     force: bool,
@@ -186,17 +194,9 @@ async fn to_s3(
             "make a full backup to S3, or an incremental one locally and copy the directory (docs/incremental.md)",
         ));
     }
-    let backend = repository.backend();
-    for removed in backup::remote::clean_dead_runs(backend).await? {
-        ui.warn(format!(
-            "removed what a killed run left of `{}` in `{}`: {} object(s), {} unfinished upload(s)",
-            removed.target,
-            repository.shown_root(),
-            removed.objects,
-            removed.uploads
-        ));
-    }
-    backup::remote::check_free(backend, &name).await?;
+    let lock = RepoLock::shared(&repository, "backup create")?;
+    super::clean_remote_runs(&repository, ui).await?;
+    let claim = backup::remote::claim(repository.shared_backend(), &name).await?;
     let staged = tempfile::Builder::new()
         .prefix(".wqm-s3-")
         .tempdir()
@@ -205,6 +205,8 @@ async fn to_s3(
         repository,
         name,
         staged,
+        claim,
+        lock,
     })
 }
 

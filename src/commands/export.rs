@@ -1,4 +1,5 @@
-//! `wqm backup export BACKUP DEST`: a self-contained copy of one backup (see `export`).
+//! `wqm backup export BACKUP DEST`: a self-contained local copy of one backup, local or on S3
+//! (see `export`).
 
 use anyhow::Result;
 use serde_json::json;
@@ -7,14 +8,18 @@ use crate::cli::ExportArgs;
 use crate::config::Settings;
 use crate::exit::ExitCode;
 use crate::output::Ui;
-use crate::store::lock::RepoLock;
 
-pub fn run(args: &ExportArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
-    crate::format::layout::refuse_unfinished(&args.backup)?;
-    // Held while every file is read: no prune deletes the backup or its chunks meanwhile.
-    let _lock = RepoLock::shared(crate::fs::parent_dir(&args.backup), "backup export")?;
+pub fn run(
+    args: &ExportArgs,
+    settings: &Settings,
+    ui: &Ui,
+    handle: &tokio::runtime::Handle,
+) -> Result<ExitCode> {
+    // Held while every file is read (from a local directory or S3): no prune deletes the
+    // backup or its chunks meanwhile.
+    let (place, _lock) = super::locked_place(&args.backup, settings, handle, "backup export")?;
     let progress = ui.progress();
-    let outcome = crate::export::export(&args.backup, &args.dest, settings, &progress)?;
+    let outcome = crate::export::export(&place, &args.dest, settings, &progress)?;
     let m = &outcome.manifest;
     if ui.json {
         ui.json(&json!({

@@ -63,12 +63,8 @@ fn chunk_usage(backup: &BackupDir) -> Result<Option<Usage>> {
     if backup.manifest.compression != Some(Stored::Chunked) {
         return Ok(None);
     }
-    // Held while the indexes are read: no prune deletes them or their chunks meanwhile (a
-    // remote repository has no lock objects yet: nothing prunes there).
-    let _lock = match backup.local_backups_dir() {
-        Some(dir) => Some(RepoLock::shared(dir, "backup info")?),
-        None => None,
-    };
+    // Held while the indexes are read: no prune deletes them or their chunks meanwhile.
+    let _lock = RepoLock::shared(&backup.place(), "backup info")?;
     backup.open_chunk_store()?;
     let usage = chunks::usage(backup).with_context(|| {
         format!(

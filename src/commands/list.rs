@@ -66,13 +66,13 @@ pub fn run(
     let dir = &args.directory;
     let repository = super::repository(dir, settings, handle)?;
     // Reading every backup's chunks (`--check`) is a reader's run: no prune meanwhile.
-    let mut _lock = None;
     if let store::Repository::Local(dir) = &repository {
         super::backups_dir(dir)?;
-        if args.check {
-            _lock = Some(RepoLock::shared(dir, "backup list --check")?);
-        }
     }
+    let _lock = match args.check {
+        true => Some(RepoLock::shared(&repository, "backup list --check")?),
+        false => None,
+    };
     let scan = store::scan_at(&repository)
         .with_context(|| format!("cannot read directory `{}`", dir.display()))?;
     warn_unreadable(&scan, ui);

@@ -19,6 +19,7 @@ use tokio::runtime::Handle;
 
 use crate::backend::s3::S3Backend;
 use crate::backend::Location;
+use crate::store::lock::RepoLock;
 use crate::store::{Place, Remote, Repository};
 
 use crate::cli::{BackupCommand, Cli, Command, OutputArgs};
@@ -41,23 +42,14 @@ pub fn dispatch(cli: Cli, ui: &Ui, runtime: &tokio::runtime::Runtime) -> Result<
     // Every command may lock its backups directory, whose lock a task refreshes.
     let _runtime = runtime.enter();
     let default_dir = settings.backup.default_backup_directory.as_deref();
-    // These commands take `s3://` paths; the others do not yet.
-    let reads_remote = matches!(
-        command,
-        BackupCommand::Create(_)
-            | BackupCommand::Restore(_)
-            | BackupCommand::Info(_)
-            | BackupCommand::List(_)
-            | BackupCommand::Validate(_)
-            | BackupCommand::Cleanup(_)
-    );
-    let given = if reads_remote {
-        Vec::new()
-    } else {
-        command.paths()
-    };
-    for path in given.into_iter().chain(default_dir) {
-        local_only(path)?;
+    // Every command takes `s3://` paths but for export's DEST, which is written locally.
+    if let BackupCommand::Export(args) = &command {
+        local_only(&args.dest)?;
+    }
+    // `backup.default_backup_directory` is a local directory or `s3://BUCKET/PREFIX`; `s3:`
+    // without `//` and other schemes are refused before anything is done.
+    if let Some(dir) = default_dir {
+        location(dir)?;
     }
     let handle = runtime.handle();
     match command {
@@ -68,8 +60,8 @@ pub fn dispatch(cli: Cli, ui: &Ui, runtime: &tokio::runtime::Runtime) -> Result<
         BackupCommand::Info(args) => info::run(&args, &settings, ui, handle),
         BackupCommand::List(args) => list::run(&args, &settings, ui, handle),
         BackupCommand::Validate(args) => validate::run(&args, &settings, ui, handle),
-        BackupCommand::Export(args) => export::run(&args, &settings, ui),
-        BackupCommand::Prune(args) => runtime.block_on(prune::run(&args, &settings, ui)),
+        BackupCommand::Export(args) => export::run(&args, &settings, ui, handle),
+        BackupCommand::Prune(args) => runtime.block_on(prune::run(&args, &settings, ui, handle)),
         BackupCommand::Cleanup(args) => {
             runtime.block_on(cleanup::run(&args, &settings, ui, handle))
         }
@@ -77,9 +69,9 @@ pub fn dispatch(cli: Cli, ui: &Ui, runtime: &tokio::runtime::Runtime) -> Result<
     }
 }
 
-/// Where a command (or `backup.default_backup_directory`) takes no `s3://` location yet, one is
-/// refused before anything is done (it would otherwise be a local directory named `s3:`), and so
-/// is any other `SCHEME://`.
+/// Where a command writes only locally (export's DEST), an `s3://` location is refused before
+/// anything is done (it would otherwise be a local directory named `s3:`), and so is any other
+/// `SCHEME://`.
 fn local_only(path: &std::path::Path) -> Result<()> {
     let Some(given) = path.to_str() else {
         return Ok(());
@@ -88,9 +80,9 @@ fn local_only(path: &std::path::Path) -> Result<()> {
         crate::backend::Location::Local(_) => Ok(()),
         remote => Err(crate::exit::Failure::new(
             ExitCode::Usage,
-            format!("`{remote}` is an S3 location: here this wqm takes local directories only (`create`, `info`, `list`, `validate`, `restore` and `cleanup` take `s3://` paths)"),
+            format!("`{remote}` is an S3 location: `export` writes its copy to a local directory (it reads a backup on S3: `wqm backup export s3://BUCKET/PREFIX/NAME DIR`)"),
         )
-        .with_hint("back up to a local directory, then copy it offsite as docs/incremental.md shows (`rsync -a DIR/ DEST/`)")
+        .with_hint("export to a local directory, then copy it to S3 object by object (`rclone copy DIR s3:BUCKET/PREFIX/NAME`)")
         .into()),
     }
 }
@@ -106,6 +98,31 @@ fn backup_place(path: &Path, settings: &Settings, handle: &Handle) -> Result<Pla
             Ok(Place::Remote(tokio::task::block_in_place(|| {
                 repository.backup(&name)
             })?))
+        }
+    }
+}
+
+/// The backup at `path` (as `backup_place`) with its repository's shared lock held for the run
+/// `command`. On S3 the lock is taken before the backup's objects are listed, so no prune
+/// deletes any of them between the listing and the reads.
+fn locked_place(
+    path: &Path,
+    settings: &Settings,
+    handle: &Handle,
+    command: &str,
+) -> Result<(Place, RepoLock)> {
+    match location(path)? {
+        Location::Local(path) => {
+            // A staging directory is refused, not waited for.
+            crate::format::layout::refuse_unfinished(&path)?;
+            let lock = RepoLock::shared(crate::fs::parent_dir(&path), command)?;
+            Ok((Place::Local(path), lock))
+        }
+        Location::S3 { bucket, prefix } => {
+            let (repository, name) = remote_backup(path, &bucket, &prefix, settings, handle)?;
+            let lock = RepoLock::shared(&repository, command)?;
+            let backup = tokio::task::block_in_place(|| repository.backup(&name))?;
+            Ok((Place::Remote(backup), lock))
         }
     }
 }
@@ -185,6 +202,21 @@ fn report_cleaned(ui: &Ui, cleaned: &[crate::cleanup::Cleaned]) {
             ui.warn(run.report());
         }
     }
+}
+
+/// Removes what this host's killed creates left in the repository on S3
+/// (`backup::remote::clean_dead_runs`), a warning line each.
+async fn clean_remote_runs(repository: &Remote, ui: &Ui) -> Result<()> {
+    for removed in crate::backup::remote::clean_dead_runs(repository.backend()).await? {
+        ui.warn(format!(
+            "removed what a killed run left of `{}` in `{}`: {} object(s), {} unfinished upload(s)",
+            removed.target,
+            repository.shown_root(),
+            removed.objects,
+            removed.uploads
+        ));
+    }
+    Ok(())
 }
 
 /// The `Ui` of a parsed command line.

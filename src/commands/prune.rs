@@ -1,4 +1,5 @@
-//! `wqm backup prune [DIR]`: delete old backups by retention rules.
+//! `wqm backup prune [DIR]`: delete old backups by retention rules, in a local directory or an
+//! S3 repository.
 
 use anyhow::Result;
 use serde_json::json;
@@ -9,8 +10,14 @@ use crate::config::Settings;
 use crate::exit::{ExitCode, Failure};
 use crate::output::Ui;
 use crate::prune::{self, Count, Garbage, Policies, Policy, Span};
+use crate::store::Repository;
 
-pub async fn run(args: &PruneArgs, settings: &Settings, ui: &Ui) -> Result<ExitCode> {
+pub async fn run(
+    args: &PruneArgs,
+    settings: &Settings,
+    ui: &Ui,
+    handle: &tokio::runtime::Handle,
+) -> Result<ExitCode> {
     let dir = match args
         .directory
         .clone()
@@ -26,12 +33,22 @@ pub async fn run(args: &PruneArgs, settings: &Settings, ui: &Ui) -> Result<ExitC
         )
         .into()),
     };
-    super::backups_dir(&dir)?;
-    let policies = policies(args, settings)?;
-    if !args.dry_run {
-        super::report_cleaned(ui, &cleanup::dead_runs(&[dir.as_path()], settings).await);
+    // An S3 server that cannot be used stops the run here.
+    let repository = super::repository(&dir, settings, handle)?;
+    if let Repository::Local(dir) = &repository {
+        super::backups_dir(dir)?;
     }
-    let outcome = prune::prune(&dir, &policies, crate::now(), args.dry_run)?;
+    let policies = policies(args, settings)?;
+    // Dead runs are cleaned up first, as `cleanup` does: locally the working directories, on S3
+    // what this host's killed creates left.
+    match (&repository, args.dry_run) {
+        (_, true) => {}
+        (Repository::Local(dir), false) => {
+            super::report_cleaned(ui, &cleanup::dead_runs(&[dir.as_path()], settings).await)
+        }
+        (Repository::Remote(remote), false) => super::clean_remote_runs(remote, ui).await?,
+    }
+    let outcome = prune::prune(&repository, &policies, crate::now(), args.dry_run)?;
     for name in &outcome.future_dated {
         let when = outcome
             .kept

@@ -11,8 +11,6 @@ use crate::exit::{ExitCode, Failure};
 use crate::output::{self, Ui};
 use crate::qdrant::Client;
 use crate::restore::{self, AliasAction, CollectionAction, DatabaseAction, Plan, Request};
-use crate::store::lock::RepoLock;
-use crate::store::Place;
 
 pub async fn run(
     args: &RestoreArgs,
@@ -21,24 +19,17 @@ pub async fn run(
     handle: &tokio::runtime::Handle,
 ) -> Result<ExitCode> {
     // An S3 server that cannot be used stops the run here, before Qdrant is asked anything.
+    // The lock is held from the plan (which reads and checks the backup) to the end of the
+    // restore: no prune deletes the backup or its chunks between two of its files.
+    let (place, _lock) = super::locked_place(&args.path, settings, handle, "backup restore")?;
     let request = Request {
-        place: super::backup_place(&args.path, settings, handle)?,
+        place,
         allow_downgrade: args.allow_downgrade,
         overwrite: args.overwrite,
         with_config: args.with_config,
         dry_run: args.dry_run,
     };
     let client = Client::from_settings(settings)?;
-    // Held from the plan (which reads and checks the backup) to the end of the restore: no
-    // prune deletes the backup or its chunks between two of its files.
-    // (A remote repository has no lock objects yet: nothing prunes there.)
-    let _lock = match &request.place {
-        Place::Local(path) => Some(RepoLock::shared(
-            crate::fs::parent_dir(path),
-            "backup restore",
-        )?),
-        Place::Remote(_) => None,
-    };
     let progress = ui.progress();
     let planning = std::time::Instant::now();
     let plan = restore::plan(&client, settings, &request, &progress).await?;

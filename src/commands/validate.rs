@@ -9,7 +9,6 @@ use crate::config::Settings;
 use crate::exit::ExitCode;
 use crate::output::Ui;
 use crate::store::chunks::{self, Selection, Subset};
-use crate::store::lock::RepoLock;
 use crate::store::{BackupDir, Place};
 use crate::verify::{self, Severity};
 
@@ -29,16 +28,8 @@ pub fn run(
     let mut options =
         verify::Options::new(depth, crate::format::compat::Policy::new(validation, false))
             .warning_after(validation.version_warning_threshold);
-    let place = super::backup_place(&args.path, settings, handle)?;
     // Held while every file is read: no prune deletes the backup or its chunks meanwhile.
-    let mut _lock = None;
-    if let Place::Local(path) = &place {
-        crate::format::layout::refuse_unfinished(path)?;
-        _lock = Some(RepoLock::shared(
-            crate::fs::parent_dir(path),
-            "backup validate",
-        )?);
-    }
+    let (place, _lock) = super::locked_place(&args.path, settings, handle, "backup validate")?;
     if let Some(subset) = args.read_data_subset {
         // Only a size needs the total it is a share of (a pass over the indexes).
         let total = match subset {

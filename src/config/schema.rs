@@ -18,7 +18,8 @@ pub struct BackupSettings {
     /// Master switch: `false` makes `create` refuse.
     pub enabled: bool,
     pub auto_backup_before_restore: bool,
-    /// Where `create` without PATH writes, and where safety backups go.
+    /// Where `create` without PATH writes, `prune` and `cleanup` work without DIR (a local
+    /// directory or `s3://BUCKET/PREFIX`), and where safety backups go when it is local.
     pub default_backup_directory: Option<PathBuf>,
     pub retention_days: u32,
     /// `prune`'s rules for the safety backups `restore` makes.
@@ -34,6 +35,22 @@ pub struct BackupSettings {
     pub transfer: TransferSettings,
     pub daemon: DaemonSettings,
     pub s3: S3Settings,
+}
+
+impl BackupSettings {
+    /// `default_backup_directory` when it is a local directory, not `s3://`: safety backups are
+    /// written only locally.
+    pub fn local_backup_directory(&self) -> Option<&std::path::Path> {
+        let dir = self.default_backup_directory.as_deref()?;
+        let local = match dir.to_str() {
+            Some(given) => matches!(
+                crate::backend::Location::parse(given),
+                Ok(crate::backend::Location::Local(_))
+            ),
+            None => true,
+        };
+        local.then_some(dir)
+    }
 }
 
 impl Default for BackupSettings {

@@ -1,6 +1,6 @@
-//! The repository lock: every run that reads or writes the backups of a directory holds a lock
-//! object there (`backend::lock`, under `.wqm-locks/`, through the local backend) for its whole
-//! life — shared by `create` (full and incremental), `restore`, `export`, `validate`, `info` and
+//! The repository lock: every run that reads or writes the backups of a directory — a local one
+//! or an S3 repository — holds a lock object there (`backend::lock`, under `.wqm-locks/`, through
+//! the local backend or the repository's own) for its whole life — shared by `create` (full and incremental), `restore`, `export`, `validate`, `info` and
 //! `list --check`; exclusive by `prune`, whose deletions and garbage collection must not run
 //! under a reader or a create. One place takes it (`RepoLock::shared`/`exclusive`), waiting up
 //! to `LOCK_WAIT` while a conflicting run holds the directory (Ctrl-C ends the wait), and
@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::{Place, Remote, Repository};
 use crate::backend::local::LocalBackend;
 use crate::backend::lock::{Lock, LockError, LockInfo, Timing, LOCKS};
 use crate::backend::{Backend, BackendError};
@@ -22,8 +23,10 @@ use crate::exit::{Classify, ExitCode};
 
 /// How long a run waits for a conflicting run to finish before it gives up.
 pub const LOCK_WAIT: Duration = Duration::from_secs(600);
-/// How often a waiting run looks again.
+/// How often a waiting run looks again: locally, and on S3 (where each look is a listing and a
+/// request per lock object).
 const POLL: Duration = Duration::from_millis(200);
+const POLL_REMOTE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepoLockError {
@@ -59,40 +62,116 @@ impl Classify for RepoLockError {
     }
 }
 
-/// A lock on a backups directory, held until dropped.
+/// Where a lock is taken: a local backups directory, or a repository on a backend (S3).
+#[derive(Clone, Copy, Debug)]
+pub enum LockAt<'a> {
+    Dir(&'a Path),
+    Remote(&'a Remote),
+}
+
+impl<'a> From<&'a Path> for LockAt<'a> {
+    fn from(dir: &'a Path) -> Self {
+        LockAt::Dir(dir)
+    }
+}
+
+impl<'a> From<&'a PathBuf> for LockAt<'a> {
+    fn from(dir: &'a PathBuf) -> Self {
+        LockAt::Dir(dir)
+    }
+}
+
+impl<'a> From<&'a Remote> for LockAt<'a> {
+    fn from(remote: &'a Remote) -> Self {
+        LockAt::Remote(remote)
+    }
+}
+
+impl<'a> From<&'a Repository> for LockAt<'a> {
+    fn from(repository: &'a Repository) -> Self {
+        match repository {
+            Repository::Local(dir) => LockAt::Dir(dir),
+            Repository::Remote(remote) => LockAt::Remote(remote),
+        }
+    }
+}
+
+/// A backup's repository: the directory it is in, or the repository it belongs to.
+impl<'a> From<&'a Place> for LockAt<'a> {
+    fn from(place: &'a Place) -> Self {
+        match place {
+            Place::Local(path) => LockAt::Dir(crate::fs::parent_dir(path)),
+            Place::Remote(backup) => LockAt::Remote(&backup.repository),
+        }
+    }
+}
+
+impl LockAt<'_> {
+    /// The repository as shown in messages.
+    fn shown(&self) -> PathBuf {
+        match self {
+            LockAt::Dir(dir) => dir.to_path_buf(),
+            LockAt::Remote(remote) => PathBuf::from(remote.shown_root()),
+        }
+    }
+
+    /// The backend its lock objects are written through; `None` where nothing needs a lock: a
+    /// local directory that does not exist (the command itself says what is missing; a create
+    /// makes the directory before it locks it), or one on a read-only file system (nothing can
+    /// be deleted there).
+    fn backend(&self) -> Result<Option<Arc<dyn Backend>>, RepoLockError> {
+        match self {
+            LockAt::Dir(dir) => {
+                if !std::fs::metadata(dir).is_ok_and(|m| m.is_dir()) {
+                    return Ok(None);
+                }
+                match LocalBackend::open(dir) {
+                    Ok(backend) => Ok(Some(Arc::new(backend))),
+                    Err(e) if read_only(&e) => Ok(None),
+                    Err(e) => Err(RepoLockError::Lock {
+                        path: dir.to_path_buf(),
+                        source: e.into(),
+                    }),
+                }
+            }
+            LockAt::Remote(remote) => Ok(Some(remote.shared_backend())),
+        }
+    }
+}
+
+/// A lock on a backups directory or an S3 repository, held until dropped.
 #[derive(Debug)]
 pub struct RepoLock {
     held: Option<(Lock, tokio::runtime::Handle)>,
 }
 
 impl RepoLock {
-    /// A shared lock on `dir` for the run `command` (`backup create`, ...): waits while a prune
-    /// holds it. Needs the tokio runtime (the lock is refreshed by a task); blocks.
-    pub fn shared(dir: &Path, command: &str) -> Result<RepoLock, RepoLockError> {
-        Self::take(dir, false, command)
+    /// A shared lock on the repository `at` (a local directory, an S3 repository, a backup's
+    /// repository) for the run `command` (`backup create`, ...): waits while a prune holds it.
+    /// Needs the tokio runtime (the lock is refreshed by a task); blocks.
+    pub fn shared<'a>(at: impl Into<LockAt<'a>>, command: &str) -> Result<RepoLock, RepoLockError> {
+        Self::take(at.into(), false, command)
     }
 
-    /// The exclusive lock on `dir` (prune): waits while any other run holds it.
-    pub fn exclusive(dir: &Path, command: &str) -> Result<RepoLock, RepoLockError> {
-        Self::take(dir, true, command)
+    /// The exclusive lock on the repository `at` (prune): waits while any other run holds it.
+    pub fn exclusive<'a>(
+        at: impl Into<LockAt<'a>>,
+        command: &str,
+    ) -> Result<RepoLock, RepoLockError> {
+        Self::take(at.into(), true, command)
     }
 
-    fn take(dir: &Path, exclusive: bool, command: &str) -> Result<RepoLock, RepoLockError> {
-        // No directory, no backups to protect: the command itself says what is missing (a
-        // create makes the directory before it locks it).
-        if !std::fs::metadata(dir).is_ok_and(|m| m.is_dir()) {
+    /// One path for every backend: the same lock objects, waits and errors locally and on S3.
+    fn take(at: LockAt, exclusive: bool, command: &str) -> Result<RepoLock, RepoLockError> {
+        let Some(backend) = at.backend()? else {
             return Ok(RepoLock { held: None });
-        }
+        };
+        let path = at.shown();
         let lock_error = |source| RepoLockError::Lock {
-            path: dir.to_path_buf(),
+            path: path.clone(),
             source,
         };
         let handle = tokio::runtime::Handle::current();
-        let backend: Arc<dyn Backend> = match LocalBackend::open(dir) {
-            Ok(backend) => Arc::new(backend),
-            Err(e) if read_only(&e) => return Ok(RepoLock { held: None }),
-            Err(e) => return Err(lock_error(e.into())),
-        };
         let started = Instant::now();
         tokio::task::block_in_place(|| loop {
             match block_on(&handle, Lock::acquire(backend.clone(), exclusive, command)) {
@@ -106,7 +185,7 @@ impl RepoLock {
                 Err(LockError::Locked { holder, .. }) => {
                     if started.elapsed() > LOCK_WAIT {
                         return Err(RepoLockError::Locked {
-                            path: dir.to_path_buf(),
+                            path: path.clone(),
                             holder,
                         });
                     }
@@ -114,11 +193,12 @@ impl RepoLock {
                 Err(e) => return Err(lock_error(e)),
             }
             if crate::progress::is_interrupted() {
-                return Err(RepoLockError::Interrupted {
-                    path: dir.to_path_buf(),
-                });
+                return Err(RepoLockError::Interrupted { path: path.clone() });
             }
-            std::thread::sleep(POLL);
+            std::thread::sleep(match at {
+                LockAt::Dir(_) => POLL,
+                LockAt::Remote(_) => POLL_REMOTE,
+            });
         })
     }
 
@@ -142,21 +222,25 @@ impl Drop for RepoLock {
     }
 }
 
-/// Removes the stale locks of the backups directory `dir` (`backend::lock::remove_stale`): those
-/// of runs that died, or that stopped refreshing them. Returns what each was.
-pub async fn remove_stale(dir: &Path) -> Result<Vec<LockInfo>, RepoLockError> {
-    let lock_error = |source| RepoLockError::Lock {
-        path: dir.to_path_buf(),
-        source,
-    };
+/// Removes the stale locks of the repository `at` (`backend::lock::remove_stale`): those of
+/// runs that died, or that stopped refreshing them. Returns what each was.
+pub async fn remove_stale<'a>(at: impl Into<LockAt<'a>>) -> Result<Vec<LockInfo>, RepoLockError> {
+    let at = at.into();
     // Nothing made where no run ever locked.
-    if !std::fs::symlink_metadata(dir.join(LOCKS)).is_ok_and(|m| m.is_dir()) {
-        return Ok(Vec::new());
+    if let LockAt::Dir(dir) = at {
+        if !std::fs::symlink_metadata(dir.join(LOCKS)).is_ok_and(|m| m.is_dir()) {
+            return Ok(Vec::new());
+        }
     }
-    let backend = LocalBackend::open(dir).map_err(|e| lock_error(e.into()))?;
-    crate::backend::lock::remove_stale(&backend, Timing::default())
+    let Some(backend) = at.backend()? else {
+        return Ok(Vec::new());
+    };
+    crate::backend::lock::remove_stale(backend.as_ref(), Timing::default())
         .await
-        .map_err(|e| lock_error(e.into()))
+        .map_err(|e| RepoLockError::Lock {
+            path: at.shown(),
+            source: e.into(),
+        })
 }
 
 /// Runs `future` to its end from blocking code (inside `block_in_place` or outside the runtime's

@@ -61,6 +61,16 @@ pub enum Repository {
     Remote(Remote),
 }
 
+impl Repository {
+    /// The repository as a path to show (`s3://bucket/prefix` for a remote one).
+    pub fn shown(&self) -> PathBuf {
+        match self {
+            Repository::Local(dir) => dir.clone(),
+            Repository::Remote(remote) => PathBuf::from(remote.shown_root()),
+        }
+    }
+}
+
 /// What `stat` tells about an entry (the entry itself, never what a link points at).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stat {
@@ -239,12 +249,6 @@ impl BackupDir {
             None => scan(self.backups_dir()),
             Some(remote) => scan_remote(&remote.repository),
         }
-    }
-
-    /// The local directory this backup belongs to, whose lock its readers hold; `None` for a
-    /// backup in a remote repository.
-    pub fn local_backups_dir(&self) -> Option<&Path> {
-        self.remote.is_none().then(|| self.backups_dir())
     }
 
     /// The directory this backup belongs to (a staged backup: the one its target will be in).

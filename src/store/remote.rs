@@ -75,6 +75,11 @@ impl Remote {
         &*self.backend
     }
 
+    /// The backend, to hold on to (the repository's lock refreshes through it).
+    pub fn shared_backend(&self) -> Arc<dyn Backend> {
+        self.backend.clone()
+    }
+
     /// The repository as the user wrote it.
     pub fn shown_root(&self) -> &str {
         &self.shown
@@ -102,6 +107,20 @@ impl Remote {
     /// Every object under `prefix` (`""`: all, `"dir/"`), by name.
     pub fn list(&self, prefix: &str) -> io::Result<Vec<ObjectInfo>> {
         self.wait(self.backend.list(prefix)).map_err(not_found)
+    }
+
+    /// Writes the small object `rel` (replacing one there).
+    pub fn put(&self, rel: &str, bytes: Vec<u8>) -> io::Result<()> {
+        let name = Name::new(rel).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        self.wait(self.backend.save(&name, crate::backend::once(bytes)))
+            .map(drop)
+            .map_err(not_found)
+    }
+
+    /// Removes the object `rel` (one already gone is no error).
+    pub fn remove(&self, rel: &str) -> io::Result<()> {
+        let name = Name::new(rel).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        self.wait(self.backend.remove(&name)).map_err(not_found)
     }
 
     /// The manifest of the backup `name`: its size checked before it is read, every name in it

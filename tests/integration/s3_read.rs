@@ -72,7 +72,9 @@ pub(crate) fn upload(runtime: &tokio::runtime::Runtime, backend: &Arc<dyn Backen
 }
 
 /// A full backup `full` and incremental nights `n1`, `n2` in `backups/`, copied to S3.
-fn backups_on_s3(double: &Double) -> (TempDir, tokio::runtime::Runtime, Arc<dyn Backend>, String) {
+pub(crate) fn backups_on_s3(
+    double: &Double,
+) -> (TempDir, tokio::runtime::Runtime, Arc<dyn Backend>, String) {
     let (_, tmp) = wqm(
         Test::in_dir(workspace()),
         &double.url,

@@ -80,7 +80,7 @@ fn a_backup_created_on_s3_is_listed_validated_and_restored() {
 
 /// A `create` to a fresh prefix killed after sending its files, before its manifest: the
 /// objects it left, under `killed/`.
-fn killed_create(
+pub(crate) fn killed_create(
     double: &Double,
     tmp: &TempDir,
     runtime: &tokio::runtime::Runtime,
@@ -173,12 +173,17 @@ fn cleanup_removes_what_a_killed_create_left_on_s3() {
         .args(&format!("backup cleanup {url}"))
         .stdout_with(|o| {
             assert!(
-                o.starts_with("Removed what a killed run left of `killed`: "),
+                o.contains("\nRemoved what a killed run left of `killed`: "),
                 "{o}"
-            )
+            );
+            // Its lock, of a process of this host that is gone, is stale at once.
+            assert!(
+                o.starts_with("Removed a stale shared lock of `wqm backup create` (pid "),
+                "{o}"
+            );
         })
         .run();
-    for prefix in ["killed/", ".wqm-runs/"] {
+    for prefix in ["killed/", ".wqm-runs/", ".wqm-locks/"] {
         assert!(
             runtime.block_on(backend.list(prefix)).unwrap().is_empty(),
             "{prefix}"
@@ -188,4 +193,83 @@ fn cleanup_removes_what_a_killed_create_left_on_s3() {
         .args(&format!("backup cleanup {url} --json"))
         .stdout_json(|v| assert_eq!(v["remote_runs_removed"], serde_json::json!([]), "{v}"))
         .run();
+}
+
+#[test]
+#[cfg_attr(
+    not(real_s3),
+    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+)]
+fn a_default_backup_directory_on_s3_is_where_create_prune_and_cleanup_work() {
+    let double = Double::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (backend, url) = fresh_prefix(&runtime);
+    let tmp = workspace();
+    std::fs::write(
+        tmp.path().join("c.yaml"),
+        format!("backup:\n  default_backup_directory: {url}\n"),
+    )
+    .unwrap();
+    let mut made = Vec::new();
+    let mut tmp = tmp;
+    for _ in 0..2 {
+        let (output, next) = with_s3(wqm(
+            Test::in_dir(tmp),
+            &double.url,
+            "--config {TMP}/c.yaml backup create --json",
+        ))
+        .env("TMPDIR", "{TMP}")
+        .stdout_with(|_| {})
+        .run();
+        let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let path = summary["path"].as_str().unwrap().to_string();
+        assert!(path.starts_with(&format!("{url}/backup-")), "{summary}");
+        made.push(path);
+        tmp = next;
+        // Names are by the second.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    let listed = runtime.block_on(backend.list("")).unwrap();
+    assert!(
+        listed
+            .iter()
+            .any(|o| o.name.ends_with("/metadata/manifest.json")),
+        "{listed:?}"
+    );
+    // A restore of one needs a local directory for its safety backup: not the one on S3.
+    let (_, tmp) = with_s3(wqm(
+        Test::in_dir(tmp),
+        &double.url,
+        &format!("--config {{TMP}}/c.yaml backup restore {} --overwrite --force", made[0]),
+    ))
+    .status(2)
+    .stdout_with(|_| {})
+    .stderr_with(|e| {
+        assert!(e.contains("where wqm does not write safety backups (nor to `backup.default_backup_directory`, `s3://"), "{e}")
+    })
+    .run();
+    let newest = made[1].rsplit('/').next().unwrap().to_string();
+    let (_, tmp) = with_s3(Test::in_dir(tmp))
+        .args("--config {TMP}/c.yaml backup prune --keep-last 1 --json")
+        .stdout_json(move |v| {
+            assert_eq!(v["directory"], url.as_str(), "{v}");
+            assert_eq!(v["removed"].as_array().unwrap().len(), 1, "{v}");
+            assert_eq!(v["kept"][0]["name"], newest.as_str(), "{v}");
+        })
+        .run();
+    with_s3(Test::in_dir(tmp))
+        .args("--config {TMP}/c.yaml backup cleanup --json")
+        .stdout_json(|v| {
+            assert_eq!(v["stale_locks_removed"], serde_json::json!([]), "{v}");
+            assert_eq!(v["remote_runs_removed"], serde_json::json!([]), "{v}");
+        })
+        .run();
+    let names: std::collections::BTreeSet<String> = runtime
+        .block_on(backend.list(""))
+        .unwrap()
+        .into_iter()
+        .map(|o| o.name.split('/').next().unwrap().to_string())
+        .collect();
+    let kept = made[1].rsplit('/').next().unwrap();
+    assert_eq!(names, [kept.to_string()].into_iter().collect(), "{names:?}");
 }

@@ -183,6 +183,7 @@ fn an_s3_location_is_refused_before_anything_is_done() {
         "backup validate s3://bucket/n1",
         "backup restore s3://bucket/n1 --dry-run",
         "backup cleanup s3://bucket",
+        "backup prune s3://bucket --keep-last 1",
     ] {
         Test::new()
             .args(args)
@@ -190,16 +191,11 @@ fn an_s3_location_is_refused_before_anything_is_done() {
             .stderr_with(|e| assert!(e.contains("no S3 credentials"), "{e}"))
             .run();
     }
-    for args in [
-        "backup prune s3://bucket --keep-last 1",
-        "backup export {TMP}/b s3://bucket/e",
-    ] {
-        Test::new()
-            .args(args)
-            .status(2)
-            .stderr_with(|e| assert!(e.contains("is an S3 location"), "{e}"))
-            .run();
-    }
+    Test::new()
+        .args("backup export {TMP}/b s3://bucket/e")
+        .status(2)
+        .stderr_with(|e| assert!(e.contains("is an S3 location"), "{e}"))
+        .run();
     Test::new()
         .args("backup create s3:bucket/n1")
         .status(2)
@@ -216,8 +212,20 @@ fn an_s3_location_is_refused_before_anything_is_done() {
         "backup:\n  default_backup_directory: s3://bucket/nightly\n",
     )
     .unwrap();
-    t.args("--config {TMP}/c.yaml backup prune --keep-last 1")
+    // The repository there is used (and its server asked first).
+    let (_, t) = t
+        .args("--config {TMP}/c.yaml backup prune --keep-last 1")
         .status(2)
-        .stderr_with(|e| assert!(e.contains("`s3://bucket/nightly` is an S3 location"), "{e}"))
+        .stderr_with(|e| assert!(e.contains("no S3 credentials"), "{e}"))
+        .run();
+    std::fs::write(
+        t.path().join("c.yaml"),
+        "backup:\n  default_backup_directory: s3:bucket/nightly\n",
+    )
+    .unwrap();
+    Test::in_dir(t)
+        .args("--config {TMP}/c.yaml backup list {TMP}")
+        .status(2)
+        .stderr_with(|e| assert!(e.contains("an S3 location starts with `s3://`"), "{e}"))
         .run();
 }

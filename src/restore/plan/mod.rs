@@ -392,12 +392,20 @@ fn plan_safety_backup(plan: &mut Plan, settings: &Settings) {
         // Safety backups are written locally: beside a backup on S3 is no place for one.
         Some(_) => None,
     };
-    let Some(dir) = settings.backup.default_backup_directory.clone().or(beside) else {
+    let configured = settings
+        .backup
+        .local_backup_directory()
+        .map(Path::to_path_buf);
+    let Some(dir) = configured.or(beside) else {
         plan.block(
             ExitCode::Usage,
             format!(
-                "This restore needs a safety backup of what it replaces, and `{}` is on S3, where wqm does not write safety backups",
-                plan.backup.display()
+                "This restore needs a safety backup of what it replaces, and `{}` is on S3, where wqm does not write safety backups{}",
+                plan.backup.display(),
+                match &settings.backup.default_backup_directory {
+                    Some(dir) => format!(" (nor to `backup.default_backup_directory`, `{}`)", dir.display()),
+                    None => String::new(),
+                }
             ),
             Some("set `backup.default_backup_directory` to a local directory for them, or `backup.auto_backup_before_restore: false` to restore without one".to_string()),
         );

@@ -10,8 +10,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::{runs, ChunkError, ChunkId, ChunkStore, Refs, CHUNKS_DIR, TMP_DIR};
-use crate::store::at;
+use super::{runs, ChunkError, ChunkId, ChunkStore, Refs, CHUNKS_DIR, STORE_DIR, TMP_DIR};
+use crate::store::{at, Remote, Repository};
 
 /// What a garbage collection found and did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -34,6 +34,48 @@ pub struct Unreferenced {
     kept: u64,
     bytes_kept: u64,
     strays: Vec<String>,
+}
+
+/// `find_unreferenced` of a local directory or of a repository on a backend (S3).
+pub fn find_unreferenced_at(
+    repository: &Repository,
+    referenced: &Refs,
+) -> Result<Unreferenced, ChunkError> {
+    match repository {
+        Repository::Local(dir) => find_unreferenced(dir, referenced),
+        Repository::Remote(remote) => find_unreferenced_remote(remote, referenced),
+    }
+}
+
+/// The same over a repository's objects: `.wqm-chunks/chunks/ab/<sha256>` is a chunk, anything
+/// else under `chunks/` a stray. Its `store.json` is read first: a store this wqm cannot read
+/// (a newer one's) is not collected.
+fn find_unreferenced_remote(
+    remote: &Remote,
+    referenced: &Refs,
+) -> Result<Unreferenced, ChunkError> {
+    ChunkStore::open_remote(remote)?;
+    let prefix = format!("{STORE_DIR}/{CHUNKS_DIR}/");
+    let objects = remote.list(&prefix).map_err(|source| ChunkError::Io {
+        path: remote.shown(STORE_DIR),
+        source,
+    })?;
+    let mut found = Unreferenced::default();
+    for object in objects {
+        let rel = object.name.strip_prefix(&prefix).unwrap_or(&object.name);
+        let id = rel.split_once('/').and_then(|(fan, name)| {
+            ChunkId::parse(name).filter(|id| fan.len() == 2 && id.to_string().starts_with(fan))
+        });
+        match id {
+            None => found.strays.push(format!("{CHUNKS_DIR}/{rel}")),
+            Some(id) if referenced.contains(&id) => {
+                found.kept += 1;
+                found.bytes_kept += object.size;
+            }
+            Some(id) => found.chunks.push((id, object.size)),
+        }
+    }
+    Ok(found)
 }
 
 /// Lists the chunk store of `dir` without its lock (creates and readers go on meanwhile),
@@ -88,28 +130,24 @@ pub fn collect_garbage(
         strays: found.strays,
         ..Collected::default()
     };
+    if let Some(remote) = &store.remote {
+        delete_unreferenced(found.chunks, referenced, dry_run, &mut collected, |id| {
+            remote.remove(&format!("{STORE_DIR}/{}", id.rel()))
+        })?;
+        return remove_remote_runs(remote, dry_run, collected);
+    }
     let root = at::Dir::open(&store.root)?;
     let chunks = root.open_dir(CHUNKS_DIR)?;
     let mut fan_dir: Option<(String, at::Dir)> = None;
-    for (id, len) in found.chunks {
-        if referenced.contains(&id) {
-            collected.chunks_kept += 1;
-            collected.bytes_kept += len;
-            continue;
+    delete_unreferenced(found.chunks, referenced, dry_run, &mut collected, |id| {
+        let name = id.to_string();
+        let fan = &name[..2];
+        if fan_dir.as_ref().is_none_or(|(open, _)| open != fan) {
+            fan_dir = Some((fan.to_string(), chunks.open_dir(fan)?));
         }
-        if !dry_run {
-            let name = id.to_string();
-            let fan = &name[..2];
-            if fan_dir.as_ref().is_none_or(|(open, _)| open != fan) {
-                fan_dir = Some((fan.to_string(), chunks.open_dir(fan)?));
-            }
-            let (_, dir) = fan_dir.as_ref().expect("opened above");
-            dir.remove_file(&name)?;
-            crate::failpoint::hit("prune:chunk-deleted")?;
-        }
-        collected.chunks_deleted += 1;
-        collected.bytes_freed += len;
-    }
+        let (_, dir) = fan_dir.as_ref().expect("opened above");
+        dir.remove_file(&name)
+    })?;
     let tmp = match root.open_dir(TMP_DIR) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(collected),
         other => other?,
@@ -119,6 +157,53 @@ pub fn collect_garbage(
             collected.strays.push(format!("{TMP_DIR}/{}", entry.name));
         } else if !dry_run {
             tmp.remove_tree(&entry.name)?;
+        }
+    }
+    Ok(collected)
+}
+
+/// Deletes (`delete`, unless `dry_run`) each listed chunk `referenced` does not name, and counts
+/// what went and what stays.
+fn delete_unreferenced(
+    chunks: Vec<(ChunkId, u64)>,
+    referenced: &Refs,
+    dry_run: bool,
+    collected: &mut Collected,
+    mut delete: impl FnMut(&ChunkId) -> io::Result<()>,
+) -> io::Result<()> {
+    for (id, len) in chunks {
+        if referenced.contains(&id) {
+            collected.chunks_kept += 1;
+            collected.bytes_kept += len;
+            continue;
+        }
+        if !dry_run {
+            delete(&id)?;
+            crate::failpoint::hit("prune:chunk-deleted")?;
+        }
+        collected.chunks_deleted += 1;
+        collected.bytes_freed += len;
+    }
+    Ok(())
+}
+
+/// A repository's `.wqm-chunks/tmp/`: the objects of runs' temporary directories (a local
+/// store copied while a create ran) are removed as locally; anything else is a stray.
+fn remove_remote_runs(
+    remote: &Remote,
+    dry_run: bool,
+    mut collected: Collected,
+) -> io::Result<Collected> {
+    let prefix = format!("{STORE_DIR}/{TMP_DIR}/");
+    for object in remote.list(&prefix)? {
+        let rel = object.name.strip_prefix(&prefix).unwrap_or(&object.name);
+        match rel.split_once('/') {
+            Some((run, _)) if runs::is_run_dir(run) => {
+                if !dry_run {
+                    remote.remove(&object.name)?;
+                }
+            }
+            _ => collected.strays.push(format!("{TMP_DIR}/{rel}")),
         }
     }
     Ok(collected)

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checksum::{sha256, to_hex};
 use crate::exit::{Classify, ExitCode};
-use crate::store::{at, Remote};
+use crate::store::{at, Remote, Repository};
 
 /// The chunk store's directory in a backups directory.
 pub const STORE_DIR: &str = ".wqm-chunks";
@@ -276,6 +276,26 @@ impl ChunkStore {
     /// Whether `dir` has a chunk store (a real directory, not a link).
     pub fn exists_in(dir: &Path) -> bool {
         std::fs::symlink_metadata(Self::path_in(dir)).is_ok_and(|m| m.is_dir())
+    }
+
+    /// Whether the repository has a chunk store; remotely, whether any object is under
+    /// `.wqm-chunks/` (a listing that fails says yes: opening the store then says why).
+    pub fn exists_at(repository: &Repository) -> bool {
+        match repository {
+            Repository::Local(dir) => Self::exists_in(dir),
+            Repository::Remote(remote) => remote
+                .list(&format!("{STORE_DIR}/"))
+                .map_or(true, |objects| !objects.is_empty()),
+        }
+    }
+
+    /// `try_exclusive` of a local directory; a repository on a backend has no older wqm's
+    /// `flock`: its lock objects, held exclusively by the caller, are the store's only lock.
+    pub fn try_exclusive_at(repository: &Repository) -> Result<Option<Arc<Self>>, ChunkError> {
+        match repository {
+            Repository::Local(dir) => Ok(Self::try_exclusive(dir)?.map(Arc::new)),
+            Repository::Remote(remote) => Self::open_remote(remote).map(Some),
+        }
     }
 
     /// Opens the store of `dir` for a create, making it (with `avg_size` chunks) when there is
@@ -598,7 +618,7 @@ mod usage;
 mod write;
 
 pub use cut::Chunker;
-pub use gc::{collect_garbage, find_unreferenced, Collected, Unreferenced};
+pub use gc::{collect_garbage, find_unreferenced, find_unreferenced_at, Collected, Unreferenced};
 pub use index::{IndexLine, IndexReader};
 pub use read::{chunk_error, ChunkReader};
 pub use refs::{backup_refs, read_refs, refs_from_indexes, write_refs, Refs, REFS_PATH};

@@ -1,0 +1,49 @@
+//! Deleting a backup of a repository on a backend (S3), where nothing can be renamed: its
+//! manifest goes first, so it stops being a backup at once (`list`, `restore` and the chunk
+//! store's garbage collection no longer see it), then its other objects. A record
+//! `.wqm-deleting/NAME`, written before and removed after, lets the next prune finish what a
+//! killed one began. Only under the repository's exclusive lock: no create or reader runs.
+
+use std::io;
+
+use crate::format::layout::MANIFEST_PATH;
+use crate::store::Remote;
+
+/// Where a prune records the backups it is deleting (hidden: never a backup's name).
+const DELETING: &str = ".wqm-deleting";
+
+/// Deletes the backup `name`: the record, the manifest, every other object, the record.
+pub(super) fn remove(remote: &Remote, name: &str) -> io::Result<()> {
+    let record = format!("{DELETING}/{name}");
+    remote.put(&record, Vec::new())?;
+    remote.remove(&format!("{name}/{MANIFEST_PATH}"))?;
+    crate::failpoint::hit("prune:s3-manifest-removed")?;
+    remove_objects(remote, name)?;
+    remote.remove(&record)
+}
+
+/// Finishes the deletions a killed prune began: the objects of each recorded backup whose
+/// manifest is gone. One whose manifest is there was not being deleted yet (the prune died
+/// before removing it) or was made again since: it is a backup, and only the record goes.
+pub(super) fn finish_deletions(remote: &Remote) -> io::Result<()> {
+    let prefix = format!("{DELETING}/");
+    for record in remote.list(&prefix)? {
+        let name = record.name.strip_prefix(&prefix).unwrap_or(&record.name);
+        let manifest = format!("{name}/{MANIFEST_PATH}");
+        match remote.size(&manifest) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => remove_objects(remote, name)?,
+            Err(e) => return Err(e),
+        }
+        remote.remove(&record.name)?;
+    }
+    Ok(())
+}
+
+/// Removes every object under `name/`.
+fn remove_objects(remote: &Remote, name: &str) -> io::Result<()> {
+    for object in remote.list(&format!("{name}/"))? {
+        remote.remove(&object.name)?;
+    }
+    Ok(())
+}
