@@ -71,6 +71,10 @@ pub enum BackupCommand {
     /// Write a self-contained copy of a backup (an incremental one without its chunk store).
     #[command(after_help = EXIT_CODES_HELP)]
     Export(ExportArgs),
+    /// Copy backups between repositories (local directories, `s3://BUCKET/PREFIX`), sending
+    /// only the chunks the destination lacks.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Copy(CopyArgs),
     /// Delete old backups by retention rules; never the newest valid one, never one being written.
     #[command(after_help = format!("{PRUNE_HELP}\n\n{EXIT_CODES_HELP}"))]
     Prune(Box<PruneArgs>),
@@ -93,6 +97,7 @@ impl BackupCommand {
             BackupCommand::List(args) => vec![args.directory.as_path()],
             BackupCommand::Validate(args) => vec![args.path.as_path()],
             BackupCommand::Export(args) => vec![args.backup.as_path(), args.dest.as_path()],
+            BackupCommand::Copy(args) => vec![args.source.as_path(), args.dest.as_path()],
             BackupCommand::Prune(args) => args.directory.iter().map(PathBuf::as_path).collect(),
             BackupCommand::Cleanup(args) => args.directory.iter().map(PathBuf::as_path).collect(),
             BackupCommand::Migrations(_) => Vec::new(),
@@ -310,6 +315,20 @@ pub struct ExportArgs {
     pub backup: PathBuf,
     /// Where to write the copy (must not exist).
     pub dest: PathBuf,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// The repository to copy from: a backups directory or `s3://BUCKET/PREFIX`.
+    pub source: PathBuf,
+    /// The repository to copy to (made when missing): a backups directory or
+    /// `s3://BUCKET/PREFIX`.
+    pub dest: PathBuf,
+    /// The backups to copy, by name (default: every backup of SOURCE that DEST lacks).
+    #[arg(value_name = "BACKUP")]
+    pub backups: Vec<String>,
     #[command(flatten)]
     pub output: OutputArgs,
 }

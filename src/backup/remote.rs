@@ -103,6 +103,19 @@ pub async fn send(
     target: &str,
     progress: &dyn Progress,
 ) -> Result<()> {
+    let record = start_run(backend, target).await?;
+    let sent = send_objects(backend, local, target, progress).await;
+    if sent.is_err() {
+        abandon_run(backend, target, &record).await;
+        return sent;
+    }
+    backend.remove(&record).await?;
+    Ok(())
+}
+
+/// Writes the run record of a run about to send the backup `target` (before its first
+/// object); remove it once the manifest is written, or `abandon_run`.
+pub async fn start_run(backend: &dyn Backend, target: &str) -> Result<Name> {
     let record = Name::new(format!("{RUNS_DIR}/{}", crate::backend::random_id()))?;
     let text = serde_json::to_vec(&RunRecord {
         host: crate::backend::lock::hostname(),
@@ -111,16 +124,15 @@ pub async fn send(
         target: target.to_string(),
     })?;
     backend.save_new(&record, Bytes::from(text)).await?;
-    let sent = send_objects(backend, local, target, progress).await;
-    if sent.is_err() {
-        // Best effort: what is left is found by the record.
-        if remove_under(backend, target).await.is_ok() {
-            let _ = backend.remove(&record).await;
-        }
-        return sent;
+    Ok(record)
+}
+
+/// After a failed send: removes what was sent of `target` (never committed: its manifest is
+/// the last object) and then the run record. Best effort: what is left is found by the record.
+pub async fn abandon_run(backend: &dyn Backend, target: &str, record: &Name) {
+    if remove_under(backend, target).await.is_ok() {
+        let _ = backend.remove(record).await;
     }
-    backend.remove(&record).await?;
-    Ok(())
 }
 
 async fn send_objects(

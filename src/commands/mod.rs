@@ -1,6 +1,7 @@
 //! One file per command; each only orchestrates the domain modules and prints.
 
 mod cleanup;
+mod copy;
 mod create;
 mod export;
 mod info;
@@ -50,6 +51,7 @@ pub fn dispatch(cli: Cli, ui: &Ui, runtime: &tokio::runtime::Runtime) -> Result<
             | BackupCommand::List(_)
             | BackupCommand::Validate(_)
             | BackupCommand::Cleanup(_)
+            | BackupCommand::Copy(_)
     );
     let given = if reads_remote {
         Vec::new()
@@ -69,6 +71,7 @@ pub fn dispatch(cli: Cli, ui: &Ui, runtime: &tokio::runtime::Runtime) -> Result<
         BackupCommand::List(args) => list::run(&args, &settings, ui, handle),
         BackupCommand::Validate(args) => validate::run(&args, &settings, ui, handle),
         BackupCommand::Export(args) => export::run(&args, &settings, ui),
+        BackupCommand::Copy(args) => runtime.block_on(copy::run(&args, &settings, ui, handle)),
         BackupCommand::Prune(args) => runtime.block_on(prune::run(&args, &settings, ui)),
         BackupCommand::Cleanup(args) => {
             runtime.block_on(cleanup::run(&args, &settings, ui, handle))
@@ -88,9 +91,9 @@ fn local_only(path: &std::path::Path) -> Result<()> {
         crate::backend::Location::Local(_) => Ok(()),
         remote => Err(crate::exit::Failure::new(
             ExitCode::Usage,
-            format!("`{remote}` is an S3 location: here this wqm takes local directories only (`create`, `info`, `list`, `validate`, `restore` and `cleanup` take `s3://` paths)"),
+            format!("`{remote}` is an S3 location: here this wqm takes local directories only (`create`, `info`, `list`, `validate`, `restore`, `copy` and `cleanup` take `s3://` paths)"),
         )
-        .with_hint("back up to a local directory, then copy it offsite as docs/incremental.md shows (`rsync -a DIR/ DEST/`)")
+        .with_hint("back up to a local directory, then copy its backups offsite with `wqm backup copy DIR s3://BUCKET/PREFIX`")
         .into()),
     }
 }
@@ -197,6 +200,7 @@ pub fn ui_for(cli: &Cli) -> Ui {
             BackupCommand::List(args) => args.output,
             BackupCommand::Validate(args) => args.output,
             BackupCommand::Export(args) => args.output,
+            BackupCommand::Copy(args) => args.output,
             BackupCommand::Prune(args) => args.output,
             BackupCommand::Migrations(args) => args.output,
             BackupCommand::Cleanup(args) => args.output,

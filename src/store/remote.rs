@@ -61,7 +61,7 @@ impl Remote {
     }
 
     /// Runs `work` to its end from blocking code, wherever that runs.
-    fn wait<T>(&self, work: impl std::future::Future<Output = T>) -> T {
+    pub fn wait<T>(&self, work: impl std::future::Future<Output = T>) -> T {
         tokio::task::block_in_place(|| self.handle.block_on(work))
     }
 
@@ -73,6 +73,16 @@ impl Remote {
     /// The backend the repository is on.
     pub fn backend(&self) -> &dyn Backend {
         &*self.backend
+    }
+
+    /// The backend, for a task of its own (a save fed from blocking code).
+    pub fn shared_backend(&self) -> Arc<dyn Backend> {
+        self.backend.clone()
+    }
+
+    /// The runtime the repository is read and written through.
+    pub fn handle(&self) -> &Handle {
+        &self.handle
     }
 
     /// The repository as the user wrote it.

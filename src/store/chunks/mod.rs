@@ -403,7 +403,7 @@ impl ChunkStore {
     }
 
     /// `store.json`'s text, checked: this wqm knows its features and can cut with it.
-    fn parse_params(root: &Path, text: &str) -> Result<Params, ChunkError> {
+    pub fn parse_params(root: &Path, text: &str) -> Result<Params, ChunkError> {
         let not_a_store = |reason: String| ChunkError::NotAStore {
             path: root.to_path_buf(),
             reason,
@@ -508,6 +508,13 @@ pub struct ChunkBuffer {
     decompressor: Option<zstd::bulk::Decompressor<'static>>,
 }
 
+impl ChunkBuffer {
+    /// The stored (compressed) bytes of the chunk last read.
+    pub fn stored(&self) -> &[u8] {
+        &self.compressed
+    }
+}
+
 /// Why a chunk could not be used.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ChunkProblem {
@@ -587,6 +594,7 @@ fn lock(file: File, root: &Path, access: Access) -> Result<File, ChunkError> {
 
 mod cut;
 mod gc;
+mod import;
 mod index;
 mod read;
 mod refs;
@@ -597,6 +605,7 @@ mod write;
 
 pub use cut::Chunker;
 pub use gc::{collect_garbage, find_unreferenced, Collected, Unreferenced};
+pub use import::{id_of_object, object_name, params_object};
 pub use index::{IndexLine, IndexReader};
 pub use read::{chunk_error, ChunkReader};
 pub use refs::{backup_refs, read_refs, refs_from_indexes, write_refs, Refs, REFS_PATH};

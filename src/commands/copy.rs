@@ -1,0 +1,120 @@
+//! `wqm backup copy SRC DEST [BACKUP...]`: backups copied between repositories (see `copy`).
+
+use anyhow::Result;
+use serde_json::json;
+
+use crate::backup;
+use crate::cleanup;
+use crate::cli::CopyArgs;
+use crate::config::Settings;
+use crate::copy::{self, Dest, Source, Status};
+use crate::exit::ExitCode;
+use crate::output::Ui;
+use crate::store::Repository;
+
+pub async fn run(
+    args: &CopyArgs,
+    settings: &Settings,
+    ui: &Ui,
+    handle: &tokio::runtime::Handle,
+) -> Result<ExitCode> {
+    let source = super::repository(&args.source, settings, handle)?;
+    if let Repository::Local(dir) = &source {
+        super::backups_dir(dir)?;
+    }
+    let dest = super::repository(&args.dest, settings, handle)?;
+    // What killed runs left where this one writes.
+    match &dest {
+        Repository::Local(dir) => {
+            crate::fs::create_private_dir_all(dir)?;
+            super::report_cleaned(ui, &cleanup::dead_runs(&[dir.as_path()], settings).await);
+        }
+        Repository::Remote(remote) => {
+            for removed in backup::remote::clean_dead_runs(remote.backend()).await? {
+                ui.warn(format!(
+                    "removed what a killed run left of `{}` in `{}`: {} object(s), {} unfinished upload(s)",
+                    removed.target,
+                    remote.shown_root(),
+                    removed.objects,
+                    removed.uploads
+                ));
+            }
+        }
+    }
+    // Held for the whole run, on both sides: no prune deletes what is read or landed.
+    let _locks = (copy::lock(&source)?, copy::lock(&dest)?);
+    let (source, dest) = (Source::new(source), Dest::new(dest));
+    let progress = ui.progress();
+    let copied =
+        tokio::task::block_in_place(|| copy::copy(&source, &dest, &args.backups, &progress))?;
+
+    let mut failures = Vec::new();
+    let mut items = Vec::new();
+    for mut one in copied {
+        let error = one.error.take();
+        let mut item = serde_json::to_value(&one)?;
+        if let Some(e) = &error {
+            let (code, _) = crate::output::classify(e);
+            item["error"] = format!("{e:#}").into();
+            item["exit_code"] = serde_json::to_value(code)?;
+        }
+        if !ui.json {
+            ui.line(match one.status {
+                Status::Copied => format!(
+                    "Copied `{}`: {} file(s), {} chunk(s) sent, {} sent",
+                    one.name,
+                    one.files,
+                    one.chunks_sent,
+                    indicatif::BinaryBytes(one.bytes_sent)
+                ),
+                Status::Skipped => {
+                    format!("Skipped `{}`: the destination has it already", one.name)
+                }
+                Status::Failed => format!("Not copied `{}`", one.name),
+            });
+        }
+        items.push(item);
+        failures.extend(error);
+    }
+    let count = |status| {
+        items
+            .iter()
+            .filter(|i| i["status"] == json!(status))
+            .count()
+    };
+    let (done, skipped) = (count(Status::Copied), count(Status::Skipped));
+    if ui.json {
+        ui.json(&json!({
+            "source": source_shown(&source),
+            "destination": dest.shown(),
+            "backups": items,
+            "copied": done,
+            "skipped": skipped,
+            "failed": failures.len(),
+        }));
+    } else {
+        ui.line(format!(
+            "{done} backup(s) copied, {skipped} skipped, {} not copied, from `{}` to `{}`",
+            failures.len(),
+            source_shown(&source),
+            dest.shown()
+        ));
+    }
+    // Each failure on stderr; the first one's code is the run's.
+    let mut code = ExitCode::Success;
+    for failure in &failures {
+        let (failed, hint) = crate::output::classify(failure);
+        ui.error_lines(&format!("{failure:#}"), hint.as_deref());
+        if code == ExitCode::Success {
+            code = failed;
+        }
+    }
+    Ok(code)
+}
+
+fn source_shown(source: &Source) -> String {
+    match source.repository() {
+        Repository::Local(dir) => dir.display().to_string(),
+        Repository::Remote(remote) => remote.shown_root().to_string(),
+    }
+}
