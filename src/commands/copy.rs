@@ -23,6 +23,7 @@ pub async fn run(
         super::backups_dir(dir)?;
     }
     let dest = super::repository(&args.dest, settings, handle)?;
+    copy::refuse_same(&source, &dest)?;
     // What killed runs left where this one writes.
     match &dest {
         Repository::Local(dir) => {

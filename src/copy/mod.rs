@@ -141,9 +141,6 @@ pub fn copy(
     progress: &dyn Progress,
 ) -> Result<Vec<Copied>> {
     let (from, to) = (shown(source.repository()), dest.shown());
-    if same(source.repository(), dest.repository()) {
-        return Err(CopyError::SameRepository { repository: from }.into());
-    }
     let scan = scan_at(source.repository()).with_context(|| format!("cannot list `{from}`"))?;
     let mut seen: BTreeMap<&str, &Seen> = BTreeMap::new();
     for entry in &scan.entries {
@@ -209,6 +206,16 @@ fn shown(repository: &Repository) -> String {
         Repository::Local(dir) => dir.display().to_string(),
         Repository::Remote(remote) => remote.shown_root().to_string(),
     }
+}
+
+/// Refuses to copy a repository onto itself (checked before anything is done there).
+pub fn refuse_same(source: &Repository, dest: &Repository) -> Result<(), CopyError> {
+    if same(source, dest) {
+        return Err(CopyError::SameRepository {
+            repository: shown(source),
+        });
+    }
+    Ok(())
 }
 
 fn same(a: &Repository, b: &Repository) -> bool {

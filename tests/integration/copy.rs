@@ -162,14 +162,32 @@ fn damaged_source(double: &Double) -> (TempDir, String) {
 }
 
 #[test]
-fn a_damaged_chunk_is_named_and_nothing_is_committed_locally() {
+fn damaged_source_objects_are_named_and_nothing_is_committed_locally() {
     let double = Double::start();
     let (tmp, id) = damaged_source(&double);
+    // A full backup beside it, one byte of its first snapshot flipped.
+    let (_, tmp) = wqm(
+        Test::in_dir(tmp),
+        &double.url,
+        "backup create {TMP}/backups/full",
+    )
+    .stdout_with(|_| {})
+    .run();
+    let full = tmp.path().join("backups/full");
+    let manifest =
+        wqm::format::manifest::Manifest::load(&full.join("metadata/manifest.json")).unwrap();
+    let rel = manifest.files[0].path.clone();
+    let mut stored = fs::read(full.join(&rel)).unwrap();
+    let middle = stored.len() / 2;
+    stored[middle] ^= 1;
+    fs::write(full.join(&rel), stored).unwrap();
     let said = id.clone();
     let (_, tmp) = Test::in_dir(tmp)
         .args("backup copy {TMP}/backups {TMP}/offsite")
         .status(3)
-        .stdout_with(|o| assert!(o.starts_with("Not copied `n1`\n"), "{o}"))
+        .stdout_with(|o| {
+            assert!(o.starts_with("Not copied `full`\nNot copied `n1`\n0 backup(s) copied, 0 skipped, 2 not copied"), "{o}")
+        })
         .stderr_with(move |e| {
             assert!(
                 e.contains(&format!(
@@ -178,6 +196,7 @@ fn a_damaged_chunk_is_named_and_nothing_is_committed_locally() {
                 "{e}"
             );
             assert!(e.contains("`n1` was not copied to"), "{e}");
+            assert!(e.contains(&format!("/backups/full/{rel}` is damaged: ")), "{e}");
         })
         .run();
     let left: Vec<_> = fs::read_dir(tmp.path().join("offsite"))
@@ -190,6 +209,12 @@ fn a_damaged_chunk_is_named_and_nothing_is_committed_locally() {
         "no backup and no staging directory: {left:?}"
     );
     assert!(!names(&chunk_files(&tmp.path().join("offsite"))).contains(&id));
+    // One repository is no source of itself.
+    Test::in_dir(tmp)
+        .args("backup copy {TMP}/backups {TMP}/backups/")
+        .status(2)
+        .stderr_with(|e| assert!(e.contains("is both the source and the destination"), "{e}"))
+        .run();
 }
 
 #[test]
@@ -334,4 +359,28 @@ fn a_killed_copy_is_no_backup_and_the_next_copy_cleans_up_and_finishes() {
         .run();
     assert!(!tmp.path().join("offsite/.n1.wqm-staging").exists());
     validate_at(tmp, "{TMP}/offsite/n1");
+}
+
+#[test]
+fn a_destination_store_that_cuts_chunks_otherwise_is_refused() {
+    let double = Double::start();
+    let (_, tmp) = night(workspace(), &double.url, "n1", "");
+    // The destination's store: the source's parameters but 16 KiB chunks.
+    let params = fs::read_to_string(tmp.path().join("backups/.wqm-chunks/store.json")).unwrap();
+    let mut params: Value = serde_json::from_str(&params).unwrap();
+    for (key, size) in [("min_size", 4096), ("avg_size", 16384), ("max_size", 65536)] {
+        params[key] = size.into();
+    }
+    let store = tmp.path().join("offsite/.wqm-chunks");
+    fs::create_dir_all(store.join("chunks")).unwrap();
+    fs::write(store.join("store.json"), params.to_string()).unwrap();
+    let (_, tmp) = Test::in_dir(tmp)
+        .args("backup copy {TMP}/backups {TMP}/offsite")
+        .status(2)
+        .stdout_with(|o| assert!(o.starts_with("Not copied `n1`\n"), "{o}"))
+        .stderr_with(|e| {
+            assert!(e.contains("cannot take the source's chunks: its chunks are `fastcdc-2020` 4096/16384/65536"), "{e}")
+        })
+        .run();
+    assert!(!tmp.path().join("offsite/n1").exists());
 }

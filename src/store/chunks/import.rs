@@ -110,7 +110,6 @@ impl ChunkStore {
         let dir = crate::fs::parent_dir(&target).to_path_buf();
         fan_out_dir(&dir)?;
         fs::rename(&staged, &target)?;
-        crate::failpoint::hit("copy:chunk-landed")?;
         Ok(dir)
     }
 
