@@ -159,9 +159,11 @@ pub fn copy(
         for name in names {
             match seen.get(name.as_str()) {
                 Some(Seen::Backup(_)) => chosen.push((name.clone(), None)),
+                // A backup whose manifest is damaged: named with the others' outcomes.
+                Some(Seen::Unreadable(why)) => chosen.push((name.clone(), Some(why.clone()))),
                 found => {
                     let reason = match found {
-                        Some(Seen::Unreadable(why) | Seen::Other(why)) => why.clone(),
+                        Some(Seen::Other(why)) => why.clone(),
                         _ => "there is no such backup".to_string(),
                     };
                     return Err(CopyError::NoSuchBackup {

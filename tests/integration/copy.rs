@@ -146,8 +146,9 @@ fn nights_copied_to_s3_send_only_new_chunks_and_copy_back_restore_and_validate()
         .unwrap_or(true));
 }
 
-/// Two nights in `backups/`, the first chunk of `n1`'s plain collection altered.
-fn damaged_source(double: &Double) -> (TempDir, String) {
+/// In `backups/`: a night `n1`, the first chunk of its plain collection altered, and a full
+/// backup `full`, one byte of its first file flipped. Returns the chunk's id and the file.
+fn damaged_source(double: &Double) -> (TempDir, String, String) {
     let (_, tmp) = night(workspace(), &double.url, "n1", "");
     let chunk = first_chunk(
         &tmp.path().join("backups/n1"),
@@ -158,14 +159,6 @@ fn damaged_source(double: &Double) -> (TempDir, String) {
     bytes[middle] ^= 1;
     fs::write(&chunk, bytes).unwrap();
     let id = chunk.file_name().unwrap().to_string_lossy().into_owned();
-    (tmp, id)
-}
-
-#[test]
-fn damaged_source_objects_are_named_and_nothing_is_committed_locally() {
-    let double = Double::start();
-    let (tmp, id) = damaged_source(&double);
-    // A full backup beside it, one byte of its first snapshot flipped.
     let (_, tmp) = wqm(
         Test::in_dir(tmp),
         &double.url,
@@ -181,6 +174,13 @@ fn damaged_source_objects_are_named_and_nothing_is_committed_locally() {
     let middle = stored.len() / 2;
     stored[middle] ^= 1;
     fs::write(full.join(&rel), stored).unwrap();
+    (tmp, id, rel)
+}
+
+#[test]
+fn damaged_source_objects_are_named_and_nothing_is_committed_locally() {
+    let double = Double::start();
+    let (tmp, id, rel) = damaged_source(&double);
     let said = id.clone();
     let (_, tmp) = Test::in_dir(tmp)
         .args("backup copy {TMP}/backups {TMP}/offsite")
@@ -226,21 +226,30 @@ fn a_damaged_chunk_is_named_and_nothing_is_committed_on_s3() {
     let double = Double::start();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (backend, url) = fresh_prefix(&runtime);
-    let (tmp, id) = damaged_source(&double);
+    let (tmp, id, rel) = damaged_source(&double);
     let said = id.clone();
     let (_, tmp) = with_s3(Test::in_dir(tmp))
         .args(&format!("backup copy {{TMP}}/backups {url} --json"))
         .status(3)
         .stdout_json(|v| {
-            assert_eq!(v["failed"], 1, "{v}");
-            assert_eq!(v["backups"][0]["status"], "failed", "{v}");
-            assert_eq!(v["backups"][0]["exit_code"], 3, "{v}");
+            assert_eq!(v["failed"], 2, "{v}");
+            for backup in v["backups"].as_array().unwrap() {
+                assert_eq!(backup["status"], "failed", "{v}");
+                assert_eq!(backup["exit_code"], 3, "{v}");
+            }
         })
-        .stderr_with(move |e| assert!(e.contains(&format!("chunk `{said}` is damaged: ")), "{e}"))
+        .stderr_with(move |e| {
+            assert!(e.contains(&format!("chunk `{said}` is damaged: ")), "{e}");
+            assert!(
+                e.contains(&format!("/backups/full/{rel}` is damaged: ")),
+                "{e}"
+            );
+        })
         .run();
     let on_s3 = |prefix: &str| runtime.block_on(backend.list(prefix)).unwrap();
-    assert!(on_s3("n1/").is_empty(), "nothing of the backup is left");
-    assert!(on_s3(".wqm-runs/").is_empty());
+    for prefix in ["n1/", "full/", ".wqm-runs/"] {
+        assert!(on_s3(prefix).is_empty(), "nothing of {prefix} is left");
+    }
     with_s3(Test::in_dir(tmp))
         .args(&format!("backup list {url}"))
         .stdout(&format!("No backups found in {url}\n"))
