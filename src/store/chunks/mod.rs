@@ -104,7 +104,7 @@ impl Classify for ChunkError {
 
     fn hint(&self) -> Option<String> {
         Some(match self {
-            ChunkError::NoStore { .. } => "an incremental backup moves with its whole directory (`rsync -a DIR/ DEST/`); to move one backup alone, `wqm backup export BACKUP DEST` first".to_string(),
+            ChunkError::NoStore { .. } => "an incremental backup moves with its chunks: `wqm backup copy DIR DEST NAME` brings them; to move one backup alone, `wqm backup export BACKUP DEST` first".to_string(),
             ChunkError::NotAStore { .. } => "move that directory away; the next incremental backup makes a new store".to_string(),
             ChunkError::Link { .. } => "put the directory the link points to in its place (`mv`), or remove the link; wqm reads and deletes nothing through it".to_string(),
             ChunkError::NewerStore { .. } => "the store was written by a newer wqm; upgrade wqm to use it".to_string(),
