@@ -40,7 +40,13 @@ fn backup<'a>(document: &'a Value, name: &str) -> &'a Value {
 fn validate_at(tmp: TempDir, at: &str) -> TempDir {
     with_s3(Test::in_dir(tmp))
         .args(&format!("backup validate {at} --check-files"))
-        .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
+        .stdout_with(|o| {
+            assert!(
+                o.contains("\nBackup validation successful")
+                    || o.starts_with("Backup validation successful"),
+                "{o}"
+            )
+        })
         .run()
         .1
 }
@@ -392,4 +398,41 @@ fn a_destination_store_that_cuts_chunks_otherwise_is_refused() {
         })
         .run();
     assert!(!tmp.path().join("offsite/n1").exists());
+}
+
+#[test]
+fn a_legacy_backup_is_copied_file_for_file_and_validates() {
+    let tmp = tempfile::Builder::new()
+        .prefix("wqm-test-")
+        .tempdir()
+        .unwrap();
+    crate::fixtures::legacy_backup(&tmp.path().join("backups/legacy"));
+    let (done, tmp) = copy(tmp, "{TMP}/backups {TMP}/offsite");
+    let legacy = backup(&done, "legacy");
+    assert_eq!(legacy["status"], "copied", "{done}");
+    assert_eq!(legacy["chunks_sent"], 0, "{done}");
+    assert_eq!(
+        files(&tmp.path().join("offsite/legacy")),
+        files(&tmp.path().join("backups/legacy"))
+    );
+    validate_at(tmp, "{TMP}/offsite/legacy");
+}
+
+/// Every file under `dir`, relative, with its bytes.
+fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(at) = pending.pop() {
+        for entry in fs::read_dir(&at).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                let bytes = fs::read(&path).unwrap();
+                found.push((path.strip_prefix(dir).unwrap().to_path_buf(), bytes));
+            }
+        }
+    }
+    found.sort();
+    found
 }
