@@ -310,14 +310,26 @@ impl Writing<'_> {
 impl Drop for Writing<'_> {
     fn drop(&mut self) {
         // Locally, dropping the staging directory removes it; on a backend, what was sent of a
-        // backup never committed goes (best effort: its run record finds the rest).
+        // backup never committed goes (best effort: its run record finds the rest) — unless
+        // another run committed the name meanwhile (our manifest lost to its `save_new`): its
+        // backup is whole, and only our record goes.
         if let How::Remote {
             remote,
             record,
             committed: false,
         } = &self.how
         {
-            remote.wait(abandon_run(remote.backend(), &self.name, record));
+            let manifest = format!("{}/{MANIFEST_PATH}", self.name);
+            match remote.size(&manifest) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    remote.wait(abandon_run(remote.backend(), &self.name, record));
+                }
+                Ok(_) => {
+                    let _ = remote.wait(remote.backend().remove(record));
+                }
+                // Unknown: all stays, for the next run to find by the record.
+                Err(_) => {}
+            }
         }
     }
 }
