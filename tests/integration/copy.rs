@@ -436,3 +436,45 @@ fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     found.sort();
     found
 }
+
+#[test]
+fn ctrl_c_during_a_copy_exits_130_and_commits_nothing() {
+    let double = Double::start();
+    let (_, tmp) = night(workspace(), &double.url, "n1", "");
+    let home = tmp.path();
+    let (backups, offsite) = (home.join("backups"), home.join("offsite"));
+    let mut command = test::wqm_command(
+        &home.join("home"),
+        &[
+            "backup",
+            "copy",
+            backups.to_str().unwrap(),
+            offsite.to_str().unwrap(),
+        ],
+    );
+    command
+        .env("WQM_FAILPOINTS", "copy:before-manifest=wait")
+        .env("WQM_FAILPOINT_DIR", home);
+    // Ctrl-C while it waits just before its commit; then the wait is let go.
+    let marker = home.join("copy-before-manifest");
+    let output = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !marker.exists() {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(800));
+            fs::remove_file(&marker).unwrap();
+        });
+        test::interrupted(command, || marker.exists())
+    });
+    assert_eq!(output.status.code(), Some(130), "{output:?}");
+    let left: Vec<_> = fs::read_dir(&offsite)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with(".wqm-"))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "nothing committed, no staging directory: {left:?}"
+    );
+}
