@@ -1,6 +1,6 @@
 //! `wqm backup copy SRC DEST [BACKUP...]`: backups copied between repositories (see `copy`).
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde_json::json;
 
 use crate::backup;
@@ -27,7 +27,8 @@ pub async fn run(
     // What killed runs left where this one writes.
     match &dest {
         Repository::Local(dir) => {
-            crate::fs::create_private_dir_all(dir)?;
+            crate::fs::create_private_dir_all(dir)
+                .with_context(|| format!("cannot create `{}`", dir.display()))?;
             super::report_cleaned(ui, &cleanup::dead_runs(&[dir.as_path()], settings).await);
         }
         Repository::Remote(remote) => {
@@ -86,7 +87,7 @@ pub async fn run(
     let (done, skipped) = (count(Status::Copied), count(Status::Skipped));
     if ui.json {
         ui.json(&json!({
-            "source": source_shown(&source),
+            "source": copy::shown(source.repository()),
             "destination": dest.shown(),
             "backups": items,
             "copied": done,
@@ -97,7 +98,7 @@ pub async fn run(
         ui.line(format!(
             "{done} backup(s) copied, {skipped} skipped, {} not copied, from `{}` to `{}`",
             failures.len(),
-            source_shown(&source),
+            copy::shown(source.repository()),
             dest.shown()
         ));
     }
@@ -111,11 +112,4 @@ pub async fn run(
         }
     }
     Ok(code)
-}
-
-fn source_shown(source: &Source) -> String {
-    match source.repository() {
-        Repository::Local(dir) => dir.display().to_string(),
-        Repository::Remote(remote) => remote.shown_root().to_string(),
-    }
 }

@@ -50,16 +50,9 @@ impl Dest {
         }
     }
 
-    pub fn repository(&self) -> &Repository {
-        &self.repository
-    }
-
     /// The repository as the user wrote it.
     pub fn shown(&self) -> String {
-        match &self.repository {
-            Repository::Local(dir) => dir.display().to_string(),
-            Repository::Remote(remote) => remote.shown_root().to_string(),
-        }
+        super::shown(&self.repository)
     }
 
     /// What is under the name `name`.

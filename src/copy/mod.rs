@@ -203,7 +203,7 @@ pub fn copy(
 }
 
 /// The repository as the user wrote it.
-fn shown(repository: &Repository) -> String {
+pub fn shown(repository: &Repository) -> String {
     match repository {
         Repository::Local(dir) => dir.display().to_string(),
         Repository::Remote(remote) => remote.shown_root().to_string(),
