@@ -103,10 +103,9 @@ fn copy_entry(
 ) -> Result<FileEntry> {
     let content = backup.open_checked(entry)?;
     let mut sink = staging.create_file(rel, entry.kind, compression, algorithm)?;
-    progress.begin(&entry.path, Some(entry.content_size));
+    let meter = progress.transfer(&entry.path, Some(entry.content_size));
     // Checked against the manifest as it is read: at its end, it matched (`open_checked`).
-    let copied = copy_apart(&mut Metered::new(content, progress), &mut sink);
-    progress.end();
+    let copied = copy_apart(&mut Metered::new(content, meter), &mut sink);
     progress::check_interrupted()?;
     copied.map_err(|e| match e {
         CopyError::Read(e) => Damaged::from_read(&entry.path, e).into(),

@@ -1,11 +1,10 @@
 //! Everything the user sees: results on stdout (text or one JSON document), warnings and errors
 //! on stderr, progress bars only on a terminal.
 
-use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::{self, IsTerminal, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -13,7 +12,7 @@ use serde::Serialize;
 
 use crate::cli::OutputArgs;
 use crate::exit::{self, ExitCode};
-use crate::progress::Progress;
+use crate::progress::{self, Meter, Progress};
 // Whatever reaches the screen or a log, a URL's userinfo never does.
 use crate::secrets::mask_userinfo;
 
@@ -106,9 +105,7 @@ impl Ui {
             bars: self.interactive && !self.quiet,
             verbose: self.verbose,
             screen: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
-            bar: Mutex::new(None),
-            transfers: Mutex::new(BTreeMap::new()),
-            next: AtomicUsize::new(1),
+            showing: Arc::new(AtomicUsize::new(0)),
         }
     }
 }
@@ -119,14 +116,32 @@ pub struct TerminalProgress {
     verbose: bool,
     /// Where every bar is drawn, one line each.
     screen: MultiProgress,
-    bar: Mutex<Option<ProgressBar>>,
-    /// Transfers running side by side (`begin_transfer`), by id.
-    transfers: Mutex<BTreeMap<usize, ProgressBar>>,
-    next: AtomicUsize,
+    /// How many bars are on the screen (steps are printed above them then).
+    showing: Arc<AtomicUsize>,
 }
 
-impl TerminalProgress {
-    fn new_bar(&self, label: &str, total: Option<u64>) -> ProgressBar {
+/// One transfer's bar on the terminal.
+struct TerminalBar {
+    bar: ProgressBar,
+    showing: Arc<AtomicUsize>,
+}
+
+impl progress::Bar for TerminalBar {
+    fn inc(&self, bytes: u64) {
+        self.bar.inc(bytes);
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+        self.showing.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Progress for TerminalProgress {
+    fn transfer(&self, label: &str, total: Option<u64>) -> Meter {
+        if !self.bars {
+            return Meter::hidden();
+        }
         let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::hidden());
         let template = if total.is_some() {
             "{msg:24!} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}"
@@ -141,62 +156,17 @@ impl TerminalProgress {
         bar.set_message(label.to_string());
         let bar = self.screen.add(bar);
         bar.enable_steady_tick(Duration::from_millis(200));
-        bar
-    }
-
-    fn showing(&self) -> bool {
-        self.bar.lock().expect("progress lock").is_some()
-            || !self.transfers.lock().expect("progress lock").is_empty()
-    }
-}
-
-impl Progress for TerminalProgress {
-    fn begin(&self, label: &str, total: Option<u64>) {
-        if self.bars {
-            *self.bar.lock().expect("progress lock") = Some(self.new_bar(label, total));
-        }
-    }
-
-    fn advance(&self, bytes: u64) {
-        if let Some(bar) = self.bar.lock().expect("progress lock").as_ref() {
-            bar.inc(bytes);
-        }
-    }
-
-    fn end(&self) {
-        if let Some(bar) = self.bar.lock().expect("progress lock").take() {
-            bar.finish_and_clear();
-        }
-    }
-
-    fn begin_transfer(&self, label: &str, total: Option<u64>) -> usize {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        if self.bars {
-            let bar = self.new_bar(label, total);
-            self.transfers
-                .lock()
-                .expect("progress lock")
-                .insert(id, bar);
-        }
-        id
-    }
-
-    fn advance_transfer(&self, id: usize, bytes: u64) {
-        if let Some(bar) = self.transfers.lock().expect("progress lock").get(&id) {
-            bar.inc(bytes);
-        }
-    }
-
-    fn end_transfer(&self, id: usize) {
-        if let Some(bar) = self.transfers.lock().expect("progress lock").remove(&id) {
-            bar.finish_and_clear();
-        }
+        self.showing.fetch_add(1, Ordering::Relaxed);
+        Meter::new(TerminalBar {
+            bar,
+            showing: self.showing.clone(),
+        })
     }
 
     fn step(&self, message: &str) {
         if self.verbose {
             let line = format!("  {}", mask_userinfo(message));
-            if self.showing() {
+            if self.showing.load(Ordering::Relaxed) > 0 {
                 let _ = self.screen.println(line);
             } else {
                 let _ = writeln!(io::stderr().lock(), "{line}");

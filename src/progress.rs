@@ -1,12 +1,13 @@
 //! Progress reporting and interruption, as seen from domain code.
 //!
-//! Domain code reports through the `Progress` trait; the terminal implementation (bars on a
-//! TTY, plain lines otherwise) lives in `output`. Ctrl-C cancels the run's token, which long
+//! Domain code reports through the `Progress` trait, which hands out an owned `Meter` per
+//! transfer; the terminal implementation (bars on a TTY, plain lines otherwise) lives in
+//! `output`. Ctrl-C cancels the run's token, which long
 //! loops check through `check_interrupted` or by reading through a `Metered` reader, and waits
 //! race with `interrupted()`.
 
 use std::io::{self, Read};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use tokio_util::sync::CancellationToken;
 
@@ -40,26 +41,53 @@ pub fn check_interrupted() -> Result<(), Interrupted> {
 
 /// Receives what a long operation is doing.
 pub trait Progress: Sync {
-    /// A transfer of `total` bytes (when known) named `label` starts.
-    fn begin(&self, _label: &str, _total: Option<u64>) {}
-    /// `bytes` more were moved.
-    fn advance(&self, _bytes: u64) {}
-    /// The current transfer ended.
-    fn end(&self) {}
-    /// A transfer that may run beside others (snapshots downloading or uploading side by
-    /// side), each shown on its own; returns its id for `advance_transfer` and `end_transfer`.
-    fn begin_transfer(&self, label: &str, total: Option<u64>) -> usize {
-        self.begin(label, total);
-        0
-    }
-    fn advance_transfer(&self, _id: usize, bytes: u64) {
-        self.advance(bytes);
-    }
-    fn end_transfer(&self, _id: usize) {
-        self.end();
+    /// A transfer of `total` bytes (when known) named `label` starts; transfers may run side by
+    /// side, each shown on its own. Returns its meter, which ends when its last clone is dropped.
+    fn transfer(&self, _label: &str, _total: Option<u64>) -> Meter {
+        Meter::hidden()
     }
     /// A step worth telling in `--verbose` mode.
     fn step(&self, _message: &str) {}
+}
+
+/// How a front end draws one transfer (`output`'s terminal bar).
+pub trait Bar: Send + Sync {
+    fn inc(&self, bytes: u64);
+    fn finish(&self);
+}
+
+/// One transfer's progress, owned: `Send + Sync + Clone`, so it goes wherever the bytes go (a
+/// blocking reader thread, a request body reqwest owns) and counts them there, with no
+/// borrowing, polling or lookup by id. Every clone advances the same bar; the bar ends when the
+/// last clone is dropped.
+#[derive(Clone, Default)]
+pub struct Meter(Option<Arc<Drawn>>);
+
+/// A bar, finished when dropped.
+struct Drawn(Box<dyn Bar>);
+
+impl Drop for Drawn {
+    fn drop(&mut self) {
+        self.0.finish();
+    }
+}
+
+impl Meter {
+    pub fn new(bar: impl Bar + 'static) -> Self {
+        Meter(Some(Arc::new(Drawn(Box::new(bar)))))
+    }
+
+    /// A meter nobody sees.
+    pub fn hidden() -> Self {
+        Meter(None)
+    }
+
+    /// `bytes` more were moved.
+    pub fn inc(&self, bytes: u64) {
+        if let Some(drawn) = &self.0 {
+            drawn.0.inc(bytes);
+        }
+    }
 }
 
 /// Reports nothing.
@@ -67,26 +95,26 @@ pub struct Silent;
 
 impl Progress for Silent {}
 
-/// Reads through to `inner`, advancing `progress` and stopping when Ctrl-C was pressed.
-pub struct Metered<'a, T> {
+/// Reads through to `inner`, advancing `meter` and stopping when Ctrl-C was pressed.
+pub struct Metered<T> {
     inner: T,
-    progress: &'a dyn Progress,
+    meter: Meter,
 }
 
-impl<'a, T> Metered<'a, T> {
-    pub fn new(inner: T, progress: &'a dyn Progress) -> Self {
-        Metered { inner, progress }
+impl<T> Metered<T> {
+    pub fn new(inner: T, meter: Meter) -> Self {
+        Metered { inner, meter }
     }
 }
 
-impl<T: Read> Read for Metered<'_, T> {
+impl<T: Read> Read for Metered<T> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if is_interrupted() {
             // Not ErrorKind::Interrupted alone: std retries those; the payload makes it final.
             return Err(io::Error::other(Interrupted));
         }
         let n = self.inner.read(buf)?;
-        self.progress.advance(n as u64);
+        self.meter.inc(n as u64);
         Ok(n)
     }
 }

@@ -129,7 +129,10 @@ impl Lanes {
             let slot = self.in_flight.acquire().await;
             (making, slot)
         };
+        // Biased: a transfer that failed releases its permits just before it stops the others,
+        // so a waiting one sees both at once and must take the stop, never the turn.
         tokio::select! {
+            biased;
             () = self.until_stopped() => Err(OtherFailed.into()),
             _ = progress::interrupted() => Err(crate::exit::Interrupted.into()),
             (making, slot) = permits => Ok(Turn {

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use super::writing::Writing;
 use super::SnapshotTimes;
 use crate::format::manifest::{FileEntry, FileKind};
-use crate::progress::Progress;
+use crate::progress::Meter;
 use crate::qdrant::{self, AsyncSink, Client, Scope, SnapshotDescription};
 use crate::store::FileSink;
 use crate::transfer::{place_of, Lanes, OtherFailed, Turn};
@@ -118,14 +118,12 @@ impl Writing<'_> {
             .create_file(rel, kind, self.compression, self.algorithm)?;
         let (sender, receiver) = mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
         let writer = spawn_writer(sink, receiver);
-        let bar = progress.begin_transfer(&scope.to_string(), snapshot.size);
         let downloading = client.download_snapshot(
             scope,
             &snapshot.name,
             ChannelSink {
                 sender,
-                progress,
-                bar,
+                meter: progress.transfer(&scope.to_string(), snapshot.size),
                 delivered: 0,
             },
         );
@@ -133,7 +131,6 @@ impl Writing<'_> {
             downloaded = downloading => downloaded,
             () = lanes.until_stopped() => Err(OtherFailed.into()),
         };
-        progress.end_transfer(bar);
         let _ = download_over.send(());
         let written = writer
             .await
@@ -151,24 +148,21 @@ impl Writing<'_> {
 }
 
 /// Hands downloaded chunks to the thread that hashes, compresses and writes them, so the
-/// network and the disk work at the same time. Memory is bounded by the channel. Progress
-/// advances here, on the async side that holds it (a restore's upload, whose bytes never pass an
-/// async side it could borrow, counts them instead: see `restore::upload`).
-struct ChannelSink<'a> {
+/// network and the disk work at the same time. Memory is bounded by the channel.
+struct ChannelSink {
     sender: mpsc::Sender<Bytes>,
-    progress: &'a dyn Progress,
-    /// This download's bar (`Progress::begin_transfer`).
-    bar: usize,
+    /// This download's progress; its bar ends with the download.
+    meter: Meter,
     delivered: u64,
 }
 
-impl AsyncSink for ChannelSink<'_> {
+impl AsyncSink for ChannelSink {
     async fn deliver(&mut self, chunk: Bytes) -> Result<()> {
         if self.delivered == 0 {
             crate::failpoint::hit("create:downloading")?;
         }
         self.delivered += chunk.len() as u64;
-        self.progress.advance_transfer(self.bar, chunk.len() as u64);
+        self.meter.inc(chunk.len() as u64);
         self.sender
             .send(chunk)
             .await

@@ -31,7 +31,7 @@ use crate::exit::{Classify, ExitCode, Interrupted};
 use crate::format::layout::MANIFEST_PATH;
 use crate::format::manifest::{FileEntry, Manifest};
 use crate::fs::CopyError as Side;
-use crate::progress::{self, Metered, Progress};
+use crate::progress::{self, Meter, Metered, Progress};
 use crate::store::chunks::{self, ChunkBuffer, ChunkId, ChunkStore, IndexReader};
 use crate::store::lock::{RepoLock, RepoLockError};
 use crate::store::{scan_at, Damaged, Repository, Seen};
@@ -292,7 +292,7 @@ fn copy_one(source: &Source, dest: &Dest, name: &str, progress: &dyn Progress) -
                 Part::Unchecked(_) => 0,
             })
             .sum::<u64>();
-    progress.begin(&format!("copying `{name}`"), Some(total));
+    let meter = progress.transfer(&format!("copying `{name}`"), Some(total));
     let sent = send(
         source,
         dest,
@@ -302,8 +302,9 @@ fn copy_one(source: &Source, dest: &Dest, name: &str, progress: &dyn Progress) -
         store.as_deref(),
         chunks,
         progress,
+        &meter,
     );
-    progress.end();
+    drop(meter);
     let (files, chunks_sent, bytes_sent) = sent?;
     Ok(Copied {
         files,
@@ -400,10 +401,11 @@ fn send(
     store: Option<&ChunkStore>,
     chunks: Vec<(ChunkId, usize)>,
     progress: &dyn Progress,
+    meter: &Meter,
 ) -> Result<(usize, u64, u64)> {
     let writing = dest.begin(name)?;
     let (chunks_sent, mut bytes) = match store {
-        Some(store) => send_chunks(source, store, &writing, chunks, progress)?,
+        Some(store) => send_chunks(source, store, &writing, chunks, meter)?,
         None => (0, 0),
     };
     for part in parts {
@@ -420,15 +422,15 @@ fn send(
         let written = match part {
             Part::Whole(entry) => {
                 let checked = CheckedFile::new(opened(&shown)?, entry, &source.shown(&object))?;
-                writing.put_file(rel, &mut Metered::new(checked, progress))
+                writing.put_file(rel, &mut Metered::new(checked, meter.clone()))
             }
             Part::Read { bytes, .. } => {
                 let written = writing.put_file(rel, &mut &bytes[..]);
-                progress.advance(bytes.len() as u64);
+                meter.inc(bytes.len() as u64);
                 written
             }
             Part::Unchecked(_) => {
-                writing.put_file(rel, &mut Metered::new(opened(&shown)?, progress))
+                writing.put_file(rel, &mut Metered::new(opened(&shown)?, meter.clone()))
             }
         };
         bytes += written.map_err(|e| match e {
@@ -438,7 +440,7 @@ fn send(
         })?;
     }
     writing.commit(manifest)?;
-    progress.advance(manifest.len() as u64);
+    meter.inc(manifest.len() as u64);
     Ok((parts.len() + 1, chunks_sent, bytes + manifest.len() as u64))
 }
 
@@ -449,7 +451,7 @@ fn send_chunks(
     store: &ChunkStore,
     writing: &dest::Writing<'_>,
     chunks: Vec<(ChunkId, usize)>,
-    progress: &dyn Progress,
+    meter: &Meter,
 ) -> Result<(u64, u64)> {
     let count = chunks.len();
     let queue = Mutex::new(chunks.into_iter());
@@ -480,7 +482,7 @@ fn send_chunks(
                     }
                     sent.fetch_add(1, Ordering::Relaxed);
                     bytes.fetch_add(buffer.stored().len() as u64, Ordering::Relaxed);
-                    progress.advance(buffer.stored().len() as u64);
+                    meter.inc(buffer.stored().len() as u64);
                 }
             });
         }

@@ -1,7 +1,7 @@
 //! Migrations: Rust code that brings a backup made by an older version to what this version
 //! restores. Restore finds a path (several hops allowed) from the backup's MAJOR.MINOR to the
-//! current one and applies it to a staged copy (the manifest and the databases copied out of
-//! the backup), never to the backup itself. `wqm backup migrations` lists them.
+//! current one and applies it once, when the restore is planned, to a working copy of the
+//! manifest, never to the backup itself. `wqm backup migrations` lists them.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
@@ -16,15 +16,11 @@ use crate::sqlite;
 /// A MAJOR.MINOR line of the product.
 pub type Line = (i64, i64);
 
-/// What a migration works on: a working copy of the backup's manifest and of its databases
-/// (decompressed into the restore's working directory), never the backup itself. When a restore
-/// is only being planned, `databases` is empty and a migration may change the manifest alone (it
-/// may read the backup, never write it).
+/// What a migration works on: a working copy of the backup's manifest, never the backup itself
+/// (which it may read). A migration changes the manifest alone, once, when the restore is planned:
+/// the databases' schemas are the daemon's to migrate forward when it starts.
 pub struct WorkingCopy {
     pub manifest: Manifest,
-    /// The unpacked copies of the backup's databases (in the restore's working directory), by
-    /// name (`state.db`, ...).
-    pub databases: BTreeMap<String, PathBuf>,
     /// The backup itself, read-only.
     pub backup_dir: PathBuf,
 }
@@ -103,14 +99,11 @@ fn python_era(staged: &mut WorkingCopy) -> Result<()> {
     manifest.selected_collections = None;
     manifest.databases.clear();
     let file = format!("{}/state.db", crate::format::layout::SQLITE_DIR);
-    let in_backup = staged.backup_dir.join(&file);
-    let db = staged.databases.get("state.db").cloned().or_else(|| {
-        // A plain file of the backup, not a link (SQLite opens it by path).
-        let stat = crate::store::stat_in(&staged.backup_dir, &file);
-        stat.is_ok_and(|s| s.kind == crate::store::Kind::File)
-            .then_some(in_backup)
-    });
-    if let Some(db) = db {
+    // A plain file of the backup, not a link (SQLite opens it by path).
+    let in_backup = crate::store::stat_in(&staged.backup_dir, &file)
+        .is_ok_and(|s| s.kind == crate::store::Kind::File)
+        .then(|| staged.backup_dir.join(&file));
+    if let Some(db) = in_backup {
         let conn = sqlite::open_immutable(&db).context("cannot open the legacy state database")?;
         let Some(schema_version) = sqlite::schema_version(&conn)? else {
             bail!("the legacy backup's state.db has no `schema_version` table: it is not a workspace-qdrant state database this wqm can restore")
@@ -233,38 +226,36 @@ mod tests {
 
     #[test]
     fn the_python_migration_converts_the_manifest_and_checks_the_database() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("state.db");
-        rusqlite::Connection::open(&db)
-            .unwrap()
-            .execute_batch("CREATE TABLE schema_version(version INTEGER, applied_at TEXT); INSERT INTO schema_version VALUES (49, 'x');")
-            .unwrap();
-        let legacy = Manifest::from_json(r#"{"version": "0.2.1", "timestamp": 1, "collections": {"a": 1}, "total_documents": 1}"#, std::path::Path::new("m")).unwrap();
-        assert_eq!(python_era_warnings(&legacy).len(), 2);
+        // A legacy backup directory whose plain `sqlite/state.db` runs `sql`.
+        fn legacy_backup(sql: &str) -> tempfile::TempDir {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir(dir.path().join("sqlite")).unwrap();
+            rusqlite::Connection::open(dir.path().join("sqlite/state.db"))
+                .unwrap()
+                .execute_batch(sql)
+                .unwrap();
+            dir
+        }
+        let legacy = || {
+            Manifest::from_json(r#"{"version": "0.2.1", "timestamp": 1, "collections": {"a": 1}, "total_documents": 1}"#, std::path::Path::new("m")).unwrap()
+        };
+        assert_eq!(python_era_warnings(&legacy()).len(), 2);
+        let backup = legacy_backup("CREATE TABLE schema_version(version INTEGER, applied_at TEXT); INSERT INTO schema_version VALUES (49, 'x');");
         let mut staged = WorkingCopy {
-            manifest: legacy,
-            databases: BTreeMap::from([("state.db".to_string(), db.clone())]),
-            backup_dir: dir.path().join("nowhere"),
+            manifest: legacy(),
+            backup_dir: backup.path().to_path_buf(),
         };
         apply(&for_backup(&staged.manifest, "0.3.0").unwrap(), &mut staged).unwrap();
         let m = &staged.manifest;
         assert_eq!((m.format_version, m.version.as_str()), (Some(1), "0.3.0"));
         assert!(m.collection_names().is_empty());
+        assert_eq!(m.databases[0].file, "sqlite/state.db");
         assert_eq!(m.databases[0].schema_version, Some(49));
 
-        let other = dir.path().join("other.db");
-        rusqlite::Connection::open(&other)
-            .unwrap()
-            .execute_batch("CREATE TABLE t(x)")
-            .unwrap();
+        let other = legacy_backup("CREATE TABLE t(x)");
         let mut staged = WorkingCopy {
-            manifest: Manifest::from_json(
-                r#"{"version": "0.3.0", "timestamp": 1}"#,
-                std::path::Path::new("m"),
-            )
-            .unwrap(),
-            databases: BTreeMap::from([("state.db".to_string(), other)]),
-            backup_dir: dir.path().join("nowhere"),
+            manifest: legacy(),
+            backup_dir: other.path().to_path_buf(),
         };
         let err = apply(&for_backup(&staged.manifest, "0.3.0").unwrap(), &mut staged).unwrap_err();
         assert!(

@@ -7,10 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use super::precheck::{Precheck, Refused};
 use crate::format::manifest::FileKind;
+use crate::progress::Meter;
 use crate::store::{Checked, Damaged};
 
 /// A file of the backup that turned out damaged or unsafe while it was read: exit 3.
@@ -34,7 +35,11 @@ pub(super) enum Problem {
 /// structure, member paths and types, nested segments, sizes) — and sent on as it is read.
 pub(super) struct Inspected {
     pub(super) sender: mpsc::Sender<io::Result<Bytes>>,
+    /// What was handed to the upload so far.
     pub(super) sent: Arc<AtomicU64>,
+    /// Notified once the last piece is handed over: the upload is all sent.
+    pub(super) all_sent: Arc<Notify>,
+    pub(super) meter: Meter,
     /// `verify_before_restore`: the last piece also waits until the whole backup passed.
     pub(super) precheck: Option<Arc<Precheck>>,
 }
@@ -61,6 +66,7 @@ impl Inspected {
             inner: BufReader::with_capacity(UPLOAD_CHUNK, content),
             sender: self.sender.clone(),
             sent: self.sent.clone(),
+            meter: self.meter.clone(),
             pending: Vec::with_capacity(UPLOAD_CHUNK),
             path: entry.path.clone(),
             failed: None,
@@ -97,10 +103,9 @@ impl Inspected {
                 })?;
         }
         let last = std::mem::take(&mut tee.pending);
-        tee.sent.fetch_add(last.len() as u64, Ordering::Relaxed);
-        tee.sender
-            .blocking_send(Ok(Bytes::from(last)))
-            .map_err(|_| Problem::Stopped)
+        tee.send(last).map_err(|()| Problem::Stopped)?;
+        self.all_sent.notify_one();
+        Ok(())
     }
 }
 
@@ -109,6 +114,7 @@ struct Tee<R> {
     inner: R,
     sender: mpsc::Sender<io::Result<Bytes>>,
     sent: Arc<AtomicU64>,
+    meter: Meter,
     pending: Vec<u8>,
     /// The entry's path in the backup.
     path: String,
@@ -117,6 +123,17 @@ struct Tee<R> {
 }
 
 impl<R: Read> Tee<R> {
+    /// Hands `chunk` to the upload; `Err` when the upload has ended. Counted first: once the
+    /// upload has the last byte it may end at once, and must then find all of it counted.
+    fn send(&mut self, chunk: Vec<u8>) -> Result<(), ()> {
+        let len = chunk.len() as u64;
+        self.sent.fetch_add(len, Ordering::Relaxed);
+        self.meter.inc(len);
+        self.sender
+            .blocking_send(Ok(Bytes::from(chunk)))
+            .map_err(drop)
+    }
+
     fn fail(&mut self, problem: Problem) -> io::Error {
         let message = match &problem {
             Problem::Damaged(damaged) => damaged.problem.clone(),
@@ -141,8 +158,7 @@ impl<R: Read> Read for Tee<R> {
         if self.pending.len() >= 2 * UPLOAD_CHUNK {
             let rest = self.pending.split_off(UPLOAD_CHUNK);
             let chunk = std::mem::replace(&mut self.pending, rest);
-            self.sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            if self.sender.blocking_send(Ok(Bytes::from(chunk))).is_err() {
+            if self.send(chunk).is_err() {
                 return Err(self.fail(Problem::Stopped));
             }
         }

@@ -24,8 +24,7 @@ use serde::Serialize;
 
 use crate::exit::{ExitCode, Failure};
 use crate::format::compat;
-use crate::format::manifest::{CollectionDetails, Manifest};
-use crate::format::migrations::Migration;
+use crate::format::manifest::{CollectionDetails, FileEntry, Manifest};
 use crate::qdrant::cluster;
 use crate::store::BackupDir;
 
@@ -74,6 +73,10 @@ pub struct CollectionPlan {
     /// steps after the plan need no lookup by name.
     #[serde(skip)]
     pub details: CollectionDetails,
+    /// The manifest's entries of its snapshot files (`CollectionDetails::snapshot_files`: the
+    /// collection's one, or one per shard in the shards' order).
+    #[serde(skip)]
+    pub snapshots: Vec<FileEntry>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -111,6 +114,9 @@ pub struct DatabasePlan {
     pub live_exists: bool,
     pub backup_schema: Option<i64>,
     pub live_schema: Option<i64>,
+    /// The size of the backup's copy once unpacked (its manifest entry's `content_size`).
+    #[serde(skip)]
+    pub unpacked_bytes: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -179,19 +185,16 @@ pub struct Plan {
     pub warnings: Vec<String>,
     /// Each reason the restore cannot go ahead, with the exit code it ends with.
     pub blockers: Vec<Failure>,
-    #[serde(skip)]
-    original: Manifest,
     /// Where every file of the backup is read from.
     #[serde(skip)]
     source: BackupDir,
-    /// The manifest after the migrations (computed on the manifest alone).
+    /// The backup's manifest after the migrations: what the restore works from (the backup's own,
+    /// `source.manifest`, says only where its files are).
     #[serde(skip)]
     manifest: Manifest,
     /// `verify_before_restore` is left to `apply`, beside the first upload (`Precheck`).
     #[serde(skip)]
     precheck_deferred: bool,
-    #[serde(skip)]
-    chain: Vec<&'static Migration>,
     #[serde(skip)]
     topology: Option<cluster::Topology>,
 }

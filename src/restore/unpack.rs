@@ -1,5 +1,5 @@
 //! The backup's databases unpacked for a restore: decompressed and checked against the manifest,
-//! migrated, stripped of the rows a restore never brings back, integrity-checked.
+//! stripped of the rows a restore never brings back, integrity-checked.
 
 use std::collections::BTreeMap;
 use std::io::{BufReader, Read};
@@ -10,7 +10,6 @@ use anyhow::{Context, Result};
 use super::check::damaged;
 use super::{DatabaseAction, Plan};
 use crate::format::manifest::{FileEntry, Manifest};
-use crate::format::migrations::{self, WorkingCopy};
 use crate::format::names::Database;
 use crate::fs::CopyError;
 use crate::progress::{self, Progress};
@@ -19,9 +18,9 @@ use crate::store::{BackupDir, Damaged};
 
 /// Unpacks each database the restore needs into `dir`, the restore's working directory. An
 /// *unpacked* database is the backup's copy decompressed there (checked against the manifest),
-/// migrated, stripped of the rows a restore never brings back and integrity-checked: what
-/// replaces, or merges into, the live one. (`migrations::WorkingCopy` holds the same copies while the
-/// migrations run.)
+/// stripped of the rows a restore never brings back and integrity-checked: what replaces, or
+/// merges into, the live one. (Migrations changed the manifest when the restore was planned; the
+/// daemon migrates a database's schema forward when it starts.)
 pub(super) fn unpack_databases(
     plan: &Plan,
     dir: &Path,
@@ -34,7 +33,7 @@ pub(super) fn unpack_databases(
         .filter(|d| d.action != DatabaseAction::Keep)
         .map(|d| d.name.as_str())
         .collect();
-    for (database, entry) in database_sources(&plan.original) {
+    for (database, entry) in database_sources(&plan.source.manifest) {
         let name = database.file_name();
         if !wanted.contains(&name) {
             continue;
@@ -46,13 +45,7 @@ pub(super) fn unpack_databases(
         unpack_database(&plan.source, entry, &copy)?;
         unpacked.insert(name.to_string(), copy);
     }
-    let mut migrated = WorkingCopy {
-        manifest: plan.original.clone(),
-        databases: unpacked,
-        backup_dir: plan.backup.clone(),
-    };
-    migrations::apply(&plan.chain, &mut migrated)?;
-    for path in migrated.databases.values() {
+    for path in unpacked.values() {
         let conn = rusqlite::Connection::open(path)?;
         sqlite::remove_unrestorable_rows(&conn)?;
         let problems = sqlite::integrity_problems(&conn)?;
@@ -66,7 +59,7 @@ pub(super) fn unpack_databases(
             ));
         }
     }
-    Ok(migrated.databases)
+    Ok(unpacked)
 }
 
 /// A legacy backup's plain copy of the state database.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Result};
 use bytes::Bytes;
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use super::check::{Inspected, Problem};
 use super::plan::custom_sharding;
@@ -52,10 +52,9 @@ impl Uploads<'_> {
         if !details.shards.is_empty() {
             return self.restore_shards(collection, began).await.map(Some);
         }
-        let entry = self
-            .plan
-            .manifest
-            .file(&details.snapshot)
+        let entry = collection
+            .snapshots
+            .first()
             .ok_or_else(|| anyhow!("no file for `{name}`"))?;
         let mut turn = self.lanes.turn(self.client).await?;
         self.progress
@@ -117,18 +116,19 @@ impl Uploads<'_> {
             details.shards.iter().map(|s| s.id).collect()
         };
         let live = &live;
-        let jobs = details.shards.iter().zip(&targets).map(|(shard, &target)| {
-            self.lanes.run(async move {
-                let node = node_holding(client, topology, live, name, target)?;
-                let entry = plan
-                    .manifest
-                    .file(&shard.snapshot)
-                    .ok_or_else(|| anyhow!("no file for shard {} of `{name}`", shard.id))?;
-                let mut turn = self.lanes.turn(node).await?;
-                self.upload(node, entry, Scope::Shard(name, target), &mut turn, began)
-                    .await
-            })
-        });
+        // The plan holds one entry per shard, in the shards' order (or blocked the restore).
+        let jobs = collection
+            .snapshots
+            .iter()
+            .zip(&targets)
+            .map(|(entry, &target)| {
+                self.lanes.run(async move {
+                    let node = node_holding(client, topology, live, name, target)?;
+                    let mut turn = self.lanes.turn(node).await?;
+                    self.upload(node, entry, Scope::Shard(name, target), &mut turn, began)
+                        .await
+                })
+            });
         transfer::first_failure(futures_util::future::join_all(jobs).await)?;
         if topology.is_some() {
             self.progress.step(&format!(
@@ -318,16 +318,18 @@ async fn upload(
         // This upload checks its snapshot; the rest of the backup is checked meanwhile.
         precheck.claim(&entry.path);
     }
-    // The download's bridge (`ChannelSink`, in `backup::download`) advances `progress` as each chunk passes on
-    // the async side. Here the bytes pass only through the blocking reader thread and the body
-    // stream reqwest owns, both `'static`, so neither can borrow `&dyn Progress`: they count into
-    // `sent`, which this task reports every 100 ms. One scheme for both would need an owned
-    // (`Arc`) progress throughout; memory is bounded by the channel either way.
+    // The reader thread counts what it hands over (`sent`, and the meter that draws it) and says
+    // when the last piece went (`all_sent`); memory is bounded by the channel.
     let sent = Arc::new(AtomicU64::new(0));
     let (sender, mut receiver) = mpsc::channel::<io::Result<Bytes>>(8);
+    let all_sent = Arc::new(Notify::new());
+    // Its bar stays while Qdrant recovers the snapshot, until the answer.
+    let meter = progress.transfer(&scope.to_string(), Some(entry.content_size));
     let stream = Inspected {
         sender,
         sent: sent.clone(),
+        all_sent: all_sent.clone(),
+        meter: meter.clone(),
         precheck: precheck.cloned(),
     };
     let reader = tokio::task::spawn_blocking(move || stream.run(content));
@@ -339,7 +341,6 @@ async fn upload(
         name: file_name.clone(),
     })?;
     crate::failpoint::hit("restore:uploading")?;
-    let bar = progress.begin_transfer(&scope.to_string(), Some(entry.content_size));
     let mut uploading = Box::pin(client.upload_snapshot(
         scope,
         &file_name,
@@ -347,25 +348,21 @@ async fn upload(
         entry.content_size,
         transfer.checksum.then_some(entry.content_sha256.as_str()),
     ));
-    let mut reported = 0;
+    let mut released = false;
     let result = loop {
-        let all_sent = sent.load(Ordering::Relaxed) == entry.content_size;
         tokio::select! {
             result = &mut uploading => break result.map_err(anyhow::Error::from),
             _ = progress::interrupted() => break Err(Interrupted.into()),
             // Once all is sent Qdrant recovers it: that is waited for, whatever else failed.
-            () = lanes.until_stopped(), if !all_sent => break Err(transfer::OtherFailed.into()),
-            _ = tokio::time::sleep(Duration::from_millis(100)) => {
-                let now = sent.load(Ordering::Relaxed);
-                progress.advance_transfer(bar, now - reported);
-                reported = now;
-                if reported == entry.content_size {
-                    turn.release_node();
-                }
+            () = lanes.until_stopped(), if !released => break Err(transfer::OtherFailed.into()),
+            // The node may take the next upload while it recovers this one.
+            () = all_sent.notified(), if !released => {
+                turn.release_node();
+                released = true;
             }
         }
     };
-    progress.end_transfer(bar);
+    drop(meter);
     // Dropping the request drops the body: a reader still sending stops at once.
     drop(uploading);
     // Qdrant never recovers a snapshot it did not get all of (the last piece waits for the

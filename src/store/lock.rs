@@ -166,7 +166,7 @@ fn block_on<F: Future>(handle: &tokio::runtime::Handle, future: F) -> F::Output 
 }
 
 fn read_only(e: &BackendError) -> bool {
-    matches!(e, BackendError::Io { source, .. } if source.raw_os_error() == Some(libc::EROFS))
+    matches!(e, BackendError::Io { source, .. } if source.raw_os_error() == Some(rustix::io::Errno::ROFS.raw_os_error()))
 }
 
 #[cfg(test)]

@@ -175,7 +175,7 @@ pub(super) fn read_chunks(
     let mut stored = HashingReader::new(backup.open_entry(entry)?, &[algorithm]);
     let mut index = IndexReader::new(BufReader::new(&mut stored))?;
     let mut reading = ChunkReading::default();
-    progress.begin(&entry.path, Some(entry.content_size));
+    let meter = progress.transfer(&entry.path, Some(entry.content_size));
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut batch = Vec::with_capacity(CHECK_BATCH);
     let result = (|| loop {
@@ -201,10 +201,10 @@ pub(super) fn read_chunks(
             if let Some(problem) = tally.problem(&line.id) {
                 reading.bad.push((line.id, problem));
             }
-            progress.advance(line.len as u64);
+            meter.inc(line.len as u64);
         }
     })();
-    progress.end();
+    drop(meter);
     result?;
     drop(index);
     Ok((stored.finish()?, reading))

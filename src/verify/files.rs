@@ -114,8 +114,8 @@ fn read_file(
     progress: &dyn Progress,
 ) -> io::Result<Reading> {
     let file = backup.open_entry(entry)?;
-    progress.begin(&entry.path, Some(entry.size));
-    let mut stored = HashingReader::new(Metered::new(file, progress), &[algorithm]);
+    let meter = progress.transfer(&entry.path, Some(entry.size));
+    let mut stored = HashingReader::new(Metered::new(file, meter), &[algorithm]);
     let mut problem = None;
     // The stored checksum alone vouches for the file, unless there is none or we check it all.
     let read_content = depth == Depth::Full || algorithm == Algorithm::None;
@@ -141,7 +141,6 @@ fn read_file(
         }
     };
     let stored = stored.finish();
-    progress.end();
     Ok(Reading {
         stored: stored?,
         content,

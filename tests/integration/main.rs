@@ -22,6 +22,8 @@ mod real_cluster;
 mod real_qdrant;
 mod real_server;
 mod restore;
+mod s3_faults;
+mod s3_proxy;
 mod s3_read;
 mod s3_write;
 mod sample;

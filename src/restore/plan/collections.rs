@@ -3,7 +3,8 @@
 use anyhow::Result;
 use serde_json::Value;
 
-use crate::exit::ExitCode;
+use crate::exit::{ExitCode, Failure};
+use crate::format::manifest::FileEntry;
 use crate::qdrant::{Client, QdrantError};
 use crate::restore::{AliasAction, AliasPlan, CollectionAction, CollectionPlan, Plan, Request};
 
@@ -24,12 +25,19 @@ pub(super) async fn plan_collections(
 ) -> Result<()> {
     let mut conflicts = Vec::new();
     for (name, details) in &plan.manifest.collection_details {
-        let bytes = details
-            .snapshot_files()
+        let files = details.snapshot_files();
+        let snapshots: Vec<FileEntry> = files
             .iter()
-            .filter_map(|f| plan.manifest.file(f))
-            .map(|f| f.content_size)
-            .sum();
+            .filter_map(|f| plan.manifest.file(f).cloned())
+            .collect();
+        if snapshots.len() != files.len() {
+            plan.blockers.push(Failure {
+                code: ExitCode::InvalidBackup,
+                message: format!("the backup's manifest lists no file for a snapshot of `{name}`"),
+                hint: None,
+            });
+        }
+        let bytes = snapshots.iter().map(|f| f.content_size).sum();
         let mut entry = CollectionPlan {
             name: name.clone(),
             action: CollectionAction::Create,
@@ -39,6 +47,7 @@ pub(super) async fn plan_collections(
             reason: None,
             unreadable: None,
             details: details.clone(),
+            snapshots,
         };
         if custom_sharding(details) && plan.topology.is_none() {
             plan.warnings.push(format!(

@@ -56,6 +56,10 @@ pub(super) fn plan_databases(plan: &mut Plan, settings: &Settings) {
             live_exists,
             backup_schema: database.schema_version,
             live_schema,
+            unpacked_bytes: plan
+                .manifest
+                .file(&database.file)
+                .map_or(0, |f| f.content_size),
         });
     }
 }

@@ -6,7 +6,6 @@
 mod collections;
 mod databases;
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -49,7 +48,7 @@ pub async fn plan(
     // `verify_before_restore` the files are read here only for a dry run (which shows what is
     // damaged) and a legacy backup; otherwise beside the first upload (`Precheck`).
     let verify_files = settings.backup.verification.verify_before_restore;
-    let files_now = verify_files && (request.dry_run || plan.original.is_legacy());
+    let files_now = verify_files && (request.dry_run || plan.source.manifest.is_legacy());
     plan_validation(&mut plan, settings, &policy, progress, files_now)?;
     plan_versions(&mut plan, &policy);
     // 2. Qdrant: the server, what exists, what conflicts.
@@ -76,14 +75,14 @@ pub async fn plan(
 impl Plan {
     /// A plan that does nothing yet, for the backup in `source`.
     fn new(source: BackupDir) -> Plan {
-        let original = source.manifest.clone();
+        let backup = &source.manifest;
         Plan {
             backup: source.path.clone(),
-            version: original.version.clone(),
+            version: backup.version.clone(),
             current_version: crate::VERSION.to_string(),
-            format: original.format_name(),
-            formatted_timestamp: original.formatted_timestamp(),
-            partial: original.partial_backup,
+            format: backup.format_name(),
+            formatted_timestamp: backup.formatted_timestamp(),
+            partial: backup.partial_backup,
             compatibility: None,
             migrations: Vec::new(),
             collections: Vec::new(),
@@ -107,11 +106,9 @@ impl Plan {
             estimated_seconds: 0,
             warnings: Vec::new(),
             blockers: Vec::new(),
-            manifest: original.clone(),
-            original,
+            manifest: backup.clone(),
             source,
             precheck_deferred: false,
-            chain: Vec::new(),
             topology: None,
         }
     }
@@ -189,11 +186,12 @@ pub(super) fn validation_failure(backup: &Path, errors: &[String]) -> Failure {
     }
 }
 
-/// The backup's version against this one (`compat::decide` with the policy), the migration
-/// chain, and the chain applied to the manifest alone (the databases are migrated when unpacked).
+/// The backup's version against this one (`compat::decide` with the policy), and the migration
+/// chain, run once, here, on the manifest: what the rest of the plan and the restore work from.
 fn plan_versions(plan: &mut Plan, policy: &Policy) {
-    let decision = migrations::decide(&plan.original.version, crate::VERSION, policy);
-    plan.compatibility = compat::report(&plan.original.version, crate::VERSION, &decision).ok();
+    let backup = plan.source.manifest.clone();
+    let decision = migrations::decide(&backup.version, crate::VERSION, policy);
+    plan.compatibility = compat::report(&backup.version, crate::VERSION, &decision).ok();
     match decision {
         Decision::Refuse(e) => {
             let hint = crate::exit::Classify::hint(&e);
@@ -205,31 +203,30 @@ fn plan_versions(plan: &mut Plan, policy: &Policy) {
     if plan
         .blockers
         .iter()
-        .all(|b| b.code != ExitCode::Incompatible)
+        .any(|b| b.code == ExitCode::Incompatible)
     {
-        match migrations::for_backup(&plan.original, crate::VERSION) {
-            Ok(chain) => plan.chain = chain,
-            Err(e) => plan.block(ExitCode::Incompatible, format!("{e:#}"), None),
-        }
+        return;
     }
-    let mut migrated = WorkingCopy {
-        manifest: plan.original.clone(),
-        databases: BTreeMap::new(),
-        backup_dir: plan.backup.clone(),
+    let chain = match migrations::for_backup(&backup, crate::VERSION) {
+        Ok(chain) => chain,
+        Err(e) => return plan.block(ExitCode::Incompatible, format!("{e:#}"), None),
     };
-    match migrations::apply(&plan.chain, &mut migrated) {
-        Ok(()) => plan.manifest = migrated.manifest,
-        Err(e) => plan.block(ExitCode::InvalidBackup, format!("{e:#}"), None),
-    }
-    plan.migrations = plan
-        .chain
+    plan.migrations = chain
         .iter()
         .map(|m| MigrationStep {
             migration: m.label(),
             description: m.description.to_string(),
-            warnings: (m.warnings)(&plan.original),
+            warnings: (m.warnings)(&backup),
         })
         .collect();
+    let mut migrated = WorkingCopy {
+        manifest: backup,
+        backup_dir: plan.backup.clone(),
+    };
+    match migrations::apply(&chain, &mut migrated) {
+        Ok(()) => plan.manifest = migrated.manifest,
+        Err(e) => plan.block(ExitCode::InvalidBackup, format!("{e:#}"), None),
+    }
 }
 
 /// The server restored into: its version against the snapshots', and its cluster (the nodes,
@@ -428,20 +425,8 @@ fn plan_disk(plan: &mut Plan, settings: &Settings) {
         .iter()
         .filter(|d| d.action != DatabaseAction::Keep)
         .map(|d| {
-            let unpacked = plan
-                .manifest
-                .file(
-                    &plan
-                        .manifest
-                        .databases
-                        .iter()
-                        .find(|m| m.name == d.name)
-                        .map(|m| m.file.clone())
-                        .unwrap_or_default(),
-                )
-                .map_or(0, |f| f.content_size);
             let live = fs::metadata(&d.live).map_or(0, |m| m.len());
-            unpacked
+            d.unpacked_bytes
                 + if d.action == DatabaseAction::Merge {
                     live
                 } else {

@@ -548,7 +548,9 @@ fn legacy_lock(
 ) -> Result<Option<File>, ChunkError> {
     let file = match store.open_for_lock(LOCK_FILE) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) if e.raw_os_error() == Some(libc::EROFS) => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::ROFS.raw_os_error()) => {
+            return Ok(None)
+        }
         other => other.map_err(io_error(&root.join(LOCK_FILE)))?,
     };
     let file = lock(file, root, access)?;

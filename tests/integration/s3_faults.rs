@@ -1,0 +1,179 @@
+//! A create to S3 through a faulty network (`s3_proxy` in front of the real SeaweedFS):
+//! `503 SlowDown` is retried with backoff, a server gone for a moment mid-upload is waited for,
+//! and one gone for good fails the run cleanly — no backup visible, and the next run removes
+//! what it left.
+
+use std::time::Duration;
+
+use crate::backend::NEEDS_S3;
+use crate::incremental::{workspace, wqm};
+use crate::qdrant_double::Double;
+use crate::s3_proxy::{Faults, Proxy};
+use crate::s3_read::{fresh_prefix, with_s3};
+use crate::test::Test;
+
+/// A proxy in front of the test's S3 server.
+fn proxy(faults: Faults) -> Proxy {
+    Proxy::start(&std::env::var("AWS_ENDPOINT_URL").expect(NEEDS_S3), faults)
+}
+
+/// `t` with the S3 server's variables, its endpoint the proxy.
+fn through(proxy: &Proxy, t: Test) -> Test {
+    with_s3(t).env("AWS_ENDPOINT_URL", &proxy.url)
+}
+
+#[test]
+#[cfg_attr(
+    not(real_s3),
+    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+)]
+fn slow_down_is_retried_with_backoff() {
+    let double = Double::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (_backend, url) = fresh_prefix(&runtime);
+    let proxy = proxy(Faults {
+        slow_down: 3,
+        ..Faults::default()
+    });
+    let (_, tmp) = through(
+        &proxy,
+        wqm(
+            Test::in_dir(workspace()),
+            &double.url,
+            &format!("backup create {url}/first"),
+        ),
+    )
+    .env("TMPDIR", "{TMP}")
+    .stdout_with(|o| assert!(o.starts_with("Backup created: s3://"), "{o}"))
+    .run();
+    proxy.seen(|seen| {
+        // The first write was answered `SlowDown` three times, each time retried later (100 ms,
+        // then more: the client's backoff), then passed.
+        assert_eq!(seen.slowed.len(), 3, "{:?}", seen.slowed);
+        let path = &seen.slowed[0].0;
+        assert!(
+            seen.slowed.iter().all(|(p, _)| p == path),
+            "{:?}",
+            seen.slowed
+        );
+        for pair in seen.slowed.windows(2) {
+            let waited = pair[1].1 - pair[0].1;
+            assert!(waited >= Duration::from_millis(80), "{waited:?}");
+        }
+        let last = seen.slowed[2].1;
+        assert!(
+            seen.passed
+                .iter()
+                .any(|(request, at)| request.ends_with(path.as_str()) && *at > last),
+            "{path} never passed"
+        );
+    });
+    with_s3(Test::in_dir(tmp))
+        .args(&format!("backup validate {url}/first --check-files"))
+        .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
+        .run();
+}
+
+#[test]
+#[cfg_attr(
+    not(real_s3),
+    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+)]
+fn a_server_gone_for_a_moment_mid_upload_is_waited_for() {
+    let double = Double::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (_backend, url) = fresh_prefix(&runtime);
+    let proxy = proxy(Faults {
+        cut_write_to: Some("/first/collections/".to_string()),
+        gone_for: Some(Duration::from_millis(500)),
+        ..Faults::default()
+    });
+    let (_, tmp) = through(
+        &proxy,
+        wqm(
+            Test::in_dir(workspace()),
+            &double.url,
+            &format!("backup create {url}/first"),
+        ),
+    )
+    .env("TMPDIR", "{TMP}")
+    .stdout_with(|o| assert!(o.starts_with("Backup created: s3://"), "{o}"))
+    .run();
+    assert_eq!(proxy.seen(|s| s.cut.len()), 1);
+    with_s3(Test::in_dir(tmp))
+        .args(&format!("backup validate {url}/first --check-files"))
+        .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
+        .run();
+}
+
+#[test]
+#[cfg_attr(
+    not(real_s3),
+    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+)]
+fn a_server_gone_for_good_mid_upload_fails_cleanly_and_the_next_run_removes_what_it_left() {
+    let double = Double::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (backend, url) = fresh_prefix(&runtime);
+    let proxy = proxy(Faults {
+        cut_write_to: Some("/first/sqlite/".to_string()),
+        gone_for: None,
+        ..Faults::default()
+    });
+    let (_, tmp) = through(
+        &proxy,
+        wqm(
+            Test::in_dir(workspace()),
+            &double.url,
+            &format!("backup create {url}/first"),
+        ),
+    )
+    .env("TMPDIR", "{TMP}")
+    .status(1)
+    .stdout_with(|o| assert_eq!(o, ""))
+    .stderr_with(|e| assert!(e.starts_with("wqm: error: "), "{e}"))
+    .run();
+    // Its snapshots are there, its run record too, but no manifest: no backup.
+    let left = runtime.block_on(backend.list("first/")).unwrap();
+    assert!(
+        left.iter().any(|o| o.name.contains("collections/")),
+        "{left:?}"
+    );
+    assert_eq!(
+        runtime.block_on(backend.list(".wqm-runs/")).unwrap().len(),
+        1
+    );
+    assert!(
+        left.iter().all(|o| !o.name.ends_with("manifest.json")),
+        "{left:?}"
+    );
+    proxy.back();
+    let (_, tmp) = through(&proxy, Test::in_dir(tmp))
+        .args(&format!("backup list {url}"))
+        .stdout(&format!("No backups found in {url}\n"))
+        .run();
+    // The next create removes what the failed one left, saying so.
+    let (_, _tmp) = through(
+        &proxy,
+        wqm(
+            Test::in_dir(tmp),
+            &double.url,
+            &format!("backup create {url}/next"),
+        ),
+    )
+    .env("TMPDIR", "{TMP}")
+    .stdout_with(|o| assert!(o.starts_with("Backup created: s3://"), "{o}"))
+    .stderr_with(|e| {
+        assert!(
+            e.contains("removed what a killed run left of `first`"),
+            "{e}"
+        )
+    })
+    .run();
+    for prefix in ["first/", ".wqm-runs/"] {
+        assert!(
+            runtime.block_on(backend.list(prefix)).unwrap().is_empty(),
+            "{prefix}"
+        );
+    }
+}
