@@ -5,7 +5,6 @@
 //!   what a shared server cannot do (kill and restart it, API keys, TLS, clusters);
 //! - `mount_namespaces`: `WQM_TEST_UNSHARE` set, which `.ci/run` does when `unshare -rm` works
 //!   (a tiny filesystem mounted in a private namespace, to fill a disk);
-//! - `rsync`: an `rsync` on `PATH` (the offsite recipe, run as written);
 //! - `real_s3`: a real S3 server (`WQM_TEST_S3`, with the `AWS_*` variables and `S3_BUCKET` that
 //!   `../shared/bin/s3-serve` prints) for the S3 half of the backend conformance suite.
 
@@ -14,7 +13,6 @@ fn main() {
         "real_qdrant",
         "real_qdrant_bin",
         "mount_namespaces",
-        "rsync",
         "real_s3",
     ] {
         println!("cargo::rustc-check-cfg=cfg({cfg})");
@@ -24,7 +22,6 @@ fn main() {
         "WQM_TEST_QDRANT_URL",
         "WQM_TEST_UNSHARE",
         "WQM_TEST_S3",
-        "PATH",
     ] {
         println!("cargo::rerun-if-env-changed={var}");
     }
@@ -40,12 +37,5 @@ fn main() {
     }
     if set("WQM_TEST_UNSHARE") {
         println!("cargo::rustc-cfg=mount_namespaces");
-    }
-    let on_path = |program: &str| {
-        std::env::var_os("PATH")
-            .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(program).is_file()))
-    };
-    if on_path("rsync") {
-        println!("cargo::rustc-cfg=rsync");
     }
 }

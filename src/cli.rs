@@ -71,6 +71,10 @@ pub enum BackupCommand {
     /// Write a self-contained copy of a backup (an incremental one without its chunk store).
     #[command(after_help = EXIT_CODES_HELP)]
     Export(ExportArgs),
+    /// Copy backups between repositories (local directories, `s3://BUCKET/PREFIX`), sending
+    /// only the chunks the destination lacks.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Copy(CopyArgs),
     /// Delete old backups by retention rules; never the newest valid one, never one being written.
     #[command(after_help = format!("{PRUNE_HELP}\n\n{EXIT_CODES_HELP}"))]
     Prune(Box<PruneArgs>),
@@ -293,6 +297,20 @@ pub struct ExportArgs {
     pub backup: PathBuf,
     /// Where to write the copy (must not exist).
     pub dest: PathBuf,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// The repository to copy from: a backups directory or `s3://BUCKET/PREFIX`.
+    pub source: PathBuf,
+    /// The repository to copy to (made when missing): a backups directory or
+    /// `s3://BUCKET/PREFIX`.
+    pub dest: PathBuf,
+    /// The backups to copy, by name (default: every backup of SOURCE that DEST lacks).
+    #[arg(value_name = "BACKUP")]
+    pub backups: Vec<String>,
     #[command(flatten)]
     pub output: OutputArgs,
 }

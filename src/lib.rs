@@ -11,6 +11,7 @@ pub mod cli;
 mod commands;
 pub mod compress;
 pub mod config;
+pub mod copy;
 /// Encryption at rest (issue 21): keys, the encrypted object format and keyed chunk names; the
 /// repository layer wires it in next.
 pub mod crypto;

@@ -277,6 +277,7 @@ registry!(
     crate::backend::lock::LockError,
     crate::backup::remote::TargetTaken,
     crate::crypto::CryptoError,
+    crate::copy::CopyError,
 );
 
 #[cfg(test)]
@@ -470,6 +471,13 @@ mod classify_tests {
                 code_of(crate::backup::remote::TargetTaken::Backup {
                     repository: "r".into(),
                     target: "t".into(),
+                }),
+                ExitCode::Usage,
+            ),
+            (
+                code_of(crate::copy::CopyError::Differs {
+                    name: "n".into(),
+                    dest: "d".into(),
                 }),
                 ExitCode::Usage,
             ),

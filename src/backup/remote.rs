@@ -178,11 +178,19 @@ pub async fn send(
     progress: &dyn Progress,
 ) -> Result<()> {
     let sent = send_objects(backend, local, target, lock, progress).await;
-    // Best effort: what is left is found by the record.
-    if sent.is_err() && remove_under(backend, target).await.is_err() {
-        claim.keep();
+    if sent.is_err() {
+        abandon(backend, target, claim).await;
     }
     sent
+}
+
+/// After a failed send of the `claim`ed `target`: removes what was sent of it (never
+/// committed: its manifest is the last object). Best effort: when that fails, the claim's
+/// record is kept, and it is how the next run finds the rest.
+pub async fn abandon(backend: &dyn Backend, target: &str, claim: &mut Claim) {
+    if remove_under(backend, target).await.is_err() {
+        claim.keep();
+    }
 }
 
 async fn send_objects(

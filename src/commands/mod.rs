@@ -1,6 +1,7 @@
 //! One file per command; each only orchestrates the domain modules and prints.
 
 mod cleanup;
+mod copy;
 mod create;
 mod export;
 mod info;
@@ -61,6 +62,7 @@ pub fn dispatch(cli: Cli, ui: &Ui, runtime: &tokio::runtime::Runtime) -> Result<
         BackupCommand::List(args) => list::run(&args, &settings, ui, handle),
         BackupCommand::Validate(args) => validate::run(&args, &settings, ui, handle),
         BackupCommand::Export(args) => export::run(&args, &settings, ui, handle),
+        BackupCommand::Copy(args) => runtime.block_on(copy::run(&args, &settings, ui, handle)),
         BackupCommand::Prune(args) => runtime.block_on(prune::run(&args, &settings, ui, handle)),
         BackupCommand::Cleanup(args) => {
             runtime.block_on(cleanup::run(&args, &settings, ui, handle))
@@ -82,7 +84,7 @@ fn local_only(path: &std::path::Path) -> Result<()> {
             ExitCode::Usage,
             format!("`{remote}` is an S3 location: `export` writes its copy to a local directory (it reads a backup on S3: `wqm backup export s3://BUCKET/PREFIX/NAME DIR`)"),
         )
-        .with_hint("export to a local directory, then copy it to S3 object by object (`rclone copy DIR s3:BUCKET/PREFIX/NAME`)")
+        .with_hint("export to a local directory; `wqm backup copy SRC s3://BUCKET/PREFIX NAME` puts a backup on S3")
         .into()),
     }
 }
@@ -229,6 +231,7 @@ pub fn ui_for(cli: &Cli) -> Ui {
             BackupCommand::List(args) => args.output,
             BackupCommand::Validate(args) => args.output,
             BackupCommand::Export(args) => args.output,
+            BackupCommand::Copy(args) => args.output,
             BackupCommand::Prune(args) => args.output,
             BackupCommand::Migrations(args) => args.output,
             BackupCommand::Cleanup(args) => args.output,

@@ -61,7 +61,7 @@ impl Remote {
     }
 
     /// Runs `work` to its end from blocking code, wherever that runs.
-    fn wait<T>(&self, work: impl std::future::Future<Output = T>) -> T {
+    pub fn wait<T>(&self, work: impl std::future::Future<Output = T>) -> T {
         tokio::task::block_in_place(|| self.handle.block_on(work))
     }
 
@@ -75,9 +75,15 @@ impl Remote {
         &*self.backend
     }
 
-    /// The backend, to hold on to (the repository's lock refreshes through it).
+    /// The backend, to hold on to (the repository's lock refreshes through it; a save fed from
+    /// blocking code runs on a task of its own).
     pub fn shared_backend(&self) -> Arc<dyn Backend> {
         self.backend.clone()
+    }
+
+    /// The runtime the repository is read and written through.
+    pub fn handle(&self) -> &Handle {
+        &self.handle
     }
 
     /// The repository as the user wrote it.

@@ -46,6 +46,12 @@ impl Staging {
     /// target exists and `replace` is false, when another run is writing the target, or when
     /// a dead run's staging directory has not been cleaned up.
     pub fn begin(target: &Path, replace: bool) -> Result<Self, LayoutError> {
+        Self::begin_as(target, replace, "create")
+    }
+
+    /// `begin` for the run `command` (`create`, `copy`), as its journal names it for a
+    /// cleanup.
+    pub fn begin_as(target: &Path, replace: bool, command: &str) -> Result<Self, LayoutError> {
         if target.exists() {
             if !replace {
                 return Err(LayoutError::AlreadyExists {
@@ -65,7 +71,7 @@ impl Staging {
         create_private_dir_all(parent).map_err(LayoutError::io("cannot create", parent))?;
         let staging = staging_path(target);
         let run = Record::Run {
-            command: "create".to_string(),
+            command: command.to_string(),
             path: target.to_path_buf(),
             pid: std::process::id(),
             started: crate::now(),

@@ -149,7 +149,7 @@ fn info_on_an_incremental_backup_whose_store_is_gone_says_it_cannot_be_restored(
         .status(3)
         .stdout("")
         .stderr(&format!(
-            "wqm: error: no chunk store at `{}`: incremental backups read their data from the `.wqm-chunks` directory beside them\nhint: an incremental backup moves with its whole directory (`rsync -a DIR/ DEST/`); to move one backup alone, `wqm backup export BACKUP DEST` first\n",
+            "wqm: error: no chunk store at `{}`: incremental backups read their data from the `.wqm-chunks` directory beside them\nhint: an incremental backup moves with its chunks: `wqm backup copy DIR DEST NAME` brings them; to move one backup alone, `wqm backup export BACKUP DEST` first\n",
             store.display()
         ))
         .run();

@@ -494,37 +494,43 @@ fn nights_with_churn_each_come_back_exactly_from_the_real_server() {
 
 const GUIDE: &str = include_str!("../../docs/incremental.md");
 
-/// The offsite line of docs/incremental.md, as written (its destination under `offsite`).
+/// The offsite line of docs/incremental.md, as written (its destination a directory under
+/// `offsite`).
 fn offsite_line(offsite: &Path) -> String {
     let from = GUIDE.find("## Offsite copies").unwrap();
     let start = GUIDE[from..].find("```sh\n").unwrap() + from + "```sh\n".len();
     let line = GUIDE[start..].lines().next().unwrap();
-    assert!(line.starts_with("rsync -a "), "{line}");
-    line.replace("/mnt/offsite", offsite.to_str().unwrap())
+    assert!(line.starts_with("wqm backup copy "), "{line}");
+    let to = offsite.join("wqm-backups");
+    line.replace("s3://my-bucket/wqm-backups", to.to_str().unwrap())
 }
 
 #[test]
-#[cfg_attr(
-    not(rsync),
-    ignore = "needs rsync on PATH to run the offsite recipe as written (`.ci/run` installs it)"
-)]
 fn the_offsite_recipe_copies_only_new_chunks_and_the_copy_restores() {
     use std::os::unix::fs::MetadataExt;
     let double = Double::start();
     let home = workspace();
     let (_, home) = night(home, &double.url, "n1", "");
     let offsite = tempfile::tempdir().unwrap();
-    // The recipe's `~/backups/` is the test directory's `backups/`.
+    // The recipe's `~/backups/` is the test directory's `backups/`; `wqm` is this one.
+    let bin = Path::new(env!("CARGO_BIN_EXE_wqm")).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let copy = |home: &Path| {
         let status = std::process::Command::new("sh")
             .arg("-c")
             .arg(offsite_line(offsite.path()))
+            .env_clear()
+            .env("PATH", &path)
             .env("HOME", home)
+            .envs(test::NO_DAEMON)
             .status()
             .unwrap();
         assert!(status.success());
     };
-    fs::create_dir_all(offsite.path().join("wqm-backups")).unwrap();
     copy(home.path());
     let copied = offsite.path().join("wqm-backups");
     let inodes = |dir: &Path| -> Vec<(PathBuf, u64)> {
@@ -539,7 +545,7 @@ fn the_offsite_recipe_copies_only_new_chunks_and_the_copy_restores() {
     let first = inodes(&copied);
     let (_, home) = night(home, &double.url, "n2", "");
     copy(home.path());
-    // Every chunk copied the first time is the same file now: rsync left it alone.
+    // Every chunk copied the first time is the same file now: the copy left it alone.
     let second = inodes(&copied);
     assert!(first.iter().all(|chunk| second.contains(chunk)));
     assert_eq!(
@@ -589,7 +595,7 @@ fn named_chunks(backup: &Path) -> BTreeSet<String> {
 }
 
 /// Adds 300 kB of fresh rows to the live state database: the next night stores new chunks.
-fn grow_state_db(tmp: &Path) {
+pub(crate) fn grow_state_db(tmp: &Path) {
     rusqlite::Connection::open(tmp.join("data/state.db"))
         .unwrap()
         .execute_batch(

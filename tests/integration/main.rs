@@ -3,6 +3,7 @@
 mod backend;
 mod backend_lock;
 mod chunk_store;
+mod copy;
 mod create;
 mod crypto;
 mod docs;

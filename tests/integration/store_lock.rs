@@ -424,3 +424,51 @@ fn a_store_made_before_lock_objects_keeps_its_flock_until_prune_marks_it() {
     held.lock().unwrap();
     validate(tmp, "backups/n1");
 }
+
+#[test]
+fn a_prune_of_either_side_waits_for_a_copy() {
+    let double = Double::start();
+    let tmp = two_nights(&double);
+    let backups = tmp.path().join("backups");
+    let offsite = tmp.path().join("offsite");
+    // Paused before its first commit, with chunks of both nights landed in the destination.
+    let copy = paused(
+        tmp.path(),
+        &double.url,
+        "copy:before-manifest=wait",
+        "copy-before-manifest",
+        &[
+            "backup",
+            "copy",
+            backups.to_str().unwrap(),
+            offsite.to_str().unwrap(),
+        ],
+    );
+    let prune = |dir: &Path| {
+        started(
+            tmp.path(),
+            &double.url,
+            &["backup", "prune", dir.to_str().unwrap(), "--keep-last", "1"],
+        )
+    };
+    let (mut source, mut dest) = (prune(&backups), prune(&offsite));
+    still_waiting(&mut source, "prune of the source");
+    still_waiting(&mut dest, "prune of the destination");
+    assert!(backups.join("n1").is_dir());
+    let marker = tmp.path().join("copy-before-manifest");
+    let mut copy = copy;
+    while copy.try_wait().unwrap().is_none() {
+        let _ = fs::remove_file(&marker);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (code, stdout, stderr) = finished(copy);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("2 backup(s) copied"), "{stdout}");
+    for (prune, dir) in [(source, &backups), (dest, &offsite)] {
+        let (code, stdout, stderr) = finished(prune);
+        assert_eq!(code, 0, "{stdout}{stderr}");
+        assert!(!dir.join("n1").exists(), "pruned once the copy ended");
+    }
+    // What the destination's prune kept names only chunks it kept.
+    validate(tmp, "offsite/n2");
+}

@@ -184,6 +184,8 @@ fn an_s3_location_is_refused_before_anything_is_done() {
         "backup restore s3://bucket/n1 --dry-run",
         "backup cleanup s3://bucket",
         "backup prune s3://bucket --keep-last 1",
+        "backup copy s3://bucket {TMP}/copy",
+        "backup copy {TMP} s3://bucket",
     ] {
         Test::new()
             .args(args)

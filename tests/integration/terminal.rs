@@ -115,3 +115,43 @@ fn ctrl_c_at_the_prompt_changes_nothing() {
     assert!(uploads(&double).is_empty());
     assert!(safety_backups(tmp.path()).is_empty());
 }
+
+#[test]
+fn a_copy_shows_each_backups_bar_on_a_terminal_and_clears_it() {
+    let double = Double::start();
+    let (_, tmp) =
+        crate::incremental::night(crate::incremental::workspace(), &double.url, "n1", "");
+    let home = tmp.path();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wqm"));
+    command
+        .args(["backup", "copy"])
+        .arg(home.join("backups"))
+        .arg(home.join("offsite"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home.join("home"))
+        .env("TERM", "xterm")
+        // Held a moment before its commit, every byte but the manifest's counted: drawn.
+        .env("WQM_FAILPOINTS", "copy:before-manifest=wait")
+        .env("WQM_FAILPOINT_DIR", home)
+        .current_dir(home);
+    let terminal = Terminal::spawn(command);
+    terminal.wait_for("copying `n1`");
+    let marker = home.join("copy-before-manifest");
+    while !marker.exists() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::remove_file(marker).unwrap();
+    let (status, screen) = terminal.finish();
+    assert!(status.success(), "{screen}");
+    assert!(screen.contains("Copied `n1`: 5 file(s), "), "{screen}");
+    // The bar was cleared before the result line was printed.
+    let bar = screen.rfind("copying `n1`").unwrap();
+    let result = screen.find("Copied `n1`").unwrap();
+    assert!(bar < result, "{screen:?}");
+    assert!(
+        screen[bar..result].contains("\r\u{1b}[2K"),
+        "the bar was left behind: {screen:?}"
+    );
+}

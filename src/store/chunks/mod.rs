@@ -104,7 +104,7 @@ impl Classify for ChunkError {
 
     fn hint(&self) -> Option<String> {
         Some(match self {
-            ChunkError::NoStore { .. } => "an incremental backup moves with its whole directory (`rsync -a DIR/ DEST/`); to move one backup alone, `wqm backup export BACKUP DEST` first".to_string(),
+            ChunkError::NoStore { .. } => "an incremental backup moves with its chunks: `wqm backup copy DIR DEST NAME` brings them; to move one backup alone, `wqm backup export BACKUP DEST` first".to_string(),
             ChunkError::NotAStore { .. } => "move that directory away; the next incremental backup makes a new store".to_string(),
             ChunkError::Link { .. } => "put the directory the link points to in its place (`mv`), or remove the link; wqm reads and deletes nothing through it".to_string(),
             ChunkError::NewerStore { .. } => "the store was written by a newer wqm; upgrade wqm to use it".to_string(),
@@ -423,7 +423,7 @@ impl ChunkStore {
     }
 
     /// `store.json`'s text, checked: this wqm knows its features and can cut with it.
-    fn parse_params(root: &Path, text: &str) -> Result<Params, ChunkError> {
+    pub fn parse_params(root: &Path, text: &str) -> Result<Params, ChunkError> {
         let not_a_store = |reason: String| ChunkError::NotAStore {
             path: root.to_path_buf(),
             reason,
@@ -528,6 +528,13 @@ pub struct ChunkBuffer {
     decompressor: Option<zstd::bulk::Decompressor<'static>>,
 }
 
+impl ChunkBuffer {
+    /// The stored (compressed) bytes of the chunk last read.
+    pub fn stored(&self) -> &[u8] {
+        &self.compressed
+    }
+}
+
 /// Why a chunk could not be used.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ChunkProblem {
@@ -609,6 +616,7 @@ fn lock(file: File, root: &Path, access: Access) -> Result<File, ChunkError> {
 
 mod cut;
 mod gc;
+mod import;
 mod index;
 mod read;
 mod refs;
@@ -619,6 +627,7 @@ mod write;
 
 pub use cut::Chunker;
 pub use gc::{collect_garbage, find_unreferenced, find_unreferenced_at, Collected, Unreferenced};
+pub use import::{id_of_object, object_name, params_object};
 pub use index::{IndexLine, IndexReader};
 pub use read::{chunk_error, ChunkReader};
 pub use refs::{backup_refs, read_refs, refs_from_indexes, write_refs, Refs, REFS_PATH};

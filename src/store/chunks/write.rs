@@ -299,7 +299,7 @@ impl ChunkStore {
 
 /// Makes sure the fan-out directory `dir` is a real directory (made when missing): a rename
 /// through a link planted there would put the chunk outside the store.
-fn fan_out_dir(dir: &Path) -> io::Result<()> {
+pub(super) fn fan_out_dir(dir: &Path) -> io::Result<()> {
     match fs::symlink_metadata(dir) {
         Ok(meta) if meta.is_dir() => Ok(()),
         Ok(_) => Err(io::Error::new(

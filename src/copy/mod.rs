@@ -1,0 +1,490 @@
+//! `wqm backup copy SRC DEST [BACKUP...]` (restic's `copy`): backups copied between two
+//! repositories, each a local backups directory or `s3://BUCKET/PREFIX`, as they are stored —
+//! every file byte for byte, an incremental backup's chunks as stored, only those the
+//! destination lacks (what its chunk store holds is listed once).
+//!
+//! Everything is checked on the way: each file against its manifest entry (size, the stored
+//! bytes' checksum, the content's sha256; `source::CheckedFile`), each chunk sent against its
+//! name, the reference list against the manifest's record. Damage is named (exit 3) and that
+//! backup is not committed. A backup is committed last (`dest::Writing::commit`): locally
+//! renamed into place from its staging directory, on a backend its manifest written with
+//! `save_new` after every object it names. A backup already in the destination under the same
+//! name is skipped when its manifest is the same, byte for byte, and refused otherwise.
+
+mod dest;
+mod source;
+
+use std::collections::BTreeMap;
+use std::io::{self, BufReader, Read};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+pub use dest::Dest;
+pub use source::Source;
+
+use crate::checksum::{sha256, to_hex};
+use crate::compress::Stored;
+use crate::exit::{Classify, ExitCode, Interrupted};
+use crate::format::layout::MANIFEST_PATH;
+use crate::format::manifest::{FileEntry, Manifest};
+use crate::fs::CopyError as Side;
+use crate::progress::{self, Meter, Metered, Progress};
+use crate::store::chunks::{self, ChunkBuffer, ChunkId, ChunkStore, IndexReader};
+use crate::store::{scan_at, Damaged, Repository, Seen};
+use source::CheckedFile;
+
+/// Chunks read and sent at once (each a thread: a chunk is one request on S3).
+const SENDERS: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error("`{repository}` is both the source and the destination")]
+    SameRepository { repository: String },
+    #[error("`{name}` is not a backup of `{repository}`: {reason}")]
+    NoSuchBackup {
+        name: String,
+        repository: String,
+        reason: String,
+    },
+    #[error("`{dest}` has another backup named `{name}` (its manifest differs from the source's); it was not copied")]
+    Differs { name: String, dest: String },
+    #[error("`{name}` in `{dest}` cannot be written: {reason}")]
+    Taken {
+        name: String,
+        dest: String,
+        reason: String,
+    },
+    #[error("the chunk store of `{dest}` cannot take the source's chunks: {reason}")]
+    IncompatibleStore { dest: String, reason: String },
+}
+
+impl Classify for CopyError {
+    fn exit_code(&self) -> ExitCode {
+        ExitCode::Usage
+    }
+
+    fn hint(&self) -> Option<String> {
+        Some(match self {
+            CopyError::SameRepository { .. } => "name another repository as DEST".to_string(),
+            CopyError::NoSuchBackup { .. } => "`wqm backup list SRC` shows the backups there".to_string(),
+            CopyError::Differs { .. } => "nothing was changed for it; compare them with `wqm backup info`, and rename or remove one of them to copy it".to_string(),
+            CopyError::Taken { .. } => "once that run is over, the next copy or `wqm backup cleanup DEST` removes what a killed run left; anything else there is not wqm's: move it away".to_string(),
+            CopyError::IncompatibleStore { .. } => "incremental backups copy into a repository whose chunks are cut alike; copy into a new one, or `wqm backup export` one backup as a full one".to_string(),
+        })
+    }
+}
+
+/// What became of one backup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Copied,
+    /// In the destination already, the same backup.
+    Skipped,
+    /// Refused or damaged: not committed in the destination.
+    Failed,
+}
+
+/// One backup's line of the report.
+#[derive(Debug, Serialize)]
+pub struct Copied {
+    pub name: String,
+    pub status: Status,
+    /// Files written (the manifest included).
+    pub files: usize,
+    pub chunks_sent: u64,
+    /// Bytes written: the files and the chunks sent.
+    pub bytes_sent: u64,
+    /// Why it failed (`Status::Failed`).
+    #[serde(skip)]
+    pub error: Option<anyhow::Error>,
+}
+
+impl Copied {
+    fn new(name: &str, status: Status) -> Self {
+        Copied {
+            name: name.to_string(),
+            status,
+            files: 0,
+            chunks_sent: 0,
+            bytes_sent: 0,
+            error: None,
+        }
+    }
+}
+
+/// Copies the backups `names` of `source` (all it has when empty) that `dest` lacks; returns
+/// what became of each, in order. A backup that fails (refused, damaged) is not committed and
+/// the others go on; Ctrl-C ends the run. Blocking: from the main thread inside
+/// `block_in_place`.
+pub fn copy(
+    source: &Source,
+    dest: &Dest,
+    names: &[String],
+    progress: &dyn Progress,
+) -> Result<Vec<Copied>> {
+    let (from, to) = (shown(source.repository()), dest.shown());
+    let scan = scan_at(source.repository()).with_context(|| format!("cannot list `{from}`"))?;
+    let mut seen: BTreeMap<&str, &Seen> = BTreeMap::new();
+    for entry in &scan.entries {
+        seen.insert(&entry.name, &entry.seen);
+    }
+    let mut chosen: Vec<(String, Option<String>)> = Vec::new();
+    if names.is_empty() {
+        for (name, what) in &seen {
+            match what {
+                Seen::Backup(_) => chosen.push((name.to_string(), None)),
+                Seen::Unreadable(why) => chosen.push((name.to_string(), Some(why.clone()))),
+                Seen::Other(_) => {}
+            }
+        }
+    } else {
+        for name in names {
+            match seen.get(name.as_str()) {
+                Some(Seen::Backup(_)) => chosen.push((name.clone(), None)),
+                // A backup whose manifest is damaged: named with the others' outcomes.
+                Some(Seen::Unreadable(why)) => chosen.push((name.clone(), Some(why.clone()))),
+                found => {
+                    let reason = match found {
+                        Some(Seen::Other(why)) => why.clone(),
+                        _ => "there is no such backup".to_string(),
+                    };
+                    return Err(CopyError::NoSuchBackup {
+                        name: name.clone(),
+                        repository: from,
+                        reason,
+                    }
+                    .into());
+                }
+            }
+        }
+    }
+    let mut copied = Vec::new();
+    for (name, unreadable) in chosen {
+        progress::check_interrupted()?;
+        let result = match unreadable {
+            Some(why) => Err(anyhow::Error::new(Damaged::new(
+                &source
+                    .shown(&format!("{name}/{MANIFEST_PATH}"))
+                    .display()
+                    .to_string(),
+                why,
+            ))),
+            None => copy_one(source, dest, &name, progress),
+        };
+        match result {
+            Ok(one) => copied.push(one),
+            // Ctrl-C ends the run; anything else ends this backup only.
+            Err(_) if progress::is_interrupted() => return Err(Interrupted.into()),
+            Err(e) => copied.push(Copied {
+                error: Some(e.context(format!("`{name}` was not copied to `{to}`"))),
+                ..Copied::new(&name, Status::Failed)
+            }),
+        }
+    }
+    Ok(copied)
+}
+
+/// The repository as the user wrote it.
+pub fn shown(repository: &Repository) -> String {
+    match repository {
+        Repository::Local(dir) => dir.display().to_string(),
+        Repository::Remote(remote) => remote.shown_root().to_string(),
+    }
+}
+
+/// Refuses to copy a repository onto itself (checked before anything is done there).
+pub fn refuse_same(source: &Repository, dest: &Repository) -> Result<(), CopyError> {
+    if same(source, dest) {
+        return Err(CopyError::SameRepository {
+            repository: shown(source),
+        });
+    }
+    Ok(())
+}
+
+fn same(a: &Repository, b: &Repository) -> bool {
+    match (a, b) {
+        (Repository::Local(a), Repository::Local(b)) => {
+            let real = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or(p.to_path_buf());
+            real(a) == real(b)
+        }
+        (Repository::Remote(a), Repository::Remote(b)) => {
+            a.backend().describe() == b.backend().describe()
+        }
+        _ => false,
+    }
+}
+
+/// What one backup sends besides its chunks, in order (the manifest comes last, apart).
+enum Part {
+    /// A file stored whole: streamed, checked against its entry as it passes.
+    Whole(FileEntry),
+    /// A chunked file's index, read (and checked) while the chunks were planned.
+    Read { rel: String, bytes: Vec<u8> },
+    /// A legacy backup's file: its manifest describes none.
+    Unchecked(String),
+}
+
+/// Copies the backup `name`, or skips it when the destination has it already.
+fn copy_one(source: &Source, dest: &Dest, name: &str, progress: &dyn Progress) -> Result<Copied> {
+    let (raw, manifest) = source.read_manifest(name)?;
+    match dest.existing(name)? {
+        dest::Existing::Nothing => {}
+        dest::Existing::Backup(bytes) if bytes == raw => {
+            return Ok(Copied::new(name, Status::Skipped))
+        }
+        dest::Existing::Backup(_) => {
+            return Err(CopyError::Differs {
+                name: name.to_string(),
+                dest: dest.shown(),
+            }
+            .into())
+        }
+        dest::Existing::Other(reason) => {
+            return Err(CopyError::Taken {
+                name: name.to_string(),
+                dest: dest.shown(),
+                reason,
+            }
+            .into())
+        }
+    }
+    let (parts, needed) = plan(source, name, &manifest)?;
+    let mut chunks = Vec::new();
+    let mut store = None;
+    let mut chunk_bytes = 0;
+    if !needed.is_empty() {
+        let opened = source.chunk_store()?;
+        dest.prepare_store(opened.params())?;
+        let lacking: Vec<_> = needed.into_iter().filter(|(id, _)| !dest.has(id)).collect();
+        chunk_bytes = lacking.iter().map(|(_, (_, stored))| stored).sum();
+        chunks = lacking
+            .into_iter()
+            .map(|(id, (len, _))| (id, len))
+            .collect();
+        store = Some(opened);
+    }
+    let total = raw.len() as u64
+        + chunk_bytes
+        + parts
+            .iter()
+            .map(|p| match p {
+                Part::Whole(entry) => entry.size,
+                Part::Read { bytes, .. } => bytes.len() as u64,
+                Part::Unchecked(_) => 0,
+            })
+            .sum::<u64>();
+    let meter = progress.transfer(&format!("copying `{name}`"), Some(total));
+    let sent = send(
+        source,
+        dest,
+        name,
+        &raw,
+        &parts,
+        store.as_deref(),
+        chunks,
+        progress,
+        &meter,
+    );
+    drop(meter);
+    let (files, chunks_sent, bytes_sent) = sent?;
+    Ok(Copied {
+        files,
+        chunks_sent,
+        bytes_sent,
+        ..Copied::new(name, Status::Copied)
+    })
+}
+
+/// The chunks a backup's indexes name: content length and stored size of each.
+type Needed = BTreeMap<ChunkId, (usize, u64)>;
+
+/// What the backup `name` sends: its files, and the chunks its indexes name (each index read
+/// and checked here, every line's chunk with one length).
+fn plan(source: &Source, name: &str, manifest: &Manifest) -> Result<(Vec<Part>, Needed)> {
+    let mut parts = Vec::new();
+    let mut needed = Needed::new();
+    if manifest.is_legacy() {
+        for rel in source.objects(name)? {
+            if rel != MANIFEST_PATH {
+                parts.push(Part::Unchecked(rel));
+            }
+        }
+        return Ok((parts, needed));
+    }
+    for entry in &manifest.files {
+        if entry.compression != Stored::Chunked {
+            parts.push(Part::Whole(entry.clone()));
+            continue;
+        }
+        let rel = format!("{name}/{}", entry.path);
+        let shown = source.shown(&rel);
+        let damaged = |problem: String| Damaged::new(&shown.display().to_string(), problem);
+        let mut bytes = Vec::new();
+        source
+            .open(&rel)
+            .and_then(|f| CheckedFile::new(f, entry, &shown)?.read_to_end(&mut bytes))
+            .map_err(|e| read_failure(&shown.display().to_string(), e))?;
+        let mut index =
+            IndexReader::new(BufReader::new(&bytes[..])).map_err(|e| damaged(e.to_string()))?;
+        let mut content = 0u64;
+        while let Some(line) = index.next_line().map_err(|e| damaged(e.to_string()))? {
+            content += line.len as u64;
+            let (len, _) = *needed.entry(line.id).or_insert((line.len, line.stored));
+            if len != line.len {
+                return Err(damaged(format!(
+                    "it names chunk `{}` with {} bytes, another index line with {len}",
+                    line.id, line.len
+                ))
+                .into());
+            }
+        }
+        if content != entry.content_size {
+            return Err(damaged(format!(
+                "its chunks hold {content} bytes, its manifest says {}",
+                entry.content_size
+            ))
+            .into());
+        }
+        parts.push(Part::Read {
+            rel: entry.path.clone(),
+            bytes,
+        });
+    }
+    if let Some(record) = &manifest.chunk_refs {
+        let rel = format!("{name}/{}", chunks::REFS_PATH);
+        let shown = source.shown(&rel).display().to_string();
+        let limit = record.count.saturating_mul(8).saturating_add(64);
+        let mut bytes = Vec::new();
+        source
+            .open(&rel)
+            .and_then(|f| f.take(limit).read_to_end(&mut bytes))
+            .map_err(|e| read_failure(&shown, e))?;
+        if to_hex(&sha256(&bytes)) != record.sha256 {
+            return Err(Damaged::new(&shown, "its sha256 is not the manifest's record").into());
+        }
+        parts.push(Part::Read {
+            rel: chunks::REFS_PATH.to_string(),
+            bytes,
+        });
+    }
+    Ok((parts, needed))
+}
+
+/// Sends one backup: its chunks, its files, its manifest last. Returns the files, chunks and
+/// bytes sent.
+#[allow(clippy::too_many_arguments)]
+fn send(
+    source: &Source,
+    dest: &Dest,
+    name: &str,
+    manifest: &[u8],
+    parts: &[Part],
+    store: Option<&ChunkStore>,
+    chunks: Vec<(ChunkId, usize)>,
+    progress: &dyn Progress,
+    meter: &Meter,
+) -> Result<(usize, u64, u64)> {
+    let writing = dest.begin(name)?;
+    let (chunks_sent, mut bytes) = match store {
+        Some(store) => send_chunks(source, store, &writing, chunks, meter)?,
+        None => (0, 0),
+    };
+    for part in parts {
+        progress::check_interrupted()?;
+        let rel = match part {
+            Part::Whole(entry) => &entry.path,
+            Part::Read { rel, .. } => rel,
+            Part::Unchecked(rel) => rel,
+        };
+        progress.step(&format!("sending `{name}/{rel}`"));
+        let object = format!("{name}/{rel}");
+        let shown = source.shown(&object).display().to_string();
+        let opened = |shown: &str| source.open(&object).map_err(|e| read_failure(shown, e));
+        let written = match part {
+            Part::Whole(entry) => {
+                let checked = CheckedFile::new(opened(&shown)?, entry, &source.shown(&object))?;
+                writing.put_file(rel, &mut Metered::new(checked, meter.clone()))
+            }
+            Part::Read { bytes, .. } => {
+                let written = writing.put_file(rel, &mut &bytes[..]);
+                meter.inc(bytes.len() as u64);
+                written
+            }
+            Part::Unchecked(_) => {
+                writing.put_file(rel, &mut Metered::new(opened(&shown)?, meter.clone()))
+            }
+        };
+        bytes += written.map_err(|e| match e {
+            Side::Read(e) => read_failure(&shown, e),
+            Side::Write(e) => anyhow::Error::new(e)
+                .context(format!("cannot write `{object}` to `{}`", dest.shown())),
+        })?;
+    }
+    writing.commit(manifest)?;
+    meter.inc(manifest.len() as u64);
+    Ok((parts.len() + 1, chunks_sent, bytes + manifest.len() as u64))
+}
+
+/// Reads, checks and sends `chunks` (`SENDERS` at a time); returns how many and their stored
+/// bytes. The first damaged or unsendable chunk stops the others.
+fn send_chunks(
+    source: &Source,
+    store: &ChunkStore,
+    writing: &dest::Writing<'_>,
+    chunks: Vec<(ChunkId, usize)>,
+    meter: &Meter,
+) -> Result<(u64, u64)> {
+    let count = chunks.len();
+    let queue = Mutex::new(chunks.into_iter());
+    let failed: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+    let (sent, bytes) = (AtomicU64::new(0), AtomicU64::new(0));
+    let stopped = || failed.lock().expect("failure lock").is_some() || progress::is_interrupted();
+    let fail = |e: anyhow::Error| {
+        failed.lock().expect("failure lock").get_or_insert(e);
+    };
+    std::thread::scope(|scope| {
+        for _ in 0..SENDERS.min(count) {
+            scope.spawn(|| {
+                let mut buffer = ChunkBuffer::default();
+                while !stopped() {
+                    let Some((id, len)) = queue.lock().expect("queue lock").next() else {
+                        break;
+                    };
+                    let object = chunks::object_name(&id);
+                    if let Err(problem) = store.read_chunk(&id, len, true, &mut buffer) {
+                        // The store named, the chunk in full (a path would be shortened).
+                        let shown = source.shown(chunks::STORE_DIR).display().to_string();
+                        fail(Damaged::new(&shown, format!("chunk `{id}` {problem}")).into());
+                        break;
+                    }
+                    if let Err(e) = writing.put_chunk(&id, buffer.stored()) {
+                        fail(anyhow::Error::new(e).context(format!("cannot store `{object}`")));
+                        break;
+                    }
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    bytes.fetch_add(buffer.stored().len() as u64, Ordering::Relaxed);
+                    meter.inc(buffer.stored().len() as u64);
+                }
+            });
+        }
+    });
+    progress::check_interrupted()?;
+    if let Some(e) = failed.into_inner().expect("failure lock") {
+        return Err(e);
+    }
+    Ok((sent.into_inner(), bytes.into_inner()))
+}
+
+/// A source object that could not be read or did not match: `Damaged` (exit 3), naming it;
+/// Ctrl-C stays an interruption.
+fn read_failure(shown: &str, e: io::Error) -> anyhow::Error {
+    if progress::is_interrupted() {
+        return Interrupted.into();
+    }
+    Damaged::from_read(shown, e).into()
+}
