@@ -237,6 +237,33 @@ pub fn classify(error: &anyhow::Error) -> (ExitCode, Option<String>) {
     (ExitCode::Failure, hint)
 }
 
+/// Asks for a password on the terminal (stderr), hidden; a new one is typed twice and asked
+/// again until both match. The caller has checked that stdin is a terminal. Ctrl-C: exit 130,
+/// nothing changed.
+pub fn ask_password(prompt: &str, new: bool) -> anyhow::Result<crate::crypto::Password> {
+    let term = console::Term::stderr();
+    let mut asking = dialoguer::Password::new().with_prompt(prompt);
+    if new {
+        asking = asking.with_confirmation("Repeat it", "The passwords do not match; again");
+    }
+    match asking.interact_on(&term) {
+        Ok(typed) => Ok(crate::repo::password::typed(zeroize::Zeroizing::new(
+            typed,
+        ))?),
+        Err(dialoguer::Error::IO(e)) if e.kind() == io::ErrorKind::Interrupted => {
+            // Handled here: the signal watcher has nothing to clean up or say.
+            crate::progress::set_interrupted();
+            let _ = term.show_cursor();
+            Err(exit::Failure::new(
+                ExitCode::Interrupted,
+                "cancelled (Ctrl-C); nothing was changed",
+            )
+            .into())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The registry of error types that know their exit code: `classify_one` tries each, and each
 /// gets `exit::Registered`, without which `impl Classify` does not compile.
 macro_rules! registry {
@@ -277,6 +304,8 @@ registry!(
     crate::backend::lock::LockError,
     crate::backup::remote::TargetTaken,
     crate::crypto::CryptoError,
+    crate::repo::RepoError,
+    crate::repo::password::PasswordError,
 );
 
 #[cfg(test)]
@@ -515,6 +544,39 @@ mod classify_tests {
                     .into_io(),
                 ),
                 ExitCode::InvalidBackup,
+            ),
+            (
+                code_of(crate::repo::RepoError::Encrypted {
+                    repository: "r".into(),
+                    version: 1,
+                    master_key_id: "k".into(),
+                }),
+                ExitCode::Usage,
+            ),
+            (
+                code_of(crate::repo::RepoError::NewerFormat {
+                    repository: "r".into(),
+                    version: 2,
+                }),
+                ExitCode::Incompatible,
+            ),
+            (
+                code_of(crate::repo::RepoError::BadConfig {
+                    repository: "r".into(),
+                    reason: "x".into(),
+                }),
+                ExitCode::InvalidBackup,
+            ),
+            // Wrapped errors keep their own code.
+            (
+                code_of(crate::repo::RepoError::Crypto(
+                    crate::crypto::CryptoError::WrongPassword,
+                )),
+                ExitCode::Usage,
+            ),
+            (
+                code_of(crate::repo::password::PasswordError::Empty { from: "f".into() }),
+                ExitCode::Usage,
             ),
             (code_of(std::io::Error::other("plain")), ExitCode::Failure),
         ];

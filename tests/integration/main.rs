@@ -20,6 +20,7 @@ mod qdrant_double;
 mod real_cluster;
 mod real_qdrant;
 mod real_server;
+mod repo;
 mod restore;
 mod s3_faults;
 mod s3_proxy;

@@ -1,0 +1,758 @@
+//! `wqm backup init [--encrypt]`, the passwords (each source, the prompt, none), `wqm backup key
+//! list|add|remove|passwd`, and the guard that keeps every other command out of an encrypted
+//! repository until the data paths encrypt: locally and on the real SeaweedFS.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+use wqm::backend::{self, Backend, Name};
+
+use crate::incremental::{workspace, wqm};
+use crate::pty::Terminal;
+use crate::qdrant_double::Double;
+use crate::s3_read::{fresh_prefix, with_s3};
+use crate::test::Test;
+
+/// Distinctive passwords, searched for in every byte the repository holds and every line wqm
+/// prints.
+const FIRST: &str = "first-Pa55word-zq81";
+const SECOND: &str = "second-Pa55word-kx27";
+const THIRD: &str = "third-Pa55word-wv64";
+const WRONG_PASSWORD: &str = "wrong password or no key for this repository";
+
+/// A command with cheap key derivation (debug builds only; one test keeps the default).
+fn fast(t: Test) -> Test {
+    t.env("WQM_TEST_FAST_KDF", "1")
+}
+
+/// Every file under `dir` and its bytes.
+fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(at) = pending.pop() {
+        for entry in fs::read_dir(&at).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                out.insert(path.clone(), fs::read(&path).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// No stored byte sequence holds any of `passwords`.
+fn holds_none(stored: &BTreeMap<PathBuf, Vec<u8>>, passwords: &[&str]) {
+    assert!(!stored.is_empty());
+    for (path, bytes) in stored {
+        for password in passwords {
+            assert!(
+                !bytes
+                    .windows(password.len())
+                    .any(|w| w == password.as_bytes()),
+                "`{}` holds a password",
+                path.display()
+            );
+        }
+    }
+}
+
+/// Neither stdout nor stderr of a run shows a password.
+fn prints_none(output: &std::process::Output) {
+    for stream in [&output.stdout, &output.stderr] {
+        let text = String::from_utf8_lossy(stream);
+        for password in [FIRST, SECOND, THIRD] {
+            assert!(!text.contains(password), "printed a password:\n{text}");
+        }
+    }
+}
+
+fn json_of(output: &std::process::Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// `key list DIR --json` run by `t` with the password `password` (in `WQM_BACKUP_PASSWORD`):
+/// the keys.
+fn keys(t: Test, dir: &str, password: &str) -> (Vec<Value>, TempDir) {
+    let (output, tmp) = fast(t)
+        .env("WQM_BACKUP_PASSWORD", password)
+        .args(&format!("backup key list {dir} --json"))
+        .stdout_with(|_| {})
+        .run();
+    prints_none(&output);
+    (json_of(&output)["keys"].as_array().unwrap().clone(), tmp)
+}
+
+fn current(keys: &[Value]) -> String {
+    let current: Vec<_> = keys.iter().filter(|k| k["current"] == true).collect();
+    assert_eq!(current.len(), 1, "{keys:?}");
+    current[0]["key_id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn init_makes_a_plain_and_an_encrypted_repository_and_refuses_a_second_one() {
+    let (output, tmp) = Test::new()
+        .args("backup init {TMP}/plain --json")
+        .stdout_json(|v| {
+            assert_eq!(v["encrypted"], false, "{v}");
+            assert_eq!(v["key"], Value::Null, "{v}");
+        })
+        .run();
+    prints_none(&output);
+    let config: Value =
+        serde_json::from_slice(&fs::read(tmp.path().join("plain/.wqm-repo/config")).unwrap())
+            .unwrap();
+    assert_eq!(config["version"], 1);
+    assert_eq!(config["encrypted"], false);
+    assert!(!tmp.path().join("plain/.wqm-repo/keys").exists());
+    // The default key derivation parameters, stored in the key object.
+    let (output, tmp) = Test::in_dir(tmp)
+        .env("WQM_BACKUP_PASSWORD", FIRST)
+        .args("backup init {TMP}/secret --encrypt --json")
+        .stdout_json(|v| {
+            assert_eq!(v["encrypted"], true, "{v}");
+            assert_eq!(
+                v["key"]["kdf"],
+                serde_json::json!({"m_kib": 32768, "t": 32, "p": 1}),
+                "{v}"
+            );
+        })
+        .run();
+    prints_none(&output);
+    let key_id = json_of(&output)["key"]["key_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dir = tmp.path().join("secret");
+    let config: Value =
+        serde_json::from_slice(&fs::read(dir.join(".wqm-repo/config")).unwrap()).unwrap();
+    assert_eq!(config["encrypted"], true);
+    assert_eq!(config["master_key_id"].as_str().unwrap().len(), 32);
+    let key: Value =
+        serde_json::from_slice(&fs::read(dir.join(format!(".wqm-repo/keys/{key_id}"))).unwrap())
+            .unwrap();
+    assert_eq!(key["kdf"]["name"], "argon2id");
+    holds_none(&files(&dir), &[FIRST]);
+
+    // A second init of either, encrypted or not: refused, nothing changed.
+    let before = files(tmp.path());
+    let mut tmp = tmp;
+    for args in [
+        "backup init {TMP}/plain",
+        "backup init {TMP}/plain --encrypt",
+        "backup init {TMP}/secret --encrypt",
+    ] {
+        tmp = Test::in_dir(tmp)
+            .env("WQM_BACKUP_PASSWORD", SECOND)
+            .args(args)
+            .status(2)
+            .stderr_with(|e| {
+                assert!(e.contains("is a repository already"), "{e}");
+                assert!(e.contains("hint: it is ready"), "{e}");
+            })
+            .run()
+            .1;
+    }
+    // A directory that holds backups: refused, saying to use an empty one.
+    let backups = tmp.path().join("backups/night-1/metadata");
+    fs::create_dir_all(&backups).unwrap();
+    fs::write(backups.join("manifest.json"), "{}").unwrap();
+    let before_backups = files(tmp.path());
+    let (_, tmp) = Test::in_dir(tmp)
+        .env("WQM_BACKUP_PASSWORD", SECOND)
+        .args("backup init {TMP}/backups --encrypt")
+        .status(2)
+        .stderr_with(|e| {
+            assert!(
+                e.contains("holds backups already (`night-1/metadata/manifest.json`)"),
+                "{e}"
+            );
+            assert!(e.contains("an empty directory or a new prefix"), "{e}");
+        })
+        .run();
+    assert_eq!(files(tmp.path()), before_backups);
+    assert!(before.keys().all(|p| before_backups.contains_key(p)));
+    // `--password-file` belongs to `--encrypt`.
+    Test::in_dir(tmp)
+        .args("backup init {TMP}/other --password-file {TMP}/pw")
+        .status(2)
+        .stderr_with(|e| assert!(e.contains("--encrypt"), "{e}"))
+        .run();
+}
+
+#[test]
+fn each_password_source_is_taken_in_its_order() {
+    let (_, tmp) = fast(Test::new())
+        .env("WQM_BACKUP_PASSWORD", FIRST)
+        .args("backup init {TMP}/r --encrypt")
+        .stdout_with(|o| assert!(o.starts_with("Created an encrypted repository at `"), "{o}"))
+        .run();
+    fs::write(tmp.path().join("right"), format!("{FIRST}\n")).unwrap();
+    fs::write(tmp.path().join("wrong"), "not it\r\n").unwrap();
+    let command = format!("sh -c 'printf %s {FIRST}'");
+    // Each source alone, then each before a wrong one of a later source.
+    let cases: [(&[(&str, &str)], &str); 8] = [
+        (&[], "--password-file {TMP}/right"),
+        (&[("WQM_BACKUP_PASSWORD_FILE", "{TMP}/right")], ""),
+        (&[("WQM_BACKUP_PASSWORD", FIRST)], ""),
+        (
+            &[("WQM_BACKUP__ENCRYPTION__PASSWORD_COMMAND", &command)],
+            "",
+        ),
+        (
+            &[("WQM_BACKUP_PASSWORD_FILE", "{TMP}/wrong")],
+            "--password-file {TMP}/right",
+        ),
+        (
+            &[
+                ("WQM_BACKUP_PASSWORD_FILE", "{TMP}/right"),
+                ("WQM_BACKUP_PASSWORD", "not it"),
+            ],
+            "",
+        ),
+        (
+            &[
+                ("WQM_BACKUP_PASSWORD", FIRST),
+                ("WQM_BACKUP__ENCRYPTION__PASSWORD_COMMAND", "sh -c 'exit 1'"),
+            ],
+            "",
+        ),
+        (
+            &[
+                ("WQM_BACKUP_PASSWORD", ""),
+                ("WQM_BACKUP__ENCRYPTION__PASSWORD_COMMAND", &command),
+            ],
+            "",
+        ),
+    ];
+    let mut tmp = tmp;
+    for (env, flags) in cases {
+        let mut t = fast(Test::in_dir(tmp)).args(&format!("backup key list {{TMP}}/r {flags} -v"));
+        for (k, v) in env {
+            t = t.env(k, v);
+        }
+        let (output, back) = t
+            .stdout_with(|o| assert!(o.contains("1 key(s) in `"), "{o}"))
+            .run();
+        prints_none(&output);
+        tmp = back;
+    }
+    // The config file's command, as an operator writes it.
+    fs::write(
+        tmp.path().join("config.yaml"),
+        format!("backup:\n  encryption:\n    password_command: \"{command}\"\n"),
+    )
+    .unwrap();
+    let (_, tmp) = fast(Test::in_dir(tmp))
+        .args("backup key list {TMP}/r --config {TMP}/config.yaml -v")
+        .stdout_with(|o| {
+            assert!(
+                o.contains("Password from `backup.encryption.password_command`"),
+                "{o}"
+            );
+            assert!(o.contains("1 key(s) in `"), "{o}");
+        })
+        .run();
+    // A source that fails is an error, not a reason to try the next one.
+    let (_, tmp) = fast(Test::in_dir(tmp))
+        .env("WQM_BACKUP_PASSWORD_FILE", "{TMP}/missing")
+        .env("WQM_BACKUP_PASSWORD", FIRST)
+        .args("backup key list {TMP}/r")
+        .status(2)
+        .stderr_with(|e| {
+            assert!(
+                e.contains("cannot read the password file `")
+                    && e.contains("/missing` (`WQM_BACKUP_PASSWORD_FILE`)"),
+                "{e}"
+            )
+        })
+        .run();
+    let (output, _) = fast(Test::in_dir(tmp))
+        .env(
+            "WQM_BACKUP__ENCRYPTION__PASSWORD_COMMAND",
+            &format!("sh -c 'echo {SECOND}; exit 3'"),
+        )
+        .args("backup key list {TMP}/r")
+        .status(2)
+        .stderr_with(|e| {
+            assert!(
+                e.contains("`backup.encryption.password_command` (`sh`) failed: it exited with exit status: 3"),
+                "{e}"
+            );
+            assert!(e.contains("runs without a shell"), "{e}");
+        })
+        .run();
+    prints_none(&output);
+}
+
+#[test]
+fn without_a_terminal_or_a_password_it_exits_2_naming_the_ways_and_changes_nothing() {
+    let ways = "give it with `--password-file FILE`, `WQM_BACKUP_PASSWORD_FILE`, `WQM_BACKUP_PASSWORD` or `backup.encryption.password_command`, or run on a terminal to be asked";
+    let (_, tmp) = fast(Test::new())
+        .args("backup init {TMP}/r --encrypt")
+        .status(2)
+        .stderr_with(move |e| {
+            assert!(
+                e.contains("a new password is needed for `")
+                    && e.contains("there is no terminal to ask on"),
+                "{e}"
+            );
+            assert!(e.contains(ways), "{e}");
+        })
+        .run();
+    // Made the directory, wrote no repository into it.
+    assert!(!tmp.path().join("r/.wqm-repo").exists());
+    let (_, tmp) = fast(Test::in_dir(tmp))
+        .env("WQM_BACKUP_PASSWORD", FIRST)
+        .args("backup init {TMP}/r --encrypt")
+        .stdout_with(|_| {})
+        .run();
+    let before = files(&tmp.path().join("r"));
+    let (_, tmp) = fast(Test::in_dir(tmp))
+        .args("backup key list {TMP}/r --json")
+        .status(2)
+        .stdout_json(|v| assert_eq!(v["error"]["exit_code"], 2, "{v}"))
+        .stderr_with(move |e| {
+            assert!(
+                e.contains("a password is needed") && e.contains(ways),
+                "{e}"
+            )
+        })
+        .run();
+    // The new password of `key add` and `key passwd`: `--new-password-file` or the terminal.
+    let mut tmp = tmp;
+    for command in ["add", "passwd"] {
+        tmp = fast(Test::in_dir(tmp))
+            .env("WQM_BACKUP_PASSWORD", FIRST)
+            .args(&format!("backup key {command} {{TMP}}/r"))
+            .status(2)
+            .stderr_with(|e| {
+                assert!(e.contains("a new password is needed for `"), "{e}");
+                assert!(e.contains("give it with `--new-password-file FILE`"), "{e}");
+            })
+            .run()
+            .1;
+    }
+    assert_eq!(files(&tmp.path().join("r")), before);
+}
+
+#[test]
+fn keys_are_added_listed_changed_and_removed_and_the_repository_holds_no_password() {
+    let (_, tmp) = fast(Test::new())
+        .env("WQM_BACKUP_PASSWORD", FIRST)
+        .args("backup init {TMP}/r --encrypt")
+        .stdout_with(|_| {})
+        .run();
+    let config = fs::read(tmp.path().join("r/.wqm-repo/config")).unwrap();
+    fs::write(tmp.path().join("second"), SECOND).unwrap();
+    fs::write(tmp.path().join("third"), format!("{THIRD}\n")).unwrap();
+    let (first_keys, tmp) = keys(Test::in_dir(tmp), "{TMP}/r", FIRST);
+    let first_id = current(&first_keys);
+
+    // add: a second password for the same master key.
+    let (output, tmp) = fast(Test::in_dir(tmp))
+        .env("WQM_BACKUP_PASSWORD", FIRST)
+        .args("backup key add {TMP}/r --new-password-file {TMP}/second --json")
+        .stdout_with(|_| {})
+        .run();
+    prints_none(&output);
+    let second_id = json_of(&output)["added"]["key_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (listed, tmp) = keys(Test::in_dir(tmp), "{TMP}/r", SECOND);
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert_eq!(current(&listed), second_id);
+    assert_eq!(
+        listed[0]["kdf"],
+        serde_json::json!({"m_kib": 8, "t": 1, "p": 1})
+    );
+
+    // passwd: the first password's key replaced by a key for the third.
+    let (output, tmp) = fast(Test::in_dir(tmp))
+        .env("WQM_BACKUP_PASSWORD", FIRST)
+        .args("backup key passwd {TMP}/r --new-password-file {TMP}/third")
+        .stdout_with(|o| assert!(o.starts_with("Changed the password of `"), "{o}"))
+        .run();
+    prints_none(&output);
+    let (listed, tmp) = keys(Test::in_dir(tmp), "{TMP}/r", THIRD);
+    let third_id = current(&listed);
+    let ids: Vec<&str> = listed
+        .iter()
+        .map(|k| k["key_id"].as_str().unwrap())
+        .collect();
+    assert!(
+        !ids.contains(&first_id.as_str()) && ids.contains(&second_id.as_str()),
+        "{ids:?}"
+    );
+    assert_eq!(ids.len(), 2);
+    // The old password opens nothing any more.
+    let (_, tmp) = fast(Test::in_dir(tmp))
+        .env("WQM_BACKUP_PASSWORD", FIRST)
+        .args("backup key list {TMP}/r")
+        .status(2)
+        .stderr_with(|e| assert!(e.contains(WRONG_PASSWORD), "{e}"))
+        .run();
+
+    // remove: never the key in use (so never the last), never a key that is not there.
+    let mut tmp = tmp;
+    for (id, said) in [
+        (
+            third_id.clone(),
+            "is the one this run opened the repository with",
+        ),
+        (
+            "0123456789abcdef0123456789abcdef".to_string(),
+            "no key `0123456789abcdef0123456789abcdef`",
+        ),
+    ] {
+        tmp = fast(Test::in_dir(tmp))
+            .env("WQM_BACKUP_PASSWORD", THIRD)
+            .args(&format!("backup key remove {{TMP}}/r {id}"))
+            .status(2)
+            .stderr_with(move |e| assert!(e.contains(said), "{e}"))
+            .run()
+            .1;
+    }
+    let (_, tmp) = fast(Test::in_dir(tmp))
+        .env("WQM_BACKUP_PASSWORD", THIRD)
+        .args(&format!("backup key remove {{TMP}}/r {second_id}"))
+        .stdout(&format!("Removed key `{second_id}` from `{{TMP}}/r`\n"))
+        .run();
+    let (listed, tmp) = keys(Test::in_dir(tmp), "{TMP}/r", THIRD);
+    assert_eq!(listed.len(), 1);
+    // The last key: it is the one in use, so it cannot go.
+    let (_, tmp) = fast(Test::in_dir(tmp))
+        .env("WQM_BACKUP_PASSWORD", THIRD)
+        .args(&format!("backup key remove {{TMP}}/r {third_id}"))
+        .status(2)
+        .stderr_with(|e| assert!(e.contains("cannot remove itself"), "{e}"))
+        .run();
+    // The master key never changed: the config is the one init wrote.
+    assert_eq!(
+        fs::read(tmp.path().join("r/.wqm-repo/config")).unwrap(),
+        config
+    );
+    holds_none(&files(&tmp.path().join("r")), &[FIRST, SECOND, THIRD]);
+}
+
+#[test]
+fn a_wrong_password_changes_nothing() {
+    let (_, tmp) = fast(Test::new())
+        .env("WQM_BACKUP_PASSWORD", FIRST)
+        .args("backup init {TMP}/r --encrypt")
+        .stdout_with(|_| {})
+        .run();
+    fs::write(tmp.path().join("new"), SECOND).unwrap();
+    let (listed, tmp) = keys(Test::in_dir(tmp), "{TMP}/r", FIRST);
+    let id = current(&listed);
+    let before = files(&tmp.path().join("r"));
+    let mut tmp = tmp;
+    for command in [
+        "list {TMP}/r".to_string(),
+        "add {TMP}/r --new-password-file {TMP}/new".to_string(),
+        "passwd {TMP}/r --new-password-file {TMP}/new".to_string(),
+        format!("remove {{TMP}}/r {id}"),
+    ] {
+        let (output, back) = fast(Test::in_dir(tmp))
+            .env("WQM_BACKUP_PASSWORD", THIRD)
+            .args(&format!("backup key {command}"))
+            .status(2)
+            .stderr_with(|e| {
+                assert!(
+                    e.starts_with(&format!("wqm: error: {WRONG_PASSWORD}\n")),
+                    "{e}"
+                )
+            })
+            .run();
+        prints_none(&output);
+        tmp = back;
+    }
+    assert_eq!(files(&tmp.path().join("r")), before);
+    // A directory that is no repository, and a plain one: no keys to open.
+    let (_, mut tmp) = Test::in_dir(tmp)
+        .args("backup init {TMP}/plain")
+        .stdout_with(|_| {})
+        .run();
+    for (dir, said) in [
+        ("nothing", "is not a repository"),
+        ("plain", "is not encrypted"),
+    ] {
+        let (_, back) = fast(Test::in_dir(tmp))
+            .env("WQM_BACKUP_PASSWORD", FIRST)
+            .args(&format!("backup key list {{TMP}}/{dir}"))
+            .status(2)
+            .stderr_with(move |e| assert!(e.contains(said), "{e}"))
+            .run();
+        tmp = back;
+    }
+    assert!(!tmp.path().join("nothing").exists());
+}
+
+#[test]
+fn no_command_reads_or_writes_backups_in_an_encrypted_repository_yet() {
+    let double = Double::start();
+    let (_, tmp) = fast(Test::in_dir(workspace()))
+        .env("WQM_BACKUP_PASSWORD", FIRST)
+        .args("backup init {TMP}/enc --encrypt")
+        .stdout_with(|_| {})
+        .run();
+    let before = files(&tmp.path().join("enc"));
+    let refused = "is encrypted; password needed (repository format `1`, master key `";
+    let mut tmp = tmp;
+    for (args, env) in [
+        ("backup create {TMP}/enc/night-1", None),
+        (
+            "backup create {TMP}/enc/night-1 --incremental --force",
+            None,
+        ),
+        ("backup create", Some("{TMP}/enc")),
+        ("backup info {TMP}/enc/night-1", None),
+        ("backup info {TMP}/enc", None),
+        ("backup list {TMP}/enc", None),
+        ("backup validate {TMP}/enc/night-1 --check-files", None),
+        ("backup export {TMP}/enc/night-1 {TMP}/copy", None),
+        ("backup prune {TMP}/enc --keep-last 1", None),
+        ("backup prune --keep-last 1", Some("{TMP}/enc")),
+        ("backup restore {TMP}/enc/night-1 --force", None),
+    ] {
+        let mut t = wqm(Test::in_dir(tmp), &double.url, args)
+            .env("WQM_BACKUP_PASSWORD", FIRST)
+            .status(2)
+            .stderr_with(move |e| {
+                assert!(e.contains(refused), "{e}");
+                assert!(
+                    e.contains("hint: back up into an unencrypted directory"),
+                    "{e}"
+                );
+            });
+        if let Some(dir) = env {
+            t = t.env("WQM_BACKUP__DEFAULT_BACKUP_DIRECTORY", dir);
+        }
+        tmp = t.run().1;
+    }
+    // Nothing was written, and Qdrant was never asked.
+    assert_eq!(files(&tmp.path().join("enc")), before);
+    assert!(!tmp.path().join("copy").exists());
+    assert!(double.requests().is_empty(), "{:?}", double.requests());
+    // A restore from a plain directory whose safety backup would go into the encrypted one.
+    let (_, tmp) = wqm(
+        Test::in_dir(tmp),
+        &double.url,
+        "backup restore {TMP}/plain/b --force",
+    )
+    .env("WQM_BACKUP__DEFAULT_BACKUP_DIRECTORY", "{TMP}/enc")
+    .status(2)
+    .stderr_with(move |e| assert!(e.contains(refused), "{e}"))
+    .run();
+    // `--json`: the same refusal as the one JSON document.
+    let (_, tmp) = wqm(
+        Test::in_dir(tmp),
+        &double.url,
+        "backup list {TMP}/enc --json",
+    )
+    .status(2)
+    .stdout_json(|v| {
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("encrypted; password needed"),
+            "{v}"
+        );
+        assert_eq!(v["error"]["exit_code"], 2);
+    })
+    .stderr_with(|_| {})
+    .run();
+    // A plain repository is a backups directory as before.
+    let (_, tmp) = Test::in_dir(tmp)
+        .args("backup init {TMP}/plain")
+        .stdout_with(|_| {})
+        .run();
+    let (_, tmp) = wqm(
+        Test::in_dir(tmp),
+        &double.url,
+        "backup create {TMP}/plain/night-1",
+    )
+    .stdout_with(|o| assert!(o.contains("Backup created"), "{o}"))
+    .stderr_with(|_| {})
+    .run();
+    wqm(Test::in_dir(tmp), &double.url, "backup list {TMP}/plain")
+        .stdout_with(|o| assert!(o.contains("night-1") && !o.contains(".wqm-repo"), "{o}"))
+        .run();
+}
+
+/// Every object under the repository's prefix and its bytes.
+fn objects(runtime: &tokio::runtime::Runtime, backend: &dyn Backend) -> BTreeMap<PathBuf, Vec<u8>> {
+    runtime.block_on(async {
+        let mut out = BTreeMap::new();
+        for object in backend.list("").await.unwrap() {
+            let data = backend
+                .load(&Name::new(object.name.clone()).unwrap(), None)
+                .await
+                .unwrap();
+            out.insert(
+                PathBuf::from(object.name),
+                backend::collect(data).await.unwrap(),
+            );
+        }
+        out
+    })
+}
+
+#[test]
+#[cfg_attr(
+    not(real_s3),
+    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+)]
+fn init_and_keys_on_s3() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (plain_backend, plain) = fresh_prefix(&runtime);
+    let (backend, url) = fresh_prefix(&runtime);
+    let (_, tmp) = with_s3(Test::new())
+        .args(&format!("backup init {plain}"))
+        .stdout(&format!(
+            "Created a repository at `{plain}` (not encrypted)\n"
+        ))
+        .run();
+    let stored = objects(&runtime, &*plain_backend);
+    assert_eq!(
+        stored.keys().collect::<Vec<_>>(),
+        [Path::new(".wqm-repo/config")]
+    );
+    let (output, tmp) = fast(with_s3(Test::in_dir(tmp)))
+        .env("WQM_BACKUP_PASSWORD", FIRST)
+        .args(&format!("backup init {url} --encrypt --json"))
+        .stdout_json(|v| assert_eq!(v["encrypted"], true, "{v}"))
+        .run();
+    prints_none(&output);
+    // A second init: refused, on either.
+    let mut tmp = tmp;
+    for target in [&plain, &url] {
+        tmp = fast(with_s3(Test::in_dir(tmp)))
+            .env("WQM_BACKUP_PASSWORD", FIRST)
+            .args(&format!("backup init {target} --encrypt"))
+            .status(2)
+            .stderr_with(|e| assert!(e.contains("is a repository already"), "{e}"))
+            .run()
+            .1;
+    }
+    fs::write(tmp.path().join("second"), SECOND).unwrap();
+    fs::write(tmp.path().join("third"), THIRD).unwrap();
+    let (_, tmp) = fast(with_s3(Test::in_dir(tmp)))
+        .env("WQM_BACKUP_PASSWORD", FIRST)
+        .args(&format!(
+            "backup key add {url} --new-password-file {{TMP}}/second"
+        ))
+        .stdout_with(|o| assert!(o.starts_with("Added key `"), "{o}"))
+        .run();
+    let (_, tmp) = fast(with_s3(Test::in_dir(tmp)))
+        .env("WQM_BACKUP_PASSWORD", SECOND)
+        .args(&format!(
+            "backup key passwd {url} --new-password-file {{TMP}}/third"
+        ))
+        .stdout_with(|o| assert!(o.starts_with("Changed the password of `"), "{o}"))
+        .run();
+    let before = objects(&runtime, &*backend);
+    assert_eq!(
+        before
+            .keys()
+            .filter(|k| k.starts_with(".wqm-repo/keys"))
+            .count(),
+        2,
+        "{:?}",
+        before.keys()
+    );
+    // The replaced password opens nothing, and changes nothing.
+    let (_, tmp) = fast(with_s3(Test::in_dir(tmp)))
+        .env("WQM_BACKUP_PASSWORD", SECOND)
+        .args(&format!(
+            "backup key add {url} --new-password-file {{TMP}}/second"
+        ))
+        .status(2)
+        .stderr_with(|e| assert!(e.contains(WRONG_PASSWORD), "{e}"))
+        .run();
+    let (listed, tmp) = keys(with_s3(Test::in_dir(tmp)), &url, THIRD);
+    assert_eq!(listed.len(), 2);
+    // Nothing reads or writes backups there yet.
+    let (_, _tmp) = with_s3(Test::in_dir(tmp))
+        .args(&format!("backup list {url}"))
+        .status(2)
+        .stderr_with(|e| assert!(e.contains("encrypted; password needed"), "{e}"))
+        .run();
+    let after = objects(&runtime, &*backend);
+    assert_eq!(after, before);
+    holds_none(&after, &[FIRST, SECOND, THIRD]);
+}
+
+/// Waits until `text` has appeared `times` times on the terminal.
+fn wait_for_count(terminal: &Terminal, text: &str, times: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while terminal.screen().matches(text).count() < times {
+        assert!(
+            Instant::now() < deadline,
+            "{text:?} ×{times}:\n{}",
+            terminal.screen()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn on_a_terminal_a_new_password_is_asked_twice_and_never_shown() {
+    let tmp = tempfile::Builder::new()
+        .prefix("wqm-test-")
+        .tempdir()
+        .unwrap();
+    let on_terminal = |args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wqm"));
+        command
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", tmp.path())
+            .env("TERM", "xterm")
+            .env("WQM_TEST_FAST_KDF", "1")
+            .current_dir(tmp.path());
+        Terminal::spawn(command)
+    };
+    let mut terminal = on_terminal(&["backup", "init", "r", "--encrypt"]);
+    terminal.wait_for("New password for `r`");
+    terminal.type_keys(format!("{FIRST}\r").as_bytes());
+    wait_for_count(&terminal, "Repeat it", 1);
+    terminal.type_keys(format!("{SECOND}\r").as_bytes());
+    // Told, and asked again from the start.
+    wait_for_count(&terminal, "The passwords do not match; again", 1);
+    wait_for_count(&terminal, "New password for `r`", 2);
+    terminal.type_keys(format!("{FIRST}\r").as_bytes());
+    wait_for_count(&terminal, "Repeat it", 2);
+    terminal.type_keys(format!("{FIRST}\r").as_bytes());
+    let (status, screen) = terminal.finish();
+    assert!(status.success(), "{screen}");
+    assert!(
+        screen.contains("Created an encrypted repository at `r`"),
+        "{screen}"
+    );
+    assert!(
+        !screen.contains(FIRST) && !screen.contains(SECOND),
+        "{screen}"
+    );
+    // The typed password opens it; asked once.
+    let mut terminal = on_terminal(&["backup", "key", "list", "r"]);
+    terminal.wait_for("Password for `r`");
+    terminal.type_keys(format!("{FIRST}\r").as_bytes());
+    let (status, screen) = terminal.finish();
+    assert!(status.success(), "{screen}");
+    assert!(screen.contains("1 key(s) in `r`"), "{screen}");
+    assert!(
+        !screen.contains("Repeat it") && !screen.contains(FIRST),
+        "{screen}"
+    );
+    holds_none(&files(&tmp.path().join("r")), &[FIRST, SECOND]);
+}
