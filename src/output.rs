@@ -239,29 +239,78 @@ pub fn classify(error: &anyhow::Error) -> (ExitCode, Option<String>) {
 
 /// Asks for a password on the terminal (stderr), hidden; a new one is typed twice and asked
 /// again until both match. The caller has checked that stdin is a terminal. Ctrl-C: exit 130,
-/// nothing changed.
+/// nothing changed. The prompt turns echo off while it reads a line, and the line discipline
+/// turns Ctrl-C into SIGINT, which the signal watcher takes (the read just goes on): so the
+/// prompt reads on a thread of its own while this one watches for the interruption, puts the
+/// terminal's mode back and returns.
 pub fn ask_password(prompt: &str, new: bool) -> anyhow::Result<crate::crypto::Password> {
-    let term = console::Term::stderr();
-    let mut asking = dialoguer::Password::new().with_prompt(prompt);
-    if new {
-        asking = asking.with_confirmation("Repeat it", "The passwords do not match; again");
-    }
-    match asking.interact_on(&term) {
-        Ok(typed) => Ok(crate::repo::password::typed(zeroize::Zeroizing::new(
-            typed,
-        ))?),
-        Err(dialoguer::Error::IO(e)) if e.kind() == io::ErrorKind::Interrupted => {
-            // Handled here: the signal watcher has nothing to clean up or say.
-            crate::progress::set_interrupted();
-            let _ = term.show_cursor();
-            Err(exit::Failure::new(
-                ExitCode::Interrupted,
-                "cancelled (Ctrl-C); nothing was changed",
-            )
-            .into())
+    let mode = terminal_mode();
+    let (sender, answer) = std::sync::mpsc::channel();
+    let prompt = prompt.to_string();
+    std::thread::spawn(move || {
+        let mut asking = dialoguer::Password::new().with_prompt(prompt);
+        if new {
+            asking = asking.with_confirmation("Repeat it", "The passwords do not match; again");
         }
-        Err(e) => Err(e.into()),
+        let typed = asking
+            .interact_on(&console::Term::stderr())
+            .map(zeroize::Zeroizing::new);
+        let _ = sender.send(typed);
+    });
+    let cancelled = || -> anyhow::Error {
+        set_terminal_mode(mode.as_ref());
+        let _ = console::Term::stderr().show_cursor();
+        let _ = writeln!(io::stderr());
+        exit::Failure::new(
+            ExitCode::Interrupted,
+            "cancelled (Ctrl-C) at the password prompt; nothing was changed",
+        )
+        .into()
+    };
+    loop {
+        match answer.recv_timeout(Duration::from_millis(50)) {
+            Ok(Ok(typed)) => return Ok(crate::repo::password::typed(typed)?),
+            Ok(Err(dialoguer::Error::IO(e))) if e.kind() == io::ErrorKind::Interrupted => {
+                crate::progress::set_interrupted();
+                return Err(cancelled());
+            }
+            Ok(Err(e)) => return Err(e.into()),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                if crate::progress::is_interrupted() =>
+            {
+                return Err(cancelled())
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(anyhow::anyhow!(
+                    "the password prompt ended without an answer"
+                ))
+            }
+        }
     }
+}
+
+#[cfg(unix)]
+type TerminalMode = rustix::termios::Termios;
+#[cfg(not(unix))]
+type TerminalMode = ();
+
+/// The terminal's mode (stdin's), to put back after an interrupted prompt.
+fn terminal_mode() -> Option<TerminalMode> {
+    #[cfg(unix)]
+    return rustix::termios::tcgetattr(io::stdin()).ok();
+    #[cfg(not(unix))]
+    None
+}
+
+fn set_terminal_mode(mode: Option<&TerminalMode>) {
+    #[cfg(unix)]
+    if let Some(mode) = mode {
+        let _ =
+            rustix::termios::tcsetattr(io::stdin(), rustix::termios::OptionalActions::Now, mode);
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
 }
 
 /// The registry of error types that know their exit code: `classify_one` tries each, and each

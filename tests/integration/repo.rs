@@ -680,12 +680,21 @@ fn init_and_keys_on_s3() {
         .run();
     let (listed, tmp) = keys(with_s3(Test::in_dir(tmp)), &url, THIRD);
     assert_eq!(listed.len(), 2);
-    // Nothing reads or writes backups there yet.
-    let (_, _tmp) = with_s3(Test::in_dir(tmp))
-        .args(&format!("backup list {url}"))
-        .status(2)
-        .stderr_with(|e| assert!(e.contains("encrypted; password needed"), "{e}"))
-        .run();
+    // Nothing reads or writes backups there yet, and Qdrant is not asked.
+    let double = Double::start();
+    let mut tmp = tmp;
+    for args in [
+        format!("backup list {url}"),
+        format!("backup info {url}/night-1"),
+        format!("backup create {url}/night-1"),
+    ] {
+        tmp = with_s3(wqm(Test::in_dir(tmp), &double.url, &args))
+            .status(2)
+            .stderr_with(|e| assert!(e.contains("encrypted; password needed"), "{e}"))
+            .run()
+            .1;
+    }
+    assert!(double.requests().is_empty(), "{:?}", double.requests());
     let after = objects(&runtime, &*backend);
     assert_eq!(after, before);
     holds_none(&after, &[FIRST, SECOND, THIRD]);
@@ -755,4 +764,24 @@ fn on_a_terminal_a_new_password_is_asked_twice_and_never_shown() {
         "{screen}"
     );
     holds_none(&files(&tmp.path().join("r")), &[FIRST, SECOND]);
+
+    // Ctrl-C at the prompt: exit 130, nothing made, and the terminal echoes again.
+    let mut terminal = on_terminal(&["backup", "init", "other", "--encrypt"]);
+    terminal.wait_for("New password for `other`");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while terminal.echoes() {
+        assert!(Instant::now() < deadline, "the prompt never hid the input");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    terminal.type_keys(b"abc\x03");
+    terminal.wait_for("nothing was changed");
+    assert!(terminal.echoes(), "{}", terminal.screen());
+    let (status, screen) = terminal.finish();
+    assert_eq!(status.code(), Some(130), "{screen}");
+    assert!(
+        screen
+            .contains("wqm: error: cancelled (Ctrl-C) at the password prompt; nothing was changed"),
+        "{screen}"
+    );
+    assert!(!tmp.path().join("other/.wqm-repo").exists());
 }
