@@ -14,7 +14,8 @@ Environment:
   WQM_CONFIG_PATH, WQM_CONFIG_DIR              where the config file is
   WQM_DATABASE_PATH, WQM_DATA_DIR              where the state database is
   WQM_BACKUP__<KEY>[__<SUBKEY>]                override a backup.* config key
-  WQM_BACKUP_PASSWORD_FILE, WQM_BACKUP_PASSWORD an encrypted repository's password
+  WQM_BACKUP_PASSWORD_FILE                     a file holding an encrypted repository's password
+  WQM_BACKUP_PASSWORD                          an encrypted repository's password
   NO_COLOR                                     plain output";
 
 #[derive(Debug, Parser)]

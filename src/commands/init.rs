@@ -1,19 +1,37 @@
 //! `wqm backup init DIR [--encrypt]`: make a repository (see `repo::init`).
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde_json::json;
+use tokio::runtime::Handle;
 
 use super::{backend_at, password, Asking};
+use crate::backend::Location;
 use crate::cli::InitArgs;
 use crate::config::{Env, Settings};
 use crate::exit::ExitCode;
 use crate::output::Ui;
 use crate::repo;
+use crate::store::{self, Remote, Repository};
 
-pub async fn run(args: &InitArgs, settings: &Settings, env: &Env, ui: &Ui) -> Result<ExitCode> {
+pub async fn run(
+    args: &InitArgs,
+    settings: &Settings,
+    env: &Env,
+    ui: &Ui,
+    handle: &Handle,
+) -> Result<ExitCode> {
     let (backend, shown) = backend_at(&args.directory, settings, true).await?;
+    // What is there already, through the one scanner of a backups directory.
+    let repository = match super::location(&args.directory)? {
+        Location::Local(path) => Repository::Local(path),
+        Location::S3 { .. } => {
+            Repository::Remote(Remote::new(backend.clone(), handle.clone(), shown.clone()))
+        }
+    };
+    let scan = tokio::task::block_in_place(|| store::scan_at(&repository))
+        .with_context(|| format!("cannot look into `{shown}`"))?;
     // Refused where there is a repository or backups already, before a password is asked.
-    repo::check_free(&*backend, &shown).await?;
+    repo::check_free(&*backend, &shown, &scan).await?;
     let new = match args.encrypt {
         true => Some(password(
             args.password_file.as_deref(),

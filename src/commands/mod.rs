@@ -85,7 +85,9 @@ pub fn dispatch(cli: Cli, ui: &Ui, runtime: &tokio::runtime::Runtime) -> Result<
             runtime.block_on(cleanup::run(&args, &settings, ui, handle))
         }
         BackupCommand::Migrations(args) => migrations::run(&args, ui),
-        BackupCommand::Init(args) => runtime.block_on(init::run(&args, &settings, &env, ui)),
+        BackupCommand::Init(args) => {
+            runtime.block_on(init::run(&args, &settings, &env, ui, handle))
+        }
         BackupCommand::Key(command) => runtime.block_on(key::run(&command, &settings, &env, ui)),
     }
 }

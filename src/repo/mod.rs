@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::backend::{Backend, BackendError, Name};
 use crate::crypto::{CryptoError, KdfParams, KeyLabel, KeyObject, Keyring, MasterKey, Password};
 use crate::exit::{Classify, ExitCode};
+use crate::store::{Scan, Seen};
 
 /// The repository's own directory (hidden: no backup can be named so, `list` never shows it).
 pub const REPO_DIR: &str = ".wqm-repo";
@@ -233,7 +234,7 @@ pub struct Initialized {
     pub key: Option<KeyObject>,
 }
 
-/// Makes a repository in `backend`: refused where there is one already or where backups are;
+/// Makes a repository in `backend` (`check_free` passed): refused where there is one already;
 /// with `encryption`, a new master key wrapped by the password in the first key object, saved
 /// before the config (`save_new`: of two racing inits one wins, the other removes its key).
 pub async fn init(
@@ -241,7 +242,12 @@ pub async fn init(
     repository: &str,
     encryption: Option<(&Password, KdfParams)>,
 ) -> Result<Initialized, RepoError> {
-    check_free(backend, repository).await?;
+    if let Some(config) = read_config(backend, repository).await? {
+        return Err(RepoError::AlreadyRepository {
+            repository: repository.to_string(),
+            encrypted: config.encrypted,
+        });
+    }
     let (config, key) = match encryption {
         None => (RepoConfig::new(None), None),
         Some((password, params)) => {
@@ -276,34 +282,49 @@ pub async fn init(
     }
 }
 
-/// Refuses a place that is a repository already or holds backups (`init` checks it again).
-pub async fn check_free(backend: &dyn Backend, repository: &str) -> Result<(), RepoError> {
+/// Refuses a place that is a repository already or holds backups: `scan` (the one scanner of
+/// a backups directory, `store::scan_at`) found a backup, an unreadable one or a create at work,
+/// or there is a chunk store or a run record. `init`'s caller checks this first (and before it
+/// asks for a password); `init` itself refuses an existing config again, atomically.
+pub async fn check_free(
+    backend: &dyn Backend,
+    repository: &str,
+    scan: &Scan,
+) -> Result<(), RepoError> {
     if let Some(config) = read_config(backend, repository).await? {
         return Err(RepoError::AlreadyRepository {
             repository: repository.to_string(),
             encrypted: config.encrypted,
         });
     }
-    if let Some(example) = backups_in(backend).await? {
-        return Err(RepoError::HoldsBackups {
+    let found = scan.entries.iter().find_map(|e| match &e.seen {
+        Seen::Backup(_) | Seen::Unreadable(_) => Some(e.name.clone()),
+        Seen::Other(_) if e.name.ends_with(crate::format::layout::STAGING_SUFFIX) => {
+            Some(e.name.clone())
+        }
+        Seen::Other(_) => None,
+    });
+    let found = match found {
+        Some(name) => Some(name),
+        None => {
+            let mut kept = None;
+            // Listed by prefix: a local backend enters only these directories.
+            for part in [".wqm-chunks/", ".wqm-runs/"] {
+                if let Some(object) = backend.list(part).await?.into_iter().next() {
+                    kept = Some(object.name);
+                    break;
+                }
+            }
+            kept
+        }
+    };
+    match found {
+        Some(example) => Err(RepoError::HoldsBackups {
             repository: repository.to_string(),
             example,
-        });
+        }),
+        None => Ok(()),
     }
-    Ok(())
-}
-
-/// A backup (or what a create is writing) in the repository, if there is one: a manifest
-/// under a visible name, a chunk store, a staging directory.
-async fn backups_in(backend: &dyn Backend) -> Result<Option<String>, RepoError> {
-    let objects = backend.list("").await?;
-    Ok(objects.into_iter().map(|o| o.name).find(|n| {
-        let first = n.split('/').next().unwrap_or_default();
-        (!first.starts_with('.') && n.ends_with(crate::format::layout::MANIFEST_PATH))
-            || first == ".wqm-chunks"
-            || first == ".wqm-runs"
-            || first.ends_with(".wqm-staging")
-    }))
 }
 
 fn key_name(key_id: &str) -> Name {

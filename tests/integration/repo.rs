@@ -5,23 +5,20 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tempfile::TempDir;
 use wqm::backend::{self, Backend, Name};
 
 use crate::incremental::{workspace, wqm};
-use crate::pty::Terminal;
 use crate::qdrant_double::Double;
 use crate::s3_read::{fresh_prefix, with_s3};
 use crate::test::Test;
 
 /// Distinctive passwords, searched for in every byte the repository holds and every line wqm
 /// prints.
-const FIRST: &str = "first-Pa55word-zq81";
-const SECOND: &str = "second-Pa55word-kx27";
+pub(crate) const FIRST: &str = "first-Pa55word-zq81";
+pub(crate) const SECOND: &str = "second-Pa55word-kx27";
 const THIRD: &str = "third-Pa55word-wv64";
 const WRONG_PASSWORD: &str = "wrong password or no key for this repository";
 
@@ -31,7 +28,7 @@ fn fast(t: Test) -> Test {
 }
 
 /// Every file under `dir` and its bytes.
-fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+pub(crate) fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut out = BTreeMap::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(at) = pending.pop() {
@@ -48,7 +45,7 @@ fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 }
 
 /// No stored byte sequence holds any of `passwords`.
-fn holds_none(stored: &BTreeMap<PathBuf, Vec<u8>>, passwords: &[&str]) {
+pub(crate) fn holds_none(stored: &BTreeMap<PathBuf, Vec<u8>>, passwords: &[&str]) {
     assert!(!stored.is_empty());
     for (path, bytes) in stored {
         for password in passwords {
@@ -159,25 +156,39 @@ fn init_makes_a_plain_and_an_encrypted_repository_and_refuses_a_second_one() {
             .run()
             .1;
     }
-    // A directory that holds backups: refused, saying to use an empty one.
+    // A directory that holds backups (one whose manifest is unreadable counts), or a chunk
+    // store: refused, saying to use an empty one.
     let backups = tmp.path().join("backups/night-1/metadata");
     fs::create_dir_all(&backups).unwrap();
     fs::write(backups.join("manifest.json"), "{}").unwrap();
+    fs::create_dir_all(tmp.path().join("chunks/.wqm-chunks")).unwrap();
+    fs::write(tmp.path().join("chunks/.wqm-chunks/store.json"), "{}").unwrap();
     let before_backups = files(tmp.path());
-    let (_, tmp) = Test::in_dir(tmp)
-        .env("WQM_BACKUP_PASSWORD", SECOND)
-        .args("backup init {TMP}/backups --encrypt")
-        .status(2)
-        .stderr_with(|e| {
-            assert!(
-                e.contains("holds backups already (`night-1/metadata/manifest.json`)"),
-                "{e}"
-            );
-            assert!(e.contains("an empty directory or a new prefix"), "{e}");
-        })
-        .run();
+    for (dir, example) in [("backups", "night-1"), ("chunks", ".wqm-chunks/store.json")] {
+        tmp = Test::in_dir(tmp)
+            .env("WQM_BACKUP_PASSWORD", SECOND)
+            .args(&format!("backup init {{TMP}}/{dir} --encrypt"))
+            .status(2)
+            .stderr_with(move |e| {
+                assert!(
+                    e.contains(&format!("holds backups already (`{example}`)")),
+                    "{e}"
+                );
+                assert!(e.contains("an empty directory or a new prefix"), "{e}");
+            })
+            .run()
+            .1;
+    }
     assert_eq!(files(tmp.path()), before_backups);
     assert!(before.keys().all(|p| before_backups.contains_key(p)));
+    // What is not wqm's is no reason to refuse.
+    fs::create_dir_all(tmp.path().join("mount/lost+found")).unwrap();
+    fs::create_dir_all(tmp.path().join("mount/.snapshots/1")).unwrap();
+    fs::write(tmp.path().join("mount/README"), "backups go here").unwrap();
+    let (_, tmp) = Test::in_dir(tmp)
+        .args("backup init {TMP}/mount")
+        .stdout("Created a repository at `{TMP}/mount` (not encrypted)\n")
+        .run();
     // `--password-file` belongs to `--encrypt`.
     Test::in_dir(tmp)
         .args("backup init {TMP}/other --password-file {TMP}/pw")
@@ -626,6 +637,19 @@ fn init_and_keys_on_s3() {
         stored.keys().collect::<Vec<_>>(),
         [Path::new(".wqm-repo/config")]
     );
+    // A prefix that holds a backup (its manifest, even unreadable): refused, nothing written.
+    let (taken_backend, taken) = fresh_prefix(&runtime);
+    let manifest = Name::new("night-1/metadata/manifest.json").unwrap();
+    runtime
+        .block_on(taken_backend.save(&manifest, backend::once("{}")))
+        .unwrap();
+    let (_, tmp) = fast(with_s3(Test::in_dir(tmp)))
+        .env("WQM_BACKUP_PASSWORD", FIRST)
+        .args(&format!("backup init {taken} --encrypt"))
+        .status(2)
+        .stderr_with(|e| assert!(e.contains("holds backups already (`night-1`)"), "{e}"))
+        .run();
+    assert_eq!(objects(&runtime, &*taken_backend).len(), 1);
     let (output, tmp) = fast(with_s3(Test::in_dir(tmp)))
         .env("WQM_BACKUP_PASSWORD", FIRST)
         .args(&format!("backup init {url} --encrypt --json"))
@@ -698,90 +722,4 @@ fn init_and_keys_on_s3() {
     let after = objects(&runtime, &*backend);
     assert_eq!(after, before);
     holds_none(&after, &[FIRST, SECOND, THIRD]);
-}
-
-/// Waits until `text` has appeared `times` times on the terminal.
-fn wait_for_count(terminal: &Terminal, text: &str, times: usize) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while terminal.screen().matches(text).count() < times {
-        assert!(
-            Instant::now() < deadline,
-            "{text:?} ×{times}:\n{}",
-            terminal.screen()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-#[test]
-fn on_a_terminal_a_new_password_is_asked_twice_and_never_shown() {
-    let tmp = tempfile::Builder::new()
-        .prefix("wqm-test-")
-        .tempdir()
-        .unwrap();
-    let on_terminal = |args: &[&str]| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_wqm"));
-        command
-            .args(args)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", tmp.path())
-            .env("TERM", "xterm")
-            .env("WQM_TEST_FAST_KDF", "1")
-            .current_dir(tmp.path());
-        Terminal::spawn(command)
-    };
-    let mut terminal = on_terminal(&["backup", "init", "r", "--encrypt"]);
-    terminal.wait_for("New password for `r`");
-    terminal.type_keys(format!("{FIRST}\r").as_bytes());
-    wait_for_count(&terminal, "Repeat it", 1);
-    terminal.type_keys(format!("{SECOND}\r").as_bytes());
-    // Told, and asked again from the start.
-    wait_for_count(&terminal, "The passwords do not match; again", 1);
-    wait_for_count(&terminal, "New password for `r`", 2);
-    terminal.type_keys(format!("{FIRST}\r").as_bytes());
-    wait_for_count(&terminal, "Repeat it", 2);
-    terminal.type_keys(format!("{FIRST}\r").as_bytes());
-    let (status, screen) = terminal.finish();
-    assert!(status.success(), "{screen}");
-    assert!(
-        screen.contains("Created an encrypted repository at `r`"),
-        "{screen}"
-    );
-    assert!(
-        !screen.contains(FIRST) && !screen.contains(SECOND),
-        "{screen}"
-    );
-    // The typed password opens it; asked once.
-    let mut terminal = on_terminal(&["backup", "key", "list", "r"]);
-    terminal.wait_for("Password for `r`");
-    terminal.type_keys(format!("{FIRST}\r").as_bytes());
-    let (status, screen) = terminal.finish();
-    assert!(status.success(), "{screen}");
-    assert!(screen.contains("1 key(s) in `r`"), "{screen}");
-    assert!(
-        !screen.contains("Repeat it") && !screen.contains(FIRST),
-        "{screen}"
-    );
-    holds_none(&files(&tmp.path().join("r")), &[FIRST, SECOND]);
-
-    // Ctrl-C at the prompt: exit 130, nothing made, and the terminal echoes again.
-    let mut terminal = on_terminal(&["backup", "init", "other", "--encrypt"]);
-    terminal.wait_for("New password for `other`");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while terminal.echoes() {
-        assert!(Instant::now() < deadline, "the prompt never hid the input");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    terminal.type_keys(b"abc\x03");
-    terminal.wait_for("nothing was changed");
-    assert!(terminal.echoes(), "{}", terminal.screen());
-    let (status, screen) = terminal.finish();
-    assert_eq!(status.code(), Some(130), "{screen}");
-    assert!(
-        screen
-            .contains("wqm: error: cancelled (Ctrl-C) at the password prompt; nothing was changed"),
-        "{screen}"
-    );
-    assert!(!tmp.path().join("other/.wqm-repo").exists());
 }
