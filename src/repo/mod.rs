@@ -29,7 +29,7 @@ use crate::exit::{Classify, ExitCode};
 use crate::store::{Scan, Seen};
 
 /// The repository's own directory (hidden: no backup can be named so, `list` never shows it).
-pub const REPO_DIR: &str = ".wqm-repo";
+pub use crate::format::layout::REPO_DIR;
 /// The config object.
 pub const CONFIG: &str = ".wqm-repo/config";
 /// Where the key objects are, one per password.

@@ -594,8 +594,122 @@ fn no_command_reads_or_writes_backups_in_an_encrypted_repository_yet() {
     .stdout_with(|o| assert!(o.contains("Backup created"), "{o}"))
     .stderr_with(|_| {})
     .run();
-    wqm(Test::in_dir(tmp), &double.url, "backup list {TMP}/plain")
+    let (_, tmp) = wqm(Test::in_dir(tmp), &double.url, "backup list {TMP}/plain")
         .stdout_with(|o| assert!(o.contains("night-1") && !o.contains(".wqm-repo"), "{o}"))
+        .run();
+    // The repository's own directory is wqm's, not something prune skips and reports.
+    wqm(
+        Test::in_dir(tmp),
+        &double.url,
+        "backup prune {TMP}/plain --keep-last 5 --json",
+    )
+    .stdout_with(|o| assert!(o.contains("night-1") && !o.contains(".wqm-repo"), "{o}"))
+    .run();
+}
+
+#[test]
+fn of_racing_inits_one_wins_and_the_others_leave_no_key_behind() {
+    let tmp = tempfile::Builder::new()
+        .prefix("wqm-test-")
+        .tempdir()
+        .unwrap();
+    let home = tmp.path().join("home");
+    fs::create_dir_all(&home).unwrap();
+    // The default key derivation (about 0.6 s) between the check and the write: every run
+    // finds the place free, and the conditional write of the config decides.
+    let passwords: Vec<String> = (0..4).map(|i| format!("racer-{i}-Pa55word")).collect();
+    let runs: Vec<_> = passwords
+        .iter()
+        .map(|password| {
+            crate::test::wqm_command(&home, &["backup", "init", "r", "--encrypt"])
+                .current_dir(tmp.path())
+                .env("WQM_BACKUP_PASSWORD", password)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outputs: Vec<_> = runs
+        .into_iter()
+        .map(|run| run.wait_with_output().unwrap())
+        .collect();
+    let won: Vec<usize> = (0..4).filter(|&i| outputs[i].status.success()).collect();
+    assert_eq!(won.len(), 1, "{outputs:?}");
+    for (i, output) in outputs.iter().enumerate() {
+        if i != won[0] {
+            assert_eq!(output.status.code(), Some(2), "{output:?}");
+            let err = String::from_utf8_lossy(&output.stderr);
+            assert!(err.contains("is a repository already"), "{err}");
+        }
+    }
+    let stored = files(&tmp.path().join("r/.wqm-repo/keys"));
+    assert_eq!(stored.len(), 1, "{:?}", stored.keys());
+    let passwords: Vec<&str> = passwords.iter().map(String::as_str).collect();
+    holds_none(&files(&tmp.path().join("r")), &passwords);
+    // The winner's password opens it; the losers' open nothing.
+    let (listed, tmp) = keys(Test::in_dir(tmp), "{TMP}/r", passwords[won[0]]);
+    assert_eq!(listed.len(), 1);
+    let loser = passwords[(won[0] + 1) % 4];
+    fast(Test::in_dir(tmp))
+        .env("WQM_BACKUP_PASSWORD", loser)
+        .args("backup key list {TMP}/r")
+        .status(2)
+        .stderr_with(|e| assert!(e.contains(WRONG_PASSWORD), "{e}"))
+        .run();
+}
+
+#[test]
+fn a_key_of_another_master_key_opens_nothing_and_an_unreadable_one_is_named() {
+    let (_, mut tmp) = fast(Test::new())
+        .env("WQM_BACKUP_PASSWORD", FIRST)
+        .args("backup init {TMP}/r")
+        .args("--encrypt")
+        .stdout_with(|_| {})
+        .run();
+    // Another repository with the same password: its key object, planted here (as a killed
+    // or beaten init would leave one), unwraps with the password, to another master key.
+    tmp = fast(Test::in_dir(tmp))
+        .env("WQM_BACKUP_PASSWORD", FIRST)
+        .args("backup init {TMP}/other --encrypt")
+        .stdout_with(|_| {})
+        .run()
+        .1;
+    let keys_of = |dir: &Path| -> Vec<PathBuf> {
+        fs::read_dir(dir.join(".wqm-repo/keys"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
+    };
+    let own = keys_of(&tmp.path().join("r")).remove(0);
+    let foreign = keys_of(&tmp.path().join("other")).remove(0);
+    let keys_dir = tmp.path().join("r/.wqm-repo/keys");
+    fs::copy(&foreign, keys_dir.join(foreign.file_name().unwrap())).unwrap();
+    fs::write(keys_dir.join("0000"), "not a key object").unwrap();
+    let own_bytes = fs::read(&own).unwrap();
+    fs::remove_file(&own).unwrap();
+    let (_, tmp) = fast(Test::in_dir(tmp))
+        .env("WQM_BACKUP_PASSWORD", FIRST)
+        .args("backup key list {TMP}/r")
+        .status(2)
+        .stderr_with(|e| assert!(e.contains(WRONG_PASSWORD), "{e}"))
+        .run();
+    // With its own key back, it opens with that one, naming the unreadable object.
+    fs::write(&own, own_bytes).unwrap();
+    let own_id = own.file_name().unwrap().to_string_lossy().into_owned();
+    fast(Test::in_dir(tmp))
+        .env("WQM_BACKUP_PASSWORD", FIRST)
+        .args("backup key list {TMP}/r")
+        .stdout_with(move |o| {
+            assert!(o.contains(&format!("* {own_id}  ")), "{o}");
+            assert!(o.contains("2 key(s) in `"), "{o}");
+        })
+        .stderr_with(|e| {
+            assert!(
+                e.contains("wqm: warning: key object `.wqm-repo/keys/0000` is unreadable"),
+                "{e}"
+            )
+        })
         .run();
 }
 
