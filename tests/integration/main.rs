@@ -21,6 +21,7 @@ mod real_cluster;
 mod real_qdrant;
 mod real_server;
 mod repo;
+mod repo_keys;
 mod restore;
 mod s3_faults;
 mod s3_proxy;
