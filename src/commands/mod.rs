@@ -231,9 +231,7 @@ fn password(
 ) -> Result<Password> {
     let command = settings.backup.encryption.password_command.as_deref();
     if let Some((password, source)) = passwords::from_sources(file, env, command)? {
-        if ui.verbose {
-            ui.line(format!("Password from {source}"));
-        }
+        crate::progress::Progress::step(&ui.progress(), &format!("Password from {source}"));
         return Ok(password);
     }
     let (prompt, what) = match asking {

@@ -205,18 +205,25 @@ fn each_password_source_is_taken_in_its_order() {
     fs::write(tmp.path().join("right"), format!("{FIRST}\n")).unwrap();
     fs::write(tmp.path().join("wrong"), "not it\r\n").unwrap();
     let command = format!("sh -c 'printf %s {FIRST}'");
-    // Each source alone, then each before a wrong one of a later source.
-    let cases: [(&[(&str, &str)], &str); 8] = [
-        (&[], "--password-file {TMP}/right"),
-        (&[("WQM_BACKUP_PASSWORD_FILE", "{TMP}/right")], ""),
-        (&[("WQM_BACKUP_PASSWORD", FIRST)], ""),
+    // Each source alone, then each before a wrong one of a later source; the source `-v` names.
+    let file_var = "`WQM_BACKUP_PASSWORD_FILE` (`";
+    let var = "`WQM_BACKUP_PASSWORD`";
+    let config = "`backup.encryption.password_command`";
+    // (environment, flags, the source `-v` names)
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: [Case; 8] = [
+        (&[], "--password-file {TMP}/right", "`--password-file "),
+        (&[("WQM_BACKUP_PASSWORD_FILE", "{TMP}/right")], "", file_var),
+        (&[("WQM_BACKUP_PASSWORD", FIRST)], "", var),
         (
             &[("WQM_BACKUP__ENCRYPTION__PASSWORD_COMMAND", &command)],
             "",
+            config,
         ),
         (
             &[("WQM_BACKUP_PASSWORD_FILE", "{TMP}/wrong")],
             "--password-file {TMP}/right",
+            "`--password-file ",
         ),
         (
             &[
@@ -224,6 +231,7 @@ fn each_password_source_is_taken_in_its_order() {
                 ("WQM_BACKUP_PASSWORD", "not it"),
             ],
             "",
+            file_var,
         ),
         (
             &[
@@ -231,23 +239,28 @@ fn each_password_source_is_taken_in_its_order() {
                 ("WQM_BACKUP__ENCRYPTION__PASSWORD_COMMAND", "sh -c 'exit 1'"),
             ],
             "",
+            var,
         ),
         (
+            // Empty counts as unset.
             &[
                 ("WQM_BACKUP_PASSWORD", ""),
                 ("WQM_BACKUP__ENCRYPTION__PASSWORD_COMMAND", &command),
             ],
             "",
+            config,
         ),
     ];
     let mut tmp = tmp;
-    for (env, flags) in cases {
+    for (env, flags, source) in cases {
         let mut t = fast(Test::in_dir(tmp)).args(&format!("backup key list {{TMP}}/r {flags} -v"));
         for (k, v) in env {
             t = t.env(k, v);
         }
+        let expected = format!("  Password from {source}");
         let (output, back) = t
             .stdout_with(|o| assert!(o.contains("1 key(s) in `"), "{o}"))
+            .stderr_with(move |e| assert!(e.starts_with(&expected), "{e}"))
             .run();
         prints_none(&output);
         tmp = back;
@@ -260,13 +273,8 @@ fn each_password_source_is_taken_in_its_order() {
     .unwrap();
     let (_, tmp) = fast(Test::in_dir(tmp))
         .args("backup key list {TMP}/r --config {TMP}/config.yaml -v")
-        .stdout_with(|o| {
-            assert!(
-                o.contains("Password from `backup.encryption.password_command`"),
-                "{o}"
-            );
-            assert!(o.contains("1 key(s) in `"), "{o}");
-        })
+        .stdout_with(|o| assert!(o.contains("1 key(s) in `"), "{o}"))
+        .stderr("  Password from `backup.encryption.password_command`\n")
         .run();
     // A source that fails is an error, not a reason to try the next one.
     let (_, tmp) = fast(Test::in_dir(tmp))
