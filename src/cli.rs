@@ -14,6 +14,8 @@ Environment:
   WQM_CONFIG_PATH, WQM_CONFIG_DIR              where the config file is
   WQM_DATABASE_PATH, WQM_DATA_DIR              where the state database is
   WQM_BACKUP__<KEY>[__<SUBKEY>]                override a backup.* config key
+  WQM_BACKUP_PASSWORD_FILE                     a file holding an encrypted repository's password
+  WQM_BACKUP_PASSWORD                          an encrypted repository's password
   NO_COLOR                                     plain output";
 
 #[derive(Debug, Parser)]
@@ -85,6 +87,52 @@ pub enum BackupCommand {
     /// working directories, report what a dead restore had done and the way back.
     #[command(after_help = EXIT_CODES_HELP)]
     Cleanup(CleanupArgs),
+    /// Make a repository (a backups directory or `s3://BUCKET/PREFIX`), encrypted with --encrypt.
+    #[command(after_help = format!("{PASSWORD_HELP}\n\n{EXIT_CODES_HELP}"))]
+    Init(InitArgs),
+    /// Manage the passwords of an encrypted repository (list, add, remove, passwd); no data is
+    /// re-encrypted.
+    #[command(subcommand, arg_required_else_help = true, after_help = EXIT_CODES_HELP)]
+    Key(KeyCommand),
+}
+
+const PASSWORD_HELP: &str = "\
+The password comes from, in this order: --password-file FILE, WQM_BACKUP_PASSWORD_FILE,
+WQM_BACKUP_PASSWORD, the config key backup.encryption.password_command (run without a shell),
+and a prompt when stdin is a terminal. It is never written or printed.";
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// List the repository's keys: id, host, user, created, KDF parameters, the one in use.
+    #[command(after_help = format!("{PASSWORD_HELP}\n\n{EXIT_CODES_HELP}"))]
+    List(KeyArgs),
+    /// Add a password: a new key for the same master key.
+    #[command(after_help = format!("{PASSWORD_HELP}\n\n{EXIT_CODES_HELP}"))]
+    Add(KeyNewArgs),
+    /// Remove a key by its id: never the one this password opens, so never the last.
+    #[command(after_help = format!("{PASSWORD_HELP}\n\n{EXIT_CODES_HELP}"))]
+    Remove(KeyRemoveArgs),
+    /// Change the password of the key in use: the new key is written before the old one goes.
+    #[command(after_help = format!("{PASSWORD_HELP}\n\n{EXIT_CODES_HELP}"))]
+    Passwd(KeyNewArgs),
+}
+
+impl KeyCommand {
+    pub fn output(&self) -> OutputArgs {
+        match self {
+            KeyCommand::List(args) => args.output,
+            KeyCommand::Add(args) | KeyCommand::Passwd(args) => args.key.output,
+            KeyCommand::Remove(args) => args.key.output,
+        }
+    }
+
+    pub fn key_args(&self) -> &KeyArgs {
+        match self {
+            KeyCommand::List(args) => args,
+            KeyCommand::Add(args) | KeyCommand::Passwd(args) => &args.key,
+            KeyCommand::Remove(args) => &args.key,
+        }
+    }
 }
 
 /// Flags every command takes.
@@ -340,4 +388,46 @@ pub struct ValidateArgs {
     pub read_data_subset: Option<Subset>,
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The new repository: a directory (made when missing) or `s3://BUCKET/PREFIX`.
+    pub directory: PathBuf,
+    /// Encrypt every backup made in it: a new master key, wrapped by the password.
+    #[arg(long)]
+    pub encrypt: bool,
+    /// Read the new password from FILE (its trailing line ends removed).
+    #[arg(long, value_name = "FILE", requires = "encrypt")]
+    pub password_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    /// The encrypted repository: a directory or `s3://BUCKET/PREFIX`.
+    pub directory: PathBuf,
+    /// Read the password that opens the repository from FILE (its trailing line ends removed).
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct KeyNewArgs {
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// Read the new password from FILE (else it is asked for twice on the terminal).
+    #[arg(long, value_name = "FILE")]
+    pub new_password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct KeyRemoveArgs {
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// The id of the key to remove (`wqm backup key list` shows them).
+    pub id: String,
 }

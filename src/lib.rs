@@ -12,8 +12,8 @@ mod commands;
 pub mod compress;
 pub mod config;
 pub mod copy;
-/// Encryption at rest (issue 21): keys, the encrypted object format and keyed chunk names; the
-/// repository layer wires it in next.
+/// Encryption at rest (issue 21): keys, the encrypted object format and keyed chunk names; `repo`
+/// stores the keys, the data paths come next.
 pub mod crypto;
 pub(crate) mod daemon;
 pub mod exit;
@@ -27,6 +27,8 @@ pub mod output;
 pub(crate) mod progress;
 pub(crate) mod prune;
 pub(crate) mod qdrant;
+/// A repository's config and keys (issue 21): `wqm backup init`, `wqm backup key`, the guard.
+pub mod repo;
 pub(crate) mod restore;
 pub(crate) mod secrets;
 pub mod snapshot;

@@ -237,6 +237,82 @@ pub fn classify(error: &anyhow::Error) -> (ExitCode, Option<String>) {
     (ExitCode::Failure, hint)
 }
 
+/// Asks for a password on the terminal (stderr), hidden; a new one is typed twice and asked
+/// again until both match. The caller has checked that stdin is a terminal. Ctrl-C: exit 130,
+/// nothing changed. The prompt turns echo off while it reads a line, and the line discipline
+/// turns Ctrl-C into SIGINT, which the signal watcher takes (the read just goes on): so the
+/// prompt reads on a thread of its own while this one watches for the interruption, puts the
+/// terminal's mode back and returns.
+pub fn ask_password(prompt: &str, new: bool) -> anyhow::Result<crate::crypto::Password> {
+    let mode = terminal_mode();
+    let (sender, answer) = std::sync::mpsc::channel();
+    let prompt = prompt.to_string();
+    std::thread::spawn(move || {
+        let mut asking = dialoguer::Password::new().with_prompt(prompt);
+        if new {
+            asking = asking.with_confirmation("Repeat it", "The passwords do not match; again");
+        }
+        let typed = asking
+            .interact_on(&console::Term::stderr())
+            .map(zeroize::Zeroizing::new);
+        let _ = sender.send(typed);
+    });
+    let cancelled = || -> anyhow::Error {
+        set_terminal_mode(mode.as_ref());
+        let _ = console::Term::stderr().show_cursor();
+        let _ = writeln!(io::stderr());
+        exit::Failure::new(
+            ExitCode::Interrupted,
+            "cancelled (Ctrl-C) at the password prompt; nothing was changed",
+        )
+        .into()
+    };
+    loop {
+        match answer.recv_timeout(Duration::from_millis(50)) {
+            Ok(Ok(typed)) => return Ok(crate::repo::password::typed(typed)?),
+            Ok(Err(dialoguer::Error::IO(e))) if e.kind() == io::ErrorKind::Interrupted => {
+                crate::progress::set_interrupted();
+                return Err(cancelled());
+            }
+            Ok(Err(e)) => return Err(e.into()),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                if crate::progress::is_interrupted() =>
+            {
+                return Err(cancelled())
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(anyhow::anyhow!(
+                    "the password prompt ended without an answer"
+                ))
+            }
+        }
+    }
+}
+
+#[cfg(unix)]
+type TerminalMode = rustix::termios::Termios;
+#[cfg(not(unix))]
+type TerminalMode = ();
+
+/// The terminal's mode (stdin's), to put back after an interrupted prompt.
+fn terminal_mode() -> Option<TerminalMode> {
+    #[cfg(unix)]
+    return rustix::termios::tcgetattr(io::stdin()).ok();
+    #[cfg(not(unix))]
+    None
+}
+
+fn set_terminal_mode(mode: Option<&TerminalMode>) {
+    #[cfg(unix)]
+    if let Some(mode) = mode {
+        let _ =
+            rustix::termios::tcsetattr(io::stdin(), rustix::termios::OptionalActions::Now, mode);
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+}
+
 /// The registry of error types that know their exit code: `classify_one` tries each, and each
 /// gets `exit::Registered`, without which `impl Classify` does not compile.
 macro_rules! registry {
@@ -278,6 +354,8 @@ registry!(
     crate::backup::remote::TargetTaken,
     crate::crypto::CryptoError,
     crate::copy::CopyError,
+    crate::repo::RepoError,
+    crate::repo::password::PasswordError,
 );
 
 #[cfg(test)]
@@ -523,6 +601,39 @@ mod classify_tests {
                     .into_io(),
                 ),
                 ExitCode::InvalidBackup,
+            ),
+            (
+                code_of(crate::repo::RepoError::Encrypted {
+                    repository: "r".into(),
+                    version: 1,
+                    master_key_id: "k".into(),
+                }),
+                ExitCode::Usage,
+            ),
+            (
+                code_of(crate::repo::RepoError::NewerFormat {
+                    repository: "r".into(),
+                    version: 2,
+                }),
+                ExitCode::Incompatible,
+            ),
+            (
+                code_of(crate::repo::RepoError::BadConfig {
+                    repository: "r".into(),
+                    reason: "x".into(),
+                }),
+                ExitCode::InvalidBackup,
+            ),
+            // Wrapped errors keep their own code.
+            (
+                code_of(crate::repo::RepoError::Crypto(
+                    crate::crypto::CryptoError::WrongPassword,
+                )),
+                ExitCode::Usage,
+            ),
+            (
+                code_of(crate::repo::password::PasswordError::Empty { from: "f".into() }),
+                ExitCode::Usage,
             ),
             (code_of(std::io::Error::other("plain")), ExitCode::Failure),
         ];

@@ -5,6 +5,8 @@ mod copy;
 mod create;
 mod export;
 mod info;
+mod init;
+mod key;
 mod list;
 mod migrations;
 mod prune;
@@ -12,14 +14,19 @@ mod reference;
 mod restore;
 mod validate;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use std::io::IsTerminal;
 
 use anyhow::Result;
 use tokio::runtime::Handle;
 
+use crate::backend::local::LocalBackend;
 use crate::backend::s3::S3Backend;
-use crate::backend::Location;
+use crate::backend::{Backend, Location};
+use crate::crypto::Password;
+use crate::repo::password::{self as passwords, PasswordError};
 use crate::store::lock::RepoLock;
 use crate::store::{Place, Remote, Repository};
 
@@ -39,7 +46,8 @@ pub fn dispatch(cli: Cli, ui: &Ui, runtime: &tokio::runtime::Runtime) -> Result<
         Command::Manpage => return reference::manpage(),
         Command::Backup(command) => command,
     };
-    let settings = Settings::load(&Env::from_process(), &overrides)?;
+    let env = Env::from_process();
+    let settings = Settings::load(&env, &overrides)?;
     // Every command may lock its backups directory, whose lock a task refreshes.
     let _runtime = runtime.enter();
     let default_dir = settings.backup.default_backup_directory.as_deref();
@@ -53,6 +61,7 @@ pub fn dispatch(cli: Cli, ui: &Ui, runtime: &tokio::runtime::Runtime) -> Result<
         location(dir)?;
     }
     let handle = runtime.handle();
+    runtime.block_on(guard(&command, default_dir, &settings))?;
     match command {
         BackupCommand::Create(args) => runtime.block_on(create::run(&args, &settings, ui, handle)),
         BackupCommand::Restore(args) => {
@@ -68,7 +77,191 @@ pub fn dispatch(cli: Cli, ui: &Ui, runtime: &tokio::runtime::Runtime) -> Result<
             runtime.block_on(cleanup::run(&args, &settings, ui, handle))
         }
         BackupCommand::Migrations(args) => migrations::run(&args, ui),
+        BackupCommand::Init(args) => {
+            runtime.block_on(init::run(&args, &settings, &env, ui, handle))
+        }
+        BackupCommand::Key(command) => runtime.block_on(key::run(&command, &settings, &env, ui)),
     }
+}
+
+/// The repositories a command reads or writes backups in: the directory of each backup it is
+/// given (and the path itself, which may be a repository), the directory it lists or prunes,
+/// where it creates, and where restore writes its safety backup.
+fn repositories_touched(command: &BackupCommand, default_dir: Option<&Path>) -> Vec<PathBuf> {
+    let backup = |path: &Path| {
+        let mut both = vec![path.to_path_buf()];
+        both.extend(parent_of(path));
+        both
+    };
+    let mut touched = match command {
+        BackupCommand::Create(args) => match &args.path {
+            Some(path) => parent_of(path).into_iter().collect(),
+            None => default_dir.map(Path::to_path_buf).into_iter().collect(),
+        },
+        BackupCommand::Restore(args) => {
+            let mut touched = backup(&args.path);
+            touched.extend(default_dir.map(Path::to_path_buf));
+            touched
+        }
+        BackupCommand::Info(args) => backup(&args.path),
+        BackupCommand::Validate(args) => backup(&args.path),
+        BackupCommand::List(args) => vec![args.directory.clone()],
+        BackupCommand::Export(args) => {
+            let mut touched = backup(&args.backup);
+            touched.extend(parent_of(&args.dest));
+            touched
+        }
+        BackupCommand::Copy(args) => vec![args.source.clone(), args.dest.clone()],
+        BackupCommand::Prune(args) => args
+            .directory
+            .as_deref()
+            .or(default_dir)
+            .map(Path::to_path_buf)
+            .into_iter()
+            .collect(),
+        BackupCommand::Cleanup(_)
+        | BackupCommand::Migrations(_)
+        | BackupCommand::Init(_)
+        | BackupCommand::Key(_) => Vec::new(),
+    };
+    touched.dedup();
+    touched
+}
+
+/// The directory (repository) that holds the backup at `path`: `s3://BUCKET/PREFIX` for
+/// `s3://BUCKET/PREFIX/NAME`, none for a bucket's root or `/`.
+fn parent_of(path: &Path) -> Option<PathBuf> {
+    match location(path).ok()? {
+        Location::Local(path) => Some(match path.parent()? {
+            p if p.as_os_str().is_empty() => PathBuf::from("."),
+            p => p.to_path_buf(),
+        }),
+        Location::S3 { bucket, prefix } if !prefix.is_empty() => {
+            let prefix = prefix.rsplit_once('/').map_or("", |(p, _)| p).to_string();
+            Some(PathBuf::from(Location::S3 { bucket, prefix }.to_string()))
+        }
+        Location::S3 { .. } => None,
+    }
+}
+
+/// THE one check before any command reads or writes backups (`repo::guard`): an encrypted
+/// repository among those it touches is refused with exit 2 until this wqm encrypts the data
+/// paths, so nothing is written into one in plaintext and nothing is read as if it were
+/// plain. A local directory without `.wqm-repo` is not looked into further.
+async fn guard(
+    command: &BackupCommand,
+    default_dir: Option<&Path>,
+    settings: &Settings,
+) -> Result<()> {
+    for dir in repositories_touched(command, default_dir) {
+        let backend: Arc<dyn Backend> = match location(&dir)? {
+            Location::Local(path) => {
+                if path.join(crate::repo::REPO_DIR).symlink_metadata().is_err() {
+                    continue;
+                }
+                Arc::new(LocalBackend::open(&path)?)
+            }
+            Location::S3 { bucket, prefix } => {
+                Arc::new(s3_checked(&bucket, &prefix, settings).await?)
+            }
+        };
+        crate::repo::guard(&*backend, &dir.display().to_string()).await?;
+    }
+    Ok(())
+}
+
+/// The repository at `dir` as a backend, and how to show it. A local directory is made when
+/// `make` (for `init`), else it must exist (a missing one is no repository); on S3 the server
+/// is asked once first.
+async fn backend_at(
+    dir: &Path,
+    settings: &Settings,
+    make: bool,
+) -> Result<(Arc<dyn Backend>, String)> {
+    let shown = dir.display().to_string();
+    match location(dir)? {
+        Location::Local(path) => {
+            if !make && !path.is_dir() {
+                return Err(crate::repo::RepoError::NotARepository { repository: shown }.into());
+            }
+            Ok((Arc::new(LocalBackend::open(&path)?), shown))
+        }
+        Location::S3 { bucket, prefix } => {
+            let backend = s3_checked(&bucket, &prefix, settings).await?;
+            if make && !backend.supports_conditional_put().await? {
+                return Err(crate::repo::RepoError::NoConditionalPut { repository: shown }.into());
+            }
+            Ok((Arc::new(backend), shown))
+        }
+    }
+}
+
+/// The S3 backend of `s3://bucket/prefix`, its server asked once.
+async fn s3_checked(bucket: &str, prefix: &str, settings: &Settings) -> Result<S3Backend> {
+    let resolved = settings.backup.s3.options().resolve()?;
+    let backend = S3Backend::open(bucket, prefix, &resolved)?;
+    backend.check().await?;
+    Ok(backend)
+}
+
+/// Whether a password is a new one (asked twice) or opens a key.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Asking {
+    Existing,
+    New,
+}
+
+/// The password of `repository`: from `--password-file`, `WQM_BACKUP_PASSWORD_FILE`,
+/// `WQM_BACKUP_PASSWORD` or `backup.encryption.password_command`; else asked on the terminal
+/// (twice for a new one) when stdin is one; else refused, naming those ways.
+fn password(
+    file: Option<&Path>,
+    env: &Env,
+    settings: &Settings,
+    repository: &str,
+    asking: Asking,
+    ui: &Ui,
+) -> Result<Password> {
+    let command = settings.backup.encryption.password_command.as_deref();
+    if let Some((password, source)) = passwords::from_sources(file, env, command)? {
+        crate::progress::Progress::step(&ui.progress(), &format!("Password from {source}"));
+        return Ok(password);
+    }
+    let (prompt, what) = match asking {
+        Asking::Existing => (format!("Password for `{repository}`"), "a password"),
+        Asking::New => (format!("New password for `{repository}`"), "a new password"),
+    };
+    if !std::io::stdin().is_terminal() {
+        return Err(PasswordError::Needed {
+            what,
+            repository: repository.to_string(),
+            ways: passwords::WAYS,
+        }
+        .into());
+    }
+    crate::output::ask_password(&prompt, asking == Asking::New)
+}
+
+/// The new password of `key add` and `key passwd`: from `--new-password-file`, else asked
+/// twice on the terminal.
+fn new_password(file: Option<&Path>, repository: &str) -> Result<Password> {
+    if let Some(path) = file {
+        let source = passwords::Source::Flag(path.to_path_buf());
+        return Ok(passwords::read_file(
+            path,
+            "`--new-password-file`",
+            &source,
+        )?);
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(PasswordError::Needed {
+            what: "a new password",
+            repository: repository.to_string(),
+            ways: "`--new-password-file FILE`",
+        }
+        .into());
+    }
+    crate::output::ask_password(&format!("New password for `{repository}`"), true)
 }
 
 /// Where a command writes only locally (export's DEST), an `s3://` location is refused before
@@ -169,9 +362,8 @@ fn location(path: &Path) -> Result<Location> {
 
 /// The repository `s3://bucket/prefix`, its server asked once before anything else is done.
 fn remote(bucket: &str, prefix: &str, settings: &Settings, handle: &Handle) -> Result<Remote> {
-    let resolved = settings.backup.s3.options().resolve()?;
-    let backend = S3Backend::open(bucket, prefix, &resolved)?;
-    tokio::task::block_in_place(|| handle.block_on(backend.check()))?;
+    let backend =
+        tokio::task::block_in_place(|| handle.block_on(s3_checked(bucket, prefix, settings)))?;
     let shown = Location::S3 {
         bucket: bucket.to_string(),
         prefix: prefix.to_string(),
@@ -235,6 +427,8 @@ pub fn ui_for(cli: &Cli) -> Ui {
             BackupCommand::Prune(args) => args.output,
             BackupCommand::Migrations(args) => args.output,
             BackupCommand::Cleanup(args) => args.output,
+            BackupCommand::Init(args) => args.output,
+            BackupCommand::Key(command) => command.output(),
         },
         Command::Completions { .. } | Command::Manpage => OutputArgs {
             json: false,

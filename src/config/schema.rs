@@ -35,6 +35,7 @@ pub struct BackupSettings {
     pub transfer: TransferSettings,
     pub daemon: DaemonSettings,
     pub s3: S3Settings,
+    pub encryption: EncryptionSettings,
 }
 
 impl BackupSettings {
@@ -69,6 +70,7 @@ impl Default for BackupSettings {
             transfer: TransferSettings::default(),
             daemon: DaemonSettings::default(),
             s3: S3Settings::default(),
+            encryption: EncryptionSettings::default(),
         }
     }
 }
@@ -278,6 +280,16 @@ impl S3Settings {
             ..Default::default()
         }
     }
+}
+
+/// Encrypted repositories (`backup.encryption.*`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EncryptionSettings {
+    /// A command whose output is the repository's password (run without a shell, as restic
+    /// runs `--password-command`), asked after `--password-file`, `WQM_BACKUP_PASSWORD_FILE` and
+    /// `WQM_BACKUP_PASSWORD`.
+    pub password_command: Option<String>,
 }
 
 /// The default `backup:` section as a YAML tree: the single source of the valid key names.

@@ -1,6 +1,7 @@
-//! Encryption at rest: the cryptographic core of encrypted repositories (issue 21). This module is
-//! the layer the repository (the backend interface of `src/backend/`) wires in next; nothing calls
-//! it yet. It holds no storage of its own: every function works on bytes, readers and writers.
+//! Encryption at rest: the cryptographic core of encrypted repositories (issue 21). `src/repo/`
+//! stores a repository's key objects through the backend (`init --encrypt`, `key`); the data
+//! paths wire in the object format next. It holds no storage of its own: every function works on
+//! bytes, readers and writers.
 //!
 //! - **Keys** (`keys.rs`, restic's model): a random [`MasterKey`] (an encryption key and a MAC key
 //!   for chunk names) is wrapped by a key derived from a password with Argon2id, in a JSON

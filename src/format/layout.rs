@@ -25,6 +25,8 @@ pub const CONFIG_DIR: &str = "config";
 pub const REQUIRED_DIRS: [&str; 3] = [METADATA_DIR, COLLECTIONS_DIR, SQLITE_DIR];
 
 pub const STAGING_SUFFIX: &str = ".wqm-staging";
+/// A repository's own directory: its config and key objects (`repo`), never a backup.
+pub const REPO_DIR: &str = ".wqm-repo";
 /// Inside a staging directory: the backup being written.
 pub const STAGED_BACKUP_DIR: &str = "backup";
 /// Inside a staging directory: the backup `--force` replaced, until it is removed.

@@ -43,7 +43,13 @@ impl Scan {
 /// Whether `name` in a backups directory is one of wqm's own parts of it, never a backup.
 fn is_repository_part(name: &str) -> bool {
     let locks = crate::backend::lock::LOCKS.trim_end_matches('/');
-    [chunks::STORE_DIR, locks, crate::backend::RESERVED].contains(&name)
+    [
+        chunks::STORE_DIR,
+        locks,
+        crate::backend::RESERVED,
+        layout::REPO_DIR,
+    ]
+    .contains(&name)
 }
 
 /// The one scanner of a backups directory (`list`, `prune`). One rule for what is a backup:
@@ -58,8 +64,9 @@ pub fn scan(dir: &Path) -> io::Result<Scan> {
         let path = entry.path();
         let kind = entry.file_type()?;
         let seen = if layout::is_hidden(&name) {
-            // The chunk store holds the incremental backups' data, the others the runs' locks
-            // and the local backend's temporary files: none is a backup.
+            // The chunk store holds the incremental backups' data, the others the runs' locks,
+            // the local backend's temporary files and the repository's config and keys: none
+            // is a backup.
             if !kind.is_dir() || is_repository_part(&name) {
                 continue;
             }

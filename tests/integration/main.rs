@@ -22,6 +22,8 @@ mod qdrant_double;
 mod real_cluster;
 mod real_qdrant;
 mod real_server;
+mod repo;
+mod repo_keys;
 mod restore;
 mod s3_export;
 mod s3_faults;

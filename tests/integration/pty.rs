@@ -97,6 +97,18 @@ impl Terminal {
         }
     }
 
+    /// Whether the terminal echoes what is typed (a hidden prompt turns that off while it reads).
+    pub fn echoes(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        // SAFETY: `termios` is plain data, filled by `tcgetattr` on our open master descriptor.
+        let mut termios: libc::termios = unsafe { std::mem::zeroed() };
+        assert_eq!(
+            unsafe { libc::tcgetattr(self.master.as_raw_fd(), &mut termios) },
+            0
+        );
+        termios.c_lflag & libc::ECHO != 0
+    }
+
     /// Types `keys`.
     pub fn type_keys(&mut self, keys: &[u8]) {
         self.master.write_all(keys).unwrap();

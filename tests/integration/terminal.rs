@@ -1,12 +1,14 @@
-//! What only a terminal shows: progress bars that appear and end cleanly, and the restore
-//! prompt (`y`, `n`, Enter, Ctrl-C), on a real pseudo-terminal against the Qdrant test double.
+//! What only a terminal shows: progress bars that appear and end cleanly, the restore prompt
+//! (`y`, `n`, Enter, Ctrl-C), on a real pseudo-terminal against the Qdrant test double, and the
+//! hidden password prompt of encrypted repositories.
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::pty::Terminal;
 use crate::qdrant_double::{Double, Faults};
+use crate::repo::{files, holds_none, FIRST, SECOND};
 use crate::restore::{lose_everything, safety_backups, scene, uploads};
 
 fn restore_on_a_terminal(tmp: &Path, double: &Double) -> Terminal {
@@ -154,4 +156,90 @@ fn a_copy_shows_each_backups_bar_on_a_terminal_and_clears_it() {
         screen[bar..result].contains("\r\u{1b}[2K"),
         "the bar was left behind: {screen:?}"
     );
+}
+
+/// Waits until `text` has appeared `times` times on the terminal.
+fn wait_for_count(terminal: &Terminal, text: &str, times: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while terminal.screen().matches(text).count() < times {
+        assert!(
+            Instant::now() < deadline,
+            "{text:?} ×{times}:\n{}",
+            terminal.screen()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn on_a_terminal_a_new_password_is_asked_twice_and_never_shown() {
+    let tmp = tempfile::Builder::new()
+        .prefix("wqm-test-")
+        .tempdir()
+        .unwrap();
+    let on_terminal = |args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wqm"));
+        command
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", tmp.path())
+            .env("TERM", "xterm")
+            .env("WQM_TEST_FAST_KDF", "1")
+            .current_dir(tmp.path());
+        Terminal::spawn(command)
+    };
+    let mut terminal = on_terminal(&["backup", "init", "r", "--encrypt"]);
+    terminal.wait_for("New password for `r`");
+    terminal.type_keys(format!("{FIRST}\r").as_bytes());
+    wait_for_count(&terminal, "Repeat it", 1);
+    terminal.type_keys(format!("{SECOND}\r").as_bytes());
+    // Told, and asked again from the start.
+    wait_for_count(&terminal, "The passwords do not match; again", 1);
+    wait_for_count(&terminal, "New password for `r`", 2);
+    terminal.type_keys(format!("{FIRST}\r").as_bytes());
+    wait_for_count(&terminal, "Repeat it", 2);
+    terminal.type_keys(format!("{FIRST}\r").as_bytes());
+    let (status, screen) = terminal.finish();
+    assert!(status.success(), "{screen}");
+    assert!(
+        screen.contains("Created an encrypted repository at `r`"),
+        "{screen}"
+    );
+    assert!(
+        !screen.contains(FIRST) && !screen.contains(SECOND),
+        "{screen}"
+    );
+    // The typed password opens it; asked once.
+    let mut terminal = on_terminal(&["backup", "key", "list", "r"]);
+    terminal.wait_for("Password for `r`");
+    terminal.type_keys(format!("{FIRST}\r").as_bytes());
+    let (status, screen) = terminal.finish();
+    assert!(status.success(), "{screen}");
+    assert!(screen.contains("1 key(s) in `r`"), "{screen}");
+    assert!(
+        !screen.contains("Repeat it") && !screen.contains(FIRST),
+        "{screen}"
+    );
+    holds_none(&files(&tmp.path().join("r")), &[FIRST, SECOND]);
+
+    // Ctrl-C at the prompt: exit 130, nothing made, and the terminal echoes again.
+    let mut terminal = on_terminal(&["backup", "init", "other", "--encrypt"]);
+    terminal.wait_for("New password for `other`");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while terminal.echoes() {
+        assert!(Instant::now() < deadline, "the prompt never hid the input");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    terminal.type_keys(b"abc\x03");
+    terminal.wait_for("nothing was changed");
+    assert!(terminal.echoes(), "{}", terminal.screen());
+    let (status, screen) = terminal.finish();
+    assert_eq!(status.code(), Some(130), "{screen}");
+    assert!(
+        screen
+            .contains("wqm: error: cancelled (Ctrl-C) at the password prompt; nothing was changed"),
+        "{screen}"
+    );
+    assert!(!tmp.path().join("other/.wqm-repo").exists());
 }
