@@ -10,12 +10,11 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::backend::NEEDS_S3;
 use crate::faults::killed;
 use crate::incremental::{chunk_files, first_chunk, grow_state_db, night, workspace, wqm};
 use crate::qdrant_double::Double;
 use crate::restore::lose_everything;
-use crate::s3_read::{fresh_prefix, with_s3};
+use crate::s3_read::{fresh_prefix, s3_variables, with_s3};
 use crate::test::{self, Test};
 
 /// `wqm backup copy ARGS --json` (with the S3 variables): its document.
@@ -317,14 +316,7 @@ fn a_backup_of_the_same_name_that_differs_is_refused_and_left_alone() {
 fn killed_copy(tmp: &Path, from: &str, to: &str) {
     let mut command = test::wqm_command(&tmp.join("home"), &["backup", "copy", from, to]);
     command.env("WQM_FAILPOINTS", "copy:before-manifest=kill");
-    for key in [
-        "AWS_ENDPOINT_URL",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_REGION",
-    ] {
-        command.env(key, std::env::var(key).expect(NEEDS_S3));
-    }
+    s3_variables(&mut command);
     let output = command.output().unwrap();
     assert!(killed(&output), "{output:?}");
 }

@@ -6,16 +6,16 @@
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 use wqm::backend::lock::{Lock, LockError, LockInfo, LOCKS};
 use wqm::backend::{self, Backend, Name};
 
-use crate::backend::NEEDS_S3;
 use crate::incremental::{workspace, wqm};
 use crate::qdrant_double::Double;
-use crate::s3_read::{fresh_prefix, with_s3};
+use crate::s3_read::{fresh_prefix, s3_variables, with_s3};
+use crate::store_lock::foreign_lock;
 use crate::test::{self, Test};
 
 /// `wqm ARGS` as a process of its own, against the double and the S3 server, in `tmp`.
@@ -26,14 +26,7 @@ pub(crate) fn s3_command(tmp: &Path, qdrant: &str, args: &[&str]) -> Command {
         .env("WQM_DATA_DIR", tmp.join("data"))
         .env("WQM_FAILPOINT_DIR", tmp)
         .env("TMPDIR", tmp);
-    for key in [
-        "AWS_ENDPOINT_URL",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_REGION",
-    ] {
-        command.env(key, std::env::var(key).expect(NEEDS_S3));
-    }
+    s3_variables(&mut command);
     command
 }
 
@@ -77,24 +70,7 @@ pub(crate) fn plant(
     exclusive: bool,
     age: f64,
 ) {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64();
-    let info = LockInfo {
-        host: "elsewhere.example".into(),
-        pid: 4242,
-        time: now - age,
-        started: now - age,
-        exclusive,
-        command: if exclusive {
-            "backup prune"
-        } else {
-            "backup create"
-        }
-        .into(),
-        version: "0.4.0".into(),
-    };
+    let info = foreign_lock(exclusive, age);
     let name = Name::new(format!("{LOCKS}planted-{}", backend::random_id())).unwrap();
     let bytes = serde_json::to_vec(&info).unwrap();
     runtime

@@ -17,17 +17,27 @@ use crate::qdrant_double::Double;
 use crate::restore::lose_everything;
 use crate::test::Test;
 
+/// The variables that name the test's S3 server and its credentials.
+const S3_VARIABLES: [&str; 4] = [
+    "AWS_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_REGION",
+];
+
 /// `t` with the S3 server's variables, as the user's shell would have them.
 pub(crate) fn with_s3(mut t: Test) -> Test {
-    for key in [
-        "AWS_ENDPOINT_URL",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_REGION",
-    ] {
+    for key in S3_VARIABLES {
         t = t.env(key, &std::env::var(key).expect(NEEDS_S3));
     }
     t
+}
+
+/// A `wqm` process of its own with the S3 server's variables.
+pub(crate) fn s3_variables(command: &mut std::process::Command) {
+    for key in S3_VARIABLES {
+        command.env(key, std::env::var(key).expect(NEEDS_S3));
+    }
 }
 
 fn runtime() -> tokio::runtime::Runtime {

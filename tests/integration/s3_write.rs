@@ -7,12 +7,11 @@ use std::sync::Arc;
 use tempfile::TempDir;
 use wqm::backend::Backend;
 
-use crate::backend::NEEDS_S3;
 use crate::faults::killed;
 use crate::incremental::{workspace, wqm};
 use crate::qdrant_double::Double;
 use crate::restore::lose_everything;
-use crate::s3_read::{fresh_prefix, with_s3};
+use crate::s3_read::{fresh_prefix, s3_variables, with_s3};
 use crate::test::{self, Test};
 
 #[test]
@@ -95,14 +94,7 @@ pub(crate) fn killed_create(
         .env("WQM_DATA_DIR", tmp.path().join("data"))
         .env("TMPDIR", tmp.path())
         .env("WQM_FAILPOINTS", "create:s3-before-manifest=kill");
-    for key in [
-        "AWS_ENDPOINT_URL",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_REGION",
-    ] {
-        command.env(key, std::env::var(key).expect(NEEDS_S3));
-    }
+    s3_variables(&mut command);
     let output = command.output().unwrap();
     assert!(killed(&output), "{output:?}");
     let objects = runtime.block_on(backend.list("killed/")).unwrap();

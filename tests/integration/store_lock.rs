@@ -15,14 +15,14 @@ use crate::incremental::{chunk_files, two_nights, validate, wqm};
 use crate::qdrant_double::Double;
 use crate::test::{self, Test};
 
-/// A lock object as a run of another host leaves it, `age` seconds old (30 minutes make it
+/// What a lock object of a run of another host says, `age` seconds old (30 minutes make it
 /// stale).
-fn planted(backups: &Path, exclusive: bool, age: f64) -> PathBuf {
+pub(crate) fn foreign_lock(exclusive: bool, age: f64) -> LockInfo {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs_f64();
-    let info = LockInfo {
+    LockInfo {
         host: "elsewhere.example".into(),
         pid: 4242,
         time: now - age,
@@ -35,7 +35,12 @@ fn planted(backups: &Path, exclusive: bool, age: f64) -> PathBuf {
         }
         .into(),
         version: "0.4.0".into(),
-    };
+    }
+}
+
+/// A lock object as a run of another host leaves it in `backups`, `age` seconds old.
+fn planted(backups: &Path, exclusive: bool, age: f64) -> PathBuf {
+    let info = foreign_lock(exclusive, age);
     let dir = backups.join(".wqm-locks");
     fs::create_dir_all(&dir).unwrap();
     let path = dir.join(if exclusive { "planted-x" } else { "planted-s" });
