@@ -1,7 +1,8 @@
 //! The repository lock: every run that reads or writes the backups of a directory — a local one
-//! or an S3 repository — holds a lock object there (`backend::lock`, under `.wqm-locks/`, through
-//! the local backend or the repository's own) for its whole life — shared by `create` (full and incremental), `restore`, `export`, `validate`, `info` and
-//! `list --check`; exclusive by `prune`, whose deletions and garbage collection must not run
+//! or an S3 repository — holds a lock object there (`backend::lock`, under `.wqm-locks/`,
+//! through the local backend or the repository's own) for its whole life — shared by `create`
+//! (full and incremental), `restore`, `export`, `validate`, `info` and `list --check`;
+//! exclusive by `prune`, whose deletions and garbage collection must not run
 //! under a reader or a create. One place takes it (`RepoLock::shared`/`exclusive`), waiting up
 //! to `LOCK_WAIT` while a conflicting run holds the directory (Ctrl-C ends the wait), and
 //! dropping it releases it, on errors and interruptions too.
