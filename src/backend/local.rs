@@ -552,6 +552,11 @@ impl Backend for LocalBackend {
         self.blocking(|inner| inner.unfinished()).await
     }
 
+    /// A link or an exclusive create: always.
+    async fn refuses_taken_names(&self) -> Result<bool, BackendError> {
+        Ok(true)
+    }
+
     async fn abort(&self, upload: &Unfinished) -> Result<(), BackendError> {
         let upload = upload.clone();
         self.blocking(move |inner| inner.abort(&upload)).await

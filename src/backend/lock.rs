@@ -450,6 +450,9 @@ mod tests {
         async fn save_new(&self, name: &Name, data: Bytes) -> Result<(), BackendError> {
             self.0.save_new(name, data).await
         }
+        async fn refuses_taken_names(&self) -> Result<bool, BackendError> {
+            self.0.refuses_taken_names().await
+        }
         async fn load(
             &self,
             name: &Name,

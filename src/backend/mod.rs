@@ -93,6 +93,11 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// Writes a small object only if `name` is free: `AlreadyExists` otherwise.
     async fn save_new(&self, name: &Name, data: Bytes) -> Result<(), BackendError>;
 
+    /// Whether `save_new` really refuses a taken name here (an S3 server that ignores
+    /// `If-None-Match: *` overwrites instead): asked before a run writes backups there, since a
+    /// commit and a claim on a name both rest on it.
+    async fn refuses_taken_names(&self) -> Result<bool, BackendError>;
+
     /// The object's bytes, or those of `range` (clipped to the object's end).
     async fn load(
         &self,

@@ -24,6 +24,46 @@ use serde::{Deserialize, Serialize};
 use super::s3_config::Resolved;
 use super::{Backend, BackendError, ByteStream, Name, ObjectInfo, Unfinished, RESERVED};
 
+/// Runs `request` again, with backoff, while it fails unsent: hyper cancels a request whose
+/// pooled connection it finds closed (`connection was not ready`: the server went away, and may
+/// be back), an error `object_store` does not retry. Never sent, it may be sent again, a
+/// conditional `PUT` too.
+async fn resent<T, F, Fut>(request: F) -> object_store::Result<T>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = object_store::Result<T>>,
+{
+    let mut wait = Duration::from_millis(100);
+    for _ in 0..RESENDS {
+        match request().await {
+            Err(e) if never_sent(&e) => {
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            done => return done,
+        }
+    }
+    request().await
+}
+
+/// How often a request canceled unsent is sent again (100 ms, then twice as long each time).
+const RESENDS: usize = 5;
+
+/// Whether `e` is a request hyper canceled before sending it.
+fn never_sent(e: &object_store::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(error) = cause {
+        if error
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_canceled)
+        {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
+}
+
 /// The size of a multipart upload's parts (S3 wants at least 5 MiB but the last; 10 000 parts
 /// at most: objects up to 80 GiB).
 pub const PART_SIZE: usize = 8 * 1024 * 1024;
@@ -253,8 +293,7 @@ impl S3Backend {
             mode,
             ..PutOptions::default()
         };
-        self.store
-            .put_opts(&path, payload, options)
+        resent(|| self.store.put_opts(&path, payload.clone(), options.clone()))
             .await
             .map(|_| ())
             .map_err(|e| self.error("saving", name, e))
@@ -270,9 +309,7 @@ impl S3Backend {
         mut data: ByteStream,
     ) -> Result<u64, BackendError> {
         let path = self.path(name.as_str())?;
-        let upload_id = self
-            .store
-            .create_multipart(&path)
+        let upload_id = resent(|| self.store.create_multipart(&path))
             .await
             .map_err(|e| self.error("starting the upload of", name.as_str(), e))?;
         let record_id = super::random_id();
@@ -307,10 +344,11 @@ impl S3Backend {
             .await;
         match result {
             Ok((written, parts)) => {
-                let completed = self
-                    .store
-                    .complete_multipart(&path, &upload_id, parts)
-                    .await
+                let completed = resent(|| {
+                    self.store
+                        .complete_multipart(&path, &upload_id, parts.clone())
+                })
+                .await
                     .map_err(|e| self.error("completing the upload of", name.as_str(), e));
                 if let Err(e) = completed {
                     guard.abort().await;
@@ -355,7 +393,7 @@ impl S3Backend {
                 let part = index;
                 index += 1;
                 in_flight = Some(tokio::spawn(async move {
-                    store.put_part(&path, &upload_id, part, payload).await
+                    resent(|| store.put_part(&path, &upload_id, part, payload.clone())).await
                 }));
             }
             if ended {
@@ -547,6 +585,10 @@ fn unreachable(e: &(dyn std::error::Error + 'static)) -> bool {
 
 #[async_trait::async_trait]
 impl Backend for S3Backend {
+    async fn refuses_taken_names(&self) -> Result<bool, BackendError> {
+        self.supports_conditional_put().await
+    }
+
     fn describe(&self) -> String {
         let location = if self.prefix.is_empty() {
             format!("s3://{}", self.bucket)
@@ -594,7 +636,7 @@ impl Backend for S3Backend {
             range: range.clone().map(GetRange::Bounded),
             ..GetOptions::default()
         };
-        match self.store.get_opts(&path, options).await {
+        match resent(|| self.store.get_opts(&path, options.clone())).await {
             Ok(result) => Ok(result
                 .into_stream()
                 .map(|piece| piece.map_err(std::io::Error::other))
@@ -632,9 +674,7 @@ impl Backend for S3Backend {
 
     async fn stat(&self, name: &Name) -> Result<ObjectInfo, BackendError> {
         let path = self.path(name.as_str())?;
-        let meta = self
-            .store
-            .head(&path)
+        let meta = resent(|| self.store.head(&path))
             .await
             .map_err(|e| self.error("looking at", name.as_str(), e))?;
         Ok(ObjectInfo {
@@ -666,7 +706,7 @@ impl Backend for S3Backend {
 
     async fn remove(&self, name: &Name) -> Result<(), BackendError> {
         let path = self.path(name.as_str())?;
-        match self.store.delete(&path).await {
+        match resent(|| self.store.delete(&path)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.error("removing", name.as_str(), e)),
         }

@@ -25,6 +25,9 @@ pub async fn run(
     }
     let dest = super::repository(&args.dest, settings, handle)?;
     copy::refuse_same(&source, &dest)?;
+    if let Repository::Remote(remote) = &dest {
+        super::require_exclusive_names(remote).await?;
+    }
     // What killed runs left where this one writes.
     match &dest {
         Repository::Local(dir) => {

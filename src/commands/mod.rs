@@ -196,6 +196,19 @@ async fn backend_at(
     }
 }
 
+/// Before a run writes backups to `remote`: its server must refuse a taken name (`save_new`:
+/// the claim on a name and the manifest's commit), or two runs could overwrite each other.
+async fn require_exclusive_names(remote: &Remote) -> Result<()> {
+    if remote.backend().refuses_taken_names().await? {
+        Ok(())
+    } else {
+        Err(crate::repo::RepoError::NoConditionalPut {
+            repository: remote.shown_root().to_string(),
+        }
+        .into())
+    }
+}
+
 /// The S3 backend of `s3://bucket/prefix`, its server asked once.
 async fn s3_checked(bucket: &str, prefix: &str, settings: &Settings) -> Result<S3Backend> {
     let resolved = settings.backup.s3.options().resolve()?;

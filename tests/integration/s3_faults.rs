@@ -164,3 +164,47 @@ fn a_server_gone_for_good_mid_upload_fails_cleanly_and_the_next_run_removes_what
         );
     }
 }
+
+#[test]
+#[cfg_attr(
+    not(real_s3),
+    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+)]
+fn a_server_that_ignores_conditional_writes_is_refused_before_anything_is_written() {
+    let double = Double::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (backend, url) = fresh_prefix(&runtime);
+    let proxy = proxy(Faults {
+        ignore_if_none_match: true,
+        ..Faults::default()
+    });
+    let said = |e: &str| {
+        assert!(
+            e.contains("does not honour conditional writes (`If-None-Match: *`)"),
+            "{e}"
+        )
+    };
+    let (_, tmp) = create_through(&proxy, &double, None, &format!("{url}/first"))
+        .status(2)
+        .stdout_with(|o| assert_eq!(o, ""))
+        .stderr_with(said)
+        .run();
+    // Neither Qdrant nor the bucket got anything of it.
+    assert!(double.requests().iter().all(|r| !r.contains("/snapshots")));
+    assert!(runtime.block_on(backend.list("")).unwrap().is_empty());
+    // Nor does a copy write there.
+    let (_, tmp) = wqm(
+        Test::in_dir(tmp),
+        &double.url,
+        "backup create {TMP}/backups/full",
+    )
+    .stdout_with(|_| {})
+    .run();
+    through(&proxy, Test::in_dir(tmp))
+        .args(&format!("backup copy {{TMP}}/backups {url}"))
+        .status(2)
+        .stdout_with(|o| assert_eq!(o, ""))
+        .stderr_with(said)
+        .run();
+    assert!(runtime.block_on(backend.list("")).unwrap().is_empty());
+}

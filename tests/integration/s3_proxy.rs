@@ -31,6 +31,10 @@ pub struct Faults {
     /// gone for `gone_for` (`None`: until `back` is called).
     pub cut_write_to: Option<String>,
     pub gone_for: Option<Duration>,
+    /// Answer a conditional `PUT` (`If-None-Match: *`) of a taken name `200 OK`, as a server
+    /// that ignores the condition does (rclone's `serve s3` 1.75), instead of the upstream's
+    /// `412 Precondition Failed`.
+    pub ignore_if_none_match: bool,
 }
 
 #[derive(Default)]
@@ -192,11 +196,22 @@ async fn forward(
         .seen
         .passed
         .push((format!("{method} {path}"), Instant::now()));
+    let conditional = parts.headers.contains_key("if-none-match");
     let answer = upstream_request
         .body(body)
         .send()
         .await
         .map_err(std::io::Error::other)?;
+    if conditional
+        && answer.status() == reqwest::StatusCode::PRECONDITION_FAILED
+        && state.lock().unwrap().faults.ignore_if_none_match
+    {
+        return Ok(Response::builder()
+            .status(200)
+            .header("etag", "\"d41d8cd98f00b204e9800998ecf8427e\"")
+            .body(full(Bytes::new()))
+            .unwrap());
+    }
     let mut response = Response::builder().status(answer.status().as_u16());
     for (name, value) in answer.headers() {
         if !matches!(name.as_str(), "transfer-encoding" | "connection") {
