@@ -20,6 +20,8 @@ pub const METADATA_DIR: &str = "metadata";
 pub const MANIFEST_PATH: &str = "metadata/manifest.json";
 pub const COLLECTIONS_DIR: &str = "collections";
 pub const SQLITE_DIR: &str = "sqlite";
+/// A legacy (Python) backup's plain copy of the state database.
+pub const LEGACY_STATE_DB: &str = "sqlite/state.db";
 pub const CONFIG_DIR: &str = "config";
 /// Subdirectories every backup has (the Python layout).
 pub const REQUIRED_DIRS: [&str; 3] = [METADATA_DIR, COLLECTIONS_DIR, SQLITE_DIR];

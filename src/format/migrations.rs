@@ -21,8 +21,9 @@ pub type Line = (i64, i64);
 /// the databases' schemas are the daemon's to migrate forward when it starts.
 pub struct WorkingCopy {
     pub manifest: Manifest,
-    /// The backup itself, read-only.
-    pub backup_dir: PathBuf,
+    /// A legacy backup's plain `sqlite/state.db` when it holds one (a file, not a link; the
+    /// caller looks, through the storage seam), read-only.
+    pub legacy_state_db: Option<PathBuf>,
 }
 
 #[derive(Debug, Serialize)]
@@ -98,19 +99,14 @@ fn python_era(staged: &mut WorkingCopy) -> Result<()> {
     manifest.total_documents = None;
     manifest.selected_collections = None;
     manifest.databases.clear();
-    let file = format!("{}/state.db", crate::format::layout::SQLITE_DIR);
-    // A plain file of the backup, not a link (SQLite opens it by path).
-    let in_backup = crate::store::stat_in(&staged.backup_dir, &file)
-        .is_ok_and(|s| s.kind == crate::store::Kind::File)
-        .then(|| staged.backup_dir.join(&file));
-    if let Some(db) = in_backup {
-        let conn = sqlite::open_immutable(&db).context("cannot open the legacy state database")?;
+    if let Some(db) = &staged.legacy_state_db {
+        let conn = sqlite::open_immutable(db).context("cannot open the legacy state database")?;
         let Some(schema_version) = sqlite::schema_version(&conn)? else {
             bail!("the legacy backup's state.db has no `schema_version` table: it is not a workspace-qdrant state database this wqm can restore")
         };
         manifest.databases.push(DatabaseDetails {
             name: "state.db".to_string(),
-            file,
+            file: crate::format::layout::LEGACY_STATE_DB.to_string(),
             schema_version: Some(schema_version),
         });
     }
@@ -243,7 +239,7 @@ mod tests {
         let backup = legacy_backup("CREATE TABLE schema_version(version INTEGER, applied_at TEXT); INSERT INTO schema_version VALUES (49, 'x');");
         let mut staged = WorkingCopy {
             manifest: legacy(),
-            backup_dir: backup.path().to_path_buf(),
+            legacy_state_db: Some(backup.path().join("sqlite/state.db")),
         };
         apply(&for_backup(&staged.manifest, "0.3.0").unwrap(), &mut staged).unwrap();
         let m = &staged.manifest;
@@ -255,7 +251,7 @@ mod tests {
         let other = legacy_backup("CREATE TABLE t(x)");
         let mut staged = WorkingCopy {
             manifest: legacy(),
-            backup_dir: other.path().to_path_buf(),
+            legacy_state_db: Some(other.path().join("sqlite/state.db")),
         };
         let err = apply(&for_backup(&staged.manifest, "0.3.0").unwrap(), &mut staged).unwrap_err();
         assert!(

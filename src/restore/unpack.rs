@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 
 use super::check::damaged;
 use super::{DatabaseAction, Plan};
+use crate::format::layout::LEGACY_STATE_DB;
 use crate::format::manifest::{FileEntry, Manifest};
 use crate::format::names::Database;
 use crate::fs::CopyError;
@@ -61,9 +62,6 @@ pub(super) fn unpack_databases(
     }
     Ok(unpacked)
 }
-
-/// A legacy backup's plain copy of the state database.
-const LEGACY_STATE_DB: &str = "sqlite/state.db";
 
 /// Decompresses one stored database into `copy`, checking its content against the manifest
 /// as it goes (`BackupDir::open_checked`: what `validate --check-files` checks, in the same pass).

@@ -3,7 +3,7 @@
 
 use std::io::{self, Read};
 
-use crate::checksum::{Algorithm, Digester};
+use crate::checksum::{Algorithm, Digester, Digests};
 use crate::format::manifest::FileEntry;
 
 /// A file of a backup found damaged or unsafe while it was read (exit 3): what `open_checked`
@@ -91,8 +91,7 @@ impl Read for Checked {
         };
         if n == 0 {
             let digests = std::mem::replace(&mut self.content, Digester::new(&[])).finish();
-            crate::verify::content_matches(&self.entry, &digests)
-                .map_err(|problem| self.damage(problem))?;
+            content_matches(&self.entry, &digests).map_err(|problem| self.damage(problem))?;
             self.matched = true;
             return Ok(0);
         }
@@ -105,4 +104,19 @@ impl Read for Checked {
         }
         Ok(n)
     }
+}
+
+/// The content read (decompressed) is the one the manifest describes: its size and sha256.
+pub fn content_matches(entry: &FileEntry, digests: &Digests) -> Result<(), String> {
+    let sha = digests
+        .get(Algorithm::Sha256)
+        .map(|c| c.value)
+        .unwrap_or_default();
+    if digests.bytes != entry.content_size || sha != entry.content_sha256 {
+        return Err(format!(
+            "content sha256 mismatch: the manifest says {} ({} bytes), the content has {sha} ({} bytes)",
+            entry.content_sha256, entry.content_size, digests.bytes
+        ));
+    }
+    Ok(())
 }

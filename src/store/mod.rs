@@ -21,7 +21,7 @@ pub mod lock;
 mod remote;
 mod scan;
 mod staging;
-pub use checked::{Checked, Damaged};
+pub use checked::{content_matches, Checked, Damaged};
 use chunks::{ChunkError, ChunkReader, ChunkStore};
 pub use remote::{Remote, RemoteBackup};
 pub use scan::{scan, scan_at, scan_remote, Entry, Scan, Seen};
@@ -702,9 +702,8 @@ mod tests {
             panic!("opened a missing file");
         };
         assert!(damaged.problem.starts_with("cannot read: "), "{damaged}");
-        let error = anyhow::Error::new(damaged);
         assert_eq!(
-            crate::output::classify(&error).0,
+            crate::exit::Classify::exit_code(&damaged),
             crate::exit::ExitCode::InvalidBackup
         );
     }

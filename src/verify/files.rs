@@ -288,7 +288,7 @@ fn check_file(
     let stored_matches = check_stored_checksum(report, entry, &reading);
     // A damaged stored file also changes its content; say so only when nothing else did.
     if let Some(content) = reading.content.as_ref().filter(|_| stored_matches) {
-        if let Err(problem) = content_matches(entry, content) {
+        if let Err(problem) = crate::store::content_matches(entry, content) {
             report.add(Severity::Error, Check::Checksum, Some(&entry.path), problem);
         }
     }
@@ -354,21 +354,6 @@ fn passed_checks(entry: &FileEntry, content_read: bool, depth: Depth) -> String 
         );
     }
     passed.join(", ")
-}
-
-/// The content read (decompressed) is the one the manifest describes: its size and sha256.
-pub(crate) fn content_matches(entry: &FileEntry, digests: &Digests) -> Result<(), String> {
-    let sha = digests
-        .get(Algorithm::Sha256)
-        .map(|c| c.value)
-        .unwrap_or_default();
-    if digests.bytes != entry.content_size || sha != entry.content_sha256 {
-        return Err(format!(
-            "content sha256 mismatch: the manifest says {} ({} bytes), the content has {sha} ({} bytes)",
-            entry.content_sha256, entry.content_size, digests.bytes
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -26,7 +26,6 @@ pub use chunked::ChunkTally;
 use chunked::{check_chunk_store, check_refs};
 pub use files::check_config_text;
 use files::check_files;
-pub(crate) use files::content_matches;
 pub use structure::staleness;
 use structure::{check_contents, check_legacy, check_manifest, check_structure};
 

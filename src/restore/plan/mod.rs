@@ -219,9 +219,14 @@ fn plan_versions(plan: &mut Plan, policy: &Policy) {
             warnings: (m.warnings)(&backup),
         })
         .collect();
+    // A plain file of the backup, not a link (SQLite opens it by path).
+    let legacy_state_db =
+        crate::store::stat_in(&plan.backup, crate::format::layout::LEGACY_STATE_DB)
+            .is_ok_and(|s| s.kind == crate::store::Kind::File)
+            .then(|| plan.backup.join(crate::format::layout::LEGACY_STATE_DB));
     let mut migrated = WorkingCopy {
         manifest: backup,
-        backup_dir: plan.backup.clone(),
+        legacy_state_db,
     };
     match migrations::apply(&chain, &mut migrated) {
         Ok(()) => plan.manifest = migrated.manifest,
