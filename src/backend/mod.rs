@@ -27,6 +27,7 @@ mod location;
 pub mod lock;
 pub mod s3;
 mod s3_config;
+mod s3_errors;
 
 pub use location::{Location, LocationError};
 pub use s3_config::{S3Options, Secret};

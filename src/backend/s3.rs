@@ -22,47 +22,8 @@ use object_store::{
 use serde::{Deserialize, Serialize};
 
 use super::s3_config::Resolved;
+use super::s3_errors::{chain_text, innermost, resent, unreachable};
 use super::{Backend, BackendError, ByteStream, Name, ObjectInfo, Unfinished, RESERVED};
-
-/// Runs `request` again, with backoff, while it fails unsent: hyper cancels a request whose
-/// pooled connection it finds closed (`connection was not ready`: the server went away, and may
-/// be back), an error `object_store` does not retry. Never sent, it may be sent again, a
-/// conditional `PUT` too.
-async fn resent<T, F, Fut>(request: F) -> object_store::Result<T>
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = object_store::Result<T>>,
-{
-    let mut wait = Duration::from_millis(100);
-    for _ in 0..RESENDS {
-        match request().await {
-            Err(e) if never_sent(&e) => {
-                tokio::time::sleep(wait).await;
-                wait *= 2;
-            }
-            done => return done,
-        }
-    }
-    request().await
-}
-
-/// How often a request canceled unsent is sent again (100 ms, then twice as long each time).
-const RESENDS: usize = 5;
-
-/// Whether `e` is a request hyper canceled before sending it.
-fn never_sent(e: &object_store::Error) -> bool {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(error) = cause {
-        if error
-            .downcast_ref::<hyper::Error>()
-            .is_some_and(hyper::Error::is_canceled)
-        {
-            return true;
-        }
-        cause = error.source();
-    }
-    false
-}
 
 /// The size of a multipart upload's parts (S3 wants at least 5 MiB but the last; 10 000 parts
 /// at most: objects up to 80 GiB).
@@ -538,49 +499,6 @@ impl Drop for AbortGuard {
             }
         }
     }
-}
-
-/// The error and its sources, as one line.
-fn chain_text(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let more = cause.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = cause.source();
-    }
-    text
-}
-
-fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut last = e;
-    while let Some(cause) = last.source() {
-        last = cause;
-    }
-    last.to_string()
-}
-
-/// Whether the request never reached a server: a refused or timed-out connection, a name that
-/// does not resolve.
-fn unreachable(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(current) = cause {
-        if let Some(http) = current.downcast_ref::<object_store::client::HttpError>() {
-            return matches!(
-                http.kind(),
-                object_store::client::HttpErrorKind::Connect
-                    | object_store::client::HttpErrorKind::Timeout
-            );
-        }
-        if let Some(request) = current.downcast_ref::<reqwest::Error>() {
-            return request.is_connect() || request.is_timeout();
-        }
-        cause = current.source();
-    }
-    false
 }
 
 #[async_trait::async_trait]
