@@ -341,6 +341,32 @@ impl Inner {
 
     /// Every regular file under the root whose name starts with `prefix`; links and the
     /// backend's own directory are skipped, directories not on the prefix's way not entered.
+    /// The directories right under the root (never a link), as `Backend::top_level`.
+    fn top_level(&self) -> Result<Vec<String>, BackendError> {
+        let root = self.root_fd()?;
+        let entries =
+            rustix::fs::Dir::read_from(&root).map_err(|e| self.io("cannot list", "", e.into()))?;
+        let mut found = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| self.io("cannot list", "", e.into()))?;
+            let Ok(name) = entry.file_name().to_str() else {
+                continue; // Not UTF-8: not a name wqm writes.
+            };
+            if matches!(name, "." | ".." | RESERVED) {
+                continue;
+            }
+            match rustix::fs::statat(&root, name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(stat) if FileType::from_raw_mode(stat.st_mode) == FileType::Directory => {
+                    found.push(name.to_string())
+                }
+                Ok(_) | Err(rustix::io::Errno::NOENT) => {}
+                Err(e) => return Err(self.io("cannot stat", name, e.into())),
+            }
+        }
+        found.sort();
+        Ok(found)
+    }
+
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError> {
         let mut found = Vec::new();
         let mut pending = vec![(self.root_fd()?, String::new())];
@@ -546,6 +572,10 @@ impl Backend for LocalBackend {
     async fn remove(&self, name: &Name) -> Result<(), BackendError> {
         let name = name.clone();
         self.blocking(move |inner| inner.remove(&name)).await
+    }
+
+    async fn top_level(&self) -> Result<Vec<String>, BackendError> {
+        self.blocking(|inner| inner.top_level()).await
     }
 
     async fn unfinished(&self) -> Result<Vec<Unfinished>, BackendError> {

@@ -453,6 +453,9 @@ mod tests {
         async fn refuses_taken_names(&self) -> Result<bool, BackendError> {
             self.0.refuses_taken_names().await
         }
+        async fn top_level(&self) -> Result<Vec<String>, BackendError> {
+            self.0.top_level().await
+        }
         async fn load(
             &self,
             name: &Name,

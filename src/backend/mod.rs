@@ -111,6 +111,12 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// Every object whose name starts with `prefix` (`""`: all), not in any order.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError>;
 
+    /// The first components of the names of every object but the backend's own, sorted, without
+    /// listing the objects under them (S3: one delimited listing): a repository's backups and
+    /// its own parts, each once. An object right at the top has no component to give; a name
+    /// whose objects are all gone may still be given (SeaweedFS keeps the emptied prefix).
+    async fn top_level(&self) -> Result<Vec<String>, BackendError>;
+
     /// Removes the object; a missing one is no error.
     async fn remove(&self, name: &Name) -> Result<(), BackendError>;
 

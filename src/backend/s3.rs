@@ -622,6 +622,22 @@ impl Backend for S3Backend {
         Ok(found)
     }
 
+    async fn top_level(&self) -> Result<Vec<String>, BackendError> {
+        let root = self.path("")?;
+        let root = (!self.prefix.is_empty()).then_some(&root);
+        let listing = resent(|| self.store.list_with_delimiter(root))
+            .await
+            .map_err(|e| self.error("listing", "", e))?;
+        let mut found: Vec<String> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| self.name_of(p))
+            .filter(|name| name != RESERVED)
+            .collect();
+        found.sort();
+        Ok(found)
+    }
+
     async fn remove(&self, name: &Name) -> Result<(), BackendError> {
         let path = self.path(name.as_str())?;
         match resent(|| self.store.delete(&path)).await {

@@ -115,6 +115,12 @@ impl Remote {
         self.wait(self.backend.list(prefix)).map_err(not_found)
     }
 
+    /// The names at the top of the repository (`Backend::top_level`), without listing what
+    /// they hold.
+    pub fn top_level(&self) -> io::Result<Vec<String>> {
+        self.wait(self.backend.top_level()).map_err(not_found)
+    }
+
     /// Writes the small object `rel` (replacing one there).
     pub fn put(&self, rel: &str, bytes: Vec<u8>) -> io::Result<()> {
         let name = Name::new(rel).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;

@@ -103,19 +103,27 @@ pub fn scan(dir: &Path) -> io::Result<Scan> {
 /// no manifest is no backup (a killed run's, or one being written: the manifest is written
 /// last).
 pub fn scan_remote(repository: &Remote) -> io::Result<Scan> {
-    let mut names: std::collections::BTreeMap<String, bool> = Default::default();
-    for object in repository.list("")? {
-        let (first, rest) = object.name.split_once('/').unwrap_or((&object.name, ""));
-        if layout::is_hidden(first) || rest.is_empty() {
+    let mut scan = Scan::default();
+    // The names at the top, then each one's manifest: never a listing of every chunk.
+    for name in repository.top_level()? {
+        if layout::is_hidden(&name) {
             continue;
         }
-        *names.entry(first.to_string()).or_default() |= rest == MANIFEST_PATH;
-    }
-    let mut scan = Scan::default();
-    for (name, has_manifest) in names {
         let path = repository.shown(&name);
-        let seen = if !has_manifest {
-            Seen::Other("no manifest: not a backup, or one being written".to_string())
+        let manifest = repository.size(&format!("{name}/{MANIFEST_PATH}"));
+        let seen = if let Err(e) = manifest {
+            match e.kind() {
+                // Some servers (SeaweedFS) still list a prefix whose objects are all gone.
+                io::ErrorKind::NotFound if repository.list(&format!("{name}/"))?.is_empty() => {
+                    continue
+                }
+                io::ErrorKind::NotFound => {
+                    Seen::Other("no manifest: not a backup, or one being written".to_string())
+                }
+                // A name no backup of wqm's can have.
+                io::ErrorKind::InvalidData => Seen::Other(e.to_string()),
+                _ => return Err(e),
+            }
         } else {
             match repository.read_manifest(&name) {
                 Ok(manifest) => match repository.backup(&name) {

@@ -227,6 +227,9 @@ async fn list_by_prefix(backend: Arc<dyn Backend>) {
         .map(|o| o.size)
         .collect();
     assert_eq!(sizes, [7, 7]);
+    // The names at the top, once each, without the objects under them; a save under way (the
+    // backend's own bookkeeping) is not among them.
+    assert_eq!(backend.top_level().await.unwrap(), ["locks", "snapshots"]);
 }
 
 async fn list_pages_through_many_objects(backend: Arc<dyn Backend>) {
