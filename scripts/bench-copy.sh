@@ -15,7 +15,10 @@
 # directory's bytes (`du -sb`), shown beside it. After the first copy: `rclone sync` of the local
 # directory to another prefix of the same server (wall, peak RSS, the bytes it logs as copied,
 # and what lands: `rclone size` of both prefixes), then the last night restored from the local
-# directory and from S3, alternately, BENCH_RUNS times (median wall, peak RSS).
+# directory and from S3, alternately, BENCH_RUNS times (median wall, peak RSS). With restic on
+# PATH, each night's uncompressed snapshot (curl) and database also go to a restic repository
+# (`--repository-version 2`, its zstd) on the same server: its time per night and its size on S3
+# after the nights, beside the S3 repository that `copy` made.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 points=${BENCH_POINTS:-40000}
@@ -38,6 +41,13 @@ repo=s3://$S3_BUCKET/bench
 export RCLONE_CONFIG=/dev/null RCLONE_CONFIG_S3_TYPE=s3 RCLONE_CONFIG_S3_PROVIDER=Other \
   RCLONE_CONFIG_S3_ENDPOINT=$AWS_ENDPOINT_URL RCLONE_CONFIG_S3_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID \
   RCLONE_CONFIG_S3_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY RCLONE_CONFIG_S3_REGION=$AWS_REGION
+landed() { "$rclone" size --json "s3:$S3_BUCKET/$1" | jq -r '"\(.count) \(.bytes)"'; }
+with_restic=$(command -v restic || true)
+if [ -n "$with_restic" ]; then
+  export RESTIC_PASSWORD=bench RESTIC_REPOSITORY=s3:$AWS_ENDPOINT_URL/$S3_BUCKET/restic
+  restic init --repository-version 2 -q
+  mkdir -p "$out/restic-in"
+fi
 
 echo "loading $points points..." >&2
 python3 scripts/bench_incremental.py load "$QDRANT_URL" projects "$points"
@@ -50,6 +60,13 @@ night() { # night N: churn (after the first), then an incremental create
     sqlite3 "$out/data/state.db" "UPDATE tracked_files SET file_mtime = datetime('now'), chunk_count = chunk_count + 1 WHERE file_id % 7 = $1 % 7;"
   fi
   "$wqm" backup create "$out/backups/$(printf 'night-%02d' "$1")" --incremental --json > /dev/null
+  [ -n "$with_restic" ] && [ "$1" -le "$nights" ] || return 0
+  local snap
+  snap=$(curl -sS -X POST "$QDRANT_URL/collections/projects/snapshots?wait=true" | jq -r .result.name)
+  curl -sS -o "$out/restic-in/projects.snapshot" "$QDRANT_URL/collections/projects/snapshots/$snap"
+  curl -sS -X DELETE "$QDRANT_URL/collections/projects/snapshots/$snap?wait=true" > /dev/null
+  sqlite3 "$out/data/state.db" ".backup '$out/restic-in/state.db'"
+  time_of restic-night restic backup -q "$out/restic-in"
 }
 for n in $(seq "$nights"); do night "$n"; done
 
@@ -71,7 +88,6 @@ read -r rc_seconds rc_rss < "$out/rclone-sync.time"
 rc_sent=$(jq -s '[.[] | select(.msg | startswith("Copied")) | .size] | add // 0' "$out/rclone.log")
 rc_files=$(jq -s '[.[] | select(.msg | startswith("Copied"))] | length' "$out/rclone.log")
 wqm_sent=$(jq '[.backups[].bytes_sent] | add // 0' "$out/first: $nights nights to S3.out")
-landed() { "$rclone" size --json "s3:$S3_BUCKET/$1" | jq -r '"\(.count) \(.bytes)"'; }
 read -r wqm_objects wqm_landed <<< "$(landed bench)"
 read -r rc_objects rc_landed <<< "$(landed rclone)"
 read -r wqm_seconds wqm_rss < "$out/first: $nights nights to S3.time"
@@ -80,6 +96,14 @@ mib() { echo "scale=1; $1 / 1048576" | bc; }
   printf '| %d nights to S3 | wall s | bytes sent | MiB sent | objects on S3 | bytes on S3 | peak RSS MiB |\n|---|---|---|---|---|---|---|\n' "$nights"
   printf '| wqm backup copy | %s | %d | %s | %d | %d | %s |\n' "$wqm_seconds" "$wqm_sent" "$(mib "$wqm_sent")" "$wqm_objects" "$wqm_landed" "$(mib $((wqm_rss * 1024)))"
   printf '| rclone sync (%d files copied) | %s | %d | %s | %d | %d | %s |\n' "$rc_files" "$rc_seconds" "$rc_sent" "$(mib "$rc_sent")" "$rc_objects" "$rc_landed" "$(mib $((rc_rss * 1024)))"
+  if [ -n "$with_restic" ]; then
+    read -r rs_objects rs_landed <<< "$(landed restic)"
+    printf '\n| restic %s to S3, the same %d nights | wall s, all nights | night 1 s | later nights median s | objects on S3 | bytes on S3 | MiB on S3 | peak RSS MiB |\n|---|---|---|---|---|---|---|---|\n' "$(restic version | cut -d' ' -f2)" "$nights"
+    printf '| restic backup | %s | %s | %s | %d | %d | %s | %s |\n' \
+      "$(cut -d' ' -f1 "$out/restic-night.all" | awk '{s += $1} END {print s}')" \
+      "$(head -1 "$out/restic-night.all" | cut -d' ' -f1)" "$(tail -n +2 "$out/restic-night.all" | cut -d' ' -f1 | median)" \
+      "$rs_objects" "$rs_landed" "$(mib "$rs_landed")" "$(mib $(($(cut -d' ' -f2 "$out/restic-night.all" | sort -n | tail -1) * 1024)))"
+  fi
 } > "$out/rclone.md"
 
 # The last night restored from the local directory and from S3, alternately.
