@@ -467,12 +467,7 @@ impl ChunkStore {
         buffer: &mut ChunkBuffer,
     ) -> Result<u64, ChunkProblem> {
         let damaged = |what: &str, e: io::Error| ChunkProblem::Damaged(format!("{what}: {e}"));
-        if len > self.params.max_size {
-            return Err(ChunkProblem::Damaged(format!(
-                "its index says {len} bytes, more than the store's chunks may have ({})",
-                self.params.max_size
-            )));
-        }
+        self.check_len(len)?;
         let file: Box<dyn Read> = match &self.remote {
             None => super::open_in(&self.root, &id.rel()).map(|f| Box::new(f) as Box<dyn Read>),
             Some(remote) => remote
@@ -483,12 +478,81 @@ impl ChunkStore {
             io::ErrorKind::NotFound => ChunkProblem::Missing,
             _ => damaged("cannot read", e),
         })?;
-        let bound = zstd::zstd_safe::compress_bound(len) as u64;
         buffer.compressed.clear();
-        file.take(bound + 1)
+        file.take(compress_bound(len) + 1)
             .read_to_end(&mut buffer.compressed)
             .map_err(|e| damaged("cannot read", e))?;
-        if buffer.compressed.len() as u64 > bound {
+        self.decode(id, len, check_name, buffer)
+    }
+
+    /// Starts fetching the stored bytes of chunk `id` (`len` bytes of content) from the
+    /// repository on a backend, on its runtime, for `read_fetched`; `None` for a local store,
+    /// read as it comes. Lets a reader keep several round trips in flight.
+    pub fn fetch(&self, id: &ChunkId, len: usize) -> Option<Fetch> {
+        let remote = self.remote.as_ref()?;
+        let (backend, bound) = (remote.shared_backend(), compress_bound(len));
+        let name = crate::backend::Name::new(format!("{STORE_DIR}/{}", id.rel()));
+        let task = remote.handle().spawn(async move {
+            let name = name.map_err(io::Error::other)?;
+            let data = backend.load(&name, None).await.map_err(|e| {
+                let kind = if e.is_not_found() {
+                    io::ErrorKind::NotFound
+                } else {
+                    io::ErrorKind::Other
+                };
+                io::Error::new(kind, e)
+            })?;
+            let mut stored = crate::backend::collect(data).await?;
+            stored.truncate(bound as usize + 1);
+            Ok(stored)
+        });
+        Some(Fetch {
+            task,
+            handle: remote.handle().clone(),
+        })
+    }
+
+    /// `read_chunk` of a chunk whose stored bytes `fetch` went for.
+    pub fn read_fetched(
+        &self,
+        id: &ChunkId,
+        len: usize,
+        mut fetch: Fetch,
+        check_name: bool,
+        buffer: &mut ChunkBuffer,
+    ) -> Result<u64, ChunkProblem> {
+        let damaged = |what: &str, e: io::Error| ChunkProblem::Damaged(format!("{what}: {e}"));
+        self.check_len(len)?;
+        let Fetch { task, handle } = &mut fetch;
+        let fetched = tokio::task::block_in_place(|| handle.block_on(task))
+            .map_err(|e| damaged("cannot read", io::Error::other(e)))?;
+        buffer.compressed = fetched.map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => ChunkProblem::Missing,
+            _ => damaged("cannot read", e),
+        })?;
+        self.decode(id, len, check_name, buffer)
+    }
+
+    fn check_len(&self, len: usize) -> Result<(), ChunkProblem> {
+        if len > self.params.max_size {
+            return Err(ChunkProblem::Damaged(format!(
+                "its index says {len} bytes, more than the store's chunks may have ({})",
+                self.params.max_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// The content of the stored bytes in `buffer.compressed`, checked: into `buffer.content`.
+    fn decode(
+        &self,
+        id: &ChunkId,
+        len: usize,
+        check_name: bool,
+        buffer: &mut ChunkBuffer,
+    ) -> Result<u64, ChunkProblem> {
+        let damaged = |what: &str, e: io::Error| ChunkProblem::Damaged(format!("{what}: {e}"));
+        if buffer.compressed.len() as u64 > compress_bound(len) {
             return Err(ChunkProblem::Damaged(format!(
                 "its stored file is larger than {len} bytes can compress to"
             )));
@@ -516,6 +580,24 @@ impl ChunkStore {
             ));
         }
         Ok(buffer.compressed.len() as u64)
+    }
+}
+
+/// The largest stored (compressed) size of a chunk of `len` bytes.
+fn compress_bound(len: usize) -> u64 {
+    zstd::zstd_safe::compress_bound(len) as u64
+}
+
+/// A chunk's stored bytes on their way (`ChunkStore::fetch`).
+pub struct Fetch {
+    task: tokio::task::JoinHandle<io::Result<Vec<u8>>>,
+    handle: tokio::runtime::Handle,
+}
+
+impl Drop for Fetch {
+    fn drop(&mut self) {
+        // A reader that stops early leaves no load running.
+        self.task.abort();
     }
 }
 
