@@ -349,7 +349,7 @@ impl S3Backend {
                         .complete_multipart(&path, &upload_id, parts.clone())
                 })
                 .await
-                    .map_err(|e| self.error("completing the upload of", name.as_str(), e));
+                .map_err(|e| self.error("completing the upload of", name.as_str(), e));
                 if let Err(e) = completed {
                     guard.abort().await;
                     return Err(e);

@@ -1,0 +1,185 @@
+//! `wqm backup dump BACKUP FILE`: one stored file's plain content on stdout, checked against
+//! the manifest as it streams; from a full backup, an incremental night's chunks, and S3.
+
+use std::fs;
+use std::path::Path;
+
+use wqm::format::manifest::Manifest;
+
+use crate::incremental::{first_chunk, night, workspace, wqm};
+use crate::pty::Terminal;
+use crate::qdrant_double::Double;
+use crate::test::{wqm_command, Test};
+
+fn manifest(backup: &Path) -> Manifest {
+    Manifest::load(&backup.join("metadata/manifest.json")).unwrap()
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    wqm::checksum::to_hex(&sha2::Sha256::digest(bytes))
+}
+
+/// `wqm backup dump ARGS`: its stdout, checked against `backup`'s manifest entry `file`.
+fn dumped_matches(t: Test, args: &str, backup: &Path, file: &str) -> (Vec<u8>, tempfile::TempDir) {
+    let (output, tmp) = t
+        .args(&format!("backup dump {args}"))
+        .stdout_with(|_| {})
+        .run();
+    let m = manifest(backup);
+    let entry = m.files.iter().find(|f| f.path == file).unwrap();
+    assert_eq!(output.stdout.len() as u64, entry.content_size);
+    assert_eq!(sha256(&output.stdout), entry.content_sha256);
+    (output.stdout, tmp)
+}
+
+#[test]
+fn a_full_and_an_incremental_backup_dump_each_file_as_its_content() {
+    let double = Double::start();
+    let (_, tmp) = wqm(
+        Test::in_dir(workspace()),
+        &double.url,
+        "backup create {TMP}/backups/full",
+    )
+    .stdout_with(|_| {})
+    .run();
+    let (_, tmp) = night(tmp, &double.url, "n1", "");
+    let backups = tmp.path().join("backups");
+
+    // A full backup's snapshot: the decompressed file.
+    let (snapshot, tmp) = dumped_matches(
+        Test::in_dir(tmp),
+        "{TMP}/backups/full collections/small-named.snapshot.zst",
+        &backups.join("full"),
+        "collections/small-named.snapshot.zst",
+    );
+    let stored = fs::read(backups.join("full/collections/small-named.snapshot.zst")).unwrap();
+    assert_eq!(snapshot, zstd::decode_all(&stored[..]).unwrap());
+    assert!(snapshot.len() > stored.len() / 2 && !snapshot.is_empty());
+    let (database, tmp) = dumped_matches(
+        Test::in_dir(tmp),
+        "{TMP}/backups/full sqlite/state.db.zst",
+        &backups.join("full"),
+        "sqlite/state.db.zst",
+    );
+    assert!(database.starts_with(b"SQLite format 3\0"));
+    // An incremental night's chunked snapshot: its chunks in order, the content.
+    let (chunked, tmp) = dumped_matches(
+        Test::in_dir(tmp),
+        "{TMP}/backups/n1 collections/small-named.snapshot.chunks",
+        &backups.join("n1"),
+        "collections/small-named.snapshot.chunks",
+    );
+    assert!(chunked.len() > 1024);
+
+    // An unknown FILE: exit 2, naming what the backup holds; nothing on stdout.
+    let (_, tmp) = Test::in_dir(tmp)
+        .args("backup dump {TMP}/backups/n1 collections/small-named.snapshot.zst")
+        .status(2)
+        .stderr_with(|e| {
+            assert!(
+                e.contains("holds no file `collections/small-named.snapshot.zst` (did you mean `collections/small-named.snapshot.chunks`?); it holds: `collections/small-named.snapshot.chunks`, `collections/small-plain.snapshot.chunks`, `sqlite/state.db.chunks`"),
+                "{e}"
+            );
+            assert!(e.contains("hint: FILE is a path as the manifest's"), "{e}");
+        })
+        .run();
+    // `--json` is refused: stdout is the content.
+    let (_, tmp) = Test::in_dir(tmp)
+        .args("backup dump {TMP}/backups/full sqlite/state.db.zst --json")
+        .status(2)
+        .stdout_with(|o| assert!(o.contains("\"exit_code\": 2"), "{o}"))
+        .stderr_with(|e| assert!(e.contains("`--json` does not apply"), "{e}"))
+        .run();
+
+    // A damaged chunk: exit 3 naming the file, the partial stdout to be discarded.
+    let chunk = first_chunk(
+        &backups.join("n1"),
+        "collections/small-named.snapshot.chunks",
+    );
+    let mut bytes = fs::read(&chunk).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 1;
+    fs::write(&chunk, bytes).unwrap();
+    let (output, tmp) = Test::in_dir(tmp)
+        .args("backup dump {TMP}/backups/n1 collections/small-named.snapshot.chunks")
+        .status(3)
+        .stdout_with(|_| {})
+        .stderr_with(|e| {
+            assert!(
+                e.contains("wqm: error: the backup's `collections/small-named.snapshot.chunks` is damaged: "),
+                "{e}"
+            );
+            assert!(e.contains("are not the file's content (a truncated or wrong stream): discard them"), "{e}");
+        })
+        .run();
+    // The chunk is found wrong by the content's sha256 at its end: all of it may have been
+    // written, but not the content; only the exit code and the message tell.
+    assert!(output.stdout.len() <= chunked.len());
+    assert_ne!(output.stdout, chunked);
+    // A damaged compressed file: exit 3 too.
+    let db = backups.join("full/sqlite/state.db.zst");
+    let mut bytes = fs::read(&db).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    fs::write(&db, bytes).unwrap();
+    let (output, tmp) = Test::in_dir(tmp)
+        .args("backup dump {TMP}/backups/full sqlite/state.db.zst")
+        .status(3)
+        .stdout_with(|_| {})
+        .stderr_with(|e| {
+            assert!(
+                e.contains("the backup's `sqlite/state.db.zst` is damaged: "),
+                "{e}"
+            );
+            assert!(e.contains("discard them"), "{e}");
+        })
+        .run();
+    assert_ne!(output.stdout, database);
+
+    // A terminal as stdout is refused before anything is read.
+    let mut command = wqm_command(
+        &tmp.path().join("home"),
+        &[
+            "backup",
+            "dump",
+            backups.join("n1").to_str().unwrap(),
+            "sqlite/state.db.chunks",
+        ],
+    );
+    command.current_dir(tmp.path());
+    let (status, screen) = Terminal::spawn(command).finish();
+    assert_eq!(status.code(), Some(2), "{screen}");
+    assert!(screen.contains("stdout is a terminal"), "{screen}");
+}
+
+#[test]
+#[cfg_attr(
+    not(real_s3),
+    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+)]
+fn a_backup_on_s3_dumps_its_files() {
+    use crate::s3_lock::locks;
+    use crate::s3_read::{backups_on_s3, with_s3};
+    let double = Double::start();
+    let (tmp, runtime, backend, url) = backups_on_s3(&double);
+    let backups = tmp.path().join("backups");
+    let (_, tmp) = dumped_matches(
+        with_s3(Test::in_dir(tmp)),
+        &format!("{url}/n2 collections/small-named.snapshot.chunks"),
+        &backups.join("n2"),
+        "collections/small-named.snapshot.chunks",
+    );
+    let (_, tmp) = dumped_matches(
+        with_s3(Test::in_dir(tmp)),
+        &format!("{url}/full sqlite/state.db.zst"),
+        &backups.join("full"),
+        "sqlite/state.db.zst",
+    );
+    assert_eq!(locks(&runtime, &backend), Vec::new(), "released at the end");
+    let (_, _tmp) = with_s3(Test::in_dir(tmp))
+        .args(&format!("backup dump {url}/n2 nothing"))
+        .status(2)
+        .stderr_with(|e| assert!(e.contains("holds no file `nothing`"), "{e}"))
+        .run();
+}
