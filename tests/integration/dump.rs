@@ -183,3 +183,82 @@ fn a_backup_on_s3_dumps_its_files() {
         .stderr_with(|e| assert!(e.contains("holds no file `nothing`"), "{e}"))
         .run();
 }
+
+/// The second shell block of docs/reliability.md's by-hand section: an incremental backup's
+/// snapshots and database through `wqm backup dump`.
+fn incremental_recipe() -> String {
+    let page =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/reliability.md"))
+            .unwrap();
+    page.split("## Restoring a backup by hand, without wqm")
+        .nth(1)
+        .and_then(|s| s.split("```sh\n").nth(2))
+        .and_then(|s| s.split("```").next())
+        .expect("the incremental block")
+        .to_string()
+}
+
+#[test]
+fn the_by_hand_recipe_restores_an_incremental_backup_through_dump() {
+    let double = Double::start();
+    let (_, tmp) = night(workspace(), &double.url, "n1", "");
+    let live = crate::test::sqlite_dump(&tmp.path().join("data/state.db"));
+    crate::restore::lose_everything(&double);
+    fs::write(tmp.path().join("data/state.db"), b"not the backup's").unwrap();
+    let wqm_dir = Path::new(env!("CARGO_BIN_EXE_wqm")).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        wqm_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = |backup: &Path| {
+        std::process::Command::new("bash")
+            .args(["-c", &incremental_recipe()])
+            .env_clear()
+            .env("PATH", &path)
+            .env("HOME", tmp.path().join("home"))
+            .envs(crate::test::NO_DAEMON)
+            .env("BACKUP", backup)
+            .env("QDRANT_URL", &double.url)
+            .env("QDRANT_API_KEY", "")
+            .env("DATA_DIR", tmp.path().join("data"))
+            .output()
+            .unwrap()
+    };
+    let backup = tmp.path().join("backups/n1");
+    let output = run(&backup);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        format!("restored {}\n", backup.display())
+    );
+    assert_eq!(
+        double.state().collections.keys().collect::<Vec<_>>(),
+        ["small-named", "small-plain"]
+    );
+    assert!(double.snapshots_left().is_empty());
+    assert_eq!(
+        crate::test::sqlite_dump(&tmp.path().join("data/state.db")),
+        live
+    );
+
+    // A damaged chunk: wqm's exit 3 stops the recipe (pipefail), the message names the file.
+    crate::restore::lose_everything(&double);
+    let chunk = first_chunk(&backup, "collections/small-named.snapshot.chunks");
+    let mut bytes = fs::read(&chunk).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 1;
+    fs::write(&chunk, bytes).unwrap();
+    let output = run(&backup);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the backup's `collections/small-named.snapshot.chunks` is damaged"),
+        "{stderr}"
+    );
+    assert!(!double.state().collections.contains_key("small-named"));
+}
