@@ -98,6 +98,7 @@ pub fn dump(
         .into());
     };
     let content = backup.open_checked(entry)?;
+    crate::failpoint::hit("dump:opened")?;
     let meter = progress.transfer(&entry.path, Some(entry.content_size));
     let mut content = Metered::new(content, meter);
     let mut buf = vec![0; 1 << 20];

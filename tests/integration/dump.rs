@@ -159,11 +159,31 @@ fn a_full_and_an_incremental_backup_dump_each_file_as_its_content() {
     ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
 )]
 fn a_backup_on_s3_dumps_its_files() {
-    use crate::s3_lock::locks;
+    use crate::s3_lock::{finished, locks, paused_at, resume, s3_command};
     use crate::s3_read::{backups_on_s3, with_s3};
     let double = Double::start();
     let (tmp, runtime, backend, url) = backups_on_s3(&double);
     let backups = tmp.path().join("backups");
+    // Held on S3 while it reads: a prune there waits.
+    let file = "collections/small-named.snapshot.chunks";
+    let dump = paused_at(
+        tmp.path(),
+        s3_command(
+            tmp.path(),
+            &double.url,
+            &["backup", "dump", &format!("{url}/n1"), file],
+        ),
+        "dump:opened",
+    );
+    let held = locks(&runtime, &backend);
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert!(
+        !held[0].exclusive && held[0].command == "backup dump",
+        "{held:?}"
+    );
+    resume(tmp.path(), "dump:opened");
+    let (code, _, stderr) = finished(dump);
+    assert_eq!(code, 0, "{stderr}");
     let (_, tmp) = dumped_matches(
         with_s3(Test::in_dir(tmp)),
         &format!("{url}/n2 collections/small-named.snapshot.chunks"),
