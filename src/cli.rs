@@ -73,6 +73,10 @@ pub enum BackupCommand {
     /// Write a self-contained copy of a backup (an incremental one without its chunk store).
     #[command(after_help = EXIT_CODES_HELP)]
     Export(ExportArgs),
+    /// Write one stored file's plain content (decompressed, or its chunks in order) to stdout,
+    /// checked against the manifest as it streams.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Dump(DumpArgs),
     /// Copy backups between repositories (local directories, `s3://BUCKET/PREFIX`), sending
     /// only the chunks the destination lacks.
     #[command(after_help = EXIT_CODES_HELP)]
@@ -345,6 +349,17 @@ pub struct ExportArgs {
     pub backup: PathBuf,
     /// Where to write the copy (must not exist).
     pub dest: PathBuf,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DumpArgs {
+    /// The backup: a local one, or `s3://BUCKET/PREFIX/NAME`.
+    pub backup: PathBuf,
+    /// The stored file, as the manifest's `files[].path` names it (e.g.
+    /// `collections/NAME.snapshot.zst`, `sqlite/state.db.zst`).
+    pub file: String,
     #[command(flatten)]
     pub output: OutputArgs,
 }

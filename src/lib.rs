@@ -16,6 +16,7 @@ pub mod copy;
 /// stores the keys, the data paths come next.
 pub mod crypto;
 pub(crate) mod daemon;
+pub(crate) mod dump;
 pub mod exit;
 pub(crate) mod export;
 pub(crate) mod failpoint;

@@ -354,6 +354,7 @@ registry!(
     crate::backup::remote::TargetTaken,
     crate::crypto::CryptoError,
     crate::copy::CopyError,
+    crate::dump::DumpError,
     crate::repo::RepoError,
     crate::repo::password::PasswordError,
 );
@@ -478,6 +479,30 @@ mod classify_tests {
             (
                 code_of(crate::store::Damaged::new("collections/a.snapshot", "x")),
                 ExitCode::InvalidBackup,
+            ),
+            (
+                code_of(crate::dump::DumpError::NoSuchFile {
+                    backup: "b".into(),
+                    file: "f".into(),
+                    closest: None,
+                    held: "`g`".into(),
+                }),
+                ExitCode::Usage,
+            ),
+            (
+                code_of(crate::dump::DumpError::Damaged {
+                    damaged: crate::store::Damaged::new("collections/a.snapshot", "x"),
+                    written: 1,
+                }),
+                ExitCode::InvalidBackup,
+            ),
+            (
+                code_of(crate::dump::DumpError::Write {
+                    file: "f".into(),
+                    written: 1,
+                    source: std::io::ErrorKind::BrokenPipe.into(),
+                }),
+                ExitCode::Failure,
             ),
             (
                 code_of(backend::BackendError::NotFound {

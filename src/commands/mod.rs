@@ -3,6 +3,7 @@
 mod cleanup;
 mod copy;
 mod create;
+mod dump;
 mod export;
 mod info;
 mod init;
@@ -55,6 +56,10 @@ pub fn dispatch(cli: Cli, ui: &Ui, runtime: &tokio::runtime::Runtime) -> Result<
     if let BackupCommand::Export(args) = &command {
         local_only(&args.dest)?;
     }
+    // `--json` and a terminal as stdout are refused before anything is looked at.
+    if let BackupCommand::Dump(args) = &command {
+        dump::refuse(args)?;
+    }
     // `backup.default_backup_directory` is a local directory or `s3://BUCKET/PREFIX`; `s3:`
     // without `//` and other schemes are refused before anything is done.
     if let Some(dir) = default_dir {
@@ -71,6 +76,7 @@ pub fn dispatch(cli: Cli, ui: &Ui, runtime: &tokio::runtime::Runtime) -> Result<
         BackupCommand::List(args) => list::run(&args, &settings, ui, handle),
         BackupCommand::Validate(args) => validate::run(&args, &settings, ui, handle),
         BackupCommand::Export(args) => export::run(&args, &settings, ui, handle),
+        BackupCommand::Dump(args) => dump::run(&args, &settings, ui, handle),
         BackupCommand::Copy(args) => runtime.block_on(copy::run(&args, &settings, ui, handle)),
         BackupCommand::Prune(args) => runtime.block_on(prune::run(&args, &settings, ui, handle)),
         BackupCommand::Cleanup(args) => {
@@ -105,6 +111,7 @@ fn repositories_touched(command: &BackupCommand, default_dir: Option<&Path>) -> 
         }
         BackupCommand::Info(args) => backup(&args.path),
         BackupCommand::Validate(args) => backup(&args.path),
+        BackupCommand::Dump(args) => backup(&args.backup),
         BackupCommand::List(args) => vec![args.directory.clone()],
         BackupCommand::Export(args) => {
             let mut touched = backup(&args.backup);
@@ -436,6 +443,7 @@ pub fn ui_for(cli: &Cli) -> Ui {
             BackupCommand::List(args) => args.output,
             BackupCommand::Validate(args) => args.output,
             BackupCommand::Export(args) => args.output,
+            BackupCommand::Dump(args) => args.output,
             BackupCommand::Copy(args) => args.output,
             BackupCommand::Prune(args) => args.output,
             BackupCommand::Migrations(args) => args.output,

@@ -7,6 +7,7 @@ mod copy;
 mod create;
 mod crypto;
 mod docs;
+mod dump;
 mod faults;
 mod fixtures;
 mod gc;

@@ -383,6 +383,7 @@ fn no_command_reads_or_writes_backups_in_an_encrypted_repository_yet() {
         ("backup validate {TMP}/enc/night-1 --check-files", None),
         ("backup export {TMP}/enc/night-1 {TMP}/copy", None),
         ("backup export {TMP}/plain/b {TMP}/enc/copy", None),
+        ("backup dump {TMP}/enc/night-1 sqlite/state.db.zst", None),
         ("backup prune {TMP}/enc --keep-last 1", None),
         ("backup prune --keep-last 1", Some("{TMP}/enc")),
         ("backup restore {TMP}/enc/night-1 --force", None),
