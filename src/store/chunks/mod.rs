@@ -474,10 +474,7 @@ impl ChunkStore {
                 .open(&format!("{STORE_DIR}/{}", id.rel()))
                 .map(|f| Box::new(f) as Box<dyn Read>),
         }
-        .map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => ChunkProblem::Missing,
-            _ => damaged("cannot read", e),
-        })?;
+        .map_err(unreadable)?;
         buffer.compressed.clear();
         file.take(compress_bound(len) + 1)
             .read_to_end(&mut buffer.compressed)
@@ -526,10 +523,7 @@ impl ChunkStore {
         let Fetch { task, handle } = &mut fetch;
         let fetched = tokio::task::block_in_place(|| handle.block_on(task))
             .map_err(|e| damaged("cannot read", io::Error::other(e)))?;
-        buffer.compressed = fetched.map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => ChunkProblem::Missing,
-            _ => damaged("cannot read", e),
-        })?;
+        buffer.compressed = fetched.map_err(unreadable)?;
         self.decode(id, len, check_name, buffer)
     }
 
@@ -580,6 +574,14 @@ impl ChunkStore {
             ));
         }
         Ok(buffer.compressed.len() as u64)
+    }
+}
+
+/// A chunk that could not be read: missing, or damaged.
+fn unreadable(e: io::Error) -> ChunkProblem {
+    match e.kind() {
+        io::ErrorKind::NotFound => ChunkProblem::Missing,
+        _ => ChunkProblem::Damaged(format!("cannot read: {e}")),
     }
 }
 
