@@ -10,7 +10,10 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::{runs, ChunkError, ChunkId, ChunkStore, Refs, CHUNKS_DIR, STORE_DIR, TMP_DIR};
+use super::{
+    id_of_object, object_name, runs, ChunkError, ChunkId, ChunkStore, Refs, CHUNKS_DIR, STORE_DIR,
+    TMP_DIR,
+};
 use crate::store::{at, Remote, Repository};
 
 /// What a garbage collection found and did.
@@ -63,10 +66,7 @@ fn find_unreferenced_remote(
     let mut found = Unreferenced::default();
     for object in objects {
         let rel = object.name.strip_prefix(&prefix).unwrap_or(&object.name);
-        let id = rel.split_once('/').and_then(|(fan, name)| {
-            ChunkId::parse(name).filter(|id| fan.len() == 2 && id.to_string().starts_with(fan))
-        });
-        match id {
+        match id_of_object(&object.name) {
             None => found.strays.push(format!("{CHUNKS_DIR}/{rel}")),
             Some(id) if referenced.contains(&id) => {
                 found.kept += 1;
@@ -132,7 +132,7 @@ pub fn collect_garbage(
     };
     if let Some(remote) = &store.remote {
         delete_unreferenced(found.chunks, referenced, dry_run, &mut collected, |id| {
-            remote.remove(&format!("{STORE_DIR}/{}", id.rel()))
+            remote.remove(&object_name(id))
         })?;
         return remove_remote_runs(remote, dry_run, collected);
     }

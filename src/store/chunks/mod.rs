@@ -401,7 +401,7 @@ impl ChunkStore {
     /// and checked as locally.
     pub fn open_remote(repository: &Remote) -> Result<Arc<Self>, ChunkError> {
         let root = repository.shown(STORE_DIR);
-        let rel = format!("{STORE_DIR}/{PARAMS_FILE}");
+        let rel = params_object();
         let mut text = String::new();
         let read = repository
             .open(&rel)
@@ -448,7 +448,7 @@ impl ChunkStore {
     /// The stored (compressed) size of a chunk, when it is there.
     pub fn stored_size(&self, id: &ChunkId) -> Option<u64> {
         if let Some(remote) = &self.remote {
-            return remote.size(&format!("{STORE_DIR}/{}", id.rel())).ok();
+            return remote.size(&object_name(id)).ok();
         }
         super::stat_in(&self.root, &id.rel())
             .ok()
@@ -471,14 +471,11 @@ impl ChunkStore {
         let file: Box<dyn Read> = match &self.remote {
             None => super::open_in(&self.root, &id.rel()).map(|f| Box::new(f) as Box<dyn Read>),
             Some(remote) => remote
-                .open(&format!("{STORE_DIR}/{}", id.rel()))
+                .open(&object_name(id))
                 .map(|f| Box::new(f) as Box<dyn Read>),
         }
         .map_err(unreadable)?;
-        buffer.compressed.clear();
-        file.take(compress_bound(len) + 1)
-            .read_to_end(&mut buffer.compressed)
-            .map_err(|e| damaged("cannot read", e))?;
+        read_stored(file, len, &mut buffer.compressed).map_err(|e| damaged("cannot read", e))?;
         self.decode(id, len, check_name, buffer)
     }
 
@@ -487,20 +484,11 @@ impl ChunkStore {
     /// read as it comes. Lets a reader keep several round trips in flight.
     pub fn fetch(&self, id: &ChunkId, len: usize) -> Option<Fetch> {
         let remote = self.remote.as_ref()?;
-        let (backend, bound) = (remote.shared_backend(), compress_bound(len));
-        let name = crate::backend::Name::new(format!("{STORE_DIR}/{}", id.rel()));
-        let task = remote.handle().spawn(async move {
-            let name = name.map_err(io::Error::other)?;
-            let data = backend.load(&name, None).await.map_err(|e| {
-                let kind = if e.is_not_found() {
-                    io::ErrorKind::NotFound
-                } else {
-                    io::ErrorKind::Other
-                };
-                io::Error::new(kind, e)
-            })?;
-            let mut stored = crate::backend::collect(data).await?;
-            stored.truncate(bound as usize + 1);
+        let (reading, rel) = (remote.clone(), object_name(id));
+        // As `read_chunk` reads it: never more than `len` bytes can compress to, and one.
+        let task = remote.handle().spawn_blocking(move || {
+            let mut stored = Vec::new();
+            read_stored(reading.open(&rel)?, len, &mut stored)?;
             Ok(stored)
         });
         Some(Fetch {
@@ -585,6 +573,14 @@ fn unreadable(e: io::Error) -> ChunkProblem {
     }
 }
 
+/// Reads a chunk's stored bytes from `file` into `into`: no more than `len` bytes can compress
+/// to, and one byte more (which `decode` refuses).
+fn read_stored(file: impl Read, len: usize, into: &mut Vec<u8>) -> io::Result<()> {
+    into.clear();
+    file.take(compress_bound(len) + 1).read_to_end(into)?;
+    Ok(())
+}
+
 /// The largest stored (compressed) size of a chunk of `len` bytes.
 fn compress_bound(len: usize) -> u64 {
     zstd::zstd_safe::compress_bound(len) as u64
@@ -598,7 +594,7 @@ pub struct Fetch {
 
 impl Drop for Fetch {
     fn drop(&mut self) {
-        // A reader that stops early leaves no load running.
+        // A reader that stops early starts no more of its reads.
         self.task.abort();
     }
 }
