@@ -40,6 +40,15 @@ pub fn once(bytes: impl Into<Bytes>) -> ByteStream {
     stream::once(futures_util::future::ready(Ok(bytes.into()))).boxed()
 }
 
+/// Removes every object under `dir/` (a backup's, say); returns how many.
+pub async fn remove_under(backend: &dyn Backend, dir: &str) -> Result<usize, BackendError> {
+    let objects = backend.list(&format!("{dir}/")).await?;
+    for object in &objects {
+        backend.remove(&Name::new(object.name.clone())?).await?;
+    }
+    Ok(objects.len())
+}
+
 /// Reads a whole stream into memory; for small objects only (locks, manifests).
 pub async fn collect(mut data: ByteStream) -> io::Result<Vec<u8>> {
     let mut all = Vec::new();

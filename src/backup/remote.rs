@@ -188,7 +188,7 @@ pub async fn send(
 /// committed: its manifest is the last object). Best effort: when that fails, the claim's
 /// record is kept, and it is how the next run finds the rest.
 pub async fn abandon(backend: &dyn Backend, target: &str, claim: &mut Claim) {
-    if remove_under(backend, target).await.is_err() {
+    if crate::backend::remove_under(backend, target).await.is_err() {
         claim.keep();
     }
 }
@@ -242,15 +242,6 @@ fn file_stream(file: tokio::fs::File) -> ByteStream {
     .boxed()
 }
 
-/// Removes every object under `target/`; returns how many.
-async fn remove_under(backend: &dyn Backend, target: &str) -> Result<usize, BackendError> {
-    let objects = backend.list(&format!("{target}/")).await?;
-    for object in &objects {
-        backend.remove(&Name::new(object.name.clone())?).await?;
-    }
-    Ok(objects.len())
-}
-
 /// Removes what this host's dead runs left: for each run record whose process is gone, the
 /// objects of its target when it has no manifest (never a committed backup), the multipart
 /// uploads it left under it, and the record. Another host's records are left alone: whether
@@ -283,7 +274,7 @@ pub async fn clean_dead_runs(backend: &dyn Backend) -> Result<Vec<Removed>, Back
         let objects = if committed {
             0
         } else {
-            remove_under(backend, target.as_str()).await?
+            crate::backend::remove_under(backend, target.as_str()).await?
         };
         let mut uploads = 0;
         let under = format!("{target}/");

@@ -3,7 +3,6 @@
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use crate::backup;
 use crate::cleanup;
 use crate::cli::CopyArgs;
 use crate::config::Settings;
@@ -26,7 +25,7 @@ pub async fn run(
     let dest = super::repository(&args.dest, settings, handle)?;
     copy::refuse_same(&source, &dest)?;
     if let Repository::Remote(remote) = &dest {
-        super::require_exclusive_names(remote).await?;
+        super::require_exclusive_names(remote.backend(), remote.shown_root()).await?;
     }
     // What killed runs left where this one writes.
     match &dest {
@@ -35,17 +34,7 @@ pub async fn run(
                 .with_context(|| format!("cannot create `{}`", dir.display()))?;
             super::report_cleaned(ui, &cleanup::dead_runs(&[dir.as_path()], settings).await);
         }
-        Repository::Remote(remote) => {
-            for removed in backup::remote::clean_dead_runs(remote.backend()).await? {
-                ui.warn(format!(
-                    "removed what a killed run left of `{}` in `{}`: {} object(s), {} unfinished upload(s)",
-                    removed.target,
-                    remote.shown_root(),
-                    removed.objects,
-                    removed.uploads
-                ));
-            }
-        }
+        Repository::Remote(remote) => super::clean_remote_runs(remote, ui).await?,
     }
     // Held for the whole run, on both sides: no prune deletes what is read or landed.
     let source_lock = RepoLock::shared(&source, "backup copy")?;

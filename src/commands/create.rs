@@ -194,7 +194,7 @@ async fn to_s3(
             "make a full backup to S3, or an incremental one locally and copy the directory (docs/incremental.md)",
         ));
     }
-    super::require_exclusive_names(&repository).await?;
+    super::require_exclusive_names(repository.backend(), repository.shown_root()).await?;
     let lock = RepoLock::shared(&repository, "backup create")?;
     super::clean_remote_runs(&repository, ui).await?;
     let claim = backup::remote::claim(repository.shared_backend(), &name).await?;

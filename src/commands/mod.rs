@@ -195,22 +195,23 @@ async fn backend_at(
         }
         Location::S3 { bucket, prefix } => {
             let backend = s3_checked(&bucket, &prefix, settings).await?;
-            if make && !backend.supports_conditional_put().await? {
-                return Err(crate::repo::RepoError::NoConditionalPut { repository: shown }.into());
+            if make {
+                require_exclusive_names(&backend, &shown).await?;
             }
             Ok((Arc::new(backend), shown))
         }
     }
 }
 
-/// Before a run writes backups to `remote`: its server must refuse a taken name (`save_new`:
-/// the claim on a name and the manifest's commit), or two runs could overwrite each other.
-async fn require_exclusive_names(remote: &Remote) -> Result<()> {
-    if remote.backend().refuses_taken_names().await? {
+/// Before a run writes to the repository `shown` (`init`, `create`, `copy`): its server must
+/// refuse a taken name (`save_new`: a claim on a name, a manifest's commit, a repository's
+/// config), or two runs could overwrite each other.
+async fn require_exclusive_names(backend: &dyn Backend, shown: &str) -> Result<()> {
+    if backend.refuses_taken_names().await? {
         Ok(())
     } else {
         Err(crate::repo::RepoError::NoConditionalPut {
-            repository: remote.shown_root().to_string(),
+            repository: shown.to_string(),
         }
         .into())
     }

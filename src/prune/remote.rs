@@ -18,7 +18,7 @@ pub(super) fn remove(remote: &Remote, name: &str) -> io::Result<()> {
     remote.put(&record, Vec::new())?;
     remote.remove(&format!("{name}/{MANIFEST_PATH}"))?;
     crate::failpoint::hit("prune:s3-manifest-removed")?;
-    remove_objects(remote, name)?;
+    remote.remove_under(name)?;
     remote.remove(&record)
 }
 
@@ -32,18 +32,10 @@ pub(super) fn finish_deletions(remote: &Remote) -> io::Result<()> {
         let manifest = format!("{name}/{MANIFEST_PATH}");
         match remote.size(&manifest) {
             Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => remove_objects(remote, name)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => remote.remove_under(name)?,
             Err(e) => return Err(e),
         }
         remote.remove(&record.name)?;
-    }
-    Ok(())
-}
-
-/// Removes every object under `name/`.
-fn remove_objects(remote: &Remote, name: &str) -> io::Result<()> {
-    for object in remote.list(&format!("{name}/"))? {
-        remote.remove(&object.name)?;
     }
     Ok(())
 }

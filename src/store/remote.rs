@@ -129,6 +129,13 @@ impl Remote {
             .map_err(not_found)
     }
 
+    /// Removes every object under `dir/`.
+    pub fn remove_under(&self, dir: &str) -> io::Result<()> {
+        self.wait(crate::backend::remove_under(&*self.backend, dir))
+            .map(drop)
+            .map_err(not_found)
+    }
+
     /// Removes the object `rel` (one already gone is no error).
     pub fn remove(&self, rel: &str) -> io::Result<()> {
         let name = Name::new(rel).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
