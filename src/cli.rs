@@ -35,6 +35,11 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "URL")]
     pub qdrant_url: Option<String>,
 
+    /// Read the password of an encrypted repository from FILE (its trailing line ends removed;
+    /// for `init --encrypt`, the new repository's password).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -412,9 +417,6 @@ pub struct InitArgs {
     /// Encrypt every backup made in it: a new master key, wrapped by the password.
     #[arg(long)]
     pub encrypt: bool,
-    /// Read the new password from FILE (its trailing line ends removed).
-    #[arg(long, value_name = "FILE", requires = "encrypt")]
-    pub password_file: Option<PathBuf>,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -423,9 +425,6 @@ pub struct InitArgs {
 pub struct KeyArgs {
     /// The encrypted repository: a directory or `s3://BUCKET/PREFIX`.
     pub directory: PathBuf,
-    /// Read the password that opens the repository from FILE (its trailing line ends removed).
-    #[arg(long, value_name = "FILE")]
-    pub password_file: Option<PathBuf>,
     #[command(flatten)]
     pub output: OutputArgs,
 }

@@ -202,6 +202,10 @@ async fn to_s3(
         .prefix(".wqm-s3-")
         .tempdir()
         .context("cannot make a temporary directory for the backup on its way to S3")?;
+    // Staged for an encrypted repository: encrypted as it is written, sent as it is.
+    if let Some(seal) = repository.seal() {
+        crate::store::seal::share(&staged.path().to_string_lossy(), &seal);
+    }
     Ok(Sending {
         repository,
         name,

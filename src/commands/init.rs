@@ -1,5 +1,7 @@
 //! `wqm backup init DIR [--encrypt]`: make a repository (see `repo::init`).
 
+use std::path::Path;
+
 use anyhow::{Context, Result};
 use serde_json::json;
 use tokio::runtime::Handle;
@@ -15,11 +17,18 @@ use crate::store::{self, Remote, Repository};
 
 pub async fn run(
     args: &InitArgs,
-    settings: &Settings,
-    env: &Env,
+    (settings, env, password_file): (&Settings, &Env, Option<&Path>),
     ui: &Ui,
     handle: &Handle,
 ) -> Result<ExitCode> {
+    if password_file.is_some() && !args.encrypt {
+        return Err(crate::exit::Failure::new(
+            ExitCode::Usage,
+            "`--password-file` is the password of an encrypted repository: `init` makes one only with `--encrypt`",
+        )
+        .with_hint("add `--encrypt`, or leave `--password-file` out")
+        .into());
+    }
     let (backend, shown) = backend_at(&args.directory, settings, true).await?;
     // What is there already, through the one scanner of a backups directory.
     let repository = match super::location(&args.directory)? {
@@ -34,7 +43,7 @@ pub async fn run(
     repo::check_free(&*backend, &shown, &scan).await?;
     let new = match args.encrypt {
         true => Some(password(
-            args.password_file.as_deref(),
+            password_file,
             env,
             settings,
             &shown,

@@ -2,6 +2,8 @@
 //! `repo::Unlocked`). The password is checked before anything changes; no data is
 //! re-encrypted.
 
+use std::path::Path;
+
 use anyhow::Result;
 use serde_json::json;
 
@@ -14,21 +16,13 @@ use crate::repo::{self, KeyInfo, Unlocked};
 
 pub async fn run(
     command: &KeyCommand,
-    settings: &Settings,
-    env: &Env,
+    (settings, env, password_file): (&Settings, &Env, Option<&Path>),
     ui: &Ui,
 ) -> Result<ExitCode> {
     let args = command.key_args();
     let (backend, shown) = backend_at(&args.directory, settings, false).await?;
     let config = repo::encrypted_config(&*backend, &shown).await?;
-    let opening = password(
-        args.password_file.as_deref(),
-        env,
-        settings,
-        &shown,
-        Asking::Existing,
-        ui,
-    )?;
+    let opening = password(password_file, env, settings, &shown, Asking::Existing, ui)?;
     let mut keys = Unlocked::open(backend, &config, &opening).await?;
     drop(opening);
     for unreadable in &keys.unreadable {

@@ -42,6 +42,8 @@ pub fn dispatch(cli: Cli, ui: &Ui, runtime: &tokio::runtime::Runtime) -> Result<
         config: cli.config.clone(),
         qdrant_url: cli.qdrant_url.clone(),
     };
+    let password_file = cli.password_file.clone();
+    let password_file = password_file.as_deref();
     let command = match cli.command {
         Command::Completions { shell } => return reference::completions(shell),
         Command::Manpage => return reference::manpage(),
@@ -66,7 +68,8 @@ pub fn dispatch(cli: Cli, ui: &Ui, runtime: &tokio::runtime::Runtime) -> Result<
         location(dir)?;
     }
     let handle = runtime.handle();
-    runtime.block_on(guard(&command, default_dir, &settings))?;
+    let secrets = (&settings, &env, password_file);
+    runtime.block_on(guard(&command, default_dir, secrets, ui))?;
     match command {
         BackupCommand::Create(args) => runtime.block_on(create::run(&args, &settings, ui, handle)),
         BackupCommand::Restore(args) => {
@@ -83,10 +86,8 @@ pub fn dispatch(cli: Cli, ui: &Ui, runtime: &tokio::runtime::Runtime) -> Result<
             runtime.block_on(cleanup::run(&args, &settings, ui, handle))
         }
         BackupCommand::Migrations(args) => migrations::run(&args, ui),
-        BackupCommand::Init(args) => {
-            runtime.block_on(init::run(&args, &settings, &env, ui, handle))
-        }
-        BackupCommand::Key(command) => runtime.block_on(key::run(&command, &settings, &env, ui)),
+        BackupCommand::Init(args) => runtime.block_on(init::run(&args, secrets, ui, handle)),
+        BackupCommand::Key(command) => runtime.block_on(key::run(&command, secrets, ui)),
     }
 }
 
@@ -151,15 +152,23 @@ fn parent_of(path: &Path) -> Option<PathBuf> {
     }
 }
 
-/// THE one check before any command reads or writes backups (`repo::guard`): an encrypted
-/// repository among those it touches is refused with exit 2 until this wqm encrypts the data
-/// paths, so nothing is written into one in plaintext and nothing is read as if it were
-/// plain. A local directory without `.wqm-repo` is not looked into further.
+/// What a password is looked for with: the settings (`backup.encryption.password_command`),
+/// the environment and `--password-file`.
+type Secrets<'a> = (&'a Settings, &'a Env, Option<&'a Path>);
+
+/// THE one step before any command reads or writes backups: every encrypted repository among
+/// those it touches is opened with its password (asked once for the run; a wrong one is exit 2
+/// before anything is read or written) and its master key registered with the storage seam
+/// (`store::seal`), which then encrypts and decrypts everything there. Without a password (no
+/// source and no terminal) the run stops with exit 2, saying what the repository's config says.
+/// What cannot work on encrypted repositories yet (`copy`) is refused here. A local directory without `.wqm-repo` is not looked into further.
 async fn guard(
     command: &BackupCommand,
     default_dir: Option<&Path>,
-    settings: &Settings,
+    (settings, env, password_file): Secrets<'_>,
+    ui: &Ui,
 ) -> Result<()> {
+    let mut given: Option<Password> = None;
     for dir in repositories_touched(command, default_dir) {
         let backend: Arc<dyn Backend> = match location(&dir)? {
             Location::Local(path) => {
@@ -172,9 +181,47 @@ async fn guard(
                 Arc::new(s3_checked(&bucket, &prefix, settings).await?)
             }
         };
-        crate::repo::guard(&*backend, &dir.display().to_string()).await?;
+        let shown = dir.display().to_string();
+        let Some(config) = crate::repo::read_config(&*backend, &shown).await? else {
+            continue;
+        };
+        if !config.encrypted {
+            continue;
+        }
+        refuse_unencryptable(command, &shown)?;
+        let password = match given.take() {
+            Some(password) => password,
+            None => match password(password_file, env, settings, &shown, Asking::Existing, ui) {
+                Ok(password) => password,
+                Err(e) if matches!(e.downcast_ref(), Some(PasswordError::Needed { .. })) => {
+                    return Err(crate::repo::RepoError::Encrypted {
+                        repository: shown,
+                        version: config.version,
+                        master_key_id: config.master_key_id.unwrap_or_default(),
+                    }
+                    .into())
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        let unlocked = crate::repo::Unlocked::open(backend, &config, &password).await?;
+        crate::store::seal::unlock(&shown, Arc::new(unlocked.into_master()));
+        given = Some(password);
     }
     Ok(())
+}
+
+/// What this wqm cannot do in an encrypted repository yet, refused before anything is done.
+fn refuse_unencryptable(command: &BackupCommand, shown: &str) -> Result<()> {
+    let what = match command {
+        BackupCommand::Copy(_) => "`copy`",
+        _ => return Ok(()),
+    };
+    Err(crate::repo::RepoError::NotYetEncrypted {
+        repository: shown.to_string(),
+        what,
+    }
+    .into())
 }
 
 /// The repository at `dir` as a backend, and how to show it. A local directory is made when

@@ -33,6 +33,9 @@ pub use object::{
 
 use std::io;
 
+/// The ways a password is given, in the order they are tried (then a prompt on a terminal).
+pub const PASSWORD_WAYS: &str = "`--password-file FILE`, `WQM_BACKUP_PASSWORD_FILE`, `WQM_BACKUP_PASSWORD` or `backup.encryption.password_command`";
+
 use crate::exit::{Classify, ExitCode};
 
 /// Why a cryptographic operation refused: a wrong password, an object that failed

@@ -29,6 +29,8 @@ pub const REQUIRED_DIRS: [&str; 3] = [METADATA_DIR, COLLECTIONS_DIR, SQLITE_DIR]
 pub const STAGING_SUFFIX: &str = ".wqm-staging";
 /// A repository's own directory: its config and key objects (`repo`), never a backup.
 pub const REPO_DIR: &str = ".wqm-repo";
+/// A repository's config (plain JSON: whether its backups are encrypted).
+pub const REPO_CONFIG: &str = ".wqm-repo/config";
 /// Inside a staging directory: the backup being written.
 pub const STAGED_BACKUP_DIR: &str = "backup";
 /// Inside a staging directory: the backup `--force` replaced, until it is removed.
@@ -50,6 +52,9 @@ pub enum LayoutError {
     Busy { path: PathBuf, lock: PathBuf },
     #[error(transparent)]
     Work(WorkDirError),
+    /// An encrypted repository this run did not unlock: nothing is written there in plaintext.
+    #[error("`{}` is an encrypted repository that this run did not open with its password", repository.display())]
+    Locked { repository: PathBuf },
     #[error("unsafe name `{name}` in the manifest: {reason}")]
     UnsafeName { name: String, reason: &'static str },
     #[error("{action} `{}`: {source}", path.display())]
@@ -81,6 +86,7 @@ impl Classify for LayoutError {
             | LayoutError::NotADirectory { .. }
             | LayoutError::Unfinished { .. }
             | LayoutError::UnsafeName { .. } => ExitCode::InvalidBackup,
+            LayoutError::Locked { .. } => ExitCode::Usage,
             LayoutError::AlreadyExists { .. }
             | LayoutError::NotABackup { .. }
             | LayoutError::Busy { .. }
@@ -93,6 +99,7 @@ impl Classify for LayoutError {
             LayoutError::Work(e) => e.hint(),
             LayoutError::AlreadyExists { .. } => Some("Use --force to overwrite (the old backup is kept until the new one is complete), or choose another path".to_string()),
             LayoutError::NotABackup { .. } => Some("choose a new path, or a directory that holds a backup".to_string()),
+            LayoutError::Locked { .. } => Some(format!("give its password ({}); nothing was written", crate::crypto::PASSWORD_WAYS)),
             LayoutError::Busy { .. } => Some("wait for the other run to finish; runs into different targets can go at the same time".to_string()),
             LayoutError::Unfinished { .. } => Some("its run is still going or died before the backup was complete; use the finished backup beside it, and `wqm backup cleanup DIR` to remove a dead run's leftovers".to_string()),
             LayoutError::NotFound { .. } => Some("check the path; `wqm backup list DIR` shows the backups in a directory".to_string()),

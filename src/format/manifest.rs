@@ -35,6 +35,9 @@ pub enum ManifestError {
     Unreadable { path: PathBuf, source: io::Error },
     #[error("Backup manifest is missing or invalid: `{}`: {reason}", path.display())]
     Invalid { path: PathBuf, reason: String },
+    /// An encrypted repository's manifest, read without its key.
+    #[error("`{}` is encrypted; password needed", path.display())]
+    Encrypted { path: PathBuf },
     #[error("Backup manifest `{}` has format_version {found}, newer than the {supported} this wqm reads", path.display())]
     NewerFormat {
         path: PathBuf,
@@ -45,11 +48,18 @@ pub enum ManifestError {
 
 impl Classify for ManifestError {
     fn exit_code(&self) -> ExitCode {
-        ExitCode::InvalidBackup
+        match self {
+            ManifestError::Encrypted { .. } => ExitCode::Usage,
+            _ => ExitCode::InvalidBackup,
+        }
     }
 
     fn hint(&self) -> Option<String> {
         Some(match self {
+            ManifestError::Encrypted { .. } => format!(
+                "give the repository's password: {}",
+                crate::crypto::PASSWORD_WAYS
+            ),
             ManifestError::NewerFormat { .. } => {
                 "this backup was written by a newer wqm; upgrade wqm to read it".to_string()
             }
@@ -382,6 +392,11 @@ impl Manifest {
             })?;
         if bytes.len() as u64 > MAX_MANIFEST_BYTES {
             return Err(too_large(path));
+        }
+        if bytes.starts_with(&crate::crypto::MAGIC) {
+            return Err(ManifestError::Encrypted {
+                path: path.to_path_buf(),
+            });
         }
         let text = String::from_utf8(bytes).map_err(|_| ManifestError::Invalid {
             path: path.to_path_buf(),

@@ -11,10 +11,10 @@
 //! `init` writes the key object first and the config last with `save_new`, so of two racing
 //! inits one wins and the other removes its key and refuses; a killed init leaves at most a key
 //! object nothing names (a key that opens another master key than the config's is skipped).
-//! `guard` is the one check the commands make before reading or writing backups: until the data
-//! paths encrypt, an encrypted repository is refused there (`RepoError::Encrypted`), so no
-//! plaintext is ever written into one. `password` reads passwords from the non-interactive
-//! sources; prompting is the edge's.
+//! The commands open every encrypted repository they touch before anything else
+//! (`commands::guard`: `read_config`, then `Unlocked::open` with the password) and hand its
+//! master key to the storage seam (`store::seal`). `password` reads passwords from the
+//! non-interactive sources; prompting is the edge's.
 
 pub mod password;
 
@@ -31,7 +31,7 @@ use crate::store::{Scan, Seen};
 /// The repository's own directory (hidden: no backup can be named so, `list` never shows it).
 pub use crate::format::layout::REPO_DIR;
 /// The config object.
-pub const CONFIG: &str = ".wqm-repo/config";
+pub const CONFIG: &str = crate::format::layout::REPO_CONFIG;
 /// Where the key objects are, one per password.
 pub const KEYS: &str = ".wqm-repo/keys/";
 /// The config format this wqm writes and reads.
@@ -50,12 +50,20 @@ pub enum RepoError {
     HoldsBackups { repository: String, example: String },
     #[error("`{repository}` is not encrypted: it has no keys")]
     NotEncrypted { repository: String },
-    /// The guard: backups in an encrypted repository cannot be read or written by this wqm yet.
-    #[error("`{repository}` is encrypted; password needed (repository format `{version}`, master key `{master_key_id}`), and this wqm cannot read or write backups in an encrypted repository yet")]
+    /// An encrypted repository, and no password to open it with (what its config says).
+    #[error("`{repository}` is encrypted; password needed (repository format `{version}`, master key `{master_key_id}`)")]
     Encrypted {
         repository: String,
         version: u32,
         master_key_id: String,
+    },
+    /// What this wqm cannot do in an encrypted repository yet.
+    #[error(
+        "`{repository}` is encrypted, and {what} is not supported in an encrypted repository yet"
+    )]
+    NotYetEncrypted {
+        repository: String,
+        what: &'static str,
     },
     #[error("`{repository}` has repository format `{version}`; this wqm knows format `{FORMAT}`")]
     NewerFormat { repository: String, version: u32 },
@@ -77,6 +85,7 @@ impl Classify for RepoError {
             | RepoError::HoldsBackups { .. }
             | RepoError::NotEncrypted { .. }
             | RepoError::Encrypted { .. }
+            | RepoError::NotYetEncrypted { .. }
             | RepoError::NoConditionalPut { .. } => ExitCode::Usage,
             RepoError::NewerFormat { .. } => ExitCode::Incompatible,
             RepoError::BadConfig { .. } => ExitCode::InvalidBackup,
@@ -92,7 +101,8 @@ impl Classify for RepoError {
             RepoError::AlreadyRepository { .. } => "it is ready; a repository's encryption cannot be changed: make a new one with `wqm backup init DIR --encrypt`".to_string(),
             RepoError::HoldsBackups { .. } => "make the repository in an empty directory or a new prefix (`wqm backup init DIR --encrypt`); the backups here stay as they are".to_string(),
             RepoError::NotEncrypted { .. } => "keys belong to encrypted repositories: make one with `wqm backup init DIR --encrypt`".to_string(),
-            RepoError::Encrypted { repository, .. } => format!("back up into an unencrypted directory until this wqm encrypts backups; `wqm backup key list {repository}` shows the repository's keys"),
+            RepoError::Encrypted { .. } => format!("give its password: {}", crate::crypto::PASSWORD_WAYS),
+            RepoError::NotYetEncrypted { .. } => "copy the repository's directory as it is (`cp -a`, `rclone copy`): it stays encrypted with the same key".to_string(),
             RepoError::NewerFormat { .. } => "use the wqm that made the repository, or a newer one".to_string(),
             RepoError::BadConfig { .. } => "the config was damaged or written by something else; restore it from another copy of the repository".to_string(),
             RepoError::NoConditionalPut { .. } => "use an S3 server that supports conditional writes (AWS S3, MinIO, SeaweedFS)".to_string(),
@@ -204,26 +214,6 @@ async fn load_small(
 ) -> Result<std::io::Result<Vec<u8>>, BackendError> {
     let data = backend.load(name, Some(0..CONFIG_LIMIT + 1)).await?;
     Ok(crate::backend::collect(data).await)
-}
-
-/// The guard every command that reads or writes backups passes first (`commands::guard`): a
-/// repository whose config says "encrypted" is refused, since this wqm does not encrypt the
-/// data paths yet; a newer or damaged config is refused too. No config (a plain backups
-/// directory) or an unencrypted one: go ahead.
-pub async fn guard(backend: &dyn Backend, repository: &str) -> Result<(), RepoError> {
-    match read_config(backend, repository).await? {
-        Some(RepoConfig {
-            encrypted: true,
-            version,
-            master_key_id,
-            ..
-        }) => Err(RepoError::Encrypted {
-            repository: repository.to_string(),
-            version,
-            master_key_id: master_key_id.unwrap_or_default(),
-        }),
-        _ => Ok(()),
-    }
 }
 
 /// What `init` made.
@@ -446,6 +436,11 @@ impl Unlocked {
         let mut keys: Vec<KeyInfo> = self.keyring.keys().iter().map(|k| self.info(k)).collect();
         keys.sort_by(|a, b| (&a.created, &a.key_id).cmp(&(&b.created, &b.key_id)));
         keys
+    }
+
+    /// The master key, for the storage seam (`store::seal`) to encrypt and decrypt with.
+    pub fn into_master(self) -> MasterKey {
+        self.master
     }
 
     /// The id of the key this run opened the repository with.

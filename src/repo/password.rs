@@ -28,7 +28,7 @@ pub const PASSWORD_FILE_VAR: &str = "WQM_BACKUP_PASSWORD_FILE";
 /// The variable that holds the password itself.
 pub const PASSWORD_VAR: &str = "WQM_BACKUP_PASSWORD";
 /// The ways to give a password without a terminal, as errors name them.
-pub const WAYS: &str = "`--password-file FILE`, `WQM_BACKUP_PASSWORD_FILE`, `WQM_BACKUP_PASSWORD` or `backup.encryption.password_command`";
+pub const WAYS: &str = crate::crypto::PASSWORD_WAYS;
 /// A password file or command output larger than this is refused (no password is that long).
 const LIMIT: u64 = 64 * 1024;
 

@@ -20,11 +20,13 @@ pub mod chunks;
 pub mod lock;
 mod remote;
 mod scan;
+pub mod seal;
 mod staging;
 pub use checked::{content_matches, Checked, Damaged};
 use chunks::{ChunkError, ChunkReader, ChunkStore};
 pub use remote::{Remote, RemoteBackup};
 pub use scan::{scan, scan_at, scan_remote, Entry, Scan, Seen};
+use seal::Seal;
 pub use staging::{FileSink, Staging};
 
 /// A backup directory and its manifest.
@@ -145,10 +147,20 @@ impl BackupDir {
 
     /// Reads `metadata/manifest.json` of the backup at `root`: no link followed, its size
     /// checked before it is read (`manifest::MAX_MANIFEST_BYTES`), every name in it checked.
+    /// In an encrypted repository it is decrypted and authenticated as this backup's.
     pub fn read_manifest(root: &Path) -> Result<Manifest, ManifestError> {
         let path = root.join(MANIFEST_PATH);
         let file = open_in(root, MANIFEST_PATH).map_err(|e| manifest::load_error(&path, e))?;
-        Manifest::read_opened(file, &path)
+        match seal::of_local(backups_dir_of(root)) {
+            None => Manifest::read_opened(file, &path),
+            Some(seal) => {
+                let identity = crate::crypto::Identity::manifest(&backup_name_of(root));
+                let reader = seal
+                    .reader(BufReader::new(file), &identity)
+                    .map_err(|e| manifest::load_error(&path, e))?;
+                Manifest::read_from(reader, &path)
+            }
+        }
     }
 
     pub fn name(&self) -> String {
@@ -156,6 +168,23 @@ impl BackupDir {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| self.path.display().to_string())
+    }
+
+    /// The key of the encrypted repository this backup is in, when this run unlocked it.
+    fn seal(&self) -> Option<Seal> {
+        match &self.remote {
+            None => seal::of_local(self.backups_dir()),
+            Some(remote) => remote.repository.seal(),
+        }
+    }
+
+    /// The name this backup's objects are bound to when encrypted: its name in its repository
+    /// (a staged backup's is its target's).
+    fn sealed_name(&self) -> String {
+        match &self.remote {
+            None => backup_name_of(&self.path),
+            Some(remote) => remote.name.clone(),
+        }
     }
 
     /// Opens a stored file for reading: a regular file reached without following any link.
@@ -252,22 +281,25 @@ impl BackupDir {
     }
 
     /// The directory this backup belongs to (a staged backup: the one its target will be in).
-    fn backups_dir(&self) -> &Path {
-        let parent = crate::fs::parent_dir(&self.path);
-        if layout::is_staging(parent) {
-            crate::fs::parent_dir(parent)
-        } else {
-            parent
-        }
+    pub(crate) fn backups_dir(&self) -> &Path {
+        backups_dir_of(&self.path)
     }
 
-    /// Opens a file of the fixed layout (a legacy backup's `sqlite/state.db`, ...).
+    /// Opens a file of the fixed layout (a legacy backup's `sqlite/state.db`, ...): its stored
+    /// bytes, decrypted and authenticated as they are read in an encrypted repository.
     pub fn open_file(&self, rel: &str) -> io::Result<Box<dyn Read + Send>> {
-        match &self.remote {
-            None => Ok(Box::new(open_in(&self.path, rel)?)),
+        let stored: Box<dyn Read + Send> = match &self.remote {
+            None => Box::new(open_in(&self.path, rel)?),
             Some(remote) => {
                 split(rel)?;
-                remote.open(rel)
+                remote.open(rel)?
+            }
+        };
+        match self.seal() {
+            None => Ok(stored),
+            Some(seal) => {
+                let identity = crate::crypto::Identity::file(&self.sealed_name(), rel);
+                Ok(Box::new(seal.reader(BufReader::new(stored), &identity)?))
             }
         }
     }
@@ -281,6 +313,15 @@ impl BackupDir {
         }
     }
 
+    /// How many bytes a file of `size` stored bytes occupies: more when encrypted (a header,
+    /// and a tag per segment).
+    pub fn stored_len(&self, size: u64) -> u64 {
+        match self.seal() {
+            None => size,
+            Some(_) => seal::sealed_len(size),
+        }
+    }
+
     /// Every entry that is not a directory (files, links, anything else), relative and
     /// `/`-separated, sorted. Directories are walked without following links.
     pub fn list(&self) -> Vec<String> {
@@ -289,6 +330,38 @@ impl BackupDir {
             Some(remote) => remote.list(),
         }
     }
+}
+
+/// The directory the backup at `path` belongs to (a staged backup: the one its target will be
+/// in).
+fn backups_dir_of(path: &Path) -> &Path {
+    let parent = crate::fs::parent_dir(path);
+    if layout::is_staging(parent) {
+        crate::fs::parent_dir(parent)
+    } else {
+        parent
+    }
+}
+
+/// The backup's name in its repository: a staged backup (`.NAME.wqm-staging/backup`) is its
+/// target's, `NAME`.
+pub(crate) fn backup_name_of(path: &Path) -> String {
+    let name = |p: &Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let parent = crate::fs::parent_dir(path);
+    if layout::is_staging(parent) {
+        let staged = name(parent);
+        let staged = staged.split(".new-").next().unwrap_or(&staged);
+        return staged
+            .strip_prefix('.')
+            .and_then(|s| s.strip_suffix(layout::STAGING_SUFFIX))
+            .unwrap_or(staged)
+            .to_string();
+    }
+    name(path)
 }
 
 /// Makes the entries of `dir` durable (`fs::sync_dir`); unit tests see which directories were

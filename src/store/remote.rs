@@ -157,7 +157,21 @@ impl Remote {
         let reader = self
             .open(&rel)
             .map_err(|e| manifest::load_error(&path, e))?;
-        Manifest::read_from(reader, &path)
+        match self.seal() {
+            None => Manifest::read_from(reader, &path),
+            Some(seal) => {
+                let identity = crate::crypto::Identity::manifest(name);
+                let reader = seal
+                    .reader(io::BufReader::new(reader), &identity)
+                    .map_err(|e| manifest::load_error(&path, e))?;
+                Manifest::read_from(reader, &path)
+            }
+        }
+    }
+
+    /// The key of this repository when it is encrypted and this run unlocked it.
+    pub fn seal(&self) -> Option<super::Seal> {
+        super::seal::of(&self.shown)
     }
 
     /// The backup `name` of this repository, its objects listed once (a backup is immutable once

@@ -20,7 +20,9 @@ use crate::fs::{create_private_dir_all, create_private_file};
 use crate::workdir::{Record, WorkDir, WorkDirError};
 
 use super::chunks::{Added, ChunkError, ChunkStore, ChunkWriter, Run, RunTemp, Selection};
+use super::seal::{self, MaybeSealed, Seal};
 use super::{sync_dir, BackupDir};
+use crate::crypto::Identity;
 
 /// A backup being written in a hidden sibling of its target, `.NAME.wqm-staging`: a working
 /// directory (lock, journal) whose `backup/` becomes the backup. Dropped without `commit`, it
@@ -31,6 +33,9 @@ pub struct Staging {
     work: WorkDir,
     dir: PathBuf,
     chunks: Option<Chunks>,
+    /// The key of the encrypted repository the target is in: every file and the manifest are
+    /// encrypted (`store::seal`).
+    seal: Option<Seal>,
 }
 
 /// An incremental backup's share of the chunk store: the store (held shared for the whole run),
@@ -69,6 +74,8 @@ impl Staging {
         }
         let parent = crate::fs::parent_dir(target);
         create_private_dir_all(parent).map_err(LayoutError::io("cannot create", parent))?;
+        // Never plaintext into an encrypted repository this run did not unlock.
+        let seal = seal::require_local(parent)?;
         let staging = staging_path(target);
         let run = Record::Run {
             command: command.to_string(),
@@ -93,7 +100,13 @@ impl Staging {
             work,
             dir,
             chunks: None,
+            seal,
         })
+    }
+
+    /// The backup's name in its repository, which its encrypted objects are bound to.
+    fn name(&self) -> String {
+        super::backup_name_of(&self.target)
     }
 
     /// Makes this an incremental backup: files created as `Stored::Chunked` go to the
@@ -167,7 +180,11 @@ impl Staging {
             written: 0,
             scheduled: 0,
         };
-        let stored = HashingWriter::new(BufWriter::with_capacity(1 << 20, file), &[algorithm]);
+        let buffered = BufWriter::with_capacity(1 << 20, file);
+        let identity = Identity::file(&self.name(), rel);
+        let sealed = MaybeSealed::new(buffered, self.seal.as_ref(), &identity)
+            .map_err(LayoutError::io("cannot start encrypting", &path))?;
+        let stored = HashingWriter::new(sealed, &[algorithm]);
         let body = match (compression, &self.chunks) {
             (compress::Stored::Chunked, Some(chunks)) => Body::Chunked(Box::new(
                 ChunkWriter::new(
@@ -219,9 +236,15 @@ impl Staging {
             manifest.chunk_refs = super::chunks::write_refs(&self.dir, &manifest)
                 .map_err(LayoutError::io("cannot write", &refs))?;
         }
-        manifest
-            .save(&path)
-            .map_err(LayoutError::io("cannot write", &path))
+        match &self.seal {
+            None => manifest.save(&path),
+            Some(seal) => {
+                let identity = Identity::manifest(&self.name());
+                seal.seal(&identity, manifest.to_json().as_bytes())
+                    .and_then(|sealed| crate::fs::write_atomic(&path, &sealed))
+            }
+        }
+        .map_err(LayoutError::io("cannot write", &path))
     }
 
     /// Makes everything durable and moves the backup into place. An existing backup at the
@@ -317,8 +340,9 @@ pub struct FileSink {
     body: Body,
 }
 
-/// The stored bytes of a file, hashed as they are written.
-type Stored = HashingWriter<BufWriter<WritebackFile>>;
+/// The stored bytes of a file, hashed as they are written, then encrypted in an encrypted
+/// repository.
+type Stored = HashingWriter<MaybeSealed<BufWriter<WritebackFile>>>;
 
 enum Body {
     /// The content itself, compressed or not.
@@ -352,8 +376,10 @@ impl FileSink {
     pub fn finish(self) -> Result<FileEntry, LayoutError> {
         let io = |action| LayoutError::io(action, &self.path);
         let stored = self.body.finish().map_err(io("cannot finish writing"))?;
-        let (buffered, stored_digests) = stored.into_parts();
-        let file = buffered
+        let (sealed, stored_digests) = stored.into_parts();
+        let file = sealed
+            .finish()
+            .map_err(io("cannot finish encrypting"))?
             .into_inner()
             .map_err(|e| io("cannot write")(e.into_error()))?;
         file.file.sync_all().map_err(io("cannot sync"))?;

@@ -180,11 +180,11 @@ fn check_listed_files<'a>(report: &mut Report, backup: &'a BackupDir) -> BTreeSe
             Err(e) => report.add(Severity::Error, Check::Contents, Some(&entry.path), format!("cannot be read: {e}")),
             Ok(stat) if stat.kind == Kind::Symlink => report.add(Severity::Error, Check::Contents, Some(&entry.path), "a symbolic link: wqm never follows links in a backup"),
             Ok(stat) if stat.kind != Kind::File => report.add(Severity::Error, Check::Contents, Some(&entry.path), "not a regular file"),
-            Ok(stat) if stat.len != entry.size => report.add(
+            Ok(stat) if stat.len != backup.stored_len(entry.size) => report.add(
                 Severity::Error,
                 Check::Size,
                 Some(&entry.path),
-                format!("size mismatch: the manifest says {} bytes, the file has {} (truncated or replaced)", entry.size, stat.len),
+                format!("size mismatch: the manifest says {} bytes, the file has {} (truncated or replaced)", backup.stored_len(entry.size), stat.len),
             ),
             Ok(_) => {}
         }

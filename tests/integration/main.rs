@@ -8,6 +8,7 @@ mod create;
 mod crypto;
 mod docs;
 mod dump;
+mod encrypted;
 mod faults;
 mod fixtures;
 mod gc;

@@ -1,6 +1,6 @@
 //! `wqm backup init [--encrypt]`, the passwords (each source, none; the prompt is in
-//! terminal.rs), and the guard that keeps every other command out of an encrypted repository
-//! until the data paths encrypt. `wqm backup key` and the S3 half: repo_keys.rs.
+//! terminal.rs), and every command refused in an encrypted repository without its password
+//! (with it: encrypted.rs). `wqm backup key` and the S3 half: repo_keys.rs.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -360,7 +360,7 @@ fn without_a_terminal_or_a_password_it_exits_2_naming_the_ways_and_changes_nothi
 }
 
 #[test]
-fn no_command_reads_or_writes_backups_in_an_encrypted_repository_yet() {
+fn without_its_password_no_command_reads_or_writes_backups_in_an_encrypted_repository() {
     let double = Double::start();
     let (_, tmp) = fast(Test::in_dir(workspace()))
         .env("WQM_BACKUP_PASSWORD", FIRST)
@@ -372,10 +372,6 @@ fn no_command_reads_or_writes_backups_in_an_encrypted_repository_yet() {
     let mut tmp = tmp;
     for (args, env) in [
         ("backup create {TMP}/enc/night-1", None),
-        (
-            "backup create {TMP}/enc/night-1 --incremental --force",
-            None,
-        ),
         ("backup create", Some("{TMP}/enc")),
         ("backup info {TMP}/enc/night-1", None),
         ("backup info {TMP}/enc", None),
@@ -389,12 +385,11 @@ fn no_command_reads_or_writes_backups_in_an_encrypted_repository_yet() {
         ("backup restore {TMP}/enc/night-1 --force", None),
     ] {
         let mut t = wqm(Test::in_dir(tmp), &double.url, args)
-            .env("WQM_BACKUP_PASSWORD", FIRST)
             .status(2)
             .stderr_with(move |e| {
                 assert!(e.contains(refused), "{e}");
                 assert!(
-                    e.contains("hint: back up into an unencrypted directory"),
+                    e.contains("hint: give its password: `--password-file FILE`, `WQM_BACKUP_PASSWORD_FILE`, `WQM_BACKUP_PASSWORD` or `backup.encryption.password_command`"),
                     "{e}"
                 );
             });

@@ -25,7 +25,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::checksum::{sha256, to_hex};
+use crate::crypto::Identity;
 use crate::exit::{Classify, ExitCode};
+use crate::store::seal::{self, Seal};
 use crate::store::{at, Remote, Repository};
 
 /// The chunk store's directory in a backups directory.
@@ -49,6 +51,9 @@ const LOCK_OBJECTS: &str = "lock-objects";
 /// Features a store may require that this wqm implements. A future one (pack files, another
 /// hash) is listed in the store's `required_features` and refused by this wqm.
 const KNOWN_REQUIRED: [&str; 1] = [LOCK_OBJECTS];
+
+/// How an encrypted repository's store names chunks (`MasterKey::chunk_id`).
+const KEYED_HASH: &str = "hmac-sha256";
 
 /// The average chunk size (min = avg/4, max = avg×4), chosen by measurement on real Qdrant
 /// snapshots (docs/performance.md): smaller chunks share more between nights, larger ones cost
@@ -143,6 +148,11 @@ impl ChunkId {
         Some(ChunkId(id))
     }
 
+    /// What an encrypted chunk is bound to.
+    fn identity(&self) -> Identity {
+        Identity::chunk(&self.0)
+    }
+
     /// Where the chunk lives in the store, relative to it.
     fn rel(&self) -> String {
         let hex = self.to_string();
@@ -200,6 +210,18 @@ impl Params {
         }
     }
 
+    /// The store of an encrypted repository: chunks named by HMAC-SHA256 under the
+    /// repository's key, and stored encrypted.
+    pub fn keyed(mut self) -> Self {
+        self.hash = KEYED_HASH.to_string();
+        self
+    }
+
+    /// Whether chunks are named by a keyed hash (an encrypted repository's store).
+    pub fn is_keyed(&self) -> bool {
+        self.hash == KEYED_HASH
+    }
+
     /// The features of `required_features` this wqm does not implement.
     fn unknown_features(&self) -> Vec<String> {
         self.required_features
@@ -219,11 +241,8 @@ impl Params {
                 self.format
             ));
         }
-        if (
-            self.chunker.as_str(),
-            self.hash.as_str(),
-            self.compression.as_str(),
-        ) != ("fastcdc-2020", "sha256", "zstd")
+        if (self.chunker.as_str(), self.compression.as_str()) != ("fastcdc-2020", "zstd")
+            || !["sha256", KEYED_HASH].contains(&self.hash.as_str())
         {
             return Err(format!(
                 "unknown chunking `{}`/`{}`/`{}`",
@@ -259,6 +278,9 @@ pub struct ChunkStore {
     _legacy_lock: Option<File>,
     /// A store on a backend: chunks are read from there, `root` only names it.
     remote: Option<Remote>,
+    /// The key of the encrypted repository the store is in: chunks are named by a keyed hash
+    /// and stored encrypted, each bound to its name.
+    seal: Option<Seal>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -303,7 +325,12 @@ impl ChunkStore {
     pub fn open_for_writing(dir: &Path, avg_size: usize) -> Result<Arc<Self>, ChunkError> {
         // Only where nothing is: a link or a file there is refused by `open`, not replaced.
         if std::fs::symlink_metadata(Self::path_in(dir)).is_err() {
-            runs::make_store(dir, &Params::with_average(avg_size))?;
+            let params = Params::with_average(avg_size);
+            let params = match seal::of_local(dir) {
+                Some(_) => params.keyed(),
+                None => params,
+            };
+            runs::make_store(dir, &params)?;
         }
         Self::open(dir, Access::Shared).map(Arc::new)
     }
@@ -389,11 +416,31 @@ impl ChunkStore {
             true => None,
             false => legacy_lock(&store, &root, &mut params, access)?,
         };
+        let seal = Self::sealed(&root, &params, seal::of_local(dir))?;
         Ok(ChunkStore {
             root,
             params,
             _legacy_lock: legacy_lock,
             remote: None,
+            seal,
+        })
+    }
+
+    /// The seal a store of `params` is read and written with: an encrypted repository's store
+    /// names its chunks by a keyed hash, and only such a store is used there.
+    fn sealed(
+        root: &Path,
+        params: &Params,
+        seal: Option<Seal>,
+    ) -> Result<Option<Seal>, ChunkError> {
+        let reason = match (params.is_keyed(), &seal) {
+            (true, Some(_)) | (false, None) => return Ok(seal),
+            (true, None) => "its chunks are encrypted, and this run has not opened its repository with a password",
+            (false, Some(_)) => "its chunks are not encrypted, but its repository is",
+        };
+        Err(ChunkError::NotAStore {
+            path: root.to_path_buf(),
+            reason: reason.to_string(),
         })
     }
 
@@ -414,11 +461,13 @@ impl ChunkStore {
             Ok(_) => {}
         }
         let params = Self::parse_params(&root, &text)?;
+        let seal = Self::sealed(&root, &params, repository.seal())?;
         Ok(Arc::new(ChunkStore {
             root,
             params,
             _legacy_lock: None,
             remote: Some(repository.clone()),
+            seal,
         }))
     }
 
@@ -443,6 +492,39 @@ impl ChunkStore {
 
     pub fn params(&self) -> &Params {
         &self.params
+    }
+
+    /// The name of a chunk of `content` in this store: its sha256, or in an encrypted
+    /// repository its HMAC-SHA256 under the repository's key.
+    pub fn id_of(&self, content: &[u8]) -> ChunkId {
+        match &self.seal {
+            None => ChunkId::of(content),
+            Some(seal) => ChunkId(seal.chunk_id(content)),
+        }
+    }
+
+    /// A new chunk's stored bytes (`compressed`, its content compressed): encrypted in an
+    /// encrypted repository, else as they are.
+    pub(super) fn to_store<'a>(
+        &self,
+        id: &ChunkId,
+        compressed: &'a [u8],
+    ) -> io::Result<std::borrow::Cow<'a, [u8]>> {
+        match &self.seal {
+            None => Ok(std::borrow::Cow::Borrowed(compressed)),
+            Some(seal) => Ok(std::borrow::Cow::Owned(
+                seal.seal(&id.identity(), compressed)?,
+            )),
+        }
+    }
+
+    /// The most bytes a chunk of `len` bytes of content may be stored in.
+    fn stored_bound(&self, len: usize) -> u64 {
+        let compressed = zstd::zstd_safe::compress_bound(len) as u64;
+        match &self.seal {
+            None => compressed,
+            Some(_) => seal::sealed_len(compressed),
+        }
     }
 
     /// The stored (compressed) size of a chunk, when it is there.
@@ -475,7 +557,8 @@ impl ChunkStore {
                 .map(|f| Box::new(f) as Box<dyn Read>),
         }
         .map_err(unreadable)?;
-        read_stored(file, len, &mut buffer.compressed).map_err(|e| damaged("cannot read", e))?;
+        read_stored(file, self.stored_bound(len), &mut buffer.compressed)
+            .map_err(|e| damaged("cannot read", e))?;
         self.decode(id, len, check_name, buffer)
     }
 
@@ -485,10 +568,11 @@ impl ChunkStore {
     pub fn fetch(&self, id: &ChunkId, len: usize) -> Option<Fetch> {
         let remote = self.remote.as_ref()?;
         let (reading, rel) = (remote.clone(), object_name(id));
-        // As `read_chunk` reads it: never more than `len` bytes can compress to, and one.
+        // As `read_chunk` reads it: never more than `len` bytes can be stored in, and one.
+        let bound = self.stored_bound(len);
         let task = remote.handle().spawn_blocking(move || {
             let mut stored = Vec::new();
-            read_stored(reading.open(&rel)?, len, &mut stored)?;
+            read_stored(reading.open(&rel)?, bound, &mut stored)?;
             Ok(stored)
         });
         Some(Fetch {
@@ -534,10 +618,15 @@ impl ChunkStore {
         buffer: &mut ChunkBuffer,
     ) -> Result<u64, ChunkProblem> {
         let damaged = |what: &str, e: io::Error| ChunkProblem::Damaged(format!("{what}: {e}"));
-        if buffer.compressed.len() as u64 > compress_bound(len) {
+        if buffer.compressed.len() as u64 > self.stored_bound(len) {
             return Err(ChunkProblem::Damaged(format!(
                 "its stored file is larger than {len} bytes can compress to"
             )));
+        }
+        if let Some(seal) = &self.seal {
+            buffer.compressed = seal
+                .open(&id.identity(), &buffer.compressed)
+                .map_err(|e| ChunkProblem::Damaged(e.to_string()))?;
         }
         buffer.content.clear();
         buffer.content.reserve(len);
@@ -556,7 +645,7 @@ impl ChunkStore {
                 buffer.content.len()
             )));
         }
-        if check_name && ChunkId::of(&buffer.content) != *id {
+        if check_name && self.id_of(&buffer.content) != *id {
             return Err(ChunkProblem::Damaged(
                 "its content does not match its name (sha256)".to_string(),
             ));
@@ -573,17 +662,12 @@ fn unreadable(e: io::Error) -> ChunkProblem {
     }
 }
 
-/// Reads a chunk's stored bytes from `file` into `into`: no more than `len` bytes can compress
-/// to, and one byte more (which `decode` refuses).
-fn read_stored(file: impl Read, len: usize, into: &mut Vec<u8>) -> io::Result<()> {
+/// Reads a chunk's stored bytes from `file` into `into`: no more than `bound` bytes (what its
+/// length can be stored in), and one byte more (which `decode` refuses).
+fn read_stored(file: impl Read, bound: u64, into: &mut Vec<u8>) -> io::Result<()> {
     into.clear();
-    file.take(compress_bound(len) + 1).read_to_end(into)?;
+    file.take(bound + 1).read_to_end(into)?;
     Ok(())
-}
-
-/// The largest stored (compressed) size of a chunk of `len` bytes.
-fn compress_bound(len: usize) -> u64 {
-    zstd::zstd_safe::compress_bound(len) as u64
 }
 
 /// A chunk's stored bytes on their way (`ChunkStore::fetch`).

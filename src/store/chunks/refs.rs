@@ -16,6 +16,7 @@ use std::path::Path;
 
 use super::{visit_chunks, ChunkId};
 use crate::checksum::{sha256, to_hex};
+use crate::crypto::Identity;
 use crate::format::manifest::{ChunkRefs, Manifest};
 use crate::store::BackupDir;
 
@@ -138,7 +139,14 @@ pub fn write_refs(dir: &Path, manifest: &Manifest) -> io::Result<Option<ChunkRef
     }
     let refs = refs_from_indexes(&staged)?;
     let bytes = refs.encode();
-    crate::fs::write_atomic(&dir.join(REFS_PATH), &bytes)?;
+    // Encrypted as the backup's other files are, in an encrypted repository.
+    match crate::store::seal::of_local(staged.backups_dir()) {
+        None => crate::fs::write_atomic(&dir.join(REFS_PATH), &bytes)?,
+        Some(seal) => {
+            let identity = Identity::file(&crate::store::backup_name_of(dir), REFS_PATH);
+            crate::fs::write_atomic(&dir.join(REFS_PATH), &seal.seal(&identity, &bytes)?)?
+        }
+    }
     Ok(Some(ChunkRefs {
         count: refs.len() as u64,
         sha256: to_hex(&sha256(&bytes)),

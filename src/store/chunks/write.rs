@@ -153,7 +153,7 @@ impl<W: Write> ChunkWriter<W> {
 
 impl<W: Write> ChunkSink<W> {
     fn store_chunk(&mut self, chunk: &[u8]) -> io::Result<()> {
-        let id = ChunkId::of(chunk);
+        let id = self.store.id_of(chunk);
         let known = self
             .in_flight
             .get(&id)
@@ -225,9 +225,10 @@ impl<W: Write> ChunkSink<W> {
             .reserve(zstd::zstd_safe::compress_bound(chunk.len()));
         self.compressor
             .compress_to_buffer(chunk, &mut self.compressed)?;
+        let stored = self.store.to_store(id, &self.compressed)?;
         let mut file = create_private_file(&self.temp.path().join(id.to_string()))?;
-        file.write_all(&self.compressed)?;
-        let stored = self.compressed.len() as u64;
+        file.write_all(&stored)?;
+        let stored = stored.len() as u64;
         self.unsynced.push((*id, file));
         self.in_flight.insert(*id, stored);
         self.run.written.lock().expect("run lock").insert(*id);
