@@ -22,6 +22,7 @@ mod prune;
 mod pty;
 mod qdrant_double;
 mod real_cluster;
+mod real_encrypted;
 mod real_qdrant;
 mod real_server;
 mod repo;
