@@ -313,6 +313,11 @@ impl BackupDir {
         }
     }
 
+    /// Whether the backup is in an encrypted repository (which this run opened).
+    pub fn is_encrypted(&self) -> bool {
+        self.seal().is_some()
+    }
+
     /// How many bytes a file of `size` stored bytes occupies: more when encrypted (a header,
     /// and a tag per segment).
     pub fn stored_len(&self, size: u64) -> u64 {

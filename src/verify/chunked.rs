@@ -244,13 +244,22 @@ pub(super) fn report_bad_chunks(
 /// An incremental backup's reference list (`metadata/chunk-refs`) against its indexes. Garbage
 /// collection keeps what the list names, so one naming less than the indexes is an error; one it
 /// does not use (missing, damaged, not the manifest's record) only costs the collection a read
-/// of the indexes. An unreadable index is reported by the file checks.
+/// of the indexes, but in an encrypted repository it is an error. An unreadable index is
+/// reported by the file checks.
 pub(super) fn check_refs(report: &mut Report, backup: &BackupDir) {
     if backup.manifest.chunk_refs.is_none() {
         return;
     }
     let path = Some(chunks::REFS_PATH);
     match (chunks::read_refs(backup), chunks::refs_from_indexes(backup)) {
+        // In an encrypted repository every object authenticates: one that does not was
+        // altered, and is an error as any other.
+        (Err(reason), _) if backup.is_encrypted() => report.add(
+            Severity::Error,
+            Check::Contents,
+            path,
+            format!("the chunk reference list is damaged ({reason})"),
+        ),
         (Err(reason), _) => report.add(
             Severity::Warning,
             Check::Contents,

@@ -425,3 +425,55 @@ fn incremental_backups_in_an_encrypted_repository_name_and_store_every_chunk_enc
     .stderr_with(|e| assert!(e.contains("Backup validation failed"), "{e}"))
     .run();
 }
+
+/// Every object of an encrypted repository — manifest, indexes, reference list, databases and
+/// every chunk — with one byte changed anywhere (its header, somewhere inside, its last byte):
+/// `validate --check-files` finds it, exit 3.
+#[test]
+fn any_changed_byte_of_any_object_is_found() {
+    let double = Double::start();
+    let (_, tmp) = fast(Test::in_dir(workspace()))
+        .env("WQM_BACKUP_PASSWORD", FIRST)
+        .args("backup init {TMP}/enc --encrypt")
+        .stdout_with(|_| {})
+        .run();
+    let (_, tmp) = with_password(
+        tmp,
+        &double,
+        "backup create {TMP}/enc/night-1 --incremental",
+    )
+    .stdout_with(|_| {})
+    .run();
+    let enc = tmp.path().join("enc");
+    let objects: Vec<PathBuf> = files(&enc)
+        .into_keys()
+        .filter(|p| {
+            let rel = p.strip_prefix(&enc).unwrap();
+            rel.starts_with("night-1") || rel.starts_with(".wqm-chunks/chunks")
+        })
+        .collect();
+    assert!(objects.len() >= 8, "{objects:?}");
+    let mut tmp = tmp;
+    for (n, object) in objects.iter().enumerate() {
+        let pristine = fs::read(object).unwrap();
+        // A position of its own for each object: spread over headers, segments and tags.
+        let inside = 1 + (n * 7919 + pristine.len() / 3) % (pristine.len() - 2);
+        for at in [0, inside, pristine.len() - 1] {
+            let mut changed = pristine.clone();
+            changed[at] ^= 0x01;
+            fs::write(object, &changed).unwrap();
+            let shown = object.display().to_string();
+            tmp = with_password(
+                tmp,
+                &double,
+                "backup validate {TMP}/enc/night-1 --check-files",
+            )
+            .status(3)
+            .stdout_with(|_| {})
+            .stderr_with(move |e| assert!(e.contains("wqm: error: "), "{shown} at {at}: {e}"))
+            .run()
+            .1;
+        }
+        fs::write(object, &pristine).unwrap();
+    }
+}
