@@ -48,10 +48,16 @@ curl_path() {
 export -f curl_path
 export QDRANT_URL out
 
-wqm_create() { # wqm_create LABEL ENV...
-  local label=$1; shift
-  rm -rf "${out:?}/$label"
-  time_of "$label" env WQM_DATA_DIR="$out/no-data" QDRANT_URL="$QDRANT_URL" "$@" "$wqm" backup create "$out/$label" --json
+# The encrypted variants write into an encrypted repository (`enc/`), opened with this password
+# (the key derivation, ~0.6 s, is part of each run, as it is of every real one).
+password=bench-Pa55word
+WQM_BACKUP_PASSWORD=$password "$wqm" backup init "$out/enc" --encrypt >/dev/null
+
+wqm_create() { # wqm_create LABEL ENV...   (a label ending in -enc goes into enc/)
+  local label=$1 target; shift
+  case $label in *-enc) target=$out/enc/$label ;; *) target=$out/$label ;; esac
+  rm -rf "${target:?}"
+  time_of "$label" env WQM_DATA_DIR="$out/no-data" QDRANT_URL="$QDRANT_URL" WQM_BACKUP_PASSWORD=$password "$@" "$wqm" backup create "$target" --json
   jq -r '[(.files[] | select(.seconds) | "making \(.seconds.making * 100 | round / 100), downloading \(.seconds.downloading * 100 | round / 100)"),
           (.phases[] | select(.seconds >= 0.01) | "\(.phase) \(.seconds * 100 | round / 100)")] | join(", ")' \
     "$out/$label.out" >> "$out/$label.steps"
@@ -68,7 +74,7 @@ export -f curl_upload
 wqm_restore() { # wqm_restore LABEL BACKUP ENV...
   local label=$1 backup=$2; shift 2
   curl -sS -X DELETE "$QDRANT_URL/collections/bench" >/dev/null
-  time_of "$label" env WQM_DATA_DIR="$out/no-data" QDRANT_URL="$QDRANT_URL" "$@" "$wqm" backup restore "$out/$backup" --force
+  time_of "$label" env WQM_DATA_DIR="$out/no-data" QDRANT_URL="$QDRANT_URL" WQM_BACKUP_PASSWORD=$password "$@" "$wqm" backup restore "$out/$backup" --force
 }
 
 for i in $(seq "$create_runs"); do
@@ -78,6 +84,7 @@ for i in $(seq "$create_runs"); do
   wqm_create wqm-plain-verified WQM_BACKUP__COMPRESSION=false
   wqm_create wqm-zstd WQM_BACKUP__VERIFICATION__VERIFY_AFTER_BACKUP=false
   wqm_create wqm-zstd-verified
+  wqm_create wqm-zstd-verified-enc
 done
 
 sha256sum "$out/curl.snapshot" | cut -d' ' -f1 > "$out/curl.sha256"
@@ -90,6 +97,7 @@ for i in $(seq "$runs_restore"); do
   wqm_restore restore-plain-verified wqm-plain
   wqm_restore restore-zstd wqm-zstd WQM_BACKUP__VERIFICATION__VERIFY_BEFORE_RESTORE=false
   wqm_restore restore-zstd-verified wqm-zstd
+  wqm_restore restore-zstd-verified-enc enc/wqm-zstd-verified-enc
 done
 
 snapshot=$(stat -c %s "$out/curl.snapshot")
@@ -99,11 +107,11 @@ echo "Snapshot: $snapshot bytes ($points points x $dim dims); zstd: $stored byte
 echo
 echo "Create (snapshot, download, delete):"
 echo
-table curl wqm-plain wqm-plain-verified wqm-zstd wqm-zstd-verified
+table curl wqm-plain wqm-plain-verified wqm-zstd wqm-zstd-verified wqm-zstd-verified-enc
 echo
 echo "Each create run (wall s: steps):"
 echo
-for label in curl wqm-plain wqm-plain-verified wqm-zstd wqm-zstd-verified; do
+for label in curl wqm-plain wqm-plain-verified wqm-zstd wqm-zstd-verified wqm-zstd-verified-enc; do
   paste -d'|' <(cut -d' ' -f1 "$out/$label.all") "$out/$label.steps" |
     awk -F'|' -v label="$label" '{printf "- %s: %s s (%s)\n", label, $1, $2}'
 done
@@ -111,4 +119,4 @@ done
 echo
 echo "Restore (upload, recover, delete the uploaded file):"
 echo
-table curl-upload restore-plain restore-plain-verified restore-zstd restore-zstd-verified
+table curl-upload restore-plain restore-plain-verified restore-zstd restore-zstd-verified restore-zstd-verified-enc
