@@ -6,7 +6,7 @@
 //!
 //! ```json
 //! {"version": 1,
-//!  "kdf": {"name": "argon2id", "params": {"m_kib": 32768, "t": 32, "p": 1}, "salt": "<base64, 16 bytes>"},
+//!  "kdf": {"name": "argon2id", "params": {"m_kib": 32768, "t": 8, "p": 1}, "salt": "<base64, 16 bytes>"},
 //!  "created": "2026-12-04T00:00:00Z", "host": "laptop", "username": "me",
 //!  "key_id": "<32 hex digits: this key object's id>",
 //!  "wrapped": "<base64: 24-byte nonce ‖ XChaCha20-Poly1305(master key) ‖ 16-byte tag>"}
@@ -158,11 +158,12 @@ pub struct KdfParams {
 }
 
 impl KdfParams {
-    /// New keys: 32 MiB (keeping a run under the 64 MB RSS target), 32 passes, one lane: about
-    /// 0.6 s on the reference machine (docs/architecture.md, "Encryption").
+    /// New keys: 32 MiB (keeping a run under the 64 MB RSS target), 8 passes, one lane: about
+    /// 0.13 s on the reference machine (`examples/kdf_cost.rs`; docs/architecture.md,
+    /// "Encryption"), paid by every run that opens the repository.
     pub const DEFAULT: KdfParams = KdfParams {
         memory_kib: 32 * 1024,
-        iterations: 32,
+        iterations: 8,
         parallelism: 1,
     };
 

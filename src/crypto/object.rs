@@ -26,7 +26,7 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 
-use aead_stream::{DecryptorBE32, EncryptorBE32};
+use aead_stream::{EncryptorBE32, NewStream, StreamBE32, StreamPrimitive};
 use chacha20poly1305::XChaCha20Poly1305;
 
 use super::keys::ID_LEN;
@@ -274,15 +274,26 @@ impl<W: Write> fmt::Debug for EncryptingWriter<W> {
     }
 }
 
-/// Decrypts an object from `inner`, handing out only authenticated plaintext, one segment at a
-/// time. Reaching the end (`Ok(0)`) means the whole object was authentic and complete; an error
-/// (an `io::Error` holding a [`CryptoError`]) is final.
+/// Segments read, then decrypted side by side, at a time: each is independent in STREAM (its
+/// position and last flag are in its nonce), so a batch spreads over the cores.
+const BATCH: usize = 4;
+
+/// Decrypts an object from `inner`, handing out only authenticated plaintext, a batch of
+/// segments at a time (decrypted in parallel). Reaching the end (`Ok(0)`) means the whole object
+/// was authentic and complete; an error (an `io::Error` holding a [`CryptoError`]) is final.
 pub struct DecryptingReader<R: Read> {
     inner: R,
-    stream: Option<DecryptorBE32<XChaCha20Poly1305>>,
+    stream: StreamBE32<XChaCha20Poly1305>,
     aad: Vec<u8>,
-    buffer: Vec<u8>,
-    position: usize,
+    /// The batch's segments, decrypted: handed out in order.
+    segments: Vec<Vec<u8>>,
+    /// Which segment of the batch is being handed out, and how far.
+    current: usize,
+    offset: usize,
+    /// The position of the next segment read.
+    next: u32,
+    /// The last segment was read and authenticated.
+    ended: bool,
     segment: usize,
     what: String,
     failed: bool,
@@ -317,50 +328,86 @@ impl<R: Read> DecryptingReader<R> {
         }
         Ok(DecryptingReader {
             inner,
-            stream: Some(DecryptorBE32::from_aead(
-                key.cipher(),
-                &header.prefix.into(),
-            )),
+            stream: StreamBE32::from_aead(key.cipher(), &header.prefix.into()),
             aad: header.associated_data(identity),
-            buffer: Vec::with_capacity(segment + TAG_LEN),
-            position: 0,
+            segments: Vec::new(),
+            current: 0,
+            offset: 0,
+            next: 0,
+            ended: false,
             segment,
             what,
             failed: false,
         })
     }
 
-    /// Reads and authenticates the next segment into the buffer.
-    fn next_segment(&mut self) -> Result<(), CryptoError> {
-        let Some(stream) = self.stream.as_mut() else {
-            return Ok(()); // the last segment was read
-        };
-        self.buffer.resize(self.segment + TAG_LEN, 0);
-        let got =
-            read_full(&mut self.inner, &mut self.buffer).map_err(|source| CryptoError::Io {
+    /// Reads the next batch of segments and authenticates them, side by side. A full-size
+    /// segment is never the last: the object's last one is shorter (at least its tag).
+    fn next_batch(&mut self) -> Result<(), CryptoError> {
+        let full = self.segment + TAG_LEN;
+        let mut batch = std::mem::take(&mut self.segments);
+        batch.resize_with(BATCH, Vec::new);
+        let mut count = 0;
+        let mut last = false;
+        for buffer in batch.iter_mut() {
+            buffer.resize(full, 0);
+            let got = read_full(&mut self.inner, buffer).map_err(|source| CryptoError::Io {
                 what: self.what.clone(),
                 source,
             })?;
-        self.buffer.truncate(got);
-        self.position = 0;
-        let damaged = |_| CryptoError::Damaged {
-            what: self.what.clone(),
-        };
-        if got == self.segment + TAG_LEN {
-            stream
-                .decrypt_next_in_place(&self.aad, &mut self.buffer)
-                .map_err(damaged)
-        } else if got < TAG_LEN {
-            // Every object ends with a (short) last segment, which holds at least its tag.
-            Err(CryptoError::Truncated {
-                what: self.what.clone(),
-            })
-        } else {
-            let stream = self.stream.take().expect("checked above");
-            stream
-                .decrypt_last_in_place(&self.aad, &mut self.buffer)
-                .map_err(damaged)
+            buffer.truncate(got);
+            count += 1;
+            if got < full {
+                if got < TAG_LEN {
+                    return Err(CryptoError::Truncated {
+                        what: self.what.clone(),
+                    });
+                }
+                last = true;
+                break;
+            }
         }
+        batch.truncate(count);
+        let first = self.next;
+        self.next = first
+            .checked_add(count as u32)
+            .ok_or_else(|| CryptoError::Damaged {
+                what: self.what.clone(),
+            })?;
+        let (stream, aad) = (&self.stream, self.aad.as_slice());
+        let open = |i: usize, buffer: &mut Vec<u8>| {
+            let is_last = last && i + 1 == count;
+            stream
+                .decrypt_in_place(first + i as u32, is_last, aad, buffer)
+                .is_ok()
+        };
+        let sound = if count == 1 {
+            open(0, &mut batch[0])
+        } else {
+            // One thread per segment past the first: a few milliseconds of work each.
+            std::thread::scope(|scope| {
+                let (head, rest) = batch.split_at_mut(1);
+                let others: Vec<_> = rest
+                    .iter_mut()
+                    .enumerate()
+                    .map(|(i, buffer)| scope.spawn(move || open(i + 1, buffer)))
+                    .collect();
+                let first_sound = open(0, &mut head[0]);
+                others
+                    .into_iter()
+                    .fold(first_sound, |all, t| t.join().unwrap_or(false) && all)
+            })
+        };
+        if !sound {
+            return Err(CryptoError::Damaged {
+                what: self.what.clone(),
+            });
+        }
+        self.segments = batch;
+        self.current = 0;
+        self.offset = 0;
+        self.ended = last;
+        Ok(())
     }
 }
 
@@ -372,21 +419,27 @@ impl<R: Read> Read for DecryptingReader<R> {
             }
             .into_io());
         }
-        while self.position == self.buffer.len() {
-            if self.stream.is_none() || out.is_empty() {
+        loop {
+            if let Some(segment) = self.segments.get(self.current) {
+                if self.offset < segment.len() {
+                    let n = out.len().min(segment.len() - self.offset);
+                    out[..n].copy_from_slice(&segment[self.offset..self.offset + n]);
+                    self.offset += n;
+                    return Ok(n);
+                }
+                self.current += 1;
+                self.offset = 0;
+                continue;
+            }
+            if self.ended || out.is_empty() {
                 return Ok(0);
             }
-            if let Err(e) = self.next_segment() {
+            if let Err(e) = self.next_batch() {
                 self.failed = true;
-                self.buffer.clear();
-                self.position = 0;
+                self.segments.clear();
                 return Err(e.into_io());
             }
         }
-        let n = out.len().min(self.buffer.len() - self.position);
-        out[..n].copy_from_slice(&self.buffer[self.position..self.position + n]);
-        self.position += n;
-        Ok(n)
     }
 }
 

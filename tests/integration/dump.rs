@@ -221,6 +221,16 @@ fn incremental_recipe() -> String {
 /// Runs the incremental recipe on `backup` against `url`, with `wqm` on the `PATH`, into
 /// `tmp`'s `data/`.
 fn restore_by_hand(backup: &Path, url: &str, tmp: &Path) -> std::process::Output {
+    restore_by_hand_with(backup, url, tmp, &[])
+}
+
+/// `restore_by_hand` with more variables (a repository's password).
+fn restore_by_hand_with(
+    backup: &Path,
+    url: &str,
+    tmp: &Path,
+    vars: &[(&str, &str)],
+) -> std::process::Output {
     let wqm_dir = Path::new(env!("CARGO_BIN_EXE_wqm")).parent().unwrap();
     let path = format!(
         "{}:{}",
@@ -237,8 +247,47 @@ fn restore_by_hand(backup: &Path, url: &str, tmp: &Path) -> std::process::Output
         .env("QDRANT_URL", url)
         .env("QDRANT_API_KEY", "")
         .env("DATA_DIR", tmp.join("data"))
+        .envs(vars.iter().copied())
         .output()
         .unwrap()
+}
+
+#[test]
+fn the_by_hand_recipe_restores_a_backup_of_an_encrypted_repository_through_dump() {
+    let double = Double::start();
+    let password = [
+        ("WQM_BACKUP_PASSWORD", crate::repo::FIRST),
+        ("WQM_TEST_FAST_KDF", "1"),
+    ];
+    let mut tmp = workspace();
+    for args in [
+        "backup init {TMP}/enc --encrypt",
+        "backup create {TMP}/enc/b",
+    ] {
+        let mut t = wqm(Test::in_dir(tmp), &double.url, args).stdout_with(|_| {});
+        for (key, value) in password {
+            t = t.env(key, value);
+        }
+        tmp = t.run().1;
+    }
+    let live = crate::test::sqlite_dump(&tmp.path().join("data/state.db"));
+    crate::restore::lose_everything(&double);
+    fs::write(tmp.path().join("data/state.db"), b"not the backup's").unwrap();
+    let backup = tmp.path().join("enc/b");
+    let output = restore_by_hand_with(&backup, &double.url, tmp.path(), &password);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        double.state().collections.keys().collect::<Vec<_>>(),
+        ["small-named", "small-plain"]
+    );
+    assert_eq!(
+        crate::test::sqlite_dump(&tmp.path().join("data/state.db")),
+        live
+    );
 }
 
 #[test]

@@ -114,7 +114,7 @@ fn init_makes_a_plain_and_an_encrypted_repository_and_refuses_a_second_one() {
             assert_eq!(v["encrypted"], true, "{v}");
             assert_eq!(
                 v["key"]["kdf"],
-                serde_json::json!({"m_kib": 32768, "t": 32, "p": 1}),
+                serde_json::json!({"m_kib": 32768, "t": 8, "p": 1}),
                 "{v}"
             );
         })
@@ -465,7 +465,7 @@ fn of_racing_inits_one_wins_and_the_others_leave_no_key_behind() {
         .unwrap();
     let home = tmp.path().join("home");
     fs::create_dir_all(&home).unwrap();
-    // The default key derivation (about 0.6 s) between the check and the write: every run
+    // The default key derivation (about 0.15 s) between the check and the write: every run
     // finds the place free, and the conditional write of the config decides.
     let passwords: Vec<String> = (0..4).map(|i| format!("racer-{i}-Pa55word")).collect();
     let runs: Vec<_> = passwords
