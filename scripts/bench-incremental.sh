@@ -35,6 +35,9 @@ mkdir -p "$out/data" "$out/restic-in" "$out/nights"
 sqlite3 "$out/data/state.db" < tests/fixtures/state-db/schema.sql
 sqlite3 "$out/data/state.db" < tests/fixtures/state-db/sample-data.sql
 restic init --repository-version 2 -q
+# The same nights into an encrypted repository too (issue 21: encryption's cost, same run).
+export WQM_BACKUP_PASSWORD=bench-Pa55word
+"$wqm" backup init "$out/enc" --encrypt >/dev/null
 
 # Bytes as files hold them, and as the filesystem allocates them (blocks: one file per chunk
 # costs a partly filled block, which a pack-based store like restic's does not pay).
@@ -63,6 +66,7 @@ for n in $(seq "$nights"); do
   name=$(night_name "$n")
   create inc-night "$out/inc/$name" --incremental
   added=$(jq .chunk_store.bytes_added "$out/inc-night.out")
+  create inc-night-enc "$out/enc/$name" --incremental
   # The same night for restic: the uncompressed snapshot (curl) and a copy of the database.
   snap=$(curl -sS -X POST "$QDRANT_URL/collections/projects/snapshots?wait=true" | jq -r .result.name)
   curl -sS -o "$out/nights/$name.snapshot" "$QDRANT_URL/collections/projects/snapshots/$snap"
@@ -83,6 +87,7 @@ for i in $(seq "$runs"); do
   rm -rf "$out/full/last-$i"
   create full-create "$out/full/last-$i"
   create inc-create "$out/inc/extra-$i" --incremental
+  create inc-create-enc "$out/enc/extra-$i" --incremental
 done
 restore() { # restore LABEL BACKUP
   time_of "$1" env WQM_BACKUP__AUTO_BACKUP_BEFORE_RESTORE=false "$wqm" backup restore "$2" --force --overwrite
@@ -91,8 +96,10 @@ for i in $(seq "$runs"); do
   restore restore-full "$out/full/last-1"
   restore restore-night-1 "$out/inc/$(night_name 1)"
   restore restore-night-last "$out/inc/$(night_name "$nights")"
+  restore restore-night-last-enc "$out/enc/$(night_name "$nights")"
 done
-for i in $(seq "$runs"); do rm -rf "$out/inc/extra-$i"; done
+for i in $(seq "$runs"); do rm -rf "$out/inc/extra-$i" "$out/enc/extra-$i"; done
+enc_size=$(bytes "$out/enc")
 store_size=$(bytes "$out/inc")
 restic_size=$(bytes "$out/restic")
 full_alloc=$(allocated "$out/full/first")
@@ -114,11 +121,12 @@ echo "| | bytes | × one full | allocated on disk | × one full |"
 echo "|---|---|---|---|---|"
 echo "| one full backup (zstd), night 1 | $full_size | 1.00 | $full_alloc | 1.00 |"
 echo "| wqm: $nights incremental nights (store + backups) | $store_size | $(ratio "$store_size" "$full_size") | $store_alloc | $(ratio "$store_alloc" "$full_alloc") |"
+echo "| wqm: the same nights, encrypted repository | $enc_size | $(ratio "$enc_size" "$full_size") | - | - |"
 echo "| restic 0.14 repository, same nights (uncompressed snapshots + db, its zstd) | $restic_size | $(ratio "$restic_size" "$full_size") | $restic_alloc | $(ratio "$restic_alloc" "$full_alloc") |"
 echo
 echo "| command, same data | median s | peak RSS MiB | verify s | files read MiB |"
 echo "|---|---|---|---|---|"
-for name in full-create inc-create inc-night restore-full restore-night-1 restore-night-last; do
+for name in full-create inc-create inc-create-enc inc-night inc-night-enc restore-full restore-night-1 restore-night-last restore-night-last-enc; do
   read -r s r v m <<< "$(stat_of "$name")"
   echo "| $name | $s | $r | $v | $m |"
 done

@@ -161,7 +161,8 @@ type Secrets<'a> = (&'a Settings, &'a Env, Option<&'a Path>);
 /// before anything is read or written) and its master key registered with the storage seam
 /// (`store::seal`), which then encrypts and decrypts everything there. Without a password (no
 /// source and no terminal) the run stops with exit 2, saying what the repository's config says.
-/// What cannot work on encrypted repositories yet (`copy`) is refused here. A local directory without `.wqm-repo` is not looked into further.
+/// What cannot work on encrypted repositories yet (`copy`) is refused here. A local directory
+/// without `.wqm-repo` is not looked into further.
 async fn guard(
     command: &BackupCommand,
     default_dir: Option<&Path>,

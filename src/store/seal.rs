@@ -75,9 +75,9 @@ pub fn of_local(dir: &Path) -> Option<Seal> {
     of(&dir.to_string_lossy())
 }
 
-/// The seal of the local backups directory `dir`, or `Locked` when it is an encrypted
-/// repository this run did not unlock (its config says so). A directory that is no repository,
-/// or an unencrypted one, has none (`LayoutError::Locked`, exit 2).
+/// The seal of the local backups directory `dir`: none for a directory that is no repository
+/// or an unencrypted one, and `LayoutError::Locked` (exit 2) for an encrypted repository this
+/// run did not unlock (its config says so).
 pub fn require_local(dir: &Path) -> Result<Option<Seal>, LayoutError> {
     if let Some(seal) = of_local(dir) {
         return Ok(Some(seal));
@@ -157,11 +157,6 @@ impl Seal {
 pub fn sealed_len(plain: u64) -> u64 {
     let segments = plain / SEGMENT as u64 + 1;
     HEADER_LEN as u64 + plain + segments * TAG_LEN as u64
-}
-
-/// Whether `bytes` begin as an encrypted object does.
-pub fn looks_encrypted(bytes: &[u8]) -> bool {
-    bytes.starts_with(&crypto::MAGIC)
 }
 
 /// A writer that encrypts or not: what a `FileSink` writes its stored bytes into.
