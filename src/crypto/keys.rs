@@ -110,6 +110,15 @@ impl MasterKey {
         mac.finalize().into_bytes().into()
     }
 
+    /// A file's stored name in an encrypted repository: HMAC-SHA256 of its path in its backup
+    /// under the MAC key, after a label that keeps these names apart from chunk names, so a
+    /// stored name tells nothing of what it holds (a collection's name).
+    pub fn file_name_id(&self, path: &str) -> [u8; 32] {
+        let mut labelled = b"wqm file name\0".to_vec();
+        labelled.extend_from_slice(path.as_bytes());
+        self.chunk_id(&labelled)
+    }
+
     /// The AEAD of every object (its key schedule is a copy of the key).
     pub(crate) fn cipher(&self) -> XChaCha20Poly1305 {
         XChaCha20Poly1305::new((&*self.encryption).into())

@@ -288,14 +288,16 @@ impl BackupDir {
     /// Opens a file of the fixed layout (a legacy backup's `sqlite/state.db`, ...): its stored
     /// bytes, decrypted and authenticated as they are read in an encrypted repository.
     pub fn open_file(&self, rel: &str) -> io::Result<Box<dyn Read + Send>> {
+        let seal = self.seal();
+        let at = stored_name(seal.as_ref(), rel);
         let stored: Box<dyn Read + Send> = match &self.remote {
-            None => Box::new(open_in(&self.path, rel)?),
+            None => Box::new(open_in(&self.path, &at)?),
             Some(remote) => {
-                split(rel)?;
-                remote.open(rel)?
+                split(&at)?;
+                remote.open(&at)?
             }
         };
-        match self.seal() {
+        match seal {
             None => Ok(stored),
             Some(seal) => {
                 let identity = crate::crypto::Identity::file(&self.sealed_name(), rel);
@@ -307,9 +309,10 @@ impl BackupDir {
     /// The entry at `rel` itself (a link is reported as a link; remotely, a name with objects
     /// under it is a directory).
     pub fn stat(&self, rel: &str) -> io::Result<Stat> {
+        let at = stored_name(self.seal().as_ref(), rel);
         match &self.remote {
-            None => stat_in(&self.path, rel),
-            Some(remote) => remote.stat(rel),
+            None => stat_in(&self.path, &at),
+            Some(remote) => remote.stat(&at),
         }
     }
 
@@ -329,11 +332,36 @@ impl BackupDir {
 
     /// Every entry that is not a directory (files, links, anything else), relative and
     /// `/`-separated, sorted. Directories are walked without following links.
+    /// In an encrypted repository each stored name is shown as the path the manifest gives it
+    /// (a stored name no entry has is shown as it is).
     pub fn list(&self) -> Vec<String> {
-        match &self.remote {
+        let stored = match &self.remote {
             None => list_in(&self.path),
             Some(remote) => remote.list(),
-        }
+        };
+        let Some(seal) = self.seal() else {
+            return stored;
+        };
+        let paths: std::collections::HashMap<String, &str> = self
+            .manifest
+            .files
+            .iter()
+            .map(|f| (seal.stored_name(&f.path), f.path.as_str()))
+            .collect();
+        let mut shown: Vec<String> = stored
+            .into_iter()
+            .map(|at| paths.get(&at).map_or(at, |path| path.to_string()))
+            .collect();
+        shown.sort();
+        shown
+    }
+}
+
+/// Where the file `rel` of a backup is stored: under its keyed name in an encrypted repository.
+fn stored_name(seal: Option<&Seal>, rel: &str) -> String {
+    match seal {
+        None => rel.to_string(),
+        Some(seal) => seal.stored_name(rel),
     }
 }
 

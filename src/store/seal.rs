@@ -12,6 +12,9 @@
 //! every object on disk or on S3 is ciphertext with its [`Identity`] bound in: the manifest as
 //! `manifest/<backup>`, each file as `file/<backup>/<path>`.
 //!
+//! Files are stored under keyed names (`Seal::stored_name`: `collections/<32 hex digits>`), so
+//! not even a collection's name shows; the manifest (encrypted) maps each path to it.
+//!
 //! A directory that is an encrypted repository but was not unlocked is never written in
 //! plaintext: `Staging::begin` asks [`require_local`], which reads its config.
 
@@ -24,7 +27,8 @@ use crate::crypto::{
     self, CryptoError, DecryptingReader, EncryptingWriter, Identity, MasterKey, HEADER_LEN,
     SEGMENT, TAG_LEN,
 };
-use crate::format::layout::LayoutError;
+use crate::format::layout::{LayoutError, MANIFEST_PATH};
+use crate::store::chunks::REFS_PATH;
 
 /// The repositories this run unlocked: where → master key.
 static UNLOCKED: LazyLock<Mutex<HashMap<String, Arc<MasterKey>>>> = LazyLock::new(Mutex::default);
@@ -149,6 +153,19 @@ impl Seal {
     /// A chunk's keyed name: HMAC-SHA256 of its content under the repository's MAC key.
     pub fn chunk_id(&self, content: &[u8]) -> [u8; 32] {
         self.key.chunk_id(content)
+    }
+
+    /// Where a backup's file `rel` is stored in an encrypted repository: in the same top
+    /// directory (`collections/`, `sqlite/`, `config/`), under a keyed name (32 hex digits of
+    /// `MasterKey::file_name_id`), so no collection or database name shows. The manifest and
+    /// the reference list keep their names: the layout says them already.
+    pub fn stored_name(&self, rel: &str) -> String {
+        if rel == MANIFEST_PATH || rel == REFS_PATH {
+            return rel.to_string();
+        }
+        let top = rel.split('/').next().unwrap_or_default();
+        let id = crate::checksum::to_hex(&self.key.file_name_id(rel));
+        format!("{top}/{}", &id[..32])
     }
 }
 

@@ -170,7 +170,11 @@ impl Staging {
         algorithm: Algorithm,
     ) -> Result<FileSink, LayoutError> {
         check_relative_path(rel)?;
-        let path = self.dir.join(rel);
+        // In an encrypted repository under its keyed name (`Seal::stored_name`).
+        let path = self.dir.join(match &self.seal {
+            None => rel.to_string(),
+            Some(seal) => seal.stored_name(rel),
+        });
         if let Some(parent) = path.parent() {
             create_private_dir_all(parent).map_err(LayoutError::io("cannot create", parent))?;
         }

@@ -28,14 +28,15 @@ pub(crate) const DISTINCTIVE: &[&str] = &[
     "payload_storage_type",
 ];
 
-/// Which of `needles` appear somewhere in `stored`.
+/// Which of `needles` appear somewhere in `stored`: in a stored byte or a stored name.
 pub(crate) fn found_in(stored: &BTreeMap<PathBuf, Vec<u8>>, needles: &[&str]) -> Vec<String> {
     needles
         .iter()
         .filter(|needle| {
-            stored
-                .values()
-                .any(|bytes| bytes.windows(needle.len()).any(|w| w == needle.as_bytes()))
+            stored.iter().any(|(path, bytes)| {
+                path.to_string_lossy().contains(*needle)
+                    || bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+            })
         })
         .map(|n| n.to_string())
         .collect()
@@ -233,9 +234,38 @@ fn a_wrong_password_is_refused_before_anything_is_read_or_written() {
 /// Damages an object (the first path), perhaps with another (the second).
 type Damage = fn(&Path, &Path);
 
-/// The first encrypted object of `backup`'s `rel` (a file of the backup).
+/// The encrypted object that holds `backup`'s file `rel`: stored under a keyed name in the same
+/// directory, found by its size (the plain twin's, in the scene's `plain/night-1`, plus the
+/// header and a tag per 1 MiB segment).
 fn object(tmp: &TempDir, backup: &str, rel: &str) -> PathBuf {
-    tmp.path().join("enc").join(backup).join(rel)
+    if rel == "metadata/manifest.json" {
+        return tmp.path().join("enc").join(backup).join(rel);
+    }
+    let plain = fs::metadata(tmp.path().join("plain/night-1").join(rel))
+        .unwrap()
+        .len();
+    let sealed = 44 + plain + 16 * (plain / (1 << 20) + 1);
+    let dir = tmp
+        .path()
+        .join("enc")
+        .join(backup)
+        .join(Path::new(rel).parent().unwrap());
+    let found: Vec<PathBuf> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| fs::metadata(p).unwrap().len() == sealed)
+        .collect();
+    let sizes: Vec<u64> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "{rel} ({sealed} bytes) in {}: {sizes:?}",
+        dir.display()
+    );
+    found[0].clone()
 }
 
 #[test]
@@ -247,7 +277,14 @@ fn an_altered_truncated_or_swapped_object_is_named_by_validate_and_refused_by_re
         .stdout_with(|_| {})
         .run();
     let snapshot = "collections/small-plain.snapshot";
-    let pristine = fs::read(object(&tmp, "night-1", snapshot)).unwrap();
+    let (first, second) = (
+        object(&tmp, "night-1", snapshot),
+        object(&tmp, "night-2", snapshot),
+    );
+    // Stored under a name that says nothing, the same in both backups (one key, one path).
+    assert_eq!(first.file_name(), second.file_name());
+    assert!(!first.to_string_lossy().contains("small-plain"));
+    let pristine = fs::read(&first).unwrap();
     let damages: [(&str, Damage); 3] = [
         ("altered", |path, _| fixtures::flip_byte(path)),
         ("truncated", |path, _| {
@@ -261,10 +298,7 @@ fn an_altered_truncated_or_swapped_object_is_named_by_validate_and_refused_by_re
     ];
     let mut tmp = tmp;
     for (what, damage) in damages {
-        damage(
-            &object(&tmp, "night-1", snapshot),
-            &object(&tmp, "night-2", snapshot),
-        );
+        damage(&first, &second);
         tmp = with_password(
             tmp,
             &double,
@@ -304,7 +338,7 @@ fn an_altered_truncated_or_swapped_object_is_named_by_validate_and_refused_by_re
                 .all(|r| !r.contains("/collections/small-plain/snapshots/upload")),
             "{what}"
         );
-        fs::write(object(&tmp, "night-1", snapshot), &pristine).unwrap();
+        fs::write(&first, &pristine).unwrap();
     }
     // A manifest swapped with another backup's: refused as not this backup's.
     fs::copy(
