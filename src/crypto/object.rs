@@ -191,10 +191,22 @@ impl<W: Write> EncryptingWriter<W> {
     }
 
     pub(crate) fn with_segment(
+        inner: W,
+        key: &MasterKey,
+        identity: &Identity,
+        segment: usize,
+    ) -> Result<Self, CryptoError> {
+        Self::sized(inner, key, identity, segment, segment)
+    }
+
+    /// A writer whose buffer starts at `expected` bytes (a small object's whole size), not a
+    /// whole segment's: it grows to one only if that much comes.
+    fn sized(
         mut inner: W,
         key: &MasterKey,
         identity: &Identity,
         segment: usize,
+        expected: usize,
     ) -> Result<Self, CryptoError> {
         let mut header = Header {
             key_id: key.id(),
@@ -212,7 +224,7 @@ impl<W: Write> EncryptingWriter<W> {
             inner,
             stream: EncryptorBE32::from_aead(key.cipher(), &header.prefix.into()),
             aad: header.associated_data(identity),
-            buffer: Vec::with_capacity(segment + TAG_LEN),
+            buffer: Vec::with_capacity(expected.min(segment) + TAG_LEN),
             segment,
             what,
         })
@@ -350,12 +362,16 @@ impl<R: Read> DecryptingReader<R> {
         let mut count = 0;
         let mut last = false;
         for buffer in batch.iter_mut() {
-            buffer.resize(full, 0);
-            let got = read_full(&mut self.inner, buffer).map_err(|source| CryptoError::Io {
-                what: self.what.clone(),
-                source,
-            })?;
-            buffer.truncate(got);
+            // Grown as bytes come (a small object, a chunk, never fills a whole segment's
+            // buffer), and kept from batch to batch.
+            buffer.clear();
+            let got = (&mut self.inner)
+                .take(full as u64)
+                .read_to_end(buffer)
+                .map_err(|source| CryptoError::Io {
+                    what: self.what.clone(),
+                    source,
+                })?;
             count += 1;
             if got < full {
                 if got < TAG_LEN {
@@ -471,7 +487,7 @@ pub fn encrypt(
 ) -> Result<Vec<u8>, CryptoError> {
     let segments = plaintext.len() / SEGMENT + 1;
     let out = Vec::with_capacity(HEADER_LEN + plaintext.len() + segments * TAG_LEN);
-    let mut writer = EncryptingWriter::new(out, key, identity)?;
+    let mut writer = EncryptingWriter::sized(out, key, identity, SEGMENT, plaintext.len())?;
     writer
         .write_all(plaintext)
         .map_err(|e| from_io(e, identity))?;
