@@ -183,6 +183,26 @@ fn an_encrypted_repository_stores_nothing_in_the_clear_and_every_command_reads_i
     )
     .stdout_with(|o| assert!(o.contains("valid"), "{o}"))
     .run();
+    // Into an encrypted repository, an export is encrypted as any backup there.
+    let (_, tmp) = with_password(
+        tmp,
+        &double,
+        "backup export {TMP}/plain/night-1 {TMP}/enc/exported",
+    )
+    .stdout_with(|_| {})
+    .run();
+    assert_eq!(
+        found_in(&files(&tmp.path().join("enc")), DISTINCTIVE),
+        Vec::<String>::new()
+    );
+    let (_, tmp) = with_password(
+        tmp,
+        &double,
+        "backup validate {TMP}/enc/exported --check-files",
+    )
+    .stdout_with(|o| assert!(o.contains("valid"), "{o}"))
+    .run();
+    std::fs::remove_dir_all(tmp.path().join("enc/exported")).unwrap();
     // Prune reads every manifest with the key: the backup and the safety backup, each by its
     // own rules (a second night makes the first one go).
     let (_, tmp) = with_password(tmp, &double, "backup create {TMP}/enc/night-2")
