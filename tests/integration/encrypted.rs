@@ -47,15 +47,38 @@ fn with_password(tmp: TempDir, double: &Double, args: &str) -> Test {
     fast(wqm(Test::in_dir(tmp), &double.url, args)).env("WQM_BACKUP_PASSWORD", FIRST)
 }
 
+/// A workspace with an empty encrypted repository `enc` (password `FIRST`).
+fn encrypted_workspace() -> TempDir {
+    fast(Test::in_dir(workspace()))
+        .env("WQM_BACKUP_PASSWORD", FIRST)
+        .args("backup init {TMP}/enc --encrypt")
+        .stdout_with(|_| {})
+        .run()
+        .1
+}
+
+/// `wqm ARGS` with the password, run to success, its output not looked at.
+fn ran(tmp: TempDir, double: &Double, args: &str) -> TempDir {
+    with_password(tmp, double, args).stdout_with(|_| {}).run().1
+}
+
+/// `validate BACKUP --check-files` with the password: every object read and authenticated.
+fn validated(tmp: TempDir, double: &Double, backup: &str) -> TempDir {
+    with_password(
+        tmp,
+        double,
+        &format!("backup validate {backup} --check-files"),
+    )
+    .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
+    .run()
+    .1
+}
+
 /// A workspace with an encrypted repository `enc` (password `FIRST`) holding `night-1`, and
 /// the same backup in the plain directory `plain`, both stored uncompressed (so the plain one
 /// shows the data as it is).
 fn scene(double: &Double) -> TempDir {
-    let (_, tmp) = fast(Test::in_dir(workspace()))
-        .env("WQM_BACKUP_PASSWORD", FIRST)
-        .args("backup init {TMP}/enc --encrypt")
-        .stdout_with(|_| {})
-        .run();
+    let tmp = encrypted_workspace();
     let mut tmp = tmp;
     for target in ["{TMP}/enc/night-1", "{TMP}/plain/night-1"] {
         tmp = with_password(tmp, double, &format!("backup create {target}"))
@@ -116,13 +139,7 @@ fn an_encrypted_repository_stores_nothing_in_the_clear_and_every_command_reads_i
     let (_, tmp) = with_password(tmp, &double, "backup info {TMP}/enc/night-1")
         .stdout_with(|o| assert!(o.contains("Collections: 2\nTotal Documents: 320\n"), "{o}"))
         .run();
-    let (_, tmp) = with_password(
-        tmp,
-        &double,
-        "backup validate {TMP}/enc/night-1 --check-files",
-    )
-    .stdout_with(|o| assert!(o.contains("valid"), "{o}"))
-    .run();
+    let tmp = validated(tmp, &double, "{TMP}/enc/night-1");
     let (dumped, tmp) = with_password(
         tmp,
         &double,
@@ -161,21 +178,13 @@ fn an_encrypted_repository_stores_nothing_in_the_clear_and_every_command_reads_i
         found_in(&files(&tmp.path().join("enc")), DISTINCTIVE),
         Vec::<String>::new()
     );
-    let (_, tmp) = with_password(
-        tmp,
-        &double,
-        &format!("backup validate {{TMP}}/enc/{} --check-files", safety[0]),
-    )
-    .stdout_with(|o| assert!(o.contains("valid"), "{o}"))
-    .run();
+    let tmp = validated(tmp, &double, &format!("{{TMP}}/enc/{}", safety[0]));
     // Export: a plain, self-contained copy where the destination is not encrypted.
-    let (_, tmp) = with_password(
+    let tmp = ran(
         tmp,
         &double,
         "backup export {TMP}/enc/night-1 {TMP}/out/night-1",
-    )
-    .stdout_with(|_| {})
-    .run();
+    );
     let (_, tmp) = wqm(
         Test::in_dir(tmp),
         &double.url,
@@ -184,30 +193,20 @@ fn an_encrypted_repository_stores_nothing_in_the_clear_and_every_command_reads_i
     .stdout_with(|o| assert!(o.contains("valid"), "{o}"))
     .run();
     // Into an encrypted repository, an export is encrypted as any backup there.
-    let (_, tmp) = with_password(
+    let tmp = ran(
         tmp,
         &double,
         "backup export {TMP}/plain/night-1 {TMP}/enc/exported",
-    )
-    .stdout_with(|_| {})
-    .run();
+    );
     assert_eq!(
         found_in(&files(&tmp.path().join("enc")), DISTINCTIVE),
         Vec::<String>::new()
     );
-    let (_, tmp) = with_password(
-        tmp,
-        &double,
-        "backup validate {TMP}/enc/exported --check-files",
-    )
-    .stdout_with(|o| assert!(o.contains("valid"), "{o}"))
-    .run();
+    let tmp = validated(tmp, &double, "{TMP}/enc/exported");
     std::fs::remove_dir_all(tmp.path().join("enc/exported")).unwrap();
     // Prune reads every manifest with the key: the backup and the safety backup, each by its
     // own rules (a second night makes the first one go).
-    let (_, tmp) = with_password(tmp, &double, "backup create {TMP}/enc/night-2")
-        .stdout_with(|_| {})
-        .run();
+    let tmp = ran(tmp, &double, "backup create {TMP}/enc/night-2");
     let (_, tmp) = with_password(tmp, &double, "backup prune {TMP}/enc --keep-last 1 --json")
         .stdout_json(|v| {
             let names = |list: &str| -> Vec<String> {
@@ -402,11 +401,7 @@ fn what_encrypted_repositories_cannot_hold_yet_is_refused_before_anything_is_don
 #[test]
 fn incremental_backups_in_an_encrypted_repository_name_and_store_every_chunk_encrypted() {
     let double = Double::start();
-    let (_, tmp) = fast(Test::in_dir(workspace()))
-        .env("WQM_BACKUP_PASSWORD", FIRST)
-        .args("backup init {TMP}/enc --encrypt")
-        .stdout_with(|_| {})
-        .run();
+    let tmp = encrypted_workspace();
     let mut tmp = tmp;
     for night in ["night-1", "night-2"] {
         tmp = with_password(
@@ -434,13 +429,7 @@ fn incremental_backups_in_an_encrypted_repository_name_and_store_every_chunk_enc
         );
     }
     // Every chunk read back, checked against its keyed name; a restore of the second night.
-    let (_, tmp) = with_password(
-        tmp,
-        &double,
-        "backup validate {TMP}/enc/night-2 --check-files",
-    )
-    .stdout_with(|o| assert!(o.contains("valid"), "{o}"))
-    .run();
+    let tmp = validated(tmp, &double, "{TMP}/enc/night-2");
     let (_, tmp) = with_password(
         tmp,
         &double,
@@ -454,13 +443,7 @@ fn incremental_backups_in_an_encrypted_repository_name_and_store_every_chunk_enc
     let (_, tmp) = with_password(tmp, &double, "backup prune {TMP}/enc --keep-last 1 --json")
         .stdout_json(|v| assert!(v["chunk_store"].is_object(), "{v}"))
         .run();
-    let (_, tmp) = with_password(
-        tmp,
-        &double,
-        "backup validate {TMP}/enc/night-2 --check-files",
-    )
-    .stdout_with(|o| assert!(o.contains("valid"), "{o}"))
-    .run();
+    let tmp = validated(tmp, &double, "{TMP}/enc/night-2");
     // One chunk's bytes swapped with another's: both authentic, neither under its own name.
     let chunks: Vec<_> = crate::incremental::chunk_files(&tmp.path().join("enc"))
         .into_iter()
@@ -486,18 +469,12 @@ fn incremental_backups_in_an_encrypted_repository_name_and_store_every_chunk_enc
 #[test]
 fn any_changed_byte_of_any_object_is_found() {
     let double = Double::start();
-    let (_, tmp) = fast(Test::in_dir(workspace()))
-        .env("WQM_BACKUP_PASSWORD", FIRST)
-        .args("backup init {TMP}/enc --encrypt")
-        .stdout_with(|_| {})
-        .run();
-    let (_, tmp) = with_password(
+    let tmp = encrypted_workspace();
+    let tmp = ran(
         tmp,
         &double,
         "backup create {TMP}/enc/night-1 --incremental",
-    )
-    .stdout_with(|_| {})
-    .run();
+    );
     let enc = tmp.path().join("enc");
     let objects: Vec<PathBuf> = files(&enc)
         .into_keys()
