@@ -159,7 +159,7 @@ impl crate::exit::Classify for TargetTaken {
     fn hint(&self) -> Option<String> {
         match self {
             TargetTaken::Backup { .. } => Some("choose another name: `--force` does not replace a backup on S3 yet".to_string()),
-            TargetTaken::Unfinished { .. } => Some("once that run is over, the next `create` to this repository removes what it left (a killed run of another host: remove its record `.wqm-runs/NAME` and the objects under the name by hand)".to_string()),
+            TargetTaken::Unfinished { .. } => Some("once that run is over, the next `create` to this repository (or `wqm backup cleanup`) removes what it left: at once for a run of this host, once its lock has gone stale (30 minutes) for one of another host".to_string()),
             TargetTaken::Backend(e) => e.hint(),
         }
     }
@@ -242,12 +242,31 @@ fn file_stream(file: tokio::fs::File) -> ByteStream {
     .boxed()
 }
 
-/// Removes what this host's dead runs left: for each run record whose process is gone, the
-/// objects of its target when it has no manifest (never a committed backup), the multipart
-/// uploads it left under it, and the record. Another host's records are left alone: whether
-/// that run lives cannot be told from here.
+/// The host and pid of every live (not stale) lock of the repository; `None` when one cannot
+/// be read (its holder could be anyone).
+async fn live_holders(backend: &dyn Backend) -> Result<Option<Vec<(String, u32)>>, BackendError> {
+    let now = crate::now();
+    let mut live = Vec::new();
+    for (_, info) in crate::backend::lock::list(backend).await? {
+        match info {
+            Ok(info) if info.is_stale(now, crate::backend::lock::Timing::default()) => {}
+            Ok(info) => live.push((info.host, info.pid)),
+            Err(_) => return Ok(None),
+        }
+    }
+    Ok(Some(live))
+}
+
+/// Removes what dead runs left: for each run record whose run is over, the objects of its
+/// target when it has no manifest (never a committed backup), the multipart uploads it left
+/// under it, and the record. A run of this host is over when its process is gone; a run of
+/// another host when it holds no live lock of the repository: every run that writes a record
+/// takes the repository's lock first and keeps it (refreshed) until after the record is gone,
+/// so a record without a live lock of its host and pid is a killed run's (or, with a lock that
+/// cannot be read, every other host's run counts as alive).
 pub async fn clean_dead_runs(backend: &dyn Backend) -> Result<Vec<Removed>, BackendError> {
     let host = crate::backend::lock::hostname();
+    let mut holders: Option<Option<Vec<(String, u32)>>> = None;
     let mut removed = Vec::new();
     for object in backend.list(&format!("{RUNS_DIR}/")).await? {
         let name = Name::new(object.name.clone())?;
@@ -261,7 +280,18 @@ pub async fn clean_dead_runs(backend: &dyn Backend) -> Result<Vec<Removed>, Back
         let Ok(record) = serde_json::from_slice::<RunRecord>(&text) else {
             continue;
         };
-        if record.host != host || crate::backend::lock::process_alive(record.pid) {
+        let alive = if record.host == host {
+            crate::backend::lock::process_alive(record.pid)
+        } else {
+            if holders.is_none() {
+                holders = Some(live_holders(backend).await?);
+            }
+            match holders.as_ref().and_then(Option::as_ref) {
+                Some(live) => live.contains(&(record.host.clone(), record.pid)),
+                None => true,
+            }
+        };
+        if alive {
             continue;
         }
         let target = Name::new(record.target.clone())?;

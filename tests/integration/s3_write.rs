@@ -5,7 +5,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use tempfile::TempDir;
-use wqm::backend::Backend;
+use wqm::backend::{self, Backend, Name};
 
 use crate::faults::killed;
 use crate::incremental::{workspace, wqm};
@@ -185,6 +185,72 @@ fn cleanup_removes_what_a_killed_create_left_on_s3() {
         .args(&format!("backup cleanup {url} --json"))
         .stdout_json(|v| assert_eq!(v["remote_runs_removed"], serde_json::json!([]), "{v}"))
         .run();
+}
+
+/// A killed create of another host: its record is left while that host's lock is fresh (the
+/// run may live), and cleaned up once the lock has gone stale.
+#[test]
+#[cfg_attr(
+    not(real_s3),
+    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+)]
+fn what_a_killed_run_of_another_host_left_is_removed_once_its_lock_is_stale() {
+    let double = Double::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let tmp = workspace();
+    let (backend, url) = killed_create(&double, &tmp, &runtime);
+    // The killed run, as if it had run on another host (the lock planted is that host's).
+    let foreign = crate::store_lock::foreign_lock(false, 0.0);
+    let record = Name::new(".wqm-runs/killed").unwrap();
+    let text = serde_json::json!({"host": foreign.host, "pid": foreign.pid, "started": foreign.started, "target": "killed"});
+    runtime
+        .block_on(backend.save(&record, backend::once(serde_json::to_vec(&text).unwrap())))
+        .unwrap();
+    for (name, _) in runtime
+        .block_on(backend::lock::list(backend.as_ref()))
+        .unwrap()
+    {
+        runtime.block_on(backend.remove(&name)).unwrap();
+    }
+    crate::s3_lock::plant(&runtime, &backend, false, 60.0);
+    let cleanup = |tmp: TempDir, removed: usize| {
+        with_s3(Test::in_dir(tmp))
+            .args(&format!("backup cleanup {url} --json"))
+            .stdout_json(move |v| {
+                assert_eq!(
+                    v["remote_runs_removed"].as_array().map(Vec::len),
+                    Some(removed),
+                    "{v}"
+                )
+            })
+            .run()
+            .1
+    };
+    // Its lock is fresh: that run may still be sending; nothing of it is touched.
+    let tmp = cleanup(tmp, 0);
+    assert!(!runtime
+        .block_on(backend.list("killed/"))
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        runtime.block_on(backend.list(".wqm-runs/")).unwrap().len(),
+        1
+    );
+    // Half an hour without a refresh: the run is over, and what it left goes.
+    for (name, _) in runtime
+        .block_on(backend::lock::list(backend.as_ref()))
+        .unwrap()
+    {
+        runtime.block_on(backend.remove(&name)).unwrap();
+    }
+    crate::s3_lock::plant(&runtime, &backend, false, 31.0 * 60.0);
+    cleanup(tmp, 1);
+    for prefix in ["killed/", ".wqm-runs/"] {
+        assert!(
+            runtime.block_on(backend.list(prefix)).unwrap().is_empty(),
+            "{prefix}"
+        );
+    }
 }
 
 #[test]
