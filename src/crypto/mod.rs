@@ -27,8 +27,8 @@ mod tests;
 
 pub use keys::{KdfParams, KeyLabel, KeyObject, Keyring, MasterKey, Password, KEY_OBJECT_LIMIT};
 pub use object::{
-    decrypt, encrypt, DecryptingReader, EncryptingWriter, Header, Identity, HEADER_LEN, MAGIC,
-    SEGMENT, TAG_LEN,
+    decrypt, encrypt, DecryptingReader, EncryptingWriter, Header, Identity, BATCH, HEADER_LEN,
+    MAGIC, SEGMENT, TAG_LEN,
 };
 
 use std::io;

@@ -288,7 +288,7 @@ impl<W: Write> fmt::Debug for EncryptingWriter<W> {
 
 /// Segments read, then decrypted side by side, at a time: each is independent in STREAM (its
 /// position and last flag are in its nonce), so a batch spreads over the cores.
-const BATCH: usize = 4;
+pub const BATCH: usize = 4;
 
 /// Decrypts an object from `inner`, handing out only authenticated plaintext, a batch of
 /// segments at a time (decrypted in parallel). Reaching the end (`Ok(0)`) means the whole object
