@@ -2,10 +2,14 @@
 //! object is decrypted with the source's key, checked, and encrypted with the destination's
 //! (or written plain into a plain destination); SOURCE's password apart from DEST's; a wrong
 //! one, a damaged object and an incremental backup are refused before anything is committed.
+//! One test against the real SeaweedFS.
 
+use std::collections::BTreeMap;
 use std::fs;
+use std::path::PathBuf;
 
 use tempfile::TempDir;
+use wqm::backend::{self, Name};
 
 use crate::encrypted::{
     encrypted_workspace, found_in, object, ran, scene, validated, with_password, DISTINCTIVE,
@@ -13,6 +17,7 @@ use crate::encrypted::{
 use crate::incremental::wqm;
 use crate::qdrant_double::Double;
 use crate::repo::{fast, files, FIRST, SECOND, WRONG_PASSWORD};
+use crate::s3_read::{fresh_prefix, with_s3};
 use crate::test::Test;
 
 /// The scene, with an empty encrypted repository `enc2` whose password is `password`.
@@ -163,4 +168,52 @@ fn an_incremental_backup_is_not_re_encrypted_yet_and_nothing_is_written() {
         .stderr_with(|e| assert!(e.contains("is an incremental backup"), "{e}"))
         .run();
     assert_eq!(files(&tmp.path().join("enc")), before);
+}
+
+#[test]
+#[cfg_attr(
+    not(real_s3),
+    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+)]
+fn an_encrypted_backup_copied_to_s3_under_another_key_is_ciphertext_there_and_copies_back() {
+    let double = Double::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (s3, url) = fresh_prefix(&runtime);
+    let (_, tmp) = with_s3(fast(Test::in_dir(scene(&double))))
+        .env("WQM_BACKUP_PASSWORD", SECOND)
+        .args(&format!("backup init {url} --encrypt"))
+        .stdout_with(|_| {})
+        .run();
+    let (_, tmp) = with_s3(fast(Test::in_dir(tmp)))
+        .env("WQM_FROM_PASSWORD", FIRST)
+        .env("WQM_BACKUP_PASSWORD", SECOND)
+        .args(&format!("backup copy {{TMP}}/enc {url}"))
+        .stdout_with(|o| assert!(o.contains("Copied `night-1`"), "{o}"))
+        .run();
+    let mut stored = BTreeMap::new();
+    for object in runtime.block_on(s3.list("night-1/")).unwrap() {
+        let name = Name::new(object.name.clone()).unwrap();
+        let bytes = runtime
+            .block_on(async { backend::collect(s3.load(&name, None).await.unwrap()).await })
+            .unwrap();
+        assert!(bytes.starts_with(b"WQMCRYPT"), "{name}");
+        stored.insert(PathBuf::from(object.name), bytes);
+    }
+    assert!(stored.len() >= 4, "{stored:?}");
+    assert_eq!(found_in(&stored, DISTINCTIVE), Vec::<String>::new());
+    let (_, tmp) = with_s3(fast(Test::in_dir(tmp)))
+        .env("WQM_BACKUP_PASSWORD", SECOND)
+        .args(&format!("backup validate {url}/night-1 --check-files"))
+        .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
+        .run();
+    // Back into a plain local directory: plain there, and valid.
+    let (_, tmp) = with_s3(fast(Test::in_dir(tmp)))
+        .env("WQM_BACKUP_PASSWORD", SECOND)
+        .args(&format!("backup copy {url} {{TMP}}/back"))
+        .stdout_with(|o| assert!(o.contains("Copied `night-1`"), "{o}"))
+        .run();
+    Test::in_dir(tmp)
+        .args("backup validate {TMP}/back/night-1 --check-files")
+        .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
+        .run();
 }
