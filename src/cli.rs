@@ -379,6 +379,10 @@ pub struct CopyArgs {
     /// The backups to copy, by name (default: every backup of SOURCE that DEST lacks).
     #[arg(value_name = "BACKUP")]
     pub backups: Vec<String>,
+    /// The password of SOURCE when it is encrypted, from this file (else
+    /// `WQM_FROM_PASSWORD_FILE`, `WQM_FROM_PASSWORD`, else DEST's password).
+    #[arg(long, value_name = "FILE")]
+    pub from_password_file: Option<PathBuf>,
     #[command(flatten)]
     pub output: OutputArgs,
 }

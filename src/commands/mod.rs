@@ -161,7 +161,8 @@ type Secrets<'a> = (&'a Settings, &'a Env, Option<&'a Path>);
 /// before anything is read or written) and its master key registered with the storage seam
 /// (`store::seal`), which then encrypts and decrypts everything there. Without a password (no
 /// source and no terminal) the run stops with exit 2, saying what the repository's config says.
-/// What cannot work on encrypted repositories yet (`copy`) is refused here. A local directory
+/// `copy`'s SOURCE takes its own password when one is given apart (`--from-password-file`,
+/// `WQM_FROM_PASSWORD_FILE`, `WQM_FROM_PASSWORD`), else the same as DEST's. A local directory
 /// without `.wqm-repo` is not looked into further.
 async fn guard(
     command: &BackupCommand,
@@ -189,8 +190,14 @@ async fn guard(
         if !config.encrypted {
             continue;
         }
-        refuse_unencryptable(command, &shown)?;
-        let password = match given.take() {
+        let apart = match command {
+            BackupCommand::Copy(args) if dir == args.source => {
+                passwords::from_source(args.from_password_file.as_deref(), env)?
+            }
+            _ => None,
+        };
+        let own = apart.is_some();
+        let password = match apart.or_else(|| given.take()) {
             Some(password) => password,
             None => match password(password_file, env, settings, &shown, Asking::Existing, ui) {
                 Ok(password) => password,
@@ -207,22 +214,11 @@ async fn guard(
         };
         let unlocked = crate::repo::Unlocked::open(backend, &config, &password).await?;
         crate::store::seal::unlock(&shown, Arc::new(unlocked.into_master()));
-        given = Some(password);
+        if !own {
+            given = Some(password);
+        }
     }
     Ok(())
-}
-
-/// What this wqm cannot do in an encrypted repository yet, refused before anything is done.
-fn refuse_unencryptable(command: &BackupCommand, shown: &str) -> Result<()> {
-    let what = match command {
-        BackupCommand::Copy(_) => "`copy`",
-        _ => return Ok(()),
-    };
-    Err(crate::repo::RepoError::NotYetEncrypted {
-        repository: shown.to_string(),
-        what,
-    }
-    .into())
 }
 
 /// The repository at `dir` as a backend, and how to show it. A local directory is made when

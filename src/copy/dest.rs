@@ -56,6 +56,10 @@ impl Dest {
     }
 
     /// The repository as the user wrote it.
+    pub fn repository(&self) -> &Repository {
+        &self.repository
+    }
+
     pub fn shown(&self) -> String {
         super::shown(&self.repository)
     }

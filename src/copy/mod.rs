@@ -12,6 +12,7 @@
 //! name is skipped when its manifest is the same, byte for byte, and refused otherwise.
 
 mod dest;
+mod reseal;
 mod source;
 
 use std::collections::BTreeMap;
@@ -34,6 +35,7 @@ use crate::fs::CopyError as Side;
 use crate::progress::{self, Meter, Metered, Progress};
 use crate::store::chunks::{self, ChunkBuffer, ChunkId, ChunkStore, IndexReader};
 use crate::store::{scan_at, Damaged, Repository, Seen};
+use reseal::Reseal;
 use source::CheckedFile;
 
 /// Chunks read and sent at once (each a thread: a chunk is one request on S3).
@@ -59,6 +61,8 @@ pub enum CopyError {
     },
     #[error("the chunk store of `{dest}` cannot take the source's chunks: {reason}")]
     IncompatibleStore { dest: String, reason: String },
+    #[error("`{name}` is {what}: it cannot be copied into or out of an encrypted repository yet")]
+    NotYetResealed { name: String, what: &'static str },
 }
 
 impl Classify for CopyError {
@@ -73,6 +77,7 @@ impl Classify for CopyError {
             CopyError::Differs { .. } => "nothing was changed for it; compare them with `wqm backup info`, and rename or remove one of them to copy it".to_string(),
             CopyError::Taken { .. } => "once that run is over, the next copy or `wqm backup cleanup DEST` removes what a killed run left; anything else there is not wqm's: move it away".to_string(),
             CopyError::IncompatibleStore { .. } => "incremental backups copy into a repository whose chunks are cut alike; copy into a new one, or `wqm backup export` one backup as a full one".to_string(),
+            CopyError::NotYetResealed { .. } => "nothing was written for it; `wqm backup export` it as a full backup and copy that, or copy the repository's directory as it is (`cp -a`, `rclone copy`)".to_string(),
         })
     }
 }
@@ -231,10 +236,21 @@ enum Part {
 
 /// Copies the backup `name`, or skips it when the destination has it already.
 fn copy_one(source: &Source, dest: &Dest, name: &str, progress: &dyn Progress) -> Result<Copied> {
-    let (raw, manifest) = source.read_manifest(name)?;
+    // Into or out of an encrypted repository: read and written through the seals.
+    let reseal = Reseal::between(source.repository(), dest.repository());
+    let (raw, manifest) = match &reseal {
+        None => source.read_manifest(name)?,
+        Some(reseal) => reseal.read_manifest(source, name)?,
+    };
+    let same = |bytes: &[u8]| match &reseal {
+        None => bytes == raw,
+        Some(reseal) => reseal
+            .dest_manifest(name, bytes)
+            .is_ok_and(|plain| plain == raw),
+    };
     match dest.existing(name)? {
         dest::Existing::Nothing => {}
-        dest::Existing::Backup(bytes) if bytes == raw => {
+        dest::Existing::Backup(bytes) if same(&bytes) => {
             return Ok(Copied::new(name, Status::Skipped))
         }
         dest::Existing::Backup(_) => {
@@ -252,6 +268,9 @@ fn copy_one(source: &Source, dest: &Dest, name: &str, progress: &dyn Progress) -
             }
             .into())
         }
+    }
+    if reseal.is_some() {
+        refuse_unresealable(name, &manifest)?;
     }
     let (parts, needed) = plan(source, name, &manifest)?;
     let mut chunks = Vec::new();
@@ -279,11 +298,17 @@ fn copy_one(source: &Source, dest: &Dest, name: &str, progress: &dyn Progress) -
             })
             .sum::<u64>();
     let meter = progress.transfer(&format!("copying `{name}`"), Some(total));
+    let stored = match &reseal {
+        None => raw,
+        Some(reseal) => reseal
+            .seal_manifest(name, &raw)
+            .context("cannot encrypt the manifest")?,
+    };
     let sent = send(
         source,
         dest,
-        name,
-        &raw,
+        (name, reseal.as_ref()),
+        &stored,
         &parts,
         store.as_deref(),
         chunks,
@@ -297,6 +322,27 @@ fn copy_one(source: &Source, dest: &Dest, name: &str, progress: &dyn Progress) -
         chunks_sent,
         bytes_sent,
         ..Copied::new(name, Status::Copied)
+    })
+}
+
+/// What cannot be re-encrypted yet: an incremental backup (its chunks are named by each
+/// repository's key) and a legacy one (its files have no manifest entries to check them by).
+fn refuse_unresealable(name: &str, manifest: &Manifest) -> Result<(), CopyError> {
+    let what = if manifest.is_legacy() {
+        "a legacy backup"
+    } else if manifest.chunk_refs.is_some()
+        || manifest
+            .files
+            .iter()
+            .any(|f| f.compression == Stored::Chunked)
+    {
+        "an incremental backup"
+    } else {
+        return Ok(());
+    };
+    Err(CopyError::NotYetResealed {
+        name: name.to_string(),
+        what,
     })
 }
 
@@ -381,7 +427,7 @@ fn plan(source: &Source, name: &str, manifest: &Manifest) -> Result<(Vec<Part>, 
 fn send(
     source: &Source,
     dest: &Dest,
-    name: &str,
+    (name, reseal): (&str, Option<&Reseal>),
     manifest: &[u8],
     parts: &[Part],
     store: Option<&ChunkStore>,
@@ -402,20 +448,36 @@ fn send(
             Part::Unchecked(rel) => rel,
         };
         progress.step(&format!("sending `{name}/{rel}`"));
-        let object = format!("{name}/{rel}");
+        let (from, to) = match reseal {
+            None => (rel.clone(), rel.clone()),
+            Some(reseal) => (reseal.source_name(rel), reseal.dest_name(rel)),
+        };
+        let object = format!("{name}/{from}");
         let shown = source.shown(&object).display().to_string();
         let opened = |shown: &str| source.open(&object).map_err(|e| read_failure(shown, e));
-        let written = match part {
-            Part::Whole(entry) => {
+        let written = match (part, reseal) {
+            (Part::Whole(entry), None) => {
                 let checked = CheckedFile::new(opened(&shown)?, entry, &source.shown(&object))?;
                 writing.put_file(rel, &mut Metered::new(checked, meter.clone()))
             }
-            Part::Read { bytes, .. } => {
+            // Decrypted, checked, encrypted again (or not) on the way.
+            (Part::Whole(entry), Some(reseal)) => {
+                let plain = reseal
+                    .decrypting(name, rel, opened(&shown)?)
+                    .map_err(|e| read_failure(&shown, e))?;
+                let checked = CheckedFile::new(plain, entry, &source.shown(&object))?;
+                let metered = Box::new(Metered::new(checked, meter.clone()));
+                match reseal.encrypting(name, rel, metered) {
+                    Ok(mut sealed) => writing.put_file(&to, &mut sealed),
+                    Err(e) => Err(Side::Write(e)),
+                }
+            }
+            (Part::Read { bytes, .. }, _) => {
                 let written = writing.put_file(rel, &mut &bytes[..]);
                 meter.inc(bytes.len() as u64);
                 written
             }
-            Part::Unchecked(_) => {
+            (Part::Unchecked(_), _) => {
                 writing.put_file(rel, &mut Metered::new(opened(&shown)?, meter.clone()))
             }
         };

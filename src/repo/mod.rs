@@ -57,14 +57,6 @@ pub enum RepoError {
         version: u32,
         master_key_id: String,
     },
-    /// What this wqm cannot do in an encrypted repository yet.
-    #[error(
-        "`{repository}` is encrypted, and {what} is not supported in an encrypted repository yet"
-    )]
-    NotYetEncrypted {
-        repository: String,
-        what: &'static str,
-    },
     #[error("`{repository}` has repository format `{version}`; this wqm knows format `{FORMAT}`")]
     NewerFormat { repository: String, version: u32 },
     #[error("`{repository}`'s config `{CONFIG}` is unreadable: {reason}")]
@@ -85,7 +77,6 @@ impl Classify for RepoError {
             | RepoError::HoldsBackups { .. }
             | RepoError::NotEncrypted { .. }
             | RepoError::Encrypted { .. }
-            | RepoError::NotYetEncrypted { .. }
             | RepoError::NoConditionalPut { .. } => ExitCode::Usage,
             RepoError::NewerFormat { .. } => ExitCode::Incompatible,
             RepoError::BadConfig { .. } => ExitCode::InvalidBackup,
@@ -102,7 +93,6 @@ impl Classify for RepoError {
             RepoError::HoldsBackups { .. } => "make the repository in an empty directory or a new prefix (`wqm backup init DIR --encrypt`); the backups here stay as they are".to_string(),
             RepoError::NotEncrypted { .. } => "keys belong to encrypted repositories: make one with `wqm backup init DIR --encrypt`".to_string(),
             RepoError::Encrypted { .. } => format!("give its password: {}", crate::crypto::PASSWORD_WAYS),
-            RepoError::NotYetEncrypted { .. } => "copy the repository's directory as it is (`cp -a`, `rclone copy`): it stays encrypted with the same key".to_string(),
             RepoError::NewerFormat { .. } => "use the wqm that made the repository, or a newer one".to_string(),
             RepoError::BadConfig { .. } => "the config was damaged or written by something else; restore it from another copy of the repository".to_string(),
             RepoError::NoConditionalPut { .. } => "use an S3 server that supports conditional writes (AWS S3, MinIO, SeaweedFS)".to_string(),

@@ -118,6 +118,27 @@ pub fn from_sources(
     Ok(None)
 }
 
+/// The variable that names a file holding the password of `copy`'s SOURCE.
+pub const FROM_PASSWORD_FILE_VAR: &str = "WQM_FROM_PASSWORD_FILE";
+/// The variable that holds the password of `copy`'s SOURCE.
+pub const FROM_PASSWORD_VAR: &str = "WQM_FROM_PASSWORD";
+
+/// The password of `copy`'s SOURCE when it is given apart (`file`: `--from-password-file`,
+/// else `WQM_FROM_PASSWORD_FILE`, else `WQM_FROM_PASSWORD`); `None`: SOURCE takes DEST's.
+pub fn from_source(file: Option<&Path>, env: &Env) -> Result<Option<Password>, PasswordError> {
+    if let Some(path) = file {
+        let source = Source::Flag(path.to_path_buf());
+        return read_file(path, "`--from-password-file`", &source).map(Some);
+    }
+    if let Some(path) = env.get(FROM_PASSWORD_FILE_VAR) {
+        let source = Source::FileVar(PathBuf::from(path));
+        return read_file(Path::new(path), "`WQM_FROM_PASSWORD_FILE`", &source).map(Some);
+    }
+    Ok(env
+        .get(FROM_PASSWORD_VAR)
+        .map(|text| Password::new(text.as_bytes())))
+}
+
 /// A typed password (not confirmed: it opens an existing key).
 pub fn typed(text: Zeroizing<String>) -> Result<Password, PasswordError> {
     non_empty(Zeroizing::new(text.as_bytes().to_vec()), &Source::Prompt)

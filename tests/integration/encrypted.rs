@@ -43,12 +43,12 @@ pub(crate) fn found_in(stored: &BTreeMap<PathBuf, Vec<u8>>, needles: &[&str]) ->
 }
 
 /// `wqm ARGS` with the repository's password and cheap key derivation.
-fn with_password(tmp: TempDir, double: &Double, args: &str) -> Test {
+pub(crate) fn with_password(tmp: TempDir, double: &Double, args: &str) -> Test {
     fast(wqm(Test::in_dir(tmp), &double.url, args)).env("WQM_BACKUP_PASSWORD", FIRST)
 }
 
 /// A workspace with an empty encrypted repository `enc` (password `FIRST`).
-fn encrypted_workspace() -> TempDir {
+pub(crate) fn encrypted_workspace() -> TempDir {
     fast(Test::in_dir(workspace()))
         .env("WQM_BACKUP_PASSWORD", FIRST)
         .args("backup init {TMP}/enc --encrypt")
@@ -58,12 +58,12 @@ fn encrypted_workspace() -> TempDir {
 }
 
 /// `wqm ARGS` with the password, run to success, its output not looked at.
-fn ran(tmp: TempDir, double: &Double, args: &str) -> TempDir {
+pub(crate) fn ran(tmp: TempDir, double: &Double, args: &str) -> TempDir {
     with_password(tmp, double, args).stdout_with(|_| {}).run().1
 }
 
 /// `validate BACKUP --check-files` with the password: every object read and authenticated.
-fn validated(tmp: TempDir, double: &Double, backup: &str) -> TempDir {
+pub(crate) fn validated(tmp: TempDir, double: &Double, backup: &str) -> TempDir {
     with_password(
         tmp,
         double,
@@ -77,7 +77,7 @@ fn validated(tmp: TempDir, double: &Double, backup: &str) -> TempDir {
 /// A workspace with an encrypted repository `enc` (password `FIRST`) holding `night-1`, and
 /// the same backup in the plain directory `plain`, both stored uncompressed (so the plain one
 /// shows the data as it is).
-fn scene(double: &Double) -> TempDir {
+pub(crate) fn scene(double: &Double) -> TempDir {
     let tmp = encrypted_workspace();
     let mut tmp = tmp;
     for target in ["{TMP}/enc/night-1", "{TMP}/plain/night-1"] {
@@ -256,7 +256,7 @@ type Damage = fn(&Path, &Path);
 /// The encrypted object that holds `backup`'s file `rel`: stored under a keyed name in the same
 /// directory, found by its size (the plain twin's, in the scene's `plain/night-1`, plus the
 /// header and a tag per 1 MiB segment).
-fn object(tmp: &TempDir, backup: &str, rel: &str) -> PathBuf {
+pub(crate) fn object(tmp: &TempDir, backup: &str, rel: &str) -> PathBuf {
     if rel == "metadata/manifest.json" {
         return tmp.path().join("enc").join(backup).join(rel);
     }
@@ -369,33 +369,6 @@ fn an_altered_truncated_or_swapped_object_is_named_by_validate_and_refused_by_re
         .status(3)
         .stderr_with(|e| assert!(e.contains("failed authentication"), "{e}"))
         .run();
-}
-
-#[test]
-fn what_encrypted_repositories_cannot_hold_yet_is_refused_before_anything_is_done() {
-    let double = Double::start();
-    let tmp = scene(&double);
-    let before = files(&tmp.path().join("enc"));
-    let requests = double.requests().len();
-    let mut tmp = tmp;
-    for (args, what) in [
-        ("backup copy {TMP}/enc {TMP}/other", "`copy`"),
-        ("backup copy {TMP}/plain {TMP}/enc", "`copy`"),
-    ] {
-        tmp = with_password(tmp, &double, args)
-            .status(2)
-            .stderr_with(move |e| {
-                assert!(e.contains(&format!("is encrypted, and {what}")), "{e}");
-                assert!(
-                    e.contains("is not supported in an encrypted repository yet"),
-                    "{e}"
-                );
-            })
-            .run()
-            .1;
-    }
-    assert_eq!(files(&tmp.path().join("enc")), before);
-    assert_eq!(double.requests().len(), requests);
 }
 
 #[test]

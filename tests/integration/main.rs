@@ -4,6 +4,7 @@ mod backend;
 mod backend_lock;
 mod chunk_store;
 mod copy;
+mod copy_encrypted;
 mod create;
 mod crypto;
 mod docs;

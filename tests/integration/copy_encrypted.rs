@@ -1,0 +1,219 @@
+//! `wqm backup copy` into and out of encrypted repositories, against the Qdrant double: every
+//! object is decrypted with the source's key, checked, and encrypted with the destination's
+//! (or written plain into a plain destination); SOURCE's password apart from DEST's; a wrong
+//! one, a damaged object and an incremental backup are refused before anything is committed.
+//! One test against the real SeaweedFS.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::PathBuf;
+
+use tempfile::TempDir;
+use wqm::backend::{self, Name};
+
+use crate::encrypted::{
+    encrypted_workspace, found_in, object, ran, scene, validated, with_password, DISTINCTIVE,
+};
+use crate::incremental::wqm;
+use crate::qdrant_double::Double;
+use crate::repo::{fast, files, FIRST, SECOND, WRONG_PASSWORD};
+use crate::s3_read::{fresh_prefix, with_s3};
+use crate::test::Test;
+
+/// The scene, with an empty encrypted repository `enc2` whose password is `password`.
+fn with_second_repository(double: &Double, password: &str) -> TempDir {
+    let tmp = scene(double);
+    fast(Test::in_dir(tmp))
+        .env("WQM_BACKUP_PASSWORD", password)
+        .args("backup init {TMP}/enc2 --encrypt")
+        .stdout_with(|_| {})
+        .run()
+        .1
+}
+
+/// The keyed names of `backup`'s collection files in the repository `repo`.
+fn stored_names(tmp: &TempDir, repo: &str, backup: &str) -> Vec<String> {
+    let mut names: Vec<String> =
+        fs::read_dir(tmp.path().join(repo).join(backup).join("collections"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_plain_backup_copied_into_an_encrypted_repository_is_encrypted_there() {
+    let double = Double::start();
+    let tmp = with_second_repository(&double, FIRST);
+    let tmp = ran(tmp, &double, "backup copy {TMP}/plain {TMP}/enc2");
+    assert_eq!(
+        found_in(&files(&tmp.path().join("enc2")), DISTINCTIVE),
+        Vec::<String>::new()
+    );
+    let tmp = validated(tmp, &double, "{TMP}/enc2/night-1");
+    // Once more: the destination has it (its manifest decrypts to the source's).
+    let (_, _tmp) = with_password(tmp, &double, "backup copy {TMP}/plain {TMP}/enc2")
+        .stdout_with(|o| assert!(o.contains("Skipped `night-1`"), "{o}"))
+        .run();
+}
+
+#[test]
+fn an_encrypted_backup_is_re_encrypted_with_another_repositorys_key_and_restores() {
+    let double = Double::start();
+    let tmp = with_second_repository(&double, SECOND);
+    let (_, tmp) = fast(wqm(
+        Test::in_dir(tmp),
+        &double.url,
+        "backup copy {TMP}/enc {TMP}/enc2",
+    ))
+    .env("WQM_FROM_PASSWORD", FIRST)
+    .env("WQM_BACKUP_PASSWORD", SECOND)
+    .stdout_with(|o| assert!(o.contains("Copied `night-1`"), "{o}"))
+    .run();
+    assert_eq!(
+        found_in(&files(&tmp.path().join("enc2")), DISTINCTIVE),
+        Vec::<String>::new()
+    );
+    // Keyed by another key: not one stored name in common.
+    let (from, to) = (
+        stored_names(&tmp, "enc", "night-1"),
+        stored_names(&tmp, "enc2", "night-1"),
+    );
+    assert_eq!(from.len(), to.len());
+    assert!(from.iter().all(|n| !to.contains(n)), "{from:?} {to:?}");
+    let (_, tmp) = fast(wqm(
+        Test::in_dir(tmp),
+        &double.url,
+        "backup validate {TMP}/enc2/night-1 --check-files",
+    ))
+    .env("WQM_BACKUP_PASSWORD", SECOND)
+    .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
+    .run();
+    let (_, _tmp) = fast(wqm(
+        Test::in_dir(tmp),
+        &double.url,
+        "backup restore {TMP}/enc2/night-1 --force --overwrite",
+    ))
+    .env("WQM_BACKUP_PASSWORD", SECOND)
+    .env("WQM_BACKUP__DEFAULT_BACKUP_DIRECTORY", "{TMP}/enc2")
+    .stdout_with(|_| {})
+    .stderr_with(|_| {})
+    .run();
+    double.assert_holds_the_fixtures();
+}
+
+#[test]
+fn an_encrypted_backup_copied_into_a_plain_repository_is_plain_and_valid_there() {
+    let double = Double::start();
+    let tmp = scene(&double);
+    let tmp = ran(tmp, &double, "backup copy {TMP}/enc {TMP}/out");
+    assert!(!found_in(&files(&tmp.path().join("out")), DISTINCTIVE).is_empty());
+    let (_, _tmp) = wqm(
+        Test::in_dir(tmp),
+        &double.url,
+        "backup validate {TMP}/out/night-1 --check-files",
+    )
+    .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
+    .run();
+}
+
+#[test]
+fn a_wrong_source_password_is_refused_before_anything_is_written() {
+    let double = Double::start();
+    let tmp = with_second_repository(&double, SECOND);
+    let before = files(tmp.path());
+    let (_, tmp) = fast(wqm(
+        Test::in_dir(tmp),
+        &double.url,
+        "backup copy {TMP}/enc {TMP}/enc2",
+    ))
+    .env("WQM_FROM_PASSWORD", SECOND)
+    .env("WQM_BACKUP_PASSWORD", SECOND)
+    .status(2)
+    .stderr_with(|e| assert!(e.contains(WRONG_PASSWORD), "{e}"))
+    .run();
+    assert_eq!(files(tmp.path()), before);
+}
+
+#[test]
+fn an_altered_source_object_is_damage_and_the_backup_is_not_committed() {
+    let double = Double::start();
+    let tmp = scene(&double);
+    let path = object(&tmp, "night-1", "collections/small-plain.snapshot");
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[100] ^= 1;
+    fs::write(&path, bytes).unwrap();
+    let (_, tmp) = with_password(tmp, &double, "backup copy {TMP}/enc {TMP}/out")
+        .status(3)
+        .stdout_with(|o| assert!(o.contains("Not copied `night-1`"), "{o}"))
+        .stderr_with(|e| assert!(e.contains("failed authentication"), "{e}"))
+        .run();
+    assert!(!tmp.path().join("out/night-1").exists());
+}
+
+#[test]
+fn an_incremental_backup_is_not_re_encrypted_yet_and_nothing_is_written() {
+    let double = Double::start();
+    let tmp = encrypted_workspace();
+    let tmp = ran(
+        tmp,
+        &double,
+        "backup create {TMP}/inc/night-1 --incremental",
+    );
+    let before = files(&tmp.path().join("enc"));
+    let (_, tmp) = with_password(tmp, &double, "backup copy {TMP}/inc {TMP}/enc")
+        .status(2)
+        .stdout_with(|_| {})
+        .stderr_with(|e| assert!(e.contains("is an incremental backup"), "{e}"))
+        .run();
+    assert_eq!(files(&tmp.path().join("enc")), before);
+}
+
+#[test]
+#[cfg_attr(
+    not(real_s3),
+    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+)]
+fn an_encrypted_backup_copied_to_s3_under_another_key_is_ciphertext_there_and_copies_back() {
+    let double = Double::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (s3, url) = fresh_prefix(&runtime);
+    let (_, tmp) = with_s3(fast(Test::in_dir(scene(&double))))
+        .env("WQM_BACKUP_PASSWORD", SECOND)
+        .args(&format!("backup init {url} --encrypt"))
+        .stdout_with(|_| {})
+        .run();
+    let (_, tmp) = with_s3(fast(Test::in_dir(tmp)))
+        .env("WQM_FROM_PASSWORD", FIRST)
+        .env("WQM_BACKUP_PASSWORD", SECOND)
+        .args(&format!("backup copy {{TMP}}/enc {url}"))
+        .stdout_with(|o| assert!(o.contains("Copied `night-1`"), "{o}"))
+        .run();
+    let mut stored = BTreeMap::new();
+    for object in runtime.block_on(s3.list("night-1/")).unwrap() {
+        let name = Name::new(object.name.clone()).unwrap();
+        let bytes = runtime
+            .block_on(async { backend::collect(s3.load(&name, None).await.unwrap()).await })
+            .unwrap();
+        assert!(bytes.starts_with(b"WQMCRYPT"), "{name}");
+        stored.insert(PathBuf::from(object.name), bytes);
+    }
+    assert!(stored.len() >= 4, "{stored:?}");
+    assert_eq!(found_in(&stored, DISTINCTIVE), Vec::<String>::new());
+    let (_, tmp) = with_s3(fast(Test::in_dir(tmp)))
+        .env("WQM_BACKUP_PASSWORD", SECOND)
+        .args(&format!("backup validate {url}/night-1 --check-files"))
+        .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
+        .run();
+    // Back into a plain local directory: plain there, and valid.
+    let (_, tmp) = with_s3(fast(Test::in_dir(tmp)))
+        .env("WQM_BACKUP_PASSWORD", SECOND)
+        .args(&format!("backup copy {url} {{TMP}}/back"))
+        .stdout_with(|o| assert!(o.contains("Copied `night-1`"), "{o}"))
+        .run();
+    Test::in_dir(tmp)
+        .args("backup validate {TMP}/back/night-1 --check-files")
+        .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
+        .run();
+}
