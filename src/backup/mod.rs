@@ -54,6 +54,9 @@ pub struct Request {
     pub config: bool,
     /// Store snapshots and databases in the chunk store of the target's directory.
     pub incremental: bool,
+    /// An incremental backup staged for a repository on a backend: that repository's chunk
+    /// store as listed (its chunks are reused, only the others stored locally).
+    pub listed: Option<chunks::Listed>,
 }
 
 /// Which of the SQLite databases (`state.db` and, beside it, `search.db`, `graph.db`) a backup holds.
@@ -144,7 +147,9 @@ pub async fn create(
     if request.incremental {
         // Blocking work (it may wait for an older wqm using the store) runs off the async
         // workers, as the other blocking steps below do.
-        tokio::task::block_in_place(|| staging.use_chunk_store(chunks::DEFAULT_AVERAGE))?;
+        tokio::task::block_in_place(|| {
+            staging.use_chunk_store(chunks::DEFAULT_AVERAGE, request.listed.as_ref())
+        })?;
         let cycle = settings.backup.verification.compare_reused_cycle;
         staging.compare_reused(night_share(timestamp, cycle));
     }

@@ -221,6 +221,50 @@ async fn send_objects(
     Ok(())
 }
 
+/// How many chunks are sent at once (as `wqm backup copy` sends them).
+const SENDERS: usize = 8;
+
+/// Sends the chunks of the staging store in `local` (an incremental backup's: only the chunks
+/// the repository lacked) to the repository's store, `SENDERS` at a time, before the backup
+/// that names them; returns how many. A chunk sent by a run that then fails is garbage until
+/// the next run reuses it or a prune collects it.
+pub async fn send_chunks(
+    backend: &dyn Backend,
+    local: &Path,
+    progress: &dyn Progress,
+) -> Result<usize> {
+    let store = crate::store::chunks::ChunkStore::open_for_reading(local)?;
+    let ids = store.list_ids().with_context(|| {
+        format!(
+            "cannot list `{}`",
+            crate::store::chunks::ChunkStore::path_in(local).display()
+        )
+    })?;
+    progress.step(&format!("sending {} new chunks", ids.len()));
+    let count = ids.len();
+    let store = &store;
+    stream::iter(ids)
+        .map(|id| async move {
+            crate::progress::check_interrupted()?;
+            let object = crate::store::chunks::object_name(&id);
+            let bytes = tokio::task::block_in_place(|| store.stored_bytes(&id))
+                .with_context(|| format!("cannot read chunk `{id}`"))?;
+            crate::failpoint::hit("create:s3-chunk-sent")?;
+            let name = Name::new(object.clone())?;
+            backend
+                .save(&name, crate::backend::once(Bytes::from(bytes)))
+                .await
+                .with_context(|| format!("cannot send `{object}`"))?;
+            anyhow::Ok(())
+        })
+        .buffer_unordered(SENDERS)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<Vec<()>>>()?;
+    Ok(count)
+}
+
 /// A file's bytes as they are read, a piece at a time.
 fn file_stream(file: tokio::fs::File) -> ByteStream {
     stream::unfold(Some(file), |file| async move {

@@ -49,6 +49,7 @@ pub async fn run(
         databases: crate::backup::Databases::All,
         config: true,
         incremental,
+        listed: sending.as_mut().and_then(|s| s.listed.take()),
     };
     let client = Client::from_settings(settings)?;
     let progress = ui.progress();
@@ -65,6 +66,9 @@ pub async fn run(
     };
     if let Some(sending) = &mut sending {
         let backend = sending.repository.backend();
+        if incremental {
+            backup::remote::send_chunks(backend, sending.staged.path(), &progress).await?;
+        }
         let target = (sending.name.as_str(), &mut sending.claim);
         backup::remote::send(backend, &outcome.path, target, &sending.lock, &progress).await?;
         outcome.path = sending.repository.shown(&sending.name);
@@ -151,8 +155,10 @@ pub async fn run(
     Ok(code)
 }
 
-/// A full backup on its way to S3: made and checked in a local temporary directory as any
-/// backup, then sent (`backup::remote::send`), the manifest last.
+/// A backup on its way to S3: made and checked in a local temporary directory as any backup,
+/// then sent (`backup::remote::send`), the manifest last. An incremental one is staged with a
+/// store that gets only the chunks the repository lacks (`listed`), sent first
+/// (`backup::remote::send_chunks`).
 struct Sending {
     repository: Remote,
     name: String,
@@ -163,11 +169,14 @@ struct Sending {
     /// The repository's shared lock, held from before the dead runs are cleaned up to the end:
     /// no prune runs meanwhile.
     lock: RepoLock,
+    /// For an incremental backup, the repository's chunk store as listed (taken by the request).
+    listed: Option<crate::store::chunks::Listed>,
 }
 
-/// Checks what a create to S3 needs before anything is made: no `--force` or `--incremental`
-/// there yet (exit 2), the repository's shared lock, this host's dead runs' leftovers removed,
-/// and the name claimed (no other run sends it) and free.
+/// Checks what a create to S3 needs before anything is made: no `--force` there yet (exit 2),
+/// the repository's shared lock, this host's dead runs' leftovers removed, the name claimed (no
+/// other run sends it) and free, and for an incremental backup the repository's chunk store
+/// (made when missing) listed once.
 async fn to_s3(
     (repository, name): (Remote, String),
     force: bool,
@@ -188,12 +197,6 @@ async fn to_s3(
             "choose a new name; remove the old backup's objects by hand if it must go",
         ));
     }
-    if incremental {
-        return Err(refuse(
-            "an incremental backup (`--incremental` or `backup.incremental`)",
-            "make a full backup to S3, or an incremental one locally and copy the directory (docs/incremental.md)",
-        ));
-    }
     super::require_exclusive_names(repository.backend(), repository.shown_root()).await?;
     let lock = RepoLock::shared(&repository, "backup create")?;
     super::clean_remote_runs(&repository, ui).await?;
@@ -202,6 +205,13 @@ async fn to_s3(
         .prefix(".wqm-s3-")
         .tempdir()
         .context("cannot make a temporary directory for the backup on its way to S3")?;
+    let listed = match incremental {
+        true => Some(crate::store::chunks::Listed::of(
+            &repository,
+            crate::store::chunks::DEFAULT_AVERAGE,
+        )?),
+        false => None,
+    };
     // Staged for an encrypted repository: encrypted as it is written, sent as it is.
     if let Some(seal) = repository.seal() {
         crate::store::seal::share(&staged.path().to_string_lossy(), &seal);
@@ -212,6 +222,7 @@ async fn to_s3(
         staged,
         claim,
         lock,
+        listed,
     })
 }
 

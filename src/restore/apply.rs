@@ -252,6 +252,7 @@ impl<'a> Restoring<'a> {
             incremental: crate::store::chunks::ChunkStore::exists_in(crate::fs::parent_dir(
                 &safety.path,
             )),
+            listed: None,
         };
         let outcome =
             match backup::create(self.client, self.settings, &request, self.progress).await {

@@ -19,7 +19,7 @@ use crate::format::manifest::{FileEntry, FileKind, Manifest};
 use crate::fs::{create_private_dir_all, create_private_file};
 use crate::workdir::{Record, WorkDir, WorkDirError};
 
-use super::chunks::{Added, ChunkError, ChunkStore, ChunkWriter, Run, RunTemp, Selection};
+use super::chunks::{Added, ChunkError, ChunkStore, ChunkWriter, Listed, Run, RunTemp, Selection};
 use super::seal::{self, MaybeSealed, Seal};
 use super::{sync_dir, BackupDir};
 use crate::crypto::Identity;
@@ -112,8 +112,18 @@ impl Staging {
     /// Makes this an incremental backup: files created as `Stored::Chunked` go to the
     /// chunk store of the target's directory (made with `avg_size` chunks when there is none),
     /// which this run holds shared until it ends, so no garbage collection runs meanwhile.
-    pub fn use_chunk_store(&mut self, avg_size: usize) -> Result<(), ChunkError> {
-        let store = ChunkStore::open_for_writing(crate::fs::parent_dir(&self.target), avg_size)?;
+    /// With `listed` (a backup on its way to a repository on a backend), the store is a staging
+    /// store with the repository's parameters, that gets only the chunks the repository lacks.
+    pub fn use_chunk_store(
+        &mut self,
+        avg_size: usize,
+        listed: Option<&Listed>,
+    ) -> Result<(), ChunkError> {
+        let dir = crate::fs::parent_dir(&self.target);
+        let store = match listed {
+            Some(listed) => ChunkStore::open_for_sending(dir, listed)?,
+            None => ChunkStore::open_for_writing(dir, avg_size)?,
+        };
         self.chunks = Some(Chunks {
             temp: store.temp_dir()?,
             store,
@@ -633,7 +643,7 @@ mod tests {
     /// An incremental backup of `target` being written, holding `data` as its state database.
     fn incremental_with(target: &Path, data: &[u8]) -> Staging {
         let mut staging = Staging::begin(target, false).unwrap();
-        staging.use_chunk_store(4096).unwrap();
+        staging.use_chunk_store(4096, None).unwrap();
         let mut sink = staging
             .create_file(
                 "sqlite/state.db.chunks",

@@ -56,13 +56,14 @@ fn a_backup_created_on_s3_is_listed_validated_and_restored() {
     .run();
     double.assert_holds_the_fixtures();
 
-    // The name is taken; `--force` and `--incremental` are refused before Qdrant is asked.
+    // The name is taken (for an incremental backup too); `--force` is refused before Qdrant is
+    // asked.
     let asked = double.state().requests.len();
     let mut tmp = tmp;
     for (flags, said) in [
         ("", "already exists"),
         ("--force", "`--force` is not supported"),
-        ("--incremental", "incremental backup"),
+        ("--incremental", "already exists"),
     ] {
         tmp = with_s3(wqm(
             Test::in_dir(tmp),

@@ -281,6 +281,8 @@ pub struct ChunkStore {
     /// The key of the encrypted repository the store is in: chunks are named by a keyed hash
     /// and stored encrypted, each bound to its name.
     seal: Option<Seal>,
+    /// A staging store's repository on a backend, as listed: its chunks count as stored.
+    listed: Option<Listed>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -423,6 +425,7 @@ impl ChunkStore {
             _legacy_lock: legacy_lock,
             remote: None,
             seal,
+            listed: sending::shared(dir),
         })
     }
 
@@ -468,6 +471,7 @@ impl ChunkStore {
             _legacy_lock: None,
             remote: Some(repository.clone()),
             seal,
+            listed: None,
         }))
     }
 
@@ -531,6 +535,9 @@ impl ChunkStore {
     pub fn stored_size(&self, id: &ChunkId) -> Option<u64> {
         if let Some(remote) = &self.remote {
             return remote.size(&object_name(id)).ok();
+        }
+        if let Some(size) = self.listed_size(id) {
+            return Some(size);
         }
         super::stat_in(&self.root, &id.rel())
             .ok()
@@ -785,6 +792,7 @@ mod index;
 mod read;
 mod refs;
 mod runs;
+mod sending;
 mod subset;
 mod usage;
 mod write;
@@ -796,6 +804,7 @@ pub use index::{IndexLine, IndexReader};
 pub use read::{chunk_error, ChunkReader};
 pub use refs::{backup_refs, read_refs, refs_from_indexes, write_refs, Refs, REFS_PATH};
 pub use runs::{remove_dead, Removed, RunTemp};
+pub use sending::Listed;
 pub use subset::{Selection, Subset};
 pub use usage::{backups_using, usage, visit_chunks, Usage};
 pub use write::{Added, ChunkWriter, Run};

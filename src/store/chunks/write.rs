@@ -178,6 +178,12 @@ impl<W: Write> ChunkSink<W> {
     /// after that). `None` when it must be stored: missing, or found damaged (then moved to
     /// `quarantine/` first).
     fn reuse(&mut self, id: &ChunkId, chunk: &[u8]) -> io::Result<Option<u64>> {
+        // In the repository on a backend this store stages for: there as listed, not compared
+        // (`chunks::sending`).
+        if let Some(size) = self.store.listed_size(id) {
+            self.sound.insert(*id, size);
+            return Ok(Some(size));
+        }
         let Some(size) = self.store.stored_size(id) else {
             return Ok(None);
         };

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# `wqm backup create --incremental` to S3 (SeaweedFS on loopback) against the same create into a
+# local directory, over nights of ~1 % churn on the real Qdrant server. Not a test: run it by
+# hand (under the machine lock where several share the machine) and copy the tables into
+# docs/performance.md.
+#
+#   scripts/bench-s3-incremental.sh                                   # 20000 points, 10 nights
+#   BENCH_POINTS=8000 BENCH_NIGHTS=3 BENCH_RUNS=1 scripts/bench-s3-incremental.sh   # a quick look
+#
+# Each night (scripts/bench_incremental.py churn, rows of the state database touched) is backed
+# up twice, the order alternating night by night: `create DIR/night-NN --incremental` and
+# `create s3://BUCKET/bench/night-NN --incremental` (its chunks staged locally, only those the
+# repository lacks, then sent). Then BENCH_RUNS pairs on the last night's data: median wall
+# time and peak RSS of each (scripts/bench-lib.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+points=${BENCH_POINTS:-20000}
+nights=${BENCH_NIGHTS:-10}
+runs=${BENCH_RUNS:-3}
+out=$(mktemp -d "${TMPDIR:-/tmp}/wqm-bench-s3-inc.XXXXXX")
+. scripts/bench-lib.sh
+
+cargo build --release --locked --quiet
+wqm=${CARGO_TARGET_DIR:-$PWD/target}/release/wqm
+eval "$(../shared/bin/qdrant-serve --storage "$out/storage")"
+eval "$(../shared/bin/s3-serve)"
+trap 'kill $QDRANT_PID 2>/dev/null; kill -9 "$S3_PID" 2>/dev/null; rm -rf "$out" "$S3_DIR"' EXIT
+export QDRANT_URL WQM_DATA_DIR=$out/data WQM_BACKUP__DAEMON__PROCESS_NAME=wqm-bench-no-daemon
+export AWS_ENDPOINT_URL AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION
+# The S3 create stages in $TMPDIR: on the same disk as the local repository.
+export TMPDIR=$out/tmp
+mkdir -p "$TMPDIR"
+repo=s3://$S3_BUCKET/bench
+
+echo "loading $points points..." >&2
+python3 scripts/bench_incremental.py load "$QDRANT_URL" projects "$points"
+mkdir -p "$out/data"
+sqlite3 "$out/data/state.db" < tests/fixtures/state-db/schema.sql
+sqlite3 "$out/data/state.db" < tests/fixtures/state-db/sample-data.sql
+
+create() { # create LABEL TARGET: timed, its JSON in $out/LABEL.out
+  time_of "$1" "$wqm" backup create "$2" --incremental --json
+}
+mib() { echo "scale=1; $1 / 1048576" | bc; }
+printf '| night | local s | S3 s | added MiB (local) | added MiB (S3) | chunks sent to S3 |\n|---|---|---|---|---|---|\n' > "$out/nights.md"
+for n in $(seq "$nights"); do
+  if [ "$n" -gt 1 ]; then
+    python3 scripts/bench_incremental.py churn "$QDRANT_URL" projects "$points" "$n"
+    sqlite3 "$out/data/state.db" "UPDATE tracked_files SET file_mtime = datetime('now'), chunk_count = chunk_count + 1 WHERE file_id % 7 = $n % 7;"
+  fi
+  name=$(printf 'night-%02d' "$n")
+  if [ $((n % 2)) -eq 1 ]; then
+    create night-local "$out/backups/$name"; create night-s3 "$repo/$name"
+  else
+    create night-s3 "$repo/$name"; create night-local "$out/backups/$name"
+  fi
+  read -r local_s _ < "$out/night-local.time"
+  read -r s3_s _ < "$out/night-s3.time"
+  printf '| %d | %s | %s | %s | %s | %d |\n' "$n" "$local_s" "$s3_s" \
+    "$(mib "$(jq .chunk_store.bytes_added "$out/night-local.out")")" \
+    "$(mib "$(jq .chunk_store.bytes_added "$out/night-s3.out")")" \
+    "$(jq .chunk_store.chunks_added "$out/night-s3.out")" >> "$out/nights.md"
+  echo "night $n: local ${local_s}s, S3 ${s3_s}s" >&2
+done
+
+# The same (last night's) data, pair by pair.
+for i in $(seq "$runs"); do
+  create create-local "$out/backups/extra-$i"
+  create create-s3 "$repo/extra-$i"
+done
+
+echo
+echo "## $nights nights of ${points}-point churn, local vs S3 ($(date -u +%F), $(nproc) cores)"
+echo
+cat "$out/nights.md"
+echo
+echo "Night medians:"
+echo
+table night-local night-s3
+echo
+echo "Same data, $runs runs each:"
+echo
+table create-local create-s3

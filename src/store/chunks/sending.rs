@@ -1,0 +1,119 @@
+//! An incremental backup on its way to a repository on a backend (S3): made in a local staging
+//! store that receives only the chunks the repository lacks. The repository's store is listed
+//! once (`Listed`); a chunk it lists is reused as it is there (its stored size from the
+//! listing), never compared with the data (reading a share back from S3 costs a request per
+//! chunk; `validate --check-files` reads them), and never written locally. The new chunks are
+//! sent (`backup::remote::send_chunks`) before the backup's indexes and manifest.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+
+use super::import::{id_of_object, params_object};
+use super::{io_error, runs, Access, ChunkError, ChunkId, ChunkStore, Params, STORE_DIR};
+use crate::backend::{BackendError, Name};
+use crate::store::Remote;
+
+/// A repository's chunk store as listed once: its parameters and each chunk's stored size.
+#[derive(Clone, Debug)]
+pub struct Listed {
+    params: Params,
+    sizes: Arc<HashMap<ChunkId, u64>>,
+}
+
+impl Listed {
+    /// The chunk store of `remote`, made when it has none (`store.json` with a new local
+    /// store's parameters, keyed when the repository is encrypted; of two racing runs one
+    /// writes it, the other reads it), then listed once.
+    pub fn of(remote: &Remote, avg_size: usize) -> Result<Self, ChunkError> {
+        let root = remote.shown(STORE_DIR);
+        let params = remote_params(remote, avg_size)?;
+        let objects = remote
+            .list(&format!("{STORE_DIR}/"))
+            .map_err(io_error(&root))?;
+        let sizes = objects
+            .iter()
+            .filter_map(|o| id_of_object(&o.name).map(|id| (id, o.size)))
+            .collect();
+        Ok(Listed {
+            params,
+            sizes: Arc::new(sizes),
+        })
+    }
+}
+
+/// `store.json` of `remote`, read and checked (`ChunkStore::open_remote`), or written.
+fn remote_params(remote: &Remote, avg_size: usize) -> Result<Params, ChunkError> {
+    let rel = params_object();
+    let root = remote.shown(STORE_DIR);
+    for _ in 0..2 {
+        match ChunkStore::open_remote(remote) {
+            Ok(store) => return Ok(store.params().clone()),
+            Err(ChunkError::NoStore { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let params = Params::with_average(avg_size);
+        let params = match remote.seal() {
+            Some(_) => params.keyed(),
+            None => params,
+        };
+        let name = Name::new(rel.clone()).map_err(|e| io_error(&root)(io::Error::other(e)))?;
+        let text = Bytes::from(params.to_json());
+        match remote.wait(remote.backend().save_new(&name, text)) {
+            Ok(()) => return Ok(params),
+            Err(BackendError::AlreadyExists { .. }) => continue,
+            Err(e) => return Err(io_error(&root)(io::Error::other(e))),
+        }
+    }
+    Err(io_error(&root)(io::Error::other(
+        "`store.json` keeps changing",
+    )))
+}
+
+/// The listings of the repositories this run stages backups for, by staging directory.
+static SHARED: Mutex<BTreeMap<PathBuf, Listed>> = Mutex::new(BTreeMap::new());
+
+fn identify(dir: &Path) -> PathBuf {
+    std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())
+}
+
+/// The listing registered for the staging directory `dir` (`open_for_sending`), if any.
+pub(super) fn shared(dir: &Path) -> Option<Listed> {
+    let shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    if shared.is_empty() {
+        return None;
+    }
+    shared.get(&identify(dir)).cloned()
+}
+
+impl ChunkStore {
+    /// The staging store in `dir` of a backup sent to the repository `listed` lists: made with
+    /// the repository's parameters, and holding (as far as a create is concerned) every chunk
+    /// the repository lists. The listing is registered for `dir` (`shared`): whatever opens the
+    /// store there in this run (the create's verification) sees those chunks too.
+    pub fn open_for_sending(dir: &Path, listed: &Listed) -> Result<Arc<Self>, ChunkError> {
+        SHARED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(identify(dir), listed.clone());
+        if std::fs::symlink_metadata(Self::path_in(dir)).is_err() {
+            runs::make_store(dir, &listed.params)?;
+        }
+        Self::open(dir, Access::Shared).map(Arc::new)
+    }
+
+    /// The stored size of `id` when the repository this store stages for lists it.
+    pub fn listed_size(&self, id: &ChunkId) -> Option<u64> {
+        self.listed.as_ref()?.sizes.get(id).copied()
+    }
+
+    /// The stored bytes of chunk `id` of this (local) store, as they are sent.
+    pub fn stored_bytes(&self, id: &ChunkId) -> io::Result<Vec<u8>> {
+        let mut bytes = Vec::new();
+        crate::store::open_in(&self.root, &id.rel())?.read_to_end(&mut bytes)?;
+        Ok(bytes)
+    }
+}

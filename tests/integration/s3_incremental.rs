@@ -1,0 +1,271 @@
+//! `create --incremental s3://BUCKET/PREFIX/NAME` against the real SeaweedFS: nights that send
+//! only the chunks the repository lacks, restored, validated and pruned there; killed runs
+//! cleaned up by the next; an encrypted repository that holds no plaintext chunk.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+
+use serde_json::Value;
+use tempfile::TempDir;
+use wqm::backend::{self, Backend, Name};
+
+use crate::encrypted::{found_in, DISTINCTIVE};
+use crate::faults::killed;
+use crate::incremental::{grow_state_db, workspace, wqm};
+use crate::qdrant_double::Double;
+use crate::repo::{fast, FIRST};
+use crate::restore::lose_everything;
+use crate::s3_read::{fresh_prefix, s3_variables, with_s3};
+use crate::test::{self, Test};
+
+/// `create URL/NAME --incremental --json EXTRA` (with `TMPDIR` in the test's directory): its
+/// JSON summary.
+fn night(t: Test, double: &Double, target: &str, extra: &str) -> (Value, TempDir) {
+    let (output, tmp) = with_s3(wqm(
+        t,
+        &double.url,
+        &format!("backup create {target} --incremental --json {extra}"),
+    ))
+    .env("TMPDIR", "{TMP}")
+    .stdout_with(|_| {})
+    .run();
+    (serde_json::from_slice(&output.stdout).unwrap(), tmp)
+}
+
+fn added(summary: &Value, what: &str) -> u64 {
+    summary["chunk_store"][what]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{summary}"))
+}
+
+/// The names of the objects under `prefix`.
+fn objects(runtime: &tokio::runtime::Runtime, s3: &Arc<dyn Backend>, prefix: &str) -> Vec<String> {
+    let mut names: Vec<String> = runtime
+        .block_on(s3.list(prefix))
+        .unwrap()
+        .into_iter()
+        .map(|o| o.name)
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+#[cfg_attr(
+    not(real_s3),
+    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+)]
+fn incremental_nights_to_s3_send_only_new_chunks_restore_and_prune() {
+    let double = Double::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (s3, url) = fresh_prefix(&runtime);
+    // Night 1 makes the repository's store and sends every chunk.
+    let (first, tmp) = night(Test::in_dir(workspace()), &double, &format!("{url}/n1"), "");
+    assert_eq!(first["path"], format!("{url}/n1"), "{first}");
+    assert!(objects(&runtime, &s3, ".wqm-chunks/").contains(&".wqm-chunks/store.json".to_string()));
+    let after_n1 = objects(&runtime, &s3, ".wqm-chunks/chunks/");
+    assert!(added(&first, "chunks_added") >= 4, "{first}");
+    assert_eq!(after_n1.len() as u64, added(&first, "chunks_added"));
+    // Night 2 of the same data sends nothing: every chunk is in the repository.
+    let (second, tmp) = night(Test::in_dir(tmp), &double, &format!("{url}/n2"), "");
+    assert_eq!(added(&second, "chunks_added"), 0, "{second}");
+    assert_eq!(added(&second, "bytes_added"), 0, "{second}");
+    assert_eq!(second["verify"]["chunks_read"], 0, "{second}");
+    assert!(
+        second["verify"]["chunks_looked_up"].as_u64().unwrap() >= 4,
+        "{second}"
+    );
+    assert_eq!(objects(&runtime, &s3, ".wqm-chunks/chunks/"), after_n1);
+    // Night 3, after some churn (300 kB of new rows), sends the new chunks only.
+    grow_state_db(tmp.path());
+    let (third, tmp) = night(Test::in_dir(tmp), &double, &format!("{url}/n3"), "");
+    let after_n3 = objects(&runtime, &s3, ".wqm-chunks/chunks/");
+    assert!(added(&third, "chunks_added") >= 1, "{third}");
+    assert!(
+        third["verify"]["chunks_looked_up"].as_u64().unwrap() >= 1,
+        "{third}"
+    );
+    assert_eq!(
+        after_n3.len() as u64,
+        after_n1.len() as u64 + added(&third, "chunks_added")
+    );
+    assert!(after_n1.iter().all(|c| after_n3.contains(c)));
+    // Nothing of the local staging is left, nor any run record.
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".wqm-s3-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(objects(&runtime, &s3, ".wqm-runs/").is_empty());
+    // Nights 2 and 3 are whole on S3, and night 3 restores.
+    let mut tmp = tmp;
+    for name in ["n2", "n3"] {
+        tmp = with_s3(Test::in_dir(tmp))
+            .args(&format!("backup validate {url}/{name} --check-files"))
+            .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
+            .run()
+            .1;
+    }
+    lose_everything(&double);
+    let (_, tmp) = with_s3(wqm(
+        Test::in_dir(tmp),
+        &double.url,
+        &format!("backup restore {url}/n3 --force"),
+    ))
+    .env("WQM_BACKUP__DEFAULT_BACKUP_DIRECTORY", "{TMP}/safety")
+    .stdout_with(|o| assert!(o.contains("Restore completed"), "{o}"))
+    .run();
+    double.assert_holds_the_fixtures();
+    // Night 4 of one collection; a prune keeping it alone collects what only the others named.
+    let (fourth, tmp) = night(
+        Test::in_dir(tmp),
+        &double,
+        &format!("{url}/n4"),
+        "--collections small-plain",
+    );
+    assert!(added(&fourth, "chunks_added") < added(&first, "chunks_added"));
+    let (_, tmp) = with_s3(Test::in_dir(tmp))
+        .args(&format!("backup prune {url} --keep-last 1 --json"))
+        .stdout_json(|v| {
+            let gc = &v["chunk_store"]["collected"];
+            assert!(gc["chunks_deleted"].as_u64().unwrap() >= 1, "{v}");
+        })
+        .run();
+    let after_prune = objects(&runtime, &s3, ".wqm-chunks/chunks/");
+    assert!(after_prune.len() < after_n3.len());
+    assert!(objects(&runtime, &s3, "n1/").is_empty());
+    with_s3(Test::in_dir(tmp))
+        .args(&format!("backup validate {url}/n4 --check-files"))
+        .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
+        .run();
+}
+
+/// `create --incremental URL/NAME` killed at `failpoint`.
+fn killed_night(double: &Double, tmp: &TempDir, target: &str, failpoint: &str) {
+    let mut command: Command = test::wqm_command(
+        &tmp.path().join("home"),
+        &["backup", "create", target, "--incremental"],
+    );
+    command
+        .env("QDRANT_URL", &double.url)
+        .env("WQM_DATA_DIR", tmp.path().join("data"))
+        .env("TMPDIR", tmp.path())
+        .env("WQM_FAILPOINTS", format!("{failpoint}=kill"));
+    s3_variables(&mut command);
+    let output = command.output().unwrap();
+    assert!(killed(&output), "{output:?}");
+}
+
+#[test]
+#[cfg_attr(
+    not(real_s3),
+    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+)]
+fn killed_incremental_creates_to_s3_are_cleaned_up_by_the_next_which_reuses_their_chunks() {
+    let double = Double::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (s3, url) = fresh_prefix(&runtime);
+    let tmp = workspace();
+    // Killed while sending chunks (its run record left), then killed after every object but
+    // the manifest (that run removed the first one's record first).
+    killed_night(&double, &tmp, &format!("{url}/k1"), "create:s3-chunk-sent");
+    assert_eq!(objects(&runtime, &s3, ".wqm-runs/"), [".wqm-runs/k1"]);
+    killed_night(
+        &double,
+        &tmp,
+        &format!("{url}/k2"),
+        "create:s3-before-manifest",
+    );
+    assert!(!objects(&runtime, &s3, "k2/").is_empty());
+    assert_eq!(objects(&runtime, &s3, ".wqm-runs/"), [".wqm-runs/k2"]);
+    let sent = objects(&runtime, &s3, ".wqm-chunks/chunks/");
+    assert!(!sent.is_empty());
+    let (_, tmp) = with_s3(Test::in_dir(tmp))
+        .args(&format!("backup list {url}"))
+        .stdout(&format!("No backups found in {url}\n"))
+        .run();
+    // The next night removes what they left of their backups and reuses the chunks they sent.
+    let (output, tmp) = with_s3(wqm(
+        Test::in_dir(tmp),
+        &double.url,
+        &format!("backup create {url}/next --incremental --json"),
+    ))
+    .env("TMPDIR", "{TMP}")
+    .stdout_with(|_| {})
+    .stderr_with(|e| {
+        assert!(e.contains("removed what a killed run left of `k2`"), "{e}");
+    })
+    .run();
+    let next: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(
+        (added(&next, "chunks_added") as usize) < sent.len(),
+        "{next} {sent:?}"
+    );
+    for prefix in ["k1/", "k2/", ".wqm-runs/"] {
+        assert!(objects(&runtime, &s3, prefix).is_empty(), "{prefix}");
+    }
+    with_s3(Test::in_dir(tmp))
+        .args(&format!("backup validate {url}/next --check-files"))
+        .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
+        .run();
+}
+
+#[test]
+#[cfg_attr(
+    not(real_s3),
+    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+)]
+fn incremental_nights_to_an_encrypted_repository_on_s3_store_no_plaintext_chunk() {
+    let double = Double::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (s3, url) = fresh_prefix(&runtime);
+    let (_, tmp) = with_s3(fast(Test::in_dir(workspace())))
+        .env("WQM_BACKUP_PASSWORD", FIRST)
+        .args(&format!("backup init {url} --encrypt"))
+        .stdout_with(|o| assert!(o.starts_with("Created an encrypted repository at `"), "{o}"))
+        .run();
+    let mut tmp = tmp;
+    let mut nights = Vec::new();
+    for name in ["night-1", "night-2"] {
+        let (summary, next) = night(
+            fast(Test::in_dir(tmp)).env("WQM_BACKUP_PASSWORD", FIRST),
+            &double,
+            &format!("{url}/{name}"),
+            "",
+        );
+        nights.push(summary);
+        tmp = next;
+    }
+    assert!(added(&nights[0], "chunks_added") >= 4, "{:?}", nights);
+    assert!(added(&nights[1], "chunks_added") < added(&nights[0], "chunks_added"));
+    // The store names chunks by a keyed hash; every chunk and every object of the nights is
+    // encrypted, and none shows the data.
+    let params = runtime
+        .block_on(async {
+            let name = Name::new(".wqm-chunks/store.json").unwrap();
+            backend::collect(s3.load(&name, None).await.unwrap()).await
+        })
+        .unwrap();
+    assert!(String::from_utf8_lossy(&params).contains("hmac-sha256"));
+    let mut stored = BTreeMap::new();
+    for prefix in [".wqm-chunks/chunks/", "night-1/", "night-2/"] {
+        for name in objects(&runtime, &s3, prefix) {
+            let object = Name::new(name.clone()).unwrap();
+            let bytes = runtime
+                .block_on(async { backend::collect(s3.load(&object, None).await.unwrap()).await })
+                .unwrap();
+            assert!(bytes.starts_with(b"WQMCRYPT"), "{name}");
+            stored.insert(PathBuf::from(name), bytes);
+        }
+    }
+    assert!(stored.len() as u64 > added(&nights[0], "chunks_added"));
+    assert_eq!(found_in(&stored, DISTINCTIVE), Vec::<String>::new());
+    with_s3(fast(Test::in_dir(tmp)))
+        .env("WQM_BACKUP_PASSWORD", FIRST)
+        .args(&format!("backup validate {url}/night-2 --check-files"))
+        .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
+        .run();
+}
