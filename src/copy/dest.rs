@@ -227,6 +227,11 @@ enum How {
 }
 
 impl Writing<'_> {
+    /// Whether the destination holds chunk `id` (as listed, or sent by this run).
+    pub fn has(&self, id: &ChunkId) -> bool {
+        self.dest.has(id)
+    }
+
     /// Stores chunk `id` from its stored bytes (checked by the caller). Safe from many
     /// threads at once.
     pub fn put_chunk(&self, id: &ChunkId, stored: &[u8]) -> io::Result<()> {

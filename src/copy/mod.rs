@@ -15,7 +15,7 @@ mod dest;
 mod reseal;
 mod source;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, BufReader, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -61,8 +61,10 @@ pub enum CopyError {
     },
     #[error("the chunk store of `{dest}` cannot take the source's chunks: {reason}")]
     IncompatibleStore { dest: String, reason: String },
-    #[error("`{name}` is {what}: it cannot be copied into or out of an encrypted repository yet")]
-    NotYetResealed { name: String, what: &'static str },
+    #[error(
+        "`{name}` is a legacy backup: it cannot be copied into or out of an encrypted repository"
+    )]
+    LegacyResealed { name: String },
 }
 
 impl Classify for CopyError {
@@ -77,7 +79,7 @@ impl Classify for CopyError {
             CopyError::Differs { .. } => "nothing was changed for it; compare them with `wqm backup info`, and rename or remove one of them to copy it".to_string(),
             CopyError::Taken { .. } => "once that run is over, the next copy or `wqm backup cleanup DEST` removes what a killed run left; anything else there is not wqm's: move it away".to_string(),
             CopyError::IncompatibleStore { .. } => "incremental backups copy into a repository whose chunks are cut alike; copy into a new one, or `wqm backup export` one backup as a full one".to_string(),
-            CopyError::NotYetResealed { .. } => "nothing was written for it; `wqm backup export` it as a full backup and copy that, or copy the repository's directory as it is (`cp -a`, `rclone copy`)".to_string(),
+            CopyError::LegacyResealed { .. } => "its files have no manifest entries to check them by; nothing was written for it. Copy the repository's directory as it is (`cp -a`, `rclone copy`), or restore it and make a new backup".to_string(),
         })
     }
 }
@@ -244,9 +246,7 @@ fn copy_one(source: &Source, dest: &Dest, name: &str, progress: &dyn Progress) -
     };
     let same = |bytes: &[u8]| match &reseal {
         None => bytes == raw,
-        Some(reseal) => reseal
-            .dest_manifest(name, bytes)
-            .is_ok_and(|plain| plain == raw),
+        Some(reseal) => reseal.same_backup(name, bytes, &manifest),
     };
     match dest.existing(name)? {
         dest::Existing::Nothing => {}
@@ -269,17 +269,28 @@ fn copy_one(source: &Source, dest: &Dest, name: &str, progress: &dyn Progress) -
             .into())
         }
     }
-    if reseal.is_some() {
-        refuse_unresealable(name, &manifest)?;
+    if reseal.is_some() && manifest.is_legacy() {
+        return Err(CopyError::LegacyResealed {
+            name: name.to_string(),
+        }
+        .into());
     }
-    let (parts, needed) = plan(source, name, &manifest)?;
+    let (parts, needed) = plan(source, (name, reseal.as_ref()), &manifest)?;
     let mut chunks = Vec::new();
     let mut store = None;
     let mut chunk_bytes = 0;
     if !needed.is_empty() {
         let opened = source.chunk_store()?;
-        dest.prepare_store(opened.params())?;
-        let lacking: Vec<_> = needed.into_iter().filter(|(id, _)| !dest.has(id)).collect();
+        let params = match &reseal {
+            None => opened.params().clone(),
+            Some(reseal) => reseal.dest_params(opened.params()),
+        };
+        dest.prepare_store(&params)?;
+        // Re-encrypted, a chunk's name in the destination is known once its content is read.
+        let lacking: Vec<_> = needed
+            .into_iter()
+            .filter(|(id, _)| reseal.is_some() || !dest.has(id))
+            .collect();
         chunk_bytes = lacking.iter().map(|(_, (_, stored))| stored).sum();
         chunks = lacking
             .into_iter()
@@ -298,18 +309,12 @@ fn copy_one(source: &Source, dest: &Dest, name: &str, progress: &dyn Progress) -
             })
             .sum::<u64>();
     let meter = progress.transfer(&format!("copying `{name}`"), Some(total));
-    let stored = match &reseal {
-        None => raw,
-        Some(reseal) => reseal
-            .seal_manifest(name, &raw)
-            .context("cannot encrypt the manifest")?,
-    };
     let sent = send(
         source,
         dest,
         (name, reseal.as_ref()),
-        &stored,
-        &parts,
+        (&raw, &manifest),
+        parts,
         store.as_deref(),
         chunks,
         progress,
@@ -325,33 +330,18 @@ fn copy_one(source: &Source, dest: &Dest, name: &str, progress: &dyn Progress) -
     })
 }
 
-/// What cannot be re-encrypted yet: an incremental backup (its chunks are named by each
-/// repository's key) and a legacy one (its files have no manifest entries to check them by).
-fn refuse_unresealable(name: &str, manifest: &Manifest) -> Result<(), CopyError> {
-    let what = if manifest.is_legacy() {
-        "a legacy backup"
-    } else if manifest.chunk_refs.is_some()
-        || manifest
-            .files
-            .iter()
-            .any(|f| f.compression == Stored::Chunked)
-    {
-        "an incremental backup"
-    } else {
-        return Ok(());
-    };
-    Err(CopyError::NotYetResealed {
-        name: name.to_string(),
-        what,
-    })
-}
-
 /// The chunks a backup's indexes name: content length and stored size of each.
 type Needed = BTreeMap<ChunkId, (usize, u64)>;
 
 /// What the backup `name` sends: its files, and the chunks its indexes name (each index read
-/// and checked here, every line's chunk with one length).
-fn plan(source: &Source, name: &str, manifest: &Manifest) -> Result<(Vec<Part>, Needed)> {
+/// and checked here, every line's chunk with one length). Re-encrypted (`reseal`), the indexes
+/// are read through the source's key and the reference list is left to be made anew with the
+/// destination's names (`Reseal::rewrite`).
+fn plan(
+    source: &Source,
+    (name, reseal): (&str, Option<&Reseal>),
+    manifest: &Manifest,
+) -> Result<(Vec<Part>, Needed)> {
     let mut parts = Vec::new();
     let mut needed = Needed::new();
     if manifest.is_legacy() {
@@ -367,12 +357,17 @@ fn plan(source: &Source, name: &str, manifest: &Manifest) -> Result<(Vec<Part>, 
             parts.push(Part::Whole(entry.clone()));
             continue;
         }
-        let rel = format!("{name}/{}", entry.path);
+        let stored = reseal.map_or(entry.path.clone(), |r| r.source_name(&entry.path));
+        let rel = format!("{name}/{stored}");
         let shown = source.shown(&rel);
         let damaged = |problem: String| Damaged::new(&shown.display().to_string(), problem);
         let mut bytes = Vec::new();
         source
             .open(&rel)
+            .and_then(|f| match reseal {
+                None => Ok(f),
+                Some(reseal) => reseal.decrypting(name, &entry.path, f),
+            })
             .and_then(|f| CheckedFile::new(f, entry, &shown)?.read_to_end(&mut bytes))
             .map_err(|e| read_failure(&shown.display().to_string(), e))?;
         let mut index =
@@ -401,7 +396,7 @@ fn plan(source: &Source, name: &str, manifest: &Manifest) -> Result<(Vec<Part>, 
             bytes,
         });
     }
-    if let Some(record) = &manifest.chunk_refs {
+    if let (Some(record), None) = (&manifest.chunk_refs, reseal) {
         let rel = format!("{name}/{}", chunks::REFS_PATH);
         let shown = source.shown(&rel).display().to_string();
         let limit = record.count.saturating_mul(8).saturating_add(64);
@@ -421,26 +416,31 @@ fn plan(source: &Source, name: &str, manifest: &Manifest) -> Result<(Vec<Part>, 
     Ok((parts, needed))
 }
 
-/// Sends one backup: its chunks, its files, its manifest last. Returns the files, chunks and
-/// bytes sent.
+/// Sends one backup: its chunks, its files, its manifest last (`manifest`: its plaintext
+/// bytes and what they say). Returns the files, chunks and bytes sent.
 #[allow(clippy::too_many_arguments)]
 fn send(
     source: &Source,
     dest: &Dest,
     (name, reseal): (&str, Option<&Reseal>),
-    manifest: &[u8],
-    parts: &[Part],
+    manifest: (&[u8], &Manifest),
+    parts: Vec<Part>,
     store: Option<&ChunkStore>,
     chunks: Vec<(ChunkId, usize)>,
     progress: &dyn Progress,
     meter: &Meter,
 ) -> Result<(usize, u64, u64)> {
     let writing = dest.begin(name)?;
-    let (chunks_sent, mut bytes) = match store {
-        Some(store) => send_chunks(source, store, &writing, chunks, meter)?,
-        None => (0, 0),
+    let (chunks_sent, mut bytes, renamed) = match store {
+        Some(store) => send_chunks(source, store, (&writing, reseal), chunks, meter)?,
+        None => (0, 0, Renamed::new()),
     };
-    for part in parts {
+    let (parts, manifest) = match reseal {
+        None => (parts, manifest.0.to_vec()),
+        Some(reseal) => reseal.rewrite(name, manifest, parts, &renamed)?,
+    };
+    let manifest = &manifest[..];
+    for part in &parts {
         progress::check_interrupted()?;
         let rel = match part {
             Part::Whole(entry) => &entry.path,
@@ -472,10 +472,17 @@ fn send(
                     Err(e) => Err(Side::Write(e)),
                 }
             }
-            (Part::Read { bytes, .. }, _) => {
+            (Part::Read { bytes, .. }, None) => {
                 let written = writing.put_file(rel, &mut &bytes[..]);
                 meter.inc(bytes.len() as u64);
                 written
+            }
+            (Part::Read { bytes, .. }, Some(reseal)) => {
+                meter.inc(bytes.len() as u64);
+                match reseal.encrypting(name, rel, Box::new(&bytes[..])) {
+                    Ok(mut sealed) => writing.put_file(&to, &mut sealed),
+                    Err(e) => Err(Side::Write(e)),
+                }
             }
             (Part::Unchecked(_), _) => {
                 writing.put_file(rel, &mut Metered::new(opened(&shown)?, meter.clone()))
@@ -492,16 +499,22 @@ fn send(
     Ok((parts.len() + 1, chunks_sent, bytes + manifest.len() as u64))
 }
 
-/// Reads, checks and sends `chunks` (`SENDERS` at a time); returns how many and their stored
-/// bytes. The first damaged or unsendable chunk stops the others.
+/// The source's chunks re-encrypted: each one's name and stored size in the destination.
+type Renamed = HashMap<ChunkId, (ChunkId, u64)>;
+
+/// Reads, checks and sends `chunks` (`SENDERS` at a time); returns how many were sent, their
+/// stored bytes, and (re-encrypted: `reseal`) every chunk's name in the destination, which
+/// sends only those it lacks by that name. The first damaged or unsendable chunk stops the
+/// others.
 fn send_chunks(
     source: &Source,
     store: &ChunkStore,
-    writing: &dest::Writing<'_>,
+    (writing, reseal): (&dest::Writing<'_>, Option<&Reseal>),
     chunks: Vec<(ChunkId, usize)>,
     meter: &Meter,
-) -> Result<(u64, u64)> {
+) -> Result<(u64, u64, Renamed)> {
     let count = chunks.len();
+    let renamed = Mutex::new(Renamed::new());
     let queue = Mutex::new(chunks.into_iter());
     let failed: Mutex<Option<anyhow::Error>> = Mutex::new(None);
     let (sent, bytes) = (AtomicU64::new(0), AtomicU64::new(0));
@@ -524,12 +537,29 @@ fn send_chunks(
                         fail(Damaged::new(&shown, format!("chunk `{id}` {problem}")).into());
                         break;
                     }
-                    if let Err(e) = writing.put_chunk(&id, buffer.stored()) {
-                        fail(anyhow::Error::new(e).context(format!("cannot store `{object}`")));
-                        break;
+                    let put = match reseal {
+                        None => writing
+                            .put_chunk(&id, buffer.stored())
+                            .map(|()| Some(buffer.stored().len() as u64)),
+                        Some(reseal) => reseal.put_chunk(writing, &buffer).map(|landed| {
+                            let to = (landed.id, landed.stored);
+                            renamed.lock().expect("renamed lock").insert(id, to);
+                            landed.sent.then_some(landed.stored)
+                        }),
+                    };
+                    match put {
+                        Ok(Some(stored)) => {
+                            sent.fetch_add(1, Ordering::Relaxed);
+                            bytes.fetch_add(stored, Ordering::Relaxed);
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            let e =
+                                anyhow::Error::new(e).context(format!("cannot store `{object}`"));
+                            fail(e);
+                            break;
+                        }
                     }
-                    sent.fetch_add(1, Ordering::Relaxed);
-                    bytes.fetch_add(buffer.stored().len() as u64, Ordering::Relaxed);
                     meter.inc(buffer.stored().len() as u64);
                 }
             });
@@ -539,7 +569,8 @@ fn send_chunks(
     if let Some(e) = failed.into_inner().expect("failure lock") {
         return Err(e);
     }
-    Ok((sent.into_inner(), bytes.into_inner()))
+    let renamed = renamed.into_inner().expect("renamed lock");
+    Ok((sent.into_inner(), bytes.into_inner(), renamed))
 }
 
 /// A source object that could not be read or did not match: `Damaged` (exit 3), naming it;

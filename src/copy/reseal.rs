@@ -6,17 +6,31 @@
 //! (as `export` does). Used whenever either side is encrypted, the same key or not: the objects
 //! are encrypted anew (fresh nonces), so a backup copied between repositories sharing a key is
 //! not byte for byte the source's, but decrypts to the same stored bytes.
+//!
+//! An incremental backup's chunks are named by each repository's key: every chunk it names is
+//! read (and checked against its source name), named by its content under the destination's
+//! key, and sent only when the destination lacks that name. Its indexes and reference list are
+//! then written anew with those names, and its manifest records their new sizes and checksums;
+//! the content it describes (each file's size and sha256) is the source's, unchanged.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufReader, Read, Write};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use anyhow::{anyhow, Result};
+
+use crate::checksum::digest;
+use crate::compress::Stored;
 use crate::crypto::{CryptoError, EncryptingWriter, Identity};
 use crate::format::layout::MANIFEST_PATH;
 use crate::format::manifest::{self, Manifest, ManifestError};
+use crate::store::chunks::{self, ChunkBuffer, ChunkId, IndexLine, IndexReader, Params};
 use crate::store::seal::{self, Seal};
 use crate::store::Repository;
 
+use super::dest::Writing;
 use super::source::Source;
+use super::{Part, Renamed};
 
 /// The two sides' seals, when at least one side is encrypted.
 pub struct Reseal {
@@ -63,9 +77,98 @@ impl Reseal {
         Ok((plain, parsed))
     }
 
-    /// A manifest the destination holds, as plaintext (to compare with the source's).
-    pub fn dest_manifest(&self, name: &str, stored: &[u8]) -> io::Result<Vec<u8>> {
-        open(self.to.as_ref(), &Identity::manifest(name), stored)
+    /// Whether the destination's manifest `stored` of the backup `name` is the source's
+    /// `manifest` copied: the same but for what re-encryption rewrites (an incremental backup's
+    /// index sizes and checksums, its reference list's record).
+    pub fn same_backup(&self, name: &str, stored: &[u8], manifest: &Manifest) -> bool {
+        let Ok(plain) = open(self.to.as_ref(), &Identity::manifest(name), stored) else {
+            return false;
+        };
+        Manifest::read_from(&plain[..], Path::new(name))
+            .is_ok_and(|theirs| comparable(&theirs) == comparable(manifest))
+    }
+
+    /// The destination's chunk store parameters for chunks cut as `source`'s: the same cut and
+    /// storage, the chunks named as the destination names them.
+    pub fn dest_params(&self, source: &Params) -> Params {
+        source.clone().keyed_as(self.to.is_some())
+    }
+
+    /// Names the chunk just read into `buffer` (checked against its source name) as the
+    /// destination does, and sends it when the destination lacks that name.
+    pub fn put_chunk(&self, writing: &Writing<'_>, buffer: &ChunkBuffer) -> io::Result<Landed> {
+        let id = ChunkId::named_by(self.to.as_ref(), &buffer.content);
+        let compressed = buffer.stored();
+        if writing.has(&id) {
+            let stored = match self.to {
+                None => compressed.len() as u64,
+                Some(_) => seal::sealed_len(compressed.len() as u64),
+            };
+            return Ok(Landed {
+                id,
+                stored,
+                sent: false,
+            });
+        }
+        let stored = id.stored_by(self.to.as_ref(), compressed)?;
+        writing.put_chunk(&id, &stored)?;
+        Ok(Landed {
+            id,
+            stored: stored.len() as u64,
+            sent: true,
+        })
+    }
+
+    /// The backup's parts and stored manifest once its chunks are in the destination: each
+    /// index (`Part::Read` of a chunked file) rewritten with the destination's chunk names, the
+    /// reference list made anew from them, and the manifest recording what changed (its source
+    /// bytes as they are when nothing did), encrypted for the destination.
+    pub fn rewrite(
+        &self,
+        name: &str,
+        (raw, manifest): (&[u8], &Manifest),
+        parts: Vec<Part>,
+        renamed: &Renamed,
+    ) -> Result<(Vec<Part>, Vec<u8>)> {
+        let mut rewritten = manifest.clone();
+        let mut names = Vec::new();
+        let mut out = Vec::with_capacity(parts.len() + 1);
+        for part in parts {
+            let Part::Read { rel, bytes } = part else {
+                out.push(part);
+                continue;
+            };
+            let bytes = rename_index(&bytes, renamed, &mut names)?;
+            let entry = rewritten
+                .files
+                .iter_mut()
+                .find(|f| f.path == rel && f.compression == Stored::Chunked)
+                .ok_or_else(|| anyhow!("`{rel}` is no chunked file of the manifest"))?;
+            entry.size = bytes.len() as u64;
+            if let Some(checksum) = &mut entry.checksum {
+                let algorithm = checksum.algorithm;
+                *checksum = digest(&bytes, &[algorithm])
+                    .get(algorithm)
+                    .expect("the digest asked for");
+            }
+            out.push(Part::Read { rel, bytes });
+        }
+        if manifest.chunk_refs.is_some() {
+            let (bytes, record) = chunks::encode_refs(&names);
+            rewritten.chunk_refs = Some(record);
+            out.push(Part::Read {
+                rel: chunks::REFS_PATH.to_string(),
+                bytes,
+            });
+        }
+        let plain = match rewritten == *manifest {
+            true => raw.to_vec(),
+            false => rewritten.to_json().into_bytes(),
+        };
+        let stored = self
+            .seal_manifest(name, &plain)
+            .map_err(|e| anyhow!("cannot encrypt the manifest: {e}"))?;
+        Ok((out, stored))
     }
 
     /// The manifest `plain` of the backup `name` as the destination stores it.
@@ -112,6 +215,40 @@ impl Reseal {
             }
         }
     }
+}
+
+/// A chunk the destination holds under `id` after `Reseal::put_chunk`: sent by it, or there.
+pub struct Landed {
+    pub id: ChunkId,
+    pub stored: u64,
+    pub sent: bool,
+}
+
+/// `manifest` without what re-encryption rewrites.
+fn comparable(manifest: &Manifest) -> Manifest {
+    let mut manifest = manifest.clone();
+    for file in &mut manifest.files {
+        if file.compression == Stored::Chunked {
+            (file.size, file.checksum) = (0, None);
+        }
+    }
+    manifest.chunk_refs = None;
+    manifest
+}
+
+/// The index `bytes` with each chunk under its destination name (`renamed`), each pushed on
+/// `names` too.
+fn rename_index(bytes: &[u8], renamed: &Renamed, names: &mut Vec<ChunkId>) -> Result<Vec<u8>> {
+    let mut index = IndexReader::new(BufReader::new(bytes))?;
+    let mut lines = Vec::new();
+    while let Some(line) = index.next_line()? {
+        let (id, stored) = *renamed
+            .get(&line.id)
+            .ok_or_else(|| anyhow!("chunk `{}` was not copied", line.id))?;
+        names.push(id);
+        lines.push(IndexLine { id, stored, ..line });
+    }
+    Ok(chunks::index_text(lines))
 }
 
 fn stored_name(seal: Option<&Seal>, rel: &str) -> String {

@@ -1,10 +1,11 @@
 //! `wqm backup copy` into and out of encrypted repositories, against the Qdrant double: every
 //! object is decrypted with the source's key, checked, and encrypted with the destination's
 //! (or written plain into a plain destination); SOURCE's password apart from DEST's; a wrong
-//! one, a damaged object and an incremental backup are refused before anything is committed.
+//! one and a damaged object are refused before anything is committed; incremental backups'
+//! chunks re-keyed (named and encrypted by the destination's key, sent only when it lacks them).
 //! One test against the real SeaweedFS.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::PathBuf;
 
@@ -22,7 +23,11 @@ use crate::test::Test;
 
 /// The scene, with an empty encrypted repository `enc2` whose password is `password`.
 fn with_second_repository(double: &Double, password: &str) -> TempDir {
-    let tmp = scene(double);
+    second_repository(scene(double), password)
+}
+
+/// `tmp` with an empty encrypted repository `enc2` whose password is `password`.
+fn second_repository(tmp: TempDir, password: &str) -> TempDir {
     fast(Test::in_dir(tmp))
         .env("WQM_BACKUP_PASSWORD", password)
         .args("backup init {TMP}/enc2 --encrypt")
@@ -152,8 +157,129 @@ fn an_altered_source_object_is_damage_and_the_backup_is_not_committed() {
     assert!(!tmp.path().join("out/night-1").exists());
 }
 
+/// The file names of the chunks in `repo`'s store.
+fn chunk_names(tmp: &TempDir, repo: &str) -> BTreeSet<String> {
+    crate::incremental::chunk_files(&tmp.path().join(repo))
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// `backup copy ARGS --json` with SOURCE's password `from` and DEST's `to`: the chunks sent
+/// for each backup copied.
+fn copied(
+    tmp: TempDir,
+    double: &Double,
+    (from, to): (&str, &str),
+    args: &str,
+) -> (Vec<u64>, TempDir) {
+    let sent = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let seen = sent.clone();
+    let (_, tmp) = fast(wqm(
+        Test::in_dir(tmp),
+        &double.url,
+        &format!("{args} --json"),
+    ))
+    .env("WQM_FROM_PASSWORD", from)
+    .env("WQM_BACKUP_PASSWORD", to)
+    .stdout_json(move |v| {
+        assert_eq!(v["failed"], 0, "{v}");
+        for backup in v["backups"].as_array().unwrap() {
+            seen.borrow_mut()
+                .push(backup["chunks_sent"].as_u64().unwrap());
+        }
+    })
+    .run();
+    let sent = sent.borrow().clone();
+    (sent, tmp)
+}
+
 #[test]
-fn an_incremental_backup_is_not_re_encrypted_yet_and_nothing_is_written() {
+fn incremental_backups_are_re_keyed_into_out_of_and_between_encrypted_repositories() {
+    let double = Double::start();
+    let mut tmp = second_repository(encrypted_workspace(), SECOND);
+    for night in ["night-1", "night-2"] {
+        tmp = ran(
+            tmp,
+            &double,
+            &format!("backup create {{TMP}}/inc/{night} --incremental"),
+        );
+    }
+    let plain_chunks = chunk_names(&tmp, "inc");
+    // Plain into encrypted: every chunk under a keyed name, the second night sends none.
+    let (sent, tmp) = copied(
+        tmp,
+        &double,
+        (FIRST, FIRST),
+        "backup copy {TMP}/inc {TMP}/enc",
+    );
+    assert_eq!(sent, [plain_chunks.len() as u64, 0]);
+    let enc_chunks = chunk_names(&tmp, "enc");
+    assert_eq!(enc_chunks.len(), plain_chunks.len());
+    assert!(enc_chunks.is_disjoint(&plain_chunks), "{enc_chunks:?}");
+    assert_eq!(
+        found_in(&files(&tmp.path().join("enc")), DISTINCTIVE),
+        Vec::<String>::new()
+    );
+    let tmp = validated(tmp, &double, "{TMP}/enc/night-2");
+    // Copied again: the destination has both (their manifests differ only in what re-keying
+    // rewrote).
+    let (_, tmp) = with_password(tmp, &double, "backup copy {TMP}/inc {TMP}/enc")
+        .stdout_with(|o| {
+            assert!(
+                o.contains("Skipped `night-1`") && o.contains("Skipped `night-2`"),
+                "{o}"
+            )
+        })
+        .run();
+    // Between two keys, then back out to a plain repository: the plain names again.
+    let (sent, tmp) = copied(
+        tmp,
+        &double,
+        (FIRST, SECOND),
+        "backup copy {TMP}/enc {TMP}/enc2",
+    );
+    assert_eq!(sent, [plain_chunks.len() as u64, 0]);
+    let enc2_chunks = chunk_names(&tmp, "enc2");
+    assert!(enc2_chunks.is_disjoint(&enc_chunks) && enc2_chunks.is_disjoint(&plain_chunks));
+    let (_, tmp) = fast(wqm(
+        Test::in_dir(tmp),
+        &double.url,
+        "backup validate {TMP}/enc2/night-2 --check-files",
+    ))
+    .env("WQM_BACKUP_PASSWORD", SECOND)
+    .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
+    .run();
+    let (_, tmp) = copied(
+        tmp,
+        &double,
+        (SECOND, SECOND),
+        "backup copy {TMP}/enc2 {TMP}/back",
+    );
+    assert_eq!(chunk_names(&tmp, "back"), plain_chunks);
+    let (_, tmp) = wqm(
+        Test::in_dir(tmp),
+        &double.url,
+        "backup validate {TMP}/back/night-2 --check-files",
+    )
+    .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
+    .run();
+    // A night restored from the second key's repository.
+    let (_, _tmp) = fast(wqm(
+        Test::in_dir(tmp),
+        &double.url,
+        "backup restore {TMP}/enc2/night-2 --force --overwrite",
+    ))
+    .env("WQM_BACKUP_PASSWORD", SECOND)
+    .env("WQM_BACKUP__DEFAULT_BACKUP_DIRECTORY", "{TMP}/enc2")
+    .stdout_with(|o| assert!(o.contains("Restore completed"), "{o}"))
+    .stderr_with(|_| {})
+    .run();
+    double.assert_holds_the_fixtures();
+}
+
+#[test]
+fn a_damaged_chunk_stops_a_re_keying_copy_before_the_backup_is_committed() {
     let double = Double::start();
     let tmp = encrypted_workspace();
     let tmp = ran(
@@ -161,13 +287,20 @@ fn an_incremental_backup_is_not_re_encrypted_yet_and_nothing_is_written() {
         &double,
         "backup create {TMP}/inc/night-1 --incremental",
     );
-    let before = files(&tmp.path().join("enc"));
+    let chunk = crate::incremental::chunk_files(&tmp.path().join("inc"))
+        .into_iter()
+        .next()
+        .unwrap();
+    let mut bytes = fs::read(&chunk).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    fs::write(&chunk, bytes).unwrap();
     let (_, tmp) = with_password(tmp, &double, "backup copy {TMP}/inc {TMP}/enc")
-        .status(2)
-        .stdout_with(|_| {})
-        .stderr_with(|e| assert!(e.contains("is an incremental backup"), "{e}"))
+        .status(3)
+        .stdout_with(|o| assert!(o.contains("Not copied `night-1`"), "{o}"))
+        .stderr_with(|e| assert!(e.contains("is damaged"), "{e}"))
         .run();
-    assert_eq!(files(&tmp.path().join("enc")), before);
+    assert!(!tmp.path().join("enc/night-1").exists());
 }
 
 #[test]

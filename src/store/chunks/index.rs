@@ -29,6 +29,15 @@ impl IndexLine {
     }
 }
 
+/// The text of an index naming `lines`, in order (as `ChunkWriter` writes one).
+pub fn index_text(lines: impl IntoIterator<Item = IndexLine>) -> Vec<u8> {
+    let mut text = format!("{INDEX_HEADER}\n");
+    for line in lines {
+        text.push_str(&format!("{} {} {}\n", line.id, line.len, line.stored));
+    }
+    text.into_bytes()
+}
+
 /// Reads an index line by line (constant memory, however long the file).
 pub struct IndexReader<R> {
     inner: R,

@@ -54,6 +54,8 @@ const KNOWN_REQUIRED: [&str; 1] = [LOCK_OBJECTS];
 
 /// How an encrypted repository's store names chunks (`MasterKey::chunk_id`).
 const KEYED_HASH: &str = "hmac-sha256";
+/// How a plain store names its chunks.
+const PLAIN_HASH: &str = "sha256";
 
 /// The average chunk size (min = avg/4, max = avg×4), chosen by measurement on real Qdrant
 /// snapshots (docs/performance.md): smaller chunks share more between nights, larger ones cost
@@ -148,6 +150,24 @@ impl ChunkId {
         Some(ChunkId(id))
     }
 
+    /// The name of a chunk of `content` in a repository encrypted with `seal` (its HMAC-SHA256
+    /// under the repository's key), or in a plain one (`None`: its sha256).
+    pub fn named_by(seal: Option<&Seal>, content: &[u8]) -> Self {
+        match seal {
+            None => ChunkId::of(content),
+            Some(seal) => ChunkId(seal.chunk_id(content)),
+        }
+    }
+
+    /// The stored bytes of this chunk from its compressed content `compressed`: encrypted and
+    /// bound to this name with `seal`, or as they are in a plain repository (`None`).
+    pub fn stored_by(&self, seal: Option<&Seal>, compressed: &[u8]) -> io::Result<Vec<u8>> {
+        match seal {
+            None => Ok(compressed.to_vec()),
+            Some(seal) => seal.seal(&self.identity(), compressed),
+        }
+    }
+
     /// What an encrypted chunk is bound to.
     fn identity(&self) -> Identity {
         Identity::chunk(&self.0)
@@ -203,7 +223,7 @@ impl Params {
             min_size: avg_size / 4,
             avg_size,
             max_size: avg_size * 4,
-            hash: "sha256".to_string(),
+            hash: PLAIN_HASH.to_string(),
             compression: "zstd".to_string(),
             required_features: vec![LOCK_OBJECTS.to_string()],
             optional_features: Vec::new(),
@@ -220,6 +240,18 @@ impl Params {
     /// Whether chunks are named by a keyed hash (an encrypted repository's store).
     pub fn is_keyed(&self) -> bool {
         self.hash == KEYED_HASH
+    }
+
+    /// These parameters for a store that is keyed (an encrypted repository's) or not: the same
+    /// cut and storage, chunks named as such a store names them.
+    pub fn keyed_as(self, keyed: bool) -> Self {
+        match keyed {
+            true => self.keyed(),
+            false => Params {
+                hash: PLAIN_HASH.to_string(),
+                ..self
+            },
+        }
     }
 
     /// The features of `required_features` this wqm does not implement.
@@ -242,7 +274,7 @@ impl Params {
             ));
         }
         if (self.chunker.as_str(), self.compression.as_str()) != ("fastcdc-2020", "zstd")
-            || !["sha256", KEYED_HASH].contains(&self.hash.as_str())
+            || ![PLAIN_HASH, KEYED_HASH].contains(&self.hash.as_str())
         {
             return Err(format!(
                 "unknown chunking `{}`/`{}`/`{}`",
@@ -501,10 +533,7 @@ impl ChunkStore {
     /// The name of a chunk of `content` in this store: its sha256, or in an encrypted
     /// repository its HMAC-SHA256 under the repository's key.
     pub fn id_of(&self, content: &[u8]) -> ChunkId {
-        match &self.seal {
-            None => ChunkId::of(content),
-            Some(seal) => ChunkId(seal.chunk_id(content)),
-        }
+        ChunkId::named_by(self.seal.as_ref(), content)
     }
 
     /// A new chunk's stored bytes (`compressed`, its content compressed): encrypted in an
@@ -800,9 +829,11 @@ mod write;
 pub use cut::Chunker;
 pub use gc::{collect_garbage, find_unreferenced, find_unreferenced_at, Collected, Unreferenced};
 pub use import::{id_of_object, object_name, params_object};
-pub use index::{IndexLine, IndexReader};
+pub use index::{index_text, IndexLine, IndexReader};
 pub use read::{chunk_error, ChunkReader};
-pub use refs::{backup_refs, read_refs, refs_from_indexes, write_refs, Refs, REFS_PATH};
+pub use refs::{
+    backup_refs, encode_refs, read_refs, refs_from_indexes, write_refs, Refs, REFS_PATH,
+};
 pub use runs::{remove_dead, Removed, RunTemp};
 pub use sending::Listed;
 pub use subset::{Selection, Subset};

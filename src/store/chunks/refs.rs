@@ -86,6 +86,16 @@ impl Refs {
         self.0 = merged;
     }
 
+    /// The list as stored, and the manifest's record of it.
+    fn encode_with_record(&self) -> (Vec<u8>, ChunkRefs) {
+        let bytes = self.encode();
+        let record = ChunkRefs {
+            count: self.len() as u64,
+            sha256: to_hex(&sha256(&bytes)),
+        };
+        (bytes, record)
+    }
+
     fn encode(&self) -> Vec<u8> {
         let mut bytes = Vec::with_capacity(HEADER.len() + 8 * self.0.len());
         bytes.extend_from_slice(HEADER);
@@ -138,7 +148,7 @@ pub fn write_refs(dir: &Path, manifest: &Manifest) -> io::Result<Option<ChunkRef
         return Ok(None);
     }
     let refs = refs_from_indexes(&staged)?;
-    let bytes = refs.encode();
+    let (bytes, record) = refs.encode_with_record();
     // Encrypted as the backup's other files are, in an encrypted repository.
     match crate::store::seal::of_local(staged.backups_dir()) {
         None => crate::fs::write_atomic(&dir.join(REFS_PATH), &bytes)?,
@@ -147,10 +157,13 @@ pub fn write_refs(dir: &Path, manifest: &Manifest) -> io::Result<Option<ChunkRef
             crate::fs::write_atomic(&dir.join(REFS_PATH), &seal.seal(&identity, &bytes)?)?
         }
     }
-    Ok(Some(ChunkRefs {
-        count: refs.len() as u64,
-        sha256: to_hex(&sha256(&bytes)),
-    }))
+    Ok(Some(record))
+}
+
+/// The reference list of a backup whose indexes name `ids` (before any encryption) and the
+/// manifest's record of it.
+pub fn encode_refs<'a>(ids: impl IntoIterator<Item = &'a ChunkId>) -> (Vec<u8>, ChunkRefs) {
+    Refs::from_keys(ids.into_iter().map(key).collect()).encode_with_record()
 }
 
 /// `backup`'s reference list: `Ok(None)` when its manifest records none (a backup made before
