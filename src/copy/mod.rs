@@ -170,6 +170,8 @@ pub fn copy(
         }
     }
     let mut copied = Vec::new();
+    // Re-keyed, each chunk's name in DEST as this run learned it (`Renamed`).
+    let mut known = Renamed::new();
     for (name, unreadable) in chosen {
         progress::check_interrupted()?;
         let result = match unreadable {
@@ -180,7 +182,15 @@ pub fn copy(
                     .to_string(),
                 why,
             ))),
-            None => copy_one(source, dest, &name, progress),
+            None => {
+                // The backup before it in SRC: when DEST holds it, its indexes name most chunks.
+                let before = seen
+                    .range(..name.as_str())
+                    .rev()
+                    .find(|(_, what)| matches!(what, Seen::Backup(_)))
+                    .map(|(before, _)| *before);
+                copy_one(source, dest, (&name, before), &mut known, progress)
+            }
         };
         match result {
             Ok(one) => copied.push(one),
@@ -237,7 +247,16 @@ enum Part {
 }
 
 /// Copies the backup `name`, or skips it when the destination has it already.
-fn copy_one(source: &Source, dest: &Dest, name: &str, progress: &dyn Progress) -> Result<Copied> {
+/// Re-keyed (`Reseal`), a chunk in `known` whose name DEST holds is not read again; `known`
+/// learns the names of the backup before it in SRC (`before`) when DEST holds that one and this
+/// run learned none yet, and those of every backup copied.
+fn copy_one(
+    source: &Source,
+    dest: &Dest,
+    (name, before): (&str, Option<&str>),
+    known: &mut Renamed,
+    progress: &dyn Progress,
+) -> Result<Copied> {
     // Into or out of an encrypted repository: read and written through the seals.
     let reseal = Reseal::between(source.repository(), dest.repository());
     let (raw, manifest) = match &reseal {
@@ -276,6 +295,7 @@ fn copy_one(source: &Source, dest: &Dest, name: &str, progress: &dyn Progress) -
         .into());
     }
     let (parts, needed) = plan(source, (name, reseal.as_ref()), &manifest)?;
+    let mut renamed = Renamed::new();
     let mut chunks = Vec::new();
     let mut store = None;
     let mut chunk_bytes = 0;
@@ -286,11 +306,21 @@ fn copy_one(source: &Source, dest: &Dest, name: &str, progress: &dyn Progress) -
             Some(reseal) => reseal.dest_params(opened.params()),
         };
         dest.prepare_store(&params)?;
-        // Re-encrypted, a chunk's name in the destination is known once its content is read.
-        let lacking: Vec<_> = needed
-            .into_iter()
-            .filter(|(id, _)| reseal.is_some() || !dest.has(id))
-            .collect();
+        let lacking: Vec<_> = match &reseal {
+            None => needed.into_iter().filter(|(id, _)| !dest.has(id)).collect(),
+            // Re-keyed, a chunk's name in DEST is known once its content is read, or from an
+            // earlier copy's indexes.
+            Some(reseal) => {
+                if let (true, Some(before)) = (known.is_empty(), before) {
+                    known.extend(reseal.known_from(source, dest, before));
+                }
+                let (there, lacking): (Vec<_>, Vec<_>) = needed
+                    .into_iter()
+                    .partition(|(id, _)| known.get(id).is_some_and(|(to, _)| dest.has(to)));
+                renamed.extend(there.into_iter().map(|(id, _)| (id, known[&id])));
+                lacking
+            }
+        };
         chunk_bytes = lacking.iter().map(|(_, (_, stored))| stored).sum();
         chunks = lacking
             .into_iter()
@@ -316,12 +346,13 @@ fn copy_one(source: &Source, dest: &Dest, name: &str, progress: &dyn Progress) -
         (&raw, &manifest),
         parts,
         store.as_deref(),
-        chunks,
+        (chunks, &mut renamed),
         progress,
         &meter,
     );
     drop(meter);
     let (files, chunks_sent, bytes_sent) = sent?;
+    known.extend(renamed);
     Ok(Copied {
         files,
         chunks_sent,
@@ -417,7 +448,8 @@ fn plan(
 }
 
 /// Sends one backup: its chunks, its files, its manifest last (`manifest`: its plaintext
-/// bytes and what they say). Returns the files, chunks and bytes sent.
+/// bytes and what they say). Re-keyed, `renamed` holds the names in DEST of the chunks not
+/// read, and gets those of the chunks read. Returns the files, chunks and bytes sent.
 #[allow(clippy::too_many_arguments)]
 fn send(
     source: &Source,
@@ -426,18 +458,23 @@ fn send(
     manifest: (&[u8], &Manifest),
     parts: Vec<Part>,
     store: Option<&ChunkStore>,
-    chunks: Vec<(ChunkId, usize)>,
+    (chunks, renamed): (Vec<(ChunkId, usize)>, &mut Renamed),
     progress: &dyn Progress,
     meter: &Meter,
 ) -> Result<(usize, u64, u64)> {
     let writing = dest.begin(name)?;
-    let (chunks_sent, mut bytes, renamed) = match store {
-        Some(store) => send_chunks(source, store, (&writing, reseal), chunks, meter)?,
-        None => (0, 0, Renamed::new()),
+    let (chunks_sent, mut bytes) = match store {
+        Some(store) => {
+            let (sent, bytes, read) =
+                send_chunks(source, store, (&writing, reseal), chunks, meter)?;
+            renamed.extend(read);
+            (sent, bytes)
+        }
+        None => (0, 0),
     };
     let (parts, manifest) = match reseal {
         None => (parts, manifest.0.to_vec()),
-        Some(reseal) => reseal.rewrite(name, manifest, parts, &renamed)?,
+        Some(reseal) => reseal.rewrite(name, manifest, parts, renamed)?,
     };
     let manifest = &manifest[..];
     for part in &parts {

@@ -23,13 +23,13 @@ use crate::checksum::digest;
 use crate::compress::Stored;
 use crate::crypto::{CryptoError, EncryptingWriter, Identity};
 use crate::format::layout::MANIFEST_PATH;
-use crate::format::manifest::{self, Manifest, ManifestError};
+use crate::format::manifest::{self, FileEntry, Manifest, ManifestError};
 use crate::store::chunks::{self, ChunkBuffer, ChunkId, IndexLine, IndexReader, Params};
 use crate::store::seal::{self, Seal};
 use crate::store::Repository;
 
-use super::dest::Writing;
-use super::source::Source;
+use super::dest::{Dest, Existing, Writing};
+use super::source::{CheckedFile, Source};
 use super::{Part, Renamed};
 
 /// The two sides' seals, when at least one side is encrypted.
@@ -117,6 +117,46 @@ impl Reseal {
             stored: stored.len() as u64,
             sent: true,
         })
+    }
+
+    /// The names in DEST of the chunks of the backup `name`, when DEST holds a copy of it (made
+    /// by an earlier run): the two sides' indexes of each chunked file, zipped line by line
+    /// (authenticated and checked against their manifests like any file read). Empty when DEST
+    /// has no such copy; an index pair that does not line up adds nothing.
+    pub fn known_from(&self, source: &Source, dest: &Dest, name: &str) -> Renamed {
+        let mut known = Renamed::new();
+        let Ok(Existing::Backup(stored)) = dest.existing(name) else {
+            return known;
+        };
+        let Ok((_, ours)) = self.read_manifest(source, name) else {
+            return known;
+        };
+        let Ok(plain) = open(self.to.as_ref(), &Identity::manifest(name), &stored) else {
+            return known;
+        };
+        let Ok(theirs) = Manifest::read_from(&plain[..], Path::new(name)) else {
+            return known;
+        };
+        if comparable(&theirs) != comparable(&ours) {
+            return known;
+        }
+        let there = Source::new(dest.repository().clone());
+        let chunked = |m: &Manifest| -> Vec<FileEntry> {
+            let files = m.files.iter().filter(|f| f.compression == Stored::Chunked);
+            files.cloned().collect()
+        };
+        for (from, to) in chunked(&ours).iter().zip(chunked(&theirs).iter()) {
+            let lines = (
+                index_lines((source, self.from.as_ref()), name, from),
+                index_lines((&there, self.to.as_ref()), name, to),
+            );
+            let (Ok(from), Ok(to)) = lines else { continue };
+            if from.len() != to.len() || from.iter().zip(&to).any(|(a, b)| a.len != b.len) {
+                continue;
+            }
+            known.extend(from.iter().zip(&to).map(|(a, b)| (a.id, (b.id, b.stored))));
+        }
+        known
     }
 
     /// The backup's parts and stored manifest once its chunks are in the destination: each
@@ -222,6 +262,29 @@ pub struct Landed {
     pub id: ChunkId,
     pub stored: u64,
     pub sent: bool,
+}
+
+/// The lines of the index of the chunked file `entry` of the backup `name` in `repository`
+/// (encrypted with `seal`, or plain), checked against `entry`.
+fn index_lines(
+    (repository, seal): (&Source, Option<&Seal>),
+    name: &str,
+    entry: &FileEntry,
+) -> io::Result<Vec<IndexLine>> {
+    let rel = format!("{name}/{}", stored_name(seal, &entry.path));
+    let shown = repository.shown(&rel);
+    let mut reader = repository.open(&rel)?;
+    if let Some(seal) = seal {
+        reader = Box::new(seal.reader(reader, &Identity::file(name, &entry.path))?);
+    }
+    let mut bytes = Vec::new();
+    CheckedFile::new(reader, entry, &shown)?.read_to_end(&mut bytes)?;
+    let mut index = IndexReader::new(BufReader::new(&bytes[..]))?;
+    let mut lines = Vec::new();
+    while let Some(line) = index.next_line()? {
+        lines.push(line);
+    }
+    Ok(lines)
 }
 
 /// `manifest` without what re-encryption rewrites.
