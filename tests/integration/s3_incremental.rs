@@ -1,6 +1,7 @@
 //! `create --incremental s3://BUCKET/PREFIX/NAME` against the real SeaweedFS: nights that send
 //! only the chunks the repository lacks, restored, validated and pruned there; killed runs
-//! cleaned up by the next; an encrypted repository that holds no plaintext chunk.
+//! cleaned up by the next; an encrypted repository that holds no plaintext chunk, and whose
+//! nights copy out re-keyed.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -15,7 +16,7 @@ use crate::encrypted::{found_in, DISTINCTIVE};
 use crate::faults::killed;
 use crate::incremental::{grow_state_db, workspace, wqm};
 use crate::qdrant_double::Double;
-use crate::repo::{fast, FIRST};
+use crate::repo::{fast, FIRST, SECOND};
 use crate::restore::lose_everything;
 use crate::s3_read::{fresh_prefix, s3_variables, with_s3};
 use crate::test::{self, Test};
@@ -263,9 +264,26 @@ fn incremental_nights_to_an_encrypted_repository_on_s3_store_no_plaintext_chunk(
     }
     assert!(stored.len() as u64 > added(&nights[0], "chunks_added"));
     assert_eq!(found_in(&stored, DISTINCTIVE), Vec::<String>::new());
-    with_s3(fast(Test::in_dir(tmp)))
+    let (_, tmp) = with_s3(fast(Test::in_dir(tmp)))
         .env("WQM_BACKUP_PASSWORD", FIRST)
         .args(&format!("backup validate {url}/night-2 --check-files"))
+        .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
+        .run();
+    // Both nights copied out of S3 into a local repository with another key: re-keyed, valid.
+    let (_, tmp) = fast(Test::in_dir(tmp))
+        .env("WQM_BACKUP_PASSWORD", SECOND)
+        .args("backup init {TMP}/other --encrypt")
+        .stdout_with(|_| {})
+        .run();
+    let (_, tmp) = with_s3(fast(Test::in_dir(tmp)))
+        .env("WQM_FROM_PASSWORD", FIRST)
+        .env("WQM_BACKUP_PASSWORD", SECOND)
+        .args(&format!("backup copy {url} {{TMP}}/other"))
+        .stdout_with(|o| assert!(o.contains("Copied `night-2`"), "{o}"))
+        .run();
+    fast(Test::in_dir(tmp))
+        .env("WQM_BACKUP_PASSWORD", SECOND)
+        .args("backup validate {TMP}/other/night-2 --check-files")
         .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
         .run();
 }
