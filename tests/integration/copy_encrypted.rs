@@ -278,6 +278,18 @@ fn incremental_backups_are_re_keyed_into_out_of_and_between_encrypted_repositori
     double.assert_holds_the_fixtures();
 }
 
+/// Changes the last byte of a chunk of `repo`'s store.
+fn alter_a_chunk(tmp: &TempDir, repo: &str) {
+    let chunk = crate::incremental::chunk_files(&tmp.path().join(repo))
+        .into_iter()
+        .next()
+        .unwrap();
+    let mut bytes = fs::read(&chunk).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    fs::write(&chunk, bytes).unwrap();
+}
+
 #[test]
 fn a_damaged_chunk_stops_a_re_keying_copy_before_the_backup_is_committed() {
     let double = Double::start();
@@ -287,14 +299,7 @@ fn a_damaged_chunk_stops_a_re_keying_copy_before_the_backup_is_committed() {
         &double,
         "backup create {TMP}/inc/night-1 --incremental",
     );
-    let chunk = crate::incremental::chunk_files(&tmp.path().join("inc"))
-        .into_iter()
-        .next()
-        .unwrap();
-    let mut bytes = fs::read(&chunk).unwrap();
-    let last = bytes.len() - 1;
-    bytes[last] ^= 1;
-    fs::write(&chunk, bytes).unwrap();
+    alter_a_chunk(&tmp, "inc");
     let (_, tmp) = with_password(tmp, &double, "backup copy {TMP}/inc {TMP}/enc")
         .status(3)
         .stdout_with(|o| assert!(o.contains("Not copied `night-1`"), "{o}"))
@@ -375,14 +380,7 @@ fn a_later_night_is_re_keyed_without_reading_the_chunks_the_night_before_names()
         &double,
         "backup create {TMP}/inc/night-2 --incremental",
     );
-    let chunk = crate::incremental::chunk_files(&tmp.path().join("inc"))
-        .into_iter()
-        .next()
-        .unwrap();
-    let mut bytes = fs::read(&chunk).unwrap();
-    let last = bytes.len() - 1;
-    bytes[last] ^= 1;
-    fs::write(&chunk, bytes).unwrap();
+    alter_a_chunk(&tmp, "inc");
     let (sent, tmp) = copied(
         tmp,
         &double,

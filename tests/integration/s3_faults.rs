@@ -43,7 +43,7 @@ fn created(t: Test) -> TempDir {
 }
 
 /// `backup validate BACKUP --check-files` passes.
-fn validates(tmp: TempDir, backup: &str) {
+pub(crate) fn validates(tmp: TempDir, backup: &str) {
     with_s3(Test::in_dir(tmp))
         .args(&format!("backup validate {backup} --check-files"))
         .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))

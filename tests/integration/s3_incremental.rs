@@ -208,10 +208,7 @@ fn killed_incremental_creates_to_s3_are_cleaned_up_by_the_next_which_reuses_thei
     for prefix in ["k1/", "k2/", ".wqm-runs/"] {
         assert!(objects(&runtime, &s3, prefix).is_empty(), "{prefix}");
     }
-    with_s3(Test::in_dir(tmp))
-        .args(&format!("backup validate {url}/next --check-files"))
-        .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
-        .run();
+    crate::s3_faults::validates(tmp, &format!("{url}/next"));
 }
 
 #[test]
