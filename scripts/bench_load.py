@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
 """Fills a Qdrant collection with random dense vectors for the benchmark (idempotent).
 
-usage: bench_load.py URL COLLECTION POINTS DIM [SHARDS REPLICAS [sparse]]
+usage: bench_load.py URL COLLECTION POINTS DIM [SHARDS REPLICAS [sparse|text]]
 Vectors are random floats, as incompressible as real embeddings; HNSW indexing is off so the
 load is quick and the snapshot holds plain vector storage. With `sparse`, the collection is
 shaped as workspace-qdrant-mcp makes them: a named dense vector `dense` and a sparse vector
-`keywords` (20 random terms per point).
+`keywords` (20 random terms per point). With `text`, each point also carries a `content`
+payload of ~1.5 KB of real text (windows of this repository's docs), as workspace-qdrant-mcp
+stores document chunks beside their embeddings.
 """
+import glob
+import os
 import json
 import random
 import sys
@@ -16,6 +20,9 @@ url, name, points, dim = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.arg
 shards = int(sys.argv[5]) if len(sys.argv) > 5 else 1
 replicas = int(sys.argv[6]) if len(sys.argv) > 6 else 1
 sparse = len(sys.argv) > 7 and sys.argv[7] == "sparse"
+text = len(sys.argv) > 7 and sys.argv[7] == "text"
+docs = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs")
+corpus = "".join(open(f).read() for f in sorted(glob.glob(os.path.join(docs, "**/*.md"), recursive=True))) if text else ""
 
 
 def call(method, path, body=None):
@@ -53,11 +60,19 @@ def vector():
     return {"dense": floats, "keywords": {"indices": terms, "values": [round(rng.random(), 4) for _ in terms]}}
 
 
+def payload(i):
+    fields = {"n": i, "tenant_id": f"t{i % 7}"}
+    if text:
+        at = rng.randrange(len(corpus) - 1500)
+        fields["content"] = corpus[at:at + 1500]
+    return fields
+
+
 batch = 500
 for start in range(0, points, batch):
     ids = range(start, min(points, start + batch))
     body = {"points": [{"id": i, "vector": vector(),
-                        "payload": {"n": i, "tenant_id": f"t{i % 7}"}} for i in ids]}
+                        "payload": payload(i)} for i in ids]}
     status, _ = call("PUT", f"/collections/{name}/points?wait=true", body)
     if status != 200:
         sys.exit(f"upsert failed with {status}")
