@@ -352,7 +352,7 @@ impl PruneArgs {
 pub struct ExportArgs {
     /// The backup to export.
     pub backup: PathBuf,
-    /// Where to write the copy (must not exist).
+    /// Where to write the copy (must not exist): a directory, or `s3://BUCKET/PREFIX/NAME`.
     pub dest: PathBuf,
     #[command(flatten)]
     pub output: OutputArgs,

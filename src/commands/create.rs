@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde_json::json;
 
 use crate::backend::Location;
@@ -12,8 +12,10 @@ use crate::config::Settings;
 use crate::exit::{ExitCode, Failure};
 use crate::output::{self, Ui};
 use crate::qdrant::Client;
-use crate::store::lock::RepoLock;
+use crate::store::chunks::Listed;
 use crate::store::Remote;
+
+use super::sending::Sending;
 
 pub async fn run(
     args: &CreateArgs,
@@ -40,7 +42,7 @@ pub async fn run(
     let request = Request {
         target: match &sending {
             None => target,
-            Some(s) => s.staged.path().join(&s.name),
+            Some((s, _)) => s.staged_target(),
         },
         replace: args.force,
         description: args.description.clone(),
@@ -49,7 +51,7 @@ pub async fn run(
         databases: crate::backup::Databases::All,
         config: true,
         incremental,
-        listed: sending.as_mut().and_then(|s| s.listed.take()),
+        listed: sending.as_mut().and_then(|(_, listed)| listed.take()),
     };
     let client = Client::from_settings(settings)?;
     let progress = ui.progress();
@@ -64,14 +66,12 @@ pub async fn run(
             return Err(e);
         }
     };
-    if let Some(sending) = &mut sending {
-        let backend = sending.repository.backend();
+    if let Some((sending, _)) = &mut sending {
         if incremental {
+            let backend = sending.repository.backend();
             backup::remote::send_chunks(backend, sending.staged.path(), &progress).await?;
         }
-        let target = (sending.name.as_str(), &mut sending.claim);
-        backup::remote::send(backend, &outcome.path, target, &sending.lock, &progress).await?;
-        outcome.path = sending.repository.shown(&sending.name);
+        outcome.path = sending.send(&outcome.path, &progress).await?;
     }
     super::report_cleaned(ui, &outcome.cleaned);
     for leftover in &outcome.leftovers {
@@ -155,75 +155,33 @@ pub async fn run(
     Ok(code)
 }
 
-/// A backup on its way to S3: made and checked in a local temporary directory as any backup,
-/// then sent (`backup::remote::send`), the manifest last. An incremental one is staged with a
-/// store that gets only the chunks the repository lacks (`listed`), sent first
-/// (`backup::remote::send_chunks`).
-struct Sending {
-    repository: Remote,
-    name: String,
-    /// Removed with everything in it when the run ends.
-    staged: tempfile::TempDir,
-    /// The run's claim on the name (its run record), released before the lock.
-    claim: backup::remote::Claim,
-    /// The repository's shared lock, held from before the dead runs are cleaned up to the end:
-    /// no prune runs meanwhile.
-    lock: RepoLock,
-    /// For an incremental backup, the repository's chunk store as listed (taken by the request).
-    listed: Option<crate::store::chunks::Listed>,
-}
-
 /// Checks what a create to S3 needs before anything is made: no `--force` there yet (exit 2),
-/// the repository's shared lock, this host's dead runs' leftovers removed, the name claimed (no
-/// other run sends it) and free, and for an incremental backup the repository's chunk store
-/// (made when missing) listed once.
+/// what every backup sent to S3 needs (`Sending::prepare`), and for an incremental backup the
+/// repository's chunk store (made when missing) listed once: the staging store then gets only
+/// the chunks the repository lacks, sent first (`backup::remote::send_chunks`).
 async fn to_s3(
     (repository, name): (Remote, String),
     force: bool,
     incremental: bool,
     ui: &Ui,
-) -> Result<Sending> {
-    let refuse = |what: &str, hint: &str| -> anyhow::Error {
-        Failure::new(
-            ExitCode::Usage,
-            format!("{what} is not supported for a backup on S3 yet"),
-        )
-        .with_hint(hint)
-        .into()
-    };
+) -> Result<(Sending, Option<Listed>)> {
     if force {
-        return Err(refuse(
-            "`--force`",
-            "choose a new name; remove the old backup's objects by hand if it must go",
-        ));
+        return Err(Failure::new(
+            ExitCode::Usage,
+            "`--force` is not supported for a backup on S3 yet",
+        )
+        .with_hint("choose a new name; remove the old backup's objects by hand if it must go")
+        .into());
     }
-    super::require_exclusive_names(repository.backend(), repository.shown_root()).await?;
-    let lock = RepoLock::shared(&repository, "backup create")?;
-    super::clean_remote_runs(&repository, ui).await?;
-    let claim = backup::remote::claim(repository.shared_backend(), &name).await?;
-    let staged = tempfile::Builder::new()
-        .prefix(".wqm-s3-")
-        .tempdir()
-        .context("cannot make a temporary directory for the backup on its way to S3")?;
+    let sending = Sending::prepare((repository, name), "backup create", ui).await?;
     let listed = match incremental {
-        true => Some(crate::store::chunks::Listed::of(
-            &repository,
+        true => Some(Listed::of(
+            &sending.repository,
             crate::store::chunks::DEFAULT_AVERAGE,
         )?),
         false => None,
     };
-    // Staged for an encrypted repository: encrypted as it is written, sent as it is.
-    if let Some(seal) = repository.seal() {
-        crate::store::seal::share(&staged.path().to_string_lossy(), &seal);
-    }
-    Ok(Sending {
-        repository,
-        name,
-        staged,
-        claim,
-        lock,
-        listed,
-    })
+    Ok((sending, listed))
 }
 
 /// The damaged chunks of the store this backup needed, moved aside and stored again.

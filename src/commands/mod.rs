@@ -13,6 +13,7 @@ mod migrations;
 mod prune;
 mod reference;
 mod restore;
+mod sending;
 mod validate;
 
 use std::path::{Path, PathBuf};
@@ -54,10 +55,6 @@ pub fn dispatch(cli: Cli, ui: &Ui, runtime: &tokio::runtime::Runtime) -> Result<
     // Every command may lock its backups directory, whose lock a task refreshes.
     let _runtime = runtime.enter();
     let default_dir = settings.backup.default_backup_directory.as_deref();
-    // Every command takes `s3://` paths but for export's DEST, which is written locally.
-    if let BackupCommand::Export(args) = &command {
-        local_only(&args.dest)?;
-    }
     // `--json` and a terminal as stdout are refused before anything is looked at.
     if let BackupCommand::Dump(args) = &command {
         dump::refuse(args)?;
@@ -327,24 +324,6 @@ fn new_password(file: Option<&Path>, repository: &str) -> Result<Password> {
         .into());
     }
     crate::output::ask_password(&format!("New password for `{repository}`"), true)
-}
-
-/// Where a command writes only locally (export's DEST), an `s3://` location is refused before
-/// anything is done (it would otherwise be a local directory named `s3:`), and so is any other
-/// `SCHEME://`.
-fn local_only(path: &std::path::Path) -> Result<()> {
-    let Some(given) = path.to_str() else {
-        return Ok(());
-    };
-    match crate::backend::Location::parse(given)? {
-        crate::backend::Location::Local(_) => Ok(()),
-        remote => Err(crate::exit::Failure::new(
-            ExitCode::Usage,
-            format!("`{remote}` is an S3 location: `export` writes its copy to a local directory (it reads a backup on S3: `wqm backup export s3://BUCKET/PREFIX/NAME DIR`)"),
-        )
-        .with_hint("export to a local directory; `wqm backup copy SRC s3://BUCKET/PREFIX NAME` puts a backup on S3")
-        .into()),
-    }
 }
 
 /// The backup at `path`: a local directory, or `s3://BUCKET/PREFIX/NAME`, a backup of the

@@ -90,3 +90,54 @@ fn an_incremental_backup_on_s3_exports_to_a_self_contained_local_one() {
     assert!(!tmp.path().join("away/n1").exists());
     assert_eq!(locks(&runtime, &backend), Vec::new());
 }
+
+#[test]
+#[cfg_attr(
+    not(real_s3),
+    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+)]
+fn a_local_incremental_night_exports_to_s3_as_a_full_backup_committed_last() {
+    let double = Double::start();
+    let (tmp, runtime, backend, url) = backups_on_s3(&double);
+    let dest = format!("{url}/exported");
+    let shown = dest.clone();
+    let (_, tmp) = with_s3(Test::in_dir(tmp))
+        .args(&format!("backup export {{TMP}}/backups/n2 {dest} --json"))
+        .stdout_json(move |v| {
+            assert_eq!(v["path"], shown.as_str(), "{v}");
+            assert_eq!(v["compression"], "zstd", "a full copy, no chunks: {v}");
+        })
+        .run();
+    let objects: Vec<String> = runtime
+        .block_on(backend.list("exported/"))
+        .unwrap()
+        .into_iter()
+        .map(|o| o.name)
+        .collect();
+    assert!(
+        objects.contains(&"exported/metadata/manifest.json".to_string()),
+        "{objects:?}"
+    );
+    assert!(
+        !objects.iter().any(|o| o.ends_with(".chunks")),
+        "{objects:?}"
+    );
+    assert!(locks(&runtime, &backend).is_empty(), "released at the end");
+    let (_, tmp) = with_s3(Test::in_dir(tmp))
+        .args(&format!("backup validate {dest} --check-files"))
+        .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
+        .run();
+    // The name is taken now: a second export there is refused, the backup left as it is.
+    let (_, _tmp) = with_s3(Test::in_dir(tmp))
+        .args(&format!("backup export {{TMP}}/backups/n1 {dest}"))
+        .status(2)
+        .stderr_with(|e| assert!(e.contains("exported"), "{e}"))
+        .run();
+    let after: Vec<String> = runtime
+        .block_on(backend.list("exported/"))
+        .unwrap()
+        .into_iter()
+        .map(|o| o.name)
+        .collect();
+    assert_eq!(after, objects);
+}
