@@ -28,6 +28,7 @@ mod remote;
 
 pub use duration::Span;
 pub use policy::{decide, Count, Policy, Reason};
+pub(crate) use remote::remove as remove_remote;
 
 /// A backup being deleted: renamed to this hidden name first.
 pub(crate) const DELETING_SUFFIX: &str = ".wqm-deleting";

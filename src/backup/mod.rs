@@ -10,8 +10,11 @@ mod databases;
 mod download;
 mod fetch;
 pub mod remote;
+mod sending;
 mod survey;
 mod writing;
+
+pub use sending::{require_exclusive_names, Sending};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -46,6 +46,16 @@ pub struct Removed {
     pub uploads: usize,
 }
 
+impl Removed {
+    /// What was removed from the repository `shown`, in one line.
+    pub fn line(&self, shown: &str) -> String {
+        format!(
+            "removed what a killed run left of `{}` in `{shown}`: {} object(s), {} unfinished upload(s)",
+            self.target, self.objects, self.uploads
+        )
+    }
+}
+
 /// A run's claim on a name of the repository (its run record `.wqm-runs/NAME`): held until
 /// dropped, which removes the record unless `keep` was called (what it names is left for
 /// `clean_dead_runs`).

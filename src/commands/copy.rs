@@ -25,7 +25,7 @@ pub async fn run(
     let dest = super::repository(&args.dest, settings, handle)?;
     copy::refuse_same(&source, &dest)?;
     if let Repository::Remote(remote) = &dest {
-        super::require_exclusive_names(remote.backend(), remote.shown_root()).await?;
+        crate::backup::require_exclusive_names(remote.backend(), remote.shown_root()).await?;
     }
     // What killed runs left where this one writes.
     match &dest {

@@ -15,7 +15,7 @@ use crate::qdrant::Client;
 use crate::store::chunks::Listed;
 use crate::store::Remote;
 
-use super::sending::Sending;
+use crate::backup::Sending;
 
 pub async fn run(
     args: &CreateArgs,
@@ -67,11 +67,7 @@ pub async fn run(
         }
     };
     if let Some((sending, _)) = &mut sending {
-        if incremental {
-            let backend = sending.repository.backend();
-            backup::remote::send_chunks(backend, sending.staged.path(), &progress).await?;
-        }
-        outcome.path = sending.send(&outcome.path, &progress).await?;
+        outcome.path = sending.send(&outcome.path, incremental, &progress).await?;
     }
     super::report_cleaned(ui, &outcome.cleaned);
     for leftover in &outcome.leftovers {
@@ -157,8 +153,8 @@ pub async fn run(
 
 /// Checks what a create to S3 needs before anything is made: no `--force` there yet (exit 2),
 /// what every backup sent to S3 needs (`Sending::prepare`), and for an incremental backup the
-/// repository's chunk store (made when missing) listed once: the staging store then gets only
-/// the chunks the repository lacks, sent first (`backup::remote::send_chunks`).
+/// repository's chunk store listed once: the staging store then gets only the chunks the
+/// repository lacks, sent first.
 async fn to_s3(
     (repository, name): (Remote, String),
     force: bool,
@@ -173,12 +169,9 @@ async fn to_s3(
         .with_hint("choose a new name; remove the old backup's objects by hand if it must go")
         .into());
     }
-    let sending = Sending::prepare((repository, name), "backup create", ui).await?;
+    let sending = super::prepare_sending((repository, name), "backup create", ui).await?;
     let listed = match incremental {
-        true => Some(Listed::of(
-            &sending.repository,
-            crate::store::chunks::DEFAULT_AVERAGE,
-        )?),
+        true => Some(sending.list_store()?),
         false => None,
     };
     Ok((sending, listed))

@@ -1,5 +1,5 @@
 //! `wqm backup export BACKUP DEST`: a self-contained copy of one backup, each side a local
-//! directory or on S3 (see `export`); to S3 it is made locally, then sent (`Sending`).
+//! directory or on S3 (see `export`); to S3 it is made locally, then sent (`backup::Sending`).
 
 use anyhow::Result;
 use serde_json::json;
@@ -9,8 +9,6 @@ use crate::cli::ExportArgs;
 use crate::config::Settings;
 use crate::exit::ExitCode;
 use crate::output::Ui;
-
-use super::sending::Sending;
 
 pub fn run(
     args: &ExportArgs,
@@ -26,7 +24,7 @@ pub fn run(
         Location::Local(_) => None,
         Location::S3 { bucket, prefix } => {
             let target = super::remote_backup(&args.dest, &bucket, &prefix, settings, handle)?;
-            Some(handle.block_on(Sending::prepare(target, "backup export", ui))?)
+            Some(handle.block_on(super::prepare_sending(target, "backup export", ui))?)
         }
     };
     let progress = ui.progress();
@@ -36,7 +34,7 @@ pub fn run(
     };
     let mut outcome = crate::export::export(&place, &target, settings, &progress)?;
     if let Some(sending) = &mut sending {
-        outcome.path = handle.block_on(sending.send(&outcome.path, &progress))?;
+        outcome.path = handle.block_on(sending.send(&outcome.path, false, &progress))?;
     }
     let m = &outcome.manifest;
     if ui.json {

@@ -13,7 +13,6 @@ mod migrations;
 mod prune;
 mod reference;
 mod restore;
-mod sending;
 mod validate;
 
 use std::path::{Path, PathBuf};
@@ -237,24 +236,10 @@ async fn backend_at(
         Location::S3 { bucket, prefix } => {
             let backend = s3_checked(&bucket, &prefix, settings).await?;
             if make {
-                require_exclusive_names(&backend, &shown).await?;
+                crate::backup::require_exclusive_names(&backend, &shown).await?;
             }
             Ok((Arc::new(backend), shown))
         }
-    }
-}
-
-/// Before a run writes to the repository `shown` (`init`, `create`, `copy`): its server must
-/// refuse a taken name (`save_new`: a claim on a name, a manifest's commit, a repository's
-/// config), or two runs could overwrite each other.
-async fn require_exclusive_names(backend: &dyn Backend, shown: &str) -> Result<()> {
-    if backend.refuses_taken_names().await? {
-        Ok(())
-    } else {
-        Err(crate::repo::RepoError::NoConditionalPut {
-            repository: shown.to_string(),
-        }
-        .into())
     }
 }
 
@@ -445,16 +430,27 @@ fn report_cleaned(ui: &Ui, cleaned: &[crate::cleanup::Cleaned]) {
 /// Removes what this host's killed creates left in the repository on S3
 /// (`backup::remote::clean_dead_runs`), a warning line each.
 async fn clean_remote_runs(repository: &Remote, ui: &Ui) -> Result<()> {
-    for removed in crate::backup::remote::clean_dead_runs(repository.backend()).await? {
-        ui.warn(format!(
-            "removed what a killed run left of `{}` in `{}`: {} object(s), {} unfinished upload(s)",
-            removed.target,
-            repository.shown_root(),
-            removed.objects,
-            removed.uploads
-        ));
-    }
+    let removed = crate::backup::remote::clean_dead_runs(repository.backend()).await?;
+    report_removed(ui, repository, &removed);
     Ok(())
+}
+
+/// A warning line for each killed run whose leftovers were removed from `repository`.
+fn report_removed(ui: &Ui, repository: &Remote, removed: &[crate::backup::remote::Removed]) {
+    for removed in removed {
+        ui.warn(removed.line(repository.shown_root()));
+    }
+}
+
+/// `Sending::prepare`, what it removed reported.
+async fn prepare_sending(
+    target: (Remote, String),
+    command: &str,
+    ui: &Ui,
+) -> Result<crate::backup::Sending> {
+    let (sending, removed) = crate::backup::Sending::prepare(target, command).await?;
+    report_removed(ui, &sending.repository, &removed);
+    Ok(sending)
 }
 
 /// The `Ui` of a parsed command line.

@@ -22,8 +22,21 @@ pub async fn run(
     // The lock is held from the plan (which reads and checks the backup) to the end of the
     // restore: no prune deletes the backup or its chunks between two of its files.
     let (place, _lock) = super::locked_place(&args.path, settings, handle, "backup restore")?;
+    // A backup on S3 whose restore needs a safety backup: into an S3 default directory, if any.
+    let safety_repository = match (&place, &settings.backup.default_backup_directory) {
+        (crate::store::Place::Remote(_), Some(dir))
+            if settings.backup.local_backup_directory().is_none() =>
+        {
+            match super::repository(dir, settings, handle)? {
+                crate::store::Repository::Remote(remote) => Some(remote),
+                crate::store::Repository::Local(_) => None,
+            }
+        }
+        _ => None,
+    };
     let request = Request {
         place,
+        safety_repository,
         allow_downgrade: args.allow_downgrade,
         overwrite: args.overwrite,
         with_config: args.with_config,

@@ -13,7 +13,7 @@ use crate::store::Remote;
 const DELETING: &str = ".wqm-deleting";
 
 /// Deletes the backup `name`: the record, the manifest, every other object, the record.
-pub(super) fn remove(remote: &Remote, name: &str) -> io::Result<()> {
+pub(crate) fn remove(remote: &Remote, name: &str) -> io::Result<()> {
     let record = format!("{DELETING}/{name}");
     remote.put(&record, Vec::new())?;
     remote.remove(&format!("{name}/{MANIFEST_PATH}"))?;

@@ -70,7 +70,7 @@ fn refusal(
     if !(plan.precheck_deferred && damaged && unchanged) {
         return error;
     }
-    match audit_files(&plan.backup, progress) {
+    match audit_files(&plan.source.place(), progress) {
         Ok(Some(refusal)) => refusal.into(),
         _ => error,
     }
@@ -161,12 +161,25 @@ impl Restoring<'_> {
         if left_on_server {
             return;
         }
-        let doomed = crate::format::layout::sibling(&path, crate::prune::DELETING_SUFFIX);
-        if fs::rename(&path, &doomed).is_err() {
-            return;
+        let remote = self
+            .plan
+            .safety_backup
+            .as_ref()
+            .and_then(|s| s.remote.as_ref());
+        if let Some((repository, name)) = remote {
+            // As `prune` deletes on S3: its manifest first, so it is no backup from then on; a
+            // half-removed one is finished by the next prune there.
+            if crate::prune::remove_remote(repository, name).is_err() {
+                return;
+            }
+        } else {
+            let doomed = crate::format::layout::sibling(&path, crate::prune::DELETING_SUFFIX);
+            if fs::rename(&path, &doomed).is_err() {
+                return;
+            }
+            // Half removed, it is hidden; the next prune finishes it.
+            let _ = fs::remove_dir_all(&doomed);
         }
-        // Half removed, it is hidden; the next prune finishes it.
-        let _ = fs::remove_dir_all(&doomed);
         let done = format!("safety backup: {}", path.display());
         self.steps.done.retain(|d| *d != done);
         self.steps.safety_backup = None;
@@ -233,8 +246,46 @@ impl<'a> Restoring<'a> {
         progress::check_interrupted()?;
         self.progress
             .step(&format!("safety backup into {}", safety.path.display()));
+        // On S3: made in a local staging directory, then sent (`backup::Sending`).
+        let mut sending = match &safety.remote {
+            None => None,
+            Some(target) => {
+                let (sending, removed) = backup::Sending::prepare(target.clone(), "backup restore")
+                    .await
+                    .context("the safety backup failed; nothing was changed")?;
+                let repository = &sending.repository;
+                self.steps
+                    .cleaned
+                    .extend(removed.iter().map(|r| cleanup::Cleaned {
+                        path: repository.shown(&r.target),
+                        run: format!("a run sending `{}`", r.target),
+                        lines: vec![format!(
+                            "{} object(s) and {} unfinished upload(s) removed",
+                            r.objects, r.uploads
+                        )],
+                        complete: true,
+                        needs_action: false,
+                    }));
+                Some(sending)
+            }
+        };
+        // Incremental where the backups beside it are.
+        let incremental = match &sending {
+            None => {
+                crate::store::chunks::ChunkStore::exists_in(crate::fs::parent_dir(&safety.path))
+            }
+            Some(sending) => crate::store::chunks::ChunkStore::exists_at(
+                &crate::store::Repository::Remote(sending.repository.clone()),
+            ),
+        };
+        let listed = match (&sending, incremental) {
+            (Some(sending), true) => Some(sending.list_store()?),
+            _ => None,
+        };
         let request = backup::Request {
-            target: safety.path.clone(),
+            target: sending
+                .as_ref()
+                .map_or(safety.path.clone(), |s| s.staged_target()),
             replace: false,
             description: Some(format!(
                 "Safety backup before restoring {}",
@@ -248,22 +299,26 @@ impl<'a> Restoring<'a> {
                 backup::Databases::Only(safety.databases.clone())
             },
             config: safety.config,
-            // Incremental where the backups beside it are.
-            incremental: crate::store::chunks::ChunkStore::exists_in(crate::fs::parent_dir(
-                &safety.path,
-            )),
-            listed: None,
+            incremental,
+            listed,
         };
-        let outcome =
-            match backup::create(self.client, self.settings, &request, self.progress).await {
-                Ok(outcome) => outcome,
-                Err(e) => {
-                    let staging = crate::format::layout::staging_path(&safety.path);
-                    let left = cleanup::left_on_server(&staging, self.settings);
-                    self.steps.leftovers.extend(left);
-                    return Err(e.context("the safety backup failed; nothing was changed"));
-                }
-            };
+        let made = backup::create(self.client, self.settings, &request, self.progress).await;
+        let outcome = match (made, &mut sending) {
+            (Ok(outcome), None) => outcome,
+            (Ok(outcome), Some(sending)) => {
+                let sent = sending
+                    .send(&outcome.path, incremental, self.progress)
+                    .await;
+                sent.context("the safety backup failed; nothing was changed")?;
+                outcome
+            }
+            (Err(e), _) => {
+                let staging = crate::format::layout::staging_path(&request.target);
+                let left = cleanup::left_on_server(&staging, self.settings);
+                self.steps.leftovers.extend(left);
+                return Err(e.context("the safety backup failed; nothing was changed"));
+            }
+        };
         self.steps.cleaned.extend(outcome.cleaned);
         self.steps.leftovers.extend(outcome.leftovers);
         self.work.record(&Record::SafetyBackup {

@@ -43,6 +43,9 @@ pub struct Request {
     pub with_config: bool,
     /// Only the plan is wanted (`--dry-run`): `verify_before_restore` reads the files in it.
     pub dry_run: bool,
+    /// Where a safety backup goes when `backup.default_backup_directory` is on S3 and so is
+    /// the backup (else beside a backup on S3; a local default directory comes first).
+    pub safety_repository: Option<crate::store::Remote>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -144,7 +147,11 @@ pub struct ClusterPlan {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct SafetyPlan {
+    /// Where it goes (on S3: `s3://BUCKET/PREFIX/NAME`).
     pub path: PathBuf,
+    /// On S3: the repository and the name it is sent to (made locally first).
+    #[serde(skip)]
+    pub remote: Option<(crate::store::Remote, String)>,
     pub collections: Vec<String>,
     /// The live databases the restore replaces or merges into (file names): exactly what the
     /// safety backup holds of them.

@@ -141,18 +141,25 @@ fn backups_copied_to_s3_are_listed_validated_and_restored() {
             .run()
             .1;
     }
-    // The live state DB is replaced: its safety backup cannot go beside a backup on S3.
+    // The live state DB is replaced: without a local directory for it, its safety backup goes
+    // beside the backup on S3.
     lose_everything(&double);
+    let beside = url.clone();
     let (_, tmp) = with_s3(wqm(
         Test::in_dir(tmp),
         &double.url,
-        &format!("backup restore {url}/full --force"),
+        &format!("backup restore {url}/full --force --json"),
     ))
-    .status(2)
-    .stdout_with(|_| {})
-    .stderr_with(|e| assert!(e.contains("`backup.default_backup_directory`"), "{e}"))
+    .env("TMPDIR", "{TMP}")
+    .stdout_json(move |v| {
+        let safety = v["result"]["journal"]["safety_backup"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(safety.starts_with(&format!("{beside}/safety-")), "{v}");
+    })
+    .stderr_with(|_| {})
     .run();
-    assert!(double.state().collections.is_empty());
+    double.assert_holds_the_fixtures();
     let mut tmp = tmp;
     for name in ["full", "n2"] {
         lose_everything(&double);
@@ -348,4 +355,49 @@ fn the_config_names_the_s3_endpoint() {
         .args(&format!("backup list {url}"))
         .stdout(&format!("No backups found in {url}\n"))
         .run();
+}
+
+/// A restore from S3 whose safety backup went beside the backup there, stopped by a damaged
+/// snapshot before it changed anything: the safety backup is no way back to anything, and goes.
+#[test]
+#[cfg_attr(
+    not(real_s3),
+    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+)]
+fn a_restore_refused_before_any_change_removes_its_safety_backup_on_s3() {
+    let double = Double::start();
+    let (tmp, runtime, backend, url) = backups_on_s3(&double);
+    let collections = tmp.path().join("backups/full/collections");
+    let file = fs::read_dir(&collections).unwrap().next().unwrap().unwrap();
+    let mut bytes = fs::read(file.path()).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 1;
+    let name = format!("full/collections/{}", file.file_name().to_string_lossy());
+    runtime
+        .block_on(backend.save(&Name::new(name).unwrap(), backend::once(bytes)))
+        .unwrap();
+    lose_everything(&double);
+    let (_, _tmp) = with_s3(wqm(
+        Test::in_dir(tmp),
+        &double.url,
+        &format!("backup restore {url}/full --force"),
+    ))
+    .env("TMPDIR", "{TMP}")
+    .status(3)
+    .stdout_with(|_| {})
+    .stderr_with(|e| {
+        assert!(e.contains("Backup validation failed: s3://"), "{e}");
+        assert!(e.contains("checksum mismatch"), "{e}");
+        assert!(e.contains("the safety backup `s3://"), "{e}");
+    })
+    .run();
+    assert!(double.state().collections.is_empty());
+    let left: Vec<String> = runtime
+        .block_on(backend.list(""))
+        .unwrap()
+        .into_iter()
+        .map(|o| o.name)
+        .filter(|name| name.starts_with("safety-") || name.starts_with(".wqm-deleting/"))
+        .collect();
+    assert_eq!(left, Vec::<String>::new());
 }

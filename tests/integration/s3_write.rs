@@ -295,25 +295,54 @@ fn a_default_backup_directory_on_s3_is_where_create_prune_and_cleanup_work() {
             .any(|o| o.name.ends_with("/metadata/manifest.json")),
         "{listed:?}"
     );
-    // A restore of one needs a local directory for its safety backup: not the one on S3.
+    // A restore of one: its safety backup goes to the default directory on S3 (made locally,
+    // then sent, as a create there), and is a backup there like any other.
     let (_, tmp) = with_s3(wqm(
         Test::in_dir(tmp),
         &double.url,
-        &format!("--config {{TMP}}/c.yaml backup restore {} --overwrite --force", made[0]),
+        &format!(
+            "--config {{TMP}}/c.yaml backup restore {} --overwrite --force",
+            made[0]
+        ),
     ))
-    .status(2)
-    .stdout_with(|_| {})
-    .stderr_with(|e| {
-        assert!(e.contains("where wqm does not write safety backups (nor to `backup.default_backup_directory`, `s3://"), "{e}")
-    })
+    .env("TMPDIR", "{TMP}")
+    .stdout_with(|o| assert!(o.contains("Restore completed"), "{o}"))
+    .stderr_with(|_| {})
     .run();
+    let safety: Vec<String> = runtime
+        .block_on(backend.list(""))
+        .unwrap()
+        .into_iter()
+        .filter_map(|o| {
+            o.name
+                .strip_suffix("/metadata/manifest.json")
+                .map(str::to_string)
+        })
+        .filter(|name| name.starts_with("safety-"))
+        .collect();
+    assert_eq!(safety.len(), 1, "{safety:?}");
+    let (_, tmp) = with_s3(Test::in_dir(tmp))
+        .args(&format!(
+            "backup validate {url}/{} --check-files",
+            safety[0]
+        ))
+        .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
+        .run();
     let newest = made[1].rsplit('/').next().unwrap().to_string();
     let (_, tmp) = with_s3(Test::in_dir(tmp))
         .args("--config {TMP}/c.yaml backup prune --keep-last 1 --json")
         .stdout_json(move |v| {
             assert_eq!(v["directory"], url.as_str(), "{v}");
             assert_eq!(v["removed"].as_array().unwrap().len(), 1, "{v}");
-            assert_eq!(v["kept"][0]["name"], newest.as_str(), "{v}");
+            // The newest backup, and the safety backup (kept by its own policy).
+            let kept: Vec<&str> = v["kept"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| k["name"].as_str().unwrap())
+                .collect();
+            assert_eq!(kept.len(), 2, "{v}");
+            assert!(kept.contains(&newest.as_str()), "{v}");
         })
         .run();
     with_s3(Test::in_dir(tmp))
@@ -330,5 +359,6 @@ fn a_default_backup_directory_on_s3_is_where_create_prune_and_cleanup_work() {
         .map(|o| o.name.split('/').next().unwrap().to_string())
         .collect();
     let kept = made[1].rsplit('/').next().unwrap();
-    assert_eq!(names, [kept.to_string()].into_iter().collect(), "{names:?}");
+    let expected = [kept.to_string(), safety[0].clone()].into_iter().collect();
+    assert_eq!(names, expected, "{names:?}");
 }

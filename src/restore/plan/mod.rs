@@ -24,7 +24,7 @@ use crate::format::migrations::{self, WorkingCopy};
 use crate::progress::Progress;
 use crate::qdrant::cluster;
 use crate::qdrant::{Client, QdrantError};
-use crate::store::BackupDir;
+use crate::store::{BackupDir, Place, Remote};
 use crate::verify::{self, Check, Severity};
 
 use collections::{plan_aliases, plan_collections};
@@ -66,7 +66,7 @@ pub async fn plan(
     plan_databases(&mut plan, settings);
     plan_config(&mut plan, settings, request);
     plan_daemon(&mut plan, settings);
-    plan_safety_backup(&mut plan, settings);
+    plan_safety_backup(&mut plan, settings, request.safety_repository.as_ref());
     plan_disk(&mut plan, settings);
     plan_time(&mut plan);
     Ok(plan)
@@ -161,20 +161,21 @@ fn plan_precheck(plan: &mut Plan, progress: &dyn Progress) -> Result<()> {
         plan.precheck_deferred = true;
         return Ok(());
     }
-    if let Some(refusal) = audit_files(&plan.backup, progress)? {
+    if let Some(refusal) = audit_files(&plan.source.place(), progress)? {
         plan.blockers.push(refusal);
     }
     Ok(())
 }
 
-/// Every file of the backup at `backup` read for its checksum: the refusal, when it is damaged.
-pub(super) fn audit_files(backup: &Path, progress: &dyn Progress) -> Result<Option<Failure>> {
+/// Every file of the backup at `place` (local or on S3) read for its checksum: the refusal,
+/// when it is damaged.
+pub(super) fn audit_files(place: &Place, progress: &dyn Progress) -> Result<Option<Failure>> {
     progress.step("checking the backup's files");
     // Damage only: compatibility is `plan_versions`', warnings the structure audit's.
     let options = verify::Options::new(verify::Depth::Checksums, Policy::default());
-    let report = tokio::task::block_in_place(|| verify::audit(backup, &options, progress))?;
+    let report = tokio::task::block_in_place(|| verify::audit_at(place, &options, progress))?;
     let errors = report.damage();
-    Ok((!errors.is_empty()).then(|| validation_failure(backup, &errors)))
+    Ok((!errors.is_empty()).then(|| validation_failure(&place.shown(), &errors)))
 }
 
 /// The refusal of a damaged backup, its `errors` listed (`verify::Report::damage`).
@@ -361,7 +362,7 @@ pub(super) fn config_entry(manifest: &Manifest) -> Option<&crate::format::manife
     manifest.files.iter().find(|f| f.kind == FileKind::Config)
 }
 
-fn plan_safety_backup(plan: &mut Plan, settings: &Settings) {
+fn plan_safety_backup(plan: &mut Plan, settings: &Settings, on_s3: Option<&Remote>) {
     if !settings.backup.auto_backup_before_restore {
         plan.warnings
             .push("no safety backup: `backup.auto_backup_before_restore` is false".to_string());
@@ -392,43 +393,40 @@ fn plan_safety_backup(plan: &mut Plan, settings: &Settings) {
         );
         return;
     }
-    let beside = match plan.source.remote {
-        None => Some(plan.backup.parent().unwrap_or(Path::new(".")).to_path_buf()),
-        // Safety backups are written locally: beside a backup on S3 is no place for one.
-        Some(_) => None,
-    };
-    let configured = settings
-        .backup
-        .local_backup_directory()
-        .map(Path::to_path_buf);
-    let Some(dir) = configured.or(beside) else {
-        plan.block(
-            ExitCode::Usage,
-            format!(
-                "This restore needs a safety backup of what it replaces, and `{}` is on S3, where wqm does not write safety backups{}",
-                plan.backup.display(),
-                match &settings.backup.default_backup_directory {
-                    Some(dir) => format!(" (nor to `backup.default_backup_directory`, `{}`)", dir.display()),
-                    None => String::new(),
-                }
-            ),
-            Some("set `backup.default_backup_directory` to a local directory for them, or `backup.auto_backup_before_restore: false` to restore without one".to_string()),
-        );
-        return;
-    };
     let name = chrono::Local::now()
         .format(crate::prune::SAFETY_NAME)
         .to_string();
-    let path = std::iter::once(dir.join(&name))
-        .chain((1..).map(|n| dir.join(format!("{name}-{n}"))))
-        .find(|p| !p.exists())
-        .expect("an unused name exists");
+    // A local `backup.default_backup_directory` first, else beside the backup; for a backup on
+    // S3, an S3 default directory, else its own repository (made locally, then sent there).
+    let (path, remote) = match (
+        settings.backup.local_backup_directory(),
+        &plan.source.remote,
+    ) {
+        (Some(dir), _) => (unused_name(dir, &name), None),
+        (None, None) => {
+            let dir = plan.backup.parent().unwrap_or(Path::new("."));
+            (unused_name(dir, &name), None)
+        }
+        (None, Some(backup)) => {
+            let repository = on_s3.unwrap_or(&backup.repository).clone();
+            (repository.shown(&name), Some((repository, name)))
+        }
+    };
     plan.safety_backup = Some(SafetyPlan {
         path,
+        remote,
         collections,
         databases,
         config,
     });
+}
+
+/// A name in `dir` no file or directory has: `name`, else `name-1`, `name-2`, ...
+fn unused_name(dir: &Path, name: &str) -> PathBuf {
+    std::iter::once(dir.join(name))
+        .chain((1..).map(|n| dir.join(format!("{name}-{n}"))))
+        .find(|p| !p.exists())
+        .expect("an unused name exists")
 }
 
 /// Local space: unpacked database copies beside the live ones, and the safety backup.

@@ -1,0 +1,101 @@
+//! A backup on its way to a repository on S3 (`create` and `export` there, and a restore's
+//! safety backup beside a backup on S3): made and checked in a local temporary directory as any
+//! backup, then sent (`remote::send`), its manifest last; an incremental one's new chunks first
+//! (`remote::send_chunks`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use super::remote::{self, Claim, Removed};
+use crate::backend::Backend;
+use crate::progress::Progress;
+use crate::store::chunks::{self, Listed};
+use crate::store::lock::RepoLock;
+use crate::store::Remote;
+
+pub struct Sending {
+    pub repository: Remote,
+    pub name: String,
+    /// Removed with everything in it when the run ends.
+    staged: tempfile::TempDir,
+    /// The run's claim on the name (its run record), released before the lock.
+    claim: Claim,
+    /// The repository's shared lock, held from before the dead runs are cleaned up to the end:
+    /// no prune runs meanwhile.
+    lock: RepoLock,
+}
+
+impl Sending {
+    /// What a backup sent to S3 needs before anything is made: a server that refuses taken
+    /// names, the repository's shared lock (for the run `command`), this host's dead runs'
+    /// leftovers removed (returned, to be reported), the name claimed (no other run sends it)
+    /// and free, and the local staging directory (encrypted as it is written when the
+    /// repository is).
+    pub async fn prepare(
+        (repository, name): (Remote, String),
+        command: &str,
+    ) -> Result<(Sending, Vec<Removed>)> {
+        require_exclusive_names(repository.backend(), repository.shown_root()).await?;
+        let lock = RepoLock::shared(&repository, command)?;
+        let removed = remote::clean_dead_runs(repository.backend()).await?;
+        let claim = remote::claim(repository.shared_backend(), &name).await?;
+        let staged = tempfile::Builder::new()
+            .prefix(".wqm-s3-")
+            .tempdir()
+            .context("cannot make a temporary directory for the backup on its way to S3")?;
+        // Staged for an encrypted repository: encrypted as it is written, sent as it is.
+        if let Some(seal) = repository.seal() {
+            crate::store::seal::share(&staged.path().to_string_lossy(), &seal);
+        }
+        let sending = Sending {
+            repository,
+            name,
+            staged,
+            claim,
+            lock,
+        };
+        Ok((sending, removed))
+    }
+
+    /// Where the backup is made before it is sent.
+    pub fn staged_target(&self) -> PathBuf {
+        self.staged.path().join(&self.name)
+    }
+
+    /// The repository's chunk store (made when missing), listed once: an incremental backup
+    /// staged with it (`Request::listed`) stores only the chunks the repository lacks.
+    pub fn list_store(&self) -> Result<Listed> {
+        Ok(Listed::of(&self.repository, chunks::DEFAULT_AVERAGE)?)
+    }
+
+    /// Sends the backup made at `local` (an incremental one: the chunks its staging store got,
+    /// first), its manifest last; what a failure sent is removed. Returns where it now is.
+    pub async fn send(
+        &mut self,
+        local: &Path,
+        incremental: bool,
+        progress: &dyn Progress,
+    ) -> Result<PathBuf> {
+        let backend = self.repository.backend();
+        if incremental {
+            remote::send_chunks(backend, self.staged.path(), progress).await?;
+        }
+        let target = (self.name.as_str(), &mut self.claim);
+        remote::send(backend, local, target, &self.lock, progress).await?;
+        Ok(self.repository.shown(&self.name))
+    }
+}
+
+/// Refuses a repository whose server does not refuse a second write of one name (`save_new`):
+/// two runs there could write over each other.
+pub async fn require_exclusive_names(backend: &dyn Backend, shown: &str) -> Result<()> {
+    if backend.refuses_taken_names().await? {
+        Ok(())
+    } else {
+        Err(crate::repo::RepoError::NoConditionalPut {
+            repository: shown.to_string(),
+        }
+        .into())
+    }
+}
