@@ -266,6 +266,39 @@ fn incremental_nights_to_an_encrypted_repository_on_s3_store_no_plaintext_chunk(
         .args(&format!("backup validate {url}/night-2 --check-files"))
         .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
         .run();
+    // Restored over the live data: the safety backup goes beside the night, into the same
+    // encrypted repository (an incremental night there, encrypted as everything in it).
+    let (_, tmp) = with_s3(fast(crate::incremental::wqm(
+        Test::in_dir(tmp),
+        &double.url,
+        &format!("backup restore {url}/night-2 --force --overwrite"),
+    )))
+    .env("WQM_BACKUP_PASSWORD", FIRST)
+    .env("TMPDIR", "{TMP}")
+    .stdout_with(|o| assert!(o.contains("Restore completed"), "{o}"))
+    .stderr_with(|_| {})
+    .run();
+    double.assert_holds_the_fixtures();
+    let safety: Vec<String> = objects(&runtime, &s3, "")
+        .into_iter()
+        .filter(|name| name.starts_with("safety-"))
+        .collect();
+    assert!(safety.len() >= 3, "{safety:?}");
+    for name in &safety {
+        let object = Name::new(name.clone()).unwrap();
+        let bytes = runtime
+            .block_on(async { backend::collect(s3.load(&object, None).await.unwrap()).await })
+            .unwrap();
+        assert!(bytes.starts_with(b"WQMCRYPT"), "{name}");
+    }
+    let backup = safety[0].split('/').next().unwrap().to_string();
+    let (_, tmp) = with_s3(fast(Test::in_dir(tmp)))
+        .env("WQM_BACKUP_PASSWORD", FIRST)
+        .args(&format!(
+            "backup validate {url}/{backup} --check-files --json"
+        ))
+        .stdout_json(|v| assert_eq!(v["valid"], true, "{v}"))
+        .run();
     // Both nights copied out of S3 into a local repository with another key: re-keyed, valid.
     let (_, tmp) = fast(Test::in_dir(tmp))
         .env("WQM_BACKUP_PASSWORD", SECOND)
