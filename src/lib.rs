@@ -13,7 +13,7 @@ pub mod compress;
 pub mod config;
 pub mod copy;
 /// Encryption at rest (issue 21): keys, the encrypted object format and keyed chunk names; `repo`
-/// stores the keys, the data paths come next.
+/// stores the keys, `store::seal` applies them on every data path.
 pub mod crypto;
 pub(crate) mod daemon;
 pub(crate) mod dump;
@@ -25,6 +25,7 @@ pub mod fs;
 #[doc(hidden)]
 pub mod hostile;
 pub mod output;
+pub(crate) mod process;
 pub(crate) mod progress;
 pub(crate) mod prune;
 pub(crate) mod qdrant;

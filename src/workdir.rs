@@ -419,7 +419,7 @@ pub fn dead_in(dir: &Path, suffixes: &[&str]) -> io::Result<Vec<PathBuf>> {
             continue;
         }
         // A directory still being built belongs to its builder while that process lives.
-        if builder.is_some_and(process_alive) {
+        if builder.is_some_and(crate::process::alive) {
             continue;
         }
         let path = entry.path();
@@ -429,26 +429,6 @@ pub fn dead_in(dir: &Path, suffixes: &[&str]) -> io::Result<Vec<PathBuf>> {
     }
     dead.sort();
     Ok(dead)
-}
-
-#[cfg(unix)]
-pub(crate) fn process_alive(pid: u32) -> bool {
-    let Some(pid) = i32::try_from(pid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-    else {
-        return false;
-    };
-    // Signal 0 only checks that the process exists; EPERM: it does, and is another user's.
-    match rustix::process::test_kill_process(pid) {
-        Ok(()) => true,
-        Err(e) => e == rustix::io::Errno::PERM,
-    }
-}
-
-#[cfg(not(unix))]
-pub(crate) fn process_alive(_pid: u32) -> bool {
-    true
 }
 
 #[cfg(test)]

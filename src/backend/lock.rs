@@ -62,7 +62,9 @@ impl LockInfo {
         if now - self.time > timing.stale_after.as_secs_f64() {
             return true;
         }
-        self.host == hostname() && self.pid != std::process::id() && !process_alive(self.pid)
+        self.host == hostname()
+            && self.pid != std::process::id()
+            && !crate::process::alive(self.pid)
     }
 
     fn conflicts_with(&self, exclusive: bool) -> bool {
@@ -397,27 +399,6 @@ pub async fn remove_stale(
 /// This host's name, as locks record it.
 pub fn hostname() -> String {
     gethostname::gethostname().to_string_lossy().into_owned()
-}
-
-/// Whether a process with this pid exists here (one we may not signal exists too).
-#[cfg(unix)]
-pub(crate) fn process_alive(pid: u32) -> bool {
-    let Some(pid) = i32::try_from(pid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-    else {
-        return false;
-    };
-    // Signal 0: only whether the process exists and may be signalled.
-    match rustix::process::test_kill_process(pid) {
-        Ok(()) => true,
-        Err(e) => e == rustix::io::Errno::PERM,
-    }
-}
-
-#[cfg(not(unix))]
-pub(crate) fn process_alive(_pid: u32) -> bool {
-    true
 }
 
 #[cfg(test)]

@@ -335,7 +335,7 @@ pub async fn clean_dead_runs(backend: &dyn Backend) -> Result<Vec<Removed>, Back
             continue;
         };
         let alive = if record.host == host {
-            crate::backend::lock::process_alive(record.pid)
+            crate::process::alive(record.pid)
         } else {
             if holders.is_none() {
                 holders = Some(live_holders(backend).await?);

@@ -40,8 +40,9 @@ impl Sending {
         let lock = RepoLock::shared(&repository, command)?;
         let removed = remote::clean_dead_runs(repository.backend()).await?;
         let claim = remote::claim(repository.shared_backend(), &name).await?;
+        remove_dead_stagings(&std::env::temp_dir());
         let staged = tempfile::Builder::new()
-            .prefix(".wqm-s3-")
+            .prefix(&format!("{STAGING}{}-", std::process::id()))
             .tempdir()
             .context("cannot make a temporary directory for the backup on its way to S3")?;
         // Staged for an encrypted repository: encrypted as it is written, sent as it is.
@@ -84,6 +85,33 @@ impl Sending {
         let target = (self.name.as_str(), &mut self.claim);
         remote::send(backend, local, target, &self.lock, progress).await?;
         Ok(self.repository.shown(&self.name))
+    }
+}
+
+/// How the local staging directories begin (in `$TMPDIR`), the pid of the run that made each
+/// after it.
+const STAGING: &str = ".wqm-s3-";
+
+/// Removes the staging directories of this host's dead runs from `tmp`: a killed run never
+/// removes its own, which may hold a whole backup. One whose pid is alive is left alone (a run
+/// sending now, or a pid reused: it goes once that process is gone).
+fn remove_dead_stagings(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(STAGING))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if pid != std::process::id() && !crate::process::alive(pid) {
+                // Not followed if it is a link: only the link goes.
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
     }
 }
 

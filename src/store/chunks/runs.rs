@@ -125,7 +125,7 @@ pub fn remove_dead(dir: &Path) -> Vec<Removed> {
             .strip_prefix(STORE_DIR)
             .and_then(|rest| rest.strip_prefix(NEW_STORE_INFIX))
             .and_then(|pid| pid.parse::<u32>().ok());
-        let dead = maker.is_some_and(|pid| !crate::workdir::process_alive(pid));
+        let dead = maker.is_some_and(|pid| !crate::process::alive(pid));
         if dead && entry.kind == at::Kind::Dir {
             if let Ok((files, bytes)) = backups.remove_tree(&entry.name) {
                 removed.push(Removed {
