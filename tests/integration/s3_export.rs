@@ -9,7 +9,7 @@ use wqm::backend::{self, Name};
 use crate::incremental::first_chunk;
 use crate::qdrant_double::Double;
 use crate::s3_lock::{finished, locks, paused_at, s3_command};
-use crate::s3_read::{backups_on_s3, with_s3};
+use crate::s3_read::{backups_on_s3, object_names, with_s3};
 use crate::test::Test;
 
 #[test]
@@ -120,12 +120,7 @@ fn a_local_incremental_night_exports_to_s3_as_a_full_backup_committed_last() {
             assert_eq!(v["compression"], "zstd", "a full copy, no chunks: {v}");
         })
         .run();
-    let objects: Vec<String> = runtime
-        .block_on(backend.list("exported/"))
-        .unwrap()
-        .into_iter()
-        .map(|o| o.name)
-        .collect();
+    let objects = object_names(&runtime, &backend, "exported/");
     assert!(
         objects.contains(&"exported/metadata/manifest.json".to_string()),
         "{objects:?}"
@@ -145,11 +140,6 @@ fn a_local_incremental_night_exports_to_s3_as_a_full_backup_committed_last() {
         .status(2)
         .stderr_with(|e| assert!(e.contains("exported"), "{e}"))
         .run();
-    let after: Vec<String> = runtime
-        .block_on(backend.list("exported/"))
-        .unwrap()
-        .into_iter()
-        .map(|o| o.name)
-        .collect();
+    let after = object_names(&runtime, &backend, "exported/");
     assert_eq!(after, objects);
 }

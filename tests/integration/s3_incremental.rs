@@ -6,11 +6,10 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::Arc;
 
 use serde_json::Value;
 use tempfile::TempDir;
-use wqm::backend::{self, Backend, Name};
+use wqm::backend::{self, Name};
 
 use crate::encrypted::{found_in, DISTINCTIVE};
 use crate::faults::killed;
@@ -18,7 +17,7 @@ use crate::incremental::{grow_state_db, workspace, wqm};
 use crate::qdrant_double::Double;
 use crate::repo::{fast, FIRST, SECOND};
 use crate::restore::lose_everything;
-use crate::s3_read::{fresh_prefix, s3_variables, with_s3};
+use crate::s3_read::{fresh_prefix, object_names, s3_variables, with_s3};
 use crate::test::{self, Test};
 
 /// `create URL/NAME --incremental --json EXTRA` (with `TMPDIR` in the test's directory): its
@@ -42,16 +41,6 @@ fn added(summary: &Value, what: &str) -> u64 {
 }
 
 /// The names of the objects under `prefix`.
-fn objects(runtime: &tokio::runtime::Runtime, s3: &Arc<dyn Backend>, prefix: &str) -> Vec<String> {
-    let mut names: Vec<String> = runtime
-        .block_on(s3.list(prefix))
-        .unwrap()
-        .into_iter()
-        .map(|o| o.name)
-        .collect();
-    names.sort();
-    names
-}
 
 #[test]
 #[cfg_attr(
@@ -65,8 +54,10 @@ fn incremental_nights_to_s3_send_only_new_chunks_restore_and_prune() {
     // Night 1 makes the repository's store and sends every chunk.
     let (first, tmp) = night(Test::in_dir(workspace()), &double, &format!("{url}/n1"), "");
     assert_eq!(first["path"], format!("{url}/n1"), "{first}");
-    assert!(objects(&runtime, &s3, ".wqm-chunks/").contains(&".wqm-chunks/store.json".to_string()));
-    let after_n1 = objects(&runtime, &s3, ".wqm-chunks/chunks/");
+    assert!(
+        object_names(&runtime, &s3, ".wqm-chunks/").contains(&".wqm-chunks/store.json".to_string())
+    );
+    let after_n1 = object_names(&runtime, &s3, ".wqm-chunks/chunks/");
     assert!(added(&first, "chunks_added") >= 4, "{first}");
     assert_eq!(after_n1.len() as u64, added(&first, "chunks_added"));
     // Night 2 of the same data sends nothing: every chunk is in the repository.
@@ -78,11 +69,11 @@ fn incremental_nights_to_s3_send_only_new_chunks_restore_and_prune() {
         second["verify"]["chunks_looked_up"].as_u64().unwrap() >= 4,
         "{second}"
     );
-    assert_eq!(objects(&runtime, &s3, ".wqm-chunks/chunks/"), after_n1);
+    assert_eq!(object_names(&runtime, &s3, ".wqm-chunks/chunks/"), after_n1);
     // Night 3, after some churn (300 kB of new rows), sends the new chunks only.
     grow_state_db(tmp.path());
     let (third, tmp) = night(Test::in_dir(tmp), &double, &format!("{url}/n3"), "");
-    let after_n3 = objects(&runtime, &s3, ".wqm-chunks/chunks/");
+    let after_n3 = object_names(&runtime, &s3, ".wqm-chunks/chunks/");
     assert!(added(&third, "chunks_added") >= 1, "{third}");
     assert!(
         third["verify"]["chunks_looked_up"].as_u64().unwrap() >= 1,
@@ -100,7 +91,7 @@ fn incremental_nights_to_s3_send_only_new_chunks_restore_and_prune() {
         .filter(|n| n.starts_with(".wqm-s3-"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
-    assert!(objects(&runtime, &s3, ".wqm-runs/").is_empty());
+    assert!(object_names(&runtime, &s3, ".wqm-runs/").is_empty());
     // Nights 2 and 3 are whole on S3, and night 3 restores.
     let mut tmp = tmp;
     for name in ["n2", "n3"] {
@@ -135,9 +126,9 @@ fn incremental_nights_to_s3_send_only_new_chunks_restore_and_prune() {
             assert!(gc["chunks_deleted"].as_u64().unwrap() >= 1, "{v}");
         })
         .run();
-    let after_prune = objects(&runtime, &s3, ".wqm-chunks/chunks/");
+    let after_prune = object_names(&runtime, &s3, ".wqm-chunks/chunks/");
     assert!(after_prune.len() < after_n3.len());
-    assert!(objects(&runtime, &s3, "n1/").is_empty());
+    assert!(object_names(&runtime, &s3, "n1/").is_empty());
     with_s3(Test::in_dir(tmp))
         .args(&format!("backup validate {url}/n4 --check-files"))
         .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
@@ -173,16 +164,16 @@ fn killed_incremental_creates_to_s3_are_cleaned_up_by_the_next_which_reuses_thei
     // Killed while sending chunks (its run record left), then killed after every object but
     // the manifest (that run removed the first one's record first).
     killed_night(&double, &tmp, &format!("{url}/k1"), "create:s3-chunk-sent");
-    assert_eq!(objects(&runtime, &s3, ".wqm-runs/"), [".wqm-runs/k1"]);
+    assert_eq!(object_names(&runtime, &s3, ".wqm-runs/"), [".wqm-runs/k1"]);
     killed_night(
         &double,
         &tmp,
         &format!("{url}/k2"),
         "create:s3-before-manifest",
     );
-    assert!(!objects(&runtime, &s3, "k2/").is_empty());
-    assert_eq!(objects(&runtime, &s3, ".wqm-runs/"), [".wqm-runs/k2"]);
-    let sent = objects(&runtime, &s3, ".wqm-chunks/chunks/");
+    assert!(!object_names(&runtime, &s3, "k2/").is_empty());
+    assert_eq!(object_names(&runtime, &s3, ".wqm-runs/"), [".wqm-runs/k2"]);
+    let sent = object_names(&runtime, &s3, ".wqm-chunks/chunks/");
     assert!(!sent.is_empty());
     let (_, tmp) = with_s3(Test::in_dir(tmp))
         .args(&format!("backup list {url}"))
@@ -206,7 +197,7 @@ fn killed_incremental_creates_to_s3_are_cleaned_up_by_the_next_which_reuses_thei
         "{next} {sent:?}"
     );
     for prefix in ["k1/", "k2/", ".wqm-runs/"] {
-        assert!(objects(&runtime, &s3, prefix).is_empty(), "{prefix}");
+        assert!(object_names(&runtime, &s3, prefix).is_empty(), "{prefix}");
     }
     crate::s3_faults::validates(tmp, &format!("{url}/next"));
 }
@@ -250,7 +241,7 @@ fn incremental_nights_to_an_encrypted_repository_on_s3_store_no_plaintext_chunk(
     assert!(String::from_utf8_lossy(&params).contains("hmac-sha256"));
     let mut stored = BTreeMap::new();
     for prefix in [".wqm-chunks/chunks/", "night-1/", "night-2/"] {
-        for name in objects(&runtime, &s3, prefix) {
+        for name in object_names(&runtime, &s3, prefix) {
             let object = Name::new(name.clone()).unwrap();
             let bytes = runtime
                 .block_on(async { backend::collect(s3.load(&object, None).await.unwrap()).await })
@@ -279,7 +270,7 @@ fn incremental_nights_to_an_encrypted_repository_on_s3_store_no_plaintext_chunk(
     .stderr_with(|_| {})
     .run();
     double.assert_holds_the_fixtures();
-    let safety: Vec<String> = objects(&runtime, &s3, "")
+    let safety: Vec<String> = object_names(&runtime, &s3, "")
         .into_iter()
         .filter(|name| name.starts_with("safety-"))
         .collect();

@@ -3,30 +3,14 @@
 //! under the repository's exclusive lock — a backup's manifest first, then its objects, then the
 //! chunks no kept backup names — and a prune killed part-way finished by the next one.
 
-use std::sync::Arc;
-
-use wqm::backend::Backend;
-
 use crate::faults::killed;
 use crate::incremental::{night, workspace, wqm};
 use crate::qdrant_double::Double;
 use crate::s3_lock::s3_command;
-use crate::s3_read::{fresh_prefix, upload, with_s3};
+use crate::s3_read::{fresh_prefix, object_names, upload, with_s3};
 use crate::test::Test;
 
 /// The names of the repository's objects under `prefix`.
-fn objects(
-    runtime: &tokio::runtime::Runtime,
-    backend: &Arc<dyn Backend>,
-    prefix: &str,
-) -> Vec<String> {
-    runtime
-        .block_on(backend.list(prefix))
-        .unwrap()
-        .into_iter()
-        .map(|o| o.name)
-        .collect()
-}
 
 #[test]
 #[cfg_attr(
@@ -54,7 +38,7 @@ fn prune_on_s3_deletes_backups_manifest_first_and_the_chunks_no_kept_backup_name
     let (_, tmp) = night(tmp, &double.url, "n2", "--collections small-plain");
     upload(&runtime, &backend, &tmp.path().join("backups"));
     let tmp = create(tmp, "f1");
-    let chunks_before = objects(&runtime, &backend, ".wqm-chunks/chunks/");
+    let chunks_before = object_names(&runtime, &backend, ".wqm-chunks/chunks/");
     let n1_index = std::fs::read_to_string(
         tmp.path()
             .join("backups/n1/collections/small-named.snapshot.chunks"),
@@ -63,7 +47,7 @@ fn prune_on_s3_deletes_backups_manifest_first_and_the_chunks_no_kept_backup_name
     let id = n1_index.lines().nth(1).unwrap().split(' ').next().unwrap();
     let only_n1 = format!(".wqm-chunks/chunks/{}/{id}", &id[..2]);
     assert!(chunks_before.contains(&only_n1), "{chunks_before:?}");
-    let everything = objects(&runtime, &backend, "");
+    let everything = object_names(&runtime, &backend, "");
 
     // A dry run says what would go and deletes nothing.
     let (_, tmp) = with_s3(Test::in_dir(tmp))
@@ -83,7 +67,7 @@ fn prune_on_s3_deletes_backups_manifest_first_and_the_chunks_no_kept_backup_name
             assert!(gc["chunks_deleted"].as_u64().unwrap() >= 1, "{v}");
         })
         .run();
-    assert_eq!(objects(&runtime, &backend, ""), everything);
+    assert_eq!(object_names(&runtime, &backend, ""), everything);
 
     // Killed after removing its first backup's manifest: that one is no backup any more, the
     // others are untouched.
@@ -96,7 +80,7 @@ fn prune_on_s3_deletes_backups_manifest_first_and_the_chunks_no_kept_backup_name
     .output()
     .unwrap();
     assert!(killed(&output), "{output:?}");
-    assert!(!objects(&runtime, &backend, "n1/").is_empty());
+    assert!(!object_names(&runtime, &backend, "n1/").is_empty());
     let (_, tmp) = with_s3(Test::in_dir(tmp))
         .args(&format!("backup list {url} --json"))
         .stdout_json(|v| {
@@ -128,12 +112,12 @@ fn prune_on_s3_deletes_backups_manifest_first_and_the_chunks_no_kept_backup_name
         .run();
     for prefix in ["n1/", "f0/", ".wqm-deleting/"] {
         assert_eq!(
-            objects(&runtime, &backend, prefix),
+            object_names(&runtime, &backend, prefix),
             Vec::<String>::new(),
             "{prefix}"
         );
     }
-    let chunks_after = objects(&runtime, &backend, ".wqm-chunks/chunks/");
+    let chunks_after = object_names(&runtime, &backend, ".wqm-chunks/chunks/");
     assert!(!chunks_after.contains(&only_n1));
     assert!(chunks_after.len() < chunks_before.len());
     assert!(chunks_after.iter().all(|c| chunks_before.contains(c)));
@@ -166,7 +150,7 @@ fn prune_on_s3_deletes_backups_manifest_first_and_the_chunks_no_kept_backup_name
         })
         .run();
     assert_eq!(
-        objects(&runtime, &backend, ".wqm-locks/"),
+        object_names(&runtime, &backend, ".wqm-locks/"),
         Vec::<String>::new()
     );
 }
@@ -190,7 +174,7 @@ fn prune_on_s3_first_removes_what_this_hosts_killed_creates_left() {
             assert_eq!(v["skipped"][0]["name"], "killed", "{v}");
         })
         .run();
-    assert!(!objects(&runtime, &backend, "killed/").is_empty());
+    assert!(!object_names(&runtime, &backend, "killed/").is_empty());
     with_s3(Test::in_dir(tmp))
         .args(&format!("backup prune {url} --keep-last 1 --json"))
         .stdout_json(|v| assert_eq!(v["skipped"], serde_json::json!([]), "{v}"))
@@ -203,7 +187,7 @@ fn prune_on_s3_first_removes_what_this_hosts_killed_creates_left() {
         .run();
     for prefix in ["killed/", ".wqm-runs/"] {
         assert_eq!(
-            objects(&runtime, &backend, prefix),
+            object_names(&runtime, &backend, prefix),
             Vec::<String>::new(),
             "{prefix}"
         );

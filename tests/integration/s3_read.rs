@@ -33,6 +33,22 @@ pub(crate) fn with_s3(mut t: Test) -> Test {
     t
 }
 
+/// The names of the objects under `prefix` of `backend`, sorted.
+pub(crate) fn object_names(
+    runtime: &tokio::runtime::Runtime,
+    backend: &Arc<dyn Backend>,
+    prefix: &str,
+) -> Vec<String> {
+    let mut names: Vec<String> = runtime
+        .block_on(backend.list(prefix))
+        .unwrap()
+        .into_iter()
+        .map(|o| o.name)
+        .collect();
+    names.sort();
+    names
+}
+
 /// A `wqm` process of its own with the S3 server's variables.
 pub(crate) fn s3_variables(command: &mut std::process::Command) {
     for key in S3_VARIABLES {
@@ -392,11 +408,8 @@ fn a_restore_refused_before_any_change_removes_its_safety_backup_on_s3() {
     })
     .run();
     assert!(double.state().collections.is_empty());
-    let left: Vec<String> = runtime
-        .block_on(backend.list(""))
-        .unwrap()
+    let left: Vec<String> = object_names(&runtime, &backend, "")
         .into_iter()
-        .map(|o| o.name)
         .filter(|name| name.starts_with("safety-") || name.starts_with(".wqm-deleting/"))
         .collect();
     assert_eq!(left, Vec::<String>::new());

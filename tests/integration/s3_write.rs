@@ -11,7 +11,7 @@ use crate::faults::killed;
 use crate::incremental::{workspace, wqm};
 use crate::qdrant_double::Double;
 use crate::restore::lose_everything;
-use crate::s3_read::{fresh_prefix, s3_variables, with_s3};
+use crate::s3_read::{fresh_prefix, object_names, s3_variables, with_s3};
 use crate::test::{self, Test};
 
 #[test]
@@ -309,13 +309,10 @@ fn a_default_backup_directory_on_s3_is_where_create_prune_and_cleanup_work() {
     .stdout_with(|o| assert!(o.contains("Restore completed"), "{o}"))
     .stderr_with(|_| {})
     .run();
-    let safety: Vec<String> = runtime
-        .block_on(backend.list(""))
-        .unwrap()
+    let safety: Vec<String> = object_names(&runtime, &backend, "")
         .into_iter()
-        .filter_map(|o| {
-            o.name
-                .strip_suffix("/metadata/manifest.json")
+        .filter_map(|name| {
+            name.strip_suffix("/metadata/manifest.json")
                 .map(str::to_string)
         })
         .filter(|name| name.starts_with("safety-"))
@@ -352,11 +349,9 @@ fn a_default_backup_directory_on_s3_is_where_create_prune_and_cleanup_work() {
             assert_eq!(v["remote_runs_removed"], serde_json::json!([]), "{v}");
         })
         .run();
-    let names: std::collections::BTreeSet<String> = runtime
-        .block_on(backend.list(""))
-        .unwrap()
+    let names: std::collections::BTreeSet<String> = object_names(&runtime, &backend, "")
         .into_iter()
-        .map(|o| o.name.split('/').next().unwrap().to_string())
+        .map(|name| name.split('/').next().unwrap().to_string())
         .collect();
     let kept = made[1].rsplit('/').next().unwrap();
     let expected = [kept.to_string(), safety[0].clone()].into_iter().collect();
