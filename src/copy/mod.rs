@@ -10,6 +10,10 @@
 //! renamed into place from its staging directory, on a backend its manifest written with
 //! `save_new` after every object it names. A backup already in the destination under the same
 //! name is skipped when its manifest is the same, byte for byte, and refused otherwise.
+//!
+//! When either side is encrypted, everything goes through the two sides' keys instead
+//! (`reseal`): decrypted and checked, encrypted again for DEST (or written plain into a plain
+//! DEST), an incremental backup's chunks renamed by DEST's key and its indexes rewritten.
 
 mod dest;
 mod reseal;

@@ -7,9 +7,10 @@
 //! are encrypted anew (fresh nonces), so a backup copied between repositories sharing a key is
 //! not byte for byte the source's, but decrypts to the same stored bytes.
 //!
-//! An incremental backup's chunks are named by each repository's key: every chunk it names is
-//! read (and checked against its source name), named by its content under the destination's
-//! key, and sent only when the destination lacks that name. Its indexes and reference list are
+//! An incremental backup's chunks are named by each repository's key: a chunk is read (and
+//! checked against its source name), named by its content under the destination's key, and
+//! sent only when the destination lacks that name — unless its name there is known already
+//! (from a backup copied before: `known_from`), when it is not read at all. Its indexes and reference list are
 //! then written anew with those names, and its manifest records their new sizes and checksums;
 //! the content it describes (each file's size and sha256) is the source's, unchanged.
 
