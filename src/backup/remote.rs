@@ -9,6 +9,7 @@
 //! the next run (or `cleanup`) finds the objects it left and its unfinished multipart uploads,
 //! and removes them.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -21,6 +22,7 @@ use tokio::io::AsyncReadExt;
 use crate::backend::{Backend, BackendError, ByteStream, Name};
 use crate::format::layout::MANIFEST_PATH;
 use crate::progress::Progress;
+use crate::store::chunks::ChunkId;
 use crate::store::lock::RepoLock;
 
 /// Where run records live in a repository.
@@ -235,12 +237,13 @@ async fn send_objects(
 const SENDERS: usize = 8;
 
 /// Sends the chunks of the staging store in `local` (an incremental backup's: only the chunks
-/// the repository lacked) to the repository's store, `SENDERS` at a time, before the backup
-/// that names them; returns how many. A chunk sent by a run that then fails is garbage until
-/// the next run reuses it or a prune collects it.
+/// the repository lacked) but those in `sent` (its courier's) to the repository's store,
+/// `SENDERS` at a time, before the backup that names them; returns how many. A chunk sent by a
+/// run that then fails is garbage until the next run reuses it or a prune collects it.
 pub async fn send_chunks(
     backend: &dyn Backend,
     local: &Path,
+    sent: &HashSet<ChunkId>,
     progress: &dyn Progress,
 ) -> Result<usize> {
     let store = crate::store::chunks::ChunkStore::open_for_reading(local)?;
@@ -250,6 +253,7 @@ pub async fn send_chunks(
             crate::store::chunks::ChunkStore::path_in(local).display()
         )
     })?;
+    let ids: Vec<ChunkId> = ids.into_iter().filter(|id| !sent.contains(id)).collect();
     progress.step(&format!("sending {} new chunks", ids.len()));
     let count = ids.len();
     let store = &store;

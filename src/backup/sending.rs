@@ -3,14 +3,16 @@
 //! backup, then sent (`remote::send`), its manifest last; an incremental one's new chunks first
 //! (`remote::send_chunks`).
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
 use super::remote::{self, Claim, Removed};
 use crate::backend::Backend;
 use crate::progress::Progress;
-use crate::store::chunks::{self, Listed};
+use crate::store::chunks::{self, Courier, Listed};
 use crate::store::lock::RepoLock;
 use crate::store::Remote;
 
@@ -24,6 +26,8 @@ pub struct Sending {
     /// The repository's shared lock, held from before the dead runs are cleaned up to the end:
     /// no prune runs meanwhile.
     lock: RepoLock,
+    /// An incremental backup's: sends its new chunks as they land (`list_store`).
+    courier: Option<Arc<Courier>>,
 }
 
 impl Sending {
@@ -55,6 +59,7 @@ impl Sending {
             staged,
             claim,
             lock,
+            courier: None,
         };
         Ok((sending, removed))
     }
@@ -65,9 +70,13 @@ impl Sending {
     }
 
     /// The repository's chunk store (made when missing), listed once: an incremental backup
-    /// staged with it (`Request::listed`) stores only the chunks the repository lacks.
-    pub fn list_store(&self) -> Result<Listed> {
-        Ok(Listed::of(&self.repository, chunks::DEFAULT_AVERAGE)?)
+    /// staged with it (`Request::listed`) stores only the chunks the repository lacks, and
+    /// each of those is sent as soon as it lands (`chunks::Courier`).
+    pub fn list_store(&mut self) -> Result<Listed> {
+        let root = chunks::ChunkStore::path_in(self.staged.path());
+        let courier = Arc::new(Courier::new(self.repository.shared_backend(), root));
+        self.courier = Some(courier.clone());
+        Ok(Listed::of(&self.repository, chunks::DEFAULT_AVERAGE)?.sent_by(courier))
     }
 
     /// Sends the backup made at `local` (an incremental one: the chunks its staging store got,
@@ -80,7 +89,14 @@ impl Sending {
     ) -> Result<PathBuf> {
         let backend = self.repository.backend();
         if incremental {
-            remote::send_chunks(backend, self.staged.path(), progress).await?;
+            let sent = match &self.courier {
+                Some(courier) => courier
+                    .finish()
+                    .await
+                    .context("cannot send the new chunks")?,
+                None => HashSet::new(),
+            };
+            remote::send_chunks(backend, self.staged.path(), &sent, progress).await?;
         }
         let target = (self.name.as_str(), &mut self.claim);
         remote::send(backend, local, target, &self.lock, progress).await?;

@@ -169,7 +169,7 @@ async fn to_s3(
         .with_hint("choose a new name; remove the old backup's objects by hand if it must go")
         .into());
     }
-    let sending = super::prepare_sending((repository, name), "backup create", ui).await?;
+    let mut sending = super::prepare_sending((repository, name), "backup create", ui).await?;
     let listed = match incremental {
         true => Some(sending.list_store()?),
         false => None,

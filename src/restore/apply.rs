@@ -278,7 +278,7 @@ impl<'a> Restoring<'a> {
                 &crate::store::Repository::Remote(sending.repository.clone()),
             ),
         };
-        let listed = match (&sending, incremental) {
+        let listed = match (&mut sending, incremental) {
             (Some(sending), true) => Some(sending.list_store()?),
             _ => None,
         };

@@ -308,3 +308,67 @@ fn incremental_nights_to_an_encrypted_repository_on_s3_store_no_plaintext_chunk(
         .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
         .run();
 }
+
+/// Nothing unchecked leaves for S3: a new chunk damaged in the local staging store after it
+/// landed, before it was sent, fails the courier's check (as every reader's: decompressed,
+/// against its name). The run fails naming it, and the chunk never reaches the repository, where
+/// later nights would reuse it by its name without reading it.
+#[test]
+#[cfg_attr(
+    not(real_s3),
+    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+)]
+fn a_chunk_damaged_in_staging_before_it_is_sent_never_reaches_s3() {
+    use crate::s3_lock::{finished, paused_at, s3_command};
+    let double = Double::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (s3, url) = fresh_prefix(&runtime);
+    let tmp = workspace();
+    let target = format!("{url}/n1");
+    let args = ["backup", "create", &target, "--incremental"];
+    let mut child = paused_at(
+        tmp.path(),
+        s3_command(tmp.path(), &double.url, &args),
+        "create:chunk-stored",
+    );
+    // The chunks landed so far in the run's staging store (one for each file being chunked,
+    // each waiting before it is sent).
+    let staging = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(".wqm-s3-")
+        })
+        .unwrap();
+    let mut ids = Vec::new();
+    for chunk in crate::incremental::chunk_files(&staging) {
+        ids.push(chunk.file_name().unwrap().to_string_lossy().into_owned());
+        let mut bytes = std::fs::read(&chunk).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 1;
+        std::fs::write(&chunk, bytes).unwrap();
+    }
+    assert!(!ids.is_empty());
+    let marker = tmp.path().join("create-chunk-stored");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the create never ended"
+        );
+        let _ = std::fs::remove_file(&marker);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let (code, _, stderr) = finished(child);
+    assert_ne!(code, 0, "{stderr}");
+    assert!(ids.iter().any(|id| stderr.contains(id)), "{stderr}");
+    let sent = object_names(&runtime, &s3, ".wqm-chunks/chunks/");
+    for id in &ids {
+        let object = format!(".wqm-chunks/chunks/{}/{id}", &id[..2]);
+        assert!(!sent.contains(&object), "{object}");
+    }
+    assert!(object_names(&runtime, &s3, "n1/").is_empty());
+}

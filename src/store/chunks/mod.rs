@@ -814,6 +814,7 @@ fn lock(file: File, root: &Path, access: Access) -> Result<File, ChunkError> {
     }
 }
 
+mod courier;
 mod cut;
 mod gc;
 mod import;
@@ -826,6 +827,7 @@ mod subset;
 mod usage;
 mod write;
 
+pub use courier::Courier;
 pub use cut::Chunker;
 pub use gc::{collect_garbage, find_unreferenced, find_unreferenced_at, Collected, Unreferenced};
 pub use import::{id_of_object, object_name, params_object};

@@ -3,7 +3,8 @@
 //! once (`Listed`); a chunk it lists is reused as it is there (its stored size from the
 //! listing), never compared with the data (reading a share back from S3 costs a request per
 //! chunk; `validate --check-files` reads them), and never written locally. The new chunks are
-//! sent (`backup::remote::send_chunks`) before the backup's indexes and manifest.
+//! sent as they land (`Courier`), the rest (`backup::remote::send_chunks`) before the backup's
+//! indexes and manifest.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read};
@@ -12,16 +13,19 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
+use super::courier::Courier;
 use super::import::{id_of_object, params_object};
 use super::{io_error, runs, Access, ChunkError, ChunkId, ChunkStore, Params, STORE_DIR};
 use crate::backend::{BackendError, Name};
 use crate::store::Remote;
 
-/// A repository's chunk store as listed once: its parameters and each chunk's stored size.
+/// A repository's chunk store as listed once: its parameters and each chunk's stored size; and
+/// who sends the chunks a staging store gets, as they land.
 #[derive(Clone, Debug)]
 pub struct Listed {
     params: Params,
     sizes: Arc<HashMap<ChunkId, u64>>,
+    courier: Option<Arc<Courier>>,
 }
 
 impl Listed {
@@ -41,7 +45,16 @@ impl Listed {
         Ok(Listed {
             params,
             sizes: Arc::new(sizes),
+            courier: None,
         })
+    }
+
+    /// This listing, with `courier` sending the chunks its staging store gets as they land.
+    pub fn sent_by(self, courier: Arc<Courier>) -> Self {
+        Listed {
+            courier: Some(courier),
+            ..self
+        }
     }
 }
 
@@ -103,6 +116,28 @@ impl ChunkStore {
             runs::make_store(dir, &listed.params)?;
         }
         Self::open(dir, Access::Shared).map(Arc::new)
+    }
+
+    /// Chunk `id` (`len` bytes of content) is complete under its name here: a staging
+    /// store's courier checks and sends it.
+    pub(super) fn landed(self: &Arc<Self>, id: &ChunkId, len: usize) -> io::Result<()> {
+        match self.listed.as_ref().and_then(|l| l.courier.as_ref()) {
+            Some(courier) => courier.landed(self.clone(), id, len),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks the stored bytes `stored` of chunk `id` (`len` bytes of content) as a reader
+    /// would: decrypted, decompressed, their length and content against the name.
+    pub(super) fn check_stored(&self, id: &ChunkId, len: usize, stored: &[u8]) -> io::Result<()> {
+        let mut buffer = super::ChunkBuffer {
+            compressed: stored.to_vec(),
+            ..Default::default()
+        };
+        self.check_len(len)
+            .and_then(|()| self.decode(id, len, true, &mut buffer))
+            .map(|_| ())
+            .map_err(|problem| super::chunk_error(id, &problem))
     }
 
     /// The stored size of `id` when the repository this store stages for lists it.

@@ -96,7 +96,7 @@ struct ChunkSink<W: Write> {
     stored: ChunkBuffer,
     /// New chunks written in the temporary directory, not yet fsynced nor named, and their
     /// stored sizes (a chunk met again meanwhile is not written twice).
-    unsynced: Vec<(ChunkId, File)>,
+    unsynced: Vec<(ChunkId, usize, File)>,
     in_flight: HashMap<ChunkId, u64>,
     /// Stored sizes of the chunks this file found in the store (compared or not) or stored.
     sound: HashMap<ChunkId, u64>,
@@ -235,7 +235,7 @@ impl<W: Write> ChunkSink<W> {
         let mut file = create_private_file(&self.temp.path().join(id.to_string()))?;
         file.write_all(&stored)?;
         let stored = stored.len() as u64;
-        self.unsynced.push((*id, file));
+        self.unsynced.push((*id, chunk.len(), file));
         self.in_flight.insert(*id, stored);
         self.run.written.lock().expect("run lock").insert(*id);
         let mut added = self.run.added.lock().expect("run lock");
@@ -253,14 +253,14 @@ impl<W: Write> ChunkSink<W> {
         std::thread::scope(|scope| {
             let syncing: Vec<_> = batch
                 .chunks(per_thread)
-                .map(|part| scope.spawn(move || part.iter().try_for_each(|(_, f)| f.sync_all())))
+                .map(|part| scope.spawn(move || part.iter().try_for_each(|(_, _, f)| f.sync_all())))
                 .collect();
             syncing.into_iter().try_for_each(|t| {
                 t.join()
                     .unwrap_or_else(|_| Err(io::Error::other("panicked")))
             })
         })?;
-        for (id, _) in &batch {
+        for (id, len, _) in &batch {
             let target = self.store.root.join(id.rel());
             let dir = crate::fs::parent_dir(&target).to_path_buf();
             if !self.touched.contains(&dir) {
@@ -268,9 +268,10 @@ impl<W: Write> ChunkSink<W> {
             }
             fs::rename(self.temp.path().join(id.to_string()), &target)?;
             crate::failpoint::hit("create:chunk-stored")?;
+            self.store.landed(id, *len)?;
             self.touched.insert(dir);
         }
-        for (id, _) in &batch {
+        for (id, _, _) in &batch {
             if let Some(size) = self.in_flight.remove(id) {
                 self.sound.insert(*id, size);
             }

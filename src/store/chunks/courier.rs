@@ -1,0 +1,149 @@
+//! The new chunks of an incremental backup on its way to S3, sent as they land in the local
+//! staging store (`chunks::sending`) instead of all after the backup is made: the uploads run
+//! beside the snapshot's download and chunking, at most `AT_ONCE` at a time. A chunk is sent once
+//! it is complete under its name locally (fsynced, renamed) and its bytes, read back, pass the
+//! check every reader makes (decrypted, decompressed, content against name): nothing
+//! unchecked leaves, as when chunks were sent after the run's verification. The run that made it
+//! waits for
+//! every upload before it sends the backup's indexes and manifest (`finish`), and a failed
+//! upload stops the run at its next chunk. What a failed or killed run sent is garbage until
+//! the next night reuses it or a prune collects it, as before.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::import::object_name;
+use super::{ChunkId, ChunkStore};
+use crate::backend::{Backend, Name};
+
+/// Uploads at once (each a request).
+const AT_ONCE: usize = 8;
+
+pub struct Courier {
+    backend: Arc<dyn Backend>,
+    /// The staging store's directory (`.wqm-chunks`), where each chunk is read from.
+    root: PathBuf,
+    runtime: tokio::runtime::Handle,
+    permits: Arc<Semaphore>,
+    uploads: Mutex<Uploads>,
+}
+
+#[derive(Default)]
+struct Uploads {
+    running: JoinSet<Result<ChunkId, String>>,
+    sent: HashSet<ChunkId>,
+    /// The first upload that failed, said.
+    failed: Option<String>,
+}
+
+impl Uploads {
+    /// Takes in the uploads that ended.
+    fn reap(&mut self) {
+        while let Some(ended) = self.running.try_join_next() {
+            self.record(ended);
+        }
+    }
+
+    fn record(&mut self, ended: Result<Result<ChunkId, String>, tokio::task::JoinError>) {
+        match ended {
+            Ok(Ok(id)) => {
+                self.sent.insert(id);
+            }
+            Ok(Err(e)) => {
+                self.failed.get_or_insert(e);
+            }
+            Err(e) => {
+                self.failed.get_or_insert(e.to_string());
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Courier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Courier({})", self.root.display())
+    }
+}
+
+impl Courier {
+    /// Sends to `backend` the chunks landing in the staging store at `root`, on the runtime
+    /// this is called from.
+    pub fn new(backend: Arc<dyn Backend>, root: PathBuf) -> Self {
+        Courier {
+            backend,
+            root,
+            runtime: tokio::runtime::Handle::current(),
+            permits: Arc::new(Semaphore::new(AT_ONCE)),
+            uploads: Mutex::new(Uploads::default()),
+        }
+    }
+
+    /// Starts sending chunk `id` (`len` bytes of content), complete under its name in the
+    /// staging store `store`. An upload that failed before stops the run here.
+    pub(super) fn landed(
+        &self,
+        store: Arc<ChunkStore>,
+        id: &ChunkId,
+        len: usize,
+    ) -> io::Result<()> {
+        let mut uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
+        uploads.reap();
+        if let Some(failed) = &uploads.failed {
+            return Err(io::Error::other(failed.clone()));
+        }
+        let (backend, permits) = (self.backend.clone(), self.permits.clone());
+        let (id, path) = (*id, self.root.join(id.rel()));
+        let upload = async move {
+            let _permit = permits.acquire_owned().await.map_err(|e| e.to_string())?;
+            let object = object_name(&id);
+            // Read and checked on a blocking thread: at most `AT_ONCE` of them, as the uploads.
+            let reading = move || -> Result<Vec<u8>, String> {
+                let bytes = std::fs::read(&path)
+                    .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+                store
+                    .check_stored(&id, len, &bytes)
+                    .map_err(|e| e.to_string())?;
+                Ok(bytes)
+            };
+            let bytes = tokio::task::spawn_blocking(reading)
+                .await
+                .map_err(|e| e.to_string())??;
+            crate::failpoint::hit("create:s3-chunk-sent").map_err(|e| e.to_string())?;
+            let name = Name::new(object.clone()).map_err(|e| e.to_string())?;
+            backend
+                .save(&name, crate::backend::once(Bytes::from(bytes)))
+                .await
+                .map_err(|e| format!("cannot send `{object}`: {e}"))?;
+            Ok(id)
+        };
+        uploads.running.spawn_on(upload, &self.runtime);
+        Ok(())
+    }
+
+    /// Waits for every upload started; the chunks sent, or the first failure.
+    pub async fn finish(&self) -> Result<HashSet<ChunkId>, io::Error> {
+        let mut running = {
+            let mut uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
+            std::mem::take(&mut uploads.running)
+        };
+        let mut ended = Vec::new();
+        while let Some(one) = running.join_next().await {
+            ended.push(one);
+        }
+        let mut uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
+        for one in ended {
+            uploads.record(one);
+        }
+        match uploads.failed.take() {
+            Some(failed) => Err(io::Error::other(failed)),
+            None => Ok(std::mem::take(&mut uploads.sent)),
+        }
+    }
+}
