@@ -14,7 +14,7 @@ mod sending;
 mod survey;
 mod writing;
 
-pub use sending::{require_exclusive_names, Sending};
+pub use sending::{remove_dead_stagings, require_exclusive_names, Sending};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

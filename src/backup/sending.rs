@@ -108,12 +108,14 @@ impl Sending {
 /// after it.
 const STAGING: &str = ".wqm-s3-";
 
-/// Removes the staging directories of this host's dead runs from `tmp`: a killed run never
-/// removes its own, which may hold a whole backup. One whose pid is alive is left alone (a run
-/// sending now, or a pid reused: it goes once that process is gone).
-fn remove_dead_stagings(tmp: &Path) {
+/// Removes the staging directories of this host's dead runs from `tmp` (by the next run that
+/// sends a backup, and by `cleanup`); returns them. A killed run never removes its own, which
+/// may hold a whole backup. One whose pid is alive is left alone (a run sending now, or a pid
+/// reused: it goes once that process is gone).
+pub fn remove_dead_stagings(tmp: &Path) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
     let Ok(entries) = std::fs::read_dir(tmp) else {
-        return;
+        return removed;
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
@@ -123,12 +125,16 @@ fn remove_dead_stagings(tmp: &Path) {
             .and_then(|rest| rest.split('-').next())
             .and_then(|pid| pid.parse::<u32>().ok());
         if let Some(pid) = pid {
-            if pid != std::process::id() && !crate::process::alive(pid) {
-                // Not followed if it is a link: only the link goes.
-                let _ = std::fs::remove_dir_all(entry.path());
+            // Not followed if it is a link: only the link goes.
+            if pid != std::process::id()
+                && !crate::process::alive(pid)
+                && std::fs::remove_dir_all(entry.path()).is_ok()
+            {
+                removed.push(entry.path());
             }
         }
     }
+    removed
 }
 
 /// Refuses a repository whose server does not refuse a second write of one name (`save_new`):

@@ -53,8 +53,10 @@ pub async fn run(
         Some(repository) => repo_lock::remove_stale(repository).await?,
         None => Vec::new(),
     };
+    // A killed run's local copy of a backup it was sending to S3 (in `$TMPDIR`).
+    let stagings = backup::remove_dead_stagings(&std::env::temp_dir());
     if ui.json {
-        ui.json(&json!({ "directories": dirs, "cleaned": cleaned, "unfinished": unfinished, "stale_locks_removed": stale_locks, "remote_runs_removed": remote_runs_removed }));
+        ui.json(&json!({ "directories": dirs, "cleaned": cleaned, "unfinished": unfinished, "stale_locks_removed": stale_locks, "remote_runs_removed": remote_runs_removed, "staging_removed": stagings }));
     } else {
         for run in &cleaned {
             ui.line(run.report());
@@ -66,6 +68,12 @@ pub async fn run(
             ui.line(format!(
                 "Removed what a killed run left of `{}`: {} object(s), {} unfinished upload(s)",
                 removed.target, removed.objects, removed.uploads
+            ));
+        }
+        for staging in &stagings {
+            ui.line(format!(
+                "Removed a killed run's local copy of a backup it was sending to S3: `{}`",
+                staging.display()
             ));
         }
         let looked = looked.join(" and ");

@@ -357,3 +357,26 @@ fn a_default_backup_directory_on_s3_is_where_create_prune_and_cleanup_work() {
     let expected = [kept.to_string(), safety[0].clone()].into_iter().collect();
     assert_eq!(names, expected, "{names:?}");
 }
+
+/// `cleanup` removes the local copy a killed run was sending to S3 (`$TMPDIR/.wqm-s3-PID-*`),
+/// and leaves a live run's. No S3 server needed: it is this host's temporary directory.
+#[test]
+fn cleanup_removes_a_killed_runs_local_staging_for_s3() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    gone.wait().unwrap();
+    let dead = tmp.path().join(format!(".wqm-s3-{}-abc123", gone.id()));
+    let live = tmp
+        .path()
+        .join(format!(".wqm-s3-{}-def456", std::process::id()));
+    for dir in [&dead, &live] {
+        std::fs::create_dir_all(dir.join("n1/collections")).unwrap();
+    }
+    let shown = dead.display().to_string();
+    let (_, _tmp) = Test::in_dir(tmp)
+        .env("TMPDIR", "{TMP}")
+        .args("backup cleanup --json")
+        .stdout_json(move |v| assert_eq!(v["staging_removed"], serde_json::json!([shown]), "{v}"))
+        .run();
+    assert!(!dead.exists() && live.exists());
+}
