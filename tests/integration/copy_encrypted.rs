@@ -36,6 +36,11 @@ fn second_repository(tmp: TempDir, password: &str) -> TempDir {
         .1
 }
 
+/// `wqm ARGS` with the password of `enc2` (`SECOND`) and cheap key derivation.
+fn with_second(tmp: TempDir, double: &Double, args: &str) -> Test {
+    fast(wqm(Test::in_dir(tmp), &double.url, args)).env("WQM_BACKUP_PASSWORD", SECOND)
+}
+
 /// The keyed names of `backup`'s collection files in the repository `repo`.
 fn stored_names(tmp: &TempDir, repo: &str, backup: &str) -> Vec<String> {
     let mut names: Vec<String> =
@@ -87,20 +92,18 @@ fn an_encrypted_backup_is_re_encrypted_with_another_repositorys_key_and_restores
     );
     assert_eq!(from.len(), to.len());
     assert!(from.iter().all(|n| !to.contains(n)), "{from:?} {to:?}");
-    let (_, tmp) = fast(wqm(
-        Test::in_dir(tmp),
-        &double.url,
+    let (_, tmp) = with_second(
+        tmp,
+        &double,
         "backup validate {TMP}/enc2/night-1 --check-files",
-    ))
-    .env("WQM_BACKUP_PASSWORD", SECOND)
+    )
     .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
     .run();
-    let (_, _tmp) = fast(wqm(
-        Test::in_dir(tmp),
-        &double.url,
+    let (_, _tmp) = with_second(
+        tmp,
+        &double,
         "backup restore {TMP}/enc2/night-1 --force --overwrite",
-    ))
-    .env("WQM_BACKUP_PASSWORD", SECOND)
+    )
     .env("WQM_BACKUP__DEFAULT_BACKUP_DIRECTORY", "{TMP}/enc2")
     .stdout_with(|_| {})
     .stderr_with(|_| {})
@@ -242,12 +245,11 @@ fn incremental_backups_are_re_keyed_into_out_of_and_between_encrypted_repositori
     assert_eq!(sent, [plain_chunks.len() as u64, 0]);
     let enc2_chunks = chunk_names(&tmp, "enc2");
     assert!(enc2_chunks.is_disjoint(&enc_chunks) && enc2_chunks.is_disjoint(&plain_chunks));
-    let (_, tmp) = fast(wqm(
-        Test::in_dir(tmp),
-        &double.url,
+    let (_, tmp) = with_second(
+        tmp,
+        &double,
         "backup validate {TMP}/enc2/night-2 --check-files",
-    ))
-    .env("WQM_BACKUP_PASSWORD", SECOND)
+    )
     .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
     .run();
     let (_, tmp) = copied(
@@ -265,12 +267,11 @@ fn incremental_backups_are_re_keyed_into_out_of_and_between_encrypted_repositori
     .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
     .run();
     // A night restored from the second key's repository.
-    let (_, _tmp) = fast(wqm(
-        Test::in_dir(tmp),
-        &double.url,
+    let (_, _tmp) = with_second(
+        tmp,
+        &double,
         "backup restore {TMP}/enc2/night-2 --force --overwrite",
-    ))
-    .env("WQM_BACKUP_PASSWORD", SECOND)
+    )
     .env("WQM_BACKUP__DEFAULT_BACKUP_DIRECTORY", "{TMP}/enc2")
     .stdout_with(|o| assert!(o.contains("Restore completed"), "{o}"))
     .stderr_with(|_| {})

@@ -102,16 +102,7 @@ fn a_local_incremental_night_exports_to_s3_as_a_full_backup_committed_last() {
     let dest = format!("{url}/exported");
     let shown = dest.clone();
     // What a killed run left in `$TMPDIR` goes; a live run's staging stays.
-    let mut gone = std::process::Command::new("true").spawn().unwrap();
-    gone.wait().unwrap();
-    let dead = tmp.path().join(format!(".wqm-s3-{}-abc123", gone.id()));
-    let live = tmp
-        .path()
-        .join(format!(".wqm-s3-{}-def456", std::process::id()));
-    for dir in [&dead, &live] {
-        std::fs::create_dir_all(dir.join("n2/collections")).unwrap();
-        std::fs::write(dir.join("n2/collections/x.snapshot"), b"staged").unwrap();
-    }
+    let (dead, live) = crate::s3_write::stagings(tmp.path());
     let (_, tmp) = with_s3(Test::in_dir(tmp))
         .env("TMPDIR", "{TMP}")
         .args(&format!("backup export {{TMP}}/backups/n2 {dest} --json"))
@@ -130,6 +121,7 @@ fn a_local_incremental_night_exports_to_s3_as_a_full_backup_committed_last() {
         "{objects:?}"
     );
     assert!(locks(&runtime, &backend).is_empty(), "released at the end");
+    assert!(!dead.exists() && live.exists());
     let (_, tmp) = with_s3(Test::in_dir(tmp))
         .args(&format!("backup validate {dest} --check-files"))
         .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))

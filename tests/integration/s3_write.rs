@@ -358,20 +358,26 @@ fn a_default_backup_directory_on_s3_is_where_create_prune_and_cleanup_work() {
     assert_eq!(names, expected, "{names:?}");
 }
 
+/// In `dir`: a local staging directory for S3 (`.wqm-s3-PID-*`, with a file in it) of a process
+/// that is gone, and one of this (live) process.
+pub(crate) fn stagings(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let mut gone = Command::new("true").spawn().unwrap();
+    gone.wait().unwrap();
+    let dead = dir.join(format!(".wqm-s3-{}-abc123", gone.id()));
+    let live = dir.join(format!(".wqm-s3-{}-def456", std::process::id()));
+    for staging in [&dead, &live] {
+        std::fs::create_dir_all(staging.join("n1/collections")).unwrap();
+        std::fs::write(staging.join("n1/collections/x.snapshot"), b"staged").unwrap();
+    }
+    (dead, live)
+}
+
 /// `cleanup` removes the local copy a killed run was sending to S3 (`$TMPDIR/.wqm-s3-PID-*`),
 /// and leaves a live run's. No S3 server needed: it is this host's temporary directory.
 #[test]
 fn cleanup_removes_a_killed_runs_local_staging_for_s3() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut gone = std::process::Command::new("true").spawn().unwrap();
-    gone.wait().unwrap();
-    let dead = tmp.path().join(format!(".wqm-s3-{}-abc123", gone.id()));
-    let live = tmp
-        .path()
-        .join(format!(".wqm-s3-{}-def456", std::process::id()));
-    for dir in [&dead, &live] {
-        std::fs::create_dir_all(dir.join("n1/collections")).unwrap();
-    }
+    let (dead, live) = stagings(tmp.path());
     let shown = dead.display().to_string();
     let (_, _tmp) = Test::in_dir(tmp)
         .env("TMPDIR", "{TMP}")
