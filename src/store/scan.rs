@@ -101,41 +101,70 @@ pub fn scan(dir: &Path) -> io::Result<Scan> {
 /// `scan` of a repository on a backend: one listing, grouped by the first component of each
 /// name. A backup is a name, not hidden, with a manifest that reads; a name with objects but
 /// no manifest is no backup (a killed run's, or one being written: the manifest is written
-/// last).
+/// last). The names are looked at `LOOKERS` at a time (three requests each), in their order.
 pub fn scan_remote(repository: &Remote) -> io::Result<Scan> {
-    let mut scan = Scan::default();
     // The names at the top, then each one's manifest: never a listing of every chunk.
-    for name in repository.top_level()? {
-        if layout::is_hidden(&name) {
-            continue;
+    let names: Vec<String> = repository
+        .top_level()?
+        .into_iter()
+        .filter(|name| !layout::is_hidden(name))
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let found: Vec<std::sync::Mutex<Option<io::Result<Option<Entry>>>>> =
+        names.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..LOOKERS.min(names.len()) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(name) = names.get(i) else { break };
+                let entry = look_at(repository, name);
+                *found[i].lock().expect("scan slot") = Some(entry);
+            });
         }
-        let path = repository.shown(&name);
-        let manifest = repository.size(&format!("{name}/{MANIFEST_PATH}"));
-        let seen = if let Err(e) = manifest {
-            match e.kind() {
-                // Some servers (SeaweedFS) still list a prefix whose objects are all gone.
-                io::ErrorKind::NotFound if repository.list(&format!("{name}/"))?.is_empty() => {
-                    continue
-                }
-                io::ErrorKind::NotFound => {
-                    Seen::Other("no manifest: not a backup, or one being written".to_string())
-                }
-                // A name no backup of wqm's can have.
-                io::ErrorKind::InvalidData => Seen::Other(e.to_string()),
-                _ => return Err(e),
-            }
-        } else {
-            match repository.read_manifest(&name) {
-                Ok(manifest) => match repository.backup(&name) {
-                    Ok(backup) => Seen::Backup(Box::new(BackupDir::remote(backup, manifest))),
-                    Err(e) => Seen::Unreadable(e.to_string()),
-                },
-                Err(e) => Seen::Unreadable(e.to_string()),
-            }
-        };
-        scan.entries.push(Entry { name, path, seen });
+    });
+    let mut scan = Scan::default();
+    for slot in found {
+        let entry = slot.into_inner().expect("scan slot").expect("every name looked at");
+        scan.entries.extend(entry?);
     }
     Ok(scan)
+}
+
+/// Names of a repository on a backend looked at at once by `scan_remote`.
+const LOOKERS: usize = 8;
+
+/// What the name `name` of a repository on a backend is; `None` for a prefix the server still
+/// lists whose objects are all gone.
+fn look_at(repository: &Remote, name: &str) -> io::Result<Option<Entry>> {
+    let path = repository.shown(name);
+    let manifest = repository.size(&format!("{name}/{MANIFEST_PATH}"));
+    let seen = if let Err(e) = manifest {
+        match e.kind() {
+            // Some servers (SeaweedFS) still list a prefix whose objects are all gone.
+            io::ErrorKind::NotFound if repository.list(&format!("{name}/"))?.is_empty() => {
+                return Ok(None)
+            }
+            io::ErrorKind::NotFound => {
+                Seen::Other("no manifest: not a backup, or one being written".to_string())
+            }
+            // A name no backup of wqm's can have.
+            io::ErrorKind::InvalidData => Seen::Other(e.to_string()),
+            _ => return Err(e),
+        }
+    } else {
+        match repository.read_manifest(name) {
+            Ok(manifest) => match repository.backup(name) {
+                Ok(backup) => Seen::Backup(Box::new(BackupDir::remote(backup, manifest))),
+                Err(e) => Seen::Unreadable(e.to_string()),
+            },
+            Err(e) => Seen::Unreadable(e.to_string()),
+        }
+    };
+    Ok(Some(Entry {
+        name: name.to_string(),
+        path,
+        seen,
+    }))
 }
 
 /// `scan` of a local directory or a remote repository.
