@@ -43,10 +43,12 @@ pub fn once(bytes: impl Into<Bytes>) -> ByteStream {
 /// Removes every object under `dir/` (a backup's, say); returns how many.
 pub async fn remove_under(backend: &dyn Backend, dir: &str) -> Result<usize, BackendError> {
     let objects = backend.list(&format!("{dir}/")).await?;
-    for object in &objects {
-        backend.remove(&Name::new(object.name.clone())?).await?;
-    }
-    Ok(objects.len())
+    let names = objects
+        .into_iter()
+        .map(|o| Name::new(o.name))
+        .collect::<Result<Vec<_>, _>>()?;
+    backend.remove_all(&names).await?;
+    Ok(names.len())
 }
 
 /// Reads a whole stream into memory; for small objects only (locks, manifests).
@@ -128,6 +130,15 @@ pub trait Backend: Send + Sync + fmt::Debug {
 
     /// Removes the object; a missing one is no error.
     async fn remove(&self, name: &Name) -> Result<(), BackendError>;
+
+    /// Removes every object of `names`; a missing one is no error. One request each here;
+    /// S3 sends them a thousand to a request (`DeleteObjects`).
+    async fn remove_all(&self, names: &[Name]) -> Result<(), BackendError> {
+        for name in names {
+            self.remove(name).await?;
+        }
+        Ok(())
+    }
 
     /// Uploads that were started and neither finished nor abandoned cleanly (a killed run's).
     /// A running save's is among them: only call `abort` on those no live run owns (the

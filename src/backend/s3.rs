@@ -646,6 +646,31 @@ impl Backend for S3Backend {
         }
     }
 
+    async fn remove_all(&self, names: &[Name]) -> Result<(), BackendError> {
+        let paths = names
+            .iter()
+            .map(|name| self.path(name.as_str()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut deleted = self
+            .store
+            .delete_stream(futures_util::stream::iter(paths.into_iter().map(Ok)).boxed());
+        let mut bulk_failed = false;
+        while let Some(one) = deleted.next().await {
+            match one {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(_) => bulk_failed = true,
+            }
+        }
+        // A server without `DeleteObjects`, or a batch cut short: one by one, each retried as
+        // any request (removing twice is no error).
+        if bulk_failed {
+            for name in names {
+                self.remove(name).await?;
+            }
+        }
+        Ok(())
+    }
+
     async fn unfinished(&self) -> Result<Vec<Unfinished>, BackendError> {
         let records = self.path(&format!("{RESERVED}/uploads"))?;
         let mut listing = self.store.list(Some(&records));

@@ -136,6 +136,18 @@ impl Remote {
             .map_err(not_found)
     }
 
+    /// Removes the objects `rels` (those already gone are no error), in as few requests as the
+    /// backend can (`Backend::remove_all`).
+    pub fn remove_all(&self, rels: &[String]) -> io::Result<()> {
+        let names = rels
+            .iter()
+            .map(|rel| Name::new(rel.as_str()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        self.wait(self.backend.remove_all(&names))
+            .map_err(not_found)
+    }
+
     /// Removes the object `rel` (one already gone is no error).
     pub fn remove(&self, rel: &str) -> io::Result<()> {
         let name = Name::new(rel).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;

@@ -124,7 +124,10 @@ pub fn scan_remote(repository: &Remote) -> io::Result<Scan> {
     });
     let mut scan = Scan::default();
     for slot in found {
-        let entry = slot.into_inner().expect("scan slot").expect("every name looked at");
+        let entry = slot
+            .into_inner()
+            .expect("scan slot")
+            .expect("every name looked at");
         scan.entries.extend(entry?);
     }
     Ok(scan)

@@ -50,6 +50,7 @@ conformance!(
     list_by_prefix,
     list_pages_through_many_objects,
     remove_is_idempotent,
+    remove_all_removes_many_and_nothing_else,
     save_replaces_and_save_new_refuses,
     save_new_has_one_winner,
     a_large_stream_is_sent_while_it_is_read,
@@ -273,6 +274,38 @@ async fn remove_is_idempotent(backend: Arc<dyn Backend>) {
     // Again, and a name whose directory never existed: no error.
     backend.remove(&object).await.unwrap();
     backend.remove(&name("never/was/here")).await.unwrap();
+}
+
+async fn remove_all_removes_many_and_nothing_else(backend: Arc<dyn Backend>) {
+    // More than S3 takes in one `DeleteObjects` request.
+    const COUNT: usize = 1100;
+    let doomed: Vec<Name> = (0..COUNT).map(|i| name(&format!("batch/{i:05}"))).collect();
+    stream::iter(doomed.clone())
+        .map(|object| {
+            let backend = backend.clone();
+            async move {
+                backend
+                    .save(&object, backend::once(b"x".to_vec()))
+                    .await
+                    .unwrap();
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<()>>()
+        .await;
+    let kept = name("batchmate/kept");
+    backend
+        .save(&kept, backend::once(b"y".to_vec()))
+        .await
+        .unwrap();
+    // With names that were never there: no error.
+    let mut names_given = doomed;
+    names_given.push(name("batch/never"));
+    names_given.push(name("never/was/here"));
+    backend.remove_all(&names_given).await.unwrap();
+    assert_eq!(names(&*backend, "batch/").await, Vec::<String>::new());
+    assert_eq!(names(&*backend, "batchmate/").await, ["batchmate/kept"]);
+    backend.remove_all(&[]).await.unwrap();
 }
 
 async fn save_replaces_and_save_new_refuses(backend: Arc<dyn Backend>) {

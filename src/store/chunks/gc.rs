@@ -130,24 +130,28 @@ pub fn collect_garbage(
         strays: found.strays,
         ..Collected::default()
     };
+    let doomed = unreferenced(found.chunks, referenced, &mut collected);
     if let Some(remote) = &store.remote {
-        delete_unreferenced(found.chunks, referenced, dry_run, &mut collected, |id| {
-            remote.remove(&object_name(id))
-        })?;
+        if !dry_run {
+            // A thousand to a request on S3 (`Backend::remove_all`).
+            let names: Vec<String> = doomed.iter().map(object_name).collect();
+            remote.remove_all(&names)?;
+        }
         return remove_remote_runs(remote, dry_run, collected);
     }
     let root = at::Dir::open(&store.root)?;
     let chunks = root.open_dir(CHUNKS_DIR)?;
     let mut fan_dir: Option<(String, at::Dir)> = None;
-    delete_unreferenced(found.chunks, referenced, dry_run, &mut collected, |id| {
+    for id in doomed.iter().filter(|_| !dry_run) {
         let name = id.to_string();
         let fan = &name[..2];
         if fan_dir.as_ref().is_none_or(|(open, _)| open != fan) {
             fan_dir = Some((fan.to_string(), chunks.open_dir(fan)?));
         }
         let (_, dir) = fan_dir.as_ref().expect("opened above");
-        dir.remove_file(&name)
-    })?;
+        dir.remove_file(&name)?;
+        crate::failpoint::hit("prune:chunk-deleted")?;
+    }
     let tmp = match root.open_dir(TMP_DIR) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(collected),
         other => other?,
@@ -162,29 +166,25 @@ pub fn collect_garbage(
     Ok(collected)
 }
 
-/// Deletes (`delete`, unless `dry_run`) each listed chunk `referenced` does not name, and counts
-/// what went and what stays.
-fn delete_unreferenced(
+/// The listed chunks `referenced` does not name, to be deleted; what goes and what stays
+/// counted in `collected`.
+fn unreferenced(
     chunks: Vec<(ChunkId, u64)>,
     referenced: &Refs,
-    dry_run: bool,
     collected: &mut Collected,
-    mut delete: impl FnMut(&ChunkId) -> io::Result<()>,
-) -> io::Result<()> {
+) -> Vec<ChunkId> {
+    let mut doomed = Vec::new();
     for (id, len) in chunks {
         if referenced.contains(&id) {
             collected.chunks_kept += 1;
             collected.bytes_kept += len;
-            continue;
+        } else {
+            collected.chunks_deleted += 1;
+            collected.bytes_freed += len;
+            doomed.push(id);
         }
-        if !dry_run {
-            delete(&id)?;
-            crate::failpoint::hit("prune:chunk-deleted")?;
-        }
-        collected.chunks_deleted += 1;
-        collected.bytes_freed += len;
     }
-    Ok(())
+    doomed
 }
 
 /// A repository's `.wqm-chunks/tmp/`: the objects of runs' temporary directories (a local
