@@ -25,6 +25,7 @@ pub mod fs;
 #[doc(hidden)]
 pub mod hostile;
 pub mod output;
+pub(crate) mod parallel;
 pub(crate) mod process;
 pub(crate) mod progress;
 pub(crate) mod prune;

@@ -173,10 +173,17 @@ pub fn copy(
             }
         }
     }
+    // What DEST holds under each name, looked up side by side (on S3: two requests each)
+    // rather than one name after another; a commit still refuses a name taken meanwhile.
+    let mut existing = crate::parallel::map_in_order(&chosen, SENDERS, |(name, unreadable)| {
+        unreadable.is_none().then(|| dest.existing(name))
+    })
+    .into_iter();
     let mut copied = Vec::new();
     // Re-keyed, each chunk's name in DEST as this run learned it (`Renamed`).
     let mut known = Renamed::new();
     for (name, unreadable) in chosen {
+        let there = existing.next().expect("one lookup per backup");
         progress::check_interrupted()?;
         let result = match unreadable {
             Some(why) => Err(anyhow::Error::new(Damaged::new(
@@ -193,7 +200,8 @@ pub fn copy(
                     .rev()
                     .find(|(_, what)| matches!(what, Seen::Backup(_)))
                     .map(|(before, _)| *before);
-                copy_one(source, dest, (&name, before), &mut known, progress)
+                let there = there.expect("looked up for every readable backup");
+                copy_one(source, dest, (&name, before, there), &mut known, progress)
             }
         };
         match result {
@@ -250,14 +258,15 @@ enum Part {
     Unchecked(String),
 }
 
-/// Copies the backup `name`, or skips it when the destination has it already.
+/// Copies the backup `name`, or skips it when the destination has it already (`there`: what
+/// it holds under that name).
 /// Re-keyed (`Reseal`), a chunk in `known` whose name DEST holds is not read again; `known`
 /// learns the names of the backup before it in SRC (`before`) when DEST holds that one and this
 /// run learned none yet, and those of every backup copied.
 fn copy_one(
     source: &Source,
     dest: &Dest,
-    (name, before): (&str, Option<&str>),
+    (name, before, there): (&str, Option<&str>, Result<dest::Existing>),
     known: &mut Renamed,
     progress: &dyn Progress,
 ) -> Result<Copied> {
@@ -271,7 +280,7 @@ fn copy_one(
         None => bytes == raw,
         Some(reseal) => reseal.same_backup(name, bytes, &manifest),
     };
-    match dest.existing(name)? {
+    match there? {
         dest::Existing::Nothing => {}
         dest::Existing::Backup(bytes) if same(&bytes) => {
             return Ok(Copied::new(name, Status::Skipped))

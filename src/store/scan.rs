@@ -109,25 +109,8 @@ pub fn scan_remote(repository: &Remote) -> io::Result<Scan> {
         .into_iter()
         .filter(|name| !layout::is_hidden(name))
         .collect();
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let found: Vec<std::sync::Mutex<Option<io::Result<Option<Entry>>>>> =
-        names.iter().map(|_| std::sync::Mutex::new(None)).collect();
-    std::thread::scope(|scope| {
-        for _ in 0..LOOKERS.min(names.len()) {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(name) = names.get(i) else { break };
-                let entry = look_at(repository, name);
-                *found[i].lock().expect("scan slot") = Some(entry);
-            });
-        }
-    });
     let mut scan = Scan::default();
-    for slot in found {
-        let entry = slot
-            .into_inner()
-            .expect("scan slot")
-            .expect("every name looked at");
+    for entry in crate::parallel::map_in_order(&names, LOOKERS, |name| look_at(repository, name)) {
         scan.entries.extend(entry?);
     }
     Ok(scan)
