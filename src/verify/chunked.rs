@@ -98,7 +98,9 @@ impl ChunkTally {
                 .collect()
         });
         let read = found.len() as u64;
-        found.extend(unread.iter().map(|l| {
+        // A lookup on S3 is a request: side by side.
+        let lookups = if store.is_remote() { IN_FLIGHT } else { 1 };
+        found.extend(crate::parallel::map_in_order(&unread, lookups, |l| {
             let missing = store.stored_size(&l.id).is_none();
             (l.id, missing.then_some(ChunkProblem::Missing))
         }));
@@ -131,6 +133,9 @@ impl ChunkTally {
 
 /// Chunks checked at a time (on every core).
 const CHECK_BATCH: usize = 64;
+/// Requests kept in flight for a store on S3, whose reads wait on round trips more than on
+/// the cores.
+const IN_FLIGHT: usize = 8;
 
 /// An incremental backup needs the chunk store beside it.
 pub(super) fn check_chunk_store(report: &mut Report, backup: &BackupDir) -> Result<(), AuditError> {
@@ -176,7 +181,8 @@ pub(super) fn read_chunks(
     let mut index = IndexReader::new(BufReader::new(&mut stored))?;
     let mut reading = ChunkReading::default();
     let meter = progress.transfer(&entry.path, Some(entry.content_size));
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = if store.is_remote() { cores.max(IN_FLIGHT) } else { cores };
     let mut batch = Vec::with_capacity(CHECK_BATCH);
     let result = (|| loop {
         batch.clear();

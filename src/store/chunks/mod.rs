@@ -530,6 +530,11 @@ impl ChunkStore {
         &self.params
     }
 
+    /// Whether the store is in a repository on a backend (S3): each chunk read is a request.
+    pub fn is_remote(&self) -> bool {
+        self.remote.is_some()
+    }
+
     /// The name of a chunk of `content` in this store: its sha256, or in an encrypted
     /// repository its HMAC-SHA256 under the repository's key.
     pub fn id_of(&self, content: &[u8]) -> ChunkId {
