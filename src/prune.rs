@@ -294,6 +294,7 @@ impl Referenced {
     fn read(&mut self, repository: &Repository, removed: &BTreeSet<&str>) -> Result<(), String> {
         let scan = store::scan_at(repository)
             .map_err(|e| format!("cannot read `{}`: {e}", repository.shown().display()))?;
+        let mut unread = Vec::new();
         for entry in &scan.entries {
             match &entry.seen {
                 Seen::Unreadable(reason) => {
@@ -305,16 +306,27 @@ impl Referenced {
                 Seen::Backup(backup) if !removed.contains(entry.name.as_str()) => {
                     let found = as_found(backup)
                         .map_err(|e| format!("cannot read `{}`: {e}", entry.name))?;
-                    if self.read.get(&entry.name) == Some(&found) {
-                        continue;
+                    if self.read.get(&entry.name) != Some(&found) {
+                        unread.push((entry.name.as_str(), backup, found));
                     }
-                    let refs = chunks::backup_refs(backup).map_err(|e| {
-                        format!("cannot read the chunk indexes of `{}`: {e}", entry.name)
-                    })?;
-                    self.refs.extend(&refs);
-                    self.read.insert(entry.name.clone(), found);
                 }
                 _ => {}
+            }
+        }
+        // On S3 each backup's list is a request: eight side by side, merged eight at a time (a
+        // list can be large: never all of them held at once).
+        let workers = match repository {
+            Repository::Remote(_) => 8,
+            Repository::Local(_) => 1,
+        };
+        for batch in unread.chunks(workers) {
+            let lists = crate::parallel::map_in_order(batch, workers, |(name, backup, _)| {
+                chunks::backup_refs(backup)
+                    .map_err(|e| format!("cannot read the chunk indexes of `{name}`: {e}"))
+            });
+            for ((name, _, found), refs) in batch.iter().zip(lists) {
+                self.refs.extend(&refs?);
+                self.read.insert(name.to_string(), found.clone());
             }
         }
         Ok(())
