@@ -197,6 +197,37 @@ impl Restoring<'_> {
     }
 }
 
+/// A safety backup on its way to the repository on S3 `target`: `Sending` prepared (the dead
+/// runs it cleaned up noted in `steps`), and the repository's chunk store listed when it has
+/// one (the safety backup is then incremental there).
+async fn on_s3(
+    target: (crate::store::Remote, String),
+    steps: &mut Steps,
+) -> Result<(backup::Sending, Option<crate::store::chunks::Listed>)> {
+    let (mut sending, removed) = backup::Sending::prepare(target, "backup restore").await?;
+    let repository = &sending.repository;
+    steps
+        .cleaned
+        .extend(removed.iter().map(|r| cleanup::Cleaned {
+            path: repository.shown(&r.target),
+            run: format!("a run sending `{}`", r.target),
+            lines: vec![format!(
+                "{} object(s) and {} unfinished upload(s) removed",
+                r.objects, r.uploads
+            )],
+            complete: true,
+            needs_action: false,
+        }));
+    let with_store = crate::store::chunks::ChunkStore::exists_at(
+        &crate::store::Repository::Remote(repository.clone()),
+    );
+    let listed = match with_store {
+        true => Some(sending.list_store()?),
+        false => None,
+    };
+    Ok((sending, listed))
+}
+
 /// Makes the restore's working directory beside the state database (`.wqm-restore`: lock,
 /// journal), after cleaning up what dead restores left there.
 async fn open_work_dir(settings: &Settings, plan: &Plan, steps: &mut Steps) -> Result<WorkDir> {
@@ -246,41 +277,22 @@ impl<'a> Restoring<'a> {
         progress::check_interrupted()?;
         self.progress
             .step(&format!("safety backup into {}", safety.path.display()));
-        // On S3: made in a local staging directory, then sent (`backup::Sending`).
-        let mut sending = match &safety.remote {
-            None => None,
+        // On S3: made in a local staging directory, then sent (`backup::Sending`). Incremental
+        // where the backups beside it are.
+        let (mut sending, listed) = match &safety.remote {
+            None => (None, None),
             Some(target) => {
-                let (sending, removed) = backup::Sending::prepare(target.clone(), "backup restore")
+                let (sending, listed) = on_s3(target.clone(), self.steps)
                     .await
                     .context("the safety backup failed; nothing was changed")?;
-                let repository = &sending.repository;
-                self.steps
-                    .cleaned
-                    .extend(removed.iter().map(|r| cleanup::Cleaned {
-                        path: repository.shown(&r.target),
-                        run: format!("a run sending `{}`", r.target),
-                        lines: vec![format!(
-                            "{} object(s) and {} unfinished upload(s) removed",
-                            r.objects, r.uploads
-                        )],
-                        complete: true,
-                        needs_action: false,
-                    }));
-                Some(sending)
+                (Some(sending), listed)
             }
         };
-        // Incremental where the backups beside it are.
         let incremental = match &sending {
             None => {
                 crate::store::chunks::ChunkStore::exists_in(crate::fs::parent_dir(&safety.path))
             }
-            Some(sending) => crate::store::chunks::ChunkStore::exists_at(
-                &crate::store::Repository::Remote(sending.repository.clone()),
-            ),
-        };
-        let listed = match (&mut sending, incremental) {
-            (Some(sending), true) => Some(sending.list_store()?),
-            _ => None,
+            Some(_) => listed.is_some(),
         };
         let request = backup::Request {
             target: sending

@@ -182,7 +182,11 @@ pub(super) fn read_chunks(
     let mut reading = ChunkReading::default();
     let meter = progress.transfer(&entry.path, Some(entry.content_size));
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = if store.is_remote() { cores.max(IN_FLIGHT) } else { cores };
+    let threads = if store.is_remote() {
+        cores.max(IN_FLIGHT)
+    } else {
+        cores
+    };
     let mut batch = Vec::with_capacity(CHECK_BATCH);
     let result = (|| loop {
         batch.clear();
