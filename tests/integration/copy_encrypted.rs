@@ -13,7 +13,8 @@ use tempfile::TempDir;
 use wqm::backend::{self, Name};
 
 use crate::encrypted::{
-    encrypted_workspace, found_in, object, ran, scene, validated, with_password, DISTINCTIVE,
+    encrypted_workspace, found_in, object, ran, scene, validated, validated_with, with_password,
+    DISTINCTIVE,
 };
 use crate::incremental::wqm;
 use crate::qdrant_double::Double;
@@ -92,13 +93,7 @@ fn an_encrypted_backup_is_re_encrypted_with_another_repositorys_key_and_restores
     );
     assert_eq!(from.len(), to.len());
     assert!(from.iter().all(|n| !to.contains(n)), "{from:?} {to:?}");
-    let (_, tmp) = with_second(
-        tmp,
-        &double,
-        "backup validate {TMP}/enc2/night-1 --check-files",
-    )
-    .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
-    .run();
+    let tmp = validated_with(tmp, &double, "{TMP}/enc2/night-1", SECOND);
     let (_, _tmp) = with_second(
         tmp,
         &double,
@@ -245,13 +240,7 @@ fn incremental_backups_are_re_keyed_into_out_of_and_between_encrypted_repositori
     assert_eq!(sent, [plain_chunks.len() as u64, 0]);
     let enc2_chunks = chunk_names(&tmp, "enc2");
     assert!(enc2_chunks.is_disjoint(&enc_chunks) && enc2_chunks.is_disjoint(&plain_chunks));
-    let (_, tmp) = with_second(
-        tmp,
-        &double,
-        "backup validate {TMP}/enc2/night-2 --check-files",
-    )
-    .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
-    .run();
+    let tmp = validated_with(tmp, &double, "{TMP}/enc2/night-2", SECOND);
     let (_, tmp) = copied(
         tmp,
         &double,

@@ -64,11 +64,22 @@ pub(crate) fn ran(tmp: TempDir, double: &Double, args: &str) -> TempDir {
 
 /// `validate BACKUP --check-files` with the password: every object read and authenticated.
 pub(crate) fn validated(tmp: TempDir, double: &Double, backup: &str) -> TempDir {
-    with_password(
-        tmp,
-        double,
+    validated_with(tmp, double, backup, FIRST)
+}
+
+/// `validated` with the password `password`.
+pub(crate) fn validated_with(
+    tmp: TempDir,
+    double: &Double,
+    backup: &str,
+    password: &str,
+) -> TempDir {
+    fast(wqm(
+        Test::in_dir(tmp),
+        &double.url,
         &format!("backup validate {backup} --check-files"),
-    )
+    ))
+    .env("WQM_BACKUP_PASSWORD", password)
     .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
     .run()
     .1
