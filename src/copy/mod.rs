@@ -173,16 +173,21 @@ pub fn copy(
             }
         }
     }
-    // What DEST holds under each name, looked up side by side (on S3: two requests each)
-    // rather than one name after another; a commit still refuses a name taken meanwhile.
-    let mut existing = crate::parallel::map_in_order(&chosen, SENDERS, |(name, unreadable)| {
-        unreadable.is_none().then(|| dest.existing(name))
-    })
-    .into_iter();
     let mut copied = Vec::new();
     // Re-keyed, each chunk's name in DEST as this run learned it (`Renamed`).
     let mut known = Renamed::new();
-    for (name, unreadable) in chosen {
+    // What DEST holds under each name, looked up side by side (on S3: two requests each)
+    // rather than one name after another, `SENDERS` names ahead (each lookup may hold a
+    // manifest); a commit still refuses a name taken meanwhile.
+    let mut existing = Vec::new().into_iter();
+    for (i, (name, unreadable)) in chosen.iter().enumerate() {
+        if i % SENDERS == 0 {
+            let ahead = &chosen[i..chosen.len().min(i + SENDERS)];
+            existing = crate::parallel::map_in_order(ahead, SENDERS, |(name, unreadable)| {
+                unreadable.is_none().then(|| dest.existing(name))
+            })
+            .into_iter();
+        }
         let there = existing.next().expect("one lookup per backup");
         progress::check_interrupted()?;
         let result = match unreadable {
@@ -191,7 +196,7 @@ pub fn copy(
                     .shown(&format!("{name}/{MANIFEST_PATH}"))
                     .display()
                     .to_string(),
-                why,
+                why.clone(),
             ))),
             None => {
                 // The backup before it in SRC: when DEST holds it, its indexes name most chunks.
@@ -201,7 +206,7 @@ pub fn copy(
                     .find(|(_, what)| matches!(what, Seen::Backup(_)))
                     .map(|(before, _)| *before);
                 let there = there.expect("looked up for every readable backup");
-                copy_one(source, dest, (&name, before, there), &mut known, progress)
+                copy_one(source, dest, (name, before, there), &mut known, progress)
             }
         };
         match result {
@@ -210,7 +215,7 @@ pub fn copy(
             Err(_) if progress::is_interrupted() => return Err(Interrupted.into()),
             Err(e) => copied.push(Copied {
                 error: Some(e.context(format!("`{name}` was not copied to `{to}`"))),
-                ..Copied::new(&name, Status::Failed)
+                ..Copied::new(name, Status::Failed)
             }),
         }
     }
