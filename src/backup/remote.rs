@@ -264,9 +264,7 @@ pub async fn send_chunks(
             let bytes = tokio::task::block_in_place(|| store.stored_bytes(&id))
                 .with_context(|| format!("cannot read chunk `{id}`"))?;
             crate::failpoint::hit("create:s3-chunk-sent")?;
-            let name = Name::new(object.clone())?;
-            backend
-                .save(&name, crate::backend::once(Bytes::from(bytes)))
+            crate::store::chunks::save_chunk(backend, &id, Bytes::from(bytes))
                 .await
                 .with_context(|| format!("cannot send `{object}`"))?;
             anyhow::Ok(())

@@ -73,8 +73,7 @@ impl Sending {
     /// staged with it (`Request::listed`) stores only the chunks the repository lacks, and
     /// each of those is sent as soon as it lands (`chunks::Courier`).
     pub fn list_store(&mut self) -> Result<Listed> {
-        let root = chunks::ChunkStore::path_in(self.staged.path());
-        let courier = Arc::new(Courier::new(self.repository.shared_backend(), root));
+        let courier = Arc::new(Courier::new(self.repository.shared_backend()));
         self.courier = Some(courier.clone());
         Ok(Listed::of(&self.repository, chunks::DEFAULT_AVERAGE)?.sent_by(courier))
     }

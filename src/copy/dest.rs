@@ -244,11 +244,9 @@ impl Writing<'_> {
                 landed.lock().expect("landed lock").insert(dir);
             }
             How::Remote { remote, .. } => {
-                let name = Name::new(chunks::object_name(id)).map_err(io::Error::other)?;
-                let data = crate::backend::once(Bytes::copy_from_slice(stored));
-                remote
-                    .wait(remote.backend().save(&name, data))
-                    .map_err(io::Error::other)?;
+                let saving =
+                    chunks::save_chunk(remote.backend(), id, Bytes::copy_from_slice(stored));
+                remote.wait(saving).map_err(io::Error::other)?;
             }
         }
         self.dest.has.lock().expect("has lock").insert(*id);

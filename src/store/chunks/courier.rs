@@ -12,24 +12,21 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::io;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::import::object_name;
+use super::import::{object_name, save_chunk};
 use super::{ChunkId, ChunkStore};
-use crate::backend::{Backend, Name};
+use crate::backend::Backend;
 
 /// Uploads at once (each a request).
 const AT_ONCE: usize = 8;
 
 pub struct Courier {
     backend: Arc<dyn Backend>,
-    /// The staging store's directory (`.wqm-chunks`), where each chunk is read from.
-    root: PathBuf,
     runtime: tokio::runtime::Handle,
     permits: Arc<Semaphore>,
     uploads: Mutex<Uploads>,
@@ -68,17 +65,16 @@ impl Uploads {
 
 impl fmt::Debug for Courier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Courier({})", self.root.display())
+        write!(f, "Courier({})", self.backend.describe())
     }
 }
 
 impl Courier {
-    /// Sends to `backend` the chunks landing in the staging store at `root`, on the runtime
-    /// this is called from.
-    pub fn new(backend: Arc<dyn Backend>, root: PathBuf) -> Self {
+    /// Sends to `backend` the chunks landing in a staging store, on the runtime this is called
+    /// from.
+    pub fn new(backend: Arc<dyn Backend>) -> Self {
         Courier {
             backend,
-            root,
             runtime: tokio::runtime::Handle::current(),
             permits: Arc::new(Semaphore::new(AT_ONCE)),
             uploads: Mutex::new(Uploads::default()),
@@ -99,14 +95,15 @@ impl Courier {
             return Err(io::Error::other(failed.clone()));
         }
         let (backend, permits) = (self.backend.clone(), self.permits.clone());
-        let (id, path) = (*id, self.root.join(id.rel()));
+        let id = *id;
         let upload = async move {
             let _permit = permits.acquire_owned().await.map_err(|e| e.to_string())?;
             let object = object_name(&id);
             // Read and checked on a blocking thread: at most `AT_ONCE` of them, as the uploads.
             let reading = move || -> Result<Vec<u8>, String> {
-                let bytes = std::fs::read(&path)
-                    .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+                let bytes = store
+                    .stored_bytes(&id)
+                    .map_err(|e| format!("cannot read chunk `{id}`: {e}"))?;
                 store
                     .check_stored(&id, len, &bytes)
                     .map_err(|e| e.to_string())?;
@@ -116,9 +113,7 @@ impl Courier {
                 .await
                 .map_err(|e| e.to_string())??;
             crate::failpoint::hit("create:s3-chunk-sent").map_err(|e| e.to_string())?;
-            let name = Name::new(object.clone()).map_err(|e| e.to_string())?;
-            backend
-                .save(&name, crate::backend::once(Bytes::from(bytes)))
+            save_chunk(&*backend, &id, Bytes::from(bytes))
                 .await
                 .map_err(|e| format!("cannot send `{object}`: {e}"))?;
             Ok(id)

@@ -10,9 +10,12 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
+
 use super::write::fan_out_dir;
 use super::{runs, Access, ChunkError, ChunkId, ChunkStore, Params, RunTemp};
 use super::{CHUNKS_DIR, FEATURES_FORMAT, LOCK_OBJECTS};
+use crate::backend::{Backend, BackendError, Name};
 use crate::fs::create_private_file;
 use crate::store::{at, sync_dir};
 
@@ -127,6 +130,17 @@ impl ChunkStore {
 /// The object name of chunk `id` in a repository (`.wqm-chunks/chunks/ab/<id>`).
 pub fn object_name(id: &ChunkId) -> String {
     format!("{}/{}", super::STORE_DIR, id.rel())
+}
+
+/// Saves chunk `id`'s stored bytes as its object in the store of the repository on `backend`.
+pub async fn save_chunk(
+    backend: &dyn Backend,
+    id: &ChunkId,
+    stored: Bytes,
+) -> Result<(), BackendError> {
+    let name = Name::new(object_name(id))?;
+    backend.save(&name, crate::backend::once(stored)).await?;
+    Ok(())
 }
 
 /// The chunk an object name of a repository's store names (`object_name`'s inverse).

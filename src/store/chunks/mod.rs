@@ -835,7 +835,7 @@ mod write;
 pub use courier::Courier;
 pub use cut::Chunker;
 pub use gc::{collect_garbage, find_unreferenced, find_unreferenced_at, Collected, Unreferenced};
-pub use import::{id_of_object, object_name, params_object};
+pub use import::{id_of_object, object_name, params_object, save_chunk};
 pub use index::{index_text, IndexLine, IndexReader};
 pub use read::{chunk_error, ChunkReader};
 pub use refs::{
