@@ -510,38 +510,33 @@ fn send(
         let object = format!("{name}/{from}");
         let shown = source.shown(&object).display().to_string();
         let opened = |shown: &str| source.open(&object).map_err(|e| read_failure(shown, e));
-        let written = match (part, reseal) {
-            (Part::Whole(entry), None) => {
-                let checked = CheckedFile::new(opened(&shown)?, entry, &source.shown(&object))?;
-                writing.put_file(rel, &mut Metered::new(checked, meter.clone()))
-            }
-            // Decrypted, checked, encrypted again (or not) on the way.
-            (Part::Whole(entry), Some(reseal)) => {
-                let plain = reseal
-                    .decrypting(name, rel, opened(&shown)?)
-                    .map_err(|e| read_failure(&shown, e))?;
+        // The part's bytes as DEST stores them plain: each file checked against its entry as
+        // it passes (decrypted first from an encrypted SRC).
+        let mut reader: Box<dyn Read + Send + '_> = match part {
+            Part::Whole(entry) => {
+                let stored = opened(&shown)?;
+                let plain = match reseal {
+                    None => stored,
+                    Some(reseal) => reseal
+                        .decrypting(name, rel, stored)
+                        .map_err(|e| read_failure(&shown, e))?,
+                };
                 let checked = CheckedFile::new(plain, entry, &source.shown(&object))?;
-                let metered = Box::new(Metered::new(checked, meter.clone()));
-                match reseal.encrypting(name, rel, metered) {
-                    Ok(mut sealed) => writing.put_file(&to, &mut sealed),
-                    Err(e) => Err(Side::Write(e)),
-                }
+                Box::new(Metered::new(checked, meter.clone()))
             }
-            (Part::Read { bytes, .. }, None) => {
-                let written = writing.put_file(rel, &mut &bytes[..]);
+            Part::Read { bytes, .. } => {
                 meter.inc(bytes.len() as u64);
-                written
+                Box::new(&bytes[..])
             }
-            (Part::Read { bytes, .. }, Some(reseal)) => {
-                meter.inc(bytes.len() as u64);
-                match reseal.encrypting(name, rel, Box::new(&bytes[..])) {
-                    Ok(mut sealed) => writing.put_file(&to, &mut sealed),
-                    Err(e) => Err(Side::Write(e)),
-                }
-            }
-            (Part::Unchecked(_), _) => {
-                writing.put_file(rel, &mut Metered::new(opened(&shown)?, meter.clone()))
-            }
+            Part::Unchecked(_) => Box::new(Metered::new(opened(&shown)?, meter.clone())),
+        };
+        // Encrypted again for an encrypted DEST, under its name there.
+        let written = match reseal {
+            None => writing.put_file(rel, &mut reader),
+            Some(reseal) => match reseal.encrypting(name, rel, reader) {
+                Ok(mut sealed) => writing.put_file(&to, &mut sealed),
+                Err(e) => Err(Side::Write(e)),
+            },
         };
         bytes += written.map_err(|e| match e {
             Side::Read(e) => read_failure(&shown, e),
