@@ -5,12 +5,10 @@
 //! chunks re-keyed (named and encrypted by the destination's key, sent only when it lacks them).
 //! One test against the real SeaweedFS.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fs;
-use std::path::PathBuf;
 
 use tempfile::TempDir;
-use wqm::backend::{self, Name};
 
 use crate::encrypted::{
     encrypted_workspace, found_in, object, ran, scene, validated, validated_with, with_password,
@@ -18,6 +16,7 @@ use crate::encrypted::{
 };
 use crate::incremental::wqm;
 use crate::qdrant_double::Double;
+use crate::real_encrypted::{encrypted_objects, encrypted_on_s3};
 use crate::repo::{fast, files, FIRST, SECOND, WRONG_PASSWORD};
 use crate::s3_read::{fresh_prefix, with_s3};
 use crate::test::Test;
@@ -307,26 +306,14 @@ fn an_encrypted_backup_copied_to_s3_under_another_key_is_ciphertext_there_and_co
     let double = Double::start();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (s3, url) = fresh_prefix(&runtime);
-    let (_, tmp) = with_s3(fast(Test::in_dir(scene(&double))))
-        .env("WQM_BACKUP_PASSWORD", SECOND)
-        .args(&format!("backup init {url} --encrypt"))
-        .stdout_with(|_| {})
-        .run();
+    let tmp = encrypted_on_s3(scene(&double), &url, SECOND);
     let (_, tmp) = with_s3(fast(Test::in_dir(tmp)))
         .env("WQM_FROM_PASSWORD", FIRST)
         .env("WQM_BACKUP_PASSWORD", SECOND)
         .args(&format!("backup copy {{TMP}}/enc {url}"))
         .stdout_with(|o| assert!(o.contains("Copied `night-1`"), "{o}"))
         .run();
-    let mut stored = BTreeMap::new();
-    for object in runtime.block_on(s3.list("night-1/")).unwrap() {
-        let name = Name::new(object.name.clone()).unwrap();
-        let bytes = runtime
-            .block_on(async { backend::collect(s3.load(&name, None).await.unwrap()).await })
-            .unwrap();
-        assert!(bytes.starts_with(b"WQMCRYPT"), "{name}");
-        stored.insert(PathBuf::from(object.name), bytes);
-    }
+    let stored = encrypted_objects(&runtime, &s3, &["night-1/"]);
     assert!(stored.len() >= 4, "{stored:?}");
     assert_eq!(found_in(&stored, DISTINCTIVE), Vec::<String>::new());
     let (_, tmp) = with_s3(fast(Test::in_dir(tmp)))

@@ -4,8 +4,10 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use wqm::backend::{self, Name};
+use tempfile::TempDir;
+use wqm::backend::{self, Backend, Name};
 
 use crate::encrypted::{found_in, DISTINCTIVE};
 use crate::incremental::{workspace, wqm};
@@ -13,8 +15,38 @@ use crate::qdrant_double::Double;
 use crate::real_qdrant::{self, Server};
 use crate::repo::{fast, files, FIRST, SECOND, WRONG_PASSWORD};
 use crate::restore::lose_everything;
-use crate::s3_read::{fresh_prefix, with_s3};
+use crate::s3_read::{fresh_prefix, object_names, with_s3};
 use crate::test::Test;
+
+/// `tmp` after `backup init URL --encrypt` with `password`: an encrypted repository on S3.
+pub(crate) fn encrypted_on_s3(tmp: TempDir, url: &str, password: &str) -> TempDir {
+    with_s3(fast(Test::in_dir(tmp)))
+        .env("WQM_BACKUP_PASSWORD", password)
+        .args(&format!("backup init {url} --encrypt"))
+        .stdout_with(|o| assert!(o.starts_with("Created an encrypted repository at `"), "{o}"))
+        .run()
+        .1
+}
+
+/// Every object under `prefixes` on S3, each checked to be an encrypted object, by name.
+pub(crate) fn encrypted_objects(
+    runtime: &tokio::runtime::Runtime,
+    s3: &Arc<dyn Backend>,
+    prefixes: &[&str],
+) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut stored = BTreeMap::new();
+    for prefix in prefixes {
+        for name in object_names(runtime, s3, prefix) {
+            let object = Name::new(name.clone()).unwrap();
+            let bytes = runtime
+                .block_on(async { backend::collect(s3.load(&object, None).await.unwrap()).await })
+                .unwrap();
+            assert!(bytes.starts_with(b"WQMCRYPT"), "{name}");
+            stored.insert(PathBuf::from(name), bytes);
+        }
+    }
+    stored
+}
 
 /// Strings a plain repository of the real workspace shows in its manifests: collection and
 /// alias names.
@@ -29,11 +61,7 @@ fn a_backup_sent_to_an_encrypted_repository_on_s3_is_ciphertext_there_and_restor
     let double = Double::start();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (s3, url) = fresh_prefix(&runtime);
-    let (_, tmp) = with_s3(fast(Test::in_dir(workspace())))
-        .env("WQM_BACKUP_PASSWORD", FIRST)
-        .args(&format!("backup init {url} --encrypt"))
-        .stdout_with(|o| assert!(o.starts_with("Created an encrypted repository at `"), "{o}"))
-        .run();
+    let tmp = encrypted_on_s3(workspace(), &url, FIRST);
     let (_, tmp) = with_s3(fast(wqm(
         Test::in_dir(tmp),
         &double.url,
@@ -45,15 +73,7 @@ fn a_backup_sent_to_an_encrypted_repository_on_s3_is_ciphertext_there_and_restor
     .stdout_with(|o| assert!(o.starts_with("Backup created: s3://"), "{o}"))
     .run();
     // Every object of the backup is an encrypted object, and none shows the data.
-    let mut stored = BTreeMap::new();
-    for object in runtime.block_on(s3.list("night-1/")).unwrap() {
-        let name = Name::new(object.name.clone()).unwrap();
-        let bytes = runtime
-            .block_on(async { backend::collect(s3.load(&name, None).await.unwrap()).await })
-            .unwrap();
-        assert!(bytes.starts_with(b"WQMCRYPT"), "{name}");
-        stored.insert(PathBuf::from(object.name), bytes);
-    }
+    let stored = encrypted_objects(&runtime, &s3, &["night-1/"]);
     assert!(stored.len() >= 4, "{stored:?}");
     assert_eq!(found_in(&stored, DISTINCTIVE), Vec::<String>::new());
     // Without the password: exit 2, saying what the config says; with a wrong one: exit 2.

@@ -3,8 +3,6 @@
 //! cleaned up by the next; an encrypted repository that holds no plaintext chunk, and whose
 //! nights copy out re-keyed.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::Value;
@@ -15,6 +13,7 @@ use crate::encrypted::{found_in, DISTINCTIVE};
 use crate::faults::killed;
 use crate::incremental::{grow_state_db, workspace, wqm};
 use crate::qdrant_double::Double;
+use crate::real_encrypted::{encrypted_objects, encrypted_on_s3};
 use crate::repo::{fast, FIRST, SECOND};
 use crate::restore::lose_everything;
 use crate::s3_read::{fresh_prefix, object_names, s3_variables, with_s3};
@@ -211,12 +210,7 @@ fn incremental_nights_to_an_encrypted_repository_on_s3_store_no_plaintext_chunk(
     let double = Double::start();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (s3, url) = fresh_prefix(&runtime);
-    let (_, tmp) = with_s3(fast(Test::in_dir(workspace())))
-        .env("WQM_BACKUP_PASSWORD", FIRST)
-        .args(&format!("backup init {url} --encrypt"))
-        .stdout_with(|o| assert!(o.starts_with("Created an encrypted repository at `"), "{o}"))
-        .run();
-    let mut tmp = tmp;
+    let mut tmp = encrypted_on_s3(workspace(), &url, FIRST);
     let mut nights = Vec::new();
     for name in ["night-1", "night-2"] {
         let (summary, next) = night(
@@ -239,17 +233,11 @@ fn incremental_nights_to_an_encrypted_repository_on_s3_store_no_plaintext_chunk(
         })
         .unwrap();
     assert!(String::from_utf8_lossy(&params).contains("hmac-sha256"));
-    let mut stored = BTreeMap::new();
-    for prefix in [".wqm-chunks/chunks/", "night-1/", "night-2/"] {
-        for name in object_names(&runtime, &s3, prefix) {
-            let object = Name::new(name.clone()).unwrap();
-            let bytes = runtime
-                .block_on(async { backend::collect(s3.load(&object, None).await.unwrap()).await })
-                .unwrap();
-            assert!(bytes.starts_with(b"WQMCRYPT"), "{name}");
-            stored.insert(PathBuf::from(name), bytes);
-        }
-    }
+    let stored = encrypted_objects(
+        &runtime,
+        &s3,
+        &[".wqm-chunks/chunks/", "night-1/", "night-2/"],
+    );
     assert!(stored.len() as u64 > added(&nights[0], "chunks_added"));
     assert_eq!(found_in(&stored, DISTINCTIVE), Vec::<String>::new());
     let (_, tmp) = with_s3(fast(Test::in_dir(tmp)))
@@ -270,19 +258,10 @@ fn incremental_nights_to_an_encrypted_repository_on_s3_store_no_plaintext_chunk(
     .stderr_with(|_| {})
     .run();
     double.assert_holds_the_fixtures();
-    let safety: Vec<String> = object_names(&runtime, &s3, "")
-        .into_iter()
-        .filter(|name| name.starts_with("safety-"))
-        .collect();
+    let safety = encrypted_objects(&runtime, &s3, &["safety-"]);
     assert!(safety.len() >= 3, "{safety:?}");
-    for name in &safety {
-        let object = Name::new(name.clone()).unwrap();
-        let bytes = runtime
-            .block_on(async { backend::collect(s3.load(&object, None).await.unwrap()).await })
-            .unwrap();
-        assert!(bytes.starts_with(b"WQMCRYPT"), "{name}");
-    }
-    let backup = safety[0].split('/').next().unwrap().to_string();
+    let first = safety.keys().next().unwrap().to_string_lossy();
+    let backup = first.split('/').next().unwrap().to_string();
     let (_, tmp) = with_s3(fast(Test::in_dir(tmp)))
         .env("WQM_BACKUP_PASSWORD", FIRST)
         .args(&format!(
