@@ -13,7 +13,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::stream::{self, StreamExt};
 
 use super::CopyError;
-use crate::backend::{BackendError, Name};
+use crate::backend::Name;
 use crate::backup::remote::{abandon, claim, Claim};
 use crate::format::layout::MANIFEST_PATH;
 use crate::fs::{create_private_dir_all, create_private_file, CopyError as Side};
@@ -119,7 +119,7 @@ impl Dest {
                 (Some(store), params, ids)
             }
             Repository::Remote(remote) => {
-                let params = remote_params(remote, source)?;
+                let params = chunks::remote_params(remote, &source.for_new_store())?;
                 let mut ids = HashSet::new();
                 for object in remote.list(&format!("{}/", chunks::STORE_DIR))? {
                     ids.extend(chunks::id_of_object(&object.name));
@@ -170,37 +170,6 @@ impl Dest {
             how,
         })
     }
-}
-
-/// A backend's `store.json`: read and checked, or written with `source`'s parameters when
-/// missing (of two racing runs one writes it, the other reads it).
-fn remote_params(remote: &Remote, source: &Params) -> Result<Params> {
-    let rel = chunks::params_object();
-    let root = remote.shown(chunks::STORE_DIR);
-    for _ in 0..2 {
-        let mut text = String::new();
-        match remote
-            .open(&rel)
-            .and_then(|f| f.take(64 * 1024).read_to_string(&mut text))
-        {
-            Ok(_) => return Ok(ChunkStore::parse_params(&root, &text)?),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("cannot read `{}`", remote.shown(&rel).display()))
-            }
-        }
-        let made = Bytes::from(source.for_new_store().to_json());
-        match remote.wait(remote.backend().save_new(&Name::new(rel.clone())?, made)) {
-            Ok(()) => return Ok(source.for_new_store()),
-            Err(BackendError::AlreadyExists { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(anyhow::anyhow!(
-        "`{}` keeps changing",
-        remote.shown(&rel).display()
-    ))
 }
 
 /// One backup being written in the destination.

@@ -34,7 +34,8 @@ impl Listed {
     /// writes it, the other reads it), then listed once.
     pub fn of(remote: &Remote, avg_size: usize) -> Result<Self, ChunkError> {
         let root = remote.shown(STORE_DIR);
-        let params = remote_params(remote, avg_size)?;
+        let made = Params::with_average(avg_size).keyed_as(remote.seal().is_some());
+        let params = remote_params(remote, &made)?;
         let objects = remote
             .list(&format!("{STORE_DIR}/"))
             .map_err(io_error(&root))?;
@@ -58,8 +59,10 @@ impl Listed {
     }
 }
 
-/// `store.json` of `remote`, read and checked (`ChunkStore::open_remote`), or written.
-fn remote_params(remote: &Remote, avg_size: usize) -> Result<Params, ChunkError> {
+/// `store.json` of the repository on a backend `remote`: read and checked
+/// (`ChunkStore::open_remote`), or written as `made` when there is none (of two racing runs one
+/// writes it, the other reads it). For a create to S3 and for `copy` into S3.
+pub fn remote_params(remote: &Remote, made: &Params) -> Result<Params, ChunkError> {
     let rel = params_object();
     let root = remote.shown(STORE_DIR);
     for _ in 0..2 {
@@ -68,15 +71,10 @@ fn remote_params(remote: &Remote, avg_size: usize) -> Result<Params, ChunkError>
             Err(ChunkError::NoStore { .. }) => {}
             Err(e) => return Err(e),
         }
-        let params = Params::with_average(avg_size);
-        let params = match remote.seal() {
-            Some(_) => params.keyed(),
-            None => params,
-        };
         let name = Name::new(rel.clone()).map_err(|e| io_error(&root)(io::Error::other(e)))?;
-        let text = Bytes::from(params.to_json());
+        let text = Bytes::from(made.to_json());
         match remote.wait(remote.backend().save_new(&name, text)) {
-            Ok(()) => return Ok(params),
+            Ok(()) => return Ok(made.clone()),
             Err(BackendError::AlreadyExists { .. }) => continue,
             Err(e) => return Err(io_error(&root)(io::Error::other(e))),
         }
