@@ -22,7 +22,7 @@ use tokio::io::AsyncReadExt;
 use crate::backend::{Backend, BackendError, ByteStream, Name};
 use crate::format::layout::MANIFEST_PATH;
 use crate::progress::Progress;
-use crate::store::chunks::ChunkId;
+use crate::store::chunks::{ChunkId, Packer};
 use crate::store::lock::RepoLock;
 
 /// Where run records live in a repository.
@@ -244,6 +244,7 @@ pub async fn send_chunks(
     backend: &dyn Backend,
     local: &Path,
     sent: &HashSet<ChunkId>,
+    packer: Option<&Packer>,
     progress: &dyn Progress,
 ) -> Result<usize> {
     let store = crate::store::chunks::ChunkStore::open_for_reading(local)?;
@@ -264,9 +265,19 @@ pub async fn send_chunks(
             let bytes = tokio::task::block_in_place(|| store.stored_bytes(&id))
                 .with_context(|| format!("cannot read chunk `{id}`"))?;
             crate::failpoint::hit("create:s3-chunk-sent")?;
-            crate::store::chunks::save_chunk(backend, &id, Bytes::from(bytes))
-                .await
-                .with_context(|| format!("cannot send `{object}`"))?;
+            match packer {
+                Some(packer) => {
+                    let len = tokio::task::block_in_place(|| store.content_len(&id, &bytes))
+                        .with_context(|| format!("cannot read chunk `{id}`"))?;
+                    packer
+                        .add(id, len, &bytes)
+                        .await
+                        .context("cannot send the new chunks")?;
+                }
+                None => crate::store::chunks::save_chunk(backend, &id, Bytes::from(bytes))
+                    .await
+                    .with_context(|| format!("cannot send `{object}`"))?,
+            }
             anyhow::Ok(())
         })
         .buffer_unordered(SENDERS)

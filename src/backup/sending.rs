@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use super::remote::{self, Claim, Removed};
 use crate::backend::Backend;
 use crate::progress::Progress;
-use crate::store::chunks::{self, Courier, Listed};
+use crate::store::chunks::{self, Courier, Listed, Packer};
 use crate::store::lock::RepoLock;
 use crate::store::Remote;
 
@@ -28,6 +28,8 @@ pub struct Sending {
     lock: RepoLock,
     /// An incremental backup's: sends its new chunks as they land (`list_store`).
     courier: Option<Arc<Courier>>,
+    /// Packs the new chunks of a store of pack files, for the courier and `send_chunks`.
+    packer: Option<Arc<Packer>>,
 }
 
 impl Sending {
@@ -60,6 +62,7 @@ impl Sending {
             claim,
             lock,
             courier: None,
+            packer: None,
         };
         Ok((sending, removed))
     }
@@ -73,9 +76,14 @@ impl Sending {
     /// staged with it (`Request::listed`) stores only the chunks the repository lacks, and
     /// each of those is sent as soon as it lands (`chunks::Courier`).
     pub fn list_store(&mut self) -> Result<Listed> {
-        let courier = Arc::new(Courier::new(self.repository.shared_backend()));
+        let listed = Listed::of(&self.repository, chunks::DEFAULT_AVERAGE)?;
+        let backend = self.repository.shared_backend();
+        self.packer = listed
+            .is_packed()
+            .then(|| Arc::new(Packer::new(backend.clone(), self.repository.seal())));
+        let courier = Arc::new(Courier::new(backend, self.packer.clone()));
         self.courier = Some(courier.clone());
-        Ok(Listed::of(&self.repository, chunks::DEFAULT_AVERAGE)?.sent_by(courier))
+        Ok(listed.sent_by(courier))
     }
 
     /// Sends the backup made at `local` (an incremental one: the chunks its staging store got,
@@ -95,7 +103,14 @@ impl Sending {
                     .context("cannot send the new chunks")?,
                 None => HashSet::new(),
             };
-            remote::send_chunks(backend, self.staged.path(), &sent, progress).await?;
+            let packer = self.packer.as_deref();
+            remote::send_chunks(backend, self.staged.path(), &sent, packer, progress).await?;
+            if let Some(packer) = packer {
+                packer
+                    .finish()
+                    .await
+                    .context("cannot send the new chunks")?;
+            }
         }
         let target = (self.name.as_str(), &mut self.claim);
         remote::send(backend, local, target, &self.lock, progress).await?;

@@ -126,12 +126,27 @@ pub async fn run(
 fn garbage_line(garbage: &Garbage, dry_run: bool) -> String {
     match garbage {
         Garbage::Collected(c) => format!(
-            "Chunk store: {} {} unreferenced chunks ({}), {} chunks ({}) still referenced{}",
+            "Chunk store: {} {} unreferenced chunks ({}), {} chunks ({}) still referenced{}{}{}",
             if dry_run { "would delete" } else { "deleted" },
             c.chunks_deleted,
             indicatif::BinaryBytes(c.bytes_freed),
             c.chunks_kept,
             indicatif::BinaryBytes(c.bytes_kept),
+            match (c.packs_deleted, c.packs_repacked) {
+                (0, 0) => String::new(),
+                (deleted, repacked) => format!(
+                    "; pack files: {deleted} {}, {repacked} {}",
+                    if dry_run { "would go" } else { "deleted" },
+                    if dry_run { "would be repacked" } else { "repacked" }
+                ),
+            },
+            match c.bytes_unused {
+                0 => String::new(),
+                unused => format!(
+                    ", {} of unreferenced chunks left in packs until a quarter of a pack is",
+                    indicatif::BinaryBytes(unused)
+                ),
+            },
             if c.strays.is_empty() {
                 String::new()
             } else {
@@ -140,9 +155,20 @@ fn garbage_line(garbage: &Garbage, dry_run: bool) -> String {
                     c.strays.join("`, `")
                 )
             }
-        ),
+        ) + &damaged_line(&c.damaged),
         Garbage::Busy => "Chunk store: in use by a wqm older than lock objects; no chunk deleted, the next prune collects them".to_string(),
         Garbage::Refused(reason) => format!("chunk store: no chunk deleted: {reason}"),
+    }
+}
+
+/// The packs a collection kept as they are because a chunk to repack in them is damaged.
+fn damaged_line(damaged: &[String]) -> String {
+    match damaged {
+        [] => String::new(),
+        damaged => format!(
+            "; kept packs with damaged chunks (run `wqm backup validate --check-files`): {}",
+            damaged.join("; ")
+        ),
     }
 }
 

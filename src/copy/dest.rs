@@ -17,7 +17,7 @@ use crate::backend::Name;
 use crate::backup::remote::{abandon, claim, Claim};
 use crate::format::layout::MANIFEST_PATH;
 use crate::fs::{create_private_dir_all, create_private_file, CopyError as Side};
-use crate::store::chunks::{self, ChunkId, ChunkStore, Params, RunTemp};
+use crate::store::chunks::{self, ChunkId, ChunkStore, Packer, Params, RunTemp};
 use crate::store::lock::RepoLock;
 use crate::store::{Remote, Repository, Staging};
 
@@ -33,6 +33,8 @@ pub struct Dest {
     store: OnceLock<Option<Arc<ChunkStore>>>,
     /// Every chunk the repository holds: listed once, then what this run sent.
     has: Mutex<HashSet<ChunkId>>,
+    /// Whether the repository's store (on a backend) keeps its chunks in pack files.
+    packed: OnceLock<bool>,
 }
 
 /// What the repository holds under a backup's name.
@@ -52,6 +54,7 @@ impl Dest {
             lock,
             store: OnceLock::new(),
             has: Mutex::new(HashSet::new()),
+            packed: OnceLock::new(),
         }
     }
 
@@ -119,12 +122,10 @@ impl Dest {
                 (Some(store), params, ids)
             }
             Repository::Remote(remote) => {
-                let params = chunks::remote_params(remote, &source.for_new_store())?;
-                let mut ids = HashSet::new();
-                for object in remote.list(&format!("{}/", chunks::STORE_DIR))? {
-                    ids.extend(chunks::id_of_object(&object.name));
-                }
-                (None, params, ids)
+                let params = chunks::remote_params(remote, &source.for_new_store().packed())?;
+                let ids = chunks::remote_chunks(remote, &params)?;
+                let _ = self.packed.set(params.is_packed());
+                (None, params, ids.into_iter().map(|(id, _)| id).collect())
             }
         };
         params
@@ -162,6 +163,9 @@ impl Dest {
                 claim: remote.wait(claim(remote.shared_backend(), name))?,
                 remote: remote.clone(),
                 committed: false,
+                packer: (self.packed.get() == Some(&true))
+                    .then(|| Packer::new(remote.shared_backend(), remote.seal())),
+                packed: Mutex::new(HashSet::new()),
             },
         };
         Ok(Writing {
@@ -192,18 +196,25 @@ enum How {
         /// The run's claim on the name (its run record), given up when the writing ends.
         claim: Claim,
         committed: bool,
+        /// A store of pack files: the backup's new chunks go into packs, sent before its
+        /// manifest.
+        packer: Option<Packer>,
+        /// The chunks packed for this backup: the repository holds them once it commits.
+        packed: Mutex<HashSet<ChunkId>>,
     },
 }
 
 impl Writing<'_> {
-    /// Whether the destination holds chunk `id` (as listed, or sent by this run).
+    /// Whether the destination holds chunk `id` (as listed, or sent by this run), or this
+    /// backup packed it.
     pub fn has(&self, id: &ChunkId) -> bool {
         self.dest.has(id)
+            || matches!(&self.how, How::Remote { packed, .. } if packed.lock().expect("packed lock").contains(id))
     }
 
-    /// Stores chunk `id` from its stored bytes (checked by the caller). Safe from many
-    /// threads at once.
-    pub fn put_chunk(&self, id: &ChunkId, stored: &[u8]) -> io::Result<()> {
+    /// Stores chunk `id` (`len` bytes of content) from its stored bytes (checked by the
+    /// caller). Safe from many threads at once.
+    pub fn put_chunk(&self, id: &ChunkId, len: usize, stored: &[u8]) -> io::Result<()> {
         match &self.how {
             How::Local { temp, landed, .. } => {
                 let (Some(Some(store)), Some(temp)) = (self.dest.store.get(), temp) else {
@@ -211,6 +222,17 @@ impl Writing<'_> {
                 };
                 let dir = store.land(temp, id, stored)?;
                 landed.lock().expect("landed lock").insert(dir);
+            }
+            How::Remote {
+                remote,
+                packer: Some(packer),
+                packed,
+                ..
+            } => {
+                remote.wait(packer.add(*id, len, stored))?;
+                packed.lock().expect("packed lock").insert(*id);
+                // The repository holds it once the backup commits.
+                return Ok(());
             }
             How::Remote { remote, .. } => {
                 let saving =
@@ -243,6 +265,16 @@ impl Writing<'_> {
     /// Commits the backup with its manifest `manifest` (its bytes as the source has them),
     /// once every object it names is complete.
     pub fn commit(mut self, manifest: &[u8]) -> Result<()> {
+        if let How::Remote {
+            remote,
+            packer: Some(packer),
+            ..
+        } = &self.how
+        {
+            remote
+                .wait(packer.finish())
+                .context("cannot send the chunks")?;
+        }
         crate::failpoint::hit("copy:before-manifest")?;
         crate::progress::check_interrupted()?;
         // A run whose lock was lost (a prune may have collected what it landed) does not commit.
@@ -266,7 +298,10 @@ impl Writing<'_> {
                 staging.commit()?;
             }
             How::Remote {
-                remote, committed, ..
+                remote,
+                committed,
+                packed,
+                ..
             } => {
                 let name = Name::new(format!("{}/{MANIFEST_PATH}", self.name))?;
                 remote.wait(
@@ -275,6 +310,8 @@ impl Writing<'_> {
                         .save_new(&name, Bytes::copy_from_slice(manifest)),
                 )?;
                 *committed = true;
+                let packed = std::mem::take(packed.get_mut().expect("packed lock"));
+                self.dest.has.lock().expect("has lock").extend(packed);
             }
         }
         Ok(())
@@ -290,6 +327,7 @@ impl Drop for Writing<'_> {
             remote,
             claim,
             committed: false,
+            ..
         } = &mut self.how
         {
             remote.wait(abandon(remote.backend(), &self.name, claim));

@@ -339,10 +339,12 @@ fn copy_one(
                 lacking
             }
         };
-        chunk_bytes = lacking.iter().map(|(_, (_, stored))| stored).sum();
+        chunk_bytes = lacking.iter().map(|(_, (_, stored, _))| stored).sum();
+        let mut lacking = lacking;
+        lacking.sort_by_key(|(_, (_, _, order))| *order);
         chunks = lacking
             .into_iter()
-            .map(|(id, (len, _))| (id, len))
+            .map(|(id, (len, _, _))| (id, len))
             .collect();
         store = Some(opened);
     }
@@ -380,7 +382,9 @@ fn copy_one(
 }
 
 /// The chunks a backup's indexes name: content length and stored size of each.
-type Needed = BTreeMap<ChunkId, (usize, u64)>;
+/// Each chunk named: its length, its stored size, and when it was first named (the destination
+/// packs chunks in the order the files have them, which is how a restore reads them).
+type Needed = BTreeMap<ChunkId, (usize, u64, usize)>;
 
 /// What the backup `name` sends: its files, and the chunks its indexes name (each index read
 /// and checked here, every line's chunk with one length). Re-encrypted (`reseal`), the indexes
@@ -424,7 +428,10 @@ fn plan(
         let mut content = 0u64;
         while let Some(line) = index.next_line().map_err(|e| damaged(e.to_string()))? {
             content += line.len as u64;
-            let (len, _) = *needed.entry(line.id).or_insert((line.len, line.stored));
+            let order = needed.len();
+            let (len, _, _) = *needed
+                .entry(line.id)
+                .or_insert((line.len, line.stored, order));
             if len != line.len {
                 return Err(damaged(format!(
                     "it names chunk `{}` with {} bytes, another index line with {len}",
@@ -589,7 +596,7 @@ fn send_chunks(
                     }
                     let put = match reseal {
                         None => writing
-                            .put_chunk(&id, buffer.stored())
+                            .put_chunk(&id, buffer.content.len(), buffer.stored())
                             .map(|()| Some(buffer.stored().len() as u64)),
                         Some(reseal) => reseal.put_chunk(writing, &buffer).map(|landed| {
                             let to = (landed.id, landed.stored);

@@ -112,7 +112,7 @@ impl Reseal {
             });
         }
         let stored = id.stored_by(self.to.as_ref(), compressed)?;
-        writing.put_chunk(&id, &stored)?;
+        writing.put_chunk(&id, buffer.content.len(), &stored)?;
         Ok(Landed {
             id,
             stored: stored.len() as u64,

@@ -104,6 +104,19 @@ impl Remote {
         ))))
     }
 
+    /// The bytes `range` of the object `rel` (fewer when it ends first), with one request.
+    pub fn read_range(&self, rel: &str, range: std::ops::Range<u64>) -> io::Result<Vec<u8>> {
+        let name = Name::new(rel).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        self.wait(async {
+            let data = self
+                .backend
+                .load(&name, Some(range))
+                .await
+                .map_err(not_found)?;
+            crate::backend::collect(data).await
+        })
+    }
+
     /// The size of the object `rel`.
     pub fn size(&self, rel: &str) -> io::Result<u64> {
         let name = Name::new(rel).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;

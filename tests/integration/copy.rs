@@ -14,7 +14,7 @@ use crate::faults::killed;
 use crate::incremental::{chunk_files, first_chunk, grow_state_db, night, workspace, wqm};
 use crate::qdrant_double::Double;
 use crate::restore::lose_everything;
-use crate::s3_read::{fresh_prefix, s3_variables, with_s3};
+use crate::s3_read::{fresh_prefix, s3_variables, stored_chunks, with_s3};
 use crate::test::{self, Test};
 
 /// `wqm backup copy ARGS --json` (with the S3 variables): its document.
@@ -79,7 +79,8 @@ fn nights_copied_to_s3_send_only_new_chunks_and_copy_back_restore_and_validate()
     );
     assert!(n1["bytes_sent"].as_u64().unwrap() > 0, "{done}");
     let on_s3 = |prefix: &str| runtime.block_on(backend.list(prefix)).unwrap();
-    assert_eq!(on_s3(".wqm-chunks/chunks/").len(), first.len());
+    assert_eq!(stored_chunks(&runtime, &backend).len(), first.len());
+    assert_eq!(on_s3(".wqm-chunks/packs/").len(), 1, "one pack file");
     assert!(on_s3(".wqm-runs/").is_empty());
 
     // The second night: only its new chunks go, the first is skipped as it is there.
@@ -98,7 +99,12 @@ fn nights_copied_to_s3_send_only_new_chunks_and_copy_back_restore_and_validate()
         (done["copied"].clone(), done["skipped"].clone()),
         (1.into(), 1.into())
     );
-    assert_eq!(on_s3(".wqm-chunks/chunks/").len(), first.len() + new);
+    assert_eq!(stored_chunks(&runtime, &backend).len(), first.len() + new);
+    assert_eq!(
+        on_s3(".wqm-chunks/packs/").len(),
+        2,
+        "one pack file a night"
+    );
     // Text mode: one line per backup.
     let (_, tmp) = with_s3(Test::in_dir(tmp))
         .args(&format!("backup copy {{TMP}}/backups {url}"))

@@ -33,6 +33,7 @@ mod s3_export;
 mod s3_faults;
 mod s3_incremental;
 mod s3_lock;
+mod s3_packs;
 mod s3_proxy;
 mod s3_prune;
 mod s3_read;

@@ -15,12 +15,12 @@ use crate::s3_read::{fresh_prefix, with_s3};
 use crate::test::Test;
 
 /// A proxy in front of the test's S3 server.
-fn proxy(faults: Faults) -> Proxy {
+pub(crate) fn proxy(faults: Faults) -> Proxy {
     Proxy::start(&std::env::var("AWS_ENDPOINT_URL").expect(NEEDS_S3), faults)
 }
 
 /// `t` with the S3 server's variables, its endpoint the proxy.
-fn through(proxy: &Proxy, t: Test) -> Test {
+pub(crate) fn through(proxy: &Proxy, t: Test) -> Test {
     with_s3(t).env("AWS_ENDPOINT_URL", &proxy.url)
 }
 

@@ -16,12 +16,12 @@ use crate::qdrant_double::Double;
 use crate::real_encrypted::{encrypted_objects, encrypted_on_s3};
 use crate::repo::{fast, FIRST, SECOND};
 use crate::restore::lose_everything;
-use crate::s3_read::{fresh_prefix, object_names, s3_variables, with_s3};
+use crate::s3_read::{fresh_prefix, object_names, s3_variables, stored_chunks, with_s3};
 use crate::test::{self, Test};
 
 /// `create URL/NAME --incremental --json EXTRA` (with `TMPDIR` in the test's directory): its
 /// JSON summary.
-fn night(t: Test, double: &Double, target: &str, extra: &str) -> (Value, TempDir) {
+pub(crate) fn night(t: Test, double: &Double, target: &str, extra: &str) -> (Value, TempDir) {
     let (output, tmp) = with_s3(wqm(
         t,
         &double.url,
@@ -33,7 +33,7 @@ fn night(t: Test, double: &Double, target: &str, extra: &str) -> (Value, TempDir
     (serde_json::from_slice(&output.stdout).unwrap(), tmp)
 }
 
-fn added(summary: &Value, what: &str) -> u64 {
+pub(crate) fn added(summary: &Value, what: &str) -> u64 {
     summary["chunk_store"][what]
         .as_u64()
         .unwrap_or_else(|| panic!("{summary}"))
@@ -56,7 +56,11 @@ fn incremental_nights_to_s3_send_only_new_chunks_restore_and_prune() {
     assert!(
         object_names(&runtime, &s3, ".wqm-chunks/").contains(&".wqm-chunks/store.json".to_string())
     );
-    let after_n1 = object_names(&runtime, &s3, ".wqm-chunks/chunks/");
+    let after_n1 = stored_chunks(&runtime, &s3);
+    // In one pack file and its index, none loose.
+    assert_eq!(object_names(&runtime, &s3, ".wqm-chunks/packs/").len(), 1);
+    assert_eq!(object_names(&runtime, &s3, ".wqm-chunks/index/").len(), 1);
+    assert!(object_names(&runtime, &s3, ".wqm-chunks/chunks/").is_empty());
     assert!(added(&first, "chunks_added") >= 4, "{first}");
     assert_eq!(after_n1.len() as u64, added(&first, "chunks_added"));
     // Night 2 of the same data sends nothing: every chunk is in the repository.
@@ -68,11 +72,11 @@ fn incremental_nights_to_s3_send_only_new_chunks_restore_and_prune() {
         second["verify"]["chunks_looked_up"].as_u64().unwrap() >= 4,
         "{second}"
     );
-    assert_eq!(object_names(&runtime, &s3, ".wqm-chunks/chunks/"), after_n1);
+    assert_eq!(stored_chunks(&runtime, &s3), after_n1);
     // Night 3, after some churn (300 kB of new rows), sends the new chunks only.
     grow_state_db(tmp.path());
     let (third, tmp) = night(Test::in_dir(tmp), &double, &format!("{url}/n3"), "");
-    let after_n3 = object_names(&runtime, &s3, ".wqm-chunks/chunks/");
+    let after_n3 = stored_chunks(&runtime, &s3);
     assert!(added(&third, "chunks_added") >= 1, "{third}");
     assert!(
         third["verify"]["chunks_looked_up"].as_u64().unwrap() >= 1,
@@ -125,7 +129,7 @@ fn incremental_nights_to_s3_send_only_new_chunks_restore_and_prune() {
             assert!(gc["chunks_deleted"].as_u64().unwrap() >= 1, "{v}");
         })
         .run();
-    let after_prune = object_names(&runtime, &s3, ".wqm-chunks/chunks/");
+    let after_prune = stored_chunks(&runtime, &s3);
     assert!(after_prune.len() < after_n3.len());
     assert!(object_names(&runtime, &s3, "n1/").is_empty());
     with_s3(Test::in_dir(tmp))
@@ -135,7 +139,7 @@ fn incremental_nights_to_s3_send_only_new_chunks_restore_and_prune() {
 }
 
 /// `create --incremental URL/NAME` killed at `failpoint`.
-fn killed_night(double: &Double, tmp: &TempDir, target: &str, failpoint: &str) {
+pub(crate) fn killed_night(double: &Double, tmp: &TempDir, target: &str, failpoint: &str) {
     let mut command: Command = test::wqm_command(
         &tmp.path().join("home"),
         &["backup", "create", target, "--incremental"],
@@ -172,7 +176,7 @@ fn killed_incremental_creates_to_s3_are_cleaned_up_by_the_next_which_reuses_thei
     );
     assert!(!object_names(&runtime, &s3, "k2/").is_empty());
     assert_eq!(object_names(&runtime, &s3, ".wqm-runs/"), [".wqm-runs/k2"]);
-    let sent = object_names(&runtime, &s3, ".wqm-chunks/chunks/");
+    let sent = stored_chunks(&runtime, &s3);
     assert!(!sent.is_empty());
     let (_, tmp) = with_s3(Test::in_dir(tmp))
         .args(&format!("backup list {url}"))
@@ -236,9 +240,16 @@ fn incremental_nights_to_an_encrypted_repository_on_s3_store_no_plaintext_chunk(
     let stored = encrypted_objects(
         &runtime,
         &s3,
-        &[".wqm-chunks/chunks/", "night-1/", "night-2/"],
+        &[
+            ".wqm-chunks/packs/",
+            ".wqm-chunks/index/",
+            "night-1/",
+            "night-2/",
+        ],
     );
-    assert!(stored.len() as u64 > added(&nights[0], "chunks_added"));
+    let packs = |dir: &str| stored.keys().filter(|k| k.starts_with(dir)).count();
+    assert!(packs(".wqm-chunks/packs/") >= 1, "{:?}", stored.keys());
+    assert_eq!(packs(".wqm-chunks/index/"), packs(".wqm-chunks/packs/"));
     assert_eq!(found_in(&stored, DISTINCTIVE), Vec::<String>::new());
     let (_, tmp) = with_s3(fast(Test::in_dir(tmp)))
         .env("WQM_BACKUP_PASSWORD", FIRST)
@@ -344,10 +355,9 @@ fn a_chunk_damaged_in_staging_before_it_is_sent_never_reaches_s3() {
     let (code, _, stderr) = finished(child);
     assert_ne!(code, 0, "{stderr}");
     assert!(ids.iter().any(|id| stderr.contains(id)), "{stderr}");
-    let sent = object_names(&runtime, &s3, ".wqm-chunks/chunks/");
+    let sent = stored_chunks(&runtime, &s3);
     for id in &ids {
-        let object = format!(".wqm-chunks/chunks/{}/{id}", &id[..2]);
-        assert!(!sent.contains(&object), "{object}");
+        assert!(!sent.contains(id), "{id}");
     }
     assert!(object_names(&runtime, &s3, "n1/").is_empty());
 }

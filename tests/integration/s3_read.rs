@@ -49,6 +49,32 @@ pub(crate) fn object_names(
     names
 }
 
+/// The chunks a plain repository's store on S3 holds, by id, sorted: its loose chunk objects
+/// and every chunk its pack indexes list.
+pub(crate) fn stored_chunks(
+    runtime: &tokio::runtime::Runtime,
+    backend: &Arc<dyn Backend>,
+) -> Vec<String> {
+    let loose = object_names(runtime, backend, ".wqm-chunks/chunks/");
+    let mut ids: std::collections::BTreeSet<String> = loose
+        .iter()
+        .map(|name| name.rsplit('/').next().unwrap().to_string())
+        .collect();
+    for index in object_names(runtime, backend, ".wqm-chunks/index/") {
+        let name = Name::new(index).unwrap();
+        let bytes = runtime
+            .block_on(async {
+                wqm::backend::collect(backend.load(&name, None).await.unwrap()).await
+            })
+            .unwrap();
+        let text = String::from_utf8(bytes).unwrap();
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some("wqm-pack-index 1"), "{name}");
+        ids.extend(lines.map(|line| line.split(' ').next().unwrap().to_string()));
+    }
+    ids.into_iter().collect()
+}
+
 /// A `wqm` process of its own with the S3 server's variables.
 pub(crate) fn s3_variables(command: &mut std::process::Command) {
     for key in S3_VARIABLES {

@@ -19,7 +19,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::import::{object_name, save_chunk};
-use super::{ChunkId, ChunkStore};
+use super::{ChunkId, ChunkStore, Packer};
 use crate::backend::Backend;
 
 /// Uploads at once (each a request).
@@ -27,6 +27,9 @@ const AT_ONCE: usize = 8;
 
 pub struct Courier {
     backend: Arc<dyn Backend>,
+    /// A store of pack files: the chunks go into packs (sent as they fill, the rest by the
+    /// packer's `finish`), not each its own object.
+    packer: Option<Arc<Packer>>,
     runtime: tokio::runtime::Handle,
     permits: Arc<Semaphore>,
     uploads: Mutex<Uploads>,
@@ -70,11 +73,12 @@ impl fmt::Debug for Courier {
 }
 
 impl Courier {
-    /// Sends to `backend` the chunks landing in a staging store, on the runtime this is called
-    /// from.
-    pub fn new(backend: Arc<dyn Backend>) -> Self {
+    /// Sends to `backend` the chunks landing in a staging store (into packs with `packer`),
+    /// on the runtime this is called from.
+    pub fn new(backend: Arc<dyn Backend>, packer: Option<Arc<Packer>>) -> Self {
         Courier {
             backend,
+            packer,
             runtime: tokio::runtime::Handle::current(),
             permits: Arc::new(Semaphore::new(AT_ONCE)),
             uploads: Mutex::new(Uploads::default()),
@@ -89,6 +93,9 @@ impl Courier {
         id: &ChunkId,
         len: usize,
     ) -> io::Result<()> {
+        if let Some(packer) = &self.packer {
+            return self.pack(packer, &store, id, len);
+        }
         let mut uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
         uploads.reap();
         if let Some(failed) = &uploads.failed {
@@ -119,6 +126,27 @@ impl Courier {
             Ok(id)
         };
         uploads.running.spawn_on(upload, &self.runtime);
+        Ok(())
+    }
+
+    /// Chunk `id` read back, checked and added to the pack filling, here and now: each file's
+    /// chunks go into packs in the order it has them, which is the order a restore reads them
+    /// (`read.rs` fetches runs of them with one request). The packs go on tasks of their own.
+    fn pack(
+        &self,
+        packer: &Packer,
+        store: &ChunkStore,
+        id: &ChunkId,
+        len: usize,
+    ) -> io::Result<()> {
+        let bytes = store
+            .stored_bytes(id)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot read chunk `{id}`: {e}")))?;
+        store.check_stored(id, len, &bytes)?;
+        crate::failpoint::hit("create:s3-chunk-sent")?;
+        tokio::task::block_in_place(|| self.runtime.block_on(packer.add(*id, len, &bytes)))?;
+        let mut uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
+        uploads.sent.insert(*id);
         Ok(())
     }
 

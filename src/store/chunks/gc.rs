@@ -5,14 +5,15 @@
 //! directory refuses the collection, and anything in the store wqm did not put there is
 //! reported and left alone instead of stopping every later collection.
 
+use std::collections::HashSet;
 use std::io;
 use std::path::Path;
 
 use serde::Serialize;
 
 use super::{
-    id_of_object, object_name, runs, ChunkError, ChunkId, ChunkStore, Refs, CHUNKS_DIR, STORE_DIR,
-    TMP_DIR,
+    id_of_object, object_name, pack, runs, ChunkError, ChunkId, ChunkStore, PackIndex, Packer,
+    Refs, CHUNKS_DIR, STORE_DIR, TMP_DIR,
 };
 use crate::store::{at, Remote, Repository};
 
@@ -23,6 +24,17 @@ pub struct Collected {
     pub bytes_freed: u64,
     pub chunks_kept: u64,
     pub bytes_kept: u64,
+    /// Pack files (a store on S3) deleted: none of their chunks referenced, or left by a dead
+    /// run without an index.
+    pub packs_deleted: u64,
+    /// Pack files whose referenced chunks were written into new packs, then deleted: a
+    /// quarter or more of their bytes were garbage.
+    pub packs_repacked: u64,
+    /// Bytes of unreferenced chunks left in packs kept (under a quarter of each).
+    pub bytes_unused: u64,
+    /// Packs kept as they are because a chunk in them to be repacked is damaged (what
+    /// `validate` says about it).
+    pub damaged: Vec<String>,
     /// Entries of `chunks/` and `tmp/` that wqm did not make (relative to the store), left
     /// alone.
     pub strays: Vec<String>,
@@ -37,6 +49,8 @@ pub struct Unreferenced {
     kept: u64,
     bytes_kept: u64,
     strays: Vec<String>,
+    /// A store of pack files: its packs and their indexes, as read when it was listed.
+    packs: Option<PackIndex>,
 }
 
 /// `find_unreferenced` of a local directory or of a repository on a backend (S3).
@@ -57,7 +71,7 @@ fn find_unreferenced_remote(
     remote: &Remote,
     referenced: &Refs,
 ) -> Result<Unreferenced, ChunkError> {
-    ChunkStore::open_remote(remote)?;
+    let store = ChunkStore::open_remote(remote)?;
     let prefix = format!("{STORE_DIR}/{CHUNKS_DIR}/");
     let objects = remote.list(&prefix).map_err(|source| ChunkError::Io {
         path: remote.shown(STORE_DIR),
@@ -74,6 +88,15 @@ fn find_unreferenced_remote(
             }
             Some(id) => found.chunks.push((id, object.size)),
         }
+    }
+    if store.params().is_packed() {
+        // Read afresh: what this run's readers loaded may be older.
+        let packs =
+            PackIndex::load(remote, store.params().max_size).map_err(|source| ChunkError::Io {
+                path: remote.shown(STORE_DIR),
+                source,
+            })?;
+        found.packs = Some(packs);
     }
     Ok(found)
 }
@@ -137,6 +160,9 @@ pub fn collect_garbage(
             let names: Vec<String> = doomed.iter().map(object_name).collect();
             remote.remove_all(&names)?;
         }
+        if let Some(packs) = found.packs {
+            collect_packs(store, remote, &packs, referenced, dry_run, &mut collected)?;
+        }
         return remove_remote_runs(remote, dry_run, collected);
     }
     let root = at::Dir::open(&store.root)?;
@@ -185,6 +211,116 @@ fn unreferenced(
         }
     }
     doomed
+}
+
+/// A pack is repacked once this share of its bytes (or more) is garbage: the space a store of
+/// packs wastes stays under a third of what it holds, and a night's prune rewrites few packs.
+const REPACK_DEAD_SHARE: (u64, u64) = (1, 4);
+
+/// The garbage collection of a store's pack files (under the exclusive lock, as every
+/// collection): a pack without an index goes (a dead run's: no run sends one now), a pack
+/// none of whose chunks is referenced goes (its index first), a pack with `REPACK_DEAD_SHARE`
+/// of garbage or more is repacked: its referenced chunks, each checked, written into new packs
+/// with their indexes, then its index and itself deleted. Killed part-way, what is left is
+/// either a pack without an index or a chunk in two packs: the next collection removes both.
+fn collect_packs(
+    store: &ChunkStore,
+    remote: &Remote,
+    packs: &PackIndex,
+    referenced: &Refs,
+    dry_run: bool,
+    collected: &mut Collected,
+) -> io::Result<()> {
+    let indexed_now: HashSet<String> = remote
+        .list(&format!("{STORE_DIR}/{}/", pack::INDEX_DIR))?
+        .iter()
+        .filter_map(|o| pack::pack_of_index(&o.name).map(str::to_string))
+        .collect();
+    // Deleted indexes first, then packs: a pack is never left with an index and without data.
+    let (mut indexes, mut objects) = (Vec::new(), Vec::new());
+    for (pack, size) in &packs.unindexed {
+        if !indexed_now.contains(pack) {
+            collected.packs_deleted += 1;
+            collected.bytes_freed += size;
+            objects.push(pack::pack_object(pack));
+        }
+    }
+    let packer = Packer::new(remote.shared_backend(), remote.seal());
+    for (pack, entries) in packs.by_pack() {
+        let live = |(entry, first): &&(pack::Entry, bool)| *first && referenced.contains(&entry.id);
+        let (kept, garbage): (Vec<&(pack::Entry, bool)>, Vec<_>) = entries.iter().partition(live);
+        let kept_bytes: u64 = kept.iter().map(|(e, _)| u64::from(e.stored)).sum();
+        let Some(size) = packs.packs.get(&pack).copied().flatten() else {
+            // An index whose pack is gone: its chunks are missing, which `validate` reports
+            // as long as a backup names them.
+            if kept.is_empty() {
+                indexes.push(pack::index_object(&pack));
+            }
+            continue;
+        };
+        let garbage_bytes = size.saturating_sub(kept_bytes);
+        let whole = kept.is_empty();
+        let (share, of) = REPACK_DEAD_SHARE;
+        let repack = !whole && garbage_bytes * of >= size * share;
+        if repack && !dry_run {
+            if let Err(damage) = repack_into(store, remote, (&pack, size), &kept, &packer) {
+                collected.damaged.push(damage);
+                collected.chunks_kept += kept.len() as u64;
+                collected.bytes_kept += kept_bytes;
+                collected.bytes_unused += garbage_bytes;
+                continue;
+            }
+        }
+        if whole || repack {
+            collected.chunks_deleted += garbage.len() as u64;
+            collected.bytes_freed += garbage_bytes;
+            indexes.push(pack::index_object(&pack));
+            objects.push(pack::pack_object(&pack));
+            match whole {
+                true => collected.packs_deleted += 1,
+                false => collected.packs_repacked += 1,
+            }
+        } else {
+            collected.bytes_unused += garbage_bytes;
+        }
+        collected.chunks_kept += kept.len() as u64;
+        collected.bytes_kept += kept_bytes;
+    }
+    if dry_run {
+        return Ok(());
+    }
+    remote.wait(packer.finish())?;
+    crate::failpoint::hit("prune:repacked")?;
+    remote.remove_all(&indexes)?;
+    remote.remove_all(&objects)
+}
+
+/// Writes the chunks `kept` of `pack` into `packer`'s packs, each checked against its name
+/// first; `Err` names a damaged one (nothing of this pack is then deleted).
+fn repack_into(
+    store: &ChunkStore,
+    remote: &Remote,
+    (pack, size): (&str, u64),
+    kept: &[&(pack::Entry, bool)],
+    packer: &Packer,
+) -> Result<(), String> {
+    let rel = pack::pack_object(pack);
+    let bytes = remote
+        .read_range(&rel, 0..size)
+        .map_err(|e| format!("`{rel}`: cannot read: {e}"))?;
+    for (entry, _) in kept {
+        let range = entry.offset as usize..entry.range().end as usize;
+        let stored = bytes
+            .get(range)
+            .ok_or_else(|| format!("chunk `{}` in `{rel}`: the pack ends before it", entry.id))?;
+        store
+            .check_stored(&entry.id, entry.len as usize, stored)
+            .map_err(|e| format!("{e} (in `{rel}`)"))?;
+        remote
+            .wait(packer.add(entry.id, entry.len as usize, stored))
+            .map_err(|e| format!("cannot repack `{rel}`: {e}"))?;
+    }
+    Ok(())
 }
 
 /// A repository's `.wqm-chunks/tmp/`: the objects of runs' temporary directories (a local

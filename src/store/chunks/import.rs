@@ -54,9 +54,10 @@ impl Params {
     }
 
     /// A new store's parameters for chunks copied from a store with these: the same chunking,
-    /// and lock objects required as in every store this wqm makes.
+    /// and lock objects required as in every store this wqm makes; loose chunks (a store on a
+    /// backend adds `packed`).
     pub fn for_new_store(&self) -> Params {
-        let mut params = self.clone();
+        let mut params = self.clone().loose();
         if !params.required_features.iter().any(|f| f == LOCK_OBJECTS) {
             params.required_features.push(LOCK_OBJECTS.to_string());
         }

@@ -50,7 +50,7 @@ const FEATURES_FORMAT: u32 = 2;
 const LOCK_OBJECTS: &str = "lock-objects";
 /// Features a store may require that this wqm implements. A future one (pack files, another
 /// hash) is listed in the store's `required_features` and refused by this wqm.
-const KNOWN_REQUIRED: [&str; 1] = [LOCK_OBJECTS];
+const KNOWN_REQUIRED: [&str; 2] = [LOCK_OBJECTS, pack::PACKS];
 
 /// How an encrypted repository's store names chunks (`MasterKey::chunk_id`).
 const KEYED_HASH: &str = "hmac-sha256";
@@ -237,6 +237,26 @@ impl Params {
         self
     }
 
+    /// These parameters for a store on a backend: its chunks in pack files (`pack.rs`).
+    pub fn packed(mut self) -> Self {
+        if !self.is_packed() {
+            self.required_features.push(pack::PACKS.to_string());
+        }
+        self.format = FEATURES_FORMAT;
+        self
+    }
+
+    /// These parameters for a local store: chunks loose, one file each.
+    pub fn loose(mut self) -> Self {
+        self.required_features.retain(|f| f != pack::PACKS);
+        self
+    }
+
+    /// Whether the store keeps its chunks in pack files.
+    pub fn is_packed(&self) -> bool {
+        self.required_features.iter().any(|f| f == pack::PACKS)
+    }
+
     /// Whether chunks are named by a keyed hash (an encrypted repository's store).
     pub fn is_keyed(&self) -> bool {
         self.hash == KEYED_HASH
@@ -315,6 +335,8 @@ pub struct ChunkStore {
     seal: Option<Seal>,
     /// A staging store's repository on a backend, as listed: its chunks count as stored.
     listed: Option<Listed>,
+    /// A store on a backend whose chunks are in pack files: their indexes.
+    packs: Option<pack::Packs>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -446,6 +468,12 @@ impl ChunkStore {
     fn open(dir: &Path, access: Access) -> Result<Self, ChunkError> {
         let (store, mut params) = Self::inspect(dir)?;
         let root = Self::path_in(dir);
+        if params.is_packed() {
+            return Err(ChunkError::NotAStore {
+                path: root,
+                reason: "its chunks are in pack files, which wqm reads on S3 only: `wqm backup copy` its backups from there".to_string(),
+            });
+        }
         let legacy_lock = match params.required_features.iter().any(|f| f == LOCK_OBJECTS) {
             true => None,
             false => legacy_lock(&store, &root, &mut params, access)?,
@@ -458,6 +486,7 @@ impl ChunkStore {
             remote: None,
             seal,
             listed: sending::shared(dir),
+            packs: None,
         })
     }
 
@@ -497,6 +526,18 @@ impl ChunkStore {
         }
         let params = Self::parse_params(&root, &text)?;
         let seal = Self::sealed(&root, &params, repository.seal())?;
+        let packs = match params.is_packed() {
+            false => None,
+            true => Some(pack::Packs::open(repository, params.max_size).map_err(
+                |e| match e.kind() {
+                    io::ErrorKind::InvalidData => ChunkError::NotAStore {
+                        path: root.clone(),
+                        reason: e.to_string(),
+                    },
+                    _ => io_error(&root)(e),
+                },
+            )?),
+        };
         Ok(Arc::new(ChunkStore {
             root,
             params,
@@ -504,6 +545,7 @@ impl ChunkStore {
             remote: Some(repository.clone()),
             seal,
             listed: None,
+            packs,
         }))
     }
 
@@ -568,6 +610,9 @@ impl ChunkStore {
     /// The stored (compressed) size of a chunk, when it is there.
     pub fn stored_size(&self, id: &ChunkId) -> Option<u64> {
         if let Some(remote) = &self.remote {
+            if let Some(found) = self.locate(id) {
+                return Some(u64::from(found.entry.stored));
+            }
             return remote.size(&object_name(id)).ok();
         }
         if let Some(size) = self.listed_size(id) {
@@ -591,6 +636,11 @@ impl ChunkStore {
     ) -> Result<u64, ChunkProblem> {
         let damaged = |what: &str, e: io::Error| ChunkProblem::Damaged(format!("{what}: {e}"));
         self.check_len(len)?;
+        if let Some(found) = self.locate(id) {
+            let remote = self.remote.as_ref().expect("packs are on a backend");
+            buffer.compressed = read_packed(remote, &found).map_err(unreadable)?;
+            return self.decode(id, len, check_name, buffer);
+        }
         let file: Box<dyn Read> = match &self.remote {
             None => super::open_in(&self.root, &id.rel()).map(|f| Box::new(f) as Box<dyn Read>),
             Some(remote) => remote
@@ -608,6 +658,15 @@ impl ChunkStore {
     /// read as it comes. Lets a reader keep several round trips in flight.
     pub fn fetch(&self, id: &ChunkId, len: usize) -> Option<Fetch> {
         let remote = self.remote.as_ref()?;
+        if let Some(found) = self.locate(id) {
+            let reading = remote.clone();
+            return Some(Fetch {
+                task: remote
+                    .handle()
+                    .spawn_blocking(move || read_packed(&reading, &found)),
+                handle: remote.handle().clone(),
+            });
+        }
         let (reading, rel) = (remote.clone(), object_name(id));
         // As `read_chunk` reads it: never more than `len` bytes can be stored in, and one.
         let bound = self.stored_bound(len);
@@ -622,21 +681,45 @@ impl ChunkStore {
         })
     }
 
+    /// Where chunk `id` is in a packed store's packs (`None`: loose, or missing).
+    pub(super) fn locate(&self, id: &ChunkId) -> Option<pack::Location> {
+        self.packs.as_ref()?.locate(id)
+    }
+
+    /// Starts fetching `range` of pack `pack` (a run of its chunks, `read::ChunkReader`).
+    pub(super) fn fetch_range(&self, pack: &str, range: std::ops::Range<u64>) -> Option<Fetch> {
+        let remote = self.remote.as_ref()?.clone();
+        let handle = remote.handle().clone();
+        let rel = pack::pack_object(pack);
+        let task = handle.spawn_blocking(move || remote.read_range(&rel, range));
+        Some(Fetch { task, handle })
+    }
+
     /// `read_chunk` of a chunk whose stored bytes `fetch` went for.
     pub fn read_fetched(
         &self,
         id: &ChunkId,
         len: usize,
-        mut fetch: Fetch,
+        fetch: Fetch,
         check_name: bool,
         buffer: &mut ChunkBuffer,
     ) -> Result<u64, ChunkProblem> {
-        let damaged = |what: &str, e: io::Error| ChunkProblem::Damaged(format!("{what}: {e}"));
+        let stored = fetch.wait()?;
+        self.decode_stored(id, len, &stored, check_name, buffer)
+    }
+
+    /// `read_chunk` of a chunk whose stored bytes are `stored`.
+    pub fn decode_stored(
+        &self,
+        id: &ChunkId,
+        len: usize,
+        stored: &[u8],
+        check_name: bool,
+        buffer: &mut ChunkBuffer,
+    ) -> Result<u64, ChunkProblem> {
         self.check_len(len)?;
-        let Fetch { task, handle } = &mut fetch;
-        let fetched = tokio::task::block_in_place(|| handle.block_on(task))
-            .map_err(|e| damaged("cannot read", io::Error::other(e)))?;
-        buffer.compressed = fetched.map_err(unreadable)?;
+        buffer.compressed.clear();
+        buffer.compressed.extend_from_slice(stored);
         self.decode(id, len, check_name, buffer)
     }
 
@@ -711,10 +794,33 @@ fn read_stored(file: impl Read, bound: u64, into: &mut Vec<u8>) -> io::Result<()
     Ok(())
 }
 
-/// A chunk's stored bytes on their way (`ChunkStore::fetch`).
+/// The stored bytes of the chunk `found` in its pack: one ranged request, all of them there.
+fn read_packed(remote: &Remote, found: &pack::Location) -> io::Result<Vec<u8>> {
+    let rel = pack::pack_object(&found.pack);
+    let bytes = remote.read_range(&rel, found.entry.range())?;
+    if bytes.len() != found.entry.stored as usize {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the pack `{rel}` ends before it"),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// A chunk's stored bytes on their way (`ChunkStore::fetch`), or a run of chunks' (`fetch_range`).
 pub struct Fetch {
     task: tokio::task::JoinHandle<io::Result<Vec<u8>>>,
     handle: tokio::runtime::Handle,
+}
+
+impl Fetch {
+    /// The bytes fetched.
+    pub fn wait(mut self) -> Result<Vec<u8>, ChunkProblem> {
+        let Fetch { task, handle } = &mut self;
+        let fetched = tokio::task::block_in_place(|| handle.block_on(task))
+            .map_err(|e| ChunkProblem::Damaged(format!("cannot read: {e}")))?;
+        fetched.map_err(unreadable)
+    }
 }
 
 impl Drop for Fetch {
@@ -824,6 +930,7 @@ mod cut;
 mod gc;
 mod import;
 mod index;
+mod pack;
 mod read;
 mod refs;
 mod runs;
@@ -837,12 +944,13 @@ pub use cut::Chunker;
 pub use gc::{collect_garbage, find_unreferenced, find_unreferenced_at, Collected, Unreferenced};
 pub use import::{id_of_object, object_name, params_object, save_chunk};
 pub use index::{index_text, IndexLine, IndexReader};
+pub use pack::{PackIndex, Packer};
 pub use read::{chunk_error, ChunkReader};
 pub use refs::{
     backup_refs, encode_refs, read_refs, refs_from_indexes, write_refs, Refs, REFS_PATH,
 };
 pub use runs::{remove_dead, Removed, RunTemp};
-pub use sending::{remote_params, Listed};
+pub use sending::{remote_chunks, remote_params, Listed};
 pub use subset::{Selection, Subset};
 pub use usage::{backups_using, usage, visit_chunks, Usage};
 pub use write::{Added, ChunkWriter, Run};

@@ -15,6 +15,7 @@ use bytes::Bytes;
 
 use super::courier::Courier;
 use super::import::{id_of_object, params_object};
+use super::pack::PackIndex;
 use super::{io_error, runs, Access, ChunkError, ChunkId, ChunkStore, Params, STORE_DIR};
 use crate::backend::{BackendError, Name};
 use crate::store::Remote;
@@ -33,21 +34,21 @@ impl Listed {
     /// store's parameters, keyed when the repository is encrypted; of two racing runs one
     /// writes it, the other reads it), then listed once.
     pub fn of(remote: &Remote, avg_size: usize) -> Result<Self, ChunkError> {
-        let root = remote.shown(STORE_DIR);
-        let made = Params::with_average(avg_size).keyed_as(remote.seal().is_some());
+        let made = Params::with_average(avg_size)
+            .keyed_as(remote.seal().is_some())
+            .packed();
         let params = remote_params(remote, &made)?;
-        let objects = remote
-            .list(&format!("{STORE_DIR}/"))
-            .map_err(io_error(&root))?;
-        let sizes = objects
-            .iter()
-            .filter_map(|o| id_of_object(&o.name).map(|id| (id, o.size)))
-            .collect();
+        let sizes = remote_chunks(remote, &params)?.into_iter().collect();
         Ok(Listed {
             params,
             sizes: Arc::new(sizes),
             courier: None,
         })
+    }
+
+    /// Whether the repository's store keeps its chunks in pack files.
+    pub fn is_packed(&self) -> bool {
+        self.params.is_packed()
     }
 
     /// This listing, with `courier` sending the chunks its staging store gets as they land.
@@ -57,6 +58,24 @@ impl Listed {
             ..self
         }
     }
+}
+
+/// Every chunk the store of `remote` (whose `store.json` says `params`) holds, with its stored
+/// size: the loose ones listed, and for a packed store those its pack indexes name.
+pub fn remote_chunks(remote: &Remote, params: &Params) -> Result<Vec<(ChunkId, u64)>, ChunkError> {
+    let root = remote.shown(STORE_DIR);
+    let loose = remote
+        .list(&format!("{STORE_DIR}/{}/", super::CHUNKS_DIR))
+        .map_err(io_error(&root))?;
+    let mut chunks: Vec<(ChunkId, u64)> = loose
+        .iter()
+        .filter_map(|o| id_of_object(&o.name).map(|id| (id, o.size)))
+        .collect();
+    if params.is_packed() {
+        let index = PackIndex::load(remote, params.max_size).map_err(io_error(&root))?;
+        chunks.extend(index.chunks());
+    }
+    Ok(chunks)
 }
 
 /// `store.json` of the repository on a backend `remote`: read and checked
@@ -111,7 +130,7 @@ impl ChunkStore {
             .unwrap_or_else(|e| e.into_inner())
             .insert(identify(dir), listed.clone());
         if std::fs::symlink_metadata(Self::path_in(dir)).is_err() {
-            runs::make_store(dir, &listed.params)?;
+            runs::make_store(dir, &listed.params.clone().loose())?;
         }
         Self::open(dir, Access::Shared).map(Arc::new)
     }
@@ -136,6 +155,27 @@ impl ChunkStore {
             .and_then(|()| self.decode(id, len, true, &mut buffer))
             .map(|_| ())
             .map_err(|problem| super::chunk_error(id, &problem))
+    }
+
+    /// The length of chunk `id`'s content from its stored bytes `stored`, checked as a reader
+    /// checks them (decrypted, decompressed, content against name).
+    pub fn content_len(&self, id: &ChunkId, stored: &[u8]) -> io::Result<usize> {
+        let damaged =
+            |reason: String| super::chunk_error(id, &super::ChunkProblem::Damaged(reason));
+        let compressed = match &self.seal {
+            Some(seal) => seal
+                .open(&id.identity(), stored)
+                .map_err(|e| damaged(e.to_string()))?,
+            None => stored.to_vec(),
+        };
+        let content = zstd::bulk::decompress(&compressed, self.params.max_size)
+            .map_err(|e| damaged(format!("cannot decompress: {e}")))?;
+        if self.id_of(&content) != *id {
+            return Err(damaged(
+                "its content does not match its name (sha256)".to_string(),
+            ));
+        }
+        Ok(content.len())
     }
 
     /// The stored size of `id` when the repository this store stages for lists it.

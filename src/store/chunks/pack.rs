@@ -1,0 +1,552 @@
+//! Pack files: the chunks of a store on S3 sent as a few large objects instead of one object
+//! each (docs/performance.md, "Object count": a request per 64 KiB chunk is the cost of S3).
+//!
+//! A store whose `store.json` requires `packs` (every store wqm makes on a backend) keeps its
+//! chunks in packs: `.wqm-chunks/packs/ab/<id>`, the stored bytes of chunks (each exactly as a
+//! loose chunk is stored: compressed, and sealed with its name as identity in an encrypted
+//! repository) back to back, about `PACK_TARGET` bytes, in the order a run sent them. Each pack
+//! has an index object, `.wqm-chunks/index/<id>`: which chunk is where (`encode_index`), sealed
+//! in an encrypted repository with the pack's id as identity, so that no index can stand in for
+//! another's. A pack is written first, its index second, the backup naming its chunks last: a
+//! pack without an index is a dead run's, and goes at the next garbage collection.
+//!
+//! A chunk in two packs (two runs sent it side by side, or a repack was killed before the old
+//! index went) is read from the first by pack id; the garbage collection counts the other copy
+//! as garbage. A store without `packs` (made before them) keeps its loose chunks, read as ever.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{self, Read};
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::{ChunkId, STORE_DIR};
+use crate::backend::{Backend, Name};
+use crate::crypto::Identity;
+use crate::store::seal::Seal;
+use crate::store::Remote;
+
+/// The store feature: chunks are in pack files (an older wqm refuses such a store).
+pub const PACKS: &str = "packs";
+const PACKS_DIR: &str = "packs";
+pub(super) const INDEX_DIR: &str = "index";
+/// A pack is sent once it holds this many stored bytes (and at the end of each backup): large
+/// enough that requests stop mattering (docs/performance.md), small enough that the two sent
+/// at once and the one filling stay far under the 64 MB a run may use.
+const PACK_TARGET: usize = 8 << 20;
+/// Packs sent at once by one run.
+const SENDING: usize = 2;
+/// The first line of every index object.
+const INDEX_HEADER: &str = "wqm-pack-index 1";
+/// The most bytes an index object is read in: a full pack of the smallest chunks a store cuts.
+const MAX_INDEX_BYTES: u64 = 16 << 20;
+/// Index objects read at once when a store is opened.
+const READERS: usize = 8;
+
+/// A pack's id: 32 random hex digits.
+fn is_pack_id(text: &str) -> bool {
+    text.len() == 32 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// The object of pack `pack`.
+pub fn pack_object(pack: &str) -> String {
+    format!("{STORE_DIR}/{PACKS_DIR}/{}/{pack}", &pack[..2])
+}
+
+/// The index object of pack `pack`.
+pub fn index_object(pack: &str) -> String {
+    format!("{STORE_DIR}/{INDEX_DIR}/{pack}")
+}
+
+/// The pack a pack object's name names (`pack_object`'s inverse).
+fn pack_of_object(name: &str) -> Option<&str> {
+    let rest = name.strip_prefix(&format!("{STORE_DIR}/{PACKS_DIR}/"))?;
+    let (fan, pack) = rest.split_once('/')?;
+    (is_pack_id(pack) && fan == &pack[..2]).then_some(pack)
+}
+
+/// The pack an index object's name names (`index_object`'s inverse).
+pub fn pack_of_index(name: &str) -> Option<&str> {
+    let pack = name.strip_prefix(&format!("{STORE_DIR}/{INDEX_DIR}/"))?;
+    is_pack_id(pack).then_some(pack)
+}
+
+/// What an index object of `pack` is bound to in an encrypted repository.
+fn index_identity(pack: &str) -> Identity {
+    Identity::new("pack-index", [pack])
+}
+
+/// One chunk in a pack: where its stored bytes are, and its content's length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub id: ChunkId,
+    pub offset: u64,
+    pub stored: u32,
+    pub len: u32,
+}
+
+impl Entry {
+    pub fn range(&self) -> Range<u64> {
+        self.offset..self.offset + u64::from(self.stored)
+    }
+}
+
+/// An index object's text: the header, then `<chunk> <offset> <stored length> <length>` per
+/// chunk, by offset.
+pub fn encode_index(entries: &[Entry]) -> String {
+    let mut text = format!("{INDEX_HEADER}\n");
+    for e in entries {
+        text.push_str(&format!("{} {} {} {}\n", e.id, e.offset, e.stored, e.len));
+    }
+    text
+}
+
+/// An index object's text, checked: the header, each line, the chunks by offset without
+/// overlapping, none longer than `largest` bytes of content.
+pub fn parse_index(text: &str, largest: usize) -> Result<Vec<Entry>, String> {
+    let mut lines = text.lines();
+    if lines.next() != Some(INDEX_HEADER) {
+        return Err(format!("it does not begin with `{INDEX_HEADER}`"));
+    }
+    let mut entries: Vec<Entry> = Vec::new();
+    for (n, line) in lines.enumerate() {
+        let bad = || format!("line {} is not `<chunk> <offset> <stored> <length>`", n + 2);
+        let mut parts = line.split(' ');
+        let id = parts.next().and_then(ChunkId::parse).ok_or_else(bad)?;
+        let mut number = || parts.next().and_then(|p| p.parse::<u64>().ok());
+        let (offset, stored, len) = (number(), number(), number());
+        let (Some(offset), Some(stored), Some(len)) = (offset, stored, len) else {
+            return Err(bad());
+        };
+        if parts.next().is_some() || stored == 0 || len as usize > largest {
+            return Err(bad());
+        }
+        let stored = u32::try_from(stored).map_err(|_| bad())?;
+        let len = u32::try_from(len).map_err(|_| bad())?;
+        if entries.last().is_some_and(|last| last.range().end > offset) {
+            return Err(format!("line {} overlaps the chunk before it", n + 2));
+        }
+        entries.push(Entry {
+            id,
+            offset,
+            stored,
+            len,
+        });
+    }
+    Ok(entries)
+}
+
+/// Where a chunk is: in which pack (its id) and at which bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Location {
+    pub pack: Arc<str>,
+    pub entry: Entry,
+}
+
+/// Every pack of a store on a backend and the chunks in each, as listed and read once.
+#[derive(Debug, Default)]
+pub struct PackIndex {
+    /// Each pack with an index, by id: its size as listed (`None`: its object is missing).
+    pub packs: BTreeMap<Arc<str>, Option<u64>>,
+    /// Packs listed without an index (a dead run's, or one still being sent), with their sizes.
+    pub unindexed: BTreeMap<String, u64>,
+    /// Every chunk's location, sorted by chunk and then pack: the first of a chunk is where it
+    /// is read from.
+    entries: Vec<(ChunkId, Arc<str>, Entry)>,
+}
+
+impl PackIndex {
+    /// Lists the packs and index objects of `remote`'s store and reads every index (`READERS`
+    /// at a time). A damaged index is an error: nothing may be judged garbage without it.
+    pub fn load(remote: &Remote, largest: usize) -> io::Result<Self> {
+        let mut index = PackIndex::default();
+        let mut sizes: HashMap<String, u64> = HashMap::new();
+        for object in remote.list(&format!("{STORE_DIR}/{PACKS_DIR}/"))? {
+            if let Some(pack) = pack_of_object(&object.name) {
+                sizes.insert(pack.to_string(), object.size);
+            }
+        }
+        let mut indexed: Vec<String> = remote
+            .list(&format!("{STORE_DIR}/{INDEX_DIR}/"))?
+            .iter()
+            .filter_map(|o| pack_of_index(&o.name).map(str::to_string))
+            .collect();
+        indexed.sort();
+        let seal = remote.seal();
+        let read = crate::parallel::map_in_order(&indexed, READERS, |pack| {
+            read_index(remote, seal.as_ref(), pack, largest)
+        });
+        for (pack, entries) in indexed.iter().zip(read) {
+            let pack: Arc<str> = Arc::from(pack.as_str());
+            let entries = entries?;
+            index.packs.insert(pack.clone(), sizes.remove(&*pack));
+            index
+                .entries
+                .extend(entries.into_iter().map(|e| (e.id, pack.clone(), e)));
+        }
+        index.unindexed = sizes.into_iter().collect();
+        index
+            .entries
+            .sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        Ok(index)
+    }
+
+    /// Where chunk `id` is read from.
+    pub fn locate(&self, id: &ChunkId) -> Option<Location> {
+        let first = self.entries.partition_point(|(e, _, _)| e < id);
+        let (found, pack, entry) = self.entries.get(first)?;
+        (found == id).then(|| Location {
+            pack: pack.clone(),
+            entry: *entry,
+        })
+    }
+
+    /// Every chunk in a pack and its stored size (a chunk in several packs once).
+    pub fn chunks(&self) -> impl Iterator<Item = (ChunkId, u64)> + '_ {
+        let mut last = None;
+        self.entries.iter().filter_map(move |(id, _, entry)| {
+            let first = last != Some(*id);
+            last = Some(*id);
+            first.then_some((*id, u64::from(entry.stored)))
+        })
+    }
+
+    /// Each pack's entries, and for each whether it is where its chunk is read from (a later
+    /// copy in another pack is not).
+    pub fn by_pack(&self) -> BTreeMap<Arc<str>, Vec<(Entry, bool)>> {
+        let mut packs: BTreeMap<Arc<str>, Vec<(Entry, bool)>> = BTreeMap::new();
+        let mut last = None;
+        for (id, pack, entry) in &self.entries {
+            let first = last != Some(*id);
+            last = Some(*id);
+            packs.entry(pack.clone()).or_default().push((*entry, first));
+        }
+        for pack in self.packs.keys() {
+            packs.entry(pack.clone()).or_default();
+        }
+        packs
+    }
+}
+
+/// The entries of pack `pack`'s index object: read (no more than `MAX_INDEX_BYTES`), opened
+/// with `seal` in an encrypted repository, parsed.
+fn read_index(
+    remote: &Remote,
+    seal: Option<&Seal>,
+    pack: &str,
+    largest: usize,
+) -> io::Result<Vec<Entry>> {
+    let rel = index_object(pack);
+    let damaged = |reason: String| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the pack index `{rel}` is damaged: {reason}"),
+        )
+    };
+    let mut bytes = Vec::new();
+    remote
+        .open(&rel)?
+        .take(MAX_INDEX_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_INDEX_BYTES {
+        return Err(damaged(format!("larger than {MAX_INDEX_BYTES} bytes")));
+    }
+    if let Some(seal) = seal {
+        bytes = seal
+            .open(&index_identity(pack), &bytes)
+            .map_err(|e| damaged(e.to_string()))?;
+    }
+    let text = String::from_utf8(bytes).map_err(|_| damaged("not text".to_string()))?;
+    parse_index(&text, largest).map_err(damaged)
+}
+
+/// The loaded indexes of the stores this run read, by repository: a run opens its store once
+/// per file it reads, and the indexes are read once.
+static LOADED: Mutex<BTreeMap<String, Arc<PackIndex>>> = Mutex::new(BTreeMap::new());
+
+/// A packed store's indexes as a reader uses them: loaded once per run, loaded again when a
+/// chunk is not found (a backup committed after they were read).
+#[derive(Debug)]
+pub struct Packs {
+    remote: Remote,
+    largest: usize,
+    current: Mutex<Arc<PackIndex>>,
+}
+
+impl Packs {
+    /// The indexes of `remote`'s store (this run's copy when it read them before).
+    pub fn open(remote: &Remote, largest: usize) -> io::Result<Self> {
+        let key = remote.backend().describe();
+        let loaded = LOADED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned();
+        let current = match loaded {
+            Some(index) => index,
+            None => Self::reload(remote, largest)?,
+        };
+        Ok(Packs {
+            remote: remote.clone(),
+            largest,
+            current: Mutex::new(current),
+        })
+    }
+
+    fn reload(remote: &Remote, largest: usize) -> io::Result<Arc<PackIndex>> {
+        let index = Arc::new(PackIndex::load(remote, largest)?);
+        LOADED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(remote.backend().describe(), index.clone());
+        Ok(index)
+    }
+
+    /// Where chunk `id` is; the indexes read again once when it is in none of them.
+    pub fn locate(&self, id: &ChunkId) -> Option<Location> {
+        let current = self
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(found) = current.locate(id) {
+            return Some(found);
+        }
+        let listed: HashSet<String> = self
+            .remote
+            .list(&format!("{STORE_DIR}/{INDEX_DIR}/"))
+            .ok()?
+            .iter()
+            .filter_map(|o| pack_of_index(&o.name).map(str::to_string))
+            .collect();
+        if listed
+            .iter()
+            .all(|pack| current.packs.contains_key(pack.as_str()))
+        {
+            return None;
+        }
+        let reloaded = Self::reload(&self.remote, self.largest).ok()?;
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = reloaded.clone();
+        reloaded.locate(id)
+    }
+}
+
+/// Chunks on their way into packs: appended as they come, a pack sent (then its index) each
+/// time one reaches `PACK_TARGET`, `SENDING` at a time, and the rest by `finish`. Memory: the
+/// pack filling and those being sent. A chunk added twice is packed once.
+pub struct Packer {
+    backend: Arc<dyn Backend>,
+    seal: Option<Seal>,
+    filling: tokio::sync::Mutex<Filling>,
+    permits: Arc<Semaphore>,
+    sending: Mutex<Sending>,
+}
+
+#[derive(Default)]
+struct Filling {
+    bytes: Vec<u8>,
+    entries: Vec<Entry>,
+    /// Every chunk packed by this packer.
+    added: HashSet<ChunkId>,
+}
+
+#[derive(Default)]
+struct Sending {
+    running: JoinSet<io::Result<()>>,
+    packs: usize,
+    failed: Option<String>,
+}
+
+impl Sending {
+    fn record(&mut self, ended: Result<io::Result<()>, tokio::task::JoinError>) {
+        match ended {
+            Ok(Ok(())) => self.packs += 1,
+            Ok(Err(e)) => {
+                self.failed.get_or_insert(e.to_string());
+            }
+            Err(e) => {
+                self.failed.get_or_insert(e.to_string());
+            }
+        }
+    }
+
+    fn check(&mut self) -> io::Result<()> {
+        while let Some(ended) = self.running.try_join_next() {
+            self.record(ended);
+        }
+        match &self.failed {
+            Some(failed) => Err(io::Error::other(failed.clone())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Packer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Packer({})", self.backend.describe())
+    }
+}
+
+impl Packer {
+    /// Packs for the store on `backend`, indexes sealed with `seal` in an encrypted repository.
+    pub fn new(backend: Arc<dyn Backend>, seal: Option<Seal>) -> Self {
+        Packer {
+            backend,
+            seal,
+            filling: tokio::sync::Mutex::new(Filling::default()),
+            permits: Arc::new(Semaphore::new(SENDING)),
+            sending: Mutex::new(Sending::default()),
+        }
+    }
+
+    /// Adds chunk `id` (`len` bytes of content) from its stored bytes, checked by the caller;
+    /// false when this packer had it already. A full pack is sent on a task of its own, once
+    /// fewer than `SENDING` are on their way: until then every adder waits. A pack that failed
+    /// to go stops the run here.
+    pub async fn add(&self, id: ChunkId, len: usize, stored: &[u8]) -> io::Result<bool> {
+        let mut filling = self.filling.lock().await;
+        self.sending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .check()?;
+        if !filling.added.insert(id) {
+            return Ok(false);
+        }
+        let entry = Entry {
+            id,
+            offset: filling.bytes.len() as u64,
+            stored: u32::try_from(stored.len()).map_err(io::Error::other)?,
+            len: u32::try_from(len).map_err(io::Error::other)?,
+        };
+        filling.bytes.extend_from_slice(stored);
+        filling.entries.push(entry);
+        if filling.bytes.len() >= PACK_TARGET {
+            self.send(&mut filling).await?;
+        }
+        Ok(true)
+    }
+
+    /// Sends the pack filling (when it holds anything), holding the lock on it: the adders wait
+    /// for a sending slot too.
+    async fn send(&self, filling: &mut Filling) -> io::Result<()> {
+        if filling.entries.is_empty() {
+            return Ok(());
+        }
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(io::Error::other)?;
+        let bytes = std::mem::take(&mut filling.bytes);
+        let entries = std::mem::take(&mut filling.entries);
+        let (backend, seal) = (self.backend.clone(), self.seal.clone());
+        let sending = async move {
+            let _permit = permit;
+            save_pack(&*backend, seal.as_ref(), Bytes::from(bytes), &entries).await
+        };
+        self.sending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .running
+            .spawn(sending);
+        Ok(())
+    }
+
+    /// Sends what is left and waits for every pack; how many were sent, or the first failure.
+    pub async fn finish(&self) -> io::Result<usize> {
+        {
+            let mut filling = self.filling.lock().await;
+            self.send(&mut filling).await?;
+        }
+        let mut running = std::mem::take(
+            &mut self
+                .sending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .running,
+        );
+        let mut ended = Vec::new();
+        while let Some(one) = running.join_next().await {
+            ended.push(one);
+        }
+        let mut sending = self.sending.lock().unwrap_or_else(|e| e.into_inner());
+        for one in ended {
+            sending.record(one);
+        }
+        sending.check()?;
+        Ok(std::mem::take(&mut sending.packs))
+    }
+}
+
+/// Writes a pack (`bytes`, the chunks of `entries`) under a new id, then its index.
+async fn save_pack(
+    backend: &dyn Backend,
+    seal: Option<&Seal>,
+    bytes: Bytes,
+    entries: &[Entry],
+) -> io::Result<()> {
+    let pack = crate::backend::random_id();
+    let object = pack_object(&pack);
+    let index = index_object(&pack);
+    crate::failpoint::hit("pack:before-pack").map_err(io::Error::other)?;
+    let name = Name::new(object.clone()).map_err(io::Error::other)?;
+    backend
+        .save(&name, crate::backend::once(bytes))
+        .await
+        .map_err(|e| io::Error::other(format!("cannot send `{object}`: {e}")))?;
+    crate::failpoint::hit("pack:before-index").map_err(io::Error::other)?;
+    let mut text = encode_index(entries).into_bytes();
+    if let Some(seal) = seal {
+        text = seal.seal(&index_identity(&pack), &text)?;
+    }
+    let name = Name::new(index.clone()).map_err(io::Error::other)?;
+    backend
+        .save(&name, crate::backend::once(text))
+        .await
+        .map_err(|e| io::Error::other(format!("cannot send `{index}`: {e}")))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(content: &[u8], offset: u64, stored: u32) -> Entry {
+        Entry {
+            id: ChunkId::of(content),
+            offset,
+            stored,
+            len: content.len() as u32,
+        }
+    }
+
+    #[test]
+    fn an_index_reads_back_and_a_damaged_one_is_refused() {
+        let entries = vec![entry(b"a", 0, 10), entry(b"b", 10, 5), entry(b"c", 20, 7)];
+        let text = encode_index(&entries);
+        assert_eq!(parse_index(&text, 1024).unwrap(), entries);
+        let overlapping = vec![entry(b"a", 0, 10), entry(b"b", 9, 5)];
+        let said = parse_index(&encode_index(&overlapping), 1024).unwrap_err();
+        assert!(said.contains("line 3 overlaps"), "{said}");
+        assert!(parse_index("wqm-pack-index 2\n", 1024).is_err());
+        let too_long = parse_index(&encode_index(&[entry(&[0; 2000], 0, 10)]), 1024);
+        assert!(too_long.is_err());
+        let cut = &text[..text.len() - 3];
+        assert!(parse_index(cut, 1024).is_err(), "a line cut short");
+        assert!(parse_index(&text.replace(" 10 5 ", " 10 0 "), 1024).is_err());
+    }
+
+    #[test]
+    fn pack_and_index_names_go_both_ways() {
+        let pack = crate::backend::random_id();
+        assert_eq!(pack_of_object(&pack_object(&pack)), Some(pack.as_str()));
+        assert_eq!(pack_of_index(&index_object(&pack)), Some(pack.as_str()));
+        assert_eq!(pack_of_object(&index_object(&pack)), None);
+        assert_eq!(pack_of_object(".wqm-chunks/packs/zz/abc"), None);
+        assert_eq!(pack_of_index(".wqm-chunks/index/ABC"), None);
+    }
+}

@@ -1,0 +1,201 @@
+//! Pack files on the real SeaweedFS: a store on S3 keeps its chunks in a few large objects with
+//! an index each; a restore reads runs of them with one request; the garbage collection deletes
+//! packs nothing references, repacks those mostly garbage and removes a dead run's pack that
+//! never got its index; damage inside a pack is named; a store of loose chunks (made before
+//! packs) stays readable and writable.
+
+use serde_json::Value;
+use std::sync::Arc;
+
+use wqm::backend::{self, Backend, Name};
+
+use crate::incremental::{grow_state_db, workspace};
+use crate::qdrant_double::Double;
+use crate::s3_faults::{proxy, through};
+use crate::s3_incremental::{added, killed_night, night};
+use crate::s3_proxy::Faults;
+use crate::s3_read::{fresh_prefix, object_names, stored_chunks, with_s3};
+use crate::test::Test;
+
+const PACKS: &str = ".wqm-chunks/packs/";
+const INDEXES: &str = ".wqm-chunks/index/";
+
+/// The pack objects without an index object.
+fn unindexed(runtime: &tokio::runtime::Runtime, s3: &Arc<dyn Backend>) -> Vec<String> {
+    let indexed: Vec<String> = object_names(runtime, s3, INDEXES)
+        .iter()
+        .map(|name| name.rsplit('/').next().unwrap().to_string())
+        .collect();
+    object_names(runtime, s3, PACKS)
+        .into_iter()
+        .filter(|name| !indexed.iter().any(|pack| name.ends_with(pack.as_str())))
+        .collect()
+}
+
+#[test]
+#[cfg_attr(
+    not(real_s3),
+    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+)]
+fn packs_are_read_in_runs_and_collected_repacked_or_whole() {
+    let double = Double::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (s3, url) = fresh_prefix(&runtime);
+    let (first, tmp) = night(Test::in_dir(workspace()), &double, &format!("{url}/n1"), "");
+    let chunks = added(&first, "chunks_added");
+    grow_state_db(tmp.path());
+    let (second, tmp) = night(Test::in_dir(tmp), &double, &format!("{url}/n2"), "");
+    assert!(added(&second, "chunks_added") >= 1, "{second}");
+    assert_eq!(
+        object_names(&runtime, &s3, PACKS).len(),
+        2,
+        "a pack a night"
+    );
+    // A run killed between a pack and its index leaves a pack nothing names.
+    grow_state_db(tmp.path());
+    killed_night(&double, &tmp, &format!("{url}/k"), "pack:before-index");
+    let orphans = unindexed(&runtime, &s3);
+    assert_eq!(orphans.len(), 1, "{orphans:?}");
+    assert_eq!(object_names(&runtime, &s3, INDEXES).len(), 2);
+
+    // An export reads each file's chunks in runs: far fewer requests than chunks.
+    let proxy = proxy(Faults::default());
+    let (_, tmp) = through(&proxy, Test::in_dir(tmp))
+        .args(&format!("backup export {url}/n1 {{TMP}}/away/n1"))
+        .stdout_with(|_| {})
+        .run();
+    let pack_gets = proxy.seen(|seen| {
+        seen.passed
+            .iter()
+            .filter(|(request, _)| request.starts_with("GET ") && request.contains(PACKS))
+            .count()
+    });
+    assert!(pack_gets >= 1);
+    assert!(
+        (pack_gets as u64) * 2 <= chunks,
+        "{pack_gets} requests for {chunks} chunks"
+    );
+    let (_, tmp) = Test::in_dir(tmp)
+        .args("backup validate {TMP}/away/n1 --check-files")
+        .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
+        .run();
+
+    // One collection's night (of the database grown again) kept alone: the dead run's pack
+    // goes, night 1's is mostly garbage and is repacked; night 3's stays.
+    let (third, tmp) = night(
+        Test::in_dir(tmp).stderr_with(|e| assert!(e.contains("a killed run left of `k`"), "{e}")),
+        &double,
+        &format!("{url}/n3"),
+        "--collections small-plain",
+    );
+    assert!(
+        added(&third, "chunks_added") >= 1,
+        "its grown database: {third}"
+    );
+    let kept_chunks = stored_chunks(&runtime, &s3);
+    let (_, tmp) = with_s3(Test::in_dir(tmp))
+        .args(&format!("backup prune {url} --keep-last 1 --json"))
+        .stdout_json(|v| {
+            let gc = &v["chunk_store"]["collected"];
+            assert!(gc["packs_deleted"].as_u64().unwrap() >= 1, "{v}");
+            assert!(gc["packs_repacked"].as_u64().unwrap() >= 1, "{v}");
+            assert!(gc["chunks_deleted"].as_u64().unwrap() >= 1, "{v}");
+            assert_eq!(gc["damaged"], Value::Array(Vec::new()), "{v}");
+        })
+        .run();
+    let packs = object_names(&runtime, &s3, PACKS);
+    assert!(!packs.contains(&orphans[0]), "{packs:?}");
+    assert_eq!(unindexed(&runtime, &s3), Vec::<String>::new());
+    let left = stored_chunks(&runtime, &s3);
+    assert!(left.len() < kept_chunks.len());
+    assert!(left.iter().all(|id| kept_chunks.contains(id)));
+    let (_, tmp) = with_s3(Test::in_dir(tmp))
+        .args(&format!("backup validate {url}/n3 --check-files"))
+        .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
+        .run();
+    // Nothing left to collect: a second prune changes nothing.
+    with_s3(Test::in_dir(tmp))
+        .args(&format!("backup prune {url} --keep-last 1 --json"))
+        .stdout_json(|v| {
+            let gc = &v["chunk_store"]["collected"];
+            assert_eq!(
+                (gc["packs_deleted"].clone(), gc["packs_repacked"].clone()),
+                (0.into(), 0.into()),
+                "{v}"
+            );
+        })
+        .run();
+    assert_eq!(object_names(&runtime, &s3, PACKS), packs);
+}
+
+#[test]
+#[cfg_attr(
+    not(real_s3),
+    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+)]
+fn a_chunk_altered_or_cut_off_in_its_pack_is_named_by_validate() {
+    let double = Double::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (s3, url) = fresh_prefix(&runtime);
+    let (_, tmp) = night(Test::in_dir(workspace()), &double, &format!("{url}/n1"), "");
+    let packs = object_names(&runtime, &s3, PACKS);
+    assert_eq!(packs.len(), 1);
+    let name = Name::new(packs[0].clone()).unwrap();
+    let original = runtime
+        .block_on(async { backend::collect(s3.load(&name, None).await.unwrap()).await })
+        .unwrap();
+    let chunks = stored_chunks(&runtime, &s3);
+
+    // A byte altered in the middle, then the pack cut short.
+    let mut altered = original.clone();
+    altered[original.len() / 2] ^= 1;
+    let cut = original[..original.len() - 100].to_vec();
+    let mut tmp = tmp;
+    for (bytes, said) in [(altered, "damaged"), (cut, "ends before it")] {
+        runtime
+            .block_on(s3.save(&name, backend::once(bytes)))
+            .unwrap();
+        tmp = with_s3(Test::in_dir(tmp))
+            .args(&format!("backup validate {url}/n1 --check-files"))
+            .status(3)
+            .stdout_with({
+                let chunks = chunks.clone();
+                move |o| {
+                    let named = chunks.iter().any(|id| o.contains(&format!("chunk `{id}`")));
+                    assert!(o.contains(said) && named, "{o}")
+                }
+            })
+            .stderr_with(|_| {})
+            .run()
+            .1;
+    }
+}
+
+#[test]
+#[cfg_attr(
+    not(real_s3),
+    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+)]
+fn a_store_of_loose_chunks_on_s3_stays_readable_and_writable() {
+    let double = Double::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (s3, url) = fresh_prefix(&runtime);
+    // A store made before pack files: no `packs` among its features.
+    let params = r#"{"format":2,"chunker":"fastcdc-2020","min_size":16384,"avg_size":65536,"max_size":262144,"hash":"sha256","compression":"zstd","required_features":["lock-objects"]}"#;
+    let name = Name::new(".wqm-chunks/store.json").unwrap();
+    runtime
+        .block_on(s3.save(&name, backend::once(params.as_bytes().to_vec())))
+        .unwrap();
+    let (first, tmp) = night(Test::in_dir(workspace()), &double, &format!("{url}/n1"), "");
+    let loose = object_names(&runtime, &s3, ".wqm-chunks/chunks/");
+    assert_eq!(loose.len() as u64, added(&first, "chunks_added"));
+    assert!(object_names(&runtime, &s3, PACKS).is_empty());
+    grow_state_db(tmp.path());
+    let (_, tmp) = night(Test::in_dir(tmp), &double, &format!("{url}/n2"), "");
+    let (_, tmp) = with_s3(Test::in_dir(tmp))
+        .args(&format!("backup prune {url} --keep-last 1"))
+        .stdout_with(|_| {})
+        .run();
+    assert!(object_names(&runtime, &s3, PACKS).is_empty());
+    crate::s3_faults::validates(tmp, &format!("{url}/n2"));
+}
