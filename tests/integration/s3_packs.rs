@@ -169,6 +169,35 @@ fn a_chunk_altered_or_cut_off_in_its_pack_is_named_by_validate() {
             .run()
             .1;
     }
+    // The pack whole again but its index lost: its chunks are missing, and a prune keeps the
+    // pack (it may hold them) instead of deleting it as a dead run's, saying why.
+    runtime
+        .block_on(s3.save(&name, backend::once(original)))
+        .unwrap();
+    for index in object_names(&runtime, &s3, INDEXES) {
+        runtime
+            .block_on(s3.remove(&Name::new(index).unwrap()))
+            .unwrap();
+    }
+    let (_, tmp) = with_s3(Test::in_dir(tmp))
+        .args(&format!("backup validate {url}/n1 --check-files"))
+        .status(3)
+        .stdout_with(|o| assert!(o.contains("missing"), "{o}"))
+        .stderr_with(|_| {})
+        .run();
+    with_s3(Test::in_dir(tmp))
+        .args(&format!("backup prune {url} --keep-last 1 --json"))
+        .stdout_json(|v| {
+            let gc = &v["chunk_store"]["collected"];
+            assert_eq!(gc["packs_deleted"], 0, "{v}");
+            let said = gc["damaged"][0].as_str().unwrap_or_default();
+            assert!(
+                said.contains("are in no index: kept the pack(s) without an index"),
+                "{v}"
+            );
+        })
+        .run();
+    assert_eq!(object_names(&runtime, &s3, PACKS), packs);
 }
 
 #[test]

@@ -3,10 +3,10 @@
 //! beside the snapshot's download and chunking, at most `AT_ONCE` at a time. A chunk is sent once
 //! it is complete under its name locally (fsynced, renamed) and its bytes, read back, pass the
 //! check every reader makes (decrypted, decompressed, content against name): nothing
-//! unchecked leaves, as when chunks were sent after the run's verification. The run that made it
-//! waits for
-//! every upload before it sends the backup's indexes and manifest (`finish`), and a failed
-//! upload stops the run at its next chunk. What a failed or killed run sent is garbage until
+//! unchecked leaves, as when chunks were sent after the run's verification. In a store of pack
+//! files each checked chunk goes into the run's `Packer` instead of an object of its own. The
+//! run that made it waits for every upload before it sends the backup's indexes and manifest
+//! (`finish`, then the packer's), and a failed upload stops the run at its next chunk. What a failed or killed run sent is garbage until
 //! the next night reuses it or a prune collects it, as before.
 
 use std::collections::HashSet;
@@ -93,15 +93,13 @@ impl Courier {
         id: &ChunkId,
         len: usize,
     ) -> io::Result<()> {
-        if let Some(packer) = &self.packer {
-            return self.pack(packer, &store, id, len);
-        }
         let mut uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
         uploads.reap();
         if let Some(failed) = &uploads.failed {
             return Err(io::Error::other(failed.clone()));
         }
         let (backend, permits) = (self.backend.clone(), self.permits.clone());
+        let packer = self.packer.clone();
         let id = *id;
         let upload = async move {
             let _permit = permits.acquire_owned().await.map_err(|e| e.to_string())?;
@@ -120,33 +118,21 @@ impl Courier {
                 .await
                 .map_err(|e| e.to_string())??;
             crate::failpoint::hit("create:s3-chunk-sent").map_err(|e| e.to_string())?;
-            save_chunk(&*backend, &id, Bytes::from(bytes))
-                .await
-                .map_err(|e| format!("cannot send `{object}`: {e}"))?;
+            match packer {
+                // Packed as the checks end: a file's chunks land about in its order, near
+                // enough for a restore's runs (`read.rs`).
+                Some(packer) => packer
+                    .add(id, len, &bytes)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())?,
+                None => save_chunk(&*backend, &id, Bytes::from(bytes))
+                    .await
+                    .map_err(|e| format!("cannot send `{object}`: {e}"))?,
+            }
             Ok(id)
         };
         uploads.running.spawn_on(upload, &self.runtime);
-        Ok(())
-    }
-
-    /// Chunk `id` read back, checked and added to the pack filling, here and now: each file's
-    /// chunks go into packs in the order it has them, which is the order a restore reads them
-    /// (`read.rs` fetches runs of them with one request). The packs go on tasks of their own.
-    fn pack(
-        &self,
-        packer: &Packer,
-        store: &ChunkStore,
-        id: &ChunkId,
-        len: usize,
-    ) -> io::Result<()> {
-        let bytes = store
-            .stored_bytes(id)
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot read chunk `{id}`: {e}")))?;
-        store.check_stored(id, len, &bytes)?;
-        crate::failpoint::hit("create:s3-chunk-sent")?;
-        tokio::task::block_in_place(|| self.runtime.block_on(packer.add(*id, len, &bytes)))?;
-        let mut uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
-        uploads.sent.insert(*id);
         Ok(())
     }
 

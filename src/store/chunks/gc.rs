@@ -238,13 +238,13 @@ fn collect_packs(
         .collect();
     // Deleted indexes first, then packs: a pack is never left with an index and without data.
     let (mut indexes, mut objects) = (Vec::new(), Vec::new());
-    for (pack, size) in &packs.unindexed {
-        if !indexed_now.contains(pack) {
-            collected.packs_deleted += 1;
-            collected.bytes_freed += size;
-            objects.push(pack::pack_object(pack));
-        }
-    }
+    let orphans: Vec<(&String, &u64)> = packs
+        .unindexed
+        .iter()
+        .filter(|(pack, _)| !indexed_now.contains(*pack))
+        .collect();
+    // Referenced chunks found: loose (counted by `unreferenced`) and in packs (below).
+    let mut found = collected.chunks_kept;
     let packer = Packer::new(remote.shared_backend(), remote.seal());
     for (pack, entries) in packs.by_pack() {
         let live = |(entry, first): &&(pack::Entry, bool)| *first && referenced.contains(&entry.id);
@@ -285,6 +285,23 @@ fn collect_packs(
         }
         collected.chunks_kept += kept.len() as u64;
         collected.bytes_kept += kept_bytes;
+        found += kept.len() as u64;
+    }
+    if found < referenced.len() as u64 && !orphans.is_empty() {
+        // A chunk a backup names is in no index: a pack without one may hold it (its index
+        // object lost), so none is deleted; `validate` names the chunks missing.
+        let names: Vec<String> = orphans.iter().map(|(p, _)| pack::pack_object(p)).collect();
+        collected.damaged.push(format!(
+            "{} chunk(s) the backups name are in no index: kept the pack(s) without an index `{}`",
+            referenced.len() as u64 - found,
+            names.join("`, `")
+        ));
+    } else {
+        for (pack, size) in orphans {
+            collected.packs_deleted += 1;
+            collected.bytes_freed += size;
+            objects.push(pack::pack_object(pack));
+        }
     }
     if dry_run {
         return Ok(());
