@@ -10,8 +10,9 @@
 # Each night (scripts/bench_incremental.py churn, rows of the state database touched) is backed
 # up twice, the order alternating night by night: `create DIR/night-NN --incremental` and
 # `create s3://BUCKET/bench/night-NN --incremental` (its chunks staged locally, only those the
-# repository lacks, then sent). Then BENCH_RUNS pairs on the last night's data: median wall
-# time and peak RSS of each (scripts/bench-lib.sh).
+# repository lacks, then sent). Then BENCH_RUNS pairs on the last night's data, and BENCH_RUNS
+# pairs of a first night into an empty repository (every chunk new): median wall time and peak
+# RSS of each (scripts/bench-lib.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 points=${BENCH_POINTS:-20000}
@@ -69,6 +70,15 @@ for i in $(seq "$runs"); do
   create create-s3 "$repo/extra-$i"
 done
 
+# A first night (every chunk new) into an empty repository, pair by pair, the order alternating.
+for i in $(seq "$runs"); do
+  if [ $((i % 2)) -eq 1 ]; then
+    create first-local "$out/empty-$i/night"; create first-s3 "$repo-empty-$i/night"
+  else
+    create first-s3 "$repo-empty-$i/night"; create first-local "$out/empty-$i/night"
+  fi
+done
+
 echo
 echo "## $nights nights of ${points}-point churn, local vs S3 ($(date -u +%F), $(nproc) cores)"
 echo
@@ -81,3 +91,7 @@ echo
 echo "Same data, $runs runs each:"
 echo
 table create-local create-s3
+echo
+echo "A first night into an empty repository, $runs runs each:"
+echo
+table first-local first-s3

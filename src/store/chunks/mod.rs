@@ -572,6 +572,11 @@ impl ChunkStore {
         &self.params
     }
 
+    /// Whether the store keeps its chunks in pack files (on a backend).
+    pub fn is_packed(&self) -> bool {
+        self.packs.is_some()
+    }
+
     /// Whether the store is in a repository on a backend (S3): each chunk read is a request.
     pub fn is_remote(&self) -> bool {
         self.remote.is_some()
