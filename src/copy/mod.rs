@@ -22,7 +22,7 @@ mod source;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, BufReader, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -37,7 +37,7 @@ use crate::format::layout::MANIFEST_PATH;
 use crate::format::manifest::{FileEntry, Manifest};
 use crate::fs::CopyError as Side;
 use crate::progress::{self, Meter, Metered, Progress};
-use crate::store::chunks::{self, ChunkBuffer, ChunkId, ChunkStore, IndexReader};
+use crate::store::chunks::{self, ChunkBuffer, ChunkId, ChunkStore, IndexReader, SharedReader};
 use crate::store::{scan_at, Damaged, Repository, Seen};
 use reseal::Reseal;
 use source::CheckedFile;
@@ -365,7 +365,7 @@ fn copy_one(
         (name, reseal.as_ref()),
         (&raw, &manifest),
         parts,
-        store.as_deref(),
+        store.as_ref(),
         (chunks, &mut renamed),
         progress,
         &meter,
@@ -482,7 +482,7 @@ fn send(
     (name, reseal): (&str, Option<&Reseal>),
     manifest: (&[u8], &Manifest),
     parts: Vec<Part>,
-    store: Option<&ChunkStore>,
+    store: Option<&Arc<ChunkStore>>,
     (chunks, renamed): (Vec<(ChunkId, usize)>, &mut Renamed),
     progress: &dyn Progress,
     meter: &Meter,
@@ -565,14 +565,15 @@ type Renamed = HashMap<ChunkId, (ChunkId, u64)>;
 /// others.
 fn send_chunks(
     source: &Source,
-    store: &ChunkStore,
+    store: &Arc<ChunkStore>,
     (writing, reseal): (&dest::Writing<'_>, Option<&Reseal>),
     chunks: Vec<(ChunkId, usize)>,
     meter: &Meter,
 ) -> Result<(u64, u64, Renamed)> {
     let count = chunks.len();
     let renamed = Mutex::new(Renamed::new());
-    let queue = Mutex::new(chunks.into_iter());
+    // In order, fetched ahead from S3 (a source of pack files: few requests).
+    let reader = SharedReader::new(store.clone(), chunks);
     let failed: Mutex<Option<anyhow::Error>> = Mutex::new(None);
     let (sent, bytes) = (AtomicU64::new(0), AtomicU64::new(0));
     let stopped = || failed.lock().expect("failure lock").is_some() || progress::is_interrupted();
@@ -584,11 +585,16 @@ fn send_chunks(
             scope.spawn(|| {
                 let mut buffer = ChunkBuffer::default();
                 while !stopped() {
-                    let Some((id, len)) = queue.lock().expect("queue lock").next() else {
-                        break;
+                    let (id, read) = match reader.next_into(&mut buffer) {
+                        Ok(Some((line, read))) => (line.id, read),
+                        Ok(None) => break,
+                        Err(e) => {
+                            let shown = source.shown(chunks::STORE_DIR).display().to_string();
+                            fail(read_failure(&shown, e));
+                            break;
+                        }
                     };
-                    let object = chunks::object_name(&id);
-                    if let Err(problem) = store.read_chunk(&id, len, true, &mut buffer) {
+                    if let Err(problem) = read {
                         // The store named, the chunk in full (a path would be shortened).
                         let shown = source.shown(chunks::STORE_DIR).display().to_string();
                         fail(Damaged::new(&shown, format!("chunk `{id}` {problem}")).into());
@@ -612,7 +618,7 @@ fn send_chunks(
                         Ok(None) => {}
                         Err(e) => {
                             let e =
-                                anyhow::Error::new(e).context(format!("cannot store `{object}`"));
+                                anyhow::Error::new(e).context(format!("cannot store chunk `{id}`"));
                             fail(e);
                             break;
                         }

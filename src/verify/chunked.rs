@@ -13,6 +13,7 @@ use crate::format::manifest::FileEntry;
 use crate::progress::{self, Progress};
 use crate::store::chunks::{
     self, ChunkBuffer, ChunkId, ChunkProblem, ChunkStore, IndexLine, IndexReader, Selection,
+    SharedReader,
 };
 use crate::store::BackupDir;
 
@@ -65,7 +66,7 @@ impl ChunkTally {
     /// Checks the chunks of `lines` this run has not checked yet, reading them on `threads`
     /// threads (decompressing and hashing is the work) or, those a selection leaves out, looking
     /// them up; returns how many it read and how many it looked up.
-    fn read_new(&self, store: &ChunkStore, lines: &[IndexLine], threads: usize) -> (u64, u64) {
+    fn read_new(&self, store: &Arc<ChunkStore>, lines: &[IndexLine], threads: usize) -> (u64, u64) {
         let (new, unread): (Vec<&IndexLine>, Vec<&IndexLine>) = {
             let known = self.checked.lock().expect("tally lock");
             let mut seen = HashSet::new();
@@ -74,8 +75,61 @@ impl ChunkTally {
                 .filter(|l| !known.contains_key(&l.id) && seen.insert(l.id))
                 .partition(|l| self.reads(&l.id))
         };
+        let mut found = match store.is_remote() {
+            true => Self::read_fetched(store, &new, threads),
+            false => Self::read_local(store, &new, threads),
+        };
+        let read = found.len() as u64;
+        // A lookup on S3 is a request: side by side.
+        let lookups = if store.is_remote() { IN_FLIGHT } else { 1 };
+        found.extend(crate::parallel::map_in_order(&unread, lookups, |l| {
+            let missing = store.stored_size(&l.id).is_none();
+            (l.id, missing.then_some(ChunkProblem::Missing))
+        }));
+        self.read.fetch_add(read, Ordering::Relaxed);
+        self.looked_up
+            .fetch_add(unread.len() as u64, Ordering::Relaxed);
+        self.checked.lock().expect("tally lock").extend(found);
+        (read, unread.len() as u64)
+    }
+
+    /// `new`, each read and checked from a store on a backend, fetched ahead in their order
+    /// (few requests from a store of pack files), decompressed and hashed on `threads` threads.
+    fn read_fetched(
+        store: &Arc<ChunkStore>,
+        new: &[&IndexLine],
+        threads: usize,
+    ) -> Vec<(ChunkId, Option<ChunkProblem>)> {
+        let chunks = new.iter().map(|l| (l.id, l.len)).collect();
+        let reader = SharedReader::new(store.clone(), chunks);
+        let found = std::sync::Mutex::new(Vec::with_capacity(new.len()));
+        std::thread::scope(|scope| {
+            for _ in 0..threads.min(new.len()) {
+                scope.spawn(|| {
+                    let mut buffer = ChunkBuffer::default();
+                    loop {
+                        let (id, problem) = match reader.next_into(&mut buffer) {
+                            Ok(None) => break,
+                            Ok(Some((line, read))) => (line.id, read.err()),
+                            // The index's own reading cannot fail: the lines are in memory.
+                            Err(e) => unreachable!("a listed chunk: {e}"),
+                        };
+                        found.lock().expect("found lock").push((id, problem));
+                    }
+                });
+            }
+        });
+        found.into_inner().expect("found lock")
+    }
+
+    /// `new`, each read and checked from a local store, on `threads` threads.
+    fn read_local(
+        store: &ChunkStore,
+        new: &[&IndexLine],
+        threads: usize,
+    ) -> Vec<(ChunkId, Option<ChunkProblem>)> {
         let per_thread = new.len().div_ceil(threads).max(1);
-        let mut found: Vec<(ChunkId, Option<ChunkProblem>)> = std::thread::scope(|scope| {
+        std::thread::scope(|scope| {
             let reading: Vec<_> = new
                 .chunks(per_thread)
                 .map(|part| {
@@ -96,19 +150,7 @@ impl ChunkTally {
                 .into_iter()
                 .flat_map(|t| t.join().expect("a chunk check panicked"))
                 .collect()
-        });
-        let read = found.len() as u64;
-        // A lookup on S3 is a request: side by side.
-        let lookups = if store.is_remote() { IN_FLIGHT } else { 1 };
-        found.extend(crate::parallel::map_in_order(&unread, lookups, |l| {
-            let missing = store.stored_size(&l.id).is_none();
-            (l.id, missing.then_some(ChunkProblem::Missing))
-        }));
-        self.read.fetch_add(read, Ordering::Relaxed);
-        self.looked_up
-            .fetch_add(unread.len() as u64, Ordering::Relaxed);
-        self.checked.lock().expect("tally lock").extend(found);
-        (read, unread.len() as u64)
+        })
     }
 
     /// The chunks this run read and found damaged (not those found missing).

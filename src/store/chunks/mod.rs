@@ -936,6 +936,7 @@ mod gc;
 mod import;
 mod index;
 mod pack;
+mod prefetch;
 mod read;
 mod refs;
 mod runs;
@@ -950,6 +951,7 @@ pub use gc::{collect_garbage, find_unreferenced, find_unreferenced_at, Collected
 pub use import::{id_of_object, object_name, params_object, save_chunk};
 pub use index::{index_text, IndexLine, IndexReader};
 pub use pack::{PackIndex, Packer};
+pub use prefetch::SharedReader;
 pub use read::{chunk_error, ChunkReader};
 pub use refs::{
     backup_refs, encode_refs, read_refs, refs_from_indexes, write_refs, Refs, REFS_PATH,
