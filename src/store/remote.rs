@@ -107,9 +107,20 @@ impl Remote {
 
     /// The bytes `range` of the object `rel` (fewer when it ends first), with one request.
     pub fn read_range(&self, rel: &str, range: std::ops::Range<u64>) -> io::Result<Vec<u8>> {
+        self.read_range_into(rel, range, Vec::new())
+    }
+
+    /// `read_range` into `bytes` (emptied first: a buffer used before).
+    pub fn read_range_into(
+        &self,
+        rel: &str,
+        range: std::ops::Range<u64>,
+        mut bytes: Vec<u8>,
+    ) -> io::Result<Vec<u8>> {
         let name = Name::new(rel).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         // Its size known, the buffer is made once (no doubling as the pieces come).
-        let mut bytes = Vec::with_capacity((range.end - range.start).min(64 << 20) as usize);
+        bytes.clear();
+        bytes.reserve((range.end - range.start).min(64 << 20) as usize);
         self.wait(async {
             let mut data = self
                 .backend

@@ -691,12 +691,18 @@ impl ChunkStore {
         self.packs.as_ref()?.locate(id)
     }
 
-    /// Starts fetching `range` of pack `pack` (a run of its chunks, `read::ChunkReader`).
-    pub(super) fn fetch_range(&self, pack: &str, range: std::ops::Range<u64>) -> Option<Fetch> {
+    /// Starts fetching `range` of pack `pack` (chunks near each other, `prefetch.rs`) into
+    /// `into`.
+    pub(super) fn fetch_range(
+        &self,
+        pack: &str,
+        range: std::ops::Range<u64>,
+        into: Vec<u8>,
+    ) -> Option<Fetch> {
         let remote = self.remote.as_ref()?.clone();
         let handle = remote.handle().clone();
         let rel = pack::pack_object(pack);
-        let task = handle.spawn_blocking(move || remote.read_range(&rel, range));
+        let task = handle.spawn_blocking(move || remote.read_range_into(&rel, range, into));
         Some(Fetch { task, handle })
     }
 

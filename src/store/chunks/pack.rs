@@ -345,6 +345,8 @@ pub struct Packer {
     filling: tokio::sync::Mutex<Filling>,
     permits: Arc<Semaphore>,
     sending: Mutex<Sending>,
+    /// The buffers of packs sent, for the next ones.
+    spare: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
 #[derive(Default)]
@@ -401,6 +403,7 @@ impl Packer {
             filling: tokio::sync::Mutex::new(Filling::default()),
             permits: Arc::new(Semaphore::new(SENDING)),
             sending: Mutex::new(Sending::default()),
+            spare: Arc::default(),
         }
     }
 
@@ -424,7 +427,9 @@ impl Packer {
             len: u32::try_from(len).map_err(io::Error::other)?,
         };
         if filling.bytes.capacity() == 0 {
-            // Once, not doubled as it grows: what a freed 8 MiB leaves behind stays in RSS.
+            // A pack sent before leaves its buffer; else one made once, not doubled as it grows.
+            let spare = self.spare.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            filling.bytes = spare.unwrap_or_default();
             filling
                 .bytes
                 .reserve_exact(PACK_TARGET + 2 * stored.len().max(1 << 18));
@@ -452,9 +457,19 @@ impl Packer {
         let bytes = std::mem::take(&mut filling.bytes);
         let entries = std::mem::take(&mut filling.entries);
         let (backend, seal) = (self.backend.clone(), self.seal.clone());
+        let spare = self.spare.clone();
         let sending = async move {
             let _permit = permit;
-            save_pack(&*backend, seal.as_ref(), Bytes::from(bytes), &entries).await
+            let pack = Bytes::from(bytes);
+            let sent = save_pack(&*backend, seal.as_ref(), pack.clone(), &entries).await;
+            // Its buffer, once no request holds it, fills the next pack (a new one for each
+            // pack leaves freed ones behind in the threads' allocator arenas: RSS).
+            if let Ok(buffer) = pack.try_into_mut() {
+                let mut buffer = Vec::from(buffer);
+                buffer.clear();
+                spare.lock().unwrap_or_else(|e| e.into_inner()).push(buffer);
+            }
+            sent
         };
         self.sending
             .lock()

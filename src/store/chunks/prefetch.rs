@@ -23,6 +23,11 @@ const AHEAD: usize = 8;
 /// chunks after it. Two windows are in memory: the one read and the next, on its way.
 const WINDOW_BYTES: u64 = 4 << 20;
 const WINDOW_LINES: usize = 512;
+/// The most requests a window makes (two windows are in flight): a window of chunks scattered
+/// over many packs is cut short.
+const MAX_REQUESTS: usize = 16;
+/// Buffers kept for the next requests.
+const SPARE: usize = 8;
 /// The most bytes one request fetches.
 const REQUEST_BYTES: u64 = 1 << 20;
 /// Chunks of one pack at most this far apart are fetched with one request (what lies between
@@ -43,6 +48,16 @@ enum Request {
 }
 
 impl Window {
+    /// The buffers of the requests it fetched.
+    fn buffers(self) -> impl Iterator<Item = Vec<u8>> {
+        self.requests
+            .into_iter()
+            .filter_map(|request| match request {
+                Request::Fetched(Ok(bytes)) => Some(bytes),
+                _ => None,
+            })
+    }
+
     /// What request `r` brought (waiting for it).
     fn bytes(&mut self, r: usize) -> Result<&[u8], ChunkProblem> {
         let request = &mut self.requests[r];
@@ -70,6 +85,11 @@ pub struct Prefetch<L> {
     /// The window being read, and the next one, on its way.
     current: Option<Window>,
     next: Option<Window>,
+    /// The buffers of windows read, for the next requests (new ones for each request leave
+    /// freed ones behind in the threads' allocator arenas: RSS); at most `SPARE`.
+    spare: Vec<Vec<u8>>,
+    /// Lines taken from `lines` and left for the next window, with where their chunks are.
+    put_back: VecDeque<(IndexLine, Option<Location>)>,
 }
 
 /// Where a `Prefetch` takes the chunks to fetch from, one at a time.
@@ -99,6 +119,8 @@ impl<L: Lines> Prefetch<L> {
             lines,
             current: None,
             next: None,
+            spare: Vec::new(),
+            put_back: VecDeque::new(),
         }
     }
 
@@ -108,6 +130,10 @@ impl<L: Lines> Prefetch<L> {
         // The window read now once it has no line left; planned at the start, and each time the
         // next is taken, the window after it.
         while self.current.as_ref().is_none_or(|w| w.lines.is_empty()) {
+            if let Some(read) = self.current.take() {
+                self.spare.extend(read.buffers());
+                self.spare.truncate(SPARE);
+            }
             self.current = match self.next.take() {
                 Some(window) => Some(window),
                 None => self.plan()?,
@@ -140,40 +166,46 @@ impl<L: Lines> Prefetch<L> {
         let mut lines: Vec<(IndexLine, Option<Location>)> = Vec::new();
         let mut bytes = 0;
         while lines.len() < most_lines && bytes < most_bytes {
-            let Some(line) = self.lines.next_line()? else {
-                break;
+            let line = match self.put_back.pop_front() {
+                Some(line) => line,
+                None => match self.lines.next_line()? {
+                    Some(line) => {
+                        let found = self.store.locate(&line.id);
+                        (line, found)
+                    }
+                    None => break,
+                },
             };
-            let found = self.store.locate(&line.id);
-            bytes += found
+            bytes += line
+                .1
                 .as_ref()
-                .map_or(line.len as u64, |at| u64::from(at.entry.stored));
-            lines.push((line, found));
+                .map_or(line.0.len as u64, |at| u64::from(at.entry.stored));
+            lines.push(line);
         }
         if lines.is_empty() {
             return Ok(None);
         }
-        let mut requests = Vec::new();
-        let mut slots = vec![(0, None); lines.len()];
-        let mut by_pack: BTreeMap<Arc<str>, Vec<Placed>> = BTreeMap::new();
-        for (i, (line, found)) in lines.iter().enumerate() {
-            match found {
-                Some(at) => by_pack
-                    .entry(at.pack.clone())
-                    .or_default()
-                    .push((i, at.entry.range())),
-                None => {
-                    let fetch = self.store.fetch(&line.id, line.len).expect("on a backend");
-                    slots[i] = (requests.len(), None);
-                    requests.push(Request::Fetching(fetch));
-                }
+        // Scattered chunks (a pack each, or far apart): a shorter window, the rest for the next.
+        while requests_for(&lines) > MAX_REQUESTS && lines.len() > 1 {
+            let rest = lines.split_off(lines.len() / 2);
+            for line in rest.into_iter().rev() {
+                self.put_back.push_front(line);
             }
         }
-        for (pack, mut chunks) in by_pack {
-            chunks.sort_by_key(|(_, range)| range.start);
+        let mut requests = Vec::new();
+        let mut slots = vec![(0, None); lines.len()];
+        for (i, (line, found)) in lines.iter().enumerate() {
+            if found.is_none() {
+                let fetch = self.store.fetch(&line.id, line.len).expect("on a backend");
+                slots[i] = (requests.len(), None);
+                requests.push(Request::Fetching(fetch));
+            }
+        }
+        for (pack, chunks) in by_pack(&lines) {
             for (span, members) in spans(&chunks) {
                 let fetch = self
                     .store
-                    .fetch_range(&pack, span.clone())
+                    .fetch_range(&pack, span.clone(), self.spare.pop().unwrap_or_default())
                     .expect("on a backend");
                 for (i, range) in members {
                     let within =
@@ -194,6 +226,33 @@ impl<L: Lines> Prefetch<L> {
 
 /// A line of a window (its place there) and where its chunk's stored bytes are in its pack.
 type Placed = (usize, Range<u64>);
+
+/// The packed chunks of `lines`, by pack, each pack's by offset.
+fn by_pack(lines: &[(IndexLine, Option<Location>)]) -> BTreeMap<Arc<str>, Vec<Placed>> {
+    let mut packs: BTreeMap<Arc<str>, Vec<Placed>> = BTreeMap::new();
+    for (i, (_, found)) in lines.iter().enumerate() {
+        if let Some(at) = found {
+            packs
+                .entry(at.pack.clone())
+                .or_default()
+                .push((i, at.entry.range()));
+        }
+    }
+    for chunks in packs.values_mut() {
+        chunks.sort_by_key(|(_, range)| range.start);
+    }
+    packs
+}
+
+/// How many requests bring the chunks of `lines`: one per loose chunk, one per span of a pack.
+fn requests_for(lines: &[(IndexLine, Option<Location>)]) -> usize {
+    let loose = lines.iter().filter(|(_, found)| found.is_none()).count();
+    loose
+        + by_pack(lines)
+            .values()
+            .map(|chunks| spans(chunks).len())
+            .sum::<usize>()
+}
 
 /// The requests for `chunks` of one pack (sorted by offset): spans of at most `REQUEST_BYTES`,
 /// each chunk at most `GAP` after the one before (or the same one again), and the chunks each
@@ -322,5 +381,42 @@ mod tests {
             .all(|(span, _)| span.end - span.start <= REQUEST_BYTES));
         assert_eq!(found.iter().map(|(_, m)| m.len()).sum::<usize>(), 40);
         assert_eq!(found.len(), 3, "2400 KiB in 1 MiB requests");
+    }
+
+    #[test]
+    fn requests_count_loose_chunks_and_the_spans_of_each_pack() {
+        let line = |n: u8| IndexLine {
+            id: crate::store::chunks::ChunkId::of(&[n]),
+            len: 1000,
+            stored: 0,
+        };
+        let at = |pack: &str, offset: u64| {
+            Some(Location {
+                pack: Arc::from(pack),
+                entry: crate::store::chunks::pack::Entry {
+                    id: crate::store::chunks::ChunkId::of(&[0]),
+                    offset,
+                    stored: 1000,
+                    len: 1000,
+                },
+            })
+        };
+        // Two packs (one of them in two spans) and a loose chunk.
+        let lines = vec![
+            (line(1), at("a", 0)),
+            (line(2), at("b", 0)),
+            (line(3), at("a", 1000)),
+            (line(4), None),
+            (line(5), at("a", 10 << 20)),
+        ];
+        assert_eq!(requests_for(&lines), 4);
+        let packs = by_pack(&lines);
+        assert_eq!(
+            packs[&Arc::<str>::from("a")]
+                .iter()
+                .map(|(i, _)| *i)
+                .collect::<Vec<_>>(),
+            [0, 2, 4]
+        );
     }
 }
