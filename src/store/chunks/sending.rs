@@ -178,6 +178,12 @@ impl ChunkStore {
         Ok(content.len())
     }
 
+    /// Whether this is the staging store of a backup sent to a repository on a backend: its
+    /// chunks need not be durable here (the repository is what keeps them).
+    pub fn is_staging(&self) -> bool {
+        self.listed.is_some()
+    }
+
     /// The stored size of `id` when the repository this store stages for lists it.
     pub fn listed_size(&self, id: &ChunkId) -> Option<u64> {
         self.listed.as_ref()?.sizes.get(id).copied()

@@ -141,6 +141,9 @@ impl<W: Write> ChunkWriter<W> {
         let sink = &mut self.sink;
         self.chunker.finish(&mut |chunk| sink.store_chunk(chunk))?;
         sink.land()?;
+        if sink.store.is_staging() {
+            return Ok(self.sink.index);
+        }
         for dir in &sink.touched {
             sync_dir(dir)?;
         }
@@ -246,20 +249,25 @@ impl<W: Write> ChunkSink<W> {
 
     /// Fsyncs the new chunks (several at once), then renames each to its name (a concurrent
     /// run storing the same chunk renames identical bytes over it): a name always holds a
-    /// whole chunk.
+    /// whole chunk. A staging store is not synced: it holds chunks only until they are sent
+    /// (what makes them durable is the repository), and a crash discards it with its run.
     fn land(&mut self) -> io::Result<()> {
         let batch = std::mem::take(&mut self.unsynced);
-        let per_thread = batch.len().div_ceil(SYNC_THREADS).max(1);
-        std::thread::scope(|scope| {
-            let syncing: Vec<_> = batch
-                .chunks(per_thread)
-                .map(|part| scope.spawn(move || part.iter().try_for_each(|(_, _, f)| f.sync_all())))
-                .collect();
-            syncing.into_iter().try_for_each(|t| {
-                t.join()
-                    .unwrap_or_else(|_| Err(io::Error::other("panicked")))
-            })
-        })?;
+        if !self.store.is_staging() {
+            let per_thread = batch.len().div_ceil(SYNC_THREADS).max(1);
+            std::thread::scope(|scope| {
+                let syncing: Vec<_> = batch
+                    .chunks(per_thread)
+                    .map(|part| {
+                        scope.spawn(move || part.iter().try_for_each(|(_, _, f)| f.sync_all()))
+                    })
+                    .collect();
+                syncing.into_iter().try_for_each(|t| {
+                    t.join()
+                        .unwrap_or_else(|_| Err(io::Error::other("panicked")))
+                })
+            })?;
+        }
         for (id, len, _) in &batch {
             let target = self.store.root.join(id.rel());
             let dir = crate::fs::parent_dir(&target).to_path_buf();
