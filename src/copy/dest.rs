@@ -164,7 +164,7 @@ impl Dest {
                 remote: remote.clone(),
                 committed: false,
                 packer: (self.packed.get() == Some(&true))
-                    .then(|| Packer::new(remote.shared_backend(), remote.seal())),
+                    .then(|| Box::new(Packer::new(remote.shared_backend(), remote.seal()))),
                 packed: Mutex::new(HashSet::new()),
             },
         };
@@ -198,7 +198,7 @@ enum How {
         committed: bool,
         /// A store of pack files: the backup's new chunks go into packs, sent before its
         /// manifest.
-        packer: Option<Packer>,
+        packer: Option<Box<Packer>>,
         /// The chunks packed for this backup: the repository holds them once it commits.
         packed: Mutex<HashSet<ChunkId>>,
     },

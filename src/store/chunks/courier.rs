@@ -12,13 +12,13 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 
 use super::import::{object_name, save_chunk};
+use super::tasks::Tasks;
 use super::{ChunkId, ChunkStore, Packer};
 use crate::backend::Backend;
 
@@ -32,38 +32,8 @@ pub struct Courier {
     packer: Option<Arc<Packer>>,
     runtime: tokio::runtime::Handle,
     permits: Arc<Semaphore>,
-    uploads: Mutex<Uploads>,
-}
-
-#[derive(Default)]
-struct Uploads {
-    running: JoinSet<Result<ChunkId, String>>,
-    sent: HashSet<ChunkId>,
-    /// The first upload that failed, said.
-    failed: Option<String>,
-}
-
-impl Uploads {
-    /// Takes in the uploads that ended.
-    fn reap(&mut self) {
-        while let Some(ended) = self.running.try_join_next() {
-            self.record(ended);
-        }
-    }
-
-    fn record(&mut self, ended: Result<Result<ChunkId, String>, tokio::task::JoinError>) {
-        match ended {
-            Ok(Ok(id)) => {
-                self.sent.insert(id);
-            }
-            Ok(Err(e)) => {
-                self.failed.get_or_insert(e);
-            }
-            Err(e) => {
-                self.failed.get_or_insert(e.to_string());
-            }
-        }
-    }
+    /// The uploads: each gives the chunk it sent.
+    uploads: Tasks<ChunkId>,
 }
 
 impl fmt::Debug for Courier {
@@ -81,7 +51,7 @@ impl Courier {
             packer,
             runtime: tokio::runtime::Handle::current(),
             permits: Arc::new(Semaphore::new(AT_ONCE)),
-            uploads: Mutex::new(Uploads::default()),
+            uploads: Tasks::new(),
         }
     }
 
@@ -93,11 +63,7 @@ impl Courier {
         id: &ChunkId,
         len: usize,
     ) -> io::Result<()> {
-        let mut uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
-        uploads.reap();
-        if let Some(failed) = &uploads.failed {
-            return Err(io::Error::other(failed.clone()));
-        }
+        self.uploads.check()?;
         let (backend, permits) = (self.backend.clone(), self.permits.clone());
         let packer = self.packer.clone();
         let id = *id;
@@ -132,27 +98,12 @@ impl Courier {
             }
             Ok(id)
         };
-        uploads.running.spawn_on(upload, &self.runtime);
+        self.uploads.spawn(upload, &self.runtime);
         Ok(())
     }
 
     /// Waits for every upload started; the chunks sent, or the first failure.
     pub async fn finish(&self) -> Result<HashSet<ChunkId>, io::Error> {
-        let mut running = {
-            let mut uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
-            std::mem::take(&mut uploads.running)
-        };
-        let mut ended = Vec::new();
-        while let Some(one) = running.join_next().await {
-            ended.push(one);
-        }
-        let mut uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
-        for one in ended {
-            uploads.record(one);
-        }
-        match uploads.failed.take() {
-            Some(failed) => Err(io::Error::other(failed)),
-            None => Ok(std::mem::take(&mut uploads.sent)),
-        }
+        Ok(self.uploads.finish().await?.into_iter().collect())
     }
 }

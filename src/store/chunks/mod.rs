@@ -948,6 +948,7 @@ mod refs;
 mod runs;
 mod sending;
 mod subset;
+mod tasks;
 mod usage;
 mod write;
 

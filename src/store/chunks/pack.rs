@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 
+use super::tasks::Tasks;
 use super::{ChunkId, STORE_DIR};
 use crate::backend::{Backend, Name};
 use crate::crypto::Identity;
@@ -344,7 +344,8 @@ pub struct Packer {
     seal: Option<Seal>,
     filling: tokio::sync::Mutex<Filling>,
     permits: Arc<Semaphore>,
-    sending: Mutex<Sending>,
+    /// The packs on their way.
+    sending: Tasks<()>,
     /// The buffers of packs sent, for the next ones.
     spare: Arc<Mutex<Vec<Vec<u8>>>>,
 }
@@ -355,37 +356,6 @@ struct Filling {
     entries: Vec<Entry>,
     /// Every chunk packed by this packer.
     added: HashSet<ChunkId>,
-}
-
-#[derive(Default)]
-struct Sending {
-    running: JoinSet<io::Result<()>>,
-    packs: usize,
-    failed: Option<String>,
-}
-
-impl Sending {
-    fn record(&mut self, ended: Result<io::Result<()>, tokio::task::JoinError>) {
-        match ended {
-            Ok(Ok(())) => self.packs += 1,
-            Ok(Err(e)) => {
-                self.failed.get_or_insert(e.to_string());
-            }
-            Err(e) => {
-                self.failed.get_or_insert(e.to_string());
-            }
-        }
-    }
-
-    fn check(&mut self) -> io::Result<()> {
-        while let Some(ended) = self.running.try_join_next() {
-            self.record(ended);
-        }
-        match &self.failed {
-            Some(failed) => Err(io::Error::other(failed.clone())),
-            None => Ok(()),
-        }
-    }
 }
 
 impl std::fmt::Debug for Packer {
@@ -402,7 +372,7 @@ impl Packer {
             seal,
             filling: tokio::sync::Mutex::new(Filling::default()),
             permits: Arc::new(Semaphore::new(SENDING)),
-            sending: Mutex::new(Sending::default()),
+            sending: Tasks::new(),
             spare: Arc::default(),
         }
     }
@@ -413,10 +383,7 @@ impl Packer {
     /// to go stops the run here.
     pub async fn add(&self, id: ChunkId, len: usize, stored: &[u8]) -> io::Result<bool> {
         let mut filling = self.filling.lock().await;
-        self.sending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .check()?;
+        self.sending.check()?;
         if !filling.added.insert(id) {
             return Ok(false);
         }
@@ -469,13 +436,10 @@ impl Packer {
                 buffer.clear();
                 spare.lock().unwrap_or_else(|e| e.into_inner()).push(buffer);
             }
-            sent
+            sent.map_err(|e| e.to_string())
         };
         self.sending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .running
-            .spawn(sending);
+            .spawn(sending, &tokio::runtime::Handle::current());
         Ok(())
     }
 
@@ -485,23 +449,7 @@ impl Packer {
             let mut filling = self.filling.lock().await;
             self.send(&mut filling).await?;
         }
-        let mut running = std::mem::take(
-            &mut self
-                .sending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .running,
-        );
-        let mut ended = Vec::new();
-        while let Some(one) = running.join_next().await {
-            ended.push(one);
-        }
-        let mut sending = self.sending.lock().unwrap_or_else(|e| e.into_inner());
-        for one in ended {
-            sending.record(one);
-        }
-        sending.check()?;
-        Ok(std::mem::take(&mut sending.packs))
+        Ok(self.sending.finish().await?.len())
     }
 }
 
