@@ -128,6 +128,81 @@ fn packs_are_read_in_runs_and_collected_repacked_or_whole() {
     assert_eq!(object_names(&runtime, &s3, PACKS), packs);
 }
 
+/// Every chunk id the store's index objects list, as often as they list it.
+fn indexed_chunks(runtime: &tokio::runtime::Runtime, s3: &Arc<dyn Backend>) -> Vec<String> {
+    let mut ids = Vec::new();
+    for index in object_names(runtime, s3, INDEXES) {
+        let name = Name::new(index).unwrap();
+        let bytes = runtime
+            .block_on(async { backend::collect(s3.load(&name, None).await.unwrap()).await })
+            .unwrap();
+        let text = String::from_utf8(bytes).unwrap();
+        ids.extend(
+            text.lines()
+                .skip(1)
+                .map(|l| l.split(' ').next().unwrap().to_string()),
+        );
+    }
+    ids.sort();
+    ids
+}
+
+#[test]
+#[cfg_attr(
+    not(real_s3),
+    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+)]
+fn a_prune_killed_after_repacking_loses_nothing_and_the_next_removes_the_copies() {
+    let double = Double::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (s3, url) = fresh_prefix(&runtime);
+    let (_, tmp) = night(Test::in_dir(workspace()), &double, &format!("{url}/n1"), "");
+    let (_, tmp) = night(
+        Test::in_dir(tmp),
+        &double,
+        &format!("{url}/n2"),
+        "--collections small-plain",
+    );
+    // Killed once the kept chunks are in new packs, before the old index and pack go: those
+    // chunks are in two packs, and night 2 reads as before.
+    let mut command = crate::test::wqm_command(
+        &tmp.path().join("home"),
+        &["backup", "prune", &url, "--keep-last", "1"],
+    );
+    command.env("WQM_FAILPOINTS", "prune:repacked=kill");
+    crate::s3_read::s3_variables(&mut command);
+    let output = command.output().unwrap();
+    assert!(crate::faults::killed(&output), "{output:?}");
+    let listed = indexed_chunks(&runtime, &s3);
+    let mut once = listed.clone();
+    once.dedup();
+    assert!(once.len() < listed.len(), "some chunks are in two packs");
+    assert_eq!(unindexed(&runtime, &s3), Vec::<String>::new());
+    let tmp = with_s3(Test::in_dir(tmp))
+        .args(&format!("backup validate {url}/n2 --check-files"))
+        .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
+        .stderr_with(|_| {})
+        .run()
+        .1;
+    // The next prune finds the old pack mostly garbage (its kept chunks' first copies are in
+    // the new pack or not, either way one copy goes): each chunk is then in one pack.
+    let (_, tmp) = with_s3(Test::in_dir(tmp))
+        .args(&format!("backup prune {url} --keep-last 1 --json"))
+        .stdout_json(|v| {
+            let gc = &v["chunk_store"]["collected"];
+            let gone =
+                gc["packs_deleted"].as_u64().unwrap() + gc["packs_repacked"].as_u64().unwrap();
+            assert!(gone >= 1, "{v}");
+        })
+        .stderr_with(|_| {})
+        .run();
+    let listed = indexed_chunks(&runtime, &s3);
+    let mut once = listed.clone();
+    once.dedup();
+    assert_eq!(once, listed, "no chunk in two packs");
+    crate::s3_faults::validates(tmp, &format!("{url}/n2"));
+}
+
 #[test]
 #[cfg_attr(
     not(real_s3),

@@ -258,6 +258,7 @@ fn collect_packs(
             }
             continue;
         };
+        found += kept.len() as u64;
         let garbage_bytes = size.saturating_sub(kept_bytes);
         let whole = kept.is_empty();
         let (share, of) = REPACK_DEAD_SHARE;
@@ -285,7 +286,6 @@ fn collect_packs(
         }
         collected.chunks_kept += kept.len() as u64;
         collected.bytes_kept += kept_bytes;
-        found += kept.len() as u64;
     }
     if found < referenced.len() as u64 && !orphans.is_empty() {
         // A chunk a backup names is in no index: a pack without one may hold it (its index

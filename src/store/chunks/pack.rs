@@ -463,7 +463,6 @@ async fn save_pack(
     let pack = crate::backend::random_id();
     let object = pack_object(&pack);
     let index = index_object(&pack);
-    crate::failpoint::hit("pack:before-pack").map_err(io::Error::other)?;
     let name = Name::new(object.clone()).map_err(io::Error::other)?;
     backend
         .save(&name, crate::backend::once(bytes))
