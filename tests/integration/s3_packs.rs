@@ -132,11 +132,7 @@ fn packs_are_read_in_runs_and_collected_repacked_or_whole() {
 fn indexed_chunks(runtime: &tokio::runtime::Runtime, s3: &Arc<dyn Backend>) -> Vec<String> {
     let mut ids = Vec::new();
     for index in object_names(runtime, s3, INDEXES) {
-        let name = Name::new(index).unwrap();
-        let bytes = runtime
-            .block_on(async { backend::collect(s3.load(&name, None).await.unwrap()).await })
-            .unwrap();
-        let text = String::from_utf8(bytes).unwrap();
+        let text = String::from_utf8(load(runtime, s3, &index)).unwrap();
         ids.extend(
             text.lines()
                 .skip(1)
@@ -203,6 +199,77 @@ fn a_prune_killed_after_repacking_loses_nothing_and_the_next_removes_the_copies(
     crate::s3_faults::validates(tmp, &format!("{url}/n2"));
 }
 
+/// The bytes of object `name`.
+fn load(runtime: &tokio::runtime::Runtime, s3: &Arc<dyn Backend>, name: &str) -> Vec<u8> {
+    let name = Name::new(name).unwrap();
+    runtime
+        .block_on(async { backend::collect(s3.load(&name, None).await.unwrap()).await })
+        .unwrap()
+}
+
+#[test]
+#[cfg_attr(
+    not(real_s3),
+    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+)]
+fn a_pack_whose_kept_chunk_is_damaged_is_kept_as_it_is_and_named() {
+    let double = Double::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (s3, url) = fresh_prefix(&runtime);
+    let (_, tmp) = night(Test::in_dir(workspace()), &double, &format!("{url}/n1"), "");
+    let (_, tmp) = night(
+        Test::in_dir(tmp),
+        &double,
+        &format!("{url}/n2"),
+        "--collections small-plain",
+    );
+    // A chunk night 2 keeps, damaged inside night 1's pack.
+    let index = load(&runtime, &s3, "n2/collections/small-plain.snapshot.chunks");
+    let kept = String::from_utf8(index).unwrap();
+    let kept = kept
+        .lines()
+        .find_map(|l| l.split(' ').next().filter(|id| id.len() == 64))
+        .unwrap()
+        .to_string();
+    let packs = object_names(&runtime, &s3, PACKS);
+    let pack = packs[0].clone();
+    let pack_index = load(
+        &runtime,
+        &s3,
+        &format!("{INDEXES}{}", pack.rsplit('/').next().unwrap()),
+    );
+    let line = String::from_utf8(pack_index).unwrap();
+    let fields: Vec<u64> = line
+        .lines()
+        .find(|l| l.starts_with(&kept))
+        .unwrap()
+        .split(' ')
+        .skip(1)
+        .map(|n| n.parse().unwrap())
+        .collect();
+    let mut bytes = load(&runtime, &s3, &pack);
+    bytes[(fields[0] + fields[1] / 2) as usize] ^= 1;
+    runtime
+        .block_on(s3.save(&Name::new(pack.clone()).unwrap(), backend::once(bytes)))
+        .unwrap();
+    let (_, tmp) = with_s3(Test::in_dir(tmp))
+        .args(&format!("backup prune {url} --keep-last 1 --json"))
+        .stdout_json(move |v| {
+            let gc = &v["chunk_store"]["collected"];
+            assert_eq!(gc["packs_repacked"], 0, "{v}");
+            let said = gc["damaged"].to_string();
+            assert!(said.contains(&format!("chunk `{kept}`")), "{v}");
+        })
+        .run();
+    assert!(object_names(&runtime, &s3, PACKS).contains(&pack));
+    with_s3(Test::in_dir(tmp))
+        .args(&format!("backup validate {url}/n2 --check-files"))
+        .status(3)
+        .stdout_with(|o| assert!(o.contains("is damaged"), "{o}"))
+        .stderr_with(|_| {})
+        .run();
+}
+
 #[test]
 #[cfg_attr(
     not(real_s3),
@@ -216,9 +283,7 @@ fn a_chunk_altered_or_cut_off_in_its_pack_is_named_by_validate() {
     let packs = object_names(&runtime, &s3, PACKS);
     assert_eq!(packs.len(), 1);
     let name = Name::new(packs[0].clone()).unwrap();
-    let original = runtime
-        .block_on(async { backend::collect(s3.load(&name, None).await.unwrap()).await })
-        .unwrap();
+    let original = load(&runtime, &s3, &packs[0]);
     let chunks = stored_chunks(&runtime, &s3);
 
     // A byte altered in the middle, then the pack cut short.
