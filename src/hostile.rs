@@ -141,6 +141,24 @@ pub fn chunk_index(data: &[u8]) {
     }
 }
 
+/// A pack file's index object (`store::chunks::pack`), as every reader of a store on S3 and its
+/// garbage collection read one: an accepted index names chunks by 64 hex digits, each of a
+/// length a chunk may have, none overlapping the one before.
+pub fn pack_index(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let largest = crate::store::chunks::LARGEST_CHUNK;
+    if let Ok(entries) = crate::store::chunks::parse_pack_index(text, largest) {
+        for pair in entries.windows(2) {
+            assert!(pair[0].range().end <= pair[1].offset);
+        }
+        assert!(entries
+            .iter()
+            .all(|e| e.stored > 0 && e.len as usize <= largest));
+    }
+}
+
 /// A key object, as opening an encrypted repository reads each one before asking Argon2id for
 /// anything: bounded, and whatever passes asks for bounded work. Opening one that parses with a
 /// password never panics.

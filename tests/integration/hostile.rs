@@ -31,6 +31,7 @@ fn kept_inputs_replay_without_a_panic() {
     replay("version", hostile::version);
     replay("snapshot", hostile::snapshot);
     replay("chunk_index", hostile::chunk_index);
+    replay("pack_index", hostile::pack_index);
 }
 
 /// Names as an attacker would write them.
@@ -140,6 +141,20 @@ proptest! {
     )) {
         let text = format!("wqm-chunk-index 1\n{}\n", lines.join("\n"));
         hostile::chunk_index(text.as_bytes());
+    }
+
+    /// Pack indexes: a real header, then lines almost right or entirely wrong.
+    #[test]
+    fn pack_indexes(lines in proptest::collection::vec(
+        prop_oneof![
+            "[0-9a-f]{64} [0-9]{1,9} [0-9]{1,6} [0-9]{1,6}",
+            "[0-9a-fA-F./]{0,70} -?[0-9]{0,25} [0-9 ]{0,30}",
+            "\\PC{0,200}",
+        ],
+        0..8,
+    )) {
+        let text = format!("wqm-pack-index 1\n{}\n", lines.join("\n"));
+        hostile::pack_index(text.as_bytes());
     }
 
     #[test]

@@ -957,7 +957,7 @@ pub use cut::Chunker;
 pub use gc::{collect_garbage, find_unreferenced, find_unreferenced_at, Collected, Unreferenced};
 pub use import::{id_of_object, object_name, params_object, save_chunk};
 pub use index::{index_text, IndexLine, IndexReader};
-pub use pack::{PackIndex, Packer};
+pub use pack::{parse_index as parse_pack_index, PackIndex, Packer};
 pub use prefetch::SharedReader;
 pub use read::{chunk_error, ChunkReader};
 pub use refs::{

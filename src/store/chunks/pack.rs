@@ -123,7 +123,11 @@ pub fn parse_index(text: &str, largest: usize) -> Result<Vec<Entry>, String> {
         let (Some(offset), Some(stored), Some(len)) = (offset, stored, len) else {
             return Err(bad());
         };
-        if parts.next().is_some() || stored == 0 || len as usize > largest {
+        // Past the end of any object (`Entry::range` would overflow): damage, not a pack.
+        let ends = offset
+            .checked_add(stored)
+            .is_some_and(|end| end <= i64::MAX as u64);
+        if parts.next().is_some() || stored == 0 || len as usize > largest || !ends {
             return Err(bad());
         }
         let stored = u32::try_from(stored).map_err(|_| bad())?;
@@ -508,6 +512,12 @@ mod tests {
         let cut = &text[..text.len() - 3];
         assert!(parse_index(cut, 1024).is_err(), "a line cut short");
         assert!(parse_index(&text.replace(" 10 5 ", " 10 0 "), 1024).is_err());
+        let past_the_end = format!(
+            "{INDEX_HEADER}\n{} {} 10 1\n",
+            ChunkId::of(b"a"),
+            u64::MAX - 5
+        );
+        assert!(parse_index(&past_the_end, 1024).is_err());
     }
 
     #[test]
