@@ -159,9 +159,11 @@ pub struct PackIndex {
     pub packs: BTreeMap<Arc<str>, Option<u64>>,
     /// Packs listed without an index (a dead run's, or one still being sent), with their sizes.
     pub unindexed: BTreeMap<String, u64>,
-    /// Every chunk's location, sorted by chunk and then pack: the first of a chunk is where it
-    /// is read from.
-    entries: Vec<(ChunkId, Arc<str>, Entry)>,
+    /// The packs with an index, by id: a pack's number in `entries`.
+    names: Vec<Arc<str>>,
+    /// Every chunk's pack (its number in `names`) and place there, sorted by chunk and then
+    /// pack: the first of a chunk is where it is read from. 56 bytes a chunk.
+    entries: Vec<(u32, Entry)>,
 }
 
 impl PackIndex {
@@ -185,27 +187,30 @@ impl PackIndex {
         let read = crate::parallel::map_in_order(&indexed, READERS, |pack| {
             read_index(remote, seal.as_ref(), pack, largest)
         });
-        for (pack, entries) in indexed.iter().zip(read) {
+        for (number, (pack, entries)) in indexed.iter().zip(read).enumerate() {
             let pack: Arc<str> = Arc::from(pack.as_str());
+            let number = u32::try_from(number).map_err(io::Error::other)?;
             let entries = entries?;
             index.packs.insert(pack.clone(), sizes.remove(&*pack));
+            index.names.push(pack);
             index
                 .entries
-                .extend(entries.into_iter().map(|e| (e.id, pack.clone(), e)));
+                .extend(entries.into_iter().map(|e| (number, e)));
         }
         index.unindexed = sizes.into_iter().collect();
+        // By chunk, then by pack number, which is by pack id (`indexed` is sorted).
         index
             .entries
-            .sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+            .sort_unstable_by_key(|(pack, entry)| (entry.id, *pack));
         Ok(index)
     }
 
     /// Where chunk `id` is read from.
     pub fn locate(&self, id: &ChunkId) -> Option<Location> {
-        let first = self.entries.partition_point(|(e, _, _)| e < id);
-        let (found, pack, entry) = self.entries.get(first)?;
-        (found == id).then(|| Location {
-            pack: pack.clone(),
+        let first = self.entries.partition_point(|(_, e)| e.id < *id);
+        let (pack, entry) = self.entries.get(first)?;
+        (entry.id == *id).then(|| Location {
+            pack: self.names[*pack as usize].clone(),
             entry: *entry,
         })
     }
@@ -213,10 +218,10 @@ impl PackIndex {
     /// Every chunk in a pack and its stored size (a chunk in several packs once).
     pub fn chunks(&self) -> impl Iterator<Item = (ChunkId, u64)> + '_ {
         let mut last = None;
-        self.entries.iter().filter_map(move |(id, _, entry)| {
-            let first = last != Some(*id);
-            last = Some(*id);
-            first.then_some((*id, u64::from(entry.stored)))
+        self.entries.iter().filter_map(move |(_, entry)| {
+            let first = last != Some(entry.id);
+            last = Some(entry.id);
+            first.then_some((entry.id, u64::from(entry.stored)))
         })
     }
 
@@ -225,10 +230,11 @@ impl PackIndex {
     pub fn by_pack(&self) -> BTreeMap<Arc<str>, Vec<(Entry, bool)>> {
         let mut packs: BTreeMap<Arc<str>, Vec<(Entry, bool)>> = BTreeMap::new();
         let mut last = None;
-        for (id, pack, entry) in &self.entries {
-            let first = last != Some(*id);
-            last = Some(*id);
-            packs.entry(pack.clone()).or_default().push((*entry, first));
+        for (pack, entry) in &self.entries {
+            let first = last != Some(entry.id);
+            last = Some(entry.id);
+            let name = &self.names[*pack as usize];
+            packs.entry(name.clone()).or_default().push((*entry, first));
         }
         for pack in self.packs.keys() {
             packs.entry(pack.clone()).or_default();
