@@ -132,12 +132,17 @@ fn garbage_line(garbage: &Garbage, dry_run: bool) -> String {
             indicatif::BinaryBytes(c.bytes_freed),
             c.chunks_kept,
             indicatif::BinaryBytes(c.bytes_kept),
-            match (c.packs_deleted, c.packs_repacked) {
-                (0, 0) => String::new(),
-                (deleted, repacked) => format!(
-                    "; pack files: {deleted} {}, {repacked} {}",
+            match (c.packs_deleted, c.packs_repacked, c.packs_recovered) {
+                (0, 0, 0) => String::new(),
+                (deleted, repacked, recovered) => format!(
+                    "; pack files: {deleted} {}, {repacked} {}, {recovered} {}",
                     if dry_run { "would go" } else { "deleted" },
-                    if dry_run { "would be repacked" } else { "repacked" }
+                    if dry_run { "would be repacked" } else { "repacked" },
+                    if dry_run {
+                        "would get their lost index back"
+                    } else {
+                        "got their lost index back"
+                    }
                 ),
             },
             match c.bytes_unused {

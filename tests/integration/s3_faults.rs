@@ -44,10 +44,16 @@ fn created(t: Test) -> TempDir {
 
 /// `backup validate BACKUP --check-files` passes.
 pub(crate) fn validates(tmp: TempDir, backup: &str) {
+    validates_in(tmp, backup);
+}
+
+/// `validates`, giving the directory back.
+pub(crate) fn validates_in(tmp: TempDir, backup: &str) -> TempDir {
     with_s3(Test::in_dir(tmp))
         .args(&format!("backup validate {backup} --check-files"))
         .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
-        .run();
+        .run()
+        .1
 }
 
 #[test]

@@ -289,7 +289,8 @@ fn a_chunk_altered_or_cut_off_in_its_pack_is_named_by_validate() {
     // A byte altered in the middle, then the pack cut short.
     let mut altered = original.clone();
     altered[original.len() / 2] ^= 1;
-    let cut = original[..original.len() - 100].to_vec();
+    // (Its last bytes are the copy of its index: half of it goes.)
+    let cut = original[..original.len() / 2].to_vec();
     let mut tmp = tmp;
     for (bytes, said) in [(altered, "damaged"), (cut, "ends before it")] {
         runtime
@@ -309,32 +310,54 @@ fn a_chunk_altered_or_cut_off_in_its_pack_is_named_by_validate() {
             .run()
             .1;
     }
-    // The pack whole again but its index lost: its chunks are missing, and a prune keeps the
-    // pack (it may hold them) instead of deleting it as a dead run's, saying why.
+    // The pack whole again but its index object lost: its chunks are missing, and a prune
+    // writes the index again from the copy at the pack's end instead of deleting the pack as a
+    // dead run's.
     runtime
-        .block_on(s3.save(&name, backend::once(original)))
+        .block_on(s3.save(&name, backend::once(original.clone())))
         .unwrap();
-    for index in object_names(&runtime, &s3, INDEXES) {
-        runtime
-            .block_on(s3.remove(&Name::new(index).unwrap()))
-            .unwrap();
-    }
+    let lose_indexes = || {
+        for index in object_names(&runtime, &s3, INDEXES) {
+            runtime
+                .block_on(s3.remove(&Name::new(index).unwrap()))
+                .unwrap();
+        }
+    };
+    lose_indexes();
     let (_, tmp) = with_s3(Test::in_dir(tmp))
         .args(&format!("backup validate {url}/n1 --check-files"))
         .status(3)
         .stdout_with(|o| assert!(o.contains("missing"), "{o}"))
         .stderr_with(|_| {})
         .run();
+    let (_, tmp) = with_s3(Test::in_dir(tmp))
+        .args(&format!("backup prune {url} --keep-last 1 --json"))
+        .stdout_json(|v| {
+            let gc = &v["chunk_store"]["collected"];
+            assert_eq!(
+                (gc["packs_deleted"].clone(), gc["packs_recovered"].clone()),
+                (0.into(), 1.into()),
+                "{v}"
+            );
+        })
+        .run();
+    let tmp = crate::s3_faults::validates_in(tmp, &format!("{url}/n1"));
+    // Lost again, and the copy at its end cut off too: the prune keeps the pack, saying why.
+    lose_indexes();
+    runtime
+        .block_on(s3.save(
+            &name,
+            backend::once(original[..original.len() - 8].to_vec()),
+        ))
+        .unwrap();
     with_s3(Test::in_dir(tmp))
         .args(&format!("backup prune {url} --keep-last 1 --json"))
         .stdout_json(|v| {
             let gc = &v["chunk_store"]["collected"];
             assert_eq!(gc["packs_deleted"], 0, "{v}");
             let said = gc["damaged"][0].as_str().unwrap_or_default();
-            assert!(
-                said.contains("are in no index: kept the pack(s) without an index"),
-                "{v}"
-            );
+            assert!(said.contains("are in no index: kept `"), "{v}");
+            assert!(said.contains("is missing"), "{v}");
         })
         .run();
     assert_eq!(object_names(&runtime, &s3, PACKS), packs);

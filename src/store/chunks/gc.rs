@@ -30,6 +30,9 @@ pub struct Collected {
     /// Pack files whose referenced chunks were written into new packs, then deleted: a
     /// quarter or more of their bytes were garbage.
     pub packs_repacked: u64,
+    /// Pack files whose index object was missing while a backup names chunks in them: the
+    /// index written again from the copy at the pack's end.
+    pub packs_recovered: u64,
     /// Bytes of unreferenced chunks left in packs kept (under a quarter of each).
     pub bytes_unused: u64,
     /// Packs kept as they are because a chunk in them to be repacked is damaged (what
@@ -218,7 +221,8 @@ fn unreferenced(
 const REPACK_DEAD_SHARE: (u64, u64) = (1, 4);
 
 /// The garbage collection of a store's pack files (under the exclusive lock, as every
-/// collection): a pack without an index goes (a dead run's: no run sends one now), a pack
+/// collection): a pack without an index goes (a dead run's: no run sends one now; one whose
+/// chunks a backup names gets its index back from the pack's own copy), a pack
 /// none of whose chunks is referenced goes (its index first), a pack with `REPACK_DEAD_SHARE`
 /// of garbage or more is repacked: its referenced chunks, each checked, written into new packs
 /// with their indexes, then its index and itself deleted. Killed part-way, what is left is
@@ -287,17 +291,42 @@ fn collect_packs(
         collected.chunks_kept += kept.len() as u64;
         collected.bytes_kept += kept_bytes;
     }
-    if found < referenced.len() as u64 && !orphans.is_empty() {
-        // A chunk a backup names is in no index: a pack without one may hold it (its index
-        // object lost), so none is deleted; `validate` names the chunks missing.
-        let names: Vec<String> = orphans.iter().map(|(p, _)| pack::pack_object(p)).collect();
-        collected.damaged.push(format!(
-            "{} chunk(s) the backups name are in no index: kept the pack(s) without an index `{}`",
-            referenced.len() as u64 - found,
-            names.join("`, `")
-        ));
-    } else {
-        for (pack, size) in orphans {
+    // A pack without an index: a dead run's (nothing names its chunks: deleted), or one whose
+    // index object was lost (its chunks named: the index written again from the copy at the
+    // pack's end).
+    let mut unreadable = Vec::new();
+    for (pack, size) in orphans {
+        match pack::read_trailer(remote, pack, *size, store.params().max_size) {
+            Ok((index, entries)) => {
+                let named = entries
+                    .iter()
+                    .filter(|e| referenced.contains(&e.id) && packs.locate(&e.id).is_none())
+                    .count();
+                if named == 0 {
+                    collected.packs_deleted += 1;
+                    collected.bytes_freed += size;
+                    objects.push(pack::pack_object(pack));
+                    continue;
+                }
+                found += named as u64;
+                collected.packs_recovered += 1;
+                if !dry_run {
+                    remote.wait(pack::save_index(remote.backend(), pack, index))?;
+                }
+            }
+            Err(e) => unreadable.push((pack, size, e)),
+        }
+    }
+    for (pack, size, e) in unreadable {
+        if found < referenced.len() as u64 {
+            // A chunk a backup names is in no index: this pack may hold it, so it stays;
+            // `validate` names the chunks missing.
+            collected.damaged.push(format!(
+                "{} chunk(s) the backups name are in no index: kept `{}` ({e})",
+                referenced.len() as u64 - found,
+                pack::pack_object(pack),
+            ));
+        } else {
             collected.packs_deleted += 1;
             collected.bytes_freed += size;
             objects.push(pack::pack_object(pack));

@@ -431,17 +431,20 @@ impl Packer {
             .acquire_owned()
             .await
             .map_err(io::Error::other)?;
-        let bytes = std::mem::take(&mut filling.bytes);
+        let mut bytes = std::mem::take(&mut filling.bytes);
         let entries = std::mem::take(&mut filling.entries);
-        let (backend, seal) = (self.backend.clone(), self.seal.clone());
+        let pack = crate::backend::random_id();
+        let index = index_bytes(self.seal.as_ref(), &pack, &entries)?;
+        add_trailer(&mut bytes, &index);
+        let backend = self.backend.clone();
         let spare = self.spare.clone();
         let sending = async move {
             let _permit = permit;
-            let pack = Bytes::from(bytes);
-            let sent = save_pack(&*backend, seal.as_ref(), pack.clone(), &entries).await;
+            let bytes = Bytes::from(bytes);
+            let sent = save_pack(&*backend, &pack, bytes.clone(), index).await;
             // Its buffer, once no request holds it, fills the next pack (a new one for each
             // pack leaves freed ones behind in the threads' allocator arenas: RSS).
-            if let Ok(buffer) = pack.try_into_mut() {
+            if let Ok(buffer) = bytes.try_into_mut() {
                 let mut buffer = Vec::from(buffer);
                 buffer.clear();
                 spare.lock().unwrap_or_else(|e| e.into_inner()).push(buffer);
@@ -463,32 +466,101 @@ impl Packer {
     }
 }
 
-/// Writes a pack (`bytes`, the chunks of `entries`) under a new id, then its index.
+/// Writes pack `pack` (`bytes`: its chunks and its trailer), then its index object (`index`).
 async fn save_pack(
     backend: &dyn Backend,
-    seal: Option<&Seal>,
+    pack: &str,
     bytes: Bytes,
-    entries: &[Entry],
+    index: Vec<u8>,
 ) -> io::Result<()> {
-    let pack = crate::backend::random_id();
-    let object = pack_object(&pack);
-    let index = index_object(&pack);
+    let object = pack_object(pack);
     let name = Name::new(object.clone()).map_err(io::Error::other)?;
     backend
         .save(&name, crate::backend::once(bytes))
         .await
         .map_err(|e| io::Error::other(format!("cannot send `{object}`: {e}")))?;
     crate::failpoint::hit("pack:before-index").map_err(io::Error::other)?;
-    let mut text = encode_index(entries).into_bytes();
-    if let Some(seal) = seal {
-        text = seal.seal(&index_identity(&pack), &text)?;
-    }
-    let name = Name::new(index.clone()).map_err(io::Error::other)?;
+    save_index(backend, pack, index).await
+}
+
+/// Writes the index object of pack `pack` (`index`: as `index_bytes` made it).
+pub(super) async fn save_index(
+    backend: &dyn Backend,
+    pack: &str,
+    index: Vec<u8>,
+) -> io::Result<()> {
+    let object = index_object(pack);
+    let name = Name::new(object.clone()).map_err(io::Error::other)?;
     backend
-        .save(&name, crate::backend::once(text))
+        .save(&name, crate::backend::once(index))
         .await
-        .map_err(|e| io::Error::other(format!("cannot send `{index}`: {e}")))?;
+        .map_err(|e| io::Error::other(format!("cannot send `{object}`: {e}")))?;
     Ok(())
+}
+
+/// The index of pack `pack` listing `entries`, as stored: its text, sealed in an encrypted
+/// repository with the pack's id as identity.
+fn index_bytes(seal: Option<&Seal>, pack: &str, entries: &[Entry]) -> io::Result<Vec<u8>> {
+    let text = encode_index(entries).into_bytes();
+    match seal {
+        Some(seal) => seal.seal(&index_identity(pack), &text),
+        None => Ok(text),
+    }
+}
+
+/// The last bytes of every pack: its index's length (8 bytes, little-endian), then this.
+const TRAILER_MAGIC: &[u8; 8] = b"wqmpack1";
+/// The length and the magic.
+const TRAILER_END: u64 = 16;
+
+/// Appends to a pack's chunks its index (as stored) and the trailer's end: a pack whose index
+/// object is lost still says what it holds (`read_trailer`).
+fn add_trailer(pack: &mut Vec<u8>, index: &[u8]) {
+    pack.extend_from_slice(index);
+    pack.extend_from_slice(&(index.len() as u64).to_le_bytes());
+    pack.extend_from_slice(TRAILER_MAGIC);
+}
+
+/// The index a pack carries at its end (`add_trailer`), as stored (sealed in an encrypted
+/// repository), and its entries, checked to lie before it. `size` is the pack's listed size.
+pub(super) fn read_trailer(
+    remote: &Remote,
+    pack: &str,
+    size: u64,
+    largest: usize,
+) -> io::Result<(Vec<u8>, Vec<Entry>)> {
+    let rel = pack_object(pack);
+    let damaged = |reason: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the index at the end of `{rel}` {reason}"),
+        )
+    };
+    let end = size
+        .checked_sub(TRAILER_END)
+        .ok_or_else(|| damaged("is missing: the pack is too short"))?;
+    let tail = remote.read_range(&rel, end..size)?;
+    if tail.len() as u64 != TRAILER_END || &tail[8..] != TRAILER_MAGIC {
+        return Err(damaged("is missing"));
+    }
+    let len = u64::from_le_bytes(tail[..8].try_into().expect("8 bytes"));
+    let start = end
+        .checked_sub(len)
+        .filter(|_| len <= MAX_INDEX_BYTES)
+        .ok_or_else(|| damaged("has a length the pack cannot hold"))?;
+    let stored = remote.read_range(&rel, start..end)?;
+    let text = match remote.seal() {
+        Some(seal) => seal
+            .open(&index_identity(pack), &stored)
+            .map_err(|e| damaged(&e.to_string()))?,
+        None => stored.clone(),
+    };
+    let text = String::from_utf8(text).map_err(|_| damaged("is not text"))?;
+    let entries = parse_index(&text, largest).map_err(|e| damaged(&e))?;
+    if entries.last().is_some_and(|e| e.range().end > start) {
+        return Err(damaged("names chunks past the pack's chunks"));
+    }
+    Ok((stored, entries))
 }
 
 #[cfg(test)]
