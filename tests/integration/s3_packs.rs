@@ -151,14 +151,7 @@ fn indexed_chunks(runtime: &tokio::runtime::Runtime, s3: &Arc<dyn Backend>) -> V
 fn a_prune_killed_after_repacking_loses_nothing_and_the_next_removes_the_copies() {
     let double = Double::start();
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (s3, url) = fresh_prefix(&runtime);
-    let (_, tmp) = night(Test::in_dir(workspace()), &double, &format!("{url}/n1"), "");
-    let (_, tmp) = night(
-        Test::in_dir(tmp),
-        &double,
-        &format!("{url}/n2"),
-        "--collections small-plain",
-    );
+    let (s3, url, tmp) = whole_then_one_collection(&double, &runtime);
     // Killed once the kept chunks are in new packs, before the old index and pack go: those
     // chunks are in two packs, and night 2 reads as before.
     let mut command = crate::test::wqm_command(
@@ -199,6 +192,23 @@ fn a_prune_killed_after_repacking_loses_nothing_and_the_next_removes_the_copies(
     crate::s3_faults::validates(tmp, &format!("{url}/n2"));
 }
 
+/// A fresh repository on S3 with night `n1` of the whole workspace and `n2` of one collection:
+/// once `n1` goes, most of its pack is garbage. The backend, the URL and the test's directory.
+fn whole_then_one_collection(
+    double: &Double,
+    runtime: &tokio::runtime::Runtime,
+) -> (Arc<dyn Backend>, String, tempfile::TempDir) {
+    let (s3, url) = fresh_prefix(runtime);
+    let (_, tmp) = night(Test::in_dir(workspace()), double, &format!("{url}/n1"), "");
+    let (_, tmp) = night(
+        Test::in_dir(tmp),
+        double,
+        &format!("{url}/n2"),
+        "--collections small-plain",
+    );
+    (s3, url, tmp)
+}
+
 /// The bytes of object `name`.
 fn load(runtime: &tokio::runtime::Runtime, s3: &Arc<dyn Backend>, name: &str) -> Vec<u8> {
     let name = Name::new(name).unwrap();
@@ -215,14 +225,7 @@ fn load(runtime: &tokio::runtime::Runtime, s3: &Arc<dyn Backend>, name: &str) ->
 fn a_pack_whose_kept_chunk_is_damaged_is_kept_as_it_is_and_named() {
     let double = Double::start();
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (s3, url) = fresh_prefix(&runtime);
-    let (_, tmp) = night(Test::in_dir(workspace()), &double, &format!("{url}/n1"), "");
-    let (_, tmp) = night(
-        Test::in_dir(tmp),
-        &double,
-        &format!("{url}/n2"),
-        "--collections small-plain",
-    );
+    let (s3, url, tmp) = whole_then_one_collection(&double, &runtime);
     // A chunk night 2 keeps, damaged inside night 1's pack.
     let index = load(&runtime, &s3, "n2/collections/small-plain.snapshot.chunks");
     let kept = String::from_utf8(index).unwrap();
