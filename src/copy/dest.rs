@@ -263,15 +263,17 @@ impl Writing<'_> {
     }
 
     /// Commits the backup with its manifest `manifest` (its bytes as the source has them),
-    /// once every object it names is complete.
-    pub fn commit(mut self, manifest: &[u8]) -> Result<()> {
+    /// once every object it names is complete. Returns the bytes sent beyond its chunks, files
+    /// and manifest (pack files' indexes).
+    pub fn commit(mut self, manifest: &[u8]) -> Result<u64> {
+        let mut packing = 0;
         if let How::Remote {
             remote,
             packer: Some(packer),
             ..
         } = &self.how
         {
-            remote
+            packing = remote
                 .wait(packer.finish())
                 .context("cannot send the chunks")?;
         }
@@ -314,7 +316,7 @@ impl Writing<'_> {
                 self.dest.has.lock().expect("has lock").extend(packed);
             }
         }
-        Ok(())
+        Ok(packing)
     }
 }
 

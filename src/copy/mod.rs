@@ -551,9 +551,13 @@ fn send(
                 .context(format!("cannot write `{object}` to `{}`", dest.shown())),
         })?;
     }
-    writing.commit(manifest)?;
+    let packing = writing.commit(manifest)?;
     meter.inc(manifest.len() as u64);
-    Ok((parts.len() + 1, chunks_sent, bytes + manifest.len() as u64))
+    Ok((
+        parts.len() + 1,
+        chunks_sent,
+        bytes + manifest.len() as u64 + packing,
+    ))
 }
 
 /// The source's chunks re-encrypted: each one's name and stored size in the destination.

@@ -354,8 +354,8 @@ pub struct Packer {
     seal: Option<Seal>,
     filling: tokio::sync::Mutex<Filling>,
     permits: Arc<Semaphore>,
-    /// The packs on their way.
-    sending: Tasks<()>,
+    /// The packs on their way; each gives the bytes it sent beyond its chunks'.
+    sending: Tasks<u64>,
     /// The buffers of packs sent, for the next ones.
     spare: Arc<Mutex<Vec<Vec<u8>>>>,
 }
@@ -441,6 +441,8 @@ impl Packer {
         let sending = async move {
             let _permit = permit;
             let bytes = Bytes::from(bytes);
+            // Beyond the chunks: the index, twice (its object, the copy at the pack's end).
+            let overhead = 2 * index.len() as u64 + TRAILER_END;
             let sent = save_pack(&*backend, &pack, bytes.clone(), index).await;
             // Its buffer, once no request holds it, fills the next pack (a new one for each
             // pack leaves freed ones behind in the threads' allocator arenas: RSS).
@@ -449,20 +451,21 @@ impl Packer {
                 buffer.clear();
                 spare.lock().unwrap_or_else(|e| e.into_inner()).push(buffer);
             }
-            sent.map_err(|e| e.to_string())
+            sent.map(|()| overhead).map_err(|e| e.to_string())
         };
         self.sending
             .spawn(sending, &tokio::runtime::Handle::current());
         Ok(())
     }
 
-    /// Sends what is left and waits for every pack; how many were sent, or the first failure.
-    pub async fn finish(&self) -> io::Result<usize> {
+    /// Sends what is left and waits for every pack; the bytes sent beyond the chunks' own (the
+    /// indexes and the trailers), or the first failure.
+    pub async fn finish(&self) -> io::Result<u64> {
         {
             let mut filling = self.filling.lock().await;
             self.send(&mut filling).await?;
         }
-        Ok(self.sending.finish().await?.len())
+        Ok(self.sending.finish().await?.into_iter().sum())
     }
 }
 
