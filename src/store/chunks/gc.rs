@@ -8,6 +8,7 @@
 use std::collections::HashSet;
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -53,7 +54,7 @@ pub struct Unreferenced {
     bytes_kept: u64,
     strays: Vec<String>,
     /// A store of pack files: its packs and their indexes, as read when it was listed.
-    packs: Option<PackIndex>,
+    packs: Option<Arc<PackIndex>>,
 }
 
 /// `find_unreferenced` of a local directory or of a repository on a backend (S3).
@@ -74,6 +75,9 @@ fn find_unreferenced_remote(
     remote: &Remote,
     referenced: &Refs,
 ) -> Result<Unreferenced, ChunkError> {
+    // The indexes read afresh when the store is opened (what this run's readers loaded may be
+    // older), once: the collection then uses those.
+    super::pack::Packs::forget(remote);
     let store = ChunkStore::open_remote(remote)?;
     let prefix = format!("{STORE_DIR}/{CHUNKS_DIR}/");
     let objects = remote.list(&prefix).map_err(|source| ChunkError::Io {
@@ -92,15 +96,7 @@ fn find_unreferenced_remote(
             Some(id) => found.chunks.push((id, object.size)),
         }
     }
-    if store.params().is_packed() {
-        // Read afresh: what this run's readers loaded may be older.
-        let packs =
-            PackIndex::load(remote, store.params().max_size).map_err(|source| ChunkError::Io {
-                path: remote.shown(STORE_DIR),
-                source,
-            })?;
-        found.packs = Some(packs);
-    }
+    found.packs = store.pack_index();
     Ok(found)
 }
 
@@ -235,11 +231,7 @@ fn collect_packs(
     dry_run: bool,
     collected: &mut Collected,
 ) -> io::Result<()> {
-    let indexed_now: HashSet<String> = remote
-        .list(&format!("{STORE_DIR}/{}/", pack::INDEX_DIR))?
-        .iter()
-        .filter_map(|o| pack::pack_of_index(&o.name).map(str::to_string))
-        .collect();
+    let indexed_now: HashSet<String> = pack::indexed_packs(remote)?.into_iter().collect();
     // Deleted indexes first, then packs: a pack is never left with an index and without data.
     let (mut indexes, mut objects) = (Vec::new(), Vec::new());
     let orphans: Vec<(&String, &u64)> = packs

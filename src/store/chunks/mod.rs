@@ -572,6 +572,11 @@ impl ChunkStore {
         &self.params
     }
 
+    /// The pack indexes of a store of pack files, as this run read them.
+    pub(super) fn pack_index(&self) -> Option<Arc<pack::PackIndex>> {
+        self.packs.as_ref().map(pack::Packs::index)
+    }
+
     /// Whether the store keeps its chunks in pack files (on a backend).
     pub fn is_packed(&self) -> bool {
         self.packs.is_some()

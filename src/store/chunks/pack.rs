@@ -32,7 +32,7 @@ use crate::store::Remote;
 /// The store feature: chunks are in pack files (an older wqm refuses such a store).
 pub const PACKS: &str = "packs";
 const PACKS_DIR: &str = "packs";
-pub(super) const INDEX_DIR: &str = "index";
+const INDEX_DIR: &str = "index";
 /// A pack is sent once it holds this many stored bytes (and at the end of each backup): large
 /// enough that requests stop mattering (4 MiB objects read fastest of all sizes measured,
 /// docs/performance.md), small enough that the two sent at once (each perhaps copied once more
@@ -70,8 +70,19 @@ fn pack_of_object(name: &str) -> Option<&str> {
     (is_pack_id(pack) && fan == &pack[..2]).then_some(pack)
 }
 
+/// The packs of `remote`'s store that have an index object, by id.
+pub(super) fn indexed_packs(remote: &Remote) -> io::Result<Vec<String>> {
+    let mut packs: Vec<String> = remote
+        .list(&format!("{STORE_DIR}/{INDEX_DIR}/"))?
+        .iter()
+        .filter_map(|o| pack_of_index(&o.name).map(str::to_string))
+        .collect();
+    packs.sort();
+    Ok(packs)
+}
+
 /// The pack an index object's name names (`index_object`'s inverse).
-pub fn pack_of_index(name: &str) -> Option<&str> {
+fn pack_of_index(name: &str) -> Option<&str> {
     let pack = name.strip_prefix(&format!("{STORE_DIR}/{INDEX_DIR}/"))?;
     is_pack_id(pack).then_some(pack)
 }
@@ -169,7 +180,7 @@ pub struct PackIndex {
 impl PackIndex {
     /// Lists the packs and index objects of `remote`'s store and reads every index (`READERS`
     /// at a time). A damaged index is an error: nothing may be judged garbage without it.
-    pub fn load(remote: &Remote, largest: usize) -> io::Result<Self> {
+    fn load(remote: &Remote, largest: usize) -> io::Result<Self> {
         let mut index = PackIndex::default();
         let mut sizes: HashMap<String, u64> = HashMap::new();
         for object in remote.list(&format!("{STORE_DIR}/{PACKS_DIR}/"))? {
@@ -177,12 +188,7 @@ impl PackIndex {
                 sizes.insert(pack.to_string(), object.size);
             }
         }
-        let mut indexed: Vec<String> = remote
-            .list(&format!("{STORE_DIR}/{INDEX_DIR}/"))?
-            .iter()
-            .filter_map(|o| pack_of_index(&o.name).map(str::to_string))
-            .collect();
-        indexed.sort();
+        let indexed = indexed_packs(remote)?;
         let seal = remote.seal();
         let read = crate::parallel::map_in_order(&indexed, READERS, |pack| {
             read_index(remote, seal.as_ref(), pack, largest)
@@ -266,13 +272,25 @@ fn read_index(
     if bytes.len() as u64 > MAX_INDEX_BYTES {
         return Err(damaged(format!("larger than {MAX_INDEX_BYTES} bytes")));
     }
-    if let Some(seal) = seal {
-        bytes = seal
-            .open(&index_identity(pack), &bytes)
-            .map_err(|e| damaged(e.to_string()))?;
-    }
-    let text = String::from_utf8(bytes).map_err(|_| damaged("not text".to_string()))?;
-    parse_index(&text, largest).map_err(damaged)
+    decode_index(seal, pack, bytes, largest).map_err(damaged)
+}
+
+/// The entries of pack `pack`'s index as stored (its object, or the copy at the pack's end):
+/// opened with `seal` in an encrypted repository, parsed; `Err` says why not.
+fn decode_index(
+    seal: Option<&Seal>,
+    pack: &str,
+    stored: Vec<u8>,
+    largest: usize,
+) -> Result<Vec<Entry>, String> {
+    let text = match seal {
+        Some(seal) => seal
+            .open(&index_identity(pack), &stored)
+            .map_err(|e| e.to_string())?,
+        None => stored,
+    };
+    let text = String::from_utf8(text).map_err(|_| "not text".to_string())?;
+    parse_index(&text, largest)
 }
 
 /// The loaded indexes of the stores this run read, by repository: a run opens its store once
@@ -308,6 +326,22 @@ impl Packs {
         })
     }
 
+    /// The indexes as last read.
+    pub fn index(&self) -> Arc<PackIndex> {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Forgets what this run read of `remote`'s indexes: the next `open` reads them afresh.
+    pub fn forget(remote: &Remote) {
+        LOADED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&remote.backend().describe());
+    }
+
     fn reload(remote: &Remote, largest: usize) -> io::Result<Arc<PackIndex>> {
         let index = Arc::new(PackIndex::load(remote, largest)?);
         LOADED
@@ -327,14 +361,8 @@ impl Packs {
         if let Some(found) = current.locate(id) {
             return Some(found);
         }
-        let listed: HashSet<String> = self
-            .remote
-            .list(&format!("{STORE_DIR}/{INDEX_DIR}/"))
+        if indexed_packs(&self.remote)
             .ok()?
-            .iter()
-            .filter_map(|o| pack_of_index(&o.name).map(str::to_string))
-            .collect();
-        if listed
             .iter()
             .all(|pack| current.packs.contains_key(pack.as_str()))
         {
@@ -476,12 +504,7 @@ async fn save_pack(
     bytes: Bytes,
     index: Vec<u8>,
 ) -> io::Result<()> {
-    let object = pack_object(pack);
-    let name = Name::new(object.clone()).map_err(io::Error::other)?;
-    backend
-        .save(&name, crate::backend::once(bytes))
-        .await
-        .map_err(|e| io::Error::other(format!("cannot send `{object}`: {e}")))?;
+    put(backend, pack_object(pack), bytes).await?;
     crate::failpoint::hit("pack:before-index").map_err(io::Error::other)?;
     save_index(backend, pack, index).await
 }
@@ -492,10 +515,14 @@ pub(super) async fn save_index(
     pack: &str,
     index: Vec<u8>,
 ) -> io::Result<()> {
-    let object = index_object(pack);
+    put(backend, index_object(pack), Bytes::from(index)).await
+}
+
+/// Writes `bytes` as the object `object` of the store.
+async fn put(backend: &dyn Backend, object: String, bytes: Bytes) -> io::Result<()> {
     let name = Name::new(object.clone()).map_err(io::Error::other)?;
     backend
-        .save(&name, crate::backend::once(index))
+        .save(&name, crate::backend::once(bytes))
         .await
         .map_err(|e| io::Error::other(format!("cannot send `{object}`: {e}")))?;
     Ok(())
@@ -552,14 +579,8 @@ pub(super) fn read_trailer(
         .filter(|_| len <= MAX_INDEX_BYTES)
         .ok_or_else(|| damaged("has a length the pack cannot hold"))?;
     let stored = remote.read_range(&rel, start..end)?;
-    let text = match remote.seal() {
-        Some(seal) => seal
-            .open(&index_identity(pack), &stored)
-            .map_err(|e| damaged(&e.to_string()))?,
-        None => stored.clone(),
-    };
-    let text = String::from_utf8(text).map_err(|_| damaged("is not text"))?;
-    let entries = parse_index(&text, largest).map_err(|e| damaged(&e))?;
+    let entries = decode_index(remote.seal().as_ref(), pack, stored.clone(), largest)
+        .map_err(|e| damaged(&format!("is damaged: {e}")))?;
     if entries.last().is_some_and(|e| e.range().end > start) {
         return Err(damaged("names chunks past the pack's chunks"));
     }

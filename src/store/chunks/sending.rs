@@ -15,7 +15,7 @@ use bytes::Bytes;
 
 use super::courier::Courier;
 use super::import::{id_of_object, params_object};
-use super::pack::PackIndex;
+use super::pack::Packs;
 use super::{io_error, runs, Access, ChunkError, ChunkId, ChunkStore, Params, STORE_DIR};
 use crate::backend::{BackendError, Name};
 use crate::store::Remote;
@@ -72,8 +72,9 @@ pub fn remote_chunks(remote: &Remote, params: &Params) -> Result<Vec<(ChunkId, u
         .filter_map(|o| id_of_object(&o.name).map(|id| (id, o.size)))
         .collect();
     if params.is_packed() {
-        let index = PackIndex::load(remote, params.max_size).map_err(io_error(&root))?;
-        chunks.extend(index.chunks());
+        // As `remote_params` just read them (opening the store), not read a second time.
+        let index = Packs::open(remote, params.max_size).map_err(io_error(&root))?;
+        chunks.extend(index.index().chunks());
     }
     Ok(chunks)
 }
