@@ -14,7 +14,7 @@ use crate::qdrant_double::Double;
 use crate::s3_faults::{proxy, through};
 use crate::s3_incremental::{added, killed_night, night};
 use crate::s3_proxy::Faults;
-use crate::s3_read::{fresh_prefix, object_names, stored_chunks, with_s3};
+use crate::s3_read::{fresh_prefix, indexed_chunks, load, object_names, stored_chunks, with_s3};
 use crate::test::Test;
 
 const PACKS: &str = ".wqm-chunks/packs/";
@@ -128,21 +128,6 @@ fn packs_are_read_in_runs_and_collected_repacked_or_whole() {
     assert_eq!(object_names(&runtime, &s3, PACKS), packs);
 }
 
-/// Every chunk id the store's index objects list, as often as they list it.
-fn indexed_chunks(runtime: &tokio::runtime::Runtime, s3: &Arc<dyn Backend>) -> Vec<String> {
-    let mut ids = Vec::new();
-    for index in object_names(runtime, s3, INDEXES) {
-        let text = String::from_utf8(load(runtime, s3, &index)).unwrap();
-        ids.extend(
-            text.lines()
-                .skip(1)
-                .map(|l| l.split(' ').next().unwrap().to_string()),
-        );
-    }
-    ids.sort();
-    ids
-}
-
 #[test]
 #[cfg_attr(
     not(real_s3),
@@ -207,14 +192,6 @@ fn whole_then_one_collection(
         "--collections small-plain",
     );
     (s3, url, tmp)
-}
-
-/// The bytes of object `name`.
-fn load(runtime: &tokio::runtime::Runtime, s3: &Arc<dyn Backend>, name: &str) -> Vec<u8> {
-    let name = Name::new(name).unwrap();
-    runtime
-        .block_on(async { backend::collect(s3.load(&name, None).await.unwrap()).await })
-        .unwrap()
 }
 
 #[test]

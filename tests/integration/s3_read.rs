@@ -60,19 +60,36 @@ pub(crate) fn stored_chunks(
         .iter()
         .map(|name| name.rsplit('/').next().unwrap().to_string())
         .collect();
+    ids.extend(indexed_chunks(runtime, backend));
+    ids.into_iter().collect()
+}
+
+/// Every chunk id a plain repository's pack indexes list, sorted, as often as they list it.
+pub(crate) fn indexed_chunks(
+    runtime: &tokio::runtime::Runtime,
+    backend: &Arc<dyn Backend>,
+) -> Vec<String> {
+    let mut ids = Vec::new();
     for index in object_names(runtime, backend, ".wqm-chunks/index/") {
-        let name = Name::new(index).unwrap();
-        let bytes = runtime
-            .block_on(async {
-                wqm::backend::collect(backend.load(&name, None).await.unwrap()).await
-            })
-            .unwrap();
-        let text = String::from_utf8(bytes).unwrap();
+        let text = String::from_utf8(load(runtime, backend, &index)).unwrap();
         let mut lines = text.lines();
-        assert_eq!(lines.next(), Some("wqm-pack-index 1"), "{name}");
+        assert_eq!(lines.next(), Some("wqm-pack-index 1"), "{index}");
         ids.extend(lines.map(|line| line.split(' ').next().unwrap().to_string()));
     }
-    ids.into_iter().collect()
+    ids.sort();
+    ids
+}
+
+/// The bytes of the object `name`.
+pub(crate) fn load(
+    runtime: &tokio::runtime::Runtime,
+    backend: &Arc<dyn Backend>,
+    name: &str,
+) -> Vec<u8> {
+    let name = Name::new(name).unwrap();
+    runtime
+        .block_on(async { wqm::backend::collect(backend.load(&name, None).await.unwrap()).await })
+        .unwrap()
 }
 
 /// A `wqm` process of its own with the S3 server's variables.
