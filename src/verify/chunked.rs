@@ -75,10 +75,7 @@ impl ChunkTally {
                 .filter(|l| !known.contains_key(&l.id) && seen.insert(l.id))
                 .partition(|l| self.reads(&l.id))
         };
-        let mut found = match store.is_remote() {
-            true => Self::read_fetched(store, &new, threads),
-            false => Self::read_local(store, &new, threads),
-        };
+        let mut found = Self::read_all(store, &new, threads);
         let read = found.len() as u64;
         // A lookup on S3 is a request: side by side.
         let lookups = if store.is_remote() { IN_FLIGHT } else { 1 };
@@ -93,9 +90,10 @@ impl ChunkTally {
         (read, unread.len() as u64)
     }
 
-    /// `new`, each read and checked from a store on a backend, fetched ahead in their order
-    /// (few requests from a store of pack files), decompressed and hashed on `threads` threads.
-    fn read_fetched(
+    /// `new`, each read and checked (decompressed and hashed) on `threads` threads: from a
+    /// store on a backend fetched ahead in their order (few requests from a store of pack
+    /// files), from a local one as each is taken.
+    fn read_all(
         store: &Arc<ChunkStore>,
         new: &[&IndexLine],
         threads: usize,
@@ -120,37 +118,6 @@ impl ChunkTally {
             }
         });
         found.into_inner().expect("found lock")
-    }
-
-    /// `new`, each read and checked from a local store, on `threads` threads.
-    fn read_local(
-        store: &ChunkStore,
-        new: &[&IndexLine],
-        threads: usize,
-    ) -> Vec<(ChunkId, Option<ChunkProblem>)> {
-        let per_thread = new.len().div_ceil(threads).max(1);
-        std::thread::scope(|scope| {
-            let reading: Vec<_> = new
-                .chunks(per_thread)
-                .map(|part| {
-                    scope.spawn(move || {
-                        let mut buffer = ChunkBuffer::default();
-                        part.iter()
-                            .map(|l| {
-                                (
-                                    l.id,
-                                    store.read_chunk(&l.id, l.len, true, &mut buffer).err(),
-                                )
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            reading
-                .into_iter()
-                .flat_map(|t| t.join().expect("a chunk check panicked"))
-                .collect()
-        })
     }
 
     /// The chunks this run read and found damaged (not those found missing).
