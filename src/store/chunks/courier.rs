@@ -1,13 +1,14 @@
 //! The new chunks of an incremental backup on its way to S3, sent as they land in the local
 //! staging store (`chunks::sending`) instead of all after the backup is made: the uploads run
 //! beside the snapshot's download and chunking, at most `AT_ONCE` at a time. A chunk is sent once
-//! it is complete under its name locally (fsynced, renamed) and its bytes, read back, pass the
+//! it is complete under its name locally (renamed into place) and its bytes, read back, pass the
 //! check every reader makes (decrypted, decompressed, content against name): nothing
 //! unchecked leaves, as when chunks were sent after the run's verification. In a store of pack
 //! files each checked chunk goes into the run's `Packer` instead of an object of its own. The
 //! run that made it waits for every upload before it sends the backup's indexes and manifest
-//! (`finish`, then the packer's), and a failed upload stops the run at its next chunk. What a failed or killed run sent is garbage until
-//! the next night reuses it or a prune collects it, as before.
+//! (`finish`, then the packer's), and a failed upload stops the run at its next chunk. What a
+//! failed or killed run sent is garbage until the next night reuses it or a prune collects it,
+//! as before.
 
 use std::collections::HashSet;
 use std::fmt;
