@@ -16,6 +16,7 @@ use chrono::Local;
 use serde::Serialize;
 
 use crate::backend::lock::LockError;
+use crate::backup::remote::{clean_dead_runs, DeadRuns};
 use crate::format::layout;
 use crate::store::chunks::{self, ChunkStore, Collected, Refs};
 use crate::store::lock::RepoLock;
@@ -105,6 +106,9 @@ pub struct Outcome {
     pub skipped: Vec<Skipped>,
     /// The chunk store's garbage collection, when the directory has a store.
     pub chunks: Option<Garbage>,
+    /// On S3: what killed creates left, removed before the survey (a killed `--force`'s new
+    /// backup put in place, which needs this run's exclusive lock).
+    pub dead_runs: DeadRuns,
 }
 
 /// What became of the chunk store's unreferenced chunks.
@@ -168,8 +172,10 @@ pub fn prune(
         false => RepoLock::exclusive(repository, "backup prune")?,
         true => RepoLock::shared(repository, "backup prune --dry-run")?,
     };
+    let mut dead_runs = DeadRuns::default();
     if let (Repository::Remote(remote), false) = (repository, dry_run) {
         remote::finish_deletions(remote)?;
+        dead_runs = remote.wait(clean_dead_runs(remote.backend(), true))?;
     }
     let (candidates, skipped) = survey(repository)?;
     let mut reasons = vec![Vec::new(); candidates.len()];
@@ -184,6 +190,7 @@ pub fn prune(
     }
     let mut outcome = Outcome {
         skipped,
+        dead_runs,
         ..Outcome::default()
     };
     let mut order: Vec<usize> = (0..candidates.len()).collect();
@@ -313,6 +320,19 @@ impl Referenced {
                 _ => {}
             }
         }
+        // The new backups `create --force` runs are putting in place on S3 (a killed one's
+        // was put in place before the survey): the runs wait for this one's exclusive lock, and
+        // then need every chunk theirs name.
+        let replacements = match repository {
+            Repository::Remote(remote) => replacements(remote)?,
+            Repository::Local(_) => Vec::new(),
+        };
+        for (key, backup) in &replacements {
+            let found = as_found(backup).map_err(|e| format!("cannot read `{key}`: {e}"))?;
+            if self.read.get(key) != Some(&found) {
+                unread.push((key.as_str(), backup, found));
+            }
+        }
         // On S3 each backup's list is a request: eight side by side, merged eight at a time (a
         // list can be large: never all of them held at once).
         let workers = match repository {
@@ -333,9 +353,38 @@ impl Referenced {
     }
 }
 
+/// The complete new backups `create --force` runs sent to replace backups of `remote`, each
+/// with where it is (`.wqm-replace/NAME`); an error when one cannot be read, since it may need
+/// any chunk.
+fn replacements(remote: &store::Remote) -> Result<Vec<(String, Box<store::BackupDir>)>, String> {
+    let names = remote.replaced_names().map_err(|e| {
+        format!(
+            "cannot list `{}`: {e}",
+            remote.shown(store::REPLACING).display()
+        )
+    })?;
+    let mut found = Vec::new();
+    for name in names {
+        let root = store::replacement_of(&name);
+        let backup = remote
+            .backup_at(&name, root.clone())
+            .map_err(|e| e.to_string())
+            .and_then(|b| {
+                store::BackupDir::open_at(&store::Place::Remote(b)).map_err(|e| format!("{e:#}"))
+            })
+            .map_err(|e| {
+                format!(
+                    "the new backup replacing `{name}` cannot be read ({e}); it may need chunks"
+                )
+            })?;
+        found.push((root, Box::new(backup)));
+    }
+    Ok(found)
+}
+
 /// A backup as found: its directory's inode (a backup replaced by `create --force` is another
-/// directory; on S3, where nothing replaces a backup, 0) and its manifest's xxhash64 (its time,
-/// its files and their sizes).
+/// directory; on S3, where nothing is renamed, 0) and its manifest's xxhash64 (its time, its
+/// files and their sizes: a backup replaced on S3 has another).
 fn as_found(backup: &store::BackupDir) -> std::io::Result<(u64, String)> {
     use std::os::unix::fs::MetadataExt;
     let inode = match backup.remote {

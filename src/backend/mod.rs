@@ -128,6 +128,14 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// whose objects are all gone may still be given (SeaweedFS keeps the emptied prefix).
     async fn top_level(&self) -> Result<Vec<String>, BackendError>;
 
+    /// Writes a copy of the object `from` under `to`, replacing any object there, all or
+    /// nothing as `save`; returns its size. Here its bytes pass through this process; S3 copies
+    /// on the server (`CopyObject`) up to `s3::MAX_SERVER_COPY`.
+    async fn copy(&self, from: &Name, to: &Name) -> Result<u64, BackendError> {
+        let data = self.load(from, None).await?;
+        self.save(to, data).await
+    }
+
     /// Removes the object; a missing one is no error.
     async fn remove(&self, name: &Name) -> Result<(), BackendError>;
 

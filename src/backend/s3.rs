@@ -28,6 +28,9 @@ use super::{Backend, BackendError, ByteStream, Name, ObjectInfo, Unfinished, RES
 /// The size of a multipart upload's parts (S3 wants at least 5 MiB but the last; 10 000 parts
 /// at most: objects up to 80 GiB).
 pub const PART_SIZE: usize = 8 * 1024 * 1024;
+/// The largest object S3 copies in one `CopyObject` request (5 GiB); a larger one is copied
+/// through this process.
+pub const MAX_SERVER_COPY: u64 = 5 * 1024 * 1024 * 1024;
 
 /// A bucket and a prefix in it.
 #[derive(Clone)]
@@ -636,6 +639,20 @@ impl Backend for S3Backend {
             .collect();
         found.sort();
         Ok(found)
+    }
+
+    async fn copy(&self, from: &Name, to: &Name) -> Result<u64, BackendError> {
+        let size = self.stat(from).await?.size;
+        if size > MAX_SERVER_COPY {
+            // Beyond what one `CopyObject` may copy: through this process, part by part.
+            let data = self.load(from, None).await?;
+            return self.save(to, data).await;
+        }
+        let (source, target) = (self.path(from.as_str())?, self.path(to.as_str())?);
+        resent(|| self.store.copy(&source, &target))
+            .await
+            .map_err(|e| self.error("copying", from.as_str(), e))?;
+        Ok(size)
     }
 
     async fn remove(&self, name: &Name) -> Result<(), BackendError> {

@@ -10,6 +10,7 @@ mod databases;
 mod download;
 mod fetch;
 pub mod remote;
+pub mod replace;
 mod sending;
 mod survey;
 mod writing;

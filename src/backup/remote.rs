@@ -19,6 +19,7 @@ use futures_util::stream::{self, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
+use super::replace::Settled;
 use crate::backend::{Backend, BackendError, ByteStream, Name};
 use crate::format::layout::MANIFEST_PATH;
 use crate::progress::Progress;
@@ -38,7 +39,15 @@ pub struct RunRecord {
     pub started: f64,
     /// The backup's name in the repository.
     pub target: String,
+    /// When a `--force` let its shared lock go to take the exclusive one and put its new
+    /// backup in place: it holds no lock meanwhile, and counts as alive for `SWAP_WAIT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swapping: Option<f64>,
 }
+
+/// How long a run of another host that is waiting for the exclusive lock to put its new
+/// backup in place counts as alive without a lock: the lock's wait, and some.
+const SWAP_WAIT: f64 = crate::store::lock::LOCK_WAIT.as_secs_f64() * 1.5;
 
 /// A killed run's leftovers, removed (`clean_dead_runs`).
 #[derive(Debug, Serialize)]
@@ -46,15 +55,45 @@ pub struct Removed {
     pub target: String,
     pub objects: usize,
     pub uploads: usize,
+    /// What became of the backup a killed `--force` was replacing it with.
+    pub replacement: Settled,
 }
 
 impl Removed {
     /// What was removed from the repository `shown`, in one line.
     pub fn line(&self, shown: &str) -> String {
         format!(
-            "removed what a killed run left of `{}` in `{shown}`: {} object(s), {} unfinished upload(s)",
-            self.target, self.objects, self.uploads
+            "removed what a killed run left of `{}` in `{shown}`: {} object(s), {} unfinished upload(s){}",
+            self.target,
+            self.objects,
+            self.uploads,
+            self.replacement_note()
         )
+    }
+
+    /// What became of a killed `--force`'s new backup, to end the line with.
+    pub fn replacement_note(&self) -> &'static str {
+        match self.replacement {
+            Settled::PutInPlace => "; the new backup a killed `--force` was putting in its place is in place",
+            Settled::Removed => "; a killed `--force`'s new backup removed: it had not begun to replace the old one, which stays, or was in place already",
+            Settled::Nothing | Settled::NeedsExclusive => "",
+        }
+    }
+}
+
+/// What `clean_dead_runs` did, and what it had to leave.
+#[derive(Debug, Default, Serialize)]
+pub struct DeadRuns {
+    pub removed: Vec<Removed>,
+    /// Backups a killed `--force` was putting in place: each name reads its new backup from
+    /// where it was sent until a run holding the exclusive lock (`cleanup`, `prune`) finishes.
+    pub waiting: Vec<String>,
+}
+
+impl DeadRuns {
+    /// The line for a backup left `waiting` in the repository `shown`.
+    pub fn waiting_line(name: &str, shown: &str) -> String {
+        format!("a killed `create --force` was putting a new backup in place of `{name}` in `{shown}`: `{name}` is read from where it was sent until `wqm backup cleanup {shown}` (or a prune) finishes it")
     }
 }
 
@@ -66,6 +105,10 @@ pub struct Claim {
     record: Name,
     handle: tokio::runtime::Handle,
     keep: bool,
+    /// When the run began (its record says so).
+    started: f64,
+    /// The name held a backup, which a `--force` replaces (`backup::replace`).
+    pub replacing: bool,
 }
 
 impl std::fmt::Debug for Claim {
@@ -78,9 +121,37 @@ impl std::fmt::Debug for Claim {
 
 impl Claim {
     /// Leaves the record for a later cleanup (what it names could not be removed).
-    fn keep(&mut self) {
+    pub fn keep(&mut self) {
         self.keep = true;
     }
+
+    /// Where the backup is sent: the name, or its replacement when one is there already.
+    pub fn root(&self, target: &str) -> String {
+        match self.replacing {
+            true => crate::store::replacement_of(target),
+            false => target.to_string(),
+        }
+    }
+
+    /// Says in the record that the run holds no lock for a while (`RunRecord::swapping`).
+    pub async fn mark_swapping(&self, target: &str) -> Result<(), BackendError> {
+        let text = record_text(target, self.started, Some(crate::now()));
+        self.backend
+            .save(&self.record, crate::backend::once(text))
+            .await
+            .map(drop)
+    }
+}
+
+fn record_text(target: &str, started: f64, swapping: Option<f64>) -> Vec<u8> {
+    serde_json::to_vec(&RunRecord {
+        host: crate::backend::lock::hostname(),
+        pid: std::process::id(),
+        started,
+        target: target.to_string(),
+        swapping,
+    })
+    .expect("a run record always serializes")
 }
 
 impl Drop for Claim {
@@ -94,17 +165,16 @@ impl Drop for Claim {
 }
 
 /// Claims the name `target` for this run: its run record written with `save_new` (a record
-/// there is another run's, sending it or killed), then the name checked free (`check_free`).
-/// Needs the tokio runtime.
-pub async fn claim(backend: Arc<dyn Backend>, target: &str) -> Result<Claim, TargetTaken> {
+/// there is another run's, sending it or killed), then the name checked free (`check_free`;
+/// with `replace`, a backup there may be replaced). Needs the tokio runtime.
+pub async fn claim(
+    backend: Arc<dyn Backend>,
+    target: &str,
+    replace: bool,
+) -> Result<Claim, TargetTaken> {
     let record = Name::new(format!("{RUNS_DIR}/{target}")).map_err(TargetTaken::Backend)?;
-    let text = serde_json::to_vec(&RunRecord {
-        host: crate::backend::lock::hostname(),
-        pid: std::process::id(),
-        started: crate::now(),
-        target: target.to_string(),
-    })
-    .expect("a run record always serializes");
+    let started = crate::now();
+    let text = record_text(target, started, None);
     match backend.save_new(&record, Bytes::from(text)).await {
         Ok(()) => {}
         Err(BackendError::AlreadyExists { .. }) => {
@@ -115,33 +185,43 @@ pub async fn claim(backend: Arc<dyn Backend>, target: &str) -> Result<Claim, Tar
         }
         Err(e) => return Err(TargetTaken::Backend(e)),
     }
-    let claim = Claim {
+    let mut claim = Claim {
         backend,
         record,
         handle: tokio::runtime::Handle::current(),
         keep: false,
+        started,
+        replacing: false,
     };
-    check_free(claim.backend.as_ref(), target).await?;
+    claim.replacing = check_free(claim.backend.as_ref(), target, replace).await?;
     Ok(claim)
 }
 
-/// Whether the name `target` is free in the repository: no object at all under it. A backup
-/// there is refused (no `--force` on S3 yet); objects without a manifest are a killed run's.
-async fn check_free(backend: &dyn Backend, target: &str) -> Result<(), TargetTaken> {
-    let objects = backend
-        .list(&format!("{target}/"))
-        .await
-        .map_err(TargetTaken::Backend)?;
-    if objects.is_empty() {
-        return Ok(());
+/// Whether the name `target` is free in the repository: no object under it, nor under its
+/// replacement (a killed `--force`'s). A backup there is refused, or with `replace` is to be
+/// replaced (`true`); objects without a manifest are a killed run's.
+async fn check_free(
+    backend: &dyn Backend,
+    target: &str,
+    replace: bool,
+) -> Result<bool, TargetTaken> {
+    let listed =
+        |prefix: String| async move { backend.list(&prefix).await.map_err(TargetTaken::Backend) };
+    let objects = listed(format!("{target}/")).await?;
+    let replacement = listed(format!("{}/", crate::store::replacement_of(target))).await?;
+    let repository = backend.describe();
+    if objects.is_empty() && replacement.is_empty() {
+        return Ok(false);
     }
     let manifest = format!("{target}/{MANIFEST_PATH}");
-    let repository = backend.describe();
-    if objects.iter().any(|o| o.name == manifest) {
-        Err(TargetTaken::Backup {
-            repository,
-            target: target.to_string(),
-        })
+    if replacement.is_empty() && objects.iter().any(|o| o.name == manifest) {
+        match replace {
+            true => Ok(true),
+            false => Err(TargetTaken::Backup {
+                repository,
+                target: target.to_string(),
+            }),
+        }
     } else {
         Err(TargetTaken::Unfinished {
             repository,
@@ -170,7 +250,7 @@ impl crate::exit::Classify for TargetTaken {
 
     fn hint(&self) -> Option<String> {
         match self {
-            TargetTaken::Backup { .. } => Some("choose another name: `--force` does not replace a backup on S3 yet".to_string()),
+            TargetTaken::Backup { .. } => Some("choose another name, or pass `--force` to replace it".to_string()),
             TargetTaken::Unfinished { .. } => Some("once that run is over, the next `create` to this repository (or `wqm backup cleanup`) removes what it left: at once for a run of this host, once its lock has gone stale (30 minutes) for one of another host".to_string()),
             TargetTaken::Backend(e) => e.hint(),
         }
@@ -330,11 +410,17 @@ async fn live_holders(backend: &dyn Backend) -> Result<Option<Vec<(String, u32)>
 /// another host when it holds no live lock of the repository: every run that writes a record
 /// takes the repository's lock first and keeps it (refreshed) until after the record is gone,
 /// so a record without a live lock of its host and pid is a killed run's (or, with a lock that
-/// cannot be read, every other host's run counts as alive).
-pub async fn clean_dead_runs(backend: &dyn Backend) -> Result<Vec<Removed>, BackendError> {
+/// cannot be read, every other host's run counts as alive; one between its locks to put a
+/// `--force`'s new backup in place, for `SWAP_WAIT`). A killed `--force`'s new backup is settled
+/// first (`replace::settle`; with `exclusive`, the caller holds the exclusive lock): one that
+/// must go forward without it is left, its record too (`DeadRuns::waiting`).
+pub async fn clean_dead_runs(
+    backend: &dyn Backend,
+    exclusive: bool,
+) -> Result<DeadRuns, BackendError> {
     let host = crate::backend::lock::hostname();
     let mut holders: Option<Option<Vec<(String, u32)>>> = None;
-    let mut removed = Vec::new();
+    let mut dead = DeadRuns::default();
     for object in backend.list(&format!("{RUNS_DIR}/")).await? {
         let name = Name::new(object.name.clone())?;
         let text = crate::backend::collect(backend.load(&name, None).await?)
@@ -347,8 +433,13 @@ pub async fn clean_dead_runs(backend: &dyn Backend) -> Result<Vec<Removed>, Back
         let Ok(record) = serde_json::from_slice::<RunRecord>(&text) else {
             continue;
         };
+        let swapping = record
+            .swapping
+            .is_some_and(|since| crate::now() - since < SWAP_WAIT);
         let alive = if record.host == host {
             crate::process::alive(record.pid)
+        } else if swapping {
+            true
         } else {
             if holders.is_none() {
                 holders = Some(live_holders(backend).await?);
@@ -359,6 +450,11 @@ pub async fn clean_dead_runs(backend: &dyn Backend) -> Result<Vec<Removed>, Back
             }
         };
         if alive {
+            continue;
+        }
+        let replacement = super::replace::settle(backend, &record.target, exclusive).await?;
+        if replacement == Settled::NeedsExclusive {
+            dead.waiting.push(record.target);
             continue;
         }
         let target = Name::new(record.target.clone())?;
@@ -374,23 +470,27 @@ pub async fn clean_dead_runs(backend: &dyn Backend) -> Result<Vec<Removed>, Back
             crate::backend::remove_under(backend, target.as_str()).await?
         };
         let mut uploads = 0;
-        let under = format!("{target}/");
+        let under = [
+            format!("{target}/"),
+            format!("{}/", crate::store::replacement_of(&record.target)),
+        ];
         for upload in backend.unfinished().await? {
             if upload
                 .name
                 .as_deref()
-                .is_some_and(|n| n.starts_with(&under))
+                .is_some_and(|n| under.iter().any(|u| n.starts_with(u)))
             {
                 backend.abort(&upload).await?;
                 uploads += 1;
             }
         }
         backend.remove(&name).await?;
-        removed.push(Removed {
+        dead.removed.push(Removed {
             target: record.target,
             objects,
             uploads,
+            replacement,
         });
     }
-    Ok(removed)
+    Ok(dead)
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
-use super::remote::{self, Claim, Removed};
+use super::remote::{self, Claim, DeadRuns};
 use crate::backend::Backend;
 use crate::progress::Progress;
 use crate::store::chunks::{self, Courier, Listed, Packer};
@@ -24,8 +24,9 @@ pub struct Sending {
     /// The run's claim on the name (its run record), released before the lock.
     claim: Claim,
     /// The repository's shared lock, held from before the dead runs are cleaned up to the end:
-    /// no prune runs meanwhile.
-    lock: RepoLock,
+    /// no prune runs meanwhile; its exclusive lock while a `--force` puts the new backup in
+    /// place (`take_name`), none between the two.
+    lock: Option<RepoLock>,
     /// An incremental backup's: sends its new chunks as they land (`list_store`).
     courier: Option<Arc<Courier>>,
     /// Packs the new chunks of a store of pack files, for the courier and `send_chunks`.
@@ -36,16 +37,17 @@ impl Sending {
     /// What a backup sent to S3 needs before anything is made: a server that refuses taken
     /// names, the repository's shared lock (for the run `command`), this host's dead runs'
     /// leftovers removed (returned, to be reported), the name claimed (no other run sends it)
-    /// and free, and the local staging directory (encrypted as it is written when the
-    /// repository is).
+    /// and free (with `replace`, a backup there is to be replaced), and the local staging
+    /// directory (encrypted as it is written when the repository is).
     pub async fn prepare(
         (repository, name): (Remote, String),
         command: &str,
-    ) -> Result<(Sending, Vec<Removed>)> {
+        replace: bool,
+    ) -> Result<(Sending, DeadRuns)> {
         require_exclusive_names(repository.backend(), repository.shown_root()).await?;
         let lock = RepoLock::shared(&repository, command)?;
-        let removed = remote::clean_dead_runs(repository.backend()).await?;
-        let claim = remote::claim(repository.shared_backend(), &name).await?;
+        let dead = remote::clean_dead_runs(repository.backend(), false).await?;
+        let claim = remote::claim(repository.shared_backend(), &name, replace).await?;
         remove_dead_stagings(&std::env::temp_dir());
         let staged = tempfile::Builder::new()
             .prefix(&format!("{STAGING}{}-", std::process::id()))
@@ -60,11 +62,11 @@ impl Sending {
             name,
             staged,
             claim,
-            lock,
+            lock: Some(lock),
             courier: None,
             packer: None,
         };
-        Ok((sending, removed))
+        Ok((sending, dead))
     }
 
     /// Where the backup is made before it is sent.
@@ -112,9 +114,61 @@ impl Sending {
                     .context("cannot send the new chunks")?;
             }
         }
-        let target = (self.name.as_str(), &mut self.claim);
-        remote::send(backend, local, target, &self.lock, progress).await?;
+        let root = self.claim.root(&self.name);
+        let lock = self.lock.as_ref().expect("held until the backup is sent");
+        remote::send(backend, local, (&root, &mut self.claim), lock, progress).await?;
+        if self.claim.replacing {
+            self.take_name(progress).await?;
+        }
         Ok(self.repository.shown(&self.name))
+    }
+
+    /// Puts the new backup a `--force` sent in place of the old one (`replace::put_in_place`),
+    /// holding the repository's exclusive lock: the shared one let go first (two runs waiting
+    /// to turn theirs exclusive would wait for each other), the record saying so meanwhile.
+    /// When the lock cannot be had the new backup is removed and the old one stays; when the
+    /// swap fails part-way the record is kept, and the name reads the new backup from where it
+    /// was sent until `cleanup` or a prune finishes it.
+    async fn take_name(&mut self, progress: &dyn Progress) -> Result<()> {
+        let backend = self.repository.backend();
+        self.claim.mark_swapping(&self.name).await?;
+        self.lock = None;
+        crate::failpoint::hit("create:s3-swapping")?;
+        progress.step(&format!(
+            "waiting for the repository's exclusive lock to replace `{}`",
+            self.name
+        ));
+        let exclusive = (|| -> Result<RepoLock> {
+            let lock = RepoLock::exclusive(&self.repository, "backup create --force")?;
+            lock.check()?;
+            Ok(lock)
+        })();
+        let exclusive = match exclusive {
+            Ok(lock) => lock,
+            Err(e) => {
+                if super::replace::remove_replacement(backend, &self.name)
+                    .await
+                    .is_err()
+                {
+                    self.claim.keep();
+                }
+                return Err(e.context(format!(
+                    "the new backup was sent but could not replace `{}`, which is unchanged",
+                    self.name
+                )));
+            }
+        };
+        self.lock = Some(exclusive);
+        progress.step(&format!("replacing `{}`", self.name));
+        if let Err(e) = super::replace::put_in_place(backend, &self.name).await {
+            self.claim.keep();
+            return Err(anyhow::Error::new(e).context(format!(
+                "the new backup could not be put in place of `{}`: the name reads it from where it was sent until `wqm backup cleanup {}` finishes",
+                self.name,
+                self.repository.shown_root()
+            )));
+        }
+        Ok(())
     }
 }
 

@@ -25,8 +25,8 @@ pub async fn run(
         .or(settings.backup.default_backup_directory.as_ref());
     let mut looked = Vec::new();
     let mut dirs = Vec::new();
-    // On S3: what this host's killed creates left.
-    let mut remote_runs_removed = Vec::new();
+    // On S3: what killed creates left.
+    let mut remote_runs = backup::remote::DeadRuns::default();
     let mut local_dir = None;
     let repository = match given {
         Some(dir) => Some(super::repository(dir, settings, handle)?),
@@ -38,7 +38,15 @@ pub async fn run(
             local_dir = Some(dir.as_path());
         }
         Some(Repository::Remote(remote)) => {
-            remote_runs_removed = backup::remote::clean_dead_runs(remote.backend()).await?;
+            remote_runs = backup::remote::clean_dead_runs(remote.backend(), false).await?;
+            if !remote_runs.waiting.is_empty() {
+                // Putting a killed `--force`'s new backup in place: no reader may be between
+                // two files of the old one.
+                let _lock = repo_lock::RepoLock::exclusive(remote, "backup cleanup")?;
+                let finished = backup::remote::clean_dead_runs(remote.backend(), true).await?;
+                remote_runs.removed.extend(finished.removed);
+                remote_runs.waiting = finished.waiting;
+            }
             looked.push(format!("`{}`", remote.shown_root()));
         }
         None => {}
@@ -56,7 +64,7 @@ pub async fn run(
     // A killed run's local copy of a backup it was sending to S3 (in `$TMPDIR`).
     let stagings = backup::remove_dead_stagings(&std::env::temp_dir());
     if ui.json {
-        ui.json(&json!({ "directories": dirs, "cleaned": cleaned, "unfinished": unfinished, "stale_locks_removed": stale_locks, "remote_runs_removed": remote_runs_removed, "staging_removed": stagings }));
+        ui.json(&json!({ "directories": dirs, "cleaned": cleaned, "unfinished": unfinished, "stale_locks_removed": stale_locks, "remote_runs_removed": remote_runs.removed, "remote_runs_waiting": remote_runs.waiting, "staging_removed": stagings }));
     } else {
         for run in &cleaned {
             ui.line(run.report());
@@ -64,11 +72,22 @@ pub async fn run(
         for lock in &stale_locks {
             ui.line(stale_line(lock));
         }
-        for removed in &remote_runs_removed {
+        for removed in &remote_runs.removed {
             ui.line(format!(
-                "Removed what a killed run left of `{}`: {} object(s), {} unfinished upload(s)",
-                removed.target, removed.objects, removed.uploads
+                "Removed what a killed run left of `{}`: {} object(s), {} unfinished upload(s){}",
+                removed.target,
+                removed.objects,
+                removed.uploads,
+                removed.replacement_note()
             ));
+        }
+        if let Some(Repository::Remote(remote)) = &repository {
+            for name in &remote_runs.waiting {
+                ui.warn_action(backup::remote::DeadRuns::waiting_line(
+                    name,
+                    remote.shown_root(),
+                ));
+            }
         }
         for staging in &stagings {
             ui.line(format!(
@@ -83,7 +102,7 @@ pub async fn run(
         });
     }
     // Something is still on a server or on disk: the operator has to look.
-    Ok(if unfinished > 0 {
+    Ok(if unfinished > 0 || !remote_runs.waiting.is_empty() {
         ExitCode::ActionNeeded
     } else {
         ExitCode::Success

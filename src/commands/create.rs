@@ -151,25 +151,18 @@ pub async fn run(
     Ok(code)
 }
 
-/// Checks what a create to S3 needs before anything is made: no `--force` there yet (exit 2),
-/// what every backup sent to S3 needs (`Sending::prepare`), and for an incremental backup the
-/// repository's chunk store listed once: the staging store then gets only the chunks the
-/// repository lacks, sent first.
+/// Checks what a create to S3 needs before anything is made: what every backup sent to S3
+/// needs (`Sending::prepare`; with `force`, a backup under the name is to be replaced), and
+/// for an incremental backup the repository's chunk store listed once: the staging store then
+/// gets only the chunks the repository lacks, sent first.
 async fn to_s3(
     (repository, name): (Remote, String),
     force: bool,
     incremental: bool,
     ui: &Ui,
 ) -> Result<(Sending, Option<Listed>)> {
-    if force {
-        return Err(Failure::new(
-            ExitCode::Usage,
-            "`--force` is not supported for a backup on S3 yet",
-        )
-        .with_hint("choose a new name; remove the old backup's objects by hand if it must go")
-        .into());
-    }
-    let mut sending = super::prepare_sending((repository, name), "backup create", ui).await?;
+    let mut sending =
+        super::prepare_sending((repository, name), ("backup create", force), ui).await?;
     let listed = match incremental {
         true => Some(sending.list_store()?),
         false => None,

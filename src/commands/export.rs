@@ -24,7 +24,7 @@ pub fn run(
         Location::Local(_) => None,
         Location::S3 { bucket, prefix } => {
             let target = super::remote_backup(&args.dest, &bucket, &prefix, settings, handle)?;
-            Some(handle.block_on(super::prepare_sending(target, "backup export", ui))?)
+            Some(handle.block_on(super::prepare_sending(target, ("backup export", false), ui))?)
         }
     };
     let progress = ui.progress();

@@ -430,26 +430,31 @@ fn report_cleaned(ui: &Ui, cleaned: &[crate::cleanup::Cleaned]) {
 /// Removes what this host's killed creates left in the repository on S3
 /// (`backup::remote::clean_dead_runs`), a warning line each.
 async fn clean_remote_runs(repository: &Remote, ui: &Ui) -> Result<()> {
-    let removed = crate::backup::remote::clean_dead_runs(repository.backend()).await?;
-    report_removed(ui, repository, &removed);
+    let dead = crate::backup::remote::clean_dead_runs(repository.backend(), false).await?;
+    report_dead_runs(ui, repository, &dead);
     Ok(())
 }
 
-/// A warning line for each killed run whose leftovers were removed from `repository`.
-fn report_removed(ui: &Ui, repository: &Remote, removed: &[crate::backup::remote::Removed]) {
-    for removed in removed {
-        ui.warn(removed.line(repository.shown_root()));
+/// A warning line for each killed run whose leftovers were removed from `repository`, and for
+/// each killed `--force` only a run holding the exclusive lock can finish.
+fn report_dead_runs(ui: &Ui, repository: &Remote, dead: &crate::backup::remote::DeadRuns) {
+    let shown = repository.shown_root();
+    for removed in &dead.removed {
+        ui.warn(removed.line(shown));
+    }
+    for name in &dead.waiting {
+        ui.warn_action(crate::backup::remote::DeadRuns::waiting_line(name, shown));
     }
 }
 
 /// `Sending::prepare`, what it removed reported.
 async fn prepare_sending(
     target: (Remote, String),
-    command: &str,
+    (command, replace): (&str, bool),
     ui: &Ui,
 ) -> Result<crate::backup::Sending> {
-    let (sending, removed) = crate::backup::Sending::prepare(target, command).await?;
-    report_removed(ui, &sending.repository, &removed);
+    let (sending, dead) = crate::backup::Sending::prepare(target, command, replace).await?;
+    report_dead_runs(ui, &sending.repository, &dead);
     Ok(sending)
 }
 

@@ -39,16 +39,15 @@ pub async fn run(
         super::backups_dir(dir)?;
     }
     let policies = policies(args, settings)?;
-    // Dead runs are cleaned up first, as `cleanup` does: locally the working directories, on S3
-    // what this host's killed creates left.
-    match (&repository, args.dry_run) {
-        (_, true) => {}
-        (Repository::Local(dir), false) => {
-            super::report_cleaned(ui, &cleanup::dead_runs(&[dir.as_path()], settings).await)
-        }
-        (Repository::Remote(remote), false) => super::clean_remote_runs(remote, ui).await?,
+    // Dead runs are cleaned up first, as `cleanup` does: locally the working directories here,
+    // on S3 what killed creates left, by `prune` holding the exclusive lock.
+    if let (Repository::Local(dir), false) = (&repository, args.dry_run) {
+        super::report_cleaned(ui, &cleanup::dead_runs(&[dir.as_path()], settings).await)
     }
     let outcome = prune::prune(&repository, &policies, crate::now(), args.dry_run)?;
+    if let Repository::Remote(remote) = &repository {
+        super::report_dead_runs(ui, remote, &outcome.dead_runs);
+    }
     for name in &outcome.future_dated {
         let when = outcome
             .kept

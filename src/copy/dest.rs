@@ -89,6 +89,10 @@ impl Dest {
             }
             Repository::Remote(remote) => {
                 let objects = remote.list(&format!("{name}/"))?;
+                let replacement = crate::store::replacement_of(name);
+                if !remote.list(&format!("{replacement}/"))?.is_empty() {
+                    return Ok(Existing::Other("a `create --force` is putting a new backup in its place, or one that was killed left it half done (`wqm backup cleanup` finishes it)".to_string()));
+                }
                 if objects.is_empty() {
                     return Ok(Existing::Nothing);
                 }
@@ -160,7 +164,7 @@ impl Dest {
                 }
             }
             Repository::Remote(remote) => How::Remote {
-                claim: remote.wait(claim(remote.shared_backend(), name))?,
+                claim: remote.wait(claim(remote.shared_backend(), name, false))?,
                 remote: remote.clone(),
                 committed: false,
                 packer: (self.packed.get() == Some(&true))

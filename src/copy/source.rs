@@ -2,9 +2,10 @@
 //! locally), and checked on the way against what the manifest says of them (`CheckedFile`) or,
 //! for a chunk, against its name (`ChunkStore::read_chunk`).
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::checksum::{Algorithm, Digester};
 use crate::compress::{Compression, Stored};
@@ -17,6 +18,8 @@ use crate::store::{Damaged, Repository};
 pub struct Source {
     repository: Repository,
     store: OnceLock<Arc<ChunkStore>>,
+    /// Where each backup read so far has its objects (`Remote::root_of`), looked up once.
+    roots: Mutex<HashMap<String, String>>,
 }
 
 impl Source {
@@ -24,6 +27,7 @@ impl Source {
         Source {
             repository,
             store: OnceLock::new(),
+            roots: Mutex::default(),
         }
     }
 
@@ -39,11 +43,27 @@ impl Source {
         }
     }
 
-    /// The object `rel`, its bytes as stored.
+    /// The object `rel` (`NAME/…`), its bytes as stored. On S3 a backup a `create --force` is
+    /// putting in place is read from where it was sent (`Remote::root_of`).
     pub fn open(&self, rel: &str) -> io::Result<Box<dyn Read + Send>> {
         match &self.repository {
             Repository::Local(dir) => Ok(Box::new(crate::store::open_in(dir, rel)?)),
-            Repository::Remote(remote) => remote.open(rel),
+            Repository::Remote(remote) => match rel.split_once('/') {
+                Some((name, rest)) => {
+                    let known = self.roots.lock().expect("not poisoned").get(name).cloned();
+                    let root = match known {
+                        Some(root) => root,
+                        None => {
+                            let root = remote.root_of(name)?;
+                            let mut roots = self.roots.lock().expect("not poisoned");
+                            roots.insert(name.to_string(), root.clone());
+                            root
+                        }
+                    };
+                    remote.open(&format!("{root}/{rest}"))
+                }
+                None => remote.open(rel),
+            },
         }
     }
 

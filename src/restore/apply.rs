@@ -204,11 +204,12 @@ async fn on_s3(
     target: (crate::store::Remote, String),
     steps: &mut Steps,
 ) -> Result<(backup::Sending, Option<crate::store::chunks::Listed>)> {
-    let (mut sending, removed) = backup::Sending::prepare(target, "backup restore").await?;
+    let (mut sending, dead) = backup::Sending::prepare(target, "backup restore", false).await?;
     let repository = &sending.repository;
+    let shown = repository.shown_root();
     steps
         .cleaned
-        .extend(removed.iter().map(|r| cleanup::Cleaned {
+        .extend(dead.removed.iter().map(|r| cleanup::Cleaned {
             path: repository.shown(&r.target),
             run: format!("a run sending `{}`", r.target),
             lines: vec![format!(
@@ -217,6 +218,15 @@ async fn on_s3(
             )],
             complete: true,
             needs_action: false,
+        }));
+    steps
+        .cleaned
+        .extend(dead.waiting.iter().map(|name| cleanup::Cleaned {
+            path: repository.shown(name),
+            run: format!("a `create --force` of `{name}`"),
+            lines: vec![backup::remote::DeadRuns::waiting_line(name, shown)],
+            complete: false,
+            needs_action: true,
         }));
     let with_store = crate::store::chunks::ChunkStore::exists_at(
         &crate::store::Repository::Remote(repository.clone()),

@@ -24,7 +24,7 @@ pub mod seal;
 mod staging;
 pub use checked::{content_matches, Checked, Damaged};
 use chunks::{ChunkError, ChunkReader, ChunkStore};
-pub use remote::{Remote, RemoteBackup};
+pub use remote::{replacement_of, Remote, RemoteBackup, REPLACING};
 pub use scan::{scan, scan_at, scan_remote, Entry, Scan, Seen};
 use seal::Seal;
 pub use staging::{FileSink, Staging};
@@ -124,7 +124,7 @@ impl BackupDir {
     pub fn read_manifest_at(place: &Place) -> Result<Manifest, ManifestError> {
         match place {
             Place::Local(path) => Self::read_manifest(path),
-            Place::Remote(remote) => remote.repository.read_manifest(&remote.name),
+            Place::Remote(remote) => remote.read_manifest(),
         }
     }
 

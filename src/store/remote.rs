@@ -21,6 +21,15 @@ use crate::backend::{Backend, BackendError, BlockingReader, Name, ObjectInfo};
 use crate::format::layout::MANIFEST_PATH;
 use crate::format::manifest::{self, Manifest, ManifestError};
 
+/// Where `create --force` sends the backup that replaces `NAME` (`REPLACING/NAME/…`) before it
+/// takes the name (`backup::replace`). Hidden: never a backup's name, never listed as one.
+pub const REPLACING: &str = ".wqm-replace";
+
+/// Where the backup replacing `name` is sent.
+pub fn replacement_of(name: &str) -> String {
+    format!("{REPLACING}/{name}")
+}
+
 /// A backups directory on a backend (a bucket and prefix).
 #[derive(Clone)]
 pub struct Remote {
@@ -184,10 +193,52 @@ impl Remote {
         self.wait(self.backend.remove(&name)).map_err(not_found)
     }
 
-    /// The manifest of the backup `name`: its size checked before it is read, every name in it
-    /// checked.
-    pub fn read_manifest(&self, name: &str) -> Result<Manifest, ManifestError> {
-        let rel = format!("{name}/{MANIFEST_PATH}");
+    /// Where the objects of the backup `name` are: under `name`; or, while a `create --force`
+    /// puts its new backup in place (the old manifest removed, the new one not copied yet),
+    /// under its replacement, complete since before the old manifest went. So a name holds a
+    /// whole backup, old or new, at every moment.
+    pub fn root_of(&self, name: &str) -> io::Result<String> {
+        Ok(self.locate(name)?.unwrap_or_else(|| name.to_string()))
+    }
+
+    /// `root_of` when a manifest is there; `None` when neither `name` nor its replacement has
+    /// one (no backup).
+    pub fn locate(&self, name: &str) -> io::Result<Option<String>> {
+        let replacement = replacement_of(name);
+        for root in [name, replacement.as_str()] {
+            match self.size(&format!("{root}/{MANIFEST_PATH}")) {
+                Ok(_) => return Ok(Some(root.to_string())),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
+    /// The names whose replacement is complete (its manifest there): backups whose own
+    /// objects may all be gone for a moment (`root_of`).
+    pub fn replaced_names(&self) -> io::Result<Vec<String>> {
+        let prefix = format!("{REPLACING}/");
+        let suffix = format!("/{MANIFEST_PATH}");
+        Ok(self
+            .list(&prefix)?
+            .into_iter()
+            .filter_map(|o| {
+                Some(
+                    o.name
+                        .strip_prefix(&prefix)?
+                        .strip_suffix(&suffix)?
+                        .to_string(),
+                )
+            })
+            .filter(|name| !name.contains('/'))
+            .collect())
+    }
+
+    /// The manifest of the backup `name`, stored under `root` (`root_of`): its size checked
+    /// before it is read, every name in it checked.
+    fn read_manifest(&self, name: &str, root: &str) -> Result<Manifest, ManifestError> {
+        let rel = format!("{root}/{MANIFEST_PATH}");
         let path = self.shown(&rel);
         let size = self
             .size(&rel)
@@ -216,10 +267,15 @@ impl Remote {
         super::seal::of(&self.shown)
     }
 
-    /// The backup `name` of this repository, its objects listed once (a backup is immutable once
-    /// its manifest is there).
+    /// The backup `name` of this repository, its objects (under `root_of(name)`) listed once (a
+    /// backup is immutable once its manifest is there).
     pub fn backup(&self, name: &str) -> io::Result<RemoteBackup> {
-        let prefix = format!("{name}/");
+        self.backup_at(name, self.root_of(name)?)
+    }
+
+    /// The backup `name` whose objects are under `root`.
+    pub fn backup_at(&self, name: &str, root: String) -> io::Result<RemoteBackup> {
+        let prefix = format!("{root}/");
         let objects = self
             .list(&prefix)?
             .into_iter()
@@ -228,6 +284,7 @@ impl Remote {
         Ok(RemoteBackup {
             repository: self.clone(),
             name: name.to_string(),
+            root,
             objects: Arc::new(objects),
         })
     }
@@ -247,6 +304,8 @@ impl Read for Blocking {
 pub struct RemoteBackup {
     pub repository: Remote,
     pub name: String,
+    /// Where its objects are: `name`, or its replacement while that takes the name.
+    root: String,
     objects: Arc<BTreeMap<String, u64>>,
 }
 
@@ -262,7 +321,12 @@ impl RemoteBackup {
     }
 
     pub fn open(&self, rel: &str) -> io::Result<Box<dyn Read + Send>> {
-        self.repository.open(&format!("{}/{rel}", self.name))
+        self.repository.open(&format!("{}/{rel}", self.root))
+    }
+
+    /// Its manifest (`Remote::read_manifest`).
+    pub fn read_manifest(&self) -> Result<Manifest, ManifestError> {
+        self.repository.read_manifest(&self.name, &self.root)
     }
 
     /// An object is a file; a name with objects under it a directory.

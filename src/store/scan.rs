@@ -5,7 +5,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::{chunks, BackupDir, Remote, Repository};
-use crate::format::layout::{self, MANIFEST_PATH};
+use crate::format::layout;
 use crate::format::manifest::ManifestError;
 
 /// What `scan` made of one entry of a backups directory.
@@ -104,11 +104,15 @@ pub fn scan(dir: &Path) -> io::Result<Scan> {
 /// last). The names are looked at `LOOKERS` at a time (three requests each), in their order.
 pub fn scan_remote(repository: &Remote) -> io::Result<Scan> {
     // The names at the top, then each one's manifest: never a listing of every chunk.
-    let names: Vec<String> = repository
+    // A backup `create --force` is putting in place may have no object of its own for a moment.
+    let mut names: Vec<String> = repository
         .top_level()?
         .into_iter()
+        .chain(repository.replaced_names()?)
         .filter(|name| !layout::is_hidden(name))
         .collect();
+    names.sort();
+    names.dedup();
     let mut scan = Scan::default();
     for entry in crate::parallel::map_in_order(&names, LOOKERS, |name| look_at(repository, name)) {
         scan.entries.extend(entry?);
@@ -123,28 +127,20 @@ const LOOKERS: usize = 8;
 /// lists whose objects are all gone.
 fn look_at(repository: &Remote, name: &str) -> io::Result<Option<Entry>> {
     let path = repository.shown(name);
-    let manifest = repository.size(&format!("{name}/{MANIFEST_PATH}"));
-    let seen = if let Err(e) = manifest {
-        match e.kind() {
-            // Some servers (SeaweedFS) still list a prefix whose objects are all gone.
-            io::ErrorKind::NotFound if repository.list(&format!("{name}/"))?.is_empty() => {
-                return Ok(None)
-            }
-            io::ErrorKind::NotFound => {
-                Seen::Other("no manifest: not a backup, or one being written".to_string())
-            }
-            // A name no backup of wqm's can have.
-            io::ErrorKind::InvalidData => Seen::Other(e.to_string()),
-            _ => return Err(e),
-        }
-    } else {
-        match repository.read_manifest(name) {
-            Ok(manifest) => match repository.backup(name) {
-                Ok(backup) => Seen::Backup(Box::new(BackupDir::remote(backup, manifest))),
+    let seen = match repository.locate(name) {
+        Ok(Some(root)) => match repository.backup_at(name, root) {
+            Ok(backup) => match backup.read_manifest() {
+                Ok(manifest) => Seen::Backup(Box::new(BackupDir::remote(backup, manifest))),
                 Err(e) => Seen::Unreadable(e.to_string()),
             },
             Err(e) => Seen::Unreadable(e.to_string()),
-        }
+        },
+        // Some servers (SeaweedFS) still list a prefix whose objects are all gone.
+        Ok(None) if repository.list(&format!("{name}/"))?.is_empty() => return Ok(None),
+        Ok(None) => Seen::Other("no manifest: not a backup, or one being written".to_string()),
+        // A name no backup of wqm's can have.
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => Seen::Other(e.to_string()),
+        Err(e) => return Err(e),
     };
     Ok(Some(Entry {
         name: name.to_string(),

@@ -52,6 +52,7 @@ conformance!(
     remove_is_idempotent,
     remove_all_removes_many_and_nothing_else,
     save_replaces_and_save_new_refuses,
+    copy_replaces_the_target_and_keeps_the_source,
     save_new_has_one_winner,
     a_large_stream_is_sent_while_it_is_read,
     a_failed_save_leaves_nothing_visible,
@@ -339,6 +340,32 @@ async fn save_replaces_and_save_new_refuses(backend: Arc<dyn Backend>) {
         .unwrap();
     assert_eq!(load(&*backend, &fresh, None).await, b"new");
     assert_eq!(names(&*backend, "").await, ["config", "fresh/one"]);
+}
+
+async fn copy_replaces_the_target_and_keeps_the_source(backend: Arc<dyn Backend>) {
+    let source = name("from/data");
+    let big = 3 * PART_SIZE as u64 / 2;
+    backend.save(&source, generated(big)).await.unwrap();
+    let target = name("to/data");
+    backend
+        .save(&target, backend::once(b"old".to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(backend.copy(&source, &target).await.unwrap(), big);
+    let copied = load(&*backend, &target, None).await;
+    assert_eq!(copied.len() as u64, big);
+    assert_eq!(
+        sha256(&copied),
+        sha256(&load(&*backend, &source, None).await)
+    );
+    assert_eq!(names(&*backend, "").await, ["from/data", "to/data"]);
+    // A missing source is not found, and nothing is made.
+    let error = backend
+        .copy(&name("from/never"), &name("to/never"))
+        .await
+        .unwrap_err();
+    assert!(error.is_not_found(), "{error}");
+    assert_eq!(names(&*backend, "to/").await, ["to/data"]);
 }
 
 async fn save_new_has_one_winner(backend: Arc<dyn Backend>) {

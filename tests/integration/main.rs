@@ -31,6 +31,7 @@ mod repo_keys;
 mod restore;
 mod s3_export;
 mod s3_faults;
+mod s3_force;
 mod s3_incremental;
 mod s3_lock;
 mod s3_packs;

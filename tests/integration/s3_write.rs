@@ -56,13 +56,12 @@ fn a_backup_created_on_s3_is_listed_validated_and_restored() {
     .run();
     double.assert_holds_the_fixtures();
 
-    // The name is taken (for an incremental backup too); `--force` is refused before Qdrant is
-    // asked.
+    // The name is taken (for an incremental backup too): refused before Qdrant is asked, with
+    // `--force` as the way (`s3_force.rs`).
     let asked = double.state().requests.len();
     let mut tmp = tmp;
     for (flags, said) in [
-        ("", "already exists"),
-        ("--force", "`--force` is not supported"),
+        ("", "pass `--force` to replace it"),
         ("--incremental", "already exists"),
     ] {
         tmp = with_s3(wqm(

@@ -1,0 +1,386 @@
+//! `create --force` to S3 (`backup::replace`): the new backup is sent beside the old one, then
+//! put in its place under the exclusive lock; the name holds a whole backup, the old or the
+//! new, whenever a run is killed, and what it left is finished or undone by the next runs.
+
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+use wqm::backend::Name;
+
+use crate::faults::killed;
+use crate::incremental::{grow_state_db, workspace, wqm};
+use crate::qdrant_double::Double;
+use crate::real_encrypted::{encrypted_objects, encrypted_on_s3};
+use crate::repo::{fast, FIRST};
+use crate::s3_lock::{finished, paused_at, plant, resume, s3_command};
+use crate::s3_read::{fresh_prefix, object_names, s3_variables, with_s3};
+use crate::test::{self, Test};
+
+/// `create TARGET EXTRA` to S3 (its local copy made in the test's directory).
+fn create(t: Test, double: &Double, target: &str, extra: &str) -> TempDir {
+    with_s3(wqm(
+        t,
+        &double.url,
+        &format!("backup create {target} {extra}"),
+    ))
+    .env("TMPDIR", "{TMP}")
+    .stdout_with(|o| assert!(o.starts_with("Backup created: s3://"), "{o}"))
+    .stderr_with(|_| {})
+    .run()
+    .1
+}
+
+/// Checks the backup at `target` is the one described `description`, and whole.
+fn holds(tmp: TempDir, target: &str, description: &str) -> TempDir {
+    holds_with(tmp, target, description, Test::in_dir)
+}
+
+/// `holds`, each command made by `test` (an encrypted repository's password, say).
+fn holds_with(
+    tmp: TempDir,
+    target: &str,
+    description: &str,
+    test: impl Fn(TempDir) -> Test,
+) -> TempDir {
+    let said = format!("Description: {description}\n");
+    let (_, tmp) = with_s3(test(tmp))
+        .args(&format!("backup info {target}"))
+        .stdout_with(move |o| assert!(o.contains(&said), "{o}"))
+        .run();
+    with_s3(test(tmp))
+        .args(&format!("backup validate {target} --check-files"))
+        .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
+        .run()
+        .1
+}
+
+/// The names `list` shows in the repository at `url`.
+fn listed(tmp: TempDir, url: &str) -> (Vec<String>, TempDir) {
+    let (output, tmp) = with_s3(Test::in_dir(tmp))
+        .args(&format!("backup list {url} --json"))
+        .stdout_with(|_| {})
+        .run();
+    let list: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let names = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap().to_string())
+        .collect();
+    (names, tmp)
+}
+
+#[test]
+#[cfg_attr(
+    not(real_s3),
+    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+)]
+fn a_force_on_s3_replaces_the_backup_and_leaves_nothing_beside_it() {
+    let double = Double::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (s3, url) = fresh_prefix(&runtime);
+    let target = format!("{url}/b");
+    let tmp = create(
+        Test::in_dir(workspace()),
+        &double,
+        &target,
+        "--description old",
+    );
+    let tmp = create(
+        Test::in_dir(tmp),
+        &double,
+        &target,
+        "--force --description new",
+    );
+    let tmp = holds(tmp, &target, "new");
+    // An incremental backup replaced by one with new chunks.
+    let nightly = format!("{url}/nightly");
+    let tmp = create(
+        Test::in_dir(tmp),
+        &double,
+        &nightly,
+        "--incremental --description first",
+    );
+    grow_state_db(tmp.path());
+    let tmp = create(
+        Test::in_dir(tmp),
+        &double,
+        &nightly,
+        "--incremental --force --description second",
+    );
+    let tmp = holds(tmp, &nightly, "second");
+    let (mut names, tmp) = listed(tmp, &url);
+    names.sort();
+    assert_eq!(names, ["b", "nightly"]);
+    for left in [".wqm-replace/", ".wqm-runs/", ".wqm-locks/"] {
+        assert!(object_names(&runtime, &s3, left).is_empty(), "{left}");
+    }
+    // What only the old backup named is garbage now; the new one keeps what it needs.
+    let (_, tmp) = with_s3(Test::in_dir(tmp))
+        .args(&format!("backup prune {url} --keep-last 5"))
+        .stdout_with(|_| {})
+        .run();
+    holds(tmp, &nightly, "second");
+}
+
+#[test]
+#[cfg_attr(
+    not(real_s3),
+    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+)]
+fn a_force_on_s3_killed_anywhere_leaves_a_whole_backup_under_the_name() {
+    let double = Double::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (s3, url) = fresh_prefix(&runtime);
+    let mut tmp = workspace();
+    // Where it was killed; which backup the name holds then; whether the swap had begun (only
+    // a run holding the exclusive lock may finish it).
+    let phases = [
+        ("create:s3-before-manifest", "old", false),
+        ("create:s3-swapping", "old", false),
+        ("replace:old-manifest-removed", "new", true),
+        ("replace:copied", "new", true),
+        ("replace:in-place", "new", false),
+    ];
+    for (i, (failpoint, holding, begun)) in phases.into_iter().enumerate() {
+        let name = format!("p{i}");
+        let target = format!("{url}/{name}");
+        tmp = create(Test::in_dir(tmp), &double, &target, "--description old");
+        let mut command = test::wqm_command(
+            &tmp.path().join("home"),
+            &[
+                "backup",
+                "create",
+                &target,
+                "--force",
+                "--description",
+                "new",
+            ],
+        );
+        command
+            .env("QDRANT_URL", &double.url)
+            .env("WQM_DATA_DIR", tmp.path().join("data"))
+            .env("TMPDIR", tmp.path())
+            .env("WQM_FAILPOINTS", format!("{failpoint}=kill"));
+        s3_variables(&mut command);
+        let output = command.output().unwrap();
+        assert!(killed(&output), "{failpoint}: {output:?}");
+        tmp = holds(tmp, &target, holding);
+        let (names, back) = listed(tmp, &url);
+        assert_eq!(
+            names.iter().filter(|n| **n == name).count(),
+            1,
+            "{failpoint}: {names:?}"
+        );
+        tmp = back;
+        // The next create to the repository removes what it may, and says what it must leave.
+        let said = match begun {
+            true => {
+                format!("a killed `create --force` was putting a new backup in place of `{name}`")
+            }
+            false => format!("removed what a killed run left of `{name}`"),
+        };
+        tmp = with_s3(wqm(
+            Test::in_dir(tmp),
+            &double.url,
+            &format!("backup create {url}/other-{i}"),
+        ))
+        .env("TMPDIR", "{TMP}")
+        .stdout_with(|_| {})
+        .stderr_with(move |e| assert!(e.contains(&said), "{failpoint}: {e}"))
+        .run()
+        .1;
+        tmp = holds(tmp, &target, holding);
+        if begun {
+            // The name is taken until the swap is finished.
+            tmp = with_s3(wqm(
+                Test::in_dir(tmp),
+                &double.url,
+                &format!("backup create {target} --force"),
+            ))
+            .env("TMPDIR", "{TMP}")
+            .status(2)
+            .stderr_with(|e| assert!(e.contains("taken by an unfinished backup"), "{e}"))
+            .run()
+            .1;
+            // Copied from where it was sent, as every reader reads it.
+            tmp = with_s3(Test::in_dir(tmp))
+                .args(&format!("backup copy {url} {{TMP}}/copied {name}"))
+                .stdout_with(|_| {})
+                .run()
+                .1;
+            let copied = tmp.path().join("copied").join(&name);
+            tmp = holds(tmp, copied.to_str().unwrap(), holding);
+            let said = format!("Removed what a killed run left of `{name}`");
+            tmp = with_s3(Test::in_dir(tmp))
+                .args(&format!("backup cleanup {url}"))
+                .stdout_with(move |o| {
+                    assert!(o.contains(&said), "{o}");
+                    assert!(o.contains("is in place"), "{o}");
+                })
+                .run()
+                .1;
+            tmp = holds(tmp, &target, holding);
+        }
+        for left in [".wqm-replace/", ".wqm-runs/"] {
+            assert!(
+                object_names(&runtime, &s3, left).is_empty(),
+                "{failpoint}: {left}"
+            );
+        }
+    }
+}
+
+/// A `create --force` lets its shared lock go before it waits for the exclusive one: a prune
+/// that gets the exclusive lock first must keep the chunks the new backup names, though no
+/// listed backup names them yet.
+#[test]
+#[cfg_attr(
+    not(real_s3),
+    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+)]
+fn a_prune_between_the_locks_of_a_force_keeps_the_new_backups_chunks() {
+    let double = Double::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (_, url) = fresh_prefix(&runtime);
+    let target = format!("{url}/nightly");
+    let tmp = create(
+        Test::in_dir(workspace()),
+        &double,
+        &target,
+        "--incremental --description first",
+    );
+    grow_state_db(tmp.path());
+    let args = [
+        "backup",
+        "create",
+        &target,
+        "--incremental",
+        "--force",
+        "--description",
+        "second",
+    ];
+    let command = s3_command(tmp.path(), &double.url, &args);
+    let create = paused_at(tmp.path(), command, "create:s3-swapping");
+    let tmp = holds(tmp, &target, "first");
+    let (_, tmp) = with_s3(Test::in_dir(tmp))
+        .args(&format!("backup prune {url} --keep-last 5"))
+        .stdout_with(|_| {})
+        .run();
+    resume(tmp.path(), "create:s3-swapping");
+    let (code, stdout, stderr) = finished(create);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    holds(tmp, &target, "second");
+}
+
+/// In an encrypted repository the new backup is sealed for the name it takes: read from where it
+/// was sent while the swap is unfinished, and from the name once `cleanup` finished it.
+#[test]
+#[cfg_attr(
+    not(real_s3),
+    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+)]
+fn a_force_killed_mid_swap_in_an_encrypted_repository_reads_and_finishes() {
+    let double = Double::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (s3, url) = fresh_prefix(&runtime);
+    let tmp = encrypted_on_s3(workspace(), &url, FIRST);
+    let encrypted = |tmp: TempDir| fast(Test::in_dir(tmp)).env("WQM_BACKUP_PASSWORD", FIRST);
+    let target = format!("{url}/nightly");
+    let tmp = create(
+        encrypted(tmp),
+        &double,
+        &target,
+        "--incremental --description first",
+    );
+    grow_state_db(tmp.path());
+    let mut command = test::wqm_command(
+        &tmp.path().join("home"),
+        &[
+            "backup",
+            "create",
+            &target,
+            "--incremental",
+            "--force",
+            "--description",
+            "second",
+        ],
+    );
+    command
+        .env("QDRANT_URL", &double.url)
+        .env("WQM_DATA_DIR", tmp.path().join("data"))
+        .env("TMPDIR", tmp.path())
+        .env("WQM_TEST_FAST_KDF", "1")
+        .env("WQM_BACKUP_PASSWORD", FIRST)
+        .env("WQM_FAILPOINTS", "replace:copied=kill");
+    s3_variables(&mut command);
+    let output = command.output().unwrap();
+    assert!(killed(&output), "{output:?}");
+    let sent = encrypted_objects(&runtime, &s3, &[".wqm-replace/"]);
+    assert!(!sent.is_empty());
+    let tmp = holds_with(tmp, &target, "second", encrypted);
+    let (_, tmp) = with_s3(Test::in_dir(tmp))
+        .args(&format!("backup cleanup {url}"))
+        .stdout_with(|o| assert!(o.contains("is in place"), "{o}"))
+        .run();
+    assert!(object_names(&runtime, &s3, ".wqm-replace/").is_empty());
+    encrypted_objects(&runtime, &s3, &["nightly/"]);
+    holds_with(tmp, &target, "second", encrypted);
+}
+
+/// A `--force` that cannot have the exclusive lock (a reader of another host holds the
+/// repository; Ctrl-C ends the wait) removes its new backup: the old one stays, unchanged.
+#[test]
+#[cfg_attr(
+    not(real_s3),
+    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+)]
+fn a_force_that_cannot_have_the_exclusive_lock_leaves_the_old_backup() {
+    let double = Double::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (s3, url) = fresh_prefix(&runtime);
+    let target = format!("{url}/b");
+    let tmp = create(
+        Test::in_dir(workspace()),
+        &double,
+        &target,
+        "--description old",
+    );
+    plant(&runtime, &s3, false, 0.0);
+    let sent = Name::new(".wqm-replace/b/metadata/manifest.json").unwrap();
+    let seen: Cell<Option<Instant>> = Cell::new(None);
+    let output = test::interrupted(
+        s3_command(
+            tmp.path(),
+            &double.url,
+            &[
+                "backup",
+                "create",
+                &target,
+                "--force",
+                "--description",
+                "new",
+            ],
+        ),
+        || match seen.get() {
+            Some(at) => at.elapsed() > Duration::from_millis(1500),
+            None => {
+                if runtime.block_on(s3.stat(&sent)).is_ok() {
+                    seen.set(Some(Instant::now()));
+                }
+                false
+            }
+        },
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("could not replace `b`, which is unchanged"),
+        "{stderr}"
+    );
+    for left in [".wqm-replace/", ".wqm-runs/"] {
+        assert!(object_names(&runtime, &s3, left).is_empty(), "{left}");
+    }
+    holds(tmp, &target, "old");
+}
