@@ -230,15 +230,15 @@ pub(super) fn read_chunks(
 }
 
 /// One error per missing or damaged chunk, naming the chunk's file in the store and every
-/// backup of the directory that needs it.
+/// backup of the directory that needs it. Returns whether a chunk was missing.
 pub(super) fn report_bad_chunks(
     report: &mut Report,
     backup: &BackupDir,
     entry: &FileEntry,
     bad: &[(ChunkId, ChunkProblem)],
-) {
+) -> bool {
     if bad.is_empty() {
-        return;
+        return false;
     }
     let ids: HashSet<ChunkId> = bad.iter().map(|(id, _)| *id).collect();
     let users = chunks::backups_using(backup, &ids);
@@ -256,6 +256,25 @@ pub(super) fn report_bad_chunks(
             Check::Checksum,
             Some(&entry.path),
             format!("chunk `{id}` {problem}; backups that need it: {needed_by}"),
+        );
+    }
+    bad.iter().any(|(_, p)| matches!(p, ChunkProblem::Missing))
+}
+
+/// After chunks were missing: a hint when the store has pack files without their index (their
+/// chunks look missing until a prune writes the index again from the pack's own copy).
+pub(super) fn note_packs_without_index(report: &mut Report, backup: &BackupDir) {
+    let Ok(store) = backup.open_chunk_store() else {
+        return;
+    };
+    let lost = store.packs_without_index();
+    if lost > 0 {
+        let repository = crate::fs::parent_dir(&backup.path).display().to_string();
+        report.add(
+            Severity::Warning,
+            Check::Checksum,
+            None,
+            format!("{lost} pack file(s) of the chunk store have no index object (a run killed between a pack and its index, or an index lost): chunks in them count as missing; `wqm backup prune {repository}` writes each index again from the copy at its pack's end when a backup names its chunks"),
         );
     }
 }

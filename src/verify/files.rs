@@ -4,7 +4,7 @@
 use std::io::{self, Read};
 use std::path::Path;
 
-use super::chunked::{read_chunks, report_bad_chunks, ChunkTally};
+use super::chunked::{note_packs_without_index, read_chunks, report_bad_chunks, ChunkTally};
 use super::{Check, Depth, Options, Report, Severity};
 use crate::checksum::{Algorithm, Digests, HashingReader};
 use crate::compress::Stored;
@@ -23,6 +23,7 @@ pub(super) fn check_files(
     options: &Options,
     progress: &dyn Progress,
 ) -> Result<(), Interrupted> {
+    let mut missing = false;
     for entry in &backup.manifest.files {
         if !backup.stat(&entry.path).is_ok_and(|s| s.kind == Kind::File) {
             continue;
@@ -31,7 +32,8 @@ pub(super) fn check_files(
             check_file(report, backup, entry, options.depth, progress)?;
             continue;
         }
-        let sound = check_chunked_file(report, backup, entry, &options.chunks, progress)?;
+        let (sound, missed) = check_chunked_file(report, backup, entry, &options.chunks, progress)?;
+        missing |= missed;
         // A small file's content is checked as well (read again); a snapshot's chunks, each
         // matching its name, are the bytes Qdrant sent (restore inspects them as it uploads).
         let small = matches!(entry.kind, FileKind::SqliteDatabase | FileKind::Config);
@@ -39,22 +41,25 @@ pub(super) fn check_files(
             check_file(report, backup, entry, options.depth, progress)?;
         }
     }
+    if missing {
+        note_packs_without_index(report, backup);
+    }
     Ok(())
 }
 
 /// A chunked file: its index against the manifest's checksum, every chunk it names against
 /// its own name (each chunk once per run), and the chunks' lengths against the content size.
-/// Returns whether all of it was sound.
+/// Returns whether all of it was sound, and whether a chunk was missing.
 fn check_chunked_file(
     report: &mut Report,
     backup: &BackupDir,
     entry: &FileEntry,
     tally: &ChunkTally,
     progress: &dyn Progress,
-) -> Result<bool, Interrupted> {
+) -> Result<(bool, bool), Interrupted> {
     let read = |algorithm| read_chunks(backup, entry, algorithm, tally, progress);
     let Some((index, reading)) = read_or_report(report, entry, read)? else {
-        return Ok(false);
+        return Ok((false, false));
     };
     let errors_before = report.count(Severity::Error);
     let stored = Reading {
@@ -73,7 +78,7 @@ fn check_chunked_file(
             ),
         );
     }
-    report_bad_chunks(report, backup, entry, &reading.bad);
+    let missing = report_bad_chunks(report, backup, entry, &reading.bad);
     let sound = report.count(Severity::Error) == errors_before;
     if sound {
         report.add(
@@ -93,7 +98,7 @@ fn check_chunked_file(
             },
         );
     }
-    Ok(sound)
+    Ok((sound, missing))
 }
 
 /// What reading one stored file showed.

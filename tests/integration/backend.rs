@@ -34,7 +34,7 @@ macro_rules! conformance {
         mod s3 {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                #[cfg_attr(not(real_s3), ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them")]
+                #[cfg_attr(not(real_s3), ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1")]
                 async fn $check() {
                     super::$check(crate::backend::s3().await).await;
                 }
@@ -666,7 +666,7 @@ async fn local_objects_are_private() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
     not(real_s3),
-    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 async fn s3_wrong_credentials_are_unauthorized() {
     let bucket = std::env::var("S3_BUCKET").unwrap();
@@ -707,7 +707,7 @@ async fn s3_wrong_credentials_are_unauthorized() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
     not(real_s3),
-    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 async fn s3_conditional_writes_are_probed() {
     let bucket = std::env::var("S3_BUCKET").unwrap();
@@ -724,7 +724,7 @@ async fn s3_conditional_writes_are_probed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
     not(real_s3),
-    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 async fn s3_a_missing_bucket_is_named() {
     let settings = S3Options::default().resolve().unwrap();

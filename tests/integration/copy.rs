@@ -60,7 +60,7 @@ fn names(paths: &BTreeSet<PathBuf>) -> BTreeSet<String> {
 #[test]
 #[cfg_attr(
     not(real_s3),
-    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 fn nights_copied_to_s3_send_only_new_chunks_and_copy_back_restore_and_validate() {
     let double = Double::start();
@@ -238,7 +238,7 @@ fn damaged_source_objects_are_named_and_nothing_is_committed_locally() {
 #[test]
 #[cfg_attr(
     not(real_s3),
-    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 fn a_damaged_chunk_is_named_and_nothing_is_committed_on_s3() {
     let double = Double::start();
@@ -337,7 +337,7 @@ fn killed_copy(tmp: &Path, from: &str, to: &str) {
 #[test]
 #[cfg_attr(
     not(real_s3),
-    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 fn a_killed_copy_is_no_backup_and_the_next_copy_cleans_up_and_finishes() {
     let double = Double::start();

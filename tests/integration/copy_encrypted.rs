@@ -300,7 +300,7 @@ fn a_damaged_chunk_stops_a_re_keying_copy_before_the_backup_is_committed() {
 #[test]
 #[cfg_attr(
     not(real_s3),
-    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 fn an_encrypted_backup_copied_to_s3_under_another_key_is_ciphertext_there_and_copies_back() {
     let double = Double::start();

@@ -156,7 +156,7 @@ fn a_full_and_an_incremental_backup_dump_each_file_as_its_content() {
 #[test]
 #[cfg_attr(
     not(real_s3),
-    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 fn a_backup_on_s3_dumps_its_files() {
     use crate::s3_lock::{finished, locks, paused_at, resume, s3_command};

@@ -55,7 +55,7 @@ const WORKSPACE_NAMES: &[&str] = &["libraries", "scratchpad", "current-project"]
 #[test]
 #[cfg_attr(
     not(real_s3),
-    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 fn a_backup_sent_to_an_encrypted_repository_on_s3_is_ciphertext_there_and_restores() {
     let double = Double::start();

@@ -244,7 +244,7 @@ fn objects(runtime: &tokio::runtime::Runtime, backend: &dyn Backend) -> BTreeMap
 #[test]
 #[cfg_attr(
     not(real_s3),
-    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 fn init_and_keys_on_s3() {
     let runtime = tokio::runtime::Runtime::new().unwrap();

@@ -15,7 +15,7 @@ use crate::test::Test;
 #[test]
 #[cfg_attr(
     not(real_s3),
-    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 fn an_incremental_backup_on_s3_exports_to_a_self_contained_local_one() {
     let double = Double::start();
@@ -94,7 +94,7 @@ fn an_incremental_backup_on_s3_exports_to_a_self_contained_local_one() {
 #[test]
 #[cfg_attr(
     not(real_s3),
-    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 fn a_local_incremental_night_exports_to_s3_as_a_full_backup_committed_last() {
     let double = Double::start();

@@ -59,7 +59,7 @@ pub(crate) fn validates_in(tmp: TempDir, backup: &str) -> TempDir {
 #[test]
 #[cfg_attr(
     not(real_s3),
-    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 fn slow_down_is_retried_with_backoff() {
     let double = Double::start();
@@ -99,7 +99,7 @@ fn slow_down_is_retried_with_backoff() {
 #[test]
 #[cfg_attr(
     not(real_s3),
-    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 fn a_server_gone_for_a_moment_mid_upload_is_waited_for() {
     let double = Double::start();
@@ -119,7 +119,7 @@ fn a_server_gone_for_a_moment_mid_upload_is_waited_for() {
 #[test]
 #[cfg_attr(
     not(real_s3),
-    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 fn a_server_gone_for_good_mid_upload_fails_cleanly_and_the_next_run_removes_what_it_left() {
     let double = Double::start();
@@ -174,7 +174,7 @@ fn a_server_gone_for_good_mid_upload_fails_cleanly_and_the_next_run_removes_what
 #[test]
 #[cfg_attr(
     not(real_s3),
-    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 fn a_server_that_ignores_conditional_writes_is_refused_before_anything_is_written() {
     let double = Double::start();

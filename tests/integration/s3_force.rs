@@ -74,7 +74,7 @@ fn listed(tmp: TempDir, url: &str) -> (Vec<String>, TempDir) {
 #[test]
 #[cfg_attr(
     not(real_s3),
-    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 fn a_force_on_s3_replaces_the_backup_and_leaves_nothing_beside_it() {
     let double = Double::start();
@@ -127,7 +127,7 @@ fn a_force_on_s3_replaces_the_backup_and_leaves_nothing_beside_it() {
 #[test]
 #[cfg_attr(
     not(real_s3),
-    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 fn a_force_on_s3_killed_anywhere_leaves_a_whole_backup_under_the_name() {
     let double = Double::start();
@@ -238,7 +238,7 @@ fn a_force_on_s3_killed_anywhere_leaves_a_whole_backup_under_the_name() {
 #[test]
 #[cfg_attr(
     not(real_s3),
-    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 fn a_prune_between_the_locks_of_a_force_keeps_the_new_backups_chunks() {
     let double = Double::start();
@@ -279,7 +279,7 @@ fn a_prune_between_the_locks_of_a_force_keeps_the_new_backups_chunks() {
 #[test]
 #[cfg_attr(
     not(real_s3),
-    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 fn a_force_killed_mid_swap_in_an_encrypted_repository_reads_and_finishes() {
     let double = Double::start();
@@ -334,7 +334,7 @@ fn a_force_killed_mid_swap_in_an_encrypted_repository_reads_and_finishes() {
 #[test]
 #[cfg_attr(
     not(real_s3),
-    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 fn a_force_that_cannot_have_the_exclusive_lock_leaves_the_old_backup() {
     let double = Double::start();

@@ -44,7 +44,7 @@ pub(crate) fn added(summary: &Value, what: &str) -> u64 {
 #[test]
 #[cfg_attr(
     not(real_s3),
-    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 fn incremental_nights_to_s3_send_only_new_chunks_restore_and_prune() {
     let double = Double::start();
@@ -157,7 +157,7 @@ pub(crate) fn killed_night(double: &Double, tmp: &TempDir, target: &str, failpoi
 #[test]
 #[cfg_attr(
     not(real_s3),
-    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 fn killed_incremental_creates_to_s3_are_cleaned_up_by_the_next_which_reuses_their_chunks() {
     let double = Double::start();
@@ -208,7 +208,7 @@ fn killed_incremental_creates_to_s3_are_cleaned_up_by_the_next_which_reuses_thei
 #[test]
 #[cfg_attr(
     not(real_s3),
-    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 fn incremental_nights_to_an_encrypted_repository_on_s3_store_no_plaintext_chunk() {
     let double = Double::start();
@@ -306,7 +306,7 @@ fn incremental_nights_to_an_encrypted_repository_on_s3_store_no_plaintext_chunk(
 #[test]
 #[cfg_attr(
     not(real_s3),
-    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 fn a_chunk_damaged_in_staging_before_it_is_sent_never_reaches_s3() {
     use crate::s3_lock::{finished, paused_at, s3_command};

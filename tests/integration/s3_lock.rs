@@ -94,7 +94,7 @@ pub(crate) fn locks(
 #[test]
 #[cfg_attr(
     not(real_s3),
-    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 fn a_create_on_s3_holds_a_shared_lock_that_keeps_a_prune_off() {
     let double = Double::start();
@@ -156,7 +156,7 @@ fn a_create_on_s3_holds_a_shared_lock_that_keeps_a_prune_off() {
 #[test]
 #[cfg_attr(
     not(real_s3),
-    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 fn a_run_waiting_for_a_lock_on_s3_stops_on_ctrl_c_with_130() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -217,7 +217,7 @@ fn leaves_no_lock(
 #[test]
 #[cfg_attr(
     not(real_s3),
-    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 fn a_stale_lock_on_s3_holds_no_run_off_cleanup_removes_it_and_every_run_releases_its_own() {
     let double = Double::start();
@@ -273,7 +273,7 @@ fn a_stale_lock_on_s3_holds_no_run_off_cleanup_removes_it_and_every_run_releases
 #[test]
 #[cfg_attr(
     not(real_s3),
-    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 fn two_creates_of_one_name_on_s3_never_write_over_each_other() {
     let double = Double::start();

@@ -35,7 +35,7 @@ fn unindexed(runtime: &tokio::runtime::Runtime, s3: &Arc<dyn Backend>) -> Vec<St
 #[test]
 #[cfg_attr(
     not(real_s3),
-    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 fn packs_are_read_in_runs_and_collected_repacked_or_whole() {
     let double = Double::start();
@@ -131,7 +131,7 @@ fn packs_are_read_in_runs_and_collected_repacked_or_whole() {
 #[test]
 #[cfg_attr(
     not(real_s3),
-    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 fn a_prune_killed_after_repacking_loses_nothing_and_the_next_removes_the_copies() {
     let double = Double::start();
@@ -197,7 +197,7 @@ fn whole_then_one_collection(
 #[test]
 #[cfg_attr(
     not(real_s3),
-    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 fn a_pack_whose_kept_chunk_is_damaged_is_kept_as_it_is_and_named() {
     let double = Double::start();
@@ -253,7 +253,7 @@ fn a_pack_whose_kept_chunk_is_damaged_is_kept_as_it_is_and_named() {
 #[test]
 #[cfg_attr(
     not(real_s3),
-    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 fn a_chunk_altered_or_cut_off_in_its_pack_is_named_by_validate() {
     let double = Double::start();
@@ -307,7 +307,14 @@ fn a_chunk_altered_or_cut_off_in_its_pack_is_named_by_validate() {
     let (_, tmp) = with_s3(Test::in_dir(tmp))
         .args(&format!("backup validate {url}/n1 --check-files"))
         .status(3)
-        .stdout_with(|o| assert!(o.contains("missing"), "{o}"))
+        .stdout_with(|o| {
+            assert!(o.contains("missing"), "{o}");
+            assert!(
+                o.contains("1 pack file(s) of the chunk store have no index object"),
+                "{o}"
+            );
+            assert!(o.contains("`wqm backup prune s3://"), "{o}");
+        })
         .stderr_with(|_| {})
         .run();
     let (_, tmp) = with_s3(Test::in_dir(tmp))
@@ -346,7 +353,7 @@ fn a_chunk_altered_or_cut_off_in_its_pack_is_named_by_validate() {
 #[test]
 #[cfg_attr(
     not(real_s3),
-    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 fn a_store_of_loose_chunks_on_s3_stays_readable_and_writable() {
     let double = Double::start();

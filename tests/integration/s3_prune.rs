@@ -15,7 +15,7 @@ use crate::test::Test;
 #[test]
 #[cfg_attr(
     not(real_s3),
-    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 fn prune_on_s3_deletes_backups_manifest_first_and_the_chunks_no_kept_backup_names() {
     let double = Double::start();
@@ -158,7 +158,7 @@ fn prune_on_s3_deletes_backups_manifest_first_and_the_chunks_no_kept_backup_name
 #[test]
 #[cfg_attr(
     not(real_s3),
-    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 fn prune_on_s3_first_removes_what_this_hosts_killed_creates_left() {
     let double = Double::start();

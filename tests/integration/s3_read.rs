@@ -162,7 +162,7 @@ pub(crate) fn backups_on_s3(
 #[test]
 #[cfg_attr(
     not(real_s3),
-    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 fn backups_copied_to_s3_are_listed_validated_and_restored() {
     let double = Double::start();
@@ -250,7 +250,7 @@ fn backups_copied_to_s3_are_listed_validated_and_restored() {
 #[test]
 #[cfg_attr(
     not(real_s3),
-    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 fn a_damaged_object_on_s3_is_named_by_validate() {
     let double = Double::start();
@@ -318,7 +318,7 @@ fn a_damaged_object_on_s3_is_named_by_validate() {
 #[test]
 #[cfg_attr(
     not(real_s3),
-    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 fn an_unusable_s3_server_stops_the_run_before_qdrant() {
     let double = Double::start();
@@ -395,7 +395,7 @@ fn an_unusable_s3_server_stops_the_run_before_qdrant() {
 #[test]
 #[cfg_attr(
     not(real_s3),
-    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 fn the_config_names_the_s3_endpoint() {
     let runtime = runtime();
@@ -421,7 +421,7 @@ fn the_config_names_the_s3_endpoint() {
 #[test]
 #[cfg_attr(
     not(real_s3),
-    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 fn a_restore_refused_before_any_change_removes_its_safety_backup_on_s3() {
     let double = Double::start();

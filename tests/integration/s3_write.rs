@@ -17,7 +17,7 @@ use crate::test::{self, Test};
 #[test]
 #[cfg_attr(
     not(real_s3),
-    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 fn a_backup_created_on_s3_is_listed_validated_and_restored() {
     let double = Double::start();
@@ -105,7 +105,7 @@ pub(crate) fn killed_create(
 #[test]
 #[cfg_attr(
     not(real_s3),
-    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 fn a_killed_create_is_never_a_backup_and_the_next_run_removes_it() {
     let double = Double::start();
@@ -154,7 +154,7 @@ fn a_killed_create_is_never_a_backup_and_the_next_run_removes_it() {
 #[test]
 #[cfg_attr(
     not(real_s3),
-    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 fn cleanup_removes_what_a_killed_create_left_on_s3() {
     let double = Double::start();
@@ -192,7 +192,7 @@ fn cleanup_removes_what_a_killed_create_left_on_s3() {
 #[test]
 #[cfg_attr(
     not(real_s3),
-    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 fn what_a_killed_run_of_another_host_left_is_removed_once_its_lock_is_stale() {
     let double = Double::start();
@@ -256,7 +256,7 @@ fn what_a_killed_run_of_another_host_left_is_removed_once_its_lock_is_stale() {
 #[test]
 #[cfg_attr(
     not(real_s3),
-    ignore = "needs a real S3 server: WQM_TEST_S3=1 and the variables of `eval \"$(../shared/bin/s3-serve)\"`, as .ci/run sets them"
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 fn a_default_backup_directory_on_s3_is_where_create_prune_and_cleanup_work() {
     let double = Double::start();

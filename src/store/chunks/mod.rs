@@ -577,6 +577,12 @@ impl ChunkStore {
         self.packs.as_ref().map(pack::Packs::index)
     }
 
+    /// How many of its pack files have no index object (as last loaded): a run killed between
+    /// the two, or an index lost, which a garbage collection writes again from the pack's copy.
+    pub fn packs_without_index(&self) -> usize {
+        self.pack_index().map_or(0, |index| index.unindexed.len())
+    }
+
     /// Whether the store keeps its chunks in pack files (on a backend).
     pub fn is_packed(&self) -> bool {
         self.packs.is_some()
