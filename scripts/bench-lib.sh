@@ -26,3 +26,26 @@ table() {
     echo "| $label | $wall | $ratio | $(awk -v k="$rss" 'BEGIN {printf "%.1f", k / 1024}') |"
   done
 }
+
+# `with_servers`: builds wqm (release) as $wqm, starts a throwaway Qdrant and S3 server (both
+# stopped, and $out removed, on exit) and exports what wqm needs to reach them; $repo is the S3
+# repository `s3://BUCKET/bench`.
+with_servers() {
+  cargo build --release --locked --quiet
+  wqm=${CARGO_TARGET_DIR:-$PWD/target}/release/wqm
+  eval "$(../shared/bin/qdrant-serve --storage "$out/storage")"
+  eval "$(../shared/bin/s3-serve)"
+  trap 'kill $QDRANT_PID 2>/dev/null; kill -9 "$S3_PID" 2>/dev/null; rm -rf "$out" "$S3_DIR"' EXIT
+  export QDRANT_URL WQM_DATA_DIR=$out/data WQM_BACKUP__DAEMON__PROCESS_NAME=wqm-bench-no-daemon
+  export AWS_ENDPOINT_URL AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION
+  repo=s3://$S3_BUCKET/bench
+}
+
+# `load_workspace POINTS`: the benchmark collection of POINTS points, and the state database.
+load_workspace() {
+  echo "loading $1 points..." >&2
+  python3 scripts/bench_incremental.py load "$QDRANT_URL" projects "$1"
+  mkdir -p "$out/data"
+  sqlite3 "$out/data/state.db" < tests/fixtures/state-db/schema.sql
+  sqlite3 "$out/data/state.db" < tests/fixtures/state-db/sample-data.sql
+}

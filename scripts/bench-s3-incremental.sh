@@ -21,23 +21,12 @@ runs=${BENCH_RUNS:-3}
 out=$(mktemp -d "${TMPDIR:-/tmp}/wqm-bench-s3-inc.XXXXXX")
 . scripts/bench-lib.sh
 
-cargo build --release --locked --quiet
-wqm=${CARGO_TARGET_DIR:-$PWD/target}/release/wqm
-eval "$(../shared/bin/qdrant-serve --storage "$out/storage")"
-eval "$(../shared/bin/s3-serve)"
-trap 'kill $QDRANT_PID 2>/dev/null; kill -9 "$S3_PID" 2>/dev/null; rm -rf "$out" "$S3_DIR"' EXIT
-export QDRANT_URL WQM_DATA_DIR=$out/data WQM_BACKUP__DAEMON__PROCESS_NAME=wqm-bench-no-daemon
-export AWS_ENDPOINT_URL AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION
+with_servers
 # The S3 create stages in $TMPDIR: on the same disk as the local repository.
 export TMPDIR=$out/tmp
 mkdir -p "$TMPDIR"
-repo=s3://$S3_BUCKET/bench
 
-echo "loading $points points..." >&2
-python3 scripts/bench_incremental.py load "$QDRANT_URL" projects "$points"
-mkdir -p "$out/data"
-sqlite3 "$out/data/state.db" < tests/fixtures/state-db/schema.sql
-sqlite3 "$out/data/state.db" < tests/fixtures/state-db/sample-data.sql
+load_workspace "$points"
 
 create() { # create LABEL TARGET: timed, its JSON in $out/LABEL.out
   time_of "$1" "$wqm" backup create "$2" --incremental --json

@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 use wqm::backend::Name;
 
-use crate::faults::killed;
 use crate::incremental::{grow_state_db, workspace, wqm};
 use crate::qdrant_double::Double;
 use crate::real_encrypted::{encrypted_objects, encrypted_on_s3};
 use crate::repo::{fast, FIRST};
+use crate::s3_incremental::killed_at;
 use crate::s3_lock::{finished, paused_at, plant, resume, s3_command};
-use crate::s3_read::{fresh_prefix, object_names, s3_variables, with_s3};
+use crate::s3_read::{fresh_prefix, object_names, with_s3};
 use crate::test::{self, Test};
 
 /// `create TARGET EXTRA` to S3 (its local copy made in the test's directory).
@@ -147,25 +147,15 @@ fn a_force_on_s3_killed_anywhere_leaves_a_whole_backup_under_the_name() {
         let name = format!("p{i}");
         let target = format!("{url}/{name}");
         tmp = create(Test::in_dir(tmp), &double, &target, "--description old");
-        let mut command = test::wqm_command(
-            &tmp.path().join("home"),
-            &[
-                "backup",
-                "create",
-                &target,
-                "--force",
-                "--description",
-                "new",
-            ],
-        );
-        command
-            .env("QDRANT_URL", &double.url)
-            .env("WQM_DATA_DIR", tmp.path().join("data"))
-            .env("TMPDIR", tmp.path())
-            .env("WQM_FAILPOINTS", format!("{failpoint}=kill"));
-        s3_variables(&mut command);
-        let output = command.output().unwrap();
-        assert!(killed(&output), "{failpoint}: {output:?}");
+        let args = [
+            "backup",
+            "create",
+            &target,
+            "--force",
+            "--description",
+            "new",
+        ];
+        killed_at(&double, &tmp, &args, &[], failpoint);
         tmp = holds(tmp, &target, holding);
         let (names, back) = listed(tmp, &url);
         assert_eq!(
@@ -295,28 +285,17 @@ fn a_force_killed_mid_swap_in_an_encrypted_repository_reads_and_finishes() {
         "--incremental --description first",
     );
     grow_state_db(tmp.path());
-    let mut command = test::wqm_command(
-        &tmp.path().join("home"),
-        &[
-            "backup",
-            "create",
-            &target,
-            "--incremental",
-            "--force",
-            "--description",
-            "second",
-        ],
-    );
-    command
-        .env("QDRANT_URL", &double.url)
-        .env("WQM_DATA_DIR", tmp.path().join("data"))
-        .env("TMPDIR", tmp.path())
-        .env("WQM_TEST_FAST_KDF", "1")
-        .env("WQM_BACKUP_PASSWORD", FIRST)
-        .env("WQM_FAILPOINTS", "replace:copied=kill");
-    s3_variables(&mut command);
-    let output = command.output().unwrap();
-    assert!(killed(&output), "{output:?}");
+    let args = [
+        "backup",
+        "create",
+        &target,
+        "--incremental",
+        "--force",
+        "--description",
+        "second",
+    ];
+    let env = [("WQM_TEST_FAST_KDF", "1"), ("WQM_BACKUP_PASSWORD", FIRST)];
+    killed_at(&double, &tmp, &args, &env, "replace:copied");
     let sent = encrypted_objects(&runtime, &s3, &[".wqm-replace/"]);
     assert!(!sent.is_empty());
     let tmp = holds_with(tmp, &target, "second", encrypted);

@@ -140,18 +140,33 @@ fn incremental_nights_to_s3_send_only_new_chunks_restore_and_prune() {
 
 /// `create --incremental URL/NAME` killed at `failpoint`.
 pub(crate) fn killed_night(double: &Double, tmp: &TempDir, target: &str, failpoint: &str) {
-    let mut command: Command = test::wqm_command(
-        &tmp.path().join("home"),
+    killed_at(
+        double,
+        tmp,
         &["backup", "create", target, "--incremental"],
+        &[],
+        failpoint,
     );
+}
+
+/// `wqm ARGS` to S3 against the double (with `env` too), killed at `failpoint`.
+pub(crate) fn killed_at(
+    double: &Double,
+    tmp: &TempDir,
+    args: &[&str],
+    env: &[(&str, &str)],
+    failpoint: &str,
+) {
+    let mut command: Command = test::wqm_command(&tmp.path().join("home"), args);
     command
         .env("QDRANT_URL", &double.url)
         .env("WQM_DATA_DIR", tmp.path().join("data"))
         .env("TMPDIR", tmp.path())
+        .envs(env.iter().copied())
         .env("WQM_FAILPOINTS", format!("{failpoint}=kill"));
     s3_variables(&mut command);
     let output = command.output().unwrap();
-    assert!(killed(&output), "{output:?}");
+    assert!(killed(&output), "{failpoint}: {output:?}");
 }
 
 #[test]
