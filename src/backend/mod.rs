@@ -130,7 +130,8 @@ pub trait Backend: Send + Sync + fmt::Debug {
 
     /// Writes a copy of the object `from` under `to`, replacing any object there, all or
     /// nothing as `save`; returns its size. Here its bytes pass through this process; S3 copies
-    /// on the server (`CopyObject`) up to `s3::MAX_SERVER_COPY`.
+    /// on the server (`CopyObject`) up to `s3::MAX_SERVER_COPY`, and through this process
+    /// beyond it or when the server refuses the copy.
     async fn copy(&self, from: &Name, to: &Name) -> Result<u64, BackendError> {
         let data = self.load(from, None).await?;
         self.save(to, data).await

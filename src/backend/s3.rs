@@ -643,16 +643,24 @@ impl Backend for S3Backend {
 
     async fn copy(&self, from: &Name, to: &Name) -> Result<u64, BackendError> {
         let size = self.stat(from).await?.size;
+        let through_here = || async {
+            let data = self.load(from, None).await?;
+            self.save(to, data).await
+        };
         if size > MAX_SERVER_COPY {
             // Beyond what one `CopyObject` may copy: through this process, part by part.
-            let data = self.load(from, None).await?;
-            return self.save(to, data).await;
+            return through_here().await;
         }
         let (source, target) = (self.path(from.as_str())?, self.path(to.as_str())?);
-        resent(|| self.store.copy(&source, &target))
-            .await
-            .map_err(|e| self.error("copying", from.as_str(), e))?;
-        Ok(size)
+        match resent(|| self.store.copy(&source, &target)).await {
+            Ok(()) => Ok(size),
+            Err(e @ object_store::Error::NotFound { .. }) => {
+                Err(self.error("copying", from.as_str(), e))
+            }
+            // A server without `CopyObject` (or refusing this one): the bytes pass through here,
+            // and that failing is the error to report.
+            Err(_) => through_here().await,
+        }
     }
 
     async fn remove(&self, name: &Name) -> Result<(), BackendError> {

@@ -18,6 +18,8 @@ use crate::workdir::{self, WorkDirError};
 
 pub const METADATA_DIR: &str = "metadata";
 pub const MANIFEST_PATH: &str = "metadata/manifest.json";
+/// Where an incremental backup keeps the list of the chunks it references.
+pub const REFS_PATH: &str = "metadata/chunk-refs";
 pub const COLLECTIONS_DIR: &str = "collections";
 pub const SQLITE_DIR: &str = "sqlite";
 /// A legacy (Python) backup's plain copy of the state database.

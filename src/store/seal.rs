@@ -27,8 +27,7 @@ use crate::crypto::{
     self, CryptoError, DecryptingReader, EncryptingWriter, Identity, MasterKey, HEADER_LEN,
     SEGMENT, TAG_LEN,
 };
-use crate::format::layout::{LayoutError, MANIFEST_PATH};
-use crate::store::chunks::REFS_PATH;
+use crate::format::layout::{LayoutError, MANIFEST_PATH, REFS_PATH};
 
 /// The repositories this run unlocked: where → master key.
 static UNLOCKED: LazyLock<Mutex<HashMap<String, Arc<MasterKey>>>> = LazyLock::new(Mutex::default);

@@ -20,8 +20,7 @@ use crate::crypto::Identity;
 use crate::format::manifest::{ChunkRefs, Manifest};
 use crate::store::BackupDir;
 
-/// Where a backup keeps its reference list.
-pub const REFS_PATH: &str = "metadata/chunk-refs";
+pub use crate::format::layout::REFS_PATH;
 const HEADER: &[u8] = b"wqm-chunk-refs 1\n";
 
 /// A set of chunks by the first 8 bytes of their ids (big-endian, so sorted as the ids are).
