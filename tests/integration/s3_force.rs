@@ -12,8 +12,10 @@ use crate::incremental::{grow_state_db, workspace, wqm};
 use crate::qdrant_double::Double;
 use crate::real_encrypted::{encrypted_objects, encrypted_on_s3};
 use crate::repo::{fast, FIRST};
+use crate::s3_faults::{proxy, through};
 use crate::s3_incremental::killed_at;
 use crate::s3_lock::{finished, paused_at, plant, resume, s3_command};
+use crate::s3_proxy::Faults;
 use crate::s3_read::{fresh_prefix, object_names, with_s3};
 use crate::test::{self, Test};
 
@@ -362,4 +364,34 @@ fn a_force_that_cannot_have_the_exclusive_lock_leaves_the_old_backup() {
         assert!(object_names(&runtime, &s3, left).is_empty(), "{left}");
     }
     holds(tmp, &target, "old");
+}
+
+/// A server without `CopyObject`: the new backup's objects pass through wqm instead.
+#[test]
+#[cfg_attr(
+    not(real_s3),
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
+)]
+fn a_force_on_a_server_without_server_side_copy_copies_through_wqm() {
+    let double = Double::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (_, url) = fresh_prefix(&runtime);
+    let target = format!("{url}/b");
+    let tmp = create(
+        Test::in_dir(workspace()),
+        &double,
+        &target,
+        "--description old",
+    );
+    let proxy = proxy(Faults {
+        refuse_copy: true,
+        ..Faults::default()
+    });
+    let replace = format!("backup create {target} --force --description new");
+    let (_, tmp) = through(&proxy, wqm(Test::in_dir(tmp), &double.url, &replace))
+        .env("TMPDIR", "{TMP}")
+        .stdout_with(|o| assert!(o.starts_with("Backup created: s3://"), "{o}"))
+        .run();
+    assert!(proxy.seen(|s| !s.copies_refused.is_empty()));
+    holds(tmp, &target, "new");
 }

@@ -22,6 +22,10 @@ type Body = UnsyncBoxBody<Bytes, Infallible>;
 const SLOW_DOWN: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 <Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message><RequestId>4442587FB7D0A2F9</RequestId><HostId>wqm-test-proxy</HostId></Error>"#;
 
+/// S3's answer to a request the server does not implement.
+const NOT_IMPLEMENTED: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<Error><Code>NotImplemented</Code><Message>A header you provided implies functionality that is not implemented.</Message><RequestId>4442587FB7D0A2FA</RequestId><HostId>wqm-test-proxy</HostId></Error>"#;
+
 /// What the proxy does to the requests that write (`PUT`, `POST`).
 #[derive(Default)]
 pub struct Faults {
@@ -35,6 +39,9 @@ pub struct Faults {
     /// that ignores the condition does (rclone's `serve s3` 1.75), instead of the upstream's
     /// `412 Precondition Failed`.
     pub ignore_if_none_match: bool,
+    /// Answer every server-side copy (`PUT` with `x-amz-copy-source`) `501 NotImplemented`, as
+    /// a server without `CopyObject` does.
+    pub refuse_copy: bool,
 }
 
 #[derive(Default)]
@@ -45,6 +52,8 @@ pub struct Seen {
     pub passed: Vec<(String, Instant)>,
     /// Requests cut off.
     pub cut: Vec<String>,
+    /// Copies refused (`refuse_copy`): their target paths.
+    pub copies_refused: Vec<String>,
 }
 
 struct State {
@@ -157,6 +166,20 @@ async fn forward(
         }
         (slow_down, cut)
     };
+    if request.headers().contains_key("x-amz-copy-source") && {
+        let mut s = state.lock().unwrap();
+        let refuse = s.faults.refuse_copy;
+        if refuse {
+            s.seen.copies_refused.push(path.clone());
+        }
+        refuse
+    } {
+        return Ok(Response::builder()
+            .status(501)
+            .header("content-type", "application/xml")
+            .body(full(NOT_IMPLEMENTED))
+            .unwrap());
+    }
     if slow_down {
         return Ok(Response::builder()
             .status(503)
