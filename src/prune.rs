@@ -320,19 +320,6 @@ impl Referenced {
                 _ => {}
             }
         }
-        // The new backups `create --force` runs are putting in place on S3 (a killed one's
-        // was put in place before the survey): the runs wait for this one's exclusive lock, and
-        // then need every chunk theirs name.
-        let replacements = match repository {
-            Repository::Remote(remote) => replacements(remote)?,
-            Repository::Local(_) => Vec::new(),
-        };
-        for (key, backup) in &replacements {
-            let found = as_found(backup).map_err(|e| format!("cannot read `{key}`: {e}"))?;
-            if self.read.get(key) != Some(&found) {
-                unread.push((key.as_str(), backup, found));
-            }
-        }
         // On S3 each backup's list is a request: eight side by side, merged eight at a time (a
         // list can be large: never all of them held at once).
         let workers = match repository {
@@ -351,35 +338,6 @@ impl Referenced {
         }
         Ok(())
     }
-}
-
-/// The complete new backups `create --force` runs sent to replace backups of `remote`, each
-/// with where it is (`.wqm-replace/NAME`); an error when one cannot be read, since it may need
-/// any chunk.
-fn replacements(remote: &store::Remote) -> Result<Vec<(String, Box<store::BackupDir>)>, String> {
-    let names = remote.replaced_names().map_err(|e| {
-        format!(
-            "cannot list `{}`: {e}",
-            remote.shown(store::REPLACING).display()
-        )
-    })?;
-    let mut found = Vec::new();
-    for name in names {
-        let root = store::replacement_of(&name);
-        let backup = remote
-            .backup_at(&name, root.clone())
-            .map_err(|e| e.to_string())
-            .and_then(|b| {
-                store::BackupDir::open_at(&store::Place::Remote(b)).map_err(|e| format!("{e:#}"))
-            })
-            .map_err(|e| {
-                format!(
-                    "the new backup replacing `{name}` cannot be read ({e}); it may need chunks"
-                )
-            })?;
-        found.push((root, Box::new(backup)));
-    }
-    Ok(found)
 }
 
 /// A backup as found: its directory's inode (a backup replaced by `create --force` is another

@@ -1,11 +1,12 @@
 //! Lock objects in a repository (as restic's): every run that reads or writes holds one for its
-//! whole life — shared for create, restore, export, validate and copy, exclusive for prune's
-//! garbage collection. A lock is `.wqm-locks/<random id>`, JSON `{host, pid, time, exclusive, ...}`,
-//! rewritten with a new `time` every `Timing::refresh_every` (5 minutes) by a task of its own.
+//! whole life — shared for restore, export, validate and copy's source, adding for the runs that
+//! only add backups (create, copy's destination), replacing while a `create --force` puts its new
+//! backup in place on S3, exclusive for prune's garbage collection (`Kind`). A lock is
+//! `.wqm-locks/<random id>`, JSON `{host, pid, time, exclusive, kind, ...}`, rewritten with a new
+//! `time` every `Timing::refresh_every` (5 minutes) by a task of its own.
 //!
 //! Acquiring writes the run's own lock object first (`save_new`), then lists every lock: if one
-//! conflicts (an exclusive one, or any when ours is exclusive) and is not stale, ours is
-//! removed and the run backs out. Two runs racing both see each other and both back out, never
+//! conflicts (`Kind::conflicts`) and is not stale, ours is removed and the run backs out. Two runs racing both see each other and both back out, never
 //! both go ahead. A lock is **stale** when its time is older than `Timing::stale_after`
 //! (30 minutes: six missed refreshes), or at once when it belongs to this host and its process
 //! is gone. Stale locks are ignored by `acquire` and removed by `remove_stale` (cleanup).
@@ -40,6 +41,42 @@ impl Default for Timing {
     }
 }
 
+/// What a run's lock keeps out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A run that reads the repository's backups (restore, export, validate, info, copy's
+    /// source), or one of a wqm that knew no other kind.
+    Shared,
+    /// A run that only adds backups and reads none that are there (create, copy's
+    /// destination, the sending of a restore's safety backup).
+    Adding,
+    /// A `create --force` putting its new backup in place of the old one on S3: no reader may
+    /// be between two files of the old one, but runs that only add may go on.
+    Replacing,
+    /// Prune's deletions and garbage collection, cleanup finishing a killed replace: alone.
+    Exclusive,
+}
+
+impl Kind {
+    /// Whether two runs holding these may not go on together.
+    pub fn conflicts(self, other: Kind) -> bool {
+        use Kind::*;
+        matches!(
+            (self, other),
+            (Exclusive, _) | (_, Exclusive) | (Replacing, Shared) | (Shared, Replacing)
+        )
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Shared => "shared",
+            Kind::Adding => "adding",
+            Kind::Replacing => "replacing",
+            Kind::Exclusive => "exclusive",
+        }
+    }
+}
+
 /// What a lock object holds.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LockInfo {
@@ -49,7 +86,12 @@ pub struct LockInfo {
     pub time: f64,
     /// When the run took it.
     pub started: f64,
+    /// Keeps out every run that knows no `kind` (true for `Replacing` too: a wqm older than it
+    /// waits for it).
     pub exclusive: bool,
+    /// `Kind::name`; absent in the locks of a wqm older than kinds (then `exclusive` says).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
     /// What the run is (`backup create`, `backup prune`, ...), for the message that names it.
     pub command: String,
     pub version: String,
@@ -67,15 +109,23 @@ impl LockInfo {
             && !crate::process::alive(self.pid)
     }
 
-    fn conflicts_with(&self, exclusive: bool) -> bool {
-        exclusive || self.exclusive
+    /// What it keeps out: its `kind`, or when it has none (an older wqm's, or a kind this one
+    /// does not know) what `exclusive` says.
+    pub fn kind(&self) -> Kind {
+        match self.kind.as_deref() {
+            Some("shared") => Kind::Shared,
+            Some("adding") => Kind::Adding,
+            Some("replacing") => Kind::Replacing,
+            _ if self.exclusive => Kind::Exclusive,
+            _ => Kind::Shared,
+        }
     }
 
     fn describe(&self) -> String {
-        let kind = if self.exclusive {
-            "an exclusive"
-        } else {
-            "a shared"
+        let kind = match self.kind() {
+            Kind::Exclusive => "an exclusive",
+            Kind::Replacing => "a replacing",
+            Kind::Shared | Kind::Adding => "a shared",
         };
         let since = shown_time(self.started);
         format!(
@@ -140,36 +190,37 @@ pub struct Lock {
 }
 
 impl Lock {
-    /// Takes a shared or exclusive lock on the repository, with the default timing.
+    /// Takes a lock of `kind` on the repository, with the default timing.
     pub async fn acquire(
         backend: Arc<dyn Backend>,
-        exclusive: bool,
+        kind: Kind,
         command: &str,
     ) -> Result<Lock, LockError> {
-        Self::acquire_with(backend, exclusive, command, Timing::default()).await
+        Self::acquire_with(backend, kind, command, Timing::default()).await
     }
 
     pub async fn acquire_with(
         backend: Arc<dyn Backend>,
-        exclusive: bool,
+        kind: Kind,
         command: &str,
         timing: Timing,
     ) -> Result<Lock, LockError> {
         // Refuse early, before writing anything, when a live conflicting lock is there.
-        check_others(backend.as_ref(), None, exclusive, timing).await?;
+        check_others(backend.as_ref(), None, kind, timing).await?;
         let now = crate::now();
         let info = LockInfo {
             host: hostname(),
             pid: std::process::id(),
             time: now,
             started: now,
-            exclusive,
+            exclusive: matches!(kind, Kind::Exclusive | Kind::Replacing),
+            kind: Some(kind.name().to_string()),
             command: command.to_string(),
             version: crate::VERSION.to_string(),
         };
         let name = Name::new(format!("{LOCKS}{}", super::random_id()))?;
         backend.save_new(&name, to_json(&info).into()).await?;
-        if let Err(e) = check_others(backend.as_ref(), Some(&name), exclusive, timing).await {
+        if let Err(e) = check_others(backend.as_ref(), Some(&name), kind, timing).await {
             let _ = backend.remove(&name).await;
             return Err(e);
         }
@@ -346,11 +397,11 @@ pub async fn list(
     Ok(found)
 }
 
-/// Refuses when a live lock other than `own` conflicts with a lock of this kind.
+/// Refuses when a live lock other than `own` conflicts with a lock of `kind`.
 async fn check_others(
     backend: &dyn Backend,
     own: Option<&Name>,
-    exclusive: bool,
+    kind: Kind,
     timing: Timing,
 ) -> Result<(), LockError> {
     let now = crate::now();
@@ -359,7 +410,7 @@ async fn check_others(
             continue;
         }
         match info {
-            Ok(info) if info.is_stale(now, timing) || !info.conflicts_with(exclusive) => {}
+            Ok(info) if info.is_stale(now, timing) || !info.kind().conflicts(kind) => {}
             Ok(info) => {
                 return Err(LockError::Locked {
                     repository: backend.describe(),
@@ -471,7 +522,7 @@ mod tests {
             refresh_every: Duration::from_millis(50),
             stale_after: Duration::from_secs(60),
         };
-        let lock = Lock::acquire_with(backend, false, "backup create", timing)
+        let lock = Lock::acquire_with(backend, Kind::Adding, "backup create", timing)
             .await
             .unwrap();
         // The first refresh is writing (it takes 300 ms) when the lock is released.
@@ -488,6 +539,7 @@ mod tests {
             time,
             started: time,
             exclusive: false,
+            kind: None,
             command: "backup create".into(),
             version: "0.3.0".into(),
         }
@@ -518,5 +570,38 @@ mod tests {
         );
         held.exclusive = true;
         assert!(held.describe().ends_with("holds an exclusive lock"));
+        held.kind = Some("replacing".into());
+        assert!(held.describe().ends_with("holds a replacing lock"));
+    }
+
+    #[test]
+    fn a_replacing_lock_waits_for_readers_and_prune_only() {
+        use Kind::*;
+        let all = [Shared, Adding, Replacing, Exclusive];
+        for kind in all {
+            assert!(Exclusive.conflicts(kind) && kind.conflicts(Exclusive));
+        }
+        assert!(Replacing.conflicts(Shared) && Shared.conflicts(Replacing));
+        for (a, b) in [
+            (Replacing, Adding),
+            (Replacing, Replacing),
+            (Shared, Adding),
+            (Adding, Adding),
+            (Shared, Shared),
+        ] {
+            assert!(!a.conflicts(b) && !b.conflicts(a), "{a:?} {b:?}");
+        }
+    }
+
+    #[test]
+    fn a_lock_without_a_kind_or_of_an_unknown_one_is_what_exclusive_says() {
+        let mut old = info("h1", 42, 0.0);
+        assert_eq!(old.kind(), Kind::Shared);
+        old.exclusive = true;
+        assert_eq!(old.kind(), Kind::Exclusive);
+        old.kind = Some("from-a-newer-wqm".into());
+        assert_eq!(old.kind(), Kind::Exclusive);
+        old.kind = Some("adding".into());
+        assert_eq!(old.kind(), Kind::Adding);
     }
 }

@@ -143,7 +143,7 @@ pub async fn create(
     let backups_dir = crate::fs::parent_dir(&request.target);
     crate::fs::create_private_dir_all(backups_dir)
         .map_err(layout::LayoutError::io("cannot create", backups_dir))?;
-    let repo_lock = RepoLock::shared(backups_dir, "backup create")?;
+    let repo_lock = RepoLock::adding(backups_dir, "backup create")?;
     // Runs that died here left snapshots on the server and staging directories: clean them first.
     let cleaned = cleanup::dead_runs(&[backups_dir], settings).await;
     phases.end("cleanup");

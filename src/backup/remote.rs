@@ -39,15 +39,7 @@ pub struct RunRecord {
     pub started: f64,
     /// The backup's name in the repository.
     pub target: String,
-    /// When a `--force` let its shared lock go to take the exclusive one and put its new
-    /// backup in place: it holds no lock meanwhile, and counts as alive for `SWAP_WAIT`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub swapping: Option<f64>,
 }
-
-/// How long a run of another host that is waiting for the exclusive lock to put its new
-/// backup in place counts as alive without a lock: the lock's wait, and some.
-const SWAP_WAIT: f64 = crate::store::lock::LOCK_WAIT.as_secs_f64() * 1.5;
 
 /// A killed run's leftovers, removed (`clean_dead_runs`).
 #[derive(Debug, Serialize)]
@@ -105,8 +97,6 @@ pub struct Claim {
     record: Name,
     handle: tokio::runtime::Handle,
     keep: bool,
-    /// When the run began (its record says so).
-    started: f64,
     /// The name held a backup, which a `--force` replaces (`backup::replace`).
     pub replacing: bool,
 }
@@ -132,26 +122,6 @@ impl Claim {
             false => target.to_string(),
         }
     }
-
-    /// Says in the record that the run holds no lock for a while (`RunRecord::swapping`).
-    pub async fn mark_swapping(&self, target: &str) -> Result<(), BackendError> {
-        let text = record_text(target, self.started, Some(crate::now()));
-        self.backend
-            .save(&self.record, crate::backend::once(text))
-            .await
-            .map(drop)
-    }
-}
-
-fn record_text(target: &str, started: f64, swapping: Option<f64>) -> Vec<u8> {
-    serde_json::to_vec(&RunRecord {
-        host: crate::backend::lock::hostname(),
-        pid: std::process::id(),
-        started,
-        target: target.to_string(),
-        swapping,
-    })
-    .expect("a run record always serializes")
 }
 
 impl Drop for Claim {
@@ -173,8 +143,13 @@ pub async fn claim(
     replace: bool,
 ) -> Result<Claim, TargetTaken> {
     let record = Name::new(format!("{RUNS_DIR}/{target}")).map_err(TargetTaken::Backend)?;
-    let started = crate::now();
-    let text = record_text(target, started, None);
+    let text = serde_json::to_vec(&RunRecord {
+        host: crate::backend::lock::hostname(),
+        pid: std::process::id(),
+        started: crate::now(),
+        target: target.to_string(),
+    })
+    .expect("a run record always serializes");
     match backend.save_new(&record, Bytes::from(text)).await {
         Ok(()) => {}
         Err(BackendError::AlreadyExists { .. }) => {
@@ -190,7 +165,6 @@ pub async fn claim(
         record,
         handle: tokio::runtime::Handle::current(),
         keep: false,
-        started,
         replacing: false,
     };
     claim.replacing = check_free(claim.backend.as_ref(), target, replace).await?;
@@ -410,8 +384,7 @@ async fn live_holders(backend: &dyn Backend) -> Result<Option<Vec<(String, u32)>
 /// another host when it holds no live lock of the repository: every run that writes a record
 /// takes the repository's lock first and keeps it (refreshed) until after the record is gone,
 /// so a record without a live lock of its host and pid is a killed run's (or, with a lock that
-/// cannot be read, every other host's run counts as alive; one between its locks to put a
-/// `--force`'s new backup in place, for `SWAP_WAIT`). A killed `--force`'s new backup is settled
+/// cannot be read, every other host's run counts as alive). A killed `--force`'s new backup is settled
 /// first (`replace::settle`; with `exclusive`, the caller holds the exclusive lock): one that
 /// must go forward without it is left, its record too (`DeadRuns::waiting`).
 pub async fn clean_dead_runs(
@@ -433,13 +406,8 @@ pub async fn clean_dead_runs(
         let Ok(record) = serde_json::from_slice::<RunRecord>(&text) else {
             continue;
         };
-        let swapping = record
-            .swapping
-            .is_some_and(|since| crate::now() - since < SWAP_WAIT);
         let alive = if record.host == host {
             crate::process::alive(record.pid)
-        } else if swapping {
-            true
         } else {
             if holders.is_none() {
                 holders = Some(live_holders(backend).await?);

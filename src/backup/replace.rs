@@ -4,8 +4,9 @@
 //!
 //! 1. The new backup is sent to `.wqm-replace/NAME/` (`store::remote::replacement_of`), its
 //!    manifest last, under the repository's shared lock, as any backup is sent.
-//! 2. `put_in_place`, under the exclusive lock (no reader is between two files of the old
-//!    backup): the old manifest removed — from then on readers find the replacement
+//! 2. `put_in_place`, under a lock that keeps readers out (the run's replacing lock; `cleanup`
+//!    and `prune` finishing a killed run's hold the exclusive one): no reader is between two
+//!    files of the old backup: the old manifest removed — from then on readers find the replacement
 //!    (`Remote::root_of`) —, the old objects removed, the replacement's copied under `NAME`
 //!    (on the server), its manifest last; then the replacement removed, manifest first.
 
@@ -35,8 +36,8 @@ pub enum Settled {
     NeedsExclusive,
 }
 
-/// Puts the complete replacement of `name` in its place (see the module). Only under the
-/// repository's exclusive lock. From any point a killed run reached, doing it again finishes
+/// Puts the complete replacement of `name` in its place (see the module). Only under a lock
+/// that keeps readers out (replacing or exclusive). From any point a killed run reached, doing it again finishes
 /// it.
 pub async fn put_in_place(backend: &dyn Backend, name: &str) -> Result<(), BackendError> {
     let replacement = replacement_of(name);

@@ -23,10 +23,9 @@ pub struct Sending {
     staged: tempfile::TempDir,
     /// The run's claim on the name (its run record), released before the lock.
     claim: Claim,
-    /// The repository's shared lock, held from before the dead runs are cleaned up to the end:
-    /// no prune runs meanwhile; its exclusive lock while a `--force` puts the new backup in
-    /// place (`take_name`), none between the two.
-    lock: Option<RepoLock>,
+    /// The repository's adding lock, held from before the dead runs are cleaned up to the end:
+    /// no prune runs meanwhile.
+    lock: RepoLock,
     /// An incremental backup's: sends its new chunks as they land (`list_store`).
     courier: Option<Arc<Courier>>,
     /// Packs the new chunks of a store of pack files, for the courier and `send_chunks`.
@@ -45,7 +44,7 @@ impl Sending {
         replace: bool,
     ) -> Result<(Sending, DeadRuns)> {
         require_exclusive_names(repository.backend(), repository.shown_root()).await?;
-        let lock = RepoLock::shared(&repository, command)?;
+        let lock = RepoLock::adding(&repository, command)?;
         let dead = remote::clean_dead_runs(repository.backend(), false).await?;
         let claim = remote::claim(repository.shared_backend(), &name, replace).await?;
         remove_dead_stagings(&std::env::temp_dir());
@@ -62,7 +61,7 @@ impl Sending {
             name,
             staged,
             claim,
-            lock: Some(lock),
+            lock,
             courier: None,
             packer: None,
         };
@@ -115,8 +114,14 @@ impl Sending {
             }
         }
         let root = self.claim.root(&self.name);
-        let lock = self.lock.as_ref().expect("held until the backup is sent");
-        remote::send(backend, local, (&root, &mut self.claim), lock, progress).await?;
+        remote::send(
+            backend,
+            local,
+            (&root, &mut self.claim),
+            &self.lock,
+            progress,
+        )
+        .await?;
         if self.claim.replacing {
             self.take_name(progress).await?;
         }
@@ -124,26 +129,25 @@ impl Sending {
     }
 
     /// Puts the new backup a `--force` sent in place of the old one (`replace::put_in_place`),
-    /// holding the repository's exclusive lock: the shared one let go first (two runs waiting
-    /// to turn theirs exclusive would wait for each other), the record saying so meanwhile.
-    /// When the lock cannot be had the new backup is removed and the old one stays; when the
-    /// swap fails part-way the record is kept, and the name reads the new backup from where it
-    /// was sent until `cleanup` or a prune finishes it.
+    /// holding the repository's replacing lock beside its adding one: it waits for readers
+    /// and prunes, not for other runs that only add (nor for another `--force`). When the lock
+    /// cannot be had the new backup is removed and the old one stays; when the swap fails
+    /// part-way the record is kept, and the name reads the new backup from where it was sent
+    /// until `cleanup` or a prune finishes it.
     async fn take_name(&mut self, progress: &dyn Progress) -> Result<()> {
         let backend = self.repository.backend();
-        self.claim.mark_swapping(&self.name).await?;
-        self.lock = None;
-        crate::failpoint::hit("create:s3-swapping")?;
+        crate::failpoint::hit("create:s3-replacing")?;
         progress.step(&format!(
-            "waiting for the repository's exclusive lock to replace `{}`",
+            "waiting for the readers of `{}` to finish, to replace it",
             self.name
         ));
-        let exclusive = (|| -> Result<RepoLock> {
-            let lock = RepoLock::exclusive(&self.repository, "backup create --force")?;
+        let replacing = (|| -> Result<RepoLock> {
+            let lock = RepoLock::replacing(&self.repository, "backup create --force")?;
             lock.check()?;
+            self.lock.check()?;
             Ok(lock)
         })();
-        let exclusive = match exclusive {
+        let _replacing = match replacing {
             Ok(lock) => lock,
             Err(e) => {
                 if super::replace::remove_replacement(backend, &self.name)
@@ -158,7 +162,6 @@ impl Sending {
                 )));
             }
         };
-        self.lock = Some(exclusive);
         progress.step(&format!("replacing `{}`", self.name));
         if let Err(e) = super::replace::put_in_place(backend, &self.name).await {
             self.claim.keep();

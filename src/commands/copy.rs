@@ -38,7 +38,7 @@ pub async fn run(
     }
     // Held for the whole run, on both sides: no prune deletes what is read or landed.
     let source_lock = RepoLock::shared(&source, "backup copy")?;
-    let dest_lock = RepoLock::shared(&dest, "backup copy")?;
+    let dest_lock = RepoLock::adding(&dest, "backup copy")?;
     let (source, dest) = (Source::new(source), Dest::new(dest, dest_lock));
     let progress = ui.progress();
     let copied =

@@ -1,9 +1,11 @@
 //! The repository lock: every run that reads or writes the backups of a directory — a local one
 //! or an S3 repository — holds a lock object there (`backend::lock`, under `.wqm-locks/`,
-//! through the local backend or the repository's own) for its whole life — shared by `create`
-//! (full and incremental), `restore`, `export`, `validate`, `info` and `list --check`;
-//! exclusive by `prune`, whose deletions and garbage collection must not run
-//! under a reader or a create. One place takes it (`RepoLock::shared`/`exclusive`), waiting up
+//! through the local backend or the repository's own) for its whole life — shared by
+//! `restore`, `export`, `validate`, `info` and `list --check`, adding (shared, but a replace
+//! need not wait for it) by `create` (full and incremental) and `copy`'s destination, replacing
+//! while a `create --force` puts its new backup in place on S3; exclusive by `prune`, whose
+//! deletions and garbage collection must not run under a reader or a create. One place takes it
+//! (`RepoLock::shared`/`adding`/`replacing`/`exclusive`), waiting up
 //! to `LOCK_WAIT` while a conflicting run holds the directory (Ctrl-C ends the wait), and
 //! dropping it releases it, on errors and interruptions too.
 //!
@@ -18,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use super::{Place, Remote, Repository};
 use crate::backend::local::LocalBackend;
-use crate::backend::lock::{Lock, LockError, LockInfo, Timing, LOCKS};
+use crate::backend::lock::{Kind, Lock, LockError, LockInfo, Timing, LOCKS};
 use crate::backend::{Backend, BackendError};
 use crate::exit::{Classify, ExitCode};
 
@@ -151,7 +153,22 @@ impl RepoLock {
     /// repository) for the run `command` (`backup create`, ...): waits while a prune holds it.
     /// Needs the tokio runtime (the lock is refreshed by a task); blocks.
     pub fn shared<'a>(at: impl Into<LockAt<'a>>, command: &str) -> Result<RepoLock, RepoLockError> {
-        Self::take(at.into(), false, command)
+        Self::take(at.into(), Kind::Shared, command)
+    }
+
+    /// The lock of a run that only adds backups (create, copy's destination): as `shared`, and
+    /// a `create --force` may put a backup in place meanwhile (`replacing`).
+    pub fn adding<'a>(at: impl Into<LockAt<'a>>, command: &str) -> Result<RepoLock, RepoLockError> {
+        Self::take(at.into(), Kind::Adding, command)
+    }
+
+    /// The lock a `create --force` holds (beside its `adding` one) while it puts its new backup
+    /// in place on S3: waits while a reader or a prune holds the repository.
+    pub fn replacing<'a>(
+        at: impl Into<LockAt<'a>>,
+        command: &str,
+    ) -> Result<RepoLock, RepoLockError> {
+        Self::take(at.into(), Kind::Replacing, command)
     }
 
     /// The exclusive lock on the repository `at` (prune): waits while any other run holds it.
@@ -159,11 +176,11 @@ impl RepoLock {
         at: impl Into<LockAt<'a>>,
         command: &str,
     ) -> Result<RepoLock, RepoLockError> {
-        Self::take(at.into(), true, command)
+        Self::take(at.into(), Kind::Exclusive, command)
     }
 
     /// One path for every backend: the same lock objects, waits and errors locally and on S3.
-    fn take(at: LockAt, exclusive: bool, command: &str) -> Result<RepoLock, RepoLockError> {
+    fn take(at: LockAt, kind: Kind, command: &str) -> Result<RepoLock, RepoLockError> {
         let Some(backend) = at.backend()? else {
             return Ok(RepoLock { held: None });
         };
@@ -175,7 +192,7 @@ impl RepoLock {
         let handle = tokio::runtime::Handle::current();
         let started = Instant::now();
         tokio::task::block_in_place(|| loop {
-            match block_on(&handle, Lock::acquire(backend.clone(), exclusive, command)) {
+            match block_on(&handle, Lock::acquire(backend.clone(), kind, command)) {
                 Ok(lock) => {
                     return Ok(RepoLock {
                         held: Some((lock, handle.clone())),

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use wqm::backend::lock::{self, Lock, LockError, LockInfo, Timing};
+use wqm::backend::lock::{self, Kind, Lock, LockError, LockInfo, Timing};
 use wqm::backend::{self, Backend};
 
 use crate::backend::{conformance, load, name};
@@ -13,6 +13,7 @@ use crate::backend::{conformance, load, name};
 conformance!(
     shared_locks_go_together,
     an_exclusive_lock_goes_alone,
+    a_replacing_lock_waits_for_readers_not_for_adders,
     an_old_lock_is_stale,
     a_dead_process_of_this_host_is_stale_at_once,
     a_fresh_lock_of_another_host_is_respected,
@@ -36,6 +37,7 @@ async fn planted(
         time,
         started: time,
         exclusive,
+        kind: None,
         command: "backup prune".into(),
         version: "0.3.0".into(),
     };
@@ -66,10 +68,10 @@ fn assert_locked(result: Result<Lock, LockError>) -> String {
 }
 
 async fn shared_locks_go_together(backend: Arc<dyn Backend>) {
-    let first = Lock::acquire(backend.clone(), false, "backup create")
+    let first = Lock::acquire(backend.clone(), Kind::Shared, "backup create")
         .await
         .unwrap();
-    let second = Lock::acquire(backend.clone(), false, "backup restore")
+    let second = Lock::acquire(backend.clone(), Kind::Shared, "backup restore")
         .await
         .unwrap();
     assert_eq!(lock_names(&*backend).await.len(), 2);
@@ -86,10 +88,11 @@ async fn shared_locks_go_together(backend: Arc<dyn Backend>) {
 }
 
 async fn an_exclusive_lock_goes_alone(backend: Arc<dyn Backend>) {
-    let shared = Lock::acquire(backend.clone(), false, "backup create")
+    let shared = Lock::acquire(backend.clone(), Kind::Shared, "backup create")
         .await
         .unwrap();
-    let refused = assert_locked(Lock::acquire(backend.clone(), true, "backup prune").await);
+    let refused =
+        assert_locked(Lock::acquire(backend.clone(), Kind::Exclusive, "backup prune").await);
     assert!(
         refused.contains("`wqm backup create`") && refused.contains("holds a shared lock"),
         "{refused}"
@@ -98,20 +101,56 @@ async fn an_exclusive_lock_goes_alone(backend: Arc<dyn Backend>) {
     assert_eq!(lock_names(&*backend).await, [shared.name().to_string()]);
     shared.release().await.unwrap();
 
-    let exclusive = Lock::acquire(backend.clone(), true, "backup prune")
+    let exclusive = Lock::acquire(backend.clone(), Kind::Exclusive, "backup prune")
         .await
         .unwrap();
-    let refused = assert_locked(Lock::acquire(backend.clone(), false, "backup create").await);
+    let refused =
+        assert_locked(Lock::acquire(backend.clone(), Kind::Shared, "backup create").await);
     assert!(refused.contains("holds an exclusive lock"), "{refused}");
-    assert_locked(Lock::acquire(backend.clone(), true, "backup prune").await);
+    assert_locked(Lock::acquire(backend.clone(), Kind::Exclusive, "backup prune").await);
     assert_eq!(lock_names(&*backend).await, [exclusive.name().to_string()]);
     exclusive.release().await.unwrap();
-    Lock::acquire(backend.clone(), false, "backup create")
+    Lock::acquire(backend.clone(), Kind::Shared, "backup create")
         .await
         .unwrap()
         .release()
         .await
         .unwrap();
+}
+
+async fn a_replacing_lock_waits_for_readers_not_for_adders(backend: Arc<dyn Backend>) {
+    let create = Lock::acquire(backend.clone(), Kind::Adding, "backup create")
+        .await
+        .unwrap();
+    let replace = Lock::acquire(backend.clone(), Kind::Replacing, "backup create --force")
+        .await
+        .unwrap();
+    // Another `--force` and another create go on beside it; a reader and a prune wait.
+    let other = Lock::acquire(backend.clone(), Kind::Replacing, "backup create --force")
+        .await
+        .unwrap();
+    let refused =
+        assert_locked(Lock::acquire(backend.clone(), Kind::Shared, "backup restore").await);
+    assert!(refused.contains("holds a replacing lock"), "{refused}");
+    assert_locked(Lock::acquire(backend.clone(), Kind::Exclusive, "backup prune").await);
+    // An older wqm knows no kinds: to it the replacing lock is exclusive.
+    let held: LockInfo =
+        serde_json::from_slice(&load(&*backend, replace.name(), None).await).unwrap();
+    assert!(held.exclusive && held.kind.as_deref() == Some("replacing"));
+    for lock in [replace, other] {
+        lock.release().await.unwrap();
+    }
+    let reader = Lock::acquire(backend.clone(), Kind::Shared, "backup restore")
+        .await
+        .unwrap();
+    let refused = assert_locked(
+        Lock::acquire(backend.clone(), Kind::Replacing, "backup create --force").await,
+    );
+    assert!(refused.contains("`wqm backup restore`"), "{refused}");
+    for lock in [reader, create] {
+        lock.release().await.unwrap();
+    }
+    assert!(lock_names(&*backend).await.is_empty());
 }
 
 async fn an_old_lock_is_stale(backend: Arc<dyn Backend>) {
@@ -123,7 +162,7 @@ async fn an_old_lock_is_stale(backend: Arc<dyn Backend>) {
         true,
     )
     .await;
-    let exclusive = Lock::acquire(backend.clone(), true, "backup prune")
+    let exclusive = Lock::acquire(backend.clone(), Kind::Exclusive, "backup prune")
         .await
         .unwrap();
     exclusive.release().await.unwrap();
@@ -140,7 +179,7 @@ async fn a_dead_process_of_this_host_is_stale_at_once(backend: Arc<dyn Backend>)
     let dead = child.id();
     child.wait().unwrap();
     planted(&*backend, &lock::hostname(), dead, Duration::ZERO, true).await;
-    Lock::acquire(backend.clone(), true, "backup prune")
+    Lock::acquire(backend.clone(), Kind::Exclusive, "backup prune")
         .await
         .unwrap()
         .release()
@@ -163,9 +202,10 @@ async fn a_fresh_lock_of_another_host_is_respected(backend: Arc<dyn Backend>) {
         false,
     )
     .await;
-    let refused = assert_locked(Lock::acquire(backend.clone(), true, "backup prune").await);
+    let refused =
+        assert_locked(Lock::acquire(backend.clone(), Kind::Exclusive, "backup prune").await);
     assert!(refused.contains("`other-host`"), "{refused}");
-    Lock::acquire(backend.clone(), false, "backup create")
+    Lock::acquire(backend.clone(), Kind::Shared, "backup create")
         .await
         .unwrap()
         .release()
@@ -183,7 +223,7 @@ async fn a_held_lock_stays_fresh(backend: Arc<dyn Backend>) {
         refresh_every: Duration::from_millis(300),
         stale_after: Duration::from_secs(2),
     };
-    let held = Lock::acquire_with(backend.clone(), false, "backup create", timing)
+    let held = Lock::acquire_with(backend.clone(), Kind::Shared, "backup create", timing)
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -192,7 +232,9 @@ async fn a_held_lock_stays_fresh(backend: Arc<dyn Backend>) {
     assert!(info.time > info.started + 1.0, "{info:?}");
     held.check().unwrap();
     // Still respected, by timing and as another host would judge it.
-    assert_locked(Lock::acquire_with(backend.clone(), true, "backup prune", timing).await);
+    assert_locked(
+        Lock::acquire_with(backend.clone(), Kind::Exclusive, "backup prune", timing).await,
+    );
     assert!(lock::remove_stale(&*backend, timing)
         .await
         .unwrap()
@@ -205,7 +247,7 @@ async fn a_lock_removed_as_stale_is_lost(backend: Arc<dyn Backend>) {
         refresh_every: Duration::from_millis(200),
         stale_after: Duration::from_secs(60),
     };
-    let held = Lock::acquire_with(backend.clone(), false, "backup create", timing)
+    let held = Lock::acquire_with(backend.clone(), Kind::Shared, "backup create", timing)
         .await
         .unwrap();
     backend.remove(held.name()).await.unwrap();
@@ -229,7 +271,7 @@ async fn a_lock_removed_as_stale_is_lost(backend: Arc<dyn Backend>) {
 }
 
 async fn a_dropped_lock_is_released(backend: Arc<dyn Backend>) {
-    let held = Lock::acquire(backend.clone(), true, "backup prune")
+    let held = Lock::acquire(backend.clone(), Kind::Exclusive, "backup prune")
         .await
         .unwrap();
     drop(held);

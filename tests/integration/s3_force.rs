@@ -1,11 +1,13 @@
 //! `create --force` to S3 (`backup::replace`): the new backup is sent beside the old one, then
-//! put in its place under the exclusive lock; the name holds a whole backup, the old or the
-//! new, whenever a run is killed, and what it left is finished or undone by the next runs.
+//! put in its place under a lock that keeps readers out; the name holds a whole backup, the old
+//! or the new, whenever a run is killed, and what it left is finished or undone by the next runs.
 
 use std::cell::Cell;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
+use wqm::backend::lock::LockInfo;
 use wqm::backend::Name;
 
 use crate::incremental::{grow_state_db, workspace, wqm};
@@ -14,9 +16,10 @@ use crate::real_encrypted::{encrypted_objects, encrypted_on_s3};
 use crate::repo::{fast, FIRST};
 use crate::s3_faults::{proxy, through};
 use crate::s3_incremental::killed_at;
-use crate::s3_lock::{finished, paused_at, plant, resume, s3_command};
+use crate::s3_lock::{finished, paused_at, plant, plant_lock, resume, s3_command};
 use crate::s3_proxy::Faults;
 use crate::s3_read::{fresh_prefix, object_names, with_s3};
+use crate::store_lock::foreign_lock;
 use crate::test::{self, Test};
 
 /// `create TARGET EXTRA` to S3 (its local copy made in the test's directory).
@@ -140,7 +143,7 @@ fn a_force_on_s3_killed_anywhere_leaves_a_whole_backup_under_the_name() {
     // a run holding the exclusive lock may finish it).
     let phases = [
         ("create:s3-before-manifest", "old", false),
-        ("create:s3-swapping", "old", false),
+        ("create:s3-replacing", "old", false),
         ("replace:old-manifest-removed", "new", true),
         ("replace:copied", "new", true),
         ("replace:in-place", "new", false),
@@ -224,15 +227,14 @@ fn a_force_on_s3_killed_anywhere_leaves_a_whole_backup_under_the_name() {
     }
 }
 
-/// A `create --force` lets its shared lock go before it waits for the exclusive one: a prune
-/// that gets the exclusive lock first must keep the chunks the new backup names, though no
-/// listed backup names them yet.
+/// A prune that comes while a `create --force` is on its way waits for it (the create's
+/// adding lock), then keeps every chunk the new backup names.
 #[test]
 #[cfg_attr(
     not(real_s3),
     ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
-fn a_prune_between_the_locks_of_a_force_keeps_the_new_backups_chunks() {
+fn a_prune_during_a_force_waits_and_keeps_the_new_backups_chunks() {
     let double = Double::start();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (_, url) = fresh_prefix(&runtime);
@@ -254,20 +256,67 @@ fn a_prune_between_the_locks_of_a_force_keeps_the_new_backups_chunks() {
         "second",
     ];
     let command = s3_command(tmp.path(), &double.url, &args);
-    let create = paused_at(tmp.path(), command, "create:s3-swapping");
-    let tmp = holds(tmp, &target, "first");
-    let (_, tmp) = with_s3(Test::in_dir(tmp))
-        .args(&format!("backup prune {url} --keep-last 5"))
-        .stdout_with(|_| {})
-        .run();
-    resume(tmp.path(), "create:s3-swapping");
+    let create = paused_at(tmp.path(), command, "create:s3-replacing");
+    let mut prune = s3_command(
+        tmp.path(),
+        &double.url,
+        &["backup", "prune", &url, "--keep-last", "5"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        prune.try_wait().unwrap().is_none(),
+        "the prune waits for the create"
+    );
+    resume(tmp.path(), "create:s3-replacing");
     let (code, stdout, stderr) = finished(create);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let (code, stdout, stderr) = finished(prune);
     assert_eq!(code, 0, "{stdout}{stderr}");
     holds(tmp, &target, "second");
 }
 
-/// In an encrypted repository the new backup is sealed for the name it takes: read from where it
-/// was sent while the swap is unfinished, and from the name once `cleanup` finished it.
+/// Putting the new backup in place waits for readers, not for runs that only add backups: a
+/// create of another host going on does not hold a `--force` up.
+#[test]
+#[cfg_attr(
+    not(real_s3),
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
+)]
+fn a_force_does_not_wait_for_other_creates() {
+    let double = Double::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (s3, url) = fresh_prefix(&runtime);
+    let target = format!("{url}/b");
+    let tmp = create(
+        Test::in_dir(workspace()),
+        &double,
+        &target,
+        "--description old",
+    );
+    let adding = LockInfo {
+        kind: Some("adding".into()),
+        ..foreign_lock(false, 0.0)
+    };
+    plant_lock(&runtime, &s3, &adding);
+    let started = Instant::now();
+    let tmp = create(
+        Test::in_dir(tmp),
+        &double,
+        &target,
+        "--force --description new",
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    holds(tmp, &target, "new");
+}
+
 #[test]
 #[cfg_attr(
     not(real_s3),
@@ -310,14 +359,14 @@ fn a_force_killed_mid_swap_in_an_encrypted_repository_reads_and_finishes() {
     holds_with(tmp, &target, "second", encrypted);
 }
 
-/// A `--force` that cannot have the exclusive lock (a reader of another host holds the
+/// A `--force` that cannot have its replacing lock (a reader of another host holds the
 /// repository; Ctrl-C ends the wait) removes its new backup: the old one stays, unchanged.
 #[test]
 #[cfg_attr(
     not(real_s3),
     ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
-fn a_force_that_cannot_have_the_exclusive_lock_leaves_the_old_backup() {
+fn a_force_that_cannot_have_the_replacing_lock_leaves_the_old_backup() {
     let double = Double::start();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (s3, url) = fresh_prefix(&runtime);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
-use wqm::backend::lock::{Lock, LockError, LockInfo, LOCKS};
+use wqm::backend::lock::{Kind, Lock, LockError, LockInfo, LOCKS};
 use wqm::backend::{self, Backend, Name};
 
 use crate::incremental::{workspace, wqm};
@@ -70,7 +70,15 @@ pub(crate) fn plant(
     exclusive: bool,
     age: f64,
 ) {
-    let info = foreign_lock(exclusive, age);
+    plant_lock(runtime, backend, &foreign_lock(exclusive, age));
+}
+
+/// The lock object `info`, as another run wrote it.
+pub(crate) fn plant_lock(
+    runtime: &tokio::runtime::Runtime,
+    backend: &Arc<dyn Backend>,
+    info: &LockInfo,
+) {
     let name = Name::new(format!("{LOCKS}planted-{}", backend::random_id())).unwrap();
     let bytes = serde_json::to_vec(&info).unwrap();
     runtime
@@ -115,11 +123,11 @@ fn a_create_on_s3_holds_a_shared_lock_that_keeps_a_prune_off() {
     );
     // Another reader goes along; an exclusive lock (a prune's) is refused while it runs.
     runtime.block_on(async {
-        let reader = Lock::acquire(backend.clone(), false, "backup validate")
+        let reader = Lock::acquire(backend.clone(), Kind::Shared, "backup validate")
             .await
             .unwrap();
         reader.release().await.unwrap();
-        match Lock::acquire(backend.clone(), true, "backup prune").await {
+        match Lock::acquire(backend.clone(), Kind::Exclusive, "backup prune").await {
             Err(LockError::Locked { holder, .. }) => {
                 assert!(holder.contains("`wqm backup create`"), "{holder}")
             }

@@ -28,6 +28,7 @@ pub(crate) fn foreign_lock(exclusive: bool, age: f64) -> LockInfo {
         time: now - age,
         started: now - age,
         exclusive,
+        kind: None,
         command: if exclusive {
             "backup prune"
         } else {
