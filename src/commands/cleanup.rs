@@ -3,7 +3,7 @@
 use anyhow::Result;
 use serde_json::json;
 
-use crate::backend::lock::LockInfo;
+use crate::backend::lock::{Kind, LockInfo};
 use crate::backup;
 use crate::cleanup;
 use crate::cli::CleanupArgs;
@@ -111,10 +111,10 @@ pub async fn run(
 
 /// A stale lock removed: whose it was and when it was last refreshed.
 fn stale_line(lock: &LockInfo) -> String {
-    let kind = if lock.exclusive {
-        "exclusive"
-    } else {
-        "shared"
+    let kind = match lock.kind() {
+        Kind::Exclusive => "exclusive",
+        Kind::Replacing => "replacing",
+        Kind::Shared | Kind::Adding => "shared",
     };
     let refreshed = crate::backend::lock::shown_time(lock.time);
     format!(
