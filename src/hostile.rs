@@ -151,7 +151,7 @@ pub fn pack_index(data: &[u8]) {
     let largest = crate::store::chunks::LARGEST_CHUNK;
     if let Ok(entries) = crate::store::chunks::parse_pack_index(text, largest) {
         for pair in entries.windows(2) {
-            assert!(pair[0].range().end <= pair[1].offset);
+            assert!(pair[0].range().end <= u64::from(pair[1].offset));
         }
         assert!(entries
             .iter()

@@ -138,7 +138,7 @@ impl Sending {
         let backend = self.repository.backend();
         crate::failpoint::hit("create:s3-replacing")?;
         progress.step(&format!(
-            "waiting for the readers of `{}` to finish, to replace it",
+            "waiting for the repository's readers to finish, to replace `{}`",
             self.name
         ));
         let replacing = (|| -> Result<RepoLock> {

@@ -17,7 +17,7 @@ use crate::backend::Name;
 use crate::backup::remote::{abandon, claim, Claim};
 use crate::format::layout::MANIFEST_PATH;
 use crate::fs::{create_private_dir_all, create_private_file, CopyError as Side};
-use crate::store::chunks::{self, ChunkId, ChunkStore, Packer, Params, RunTemp};
+use crate::store::chunks::{self, ChunkId, ChunkStore, Holdings, Packer, Params, RunTemp};
 use crate::store::lock::RepoLock;
 use crate::store::{Remote, Repository, Staging};
 
@@ -31,7 +31,9 @@ pub struct Dest {
     lock: RepoLock,
     /// The local chunk store, once a backup needed it.
     store: OnceLock<Option<Arc<ChunkStore>>>,
-    /// Every chunk the repository holds: listed once, then what this run sent.
+    /// The chunks a repository on a backend held when listed (its pack indexes, looked up).
+    listed: OnceLock<Holdings>,
+    /// Every other chunk it holds: a local store's, listed once, and what this run sent.
     has: Mutex<HashSet<ChunkId>>,
     /// Whether the repository's store (on a backend) keeps its chunks in pack files.
     packed: OnceLock<bool>,
@@ -53,6 +55,7 @@ impl Dest {
             repository,
             lock,
             store: OnceLock::new(),
+            listed: OnceLock::new(),
             has: Mutex::new(HashSet::new()),
             packed: OnceLock::new(),
         }
@@ -127,9 +130,9 @@ impl Dest {
             }
             Repository::Remote(remote) => {
                 let params = chunks::remote_params(remote, &source.for_new_store().packed())?;
-                let ids = chunks::remote_chunks(remote, &params)?;
+                let _ = self.listed.set(chunks::remote_chunks(remote, &params)?);
                 let _ = self.packed.set(params.is_packed());
-                (None, params, ids.into_iter().map(|(id, _)| id).collect())
+                (None, params, HashSet::new())
             }
         };
         params
@@ -145,7 +148,8 @@ impl Dest {
 
     /// Whether the repository holds chunk `id` (as listed, or sent by this run).
     pub fn has(&self, id: &ChunkId) -> bool {
-        self.has.lock().expect("has lock").contains(id)
+        self.listed.get().is_some_and(|listed| listed.contains(id))
+            || self.has.lock().expect("has lock").contains(id)
     }
 
     /// Starts writing the backup `name` (free: the caller looked).

@@ -4,11 +4,12 @@
 
 use std::cell::Cell;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 use wqm::backend::lock::LockInfo;
-use wqm::backend::Name;
+use wqm::backend::{Backend, Name};
 
 use crate::incremental::{grow_state_db, workspace, wqm};
 use crate::qdrant_double::Double;
@@ -34,6 +35,38 @@ fn create(t: Test, double: &Double, target: &str, extra: &str) -> TempDir {
     .stderr_with(|_| {})
     .run()
     .1
+}
+
+/// A fresh prefix on the S3 server, and a workspace whose full backup `b` there is described
+/// `old`.
+struct Old {
+    double: Double,
+    runtime: tokio::runtime::Runtime,
+    s3: Arc<dyn Backend>,
+    url: String,
+    target: String,
+    tmp: TempDir,
+}
+
+fn with_old_backup() -> Old {
+    let double = Double::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (s3, url) = fresh_prefix(&runtime);
+    let target = format!("{url}/b");
+    let tmp = create(
+        Test::in_dir(workspace()),
+        &double,
+        &target,
+        "--description old",
+    );
+    Old {
+        double,
+        runtime,
+        s3,
+        url,
+        target,
+        tmp,
+    }
 }
 
 /// Checks the backup at `target` is the one described `description`, and whole.
@@ -82,16 +115,14 @@ fn listed(tmp: TempDir, url: &str) -> (Vec<String>, TempDir) {
     ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 fn a_force_on_s3_replaces_the_backup_and_leaves_nothing_beside_it() {
-    let double = Double::start();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (s3, url) = fresh_prefix(&runtime);
-    let target = format!("{url}/b");
-    let tmp = create(
-        Test::in_dir(workspace()),
-        &double,
-        &target,
-        "--description old",
-    );
+    let Old {
+        double,
+        runtime,
+        s3,
+        url,
+        target,
+        tmp,
+    } = with_old_backup();
     let tmp = create(
         Test::in_dir(tmp),
         &double,
@@ -287,16 +318,14 @@ fn a_prune_during_a_force_waits_and_keeps_the_new_backups_chunks() {
     ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 fn a_force_does_not_wait_for_other_creates() {
-    let double = Double::start();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (s3, url) = fresh_prefix(&runtime);
-    let target = format!("{url}/b");
-    let tmp = create(
-        Test::in_dir(workspace()),
-        &double,
-        &target,
-        "--description old",
-    );
+    let Old {
+        double,
+        runtime,
+        s3,
+        target,
+        tmp,
+        ..
+    } = with_old_backup();
     let adding = LockInfo {
         kind: Some("adding".into()),
         ..foreign_lock(false, 0.0)
@@ -367,16 +396,14 @@ fn a_force_killed_mid_swap_in_an_encrypted_repository_reads_and_finishes() {
     ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 fn a_force_that_cannot_have_the_replacing_lock_leaves_the_old_backup() {
-    let double = Double::start();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (s3, url) = fresh_prefix(&runtime);
-    let target = format!("{url}/b");
-    let tmp = create(
-        Test::in_dir(workspace()),
-        &double,
-        &target,
-        "--description old",
-    );
+    let Old {
+        double,
+        runtime,
+        s3,
+        target,
+        tmp,
+        ..
+    } = with_old_backup();
     plant(&runtime, &s3, false, 0.0);
     let sent = Name::new(".wqm-replace/b/metadata/manifest.json").unwrap();
     let seen: Cell<Option<Instant>> = Cell::new(None);
@@ -422,16 +449,12 @@ fn a_force_that_cannot_have_the_replacing_lock_leaves_the_old_backup() {
     ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
 )]
 fn a_force_on_a_server_without_server_side_copy_copies_through_wqm() {
-    let double = Double::start();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (_, url) = fresh_prefix(&runtime);
-    let target = format!("{url}/b");
-    let tmp = create(
-        Test::in_dir(workspace()),
-        &double,
-        &target,
-        "--description old",
-    );
+    let Old {
+        double,
+        target,
+        tmp,
+        ..
+    } = with_old_backup();
     let proxy = proxy(Faults {
         refuse_copy: true,
         ..Faults::default()

@@ -47,6 +47,11 @@ const INDEX_HEADER: &str = "wqm-pack-index 1";
 const MAX_INDEX_BYTES: u64 = 16 << 20;
 /// Index objects read at once when a store is opened.
 const READERS: usize = 8;
+/// How many index objects a load reads before it adds their entries and reads on.
+const LOAD_BATCH: usize = 256;
+/// The fewest bytes an index line takes (`<64 hex> 0 1 0` and its newline); a sealed index
+/// is larger than its text.
+const MIN_LINE: u64 = 71;
 
 /// A pack's id: 32 random hex digits.
 fn is_pack_id(text: &str) -> bool {
@@ -72,13 +77,23 @@ fn pack_of_object(name: &str) -> Option<&str> {
 
 /// The packs of `remote`'s store that have an index object, by id.
 pub(super) fn indexed_packs(remote: &Remote) -> io::Result<Vec<String>> {
+    indexed_packs_and_bytes(remote).map(|(packs, _)| packs)
+}
+
+/// `indexed_packs`, and how many bytes their index objects hold together.
+fn indexed_packs_and_bytes(remote: &Remote) -> io::Result<(Vec<String>, u64)> {
+    let mut bytes = 0;
     let mut packs: Vec<String> = remote
         .list(&format!("{STORE_DIR}/{INDEX_DIR}/"))?
         .iter()
-        .filter_map(|o| pack_of_index(&o.name).map(str::to_string))
+        .filter_map(|o| {
+            let pack = pack_of_index(&o.name)?;
+            bytes += o.size;
+            Some(pack.to_string())
+        })
         .collect();
     packs.sort();
-    Ok(packs)
+    Ok((packs, bytes))
 }
 
 /// The pack an index object's name names (`index_object`'s inverse).
@@ -96,14 +111,16 @@ fn index_identity(pack: &str) -> Identity {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Entry {
     pub id: ChunkId,
-    pub offset: u64,
+    /// Where it begins in its pack (a pack is a few MiB: an index naming a place past 4 GiB
+    /// is damaged).
+    pub offset: u32,
     pub stored: u32,
     pub len: u32,
 }
 
 impl Entry {
     pub fn range(&self) -> Range<u64> {
-        self.offset..self.offset + u64::from(self.stored)
+        u64::from(self.offset)..u64::from(self.offset) + u64::from(self.stored)
     }
 }
 
@@ -134,16 +151,17 @@ pub fn parse_index(text: &str, largest: usize) -> Result<Vec<Entry>, String> {
         let (Some(offset), Some(stored), Some(len)) = (offset, stored, len) else {
             return Err(bad());
         };
-        // Past the end of any object (`Entry::range` would overflow): damage, not a pack.
-        let ends = offset
-            .checked_add(stored)
-            .is_some_and(|end| end <= i64::MAX as u64);
-        if parts.next().is_some() || stored == 0 || len as usize > largest || !ends {
+        if parts.next().is_some() || stored == 0 || len as usize > largest {
             return Err(bad());
         }
+        // Past 4 GiB, far beyond any pack: damage.
+        let offset = u32::try_from(offset).map_err(|_| bad())?;
         let stored = u32::try_from(stored).map_err(|_| bad())?;
         let len = u32::try_from(len).map_err(|_| bad())?;
-        if entries.last().is_some_and(|last| last.range().end > offset) {
+        if entries
+            .last()
+            .is_some_and(|last| last.range().end > u64::from(offset))
+        {
             return Err(format!("line {} overlaps the chunk before it", n + 2));
         }
         entries.push(Entry {
@@ -173,7 +191,7 @@ pub struct PackIndex {
     /// The packs with an index, by id: a pack's number in `entries`.
     names: Vec<Arc<str>>,
     /// Every chunk's pack (its number in `names`) and place there, sorted by chunk and then
-    /// pack: the first of a chunk is where it is read from. 56 bytes a chunk.
+    /// pack: the first of a chunk is where it is read from. 48 bytes a chunk.
     entries: Vec<(u32, Entry)>,
 }
 
@@ -188,20 +206,28 @@ impl PackIndex {
                 sizes.insert(pack.to_string(), object.size);
             }
         }
-        let indexed = indexed_packs(remote)?;
+        let (indexed, index_bytes) = indexed_packs_and_bytes(remote)?;
+        // Room for every entry at once (each takes at least `MIN_LINE` bytes of its index): no
+        // growing by doubling, which at a million chunks held twice the memory.
+        index
+            .entries
+            .reserve_exact(usize::try_from(index_bytes / MIN_LINE).unwrap_or(0));
         let seal = remote.seal();
-        let read = crate::parallel::map_in_order(&indexed, READERS, |pack| {
-            read_index(remote, seal.as_ref(), pack, largest)
-        });
-        for (number, (pack, entries)) in indexed.iter().zip(read).enumerate() {
-            let pack: Arc<str> = Arc::from(pack.as_str());
-            let number = u32::try_from(number).map_err(io::Error::other)?;
-            let entries = entries?;
-            index.packs.insert(pack.clone(), sizes.remove(&*pack));
-            index.names.push(pack);
-            index
-                .entries
-                .extend(entries.into_iter().map(|e| (number, e)));
+        // A batch of indexes read at a time, so that their parsed copies never all live at once.
+        for (batch, packs) in indexed.chunks(LOAD_BATCH).enumerate() {
+            let read = crate::parallel::map_in_order(packs, READERS, |pack| {
+                read_index(remote, seal.as_ref(), pack, largest)
+            });
+            for (i, (pack, entries)) in packs.iter().zip(read).enumerate() {
+                let pack: Arc<str> = Arc::from(pack.as_str());
+                let number = u32::try_from(batch * LOAD_BATCH + i).map_err(io::Error::other)?;
+                let entries = entries?;
+                index.packs.insert(pack.clone(), sizes.remove(&*pack));
+                index.names.push(pack);
+                index
+                    .entries
+                    .extend(entries.into_iter().map(|e| (number, e)));
+            }
         }
         index.unindexed = sizes.into_iter().collect();
         // By chunk, then by pack number, which is by pack id (`indexed` is sorted).
@@ -218,16 +244,6 @@ impl PackIndex {
         (entry.id == *id).then(|| Location {
             pack: self.names[*pack as usize].clone(),
             entry: *entry,
-        })
-    }
-
-    /// Every chunk in a pack and its stored size (a chunk in several packs once).
-    pub fn chunks(&self) -> impl Iterator<Item = (ChunkId, u64)> + '_ {
-        let mut last = None;
-        self.entries.iter().filter_map(move |(_, entry)| {
-            let first = last != Some(entry.id);
-            last = Some(entry.id);
-            first.then_some((entry.id, u64::from(entry.stored)))
         })
     }
 
@@ -427,7 +443,7 @@ impl Packer {
         }
         let entry = Entry {
             id,
-            offset: filling.bytes.len() as u64,
+            offset: u32::try_from(filling.bytes.len()).map_err(io::Error::other)?,
             stored: u32::try_from(stored.len()).map_err(io::Error::other)?,
             len: u32::try_from(len).map_err(io::Error::other)?,
         };
@@ -591,7 +607,7 @@ pub(super) fn read_trailer(
 mod tests {
     use super::*;
 
-    fn entry(content: &[u8], offset: u64, stored: u32) -> Entry {
+    fn entry(content: &[u8], offset: u32, stored: u32) -> Entry {
         Entry {
             id: ChunkId::of(content),
             offset,
@@ -620,6 +636,14 @@ mod tests {
             u64::MAX - 5
         );
         assert!(parse_index(&past_the_end, 1024).is_err());
+        // A pack is a few MiB: a place past 4 GiB is damage, the last byte before it is not.
+        for (offset, fits) in [
+            (u64::from(u32::MAX) + 1, false),
+            (u64::from(u32::MAX) - 10, true),
+        ] {
+            let text = format!("{INDEX_HEADER}\n{} {offset} 10 1\n", ChunkId::of(b"a"));
+            assert_eq!(parse_index(&text, 1024).is_ok(), fits, "{offset}");
+        }
     }
 
     #[test]

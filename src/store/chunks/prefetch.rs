@@ -390,7 +390,7 @@ mod tests {
             len: 1000,
             stored: 0,
         };
-        let at = |pack: &str, offset: u64| {
+        let at = |pack: &str, offset: u32| {
             Some(Location {
                 pack: Arc::from(pack),
                 entry: crate::store::chunks::pack::Entry {

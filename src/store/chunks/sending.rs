@@ -15,7 +15,7 @@ use bytes::Bytes;
 
 use super::courier::Courier;
 use super::import::{id_of_object, params_object};
-use super::pack::Packs;
+use super::pack::{PackIndex, Packs};
 use super::{io_error, runs, Access, ChunkError, ChunkId, ChunkStore, Params, STORE_DIR};
 use crate::backend::{BackendError, Name};
 use crate::store::Remote;
@@ -25,8 +25,31 @@ use crate::store::Remote;
 #[derive(Clone, Debug)]
 pub struct Listed {
     params: Params,
-    sizes: Arc<HashMap<ChunkId, u64>>,
+    held: Arc<Holdings>,
     courier: Option<Arc<Courier>>,
+}
+
+/// The chunks a store on a backend holds, as listed once: its loose chunks, and for a packed
+/// store its pack indexes as its readers loaded them (looked up there, not copied: at a
+/// million chunks the copy this replaced took ~90 MB, docs/performance.md).
+#[derive(Debug, Default)]
+pub struct Holdings {
+    loose: HashMap<ChunkId, u64>,
+    packed: Option<Arc<PackIndex>>,
+}
+
+impl Holdings {
+    /// The stored size of chunk `id` when the store holds it.
+    pub fn stored_size(&self, id: &ChunkId) -> Option<u64> {
+        self.loose.get(id).copied().or_else(|| {
+            let packed = self.packed.as_ref()?;
+            packed.locate(id).map(|at| u64::from(at.entry.stored))
+        })
+    }
+
+    pub fn contains(&self, id: &ChunkId) -> bool {
+        self.stored_size(id).is_some()
+    }
 }
 
 impl Listed {
@@ -38,10 +61,10 @@ impl Listed {
             .keyed_as(remote.seal().is_some())
             .packed();
         let params = remote_params(remote, &made)?;
-        let sizes = remote_chunks(remote, &params)?.into_iter().collect();
+        let held = remote_chunks(remote, &params)?;
         Ok(Listed {
             params,
-            sizes: Arc::new(sizes),
+            held: Arc::new(held),
             courier: None,
         })
     }
@@ -60,23 +83,26 @@ impl Listed {
     }
 }
 
-/// Every chunk the store of `remote` (whose `store.json` says `params`) holds, with its stored
-/// size: the loose ones listed, and for a packed store those its pack indexes name.
-pub fn remote_chunks(remote: &Remote, params: &Params) -> Result<Vec<(ChunkId, u64)>, ChunkError> {
+/// Every chunk the store of `remote` (whose `store.json` says `params`) holds: the loose ones
+/// listed, and for a packed store those its pack indexes name.
+pub fn remote_chunks(remote: &Remote, params: &Params) -> Result<Holdings, ChunkError> {
     let root = remote.shown(STORE_DIR);
     let loose = remote
         .list(&format!("{STORE_DIR}/{}/", super::CHUNKS_DIR))
-        .map_err(io_error(&root))?;
-    let mut chunks: Vec<(ChunkId, u64)> = loose
+        .map_err(io_error(&root))?
         .iter()
         .filter_map(|o| id_of_object(&o.name).map(|id| (id, o.size)))
         .collect();
-    if params.is_packed() {
+    let packed = match params.is_packed() {
         // As `remote_params` just read them (opening the store), not read a second time.
-        let index = Packs::open(remote, params.max_size).map_err(io_error(&root))?;
-        chunks.extend(index.index().chunks());
-    }
-    Ok(chunks)
+        true => Some(
+            Packs::open(remote, params.max_size)
+                .map_err(io_error(&root))?
+                .index(),
+        ),
+        false => None,
+    };
+    Ok(Holdings { loose, packed })
 }
 
 /// `store.json` of the repository on a backend `remote`: read and checked
@@ -187,7 +213,7 @@ impl ChunkStore {
 
     /// The stored size of `id` when the repository this store stages for lists it.
     pub fn listed_size(&self, id: &ChunkId) -> Option<u64> {
-        self.listed.as_ref()?.sizes.get(id).copied()
+        self.listed.as_ref()?.held.stored_size(id)
     }
 
     /// The stored bytes of chunk `id` of this (local) store, as they are sent.
