@@ -25,7 +25,7 @@ use crate::verify;
 
 mod duration;
 mod policy;
-mod remote;
+pub mod remote;
 
 pub use duration::Span;
 pub use policy::{decide, Count, Policy, Reason};

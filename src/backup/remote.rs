@@ -225,7 +225,7 @@ impl crate::exit::Classify for TargetTaken {
     fn hint(&self) -> Option<String> {
         match self {
             TargetTaken::Backup { .. } => Some("choose another name, or pass `--force` to replace it".to_string()),
-            TargetTaken::Unfinished { .. } => Some("once that run is over, the next `create` to this repository (or `wqm backup cleanup`) removes what it left: at once for a run of this host, once its lock has gone stale (30 minutes) for one of another host".to_string()),
+            TargetTaken::Unfinished { .. } => Some("once that run is over, the next `create` to this repository (or `wqm backup cleanup`) removes what it left: at once for a run of this host, once its lock has gone stale (30 minutes) for one of another host; what a killed prune was deleting, or a killed `--force` was putting in place, `wqm backup cleanup` finishes".to_string()),
             TargetTaken::Backend(e) => e.hint(),
         }
     }

@@ -27,6 +27,8 @@ pub async fn run(
     let mut dirs = Vec::new();
     // On S3: what killed creates left.
     let mut remote_runs = backup::remote::DeadRuns::default();
+    // On S3: the backups a killed prune was deleting, whose deletion this run finished.
+    let mut deletions_finished = Vec::new();
     let mut local_dir = None;
     let repository = match given {
         Some(dir) => Some(super::repository(dir, settings, handle)?),
@@ -39,13 +41,15 @@ pub async fn run(
         }
         Some(Repository::Remote(remote)) => {
             remote_runs = backup::remote::clean_dead_runs(remote.backend(), false).await?;
-            if !remote_runs.waiting.is_empty() {
-                // Putting a killed `--force`'s new backup in place: no reader may be between
-                // two files of the old one.
+            let deleting = crate::prune::remote::deletions_left(remote)?;
+            if !remote_runs.waiting.is_empty() || deleting {
+                // Putting a killed `--force`'s new backup in place, or removing what a killed
+                // prune began to delete: no reader may be between two files of either.
                 let _lock = repo_lock::RepoLock::exclusive(remote, "backup cleanup")?;
                 let finished = backup::remote::clean_dead_runs(remote.backend(), true).await?;
                 remote_runs.removed.extend(finished.removed);
                 remote_runs.waiting = finished.waiting;
+                deletions_finished = crate::prune::remote::finish_deletions(remote)?;
             }
             looked.push(format!("`{}`", remote.shown_root()));
         }
@@ -64,7 +68,7 @@ pub async fn run(
     // A killed run's local copy of a backup it was sending to S3 (in `$TMPDIR`).
     let stagings = backup::remove_dead_stagings(&std::env::temp_dir());
     if ui.json {
-        ui.json(&json!({ "directories": dirs, "cleaned": cleaned, "unfinished": unfinished, "stale_locks_removed": stale_locks, "remote_runs_removed": remote_runs.removed, "remote_runs_waiting": remote_runs.waiting, "staging_removed": stagings }));
+        ui.json(&json!({ "directories": dirs, "cleaned": cleaned, "unfinished": unfinished, "stale_locks_removed": stale_locks, "remote_runs_removed": remote_runs.removed, "remote_runs_waiting": remote_runs.waiting, "remote_deletions_finished": deletions_finished, "staging_removed": stagings }));
     } else {
         for run in &cleaned {
             ui.line(run.report());
@@ -79,6 +83,11 @@ pub async fn run(
                 removed.objects,
                 removed.uploads,
                 removed.replacement_note()
+            ));
+        }
+        for name in &deletions_finished {
+            ui.line(format!(
+                "Finished deleting `{name}`, which a killed prune began"
             ));
         }
         if let Some(Repository::Remote(remote)) = &repository {

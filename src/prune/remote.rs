@@ -22,20 +22,30 @@ pub(crate) fn remove(remote: &Remote, name: &str) -> io::Result<()> {
     remote.remove(&record)
 }
 
-/// Finishes the deletions a killed prune began: the objects of each recorded backup whose
-/// manifest is gone. One whose manifest is there was not being deleted yet (the prune died
-/// before removing it) or was made again since: it is a backup, and only the record goes.
-pub(super) fn finish_deletions(remote: &Remote) -> io::Result<()> {
+/// Whether a killed prune left deletions to finish (`finish_deletions`).
+pub fn deletions_left(remote: &Remote) -> io::Result<bool> {
+    Ok(!remote.list(&format!("{DELETING}/"))?.is_empty())
+}
+
+/// Finishes the deletions a killed prune began, under the exclusive lock (by the next prune,
+/// or `cleanup`): the objects of each recorded backup whose manifest is gone; returns their
+/// names. One whose manifest is there was not being deleted yet (the prune died before
+/// removing it) or was made again since: it is a backup, and only the record goes.
+pub fn finish_deletions(remote: &Remote) -> io::Result<Vec<String>> {
     let prefix = format!("{DELETING}/");
+    let mut finished = Vec::new();
     for record in remote.list(&prefix)? {
         let name = record.name.strip_prefix(&prefix).unwrap_or(&record.name);
         let manifest = format!("{name}/{MANIFEST_PATH}");
         match remote.size(&manifest) {
             Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => remote.remove_under(name)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                remote.remove_under(name)?;
+                finished.push(name.to_string());
+            }
             Err(e) => return Err(e),
         }
         remote.remove(&record.name)?;
     }
-    Ok(())
+    Ok(finished)
 }

@@ -93,6 +93,32 @@ fn prune_on_s3_deletes_backups_manifest_first_and_the_chunks_no_kept_backup_name
             assert_eq!(names, ["f1", "n2", "f0"], "{v}");
         })
         .run();
+    // A create to that name is refused (objects without a manifest) with `cleanup` as the way;
+    // `cleanup` finishes the deletion, and removes the killed prune's lock (its process is
+    // gone: stale).
+    let (_, tmp) = with_s3(wqm(
+        Test::in_dir(tmp),
+        &double.url,
+        &format!("backup create {url}/n1"),
+    ))
+    .env("TMPDIR", "{TMP}")
+    .status(2)
+    .stderr_with(|e| assert!(e.contains("what a killed prune was deleting"), "{e}"))
+    .run();
+    let (_, tmp) = with_s3(Test::in_dir(tmp))
+        .args(&format!("backup cleanup {url}"))
+        .stdout_with(|o| {
+            assert!(
+                o.contains("Finished deleting `n1`, which a killed prune began"),
+                "{o}"
+            );
+            assert!(
+                o.contains("Removed a stale exclusive lock of `wqm backup prune`"),
+                "{o}"
+            );
+        })
+        .run();
+    assert!(object_names(&runtime, &backend, "n1/").is_empty());
 
     // The next prune finishes `n1`, removes `f0`, and collects what only they named.
     let (_, tmp) = with_s3(Test::in_dir(tmp))
@@ -131,22 +157,12 @@ fn prune_on_s3_deletes_backups_manifest_first_and_the_chunks_no_kept_backup_name
             .run()
             .1;
     }
-    // Nothing more to collect; the killed prune's lock (its process is gone) is stale, and
-    // cleanup removes it.
-    let (_, tmp) = with_s3(Test::in_dir(tmp))
+    // Nothing more to collect, and no lock left.
+    with_s3(Test::in_dir(tmp))
         .args(&format!("backup prune {url} --keep-last 2 --json"))
         .stdout_json(|v| {
             assert_eq!(v["removed"], serde_json::json!([]), "{v}");
             assert_eq!(v["chunk_store"]["collected"]["chunks_deleted"], 0, "{v}");
-        })
-        .run();
-    with_s3(Test::in_dir(tmp))
-        .args(&format!("backup cleanup {url}"))
-        .stdout_with(|o| {
-            assert!(
-                o.contains("Removed a stale exclusive lock of `wqm backup prune`"),
-                "{o}"
-            )
         })
         .run();
     assert_eq!(
