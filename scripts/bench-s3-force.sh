@@ -7,6 +7,7 @@
 #
 #   scripts/bench-s3-force.sh                          # 40000 points, 5 pairs of each
 #   BENCH_POINTS=8000 BENCH_RUNS=1 scripts/bench-s3-force.sh   # a quick look
+#   BENCH_BASELINE=/path/to/an/older/wqm scripts/bench-s3-force.sh   # its full create to S3 too
 set -euo pipefail
 cd "$(dirname "$0")/.."
 points=${BENCH_POINTS:-40000}
@@ -36,6 +37,9 @@ for i in $(seq "$runs"); do
   else
     create s3-force "$repo/full" --force; create s3-new "$repo/new-$i"
   fi
+  if [ -n "${BENCH_BASELINE:-}" ]; then
+    time_of s3-new-baseline "$BENCH_BASELINE" backup create "$repo/baseline-$i" --json
+  fi
   create s3-inc-new "$repo/nightly-$i" --incremental
   create s3-inc-force "$repo/nightly" --incremental --force
   create local-new "$out/backups/new-$i"
@@ -52,7 +56,7 @@ echo "## create --force on S3, ${points} points ($(date -u +%F), $(nproc) cores)
 echo
 echo "Full backups:"
 echo
-table s3-new s3-force local-new local-force
+table s3-new s3-force local-new local-force ${BENCH_BASELINE:+s3-new-baseline}
 echo
 echo "Incremental (every chunk there already):"
 echo
