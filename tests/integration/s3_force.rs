@@ -238,6 +238,14 @@ fn a_force_on_s3_killed_anywhere_leaves_a_whole_backup_under_the_name() {
                 .1;
             let copied = tmp.path().join("copied").join(&name);
             tmp = holds(tmp, copied.to_str().unwrap(), holding);
+            // Nor does a copy into the repository take the name meanwhile.
+            tmp = with_s3(Test::in_dir(tmp))
+                .args(&format!("backup copy {{TMP}}/copied {url} {name}"))
+                .status(2)
+                .stdout_with(|_| {})
+                .stderr_with(|e| assert!(e.contains("is putting a new backup in its place"), "{e}"))
+                .run()
+                .1;
             let said = format!("Removed what a killed run left of `{name}`");
             tmp = with_s3(Test::in_dir(tmp))
                 .args(&format!("backup cleanup {url}"))
