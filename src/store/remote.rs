@@ -270,7 +270,15 @@ impl Remote {
     /// The backup `name` of this repository, its objects (under `root_of(name)`) listed once (a
     /// backup is immutable once its manifest is there).
     pub fn backup(&self, name: &str) -> io::Result<RemoteBackup> {
-        self.backup_at(name, self.root_of(name)?)
+        // Its own listing says whether its manifest is there: no request more in the usual case.
+        let backup = self.backup_at(name, name.to_string())?;
+        if backup.objects.contains_key(MANIFEST_PATH) {
+            return Ok(backup);
+        }
+        match self.root_of(name)? {
+            root if root == name => Ok(backup),
+            root => self.backup_at(name, root),
+        }
     }
 
     /// The backup `name` whose objects are under `root`.
