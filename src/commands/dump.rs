@@ -39,7 +39,7 @@ pub fn run(
 ) -> Result<ExitCode> {
     // Held while the file is read (from a local directory or S3): no prune deletes the backup
     // or its chunks meanwhile.
-    let (place, _lock) = super::locked_place(&args.backup, settings, handle, "backup dump")?;
+    let (place, _lock) = super::locked_place(&args.backup, (settings, handle, ui), "backup dump")?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
     // Flushed at its end: reaching it means the whole content was written and matched.
     crate::dump::dump(&place, &args.file, &mut out, &ui.progress())?;

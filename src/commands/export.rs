@@ -18,7 +18,8 @@ pub fn run(
 ) -> Result<ExitCode> {
     // Held while every file is read (from a local directory or S3): no prune deletes the
     // backup or its chunks meanwhile.
-    let (place, _lock) = super::locked_place(&args.backup, settings, handle, "backup export")?;
+    let (place, _lock) =
+        super::locked_place(&args.backup, (settings, handle, ui), "backup export")?;
     // To S3: the server is asked, and the name claimed, before anything is read.
     let mut sending = match super::location(&args.dest)? {
         Location::Local(_) => None,

@@ -30,7 +30,7 @@ pub fn run(
     ui: &Ui,
     handle: &tokio::runtime::Handle,
 ) -> Result<ExitCode> {
-    let backup = BackupDir::open_at(&super::backup_place(&args.path, settings, handle)?)?;
+    let backup = BackupDir::open_at(&super::backup_place(&args.path, settings, handle, ui)?)?;
     let m = &backup.manifest;
     let policy = compat::Policy::new(&settings.backup.validation, false);
     let findings = Findings {

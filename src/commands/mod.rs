@@ -314,15 +314,25 @@ fn new_password(file: Option<&Path>, repository: &str) -> Result<Password> {
 /// The backup at `path`: a local directory, or `s3://BUCKET/PREFIX/NAME`, a backup of the
 /// repository `s3://BUCKET/PREFIX` whose server was asked once (`S3Backend::check`), so wrong
 /// credentials, a missing bucket or an unreachable endpoint stop the run before anything else.
-fn backup_place(path: &Path, settings: &Settings, handle: &Handle) -> Result<Place> {
+fn backup_place(path: &Path, settings: &Settings, handle: &Handle, ui: &Ui) -> Result<Place> {
     match location(path)? {
         Location::Local(path) => Ok(Place::Local(path)),
         Location::S3 { bucket, prefix } => {
             let (repository, name) = remote_backup(path, &bucket, &prefix, settings, handle)?;
-            Ok(Place::Remote(tokio::task::block_in_place(|| {
-                repository.backup(&name)
-            })?))
+            let backup = tokio::task::block_in_place(|| repository.backup(&name))?;
+            warn_half_swapped(ui, &backup);
+            Ok(Place::Remote(backup))
         }
+    }
+}
+
+/// A warning when `backup` is read from where a killed `create --force` sent it.
+fn warn_half_swapped(ui: &Ui, backup: &crate::store::RemoteBackup) {
+    if backup.is_half_swapped() {
+        ui.warn(crate::backup::remote::DeadRuns::waiting_line(
+            &backup.name,
+            backup.repository.shown_root(),
+        ));
     }
 }
 
@@ -331,8 +341,7 @@ fn backup_place(path: &Path, settings: &Settings, handle: &Handle) -> Result<Pla
 /// deletes any of them between the listing and the reads.
 fn locked_place(
     path: &Path,
-    settings: &Settings,
-    handle: &Handle,
+    (settings, handle, ui): (&Settings, &Handle, &Ui),
     command: &str,
 ) -> Result<(Place, RepoLock)> {
     match location(path)? {
@@ -346,6 +355,7 @@ fn locked_place(
             let (repository, name) = remote_backup(path, &bucket, &prefix, settings, handle)?;
             let lock = RepoLock::shared(&repository, command)?;
             let backup = tokio::task::block_in_place(|| repository.backup(&name))?;
+            warn_half_swapped(ui, &backup);
             Ok((Place::Remote(backup), lock))
         }
     }

@@ -21,7 +21,7 @@ pub async fn run(
     // An S3 server that cannot be used stops the run here, before Qdrant is asked anything.
     // The lock is held from the plan (which reads and checks the backup) to the end of the
     // restore: no prune deletes the backup or its chunks between two of its files.
-    let (place, _lock) = super::locked_place(&args.path, settings, handle, "backup restore")?;
+    let (place, _lock) = super::locked_place(&args.path, (settings, handle, ui), "backup restore")?;
     // A backup on S3 whose restore needs a safety backup: into an S3 default directory, if any.
     let safety_repository = match (&place, &settings.backup.default_backup_directory) {
         (crate::store::Place::Remote(_), Some(dir))

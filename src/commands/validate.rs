@@ -29,7 +29,8 @@ pub fn run(
         verify::Options::new(depth, crate::format::compat::Policy::new(validation, false))
             .warning_after(validation.version_warning_threshold);
     // Held while every file is read: no prune deletes the backup or its chunks meanwhile.
-    let (place, _lock) = super::locked_place(&args.path, settings, handle, "backup validate")?;
+    let (place, _lock) =
+        super::locked_place(&args.path, (settings, handle, ui), "backup validate")?;
     if let Some(subset) = args.read_data_subset {
         // Only a size needs the total it is a share of (a pass over the indexes).
         let total = match subset {

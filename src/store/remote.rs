@@ -323,6 +323,12 @@ impl RemoteBackup {
         self.repository.shown(&self.name)
     }
 
+    /// Whether it is read from where a killed `create --force` sent it (its name lost its old
+    /// manifest, the swap never finished: `cleanup` finishes it).
+    pub fn is_half_swapped(&self) -> bool {
+        self.root != self.name
+    }
+
     /// Whether the backup has any object at all.
     pub fn exists(&self) -> bool {
         !self.objects.is_empty()

@@ -71,24 +71,33 @@ fn with_old_backup() -> Old {
 
 /// Checks the backup at `target` is the one described `description`, and whole.
 fn holds(tmp: TempDir, target: &str, description: &str) -> TempDir {
-    holds_with(tmp, target, description, Test::in_dir)
+    holds_with(tmp, (target, false), description, Test::in_dir)
 }
 
-/// `holds`, each command made by `test` (an encrypted repository's password, say).
+/// `holds`, each command made by `test` (an encrypted repository's password, say); with
+/// `half_swapped`, each warns that a killed `--force` left the name half swapped (`cleanup`
+/// finishes it), else says nothing on stderr.
 fn holds_with(
     tmp: TempDir,
-    target: &str,
+    (target, half_swapped): (&str, bool),
     description: &str,
     test: impl Fn(TempDir) -> Test,
 ) -> TempDir {
+    let warned = move |e: &str| {
+        let said = e.contains("was putting a new backup in place of `") && e.contains("cleanup");
+        assert_eq!(said, half_swapped, "{e}");
+        assert_eq!(e.is_empty(), !half_swapped, "{e}");
+    };
     let said = format!("Description: {description}\n");
     let (_, tmp) = with_s3(test(tmp))
         .args(&format!("backup info {target}"))
         .stdout_with(move |o| assert!(o.contains(&said), "{o}"))
+        .stderr_with(warned)
         .run();
     with_s3(test(tmp))
         .args(&format!("backup validate {target} --check-files"))
         .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
+        .stderr_with(warned)
         .run()
         .1
 }
@@ -192,7 +201,7 @@ fn a_force_on_s3_killed_anywhere_leaves_a_whole_backup_under_the_name() {
             "new",
         ];
         killed_at(&double, &tmp, &args, &[], failpoint);
-        tmp = holds(tmp, &target, holding);
+        tmp = holds_with(tmp, (&target, begun), holding, Test::in_dir);
         let (names, back) = listed(tmp, &url);
         assert_eq!(
             names.iter().filter(|n| **n == name).count(),
@@ -217,7 +226,7 @@ fn a_force_on_s3_killed_anywhere_leaves_a_whole_backup_under_the_name() {
         .stderr_with(move |e| assert!(e.contains(&said), "{failpoint}: {e}"))
         .run()
         .1;
-        tmp = holds(tmp, &target, holding);
+        tmp = holds_with(tmp, (&target, begun), holding, Test::in_dir);
         if begun {
             // The name is taken until the swap is finished.
             tmp = with_s3(wqm(
@@ -386,14 +395,14 @@ fn a_force_killed_mid_swap_in_an_encrypted_repository_reads_and_finishes() {
     killed_at(&double, &tmp, &args, &env, "replace:copied");
     let sent = encrypted_objects(&runtime, &s3, &[".wqm-replace/"]);
     assert!(!sent.is_empty());
-    let tmp = holds_with(tmp, &target, "second", encrypted);
+    let tmp = holds_with(tmp, (&target, true), "second", encrypted);
     let (_, tmp) = with_s3(Test::in_dir(tmp))
         .args(&format!("backup cleanup {url}"))
         .stdout_with(|o| assert!(o.contains("is in place"), "{o}"))
         .run();
     assert!(object_names(&runtime, &s3, ".wqm-replace/").is_empty());
     encrypted_objects(&runtime, &s3, &["nightly/"]);
-    holds_with(tmp, &target, "second", encrypted);
+    holds_with(tmp, (&target, false), "second", encrypted);
 }
 
 /// A `--force` that cannot have its replacing lock (a reader of another host holds the
