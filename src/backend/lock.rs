@@ -6,8 +6,8 @@
 //! `time` every `Timing::refresh_every` (5 minutes) by a task of its own.
 //!
 //! Acquiring writes the run's own lock object first (`save_new`), then lists every lock: if one
-//! conflicts (`Kind::conflicts`) and is not stale, ours is removed and the run backs out. Two runs racing both see each other and both back out, never
-//! both go ahead. A lock is **stale** when its time is older than `Timing::stale_after`
+//! conflicts (`Kind::conflicts`) and is not stale, ours is removed and the run backs out. Two
+//! runs racing both see each other and both back out, never both go ahead. A lock is **stale** when its time is older than `Timing::stale_after`
 //! (30 minutes: six missed refreshes), or at once when it belongs to this host and its process
 //! is gone. Stale locks are ignored by `acquire` and removed by `remove_stale` (cleanup).
 //! A run whose own lock could not be refreshed, or was removed by another as stale, is told by
@@ -75,6 +75,15 @@ impl Kind {
             Kind::Exclusive => "exclusive",
         }
     }
+
+    /// The kind as messages name it: an adding lock is a shared one to the user.
+    pub fn shown(self) -> &'static str {
+        match self {
+            Kind::Shared | Kind::Adding => "shared",
+            Kind::Replacing => "replacing",
+            Kind::Exclusive => "exclusive",
+        }
+    }
 }
 
 /// What a lock object holds.
@@ -122,15 +131,15 @@ impl LockInfo {
     }
 
     fn describe(&self) -> String {
-        let kind = match self.kind() {
-            Kind::Exclusive => "an exclusive",
-            Kind::Replacing => "a replacing",
-            Kind::Shared | Kind::Adding => "a shared",
-        };
+        let kind = self.kind();
+        let article = if kind == Kind::Exclusive { "an" } else { "a" };
         let since = shown_time(self.started);
         format!(
-            "`wqm {}` (pid {} on `{}`, since {since}) holds {kind} lock",
-            self.command, self.pid, self.host
+            "`wqm {}` (pid {} on `{}`, since {since}) holds {article} {} lock",
+            self.command,
+            self.pid,
+            self.host,
+            kind.shown()
         )
     }
 }

@@ -384,15 +384,17 @@ async fn live_holders(backend: &dyn Backend) -> Result<Option<Vec<(String, u32)>
 /// another host when it holds no live lock of the repository: every run that writes a record
 /// takes the repository's lock first and keeps it (refreshed) until after the record is gone,
 /// so a record without a live lock of its host and pid is a killed run's (or, with a lock that
-/// cannot be read, every other host's run counts as alive). A killed `--force`'s new backup is settled
-/// first (`replace::settle`; with `exclusive`, the caller holds the exclusive lock): one that
-/// must go forward without it is left, its record too (`DeadRuns::waiting`).
+/// cannot be read, every other host's run counts as alive). A killed `--force`'s new backup is
+/// settled first (`replace::settle`; with `exclusive`, the caller holds the exclusive lock):
+/// one that must go forward without it is left, its record too (`DeadRuns::waiting`).
 pub async fn clean_dead_runs(
     backend: &dyn Backend,
     exclusive: bool,
 ) -> Result<DeadRuns, BackendError> {
     let host = crate::backend::lock::hostname();
     let mut holders: Option<Option<Vec<(String, u32)>>> = None;
+    // The unfinished uploads, listed once (each is a record to read on S3) for all dead runs.
+    let mut unfinished: Option<Vec<crate::backend::Unfinished>> = None;
     let mut dead = DeadRuns::default();
     for object in backend.list(&format!("{RUNS_DIR}/")).await? {
         let name = Name::new(object.name.clone())?;
@@ -442,13 +444,16 @@ pub async fn clean_dead_runs(
             format!("{target}/"),
             format!("{}/", crate::store::replacement_of(&record.target)),
         ];
-        for upload in backend.unfinished().await? {
+        if unfinished.is_none() {
+            unfinished = Some(backend.unfinished().await?);
+        }
+        for upload in unfinished.iter().flatten() {
             if upload
                 .name
                 .as_deref()
                 .is_some_and(|n| under.iter().any(|u| n.starts_with(u)))
             {
-                backend.abort(&upload).await?;
+                backend.abort(upload).await?;
                 uploads += 1;
             }
         }

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use serde_json::json;
 
-use crate::backend::lock::{Kind, LockInfo};
+use crate::backend::lock::LockInfo;
 use crate::backup;
 use crate::cleanup;
 use crate::cli::CleanupArgs;
@@ -120,11 +120,7 @@ pub async fn run(
 
 /// A stale lock removed: whose it was and when it was last refreshed.
 fn stale_line(lock: &LockInfo) -> String {
-    let kind = match lock.kind() {
-        Kind::Exclusive => "exclusive",
-        Kind::Replacing => "replacing",
-        Kind::Shared | Kind::Adding => "shared",
-    };
+    let kind = lock.kind().shown();
     let refreshed = crate::backend::lock::shown_time(lock.time);
     format!(
         "Removed a stale {kind} lock of `wqm {}` (pid {} on `{}`, last refreshed {refreshed})",
