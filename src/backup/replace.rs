@@ -3,12 +3,13 @@
 //! left is finished or undone by the next run that may (`settle`).
 //!
 //! 1. The new backup is sent to `.wqm-replace/NAME/` (`store::remote::replacement_of`), its
-//!    manifest last, under the repository's shared lock, as any backup is sent.
+//!    manifest last, under the run's adding lock, as any backup is sent.
 //! 2. `put_in_place`, under a lock that keeps readers out (the run's replacing lock; `cleanup`
-//!    and `prune` finishing a killed run's hold the exclusive one): no reader is between two
-//!    files of the old backup: the old manifest removed — from then on readers find the replacement
-//!    (`Remote::root_of`) —, the old objects removed, the replacement's copied under `NAME`
-//!    (on the server), its manifest last; then the replacement removed, manifest first.
+//!    and `prune` finishing a killed run's hold the exclusive one), so no reader is between
+//!    two files of the old backup: the old manifest removed — from then on readers find the
+//!    replacement (`Remote::root_of`) —, the old objects removed, the replacement's copied
+//!    under `NAME` (on the server), its manifest last; then the replacement removed, manifest
+//!    first.
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 
@@ -31,14 +32,14 @@ pub enum Settled {
     Removed,
     /// Killed while it took the name: put in place (`put_in_place`).
     PutInPlace,
-    /// Killed while it took the name, and this run does not hold the exclusive lock: left, and
-    /// the name reads it from where it is until `cleanup` or `prune` puts it in place.
+    /// Killed while it took the name, and this run does not keep readers out: left, and the
+    /// name reads it from where it is until `cleanup` or `prune` puts it in place.
     NeedsExclusive,
 }
 
 /// Puts the complete replacement of `name` in its place (see the module). Only under a lock
-/// that keeps readers out (replacing or exclusive). From any point a killed run reached, doing it again finishes
-/// it.
+/// that keeps readers out (replacing or exclusive). From any point a killed run reached, doing
+/// it again finishes it.
 pub async fn put_in_place(backend: &dyn Backend, name: &str) -> Result<(), BackendError> {
     let replacement = replacement_of(name);
     let (old_manifest, new_manifest) = (manifest_of(name)?, manifest_of(&replacement)?);

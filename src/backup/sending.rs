@@ -34,8 +34,8 @@ pub struct Sending {
 
 impl Sending {
     /// What a backup sent to S3 needs before anything is made: a server that refuses taken
-    /// names, the repository's shared lock (for the run `command`), this host's dead runs'
-    /// leftovers removed (returned, to be reported), the name claimed (no other run sends it)
+    /// names, the repository's adding lock (for the run `command`), dead runs' leftovers
+    /// removed (returned, to be reported), the name claimed (no other run sends it)
     /// and free (with `replace`, a backup there is to be replaced), and the local staging
     /// directory (encrypted as it is written when the repository is).
     pub async fn prepare(
