@@ -6,6 +6,7 @@
 #
 #   scripts/bench-s3-incremental.sh                                   # 20000 points, 10 nights
 #   BENCH_POINTS=8000 BENCH_NIGHTS=3 BENCH_RUNS=1 scripts/bench-s3-incremental.sh   # a quick look
+#   BENCH_BASELINE=/path/to/an/older/wqm scripts/bench-s3-incremental.sh   # its nights to S3 too
 #
 # Each night (scripts/bench_incremental.py churn, rows of the state database touched) is backed
 # up twice, the order alternating night by night: `create DIR/night-NN --incremental` and
@@ -28,11 +29,11 @@ mkdir -p "$TMPDIR"
 
 load_workspace "$points"
 
-create() { # create LABEL TARGET: timed, its JSON in $out/LABEL.out
-  time_of "$1" "$wqm" backup create "$2" --incremental --json
+create() { # create LABEL TARGET [WQM]: timed, its JSON in $out/LABEL.out
+  time_of "$1" "${3:-$wqm}" backup create "$2" --incremental --json
 }
 mib() { echo "scale=1; $1 / 1048576" | bc; }
-printf '| night | local s | S3 s | added MiB (local) | added MiB (S3) | chunks sent to S3 |\n|---|---|---|---|---|---|\n' > "$out/nights.md"
+printf '| night | local s | S3 s | added MiB (local) | added MiB (S3) | chunks sent to S3 | reused chunks compared (S3) |\n|---|---|---|---|---|---|---|\n' > "$out/nights.md"
 for n in $(seq "$nights"); do
   if [ "$n" -gt 1 ]; then
     python3 scripts/bench_incremental.py churn "$QDRANT_URL" projects "$points" "$n"
@@ -44,12 +45,17 @@ for n in $(seq "$nights"); do
   else
     create night-s3 "$repo/$name"; create night-local "$out/backups/$name"
   fi
+  if [ -n "${BENCH_BASELINE:-}" ]; then
+    # Its own repository, with the same history.
+    create night-s3-baseline "$repo-baseline/$name" "$BENCH_BASELINE"
+  fi
   read -r local_s _ < "$out/night-local.time"
   read -r s3_s _ < "$out/night-s3.time"
-  printf '| %d | %s | %s | %s | %s | %d |\n' "$n" "$local_s" "$s3_s" \
+  printf '| %d | %s | %s | %s | %s | %d | %d |\n' "$n" "$local_s" "$s3_s" \
     "$(mib "$(jq .chunk_store.bytes_added "$out/night-local.out")")" \
     "$(mib "$(jq .chunk_store.bytes_added "$out/night-s3.out")")" \
-    "$(jq .chunk_store.chunks_added "$out/night-s3.out")" >> "$out/nights.md"
+    "$(jq .chunk_store.chunks_added "$out/night-s3.out")" \
+    "$(jq .chunk_store.chunks_compared "$out/night-s3.out")" >> "$out/nights.md"
   echo "night $n: local ${local_s}s, S3 ${s3_s}s" >&2
 done
 
@@ -75,7 +81,11 @@ cat "$out/nights.md"
 echo
 echo "Night medians:"
 echo
-table night-local night-s3
+table night-local night-s3 ${BENCH_BASELINE:+night-s3-baseline}
+echo
+echo "Where the last night's time went (seconds by phase, local then S3):"
+echo
+jq -c .phases "$out/night-local.out" "$out/night-s3.out"
 echo
 echo "Same data, $runs runs each:"
 echo

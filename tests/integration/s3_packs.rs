@@ -6,11 +6,14 @@
 
 use serde_json::Value;
 use std::sync::Arc;
+use tempfile::TempDir;
 
 use wqm::backend::{self, Backend, Name};
 
-use crate::incremental::{grow_state_db, workspace};
+use crate::incremental::{grow_state_db, workspace, wqm};
 use crate::qdrant_double::Double;
+use crate::real_encrypted::encrypted_on_s3;
+use crate::repo::{fast, FIRST};
 use crate::s3_faults::{proxy, through};
 use crate::s3_incremental::{added, killed_night, night};
 use crate::s3_proxy::Faults;
@@ -377,4 +380,179 @@ fn a_store_of_loose_chunks_on_s3_stays_readable_and_writable() {
         .run();
     assert!(object_names(&runtime, &s3, PACKS).is_empty());
     crate::s3_faults::validates(tmp, &format!("{url}/n2"));
+}
+
+/// A chunk damaged in the repository is found by the next night's comparison (a cycle of 1:
+/// every chunk it reuses), kept as `.wqm-chunks/quarantine/<id>`, its name taken away where it
+/// was (its entry dropped from its pack's index; a loose chunk's object removed) and sent again
+/// from the night's data: the older backup naming it reads whole again.
+#[test]
+#[cfg_attr(
+    not(real_s3),
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
+)]
+fn a_damaged_chunk_a_night_reuses_is_set_aside_and_sent_again() {
+    let double = Double::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut tmp = workspace();
+    for packed in [true, false] {
+        let (s3, url) = fresh_prefix(&runtime);
+        if !packed {
+            let params = r#"{"format":2,"chunker":"fastcdc-2020","min_size":16384,"avg_size":65536,"max_size":262144,"hash":"sha256","compression":"zstd","required_features":["lock-objects"]}"#;
+            let name = Name::new(".wqm-chunks/store.json").unwrap();
+            runtime
+                .block_on(s3.save(&name, backend::once(params.as_bytes().to_vec())))
+                .unwrap();
+        }
+        tmp = night(Test::in_dir(tmp), &double, &format!("{url}/n1"), "").1;
+        let index = load(&runtime, &s3, "n1/collections/small-plain.snapshot.chunks");
+        let index = String::from_utf8(index).unwrap();
+        let chunk = index
+            .lines()
+            .find_map(|l| l.split(' ').next().filter(|id| id.len() == 64))
+            .unwrap()
+            .to_string();
+        // One byte of its stored bytes altered where they are.
+        let (object, range, pack_index) = match packed {
+            true => {
+                let index = object_names(&runtime, &s3, INDEXES)
+                    .into_iter()
+                    .find(|index| {
+                        String::from_utf8(load(&runtime, &s3, index))
+                            .unwrap()
+                            .contains(&chunk)
+                    })
+                    .unwrap();
+                let text = String::from_utf8(load(&runtime, &s3, &index)).unwrap();
+                let fields: Vec<usize> = text
+                    .lines()
+                    .find(|l| l.starts_with(&chunk))
+                    .unwrap()
+                    .split(' ')
+                    .skip(1)
+                    .map(|n| n.parse().unwrap())
+                    .collect();
+                let pack = format!(
+                    "{PACKS}{}/{}",
+                    &index[INDEXES.len()..][..2],
+                    &index[INDEXES.len()..]
+                );
+                (pack, fields[0]..fields[0] + fields[1], Some(index))
+            }
+            false => {
+                let object = format!(".wqm-chunks/chunks/{}/{chunk}", &chunk[..2]);
+                let len = load(&runtime, &s3, &object).len();
+                (object, 0..len, None)
+            }
+        };
+        let mut bytes = load(&runtime, &s3, &object);
+        bytes[range.start + range.len() / 2] ^= 1;
+        let damaged = bytes[range.clone()].to_vec();
+        runtime
+            .block_on(s3.save(&Name::new(object.clone()).unwrap(), backend::once(bytes)))
+            .unwrap();
+
+        let expected = format!(
+            "wqm: warning: the chunk store held 1 damaged chunk(s) this backup needed (`{chunk}`): each was moved to `{url}/.wqm-chunks/quarantine` and stored again from this backup's data, so every backup naming it is whole again; other backups may still name damaged data: `wqm backup list {url} --check` finds them\n"
+        );
+        let (output, back) = with_s3(wqm(
+            Test::in_dir(tmp),
+            &double.url,
+            &format!("backup create {url}/n2 --incremental --json"),
+        ))
+        .env("TMPDIR", "{TMP}")
+        .env("WQM_BACKUP__VERIFICATION__COMPARE_REUSED_CYCLE", "1")
+        .stdout_with(|_| {})
+        .stderr(&expected)
+        .run();
+        let second: Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(
+            second["chunk_store"]["chunks_repaired"],
+            serde_json::json!([chunk]),
+            "{second}"
+        );
+        assert_eq!(
+            load(&runtime, &s3, &format!(".wqm-chunks/quarantine/{chunk}")),
+            damaged,
+            "the damaged bytes are kept aside"
+        );
+        if let Some(index) = pack_index {
+            let text = String::from_utf8(load(&runtime, &s3, &index)).unwrap();
+            assert!(!text.contains(&chunk), "no longer read from its pack");
+            assert!(object_names(&runtime, &s3, PACKS).contains(&object), "kept");
+            let copies = indexed_chunks(&runtime, &s3);
+            assert_eq!(copies.iter().filter(|id| **id == chunk).count(), 1);
+        }
+        // Both nights read whole; the next night finds nothing to repair.
+        tmp = crate::s3_faults::validates_in(back, &format!("{url}/n1"));
+        let (third, back) = night(
+            Test::in_dir(tmp).env("WQM_BACKUP__VERIFICATION__COMPARE_REUSED_CYCLE", "1"),
+            &double,
+            &format!("{url}/n3"),
+            "",
+        );
+        assert_eq!(
+            third["chunk_store"]["chunks_repaired"],
+            serde_json::json!([])
+        );
+        assert_eq!(added(&third, "chunks_added"), 0, "{third}");
+        tmp = back;
+    }
+}
+
+/// The same in an encrypted repository: the pack index written again without the damaged
+/// chunk is sealed as every index, so the store stays readable and both nights read whole.
+#[test]
+#[cfg_attr(
+    not(real_s3),
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
+)]
+fn a_damaged_chunk_is_set_aside_in_an_encrypted_repository_too() {
+    let double = Double::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (s3, url) = fresh_prefix(&runtime);
+    let tmp = encrypted_on_s3(workspace(), &url, FIRST);
+    let encrypted = |tmp: TempDir| fast(Test::in_dir(tmp)).env("WQM_BACKUP_PASSWORD", FIRST);
+    let (_, tmp) = night(encrypted(tmp), &double, &format!("{url}/n1"), "");
+    let packs = object_names(&runtime, &s3, PACKS);
+    assert_eq!(packs.len(), 1);
+    let name = Name::new(packs[0].clone()).unwrap();
+    let mut bytes = load(&runtime, &s3, &packs[0]);
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 1;
+    runtime
+        .block_on(s3.save(&name, backend::once(bytes)))
+        .unwrap();
+    let (output, tmp) = with_s3(wqm(
+        encrypted(tmp),
+        &double.url,
+        &format!("backup create {url}/n2 --incremental --json"),
+    ))
+    .env("TMPDIR", "{TMP}")
+    .env("WQM_BACKUP__VERIFICATION__COMPARE_REUSED_CYCLE", "1")
+    .stdout_with(|_| {})
+    .stderr_with(|e| assert!(e.contains("held 1 damaged chunk(s)"), "{e}"))
+    .run();
+    let second: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let repaired = second["chunk_store"]["chunks_repaired"].as_array().unwrap();
+    assert_eq!(repaired.len(), 1, "{second}");
+    let aside = format!(".wqm-chunks/quarantine/{}", repaired[0].as_str().unwrap());
+    assert_eq!(
+        object_names(&runtime, &s3, ".wqm-chunks/quarantine/"),
+        [aside]
+    );
+    let (_, tmp) = with_s3(encrypted(tmp))
+        .args(&format!("backup validate {url}/n1 --check-files"))
+        .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
+        .run();
+    let (third, _) = night(
+        encrypted(tmp).env("WQM_BACKUP__VERIFICATION__COMPARE_REUSED_CYCLE", "1"),
+        &double,
+        &format!("{url}/n3"),
+        "",
+    );
+    assert_eq!(
+        third["chunk_store"]["chunks_repaired"],
+        serde_json::json!([])
+    );
 }

@@ -670,7 +670,7 @@ impl ChunkStore {
     }
 
     /// Starts fetching the stored bytes of chunk `id` (`len` bytes of content) from the
-    /// repository on a backend, on its runtime, for `read_fetched`; `None` for a local store,
+    /// repository on a backend, on its runtime, for `decode_stored`; `None` for a local store,
     /// read as it comes. Lets a reader keep several round trips in flight.
     pub fn fetch(&self, id: &ChunkId, len: usize) -> Option<Fetch> {
         let remote = self.remote.as_ref()?;
@@ -715,19 +715,6 @@ impl ChunkStore {
         let rel = pack::pack_object(pack);
         let task = handle.spawn_blocking(move || remote.read_range_into(&rel, range, into));
         Some(Fetch { task, handle })
-    }
-
-    /// `read_chunk` of a chunk whose stored bytes `fetch` went for.
-    pub fn read_fetched(
-        &self,
-        id: &ChunkId,
-        len: usize,
-        fetch: Fetch,
-        check_name: bool,
-        buffer: &mut ChunkBuffer,
-    ) -> Result<u64, ChunkProblem> {
-        let stored = fetch.wait()?;
-        self.decode_stored(id, len, &stored, check_name, buffer)
     }
 
     /// `read_chunk` of a chunk whose stored bytes are `stored`.
@@ -837,11 +824,14 @@ pub struct Fetch {
 
 impl Fetch {
     /// The bytes fetched.
-    pub fn wait(mut self) -> Result<Vec<u8>, ChunkProblem> {
+    pub fn wait(self) -> Result<Vec<u8>, ChunkProblem> {
+        self.bytes().map_err(unreadable)
+    }
+
+    /// The bytes fetched, or the error reading them.
+    pub(super) fn bytes(mut self) -> io::Result<Vec<u8>> {
         let Fetch { task, handle } = &mut self;
-        let fetched = tokio::task::block_in_place(|| handle.block_on(task))
-            .map_err(|e| ChunkProblem::Damaged(format!("cannot read: {e}")))?;
-        fetched.map_err(unreadable)
+        tokio::task::block_in_place(|| handle.block_on(task)).map_err(io::Error::other)?
     }
 }
 
@@ -947,6 +937,7 @@ fn lock(file: File, root: &Path, access: Access) -> Result<File, ChunkError> {
     }
 }
 
+mod aside;
 mod courier;
 mod cut;
 mod gc;

@@ -534,6 +534,21 @@ pub(super) async fn save_index(
     put(backend, index_object(pack), Bytes::from(index)).await
 }
 
+/// Writes the index object of pack `pack` again without chunk `id` (`aside.rs`): the pack keeps
+/// its bytes, and no reader finds the chunk there any more.
+pub(super) fn drop_from_index(
+    remote: &Remote,
+    seal: Option<&Seal>,
+    pack: &str,
+    id: &ChunkId,
+    largest: usize,
+) -> io::Result<()> {
+    let mut entries = read_index(remote, seal, pack, largest)?;
+    entries.retain(|entry| entry.id != *id);
+    let index = index_bytes(seal, pack, &entries)?;
+    remote.wait(save_index(remote.backend(), pack, index))
+}
+
 /// Writes `bytes` as the object `object` of the store.
 async fn put(backend: &dyn Backend, object: String, bytes: Bytes) -> io::Result<()> {
     let name = Name::new(object.clone()).map_err(io::Error::other)?;

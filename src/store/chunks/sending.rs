@@ -1,8 +1,8 @@
 //! An incremental backup on its way to a repository on a backend (S3): made in a local staging
 //! store that receives only the chunks the repository lacks. The repository's store is listed
 //! once (`Listed`); a chunk it lists is reused as it is there (its stored size from the
-//! listing), never compared with the data (reading a share back from S3 costs a request per
-//! chunk; `validate --check-files` reads them), and never written locally. The new chunks are
+//! listing) and never written locally; the run's share of them is read back from the
+//! repository and compared with the data, as locally (`write.rs`). The new chunks are
 //! sent as they land (`Courier`), the rest (`backup::remote::send_chunks`) before the backup's
 //! indexes and manifest.
 
@@ -20,12 +20,14 @@ use super::{io_error, runs, Access, ChunkError, ChunkId, ChunkStore, Params, STO
 use crate::backend::{BackendError, Name};
 use crate::store::Remote;
 
-/// A repository's chunk store as listed once: its parameters and each chunk's stored size; and
-/// who sends the chunks a staging store gets, as they land.
+/// A repository's chunk store as listed once: its parameters and each chunk's stored size; the
+/// store itself, to read back the reused chunks a run compares; and who sends the chunks a
+/// staging store gets, as they land.
 #[derive(Clone, Debug)]
 pub struct Listed {
     params: Params,
     held: Arc<Holdings>,
+    store: Arc<ChunkStore>,
     courier: Option<Arc<Courier>>,
 }
 
@@ -61,10 +63,13 @@ impl Listed {
             .keyed_as(remote.seal().is_some())
             .packed();
         let params = remote_params(remote, &made)?;
+        // Its pack indexes read once: the store and the listing share them.
+        let store = ChunkStore::open_remote(remote)?;
         let held = remote_chunks(remote, &params)?;
         Ok(Listed {
             params,
             held: Arc::new(held),
+            store,
             courier: None,
         })
     }
@@ -214,6 +219,11 @@ impl ChunkStore {
     /// The stored size of `id` when the repository this store stages for lists it.
     pub fn listed_size(&self, id: &ChunkId) -> Option<u64> {
         self.listed.as_ref()?.held.stored_size(id)
+    }
+
+    /// The store of the repository this store stages for.
+    pub(super) fn repository(&self) -> Option<&Arc<ChunkStore>> {
+        self.listed.as_ref().map(|listed| &listed.store)
     }
 
     /// The stored bytes of chunk `id` of this (local) store, as they are sent.

@@ -129,13 +129,26 @@ impl Selection {
 
     /// Whether this run reads chunk `id`.
     pub fn reads(&self, id: &ChunkId) -> bool {
+        let first = u32::from_be_bytes([id.0[0], id.0[1], id.0[2], id.0[3]]);
+        self.picks(first, id.0)
+    }
+
+    /// Whether this run reads the chunks of pack `pack` (its id: random hex digits), for a
+    /// reader of a store of packs that reads a pack's chunks together.
+    pub fn reads_pack(&self, pack: &str) -> bool {
+        let first = pack
+            .get(..8)
+            .and_then(|head| u32::from_str_radix(head, 16).ok())
+            .unwrap_or(0);
+        self.picks(first, pack)
+    }
+
+    /// Whether the item whose id begins with `first` (a random number) and is `whole` is read.
+    fn picks(&self, first: u32, whole: impl std::hash::Hash) -> bool {
         match &self.rule {
-            Rule::Group { n, t } => {
-                let first = u32::from_be_bytes([id.0[0], id.0[1], id.0[2], id.0[3]]);
-                first % t == n - 1
-            }
+            Rule::Group { n, t } => first % t == n - 1,
             Rule::Below { key, threshold } => {
-                *threshold == u64::MAX || key.hash_one(id.0) < *threshold
+                *threshold == u64::MAX || key.hash_one(whole) < *threshold
             }
         }
     }
@@ -179,6 +192,24 @@ mod tests {
         for group in &groups {
             let read = ids.iter().filter(|id| group.reads(id)).count();
             assert!((550..=880).contains(&read), "{read}");
+        }
+    }
+
+    #[test]
+    fn the_groups_of_a_cycle_read_every_pack_exactly_once() {
+        let packs: Vec<String> = ids(700)
+            .iter()
+            .map(|id| id.to_string()[..32].to_string())
+            .collect();
+        let groups: Vec<Selection> = (1..=7)
+            .map(|n| Selection::new(Subset::Group { n, t: 7 }, 0))
+            .collect();
+        for pack in &packs {
+            assert_eq!(groups.iter().filter(|g| g.reads_pack(pack)).count(), 1);
+        }
+        for group in &groups {
+            let read = packs.iter().filter(|p| group.reads_pack(p)).count();
+            assert!((60..=140).contains(&read), "{read}");
         }
     }
 

@@ -6,17 +6,22 @@
 //! backup and fail each of them. One found damaged is moved aside into `quarantine/` (a hard
 //! link, so its name never goes missing) and stored again from the new data over its name,
 //! which repairs every backup that names it. The others cost a lookup: a night reads what
-//! changed and its share of the rest, not every chunk of the backup.
+//! changed and its share of the rest, not every chunk of the backup. A staging store's chunks
+//! reused from its repository on a backend are compared the same way, read back while the run
+//! goes on (`COMPARE_AHEAD` at once), and a damaged one set aside there (`aside.rs`); in a store
+//! of pack files the share is a share of the packs, whose chunks are read in ranges of
+//! `COMPARE_RANGE`: a few requests a night instead of one per chunk.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use super::index::INDEX_HEADER;
-use super::{ChunkBuffer, ChunkId, ChunkProblem, ChunkStore, Chunker, Selection};
-use super::{CHUNKS_DIR, QUARANTINE_DIR};
+use super::pack;
+use super::CHUNKS_DIR;
+use super::{ChunkBuffer, ChunkId, ChunkProblem, ChunkStore, Chunker, Fetch, Selection};
 use crate::fs::{create_private_dir_all, create_private_file};
 use crate::store::sync_dir;
 
@@ -102,7 +107,66 @@ struct ChunkSink<W: Write> {
     sound: HashMap<ChunkId, u64>,
     /// Fan-out directories that got a new name, to sync before the index may name them.
     touched: BTreeSet<PathBuf>,
+    /// Chunks reused from the repository on a backend being read back to compare, oldest first.
+    comparing: VecDeque<Comparison>,
+    /// The range of a pack read back last: the next chunks compared are likely in it.
+    range: Option<Arc<PackRange>>,
 }
+
+/// A reused chunk on its way back from the repository, and the data it must hold.
+struct Comparison {
+    id: ChunkId,
+    content: Vec<u8>,
+    from: ReadBack,
+}
+
+/// Where a reused chunk's stored bytes come from: a request of its own (a loose chunk), or a
+/// range of its pack read for it and the chunks after it.
+enum ReadBack {
+    Chunk(Fetch),
+    Packed(Arc<PackRange>, pack::Entry),
+}
+
+/// Bytes of a pack read back for comparisons: from `start`, up to `COMPARE_RANGE` of them,
+/// fetched once for every chunk in them.
+struct PackRange {
+    pack: Arc<str>,
+    start: u64,
+    fetch: Mutex<Option<Fetch>>,
+    bytes: OnceLock<io::Result<Vec<u8>>>,
+}
+
+impl PackRange {
+    /// Whether chunk `entry` of `pack` lies within the bytes this range reads.
+    fn holds(&self, pack: &str, entry: &pack::Entry) -> bool {
+        let range = entry.range();
+        *self.pack == *pack && range.start >= self.start && range.end <= self.start + COMPARE_RANGE
+    }
+
+    /// The stored bytes of chunk `entry` (within this range) once they are here: fewer when
+    /// the pack ends before it.
+    fn stored(&self, entry: &pack::Entry) -> io::Result<Vec<u8>> {
+        let read = self.bytes.get_or_init(|| {
+            let fetch = self.fetch.lock().expect("pack range lock").take();
+            fetch.expect("fetched once").bytes()
+        });
+        let read = read
+            .as_ref()
+            .map_err(|e| io::Error::new(e.kind(), e.to_string()))?;
+        let range = entry.range();
+        let end = ((range.end - self.start) as usize).min(read.len());
+        let start = ((range.start - self.start) as usize).min(end);
+        Ok(read[start..end].to_vec())
+    }
+}
+
+/// Reused chunks read back from a repository on a backend at once: their round trips overlap,
+/// and memory stays at this many chunks' data.
+const COMPARE_AHEAD: usize = 8;
+/// The bytes of a pack read back with one request for the comparisons (the chunk met, and
+/// those after it that the run will likely meet next: a pack holds chunks in the order a run
+/// cut them).
+const COMPARE_RANGE: u64 = 1 << 20;
 
 /// New chunks are fsynced this many at a time, on `SYNC_THREADS` threads: the filesystem
 /// commits concurrent fsyncs together, where one at a time each waits for its own commit.
@@ -131,6 +195,8 @@ impl<W: Write> ChunkWriter<W> {
                 in_flight: HashMap::new(),
                 sound: HashMap::new(),
                 touched: BTreeSet::new(),
+                comparing: VecDeque::new(),
+                range: None,
             },
         })
     }
@@ -140,6 +206,9 @@ impl<W: Write> ChunkWriter<W> {
     pub fn finish(mut self) -> io::Result<W> {
         let sink = &mut self.sink;
         self.chunker.finish(&mut |chunk| sink.store_chunk(chunk))?;
+        while !sink.comparing.is_empty() {
+            sink.settle_oldest()?;
+        }
         sink.land()?;
         if sink.store.is_staging() {
             return Ok(self.sink.index);
@@ -179,35 +248,34 @@ impl<W: Write> ChunkSink<W> {
     /// The stored size of `id` when the store holds it: compared with `chunk` the first time
     /// this run meets it when the run's share picks it (the stored size alone otherwise, and
     /// after that). `None` when it must be stored: missing, or found damaged (then moved to
-    /// `quarantine/` first).
+    /// `quarantine/` first). A chunk its repository on a backend lists is reused at once and
+    /// compared when it comes back (`settle_oldest`).
     fn reuse(&mut self, id: &ChunkId, chunk: &[u8]) -> io::Result<Option<u64>> {
-        // In the repository on a backend this store stages for: there as listed, not compared
-        // (`chunks::sending`).
         if let Some(size) = self.store.listed_size(id) {
+            let repository = self.store.repository().expect("listed by its repository");
+            let found = repository.locate(id);
+            let picked = match &found {
+                Some(at) => self.picks(id, |share| share.reads_pack(&at.pack)),
+                None => self.picks(id, |share| share.reads(id)),
+            };
+            if picked {
+                self.compare_later(id, chunk, found)?;
+            }
             self.sound.insert(*id, size);
             return Ok(Some(size));
         }
         let Some(size) = self.store.stored_size(id) else {
             return Ok(None);
         };
-        let first = self.run.checked.lock().expect("run lock").insert(*id);
-        if first && self.run.compare.as_ref().is_none_or(|s| s.reads(id)) {
-            *self.run.compared.lock().expect("run lock") += 1;
+        if self.picks(id, |share| share.reads(id)) {
             let found = self
                 .store
-                .read_chunk(id, chunk.len(), false, &mut self.stored)
-                .and_then(|_| {
-                    if self.stored.content == chunk {
-                        Ok(())
-                    } else {
-                        Err(ChunkProblem::Damaged("its content differs".into()))
-                    }
-                });
-            match found {
+                .read_chunk(id, chunk.len(), false, &mut self.stored);
+            match holds(found, &self.stored, chunk) {
                 Ok(()) => {}
                 Err(ChunkProblem::Missing) => return Ok(None),
                 Err(ChunkProblem::Damaged(_)) => {
-                    self.quarantine(id)?;
+                    self.store.quarantine(id)?;
                     self.run.added.lock().expect("run lock").repaired.push(*id);
                     return Ok(None);
                 }
@@ -220,10 +288,101 @@ impl<W: Write> ChunkSink<W> {
         Ok(Some(size))
     }
 
-    /// Keeps the damaged file of `id` as `quarantine/<id>` (its name in `chunks/` stays until
-    /// the new copy is renamed over it).
-    fn quarantine(&self, id: &ChunkId) -> io::Result<()> {
-        quarantine(&self.store.root, id)
+    /// Whether this run compares the reused chunk `id` with its data: the first time it meets
+    /// it, when its share (`reads`) picks it.
+    fn picks(&self, id: &ChunkId, reads: impl FnOnce(&Selection) -> bool) -> bool {
+        let first = self.run.checked.lock().expect("run lock").insert(*id);
+        let picked = first && self.run.compare.as_ref().is_none_or(reads);
+        if picked {
+            *self.run.compared.lock().expect("run lock") += 1;
+        }
+        picked
+    }
+
+    /// Starts reading chunk `id` back from the repository this store stages for (`found`: its
+    /// place in a pack), to compare with `chunk` when it comes; waits for the oldest beyond
+    /// `COMPARE_AHEAD`.
+    fn compare_later(
+        &mut self,
+        id: &ChunkId,
+        chunk: &[u8],
+        found: Option<pack::Location>,
+    ) -> io::Result<()> {
+        let repository = self.store.repository().expect("listed by its repository");
+        let from = match found {
+            None => ReadBack::Chunk(
+                repository
+                    .fetch(id, chunk.len())
+                    .expect("a repository on a backend"),
+            ),
+            Some(at) => {
+                let current = self.range.as_ref().filter(|r| r.holds(&at.pack, &at.entry));
+                let range = match current {
+                    Some(range) => range.clone(),
+                    None => {
+                        let start = at.entry.offset.into();
+                        let fetch = repository
+                            .fetch_range(&at.pack, start..start + COMPARE_RANGE, Vec::new())
+                            .expect("a repository on a backend");
+                        let range = Arc::new(PackRange {
+                            pack: at.pack.clone(),
+                            start,
+                            fetch: Mutex::new(Some(fetch)),
+                            bytes: OnceLock::new(),
+                        });
+                        self.range = Some(range.clone());
+                        range
+                    }
+                };
+                ReadBack::Packed(range, at.entry)
+            }
+        };
+        self.comparing.push_back(Comparison {
+            id: *id,
+            content: chunk.to_vec(),
+            from,
+        });
+        if self.comparing.len() > COMPARE_AHEAD {
+            self.settle_oldest()?;
+        }
+        Ok(())
+    }
+
+    /// Compares the oldest chunk read back from the repository: one found missing is stored
+    /// again; one found damaged is set aside there first (`aside.rs`). Both go up with the
+    /// run's new chunks, before its manifest.
+    fn settle_oldest(&mut self) -> io::Result<()> {
+        let Some(Comparison { id, content, from }) = self.comparing.pop_front() else {
+            return Ok(());
+        };
+        let repository = self.store.repository().expect("listed by its repository");
+        let stored = match from {
+            ReadBack::Chunk(fetch) => fetch.bytes(),
+            ReadBack::Packed(range, entry) => range.stored(&entry),
+        };
+        // Damage is what the bytes say; a request that failed (after the backend's retries)
+        // fails the run rather than set a sound chunk aside.
+        let found = match stored {
+            Ok(stored) => {
+                repository.decode_stored(&id, content.len(), &stored, false, &mut self.stored)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(ChunkProblem::Missing),
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot read chunk `{id}` back from the repository: {e}"),
+                ))
+            }
+        };
+        match holds(found, &self.stored, &content) {
+            Ok(()) => return Ok(()),
+            Err(ChunkProblem::Missing) => {}
+            Err(ChunkProblem::Damaged(_)) => {
+                repository.set_aside(&id)?;
+                self.run.added.lock().expect("run lock").repaired.push(id);
+            }
+        }
+        self.put(&id, &content).map(drop)
     }
 
     /// Writes a new chunk, compressed, into this file's temporary directory; `land` makes it
@@ -288,28 +447,16 @@ impl<W: Write> ChunkSink<W> {
     }
 }
 
-/// Keeps the file of chunk `id` of the store at `root` as `quarantine/<id>` (a second link to
-/// it). One copy is enough evidence: a chunk already there is left as it is.
-fn quarantine(root: &Path, id: &ChunkId) -> io::Result<()> {
-    let dir = root.join(QUARANTINE_DIR);
-    create_private_dir_all(&dir)?;
-    match fs::hard_link(root.join(id.rel()), dir.join(id.to_string())) {
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        other => other,
-    }?;
-    sync_dir(&dir)
-}
-
-impl ChunkStore {
-    /// Moves the damaged chunk `id` into `quarantine/` and takes its name away, so the next run
-    /// that needs it finds it missing and stores it again. For a chunk a run stored and its
-    /// verification found damaged: the run failed, and a later run, which compares only its
-    /// share of the chunks it reuses, might otherwise name it as it is.
-    pub fn set_aside(&self, id: &ChunkId) -> io::Result<()> {
-        quarantine(&self.root, id)?;
-        let target = self.root.join(id.rel());
-        fs::remove_file(&target)?;
-        sync_dir(crate::fs::parent_dir(&target))
+/// Whether a reused chunk, as `found` read it into `stored`, holds `chunk`.
+fn holds(
+    found: Result<u64, ChunkProblem>,
+    stored: &ChunkBuffer,
+    chunk: &[u8],
+) -> Result<(), ChunkProblem> {
+    found?;
+    match stored.content == chunk {
+        true => Ok(()),
+        false => Err(ChunkProblem::Damaged("its content differs".into())),
     }
 }
 
