@@ -53,6 +53,23 @@ impl LocalBackend {
         &self.inner.root
     }
 
+    /// The object `name` opened from blocking code, at the file itself (no runtime, no thread
+    /// hop: a local repository's reads are file reads), and its size. As `load`: no link
+    /// followed, only a regular file.
+    pub fn open_blocking(&self, name: &Name) -> Result<(File, u64), BackendError> {
+        self.inner.open(name)
+    }
+
+    /// `stat` from blocking code.
+    pub fn stat_blocking(&self, name: &Name) -> Result<ObjectInfo, BackendError> {
+        self.inner.stat(name)
+    }
+
+    /// `list` from blocking code.
+    pub fn list_blocking(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError> {
+        self.inner.list(prefix)
+    }
+
     /// Runs blocking file work on tokio's blocking threads.
     async fn blocking<T: Send + 'static>(
         &self,

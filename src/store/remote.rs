@@ -17,6 +17,7 @@ use futures_util::StreamExt;
 use tokio::runtime::Handle;
 
 use super::{Kind, Stat};
+use crate::backend::local::LocalBackend;
 use crate::backend::{Backend, BackendError, BlockingReader, Name, ObjectInfo};
 use crate::format::layout::MANIFEST_PATH;
 use crate::format::manifest::{self, Manifest, ManifestError};
@@ -30,10 +31,12 @@ pub fn replacement_of(name: &str) -> String {
     format!("{REPLACING}/{name}")
 }
 
-/// A backups directory on a backend (a bucket and prefix).
+/// A backups directory on a backend (a bucket and prefix, or a local directory).
 #[derive(Clone)]
 pub struct Remote {
     backend: Arc<dyn Backend>,
+    /// The same backend when it is a local directory: read from blocking code directly.
+    local: Option<LocalBackend>,
     handle: Handle,
     /// How the user wrote it (`s3://bucket/prefix`): the start of every path shown.
     shown: String,
@@ -46,6 +49,18 @@ impl std::fmt::Debug for Remote {
             .field("shown", &self.shown)
             .finish_non_exhaustive()
     }
+}
+
+/// The runtime a local repository's async work runs on when its caller has none.
+fn own_runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime")
+    })
 }
 
 /// Whether `e` is a backend's "no such object".
@@ -65,9 +80,29 @@ impl Remote {
     pub fn new(backend: Arc<dyn Backend>, handle: Handle, shown: String) -> Self {
         Remote {
             backend,
+            local: None,
             handle,
             shown,
         }
+    }
+
+    /// The local directory `dir` as a repository: read from blocking code without a runtime;
+    /// what only the async interface does runs on the runtime this is called from, or on a
+    /// runtime of wqm's own when there is none (a library caller, a test).
+    pub fn local(dir: &std::path::Path) -> Result<Self, BackendError> {
+        let backend = LocalBackend::open(dir)?;
+        let handle = Handle::try_current().unwrap_or_else(|_| own_runtime().handle().clone());
+        Ok(Remote {
+            backend: Arc::new(backend.clone()),
+            local: Some(backend),
+            handle,
+            shown: dir.display().to_string(),
+        })
+    }
+
+    /// Whether the repository is a local directory (its reads cost no round trip).
+    pub fn is_local(&self) -> bool {
+        self.local.is_some()
     }
 
     /// Runs `work` to its end from blocking code, wherever that runs.
@@ -105,6 +140,10 @@ impl Remote {
     /// `InvalidData`, as a path that leaves a local backup is.
     pub fn open(&self, rel: &str) -> io::Result<Box<dyn Read + Send>> {
         let name = Name::new(rel).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        if let Some(local) = &self.local {
+            let (file, _) = local.open_blocking(&name).map_err(not_found)?;
+            return Ok(Box::new(file));
+        }
         let data = self
             .wait(self.backend.load(&name, None))
             .map_err(not_found)?;
@@ -130,6 +169,15 @@ impl Remote {
         // Its size known, the buffer is made once (no doubling as the pieces come).
         bytes.clear();
         bytes.reserve((range.end - range.start).min(64 << 20) as usize);
+        if let Some(local) = &self.local {
+            use std::io::{Seek, SeekFrom};
+            let (mut file, size) = local.open_blocking(&name).map_err(not_found)?;
+            let start = range.start.min(size);
+            file.seek(SeekFrom::Start(start))?;
+            file.take(range.end.clamp(start, size) - start)
+                .read_to_end(&mut bytes)?;
+            return Ok(bytes);
+        }
         self.wait(async {
             let mut data = self
                 .backend
@@ -146,11 +194,17 @@ impl Remote {
     /// The size of the object `rel`.
     pub fn size(&self, rel: &str) -> io::Result<u64> {
         let name = Name::new(rel).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        if let Some(local) = &self.local {
+            return Ok(local.stat_blocking(&name).map_err(not_found)?.size);
+        }
         Ok(self.wait(self.backend.stat(&name)).map_err(not_found)?.size)
     }
 
     /// Every object under `prefix` (`""`: all, `"dir/"`), by name.
     pub fn list(&self, prefix: &str) -> io::Result<Vec<ObjectInfo>> {
+        if let Some(local) = &self.local {
+            return local.list_blocking(prefix).map_err(not_found);
+        }
         self.wait(self.backend.list(prefix)).map_err(not_found)
     }
 

@@ -37,7 +37,7 @@ impl ChunkStore {
     /// share of the chunks it reuses, might otherwise name it as it is), and for a chunk a
     /// create to a repository on a backend found damaged there (it sends a new copy).
     pub fn set_aside(&self, id: &ChunkId) -> io::Result<()> {
-        if let Some(remote) = &self.remote {
+        if let Some(remote) = self.network() {
             return self.set_aside_in(remote, id);
         }
         self.quarantine(id)?;

@@ -153,7 +153,7 @@ pub fn collect_garbage(
         ..Collected::default()
     };
     let doomed = unreferenced(found.chunks, referenced, &mut collected);
-    if let Some(remote) = &store.remote {
+    if let Some(remote) = store.network() {
         if !dry_run {
             // A thousand to a request on S3 (`Backend::remove_all`).
             let names: Vec<String> = doomed.iter().map(object_name).collect();

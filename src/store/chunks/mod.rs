@@ -328,8 +328,10 @@ pub struct ChunkStore {
     /// The `flock` of a store made before lock objects, held while the store is open
     /// (`legacy_lock`).
     _legacy_lock: Option<File>,
-    /// A store on a backend: chunks are read from there, `root` only names it.
-    remote: Option<Remote>,
+    /// The repository the store is in, which every chunk is read through: a local directory
+    /// (then `root` is the store's directory, which runs write chunks into) or a backend (S3:
+    /// `root` only names it).
+    repository: Remote,
     /// The key of the encrypted repository the store is in: chunks are named by a keyed hash
     /// and stored encrypted, each bound to its name.
     seal: Option<Seal>,
@@ -479,11 +481,12 @@ impl ChunkStore {
             false => legacy_lock(&store, &root, &mut params, access)?,
         };
         let seal = Self::sealed(&root, &params, seal::of_local(dir))?;
+        let repository = Remote::local(dir).map_err(|e| io_error(&root)(io::Error::other(e)))?;
         Ok(ChunkStore {
             root,
             params,
             _legacy_lock: legacy_lock,
-            remote: None,
+            repository,
             seal,
             listed: sending::shared(dir),
             packs: None,
@@ -542,7 +545,7 @@ impl ChunkStore {
             root,
             params,
             _legacy_lock: None,
-            remote: Some(repository.clone()),
+            repository: repository.clone(),
             seal,
             listed: None,
             packs,
@@ -590,7 +593,7 @@ impl ChunkStore {
 
     /// Whether the store is in a repository on a backend (S3): each chunk read is a request.
     pub fn is_remote(&self) -> bool {
-        self.remote.is_some()
+        !self.repository.is_local()
     }
 
     /// The name of a chunk of `content` in this store: its sha256, or in an encrypted
@@ -625,19 +628,13 @@ impl ChunkStore {
 
     /// The stored (compressed) size of a chunk, when it is there.
     pub fn stored_size(&self, id: &ChunkId) -> Option<u64> {
-        if let Some(remote) = &self.remote {
-            if let Some(found) = self.locate(id) {
-                return Some(u64::from(found.entry.stored));
-            }
-            return remote.size(&object_name(id)).ok();
+        if let Some(found) = self.locate(id) {
+            return Some(u64::from(found.entry.stored));
         }
         if let Some(size) = self.listed_size(id) {
             return Some(size);
         }
-        super::stat_in(&self.root, &id.rel())
-            .ok()
-            .filter(|s| s.kind == super::Kind::File)
-            .map(|s| s.len)
+        self.repository.size(&object_name(id)).ok()
     }
 
     /// Reads chunk `id` of `len` bytes into `buffer.content` and checks its size and (with
@@ -653,17 +650,10 @@ impl ChunkStore {
         let damaged = |what: &str, e: io::Error| ChunkProblem::Damaged(format!("{what}: {e}"));
         self.check_len(len)?;
         if let Some(found) = self.locate(id) {
-            let remote = self.remote.as_ref().expect("packs are on a backend");
-            buffer.compressed = read_packed(remote, &found).map_err(unreadable)?;
+            buffer.compressed = read_packed(&self.repository, &found).map_err(unreadable)?;
             return self.decode(id, len, check_name, buffer);
         }
-        let file: Box<dyn Read> = match &self.remote {
-            None => super::open_in(&self.root, &id.rel()).map(|f| Box::new(f) as Box<dyn Read>),
-            Some(remote) => remote
-                .open(&object_name(id))
-                .map(|f| Box::new(f) as Box<dyn Read>),
-        }
-        .map_err(unreadable)?;
+        let file = self.repository.open(&object_name(id)).map_err(unreadable)?;
         read_stored(file, self.stored_bound(len), &mut buffer.compressed)
             .map_err(|e| damaged("cannot read", e))?;
         self.decode(id, len, check_name, buffer)
@@ -673,7 +663,7 @@ impl ChunkStore {
     /// repository on a backend, on its runtime, for `decode_stored`; `None` for a local store,
     /// read as it comes. Lets a reader keep several round trips in flight.
     pub fn fetch(&self, id: &ChunkId, len: usize) -> Option<Fetch> {
-        let remote = self.remote.as_ref()?;
+        let remote = self.network()?;
         if let Some(found) = self.locate(id) {
             let reading = remote.clone();
             return Some(Fetch {
@@ -697,6 +687,12 @@ impl ChunkStore {
         })
     }
 
+    /// The repository on a backend the store is in (`None`: a local directory, read as it
+    /// comes).
+    pub(super) fn network(&self) -> Option<&Remote> {
+        Some(&self.repository).filter(|r| !r.is_local())
+    }
+
     /// Where chunk `id` is in a packed store's packs (`None`: loose, or missing).
     pub(super) fn locate(&self, id: &ChunkId) -> Option<pack::Location> {
         self.packs.as_ref()?.locate(id)
@@ -710,7 +706,7 @@ impl ChunkStore {
         range: std::ops::Range<u64>,
         into: Vec<u8>,
     ) -> Option<Fetch> {
-        let remote = self.remote.as_ref()?.clone();
+        let remote = self.network()?.clone();
         let handle = remote.handle().clone();
         let rel = pack::pack_object(pack);
         let task = handle.spawn_blocking(move || remote.read_range_into(&rel, range, into));

@@ -229,7 +229,9 @@ impl ChunkStore {
     /// The stored bytes of chunk `id` of this (local) store, as they are sent.
     pub fn stored_bytes(&self, id: &ChunkId) -> io::Result<Vec<u8>> {
         let mut bytes = Vec::new();
-        crate::store::open_in(&self.root, &id.rel())?.read_to_end(&mut bytes)?;
+        self.repository
+            .open(&super::object_name(id))?
+            .read_to_end(&mut bytes)?;
         Ok(bytes)
     }
 }
