@@ -25,6 +25,7 @@ use crate::format::layout::MANIFEST_PATH;
 use crate::progress::Progress;
 use crate::store::chunks::{ChunkId, Packer};
 use crate::store::lock::RepoLock;
+use crate::store::Occupant;
 
 /// Where run records live in a repository.
 pub const RUNS_DIR: &str = ".wqm-runs";
@@ -54,8 +55,14 @@ pub struct Removed {
 impl Removed {
     /// What was removed from the repository `shown`, in one line.
     pub fn line(&self, shown: &str) -> String {
+        format!("removed {}", self.what(&format!(" in `{shown}`")))
+    }
+
+    /// What was removed, `place` (where, or nothing) after the backup's name: `cleanup`'s line
+    /// begins with it.
+    pub fn what(&self, place: &str) -> String {
         format!(
-            "removed what a killed run left of `{}` in `{shown}`: {} object(s), {} unfinished upload(s){}",
+            "what a killed run left of `{}`{place}: {} object(s), {} unfinished upload(s){}",
             self.target,
             self.objects,
             self.uploads,
@@ -64,7 +71,7 @@ impl Removed {
     }
 
     /// What became of a killed `--force`'s new backup, to end the line with.
-    pub fn replacement_note(&self) -> &'static str {
+    fn replacement_note(&self) -> &'static str {
         match self.replacement {
             Settled::PutInPlace => "; the new backup a killed `--force` was putting in its place is in place",
             Settled::Removed => "; a killed `--force`'s new backup removed: it had not begun to replace the old one, which stays, or was in place already",
@@ -179,28 +186,17 @@ async fn check_free(
     target: &str,
     replace: bool,
 ) -> Result<bool, TargetTaken> {
-    let listed =
-        |prefix: String| async move { backend.list(&prefix).await.map_err(TargetTaken::Backend) };
-    let objects = listed(format!("{target}/")).await?;
-    let replacement = listed(format!("{}/", crate::store::replacement_of(target))).await?;
-    let repository = backend.describe();
-    if objects.is_empty() && replacement.is_empty() {
-        return Ok(false);
-    }
-    let manifest = format!("{target}/{MANIFEST_PATH}");
-    if replacement.is_empty() && objects.iter().any(|o| o.name == manifest) {
-        match replace {
-            true => Ok(true),
-            false => Err(TargetTaken::Backup {
-                repository,
-                target: target.to_string(),
-            }),
+    let (repository, target) = (backend.describe(), target.to_string());
+    match crate::store::occupant(backend, &target)
+        .await
+        .map_err(TargetTaken::Backend)?
+    {
+        Occupant::Nothing => Ok(false),
+        Occupant::Backup if replace => Ok(true),
+        Occupant::Backup => Err(TargetTaken::Backup { repository, target }),
+        Occupant::Unfinished | Occupant::Replacing => {
+            Err(TargetTaken::Unfinished { repository, target })
         }
-    } else {
-        Err(TargetTaken::Unfinished {
-            repository,
-            target: target.to_string(),
-        })
     }
 }
 

@@ -77,13 +77,7 @@ pub async fn run(
             ui.line(stale_line(lock));
         }
         for removed in &remote_runs.removed {
-            ui.line(format!(
-                "Removed what a killed run left of `{}`: {} object(s), {} unfinished upload(s){}",
-                removed.target,
-                removed.objects,
-                removed.uploads,
-                removed.replacement_note()
-            ));
+            ui.line(format!("Removed {}", removed.what("")));
         }
         for name in &deletions_finished {
             ui.line(format!(

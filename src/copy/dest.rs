@@ -19,7 +19,7 @@ use crate::format::layout::MANIFEST_PATH;
 use crate::fs::{create_private_dir_all, create_private_file, CopyError as Side};
 use crate::store::chunks::{self, ChunkId, ChunkStore, Holdings, Packer, Params, RunTemp};
 use crate::store::lock::RepoLock;
-use crate::store::{Remote, Repository, Staging};
+use crate::store::{occupant, Occupant, Remote, Repository, Staging};
 
 /// How much of a file is read at a time while it is sent to a backend.
 const PIECE: usize = 1 << 20;
@@ -91,16 +91,12 @@ impl Dest {
                 })
             }
             Repository::Remote(remote) => {
-                let objects = remote.list(&format!("{name}/"))?;
-                let replacement = crate::store::replacement_of(name);
-                if !remote.list(&format!("{replacement}/"))?.is_empty() {
-                    return Ok(Existing::Other("a `create --force` is putting a new backup in its place, or one that was killed left it half done (`wqm backup cleanup` finishes it)".to_string()));
-                }
-                if objects.is_empty() {
-                    return Ok(Existing::Nothing);
-                }
-                if !objects.iter().any(|o| o.name == manifest) {
-                    return Ok(Existing::Other("it holds objects of an unfinished backup (a copy or create still sending it, or one that was killed)".to_string()));
+                let other = |why: &str| Ok(Existing::Other(why.to_string()));
+                match remote.wait(occupant(remote.backend(), name))? {
+                    Occupant::Nothing => return Ok(Existing::Nothing),
+                    Occupant::Replacing => return other("a `create --force` is putting a new backup in its place, or one that was killed left it half done (`wqm backup cleanup` finishes it)"),
+                    Occupant::Unfinished => return other("it holds objects of an unfinished backup (a copy or create still sending it, or one that was killed)"),
+                    Occupant::Backup => {}
                 }
                 let mut bytes = Vec::new();
                 remote

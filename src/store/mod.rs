@@ -24,7 +24,7 @@ pub mod seal;
 mod staging;
 pub use checked::{content_matches, Checked, Damaged};
 use chunks::{ChunkError, ChunkReader, ChunkStore};
-pub use remote::{replacement_of, Remote, RemoteBackup, REPLACING};
+pub use remote::{occupant, replacement_of, Occupant, Remote, RemoteBackup, REPLACING};
 pub use scan::{scan, scan_at, scan_remote, Entry, Scan, Seen};
 use seal::Seal;
 pub use staging::{FileSink, Staging};

@@ -31,6 +31,35 @@ pub fn replacement_of(name: &str) -> String {
     format!("{REPLACING}/{name}")
 }
 
+/// What a backup's name holds in a repository on a backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Occupant {
+    Nothing,
+    /// A backup: its manifest is there.
+    Backup,
+    /// Objects without a manifest: a run still sending them, or one that was killed.
+    Unfinished,
+    /// A `create --force` is putting a new backup in its place, or one that was killed left it
+    /// half done (whatever is under the name itself).
+    Replacing,
+}
+
+/// What the name `name` holds in the repository on `backend` (two listings).
+pub async fn occupant(backend: &dyn Backend, name: &str) -> Result<Occupant, BackendError> {
+    let objects = backend.list(&format!("{name}/")).await?;
+    let replacement = backend.list(&format!("{}/", replacement_of(name))).await?;
+    let manifest = format!("{name}/{MANIFEST_PATH}");
+    Ok(if !replacement.is_empty() {
+        Occupant::Replacing
+    } else if objects.is_empty() {
+        Occupant::Nothing
+    } else if objects.iter().any(|o| o.name == manifest) {
+        Occupant::Backup
+    } else {
+        Occupant::Unfinished
+    })
+}
+
 /// A backups directory on a backend (a bucket and prefix, or a local directory).
 #[derive(Clone)]
 pub struct Remote {

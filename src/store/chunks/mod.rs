@@ -651,12 +651,12 @@ impl ChunkStore {
         self.check_len(len)?;
         if let Some(found) = self.locate(id) {
             buffer.compressed = read_packed(&self.repository, &found).map_err(unreadable)?;
-            return self.decode(id, len, check_name, buffer);
+            return self.decode(id, Some(len), check_name, buffer);
         }
         let file = self.repository.open(&object_name(id)).map_err(unreadable)?;
         read_stored(file, self.stored_bound(len), &mut buffer.compressed)
             .map_err(|e| damaged("cannot read", e))?;
-        self.decode(id, len, check_name, buffer)
+        self.decode(id, Some(len), check_name, buffer)
     }
 
     /// Starts fetching the stored bytes of chunk `id` (`len` bytes of content) from the
@@ -725,7 +725,7 @@ impl ChunkStore {
         self.check_len(len)?;
         buffer.compressed.clear();
         buffer.compressed.extend_from_slice(stored);
-        self.decode(id, len, check_name, buffer)
+        self.decode(id, Some(len), check_name, buffer)
     }
 
     fn check_len(&self, len: usize) -> Result<(), ChunkProblem> {
@@ -739,17 +739,20 @@ impl ChunkStore {
     }
 
     /// The content of the stored bytes in `buffer.compressed`, checked: into `buffer.content`.
-    fn decode(
+    /// Its length is `len` when the caller knows it (an index says it), else at most the
+    /// store's largest chunk.
+    pub(super) fn decode(
         &self,
         id: &ChunkId,
-        len: usize,
+        len: Option<usize>,
         check_name: bool,
         buffer: &mut ChunkBuffer,
     ) -> Result<u64, ChunkProblem> {
         let damaged = |what: &str, e: io::Error| ChunkProblem::Damaged(format!("{what}: {e}"));
-        if buffer.compressed.len() as u64 > self.stored_bound(len) {
+        let most = len.unwrap_or(self.params.max_size);
+        if buffer.compressed.len() as u64 > self.stored_bound(most) {
             return Err(ChunkProblem::Damaged(format!(
-                "its stored file is larger than {len} bytes can compress to"
+                "its stored file is larger than {most} bytes can compress to"
             )));
         }
         if let Some(seal) = &self.seal {
@@ -758,7 +761,7 @@ impl ChunkStore {
                 .map_err(|e| ChunkProblem::Damaged(e.to_string()))?;
         }
         buffer.content.clear();
-        buffer.content.reserve(len);
+        buffer.content.reserve(most);
         let decompressor = match &mut buffer.decompressor {
             Some(d) => d,
             empty => empty.insert(
@@ -768,7 +771,7 @@ impl ChunkStore {
         decompressor
             .decompress_to_buffer(&buffer.compressed, &mut buffer.content)
             .map_err(|e| damaged("cannot decompress", e))?;
-        if buffer.content.len() != len {
+        if let Some(len) = len.filter(|len| *len != buffer.content.len()) {
             return Err(ChunkProblem::Damaged(format!(
                 "holds {} bytes, its index says {len}",
                 buffer.content.len()

@@ -179,35 +179,33 @@ impl ChunkStore {
     /// Checks the stored bytes `stored` of chunk `id` (`len` bytes of content) as a reader
     /// would: decrypted, decompressed, their length and content against the name.
     pub(super) fn check_stored(&self, id: &ChunkId, len: usize, stored: &[u8]) -> io::Result<()> {
-        let mut buffer = super::ChunkBuffer {
-            compressed: stored.to_vec(),
-            ..Default::default()
-        };
         self.check_len(len)
-            .and_then(|()| self.decode(id, len, true, &mut buffer))
-            .map(|_| ())
+            .and_then(|()| self.decoded(id, Some(len), stored))
+            .map(drop)
             .map_err(|problem| super::chunk_error(id, &problem))
     }
 
     /// The length of chunk `id`'s content from its stored bytes `stored`, checked as a reader
     /// checks them (decrypted, decompressed, content against name).
     pub fn content_len(&self, id: &ChunkId, stored: &[u8]) -> io::Result<usize> {
-        let damaged =
-            |reason: String| super::chunk_error(id, &super::ChunkProblem::Damaged(reason));
-        let compressed = match &self.seal {
-            Some(seal) => seal
-                .open(&id.identity(), stored)
-                .map_err(|e| damaged(e.to_string()))?,
-            None => stored.to_vec(),
+        self.decoded(id, None, stored)
+            .map(|buffer| buffer.content.len())
+            .map_err(|problem| super::chunk_error(id, &problem))
+    }
+
+    /// The stored bytes `stored` of chunk `id`, decoded and checked against its name.
+    fn decoded(
+        &self,
+        id: &ChunkId,
+        len: Option<usize>,
+        stored: &[u8],
+    ) -> Result<super::ChunkBuffer, super::ChunkProblem> {
+        let mut buffer = super::ChunkBuffer {
+            compressed: stored.to_vec(),
+            ..Default::default()
         };
-        let content = zstd::bulk::decompress(&compressed, self.params.max_size)
-            .map_err(|e| damaged(format!("cannot decompress: {e}")))?;
-        if self.id_of(&content) != *id {
-            return Err(damaged(
-                "its content does not match its name (sha256)".to_string(),
-            ));
-        }
-        Ok(content.len())
+        self.decode(id, len, true, &mut buffer)?;
+        Ok(buffer)
     }
 
     /// Whether this is the staging store of a backup sent to a repository on a backend: its
