@@ -81,10 +81,11 @@ impl Ui {
     /// Reports a failure on stderr (and as JSON on stdout with `--json`); returns its exit code.
     pub fn fail(&self, error: &anyhow::Error) -> ExitCode {
         let (code, hint) = classify(error);
-        self.error_lines(&format!("{error:#}"), hint.as_deref());
+        let message = said(error);
+        self.error_lines(&message, hint.as_deref());
         if self.json {
             self.json(&serde_json::json!({
-                "error": { "message": format!("{error:#}"), "hint": hint, "exit_code": code.code() }
+                "error": { "message": message, "hint": hint, "exit_code": code.code() }
             }));
         }
         code
@@ -210,6 +211,24 @@ pub fn parse_failure(error: &clap::Error, args: &[OsString]) -> ExitCode {
 /// `1.2 MiB (1234567 bytes)`.
 pub fn size(bytes: u64) -> String {
     format!("{} ({bytes} bytes)", indicatif::BinaryBytes(bytes))
+}
+
+/// An error and its causes, `: `-separated, each said once: a cause its wrapper's message
+/// already ends with (`cannot write `X`: {source}`, whose source is also the next cause) is
+/// not said again.
+pub fn said(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let shown = cause.to_string();
+        if text.ends_with(&shown) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&shown);
+    }
+    text
 }
 
 // ---- exit codes of errors -------------------------------------------------------------------
@@ -368,6 +387,22 @@ mod classify_tests {
     fn code_of(error: impl std::error::Error + Send + Sync + 'static) -> ExitCode {
         // As the commands see them: inside an anyhow chain, under context.
         classify(&anyhow::Error::new(error).context("while doing something")).0
+    }
+
+    #[test]
+    fn an_error_says_each_cause_once() {
+        let full = std::io::Error::new(std::io::ErrorKind::StorageFull, "no space left");
+        let wrapped = crate::format::layout::LayoutError::Io {
+            action: "cannot write",
+            path: PathBuf::from("x"),
+            source: full,
+        };
+        let error = anyhow::Error::new(wrapped).context("cannot back up `c`");
+        assert_eq!(
+            said(&error),
+            "cannot back up `c`: cannot write `x`: no space left"
+        );
+        assert_eq!(format!("{error:#}").matches("no space left").count(), 2);
     }
 
     /// One of each error type (and each distinct code a type gives), with its documented code.

@@ -382,6 +382,16 @@ fn a_store_of_loose_chunks_on_s3_stays_readable_and_writable() {
     crate::s3_faults::validates(tmp, &format!("{url}/n2"));
 }
 
+/// A night to `target` comparing every chunk it reuses (a cycle of 1), which finds none to
+/// repair: its summary.
+fn sound_night(t: Test, double: &Double, target: &str) -> (Value, TempDir) {
+    let compare_all = t.env("WQM_BACKUP__VERIFICATION__COMPARE_REUSED_CYCLE", "1");
+    let (summary, tmp) = night(compare_all, double, target, "");
+    let repaired = &summary["chunk_store"]["chunks_repaired"];
+    assert_eq!(repaired, &serde_json::json!([]), "{summary}");
+    (summary, tmp)
+}
+
 /// A chunk damaged in the repository is found by the next night's comparison (a cycle of 1:
 /// every chunk it reuses), kept as `.wqm-chunks/quarantine/<id>`, its name taken away where it
 /// was (its entry dropped from its pack's index; a loose chunk's object removed) and sent again
@@ -485,16 +495,7 @@ fn a_damaged_chunk_a_night_reuses_is_set_aside_and_sent_again() {
         }
         // Both nights read whole; the next night finds nothing to repair.
         tmp = crate::s3_faults::validates_in(back, &format!("{url}/n1"));
-        let (third, back) = night(
-            Test::in_dir(tmp).env("WQM_BACKUP__VERIFICATION__COMPARE_REUSED_CYCLE", "1"),
-            &double,
-            &format!("{url}/n3"),
-            "",
-        );
-        assert_eq!(
-            third["chunk_store"]["chunks_repaired"],
-            serde_json::json!([])
-        );
+        let (third, back) = sound_night(Test::in_dir(tmp), &double, &format!("{url}/n3"));
         assert_eq!(added(&third, "chunks_added"), 0, "{third}");
         tmp = back;
     }
@@ -545,14 +546,55 @@ fn a_damaged_chunk_is_set_aside_in_an_encrypted_repository_too() {
         .args(&format!("backup validate {url}/n1 --check-files"))
         .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
         .run();
-    let (third, _) = night(
-        encrypted(tmp).env("WQM_BACKUP__VERIFICATION__COMPARE_REUSED_CYCLE", "1"),
-        &double,
-        &format!("{url}/n3"),
-        "",
-    );
-    assert_eq!(
-        third["chunk_store"]["chunks_repaired"],
-        serde_json::json!([])
-    );
+    sound_night(encrypted(tmp), &double, &format!("{url}/n3"));
+}
+
+/// A comparison whose read fails (the server answering `500` again and again, after the
+/// backend's retries) fails the night, naming the chunk: nothing is set aside, no pack index
+/// changes, no backup is made. The next night, the server well, reads it whole.
+#[test]
+#[cfg_attr(
+    not(real_s3),
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
+)]
+fn a_comparison_the_server_cannot_answer_fails_the_night_and_sets_nothing_aside() {
+    let double = Double::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (s3, url) = fresh_prefix(&runtime);
+    let (_, tmp) = night(Test::in_dir(workspace()), &double, &format!("{url}/n1"), "");
+    let indexes = |s3: &Arc<dyn Backend>| -> Vec<Vec<u8>> {
+        object_names(&runtime, s3, INDEXES)
+            .iter()
+            .map(|index| load(&runtime, s3, index))
+            .collect()
+    };
+    let before = indexes(&s3);
+    let failing = proxy(Faults {
+        fail_reads_of: Some(PACKS.to_string()),
+        ..Faults::default()
+    });
+    let (_, tmp) = through(
+        &failing,
+        wqm(
+            Test::in_dir(tmp),
+            &double.url,
+            &format!("backup create {url}/n2 --incremental"),
+        ),
+    )
+    .env("TMPDIR", "{TMP}")
+    .env("WQM_BACKUP__VERIFICATION__COMPARE_REUSED_CYCLE", "1")
+    .status(1)
+    .stdout_with(|_| {})
+    .stderr_with(|e| {
+        // Said once (the wrapper's message ends with its cause).
+        assert_eq!(e.matches("back from the repository").count(), 1, "{e}");
+        assert!(e.contains("500 Internal Server Error"), "{e}");
+    })
+    .run();
+    assert!(failing.seen(|seen| !seen.reads_failed.is_empty()));
+    assert!(object_names(&runtime, &s3, ".wqm-chunks/quarantine/").is_empty());
+    assert!(object_names(&runtime, &s3, "n2/").is_empty());
+    assert_eq!(indexes(&s3), before, "no index written again");
+    let (second, _) = sound_night(Test::in_dir(tmp), &double, &format!("{url}/n2"));
+    assert!(second["chunk_store"]["chunks_compared"].as_u64().unwrap() > 0);
 }

@@ -22,6 +22,10 @@ type Body = UnsyncBoxBody<Bytes, Infallible>;
 const SLOW_DOWN: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 <Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message><RequestId>4442587FB7D0A2F9</RequestId><HostId>wqm-test-proxy</HostId></Error>"#;
 
+/// S3's answer when the server fails inside.
+const INTERNAL_ERROR: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<Error><Code>InternalError</Code><Message>We encountered an internal error. Please try again.</Message><RequestId>4442587FB7D0A2FA</RequestId><HostId>wqm-test-proxy</HostId></Error>"#;
+
 /// S3's answer to a request the server does not implement.
 const NOT_IMPLEMENTED: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 <Error><Code>NotImplemented</Code><Message>A header you provided implies functionality that is not implemented.</Message><RequestId>4442587FB7D0A2FA</RequestId><HostId>wqm-test-proxy</HostId></Error>"#;
@@ -42,6 +46,9 @@ pub struct Faults {
     /// Answer every server-side copy (`PUT` with `x-amz-copy-source`) `501 NotImplemented`, as
     /// a server without `CopyObject` does.
     pub refuse_copy: bool,
+    /// Answer every read (`GET`) whose path contains this `500 InternalError`, as a server
+    /// failing again and again does.
+    pub fail_reads_of: Option<String>,
 }
 
 #[derive(Default)]
@@ -54,6 +61,8 @@ pub struct Seen {
     pub cut: Vec<String>,
     /// Copies refused (`refuse_copy`): their target paths.
     pub copies_refused: Vec<String>,
+    /// Reads answered `500` (`fail_reads_of`): their paths.
+    pub reads_failed: Vec<String>,
 }
 
 struct State {
@@ -178,6 +187,25 @@ async fn forward(
             .status(501)
             .header("content-type", "application/xml")
             .body(full(NOT_IMPLEMENTED))
+            .unwrap());
+    }
+    let fail_read = method == hyper::Method::GET && {
+        let mut s = state.lock().unwrap();
+        let fail = s
+            .faults
+            .fail_reads_of
+            .as_ref()
+            .is_some_and(|part| path.contains(part.as_str()));
+        if fail {
+            s.seen.reads_failed.push(path.clone());
+        }
+        fail
+    };
+    if fail_read {
+        return Ok(Response::builder()
+            .status(500)
+            .header("content-type", "application/xml")
+            .body(full(INTERNAL_ERROR))
             .unwrap());
     }
     if slow_down {
