@@ -345,6 +345,45 @@ impl Inner {
         }
     }
 
+    /// `to` made a second name of `from`'s file (a hard link, through a temporary name renamed
+    /// over whatever is at `to`): no byte is copied, and an object is never changed in place
+    /// (a save renames a new file over its name), so the two stay apart. `None` when the two
+    /// are on different file systems (a mount inside the repository): then it is copied.
+    fn link(&self, from: &Name, to: &Name) -> Result<Option<u64>, BackendError> {
+        let size = self.stat(from)?.size;
+        let (from_dir, from_last) = self.parent(from, false)?;
+        let from_dir = from_dir.ok_or_else(|| self.not_found(from.as_str()))?;
+        let tmp_dir = self.tmp_dir()?;
+        let temp = super::random_id();
+        match rustix::fs::linkat(
+            &from_dir,
+            from_last,
+            &tmp_dir,
+            temp.as_str(),
+            AtFlags::empty(),
+        ) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::XDEV) => return Ok(None),
+            Err(rustix::io::Errno::NOENT) => return Err(self.not_found(from.as_str())),
+            Err(e) => return Err(self.io("cannot link", to.as_str(), e.into())),
+        }
+        let placed = self.parent(to, true).and_then(|(dir, last)| {
+            let dir = dir.expect("made when missing");
+            match rustix::fs::renameat(&tmp_dir, temp.as_str(), &dir, last) {
+                Ok(()) => Ok(Some(dir)),
+                Err(rustix::io::Errno::XDEV) => Ok(None),
+                Err(e) => Err(self.io("cannot rename into place", to.as_str(), e.into())),
+            }
+        });
+        let Ok(Some(dir)) = placed else {
+            let _ = rustix::fs::unlinkat(&tmp_dir, temp.as_str(), AtFlags::empty());
+            return placed.map(|_| None);
+        };
+        rustix::fs::fsync(&dir)
+            .map_err(|e| self.io("cannot sync the directory of", to.as_str(), e.into()))?;
+        Ok(Some(size))
+    }
+
     fn remove(&self, name: &Name) -> Result<(), BackendError> {
         let (dir, last) = self.parent(name, false)?;
         let Some(dir) = dir else { return Ok(()) };
@@ -584,6 +623,19 @@ impl Backend for LocalBackend {
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError> {
         let prefix = prefix.to_string();
         self.blocking(move |inner| inner.list(&prefix)).await
+    }
+
+    /// A hard link (`Inner::link`); copied as by default across file systems.
+    async fn copy(&self, from: &Name, to: &Name) -> Result<u64, BackendError> {
+        let (linked_from, linked_to) = (from.clone(), to.clone());
+        if let Some(size) = self
+            .blocking(move |inner| inner.link(&linked_from, &linked_to))
+            .await?
+        {
+            return Ok(size);
+        }
+        let data = self.load(from, None).await?;
+        self.save(to, data).await
     }
 
     async fn remove(&self, name: &Name) -> Result<(), BackendError> {

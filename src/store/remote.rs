@@ -270,6 +270,14 @@ impl Remote {
             .map_err(not_found)
     }
 
+    /// Copies the object `from` to `to` (replacing one there): a hard link locally, on the
+    /// server on S3 (`Backend::copy`).
+    pub fn copy(&self, from: &str, to: &str) -> io::Result<u64> {
+        let name = |rel| Name::new(rel).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e));
+        let (from, to) = (name(from)?, name(to)?);
+        self.wait(self.backend.copy(&from, &to)).map_err(not_found)
+    }
+
     /// Removes the object `rel` (one already gone is no error).
     pub fn remove(&self, rel: &str) -> io::Result<()> {
         let name = Name::new(rel).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;

@@ -366,6 +366,17 @@ async fn copy_replaces_the_target_and_keeps_the_source(backend: Arc<dyn Backend>
         .unwrap_err();
     assert!(error.is_not_found(), "{error}");
     assert_eq!(names(&*backend, "to/").await, ["to/data"]);
+    // The two are apart: the source saved over or removed, the copy stays as it was (a
+    // local copy is a second link to the file).
+    backend
+        .save(&source, backend::once(b"new".to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(load(&*backend, &target, None).await.len() as u64, big);
+    backend.remove(&source).await.unwrap();
+    assert_eq!(load(&*backend, &target, None).await.len() as u64, big);
+    // A copy by link leaves no temporary name behind.
+    assert!(backend.unfinished().await.unwrap().is_empty());
 }
 
 async fn save_new_has_one_winner(backend: Arc<dyn Backend>) {
@@ -628,6 +639,29 @@ async fn local_links_are_never_followed() {
         .await
         .is_err());
     assert!(root.join("dir/inner").is_dir());
+}
+
+/// A local copy is a second link to the file (no byte copied); a link as its source is refused,
+/// not followed.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_copy_is_a_hard_link() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let backend = local(dir.path());
+    backend
+        .save(&name("a/b"), backend::once(b"content".to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(backend.copy(&name("a/b"), &name("c/d")).await.unwrap(), 7);
+    let root = dir.path().join("repo");
+    let inode = |p: &str| std::fs::metadata(root.join(p)).unwrap().ino();
+    assert_eq!(inode("a/b"), inode("c/d"));
+    std::fs::write(dir.path().join("outside"), "secret").unwrap();
+    std::os::unix::fs::symlink(dir.path().join("outside"), root.join("link")).unwrap();
+    let error = backend.copy(&name("link"), &name("e")).await.unwrap_err();
+    assert!(error.to_string().contains("symbolic link"), "{error}");
+    assert!(!root.join("e").exists());
 }
 
 /// Saved files and the directories made for them are private, and durable renames leave no

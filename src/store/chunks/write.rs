@@ -3,8 +3,8 @@
 //! A chunk the store has already is not written again. The run's share of them (`Run::compare`,
 //! a rotating group: every chunk over a cycle of nights) is read and compared with the data in
 //! hand (decompressed, byte for byte): a damaged one would otherwise be named by every later
-//! backup and fail each of them. One found damaged is moved aside into `quarantine/` (a hard
-//! link, so its name never goes missing) and stored again from the new data over its name,
+//! backup and fail each of them. One found damaged is set aside (`aside.rs`: kept in
+//! `quarantine/`, its name taken away) and stored again from the data in hand under its name,
 //! which repairs every backup that names it. The others cost a lookup: a night reads what
 //! changed and its share of the rest, not every chunk of the backup. A staging store's chunks
 //! reused from its repository on a backend are compared the same way, read back while the run
@@ -275,7 +275,7 @@ impl<W: Write> ChunkSink<W> {
                 Ok(()) => {}
                 Err(ChunkProblem::Missing) => return Ok(None),
                 Err(ChunkProblem::Damaged(_)) => {
-                    self.store.quarantine(id)?;
+                    self.store.set_aside(id)?;
                     self.run.added.lock().expect("run lock").repaired.push(*id);
                     return Ok(None);
                 }
