@@ -70,6 +70,30 @@ impl LocalBackend {
         self.inner.list(prefix)
     }
 
+    /// `top_level` from blocking code.
+    pub fn top_level_blocking(&self) -> Result<Vec<String>, BackendError> {
+        self.inner.top_level()
+    }
+
+    /// `save` of `bytes` from blocking code.
+    pub fn save_blocking(&self, name: &Name, bytes: &[u8]) -> Result<(), BackendError> {
+        let mut temp = self.inner.create_temp()?;
+        temp.file
+            .write_all(bytes)
+            .map_err(|e| self.inner.io("cannot write", RESERVED, e))?;
+        self.inner.commit(temp, name, true)
+    }
+
+    /// `copy` from blocking code.
+    pub fn copy_blocking(&self, from: &Name, to: &Name) -> Result<u64, BackendError> {
+        self.inner.copy(from, to)
+    }
+
+    /// `remove` from blocking code.
+    pub fn remove_blocking(&self, name: &Name) -> Result<(), BackendError> {
+        self.inner.remove(name)
+    }
+
     /// Runs blocking file work on tokio's blocking threads.
     async fn blocking<T: Send + 'static>(
         &self,
@@ -384,6 +408,19 @@ impl Inner {
         Ok(Some(size))
     }
 
+    /// `to` made a copy of `from`: a link (`link`), else (across file systems) its bytes
+    /// copied into a new file renamed over `to`.
+    fn copy(&self, from: &Name, to: &Name) -> Result<u64, BackendError> {
+        if let Some(size) = self.link(from, to)? {
+            return Ok(size);
+        }
+        let (mut file, size) = self.open(from)?;
+        let mut temp = self.create_temp()?;
+        io::copy(&mut file, &mut temp.file).map_err(|e| self.io("cannot copy", to.as_str(), e))?;
+        self.commit(temp, to, true)?;
+        Ok(size)
+    }
+
     fn remove(&self, name: &Name) -> Result<(), BackendError> {
         let (dir, last) = self.parent(name, false)?;
         let Some(dir) = dir else { return Ok(()) };
@@ -625,17 +662,10 @@ impl Backend for LocalBackend {
         self.blocking(move |inner| inner.list(&prefix)).await
     }
 
-    /// A hard link (`Inner::link`); copied as by default across file systems.
+    /// A hard link (`Inner::link`); the bytes copied across file systems.
     async fn copy(&self, from: &Name, to: &Name) -> Result<u64, BackendError> {
-        let (linked_from, linked_to) = (from.clone(), to.clone());
-        if let Some(size) = self
-            .blocking(move |inner| inner.link(&linked_from, &linked_to))
-            .await?
-        {
-            return Ok(size);
-        }
-        let data = self.load(from, None).await?;
-        self.save(to, data).await
+        let (from, to) = (from.clone(), to.clone());
+        self.blocking(move |inner| inner.copy(&from, &to)).await
     }
 
     async fn remove(&self, name: &Name) -> Result<(), BackendError> {

@@ -80,6 +80,12 @@ impl std::fmt::Debug for Remote {
     }
 }
 
+/// `rel` as an object name; one that is not valid is `InvalidData`, as a path that leaves a
+/// local backup is.
+fn object(rel: &str) -> io::Result<Name> {
+    Name::new(rel).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
 /// The runtime a local repository's async work runs on when its caller has none.
 fn own_runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
@@ -168,7 +174,7 @@ impl Remote {
     /// The object `rel`, read as it arrives. A name that is not a valid object name is
     /// `InvalidData`, as a path that leaves a local backup is.
     pub fn open(&self, rel: &str) -> io::Result<Box<dyn Read + Send>> {
-        let name = Name::new(rel).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let name = object(rel)?;
         if let Some(local) = &self.local {
             let (file, _) = local.open_blocking(&name).map_err(not_found)?;
             return Ok(Box::new(file));
@@ -194,7 +200,7 @@ impl Remote {
         range: std::ops::Range<u64>,
         mut bytes: Vec<u8>,
     ) -> io::Result<Vec<u8>> {
-        let name = Name::new(rel).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let name = object(rel)?;
         // Its size known, the buffer is made once (no doubling as the pieces come).
         bytes.clear();
         bytes.reserve((range.end - range.start).min(64 << 20) as usize);
@@ -222,7 +228,7 @@ impl Remote {
 
     /// The size of the object `rel`.
     pub fn size(&self, rel: &str) -> io::Result<u64> {
-        let name = Name::new(rel).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let name = object(rel)?;
         if let Some(local) = &self.local {
             return Ok(local.stat_blocking(&name).map_err(not_found)?.size);
         }
@@ -240,12 +246,18 @@ impl Remote {
     /// The names at the top of the repository (`Backend::top_level`), without listing what
     /// they hold.
     pub fn top_level(&self) -> io::Result<Vec<String>> {
+        if let Some(local) = &self.local {
+            return local.top_level_blocking().map_err(not_found);
+        }
         self.wait(self.backend.top_level()).map_err(not_found)
     }
 
     /// Writes the small object `rel` (replacing one there).
     pub fn put(&self, rel: &str, bytes: Vec<u8>) -> io::Result<()> {
-        let name = Name::new(rel).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let name = object(rel)?;
+        if let Some(local) = &self.local {
+            return local.save_blocking(&name, &bytes).map_err(not_found);
+        }
         self.wait(self.backend.save(&name, crate::backend::once(bytes)))
             .map(drop)
             .map_err(not_found)
@@ -253,9 +265,12 @@ impl Remote {
 
     /// Removes every object under `dir/`.
     pub fn remove_under(&self, dir: &str) -> io::Result<()> {
-        self.wait(crate::backend::remove_under(&*self.backend, dir))
-            .map(drop)
-            .map_err(not_found)
+        let names: Vec<String> = self
+            .list(&format!("{dir}/"))?
+            .into_iter()
+            .map(|o| o.name)
+            .collect();
+        self.remove_all(&names)
     }
 
     /// Removes the objects `rels` (those already gone are no error), in as few requests as the
@@ -263,9 +278,14 @@ impl Remote {
     pub fn remove_all(&self, rels: &[String]) -> io::Result<()> {
         let names = rels
             .iter()
-            .map(|rel| Name::new(rel.as_str()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            .map(|rel| object(rel))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(local) = &self.local {
+            return names
+                .iter()
+                .try_for_each(|name| local.remove_blocking(name))
+                .map_err(not_found);
+        }
         self.wait(self.backend.remove_all(&names))
             .map_err(not_found)
     }
@@ -273,15 +293,16 @@ impl Remote {
     /// Copies the object `from` to `to` (replacing one there): a hard link locally, on the
     /// server on S3 (`Backend::copy`).
     pub fn copy(&self, from: &str, to: &str) -> io::Result<u64> {
-        let name = |rel| Name::new(rel).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e));
-        let (from, to) = (name(from)?, name(to)?);
+        let (from, to) = (object(from)?, object(to)?);
+        if let Some(local) = &self.local {
+            return local.copy_blocking(&from, &to).map_err(not_found);
+        }
         self.wait(self.backend.copy(&from, &to)).map_err(not_found)
     }
 
     /// Removes the object `rel` (one already gone is no error).
     pub fn remove(&self, rel: &str) -> io::Result<()> {
-        let name = Name::new(rel).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        self.wait(self.backend.remove(&name)).map_err(not_found)
+        self.remove_all(&[rel.to_string()])
     }
 
     /// Where the objects of the backup `name` are: under `name`; or, while a `create --force`
