@@ -20,12 +20,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
-use crate::checksum::{sha256, to_hex};
-use crate::crypto::Identity;
 use crate::exit::{Classify, ExitCode};
 use crate::store::seal::{self, Seal};
 use crate::store::{at, Remote, Repository};
@@ -40,23 +35,6 @@ const CHUNKS_DIR: &str = "chunks";
 const TMP_DIR: &str = "tmp";
 /// Damaged chunks moved aside when a run stored them again (`write.rs`).
 const QUARANTINE_DIR: &str = "quarantine";
-/// The format of a store whose `required_features` this wqm knows (or has none).
-const FORMAT: u32 = 1;
-/// A store needing features raises its format to this, so that a wqm from before features
-/// (which reads format 1 only) refuses it too.
-const FEATURES_FORMAT: u32 = 2;
-/// The store is guarded by the lock objects of its backups directory (`store::lock`), not by
-/// `flock` on its `lock` file: a wqm that only knows the `flock` must not use it.
-const LOCK_OBJECTS: &str = "lock-objects";
-/// Features a store may require that this wqm implements. A future one (pack files, another
-/// hash) is listed in the store's `required_features` and refused by this wqm.
-const KNOWN_REQUIRED: [&str; 2] = [LOCK_OBJECTS, pack::PACKS];
-
-/// How an encrypted repository's store names chunks (`MasterKey::chunk_id`).
-const KEYED_HASH: &str = "hmac-sha256";
-/// How a plain store names its chunks.
-const PLAIN_HASH: &str = "sha256";
-
 /// The average chunk size (min = avg/4, max = avg×4), chosen by measurement on real Qdrant
 /// snapshots (docs/performance.md): smaller chunks share more between nights, larger ones cost
 /// fewer files.
@@ -126,196 +104,6 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> ChunkError + '_ {
     move |source| ChunkError::Io {
         path: path.to_path_buf(),
         source,
-    }
-}
-
-/// A chunk's name: the sha256 of its content.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ChunkId([u8; 32]);
-
-impl ChunkId {
-    pub fn of(content: &[u8]) -> Self {
-        ChunkId(sha256(content))
-    }
-
-    /// 64 lowercase hex digits, nothing else.
-    pub fn parse(text: &str) -> Option<Self> {
-        if text.len() != 64 || !text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            return None;
-        }
-        let mut id = [0u8; 32];
-        for (i, byte) in id.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
-        }
-        Some(ChunkId(id))
-    }
-
-    /// The name of a chunk of `content` in a repository encrypted with `seal` (its HMAC-SHA256
-    /// under the repository's key), or in a plain one (`None`: its sha256).
-    pub fn named_by(seal: Option<&Seal>, content: &[u8]) -> Self {
-        match seal {
-            None => ChunkId::of(content),
-            Some(seal) => ChunkId(seal.chunk_id(content)),
-        }
-    }
-
-    /// The stored bytes of this chunk from its compressed content `compressed`: encrypted and
-    /// bound to this name with `seal`, or as they are in a plain repository (`None`).
-    pub fn stored_by(&self, seal: Option<&Seal>, compressed: &[u8]) -> io::Result<Vec<u8>> {
-        match seal {
-            None => Ok(compressed.to_vec()),
-            Some(seal) => seal.seal(&self.identity(), compressed),
-        }
-    }
-
-    /// What an encrypted chunk is bound to.
-    fn identity(&self) -> Identity {
-        Identity::chunk(&self.0)
-    }
-
-    /// Where the chunk lives in the store, relative to it.
-    fn rel(&self) -> String {
-        let hex = self.to_string();
-        format!("{CHUNKS_DIR}/{}/{hex}", &hex[..2])
-    }
-}
-
-impl fmt::Display for ChunkId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&to_hex(&self.0))
-    }
-}
-
-impl fmt::Debug for ChunkId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ChunkId({self})")
-    }
-}
-
-/// How files are cut, fixed when the store is made: every backup in it must cut alike to share.
-/// Read from `store.json`; the format evolves by features, so old stores read unchanged.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Params {
-    /// 1, or 2 when `required_features` is not empty.
-    pub format: u32,
-    /// `fastcdc-2020` (normalization level 1, the crate's default gear table).
-    pub chunker: String,
-    pub min_size: usize,
-    pub avg_size: usize,
-    pub max_size: usize,
-    /// How chunks are named and stored.
-    pub hash: String,
-    pub compression: String,
-    /// What a reader must implement to use the store: one it does not know refuses the store.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub required_features: Vec<String>,
-    /// What the store has that a reader may ignore.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub optional_features: Vec<String>,
-}
-
-impl Params {
-    /// A new store's: it needs lock objects (`LOCK_OBJECTS`), so format 2.
-    pub fn with_average(avg_size: usize) -> Self {
-        Params {
-            format: FEATURES_FORMAT,
-            chunker: "fastcdc-2020".to_string(),
-            min_size: avg_size / 4,
-            avg_size,
-            max_size: avg_size * 4,
-            hash: PLAIN_HASH.to_string(),
-            compression: "zstd".to_string(),
-            required_features: vec![LOCK_OBJECTS.to_string()],
-            optional_features: Vec::new(),
-        }
-    }
-
-    /// The store of an encrypted repository: chunks named by HMAC-SHA256 under the
-    /// repository's key, and stored encrypted.
-    pub fn keyed(mut self) -> Self {
-        self.hash = KEYED_HASH.to_string();
-        self
-    }
-
-    /// These parameters for a store on a backend: its chunks in pack files (`pack.rs`).
-    pub fn packed(mut self) -> Self {
-        if !self.is_packed() {
-            self.required_features.push(pack::PACKS.to_string());
-        }
-        self.format = FEATURES_FORMAT;
-        self
-    }
-
-    /// These parameters for a local store: chunks loose, one file each.
-    pub fn loose(mut self) -> Self {
-        self.required_features.retain(|f| f != pack::PACKS);
-        self
-    }
-
-    /// Whether the store keeps its chunks in pack files.
-    pub fn is_packed(&self) -> bool {
-        self.required_features.iter().any(|f| f == pack::PACKS)
-    }
-
-    /// Whether chunks are named by a keyed hash (an encrypted repository's store).
-    pub fn is_keyed(&self) -> bool {
-        self.hash == KEYED_HASH
-    }
-
-    /// These parameters for a store that is keyed (an encrypted repository's) or not: the same
-    /// cut and storage, chunks named as such a store names them.
-    pub fn keyed_as(self, keyed: bool) -> Self {
-        match keyed {
-            true => self.keyed(),
-            false => Params {
-                hash: PLAIN_HASH.to_string(),
-                ..self
-            },
-        }
-    }
-
-    /// The features of `required_features` this wqm does not implement.
-    fn unknown_features(&self) -> Vec<String> {
-        self.required_features
-            .iter()
-            .filter(|f| !KNOWN_REQUIRED.contains(&f.as_str()))
-            .cloned()
-            .collect()
-    }
-
-    /// What this wqm can cut with: FastCDC's bounds (chunks of at most `LARGEST_CHUNK`), its
-    /// known algorithm and storage.
-    fn check(&self) -> Result<(), String> {
-        use fastcdc::v2020 as cdc;
-        if self.format != FORMAT && self.format != FEATURES_FORMAT {
-            return Err(format!(
-                "store format {} (this wqm reads {FORMAT} and {FEATURES_FORMAT})",
-                self.format
-            ));
-        }
-        if (self.chunker.as_str(), self.compression.as_str()) != ("fastcdc-2020", "zstd")
-            || ![PLAIN_HASH, KEYED_HASH].contains(&self.hash.as_str())
-        {
-            return Err(format!(
-                "unknown chunking `{}`/`{}`/`{}`",
-                self.chunker, self.hash, self.compression
-            ));
-        }
-        let sizes_ok = (cdc::MINIMUM_MIN..=cdc::MINIMUM_MAX).contains(&self.min_size)
-            && (cdc::AVERAGE_MIN..=cdc::AVERAGE_MAX).contains(&self.avg_size)
-            && (cdc::MAXIMUM_MIN..=LARGEST_CHUNK).contains(&self.max_size)
-            && self.min_size <= self.avg_size
-            && self.avg_size <= self.max_size
-            && [self.min_size, self.avg_size, self.max_size]
-                .iter()
-                .all(|s| s % 2 == 0);
-        if !sizes_ok {
-            return Err(format!(
-                "chunk sizes {}/{}/{} outside FastCDC's bounds (chunks of at most {LARGEST_CHUNK} bytes)",
-                self.min_size, self.avg_size, self.max_size
-            ));
-        }
-        Ok(())
     }
 }
 
@@ -550,25 +338,6 @@ impl ChunkStore {
             listed: None,
             packs,
         }))
-    }
-
-    /// `store.json`'s text, checked: this wqm knows its features and can cut with it.
-    pub fn parse_params(root: &Path, text: &str) -> Result<Params, ChunkError> {
-        let not_a_store = |reason: String| ChunkError::NotAStore {
-            path: root.to_path_buf(),
-            reason,
-        };
-        let params: Params =
-            serde_json::from_str(text).map_err(|e| not_a_store(format!("`{PARAMS_FILE}`: {e}")))?;
-        let unknown = params.unknown_features();
-        if !unknown.is_empty() {
-            return Err(ChunkError::NewerStore {
-                path: root.to_path_buf(),
-                features: unknown,
-            });
-        }
-        params.check().map_err(not_a_store)?;
-        Ok(params)
     }
 
     pub fn params(&self) -> &Params {
@@ -873,76 +642,16 @@ impl fmt::Display for ChunkProblem {
     }
 }
 
-/// A store made before lock objects (without `LOCK_OBJECTS`) may be used by an older wqm, which
-/// guards it with `flock` on its `lock` file only and does not see lock objects. So this wqm
-/// takes that `flock` too, as the older one did (shared to write or read chunks, waiting while a
-/// garbage collection holds it; exclusive to collect garbage, `Locked` at once otherwise), but
-/// on a descriptor opened for writing: NFS emulates `flock` with byte-range locks, which a
-/// read-only descriptor cannot take. Once a garbage collection holds it exclusively (no older
-/// run is using the store) it adds `LOCK_OBJECTS` to the store's `required_features`: from then
-/// on an older wqm refuses the store, and no run takes the `flock` again. A store without a
-/// `lock` file, or on a read-only file system, needs none: no older wqm can open or change it.
-fn legacy_lock(
-    store: &at::Dir,
-    root: &Path,
-    params: &mut Params,
-    access: Access,
-) -> Result<Option<File>, ChunkError> {
-    let file = match store.open_for_lock(LOCK_FILE) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::ROFS.raw_os_error()) => {
-            return Ok(None)
-        }
-        other => other.map_err(io_error(&root.join(LOCK_FILE)))?,
-    };
-    let file = lock(file, root, access)?;
-    if access == Access::Exclusive {
-        params.required_features.push(LOCK_OBJECTS.to_string());
-        params.format = FEATURES_FORMAT;
-        let text = serde_json::to_string_pretty(params).map_err(io::Error::other);
-        text.and_then(|text| crate::fs::write_atomic(&root.join(PARAMS_FILE), text.as_bytes()))
-            .map_err(io_error(root))?;
-    }
-    // Held while the store is open: an older run that read `store.json` before it changed may
-    // be waiting for it.
-    Ok(Some(file))
-}
-
-/// Takes the `flock` of a store made before lock objects on `file`; a shared one waits (Ctrl-C
-/// stops the wait) while an older garbage collection holds it exclusively.
-fn lock(file: File, root: &Path, access: Access) -> Result<File, ChunkError> {
-    let started = Instant::now();
-    loop {
-        let result = match access {
-            Access::Shared => file.try_lock_shared(),
-            Access::Exclusive => file.try_lock(),
-        };
-        match result {
-            Ok(()) => return Ok(file),
-            Err(std::fs::TryLockError::Error(e)) => return Err(io_error(root)(e)),
-            Err(std::fs::TryLockError::WouldBlock) => {}
-        }
-        if access == Access::Exclusive || started.elapsed() > LOCK_WAIT {
-            return Err(ChunkError::Locked {
-                path: root.to_path_buf(),
-            });
-        }
-        if crate::progress::is_interrupted() {
-            return Err(ChunkError::Interrupted {
-                path: root.to_path_buf(),
-            });
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 mod aside;
 mod courier;
 mod cut;
 mod gc;
+mod id;
 mod import;
 mod index;
+mod legacy;
 mod pack;
+mod params;
 mod prefetch;
 mod read;
 mod refs;
@@ -956,9 +665,13 @@ mod write;
 pub use courier::Courier;
 pub use cut::Chunker;
 pub use gc::{collect_garbage, find_unreferenced, find_unreferenced_at, Collected, Unreferenced};
+pub use id::ChunkId;
 pub use import::{id_of_object, object_name, params_object, save_chunk};
 pub use index::{index_text, IndexLine, IndexReader};
+use legacy::legacy_lock;
 pub use pack::{parse_index as parse_pack_index, PackIndex, Packer};
+pub use params::Params;
+use params::{FEATURES_FORMAT, LOCK_OBJECTS};
 pub use prefetch::SharedReader;
 pub use read::{chunk_error, ChunkReader};
 pub use refs::{
