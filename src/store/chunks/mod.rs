@@ -643,6 +643,7 @@ impl fmt::Display for ChunkProblem {
 }
 
 mod aside;
+mod compare;
 mod courier;
 mod cut;
 mod gc;

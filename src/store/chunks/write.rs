@@ -8,20 +8,18 @@
 //! which repairs every backup that names it. The others cost a lookup: a night reads what
 //! changed and its share of the rest, not every chunk of the backup. A staging store's chunks
 //! reused from its repository on a backend are compared the same way, read back while the run
-//! goes on (`COMPARE_AHEAD` at once), and a damaged one set aside there (`aside.rs`); in a store
-//! of pack files the share is a share of the packs, whose chunks are read in ranges of
-//! `COMPARE_RANGE`: a few requests a night instead of one per chunk.
+//! goes on (`compare.rs`), and a damaged one set aside there.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
+use super::compare::{holds, Comparisons, Settled};
 use super::index::INDEX_HEADER;
-use super::pack;
 use super::CHUNKS_DIR;
-use super::{ChunkBuffer, ChunkId, ChunkProblem, ChunkStore, Chunker, Fetch, Selection};
+use super::{ChunkBuffer, ChunkId, ChunkProblem, ChunkStore, Chunker, Selection};
 use crate::fs::{create_private_dir_all, create_private_file};
 use crate::store::sync_dir;
 
@@ -107,66 +105,9 @@ struct ChunkSink<W: Write> {
     sound: HashMap<ChunkId, u64>,
     /// Fan-out directories that got a new name, to sync before the index may name them.
     touched: BTreeSet<PathBuf>,
-    /// Chunks reused from the repository on a backend being read back to compare, oldest first.
-    comparing: VecDeque<Comparison>,
-    /// The range of a pack read back last: the next chunks compared are likely in it.
-    range: Option<Arc<PackRange>>,
+    /// Chunks reused from the repository on a backend being read back to compare.
+    comparing: Comparisons,
 }
-
-/// A reused chunk on its way back from the repository, and the data it must hold.
-struct Comparison {
-    id: ChunkId,
-    content: Vec<u8>,
-    from: ReadBack,
-}
-
-/// Where a reused chunk's stored bytes come from: a request of its own (a loose chunk), or a
-/// range of its pack read for it and the chunks after it.
-enum ReadBack {
-    Chunk(Fetch),
-    Packed(Arc<PackRange>, pack::Entry),
-}
-
-/// Bytes of a pack read back for comparisons: from `start`, up to `COMPARE_RANGE` of them,
-/// fetched once for every chunk in them.
-struct PackRange {
-    pack: Arc<str>,
-    start: u64,
-    fetch: Mutex<Option<Fetch>>,
-    bytes: OnceLock<io::Result<Vec<u8>>>,
-}
-
-impl PackRange {
-    /// Whether chunk `entry` of `pack` lies within the bytes this range reads.
-    fn holds(&self, pack: &str, entry: &pack::Entry) -> bool {
-        let range = entry.range();
-        *self.pack == *pack && range.start >= self.start && range.end <= self.start + COMPARE_RANGE
-    }
-
-    /// The stored bytes of chunk `entry` (within this range) once they are here: fewer when
-    /// the pack ends before it.
-    fn stored(&self, entry: &pack::Entry) -> io::Result<Vec<u8>> {
-        let read = self.bytes.get_or_init(|| {
-            let fetch = self.fetch.lock().expect("pack range lock").take();
-            fetch.expect("fetched once").bytes()
-        });
-        let read = read
-            .as_ref()
-            .map_err(|e| io::Error::new(e.kind(), e.to_string()))?;
-        let range = entry.range();
-        let end = ((range.end - self.start) as usize).min(read.len());
-        let start = ((range.start - self.start) as usize).min(end);
-        Ok(read[start..end].to_vec())
-    }
-}
-
-/// Reused chunks read back from a repository on a backend at once: their round trips overlap,
-/// and memory stays at this many chunks' data.
-const COMPARE_AHEAD: usize = 8;
-/// The bytes of a pack read back with one request for the comparisons (the chunk met, and
-/// those after it that the run will likely meet next: a pack holds chunks in the order a run
-/// cut them).
-const COMPARE_RANGE: u64 = 1 << 20;
 
 /// New chunks are fsynced this many at a time, on `SYNC_THREADS` threads: the filesystem
 /// commits concurrent fsyncs together, where one at a time each waits for its own commit.
@@ -195,8 +136,7 @@ impl<W: Write> ChunkWriter<W> {
                 in_flight: HashMap::new(),
                 sound: HashMap::new(),
                 touched: BTreeSet::new(),
-                comparing: VecDeque::new(),
-                range: None,
+                comparing: Comparisons::default(),
             },
         })
     }
@@ -206,8 +146,13 @@ impl<W: Write> ChunkWriter<W> {
     pub fn finish(mut self) -> io::Result<W> {
         let sink = &mut self.sink;
         self.chunker.finish(&mut |chunk| sink.store_chunk(chunk))?;
-        while !sink.comparing.is_empty() {
-            sink.settle_oldest()?;
+        if let Some(repository) = sink.store.repository().cloned() {
+            while let Some(settled) = sink
+                .comparing
+                .settle_oldest(&repository, &mut sink.stored)?
+            {
+                sink.settled(settled)?;
+            }
         }
         sink.land()?;
         if sink.store.is_staging() {
@@ -247,9 +192,9 @@ impl<W: Write> ChunkSink<W> {
 
     /// The stored size of `id` when the store holds it: compared with `chunk` the first time
     /// this run meets it when the run's share picks it (the stored size alone otherwise, and
-    /// after that). `None` when it must be stored: missing, or found damaged (then moved to
-    /// `quarantine/` first). A chunk its repository on a backend lists is reused at once and
-    /// compared when it comes back (`settle_oldest`).
+    /// after that). `None` when it must be stored; one found missing or damaged when compared is
+    /// stored again here (`store_again`). A chunk its repository on a backend lists is reused
+    /// at once and compared when it comes back (`compare.rs`).
     fn reuse(&mut self, id: &ChunkId, chunk: &[u8]) -> io::Result<Option<u64>> {
         if let Some(size) = self.store.listed_size(id) {
             let repository = self.store.repository().expect("listed by its repository");
@@ -259,7 +204,13 @@ impl<W: Write> ChunkSink<W> {
                 None => self.picks(id, |share| share.reads(id)),
             };
             if picked {
-                self.compare_later(id, chunk, found)?;
+                let repository = repository.clone();
+                let settled =
+                    self.comparing
+                        .start(&repository, id, chunk, found, &mut self.stored)?;
+                if let Some(settled) = settled {
+                    self.settled(settled)?;
+                }
             }
             self.sound.insert(*id, size);
             return Ok(Some(size));
@@ -271,14 +222,8 @@ impl<W: Write> ChunkSink<W> {
             let found = self
                 .store
                 .read_chunk(id, chunk.len(), false, &mut self.stored);
-            match holds(found, &self.stored, chunk) {
-                Ok(()) => {}
-                Err(ChunkProblem::Missing) => return Ok(None),
-                Err(ChunkProblem::Damaged(_)) => {
-                    self.store.set_aside(id)?;
-                    self.run.added.lock().expect("run lock").repaired.push(*id);
-                    return Ok(None);
-                }
+            if let Err(problem) = holds(found, &self.stored, chunk) {
+                return self.store_again(*id, chunk, problem, false).map(Some);
             }
         }
         let target = self.store.root.join(id.rel());
@@ -299,90 +244,33 @@ impl<W: Write> ChunkSink<W> {
         picked
     }
 
-    /// Starts reading chunk `id` back from the repository this store stages for (`found`: its
-    /// place in a pack), to compare with `chunk` when it comes; waits for the oldest beyond
-    /// `COMPARE_AHEAD`.
-    fn compare_later(
-        &mut self,
-        id: &ChunkId,
-        chunk: &[u8],
-        found: Option<pack::Location>,
-    ) -> io::Result<()> {
-        let repository = self.store.repository().expect("listed by its repository");
-        let from = match found {
-            None => ReadBack::Chunk(
-                repository
-                    .fetch(id, chunk.len())
-                    .expect("a repository on a backend"),
-            ),
-            Some(at) => {
-                let current = self.range.as_ref().filter(|r| r.holds(&at.pack, &at.entry));
-                let range = match current {
-                    Some(range) => range.clone(),
-                    None => {
-                        let start = at.entry.offset.into();
-                        let fetch = repository
-                            .fetch_range(&at.pack, start..start + COMPARE_RANGE, Vec::new())
-                            .expect("a repository on a backend");
-                        let range = Arc::new(PackRange {
-                            pack: at.pack.clone(),
-                            start,
-                            fetch: Mutex::new(Some(fetch)),
-                            bytes: OnceLock::new(),
-                        });
-                        self.range = Some(range.clone());
-                        range
-                    }
-                };
-                ReadBack::Packed(range, at.entry)
-            }
-        };
-        self.comparing.push_back(Comparison {
-            id: *id,
-            content: chunk.to_vec(),
-            from,
-        });
-        if self.comparing.len() > COMPARE_AHEAD {
-            self.settle_oldest()?;
+    /// What a comparison with the repository found: a chunk that is not sound is stored again.
+    fn settled(&mut self, (id, content, found): Settled) -> io::Result<()> {
+        match found {
+            Ok(()) => Ok(()),
+            Err(problem) => self.store_again(id, &content, problem, true).map(drop),
         }
-        Ok(())
     }
 
-    /// Compares the oldest chunk read back from the repository: one found missing is stored
-    /// again; one found damaged is set aside there first (`aside.rs`). Both go up with the
-    /// run's new chunks, before its manifest.
-    fn settle_oldest(&mut self) -> io::Result<()> {
-        let Some(Comparison { id, content, from }) = self.comparing.pop_front() else {
-            return Ok(());
-        };
-        let repository = self.store.repository().expect("listed by its repository");
-        let stored = match from {
-            ReadBack::Chunk(fetch) => fetch.bytes(),
-            ReadBack::Packed(range, entry) => range.stored(&entry),
-        };
-        // Damage is what the bytes say; a request that failed (after the backend's retries)
-        // fails the run rather than set a sound chunk aside.
-        let found = match stored {
-            Ok(stored) => {
-                repository.decode_stored(&id, content.len(), &stored, false, &mut self.stored)
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(ChunkProblem::Missing),
-            Err(e) => {
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!("cannot read chunk `{id}` back from the repository: {e}"),
-                ))
-            }
-        };
-        match holds(found, &self.stored, &content) {
-            Ok(()) => return Ok(()),
-            Err(ChunkProblem::Missing) => {}
-            Err(ChunkProblem::Damaged(_)) => {
-                repository.set_aside(&id)?;
-                self.run.added.lock().expect("run lock").repaired.push(id);
-            }
+    /// Stores chunk `id` (`content`) again, its stored size: found missing, or damaged (then set
+    /// aside first where it was found: in this store, or `listed` in the repository this store
+    /// stages for, whose new copy the run sends before its manifest).
+    fn store_again(
+        &mut self,
+        id: ChunkId,
+        content: &[u8],
+        problem: ChunkProblem,
+        listed: bool,
+    ) -> io::Result<u64> {
+        if let ChunkProblem::Damaged(_) = problem {
+            let found_in = match listed {
+                true => self.store.repository().expect("listed by its repository"),
+                false => &self.store,
+            };
+            found_in.set_aside(&id)?;
+            self.run.added.lock().expect("run lock").repaired.push(id);
         }
-        self.put(&id, &content).map(drop)
+        self.put(&id, content)
     }
 
     /// Writes a new chunk, compressed, into this file's temporary directory; `land` makes it
@@ -444,19 +332,6 @@ impl<W: Write> ChunkSink<W> {
             }
         }
         Ok(())
-    }
-}
-
-/// Whether a reused chunk, as `found` read it into `stored`, holds `chunk`.
-fn holds(
-    found: Result<u64, ChunkProblem>,
-    stored: &ChunkBuffer,
-    chunk: &[u8],
-) -> Result<(), ChunkProblem> {
-    found?;
-    match stored.content == chunk {
-        true => Ok(()),
-        false => Err(ChunkProblem::Damaged("its content differs".into())),
     }
 }
 
