@@ -6,7 +6,7 @@
 #
 #   scripts/bench-s3-incremental.sh                                   # 20000 points, 10 nights
 #   BENCH_POINTS=8000 BENCH_NIGHTS=3 BENCH_RUNS=1 scripts/bench-s3-incremental.sh   # a quick look
-#   BENCH_BASELINE=/path/to/an/older/wqm scripts/bench-s3-incremental.sh   # its nights to S3 too
+#   BENCH_BASELINE=/path/to/an/older/wqm scripts/bench-s3-incremental.sh   # its S3 runs too
 #
 # Each night (scripts/bench_incremental.py churn, rows of the state database touched) is backed
 # up twice, the order alternating night by night: `create DIR/night-NN --incremental` and
@@ -72,6 +72,9 @@ for i in $(seq "$runs"); do
   else
     create first-s3 "$repo-empty-$i/night"; create first-local "$out/empty-$i/night"
   fi
+  if [ -n "${BENCH_BASELINE:-}" ]; then
+    create first-s3-baseline "$repo-baseline-empty-$i/night" "$BENCH_BASELINE"
+  fi
 done
 
 echo
@@ -93,4 +96,4 @@ table create-local create-s3
 echo
 echo "A first night into an empty repository, $runs runs each:"
 echo
-table first-local first-s3
+table first-local first-s3 ${BENCH_BASELINE:+first-s3-baseline}

@@ -152,13 +152,15 @@ impl Staging {
         self.chunks.as_ref().map_or(0, |c| c.run.compared())
     }
 
-    /// The chunks this run stored, new or repaired (see `chunks::Run::written`): all that its
-    /// verification reads of the store.
-    pub fn chunks_written(&self) -> std::collections::HashSet<super::chunks::ChunkId> {
-        self.chunks
-            .as_ref()
-            .map(|c| c.run.written())
-            .unwrap_or_default()
+    /// The chunks this run stored, new or repaired (see `chunks::Run::written`), that its
+    /// verification reads back: all of them, but none where each was read back and checked as
+    /// it landed (a night to S3, whose courier checks every chunk before it sends it; one that
+    /// fails stops the run before its manifest).
+    pub fn chunks_to_read_back(&self) -> std::collections::HashSet<super::chunks::ChunkId> {
+        match &self.chunks {
+            Some(chunks) if !chunks.store.checks_as_it_lands() => chunks.run.written(),
+            _ => Default::default(),
+        }
     }
 
     /// The directory the backup is written in.

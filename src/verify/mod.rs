@@ -262,23 +262,26 @@ pub fn audit_at(
 /// What `verify_staged` read of the chunk store.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Verified {
-    /// Chunks read back and checked against their names: those the run stored.
+    /// Chunks read back and checked against their names: those the run stored (none on the
+    /// way to S3, whose courier checked each as it landed).
     pub chunks_read: u64,
-    /// Chunks only looked up: the ones the run found in the store and reused.
+    /// Chunks only looked up: the ones the run found in the store and reused (and on the way
+    /// to S3 those it stored).
     pub chunks_looked_up: u64,
 }
 
 /// `verify_after_backup`: re-reads every staged file and checks it before the backup is renamed
-/// into place. Of the chunk store it reads back the chunks this run stored; the chunks it reused
-/// were there before, so it checks only that they still are (the run compared its share of them
-/// with its data as it wrote: `chunks::Run`).
+/// into place. Of the chunk store it reads back the chunks this run stored (unless each was as
+/// it landed: `Staging::chunks_to_read_back`); the chunks it reused were there before, so it
+/// checks only that they still are (the run compared its share of them with its data as it
+/// wrote: `chunks::Run`).
 pub(crate) fn verify_staged(
     staging: &Staging,
     progress: &dyn Progress,
 ) -> anyhow::Result<Verified> {
     progress.step("verifying the new backup");
     let mut options = Options::new(Depth::Checksums, Default::default());
-    options.chunks = ChunkTally::reading_only(staging.chunks_written());
+    options.chunks = ChunkTally::reading_only(staging.chunks_to_read_back());
     let report = audit(staging.dir(), &options, progress)?;
     if let Some(problem) = report
         .findings

@@ -63,6 +63,9 @@ fn incremental_nights_to_s3_send_only_new_chunks_restore_and_prune() {
     assert!(object_names(&runtime, &s3, ".wqm-chunks/chunks/").is_empty());
     assert!(added(&first, "chunks_added") >= 4, "{first}");
     assert_eq!(after_n1.len() as u64, added(&first, "chunks_added"));
+    // Each was checked as it was sent: the verification reads none back.
+    assert_eq!(first["verify"]["chunks_read"], 0, "{first}");
+    assert!(first["verify"]["chunks_looked_up"].as_u64().unwrap() >= added(&first, "chunks_added"));
     // Night 2 of the same data sends nothing: every chunk is in the repository.
     let (second, tmp) = night(Test::in_dir(tmp), &double, &format!("{url}/n2"), "");
     assert_eq!(added(&second, "chunks_added"), 0, "{second}");

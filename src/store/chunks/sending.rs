@@ -208,6 +208,12 @@ impl ChunkStore {
         Ok(buffer)
     }
 
+    /// Whether every chunk this store gets is read back and checked as it lands: a staging
+    /// store whose courier checks each before it sends it.
+    pub fn checks_as_it_lands(&self) -> bool {
+        self.listed.as_ref().is_some_and(|l| l.courier.is_some())
+    }
+
     /// Whether this is the staging store of a backup sent to a repository on a backend: its
     /// chunks need not be durable here (the repository is what keeps them).
     pub fn is_staging(&self) -> bool {
