@@ -151,6 +151,24 @@ impl Classify for Interrupted {
     }
 }
 
+/// An error and its causes, `: `-separated, each said once: a cause its wrapper's message
+/// already ends with (`cannot write `X`: {source}`, whose source is also the next cause) is
+/// not said again.
+pub fn said(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let shown = cause.to_string();
+        if text.ends_with(&shown) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&shown);
+    }
+    text
+}
+
 /// What to do when a disk filled up; nothing partial is ever left behind.
 pub const DISK_FULL_HINT: &str =
     "the disk is full: free space or choose another target; nothing partial was left behind";

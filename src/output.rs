@@ -81,7 +81,7 @@ impl Ui {
     /// Reports a failure on stderr (and as JSON on stdout with `--json`); returns its exit code.
     pub fn fail(&self, error: &anyhow::Error) -> ExitCode {
         let (code, hint) = classify(error);
-        let message = said(error);
+        let message = exit::said(error);
         self.error_lines(&message, hint.as_deref());
         if self.json {
             self.json(&serde_json::json!({
@@ -211,24 +211,6 @@ pub fn parse_failure(error: &clap::Error, args: &[OsString]) -> ExitCode {
 /// `1.2 MiB (1234567 bytes)`.
 pub fn size(bytes: u64) -> String {
     format!("{} ({bytes} bytes)", indicatif::BinaryBytes(bytes))
-}
-
-/// An error and its causes, `: `-separated, each said once: a cause its wrapper's message
-/// already ends with (`cannot write `X`: {source}`, whose source is also the next cause) is
-/// not said again.
-pub fn said(error: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in error.chain() {
-        let shown = cause.to_string();
-        if text.ends_with(&shown) {
-            continue;
-        }
-        if !text.is_empty() {
-            text.push_str(": ");
-        }
-        text.push_str(&shown);
-    }
-    text
 }
 
 // ---- exit codes of errors -------------------------------------------------------------------
@@ -399,7 +381,7 @@ mod classify_tests {
         };
         let error = anyhow::Error::new(wrapped).context("cannot back up `c`");
         assert_eq!(
-            said(&error),
+            exit::said(&error),
             "cannot back up `c`: cannot write `x`: no space left"
         );
         assert_eq!(format!("{error:#}").matches("no space left").count(), 2);

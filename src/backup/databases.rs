@@ -79,7 +79,13 @@ impl Writing<'_> {
                     .chain()
                     .filter_map(|c| c.downcast_ref::<io::Error>())
                     .any(|e| e.kind() == io::ErrorKind::StorageFull);
-                return Err(self.database_failed("store", source, &copy, format!("{e:#}"), full));
+                return Err(self.database_failed(
+                    "store",
+                    source,
+                    &copy,
+                    crate::exit::said(&e),
+                    full,
+                ));
             }
         };
         fs::remove_file(&copy).with_context(|| format!("cannot remove `{}`", copy.display()))?;

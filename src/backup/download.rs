@@ -84,8 +84,9 @@ impl Writing<'_> {
         let (stored, deleted) = tokio::join!(transfer, delete_after_transfer);
         let leftover = deleted.err().map(|e| {
             format!(
-                "could not delete snapshot `{}` of {scope} from Qdrant ({e:#}); the next wqm run on this directory (or `wqm backup cleanup`) deletes it, or delete it with: {}",
+                "could not delete snapshot `{}` of {scope} from Qdrant ({}); the next wqm run on this directory (or `wqm backup cleanup`) deletes it, or delete it with: {}",
                 snapshot.name,
+                crate::exit::said(&e),
                 client.delete_command(scope, &snapshot.name)
             )
         });

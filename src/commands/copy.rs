@@ -52,7 +52,7 @@ pub async fn run(
         let mut item = serde_json::to_value(&one)?;
         if let Some(e) = &error {
             let (code, _) = crate::output::classify(e);
-            item["error"] = crate::output::said(e).into();
+            item["error"] = crate::exit::said(e).into();
             item["exit_code"] = serde_json::to_value(code)?;
         }
         if !ui.json {

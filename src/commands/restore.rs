@@ -134,12 +134,12 @@ fn report_outcome(ui: &Ui, plan: &Plan, outcome: &restore::Outcome, plan_seconds
 /// A restore that stopped part-way: the error, what was done, and the way back.
 fn report_unfinished(ui: &Ui, plan: &Plan, unfinished: &restore::Unfinished) -> ExitCode {
     let (code, hint) = crate::output::classify(&unfinished.error);
-    ui.error_lines(&crate::output::said(&unfinished.error), hint.as_deref());
+    ui.error_lines(&crate::exit::said(&unfinished.error), hint.as_deref());
     report_stop(ui, &unfinished.steps, plan);
     if ui.json {
         ui.json(&json!({
             "plan": plan,
-            "error": { "message": crate::output::said(&unfinished.error), "hint": hint, "exit_code": code.code() },
+            "error": { "message": crate::exit::said(&unfinished.error), "hint": hint, "exit_code": code.code() },
             "journal": unfinished.steps,
             "way_back": restore::way_back(&unfinished.steps, plan),
         }));

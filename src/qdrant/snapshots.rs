@@ -244,7 +244,7 @@ impl Client {
                         return Err(QdrantError::Transfer {
                             name: name.to_string(),
                             attempts,
-                            reason: format!("{e:#}"),
+                            reason: crate::exit::said(&e),
                         }
                         .into());
                     }

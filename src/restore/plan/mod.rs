@@ -210,7 +210,7 @@ fn plan_versions(plan: &mut Plan, policy: &Policy) {
     }
     let chain = match migrations::for_backup(&backup, crate::VERSION) {
         Ok(chain) => chain,
-        Err(e) => return plan.block(ExitCode::Incompatible, format!("{e:#}"), None),
+        Err(e) => return plan.block(ExitCode::Incompatible, crate::exit::said(&e), None),
     };
     plan.migrations = chain
         .iter()
@@ -231,7 +231,7 @@ fn plan_versions(plan: &mut Plan, policy: &Policy) {
     };
     match migrations::apply(&chain, &mut migrated) {
         Ok(()) => plan.manifest = migrated.manifest,
-        Err(e) => plan.block(ExitCode::InvalidBackup, format!("{e:#}"), None),
+        Err(e) => plan.block(ExitCode::InvalidBackup, crate::exit::said(&e), None),
     }
 }
 
