@@ -371,8 +371,9 @@ impl Inner {
 
     /// `to` made a second name of `from`'s file (a hard link, through a temporary name renamed
     /// over whatever is at `to`): no byte is copied, and an object is never changed in place
-    /// (a save renames a new file over its name), so the two stay apart. `None` when the two
-    /// are on different file systems (a mount inside the repository): then it is copied.
+    /// (a save renames a new file over its name), so the two stay apart. `None` where no link
+    /// can be made (a mount inside the repository, a file system without hard links, a file
+    /// with too many): then it is copied.
     fn link(&self, from: &Name, to: &Name) -> Result<Option<u64>, BackendError> {
         let size = self.stat(from)?.size;
         let (from_dir, from_last) = self.parent(from, false)?;
@@ -387,7 +388,12 @@ impl Inner {
             AtFlags::empty(),
         ) {
             Ok(()) => {}
-            Err(rustix::io::Errno::XDEV) => return Ok(None),
+            Err(
+                rustix::io::Errno::XDEV
+                | rustix::io::Errno::PERM
+                | rustix::io::Errno::OPNOTSUPP
+                | rustix::io::Errno::MLINK,
+            ) => return Ok(None),
             Err(rustix::io::Errno::NOENT) => return Err(self.not_found(from.as_str())),
             Err(e) => return Err(self.io("cannot link", to.as_str(), e.into())),
         }
@@ -408,8 +414,8 @@ impl Inner {
         Ok(Some(size))
     }
 
-    /// `to` made a copy of `from`: a link (`link`), else (across file systems) its bytes
-    /// copied into a new file renamed over `to`.
+    /// `to` made a copy of `from`: a link (`link`), else its bytes copied into a new file
+    /// renamed over `to`.
     fn copy(&self, from: &Name, to: &Name) -> Result<u64, BackendError> {
         if let Some(size) = self.link(from, to)? {
             return Ok(size);

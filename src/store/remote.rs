@@ -302,7 +302,11 @@ impl Remote {
 
     /// Removes the object `rel` (one already gone is no error).
     pub fn remove(&self, rel: &str) -> io::Result<()> {
-        self.remove_all(&[rel.to_string()])
+        let name = object(rel)?;
+        if let Some(local) = &self.local {
+            return local.remove_blocking(&name).map_err(not_found);
+        }
+        self.wait(self.backend.remove(&name)).map_err(not_found)
     }
 
     /// Where the objects of the backup `name` are: under `name`; or, while a `create --force`
