@@ -35,6 +35,40 @@ fn unindexed(runtime: &tokio::runtime::Runtime, s3: &Arc<dyn Backend>) -> Vec<St
         .collect()
 }
 
+/// The first chunk the index of file `file` names.
+fn first_chunk_of(runtime: &tokio::runtime::Runtime, s3: &Arc<dyn Backend>, file: &str) -> String {
+    let index = String::from_utf8(load(runtime, s3, file)).unwrap();
+    index
+        .lines()
+        .find_map(|l| l.split(' ').next().filter(|id| id.len() == 64))
+        .unwrap()
+        .to_string()
+}
+
+/// Where chunk `chunk` is packed: its pack object, its index object, and its stored bytes'
+/// place in the pack.
+fn packed_at(
+    runtime: &tokio::runtime::Runtime,
+    s3: &Arc<dyn Backend>,
+    chunk: &str,
+) -> (String, String, std::ops::Range<usize>) {
+    for index in object_names(runtime, s3, INDEXES) {
+        let text = String::from_utf8(load(runtime, s3, &index)).unwrap();
+        let Some(line) = text.lines().find(|l| l.starts_with(chunk)) else {
+            continue;
+        };
+        let fields: Vec<usize> = line
+            .split(' ')
+            .skip(1)
+            .map(|n| n.parse().unwrap())
+            .collect();
+        let id = &index[INDEXES.len()..];
+        let pack = format!("{PACKS}{}/{id}", &id[..2]);
+        return (pack, index, fields[0]..fields[0] + fields[1]);
+    }
+    panic!("`{chunk}` is in no pack index");
+}
+
 #[test]
 #[cfg_attr(
     not(real_s3),
@@ -207,31 +241,10 @@ fn a_pack_whose_kept_chunk_is_damaged_is_kept_as_it_is_and_named() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (s3, url, tmp) = whole_then_one_collection(&double, &runtime);
     // A chunk night 2 keeps, damaged inside night 1's pack.
-    let index = load(&runtime, &s3, "n2/collections/small-plain.snapshot.chunks");
-    let kept = String::from_utf8(index).unwrap();
-    let kept = kept
-        .lines()
-        .find_map(|l| l.split(' ').next().filter(|id| id.len() == 64))
-        .unwrap()
-        .to_string();
-    let packs = object_names(&runtime, &s3, PACKS);
-    let pack = packs[0].clone();
-    let pack_index = load(
-        &runtime,
-        &s3,
-        &format!("{INDEXES}{}", pack.rsplit('/').next().unwrap()),
-    );
-    let line = String::from_utf8(pack_index).unwrap();
-    let fields: Vec<u64> = line
-        .lines()
-        .find(|l| l.starts_with(&kept))
-        .unwrap()
-        .split(' ')
-        .skip(1)
-        .map(|n| n.parse().unwrap())
-        .collect();
+    let kept = first_chunk_of(&runtime, &s3, "n2/collections/small-plain.snapshot.chunks");
+    let (pack, _, range) = packed_at(&runtime, &s3, &kept);
     let mut bytes = load(&runtime, &s3, &pack);
-    bytes[(fields[0] + fields[1] / 2) as usize] ^= 1;
+    bytes[range.start + range.len() / 2] ^= 1;
     runtime
         .block_on(s3.save(&Name::new(pack.clone()).unwrap(), backend::once(bytes)))
         .unwrap();
@@ -415,39 +428,12 @@ fn a_damaged_chunk_a_night_reuses_is_set_aside_and_sent_again() {
                 .unwrap();
         }
         tmp = night(Test::in_dir(tmp), &double, &format!("{url}/n1"), "").1;
-        let index = load(&runtime, &s3, "n1/collections/small-plain.snapshot.chunks");
-        let index = String::from_utf8(index).unwrap();
-        let chunk = index
-            .lines()
-            .find_map(|l| l.split(' ').next().filter(|id| id.len() == 64))
-            .unwrap()
-            .to_string();
+        let chunk = first_chunk_of(&runtime, &s3, "n1/collections/small-plain.snapshot.chunks");
         // One byte of its stored bytes altered where they are.
         let (object, range, pack_index) = match packed {
             true => {
-                let index = object_names(&runtime, &s3, INDEXES)
-                    .into_iter()
-                    .find(|index| {
-                        String::from_utf8(load(&runtime, &s3, index))
-                            .unwrap()
-                            .contains(&chunk)
-                    })
-                    .unwrap();
-                let text = String::from_utf8(load(&runtime, &s3, &index)).unwrap();
-                let fields: Vec<usize> = text
-                    .lines()
-                    .find(|l| l.starts_with(&chunk))
-                    .unwrap()
-                    .split(' ')
-                    .skip(1)
-                    .map(|n| n.parse().unwrap())
-                    .collect();
-                let pack = format!(
-                    "{PACKS}{}/{}",
-                    &index[INDEXES.len()..][..2],
-                    &index[INDEXES.len()..]
-                );
-                (pack, fields[0]..fields[0] + fields[1], Some(index))
+                let (pack, index, range) = packed_at(&runtime, &s3, &chunk);
+                (pack, range, Some(index))
             }
             false => {
                 let object = format!(".wqm-chunks/chunks/{}/{chunk}", &chunk[..2]);
