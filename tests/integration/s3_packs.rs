@@ -80,6 +80,7 @@ fn packs_are_read_in_runs_and_collected_repacked_or_whole() {
     let (s3, url) = fresh_prefix(&runtime);
     let (first, tmp) = night(Test::in_dir(workspace()), &double, &format!("{url}/n1"), "");
     let chunks = added(&first, "chunks_added");
+    let first_pack = object_names(&runtime, &s3, PACKS)[0].clone();
     grow_state_db(tmp.path());
     let (second, tmp) = night(Test::in_dir(tmp), &double, &format!("{url}/n2"), "");
     assert!(added(&second, "chunks_added") >= 1, "{second}");
@@ -130,6 +131,16 @@ fn packs_are_read_in_runs_and_collected_repacked_or_whole() {
         "its grown database: {third}"
     );
     let kept_chunks = stored_chunks(&runtime, &s3);
+    // Set-aside markers (of a chunk none of these packs holds) go with their pack, repacked or
+    // deleted as a dead run's, and one of a pack that is gone goes too.
+    let id_of = |object: &str| object.rsplit('/').next().unwrap().to_string();
+    let gone = "0123456789abcdef0123456789abcdef".to_string();
+    for pack in [id_of(&first_pack), id_of(&orphans[0]), gone] {
+        let marker = Name::new(format!(".wqm-chunks/aside/{pack}/{}", "ab".repeat(32))).unwrap();
+        runtime
+            .block_on(s3.save(&marker, backend::once(Vec::new())))
+            .unwrap();
+    }
     let (_, tmp) = with_s3(Test::in_dir(tmp))
         .args(&format!("backup prune {url} --keep-last 1 --json"))
         .stdout_json(|v| {
@@ -142,6 +153,8 @@ fn packs_are_read_in_runs_and_collected_repacked_or_whole() {
         .run();
     let packs = object_names(&runtime, &s3, PACKS);
     assert!(!packs.contains(&orphans[0]), "{packs:?}");
+    assert!(!packs.contains(&first_pack), "{packs:?}");
+    assert!(object_names(&runtime, &s3, ".wqm-chunks/aside/").is_empty());
     assert_eq!(unindexed(&runtime, &s3), Vec::<String>::new());
     let left = stored_chunks(&runtime, &s3);
     assert!(left.len() < kept_chunks.len());
@@ -473,11 +486,13 @@ fn a_damaged_chunk_a_night_reuses_is_set_aside_and_sent_again() {
             "the damaged bytes are kept aside"
         );
         if let Some(index) = pack_index {
-            let text = String::from_utf8(load(&runtime, &s3, &index)).unwrap();
-            assert!(!text.contains(&chunk), "no longer read from its pack");
+            // Its pack and index as they were, a marker beside them; the new copy in a new pack.
+            let pack_id = &index[INDEXES.len()..];
+            let marker = format!(".wqm-chunks/aside/{pack_id}/{chunk}");
+            assert_eq!(object_names(&runtime, &s3, ".wqm-chunks/aside/"), [marker]);
             assert!(object_names(&runtime, &s3, PACKS).contains(&object), "kept");
             let copies = indexed_chunks(&runtime, &s3);
-            assert_eq!(copies.iter().filter(|id| **id == chunk).count(), 1);
+            assert_eq!(copies.iter().filter(|id| **id == chunk).count(), 2);
         }
         // Both nights read whole; the next night finds nothing to repair.
         tmp = crate::s3_faults::validates_in(back, &format!("{url}/n1"));

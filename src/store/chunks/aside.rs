@@ -4,10 +4,10 @@
 //!
 //! One path for every store, through its repository: a loose chunk is copied to the quarantine
 //! (a second link to the file locally, a copy on the server on S3) and its object removed; a
-//! packed chunk's bytes are copied out of its pack and its entry dropped from the pack's index
-//! object (a pack is never rewritten; its bytes become garbage that the next collection
-//! repacks). The index object is written again, not removed: a pack without one is rebuilt from
-//! the copy of its index at its end, which still names the damaged chunk.
+//! packed chunk's bytes are copied out of its pack and a marker written beside it
+//! (`pack::aside_object`), which leaves its entry out of every index loaded from then on (a
+//! pack is never rewritten, nor its index: its bytes become garbage that the next collection
+//! repacks, and the marker goes with the pack).
 
 use std::io;
 
@@ -29,8 +29,7 @@ impl ChunkStore {
             Some(found) => {
                 let pack = pack::pack_object(&found.pack);
                 repository.put(&kept, repository.read_range(&pack, found.entry.range())?)?;
-                let largest = self.params.max_size;
-                pack::drop_from_index(repository, self.seal.as_ref(), &found.pack, id, largest)?;
+                repository.put(&pack::aside_object(&found.pack, id), Vec::new())?;
                 // What this run loaded of the indexes still names it.
                 pack::Packs::forget(repository);
             }

@@ -221,8 +221,9 @@ const REPACK_DEAD_SHARE: (u64, u64) = (1, 4);
 /// chunks a backup names gets its index back from the pack's own copy), a pack
 /// none of whose chunks is referenced goes (its index first), a pack with `REPACK_DEAD_SHARE`
 /// of garbage or more is repacked: its referenced chunks, each checked, written into new packs
-/// with their indexes, then its index and itself deleted. Killed part-way, what is left is
-/// either a pack without an index or a chunk in two packs: the next collection removes both.
+/// with their indexes, then its index and itself deleted (and its set-aside markers, as any a
+/// pack that is gone left). Killed part-way, what is left is either a pack without an index or a
+/// chunk in two packs: the next collection removes both.
 fn collect_packs(
     store: &ChunkStore,
     remote: &Remote,
@@ -239,6 +240,15 @@ fn collect_packs(
         .iter()
         .filter(|(pack, _)| !indexed_now.contains(*pack))
         .collect();
+    // The set-aside markers of a pack, deleted with it (after its index; killed between, the
+    // next collection removes a marker whose pack is gone).
+    let markers = |pack: &str| -> Vec<String> {
+        let marked = packs.aside.get(pack).map(Vec::as_slice).unwrap_or_default();
+        marked
+            .iter()
+            .map(|id| pack::aside_object(pack, id))
+            .collect()
+    };
     // Referenced chunks found: loose (counted by `unreferenced`) and in packs (below).
     let mut found = collected.chunks_kept;
     let packer = Packer::new(remote.shared_backend(), remote.seal());
@@ -273,6 +283,7 @@ fn collect_packs(
             collected.bytes_freed += garbage_bytes;
             indexes.push(pack::index_object(&pack));
             objects.push(pack::pack_object(&pack));
+            objects.extend(markers(&pack));
             match whole {
                 true => collected.packs_deleted += 1,
                 false => collected.packs_repacked += 1,
@@ -298,6 +309,7 @@ fn collect_packs(
                     collected.packs_deleted += 1;
                     collected.bytes_freed += size;
                     objects.push(pack::pack_object(pack));
+                    objects.extend(markers(pack));
                     continue;
                 }
                 found += named as u64;
@@ -322,6 +334,13 @@ fn collect_packs(
             collected.packs_deleted += 1;
             collected.bytes_freed += size;
             objects.push(pack::pack_object(pack));
+            objects.extend(markers(pack));
+        }
+    }
+    // The markers of a pack that is gone (deleted by a collection killed before its markers).
+    for pack in packs.aside.keys() {
+        if !packs.packs.contains_key(pack.as_str()) && !packs.unindexed.contains_key(pack) {
+            objects.extend(markers(pack));
         }
     }
     if dry_run {

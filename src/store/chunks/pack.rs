@@ -12,7 +12,12 @@
 //!
 //! A chunk in two packs (two runs sent it side by side, or a repack was killed before the old
 //! index went) is read from the first by pack id; the garbage collection counts the other copy
-//! as garbage. A store without `packs` (made before them) keeps its loose chunks, read as ever.
+//! as garbage. A chunk found damaged in a pack is set aside (`aside.rs`) with a marker object,
+//! `.wqm-chunks/aside/<pack>/<chunk>`: no index is written again (two runs setting chunks of
+//! one pack aside at once would each write back what the other dropped), and a loaded index
+//! leaves a marked entry out, so its bytes are garbage and another copy is read. The marker goes
+//! with its pack. A store without `packs` (made before them) keeps its loose chunks, read as
+//! ever.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{self, Read};
@@ -33,6 +38,7 @@ use crate::store::Remote;
 pub const PACKS: &str = "packs";
 const PACKS_DIR: &str = "packs";
 const INDEX_DIR: &str = "index";
+const ASIDE_DIR: &str = "aside";
 /// A pack is sent once it holds this many stored bytes (and at the end of each backup): large
 /// enough that requests stop mattering (4 MiB objects read fastest of all sizes measured,
 /// docs/performance.md), small enough that the two sent at once (each perhaps copied once more
@@ -66,6 +72,28 @@ pub fn pack_object(pack: &str) -> String {
 /// The index object of pack `pack`.
 pub fn index_object(pack: &str) -> String {
     format!("{STORE_DIR}/{INDEX_DIR}/{pack}")
+}
+
+/// The marker that chunk `id` of pack `pack` is set aside (found damaged there).
+pub fn aside_object(pack: &str, id: &ChunkId) -> String {
+    format!("{STORE_DIR}/{ASIDE_DIR}/{pack}/{id}")
+}
+
+/// The set-aside markers of `remote`'s store: the chunks marked in each pack (a marker whose
+/// name is not one wqm writes is ignored).
+fn aside_markers(remote: &Remote) -> io::Result<BTreeMap<String, Vec<ChunkId>>> {
+    let prefix = format!("{STORE_DIR}/{ASIDE_DIR}/");
+    let mut marked: BTreeMap<String, Vec<ChunkId>> = BTreeMap::new();
+    for object in remote.list(&prefix)? {
+        let rest = object.name.strip_prefix(&prefix).unwrap_or_default();
+        let Some((pack, id)) = rest.split_once('/') else {
+            continue;
+        };
+        if let (true, Some(id)) = (is_pack_id(pack), ChunkId::parse(id)) {
+            marked.entry(pack.to_string()).or_default().push(id);
+        }
+    }
+    Ok(marked)
 }
 
 /// The pack a pack object's name names (`pack_object`'s inverse).
@@ -188,6 +216,8 @@ pub struct PackIndex {
     pub packs: BTreeMap<Arc<str>, Option<u64>>,
     /// Packs listed without an index (a dead run's, or one still being sent), with their sizes.
     pub unindexed: BTreeMap<String, u64>,
+    /// The chunks set aside in each pack (their entries left out below), as marked.
+    pub aside: BTreeMap<String, Vec<ChunkId>>,
     /// The packs with an index, by id: a pack's number in `entries`.
     names: Vec<Arc<str>>,
     /// Every chunk's pack (its number in `names`) and place there, sorted by chunk and then
@@ -207,6 +237,8 @@ impl PackIndex {
             }
         }
         let (indexed, index_bytes) = indexed_packs_and_bytes(remote)?;
+        index.aside = aside_markers(remote)?;
+        let none = Vec::new();
         // Room for every entry at once (each takes at least `MIN_LINE` bytes of its index): no
         // growing by doubling, which at a million chunks held twice the memory.
         index
@@ -222,11 +254,15 @@ impl PackIndex {
                 let pack: Arc<str> = Arc::from(pack.as_str());
                 let number = u32::try_from(batch * LOAD_BATCH + i).map_err(io::Error::other)?;
                 let entries = entries?;
+                let aside = index.aside.get(&*pack).unwrap_or(&none);
                 index.packs.insert(pack.clone(), sizes.remove(&*pack));
                 index.names.push(pack);
-                index
-                    .entries
-                    .extend(entries.into_iter().map(|e| (number, e)));
+                index.entries.extend(
+                    entries
+                        .into_iter()
+                        .filter(|e| !aside.contains(&e.id))
+                        .map(|e| (number, e)),
+                );
             }
         }
         index.unindexed = sizes.into_iter().collect();
@@ -532,21 +568,6 @@ pub(super) async fn save_index(
     index: Vec<u8>,
 ) -> io::Result<()> {
     put(backend, index_object(pack), Bytes::from(index)).await
-}
-
-/// Writes the index object of pack `pack` again without chunk `id` (`aside.rs`): the pack keeps
-/// its bytes, and no reader finds the chunk there any more.
-pub(super) fn drop_from_index(
-    remote: &Remote,
-    seal: Option<&Seal>,
-    pack: &str,
-    id: &ChunkId,
-    largest: usize,
-) -> io::Result<()> {
-    let mut entries = read_index(remote, seal, pack, largest)?;
-    entries.retain(|entry| entry.id != *id);
-    let index = index_bytes(seal, pack, &entries)?;
-    remote.wait(save_index(remote.backend(), pack, index))
 }
 
 /// Writes `bytes` as the object `object` of the store.
