@@ -65,25 +65,6 @@ impl LocalBackend {
         self.inner.stat(name)
     }
 
-    /// `list` from blocking code.
-    pub fn list_blocking(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError> {
-        self.inner.list(prefix)
-    }
-
-    /// `top_level` from blocking code.
-    pub fn top_level_blocking(&self) -> Result<Vec<String>, BackendError> {
-        self.inner.top_level()
-    }
-
-    /// `save` of `bytes` from blocking code.
-    pub fn save_blocking(&self, name: &Name, bytes: &[u8]) -> Result<(), BackendError> {
-        let mut temp = self.inner.create_temp()?;
-        temp.file
-            .write_all(bytes)
-            .map_err(|e| self.inner.io("cannot write", RESERVED, e))?;
-        self.inner.commit(temp, name, true)
-    }
-
     /// `copy` from blocking code.
     pub fn copy_blocking(&self, from: &Name, to: &Name) -> Result<u64, BackendError> {
         self.inner.copy(from, to)

@@ -125,10 +125,10 @@ impl Dest {
                 (Some(store), params, ids)
             }
             Repository::Remote(remote) => {
-                let params = chunks::remote_params(remote, &source.for_new_store().packed())?;
-                let _ = self.listed.set(chunks::remote_chunks(remote, &params)?);
-                let _ = self.packed.set(params.is_packed());
-                (None, params, HashSet::new())
+                let store = chunks::remote_store(remote, &source.for_new_store().packed())?;
+                let _ = self.listed.set(chunks::remote_chunks(&store)?);
+                let _ = self.packed.set(store.is_packed());
+                (None, store.params().clone(), HashSet::new())
             }
         };
         params

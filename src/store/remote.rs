@@ -121,8 +121,9 @@ impl Remote {
         }
     }
 
-    /// The local directory `dir` as a repository: read from blocking code without a runtime;
-    /// what only the async interface does runs on the runtime this is called from, or on a
+    /// The local directory `dir` as a repository: what a local chunk store does through it
+    /// (open, size, copy, remove) done at the file from blocking code, without a runtime; any
+    /// other call goes through the async interface on the runtime this is called from, or on a
     /// runtime of wqm's own when there is none (a library caller, a test).
     pub fn local(dir: &std::path::Path) -> Result<Self, BackendError> {
         let backend = LocalBackend::open(dir)?;
@@ -204,15 +205,6 @@ impl Remote {
         // Its size known, the buffer is made once (no doubling as the pieces come).
         bytes.clear();
         bytes.reserve((range.end - range.start).min(64 << 20) as usize);
-        if let Some(local) = &self.local {
-            use std::io::{Seek, SeekFrom};
-            let (mut file, size) = local.open_blocking(&name).map_err(not_found)?;
-            let start = range.start.min(size);
-            file.seek(SeekFrom::Start(start))?;
-            file.take(range.end.clamp(start, size) - start)
-                .read_to_end(&mut bytes)?;
-            return Ok(bytes);
-        }
         self.wait(async {
             let mut data = self
                 .backend
@@ -237,27 +229,18 @@ impl Remote {
 
     /// Every object under `prefix` (`""`: all, `"dir/"`), by name.
     pub fn list(&self, prefix: &str) -> io::Result<Vec<ObjectInfo>> {
-        if let Some(local) = &self.local {
-            return local.list_blocking(prefix).map_err(not_found);
-        }
         self.wait(self.backend.list(prefix)).map_err(not_found)
     }
 
     /// The names at the top of the repository (`Backend::top_level`), without listing what
     /// they hold.
     pub fn top_level(&self) -> io::Result<Vec<String>> {
-        if let Some(local) = &self.local {
-            return local.top_level_blocking().map_err(not_found);
-        }
         self.wait(self.backend.top_level()).map_err(not_found)
     }
 
     /// Writes the small object `rel` (replacing one there).
     pub fn put(&self, rel: &str, bytes: Vec<u8>) -> io::Result<()> {
         let name = object(rel)?;
-        if let Some(local) = &self.local {
-            return local.save_blocking(&name, &bytes).map_err(not_found);
-        }
         self.wait(self.backend.save(&name, crate::backend::once(bytes)))
             .map(drop)
             .map_err(not_found)
@@ -265,12 +248,9 @@ impl Remote {
 
     /// Removes every object under `dir/`.
     pub fn remove_under(&self, dir: &str) -> io::Result<()> {
-        let names: Vec<String> = self
-            .list(&format!("{dir}/"))?
-            .into_iter()
-            .map(|o| o.name)
-            .collect();
-        self.remove_all(&names)
+        self.wait(crate::backend::remove_under(&*self.backend, dir))
+            .map(drop)
+            .map_err(not_found)
     }
 
     /// Removes the objects `rels` (those already gone are no error), in as few requests as the
@@ -280,12 +260,6 @@ impl Remote {
             .iter()
             .map(|rel| object(rel))
             .collect::<Result<Vec<_>, _>>()?;
-        if let Some(local) = &self.local {
-            return names
-                .iter()
-                .try_for_each(|name| local.remove_blocking(name))
-                .map_err(not_found);
-        }
         self.wait(self.backend.remove_all(&names))
             .map_err(not_found)
     }

@@ -679,7 +679,7 @@ pub use refs::{
     backup_refs, encode_refs, read_refs, refs_from_indexes, write_refs, Refs, REFS_PATH,
 };
 pub use runs::{remove_dead, Removed, RunTemp};
-pub use sending::{remote_chunks, remote_params, Holdings, Listed};
+pub use sending::{remote_chunks, remote_store, Holdings, Listed};
 pub use subset::{Selection, Subset};
 pub use usage::{backups_using, usage, visit_chunks, Usage};
 pub use write::{Added, ChunkWriter, Run};

@@ -15,17 +15,16 @@ use bytes::Bytes;
 
 use super::courier::Courier;
 use super::import::{id_of_object, params_object};
-use super::pack::{PackIndex, Packs};
+use super::pack::PackIndex;
 use super::{io_error, runs, Access, ChunkError, ChunkId, ChunkStore, Params, STORE_DIR};
 use crate::backend::{BackendError, Name};
 use crate::store::Remote;
 
-/// A repository's chunk store as listed once: its parameters and each chunk's stored size; the
-/// store itself, to read back the reused chunks a run compares; and who sends the chunks a
-/// staging store gets, as they land.
+/// A repository's chunk store as listed once: the store itself (its parameters, and what
+/// reads back the reused chunks a run compares), each chunk's stored size; and who sends the
+/// chunks a staging store gets, as they land.
 #[derive(Clone, Debug)]
 pub struct Listed {
-    params: Params,
     held: Arc<Holdings>,
     store: Arc<ChunkStore>,
     courier: Option<Arc<Courier>>,
@@ -62,12 +61,9 @@ impl Listed {
         let made = Params::with_average(avg_size)
             .keyed_as(remote.seal().is_some())
             .packed();
-        let params = remote_params(remote, &made)?;
-        // Its pack indexes read once: the store and the listing share them.
-        let store = ChunkStore::open_remote(remote)?;
-        let held = remote_chunks(remote, &params)?;
+        let store = remote_store(remote, &made)?;
+        let held = remote_chunks(&store)?;
         Ok(Listed {
-            params,
             held: Arc::new(held),
             store,
             courier: None,
@@ -76,7 +72,7 @@ impl Listed {
 
     /// Whether the repository's store keeps its chunks in pack files.
     pub fn is_packed(&self) -> bool {
-        self.params.is_packed()
+        self.store.is_packed()
     }
 
     /// This listing, with `courier` sending the chunks its staging store gets as they land.
@@ -88,45 +84,40 @@ impl Listed {
     }
 }
 
-/// Every chunk the store of `remote` (whose `store.json` says `params`) holds: the loose ones
-/// listed, and for a packed store those its pack indexes name.
-pub fn remote_chunks(remote: &Remote, params: &Params) -> Result<Holdings, ChunkError> {
-    let root = remote.shown(STORE_DIR);
-    let loose = remote
+/// Every chunk `store` (of a repository on a backend) holds: the loose ones listed, and for a
+/// packed store those the pack indexes it opened with name.
+pub fn remote_chunks(store: &ChunkStore) -> Result<Holdings, ChunkError> {
+    let loose = store
+        .repository
         .list(&format!("{STORE_DIR}/{}/", super::CHUNKS_DIR))
-        .map_err(io_error(&root))?
+        .map_err(io_error(&store.root))?
         .iter()
         .filter_map(|o| id_of_object(&o.name).map(|id| (id, o.size)))
         .collect();
-    let packed = match params.is_packed() {
-        // As `remote_params` just read them (opening the store), not read a second time.
-        true => Some(
-            Packs::open(remote, params.max_size)
-                .map_err(io_error(&root))?
-                .index(),
-        ),
-        false => None,
-    };
-    Ok(Holdings { loose, packed })
+    Ok(Holdings {
+        loose,
+        packed: store.pack_index(),
+    })
 }
 
-/// `store.json` of the repository on a backend `remote`: read and checked
-/// (`ChunkStore::open_remote`), or written as `made` when there is none (of two racing runs one
-/// writes it, the other reads it). For a create to S3 and for `copy` into S3.
-pub fn remote_params(remote: &Remote, made: &Params) -> Result<Params, ChunkError> {
+/// The store of the repository on a backend `remote`, opened (`ChunkStore::open_remote`:
+/// `store.json` read and checked, the pack indexes loaded), its `store.json` written as `made`
+/// first when there is none (of two racing runs one writes it, the other reads it). For a
+/// create to S3 and for `copy` into S3.
+pub fn remote_store(remote: &Remote, made: &Params) -> Result<Arc<ChunkStore>, ChunkError> {
     let rel = params_object();
     let root = remote.shown(STORE_DIR);
-    for _ in 0..2 {
+    for _ in 0..3 {
         match ChunkStore::open_remote(remote) {
-            Ok(store) => return Ok(store.params().clone()),
+            Ok(store) => return Ok(store),
             Err(ChunkError::NoStore { .. }) => {}
             Err(e) => return Err(e),
         }
         let name = Name::new(rel.clone()).map_err(|e| io_error(&root)(io::Error::other(e)))?;
         let text = Bytes::from(made.to_json());
         match remote.wait(remote.backend().save_new(&name, text)) {
-            Ok(()) => return Ok(made.clone()),
-            Err(BackendError::AlreadyExists { .. }) => continue,
+            // Opened next time round.
+            Ok(()) | Err(BackendError::AlreadyExists { .. }) => continue,
             Err(e) => return Err(io_error(&root)(io::Error::other(e))),
         }
     }
@@ -162,7 +153,7 @@ impl ChunkStore {
             .unwrap_or_else(|e| e.into_inner())
             .insert(identify(dir), listed.clone());
         if std::fs::symlink_metadata(Self::path_in(dir)).is_err() {
-            runs::make_store(dir, &listed.params.clone().loose())?;
+            runs::make_store(dir, &listed.store.params().clone().loose())?;
         }
         Self::open(dir, Access::Shared).map(Arc::new)
     }
