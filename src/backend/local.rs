@@ -16,7 +16,9 @@ use bytes::Bytes;
 use futures_util::stream::{self, StreamExt};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
-use super::{Backend, BackendError, ByteStream, Name, ObjectInfo, Unfinished, RESERVED};
+use super::{
+    Backend, BackendError, ByteStream, Entry, Kind, Name, ObjectInfo, Unfinished, RESERVED,
+};
 
 /// How much one read of a loaded file hands over.
 const READ_PIECE: usize = 256 * 1024;
@@ -49,6 +51,24 @@ impl LocalBackend {
         Ok(backend)
     }
 
+    /// The directory `root` as it is, for reading: nothing is made (a missing one is
+    /// `NotFound`). `root` itself may be reached through a link (the user named it); nothing
+    /// inside it is.
+    pub fn existing(root: &Path) -> Result<Self, BackendError> {
+        let backend = LocalBackend {
+            inner: Arc::new(Inner {
+                root: root.to_path_buf(),
+            }),
+        };
+        match backend.inner.root_fd() {
+            Ok(_) => Ok(backend),
+            Err(BackendError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                Err(backend.inner.not_found(""))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     pub fn root(&self) -> &Path {
         &self.inner.root
     }
@@ -63,6 +83,24 @@ impl LocalBackend {
     /// `stat` from blocking code.
     pub fn stat_blocking(&self, name: &Name) -> Result<ObjectInfo, BackendError> {
         self.inner.stat(name)
+    }
+
+    /// What `name` itself is (a link reported as one, not followed), from blocking code; a link
+    /// in a directory above it is refused (`BackendError::Link`).
+    pub fn entry_blocking(&self, name: &Name) -> Result<Entry, BackendError> {
+        self.inner.entry(name)
+    }
+
+    /// Everything under the root whose name starts with `prefix`, from blocking code: objects,
+    /// and what `list` leaves out — directories (empty ones too), links, other special files,
+    /// names that are not UTF-8 (shown lossily). Links are reported, never entered.
+    pub fn entries_blocking(&self, prefix: &str) -> Result<Vec<Entry>, BackendError> {
+        self.inner.entries(prefix)
+    }
+
+    /// `list` from blocking code.
+    pub fn list_blocking(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError> {
+        self.inner.list(prefix)
     }
 
     /// `copy` from blocking code.
@@ -218,12 +256,10 @@ impl Inner {
             || rustix::fs::statat(dir, part, AtFlags::SYMLINK_NOFOLLOW)
                 .is_ok_and(|s| FileType::from_raw_mode(s.st_mode) == FileType::Symlink);
         if link {
-            BackendError::Other {
+            BackendError::Link {
                 repository: self.root.display().to_string(),
-                what: format!("reading `{name}`"),
-                reason: format!(
-                    "`{part}` is a symbolic link; wqm never follows links in a repository"
-                ),
+                name: name.to_string(),
+                link: part.to_string(),
             }
         } else if e == rustix::io::Errno::NOTDIR {
             self.not_found(name)
@@ -322,14 +358,13 @@ impl Inner {
     }
 
     fn not_a_file(&self, name: &str) -> BackendError {
-        BackendError::Other {
+        BackendError::NotAFile {
             repository: self.root.display().to_string(),
-            what: format!("reading `{name}`"),
-            reason: "it is not a regular file".to_string(),
+            name: name.to_string(),
         }
     }
 
-    fn stat(&self, name: &Name) -> Result<ObjectInfo, BackendError> {
+    fn entry(&self, name: &Name) -> Result<Entry, BackendError> {
         let (dir, last) = self.parent(name, false)?;
         let dir = dir.ok_or_else(|| self.not_found(name.as_str()))?;
         let stat = match rustix::fs::statat(&dir, last, AtFlags::SYMLINK_NOFOLLOW) {
@@ -337,16 +372,27 @@ impl Inner {
             Err(rustix::io::Errno::NOENT) => return Err(self.not_found(name.as_str())),
             Err(e) => return Err(self.io("cannot stat", name.as_str(), e.into())),
         };
-        match FileType::from_raw_mode(stat.st_mode) {
-            FileType::RegularFile => Ok(ObjectInfo {
-                name: name.to_string(),
-                size: stat.st_size as u64,
+        Ok(Entry {
+            name: name.to_string(),
+            kind: kind_of(&stat),
+            size: stat.st_size as u64,
+        })
+    }
+
+    fn stat(&self, name: &Name) -> Result<ObjectInfo, BackendError> {
+        let entry = self.entry(name)?;
+        match entry.kind {
+            Kind::File => Ok(ObjectInfo {
+                name: entry.name,
+                size: entry.size,
             }),
-            FileType::Directory => Err(self.not_found(name.as_str())),
-            FileType::Symlink => {
-                Err(self.through_link(&dir, last, name.as_str(), rustix::io::Errno::LOOP))
-            }
-            _ => Err(self.not_a_file(name.as_str())),
+            Kind::Dir => Err(self.not_found(name.as_str())),
+            Kind::Symlink => Err(BackendError::Link {
+                repository: self.root.display().to_string(),
+                name: name.to_string(),
+                link: name.to_string(),
+            }),
+            Kind::Other => Err(self.not_a_file(name.as_str())),
         }
     }
 
@@ -419,8 +465,6 @@ impl Inner {
             .map_err(|e| self.io("cannot sync the directory of", name.as_str(), e.into()))
     }
 
-    /// Every regular file under the root whose name starts with `prefix`; links and the
-    /// backend's own directory are skipped, directories not on the prefix's way not entered.
     /// The directories right under the root (never a link), as `Backend::top_level`.
     fn top_level(&self) -> Result<Vec<String>, BackendError> {
         let root = self.root_fd()?;
@@ -447,17 +491,39 @@ impl Inner {
         Ok(found)
     }
 
+    /// Every regular file under the root whose name starts with `prefix` (`walk`).
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError> {
         let mut found = Vec::new();
+        self.walk(prefix, |entry| {
+            if entry.kind == Kind::File {
+                found.push(ObjectInfo {
+                    name: entry.name,
+                    size: entry.size,
+                })
+            }
+        })?;
+        Ok(found)
+    }
+
+    fn entries(&self, prefix: &str) -> Result<Vec<Entry>, BackendError> {
+        let mut found = Vec::new();
+        self.walk(prefix, |entry| found.push(entry))?;
+        found.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(found)
+    }
+
+    /// Hands `found` every entry under the root whose name starts with `prefix` (a directory's
+    /// name without its `/`), the backend's own directory left out; directories not on the
+    /// prefix's way are not entered, links never.
+    fn walk(&self, prefix: &str, mut found: impl FnMut(Entry)) -> Result<(), BackendError> {
         let mut pending = vec![(self.root_fd()?, String::new())];
         while let Some((dir, path)) = pending.pop() {
             let entries = rustix::fs::Dir::read_from(&dir)
                 .map_err(|e| self.io("cannot list", &path, e.into()))?;
             for entry in entries {
                 let entry = entry.map_err(|e| self.io("cannot list", &path, e.into()))?;
-                let Ok(file_name) = entry.file_name().to_str() else {
-                    continue; // Not UTF-8: not a name wqm writes.
-                };
+                let raw = entry.file_name();
+                let file_name = String::from_utf8_lossy(raw.to_bytes());
                 if file_name == "."
                     || file_name == ".."
                     || (path.is_empty() && file_name == RESERVED)
@@ -465,35 +531,38 @@ impl Inner {
                     continue;
                 }
                 let name = format!("{path}{file_name}");
-                let stat = match rustix::fs::statat(&dir, file_name, AtFlags::SYMLINK_NOFOLLOW) {
+                let stat = match rustix::fs::statat(&dir, raw, AtFlags::SYMLINK_NOFOLLOW) {
                     Ok(stat) => stat,
                     Err(rustix::io::Errno::NOENT) => continue, // Removed meanwhile.
                     Err(e) => return Err(self.io("cannot stat", &name, e.into())),
                 };
-                match FileType::from_raw_mode(stat.st_mode) {
-                    FileType::RegularFile if name.starts_with(prefix) => found.push(ObjectInfo {
-                        name,
-                        size: stat.st_size as u64,
-                    }),
-                    FileType::Directory => {
-                        let below = format!("{name}/");
-                        if below.starts_with(prefix) || prefix.starts_with(&below) {
-                            let flags = OFlags::RDONLY
-                                | OFlags::DIRECTORY
-                                | OFlags::NOFOLLOW
-                                | OFlags::CLOEXEC;
-                            match rustix::fs::openat(&dir, file_name, flags, Mode::empty()) {
-                                Ok(fd) => pending.push((fd, below)),
-                                Err(rustix::io::Errno::NOENT) => {}
-                                Err(e) => return Err(self.io("cannot list", &name, e.into())),
-                            }
+                // A name that is not UTF-8 is none wqm writes: shown, never reached by name.
+                let kind = match raw.to_str() {
+                    Ok(_) => kind_of(&stat),
+                    Err(_) => Kind::Other,
+                };
+                if kind == Kind::Dir {
+                    let below = format!("{name}/");
+                    if below.starts_with(prefix) || prefix.starts_with(&below) {
+                        let flags =
+                            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+                        match rustix::fs::openat(&dir, raw, flags, Mode::empty()) {
+                            Ok(fd) => pending.push((fd, below)),
+                            Err(rustix::io::Errno::NOENT) => {}
+                            Err(e) => return Err(self.io("cannot list", &name, e.into())),
                         }
                     }
-                    _ => {}
+                }
+                if name.starts_with(prefix) {
+                    found(Entry {
+                        name,
+                        kind,
+                        size: stat.st_size as u64,
+                    });
                 }
             }
         }
-        Ok(found)
+        Ok(())
     }
 
     fn unfinished(&self) -> Result<Vec<Unfinished>, BackendError> {
@@ -537,6 +606,16 @@ impl Inner {
             Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
             Err(e) => Err(self.io("cannot remove a temporary file in", RESERVED, e.into())),
         }
+    }
+}
+
+/// What `stat` says an entry is, by itself.
+fn kind_of(stat: &rustix::fs::Stat) -> Kind {
+    match FileType::from_raw_mode(stat.st_mode) {
+        FileType::RegularFile => Kind::File,
+        FileType::Directory => Kind::Dir,
+        FileType::Symlink => Kind::Symlink,
+        _ => Kind::Other,
     }
 }
 

@@ -9,8 +9,9 @@
 //! of `Bytes` (`ByteStream`) so a snapshot of any size passes with bounded memory; blocking
 //! code reads a loaded stream through `BlockingReader`.
 //!
-//! The commands do not use it yet: they move onto it once the store is reorganised
-//! (docs/architecture.md, "Backends").
+//! Repositories on S3 are reached only through it; local ones through `LocalBackend`'s
+//! blocking twins of its calls for what the store reads and inspects, the rest still by
+//! `store`'s own path code (docs/architecture.md, "What is left for the commands").
 
 use std::fmt;
 use std::io::{self, Read};
@@ -64,6 +65,25 @@ pub async fn collect(mut data: ByteStream) -> io::Result<Vec<u8>> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjectInfo {
     pub name: String,
+    pub size: u64,
+}
+
+/// What a name in a repository is by itself (a link is a link). Every object on S3 is a file; a
+/// local directory may also hold directories (empty ones too), links and other special files,
+/// which `LocalBackend::entries` reports so that what inspects a repository can name them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+    Other,
+}
+
+/// One name `LocalBackend::entries` found: an object, or anything else among them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub name: String,
+    pub kind: Kind,
     pub size: u64,
 }
 
@@ -253,6 +273,14 @@ pub enum BackendError {
     NoCredentials { endpoint: String, reason: String },
     #[error("`{repository}` is not usable: {reason}")]
     BadConfig { repository: String, reason: String },
+    #[error("`{name}` in `{repository}` is a symbolic link or passes through one (`{link}`); wqm never follows links in a repository")]
+    Link {
+        repository: String,
+        name: String,
+        link: String,
+    },
+    #[error("`{name}` in `{repository}` is not a regular file")]
+    NotAFile { repository: String, name: String },
     #[error("{what} `{path}`: {source}")]
     Io {
         what: &'static str,
@@ -286,7 +314,10 @@ impl Classify for BackendError {
             | BackendError::Unreachable { .. }
             | BackendError::NoCredentials { .. }
             | BackendError::BadConfig { .. } => ExitCode::Usage,
-            BackendError::Io { .. } | BackendError::Other { .. } => ExitCode::Failure,
+            BackendError::Link { .. }
+            | BackendError::NotAFile { .. }
+            | BackendError::Io { .. }
+            | BackendError::Other { .. } => ExitCode::Failure,
         }
     }
 

@@ -13,14 +13,7 @@ use std::path::Path;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, CWD};
 
-/// What an entry of a directory is, by itself (a link is a link).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    File,
-    Dir,
-    Symlink,
-    Other,
-}
+pub use crate::backend::Kind;
 
 /// One entry of a directory: its name, what it is and its size.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,9 +36,9 @@ fn flags(directory: bool) -> OFlags {
     }
 }
 
-/// Why an entry was not opened: the caller names it in its own terms (`refusal`).
+/// Why an entry was not opened.
 #[derive(Debug, thiserror::Error)]
-pub enum Refused {
+enum Refused {
     #[error("`{0}` is a symbolic link; wqm never follows links")]
     Link(String),
     #[error("`{0}` is not a regular file")]
@@ -56,11 +49,6 @@ impl Refused {
     fn into_io(self) -> io::Error {
         io::Error::new(io::ErrorKind::InvalidData, self)
     }
-}
-
-/// The `Refused` inside an error of `Dir`, if that is why it failed.
-pub fn refusal(e: &io::Error) -> Option<&Refused> {
-    e.get_ref()?.downcast_ref()
 }
 
 /// `open` on a link with `O_NOFOLLOW`: ELOOP (Linux), EMLINK (FreeBSD); `O_DIRECTORY` on one
@@ -82,13 +70,6 @@ impl Dir {
             }
         })?;
         Ok(Dir(fd))
-    }
-
-    /// The directory a user named (a backup's root): links on the way there are the user's
-    /// choice and followed.
-    pub fn open_given(path: &Path) -> io::Result<Dir> {
-        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-        Ok(Dir(rustix::fs::openat(CWD, path, flags, Mode::empty())?))
     }
 
     /// The directory `name` in this one, not through a link.

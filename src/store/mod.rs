@@ -5,10 +5,12 @@
 //! manifest included, is refused instead of leading outside. A chunk store would implement the
 //! same operations (read the manifest, open an entry, list) over its own storage.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 
+use crate::backend::local::LocalBackend;
+use crate::backend::{BackendError, Name};
 use crate::compress::{Compression, Stored};
 use crate::format::layout::{self, MANIFEST_PATH};
 use crate::format::manifest::{self, FileEntry, Manifest, ManifestError};
@@ -80,7 +82,7 @@ pub struct Stat {
     pub len: u64,
 }
 
-pub use at::Kind;
+pub use crate::backend::Kind;
 
 impl BackupDir {
     /// Opens an existing backup: the directory must exist and its manifest must parse.
@@ -140,7 +142,12 @@ impl BackupDir {
     /// beside it).
     pub fn size(&self) -> io::Result<u64> {
         match &self.remote {
-            None => crate::fs::disk_usage(&self.path),
+            None => Ok(files_of(&self.path)?
+                .list_blocking("")
+                .map_err(|e| in_backup(e, ""))?
+                .iter()
+                .map(|o| o.size)
+                .sum()),
             Some(remote) => Ok(remote.size()),
         }
     }
@@ -293,7 +300,7 @@ impl BackupDir {
         let stored: Box<dyn Read + Send> = match &self.remote {
             None => Box::new(open_in(&self.path, &at)?),
             Some(remote) => {
-                split(&at)?;
+                object_in(&at)?;
                 remote.open(&at)?
             }
         };
@@ -433,133 +440,75 @@ fn symlink_refused(rel: &str) -> io::Error {
     )
 }
 
-/// `rel` split into its directories and its last component.
-fn split(rel: &str) -> io::Result<(Vec<&str>, &str)> {
-    let mut parts: Vec<&str> = rel.split('/').collect();
-    let last = parts.pop().unwrap_or_default();
-    if last.is_empty()
-        || parts
-            .iter()
-            .any(|p| p.is_empty() || *p == ".." || *p == ".")
-    {
-        return Err(unsafe_path(rel, "is not a path inside the backup"));
-    }
-    Ok((parts, last))
+/// The local directory `root` (a backup, a repository) as a backend, to read from: `root`
+/// itself as the user named it, nothing inside it through a link (`LocalBackend`).
+fn files_of(root: &Path) -> io::Result<LocalBackend> {
+    LocalBackend::existing(root).map_err(|e| in_backup(e, ""))
 }
 
-/// The directory holding `rel`'s last component, reached without following links.
-#[cfg(unix)]
-fn parent_dir(root: &Path, rel: &str, dirs: &[&str]) -> io::Result<at::Dir> {
-    let mut dir = at::Dir::open_given(root)?;
-    for part in dirs {
-        dir = dir.open_dir(part).map_err(|e| in_backup(e, rel))?;
-    }
-    Ok(dir)
+/// `rel` as the name of an object in a backup.
+fn object_in(rel: &str) -> io::Result<Name> {
+    Name::new(rel).map_err(|_| unsafe_path(rel, "is not a path inside the backup"))
 }
 
-/// An error of `at::Dir` said in a backup's terms: the whole path, and why links are refused.
-#[cfg(unix)]
-fn in_backup(e: io::Error, rel: &str) -> io::Error {
-    match at::refusal(&e) {
-        Some(at::Refused::Link(_)) => symlink_refused(rel),
-        Some(at::Refused::NotAFile(_)) => io::Error::new(
+/// An error of the backend said in a backup's terms: the path inside it, and why links are
+/// refused; a missing one as the system says it.
+fn in_backup(e: BackendError, rel: &str) -> io::Error {
+    match e {
+        BackendError::Link { .. } => symlink_refused(rel),
+        BackendError::NotAFile { .. } => io::Error::new(
             io::ErrorKind::InvalidData,
             format!(
                 "`{}` is not a regular file",
                 crate::format::names::shown(rel)
             ),
         ),
-        None => e,
+        BackendError::NotFound { .. } => rustix::io::Errno::NOENT.into(),
+        BackendError::BadName { .. } => unsafe_path(rel, "is not a path inside the backup"),
+        BackendError::Io { source, .. } => source,
+        e => io::Error::other(e),
     }
 }
 
 /// Opens `rel` under `root` for reading: every component a real directory, the last a regular
 /// file, no link followed.
-#[cfg(unix)]
 pub fn open_in(root: &Path, rel: &str) -> io::Result<File> {
-    let (dirs, last) = split(rel)?;
-    let dir = parent_dir(root, rel, &dirs)?;
-    dir.open_file(last).map_err(|e| in_backup(e, rel))
+    let name = object_in(rel)?;
+    let (file, _) = files_of(root)?
+        .open_blocking(&name)
+        .map_err(|e| in_backup(e, rel))?;
+    Ok(file)
 }
 
 /// The entry `rel` under `root` itself; a link in a directory above it is an error.
-#[cfg(unix)]
 pub fn stat_in(root: &Path, rel: &str) -> io::Result<Stat> {
-    let (dirs, last) = split(rel)?;
-    let dir = parent_dir(root, rel, &dirs)?;
-    let (kind, len) = dir.stat(last)?;
-    Ok(Stat { kind, len })
-}
-
-/// Elsewhere: each component is looked at (`symlink_metadata`) before the file is opened.
-#[cfg(not(unix))]
-pub fn open_in(root: &Path, rel: &str) -> io::Result<File> {
-    let stat = stat_in(root, rel)?;
-    match stat.kind {
-        Kind::File => File::open(root.join(rel)),
-        Kind::Symlink => Err(symlink_refused(rel)),
-        _ => Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "`{}` is not a regular file",
-                crate::format::names::shown(rel)
-            ),
-        )),
-    }
-}
-
-#[cfg(not(unix))]
-pub fn stat_in(root: &Path, rel: &str) -> io::Result<Stat> {
-    let (dirs, last) = split(rel)?;
-    let mut path = root.to_path_buf();
-    for part in dirs {
-        path.push(part);
-        if !fs::symlink_metadata(&path)?.is_dir() {
-            return Err(symlink_refused(rel));
-        }
-    }
-    path.push(last);
-    let meta = fs::symlink_metadata(&path)?;
-    let kind = if meta.is_symlink() {
-        Kind::Symlink
-    } else if meta.is_dir() {
-        Kind::Dir
-    } else if meta.is_file() {
-        Kind::File
-    } else {
-        Kind::Other
-    };
+    let name = object_in(rel)?;
+    let entry = files_of(root)?
+        .entry_blocking(&name)
+        .map_err(|e| in_backup(e, rel))?;
     Ok(Stat {
-        kind,
-        len: meta.len(),
+        kind: entry.kind,
+        len: entry.size,
     })
 }
 
 /// Every non-directory entry under `root`, relative, sorted; links are listed, not followed.
 pub fn list_in(root: &Path) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut pending = vec![PathBuf::new()];
-    while let Some(rel_dir) = pending.pop() {
-        let Ok(entries) = fs::read_dir(root.join(&rel_dir)) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let rel = rel_dir.join(entry.file_name());
-            let rel_text = rel.to_string_lossy().replace('\\', "/");
-            match entry.file_type() {
-                Ok(t) if t.is_dir() => pending.push(rel),
-                _ => found.push(rel_text),
-            }
-        }
-    }
-    found.sort();
-    found
+    let entries =
+        files_of(root).and_then(|files| files.entries_blocking("").map_err(|e| in_backup(e, "")));
+    entries
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.kind != Kind::Dir)
+        .map(|e| e.name)
+        .collect()
 }
 
 #[cfg(all(test, unix))]
 mod tests {
     use super::*;
     use crate::checksum::Algorithm;
+    use std::fs;
     use std::io::Read;
     use std::os::unix::fs::symlink;
 

@@ -4,7 +4,7 @@ use wqm::checksum::Algorithm;
 use wqm::compress::Compression;
 
 use crate::fixtures::{self, Spec};
-use crate::test::Test;
+use crate::test::{self, Test};
 
 #[test]
 fn shows_a_new_backup() {
@@ -16,7 +16,7 @@ fn shows_a_new_backup() {
             ..Spec::default()
         },
     );
-    let size = wqm::fs::disk_usage(&t.join("b")).unwrap();
+    let size = test::bytes_under(&t.join("b"));
     let expected = format!(
         "Backup Information: {{TMP}}/b\n\
          Version: 0.3.0\n\

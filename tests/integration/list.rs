@@ -1,7 +1,7 @@
 //! `wqm backup list`.
 
 use crate::fixtures::{self, Spec};
-use crate::test::Test;
+use crate::test::{self, Test};
 
 fn names(v: &serde_json::Value) -> Vec<String> {
     v.as_array()
@@ -63,7 +63,7 @@ fn sorts_as_asked() {
 fn text_lists_every_backup_with_its_version() {
     let t = Test::new();
     three(&t);
-    let a = wqm::fs::disk_usage(&t.join("dir/a")).unwrap();
+    let a = test::bytes_under(&t.join("dir/a"));
     t.args("backup list {TMP}/dir --sort name")
         .stdout_with(move |out| {
             assert!(
