@@ -641,6 +641,63 @@ async fn local_links_are_never_followed() {
     assert!(root.join("dir/inner").is_dir());
 }
 
+/// What inspects a local repository sees what `list` leaves out — empty directories, links,
+/// special files — each as what it is, nothing followed; reading one never makes its directory.
+#[cfg(unix)]
+#[test]
+fn local_entries_name_what_is_not_an_object() {
+    use wqm::backend::local::LocalBackend;
+    use wqm::backend::{Entry, Kind};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("repo");
+    let missing = LocalBackend::existing(&root).unwrap_err();
+    assert!(missing.is_not_found(), "{missing}");
+    assert!(!root.exists(), "reading made the directory");
+    std::fs::create_dir_all(root.join("a/empty")).unwrap();
+    std::fs::write(root.join("a/file"), "four").unwrap();
+    std::fs::write(dir.path().join("outside"), "secret").unwrap();
+    std::os::unix::fs::symlink(dir.path().join("outside"), root.join("a/link")).unwrap();
+    std::os::unix::fs::symlink(dir.path(), root.join("dir-link")).unwrap();
+    let fifo = std::process::Command::new("mkfifo")
+        .arg(root.join("a/fifo"))
+        .status()
+        .unwrap();
+    assert!(fifo.success());
+    let backend = LocalBackend::existing(&root).unwrap();
+    let entry = |name: &str, kind| Entry {
+        name: name.to_string(),
+        kind,
+        size: std::fs::symlink_metadata(root.join(name)).unwrap().len(),
+    };
+    assert_eq!(
+        backend.entries_blocking("").unwrap(),
+        [
+            entry("a", Kind::Dir),
+            entry("a/empty", Kind::Dir),
+            entry("a/fifo", Kind::Other),
+            entry("a/file", Kind::File),
+            entry("a/link", Kind::Symlink),
+            entry("dir-link", Kind::Symlink),
+        ]
+    );
+    assert_eq!(
+        backend.entry_blocking(&name("a/link")).unwrap(),
+        entry("a/link", Kind::Symlink)
+    );
+    let through = backend.entry_blocking(&name("dir-link/outside"));
+    assert!(
+        matches!(through, Err(wqm::backend::BackendError::Link { .. })),
+        "{through:?}"
+    );
+    let objects: Vec<_> = backend
+        .list_blocking("a/")
+        .unwrap()
+        .into_iter()
+        .map(|o| o.name)
+        .collect();
+    assert_eq!(objects, ["a/file"]);
+}
+
 /// A local copy is a second link to the file (no byte copied); a link as its source is refused,
 /// not followed.
 #[cfg(unix)]
