@@ -5,6 +5,7 @@
 //! directory: a reader sees the old object or the whole new one, and after a crash at most a
 //! temporary file is left, which `unfinished` reports.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
@@ -91,16 +92,32 @@ impl LocalBackend {
         self.inner.entry(name)
     }
 
-    /// Everything under the root whose name starts with `prefix`, from blocking code: objects,
-    /// and what `list` leaves out — directories (empty ones too), links, other special files,
-    /// names that are not UTF-8 (shown lossily). Links are reported, never entered.
+    /// Everything under the root whose name starts with `prefix`, from blocking code, sorted:
+    /// objects, and what `list` leaves out — directories (empty ones too), links, other
+    /// special files, names that are not UTF-8 (shown lossily). Links are reported, never
+    /// entered.
     pub fn entries_blocking(&self, prefix: &str) -> Result<Vec<Entry>, BackendError> {
         self.inner.entries(prefix)
+    }
+
+    /// `entries_blocking` handed over one at a time (a directory's after another, unsorted),
+    /// held nowhere: a directory is entered when `found` says so.
+    pub fn visit_blocking(
+        &self,
+        prefix: &str,
+        found: impl FnMut(Entry) -> bool,
+    ) -> Result<(), BackendError> {
+        self.inner.walk(prefix, found)
     }
 
     /// `list` from blocking code.
     pub fn list_blocking(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError> {
         self.inner.list(prefix)
+    }
+
+    /// `remove_all` from blocking code.
+    pub fn remove_all_blocking(&self, names: &[Name]) -> Result<(), BackendError> {
+        self.inner.remove_all(names)
     }
 
     /// `copy` from blocking code.
@@ -308,12 +325,21 @@ impl Inner {
         temp.file
             .sync_all()
             .map_err(|e| self.io("cannot sync", name.as_str(), e))?;
-        let (dir, last) = self.parent(name, true)?;
-        let dir = dir.expect("made when missing");
-        let renamed = if replace {
-            rustix::fs::renameat(&temp.tmp_dir, temp.name.as_str(), &dir, last)
-        } else {
-            rename_noreplace(&temp.tmp_dir, temp.name.as_str(), &dir, last)
+        // A `remove_all` emptying the directory may take it away between its open and the
+        // rename (ENOENT): then it is made again.
+        let mut attempts = 0;
+        let (dir, renamed) = loop {
+            let (dir, last) = self.parent(name, true)?;
+            let dir = dir.expect("made when missing");
+            let renamed = if replace {
+                rustix::fs::renameat(&temp.tmp_dir, temp.name.as_str(), &dir, last)
+            } else {
+                rename_noreplace(&temp.tmp_dir, temp.name.as_str(), &dir, last)
+            };
+            attempts += 1;
+            if renamed != Err(rustix::io::Errno::NOENT) || attempts == 3 {
+                break (dir, renamed);
+            }
         };
         match renamed {
             Ok(()) => temp.done = true,
@@ -465,6 +491,100 @@ impl Inner {
             .map_err(|e| self.io("cannot sync the directory of", name.as_str(), e.into()))
     }
 
+    /// Removes every object of `names` (a missing one is no error), then each directory that
+    /// held one and is left empty, up to the root: directories are implied by objects here as
+    /// on S3, so removing a backup or a run's temporary chunks leaves nothing behind. Each
+    /// directory is synced once when the names of one directory come together (a garbage
+    /// collection's, by fan-out directory), not once per object; one is open at a time.
+    fn remove_all(&self, names: &[Name]) -> Result<(), BackendError> {
+        let mut held: BTreeSet<Vec<String>> = BTreeSet::new();
+        let mut open: Option<(Vec<String>, OwnedFd)> = None;
+        for name in names {
+            let mut parts: Vec<String> = name.as_str().split('/').map(String::from).collect();
+            let last = parts.pop().expect("a name has a component");
+            if open.as_ref().is_none_or(|(dir, _)| *dir != parts) {
+                if let Some((dir, fd)) = open.take() {
+                    self.sync(&dir, fd)?;
+                }
+                let dirs: Vec<&str> = parts.iter().map(String::as_str).collect();
+                match self.dir(&dirs, false, name.as_str())? {
+                    Some(fd) => open = Some((parts.clone(), fd)),
+                    None => continue,
+                }
+                held.insert(parts);
+            }
+            let (_, dir) = open.as_ref().expect("opened above");
+            match rustix::fs::unlinkat(dir, last.as_str(), AtFlags::empty()) {
+                Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+                Err(e) => return Err(self.io("cannot remove", name.as_str(), e.into())),
+            }
+            crate::failpoint::hit("local:removed")
+                .map_err(|e| self.io("cannot remove", name.as_str(), e))?;
+        }
+        if let Some((dir, fd)) = open {
+            self.sync(&dir, fd)?;
+        }
+        // Deepest first, so a directory emptied by removing the ones below it goes too.
+        for parts in held.into_iter().rev() {
+            self.remove_if_empty(&parts)?;
+        }
+        Ok(())
+    }
+
+    /// Makes the removals in the directory `parts` durable.
+    fn sync(&self, parts: &[String], dir: OwnedFd) -> Result<(), BackendError> {
+        rustix::fs::fsync(&dir).map_err(|e| self.io("cannot sync", &parts.join("/"), e.into()))
+    }
+
+    /// Removes the directory `dir` and everything in it (links removed as links, never
+    /// followed), then each directory above it left empty; returns how many objects went.
+    fn remove_under(&self, dir: &str) -> Result<usize, BackendError> {
+        Name::new(dir)?;
+        let entries = self.entries(&format!("{dir}/"))?;
+        let (dirs, others): (Vec<Entry>, Vec<Entry>) =
+            entries.into_iter().partition(|e| e.kind == Kind::Dir);
+        let objects = others.iter().filter(|e| e.kind == Kind::File).count();
+        let names = others
+            .into_iter()
+            .map(|e| Name::new(e.name))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.remove_all(&names)?;
+        // What `remove_all` left: directories that held no object, deepest first.
+        let dirs = dirs.iter().rev().map(|d| d.name.as_str()).chain([dir]);
+        for empty in dirs {
+            let parts: Vec<String> = empty.split('/').map(String::from).collect();
+            self.remove_if_empty(&parts)?;
+        }
+        Ok(objects)
+    }
+
+    /// Removes the directory `parts` (never the root or the backend's own) if it is empty, and
+    /// each above it that this leaves empty; a directory still holding something stays.
+    fn remove_if_empty(&self, parts: &[String]) -> Result<(), BackendError> {
+        let mut parts = parts.to_vec();
+        while let Some(last) = parts.pop() {
+            if parts.is_empty() && last == RESERVED {
+                return Ok(());
+            }
+            let above: Vec<&str> = parts.iter().map(String::as_str).collect();
+            let Some(parent) = self.dir(&above, false, &last)? else {
+                return Ok(());
+            };
+            match rustix::fs::unlinkat(&parent, last.as_str(), AtFlags::REMOVEDIR) {
+                Ok(()) => rustix::fs::fsync(&parent)
+                    .map_err(|e| self.io("cannot sync", &above.join("/"), e.into()))?,
+                Err(
+                    rustix::io::Errno::NOTEMPTY
+                    | rustix::io::Errno::EXIST
+                    | rustix::io::Errno::NOENT
+                    | rustix::io::Errno::NOTDIR,
+                ) => return Ok(()),
+                Err(e) => return Err(self.io("cannot remove the directory", &last, e.into())),
+            }
+        }
+        Ok(())
+    }
+
     /// The directories right under the root (never a link), as `Backend::top_level`.
     fn top_level(&self) -> Result<Vec<String>, BackendError> {
         let root = self.root_fd()?;
@@ -501,23 +621,33 @@ impl Inner {
                     size: entry.size,
                 })
             }
+            true
         })?;
         Ok(found)
     }
 
     fn entries(&self, prefix: &str) -> Result<Vec<Entry>, BackendError> {
         let mut found = Vec::new();
-        self.walk(prefix, |entry| found.push(entry))?;
+        self.walk(prefix, |entry| {
+            found.push(entry);
+            true
+        })?;
         found.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(found)
     }
 
     /// Hands `found` every entry under the root whose name starts with `prefix` (a directory's
-    /// name without its `/`), the backend's own directory left out; directories not on the
-    /// prefix's way are not entered, links never.
-    fn walk(&self, prefix: &str, mut found: impl FnMut(Entry)) -> Result<(), BackendError> {
-        let mut pending = vec![(self.root_fd()?, String::new())];
-        while let Some((dir, path)) = pending.pop() {
+    /// name without its `/`), one directory's after another, the backend's own directory left
+    /// out; a directory is entered when `found` says so, one not on the prefix's way never,
+    /// a link never. One directory is open at a time, whatever their number.
+    fn walk(&self, prefix: &str, mut found: impl FnMut(Entry) -> bool) -> Result<(), BackendError> {
+        let mut pending = vec![String::new()];
+        while let Some(path) = pending.pop() {
+            let parts: Vec<&str> = path.split_terminator('/').collect();
+            // Gone meanwhile: nothing of it is listed (made a link meanwhile: refused).
+            let Some(dir) = self.dir(&parts, false, &path)? else {
+                continue;
+            };
             let entries = rustix::fs::Dir::read_from(&dir)
                 .map_err(|e| self.io("cannot list", &path, e.into()))?;
             for entry in entries {
@@ -541,24 +671,18 @@ impl Inner {
                     Ok(_) => kind_of(&stat),
                     Err(_) => Kind::Other,
                 };
-                if kind == Kind::Dir {
-                    let below = format!("{name}/");
-                    if below.starts_with(prefix) || prefix.starts_with(&below) {
-                        let flags =
-                            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-                        match rustix::fs::openat(&dir, raw, flags, Mode::empty()) {
-                            Ok(fd) => pending.push((fd, below)),
-                            Err(rustix::io::Errno::NOENT) => {}
-                            Err(e) => return Err(self.io("cannot list", &name, e.into())),
-                        }
-                    }
-                }
-                if name.starts_with(prefix) {
+                let below = format!("{name}/");
+                let enter = if name.starts_with(prefix) {
                     found(Entry {
                         name,
                         kind,
                         size: stat.st_size as u64,
-                    });
+                    })
+                } else {
+                    prefix.starts_with(&below)
+                };
+                if kind == Kind::Dir && enter {
+                    pending.push(below);
                 }
             }
         }
@@ -737,6 +861,18 @@ impl Backend for LocalBackend {
     async fn remove(&self, name: &Name) -> Result<(), BackendError> {
         let name = name.clone();
         self.blocking(move |inner| inner.remove(&name)).await
+    }
+
+    /// The directory goes whole (`Inner::remove_under`).
+    async fn remove_under(&self, dir: &str) -> Result<usize, BackendError> {
+        let dir = dir.to_string();
+        self.blocking(move |inner| inner.remove_under(&dir)).await
+    }
+
+    /// Each directory synced once, and those left empty removed (`Inner::remove_all`).
+    async fn remove_all(&self, names: &[Name]) -> Result<(), BackendError> {
+        let names = names.to_vec();
+        self.blocking(move |inner| inner.remove_all(&names)).await
     }
 
     async fn top_level(&self) -> Result<Vec<String>, BackendError> {

@@ -41,17 +41,6 @@ pub fn once(bytes: impl Into<Bytes>) -> ByteStream {
     stream::once(futures_util::future::ready(Ok(bytes.into()))).boxed()
 }
 
-/// Removes every object under `dir/` (a backup's, say); returns how many.
-pub async fn remove_under(backend: &dyn Backend, dir: &str) -> Result<usize, BackendError> {
-    let objects = backend.list(&format!("{dir}/")).await?;
-    let names = objects
-        .into_iter()
-        .map(|o| Name::new(o.name))
-        .collect::<Result<Vec<_>, _>>()?;
-    backend.remove_all(&names).await?;
-    Ok(names.len())
-}
-
 /// Reads a whole stream into memory; for small objects only (locks, manifests).
 pub async fn collect(mut data: ByteStream) -> io::Result<Vec<u8>> {
     let mut all = Vec::new();
@@ -167,6 +156,18 @@ pub trait Backend: Send + Sync + fmt::Debug {
             self.remove(name).await?;
         }
         Ok(())
+    }
+
+    /// Removes every object under `dir/` (a backup's, say); returns how many. Listed, then
+    /// `remove_all` here; a local directory goes whole, empty directories in it too.
+    async fn remove_under(&self, dir: &str) -> Result<usize, BackendError> {
+        let objects = self.list(&format!("{dir}/")).await?;
+        let names = objects
+            .into_iter()
+            .map(|o| Name::new(o.name))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.remove_all(&names).await?;
+        Ok(names.len())
     }
 
     /// Uploads that were started and neither finished nor abandoned cleanly (a killed run's).

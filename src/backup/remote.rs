@@ -250,7 +250,7 @@ pub async fn send(
 /// committed: its manifest is the last object). Best effort: when that fails, the claim's
 /// record is kept, and it is how the next run finds the rest.
 pub async fn abandon(backend: &dyn Backend, target: &str, claim: &mut Claim) {
-    if crate::backend::remove_under(backend, target).await.is_err() {
+    if backend.remove_under(target).await.is_err() {
         claim.keep();
     }
 }
@@ -433,7 +433,7 @@ pub async fn clean_dead_runs(
         let objects = if committed {
             0
         } else {
-            crate::backend::remove_under(backend, target.as_str()).await?
+            backend.remove_under(target.as_str()).await?
         };
         let mut uploads = 0;
         let under = [

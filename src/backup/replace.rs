@@ -13,7 +13,7 @@
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 
-use crate::backend::{remove_under, Backend, BackendError, Name};
+use crate::backend::{Backend, BackendError, Name};
 use crate::format::layout::MANIFEST_PATH;
 use crate::store::replacement_of;
 
@@ -47,7 +47,7 @@ pub async fn put_in_place(backend: &dyn Backend, name: &str) -> Result<(), Backe
     backend.stat(&new_manifest).await?;
     backend.remove(&old_manifest).await?;
     failpoint(backend, "replace:old-manifest-removed")?;
-    remove_under(backend, name).await?;
+    backend.remove_under(name).await?;
     let prefix = format!("{replacement}/");
     let objects = backend.list(&prefix).await?;
     let copies = objects
@@ -83,7 +83,7 @@ pub async fn settle(
     }
     let new_manifest = manifest_of(&replacement)?;
     if !objects.iter().any(|o| o.name == new_manifest.as_str()) {
-        remove_under(backend, &replacement).await?;
+        backend.remove_under(&replacement).await?;
         return Ok(Settled::Removed);
     }
     match backend.stat(&manifest_of(name)?).await {
@@ -104,7 +104,7 @@ pub async fn settle(
 pub async fn remove_replacement(backend: &dyn Backend, name: &str) -> Result<(), BackendError> {
     let replacement = replacement_of(name);
     backend.remove(&manifest_of(&replacement)?).await?;
-    remove_under(backend, &replacement).await.map(drop)
+    backend.remove_under(&replacement).await.map(drop)
 }
 
 fn manifest_of(root: &str) -> Result<Name, BackendError> {

@@ -18,7 +18,7 @@ use tokio::runtime::Handle;
 
 use super::{Kind, Stat};
 use crate::backend::local::LocalBackend;
-use crate::backend::{Backend, BackendError, BlockingReader, Name, ObjectInfo};
+use crate::backend::{Backend, BackendError, BlockingReader, Entry, Name, ObjectInfo};
 use crate::format::layout::MANIFEST_PATH;
 use crate::format::manifest::{self, Manifest, ManifestError};
 
@@ -232,6 +232,23 @@ impl Remote {
         self.wait(self.backend.list(prefix)).map_err(not_found)
     }
 
+    /// Hands `found` everything under `prefix` as `LocalBackend::visit_blocking` does: locally
+    /// directories (entered when `found` says so), links and special files too, each as what
+    /// it is, held nowhere; on S3 the objects, all files.
+    pub fn visit(&self, prefix: &str, mut found: impl FnMut(Entry) -> bool) -> io::Result<()> {
+        if let Some(local) = &self.local {
+            return local.visit_blocking(prefix, found).map_err(not_found);
+        }
+        for object in self.list(prefix)? {
+            found(Entry {
+                name: object.name,
+                kind: Kind::File,
+                size: object.size,
+            });
+        }
+        Ok(())
+    }
+
     /// The names at the top of the repository (`Backend::top_level`), without listing what
     /// they hold.
     pub fn top_level(&self) -> io::Result<Vec<String>> {
@@ -248,7 +265,7 @@ impl Remote {
 
     /// Removes every object under `dir/`.
     pub fn remove_under(&self, dir: &str) -> io::Result<()> {
-        self.wait(crate::backend::remove_under(&*self.backend, dir))
+        self.wait(self.backend.remove_under(dir))
             .map(drop)
             .map_err(not_found)
     }

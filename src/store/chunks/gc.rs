@@ -1,11 +1,13 @@
 //! Garbage collection: deleting the chunks no backup references. The store is listed before
 //! its lock is taken (`find_unreferenced`) and only what is still unreferenced under the lock is
-//! deleted (`collect_garbage`), so creates wait for the deletions, not for the listing. Every step is relative to an
-//! open directory and follows no link (`at.rs`): a link planted as `chunks`, `tmp` or a fan-out
-//! directory refuses the collection, and anything in the store wqm did not put there is
-//! reported and left alone instead of stopping every later collection.
+//! deleted (`collect_garbage`), so creates wait for the deletions, not for the listing. Local
+//! and S3 stores are collected by the same code, through their backend: locally every step
+//! follows no link (`LocalBackend`), a link planted as `chunks` or `tmp` refuses the collection
+//! (`ChunkStore::check_in`), and anything in the store wqm did not put there (a link as a
+//! fan-out directory among them) is reported and left alone instead of stopping every later
+//! collection.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
@@ -16,7 +18,8 @@ use super::{
     id_of_object, object_name, pack, runs, ChunkError, ChunkId, ChunkStore, PackIndex, Packer,
     Refs, CHUNKS_DIR, STORE_DIR, TMP_DIR,
 };
-use crate::store::{at, Remote, Repository};
+use crate::backend::{Entry, Kind};
+use crate::store::{Remote, Repository};
 
 /// What a garbage collection found and did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -64,76 +67,86 @@ pub fn find_unreferenced_at(
 ) -> Result<Unreferenced, ChunkError> {
     match repository {
         Repository::Local(dir) => find_unreferenced(dir, referenced),
-        Repository::Remote(remote) => find_unreferenced_remote(remote, referenced),
+        Repository::Remote(remote) => find_unreferenced_in(remote, referenced),
     }
-}
-
-/// The same over a repository's objects: `.wqm-chunks/chunks/ab/<sha256>` is a chunk, anything
-/// else under `chunks/` a stray. Its `store.json` is read first: a store this wqm cannot read
-/// (a newer one's) is not collected.
-fn find_unreferenced_remote(
-    remote: &Remote,
-    referenced: &Refs,
-) -> Result<Unreferenced, ChunkError> {
-    // The indexes read afresh when the store is opened (what this run's readers loaded may be
-    // older), once: the collection then uses those.
-    super::pack::Packs::forget(remote);
-    let store = ChunkStore::open_remote(remote)?;
-    let prefix = format!("{STORE_DIR}/{CHUNKS_DIR}/");
-    let objects = remote.list(&prefix).map_err(|source| ChunkError::Io {
-        path: remote.shown(STORE_DIR),
-        source,
-    })?;
-    let mut found = Unreferenced::default();
-    for object in objects {
-        let rel = object.name.strip_prefix(&prefix).unwrap_or(&object.name);
-        match id_of_object(&object.name) {
-            None => found.strays.push(format!("{CHUNKS_DIR}/{rel}")),
-            Some(id) if referenced.contains(&id) => {
-                found.kept += 1;
-                found.bytes_kept += object.size;
-            }
-            Some(id) => found.chunks.push((id, object.size)),
-        }
-    }
-    found.packs = store.pack_index();
-    Ok(found)
 }
 
 /// Lists the chunk store of `dir` without its lock (creates and readers go on meanwhile),
 /// keeping the chunks `referenced` does not name. Safe unlocked: chunks only appear meanwhile
 /// (never listed, so never deleted by this collection), and only a collection removes one.
+/// No part of the store may be a link (`ChunkStore::check_in`); then it is listed through its
+/// backend as one on S3 is.
 pub fn find_unreferenced(dir: &Path, referenced: &Refs) -> Result<Unreferenced, ChunkError> {
     ChunkStore::check_in(dir)?;
-    let root = ChunkStore::path_in(dir);
-    let listed = (|| {
-        let mut found = Unreferenced::default();
-        let chunks = at::Dir::open(&root)?.open_dir(CHUNKS_DIR)?;
-        for fan in chunks.entries()? {
-            let is_fan = fan.name.len() == 2 && fan.name.bytes().all(|b| b.is_ascii_hexdigit());
-            if !is_fan || fan.kind != at::Kind::Dir {
-                found.strays.push(format!("{CHUNKS_DIR}/{}", fan.name));
-                continue;
-            }
-            for chunk in chunks.open_dir(&fan.name)?.entries()? {
-                let id = ChunkId::parse(&chunk.name).filter(|id| {
-                    id.to_string().starts_with(&fan.name) && chunk.kind == at::Kind::File
-                });
-                match id {
-                    None => found
-                        .strays
-                        .push(format!("{CHUNKS_DIR}/{}/{}", fan.name, chunk.name)),
-                    Some(id) if referenced.contains(&id) => {
-                        found.kept += 1;
-                        found.bytes_kept += chunk.len;
-                    }
-                    Some(id) => found.chunks.push((id, chunk.len)),
-                }
-            }
+    let remote = Remote::local(dir).map_err(|e| ChunkError::Io {
+        path: ChunkStore::path_in(dir),
+        source: io::Error::other(e),
+    })?;
+    find_unreferenced_in(&remote, referenced)
+}
+
+/// The same over a repository's objects: `.wqm-chunks/chunks/ab/<sha256>` is a chunk, anything
+/// else under `chunks/` a stray (locally a link, a special file or a directory too, reported
+/// once with nothing below it). Its `store.json` is read first: a store this wqm cannot read
+/// (a newer one's) is not collected.
+fn find_unreferenced_in(remote: &Remote, referenced: &Refs) -> Result<Unreferenced, ChunkError> {
+    // The indexes read afresh when the store is opened (what this run's readers loaded may be
+    // older), once: the collection then uses those.
+    super::pack::Packs::forget(remote);
+    let store = ChunkStore::open_remote(remote)?;
+    let mut found = Unreferenced::default();
+    let mut strays = Vec::new();
+    let is_fan = |rel: &str| rel.len() == 2 && rel.bytes().all(|b| b.is_ascii_hexdigit());
+    visit_part(remote, CHUNKS_DIR, &mut strays, is_fan, |_, entry| {
+        if entry.kind == Kind::Dir {
+            return true;
         }
-        Ok(found)
-    })();
-    listed.map_err(|source| ChunkError::Io { path: root, source })
+        let id = id_of_object(&entry.name).filter(|_| entry.kind == Kind::File);
+        match id {
+            None => return false,
+            Some(id) if referenced.contains(&id) => {
+                found.kept += 1;
+                found.bytes_kept += entry.size;
+            }
+            Some(id) => found.chunks.push((id, entry.size)),
+        }
+        true
+    })
+    .map_err(|source| ChunkError::Io {
+        path: remote.shown(STORE_DIR),
+        source,
+    })?;
+    strays.sort();
+    found.strays = strays;
+    found.packs = store.pack_index();
+    Ok(found)
+}
+
+/// Hands `each` what is under the store's `part/` (`chunks/`, `tmp/`), one at a time, with its
+/// name relative to `part/`. A directory `expected` does not accept (by that name), and
+/// anything `each` does not (returning `false`), is a stray: added to `strays` (relative to the
+/// store), and not entered.
+fn visit_part(
+    remote: &Remote,
+    part: &str,
+    strays: &mut Vec<String>,
+    expected: impl Fn(&str) -> bool,
+    mut each: impl FnMut(&str, Entry) -> bool,
+) -> io::Result<()> {
+    let prefix = format!("{STORE_DIR}/{part}/");
+    remote.visit(&prefix, |entry| {
+        let rel = entry
+            .name
+            .strip_prefix(&prefix)
+            .unwrap_or_default()
+            .to_string();
+        let is_dir = entry.kind == Kind::Dir;
+        if (is_dir && !expected(&rel)) || !each(&rel, entry) {
+            strays.push(format!("{part}/{rel}"));
+            return false;
+        }
+        is_dir
+    })
 }
 
 /// Deletes the chunks `found` listed that `referenced` (now every backup's references, those
@@ -153,42 +166,17 @@ pub fn collect_garbage(
         ..Collected::default()
     };
     let doomed = unreferenced(found.chunks, referenced, &mut collected);
-    if let Some(remote) = store.network() {
-        if !dry_run {
-            // A thousand to a request on S3 (`Backend::remove_all`).
-            let names: Vec<String> = doomed.iter().map(object_name).collect();
-            remote.remove_all(&names)?;
-        }
-        if let Some(packs) = found.packs {
-            collect_packs(store, remote, &packs, referenced, dry_run, &mut collected)?;
-        }
-        return remove_remote_runs(remote, dry_run, collected);
+    let remote = &store.repository;
+    if !dry_run {
+        // A thousand to a request on S3, each directory synced once locally
+        // (`Backend::remove_all`).
+        let names: Vec<String> = doomed.iter().map(object_name).collect();
+        remote.remove_all(&names)?;
     }
-    let root = at::Dir::open(&store.root)?;
-    let chunks = root.open_dir(CHUNKS_DIR)?;
-    let mut fan_dir: Option<(String, at::Dir)> = None;
-    for id in doomed.iter().filter(|_| !dry_run) {
-        let name = id.to_string();
-        let fan = &name[..2];
-        if fan_dir.as_ref().is_none_or(|(open, _)| open != fan) {
-            fan_dir = Some((fan.to_string(), chunks.open_dir(fan)?));
-        }
-        let (_, dir) = fan_dir.as_ref().expect("opened above");
-        dir.remove_file(&name)?;
-        crate::failpoint::hit("prune:chunk-deleted")?;
+    if let Some(packs) = found.packs {
+        collect_packs(store, remote, &packs, referenced, dry_run, &mut collected)?;
     }
-    let tmp = match root.open_dir(TMP_DIR) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(collected),
-        other => other?,
-    };
-    for entry in tmp.entries()? {
-        if !runs::is_run_dir(&entry.name) || entry.kind != at::Kind::Dir {
-            collected.strays.push(format!("{TMP_DIR}/{}", entry.name));
-        } else if !dry_run {
-            tmp.remove_tree(&entry.name)?;
-        }
-    }
-    Ok(collected)
+    remove_runs(remote, dry_run, collected)
 }
 
 /// The listed chunks `referenced` does not name, to be deleted; what goes and what stays
@@ -382,21 +370,29 @@ fn repack_into(
 
 /// A repository's `.wqm-chunks/tmp/`: the objects of runs' temporary directories (a local
 /// store copied while a create ran) are removed as locally; anything else is a stray.
-fn remove_remote_runs(
-    remote: &Remote,
-    dry_run: bool,
-    mut collected: Collected,
-) -> io::Result<Collected> {
-    let prefix = format!("{STORE_DIR}/{TMP_DIR}/");
-    for object in remote.list(&prefix)? {
-        let rel = object.name.strip_prefix(&prefix).unwrap_or(&object.name);
-        match rel.split_once('/') {
-            Some((run, _)) if runs::is_run_dir(run) => {
-                if !dry_run {
-                    remote.remove(&object.name)?;
-                }
+fn remove_runs(remote: &Remote, dry_run: bool, mut collected: Collected) -> io::Result<Collected> {
+    let mut runs = BTreeSet::new();
+    let mut strays = Vec::new();
+    // Anything in a run's directory is its own; nothing else belongs in `tmp/`.
+    let in_run = |rel: &str| rel.split('/').next().is_some_and(runs::is_run_dir);
+    visit_part(
+        remote,
+        TMP_DIR,
+        &mut strays,
+        in_run,
+        |rel, entry| match rel.split('/').next() {
+            Some(run) if in_run(run) && (entry.kind == Kind::Dir || rel.contains('/')) => {
+                runs.insert(run.to_string());
+                true
             }
-            _ => collected.strays.push(format!("{TMP_DIR}/{rel}")),
+            _ => false,
+        },
+    )?;
+    strays.sort();
+    collected.strays.extend(strays);
+    if !dry_run {
+        for run in runs {
+            remote.remove_under(&format!("{STORE_DIR}/{TMP_DIR}/{run}"))?;
         }
     }
     Ok(collected)
