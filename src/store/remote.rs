@@ -82,7 +82,7 @@ impl std::fmt::Debug for Remote {
 
 /// `rel` as an object name; one that is not valid is `InvalidData`, as a path that leaves a
 /// local backup is.
-fn object(rel: &str) -> io::Result<Name> {
+fn object(rel: impl Into<String>) -> io::Result<Name> {
     Name::new(rel).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
@@ -271,12 +271,16 @@ impl Remote {
     }
 
     /// Removes the objects `rels` (those already gone are no error), in as few requests as the
-    /// backend can (`Backend::remove_all`).
-    pub fn remove_all(&self, rels: &[String]) -> io::Result<()> {
+    /// backend can (`Backend::remove_all`); locally at the files, with no copy of the names (a
+    /// collection's may be hundreds of thousands).
+    pub fn remove_all(&self, rels: Vec<String>) -> io::Result<()> {
         let names = rels
-            .iter()
-            .map(|rel| object(rel))
+            .into_iter()
+            .map(object)
             .collect::<Result<Vec<_>, _>>()?;
+        if let Some(local) = &self.local {
+            return local.remove_all_blocking(&names).map_err(not_found);
+        }
         self.wait(self.backend.remove_all(&names))
             .map_err(not_found)
     }

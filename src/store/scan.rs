@@ -1,10 +1,9 @@
 //! The one scanner of a backups directory, local or on a backend: what in it is a backup.
 
-use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::{chunks, BackupDir, Remote, Repository};
+use super::{chunks, BackupDir, Kind, Remote, Repository};
 use crate::format::layout;
 use crate::format::manifest::ManifestError;
 
@@ -56,24 +55,29 @@ fn is_repository_part(name: &str) -> bool {
 /// a directory (never a symlink: none is followed) that is not hidden (staging and working
 /// directories are) and not being written, whose manifest reads. Plain files are left out.
 pub fn scan(dir: &Path) -> io::Result<Scan> {
-    let mut listed: Vec<_> = fs::read_dir(dir)?.collect::<Result<_, _>>()?;
-    listed.sort_by_key(|e| e.file_name());
+    let mut listed = Vec::new();
+    super::files_of(dir)?
+        .visit_blocking("", |entry| {
+            listed.push(entry);
+            false
+        })
+        .map_err(|e| super::in_backup(e, ""))?;
+    listed.sort_by(|a, b| a.name.cmp(&b.name));
     let mut scan = Scan::default();
     for entry in listed {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let path = entry.path();
-        let kind = entry.file_type()?;
+        let name = entry.name;
+        let path = dir.join(&name);
         let seen = if layout::is_hidden(&name) {
             // The chunk store holds the incremental backups' data, the others the runs' locks,
             // the local backend's temporary files and the repository's config and keys: none
             // is a backup.
-            if !kind.is_dir() || is_repository_part(&name) {
+            if entry.kind != Kind::Dir || is_repository_part(&name) {
                 continue;
             }
             Seen::Other("hidden (a backup being written, or not wqm's)".to_string())
-        } else if kind.is_symlink() {
+        } else if entry.kind == Kind::Symlink {
             Seen::Other("a symlink; wqm never follows symlinks".to_string())
-        } else if !kind.is_dir() {
+        } else if entry.kind != Kind::Dir {
             continue;
         } else if layout::being_written(&path) {
             Seen::Other("being written (its staging directory is locked)".to_string())

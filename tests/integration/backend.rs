@@ -698,6 +698,39 @@ fn local_entries_name_what_is_not_an_object() {
     assert_eq!(objects, ["a/file"]);
 }
 
+/// Locally, removing objects takes away the directories it empties (they are implied by the
+/// objects, as on S3) and no other; `remove_under` takes a directory whole, empty directories,
+/// links and special files in it too, without following a link.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_removal_leaves_no_empty_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = local(dir.path());
+    let root = dir.path().join("repo");
+    for object in ["a/b/one", "a/b/two", "a/keep", "c/d/e/three"] {
+        backend
+            .save(&name(object), backend::once(b"x".to_vec()))
+            .await
+            .unwrap();
+    }
+    backend
+        .remove_all(&[name("a/b/one"), name("a/b/two"), name("c/d/e/three")])
+        .await
+        .unwrap();
+    assert!(!root.join("a/b").exists() && !root.join("c").exists());
+    assert!(root.join("a/keep").is_file());
+    std::fs::create_dir_all(root.join("a/empty/deeper")).unwrap();
+    std::fs::write(dir.path().join("outside"), "secret").unwrap();
+    std::os::unix::fs::symlink(dir.path(), root.join("a/link")).unwrap();
+    assert_eq!(backend.remove_under("a").await.unwrap(), 1);
+    assert!(!root.join("a").exists(), "a directory left");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("outside")).unwrap(),
+        "secret"
+    );
+    assert!(root.is_dir(), "the repository itself stays");
+}
+
 /// A local copy is a second link to the file (no byte copied); a link as its source is refused,
 /// not followed.
 #[cfg(unix)]

@@ -171,7 +171,7 @@ pub fn collect_garbage(
         // A thousand to a request on S3, each directory synced once locally
         // (`Backend::remove_all`).
         let names: Vec<String> = doomed.iter().map(object_name).collect();
-        remote.remove_all(&names)?;
+        remote.remove_all(names)?;
     }
     if let Some(packs) = found.packs {
         collect_packs(store, remote, &packs, referenced, dry_run, &mut collected)?;
@@ -336,8 +336,8 @@ fn collect_packs(
     }
     remote.wait(packer.finish())?;
     crate::failpoint::hit("prune:repacked")?;
-    remote.remove_all(&indexes)?;
-    remote.remove_all(&objects)
+    remote.remove_all(indexes)?;
+    remote.remove_all(objects)
 }
 
 /// Writes the chunks `kept` of `pack` into `packer`'s packs, each checked against its name

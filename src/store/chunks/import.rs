@@ -15,9 +15,9 @@ use bytes::Bytes;
 use super::write::fan_out_dir;
 use super::{runs, Access, ChunkError, ChunkId, ChunkStore, Params, RunTemp};
 use super::{CHUNKS_DIR, FEATURES_FORMAT, LOCK_OBJECTS};
-use crate::backend::{Backend, BackendError, Name};
+use crate::backend::{Backend, BackendError, Kind, Name};
 use crate::fs::create_private_file;
-use crate::store::{at, sync_dir};
+use crate::store::sync_dir;
 
 impl Params {
     /// Whether chunks of a store with `other`'s parameters may go into this one: the same
@@ -81,23 +81,17 @@ impl ChunkStore {
         Self::open(dir, Access::Shared).map(Arc::new)
     }
 
-    /// Every chunk the store holds under its name (one walk of `chunks/`, no link followed).
+    /// Every chunk the store holds under its name (one walk of `chunks/` through its backend,
+    /// no link followed).
     pub fn list_ids(&self) -> io::Result<HashSet<ChunkId>> {
         let mut ids = HashSet::new();
-        let chunks = match at::Dir::open(&self.root.join(CHUNKS_DIR)) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(ids),
-            other => other?,
-        };
-        for fan in chunks.entries()? {
-            if fan.kind != at::Kind::Dir {
-                continue;
+        let chunks = format!("{}/{CHUNKS_DIR}/", super::STORE_DIR);
+        self.repository.visit(&chunks, |entry| {
+            if entry.kind == Kind::File {
+                ids.extend(id_of_object(&entry.name));
             }
-            for chunk in chunks.open_dir(&fan.name)?.entries()? {
-                if chunk.kind == at::Kind::File {
-                    ids.extend(ChunkId::parse(&chunk.name));
-                }
-            }
-        }
+            true
+        })?;
         Ok(ids)
     }
 
