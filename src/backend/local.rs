@@ -110,6 +110,18 @@ impl LocalBackend {
         self.inner.walk(prefix, found)
     }
 
+    /// The regular file `name` opened for reading and writing, no link followed, for a
+    /// `flock`: NFS emulates it with byte-range locks, which a read-only descriptor cannot take.
+    /// A read-only file system is `BackendError::Io` with its `EROFS`.
+    pub fn open_for_lock_blocking(&self, name: &Name) -> Result<File, BackendError> {
+        self.inner.open_for_lock(name)
+    }
+
+    /// `remove_under` from blocking code: the objects removed and their bytes.
+    pub fn remove_under_blocking(&self, dir: &str) -> Result<(u64, u64), BackendError> {
+        self.inner.remove_under(dir)
+    }
+
     /// `list` from blocking code.
     pub fn list_blocking(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError> {
         self.inner.list(prefix)
@@ -360,10 +372,19 @@ impl Inner {
 
     /// The regular file `name`, opened without following a link, and its size.
     fn open(&self, name: &Name) -> Result<(File, u64), BackendError> {
+        self.open_with(name, OFlags::RDONLY)
+    }
+
+    fn open_for_lock(&self, name: &Name) -> Result<File, BackendError> {
+        Ok(self.open_with(name, OFlags::RDWR)?.0)
+    }
+
+    /// `open` with the access `mode` (`RDONLY`, `RDWR`).
+    fn open_with(&self, name: &Name, mode: OFlags) -> Result<(File, u64), BackendError> {
         let (dir, last) = self.parent(name, false)?;
         let dir = dir.ok_or_else(|| self.not_found(name.as_str()))?;
         // O_NONBLOCK: a FIFO planted in a repository must not hang the open.
-        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+        let flags = mode | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
         let fd = match rustix::fs::openat(&dir, last, flags, Mode::empty()) {
             Ok(fd) => fd,
             Err(rustix::io::Errno::NOENT) => return Err(self.not_found(name.as_str())),
@@ -537,13 +558,18 @@ impl Inner {
     }
 
     /// Removes the directory `dir` and everything in it (links removed as links, never
-    /// followed), then each directory above it left empty; returns how many objects went.
-    fn remove_under(&self, dir: &str) -> Result<usize, BackendError> {
+    /// followed), then each directory above it left empty; returns how many objects went and
+    /// their bytes.
+    fn remove_under(&self, dir: &str) -> Result<(u64, u64), BackendError> {
         Name::new(dir)?;
         let entries = self.entries(&format!("{dir}/"))?;
         let (dirs, others): (Vec<Entry>, Vec<Entry>) =
             entries.into_iter().partition(|e| e.kind == Kind::Dir);
-        let objects = others.iter().filter(|e| e.kind == Kind::File).count();
+        let objects = others.iter().filter(|e| e.kind == Kind::File);
+        let objects = (
+            objects.clone().count() as u64,
+            objects.map(|e| e.size).sum(),
+        );
         let names = others
             .into_iter()
             .map(|e| Name::new(e.name))
@@ -866,7 +892,8 @@ impl Backend for LocalBackend {
     /// The directory goes whole (`Inner::remove_under`).
     async fn remove_under(&self, dir: &str) -> Result<usize, BackendError> {
         let dir = dir.to_string();
-        self.blocking(move |inner| inner.remove_under(&dir)).await
+        let (objects, _) = self.blocking(move |inner| inner.remove_under(&dir)).await?;
+        Ok(objects as usize)
     }
 
     /// Each directory synced once, and those left empty removed (`Inner::remove_all`).

@@ -16,7 +16,6 @@ use crate::format::layout::{self, MANIFEST_PATH};
 use crate::format::manifest::{self, FileEntry, Manifest, ManifestError};
 use crate::format::names::EntryPath;
 
-pub(crate) mod at;
 mod checked;
 pub mod chunks;
 pub mod lock;

@@ -729,6 +729,7 @@ async fn local_removal_leaves_no_empty_directory() {
         "secret"
     );
     assert!(root.is_dir(), "the repository itself stays");
+    assert_eq!(backend.remove_under("a").await.unwrap(), 0, "gone already");
 }
 
 /// A local copy is a second link to the file (no byte copied); a link as its source is refused,

@@ -6,8 +6,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::params::{FEATURES_FORMAT, LOCK_OBJECTS};
-use super::{io_error, Access, ChunkError, Params, LOCK_FILE, PARAMS_FILE};
-use crate::store::at;
+use super::{io_error, Access, ChunkError, Params, LOCK_FILE, PARAMS_FILE, STORE_DIR};
+use crate::backend::local::LocalBackend;
+use crate::backend::{BackendError, Name};
 use crate::store::lock::LOCK_WAIT;
 
 /// A store made before lock objects (without `LOCK_OBJECTS`) may be used by an older wqm, which
@@ -20,17 +21,22 @@ use crate::store::lock::LOCK_WAIT;
 /// on an older wqm refuses the store, and no run takes the `flock` again. A store without a
 /// `lock` file, or on a read-only file system, needs none: no older wqm can open or change it.
 pub(super) fn legacy_lock(
-    store: &at::Dir,
+    files: &LocalBackend,
     root: &Path,
     params: &mut Params,
     access: Access,
 ) -> Result<Option<File>, ChunkError> {
-    let file = match store.open_for_lock(LOCK_FILE) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::ROFS.raw_os_error()) => {
+    let lock_file = Name::new(format!("{STORE_DIR}/{LOCK_FILE}")).expect("a name of the store's");
+    let file = match files.open_for_lock_blocking(&lock_file) {
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(BackendError::Io { source, .. })
+            if source.raw_os_error() == Some(rustix::io::Errno::ROFS.raw_os_error()) =>
+        {
             return Ok(None)
         }
-        other => other.map_err(io_error(&root.join(LOCK_FILE)))?,
+        other => other
+            .map_err(io::Error::other)
+            .map_err(io_error(&root.join(LOCK_FILE)))?,
     };
     let file = lock(file, root, access)?;
     if access == Access::Exclusive {

@@ -11,7 +11,7 @@
 //! - Chunks are only deleted by garbage collection (`collect_garbage`), which runs in `prune`
 //!   with the backups directory locked exclusively (`store::lock`); every create and reader
 //!   holds that lock shared for its whole run, so no chunk a run relies on can go while it
-//!   runs. Nothing in the store is reached through a link (`at.rs`).
+//!   runs. Nothing in the store is reached through a link (`LocalBackend`).
 //! - Every chunk read is checked against its name, and a file's content against the manifest's
 //!   sha256, so damage anywhere is found, never restored.
 
@@ -21,9 +21,11 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::backend::local::LocalBackend;
+use crate::backend::{BackendError, Kind, Name};
 use crate::exit::{Classify, ExitCode};
 use crate::store::seal::{self, Seal};
-use crate::store::{at, Remote, Repository};
+use crate::store::{Remote, Repository};
 
 /// The chunk store's directory in a backups directory.
 pub const STORE_DIR: &str = ".wqm-chunks";
@@ -203,56 +205,69 @@ impl ChunkStore {
         Ok(Self::inspect(dir)?.1)
     }
 
-    /// The store's directory, opened, and its parameters: every part a real directory or file.
-    fn inspect(dir: &Path) -> Result<(at::Dir, Params), ChunkError> {
+    /// The directory `dir` as a backend and the store's parameters: the store and every part
+    /// of it a real directory or file (`dir` itself may be reached through a link the user
+    /// named; nothing below it is).
+    fn inspect(dir: &Path) -> Result<(LocalBackend, Params), ChunkError> {
         let root = Self::path_in(dir);
         let not_a_store = |reason: String| ChunkError::NotAStore {
             path: root.clone(),
             reason,
         };
-        let store = match at::Dir::open(&root) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(ChunkError::NoStore { path: root })
-            }
-            Err(_) if std::fs::symlink_metadata(&root).is_ok_and(|m| m.is_symlink()) => {
+        let backend_error = |path: &Path, e: BackendError| io_error(path)(io::Error::other(e));
+        let files = match LocalBackend::existing(dir) {
+            Err(e) if e.is_not_found() => return Err(ChunkError::NoStore { path: root }),
+            Err(e) => return Err(backend_error(&root, e)),
+            Ok(files) => files,
+        };
+        let part = |part: &str| {
+            let name = match part {
+                "" => STORE_DIR.to_string(),
+                part => format!("{STORE_DIR}/{part}"),
+            };
+            files.entry_blocking(&Name::new(name).expect("a name of the store's"))
+        };
+        match part("") {
+            Err(e) if e.is_not_found() => return Err(ChunkError::NoStore { path: root }),
+            Err(e) => return Err(backend_error(&root, e)),
+            Ok(found) if found.kind == Kind::Symlink => {
                 return Err(ChunkError::Link { path: root })
             }
-            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOTDIR.raw_os_error()) => {
+            Ok(found) if found.kind != Kind::Dir => {
                 return Err(not_a_store("not a directory".into()))
             }
-            Err(e) => return Err(io_error(&root)(e)),
-            Ok(store) => store,
-        };
+            Ok(_) => {}
+        }
         // Every part is what it should be (or absent: `tmp` and `quarantine` come when needed).
-        for (part, kind) in [
-            (PARAMS_FILE, at::Kind::File),
-            (LOCK_FILE, at::Kind::File),
-            (CHUNKS_DIR, at::Kind::Dir),
-            (TMP_DIR, at::Kind::Dir),
-            (QUARANTINE_DIR, at::Kind::Dir),
+        for (name, kind) in [
+            (PARAMS_FILE, Kind::File),
+            (LOCK_FILE, Kind::File),
+            (CHUNKS_DIR, Kind::Dir),
+            (TMP_DIR, Kind::Dir),
+            (QUARANTINE_DIR, Kind::Dir),
         ] {
-            match store.kind(part) {
-                Ok(at::Kind::Symlink) => {
+            match part(name) {
+                Ok(found) if found.kind == Kind::Symlink => {
                     return Err(ChunkError::Link {
-                        path: root.join(part),
+                        path: root.join(name),
                     })
                 }
-                Ok(found) if found != kind => {
-                    return Err(not_a_store(format!("`{part}` is not a {kind:?}")))
+                Ok(found) if found.kind != kind => {
+                    return Err(not_a_store(format!("`{name}` is not a {kind:?}")))
                 }
-                Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                    return Err(io_error(&root.join(part))(e))
-                }
+                Err(e) if !e.is_not_found() => return Err(backend_error(&root.join(name), e)),
                 _ => {}
             }
         }
         let mut text = String::new();
-        store
-            .open_file(PARAMS_FILE)
-            .and_then(|f| f.take(64 * 1024).read_to_string(&mut text))
+        let params = Name::new(params_object()).expect("a name of the store's");
+        files
+            .open_blocking(&params)
+            .map_err(io::Error::other)
+            .and_then(|(f, _)| f.take(64 * 1024).read_to_string(&mut text))
             .map_err(|e| not_a_store(format!("cannot read `{PARAMS_FILE}`: {e}")))?;
         let params = Self::parse_params(&root, &text)?;
-        Ok((store, params))
+        Ok((files, params))
     }
 
     fn open(dir: &Path, access: Access) -> Result<Self, ChunkError> {

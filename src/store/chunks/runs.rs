@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 
 use super::{io_error, ChunkError, ChunkStore, Params, CHUNKS_DIR, LOCK_FILE, PARAMS_FILE};
 use super::{STORE_DIR, TMP_DIR};
+use crate::backend::local::LocalBackend;
+use crate::backend::{Kind, Name};
 use crate::fs::{create_private_dir_all, create_private_file};
-use crate::store::at;
 
 /// A store being made: `.wqm-chunks.new-<pid of its maker>`.
 const NEW_STORE_INFIX: &str = ".new-";
@@ -116,53 +117,50 @@ pub struct Removed {
 /// Best effort: what cannot be removed stays for `prune`.
 pub fn remove_dead(dir: &Path) -> Vec<Removed> {
     let mut removed = Vec::new();
-    let Ok(backups) = at::Dir::open(dir) else {
+    let Ok(files) = LocalBackend::existing(dir) else {
         return removed;
     };
-    for entry in backups.entries().unwrap_or_default() {
-        let maker = entry
-            .name
-            .strip_prefix(STORE_DIR)
-            .and_then(|rest| rest.strip_prefix(NEW_STORE_INFIX))
-            .and_then(|pid| pid.parse::<u32>().ok());
-        let dead = maker.is_some_and(|pid| !crate::process::alive(pid));
-        if dead && entry.kind == at::Kind::Dir {
-            if let Ok((files, bytes)) = backups.remove_tree(&entry.name) {
-                removed.push(Removed {
-                    path: dir.join(&entry.name),
-                    files,
-                    bytes,
-                });
-            }
-        }
-    }
-    let Ok(tmp) = backups
-        .open_dir(STORE_DIR)
-        .and_then(|store| store.open_dir(TMP_DIR))
-    else {
-        return removed;
-    };
-    for entry in tmp.entries().unwrap_or_default() {
-        if !entry.name.starts_with(RUN_PREFIX) || entry.kind != at::Kind::Dir {
-            continue;
-        }
-        let Ok(run) = tmp.open_dir(&entry.name) else {
-            continue;
-        };
-        // Held while the tree goes, so no run can take it meanwhile.
-        let Ok(Some(_lock)) = run.try_lock(LOCK_FILE) else {
-            continue;
-        };
-        if let Ok((files, bytes)) = tmp.remove_tree(&entry.name) {
+    let remove = |name: &str, removed: &mut Vec<Removed>, is_run: bool| {
+        if let Ok((objects, bytes)) = files.remove_under_blocking(name) {
             removed.push(Removed {
-                path: ChunkStore::path_in(dir).join(TMP_DIR).join(&entry.name),
-                // Its lock is no chunk.
-                files: files.saturating_sub(1),
+                path: dir.join(name),
+                // A run's lock is no chunk.
+                files: objects.saturating_sub(u64::from(is_run)),
                 bytes,
             });
         }
+    };
+    for name in top_dirs(&files, &format!("{STORE_DIR}{NEW_STORE_INFIX}")) {
+        let maker = name[STORE_DIR.len() + NEW_STORE_INFIX.len()..].parse::<u32>();
+        if maker.is_ok_and(|pid| !crate::process::alive(pid)) {
+            remove(&name, &mut removed, false);
+        }
+    }
+    for run in top_dirs(&files, &format!("{STORE_DIR}/{TMP_DIR}/{RUN_PREFIX}")) {
+        let Ok(lock) = Name::new(format!("{run}/{LOCK_FILE}")) else {
+            continue;
+        };
+        let Ok(file) = files.open_for_lock_blocking(&lock) else {
+            continue;
+        };
+        // Held while the tree goes, so no run can take it meanwhile.
+        if file.try_lock().is_ok() {
+            remove(&run, &mut removed, true);
+        }
     }
     removed
+}
+
+/// The directories whose names start with `prefix` (nothing below them listed).
+fn top_dirs(files: &LocalBackend, prefix: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let _ = files.visit_blocking(prefix, |entry| {
+        if entry.kind == Kind::Dir {
+            found.push(entry.name);
+        }
+        false
+    });
+    found
 }
 
 /// Whether `name` in `tmp/` is a run's temporary directory (garbage collection, which holds the
