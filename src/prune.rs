@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use chrono::Local;
 use serde::Serialize;
 
+use crate::backend::local::LocalBackend;
 use crate::backend::lock::LockError;
+use crate::backend::{Kind, Name};
 use crate::backup::remote::{clean_dead_runs, DeadRuns};
 use crate::format::layout;
 use crate::store::chunks::{self, ChunkStore, Collected, Refs};
@@ -360,31 +362,42 @@ fn as_found(backup: &store::BackupDir) -> std::io::Result<(u64, String)> {
     Ok((inode, hash))
 }
 
-/// Deletes a backup: renamed to a hidden name first (atomic for `list`), then removed. False
-/// when a run began writing it (a `--force` replacing it) since the survey.
-fn remove(path: &Path) -> anyhow::Result<bool> {
+/// Deletes the local backup at `path` through its directory's backend: renamed to a hidden
+/// name first (atomic for `list`: half removed, it is no backup, and the next prune finishes
+/// it), then removed whole. False when a run began writing it (a `--force` replacing it)
+/// since the survey.
+pub(crate) fn remove(path: &Path) -> anyhow::Result<bool> {
     if layout::being_written(path) {
         return Ok(false);
     }
-    let doomed = layout::sibling(path, DELETING_SUFFIX);
-    fs::rename(path, &doomed)?;
-    fs::remove_dir_all(&doomed)?;
+    let files = LocalBackend::existing(crate::fs::parent_dir(path))?;
+    let name = |path: &Path| {
+        Name::new(
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        )
+    };
+    let doomed = name(&layout::sibling(path, DELETING_SUFFIX))?;
+    files.rename_blocking(&name(path)?, &doomed)?;
+    files.remove_under_blocking(doomed.as_str())?;
     Ok(true)
 }
 
 /// Finishes deletions an earlier run could not complete.
 fn remove_leftovers(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else {
+    let Ok(files) = LocalBackend::existing(dir) else {
         return;
     };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.')
-            && name.ends_with(DELETING_SUFFIX)
-            && entry.file_type().is_ok_and(|t| t.is_dir())
-        {
-            let _ = fs::remove_dir_all(entry.path());
+    let mut doomed = Vec::new();
+    let _ = files.visit_blocking(".", |entry| {
+        if entry.name.ends_with(DELETING_SUFFIX) && entry.kind == Kind::Dir {
+            doomed.push(entry.name);
         }
+        false
+    });
+    for name in doomed {
+        let _ = files.remove_under_blocking(&name);
     }
 }
 

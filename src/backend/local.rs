@@ -117,6 +117,13 @@ impl LocalBackend {
         self.inner.open_for_lock(name)
     }
 
+    /// Renames `from` (an object or a directory, a link as itself) to `to`, which must be free,
+    /// in one step, and syncs the directories: a local commit's or deletion's atomic move, which
+    /// a repository on S3 has no way to make.
+    pub fn rename_blocking(&self, from: &Name, to: &Name) -> Result<(), BackendError> {
+        self.inner.rename(from, to)
+    }
+
     /// `remove_under` from blocking code: the objects removed and their bytes.
     pub fn remove_under_blocking(&self, dir: &str) -> Result<(u64, u64), BackendError> {
         self.inner.remove_under(dir)
@@ -370,6 +377,29 @@ impl Inner {
             .map_err(|e| self.io("cannot sync the directory of", name.as_str(), e.into()))
     }
 
+    fn rename(&self, from: &Name, to: &Name) -> Result<(), BackendError> {
+        let (from_dir, from_last) = self.parent(from, false)?;
+        let from_dir = from_dir.ok_or_else(|| self.not_found(from.as_str()))?;
+        let (to_dir, to_last) = self.parent(to, true)?;
+        let to_dir = to_dir.expect("made when missing");
+        match rename_noreplace(&from_dir, from_last, &to_dir, to_last) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::NOENT) => return Err(self.not_found(from.as_str())),
+            Err(rustix::io::Errno::EXIST | rustix::io::Errno::NOTEMPTY) => {
+                return Err(BackendError::AlreadyExists {
+                    repository: self.root.display().to_string(),
+                    name: to.to_string(),
+                })
+            }
+            Err(e) => return Err(self.io("cannot rename", from.as_str(), e.into())),
+        }
+        for (dir, name) in [(&to_dir, to), (&from_dir, from)] {
+            rustix::fs::fsync(dir)
+                .map_err(|e| self.io("cannot sync the directory of", name.as_str(), e.into()))?;
+        }
+        Ok(())
+    }
+
     /// The regular file `name`, opened without following a link, and its size.
     fn open(&self, name: &Name) -> Result<(File, u64), BackendError> {
         self.open_with(name, OFlags::RDONLY)
@@ -539,8 +569,12 @@ impl Inner {
                 Ok(()) | Err(rustix::io::Errno::NOENT) => {}
                 Err(e) => return Err(self.io("cannot remove", name.as_str(), e.into())),
             }
-            crate::failpoint::hit("local:removed")
-                .map_err(|e| self.io("cannot remove", name.as_str(), e))?;
+            if cfg!(debug_assertions) {
+                // `local:removed-from:.wqm-chunks`: after each chunk a collection removes.
+                let top = name.as_str().split('/').next().unwrap_or_default();
+                crate::failpoint::hit(&format!("local:removed-from:{top}"))
+                    .map_err(|e| self.io("cannot remove", name.as_str(), e))?;
+            }
         }
         if let Some((dir, fd)) = open {
             self.sync(&dir, fd)?;

@@ -173,12 +173,12 @@ impl Restoring<'_> {
                 return;
             }
         } else {
-            let doomed = crate::format::layout::sibling(&path, crate::prune::DELETING_SUFFIX);
-            if fs::rename(&path, &doomed).is_err() {
+            // Renamed away, it is no backup even when not all of it went: the next prune
+            // finishes it.
+            let _ = crate::prune::remove(&path);
+            if fs::symlink_metadata(&path).is_ok() {
                 return;
             }
-            // Half removed, it is hidden; the next prune finishes it.
-            let _ = fs::remove_dir_all(&doomed);
         }
         let done = format!("safety backup: {}", path.display());
         self.steps.done.retain(|d| *d != done);

@@ -365,7 +365,7 @@ fn a_prune_killed_while_collecting_leaves_the_kept_backups_valid() {
     let output = run_with(
         tmp.path(),
         &double.url,
-        "local:removed=kill",
+        "local:removed-from:.wqm-chunks=kill",
         &[
             "backup",
             "prune",

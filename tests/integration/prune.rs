@@ -180,6 +180,31 @@ fn nightly(count: i64) -> TempDir {
     tmp
 }
 
+/// What a prune killed while deleting left (its backup renamed `.NAME.wqm-deleting`, half
+/// removed) goes with the next prune, whole, without following a link in it.
+#[test]
+fn a_half_deleted_backup_goes_with_the_next_prune() {
+    let tmp = nightly(3);
+    let dir = tmp.path().join("dir");
+    let half = dir.join(".backup-20260601.wqm-deleting");
+    fs::create_dir_all(half.join("collections/empty")).unwrap();
+    fs::write(half.join("collections/a.snapshot"), "left").unwrap();
+    fs::write(tmp.path().join("precious"), "keep").unwrap();
+    std::os::unix::fs::symlink(tmp.path(), half.join("link")).unwrap();
+    let (_, tmp) = Test::in_dir(tmp)
+        .args("backup prune {TMP}/dir --keep-last 2")
+        .stdout_with(|o| assert!(o.contains(": removed 1, kept 2"), "{o}"))
+        .run();
+    assert_eq!(
+        entries(&tmp.path().join("dir")),
+        ["backup-20260627", "backup-20260628"]
+    );
+    assert_eq!(
+        fs::read_to_string(tmp.path().join("precious")).unwrap(),
+        "keep"
+    );
+}
+
 #[test]
 fn explicit_rules_replace_retention_days_as_in_restic() {
     // --keep-last 3 keeps Sun, Sat, Fri; --keep-weekly 2 adds the Sunday before. The default
