@@ -543,8 +543,8 @@ impl Inner {
     }
 
     /// Removes every object of `names` (a missing one is no error), then each directory that
-    /// held one and is left empty, up to the root: directories are implied by objects here as
-    /// on S3, so removing a backup or a run's temporary chunks leaves nothing behind. Each
+    /// held one and is left empty (not those above it): directories are implied by objects
+    /// here as on S3, so a collection leaves no empty fan-out directory behind. Each
     /// directory is synced once when the names of one directory come together (a garbage
     /// collection's, by fan-out directory), not once per object; one is open at a time.
     fn remove_all(&self, names: &[Name]) -> Result<(), BackendError> {
@@ -579,8 +579,7 @@ impl Inner {
         if let Some((dir, fd)) = open {
             self.sync(&dir, fd)?;
         }
-        // Deepest first, so a directory emptied by removing the ones below it goes too.
-        for parts in held.into_iter().rev() {
+        for parts in held {
             self.remove_if_empty(&parts)?;
         }
         Ok(())
@@ -592,8 +591,7 @@ impl Inner {
     }
 
     /// Removes the directory `dir` and everything in it (links removed as links, never
-    /// followed), then each directory above it left empty; returns how many objects went and
-    /// their bytes.
+    /// followed; the directory above it stays); returns how many objects went and their bytes.
     fn remove_under(&self, dir: &str) -> Result<(u64, u64), BackendError> {
         Name::new(dir)?;
         let entries = self.entries(&format!("{dir}/"))?;
@@ -618,31 +616,31 @@ impl Inner {
         Ok(objects)
     }
 
-    /// Removes the directory `parts` (never the root or the backend's own) if it is empty, and
-    /// each above it that this leaves empty; a directory still holding something stays.
+    /// Removes the directory `parts` (never the root or the backend's own) if it is empty; one
+    /// still holding something stays. Never the one above it: a run may be about to make
+    /// something in it (`tmp/` of the chunk store, say), and must not find it gone.
     fn remove_if_empty(&self, parts: &[String]) -> Result<(), BackendError> {
-        let mut parts = parts.to_vec();
-        while let Some(last) = parts.pop() {
-            if parts.is_empty() && last == RESERVED {
-                return Ok(());
-            }
-            let above: Vec<&str> = parts.iter().map(String::as_str).collect();
-            let Some(parent) = self.dir(&above, false, &last)? else {
-                return Ok(());
-            };
-            match rustix::fs::unlinkat(&parent, last.as_str(), AtFlags::REMOVEDIR) {
-                Ok(()) => rustix::fs::fsync(&parent)
-                    .map_err(|e| self.io("cannot sync", &above.join("/"), e.into()))?,
-                Err(
-                    rustix::io::Errno::NOTEMPTY
-                    | rustix::io::Errno::EXIST
-                    | rustix::io::Errno::NOENT
-                    | rustix::io::Errno::NOTDIR,
-                ) => return Ok(()),
-                Err(e) => return Err(self.io("cannot remove the directory", &last, e.into())),
-            }
+        let Some((last, above)) = parts.split_last() else {
+            return Ok(());
+        };
+        if above.is_empty() && last == RESERVED {
+            return Ok(());
         }
-        Ok(())
+        let above: Vec<&str> = above.iter().map(String::as_str).collect();
+        let Some(parent) = self.dir(&above, false, last)? else {
+            return Ok(());
+        };
+        match rustix::fs::unlinkat(&parent, last.as_str(), AtFlags::REMOVEDIR) {
+            Ok(()) => rustix::fs::fsync(&parent)
+                .map_err(|e| self.io("cannot sync", &above.join("/"), e.into())),
+            Err(
+                rustix::io::Errno::NOTEMPTY
+                | rustix::io::Errno::EXIST
+                | rustix::io::Errno::NOENT
+                | rustix::io::Errno::NOTDIR,
+            ) => Ok(()),
+            Err(e) => Err(self.io("cannot remove the directory", last, e.into())),
+        }
     }
 
     /// The directories right under the root (never a link), as `Backend::top_level`.
