@@ -371,17 +371,29 @@ pub(crate) fn remove(path: &Path) -> anyhow::Result<bool> {
         return Ok(false);
     }
     let files = LocalBackend::existing(crate::fs::parent_dir(path))?;
-    let name = |path: &Path| {
-        Name::new(
-            path.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-        )
-    };
-    let doomed = name(&layout::sibling(path, DELETING_SUFFIX))?;
-    files.rename_blocking(&name(path)?, &doomed)?;
-    files.remove_under_blocking(doomed.as_str())?;
+    let doomed = layout::sibling(path, DELETING_SUFFIX);
+    match (object_name(path), object_name(&doomed)) {
+        (Some(from), Some(to)) => files.rename_blocking(&from, &to)?,
+        _ => fs::rename(path, &doomed)?,
+    }
+    remove_whole(&files, &doomed)?;
     Ok(true)
+}
+
+/// The directory `path` removed whole through `files` (its parent's backend). A name no
+/// object can have (a backslash, a control character: made by hand, never by wqm on S3) is
+/// removed by the file system, which follows no link either.
+fn remove_whole(files: &LocalBackend, path: &Path) -> anyhow::Result<()> {
+    match object_name(path) {
+        Some(name) => drop(files.remove_under_blocking(name.as_str())?),
+        None => fs::remove_dir_all(path)?,
+    }
+    Ok(())
+}
+
+/// The last component of `path` as an object name, when it can be one.
+fn object_name(path: &Path) -> Option<Name> {
+    Name::new(path.file_name()?.to_str()?).ok()
 }
 
 /// Finishes deletions an earlier run could not complete.
@@ -397,7 +409,7 @@ fn remove_leftovers(dir: &Path) {
         false
     });
     for name in doomed {
-        let _ = files.remove_under_blocking(&name);
+        let _ = remove_whole(&files, &dir.join(name));
     }
 }
 

@@ -205,6 +205,22 @@ fn a_half_deleted_backup_goes_with_the_next_prune() {
     );
 }
 
+/// A backup whose name no object can have (a backslash: made by hand) is pruned all the same.
+#[test]
+fn a_backup_named_as_no_object_can_be_is_pruned_too() {
+    let tmp = nightly(3);
+    let dir = tmp.path().join("dir");
+    fs::rename(dir.join("backup-20260626"), dir.join("by\\hand")).unwrap();
+    let (_, tmp) = Test::in_dir(tmp)
+        .args("backup prune {TMP}/dir --keep-last 2")
+        .stdout_with(|o| assert!(o.contains(": removed 1, kept 2"), "{o}"))
+        .run();
+    assert_eq!(
+        entries(&tmp.path().join("dir")),
+        ["backup-20260627", "backup-20260628"]
+    );
+}
+
 #[test]
 fn explicit_rules_replace_retention_days_as_in_restic() {
     // --keep-last 3 keeps Sun, Sat, Fri; --keep-weekly 2 adds the Sunday before. The default
