@@ -548,17 +548,23 @@ impl Inner {
     /// directory is synced once when the names of one directory come together (a garbage
     /// collection's, by fan-out directory), not once per object; one is open at a time.
     fn remove_all(&self, names: &[Name]) -> Result<(), BackendError> {
+        self.remove_paths(names.iter().map(Name::as_str))
+    }
+
+    /// `remove_all` of names as `walk` found them: a name no object can have (a backslash, a
+    /// control character) is removed too.
+    fn remove_paths<'n>(&self, names: impl Iterator<Item = &'n str>) -> Result<(), BackendError> {
         let mut held: BTreeSet<Vec<String>> = BTreeSet::new();
         let mut open: Option<(Vec<String>, OwnedFd)> = None;
         for name in names {
-            let mut parts: Vec<String> = name.as_str().split('/').map(String::from).collect();
+            let mut parts: Vec<String> = name.split('/').map(String::from).collect();
             let last = parts.pop().expect("a name has a component");
             if open.as_ref().is_none_or(|(dir, _)| *dir != parts) {
                 if let Some((dir, fd)) = open.take() {
                     self.sync(&dir, fd)?;
                 }
                 let dirs: Vec<&str> = parts.iter().map(String::as_str).collect();
-                match self.dir(&dirs, false, name.as_str())? {
+                match self.dir(&dirs, false, name)? {
                     Some(fd) => open = Some((parts.clone(), fd)),
                     None => continue,
                 }
@@ -567,13 +573,13 @@ impl Inner {
             let (_, dir) = open.as_ref().expect("opened above");
             match rustix::fs::unlinkat(dir, last.as_str(), AtFlags::empty()) {
                 Ok(()) | Err(rustix::io::Errno::NOENT) => {}
-                Err(e) => return Err(self.io("cannot remove", name.as_str(), e.into())),
+                Err(e) => return Err(self.io("cannot remove", name, e.into())),
             }
             if cfg!(debug_assertions) {
                 // `local:removed-from:.wqm-chunks`: after each chunk a collection removes.
-                let top = name.as_str().split('/').next().unwrap_or_default();
+                let top = name.split('/').next().unwrap_or_default();
                 crate::failpoint::hit(&format!("local:removed-from:{top}"))
-                    .map_err(|e| self.io("cannot remove", name.as_str(), e))?;
+                    .map_err(|e| self.io("cannot remove", name, e))?;
             }
         }
         if let Some((dir, fd)) = open {
@@ -602,11 +608,7 @@ impl Inner {
             objects.clone().count() as u64,
             objects.map(|e| e.size).sum(),
         );
-        let names = others
-            .into_iter()
-            .map(|e| Name::new(e.name))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.remove_all(&names)?;
+        self.remove_paths(others.iter().map(|e| e.name.as_str()))?;
         // What `remove_all` left: directories that held no object, deepest first.
         let dirs = dirs.iter().rev().map(|d| d.name.as_str()).chain([dir]);
         for empty in dirs {

@@ -727,7 +727,9 @@ async fn local_removal_leaves_no_empty_directory() {
     std::fs::create_dir_all(root.join("a/empty/deeper")).unwrap();
     std::fs::write(dir.path().join("outside"), "secret").unwrap();
     std::os::unix::fs::symlink(dir.path(), root.join("a/link")).unwrap();
-    assert_eq!(backend.remove_under("a").await.unwrap(), 1);
+    // A name no object can have, made by hand: it goes too.
+    std::fs::write(root.join("a/empty/by\\hand"), "x").unwrap();
+    assert_eq!(backend.remove_under("a").await.unwrap(), 2);
     assert!(!root.join("a").exists(), "a directory left");
     assert_eq!(
         std::fs::read_to_string(dir.path().join("outside")).unwrap(),
