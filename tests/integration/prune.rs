@@ -191,14 +191,7 @@ fn a_half_deleted_backup_goes_with_the_next_prune() {
     fs::write(half.join("collections/a.snapshot"), "left").unwrap();
     fs::write(tmp.path().join("precious"), "keep").unwrap();
     std::os::unix::fs::symlink(tmp.path(), half.join("link")).unwrap();
-    let (_, tmp) = Test::in_dir(tmp)
-        .args("backup prune {TMP}/dir --keep-last 2")
-        .stdout_with(|o| assert!(o.contains(": removed 1, kept 2"), "{o}"))
-        .run();
-    assert_eq!(
-        entries(&tmp.path().join("dir")),
-        ["backup-20260627", "backup-20260628"]
-    );
+    let tmp = only_the_two_newest_left(tmp);
     assert_eq!(
         fs::read_to_string(tmp.path().join("precious")).unwrap(),
         "keep"
@@ -211,6 +204,12 @@ fn a_backup_named_as_no_object_can_be_is_pruned_too() {
     let tmp = nightly(3);
     let dir = tmp.path().join("dir");
     fs::rename(dir.join("backup-20260626"), dir.join("by\\hand")).unwrap();
+    only_the_two_newest_left(tmp);
+}
+
+/// `prune --keep-last 2` of `nightly(3)`'s directory removes the oldest, and nothing is left
+/// in the directory but the two newest.
+fn only_the_two_newest_left(tmp: TempDir) -> TempDir {
     let (_, tmp) = Test::in_dir(tmp)
         .args("backup prune {TMP}/dir --keep-last 2")
         .stdout_with(|o| assert!(o.contains(": removed 1, kept 2"), "{o}"))
@@ -219,6 +218,7 @@ fn a_backup_named_as_no_object_can_be_is_pruned_too() {
         entries(&tmp.path().join("dir")),
         ["backup-20260627", "backup-20260628"]
     );
+    tmp
 }
 
 #[test]
