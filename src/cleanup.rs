@@ -117,7 +117,7 @@ async fn clean(path: &Path, settings: &Settings) -> Option<Cleaned> {
     }
     lines.extend(restore_report(&records));
     if complete {
-        if let Err(e) = fs::remove_dir_all(path) {
+        if let Err(e) = crate::store::remove_dir(path) {
             lines.push(format!("cannot remove `{}`: {e}", path.display()));
             complete = false;
         }

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::backend::local::LocalBackend;
 use crate::backend::lock::LockError;
-use crate::backend::{Kind, Name};
+use crate::backend::Kind;
 use crate::backup::remote::{clean_dead_runs, DeadRuns};
 use crate::format::layout;
 use crate::store::chunks::{self, ChunkStore, Collected, Refs};
@@ -372,28 +372,12 @@ pub(crate) fn remove(path: &Path) -> anyhow::Result<bool> {
     }
     let files = LocalBackend::existing(crate::fs::parent_dir(path))?;
     let doomed = layout::sibling(path, DELETING_SUFFIX);
-    match (object_name(path), object_name(&doomed)) {
+    match (store::object_name(path), store::object_name(&doomed)) {
         (Some(from), Some(to)) => files.rename_blocking(&from, &to)?,
         _ => fs::rename(path, &doomed)?,
     }
-    remove_whole(&files, &doomed)?;
+    store::remove_dir(&doomed)?;
     Ok(true)
-}
-
-/// The directory `path` removed whole through `files` (its parent's backend). A name no
-/// object can have (a backslash, a control character: made by hand, never by wqm on S3) is
-/// removed by the file system, which follows no link either.
-fn remove_whole(files: &LocalBackend, path: &Path) -> anyhow::Result<()> {
-    match object_name(path) {
-        Some(name) => drop(files.remove_under_blocking(name.as_str())?),
-        None => fs::remove_dir_all(path)?,
-    }
-    Ok(())
-}
-
-/// The last component of `path` as an object name, when it can be one.
-fn object_name(path: &Path) -> Option<Name> {
-    Name::new(path.file_name()?.to_str()?).ok()
 }
 
 /// Finishes deletions an earlier run could not complete.
@@ -409,7 +393,7 @@ fn remove_leftovers(dir: &Path) {
         false
     });
     for name in doomed {
-        let _ = remove_whole(&files, &dir.join(name));
+        let _ = store::remove_dir(&dir.join(name));
     }
 }
 

@@ -491,6 +491,28 @@ pub fn stat_in(root: &Path, rel: &str) -> io::Result<Stat> {
     })
 }
 
+/// Removes the local directory `path` whole through its parent's backend (links inside removed
+/// as links, never followed). One whose name no object can have (a backslash, a control
+/// character: made by hand, never by wqm on S3) is removed by the file system, which follows
+/// no link either. A missing one is no error.
+pub fn remove_dir(path: &Path) -> io::Result<()> {
+    match object_name(path) {
+        Some(name) => files_of(crate::fs::parent_dir(path))?
+            .remove_under_blocking(name.as_str())
+            .map(drop)
+            .map_err(|e| in_backup(e, name.as_str())),
+        None => match std::fs::remove_dir_all(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        },
+    }
+}
+
+/// The last component of `path` as an object name, when it can be one.
+pub fn object_name(path: &Path) -> Option<Name> {
+    Name::new(path.file_name()?.to_str()?).ok()
+}
+
 /// Every non-directory entry under `root`, relative, sorted; links are listed, not followed.
 pub fn list_in(root: &Path) -> Vec<String> {
     let entries =
