@@ -43,13 +43,7 @@ impl LocalBackend {
             path: root.display().to_string(),
             source,
         })?;
-        let backend = LocalBackend {
-            inner: Arc::new(Inner {
-                root: root.to_path_buf(),
-            }),
-        };
-        backend.inner.root_fd()?;
-        Ok(backend)
+        Self::existing(root)
     }
 
     /// The directory `root` as it is, for reading: nothing is made (a missing one is

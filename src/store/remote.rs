@@ -126,14 +126,18 @@ impl Remote {
     /// other call goes through the async interface on the runtime this is called from, or on a
     /// runtime of wqm's own when there is none (a library caller, a test).
     pub fn local(dir: &std::path::Path) -> Result<Self, BackendError> {
-        let backend = LocalBackend::open(dir)?;
+        Ok(Self::of_local(LocalBackend::open(dir)?))
+    }
+
+    /// `local` of a directory already opened as a backend.
+    pub fn of_local(backend: LocalBackend) -> Self {
         let handle = Handle::try_current().unwrap_or_else(|_| own_runtime().handle().clone());
-        Ok(Remote {
+        Remote {
+            shown: backend.root().display().to_string(),
             backend: Arc::new(backend.clone()),
             local: Some(backend),
             handle,
-            shown: dir.display().to_string(),
-        })
+        }
     }
 
     /// Whether the repository is a local directory (its reads cost no round trip).
@@ -263,8 +267,14 @@ impl Remote {
             .map_err(not_found)
     }
 
-    /// Removes every object under `dir/`.
+    /// Removes every object under `dir/` (locally the directory, at the files).
     pub fn remove_under(&self, dir: &str) -> io::Result<()> {
+        if let Some(local) = &self.local {
+            return local
+                .remove_under_blocking(dir)
+                .map(drop)
+                .map_err(not_found);
+        }
         self.wait(self.backend.remove_under(dir))
             .map(drop)
             .map_err(not_found)

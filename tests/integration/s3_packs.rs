@@ -502,8 +502,9 @@ fn a_damaged_chunk_a_night_reuses_is_set_aside_and_sent_again() {
     }
 }
 
-/// The same in an encrypted repository: the pack index written again without the damaged
-/// chunk is sealed as every index, so the store stays readable and both nights read whole.
+/// The same in an encrypted repository: the damaged chunk's marker and its new copy's pack
+/// index are written there as every object, so the store stays readable and both nights read
+/// whole.
 #[test]
 #[cfg_attr(
     not(real_s3),

@@ -284,7 +284,8 @@ impl ChunkStore {
             false => legacy_lock(&store, &root, &mut params, access)?,
         };
         let seal = Self::sealed(&root, &params, seal::of_local(dir))?;
-        let repository = Remote::local(dir).map_err(|e| io_error(&root)(io::Error::other(e)))?;
+        // Read through the backend `inspect` opened (the directory as the user named it).
+        let repository = Remote::of_local(store);
         Ok(ChunkStore {
             root,
             params,
