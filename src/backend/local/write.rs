@@ -1,0 +1,231 @@
+//! Saves (a temporary file fsynced and renamed into place), renames, links and copies, and
+//! the temporary files a killed save leaves.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsFd;
+
+use rustix::fs::{AtFlags, Mode, OFlags};
+
+use super::{Inner, Temp};
+use crate::backend::{BackendError, Name, Unfinished, RESERVED};
+
+impl Inner {
+    pub(super) fn create_temp(&self) -> Result<Temp, BackendError> {
+        let tmp_dir = self.tmp_dir()?;
+        let name = crate::backend::random_id();
+        let fd = rustix::fs::openat(
+            &tmp_dir,
+            name.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| self.io("cannot create a temporary file in", RESERVED, e.into()))?;
+        Ok(Temp {
+            tmp_dir,
+            name,
+            file: File::from(fd),
+            done: false,
+        })
+    }
+
+    /// fsync, rename into place (never over an object when `!replace`), fsync the directory.
+    pub(super) fn commit(
+        &self,
+        mut temp: Temp,
+        name: &Name,
+        replace: bool,
+    ) -> Result<(), BackendError> {
+        temp.file
+            .sync_all()
+            .map_err(|e| self.io("cannot sync", name.as_str(), e))?;
+        // A `remove_all` emptying the directory may take it away between its open and the
+        // rename (ENOENT): then it is made again.
+        let mut attempts = 0;
+        let (dir, renamed) = loop {
+            let (dir, last) = self.parent(name, true)?;
+            let dir = dir.expect("made when missing");
+            let renamed = if replace {
+                rustix::fs::renameat(&temp.tmp_dir, temp.name.as_str(), &dir, last)
+            } else {
+                rename_noreplace(&temp.tmp_dir, temp.name.as_str(), &dir, last)
+            };
+            attempts += 1;
+            if renamed != Err(rustix::io::Errno::NOENT) || attempts == 3 {
+                break (dir, renamed);
+            }
+        };
+        match renamed {
+            Ok(()) => temp.done = true,
+            Err(rustix::io::Errno::EXIST) if !replace => {
+                return Err(BackendError::AlreadyExists {
+                    repository: self.root.display().to_string(),
+                    name: name.to_string(),
+                })
+            }
+            Err(e) if e == rustix::io::Errno::ISDIR || e == rustix::io::Errno::NOTEMPTY => {
+                return Err(self.io("a directory is in the way of", name.as_str(), e.into()))
+            }
+            Err(e) => return Err(self.io("cannot rename into place", name.as_str(), e.into())),
+        }
+        rustix::fs::fsync(&dir)
+            .map_err(|e| self.io("cannot sync the directory of", name.as_str(), e.into()))
+    }
+
+    pub(super) fn rename(&self, from: &Name, to: &Name) -> Result<(), BackendError> {
+        let (from_dir, from_last) = self.parent(from, false)?;
+        let from_dir = from_dir.ok_or_else(|| self.not_found(from.as_str()))?;
+        let (to_dir, to_last) = self.parent(to, true)?;
+        let to_dir = to_dir.expect("made when missing");
+        match rename_noreplace(&from_dir, from_last, &to_dir, to_last) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::NOENT) => return Err(self.not_found(from.as_str())),
+            Err(rustix::io::Errno::EXIST | rustix::io::Errno::NOTEMPTY) => {
+                return Err(BackendError::AlreadyExists {
+                    repository: self.root.display().to_string(),
+                    name: to.to_string(),
+                })
+            }
+            Err(e) => return Err(self.io("cannot rename", from.as_str(), e.into())),
+        }
+        for (dir, name) in [(&to_dir, to), (&from_dir, from)] {
+            rustix::fs::fsync(dir)
+                .map_err(|e| self.io("cannot sync the directory of", name.as_str(), e.into()))?;
+        }
+        Ok(())
+    }
+
+    /// `to` made a second name of `from`'s file (a hard link, through a temporary name renamed
+    /// over whatever is at `to`): no byte is copied, and an object is never changed in place
+    /// (a save renames a new file over its name), so the two stay apart. `None` where no link
+    /// can be made (a mount inside the repository, a file system without hard links, a file
+    /// with too many): then it is copied.
+    pub(super) fn link(&self, from: &Name, to: &Name) -> Result<Option<u64>, BackendError> {
+        let size = self.stat(from)?.size;
+        let (from_dir, from_last) = self.parent(from, false)?;
+        let from_dir = from_dir.ok_or_else(|| self.not_found(from.as_str()))?;
+        let tmp_dir = self.tmp_dir()?;
+        let temp = crate::backend::random_id();
+        match rustix::fs::linkat(
+            &from_dir,
+            from_last,
+            &tmp_dir,
+            temp.as_str(),
+            AtFlags::empty(),
+        ) {
+            Ok(()) => {}
+            Err(
+                rustix::io::Errno::XDEV
+                | rustix::io::Errno::PERM
+                | rustix::io::Errno::OPNOTSUPP
+                | rustix::io::Errno::MLINK,
+            ) => return Ok(None),
+            Err(rustix::io::Errno::NOENT) => return Err(self.not_found(from.as_str())),
+            Err(e) => return Err(self.io("cannot link", to.as_str(), e.into())),
+        }
+        let placed = self.parent(to, true).and_then(|(dir, last)| {
+            let dir = dir.expect("made when missing");
+            match rustix::fs::renameat(&tmp_dir, temp.as_str(), &dir, last) {
+                Ok(()) => Ok(Some(dir)),
+                Err(rustix::io::Errno::XDEV) => Ok(None),
+                Err(e) => Err(self.io("cannot rename into place", to.as_str(), e.into())),
+            }
+        });
+        let Ok(Some(dir)) = placed else {
+            let _ = rustix::fs::unlinkat(&tmp_dir, temp.as_str(), AtFlags::empty());
+            return placed.map(|_| None);
+        };
+        rustix::fs::fsync(&dir)
+            .map_err(|e| self.io("cannot sync the directory of", to.as_str(), e.into()))?;
+        Ok(Some(size))
+    }
+
+    /// `to` made a copy of `from`: a link (`link`), else its bytes copied into a new file
+    /// renamed over `to`.
+    pub(super) fn copy(&self, from: &Name, to: &Name) -> Result<u64, BackendError> {
+        if let Some(size) = self.link(from, to)? {
+            return Ok(size);
+        }
+        let (mut file, size) = self.open(from)?;
+        let mut temp = self.create_temp()?;
+        io::copy(&mut file, &mut temp.file).map_err(|e| self.io("cannot copy", to.as_str(), e))?;
+        self.commit(temp, to, true)?;
+        Ok(size)
+    }
+
+    pub(super) fn unfinished(&self) -> Result<Vec<Unfinished>, BackendError> {
+        let Some(dir) = self.dir(&[RESERVED, "tmp"], false, RESERVED)? else {
+            return Ok(Vec::new());
+        };
+        let mut found = Vec::new();
+        let entries = rustix::fs::Dir::read_from(&dir)
+            .map_err(|e| self.io("cannot list", RESERVED, e.into()))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| self.io("cannot list", RESERVED, e.into()))?;
+            let Ok(id) = entry.file_name().to_str() else {
+                continue;
+            };
+            if !is_id(id) {
+                continue;
+            }
+            let Ok(stat) = rustix::fs::statat(&dir, id, AtFlags::SYMLINK_NOFOLLOW) else {
+                continue;
+            };
+            found.push(Unfinished {
+                id: id.to_string(),
+                name: None,
+                started: stat.st_mtime as f64,
+            });
+        }
+        Ok(found)
+    }
+
+    pub(super) fn abort(&self, upload: &Unfinished) -> Result<(), BackendError> {
+        if !is_id(&upload.id) {
+            return Err(BackendError::BadName {
+                name: crate::format::names::shown(&upload.id),
+                reason: "is not the id of a temporary file",
+            });
+        }
+        let Some(dir) = self.dir(&[RESERVED, "tmp"], false, RESERVED)? else {
+            return Ok(());
+        };
+        match rustix::fs::unlinkat(&dir, upload.id.as_str(), AtFlags::empty()) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+            Err(e) => Err(self.io("cannot remove a temporary file in", RESERVED, e.into())),
+        }
+    }
+}
+
+/// A temporary file's name: what `random_id` makes.
+fn is_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn rename_noreplace(
+    from_dir: impl AsFd,
+    from: &str,
+    to_dir: impl AsFd,
+    to: &str,
+) -> rustix::io::Result<()> {
+    rustix::fs::renameat_with(
+        from_dir,
+        from,
+        to_dir,
+        to,
+        rustix::fs::RenameFlags::NOREPLACE,
+    )
+}
+
+/// Elsewhere: a hard link fails when the name is taken; then the temporary name goes.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn rename_noreplace(
+    from_dir: impl AsFd,
+    from: &str,
+    to_dir: impl AsFd,
+    to: &str,
+) -> rustix::io::Result<()> {
+    rustix::fs::linkat(&from_dir, from, &to_dir, to, AtFlags::empty())?;
+    rustix::fs::unlinkat(&from_dir, from, AtFlags::empty())
+}
