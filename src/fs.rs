@@ -47,11 +47,32 @@ pub fn create_private_file(path: &Path) -> io::Result<File> {
 
 /// Makes a rename or a new entry in `dir` durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    note_synced(dir);
     #[cfg(unix)]
     File::open(dir)?.sync_all()?;
     #[cfg(not(unix))]
     let _ = dir;
     Ok(())
+}
+
+/// Notes that `dir` was synced: unit tests see which directories were, on their own thread
+/// (`take_synced`).
+pub(crate) fn note_synced(dir: &Path) {
+    #[cfg(test)]
+    SYNCED.with(|synced| synced.borrow_mut().push(dir.to_path_buf()));
+    #[cfg(not(test))]
+    let _ = dir;
+}
+
+#[cfg(test)]
+thread_local! {
+    static SYNCED: std::cell::RefCell<Vec<std::path::PathBuf>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The directories this thread synced since the last call.
+#[cfg(test)]
+pub(crate) fn take_synced() -> Vec<std::path::PathBuf> {
+    SYNCED.with(|synced| std::mem::take(&mut *synced.borrow_mut()))
 }
 
 /// The directory `path` is in (`.` for a bare name).

@@ -303,6 +303,23 @@ impl BackendError {
     }
 }
 
+/// For file-like code (`io::Result`): the kind a caller may test (`NotFound`, `StorageFull`,
+/// …), the `BackendError` inside for its exit code and hint.
+impl From<BackendError> for io::Error {
+    fn from(e: BackendError) -> io::Error {
+        let kind = match &e {
+            BackendError::NotFound { .. } => io::ErrorKind::NotFound,
+            BackendError::AlreadyExists { .. } => io::ErrorKind::AlreadyExists,
+            BackendError::Io { source, .. } => source.kind(),
+            BackendError::BadName { .. }
+            | BackendError::Link { .. }
+            | BackendError::NotAFile { .. } => io::ErrorKind::InvalidData,
+            _ => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, e)
+    }
+}
+
 impl Classify for BackendError {
     fn exit_code(&self) -> ExitCode {
         match self {

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::{Context, Result};
@@ -193,7 +193,7 @@ enum How {
         staging: Option<Staging>,
         temp: Option<RunTemp>,
         /// The fan-out directories of the chunks landed, synced before the manifest.
-        landed: Mutex<BTreeSet<PathBuf>>,
+        landed: Mutex<BTreeSet<String>>,
     },
     Remote {
         remote: Remote,

@@ -403,25 +403,6 @@ pub(crate) fn backup_name_of(path: &Path) -> String {
     name(path)
 }
 
-/// Makes the entries of `dir` durable (`fs::sync_dir`); unit tests see which directories were
-/// synced, on their own thread (`take_synced`).
-pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
-    #[cfg(test)]
-    SYNCED.with(|synced| synced.borrow_mut().push(dir.to_path_buf()));
-    crate::fs::sync_dir(dir)
-}
-
-#[cfg(test)]
-thread_local! {
-    static SYNCED: std::cell::RefCell<Vec<PathBuf>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// The directories this thread synced since the last call.
-#[cfg(test)]
-pub(crate) fn take_synced() -> Vec<PathBuf> {
-    SYNCED.with(|synced| std::mem::take(&mut *synced.borrow_mut()))
-}
-
 fn unsafe_path(rel: &str, reason: &str) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,

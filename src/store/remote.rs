@@ -140,6 +140,11 @@ impl Remote {
         }
     }
 
+    /// The local directory the repository is, when it is one.
+    pub fn local_backend(&self) -> Option<&LocalBackend> {
+        self.local.as_ref()
+    }
+
     /// Whether the repository is a local directory (its reads cost no round trip).
     pub fn is_local(&self) -> bool {
         self.local.is_some()

@@ -21,8 +21,9 @@ use crate::workdir::{Record, WorkDir, WorkDirError};
 
 use super::chunks::{Added, ChunkError, ChunkStore, ChunkWriter, Listed, Run, RunTemp, Selection};
 use super::seal::{self, MaybeSealed, Seal};
-use super::{sync_dir, BackupDir};
+use super::BackupDir;
 use crate::crypto::Identity;
+use crate::fs::sync_dir;
 
 /// A backup being written in a hidden sibling of its target, `.NAME.wqm-staging`: a working
 /// directory (lock, journal) whose `backup/` becomes the backup. Dropped without `commit`, it
@@ -206,7 +207,7 @@ impl Staging {
                 ChunkWriter::new(
                     chunks.store.clone(),
                     chunks.run.clone(),
-                    chunks.temp.path(),
+                    &chunks.temp,
                     stored,
                 )
                 .map_err(LayoutError::io("cannot start writing", &path))?,
@@ -242,7 +243,7 @@ impl Staging {
         if let Some(chunks) = &self.chunks {
             chunks
                 .run
-                .sync_reused()
+                .sync_reused(&chunks.store)
                 .map_err(LayoutError::io("cannot sync the chunk store of", &path))?;
         }
         // An incremental backup's reference list, durable before the manifest records it.
@@ -666,19 +667,23 @@ mod tests {
         let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7919 % 251) as u8).collect();
         // Another run stores the chunks (and may die before syncing their directories).
         drop(incremental_with(&root.path().join("other"), &data));
-        crate::store::take_synced();
+        crate::fs::take_synced();
 
         let staging = incremental_with(&root.path().join("b"), &data);
         assert_eq!(staging.chunks_added().chunks, 0, "every chunk reused");
+        let chunks = store_dir.join("chunks");
+        let synced = crate::fs::take_synced();
         assert!(
-            crate::store::take_synced().is_empty(),
-            "nothing new to sync per file"
+            !synced.iter().any(|dir| dir.starts_with(&chunks)),
+            "nothing new to sync per file: {synced:?}"
         );
         staging
             .write_manifest(&Manifest::new("0.3.0", 1.0))
             .unwrap();
-        let synced: std::collections::BTreeSet<PathBuf> =
-            crate::store::take_synced().into_iter().collect();
+        let synced: std::collections::BTreeSet<PathBuf> = crate::fs::take_synced()
+            .into_iter()
+            .filter(|dir| dir.starts_with(&chunks))
+            .collect();
         let index = fs::read_to_string(staging.dir().join("sqlite/state.db.chunks")).unwrap();
         let needed = fan_dirs(&store_dir, &index);
         assert!(needed.len() > 5, "{needed:?}");
@@ -708,9 +713,9 @@ mod tests {
             .write_manifest(&Manifest::new("0.3.0", 1.0))
             .unwrap();
         let dir = staging.dir().to_path_buf();
-        crate::store::take_synced();
+        crate::fs::take_synced();
         staging.commit().unwrap();
-        let synced = crate::store::take_synced();
+        let synced = crate::fs::take_synced();
         for name in ["a", "b"] {
             let shards = dir.join("collections").join(name);
             assert!(synced.contains(&shards), "{shards:?} not in {synced:?}");

@@ -698,6 +698,65 @@ fn local_entries_name_what_is_not_an_object() {
     assert_eq!(objects, ["a/file"]);
 }
 
+/// A local run's own writes (a staged backup's files, a chunk before it is named, a commit):
+/// new files made only where nothing is and never through a link, renamed over a name without
+/// a sync until the directory is synced, two directories swapped in one step.
+#[cfg(unix)]
+#[test]
+fn local_writes_of_a_run_follow_no_link_and_replace_only_when_asked() {
+    use wqm::backend::local::LocalBackend;
+    use wqm::backend::BackendError;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("repo");
+    let backend = LocalBackend::open(&root).unwrap();
+    let mut file = backend.create_new_blocking(&name("run/a/new")).unwrap();
+    io::Write::write_all(&mut file, b"first").unwrap();
+    let again = backend.create_new_blocking(&name("run/a/new"));
+    assert!(
+        matches!(again, Err(BackendError::AlreadyExists { .. })),
+        "{again:?}"
+    );
+    std::os::unix::fs::symlink(dir.path(), root.join("link")).unwrap();
+    for through in ["link/x", "link/y/z"] {
+        let made = backend.create_new_blocking(&name(through));
+        assert!(matches!(made, Err(BackendError::Link { .. })), "{made:?}");
+        let made = backend.create_dir_blocking(&name(through));
+        assert!(matches!(made, Err(BackendError::Link { .. })), "{made:?}");
+    }
+    assert!(!dir.path().join("x").exists() && !dir.path().join("y").exists());
+    // Renamed over what is there, its directory made; the source gone.
+    backend
+        .save_blocking(&name("objects/ab/c"), b"old")
+        .unwrap();
+    backend
+        .rename_over_blocking(&name("run/a/new"), &name("objects/ab/c"))
+        .unwrap();
+    assert_eq!(std::fs::read(root.join("objects/ab/c")).unwrap(), b"first");
+    assert!(!root.join("run/a/new").exists());
+    let gone = backend.rename_over_blocking(&name("run/a/new"), &name("objects/ab/d"));
+    assert!(
+        gone.as_ref().is_err_and(BackendError::is_not_found),
+        "{gone:?}"
+    );
+    backend.sync_dir_blocking("objects/ab").unwrap();
+    backend.sync_dir_blocking("").unwrap();
+    let missing = backend.sync_dir_blocking("objects/zz");
+    assert!(
+        missing.as_ref().is_err_and(BackendError::is_not_found),
+        "{missing:?}"
+    );
+    // Two directories swapped whole.
+    backend.save_blocking(&name("one/file"), b"1").unwrap();
+    backend.save_blocking(&name("two/file"), b"2").unwrap();
+    backend
+        .exchange_blocking(&name("one"), &name("two"))
+        .unwrap();
+    assert_eq!(std::fs::read(root.join("one/file")).unwrap(), b"2");
+    assert_eq!(std::fs::read(root.join("two/file")).unwrap(), b"1");
+    let into_link = backend.exchange_blocking(&name("one"), &name("link/x"));
+    assert!(into_link.is_err(), "{into_link:?}");
+}
+
 /// Locally, removing objects takes away the directories it empties (they are implied by the
 /// objects, as on S3), not those above them (a run may be making something there);
 /// `remove_under` takes a directory whole, empty directories, links and special files in it

@@ -120,6 +120,40 @@ impl LocalBackend {
         self.inner.rename(from, to)
     }
 
+    /// `save` from blocking code.
+    pub fn save_blocking(&self, name: &Name, bytes: &[u8]) -> Result<(), BackendError> {
+        self.inner.save(name, bytes)
+    }
+
+    /// A new private file `name` to write, its directories made, nothing there before and no
+    /// link on the way: a local run's own file (a lock, a staged file, a chunk before it is
+    /// named), which it fsyncs and renames itself.
+    pub fn create_new_blocking(&self, name: &Name) -> Result<File, BackendError> {
+        self.inner.create_new(name)
+    }
+
+    /// The directory `name` (and those above it), made private where missing.
+    pub fn create_dir_blocking(&self, name: &Name) -> Result<(), BackendError> {
+        self.inner.create_dir(name)
+    }
+
+    /// Renames the file `from` over `to` without syncing: names landed in a batch (a run's
+    /// chunks) are made durable by one `sync_dir_blocking` of each directory.
+    pub fn rename_over_blocking(&self, from: &Name, to: &Name) -> Result<(), BackendError> {
+        self.inner.rename_over(from, to)
+    }
+
+    /// Makes what is named in the directory `dir` (`""`: the root) durable.
+    pub fn sync_dir_blocking(&self, dir: &str) -> Result<(), BackendError> {
+        self.inner.sync_dir(dir)
+    }
+
+    /// Swaps `a` and `b` in one atomic step (`RENAME_EXCHANGE`; `Unsupported` where it is not
+    /// available) and syncs their directories: a local `--force` commit.
+    pub fn exchange_blocking(&self, a: &Name, b: &Name) -> Result<(), BackendError> {
+        self.inner.exchange(a, b)
+    }
+
     /// `remove_under` from blocking code: the objects removed and their bytes.
     pub fn remove_under_blocking(&self, dir: &str) -> Result<(u64, u64), BackendError> {
         self.inner.remove_under(dir)

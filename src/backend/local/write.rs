@@ -2,7 +2,7 @@
 //! the temporary files a killed save leaves.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Write};
 use std::os::fd::AsFd;
 
 use rustix::fs::{AtFlags, Mode, OFlags};
@@ -70,6 +70,87 @@ impl Inner {
         }
         rustix::fs::fsync(&dir)
             .map_err(|e| self.io("cannot sync the directory of", name.as_str(), e.into()))
+    }
+
+    /// `bytes` saved as `name`, replacing what is there (`commit`).
+    pub(super) fn save(&self, name: &Name, bytes: &[u8]) -> Result<(), BackendError> {
+        let mut temp = self.create_temp()?;
+        temp.file
+            .write_all(bytes)
+            .map_err(|e| self.io("cannot write", name.as_str(), e))?;
+        self.commit(temp, name, true)
+    }
+
+    /// A new private (`0600`) file `name`, its directories made as `dir` makes them: never
+    /// over anything there, never through a link.
+    pub(super) fn create_new(&self, name: &Name) -> Result<File, BackendError> {
+        let (dir, last) = self.parent(name, true)?;
+        let dir = dir.expect("made when missing");
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        match rustix::fs::openat(&dir, last, flags, Mode::from_raw_mode(0o600)) {
+            Ok(fd) => Ok(File::from(fd)),
+            Err(rustix::io::Errno::EXIST) => Err(BackendError::AlreadyExists {
+                repository: self.root.display().to_string(),
+                name: name.to_string(),
+            }),
+            Err(e) => Err(self.io("cannot create", name.as_str(), e.into())),
+        }
+    }
+
+    /// The directory `name` and those above it, made (`0700`) where missing, each new one
+    /// synced in its parent; a link on the way is refused.
+    pub(super) fn create_dir(&self, name: &Name) -> Result<(), BackendError> {
+        let parts: Vec<&str> = name.as_str().split('/').collect();
+        self.dir(&parts, true, name.as_str())?;
+        Ok(())
+    }
+
+    /// Renames `from` over `to` (whatever file is there goes), `to`'s directories made; not
+    /// synced: the caller syncs `to`'s directory (`sync_dir`), once for a batch.
+    pub(super) fn rename_over(&self, from: &Name, to: &Name) -> Result<(), BackendError> {
+        let (from_dir, from_last) = self.parent(from, false)?;
+        let from_dir = from_dir.ok_or_else(|| self.not_found(from.as_str()))?;
+        let (to_dir, to_last) = self.parent(to, true)?;
+        let to_dir = to_dir.expect("made when missing");
+        match rustix::fs::renameat(&from_dir, from_last, &to_dir, to_last) {
+            Ok(()) => Ok(()),
+            Err(rustix::io::Errno::NOENT) => Err(self.not_found(from.as_str())),
+            Err(e) if e == rustix::io::Errno::ISDIR || e == rustix::io::Errno::NOTEMPTY => {
+                Err(self.io("a directory is in the way of", to.as_str(), e.into()))
+            }
+            Err(e) => Err(self.io("cannot rename into place", to.as_str(), e.into())),
+        }
+    }
+
+    /// Makes the entries of the directory `dir` (`""`: the root) durable.
+    pub(super) fn sync_dir(&self, dir: &str) -> Result<(), BackendError> {
+        let parts: Vec<&str> = dir.split_terminator('/').collect();
+        let fd = self
+            .dir(&parts, false, dir)?
+            .ok_or_else(|| self.not_found(dir))?;
+        rustix::fs::fsync(&fd).map_err(|e| self.io("cannot sync", dir, e.into()))?;
+        crate::fs::note_synced(&self.root.join(dir));
+        Ok(())
+    }
+
+    /// Swaps `a` and `b` in one step (`RENAME_EXCHANGE`) and syncs their directories;
+    /// `Io` with `Unsupported` where the system or the file system cannot.
+    pub(super) fn exchange(&self, a: &Name, b: &Name) -> Result<(), BackendError> {
+        let (a_dir, a_last) = self.parent(a, false)?;
+        let a_dir = a_dir.ok_or_else(|| self.not_found(a.as_str()))?;
+        let (b_dir, b_last) = self.parent(b, false)?;
+        let b_dir = b_dir.ok_or_else(|| self.not_found(b.as_str()))?;
+        match exchange(&a_dir, a_last, &b_dir, b_last) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::NOENT) => return Err(self.not_found(a.as_str())),
+            Err(e) => return Err(self.io("cannot exchange", a.as_str(), e.into())),
+        }
+        for (dir, name) in [(&b_dir, b), (&a_dir, a)] {
+            rustix::fs::fsync(dir)
+                .map_err(|e| self.io("cannot sync the directory of", name.as_str(), e.into()))?;
+        }
+        Ok(())
     }
 
     pub(super) fn rename(&self, from: &Name, to: &Name) -> Result<(), BackendError> {
@@ -228,4 +309,14 @@ fn rename_noreplace(
 ) -> rustix::io::Result<()> {
     rustix::fs::linkat(&from_dir, from, &to_dir, to, AtFlags::empty())?;
     rustix::fs::unlinkat(&from_dir, from, AtFlags::empty())
+}
+
+#[cfg(target_os = "linux")]
+fn exchange(a_dir: impl AsFd, a: &str, b_dir: impl AsFd, b: &str) -> rustix::io::Result<()> {
+    rustix::fs::renameat_with(a_dir, a, b_dir, b, rustix::fs::RenameFlags::EXCHANGE)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exchange(_a_dir: impl AsFd, _a: &str, _b_dir: impl AsFd, _b: &str) -> rustix::io::Result<()> {
+    Err(rustix::io::Errno::NOTSUP)
 }

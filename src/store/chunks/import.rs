@@ -5,19 +5,16 @@
 //! a manifest may name it (`sync_landed`).
 
 use std::collections::{BTreeSet, HashSet};
-use std::fs;
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
-use super::write::fan_out_dir;
+use super::write::{fan_out_dir, sync_dirs};
 use super::{runs, Access, ChunkError, ChunkId, ChunkStore, Params, RunTemp};
 use super::{CHUNKS_DIR, FEATURES_FORMAT, LOCK_OBJECTS};
 use crate::backend::{Backend, BackendError, Kind, Name};
-use crate::fs::create_private_file;
-use crate::store::sync_dir;
 
 impl Params {
     /// Whether chunks of a store with `other`'s parameters may go into this one: the same
@@ -75,7 +72,7 @@ impl ChunkStore {
     /// The store of `dir` to copy chunks into, made with `params` (`Params::for_new_store`)
     /// when there is none. Its parameters are the caller's to compare.
     pub fn open_for_import(dir: &Path, params: &Params) -> Result<Arc<Self>, ChunkError> {
-        if fs::symlink_metadata(Self::path_in(dir)).is_err() {
+        if Self::found_in(dir).is_none() {
             runs::make_store(dir, &params.for_new_store())?;
         }
         Self::open(dir, Access::Shared).map(Arc::new)
@@ -98,27 +95,20 @@ impl ChunkStore {
     /// `stored` (a chunk's stored bytes, checked by the caller against `id`) as the chunk
     /// `id`: written in `temp`, fsynced, renamed into place. Returns its fan-out directory,
     /// which `sync_landed` makes durable before any manifest names the chunk.
-    pub fn land(&self, temp: &RunTemp, id: &ChunkId, stored: &[u8]) -> io::Result<PathBuf> {
-        let staged = temp.path().join(id.to_string());
-        let _ = fs::remove_file(&staged);
-        let mut file = create_private_file(&staged)?;
+    pub fn land(&self, temp: &RunTemp, id: &ChunkId, stored: &[u8]) -> io::Result<String> {
+        let files = temp.files();
+        let staged = temp.name_of(&format!("{id}-{}", crate::backend::random_id()))?;
+        let mut file = files.create_new_blocking(&staged)?;
         file.write_all(stored)?;
         file.sync_all()?;
-        let target = self.root.join(id.rel());
-        let dir = crate::fs::parent_dir(&target).to_path_buf();
-        fan_out_dir(&dir)?;
-        fs::rename(&staged, &target)?;
-        Ok(dir)
+        files.rename_over_blocking(&staged, &Name::new(object_name(id))?)?;
+        Ok(fan_out_dir(id))
     }
 
     /// Makes the names of landed chunks durable: each fan-out directory, then `chunks/`.
-    pub fn sync_landed(&self, dirs: &Mutex<BTreeSet<PathBuf>>) -> io::Result<()> {
+    pub fn sync_landed(&self, dirs: &Mutex<BTreeSet<String>>) -> io::Result<()> {
         let dirs = std::mem::take(&mut *dirs.lock().expect("landed lock"));
-        if dirs.is_empty() {
-            return Ok(());
-        }
-        dirs.iter().try_for_each(|dir| sync_dir(dir))?;
-        sync_dir(&self.root.join(CHUNKS_DIR))
+        sync_dirs(self.files()?, &dirs, true)
     }
 }
 
@@ -200,9 +190,15 @@ mod tests {
         let landed = Mutex::new(BTreeSet::new());
         let fan = store.land(&temp, &id, &stored).unwrap();
         landed.lock().unwrap().insert(fan);
-        let _ = crate::store::take_synced();
+        let _ = crate::fs::take_synced();
         store.sync_landed(&landed).unwrap();
-        assert_eq!(crate::store::take_synced().len(), 2, "fan-out and chunks/");
+        let root = dir.path().join(super::super::STORE_DIR);
+        let fan_out = root.join(id.rel()).parent().unwrap().to_path_buf();
+        assert_eq!(
+            crate::fs::take_synced(),
+            [fan_out, root.join(CHUNKS_DIR)],
+            "fan-out and chunks/"
+        );
         assert_eq!(store.list_ids().unwrap(), HashSet::from([id]));
         let mut buffer = super::super::ChunkBuffer::default();
         store.read_chunk(&id, 3000, true, &mut buffer).unwrap();

@@ -145,7 +145,15 @@ impl ChunkStore {
 
     /// Whether `dir` has a chunk store (a real directory, not a link).
     pub fn exists_in(dir: &Path) -> bool {
-        std::fs::symlink_metadata(Self::path_in(dir)).is_ok_and(|m| m.is_dir())
+        Self::found_in(dir) == Some(Kind::Dir)
+    }
+
+    /// What is at the store's name in `dir`, if anything (a link as itself): only where
+    /// nothing is may a store be made, so a link or a file there is refused by `open`.
+    fn found_in(dir: &Path) -> Option<Kind> {
+        let files = LocalBackend::existing(dir).ok()?;
+        let name = Name::new(STORE_DIR).expect("the store's name");
+        files.entry_blocking(&name).ok().map(|entry| entry.kind)
     }
 
     /// Whether the repository has a chunk store; remotely, whether any object is under
@@ -171,8 +179,7 @@ impl ChunkStore {
     /// Opens the store of `dir` for a create, making it (with `avg_size` chunks) when there is
     /// none. Waits while an older wqm collects garbage in a store made before lock objects.
     pub fn open_for_writing(dir: &Path, avg_size: usize) -> Result<Arc<Self>, ChunkError> {
-        // Only where nothing is: a link or a file there is refused by `open`, not replaced.
-        if std::fs::symlink_metadata(Self::path_in(dir)).is_err() {
+        if Self::found_in(dir).is_none() {
             let params = Params::with_average(avg_size);
             let params = match seal::of_local(dir) {
                 Some(_) => params.keyed(),
@@ -354,6 +361,14 @@ impl ChunkStore {
             listed: None,
             packs,
         }))
+    }
+
+    /// The local directory the store is in, which a run writes its chunks into; a store on a
+    /// backend is written through its packs (`Packer`).
+    pub(super) fn files(&self) -> io::Result<&LocalBackend> {
+        self.repository.local_backend().ok_or_else(|| {
+            io::Error::other("a store on a backend is written through its packs, not as files")
+        })
     }
 
     pub fn params(&self) -> &Params {

@@ -3,15 +3,14 @@
 //! dead runs left, which needs no store lock: a run's temporary directory is locked by its run
 //! for as long as the process lives, and a store being made belongs to its maker while it lives.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use super::{io_error, ChunkError, ChunkStore, Params, CHUNKS_DIR, LOCK_FILE, PARAMS_FILE};
 use super::{STORE_DIR, TMP_DIR};
 use crate::backend::local::LocalBackend;
-use crate::backend::{Kind, Name};
-use crate::fs::{create_private_dir_all, create_private_file};
+use crate::backend::{BackendError, Kind, Name};
 
 /// A store being made: `.wqm-chunks.new-<pid of its maker>`.
 const NEW_STORE_INFIX: &str = ".new-";
@@ -23,33 +22,36 @@ const NEW_RUN_PREFIX: &str = ".new-run-";
 /// seen half made; a concurrent run that made it first wins).
 pub(super) fn make_store(dir: &Path, params: &Params) -> Result<(), ChunkError> {
     let root = ChunkStore::path_in(dir);
-    create_private_dir_all(dir).map_err(io_error(dir))?;
-    let temp = dir.join(format!(
-        "{STORE_DIR}{NEW_STORE_INFIX}{}",
-        std::process::id()
-    ));
+    let files = LocalBackend::open(dir).map_err(|e| io_error(dir)(e.into()))?;
+    let temp = format!("{STORE_DIR}{NEW_STORE_INFIX}{}", std::process::id());
+    let name = |part: &str| Name::new(format!("{temp}/{part}"));
     // Our pid's: left by a process long gone, nobody else builds under this name.
-    let _ = fs::remove_dir_all(&temp);
+    let _ = files.remove_under_blocking(&temp);
     let made = (|| {
-        create_private_dir_all(&temp.join(CHUNKS_DIR))?;
-        create_private_dir_all(&temp.join(TMP_DIR))?;
-        let text = serde_json::to_string_pretty(params).map_err(io::Error::other)?;
-        crate::fs::write_atomic(&temp.join(PARAMS_FILE), text.as_bytes())?;
-        crate::failpoint::hit("create:store-made")?;
-        crate::fs::sync_dir(&temp)
+        files.create_dir_blocking(&name(CHUNKS_DIR)?)?;
+        files.create_dir_blocking(&name(TMP_DIR)?)?;
+        let text = serde_json::to_string_pretty(params).expect("parameters always serialize");
+        files.save_blocking(&name(PARAMS_FILE)?, text.as_bytes())?;
+        crate::failpoint::hit("create:store-made").map_err(|e| BackendError::Io {
+            what: "failpoint",
+            path: temp.clone(),
+            source: e,
+        })?;
+        files.sync_dir_blocking(&temp)?;
+        files.rename_blocking(&Name::new(temp.as_str())?, &Name::new(STORE_DIR)?)
     })();
-    if let Err(e) = made {
-        let _ = fs::remove_dir_all(&temp);
-        return Err(io_error(&root)(e));
-    }
-    if fs::rename(&temp, &root).is_err() {
-        // Another run made it meanwhile (a rename onto a non-empty directory fails).
-        let _ = fs::remove_dir_all(&temp);
-        if !ChunkStore::exists_in(dir) {
-            return Err(io_error(&root)(io::Error::other("cannot create it")));
+    match made {
+        Ok(()) => Ok(()),
+        // Another run made it meanwhile.
+        Err(BackendError::AlreadyExists { .. }) if ChunkStore::exists_in(dir) => {
+            let _ = files.remove_under_blocking(&temp);
+            Ok(())
+        }
+        Err(e) => {
+            let _ = files.remove_under_blocking(&temp);
+            Err(io_error(&root)(e.into()))
         }
     }
-    crate::fs::sync_dir(dir).map_err(io_error(dir))
 }
 
 /// A run's own directory in the store's `tmp/`, holding its new chunks until they are named.
@@ -57,19 +59,67 @@ pub(super) fn make_store(dir: &Path, params: &Params) -> Result<(), ChunkError> 
 /// `run-*` whose lock is free is a dead run's; dropped, it is removed.
 #[derive(Debug)]
 pub struct RunTemp {
-    path: PathBuf,
+    files: LocalBackend,
+    /// `.wqm-chunks/tmp/run-*` in `files`.
+    name: String,
     _lock: File,
 }
 
 impl RunTemp {
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The directory as a path to show.
+    pub fn path(&self) -> PathBuf {
+        self.files.root().join(&self.name)
+    }
+
+    /// The name of `file` in this directory.
+    pub(super) fn name_of(&self, file: &str) -> io::Result<Name> {
+        Ok(Name::new(format!("{}/{file}", self.name))?)
+    }
+
+    /// The repository the directory is in.
+    pub(super) fn files(&self) -> &LocalBackend {
+        &self.files
+    }
+
+    /// A directory of its own in this one (`file-*`), removed when dropped: files written side
+    /// by side (a pipelined create) may store the same new chunk at the same moment.
+    pub(super) fn file_dir(&self) -> io::Result<FileTemp> {
+        let name = format!("{}/file-{}", self.name, crate::backend::random_id());
+        self.files.create_dir_blocking(&Name::new(name.as_str())?)?;
+        Ok(FileTemp {
+            files: self.files.clone(),
+            name,
+        })
     }
 }
 
 impl Drop for RunTemp {
     fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.path);
+        let _ = self.files.remove_under_blocking(&self.name);
+    }
+}
+
+/// One file's directory in its run's (`RunTemp::file_dir`), removed when dropped.
+#[derive(Debug)]
+pub(super) struct FileTemp {
+    files: LocalBackend,
+    name: String,
+}
+
+impl FileTemp {
+    /// The name of `file` in this directory.
+    pub(super) fn name_of(&self, file: &str) -> io::Result<Name> {
+        Ok(Name::new(format!("{}/{file}", self.name))?)
+    }
+
+    pub(super) fn files(&self) -> &LocalBackend {
+        &self.files
+    }
+}
+
+impl Drop for FileTemp {
+    fn drop(&mut self) {
+        let _ = self.files.remove_under_blocking(&self.name);
     }
 }
 
@@ -77,27 +127,28 @@ impl ChunkStore {
     /// A private, locked directory for one run's chunks while they are written.
     pub fn temp_dir(&self) -> Result<RunTemp, ChunkError> {
         let tmp = self.root.join(TMP_DIR);
-        create_private_dir_all(&tmp).map_err(io_error(&tmp))?;
-        let fresh = tempfile::Builder::new()
-            .prefix(NEW_RUN_PREFIX)
-            .tempdir_in(&tmp)
-            .map_err(io_error(&tmp))?;
-        let lock_path = fresh.path().join(LOCK_FILE);
-        let lock = create_private_file(&lock_path).map_err(io_error(&lock_path))?;
-        lock.try_lock()
-            .map_err(|e| io_error(&lock_path)(io::Error::other(e.to_string())))?;
-        let name = fresh
-            .path()
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_prefix(NEW_RUN_PREFIX))
-            .map(|suffix| format!("{RUN_PREFIX}{suffix}"))
-            .ok_or_else(|| io_error(&tmp)(io::Error::other("unexpected temporary name")))?;
-        let path = tmp.join(name);
-        fs::rename(fresh.path(), &path).map_err(io_error(&path))?;
-        // The directory is `RunTemp`'s now, under its new name.
-        let _ = fresh.keep();
-        Ok(RunTemp { path, _lock: lock })
+        let files = self.files().map_err(io_error(&tmp))?.clone();
+        let suffix = crate::backend::random_id();
+        let fresh = format!("{STORE_DIR}/{TMP_DIR}/{NEW_RUN_PREFIX}{suffix}");
+        let name = format!("{STORE_DIR}/{TMP_DIR}/{RUN_PREFIX}{suffix}");
+        let taken = (|| {
+            let lock = files.create_new_blocking(&Name::new(format!("{fresh}/{LOCK_FILE}"))?)?;
+            lock.try_lock()
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            files.rename_blocking(&Name::new(fresh.as_str())?, &Name::new(name.as_str())?)?;
+            Ok(lock)
+        })();
+        match taken {
+            Ok(lock) => Ok(RunTemp {
+                files,
+                name,
+                _lock: lock,
+            }),
+            Err(e) => {
+                let _ = files.remove_under_blocking(&fresh);
+                Err(io_error(&tmp)(e))
+            }
+        }
     }
 }
 
@@ -173,6 +224,7 @@ pub(super) fn is_run_dir(name: &str) -> bool {
 mod tests {
     use super::*;
     use crate::store::chunks::ChunkWriter;
+    use std::fs;
     use std::io::Write;
 
     #[test]
@@ -180,7 +232,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = ChunkStore::open_for_writing(dir.path(), 4096).unwrap();
         let live = store.temp_dir().unwrap();
-        let name = live.path().file_name().unwrap().to_str().unwrap();
+        let path = live.path();
+        let name = path.file_name().unwrap().to_str().unwrap();
         assert!(name.starts_with(RUN_PREFIX), "{name}");
         // A dead run's, as a killed process leaves it: its lock free, a chunk never named.
         let dead = ChunkStore::path_in(dir.path())
@@ -199,7 +252,7 @@ mod tests {
         fs::create_dir_all(&mine).unwrap();
 
         let mut writer =
-            ChunkWriter::new(store.clone(), Default::default(), live.path(), Vec::new()).unwrap();
+            ChunkWriter::new(store.clone(), Default::default(), &live, Vec::new()).unwrap();
         writer.write_all(&[7u8; 50_000]).unwrap();
 
         let removed = remove_dead(dir.path());

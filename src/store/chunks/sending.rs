@@ -152,7 +152,7 @@ impl ChunkStore {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(identify(dir), listed.clone());
-        if std::fs::symlink_metadata(Self::path_in(dir)).is_err() {
+        if Self::found_in(dir).is_none() {
             runs::make_store(dir, &listed.store.params().clone().loose())?;
         }
         Self::open(dir, Access::Shared).map(Arc::new)

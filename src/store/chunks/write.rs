@@ -11,17 +11,16 @@
 //! goes on (`compare.rs`), and a damaged one set aside there.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::compare::{holds, Comparisons, Settled};
 use super::index::INDEX_HEADER;
-use super::CHUNKS_DIR;
-use super::{ChunkBuffer, ChunkId, ChunkProblem, ChunkStore, Chunker, Selection};
-use crate::fs::{create_private_dir_all, create_private_file};
-use crate::store::sync_dir;
+use super::runs::{FileTemp, RunTemp};
+use super::{object_name, ChunkBuffer, ChunkId, ChunkProblem, ChunkStore, Chunker, Selection};
+use super::{CHUNKS_DIR, STORE_DIR};
+use crate::backend::local::LocalBackend;
 
 /// What a run added to the store, and the damaged chunks it stored again.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -42,7 +41,7 @@ pub struct Run {
     checked: Mutex<HashSet<ChunkId>>,
     compared: Mutex<u64>,
     written: Mutex<HashSet<ChunkId>>,
-    reused_dirs: Mutex<BTreeSet<PathBuf>>,
+    reused_dirs: Mutex<BTreeSet<String>>,
     added: Mutex<Added>,
 }
 
@@ -73,9 +72,9 @@ impl Run {
     /// Makes the names of the chunks this run reused durable: another run renamed them, and
     /// may have died before syncing their directories. Each directory once per run, after the
     /// last file was written and before the manifest names any of them.
-    pub fn sync_reused(&self) -> io::Result<()> {
+    pub fn sync_reused(&self, store: &ChunkStore) -> io::Result<()> {
         let dirs = std::mem::take(&mut *self.reused_dirs.lock().expect("run lock"));
-        dirs.iter().try_for_each(|dir| sync_dir(dir))
+        sync_dirs(store.files()?, &dirs, false)
     }
 }
 
@@ -92,7 +91,7 @@ struct ChunkSink<W: Write> {
     run: Arc<Run>,
     /// This file's own directory in the run's temporary directory: files written side by side
     /// (a pipelined create) may store the same new chunk at the same moment.
-    temp: tempfile::TempDir,
+    temp: FileTemp,
     index: W,
     compressor: zstd::bulk::Compressor<'static>,
     compressed: Vec<u8>,
@@ -104,7 +103,7 @@ struct ChunkSink<W: Write> {
     /// Stored sizes of the chunks this file found in the store (compared or not) or stored.
     sound: HashMap<ChunkId, u64>,
     /// Fan-out directories that got a new name, to sync before the index may name them.
-    touched: BTreeSet<PathBuf>,
+    touched: BTreeSet<String>,
     /// Chunks reused from the repository on a backend being read back to compare.
     comparing: Comparisons,
 }
@@ -118,7 +117,7 @@ impl<W: Write> ChunkWriter<W> {
     pub fn new(
         store: Arc<ChunkStore>,
         run: Arc<Run>,
-        temp: &Path,
+        temp: &RunTemp,
         mut index: W,
     ) -> io::Result<Self> {
         writeln!(index, "{INDEX_HEADER}")?;
@@ -127,7 +126,7 @@ impl<W: Write> ChunkWriter<W> {
             sink: ChunkSink {
                 store,
                 run,
-                temp: tempfile::Builder::new().prefix("file-").tempdir_in(temp)?,
+                temp: temp.file_dir()?,
                 index,
                 compressor: zstd::bulk::Compressor::new(crate::compress::ZSTD_LEVEL)?,
                 compressed: Vec::new(),
@@ -158,12 +157,7 @@ impl<W: Write> ChunkWriter<W> {
         if sink.store.is_staging() {
             return Ok(self.sink.index);
         }
-        for dir in &sink.touched {
-            sync_dir(dir)?;
-        }
-        if !sink.touched.is_empty() {
-            sync_dir(&sink.store.root.join(CHUNKS_DIR))?;
-        }
+        sync_dirs(sink.temp.files(), &sink.touched, true)?;
         Ok(self.sink.index)
     }
 }
@@ -226,8 +220,7 @@ impl<W: Write> ChunkSink<W> {
                 return self.store_again(*id, chunk, problem, false).map(Some);
             }
         }
-        let target = self.store.root.join(id.rel());
-        let dir = crate::fs::parent_dir(&target).to_path_buf();
+        let dir = fan_out_dir(id);
         self.run.reused_dirs.lock().expect("run lock").insert(dir);
         self.sound.insert(*id, size);
         Ok(Some(size))
@@ -282,7 +275,8 @@ impl<W: Write> ChunkSink<W> {
         self.compressor
             .compress_to_buffer(chunk, &mut self.compressed)?;
         let stored = self.store.to_store(id, &self.compressed)?;
-        let mut file = create_private_file(&self.temp.path().join(id.to_string()))?;
+        let files = self.temp.files();
+        let mut file = files.create_new_blocking(&self.temp.name_of(&id.to_string())?)?;
         file.write_all(&stored)?;
         let stored = stored.len() as u64;
         self.unsynced.push((*id, chunk.len(), file));
@@ -315,16 +309,13 @@ impl<W: Write> ChunkSink<W> {
                 })
             })?;
         }
+        let files = self.temp.files();
         for (id, len, _) in &batch {
-            let target = self.store.root.join(id.rel());
-            let dir = crate::fs::parent_dir(&target).to_path_buf();
-            if !self.touched.contains(&dir) {
-                fan_out_dir(&dir)?;
-            }
-            fs::rename(self.temp.path().join(id.to_string()), &target)?;
+            let temp = self.temp.name_of(&id.to_string())?;
+            files.rename_over_blocking(&temp, &crate::backend::Name::new(object_name(id))?)?;
             crate::failpoint::hit("create:chunk-stored")?;
             self.store.landed(id, *len)?;
-            self.touched.insert(dir);
+            self.touched.insert(fan_out_dir(id));
         }
         for (id, _, _) in &batch {
             if let Some(size) = self.in_flight.remove(id) {
@@ -335,21 +326,26 @@ impl<W: Write> ChunkSink<W> {
     }
 }
 
-/// Makes sure the fan-out directory `dir` is a real directory (made when missing): a rename
-/// through a link planted there would put the chunk outside the store.
-pub(super) fn fan_out_dir(dir: &Path) -> io::Result<()> {
-    match fs::symlink_metadata(dir) {
-        Ok(meta) if meta.is_dir() => Ok(()),
-        Ok(_) => Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "`{}` is not a directory (a link?); wqm never writes through links in the chunk store",
-                dir.display()
-            ),
-        )),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => create_private_dir_all(dir),
-        Err(e) => Err(e),
+/// The fan-out directory chunk `id` is named in (`.wqm-chunks/chunks/ab`).
+pub(super) fn fan_out_dir(id: &ChunkId) -> String {
+    let name = object_name(id);
+    name[..name.rfind('/').expect("a chunk's name has directories")].to_string()
+}
+
+/// Makes the names in the fan-out directories `dirs` durable, then (`and_chunks`: some are
+/// new) `chunks/` itself.
+pub(super) fn sync_dirs(
+    files: &LocalBackend,
+    dirs: &BTreeSet<String>,
+    and_chunks: bool,
+) -> io::Result<()> {
+    for dir in dirs {
+        files.sync_dir_blocking(dir)?;
     }
+    if and_chunks && !dirs.is_empty() {
+        files.sync_dir_blocking(&format!("{STORE_DIR}/{CHUNKS_DIR}"))?;
+    }
+    Ok(())
 }
 
 impl<W: Write> Write for ChunkWriter<W> {
