@@ -4,11 +4,12 @@
 //! dead restore had done and how to go back, and removes the directory. What a dead
 //! `create --incremental` left in the chunk store goes too (`chunks::remove_dead`).
 
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::backend::local::LocalBackend;
+use crate::backend::{Kind, Name};
 use crate::config::Settings;
 use crate::format::layout;
 use crate::qdrant::{Client, QdrantError, Scope};
@@ -362,18 +363,23 @@ fn made_near(name: &str, collection: &str, at: f64) -> bool {
 
 /// wqm 0.3.0 left `.NAME.wqm-lock` beside every backup; nobody holding one means it is stale.
 fn remove_legacy_locks(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else {
+    let Ok(files) = LocalBackend::existing(dir) else {
         return;
     };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let path = entry.path();
-        if name.starts_with('.')
-            && name.ends_with(LEGACY_LOCK_SUFFIX)
-            && entry.file_type().is_ok_and(|t| t.is_file())
-            && !crate::fs::lock_is_held(&path)
-        {
-            let _ = fs::remove_file(path);
+    let mut locks = Vec::new();
+    let _ = files.visit_blocking(".", |entry| {
+        if entry.kind == Kind::File && entry.name.ends_with(LEGACY_LOCK_SUFFIX) {
+            locks.extend(Name::new(entry.name).ok());
+        }
+        false
+    });
+    for lock in locks {
+        let Ok(file) = files.open_for_lock_blocking(&lock) else {
+            continue;
+        };
+        // Held while it goes, so no older run takes it meanwhile.
+        if file.try_lock().is_ok() {
+            let _ = files.remove_blocking(&lock);
         }
     }
 }

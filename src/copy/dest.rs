@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::io::{self, Read, Write};
-use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::{Context, Result};
@@ -15,8 +14,9 @@ use futures_util::stream::{self, StreamExt};
 use super::CopyError;
 use crate::backend::Name;
 use crate::backup::remote::{abandon, claim, Claim};
+use crate::format::layout::LayoutError;
 use crate::format::layout::MANIFEST_PATH;
-use crate::fs::{create_private_dir_all, create_private_file, CopyError as Side};
+use crate::fs::CopyError as Side;
 use crate::store::chunks::{self, ChunkId, ChunkStore, Holdings, Packer, Params, RunTemp};
 use crate::store::lock::RepoLock;
 use crate::store::{occupant, Occupant, Remote, Repository, Staging};
@@ -256,7 +256,11 @@ impl Writing<'_> {
         match &self.how {
             How::Local { staging, .. } => {
                 let staging = staging.as_ref().expect("staging until the commit");
-                put_local(&staging.dir().join(rel), reader)
+                let (file, _) = staging.create_stored(rel).map_err(|e| match e {
+                    LayoutError::Io { source, .. } => Side::Write(source),
+                    other => Side::Write(io::Error::other(other)),
+                })?;
+                put_local(file, reader)
             }
             How::Remote { remote, .. } => {
                 let name = Name::new(format!("{}/{rel}", self.name))
@@ -295,8 +299,8 @@ impl Writing<'_> {
                         .context("cannot sync the chunk store")?;
                 }
                 let staging = staging.take().expect("staging until the commit");
-                let path = staging.dir().join(MANIFEST_PATH);
-                put_local(&path, &mut &manifest[..])
+                let (file, path) = staging.create_stored(MANIFEST_PATH)?;
+                put_local(file, &mut &manifest[..])
                     .map_err(|e| match e {
                         Side::Read(e) | Side::Write(e) => e,
                     })
@@ -341,10 +345,8 @@ impl Drop for Writing<'_> {
     }
 }
 
-/// A new private file at `path` with `reader`'s bytes, fsynced.
-fn put_local(path: &Path, reader: &mut dyn Read) -> Result<u64, Side> {
-    create_private_dir_all(crate::fs::parent_dir(path)).map_err(Side::Write)?;
-    let mut file = create_private_file(path).map_err(Side::Write)?;
+/// `file` (new) written with `reader`'s bytes, fsynced.
+fn put_local(mut file: std::fs::File, reader: &mut dyn Read) -> Result<u64, Side> {
     let mut counted = Counted {
         inner: &mut file,
         bytes: 0,

@@ -46,6 +46,8 @@ pub enum LayoutError {
     NotADirectory { path: PathBuf },
     #[error("`{}` is the staging directory of an unfinished backup, not a backup", path.display())]
     Unfinished { path: PathBuf },
+    #[error("`{}` cannot be a backup's name: it {reason}", path.display())]
+    BadName { path: PathBuf, reason: &'static str },
     #[error("Backup directory already exists: {}", path.display())]
     AlreadyExists { path: PathBuf },
     #[error("`{}` exists and is not a wqm backup; refusing to replace it", path.display())]
@@ -88,7 +90,7 @@ impl Classify for LayoutError {
             | LayoutError::NotADirectory { .. }
             | LayoutError::Unfinished { .. }
             | LayoutError::UnsafeName { .. } => ExitCode::InvalidBackup,
-            LayoutError::Locked { .. } => ExitCode::Usage,
+            LayoutError::Locked { .. } | LayoutError::BadName { .. } => ExitCode::Usage,
             LayoutError::AlreadyExists { .. }
             | LayoutError::NotABackup { .. }
             | LayoutError::Busy { .. }
@@ -101,6 +103,7 @@ impl Classify for LayoutError {
             LayoutError::Work(e) => e.hint(),
             LayoutError::AlreadyExists { .. } => Some("Use --force to overwrite (the old backup is kept until the new one is complete), or choose another path".to_string()),
             LayoutError::NotABackup { .. } => Some("choose a new path, or a directory that holds a backup".to_string()),
+            LayoutError::BadName { .. } => Some("name it without backslashes or control characters: a repository's names must hold on S3 too (`wqm backup copy`); nothing was written".to_string()),
             LayoutError::Locked { .. } => Some(format!("give its password ({}); nothing was written", crate::crypto::PASSWORD_WAYS)),
             LayoutError::Busy { .. } => Some("wait for the other run to finish; runs into different targets can go at the same time".to_string()),
             LayoutError::Unfinished { .. } => Some("its run is still going or died before the backup was complete; use the finished backup beside it, and `wqm backup cleanup DIR` to remove a dead run's leftovers".to_string()),

@@ -22,13 +22,15 @@ pub mod lock;
 mod remote;
 mod scan;
 pub mod seal;
+mod sink;
 mod staging;
 pub use checked::{content_matches, Checked, Damaged};
 use chunks::{ChunkError, ChunkReader, ChunkStore};
 pub use remote::{occupant, replacement_of, Occupant, Remote, RemoteBackup, REPLACING};
 pub use scan::{scan, scan_at, scan_remote, Entry, Scan, Seen};
 use seal::Seal;
-pub use staging::{FileSink, Staging};
+pub use sink::FileSink;
+pub use staging::Staging;
 
 /// A backup directory and its manifest.
 #[derive(Debug)]

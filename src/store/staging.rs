@@ -4,26 +4,27 @@
 //! one pass), the manifest last; `commit` moves it into place atomically. A chunk store would
 //! implement `create_file` over its own storage.
 
-use std::fs::{self, File};
-use std::io::{self, BufWriter, Write};
+use std::fs::File;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::checksum::{Algorithm, Digester, HashingWriter};
-use crate::compress::{self, Encoder};
+use crate::backend::local::LocalBackend;
+use crate::backend::{BackendError, Kind, Name};
+use crate::checksum::Algorithm;
+use crate::compress;
 use crate::format::layout::{
-    check_relative_path, staging_path, LayoutError, COLLECTIONS_DIR, CONFIG_DIR, MANIFEST_PATH,
-    METADATA_DIR, REPLACED_DIR, REQUIRED_DIRS, SQLITE_DIR, STAGED_BACKUP_DIR,
+    check_relative_path, staging_path, LayoutError, MANIFEST_PATH, REPLACED_DIR, REQUIRED_DIRS,
+    STAGED_BACKUP_DIR,
 };
-use crate::format::manifest::{FileEntry, FileKind, Manifest};
-use crate::fs::{create_private_dir_all, create_private_file};
+use crate::format::manifest::{FileKind, Manifest};
 use crate::workdir::{Record, WorkDir, WorkDirError};
 
-use super::chunks::{Added, ChunkError, ChunkStore, ChunkWriter, Listed, Run, RunTemp, Selection};
-use super::seal::{self, MaybeSealed, Seal};
+use super::chunks::{Added, ChunkError, ChunkStore, Listed, Run, RunTemp, Selection};
+use super::seal::{self, Seal};
+use super::sink::{Encoding, FileSink};
 use super::BackupDir;
 use crate::crypto::Identity;
-use crate::fs::sync_dir;
 
 /// A backup being written in a hidden sibling of its target, `.NAME.wqm-staging`: a working
 /// directory (lock, journal) whose `backup/` becomes the backup. Dropped without `commit`, it
@@ -31,6 +32,11 @@ use crate::fs::sync_dir;
 /// a killed run leaves it for the next run's cleanup, which its journal guides.
 pub struct Staging {
     target: PathBuf,
+    /// The backups directory the target is in, which every file is written through.
+    files: LocalBackend,
+    /// The target's name there, and the staged backup's (`.NAME.wqm-staging/backup`).
+    name: String,
+    staged: String,
     work: WorkDir,
     dir: PathBuf,
     chunks: Option<Chunks>,
@@ -58,23 +64,48 @@ impl Staging {
     /// `begin` for the run `command` (`create`, `copy`), as its journal names it for a
     /// cleanup.
     pub fn begin_as(target: &Path, replace: bool, command: &str) -> Result<Self, LayoutError> {
-        if target.exists() {
-            if !replace {
+        // A name S3 could hold too, so that every local repository can be copied there.
+        let name = match target.file_name().map(|name| name.to_str()) {
+            None => Err("has no name of its own"),
+            Some(None) => Err("is not UTF-8"),
+            Some(Some(name)) => Ok(name),
+        };
+        let name = name
+            .and_then(|name| match Name::new(name) {
+                Ok(_) => Ok(name.to_string()),
+                Err(BackendError::BadName { reason, .. }) => Err(reason),
+                Err(_) => Err("is not a name"),
+            })
+            .map_err(|reason| LayoutError::BadName {
+                path: target.to_path_buf(),
+                reason,
+            })?;
+        let parent = crate::fs::parent_dir(target);
+        let files = LocalBackend::open(parent)
+            .map_err(|e| LayoutError::io("cannot create", parent)(e.into()))?;
+        match files.entry_blocking(&Name::new(name.as_str()).expect("checked above")) {
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(LayoutError::io("cannot look at", target)(e.into())),
+            Ok(_) if !replace => {
                 return Err(LayoutError::AlreadyExists {
                     path: target.to_path_buf(),
-                });
+                })
             }
-            // --force replaces a backup, never an arbitrary directory.
-            let is_backup = BackupDir::read_manifest(target).is_ok();
-            let is_empty_dir = fs::read_dir(target).is_ok_and(|mut d| d.next().is_none());
-            if !is_backup && !is_empty_dir {
-                return Err(LayoutError::NotABackup {
-                    path: target.to_path_buf(),
-                });
+            Ok(found) => {
+                // --force replaces a backup, never an arbitrary directory (nor a link).
+                let is_dir = found.kind == Kind::Dir;
+                let is_backup = is_dir && BackupDir::read_manifest(target).is_ok();
+                let is_empty_dir = is_dir
+                    && files
+                        .entries_blocking(&format!("{name}/"))
+                        .is_ok_and(|entries| entries.is_empty());
+                if !is_backup && !is_empty_dir {
+                    return Err(LayoutError::NotABackup {
+                        path: target.to_path_buf(),
+                    });
+                }
             }
         }
-        let parent = crate::fs::parent_dir(target);
-        create_private_dir_all(parent).map_err(LayoutError::io("cannot create", parent))?;
         // Never plaintext into an encrypted repository this run did not unlock.
         let seal = seal::require_local(parent)?;
         let staging = staging_path(target);
@@ -91,13 +122,23 @@ impl Staging {
             },
             other => LayoutError::Work(other),
         })?;
+        let staged = staging
+            .file_name()
+            .and_then(|dir| dir.to_str())
+            .map(|dir| format!("{dir}/{STAGED_BACKUP_DIR}"))
+            .expect("the sibling of a UTF-8 name");
         let dir = work.path().join(STAGED_BACKUP_DIR);
         for sub in REQUIRED_DIRS {
             let path = dir.join(sub);
-            create_private_dir_all(&path).map_err(LayoutError::io("cannot create", &path))?;
+            Name::new(format!("{staged}/{sub}"))
+                .and_then(|sub| files.create_dir_blocking(&sub))
+                .map_err(|e| LayoutError::io("cannot create", &path)(e.into()))?;
         }
         Ok(Staging {
             target: target.to_path_buf(),
+            files,
+            name,
+            staged,
             work,
             dir,
             chunks: None,
@@ -184,55 +225,44 @@ impl Staging {
     ) -> Result<FileSink, LayoutError> {
         check_relative_path(rel)?;
         // In an encrypted repository under its keyed name (`Seal::stored_name`).
-        let path = self.dir.join(match &self.seal {
+        let stored_rel = match &self.seal {
             None => rel.to_string(),
             Some(seal) => seal.stored_name(rel),
-        });
-        if let Some(parent) = path.parent() {
-            create_private_dir_all(parent).map_err(LayoutError::io("cannot create", parent))?;
-        }
-        let file = create_private_file(&path).map_err(LayoutError::io("cannot create", &path))?;
-        let file = WritebackFile {
-            file,
-            written: 0,
-            scheduled: 0,
         };
-        let buffered = BufWriter::with_capacity(1 << 20, file);
-        let identity = Identity::file(&self.name(), rel);
-        let sealed = MaybeSealed::new(buffered, self.seal.as_ref(), &identity)
-            .map_err(LayoutError::io("cannot start encrypting", &path))?;
-        let stored = HashingWriter::new(sealed, &[algorithm]);
-        let body = match (compression, &self.chunks) {
-            (compress::Stored::Chunked, Some(chunks)) => Body::Chunked(Box::new(
-                ChunkWriter::new(
-                    chunks.store.clone(),
-                    chunks.run.clone(),
-                    &chunks.temp,
-                    stored,
-                )
-                .map_err(LayoutError::io("cannot start writing", &path))?,
-            )),
+        let (file, path) = self.create_stored(&stored_rel)?;
+        let encoding = match (compression, &self.chunks) {
+            (compress::Stored::Chunked, Some(chunks)) => Encoding::Chunked {
+                store: chunks.store.clone(),
+                run: chunks.run.clone(),
+                temp: &chunks.temp,
+            },
             (compress::Stored::Chunked, None) => {
                 let needs_store = io::Error::other(
                     "a chunked file is written through its chunk store (`use_chunk_store`)",
                 );
                 return Err(LayoutError::io("cannot start writing", &path)(needs_store));
             }
-            (compress::Stored::Plain(compression), _) => Body::Encoded(
-                compression
-                    .encoder(stored)
-                    .map_err(LayoutError::io("cannot start compressing", &path))?,
-            ),
+            (compress::Stored::Plain(compression), _) => Encoding::Plain(compression),
         };
-        Ok(FileSink {
-            rel: rel.to_string(),
-            path: path.clone(),
-            kind,
-            compression,
-            algorithm,
-            content: Digester::new(&[Algorithm::Sha256]),
-            body,
-        })
+        let identity = Identity::file(&self.name(), rel);
+        let sealed = self.seal.as_ref().map(|seal| (seal, &identity));
+        FileSink::new(rel, path, file, kind, algorithm, sealed, encoding)
+    }
+
+    /// A new file `stored_rel` of the backup, to be written as it is stored (a copy's files,
+    /// already encoded by the source), and its path to show; the writer fsyncs it.
+    pub fn create_stored(&self, stored_rel: &str) -> Result<(File, PathBuf), LayoutError> {
+        let path = self.dir.join(stored_rel);
+        let name = Name::new(format!("{}/{stored_rel}", self.staged));
+        let file = name
+            .and_then(|name| self.files.create_new_blocking(&name))
+            .map_err(|e| LayoutError::io("cannot create", &path)(e.into()))?;
+        Ok((file, path))
+    }
+
+    /// The staged backup's object `rel` in the backups directory.
+    fn staged_object(&self, rel: &str) -> Name {
+        Name::new(format!("{}/{rel}", self.staged)).expect("a staged backup's own name")
     }
 
     /// Writes the manifest (atomically); the last file of a backup. Every chunk the backup
@@ -249,61 +279,73 @@ impl Staging {
         // An incremental backup's reference list, durable before the manifest records it.
         let mut manifest = manifest.clone();
         if self.chunks.is_some() {
-            let refs = self.dir.join(super::chunks::REFS_PATH);
-            manifest.chunk_refs = super::chunks::write_refs(&self.dir, &manifest)
-                .map_err(LayoutError::io("cannot write", &refs))?;
-        }
-        match &self.seal {
-            None => manifest.save(&path),
-            Some(seal) => {
-                let identity = Identity::manifest(&self.name());
-                seal.seal(&identity, manifest.to_json().as_bytes())
-                    .and_then(|sealed| crate::fs::write_atomic(&path, &sealed))
+            let rel = super::chunks::REFS_PATH;
+            let refs = self.dir.join(rel);
+            let found = super::chunks::refs_of(&self.dir, &manifest);
+            if let Some((bytes, record)) = found.map_err(LayoutError::io("cannot write", &refs))? {
+                let identity = Identity::file(&self.name(), rel);
+                self.save(rel, &bytes, &identity)
+                    .map_err(LayoutError::io("cannot write", &refs))?;
+                manifest.chunk_refs = Some(record);
             }
         }
-        .map_err(LayoutError::io("cannot write", &path))
+        let identity = Identity::manifest(&self.name());
+        self.save(MANIFEST_PATH, manifest.to_json().as_bytes(), &identity)
+            .map_err(LayoutError::io("cannot write", &path))
+    }
+
+    /// `bytes` saved as the backup's `rel` (atomically), encrypted as `identity` in an
+    /// encrypted repository.
+    fn save(&self, rel: &str, bytes: &[u8], identity: &Identity) -> io::Result<()> {
+        let sealed = match &self.seal {
+            None => None,
+            Some(seal) => Some(seal.seal(identity, bytes)?),
+        };
+        let bytes = sealed.as_deref().unwrap_or(bytes);
+        Ok(self.files.save_blocking(&self.staged_object(rel), bytes)?)
     }
 
     /// Makes everything durable and moves the backup into place. An existing backup at the
     /// target is swapped out in one atomic step (see `swap_into_place`), so a crash at any
     /// instant leaves the old or the new backup under the name.
     pub fn commit(self) -> Result<PathBuf, LayoutError> {
+        let in_place = |e: BackendError| {
+            LayoutError::io("cannot move the new backup into place", &self.target)(e.into())
+        };
         let manifest_path = self.dir.join(MANIFEST_PATH);
-        if !manifest_path.is_file() {
-            return Err(LayoutError::io("no manifest at", &manifest_path)(
-                io::Error::from(io::ErrorKind::NotFound),
-            ));
+        match self.files.stat_blocking(&self.staged_object(MANIFEST_PATH)) {
+            Ok(_) => {}
+            Err(e) => return Err(LayoutError::io("no manifest at", &manifest_path)(e.into())),
         }
-        for sub in [METADATA_DIR, COLLECTIONS_DIR, SQLITE_DIR, CONFIG_DIR] {
-            let path = self.dir.join(sub);
-            if path.is_dir() {
-                sync_dir(&path).map_err(LayoutError::io("cannot sync", &path))?;
-            }
-        }
-        // A cluster backup's shards: `collections/<name>/shard-<id>.snapshot…`.
-        let collections = self.dir.join(COLLECTIONS_DIR);
-        for entry in fs::read_dir(&collections).into_iter().flatten() {
-            let entry = entry.map_err(LayoutError::io("cannot read", &collections))?;
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                let path = entry.path();
-                sync_dir(&path).map_err(LayoutError::io("cannot sync", &path))?;
-            }
-        }
-        sync_dir(&self.dir).map_err(LayoutError::io("cannot sync", &self.dir))?;
+        // Every directory of the backup (a cluster backup's shards have their own,
+        // `collections/<name>/`), then the backup's own.
+        let synced = self
+            .files
+            .entries_blocking(&format!("{}/", self.staged))
+            .and_then(|entries| {
+                let dirs = entries.into_iter().filter(|e| e.kind == Kind::Dir);
+                dirs.map(|dir| dir.name)
+                    .chain([self.staged.clone()])
+                    .try_for_each(|dir| self.files.sync_dir_blocking(&dir))
+            });
+        synced.map_err(|e| LayoutError::io("cannot sync", &self.dir)(e.into()))?;
         crate::failpoint::hit("create:before-rename")
             .map_err(LayoutError::io("failpoint", &self.dir))?;
-        let parent = crate::fs::parent_dir(&self.target).to_path_buf();
-        let replaced = if fs::symlink_metadata(&self.target).is_ok() {
-            swap_into_place(&self.dir, &self.target, self.work.path())?;
-            true
-        } else {
-            fs::rename(&self.dir, &self.target).map_err(LayoutError::io(
-                "cannot move the new backup into place",
-                &self.target,
-            ))?;
-            false
+        let target = Name::new(self.name.as_str()).expect("checked by `begin`");
+        let staged = Name::new(self.staged.as_str()).expect("a staged backup's own name");
+        let replaced = match self.files.entry_blocking(&target) {
+            Err(e) if e.is_not_found() => {
+                self.files
+                    .rename_blocking(&staged, &target)
+                    .map_err(in_place)?;
+                false
+            }
+            Err(e) => return Err(in_place(e)),
+            Ok(_) => {
+                self.swap_into_place(&staged, &target)?;
+                true
+            }
         };
-        sync_dir(&parent).map_err(LayoutError::io("cannot sync", &parent))?;
         if replaced {
             // The old backup is now inside the staging directory, which goes with it.
             crate::failpoint::hit("create:replaced-not-removed")
@@ -313,170 +355,38 @@ impl Staging {
         drop(self);
         Ok(target)
     }
-}
 
-/// Puts the backup at `new` in place of the one at `target`; the old one ends up inside `work`.
-/// On Linux one `renameat2(RENAME_EXCHANGE)` swaps the two directories atomically. Where that
-/// is not available (other systems, filesystems without it) the old backup is first moved into
-/// `work` and the new one renamed into place: a crash between the two leaves the old backup
-/// inside the dead run's staging directory, and nothing under the name.
-fn swap_into_place(new: &Path, target: &Path, work: &Path) -> Result<(), LayoutError> {
-    if exchange(new, target).is_ok() {
-        return Ok(());
-    }
-    let aside = work.join(REPLACED_DIR);
-    fs::rename(target, &aside)
-        .map_err(LayoutError::io("cannot move the old backup aside", target))?;
-    fs::rename(new, target).map_err(LayoutError::io(
-        "cannot move the new backup into place",
-        target,
-    ))
-}
-
-#[cfg(target_os = "linux")]
-fn exchange(a: &Path, b: &Path) -> io::Result<()> {
-    use rustix::fs::{renameat_with, RenameFlags, CWD};
-    Ok(renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE)?)
-}
-
-#[cfg(not(target_os = "linux"))]
-fn exchange(_a: &Path, _b: &Path) -> io::Result<()> {
-    Err(io::Error::from(io::ErrorKind::Unsupported))
-}
-
-/// Streams one file into a staged backup: hashes the content (sha256), compresses (or cuts into
-/// chunks for the chunk store), hashes the stored bytes with the configured algorithm, and
-/// writes, all in one pass.
-pub struct FileSink {
-    rel: String,
-    path: PathBuf,
-    kind: FileKind,
-    compression: compress::Stored,
-    algorithm: Algorithm,
-    content: Digester,
-    body: Body,
-}
-
-/// The stored bytes of a file, hashed as they are written, then encrypted in an encrypted
-/// repository.
-type Stored = HashingWriter<MaybeSealed<BufWriter<WritebackFile>>>;
-
-enum Body {
-    /// The content itself, compressed or not.
-    Encoded(Encoder<Stored>),
-    /// The content's chunks go to the store; the file holds their index.
-    Chunked(Box<ChunkWriter<Stored>>),
-}
-
-impl Body {
-    fn finish(self) -> io::Result<Stored> {
-        match self {
-            Body::Encoded(encoder) => encoder.finish(),
-            Body::Chunked(writer) => (*writer).finish(),
+    /// Puts the staged backup `staged` in place of the one at `target`; the old one ends up
+    /// inside the staging directory. On Linux one `renameat2(RENAME_EXCHANGE)` swaps the two
+    /// directories atomically. Where that is not available (other systems, file systems
+    /// without it) the old backup is first moved into the staging directory and the new one
+    /// renamed into place: a crash between the two leaves the old backup inside the dead
+    /// run's staging directory, and nothing under the name.
+    fn swap_into_place(&self, staged: &Name, target: &Name) -> Result<(), LayoutError> {
+        if self.files.exchange_blocking(staged, target).is_ok() {
+            return Ok(());
         }
-    }
-
-    fn writer(&mut self) -> &mut dyn Write {
-        match self {
-            Body::Encoded(encoder) => encoder,
-            Body::Chunked(writer) => &mut **writer,
-        }
-    }
-}
-
-impl FileSink {
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Flushes, fsyncs and describes the file for the manifest.
-    pub fn finish(self) -> Result<FileEntry, LayoutError> {
-        let io = |action| LayoutError::io(action, &self.path);
-        let stored = self.body.finish().map_err(io("cannot finish writing"))?;
-        let (sealed, stored_digests) = stored.into_parts();
-        let file = sealed
-            .finish()
-            .map_err(io("cannot finish encrypting"))?
-            .into_inner()
-            .map_err(|e| io("cannot write")(e.into_error()))?;
-        file.file.sync_all().map_err(io("cannot sync"))?;
-        let content = self.content.finish();
-        Ok(FileEntry {
-            path: self.rel,
-            kind: self.kind,
-            size: stored_digests.bytes,
-            compression: self.compression,
-            checksum: stored_digests.get(self.algorithm),
-            content_size: content.bytes,
-            content_sha256: content
-                .get(Algorithm::Sha256)
-                .map(|c| c.value)
-                .unwrap_or_default(),
+        let work = staged
+            .as_str()
+            .rsplit_once('/')
+            .expect("inside its staging directory")
+            .0;
+        let aside = Name::new(format!("{work}/{REPLACED_DIR}")).expect("a staging directory's");
+        self.files.rename_blocking(target, &aside).map_err(|e| {
+            LayoutError::io("cannot move the old backup aside", &self.target)(e.into())
+        })?;
+        self.files.rename_blocking(staged, target).map_err(|e| {
+            LayoutError::io("cannot move the new backup into place", &self.target)(e.into())
         })
     }
 }
-
-impl Write for FileSink {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.body.writer().write(buf)?;
-        self.content.update(&buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.body.writer().flush()
-    }
-}
-
-/// Writeback is started every this many bytes.
-const WRITEBACK_EVERY: u64 = 8 << 20;
-
-/// A file that asks the kernel to start writing its pages to disk every few MiB while it is
-/// being written, so the final fsync waits for the tail only, not for the whole file.
-struct WritebackFile {
-    file: File,
-    written: u64,
-    scheduled: u64,
-}
-
-impl Write for WritebackFile {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.file.write(buf)?;
-        self.written += n as u64;
-        if self.written - self.scheduled >= WRITEBACK_EVERY {
-            start_writeback(&self.file, self.scheduled, self.written - self.scheduled);
-            self.scheduled = self.written;
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
-    }
-}
-
-#[cfg(target_os = "linux")]
-fn start_writeback(file: &File, offset: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
-        return;
-    };
-    // rustix has no `sync_file_range`: the one raw call left.
-    // SAFETY: the descriptor is open for the duration of the call, which only schedules
-    // writeback of the range; a failure is harmless (the final fsync still runs).
-    unsafe {
-        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::format::layout::{is_staging, refuse_unfinished, LayoutError};
-    use std::io::Read;
+    use std::fs;
+    use std::io::{Read, Write};
 
     fn finish(staging: Staging, timestamp: f64) {
         staging
@@ -619,19 +529,6 @@ mod tests {
         }
         assert!(!is_staging(&target));
         assert!(is_staging(Path::new("/x/.b.wqm-staging.new-12/backup")));
-    }
-
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn exchange_swaps_two_directories_in_one_step() {
-        let root = tempfile::tempdir().unwrap();
-        let (a, b) = (root.path().join("a"), root.path().join("b"));
-        fs::create_dir(&a).unwrap();
-        fs::write(a.join("new"), "").unwrap();
-        fs::create_dir(&b).unwrap();
-        fs::write(b.join("old"), "").unwrap();
-        exchange(&a, &b).unwrap();
-        assert!(b.join("new").exists() && a.join("old").exists());
     }
 
     /// The fan-out directory of each chunk an index names.

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::params::{FEATURES_FORMAT, LOCK_OBJECTS};
-use super::{io_error, Access, ChunkError, Params, LOCK_FILE, PARAMS_FILE, STORE_DIR};
+use super::{io_error, Access, ChunkError, Params, LOCK_FILE, STORE_DIR};
 use crate::backend::local::LocalBackend;
 use crate::backend::{BackendError, Name};
 use crate::store::lock::LOCK_WAIT;
@@ -42,9 +42,10 @@ pub(super) fn legacy_lock(
     if access == Access::Exclusive {
         params.required_features.push(LOCK_OBJECTS.to_string());
         params.format = FEATURES_FORMAT;
-        let text = serde_json::to_string_pretty(params).map_err(io::Error::other);
-        text.and_then(|text| crate::fs::write_atomic(&root.join(PARAMS_FILE), text.as_bytes()))
-            .map_err(io_error(root))?;
+        let params_file = Name::new(super::params_object()).expect("a name of the store's");
+        files
+            .save_blocking(&params_file, params.to_json().as_bytes())
+            .map_err(|e| io_error(root)(e.into()))?;
     }
     // Held while the store is open: an older run that read `store.json` before it changed may
     // be waiting for it.

@@ -706,9 +706,7 @@ pub use params::Params;
 use params::{FEATURES_FORMAT, LOCK_OBJECTS};
 pub use prefetch::SharedReader;
 pub use read::{chunk_error, ChunkReader};
-pub use refs::{
-    backup_refs, encode_refs, read_refs, refs_from_indexes, write_refs, Refs, REFS_PATH,
-};
+pub use refs::{backup_refs, encode_refs, read_refs, refs_from_indexes, refs_of, Refs, REFS_PATH};
 pub use runs::{remove_dead, Removed, RunTemp};
 pub use sending::{remote_chunks, remote_store, Holdings, Listed};
 pub use subset::{Selection, Subset};

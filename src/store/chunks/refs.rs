@@ -16,7 +16,6 @@ use std::path::Path;
 
 use super::{visit_chunks, ChunkId};
 use crate::checksum::{sha256, to_hex};
-use crate::crypto::Identity;
 use crate::format::manifest::{ChunkRefs, Manifest};
 use crate::store::BackupDir;
 
@@ -129,10 +128,10 @@ pub fn refs_from_indexes(backup: &BackupDir) -> io::Result<Refs> {
     Ok(Refs::from_keys(keys))
 }
 
-/// Writes the reference list of the backup staged in `dir` (its indexes written, its manifest
-/// `manifest` not yet): durable before it returns, so before the manifest that records it.
-/// `None` when the backup has no chunked file.
-pub fn write_refs(dir: &Path, manifest: &Manifest) -> io::Result<Option<ChunkRefs>> {
+/// The reference list of the backup staged in `dir` (its indexes written, its manifest
+/// `manifest` not yet), encoded, and the manifest's record of it; the caller saves it before
+/// the manifest. `None` when the backup has no chunked file.
+pub fn refs_of(dir: &Path, manifest: &Manifest) -> io::Result<Option<(Vec<u8>, ChunkRefs)>> {
     let staged = BackupDir {
         path: dir.to_path_buf(),
         manifest: manifest.clone(),
@@ -147,16 +146,7 @@ pub fn write_refs(dir: &Path, manifest: &Manifest) -> io::Result<Option<ChunkRef
         return Ok(None);
     }
     let refs = refs_from_indexes(&staged)?;
-    let (bytes, record) = refs.encode_with_record();
-    // Encrypted as the backup's other files are, in an encrypted repository.
-    match crate::store::seal::of_local(staged.backups_dir()) {
-        None => crate::fs::write_atomic(&dir.join(REFS_PATH), &bytes)?,
-        Some(seal) => {
-            let identity = Identity::file(&crate::store::backup_name_of(dir), REFS_PATH);
-            crate::fs::write_atomic(&dir.join(REFS_PATH), &seal.seal(&identity, &bytes)?)?
-        }
-    }
-    Ok(Some(record))
+    Ok(Some(refs.encode_with_record()))
 }
 
 /// The reference list of a backup whose indexes name `ids` (before any encryption) and the

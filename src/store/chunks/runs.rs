@@ -30,8 +30,7 @@ pub(super) fn make_store(dir: &Path, params: &Params) -> Result<(), ChunkError> 
     let made = (|| {
         files.create_dir_blocking(&name(CHUNKS_DIR)?)?;
         files.create_dir_blocking(&name(TMP_DIR)?)?;
-        let text = serde_json::to_string_pretty(params).expect("parameters always serialize");
-        files.save_blocking(&name(PARAMS_FILE)?, text.as_bytes())?;
+        files.save_blocking(&name(PARAMS_FILE)?, params.to_json().as_bytes())?;
         crate::failpoint::hit("create:store-made").map_err(|e| BackendError::Io {
             what: "failpoint",
             path: temp.clone(),

@@ -73,6 +73,42 @@ fn force_never_replaces_a_directory_that_is_not_a_backup() {
     assert!(double.snapshots_left().is_empty());
 }
 
+/// A backup's name must be one S3 can hold too (so `wqm backup copy` can take any local
+/// repository offsite): refused before any snapshot, nothing written.
+#[test]
+fn a_name_no_repository_can_hold_is_refused_before_any_work() {
+    let double = Double::start();
+    let (_, tmp) = Test::new()
+        .env("QDRANT_URL", &double.url)
+        .args("backup create {TMP}/by\\hand")
+        .status(2)
+        .stderr("wqm: error: `{TMP}/by\\hand` cannot be a backup's name: it contains a backslash\nhint: name it without backslashes or control characters: a repository's names must hold on S3 too (`wqm backup copy`); nothing was written\n")
+        .run();
+    nothing_written(tmp.path(), "hand");
+    assert_eq!(creates(&double), 0);
+}
+
+/// `--force` replaces a backup, never a link to one: the link and what it points to stay.
+#[cfg(unix)]
+#[test]
+fn force_never_replaces_a_link() {
+    let double = Double::start();
+    let t = Test::new();
+    fixtures::backup(&t.join("real"), &fixtures::Spec::default());
+    std::os::unix::fs::symlink(t.join("real"), t.join("b")).unwrap();
+    let (_, tmp) = t
+        .env("QDRANT_URL", &double.url)
+        .args("backup create {TMP}/b --force")
+        .status(1)
+        .stderr("wqm: error: `{TMP}/b` exists and is not a wqm backup; refusing to replace it\nhint: choose a new path, or a directory that holds a backup\n")
+        .run();
+    assert!(fs::symlink_metadata(tmp.path().join("b"))
+        .unwrap()
+        .is_symlink());
+    manifest(&tmp.path().join("real"));
+    assert_eq!(creates(&double), 0);
+}
+
 #[test]
 fn api_key_problems_are_explained() {
     let start = |key: Option<&str>| {
