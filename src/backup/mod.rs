@@ -238,6 +238,7 @@ fn check_request(settings: &Settings, request: &Request) -> Result<()> {
         .with_hint("set `backup.enabled: true` in the config (or WQM_BACKUP__ENABLED=true)")
         .into());
     }
+    crate::store::checked_backup_name(&request.target)?;
     if request.target.exists() && !request.replace {
         return Err(layout::LayoutError::AlreadyExists {
             path: request.target.clone(),

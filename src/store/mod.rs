@@ -30,7 +30,7 @@ pub use remote::{occupant, replacement_of, Occupant, Remote, RemoteBackup, REPLA
 pub use scan::{scan, scan_at, scan_remote, Entry, Scan, Seen};
 use seal::Seal;
 pub use sink::FileSink;
-pub use staging::Staging;
+pub use staging::{checked_backup_name, Staging};
 
 /// A backup directory and its manifest.
 #[derive(Debug)]

@@ -26,6 +26,25 @@ use super::sink::{Encoding, FileSink};
 use super::BackupDir;
 use crate::crypto::Identity;
 
+/// The name of the backup `target` in its repository: one S3 could hold too (a valid object
+/// name), so that every local repository can be copied there.
+pub fn checked_backup_name(target: &Path) -> Result<String, LayoutError> {
+    let bad = |reason| LayoutError::BadName {
+        path: target.to_path_buf(),
+        reason,
+    };
+    let name = match target.file_name().map(|name| name.to_str()) {
+        None => return Err(bad("has no name of its own")),
+        Some(None) => return Err(bad("is not UTF-8")),
+        Some(Some(name)) => name,
+    };
+    match Name::new(name) {
+        Ok(_) => Ok(name.to_string()),
+        Err(BackendError::BadName { reason, .. }) => Err(bad(reason)),
+        Err(_) => Err(bad("is not a name")),
+    }
+}
+
 /// A backup being written in a hidden sibling of its target, `.NAME.wqm-staging`: a working
 /// directory (lock, journal) whose `backup/` becomes the backup. Dropped without `commit`, it
 /// removes itself, so a failed or interrupted run leaves nothing `list` or `validate` accepts;
@@ -64,22 +83,7 @@ impl Staging {
     /// `begin` for the run `command` (`create`, `copy`), as its journal names it for a
     /// cleanup.
     pub fn begin_as(target: &Path, replace: bool, command: &str) -> Result<Self, LayoutError> {
-        // A name S3 could hold too, so that every local repository can be copied there.
-        let name = match target.file_name().map(|name| name.to_str()) {
-            None => Err("has no name of its own"),
-            Some(None) => Err("is not UTF-8"),
-            Some(Some(name)) => Ok(name),
-        };
-        let name = name
-            .and_then(|name| match Name::new(name) {
-                Ok(_) => Ok(name.to_string()),
-                Err(BackendError::BadName { reason, .. }) => Err(reason),
-                Err(_) => Err("is not a name"),
-            })
-            .map_err(|reason| LayoutError::BadName {
-                path: target.to_path_buf(),
-                reason,
-            })?;
+        let name = checked_backup_name(target)?;
         let parent = crate::fs::parent_dir(target);
         let files = LocalBackend::open(parent)
             .map_err(|e| LayoutError::io("cannot create", parent)(e.into()))?;

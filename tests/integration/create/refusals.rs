@@ -74,7 +74,7 @@ fn force_never_replaces_a_directory_that_is_not_a_backup() {
 }
 
 /// A backup's name must be one S3 can hold too (so `wqm backup copy` can take any local
-/// repository offsite): refused before any snapshot, nothing written.
+/// repository offsite): refused before Qdrant is asked anything, nothing written.
 #[test]
 fn a_name_no_repository_can_hold_is_refused_before_any_work() {
     let double = Double::start();
@@ -85,7 +85,10 @@ fn a_name_no_repository_can_hold_is_refused_before_any_work() {
         .stderr("wqm: error: `{TMP}/by\\hand` cannot be a backup's name: it contains a backslash\nhint: name it without backslashes or control characters: a repository's names must hold on S3 too (`wqm backup copy`); nothing was written\n")
         .run();
     nothing_written(tmp.path(), "hand");
-    assert_eq!(creates(&double), 0);
+    for part in WQM_PARTS {
+        assert!(!tmp.path().join(part).exists(), "{part} made");
+    }
+    assert_eq!(double.requests(), Vec::<String>::new(), "Qdrant never asked");
 }
 
 /// `--force` replaces a backup, never a link to one: the link and what it points to stay.
