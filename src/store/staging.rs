@@ -1,8 +1,8 @@
 //! The storage seam, write side: a backup is written in a hidden sibling of its target
 //! (`.NAME.wqm-staging/backup`, see `layout::staging_path`), each entry streamed through a
 //! `FileSink` (content sha256, compression, the configured checksum of the stored bytes, all in
-//! one pass), the manifest last; `commit` moves it into place atomically. A chunk store would
-//! implement `create_file` over its own storage.
+//! one pass), the manifest last; `commit` moves it into place atomically. Everything goes
+//! through a `LocalBackend` over the backups directory: no link is followed or replaced.
 
 use std::fs::File;
 use std::io;
@@ -56,6 +56,8 @@ pub struct Staging {
     /// The target's name there, and the staged backup's (`.NAME.wqm-staging/backup`).
     name: String,
     staged: String,
+    /// Whether a backup at the target is replaced (`--force`).
+    replace: bool,
     work: WorkDir,
     dir: PathBuf,
     chunks: Option<Chunks>,
@@ -143,6 +145,7 @@ impl Staging {
             files,
             name,
             staged,
+            replace,
             work,
             dir,
             chunks: None,
@@ -317,9 +320,8 @@ impl Staging {
             LayoutError::io("cannot move the new backup into place", &self.target)(e.into())
         };
         let manifest_path = self.dir.join(MANIFEST_PATH);
-        match self.files.stat_blocking(&self.staged_object(MANIFEST_PATH)) {
-            Ok(_) => {}
-            Err(e) => return Err(LayoutError::io("no manifest at", &manifest_path)(e.into())),
+        if let Err(e) = self.files.stat_blocking(&self.staged_object(MANIFEST_PATH)) {
+            return Err(LayoutError::io("no manifest at", &manifest_path)(e.into()));
         }
         // Every directory of the backup (a cluster backup's shards have their own,
         // `collections/<name>/`), then the backup's own.
@@ -345,6 +347,18 @@ impl Staging {
                 false
             }
             Err(e) => return Err(in_place(e)),
+            // Made meanwhile by something else than a wqm run (those hold the staging
+            // directory): kept, as `begin` would have.
+            Ok(_) if !self.replace => {
+                return Err(LayoutError::AlreadyExists {
+                    path: self.target.clone(),
+                })
+            }
+            Ok(found) if found.kind != Kind::Dir => {
+                return Err(LayoutError::NotABackup {
+                    path: self.target.clone(),
+                })
+            }
             Ok(_) => {
                 self.swap_into_place(&staged, &target)?;
                 true
@@ -586,9 +600,13 @@ mod tests {
             .filter(|dir| dir.starts_with(&chunks))
             .collect();
         let index = fs::read_to_string(staging.dir().join("sqlite/state.db.chunks")).unwrap();
-        let needed = fan_dirs(&store_dir, &index);
+        let mut needed = fan_dirs(&store_dir, &index);
         assert!(needed.len() > 5, "{needed:?}");
-        assert_eq!(synced, needed, "each reused chunk's directory, once");
+        needed.insert(chunks);
+        assert_eq!(
+            synced, needed,
+            "each reused chunk's directory once, and chunks/"
+        );
     }
 
     #[test]
@@ -621,6 +639,40 @@ mod tests {
             let shards = dir.join("collections").join(name);
             assert!(synced.contains(&shards), "{shards:?} not in {synced:?}");
         }
+    }
+
+    #[test]
+    fn what_appears_at_the_target_meanwhile_is_replaced_only_by_force_and_never_a_link() {
+        let root = tempfile::tempdir().unwrap();
+        let target = root.path().join("b");
+        let staging = Staging::begin(&target, false).unwrap();
+        staging
+            .write_manifest(&Manifest::new("0.3.0", 1.0))
+            .unwrap();
+        fs::create_dir_all(target.join("mine")).unwrap();
+        assert!(matches!(
+            staging.commit(),
+            Err(LayoutError::AlreadyExists { .. })
+        ));
+        assert!(target.join("mine").is_dir(), "kept");
+        assert!(
+            !staging_path(&target).exists(),
+            "the staging directory went"
+        );
+
+        fs::remove_dir_all(&target).unwrap();
+        let staging = Staging::begin(&target, true).unwrap();
+        staging
+            .write_manifest(&Manifest::new("0.3.0", 2.0))
+            .unwrap();
+        let elsewhere = root.path().join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &target).unwrap();
+        assert!(matches!(
+            staging.commit(),
+            Err(LayoutError::NotABackup { .. })
+        ));
+        assert!(fs::symlink_metadata(&target).unwrap().is_symlink());
     }
 
     #[test]

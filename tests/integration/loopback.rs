@@ -1,6 +1,8 @@
 //! An HTTP/1 server on 127.0.0.1 for the in-tree doubles (the Qdrant double, the S3 fault proxy):
-//! its own thread and runtime, a task per connection, connections dropped unanswered while
-//! `refuse()` says so (a server that is down), stopped when dropped.
+//! its own thread and runtime, a task per connection, stopped when dropped. While `refuse()` says
+//! so (a server that is down, or restarting) no request is answered: a new connection is dropped
+//! at once, and one already open is closed at its next request, as a restarted server's are
+//! (a client's pooled keep-alive connection must not reach a server that is down).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,7 +18,7 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn start<H, F, B>(refuse: impl Fn() -> bool + Send + 'static, handle: H) -> Server
+    pub fn start<H, F, B>(refuse: impl Fn() -> bool + Send + Sync + 'static, handle: H) -> Server
     where
         H: Fn(Request<Incoming>) -> F + Clone + Send + 'static,
         F: Future<Output = Result<Response<B>, std::io::Error>> + Send + 'static,
@@ -26,6 +28,7 @@ impl Server {
     {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (shutdown_tx, mut shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+        let refuse = std::sync::Arc::new(refuse);
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -43,9 +46,22 @@ impl Server {
                                 drop(stream);
                                 continue;
                             }
-                            let handle = handle.clone();
+                            let (handle, refuse) = (handle.clone(), refuse.clone());
+                            let service = hyper::service::service_fn(move |req| {
+                                let down = refuse();
+                                let handle = handle.clone();
+                                async move {
+                                    if down {
+                                        // hyper closes the connection unanswered.
+                                        return Err(std::io::Error::new(
+                                            std::io::ErrorKind::ConnectionAborted,
+                                            "the server is down",
+                                        ));
+                                    }
+                                    handle(req).await
+                                }
+                            });
                             tokio::spawn(async move {
-                                let service = hyper::service::service_fn(handle);
                                 let _ = hyper::server::conn::http1::Builder::new()
                                     .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                                     .await;

@@ -127,18 +127,20 @@ impl LocalBackend {
 
     /// A new private file `name` to write, its directories made, nothing there before and no
     /// link on the way: a local run's own file (a lock, a staged file, a chunk before it is
-    /// named), which it fsyncs and renames itself.
+    /// named), which it fsyncs, renames and makes durable itself (`sync_dir_blocking`).
     pub fn create_new_blocking(&self, name: &Name) -> Result<File, BackendError> {
         self.inner.create_new(name)
     }
 
-    /// The directory `name` (and those above it), made private where missing.
+    /// The directory `name` (and those above it), made private where missing; synced by the
+    /// caller when it must last (`sync_dir_blocking` of its parent).
     pub fn create_dir_blocking(&self, name: &Name) -> Result<(), BackendError> {
         self.inner.create_dir(name)
     }
 
     /// Renames the file `from` over `to` without syncing: names landed in a batch (a run's
-    /// chunks) are made durable by one `sync_dir_blocking` of each directory.
+    /// chunks) are made durable by one `sync_dir_blocking` of each directory, and of the parent
+    /// of each directory made for them.
     pub fn rename_over_blocking(&self, from: &Name, to: &Name) -> Result<(), BackendError> {
         self.inner.rename_over(from, to)
     }

@@ -8,6 +8,18 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use super::Inner;
 use crate::backend::{BackendError, Name, RESERVED};
 
+/// Whether a missing directory on the way is made, and made durable at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Make {
+    No,
+    /// Each made directory synced in its parent: what a save makes lasts with it.
+    Synced,
+    /// Not synced: the caller syncs what must last (a batch of chunks' fan-out directories and
+    /// their parent once; a staged backup's every directory at its commit), or nothing need
+    /// (a run's temporary directories).
+    Unsynced,
+}
+
 impl Inner {
     pub(super) fn shown(&self, name: &str) -> String {
         self.root.join(name).display().to_string()
@@ -38,25 +50,28 @@ impl Inner {
     }
 
     /// The directory `dirs` below the root, each component a real directory (made, `0700`,
-    /// when `create`). `Ok(None)` when one is missing and not made.
+    /// as `make` says). `Ok(None)` when one is missing and not made.
     pub(super) fn dir(
         &self,
         dirs: &[&str],
-        create: bool,
+        make: Make,
         name: &str,
     ) -> Result<Option<OwnedFd>, BackendError> {
         let mut dir = self.root_fd()?;
         for part in dirs {
             let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
             let next = match rustix::fs::openat(&dir, *part, flags, Mode::empty()) {
-                Err(rustix::io::Errno::NOENT) if create => {
+                Err(rustix::io::Errno::NOENT) if make != Make::No => {
                     match rustix::fs::mkdirat(&dir, *part, Mode::from_raw_mode(0o700)) {
                         Ok(()) | Err(rustix::io::Errno::EXIST) => {}
                         Err(e) => {
                             return Err(self.io("cannot create a directory for", name, e.into()))
                         }
                     }
-                    rustix::fs::fsync(&dir).map_err(|e| self.io("cannot sync", name, e.into()))?;
+                    if make == Make::Synced {
+                        rustix::fs::fsync(&dir)
+                            .map_err(|e| self.io("cannot sync", name, e.into()))?;
+                    }
                     rustix::fs::openat(&dir, *part, flags, Mode::empty())
                 }
                 other => other,
@@ -98,16 +113,16 @@ impl Inner {
     pub(super) fn parent<'n>(
         &self,
         name: &'n Name,
-        create: bool,
+        make: Make,
     ) -> Result<(Option<OwnedFd>, &'n str), BackendError> {
         let mut parts: Vec<&str> = name.as_str().split('/').collect();
         let last = parts.pop().expect("a name has a component");
-        Ok((self.dir(&parts, create, name.as_str())?, last))
+        Ok((self.dir(&parts, make, name.as_str())?, last))
     }
 
     pub(super) fn tmp_dir(&self) -> Result<OwnedFd, BackendError> {
         Ok(self
-            .dir(&[RESERVED, "tmp"], true, RESERVED)?
+            .dir(&[RESERVED, "tmp"], Make::Synced, RESERVED)?
             .expect("made when missing"))
     }
 }

@@ -4,6 +4,7 @@ use std::fs::File;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
+use super::paths::Make;
 use super::Inner;
 use crate::backend::{BackendError, Entry, Kind, Name, ObjectInfo, RESERVED};
 
@@ -19,7 +20,7 @@ impl Inner {
 
     /// `open` with the access `mode` (`RDONLY`, `RDWR`).
     pub(super) fn open_with(&self, name: &Name, mode: OFlags) -> Result<(File, u64), BackendError> {
-        let (dir, last) = self.parent(name, false)?;
+        let (dir, last) = self.parent(name, Make::No)?;
         let dir = dir.ok_or_else(|| self.not_found(name.as_str()))?;
         // O_NONBLOCK: a FIFO planted in a repository must not hang the open.
         let flags = mode | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
@@ -50,7 +51,7 @@ impl Inner {
     }
 
     pub(super) fn entry(&self, name: &Name) -> Result<Entry, BackendError> {
-        let (dir, last) = self.parent(name, false)?;
+        let (dir, last) = self.parent(name, Make::No)?;
         let dir = dir.ok_or_else(|| self.not_found(name.as_str()))?;
         let stat = match rustix::fs::statat(&dir, last, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(stat) => stat,
@@ -145,7 +146,7 @@ impl Inner {
         while let Some(path) = pending.pop() {
             let parts: Vec<&str> = path.split_terminator('/').collect();
             // Gone meanwhile: nothing of it is listed (made a link meanwhile: refused).
-            let Some(dir) = self.dir(&parts, false, &path)? else {
+            let Some(dir) = self.dir(&parts, Make::No, &path)? else {
                 continue;
             };
             let entries = rustix::fs::Dir::read_from(&dir)

@@ -5,12 +5,13 @@ use std::os::fd::OwnedFd;
 
 use rustix::fs::AtFlags;
 
+use super::paths::Make;
 use super::Inner;
 use crate::backend::{BackendError, Entry, Kind, Name, RESERVED};
 
 impl Inner {
     pub(super) fn remove(&self, name: &Name) -> Result<(), BackendError> {
-        let (dir, last) = self.parent(name, false)?;
+        let (dir, last) = self.parent(name, Make::No)?;
         let Some(dir) = dir else { return Ok(()) };
         match rustix::fs::unlinkat(&dir, last, AtFlags::empty()) {
             Ok(()) | Err(rustix::io::Errno::NOENT) => {}
@@ -45,7 +46,7 @@ impl Inner {
                     self.sync(&dir, fd)?;
                 }
                 let dirs: Vec<&str> = parts.iter().map(String::as_str).collect();
-                match self.dir(&dirs, false, name)? {
+                match self.dir(&dirs, Make::No, name)? {
                     Some(fd) => open = Some((parts.clone(), fd)),
                     None => continue,
                 }
@@ -110,7 +111,7 @@ impl Inner {
             return Ok(());
         }
         let above: Vec<&str> = above.iter().map(String::as_str).collect();
-        let Some(parent) = self.dir(&above, false, last)? else {
+        let Some(parent) = self.dir(&above, Make::No, last)? else {
             return Ok(());
         };
         match rustix::fs::unlinkat(&parent, last.as_str(), AtFlags::REMOVEDIR) {

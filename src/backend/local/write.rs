@@ -7,6 +7,7 @@ use std::os::fd::AsFd;
 
 use rustix::fs::{AtFlags, Mode, OFlags};
 
+use super::paths::Make;
 use super::{Inner, Temp};
 use crate::backend::{BackendError, Name, Unfinished, RESERVED};
 
@@ -43,7 +44,7 @@ impl Inner {
         // rename (ENOENT): then it is made again.
         let mut attempts = 0;
         let (dir, renamed) = loop {
-            let (dir, last) = self.parent(name, true)?;
+            let (dir, last) = self.parent(name, Make::Synced)?;
             let dir = dir.expect("made when missing");
             let renamed = if replace {
                 rustix::fs::renameat(&temp.tmp_dir, temp.name.as_str(), &dir, last)
@@ -81,10 +82,10 @@ impl Inner {
         self.commit(temp, name, true)
     }
 
-    /// A new private (`0600`) file `name`, its directories made as `dir` makes them: never
-    /// over anything there, never through a link.
+    /// A new private (`0600`) file `name`, its directories made (not synced): never over
+    /// anything there, never through a link.
     pub(super) fn create_new(&self, name: &Name) -> Result<File, BackendError> {
-        let (dir, last) = self.parent(name, true)?;
+        let (dir, last) = self.parent(name, Make::Unsynced)?;
         let dir = dir.expect("made when missing");
         let flags =
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
@@ -98,20 +99,21 @@ impl Inner {
         }
     }
 
-    /// The directory `name` and those above it, made (`0700`) where missing, each new one
-    /// synced in its parent; a link on the way is refused.
+    /// The directory `name` and those above it, made (`0700`) where missing, not synced; a link
+    /// on the way is refused.
     pub(super) fn create_dir(&self, name: &Name) -> Result<(), BackendError> {
         let parts: Vec<&str> = name.as_str().split('/').collect();
-        self.dir(&parts, true, name.as_str())?;
+        self.dir(&parts, Make::Unsynced, name.as_str())?;
         Ok(())
     }
 
-    /// Renames `from` over `to` (whatever file is there goes), `to`'s directories made; not
-    /// synced: the caller syncs `to`'s directory (`sync_dir`), once for a batch.
+    /// Renames `from` over `to` (whatever file is there goes), `to`'s directories made; nothing
+    /// synced: the caller syncs `to`'s directory (`sync_dir`), once for a batch, and the parent
+    /// of any directory that was made for it.
     pub(super) fn rename_over(&self, from: &Name, to: &Name) -> Result<(), BackendError> {
-        let (from_dir, from_last) = self.parent(from, false)?;
+        let (from_dir, from_last) = self.parent(from, Make::No)?;
         let from_dir = from_dir.ok_or_else(|| self.not_found(from.as_str()))?;
-        let (to_dir, to_last) = self.parent(to, true)?;
+        let (to_dir, to_last) = self.parent(to, Make::Unsynced)?;
         let to_dir = to_dir.expect("made when missing");
         match rustix::fs::renameat(&from_dir, from_last, &to_dir, to_last) {
             Ok(()) => Ok(()),
@@ -127,7 +129,7 @@ impl Inner {
     pub(super) fn sync_dir(&self, dir: &str) -> Result<(), BackendError> {
         let parts: Vec<&str> = dir.split_terminator('/').collect();
         let fd = self
-            .dir(&parts, false, dir)?
+            .dir(&parts, Make::No, dir)?
             .ok_or_else(|| self.not_found(dir))?;
         rustix::fs::fsync(&fd).map_err(|e| self.io("cannot sync", dir, e.into()))?;
         crate::fs::note_synced(&self.root.join(dir));
@@ -137,9 +139,9 @@ impl Inner {
     /// Swaps `a` and `b` in one step (`RENAME_EXCHANGE`) and syncs their directories;
     /// `Io` with `Unsupported` where the system or the file system cannot.
     pub(super) fn exchange(&self, a: &Name, b: &Name) -> Result<(), BackendError> {
-        let (a_dir, a_last) = self.parent(a, false)?;
+        let (a_dir, a_last) = self.parent(a, Make::No)?;
         let a_dir = a_dir.ok_or_else(|| self.not_found(a.as_str()))?;
-        let (b_dir, b_last) = self.parent(b, false)?;
+        let (b_dir, b_last) = self.parent(b, Make::No)?;
         let b_dir = b_dir.ok_or_else(|| self.not_found(b.as_str()))?;
         match exchange(&a_dir, a_last, &b_dir, b_last) {
             Ok(()) => {}
@@ -154,9 +156,9 @@ impl Inner {
     }
 
     pub(super) fn rename(&self, from: &Name, to: &Name) -> Result<(), BackendError> {
-        let (from_dir, from_last) = self.parent(from, false)?;
+        let (from_dir, from_last) = self.parent(from, Make::No)?;
         let from_dir = from_dir.ok_or_else(|| self.not_found(from.as_str()))?;
-        let (to_dir, to_last) = self.parent(to, true)?;
+        let (to_dir, to_last) = self.parent(to, Make::Synced)?;
         let to_dir = to_dir.expect("made when missing");
         match rename_noreplace(&from_dir, from_last, &to_dir, to_last) {
             Ok(()) => {}
@@ -183,7 +185,7 @@ impl Inner {
     /// with too many): then it is copied.
     pub(super) fn link(&self, from: &Name, to: &Name) -> Result<Option<u64>, BackendError> {
         let size = self.stat(from)?.size;
-        let (from_dir, from_last) = self.parent(from, false)?;
+        let (from_dir, from_last) = self.parent(from, Make::No)?;
         let from_dir = from_dir.ok_or_else(|| self.not_found(from.as_str()))?;
         let tmp_dir = self.tmp_dir()?;
         let temp = crate::backend::random_id();
@@ -204,7 +206,7 @@ impl Inner {
             Err(rustix::io::Errno::NOENT) => return Err(self.not_found(from.as_str())),
             Err(e) => return Err(self.io("cannot link", to.as_str(), e.into())),
         }
-        let placed = self.parent(to, true).and_then(|(dir, last)| {
+        let placed = self.parent(to, Make::Synced).and_then(|(dir, last)| {
             let dir = dir.expect("made when missing");
             match rustix::fs::renameat(&tmp_dir, temp.as_str(), &dir, last) {
                 Ok(()) => Ok(Some(dir)),
@@ -235,7 +237,7 @@ impl Inner {
     }
 
     pub(super) fn unfinished(&self) -> Result<Vec<Unfinished>, BackendError> {
-        let Some(dir) = self.dir(&[RESERVED, "tmp"], false, RESERVED)? else {
+        let Some(dir) = self.dir(&[RESERVED, "tmp"], Make::No, RESERVED)? else {
             return Ok(Vec::new());
         };
         let mut found = Vec::new();
@@ -268,7 +270,7 @@ impl Inner {
                 reason: "is not the id of a temporary file",
             });
         }
-        let Some(dir) = self.dir(&[RESERVED, "tmp"], false, RESERVED)? else {
+        let Some(dir) = self.dir(&[RESERVED, "tmp"], Make::No, RESERVED)? else {
             return Ok(());
         };
         match rustix::fs::unlinkat(&dir, upload.id.as_str(), AtFlags::empty()) {

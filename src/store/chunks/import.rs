@@ -108,7 +108,7 @@ impl ChunkStore {
     /// Makes the names of landed chunks durable: each fan-out directory, then `chunks/`.
     pub fn sync_landed(&self, dirs: &Mutex<BTreeSet<String>>) -> io::Result<()> {
         let dirs = std::mem::take(&mut *dirs.lock().expect("landed lock"));
-        sync_dirs(self.files()?, &dirs, true)
+        sync_dirs(self.files()?, &dirs)
     }
 }
 

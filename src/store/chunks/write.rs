@@ -70,11 +70,11 @@ impl Run {
     }
 
     /// Makes the names of the chunks this run reused durable: another run renamed them, and
-    /// may have died before syncing their directories. Each directory once per run, after the
-    /// last file was written and before the manifest names any of them.
+    /// may have died before syncing their directories. Each directory once per run, and
+    /// `chunks/`, after the last file was written and before the manifest names any of them.
     pub fn sync_reused(&self, store: &ChunkStore) -> io::Result<()> {
         let dirs = std::mem::take(&mut *self.reused_dirs.lock().expect("run lock"));
-        sync_dirs(store.files()?, &dirs, false)
+        sync_dirs(store.files()?, &dirs)
     }
 }
 
@@ -157,7 +157,7 @@ impl<W: Write> ChunkWriter<W> {
         if sink.store.is_staging() {
             return Ok(self.sink.index);
         }
-        sync_dirs(sink.temp.files(), &sink.touched, true)?;
+        sync_dirs(sink.temp.files(), &sink.touched)?;
         Ok(self.sink.index)
     }
 }
@@ -332,17 +332,14 @@ pub(super) fn fan_out_dir(id: &ChunkId) -> String {
     name[..name.rfind('/').expect("a chunk's name has directories")].to_string()
 }
 
-/// Makes the names in the fan-out directories `dirs` durable, then (`and_chunks`: some are
-/// new) `chunks/` itself.
-pub(super) fn sync_dirs(
-    files: &LocalBackend,
-    dirs: &BTreeSet<String>,
-    and_chunks: bool,
-) -> io::Result<()> {
+/// Makes the names in the fan-out directories `dirs` durable, then `chunks/` itself (a
+/// fan-out directory is made, unsynced, by the run that lands its first chunk, which may die
+/// before syncing it).
+pub(super) fn sync_dirs(files: &LocalBackend, dirs: &BTreeSet<String>) -> io::Result<()> {
     for dir in dirs {
         files.sync_dir_blocking(dir)?;
     }
-    if and_chunks && !dirs.is_empty() {
+    if !dirs.is_empty() {
         files.sync_dir_blocking(&format!("{STORE_DIR}/{CHUNKS_DIR}"))?;
     }
     Ok(())

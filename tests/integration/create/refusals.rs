@@ -88,7 +88,11 @@ fn a_name_no_repository_can_hold_is_refused_before_any_work() {
     for part in WQM_PARTS {
         assert!(!tmp.path().join(part).exists(), "{part} made");
     }
-    assert_eq!(double.requests(), Vec::<String>::new(), "Qdrant never asked");
+    assert_eq!(
+        double.requests(),
+        Vec::<String>::new(),
+        "Qdrant never asked"
+    );
 }
 
 /// `--force` replaces a backup, never a link to one: the link and what it points to stay.
