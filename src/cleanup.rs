@@ -91,7 +91,7 @@ pub async fn dead_runs(dirs: &[&Path], settings: &Settings) -> Vec<Cleaned> {
 /// Cleans one dead run's directory; `None` when another process got to it first.
 async fn clean(path: &Path, settings: &Settings) -> Option<Cleaned> {
     // Whoever holds the dead run's lock cleans it; a second cleaner leaves it alone.
-    let _lock = crate::fs::try_lock(&path.join(workdir::LOCK_FILE)).ok()??;
+    let _lock = workdir::take_dead(path)?;
     let records = workdir::read_journal(path).unwrap_or_default();
     let run = records
         .iter()

@@ -97,20 +97,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     sync_dir(dir)
 }
 
-/// Takes the lock file's exclusive lock without waiting: `None` when another holds it.
-pub fn try_lock(lock: &Path) -> io::Result<Option<File>> {
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(lock)?;
-    match file.try_lock() {
-        Ok(()) => Ok(Some(file)),
-        Err(fs::TryLockError::WouldBlock) => Ok(None),
-        Err(fs::TryLockError::Error(e)) => Err(e),
-    }
-}
-
 /// Whether someone holds the lock of an existing lock file (a missing file is not held).
 pub fn lock_is_held(lock: &Path) -> bool {
     let Ok(file) = OpenOptions::new().read(true).write(true).open(lock) else {
@@ -166,9 +152,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("lock");
         assert!(!lock_is_held(&path));
-        let held = try_lock(&path).unwrap().unwrap();
+        let held = File::create(&path).unwrap();
+        held.try_lock().unwrap();
         assert!(lock_is_held(&path));
-        assert!(try_lock(&path).unwrap().is_none());
         drop(held);
         assert!(!lock_is_held(&path));
     }

@@ -12,13 +12,15 @@
 //! .<name>.wqm-staging/backup/         (staging only) the backup being written
 //! ```
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+use crate::backend::local::LocalBackend;
+use crate::backend::{BackendError, Kind, Name};
 use crate::exit::{Classify, ExitCode};
 
 pub const LOCK_FILE: &str = "lock";
@@ -223,12 +225,32 @@ pub fn outstanding(records: &[Record]) -> Vec<Outstanding> {
     open
 }
 
+/// The directory `dir` is in, as a backend (nothing followed below it), and `dir`'s name there.
+fn place_of(dir: &Path) -> io::Result<(LocalBackend, String)> {
+    let name = dir
+        .file_name()
+        .and_then(|name| name.to_str())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a UTF-8 name"))?;
+    Name::new(name)?;
+    Ok((
+        LocalBackend::existing(crate::fs::parent_dir(dir))?,
+        name.to_string(),
+    ))
+}
+
+/// `dir/file` in `files`.
+fn object(dir: &str, file: &str) -> io::Result<Name> {
+    Ok(Name::new(format!("{dir}/{file}"))?)
+}
+
 /// Reads a journal; a torn last line (the run died while writing it) is ignored, and so is
 /// anything past `MAX_JOURNAL_BYTES`.
 pub fn read_journal(dir: &Path) -> io::Result<Vec<Record>> {
     let path = dir.join(JOURNAL_FILE);
-    let file = match open_no_follow(&path) {
-        Ok(file) => file,
+    let opened = place_of(dir)
+        .and_then(|(files, name)| Ok(files.open_blocking(&object(&name, JOURNAL_FILE)?)?));
+    let file = match opened {
+        Ok((file, _)) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
@@ -239,21 +261,14 @@ pub fn read_journal(dir: &Path) -> io::Result<Vec<Record>> {
     Ok(text.lines().filter_map(Record::parse).collect())
 }
 
-fn open_no_follow(path: &Path) -> io::Result<File> {
-    let mut options = OpenOptions::new();
-    options.read(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::custom_flags(
-        &mut options,
-        rustix::fs::OFlags::NOFOLLOW.bits() as i32,
-    );
-    options.open(path)
-}
-
 /// A live run's working directory. Dropping it removes the directory (unless `keep` was
-/// called), so an ended run leaves nothing; a killed one leaves it for `cleanup`.
+/// called), so an ended run leaves nothing; a killed one leaves it for `cleanup`. It is reached
+/// through a `LocalBackend` over the directory it is in: nothing in it is a link followed.
 #[derive(Debug)]
 pub struct WorkDir {
+    files: LocalBackend,
+    /// Its name in `files`.
+    name: String,
     path: PathBuf,
     journal: Mutex<File>,
     _lock: File,
@@ -264,39 +279,49 @@ impl WorkDir {
     /// Makes `path` (a hidden name) and takes its lock. Fails with `Busy` when a live run has
     /// it and with `Dead` when a dead run's directory is still there (clean it up first).
     pub fn create(path: &Path, run: Record) -> Result<Self, WorkDirError> {
-        if fs::symlink_metadata(path).is_ok() {
-            return Err(if is_live(path) {
-                WorkDirError::Busy {
+        let (files, name) = place_of(path).map_err(io_error("cannot create", path))?;
+        match files.entry_blocking(&Name::new(name.as_str()).expect("checked by `place_of`")) {
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(io_error("cannot look at", path)(e.into())),
+            Ok(_) if is_live(path) => {
+                return Err(WorkDirError::Busy {
                     path: path.to_path_buf(),
-                }
-            } else {
-                WorkDirError::Dead {
+                })
+            }
+            Ok(_) => {
+                return Err(WorkDirError::Dead {
                     path: path.to_path_buf(),
-                }
-            });
+                })
+            }
         }
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let fresh = path.with_file_name(format!("{name}{NEW_INFIX}{}", std::process::id()));
-        if fs::symlink_metadata(&fresh).is_ok() {
-            // Our pid's, from a process long gone: nobody else builds under this name.
-            fs::remove_dir_all(&fresh).map_err(io_error("cannot remove", &fresh))?;
-        }
-        crate::fs::create_private_dir_all(&fresh).map_err(io_error("cannot create", &fresh))?;
+        let fresh = format!("{name}{NEW_INFIX}{}", std::process::id());
+        // Our pid's, from a process long gone: nobody else builds under this name.
+        let _ = files.remove_under_blocking(&fresh);
+        let fresh_path = path.with_file_name(&fresh);
         let built = (|| {
-            let lock_path = fresh.join(LOCK_FILE);
-            let lock = crate::fs::try_lock(&lock_path)
-                .map_err(io_error("cannot lock", &lock_path))?
-                .ok_or_else(|| WorkDirError::Busy {
-                    path: path.to_path_buf(),
-                })?;
-            let journal_path = fresh.join(JOURNAL_FILE);
-            let journal = crate::fs::create_private_file(&journal_path)
+            let lock_path = fresh_path.join(LOCK_FILE);
+            let lock = object(&fresh, LOCK_FILE)
+                .and_then(|lock| Ok(files.create_new_blocking(&lock)?))
+                .map_err(io_error("cannot create", &lock_path))?;
+            match lock.try_lock() {
+                Ok(()) => {}
+                Err(fs::TryLockError::WouldBlock) => {
+                    return Err(WorkDirError::Busy {
+                        path: path.to_path_buf(),
+                    })
+                }
+                Err(fs::TryLockError::Error(e)) => {
+                    return Err(io_error("cannot lock", &lock_path)(e))
+                }
+            }
+            let journal_path = fresh_path.join(JOURNAL_FILE);
+            let journal = object(&fresh, JOURNAL_FILE)
+                .and_then(|journal| Ok(files.create_new_blocking(&journal)?))
                 .map_err(io_error("cannot create", &journal_path))?;
             let dir = WorkDir {
-                path: fresh.clone(),
+                files: files.clone(),
+                name: fresh.clone(),
+                path: fresh_path.clone(),
                 journal: Mutex::new(journal),
                 _lock: lock,
                 keep: true,
@@ -307,23 +332,25 @@ impl WorkDir {
         let mut dir = match built {
             Ok(dir) => dir,
             Err(e) => {
-                let _ = fs::remove_dir_all(&fresh);
+                let _ = files.remove_under_blocking(&fresh);
                 return Err(e);
             }
         };
-        // A rename onto a non-empty directory fails: whoever renamed first owns the name.
-        if let Err(e) = fs::rename(&fresh, path) {
-            let _ = fs::remove_dir_all(&fresh);
-            return Err(if fs::symlink_metadata(path).is_ok() {
-                WorkDirError::Busy {
+        // Never over anything: whoever renamed first owns the name. Both names synced.
+        let renamed = files.rename_blocking(
+            &Name::new(fresh.as_str()).expect("a name and a suffix"),
+            &Name::new(name.as_str()).expect("checked by `place_of`"),
+        );
+        if let Err(e) = renamed {
+            let _ = files.remove_under_blocking(&fresh);
+            return Err(match e {
+                BackendError::AlreadyExists { .. } => WorkDirError::Busy {
                     path: path.to_path_buf(),
-                }
-            } else {
-                io_error("cannot create", path)(e)
+                },
+                e => io_error("cannot create", path)(e.into()),
             });
         }
-        let parent = crate::fs::parent_dir(path);
-        crate::fs::sync_dir(parent).map_err(io_error("cannot sync", parent))?;
+        dir.name = name;
         dir.path = path.to_path_buf();
         dir.keep = false;
         if let Ok(mut live) = LIVE.lock() {
@@ -369,15 +396,24 @@ impl Drop for WorkDir {
             .map(|records| !outstanding(&records).is_empty())
             .unwrap_or(true);
         if !left_on_server {
-            let _ = fs::remove_dir_all(&self.path);
+            let _ = self.files.remove_under_blocking(&self.name);
             return;
         }
-        for entry in fs::read_dir(&self.path).into_iter().flatten().flatten() {
-            let name = entry.file_name();
-            if name != LOCK_FILE && name != JOURNAL_FILE {
-                let path = entry.path();
-                let _ = fs::remove_dir_all(&path).or_else(|_| fs::remove_file(&path));
-            }
+        let mut others = Vec::new();
+        let _ = self
+            .files
+            .visit_blocking(&format!("{}/", self.name), |entry| {
+                let file = entry.name.rsplit('/').next().unwrap_or_default();
+                if file != LOCK_FILE && file != JOURNAL_FILE {
+                    others.push(entry);
+                }
+                false
+            });
+        for entry in others {
+            let _ = match Name::new(entry.name.as_str()) {
+                Ok(name) if entry.kind != Kind::Dir => self.files.remove_blocking(&name),
+                _ => self.files.remove_under_blocking(&entry.name).map(drop),
+            };
         }
     }
 }
@@ -391,26 +427,47 @@ pub fn live() -> Vec<PathBuf> {
     LIVE.lock().map(|l| l.clone()).unwrap_or_default()
 }
 
+/// The lock of the working directory `dir`, opened for a `flock` (read-write, no link
+/// followed); made when `make` and missing (a directory its builder died before locking).
+fn open_lock(dir: &Path, make: bool) -> io::Result<File> {
+    let (files, name) = place_of(dir)?;
+    let lock = object(&name, LOCK_FILE)?;
+    match files.open_for_lock_blocking(&lock) {
+        Err(e) if e.is_not_found() && make => Ok(files.create_new_blocking(&lock)?),
+        opened => Ok(opened?),
+    }
+}
+
 /// Whether a live process holds the lock of the working directory `dir`.
 pub fn is_live(dir: &Path) -> bool {
-    crate::fs::lock_is_held(&dir.join(LOCK_FILE))
+    open_lock(dir, false)
+        .is_ok_and(|file| matches!(file.try_lock(), Err(fs::TryLockError::WouldBlock)))
+}
+
+/// The lock of the dead run's working directory `dir`, taken: whoever holds it cleans the
+/// directory. `None` when a live process holds it (another cleaner, or the run itself).
+pub fn take_dead(dir: &Path) -> Option<File> {
+    let file = open_lock(dir, true).ok()?;
+    file.try_lock().ok().map(|()| file)
 }
 
 /// Working directories in `dir` whose names end with one of `suffixes` (or are being built
 /// under such a name) and whose run is dead, oldest name first.
 pub fn dead_in(dir: &Path, suffixes: &[&str]) -> io::Result<Vec<PathBuf>> {
     let mut dead = Vec::new();
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(dead),
-        Err(e) => return Err(e),
+    let files = match LocalBackend::existing(dir) {
+        Ok(files) => files,
+        Err(e) if e.is_not_found() => return Ok(dead),
+        Err(e) => return Err(e.into()),
     };
-    for entry in entries {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.starts_with('.') || !entry.file_type()?.is_dir() {
-            continue;
+    let mut hidden = Vec::new();
+    files.visit_blocking(".", |entry| {
+        if entry.kind == Kind::Dir {
+            hidden.push(entry.name);
         }
+        false
+    })?;
+    for name in hidden {
         let (base, builder) = match name.rsplit_once(NEW_INFIX) {
             Some((base, pid)) => (base, pid.parse::<u32>().ok()),
             None => (name.as_str(), None),
@@ -422,7 +479,7 @@ pub fn dead_in(dir: &Path, suffixes: &[&str]) -> io::Result<Vec<PathBuf>> {
         if builder.is_some_and(crate::process::alive) {
             continue;
         }
-        let path = entry.path();
+        let path = dir.join(&name);
         if !is_live(&path) {
             dead.push(path);
         }
@@ -569,7 +626,7 @@ mod tests {
         let mut dir = WorkDir::create(&path, run()).unwrap();
         dir.keep();
         drop(dir);
-        let mut file = OpenOptions::new()
+        let mut file = fs::OpenOptions::new()
             .append(true)
             .open(path.join(JOURNAL_FILE))
             .unwrap();
