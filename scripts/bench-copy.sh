@@ -14,7 +14,9 @@
 # (`bytes_sent`); a whole-directory copy (rsync, `rclone copy`) of the first copy would send the
 # directory's bytes (`du -sb`), shown beside it. After the first copy: `rclone sync` of the local
 # directory to another prefix of the same server (wall, peak RSS, the bytes it logs as copied,
-# and what lands: `rclone size` of both prefixes), then the last night restored from the local
+# and what lands: `rclone size` of both prefixes). The first copy and the sync each go through
+# a counting proxy (scripts/count_bytes.py) in front of the server: every byte each puts on the
+# wire, requests and headers included, beside the bytes of what it sends. Then the last night restored from the local
 # directory and from S3, alternately, BENCH_RUNS times (median wall, peak RSS). With restic on
 # PATH, each night's uncompressed snapshot (curl) and database also go to a restic repository
 # (`--repository-version 2`, its zstd) on the same server: its time per night and its size on S3
@@ -59,6 +61,11 @@ night() { # night N: churn (after the first), then an incremental create
 }
 for n in $(seq "$nights"); do night "$n"; done
 
+proxy() { # proxy NAME: a counting proxy in front of the server; prints its URL
+  python3 scripts/count_bytes.py "${AWS_ENDPOINT_URL#http://}" "$out/$1.wire" > "$out/$1.port" &
+  until [ -s "$out/$1.port" ]; do sleep 0.1; done
+  echo "http://127.0.0.1:$(cat "$out/$1.port")"
+}
 copy() { # copy LABEL SRC DEST: timed, its JSON in $out/LABEL.out
   time_of "$1" "$wqm" backup copy "$2" "$3" --json
   read -r seconds rss < "$out/$1.time"
@@ -68,11 +75,19 @@ copy() { # copy LABEL SRC DEST: timed, its JSON in $out/LABEL.out
     "$(echo "$rss / 1024" | bc -l)" >> "$out/copy.md"
 }
 printf '| copy | wall s | backups copied | chunks sent | MiB sent | peak RSS MiB |\n|---|---|---|---|---|---|\n' > "$out/copy.md"
+server=$AWS_ENDPOINT_URL
+AWS_ENDPOINT_URL=$(proxy wqm-copy)
 copy "first: $nights nights to S3" "$out/backups" "$repo"
+AWS_ENDPOINT_URL=$server
 
 # `rclone sync` of the same local directory (10 nights) to another prefix: what it logs as
 # copied, and what lands on the server under each prefix.
+RCLONE_CONFIG_S3_ENDPOINT=$(proxy rclone-sync)
 time_of rclone-sync "$rclone" sync "$out/backups" "s3:$S3_BUCKET/rclone" --use-json-log -v --log-file "$out/rclone.log"
+RCLONE_CONFIG_S3_ENDPOINT=$server
+pkill -f scripts/count_bytes.py || true
+read -r wqm_wire _ wqm_connections < "$out/wqm-copy.wire"
+read -r rc_wire _ rc_connections < "$out/rclone-sync.wire"
 read -r rc_seconds rc_rss < "$out/rclone-sync.time"
 rc_sent=$(jq -s '[.[] | select(.msg | startswith("Copied")) | .size] | add // 0' "$out/rclone.log")
 rc_files=$(jq -s '[.[] | select(.msg | startswith("Copied"))] | length' "$out/rclone.log")
@@ -82,9 +97,9 @@ read -r rc_objects rc_landed <<< "$(landed rclone)"
 read -r wqm_seconds wqm_rss < "$out/first: $nights nights to S3.time"
 mib() { echo "scale=1; $1 / 1048576" | bc; }
 {
-  printf '| %d nights to S3 | wall s | bytes sent | MiB sent | objects on S3 | bytes on S3 | peak RSS MiB |\n|---|---|---|---|---|---|---|\n' "$nights"
-  printf '| wqm backup copy | %s | %d | %s | %d | %d | %s |\n' "$wqm_seconds" "$wqm_sent" "$(mib "$wqm_sent")" "$wqm_objects" "$wqm_landed" "$(mib $((wqm_rss * 1024)))"
-  printf '| rclone sync (%d files copied) | %s | %d | %s | %d | %d | %s |\n' "$rc_files" "$rc_seconds" "$rc_sent" "$(mib "$rc_sent")" "$rc_objects" "$rc_landed" "$(mib $((rc_rss * 1024)))"
+  printf '| %d nights to S3 | wall s | bytes sent | MiB sent | bytes on the wire (connections) | objects on S3 | bytes on S3 | peak RSS MiB |\n|---|---|---|---|---|---|---|---|\n' "$nights"
+  printf '| wqm backup copy | %s | %d | %s | %d (%d) | %d | %d | %s |\n' "$wqm_seconds" "$wqm_sent" "$(mib "$wqm_sent")" "$wqm_wire" "$wqm_connections" "$wqm_objects" "$wqm_landed" "$(mib $((wqm_rss * 1024)))"
+  printf '| rclone sync (%d files copied) | %s | %d | %s | %d (%d) | %d | %d | %s |\n' "$rc_files" "$rc_seconds" "$rc_sent" "$(mib "$rc_sent")" "$rc_wire" "$rc_connections" "$rc_objects" "$rc_landed" "$(mib $((rc_rss * 1024)))"
   if [ -n "$with_restic" ]; then
     read -r rs_objects rs_landed <<< "$(landed restic)"
     printf '\n| restic %s to S3, the same %d nights | wall s, all nights | night 1 s | later nights median s | objects on S3 | bytes on S3 | MiB on S3 | peak RSS MiB |\n|---|---|---|---|---|---|---|---|\n' "$(restic version | cut -d' ' -f2)" "$nights"
