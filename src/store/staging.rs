@@ -413,6 +413,15 @@ mod tests {
         staging.commit().unwrap();
     }
 
+    /// A backup of `target` staged with nothing but its manifest.
+    fn with_manifest(target: &Path, replace: bool, timestamp: f64) -> Staging {
+        let staging = Staging::begin(target, replace).unwrap();
+        staging
+            .write_manifest(&Manifest::new("0.3.0", timestamp))
+            .unwrap();
+        staging
+    }
+
     #[test]
     fn staged_backup_appears_only_on_commit() {
         let root = tempfile::tempdir().unwrap();
@@ -534,10 +543,7 @@ mod tests {
     fn a_staging_directory_is_never_a_backup() {
         let root = tempfile::tempdir().unwrap();
         let target = root.path().join("b");
-        let staging = Staging::begin(&target, false).unwrap();
-        staging
-            .write_manifest(&Manifest::new("0.3.0", 1.0))
-            .unwrap();
+        let staging = with_manifest(&target, false, 1.0);
         for path in [staging_path(&target), staging.dir().to_path_buf()] {
             assert!(is_staging(&path), "{}", path.display());
             assert!(matches!(
@@ -645,10 +651,7 @@ mod tests {
     fn what_appears_at_the_target_meanwhile_is_replaced_only_by_force_and_never_a_link() {
         let root = tempfile::tempdir().unwrap();
         let target = root.path().join("b");
-        let staging = Staging::begin(&target, false).unwrap();
-        staging
-            .write_manifest(&Manifest::new("0.3.0", 1.0))
-            .unwrap();
+        let staging = with_manifest(&target, false, 1.0);
         fs::create_dir_all(target.join("mine")).unwrap();
         assert!(matches!(
             staging.commit(),
@@ -661,10 +664,7 @@ mod tests {
         );
 
         fs::remove_dir_all(&target).unwrap();
-        let staging = Staging::begin(&target, true).unwrap();
-        staging
-            .write_manifest(&Manifest::new("0.3.0", 2.0))
-            .unwrap();
+        let staging = with_manifest(&target, true, 2.0);
         let elsewhere = root.path().join("elsewhere");
         fs::create_dir(&elsewhere).unwrap();
         std::os::unix::fs::symlink(&elsewhere, &target).unwrap();

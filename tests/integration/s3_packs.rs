@@ -408,6 +408,77 @@ fn a_store_of_loose_chunks_on_s3_stays_readable_and_writable() {
     crate::s3_faults::validates(tmp, &format!("{url}/n2"));
 }
 
+/// A repository on S3 synced down to a directory object for object (`aws s3 sync`, `rclone
+/// sync`: the bucket's copy on a disk, to restore without it) is used there as it is: listed,
+/// validated and exported; a night made there stores its new chunks loose beside the packs, and
+/// a prune collects both.
+#[test]
+#[cfg_attr(
+    not(real_s3),
+    ignore = "needs the real S3 server .ci/run starts: WQM_TEST_S3=1"
+)]
+fn a_repository_synced_down_from_s3_is_used_in_its_directory() {
+    let double = Double::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (s3, url) = fresh_prefix(&runtime);
+    let (_, tmp) = night(Test::in_dir(workspace()), &double, &format!("{url}/n1"), "");
+    grow_state_db(tmp.path());
+    let (_, tmp) = night(Test::in_dir(tmp), &double, &format!("{url}/n2"), "");
+    let synced = tmp.path().join("synced");
+    for name in object_names(&runtime, &s3, "") {
+        let path = synced.join(&name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, load(&runtime, &s3, &name)).unwrap();
+    }
+    let packs = |dir: &std::path::Path| crate::test::bytes_under(&dir.join(PACKS));
+    assert!(packs(&synced) > 0, "a store of packs");
+    let (_, tmp) = Test::in_dir(tmp)
+        .args("backup list {TMP}/synced --json")
+        .stdout_json(|v| {
+            let mut names: Vec<&str> = v
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b["name"].as_str().unwrap())
+                .collect();
+            names.sort();
+            assert_eq!(names, ["n1", "n2"], "{v}");
+        })
+        .run();
+    crate::test::validates(&synced.join("n2"));
+    let (_, tmp) = Test::in_dir(tmp)
+        .args("backup export {TMP}/synced/n1 {TMP}/full")
+        .stdout_with(|_| {})
+        .run();
+    crate::test::validates(&tmp.path().join("full"));
+
+    grow_state_db(tmp.path());
+    let (output, tmp) = wqm(
+        Test::in_dir(tmp),
+        &double.url,
+        "backup create {TMP}/synced/n3 --incremental --json",
+    )
+    .stdout_with(|_| {})
+    .run();
+    let third: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let synced = tmp.path().join("synced");
+    let loose = crate::incremental::chunk_files(&synced);
+    assert_eq!(loose.len() as u64, added(&third, "chunks_added"), "{third}");
+    assert!(!loose.is_empty());
+    crate::test::validates(&synced.join("n3"));
+    let (_, tmp) = Test::in_dir(tmp)
+        .args("backup prune {TMP}/synced --keep-last 1 --json")
+        .stdout_json(|v| {
+            let gc = &v["chunk_store"]["collected"];
+            assert!(gc["chunks_kept"].as_u64().unwrap() > 0, "{v}");
+            assert_eq!(gc["damaged"], Value::Array(Vec::new()), "{v}");
+        })
+        .run();
+    let synced = tmp.path().join("synced");
+    assert!(synced.join("n3").is_dir() && !synced.join("n1").exists());
+    crate::test::validates(&synced.join("n3"));
+}
+
 /// A night to `target` comparing every chunk it reuses (a cycle of 1), which finds none to
 /// repair: its summary.
 fn sound_night(t: Test, double: &Double, target: &str) -> (Value, TempDir) {

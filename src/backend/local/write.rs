@@ -3,13 +3,16 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 use rustix::fs::{AtFlags, Mode, OFlags};
 
 use super::paths::Make;
 use super::{Inner, Temp};
 use crate::backend::{BackendError, Name, Unfinished, RESERVED};
+
+/// A directory, and the last component of a name in it.
+type Parent<'n> = (OwnedFd, &'n str);
 
 impl Inner {
     pub(super) fn create_temp(&self) -> Result<Temp, BackendError> {
@@ -111,10 +114,7 @@ impl Inner {
     /// synced: the caller syncs `to`'s directory (`sync_dir`), once for a batch, and the parent
     /// of any directory that was made for it.
     pub(super) fn rename_over(&self, from: &Name, to: &Name) -> Result<(), BackendError> {
-        let (from_dir, from_last) = self.parent(from, Make::No)?;
-        let from_dir = from_dir.ok_or_else(|| self.not_found(from.as_str()))?;
-        let (to_dir, to_last) = self.parent(to, Make::Unsynced)?;
-        let to_dir = to_dir.expect("made when missing");
+        let ((from_dir, from_last), (to_dir, to_last)) = self.parents(from, to, Make::Unsynced)?;
         match rustix::fs::renameat(&from_dir, from_last, &to_dir, to_last) {
             Ok(()) => Ok(()),
             Err(rustix::io::Errno::NOENT) => Err(self.not_found(from.as_str())),
@@ -139,16 +139,33 @@ impl Inner {
     /// Swaps `a` and `b` in one step (`RENAME_EXCHANGE`) and syncs their directories;
     /// `Io` with `Unsupported` where the system or the file system cannot.
     pub(super) fn exchange(&self, a: &Name, b: &Name) -> Result<(), BackendError> {
-        let (a_dir, a_last) = self.parent(a, Make::No)?;
-        let a_dir = a_dir.ok_or_else(|| self.not_found(a.as_str()))?;
-        let (b_dir, b_last) = self.parent(b, Make::No)?;
-        let b_dir = b_dir.ok_or_else(|| self.not_found(b.as_str()))?;
+        let ((a_dir, a_last), (b_dir, b_last)) = self.parents(a, b, Make::No)?;
         match exchange(&a_dir, a_last, &b_dir, b_last) {
             Ok(()) => {}
             Err(rustix::io::Errno::NOENT) => return Err(self.not_found(a.as_str())),
             Err(e) => return Err(self.io("cannot exchange", a.as_str(), e.into())),
         }
-        for (dir, name) in [(&b_dir, b), (&a_dir, a)] {
+        self.sync_moved([(&b_dir, b), (&a_dir, a)])
+    }
+
+    /// The directories holding `from` (which must be there) and `to` (made as `make` says), and
+    /// the names' last components.
+    fn parents<'n>(
+        &self,
+        from: &'n Name,
+        to: &'n Name,
+        make: Make,
+    ) -> Result<(Parent<'n>, Parent<'n>), BackendError> {
+        let (from_dir, from_last) = self.parent(from, Make::No)?;
+        let from_dir = from_dir.ok_or_else(|| self.not_found(from.as_str()))?;
+        let (to_dir, to_last) = self.parent(to, make)?;
+        let to_dir = to_dir.ok_or_else(|| self.not_found(to.as_str()))?;
+        Ok(((from_dir, from_last), (to_dir, to_last)))
+    }
+
+    /// Makes a move durable: each directory synced, in the order given.
+    fn sync_moved(&self, dirs: [(&OwnedFd, &Name); 2]) -> Result<(), BackendError> {
+        for (dir, name) in dirs {
             rustix::fs::fsync(dir)
                 .map_err(|e| self.io("cannot sync the directory of", name.as_str(), e.into()))?;
         }
@@ -156,10 +173,7 @@ impl Inner {
     }
 
     pub(super) fn rename(&self, from: &Name, to: &Name) -> Result<(), BackendError> {
-        let (from_dir, from_last) = self.parent(from, Make::No)?;
-        let from_dir = from_dir.ok_or_else(|| self.not_found(from.as_str()))?;
-        let (to_dir, to_last) = self.parent(to, Make::Synced)?;
-        let to_dir = to_dir.expect("made when missing");
+        let ((from_dir, from_last), (to_dir, to_last)) = self.parents(from, to, Make::Synced)?;
         match rename_noreplace(&from_dir, from_last, &to_dir, to_last) {
             Ok(()) => {}
             Err(rustix::io::Errno::NOENT) => return Err(self.not_found(from.as_str())),
@@ -171,11 +185,7 @@ impl Inner {
             }
             Err(e) => return Err(self.io("cannot rename", from.as_str(), e.into())),
         }
-        for (dir, name) in [(&to_dir, to), (&from_dir, from)] {
-            rustix::fs::fsync(dir)
-                .map_err(|e| self.io("cannot sync the directory of", name.as_str(), e.into()))?;
-        }
-        Ok(())
+        self.sync_moved([(&to_dir, to), (&from_dir, from)])
     }
 
     /// `to` made a second name of `from`'s file (a hard link, through a temporary name renamed

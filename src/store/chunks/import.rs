@@ -79,9 +79,12 @@ impl ChunkStore {
     }
 
     /// Every chunk the store holds under its name (one walk of `chunks/` through its backend,
-    /// no link followed).
+    /// no link followed), and those its pack indexes name (a store synced down from S3).
     pub fn list_ids(&self) -> io::Result<HashSet<ChunkId>> {
-        let mut ids = HashSet::new();
+        let mut ids: HashSet<ChunkId> = self
+            .pack_index()
+            .map(|index| index.chunk_ids().collect())
+            .unwrap_or_default();
         let chunks = format!("{}/{CHUNKS_DIR}/", super::STORE_DIR);
         self.repository.visit(&chunks, |entry| {
             if entry.kind == Kind::File {

@@ -280,12 +280,6 @@ impl ChunkStore {
     fn open(dir: &Path, access: Access) -> Result<Self, ChunkError> {
         let (store, mut params) = Self::inspect(dir)?;
         let root = Self::path_in(dir);
-        if params.is_packed() {
-            return Err(ChunkError::NotAStore {
-                path: root,
-                reason: "its chunks are in pack files, which wqm reads on S3 only: `wqm backup copy` its backups from there".to_string(),
-            });
-        }
         let legacy_lock = match params.required_features.iter().any(|f| f == LOCK_OBJECTS) {
             true => None,
             false => legacy_lock(&store, &root, &mut params, access)?,
@@ -293,6 +287,9 @@ impl ChunkStore {
         let seal = Self::sealed(&root, &params, seal::of_local(dir))?;
         // Read through the backend `inspect` opened (the directory as the user named it).
         let repository = Remote::of_local(store);
+        // A store of pack files here is one synced down from S3 (`aws s3 sync`): read and
+        // collected as there; a night adds its new chunks loose beside the packs.
+        let packs = Self::packs_of(&repository, &root, &params)?;
         Ok(ChunkStore {
             root,
             params,
@@ -300,7 +297,7 @@ impl ChunkStore {
             repository,
             seal,
             listed: sending::shared(dir),
-            packs: None,
+            packs,
         })
     }
 
@@ -340,18 +337,7 @@ impl ChunkStore {
         }
         let params = Self::parse_params(&root, &text)?;
         let seal = Self::sealed(&root, &params, repository.seal())?;
-        let packs = match params.is_packed() {
-            false => None,
-            true => Some(pack::Packs::open(repository, params.max_size).map_err(
-                |e| match e.kind() {
-                    io::ErrorKind::InvalidData => ChunkError::NotAStore {
-                        path: root.clone(),
-                        reason: e.to_string(),
-                    },
-                    _ => io_error(&root)(e),
-                },
-            )?),
-        };
+        let packs = Self::packs_of(repository, &root, &params)?;
         Ok(Arc::new(ChunkStore {
             root,
             params,
@@ -369,6 +355,25 @@ impl ChunkStore {
         self.repository.local_backend().ok_or_else(|| {
             io::Error::other("a store on a backend is written through its packs, not as files")
         })
+    }
+
+    /// The pack indexes of a store of pack files in `repository`, read.
+    fn packs_of(
+        repository: &Remote,
+        root: &Path,
+        params: &Params,
+    ) -> Result<Option<pack::Packs>, ChunkError> {
+        if !params.is_packed() {
+            return Ok(None);
+        }
+        let packs = pack::Packs::open(repository, params.max_size).map_err(|e| match e.kind() {
+            io::ErrorKind::InvalidData => ChunkError::NotAStore {
+                path: root.to_path_buf(),
+                reason: e.to_string(),
+            },
+            _ => io_error(root)(e),
+        })?;
+        Ok(Some(packs))
     }
 
     pub fn params(&self) -> &Params {

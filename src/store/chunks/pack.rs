@@ -283,6 +283,11 @@ impl PackIndex {
         })
     }
 
+    /// Every chunk the indexes name (a chunk in two packs twice).
+    pub fn chunk_ids(&self) -> impl Iterator<Item = ChunkId> + '_ {
+        self.entries.iter().map(|(_, entry)| entry.id)
+    }
+
     /// Each pack's entries, and for each whether it is where its chunk is read from (a later
     /// copy in another pack is not).
     pub fn by_pack(&self) -> BTreeMap<Arc<str>, Vec<(Entry, bool)>> {

@@ -220,8 +220,12 @@ impl<W: Write> ChunkSink<W> {
                 return self.store_again(*id, chunk, problem, false).map(Some);
             }
         }
-        let dir = fan_out_dir(id);
-        self.run.reused_dirs.lock().expect("run lock").insert(dir);
+        // A loose chunk's name another run may not have synced yet (one in a pack of a store
+        // synced down from S3 was made durable by whatever wrote it there).
+        if self.store.locate(id).is_none() {
+            let dir = fan_out_dir(id);
+            self.run.reused_dirs.lock().expect("run lock").insert(dir);
+        }
         self.sound.insert(*id, size);
         Ok(Some(size))
     }
