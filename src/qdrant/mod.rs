@@ -75,9 +75,13 @@ impl Client {
         let mut builder = reqwest::Client::builder()
             .default_headers(headers)
             .connect_timeout(timeouts.connect)
-            // Qdrant closes idle keep-alive connections after a few seconds; reusing one it is
-            // closing fails the request, so idle connections are dropped first.
-            .pool_idle_timeout(Duration::from_secs(2))
+            // Every request on a connection of its own: Qdrant closes idle keep-alive
+            // connections after a few seconds, and a restarting one closes them all, and a
+            // request handed a pooled connection the server is closing can fail, or wait in
+            // hyper's pool with no socket at all (hyperium/hyper#2312; seen once here: a create
+            // waiting, every task parked, after a restart mid-download). A few requests per
+            // snapshot make the handshakes cheap.
+            .pool_max_idle_per_host(0)
             .user_agent(concat!("wqm/", env!("CARGO_PKG_VERSION")));
         if let Some(path) = ca_cert {
             let ca_error = |reason: String| QdrantError::CaCert {
