@@ -1,11 +1,12 @@
 //! An HTTP/1 server on 127.0.0.1 for the in-tree doubles (the Qdrant double, the S3 fault proxy):
 //! its own thread and runtime, a task per connection, stopped when dropped. While `refuse()` says
 //! so (a server that is down, or restarting) no request is answered: a new connection is dropped
-//! at once, and one already open is closed at its next request, as a restarted server's are
-//! (a client's pooled keep-alive connection must not reach a server that is down).
+//! or refused (`WhenDown`), and one already open is closed at its next request, as a restarted
+//! server's are (a client's pooled keep-alive connection must not reach it).
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use hyper::body::{Body, Incoming};
 use hyper::{Request, Response};
@@ -17,8 +18,21 @@ pub struct Server {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// What a server that is down does with a new connection.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum WhenDown {
+    /// Accepts it and drops it (a proxy whose upstream is gone).
+    Drop,
+    /// Refuses it: the port is closed until the server is up again (a server restarting).
+    Refuse,
+}
+
 impl Server {
-    pub fn start<H, F, B>(refuse: impl Fn() -> bool + Send + Sync + 'static, handle: H) -> Server
+    pub fn start<H, F, B>(
+        when_down: WhenDown,
+        refuse: impl Fn() -> bool + Send + Sync + 'static,
+        handle: H,
+    ) -> Server
     where
         H: Fn(Request<Incoming>) -> F + Clone + Send + 'static,
         F: Future<Output = Result<Response<B>, std::io::Error>> + Send + 'static,
@@ -35,11 +49,25 @@ impl Server {
                 .build()
                 .unwrap();
             runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                ready_tx.send(listener.local_addr().unwrap()).unwrap();
+                let mut listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let addr = listener.local_addr().unwrap();
+                ready_tx.send(addr).unwrap();
+                let mut watch = tokio::time::interval(Duration::from_millis(5));
                 loop {
                     tokio::select! {
                         _ = &mut shutdown_rx => break,
+                        _ = watch.tick(), if when_down == WhenDown::Refuse && refuse() => {
+                            // The port closed (a connection is refused, as by a server that
+                            // is not running) until the server is up again.
+                            drop(listener);
+                            while refuse() {
+                                tokio::select! {
+                                    _ = &mut shutdown_rx => return,
+                                    _ = watch.tick() => {}
+                                }
+                            }
+                            listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+                        }
                         accepted = listener.accept() => {
                             let Ok((stream, _)) = accepted else { continue };
                             if refuse() {

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::fixtures;
-use crate::loopback::Server;
+use crate::loopback::{Server, WhenDown};
 
 const EXCHANGES: &str = include_str!("../fixtures/qdrant/exchanges.json");
 const PEER_ID: u64 = 409846322439763;
@@ -204,7 +204,9 @@ impl Double {
                 .down_until
                 .is_some_and(|t| std::time::Instant::now() < t)
         };
-        let server = Server::start(down, move |req| handle(served.clone(), req));
+        let server = Server::start(WhenDown::Refuse, down, move |req| {
+            handle(served.clone(), req)
+        });
         Double {
             url: server.url.clone(),
             state,

@@ -13,7 +13,7 @@ use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 
-use crate::loopback::Server;
+use crate::loopback::{Server, WhenDown};
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
 
@@ -108,6 +108,7 @@ impl Proxy {
         let client = reqwest::Client::builder().no_proxy().build().unwrap();
         let (watched, served) = (state.clone(), state.clone());
         let server = Server::start(
+            WhenDown::Drop,
             move || watched.lock().unwrap().is_gone(),
             move |req| forward(served.clone(), client.clone(), upstream.clone(), req),
         );

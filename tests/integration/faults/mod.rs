@@ -472,8 +472,10 @@ fn qdrant_gone_mid_download_for_longer_than_the_retry_time_says_what_stays_on_th
     let double = Double::start();
     double.state().faults = Faults {
         download: Some((DownloadFault::Die { after: 50_000 }, 1)),
-        // Longer than the retry time below: the download and the delete both give up.
-        outage: Some(Duration::from_secs(3)),
+        // Longer than the retry time below: the download and the delete both give up (each
+        // attempt waits a retry time for a refused connection, and the download tries three
+        // times: about 4 s in all).
+        outage: Some(Duration::from_secs(6)),
         ..Faults::default()
     };
     let url = double.url.clone();
@@ -509,7 +511,7 @@ fn qdrant_gone_mid_download_for_longer_than_the_retry_time_says_what_stays_on_th
     assert_eq!(double.snapshots_left().len(), 1);
     assert!(!tmp.path().join("b").exists());
     // Once Qdrant is back, the next run deletes it.
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(6));
     let tmp = cleanup(tmp, &double, |out| {
         assert!(out.contains("  deleted snapshot `small-named-"), "{out}")
     });
