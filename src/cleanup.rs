@@ -374,11 +374,8 @@ fn remove_legacy_locks(dir: &Path) {
         false
     });
     for lock in locks {
-        let Ok(file) = files.open_for_lock_blocking(&lock) else {
-            continue;
-        };
         // Held while it goes, so no older run takes it meanwhile.
-        if file.try_lock().is_ok() {
+        if let Ok(Some(_held)) = files.try_lock_blocking(&lock) {
             let _ = files.remove_blocking(&lock);
         }
     }

@@ -226,16 +226,13 @@ pub fn outstanding(records: &[Record]) -> Vec<Outstanding> {
 }
 
 /// The directory `dir` is in, as a backend (nothing followed below it), and `dir`'s name there.
-fn place_of(dir: &Path) -> io::Result<(LocalBackend, String)> {
+fn place_of(dir: &Path) -> io::Result<(LocalBackend, Name)> {
     let name = dir
         .file_name()
         .and_then(|name| name.to_str())
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a UTF-8 name"))?;
-    Name::new(name)?;
-    Ok((
-        LocalBackend::existing(crate::fs::parent_dir(dir))?,
-        name.to_string(),
-    ))
+    let name = Name::new(name)?;
+    Ok((LocalBackend::existing(crate::fs::parent_dir(dir))?, name))
 }
 
 /// `dir/file` in `files`.
@@ -248,7 +245,7 @@ fn object(dir: &str, file: &str) -> io::Result<Name> {
 pub fn read_journal(dir: &Path) -> io::Result<Vec<Record>> {
     let path = dir.join(JOURNAL_FILE);
     let opened = place_of(dir)
-        .and_then(|(files, name)| Ok(files.open_blocking(&object(&name, JOURNAL_FILE)?)?));
+        .and_then(|(files, name)| Ok(files.open_blocking(&object(name.as_str(), JOURNAL_FILE)?)?));
     let file = match opened {
         Ok((file, _)) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -280,7 +277,7 @@ impl WorkDir {
     /// it and with `Dead` when a dead run's directory is still there (clean it up first).
     pub fn create(path: &Path, run: Record) -> Result<Self, WorkDirError> {
         let (files, name) = place_of(path).map_err(io_error("cannot create", path))?;
-        match files.entry_blocking(&Name::new(name.as_str()).expect("checked by `place_of`")) {
+        match files.entry_blocking(&name) {
             Err(e) if e.is_not_found() => {}
             Err(e) => return Err(io_error("cannot look at", path)(e.into())),
             Ok(_) if is_live(path) => {
@@ -339,7 +336,7 @@ impl WorkDir {
         // Never over anything: whoever renamed first owns the name. Both names synced.
         let renamed = files.rename_blocking(
             &Name::new(fresh.as_str()).expect("a name and a suffix"),
-            &Name::new(name.as_str()).expect("checked by `place_of`"),
+            &name,
         );
         if let Err(e) = renamed {
             let _ = files.remove_under_blocking(&fresh);
@@ -350,7 +347,7 @@ impl WorkDir {
                 e => io_error("cannot create", path)(e.into()),
             });
         }
-        dir.name = name;
+        dir.name = name.to_string();
         dir.path = path.to_path_buf();
         dir.keep = false;
         if let Ok(mut live) = LIVE.lock() {
@@ -427,28 +424,29 @@ pub fn live() -> Vec<PathBuf> {
     LIVE.lock().map(|l| l.clone()).unwrap_or_default()
 }
 
-/// The lock of the working directory `dir`, opened for a `flock` (read-write, no link
-/// followed); made when `make` and missing (a directory its builder died before locking).
-fn open_lock(dir: &Path, make: bool) -> io::Result<File> {
+/// The lock of the working directory `dir`, taken without waiting (`Ok(None)`: a live process
+/// holds it); made first when `make` and missing (a directory its builder died before locking).
+fn try_lock(dir: &Path, make: bool) -> io::Result<Option<File>> {
     let (files, name) = place_of(dir)?;
-    let lock = object(&name, LOCK_FILE)?;
-    match files.open_for_lock_blocking(&lock) {
-        Err(e) if e.is_not_found() && make => Ok(files.create_new_blocking(&lock)?),
-        opened => Ok(opened?),
+    let lock = object(name.as_str(), LOCK_FILE)?;
+    match files.try_lock_blocking(&lock) {
+        Err(e) if e.is_not_found() && make => {
+            files.create_new_blocking(&lock)?;
+            Ok(files.try_lock_blocking(&lock)?)
+        }
+        taken => Ok(taken?),
     }
 }
 
 /// Whether a live process holds the lock of the working directory `dir`.
 pub fn is_live(dir: &Path) -> bool {
-    open_lock(dir, false)
-        .is_ok_and(|file| matches!(file.try_lock(), Err(fs::TryLockError::WouldBlock)))
+    matches!(try_lock(dir, false), Ok(None))
 }
 
 /// The lock of the dead run's working directory `dir`, taken: whoever holds it cleans the
 /// directory. `None` when a live process holds it (another cleaner, or the run itself).
 pub fn take_dead(dir: &Path) -> Option<File> {
-    let file = open_lock(dir, true).ok()?;
-    file.try_lock().ok().map(|()| file)
+    try_lock(dir, true).ok().flatten()
 }
 
 /// Working directories in `dir` whose names end with one of `suffixes` (or are being built

@@ -28,7 +28,7 @@ use crate::crypto::Identity;
 
 /// The name of the backup `target` in its repository: one S3 could hold too (a valid object
 /// name), so that every local repository can be copied there.
-pub fn checked_backup_name(target: &Path) -> Result<String, LayoutError> {
+pub fn checked_backup_name(target: &Path) -> Result<Name, LayoutError> {
     let bad = |reason| LayoutError::BadName {
         path: target.to_path_buf(),
         reason,
@@ -39,7 +39,7 @@ pub fn checked_backup_name(target: &Path) -> Result<String, LayoutError> {
         Some(Some(name)) => name,
     };
     match Name::new(name) {
-        Ok(_) => Ok(name.to_string()),
+        Ok(name) => Ok(name),
         Err(BackendError::BadName { reason, .. }) => Err(bad(reason)),
         Err(_) => Err(bad("is not a name")),
     }
@@ -53,9 +53,10 @@ pub struct Staging {
     target: PathBuf,
     /// The backups directory the target is in, which every file is written through.
     files: LocalBackend,
-    /// The target's name there, and the staged backup's (`.NAME.wqm-staging/backup`).
-    name: String,
-    staged: String,
+    /// The target's name there (the backup's name, which its encrypted objects are bound to),
+    /// and the staged backup's (`.NAME.wqm-staging/backup`).
+    name: Name,
+    staged: Name,
     /// Whether a backup at the target is replaced (`--force`).
     replace: bool,
     work: WorkDir,
@@ -89,7 +90,7 @@ impl Staging {
         let parent = crate::fs::parent_dir(target);
         let files = LocalBackend::open(parent)
             .map_err(|e| LayoutError::io("cannot create", parent)(e.into()))?;
-        match files.entry_blocking(&Name::new(name.as_str()).expect("checked above")) {
+        match files.entry_blocking(&name) {
             Err(e) if e.is_not_found() => {}
             Err(e) => return Err(LayoutError::io("cannot look at", target)(e.into())),
             Ok(_) if !replace => {
@@ -131,8 +132,8 @@ impl Staging {
         let staged = staging
             .file_name()
             .and_then(|dir| dir.to_str())
-            .map(|dir| format!("{dir}/{STAGED_BACKUP_DIR}"))
-            .expect("the sibling of a UTF-8 name");
+            .and_then(|dir| Name::new(format!("{dir}/{STAGED_BACKUP_DIR}")).ok())
+            .expect("the sibling of a valid name");
         let dir = work.path().join(STAGED_BACKUP_DIR);
         for sub in REQUIRED_DIRS {
             let path = dir.join(sub);
@@ -151,11 +152,6 @@ impl Staging {
             chunks: None,
             seal,
         })
-    }
-
-    /// The backup's name in its repository, which its encrypted objects are bound to.
-    fn name(&self) -> String {
-        super::backup_name_of(&self.target)
     }
 
     /// Makes this an incremental backup: files created as `Stored::Chunked` go to the
@@ -251,7 +247,7 @@ impl Staging {
             }
             (compress::Stored::Plain(compression), _) => Encoding::Plain(compression),
         };
-        let identity = Identity::file(&self.name(), rel);
+        let identity = Identity::file(self.name.as_str(), rel);
         let sealed = self.seal.as_ref().map(|seal| (seal, &identity));
         FileSink::new(rel, path, file, kind, algorithm, sealed, encoding)
     }
@@ -290,13 +286,13 @@ impl Staging {
             let refs = self.dir.join(rel);
             let found = super::chunks::refs_of(&self.dir, &manifest);
             if let Some((bytes, record)) = found.map_err(LayoutError::io("cannot write", &refs))? {
-                let identity = Identity::file(&self.name(), rel);
+                let identity = Identity::file(self.name.as_str(), rel);
                 self.save(rel, &bytes, &identity)
                     .map_err(LayoutError::io("cannot write", &refs))?;
                 manifest.chunk_refs = Some(record);
             }
         }
-        let identity = Identity::manifest(&self.name());
+        let identity = Identity::manifest(self.name.as_str());
         self.save(MANIFEST_PATH, manifest.to_json().as_bytes(), &identity)
             .map_err(LayoutError::io("cannot write", &path))
     }
@@ -331,18 +327,17 @@ impl Staging {
             .and_then(|entries| {
                 let dirs = entries.into_iter().filter(|e| e.kind == Kind::Dir);
                 dirs.map(|dir| dir.name)
-                    .chain([self.staged.clone()])
+                    .chain([self.staged.to_string()])
                     .try_for_each(|dir| self.files.sync_dir_blocking(&dir))
             });
         synced.map_err(|e| LayoutError::io("cannot sync", &self.dir)(e.into()))?;
         crate::failpoint::hit("create:before-rename")
             .map_err(LayoutError::io("failpoint", &self.dir))?;
-        let target = Name::new(self.name.as_str()).expect("checked by `begin`");
-        let staged = Name::new(self.staged.as_str()).expect("a staged backup's own name");
-        let replaced = match self.files.entry_blocking(&target) {
+        let (target, staged) = (&self.name, &self.staged);
+        let replaced = match self.files.entry_blocking(target) {
             Err(e) if e.is_not_found() => {
                 self.files
-                    .rename_blocking(&staged, &target)
+                    .rename_blocking(staged, target)
                     .map_err(in_place)?;
                 false
             }
@@ -360,7 +355,7 @@ impl Staging {
                 })
             }
             Ok(_) => {
-                self.swap_into_place(&staged, &target)?;
+                self.swap_into_place(staged, target)?;
                 true
             }
         };

@@ -113,6 +113,19 @@ impl LocalBackend {
         self.inner.open_for_lock(name)
     }
 
+    /// The `flock` of the regular file `name` (opened as by `open_for_lock_blocking`), taken
+    /// without waiting: `None` when another holds it.
+    pub fn try_lock_blocking(&self, name: &Name) -> Result<Option<File>, BackendError> {
+        let file = self.inner.open_for_lock(name)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(file)),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(self.inner.io("cannot lock", name.as_str(), e))
+            }
+        }
+    }
+
     /// Renames `from` (an object or a directory, a link as itself) to `to`, which must be free,
     /// in one step, and syncs the directories: a local commit's or deletion's atomic move, which
     /// a repository on S3 has no way to make.

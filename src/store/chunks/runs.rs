@@ -55,57 +55,51 @@ pub(super) fn make_store(dir: &Path, params: &Params) -> Result<(), ChunkError> 
 
 /// A run's own directory in the store's `tmp/`, holding its new chunks until they are named.
 /// It is made under a `.new-run-*` name and renamed to `run-*` only once its lock is held, so a
-/// `run-*` whose lock is free is a dead run's; dropped, it is removed.
+/// `run-*` whose lock is free is a dead run's; dropped, it is removed (then its lock released).
 #[derive(Debug)]
 pub struct RunTemp {
-    files: LocalBackend,
-    /// `.wqm-chunks/tmp/run-*` in `files`.
-    name: String,
+    dir: TempDir,
     _lock: File,
 }
 
 impl RunTemp {
     /// The directory as a path to show.
     pub fn path(&self) -> PathBuf {
-        self.files.root().join(&self.name)
+        self.dir.files.root().join(&self.dir.name)
     }
 
     /// The name of `file` in this directory.
     pub(super) fn name_of(&self, file: &str) -> io::Result<Name> {
-        Ok(Name::new(format!("{}/{file}", self.name))?)
+        self.dir.name_of(file)
     }
 
     /// The repository the directory is in.
     pub(super) fn files(&self) -> &LocalBackend {
-        &self.files
+        &self.dir.files
     }
 
     /// A directory of its own in this one (`file-*`), removed when dropped: files written side
     /// by side (a pipelined create) may store the same new chunk at the same moment.
-    pub(super) fn file_dir(&self) -> io::Result<FileTemp> {
-        let name = format!("{}/file-{}", self.name, crate::backend::random_id());
-        self.files.create_dir_blocking(&Name::new(name.as_str())?)?;
-        Ok(FileTemp {
-            files: self.files.clone(),
+    pub(super) fn file_dir(&self) -> io::Result<TempDir> {
+        let name = format!("{}/file-{}", self.dir.name, crate::backend::random_id());
+        self.dir
+            .files
+            .create_dir_blocking(&Name::new(name.as_str())?)?;
+        Ok(TempDir {
+            files: self.dir.files.clone(),
             name,
         })
     }
 }
 
-impl Drop for RunTemp {
-    fn drop(&mut self) {
-        let _ = self.files.remove_under_blocking(&self.name);
-    }
-}
-
-/// One file's directory in its run's (`RunTemp::file_dir`), removed when dropped.
+/// A directory of a run's own in a repository (`name` in `files`), removed when dropped.
 #[derive(Debug)]
-pub(super) struct FileTemp {
+pub(super) struct TempDir {
     files: LocalBackend,
     name: String,
 }
 
-impl FileTemp {
+impl TempDir {
     /// The name of `file` in this directory.
     pub(super) fn name_of(&self, file: &str) -> io::Result<Name> {
         Ok(Name::new(format!("{}/{file}", self.name))?)
@@ -116,7 +110,7 @@ impl FileTemp {
     }
 }
 
-impl Drop for FileTemp {
+impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = self.files.remove_under_blocking(&self.name);
     }
@@ -139,8 +133,7 @@ impl ChunkStore {
         })();
         match taken {
             Ok(lock) => Ok(RunTemp {
-                files,
-                name,
+                dir: TempDir { files, name },
                 _lock: lock,
             }),
             Err(e) => {
@@ -190,11 +183,8 @@ pub fn remove_dead(dir: &Path) -> Vec<Removed> {
         let Ok(lock) = Name::new(format!("{run}/{LOCK_FILE}")) else {
             continue;
         };
-        let Ok(file) = files.open_for_lock_blocking(&lock) else {
-            continue;
-        };
         // Held while the tree goes, so no run can take it meanwhile.
-        if file.try_lock().is_ok() {
+        if let Ok(Some(_held)) = files.try_lock_blocking(&lock) {
             remove(&run, &mut removed, true);
         }
     }

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use super::compare::{holds, Comparisons, Settled};
 use super::index::INDEX_HEADER;
-use super::runs::{FileTemp, RunTemp};
+use super::runs::{RunTemp, TempDir};
 use super::{object_name, ChunkBuffer, ChunkId, ChunkProblem, ChunkStore, Chunker, Selection};
 use super::{CHUNKS_DIR, STORE_DIR};
 use crate::backend::local::LocalBackend;
@@ -91,7 +91,7 @@ struct ChunkSink<W: Write> {
     run: Arc<Run>,
     /// This file's own directory in the run's temporary directory: files written side by side
     /// (a pipelined create) may store the same new chunk at the same moment.
-    temp: FileTemp,
+    temp: TempDir,
     index: W,
     compressor: zstd::bulk::Compressor<'static>,
     compressed: Vec<u8>,
