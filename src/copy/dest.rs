@@ -125,7 +125,7 @@ impl Dest {
                 (Some(store), params, ids)
             }
             Repository::Remote(remote) => {
-                let store = chunks::remote_store(remote, &source.for_new_store().packed())?;
+                let store = chunks::remote_store(remote, &source.for_new_store())?;
                 let _ = self.listed.set(chunks::remote_chunks(&store)?);
                 let _ = self.packed.set(store.is_packed());
                 (None, store.params().clone(), HashSet::new())
@@ -150,32 +150,37 @@ impl Dest {
 
     /// Starts writing the backup `name` (free: the caller looked).
     pub fn begin(&self, name: &str) -> Result<Writing<'_>> {
-        let how = match &self.repository {
+        let (how, packer) = match &self.repository {
             Repository::Local(dir) => {
                 let staging = Staging::begin_as(&dir.join(name), false, "copy")?;
-                let temp = match self.store.get() {
-                    Some(Some(store)) => Some(store.temp_dir()?),
-                    _ => None,
+                let (temp, packer) = match self.store.get() {
+                    Some(Some(store)) => (Some(store.temp_dir()?), store.packer()),
+                    _ => (None, None),
                 };
-                How::Local {
+                let how = How::Local {
                     staging: Some(staging),
                     temp,
                     landed: Mutex::new(BTreeSet::new()),
-                }
+                };
+                (how, packer)
             }
-            Repository::Remote(remote) => How::Remote {
-                claim: remote.wait(claim(remote.shared_backend(), name, false))?,
-                remote: remote.clone(),
-                committed: false,
-                packer: (self.packed.get() == Some(&true))
-                    .then(|| Box::new(Packer::new(remote.shared_backend(), remote.seal()))),
-                packed: Mutex::new(HashSet::new()),
-            },
+            Repository::Remote(remote) => {
+                let how = How::Remote {
+                    claim: remote.wait(claim(remote.shared_backend(), name, false))?,
+                    remote: remote.clone(),
+                    committed: false,
+                };
+                let packer = (self.packed.get() == Some(&true))
+                    .then(|| Packer::new(remote.shared_backend(), remote.seal()));
+                (how, packer)
+            }
         };
         Ok(Writing {
             dest: self,
             name: name.to_string(),
             how,
+            packer,
+            packed: Mutex::new(HashSet::new()),
         })
     }
 }
@@ -185,6 +190,11 @@ pub struct Writing<'a> {
     dest: &'a Dest,
     name: String,
     how: How,
+    /// A store of pack files: the backup's new chunks go into packs, written before its
+    /// manifest.
+    packer: Option<Packer>,
+    /// The chunks packed for this backup: the repository holds them once it commits.
+    packed: Mutex<HashSet<ChunkId>>,
 }
 
 enum How {
@@ -200,11 +210,6 @@ enum How {
         /// The run's claim on the name (its run record), given up when the writing ends.
         claim: Claim,
         committed: bool,
-        /// A store of pack files: the backup's new chunks go into packs, sent before its
-        /// manifest.
-        packer: Option<Box<Packer>>,
-        /// The chunks packed for this backup: the repository holds them once it commits.
-        packed: Mutex<HashSet<ChunkId>>,
     },
 }
 
@@ -212,13 +217,28 @@ impl Writing<'_> {
     /// Whether the destination holds chunk `id` (as listed, or sent by this run), or this
     /// backup packed it.
     pub fn has(&self, id: &ChunkId) -> bool {
-        self.dest.has(id)
-            || matches!(&self.how, How::Remote { packed, .. } if packed.lock().expect("packed lock").contains(id))
+        self.dest.has(id) || self.packed.lock().expect("packed lock").contains(id)
+    }
+
+    /// Runs `work` to its end from blocking code, on the runtime the destination is written
+    /// through.
+    fn wait<T>(&self, work: impl std::future::Future<Output = T>) -> io::Result<T> {
+        match (&self.how, self.dest.store.get()) {
+            (How::Remote { remote, .. }, _) => Ok(remote.wait(work)),
+            (How::Local { .. }, Some(Some(store))) => Ok(store.wait(work)),
+            (How::Local { .. }, _) => Err(io::Error::other("no chunk store was prepared")),
+        }
     }
 
     /// Stores chunk `id` (`len` bytes of content) from its stored bytes (checked by the
     /// caller). Safe from many threads at once.
     pub fn put_chunk(&self, id: &ChunkId, len: usize, stored: &[u8]) -> io::Result<()> {
+        if let Some(packer) = &self.packer {
+            self.wait(packer.add(*id, len, stored))??;
+            self.packed.lock().expect("packed lock").insert(*id);
+            // The repository holds it once the backup commits.
+            return Ok(());
+        }
         match &self.how {
             How::Local { temp, landed, .. } => {
                 let (Some(Some(store)), Some(temp)) = (self.dest.store.get(), temp) else {
@@ -226,17 +246,6 @@ impl Writing<'_> {
                 };
                 let dir = store.land(temp, id, stored)?;
                 landed.lock().expect("landed lock").insert(dir);
-            }
-            How::Remote {
-                remote,
-                packer: Some(packer),
-                packed,
-                ..
-            } => {
-                remote.wait(packer.add(*id, len, stored))?;
-                packed.lock().expect("packed lock").insert(*id);
-                // The repository holds it once the backup commits.
-                return Ok(());
             }
             How::Remote { remote, .. } => {
                 let saving =
@@ -275,14 +284,10 @@ impl Writing<'_> {
     /// and manifest (pack files' indexes).
     pub fn commit(mut self, manifest: &[u8]) -> Result<u64> {
         let mut packing = 0;
-        if let How::Remote {
-            remote,
-            packer: Some(packer),
-            ..
-        } = &self.how
-        {
-            packing = remote
+        if let Some(packer) = &self.packer {
+            packing = self
                 .wait(packer.finish())
+                .and_then(|finished| finished)
                 .context("cannot send the chunks")?;
         }
         crate::failpoint::hit("copy:before-manifest")?;
@@ -308,10 +313,7 @@ impl Writing<'_> {
                 staging.commit()?;
             }
             How::Remote {
-                remote,
-                committed,
-                packed,
-                ..
+                remote, committed, ..
             } => {
                 let name = Name::new(format!("{}/{MANIFEST_PATH}", self.name))?;
                 remote.wait(
@@ -320,10 +322,10 @@ impl Writing<'_> {
                         .save_new(&name, Bytes::copy_from_slice(manifest)),
                 )?;
                 *committed = true;
-                let packed = std::mem::take(packed.get_mut().expect("packed lock"));
-                self.dest.has.lock().expect("has lock").extend(packed);
             }
         }
+        let packed = std::mem::take(self.packed.get_mut().expect("packed lock"));
+        self.dest.has.lock().expect("has lock").extend(packed);
         Ok(packing)
     }
 }

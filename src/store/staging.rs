@@ -276,7 +276,7 @@ impl Staging {
         if let Some(chunks) = &self.chunks {
             chunks
                 .run
-                .sync_reused(&chunks.store)
+                .make_durable(&chunks.store)
                 .map_err(LayoutError::io("cannot sync the chunk store of", &path))?;
         }
         // An incremental backup's reference list, durable before the manifest records it.
@@ -580,6 +580,10 @@ mod tests {
     fn chunks_another_run_stored_are_durable_before_the_manifest_names_them() {
         let root = tempfile::tempdir().unwrap();
         let store_dir = root.path().join(crate::store::chunks::STORE_DIR);
+        // A store of loose chunks (made before pack files: a pack is durable once written).
+        std::fs::create_dir(&store_dir).unwrap();
+        let params = crate::store::chunks::Params::with_average(4096).loose();
+        std::fs::write(store_dir.join("store.json"), params.to_json()).unwrap();
         let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7919 % 251) as u8).collect();
         // Another run stores the chunks (and may die before syncing their directories).
         drop(incremental_with(&root.path().join("other"), &data));

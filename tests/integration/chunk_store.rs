@@ -5,15 +5,16 @@ use std::fs;
 use std::os::unix::fs::symlink;
 
 use crate::faults::{killed, run_with};
-use crate::fixtures;
-use crate::incremental::{chunk_files, first_chunk, night, two_nights, validate, workspace, wqm};
+use crate::incremental::{chunk_files, first_chunk, night, older_store, two_nights};
+use crate::incremental::{two_nights_from, validate, workspace, wqm};
 use crate::qdrant_double::Double;
 use crate::test::Test;
 
 #[test]
 fn garbage_collection_never_follows_a_link() {
     let double = Double::start();
-    let mut tmp = two_nights(&double);
+    // A store of loose chunks: its fan-out directories are links' targets too.
+    let mut tmp = two_nights_from(older_store(workspace()), &double);
     let backups = tmp.path().join("backups");
     let store = backups.join(".wqm-chunks");
     // A directory outside the backups directory, holding what a store's parts would.
@@ -73,11 +74,6 @@ fn garbage_collection_never_follows_a_link() {
     validate(tmp, "backups/n2");
 }
 
-/// The chunk id of a chunk file's path.
-fn id_of(chunk: &std::path::Path) -> String {
-    chunk.file_name().unwrap().to_string_lossy().into_owned()
-}
-
 #[test]
 fn a_damaged_chunk_the_next_night_needs_is_stored_again_by_it() {
     let double = Double::start();
@@ -92,10 +88,10 @@ fn a_damaged_chunk_the_next_night_needs_is_stored_again_by_it() {
         &backups.join("n1"),
         "collections/small-named.snapshot.chunks",
     );
-    fixtures::flip_byte(&shared);
-    fixtures::flip_byte(&only_n1);
-    let (shared_id, only_n1_id) = (id_of(&shared), id_of(&only_n1));
-    let damaged = fs::read(&shared).unwrap();
+    shared.damage();
+    only_n1.damage();
+    let (shared_id, only_n1_id) = (shared.id.clone(), only_n1.id.clone());
+    let damaged = fs::read(&shared.path).unwrap()[shared.range.clone()].to_vec();
 
     // The next night needs the shared chunk: comparing every chunk it reuses (a cycle of 1; by
     // default only today's group), it finds it damaged, puts it aside, stores it again.
@@ -195,11 +191,12 @@ fn what_a_killed_create_left_in_the_store_goes_with_the_next_run() {
     .run();
     assert!(!backups.join(&half[0]).exists());
 
-    // Killed while storing chunks: its temporary chunks stay in `tmp/` until `cleanup`.
+    // Killed between a pack and its index: its temporary directory stays in `tmp/` until
+    // `cleanup`, the pack without an index until a prune.
     let output = run_with(
         tmp.path(),
         &double.url,
-        "create:chunk-stored=kill",
+        "pack:before-index=kill",
         &[
             "backup",
             "create",
@@ -228,6 +225,14 @@ fn what_a_killed_create_left_in_the_store_goes_with_the_next_run() {
     })
     .run();
     assert_eq!(runs(), 0);
+    let packs = || crate::incremental::files_under(&backups.join(".wqm-chunks/packs")).len();
+    let indexes = || crate::incremental::files_under(&backups.join(".wqm-chunks/index")).len();
+    assert_eq!(packs(), indexes() + 1, "a pack without its index");
+    let (_, tmp) = Test::in_dir(tmp)
+        .args("backup prune {TMP}/backups --keep-last 5 --json")
+        .stdout_json(|v| assert_eq!(v["chunk_store"]["collected"]["packs_deleted"], 1, "{v}"))
+        .run();
+    assert_eq!(packs(), indexes());
     validate(tmp, "backups/n1");
 }
 
@@ -269,8 +274,8 @@ fn a_rotating_subset_reads_every_chunk_once_per_cycle_and_finds_what_is_damaged(
     let backups = tmp.path().join("backups");
     let n1 = backups.join("n1");
     let damaged = first_chunk(&n1, "collections/small-named.snapshot.chunks");
-    let id = damaged.file_name().unwrap().to_string_lossy().into_owned();
-    fixtures::flip_byte(&damaged);
+    let id = damaged.id.clone();
+    damaged.damage();
     let mut read_in_cycle = 0;
     let mut found_by = Vec::new();
     let mut all = None;
@@ -297,7 +302,7 @@ fn a_rotating_subset_reads_every_chunk_once_per_cycle_and_finds_what_is_damaged(
     assert_eq!(found_by.len(), 1, "{found_by:?}");
 
     // A missing chunk is found whatever the subset: the chunks not read are looked up.
-    fs::remove_file(&damaged).unwrap();
+    damaged.remove();
     for n in 1..=4 {
         let (code, _, _, stdout) = validate_subset(tmp.path(), &n1, &format!("{n}/4"));
         assert_eq!(code, 3, "{stdout}");

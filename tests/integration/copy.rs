@@ -3,7 +3,6 @@
 //! copy validated and restored; a damaged chunk named with nothing committed; a same-name
 //! different backup refused; a killed copy cleaned up by the next one.
 
-use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -11,7 +10,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 use crate::faults::killed;
-use crate::incremental::{chunk_files, first_chunk, grow_state_db, night, workspace, wqm};
+use crate::incremental::{chunk_ids, first_chunk, grow_state_db, night, workspace, wqm};
 use crate::qdrant_double::Double;
 use crate::restore::lose_everything;
 use crate::s3_read::{fresh_prefix, s3_variables, stored_chunks, with_s3};
@@ -50,13 +49,6 @@ fn validate_at(tmp: TempDir, at: &str) -> TempDir {
         .1
 }
 
-fn names(paths: &BTreeSet<PathBuf>) -> BTreeSet<String> {
-    paths
-        .iter()
-        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-        .collect()
-}
-
 #[test]
 #[cfg_attr(
     not(real_s3),
@@ -68,7 +60,7 @@ fn nights_copied_to_s3_send_only_new_chunks_and_copy_back_restore_and_validate()
     let (backend, url) = fresh_prefix(&runtime);
     let (_, tmp) = night(workspace(), &double.url, "n1", "");
     let backups = tmp.path().join("backups");
-    let first = chunk_files(&backups);
+    let first = chunk_ids(&backups);
     let (done, tmp) = copy(tmp, &format!("{{TMP}}/backups {url}"));
     let n1 = backup(&done, "n1");
     assert_eq!(n1["status"], "copied", "{done}");
@@ -93,9 +85,7 @@ fn nights_copied_to_s3_send_only_new_chunks_and_copy_back_restore_and_validate()
     // The second night: only its new chunks go, the first is skipped as it is there.
     grow_state_db(tmp.path());
     let (_, tmp) = night(tmp, &double.url, "n2", "");
-    let new = names(&chunk_files(&backups))
-        .difference(&names(&first))
-        .count();
+    let new = chunk_ids(&backups).difference(&first).count();
     assert!(new > 0, "the grown database makes new chunks");
     let (done, tmp) = copy(tmp, &format!("{{TMP}}/backups {url}"));
     assert_eq!(backup(&done, "n1")["status"], "skipped", "{done}");
@@ -149,10 +139,7 @@ fn nights_copied_to_s3_send_only_new_chunks_and_copy_back_restore_and_validate()
     assert_eq!(sent_n1 + sent_n2, (first.len() + new) as u64, "{done}");
     let tmp = validate_at(tmp, "{TMP}/back/n1");
     // The local copy is the original, chunk for chunk, and holds no leftovers.
-    assert_eq!(
-        names(&chunk_files(&tmp.path().join("back"))),
-        names(&chunk_files(&backups))
-    );
+    assert_eq!(chunk_ids(&tmp.path().join("back")), chunk_ids(&backups));
     let hidden: Vec<_> = fs::read_dir(tmp.path().join("back"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -172,11 +159,8 @@ fn damaged_source(double: &Double) -> (TempDir, String, String) {
         &tmp.path().join("backups/n1"),
         "collections/small-plain.snapshot.chunks",
     );
-    let mut bytes = fs::read(&chunk).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 1;
-    fs::write(&chunk, bytes).unwrap();
-    let id = chunk.file_name().unwrap().to_string_lossy().into_owned();
+    chunk.damage();
+    let id = chunk.id.clone();
     let (_, tmp) = wqm(
         Test::in_dir(tmp),
         &double.url,
@@ -226,7 +210,7 @@ fn damaged_source_objects_are_named_and_nothing_is_committed_locally() {
         left.is_empty(),
         "no backup and no staging directory: {left:?}"
     );
-    assert!(!names(&chunk_files(&tmp.path().join("offsite"))).contains(&id));
+    assert!(!chunk_ids(&tmp.path().join("offsite")).contains(&id));
     // One repository is no source of itself.
     Test::in_dir(tmp)
         .args("backup copy {TMP}/backups {TMP}/backups/")

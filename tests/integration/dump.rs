@@ -97,10 +97,7 @@ fn a_full_and_an_incremental_backup_dump_each_file_as_its_content() {
         &backups.join("n1"),
         "collections/small-named.snapshot.chunks",
     );
-    let mut bytes = fs::read(&chunk).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 1;
-    fs::write(&chunk, bytes).unwrap();
+    chunk.damage();
     let (output, tmp) = Test::in_dir(tmp)
         .args("backup dump {TMP}/backups/n1 collections/small-named.snapshot.chunks")
         .status(3)
@@ -322,10 +319,7 @@ fn the_by_hand_recipe_restores_an_incremental_backup_through_dump() {
     // A damaged chunk: wqm's exit 3 stops the recipe (pipefail), the message names the file.
     crate::restore::lose_everything(&double);
     let chunk = first_chunk(&backup, "collections/small-named.snapshot.chunks");
-    let mut bytes = fs::read(&chunk).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 1;
-    fs::write(&chunk, bytes).unwrap();
+    chunk.damage();
     let output = run(&backup);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");

@@ -12,7 +12,8 @@ use tempfile::TempDir;
 use wqm::checksum::{sha256, to_hex};
 use wqm::format::manifest::Manifest;
 
-use crate::incremental::{chunk_files, night, two_nights, validate, workspace};
+use crate::incremental::{chunk_files, night, older_store, two_nights, two_nights_from};
+use crate::incremental::{validate, workspace};
 use crate::qdrant_double::Double;
 use crate::test::{self, Test};
 
@@ -74,7 +75,8 @@ fn a_missing_or_damaged_reference_list_makes_prune_read_the_indexes() {
     ];
     let double = Double::start();
     for (what, damage) in damage {
-        let tmp = two_nights(&double);
+        // Counted chunk by chunk: a store of loose chunks.
+        let tmp = two_nights_from(older_store(workspace()), &double);
         let n2 = tmp.path().join("backups/n2");
         damage(&n2);
         let (_, tmp) = Test::in_dir(tmp)

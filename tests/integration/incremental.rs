@@ -1,7 +1,7 @@
 //! Incremental backups and their chunk store (`create --incremental`), against the Qdrant test
 //! double; nights with real churn are restored from the real server at the end.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -52,25 +52,131 @@ pub(crate) fn night(tmp: TempDir, url: &str, name: &str, extra: &str) -> (Value,
     (serde_json::from_slice(&output.stdout).unwrap(), tmp)
 }
 
-/// Every chunk file in the store of `dir`.
+/// Every loose chunk's file in the store of `dir` (a store made before pack files).
 pub(crate) fn chunk_files(dir: &Path) -> BTreeSet<PathBuf> {
-    let mut found = BTreeSet::new();
-    for fan in fs::read_dir(dir.join(".wqm-chunks/chunks")).unwrap() {
-        for chunk in fs::read_dir(fan.unwrap().path()).unwrap() {
-            found.insert(chunk.unwrap().path());
+    files_under(&dir.join(".wqm-chunks/chunks"))
+        .into_iter()
+        .collect()
+}
+
+/// The ids of every chunk the store of `dir` holds (`stored_chunks`).
+pub(crate) fn chunk_ids(dir: &Path) -> BTreeSet<String> {
+    stored_chunks(dir).into_keys().collect()
+}
+
+/// A chunk as a store keeps it: loose (a file of its own) or in a pack (a range of the pack's
+/// file, listed by the pack's index file).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct StoredChunk {
+    pub id: String,
+    pub path: PathBuf,
+    pub range: std::ops::Range<usize>,
+    /// A packed chunk's index file.
+    pub index: Option<PathBuf>,
+}
+
+impl StoredChunk {
+    /// Flips a byte in the middle of its stored bytes.
+    pub fn damage(&self) {
+        let mut bytes = fs::read(&self.path).unwrap();
+        bytes[self.range.start + self.range.len() / 2] ^= 0x55;
+        fs::write(&self.path, bytes).unwrap();
+    }
+
+    /// Takes it out of the store: a loose chunk's file removed, a packed one's line removed
+    /// from its pack's index (its bytes stay in the pack, named by nothing).
+    pub fn remove(&self) {
+        let Some(index) = &self.index else {
+            return fs::remove_file(&self.path).unwrap();
+        };
+        let text = fs::read_to_string(index).unwrap();
+        let kept: String = text
+            .lines()
+            .filter(|line| !line.starts_with(&self.id))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        assert_ne!(kept, text, "`{}` is in `{}`", self.id, index.display());
+        fs::write(index, kept).unwrap();
+    }
+}
+
+/// A store made before pack files (a file per chunk, as an older wqm made it) in `backups/` of
+/// `tmp`, before its first backup: such a store is still read and written as it is.
+pub(crate) fn older_store(tmp: TempDir) -> TempDir {
+    older_store_in(&tmp.path().join("backups"), false);
+    tmp
+}
+
+/// `older_store` in the repository `dir`; `keyed`: an encrypted repository's.
+pub(crate) fn older_store_in(dir: &Path, keyed: bool) {
+    let store = dir.join(".wqm-chunks");
+    fs::create_dir_all(&store).unwrap();
+    let hash = if keyed { "hmac-sha256" } else { "sha256" };
+    fs::write(
+        store.join("store.json"),
+        LOOSE_STORE.replace("\"sha256\"", &format!("\"{hash}\"")),
+    )
+    .unwrap();
+}
+
+/// `store.json` of a store of loose chunks.
+pub(crate) const LOOSE_STORE: &str = r#"{"format":2,"chunker":"fastcdc-2020","min_size":16384,"avg_size":65536,"max_size":262144,"hash":"sha256","compression":"zstd","required_features":["lock-objects"]}"#;
+
+/// Every chunk the store of `dir` holds (an unencrypted one: its pack indexes are read), by id.
+pub(crate) fn stored_chunks(dir: &Path) -> BTreeMap<String, StoredChunk> {
+    let store = dir.join(".wqm-chunks");
+    let mut found = BTreeMap::new();
+    for path in files_under(&store.join("chunks")) {
+        let id = path.file_name().unwrap().to_string_lossy().into_owned();
+        let len = fs::metadata(&path).unwrap().len() as usize;
+        let chunk = StoredChunk {
+            id: id.clone(),
+            path,
+            range: 0..len,
+            index: None,
+        };
+        found.insert(id, chunk);
+    }
+    for index in files_under(&store.join("index")) {
+        let pack = index.file_name().unwrap().to_string_lossy().into_owned();
+        let path = store.join("packs").join(&pack[..2]).join(&pack);
+        for line in fs::read_to_string(&index).unwrap().lines().skip(1) {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let (offset, stored): (usize, usize) =
+                (fields[1].parse().unwrap(), fields[2].parse().unwrap());
+            let chunk = StoredChunk {
+                id: fields[0].to_string(),
+                path: path.clone(),
+                range: offset..offset + stored,
+                index: Some(index.clone()),
+            };
+            found.entry(chunk.id.clone()).or_insert(chunk);
         }
     }
     found
 }
 
-/// The store's file of the first chunk of `rel` in `backup`.
-pub(crate) fn first_chunk(backup: &Path, rel: &str) -> PathBuf {
+/// Every file under `dir` (none when it is missing).
+pub(crate) fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries {
+        let path = entry.unwrap().path();
+        match path.is_dir() {
+            true => found.extend(files_under(&path)),
+            false => found.push(path),
+        }
+    }
+    found
+}
+
+/// The store's copy of the first chunk of `rel` in `backup`.
+pub(crate) fn first_chunk(backup: &Path, rel: &str) -> StoredChunk {
     let index = fs::read_to_string(backup.join(rel)).unwrap();
     let id = index.lines().nth(1).unwrap().split(' ').next().unwrap();
-    backup
-        .parent()
-        .unwrap()
-        .join(format!(".wqm-chunks/chunks/{}/{id}", &id[..2]))
+    stored_chunks(backup.parent().unwrap()).remove(id).unwrap()
 }
 
 pub(crate) fn validate(tmp: TempDir, backup: &str) -> TempDir {
@@ -179,8 +285,8 @@ fn a_damaged_or_missing_chunk_names_every_backup_that_needs_it() {
         &backups.join("n2"),
         "collections/small-plain.snapshot.chunks",
     );
-    let id = chunk.file_name().unwrap().to_string_lossy().into_owned();
-    fixtures::flip_byte(&chunk);
+    let id = chunk.id.clone();
+    chunk.damage();
     let needed = format!("chunk `{id}` is damaged: ");
     let (_, tmp) = Test::in_dir(tmp)
         .args("backup validate {TMP}/backups/n2 --check-files")
@@ -214,7 +320,7 @@ fn a_damaged_or_missing_chunk_names_every_backup_that_needs_it() {
     assert!(double.state().collections.is_empty());
 
     // A missing chunk is said to be missing; the next night stores it again, repairing both.
-    fs::remove_file(&chunk).unwrap();
+    chunk.remove();
     let (_, tmp) = Test::in_dir(tmp)
         .args("backup validate {TMP}/backups/n1 --check-files")
         .status(3)
@@ -238,14 +344,20 @@ fn a_damaged_or_missing_chunk_names_every_backup_that_needs_it() {
 /// Night 1 of both collections, night 2 of `small-plain` only: `small-named`'s chunks are
 /// night 1's alone.
 pub(crate) fn two_nights(double: &Double) -> TempDir {
-    let (_, tmp) = night(workspace(), &double.url, "n1", "");
+    two_nights_from(workspace(), double)
+}
+
+/// `two_nights` in `tmp`.
+pub(crate) fn two_nights_from(tmp: TempDir, double: &Double) -> TempDir {
+    let (_, tmp) = night(tmp, &double.url, "n1", "");
     night(tmp, &double.url, "n2", "--collections small-plain").1
 }
 
 #[test]
 fn prune_deletes_exactly_the_chunks_no_remaining_backup_needs() {
     let double = Double::start();
-    let tmp = two_nights(&double);
+    // Chunk by chunk: a store of loose chunks (a store of packs: `packs::`).
+    let tmp = two_nights_from(older_store(workspace()), &double);
     let backups = tmp.path().join("backups");
     let before = chunk_files(&backups);
     let only_n1 = first_chunk(
@@ -273,7 +385,7 @@ fn prune_deletes_exactly_the_chunks_no_remaining_backup_needs() {
         })
         .run();
     let after = chunk_files(&backups);
-    assert!(!after.contains(&only_n1));
+    assert!(!after.contains(&only_n1.path));
     assert!(after.len() < before.len() && after.is_subset(&before));
     let tmp = validate(tmp, "backups/n2");
     // Nothing more to collect.
@@ -322,7 +434,9 @@ fn an_export_restores_without_the_chunk_store() {
 #[test]
 fn a_create_killed_while_storing_chunks_leaves_every_backup_valid() {
     let double = Double::start();
-    let (_, tmp) = night(workspace(), &double.url, "n1", "--collections small-plain");
+    // Killed between two loose chunks (between packs: `packs::`).
+    let tmp = older_store(workspace());
+    let (_, tmp) = night(tmp, &double.url, "n1", "--collections small-plain");
     let backups = tmp.path().join("backups");
     let before = chunk_files(&backups);
     let target = backups.join("n2");
@@ -359,7 +473,8 @@ fn a_create_killed_while_storing_chunks_leaves_every_backup_valid() {
 #[test]
 fn a_prune_killed_while_collecting_leaves_the_kept_backups_valid() {
     let double = Double::start();
-    let tmp = two_nights(&double);
+    // Killed between two loose chunks' deletions (a repack: `s3_packs::`).
+    let tmp = two_nights_from(older_store(workspace()), &double);
     let backups = tmp.path().join("backups");
     let before = chunk_files(&backups).len();
     let output = run_with(
@@ -478,7 +593,7 @@ fn nights_with_churn_each_come_back_exactly_from_the_real_server() {
     // A damaged chunk of night 3's snapshot is found and named.
     let backups = tmp.path().join("backups");
     let chunk = first_chunk(&backups.join("n3"), "collections/projects.snapshot.chunks");
-    fixtures::flip_byte(&chunk);
+    chunk.damage();
     let (_, tmp) = Test::in_dir(tmp)
         .args("backup validate {TMP}/backups/n3 --check-files")
         .status(3)
@@ -534,7 +649,7 @@ fn the_offsite_recipe_copies_only_new_chunks_and_the_copy_restores() {
     copy(home.path());
     let copied = offsite.path().join("wqm-backups");
     let inodes = |dir: &Path| -> Vec<(PathBuf, u64)> {
-        chunk_files(dir)
+        files_under(&dir.join(".wqm-chunks/packs"))
             .into_iter()
             .map(|p| {
                 let inode = fs::metadata(&p).unwrap().ino();
@@ -545,13 +660,11 @@ fn the_offsite_recipe_copies_only_new_chunks_and_the_copy_restores() {
     let first = inodes(&copied);
     let (_, home) = night(home, &double.url, "n2", "");
     copy(home.path());
-    // Every chunk copied the first time is the same file now: the copy left it alone.
+    // Every pack copied the first time is the same file now: the copy left it alone.
     let second = inodes(&copied);
-    assert!(first.iter().all(|chunk| second.contains(chunk)));
-    assert_eq!(
-        chunk_files(&copied).len(),
-        chunk_files(&home.path().join("backups")).len()
-    );
+    assert!(!first.is_empty() && first.iter().all(|pack| second.contains(pack)));
+    let ids = |dir: &Path| stored_chunks(dir).into_keys().collect::<Vec<_>>();
+    assert_eq!(ids(&copied), ids(&home.path().join("backups")));
     // The copy is a backups directory: it validates and restores.
     let at = |tmp: TempDir, rel: &str| -> TempDir {
         let target = copied.join(rel);
@@ -605,19 +718,12 @@ pub(crate) fn grow_state_db(tmp: &Path) {
         .unwrap();
 }
 
-fn file_names(paths: &BTreeSet<PathBuf>) -> BTreeSet<String> {
-    paths
-        .iter()
-        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-        .collect()
-}
-
 #[test]
 fn a_nights_verification_reads_back_what_it_stored_and_only_looks_up_what_it_reused() {
     let double = Double::start();
     let (first, mut tmp) = night(workspace(), &double.url, "n1", "");
     let backups = tmp.path().join("backups");
-    let stored = chunk_files(&backups).len();
+    let stored = stored_chunks(&backups).len();
     assert_eq!(
         first["verify"],
         serde_json::json!({"chunks_read": stored, "chunks_looked_up": 0}),
@@ -627,7 +733,7 @@ fn a_nights_verification_reads_back_what_it_stored_and_only_looks_up_what_it_reu
 
     for (name, cycle) in [("n2", None), ("n3", Some(1))] {
         grow_state_db(tmp.path());
-        let before = file_names(&chunk_files(&backups));
+        let before: BTreeSet<String> = stored_chunks(&backups).into_keys().collect();
         let mut create = wqm(
             Test::in_dir(tmp),
             &double.url,
@@ -712,7 +818,8 @@ fn night_damaged(tmp: &Path, url: &str, name: &str, damage: impl FnOnce()) -> st
 fn a_nights_verification_finds_a_damaged_chunk_or_index_it_wrote_and_the_next_night_stores_the_chunk_again(
 ) {
     let double = Double::start();
-    let (_, tmp) = night(workspace(), &double.url, "n1", "");
+    // A loose chunk set aside (a packed one: `s3_packs::`).
+    let (_, tmp) = night(older_store(workspace()), &double.url, "n1", "");
     let backups = tmp.path().join("backups");
 
     // A chunk the night stored, damaged before its verification: the run fails, keeps

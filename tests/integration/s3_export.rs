@@ -74,11 +74,11 @@ fn an_incremental_backup_on_s3_exports_to_a_self_contained_local_one() {
         &tmp.path().join("backups/n1"),
         "collections/small-named.snapshot.chunks",
     );
-    let id = chunk.file_name().unwrap().to_string_lossy().into_owned();
-    let name = Name::new(format!(".wqm-chunks/chunks/{}/{id}", &id[..2])).unwrap();
-    let mut bytes = std::fs::read(&chunk).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 1;
+    // Where it is stored (a pack's or its own file), as an object of the copy on S3.
+    let rel = chunk.path.strip_prefix(tmp.path().join("backups")).unwrap();
+    let name = Name::new(rel.to_str().unwrap()).unwrap();
+    let mut bytes = std::fs::read(&chunk.path).unwrap();
+    bytes[chunk.range.start + chunk.range.len() / 2] ^= 1;
     runtime
         .block_on(backend.save(&name, backend::once(bytes)))
         .unwrap();

@@ -453,6 +453,7 @@ fn a_repository_synced_down_from_s3_is_used_in_its_directory() {
     crate::test::validates(&tmp.path().join("full"));
 
     grow_state_db(tmp.path());
+    let before = packs(&tmp.path().join("synced"));
     let (output, tmp) = wqm(
         Test::in_dir(tmp),
         &double.url,
@@ -462,9 +463,10 @@ fn a_repository_synced_down_from_s3_is_used_in_its_directory() {
     .run();
     let third: Value = serde_json::from_slice(&output.stdout).unwrap();
     let synced = tmp.path().join("synced");
-    let loose = crate::incremental::chunk_files(&synced);
-    assert_eq!(loose.len() as u64, added(&third, "chunks_added"), "{third}");
-    assert!(!loose.is_empty());
+    // The night's new chunks went into packs there too, none loose.
+    assert!(!synced.join(".wqm-chunks/chunks").exists());
+    assert!(added(&third, "chunks_added") > 0, "{third}");
+    assert!(packs(&synced) > before, "new packs");
     crate::test::validates(&synced.join("n3"));
     let (_, tmp) = Test::in_dir(tmp)
         .args("backup prune {TMP}/synced --keep-last 1 --json")

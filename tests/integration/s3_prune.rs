@@ -4,7 +4,7 @@
 //! chunks no kept backup names — and a prune killed part-way finished by the next one.
 
 use crate::faults::killed;
-use crate::incremental::{night, workspace, wqm};
+use crate::incremental::{night, older_store, workspace, wqm};
 use crate::qdrant_double::Double;
 use crate::s3_lock::s3_command;
 use crate::s3_read::{fresh_prefix, object_names, upload, with_s3};
@@ -33,7 +33,8 @@ fn prune_on_s3_deletes_backups_manifest_first_and_the_chunks_no_kept_backup_name
         .run()
         .1
     };
-    let tmp = create(workspace(), "f0");
+    // Uploaded object for object: a local store of loose chunks, as an older wqm made.
+    let tmp = create(older_store(workspace()), "f0");
     let (_, tmp) = night(tmp, &double.url, "n1", "");
     let (_, tmp) = night(tmp, &double.url, "n2", "--collections small-plain");
     upload(&runtime, &backend, &tmp.path().join("backups"));

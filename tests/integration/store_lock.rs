@@ -11,7 +11,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use wqm::backend::lock::LockInfo;
 
-use crate::incremental::{chunk_files, two_nights, validate, wqm};
+use crate::incremental::{chunk_files, older_store, two_nights, two_nights_from, validate};
+use crate::incremental::{workspace, wqm};
 use crate::qdrant_double::Double;
 use crate::test::{self, Test};
 
@@ -167,7 +168,8 @@ fn validate_waiting_for_a_prune_is_no_finding_about_the_backup() {
 #[test]
 fn a_fresh_lock_of_another_host_holds_prune_off_a_stale_one_does_not_and_cleanup_removes_it() {
     let double = Double::start();
-    let tmp = two_nights(&double);
+    // Counted chunk by chunk: a store of loose chunks.
+    let tmp = two_nights_from(older_store(workspace()), &double);
     let backups = tmp.path().join("backups");
     let before = chunk_files(&backups);
     // A create on another host, under way: prune waits for it, deleting nothing.
@@ -367,7 +369,8 @@ fn required_features(backups: &Path) -> serde_json::Value {
 #[test]
 fn a_store_made_before_lock_objects_keeps_its_flock_until_prune_marks_it() {
     let double = Double::start();
-    let tmp = two_nights(&double);
+    // Made before lock objects, so before pack files too.
+    let tmp = two_nights_from(older_store(workspace()), &double);
     let backups = tmp.path().join("backups");
     assert_eq!(
         required_features(&backups),

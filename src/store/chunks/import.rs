@@ -13,7 +13,7 @@ use bytes::Bytes;
 
 use super::write::{fan_out_dir, sync_dirs};
 use super::{runs, Access, ChunkError, ChunkId, ChunkStore, Params, RunTemp};
-use super::{CHUNKS_DIR, FEATURES_FORMAT, LOCK_OBJECTS};
+use super::{CHUNKS_DIR, LOCK_OBJECTS};
 use crate::backend::{Backend, BackendError, Kind, Name};
 
 impl Params {
@@ -51,15 +51,13 @@ impl Params {
     }
 
     /// A new store's parameters for chunks copied from a store with these: the same chunking,
-    /// and lock objects required as in every store this wqm makes; loose chunks (a store on a
-    /// backend adds `packed`).
+    /// and lock objects and pack files required as in every store this wqm makes.
     pub fn for_new_store(&self) -> Params {
-        let mut params = self.clone().loose();
+        let mut params = self.clone();
         if !params.required_features.iter().any(|f| f == LOCK_OBJECTS) {
-            params.required_features.push(LOCK_OBJECTS.to_string());
+            params.required_features.insert(0, LOCK_OBJECTS.to_string());
         }
-        params.format = FEATURES_FORMAT;
-        params
+        params.packed()
     }
 
     /// `store.json`'s text.
@@ -75,7 +73,7 @@ impl ChunkStore {
         if Self::found_in(dir).is_none() {
             runs::make_store(dir, &params.for_new_store())?;
         }
-        Self::open(dir, Access::Shared).map(Arc::new)
+        Self::open(dir, Access::Shared).map(Self::for_writing)
     }
 
     /// Every chunk the store holds under its name (one walk of `chunks/` through its backend,

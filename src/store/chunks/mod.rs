@@ -187,7 +187,26 @@ impl ChunkStore {
             };
             runs::make_store(dir, &params)?;
         }
-        Self::open(dir, Access::Shared).map(Arc::new)
+        Self::open(dir, Access::Shared).map(Self::for_writing)
+    }
+
+    /// An opened store as a run that writes chunks into it uses it: a chunk its pack indexes
+    /// lack is new, not a reason to read them all again.
+    fn for_writing(mut self) -> Arc<Self> {
+        self.packs = self.packs.take().map(pack::Packs::for_writing);
+        Arc::new(self)
+    }
+
+    /// Packs for the new chunks of a local store of pack files (`None`: loose chunks), written
+    /// through its directory's backend, their indexes sealed as its chunks are.
+    pub fn packer(&self) -> Option<Packer> {
+        let local = self.packs.is_some() && self.repository.is_local();
+        local.then(|| Packer::new(self.repository.shared_backend(), self.seal.clone()))
+    }
+
+    /// Runs `work` to its end from blocking code, on the runtime the store is written through.
+    pub fn wait<T>(&self, work: impl std::future::Future<Output = T>) -> T {
+        self.repository.wait(work)
     }
 
     /// Opens the store of `dir` to read chunks. Waits while an older wqm collects garbage in a
@@ -287,8 +306,8 @@ impl ChunkStore {
         let seal = Self::sealed(&root, &params, seal::of_local(dir))?;
         // Read through the backend `inspect` opened (the directory as the user named it).
         let repository = Remote::of_local(store);
-        // A store of pack files here is one synced down from S3 (`aws s3 sync`): read and
-        // collected as there; a night adds its new chunks loose beside the packs.
+        // A store of pack files (every store made since them, and one synced down from S3 by
+        // `aws s3 sync`): read, written and collected as on S3; an older store's chunks loose.
         let packs = Self::packs_of(&repository, &root, &params)?;
         Ok(ChunkStore {
             root,
@@ -708,7 +727,7 @@ pub use index::{index_text, IndexLine, IndexReader};
 use legacy::legacy_lock;
 pub use pack::{parse_index as parse_pack_index, PackIndex, Packer};
 pub use params::Params;
-use params::{FEATURES_FORMAT, LOCK_OBJECTS};
+use params::LOCK_OBJECTS;
 pub use prefetch::SharedReader;
 pub use read::{chunk_error, ChunkReader};
 pub use refs::{backup_refs, encode_refs, read_refs, refs_from_indexes, refs_of, Refs, REFS_PATH};

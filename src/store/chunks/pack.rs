@@ -354,6 +354,30 @@ fn decode_index(
 /// per file it reads, and the indexes are read once.
 static LOADED: Mutex<BTreeMap<String, Arc<PackIndex>>> = Mutex::new(BTreeMap::new());
 
+/// The chunks of the packs this run wrote (pack and index saved), by repository: found by its
+/// own lookups and its verification without reading every index again, nor copying the loaded
+/// ones (a year's store holds a million entries).
+static WRITTEN: Mutex<BTreeMap<String, HashMap<ChunkId, Location>>> = Mutex::new(BTreeMap::new());
+
+/// Notes that pack `pack` of the repository `key` (its backend's `describe`) holds `entries`.
+fn note_written(key: String, pack: &str, entries: &[Entry]) {
+    let pack: Arc<str> = Arc::from(pack);
+    let mut written = WRITTEN.lock().unwrap_or_else(|e| e.into_inner());
+    let found = written.entry(key).or_default();
+    for entry in entries {
+        found.entry(entry.id).or_insert_with(|| Location {
+            pack: pack.clone(),
+            entry: *entry,
+        });
+    }
+}
+
+/// Where chunk `id` is in a pack this run wrote into the repository `key`.
+fn locate_written(key: &str, id: &ChunkId) -> Option<Location> {
+    let written = WRITTEN.lock().unwrap_or_else(|e| e.into_inner());
+    written.get(key)?.get(id).cloned()
+}
+
 /// A packed store's indexes as a reader uses them: loaded once per run, loaded again when a
 /// chunk is not found (a backup committed after they were read).
 #[derive(Debug)]
@@ -361,6 +385,10 @@ pub struct Packs {
     remote: Remote,
     largest: usize,
     current: Mutex<Arc<PackIndex>>,
+    /// Whether a chunk found in no index makes the indexes be read again (a reader's); a
+    /// writer's misses are its new chunks, and a chunk another run packed meanwhile is at worst
+    /// stored twice (the garbage collection removes the second copy).
+    reloads: bool,
 }
 
 impl Packs {
@@ -380,7 +408,16 @@ impl Packs {
             remote: remote.clone(),
             largest,
             current: Mutex::new(current),
+            reloads: true,
         })
+    }
+
+    /// These indexes as a writer uses them: a chunk found in none is not looked for again.
+    pub fn for_writing(self) -> Self {
+        Packs {
+            reloads: false,
+            ..self
+        }
     }
 
     /// The indexes as last read.
@@ -393,10 +430,15 @@ impl Packs {
 
     /// Forgets what this run read of `remote`'s indexes: the next `open` reads them afresh.
     pub fn forget(remote: &Remote) {
+        let key = remote.backend().describe();
         LOADED
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&remote.backend().describe());
+            .remove(&key);
+        WRITTEN
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
     }
 
     fn reload(remote: &Remote, largest: usize) -> io::Result<Arc<PackIndex>> {
@@ -417,6 +459,12 @@ impl Packs {
             .clone();
         if let Some(found) = current.locate(id) {
             return Some(found);
+        }
+        if let Some(found) = locate_written(&self.remote.backend().describe(), id) {
+            return Some(found);
+        }
+        if !self.reloads {
+            return None;
         }
         if indexed_packs(&self.remote)
             .ok()?
@@ -529,6 +577,9 @@ impl Packer {
             // Beyond the chunks: the index, twice (its object, the copy at the pack's end).
             let overhead = 2 * index.len() as u64 + TRAILER_END;
             let sent = save_pack(&*backend, &pack, bytes.clone(), index).await;
+            if sent.is_ok() {
+                note_written(backend.describe(), &pack, &entries);
+            }
             // Its buffer, once no request holds it, fills the next pack (a new one for each
             // pack leaves freed ones behind in the threads' allocator arenas: RSS).
             if let Ok(buffer) = bytes.try_into_mut() {

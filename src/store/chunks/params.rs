@@ -47,7 +47,8 @@ pub struct Params {
 }
 
 impl Params {
-    /// A new store's: it needs lock objects (`LOCK_OBJECTS`), so format 2.
+    /// A new store's: its chunks in pack files (`pack.rs`), guarded by lock objects
+    /// (`LOCK_OBJECTS`), so format 2.
     pub fn with_average(avg_size: usize) -> Self {
         Params {
             format: FEATURES_FORMAT,
@@ -57,7 +58,7 @@ impl Params {
             max_size: avg_size * 4,
             hash: PLAIN_HASH.to_string(),
             compression: "zstd".to_string(),
-            required_features: vec![LOCK_OBJECTS.to_string()],
+            required_features: vec![LOCK_OBJECTS.to_string(), pack::PACKS.to_string()],
             optional_features: Vec::new(),
         }
     }
@@ -69,7 +70,7 @@ impl Params {
         self
     }
 
-    /// These parameters for a store on a backend: its chunks in pack files (`pack.rs`).
+    /// These parameters for a store of pack files (`pack.rs`).
     pub fn packed(mut self) -> Self {
         if !self.is_packed() {
             self.required_features.push(pack::PACKS.to_string());
@@ -78,7 +79,8 @@ impl Params {
         self
     }
 
-    /// These parameters for a local store: chunks loose, one file each.
+    /// These parameters for a store of loose chunks, one file each: a staging store's (its
+    /// chunks are packed on their way to the repository).
     pub fn loose(mut self) -> Self {
         self.required_features.retain(|f| f != pack::PACKS);
         self

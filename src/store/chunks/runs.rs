@@ -28,7 +28,10 @@ pub(super) fn make_store(dir: &Path, params: &Params) -> Result<(), ChunkError> 
     // Our pid's: left by a process long gone, nobody else builds under this name.
     let _ = files.remove_under_blocking(&temp);
     let made = (|| {
-        files.create_dir_blocking(&name(CHUNKS_DIR)?)?;
+        // A store of pack files keeps no chunk loose.
+        if !params.is_packed() {
+            files.create_dir_blocking(&name(CHUNKS_DIR)?)?;
+        }
         files.create_dir_blocking(&name(TMP_DIR)?)?;
         files.save_blocking(&name(PARAMS_FILE)?, params.to_json().as_bytes())?;
         crate::failpoint::hit("create:store-made").map_err(|e| BackendError::Io {

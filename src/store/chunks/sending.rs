@@ -58,9 +58,7 @@ impl Listed {
     /// store's parameters, keyed when the repository is encrypted; of two racing runs one
     /// writes it, the other reads it), then listed once.
     pub fn of(remote: &Remote, avg_size: usize) -> Result<Self, ChunkError> {
-        let made = Params::with_average(avg_size)
-            .keyed_as(remote.seal().is_some())
-            .packed();
+        let made = Params::with_average(avg_size).keyed_as(remote.seal().is_some());
         let store = remote_store(remote, &made)?;
         let held = remote_chunks(&store)?;
         Ok(Listed {

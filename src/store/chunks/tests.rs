@@ -27,12 +27,21 @@ fn write_once(store: &Arc<ChunkStore>, data: &[u8]) -> (Vec<u8>, Added) {
     write_in(store, &Arc::new(Run::default()), data)
 }
 
-/// `data` written as one file of `run`.
+/// `data` written as one file of `run`, made durable as before a manifest.
 fn write_in(store: &Arc<ChunkStore>, run: &Arc<Run>, data: &[u8]) -> (Vec<u8>, Added) {
     let temp = store.temp_dir().unwrap();
     let mut writer = ChunkWriter::new(store.clone(), run.clone(), &temp, Vec::new()).unwrap();
     writer.write_all(data).unwrap();
-    (writer.finish().unwrap(), run.added())
+    let index = writer.finish().unwrap();
+    run.make_durable(store).unwrap();
+    (index, run.added())
+}
+
+/// The store of `dir` as a wqm before pack files made it (a file per chunk), opened to write:
+/// such a store is still written loose.
+fn loose_store(dir: &std::path::Path, avg_size: usize) -> Arc<ChunkStore> {
+    runs::make_store(dir, &Params::with_average(avg_size).loose()).unwrap();
+    ChunkStore::open_for_writing(dir, avg_size).unwrap()
 }
 
 fn index_lines(index: &[u8]) -> Vec<IndexLine> {
@@ -78,18 +87,11 @@ fn pushed_pieces_cut_as_the_whole_content_does() {
 #[test]
 fn chunks_round_trip_and_are_stored_once() {
     let dir = tempfile::tempdir().unwrap();
-    let store = ChunkStore::open_for_writing(dir.path(), 4096).unwrap();
+    let store = loose_store(dir.path(), 4096);
     let data = content(200_000, 1);
-    let write = |data: &[u8]| {
-        let temp = store.temp_dir().unwrap();
-        let run = Arc::new(Run::default());
-        let mut writer = ChunkWriter::new(store.clone(), run.clone(), &temp, Vec::new()).unwrap();
-        writer.write_all(data).unwrap();
-        (writer.finish().unwrap(), run.added())
-    };
-    let (index, added) = write(&data);
+    let (index, added) = write_once(&store, &data);
     assert!(added.chunks > 10 && added.bytes > 0, "{added:?}");
-    let (again, added_again) = write(&data);
+    let (again, added_again) = write_once(&store, &data);
     assert_eq!(again, index);
     assert_eq!(added_again, Added::default(), "nothing stored twice");
     let mut read = Vec::new();
@@ -120,9 +122,79 @@ fn chunks_round_trip_and_are_stored_once() {
 }
 
 #[test]
-fn files_written_side_by_side_may_store_the_same_chunks() {
+fn a_new_store_packs_its_chunks_and_reads_them_back() {
     let dir = tempfile::tempdir().unwrap();
     let store = ChunkStore::open_for_writing(dir.path(), 4096).unwrap();
+    let data = content(200_000, 1);
+    let (index, added) = write_once(&store, &data);
+    assert!(added.chunks > 10 && added.bytes > 0, "{added:?}");
+    let root = dir.path().join(STORE_DIR);
+    assert!(!root.join(CHUNKS_DIR).exists(), "no chunk loose");
+    let listed = |dir: &str| -> Vec<std::path::PathBuf> { walk(&root.join(dir)) };
+    let packs = listed("packs");
+    assert_eq!(
+        (packs.len(), listed("index").len()),
+        (1, 1),
+        "one pack, its index"
+    );
+    let (again, added_again) = write_once(&store, &data);
+    assert_eq!(again, index);
+    assert_eq!(added_again, Added::default(), "nothing stored twice");
+    // Opened afresh (its indexes read from the disk), it reads every chunk back.
+    let read = |index: &[u8]| {
+        pack::Packs::forget(&store.repository);
+        let reader = ChunkStore::open_for_reading(dir.path()).unwrap();
+        let mut read = Vec::new();
+        ChunkReader::new(reader, index, true)
+            .unwrap()
+            .read_to_end(&mut read)
+            .map(|_| read)
+    };
+    assert_eq!(read(&index).unwrap(), data);
+    // A byte of the first chunk altered in its pack: the reader names it.
+    let first = index_lines(&index)[0].id;
+    let mut bytes = fs::read(&packs[0]).unwrap();
+    bytes[3] ^= 1;
+    fs::write(&packs[0], bytes).unwrap();
+    let err = read(&index).unwrap_err();
+    assert!(err.to_string().contains(&first.to_string()), "{err}");
+}
+
+/// Every file under `dir`, sorted.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        match path.is_dir() {
+            true => found.extend(walk(&path)),
+            false => found.push(path),
+        }
+    }
+    found.sort();
+    found
+}
+
+#[test]
+fn files_written_side_by_side_may_store_the_same_chunks() {
+    for packed in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = match packed {
+            true => ChunkStore::open_for_writing(dir.path(), 4096).unwrap(),
+            false => loose_store(dir.path(), 4096),
+        };
+        assert_eq!(store.is_packed(), packed);
+        let added = side_by_side(&store);
+        if packed {
+            // One copy of each chunk, in the run's pack.
+            assert_eq!(added.chunks, 2, "{added:?}");
+            assert!(!dir.path().join(STORE_DIR).join(CHUNKS_DIR).exists());
+        }
+    }
+}
+
+/// Four files of zeros written into `store` at once by one run, then read back: what the run
+/// added.
+fn side_by_side(store: &Arc<ChunkStore>) -> Added {
     let temp = store.temp_dir().unwrap();
     // Zeros, as Qdrant's sparse page files hold: the same chunks in every file.
     let data = vec![0u8; 300_000];
@@ -142,6 +214,7 @@ fn files_written_side_by_side_may_store_the_same_chunks() {
             .collect();
         writers.into_iter().map(|w| w.join().unwrap()).collect()
     });
+    run.make_durable(store).unwrap();
     assert!(indexes.iter().all(|index| index == &indexes[0]));
     let mut read = Vec::new();
     ChunkReader::new(store.clone(), &indexes[0][..], true)
@@ -149,6 +222,7 @@ fn files_written_side_by_side_may_store_the_same_chunks() {
         .read_to_end(&mut read)
         .unwrap();
     assert_eq!(read, data);
+    run.added()
 }
 
 #[test]
@@ -250,7 +324,7 @@ fn store_json_evolves_by_features() {
     let store_dir = dir.path().join(STORE_DIR);
     ChunkStore::open_for_writing(dir.path(), DEFAULT_AVERAGE).unwrap();
     // What this wqm writes: format 2, needing lock objects (a wqm that only knows the store's
-    // `flock` refuses it).
+    // `flock` refuses it) and pack files.
     let written = fs::read_to_string(store_dir.join(PARAMS_FILE)).unwrap();
     let made = r#"{
   "format": 2,
@@ -261,7 +335,8 @@ fn store_json_evolves_by_features() {
   "hash": "sha256",
   "compression": "zstd",
   "required_features": [
-    "lock-objects"
+    "lock-objects",
+    "packs"
   ]
 }"#;
     assert_eq!(written, made);
@@ -321,7 +396,7 @@ fn no_part_of_the_store_may_be_a_link_and_garbage_collection_follows_none() {
     fs::create_dir_all(outside.path().join("ab")).unwrap();
     fs::write(outside.path().join("precious"), "keep").unwrap();
     fs::write(outside.path().join("ab/precious"), "keep").unwrap();
-    let store = ChunkStore::open_for_writing(dir.path(), 4096).unwrap();
+    let store = loose_store(dir.path(), 4096);
     write_once(&store, &content(50_000, 9));
     drop(store);
     let root = dir.path().join(STORE_DIR);
@@ -405,7 +480,7 @@ fn no_part_of_the_store_may_be_a_link_and_garbage_collection_follows_none() {
 #[test]
 fn a_run_compares_only_its_share_of_the_chunks_it_reuses() {
     let dir = tempfile::tempdir().unwrap();
-    let store = ChunkStore::open_for_writing(dir.path(), 4096).unwrap();
+    let store = loose_store(dir.path(), 4096);
     let data = content(300_000, 11);
     let (index, _) = write_once(&store, &data);
     let distinct: HashSet<ChunkId> = index_lines(&index).iter().map(|l| l.id).collect();
@@ -449,7 +524,7 @@ fn a_run_compares_only_its_share_of_the_chunks_it_reuses() {
 #[test]
 fn a_damaged_chunk_is_quarantined_and_stored_again_by_the_next_run() {
     let dir = tempfile::tempdir().unwrap();
-    let store = ChunkStore::open_for_writing(dir.path(), 4096).unwrap();
+    let store = loose_store(dir.path(), 4096);
     let data = content(100_000, 5);
     let (index, _) = write_once(&store, &data);
     let lines = index_lines(&index);

@@ -13,12 +13,13 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Write};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use super::compare::{holds, Comparisons, Settled};
 use super::index::INDEX_HEADER;
 use super::runs::{RunTemp, TempDir};
-use super::{object_name, ChunkBuffer, ChunkId, ChunkProblem, ChunkStore, Chunker, Selection};
+use super::Selection;
+use super::{object_name, ChunkBuffer, ChunkId, ChunkProblem, ChunkStore, Chunker, Packer};
 use super::{CHUNKS_DIR, STORE_DIR};
 use crate::backend::local::LocalBackend;
 
@@ -34,7 +35,8 @@ pub struct Added {
 /// unless `compare` picks a share), the chunks it has met in the store already (each is looked
 /// at once per run), the chunks it wrote (what its verification reads back), the fan-out
 /// directories of the chunks it reused (made durable once, before the manifest:
-/// `sync_reused`), and what it added.
+/// `make_durable`), the packs its new chunks go into in a store of pack files, and what it
+/// added.
 #[derive(Debug, Default)]
 pub struct Run {
     compare: Option<Selection>,
@@ -43,6 +45,8 @@ pub struct Run {
     written: Mutex<HashSet<ChunkId>>,
     reused_dirs: Mutex<BTreeSet<String>>,
     added: Mutex<Added>,
+    /// Made at the first new chunk: `None` for a store of loose chunks.
+    packer: OnceLock<Option<Arc<Packer>>>,
 }
 
 impl Run {
@@ -69,12 +73,34 @@ impl Run {
         self.written.lock().expect("run lock").clone()
     }
 
-    /// Makes the names of the chunks this run reused durable: another run renamed them, and
-    /// may have died before syncing their directories. Each directory once per run, and
-    /// `chunks/`, after the last file was written and before the manifest names any of them.
-    pub fn sync_reused(&self, store: &ChunkStore) -> io::Result<()> {
+    /// Makes every chunk the manifest will name durable, after the last file was written:
+    /// in a store of pack files the packs still filling are written (each fsynced, then its
+    /// index); the names of the loose chunks this run reused too, since another run renamed
+    /// them and may have died before syncing their directories (each directory once per run,
+    /// then `chunks/`).
+    pub fn make_durable(&self, store: &ChunkStore) -> io::Result<()> {
+        if let Some(Some(packer)) = self.packer.get() {
+            // The packs' indexes and trailers are what the store grew by beyond the chunks.
+            let overhead = store.wait(packer.finish())?;
+            self.added.lock().expect("run lock").bytes += overhead;
+        }
         let dirs = std::mem::take(&mut *self.reused_dirs.lock().expect("run lock"));
         sync_dirs(store.files()?, &dirs)
+    }
+
+    /// The packs this run's new chunks go into (`None`: `store` keeps them loose).
+    fn packer_of(&self, store: &ChunkStore) -> Option<Arc<Packer>> {
+        self.packer
+            .get_or_init(|| store.packer().map(Arc::new))
+            .clone()
+    }
+
+    /// Counts chunk `id`, `stored` bytes in the store, as stored by this run.
+    fn note_stored(&self, id: &ChunkId, stored: u64) {
+        self.written.lock().expect("run lock").insert(*id);
+        let mut added = self.added.lock().expect("run lock");
+        added.chunks += 1;
+        added.bytes += stored;
     }
 }
 
@@ -270,8 +296,9 @@ impl<W: Write> ChunkSink<W> {
         self.put(&id, content)
     }
 
-    /// Writes a new chunk, compressed, into this file's temporary directory; `land` makes it
-    /// durable and gives it its name.
+    /// Stores a new chunk, compressed: into the run's packs in a store of pack files (the
+    /// run writes them before its manifest: `Run::make_durable`), else into this file's
+    /// temporary directory, which `land` makes durable and gives its name.
     fn put(&mut self, id: &ChunkId, chunk: &[u8]) -> io::Result<u64> {
         self.compressed.clear();
         self.compressed
@@ -279,16 +306,23 @@ impl<W: Write> ChunkSink<W> {
         self.compressor
             .compress_to_buffer(chunk, &mut self.compressed)?;
         let stored = self.store.to_store(id, &self.compressed)?;
+        if let Some(packer) = self.run.packer_of(&self.store) {
+            // Another file of the run may have packed it a moment ago: counted once.
+            let packed = self.store.wait(packer.add(*id, chunk.len(), &stored))?;
+            let stored = stored.len() as u64;
+            if packed {
+                self.run.note_stored(id, stored);
+            }
+            self.sound.insert(*id, stored);
+            return Ok(stored);
+        }
         let files = self.temp.files();
         let mut file = files.create_new_blocking(&self.temp.name_of(&id.to_string())?)?;
         file.write_all(&stored)?;
         let stored = stored.len() as u64;
         self.unsynced.push((*id, chunk.len(), file));
         self.in_flight.insert(*id, stored);
-        self.run.written.lock().expect("run lock").insert(*id);
-        let mut added = self.run.added.lock().expect("run lock");
-        added.chunks += 1;
-        added.bytes += stored;
+        self.run.note_stored(id, stored);
         Ok(stored)
     }
 
