@@ -386,7 +386,7 @@ fn an_altered_truncated_or_swapped_object_is_named_by_validate_and_refused_by_re
 fn incremental_backups_in_an_encrypted_repository_name_and_store_every_chunk_encrypted() {
     let double = Double::start();
     let tmp = encrypted_workspace();
-    // Chunk by chunk: a store of loose chunks (packs: `packs::an_encrypted_store_of_packs_…`).
+    // Chunk by chunk: a store of loose chunks (packs: `packs::an_encrypted_store_of_packs_holds_…`).
     crate::incremental::older_store_in(&tmp.path().join("enc"), true);
     let mut tmp = tmp;
     for night in ["night-1", "night-2"] {
@@ -456,7 +456,7 @@ fn incremental_backups_in_an_encrypted_repository_name_and_store_every_chunk_enc
 fn any_changed_byte_of_any_object_is_found() {
     let double = Double::start();
     let tmp = encrypted_workspace();
-    // Object by object: a store of loose chunks (a pack's chunks: `packs::`).
+    // Object by object: a store of loose chunks (a pack's: `packs::an_encrypted_store_of_packs_holds_…`).
     crate::incremental::older_store_in(&tmp.path().join("enc"), true);
     let tmp = ran(
         tmp,

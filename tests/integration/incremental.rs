@@ -356,7 +356,7 @@ pub(crate) fn two_nights_from(tmp: TempDir, double: &Double) -> TempDir {
 #[test]
 fn prune_deletes_exactly_the_chunks_no_remaining_backup_needs() {
     let double = Double::start();
-    // Chunk by chunk: a store of loose chunks (a store of packs: `packs::`).
+    // Chunk by chunk: a store of loose chunks (a store of packs: `packs::nights_add_packs_…`).
     let tmp = two_nights_from(older_store(workspace()), &double);
     let backups = tmp.path().join("backups");
     let before = chunk_files(&backups);
@@ -434,7 +434,8 @@ fn an_export_restores_without_the_chunk_store() {
 #[test]
 fn a_create_killed_while_storing_chunks_leaves_every_backup_valid() {
     let double = Double::start();
-    // Killed between two loose chunks (between packs: `packs::`).
+    // Killed between two loose chunks (between a pack and its index:
+    // `chunk_store::what_a_killed_create_left_…`).
     let tmp = older_store(workspace());
     let (_, tmp) = night(tmp, &double.url, "n1", "--collections small-plain");
     let backups = tmp.path().join("backups");
@@ -473,7 +474,7 @@ fn a_create_killed_while_storing_chunks_leaves_every_backup_valid() {
 #[test]
 fn a_prune_killed_while_collecting_leaves_the_kept_backups_valid() {
     let double = Double::start();
-    // Killed between two loose chunks' deletions (a repack: `s3_packs::`).
+    // Killed between two loose chunks' deletions (during a repack: `s3_packs::a_prune_killed_…`).
     let tmp = two_nights_from(older_store(workspace()), &double);
     let backups = tmp.path().join("backups");
     let before = chunk_files(&backups).len();
@@ -818,7 +819,7 @@ fn night_damaged(tmp: &Path, url: &str, name: &str, damage: impl FnOnce()) -> st
 fn a_nights_verification_finds_a_damaged_chunk_or_index_it_wrote_and_the_next_night_stores_the_chunk_again(
 ) {
     let double = Double::start();
-    // A loose chunk set aside (a packed one: `s3_packs::`).
+    // A loose chunk set aside (a packed one: `s3_packs::a_damaged_chunk_a_night_reuses_…`).
     let (_, tmp) = night(older_store(workspace()), &double.url, "n1", "");
     let backups = tmp.path().join("backups");
 

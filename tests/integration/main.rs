@@ -19,6 +19,7 @@ mod info;
 mod list;
 mod loopback;
 mod operations;
+mod packs;
 mod prune;
 mod pty;
 mod qdrant_double;
