@@ -8,6 +8,7 @@
 #   BENCH_NIGHTS=40 BENCH_CHUNKS=20000 scripts/bench-gc.sh    # a quick look
 #   BENCH_BEFORE=/path/to/older/wqm scripts/bench-gc.sh       # that build too, same nights
 #   WQM=/path/to/wqm scripts/bench-gc.sh                      # a build of your own
+#   BENCH_LAYOUT=packs scripts/bench-gc.sh                    # a store of pack files
 #
 # Each run works on hard-linked copies of the generated directory and prunes each three times:
 # the 30 oldest nights (`-30`), then one more (`-1`), then nothing (`-0`: the collection
@@ -16,10 +17,13 @@
 # (BENCH_BEFORE) on the nights without lists. Beside each prune, a watcher measures how long the
 # store's lock is held exclusively: the longest a create or a reader waits for the collection
 # (prune takes the lock only when free, so a reader running beside it would stop the collection).
+# A store of pack files (BENCH_LAYOUT=packs) has no such lock file: prune's exclusive lock object
+# is held for its whole run, so the wall time is the wait.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 nights=${BENCH_NIGHTS:-365}
 per_night=${BENCH_CHUNKS:-215500}
+layout=${BENCH_LAYOUT:-loose}
 runs=${BENCH_RUNS:-3}
 out=$(mktemp -d "${TMPDIR:-/tmp}/wqm-bench-gc.XXXXXX")
 . scripts/bench-lib.sh
@@ -32,14 +36,19 @@ fi
 version=$("$WQM" --version | awk '{print $NF}')
 echo "writing $nights nights of $per_night chunks..." >&2
 start=$(date +%s.%N)
-python3 scripts/bench_gc.py "$out/template" "$version" "$nights" "$per_night" 0.01 >&2
-echo "generated in $(echo "$(date +%s.%N) - $start" | bc) s; $(du -sh "$out/template" | cut -f1)" >&2
+made=$(python3 scripts/bench_gc.py "$out/template" "$version" "$nights" "$per_night" 0.01 1 "$layout")
+echo "$made, generated in $(echo "$(date +%s.%N) - $start" | bc) s; $(du -sh "$out/template" | cut -f1)" >&2
 
 # `pruned BIN NAME KEEP`: prune with BIN keeping the KEEP newest while a watcher reads
 # /proc/locks every 2 ms: how long the store's lock file is held exclusively (flock) is how long
 # a create or a reader arriving then waits.
 pruned() {
   local bin=$1 name=$2 keep=$3
+  if [ "$layout" = packs ]; then
+    time_of "$name" "$bin" backup prune "$out/b" --keep-last "$keep" --json
+    echo "$name: $(jq -c '.chunk_store' "$out/$name.out")" >&2
+    return
+  fi
   python3 - "$out/b/.wqm-chunks/lock" "$out/stop" > "$out/held" <<'PY' &
 import os, sys, time
 inode = ":%d " % os.stat(sys.argv[1]).st_ino
@@ -106,10 +115,11 @@ done
 labels+=(indexes-30 indexes-1 indexes-0 lists-30 lists-1 lists-0)
 
 echo
-echo "## Garbage collection: $nights nights, $(find "$out/template/.wqm-chunks/chunks" -type f | wc -l) chunks ($(date -u +%F), $(nproc) cores)"
+echo "## Garbage collection: $made, $layout ($(date -u +%F), $(nproc) cores)"
 echo
 table "${labels[@]}"
 echo
+[ "$layout" = packs ] && exit 0
 echo "| run | store held exclusively (s): a create's longest wait, median of $runs |"
 echo "|---|---|"
 for name in "${labels[@]}"; do

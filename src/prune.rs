@@ -380,11 +380,15 @@ pub(crate) fn remove(path: &Path) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-/// Finishes deletions an earlier run could not complete.
+/// Finishes deletions an earlier run could not complete, and removes what killed runs' saves
+/// left.
 fn remove_leftovers(dir: &Path) {
     let Ok(files) = LocalBackend::existing(dir) else {
         return;
     };
+    // Under the exclusive lock no run saves anything: a save's temporary file is a killed
+    // run's (a pack cut short, most often).
+    let _ = files.remove_unfinished_blocking();
     let mut doomed = Vec::new();
     let _ = files.visit_blocking(".", |entry| {
         if entry.name.ends_with(DELETING_SUFFIX) && entry.kind == Kind::Dir {

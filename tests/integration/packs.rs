@@ -8,6 +8,7 @@ use std::fs;
 use serde_json::Value;
 
 use crate::encrypted::{encrypted_workspace, found_in, ran, validated, with_password, DISTINCTIVE};
+use crate::faults::{killed, run_with};
 use crate::incremental::{files_under, grow_state_db, night, stored_chunks, validate, workspace};
 use crate::qdrant_double::Double;
 use crate::repo::files;
@@ -79,6 +80,37 @@ fn nights_add_packs_and_prune_deletes_or_repacks_them() {
         })
         .run();
     assert_eq!(packs(&backups), left);
+}
+
+#[test]
+fn a_pack_a_killed_create_was_saving_is_removed_by_the_next_prune() {
+    let double = Double::start();
+    let (_, tmp) = night(workspace(), &double.url, "n1", "");
+    let backups = tmp.path().join("backups");
+    grow_state_db(tmp.path());
+    // Killed with a pack written and fsynced under a temporary name, not yet renamed.
+    let output = run_with(
+        tmp.path(),
+        &double.url,
+        "local:before-rename:.wqm-chunks/packs=kill",
+        &[
+            "backup",
+            "create",
+            backups.join("n2").to_str().unwrap(),
+            "--incremental",
+        ],
+    );
+    assert!(killed(&output), "{output:?}");
+    let temporary = || files_under(&backups.join(".wqm-backend/tmp"));
+    assert_eq!(temporary().len(), 1, "the pack being saved");
+    assert_eq!(packs(&backups).len(), 1);
+    let (_, tmp) = Test::in_dir(tmp)
+        .args("backup prune {TMP}/backups --keep-last 5")
+        .stdout_with(|_| {})
+        .stderr_with(|e| assert!(e.contains("cleaned up after a dead run"), "{e}"))
+        .run();
+    assert_eq!(temporary(), Vec::<std::path::PathBuf>::new());
+    validate(tmp, "backups/n1");
 }
 
 #[test]

@@ -194,6 +194,17 @@ impl LocalBackend {
         self.inner.remove(name)
     }
 
+    /// Removes the temporary file of every save under way (`unfinished`), from blocking code:
+    /// only where no run can be saving (under the repository's exclusive lock), when each is
+    /// a killed run's. How many went.
+    pub fn remove_unfinished_blocking(&self) -> Result<usize, BackendError> {
+        let unfinished = self.inner.unfinished()?;
+        for upload in &unfinished {
+            self.inner.abort(upload)?;
+        }
+        Ok(unfinished.len())
+    }
+
     /// Runs blocking file work on tokio's blocking threads.
     async fn blocking<T: Send + 'static>(
         &self,

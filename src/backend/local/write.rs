@@ -43,6 +43,9 @@ impl Inner {
         temp.file
             .sync_all()
             .map_err(|e| self.io("cannot sync", name.as_str(), e))?;
+        let place: Vec<&str> = name.as_str().splitn(3, '/').take(2).collect();
+        crate::failpoint::hit(&format!("local:before-rename:{}", place.join("/")))
+            .map_err(|e| self.io("failpoint", name.as_str(), e))?;
         // A `remove_all` emptying the directory may take it away between its open and the
         // rename (ENOENT): then it is made again.
         let mut attempts = 0;

@@ -204,6 +204,22 @@ fn unreferenced(
 /// packs wastes stays under a third of what it holds, and a night's prune rewrites few packs.
 const REPACK_DEAD_SHARE: (u64, u64) = (1, 4);
 
+/// The garbage among the chunks of a pack of `size` bytes holding `entries` (`kept_bytes` of
+/// them live), and whether that is `REPACK_DEAD_SHARE` of them or more. Judged on the chunks'
+/// bytes: the copy of the index at the pack's end is no garbage (counted, a pack of small
+/// chunks, whose index is large beside them, was repacked again by every collection).
+fn unused_in(entries: &[(pack::Entry, bool)], kept_bytes: u64, size: u64) -> (u64, bool) {
+    let chunk_bytes = entries
+        .iter()
+        .map(|(e, _)| e.range().end)
+        .max()
+        .unwrap_or(0)
+        .min(size);
+    let unused = chunk_bytes.saturating_sub(kept_bytes);
+    let (share, of) = REPACK_DEAD_SHARE;
+    (unused, unused * of >= chunk_bytes * share)
+}
+
 /// The garbage collection of a store's pack files (under the exclusive lock, as every
 /// collection): a pack without an index goes (a dead run's: no run sends one now; one whose
 /// chunks a backup names gets its index back from the pack's own copy), a pack
@@ -253,22 +269,22 @@ fn collect_packs(
             continue;
         };
         found += kept.len() as u64;
-        let garbage_bytes = size.saturating_sub(kept_bytes);
         let whole = kept.is_empty();
-        let (share, of) = REPACK_DEAD_SHARE;
-        let repack = !whole && garbage_bytes * of >= size * share;
+        let (unused, repack) = unused_in(&entries, kept_bytes, size);
+        let repack = repack && !whole;
         if repack && !dry_run {
             if let Err(damage) = repack_into(store, remote, (&pack, size), &kept, &packer) {
                 collected.damaged.push(damage);
                 collected.chunks_kept += kept.len() as u64;
                 collected.bytes_kept += kept_bytes;
-                collected.bytes_unused += garbage_bytes;
+                collected.bytes_unused += unused;
                 continue;
             }
         }
         if whole || repack {
             collected.chunks_deleted += garbage.len() as u64;
-            collected.bytes_freed += garbage_bytes;
+            // The old pack goes; what it kept is written again.
+            collected.bytes_freed += size.saturating_sub(kept_bytes);
             indexes.push(pack::index_object(&pack));
             objects.push(pack::pack_object(&pack));
             objects.extend(markers(&pack));
@@ -277,7 +293,7 @@ fn collect_packs(
                 false => collected.packs_repacked += 1,
             }
         } else {
-            collected.bytes_unused += garbage_bytes;
+            collected.bytes_unused += unused;
         }
         collected.chunks_kept += kept.len() as u64;
         collected.bytes_kept += kept_bytes;
@@ -396,4 +412,30 @@ fn remove_runs(remote: &Remote, dry_run: bool, mut collected: Collected) -> io::
         }
     }
     Ok(collected)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(n: u8, offset: u32) -> (pack::Entry, bool) {
+        let entry = pack::Entry {
+            id: ChunkId::of(&[n]),
+            offset,
+            stored: 17,
+            len: 8,
+        };
+        (entry, true)
+    }
+
+    #[test]
+    fn a_pack_is_repacked_for_its_garbage_chunks_not_its_index_copy() {
+        let entries = [entry(1, 0), entry(2, 17), entry(3, 34)];
+        // Every chunk live, the index's copy at the end far larger than they: nothing to do.
+        assert_eq!(unused_in(&entries, 51, 51 + 300), (0, false));
+        // One chunk of three dead: a third of the chunks' bytes, repacked.
+        assert_eq!(unused_in(&entries, 34, 51 + 300), (17, true));
+        // A chunk's bytes past what the pack holds (damage) count only to its end.
+        assert_eq!(unused_in(&entries, 34, 40), (6, false));
+    }
 }

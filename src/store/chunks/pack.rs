@@ -288,21 +288,27 @@ impl PackIndex {
         self.entries.iter().map(|(_, entry)| entry.id)
     }
 
-    /// Each pack's entries, and for each whether it is where its chunk is read from (a later
-    /// copy in another pack is not).
-    pub fn by_pack(&self) -> BTreeMap<Arc<str>, Vec<(Entry, bool)>> {
-        let mut packs: BTreeMap<Arc<str>, Vec<(Entry, bool)>> = BTreeMap::new();
-        let mut last = None;
-        for (pack, entry) in &self.entries {
-            let first = last != Some(entry.id);
-            last = Some(entry.id);
-            let name = &self.names[*pack as usize];
-            packs.entry(name.clone()).or_default().push((*entry, first));
-        }
-        for pack in self.packs.keys() {
-            packs.entry(pack.clone()).or_default();
-        }
-        packs
+    /// Each pack with an index (by id, one at a time) and its entries, and for each whether it
+    /// is where its chunk is read from (a later copy in another pack is not). Held meanwhile:
+    /// 4 bytes an entry, not a copy of them (a year's store has a million).
+    pub fn by_pack(&self) -> impl Iterator<Item = (Arc<str>, Vec<(Entry, bool)>)> + '_ {
+        let mut order: Vec<u32> = (0..self.entries.len() as u32).collect();
+        order.sort_unstable_by_key(|&i| (self.entries[i as usize].0, i));
+        let mut at = 0;
+        (0..self.names.len()).map(move |number| {
+            let mut entries = Vec::new();
+            while let Some(&i) = order.get(at) {
+                let (pack, entry) = &self.entries[i as usize];
+                if *pack as usize != number {
+                    break;
+                }
+                let i = i as usize;
+                let first = i == 0 || self.entries[i - 1].1.id != entry.id;
+                entries.push((*entry, first));
+                at += 1;
+            }
+            (self.names[number].clone(), entries)
+        })
     }
 }
 
@@ -491,6 +497,8 @@ pub struct Packer {
     sending: Tasks<u64>,
     /// The buffers of packs sent, for the next ones.
     spare: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// Whether the packs sent are noted for this run's own lookups (`WRITTEN`).
+    remembers: bool,
 }
 
 #[derive(Default)]
@@ -517,6 +525,16 @@ impl Packer {
             permits: Arc::new(Semaphore::new(SENDING)),
             sending: Tasks::new(),
             spare: Arc::default(),
+            remembers: false,
+        }
+    }
+
+    /// This packer, its packs noted as sent for the run's own later lookups: a run writing a
+    /// backup reads back what it packed (a collection repacking, or a copy, does not).
+    pub fn remembering(self) -> Self {
+        Packer {
+            remembers: true,
+            ..self
         }
     }
 
@@ -571,13 +589,14 @@ impl Packer {
         add_trailer(&mut bytes, &index);
         let backend = self.backend.clone();
         let spare = self.spare.clone();
+        let remembers = self.remembers;
         let sending = async move {
             let _permit = permit;
             let bytes = Bytes::from(bytes);
             // Beyond the chunks: the index, twice (its object, the copy at the pack's end).
             let overhead = 2 * index.len() as u64 + TRAILER_END;
             let sent = save_pack(&*backend, &pack, bytes.clone(), index).await;
-            if sent.is_ok() {
+            if sent.is_ok() && remembers {
                 note_written(backend.describe(), &pack, &entries);
             }
             // Its buffer, once no request holds it, fills the next pack (a new one for each

@@ -88,10 +88,11 @@ impl Run {
         sync_dirs(store.files()?, &dirs)
     }
 
-    /// The packs this run's new chunks go into (`None`: `store` keeps them loose).
+    /// The packs this run's new chunks go into (`None`: `store` keeps them loose), noted for
+    /// its own later lookups and its verification.
     fn packer_of(&self, store: &ChunkStore) -> Option<Arc<Packer>> {
         self.packer
-            .get_or_init(|| store.packer().map(Arc::new))
+            .get_or_init(|| store.packer().map(|p| Arc::new(p.remembering())))
             .clone()
     }
 
