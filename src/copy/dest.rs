@@ -17,7 +17,8 @@ use crate::backup::remote::{abandon, claim, Claim};
 use crate::format::layout::LayoutError;
 use crate::format::layout::MANIFEST_PATH;
 use crate::fs::CopyError as Side;
-use crate::store::chunks::{self, ChunkId, ChunkStore, Holdings, Packer, Params, RunTemp};
+use crate::store::chunks::RunTemp;
+use crate::store::chunks::{self, ChunkId, ChunkStore, Holdings, LocalPacker, Packer, Params};
 use crate::store::lock::RepoLock;
 use crate::store::{occupant, Occupant, Remote, Repository, Staging};
 
@@ -154,7 +155,9 @@ impl Dest {
             Repository::Local(dir) => {
                 let staging = Staging::begin_as(&dir.join(name), false, "copy")?;
                 let (temp, packer) = match self.store.get() {
-                    Some(Some(store)) => (Some(store.temp_dir()?), store.packer()),
+                    Some(Some(store)) => {
+                        (Some(store.temp_dir()?), store.packer().map(Packing::Local))
+                    }
                     _ => (None, None),
                 };
                 let how = How::Local {
@@ -171,7 +174,7 @@ impl Dest {
                     committed: false,
                 };
                 let packer = (self.packed.get() == Some(&true))
-                    .then(|| Packer::new(remote.shared_backend(), remote.seal()));
+                    .then(|| Packing::Remote(Packer::new(remote.shared_backend(), remote.seal())));
                 (how, packer)
             }
         };
@@ -192,9 +195,16 @@ pub struct Writing<'a> {
     how: How,
     /// A store of pack files: the backup's new chunks go into packs, written before its
     /// manifest.
-    packer: Option<Packer>,
+    packer: Option<Packing>,
     /// The chunks packed for this backup: the repository holds them once it commits.
     packed: Mutex<HashSet<ChunkId>>,
+}
+
+/// Where a backup's new chunks are packed: a local store's straight into its directory, a
+/// store's on a backend sent as they fill.
+enum Packing {
+    Local(LocalPacker),
+    Remote(Packer),
 }
 
 enum How {
@@ -220,13 +230,12 @@ impl Writing<'_> {
         self.dest.has(id) || self.packed.lock().expect("packed lock").contains(id)
     }
 
-    /// Runs `work` to its end from blocking code, on the runtime the destination is written
-    /// through.
+    /// Runs `work` to its end from blocking code, on the runtime of the repository on a
+    /// backend.
     fn wait<T>(&self, work: impl std::future::Future<Output = T>) -> io::Result<T> {
-        match (&self.how, self.dest.store.get()) {
-            (How::Remote { remote, .. }, _) => Ok(remote.wait(work)),
-            (How::Local { .. }, Some(Some(store))) => Ok(store.wait(work)),
-            (How::Local { .. }, _) => Err(io::Error::other("no chunk store was prepared")),
+        match &self.how {
+            How::Remote { remote, .. } => Ok(remote.wait(work)),
+            How::Local { .. } => Err(io::Error::other("a local directory is written at the file")),
         }
     }
 
@@ -234,7 +243,10 @@ impl Writing<'_> {
     /// caller). Safe from many threads at once.
     pub fn put_chunk(&self, id: &ChunkId, len: usize, stored: &[u8]) -> io::Result<()> {
         if let Some(packer) = &self.packer {
-            self.wait(packer.add(*id, len, stored))??;
+            match packer {
+                Packing::Local(packer) => packer.add(*id, len, stored)?,
+                Packing::Remote(packer) => self.wait(packer.add(*id, len, stored))??,
+            };
             self.packed.lock().expect("packed lock").insert(*id);
             // The repository holds it once the backup commits.
             return Ok(());
@@ -285,10 +297,11 @@ impl Writing<'_> {
     pub fn commit(mut self, manifest: &[u8]) -> Result<u64> {
         let mut packing = 0;
         if let Some(packer) = &self.packer {
-            packing = self
-                .wait(packer.finish())
-                .and_then(|finished| finished)
-                .context("cannot send the chunks")?;
+            packing = match packer {
+                Packing::Local(packer) => packer.finish(),
+                Packing::Remote(packer) => self.wait(packer.finish()).and_then(|sent| sent),
+            }
+            .context("cannot send the chunks")?;
         }
         crate::failpoint::hit("copy:before-manifest")?;
         crate::progress::check_interrupted()?;

@@ -194,6 +194,15 @@ impl LocalBackend {
         self.inner.remove(name)
     }
 
+    /// A save written a piece at a time from blocking code (a pack filling): its temporary file,
+    /// given its name by `Saving::commit`, removed if it is dropped first.
+    pub fn begin_save_blocking(&self) -> Result<Saving, BackendError> {
+        Ok(Saving {
+            backend: self.clone(),
+            temp: self.inner.create_temp()?,
+        })
+    }
+
     /// Removes the temporary file of every save under way (`unfinished`), from blocking code:
     /// only where no run can be saving (under the repository's exclusive lock), when each is
     /// a killed run's. How many went.
@@ -255,6 +264,25 @@ impl LocalBackend {
         self.blocking(move |inner| inner.commit(temp, &name, replace))
             .await?;
         Ok(written)
+    }
+}
+
+/// A save under way from blocking code (`LocalBackend::begin_save_blocking`).
+pub struct Saving {
+    backend: LocalBackend,
+    temp: Temp,
+}
+
+impl Saving {
+    /// The temporary file, to write the object's bytes into.
+    pub fn file(&mut self) -> &mut File {
+        &mut self.temp.file
+    }
+
+    /// Makes it the object `name` as a save does: fsynced, renamed into place (over an object
+    /// there), the directory fsynced.
+    pub fn commit(self, name: &Name) -> Result<(), BackendError> {
+        self.backend.inner.commit(self.temp, name, true)
     }
 }
 

@@ -198,15 +198,11 @@ impl ChunkStore {
     }
 
     /// Packs for the new chunks of a local store of pack files (`None`: loose chunks), written
-    /// through its directory's backend, their indexes sealed as its chunks are.
-    pub fn packer(&self) -> Option<Packer> {
-        let local = self.packs.is_some() && self.repository.is_local();
-        local.then(|| Packer::new(self.repository.shared_backend(), self.seal.clone()))
-    }
-
-    /// Runs `work` to its end from blocking code, on the runtime the store is written through.
-    pub fn wait<T>(&self, work: impl std::future::Future<Output = T>) -> T {
-        self.repository.wait(work)
+    /// into its directory, their indexes sealed as its chunks are.
+    pub fn packer(&self) -> Option<LocalPacker> {
+        let files = self.repository.local_backend()?;
+        let packed = self.packs.is_some();
+        packed.then(|| LocalPacker::new(files.clone(), self.seal.clone()))
     }
 
     /// Opens the store of `dir` to read chunks. Waits while an older wqm collects garbage in a
@@ -706,6 +702,7 @@ mod id;
 mod import;
 mod index;
 mod legacy;
+mod local_pack;
 mod pack;
 mod params;
 mod prefetch;
@@ -725,6 +722,7 @@ pub use id::ChunkId;
 pub use import::{id_of_object, object_name, params_object, save_chunk};
 pub use index::{index_text, IndexLine, IndexReader};
 use legacy::legacy_lock;
+pub use local_pack::LocalPacker;
 pub use pack::{parse_index as parse_pack_index, PackIndex, Packer};
 pub use params::Params;
 use params::LOCK_OBJECTS;

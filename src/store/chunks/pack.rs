@@ -44,7 +44,7 @@ const ASIDE_DIR: &str = "aside";
 /// docs/performance.md), small enough that the two sent at once (each perhaps copied once more
 /// on its way) and the one filling stay far under the 64 MB a run may use (8 MiB packs peaked
 /// at 64 MiB).
-const PACK_TARGET: usize = 4 << 20;
+pub(super) const PACK_TARGET: usize = 4 << 20;
 /// Packs sent at once by one run.
 const SENDING: usize = 2;
 /// The first line of every index object.
@@ -366,7 +366,7 @@ static LOADED: Mutex<BTreeMap<String, Arc<PackIndex>>> = Mutex::new(BTreeMap::ne
 static WRITTEN: Mutex<BTreeMap<String, HashMap<ChunkId, Location>>> = Mutex::new(BTreeMap::new());
 
 /// Notes that pack `pack` of the repository `key` (its backend's `describe`) holds `entries`.
-fn note_written(key: String, pack: &str, entries: &[Entry]) {
+pub(super) fn note_written(key: String, pack: &str, entries: &[Entry]) {
     let pack: Arc<str> = Arc::from(pack);
     let mut written = WRITTEN.lock().unwrap_or_else(|e| e.into_inner());
     let found = written.entry(key).or_default();
@@ -497,8 +497,6 @@ pub struct Packer {
     sending: Tasks<u64>,
     /// The buffers of packs sent, for the next ones.
     spare: Arc<Mutex<Vec<Vec<u8>>>>,
-    /// Whether the packs sent are noted for this run's own lookups (`WRITTEN`).
-    remembers: bool,
 }
 
 #[derive(Default)]
@@ -525,16 +523,6 @@ impl Packer {
             permits: Arc::new(Semaphore::new(SENDING)),
             sending: Tasks::new(),
             spare: Arc::default(),
-            remembers: false,
-        }
-    }
-
-    /// This packer, its packs noted as sent for the run's own later lookups: a run writing a
-    /// backup reads back what it packed (a collection repacking, or a copy, does not).
-    pub fn remembering(self) -> Self {
-        Packer {
-            remembers: true,
-            ..self
         }
     }
 
@@ -586,19 +574,15 @@ impl Packer {
         let entries = std::mem::take(&mut filling.entries);
         let pack = crate::backend::random_id();
         let index = index_bytes(self.seal.as_ref(), &pack, &entries)?;
-        add_trailer(&mut bytes, &index);
+        write_trailer(&mut bytes, &index)?;
         let backend = self.backend.clone();
         let spare = self.spare.clone();
-        let remembers = self.remembers;
         let sending = async move {
             let _permit = permit;
             let bytes = Bytes::from(bytes);
             // Beyond the chunks: the index, twice (its object, the copy at the pack's end).
             let overhead = 2 * index.len() as u64 + TRAILER_END;
             let sent = save_pack(&*backend, &pack, bytes.clone(), index).await;
-            if sent.is_ok() && remembers {
-                note_written(backend.describe(), &pack, &entries);
-            }
             // Its buffer, once no request holds it, fills the next pack (a new one for each
             // pack leaves freed ones behind in the threads' allocator arenas: RSS).
             if let Ok(buffer) = bytes.try_into_mut() {
@@ -657,7 +641,11 @@ async fn put(backend: &dyn Backend, object: String, bytes: Bytes) -> io::Result<
 
 /// The index of pack `pack` listing `entries`, as stored: its text, sealed in an encrypted
 /// repository with the pack's id as identity.
-fn index_bytes(seal: Option<&Seal>, pack: &str, entries: &[Entry]) -> io::Result<Vec<u8>> {
+pub(super) fn index_bytes(
+    seal: Option<&Seal>,
+    pack: &str,
+    entries: &[Entry],
+) -> io::Result<Vec<u8>> {
     let text = encode_index(entries).into_bytes();
     match seal {
         Some(seal) => seal.seal(&index_identity(pack), &text),
@@ -668,17 +656,17 @@ fn index_bytes(seal: Option<&Seal>, pack: &str, entries: &[Entry]) -> io::Result
 /// The last bytes of every pack: its index's length (8 bytes, little-endian), then this.
 const TRAILER_MAGIC: &[u8; 8] = b"wqmpack1";
 /// The length and the magic.
-const TRAILER_END: u64 = 16;
+pub(super) const TRAILER_END: u64 = 16;
 
 /// Appends to a pack's chunks its index (as stored) and the trailer's end: a pack whose index
 /// object is lost still says what it holds (`read_trailer`).
-fn add_trailer(pack: &mut Vec<u8>, index: &[u8]) {
-    pack.extend_from_slice(index);
-    pack.extend_from_slice(&(index.len() as u64).to_le_bytes());
-    pack.extend_from_slice(TRAILER_MAGIC);
+pub(super) fn write_trailer(pack: &mut impl std::io::Write, index: &[u8]) -> io::Result<()> {
+    pack.write_all(index)?;
+    pack.write_all(&(index.len() as u64).to_le_bytes())?;
+    pack.write_all(TRAILER_MAGIC)
 }
 
-/// The index a pack carries at its end (`add_trailer`), as stored (sealed in an encrypted
+/// The index a pack carries at its end (`write_trailer`), as stored (sealed in an encrypted
 /// repository), and its entries, checked to lie before it. `size` is the pack's listed size.
 pub(super) fn read_trailer(
     remote: &Remote,

@@ -19,7 +19,7 @@ use super::compare::{holds, Comparisons, Settled};
 use super::index::INDEX_HEADER;
 use super::runs::{RunTemp, TempDir};
 use super::Selection;
-use super::{object_name, ChunkBuffer, ChunkId, ChunkProblem, ChunkStore, Chunker, Packer};
+use super::{object_name, ChunkBuffer, ChunkId, ChunkProblem, ChunkStore, Chunker, LocalPacker};
 use super::{CHUNKS_DIR, STORE_DIR};
 use crate::backend::local::LocalBackend;
 
@@ -46,7 +46,7 @@ pub struct Run {
     reused_dirs: Mutex<BTreeSet<String>>,
     added: Mutex<Added>,
     /// Made at the first new chunk: `None` for a store of loose chunks.
-    packer: OnceLock<Option<Arc<Packer>>>,
+    packer: OnceLock<Option<Arc<LocalPacker>>>,
 }
 
 impl Run {
@@ -74,14 +74,13 @@ impl Run {
     }
 
     /// Makes every chunk the manifest will name durable, after the last file was written:
-    /// in a store of pack files the packs still filling are written (each fsynced, then its
-    /// index); the names of the loose chunks this run reused too, since another run renamed
+    /// in a store of pack files the pack filling is closed (fsynced, named, then its index); the names of the loose chunks this run reused too, since another run renamed
     /// them and may have died before syncing their directories (each directory once per run,
     /// then `chunks/`).
     pub fn make_durable(&self, store: &ChunkStore) -> io::Result<()> {
         if let Some(Some(packer)) = self.packer.get() {
             // The packs' indexes and trailers are what the store grew by beyond the chunks.
-            let overhead = store.wait(packer.finish())?;
+            let overhead = packer.finish()?;
             self.added.lock().expect("run lock").bytes += overhead;
         }
         let dirs = std::mem::take(&mut *self.reused_dirs.lock().expect("run lock"));
@@ -90,7 +89,7 @@ impl Run {
 
     /// The packs this run's new chunks go into (`None`: `store` keeps them loose), noted for
     /// its own later lookups and its verification.
-    fn packer_of(&self, store: &ChunkStore) -> Option<Arc<Packer>> {
+    fn packer_of(&self, store: &ChunkStore) -> Option<Arc<LocalPacker>> {
         self.packer
             .get_or_init(|| store.packer().map(|p| Arc::new(p.remembering())))
             .clone()
@@ -309,7 +308,7 @@ impl<W: Write> ChunkSink<W> {
         let stored = self.store.to_store(id, &self.compressed)?;
         if let Some(packer) = self.run.packer_of(&self.store) {
             // Another file of the run may have packed it a moment ago: counted once.
-            let packed = self.store.wait(packer.add(*id, chunk.len(), &stored))?;
+            let packed = packer.add(*id, chunk.len(), &stored)?;
             let stored = stored.len() as u64;
             if packed {
                 self.run.note_stored(id, stored);
