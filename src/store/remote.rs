@@ -98,15 +98,17 @@ fn own_runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
-/// `range` of `file` into `bytes`, read at the file (a local pack's chunk: no runtime hop, no
-/// thread); fewer bytes when the file ends first, as a backend's ranged read gives.
+/// `range` of `file` (`size` bytes) into `bytes`, read at the file (a local pack's chunk: no
+/// runtime hop, no thread); fewer bytes when the file ends first, as a backend's ranged read
+/// gives (a damaged index naming bytes far past the end allocates none of them).
 fn read_at(
-    file: &std::fs::File,
+    (file, size): (&std::fs::File, u64),
     range: std::ops::Range<u64>,
     mut bytes: Vec<u8>,
 ) -> io::Result<Vec<u8>> {
     use std::os::unix::fs::FileExt;
-    let len = usize::try_from(range.end.saturating_sub(range.start)).map_err(io::Error::other)?;
+    let end = range.end.min(size);
+    let len = usize::try_from(end.saturating_sub(range.start)).map_err(io::Error::other)?;
     bytes.clear();
     bytes.resize(len, 0);
     let mut got = 0;
@@ -236,8 +238,8 @@ impl Remote {
     ) -> io::Result<Vec<u8>> {
         let name = object(rel)?;
         if let Some(local) = &self.local {
-            let (file, _) = local.open_blocking(&name).map_err(not_found)?;
-            return read_at(&file, range, bytes);
+            let (file, size) = local.open_blocking(&name).map_err(not_found)?;
+            return read_at((&file, size), range, bytes);
         }
         // Its size known, the buffer is made once (no doubling as the pieces come).
         bytes.clear();

@@ -14,6 +14,13 @@ use crate::qdrant_double::Double;
 use crate::repo::files;
 use crate::test::Test;
 
+/// A prune's `--json` summary says no pack was deleted nor repacked.
+pub(crate) fn no_pack_collected(v: &Value) {
+    let gc = &v["chunk_store"]["collected"];
+    let touched = (gc["packs_deleted"].clone(), gc["packs_repacked"].clone());
+    assert_eq!(touched, (0.into(), 0.into()), "{v}");
+}
+
 /// The pack files of the store in `dir`.
 fn packs(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     files_under(&dir.join(".wqm-chunks/packs"))
@@ -70,14 +77,7 @@ fn nights_add_packs_and_prune_deletes_or_repacks_them() {
     let left = packs(&backups);
     let (_, _tmp) = Test::in_dir(tmp)
         .args("backup prune {TMP}/backups --keep-last 1 --json")
-        .stdout_json(|v| {
-            let gc = &v["chunk_store"]["collected"];
-            assert_eq!(
-                (gc["packs_deleted"].clone(), gc["packs_repacked"].clone()),
-                (0.into(), 0.into()),
-                "{v}"
-            );
-        })
+        .stdout_json(no_pack_collected)
         .run();
     assert_eq!(packs(&backups), left);
 }
