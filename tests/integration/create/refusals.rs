@@ -268,6 +268,39 @@ fn a_full_disk_fails_cleanly_and_says_so() {
 }
 
 #[test]
+#[cfg_attr(
+    not(mount_namespaces),
+    ignore = "needs WQM_TEST_UNSHARE: `unshare -rm` to mount a small filesystem (`.ci/run` sets it)"
+)]
+fn a_full_disk_under_an_incremental_night_leaves_no_pack_behind() {
+    // A 16 KiB tmpfs: the store is made, the pack filling with the night's chunks cannot fit.
+    let double = Double::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let small = tmp.path().join("small");
+    let output = create_on_a_small_disk(tmp.path(), &small, "16k", |command| {
+        command
+            .env("QDRANT_URL", &double.url)
+            .env("WQM_BACKUP__INCREMENTAL", "true");
+    });
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("No space left on device"), "{stderr}");
+    assert!(stderr.ends_with("hint: the disk is full: free space or choose another target; nothing partial was left behind\n"), "{stderr}");
+    // The store made for the night stays, empty: no pack, no index, no temporary file.
+    let left = String::from_utf8_lossy(&output.stdout);
+    let mut left: Vec<&str> = left.lines().collect();
+    left.sort();
+    let store = format!("{}/.wqm-chunks", small.display());
+    let expected = [
+        store.clone(),
+        format!("{store}/store.json"),
+        format!("{store}/tmp"),
+    ];
+    assert_eq!(left, expected, "{stderr}");
+    assert!(double.snapshots_left().is_empty());
+}
+
+#[test]
 fn an_api_key_that_cannot_be_sent_is_a_usage_error_about_the_key() {
     Test::new()
         .env("QDRANT_URL", "http://127.0.0.1:1")
