@@ -173,8 +173,10 @@ impl Dest {
                     remote: remote.clone(),
                     committed: false,
                 };
-                let packer = (self.packed.get() == Some(&true))
-                    .then(|| Packing::Remote(Packer::new(remote.shared_backend(), remote.seal())));
+                let packer = (self.packed.get() == Some(&true)).then(|| {
+                    let packer = Packer::new(remote.shared_backend(), remote.seal());
+                    Packing::Remote(packer, remote.clone())
+                });
                 (how, packer)
             }
         };
@@ -201,10 +203,10 @@ pub struct Writing<'a> {
 }
 
 /// Where a backup's new chunks are packed: a local store's straight into its directory, a
-/// store's on a backend sent as they fill.
+/// store's on a backend sent as they fill (waited for on the repository's runtime).
 enum Packing {
     Local(LocalPacker),
-    Remote(Packer),
+    Remote(Packer, Remote),
 }
 
 enum How {
@@ -230,22 +232,13 @@ impl Writing<'_> {
         self.dest.has(id) || self.packed.lock().expect("packed lock").contains(id)
     }
 
-    /// Runs `work` to its end from blocking code, on the runtime of the repository on a
-    /// backend.
-    fn wait<T>(&self, work: impl std::future::Future<Output = T>) -> io::Result<T> {
-        match &self.how {
-            How::Remote { remote, .. } => Ok(remote.wait(work)),
-            How::Local { .. } => Err(io::Error::other("a local directory is written at the file")),
-        }
-    }
-
     /// Stores chunk `id` (`len` bytes of content) from its stored bytes (checked by the
     /// caller). Safe from many threads at once.
     pub fn put_chunk(&self, id: &ChunkId, len: usize, stored: &[u8]) -> io::Result<()> {
         if let Some(packer) = &self.packer {
             match packer {
                 Packing::Local(packer) => packer.add(*id, len, stored)?,
-                Packing::Remote(packer) => self.wait(packer.add(*id, len, stored))??,
+                Packing::Remote(packer, remote) => remote.wait(packer.add(*id, len, stored))?,
             };
             self.packed.lock().expect("packed lock").insert(*id);
             // The repository holds it once the backup commits.
@@ -299,7 +292,7 @@ impl Writing<'_> {
         if let Some(packer) = &self.packer {
             packing = match packer {
                 Packing::Local(packer) => packer.finish(),
-                Packing::Remote(packer) => self.wait(packer.finish()).and_then(|sent| sent),
+                Packing::Remote(packer, remote) => remote.wait(packer.finish()),
             }
             .context("cannot send the chunks")?;
         }

@@ -403,8 +403,8 @@ fn a_store_of_loose_chunks_on_s3_stays_readable_and_writable() {
 
 /// A repository on S3 synced down to a directory object for object (`aws s3 sync`, `rclone
 /// sync`: the bucket's copy on a disk, to restore without it) is used there as it is: listed,
-/// validated and exported; a night made there stores its new chunks loose beside the packs, and
-/// a prune collects both.
+/// validated and exported; a night made there adds packs of its own, none loose, and a prune
+/// collects them.
 #[test]
 #[cfg_attr(
     not(real_s3),

@@ -389,6 +389,9 @@ fn locate_written(key: &str, id: &ChunkId) -> Option<Location> {
 #[derive(Debug)]
 pub struct Packs {
     remote: Remote,
+    /// The repository's key in `LOADED` and `WRITTEN` (its backend's `describe`), made once:
+    /// a writer looks up every new chunk.
+    key: String,
     largest: usize,
     current: Mutex<Arc<PackIndex>>,
     /// Whether a chunk found in no index makes the indexes be read again (a reader's); a
@@ -412,6 +415,7 @@ impl Packs {
         };
         Ok(Packs {
             remote: remote.clone(),
+            key,
             largest,
             current: Mutex::new(current),
             reloads: true,
@@ -466,7 +470,7 @@ impl Packs {
         if let Some(found) = current.locate(id) {
             return Some(found);
         }
-        if let Some(found) = locate_written(&self.remote.backend().describe(), id) {
+        if let Some(found) = locate_written(&self.key, id) {
             return Some(found);
         }
         if !self.reloads {

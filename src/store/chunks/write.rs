@@ -73,10 +73,11 @@ impl Run {
         self.written.lock().expect("run lock").clone()
     }
 
-    /// Makes every chunk the manifest will name durable, after the last file was written:
-    /// in a store of pack files the pack filling is closed (fsynced, named, then its index); the names of the loose chunks this run reused too, since another run renamed
-    /// them and may have died before syncing their directories (each directory once per run,
-    /// then `chunks/`).
+    /// Makes every chunk the manifest will name durable, after the last file was written: in a
+    /// store of pack files the pack filling is closed (fsynced, named, then its index); the
+    /// names of the loose chunks this run reused too, since another run renamed them and may
+    /// have died before syncing their directories (each directory once per run, then
+    /// `chunks/`).
     pub fn make_durable(&self, store: &ChunkStore) -> io::Result<()> {
         if let Some(Some(packer)) = self.packer.get() {
             // The packs' indexes and trailers are what the store grew by beyond the chunks.
