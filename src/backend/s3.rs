@@ -7,7 +7,8 @@
 //! upload is found there (`unfinished`) and aborted by a later run (`abort`).
 
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -40,7 +41,25 @@ pub struct S3Backend {
     /// `""` or a prefix without a trailing `/`.
     prefix: String,
     endpoint: String,
+    /// Whether the server has answered for this client (`check`), shared by its prefixes.
+    checked: Arc<AtomicBool>,
 }
+
+/// A client this process made, kept for the next prefix of its bucket.
+struct Client {
+    runtime: tokio::runtime::Id,
+    bucket: String,
+    settings: Resolved,
+    store: Arc<AmazonS3>,
+    checked: Arc<AtomicBool>,
+}
+
+/// The clients made so far, by runtime, bucket and settings: a run that opens several prefixes
+/// of one bucket (a backup and its repository, a copy's two ends) uses one client, so its
+/// connections are reused, its TLS roots loaded once (~150 files from the system's store), and
+/// the server asked once. A client is only used on the runtime it was made on (its pooled
+/// connections run there).
+static CLIENTS: Mutex<Vec<Client>> = Mutex::new(Vec::new());
 
 /// Bucket, prefix and endpoint; the client (which holds the credentials) is left out.
 impl std::fmt::Debug for S3Backend {
@@ -64,9 +83,43 @@ struct UploadRecord {
 }
 
 impl S3Backend {
-    /// A client for `bucket`/`prefix` with `settings`; nothing is asked of the server yet
-    /// (`check` does).
+    /// A client for `bucket`/`prefix` with `settings` (the one made before for the bucket,
+    /// on this runtime, with the same settings); nothing is asked of the server yet (`check`
+    /// does).
     pub fn open(bucket: &str, prefix: &str, settings: &Resolved) -> Result<Self, BackendError> {
+        let runtime = tokio::runtime::Handle::try_current().ok().map(|h| h.id());
+        let mut clients = CLIENTS.lock().unwrap_or_else(|e| e.into_inner());
+        let made = clients
+            .iter()
+            .find(|c| Some(c.runtime) == runtime && c.bucket == bucket && c.settings == *settings);
+        let (store, checked) = match made {
+            Some(client) => (client.store.clone(), client.checked.clone()),
+            None => {
+                let store = Arc::new(Self::client(bucket, settings)?);
+                let checked = Arc::new(AtomicBool::new(false));
+                if let Some(runtime) = runtime {
+                    clients.push(Client {
+                        runtime,
+                        bucket: bucket.to_string(),
+                        settings: settings.clone(),
+                        store: store.clone(),
+                        checked: checked.clone(),
+                    });
+                }
+                (store, checked)
+            }
+        };
+        Ok(S3Backend {
+            store,
+            bucket: bucket.to_string(),
+            prefix: prefix.trim_end_matches('/').to_string(),
+            endpoint: settings.shown_endpoint(),
+            checked,
+        })
+    }
+
+    /// A new client for `bucket` with `settings`.
+    fn client(bucket: &str, settings: &Resolved) -> Result<AmazonS3, BackendError> {
         let endpoint = settings.shown_endpoint();
         // reqwest is built without a TLS crypto provider; rustls' ring provider is ours.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -98,28 +151,27 @@ impl S3Backend {
         if let Some(url) = &settings.endpoint {
             builder = builder.with_endpoint(url);
         }
-        let store = builder.build().map_err(|e| BackendError::BadConfig {
+        builder.build().map_err(|e| BackendError::BadConfig {
             repository: format!("s3://{bucket}"),
             // The builder's messages name settings, never their values.
             reason: e.to_string(),
-        })?;
-        Ok(S3Backend {
-            store: Arc::new(store),
-            bucket: bucket.to_string(),
-            prefix: prefix.trim_end_matches('/').to_string(),
-            endpoint,
         })
     }
 
     /// Asks the server once (a listing of at most one page under the prefix), so wrong
-    /// credentials, a missing bucket or an unreachable endpoint are refused before any work.
+    /// credentials, a missing bucket or an unreachable endpoint are refused before any work;
+    /// once it has answered, the bucket's other prefixes are not asked again.
     pub async fn check(&self) -> Result<(), BackendError> {
+        if self.checked.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         let prefix = self.path("")?;
         self.store
             .list_with_delimiter(Some(&prefix))
             .await
-            .map(|_| ())
-            .map_err(|e| self.error("checking the bucket", "", e))
+            .map_err(|e| self.error("checking the bucket", "", e))?;
+        self.checked.store(true, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Whether the server honours `If-None-Match: *` (SeaweedFS and AWS do; rclone's `serve s3`

@@ -167,6 +167,7 @@ async fn guard(
     ui: &Ui,
 ) -> Result<()> {
     let mut given: Option<Password> = None;
+    let mut opened: Vec<(PathBuf, Arc<dyn Backend>)> = Vec::new();
     for dir in repositories_touched(command, default_dir) {
         let backend: Arc<dyn Backend> = match location(&dir)? {
             Location::Local(path) => {
@@ -179,8 +180,16 @@ async fn guard(
                 Arc::new(s3_checked(&bucket, &prefix, settings).await?)
             }
         };
+        opened.push((dir, backend));
+    }
+    // Read side by side: on S3 each is a round trip before the command starts.
+    let configs = futures_util::future::join_all(opened.iter().map(|(dir, backend)| async move {
+        crate::repo::read_config(&**backend, &dir.display().to_string()).await
+    }))
+    .await;
+    for ((dir, backend), config) in opened.into_iter().zip(configs) {
         let shown = dir.display().to_string();
-        let Some(config) = crate::repo::read_config(&*backend, &shown).await? else {
+        let Some(config) = config? else {
             continue;
         };
         if !config.encrypted {
