@@ -387,19 +387,38 @@ fn to_json(info: &LockInfo) -> Vec<u8> {
 pub async fn list(
     backend: &dyn Backend,
 ) -> Result<Vec<(Name, Result<LockInfo, String>)>, BackendError> {
+    list_except(backend, None).await
+}
+
+/// `list` without `own` (whose content its holder knows), the objects read side by side: each
+/// read is a round trip, and every run lists the locks twice before it starts.
+async fn list_except(
+    backend: &dyn Backend,
+    own: Option<&Name>,
+) -> Result<Vec<(Name, Result<LockInfo, String>)>, BackendError> {
+    let names: Vec<Name> = backend
+        .list(LOCKS)
+        .await?
+        .into_iter()
+        .filter_map(|object| Name::new(object.name).ok())
+        .filter(|name| Some(name) != own)
+        .collect();
+    let read = futures_util::future::join_all(names.iter().map(|name| async move {
+        match backend.load(name, None).await {
+            Ok(data) => Ok(Some(super::collect(data).await)),
+            Err(e) if e.is_not_found() => Ok(None), // Released meanwhile.
+            Err(e) => Err(e),
+        }
+    }))
+    .await;
     let mut found = Vec::new();
-    for object in backend.list(LOCKS).await? {
-        let Ok(name) = Name::new(object.name) else {
-            continue;
-        };
-        let bytes = match backend.load(&name, None).await {
-            Ok(data) => super::collect(data).await,
-            Err(e) if e.is_not_found() => continue, // Released meanwhile.
-            Err(e) => return Err(e),
-        };
-        let info = match bytes {
-            Ok(bytes) => serde_json::from_slice::<LockInfo>(&bytes).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+    for (name, bytes) in names.into_iter().zip(read) {
+        let info = match bytes? {
+            None => continue,
+            Some(Ok(bytes)) => {
+                serde_json::from_slice::<LockInfo>(&bytes).map_err(|e| e.to_string())
+            }
+            Some(Err(e)) => Err(e.to_string()),
         };
         found.push((name, info));
     }
@@ -414,10 +433,7 @@ async fn check_others(
     timing: Timing,
 ) -> Result<(), LockError> {
     let now = crate::now();
-    for (name, info) in list(backend).await? {
-        if Some(&name) == own {
-            continue;
-        }
+    for (name, info) in list_except(backend, own).await? {
         match info {
             Ok(info) if info.is_stale(now, timing) || !info.kind().conflicts(kind) => {}
             Ok(info) => {

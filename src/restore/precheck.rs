@@ -63,11 +63,7 @@ impl Precheck {
     /// The pre-check of every file of the backup in `source`.
     pub(super) fn for_backup(source: &BackupDir) -> Owner {
         Owner(Arc::new(Precheck {
-            source: BackupDir {
-                path: source.path.clone(),
-                manifest: source.manifest.clone(),
-                remote: source.remote.clone(),
-            },
+            source: source.clone(),
             files: source.manifest.files.clone(),
             state: Mutex::default(),
             moved: Condvar::new(),

@@ -8,6 +8,7 @@
 use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use crate::backend::local::LocalBackend;
 use crate::backend::{BackendError, Name};
@@ -32,14 +33,17 @@ use seal::Seal;
 pub use sink::FileSink;
 pub use staging::{checked_backup_name, Staging};
 
-/// A backup directory and its manifest.
-#[derive(Debug)]
+/// A backup directory and its manifest. A clone shares the chunk store it opened.
+#[derive(Clone, Debug)]
 pub struct BackupDir {
     /// Where it is: a local directory, or as shown for a remote one (`s3://bucket/prefix/NAME`).
     pub path: PathBuf,
     pub manifest: Manifest,
     /// A backup on a backend: every read goes there, `path` only names it.
     pub remote: Option<RemoteBackup>,
+    /// The remote chunk store once opened: opening it is a request, and every chunked file
+    /// read opens it.
+    remote_store: Arc<OnceLock<Arc<ChunkStore>>>,
 }
 
 /// Where a backup the user named is.
@@ -91,11 +95,17 @@ impl BackupDir {
         layout::refuse_unfinished(path)?;
         layout::ensure_backup_dir(path)?;
         let manifest = Self::read_manifest(path)?;
-        Ok(BackupDir {
-            path: path.to_path_buf(),
+        Ok(Self::local(path.to_path_buf(), manifest))
+    }
+
+    /// The local backup at `path` whose manifest is `manifest`.
+    pub fn local(path: PathBuf, manifest: Manifest) -> Self {
+        BackupDir {
+            path,
             manifest,
             remote: None,
-        })
+            remote_store: Arc::default(),
+        }
     }
 
     /// Opens the backup at `place`: locally as `open`; remotely its manifest must be there (a
@@ -110,16 +120,21 @@ impl BackupDir {
                     }
                     .into());
                 }
-                Ok(Self::remote(remote.clone(), Self::read_manifest_at(place)?))
+                Ok(Self::of_remote(
+                    remote.clone(),
+                    Self::read_manifest_at(place)?,
+                ))
             }
         }
     }
 
-    fn remote(remote: RemoteBackup, manifest: Manifest) -> Self {
+    /// The remote backup `remote` whose manifest is `manifest`.
+    pub fn of_remote(remote: RemoteBackup, manifest: Manifest) -> Self {
         BackupDir {
             path: remote.shown(),
             manifest,
             remote: Some(remote),
+            remote_store: Arc::default(),
         }
     }
 
@@ -260,7 +275,7 @@ impl BackupDir {
     }
 
     /// The chunk store of the backups beside this one, held shared while the result lives.
-    pub fn chunk_store(&self) -> io::Result<std::sync::Arc<ChunkStore>> {
+    pub fn chunk_store(&self) -> io::Result<Arc<ChunkStore>> {
         self.open_chunk_store().map_err(|e| {
             let kind = if e.is_busy() {
                 io::ErrorKind::WouldBlock
@@ -273,11 +288,15 @@ impl BackupDir {
     }
 
     /// The chunk store of the backups beside this one (`chunk_store` with the store's error).
-    pub fn open_chunk_store(&self) -> Result<std::sync::Arc<ChunkStore>, ChunkError> {
-        match &self.remote {
-            None => ChunkStore::open_for_reading(self.backups_dir()),
-            Some(remote) => ChunkStore::open_remote(&remote.repository),
+    pub fn open_chunk_store(&self) -> Result<Arc<ChunkStore>, ChunkError> {
+        let Some(remote) = &self.remote else {
+            return ChunkStore::open_for_reading(self.backups_dir());
+        };
+        if let Some(store) = self.remote_store.get() {
+            return Ok(store.clone());
         }
+        let store = ChunkStore::open_remote(&remote.repository)?;
+        Ok(self.remote_store.get_or_init(|| store).clone())
     }
 
     /// The backups beside this one (in its directory, or its remote repository).
@@ -637,11 +656,7 @@ mod tests {
                 .unwrap()
                 .value,
         };
-        let backup = BackupDir {
-            path,
-            manifest: Manifest::new("0.3.0", 1.0),
-            remote: None,
-        };
+        let backup = BackupDir::local(path, Manifest::new("0.3.0", 1.0));
         (dir, backup, entry)
     }
 

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use futures_util::StreamExt;
 use tokio::runtime::Handle;
@@ -241,20 +241,41 @@ impl Remote {
             let (file, size) = local.open_blocking(&name).map_err(not_found)?;
             return read_at((&file, size), range, bytes);
         }
-        // Its size known, the buffer is made once (no doubling as the pieces come).
         bytes.clear();
+        self.wait(self.load_range(name, range, bytes))
+    }
+
+    /// `read_range_into` of an object on the network, as a task of the runtime (no thread
+    /// waits for it meanwhile).
+    pub async fn read_range_async(
+        &self,
+        rel: &str,
+        range: std::ops::Range<u64>,
+        mut bytes: Vec<u8>,
+    ) -> io::Result<Vec<u8>> {
+        debug_assert!(!self.is_local(), "a local read is a blocking one");
+        bytes.clear();
+        self.load_range(object(rel)?, range, bytes).await
+    }
+
+    /// The bytes `range` of `name` appended to `bytes`.
+    async fn load_range(
+        &self,
+        name: Name,
+        range: std::ops::Range<u64>,
+        mut bytes: Vec<u8>,
+    ) -> io::Result<Vec<u8>> {
+        // Its size known, the buffer is made once (no doubling as the pieces come).
         bytes.reserve((range.end - range.start).min(64 << 20) as usize);
-        self.wait(async {
-            let mut data = self
-                .backend
-                .load(&name, Some(range))
-                .await
-                .map_err(not_found)?;
-            while let Some(piece) = data.next().await {
-                bytes.extend_from_slice(&piece?);
-            }
-            Ok(bytes)
-        })
+        let mut data = self
+            .backend
+            .load(&name, Some(range))
+            .await
+            .map_err(not_found)?;
+        while let Some(piece) = data.next().await {
+            bytes.extend_from_slice(&piece?);
+        }
+        Ok(bytes)
     }
 
     /// The size of the object `rel`.
@@ -269,6 +290,21 @@ impl Remote {
     /// Every object under `prefix` (`""`: all, `"dir/"`), by name.
     pub fn list(&self, prefix: &str) -> io::Result<Vec<ObjectInfo>> {
         self.wait(self.backend.list(prefix)).map_err(not_found)
+    }
+
+    /// `list` of each of `prefixes`, asked side by side (each is a round trip on S3).
+    pub fn list_each<const N: usize>(
+        &self,
+        prefixes: [&str; N],
+    ) -> io::Result<[Vec<ObjectInfo>; N]> {
+        let listed = self.wait(futures_util::future::join_all(
+            prefixes.map(|prefix| self.backend.list(prefix)),
+        ));
+        let listed = listed
+            .into_iter()
+            .map(|l| l.map_err(not_found))
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(listed.try_into().expect("one listing per prefix"))
     }
 
     /// Hands `found` everything under `prefix` as `LocalBackend::visit_blocking` does: locally
@@ -391,14 +427,22 @@ impl Remote {
             .collect())
     }
 
-    /// The manifest of the backup `name`, stored under `root` (`root_of`): its size checked
-    /// before it is read, every name in it checked.
-    fn read_manifest(&self, name: &str, root: &str) -> Result<Manifest, ManifestError> {
+    /// The manifest of the backup `name`, stored under `root` (`root_of`): its size (`listed`,
+    /// else asked) checked before it is read, every name in it checked.
+    fn read_manifest(
+        &self,
+        name: &str,
+        root: &str,
+        listed: Option<u64>,
+    ) -> Result<Manifest, ManifestError> {
         let rel = format!("{root}/{MANIFEST_PATH}");
         let path = self.shown(&rel);
-        let size = self
-            .size(&rel)
-            .map_err(|e| manifest::load_error(&path, e))?;
+        let size = match listed {
+            Some(size) => size,
+            None => self
+                .size(&rel)
+                .map_err(|e| manifest::load_error(&path, e))?,
+        };
         if size > manifest::MAX_MANIFEST_BYTES {
             // `read_from` says it is too large, reading no more than its limit.
             return Manifest::read_from(io::repeat(b' ').take(size), &path);
@@ -450,6 +494,7 @@ impl Remote {
             name: name.to_string(),
             root,
             objects: Arc::new(objects),
+            manifest: Arc::new(OnceLock::new()),
         })
     }
 }
@@ -471,6 +516,9 @@ pub struct RemoteBackup {
     /// Where its objects are: `name`, or its replacement while that takes the name.
     root: String,
     objects: Arc<BTreeMap<String, u64>>,
+    /// Its manifest once read: the object does not change while it is the backup's, and every
+    /// read is a request.
+    manifest: Arc<OnceLock<Manifest>>,
 }
 
 impl RemoteBackup {
@@ -494,9 +542,16 @@ impl RemoteBackup {
         self.repository.open(&format!("{}/{rel}", self.root))
     }
 
-    /// Its manifest (`Remote::read_manifest`).
+    /// Its manifest (`Remote::read_manifest`, read once, its size from the listing).
     pub fn read_manifest(&self) -> Result<Manifest, ManifestError> {
-        self.repository.read_manifest(&self.name, &self.root)
+        if let Some(manifest) = self.manifest.get() {
+            return Ok(manifest.clone());
+        }
+        let listed = self.objects.get(MANIFEST_PATH).copied();
+        let manifest = self
+            .repository
+            .read_manifest(&self.name, &self.root, listed)?;
+        Ok(self.manifest.get_or_init(|| manifest).clone())
     }
 
     /// An object is a file; a name with objects under it a directory.

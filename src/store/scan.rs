@@ -83,11 +83,7 @@ pub fn scan(dir: &Path) -> io::Result<Scan> {
             Seen::Other("being written (its staging directory is locked)".to_string())
         } else {
             match BackupDir::read_manifest(&path) {
-                Ok(manifest) => Seen::Backup(Box::new(BackupDir {
-                    path: path.clone(),
-                    manifest,
-                    remote: None,
-                })),
+                Ok(manifest) => Seen::Backup(Box::new(BackupDir::local(path.clone(), manifest))),
                 Err(e) if !path.join(layout::METADATA_DIR).is_dir() => {
                     Seen::Other(format!("not a wqm backup ({e})"))
                 }
@@ -134,7 +130,7 @@ fn look_at(repository: &Remote, name: &str) -> io::Result<Option<Entry>> {
     let seen = match repository.locate(name) {
         Ok(Some(root)) => match repository.backup_at(name, root) {
             Ok(backup) => match backup.read_manifest() {
-                Ok(manifest) => Seen::Backup(Box::new(BackupDir::remote(backup, manifest))),
+                Ok(manifest) => Seen::Backup(Box::new(BackupDir::of_remote(backup, manifest))),
                 Err(e) => Seen::Unreadable(e.to_string()),
             },
             Err(e) => Seen::Unreadable(e.to_string()),

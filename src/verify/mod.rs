@@ -234,16 +234,8 @@ pub fn audit_at(
         return Ok(report);
     };
     let backup = match place {
-        Place::Local(path) => BackupDir {
-            path: path.to_path_buf(),
-            manifest,
-            remote: None,
-        },
-        Place::Remote(remote) => BackupDir {
-            path: remote.shown(),
-            manifest,
-            remote: Some(remote.clone()),
-        },
+        Place::Local(path) => BackupDir::local(path.to_path_buf(), manifest),
+        Place::Remote(remote) => BackupDir::of_remote(remote.clone(), manifest),
     };
     if backup.manifest.is_legacy() {
         check_legacy(&mut report, &backup, options)?;
@@ -321,11 +313,7 @@ fn set_aside_damaged(report: &Report, tally: &ChunkTally) {
     let Some(manifest) = report.manifest.clone().filter(|_| !damaged.is_empty()) else {
         return;
     };
-    let backup = BackupDir {
-        path: report.path.clone(),
-        manifest,
-        remote: None,
-    };
+    let backup = BackupDir::local(report.path.clone(), manifest);
     if let Ok(store) = backup.chunk_store() {
         for id in &damaged {
             let _ = store.set_aside(id);

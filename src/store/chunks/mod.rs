@@ -529,7 +529,9 @@ impl ChunkStore {
         let remote = self.network()?.clone();
         let handle = remote.handle().clone();
         let rel = pack::pack_object(pack);
-        let task = handle.spawn_blocking(move || remote.read_range_into(&rel, range, into));
+        // A task, not a blocking thread: a window has up to 32 requests in flight, and a thread
+        // each cost switches and, with glibc, an allocator arena each holding freed buffers.
+        let task = handle.spawn(async move { remote.read_range_async(&rel, range, into).await });
         Some(Fetch { task, handle })
     }
 

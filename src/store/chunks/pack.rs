@@ -29,7 +29,7 @@ use tokio::sync::Semaphore;
 
 use super::tasks::Tasks;
 use super::{ChunkId, STORE_DIR};
-use crate::backend::{Backend, Name};
+use crate::backend::{Backend, Name, ObjectInfo};
 use crate::crypto::Identity;
 use crate::store::seal::Seal;
 use crate::store::Remote;
@@ -79,12 +79,16 @@ pub fn aside_object(pack: &str, id: &ChunkId) -> String {
     format!("{STORE_DIR}/{ASIDE_DIR}/{pack}/{id}")
 }
 
-/// The set-aside markers of `remote`'s store: the chunks marked in each pack (a marker whose
-/// name is not one wqm writes is ignored).
-fn aside_markers(remote: &Remote) -> io::Result<BTreeMap<String, Vec<ChunkId>>> {
-    let prefix = format!("{STORE_DIR}/{ASIDE_DIR}/");
+fn aside_prefix() -> String {
+    format!("{STORE_DIR}/{ASIDE_DIR}/")
+}
+
+/// The set-aside markers in the listing of the store's `aside/`: the chunks marked in each
+/// pack (a marker whose name is not one wqm writes is ignored).
+fn aside_markers_in(listed: Vec<ObjectInfo>) -> BTreeMap<String, Vec<ChunkId>> {
+    let prefix = aside_prefix();
     let mut marked: BTreeMap<String, Vec<ChunkId>> = BTreeMap::new();
-    for object in remote.list(&prefix)? {
+    for object in listed {
         let rest = object.name.strip_prefix(&prefix).unwrap_or_default();
         let Some((pack, id)) = rest.split_once('/') else {
             continue;
@@ -93,7 +97,7 @@ fn aside_markers(remote: &Remote) -> io::Result<BTreeMap<String, Vec<ChunkId>>> 
             marked.entry(pack.to_string()).or_default().push(id);
         }
     }
-    Ok(marked)
+    marked
 }
 
 /// The pack a pack object's name names (`pack_object`'s inverse).
@@ -105,14 +109,18 @@ fn pack_of_object(name: &str) -> Option<&str> {
 
 /// The packs of `remote`'s store that have an index object, by id.
 pub(super) fn indexed_packs(remote: &Remote) -> io::Result<Vec<String>> {
-    indexed_packs_and_bytes(remote).map(|(packs, _)| packs)
+    Ok(indexed_in(&remote.list(&index_prefix())?).0)
 }
 
-/// `indexed_packs`, and how many bytes their index objects hold together.
-fn indexed_packs_and_bytes(remote: &Remote) -> io::Result<(Vec<String>, u64)> {
+fn index_prefix() -> String {
+    format!("{STORE_DIR}/{INDEX_DIR}/")
+}
+
+/// The packs with an index object in the listing of the store's `index/`, by id, and how many
+/// bytes their index objects hold together.
+fn indexed_in(listed: &[ObjectInfo]) -> (Vec<String>, u64) {
     let mut bytes = 0;
-    let mut packs: Vec<String> = remote
-        .list(&format!("{STORE_DIR}/{INDEX_DIR}/"))?
+    let mut packs: Vec<String> = listed
         .iter()
         .filter_map(|o| {
             let pack = pack_of_index(&o.name)?;
@@ -121,7 +129,7 @@ fn indexed_packs_and_bytes(remote: &Remote) -> io::Result<(Vec<String>, u64)> {
         })
         .collect();
     packs.sort();
-    Ok((packs, bytes))
+    (packs, bytes)
 }
 
 /// The pack an index object's name names (`index_object`'s inverse).
@@ -231,13 +239,18 @@ impl PackIndex {
     fn load(remote: &Remote, largest: usize) -> io::Result<Self> {
         let mut index = PackIndex::default();
         let mut sizes: HashMap<String, u64> = HashMap::new();
-        for object in remote.list(&format!("{STORE_DIR}/{PACKS_DIR}/"))? {
+        let [packs, indexes, aside] = remote.list_each([
+            &format!("{STORE_DIR}/{PACKS_DIR}/"),
+            &index_prefix(),
+            &aside_prefix(),
+        ])?;
+        for object in packs {
             if let Some(pack) = pack_of_object(&object.name) {
                 sizes.insert(pack.to_string(), object.size);
             }
         }
-        let (indexed, index_bytes) = indexed_packs_and_bytes(remote)?;
-        index.aside = aside_markers(remote)?;
+        let (indexed, index_bytes) = indexed_in(&indexes);
+        index.aside = aside_markers_in(aside);
         let none = Vec::new();
         // Room for every entry at once (each takes at least `MIN_LINE` bytes of its index): no
         // growing by doubling, which at a million chunks held twice the memory.

@@ -132,11 +132,7 @@ pub fn refs_from_indexes(backup: &BackupDir) -> io::Result<Refs> {
 /// `manifest` not yet), encoded, and the manifest's record of it; the caller saves it before
 /// the manifest. `None` when the backup has no chunked file.
 pub fn refs_of(dir: &Path, manifest: &Manifest) -> io::Result<Option<(Vec<u8>, ChunkRefs)>> {
-    let staged = BackupDir {
-        path: dir.to_path_buf(),
-        manifest: manifest.clone(),
-        remote: None,
-    };
+    let staged = BackupDir::local(dir.to_path_buf(), manifest.clone());
     if !staged
         .manifest
         .files

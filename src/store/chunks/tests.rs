@@ -587,11 +587,7 @@ fn a_chunked_config_is_read_no_further_than_its_manifest_says() {
         content_size,
         content_sha256: String::new(),
     };
-    let backup = crate::store::BackupDir {
-        path: backup_path,
-        manifest: Manifest::new("0.3.0", 1.0),
-        remote: None,
-    };
+    let backup = crate::store::BackupDir::local(backup_path, Manifest::new("0.3.0", 1.0));
     drop(store);
     let err = backup
         .read_small_content(&entry(3000), 1 << 20)
@@ -638,11 +634,7 @@ fn open_checked_reads_a_chunked_entry_in_order() {
         content_size: content.len() as u64,
         content_sha256: sha256(&content),
     };
-    let backup = crate::store::BackupDir {
-        path: backup_path,
-        manifest: Manifest::new("0.3.0", 1.0),
-        remote: None,
-    };
+    let backup = crate::store::BackupDir::local(backup_path, Manifest::new("0.3.0", 1.0));
     drop(store);
     let mut read = Vec::new();
     backup

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io;
+use std::sync::Mutex;
 
 use serde::Serialize;
 
@@ -46,17 +47,43 @@ pub fn usage(backup: &BackupDir) -> io::Result<Usage> {
     })?;
     usage.chunks = own.len() as u64;
     usage.referenced_bytes = own.values().sum();
-    for other in backup.siblings()?.backups() {
-        if other.path != backup.path {
-            // An unreadable index shares nothing that can be counted.
-            let _ = visit_chunks(other, |line| {
-                own.remove(&line.id);
-            });
+    let siblings = backup.siblings()?;
+    let others: Vec<&BackupDir> = siblings
+        .backups()
+        .filter(|other| other.path != backup.path)
+        .collect();
+    let own = Mutex::new(own);
+    let forget = |ids: &mut Vec<ChunkId>| {
+        let mut own = own.lock().unwrap_or_else(|e| e.into_inner());
+        for id in ids.drain(..) {
+            own.remove(&id);
         }
-    }
-    usage.unique_bytes = own.values().sum();
+    };
+    // The others' indexes read side by side (on S3 each is a round trip), what they name
+    // taken out of `own` a batch at a time.
+    crate::parallel::map_in_order(&others, READERS, |other| {
+        let mut batch = Vec::with_capacity(BATCH);
+        // An unreadable index shares nothing that can be counted.
+        let _ = visit_chunks(other, |line| {
+            batch.push(line.id);
+            if batch.len() == BATCH {
+                forget(&mut batch);
+            }
+        });
+        forget(&mut batch);
+    });
+    usage.unique_bytes = own
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .sum();
     Ok(usage)
 }
+
+/// How many other backups' indexes `usage` reads at a time.
+const READERS: usize = 8;
+/// How many chunk names a reader of `usage` takes out of the backup's at once.
+const BATCH: usize = 4096;
 
 /// Which backups beside `backup` (itself included) need each of `ids`, by name.
 pub fn backups_using(backup: &BackupDir, ids: &HashSet<ChunkId>) -> BTreeMap<ChunkId, Vec<String>> {
