@@ -113,6 +113,31 @@ fn packs_are_read_in_runs_and_collected_repacked_or_whole() {
         (pack_gets as u64) * 2 <= chunks,
         "{pack_gets} requests for {chunks} chunks"
     );
+    // Nothing is asked twice before the reading: the manifest read once (its size from the
+    // listing), the store's parameters once, the run's own lock never read back (the killed
+    // run's is, before and after the run's own is written).
+    let count = |method: &str, part: &str| {
+        proxy.seen(|seen| {
+            seen.passed
+                .iter()
+                .filter(|(r, _)| r.starts_with(&format!("{method} ")) && r.contains(part))
+                .count()
+        })
+    };
+    let all: Vec<String> = proxy.seen(|seen| seen.passed.iter().map(|(r, _)| r.clone()).collect());
+    assert_eq!(count("HEAD", "/n1/metadata/manifest.json"), 0, "{all:#?}");
+    assert_eq!(count("GET", "/n1/metadata/manifest.json"), 1, "{all:#?}");
+    assert_eq!(count("GET", "/.wqm-chunks/store.json"), 1, "{all:#?}");
+    let own_lock = all
+        .iter()
+        .find_map(|r| {
+            r.strip_prefix("PUT ")
+                .filter(|path| path.contains("/.wqm-locks/"))
+        })
+        .expect("the run's lock")
+        .to_string();
+    assert_eq!(count("GET", &own_lock), 0, "{all:#?}");
+    assert_eq!(count("GET", "/.wqm-locks/"), 2, "{all:#?}");
     let (_, tmp) = Test::in_dir(tmp)
         .args("backup validate {TMP}/away/n1 --check-files")
         .stdout_with(|o| assert!(o.starts_with("Backup validation successful"), "{o}"))
