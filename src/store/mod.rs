@@ -8,7 +8,7 @@
 use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use crate::backend::local::LocalBackend;
 use crate::backend::{BackendError, Name};
@@ -33,7 +33,7 @@ use seal::Seal;
 pub use sink::FileSink;
 pub use staging::{checked_backup_name, Staging};
 
-/// A backup directory and its manifest. A clone shares the chunk store it opened.
+/// A backup directory and its manifest.
 #[derive(Clone, Debug)]
 pub struct BackupDir {
     /// Where it is: a local directory, or as shown for a remote one (`s3://bucket/prefix/NAME`).
@@ -41,9 +41,6 @@ pub struct BackupDir {
     pub manifest: Manifest,
     /// A backup on a backend: every read goes there, `path` only names it.
     pub remote: Option<RemoteBackup>,
-    /// The remote chunk store once opened: opening it is a request, and every chunked file
-    /// read opens it.
-    remote_store: Arc<OnceLock<Arc<ChunkStore>>>,
 }
 
 /// Where a backup the user named is.
@@ -104,7 +101,6 @@ impl BackupDir {
             path,
             manifest,
             remote: None,
-            remote_store: Arc::default(),
         }
     }
 
@@ -134,7 +130,6 @@ impl BackupDir {
             path: remote.shown(),
             manifest,
             remote: Some(remote),
-            remote_store: Arc::default(),
         }
     }
 
@@ -289,14 +284,10 @@ impl BackupDir {
 
     /// The chunk store of the backups beside this one (`chunk_store` with the store's error).
     pub fn open_chunk_store(&self) -> Result<Arc<ChunkStore>, ChunkError> {
-        let Some(remote) = &self.remote else {
-            return ChunkStore::open_for_reading(self.backups_dir());
-        };
-        if let Some(store) = self.remote_store.get() {
-            return Ok(store.clone());
+        match &self.remote {
+            None => ChunkStore::open_for_reading(self.backups_dir()),
+            Some(remote) => ChunkStore::open_remote(&remote.repository),
         }
-        let store = ChunkStore::open_remote(&remote.repository)?;
-        Ok(self.remote_store.get_or_init(|| store).clone())
     }
 
     /// The backups beside this one (in its directory, or its remote repository).

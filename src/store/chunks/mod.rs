@@ -15,11 +15,12 @@
 //! - Every chunk read is checked against its name, and a file's content against the manifest's
 //!   sha256, so damage anywhere is found, never restored.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::backend::local::LocalBackend;
 use crate::backend::{BackendError, Kind, Name};
@@ -335,22 +336,26 @@ impl ChunkStore {
     }
 
     /// The store of a repository on a backend, to read chunks: `.wqm-chunks/store.json` read
-    /// and checked as locally.
+    /// (once a run: `REMOTE_PARAMS`) and checked as locally.
     pub fn open_remote(repository: &Remote) -> Result<Arc<Self>, ChunkError> {
         let root = repository.shown(STORE_DIR);
-        let rel = params_object();
-        let mut text = String::new();
-        let read = repository
-            .open(&rel)
-            .and_then(|f| f.take(64 * 1024).read_to_string(&mut text));
-        match read {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(ChunkError::NoStore { path: root })
+        let key = repository.backend().describe();
+        let known = REMOTE_PARAMS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned();
+        let params = match known {
+            Some(params) => params,
+            None => {
+                let params = Self::read_remote_params(repository, &root)?;
+                REMOTE_PARAMS
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key, params.clone());
+                params
             }
-            Err(e) => return Err(io_error(&root)(e)),
-            Ok(_) => {}
-        }
-        let params = Self::parse_params(&root, &text)?;
+        };
         let seal = Self::sealed(&root, &params, repository.seal())?;
         let packs = Self::packs_of(repository, &root, &params)?;
         Ok(Arc::new(ChunkStore {
@@ -362,6 +367,21 @@ impl ChunkStore {
             listed: None,
             packs,
         }))
+    }
+
+    /// The parameters in the `store.json` of a store on a backend.
+    fn read_remote_params(repository: &Remote, root: &Path) -> Result<Params, ChunkError> {
+        let mut text = String::new();
+        let read = repository
+            .open(&params_object())
+            .and_then(|f| f.take(64 * 1024).read_to_string(&mut text));
+        match read {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(ChunkError::NoStore {
+                path: root.to_path_buf(),
+            }),
+            Err(e) => Err(io_error(root)(e)),
+            Ok(_) => Self::parse_params(root, &text),
+        }
     }
 
     /// The local directory the store is in, which a run writes its chunks into; a store on a
@@ -636,6 +656,10 @@ fn read_packed(remote: &Remote, found: &pack::Location) -> io::Result<Vec<u8>> {
     }
     Ok(bytes)
 }
+
+/// The parameters of the stores on a backend this run opened, by repository: `store.json` is
+/// written once there (`save_new`, never replaced), and every backup's files open the store.
+static REMOTE_PARAMS: Mutex<BTreeMap<String, Params>> = Mutex::new(BTreeMap::new());
 
 /// A chunk's stored bytes on their way (`ChunkStore::fetch`), or a run of chunks' (`fetch_range`).
 pub struct Fetch {
