@@ -1,6 +1,11 @@
 # Shared by the benchmark scripts (sourced, after `out` is set): timing with peak RSS, medians,
 # and the comparison table.
 
+# A step that fails says which (the scripts send most output to /dev/null, and `set -e` would
+# otherwise end the run without a word); `-E` so that it holds inside functions too.
+set -E
+trap 'status=$?; echo "$(basename "$0"): line $LINENO: \`$BASH_COMMAND\` failed (exit $status)" >&2' ERR
+
 # `time_of NAME COMMAND...`: wall seconds and peak RSS (KiB), appended to $out/NAME.all; the
 # command's stdout goes to $out/NAME.out. `sync` first, so the previous run's writeback does not
 # slow this one down (curl does not fsync its file; wqm fsyncs every file it writes).
