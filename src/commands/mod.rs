@@ -28,6 +28,7 @@ use crate::backend::s3::S3Backend;
 use crate::backend::{Backend, Location};
 use crate::crypto::Password;
 use crate::repo::password::{self as passwords, PasswordError};
+use crate::store::chunks::ChunkStore;
 use crate::store::lock::RepoLock;
 use crate::store::{Place, Remote, Repository};
 
@@ -363,7 +364,18 @@ fn locked_place(
         Location::S3 { bucket, prefix } => {
             let (repository, name) = remote_backup(path, &bucket, &prefix, settings, handle)?;
             let lock = RepoLock::shared(&repository, command)?;
-            let backup = tokio::task::block_in_place(|| repository.backup(&name))?;
+            // The chunk store (its parameters, listings and pack indexes: round trips in a row,
+            // kept for the run) is opened beside the backup's listing and manifest (kept by the
+            // backup): each of these commands reads them next. A backup without chunks has no
+            // store; a failure here is reported by the read that needs it.
+            let backup = tokio::task::block_in_place(|| {
+                std::thread::scope(|scope| {
+                    scope.spawn(|| ChunkStore::open_remote(&repository).ok());
+                    let backup = repository.backup(&name)?;
+                    let _ = backup.read_manifest();
+                    std::io::Result::Ok(backup)
+                })
+            })?;
             warn_half_swapped(ui, &backup);
             Ok((Place::Remote(backup), lock))
         }
