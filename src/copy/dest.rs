@@ -154,10 +154,12 @@ impl Dest {
         let (how, packer) = match &self.repository {
             Repository::Local(dir) => {
                 let staging = Staging::begin_as(&dir.join(name), false, "copy")?;
+                // A store of loose chunks lands them through a temporary directory of the run.
                 let (temp, packer) = match self.store.get() {
-                    Some(Some(store)) => {
-                        (Some(store.temp_dir()?), store.packer().map(Packing::Local))
-                    }
+                    Some(Some(store)) => match store.packer() {
+                        Some(packer) => (None, Some(Packing::Local(packer))),
+                        None => (Some(store.temp_dir()?), None),
+                    },
                     _ => (None, None),
                 };
                 let how = How::Local {

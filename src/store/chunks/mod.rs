@@ -426,7 +426,7 @@ impl ChunkStore {
         self.pack_index().map_or(0, |index| index.unindexed.len())
     }
 
-    /// Whether the store keeps its chunks in pack files (on a backend).
+    /// Whether the store keeps its chunks in pack files.
     pub fn is_packed(&self) -> bool {
         self.packs.is_some()
     }

@@ -45,7 +45,7 @@ pub struct Run {
     written: Mutex<HashSet<ChunkId>>,
     reused_dirs: Mutex<BTreeSet<String>>,
     added: Mutex<Added>,
-    /// Made at the first new chunk: `None` for a store of loose chunks.
+    /// Made when the run's first file is written: `None` for a store of loose chunks.
     packer: OnceLock<Option<Arc<LocalPacker>>>,
 }
 
@@ -116,9 +116,7 @@ pub struct ChunkWriter<W: Write> {
 struct ChunkSink<W: Write> {
     store: Arc<ChunkStore>,
     run: Arc<Run>,
-    /// This file's own directory in the run's temporary directory: files written side by side
-    /// (a pipelined create) may store the same new chunk at the same moment.
-    temp: TempDir,
+    landing: Landing,
     index: W,
     compressor: zstd::bulk::Compressor<'static>,
     compressed: Vec<u8>,
@@ -135,6 +133,17 @@ struct ChunkSink<W: Write> {
     comparing: Comparisons,
 }
 
+/// Where a file's new chunks go.
+enum Landing {
+    /// Into the run's packs, in a store of pack files (written before the manifest:
+    /// `Run::make_durable`).
+    Packs(Arc<LocalPacker>),
+    /// Into this file's own directory in the run's temporary directory (files written side by
+    /// side, a pipelined create, may store the same new chunk at the same moment), then
+    /// fsynced and renamed to their names (`land`).
+    Loose(TempDir),
+}
+
 /// New chunks are fsynced this many at a time, on `SYNC_THREADS` threads: the filesystem
 /// commits concurrent fsyncs together, where one at a time each waits for its own commit.
 const SYNC_BATCH: usize = 64;
@@ -148,12 +157,16 @@ impl<W: Write> ChunkWriter<W> {
         mut index: W,
     ) -> io::Result<Self> {
         writeln!(index, "{INDEX_HEADER}")?;
+        let landing = match run.packer_of(&store) {
+            Some(packer) => Landing::Packs(packer),
+            None => Landing::Loose(temp.file_dir()?),
+        };
         Ok(ChunkWriter {
             chunker: Chunker::new(store.params()),
             sink: ChunkSink {
                 store,
                 run,
-                temp: temp.file_dir()?,
+                landing,
                 index,
                 compressor: zstd::bulk::Compressor::new(crate::compress::ZSTD_LEVEL)?,
                 compressed: Vec::new(),
@@ -184,7 +197,7 @@ impl<W: Write> ChunkWriter<W> {
         if sink.store.is_staging() {
             return Ok(self.sink.index);
         }
-        sync_dirs(sink.temp.files(), &sink.touched)?;
+        sync_dirs(sink.store.files()?, &sink.touched)?;
         Ok(self.sink.index)
     }
 }
@@ -307,18 +320,22 @@ impl<W: Write> ChunkSink<W> {
         self.compressor
             .compress_to_buffer(chunk, &mut self.compressed)?;
         let stored = self.store.to_store(id, &self.compressed)?;
-        if let Some(packer) = self.run.packer_of(&self.store) {
-            // Another file of the run may have packed it a moment ago: counted once.
-            let packed = packer.add(*id, chunk.len(), &stored)?;
-            let stored = stored.len() as u64;
-            if packed {
-                self.run.note_stored(id, stored);
+        let temp = match &self.landing {
+            Landing::Packs(packer) => {
+                // Another file of the run may have packed it a moment ago: counted once.
+                let packed = packer.add(*id, chunk.len(), &stored)?;
+                let stored = stored.len() as u64;
+                if packed {
+                    self.run.note_stored(id, stored);
+                }
+                self.sound.insert(*id, stored);
+                return Ok(stored);
             }
-            self.sound.insert(*id, stored);
-            return Ok(stored);
-        }
-        let files = self.temp.files();
-        let mut file = files.create_new_blocking(&self.temp.name_of(&id.to_string())?)?;
+            Landing::Loose(temp) => temp,
+        };
+        let mut file = temp
+            .files()
+            .create_new_blocking(&temp.name_of(&id.to_string())?)?;
         file.write_all(&stored)?;
         let stored = stored.len() as u64;
         self.unsynced.push((*id, chunk.len(), file));
@@ -332,6 +349,10 @@ impl<W: Write> ChunkSink<W> {
     /// whole chunk. A staging store is not synced: it holds chunks only until they are sent
     /// (what makes them durable is the repository), and a crash discards it with its run.
     fn land(&mut self) -> io::Result<()> {
+        let Landing::Loose(temp) = &self.landing else {
+            // Packed chunks are the run's packer's to make durable.
+            return Ok(());
+        };
         let batch = std::mem::take(&mut self.unsynced);
         if !self.store.is_staging() {
             let per_thread = batch.len().div_ceil(SYNC_THREADS).max(1);
@@ -348,10 +369,10 @@ impl<W: Write> ChunkSink<W> {
                 })
             })?;
         }
-        let files = self.temp.files();
+        let files = temp.files();
         for (id, len, _) in &batch {
-            let temp = self.temp.name_of(&id.to_string())?;
-            files.rename_over_blocking(&temp, &crate::backend::Name::new(object_name(id))?)?;
+            let from = temp.name_of(&id.to_string())?;
+            files.rename_over_blocking(&from, &crate::backend::Name::new(object_name(id))?)?;
             crate::failpoint::hit("create:chunk-stored")?;
             self.store.landed(id, *len)?;
             self.touched.insert(fan_out_dir(id));
