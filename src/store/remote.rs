@@ -234,14 +234,13 @@ impl Remote {
         &self,
         rel: &str,
         range: std::ops::Range<u64>,
-        mut bytes: Vec<u8>,
+        bytes: Vec<u8>,
     ) -> io::Result<Vec<u8>> {
         let name = object(rel)?;
         if let Some(local) = &self.local {
             let (file, size) = local.open_blocking(&name).map_err(not_found)?;
             return read_at((&file, size), range, bytes);
         }
-        bytes.clear();
         self.wait(self.load_range(name, range, bytes))
     }
 
@@ -251,20 +250,20 @@ impl Remote {
         &self,
         rel: &str,
         range: std::ops::Range<u64>,
-        mut bytes: Vec<u8>,
+        bytes: Vec<u8>,
     ) -> io::Result<Vec<u8>> {
         debug_assert!(!self.is_local(), "a local read is a blocking one");
-        bytes.clear();
         self.load_range(object(rel)?, range, bytes).await
     }
 
-    /// The bytes `range` of `name` appended to `bytes`.
+    /// The bytes `range` of `name`, in `bytes` (emptied first).
     async fn load_range(
         &self,
         name: Name,
         range: std::ops::Range<u64>,
         mut bytes: Vec<u8>,
     ) -> io::Result<Vec<u8>> {
+        bytes.clear();
         // Its size known, the buffer is made once (no doubling as the pieces come).
         bytes.reserve((range.end - range.start).min(64 << 20) as usize);
         let mut data = self

@@ -133,6 +133,6 @@ impl LocalPacker {
         if self.remembers {
             pack::note_written(self.files.describe(), &pack, &filling.entries);
         }
-        Ok(2 * index.len() as u64 + pack::TRAILER_END)
+        Ok(pack::bytes_beyond_chunks(&index))
     }
 }

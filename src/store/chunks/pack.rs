@@ -604,8 +604,7 @@ impl Packer {
         let sending = async move {
             let _permit = permit;
             let bytes = Bytes::from(bytes);
-            // Beyond the chunks: the index, twice (its object, the copy at the pack's end).
-            let overhead = 2 * index.len() as u64 + TRAILER_END;
+            let overhead = bytes_beyond_chunks(&index);
             let sent = save_pack(&*backend, &pack, bytes.clone(), index).await;
             // Its buffer, once no request holds it, fills the next pack (a new one for each
             // pack leaves freed ones behind in the threads' allocator arenas: RSS).
@@ -680,7 +679,13 @@ pub(super) fn index_bytes(
 /// The last bytes of every pack: its index's length (8 bytes, little-endian), then this.
 const TRAILER_MAGIC: &[u8; 8] = b"wqmpack1";
 /// The length and the magic.
-pub(super) const TRAILER_END: u64 = 16;
+const TRAILER_END: u64 = 16;
+
+/// What a pack and its index object hold beyond the pack's chunks, `index` being the index as
+/// stored: the index twice (its object, the copy at the pack's end) and the trailer's end.
+pub(super) fn bytes_beyond_chunks(index: &[u8]) -> u64 {
+    2 * index.len() as u64 + TRAILER_END
+}
 
 /// Appends to a pack's chunks its index (as stored) and the trailer's end: a pack whose index
 /// object is lost still says what it holds (`read_trailer`).
