@@ -9,10 +9,11 @@
 #   BENCH_BEFORE=/path/to/older/wqm scripts/bench-gc.sh       # that build too, same nights
 #   WQM=/path/to/wqm scripts/bench-gc.sh                      # a build of your own
 #   BENCH_LAYOUT=packs scripts/bench-gc.sh                    # a store of pack files
+#   BENCH_LAYOUT=packs BENCH_REPACK=1M scripts/bench-gc.sh    # and `budget`: prune --max-repack-size 1M
 #
 # Each run works on hard-linked copies of the generated directory and prunes each three times:
 # the 30 oldest nights (`-30`), then one more (`-1`), then nothing (`-0`: the collection
-# alone); `lists`: the nights with their reference lists, as `create` writes them; `indexes`: the
+# alone); `budget` (BENCH_REPACK set): the same with `--max-repack-size $BENCH_REPACK`; `lists`: the nights with their reference lists, as `create` writes them; `indexes`: the
 # same nights without (as older backups are), read from their indexes; `before`: another wqm
 # (BENCH_BEFORE) on the nights without lists. Beside each prune, a watcher measures how long the
 # store's lock is held exclusively: the longest a create or a reader waits for the collection
@@ -45,7 +46,7 @@ echo "$made, generated in $(echo "$(date +%s.%N) - $start" | bc) s; $(du -sh "$o
 pruned() {
   local bin=$1 name=$2 keep=$3
   if [ "$layout" = packs ]; then
-    time_of "$name" "$bin" backup prune "$out/b" --keep-last "$keep" --json
+    time_of "$name" "$bin" backup prune "$out/b" --keep-last "$keep" "${prune_args[@]}" --json
     echo "$name: $(jq -c '.chunk_store' "$out/$name.out")" >&2
     return
   fi
@@ -92,9 +93,11 @@ for name in os.listdir(sys.argv[1]):
 PY
 }
 
-# `series LABEL BIN REFS`: a fresh copy pruned by the 30 oldest, 1 more, then nothing.
+# `series LABEL BIN REFS [PRUNE ARGS]`: a fresh copy pruned by the 30 oldest, 1 more, then
+# nothing.
 series() {
   local label=$1 bin=$2 refs=$3
+  prune_args=("${@:4}")
   rm -rf "$out/b"
   cp -al "$out/template" "$out/b"
   [ "$refs" = 1 ] || without_refs
@@ -110,9 +113,13 @@ for _ in $(seq "$runs"); do
   fi
   series indexes "$WQM" 0
   series lists "$WQM" 1
+  if [ -n "${BENCH_REPACK:-}" ]; then
+    series budget "$WQM" 1 --max-repack-size "$BENCH_REPACK"
+  fi
 done
 [ -n "${BENCH_BEFORE:-}" ] && labels+=(before-30 before-1 before-0)
 labels+=(indexes-30 indexes-1 indexes-0 lists-30 lists-1 lists-0)
+[ -n "${BENCH_REPACK:-}" ] && labels+=(budget-30 budget-1 budget-0)
 
 echo
 echo "## Garbage collection: $made, $layout ($(date -u +%F), $(nproc) cores)"

@@ -316,8 +316,19 @@ pub struct PruneArgs {
     /// Show what would be deleted and why each kept backup stays; delete nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Read no more than SIZE of pack files to repack them (`500M`, `2G`; 0: repack none):
+    /// the packs with the most garbage go first, the rest wait for a later prune. Packs with
+    /// nothing referenced are deleted whatever the size.
+    #[arg(long, value_name = "SIZE", value_parser = repack_size)]
+    pub max_repack_size: Option<u64>,
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+/// `--max-repack-size`: a size, 0 included.
+fn repack_size(text: &str) -> Result<u64, String> {
+    crate::size::parse(text)
+        .map_err(|why| format!("`{text}` is not a size: {why} (such as `500M` or `2G`)"))
 }
 
 const PRUNE_HELP: &str = "\

@@ -34,6 +34,7 @@ pub(crate) mod qdrant;
 pub mod repo;
 pub(crate) mod restore;
 pub(crate) mod secrets;
+pub(crate) mod size;
 pub mod snapshot;
 pub(crate) mod sqlite;
 pub mod store;

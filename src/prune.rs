@@ -160,12 +160,14 @@ pub fn survey(repository: &Repository) -> std::io::Result<(Vec<Candidate>, Vec<S
 
 /// Applies `policies` to the backups of the repository (a local directory or `s3://`), as of
 /// `now` (seconds since the epoch, local time for the calendar); with `dry_run` nothing is
-/// deleted.
+/// deleted. The chunk store's collection reads no more than `max_repack` bytes of pack files
+/// to repack them, when given.
 pub fn prune(
     repository: &Repository,
     policies: &Policies,
     now: f64,
     dry_run: bool,
+    max_repack: Option<u64>,
 ) -> anyhow::Result<Outcome> {
     // Held for the whole run, before the survey: no create or reader runs while backups and
     // chunks are deleted (a create replacing a backup, a restore between two of its files), and
@@ -240,7 +242,7 @@ pub fn prune(
         remove_leftovers(dir);
     }
     let removed: BTreeSet<&str> = outcome.removed.iter().map(|r| r.name.as_str()).collect();
-    outcome.chunks = collect_chunks(repository, &removed, dry_run, &lock)?;
+    outcome.chunks = collect_chunks(repository, &removed, dry_run, max_repack, &lock)?;
     Ok(outcome)
 }
 
@@ -255,6 +257,7 @@ fn collect_chunks(
     repository: &Repository,
     removed: &BTreeSet<&str>,
     dry_run: bool,
+    max_repack: Option<u64>,
     lock: &RepoLock,
 ) -> Result<Option<Garbage>, LockError> {
     if !ChunkStore::exists_at(repository) {
@@ -281,7 +284,7 @@ fn collect_chunks(
     }
     lock.check()?;
     Ok(Some(
-        match chunks::collect_garbage(&store, found, &referenced.refs, dry_run) {
+        match chunks::collect_garbage(&store, found, &referenced.refs, dry_run, max_repack) {
             Ok(collected) => Garbage::Collected(collected),
             Err(e) => Garbage::Refused(format!("stopped part-way: {e}")),
         },

@@ -44,7 +44,13 @@ pub async fn run(
     if let (Repository::Local(dir), false) = (&repository, args.dry_run) {
         super::report_cleaned(ui, &cleanup::dead_runs(&[dir.as_path()], settings).await)
     }
-    let outcome = prune::prune(&repository, &policies, crate::now(), args.dry_run)?;
+    let outcome = prune::prune(
+        &repository,
+        &policies,
+        crate::now(),
+        args.dry_run,
+        args.max_repack_size,
+    )?;
     if let Repository::Remote(remote) = &repository {
         super::report_dead_runs(ui, remote, &outcome.dead_runs);
     }
@@ -125,7 +131,7 @@ pub async fn run(
 fn garbage_line(garbage: &Garbage, dry_run: bool) -> String {
     match garbage {
         Garbage::Collected(c) => format!(
-            "Chunk store: {} {} unreferenced chunks ({}), {} chunks ({}) still referenced{}{}{}",
+            "Chunk store: {} {} unreferenced chunks ({}), {} chunks ({}) still referenced{}{}{}{}",
             if dry_run { "would delete" } else { "deleted" },
             c.chunks_deleted,
             indicatif::BinaryBytes(c.bytes_freed),
@@ -134,9 +140,10 @@ fn garbage_line(garbage: &Garbage, dry_run: bool) -> String {
             match (c.packs_deleted, c.packs_repacked, c.packs_recovered) {
                 (0, 0, 0) => String::new(),
                 (deleted, repacked, recovered) => format!(
-                    "; pack files: {deleted} {}, {repacked} {}, {recovered} {}",
+                    "; pack files: {deleted} {}, {repacked} {} ({} read), {recovered} {}",
                     if dry_run { "would go" } else { "deleted" },
                     if dry_run { "would be repacked" } else { "repacked" },
+                    indicatif::BinaryBytes(c.bytes_repacked),
                     if dry_run {
                         "would get their lost index back"
                     } else {
@@ -147,8 +154,18 @@ fn garbage_line(garbage: &Garbage, dry_run: bool) -> String {
             match c.bytes_unused {
                 0 => String::new(),
                 unused => format!(
-                    ", {} of unreferenced chunks left in packs until a quarter of a pack is",
-                    indicatif::BinaryBytes(unused)
+                    ", {} of unreferenced chunks left in packs{}",
+                    indicatif::BinaryBytes(unused),
+                    match c.packs_deferred {
+                        0 => " until a quarter of a pack is",
+                        _ => "",
+                    }
+                ),
+            },
+            match c.packs_deferred {
+                0 => String::new(),
+                deferred => format!(
+                    "; {deferred} pack file(s) due for repacking left for a later prune (`--max-repack-size` reached)"
                 ),
             },
             if c.strays.is_empty() {

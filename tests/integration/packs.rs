@@ -58,6 +58,18 @@ fn nights_add_packs_and_prune_deletes_or_repacks_them() {
     grow_state_db(tmp.path());
     let (_, tmp) = night(tmp, &double.url, "n3", "--collections small-plain");
     let before = stored_chunks(&backups);
+    // With no room to repack, the packs of nights 1 and 2 wait for a later prune, and it says so.
+    let (_, tmp) = Test::in_dir(tmp)
+        .args("backup prune {TMP}/backups --keep-last 1 --max-repack-size 0 --verbose")
+        .stdout_with(|o| {
+            assert!(!o.contains("repacked"), "{o}");
+            assert!(
+                o.contains("; 2 pack file(s) due for repacking left for a later prune (`--max-repack-size` reached)"),
+                "{o}"
+            );
+        })
+        .run();
+    assert!(packs(&backups).contains(&first_pack[0]));
     let (_, tmp) = Test::in_dir(tmp)
         .args("backup prune {TMP}/backups --keep-last 1 --json")
         .stdout_json(|v| {
@@ -65,6 +77,9 @@ fn nights_add_packs_and_prune_deletes_or_repacks_them() {
             let gone =
                 gc["packs_deleted"].as_u64().unwrap() + gc["packs_repacked"].as_u64().unwrap();
             assert!(gone >= 1, "{v}");
+            assert_eq!(gc["packs_repacked"], 2, "{v}");
+            assert_eq!(gc["packs_deferred"], 0, "{v}");
+            assert!(gc["bytes_repacked"].as_u64().unwrap() > 0, "{v}");
             assert!(gc["chunks_deleted"].as_u64().unwrap() >= 1, "{v}");
             assert_eq!(gc["damaged"], Value::Array(Vec::new()), "{v}");
         })

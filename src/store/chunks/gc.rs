@@ -34,6 +34,12 @@ pub struct Collected {
     /// Pack files whose referenced chunks were written into new packs, then deleted: a
     /// quarter or more of their bytes were garbage.
     pub packs_repacked: u64,
+    /// The bytes of the packs repacked: what was read to write their kept chunks again (what
+    /// `--max-repack-size` bounds).
+    pub bytes_repacked: u64,
+    /// Packs due for repacking left as they are: more would have passed `--max-repack-size`.
+    /// A later prune repacks them.
+    pub packs_deferred: u64,
     /// Pack files whose index object was missing while a backup names chunks in them: the
     /// index written again from the copy at the pack's end.
     pub packs_recovered: u64,
@@ -158,6 +164,7 @@ pub fn collect_garbage(
     found: Unreferenced,
     referenced: &Refs,
     dry_run: bool,
+    max_repack: Option<u64>,
 ) -> io::Result<Collected> {
     let mut collected = Collected {
         chunks_kept: found.kept,
@@ -174,7 +181,11 @@ pub fn collect_garbage(
         remote.remove_all(names)?;
     }
     if let Some(packs) = found.packs {
-        collect_packs(store, remote, &packs, referenced, dry_run, &mut collected)?;
+        let repacking = Repacking {
+            dry_run,
+            chosen: max_repack.map(|budget| within_budget(&packs, referenced, budget)),
+        };
+        collect_packs(store, remote, &packs, referenced, repacking, &mut collected)?;
     }
     remove_runs(remote, dry_run, collected)
 }
@@ -220,22 +231,88 @@ fn unused_in(entries: &[(pack::Entry, bool)], kept_bytes: u64, size: u64) -> (u6
     (unused, unused * of >= chunk_bytes * share)
 }
 
+/// Some of a pack's entries, each with whether it is where its chunk is read from.
+type Entries<'a> = Vec<&'a (pack::Entry, bool)>;
+
+/// Which chunks of a pack stay: those referenced where they are read from (a later copy of a
+/// chunk in another pack is garbage), and their stored bytes; the rest are garbage.
+fn live_in<'a>(
+    entries: &'a [(pack::Entry, bool)],
+    referenced: &Refs,
+) -> (Entries<'a>, Entries<'a>, u64) {
+    let live = |(entry, first): &&(pack::Entry, bool)| *first && referenced.contains(&entry.id);
+    let (kept, garbage): (Entries<'a>, Entries<'a>) = entries.iter().partition(live);
+    let kept_bytes = kept.iter().map(|(e, _)| u64::from(e.stored)).sum();
+    (kept, garbage, kept_bytes)
+}
+
+/// The packs due for repacking that one collection repacks when it may read no more than
+/// `budget` bytes of them (`prune --max-repack-size`): the largest share of garbage first
+/// (the most space freed for each byte read and written again), each that still fits. A pack
+/// with nothing live is deleted without reading and costs nothing.
+fn within_budget(packs: &PackIndex, referenced: &Refs, budget: u64) -> HashSet<Arc<str>> {
+    let mut due = Vec::new();
+    for (pack, entries) in packs.by_pack() {
+        let Some(size) = packs.packs.get(&pack).copied().flatten() else {
+            continue;
+        };
+        let (kept, _, kept_bytes) = live_in(&entries, referenced);
+        let (unused, repack) = unused_in(&entries, kept_bytes, size);
+        if repack && !kept.is_empty() {
+            due.push((pack, size, unused));
+        }
+    }
+    // unused_a / size_a > unused_b / size_b, without division.
+    due.sort_by(|(_, size_a, unused_a), (_, size_b, unused_b)| {
+        (u128::from(*unused_b) * u128::from(*size_a))
+            .cmp(&(u128::from(*unused_a) * u128::from(*size_b)))
+    });
+    let mut left = budget;
+    due.into_iter()
+        .filter(|(_, size, _)| match left.checked_sub(*size) {
+            Some(rest) => {
+                left = rest;
+                true
+            }
+            None => false,
+        })
+        .map(|(pack, ..)| pack)
+        .collect()
+}
+
+/// How a collection treats the packs due for repacking: with `dry_run` it only counts them;
+/// `chosen` (a budget given) names the ones it may repack, the others are deferred.
+struct Repacking {
+    dry_run: bool,
+    chosen: Option<HashSet<Arc<str>>>,
+}
+
+impl Repacking {
+    fn allows(&self, pack: &Arc<str>) -> bool {
+        self.chosen
+            .as_ref()
+            .is_none_or(|chosen| chosen.contains(pack))
+    }
+}
+
 /// The garbage collection of a store's pack files (under the exclusive lock, as every
 /// collection): a pack without an index goes (a dead run's: no run sends one now; one whose
 /// chunks a backup names gets its index back from the pack's own copy), a pack
 /// none of whose chunks is referenced goes (its index first), a pack with `REPACK_DEAD_SHARE`
-/// of garbage or more is repacked: its referenced chunks, each checked, written into new packs
-/// with their indexes, then its index and itself deleted (and its set-aside markers, as any a
-/// pack that is gone left). Killed part-way, what is left is either a pack without an index or a
+/// of garbage or more is repacked (when `repacking` allows it; else it waits for a later
+/// collection): its referenced chunks, each checked, written into new packs with their
+/// indexes, then its index and itself deleted (and its set-aside markers, as any a pack that
+/// is gone left). Killed part-way, what is left is either a pack without an index or a
 /// chunk in two packs: the next collection removes both.
 fn collect_packs(
     store: &ChunkStore,
     remote: &Remote,
     packs: &PackIndex,
     referenced: &Refs,
-    dry_run: bool,
+    repacking: Repacking,
     collected: &mut Collected,
 ) -> io::Result<()> {
+    let dry_run = repacking.dry_run;
     let indexed_now: HashSet<String> = pack::indexed_packs(remote)?.into_iter().collect();
     // Deleted indexes first, then packs: a pack is never left with an index and without data.
     let (mut indexes, mut objects) = (Vec::new(), Vec::new());
@@ -257,9 +334,7 @@ fn collect_packs(
     let mut found = collected.chunks_kept;
     let packer = Packer::new(remote.shared_backend(), remote.seal());
     for (pack, entries) in packs.by_pack() {
-        let live = |(entry, first): &&(pack::Entry, bool)| *first && referenced.contains(&entry.id);
-        let (kept, garbage): (Vec<&(pack::Entry, bool)>, Vec<_>) = entries.iter().partition(live);
-        let kept_bytes: u64 = kept.iter().map(|(e, _)| u64::from(e.stored)).sum();
+        let (kept, garbage, kept_bytes) = live_in(&entries, referenced);
         let Some(size) = packs.packs.get(&pack).copied().flatten() else {
             // An index whose pack is gone: its chunks are missing, which `validate` reports
             // as long as a backup names them.
@@ -270,8 +345,15 @@ fn collect_packs(
         };
         found += kept.len() as u64;
         let whole = kept.is_empty();
-        let (unused, repack) = unused_in(&entries, kept_bytes, size);
-        let repack = repack && !whole;
+        let (unused, due) = unused_in(&entries, kept_bytes, size);
+        let due = due && !whole;
+        let repack = due && repacking.allows(&pack);
+        if due && !repack {
+            collected.packs_deferred += 1;
+        }
+        if repack {
+            collected.bytes_repacked += size;
+        }
         if repack && !dry_run {
             if let Err(damage) = repack_into(store, remote, (&pack, size), &kept, &packer) {
                 collected.damaged.push(damage);

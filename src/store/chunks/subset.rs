@@ -57,25 +57,12 @@ impl FromStr for Subset {
                 _ => refused("the percentage must be more than 0 and at most 100"),
             };
         }
-        let (digits, unit) = text.split_at(
-            text.find(|c: char| !c.is_ascii_digit())
-                .unwrap_or(text.len()),
-        );
-        let factor: u64 = match unit.to_ascii_uppercase().as_str() {
-            "" | "B" => 1,
-            "K" | "KB" | "KIB" => 1 << 10,
-            "M" | "MB" | "MIB" => 1 << 20,
-            "G" | "GB" | "GIB" => 1 << 30,
-            "T" | "TB" | "TIB" => 1 << 40,
-            _ => return refused("unknown unit (K, M, G or T)"),
-        };
-        match digits
-            .parse::<u64>()
-            .ok()
-            .and_then(|d| d.checked_mul(factor))
-        {
-            Some(bytes) if bytes > 0 => Ok(Subset::Size(bytes)),
-            _ => refused("the size must be a whole number above 0"),
+        match crate::size::parse(text) {
+            Ok(bytes) if bytes > 0 => Ok(Subset::Size(bytes)),
+            Ok(_) | Err(crate::size::NOT_A_NUMBER) => {
+                refused("the size must be a whole number above 0")
+            }
+            Err(why) => refused(why),
         }
     }
 }

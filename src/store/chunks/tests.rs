@@ -261,7 +261,7 @@ fn a_collection_keeps_referenced_chunks_only() {
     let referenced = Refs::of(&[kept]);
     let collect = |dry_run| {
         let found = find_unreferenced(dir.path(), &referenced).unwrap();
-        collect_garbage(&exclusive, found, &referenced, dry_run).unwrap()
+        collect_garbage(&exclusive, found, &referenced, dry_run, None).unwrap()
     };
     let dry = collect(true);
     assert_eq!(dry.chunks_deleted + 1, added.chunks);
@@ -269,6 +269,54 @@ fn a_collection_keeps_referenced_chunks_only() {
     assert_eq!(done, dry);
     assert!(exclusive.stored_size(&kept).is_some());
     assert_eq!(collect(false).chunks_deleted, 0);
+}
+
+#[test]
+fn a_repack_budget_takes_the_packs_with_the_most_garbage_first_and_defers_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ChunkStore::open_for_writing(dir.path(), 4096).unwrap();
+    let packs_dir = dir.path().join(STORE_DIR).join("packs");
+    // Two packs, a run each: `a` keeps 3 of every 5 chunks, `b` 1 of every 3.
+    let (a_index, _) = write_once(&store, &content(120_000, 11));
+    let a = walk(&packs_dir);
+    let (b_index, _) = write_once(&store, &content(120_000, 12));
+    let b: Vec<_> = walk(&packs_dir)
+        .into_iter()
+        .filter(|p| !a.contains(p))
+        .collect();
+    let (a, b) = (a[0].clone(), b[0].clone());
+    let every = |index: &[u8], n: usize, of: usize| -> Vec<ChunkId> {
+        let lines = index_lines(index);
+        lines
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % of < n)
+            .map(|(_, l)| l.id)
+            .collect()
+    };
+    let kept: Vec<ChunkId> = [every(&a_index, 3, 5), every(&b_index, 1, 3)].concat();
+    drop(store);
+    let exclusive = ChunkStore::try_exclusive(dir.path()).unwrap().unwrap();
+    let referenced = Refs::of(&kept);
+    let collect = |dry_run, budget| {
+        let found = find_unreferenced(dir.path(), &referenced).unwrap();
+        collect_garbage(&exclusive, found, &referenced, dry_run, budget).unwrap()
+    };
+    let size = |p: &std::path::Path| fs::metadata(p).unwrap().len();
+    let (a_size, b_size) = (size(&a), size(&b));
+    let counts = |c: &Collected| (c.packs_repacked, c.packs_deferred, c.bytes_repacked);
+    assert_eq!(counts(&collect(true, None)), (2, 0, a_size + b_size));
+    assert_eq!(counts(&collect(true, Some(0))), (0, 2, 0));
+    // Room for either pack, not both: `b`, two thirds garbage, goes first.
+    let one = Some(a_size.max(b_size));
+    assert_eq!(counts(&collect(true, one)), (1, 1, b_size));
+    assert_eq!(counts(&collect(false, one)), (1, 1, b_size));
+    assert!(a.exists() && !b.exists());
+    let deferred = collect(false, None);
+    assert_eq!(counts(&deferred), (1, 0, a_size), "{deferred:?}");
+    assert!(!a.exists());
+    assert!(kept.iter().all(|id| exclusive.stored_size(id).is_some()));
+    assert_eq!(counts(&collect(false, Some(0))), (0, 0, 0));
 }
 
 #[test]
@@ -450,7 +498,7 @@ fn no_part_of_the_store_may_be_a_link_and_garbage_collection_follows_none() {
     let none = Refs::default();
     let collect = || {
         let found = find_unreferenced(dir.path(), &none).unwrap();
-        collect_garbage(&exclusive, found, &none, false).unwrap()
+        collect_garbage(&exclusive, found, &none, false, None).unwrap()
     };
     let collected = collect();
     assert!(collected.chunks_deleted > 3, "{collected:?}");
