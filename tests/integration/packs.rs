@@ -58,26 +58,33 @@ fn nights_add_packs_and_prune_deletes_or_repacks_them() {
     grow_state_db(tmp.path());
     let (_, tmp) = night(tmp, &double.url, "n3", "--collections small-plain");
     let before = stored_chunks(&backups);
-    // With no room to repack, the packs of nights 1 and 2 wait for a later prune, and it says so.
-    let (_, tmp) = Test::in_dir(tmp)
+    // With no room to repack, the packs of nights 1 and 2 wait for a later prune (one of them
+    // or both, as the grown database's chunks fall), and it says so.
+    let (output, tmp) = Test::in_dir(tmp)
         .args("backup prune {TMP}/backups --keep-last 1 --max-repack-size 0 --verbose")
-        .stdout_with(|o| {
-            assert!(!o.contains("repacked"), "{o}");
-            assert!(
-                o.contains("; 2 pack file(s) due for repacking left for a later prune (`--max-repack-size` reached)"),
-                "{o}"
-            );
-        })
+        .stdout_with(|o| assert!(!o.contains("repacked"), "{o}"))
         .run();
+    let said = String::from_utf8(output.stdout).unwrap();
+    let deferred: u64 = said
+        .lines()
+        .find(|line| line.starts_with("Chunk store:"))
+        .and_then(|line| line.rsplit("; ").next())
+        .and_then(|part| {
+            part.strip_suffix(
+                " pack file(s) due for repacking left for a later prune (`--max-repack-size` reached)",
+            )
+        })
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no pack deferred: {said}"));
     assert!(packs(&backups).contains(&first_pack[0]));
     let (_, tmp) = Test::in_dir(tmp)
         .args("backup prune {TMP}/backups --keep-last 1 --json")
-        .stdout_json(|v| {
+        .stdout_json(move |v| {
             let gc = &v["chunk_store"]["collected"];
             let gone =
                 gc["packs_deleted"].as_u64().unwrap() + gc["packs_repacked"].as_u64().unwrap();
             assert!(gone >= 1, "{v}");
-            assert_eq!(gc["packs_repacked"], 2, "{v}");
+            assert_eq!(gc["packs_repacked"], deferred, "{v}");
             assert_eq!(gc["packs_deferred"], 0, "{v}");
             assert!(gc["bytes_repacked"].as_u64().unwrap() > 0, "{v}");
             assert!(gc["chunks_deleted"].as_u64().unwrap() >= 1, "{v}");
