@@ -11,6 +11,30 @@ pub(crate) const ZSTD_LEVEL: i32 = 1;
 /// Small jobs keep multi-threaded compression's memory near 15 MiB (the default job size
 /// took it past 60 MiB).
 const ZSTD_JOB_SIZE: u32 = 1 << 20;
+/// Cores a download needs besides compression: the server's sender (on this host, often)
+/// and this process's receiver and content hasher.
+const CORES_FOR_THE_TRANSFER: usize = 2;
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// zstd's worker threads for content read here (an export, a database): one per core, so
+/// that reading and hashing go on meanwhile; none on one core.
+fn workers() -> u32 {
+    match cores() {
+        1 => 0,
+        cores => cores as u32,
+    }
+}
+
+/// zstd's worker threads for content a download brings: the cores beyond
+/// `CORES_FOR_THE_TRANSFER`, none on two (compressed by the writing thread). There workers
+/// only fought the transfer for the cores: the benchmark snapshot downloaded in 1.44–1.60 s
+/// compressed by the writing thread, 1.76–1.89 s with two workers (docs/performance.md).
+pub fn workers_beside_a_transfer() -> u32 {
+    cores().saturating_sub(CORES_FOR_THE_TRANSFER) as u32
+}
 
 /// A compression codec: how a plainly stored file's bytes are encoded. (A chunked file is no
 /// compression: `Stored::Chunked`, read and written only through its chunk store.)
@@ -53,14 +77,9 @@ impl Compression {
         Ok(match self {
             Compression::None => Encoder::Plain(writer),
             Compression::Zstd => {
-                let mut encoder = zstd::Encoder::new(writer, ZSTD_LEVEL)?;
-                // Compress on worker threads so hashing and I/O keep going meanwhile.
-                let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-                if workers > 1 {
-                    encoder.multithread(workers as u32)?;
-                    encoder.set_parameter(zstd::zstd_safe::CParameter::JobSize(ZSTD_JOB_SIZE))?;
-                }
-                Encoder::Zstd(encoder)
+                let mut encoder = Encoder::Zstd(zstd::Encoder::new(writer, ZSTD_LEVEL)?);
+                encoder.set_workers(workers())?;
+                encoder
             }
         })
     }
@@ -151,6 +170,18 @@ pub enum Encoder<W: Write> {
 }
 
 impl<W: Write> Encoder<W> {
+    /// Compresses on `workers` threads (0: in the writing thread); before anything is
+    /// written.
+    pub fn set_workers(&mut self, workers: u32) -> io::Result<()> {
+        if let Encoder::Zstd(encoder) = self {
+            encoder.multithread(workers)?;
+            if workers > 0 {
+                encoder.set_parameter(zstd::zstd_safe::CParameter::JobSize(ZSTD_JOB_SIZE))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Ends the stream and returns the underlying writer.
     pub fn finish(self) -> io::Result<W> {
         match self {

@@ -1,7 +1,6 @@
 //! One snapshot: made on the server, streamed into the backup by a writer thread, checked against
 //! what Qdrant announced, and deleted from the server.
 
-use std::io::Write;
 use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
@@ -179,8 +178,10 @@ fn spawn_writer(
     mut receiver: mpsc::Receiver<Bytes>,
 ) -> tokio::task::JoinHandle<Result<FileEntry>> {
     tokio::task::spawn_blocking(move || -> Result<FileEntry> {
+        sink.from_a_transfer()
+            .with_context(|| format!("cannot write `{}`", sink.path().display()))?;
         while let Some(chunk) = receiver.blocking_recv() {
-            sink.write_all(&chunk)
+            sink.write_piece(chunk)
                 .with_context(|| format!("cannot write `{}`", sink.path().display()))?;
         }
         Ok(sink.finish()?)

@@ -5,12 +5,15 @@
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
-
+use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
 
 use super::chunks::{ChunkStore, ChunkWriter, Run, RunTemp};
 use super::seal::{MaybeSealed, Seal};
-use crate::checksum::{Algorithm, Digester, HashingWriter};
+use crate::checksum::{Algorithm, Digester, Digests, HashingWriter};
 use crate::compress::{self, Encoder};
 use crate::crypto::Identity;
 use crate::format::layout::LayoutError;
@@ -25,8 +28,56 @@ pub struct FileSink {
     kind: FileKind,
     compression: compress::Stored,
     algorithm: Algorithm,
-    content: Digester,
+    content: ContentHash,
     body: Body,
+}
+
+/// The content's sha256: computed by the thread that writes, or by a thread of its own
+/// (`FileSink::from_a_transfer`), which a download hands its pieces to so that hashing
+/// and compressing run side by side instead of one after the other.
+enum ContentHash {
+    Inline(Digester),
+    Beside {
+        pieces: SyncSender<Bytes>,
+        hasher: JoinHandle<Digests>,
+    },
+}
+
+/// Pieces waiting for the content's hasher: it keeps up with compression, so few.
+const PIECES_FOR_HASHER: usize = 8;
+
+impl ContentHash {
+    fn new() -> Self {
+        ContentHash::Inline(Digester::new(&[Algorithm::Sha256]))
+    }
+
+    fn update(&mut self, piece: &[u8]) {
+        match self {
+            ContentHash::Inline(digester) => digester.update(piece),
+            ContentHash::Beside { .. } => self.hand_over(Bytes::copy_from_slice(piece)),
+        }
+    }
+
+    /// `piece` hashed without a copy when on a thread of its own.
+    fn hand_over(&mut self, piece: Bytes) {
+        match self {
+            ContentHash::Inline(digester) => digester.update(&piece),
+            // The hasher only stops when the sender is gone.
+            ContentHash::Beside { pieces, .. } => {
+                let _ = pieces.send(piece);
+            }
+        }
+    }
+
+    fn finish(self) -> Digests {
+        match self {
+            ContentHash::Inline(digester) => digester.finish(),
+            ContentHash::Beside { pieces, hasher } => {
+                drop(pieces);
+                hasher.join().expect("the content hasher panicked")
+            }
+        }
+    }
 }
 
 /// The stored bytes of a file, hashed as they are written, then encrypted in an encrypted
@@ -115,9 +166,35 @@ impl FileSink {
             kind,
             compression,
             algorithm,
-            content: Digester::new(&[Algorithm::Sha256]),
+            content: ContentHash::new(),
             body,
         })
+    }
+
+    /// Takes the content from a download, in pieces (`write_piece`): hashed on a thread of
+    /// its own and compressed with the cores the transfer leaves
+    /// (`compress::workers_beside_a_transfer`). Before anything is written.
+    pub fn from_a_transfer(&mut self) -> io::Result<()> {
+        if let Body::Encoded(encoder) = &mut self.body {
+            encoder.set_workers(compress::workers_beside_a_transfer())?;
+        }
+        let (pieces, received) = sync_channel::<Bytes>(PIECES_FOR_HASHER);
+        let hasher = std::thread::spawn(move || {
+            let mut digester = Digester::new(&[Algorithm::Sha256]);
+            for piece in received {
+                digester.update(&piece);
+            }
+            digester.finish()
+        });
+        self.content = ContentHash::Beside { pieces, hasher };
+        Ok(())
+    }
+
+    /// Writes `piece` of the content, handing it to the content's hasher without a copy.
+    pub fn write_piece(&mut self, piece: Bytes) -> io::Result<()> {
+        // Handed over first: the hasher works while the piece is compressed.
+        self.content.hand_over(piece.clone());
+        self.body.writer().write_all(&piece)
     }
 
     pub fn path(&self) -> &Path {

@@ -418,6 +418,46 @@ mod tests {
     }
 
     #[test]
+    fn a_file_from_a_transfer_is_hashed_beside_and_stored_as_any_other() {
+        let root = tempfile::tempdir().unwrap();
+        let staging = Staging::begin(&root.path().join("b1"), false).unwrap();
+        let content: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let stored = |from_a_transfer: bool| {
+            let rel = format!("collections/c{from_a_transfer}.snapshot.zst");
+            let mut sink = staging
+                .create_file(
+                    &rel,
+                    FileKind::CollectionSnapshot,
+                    compress::Stored::Plain(compress::Compression::Zstd),
+                    Algorithm::Xxhash64,
+                )
+                .unwrap();
+            match from_a_transfer {
+                true => {
+                    sink.from_a_transfer().unwrap();
+                    for piece in content.chunks(400_000) {
+                        sink.write_piece(bytes::Bytes::copy_from_slice(piece))
+                            .unwrap();
+                    }
+                }
+                false => sink.write_all(&content).unwrap(),
+            }
+            let entry = sink.finish().unwrap();
+            let mut plain = Vec::new();
+            compress::Compression::Zstd
+                .decoder(&fs::read(staging.dir().join(&rel)).unwrap()[..])
+                .unwrap()
+                .read_to_end(&mut plain)
+                .unwrap();
+            assert!(plain == content);
+            (entry.content_size, entry.content_sha256)
+        };
+        let sha256 = crate::checksum::to_hex(&crate::checksum::sha256(&content));
+        assert_eq!(stored(true), (content.len() as u64, sha256.clone()));
+        assert_eq!(stored(false), (content.len() as u64, sha256));
+    }
+
+    #[test]
     fn staged_backup_appears_only_on_commit() {
         let root = tempfile::tempdir().unwrap();
         let target = root.path().join("b1");
