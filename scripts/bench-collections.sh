@@ -71,6 +71,9 @@ wqm_restore() { # wqm_restore LABEL BACKUP ENV...
 plain=(WQM_BACKUP__COMPRESSION=false WQM_BACKUP__VERIFICATION__VERIFY_AFTER_BACKUP=false)
 for i in $(seq "$runs"); do
   echo "create run $i/$runs" >&2
+  # New files each run, as wqm writes (a file truncated and written again is written back by
+  # ext4 on close: scripts/bench.sh).
+  rm -rf "$out/curl"
   time_of curl-loop bash -c curl_loop
   wqm_create wqm-plain-p1 "${plain[@]}" WQM_BACKUP__TRANSFER__PARALLEL=1
   wqm_create wqm-plain-p2 "${plain[@]}" WQM_BACKUP__TRANSFER__PARALLEL=2
