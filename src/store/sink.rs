@@ -30,6 +30,8 @@ pub struct FileSink {
     algorithm: Algorithm,
     content: ContentHash,
     body: Body,
+    /// Encrypted as written: the writing thread runs the cipher too.
+    encrypting: bool,
 }
 
 /// The content's sha256: computed by the thread that writes, or by a thread of its own
@@ -137,6 +139,7 @@ impl FileSink {
             scheduled: 0,
         };
         let buffered = BufWriter::with_capacity(1 << 20, file);
+        let encrypting = sealed.is_some();
         let sealed = match sealed {
             None => Ok(MaybeSealed::Plain(buffered)),
             Some((seal, identity)) => MaybeSealed::new(buffered, Some(seal), identity),
@@ -168,14 +171,17 @@ impl FileSink {
             algorithm,
             content: ContentHash::new(),
             body,
+            encrypting,
         })
     }
 
     /// Takes the content from a download, in pieces (`write_piece`): hashed on a thread of
     /// its own and compressed with the cores the transfer leaves
-    /// (`compress::workers_beside_a_transfer`). Before anything is written.
+    /// (`compress::workers_beside_a_transfer`), unless the writing thread encrypts: then
+    /// zstd keeps a worker per core (on two cores, 4.67 against 4.83 s for the benchmark
+    /// snapshot, docs/performance.md). Before anything is written.
     pub fn from_a_transfer(&mut self) -> io::Result<()> {
-        if let Body::Encoded(encoder) = &mut self.body {
+        if let (Body::Encoded(encoder), false) = (&mut self.body, self.encrypting) {
             encoder.set_workers(compress::workers_beside_a_transfer())?;
         }
         let (pieces, received) = sync_channel::<Bytes>(PIECES_FOR_HASHER);
