@@ -264,6 +264,11 @@ impl Writing<'_> {
         Ok(())
     }
 
+    /// The destination, as the user wrote it.
+    pub fn dest_shown(&self) -> String {
+        self.dest.shown()
+    }
+
     /// Writes the file `rel` of the backup from `reader` (which checks what it reads: its
     /// errors are the source's, `Side::Read`); returns the bytes written.
     pub fn put_file(&self, rel: &str, reader: &mut dyn Read) -> Result<u64, Side> {

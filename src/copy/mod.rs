@@ -502,54 +502,21 @@ fn send(
         Some(reseal) => reseal.rewrite(name, manifest, parts, renamed)?,
     };
     let manifest = &manifest[..];
-    for part in &parts {
-        progress::check_interrupted()?;
-        let rel = match part {
-            Part::Whole(entry) => &entry.path,
-            Part::Read { rel, .. } => rel,
-            Part::Unchecked(rel) => rel,
-        };
-        progress.step(&format!("sending `{name}/{rel}`"));
-        let (from, to) = match reseal {
-            None => (rel.clone(), rel.clone()),
-            Some(reseal) => (reseal.source_name(rel), reseal.dest_name(rel)),
-        };
-        let object = format!("{name}/{from}");
-        let shown = source.shown(&object).display().to_string();
-        let opened = |shown: &str| source.open(&object).map_err(|e| read_failure(shown, e));
-        // The part's bytes as DEST stores them plain: each file checked against its entry as
-        // it passes (decrypted first from an encrypted SRC).
-        let mut reader: Box<dyn Read + Send + '_> = match part {
-            Part::Whole(entry) => {
-                let stored = opened(&shown)?;
-                let plain = match reseal {
-                    None => stored,
-                    Some(reseal) => reseal
-                        .decrypting(name, rel, stored)
-                        .map_err(|e| read_failure(&shown, e))?,
-                };
-                let checked = CheckedFile::new(plain, entry, &source.shown(&object))?;
-                Box::new(Metered::new(checked, meter.clone()))
-            }
-            Part::Read { bytes, .. } => {
-                meter.inc(bytes.len() as u64);
-                Box::new(&bytes[..])
-            }
-            Part::Unchecked(_) => Box::new(Metered::new(opened(&shown)?, meter.clone())),
-        };
-        // Encrypted again for an encrypted DEST, under its name there.
-        let written = match reseal {
-            None => writing.put_file(rel, &mut reader),
-            Some(reseal) => match reseal.encrypting(name, rel, reader) {
-                Ok(mut sealed) => writing.put_file(&to, &mut sealed),
-                Err(e) => Err(Side::Write(e)),
-            },
-        };
-        bytes += written.map_err(|e| match e {
-            Side::Read(e) => read_failure(&shown, e),
-            Side::Write(e) => anyhow::Error::new(e)
-                .context(format!("cannot write `{object}` to `{}`", dest.shown())),
-        })?;
+    // Parts in memory or small are sent side by side (on S3 each is a request: a backup's
+    // indexes one after another cost a round trip each); a large file alone, as its upload
+    // holds parts of it in memory.
+    let (small, large): (Vec<&Part>, Vec<&Part>) = parts.iter().partition(|part| match part {
+        Part::Whole(entry) => entry.size <= SMALL_PART,
+        Part::Read { .. } => true,
+        Part::Unchecked(_) => false,
+    });
+    let send_part =
+        |part: &&Part| send_part(source, &writing, (name, reseal), part, progress, meter);
+    for sent in crate::parallel::map_in_order(&small, SENDERS, send_part) {
+        bytes += sent?;
+    }
+    for part in &large {
+        bytes += send_part(part)?;
     }
     let packing = writing.commit(manifest)?;
     meter.inc(manifest.len() as u64);
@@ -558,6 +525,71 @@ fn send(
         chunks_sent,
         bytes + manifest.len() as u64 + packing,
     ))
+}
+
+/// A file at most this large is sent beside the backup's other small files.
+const SMALL_PART: u64 = 1 << 20;
+
+/// Sends one part of the backup `name`: a file checked against its entry as it passes
+/// (decrypted first from an encrypted SRC, encrypted again for an encrypted DEST, under its
+/// name there), or bytes read before. Returns the bytes written.
+fn send_part(
+    source: &Source,
+    writing: &dest::Writing<'_>,
+    (name, reseal): (&str, Option<&Reseal>),
+    part: &Part,
+    progress: &dyn Progress,
+    meter: &Meter,
+) -> Result<u64> {
+    progress::check_interrupted()?;
+    let rel = match part {
+        Part::Whole(entry) => &entry.path,
+        Part::Read { rel, .. } => rel,
+        Part::Unchecked(rel) => rel,
+    };
+    progress.step(&format!("sending `{name}/{rel}`"));
+    let (from, to) = match reseal {
+        None => (rel.clone(), rel.clone()),
+        Some(reseal) => (reseal.source_name(rel), reseal.dest_name(rel)),
+    };
+    let object = format!("{name}/{from}");
+    let shown = source.shown(&object).display().to_string();
+    let opened = |shown: &str| source.open(&object).map_err(|e| read_failure(shown, e));
+    // The part's bytes as DEST stores them plain: each file checked against its entry as
+    // it passes (decrypted first from an encrypted SRC).
+    let mut reader: Box<dyn Read + Send + '_> = match part {
+        Part::Whole(entry) => {
+            let stored = opened(&shown)?;
+            let plain = match reseal {
+                None => stored,
+                Some(reseal) => reseal
+                    .decrypting(name, rel, stored)
+                    .map_err(|e| read_failure(&shown, e))?,
+            };
+            let checked = CheckedFile::new(plain, entry, &source.shown(&object))?;
+            Box::new(Metered::new(checked, meter.clone()))
+        }
+        Part::Read { bytes, .. } => {
+            meter.inc(bytes.len() as u64);
+            Box::new(&bytes[..])
+        }
+        Part::Unchecked(_) => Box::new(Metered::new(opened(&shown)?, meter.clone())),
+    };
+    // Encrypted again for an encrypted DEST, under its name there.
+    let written = match reseal {
+        None => writing.put_file(rel, &mut reader),
+        Some(reseal) => match reseal.encrypting(name, rel, reader) {
+            Ok(mut sealed) => writing.put_file(&to, &mut sealed),
+            Err(e) => Err(Side::Write(e)),
+        },
+    };
+    written.map_err(|e| match e {
+        Side::Read(e) => read_failure(&shown, e),
+        Side::Write(e) => anyhow::Error::new(e).context(format!(
+            "cannot write `{object}` to `{}`",
+            writing.dest_shown()
+        )),
+    })
 }
 
 /// The source's chunks re-encrypted: each one's name and stored size in the destination.
