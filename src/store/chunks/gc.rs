@@ -351,9 +351,6 @@ fn collect_packs(
         if due && !repack {
             collected.packs_deferred += 1;
         }
-        if repack {
-            collected.bytes_repacked += size;
-        }
         if repack && !dry_run {
             if let Err(damage) = repack_into(store, remote, (&pack, size), &kept, &packer) {
                 collected.damaged.push(damage);
@@ -370,9 +367,11 @@ fn collect_packs(
             indexes.push(pack::index_object(&pack));
             objects.push(pack::pack_object(&pack));
             objects.extend(markers(&pack));
-            match whole {
-                true => collected.packs_deleted += 1,
-                false => collected.packs_repacked += 1,
+            if whole {
+                collected.packs_deleted += 1;
+            } else {
+                collected.packs_repacked += 1;
+                collected.bytes_repacked += size;
             }
         } else {
             collected.bytes_unused += unused;
