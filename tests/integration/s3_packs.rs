@@ -284,6 +284,7 @@ fn a_pack_whose_kept_chunk_is_damaged_is_kept_as_it_is_and_named() {
         .stdout_json(move |v| {
             let gc = &v["chunk_store"]["collected"];
             assert_eq!(gc["packs_repacked"], 0, "{v}");
+            assert_eq!(gc["bytes_repacked"], 0, "{v}");
             let said = gc["damaged"].to_string();
             assert!(said.contains(&format!("chunk `{kept}`")), "{v}");
         })
