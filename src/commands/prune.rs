@@ -140,7 +140,7 @@ fn garbage_line(garbage: &Garbage, dry_run: bool) -> String {
             match (c.packs_deleted, c.packs_repacked, c.packs_recovered) {
                 (0, 0, 0) => String::new(),
                 (deleted, repacked, recovered) => format!(
-                    "; pack files: {deleted} {}, {repacked} {} ({} read), {recovered} {}",
+                    "; pack files: {deleted} {}, {repacked} {} ({} of packs), {recovered} {}",
                     if dry_run { "would go" } else { "deleted" },
                     if dry_run { "would be repacked" } else { "repacked" },
                     indicatif::BinaryBytes(c.bytes_repacked),
