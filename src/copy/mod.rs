@@ -510,13 +510,13 @@ fn send(
         Part::Read { .. } => true,
         Part::Unchecked(_) => false,
     });
-    let send_part =
+    let send_one =
         |part: &&Part| send_part(source, &writing, (name, reseal), part, progress, meter);
-    for sent in crate::parallel::map_in_order(&small, SENDERS, send_part) {
+    for sent in crate::parallel::map_in_order(&small, SENDERS, send_one) {
         bytes += sent?;
     }
     for part in &large {
-        bytes += send_part(part)?;
+        bytes += send_one(part)?;
     }
     let packing = writing.commit(manifest)?;
     meter.inc(manifest.len() as u64);

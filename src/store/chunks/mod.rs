@@ -15,18 +15,18 @@
 //! - Every chunk read is checked against its name, and a file's content against the manifest's
 //!   sha256, so damage anywhere is found, never restored.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::backend::local::LocalBackend;
 use crate::backend::{BackendError, Kind, Name};
 use crate::exit::{Classify, ExitCode};
 use crate::store::seal::{self, Seal};
 use crate::store::{Remote, Repository};
+use by_repository::ByRepository;
 
 /// The chunk store's directory in a backups directory.
 pub const STORE_DIR: &str = ".wqm-chunks";
@@ -340,19 +340,11 @@ impl ChunkStore {
     pub fn open_remote(repository: &Remote) -> Result<Arc<Self>, ChunkError> {
         let root = repository.shown(STORE_DIR);
         let key = repository.backend().describe();
-        let known = REMOTE_PARAMS
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-            .cloned();
-        let params = match known {
+        let params = match REMOTE_PARAMS.get(&key) {
             Some(params) => params,
             None => {
                 let params = Self::read_remote_params(repository, &root)?;
-                REMOTE_PARAMS
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(key, params.clone());
+                REMOTE_PARAMS.insert(key, params.clone());
                 params
             }
         };
@@ -659,7 +651,7 @@ fn read_packed(remote: &Remote, found: &pack::Location) -> io::Result<Vec<u8>> {
 
 /// The parameters of the stores on a backend this run opened, by repository: `store.json` is
 /// written once there (`save_new`, never replaced), and every backup's files open the store.
-static REMOTE_PARAMS: Mutex<BTreeMap<String, Params>> = Mutex::new(BTreeMap::new());
+static REMOTE_PARAMS: ByRepository<Params> = ByRepository::new();
 
 /// A chunk's stored bytes on their way (`ChunkStore::fetch`), or a run of chunks' (`fetch_range`).
 pub struct Fetch {
@@ -720,6 +712,7 @@ impl fmt::Display for ChunkProblem {
 }
 
 mod aside;
+mod by_repository;
 mod compare;
 mod courier;
 mod cut;

@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 
+use super::by_repository::ByRepository;
 use super::tasks::Tasks;
 use super::{ChunkId, STORE_DIR};
 use crate::backend::{Backend, Name, ObjectInfo};
@@ -378,7 +379,7 @@ fn decode_index(
 
 /// The loaded indexes of the stores this run read, by repository: a run opens its store once
 /// per file it reads, and the indexes are read once.
-static LOADED: Mutex<BTreeMap<String, Arc<PackIndex>>> = Mutex::new(BTreeMap::new());
+static LOADED: ByRepository<Arc<PackIndex>> = ByRepository::new();
 
 /// The chunks of the packs this run wrote (pack and index saved), by repository: found by its
 /// own lookups and its verification without reading every index again, nor copying the loaded
@@ -424,12 +425,7 @@ impl Packs {
     /// The indexes of `remote`'s store (this run's copy when it read them before).
     pub fn open(remote: &Remote, largest: usize) -> io::Result<Self> {
         let key = remote.backend().describe();
-        let loaded = LOADED
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-            .cloned();
-        let current = match loaded {
+        let current = match LOADED.get(&key) {
             Some(index) => index,
             None => Self::reload(remote, largest)?,
         };
@@ -461,10 +457,7 @@ impl Packs {
     /// Forgets what this run read of `remote`'s indexes: the next `open` reads them afresh.
     pub fn forget(remote: &Remote) {
         let key = remote.backend().describe();
-        LOADED
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key);
+        LOADED.remove(&key);
         WRITTEN
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -473,10 +466,7 @@ impl Packs {
 
     fn reload(remote: &Remote, largest: usize) -> io::Result<Arc<PackIndex>> {
         let index = Arc::new(PackIndex::load(remote, largest)?);
-        LOADED
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(remote.backend().describe(), index.clone());
+        LOADED.insert(remote.backend().describe(), index.clone());
         Ok(index)
     }
 
