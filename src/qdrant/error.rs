@@ -61,6 +61,15 @@ impl QdrantError {
     }
 }
 
+impl QdrantError {
+    /// Qdrant refused an upload whose content's sha256 is not the `?checksum=` it was sent
+    /// (400 "Checksum mismatch: …"). It compares before it unpacks: nothing changed.
+    pub fn is_checksum_refusal(&self) -> bool {
+        matches!(self, QdrantError::Status { status: 400, message }
+            if message.starts_with("Checksum mismatch"))
+    }
+}
+
 impl Classify for QdrantError {
     fn exit_code(&self) -> ExitCode {
         match self {

@@ -1,8 +1,9 @@
 //! Snapshots: create (`?wait=true`), list, delete, download (resumed with `Range`) and upload
 //! (streamed multipart, watched with `GET /healthz` while Qdrant recovers it).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -15,6 +16,14 @@ use super::error::{error_chain, QdrantError};
 use super::retry::{is_resumable, Patience, Resumable};
 use super::Client;
 use crate::progress;
+
+/// What Qdrant took of an upload's body so far, and whether the body is what it waits for.
+#[derive(Default)]
+struct Taken {
+    bytes: AtomicU64,
+    /// The body's last poll found nothing to send (wqm still reading, or checking).
+    starved: AtomicBool,
+}
 
 impl Client {
     /// `POST {scope}/snapshots?wait=true`: Qdrant sends nothing until the snapshot is done.
@@ -90,13 +99,18 @@ impl Client {
     where
         S: futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static,
     {
-        use futures_util::StreamExt;
-        let taken = Arc::new(AtomicU64::new(0));
+        let taken = Arc::new(Taken::default());
         let counter = taken.clone();
-        let counted = body.inspect(move |chunk| {
-            if let Ok(chunk) = chunk {
-                counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        let mut body = Box::pin(body);
+        let counted = futures_util::stream::poll_fn(move |cx| {
+            let next = body.as_mut().poll_next(cx);
+            counter.starved.store(next.is_pending(), Ordering::Relaxed);
+            if let Poll::Ready(Some(Ok(chunk))) = &next {
+                counter
+                    .bytes
+                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
             }
+            next
         });
         let part = reqwest::multipart::Part::stream_with_length(
             reqwest::Body::wrap_stream(counted),
@@ -129,14 +143,15 @@ impl Client {
             })
     }
 
-    /// Sends a request whose body reports the bytes taken in `taken`, and waits for the answer
-    /// with no total timeout: the body must keep moving (`read_idle`), and once it is all sent,
-    /// Qdrant must keep answering `GET /healthz` while it works on it.
+    /// Sends a request whose body reports what was taken of it in `taken`, and waits for the
+    /// answer with no total timeout: the body must keep moving (`read_idle`) unless it keeps
+    /// Qdrant waiting itself, and once it is all sent, Qdrant must keep answering `GET /healthz`
+    /// while it works on it.
     async fn send_watched(
         &self,
         request: RequestBuilder,
         what: &str,
-        taken: &AtomicU64,
+        taken: &Taken,
         length: u64,
     ) -> Result<Response, QdrantError> {
         let idle = self.timeouts.read_idle;
@@ -150,8 +165,10 @@ impl Client {
                 result = &mut sending => return result,
                 _ = tokio::time::sleep(tick) => {}
             }
-            let now = taken.load(Ordering::Relaxed);
-            if now != seen {
+            let now = taken.bytes.load(Ordering::Relaxed);
+            // A body with nothing to give yet (still read, or its last piece held back for the
+            // checks) does not make Qdrant idle.
+            if now != seen || taken.starved.load(Ordering::Relaxed) {
                 (seen, moved) = (now, Instant::now());
                 answered = Instant::now();
             }

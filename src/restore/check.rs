@@ -1,8 +1,9 @@
-//! The content check of a snapshot on its way to Qdrant: read once (`BackupDir::open_checked`:
-//! hashed and compared with the manifest), checked as `validate --check-files` checks it, and
-//! sent on as it is read; the last piece only once it passed.
+//! The content check of a snapshot on its way to Qdrant: read once (`BackupDir::open_compared`:
+//! hashed and compared with the manifest — the content's sha256, or the stored bytes' checksum
+//! when Qdrant compares the content's sha256 itself), checked as `validate --check-files`
+//! checks it, and sent on as it is read; the last piece only once it passed.
 
-use std::io::{self, BufReader, Read};
+use std::io::{self, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -42,6 +43,9 @@ pub(super) struct Inspected {
     pub(super) meter: Meter,
     /// `verify_before_restore`: the last piece also waits until the whole backup passed.
     pub(super) precheck: Option<Arc<Precheck>>,
+    /// This upload left its content's sha256 to Qdrant (`Claim::LeftToServer`): its snapshot
+    /// passes with Qdrant's answer, not here.
+    pub(super) left_to_server: bool,
 }
 
 impl Inspected {
@@ -63,11 +67,14 @@ impl Inspected {
     fn check_and_send(&self, content: Checked) -> Result<(), Problem> {
         let entry = content.entry().clone();
         let mut tee = Tee {
-            inner: BufReader::with_capacity(UPLOAD_CHUNK, content),
+            inner: content,
             sender: self.sender.clone(),
             sent: self.sent.clone(),
             meter: self.meter.clone(),
-            pending: Vec::with_capacity(UPLOAD_CHUNK),
+            chunk: vec![0; UPLOAD_CHUNK],
+            filled: 0,
+            served: 0,
+            held: None,
             path: entry.path.clone(),
             failed: None,
         };
@@ -93,29 +100,42 @@ impl Inspected {
             return Err(Problem::Damaged(Damaged::from_read(&entry.path, e)));
         }
         if let Some(precheck) = &self.precheck {
-            precheck.passed(&entry.path);
+            if !self.left_to_server {
+                precheck.passed(&entry.path);
+            }
+            let own = self.left_to_server.then_some(entry.path.as_str());
             let sender = &tee.sender;
-            precheck
-                .wait_blocking(|| sender.is_closed())
-                .map_err(|refused| match refused {
+            precheck.wait_blocking(own, || sender.is_closed()).map_err(
+                |refused| match refused {
                     Refused::Damaged(damaged) => Problem::Damaged(damaged),
-                    Refused::Cancelled => Problem::Stopped,
-                })?;
+                    Refused::Cancelled | Refused::OtherFailed => Problem::Stopped,
+                },
+            )?;
         }
-        let last = std::mem::take(&mut tee.pending);
-        tee.send(last).map_err(|()| Problem::Stopped)?;
+        let mut last = std::mem::take(&mut tee.chunk);
+        last.truncate(tee.filled);
+        for piece in [tee.held.take().unwrap_or_default(), last] {
+            tee.send(piece).map_err(|()| Problem::Stopped)?;
+        }
         self.all_sent.notify_one();
         Ok(())
     }
 }
 
-/// Passes what it reads on to the upload, a chunk at a time, keeping the latest back.
+/// Passes what it reads on to the upload, a chunk at a time, keeping the latest back. The
+/// content is read straight into the chunk that is sent (its only copy is to the reader above:
+/// `snapshot::inspect`); a full chunk waits until the next one is full.
 struct Tee<R> {
     inner: R,
     sender: mpsc::Sender<io::Result<Bytes>>,
     sent: Arc<AtomicU64>,
     meter: Meter,
-    pending: Vec<u8>,
+    /// The chunk being read into: `filled` bytes of it read, `served` of those passed on.
+    chunk: Vec<u8>,
+    filled: usize,
+    served: usize,
+    /// The last full chunk.
+    held: Option<Vec<u8>>,
     /// The entry's path in the backup.
     path: String,
     /// Why reading stopped, when it was not the archive's fault.
@@ -123,15 +143,43 @@ struct Tee<R> {
 }
 
 impl<R: Read> Tee<R> {
-    /// Hands `chunk` to the upload; `Err` when the upload has ended. Counted first: once the
-    /// upload has the last byte it may end at once, and must then find all of it counted.
+    /// Hands `chunk` to the upload (unless empty); `Err` when the upload has ended. Counted
+    /// first: once the upload has the last byte it may end at once, and must then find all of
+    /// it counted.
     fn send(&mut self, chunk: Vec<u8>) -> Result<(), ()> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
         let len = chunk.len() as u64;
         self.sent.fetch_add(len, Ordering::Relaxed);
         self.meter.inc(len);
         self.sender
             .blocking_send(Ok(Bytes::from(chunk)))
             .map_err(drop)
+    }
+
+    /// Reads more into the chunk (a full one is held back, the one held before it sent).
+    fn fill(&mut self) -> io::Result<()> {
+        if self.filled == self.chunk.len() {
+            let full = std::mem::replace(&mut self.chunk, vec![0; UPLOAD_CHUNK]);
+            (self.filled, self.served) = (0, 0);
+            if let Some(earlier) = self.held.replace(full) {
+                if self.send(earlier).is_err() {
+                    return Err(self.fail(Problem::Stopped));
+                }
+            }
+        }
+        match self.inner.read(&mut self.chunk[self.filled..]) {
+            Ok(n) => {
+                self.filled += n;
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Err(e),
+            Err(e) => {
+                let damaged = Damaged::from_read(&self.path, e);
+                Err(self.fail(Problem::Damaged(damaged)))
+            }
+        }
     }
 
     fn fail(&mut self, problem: Problem) -> io::Error {
@@ -146,22 +194,12 @@ impl<R: Read> Tee<R> {
 
 impl<R: Read> Read for Tee<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = match self.inner.read(buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
-            Err(e) => {
-                let damaged = Damaged::from_read(&self.path, e);
-                return Err(self.fail(Problem::Damaged(damaged)));
-            }
-        };
-        self.pending.extend_from_slice(&buf[..n]);
-        if self.pending.len() >= 2 * UPLOAD_CHUNK {
-            let rest = self.pending.split_off(UPLOAD_CHUNK);
-            let chunk = std::mem::replace(&mut self.pending, rest);
-            if self.send(chunk).is_err() {
-                return Err(self.fail(Problem::Stopped));
-            }
+        if self.served == self.filled {
+            self.fill()?;
         }
+        let n = buf.len().min(self.filled - self.served);
+        buf[..n].copy_from_slice(&self.chunk[self.served..self.served + n]);
+        self.served += n;
         Ok(n)
     }
 }

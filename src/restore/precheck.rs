@@ -9,6 +9,13 @@
 //! thread takes the files nobody claimed (the last collections first: the first ones are being
 //! uploaded), and both mark what passed. A damaged file fails the whole check: every held-back
 //! last piece is then withheld for good, so Qdrant never gets a complete upload.
+//!
+//! One upload at a time may leave its content's sha256 to Qdrant (`Claim::LeftToServer`): it
+//! compares its stored bytes' checksum as it reads (a fraction of sha256's cost), and Qdrant
+//! compares the content with `?checksum=` before it changes anything. That snapshot passes only
+//! when Qdrant answered; until then every other held-back piece, database and config waits,
+//! so a refusal still comes before the first change. Its own last piece waits for the rest only
+//! (two such uploads would wait for each other: the others check their content themselves).
 
 use std::collections::HashSet;
 use std::io::{self, Read};
@@ -19,7 +26,8 @@ use std::time::Duration;
 use crate::exit::Interrupted;
 use crate::format::manifest::FileEntry;
 use crate::progress;
-use crate::store::{BackupDir, Damaged};
+use crate::store::{BackupDir, Compare, Damaged};
+use crate::transfer::OtherFailed;
 
 /// The pre-check of a restore, shared by its uploads and its checking thread.
 pub(super) struct Precheck {
@@ -38,8 +46,12 @@ struct State {
     /// Files someone is reading (an upload or the checking thread).
     claimed: HashSet<String>,
     passed: HashSet<String>,
+    /// The file whose content only Qdrant's answer to its upload will vouch for.
+    left_to_server: Option<String>,
     /// The first damage found: the file and what is wrong with it.
     failed: Option<(String, String)>,
+    /// The upload that left its content to Qdrant ended without its answer: nothing can pass.
+    abandoned: bool,
 }
 
 /// Why waiting for the pre-check ended without it passing.
@@ -47,6 +59,63 @@ pub(super) enum Refused {
     Damaged(Damaged),
     /// The waiter gave up (its upload stopped, or Ctrl-C).
     Cancelled,
+    /// Another upload failed before its snapshot could pass.
+    OtherFailed,
+}
+
+/// How an upload checks the snapshot it claimed.
+pub(super) enum Claim {
+    /// Its content's size and sha256, as it reads it (`Compare::Content`).
+    Content,
+    /// It passed already, read by the checking thread: its stored bytes' checksum is enough.
+    Passed,
+    /// Its stored bytes' checksum; the content's sha256 is Qdrant's to compare (`ServerCheck`).
+    LeftToServer(ServerCheck),
+}
+
+impl Claim {
+    /// What the upload's reading compares at the content's end.
+    pub(super) fn compare(&self) -> Compare {
+        match self {
+            Claim::Content => Compare::Content,
+            Claim::Passed | Claim::LeftToServer(_) => Compare::Stored,
+        }
+    }
+}
+
+/// Qdrant's word on a snapshot whose content an upload left to it, still to come: dropped
+/// before it was given (`confirm`, `refuse`), the pre-check can no longer pass.
+pub(super) struct ServerCheck {
+    precheck: Arc<Precheck>,
+    path: String,
+    given: bool,
+}
+
+impl ServerCheck {
+    /// Qdrant accepted the content: the snapshot passed.
+    pub(super) fn confirm(mut self) {
+        self.given = true;
+        let mut state = self.precheck.state();
+        state.left_to_server = None;
+        state.passed.insert(self.path.clone());
+        drop(state);
+        self.precheck.moved.notify_all();
+    }
+
+    /// Qdrant refused the content: the backup is damaged.
+    pub(super) fn refuse(mut self, damaged: &Damaged) {
+        self.given = true;
+        self.precheck.fail(damaged);
+    }
+}
+
+impl Drop for ServerCheck {
+    fn drop(&mut self) {
+        if !self.given {
+            self.precheck.state().abandoned = true;
+            self.precheck.moved.notify_all();
+        }
+    }
 }
 
 /// Owns the pre-check for the restore's lifetime: dropping it stops the checking thread.
@@ -75,11 +144,31 @@ impl Precheck {
         self.state.lock().expect("pre-check lock")
     }
 
-    /// An upload reads `path` and checks it itself; the checking thread starts (once), taking
-    /// the files nobody claimed.
-    pub(super) fn claim(self: &Arc<Self>, path: &str) {
-        self.state().claimed.insert(path.to_string());
+    /// An upload reads `path` and checks it itself, as the answer says: with `wanted` as
+    /// `Compare::Stored` (Qdrant compares the content's sha256), by its stored checksum when it
+    /// passed already, or when no other upload left its content to Qdrant. The checking thread
+    /// starts (once), taking the files nobody claimed.
+    pub(super) fn claim(self: &Arc<Self>, path: &str, wanted: Compare) -> Claim {
+        let claim = {
+            let mut state = self.state();
+            state.claimed.insert(path.to_string());
+            if wanted == Compare::Content {
+                Claim::Content
+            } else if state.passed.contains(path) {
+                Claim::Passed
+            } else if state.left_to_server.is_none() {
+                state.left_to_server = Some(path.to_string());
+                Claim::LeftToServer(ServerCheck {
+                    precheck: Arc::clone(self),
+                    path: path.to_string(),
+                    given: false,
+                })
+            } else {
+                Claim::Content
+            }
+        };
         self.start();
+        claim
     }
 
     /// Starts the checking thread, unless it runs already.
@@ -105,15 +194,24 @@ impl Precheck {
         self.moved.notify_all();
     }
 
-    /// Blocks until every file passed (`Ok`), one is damaged, or `cancelled` says to give up
-    /// (asked every 50 ms).
-    pub(super) fn wait_blocking(&self, cancelled: impl Fn() -> bool) -> Result<(), Refused> {
+    /// Blocks until every file passed (`Ok`) but `own` (the waiter's, whose content Qdrant
+    /// compares after this), one is damaged, or `cancelled` says to give up (asked every 50 ms).
+    pub(super) fn wait_blocking(
+        &self,
+        own: Option<&str>,
+        cancelled: impl Fn() -> bool,
+    ) -> Result<(), Refused> {
         let mut state = self.state();
         loop {
             if let Some((path, problem)) = &state.failed {
                 return Err(Refused::Damaged(Damaged::new(path, problem)));
             }
-            if self.files.iter().all(|f| state.passed.contains(&f.path)) {
+            if state.abandoned {
+                return Err(Refused::OtherFailed);
+            }
+            let passed =
+                |f: &FileEntry| Some(f.path.as_str()) == own || state.passed.contains(&f.path);
+            if self.files.iter().all(passed) {
                 return Ok(());
             }
             if cancelled() {
@@ -132,13 +230,15 @@ impl Precheck {
     pub(super) async fn wait(self: &Arc<Self>) -> anyhow::Result<()> {
         self.start();
         let precheck = Arc::clone(self);
-        let waited =
-            tokio::task::spawn_blocking(move || precheck.wait_blocking(progress::is_interrupted))
-                .await?;
+        let waited = tokio::task::spawn_blocking(move || {
+            precheck.wait_blocking(None, progress::is_interrupted)
+        })
+        .await?;
         match waited {
             Ok(()) => Ok(()),
             Err(Refused::Damaged(damaged)) => Err(damaged.into()),
             Err(Refused::Cancelled) => Err(Interrupted.into()),
+            Err(Refused::OtherFailed) => Err(OtherFailed.into()),
         }
     }
 
@@ -185,3 +285,107 @@ impl Precheck {
 
 /// How much the checking thread reads at a time.
 const READ_SIZE: usize = 256 * 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checksum::{digest, Algorithm};
+    use crate::format::manifest::{FileKind, Manifest};
+
+    const FILES: [&str; 3] = ["collections/a", "collections/b", "collections/c"];
+
+    /// A sound backup of `FILES` (each holding its own name), and its pre-check.
+    fn sound_backup() -> (tempfile::TempDir, Owner) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut manifest = Manifest::new("0.3.0", 1.0);
+        for path in FILES {
+            std::fs::create_dir_all(dir.path().join("collections")).unwrap();
+            std::fs::write(dir.path().join(path), path).unwrap();
+            let digests = digest(path.as_bytes(), &[Algorithm::Sha256, Algorithm::Xxhash64]);
+            manifest.files.push(FileEntry {
+                path: path.to_string(),
+                kind: FileKind::CollectionSnapshot,
+                size: path.len() as u64,
+                compression: Default::default(),
+                checksum: digests.get(Algorithm::Xxhash64),
+                content_size: path.len() as u64,
+                content_sha256: digests.get(Algorithm::Sha256).unwrap().value,
+            });
+        }
+        let owner = Precheck::for_backup(&BackupDir::local(dir.path().to_path_buf(), manifest));
+        (dir, owner)
+    }
+
+    fn left_to_server(claim: Claim) -> ServerCheck {
+        match claim {
+            Claim::LeftToServer(check) => check,
+            _ => panic!("not left to the server"),
+        }
+    }
+
+    /// What a waiter that gives up at once gets: `None` when every file passed.
+    fn waited(precheck: &Precheck, own: Option<&str>) -> Option<&'static str> {
+        match precheck.wait_blocking(own, || true) {
+            Ok(()) => None,
+            Err(Refused::Damaged(_)) => Some("damaged"),
+            Err(Refused::Cancelled) => Some("not yet"),
+            Err(Refused::OtherFailed) => Some("other failed"),
+        }
+    }
+
+    #[test]
+    fn one_upload_at_a_time_leaves_its_content_to_qdrant_and_the_rest_waits_for_its_answer() {
+        let (_dir, owner) = sound_backup();
+        let precheck = &owner.0;
+        let [a, b, c] = FILES;
+        let check = left_to_server(precheck.claim(a, Compare::Stored));
+        // Another upload meanwhile checks its content itself, as does one that must.
+        assert!(matches!(precheck.claim(b, Compare::Stored), Claim::Content));
+        assert!(matches!(
+            precheck.claim(c, Compare::Content),
+            Claim::Content
+        ));
+        precheck.passed(b);
+        precheck.passed(c);
+        // The upload that left its content to Qdrant waits for the others only ...
+        assert_eq!(waited(precheck, Some(a)), None);
+        // ... everyone else for Qdrant's answer too.
+        assert_eq!(waited(precheck, None), Some("not yet"));
+        check.confirm();
+        assert_eq!(waited(precheck, None), None);
+        // A snapshot that passed already is compared by its stored checksum; the next upload
+        // may leave its content to Qdrant again.
+        assert!(matches!(precheck.claim(a, Compare::Stored), Claim::Passed));
+    }
+
+    #[test]
+    fn no_answer_from_qdrant_lets_nothing_pass_and_a_refusal_is_damage() {
+        let (_dir, owner) = sound_backup();
+        let precheck = &owner.0;
+        let [a, b, c] = FILES;
+        let check = left_to_server(precheck.claim(a, Compare::Stored));
+        precheck.passed(b);
+        precheck.passed(c);
+        drop(check);
+        assert_eq!(waited(precheck, None), Some("other failed"));
+
+        let (_dir, owner) = sound_backup();
+        let precheck = &owner.0;
+        let check = left_to_server(precheck.claim(a, Compare::Stored));
+        check.refuse(&Damaged::new(a, "content sha256 mismatch"));
+        assert_eq!(waited(precheck, None), Some("damaged"));
+        assert_eq!(waited(precheck, Some(a)), Some("damaged"));
+    }
+
+    #[test]
+    fn the_checking_thread_reads_what_no_upload_claimed() {
+        let (_dir, owner) = sound_backup();
+        let precheck = &owner.0;
+        let check = left_to_server(precheck.claim(FILES[0], Compare::Stored));
+        precheck
+            .wait_blocking(Some(FILES[0]), || false)
+            .unwrap_or_else(|_| panic!("the other files did not pass"));
+        check.confirm();
+        assert_eq!(waited(precheck, None), None);
+    }
+}

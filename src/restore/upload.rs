@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, Notify};
 
 use super::check::{Inspected, Problem};
 use super::plan::custom_sharding;
-use super::precheck::Precheck;
+use super::precheck::{Claim, Precheck};
 use super::{CollectionAction, CollectionPlan, Plan};
 use crate::config::TransferSettings;
 use crate::exit::Interrupted;
@@ -22,7 +22,7 @@ use crate::format::manifest::FileEntry;
 use crate::progress::{self, Progress};
 use crate::qdrant::cluster;
 use crate::qdrant::{Client, QdrantError, Scope};
-use crate::store::BackupDir;
+use crate::store::{BackupDir, Compare, Damaged};
 use crate::transfer;
 use crate::workdir::{Record, WorkDir};
 
@@ -313,11 +313,24 @@ async fn upload(
     (turn, lanes, received): (&mut transfer::Turn<'_>, &transfer::Lanes, &Cell<bool>),
     precheck: Option<&Arc<Precheck>>,
 ) -> Result<()> {
-    let content = source.open_checked(entry)?;
-    if let Some(precheck) = precheck {
-        // This upload checks its snapshot; the rest of the backup is checked meanwhile.
-        precheck.claim(&entry.path);
-    }
+    // With `?checksum=`, Qdrant compares the content's sha256 before it changes anything:
+    // reading compares the stored bytes' checksum then, not a second sha256 (when it can).
+    let wanted = match transfer.checksum {
+        true => Compare::stored_for(entry),
+        false => Compare::Content,
+    };
+    // This upload checks its snapshot; the rest of the backup is checked meanwhile.
+    let claim = match precheck {
+        Some(precheck) => precheck.claim(&entry.path, wanted),
+        // No pre-check to hold back for: Qdrant's comparison is the content's check.
+        None if wanted == Compare::Stored => Claim::Passed,
+        None => Claim::Content,
+    };
+    let content = source.open_compared(entry, claim.compare())?;
+    let server_check = match claim {
+        Claim::LeftToServer(check) => Some(check),
+        Claim::Content | Claim::Passed => None,
+    };
     // The reader thread counts what it hands over (`sent`, and the meter that draws it) and says
     // when the last piece went (`all_sent`); memory is bounded by the channel.
     let sent = Arc::new(AtomicU64::new(0));
@@ -331,6 +344,7 @@ async fn upload(
         all_sent: all_sent.clone(),
         meter: meter.clone(),
         precheck: precheck.cloned(),
+        left_to_server: server_check.is_some(),
     };
     let reader = tokio::task::spawn_blocking(move || stream.run(content));
     let body = futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx));
@@ -365,17 +379,31 @@ async fn upload(
     drop(meter);
     // Dropping the request drops the body: a reader still sending stops at once.
     drop(uploading);
+    let refused = result
+        .as_ref()
+        .err()
+        .and_then(|e| checksum_refusal(e, entry));
     // Qdrant never recovers a snapshot it did not get all of (the last piece waits for the
-    // checks), so an upload that ended short of it changed nothing.
-    if sent.load(Ordering::Relaxed) == entry.content_size {
+    // checks), so an upload that ended short of it changed nothing; nor one it refused for
+    // its checksum, which it compares first.
+    if sent.load(Ordering::Relaxed) == entry.content_size && refused.is_none() {
         received.set(true);
     }
     let checked = reader.await;
-    let result = match checked {
-        Ok(Err(Problem::Damaged(damaged))) => Err(damaged.into()),
-        Err(e) if result.is_ok() => Err(anyhow!("reading `{}` failed: {e}", entry.path)),
+    let result = match (checked, refused) {
+        (Ok(Err(Problem::Damaged(damaged))), _) | (_, Some(damaged)) => Err(damaged.into()),
+        (Err(e), None) if result.is_ok() => Err(anyhow!("reading `{}` failed: {e}", entry.path)),
         _ => result,
     };
+    if let Some(check) = server_check {
+        match &result {
+            Ok(()) => check.confirm(),
+            Err(e) => match e.downcast_ref::<Damaged>() {
+                Some(damaged) => check.refuse(damaged),
+                None => drop(check),
+            },
+        }
+    }
     crate::failpoint::hit("restore:uploaded")?;
     // Qdrant keeps an uploaded collection snapshot among the collection's snapshots: delete it.
     match client.delete_snapshot(scope, &file_name).await {
@@ -392,6 +420,19 @@ async fn upload(
         Err(_) => {}
     }
     result
+}
+
+/// Qdrant's refusal of an upload's content (its sha256 is not the manifest's, which `?checksum=`
+/// sent) as the damage it is: exit 3, and nothing changed.
+fn checksum_refusal(error: &anyhow::Error, entry: &FileEntry) -> Option<Damaged> {
+    let refusal = error
+        .downcast_ref::<QdrantError>()
+        .filter(|e| e.is_checksum_refusal())?;
+    let problem = format!(
+        "content sha256 mismatch: the manifest says {}, Qdrant found another in the content it received and refused the upload, changing nothing ({refusal})",
+        entry.content_sha256
+    );
+    Some(Damaged::new(&entry.path, problem))
 }
 
 /// The name an upload of `scope` gets on the server: built from a checked collection name and

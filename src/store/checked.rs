@@ -2,8 +2,10 @@
 //! reports.
 
 use std::io::{self, Read};
+use std::sync::{Arc, Mutex};
 
 use crate::checksum::{Algorithm, Digester, Digests};
+use crate::compress::{Compression, Stored};
 use crate::format::manifest::FileEntry;
 
 /// A file of a backup found damaged or unsafe while it was read (exit 3): what `open_checked`
@@ -48,20 +50,88 @@ impl crate::exit::Classify for Damaged {
     }
 }
 
+/// What `open_compared` compares with the manifest at the end of an entry's content.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compare {
+    /// The content's size and sha256: what every reader of the content compares.
+    Content,
+    /// The stored bytes' size and checksum (`checksum_algorithm`'s, xxhash64 by default,
+    /// a fraction of sha256's cost) and the content's size: for an upload whose content's
+    /// sha256 Qdrant compares itself (`?checksum=`) before it changes anything. Only an entry
+    /// stored plainly with a checksum can be compared so (`Compare::stored_for`).
+    Stored,
+}
+
+impl Compare {
+    /// `Stored` when `entry`'s stored bytes carry a checksum to compare (a file stored plainly,
+    /// compressed or not), `Content` otherwise (a chunked file, or no checksum).
+    pub fn stored_for(entry: &FileEntry) -> Compare {
+        let plain = matches!(entry.compression, Stored::Plain(_));
+        if plain && stored_algorithm(entry).is_some() {
+            Compare::Stored
+        } else {
+            Compare::Content
+        }
+    }
+}
+
+/// The algorithm of `entry`'s stored checksum, when it has one.
+fn stored_algorithm(entry: &FileEntry) -> Option<Algorithm> {
+    let algorithm = entry.checksum.as_ref()?.algorithm;
+    (algorithm != Algorithm::None).then_some(algorithm)
+}
+
 /// An entry's content being read by `open_checked`: `Send`, so another thread may read it.
 pub struct Checked {
     inner: Box<dyn Read + Send>,
     entry: FileEntry,
     content: Digester,
+    /// With `Compare::Stored`: the stored bytes, hashed as the decoder reads them.
+    stored: Option<StoredTally>,
     matched: bool,
 }
 
 impl Checked {
-    pub(super) fn new(inner: Box<dyn Read + Send>, entry: &FileEntry) -> Self {
+    /// Reads `stored` (an entry's stored bytes, not yet decoded) and compares as `compare` says.
+    pub(super) fn new(
+        stored: Box<dyn Read + Send>,
+        entry: &FileEntry,
+        compare: Compare,
+    ) -> io::Result<Self> {
+        let algorithm = stored_algorithm(entry);
+        let (content, tally, stored): (_, _, Box<dyn Read + Send>) = match (compare, algorithm) {
+            (Compare::Stored, Some(algorithm)) => {
+                let tally = StoredTally::default();
+                let hashed = TallyReader {
+                    inner: stored,
+                    tally: tally.clone(),
+                    digester: Some(Digester::new(&[algorithm])),
+                };
+                (Digester::new(&[]), Some(tally), Box::new(hashed))
+            }
+            _ => (Digester::new(&[Algorithm::Sha256]), None, stored),
+        };
+        let inner: Box<dyn Read + Send> = match entry.compression {
+            // Read a zstd block's worth at a time (`Decoder::new`'s buffer), not 8 KiB.
+            Stored::Plain(Compression::Zstd) => Box::new(zstd::Decoder::new(stored)?),
+            _ => Box::new(io::BufReader::new(stored)),
+        };
+        Ok(Checked {
+            inner,
+            entry: entry.clone(),
+            content,
+            stored: tally,
+            matched: false,
+        })
+    }
+
+    /// Content already decoded (a chunked entry's chunks in order), compared as `Content`.
+    pub(super) fn decoded(inner: Box<dyn Read + Send>, entry: &FileEntry) -> Self {
         Checked {
             inner,
             entry: entry.clone(),
             content: Digester::new(&[Algorithm::Sha256]),
+            stored: None,
             matched: false,
         }
     }
@@ -91,7 +161,11 @@ impl Read for Checked {
         };
         if n == 0 {
             let digests = std::mem::replace(&mut self.content, Digester::new(&[])).finish();
-            content_matches(&self.entry, &digests).map_err(|problem| self.damage(problem))?;
+            let matched = match &self.stored {
+                Some(tally) => stored_matches(&self.entry, tally, digests.bytes),
+                None => content_matches(&self.entry, &digests),
+            };
+            matched.map_err(|problem| self.damage(problem))?;
             self.matched = true;
             return Ok(0);
         }
@@ -104,6 +178,64 @@ impl Read for Checked {
         }
         Ok(n)
     }
+}
+
+/// What the reader under the decoder saw of the stored bytes: their digests, once it read
+/// to their end.
+#[derive(Clone, Default)]
+struct StoredTally(Arc<Mutex<Option<Digests>>>);
+
+/// Hashes the stored bytes as the decoder reads them; at their end, leaves the digests in the
+/// tally.
+struct TallyReader {
+    inner: Box<dyn Read + Send>,
+    tally: StoredTally,
+    digester: Option<Digester>,
+}
+
+impl Read for TallyReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(digester) = self.digester.as_mut() {
+            digester.update(&buf[..n]);
+            if n == 0 && !buf.is_empty() {
+                let digests = self.digester.take().map(Digester::finish);
+                *self.tally.0.lock().expect("stored tally") = digests;
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// At the content's end (`content_bytes` of it): the stored bytes were read to their end and
+/// are the ones the manifest describes (size and checksum), and the content has its size.
+fn stored_matches(
+    entry: &FileEntry,
+    tally: &StoredTally,
+    content_bytes: u64,
+) -> Result<(), String> {
+    let Some(digests) = tally.0.lock().expect("stored tally").clone() else {
+        return Err("its content ended before its stored bytes did".to_string());
+    };
+    if let Some(expected) = &entry.checksum {
+        let actual = digests
+            .get(expected.algorithm)
+            .map(|c| c.value)
+            .unwrap_or_default();
+        if digests.bytes != entry.size || actual != expected.value {
+            return Err(format!(
+                "checksum mismatch ({}): the manifest says {} ({} bytes), the file has {actual} ({} bytes)",
+                expected.algorithm, expected.value, entry.size, digests.bytes
+            ));
+        }
+    }
+    if content_bytes != entry.content_size {
+        return Err(format!(
+            "its content is {content_bytes} bytes, the manifest says {}",
+            entry.content_size
+        ));
+    }
+    Ok(())
 }
 
 /// The content read (decompressed) is the one the manifest describes: its size and sha256.

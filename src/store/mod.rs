@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crate::backend::local::LocalBackend;
 use crate::backend::{BackendError, Name};
-use crate::compress::{Compression, Stored};
+use crate::compress::Stored;
 use crate::format::layout::{self, MANIFEST_PATH};
 use crate::format::manifest::{self, FileEntry, Manifest, ManifestError};
 use crate::format::names::EntryPath;
@@ -25,7 +25,7 @@ mod scan;
 pub mod seal;
 mod sink;
 mod staging;
-pub use checked::{content_matches, Checked, Damaged};
+pub use checked::{content_matches, Checked, Compare, Damaged};
 use chunks::{ChunkError, ChunkReader, ChunkStore};
 pub use remote::{occupant, replacement_of, Occupant, Remote, RemoteBackup, REPLACING};
 pub use scan::{scan, scan_at, scan_remote, Entry, Scan, Seen};
@@ -238,16 +238,24 @@ impl BackupDir {
     /// problem is one `Damaged` (inside the `io::Error`: `Damaged::from_read`). A chunk is not
     /// checked against its name as well: the whole content's sha256 catches the same damage.
     pub fn open_checked(&self, entry: &FileEntry) -> Result<Checked, Damaged> {
-        let opened = || -> io::Result<Box<dyn Read + Send>> {
-            let file = BufReader::new(self.open_entry(entry)?);
+        self.open_compared(entry, Compare::Content)
+    }
+
+    /// `open_checked`, comparing what `compare` says at the content's end (`Compare::Stored`:
+    /// the stored bytes' checksum instead of the content's sha256).
+    pub fn open_compared(&self, entry: &FileEntry, compare: Compare) -> Result<Checked, Damaged> {
+        let opened = || -> io::Result<Checked> {
+            let file = self.open_entry(entry)?;
             Ok(match entry.compression {
-                Stored::Plain(Compression::None) => Box::new(file),
-                Stored::Plain(Compression::Zstd) => Box::new(zstd::Decoder::with_buffer(file)?),
-                Stored::Chunked => Box::new(ChunkReader::new(self.chunk_store()?, file, false)?),
+                Stored::Plain(_) => Checked::new(file, entry, compare)?,
+                Stored::Chunked => {
+                    let chunks =
+                        ChunkReader::new(self.chunk_store()?, BufReader::new(file), false)?;
+                    Checked::decoded(Box::new(chunks), entry)
+                }
             })
         };
-        let inner = opened().map_err(|e| Damaged::new(&entry.path, format!("cannot read: {e}")))?;
-        Ok(Checked::new(inner, entry))
+        opened().map_err(|e| Damaged::new(&entry.path, format!("cannot read: {e}")))
     }
 
     /// A small file's whole content (a configuration), checked (`open_checked`), at most
@@ -522,6 +530,7 @@ pub fn list_in(root: &Path) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::checksum::Algorithm;
+    use crate::compress::Compression;
     use std::fs;
     use std::io::Read;
     use std::os::unix::fs::symlink;
@@ -771,6 +780,95 @@ mod tests {
             crate::exit::Classify::exit_code(&damaged),
             crate::exit::ExitCode::InvalidBackup
         );
+    }
+
+    /// `entry` with the checksum of `stored` (as `create` records it).
+    fn with_stored_checksum(mut entry: FileEntry, stored: &[u8]) -> FileEntry {
+        entry.checksum =
+            crate::checksum::digest(stored, &[Algorithm::Xxhash64]).get(Algorithm::Xxhash64);
+        entry
+    }
+
+    fn read_compared(backup: &BackupDir, entry: &FileEntry) -> Result<Vec<u8>, Damaged> {
+        let mut content = Vec::new();
+        backup
+            .open_compared(entry, Compare::Stored)?
+            .read_to_end(&mut content)
+            .map_err(|e| Damaged::from_read(&entry.path, e))?;
+        Ok(content)
+    }
+
+    #[test]
+    fn compared_by_its_stored_checksum_content_is_read_to_the_stored_end() {
+        for (compression, stored) in [
+            (Compression::None, CONTENT.to_vec()),
+            (Compression::Zstd, zstd(CONTENT)),
+        ] {
+            let (_dir, backup, entry) = backup_with("collections/a", compression, &stored, CONTENT);
+            let mut entry = with_stored_checksum(entry, &stored);
+            assert_eq!(Compare::stored_for(&entry), Compare::Stored);
+            assert_eq!(
+                read_compared(&backup, &entry).unwrap(),
+                CONTENT,
+                "{compression}"
+            );
+            // The content's sha256 is left to whoever compares it (Qdrant, for an upload).
+            entry.content_sha256 = "0".repeat(64);
+            assert_eq!(
+                read_compared(&backup, &entry).unwrap(),
+                CONTENT,
+                "{compression}"
+            );
+            assert!(read_checked(&backup, &entry).is_err(), "{compression}");
+        }
+    }
+
+    #[test]
+    fn compared_by_its_stored_checksum_damage_is_still_found() {
+        let mut flipped = CONTENT.to_vec();
+        flipped[7] ^= 1;
+        // A flipped stored byte the decoder does not notice: the stored checksum does.
+        let (_dir, backup, entry) =
+            backup_with("collections/a", Compression::None, &flipped, CONTENT);
+        let entry = with_stored_checksum(entry, CONTENT);
+        let damaged = read_compared(&backup, &entry).unwrap_err();
+        assert!(
+            damaged
+                .problem
+                .starts_with("checksum mismatch (xxhash64): the manifest says "),
+            "{damaged}"
+        );
+        // Bytes after the compressed frame.
+        let mut longer = zstd(CONTENT);
+        let sound = longer.clone();
+        longer.extend_from_slice(b"more");
+        let (_dir, backup, entry) =
+            backup_with("collections/a", Compression::Zstd, &longer, CONTENT);
+        assert!(read_compared(&backup, &with_stored_checksum(entry, &sound)).is_err());
+        // Content of another size than the manifest's.
+        let stored = zstd(CONTENT);
+        let (_dir, backup, mut entry) =
+            backup_with("collections/a", Compression::Zstd, &stored, CONTENT);
+        entry.content_size += 1;
+        let damaged = read_compared(&backup, &with_stored_checksum(entry, &stored)).unwrap_err();
+        assert_eq!(
+            damaged.problem,
+            format!(
+                "its content is {} bytes, the manifest says {}",
+                CONTENT.len(),
+                CONTENT.len() + 1
+            )
+        );
+    }
+
+    #[test]
+    fn only_a_plain_file_with_a_checksum_is_compared_by_it() {
+        let (_dir, _backup, entry) =
+            backup_with("collections/a", Compression::Zstd, CONTENT, CONTENT);
+        assert_eq!(Compare::stored_for(&entry), Compare::Content, "no checksum");
+        let mut entry = with_stored_checksum(entry, CONTENT);
+        entry.compression = crate::compress::Stored::Chunked;
+        assert_eq!(Compare::stored_for(&entry), Compare::Content, "chunked");
     }
 
     #[test]

@@ -217,8 +217,8 @@ fn a_truncated_compressed_snapshot_is_an_invalid_backup() {
 }
 
 /// Content that differs from the manifest's `content_sha256` while the stored checksum agrees:
-/// the snapshot upload and the database staging check it as they read (exit 3 naming the file),
-/// instead of Qdrant refusing the upload (exit 1) or the database being restored unchecked.
+/// the database staging checks it as it reads, Qdrant the snapshot's (`?checksum=`); either is
+/// exit 3 naming the file, with nothing restored.
 #[test]
 fn content_that_differs_from_the_manifest_is_an_invalid_backup() {
     for file in [
@@ -251,6 +251,59 @@ fn content_that_differs_from_the_manifest_is_an_invalid_backup() {
             "the live database is untouched"
         );
     }
+}
+
+/// The first upload leaves its content's sha256 to Qdrant (`?checksum=`), reading only the
+/// stored checksum itself: the next upload, sent while Qdrant works on the first, holds its
+/// last piece back until Qdrant answered, so Qdrant's refusal still comes before any change.
+/// Without `?checksum=`, wqm compares the content's sha256 itself.
+#[test]
+fn content_refused_by_qdrant_stops_the_restore_before_the_next_collection_is_restored() {
+    let double = Double::start();
+    let tmp = scene(&double, "");
+    lose_everything(&double);
+    fixtures::edit_manifest(&tmp.path().join("b"), |m| {
+        for f in m["files"].as_array_mut().unwrap() {
+            if f["path"] == "collections/small-named.snapshot.zst" {
+                f["content_sha256"] = "0".repeat(64).into();
+            }
+        }
+    });
+    // Qdrant answers each upload a second after it has all of it.
+    double.state().faults.upload_delay = Some(Duration::from_secs(1));
+    let (_, tmp) = wqm(tmp, &double, "backup restore {TMP}/b --force")
+        .status(3)
+        .stdout_with(|o| assert!(o.starts_with("Restore plan: "), "{o}"))
+        .stderr_with(|e| {
+            assert!(e.starts_with(&format!(
+                "wqm: error: restoring collection `small-named` failed: the backup's `collections/small-named.snapshot.zst` is damaged: content sha256 mismatch: the manifest says {}, Qdrant found another in the content it received and refused the upload, changing nothing (Qdrant answered 400: Checksum mismatch: expected ",
+                "0".repeat(64)
+            )), "{e}");
+            assert!(e.contains("wqm: warning: nothing was changed; the safety backup `"), "{e}");
+        })
+        .run();
+    assert!(double.state().collections.is_empty());
+    assert!(double.snapshots_left().is_empty());
+    assert_eq!(
+        count(
+            &tmp.path().join("data/state.db"),
+            "SELECT COUNT(*) FROM tracked_files"
+        ),
+        7,
+        "the live database is untouched"
+    );
+
+    let expected = format!(
+        "the backup's `collections/small-named.snapshot.zst` is damaged: content sha256 mismatch: the manifest says {} (",
+        "0".repeat(64)
+    );
+    wqm(tmp, &double, "backup restore {TMP}/b --force")
+        .env("WQM_BACKUP__TRANSFER__CHECKSUM", "false")
+        .status(3)
+        .stdout_with(|_| {})
+        .stderr_with(move |e| assert!(e.contains(&expected), "{e}"))
+        .run();
+    assert!(double.state().collections.is_empty());
 }
 
 #[test]
