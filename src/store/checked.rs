@@ -5,7 +5,6 @@ use std::io::{self, Read};
 use std::sync::{Arc, Mutex};
 
 use crate::checksum::{Algorithm, Digester, Digests};
-use crate::compress::{Compression, Stored};
 use crate::format::manifest::FileEntry;
 
 /// A file of a backup found damaged or unsafe while it was read (exit 3): what `open_checked`
@@ -56,21 +55,18 @@ pub enum Compare {
     /// The content's size and sha256: what every reader of the content compares.
     Content,
     /// The stored bytes' size and checksum (`checksum_algorithm`'s, xxhash64 by default,
-    /// a fraction of sha256's cost) and the content's size: for an upload whose content's
-    /// sha256 Qdrant compares itself (`?checksum=`) before it changes anything. Only an entry
-    /// stored plainly with a checksum can be compared so (`Compare::stored_for`).
+    /// a fraction of sha256's cost; of a chunked file, its index) and the content's size: for
+    /// an upload whose content's sha256 Qdrant compares itself (`?checksum=`) before it changes
+    /// anything. Only an entry with a stored checksum can be compared so (`Compare::stored_for`).
     Stored,
 }
 
 impl Compare {
-    /// `Stored` when `entry`'s stored bytes carry a checksum to compare (a file stored plainly,
-    /// compressed or not), `Content` otherwise (a chunked file, or no checksum).
+    /// `Stored` when `entry`'s stored bytes carry a checksum to compare, `Content` otherwise.
     pub fn stored_for(entry: &FileEntry) -> Compare {
-        let plain = matches!(entry.compression, Stored::Plain(_));
-        if plain && stored_algorithm(entry).is_some() {
-            Compare::Stored
-        } else {
-            Compare::Content
+        match stored_algorithm(entry) {
+            Some(_) => Compare::Stored,
+            None => Compare::Content,
         }
     }
 }
@@ -91,47 +87,46 @@ pub struct Checked {
     matched: bool,
 }
 
-impl Checked {
-    /// Reads `stored` (an entry's stored bytes, not yet decoded) and compares as `compare` says.
-    pub(super) fn new(
-        stored: Box<dyn Read + Send>,
-        entry: &FileEntry,
-        compare: Compare,
-    ) -> io::Result<Self> {
-        let algorithm = stored_algorithm(entry);
-        let (content, tally, stored): (_, _, Box<dyn Read + Send>) = match (compare, algorithm) {
-            (Compare::Stored, Some(algorithm)) => {
-                let tally = StoredTally::default();
-                let hashed = TallyReader {
-                    inner: stored,
-                    tally: tally.clone(),
-                    digester: Some(Digester::new(&[algorithm])),
-                };
-                (Digester::new(&[]), Some(tally), Box::new(hashed))
-            }
-            _ => (Digester::new(&[Algorithm::Sha256]), None, stored),
-        };
-        let inner: Box<dyn Read + Send> = match entry.compression {
-            // Read a zstd block's worth at a time (`Decoder::new`'s buffer), not 8 KiB.
-            Stored::Plain(Compression::Zstd) => Box::new(zstd::Decoder::new(stored)?),
-            _ => Box::new(io::BufReader::new(stored)),
-        };
-        Ok(Checked {
-            inner,
-            entry: entry.clone(),
-            content,
-            stored: tally,
-            matched: false,
-        })
+/// `stored` (an entry's stored bytes), hashed as it is read when `compare` is `Stored` and the
+/// entry has a stored checksum: the reader to decode, and the tally its end leaves for
+/// `Checked::new`.
+pub(super) fn tallied(
+    stored: Box<dyn Read + Send>,
+    entry: &FileEntry,
+    compare: Compare,
+) -> (Box<dyn Read + Send>, Option<StoredTally>) {
+    match (compare, stored_algorithm(entry)) {
+        (Compare::Stored, Some(algorithm)) => {
+            let tally = StoredTally::default();
+            let hashed = TallyReader {
+                inner: stored,
+                tally: tally.clone(),
+                digester: Some(Digester::new(&[algorithm])),
+            };
+            (Box::new(hashed), Some(tally))
+        }
+        _ => (stored, None),
     }
+}
 
-    /// Content already decoded (a chunked entry's chunks in order), compared as `Content`.
-    pub(super) fn decoded(inner: Box<dyn Read + Send>, entry: &FileEntry) -> Self {
+impl Checked {
+    /// Reads `content` (decoded from the stored bytes) and compares it at its end: with the
+    /// `tally` of the stored bytes (from `tallied`), their size and checksum and the content's
+    /// size; without, the content's size and sha256.
+    pub(super) fn new(
+        content: Box<dyn Read + Send>,
+        entry: &FileEntry,
+        tally: Option<StoredTally>,
+    ) -> Self {
+        let hashed: &[Algorithm] = match tally {
+            Some(_) => &[],
+            None => &[Algorithm::Sha256],
+        };
         Checked {
-            inner,
+            inner: content,
             entry: entry.clone(),
-            content: Digester::new(&[Algorithm::Sha256]),
-            stored: None,
+            content: Digester::new(hashed),
+            stored: tally,
             matched: false,
         }
     }
@@ -183,7 +178,7 @@ impl Read for Checked {
 /// What the reader under the decoder saw of the stored bytes: their digests, once it read
 /// to their end.
 #[derive(Clone, Default)]
-struct StoredTally(Arc<Mutex<Option<Digests>>>);
+pub(super) struct StoredTally(Arc<Mutex<Option<Digests>>>);
 
 /// Hashes the stored bytes as the decoder reads them; at their end, leaves the digests in the
 /// tally.

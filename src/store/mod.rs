@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crate::backend::local::LocalBackend;
 use crate::backend::{BackendError, Name};
-use crate::compress::Stored;
+use crate::compress::{Compression, Stored};
 use crate::format::layout::{self, MANIFEST_PATH};
 use crate::format::manifest::{self, FileEntry, Manifest, ManifestError};
 use crate::format::names::EntryPath;
@@ -241,19 +241,22 @@ impl BackupDir {
         self.open_compared(entry, Compare::Content)
     }
 
-    /// `open_checked`, comparing what `compare` says at the content's end (`Compare::Stored`:
-    /// the stored bytes' checksum instead of the content's sha256).
+    /// `open_checked`, comparing what `compare` says at the content's end. `Compare::Stored`:
+    /// the stored bytes' checksum (a chunked file's index) instead of the content's sha256, and
+    /// no chunk against its name: the content's sha256 is for its reader to compare (Qdrant).
     pub fn open_compared(&self, entry: &FileEntry, compare: Compare) -> Result<Checked, Damaged> {
         let opened = || -> io::Result<Checked> {
-            let file = self.open_entry(entry)?;
-            Ok(match entry.compression {
-                Stored::Plain(_) => Checked::new(file, entry, compare)?,
+            let (stored, tally) = checked::tallied(self.open_entry(entry)?, entry, compare);
+            let content: Box<dyn Read + Send> = match entry.compression {
+                Stored::Plain(Compression::None) => Box::new(BufReader::new(stored)),
+                // Read a zstd block's worth at a time (`Decoder::new`'s buffer), not 8 KiB.
+                Stored::Plain(Compression::Zstd) => Box::new(zstd::Decoder::new(stored)?),
                 Stored::Chunked => {
-                    let chunks =
-                        ChunkReader::new(self.chunk_store()?, BufReader::new(file), false)?;
-                    Checked::decoded(Box::new(chunks), entry)
+                    let store = self.chunk_store()?;
+                    Box::new(ChunkReader::new(store, BufReader::new(stored), false)?)
                 }
-            })
+            };
+            Ok(Checked::new(content, entry, tally))
         };
         opened().map_err(|e| Damaged::new(&entry.path, format!("cannot read: {e}")))
     }
@@ -862,13 +865,14 @@ mod tests {
     }
 
     #[test]
-    fn only_a_plain_file_with_a_checksum_is_compared_by_it() {
+    fn only_a_file_with_a_stored_checksum_is_compared_by_it() {
         let (_dir, _backup, entry) =
             backup_with("collections/a", Compression::Zstd, CONTENT, CONTENT);
         assert_eq!(Compare::stored_for(&entry), Compare::Content, "no checksum");
         let mut entry = with_stored_checksum(entry, CONTENT);
-        entry.compression = crate::compress::Stored::Chunked;
-        assert_eq!(Compare::stored_for(&entry), Compare::Content, "chunked");
+        assert_eq!(Compare::stored_for(&entry), Compare::Stored);
+        entry.checksum.as_mut().unwrap().algorithm = Algorithm::None;
+        assert_eq!(Compare::stored_for(&entry), Compare::Content, "`none`");
     }
 
     #[test]

@@ -708,6 +708,35 @@ fn open_checked_reads_a_chunked_entry_in_order() {
         damaged.problem.starts_with("content sha256 mismatch"),
         "{damaged}"
     );
+    // Compared by the index's checksum (an upload Qdrant checks): the content's sha256 is not
+    // looked at, the index is, to its end.
+    use crate::store::Compare;
+    let compared = |entry: &FileEntry| {
+        let mut read = Vec::new();
+        backup
+            .open_compared(entry, Compare::Stored)
+            .unwrap()
+            .read_to_end(&mut read)
+            .map(|_| read)
+            .map_err(|e| crate::store::Damaged::from_read(&entry.path, e))
+    };
+    let indexed = FileEntry {
+        checksum: digest(&index, &[Algorithm::Xxhash64]).get(Algorithm::Xxhash64),
+        ..wrong
+    };
+    assert_eq!(Compare::stored_for(&indexed), Compare::Stored);
+    assert!(
+        compared(&indexed).unwrap() == content,
+        "the chunks, in order"
+    );
+    let mut other_index = indexed.clone();
+    other_index.checksum =
+        digest(b"another index", &[Algorithm::Xxhash64]).get(Algorithm::Xxhash64);
+    let damaged = compared(&other_index).unwrap_err();
+    assert!(
+        damaged.problem.starts_with("checksum mismatch (xxhash64)"),
+        "{damaged}"
+    );
 }
 
 const GOLDEN_DEFAULT: [usize; 14] = [
