@@ -88,9 +88,10 @@ async fn apply(
     let work = open_work_dir(settings, plan, steps).await?;
     phases.end("cleanup");
     // Dropped when the restore ends, which stops its reading.
+    let uploads = plan.restored_collections().map(|c| c.snapshots.len()).sum();
     let precheck = plan
         .precheck_deferred
-        .then(|| Precheck::for_backup(&plan.source));
+        .then(|| Precheck::for_backup(&plan.source, uploads));
     let mut run = Restoring {
         client,
         settings,

@@ -51,6 +51,9 @@ pub(super) struct Inspected {
 impl Inspected {
     pub(super) fn run(self, content: Checked) -> Result<(), Problem> {
         let outcome = self.check_and_send(content);
+        if let Some(precheck) = &self.precheck {
+            precheck.released();
+        }
         if let Err(Problem::Damaged(damaged)) = &outcome {
             if let Some(precheck) = &self.precheck {
                 precheck.fail(damaged);

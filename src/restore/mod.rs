@@ -202,6 +202,10 @@ pub struct Plan {
     /// `verify_before_restore` is left to `apply`, beside the first upload (`Precheck`).
     #[serde(skip)]
     precheck_deferred: bool,
+    /// The server compares an upload's content with `?checksum=` (Qdrant 1.8.0 and later; an
+    /// older one ignores it), so an upload may leave that comparison to it.
+    #[serde(skip)]
+    server_compares_checksum: bool,
     #[serde(skip)]
     topology: Option<cluster::Topology>,
 }

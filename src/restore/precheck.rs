@@ -10,12 +10,13 @@
 //! uploaded), and both mark what passed. A damaged file fails the whole check: every held-back
 //! last piece is then withheld for good, so Qdrant never gets a complete upload.
 //!
-//! One upload at a time may leave its content's sha256 to Qdrant (`Claim::LeftToServer`): it
-//! compares its stored bytes' checksum as it reads (a fraction of sha256's cost), and Qdrant
-//! compares the content with `?checksum=` before it changes anything. That snapshot passes only
-//! when Qdrant answered; until then every other held-back piece, database and config waits,
-//! so a refusal still comes before the first change. Its own last piece waits for the rest only
-//! (two such uploads would wait for each other: the others check their content themselves).
+//! An upload whose snapshot the thread read already compares only its stored bytes' checksum
+//! (`Claim::Passed`: a fraction of sha256's cost). The restore's last upload, when no other is
+//! still sending, may leave its content's sha256 to Qdrant (`Claim::LeftToServer`), which
+//! compares it with `?checksum=` before it changes anything: that snapshot passes only when
+//! Qdrant answered, and what still waits for it (the databases and the config, put in place
+//! after the uploads anyway) waits for that answer, so a refusal still comes before the first
+//! change, and no upload's recovery waits for another's. Its own last piece waits for the rest.
 
 use std::collections::HashSet;
 use std::io::{self, Read};
@@ -31,6 +32,8 @@ use crate::transfer::OtherFailed;
 
 /// The pre-check of a restore, shared by its uploads and its checking thread.
 pub(super) struct Precheck {
+    /// The snapshot uploads the restore makes.
+    uploads: usize,
     source: BackupDir,
     /// Every file of the backup, in the manifest's order.
     files: Vec<FileEntry>,
@@ -45,6 +48,9 @@ struct State {
     started: bool,
     /// Files someone is reading (an upload or the checking thread).
     claimed: HashSet<String>,
+    /// Uploads that claimed their snapshot, and of those, the ones whose last piece waits yet.
+    uploads_claimed: usize,
+    uploads_holding: usize,
     passed: HashSet<String>,
     /// The file whose content only Qdrant's answer to its upload will vouch for.
     left_to_server: Option<String>,
@@ -129,9 +135,11 @@ impl Drop for Owner {
 }
 
 impl Precheck {
-    /// The pre-check of every file of the backup in `source`.
-    pub(super) fn for_backup(source: &BackupDir) -> Owner {
+    /// The pre-check of every file of the backup in `source`, for a restore making `uploads`
+    /// snapshot uploads.
+    pub(super) fn for_backup(source: &BackupDir, uploads: usize) -> Owner {
         Owner(Arc::new(Precheck {
+            uploads,
             source: source.clone(),
             files: source.manifest.files.clone(),
             state: Mutex::default(),
@@ -146,17 +154,21 @@ impl Precheck {
 
     /// An upload reads `path` and checks it itself, as the answer says: with `wanted` as
     /// `Compare::Stored` (Qdrant compares the content's sha256), by its stored checksum when it
-    /// passed already, or when no other upload left its content to Qdrant. The checking thread
-    /// starts (once), taking the files nobody claimed.
+    /// passed already, or when it is the last upload and no other still holds its last piece
+    /// (`released` says when one stops holding it). The checking thread starts (once), taking
+    /// the files nobody claimed.
     pub(super) fn claim(self: &Arc<Self>, path: &str, wanted: Compare) -> Claim {
         let claim = {
             let mut state = self.state();
             state.claimed.insert(path.to_string());
+            state.uploads_claimed += 1;
+            let alone = state.uploads_claimed >= self.uploads && state.uploads_holding == 0;
+            state.uploads_holding += 1;
             if wanted == Compare::Content {
                 Claim::Content
             } else if state.passed.contains(path) {
                 Claim::Passed
-            } else if state.left_to_server.is_none() {
+            } else if alone && state.left_to_server.is_none() {
                 state.left_to_server = Some(path.to_string());
                 Claim::LeftToServer(ServerCheck {
                     precheck: Arc::clone(self),
@@ -178,6 +190,12 @@ impl Precheck {
         }
         let precheck = Arc::clone(self);
         std::thread::spawn(move || precheck.check_unclaimed());
+    }
+
+    /// An upload that claimed its snapshot sends its last piece (or stops): it holds none back.
+    pub(super) fn released(&self) {
+        let mut state = self.state();
+        state.uploads_holding = state.uploads_holding.saturating_sub(1);
     }
 
     /// `path` was read to its end and matched the manifest.
@@ -294,8 +312,9 @@ mod tests {
 
     const FILES: [&str; 3] = ["collections/a", "collections/b", "collections/c"];
 
-    /// A sound backup of `FILES` (each holding its own name), and its pre-check.
-    fn sound_backup() -> (tempfile::TempDir, Owner) {
+    /// A sound backup of `FILES` (each holding its own name), and its pre-check for a restore
+    /// making `uploads` uploads.
+    fn sound_backup(uploads: usize) -> (tempfile::TempDir, Owner) {
         let dir = tempfile::tempdir().unwrap();
         let mut manifest = Manifest::new("0.3.0", 1.0);
         for path in FILES {
@@ -312,7 +331,8 @@ mod tests {
                 content_sha256: digests.get(Algorithm::Sha256).unwrap().value,
             });
         }
-        let owner = Precheck::for_backup(&BackupDir::local(dir.path().to_path_buf(), manifest));
+        let source = BackupDir::local(dir.path().to_path_buf(), manifest);
+        let owner = Precheck::for_backup(&source, uploads);
         (dir, owner)
     }
 
@@ -334,33 +354,49 @@ mod tests {
     }
 
     #[test]
-    fn one_upload_at_a_time_leaves_its_content_to_qdrant_and_the_rest_waits_for_its_answer() {
-        let (_dir, owner) = sound_backup();
+    fn only_the_last_upload_with_no_other_holding_back_leaves_its_content_to_qdrant() {
+        let (_dir, owner) = sound_backup(2);
         let precheck = &owner.0;
-        let [a, b, c] = FILES;
-        let check = left_to_server(precheck.claim(a, Compare::Stored));
-        // Another upload meanwhile checks its content itself, as does one that must.
-        assert!(matches!(precheck.claim(b, Compare::Stored), Claim::Content));
-        assert!(matches!(
-            precheck.claim(c, Compare::Content),
-            Claim::Content
-        ));
-        precheck.passed(b);
-        precheck.passed(c);
-        // The upload that left its content to Qdrant waits for the others only ...
-        assert_eq!(waited(precheck, Some(a)), None);
-        // ... everyone else for Qdrant's answer too.
+        let [a, b, _] = FILES;
+        // Not the last upload: it compares the content itself.
+        assert!(matches!(precheck.claim(a, Compare::Stored), Claim::Content));
+        precheck.passed(a);
+        // The last, while the first still holds its last piece back: the same.
+        let (_dir, owner) = sound_backup(2);
+        let early = &owner.0;
+        assert!(matches!(early.claim(a, Compare::Stored), Claim::Content));
+        assert!(matches!(early.claim(b, Compare::Stored), Claim::Content));
+        // The last, once the first sent all of it: left to Qdrant.
+        precheck.released();
+        let check = left_to_server(precheck.claim(b, Compare::Stored));
+        // Its own last piece waits for the rest only (the thread reads `c`) ...
+        precheck
+            .wait_blocking(Some(b), || false)
+            .unwrap_or_else(|_| panic!("the other files did not pass"));
+        // ... what comes after the uploads waits for Qdrant's answer too.
         assert_eq!(waited(precheck, None), Some("not yet"));
         check.confirm();
         assert_eq!(waited(precheck, None), None);
-        // A snapshot that passed already is compared by its stored checksum; the next upload
-        // may leave its content to Qdrant again.
-        assert!(matches!(precheck.claim(a, Compare::Stored), Claim::Passed));
+    }
+
+    #[test]
+    fn a_snapshot_the_thread_read_is_compared_by_its_stored_checksum() {
+        let (_dir, owner) = sound_backup(3);
+        let precheck = &owner.0;
+        let [a, b, _] = FILES;
+        precheck.passed(b);
+        assert!(matches!(precheck.claim(a, Compare::Stored), Claim::Content));
+        assert!(matches!(precheck.claim(b, Compare::Stored), Claim::Passed));
+        // Without `?checksum=`, always the content.
+        assert!(matches!(
+            precheck.claim(b, Compare::Content),
+            Claim::Content
+        ));
     }
 
     #[test]
     fn no_answer_from_qdrant_lets_nothing_pass_and_a_refusal_is_damage() {
-        let (_dir, owner) = sound_backup();
+        let (_dir, owner) = sound_backup(1);
         let precheck = &owner.0;
         let [a, b, c] = FILES;
         let check = left_to_server(precheck.claim(a, Compare::Stored));
@@ -369,23 +405,11 @@ mod tests {
         drop(check);
         assert_eq!(waited(precheck, None), Some("other failed"));
 
-        let (_dir, owner) = sound_backup();
+        let (_dir, owner) = sound_backup(1);
         let precheck = &owner.0;
         let check = left_to_server(precheck.claim(a, Compare::Stored));
         check.refuse(&Damaged::new(a, "content sha256 mismatch"));
         assert_eq!(waited(precheck, None), Some("damaged"));
         assert_eq!(waited(precheck, Some(a)), Some("damaged"));
-    }
-
-    #[test]
-    fn the_checking_thread_reads_what_no_upload_claimed() {
-        let (_dir, owner) = sound_backup();
-        let precheck = &owner.0;
-        let check = left_to_server(precheck.claim(FILES[0], Compare::Stored));
-        precheck
-            .wait_blocking(Some(FILES[0]), || false)
-            .unwrap_or_else(|_| panic!("the other files did not pass"));
-        check.confirm();
-        assert_eq!(waited(precheck, None), None);
     }
 }

@@ -22,7 +22,7 @@ use crate::format::manifest::FileEntry;
 use crate::progress::{self, Progress};
 use crate::qdrant::cluster;
 use crate::qdrant::{Client, QdrantError, Scope};
-use crate::store::{BackupDir, Compare, Damaged};
+use crate::store::{Compare, Damaged};
 use crate::transfer;
 use crate::workdir::{Record, WorkDir};
 
@@ -287,7 +287,7 @@ impl Uploads<'_> {
     ) -> Result<()> {
         upload(
             client,
-            &self.plan.source,
+            self.plan,
             entry,
             scope,
             self.transfer,
@@ -304,7 +304,7 @@ impl Uploads<'_> {
 #[allow(clippy::too_many_arguments)]
 async fn upload(
     client: &Client,
-    source: &BackupDir,
+    plan: &Plan,
     entry: &FileEntry,
     scope: Scope<'_>,
     transfer: &TransferSettings,
@@ -315,7 +315,7 @@ async fn upload(
 ) -> Result<()> {
     // With `?checksum=`, Qdrant compares the content's sha256 before it changes anything:
     // reading compares the stored bytes' checksum then, not a second sha256 (when it can).
-    let wanted = match transfer.checksum {
+    let wanted = match transfer.checksum && plan.server_compares_checksum {
         true => Compare::stored_for(entry),
         false => Compare::Content,
     };
@@ -326,7 +326,7 @@ async fn upload(
         None if wanted == Compare::Stored => Claim::Passed,
         None => Claim::Content,
     };
-    let content = source.open_compared(entry, claim.compare())?;
+    let content = plan.source.open_compared(entry, claim.compare())?;
     let server_check = match claim {
         Claim::LeftToServer(check) => Some(check),
         Claim::Content | Claim::Passed => None,

@@ -71,6 +71,8 @@ pub struct Faults {
     /// reading it, counting it and snapshotting it fail with Qdrant's recorded 500; an upload
     /// into it replaces it, as in Qdrant.
     pub dirty: Option<String>,
+    /// A Qdrant before 1.8.0: `GET /` says 1.7.4, and an upload's `checksum` is ignored.
+    pub before_checksums: bool,
 }
 
 pub struct Collection {
@@ -347,7 +349,11 @@ async fn handle(
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
 
     if segments.is_empty() && method == "GET" {
-        return Ok(ok_raw(recorded("server version (no key needed)")));
+        let mut answer = recorded("server version (no key needed)");
+        if state.lock().unwrap().faults.before_checksums {
+            answer["version"] = "1.7.4".into();
+        }
+        return Ok(ok_raw(answer));
     }
     // Health checks need no key, as on the real server.
     if segments == ["healthz"] && method == "GET" {
@@ -612,6 +618,7 @@ async fn upload(
     let given = query
         .split('&')
         .find_map(|kv| kv.strip_prefix("checksum="))
+        .filter(|_| !state.lock().unwrap().faults.before_checksums)
         .unwrap_or_default();
     if !given.is_empty() && given != actual {
         return Ok(error(

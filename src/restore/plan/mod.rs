@@ -109,6 +109,7 @@ impl Plan {
             manifest: backup.clone(),
             source,
             precheck_deferred: false,
+            server_compares_checksum: false,
             topology: None,
         }
     }
@@ -239,6 +240,7 @@ fn plan_versions(plan: &mut Plan, policy: &Policy) {
 /// those that do not answer).
 async fn plan_cluster(plan: &mut Plan, client: &Client, settings: &Settings) -> Result<()> {
     let server = client.server_info().await?;
+    plan.server_compares_checksum = compares_checksum(&server.version);
     plan.topology = cluster::topology(client, settings).await?;
     if let Some(topology) = &plan.topology {
         plan.cluster = Some(ClusterPlan {
@@ -320,6 +322,12 @@ async fn plan_write_access(plan: &mut Plan, client: &Client) -> Result<()> {
 
 /// A Qdrant server's MAJOR.MINOR: Qdrant's versions are semver (wqm's own follow the Python
 /// rules of `compat`).
+/// Whether a Qdrant of `version` compares an upload with its `?checksum=` (1.8.0 and later);
+/// not when its version cannot be read.
+fn compares_checksum(version: &str) -> bool {
+    semver::Version::parse(version).is_ok_and(|v| (v.major, v.minor) >= (1, 8))
+}
+
 fn minor_line(version: &str) -> Option<(u64, u64)> {
     semver::Version::parse(version)
         .ok()
@@ -494,5 +502,15 @@ mod tests {
         // Not semver: no line, so no warning either way.
         assert_eq!(minor_line("1.18"), None);
         assert_eq!(minor_line("0.3.0.dev1"), None);
+    }
+
+    #[test]
+    fn qdrant_compares_an_uploads_checksum_from_1_8_on() {
+        for version in ["1.8.0", "1.18.3", "1.19.0-rc.1", "2.0.0"] {
+            assert!(compares_checksum(version), "{version}");
+        }
+        for version in ["1.7.4", "0.11.0", "1.18", "dev"] {
+            assert!(!compares_checksum(version), "{version}");
+        }
     }
 }

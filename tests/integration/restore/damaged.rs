@@ -253,14 +253,13 @@ fn content_that_differs_from_the_manifest_is_an_invalid_backup() {
     }
 }
 
-/// The first upload leaves its content's sha256 to Qdrant (`?checksum=`), reading only the
-/// stored checksum itself: the next upload, sent while Qdrant works on the first, holds its
-/// last piece back until Qdrant answered, so Qdrant's refusal still comes before any change.
-/// Without `?checksum=`, wqm compares the content's sha256 itself.
+/// A restore's only upload leaves its content's sha256 to Qdrant (`?checksum=`), reading only
+/// the stored checksum itself: Qdrant's refusal is the backup's damage (exit 3), with nothing
+/// changed. Without `?checksum=`, or against a Qdrant that ignores it, wqm compares the sha256.
 #[test]
-fn content_refused_by_qdrant_stops_the_restore_before_the_next_collection_is_restored() {
+fn content_qdrant_refuses_is_damage_with_nothing_changed() {
     let double = Double::start();
-    let tmp = scene(&double, "");
+    let tmp = scene(&double, "--collections small-named");
     lose_everything(&double);
     fixtures::edit_manifest(&tmp.path().join("b"), |m| {
         for f in m["files"].as_array_mut().unwrap() {
@@ -269,8 +268,6 @@ fn content_refused_by_qdrant_stops_the_restore_before_the_next_collection_is_res
             }
         }
     });
-    // Qdrant answers each upload a second after it has all of it.
-    double.state().faults.upload_delay = Some(Duration::from_secs(1));
     let (_, tmp) = wqm(tmp, &double, "backup restore {TMP}/b --force")
         .status(3)
         .stdout_with(|o| assert!(o.starts_with("Restore plan: "), "{o}"))
@@ -297,8 +294,20 @@ fn content_refused_by_qdrant_stops_the_restore_before_the_next_collection_is_res
         "the backup's `collections/small-named.snapshot.zst` is damaged: content sha256 mismatch: the manifest says {} (",
         "0".repeat(64)
     );
-    wqm(tmp, &double, "backup restore {TMP}/b --force")
+    let (_, tmp) = wqm(tmp, &double, "backup restore {TMP}/b --force")
         .env("WQM_BACKUP__TRANSFER__CHECKSUM", "false")
+        .status(3)
+        .stdout_with(|_| {})
+        .stderr_with({
+            let expected = expected.clone();
+            move |e| assert!(e.contains(&expected), "{e}")
+        })
+        .run();
+    assert!(double.state().collections.is_empty());
+
+    // Nor is it left to a Qdrant that ignores `?checksum=` (before 1.8.0).
+    double.state().faults.before_checksums = true;
+    wqm(tmp, &double, "backup restore {TMP}/b --force")
         .status(3)
         .stdout_with(|_| {})
         .stderr_with(move |e| assert!(e.contains(&expected), "{e}"))
