@@ -541,6 +541,28 @@ fn a_workspace_comes_back_exactly() {
     drop(tmp);
 }
 
+/// The workspace on `server`, a state DB in `data/`, and a backup of `collections` in `{TMP}/name`:
+/// the test directory and the live database's path.
+fn partial_backup(
+    server: &Server,
+    name: &str,
+    collections: &str,
+) -> (tempfile::TempDir, std::path::PathBuf) {
+    real_qdrant::workspace(server);
+    let t = Test::new();
+    drop(with_state_db(&t));
+    let db = t.join("data/state.db");
+    let (_, tmp) = t
+        .env("QDRANT_URL", &server.url)
+        .env("WQM_DATA_DIR", "{TMP}/data")
+        .args(&format!(
+            "backup create {{TMP}}/{name} --collections {collections}"
+        ))
+        .stdout_with(|_| {})
+        .run();
+    (tmp, db)
+}
+
 #[test]
 #[cfg_attr(
     not(real_qdrant),
@@ -548,16 +570,7 @@ fn a_workspace_comes_back_exactly() {
 )]
 fn a_partial_restore_leaves_other_collections_and_rows_alone() {
     let server = Server::start();
-    real_qdrant::workspace(&server);
-    let t = Test::new();
-    drop(with_state_db(&t));
-    let db = t.join("data/state.db");
-    let (_, tmp) = t
-        .env("QDRANT_URL", &server.url)
-        .env("WQM_DATA_DIR", "{TMP}/data")
-        .args("backup create {TMP}/p --collections projects")
-        .stdout_with(|_| {})
-        .run();
+    let (tmp, db) = partial_backup(&server, "p", "projects");
     let projects_before = real_qdrant::fingerprint(&server)["collections"]["projects"].clone();
     // Afterwards: libraries changes (on the server and in the database), projects is lost.
     real_qdrant::upsert(&server, "libraries", 1000..1010, 9);
@@ -669,16 +682,7 @@ fn the_next_collection_is_snapshotted_while_the_previous_one_downloads() {
 )]
 fn content_qdrant_refuses_leaves_the_collection_as_it_was() {
     let server = Server::start();
-    real_qdrant::workspace(&server);
-    let t = Test::new();
-    drop(with_state_db(&t));
-    let db = t.join("data/state.db");
-    let (_, tmp) = t
-        .env("QDRANT_URL", &server.url)
-        .env("WQM_DATA_DIR", "{TMP}/data")
-        .args("backup create {TMP}/b --collections libraries")
-        .stdout_with(|_| {})
-        .run();
+    let (tmp, db) = partial_backup(&server, "b", "libraries");
     // Since the backup the collection changed: a restore would put it back.
     real_qdrant::upsert(&server, "libraries", 1000..1010, 9);
     let before = real_qdrant::fingerprint(&server);
