@@ -247,3 +247,253 @@ pub fn content_matches(entry: &FileEntry, digests: &Digests) -> Result<(), Strin
     }
     Ok(())
 }
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use crate::compress::Compression;
+    use crate::format::manifest::Manifest;
+    use crate::store::BackupDir;
+    use std::fs;
+
+    /// A backup holding `stored` at `rel`, and the entry the manifest gives it: `content` is
+    /// what the manifest says the content is.
+    fn backup_with(
+        rel: &str,
+        compression: Compression,
+        stored: &[u8],
+        content: &[u8],
+    ) -> (tempfile::TempDir, BackupDir, FileEntry) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b");
+        let file = path.join(rel);
+        fs::create_dir_all(file.parent().unwrap()).unwrap();
+        fs::write(&file, stored).unwrap();
+        let entry = FileEntry {
+            path: rel.into(),
+            kind: crate::format::manifest::FileKind::CollectionSnapshot,
+            size: stored.len() as u64,
+            compression: compression.into(),
+            checksum: None,
+            content_size: content.len() as u64,
+            content_sha256: crate::checksum::digest(content, &[Algorithm::Sha256])
+                .get(Algorithm::Sha256)
+                .unwrap()
+                .value,
+        };
+        let backup = BackupDir::local(path, Manifest::new("0.3.0", 1.0));
+        (dir, backup, entry)
+    }
+
+    /// All of `entry`'s checked content, or the damage reported.
+    fn read_checked(backup: &BackupDir, entry: &FileEntry) -> Result<Vec<u8>, Damaged> {
+        let mut content = Vec::new();
+        backup
+            .open_checked(entry)?
+            .read_to_end(&mut content)
+            .map_err(|e| Damaged::from_read(&entry.path, e))?;
+        Ok(content)
+    }
+
+    fn zstd(content: &[u8]) -> Vec<u8> {
+        zstd::encode_all(content, 1).unwrap()
+    }
+
+    const CONTENT: &[u8] = b"the content of a snapshot, as the manifest describes it";
+
+    #[test]
+    fn open_checked_yields_sound_content() {
+        for (compression, stored) in [
+            (Compression::None, CONTENT.to_vec()),
+            (Compression::Zstd, zstd(CONTENT)),
+        ] {
+            let (_dir, backup, entry) = backup_with("collections/a", compression, &stored, CONTENT);
+            assert_eq!(
+                read_checked(&backup, &entry).unwrap(),
+                CONTENT,
+                "{compression}"
+            );
+            // Once it matched, the end stays the end.
+            let mut reader = backup.open_checked(&entry).unwrap();
+            io::copy(&mut reader, &mut io::sink()).unwrap();
+            assert_eq!(reader.read(&mut [0; 8]).unwrap(), 0);
+        }
+    }
+
+    #[test]
+    fn open_checked_reports_one_flipped_byte() {
+        let mut flipped = CONTENT.to_vec();
+        flipped[7] ^= 1;
+        for (compression, stored) in [
+            (Compression::None, flipped.clone()),
+            (Compression::Zstd, zstd(&flipped)),
+        ] {
+            let (_dir, backup, entry) = backup_with("collections/a", compression, &stored, CONTENT);
+            let damaged = read_checked(&backup, &entry).unwrap_err();
+            assert_eq!(damaged.path, "collections/a");
+            assert!(
+                damaged.to_string().starts_with(
+                    "the backup's `collections/a` is damaged: content sha256 mismatch"
+                ),
+                "{damaged}"
+            );
+        }
+    }
+
+    #[test]
+    fn open_checked_reports_truncated_content() {
+        let short = &CONTENT[..CONTENT.len() - 5];
+        let (_dir, backup, entry) = backup_with("collections/a", Compression::None, short, CONTENT);
+        let damaged = read_checked(&backup, &entry).unwrap_err();
+        assert!(
+            damaged.problem.contains("content sha256 mismatch"),
+            "{damaged}"
+        );
+        assert!(
+            damaged.problem.contains("the content has")
+                && damaged
+                    .problem
+                    .ends_with(&format!("({} bytes)", short.len())),
+            "{damaged}"
+        );
+        // A zstd stream cut short cannot be decompressed.
+        let stored = zstd(CONTENT);
+        let cut = &stored[..stored.len() - 3];
+        let (_dir, backup, entry) =
+            backup_with("collections/a.zst", Compression::Zstd, cut, CONTENT);
+        let damaged = read_checked(&backup, &entry).unwrap_err();
+        assert!(
+            damaged.problem.starts_with("cannot decompress: "),
+            "{damaged}"
+        );
+    }
+
+    #[test]
+    fn open_checked_refuses_content_longer_than_the_manifest_says() {
+        let mut longer = CONTENT.to_vec();
+        longer.extend_from_slice(b" and more");
+        let (_dir, backup, entry) =
+            backup_with("collections/a", Compression::None, &longer, CONTENT);
+        let damaged = read_checked(&backup, &entry).unwrap_err();
+        assert_eq!(
+            damaged.problem,
+            format!(
+                "its content is longer than the {} bytes its manifest says",
+                CONTENT.len()
+            )
+        );
+        // Never more than the manifest's size is handed on, however it is read.
+        let mut reader = backup.open_checked(&entry).unwrap();
+        let mut handed = 0;
+        let mut buf = [0; 4];
+        while let Ok(n @ 1..) = reader.read(&mut buf) {
+            handed += n;
+        }
+        assert!(handed <= CONTENT.len(), "{handed}");
+    }
+
+    #[test]
+    fn open_checked_reports_an_entry_it_cannot_open_as_damage() {
+        let (_dir, backup, mut entry) =
+            backup_with("collections/a", Compression::None, CONTENT, CONTENT);
+        entry.path = "collections/missing".into();
+        let Err(damaged) = backup.open_checked(&entry) else {
+            panic!("opened a missing file");
+        };
+        assert!(damaged.problem.starts_with("cannot read: "), "{damaged}");
+        assert_eq!(
+            crate::exit::Classify::exit_code(&damaged),
+            crate::exit::ExitCode::InvalidBackup
+        );
+    }
+
+    /// `entry` with the checksum of `stored` (as `create` records it).
+    fn with_stored_checksum(mut entry: FileEntry, stored: &[u8]) -> FileEntry {
+        entry.checksum =
+            crate::checksum::digest(stored, &[Algorithm::Xxhash64]).get(Algorithm::Xxhash64);
+        entry
+    }
+
+    fn read_compared(backup: &BackupDir, entry: &FileEntry) -> Result<Vec<u8>, Damaged> {
+        let mut content = Vec::new();
+        backup
+            .open_compared(entry, Compare::Stored)?
+            .read_to_end(&mut content)
+            .map_err(|e| Damaged::from_read(&entry.path, e))?;
+        Ok(content)
+    }
+
+    #[test]
+    fn compared_by_its_stored_checksum_content_is_read_to_the_stored_end() {
+        for (compression, stored) in [
+            (Compression::None, CONTENT.to_vec()),
+            (Compression::Zstd, zstd(CONTENT)),
+        ] {
+            let (_dir, backup, entry) = backup_with("collections/a", compression, &stored, CONTENT);
+            let mut entry = with_stored_checksum(entry, &stored);
+            assert_eq!(Compare::stored_for(&entry), Compare::Stored);
+            assert_eq!(
+                read_compared(&backup, &entry).unwrap(),
+                CONTENT,
+                "{compression}"
+            );
+            // The content's sha256 is left to whoever compares it (Qdrant, for an upload).
+            entry.content_sha256 = "0".repeat(64);
+            assert_eq!(
+                read_compared(&backup, &entry).unwrap(),
+                CONTENT,
+                "{compression}"
+            );
+            assert!(read_checked(&backup, &entry).is_err(), "{compression}");
+        }
+    }
+
+    #[test]
+    fn compared_by_its_stored_checksum_damage_is_still_found() {
+        let mut flipped = CONTENT.to_vec();
+        flipped[7] ^= 1;
+        // A flipped stored byte the decoder does not notice: the stored checksum does.
+        let (_dir, backup, entry) =
+            backup_with("collections/a", Compression::None, &flipped, CONTENT);
+        let entry = with_stored_checksum(entry, CONTENT);
+        let damaged = read_compared(&backup, &entry).unwrap_err();
+        assert!(
+            damaged
+                .problem
+                .starts_with("checksum mismatch (xxhash64): the manifest says "),
+            "{damaged}"
+        );
+        // Bytes after the compressed frame.
+        let mut longer = zstd(CONTENT);
+        let sound = longer.clone();
+        longer.extend_from_slice(b"more");
+        let (_dir, backup, entry) =
+            backup_with("collections/a", Compression::Zstd, &longer, CONTENT);
+        assert!(read_compared(&backup, &with_stored_checksum(entry, &sound)).is_err());
+        // Content of another size than the manifest's.
+        let stored = zstd(CONTENT);
+        let (_dir, backup, mut entry) =
+            backup_with("collections/a", Compression::Zstd, &stored, CONTENT);
+        entry.content_size += 1;
+        let damaged = read_compared(&backup, &with_stored_checksum(entry, &stored)).unwrap_err();
+        assert_eq!(
+            damaged.problem,
+            format!(
+                "its content is {} bytes, the manifest says {}",
+                CONTENT.len(),
+                CONTENT.len() + 1
+            )
+        );
+    }
+
+    #[test]
+    fn only_a_file_with_a_stored_checksum_is_compared_by_it() {
+        let (_dir, _backup, entry) =
+            backup_with("collections/a", Compression::Zstd, CONTENT, CONTENT);
+        assert_eq!(Compare::stored_for(&entry), Compare::Content, "no checksum");
+        let mut entry = with_stored_checksum(entry, CONTENT);
+        assert_eq!(Compare::stored_for(&entry), Compare::Stored);
+        entry.checksum.as_mut().unwrap().algorithm = Algorithm::None;
+        assert_eq!(Compare::stored_for(&entry), Compare::Content, "`none`");
+    }
+}
