@@ -18,6 +18,23 @@ time_of() {
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
+# The disk and the cores are shared with other machines: how much of a stretch of the run some
+# task waited for the disk or for a core (`/proc/pressure`, "some"), so that a disturbed run
+# shows as one. `mark=$(pressure_mark)` at its start, `pressure_since "$mark"` at its end.
+pressure_mark() {
+  echo "$(date +%s.%N) $(pressure_total io) $(pressure_total cpu)"
+}
+pressure_total() { # microseconds some task has waited, since boot
+  awk '/^some/ {sub("total=", "", $5); print $5}' "/proc/pressure/$1" 2>/dev/null || echo 0
+}
+pressure_since() {
+  local t0 io0 cpu0
+  read -r t0 io0 cpu0 <<< "$1"
+  awk -v t0="$t0" -v t1="$(date +%s.%N)" -v io0="$io0" -v io1="$(pressure_total io)" \
+    -v cpu0="$cpu0" -v cpu1="$(pressure_total cpu)" \
+    'BEGIN {s = (t1 - t0) * 1e6; printf "some task waited for the disk %.1f %%, for a core %.1f %% of the time\n", 100 * (io1 - io0) / s, 100 * (cpu1 - cpu0) / s}'
+}
+
 # `table BASELINE LABEL...`: median wall time of each label, its ratio to BASELINE's, peak RSS.
 table() {
   local base wall rss ratio label

@@ -77,6 +77,7 @@ wqm_restore() { # wqm_restore LABEL BACKUP ENV...
   time_of "$label" env WQM_DATA_DIR="$out/no-data" QDRANT_URL="$QDRANT_URL" WQM_BACKUP_PASSWORD=$password "$@" "$wqm" backup restore "$out/$backup" --force
 }
 
+creates=$(pressure_mark)
 for i in $(seq "$create_runs"); do
   echo "create run $i/$create_runs" >&2
   # A new file each run, as wqm writes: curl truncating the last run's file made ext4 write it
@@ -90,7 +91,9 @@ for i in $(seq "$create_runs"); do
   wqm_create wqm-zstd-verified-enc
 done
 
+creates_pressure=$(pressure_since "$creates")
 sha256sum "$out/curl.snapshot" | cut -d' ' -f1 > "$out/curl.sha256"
+restores=$(pressure_mark)
 [ "${BENCH_ONLY:-}" = create ] && runs_restore=0 || runs_restore=$runs
 for i in $(seq "$runs_restore"); do
   echo "restore run $i/$runs" >&2
@@ -102,6 +105,7 @@ for i in $(seq "$runs_restore"); do
   wqm_restore restore-zstd-verified wqm-zstd
   wqm_restore restore-zstd-verified-enc enc/wqm-zstd-verified-enc
 done
+restores_pressure=$(pressure_since "$restores")
 
 snapshot=$(stat -c %s "$out/curl.snapshot")
 stored=$(stat -c %s "$out/wqm-zstd/collections/bench.snapshot.zst")
@@ -118,8 +122,12 @@ for label in curl wqm-plain wqm-plain-verified wqm-zstd wqm-zstd-verified wqm-zs
   paste -d'|' <(cut -d' ' -f1 "$out/$label.all") "$out/$label.steps" |
     awk -F'|' -v label="$label" '{printf "- %s: %s s (%s)\n", label, $1, $2}'
 done
+echo
+echo "During the creates, $creates_pressure."
 [ "$runs_restore" -gt 0 ] || exit 0
 echo
 echo "Restore (upload, recover, delete the uploaded file):"
 echo
 table curl-upload restore-plain restore-plain-verified restore-zstd restore-zstd-verified restore-zstd-verified-enc
+echo
+echo "During the restores, $restores_pressure."
