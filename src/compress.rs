@@ -1,7 +1,7 @@
 //! zstd compression of backup files, streamed in both directions.
 
 use std::fmt;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
@@ -64,11 +64,15 @@ impl Compression {
         }
     }
 
-    /// Wraps a reader of stored bytes so it yields the original bytes.
-    pub fn decoder<'a, R: Read + 'a>(self, reader: R) -> io::Result<Box<dyn Read + 'a>> {
+    /// Wraps a reader of stored bytes so it yields the original bytes (zstd reads a block's
+    /// worth of them at a time: `Decoder::new`'s buffer, not 8 KiB).
+    pub fn decoder<'a, R: Read + Send + 'a>(
+        self,
+        reader: R,
+    ) -> io::Result<Box<dyn Read + Send + 'a>> {
         Ok(match self {
             Compression::None => Box::new(reader),
-            Compression::Zstd => Box::new(zstd::Decoder::with_buffer(BufReader::new(reader))?),
+            Compression::Zstd => Box::new(zstd::Decoder::new(reader)?),
         })
     }
 

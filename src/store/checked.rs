@@ -212,17 +212,12 @@ fn stored_matches(
     let Some(digests) = tally.0.lock().expect("stored tally").clone() else {
         return Err("its content ended before its stored bytes did".to_string());
     };
-    if let Some(expected) = &entry.checksum {
-        let actual = digests
-            .get(expected.algorithm)
-            .map(|c| c.value)
-            .unwrap_or_default();
-        if digests.bytes != entry.size || actual != expected.value {
-            return Err(format!(
-                "checksum mismatch ({}): the manifest says {} ({} bytes), the file has {actual} ({} bytes)",
-                expected.algorithm, expected.value, entry.size, digests.bytes
-            ));
-        }
+    stored_checksum_matches(entry, &digests)?;
+    if digests.bytes != entry.size {
+        return Err(format!(
+            "its stored file is {} bytes, the manifest says {}",
+            digests.bytes, entry.size
+        ));
     }
     if content_bytes != entry.content_size {
         return Err(format!(
@@ -231,6 +226,24 @@ fn stored_matches(
         ));
     }
     Ok(())
+}
+
+/// The stored bytes read have the checksum the manifest gives them (true when it gives none).
+pub fn stored_checksum_matches(entry: &FileEntry, stored: &Digests) -> Result<(), String> {
+    let Some(expected) = &entry.checksum else {
+        return Ok(());
+    };
+    let actual = stored
+        .get(expected.algorithm)
+        .map(|c| c.value)
+        .unwrap_or_default();
+    if actual == expected.value {
+        return Ok(());
+    }
+    Err(format!(
+        "checksum mismatch ({}): the manifest says {}, the file has {actual}",
+        expected.algorithm, expected.value
+    ))
 }
 
 /// The content read (decompressed) is the one the manifest describes: its size and sha256.
@@ -287,9 +300,13 @@ mod tests {
 
     /// All of `entry`'s checked content, or the damage reported.
     fn read_checked(backup: &BackupDir, entry: &FileEntry) -> Result<Vec<u8>, Damaged> {
+        read_all(backup.open_checked(entry), entry)
+    }
+
+    /// All the content `opened` reads, or the damage reported.
+    fn read_all(opened: Result<Checked, Damaged>, entry: &FileEntry) -> Result<Vec<u8>, Damaged> {
         let mut content = Vec::new();
-        backup
-            .open_checked(entry)?
+        opened?
             .read_to_end(&mut content)
             .map_err(|e| Damaged::from_read(&entry.path, e))?;
         Ok(content)
@@ -415,12 +432,7 @@ mod tests {
     }
 
     fn read_compared(backup: &BackupDir, entry: &FileEntry) -> Result<Vec<u8>, Damaged> {
-        let mut content = Vec::new();
-        backup
-            .open_compared(entry, Compare::Stored)?
-            .read_to_end(&mut content)
-            .map_err(|e| Damaged::from_read(&entry.path, e))?;
-        Ok(content)
+        read_all(backup.open_compared(entry, Compare::Stored), entry)
     }
 
     #[test]

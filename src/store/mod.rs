@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crate::backend::local::LocalBackend;
 use crate::backend::{BackendError, Name};
-use crate::compress::{Compression, Stored};
+use crate::compress::Stored;
 use crate::format::layout::{self, MANIFEST_PATH};
 use crate::format::manifest::{self, FileEntry, Manifest, ManifestError};
 use crate::format::names::EntryPath;
@@ -25,7 +25,7 @@ mod scan;
 pub mod seal;
 mod sink;
 mod staging;
-pub use checked::{content_matches, Checked, Compare, Damaged};
+pub use checked::{content_matches, stored_checksum_matches, Checked, Compare, Damaged};
 use chunks::{ChunkError, ChunkReader, ChunkStore};
 pub use remote::{occupant, replacement_of, Occupant, Remote, RemoteBackup, REPLACING};
 pub use scan::{scan, scan_at, scan_remote, Entry, Scan, Seen};
@@ -215,16 +215,26 @@ impl BackupDir {
     /// Wraps a reader of `entry`'s stored bytes (from `open_entry`) so it yields the content:
     /// decompressed, or for a chunked file its chunks from the store beside the backup, each
     /// checked against its name as it is read.
-    pub fn decode<'a, R: Read + 'a>(
+    pub fn decode<'a, R: Read + Send + 'a>(
         &self,
         entry: &FileEntry,
         stored: R,
-    ) -> io::Result<Box<dyn Read + 'a>> {
+    ) -> io::Result<Box<dyn Read + Send + 'a>> {
+        self.decoded(entry, stored, true)
+    }
+
+    /// `decode`, checking each chunk against its name or not (`check_names`).
+    fn decoded<'a, R: Read + Send + 'a>(
+        &self,
+        entry: &FileEntry,
+        stored: R,
+        check_names: bool,
+    ) -> io::Result<Box<dyn Read + Send + 'a>> {
         match entry.compression {
             Stored::Chunked => Ok(Box::new(ChunkReader::new(
                 self.chunk_store()?,
                 BufReader::new(stored),
-                true,
+                check_names,
             )?)),
             Stored::Plain(compression) => compression.decoder(stored),
         }
@@ -247,15 +257,8 @@ impl BackupDir {
     pub fn open_compared(&self, entry: &FileEntry, compare: Compare) -> Result<Checked, Damaged> {
         let opened = || -> io::Result<Checked> {
             let (stored, tally) = checked::tallied(self.open_entry(entry)?, entry, compare);
-            let content: Box<dyn Read + Send> = match entry.compression {
-                Stored::Plain(Compression::None) => Box::new(BufReader::new(stored)),
-                // Read a zstd block's worth at a time (`Decoder::new`'s buffer), not 8 KiB.
-                Stored::Plain(Compression::Zstd) => Box::new(zstd::Decoder::new(stored)?),
-                Stored::Chunked => {
-                    let store = self.chunk_store()?;
-                    Box::new(ChunkReader::new(store, BufReader::new(stored), false)?)
-                }
-            };
+            // No chunk against its name: the content's sha256, or Qdrant's, catches the same.
+            let content = self.decoded(entry, stored, false)?;
             Ok(Checked::new(content, entry, tally))
         };
         opened().map_err(|e| Damaged::new(&entry.path, format!("cannot read: {e}")))

@@ -314,27 +314,13 @@ fn check_file(
 
 /// Whether the stored bytes match the manifest's checksum (true when it lists none).
 fn check_stored_checksum(report: &mut Report, entry: &FileEntry, reading: &Reading) -> bool {
-    let Some(expected) = &entry.checksum else {
-        return true;
-    };
-    let actual = reading
-        .stored
-        .get(expected.algorithm)
-        .map(|c| c.value)
-        .unwrap_or_default();
-    if actual == expected.value {
-        return true;
+    match crate::store::stored_checksum_matches(entry, &reading.stored) {
+        Ok(()) => true,
+        Err(problem) => {
+            report.add(Severity::Error, Check::Checksum, Some(&entry.path), problem);
+            false
+        }
     }
-    report.add(
-        Severity::Error,
-        Check::Checksum,
-        Some(&entry.path),
-        format!(
-            "checksum mismatch ({}): the manifest says {}, the file has {actual}",
-            expected.algorithm, expected.value
-        ),
-    );
-    false
 }
 
 /// What a file that passed was checked for, e.g. `sha256 matches, a sound SQLite database`.
