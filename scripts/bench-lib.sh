@@ -49,6 +49,17 @@ table() {
   done
 }
 
+# `rounds BASELINE LABEL...`: each label's wall time against BASELINE's run by run (the runs of
+# one round follow each other, so a stretch the machine slowed down slows both), and the median.
+rounds() {
+  local base=$1 label ratios; shift
+  for label in "$@"; do
+    ratios=$(paste -d' ' <(cut -d' ' -f1 "$out/$label.all") <(cut -d' ' -f1 "$out/$base.all") |
+      awk '{printf "%.2f\n", $1 / $2}')
+    echo "- $label: $(paste -sd" " <<< "$ratios") (median $(median <<< "$ratios"))"
+  done
+}
+
 # `with_servers`: builds wqm (release) as $wqm, starts a throwaway Qdrant and S3 server (both
 # stopped, and $out removed, on exit) and exports what wqm needs to reach them; $repo is the S3
 # repository `s3://BUCKET/bench`.

@@ -9,6 +9,10 @@
 #   BENCH_POINTS=70000 BENCH_RUNS=5 BENCH_CREATE_RUNS=1 scripts/bench.sh   # restores, median of 5
 #   BENCH_ONLY=create BENCH_RUNS=5 scripts/bench.sh       # the creates alone
 #
+# Two more baselines for the creates: `curl-synced`, the curl path with its file fsynced (as
+# every file of a backup is), and `curl-same-work`, the defaults' work scripted with the
+# standard tools (`curl | tee >(openssl sha256) | zstd -1`, fsync, the file read once more).
+#
 # Each run's steps are printed at the end as well: curl's (making the snapshot, downloading,
 # deleting) and wqm's (its phases, and the snapshot's making and downloading), to see where
 # the runs differ.
@@ -34,18 +38,41 @@ echo "loading $points x $dim points (once per machine)..." >&2
 python3 scripts/bench_load.py "$QDRANT_URL" bench "$points" "$dim"
 
 
-curl_path() {
-  local name t0 t1 t2
+curl_path() { # curl_path LABEL [sync]: with `sync`, the file is fsynced before the snapshot goes
+  local label=$1 name t0 t1 t2 t3
   t0=$(date +%s.%N)
   name=$(curl -sS -X POST "$QDRANT_URL/collections/bench/snapshots?wait=true" | jq -r .result.name)
   t1=$(date +%s.%N)
-  curl -sS -H 'Accept-Encoding: identity' -o "$out/curl.snapshot" "$QDRANT_URL/collections/bench/snapshots/$name"
+  curl -sS -H 'Accept-Encoding: identity' -o "$out/$label.snapshot" "$QDRANT_URL/collections/bench/snapshots/$name"
   t2=$(date +%s.%N)
+  [ "${2:-}" != sync ] || sync "$out/$label.snapshot"
+  t3=$(date +%s.%N)
   curl -sS -X DELETE "$QDRANT_URL/collections/bench/snapshots/$name?wait=true" >/dev/null
-  awk -v a="$t0" -v b="$t1" -v c="$t2" -v d="$(date +%s.%N)" \
-    'BEGIN {printf "making %.2f, downloading %.2f, deleting %.2f\n", b - a, c - b, d - c}' >> "$out/curl.steps"
+  awk -v a="$t0" -v b="$t1" -v c="$t2" -v d="$t3" -v e="$(date +%s.%N)" \
+    'BEGIN {printf "making %.2f, downloading %.2f, fsync %.2f, deleting %.2f\n", b - a, c - b, d - c, e - d}' >> "$out/$label.steps"
 }
 export -f curl_path
+
+# The same work as wqm's defaults, scripted with the standard tools: the download hashed
+# (openssl's sha256, which uses the CPU's SHA instructions as wqm's does; coreutils' sha256sum
+# here runs at 160 MB/s) and compressed (zstd -1, as wqm) on the way, the file fsynced, then
+# read once more (wqm's verify).
+curl_same_work() {
+  local name t0 t1 t2 t3
+  t0=$(date +%s.%N)
+  name=$(curl -sS -X POST "$QDRANT_URL/collections/bench/snapshots?wait=true" | jq -r .result.name)
+  t1=$(date +%s.%N)
+  curl -sS -H 'Accept-Encoding: identity' "$QDRANT_URL/collections/bench/snapshots/$name" |
+    tee >(openssl dgst -sha256 -r > "$out/same-work.sha256") | zstd -1 -q -o "$out/same-work.snapshot.zst"
+  t2=$(date +%s.%N)
+  sync "$out/same-work.snapshot.zst"
+  cat "$out/same-work.snapshot.zst" > /dev/null
+  t3=$(date +%s.%N)
+  curl -sS -X DELETE "$QDRANT_URL/collections/bench/snapshots/$name?wait=true" >/dev/null
+  awk -v a="$t0" -v b="$t1" -v c="$t2" -v d="$t3" -v e="$(date +%s.%N)" \
+    'BEGIN {printf "making %.2f, downloading %.2f, fsync and reading back %.2f, deleting %.2f\n", b - a, c - b, d - c, e - d}' >> "$out/curl-same-work.steps"
+}
+export -f curl_same_work
 export QDRANT_URL out
 
 # The encrypted variants write into an encrypted repository (`enc/`), opened with this password
@@ -82,8 +109,10 @@ for i in $(seq "$create_runs"); do
   echo "create run $i/$create_runs" >&2
   # A new file each run, as wqm writes: curl truncating the last run's file made ext4 write it
   # back on close (`auto_da_alloc`), and its download took 1.6-1.8 s instead of 0.8-1.2 s.
-  rm -f "$out/curl.snapshot"
-  time_of curl bash -c curl_path
+  rm -f "$out/curl.snapshot" "$out/curl-synced.snapshot" "$out/same-work.snapshot.zst"
+  time_of curl bash -c 'curl_path curl'
+  time_of curl-synced bash -c 'curl_path curl-synced sync'
+  time_of curl-same-work bash -c curl_same_work
   wqm_create wqm-plain WQM_BACKUP__COMPRESSION=false WQM_BACKUP__VERIFICATION__VERIFY_AFTER_BACKUP=false
   wqm_create wqm-plain-verified WQM_BACKUP__COMPRESSION=false
   wqm_create wqm-zstd WQM_BACKUP__VERIFICATION__VERIFY_AFTER_BACKUP=false
@@ -92,7 +121,7 @@ for i in $(seq "$create_runs"); do
 done
 
 creates_pressure=$(pressure_since "$creates")
-sha256sum "$out/curl.snapshot" | cut -d' ' -f1 > "$out/curl.sha256"
+openssl dgst -sha256 -r "$out/curl.snapshot" | cut -d' ' -f1 > "$out/curl.sha256"
 restores=$(pressure_mark)
 [ "${BENCH_ONLY:-}" = create ] && runs_restore=0 || runs_restore=$runs
 for i in $(seq "$runs_restore"); do
@@ -114,14 +143,18 @@ echo "Snapshot: $snapshot bytes ($points points x $dim dims); zstd: $stored byte
 echo
 echo "Create (snapshot, download, delete):"
 echo
-table curl wqm-plain wqm-plain-verified wqm-zstd wqm-zstd-verified wqm-zstd-verified-enc
+table curl curl-synced curl-same-work wqm-plain wqm-plain-verified wqm-zstd wqm-zstd-verified wqm-zstd-verified-enc
 echo
 echo "Each create run (wall s: steps):"
 echo
-for label in curl wqm-plain wqm-plain-verified wqm-zstd wqm-zstd-verified wqm-zstd-verified-enc; do
+for label in curl curl-synced curl-same-work wqm-plain wqm-plain-verified wqm-zstd wqm-zstd-verified wqm-zstd-verified-enc; do
   paste -d'|' <(cut -d' ' -f1 "$out/$label.all") "$out/$label.steps" |
     awk -F'|' -v label="$label" '{printf "- %s: %s s (%s)\n", label, $1, $2}'
 done
+echo
+echo "Each create run against the curl run of its round:"
+echo
+rounds curl curl-synced curl-same-work wqm-plain wqm-plain-verified wqm-zstd wqm-zstd-verified wqm-zstd-verified-enc
 echo
 echo "During the creates, $creates_pressure."
 [ "$runs_restore" -gt 0 ] || exit 0
