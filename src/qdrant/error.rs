@@ -87,6 +87,7 @@ impl Classify for QdrantError {
             QdrantError::Forbidden { .. } => "the API key lacks rights: creating and deleting snapshots needs write access, restoring needs a manage (full) key; a read-only key is not enough".to_string(),
             QdrantError::Timeout { .. } => "Qdrant may be overloaded; raise `backup.transfer.read_timeout` or `backup.transfer.operation_timeout` if it is just slow".to_string(),
             QdrantError::Transfer { .. } | QdrantError::ChecksumMismatch { .. } => "check the network and Qdrant's logs, then run the command again; nothing partial was kept on disk".to_string(),
+            QdrantError::Server { status: 503, .. } | QdrantError::Status { status: 429, .. } => "Qdrant said \"not now\" (429: its rate limit; 503: a shard not ready, or a proxy without its Qdrant) to every attempt for `backup.transfer.retry_timeout`; run the command again later, or raise `backup.transfer.retry_timeout`".to_string(),
             QdrantError::Server { .. } => "see Qdrant's log; free disk space on the server if it is full".to_string(),
             QdrantError::BadApiKey => "check QDRANT_API_KEY (or `qdrant.api_key`): a stray newline or a character outside visible ASCII is the usual cause".to_string(),
             QdrantError::Dropped { .. } => "Qdrant stopped, restarted or dropped the connection (calls that change nothing are retried for `backup.transfer.retry_timeout`, an upload is not); see Qdrant's log, then run the command again".to_string(),

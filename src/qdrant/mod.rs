@@ -157,7 +157,9 @@ impl Client {
 
     /// Sends a request. A refused connection (nothing reached Qdrant, so any request is safe to
     /// send again) to a Qdrant that answered before is retried with backoff, for at least
-    /// `retries` attempts and `retry_for`, so a restarting Qdrant is waited for.
+    /// `retries` attempts and `retry_for`, so a restarting Qdrant is waited for; so is an
+    /// answer that says "not now" (`retry::is_not_now`: nothing was done), after the
+    /// `Retry-After` it gives. A request whose body is a stream (an upload) is sent once.
     async fn send_untimed(
         &self,
         request: RequestBuilder,
@@ -166,19 +168,26 @@ impl Client {
         let mut request = request;
         let mut patience = Patience::new(&self.timeouts);
         let response = loop {
-            let again = request
-                .try_clone()
-                .filter(|_| self.reached.load(Ordering::Relaxed));
+            let again = request.try_clone();
             match request.send().await {
-                Err(e) if e.is_connect() => match again {
-                    Some(next) if patience.another_try().await => request = next,
-                    _ => {
-                        return Err(QdrantError::Connect {
-                            url: self.display_url(),
-                            reason: error_chain(&e),
-                        })
+                Ok(response) if retry::is_not_now(response.status()) => {
+                    let wait = retry::retry_after(&response);
+                    match again {
+                        Some(next) if patience.another_try_after(wait).await => request = next,
+                        _ => break response,
                     }
-                },
+                }
+                Err(e) if e.is_connect() => {
+                    match again.filter(|_| self.reached.load(Ordering::Relaxed)) {
+                        Some(next) if patience.another_try().await => request = next,
+                        _ => {
+                            return Err(QdrantError::Connect {
+                                url: self.display_url(),
+                                reason: error_chain(&e),
+                            })
+                        }
+                    }
+                }
                 Err(e) => {
                     return Err(QdrantError::Dropped {
                         what: what.to_string(),

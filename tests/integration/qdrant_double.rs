@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -73,6 +74,12 @@ pub struct Faults {
     pub dirty: Option<String>,
     /// A Qdrant before 1.8.0: `GET /` says 1.7.4, and an upload's `checksum` is ignored.
     pub before_checksums: bool,
+    /// `POST …/points/count` is refused this many times first, as a collection in strict mode
+    /// refuses reads over its rate limit (Qdrant's recorded 429, `Retry-After: 1`).
+    pub count_rate_limited: u32,
+    /// `POST …/snapshots` is answered 503 this many times first, as a proxy in front of a
+    /// restarting Qdrant answers (Envoy's "no healthy upstream").
+    pub create_unavailable: u32,
 }
 
 pub struct Collection {
@@ -137,10 +144,24 @@ fn recorded_response(name: &str) -> Response<Body> {
         .find(|e| e["name"] == name)
         .unwrap_or_else(|| panic!("no exchange {name}"));
     let response = &exchange["response"];
-    json_response(
+    let mut answer = json_response(
         response["status"].as_u64().unwrap() as u16,
         response["body"].clone(),
-    )
+    );
+    for (header, value) in response["headers"].as_object().into_iter().flatten() {
+        let value = value.as_str().unwrap().parse().unwrap();
+        answer
+            .headers_mut()
+            .insert(hyper::header::HeaderName::from_str(header).unwrap(), value);
+    }
+    answer
+}
+
+/// Counts a fault down: true (and one less) while any is left.
+fn take_one(left: &mut u32) -> bool {
+    let any = *left > 0;
+    *left = left.saturating_sub(1);
+    any
 }
 
 /// A recorded response body by exchange name.
@@ -422,6 +443,11 @@ async fn handle(
                 None => not_found_collection(name),
             }
         }
+        ("POST", ["collections", _, "points", "count"])
+            if take_one(&mut state.lock().unwrap().faults.count_rate_limited) =>
+        {
+            recorded_response("count over strict mode's read rate limit -> 429")
+        }
         ("POST", ["collections", name, "points", "count"]) => {
             let s = state.lock().unwrap();
             match s.collections.get(*name) {
@@ -529,6 +555,9 @@ async fn make_snapshot(state: &Mutex<State>, name: &str) -> Response<Body> {
         tokio::time::sleep(delay).await;
     }
     let mut s = state.lock().unwrap();
+    if take_one(&mut s.faults.create_unavailable) {
+        return text(503, "no healthy upstream");
+    }
     if let Some((status, message)) = &s.faults.create_error {
         return error(*status, message);
     }

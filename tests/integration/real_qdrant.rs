@@ -367,7 +367,7 @@ impl Drop for Server {
     }
 }
 
-const DIM: usize = 16;
+pub const DIM: usize = 16;
 
 /// A deterministic vector for point `id`.
 pub fn vector(id: u64, salt: u64) -> Vec<f32> {

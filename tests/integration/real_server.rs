@@ -721,3 +721,74 @@ fn content_qdrant_refuses_leaves_the_collection_as_it_was() {
     assert_eq!(server.snapshots_left(), Vec::<String>::new());
     drop(tmp);
 }
+
+/// Reads `collection`'s exact count over and over for `drain` (first as fast as Qdrant answers
+/// until it refuses, then every 50 ms), so that its strict-mode read rate limit stays spent;
+/// returns how many times Qdrant refused (429).
+fn spend_read_limit(
+    rest: real_qdrant::Rest,
+    collection: &str,
+    drain: std::time::Duration,
+) -> std::thread::JoinHandle<u32> {
+    let path = format!("/collections/{collection}/points/count");
+    std::thread::spawn(move || {
+        let count = || {
+            rest.call("POST", &path, Some(serde_json::json!({"exact": true})))
+                .0
+        };
+        let mut refused = 0;
+        while count() != 429 {}
+        let until = std::time::Instant::now() + drain;
+        while std::time::Instant::now() < until {
+            if count() == 429 {
+                refused += 1;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        refused
+    })
+}
+
+/// A collection in strict mode refuses reads over its rate limit: 429 with `Retry-After` (Qdrant
+/// 1.18.3: "Rate limiting exceeded: Read rate limit exceeded: …"). The create's exact counts
+/// are such reads; they wait as long as Qdrant asks instead of failing the night's backup.
+#[test]
+#[cfg_attr(
+    not(real_qdrant),
+    ignore = "needs a real Qdrant: set WQM_TEST_QDRANT_BIN or WQM_TEST_QDRANT_URL"
+)]
+fn a_collection_over_its_read_rate_limit_is_waited_for() {
+    let server = Server::start();
+    server.ok(
+        "PUT",
+        "/collections/rules",
+        Some(serde_json::json!({
+            "vectors": {"size": real_qdrant::DIM, "distance": "Dot"},
+            // 60 reads a minute: a token a second, so `Retry-After: 1`.
+            "strict_mode_config": {"enabled": true, "read_rate_limit": 60}
+        })),
+    );
+    real_qdrant::upsert(&server, "rules", 0..20, 0);
+    let spending = spend_read_limit(server.handle(), "rules", std::time::Duration::from_secs(2));
+    // The limit is spent before wqm asks.
+    let count = serde_json::json!({"exact": true});
+    while server
+        .call(
+            "POST",
+            "/collections/rules/points/count",
+            Some(count.clone()),
+        )
+        .0
+        != 429
+    {}
+    let (_, tmp) = Test::new()
+        .env("QDRANT_URL", &server.url)
+        .args("backup create {TMP}/b --json")
+        .stdout_json(|v| assert_eq!(v["collections"], serde_json::json!({"rules": 20})))
+        .run();
+    assert!(spending.join().unwrap() > 0, "the limit was never reached");
+    let b = tmp.path().join("b");
+    assert_eq!(manifest(&b).collection_details["rules"].points_count, 20);
+    crate::test::validates(&b);
+    assert_eq!(server.snapshots_left(), Vec::<String>::new());
+}

@@ -171,6 +171,77 @@ fn a_failing_snapshot_creation_is_reported_with_the_servers_message() {
     assert!(double.snapshots_left().is_empty());
 }
 
+/// "Not now" means nothing was done: a proxy's 503 for the snapshot request (Qdrant
+/// restarting behind it) is sent again after the backoff, a count over strict mode's rate limit
+/// (Qdrant's 429) after the `Retry-After` it gives, and the backup is made.
+#[test]
+fn requests_answered_not_now_are_sent_again() {
+    for (faults, asked, least) in [
+        (
+            Faults {
+                create_unavailable: 2,
+                ..Faults::default()
+            },
+            "POST /collections/small-named/snapshots?",
+            // The backoff: 0.25 s, then 0.5 s.
+            Duration::from_millis(750),
+        ),
+        (
+            Faults {
+                count_rate_limited: 2,
+                ..Faults::default()
+            },
+            "POST /collections/small-named/points/count",
+            // `Retry-After: 1`, twice.
+            Duration::from_secs(2),
+        ),
+    ] {
+        let started = Instant::now();
+        let (double, tmp) = with_faults(faults, &[], 0, |err| assert_eq!(err, ""));
+        assert!(started.elapsed() >= least, "{asked}");
+        let requests = double.requests();
+        // Two refusals and the answer; a count is asked again after the snapshot.
+        let expected = if asked.ends_with("count") { 4 } else { 3 };
+        let sent = requests.iter().filter(|r| r.starts_with(asked)).count();
+        assert_eq!(sent, expected, "{requests:?}");
+        let m = manifest(&tmp.path().join("b"));
+        assert_eq!(m.collection_details["small-named"].points_count, 120);
+        crate::test::validates(&tmp.path().join("b"));
+        assert!(double.snapshots_left().is_empty());
+    }
+}
+
+#[test]
+fn a_qdrant_that_keeps_saying_not_now_fails_the_backup_with_what_to_do() {
+    let (double, tmp) = with_faults(
+        Faults {
+            create_unavailable: 100,
+            ..Faults::default()
+        },
+        &[
+            ("WQM_BACKUP__TRANSFER__RETRIES", "2"),
+            ("WQM_BACKUP__TRANSFER__RETRY_TIMEOUT", "1"),
+        ],
+        1,
+        |err| {
+            assert_eq!(
+                err,
+                "wqm: error: Qdrant failed (503): no healthy upstream\n\
+                 hint: Qdrant said \"not now\" (429: its rate limit; 503: a shard not ready, or a proxy without its Qdrant) to every attempt for `backup.transfer.retry_timeout`; run the command again later, or raise `backup.transfer.retry_timeout`\n"
+            )
+        },
+    );
+    let asked = double
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("POST /collections/small-named/snapshots?"))
+        .count();
+    // At least `retries` more attempts, until `retry_timeout` passed, with backoff.
+    assert!((3..10).contains(&asked), "{asked}");
+    nothing_written(tmp.path(), "b");
+    assert!(double.snapshots_left().is_empty());
+}
+
 #[test]
 fn a_wrong_checksum_from_the_server_fails_the_backup() {
     let (double, tmp) = with_faults(

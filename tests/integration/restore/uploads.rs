@@ -119,6 +119,37 @@ fn a_count_that_does_not_match_after_restore_exits_6() {
         .run();
 }
 
+/// The check after a restore counts the points: a count over the collection's strict-mode rate
+/// limit (Qdrant's 429, `Retry-After: 1`) is waited for, not taken for a failed restore.
+#[test]
+fn a_rate_limited_count_after_restore_is_waited_for() {
+    let double = Double::start();
+    let tmp = scene(&double, "");
+    lose_everything(&double);
+    double.state().faults = Faults {
+        count_rate_limited: 1,
+        ..Faults::default()
+    };
+    let counts = || {
+        double
+            .requests()
+            .iter()
+            .filter(|r| r.starts_with("POST /collections/small-named/points/count"))
+            .count()
+    };
+    let counted_before = counts();
+    let started = std::time::Instant::now();
+    wqm(tmp, &double, "backup restore {TMP}/b --force")
+        .stdout_with(|o| {
+            assert!(o.contains("  ✓ collection `small-named`: expected 120 points, not red, found 120 points, green\n"), "{o}");
+            assert!(o.contains("Restore completed"), "{o}");
+        })
+        .run();
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    // Refused once, then answered.
+    assert_eq!(counts() - counted_before, 2);
+}
+
 #[test]
 fn a_recovery_is_waited_for_as_long_as_qdrant_answers_and_no_longer() {
     let double = Double::start();
