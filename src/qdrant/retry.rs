@@ -18,8 +18,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(8);
 /// The longest `Retry-After` waited for at once.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
-/// Retries of something that failed because Qdrant could not be reached: at least `retries`
-/// attempts and at least `retry_for`, with exponential backoff; Ctrl-C ends them.
+/// Retries of something that failed because Qdrant could not be reached or said "not now": at
+/// least `retries` attempts and at least `retry_for`, with exponential backoff (or the pause
+/// the server asks for); Ctrl-C ends them.
 pub(super) struct Patience<'a> {
     timeouts: &'a Timeouts,
     since: Instant,
