@@ -315,9 +315,10 @@ async fn upload(
 ) -> Result<()> {
     // With `?checksum=`, Qdrant compares the content's sha256 before it changes anything:
     // reading compares the stored bytes' checksum then, not a second sha256 (when it can).
-    let wanted = match transfer.checksum && plan.server_compares_checksum {
-        true => Compare::stored_for(entry),
-        false => Compare::Content,
+    let wanted = if transfer.checksum && plan.server_compares_checksum {
+        Compare::stored_for(entry)
+    } else {
+        Compare::Content
     };
     // This upload checks its snapshot; the rest of the backup is checked meanwhile.
     let claim = match precheck {

@@ -318,12 +318,17 @@ mod tests {
 
     const CONTENT: &[u8] = b"the content of a snapshot, as the manifest describes it";
 
-    #[test]
-    fn open_checked_yields_sound_content() {
-        for (compression, stored) in [
+    /// `CONTENT` stored plain and stored compressed.
+    fn stored_forms() -> [(Compression, Vec<u8>); 2] {
+        [
             (Compression::None, CONTENT.to_vec()),
             (Compression::Zstd, zstd(CONTENT)),
-        ] {
+        ]
+    }
+
+    #[test]
+    fn open_checked_yields_sound_content() {
+        for (compression, stored) in stored_forms() {
             let (_dir, backup, entry) = backup_with("collections/a", compression, &stored, CONTENT);
             assert_eq!(
                 read_checked(&backup, &entry).unwrap(),
@@ -437,10 +442,7 @@ mod tests {
 
     #[test]
     fn compared_by_its_stored_checksum_content_is_read_to_the_stored_end() {
-        for (compression, stored) in [
-            (Compression::None, CONTENT.to_vec()),
-            (Compression::Zstd, zstd(CONTENT)),
-        ] {
+        for (compression, stored) in stored_forms() {
             let (_dir, backup, entry) = backup_with("collections/a", compression, &stored, CONTENT);
             let mut entry = with_stored_checksum(entry, &stored);
             assert_eq!(Compare::stored_for(&entry), Compare::Stored);

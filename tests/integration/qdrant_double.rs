@@ -135,15 +135,20 @@ fn is_dirty(state: &Mutex<State>, name: &str) -> bool {
 }
 
 /// A recorded response (status and body) by exchange name.
-fn recorded_response(name: &str) -> Response<Body> {
+/// The recorded exchange named `name`.
+fn recorded_exchange(name: &str) -> Value {
     let exchanges: Value = serde_json::from_str(EXCHANGES).unwrap();
-    let exchange = exchanges
+    exchanges
         .as_array()
         .unwrap()
         .iter()
         .find(|e| e["name"] == name)
-        .unwrap_or_else(|| panic!("no exchange {name}"));
-    let response = &exchange["response"];
+        .unwrap_or_else(|| panic!("no exchange {name}"))
+        .clone()
+}
+
+fn recorded_response(name: &str) -> Response<Body> {
+    let response = &recorded_exchange(name)["response"];
     let mut answer = json_response(
         response["status"].as_u64().unwrap() as u16,
         response["body"].clone(),
@@ -166,14 +171,7 @@ fn take_one(left: &mut u32) -> bool {
 
 /// A recorded response body by exchange name.
 fn recorded(name: &str) -> Value {
-    let exchanges: Value = serde_json::from_str(EXCHANGES).unwrap();
-    let exchange = exchanges
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["name"] == name)
-        .unwrap_or_else(|| panic!("no exchange {name}"));
-    let response = &exchange["response"];
+    let response = &recorded_exchange(name)["response"];
     if response["body"].is_null() {
         response["body_text"].clone()
     } else {
@@ -265,6 +263,16 @@ impl Double {
 
     pub fn requests(&self) -> Vec<String> {
         self.state().requests.clone()
+    }
+
+    /// How many requests so far began with `prefix` ("METHOD /path…").
+    pub fn requests_starting_with(&self, prefix: &str) -> usize {
+        let state = self.state();
+        state
+            .requests
+            .iter()
+            .filter(|r| r.starts_with(prefix))
+            .count()
     }
 }
 

@@ -133,11 +133,7 @@ fn a_download_that_keeps_failing_gives_up_cleanly() {
     );
     // At least `retry_timeout` passed, with backoff (not 100 attempts at once).
     assert!(started.elapsed() >= Duration::from_secs(2));
-    let attempts = double
-        .requests()
-        .iter()
-        .filter(|r| r.starts_with("GET /collections/small-named/snapshots/"))
-        .count();
+    let attempts = double.requests_starting_with("GET /collections/small-named/snapshots/");
     assert!((3..10).contains(&attempts), "{attempts}");
     nothing_written(tmp.path(), "b");
     assert!(
@@ -199,11 +195,10 @@ fn requests_answered_not_now_are_sent_again() {
         let started = Instant::now();
         let (double, tmp) = with_faults(faults, &[], 0, |err| assert_eq!(err, ""));
         assert!(started.elapsed() >= least, "{asked}");
-        let requests = double.requests();
         // Two refusals and the answer; a count is asked again after the snapshot.
         let expected = if asked.ends_with("count") { 4 } else { 3 };
-        let sent = requests.iter().filter(|r| r.starts_with(asked)).count();
-        assert_eq!(sent, expected, "{requests:?}");
+        let sent = double.requests_starting_with(asked);
+        assert_eq!(sent, expected, "{:?}", double.requests());
         let m = manifest(&tmp.path().join("b"));
         assert_eq!(m.collection_details["small-named"].points_count, 120);
         crate::test::validates(&tmp.path().join("b"));
@@ -231,11 +226,7 @@ fn a_qdrant_that_keeps_saying_not_now_fails_the_backup_with_what_to_do() {
             )
         },
     );
-    let asked = double
-        .requests()
-        .iter()
-        .filter(|r| r.starts_with("POST /collections/small-named/snapshots?"))
-        .count();
+    let asked = double.requests_starting_with("POST /collections/small-named/snapshots?");
     // At least `retries` more attempts, until `retry_timeout` passed, with backoff.
     assert!((3..10).contains(&asked), "{asked}");
     nothing_written(tmp.path(), "b");

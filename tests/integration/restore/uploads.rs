@@ -130,13 +130,7 @@ fn a_rate_limited_count_after_restore_is_waited_for() {
         count_rate_limited: 1,
         ..Faults::default()
     };
-    let counts = || {
-        double
-            .requests()
-            .iter()
-            .filter(|r| r.starts_with("POST /collections/small-named/points/count"))
-            .count()
-    };
+    let counts = || double.requests_starting_with("POST /collections/small-named/points/count");
     let counted_before = counts();
     let started = std::time::Instant::now();
     wqm(tmp, &double, "backup restore {TMP}/b --force")
